@@ -1,0 +1,71 @@
+"""Events and logs: the event model, its canonical codec, and per-agent logs.
+
+Everything here is synchronous and free of trio: the database layer above decides when
+to append, flush and sync.
+"""
+
+from ._chain import AGENTS as AGENTS
+from ._chain import STORAGE as STORAGE
+from ._chain import agent_index as agent_index
+from ._chain import chain as chain
+from ._chain import genesis_root as genesis_root
+from ._codec import MAX_EVENT_SIZE as MAX_EVENT_SIZE
+from ._codec import SCHEMA_VERSION as SCHEMA_VERSION
+from ._codec import decode_event as decode_event
+from ._codec import encode_event as encode_event
+from ._codec import event_id as event_id
+from ._event import NODE_ID_SIZE as NODE_ID_SIZE
+from ._event import BatchEvent as BatchEvent
+from ._event import DeleteEvent as DeleteEvent
+from ._event import Event as Event
+from ._event import PutEvent as PutEvent
+from ._event import Write as Write
+from ._event import write_id as write_id
+from ._file_store import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
+from ._file_store import FileStore as FileStore
+from ._hlc import HybridLogicalClock as HybridLogicalClock
+from ._memory_store import MemoryStore as MemoryStore
+from ._store import Cursor as Cursor
+from ._store import LogStore as LogStore
+from ._store import Record as Record
+from ._store import pack_location as pack_location
+from ._store import unpack_location as unpack_location
+from ._values import DEFAULT_MAX_VALUE_SIZE as DEFAULT_MAX_VALUE_SIZE
+from ._values import content_id as content_id
+from ._values import decode_value as decode_value
+from ._values import decode_value_strict as decode_value_strict
+from ._values import encode_value as encode_value
+
+__all__ = [
+    "AGENTS",
+    "DEFAULT_MAX_VALUE_SIZE",
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_EVENT_SIZE",
+    "NODE_ID_SIZE",
+    "SCHEMA_VERSION",
+    "STORAGE",
+    "BatchEvent",
+    "Cursor",
+    "DeleteEvent",
+    "Event",
+    "FileStore",
+    "HybridLogicalClock",
+    "LogStore",
+    "MemoryStore",
+    "PutEvent",
+    "Record",
+    "Write",
+    "agent_index",
+    "chain",
+    "content_id",
+    "decode_event",
+    "decode_value",
+    "decode_value_strict",
+    "encode_event",
+    "encode_value",
+    "event_id",
+    "genesis_root",
+    "pack_location",
+    "unpack_location",
+    "write_id",
+]

@@ -1,0 +1,114 @@
+"""The event model: every operation is an immutable, versioned event.
+
+An event names its origin node, the agent whose log it belongs to, its sequence
+number in that origin's feed for the agent, the id of the previous event in that
+feed, and a hybrid-logical-clock timestamp. Its id is blake3 of its canonical CBOR
+bytes (see :mod:`koru.events._codec`). The type tag is a stable string chosen here,
+never derived from a Python import path, so renaming a class never changes stored
+bytes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import blake3
+
+__all__ = [
+    "NODE_ID_SIZE",
+    "BatchEvent",
+    "DeleteEvent",
+    "Event",
+    "PutEvent",
+    "Write",
+    "write_id",
+]
+
+#: Bytes in a node id.
+NODE_ID_SIZE = 16
+
+
+@attrs.frozen(slots=True)
+class Write:
+    """One key's new version inside an event.
+
+    ``value`` is canonical CBOR (None deletes); ``previous`` is the write id of the
+    version the writer saw as current, the causal link (None for a key's first write).
+    Two writes with the same ``previous`` are concurrent: both stay in history.
+    """
+
+    namespace: str
+    key: str
+    value: bytes | None
+    previous: bytes | None
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """Common header of every event. Subclasses add a body and a stable ``TAG``."""
+
+    TAG: ClassVar[str] = ""
+
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        """The key writes this event makes (empty for events that write no key)."""
+        return ()
+
+
+@attrs.frozen(slots=True)
+class PutEvent(Event):
+    """Set ``namespace/key`` to a new value."""
+
+    TAG: ClassVar[str] = "put"
+
+    namespace: str
+    key: str
+    value: bytes
+    previous: bytes | None
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return (Write(self.namespace, self.key, self.value, self.previous),)
+
+
+@attrs.frozen(slots=True)
+class DeleteEvent(Event):
+    """Write a tombstone for ``namespace/key``; history keeps it."""
+
+    TAG: ClassVar[str] = "delete"
+
+    namespace: str
+    key: str
+    previous: bytes | None
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return (Write(self.namespace, self.key, None, self.previous),)
+
+
+@attrs.frozen(slots=True)
+class BatchEvent(Event):
+    """Several writes committed atomically: one event, one record, all or nothing."""
+
+    TAG: ClassVar[str] = "batch"
+
+    items: tuple[Write, ...]
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return self.items
+
+
+def write_id(event_id: bytes, index: int) -> bytes:
+    """The id of the ``index``-th write of an event: the event id itself for the first,
+    blake3(event id || index) for the rest of a batch, so every write has its own id."""
+    if index == 0:
+        return event_id
+    return blake3.blake3(event_id + index.to_bytes(4, "big")).digest()

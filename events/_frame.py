@@ -1,0 +1,111 @@
+"""Record and segment framing: lengths and checksums around each stored event.
+
+A segment file is a 56-byte header followed by records::
+
+    header : magic "KORUSEG1" | u16 format | u16 agent index | u64 first record index
+             | 32-byte root before the first record | u32 crc32 of the preceding 52 bytes
+    record : u32 body length | u32 crc32(body) | u32 crc32(length || body crc) | body
+    body   : 32-byte chain root after this record | canonical event bytes
+
+All integers are little-endian. The record header carries its own checksum so that a
+damaged length is *detected* instead of being mistaken for a torn tail (a length that
+points past the end of the file after a bit flip would otherwise look like a write cut
+short by a crash).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+import zlib
+from typing import NamedTuple
+
+__all__ = [
+    "RECORD_HEADER_SIZE",
+    "ROOT_SIZE",
+    "SEGMENT_HEADER_SIZE",
+    "FrameError",
+    "SegmentHeader",
+    "TornRecord",
+    "encode_record",
+    "encode_segment_header",
+    "parse_record",
+    "parse_segment_header",
+]
+
+MAGIC = b"KORUSEG1"
+FORMAT = 1
+ROOT_SIZE = 32
+_SEG = struct.Struct("<8sHHQ32s")
+_SEG_CRC = struct.Struct("<I")
+SEGMENT_HEADER_SIZE = _SEG.size + _SEG_CRC.size
+_REC = struct.Struct("<III")
+RECORD_HEADER_SIZE = _REC.size
+_LEN_CRC = struct.Struct("<II")
+_crc32 = zlib.crc32
+
+
+class FrameError(Exception):
+    """A complete frame failed a check (the caller turns it into CorruptLogError)."""
+
+
+class TornRecord(Exception):
+    """The data ends inside a record: a write cut short, not corruption."""
+
+
+class SegmentHeader(NamedTuple):
+    agent_index: int
+    first_index: int
+    prev_root: bytes
+
+
+def encode_segment_header(agent_index: int, first_index: int, prev_root: bytes) -> bytes:
+    head = _SEG.pack(MAGIC, FORMAT, agent_index, first_index, prev_root)
+    return head + _SEG_CRC.pack(_crc32(head))
+
+
+def parse_segment_header(data: bytes) -> SegmentHeader:
+    """Parse a segment header. Raises TornRecord if short, FrameError if damaged."""
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise TornRecord("segment header is incomplete")
+    head = data[: _SEG.size]
+    (crc,) = _SEG_CRC.unpack_from(data, _SEG.size)
+    if _crc32(head) != crc:
+        raise FrameError("segment header checksum mismatch")
+    magic, fmt, agent_index, first_index, prev_root = _SEG.unpack(head)
+    if magic != MAGIC or fmt != FORMAT:
+        raise FrameError(f"not a koru segment (magic {magic!r}, format {fmt})")
+    return SegmentHeader(agent_index, first_index, prev_root)
+
+
+def encode_record(root: bytes, event: bytes) -> bytes:
+    """Frame one event with the chain root that follows it."""
+    body = root + event
+    n = len(body)
+    body_crc = _crc32(body)
+    return _REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc))) + body
+
+
+def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int, bytes, bytes]:
+    """Parse the record at ``offset``: returns (end offset, root, event bytes).
+
+    Raises:
+        TornRecord: the buffer ends inside the record.
+        FrameError: a checksum or length check failed on a complete record header/body.
+    """
+    avail = len(buf) - offset
+    if avail < RECORD_HEADER_SIZE:
+        raise TornRecord("record header is incomplete")
+    n, body_crc, head_crc = _REC.unpack_from(buf, offset)
+    if _crc32(_LEN_CRC.pack(n, body_crc)) != head_crc:
+        raise FrameError("record header checksum mismatch")
+    if n < ROOT_SIZE + 1:
+        raise FrameError(f"record body of {n} bytes is too short")
+    start = offset + RECORD_HEADER_SIZE
+    end = start + n
+    if end > len(buf):
+        raise TornRecord("record body is incomplete")
+    body = bytes(buf[start:end])
+    if _crc32(body) != body_crc:
+        raise FrameError("record body checksum mismatch")
+    return end, body[:ROOT_SIZE], body[ROOT_SIZE:]

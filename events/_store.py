@@ -1,0 +1,128 @@
+"""The storage port: a narrow interface every log backend implements.
+
+A store keeps one append-only log per agent. It frames, checksums and chains each
+appended event (the one write choke point below the database), serves events back by
+location, replays each log with verification, makes appended bytes durable on
+request, and keeps a few small named files (node metadata, checkpoints) atomically.
+
+Two backends implement it: :class:`~koru.events.MemoryStore` (no files; also the base
+of simulations) and :class:`~koru.events.FileStore` (segmented files). One contract
+test suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+import attrs
+
+__all__ = ["Cursor", "LogStore", "Record", "pack_location", "unpack_location"]
+
+_SEG_BITS = 24
+_OFF_BITS = 32
+
+
+@attrs.frozen(slots=True)
+class Cursor:
+    """A position in one agent's local log, as saved in checkpoints.
+
+    ``count`` records lie before it and the chain root there is ``root``. ``segment``,
+    ``offset`` and ``last`` place it in a file store (the end of the last record, and
+    where that record starts, or -1 at a segment's start); the memory store ignores them.
+    """
+
+    count: int
+    root: bytes
+    segment: int = 0
+    offset: int = 0
+    last: int = -1
+
+
+class Record(NamedTuple):
+    """One verified record from a replay."""
+
+    location: int
+    position: int
+    event_id: bytes
+    root: bytes
+    data: bytes
+
+
+def pack_location(agent_index: int, segment: int, offset: int) -> int:
+    """Pack where an event lives into one int: agent, segment, byte offset (or index)."""
+    return (agent_index << (_SEG_BITS + _OFF_BITS)) | (segment << _OFF_BITS) | offset
+
+
+def unpack_location(location: int) -> tuple[int, int, int]:
+    """The (agent index, segment, offset) packed by :func:`pack_location`."""
+    return (
+        location >> (_SEG_BITS + _OFF_BITS),
+        (location >> _OFF_BITS) & ((1 << _SEG_BITS) - 1),
+        location & ((1 << _OFF_BITS) - 1),
+    )
+
+
+class LogStore(Protocol):
+    """What the database needs from a log backend.
+
+    Lifecycle: construct, then :meth:`replay` every agent in :meth:`agents` (consuming
+    the iterator) before appending to it; append; :meth:`flush`/:meth:`sync`; close.
+    """
+
+    readonly: bool
+
+    def agents(self) -> list[str]:
+        """Agents that have a stored log."""
+        ...
+
+    def replay(self, agent: str, start: Cursor | None = None) -> Iterator[Record]:
+        """Yield the agent's records after ``start`` (from genesis if None), verified.
+
+        Raises CorruptCheckpointError (before yielding) if ``start`` does not match the
+        log, and CorruptLogError at a complete record that fails a check. When the
+        iterator is exhausted, a torn tail has been cut (unless read-only) and the log
+        is positioned for appends.
+        """
+        ...
+
+    def cursor(self, agent: str) -> Cursor:
+        """The current end of the agent's log."""
+        ...
+
+    def append(self, agent: str, data: bytes, event_id: bytes) -> tuple[int, bytes]:
+        """Append one event; returns (location, new chain root).
+
+        The bytes reach the operating system before this returns unless the store
+        buffers (``buffered=True``); :meth:`flush` pushes buffers, :meth:`sync` makes
+        everything appended so far durable.
+        """
+        ...
+
+    def read(self, location: int) -> bytes:
+        """The event bytes stored at ``location``."""
+        ...
+
+    def flush(self) -> None:
+        """Push user-space buffers to the operating system."""
+        ...
+
+    def sync(self) -> None:
+        """Make every appended record durable (fsync); raises DurabilityError on failure."""
+        ...
+
+    def read_file(self, name: str) -> bytes | None:
+        """A small named file's content, or None if absent."""
+        ...
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Replace a small named file atomically and durably."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters: bytes appended, syncs, segments and the like."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything; idempotent."""
+        ...

@@ -1,0 +1,120 @@
+"""Canonical CBOR for user values: validation, encoding and strict decoding.
+
+A value is JSON-like (dict with str keys, list, str, int, float, bool, None) plus bytes.
+It is validated *before* anything is written, then encoded as canonical CBOR, whose
+blake3 hash is the value's content id: equal values get equal bytes and share storage.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import blake3
+import cbor2
+
+from koru._errors import CodecError, InvalidDataError
+
+__all__ = [
+    "DEFAULT_MAX_VALUE_SIZE",
+    "MAX_VALUE_DEPTH",
+    "content_id",
+    "decode_value",
+    "decode_value_strict",
+    "encode_value",
+]
+
+#: Largest accepted encoded value, in bytes (configurable per database).
+DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
+#: Deepest accepted nesting of lists and dicts.
+MAX_VALUE_DEPTH = 64
+
+_INT_MIN = -(2**64)
+_INT_MAX = 2**64 - 1
+_SCALARS = (str, bool, type(None), bytes)
+
+
+def _check(value: Any, depth: int) -> None:
+    # Why a walk rather than trusting cbor2: cbor2 happily encodes sets, tuples,
+    # datetimes, big ints and non-string keys, none of which survive a round trip
+    # as the same JSON-like value.
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    if kind is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidDataError(f"integer {value} is outside the 64-bit CBOR range")
+        return
+    if kind is float:
+        if math.isnan(value):
+            raise InvalidDataError("NaN is not a storable value (it is not equal to itself)")
+        return
+    if depth >= MAX_VALUE_DEPTH:
+        raise InvalidDataError(f"value nests deeper than {MAX_VALUE_DEPTH} levels")
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise InvalidDataError(f"dict keys must be str, got {type(k).__name__}: {k!r}")
+            _check(v, depth + 1)
+        return
+    if kind is list:
+        for v in value:
+            _check(v, depth + 1)
+        return
+    raise InvalidDataError(
+        f"unsupported value type {kind.__name__}: values are JSON-like "
+        "(dict, list, str, int, float, bool, None) or bytes"
+    )
+
+
+def encode_value(value: Any, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> bytes:
+    """Validate ``value`` and return its canonical CBOR encoding.
+
+    Raises:
+        InvalidDataError: unsupported type, non-str dict key, NaN, out-of-range int,
+            too deep, or encoded size over ``max_size``.
+    """
+    _check(value, 0)
+    data: bytes = cbor2.dumps(value, canonical=True)
+    if len(data) > max_size:
+        raise InvalidDataError(
+            f"value is {len(data)} bytes encoded, over the {max_size}-byte limit"
+        )
+    return data
+
+
+def content_id(encoded: bytes) -> bytes:
+    """The content id of an encoded value: blake3 of its canonical bytes."""
+    return blake3.blake3(encoded).digest()
+
+
+def decode_value(data: bytes) -> Any:
+    """Decode value bytes that this node already validated (its own log)."""
+    return cbor2.loads(data)
+
+
+def decode_value_strict(data: bytes, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> Any:
+    """Decode untrusted value bytes, accepting only the canonical encoding of a valid value.
+
+    Raises:
+        CodecError: not CBOR, not canonical (non-minimal ints, unsorted or duplicate
+            keys, indefinite lengths, trailing bytes), too big, or not a valid value.
+    """
+    if len(data) > max_size:
+        raise CodecError(f"value of {len(data)} bytes is over the {max_size}-byte limit")
+    try:
+        value = cbor2.loads(
+            data,
+            max_depth=MAX_VALUE_DEPTH + 1,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+        )
+    except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError) as exc:
+        raise CodecError(f"undecodable value: {exc}") from None
+    try:
+        canonical = encode_value(value, max_size)
+    except InvalidDataError as exc:
+        raise CodecError(f"not a valid value: {exc}") from None
+    if canonical != data:
+        raise CodecError("value bytes are not the canonical encoding")
+    return value

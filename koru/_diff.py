@@ -1,0 +1,118 @@
+"""Structural, Git-style diffs between two versions of a value.
+
+Dicts are compared key by key, lists are aligned with :class:`difflib.SequenceMatcher`
+(the standard library's longest-matching-block algorithm, the same idea as a line
+diff) so an insertion in the middle of a list is one ``add`` rather than a cascade of
+changes, and scalars are compared by type and value (``1``, ``1.0`` and ``True`` differ,
+as they do once stored).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Literal, NamedTuple
+
+import cbor2
+
+from ._types import Version
+
+__all__ = ["Change", "Diff", "diff_values"]
+
+Path = tuple[str | int, ...]
+
+
+class Change(NamedTuple):
+    """One difference: ``op`` at ``path`` (dict keys and list indexes from the root)."""
+
+    op: Literal["add", "remove", "change"]
+    path: Path
+    old: Any
+    new: Any
+
+
+class Diff(NamedTuple):
+    """The changes that turn version ``old`` into version ``new``."""
+
+    old: Version
+    new: Version
+    changes: list[Change]
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def __str__(self) -> str:
+        where = f"{self.old.namespace}/{self.old.key}"
+        lines = [
+            f"--- {where} @ {self.old.write_id[:12]}",
+            f"+++ {where} @ {self.new.write_id[:12]}",
+        ]
+        for c in self.changes:
+            path = _render_path(c.path)
+            if c.op == "add":
+                lines.append(f"+ {path}: {_render(c.new)}")
+            elif c.op == "remove":
+                lines.append(f"- {path}: {_render(c.old)}")
+            else:
+                lines.append(f"- {path}: {_render(c.old)}")
+                lines.append(f"+ {path}: {_render(c.new)}")
+        return "\n".join(lines)
+
+
+def _render_path(path: Path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out or "(value)"
+
+
+def _render(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    except TypeError:
+        return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _key(value: Any) -> bytes:
+    # Hashable, type-exact identity of a value for list alignment.
+    return bytes(cbor2.dumps(value, canonical=True))
+
+
+def diff_values(old: Any, new: Any, path: Path = ()) -> list[Change]:
+    """The structural changes from ``old`` to ``new``."""
+    if type(old) is dict and type(new) is dict:
+        changes: list[Change] = []
+        for k in sorted(old.keys() | new.keys()):
+            if k not in new:
+                changes.append(Change("remove", (*path, k), old[k], None))
+            elif k not in old:
+                changes.append(Change("add", (*path, k), None, new[k]))
+            else:
+                changes.extend(diff_values(old[k], new[k], (*path, k)))
+        return changes
+    if type(old) is list and type(new) is list:
+        return _diff_lists(old, new, path)
+    if _same(old, new):
+        return []
+    return [Change("change", path, old, new)]
+
+
+def _diff_lists(old: list[Any], new: list[Any], path: Path) -> list[Change]:
+    changes: list[Change] = []
+    matcher = difflib.SequenceMatcher(
+        None, [_key(v) for v in old], [_key(v) for v in new], autojunk=False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        if tag == "replace" and i2 - i1 == j2 - j1:
+            for i, j in zip(range(i1, i2), range(j1, j2), strict=True):
+                changes.extend(diff_values(old[i], new[j], (*path, j)))
+            continue
+        changes.extend(Change("remove", (*path, i), old[i], None) for i in range(i1, i2))
+        changes.extend(Change("add", (*path, j), None, new[j]) for j in range(j1, j2))
+    return changes

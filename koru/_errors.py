@@ -1,0 +1,113 @@
+"""The one exception tree of koru-delta.
+
+Every error the library raises on purpose derives from :class:`KoruError`, typed by
+cause, so callers can catch broadly (``except koru.KoruError``) or precisely
+(``except koru.KeyNotFoundError``). Where a builtin category fits, the class also
+derives from it (``InvalidDataError`` is a ``ValueError``, the not-found family are
+``LookupError``), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "CorruptCheckpointError",
+    "CorruptLogError",
+    "DatabaseClosedError",
+    "DatabaseLockedError",
+    "DurabilityError",
+    "InvalidDataError",
+    "KeyNotFoundError",
+    "KoruError",
+    "NoValueAtTimeError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "StorageError",
+    "VersionNotFoundError",
+]
+
+
+class KoruError(Exception):
+    """Root of every error raised by koru-delta."""
+
+
+class NotFoundError(KoruError, LookupError):
+    """Something that was asked for does not exist."""
+
+
+class KeyNotFoundError(NotFoundError):
+    """The key has no current value (never written, or deleted)."""
+
+    def __init__(self, namespace: str, key: str) -> None:
+        super().__init__(f"no value for {namespace!r}/{key!r}")
+        self.namespace = namespace
+        self.key = key
+
+
+class NoValueAtTimeError(NotFoundError):
+    """The key had no value at the requested time (not yet written, or deleted then)."""
+
+    def __init__(self, namespace: str, key: str, at_ns: int) -> None:
+        super().__init__(f"no value for {namespace!r}/{key!r} at {at_ns} ns")
+        self.namespace = namespace
+        self.key = key
+        self.at_ns = at_ns
+
+
+class VersionNotFoundError(NotFoundError):
+    """A version named by write id or history index does not exist for that key."""
+
+
+class InvalidDataError(KoruError, ValueError):
+    """Input rejected before anything was written: bad namespace, key or value."""
+
+
+class CodecError(KoruError, ValueError):
+    """Bytes that are not the canonical CBOR encoding of a known event or value."""
+
+
+class StorageError(KoruError):
+    """The storage layer failed or found something wrong on disk."""
+
+
+class CorruptLogError(StorageError):
+    """A complete log record failed its checksum, framing or hash-chain check.
+
+    Corruption is reported, never served and never silently dropped: the agent, the
+    record's position in that agent's local log and the byte offset say where.
+    """
+
+    def __init__(self, agent: str, position: int, offset: int, reason: str, path: str = "") -> None:
+        where = f" in {path}" if path else ""
+        super().__init__(
+            f"corrupt log for agent {agent!r}: record {position} at byte {offset}{where}: {reason}"
+        )
+        self.agent = agent
+        self.position = position
+        self.offset = offset
+        self.reason = reason
+        self.path = path
+
+
+class CorruptCheckpointError(StorageError):
+    """A checkpoint failed validation; callers fall back to replaying the log."""
+
+
+class DatabaseLockedError(StorageError):
+    """Another process holds the database open for writing."""
+
+
+class DurabilityError(StorageError):
+    """Writing or syncing the log failed; the handle is unusable from then on.
+
+    A failed fsync is never retried and then acknowledged: after it, the kernel may have
+    dropped the dirty pages, so the only honest answer is to stop.
+    """
+
+
+class ReadOnlyError(KoruError):
+    """A write was attempted on a database opened read-only."""
+
+
+class DatabaseClosedError(KoruError):
+    """The database handle is closed (or was closed by a fatal storage error)."""

@@ -1,0 +1,91 @@
+"""Result types: version metadata, values with their metadata, statistics.
+
+They are named tuples: immutable, cheap to create (``history`` builds thousands),
+and readable by field name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, NamedTuple
+
+__all__ = ["Stats", "Version", "Versioned"]
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+
+
+def _to_datetime(ns: int) -> _dt.datetime:
+    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+
+
+class Version(NamedTuple):
+    """Metadata of one version of a key.
+
+    Ids are lowercase hex. ``write_id`` is unique per write; ``content_id`` is blake3 of
+    the canonical value (None for a deletion), so equal values share it; ``previous`` is
+    the write id of the version the writer saw as current (the causal link; None for
+    a key's first write); ``timestamp`` is the hybrid-logical-clock time in ns since
+    the Unix epoch; ``origin`` is the id of the node that wrote it.
+    """
+
+    namespace: str
+    key: str
+    write_id: str
+    content_id: str | None
+    timestamp: int
+    previous: str | None
+    origin: str
+    deleted: bool
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        """``timestamp`` as an aware UTC datetime (microsecond precision)."""
+        return _to_datetime(self.timestamp)
+
+
+class Versioned(NamedTuple):
+    """A value together with its version metadata (see :class:`Version`).
+
+    ``value`` is None for a deletion in history.
+    """
+
+    value: Any
+    namespace: str
+    key: str
+    write_id: str
+    content_id: str | None
+    timestamp: int
+    previous: str | None
+    origin: str
+    deleted: bool
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        """``timestamp`` as an aware UTC datetime (microsecond precision)."""
+        return _to_datetime(self.timestamp)
+
+    @property
+    def version(self) -> Version:
+        """The metadata alone."""
+        return Version(*self[1:])
+
+
+class Stats(NamedTuple):
+    """A snapshot of the database's counters (``db.stats()``)."""
+
+    path: str | None
+    node_id: str
+    sync: str
+    keys: int
+    deleted_keys: int
+    namespaces: int
+    versions: int
+    events: int
+    log_bytes: int
+    syncs: int
+    cache_entries: int
+    cache_bytes: int
+    cache_hits: int
+    cache_misses: int
+    checkpoint_events: int
+    replayed_events: int

@@ -1,0 +1,23 @@
+"""Projections: pure folds from events to state.
+
+No I/O, no clock, no trio: the same events in, the same state out, whatever order
+peers delivered them in.
+"""
+
+from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import decode_checkpoint as decode_checkpoint
+from ._checkpoint import encode_checkpoint as encode_checkpoint
+from ._feeds import FeedState as FeedState
+from ._kv import RECORD_SIZE as RECORD_SIZE
+from ._kv import KvState as KvState
+from ._kv import VersionRecord as VersionRecord
+
+__all__ = [
+    "RECORD_SIZE",
+    "Checkpoint",
+    "FeedState",
+    "KvState",
+    "VersionRecord",
+    "decode_checkpoint",
+    "encode_checkpoint",
+]

@@ -1,0 +1,46 @@
+"""Feeds: how far each origin's sequence of events for each agent has been seen.
+
+Every node numbers its own events per agent (1, 2, 3, ...) and links each to the
+previous one in that feed. This projection remembers, per (origin, agent), the last
+sequence number and event id applied, which gives the next ``seq``/``prev`` for this
+node's own events and lets sync ask a peer for exactly what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from koru.events import Event
+
+__all__ = ["FeedState"]
+
+
+class FeedState:
+    """(origin, agent) -> (last seq, last event id)."""
+
+    __slots__ = ("heads",)
+
+    def __init__(self) -> None:
+        self.heads: dict[tuple[bytes, str], tuple[int, bytes]] = {}
+
+    def apply(self, event: Event, event_id: bytes) -> None:
+        """Fold one event in (keeps the highest sequence number seen per feed)."""
+        feed = (event.origin, event.agent)
+        head = self.heads.get(feed)
+        if head is None or event.seq > head[0]:
+            self.heads[feed] = (event.seq, event_id)
+
+    def next(self, origin: bytes, agent: str) -> tuple[int, bytes | None]:
+        """The (seq, prev) that the origin's next event for ``agent`` must carry."""
+        head = self.heads.get((origin, agent))
+        return (1, None) if head is None else (head[0] + 1, head[1])
+
+    def snapshot(self) -> list[Any]:
+        return [[o, a, s, e] for (o, a), (s, e) in sorted(self.heads.items())]
+
+    @classmethod
+    def from_snapshot(cls, data: list[Any]) -> FeedState:
+        state = cls()
+        for origin, agent, seq, eid in data:
+            state.heads[(bytes(origin), str(agent))] = (int(seq), bytes(eid))
+        return state
