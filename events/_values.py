@@ -55,11 +55,13 @@ def _check(value: Any, depth: int) -> None:
         for k, v in value.items():
             if type(k) is not str:
                 raise InvalidDataError(f"dict keys must be str, got {type(k).__name__}: {k!r}")
-            _check(v, depth + 1)
+            if type(v) not in _SCALARS:  # skip the call for the common flat case
+                _check(v, depth + 1)
         return
     if kind is list:
         for v in value:
-            _check(v, depth + 1)
+            if type(v) not in _SCALARS:
+                _check(v, depth + 1)
         return
     raise InvalidDataError(
         f"unsupported value type {kind.__name__}: values are JSON-like "

@@ -43,6 +43,10 @@ class ValueCache:
         self._data.move_to_end(cid)
         return data
 
+    def peek(self, cid: bytes) -> bytes | None:
+        """Like :meth:`get` but without counting or refreshing recency (bulk reads)."""
+        return self._data.get(cid)
+
     def put(self, cid: bytes, data: bytes) -> None:
         cost = len(data) + _OVERHEAD
         if cost > self.capacity:

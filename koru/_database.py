@@ -39,7 +39,15 @@ from koru.events import (
     write_id,
 )
 from koru.nursery import Clock, Committer
-from koru.projections import FeedState, KvState, VersionRecord, encode_checkpoint
+from koru.projections import (
+    NO_ID,
+    TOMBSTONE,
+    FeedState,
+    KvState,
+    VersionRecord,
+    capture_checkpoint,
+    encode_captured,
+)
 
 from ._cache import ValueCache
 from ._diff import Diff, diff_values
@@ -61,11 +69,13 @@ __all__ = ["MAX_NAME_BYTES", "Database"]
 
 #: Longest namespace or key, in UTF-8 bytes.
 MAX_NAME_BYTES = 1024
-_YIELD_EVERY = 64
+_YIELD_MASK = 63  # yield to the scheduler on every 64th operation
 _NULL = b"\xf6"
 
 
 def _check_name(name: object, what: str) -> None:
+    if type(name) is str and name.isascii() and 0 < len(name) <= MAX_NAME_BYTES:
+        return  # the common case, decided without encoding
     if type(name) is not str:
         raise InvalidDataError(f"{what} must be a str, not {type(name).__name__}")
     if not name:
@@ -113,6 +123,7 @@ class Database:
         replayed: int,
     ) -> None:
         self._store = store
+        self._readonly = store.readonly
         self._path = path
         self._node = node_id
         self._node_hex = node_id.hex()
@@ -129,6 +140,7 @@ class Database:
         self._events = from_checkpoint + replayed
         self._checkpointed_at = from_checkpoint if not replayed else -1
         self._checkpoint_due = trio.Event()
+        self._checkpoints = 0
         self._ops = 0
         self._closed = False
         self._shut = False
@@ -152,22 +164,23 @@ class Database:
         return self._path
 
     async def _enter(self) -> None:
+        """Start an operation: closed check, cancellation point, sometimes a yield."""
         if self._closed:
             raise DatabaseClosedError("the database is closed") from self._fatal
         self._ops += 1
-        if self._ops % _YIELD_EVERY:
+        if self._ops & _YIELD_MASK:
             await trio.lowlevel.checkpoint_if_cancelled()
         else:
             await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise DatabaseClosedError("the database is closed") from self._fatal
+            if self._closed:
+                raise DatabaseClosedError("the database is closed") from self._fatal
 
     async def _enter_write(self) -> None:
-        await self._enter()
-        if self._store.readonly:
+        if self._readonly:
             raise ReadOnlyError("the database is open read-only")
+        await self._enter()
 
-    def _append(self, event: Event) -> bytes:
+    def _append(self, event: Event, content_ids: list[bytes] | None = None) -> bytes:
         """The one write path: encode, store (frame, checksum, chain, write), fold."""
         data = encode_event(event)
         eid = event_id(data)
@@ -177,7 +190,7 @@ class Database:
             self._die(exc)
             raise
         self._committer.mark_appended()
-        self._kv.apply(event, eid, location)
+        self._kv.apply(event, eid, location, content_ids)
         self._feeds.apply(event, eid)
         self._events += 1
         if self._events - max(self._checkpointed_at, 0) >= self._checkpoint_every:
@@ -202,8 +215,7 @@ class Database:
         return self._node, STORAGE, seq, prev, self._hlc.tick(self._clock.now_ns())
 
     def _previous(self, namespace: str, key: str) -> bytes | None:
-        cur = self._kv.current(namespace, key)
-        return None if cur is None else cur.write_id
+        return self._kv.current_write_id(namespace, key)
 
     def _value_bytes(self, rec_cid: bytes, location: int, namespace: str, key: str) -> bytes:
         data = self._cache.get(rec_cid)
@@ -263,10 +275,10 @@ class Database:
         _check_name(namespace, "namespace")
         _check_name(key, "key")
         data = encode_value(value, self._max_value_size)
-        previous = self._previous(namespace, key)
+        previous = self._kv.current_write_id(namespace, key)
         event = PutEvent(*self._header(), namespace, key, data, previous)
-        eid = self._append(event)
         cid = content_id(data)
+        eid = self._append(event, [cid])
         self._cache.put(cid, data)
         await self._acknowledge()
         return Version(
@@ -298,11 +310,11 @@ class Database:
         if not writes:
             return []
         event = BatchEvent(*self._header(), tuple(writes))
-        eid = self._append(event)
+        cids = [content_id(w.value) for w in writes if w.value is not None]
+        eid = self._append(event, cids)
         versions = []
-        for i, w in enumerate(writes):
+        for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             assert w.value is not None
-            cid = content_id(w.value)
             self._cache.put(cid, w.value)
             versions.append(
                 Version(
@@ -346,19 +358,31 @@ class Database:
         Raises:
             KeyNotFoundError: never written, or deleted.
         """
-        await self._enter()
-        if type(namespace) is not str or type(key) is not str:
+        # The hot path, inlined: closed check, cancellation point, one probe, one decode.
+        if self._closed:
+            raise DatabaseClosedError("the database is closed") from self._fatal
+        self._ops += 1
+        if self._ops & _YIELD_MASK:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise DatabaseClosedError("the database is closed") from self._fatal
+        try:
+            cid = self._kv.live_content_id(namespace, key)
+        except TypeError:  # unhashable namespace or key
+            cid = None
+        if cid is None:
             _check_name(namespace, "namespace")
             _check_name(key, "key")
-        raw = self._kv.current_raw(namespace, key)
-        if raw is None or raw[2]:
             raise KeyNotFoundError(namespace, key)
-        cid = raw[0]
         data = self._cache.get(cid)
         if data is None:
+            raw = self._kv.current_raw(namespace, key)
+            assert raw is not None
             data = self._load_value(raw[1], namespace, key)
             self._cache.put(cid, data)
-        return decode_value(data)
+        return cbor2.loads(data)
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
         """The current value with its version metadata.
@@ -413,24 +437,38 @@ class Database:
         _check_name(key, "key")
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
-        recs = self._kv.history(namespace, key)
+        recs = self._kv.history_raw(namespace, key)
         if since is not None:
             lo = to_ns(since, end=False)
-            recs = [r for r in recs if r.hlc >= lo]
+            recs = [r for r in recs if r[0] >= lo]
         if until is not None:
             hi = to_ns(until)
-            recs = [r for r in recs if r.hlc <= hi]
+            recs = [r for r in recs if r[0] <= hi]
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
-        # Decode all values with one cbor2 call: a CBOR array of the stored encodings.
-        parts = [
-            _NULL
-            if r.content_id is None
-            else self._value_bytes(r.content_id, r.location, namespace, key)
-            for r in recs
-        ]
+        # Hot loop (a key may have thousands of versions): raw tuples, one cbor2 call
+        # for all values (a CBOR array of the stored encodings), memoised hex ids.
+        cached = self._cache.peek
+        parts = []
+        for r in recs:
+            if r[7] & TOMBSTONE:
+                parts.append(_NULL)
+            else:
+                parts.append(cached(r[3]) or self._value_bytes(r[3], r[5], namespace, key))
         values = cbor2.loads(_array_header(len(parts)) + b"".join(parts))
-        return [self._versioned(namespace, key, r, v) for r, v in zip(recs, values, strict=True)]
+        hexes: dict[bytes, str | None] = {NO_ID: None}
+        out = []
+        new = tuple.__new__
+        for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values, strict=True):
+            w = hexes[wid] = wid.hex()
+            o = hexes.get(origin)
+            if o is None:
+                o = hexes[origin] = origin.hex()
+            p = hexes[prev] if prev in hexes else prev.hex()
+            deleted = bool(flags & TOMBSTONE)
+            c = None if deleted else cid.hex()
+            out.append(new(Versioned, (value, namespace, key, w, c, hlc, p, o, deleted)))
+        return out
 
     async def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current (not deleted) value."""
@@ -517,6 +555,7 @@ class Database:
             cache_bytes=self._cache.size,
             cache_hits=self._cache.hits,
             cache_misses=self._cache.misses,
+            checkpoints=self._checkpoints,
             checkpoint_events=self._from_checkpoint,
             replayed_events=self._replayed,
         )
@@ -542,10 +581,15 @@ class Database:
         self._store.flush()
         await self._committer.sync_now()
         cursors = {a: self._store.cursor(a) for a in self._store.agents()}
-        data = encode_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
+        captured = capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
         events = self._events
-        await trio.to_thread.run_sync(self._store.write_file, CHECKPOINT_FILE, data)
+        # Encoding and writing happen off the event loop; the capture is immutable.
+        await trio.to_thread.run_sync(self._save_checkpoint, captured)
         self._checkpointed_at = events
+        self._checkpoints += 1
+
+    def _save_checkpoint(self, captured: dict[str, Any]) -> None:
+        self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
 
     async def run_checkpointer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -87,5 +87,8 @@ class Stats(NamedTuple):
     cache_bytes: int
     cache_hits: int
     cache_misses: int
+    #: Checkpoints written by this handle.
+    checkpoints: int
+    #: Events restored from a checkpoint when opened, and replayed from the log then.
     checkpoint_events: int
     replayed_events: int

@@ -25,9 +25,9 @@ import time
 from typing import Literal
 
 import trio
-from koru.events import LogStore
 
 from koru._errors import DurabilityError
+from koru.events import LogStore
 
 __all__ = ["SYNC_MODES", "Committer", "SyncMode"]
 

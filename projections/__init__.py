@@ -5,19 +5,27 @@ peers delivered them in.
 """
 
 from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import capture_checkpoint as capture_checkpoint
 from ._checkpoint import decode_checkpoint as decode_checkpoint
+from ._checkpoint import encode_captured as encode_captured
 from ._checkpoint import encode_checkpoint as encode_checkpoint
 from ._feeds import FeedState as FeedState
+from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
+from ._kv import TOMBSTONE as TOMBSTONE
 from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
 
 __all__ = [
+    "NO_ID",
     "RECORD_SIZE",
+    "TOMBSTONE",
     "Checkpoint",
     "FeedState",
     "KvState",
     "VersionRecord",
+    "capture_checkpoint",
     "decode_checkpoint",
+    "encode_captured",
     "encode_checkpoint",
 ]

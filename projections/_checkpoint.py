@@ -15,14 +15,20 @@ from typing import Any
 import attrs
 import blake3
 import cbor2
-from koru.events import Cursor
 
 from koru._errors import CorruptCheckpointError
+from koru.events import Cursor
 
 from ._feeds import FeedState
 from ._kv import KvState
 
-__all__ = ["Checkpoint", "decode_checkpoint", "encode_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "capture_checkpoint",
+    "decode_checkpoint",
+    "encode_captured",
+    "encode_checkpoint",
+]
 
 _MAGIC = b"KORUCKP1"
 _FORMAT = 1
@@ -38,21 +44,35 @@ class Checkpoint:
     hlc: int
 
 
-def encode_checkpoint(kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int) -> bytes:
-    """Serialise a consistent snapshot (take it without yielding in between)."""
-    body = cbor2.dumps(
-        {
-            "format": _FORMAT,
-            "kv": kv.snapshot(),
-            "feeds": feeds.snapshot(),
-            "cursors": {
-                agent: [c.count, c.root, c.segment, c.offset, c.last]
-                for agent, c in sorted(cursors.items())
-            },
-            "hlc": hlc,
-        }
-    )
+def capture_checkpoint(
+    kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int
+) -> dict[str, Any]:
+    """Copy out a consistent snapshot as plain, immutable data.
+
+    Take it without yielding between reading the state and the cursors; the result
+    can then be encoded anywhere (a worker thread) while the state moves on.
+    """
+    return {
+        "format": _FORMAT,
+        "kv": kv.snapshot(),
+        "feeds": feeds.snapshot(),
+        "cursors": {
+            agent: [c.count, c.root, c.segment, c.offset, c.last]
+            for agent, c in sorted(cursors.items())
+        },
+        "hlc": hlc,
+    }
+
+
+def encode_captured(captured: dict[str, Any]) -> bytes:
+    """The checkpoint bytes of a :func:`capture_checkpoint` result."""
+    body = cbor2.dumps(captured)
     return _MAGIC + blake3.blake3(body).digest() + body
+
+
+def encode_checkpoint(kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int) -> bytes:
+    """Capture and encode in one step."""
+    return encode_captured(capture_checkpoint(kv, feeds, cursors, hlc))
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:

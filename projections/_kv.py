@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from koru.events import Event, content_id, write_id
 
-__all__ = ["RECORD_SIZE", "KvState", "VersionRecord"]
+__all__ = ["NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
 
 _REC = struct.Struct(">Q16s32s32s32sQIB")
 RECORD_SIZE = _REC.size
@@ -34,8 +34,12 @@ _WID = 24
 _CID = 56
 _LOC = 120
 _NO_ID = bytes(32)
+#: The all-zero id that stands for "none" in packed records.
+NO_ID = _NO_ID
 _MOD = 1 << 256
 _TOMBSTONE = 1
+#: Flag bit of a deletion in packed records.
+TOMBSTONE = _TOMBSTONE
 
 
 def _order_at(blob: bytes | bytearray, j: int) -> bytes:
@@ -96,8 +100,18 @@ class KvState:
 
     # -- the fold ----------------------------------------------------------------------
 
-    def apply(self, event: Event, event_id: bytes, location: int) -> None:
-        """Fold one event in. Applying an event twice changes nothing."""
+    def apply(
+        self,
+        event: Event,
+        event_id: bytes,
+        location: int,
+        content_ids: list[bytes] | None = None,
+    ) -> None:
+        """Fold one event in. Applying an event twice changes nothing.
+
+        ``content_ids`` may pass the writes' content ids when the caller already
+        hashed the values (the write path), to avoid hashing twice.
+        """
         origin, hlc = event.origin, event.hlc
         for i, w in enumerate(event.writes):
             value = w.value
@@ -105,7 +119,9 @@ class KvState:
                 hlc,
                 origin,
                 write_id(event_id, i),
-                _NO_ID if value is None else content_id(value),
+                _NO_ID
+                if value is None
+                else (content_ids[i] if content_ids is not None else content_id(value)),
                 w.previous or _NO_ID,
                 location,
                 0 if value is None else len(value),
@@ -166,6 +182,28 @@ class KvState:
             return None
         return _unpack(_REC.unpack_from(blob, len(blob) - RECORD_SIZE))
 
+    def current_write_id(self, namespace: str, key: str) -> bytes | None:
+        """The write id of the key's current version (None if never written)."""
+        keys = self.namespaces.get(namespace)
+        blob = keys.get(key) if keys is not None else None
+        if blob is None:
+            return None
+        base = len(blob) - RECORD_SIZE
+        return bytes(blob[base + _WID : base + _ORDER])
+
+    def live_content_id(self, namespace: str, key: str) -> bytes | None:
+        """The content id of the key's current value; None if never written or deleted.
+
+        The hot read path: one dict probe per level and one slice.
+        """
+        keys = self.namespaces.get(namespace)
+        if keys is None:
+            return None
+        blob = keys.get(key)
+        if blob is None or blob[-1] & _TOMBSTONE:
+            return None
+        return bytes(blob[_CID - RECORD_SIZE : _CID + 32 - RECORD_SIZE])
+
     def current_raw(self, namespace: str, key: str) -> tuple[bytes, int, bool] | None:
         """(content id, location, deleted) of the current version: the hot read path."""
         keys = self.namespaces.get(namespace)
@@ -188,6 +226,16 @@ class KvState:
         if blob is None:
             return []
         return [_unpack(r) for r in _REC.iter_unpack(blob)]
+
+    def history_raw(self, namespace: str, key: str) -> list[tuple[Any, ...]]:
+        """:meth:`history` as raw packed tuples, for bulk readers.
+
+        Each tuple is (hlc, origin, write id, content id, previous, location, size,
+        flags), with all-zero ids for "none" and flag bit 0 marking a deletion.
+        """
+        keys = self.namespaces.get(namespace)
+        blob = keys.get(key) if keys is not None else None
+        return [] if blob is None else list(_REC.iter_unpack(blob))
 
     def at(self, namespace: str, key: str, hlc: int) -> VersionRecord | None:
         """The version current at time ``hlc``: the last one with timestamp <= hlc."""
