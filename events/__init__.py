@@ -12,6 +12,7 @@ from ._chain import genesis_root as genesis_root
 from ._codec import MAX_EVENT_SIZE as MAX_EVENT_SIZE
 from ._codec import SCHEMA_VERSION as SCHEMA_VERSION
 from ._codec import decode_event as decode_event
+from ._codec import decode_trusted as decode_trusted
 from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
@@ -59,6 +60,7 @@ __all__ = [
     "chain",
     "content_id",
     "decode_event",
+    "decode_trusted",
     "decode_value",
     "decode_value_strict",
     "encode_event",

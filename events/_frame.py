@@ -93,8 +93,8 @@ def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int,
         TornRecord: the buffer ends inside the record.
         FrameError: a checksum or length check failed on a complete record header/body.
     """
-    avail = len(buf) - offset
-    if avail < RECORD_HEADER_SIZE:
+    size = len(buf)
+    if size - offset < RECORD_HEADER_SIZE:
         raise TornRecord("record header is incomplete")
     n, body_crc, head_crc = _REC.unpack_from(buf, offset)
     if _crc32(_LEN_CRC.pack(n, body_crc)) != head_crc:
@@ -103,9 +103,10 @@ def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int,
         raise FrameError(f"record body of {n} bytes is too short")
     start = offset + RECORD_HEADER_SIZE
     end = start + n
-    if end > len(buf):
+    if end > size:
         raise TornRecord("record body is incomplete")
-    body = bytes(buf[start:end])
-    if _crc32(body) != body_crc:
-        raise FrameError("record body checksum mismatch")
-    return end, body[:ROOT_SIZE], body[ROOT_SIZE:]
+    # Checksum the body in place (no copy), then copy out only root and event.
+    with memoryview(buf) as view:
+        if _crc32(view[start:end]) != body_crc:
+            raise FrameError("record body checksum mismatch")
+    return end, bytes(buf[start : start + ROOT_SIZE]), bytes(buf[start + ROOT_SIZE : end])

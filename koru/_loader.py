@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from koru.events import AGENTS, LogStore, decode_event, unpack_location
+from koru.events import AGENTS, LogStore, decode_trusted, unpack_location
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
 from ._errors import CodecError, CorruptCheckpointError, CorruptLogError
@@ -64,7 +64,7 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None) -> Loaded:
     for agent in agents:
         for rec in store.replay(agent, cursors.get(agent)):
             try:
-                event = decode_event(rec.data)
+                event = decode_trusted(rec.data)
             except CodecError as exc:
                 raise CorruptLogError(
                     agent,

@@ -23,7 +23,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from koru.events import Event, content_id, write_id
+from koru.events import Event, PutEvent, content_id, write_id
 
 __all__ = ["NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
 
@@ -113,6 +113,20 @@ class KvState:
         hashed the values (the write path), to avoid hashing twice.
         """
         origin, hlc = event.origin, event.hlc
+        if type(event) is PutEvent:  # the common case, without building Write objects
+            value = event.value
+            rec = _REC.pack(
+                hlc,
+                origin,
+                event_id,
+                content_ids[0] if content_ids is not None else content_id(value),
+                event.previous or _NO_ID,
+                location,
+                len(value),
+                0,
+            )
+            self.apply_record(event.namespace, event.key, rec)
+            return
         for i, w in enumerate(event.writes):
             value = w.value
             rec = _REC.pack(
