@@ -128,18 +128,18 @@ class KvState:
             self.apply_record(event.namespace, event.key, rec)
             return
         for i, w in enumerate(event.writes):
-            value = w.value
+            data = w.value
             rec = _REC.pack(
                 hlc,
                 origin,
                 write_id(event_id, i),
                 _NO_ID
-                if value is None
-                else (content_ids[i] if content_ids is not None else content_id(value)),
+                if data is None
+                else (content_ids[i] if content_ids is not None else content_id(data)),
                 w.previous or _NO_ID,
                 location,
-                0 if value is None else len(value),
-                _TOMBSTONE if value is None else 0,
+                0 if data is None else len(data),
+                _TOMBSTONE if data is None else 0,
             )
             self.apply_record(w.namespace, w.key, rec)
 
