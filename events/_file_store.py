@@ -54,6 +54,17 @@ _BUFFER_LIMIT = 1024 * 1024
 _READ_AHEAD = 4096
 
 
+def _count_records(data: bytes) -> int:
+    """How many whole records ``data`` holds, following length headers only."""
+    count, offset = 0, 0
+    while offset < len(data):
+        offset += RECORD_HEADER_SIZE + int.from_bytes(data[offset : offset + 4], "little")
+        count += 1
+    if offset != len(data):
+        raise FrameError("record lengths do not add up")
+    return count
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -174,7 +185,8 @@ class FileStore:
         segs = list(log.segments)
         first = 0
         if start is not None:
-            self._check_cursor(log, start)
+            start = self._check_cursor(log, start)
+        if start is not None:
             count, root = start.count, start.root
             first = segs.index(start.segment) if segs else 0
         end = (segs[first], SEGMENT_HEADER_SIZE, -1) if segs else (0, 0, -1)
@@ -243,12 +255,18 @@ class FileStore:
         log.flushed = log.offset
         log.ready = True
 
-    def _check_cursor(self, log: _AgentLog, start: Cursor) -> None:
+    def _check_cursor(self, log: _AgentLog, start: Cursor) -> Cursor | None:
+        """Check a checkpoint's cursor against the log; None means "from genesis".
+
+        The record ending at the cursor must carry the cursor's root, and the number of
+        records before it must be the cursor's count (walking the length headers of its
+        segment, which costs no checksums).
+        """
         bad = CorruptCheckpointError(f"checkpoint cursor for {log.name!r} does not match the log")
-        if not log.segments:
-            if start.count != 0 or start.root != genesis_root(log.name):
+        if start.count == 0:
+            if start.root != genesis_root(log.name):
                 raise bad
-            return
+            return None
         if start.segment not in log.segments:
             raise bad
         path = log.path(start.segment)
@@ -262,14 +280,19 @@ class FileStore:
                         and header.prev_root == start.root
                     )
                 else:
-                    f.seek(start.last)
+                    before = f.read(start.last - SEGMENT_HEADER_SIZE)
                     chunk = f.read(start.offset - start.last)
                     end, root, _ = parse_record(chunk, 0)
-                    ok = end == len(chunk) and root == start.root
+                    ok = (
+                        end == len(chunk)
+                        and root == start.root
+                        and header.first_index + _count_records(before) + 1 == start.count
+                    )
         except (OSError, TornRecord, FrameError):
             ok = False
         if not ok:
             raise bad
+        return start
 
     def _cut_tail(self, log: _AgentLog, seg: int, offset: int, size: int) -> None:
         if self.readonly or offset >= size:
@@ -451,7 +474,7 @@ class FileStore:
             raise ReadOnlyError("the database is open read-only")
         # Why temp + fsync + rename + fsync(dir): a crash at any point leaves either the
         # old file or the new one, never a mix.
-        tmp = self.path / f".{name}.tmp"
+        tmp = self.path / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)

@@ -34,10 +34,11 @@ class MemoryStore:
     def replay(self, agent: str, start: Cursor | None = None) -> Iterator[Record]:
         log = self._logs.get(agent, [])
         begin = 0 if start is None else start.count
-        if start is not None:
-            expected = log[begin - 1][2] if begin else genesis_root(agent)
-            if begin > len(log) or expected != start.root:
-                raise CorruptCheckpointError(f"cursor for {agent!r} does not match the log")
+        if start is not None and (
+            not 0 <= begin <= len(log)
+            or start.root != (log[begin - 1][2] if begin else genesis_root(agent))
+        ):
+            raise CorruptCheckpointError(f"cursor for {agent!r} does not match the log")
         idx = agent_index(agent)
         for i in range(begin, len(log)):
             data, eid, root = log[i]

@@ -59,6 +59,7 @@ from ._errors import (
     KeyNotFoundError,
     NoValueAtTimeError,
     ReadOnlyError,
+    StorageError,
     VersionNotFoundError,
 )
 from ._loader import CHECKPOINT_FILE
@@ -141,6 +142,8 @@ class Database:
         self._checkpointed_at = from_checkpoint if not replayed else -1
         self._checkpoint_due = trio.Event()
         self._checkpoints = 0
+        self._checkpoint_lock = trio.Lock()
+        self._checkpoint_failures = 0
         self._ops = 0
         self._closed = False
         self._shut = False
@@ -577,6 +580,12 @@ class Database:
         await self._write_checkpoint()
 
     async def _write_checkpoint(self) -> None:
+        # One at a time: the background checkpointer and db.checkpoint() must not
+        # interleave, or an older checkpoint could replace a newer one.
+        async with self._checkpoint_lock:
+            await self._write_checkpoint_locked()
+
+    async def _write_checkpoint_locked(self) -> None:
         # The log must be durable up to the cursors before a checkpoint names them.
         self._store.flush()
         await self._committer.sync_now()
@@ -589,7 +598,10 @@ class Database:
         self._checkpoints += 1
 
     def _save_checkpoint(self, captured: dict[str, Any]) -> None:
-        self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
+        try:
+            self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
+        except OSError as exc:
+            raise StorageError(f"writing the checkpoint failed: {exc}") from exc
 
     async def run_checkpointer(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -607,6 +619,10 @@ class Database:
             except DurabilityError as exc:
                 self._die(exc)
                 return
+            except StorageError:
+                # A checkpoint is only a shortcut (the log is the truth): keep serving,
+                # and try again after the next checkpoint_every events.
+                self._checkpoint_failures += 1
 
     async def aclose(self) -> None:
         """Flush, fsync, checkpoint if anything changed, and close. Idempotent.

@@ -1,0 +1,551 @@
+"""The LogStore contract: one test class that every log backend must pass.
+
+``TestLogStoreContract`` runs against the memory store and the file store (plain,
+rotating through small segments, buffered, and both). A memory store "reopens" as
+itself. ``TestFileStore`` then covers what only a file store has: segment files,
+buffering seen from another reader, read-only stores, the lock, torn and damaged tails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import blake3
+import pytest
+
+from koru import (
+    CorruptCheckpointError,
+    CorruptLogError,
+    DatabaseLockedError,
+    ReadOnlyError,
+    StorageError,
+)
+from koru.events import (
+    AGENTS,
+    Cursor,
+    FileStore,
+    LogStore,
+    MemoryStore,
+    PutEvent,
+    Record,
+    agent_index,
+    encode_event,
+    encode_value,
+    event_id,
+    genesis_root,
+    unpack_location,
+)
+
+AGENT = "storage"
+OTHER = "chronicle"
+ORIGIN = bytes(range(16))
+
+
+@attrs.frozen
+class Appended:
+    """What one append produced, as the test remembers it."""
+
+    data: bytes
+    event_id: bytes
+    location: int
+    root: bytes
+
+
+def make_events(
+    n: int, *, agent: str = AGENT, origin: bytes = ORIGIN, size: int = 8, tag: str = "v"
+) -> list[tuple[bytes, bytes]]:
+    """``n`` encoded put events of one feed (proper seq/prev), with their ids."""
+    out: list[tuple[bytes, bytes]] = []
+    prev: bytes | None = None
+    for seq in range(1, n + 1):
+        value = encode_value(f"{tag}{seq}".ljust(size, "x"))
+        data = encode_event(
+            PutEvent(origin, agent, seq, prev, 1_000 + seq, "ns", f"k{seq % 3}", value, None)
+        )
+        prev = event_id(data)
+        out.append((data, prev))
+    return out
+
+
+def expected_roots(agent: str, eids: list[bytes], root: bytes | None = None) -> list[bytes]:
+    """The chain roots after each id: root_n = blake3(root_{n-1} || id_n)."""
+    root = genesis_root(agent) if root is None else root
+    roots = []
+    for eid in eids:
+        root = blake3.blake3(root + eid).digest()
+        roots.append(root)
+    return roots
+
+
+def append_all(
+    store: LogStore, events: list[tuple[bytes, bytes]], agent: str = AGENT
+) -> list[Appended]:
+    out = []
+    for data, eid in events:
+        location, root = store.append(agent, data, eid)
+        out.append(Appended(data, eid, location, root))
+    return out
+
+
+@attrs.define
+class Backend:
+    """Opens (and reopens) one kind of store; closes whatever it opened."""
+
+    name: str
+    make: Callable[[], LogStore]
+    persistent: bool
+    opened: list[LogStore] = attrs.field(factory=list)
+
+    def open(self) -> LogStore:
+        store = self.make()
+        self.opened.append(store)
+        return store
+
+    def reopen(self, store: LogStore) -> LogStore:
+        """Close and open again, replaying every agent (the documented lifecycle).
+
+        A memory store has nothing to reopen: it is the same object.
+        """
+        if self.persistent:
+            store.close()
+            store = self.open()
+        for agent in store.agents():
+            for _ in store.replay(agent):
+                pass
+        return store
+
+    def close_all(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "memory": lambda tmp: Backend("memory", MemoryStore, persistent=False),
+    "file": lambda tmp: Backend("file", lambda: FileStore(tmp / "db"), persistent=True),
+    "file-rotating": lambda tmp: Backend(
+        "file-rotating", lambda: FileStore(tmp / "db", segment_size=400), persistent=True
+    ),
+    "file-buffered": lambda tmp: Backend(
+        "file-buffered", lambda: FileStore(tmp / "db", buffered=True), persistent=True
+    ),
+    "file-buffered-rotating": lambda tmp: Backend(
+        "file-buffered-rotating",
+        lambda: FileStore(tmp / "db", buffered=True, segment_size=400),
+        persistent=True,
+    ),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = BACKENDS[request.param](tmp_path)
+    try:
+        yield b
+    finally:
+        b.close_all()
+
+
+def first_record(store: LogStore, agent: str, start: Cursor) -> Record | None:
+    """Start a replay and take one step: where a bad cursor must already have raised."""
+    return next(iter(store.replay(agent, start)), None)
+
+
+def replay_list(store: LogStore, agent: str, start: Cursor | None = None) -> list[Record]:
+    return list(store.replay(agent, start))
+
+
+def test_genesis_roots_are_distinct_per_agent() -> None:
+    roots = {genesis_root(a) for a in AGENTS}
+    assert len(roots) == len(AGENTS)
+    assert genesis_root(AGENT) == blake3.blake3(b"koru-delta/genesis/storage").digest()
+
+
+class TestLogStoreContract:
+    def test_empty_store(self, backend: Backend) -> None:
+        store = backend.open()
+        assert store.agents() == []
+        for agent in (AGENT, OTHER):
+            cursor = store.cursor(agent)
+            assert cursor.count == 0
+            assert cursor.root == genesis_root(agent)
+            assert replay_list(store, agent) == []
+        assert store.read_file("checkpoint") is None
+        stats = store.stats()
+        assert stats["bytes_appended"] == 0
+        assert stats["records"] == 0
+        assert stats["syncs"] == 0
+
+    def test_append_returns_locations_and_chained_roots(self, backend: Backend) -> None:
+        store = backend.open()
+        events = make_events(12)
+        done = append_all(store, events)
+        assert [a.root for a in done] == expected_roots(AGENT, [eid for _, eid in events])
+        assert len({a.location for a in done}) == len(done)
+        for a in done:
+            assert unpack_location(a.location)[0] == agent_index(AGENT)
+        assert store.agents() == [AGENT]
+
+    def test_read_returns_the_event_bytes(self, backend: Backend) -> None:
+        store = backend.open()
+        # A large event takes the read path that needs a second read (> 4 KiB).
+        events = make_events(5) + make_events(1, size=10_000, tag="big")
+        events += make_events(3, tag="after")
+        done = append_all(store, events)
+        for a in reversed(done):
+            assert store.read(a.location) == a.data
+        store.flush()
+        store.sync()
+        assert [store.read(a.location) for a in done] == [d for d, _ in events]
+
+    def test_replay_after_reopen_gives_the_same_records(self, backend: Backend) -> None:
+        store = backend.open()
+        events = make_events(20)
+        done = append_all(store, events)
+        store.flush()
+        store = backend.reopen(store)
+        records = replay_list(store, AGENT)
+        assert [r.position for r in records] == list(range(20))
+        assert [r.data for r in records] == [a.data for a in done]
+        assert [r.event_id for r in records] == [a.event_id for a in done]
+        assert [r.root for r in records] == [a.root for a in done]
+        assert [r.location for r in records] == [a.location for a in done]
+        # Locations stay valid across a reopen (checkpoints hold them).
+        for a in done:
+            assert store.read(a.location) == a.data
+
+    def test_replay_from_a_cursor_yields_only_later_records(self, backend: Backend) -> None:
+        store = backend.open()
+        events = make_events(15)
+        cursors = []
+        done = []
+        for data, eid in events:
+            done += append_all(store, [(data, eid)])
+            cursors.append(store.cursor(AGENT))
+        store = backend.reopen(store)
+        for k, cursor in enumerate(cursors, start=1):
+            records = replay_list(store, AGENT, cursor)
+            assert [r.position for r in records] == list(range(k, 15))
+            assert [r.data for r in records] == [a.data for a in done[k:]]
+            assert [r.root for r in records] == [a.root for a in done[k:]]
+        assert store.cursor(AGENT) == cursors[-1]
+
+    def test_cursor_of_an_empty_log_replays_everything(self, backend: Backend) -> None:
+        # A cursor is "a position in one agent's local log"; the empty log's end is one.
+        store = backend.open()
+        empty = store.cursor(AGENT)
+        done = append_all(store, make_events(4))
+        store = backend.reopen(store)
+        assert [r.data for r in replay_list(store, AGENT, empty)] == [a.data for a in done]
+
+    def test_append_after_replay_from_a_cursor_continues_the_chain(self, backend: Backend) -> None:
+        # The checkpoint-plus-tail path: replay only the tail, then keep appending.
+        events = make_events(14)
+        store = backend.open()
+        first = append_all(store, events[:6])
+        cursor = store.cursor(AGENT)
+        first += append_all(store, events[6:9])
+        store.flush()
+        if backend.persistent:
+            store.close()
+            store = backend.open()
+        tail = replay_list(store, AGENT, cursor)
+        assert [r.position for r in tail] == [6, 7, 8]
+        rest = append_all(store, events[9:])
+        assert [a.root for a in first + rest] == expected_roots(AGENT, [e for _, e in events])
+        store = backend.reopen(store)
+        records = replay_list(store, AGENT)
+        assert [r.data for r in records] == [d for d, _ in events]
+        assert store.cursor(AGENT).count == 14
+
+    def test_cursor_with_a_wrong_root_raises(self, backend: Backend) -> None:
+        store = backend.open()
+        append_all(store, make_events(5))
+        bad = attrs.evolve(store.cursor(AGENT), root=bytes(32))
+        store = backend.reopen(store)
+        with pytest.raises(CorruptCheckpointError):
+            first_record(store, AGENT, bad)
+
+    def test_cursor_of_another_log_raises(self, backend: Backend) -> None:
+        # Same shape (count, segment, offsets), different events: the root gives it away.
+        store = backend.open()
+        append_all(store, make_events(5))
+        append_all(store, make_events(5, agent=OTHER), agent=OTHER)
+        foreign = store.cursor(OTHER)
+        store = backend.reopen(store)
+        with pytest.raises(CorruptCheckpointError):
+            first_record(store, AGENT, foreign)
+
+    def test_cursor_past_the_end_raises(self, backend: Backend) -> None:
+        store = backend.open()
+        append_all(store, make_events(5))
+        cursor = store.cursor(AGENT)
+        store = backend.reopen(store)
+        with pytest.raises(CorruptCheckpointError):
+            first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count + 3))
+
+    def test_cursor_with_a_wrong_count_raises(self, backend: Backend) -> None:
+        # The root is right but the count is not: the store would number later records
+        # (and later segment headers) wrongly if it accepted this cursor.
+        store = backend.open()
+        append_all(store, make_events(6))
+        cursor = store.cursor(AGENT)
+        store = backend.reopen(store)
+        with pytest.raises(CorruptCheckpointError):
+            first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count - 1))
+
+    def test_cursor_for_an_agent_without_a_log_raises(self, backend: Backend) -> None:
+        store = backend.open()
+        append_all(store, make_events(3))
+        bogus = Cursor(2, bytes(32))
+        with pytest.raises(CorruptCheckpointError):
+            first_record(store, OTHER, bogus)
+
+    def test_agents_are_independent(self, backend: Backend) -> None:
+        store = backend.open()
+        mine, theirs = make_events(7), make_events(5, agent=OTHER, tag="o")
+        done: dict[str, list[Appended]] = {AGENT: [], OTHER: []}
+        for i in range(7):
+            done[AGENT] += append_all(store, mine[i : i + 1])
+            if i < 5:
+                done[OTHER] += append_all(store, theirs[i : i + 1], agent=OTHER)
+        assert sorted(store.agents()) == sorted([AGENT, OTHER])
+        for agent, events in ((AGENT, mine), (OTHER, theirs)):
+            assert [a.root for a in done[agent]] == expected_roots(agent, [e for _, e in events])
+            assert {unpack_location(a.location)[0] for a in done[agent]} == {agent_index(agent)}
+            assert store.cursor(agent).count == len(events)
+        store = backend.reopen(store)
+        for agent, events in ((AGENT, mine), (OTHER, theirs)):
+            records = replay_list(store, agent)
+            assert [r.data for r in records] == [d for d, _ in events]
+            assert [r.position for r in records] == list(range(len(events)))
+            for a in done[agent]:
+                assert store.read(a.location) == a.data
+
+    def test_small_files_are_replaced_whole(self, backend: Backend) -> None:
+        store = backend.open()
+        assert store.read_file("checkpoint") is None
+        store.write_file("checkpoint", b"first version, rather long" * 10)
+        store.write_file("meta", b"m")
+        store.write_file("checkpoint", b"second")
+        assert store.read_file("checkpoint") == b"second"
+        assert store.read_file("meta") == b"m"
+        store.write_file("meta", b"")
+        assert store.read_file("meta") == b""
+        store = backend.reopen(store)
+        assert store.read_file("checkpoint") == b"second"
+        assert store.read_file("meta") == b""
+        assert store.read_file("absent") is None
+
+    def test_cursor_after_appends_and_after_reopen(self, backend: Backend) -> None:
+        store = backend.open()
+        done = append_all(store, make_events(9))
+        cursor = store.cursor(AGENT)
+        assert cursor.count == 9
+        assert cursor.root == done[-1].root
+        empty = store.cursor(OTHER)
+        assert (empty.count, empty.root) == (0, genesis_root(OTHER))
+        store = backend.reopen(store)
+        assert store.cursor(AGENT) == cursor
+
+    def test_stats_count_appends_and_syncs(self, backend: Backend) -> None:
+        store = backend.open()
+        events = make_events(6)
+        seen = 0
+        for i, (data, eid) in enumerate(events, start=1):
+            store.append(AGENT, data, eid)
+            stats = store.stats()
+            assert stats["records"] == i
+            assert stats["bytes_appended"] >= seen + len(data)
+            seen = stats["bytes_appended"]
+        for n in (1, 2, 3):
+            store.sync()
+            assert store.stats()["syncs"] == n
+
+    def test_close_is_idempotent(self, backend: Backend) -> None:
+        store = backend.open()
+        done = append_all(store, make_events(3))
+        store.close()
+        store.close()
+        store = backend.reopen(store)
+        assert [r.data for r in replay_list(store, AGENT)] == [a.data for a in done]
+
+
+def _segment_files(root: Path, agent: str = AGENT) -> list[Path]:
+    return sorted((root / "logs" / agent).glob("*.seg"))
+
+
+class TestFileStore:
+    def test_segments_rotate_when_full(self, tmp_path: Path) -> None:
+        path = tmp_path / "db"
+        store = FileStore(path, segment_size=512)
+        events = make_events(40)
+        cursors = []
+        done = []
+        for ev in events:
+            done += append_all(store, [ev])
+            cursors.append(store.cursor(AGENT))
+        segs = [unpack_location(a.location)[1] for a in done]
+        assert segs == sorted(segs)
+        assert len(set(segs)) > 3
+        assert store.stats()["segments"] == len(set(segs)) == len(_segment_files(path))
+        for f in _segment_files(path):
+            assert f.stat().st_size <= 512
+        for a in done:
+            assert store.read(a.location) == a.data
+        store.close()
+
+        store = FileStore(path, segment_size=512)
+        try:
+            records = replay_list(store, AGENT)
+            assert [r.root for r in records] == [a.root for a in done]
+            assert [r.location for r in records] == [a.location for a in done]
+            # Cursors in early segments resume across every later segment.
+            for k in (1, 2, 10, 25):
+                assert [r.position for r in replay_list(store, AGENT, cursors[k - 1])] == list(
+                    range(k, 40)
+                )
+            more = make_events(50)[40:]
+            append_all(store, more)
+        finally:
+            store.close()
+        store = FileStore(path, readonly=True)
+        try:
+            assert len(replay_list(store, AGENT)) == 50
+        finally:
+            store.close()
+
+    def test_a_record_larger_than_a_segment_gets_its_own(self, tmp_path: Path) -> None:
+        store = FileStore(tmp_path / "db", segment_size=300)
+        try:
+            done = append_all(store, make_events(1) + make_events(1, size=2_000, tag="big"))
+            done += append_all(store, make_events(3)[2:])
+            segs = [unpack_location(a.location)[1] for a in done]
+            assert segs == [1, 2, 3]
+            assert [store.read(a.location) for a in done] == [a.data for a in done]
+        finally:
+            store.close()
+
+    def test_buffered_appends_reach_the_file_on_flush(self, tmp_path: Path) -> None:
+        path = tmp_path / "db"
+        store = FileStore(path, buffered=True)
+        try:
+            done = append_all(store, make_events(5))
+            reader = FileStore(path, readonly=True)
+            assert replay_list(reader, AGENT) == []
+            reader.close()
+            store.flush()
+            reader = FileStore(path, readonly=True)
+            assert [r.data for r in replay_list(reader, AGENT)] == [a.data for a in done]
+            reader.close()
+            # read() of a record still in the buffer sees it (it flushes first).
+            late = append_all(store, make_events(8)[5:])
+            assert store.read(late[-1].location) == late[-1].data
+            assert store.read(late[0].location) == late[0].data
+        finally:
+            store.close()
+        reader = FileStore(path, readonly=True)
+        try:
+            assert len(replay_list(reader, AGENT)) == 8
+        finally:
+            reader.close()
+
+    def test_cursor_names_the_end_of_the_last_record(self, tmp_path: Path) -> None:
+        store = FileStore(tmp_path / "db", segment_size=400)
+        try:
+            for ev in make_events(12):
+                (a,) = append_all(store, [ev])
+                cursor = store.cursor(AGENT)
+                _, seg, offset = unpack_location(a.location)
+                assert (cursor.segment, cursor.last) == (seg, offset)
+                # A record is a 12-byte header, the 32-byte root, then the event.
+                assert cursor.offset == offset + 12 + 32 + len(a.data)
+        finally:
+            store.close()
+
+    def test_readonly_store_rejects_writes(self, tmp_path: Path) -> None:
+        path = tmp_path / "db"
+        writer = FileStore(path)
+        done = append_all(writer, make_events(2))
+        writer.close()
+        store = FileStore(path, readonly=True)
+        try:
+            assert [r.data for r in replay_list(store, AGENT)] == [a.data for a in done]
+            data, eid = make_events(3)[2]
+            with pytest.raises(ReadOnlyError):
+                store.append(AGENT, data, eid)
+            with pytest.raises(ReadOnlyError):
+                store.write_file("meta", b"x")
+        finally:
+            store.close()
+
+    def test_readonly_store_needs_an_existing_database(self, tmp_path: Path) -> None:
+        with pytest.raises(StorageError):
+            FileStore(tmp_path / "nothing", readonly=True)
+        assert not (tmp_path / "nothing").exists()
+
+    def test_a_second_writer_is_locked_out(self, tmp_path: Path) -> None:
+        first = FileStore(tmp_path / "db")
+        try:
+            with pytest.raises(DatabaseLockedError):
+                FileStore(tmp_path / "db")
+        finally:
+            first.close()
+        FileStore(tmp_path / "db").close()
+
+    def test_write_file_leaves_no_temporary_file(self, tmp_path: Path) -> None:
+        store = FileStore(tmp_path / "db")
+        try:
+            store.write_file("checkpoint", b"abc")
+            store.write_file("checkpoint", b"de")
+        finally:
+            store.close()
+        names = sorted(p.name for p in (tmp_path / "db").iterdir())
+        assert names == ["LOCK", "checkpoint", "logs"]
+        assert (tmp_path / "db" / "checkpoint").read_bytes() == b"de"
+
+    def test_a_torn_tail_is_cut_on_replay(self, tmp_path: Path) -> None:
+        path = tmp_path / "db"
+        store = FileStore(path)
+        events = make_events(6)
+        done = append_all(store, events[:5])
+        store.close()
+        (seg,) = _segment_files(path)
+        size = seg.stat().st_size
+        os.truncate(seg, size - 7)
+        store = FileStore(path)
+        try:
+            records = replay_list(store, AGENT)
+            assert [r.data for r in records] == [a.data for a in done[:4]]
+            assert seg.stat().st_size == unpack_location(done[4].location)[2]
+            append_all(store, [events[4]])
+        finally:
+            store.close()
+        store = FileStore(path, readonly=True)
+        try:
+            assert [r.data for r in replay_list(store, AGENT)] == [d for d, _ in events[:5]]
+        finally:
+            store.close()
+
+    def test_a_damaged_record_is_reported_not_served(self, tmp_path: Path) -> None:
+        path = tmp_path / "db"
+        store = FileStore(path)
+        done = append_all(store, make_events(5))
+        store.close()
+        (seg,) = _segment_files(path)
+        raw = bytearray(seg.read_bytes())
+        raw[unpack_location(done[2].location)[2] + 60] ^= 0x01
+        seg.write_bytes(bytes(raw))
+        store = FileStore(path, readonly=True)
+        try:
+            served = []
+            with pytest.raises(CorruptLogError) as info:
+                served.extend(store.replay(AGENT))
+            assert [r.data for r in served] == [a.data for a in done[:2]]
+            assert info.value.agent == AGENT
+            assert info.value.position == 2
+            assert info.value.offset == unpack_location(done[2].location)[2]
+        finally:
+            store.close()
