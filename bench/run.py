@@ -1,0 +1,775 @@
+#!/usr/bin/env python
+"""koru-delta benchmark: koru against a reference (mostly sqlite3) on the same machine.
+
+Usage::
+
+    python bench/run.py                 # full run (a few minutes)
+    python bench/run.py --quick         # smoke run with small sizes (< 60 s)
+    python bench/run.py --only put_os,get --json bench/results.json
+
+Every koru measurement is paired with its reference measured in the same run,
+interleaved round by round (koru, reference, koru, reference, ...); each side's figure
+is the median of its rounds. See bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import koru
+
+GROUPS = (
+    "put_always",
+    "put_os",
+    "put_never",
+    "concurrent",
+    "get",
+    "history",
+    "get_at",
+    "open",
+    "memory",
+)
+NS = "users"
+CONCURRENT_TARGET = 40_000.0
+OPEN_TARGET_S = 1.0
+REPLAY_TARGET = 200_000.0
+MEMORY_TARGET = 1024.0
+
+perf = time.perf_counter
+
+
+def value(i: int) -> dict[str, Any]:
+    return {"name": f"user{i}", "age": i % 90, "active": True}
+
+
+# -- configuration and results ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int  # interleaved rounds per throughput measurement
+    round_s: float  # seconds per side per round
+    get_keys: int
+    versions: int  # versions of the history / get_at key
+    open_keys: int
+    open_versions: int
+    open_reps: int  # opens with a checkpoint (median)
+    replay_reps: int  # opens without a checkpoint (median)
+    memory_keys: int
+
+
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000)
+
+
+@dataclass
+class Row:
+    workload: str
+    koru: float
+    reference: float
+    unit: str
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        return self.koru / self.reference if self.reference else float("nan")
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  {row.workload}: koru {fmt(row.koru)} / ref {fmt(row.reference)} {row.unit}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}")
+
+    def target(
+        self, what: str, measured: float, target: float, unit: str, *, at_least: bool
+    ) -> None:
+        ok = measured >= target if at_least else measured <= target
+        sign = ">=" if at_least else "<="
+        verdict = "MET" if ok else "MISSED"
+        self.note(f"target {what} {sign} {fmt(target)} {unit}: {fmt(measured)} -> {verdict}")
+
+
+def fmt(x: float) -> str:
+    if x != x:  # NaN
+        return "-"
+    ax = abs(x)
+    if ax >= 1000:
+        return f"{x:,.0f}"
+    if ax >= 100:
+        return f"{x:.0f}"
+    if ax >= 10:
+        return f"{x:.1f}"
+    if ax >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def render(rows: list[Row]) -> str:
+    header = ("workload", "koru", "reference", "ratio koru/reference", "unit")
+    cells = [header]
+    for r in rows:
+        cells.append((r.workload, fmt(r.koru), fmt(r.reference), f"{r.ratio:.2f}", r.unit))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for n, c in enumerate(cells):
+        parts = [c[0].ljust(widths[0])]
+        parts += [c[i].rjust(widths[i]) for i in (1, 2, 3)]
+        parts.append(c[4].ljust(widths[4]))
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- timing helpers --------------------------------------------------------------------
+
+CHUNK = 64
+
+
+async def _rate_async(
+    batch: Callable[[int], Awaitable[None]], seconds: float, chunk: int = CHUNK
+) -> float:
+    ops, began = 0, perf()
+    while True:
+        await batch(chunk)
+        ops += chunk
+        elapsed = perf() - began
+        if elapsed >= seconds:
+            return ops / elapsed
+
+
+def _rate_sync(batch: Callable[[int], None], seconds: float, chunk: int = CHUNK) -> float:
+    ops, began = 0, perf()
+    while True:
+        batch(chunk)
+        ops += chunk
+        elapsed = perf() - began
+        if elapsed >= seconds:
+            return ops / elapsed
+
+
+async def interleave(
+    sizes: Sizes,
+    koru_batch: Callable[[int], Awaitable[None]],
+    *refs: Callable[[int], None],
+    chunk: int = CHUNK,
+) -> list[float]:
+    """Median ops/s of koru and of each reference, measured in alternating rounds.
+
+    Each callable runs ``chunk`` operations per call; the clock is read between calls.
+    """
+    rates: list[list[float]] = [[] for _ in range(1 + len(refs))]
+    for _ in range(sizes.rounds):
+        rates[0].append(await _rate_async(koru_batch, sizes.round_s, chunk))
+        for i, ref in enumerate(refs, 1):
+            rates[i].append(_rate_sync(ref, sizes.round_s, chunk))
+    return [statistics.median(r) for r in rates]
+
+
+# -- references ------------------------------------------------------------------------
+
+
+def sqlite_kv(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value BLOB, PRIMARY KEY (ns, key))"
+    )
+    conn.commit()
+    return conn
+
+
+def sqlite_versions(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS versions (ns TEXT, key TEXT, seq INTEGER, ts INTEGER, "
+        "value BLOB, PRIMARY KEY (ns, key, seq))"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS versions_ts ON versions (ns, key, ts)")
+    conn.commit()
+    return conn
+
+
+def sqlite_put_batch(conn: sqlite3.Connection, counter: list[int]) -> Callable[[int], None]:
+    def batch(n: int) -> None:
+        i = counter[0]
+        for j in range(i, i + n):
+            conn.execute(
+                "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
+                (NS, f"u{j}", json.dumps(value(j)).encode()),
+            )
+            conn.commit()
+        counter[0] = i + n
+
+    return batch
+
+
+def fsync_batch(fd: int) -> Callable[[int], None]:
+    record = b"r" * 92 + b"\n" * 8  # ~100 bytes, like one small koru record
+
+    def batch(n: int) -> None:
+        for _ in range(n):
+            os.write(fd, record)
+            os.fdatasync(fd)
+
+    return batch
+
+
+# -- workloads -------------------------------------------------------------------------
+
+
+def koru_put_batch(db: koru.Database, counter: list[int]) -> Callable[[int], Awaitable[None]]:
+    async def batch(n: int) -> None:
+        i = counter[0]
+        for j in range(i, i + n):
+            await db.put(NS, f"u{j}", value(j))
+        counter[0] = i + n
+
+    return batch
+
+
+async def bench_put(mode: str, sizes: Sizes, tmp: Path, report: Report) -> None:
+    kdir = tmp / f"put_{mode}"
+    synchronous = "FULL" if mode == "always" else "NORMAL"
+    conn = sqlite_kv(str(tmp / f"put_{mode}.sqlite"), synchronous)
+    refs = [sqlite_put_batch(conn, [0])]
+    fd = -1
+    if mode == "always":
+        fd = os.open(tmp / "fsync.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        refs.append(fsync_batch(fd))
+    try:
+        async with koru.open(kdir, sync=mode) as db:  # type: ignore[arg-type]
+            rates = await interleave(sizes, koru_put_batch(db, [0]), *refs)
+            syncs, events = db.stats().syncs, db.stats().events
+    finally:
+        conn.close()
+        if fd >= 0:
+            os.close(fd)
+    report.add(Row(f"put sync={mode} vs sqlite {synchronous}", rates[0], rates[1], "puts/s"))
+    if mode == "always":
+        report.add(Row("put sync=always vs raw write+fdatasync", rates[0], rates[2], "puts/s"))
+        report.note(
+            f"put sync=always: {events:,} puts used {syncs:,} fsyncs "
+            f"({events / max(syncs, 1):.2f} puts per fsync)"
+        )
+
+
+async def bench_concurrent(sizes: Sizes, tmp: Path, report: Report) -> None:
+    writers = 16
+    fd = os.open(tmp / "fsync16.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    ref = fsync_batch(fd)
+    koru_rates: list[float] = []
+    ref_rates: list[float] = []
+    try:
+        async with koru.open(tmp / "concurrent", sync="always") as db:
+            for r in range(sizes.rounds):
+                done = [0] * writers
+                deadline = perf() + sizes.round_s
+
+                async def writer(
+                    w: int, r: int = r, done: list[int] = done, deadline: float = deadline
+                ) -> None:
+                    i = 0
+                    while perf() < deadline:
+                        await db.put(NS, f"r{r}w{w}k{i}", value(i))
+                        i += 1
+                    done[w] = i
+
+                began = perf()
+                async with trio.open_nursery() as nursery:
+                    for w in range(writers):
+                        nursery.start_soon(writer, w)
+                koru_rates.append(sum(done) / (perf() - began))
+                ref_rates.append(_rate_sync(ref, sizes.round_s))
+            stats = db.stats()
+    finally:
+        os.close(fd)
+    k, ref_rate = statistics.median(koru_rates), statistics.median(ref_rates)
+    report.add(Row("put 16 writers sync=always vs raw fdatasync", k, ref_rate, "puts/s"))
+    report.note(
+        f"16 writers: {stats.events:,} puts, {stats.syncs:,} fsyncs "
+        f"({stats.events / max(stats.syncs, 1):.1f} puts per fsync)"
+    )
+    report.target("16-writer sync=always throughput", k, CONCURRENT_TARGET, "puts/s", at_least=True)
+
+
+async def bench_get(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.get_keys
+    conn = sqlite_kv(str(tmp / "get.sqlite"), "NORMAL")
+    conn.executemany(
+        "INSERT INTO kv VALUES (?, ?, ?)",
+        ((NS, f"u{i}", json.dumps(value(i)).encode()) for i in range(n)),
+    )
+    conn.commit()
+    order = [f"u{i}" for i in range(n)]
+    random.Random(42).shuffle(order)
+    try:
+        async with koru.open(tmp / "get", sync="never") as db:
+            for i in range(n):
+                await db.put(NS, f"u{i}", value(i))
+            before = db.stats()
+            kpos = [0]
+            spos = [0]
+
+            async def kbatch(m: int) -> None:
+                p = kpos[0]
+                for j in range(p, p + m):
+                    await db.get(NS, order[j % n])
+                kpos[0] = p + m
+
+            def sbatch(m: int) -> None:
+                p = spos[0]
+                for j in range(p, p + m):
+                    row = conn.execute(
+                        "SELECT value FROM kv WHERE ns = ? AND key = ?", (NS, order[j % n])
+                    ).fetchone()
+                    json.loads(row[0])
+                spos[0] = p + m
+
+            k, s = await interleave(sizes, kbatch, sbatch)
+            after = db.stats()
+    finally:
+        conn.close()
+    report.add(Row(f"get ({n:,} keys, random) vs sqlite", k, s, "gets/s"))
+    hits = after.cache_hits - before.cache_hits
+    misses = after.cache_misses - before.cache_misses
+    report.note(f"get: value cache hits {hits:,}, misses {misses:,} during the measurement")
+
+
+async def bench_history_get_at(sizes: Sizes, tmp: Path, report: Report, which: set[str]) -> None:
+    nv = sizes.versions
+    name = "_".join(sorted(which))
+    conn = sqlite_versions(str(tmp / f"{name}.sqlite"))
+    try:
+        async with koru.open(tmp / name, sync="never") as db:
+            for i in range(nv):
+                await db.put(NS, "hot", value(i))
+            stamps = [v.timestamp for v in await db.history(NS, "hot")]
+            assert len(stamps) == nv, len(stamps)
+            conn.executemany(
+                "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
+                ((NS, "hot", i, stamps[i], json.dumps(value(i)).encode()) for i in range(nv)),
+            )
+            conn.commit()
+
+            if "history" in which:
+
+                async def kh(m: int) -> None:
+                    for _ in range(m):
+                        await db.history(NS, "hot")
+
+                def sh(m: int) -> None:
+                    for _ in range(m):
+                        rows = conn.execute(
+                            "SELECT seq, ts, value FROM versions WHERE ns = ? AND key = ? "
+                            "ORDER BY seq",
+                            (NS, "hot"),
+                        ).fetchall()
+                        [(seq, ts, json.loads(v)) for seq, ts, v in rows]
+
+                k, s = await interleave(sizes, kh, sh, chunk=1)
+                report.add(
+                    Row(
+                        f"history ({nv:,} versions) vs sqlite",
+                        1e3 / k,
+                        1e3 / s,
+                        "ms/call",
+                        higher_is_better=False,
+                    )
+                )
+
+            if "get_at" in which:
+                rng = random.Random(7)
+                lo, hi = stamps[0], stamps[-1]
+                times = [rng.randint(lo, hi) for _ in range(4096)]
+                kpos, spos = [0], [0]
+
+                async def ka(m: int) -> None:
+                    p = kpos[0]
+                    for j in range(p, p + m):
+                        await db.get_at(NS, "hot", times[j & 4095])
+                    kpos[0] = p + m
+
+                def sa(m: int) -> None:
+                    p = spos[0]
+                    for j in range(p, p + m):
+                        row = conn.execute(
+                            "SELECT value FROM versions WHERE ns = ? AND key = ? AND ts <= ? "
+                            "ORDER BY ts DESC LIMIT 1",
+                            (NS, "hot", times[j & 4095]),
+                        ).fetchone()
+                        json.loads(row[0])
+                    spos[0] = p + m
+
+                # Same answers from both (spot check).
+                for t in times[:50]:
+                    got = (await db.get_at(NS, "hot", t)).value
+                    row = conn.execute(
+                        "SELECT value FROM versions WHERE ns = ? AND key = ? AND ts <= ? "
+                        "ORDER BY ts DESC LIMIT 1",
+                        (NS, "hot", t),
+                    ).fetchone()
+                    if got != json.loads(row[0]):
+                        report.note(f"get_at MISMATCH at {t}: koru {got} vs sqlite {row[0]!r}")
+                        break
+                k, s = await interleave(sizes, ka, sa)
+                report.add(
+                    Row(
+                        f"get_at ({nv:,} versions, random t) vs sqlite",
+                        1e6 / k,
+                        1e6 / s,
+                        "µs/call",
+                        higher_is_better=False,
+                    )
+                )
+    finally:
+        conn.close()
+
+
+def _link_copy(src: Path, dst: Path, skip: str) -> None:
+    """Copy a database directory with hard links (a plain copy if links fail)."""
+    for root, _dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if rel == Path(".") and f in (skip, "LOCK"):
+                continue
+            try:
+                os.link(Path(root) / f, dst / rel / f)
+            except OSError:
+                shutil.copy2(Path(root) / f, dst / rel / f)
+
+
+async def _timed_open(path: Path) -> tuple[float, koru.Stats, float]:
+    began = perf()
+    async with koru.open(path, sync="never") as db:
+        opened = perf() - began
+        stats = db.stats()
+        closing = perf()
+    return opened, stats, perf() - closing
+
+
+def _sqlite_open_count(path: str) -> float:
+    began = perf()
+    conn = sqlite3.connect(path)
+    n = conn.execute("SELECT count(*) FROM versions").fetchone()[0]
+    took = perf() - began
+    conn.close()
+    assert n > 0
+    return took
+
+
+def _sqlite_scan(path: str) -> float:
+    conn = sqlite3.connect(path)
+    began = perf()
+    n = 0
+    for _ns, _key, _seq, v in conn.execute("SELECT ns, key, seq, value FROM versions"):
+        json.loads(v)
+        n += 1
+    took = perf() - began
+    conn.close()
+    return n / took
+
+
+async def bench_open(sizes: Sizes, tmp: Path, report: Report) -> None:
+    keys, versions = sizes.open_keys, sizes.open_versions
+    events = keys * versions
+    label = f"{events / 1e6:g}M" if events >= 1_000_000 else f"{events // 1000}k"
+    src = tmp / "open_src"
+    print(f"  building a {events:,}-event database ({keys:,} keys x {versions} versions) ...")
+    worst = 0.0
+    began = perf()
+    async with koru.open(src, sync="never") as db:
+        for v in range(versions):
+            for i in range(keys):
+                t = perf()
+                await db.put(NS, f"u{i}", value(i * versions + v))
+                took = perf() - t
+                if took > worst:
+                    worst = took
+        built = db.stats()
+    build_s = perf() - began
+    assert built.events == events and built.versions == events, built
+    report.note(
+        f"open: built {built.events:,} events / {built.versions:,} versions with plain puts "
+        f"(sync=never, default checkpoint_every) in {build_s:.1f} s "
+        f"({events / build_s:,.0f} puts/s incl. close); slowest single put {worst * 1e3:.0f} ms"
+    )
+    ckpt = src / "checkpoint"
+    report.note(
+        f"open: log {sum(p.stat().st_size for p in src.rglob('*.seg')) / 1e6:.0f} MB, "
+        f"checkpoint {ckpt.stat().st_size / 1e6:.0f} MB"
+    )
+
+    sq = str(tmp / "open.sqlite")
+    conn = sqlite_versions(sq)
+    conn.execute("DROP INDEX versions_ts")
+    conn.executemany(
+        "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
+        (
+            (NS, f"u{i}", v, v, json.dumps(value(i * versions + v)).encode())
+            for v in range(versions)
+            for i in range(keys)
+        ),
+    )
+    conn.commit()
+    conn.close()
+
+    with_ckpt, sq_open = [], []
+    for _ in range(sizes.open_reps):
+        opened, stats, _ = await _timed_open(src)
+        assert stats.checkpoint_events == events and stats.replayed_events == 0, stats
+        with_ckpt.append(opened)
+        sq_open.append(_sqlite_open_count(sq))
+    k_open, s_open = statistics.median(with_ckpt), statistics.median(sq_open)
+    report.add(
+        Row(
+            f"open {label} events, checkpoint vs sqlite open+count",
+            k_open,
+            s_open,
+            "s",
+            higher_is_better=False,
+        )
+    )
+
+    copy = tmp / "open_nockpt"
+    _link_copy(src, copy, skip="checkpoint")
+    without, closes, scans = [], [], []
+    for _ in range(sizes.replay_reps):
+        (copy / "checkpoint").unlink(missing_ok=True)
+        opened, stats, closed = await _timed_open(copy)
+        assert stats.checkpoint_events == 0 and stats.replayed_events == events, stats
+        without.append(opened)
+        closes.append(closed)
+        sq_open.append(_sqlite_open_count(sq))
+        scans.append(_sqlite_scan(sq))
+    k_replay = statistics.median(without)
+    report.add(
+        Row(
+            f"open {label} events, no checkpoint vs sqlite open+count",
+            k_replay,
+            statistics.median(sq_open),
+            "s",
+            higher_is_better=False,
+        )
+    )
+    rate = events / k_replay
+    report.add(
+        Row(
+            "replay (open, no checkpoint) vs sqlite scan+json",
+            rate,
+            statistics.median(scans),
+            "events/s",
+        )
+    )
+    report.note(
+        f"open without checkpoint: closing wrote a new checkpoint in "
+        f"{statistics.median(closes):.2f} s (not counted in the open time)"
+    )
+    report.target(f"open {label} with checkpoint", k_open, OPEN_TARGET_S, "s", at_least=False)
+    report.target("replay rate", rate, REPLAY_TARGET, "events/s", at_least=True)
+
+
+# -- memory (measured in child processes) ----------------------------------------------
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(kind: str, n: int) -> dict[str, Any]:
+    """Run in a fresh process: RSS growth from putting ``n`` small keys."""
+    if kind == "dict":
+        gc.collect()
+        before = _rss()
+        d = {f"u{i}": value(i) for i in range(n)}
+        gc.collect()
+        after = _rss()
+        assert len(d) == n
+        return {"kind": kind, "n": n, "before": before, "after": after}
+
+    # "file-nockpt": no checkpoint during the run, to separate steady-state memory from
+    # what checkpoints leave behind (a checkpoint copies the whole key state).
+    every = 10**9 if kind == "file-nockpt" else 100_000
+
+    async def main(path: str) -> dict[str, Any]:
+        async with koru.open(path, sync="never", checkpoint_every=every) as db:
+            for i in range(100):  # warm up: first-use allocations are not per key
+                await db.put("warmup", f"w{i}", value(i))
+            gc.collect()
+            before = _rss()
+            for i in range(n):
+                await db.put(NS, f"u{i}", value(i))
+            await trio.sleep(1.0)  # let a due background checkpoint finish
+            gc.collect()
+            after = _rss()
+            stats = db.stats()
+        return {
+            "kind": kind,
+            "n": n,
+            "before": before,
+            "after": after,
+            "cache_bytes": stats.cache_bytes,
+            "log_bytes": stats.log_bytes,
+        }
+
+    if kind == "memory":
+        return trio.run(main, ":memory:")
+    tmp = tempfile.mkdtemp(prefix="korubench-mem-", dir="/tmp")
+    try:
+        return trio.run(main, os.path.join(tmp, "db"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_memory_child(kind: str, n: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", kind, str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(sizes: Sizes, report: Report) -> None:
+    n = sizes.memory_keys
+    kinds = ("dict", "memory", "file", "file-nockpt")
+    res = {kind: _run_memory_child(kind, n) for kind in kinds}
+    per = {kind: (r["after"] - r["before"]) / n for kind, r in res.items()}
+    for kind in ("memory", "file"):
+        name = '":memory:"' if kind == "memory" else "file db"
+        report.add(
+            Row(
+                f"RSS per key, {name} ({n:,} keys) vs dict",
+                per[kind],
+                per["dict"],
+                "bytes/key",
+                higher_is_better=False,
+            )
+        )
+    f = res["file"]
+    report.note(
+        f"memory: file db value cache {f['cache_bytes'] / n:.0f} B/key (accounted), "
+        f'log on disk {f["log_bytes"] / n:.0f} B/key; ":memory:" also holds the log in RAM'
+    )
+    report.note(
+        f"memory: file db with no checkpoint during the run (checkpoint_every=10**9): "
+        f"{per['file-nockpt']:.0f} B/key (the row uses the default, 100,000)"
+    )
+    report.target("file-db RSS per key", per["file"], MEMORY_TARGET, "bytes/key", at_least=False)
+
+
+# -- driver ----------------------------------------------------------------------------
+
+
+async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) -> None:
+    for group in groups:
+        print(f"[{group}]", flush=True)
+        began = perf()
+        if group.startswith("put_"):
+            await bench_put(group.removeprefix("put_"), sizes, tmp, report)
+        elif group == "concurrent":
+            await bench_concurrent(sizes, tmp, report)
+        elif group == "get":
+            await bench_get(sizes, tmp, report)
+        elif group == "history":
+            await bench_history_get_at(sizes, tmp, report, {"history"})
+        elif group == "get_at":
+            await bench_history_get_at(sizes, tmp, report, {"get_at"})
+        elif group == "open":
+            await bench_open(sizes, tmp, report)
+        elif group == "memory":
+            bench_memory(sizes, report)
+        print(f"  ({perf() - began:.1f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated subset of: {', '.join(GROUPS)}"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--memory-child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child:
+        kind, n = args.memory_child
+        print(json.dumps(memory_child(kind, int(n))))
+        return 0
+
+    groups = [g.strip() for g in args.only.split(",") if g.strip()] or list(GROUPS)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(GROUPS)}")
+    sizes = QUICK if args.quick else FULL
+    report = Report()
+    began = perf()
+    tmp = Path(tempfile.mkdtemp(prefix="korubench-", dir="/tmp"))
+    try:
+        trio.run(run_async, sizes, groups, tmp, report)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = perf() - began
+
+    print()
+    print(render(report.rows))
+    if report.notes:
+        print()
+        for n in report.notes:
+            print(f"* {n}")
+    print(
+        f"\n({'quick' if args.quick else 'full'} run, {total:.0f} s, "
+        f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version})"
+    )
+    if args.json:
+        data = {
+            "quick": args.quick,
+            "seconds": total,
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "rows": [asdict(r) | {"ratio": r.ratio} for r in report.rows],
+            "notes": report.notes,
+        }
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

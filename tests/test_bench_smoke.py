@@ -1,0 +1,26 @@
+"""Smoke test of the benchmark script: a tiny run must work and print a table row."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_put_os_prints_a_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "put_os"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # A table row: workload, koru, reference, ratio, unit.
+    row = re.compile(r"^put sync=os .*\s(\d+(?:\.\d+)?)\s+puts/s\s*$", re.MULTILINE)
+    match = row.search(proc.stdout)
+    assert match is not None, proc.stdout
+    assert float(match.group(1)) > 0
