@@ -15,6 +15,7 @@ from ._codec import decode_event as decode_event
 from ._codec import decode_trusted as decode_trusted
 from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
+from ._codec import put_fields as put_fields
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
 from ._event import BatchEvent as BatchEvent
 from ._event import DeleteEvent as DeleteEvent
@@ -68,6 +69,7 @@ __all__ = [
     "event_id",
     "genesis_root",
     "pack_location",
+    "put_fields",
     "unpack_location",
     "write_id",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "decode_event",
     "decode_trusted",
     "encode_event",
+    "put_fields",
     "event_id",
 ]
 
@@ -127,6 +128,23 @@ def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], bo
             raise CodecError("batch writes the same key twice")
         return BatchEvent(*header, items)
     raise CodecError(f"unknown event type {tag!r}")
+
+
+def put_fields(data: bytes) -> tuple[bytes, int, int, str, str, bytes, bytes | None] | None:
+    """For a trusted ``put`` event: (origin, seq, hlc, namespace, key, value, previous);
+    None for any other event type.
+
+    The replay hot path folds puts from these fields without building event objects.
+    Same trust rule as :func:`decode_trusted`.
+    """
+    try:
+        raw = cbor2.loads(data)
+        if raw[1] != "put":
+            return None
+        body = raw[7]
+        return raw[2], raw[4], raw[6], body[0], body[1], body[2], body[3]
+    except Exception as exc:
+        raise CodecError(f"undecodable event: {exc!r}") from None
 
 
 def decode_trusted(data: bytes) -> Event:

@@ -51,6 +51,7 @@ __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 #: A segment is closed and a new one started once it would grow past this size.
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 _BUFFER_LIMIT = 1024 * 1024
+_blake3 = blake3.blake3
 _READ_AHEAD = 4096
 
 
@@ -198,6 +199,8 @@ class FileStore:
                 (start.offset, start.last) if resume and start else (SEGMENT_HEADER_SIZE, -1)
             )
             path = log.path(seg)
+            base = pack_location(log.index, seg, 0)
+            new = tuple.__new__
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 data: bytes | mmap.mmap = (
@@ -234,14 +237,12 @@ class FileStore:
                             self._cut_tail(log, seg, offset, size)
                             break
                         raise CorruptLogError(agent, count, offset, str(exc), str(path)) from None
-                    eid = blake3.blake3(event).digest()
-                    if blake3.blake3(root + eid).digest() != stored_root:
+                    eid = _blake3(event).digest()
+                    if _blake3(root + eid).digest() != stored_root:
                         raise CorruptLogError(
                             agent, count, offset, "hash chain link broken", str(path)
                         )
-                    yield Record(
-                        pack_location(log.index, seg, offset), count, eid, stored_root, event
-                    )
+                    yield new(Record, (base | offset, count, eid, stored_root, event))
                     count += 1
                     root = stored_root
                     last = offset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from koru.events import AGENTS, LogStore, decode_trusted, unpack_location
+from koru.events import AGENTS, LogStore, decode_trusted, put_fields, unpack_location
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
 from ._errors import CodecError, CorruptCheckpointError, CorruptLogError
@@ -62,23 +62,25 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None) -> Loaded:
     replayed = 0
     agents = [a for a in AGENTS if a in cursors or a in store.agents()]
     for agent in agents:
-        for rec in store.replay(agent, cursors.get(agent)):
+        for location, position, eid, _, data in store.replay(agent, cursors.get(agent)):
             try:
-                event = decode_trusted(rec.data)
-            except CodecError as exc:
+                fields = put_fields(data)
+                if fields is not None:  # the common case: no event object needed
+                    origin, seq, ts, namespace, key, value, previous = fields
+                    kv.apply_put(namespace, key, ts, origin, eid, value, previous, location)
+                    feeds.advance(origin, agent, seq, eid)
+                else:
+                    event = decode_trusted(data)
+                    if event.agent != agent:
+                        raise CodecError("event of another agent")
+                    kv.apply(event, eid, location)
+                    feeds.apply(event, eid)
+                    ts = event.hlc
+            except (CodecError, TypeError, ValueError, IndexError) as exc:
                 raise CorruptLogError(
-                    agent,
-                    rec.position,
-                    unpack_location(rec.location)[2],
-                    f"undecodable event: {exc}",
+                    agent, position, unpack_location(location)[2], f"undecodable event: {exc}"
                 ) from None
-            if event.agent != agent:
-                raise CorruptLogError(
-                    agent, rec.position, unpack_location(rec.location)[2], "event of another agent"
-                )
-            kv.apply(event, rec.event_id, rec.location)
-            feeds.apply(event, rec.event_id)
-            if event.hlc > hlc:
-                hlc = event.hlc
+            if ts > hlc:
+                hlc = ts
             replayed += 1
     return Loaded(kv, feeds, hlc, base, replayed)

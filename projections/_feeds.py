@@ -25,10 +25,14 @@ class FeedState:
 
     def apply(self, event: Event, event_id: bytes) -> None:
         """Fold one event in (keeps the highest sequence number seen per feed)."""
-        feed = (event.origin, event.agent)
+        self.advance(event.origin, event.agent, event.seq, event_id)
+
+    def advance(self, origin: bytes, agent: str, seq: int, event_id: bytes) -> None:
+        """Record that event ``seq`` of the (origin, agent) feed has id ``event_id``."""
+        feed = (origin, agent)
         head = self.heads.get(feed)
-        if head is None or event.seq > head[0]:
-            self.heads[feed] = (event.seq, event_id)
+        if head is None or seq > head[0]:
+            self.heads[feed] = (seq, event_id)
 
     def next(self, origin: bytes, agent: str) -> tuple[int, bytes | None]:
         """The (seq, prev) that the origin's next event for ``agent`` must carry."""

@@ -109,60 +109,100 @@ class KvState:
     ) -> None:
         """Fold one event in. Applying an event twice changes nothing.
 
-        ``content_ids`` may pass the writes' content ids when the caller already
-        hashed the values (the write path), to avoid hashing twice.
+        ``content_ids`` may pass the writes' content ids (aligned with
+        ``event.writes``) when the caller already hashed the values (the write path),
+        to avoid hashing twice.
         """
         origin, hlc = event.origin, event.hlc
         if type(event) is PutEvent:  # the common case, without building Write objects
-            value = event.value
-            rec = _REC.pack(
+            self.apply_put(
+                event.namespace,
+                event.key,
                 hlc,
                 origin,
                 event_id,
-                content_ids[0] if content_ids is not None else content_id(value),
-                event.previous or _NO_ID,
+                event.value,
+                event.previous,
                 location,
-                len(value),
-                0,
+                content_ids[0] if content_ids is not None else None,
             )
-            self.apply_record(event.namespace, event.key, rec)
             return
         for i, w in enumerate(event.writes):
             data = w.value
+            cid = None if content_ids is None else content_ids[i]
+            if data is not None:
+                self.apply_put(
+                    w.namespace,
+                    w.key,
+                    hlc,
+                    origin,
+                    write_id(event_id, i),
+                    data,
+                    w.previous,
+                    location,
+                    cid,
+                )
+                continue
             rec = _REC.pack(
                 hlc,
                 origin,
                 write_id(event_id, i),
-                _NO_ID
-                if data is None
-                else (content_ids[i] if content_ids is not None else content_id(data)),
+                _NO_ID,
                 w.previous or _NO_ID,
                 location,
-                0 if data is None else len(data),
-                _TOMBSTONE if data is None else 0,
+                0,
+                _TOMBSTONE,
             )
-            self.apply_record(w.namespace, w.key, rec)
+            self._insert(w.namespace, w.key, rec, hlc)
 
-    def apply_record(self, namespace: str, key: str, rec: bytes) -> None:
-        """Insert one packed version record (idempotent)."""
+    def apply_put(
+        self,
+        namespace: str,
+        key: str,
+        hlc: int,
+        origin: bytes,
+        wid: bytes,
+        value: bytes,
+        previous: bytes | None,
+        location: int,
+        cid: bytes | None = None,
+    ) -> None:
+        """Fold one value write (the replay hot path calls this directly)."""
+        rec = _REC.pack(
+            hlc,
+            origin,
+            wid,
+            cid if cid is not None else content_id(value),
+            previous or _NO_ID,
+            location,
+            len(value),
+            0,
+        )
+        self._insert(namespace, key, rec, hlc)
+
+    def _insert(self, namespace: str, key: str, rec: bytes, hlc: int) -> None:
+        """Insert one packed version record in order (idempotent)."""
         keys = self.namespaces.get(namespace)
         if keys is None:
             keys = self.namespaces[namespace] = {}
-        stored = keys.get(key)
+        blob = keys.get(key)
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
-        if stored is None:
+        if blob is None:
             keys[key] = bytearray(rec)
-            self._became_current(None, rec, wid)
+            self._became_current(rec, wid)
         else:
-            blob = stored if type(stored) is bytearray else bytearray(stored)
-            keys[key] = blob
-            order = rec[:_ORDER]
+            if type(blob) is not bytearray:  # loaded from a checkpoint as bytes
+                blob = keys[key] = bytearray(blob)
             last = len(blob) - RECORD_SIZE
+            order = rec[:_ORDER]
             last_order = blob[last : last + _ORDER]
             if order > last_order:
-                old = blob[last:]
+                old_wid = int.from_bytes(blob[last + _WID : last + _ORDER], "big")
+                old_live = not blob[-1] & _TOMBSTONE
                 blob += rec
-                self._became_current(old, rec, wid)
+                self.current_sum -= old_wid
+                self.live -= old_live
+                self._became_current(rec, wid)
             elif order == last_order:
                 return
             else:
@@ -172,17 +212,17 @@ class KvState:
                     return
                 blob[pos * RECORD_SIZE : pos * RECORD_SIZE] = rec
         self.versions += 1
-        self.version_sum = (self.version_sum + wid) % _MOD
-        hlc = int.from_bytes(rec[:8], "big")
+        # Sums are reduced mod 2**256 only when read: cheaper on the hot path.
+        self.version_sum += wid
         if hlc > self.max_hlc:
             self.max_hlc = hlc
 
-    def _became_current(self, old: bytes | bytearray | None, new: bytes, wid: int) -> None:
-        if old is not None:
-            self.current_sum -= int.from_bytes(old[_WID:_ORDER], "big")
-            if not old[-1] & _TOMBSTONE:
-                self.live -= 1
-        self.current_sum = (self.current_sum + wid) % _MOD
+    def apply_record(self, namespace: str, key: str, rec: bytes) -> None:
+        """Insert one packed version record (idempotent)."""
+        self._insert(namespace, key, rec, int.from_bytes(rec[:8], "big"))
+
+    def _became_current(self, new: bytes, wid: int) -> None:
+        self.current_sum += wid
         if not new[-1] & _TOMBSTONE:
             self.live += 1
 
@@ -289,7 +329,9 @@ class KvState:
 
     def digest(self) -> bytes:
         """One 64-byte summary of the state: equal for equal sets of applied events."""
-        return self.current_sum.to_bytes(32, "big") + self.version_sum.to_bytes(32, "big")
+        # The sums are kept unreduced on the hot path; reduce them here.
+        current, every = self.current_sum % _MOD, self.version_sum % _MOD
+        return current.to_bytes(32, "big") + every.to_bytes(32, "big")
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -303,8 +345,8 @@ class KvState:
             "live": self.live,
             "versions": self.versions,
             "max_hlc": self.max_hlc,
-            "current_sum": self.current_sum.to_bytes(32, "big"),
-            "version_sum": self.version_sum.to_bytes(32, "big"),
+            "current_sum": (self.current_sum % _MOD).to_bytes(32, "big"),
+            "version_sum": (self.version_sum % _MOD).to_bytes(32, "big"),
         }
 
     @classmethod
