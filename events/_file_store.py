@@ -51,8 +51,22 @@ __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 #: A segment is closed and a new one started once it would grow past this size.
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 _BUFFER_LIMIT = 1024 * 1024
+_PAGE = 4096
 _blake3 = blake3.blake3
 _READ_AHEAD = 4096
+
+
+def _zero_tail(data: bytes | mmap.mmap, offset: int, size: int) -> bool:
+    """True if the failing record at ``offset`` is an unsynced tail after a power cut.
+
+    Data reaches the disk page by page, so a record that was never synced can end in
+    zeros from a page boundary on (or be all zeros). Corruption inside synced data
+    does not leave the rest of the file zero.
+    """
+    if not any(data[offset:]):
+        return True
+    page = (offset // _PAGE + 1) * _PAGE
+    return page < size and not any(data[page:])
 
 
 def _count_records(data: bytes) -> int:
@@ -139,6 +153,7 @@ class FileStore:
         self._retired: list[int] = []
         self._dirty_dirs: set[Path] = set()
         self._swap = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._readers: dict[tuple[int, int], int] = {}
         self._appended = 0
         self._syncs = 0
@@ -211,9 +226,12 @@ class FileStore:
                 try:
                     header = parse_segment_header(head)
                 except (TornRecord, FrameError) as exc:
-                    torn = isinstance(exc, TornRecord) or not any(head)
-                    if is_last and torn and size <= SEGMENT_HEADER_SIZE:
-                        # A segment created just before a crash; its header never landed.
+                    if is_last and (
+                        (isinstance(exc, TornRecord) and size <= SEGMENT_HEADER_SIZE)
+                        or not any(data[:size])
+                    ):
+                        # A segment created just before a crash; its header never landed
+                        # (cut short, or all zeros: the size reached disk, the data did not).
                         self._drop_segment(log, seg)
                         break
                     raise CorruptLogError(agent, count, 0, str(exc), str(path)) from None
@@ -232,7 +250,7 @@ class FileStore:
                         self._cut_tail(log, seg, offset, size)
                         break
                     except FrameError as exc:
-                        if is_last and not any(data[offset:]):
+                        if is_last and _zero_tail(data, offset, size):
                             # Zero-filled tail: the size grew but the data never landed.
                             self._cut_tail(log, seg, offset, size)
                             break
@@ -412,6 +430,12 @@ class FileStore:
         Safe to run in a worker thread while the event loop keeps appending: it only
         syncs what was written before it started, which is what the caller counts on.
         """
+        # Serialised: a second sync must not return while the first is still inside
+        # fdatasync for records the second one's caller counts on.
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         if self._broken is not None:
             raise DurabilityError("the log failed earlier; reopen the database") from self._broken
         if self._buffered:

@@ -586,12 +586,13 @@ class Database:
             await self._write_checkpoint_locked()
 
     async def _write_checkpoint_locked(self) -> None:
-        # The log must be durable up to the cursors before a checkpoint names them.
-        self._store.flush()
-        await self._committer.sync_now()
+        # Capture first (state and cursors together, no await in between), then make the
+        # log durable at least up to those cursors, and only then write the checkpoint.
         cursors = {a: self._store.cursor(a) for a in self._store.agents()}
         captured = capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
         events = self._events
+        self._store.flush()
+        await self._committer.sync_now()
         # Encoding and writing happen off the event loop; the capture is immutable.
         await trio.to_thread.run_sync(self._save_checkpoint, captured)
         self._checkpointed_at = events
