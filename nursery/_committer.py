@@ -3,8 +3,8 @@
 Durability modes (``sync=``):
 
 * ``"always"`` -- acknowledged only after the record is on stable storage (fsync).
-  Concurrent writers share one fsync: each appends, then waits for the next sync to
-  finish; one flusher task syncs everything appended so far and wakes them all.
+  Concurrent writers share one fsync: the first waiter leads a round that syncs
+  everything appended so far and wakes the rest (see :meth:`Committer.wait_durable`).
 * ``"os"`` -- acknowledged once the bytes are in the operating system (a ``write``
   returned): survives a killed process, not a power cut.
 * ``"never"`` -- records collect in a user-space buffer, flushed every
@@ -14,14 +14,15 @@ A failed fsync is fatal: the error is remembered, every waiter and every later w
 gets :class:`~koru.DurabilityError`, and nothing is retried and then acknowledged.
 
 Where the fsync runs: handing it to a worker thread costs ~100 µs here, as much as the
-fsync itself, so while the device syncs fast (moving average under
-``inline_sync_max``) the flusher calls it inline; on a slow device it moves to a thread
-so the event loop is never held for long.
+fsync itself, so while the device syncs fast (the fastest of the last 8 syncs under
+``inline_sync_max``) it runs inline; on a slow device it moves to a worker thread so
+the event loop is never held for long.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Literal
 
 import trio
@@ -36,7 +37,7 @@ SYNC_MODES: tuple[str, ...] = ("always", "os", "never")
 
 
 class Committer:
-    """Tracks appended vs durable records and runs the flusher."""
+    """Tracks appended vs durable records, leads group-commit rounds, runs the flusher."""
 
     def __init__(
         self,
@@ -56,69 +57,77 @@ class Committer:
         self.durable = 0
         self.syncs = 0
         self.error: DurabilityError | None = None
-        self._wakeup = trio.Event()
-        self._done = trio.Event()
-        self._sync_avg = 0.0
+        self._leading = False
+        self._round = trio.Event()
+        self._recent: deque[float] = deque([0.0], maxlen=8)
 
     def mark_appended(self) -> None:
         """Count one record appended to the store."""
         self.appended += 1
 
     async def wait_durable(self) -> None:
-        """Return once everything appended so far is durable under the mode."""
+        """Return once everything appended so far is durable under the mode.
+
+        Group commit without a middleman: the first waiter to find no sync in progress
+        leads a round. It yields once, so writers that are already runnable append and
+        join, then syncs everything appended so far and wakes the others; a waiter whose
+        record the round did not cover leads the next one. A single writer so pays one
+        fsync and one scheduler pass, not two task switches through a flusher.
+        """
         if self.mode != "always":
             return
         target = self.appended
         while self.durable < target:
             if self.error is not None:
                 raise self.error
-            done = self._done
-            self._wakeup.set()
-            await done.wait()
+            if self._leading:
+                await self._round.wait()
+                continue
+            self._leading = True
+            round_done = self._round
+            try:
+                if trio.lowlevel.current_statistics().tasks_runnable:
+                    await trio.lowlevel.checkpoint()  # let them append first and share
+                else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                await self.sync_now()
+            finally:
+                # Also on cancellation: wake the others so one of them leads instead.
+                self._leading = False
+                self._round = trio.Event()
+                round_done.set()
         if self.error is not None and self.durable < target:
             raise self.error
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The flusher: runs until cancelled; never raises a storage error out."""
+        """The flusher for ``sync="never"``: pushes buffers to the OS every
+        ``flush_interval`` seconds until cancelled. Never raises a storage error out."""
         task_status.started()
-        if self.mode == "always":
-            await self._group_commit()
-        elif self.mode == "never":
-            while True:
-                await trio.sleep(self.flush_interval)
-                try:
-                    self.store.flush()
-                except DurabilityError as exc:
-                    self.error = exc
-                    return
-        else:
-            await trio.sleep_forever()
-
-    async def _group_commit(self) -> None:
-        while self.error is None:
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            # Let writers that are already runnable append first, so they share this sync.
-            await trio.lowlevel.checkpoint()
+        if self.mode != "never":
+            return
+        while True:
+            await trio.sleep(self.flush_interval)
             try:
-                await self.sync_now()
-            except DurabilityError:
+                self.store.flush()
+            except DurabilityError as exc:
+                self.error = exc
                 return
 
     async def sync_now(self) -> None:
-        """Make everything appended so far durable, then wake the writers waiting on it."""
-        target = self.appended
-        done, self._done = self._done, trio.Event()
-        try:
-            with trio.CancelScope(shield=True):
-                await self._sync()
-            self.durable = max(self.durable, target)
-        except DurabilityError as exc:
-            self.error = exc
-        finally:
-            done.set()
+        """Make everything appended so far durable (shielded from cancellation).
+
+        Raises:
+            DurabilityError: the sync failed, now or earlier; fatal for the handle.
+        """
         if self.error is not None:
             raise self.error
+        target = self.appended
+        try:
+            await self._sync()
+        except DurabilityError as exc:
+            self.error = exc
+            raise
+        self.durable = max(self.durable, target)
 
     def _timed_sync(self) -> float:
         began = time.perf_counter()
@@ -126,9 +135,13 @@ class Committer:
         return time.perf_counter() - began
 
     async def _sync(self) -> None:
-        if self._sync_avg <= self.inline_sync_max:
+        # Judge the device by its fastest recent sync: a slow device is slow every
+        # time, while a fast one has occasional spikes that should not send every
+        # following sync through the ~100 µs thread hop.
+        if min(self._recent) <= self.inline_sync_max:
             took = self._timed_sync()
         else:
-            took = await trio.to_thread.run_sync(self._timed_sync)
-        self._sync_avg = took if not self.syncs else 0.8 * self._sync_avg + 0.2 * took
+            with trio.CancelScope(shield=True):
+                took = await trio.to_thread.run_sync(self._timed_sync)
+        self._recent.append(took)
         self.syncs += 1

@@ -10,7 +10,7 @@ from typing import Any
 import blake3
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from koru import CodecError, InvalidDataError
@@ -115,6 +115,14 @@ def test_value_round_trip(value: Any) -> None:
     assert same(decode_value(data), value)
     assert encode_value(decode_value_strict(data)) == data
     assert content_id(data) == blake3.blake3(data).digest()
+
+
+@given(values)
+@settings(max_examples=300)
+def test_fast_canonical_path_equals_cbor2_canonical(value: Any) -> None:
+    # encode_value sorts map keys itself and uses a plain dumps unless floats appear;
+    # the bytes must be exactly cbor2's canonical encoding either way.
+    assert encode_value(value) == cbor2.dumps(value, canonical=True)
 
 
 @given(st.dictionaries(st.text(max_size=6), values, min_size=2, max_size=6), st.randoms())
