@@ -22,10 +22,13 @@ _OVERHEAD = 120
 class ValueCache:
     """A least-recently-used map from content id to encoded value."""
 
-    __slots__ = ("_data", "capacity", "hits", "misses", "size")
+    __slots__ = ("_data", "capacity", "hits", "misses", "peek", "size")
 
     def __init__(self, capacity: int = DEFAULT_CACHE_BYTES) -> None:
         self._data: OrderedDict[bytes, bytes] = OrderedDict()
+        #: Like :meth:`get` but without counting or refreshing recency, for bulk reads
+        #: (the dict's own ``get``: no Python frame per call).
+        self.peek = self._data.get
         self.capacity = capacity
         self.size = 0
         self.hits = 0
@@ -42,10 +45,6 @@ class ValueCache:
         self.hits += 1
         self._data.move_to_end(cid)
         return data
-
-    def peek(self, cid: bytes) -> bytes | None:
-        """Like :meth:`get` but without counting or refreshing recency (bulk reads)."""
-        return self._data.get(cid)
 
     def put(self, cid: bytes, data: bytes) -> None:
         cost = len(data) + _OVERHEAD

@@ -450,27 +450,31 @@ class Database:
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
         # Hot loop (a key may have thousands of versions): raw tuples, one cbor2 call
-        # for all values (a CBOR array of the stored encodings), memoised hex ids.
-        cached = self._cache.peek
-        parts = []
-        for r in recs:
-            if r[7] & TOMBSTONE:
-                parts.append(_NULL)
-            else:
-                parts.append(cached(r[3]) or self._value_bytes(r[3], r[5], namespace, key))
+        # for all values (a CBOR array of the stored encodings), and hex ids reused
+        # where a version's previous is the one just before it.
+        peek = self._cache.peek
+        parts = [
+            _NULL
+            if r[7] & TOMBSTONE
+            else (peek(r[3]) or self._value_bytes(r[3], r[5], namespace, key))
+            for r in recs
+        ]
         values = cbor2.loads(_array_header(len(parts)) + b"".join(parts))
-        hexes: dict[bytes, str | None] = {NO_ID: None}
-        out = []
+        out: list[Versioned] = []
+        append = out.append
         new = tuple.__new__
+        origins: dict[bytes, str] = {}
+        last_wid, last_hex = NO_ID, None
         for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values, strict=True):
-            w = hexes[wid] = wid.hex()
-            o = hexes.get(origin)
-            if o is None:
-                o = hexes[origin] = origin.hex()
-            p = hexes[prev] if prev in hexes else prev.hex()
-            deleted = bool(flags & TOMBSTONE)
-            c = None if deleted else cid.hex()
-            out.append(new(Versioned, (value, namespace, key, w, c, hlc, p, o, deleted)))
+            o = origins.get(origin) or origins.setdefault(origin, origin.hex())
+            p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
+            last_wid, last_hex = wid, wid.hex()
+            if flags & TOMBSTONE:
+                append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True)))
+            else:
+                append(
+                    new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False))
+                )
         return out
 
     async def contains(self, namespace: str, key: str) -> bool:
