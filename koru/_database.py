@@ -130,6 +130,7 @@ class Database:
         self._node_hex = node_id.hex()
         self._clock = clock
         self._committer = committer
+        self._commit_yields = committer.mode == "always"
         self._kv = kv
         self._feeds = feeds
         self._hlc = HybridLogicalClock(hlc)
@@ -181,7 +182,14 @@ class Database:
     async def _enter_write(self) -> None:
         if self._readonly:
             raise ReadOnlyError("the database is open read-only")
-        await self._enter()
+        if self._commit_yields:
+            # Waiting for the fsync yields anyway; an extra yield here would only make
+            # this writer miss the group-commit round it could have joined.
+            if self._closed:
+                raise DatabaseClosedError("the database is closed") from self._fatal
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await self._enter()
 
     def _append(self, event: Event, content_ids: list[bytes] | None = None) -> bytes:
         """The one write path: encode, store (frame, checksum, chain, write), fold."""

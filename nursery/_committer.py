@@ -69,10 +69,10 @@ class Committer:
         """Return once everything appended so far is durable under the mode.
 
         Group commit without a middleman: the first waiter to find no sync in progress
-        leads a round. It yields once, so writers that are already runnable append and
-        join, then syncs everything appended so far and wakes the others; a waiter whose
-        record the round did not cover leads the next one. A single writer so pays one
-        fsync and one scheduler pass, not two task switches through a flusher.
+        leads a round. It yields, so writers that are already runnable append and join,
+        then syncs everything appended so far and wakes the others; a waiter whose record
+        the round did not cover leads the next one. A single writer so pays one fsync and
+        one scheduler pass, not two task switches through a flusher.
         """
         if self.mode != "always":
             return
@@ -86,10 +86,13 @@ class Committer:
             self._leading = True
             round_done = self._round
             try:
-                if trio.lowlevel.current_statistics().tasks_runnable:
-                    await trio.lowlevel.checkpoint()  # let them append first and share
-                else:
-                    await trio.lowlevel.checkpoint_if_cancelled()
+                # Yield so that writers still due to run in this scheduler batch append
+                # first and share the sync; if others are already queued for the next
+                # batch, yield once more, since trio may run this task ahead of them.
+                queued = trio.lowlevel.current_statistics().tasks_runnable
+                await trio.lowlevel.checkpoint()
+                if queued:
+                    await trio.lowlevel.checkpoint()
                 await self.sync_now()
             finally:
                 # Also on cancellation: wake the others so one of them leads instead.
