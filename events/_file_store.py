@@ -18,7 +18,9 @@ import contextlib
 import fcntl
 import mmap
 import os
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from koru._errors import (
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._frame import (
     RECORD_HEADER_SIZE,
+    ROOT_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
     TornRecord,
@@ -53,6 +56,9 @@ DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 _BUFFER_LIMIT = 1024 * 1024
 _PAGE = 4096
 _blake3 = blake3.blake3
+_crc32 = zlib.crc32
+_unpack_header = struct.Struct("<III").unpack_from
+_pack_len_crc = struct.Struct("<II").pack
 _READ_AHEAD = 4096
 
 
@@ -239,32 +245,57 @@ class FileStore:
                     raise CorruptLogError(
                         agent, count, 0, "segment does not continue the chain", str(path)
                     )
-                while offset < size:
-                    try:
-                        nxt, stored_root, event = parse_record(data, offset)
-                    except TornRecord as exc:
-                        if not is_last:
+                view = memoryview(data)
+                try:
+                    while offset < size:
+                        # Fast path inlined (a replay reads millions of records); any
+                        # failure goes through parse_record to name the exact problem.
+                        if size - offset >= RECORD_HEADER_SIZE:
+                            n, body_crc, head_crc = _unpack_header(data, offset)
+                            body = offset + RECORD_HEADER_SIZE
+                            nxt = body + n
+                            ok = (
+                                nxt <= size
+                                and n > ROOT_SIZE
+                                and _crc32(_pack_len_crc(n, body_crc)) == head_crc
+                                and _crc32(view[body:nxt]) == body_crc
+                            )
+                        else:
+                            ok = False
+                        if ok:
+                            stored_root = data[body : body + ROOT_SIZE]
+                            event = data[body + ROOT_SIZE : nxt]
+                        else:
+                            try:
+                                parse_record(data, offset)
+                                raise FrameError("record failed its checks")
+                            except TornRecord as exc:
+                                if not is_last:
+                                    raise CorruptLogError(
+                                        agent, count, offset, str(exc), str(path)
+                                    ) from None
+                                self._cut_tail(log, seg, offset, size)
+                                break
+                            except FrameError as exc:
+                                if is_last and _zero_tail(data, offset, size):
+                                    # Zero-filled tail: the size grew, the data never landed.
+                                    self._cut_tail(log, seg, offset, size)
+                                    break
+                                raise CorruptLogError(
+                                    agent, count, offset, str(exc), str(path)
+                                ) from None
+                        eid = _blake3(event).digest()
+                        if _blake3(root + eid).digest() != stored_root:
                             raise CorruptLogError(
-                                agent, count, offset, str(exc), str(path)
-                            ) from None
-                        self._cut_tail(log, seg, offset, size)
-                        break
-                    except FrameError as exc:
-                        if is_last and _zero_tail(data, offset, size):
-                            # Zero-filled tail: the size grew but the data never landed.
-                            self._cut_tail(log, seg, offset, size)
-                            break
-                        raise CorruptLogError(agent, count, offset, str(exc), str(path)) from None
-                    eid = _blake3(event).digest()
-                    if _blake3(root + eid).digest() != stored_root:
-                        raise CorruptLogError(
-                            agent, count, offset, "hash chain link broken", str(path)
-                        )
-                    yield new(Record, (base | offset, count, eid, stored_root, event))
-                    count += 1
-                    root = stored_root
-                    last = offset
-                    offset = nxt
+                                agent, count, offset, "hash chain link broken", str(path)
+                            )
+                        yield new(Record, (base | offset, count, eid, stored_root, event))
+                        count += 1
+                        root = stored_root
+                        last = offset
+                        offset = nxt
+                finally:
+                    view.release()
             finally:
                 if isinstance(data, mmap.mmap):
                     data.close()
