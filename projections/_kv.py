@@ -187,29 +187,29 @@ class KvState:
             keys = self.namespaces[namespace] = {}
         blob = keys.get(key)
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
+        tomb = rec[-1] & _TOMBSTONE
         if blob is None:
             keys[key] = bytearray(rec)
-            self._became_current(rec, wid)
+            self.current_sum += wid
+            if not tomb:
+                self.live += 1
         else:
             if type(blob) is not bytearray:  # loaded from a checkpoint as bytes
                 blob = keys[key] = bytearray(blob)
             last = len(blob) - RECORD_SIZE
-            order = rec[:_ORDER]
-            last_order = blob[last : last + _ORDER]
-            if order > last_order:
-                old_wid = int.from_bytes(blob[last + _WID : last + _ORDER], "big")
-                old_live = not blob[-1] & _TOMBSTONE
+            last_hlc = int.from_bytes(blob[last : last + 8], "big")
+            # Most writes are newer than the key's current version: decide on the
+            # timestamp alone, and compare whole order keys only on a tie.
+            if hlc > last_hlc or (hlc == last_hlc and rec[:_ORDER] > blob[last : last + _ORDER]):
+                self.current_sum += wid - int.from_bytes(blob[last + _WID : last + _ORDER], "big")
+                self.live += (not tomb) - (not blob[-1] & _TOMBSTONE)
                 blob += rec
-                self.current_sum -= old_wid
-                self.live -= old_live
-                self._became_current(rec, wid)
-            elif order == last_order:
-                return
             else:
+                order = rec[:_ORDER]
                 n = len(blob) // RECORD_SIZE
                 pos = bisect_right(range(n), order, key=lambda j: _order_at(blob, j))
                 if pos and _order_at(blob, pos - 1) == order:
-                    return
+                    return  # already applied
                 blob[pos * RECORD_SIZE : pos * RECORD_SIZE] = rec
         self.versions += 1
         # Sums are reduced mod 2**256 only when read: cheaper on the hot path.
@@ -220,11 +220,6 @@ class KvState:
     def apply_record(self, namespace: str, key: str, rec: bytes) -> None:
         """Insert one packed version record (idempotent)."""
         self._insert(namespace, key, rec, int.from_bytes(rec[:8], "big"))
-
-    def _became_current(self, new: bytes, wid: int) -> None:
-        self.current_sum += wid
-        if not new[-1] & _TOMBSTONE:
-            self.live += 1
 
     # -- queries -----------------------------------------------------------------------
 
