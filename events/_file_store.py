@@ -156,7 +156,6 @@ class FileStore:
         self._lock_fd: int | None = None
         self._broken: BaseException | None = None
         self._closed = False
-        self._retired: list[int] = []
         self._dirty_dirs: set[Path] = set()
         self._swap = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -407,9 +406,13 @@ class FileStore:
                 log.fd = os.open(log.path(log.seg), os.O_WRONLY | os.O_APPEND)
                 return
             if log.fd is not None:
+                # Seal the full segment: make it durable before a new segment exists, so
+                # that a power cut can never leave a later segment whose predecessor
+                # lost its last records (that would read as a broken chain).
                 self._flush_log(log)
-                with self._swap:
-                    self._retired.append(log.fd)
+                with self._sync_lock:
+                    os.fdatasync(log.fd)
+                    os.close(log.fd)
                 log.fd = None
             if not log.dir.is_dir():
                 log.dir.mkdir(parents=True)
@@ -477,19 +480,15 @@ class FileStore:
                 log.dirty = False
                 fds.append(log.fd)
         with self._swap:
-            retired, self._retired = self._retired, []
             dirs, self._dirty_dirs = self._dirty_dirs, set()
         try:
-            for fd in retired + fds:
+            for fd in fds:
                 os.fdatasync(fd)
             for d in sorted(dirs):
                 _fsync_dir(d)
         except OSError as exc:
             self._broken = exc
             raise DurabilityError(f"fsync failed: {exc}") from exc
-        finally:
-            for fd in retired:
-                os.close(fd)
         self._syncs += 1
 
     # -- reading -----------------------------------------------------------------------
@@ -561,14 +560,13 @@ class FileStore:
                 self.flush()
         finally:
             fds = [log.fd for log in self._logs.values() if log.fd is not None]
-            fds += list(self._readers.values()) + self._retired
+            fds += list(self._readers.values())
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             for log in self._logs.values():
                 log.fd = None
             self._readers.clear()
-            self._retired = []
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import itertools
 import json
 import os
 import random
@@ -1077,3 +1078,40 @@ async def test_failed_fdatasync_at_close_is_reported(
     disk.fail_fdatasync = False
     async with koru.open(path) as db:  # the lock was released
         assert await db.get(NS, "k0") == 0
+
+
+def test_a_full_segment_is_synced_before_the_next_one_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Why it matters: if a new segment reached the disk while its predecessor's last
+    # records did not, the chain would read as broken after a power cut.
+    from koru.events import _file_store
+
+    calls: list[tuple[str, object]] = []
+    real_open, real_sync = os.open, os.fdatasync
+
+    def spy_open(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        if str(path).endswith(".seg") and flags & os.O_CREAT:
+            calls.append(("create", Path(path).name))
+        if str(path).endswith(".seg"):
+            calls.append(("fd", (fd, Path(path).name)))
+        return fd
+
+    def spy_sync(fd: int) -> None:
+        calls.append(("sync", fd))
+        real_sync(fd)
+
+    monkeypatch.setattr(_file_store.os, "open", spy_open)
+    monkeypatch.setattr(_file_store.os, "fdatasync", spy_sync)
+    store = FileStore(tmp_path / "db", segment_size=600)
+    for i in range(12):
+        data = bytes([i]) * 100
+        store.append("storage", data, blake3.blake3(data).digest())
+    store.close()
+    fds = {name: fd for kind, v in calls if kind == "fd" for fd, name in [v]}  # type: ignore[misc]
+    creates = [v for kind, v in calls if kind == "create"]
+    assert len(creates) >= 3
+    for older, newer in itertools.pairwise(creates):
+        created_at = calls.index(("create", newer))
+        assert ("sync", fds[older]) in calls[:created_at], f"{older} not synced before {newer}"
