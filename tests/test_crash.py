@@ -190,6 +190,13 @@ async def run_child(
     return Round(ready, acked, in_flight, proc.returncode, stderr)
 
 
+def log_end(path: Path, last: Path) -> None:
+    """Cut the last segment back to the end of its last whole record."""
+    _, cursor = full_replay(path)
+    if last.name == f"{cursor.segment:08d}.seg":
+        os.truncate(last, cursor.offset)
+
+
 def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
     """Maybe damage the log the way a crash or power loss can; returns what was done.
 
@@ -211,6 +218,9 @@ def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
         cut = rng.randint(cursor.last + 1, cursor.offset - 1)
         os.truncate(last, cut)
     elif kind == "fragment":
+        # A write cut short at the log's end (the store allocates ahead, so the end of
+        # the log is the end of its last record, not the end of the file).
+        log_end(path, last)
         rec = encode_record(rng.randbytes(32), rng.randbytes(rng.randint(1, 400)))
         with last.open("ab") as f:
             f.write(rec[: rng.randint(1, len(rec) - 1)])
@@ -218,6 +228,9 @@ def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
         with last.open("ab") as f:
             f.write(bytes(rng.randint(1, 5000)))
     elif kind == "segment":
+        # A new segment is only started after the full one was sealed (cut to its
+        # records and synced); then the crash cut the new one's header short.
+        log_end(path, last)
         nxt = last.with_name(f"{int(last.stem) + 1:08d}.seg")
         header = encode_segment_header(agent_index(AGENT), model.events, rng.randbytes(32))
         nxt.write_bytes(header[: rng.randint(0, SEGMENT_HEADER_SIZE - 1)])

@@ -834,14 +834,19 @@ async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, da
 
 
 class Disk:
-    """Wraps ``os.fdatasync``/``os.fsync``/``os.write`` to remember what is durable and
-    to fail on demand."""
+    """Wraps ``os.fdatasync``/``os.fsync``/``os.pwrite`` to remember what is durable and
+    to fail on demand.
+
+    The store allocates segment space ahead (the file's size runs ahead of its data),
+    so what a sync makes durable is the data written so far, not the file's size.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.real_fdatasync = os.fdatasync
         self.real_fsync = os.fsync
-        self.real_write = os.write
-        #: Segment path -> size known to be on stable storage.
+        self.real_pwrite = os.pwrite
+        #: Segment path -> bytes of data written, and known to be on stable storage.
+        self.written: dict[str, int] = {}
         self.durable: dict[str, int] = {}
         self.fail_fdatasync = False
         self.fail_dir_fsync = False
@@ -849,41 +854,43 @@ class Disk:
         self._fail_next_write = False
         monkeypatch.setattr(os, "fdatasync", self.fdatasync)
         monkeypatch.setattr(os, "fsync", self.fsync)
-        monkeypatch.setattr(os, "write", self.write)
+        monkeypatch.setattr(os, "pwrite", self.pwrite)
 
     @staticmethod
     def target(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
 
-    def _synced(self, fd: int, size: int) -> None:
+    def _synced(self, fd: int) -> None:
         path = self.target(fd)
         if path.endswith(".seg"):
+            size = min(self.written.get(path, 0), os.fstat(fd).st_size)
             self.durable[path] = max(self.durable.get(path, 0), size)
 
     def fdatasync(self, fd: int) -> None:
         if self.fail_fdatasync:
             raise OSError(errno.EIO, "simulated fdatasync failure")
-        size = os.fstat(fd).st_size
         self.real_fdatasync(fd)
-        self._synced(fd, size)
+        self._synced(fd)
 
     def fsync(self, fd: int) -> None:
         if self.fail_dir_fsync and stat.S_ISDIR(os.fstat(fd).st_mode):
             raise OSError(errno.EIO, "simulated directory fsync failure")
-        size = os.fstat(fd).st_size
         self.real_fsync(fd)
-        self._synced(fd, size)
+        self._synced(fd)
 
-    def write(self, fd: int, data: Any) -> int:
-        if (self.fail_segment_write or self._fail_next_write) and self.target(fd).endswith(".seg"):
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        path = self.target(fd)
+        if (self.fail_segment_write or self._fail_next_write) and path.endswith(".seg"):
             if self._fail_next_write:
                 self._fail_next_write = False
                 raise OSError(errno.ENOSPC, "simulated full disk")
             # A short write first (half the record reaches the file), then ENOSPC.
             self.fail_segment_write = False
             self._fail_next_write = True
-            return self.real_write(fd, bytes(data)[: len(data) // 2])
-        return self.real_write(fd, data)
+            data = bytes(data)[: len(data) // 2]
+        n = self.real_pwrite(fd, data, offset)
+        self.written[path] = max(self.written.get(path, 0), offset + n)
+        return n
 
     def power_loss(self, path: Path) -> None:
         """Cut every segment back to what was synced, as a power cut would."""
@@ -989,13 +996,17 @@ async def test_failed_write_is_fatal_and_its_torn_record_is_cut(
     disk = Disk(monkeypatch)
     async with koru.open(path, sync=sync) as db:
         acked = [await db.put(NS, f"k{i}", i) for i in range(5)]
-        size = seg_path(path).stat().st_size
+        target = str(seg_path(path).resolve())
+        size = disk.written[target]  # the data's end (the file is allocated ahead)
         disk.fail_segment_write = True
         with pytest.raises(DurabilityError):
             await db.put(NS, "doomed", "x" * 200)
-        assert size < seg_path(path).stat().st_size  # half a record reached the file
+        assert size < disk.written[target]  # half a record reached the file
         await assert_dead(db)
-    assert seg_path(path).stat().st_size > size, "the failed handle's close touched the log"
+    # The half record was erased when the write failed, and the failed handle's close
+    # left the file alone (no truncation to the data's end).
+    after = seg_path(path).read_bytes()
+    assert len(after) > size and not any(after[size:])
     async with koru.open(path) as db:
         assert seg_path(path).stat().st_size == size
         for i, version in enumerate(acked):
@@ -1012,14 +1023,23 @@ async def test_acknowledged_only_after_the_fsync_completes(
     """``sync="always"``: a put returns only once an fsync that *finished* covers its
     record, even while checkpoints (which sync too) run concurrently on a slow device
     (fsync in a worker thread)."""
-    real_fdatasync = os.fdatasync
+    real_fdatasync, real_pwrite = os.fdatasync, os.pwrite
     durable: dict[str, int] = {}
+    written: dict[str, int] = {}
+
+    def tracking_pwrite(fd: int, data: Any, offset: int) -> int:
+        n = real_pwrite(fd, data, offset)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        written[target] = max(written.get(target, 0), offset + n)
+        return n
 
     def slow_fdatasync(fd: int) -> None:
         time.sleep(0.005)  # a slow device
-        size = os.fstat(fd).st_size  # what the fdatasync below makes durable
-        real_fdatasync(fd)
         target = os.readlink(f"/proc/self/fd/{fd}")
+        # What the fdatasync below makes durable: the data written before it started
+        # (not the file's size, which runs ahead: the store allocates space ahead).
+        size = written.get(target, 0)
+        real_fdatasync(fd)
         durable[target] = max(durable.get(target, 0), size)
 
     # Where the current task's last appended record ends (a context variable: each
@@ -1035,6 +1055,7 @@ async def test_acknowledged_only_after_the_fsync_completes(
         return location, root
 
     monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "pwrite", tracking_pwrite)
     monkeypatch.setattr(FileStore, "append", append)
     unsafe: list[tuple[int, int]] = []
     acks = 0
@@ -1115,3 +1136,47 @@ def test_a_full_segment_is_synced_before_the_next_one_exists(
     for older, newer in itertools.pairwise(creates):
         created_at = calls.index(("create", newer))
         assert ("sync", fds[older]) in calls[:created_at], f"{older} not synced before {newer}"
+
+
+async def _crashed_copy(tmp_path: Path, puts: int) -> tuple[Path, int, int]:
+    """A copy of a live database's directory, as a crash would leave it: the active
+    segment allocated ahead (zeros after the data). Returns (copy, start of the last
+    record, end of the data)."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync="always") as db:
+        for i in range(puts):
+            await db.put(NS, f"k{i}", {"i": i, "pad": "x" * 150})
+        cursor = db._store.cursor(AGENT)
+        copy = tmp_path / "crashed"
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK", "checkpoint"))
+    assert seg_path(copy).stat().st_size > cursor.offset  # allocated ahead
+    return copy, cursor.last, cursor.offset
+
+
+async def test_damage_in_the_last_record_before_allocated_zeros_is_corruption(
+    tmp_path: Path,
+) -> None:
+    copy, last, _ = await _crashed_copy(tmp_path, 6)
+    with seg_path(copy).open("r+b") as f:
+        f.seek(last + 40)
+        byte = f.read(1)
+        f.seek(last + 40)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(CorruptLogError) as err:
+        async with koru.open(copy):
+            pass
+    assert err.value.offset == last
+
+
+async def test_a_record_cut_at_a_sector_boundary_is_the_logs_end(tmp_path: Path) -> None:
+    copy, last, end = await _crashed_copy(tmp_path, 6)
+    boundary = (last // 512 + 1) * 512
+    assert boundary < end, "the test needs a last record that crosses a sector boundary"
+    with seg_path(copy).open("r+b") as f:  # the sectors after the boundary never landed
+        f.seek(boundary)
+        f.write(bytes(end - boundary))
+    async with koru.open(copy) as db:
+        assert db.stats().events == 5
+        assert not await db.contains(NS, "k5")
+        assert await db.get(NS, "k4") == {"i": 4, "pad": "x" * 150}
+    assert seg_path(copy).stat().st_size == last
