@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from koru.events import Event, PutEvent, content_id, write_id
@@ -217,10 +216,6 @@ class KvState:
         if hlc > self.max_hlc:
             self.max_hlc = hlc
 
-    def apply_record(self, namespace: str, key: str, rec: bytes) -> None:
-        """Insert one packed version record (idempotent)."""
-        self._insert(namespace, key, rec, int.from_bytes(rec[:8], "big"))
-
     # -- queries -----------------------------------------------------------------------
 
     def current(self, namespace: str, key: str) -> VersionRecord | None:
@@ -313,14 +308,6 @@ class KvState:
 
     def key_count(self) -> int:
         return sum(len(keys) for keys in self.namespaces.values())
-
-    def iter_current(self) -> Iterator[tuple[str, str, VersionRecord]]:
-        """Every key's current version, in sorted (namespace, key) order."""
-        for ns in sorted(self.namespaces):
-            keys = self.namespaces[ns]
-            for key in sorted(keys):
-                blob = keys[key]
-                yield ns, key, _unpack(_REC.unpack_from(blob, len(blob) - RECORD_SIZE))
 
     def digest(self) -> bytes:
         """One 64-byte summary of the state: equal for equal sets of applied events."""
