@@ -471,10 +471,11 @@ class Database:
         out: list[Versioned] = []
         append = out.append
         new = tuple.__new__
-        origins: dict[bytes, str] = {}
+        last_origin, o = b"", ""
         last_wid, last_hex = NO_ID, None
-        for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values, strict=True):
-            o = origins.get(origin) or origins.setdefault(origin, origin.hex())
+        for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values):  # noqa: B905
+            if origin != last_origin:
+                last_origin, o = origin, origin.hex()
             p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
             last_wid, last_hex = wid, wid.hex()
             if flags & TOMBSTONE:
