@@ -14,7 +14,6 @@ applications::
 """
 
 from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
-from ._database import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._database import Database as Database
 from ._diff import Change as Change
 from ._diff import Diff as Diff
@@ -32,6 +31,7 @@ from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import ReadOnlyError as ReadOnlyError
 from ._errors import StorageError as StorageError
 from ._errors import VersionNotFoundError as VersionNotFoundError
+from ._names import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._open import DEFAULT_SYNC as DEFAULT_SYNC
 from ._open import MEMORY as MEMORY
 from ._open import default_path as default_path

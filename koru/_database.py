@@ -40,17 +40,16 @@ from koru.events import (
 )
 from koru.nursery import Clock, Committer
 from koru.projections import (
-    NO_ID,
     TOMBSTONE,
     FeedState,
     KvState,
     VersionRecord,
     capture_checkpoint,
-    encode_captured,
 )
 
 from ._cache import ValueCache
-from ._diff import Diff, diff_values
+from ._checkpointer import Checkpointer
+from ._diff import Diff, diff_values, pick_version
 from ._errors import (
     CorruptLogError,
     DatabaseClosedError,
@@ -59,44 +58,15 @@ from ._errors import (
     KeyNotFoundError,
     NoValueAtTimeError,
     ReadOnlyError,
-    StorageError,
-    VersionNotFoundError,
 )
-from ._loader import CHECKPOINT_FILE
+from ._history import NULL, decode_all, history_rows
+from ._names import check_name
 from ._time import to_ns
 from ._types import Stats, Version, Versioned
 
-__all__ = ["MAX_NAME_BYTES", "Database"]
+__all__ = ["Database"]
 
-#: Longest namespace or key, in UTF-8 bytes.
-MAX_NAME_BYTES = 1024
 _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
-_NULL = b"\xf6"
-
-
-def _check_name(name: object, what: str) -> None:
-    if type(name) is str and name.isascii() and 0 < len(name) <= MAX_NAME_BYTES:
-        return  # the common case, decided without encoding
-    if type(name) is not str:
-        raise InvalidDataError(f"{what} must be a str, not {type(name).__name__}")
-    if not name:
-        raise InvalidDataError(f"{what} must not be empty")
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:
-        raise InvalidDataError(f"{what} {name!r} is not valid Unicode text") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidDataError(f"{what} is {size} bytes, over the {MAX_NAME_BYTES}-byte limit")
-
-
-def _array_header(n: int) -> bytes:
-    if n < 24:
-        return bytes((0x80 | n,))
-    if n < 0x100:
-        return b"\x98" + n.to_bytes(1, "big")
-    if n < 0x10000:
-        return b"\x99" + n.to_bytes(2, "big")
-    return b"\x9a" + n.to_bytes(4, "big")
 
 
 def _hex(b: bytes | None) -> str | None:
@@ -136,15 +106,16 @@ class Database:
         self._hlc = HybridLogicalClock(hlc)
         self._cache = cache
         self._max_value_size = max_value_size
-        self._checkpoint_every = checkpoint_every
         self._from_checkpoint = from_checkpoint
         self._replayed = replayed
-        self._events = from_checkpoint + replayed
-        self._checkpointed_at = from_checkpoint if not replayed else -1
-        self._checkpoint_due = trio.Event()
-        self._checkpoints = 0
-        self._checkpoint_lock = trio.Lock()
-        self._checkpoint_failures = 0
+        self._checkpointer = Checkpointer(
+            store,
+            committer,
+            self._capture,
+            every=checkpoint_every,
+            events=from_checkpoint + replayed,
+            saved_at=from_checkpoint if not replayed else -1,
+        )
         self._ops = 0
         self._closed = False
         self._shut = False
@@ -203,9 +174,7 @@ class Database:
         self._committer.mark_appended()
         self._kv.apply(event, eid, location, content_ids)
         self._feeds.apply(event, eid)
-        self._events += 1
-        if self._events - max(self._checkpointed_at, 0) >= self._checkpoint_every:
-            self._checkpoint_due.set()
+        self._checkpointer.note_event()
         return eid
 
     async def _acknowledge(self) -> None:
@@ -283,8 +252,8 @@ class Database:
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._enter_write()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
         event = PutEvent(*self._header(), namespace, key, data, previous)
@@ -311,8 +280,8 @@ class Database:
             if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
                 raise InvalidDataError(f"batch items are (namespace, key, value), not {item!r}")
             namespace, key, value = item
-            _check_name(namespace, "namespace")
-            _check_name(key, "key")
+            check_name(namespace, "namespace")
+            check_name(key, "key")
             if (namespace, key) in seen:
                 raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
             seen.add((namespace, key))
@@ -349,8 +318,8 @@ class Database:
             KeyNotFoundError: the key has no current value (nothing is written).
         """
         await self._enter_write()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         cur = self._kv.current(namespace, key)
         if cur is None or cur.deleted:
             raise KeyNotFoundError(namespace, key)
@@ -384,8 +353,8 @@ class Database:
         except TypeError:  # unhashable namespace or key
             cid = None
         if cid is None:
-            _check_name(namespace, "namespace")
-            _check_name(key, "key")
+            check_name(namespace, "namespace")
+            check_name(key, "key")
             raise KeyNotFoundError(namespace, key)
         data = self._cache.get(cid)
         if data is None:
@@ -402,8 +371,8 @@ class Database:
             KeyNotFoundError: never written, or deleted.
         """
         await self._enter()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         r = self._kv.current(namespace, key)
         if r is None or r.deleted or r.content_id is None:
             raise KeyNotFoundError(namespace, key)
@@ -419,8 +388,8 @@ class Database:
             InvalidDataError: ``at`` is not a usable time.
         """
         await self._enter()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         ns = to_ns(at)
         r = self._kv.at(namespace, key, ns)
         if r is None or r.deleted or r.content_id is None:
@@ -444,8 +413,8 @@ class Database:
         an empty history.
         """
         await self._enter()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
         recs = self._kv.history_raw(namespace, key)
@@ -457,47 +426,29 @@ class Database:
             recs = [r for r in recs if r[0] <= hi]
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
-        # Hot loop (a key may have thousands of versions): raw tuples, one cbor2 call
-        # for all values (a CBOR array of the stored encodings), and hex ids reused
-        # where a version's previous is the one just before it.
+        # A key may have thousands of versions: raw records, one cbor2 call for all
+        # values, rows built in bulk (see _history).
         peek = self._cache.peek
         parts = [
-            _NULL
+            NULL
             if r[7] & TOMBSTONE
             else (peek(r[3]) or self._value_bytes(r[3], r[5], namespace, key))
             for r in recs
         ]
-        values = cbor2.loads(_array_header(len(parts)) + b"".join(parts))
-        out: list[Versioned] = []
-        append = out.append
-        new = tuple.__new__
-        last_origin, o = b"", ""
-        last_wid, last_hex = NO_ID, None
-        for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values):  # noqa: B905
-            if origin != last_origin:
-                last_origin, o = origin, origin.hex()
-            p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
-            last_wid, last_hex = wid, wid.hex()
-            if flags & TOMBSTONE:
-                append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True)))
-            else:
-                append(
-                    new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False))
-                )
-        return out
+        return history_rows(namespace, key, recs, decode_all(parts))
 
     async def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current (not deleted) value."""
         await self._enter()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         raw = self._kv.current_raw(namespace, key)
         return raw is not None and not raw[2]
 
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
         await self._enter()
-        _check_name(namespace, "namespace")
+        check_name(namespace, "namespace")
         return self._kv.keys(namespace)
 
     async def namespaces(self) -> list[str]:
@@ -517,10 +468,10 @@ class Database:
             VersionNotFoundError: no such version of the key.
         """
         await self._enter()
-        _check_name(namespace, "namespace")
-        _check_name(key, "key")
+        check_name(namespace, "namespace")
+        check_name(key, "key")
         recs = self._kv.history(namespace, key)
-        old, new = self._pick(recs, from_version), self._pick(recs, to_version)
+        old, new = pick_version(recs, from_version), pick_version(recs, to_version)
         values = [
             None
             if r.content_id is None
@@ -532,23 +483,6 @@ class Database:
             self._version(namespace, key, new),
             diff_values(values[0], values[1]),
         )
-
-    @staticmethod
-    def _pick(recs: list[VersionRecord], which: int | str) -> VersionRecord:
-        if type(which) is int:
-            try:
-                return recs[which]
-            except IndexError:
-                raise VersionNotFoundError(
-                    f"no version {which}: the key has {len(recs)} versions"
-                ) from None
-        if isinstance(which, str) and len(which) >= 4:
-            found = [r for r in recs if r.write_id.hex().startswith(which.lower())]
-            if len(found) == 1:
-                return found[0]
-            if len(found) > 1:
-                raise VersionNotFoundError(f"write id prefix {which!r} is ambiguous")
-        raise VersionNotFoundError(f"no version {which!r} of this key")
 
     # -- whole-database views ----------------------------------------------------------
 
@@ -564,14 +498,14 @@ class Database:
             deleted_keys=kv.key_count() - kv.live,
             namespaces=len(kv.live_namespaces()),
             versions=kv.versions,
-            events=self._events,
+            events=self._checkpointer.events,
             log_bytes=s.get("bytes_appended", 0),
             syncs=self._committer.syncs,
             cache_entries=len(self._cache),
             cache_bytes=self._cache.size,
             cache_hits=self._cache.hits,
             cache_misses=self._cache.misses,
-            checkpoints=self._checkpoints,
+            checkpoints=self._checkpointer.written,
             checkpoint_events=self._from_checkpoint,
             replayed_events=self._replayed,
         )
@@ -590,53 +524,17 @@ class Database:
     async def checkpoint(self) -> None:
         """Save projection state now, so the next open replays only what follows."""
         await self._enter_write()
-        await self._write_checkpoint()
+        await self._checkpointer.save()
 
-    async def _write_checkpoint(self) -> None:
-        # One at a time: the background checkpointer and db.checkpoint() must not
-        # interleave, or an older checkpoint could replace a newer one.
-        async with self._checkpoint_lock:
-            await self._write_checkpoint_locked()
-
-    async def _write_checkpoint_locked(self) -> None:
-        # Capture first (state and cursors together, no await in between), then make the
-        # log durable at least up to those cursors, and only then write the checkpoint.
+    def _capture(self) -> dict[str, Any]:
         cursors = {a: self._store.cursor(a) for a in self._store.agents()}
-        captured = capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
-        events = self._events
-        self._store.flush()
-        await self._committer.sync_now()
-        # Encoding and writing happen off the event loop; the capture is immutable.
-        await trio.to_thread.run_sync(self._save_checkpoint, captured)
-        self._checkpointed_at = events
-        self._checkpoints += 1
+        return capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
 
-    def _save_checkpoint(self, captured: dict[str, Any]) -> None:
-        try:
-            self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
-        except OSError as exc:
-            raise StorageError(f"writing the checkpoint failed: {exc}") from exc
-
-    async def run_checkpointer(
+    async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Background task: write a checkpoint whenever ``checkpoint_every`` events
-        have been appended since the last one."""
-        task_status.started()
-        while not self._closed:
-            await self._checkpoint_due.wait()
-            self._checkpoint_due = trio.Event()
-            if self._closed:
-                return
-            try:
-                await self._write_checkpoint()
-            except DurabilityError as exc:
-                self._die(exc)
-                return
-            except StorageError:
-                # A checkpoint is only a shortcut (the log is the truth): keep serving,
-                # and try again after the next checkpoint_every events.
-                self._checkpoint_failures += 1
+        """The database's background task: periodic checkpoints."""
+        await self._checkpointer.run(self._die, task_status=task_status)
 
     async def aclose(self) -> None:
         """Flush, fsync, checkpoint if anything changed, and close. Idempotent.
@@ -651,7 +549,7 @@ class Database:
                 if self._fatal is None and not self._store.readonly:
                     self._store.flush()
                     await self._committer.sync_now()
-                    if self._events != self._checkpointed_at:
-                        await self._write_checkpoint()
+                    if self._checkpointer.behind:
+                        await self._checkpointer.save()
             finally:
                 self._store.close()

@@ -15,9 +15,12 @@ from typing import Any, Literal, NamedTuple
 
 import cbor2
 
+from koru.projections import VersionRecord
+
+from ._errors import VersionNotFoundError
 from ._types import Version
 
-__all__ = ["Change", "Diff", "diff_values"]
+__all__ = ["Change", "Diff", "diff_values", "pick_version"]
 
 Path = tuple[str | int, ...]
 
@@ -116,3 +119,26 @@ def _diff_lists(old: list[Any], new: list[Any], path: Path) -> list[Change]:
         changes.extend(Change("remove", (*path, i), old[i], None) for i in range(i1, i2))
         changes.extend(Change("add", (*path, j), None, new[j]) for j in range(j1, j2))
     return changes
+
+
+def pick_version(recs: list[VersionRecord], which: int | str) -> VersionRecord:
+    """The version named by a history index (negative from the end) or by a write id
+    (or a unique prefix of at least 4 hex digits).
+
+    Raises:
+        VersionNotFoundError: no such version, or an ambiguous prefix.
+    """
+    if type(which) is int:
+        try:
+            return recs[which]
+        except IndexError:
+            raise VersionNotFoundError(
+                f"no version {which}: the key has {len(recs)} versions"
+            ) from None
+    if isinstance(which, str) and len(which) >= 4:
+        found = [r for r in recs if r.write_id.hex().startswith(which.lower())]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise VersionNotFoundError(f"write id prefix {which!r} is ambiguous")
+    raise VersionNotFoundError(f"no version {which!r} of this key")

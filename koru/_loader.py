@@ -7,11 +7,10 @@ import attrs
 from koru.events import AGENTS, LogStore, decode_trusted, put_fields, unpack_location
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
+from ._checkpointer import CHECKPOINT_FILE
 from ._errors import CodecError, CorruptCheckpointError, CorruptLogError
 
-__all__ = ["CHECKPOINT_FILE", "Loaded", "load"]
-
-CHECKPOINT_FILE = "checkpoint"
+__all__ = ["Loaded", "load"]
 
 
 @attrs.define(slots=True)

@@ -147,7 +147,7 @@ async def open(
         async with trio.open_nursery() as nursery:
             if not readonly:
                 await nursery.start(committer.run)
-                await nursery.start(db.run_checkpointer)
+                await nursery.start(db.run_background)
             try:
                 yield db
             finally:

@@ -27,7 +27,7 @@ from typing import Literal
 
 import trio
 
-from koru._errors import DurabilityError
+from koru._errors import DurabilityError, InvalidDataError
 from koru.events import LogStore
 
 __all__ = ["SYNC_MODES", "Committer", "SyncMode"]
@@ -48,7 +48,7 @@ class Committer:
         inline_sync_max: float = 0.001,
     ) -> None:
         if mode not in SYNC_MODES:
-            raise ValueError(f"sync must be one of {SYNC_MODES}, not {mode!r}")
+            raise InvalidDataError(f"sync must be one of {SYNC_MODES}, not {mode!r}")
         self.store = store
         self.mode = mode
         self.flush_interval = flush_interval

@@ -1,0 +1,110 @@
+"""When to save projection state, and saving it safely, one checkpoint at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from koru.events import LogStore
+from koru.nursery import Committer
+from koru.projections import encode_captured
+
+from ._errors import DurabilityError, StorageError
+
+__all__ = ["CHECKPOINT_FILE", "Checkpointer"]
+
+CHECKPOINT_FILE = "checkpoint"
+
+
+class Checkpointer:
+    """Counts events and writes a checkpoint every ``every`` of them, on request, and
+    on close if anything changed.
+
+    ``capture`` returns the state and log cursors as immutable plain data; it is called
+    without yielding, so state and cursors agree.
+    """
+
+    def __init__(
+        self,
+        store: LogStore,
+        committer: Committer,
+        capture: Callable[[], dict[str, Any]],
+        *,
+        every: int,
+        events: int,
+        saved_at: int,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self._capture = capture
+        self.every = every
+        #: Events in the log, and how many the newest checkpoint holds (-1: none valid).
+        self.events = events
+        self.saved_at = saved_at
+        #: Checkpoints written by this handle, and background attempts that failed.
+        self.written = 0
+        self.failures = 0
+        self._due = trio.Event()
+        self._lock = trio.Lock()
+
+    @property
+    def behind(self) -> bool:
+        """True if the log holds events the newest checkpoint does not."""
+        return self.events != self.saved_at
+
+    def note_event(self) -> None:
+        """Count one appended event; wake the background task when one is due."""
+        self.events += 1
+        if self.events - max(self.saved_at, 0) >= self.every:
+            self._due.set()
+
+    async def save(self) -> None:
+        """Write a checkpoint now.
+
+        Raises:
+            DurabilityError: syncing the log failed (fatal for the handle).
+            StorageError: writing the checkpoint file failed (the log is untouched).
+        """
+        # One at a time: two interleaved saves could let an older checkpoint replace a
+        # newer one.
+        async with self._lock:
+            # Capture first (state and cursors together), then make the log durable at
+            # least up to those cursors, and only then write the checkpoint naming them.
+            captured = self._capture()
+            events = self.events
+            self._store.flush()
+            await self._committer.sync_now()
+            # Encoding and writing happen off the event loop; the capture is immutable.
+            await trio.to_thread.run_sync(self._write, captured)
+            self.saved_at = events
+            self.written += 1
+
+    def _write(self, captured: dict[str, Any]) -> None:
+        try:
+            self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
+        except OSError as exc:
+            raise StorageError(f"writing the checkpoint failed: {exc}") from exc
+
+    async def run(
+        self,
+        on_fatal: Callable[[BaseException], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Background task: save whenever ``every`` events have been appended since the
+        last checkpoint. Never raises a storage error out of the nursery."""
+        task_status.started()
+        while True:
+            await self._due.wait()
+            self._due = trio.Event()
+            try:
+                await self.save()
+            except DurabilityError as exc:
+                on_fatal(exc)
+                return
+            except StorageError:
+                # A checkpoint is only a shortcut (the log is the truth): keep serving
+                # and try again after the next ``every`` events.
+                self.failures += 1
