@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 import koru
+from koru._loader import load
+from koru.events import Cursor, FileStore
+from koru.projections import KvState
 
 
 class StepClock:
@@ -35,3 +38,14 @@ async def db(
     path = ":memory:" if request.param == "memory" else tmp_path / "db"
     async with koru.open(path, sync="os", clock=clock, seed=7) as database:
         yield database
+
+
+def full_replay(path: Path, agent: str = "storage") -> tuple[KvState, Cursor]:
+    """Replay every record from genesis through a read-only store, verifying every
+    checksum and chain link: (key/value state, end of the agent's log)."""
+    store = FileStore(path, readonly=True)
+    try:
+        loaded = load(store, use_checkpoint=False)
+        return loaded.kv, store.cursor(agent)
+    finally:
+        store.close()

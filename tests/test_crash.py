@@ -35,8 +35,8 @@ import pytest
 import trio
 
 import koru
-from koru._loader import load
-from koru.events import Cursor, FileStore, agent_index
+from conftest import full_replay
+from koru.events import FileStore, agent_index
 from koru.events._frame import SEGMENT_HEADER_SIZE, encode_record, encode_segment_header
 
 pytestmark = pytest.mark.slow
@@ -90,17 +90,6 @@ def digest_of(kv: Any) -> str:
 
 def segments(path: Path) -> list[Path]:
     return sorted((path / "logs" / AGENT).glob("*.seg"))
-
-
-def full_replay(path: Path) -> tuple[Any, Cursor]:
-    """Replay every record from genesis through a read-only store (verifying every
-    checksum and chain link); returns the key/value state and the log's end."""
-    store = FileStore(path, readonly=True)
-    try:
-        loaded = load(store, use_checkpoint=False)
-        return loaded.kv, store.cursor(AGENT)
-    finally:
-        store.close()
 
 
 def parse_output(raw: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -31,6 +31,7 @@ import pytest
 import trio
 
 import koru
+from conftest import full_replay
 from koru import (
     CorruptLogError,
     DatabaseClosedError,
@@ -40,7 +41,7 @@ from koru import (
     ReadOnlyError,
 )
 from koru._loader import CHECKPOINT_FILE, load
-from koru.events import Cursor, FileStore, agent_index, unpack_location
+from koru.events import FileStore, agent_index, unpack_location
 from koru.events._frame import (
     SEGMENT_HEADER_SIZE,
     encode_record,
@@ -84,17 +85,6 @@ def record_spans(path: Path) -> list[tuple[int, int, int]]:
         end, _, _ = parse_record(seg_path(path, seg).read_bytes(), start)
         spans.append((seg, start, end))
     return spans
-
-
-def full_replay(path: Path) -> tuple[Any, Cursor]:
-    """Replay from genesis through a read-only store, verifying every checksum and
-    chain link: (key/value state, end of the storage log)."""
-    store = FileStore(path, readonly=True)
-    try:
-        loaded = load(store, use_checkpoint=False)
-        return loaded.kv, store.cursor(AGENT)
-    finally:
-        store.close()
 
 
 def digest_of(kv: Any) -> str:
