@@ -572,7 +572,7 @@ class FileStore:
         except FileNotFoundError:
             return None
 
-    def write_file(self, name: str, data: bytes) -> None:
+    def write_file(self, name: str, *parts: bytes) -> None:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
         # Why temp + fsync + rename + fsync(dir): a crash at any point leaves either the
@@ -580,9 +580,10 @@ class FileStore:
         tmp = self.path / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

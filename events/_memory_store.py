@@ -69,8 +69,8 @@ class MemoryStore:
     def read_file(self, name: str) -> bytes | None:
         return self._files.get(name)
 
-    def write_file(self, name: str, data: bytes) -> None:
-        self._files[name] = bytes(data)
+    def write_file(self, name: str, *parts: bytes) -> None:
+        self._files[name] = b"".join(parts)
 
     def stats(self) -> dict[str, int]:
         return {

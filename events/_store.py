@@ -115,8 +115,9 @@ class LogStore(Protocol):
         """A small named file's content, or None if absent."""
         ...
 
-    def write_file(self, name: str, data: bytes) -> None:
-        """Replace a small named file atomically and durably."""
+    def write_file(self, name: str, *parts: bytes) -> None:
+        """Replace a named file atomically and durably with the concatenation of
+        ``parts`` (pieces, so a large file never needs one big buffer)."""
         ...
 
     def stats(self) -> dict[str, int]:

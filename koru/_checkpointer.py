@@ -83,7 +83,7 @@ class Checkpointer:
 
     def _write(self, captured: dict[str, Any]) -> None:
         try:
-            self._store.write_file(CHECKPOINT_FILE, encode_captured(captured))
+            self._store.write_file(CHECKPOINT_FILE, *encode_captured(captured))
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
 

@@ -655,28 +655,36 @@ async def test_checkpoint_names_only_durable_records(
     Here fsync is slow (so it runs in a worker thread) and a writer keeps appending
     while a checkpoint is being taken.
     """
-    real_fdatasync = os.fdatasync
+    real_fdatasync, real_pwrite = os.fdatasync, os.pwrite
     durable: dict[str, int] = {}
+    written: dict[str, int] = {}
     violations: list[tuple[int, int]] = []
+
+    def tracking_pwrite(fd: int, data: Any, offset: int) -> int:
+        n = real_pwrite(fd, data, offset)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        written[target] = max(written.get(target, 0), offset + n)
+        return n
 
     def slow_fdatasync(fd: int) -> None:
         time.sleep(0.005)  # a slow device
-        size = os.fstat(fd).st_size  # what the fdatasync below makes durable
-        real_fdatasync(fd)
         target = os.readlink(f"/proc/self/fd/{fd}")
+        size = written.get(target, 0)  # the data the fdatasync below makes durable
+        real_fdatasync(fd)
         durable[target] = max(durable.get(target, 0), size)
 
     real_write_file = FileStore.write_file
 
-    def write_file(self: FileStore, name: str, data: bytes) -> None:
+    def write_file(self: FileStore, name: str, *parts: bytes) -> None:
         if name == CHECKPOINT_FILE:
-            c = decode_checkpoint(data).cursors[AGENT]
+            c = decode_checkpoint(b"".join(parts)).cursors[AGENT]
             synced = durable.get(str(seg_path(self.path, c.segment).resolve()), 0)
             if c.offset > synced:
                 violations.append((c.offset, synced))
-        real_write_file(self, name, data)
+        real_write_file(self, name, *parts)
 
     monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "pwrite", tracking_pwrite)
     monkeypatch.setattr(FileStore, "write_file", write_file)
     async with koru.open(tmp_path / "db", sync="os") as db:
         await db.put(NS, "first", 0)
