@@ -33,6 +33,7 @@ from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
 from ._values import DEFAULT_MAX_VALUE_SIZE as DEFAULT_MAX_VALUE_SIZE
+from ._values import cbor_head as cbor_head
 from ._values import content_id as content_id
 from ._values import decode_value as decode_value
 from ._values import decode_value_strict as decode_value_strict
@@ -58,6 +59,7 @@ __all__ = [
     "Record",
     "Write",
     "agent_index",
+    "cbor_head",
     "chain",
     "content_id",
     "decode_event",

@@ -17,6 +17,7 @@ from koru._errors import CodecError, InvalidDataError
 
 __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
+    "cbor_head",
     "MAX_VALUE_DEPTH",
     "content_id",
     "decode_value",
@@ -119,6 +120,18 @@ def encode_value(value: Any, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> bytes:
             f"value is {len(data)} bytes encoded, over the {max_size}-byte limit"
         )
     return data
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """The CBOR head of a definite-length item: major type 4 (array) or 5 (map) of n
+    entries. Lets callers assemble a container from items encoded separately."""
+    top = major << 5
+    if n < 24:
+        return bytes((top | n,))
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes((top | extra,)) + n.to_bytes(size, "big")
+    raise ValueError(f"{n} entries do not fit a CBOR head")
 
 
 def content_id(encoded: bytes) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 
 import cbor2
 
+from koru.events import cbor_head
 from koru.projections import NO_ID, TOMBSTONE
 
 from ._types import Versioned
@@ -22,19 +23,9 @@ __all__ = ["NULL", "decode_all", "history_rows"]
 NULL = b"\xf6"
 
 
-def _array_header(n: int) -> bytes:
-    if n < 24:
-        return bytes((0x80 | n,))
-    if n < 0x100:
-        return b"\x98" + n.to_bytes(1, "big")
-    if n < 0x10000:
-        return b"\x99" + n.to_bytes(2, "big")
-    return b"\x9a" + n.to_bytes(4, "big")
-
-
 def decode_all(parts: list[bytes]) -> list[Any]:
     """Decode many stored value encodings at once."""
-    values: list[Any] = cbor2.loads(_array_header(len(parts)) + b"".join(parts))
+    values: list[Any] = cbor2.loads(cbor_head(4, len(parts)) + b"".join(parts))
     return values
 
 

@@ -14,7 +14,7 @@ A failed fsync is fatal: the error is remembered, every waiter and every later w
 gets :class:`~koru.DurabilityError`, and nothing is retried and then acknowledged.
 
 Where the fsync runs: handing it to a worker thread costs ~100 µs here, as much as the
-fsync itself, so while the device syncs fast (the fastest of the last 8 syncs under
+fsync itself, so while the device syncs fast (the fastest of the last 3 syncs under
 ``inline_sync_max``) it runs inline; on a slow device it moves to a worker thread so
 the event loop is never held for long.
 """
@@ -59,7 +59,7 @@ class Committer:
         self.error: DurabilityError | None = None
         self._leading = False
         self._round = trio.Event()
-        self._recent: deque[float] = deque([0.0], maxlen=8)
+        self._recent: deque[float] = deque([0.0], maxlen=3)
 
     def mark_appended(self) -> None:
         """Count one record appended to the store."""
@@ -125,6 +125,8 @@ class Committer:
         if self.error is not None:
             raise self.error
         target = self.appended
+        if target == self.durable:
+            return  # nothing appended since the last sync
         try:
             await self._sync()
         except DurabilityError as exc:

@@ -17,7 +17,7 @@ import blake3
 import cbor2
 
 from koru._errors import CorruptCheckpointError
-from koru.events import Cursor
+from koru.events import Cursor, cbor_head
 
 from ._feeds import FeedState
 from ._kv import KvState
@@ -64,51 +64,35 @@ def capture_checkpoint(
     }
 
 
-def _map_header(n: int) -> bytes:
-    if n < 24:
-        return bytes((0xA0 | n,))
-    if n < 0x100:
-        return b"\xb8" + n.to_bytes(1, "big")
-    if n < 0x10000:
-        return b"\xb9" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\xba" + n.to_bytes(4, "big")
-    return b"\xbb" + n.to_bytes(8, "big")
+def _encode(value: Any, out: list[bytes], chunk: int) -> None:
+    """Append the CBOR of ``value`` to ``out`` in pieces.
 
-
-def _encode_map(value: dict[Any, Any], out: list[bytes], chunk: int) -> None:
-    """Append the CBOR of a (possibly huge) map as pieces of at most ``chunk`` entries.
-
-    Why pieces: one ``cbor2.dumps`` of the whole state holds the GIL for as long as it
-    runs (hundreds of ms at a million versions), freezing the event loop even though
-    the encoding happens in a worker thread; between pieces the loop gets to run.
+    Maps that hold maps are assembled entry by entry; a flat map (the per-key version
+    blobs of a namespace) is encoded ``chunk`` entries per ``cbor2.dumps`` call. Why
+    pieces: one ``dumps`` of the whole state holds the GIL for as long as it runs
+    (hundreds of ms at a million versions), freezing the event loop even though the
+    encoding happens in a worker thread; between pieces the loop gets to run.
     """
-    out.append(_map_header(len(value)))
+    if type(value) is not dict:
+        out.append(cbor2.dumps(value))
+        return
+    out.append(cbor_head(5, len(value)))
+    if any(type(v) is dict for v in value.values()):
+        for k, v in value.items():
+            out.append(cbor2.dumps(k))
+            _encode(v, out, chunk)
+        return
     items = list(value.items())
     for i in range(0, len(items), chunk):
         piece = dict(items[i : i + chunk])
-        out.append(cbor2.dumps(piece)[len(_map_header(len(piece))) :])
+        out.append(cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :])
 
 
 def encode_captured(captured: dict[str, Any], *, chunk: int = 1000) -> list[bytes]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
     in order (their concatenation is the checkpoint file)."""
-    body: list[bytes] = [_map_header(len(captured))]
-    for name, value in captured.items():
-        body.append(cbor2.dumps(name))
-        if name != "kv":
-            body.append(cbor2.dumps(value))
-            continue
-        body.append(_map_header(len(value)))
-        for field, item in value.items():
-            body.append(cbor2.dumps(field))
-            if field != "ns":
-                body.append(cbor2.dumps(item))
-                continue
-            body.append(_map_header(len(item)))
-            for namespace, keys in item.items():
-                body.append(cbor2.dumps(namespace))
-                _encode_map(keys, body, chunk)
+    body: list[bytes] = []
+    _encode(captured, body, chunk)
     hasher = blake3.blake3()
     for piece in body:
         hasher.update(piece)

@@ -645,20 +645,13 @@ async def test_checkpoint_ahead_of_the_log_falls_back_to_replay(tmp_path: Path) 
     assert ref["events"] == 0 and ref["keys"] == {"a": [], "b": []}
 
 
-async def test_checkpoint_names_only_durable_records(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The checkpoint's cursors must not run ahead of what is synced (the contract in
-    ``Database._write_checkpoint``): after a power loss the log may end at the last
-    sync, and a checkpoint naming later records would describe writes that are gone.
-
-    Here fsync is slow (so it runs in a worker thread) and a writer keeps appending
-    while a checkpoint is being taken.
-    """
+def slow_tracked_disk(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Make fdatasync slow (so it runs in a worker thread) and track, per file, how much
+    data each fdatasync made durable: the data written before it started, not the
+    file's size, which runs ahead because the store allocates space ahead."""
     real_fdatasync, real_pwrite = os.fdatasync, os.pwrite
     durable: dict[str, int] = {}
     written: dict[str, int] = {}
-    violations: list[tuple[int, int]] = []
 
     def tracking_pwrite(fd: int, data: Any, offset: int) -> int:
         n = real_pwrite(fd, data, offset)
@@ -669,9 +662,27 @@ async def test_checkpoint_names_only_durable_records(
     def slow_fdatasync(fd: int) -> None:
         time.sleep(0.005)  # a slow device
         target = os.readlink(f"/proc/self/fd/{fd}")
-        size = written.get(target, 0)  # the data the fdatasync below makes durable
+        size = written.get(target, 0)
         real_fdatasync(fd)
         durable[target] = max(durable.get(target, 0), size)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "pwrite", tracking_pwrite)
+    return durable
+
+
+async def test_checkpoint_names_only_durable_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's cursors must not run ahead of what is synced (the contract in
+    ``Database._write_checkpoint``): after a power loss the log may end at the last
+    sync, and a checkpoint naming later records would describe writes that are gone.
+
+    Here fsync is slow (so it runs in a worker thread) and a writer keeps appending
+    while a checkpoint is being taken.
+    """
+    durable = slow_tracked_disk(monkeypatch)
+    violations: list[tuple[int, int]] = []
 
     real_write_file = FileStore.write_file
 
@@ -683,8 +694,6 @@ async def test_checkpoint_names_only_durable_records(
                 violations.append((c.offset, synced))
         real_write_file(self, name, *parts)
 
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
-    monkeypatch.setattr(os, "pwrite", tracking_pwrite)
     monkeypatch.setattr(FileStore, "write_file", write_file)
     async with koru.open(tmp_path / "db", sync="os") as db:
         await db.put(NS, "first", 0)
@@ -1021,24 +1030,7 @@ async def test_acknowledged_only_after_the_fsync_completes(
     """``sync="always"``: a put returns only once an fsync that *finished* covers its
     record, even while checkpoints (which sync too) run concurrently on a slow device
     (fsync in a worker thread)."""
-    real_fdatasync, real_pwrite = os.fdatasync, os.pwrite
-    durable: dict[str, int] = {}
-    written: dict[str, int] = {}
-
-    def tracking_pwrite(fd: int, data: Any, offset: int) -> int:
-        n = real_pwrite(fd, data, offset)
-        target = os.readlink(f"/proc/self/fd/{fd}")
-        written[target] = max(written.get(target, 0), offset + n)
-        return n
-
-    def slow_fdatasync(fd: int) -> None:
-        time.sleep(0.005)  # a slow device
-        target = os.readlink(f"/proc/self/fd/{fd}")
-        # What the fdatasync below makes durable: the data written before it started
-        # (not the file's size, which runs ahead: the store allocates space ahead).
-        size = written.get(target, 0)
-        real_fdatasync(fd)
-        durable[target] = max(durable.get(target, 0), size)
+    durable = slow_tracked_disk(monkeypatch)
 
     # Where the current task's last appended record ends (a context variable: each
     # trio task sees its own).
@@ -1052,8 +1044,6 @@ async def test_acknowledged_only_after_the_fsync_completes(
         record_end.set((str(seg_path(self.path, seg).resolve()), end))
         return location, root
 
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
-    monkeypatch.setattr(os, "pwrite", tracking_pwrite)
     monkeypatch.setattr(FileStore, "append", append)
     unsafe: list[tuple[int, int]] = []
     acks = 0
