@@ -441,8 +441,11 @@ class FileStore:
             log.ready = True
             log.segments.append(seg)
             log.seg = seg
-            log.offset = log.flushed = log.allocated = 0
+            log.offset = log.flushed = 0
             log.last = -1
+            # The header goes in before any space is allocated ahead, so a segment on
+            # disk either has its header or is empty (or cut short) and gets dropped.
+            log.allocated = SEGMENT_HEADER_SIZE
             self._write(log, encode_segment_header(log.index, log.count, log.root))
             log.offset = SEGMENT_HEADER_SIZE
             with self._swap:

@@ -179,11 +179,14 @@ async def run_child(
     return Round(ready, acked, in_flight, proc.returncode, stderr)
 
 
-def log_end(path: Path, last: Path) -> None:
-    """Cut the last segment back to the end of its last whole record."""
+def log_end(path: Path, last: Path) -> bool:
+    """Cut the last segment back to the end of its last whole record; False if the last
+    segment holds no record (a segment created just before the kill, header unwritten)."""
     _, cursor = full_replay(path)
-    if last.name == f"{cursor.segment:08d}.seg":
-        os.truncate(last, cursor.offset)
+    if last.name != f"{cursor.segment:08d}.seg":
+        return False
+    os.truncate(last, cursor.offset)
+    return True
 
 
 def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
@@ -209,7 +212,9 @@ def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
     elif kind == "fragment":
         # A write cut short at the log's end (the store allocates ahead, so the end of
         # the log is the end of its last record, not the end of the file).
-        log_end(path, last)
+        if not log_end(path, last):
+            # Writes go to the log's end, never past space allocated to a new segment.
+            return "none"
         rec = encode_record(rng.randbytes(32), rng.randbytes(rng.randint(1, 400)))
         with last.open("ab") as f:
             f.write(rec[: rng.randint(1, len(rec) - 1)])
@@ -219,7 +224,8 @@ def damage_tail(path: Path, rng: random.Random, model: Model) -> str:
     elif kind == "segment":
         # A new segment is only started after the full one was sealed (cut to its
         # records and synced); then the crash cut the new one's header short.
-        log_end(path, last)
+        if not log_end(path, last):
+            return "none"  # a new segment exists only after its predecessor was sealed
         nxt = last.with_name(f"{int(last.stem) + 1:08d}.seg")
         header = encode_segment_header(agent_index(AGENT), model.events, rng.randbytes(32))
         nxt.write_bytes(header[: rng.randint(0, SEGMENT_HEADER_SIZE - 1)])
