@@ -510,10 +510,12 @@ class FileStore:
             self._flush_log(log)
 
     def sync(self) -> None:
-        """Flush, then fsync every segment written since the last sync, and new directories.
+        """Fsync every segment written since the last sync, and new directories.
 
-        Safe to run in a worker thread while the event loop keeps appending: it only
-        syncs what was written before it started, which is what the caller counts on.
+        Covers what reached the operating system: with ``buffered=True`` call
+        :meth:`flush` first, on the appending thread. Safe to run in a worker thread
+        while the event loop keeps appending: it syncs what was written before it
+        started, which is what the caller counts on.
         """
         # Serialised: a second sync must not return while the first is still inside
         # fdatasync for records the second one's caller counts on.
@@ -523,8 +525,8 @@ class FileStore:
     def _sync(self) -> None:
         if self._broken is not None:
             raise DurabilityError("the log failed earlier; reopen the database") from self._broken
-        if self._buffered:
-            self.flush()
+        # No flush here: this may run in a worker thread while the event loop appends,
+        # and only the appending thread may touch the buffers (callers flush first).
         fds = []
         for log in self._logs.values():
             if log.dirty and log.fd is not None:

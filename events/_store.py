@@ -108,7 +108,9 @@ class LogStore(Protocol):
         ...
 
     def sync(self) -> None:
-        """Make every appended record durable (fsync); raises DurabilityError on failure."""
+        """Make every record that reached the OS durable (fsync; :meth:`flush` first
+        when buffering). May run in a worker thread, so it never touches the buffers.
+        Raises DurabilityError on failure."""
         ...
 
     def read_file(self, name: str) -> bytes | None:

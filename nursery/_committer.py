@@ -128,6 +128,9 @@ class Committer:
         if target == self.durable:
             return  # nothing appended since the last sync
         try:
+            # Buffers are pushed here, on the event loop: the sync itself may run in a
+            # worker thread while more appends land in the buffers.
+            self.store.flush()
             await self._sync()
         except DurabilityError as exc:
             self.error = exc

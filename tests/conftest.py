@@ -6,11 +6,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import koru
 from koru._loader import load
 from koru.events import Cursor, FileStore
 from koru.projections import KvState
+
+# Timing deadlines only make property tests flaky on a shared 2-core machine; the
+# benchmarks measure speed.
+settings.register_profile("koru", deadline=None)
+settings.load_profile("koru")
 
 
 class StepClock:

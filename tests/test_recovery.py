@@ -1168,3 +1168,23 @@ async def test_a_record_cut_at_a_sector_boundary_is_the_logs_end(tmp_path: Path)
         assert not await db.contains(NS, "k5")
         assert await db.get(NS, "k4") == {"i": 4, "pad": "x" * 150}
     assert seg_path(copy).stat().st_size == last
+
+
+def test_sync_leaves_buffers_to_the_appending_thread(tmp_path: Path) -> None:
+    """The committer may run the fsync in a worker thread while the event loop keeps
+    appending. If that thread also moved buffered records to the file, two threads
+    could write at the same offset (seen as a broken chain after a bulk load); so sync
+    never touches buffers, and callers flush on the appending thread first."""
+    store = FileStore(tmp_path / "db", buffered=True)
+    for i in range(50):
+        data = i.to_bytes(4, "big") * 20
+        store.append(AGENT, data, blake3.blake3(data).digest())
+    size = seg_path(tmp_path / "db").stat().st_size
+    store.sync()
+    assert seg_path(tmp_path / "db").stat().st_size == size  # buffers untouched
+    store.flush()
+    store.sync()
+    store.close()
+    store = FileStore(tmp_path / "db", readonly=True)
+    assert len(list(store.replay(AGENT))) == 50
+    store.close()
