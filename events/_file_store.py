@@ -64,14 +64,15 @@ _pack_len_crc = struct.Struct("<II").pack
 _READ_AHEAD = 4096
 
 
-def _zero_tail(data: bytes | mmap.mmap, offset: int, size: int) -> bool:
+def _zero_tail(data: bytes | mmap.mmap, offset: int, size: int, live: bool = False) -> bool:
     """True if the failing record at ``offset`` is where the written log ends.
 
     Past the last record lie zeros: space allocated ahead, or data that never reached
     the disk. A write cut short (a kill between pages, a power cut between sectors)
     stops at a sector boundary, so a record cut short that way has zeros from a
     boundary *inside its own extent* to the end of the file. A damaged record whose
-    bytes all landed is not followed by such a run, so it stays corruption.
+    bytes all landed is not followed by such a run, so it stays corruption. ``live``
+    (read-only opens, which may race the writer) accepts any record cut short.
     """
     written = bytes(data[offset:size]).rstrip(b"\x00")  # only on the failure path
     if not written:
@@ -82,6 +83,10 @@ def _zero_tail(data: bytes | mmap.mmap, offset: int, size: int) -> bool:
         if _crc32(_pack_len_crc(n, body_crc)) == head_crc:
             end += n
     stop = offset + len(written)
+    if live:
+        # A read-only opener may meet a record the writer is still writing: any record
+        # whose bytes run out before its end is where the log ends for now.
+        return stop < end
     boundary = -(-stop // _SECTOR) * _SECTOR
     return boundary < end
 
@@ -291,7 +296,7 @@ class FileStore:
                                 self._cut_tail(log, seg, offset, size)
                                 break
                             except FrameError as exc:
-                                if is_last and _zero_tail(data, offset, size):
+                                if is_last and _zero_tail(data, offset, size, self.readonly):
                                     # Zero-filled tail: the size grew, the data never landed.
                                     self._cut_tail(log, seg, offset, size)
                                     break
