@@ -201,9 +201,6 @@ class Database:
         seq, prev = self._feeds.next(self._node, STORAGE)
         return self._node, STORAGE, seq, prev, self._hlc.tick(self._clock.now_ns())
 
-    def _previous(self, namespace: str, key: str) -> bytes | None:
-        return self._kv.current_write_id(namespace, key)
-
     def _value_bytes(self, rec_cid: bytes, location: int, namespace: str, key: str) -> bytes:
         data = self._cache.get(rec_cid)
         if data is None:
@@ -293,7 +290,7 @@ class Database:
                 raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
             seen.add((namespace, key))
             data = encode_value(value, self._max_value_size)
-            writes.append(Write(namespace, key, data, self._previous(namespace, key)))
+            writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
         if not writes:
             return []
         event = BatchEvent(*self._header(), tuple(writes))
