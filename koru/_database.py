@@ -14,7 +14,7 @@ paying a full trio checkpoint (~3.5 µs) on each call.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import blake3
 import cbor2
@@ -427,14 +427,14 @@ class Database:
             recs = recs[len(recs) - latest :] if latest else []
         # A key may have thousands of versions: raw records, one cbor2 call for all
         # values, rows built in bulk (see _history).
-        peek = self._cache.peek
-        parts = [
-            NULL
-            if r[7] & TOMBSTONE
-            else (peek(r[3]) or self._value_bytes(r[3], r[5], namespace, key))
-            for r in recs
-        ]
-        return history_rows(namespace, key, recs, decode_all(parts))
+        parts: list[bytes | None] = list(map(self._cache.peek, [r[3] for r in recs]))
+        if None in parts:  # deletions, and values not in the cache
+            for i, r in enumerate(recs):
+                if parts[i] is None:
+                    parts[i] = (
+                        NULL if r[7] & TOMBSTONE else self._value_bytes(r[3], r[5], namespace, key)
+                    )
+        return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
 
     async def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current (not deleted) value."""
