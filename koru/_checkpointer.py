@@ -74,8 +74,7 @@ class Checkpointer:
             # least up to those cursors, and only then write the checkpoint naming them.
             captured = self._capture()
             events = self.events
-            self._store.flush()
-            await self._committer.sync_now()
+            await self._committer.sync_now()  # flushes buffers first
             # Encoding and writing happen off the event loop; the capture is immutable.
             await trio.to_thread.run_sync(self._write, captured)
             self.saved_at = events

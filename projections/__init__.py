@@ -8,7 +8,6 @@ from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import capture_checkpoint as capture_checkpoint
 from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
-from ._checkpoint import encode_checkpoint as encode_checkpoint
 from ._feeds import FeedState as FeedState
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
@@ -27,5 +26,4 @@ __all__ = [
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
-    "encode_checkpoint",
 ]

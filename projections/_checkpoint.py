@@ -27,7 +27,6 @@ __all__ = [
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
-    "encode_checkpoint",
 ]
 
 _MAGIC = b"KORUCKP1"
@@ -97,11 +96,6 @@ def encode_captured(captured: dict[str, Any], *, chunk: int = 1000) -> list[byte
     for piece in body:
         hasher.update(piece)
     return [_MAGIC, hasher.digest(), *body]
-
-
-def encode_checkpoint(kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int) -> bytes:
-    """Capture and encode in one step, as one bytes object."""
-    return b"".join(encode_captured(capture_checkpoint(kv, feeds, cursors, hlc)))
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:

@@ -31,7 +31,6 @@ RECORD_SIZE = _REC.size
 _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's prefix
 _WID = 24
 _CID = 56
-_LOC = 120
 _NO_ID = bytes(32)
 #: The all-zero id that stands for "none" in packed records.
 NO_ID = _NO_ID
@@ -238,7 +237,7 @@ class KvState:
     def live_content_id(self, namespace: str, key: str) -> bytes | None:
         """The content id of the key's current value; None if never written or deleted.
 
-        The hot read path: one dict probe per level and one slice.
+        The hot read path (``get``, ``contains``): one dict probe per level, one slice.
         """
         keys = self.namespaces.get(namespace)
         if keys is None:
@@ -247,21 +246,6 @@ class KvState:
         if blob is None or blob[-1] & _TOMBSTONE:
             return None
         return bytes(blob[_CID - RECORD_SIZE : _CID + 32 - RECORD_SIZE])
-
-    def current_raw(self, namespace: str, key: str) -> tuple[bytes, int, bool] | None:
-        """(content id, location, deleted) of the current version: the hot read path."""
-        keys = self.namespaces.get(namespace)
-        if keys is None:
-            return None
-        blob = keys.get(key)
-        if blob is None:
-            return None
-        base = len(blob) - RECORD_SIZE
-        return (
-            bytes(blob[base + _CID : base + _CID + 32]),
-            int.from_bytes(blob[base + _LOC : base + _LOC + 8], "big"),
-            bool(blob[-1] & _TOMBSTONE),
-        )
 
     def history(self, namespace: str, key: str) -> list[VersionRecord]:
         """Every version of a key in order (oldest first); empty if never written."""
