@@ -9,13 +9,30 @@ from ._chain import STORAGE as STORAGE
 from ._chain import agent_index as agent_index
 from ._chain import chain as chain
 from ._chain import genesis_root as genesis_root
-from ._codec import MAX_EVENT_SIZE as MAX_EVENT_SIZE
 from ._codec import SCHEMA_VERSION as SCHEMA_VERSION
 from ._codec import decode_event as decode_event
 from ._codec import decode_trusted as decode_trusted
 from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
 from ._codec import put_fields as put_fields
+from ._disk import Disk as Disk
+from ._disk import OsDisk as OsDisk
+from ._errors import CodecError as CodecError
+from ._errors import CorruptCheckpointError as CorruptCheckpointError
+from ._errors import CorruptLogError as CorruptLogError
+from ._errors import DatabaseClosedError as DatabaseClosedError
+from ._errors import DatabaseLockedError as DatabaseLockedError
+from ._errors import DataLossError as DataLossError
+from ._errors import DurabilityError as DurabilityError
+from ._errors import InvalidArgumentError as InvalidArgumentError
+from ._errors import InvalidDataError as InvalidDataError
+from ._errors import KeyNotFoundError as KeyNotFoundError
+from ._errors import KoruError as KoruError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import NoValueAtTimeError as NoValueAtTimeError
+from ._errors import ReadOnlyError as ReadOnlyError
+from ._errors import StorageError as StorageError
+from ._errors import VersionNotFoundError as VersionNotFoundError
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
 from ._event import BatchEvent as BatchEvent
 from ._event import DeleteEvent as DeleteEvent
@@ -24,9 +41,18 @@ from ._event import PutEvent as PutEvent
 from ._event import Write as Write
 from ._event import write_id as write_id
 from ._file_store import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
+from ._file_store import LOST_FOUND as LOST_FOUND
 from ._file_store import FileStore as FileStore
 from ._hlc import HybridLogicalClock as HybridLogicalClock
+from ._limits import MAX_EVENT_SIZE as MAX_EVENT_SIZE
+from ._limits import MAX_NAME_BYTES as MAX_NAME_BYTES
+from ._limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
+from ._limits import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
+from ._limits import MAX_VALUE_SIZE as MAX_VALUE_SIZE
+from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
 from ._memory_store import MemoryStore as MemoryStore
+from ._names import check_name as check_name
+from ._names import name_problem as name_problem
 from ._store import Cursor as Cursor
 from ._store import LogStore as LogStore
 from ._store import Record as Record
@@ -43,24 +69,49 @@ __all__ = [
     "AGENTS",
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
+    "LOST_FOUND",
     "MAX_EVENT_SIZE",
+    "MAX_NAME_BYTES",
+    "MAX_SEGMENT_SIZE",
+    "MAX_VALUE_DEPTH",
+    "MAX_VALUE_SIZE",
+    "MIN_SEGMENT_SIZE",
     "NODE_ID_SIZE",
     "SCHEMA_VERSION",
     "STORAGE",
     "BatchEvent",
+    "CodecError",
+    "CorruptCheckpointError",
+    "CorruptLogError",
     "Cursor",
+    "DataLossError",
+    "DatabaseClosedError",
+    "DatabaseLockedError",
     "DeleteEvent",
+    "Disk",
+    "DurabilityError",
     "Event",
     "FileStore",
     "HybridLogicalClock",
+    "InvalidArgumentError",
+    "InvalidDataError",
+    "KeyNotFoundError",
+    "KoruError",
     "LogStore",
     "MemoryStore",
+    "NoValueAtTimeError",
+    "NotFoundError",
+    "OsDisk",
     "PutEvent",
+    "ReadOnlyError",
     "Record",
+    "StorageError",
+    "VersionNotFoundError",
     "Write",
     "agent_index",
     "cbor_head",
     "chain",
+    "check_name",
     "content_id",
     "decode_event",
     "decode_trusted",
@@ -70,6 +121,7 @@ __all__ = [
     "encode_value",
     "event_id",
     "genesis_root",
+    "name_problem",
     "pack_location",
     "put_fields",
     "unpack_location",

@@ -27,9 +27,10 @@ from typing import Any
 import blake3
 import cbor2
 
-from koru._errors import CodecError
-
+from ._errors import CodecError, InvalidDataError
 from ._event import NODE_ID_SIZE, BatchEvent, DeleteEvent, Event, PutEvent, Write
+from ._limits import MAX_EVENT_SIZE
+from ._names import name_problem
 from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-#: Largest accepted encoded event, in bytes.
-MAX_EVENT_SIZE = 64 * 1024 * 1024
 _ID_SIZE = 32
 _UINT64_MAX = 2**64 - 1
 
@@ -65,8 +64,19 @@ def _body(event: Event) -> list[Any]:
 
 
 def encode_event(event: Event) -> bytes:
-    """The canonical CBOR bytes of ``event``."""
-    return cbor2.dumps(
+    """The canonical CBOR bytes of ``event``.
+
+    Raises:
+        InvalidDataError: the event breaks a limit the reader enforces (an hlc or seq
+            outside 64 bits, encoded size over ``MAX_EVENT_SIZE``): it would be
+            written and acknowledged, then refused by every later open.
+    """
+    hlc, seq = event.hlc, event.seq
+    if type(hlc) is not int or not 0 <= hlc <= _UINT64_MAX:
+        raise InvalidDataError(f"timestamp {hlc!r} is not a 64-bit unsigned integer of ns")
+    if type(seq) is not int or not 1 <= seq <= _UINT64_MAX:
+        raise InvalidDataError(f"sequence number {seq!r} is not a positive 64-bit integer")
+    data: bytes = cbor2.dumps(
         [
             SCHEMA_VERSION,
             event.TAG,
@@ -78,12 +88,25 @@ def encode_event(event: Event) -> bytes:
             _body(event),
         ]
     )
+    if len(data) > MAX_EVENT_SIZE:
+        raise InvalidDataError(
+            f"event is {len(data)} bytes encoded, over the {MAX_EVENT_SIZE}-byte limit "
+            "(a batch's values together must stay under it)"
+        )
+    return data
 
 
 def _text(item: Any, what: str) -> str:
     if type(item) is not str or not item:
         raise CodecError(f"{what} must be a non-empty text string")
     return item
+
+
+def _name(item: Any, what: str) -> str:
+    problem = name_problem(item, what)
+    if problem is not None:
+        raise CodecError(problem)
+    return item  # type: ignore[no-any-return]
 
 
 def _previous(item: Any) -> bytes | None:
@@ -98,7 +121,7 @@ def _write(item: Any) -> Write:
     value = item[2]
     if not (type(value) is bytes or value is None):
         raise CodecError("value must be a byte string or null")
-    return Write(_text(item[0], "namespace"), _text(item[1], "key"), value, _previous(item[3]))
+    return Write(_name(item[0], "namespace"), _name(item[1], "key"), value, _previous(item[3]))
 
 
 def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], body: Any) -> Event:
@@ -109,8 +132,8 @@ def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], bo
             raise CodecError("put body must be [namespace, key, value bytes, previous]")
         return PutEvent(
             *header,
-            _text(body[0], "namespace"),
-            _text(body[1], "key"),
+            _name(body[0], "namespace"),
+            _name(body[1], "key"),
             body[2],
             _previous(body[3]),
         )
@@ -118,7 +141,7 @@ def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], bo
         if len(body) != 3:
             raise CodecError("delete body must be [namespace, key, previous]")
         return DeleteEvent(
-            *header, _text(body[0], "namespace"), _text(body[1], "key"), _previous(body[2])
+            *header, _name(body[0], "namespace"), _name(body[1], "key"), _previous(body[2])
         )
     if tag == "batch":
         if not body:
@@ -130,38 +153,72 @@ def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], bo
     raise CodecError(f"unknown event type {tag!r}")
 
 
-def put_fields(data: bytes) -> tuple[bytes, int, int, str, str, bytes, bytes | None] | None:
-    """For a trusted ``put`` event: (origin, seq, hlc, namespace, key, value, previous);
-    None for any other event type.
+def put_fields(
+    data: bytes,
+) -> tuple[bytes, str, int, bytes | None, int, str, str, bytes, bytes | None] | None:
+    """For a ``put`` event from this node's own log: (origin, agent, seq, prev, hlc,
+    namespace, key, value, previous); None for any other event type.
 
     The replay hot path folds puts from these fields without building event objects.
-    Same trust rule as :func:`decode_trusted`.
+    Every field's type and range is checked, as :func:`decode_event` does, so a record
+    crafted with a valid checksum and chain raises CodecError instead of a raw
+    exception or a silently wrong fold; only the canonical re-encoding is skipped (the
+    checksum and chain already bind the exact bytes).
+
+    Raises:
+        CodecError: not a well-formed event.
     """
     try:
         raw = cbor2.loads(data)
-        if raw[1] != "put":
-            return None
-        body = raw[7]
-        return raw[2], raw[4], raw[6], body[0], body[1], body[2], body[3]
     except Exception as exc:
         raise CodecError(f"undecodable event: {exc!r}") from None
+    if type(raw) is not list or len(raw) != 8:
+        raise CodecError("event must be an array of 8 items")
+    if raw[1] != "put":
+        return None
+    version, _, origin, agent, seq, prev, hlc, body = raw
+    if type(body) is not list or len(body) != 4:
+        raise CodecError("put body must be [namespace, key, value bytes, previous]")
+    namespace, key, value, previous = body
+    if not (
+        version == SCHEMA_VERSION
+        and type(version) is int
+        and type(origin) is bytes
+        and len(origin) == NODE_ID_SIZE
+        and type(agent) is str
+        and type(seq) is int
+        and 1 <= seq <= _UINT64_MAX
+        and type(hlc) is int
+        and 0 <= hlc <= _UINT64_MAX
+        and type(value) is bytes
+        and (prev is None if seq == 1 else type(prev) is bytes and len(prev) == _ID_SIZE)
+        and (previous is None or (type(previous) is bytes and len(previous) == _ID_SIZE))
+    ):
+        decode_event(data)  # names the exact problem
+        raise CodecError("malformed put event")  # pragma: no cover - decode_event raises
+    return (
+        origin,
+        agent,
+        seq,
+        prev,
+        hlc,
+        _name(namespace, "namespace"),
+        _name(key, "key"),
+        value,
+        previous,
+    )
 
 
 def decode_trusted(data: bytes) -> Event:
-    """Decode event bytes this node wrote and checksummed itself (its own log), fast.
+    """Decode event bytes from this node's own, checksummed log, fast.
 
-    Skips the canonical re-encoding and field checks of :func:`decode_event`: a record
-    that passed its checksum holds exactly the bytes ``encode_event`` produced. Never
-    use it for bytes from elsewhere.
+    Puts go through :func:`put_fields` (every field checked, no re-encoding); other
+    event types through :func:`decode_event`. Raises CodecError on anything malformed.
     """
-    try:
-        raw = cbor2.loads(data)
-        _, tag, origin, agent, seq, prev, hlc, body = raw
-        if tag == "put":
-            return PutEvent(origin, agent, seq, prev, hlc, body[0], body[1], body[2], body[3])
-    except Exception as exc:
-        raise CodecError(f"undecodable event: {exc!r}") from None
-    return decode_event(data)
+    fields = put_fields(data)
+    if fields is None:
+        return decode_event(data)
+    return PutEvent(*fields)
 
 
 def decode_event(data: bytes, *, check_values: bool = False) -> Event:

@@ -20,7 +20,10 @@ import struct
 import zlib
 from typing import NamedTuple
 
+from ._limits import MAX_EVENT_SIZE
+
 __all__ = [
+    "MAX_BODY_SIZE",
     "RECORD_HEADER_SIZE",
     "ROOT_SIZE",
     "SEGMENT_HEADER_SIZE",
@@ -43,6 +46,8 @@ _REC = struct.Struct("<III")
 RECORD_HEADER_SIZE = _REC.size
 _LEN_CRC = struct.Struct("<II")
 _crc32 = zlib.crc32
+#: Largest record body: the chain root and the largest event the writer accepts.
+MAX_BODY_SIZE = ROOT_SIZE + MAX_EVENT_SIZE
 
 
 class FrameError(Exception):
@@ -101,6 +106,8 @@ def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int,
         raise FrameError("record header checksum mismatch")
     if n < ROOT_SIZE + 1:
         raise FrameError(f"record body of {n} bytes is too short")
+    if n > MAX_BODY_SIZE:
+        raise FrameError(f"record body of {n} bytes is over the {MAX_BODY_SIZE}-byte limit")
     start = offset + RECORD_HEADER_SIZE
     end = start + n
     if end > size:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from koru._errors import CorruptCheckpointError
-
 from ._chain import AGENTS, agent_index, chain, genesis_root
+from ._errors import CorruptLogError, DataLossError, StorageError
 from ._store import Cursor, Record, pack_location, unpack_location
 
 __all__ = ["MemoryStore"]
@@ -23,22 +22,37 @@ class MemoryStore:
     readonly = False
 
     def __init__(self) -> None:
+        self.node_id: bytes | None = None
         self._logs: dict[str, list[tuple[bytes, bytes, bytes]]] = {}
         self._files: dict[str, bytes] = {}
         self._appended = 0
         self._syncs = 0
 
+    def create_node(self, node: bytes) -> None:
+        if self.node_id is not None:
+            raise StorageError("the database already has a node id")
+        self.node_id = node
+
     def agents(self) -> list[str]:
         return sorted(name for name, log in self._logs.items() if log)
 
-    def replay(self, agent: str, start: Cursor | None = None) -> Iterator[Record]:
+    def replay(
+        self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+    ) -> Iterator[Record]:
         log = self._logs.get(agent, [])
+        for cursor in (start, durable):
+            if cursor is None:
+                continue
+            if cursor.count > len(log):
+                raise DataLossError(
+                    agent, len(log), 0, f"the checkpoint proves {cursor.count} records durable"
+                )
+            root = log[cursor.count - 1][2] if cursor.count > 0 else genesis_root(agent)
+            if cursor.count < 0 or cursor.root != root:
+                raise CorruptLogError(
+                    agent, cursor.count - 1, 0, "the log does not match the checkpoint's cursor"
+                )
         begin = 0 if start is None else start.count
-        if start is not None and (
-            not 0 <= begin <= len(log)
-            or start.root != (log[begin - 1][2] if begin else genesis_root(agent))
-        ):
-            raise CorruptCheckpointError(f"cursor for {agent!r} does not match the log")
         idx = agent_index(agent)
         for i in range(begin, len(log)):
             data, eid, root = log[i]
@@ -58,7 +72,14 @@ class MemoryStore:
 
     def read(self, location: int) -> bytes:
         idx, _, i = unpack_location(location)
-        return self._logs[AGENTS[idx]][i][0]
+        log = self._logs.get(AGENTS[idx], []) if idx < len(AGENTS) else []
+        if i >= len(log):
+            raise CorruptLogError(*self.locate(location)[:3], "no record at this location")
+        return log[i][0]
+
+    def locate(self, location: int) -> tuple[str, int, int, str]:
+        idx, _, i = unpack_location(location)
+        return (AGENTS[idx] if idx < len(AGENTS) else "?"), i, i, ""
 
     def flush(self) -> None:
         pass

@@ -72,17 +72,35 @@ class LogStore(Protocol):
 
     readonly: bool
 
+    @property
+    def node_id(self) -> bytes | None:
+        """The database's node id (None until :meth:`create_node` for a new one)."""
+        ...
+
+    def create_node(self, node: bytes) -> None:
+        """Record the node id of a new database."""
+        ...
+
     def agents(self) -> list[str]:
         """Agents that have a stored log."""
         ...
 
-    def replay(self, agent: str, start: Cursor | None = None) -> Iterator[Record]:
+    def replay(
+        self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+    ) -> Iterator[Record]:
         """Yield the agent's records after ``start`` (from genesis if None), verified.
 
-        Raises CorruptCheckpointError (before yielding) if ``start`` does not match the
-        log, and CorruptLogError at a complete record that fails a check. When the
-        iterator is exhausted, a torn tail has been cut (unless read-only) and the log
-        is positioned for appends.
+        ``durable`` (usually the same cursor as ``start``, from a checkpoint) is a
+        position the log was proven durable up to: a record failing its checks before
+        it is corruption; after it, in the last segment, it ends the log (a crash's
+        leftovers, set aside, unless read-only). The log must reach both cursors.
+
+        Raises:
+            DataLossError: the log ends before ``start`` or ``durable`` (before yielding).
+            CorruptLogError: the log differs from a cursor, or a record that was proven
+                durable fails a check.
+
+        When the iterator is exhausted the log is positioned for appends.
         """
         ...
 
@@ -100,7 +118,16 @@ class LogStore(Protocol):
         ...
 
     def read(self, location: int) -> bytes:
-        """The event bytes stored at ``location``."""
+        """The event bytes stored at ``location`` (checksum verified).
+
+        Raises:
+            CorruptLogError: the record there fails its checks (or is missing).
+        """
+        ...
+
+    def locate(self, location: int) -> tuple[str, int, int, str]:
+        """Where ``location`` is, for reports: (agent, record position, byte offset,
+        file path or "")."""
         ...
 
     def flush(self) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import blake3
 import cbor2
 
-from koru._errors import CodecError, InvalidDataError
+from ._errors import CodecError, InvalidDataError
+from ._limits import MAX_VALUE_DEPTH, MAX_VALUE_SIZE
 
 __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
@@ -25,10 +26,8 @@ __all__ = [
     "encode_value",
 ]
 
-#: Largest accepted encoded value, in bytes (configurable per database).
-DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
-#: Deepest accepted nesting of lists and dicts.
-MAX_VALUE_DEPTH = 64
+#: Largest accepted encoded value, in bytes (a database may set a smaller limit).
+DEFAULT_MAX_VALUE_SIZE = MAX_VALUE_SIZE
 
 _INT_MIN = -(2**64)
 _INT_MAX = 2**64 - 1
@@ -109,12 +108,17 @@ def encode_value(value: Any, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> bytes:
 
     Raises:
         InvalidDataError: unsupported type, non-str dict key, NaN, out-of-range int,
-            too deep, or encoded size over ``max_size``.
+            text with lone surrogates, too deep, or encoded size over ``max_size``.
     """
     try:
-        data: bytes = cbor2.dumps(_check(value, 0))
-    except _HasFloat:
-        data = cbor2.dumps(value, canonical=True)
+        try:
+            data: bytes = cbor2.dumps(_check(value, 0))
+        except _HasFloat:
+            data = cbor2.dumps(value, canonical=True)
+    except UnicodeEncodeError:
+        raise InvalidDataError(
+            "value holds text that is not valid Unicode (a lone surrogate cannot be stored)"
+        ) from None
     if len(data) > max_size:
         raise InvalidDataError(
             f"value is {len(data)} bytes encoded, over the {max_size}-byte limit"

@@ -17,21 +17,6 @@ from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
 from ._database import Database as Database
 from ._diff import Change as Change
 from ._diff import Diff as Diff
-from ._errors import CodecError as CodecError
-from ._errors import CorruptCheckpointError as CorruptCheckpointError
-from ._errors import CorruptLogError as CorruptLogError
-from ._errors import DatabaseClosedError as DatabaseClosedError
-from ._errors import DatabaseLockedError as DatabaseLockedError
-from ._errors import DurabilityError as DurabilityError
-from ._errors import InvalidDataError as InvalidDataError
-from ._errors import KeyNotFoundError as KeyNotFoundError
-from ._errors import KoruError as KoruError
-from ._errors import NotFoundError as NotFoundError
-from ._errors import NoValueAtTimeError as NoValueAtTimeError
-from ._errors import ReadOnlyError as ReadOnlyError
-from ._errors import StorageError as StorageError
-from ._errors import VersionNotFoundError as VersionNotFoundError
-from ._names import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._open import DEFAULT_SYNC as DEFAULT_SYNC
 from ._open import MEMORY as MEMORY
 from ._open import default_path as default_path
@@ -39,6 +24,23 @@ from ._open import open as open
 from ._types import Stats as Stats
 from ._types import Version as Version
 from ._types import Versioned as Versioned
+from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
+from .events import CodecError as CodecError
+from .events import CorruptCheckpointError as CorruptCheckpointError
+from .events import CorruptLogError as CorruptLogError
+from .events import DatabaseClosedError as DatabaseClosedError
+from .events import DatabaseLockedError as DatabaseLockedError
+from .events import DataLossError as DataLossError
+from .events import DurabilityError as DurabilityError
+from .events import InvalidArgumentError as InvalidArgumentError
+from .events import InvalidDataError as InvalidDataError
+from .events import KeyNotFoundError as KeyNotFoundError
+from .events import KoruError as KoruError
+from .events import NotFoundError as NotFoundError
+from .events import NoValueAtTimeError as NoValueAtTimeError
+from .events import ReadOnlyError as ReadOnlyError
+from .events import StorageError as StorageError
+from .events import VersionNotFoundError as VersionNotFoundError
 from .nursery import Clock as Clock
 from .nursery import SystemClock as SystemClock
 from .nursery import TrioClock as TrioClock
@@ -55,11 +57,13 @@ __all__ = [
     "CodecError",
     "CorruptCheckpointError",
     "CorruptLogError",
+    "DataLossError",
     "Database",
     "DatabaseClosedError",
     "DatabaseLockedError",
     "Diff",
     "DurabilityError",
+    "InvalidArgumentError",
     "InvalidDataError",
     "KeyNotFoundError",
     "KoruError",

@@ -7,11 +7,9 @@ from typing import Any
 
 import trio
 
-from koru.events import LogStore
+from koru.events import DurabilityError, LogStore, StorageError
 from koru.nursery import Committer
 from koru.projections import encode_captured
-
-from ._errors import DurabilityError, StorageError
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
 

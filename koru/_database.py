@@ -24,12 +24,22 @@ from koru.events import (
     AGENTS,
     STORAGE,
     BatchEvent,
+    CodecError,
+    CorruptLogError,
+    DatabaseClosedError,
     DeleteEvent,
+    DurabilityError,
     Event,
     HybridLogicalClock,
+    InvalidArgumentError,
+    InvalidDataError,
+    KeyNotFoundError,
     LogStore,
+    NoValueAtTimeError,
     PutEvent,
+    ReadOnlyError,
     Write,
+    check_name,
     content_id,
     decode_trusted,
     decode_value,
@@ -50,23 +60,14 @@ from koru.projections import (
 from ._cache import ValueCache
 from ._checkpointer import Checkpointer
 from ._diff import Diff, diff_values, pick_version
-from ._errors import (
-    CorruptLogError,
-    DatabaseClosedError,
-    DurabilityError,
-    InvalidDataError,
-    KeyNotFoundError,
-    NoValueAtTimeError,
-    ReadOnlyError,
-)
 from ._history import NULL, decode_all, history_rows
-from ._names import check_name
 from ._time import to_ns
 from ._types import Stats, Version, Versioned
 
 __all__ = ["Database"]
 
 _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
+_NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 
 
 def _hex(b: bytes | None) -> str | None:
@@ -92,6 +93,7 @@ class Database:
         checkpoint_every: int,
         from_checkpoint: int,
         replayed: int,
+        checkpoint_problem: str | None = None,
     ) -> None:
         self._store = store
         self._readonly = store.readonly
@@ -108,6 +110,9 @@ class Database:
         self._max_value_size = max_value_size
         self._from_checkpoint = from_checkpoint
         self._replayed = replayed
+        self._checkpoint_problem = checkpoint_problem
+        #: Corrupt records met by reads since the open.
+        self._corruptions = 0
         self._checkpointer = Checkpointer(
             store,
             committer,
@@ -199,23 +204,49 @@ class Database:
 
     def _header(self) -> tuple[bytes, str, int, bytes | None, int]:
         seq, prev = self._feeds.next(self._node, STORAGE)
-        return self._node, STORAGE, seq, prev, self._hlc.tick(self._clock.now_ns())
+        now = self._clock.now_ns()
+        if type(now) is not int or not 0 <= now < _NS_LIMIT:
+            # Checked before the HLC sees it: one bad reading must not poison every
+            # later timestamp.
+            raise InvalidArgumentError(
+                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+            )
+        return self._node, STORAGE, seq, prev, self._hlc.tick(now)
 
     def _value_bytes(self, rec_cid: bytes, location: int, namespace: str, key: str) -> bytes:
         data = self._cache.get(rec_cid)
         if data is None:
-            data = self._load_value(location, namespace, key)
+            try:
+                data = self._load_value(rec_cid, location, namespace, key)
+            except CorruptLogError:
+                self._corruptions += 1
+                raise
             self._cache.put(rec_cid, data)
         return data
 
-    def _load_value(self, location: int, namespace: str, key: str) -> bytes:
-        # The store verified the record's checksum: this node's own bytes, trusted.
-        event = decode_trusted(self._store.read(location))
+    def _load_value(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+        """Read a value from the log, proven to be the one the projection recorded.
+
+        Why the proof: records before a checkpoint's cursor are not re-verified when a
+        database opens, so a record swapped with another of the same size, or rewritten
+        with fresh checksums, would otherwise be served. The content id (blake3 of the
+        value's bytes, kept in the projection) settles it in one hash.
+        """
+        data = self._store.read(location)
+        try:
+            event = decode_trusted(data)
+        except CodecError as exc:
+            raise CorruptLogError(
+                *self._store.locate(location), f"malformed event: {exc}"
+            ) from None
         for w in event.writes:
             if w.namespace == namespace and w.key == key and w.value is not None:
+                if content_id(w.value) != cid:
+                    break
                 return w.value
         raise CorruptLogError(
-            event.agent, event.seq, -1, f"event has no value for {namespace}/{key}"
+            *self._store.locate(location),
+            f"the record holds no value of {namespace!r}/{key!r} with content id {cid.hex()}",
         )
 
     def _version(self, namespace: str, key: str, r: VersionRecord) -> Version:
@@ -279,6 +310,10 @@ class Database:
             InvalidDataError: any bad item (nothing is written).
         """
         await self._enter_write()
+        if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
+            raise InvalidDataError(
+                f"put_batch takes an iterable of (namespace, key, value), not {items!r}"
+            )
         writes: list[Write] = []
         seen: set[tuple[str, str]] = set()
         for item in items:
@@ -352,7 +387,9 @@ class Database:
             cid = self._kv.live_content_id(namespace, key)
         except TypeError:  # unhashable namespace or key
             cid = None
-        if cid is None:
+        if cid is None or type(namespace) is not str or type(key) is not str:
+            # One rule for names everywhere: a str subclass that hashes like a stored
+            # name is refused here too, as by every other call.
             check_name(namespace, "namespace")
             check_name(key, "key")
             raise KeyNotFoundError(namespace, key)
@@ -504,8 +541,13 @@ class Database:
             cache_hits=self._cache.hits,
             cache_misses=self._cache.misses,
             checkpoints=self._checkpointer.written,
+            checkpoint_failures=self._checkpointer.failures,
             checkpoint_events=self._from_checkpoint,
             replayed_events=self._replayed,
+            checkpoint_ignored=self._checkpoint_problem,
+            corruptions=self._corruptions,
+            set_aside_files=s.get("set_aside_files", 0),
+            set_aside_bytes=s.get("set_aside_bytes", 0),
         )
 
     def roots(self) -> dict[str, str]:
@@ -526,7 +568,7 @@ class Database:
 
     def _capture(self) -> dict[str, Any]:
         cursors = {a: self._store.cursor(a) for a in self._store.agents()}
-        return capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last)
+        return capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last, self._node)
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -15,9 +15,9 @@ from typing import Any, Literal, NamedTuple
 
 import cbor2
 
+from koru.events import VersionNotFoundError
 from koru.projections import VersionRecord
 
-from ._errors import VersionNotFoundError
 from ._types import Version
 
 __all__ = ["Change", "Diff", "diff_values", "pick_version"]

@@ -1,14 +1,31 @@
-"""Rebuilding projection state from a store: checkpoint plus tail, or full replay."""
+"""Rebuilding projection state from a store: checkpoint plus tail, or full replay.
+
+A checkpoint plays two parts. Its projection state is a shortcut, never the truth: a
+checkpoint that is missing, unreadable or written by another node is ignored and the
+logs are replayed from genesis, giving identical state. Its cursors are a *proof*: the
+log was synced up to them before the checkpoint was written, so a log that no longer
+reaches them lost data (:class:`~koru.DataLossError`), and a record before them that
+fails its checks is corruption, not the leftovers of a crash.
+"""
 
 from __future__ import annotations
 
 import attrs
 
-from koru.events import AGENTS, LogStore, decode_trusted, put_fields, unpack_location
+from koru.events import (
+    AGENTS,
+    CodecError,
+    CorruptCheckpointError,
+    CorruptLogError,
+    Cursor,
+    LogStore,
+    decode_trusted,
+    put_fields,
+    unpack_location,
+)
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
 from ._checkpointer import CHECKPOINT_FILE
-from ._errors import CodecError, CorruptCheckpointError, CorruptLogError
 
 __all__ = ["Loaded", "load"]
 
@@ -24,60 +41,85 @@ class Loaded:
     from_checkpoint: int
     #: Events replayed from the log.
     replayed: int
+    #: Why the checkpoint file was not used (None if used or absent).
+    checkpoint_problem: str | None = None
 
 
 def load(store: LogStore, *, use_checkpoint: bool = True) -> Loaded:
-    """Rebuild state: from the checkpoint and the log tail if the checkpoint is valid,
+    """Rebuild state: from this node's checkpoint and the log tail if there is one,
     else by replaying every log from genesis. Both give identical state.
 
+    ``use_checkpoint=False`` replays from genesis but still holds the log to the
+    checkpoint's cursors (what they prove durable).
+
     Raises:
-        CorruptLogError: a log record fails verification.
+        DataLossError: the log ends before what the checkpoint proves durable.
+        CorruptLogError: a record that was proven durable fails verification, or a
+            record's event is malformed.
     """
-    checkpoint = _read_checkpoint(store) if use_checkpoint else None
-    if checkpoint is not None:
-        try:
-            return _replay(store, checkpoint)
-        except CorruptCheckpointError:
-            pass
-    return _replay(store, None)
+    checkpoint, problem = _read_checkpoint(store)
+    floors = checkpoint.cursors if checkpoint is not None else {}
+    loaded = _replay(store, checkpoint if use_checkpoint else None, floors)
+    loaded.checkpoint_problem = problem
+    return loaded
 
 
-def _read_checkpoint(store: LogStore) -> Checkpoint | None:
+def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
     raw = store.read_file(CHECKPOINT_FILE)
     if raw is None:
-        return None
+        return None, None
     try:
-        return decode_checkpoint(raw)
-    except CorruptCheckpointError:
-        return None
+        checkpoint = decode_checkpoint(raw)
+    except CorruptCheckpointError as exc:
+        return None, str(exc)
+    if checkpoint.node is not None and checkpoint.node != store.node_id:
+        node = checkpoint.node.hex()
+        return None, f"the checkpoint was written by another node ({node})"
+    return checkpoint, None
 
 
-def _replay(store: LogStore, checkpoint: Checkpoint | None) -> Loaded:
+def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cursor]) -> Loaded:
     if checkpoint is None:
         kv, feeds, hlc, cursors, base = KvState(), FeedState(), 0, {}, 0
     else:
         kv, feeds, hlc = checkpoint.kv, checkpoint.feeds, checkpoint.hlc
         cursors, base = checkpoint.cursors, sum(c.count for c in checkpoint.cursors.values())
     replayed = 0
-    agents = [a for a in AGENTS if a in cursors or a in store.agents()]
+    present = store.agents()
+    agents = [a for a in AGENTS if a in cursors or a in floors or a in present]
+    apply_put, follows, heads = kv.apply_put, feeds.follows, feeds.heads
     for agent in agents:
-        for location, position, eid, _, data in store.replay(agent, cursors.get(agent)):
+        records = store.replay(agent, cursors.get(agent), floors.get(agent))
+        for location, position, eid, _, data in records:
             try:
                 fields = put_fields(data)
                 if fields is not None:  # the common case: no event object needed
-                    origin, seq, ts, namespace, key, value, previous = fields
-                    kv.apply_put(namespace, key, ts, origin, eid, value, previous, location)
-                    feeds.advance(origin, agent, seq, eid)
+                    origin, ev_agent, seq, prev, ts, namespace, key, value, previous = fields
                 else:
                     event = decode_trusted(data)
-                    if event.agent != agent:
-                        raise CodecError("event of another agent")
+                    origin, ev_agent, seq, prev, ts = (
+                        event.origin,
+                        event.agent,
+                        event.seq,
+                        event.prev,
+                        event.hlc,
+                    )
+                if ev_agent != agent:
+                    raise CodecError(f"an event of agent {ev_agent!r} in this log")
+                # Every feed in a local log is contiguous (the ingest path holds gaps
+                # back and refuses forks), so anything else was not written by koru.
+                if not follows(origin, agent, seq, prev):
+                    raise CodecError(
+                        f"event {seq} of origin {origin.hex()} does not follow its feed"
+                    )
+                if fields is not None:
+                    apply_put(namespace, key, ts, origin, eid, value, previous, location)
+                else:
                     kv.apply(event, eid, location)
-                    feeds.apply(event, eid)
-                    ts = event.hlc
-            except (CodecError, TypeError, ValueError, IndexError) as exc:
+                heads[(origin, agent)] = (seq, eid)
+            except CodecError as exc:
                 raise CorruptLogError(
-                    agent, position, unpack_location(location)[2], f"undecodable event: {exc}"
+                    agent, position, unpack_location(location)[2], f"malformed event: {exc}"
                 ) from None
             if ts > hlc:
                 hlc = ts

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import cbor2
 import trio
 
 from koru.events import (
     DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_SEGMENT_SIZE,
+    MAX_SEGMENT_SIZE,
+    MAX_VALUE_SIZE,
+    MIN_SEGMENT_SIZE,
     NODE_ID_SIZE,
+    Disk,
     FileStore,
+    InvalidArgumentError,
+    KoruError,
     LogStore,
     MemoryStore,
 )
@@ -23,7 +31,6 @@ from koru.nursery import SYNC_MODES, Clock, Committer, SyncMode, SystemClock
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
-from ._errors import InvalidDataError, StorageError
 from ._loader import load
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
@@ -32,8 +39,6 @@ __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
 MEMORY = ":memory:"
 #: The default durability mode: a write is acknowledged once it is on stable storage.
 DEFAULT_SYNC: SyncMode = "always"
-_META_FILE = "meta"
-_META_FORMAT = 1
 
 
 def default_path() -> Path:
@@ -50,21 +55,49 @@ def default_path() -> Path:
     return base / "koru-delta" / "default"
 
 
-def _node_id(store: LogStore, rng: random.Random) -> bytes:
-    raw = store.read_file(_META_FILE)
-    if raw is not None:
-        try:
-            meta = cbor2.loads(raw)
-            node = meta["node"]
-            if meta["format"] == _META_FORMAT and type(node) is bytes and len(node) == NODE_ID_SIZE:
-                return node
-        except Exception:
-            pass
-        raise StorageError("the database's meta file is damaged; its node id cannot be read")
-    node = rng.randbytes(NODE_ID_SIZE)
-    if not store.readonly:
-        store.write_file(_META_FILE, cbor2.dumps({"format": _META_FORMAT, "node": node}))
-    return node
+def _int_option(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InvalidArgumentError(f"{name} must be an int {bounds}, not {value!r}")
+
+
+def _check_options(
+    path: Any,
+    sync: Any,
+    readonly: Any,
+    clock: Any,
+    seed: Any,
+    cache_bytes: Any,
+    max_value_size: Any,
+    checkpoint_every: Any,
+    flush_interval: Any,
+    segment_size: Any,
+) -> None:
+    """Refuse every bad option with a typed error naming it, before touching disk."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise InvalidArgumentError(f"path must be a str or path-like, not {path!r}")
+    if path is not None and not os.fspath(path):
+        raise InvalidArgumentError("path must not be empty (None means the default place)")
+    if type(sync) is not str or sync not in SYNC_MODES:
+        raise InvalidArgumentError(f"sync must be one of {SYNC_MODES}, not {sync!r}")
+    if type(readonly) is not bool:
+        raise InvalidArgumentError(f"readonly must be a bool, not {readonly!r}")
+    if clock is not None and not callable(getattr(clock, "now_ns", None)):
+        raise InvalidArgumentError(f"clock must have a now_ns() method, not {clock!r}")
+    if seed is not None and type(seed) is not int:
+        raise InvalidArgumentError(f"seed must be an int or None, not {seed!r}")
+    _int_option("cache_bytes", cache_bytes, 0)
+    _int_option("max_value_size", max_value_size, 1, MAX_VALUE_SIZE)
+    _int_option("checkpoint_every", checkpoint_every, 1)
+    _int_option("segment_size", segment_size, MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE)
+    if (
+        type(flush_interval) not in (int, float)
+        or not math.isfinite(flush_interval)
+        or flush_interval <= 0
+    ):
+        raise InvalidArgumentError(
+            f"flush_interval must be a positive number of seconds, not {flush_interval!r}"
+        )
 
 
 @asynccontextmanager
@@ -80,6 +113,7 @@ async def open(
     checkpoint_every: int = 100_000,
     flush_interval: float = 1.0,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    disk: Disk | None = None,
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
 
@@ -95,22 +129,35 @@ async def open(
             :class:`koru.TrioClock` under ``trio.testing.MockClock`` for deterministic runs.
         seed: seeds the database's random generator (a new node's id), for replayable runs.
         cache_bytes: budget of the value cache.
-        max_value_size: largest accepted encoded value, in bytes.
+        max_value_size: largest accepted encoded value, in bytes (at most 16 MiB).
         checkpoint_every: write a checkpoint after this many new events (and on close).
         flush_interval: seconds between buffer flushes with ``sync="never"``.
         segment_size: bytes per log segment file.
+        disk: the filesystem under a file database (default: the operating system's);
+            ``koru.simulations`` has a simulated disk that can cut power at any instant.
 
     The database owns a nursery running its background tasks; leaving the block (even
     by cancellation) flushes, fsyncs, checkpoints and closes files.
 
     Raises:
+        InvalidArgumentError: an option of the wrong type or out of range.
         DatabaseLockedError: another process (or handle) has the directory open for writing.
-        CorruptLogError: a log record fails verification.
+        DataLossError: the log holds less than a checkpoint or the manifest proves durable.
+        CorruptLogError: a record that was proven durable fails verification.
+        StorageError: the path cannot be used (not a directory, not writable, ...).
     """
-    if sync not in SYNC_MODES:
-        raise InvalidDataError(f"sync must be one of {SYNC_MODES}, not {sync!r}")
-    if checkpoint_every < 1:
-        raise InvalidDataError("checkpoint_every must be at least 1")
+    _check_options(
+        path,
+        sync,
+        readonly,
+        clock,
+        seed,
+        cache_bytes,
+        max_value_size,
+        checkpoint_every,
+        flush_interval,
+        segment_size,
+    )
     rng = random.Random(seed)
     store: LogStore
     if path is not None and os.fspath(path) == MEMORY:
@@ -118,11 +165,18 @@ async def open(
     else:
         directory = default_path() if path is None else Path(path)
         store = FileStore(
-            directory, readonly=readonly, buffered=sync == "never", segment_size=segment_size
+            directory,
+            readonly=readonly,
+            buffered=sync == "never",
+            segment_size=segment_size,
+            disk=disk,
         )
         where = str(directory)
     try:
-        node = _node_id(store, rng)
+        if store.node_id is None:
+            store.create_node(rng.randbytes(NODE_ID_SIZE))
+        node = store.node_id
+        assert node is not None
         loaded = await trio.to_thread.run_sync(load, store)
         committer = Committer(store, sync, flush_interval=flush_interval)
         db = Database(
@@ -139,9 +193,11 @@ async def open(
             checkpoint_every=checkpoint_every,
             from_checkpoint=loaded.from_checkpoint,
             replayed=loaded.replayed,
+            checkpoint_problem=loaded.checkpoint_problem,
         )
     except BaseException:
-        store.close()
+        with contextlib.suppress(KoruError):  # the first error is the one to report
+            store.close()
         raise
     try:
         async with trio.open_nursery() as nursery:

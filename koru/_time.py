@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from ._errors import InvalidDataError
+from koru.events import InvalidDataError
 
 __all__ = ["to_ns"]
 

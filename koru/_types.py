@@ -87,8 +87,18 @@ class Stats(NamedTuple):
     cache_bytes: int
     cache_hits: int
     cache_misses: int
-    #: Checkpoints written by this handle.
+    #: Checkpoints written by this handle, and background attempts that failed (the
+    #: log is the truth, so a failed checkpoint only makes the next open slower).
     checkpoints: int
+    checkpoint_failures: int
     #: Events restored from a checkpoint when opened, and replayed from the log then.
     checkpoint_events: int
     replayed_events: int
+    #: Why the checkpoint file was not used at open (unreadable, another node's), or None.
+    checkpoint_ignored: str | None
+    #: Corrupt records met by reads since the open (each read also raised CorruptLogError).
+    corruptions: int
+    #: Files recovery moved to ``lost+found/`` at this open (bytes past the point the log
+    #: was proven durable, after a record that failed its checks), and their size.
+    set_aside_files: int
+    set_aside_bytes: int

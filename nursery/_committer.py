@@ -27,8 +27,7 @@ from typing import Literal
 
 import trio
 
-from koru._errors import DurabilityError, InvalidDataError
-from koru.events import LogStore
+from koru.events import DurabilityError, InvalidDataError, LogStore
 
 __all__ = ["SYNC_MODES", "Committer", "SyncMode"]
 

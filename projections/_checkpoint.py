@@ -16,8 +16,7 @@ import attrs
 import blake3
 import cbor2
 
-from koru._errors import CorruptCheckpointError
-from koru.events import Cursor, cbor_head
+from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Cursor, cbor_head
 
 from ._feeds import FeedState
 from ._kv import KvState
@@ -30,21 +29,24 @@ __all__ = [
 ]
 
 _MAGIC = b"KORUCKP1"
-_FORMAT = 1
+#: Format 2 names the node that wrote it; format 1 (no node) is still read.
+_FORMAT = 2
 
 
 @attrs.frozen(slots=True)
 class Checkpoint:
-    """Decoded checkpoint: state, feeds, and the cursor of each agent's log."""
+    """Decoded checkpoint: state, feeds, the cursor of each agent's log, and the node
+    that wrote it (None in a format-1 checkpoint)."""
 
     kv: KvState
     feeds: FeedState
     cursors: dict[str, Cursor]
     hlc: int
+    node: bytes | None
 
 
 def capture_checkpoint(
-    kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int
+    kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int, node: bytes
 ) -> dict[str, Any]:
     """Copy out a consistent snapshot as plain, immutable data.
 
@@ -53,6 +55,7 @@ def capture_checkpoint(
     """
     return {
         "format": _FORMAT,
+        "node": node,
         "kv": kv.snapshot(),
         "feeds": feeds.snapshot(),
         "cursors": {
@@ -109,17 +112,31 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         raise CorruptCheckpointError("checkpoint checksum mismatch")
     try:
         raw: Any = cbor2.loads(body)
-        if raw["format"] != _FORMAT:
-            raise CorruptCheckpointError(f"unknown checkpoint format {raw['format']!r}")
-        cursors = {
-            str(agent): Cursor(int(c[0]), bytes(c[1]), int(c[2]), int(c[3]), int(c[4]))
-            for agent, c in raw["cursors"].items()
-        }
+        fmt = raw["format"]
+        if fmt not in (1, _FORMAT) or type(fmt) is not int:
+            raise CorruptCheckpointError(f"unknown checkpoint format {fmt!r}")
+        node = raw["node"] if fmt == _FORMAT else None
+        if fmt == _FORMAT and (type(node) is not bytes or len(node) != NODE_ID_SIZE):
+            raise CorruptCheckpointError("checkpoint names no valid node id")
+        cursors = {}
+        for agent, c in raw["cursors"].items():
+            count, root, segment, offset, last = c
+            if agent not in AGENTS or type(root) is not bytes or len(root) != 32:
+                raise CorruptCheckpointError("malformed cursor")
+            if not all(type(v) is int for v in (count, segment, offset, last)):
+                raise CorruptCheckpointError("malformed cursor")
+            if count < 0 or segment < 0 or offset < 0 or last < -1:
+                raise CorruptCheckpointError("malformed cursor")
+            cursors[agent] = Cursor(count, root, segment, offset, last)
+        hlc = raw["hlc"]
+        if type(hlc) is not int or hlc < 0:
+            raise CorruptCheckpointError("malformed hlc")
         return Checkpoint(
             KvState.from_snapshot(raw["kv"]),
             FeedState.from_snapshot(raw["feeds"]),
             cursors,
-            int(raw["hlc"]),
+            hlc,
+            node,
         )
     except CorruptCheckpointError:
         raise

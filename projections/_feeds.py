@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from koru.events import Event
+from koru.events import AGENTS, NODE_ID_SIZE, Event
 
 __all__ = ["FeedState"]
 
@@ -34,6 +34,14 @@ class FeedState:
         if head is None or seq > head[0]:
             self.heads[feed] = (seq, event_id)
 
+    def follows(self, origin: bytes, agent: str, seq: int, prev: bytes | None) -> bool:
+        """True if event ``seq`` (linked to ``prev``) is the next of its feed: every feed
+        in a local log is contiguous, so anything else is a gap or a fork."""
+        head = self.heads.get((origin, agent))
+        if head is None:
+            return seq == 1 and prev is None
+        return seq == head[0] + 1 and prev == head[1]
+
     def next(self, origin: bytes, agent: str) -> tuple[int, bytes | None]:
         """The (seq, prev) that the origin's next event for ``agent`` must carry."""
         head = self.heads.get((origin, agent))
@@ -44,7 +52,18 @@ class FeedState:
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> FeedState:
+        """Rebuild from :meth:`snapshot` output (ValueError if malformed)."""
         state = cls()
         for origin, agent, seq, eid in data:
-            state.heads[(bytes(origin), str(agent))] = (int(seq), bytes(eid))
+            if not (
+                type(origin) is bytes
+                and len(origin) == NODE_ID_SIZE
+                and agent in AGENTS
+                and type(seq) is int
+                and seq >= 1
+                and type(eid) is bytes
+                and len(eid) == 32
+            ):
+                raise ValueError("malformed feed head")
+            state.heads[(origin, agent)] = (seq, eid)
         return state

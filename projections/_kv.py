@@ -317,18 +317,34 @@ class KvState:
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> KvState:
-        """Rebuild the state from :meth:`snapshot` output (ValueError/KeyError if malformed)."""
+        """Rebuild the state from :meth:`snapshot` output.
+
+        Checks the shape of everything (ValueError/KeyError/TypeError if malformed), so
+        a damaged or crafted checkpoint is refused here rather than failing later inside
+        a read.
+        """
         state = cls()
         namespaces = data["ns"]
         if type(namespaces) is not dict:
             raise ValueError("namespaces must be a map")
-        for keys in namespaces.values():
-            if type(keys) is not dict:
-                raise ValueError("keys must be a map")
+        for ns, keys in namespaces.items():
+            if type(ns) is not str or type(keys) is not dict:
+                raise ValueError("namespaces must map names to maps")
+            for key, blob in keys.items():
+                if type(key) is not str or type(blob) is not bytes:
+                    raise ValueError(f"{ns}: keys must map names to version records")
+                if not blob or len(blob) % RECORD_SIZE:
+                    raise ValueError(f"{ns}/{key}: version records of {len(blob)} bytes")
         state.namespaces = namespaces
-        state.live = int(data["live"])
-        state.versions = int(data["versions"])
-        state.max_hlc = int(data["max_hlc"])
+        for field in ("live", "versions", "max_hlc"):
+            if type(data[field]) is not int or data[field] < 0:
+                raise ValueError(f"{field} must be a non-negative int")
+        for field in ("current_sum", "version_sum"):
+            if type(data[field]) is not bytes or len(data[field]) != 32:
+                raise ValueError(f"{field} must be 32 bytes")
+        state.live = data["live"]
+        state.versions = data["versions"]
+        state.max_hlc = data["max_hlc"]
         state.current_sum = int.from_bytes(data["current_sum"], "big")
         state.version_sum = int.from_bytes(data["version_sum"], "big")
         return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -44,6 +45,18 @@ async def db(
     path = ":memory:" if request.param == "memory" else tmp_path / "db"
     async with koru.open(path, sync="os", clock=clock, seed=7) as database:
         yield database
+
+
+TEST_NODE = bytes(range(16))
+
+
+def open_store(path: Path, **kw: Any) -> FileStore:
+    """A writable FileStore with a node id (a new store gets ``TEST_NODE``), as
+    ``koru.open`` would give it."""
+    store = FileStore(path, **kw)
+    if store.node_id is None:
+        store.create_node(TEST_NODE)
+    return store
 
 
 def full_replay(path: Path, agent: str = "storage") -> tuple[KvState, Cursor]:

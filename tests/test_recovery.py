@@ -31,7 +31,7 @@ import pytest
 import trio
 
 import koru
-from conftest import full_replay
+from conftest import full_replay, open_store
 from koru import (
     CorruptLogError,
     DatabaseClosedError,
@@ -724,7 +724,7 @@ async def test_second_writable_open_is_locked(tmp_path: Path) -> None:
             async with koru.open(path):
                 pass
         with pytest.raises(DatabaseLockedError):
-            FileStore(path)
+            open_store(path)
         async with koru.open(path, readonly=True) as reader:
             assert await reader.get(NS, "k") == 1
         await db.put(NS, "k", 2)  # the failed opens did not disturb the writer
@@ -1113,7 +1113,7 @@ def test_a_full_segment_is_synced_before_the_next_one_exists(
 
     monkeypatch.setattr(_file_store.os, "open", spy_open)
     monkeypatch.setattr(_file_store.os, "fdatasync", spy_sync)
-    store = FileStore(tmp_path / "db", segment_size=600)
+    store = open_store(tmp_path / "db", segment_size=600)
     for i in range(12):
         data = bytes([i]) * 100
         store.append("storage", data, blake3.blake3(data).digest())
@@ -1175,7 +1175,7 @@ def test_sync_leaves_buffers_to_the_appending_thread(tmp_path: Path) -> None:
     appending. If that thread also moved buffered records to the file, two threads
     could write at the same offset (seen as a broken chain after a bulk load); so sync
     never touches buffers, and callers flush on the appending thread first."""
-    store = FileStore(tmp_path / "db", buffered=True)
+    store = open_store(tmp_path / "db", buffered=True)
     for i in range(50):
         data = i.to_bytes(4, "big") * 20
         store.append(AGENT, data, blake3.blake3(data).digest())

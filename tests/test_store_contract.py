@@ -16,15 +16,17 @@ import attrs
 import blake3
 import pytest
 
+from conftest import open_store
 from koru import (
-    CorruptCheckpointError,
     CorruptLogError,
     DatabaseLockedError,
+    DataLossError,
     ReadOnlyError,
     StorageError,
 )
 from koru.events import (
     AGENTS,
+    LOST_FOUND,
     Cursor,
     FileStore,
     LogStore,
@@ -124,16 +126,16 @@ class Backend:
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": lambda tmp: Backend("memory", MemoryStore, persistent=False),
-    "file": lambda tmp: Backend("file", lambda: FileStore(tmp / "db"), persistent=True),
+    "file": lambda tmp: Backend("file", lambda: open_store(tmp / "db"), persistent=True),
     "file-rotating": lambda tmp: Backend(
-        "file-rotating", lambda: FileStore(tmp / "db", segment_size=400), persistent=True
+        "file-rotating", lambda: open_store(tmp / "db", segment_size=400), persistent=True
     ),
     "file-buffered": lambda tmp: Backend(
-        "file-buffered", lambda: FileStore(tmp / "db", buffered=True), persistent=True
+        "file-buffered", lambda: open_store(tmp / "db", buffered=True), persistent=True
     ),
     "file-buffered-rotating": lambda tmp: Backend(
         "file-buffered-rotating",
-        lambda: FileStore(tmp / "db", buffered=True, segment_size=400),
+        lambda: open_store(tmp / "db", buffered=True, segment_size=400),
         persistent=True,
     ),
 }
@@ -153,8 +155,10 @@ def first_record(store: LogStore, agent: str, start: Cursor) -> Record | None:
     return next(iter(store.replay(agent, start)), None)
 
 
-def replay_list(store: LogStore, agent: str, start: Cursor | None = None) -> list[Record]:
-    return list(store.replay(agent, start))
+def replay_list(
+    store: LogStore, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+) -> list[Record]:
+    return list(store.replay(agent, start, durable))
 
 
 def test_genesis_roots_are_distinct_per_agent() -> None:
@@ -265,7 +269,7 @@ class TestLogStoreContract:
         append_all(store, make_events(5))
         bad = attrs.evolve(store.cursor(AGENT), root=bytes(32))
         store = backend.reopen(store)
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises(CorruptLogError):
             first_record(store, AGENT, bad)
 
     def test_cursor_of_another_log_raises(self, backend: Backend) -> None:
@@ -275,7 +279,7 @@ class TestLogStoreContract:
         append_all(store, make_events(5, agent=OTHER), agent=OTHER)
         foreign = store.cursor(OTHER)
         store = backend.reopen(store)
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises(CorruptLogError):
             first_record(store, AGENT, foreign)
 
     def test_cursor_past_the_end_raises(self, backend: Backend) -> None:
@@ -283,8 +287,29 @@ class TestLogStoreContract:
         append_all(store, make_events(5))
         cursor = store.cursor(AGENT)
         store = backend.reopen(store)
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises(CorruptLogError):
             first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count + 3))
+
+    def test_cursor_beyond_the_log_is_data_loss(self, backend: Backend) -> None:
+        # A checkpoint's cursor proves its records durable: a log that ends before it
+        # lost them, which is reported as such, not mistaken for a foreign checkpoint.
+        store = backend.open()
+        append_all(store, make_events(8))
+        later = store.cursor(AGENT)
+        store = backend.reopen(store)
+        if backend.persistent:  # cut the last record off the file
+            store.close()
+            seg = _segment_files(store.path)[-1]
+            assert seg.name == f"{later.segment:08d}.seg"
+            os.truncate(seg, later.last)
+            store = backend.open()
+            with pytest.raises(DataLossError) as info:
+                first_record(store, AGENT, later)
+            assert info.value.position == 7
+            assert info.value.offset == later.last
+        else:
+            with pytest.raises(DataLossError):
+                first_record(store, AGENT, attrs.evolve(later, count=later.count + 1))
 
     def test_cursor_with_a_wrong_count_raises(self, backend: Backend) -> None:
         # The root is right but the count is not: the store would number later records
@@ -293,14 +318,15 @@ class TestLogStoreContract:
         append_all(store, make_events(6))
         cursor = store.cursor(AGENT)
         store = backend.reopen(store)
-        with pytest.raises(CorruptCheckpointError):
+        with pytest.raises(CorruptLogError):
             first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count - 1))
 
     def test_cursor_for_an_agent_without_a_log_raises(self, backend: Backend) -> None:
         store = backend.open()
         append_all(store, make_events(3))
         bogus = Cursor(2, bytes(32))
-        with pytest.raises(CorruptCheckpointError):
+        # The cursor proves records durable that the log does not have: data lost.
+        with pytest.raises(DataLossError):
             first_record(store, OTHER, bogus)
 
     def test_agents_are_independent(self, backend: Backend) -> None:
@@ -328,15 +354,15 @@ class TestLogStoreContract:
         store = backend.open()
         assert store.read_file("checkpoint") is None
         store.write_file("checkpoint", b"first version, rather long" * 10)
-        store.write_file("meta", b"m")
+        store.write_file("note", b"m")
         store.write_file("checkpoint", b"second")
         assert store.read_file("checkpoint") == b"second"
-        assert store.read_file("meta") == b"m"
-        store.write_file("meta", b"")
-        assert store.read_file("meta") == b""
+        assert store.read_file("note") == b"m"
+        store.write_file("note", b"")
+        assert store.read_file("note") == b""
         store = backend.reopen(store)
         assert store.read_file("checkpoint") == b"second"
-        assert store.read_file("meta") == b""
+        assert store.read_file("note") == b""
         assert store.read_file("absent") is None
 
     def test_cursor_after_appends_and_after_reopen(self, backend: Backend) -> None:
@@ -380,7 +406,7 @@ def _segment_files(root: Path, agent: str = AGENT) -> list[Path]:
 class TestFileStore:
     def test_segments_rotate_when_full(self, tmp_path: Path) -> None:
         path = tmp_path / "db"
-        store = FileStore(path, segment_size=512)
+        store = open_store(path, segment_size=512)
         events = make_events(40)
         cursors = []
         done = []
@@ -397,7 +423,7 @@ class TestFileStore:
             assert store.read(a.location) == a.data
         store.close()
 
-        store = FileStore(path, segment_size=512)
+        store = open_store(path, segment_size=512)
         try:
             records = replay_list(store, AGENT)
             assert [r.root for r in records] == [a.root for a in done]
@@ -418,7 +444,7 @@ class TestFileStore:
             store.close()
 
     def test_a_record_larger_than_a_segment_gets_its_own(self, tmp_path: Path) -> None:
-        store = FileStore(tmp_path / "db", segment_size=300)
+        store = open_store(tmp_path / "db", segment_size=300)
         try:
             done = append_all(store, make_events(1) + make_events(1, size=2_000, tag="big"))
             done += append_all(store, make_events(3)[2:])
@@ -430,7 +456,7 @@ class TestFileStore:
 
     def test_buffered_appends_reach_the_file_on_flush(self, tmp_path: Path) -> None:
         path = tmp_path / "db"
-        store = FileStore(path, buffered=True)
+        store = open_store(path, buffered=True)
         try:
             done = append_all(store, make_events(5))
             reader = FileStore(path, readonly=True)
@@ -453,7 +479,7 @@ class TestFileStore:
             reader.close()
 
     def test_cursor_names_the_end_of_the_last_record(self, tmp_path: Path) -> None:
-        store = FileStore(tmp_path / "db", segment_size=400)
+        store = open_store(tmp_path / "db", segment_size=400)
         try:
             for ev in make_events(12):
                 (a,) = append_all(store, [ev])
@@ -467,7 +493,7 @@ class TestFileStore:
 
     def test_readonly_store_rejects_writes(self, tmp_path: Path) -> None:
         path = tmp_path / "db"
-        writer = FileStore(path)
+        writer = open_store(path)
         done = append_all(writer, make_events(2))
         writer.close()
         store = FileStore(path, readonly=True)
@@ -487,35 +513,35 @@ class TestFileStore:
         assert not (tmp_path / "nothing").exists()
 
     def test_a_second_writer_is_locked_out(self, tmp_path: Path) -> None:
-        first = FileStore(tmp_path / "db")
+        first = open_store(tmp_path / "db")
         try:
             with pytest.raises(DatabaseLockedError):
-                FileStore(tmp_path / "db")
+                open_store(tmp_path / "db")
         finally:
             first.close()
-        FileStore(tmp_path / "db").close()
+        open_store(tmp_path / "db").close()
 
     def test_write_file_leaves_no_temporary_file(self, tmp_path: Path) -> None:
-        store = FileStore(tmp_path / "db")
+        store = open_store(tmp_path / "db")
         try:
             store.write_file("checkpoint", b"abc")
             store.write_file("checkpoint", b"de")
         finally:
             store.close()
         names = sorted(p.name for p in (tmp_path / "db").iterdir())
-        assert names == ["LOCK", "checkpoint", "logs"]
+        assert names == ["checkpoint", "logs", "meta"]
         assert (tmp_path / "db" / "checkpoint").read_bytes() == b"de"
 
     def test_a_torn_tail_is_cut_on_replay(self, tmp_path: Path) -> None:
         path = tmp_path / "db"
-        store = FileStore(path)
+        store = open_store(path)
         events = make_events(6)
         done = append_all(store, events[:5])
         store.close()
         (seg,) = _segment_files(path)
         size = seg.stat().st_size
         os.truncate(seg, size - 7)
-        store = FileStore(path)
+        store = open_store(path)
         try:
             records = replay_list(store, AGENT)
             assert [r.data for r in records] == [a.data for a in done[:4]]
@@ -530,22 +556,61 @@ class TestFileStore:
             store.close()
 
     def test_a_damaged_record_is_reported_not_served(self, tmp_path: Path) -> None:
+        # Proven durable (the cursor of a checkpoint covers it): corruption.
         path = tmp_path / "db"
-        store = FileStore(path)
+        store = open_store(path)
         done = append_all(store, make_events(5))
+        proof = store.cursor(AGENT)
         store.close()
         (seg,) = _segment_files(path)
         raw = bytearray(seg.read_bytes())
         raw[unpack_location(done[2].location)[2] + 60] ^= 0x01
         seg.write_bytes(bytes(raw))
-        store = FileStore(path, readonly=True)
+        for readonly in (True, False):
+            store = FileStore(path, readonly=True) if readonly else open_store(path)
+            try:
+                served = []
+                with pytest.raises(CorruptLogError) as info:
+                    served.extend(store.replay(AGENT, durable=proof))
+                assert [r.data for r in served] == [a.data for a in done[:2]]
+                assert info.value.agent == AGENT
+                assert info.value.position == 2
+                assert info.value.offset == unpack_location(done[2].location)[2]
+                assert info.value.path == str(seg)
+            finally:
+                store.close()
+        assert seg.read_bytes() == bytes(raw)  # reported, not repaired
+
+    def test_a_failing_record_past_the_durable_point_ends_the_log(self, tmp_path: Path) -> None:
+        # Not proven durable (no cursor covers it): what a crash can leave. The log
+        # ends there; the bytes from that record on are kept in lost+found/, never lost.
+        path = tmp_path / "db"
+        store = open_store(path)
+        done = append_all(store, make_events(5))
+        proof = store.cursor(AGENT)
+        append_all(store, make_events(3, tag="unsynced"))
+        store.close()
+        (seg,) = _segment_files(path)
+        raw = bytearray(seg.read_bytes())
+        raw[proof.offset + 60] ^= 0x01
+        seg.write_bytes(bytes(raw))
+        reader = FileStore(path, readonly=True)
         try:
-            served = []
-            with pytest.raises(CorruptLogError) as info:
-                served.extend(store.replay(AGENT))
-            assert [r.data for r in served] == [a.data for a in done[:2]]
-            assert info.value.agent == AGENT
-            assert info.value.position == 2
-            assert info.value.offset == unpack_location(done[2].location)[2]
+            assert len(replay_list(reader, AGENT, durable=proof)) == 5
+            assert reader.stats()["set_aside_files"] == 0  # a reader changes nothing
+        finally:
+            reader.close()
+        assert seg.read_bytes() == bytes(raw)
+        store = open_store(path)
+        try:
+            assert [r.data for r in replay_list(store, AGENT, durable=proof)] == [
+                a.data for a in done
+            ]
+            assert store.stats()["set_aside_files"] == 1
+            assert store.stats()["set_aside_bytes"] == len(raw) - proof.offset
         finally:
             store.close()
+        assert seg.read_bytes() == bytes(raw[: proof.offset])
+        (kept,) = (path / LOST_FOUND).iterdir()
+        assert kept.read_bytes() == bytes(raw[proof.offset :])
+        assert kept.name == f"{AGENT}-00000001-{proof.offset}.0.bin"

@@ -5,6 +5,9 @@ cause, so callers can catch broadly (``except koru.KoruError``) or precisely
 (``except koru.KeyNotFoundError``). Where a builtin category fits, the class also
 derives from it (``InvalidDataError`` is a ``ValueError``, the not-found family are
 ``LookupError``), so generic handlers keep working.
+
+The tree lives in the bottom layer so that ``koru.events`` and ``koru.projections``
+raise it without importing the public face; ``koru`` re-exports every name.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ __all__ = [
     "CodecError",
     "CorruptCheckpointError",
     "CorruptLogError",
+    "DataLossError",
     "DatabaseClosedError",
     "DatabaseLockedError",
     "DurabilityError",
+    "InvalidArgumentError",
     "InvalidDataError",
     "KeyNotFoundError",
     "KoruError",
@@ -59,7 +64,12 @@ class VersionNotFoundError(NotFoundError):
 
 
 class InvalidDataError(KoruError, ValueError):
-    """Input rejected before anything was written: bad namespace, key or value."""
+    """Input rejected before anything was written: bad namespace, key, value or event."""
+
+
+class InvalidArgumentError(InvalidDataError, TypeError):
+    """An argument of a call (an option of ``koru.open``, a parameter of a method) has
+    the wrong type or is out of range; the message names the argument."""
 
 
 class CodecError(KoruError, ValueError):
@@ -71,10 +81,11 @@ class StorageError(KoruError):
 
 
 class CorruptLogError(StorageError):
-    """A complete log record failed its checksum, framing or hash-chain check.
+    """A log record failed its checksum, framing, hash-chain or content check.
 
     Corruption is reported, never served and never silently dropped: the agent, the
-    record's position in that agent's local log and the byte offset say where.
+    record's position in that agent's local log, the byte offset in its segment file
+    and the file's path say where.
     """
 
     def __init__(self, agent: str, position: int, offset: int, reason: str, path: str = "") -> None:
@@ -87,6 +98,16 @@ class CorruptLogError(StorageError):
         self.offset = offset
         self.reason = reason
         self.path = path
+
+
+class DataLossError(CorruptLogError):
+    """The log holds less than was proven durable: records a checkpoint names, or a
+    segment the manifest lists, are missing or cut short.
+
+    ``position`` is the first record that is missing. The database refuses to open
+    rather than continue with a shorter history (and never overwrites the checkpoint
+    that proves the loss).
+    """
 
 
 class CorruptCheckpointError(StorageError):

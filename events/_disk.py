@@ -1,0 +1,171 @@
+"""The filesystem seam: every call the file store makes to the operating system.
+
+:class:`OsDisk` is the real thing, plain ``os`` calls. The seam exists so that the
+same store code runs on a simulated disk (``koru.simulations.SimDisk``) that models
+what a power cut keeps: what was fsynced, and for every sector written since, either
+its old or its new content; directory entries only once their directory is fsynced.
+That is how the crash tests (and later the simulator) cut power at any instant.
+
+Methods raise ``OSError`` exactly as the ``os`` functions they mirror; the store
+turns those into :class:`~koru.StorageError`\\ s naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+from collections.abc import Iterator
+from typing import Protocol
+
+__all__ = ["Disk", "OsDisk"]
+
+
+class Disk(Protocol):
+    """What the file store needs from a filesystem. Paths are ``str``."""
+
+    def lock(self, directory: str) -> int:
+        """Take the exclusive, non-blocking writer lock on ``directory``; returns a
+        handle for :meth:`unlock`. Raises BlockingIOError if another holder has it.
+
+        The lock is on the directory itself, not on a file inside it: deleting or
+        replacing a file cannot hand the database to a second writer.
+        """
+        ...
+
+    def unlock(self, handle: int) -> None: ...
+
+    def mkdir(self, path: str) -> None: ...
+
+    def is_dir(self, path: str) -> bool: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int: ...
+
+    def close(self, fd: int) -> None: ...
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int: ...
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes: ...
+
+    def size(self, fd: int) -> int: ...
+
+    def truncate(self, fd: int, size: int) -> None: ...
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve space (``posix_fallocate``); OSError EOPNOTSUPP where unsupported."""
+        ...
+
+    def fdatasync(self, fd: int) -> None: ...
+
+    def fsync(self, fd: int) -> None: ...
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the directory's entries (files created, renamed, removed) durable."""
+        ...
+
+    def read_file(self, path: str) -> bytes:
+        """A whole file's bytes (FileNotFoundError if absent)."""
+        ...
+
+    def replace(self, source: str, target: str) -> None: ...
+
+    def unlink(self, path: str) -> None: ...
+
+    def mapped(self, path: str) -> contextlib.AbstractContextManager[bytes | mmap.mmap]:
+        """The file's bytes for one sequential pass (a memory map where possible).
+
+        Only for files no other process truncates while they are read: a read-only
+        opener racing a writer reads with :meth:`read_file` instead, since touching a
+        mapped page past a file's new end kills the process with SIGBUS.
+        """
+        ...
+
+
+class OsDisk:
+    """The operating system's filesystem."""
+
+    def lock(self, directory: str) -> int:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def unlock(self, handle: int) -> None:
+        os.close(handle)  # closing the last descriptor releases the flock
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def replace(self, source: str, target: str) -> None:
+        os.replace(source, target)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    @contextlib.contextmanager
+    def mapped(self, path: str) -> Iterator[bytes | mmap.mmap]:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if not size:
+                yield b""
+                return
+            m = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        try:
+            yield m
+        finally:
+            m.close()
