@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import cbor2
 
 from ._chain import AGENTS, agent_index, chain, genesis_root
@@ -66,6 +67,8 @@ DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 META_FILE = "meta"
 LOST_FOUND = "lost+found"
 _META_FORMAT = 2
+#: Format 2: magic | blake3(body) | CBOR body. Format 1 was a bare CBOR map.
+_META_MAGIC = b"KORUMET2"
 _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 24 bits
 _BUFFER_LIMIT = 1024 * 1024
 _ALLOCATE_AHEAD = 1024 * 1024
@@ -77,15 +80,23 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _count_records(data: bytes) -> int:
-    """How many whole records ``data`` holds, following length headers only."""
+def _whole_records(data: bytes) -> tuple[int, int]:
+    """(count, end) of the whole records at the start of ``data``, following length
+    headers only: a last record cut short is not counted."""
     count, offset = 0, 0
-    while offset < len(data):
-        if len(data) - offset < RECORD_HEADER_SIZE:
-            raise FrameError("record lengths do not add up")
-        offset += RECORD_HEADER_SIZE + int.from_bytes(data[offset : offset + 4], "little")
+    while len(data) - offset >= RECORD_HEADER_SIZE:
+        end = offset + RECORD_HEADER_SIZE + int.from_bytes(data[offset : offset + 4], "little")
+        if end > len(data):
+            break
+        offset = end
         count += 1
-    if offset != len(data):
+    return count, offset
+
+
+def _count_records(data: bytes) -> int:
+    """How many records ``data`` holds; FrameError unless they end exactly at its end."""
+    count, end = _whole_records(data)
+    if end != len(data):
         raise FrameError("record lengths do not add up")
     return count
 
@@ -207,8 +218,10 @@ class FileStore:
         disk = self._disk
         if disk.exists(self._root) and not disk.is_dir(self._root):
             raise StorageError(f"{self._root} is not a directory")
+        # Only the directory itself: logs/ appears with the first segment, so that an
+        # open never creates what a damaged database lost (the manifest reports it).
         missing = []
-        d = os.path.abspath(self._file("logs"))
+        d = os.path.abspath(self._root)
         while not disk.is_dir(d):
             missing.append(d)
             d = os.path.dirname(d)
@@ -240,13 +253,28 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
         try:
-            meta = cbor2.loads(raw)
-            fmt, node = meta["format"], meta["node"]
-            ok = type(node) is bytes and len(node) == NODE_ID_SIZE and fmt in (1, _META_FORMAT)
-            logs = meta.get("logs", {}) if fmt == _META_FORMAT else {}
-            ok = ok and all(
-                a in AGENTS and type(n) is int and 0 <= n <= _MAX_SEGMENT_NUMBER
-                for a, n in logs.items()
+            if raw.startswith(_META_MAGIC):
+                digest, body = (
+                    raw[len(_META_MAGIC) : len(_META_MAGIC) + 32],
+                    raw[len(_META_MAGIC) + 32 :],
+                )
+                if blake3.blake3(body).digest() != digest:
+                    raise ValueError("checksum mismatch")
+                meta = cbor2.loads(body)
+                ok = meta["format"] == _META_FORMAT
+            else:  # format 1: plain CBOR, no checksum, no manifest
+                meta = cbor2.loads(raw)
+                ok = meta["format"] == 1 and set(meta) == {"format", "node"}
+            node, logs = meta["node"], meta.get("logs", {})
+            ok = (
+                ok
+                and type(node) is bytes
+                and len(node) == NODE_ID_SIZE
+                and type(logs) is dict
+                and all(
+                    a in AGENTS and type(n) is int and 0 <= n <= _MAX_SEGMENT_NUMBER
+                    for a, n in logs.items()
+                )
             )
         except Exception:
             ok = False
@@ -255,7 +283,7 @@ class FileStore:
         self._node = node
         self._manifest = dict(logs)
         # Format 1 was written before the manifest existed: see _agent_log.
-        self._legacy_meta = fmt == 1
+        self._legacy_meta = meta["format"] == 1
 
     def _agent_log(self, name: str) -> _AgentLog:
         directory = self._file("logs", name)
@@ -313,13 +341,10 @@ class FileStore:
 
     def _write_meta(self) -> None:
         assert self._node is not None
-        self.write_file(
-            META_FILE,
-            cbor2.dumps(
-                {"format": _META_FORMAT, "node": self._node, "logs": self._manifest},
-                canonical=True,
-            ),
+        body = cbor2.dumps(
+            {"format": _META_FORMAT, "node": self._node, "logs": self._manifest}, canonical=True
         )
+        self.write_file(META_FILE, _META_MAGIC, blake3.blake3(body).digest(), body)
         self._legacy_meta = False
 
     def agents(self) -> list[str]:
@@ -438,16 +463,23 @@ class FileStore:
                 name, 0, 0, f"{exc} (the checkpoint needs this segment)", path
             ) from None
         if size < cursor.offset:
-            try:
-                present = header.first_index + _count_records(
-                    body[: max(size - SEGMENT_HEADER_SIZE, 0)]
-                )
-            except FrameError:
-                present = header.first_index
+            # Short: first look for an altered record in what is there (the more exact
+            # report); a log that is intact as far as it goes was cut.
+            scan = SegmentScan(
+                head + body,
+                SEGMENT_HEADER_SIZE,
+                header.prev_root,
+                header.first_index,
+                pack_location(log.index, cursor.segment, 0),
+            )
+            for _ in scan:
+                pass
+            if scan.failure is not None and not scan.torn:
+                raise CorruptLogError(name, scan.count, scan.offset, scan.failure, path)
             raise DataLossError(
                 name,
-                present,
-                size,
+                scan.count,
+                scan.offset,
                 f"the segment ends at byte {size}, but the checkpoint proves {cursor.count} "
                 f"records durable up to byte {cursor.offset}",
                 path,
@@ -535,13 +567,10 @@ class FileStore:
         self._disk.fsync_dir(log.dir)
 
     def _set_aside(self, agent: str, seg: int, offset: int, tail: Any, why: str) -> None:
-        """Copy bytes a recovery drops into lost+found/, durably, before dropping them.
-
-        Zeros carry nothing (space allocated ahead, sectors never written), so an
-        all-zero tail is not kept.
-        """
-        tail = bytes(tail)
-        if not tail.strip(b"\x00"):
+        """Copy bytes a recovery drops into lost+found/, durably, before dropping them."""
+        # Zeros after the last written byte carry nothing (space allocated ahead).
+        tail = bytes(tail).rstrip(b"\x00")
+        if not tail:
             return
         directory = self._file(LOST_FOUND)
         base = f"{agent}-{seg:08d}-{offset}"
@@ -640,9 +669,10 @@ class FileStore:
             seg = (log.segments[-1] + 1) if log.segments else 1
             if seg > _MAX_SEGMENT_NUMBER:
                 raise OSError(errno.EFBIG, f"log {log.name!r} has used every segment number")
-            if not disk.is_dir(log.dir):
-                disk.mkdir(log.dir)
-                disk.fsync_dir(os.path.dirname(log.dir))
+            for d in (os.path.dirname(log.dir), log.dir):
+                if not disk.is_dir(d):
+                    disk.mkdir(d)
+                    disk.fsync_dir(os.path.dirname(d))
             fd = disk.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             log.fd = fd
             log.ready = True

@@ -236,18 +236,18 @@ class Database:
         try:
             event = decode_trusted(data)
         except CodecError as exc:
-            raise CorruptLogError(
-                *self._store.locate(location), f"malformed event: {exc}"
-            ) from None
-        for w in event.writes:
-            if w.namespace == namespace and w.key == key and w.value is not None:
-                if content_id(w.value) != cid:
+            reason = f"malformed event: {exc}"
+        else:
+            for w in event.writes:
+                if w.namespace == namespace and w.key == key and w.value is not None:
+                    if content_id(w.value) == cid:
+                        return w.value
                     break
-                return w.value
-        raise CorruptLogError(
-            *self._store.locate(location),
-            f"the record holds no value of {namespace!r}/{key!r} with content id {cid.hex()}",
-        )
+            reason = (
+                f"the record holds no value of {namespace!r}/{key!r} with content id {cid.hex()}"
+            )
+        agent, position, offset, path = self._store.locate(location)
+        raise CorruptLogError(agent, position, offset, reason, path)
 
     def _version(self, namespace: str, key: str, r: VersionRecord) -> Version:
         return Version(

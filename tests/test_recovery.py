@@ -36,12 +36,13 @@ from koru import (
     CorruptLogError,
     DatabaseClosedError,
     DatabaseLockedError,
+    DataLossError,
     DurabilityError,
     KeyNotFoundError,
     ReadOnlyError,
 )
 from koru._loader import CHECKPOINT_FILE, load
-from koru.events import FileStore, agent_index, unpack_location
+from koru.events import LOST_FOUND, FileStore, agent_index, unpack_location
 from koru.events._frame import (
     SEGMENT_HEADER_SIZE,
     encode_record,
@@ -169,14 +170,32 @@ async def reference_state(path: Path, scratch: Path) -> dict[str, Any]:
 # -- (a) torn tails: truncation at every offset ----------------------------------------
 
 
+async def stale_base(path: Path, n: int, **kw: Any) -> tuple[list[koru.Version], bytes]:
+    """A database of ``n`` puts whose last record no checkpoint names, as a crash right
+    after that write leaves it: returns the versions and the (stale) checkpoint, which
+    proves the first ``n - 1`` records durable and is the one on disk."""
+    versions = await make_db(path, n - 1, **kw)
+    stale = (path / CHECKPOINT_FILE).read_bytes()
+    async with koru.open(path, sync="always", **kw) as db:
+        versions.append(await db.put(NS, f"k{n - 1}", value(n - 1)))
+    (path / CHECKPOINT_FILE).write_bytes(stale)
+    return versions, stale
+
+
+def lost_found(path: Path) -> dict[str, bytes]:
+    directory = path / LOST_FOUND
+    return {p.name: p.read_bytes() for p in directory.iterdir()} if directory.exists() else {}
+
+
 async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None:
     base = tmp_path / "base"
-    versions = await make_db(base, 5)
+    versions, _ = await stale_base(base, 5)
     spans = record_spans(base)
     assert len(spans) == 5 and {s for s, _, _ in spans} == {1}
     end4 = spans[3][2]
     _, start5, end5 = spans[4]
     assert end4 == start5 and seg_path(base).stat().st_size == end5
+    original = seg_path(base).read_bytes()
 
     # The reference: the log holding exactly the first four records.
     ref_dir = copy_db(base, tmp_path / "ref", checkpoint=False)
@@ -186,8 +205,8 @@ async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None
 
     work = tmp_path / "work"
     for cut in range(start5, end5):
-        # Half the runs keep the checkpoint, which names the lost record: it must be
-        # recognised as not matching the log.
+        # Half the runs keep the stale checkpoint (it names four records), half have
+        # none: either way the fifth record was never proven durable.
         copy_db(base, work, checkpoint=cut % 2 == 0)
         os.truncate(seg_path(work), cut)
         async with koru.open(work, sync="always") as db:
@@ -200,8 +219,12 @@ async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None
             assert db.digest() == digest_of(ref_kv)
             assert db.roots()[AGENT] == ref_cursor.root.hex()
             assert db.stats().events == 4
+            # What the cut record held is kept, never silently dropped.
+            assert db.stats().set_aside_files == (cut > start5)
             new = await db.put(NS, "after", {"cut": cut})
             digest = db.digest()
+        kept = list(lost_found(work).values())
+        assert kept == ([original[start5:cut].rstrip(b"\0")] if cut > start5 else [])
         kv, cursor = full_replay(work)
         assert digest_of(kv) == digest and cursor.count == 5
         async with koru.open(work) as db:
@@ -210,16 +233,37 @@ async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None
             assert [v.write_id for v in await db.history(NS, "after")] == [new.write_id]
             assert db.digest() == digest
 
+    # The same cuts under a checkpoint that names the fifth record: it was proven
+    # durable, so its loss is reported, and nothing is changed (the checkpoint stays).
+    async with koru.open(base) as db:
+        await db.checkpoint()
+    for cut in (start5, start5 + 1, (start5 + end5) // 2, end5 - 1):
+        copy_db(base, work)
+        os.truncate(seg_path(work), cut)
+        before = tree(work)
+        for readonly in (True, False):
+            with pytest.raises(DataLossError) as info:
+                async with koru.open(work, readonly=readonly):
+                    pass
+            assert (info.value.position, info.value.offset) == (4, start5), info.value
+            assert info.value.path == str(seg_path(work))
+        assert tree(work) == before
+
 
 async def test_truncation_at_every_offset_of_new_segment(tmp_path: Path) -> None:
     """A crash right after a segment rotation: the new segment's header, then its first
-    record, cut at every byte."""
+    record, cut at every byte. The manifest (in ``meta``) lists a segment only once its
+    header is durable, so a crash can tear only the header of a segment it does not
+    list yet; a listed segment with a torn header is corruption."""
     base = tmp_path / "base"
     versions = await make_db(base, 5)
     seg1_size = seg_path(base).stat().st_size
+    unlisted = (base / "meta").read_bytes()  # the manifest before segment 2 existed
+    stale = (base / CHECKPOINT_FILE).read_bytes()  # names the five records of segment 1
     # Reopen with segments no larger than the first one: the sixth put starts segment 2.
     async with koru.open(base, sync="always", segment_size=seg1_size) as db:
         await db.put(NS, "k5", value(5))
+    (base / CHECKPOINT_FILE).write_bytes(stale)
     seg2 = seg_path(base, 2).read_bytes()
     assert seg_path(base).stat().st_size == seg1_size
     assert len(seg2) > SEGMENT_HEADER_SIZE
@@ -228,18 +272,25 @@ async def test_truncation_at_every_offset_of_new_segment(tmp_path: Path) -> None
 
     ref_dir = copy_db(base, tmp_path / "ref", checkpoint=False)
     seg_path(ref_dir, 2).unlink()
+    (ref_dir / "meta").write_bytes(unlisted)
     ref_kv, ref_cursor = full_replay(ref_dir)
 
     work = tmp_path / "work"
     for cut in range(len(seg2)):
         copy_db(base, work, checkpoint=cut % 2 == 1)
+        if cut < SEGMENT_HEADER_SIZE:
+            (work / "meta").write_bytes(unlisted)
         os.truncate(seg_path(work, 2), cut)
         async with koru.open(work, sync="always", segment_size=seg1_size) as db:
             if cut < SEGMENT_HEADER_SIZE:
-                # The header never fully landed: the segment is dropped.
+                # The header never fully landed: the segment is dropped, its bytes kept.
                 assert not seg_path(work, 2).exists(), f"cut at {cut}"
+                kept = seg2[:cut].rstrip(b"\0")
             else:
                 assert seg_path(work, 2).stat().st_size == SEGMENT_HEADER_SIZE, f"cut at {cut}"
+                kept = seg2[SEGMENT_HEADER_SIZE:cut].rstrip(b"\0")
+            assert list(lost_found(work).values()) == ([kept] if kept else [])
+            assert db.stats().set_aside_bytes == len(kept)
             assert seg_path(work).stat().st_size == seg1_size
             assert await db.keys(NS) == [f"k{i}" for i in range(5)]
             assert [v.write_id for v in await db.history(NS, "k4")] == [versions[4].write_id]
@@ -253,6 +304,17 @@ async def test_truncation_at_every_offset_of_new_segment(tmp_path: Path) -> None
             assert [v.write_id for v in await db.history(NS, "after")] == [new.write_id]
             assert await db.get(NS, "after") == {"cut": cut}
             assert db.digest() == digest_of(kv)
+
+    for cut in (0, 1, SEGMENT_HEADER_SIZE // 2, SEGMENT_HEADER_SIZE - 1):
+        copy_db(base, work, checkpoint=False)  # the manifest lists segment 2
+        os.truncate(seg_path(work, 2), cut)
+        before = tree(work)
+        with pytest.raises(CorruptLogError) as info:
+            async with koru.open(work, segment_size=seg1_size):
+                pass
+        assert (info.value.position, info.value.offset) == (5, 0)
+        assert info.value.path == str(seg_path(work, 2))
+        assert tree(work) == before
 
 
 # -- (b) corruption: every bit flip is detected ----------------------------------------
@@ -270,12 +332,14 @@ def expected_position(spans: list[tuple[int, int, int]], byte: int) -> tuple[int
 
 
 async def test_every_bit_flip_in_log_is_detected(tmp_path: Path) -> None:
+    # A full replay from genesis, held to the checkpoint's cursor (the whole log was
+    # proven durable): every flipped bit is reported at its exact record.
     base = tmp_path / "base"
     await make_db(base, 5)
     spans = record_spans(base)
     original = seg_path(base).read_bytes()
     assert len(original) == spans[-1][2]
-    work = copy_db(base, tmp_path / "work", checkpoint=False)
+    work = copy_db(base, tmp_path / "work")
     seg = seg_path(work)
     for bit in range(len(original) * 8):
         seg.write_bytes(flip_bit(original, bit))
@@ -288,18 +352,21 @@ async def test_every_bit_flip_in_log_is_detected(tmp_path: Path) -> None:
         position, offset = expected_position(spans, bit // 8)
         err = info.value
         assert (err.agent, err.position, err.offset) == (AGENT, position, offset), f"bit {bit}"
+        assert err.path == str(seg)
 
 
 async def test_bit_flips_fail_the_open_and_leave_the_file_alone(tmp_path: Path) -> None:
-    """Through ``koru.open`` (writable, no checkpoint): every bit of the last record (the
-    one a torn-tail rule could wrongly drop) and a sample elsewhere."""
+    """Through ``koru.open`` (writable, checkpoint present): a flip in the segment header
+    or in the record at the checkpoint's cursor (both read at every open) fails it, and
+    neither the log nor the checkpoint is changed."""
     base = tmp_path / "base"
     await make_db(base, 5)
     spans = record_spans(base)
     original = seg_path(base).read_bytes()
     _, last_start, last_end = spans[-1]
-    bits = sorted(set(range(last_start * 8, last_end * 8)) | set(range(0, last_start * 8, 11)))
-    work = copy_db(base, tmp_path / "work", checkpoint=False)
+    bits = [*range(0, SEGMENT_HEADER_SIZE * 8, 7), *range(last_start * 8, last_end * 8)]
+    work = copy_db(base, tmp_path / "work")
+    checkpoint = (work / CHECKPOINT_FILE).read_bytes()
     for bit in bits:
         damaged = flip_bit(original, bit)
         seg_path(work).write_bytes(damaged)
@@ -308,7 +375,30 @@ async def test_bit_flips_fail_the_open_and_leave_the_file_alone(tmp_path: Path) 
                 pass
         assert info.value.position == expected_position(spans, bit // 8)[0], f"bit {bit}"
         assert seg_path(work).read_bytes() == damaged, f"bit {bit}: the open changed the log"
-        assert not (work / CHECKPOINT_FILE).exists()
+        assert (work / CHECKPOINT_FILE).read_bytes() == checkpoint
+        assert lost_found(work) == {}
+
+
+async def test_a_flipped_bit_past_the_last_checkpoint_ends_the_log(tmp_path: Path) -> None:
+    """No checkpoint names the last record (a crash after writing it): a flip there is
+    what a power cut can leave, so the log ends before it, and it is set aside."""
+    base = tmp_path / "base"
+    versions, _ = await stale_base(base, 5)
+    spans = record_spans(base)
+    original = seg_path(base).read_bytes()
+    _, last_start, last_end = spans[-1]
+    work = tmp_path / "work"
+    for bit in range(last_start * 8, last_end * 8, 13):
+        copy_db(base, work)
+        damaged = flip_bit(original, bit)
+        seg_path(work).write_bytes(damaged)
+        async with koru.open(work, sync="always") as db:
+            assert db.stats().events == 4
+            assert db.stats().set_aside_files == 1
+            assert not await db.contains(NS, "k4")
+            assert (await db.get_versioned(NS, "k3")).write_id == versions[3].write_id
+        assert seg_path(work).read_bytes() == original[:last_start]
+        assert list(lost_found(work).values()) == [damaged[last_start:]]
 
 
 async def test_bit_flip_under_a_checkpoint_is_never_served(tmp_path: Path) -> None:
@@ -350,7 +440,8 @@ def reframe(records: list[tuple[bytes, bytes]]) -> bytes:
 
 
 async def test_validly_framed_edits_break_the_chain(tmp_path: Path) -> None:
-    """Records that pass their checksums but do not continue the hash chain."""
+    """Records that pass their checksums but do not continue the hash chain, met by a
+    full replay held to the checkpoint's cursor (the whole log proven durable)."""
     base = tmp_path / "base"
     await make_db(base, 5)
     original = seg_path(base).read_bytes()
@@ -368,23 +459,105 @@ async def test_validly_framed_edits_break_the_chain(tmp_path: Path) -> None:
         "duplicated record": ([*recs[:3], recs[2], *recs[3:]], 3),
         "swapped records": ([recs[0], recs[2], recs[1], *recs[3:]], 1),
     }
-    work = copy_db(base, tmp_path / "work", checkpoint=False)
+    work = copy_db(base, tmp_path / "work")
+
+    def replay_fails() -> CorruptLogError:
+        store = FileStore(work, readonly=True)
+        try:
+            with pytest.raises(CorruptLogError) as info:
+                load(store, use_checkpoint=False)
+        finally:
+            store.close()
+        return info.value
+
     for name, (records, position) in cases.items():
         damaged = header + reframe(records)
         seg_path(work).write_bytes(damaged)
-        with pytest.raises(CorruptLogError) as info:
-            async with koru.open(work, sync="always"):
-                pass
-        assert info.value.position == position, name
-        assert "chain" in info.value.reason, name
+        err = replay_fails()
+        assert err.position == position, name
+        assert "chain" in err.reason, name
         assert seg_path(work).read_bytes() == damaged, name
     # A segment header that does not continue the chain.
     bad_header = encode_segment_header(agent_index(AGENT), 1, genesis_header.prev_root)
     seg_path(work).write_bytes(bad_header + original[SEGMENT_HEADER_SIZE:])
-    with pytest.raises(CorruptLogError) as info:
-        async with koru.open(work, sync="always"):
-            pass
-    assert info.value.offset == 0 and "chain" in info.value.reason
+    err = replay_fails()
+    assert err.offset == 0 and "chain" in err.reason
+
+
+def rewrite_record(path: Path, index: int, edit: Any) -> None:
+    """Replace record ``index`` of segment 1 by ``edit(root, event)``'s (root, event),
+    framed with fresh checksums: only the hash chain (and content ids) can tell."""
+    data = seg_path(path).read_bytes()
+    spans = [(start, end) for seg, start, end in record_spans(path) if seg == 1]
+    start, end = spans[index]
+    _, root, event = parse_record(data, start)
+    new = encode_record(*edit(root, event))
+    assert len(new) == end - start, "the edit must keep the record's size"
+    seg_path(path).write_bytes(data[:start] + new + data[end:])
+
+
+def swap_records(path: Path, i: int, j: int) -> None:
+    data = seg_path(path).read_bytes()
+    spans = [(start, end) for seg, start, end in record_spans(path) if seg == 1]
+    (a0, a1), (b0, b1) = sorted([spans[i], spans[j]])
+    assert a1 - a0 == b1 - b0, "swapped records must have equal sizes"
+    seg_path(path).write_bytes(data[:a0] + data[b0:b1] + data[a1:b0] + data[a0:a1] + data[b1:])
+
+
+def forge_value(root: bytes, event: bytes) -> tuple[bytes, bytes]:
+    """The same put with another value of the same encoded size."""
+    raw = cbor2.loads(event)
+    old = raw[7][2]
+    raw[7][2] = cbor2.dumps(cbor2.loads(old) | {"name": "FORGED!"[: len("value-1")]})
+    assert len(raw[7][2]) == len(old)
+    return root, cbor2.dumps(raw)
+
+
+@pytest.mark.parametrize("sync", ["always", "os"])
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "no-checkpoint"])
+@pytest.mark.parametrize("tamper", ["swap", "forge"])
+async def test_tampered_records_are_never_served(
+    tmp_path: Path, sync: str, checkpoint: bool, tamper: str
+) -> None:
+    """Two records of equal size swapped (three puts to one key, then another put), or
+    a value rewritten in place with both checksums fixed. With a checkpoint, records
+    before its cursor are not re-read at open, so every read proves a value against the
+    content id the projection recorded; without one, the replay meets the broken chain
+    past the last proven point, ends the log there and sets the rest aside."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync=sync) as db:
+        written = [await db.put(NS, "k", value(i)) for i in (1, 2, 3)]
+        await db.put(NS, "other", value(9))
+    if not checkpoint:
+        (path / CHECKPOINT_FILE).unlink()
+    if tamper == "swap":
+        swap_records(path, 1, 2)
+        bad = 1
+    else:
+        rewrite_record(path, 2, forge_value)
+        bad = 2
+    if checkpoint:
+        async with koru.open(path, readonly=True) as db:
+            with pytest.raises(CorruptLogError) as info:
+                await db.get(NS, "k")
+            assert info.value.agent == AGENT and info.value.path == str(seg_path(path))
+            assert info.value.position == 2
+            with pytest.raises(CorruptLogError):
+                await db.history(NS, "k")
+            with pytest.raises(CorruptLogError):
+                await db.get_at(NS, "k", written[bad].timestamp)
+            with pytest.raises(CorruptLogError):
+                await db.diff(NS, "k")
+            assert await db.get(NS, "other") == value(9)
+            assert db.stats().corruptions == 4
+    else:
+        async with koru.open(path) as db:
+            assert db.stats().events == bad
+            assert db.stats().set_aside_files == 1
+            assert [v.value for v in await db.history(NS, "k")] == [value(i) for i in (1, 2, 3)][
+                :bad
+            ]
+            assert not await db.contains(NS, "other")
 
 
 # -- (c) zero-filled tails -------------------------------------------------------------
@@ -436,6 +609,7 @@ async def test_zero_filled_tail_from_a_page_boundary_inside_the_last_record(
     torn tail, exactly like zeros starting at a record boundary."""
     path = tmp_path / "db"
     await make_db(path, 8, pad=1500)
+    (path / CHECKPOINT_FILE).unlink()  # no checkpoint proves these records durable
     spans = record_spans(path)
     data = seg_path(path).read_bytes()
     boundary, torn = next(
@@ -448,6 +622,7 @@ async def test_zero_filled_tail_from_a_page_boundary_inside_the_last_record(
     async with koru.open(path, sync="always") as db:
         assert seg_path(path).stat().st_size == spans[torn][1]
         assert await db.keys(NS) == sorted(f"k{i}" for i in range(torn))
+    assert list(lost_found(path).values()) == [data[spans[torn][1] : boundary]]
 
 
 # -- (d) checkpoints -------------------------------------------------------------------
@@ -585,11 +760,13 @@ async def test_stale_checkpoint_at_the_start_of_a_segment(tmp_path: Path) -> Non
     path = tmp_path / "db"
     await make_db(path, 5)
     size = seg_path(path).stat().st_size
+    five = (path / CHECKPOINT_FILE).read_bytes()
     async with koru.open(path, sync="always", segment_size=size) as db:
         await db.put(NS, "k5", value(5))
+    (path / CHECKPOINT_FILE).write_bytes(five)  # a crash before a checkpoint named k5
     os.truncate(seg_path(path, 2), SEGMENT_HEADER_SIZE + 3)  # torn first record
-    async with koru.open(path, segment_size=size):
-        pass  # recovers, and its close checkpoints the header-only segment
+    async with koru.open(path, segment_size=size) as db:
+        await db.checkpoint()  # recovered: a checkpoint of the header-only segment
     stale = (path / CHECKPOINT_FILE).read_bytes()
     cursor = decode_checkpoint(stale).cursors[AGENT]
     assert (cursor.segment, cursor.offset, cursor.last) == (2, SEGMENT_HEADER_SIZE, -1)
@@ -602,9 +779,10 @@ async def test_stale_checkpoint_at_the_start_of_a_segment(tmp_path: Path) -> Non
         assert db.digest() == digest_of(full_replay(path)[0])
 
 
-async def test_checkpoint_of_another_log_falls_back_to_replay(tmp_path: Path) -> None:
-    """The log was replaced by another with records of exactly the same sizes: the
-    checkpoint's cursor lands on a record boundary, only the chain root tells."""
+async def test_a_checkpoint_of_another_node_is_ignored(tmp_path: Path) -> None:
+    """A checkpoint copied from another database (its log has records of exactly the
+    same sizes, so the cursor lands on a record boundary): it names another node, so it
+    proves nothing about this log and is ignored; the close replaces it."""
     a, b = tmp_path / "a", tmp_path / "b"
     async with koru.open(a, sync="os") as db:
         await workload(db, 3, 30, tag="a")
@@ -618,31 +796,67 @@ async def test_checkpoint_of_another_log_falls_back_to_replay(tmp_path: Path) ->
     shutil.copy(a / CHECKPOINT_FILE, b / CHECKPOINT_FILE)
     async with koru.open(b) as db:
         assert db.stats().checkpoint_events == 0
+        assert "another node" in (db.stats().checkpoint_ignored or "")
         assert await state(db, WORKLOAD_KEYS) == ref
+    assert decode_checkpoint((b / CHECKPOINT_FILE).read_bytes()).cursors[AGENT].root == cb.root
 
 
-async def test_checkpoint_ahead_of_the_log_falls_back_to_replay(tmp_path: Path) -> None:
+async def test_a_log_shorter_than_its_checkpoint_is_data_loss(tmp_path: Path) -> None:
+    """The checkpoint proves its records durable: a log that lost some of them (a record,
+    the last segment, a middle segment, the whole log) is reported with what is missing,
+    by read-only and writable opens alike; nothing is changed and the checkpoint is
+    never replaced by a shorter history."""
     path = tmp_path / "db"
     await build_workload_db(path, 30, segment_size=1024)
     segs = sorted((path / "logs" / AGENT).glob("*.seg"))
     assert len(segs) >= 3
-    cases = {
-        "last record removed": lambda: os.truncate(
-            seg_path(path, int(segs[-1].stem)), record_spans(path)[-1][1]
+    last_record = record_spans(path)[-1]
+    cases: dict[str, tuple[Any, int]] = {
+        "last record removed": (
+            lambda: os.truncate(seg_path(path, last_record[0]), last_record[1]),
+            last_record[1],
         ),
-        "last segment removed": lambda: segs[-1].unlink(),
-        "whole log removed": lambda: shutil.rmtree(path / "logs" / AGENT),
+        "last segment removed": (lambda: segs[-1].unlink(), 0),
+        "middle segment removed": (lambda: segs[1].unlink(), 0),
+        "last segment zeroed": (lambda: segs[-1].write_bytes(bytes(segs[-1].stat().st_size)), 0),
+        "last segment cut to its header": (
+            lambda: os.truncate(segs[-1], SEGMENT_HEADER_SIZE),
+            SEGMENT_HEADER_SIZE,
+        ),
+        "whole log removed": (lambda: shutil.rmtree(path / "logs" / AGENT), 0),
+        "logs directory removed": (lambda: shutil.rmtree(path / "logs"), 0),
     }
     base = copy_db(path, tmp_path / "base")
-    for name, damage in cases.items():
+    for name, (damage, offset) in cases.items():
         copy_db(base, path)
         damage()
-        ref = await reference_state(path, tmp_path / "ref")
-        async with koru.open(path, readonly=True) as db:
-            assert db.stats().checkpoint_events == 0, name
-            assert await state(db, WORKLOAD_KEYS) == ref, name
-    # With no log at all, the state is empty whatever the checkpoint said.
-    assert ref["events"] == 0 and ref["keys"] == {"a": [], "b": []}
+        before = tree(path)
+        for readonly in (True, False):
+            with pytest.raises(CorruptLogError) as info:
+                async with koru.open(path, readonly=readonly, segment_size=1024):
+                    pass
+            err = info.value
+            assert err.agent == AGENT, name
+            assert err.offset == offset, (name, err)
+            assert err.path.startswith(str(path / "logs")), (name, err)
+            if name != "last segment zeroed":  # a zeroed header reads as corruption
+                assert isinstance(err, DataLossError), (name, err)
+        assert tree(path) == before, name
+
+
+async def test_a_missing_segment_is_found_without_a_checkpoint(tmp_path: Path) -> None:
+    """The manifest in ``meta`` lists every segment: a missing one is data loss even
+    when no checkpoint names it."""
+    path = tmp_path / "db"
+    await build_workload_db(path, 30, segment_size=1024)
+    (path / CHECKPOINT_FILE).unlink()
+    segs = sorted((path / "logs" / AGENT).glob("*.seg"))
+    for victim in (segs[-1], segs[1], segs[0]):
+        work = copy_db(path, tmp_path / "work")
+        (work / victim.relative_to(path)).unlink()
+        with pytest.raises(DataLossError, match=f"segment {victim.name} is missing"):
+            async with koru.open(work, readonly=True):
+                pass
 
 
 def slow_tracked_disk(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -798,7 +1012,7 @@ async def test_readonly_open_alongside_a_writer_changes_nothing(tmp_path: Path) 
             assert await reader.get("a", "k0") == "later"
 
 
-@pytest.mark.parametrize("damage", ["torn-tail", "zero-tail", "empty-segment", "no-meta"])
+@pytest.mark.parametrize("damage", ["torn-tail", "zero-tail", "empty-segment"])
 async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "db"
     versions = await make_db(path, 4)
@@ -814,11 +1028,8 @@ async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, da
     elif damage == "zero-tail":
         with seg_path(path).open("ab") as f:
             f.write(bytes(500))
-    elif damage == "empty-segment":
-        seg_path(path, 2).write_bytes(b"")
     else:
-        (path / "meta").unlink()
-        (path / CHECKPOINT_FILE).unlink()
+        seg_path(path, 2).write_bytes(b"")
     before = tree(path)
     async with koru.open(path, readonly=True) as db:
         assert db.stats().events == expect
@@ -835,6 +1046,37 @@ async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, da
     assert full_replay(path)[1].offset == max(
         p.stat().st_size for p in (path / "logs" / AGENT).glob("*.seg")
     )
+
+
+@pytest.mark.parametrize(
+    "damage", ["missing", "empty", "garbage", *(f"bit-{i}" for i in range(0, 800, 37)), "directory"]
+)
+async def test_a_missing_or_damaged_meta_is_refused(tmp_path: Path, damage: str) -> None:
+    """``meta`` holds the node id that names this database's own events: a database
+    whose logs exist but whose meta is gone or damaged is refused (never given a new
+    id), with the path in the error, and nothing is changed."""
+    path = tmp_path / "db"
+    await make_db(path, 3)
+    meta = path / "meta"
+    good = meta.read_bytes()
+    if damage == "missing":
+        meta.unlink()
+    elif damage == "empty":
+        meta.write_bytes(b"")
+    elif damage == "garbage":
+        meta.write_bytes(b"\xa1\x61x\x01")
+    elif damage.startswith("bit-"):
+        meta.write_bytes(flip_bit(good, int(damage[4:]) % (8 * len(good))))
+    else:
+        meta.unlink()
+        meta.mkdir()
+    before = tree(path)
+    for readonly in (True, False):
+        with pytest.raises(koru.StorageError, match="meta") as info:
+            async with koru.open(path, readonly=readonly):
+                pass
+        assert str(meta) in str(info.value)
+    assert tree(path) == before
 
 
 # -- (f) failed writes and fsyncs are fatal --------------------------------------------
@@ -1126,34 +1368,53 @@ def test_a_full_segment_is_synced_before_the_next_one_exists(
         assert ("sync", fds[older]) in calls[:created_at], f"{older} not synced before {newer}"
 
 
-async def _crashed_copy(tmp_path: Path, puts: int) -> tuple[Path, int, int]:
+async def _crashed_copy(
+    tmp_path: Path, puts: int, *, checkpoint: bool = False
+) -> tuple[Path, int, int]:
     """A copy of a live database's directory, as a crash would leave it: the active
-    segment allocated ahead (zeros after the data). Returns (copy, start of the last
-    record, end of the data)."""
+    segment allocated ahead (zeros after the data), and a checkpoint naming every record
+    if ``checkpoint``, else none. Returns (copy, start of the last record, end of data)."""
     path = tmp_path / "db"
     async with koru.open(path, sync="always") as db:
         for i in range(puts):
             await db.put(NS, f"k{i}", {"i": i, "pad": "x" * 150})
+        if checkpoint:
+            await db.checkpoint()
         cursor = db._store.cursor(AGENT)
         copy = tmp_path / "crashed"
-        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK", "checkpoint"))
+        shutil.copytree(
+            path, copy, ignore=None if checkpoint else shutil.ignore_patterns("checkpoint")
+        )
     assert seg_path(copy).stat().st_size > cursor.offset  # allocated ahead
     return copy, cursor.last, cursor.offset
 
 
-async def test_damage_in_the_last_record_before_allocated_zeros_is_corruption(
-    tmp_path: Path,
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["named", "not-named"])
+async def test_damage_in_the_last_record_before_allocated_zeros(
+    tmp_path: Path, checkpoint: bool
 ) -> None:
-    copy, last, _ = await _crashed_copy(tmp_path, 6)
+    """A complete last record that fails its checksum, then the zeros allocated ahead:
+    corruption if a checkpoint names the record (it was proven durable), else what a
+    power cut can leave: the log ends before it and the record is set aside."""
+    copy, last, end = await _crashed_copy(tmp_path, 6, checkpoint=checkpoint)
     with seg_path(copy).open("r+b") as f:
         f.seek(last + 40)
         byte = f.read(1)
         f.seek(last + 40)
         f.write(bytes([byte[0] ^ 0x10]))
-    with pytest.raises(CorruptLogError) as err:
-        async with koru.open(copy):
-            pass
-    assert err.value.offset == last
+    damaged = seg_path(copy).read_bytes()
+    if checkpoint:
+        with pytest.raises(CorruptLogError) as err:
+            async with koru.open(copy):
+                pass
+        assert (err.value.position, err.value.offset) == (5, last)
+        assert seg_path(copy).read_bytes() == damaged
+    else:
+        async with koru.open(copy) as db:
+            assert db.stats().events == 5
+            assert (db.stats().set_aside_files, db.stats().set_aside_bytes) == (1, end - last)
+        assert list(lost_found(copy).values()) == [damaged[last:end]]
+        assert seg_path(copy).stat().st_size == last
 
 
 async def test_a_record_cut_at_a_sector_boundary_is_the_logs_end(tmp_path: Path) -> None:
@@ -1192,9 +1453,8 @@ def test_sync_leaves_buffers_to_the_appending_thread(tmp_path: Path) -> None:
 
 async def test_a_readonly_open_reads_past_a_record_being_written(tmp_path: Path) -> None:
     # A reader may open while the writer is inside a write: the record it meets is cut
-    # short at an arbitrary byte, followed by space allocated ahead. The reader sees
-    # the log up to there; a writable open would call the same bytes corruption, since
-    # after a crash only whole sectors go missing.
+    # short at an arbitrary byte, followed by space allocated ahead. Past the point the
+    # log was proven durable, the reader sees the log up to there.
     copy, last, end = await _crashed_copy(tmp_path, 6)
     stop = last + (end - last) // 2 + 3
     assert stop % 512, "the cut must not fall on a sector boundary"
@@ -1204,6 +1464,10 @@ async def test_a_readonly_open_reads_past_a_record_being_written(tmp_path: Path)
     async with koru.open(copy, readonly=True) as db:
         assert db.stats().events == 5
         assert await db.get(NS, "k4") == {"i": 4, "pad": "x" * 150}
-    with pytest.raises(CorruptLogError):
-        async with koru.open(copy):
-            pass
+        assert db.stats().set_aside_files == 0
+    # A writable open (no checkpoint names the record) ends the log in the same place,
+    # and keeps the part of the record that landed.
+    partial = seg_path(copy).read_bytes()[last:stop]
+    async with koru.open(copy) as db:
+        assert db.stats().events == 5
+    assert list(lost_found(copy).values()) == [partial]

@@ -529,7 +529,7 @@ class TestFileStore:
         finally:
             store.close()
         names = sorted(p.name for p in (tmp_path / "db").iterdir())
-        assert names == ["checkpoint", "logs", "meta"]
+        assert names == ["checkpoint", "meta"]
         assert (tmp_path / "db" / "checkpoint").read_bytes() == b"de"
 
     def test_a_torn_tail_is_cut_on_replay(self, tmp_path: Path) -> None:
