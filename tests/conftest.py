@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 from hypothesis import settings
 
@@ -57,6 +58,11 @@ def open_store(path: Path, **kw: Any) -> FileStore:
     if store.node_id is None:
         store.create_node(TEST_NODE)
     return store
+
+
+def digest_of(kv: KvState) -> str:
+    """``Database.digest()`` of a state rebuilt outside a Database (the same formula)."""
+    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
 
 
 def full_replay(path: Path, agent: str = "storage") -> tuple[KvState, Cursor]:

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import blake3
 import pytest
 import trio
 
 import koru
-from conftest import full_replay
+from conftest import digest_of, full_replay
 from koru.events import FileStore, agent_index
 from koru.events._frame import SEGMENT_HEADER_SIZE, encode_record, encode_segment_header
 
@@ -81,11 +80,6 @@ class Round:
     in_flight: list[list[Any]] | None
     returncode: int | None
     stderr: str
-
-
-def digest_of(kv: Any) -> str:
-    # Mirrors Database.digest(): the same formula over a state rebuilt outside a Database.
-    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
 
 
 def segments(path: Path) -> list[Path]:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import blake3
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import koru
+from conftest import digest_of
 from koru._loader import Loaded, load
 from koru.events import FileStore
 from koru.projections import KvState
@@ -160,11 +160,6 @@ def public_state(kv: KvState) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
     }
 
 
-def db_digest(kv: KvState) -> str:
-    # Database.digest() is this hash of the projection's digest.
-    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
-
-
 def load_both(path: Path) -> tuple[Loaded, Loaded]:
     store = FileStore(path, readonly=True)
     try:
@@ -191,7 +186,7 @@ async def audit(db: koru.Database, path: Path, model: Model) -> tuple[Loaded, Lo
     """Live state, full replay and checkpoint + tail must agree."""
     full, tail = await trio.to_thread.run_sync(load_both, path)
     check_loads_agree(full, tail, model)
-    assert db.digest() == db_digest(full.kv)
+    assert db.digest() == digest_of(full.kv)
     public = {
         (ns, key): [
             (v.write_id, v.content_id, v.timestamp, v.previous, v.origin, v.deleted)
@@ -295,7 +290,7 @@ async def run_ops(path: Path, operations: list[tuple[Any, ...]], checkpoint_ever
         full, tail = await trio.to_thread.run_sync(load_both, path)
         check_loads_agree(full, tail, model)
         assert (tail.from_checkpoint, tail.replayed) == (model.events, 0)
-        assert db_digest(full.kv) == digest_before
+        assert digest_of(full.kv) == digest_before
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,7 +31,7 @@ import pytest
 import trio
 
 import koru
-from conftest import full_replay, open_store
+from conftest import digest_of, full_replay, open_store
 from koru import (
     CorruptLogError,
     DatabaseClosedError,
@@ -86,11 +86,6 @@ def record_spans(path: Path) -> list[tuple[int, int, int]]:
         end, _, _ = parse_record(seg_path(path, seg).read_bytes(), start)
         spans.append((seg, start, end))
     return spans
-
-
-def digest_of(kv: Any) -> str:
-    # Mirrors Database.digest() for a state rebuilt outside a Database.
-    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
 
 
 def copy_db(src: Path, dst: Path, *, checkpoint: bool = True) -> Path:

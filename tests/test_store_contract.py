@@ -9,8 +9,10 @@ buffering seen from another reader, read-only stores, the lock, torn and damaged
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import blake3
@@ -40,6 +42,7 @@ from koru.events import (
     genesis_root,
     unpack_location,
 )
+from koru.simulations import PowerCut, SimDisk
 
 AGENT = "storage"
 OTHER = "chronicle"
@@ -100,6 +103,17 @@ class Backend:
     make: Callable[[], LogStore]
     persistent: bool
     opened: list[LogStore] = attrs.field(factory=list)
+    disk: SimDisk | None = None
+
+    def cut_last_segment(self, store: FileStore, size: int) -> str:
+        """Truncate the agent's last segment file to ``size``; returns its name."""
+        if self.disk is None:
+            seg = _segment_files(store.path)[-1]
+            os.truncate(seg, size)
+            return seg.name
+        name = sorted(p for p in self.disk.files() if p.endswith(".seg") and f"/{AGENT}/" in p)[-1]
+        self.disk.write(name, self.disk.files()[name][:size])
+        return os.path.basename(name)
 
     def open(self) -> LogStore:
         store = self.make()
@@ -124,8 +138,19 @@ class Backend:
             store.close()
 
 
+def sim_backend(name: str, **kw: Any) -> Backend:
+    disk = SimDisk()
+    return Backend(
+        name, lambda: open_store(Path("/db"), disk=disk, **kw), persistent=True, disk=disk
+    )
+
+
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": lambda tmp: Backend("memory", MemoryStore, persistent=False),
+    "simdisk": lambda tmp: sim_backend("simdisk"),
+    "simdisk-buffered-rotating": lambda tmp: sim_backend(
+        "simdisk-buffered-rotating", buffered=True, segment_size=400
+    ),
     "file": lambda tmp: Backend("file", lambda: open_store(tmp / "db"), persistent=True),
     "file-rotating": lambda tmp: Backend(
         "file-rotating", lambda: open_store(tmp / "db", segment_size=400), persistent=True
@@ -299,9 +324,9 @@ class TestLogStoreContract:
         store = backend.reopen(store)
         if backend.persistent:  # cut the last record off the file
             store.close()
-            seg = _segment_files(store.path)[-1]
-            assert seg.name == f"{later.segment:08d}.seg"
-            os.truncate(seg, later.last)
+            assert isinstance(store, FileStore)
+            name = backend.cut_last_segment(store, later.last)
+            assert name == f"{later.segment:08d}.seg"
             store = backend.open()
             with pytest.raises(DataLossError) as info:
                 first_record(store, AGENT, later)
@@ -401,6 +426,54 @@ class TestLogStoreContract:
 
 def _segment_files(root: Path, agent: str = AGENT) -> list[Path]:
     return sorted((root / "logs" / agent).glob("*.seg"))
+
+
+class TestWriteFileOnPowerCut:
+    """``write_file`` replaces a file atomically and durably: a power cut at any disk
+    call inside it leaves the old content or the new, and once it has returned, the
+    new content survives any cut."""
+
+    def test_every_cut_point_leaves_old_or_new(self) -> None:
+        rng = random.Random(5)
+        calls = None
+        cut = 1
+        while calls is None or cut <= calls:
+            disk = SimDisk()
+            store = open_store(Path("/db"), disk=disk)
+            store.write_file("note", b"old" * 300)
+            start = disk.calls
+            disk.cut_after(cut)
+            try:
+                store.write_file("note", b"new!" * 500)
+            except PowerCut:
+                pass
+            else:
+                calls = disk.calls - start
+            disk.cut()
+            for _ in range(8):
+                after = disk.after_power_cut(rng)
+                content = after.read_file("/db/note")
+                if calls is not None and cut > calls:
+                    assert content == b"new!" * 500
+                else:
+                    assert content in (b"old" * 300, b"new!" * 500), f"cut at call {cut}"
+                assert [p for p in after.walk() if p.endswith(".tmp")] in (
+                    [],
+                    [p for p in after.walk() if p.endswith(".tmp")],
+                )
+            cut += 1
+        assert calls is not None and calls >= 4
+
+    def test_a_returned_write_survives(self) -> None:
+        rng = random.Random(6)
+        for _ in range(20):
+            disk = SimDisk()
+            store = open_store(Path("/db"), disk=disk)
+            store.write_file("checkpoint", b"x" * rng.randint(0, 3000))
+            store.write_file("checkpoint", b"y" * rng.randint(1, 3000))
+            expected = disk.read_file("/db/checkpoint")
+            disk.cut()
+            assert disk.after_power_cut(rng).read_file("/db/checkpoint") == expected
 
 
 class TestFileStore:
