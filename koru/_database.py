@@ -13,6 +13,7 @@ paying a full trio checkpoint (~3.5 µs) on each call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -38,6 +39,7 @@ from koru.events import (
     NoValueAtTimeError,
     PutEvent,
     ReadOnlyError,
+    StorageError,
     Write,
     check_name,
     content_id,
@@ -65,6 +67,8 @@ from ._time import to_ns
 from ._types import Stats, Version, Versioned
 
 __all__ = ["Database"]
+
+_log = logging.getLogger("koru")
 
 _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
@@ -589,6 +593,13 @@ class Database:
                 if self._fatal is None and not self._store.readonly:
                     await self._committer.sync_now()
                     if self._checkpointer.behind:
-                        await self._checkpointer.save()
+                        try:
+                            await self._checkpointer.save()
+                        except DurabilityError:
+                            raise
+                        except StorageError as exc:
+                            # The log is synced and complete: a checkpoint only makes
+                            # the next open faster, so its failure is not an error here.
+                            _log.warning("koru: no checkpoint written at close: %s", exc)
             finally:
                 self._store.close()

@@ -27,7 +27,7 @@ from typing import Literal
 
 import trio
 
-from koru.events import DurabilityError, InvalidDataError, LogStore
+from koru.events import DurabilityError, InvalidArgumentError, LogStore
 
 __all__ = ["SYNC_MODES", "Committer", "SyncMode"]
 
@@ -47,7 +47,7 @@ class Committer:
         inline_sync_max: float = 0.001,
     ) -> None:
         if mode not in SYNC_MODES:
-            raise InvalidDataError(f"sync must be one of {SYNC_MODES}, not {mode!r}")
+            raise InvalidArgumentError(f"sync must be one of {SYNC_MODES}, not {mode!r}")
         self.store = store
         self.mode = mode
         self.flush_interval = flush_interval

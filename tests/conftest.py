@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import blake3
 import pytest
+import trio
 from hypothesis import settings
 
 import koru
@@ -58,6 +59,14 @@ def open_store(path: Path, **kw: Any) -> FileStore:
     if store.node_id is None:
         store.create_node(TEST_NODE)
     return store
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Wait (polling, as a caller watching ``stats()`` would) until ``predicate()``,
+    for at most 10 s."""
+    with trio.fail_after(10):
+        while not predicate():  # noqa: ASYNC110 - a background task's counters, polled
+            await trio.sleep(0.005)
 
 
 def digest_of(kv: KvState) -> str:

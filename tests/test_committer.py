@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import time
+
+import blake3
 import pytest
 import trio
 import trio.testing
 
+import koru
 from koru import DurabilityError
 from koru.events import MemoryStore
 from koru.nursery import Committer
@@ -98,6 +103,59 @@ async def test_failed_sync_is_fatal_for_every_waiter_and_later_writes() -> None:
     assert committer.durable == 0 and store.synced == 0
 
 
+class SlowDisk(MemoryStore):
+    """A memory store whose sync takes real time (so the committer runs it in a worker
+    thread) and covers exactly the records appended before it began, as a device does:
+    records appended while it runs are not covered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended = 0
+        self.covered = 0
+        self.syncing = False
+
+    def append(self, agent: str, data: bytes, event_id: bytes) -> tuple[int, bytes]:
+        self.appended += 1
+        return super().append(agent, data, event_id)
+
+    def sync(self) -> None:
+        before = self.appended  # what this sync covers, decided when it begins
+        self.syncing = True
+        time.sleep(0.003)
+        self.syncing = False
+        self.covered = max(self.covered, before)
+
+
+async def test_a_writer_that_joins_a_round_in_progress_waits_for_the_next() -> None:
+    """Writers append while a sync runs in a worker thread; each must be acknowledged
+    only by a sync that began after its record was appended."""
+    store = SlowDisk()
+    committer = Committer(store, "always", inline_sync_max=0.0)
+    rng = random.Random(3)
+    early: list[tuple[int, int]] = []
+    joined_mid_sync = 0
+
+    async def writer(w: int) -> None:
+        nonlocal joined_mid_sync
+        for i in range(15):
+            await trio.sleep(rng.random() * 0.004)
+            data = f"{w}-{i}".encode()
+            store.append("storage", data, blake3.blake3(data).digest())
+            mine = store.appended
+            joined_mid_sync += store.syncing
+            committer.mark_appended()
+            await committer.wait_durable()
+            if store.covered < mine:
+                early.append((mine, store.covered))
+
+    async with trio.open_nursery() as nursery:
+        for w in range(6):
+            nursery.start_soon(writer, w)
+    assert early == [], f"acknowledged before a sync covered them: {early}"
+    assert joined_mid_sync >= 3  # the case happened: records appended during a sync
+    assert committer.durable == committer.appended == 90
+
+
 def test_unknown_mode_is_rejected() -> None:
-    with pytest.raises(ValueError, match="sync must be one of"):
+    with pytest.raises(koru.InvalidArgumentError, match="sync must be one of"):
         Committer(MemoryStore(), "sometimes")  # type: ignore[arg-type]

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import itertools
+import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import koru
-from conftest import StepClock
+from conftest import StepClock, eventually
+from koru.events import OsDisk
+from koru.simulations import SimDisk
 
 USER = {"name": "Alice", "age": 30}
 
@@ -98,6 +104,44 @@ async def test_history_filters(db: koru.Database) -> None:
         await db.history("k", "k", latest=-1)
 
 
+class ScriptedClock:
+    """A clock that returns the readings it is given, in order."""
+
+    def __init__(self, readings: list[int]) -> None:
+        self.readings = list(readings)
+
+    def now_ns(self) -> int:
+        return self.readings.pop(0)
+
+
+async def test_history_bounds_are_exact_to_the_nanosecond_and_microsecond(tmp_path: Path) -> None:
+    # Three versions: two inside one microsecond (its first and last nanosecond), one at
+    # the first nanosecond of the next.
+    us = 1_767_225_600_000_000
+    t = [us * 1000, us * 1000 + 999, (us + 1) * 1000]
+    async with koru.open(tmp_path / "db", clock=ScriptedClock(t)) as db:
+        for i in range(3):
+            await db.put("k", "k", i)
+
+        async def values(**bounds: Any) -> list[Any]:
+            return [h.value for h in await db.history("k", "k", **bounds)]
+
+        moment = (await db.history("k", "k"))[0].datetime  # microsecond us, as a datetime
+        step = dt.timedelta(microseconds=1)
+        # A datetime names its whole microsecond: from its first ns, until its last.
+        assert await values(since=moment) == [0, 1, 2]
+        assert await values(since=moment + step) == [2]
+        assert await values(until=moment) == [0, 1]
+        assert await values(until=moment - step) == []
+        assert await values(since=moment.isoformat(), until=moment.isoformat()) == [0, 1]
+        # Ints are exact nanoseconds, both bounds inclusive.
+        assert await values(since=t[1]) == [1, 2]
+        assert await values(since=t[1] + 1) == [2]
+        assert await values(until=t[1]) == [0, 1]
+        assert await values(until=t[1] - 1) == [0]
+        assert await values(since=t[2], until=t[2]) == [2]
+
+
 async def test_get_at_time_travel_in_every_form(db: koru.Database) -> None:
     v1 = await db.put("cfg", "timeout", 30)
     v2 = await db.put("cfg", "timeout", 60)
@@ -106,9 +150,13 @@ async def test_get_at_time_travel_in_every_form(db: koru.Database) -> None:
     assert (await db.get_at("cfg", "timeout", v2.timestamp)).value == 60
     # A datetime names a whole microsecond: "as of" includes everything within it.
     assert (await db.get_at("cfg", "timeout", v2.datetime)).write_id == v2.write_id
+    # The fixture's clock steps a whole microsecond per write: v1 and v2 fall in
+    # different microseconds, so v1's moment names v1 alone.
+    assert v1.timestamp // 1000 < v2.timestamp // 1000
     iso = v1.datetime.isoformat()
-    assert (await db.get_at("cfg", "timeout", iso)).value in (30, 60)
-    assert (await db.get_at("cfg", "timeout", iso.replace("+00:00", "Z"))).value in (30, 60)
+    assert (await db.get_at("cfg", "timeout", iso)).value == 30
+    assert (await db.get_at("cfg", "timeout", iso.replace("+00:00", "Z"))).value == 30
+    assert (await db.get_at("cfg", "timeout", v2.datetime.isoformat())).value == 60
     with pytest.raises(koru.NoValueAtTimeError):
         await db.get_at("cfg", "timeout", v1.timestamp - 1)
     with pytest.raises(koru.InvalidDataError, match="UTC offset"):
@@ -387,15 +435,77 @@ async def test_body_exception_is_not_wrapped(tmp_path: Path) -> None:
         assert await db.get("a", "b") == 1
 
 
-async def test_cancellation_closes_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["always", "os", "never"])
+async def test_cancellation_closes_cleanly(sync: str) -> None:
+    """Leaving the block by cancellation still closes completely (shielded): the log is
+    flushed and synced, and a checkpoint covering every write is written. Checked by
+    cutting the power right after the close, on a simulated disk."""
+    disk = SimDisk()
+    acked = -1
     with trio.move_on_after(0.05):
-        async with koru.open(tmp_path / "db", sync="never") as db:
+        async with koru.open("/db", sync=sync, disk=disk) as db:
             for i in range(10**9):
                 await db.put("a", f"k{i}", i)
-    async with koru.open(tmp_path / "db") as db:
+                acked = i
+    assert acked > 10
+    disk.cut()
+    image = disk.after_power_cut(random.Random(acked))
+    async with koru.open("/db", disk=image) as db:
         n = db.stats().keys
-        assert n > 0
-        assert await db.get("a", f"k{n - 1}") == n - 1
+        assert n >= acked + 1  # every acknowledged write (and maybe the one in flight)
+        assert await db.keys("a") == sorted(f"k{i}" for i in range(n))
+        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (n, 0)
+
+
+async def test_a_failed_background_checkpoint_is_not_fatal(tmp_path: Path) -> None:
+    """A checkpoint is a shortcut (the log is the truth): when writing one fails (here
+    the disk is full for checkpoint files), the database keeps serving, counts the
+    failure, and checkpoints again once it can."""
+    disk = FullForCheckpoints()
+    async with koru.open(tmp_path / "db", sync="os", checkpoint_every=5, disk=disk) as db:
+        for i in range(30):
+            await db.put("a", f"k{i}", i)
+        # The background checkpointer tries, and fails.
+        await eventually(lambda: db.stats().checkpoint_failures > 0)
+        assert db.stats().checkpoints == 0
+        assert await db.get("a", "k0") == 0
+        disk.full = False
+        for i in range(30, 40):
+            await db.put("a", f"k{i}", i)
+        await eventually(lambda: db.stats().checkpoints > 0)
+    async with koru.open(tmp_path / "db", readonly=True) as db:
+        assert db.stats().keys == 40
+    # Failing at close too: the log is synced, so the close does not raise.
+    disk.full = True
+    async with koru.open(tmp_path / "db", sync="os", disk=disk) as db:
+        await db.put("a", "k40", 40)
+    async with koru.open(tmp_path / "db", readonly=True) as db:
+        assert (db.stats().keys, db.stats().replayed_events) == (41, 1)
+
+
+class FullForCheckpoints(OsDisk):
+    """The real filesystem, except that creating a checkpoint's temporary file fails
+    with ENOSPC while ``full``."""
+
+    full = True
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if self.full and ".checkpoint." in path:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return super().open(path, flags, mode)
+
+
+async def test_sync_never_pushes_full_buffers_to_the_os(tmp_path: Path) -> None:
+    """With ``sync="never"`` records wait in a buffer, but never more than 1 MiB of them:
+    a reader (another process would see the same) finds them long before the flush
+    interval or the close."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync="never", flush_interval=10_000) as db:
+        for i in range(300):
+            await db.put("bulk", f"k{i}", "x" * 10_000)  # about 3 MiB in all
+        async with koru.open(path, readonly=True) as reader:
+            seen = reader.stats().events
+        assert 150 <= seen < 300  # all but the last (at most 1 MiB) reached the OS
 
 
 async def test_concurrent_writers_with_group_commit(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ from koru._loader import Loaded, load
 from koru.events import FileStore
 from koru.projections import KvState
 
-NAMESPACES = ("a", "b")
-KEYS = ("x", "y", "z")
+# Non-ASCII names too (two- and four-byte UTF-8), which take the slow name check.
+NAMESPACES = ("a", "ñandú")
+KEYS = ("x", "ключ", "🔑")
 SPACE = [(ns, key) for ns in NAMESPACES for key in KEYS]
 EPOCH = 1_767_225_600 * 10**9
 
@@ -51,13 +52,29 @@ slots = st.sampled_from(SPACE)
 values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.sampled_from([0, 1, -1, 0.0, -0.0, 1.0, True, False, math.inf, -math.inf])
     | st.floats(allow_nan=False)
     | st.text(max_size=6)
-    | st.binary(max_size=6),
+    | st.text(min_size=100, max_size=3000)  # values past a 4 KiB read, and across sectors
+    | st.binary(max_size=6)
+    | st.binary(min_size=1000, max_size=6000),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
     max_leaves=6,
 )
+
+
+def typed(value: Any) -> Any:
+    """``value`` with every scalar's type made explicit, for exact comparisons: ``==``
+    lets 1, 1.0 and True (and 0.0 and -0.0) pass for one another."""
+    if type(value) is dict:
+        return ("dict", sorted((k, typed(v)) for k, v in value.items()))
+    if type(value) is list:
+        return ("list", [typed(v) for v in value])
+    if type(value) is float:
+        return ("float", value.hex())
+    return (type(value).__name__, value)
+
 
 ops = st.one_of(
     st.tuples(st.just("put"), slots, values),
@@ -99,13 +116,15 @@ async def check_matches_model(db: koru.Database, model: Model) -> None:
         live = (ns, key) in model.live
         assert await db.contains(ns, key) is live
         if live:
-            assert await db.get(ns, key) == model.live[ns, key]
+            assert typed(await db.get(ns, key)) == typed(model.live[ns, key])
         else:
             with pytest.raises(koru.KeyNotFoundError):
                 await db.get(ns, key)
         history = await db.history(ns, key)
         expected = model.writes.get((ns, key), [])
-        assert [(h.value, h.deleted) for h in history] == expected
+        assert [(typed(h.value), h.deleted) for h in history] == [
+            (typed(v), deleted) for v, deleted in expected
+        ]
     for ns in NAMESPACES:
         assert await db.keys(ns) == sorted(k for n, k in model.live if n == ns)
     assert await db.namespaces() == sorted({n for n, _ in model.live})
@@ -131,7 +150,7 @@ async def check_versions(db: koru.Database, model: Model) -> None:
                     await db.get_at(ns, key, v.timestamp)
             else:
                 at = await db.get_at(ns, key, v.timestamp)
-                assert (at.write_id, at.value) == (v.write_id, v.value)
+                assert (at.write_id, typed(at.value)) == (v.write_id, typed(v.value))
     assert sorted(by_id) == sorted(wid for wid, _, _ in model.acks)
     assert all(by_id[wid].timestamp == ts for wid, ts, _ in model.acks)
     # One writer: timestamps strictly increase from event to event, across reopens too
@@ -242,7 +261,7 @@ async def apply(db: koru.Database, op: tuple[Any, ...], model: Model, path: Path
         ns, key = op[1]
         if (ns, key) in model.live:
             got = await db.get_versioned(ns, key)
-            assert got.value == model.live[ns, key]
+            assert typed(got.value) == typed(model.live[ns, key])
             assert got.write_id == (await db.history(ns, key))[-1].write_id
         else:
             with pytest.raises(koru.KeyNotFoundError):
@@ -324,12 +343,26 @@ async def test_explicit_checkpoints_do_not_race_the_background_checkpointer(
 
 
 def test_model_runner_sees_a_wrong_model() -> None:
-    # The checks are not vacuous: a model that forgot a write fails them.
+    # The checks are not vacuous: a model that forgot a write fails them, and so does one
+    # holding a value of another type that == the stored one.
     async def main(path: Path) -> None:
         async with koru.open(path, sync="os", clock=StepClock()) as db:
             await db.put("a", "x", 1)
             with pytest.raises(AssertionError):
                 await check_matches_model(db, Model())
+        cases = [(1, 1.0), (1, True), (0.0, -0.0), ([1], [1.0]), ({"k": 0}, {"k": False})]
+        for i, (right, wrong) in enumerate(cases):
+            assert wrong == right
+            async with koru.open(path.with_name(f"case{i}"), sync="os", clock=StepClock()) as db:
+                version = await db.put("a", "x", right)
+                for value, ok in ((right, True), (wrong, False)):
+                    model = Model(events=1)
+                    model.write(("a", "x"), value, False, version)
+                    if ok:
+                        await check_matches_model(db, model)
+                    else:
+                        with pytest.raises(AssertionError):
+                            await check_matches_model(db, model)
 
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(main, Path(tmp) / "db")

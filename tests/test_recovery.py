@@ -42,7 +42,7 @@ from koru import (
     ReadOnlyError,
 )
 from koru._loader import CHECKPOINT_FILE, load
-from koru.events import LOST_FOUND, FileStore, agent_index, unpack_location
+from koru.events import LOST_FOUND, FileStore, OsDisk, agent_index, unpack_location
 from koru.events._frame import (
     SEGMENT_HEADER_SIZE,
     encode_record,
@@ -869,9 +869,11 @@ def slow_tracked_disk(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return n
 
     def slow_fdatasync(fd: int) -> None:
-        time.sleep(0.005)  # a slow device
+        # What a sync covers is decided when it begins: data written while it runs (the
+        # event loop keeps appending) is not covered by it.
         target = os.readlink(f"/proc/self/fd/{fd}")
         size = written.get(target, 0)
+        time.sleep(0.005)  # a slow device
         real_fdatasync(fd)
         durable[target] = max(durable.get(target, 0), size)
 
@@ -1287,9 +1289,14 @@ async def test_acknowledged_only_after_the_fsync_completes(
     async with koru.open(tmp_path / "db", sync="always") as db:
         await db.put(NS, "first", 0)
 
+        rng = random.Random(4)
+
         async def writer(w: int) -> None:
             nonlocal acks
             for i in range(100):
+                # Staggered, so that some writers append while a sync is running in the
+                # worker thread (they must wait for the next one).
+                await trio.sleep(rng.random() * 0.002)
                 await db.put(NS, f"w{w}", i)
                 acks += 1
                 target, end = record_end.get()
@@ -1326,41 +1333,68 @@ async def test_failed_fdatasync_at_close_is_reported(
         assert await db.get(NS, "k0") == 0
 
 
-def test_a_full_segment_is_synced_before_the_next_one_exists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Why it matters: if a new segment reached the disk while its predecessor's last
-    # records did not, the chain would read as broken after a power cut.
-    from koru.events import _file_store
+class RecordingDisk(OsDisk):
+    """The real filesystem, recording creations and syncs by *path* (file descriptor
+    numbers are reused from one segment to the next, so they cannot tell files apart)."""
 
-    calls: list[tuple[str, object]] = []
-    real_open, real_sync = os.open, os.fdatasync
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.paths: dict[int, str] = {}
 
-    def spy_open(path: Any, flags: int, *args: Any) -> int:
-        fd = real_open(path, flags, *args)
-        if str(path).endswith(".seg") and flags & os.O_CREAT:
-            calls.append(("create", Path(path).name))
-        if str(path).endswith(".seg"):
-            calls.append(("fd", (fd, Path(path).name)))
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = path
+        if flags & os.O_CREAT:
+            self.calls.append(("create", path))
         return fd
 
-    def spy_sync(fd: int) -> None:
-        calls.append(("sync", fd))
-        real_sync(fd)
+    def close(self, fd: int) -> None:
+        self.paths.pop(fd, None)
+        super().close(fd)
 
-    monkeypatch.setattr(_file_store.os, "open", spy_open)
-    monkeypatch.setattr(_file_store.os, "fdatasync", spy_sync)
-    store = open_store(tmp_path / "db", segment_size=600)
-    for i in range(12):
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        self.calls.append(("write", self.paths[fd]))
+        return super().pwrite(fd, data, offset)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.calls.append(("truncate", self.paths[fd]))
+        super().truncate(fd, size)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append(("sync", self.paths[fd]))
+        super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        self.calls.append(("sync", self.paths[fd]))
+        super().fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self.calls.append(("sync dir", path))
+        super().fsync_dir(path)
+
+
+def test_a_full_segment_is_synced_before_the_next_one_exists(tmp_path: Path) -> None:
+    # Why it matters: if a new segment reached the disk while its predecessor's last
+    # records did not, the chain would read as broken after a power cut. And a new
+    # segment is durable (its data, then its directory entry) before the manifest lists it.
+    disk = RecordingDisk()
+    store = open_store(tmp_path / "db", segment_size=600, disk=disk)
+    for i in range(30):
         data = bytes([i]) * 100
         store.append("storage", data, blake3.blake3(data).digest())
     store.close()
-    fds = {name: fd for kind, v in calls if kind == "fd" for fd, name in [v]}  # type: ignore[misc]
-    creates = [v for kind, v in calls if kind == "create"]
-    assert len(creates) >= 3
+    calls = disk.calls
+    creates = [path for kind, path in calls if kind == "create" and path.endswith(".seg")]
+    assert len(creates) >= 5
     for older, newer in itertools.pairwise(creates):
         created_at = calls.index(("create", newer))
-        assert ("sync", fds[older]) in calls[:created_at], f"{older} not synced before {newer}"
+        last_write_of_older = max(i for i, c in enumerate(calls[:created_at]) if c[1] == older)
+        assert calls[last_write_of_older] == ("sync", older), f"{older} not synced last"
+    for seg in creates:
+        after = calls[calls.index(("create", seg)) :]
+        sync, sync_dir = after.index(("sync", seg)), after.index(("sync dir", os.path.dirname(seg)))
+        meta = next(i for i, c in enumerate(after) if c[0] == "create" and "meta" in c[1])
+        assert sync < sync_dir < meta, f"{seg}: listed before it was durable"
 
 
 async def _crashed_copy(
