@@ -296,6 +296,10 @@ class FileStore:
         segments = sorted(
             int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit() and n[0] != "."
         )
+        for seg in segments:
+            path = os.path.join(directory, f"{seg:08d}.seg")
+            if self._disk.is_dir(path):
+                raise StorageError(f"{path} is a directory, not a log segment")
         listed = self._manifest.get(name, 0)
         if self._legacy_meta and segments:
             # Every segment but the last was sealed, so their headers are durable; the

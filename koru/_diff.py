@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 import cbor2
 
-from koru.events import VersionNotFoundError
+from koru.events import InvalidArgumentError, VersionNotFoundError
 from koru.projections import VersionRecord
 
 from ._types import Version
@@ -127,6 +127,7 @@ def pick_version(recs: list[VersionRecord], which: int | str) -> VersionRecord:
 
     Raises:
         VersionNotFoundError: no such version, or an ambiguous prefix.
+        InvalidArgumentError: ``which`` is neither an int nor a str.
     """
     if type(which) is int:
         try:
@@ -135,7 +136,11 @@ def pick_version(recs: list[VersionRecord], which: int | str) -> VersionRecord:
             raise VersionNotFoundError(
                 f"no version {which}: the key has {len(recs)} versions"
             ) from None
-    if isinstance(which, str) and len(which) >= 4:
+    if type(which) is not str:
+        raise InvalidArgumentError(
+            f"a version is a history index (int) or a write id (str), not {which!r}"
+        )
+    if len(which) >= 4:
         found = [r for r in recs if r.write_id.hex().startswith(which.lower())]
         if len(found) == 1:
             return found[0]

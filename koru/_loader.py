@@ -21,7 +21,6 @@ from koru.events import (
     LogStore,
     decode_trusted,
     put_fields,
-    unpack_location,
 )
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
@@ -118,8 +117,9 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                     kv.apply(event, eid, location)
                 heads[(origin, agent)] = (seq, eid)
             except CodecError as exc:
+                _, _, offset, path = store.locate(location)
                 raise CorruptLogError(
-                    agent, position, unpack_location(location)[2], f"malformed event: {exc}"
+                    agent, position, offset, f"malformed event: {exc}", path
                 ) from None
             if ts > hlc:
                 hlc = ts

@@ -15,6 +15,8 @@ time and hand over the config when it wants the run to begin). Its ``mode`` is:
   ``value`` is None for a deletion. Nothing is acknowledged before its ``ack`` line.
 * ``"hold"``: open the database for writing, put one value, print ``ready`` and sleep
   (the lock tests kill it).
+* ``"try"``: try to open the database for writing; print ``{"op": "locked"}`` if another
+  writer holds it, else put one value and print ``{"op": "opened", ...}``.
 """
 
 from __future__ import annotations
@@ -91,12 +93,23 @@ async def hold(cfg: dict[str, Any]) -> None:
         await trio.sleep_forever()
 
 
+async def attempt(cfg: dict[str, Any]) -> None:
+    try:
+        async with koru.open(cfg["path"], sync="always") as db:
+            version = await db.put("held", "second", {"pid": os.getpid()})
+            emit({"op": "opened", "write_id": version.write_id})
+    except koru.DatabaseLockedError:
+        emit({"op": "locked"})
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.readline())
     if cfg["mode"] == "write":
         trio.run(write_forever, cfg)
     elif cfg["mode"] == "hold":
         trio.run(hold, cfg)
+    elif cfg["mode"] == "try":
+        trio.run(attempt, cfg)
     else:
         raise SystemExit(f"unknown mode {cfg['mode']!r}")
 

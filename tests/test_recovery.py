@@ -984,6 +984,102 @@ async def test_lock_is_released_when_its_holder_is_killed(tmp_path: Path) -> Non
         await db.put(NS, "k2", 2)
 
 
+async def child_lines(cfg: dict[str, Any], cwd: Path) -> list[dict[str, Any]]:
+    """Run the child to completion; its output lines."""
+    result = await trio.run_process(
+        [sys.executable, str(CHILD), json.dumps(cfg)], capture_stdout=True, cwd=cwd
+    )
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+async def test_removing_files_under_a_live_writer_lets_no_second_writer_in(
+    tmp_path: Path,
+) -> None:
+    """The writer's lock is on the database directory itself. Removing or replacing a
+    file in it (here the ``LOCK`` file that format-1 databases kept) cannot hand the
+    database to a second writer: tried from another process."""
+    path = tmp_path / "db"
+    await make_db(path, 2)
+    (path / "LOCK").write_bytes(b"")
+    cfg = json.dumps({"mode": "hold", "path": str(path)})
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(CHILD), cfg], stdout=subprocess.PIPE, cwd=tmp_path
+    )
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(30):
+            ready = json.loads(await read_line(proc.stdout))
+        (path / "LOCK").unlink()
+        (path / "LOCK").write_bytes(b"")
+        (path / "LOCK").unlink()
+        assert await child_lines({"mode": "try", "path": str(path)}, tmp_path) == [{"op": "locked"}]
+        with pytest.raises(DatabaseLockedError):
+            async with koru.open(path):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
+    (second,) = await child_lines({"mode": "try", "path": str(path)}, tmp_path)
+    assert second["op"] == "opened"
+    async with koru.open(path, readonly=True) as db:
+        assert [v.write_id for v in await db.history("held", "key")] == [ready["write_id"]]
+        assert [v.write_id for v in await db.history("held", "second")] == [second["write_id"]]
+
+
+@pytest.mark.parametrize("sync", ["always", "os"])
+async def test_readonly_opens_racing_a_writer_process_report_no_corruption(
+    tmp_path: Path, sync: str
+) -> None:
+    """Read-only opens while another process writes (puts, batches, deletes, segment
+    rotations, checkpoints): none may report corruption that a recovery by the writer
+    would not, and each sees a consistent prefix of the writer's log."""
+    path = tmp_path / "db"
+    cfg = {
+        "mode": "write",
+        "path": str(path),
+        "sync": sync,
+        "seed": 5,
+        "round": 0,
+        "segment_size": 8192,
+        "checkpoint_every": 40,
+    }
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(CHILD), json.dumps(cfg)], stdout=subprocess.PIPE, cwd=tmp_path
+    )
+    opens, seen = 0, []
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(30):
+            assert json.loads(await read_line(proc.stdout))["op"] == "ready"
+
+        async def drain() -> None:
+            assert proc.stdout is not None
+            while await proc.stdout.receive_some(1 << 16):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            for _ in range(60):
+                async with koru.open(path, readonly=True) as db:
+                    seen.append(db.stats().events)
+                    for ns in ("users", "orders", "config"):
+                        for key in await db.keys(ns):
+                            await db.get_versioned(ns, key)
+                            await db.history(ns, key)
+                opens += 1
+                await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
+    assert opens == 60
+    assert seen[-1] > seen[0]  # the writer was writing all along
+
+
 async def test_readonly_open_alongside_a_writer_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path, sync="always") as writer:
