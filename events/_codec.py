@@ -29,7 +29,7 @@ import cbor2
 
 from ._errors import CodecError, InvalidDataError
 from ._event import NODE_ID_SIZE, BatchEvent, DeleteEvent, Event, PutEvent, Write
-from ._limits import MAX_EVENT_SIZE
+from ._limits import MAX_EVENT_SIZE, MAX_NAME_BYTES
 from ._names import name_problem
 from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
@@ -196,17 +196,16 @@ def put_fields(
     ):
         decode_event(data)  # names the exact problem
         raise CodecError("malformed put event")  # pragma: no cover - decode_event raises
-    return (
-        origin,
-        agent,
-        seq,
-        prev,
-        hlc,
-        _name(namespace, "namespace"),
-        _name(key, "key"),
-        value,
-        previous,
-    )
+    if not (
+        type(namespace) is str
+        and type(key) is str
+        and namespace.isascii()
+        and key.isascii()
+        and 0 < len(namespace) <= MAX_NAME_BYTES
+        and 0 < len(key) <= MAX_NAME_BYTES
+    ):  # the rare case (non-ASCII or bad names), checked in full
+        namespace, key = _name(namespace, "namespace"), _name(key, "key")
+    return origin, agent, seq, prev, hlc, namespace, key, value, previous
 
 
 def decode_trusted(data: bytes) -> Event:

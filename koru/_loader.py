@@ -86,7 +86,8 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
     replayed = 0
     present = store.agents()
     agents = [a for a in AGENTS if a in cursors or a in floors or a in present]
-    apply_put, follows, heads = kv.apply_put, feeds.follows, feeds.heads
+    apply_put, heads = kv.apply_put, feeds.heads
+    head_of = heads.get
     for agent in agents:
         records = store.replay(agent, cursors.get(agent), floors.get(agent))
         for location, position, eid, _, data in records:
@@ -107,7 +108,14 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                     raise CodecError(f"an event of agent {ev_agent!r} in this log")
                 # Every feed in a local log is contiguous (the ingest path holds gaps
                 # back and refuses forks), so anything else was not written by koru.
-                if not follows(origin, agent, seq, prev):
+                # (FeedState.follows, inlined: this runs once per event.)
+                feed = (origin, agent)
+                head = head_of(feed)
+                if (
+                    (seq != 1 or prev is not None)
+                    if head is None
+                    else (seq != head[0] + 1 or prev != head[1])
+                ):
                     raise CodecError(
                         f"event {seq} of origin {origin.hex()} does not follow its feed"
                     )
@@ -115,7 +123,7 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                     apply_put(namespace, key, ts, origin, eid, value, previous, location)
                 else:
                     kv.apply(event, eid, location)
-                heads[(origin, agent)] = (seq, eid)
+                heads[feed] = (seq, eid)
             except CodecError as exc:
                 _, _, offset, path = store.locate(location)
                 raise CorruptLogError(
