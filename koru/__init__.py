@@ -13,50 +13,92 @@ applications::
     trio.run(main)
 """
 
-from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
-from ._database import Database as Database
-from ._diff import Change as Change
-from ._diff import Diff as Diff
-from ._open import DEFAULT_SYNC as DEFAULT_SYNC
-from ._open import MEMORY as MEMORY
-from ._open import default_path as default_path
-from ._open import open as open
-from ._types import Stats as Stats
-from ._types import Version as Version
-from ._types import Versioned as Versioned
-from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
-from .events import CodecError as CodecError
-from .events import CorruptCheckpointError as CorruptCheckpointError
-from .events import CorruptLogError as CorruptLogError
-from .events import DatabaseClosedError as DatabaseClosedError
-from .events import DatabaseLockedError as DatabaseLockedError
-from .events import DataLossError as DataLossError
-from .events import DurabilityError as DurabilityError
-from .events import InvalidArgumentError as InvalidArgumentError
-from .events import InvalidDataError as InvalidDataError
-from .events import KeyNotFoundError as KeyNotFoundError
-from .events import KoruError as KoruError
-from .events import NotFoundError as NotFoundError
-from .events import NoValueAtTimeError as NoValueAtTimeError
-from .events import ReadOnlyError as ReadOnlyError
-from .events import StorageError as StorageError
-from .events import VersionNotFoundError as VersionNotFoundError
-from .nursery import Clock as Clock
-from .nursery import SystemClock as SystemClock
-from .nursery import TrioClock as TrioClock
+from __future__ import annotations
+
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
+# Why lazy: importing ``koru.events`` (or ``koru.projections``) runs this module first,
+# and those layers must not pull in trio or the face's modules; a one-shot command
+# that only reads a log pays for nothing else. Each public name is imported on first
+# use (PEP 562); type checkers see the imports below.
+_EXPORTS: dict[str, str] = {
+    "Change": "koru._diff",
+    "Clock": "koru.nursery",
+    "CodecError": "koru.events",
+    "CorruptCheckpointError": "koru.events",
+    "CorruptLogError": "koru.events",
+    "DEFAULT_CACHE_BYTES": "koru._cache",
+    "DEFAULT_SYNC": "koru._open",
+    "DataLossError": "koru.events",
+    "Database": "koru._database",
+    "DatabaseClosedError": "koru.events",
+    "DatabaseLockedError": "koru.events",
+    "Diff": "koru._diff",
+    "DurabilityError": "koru.events",
+    "InvalidArgumentError": "koru.events",
+    "InvalidDataError": "koru.events",
+    "KeyNotFoundError": "koru.events",
+    "KoruError": "koru.events",
+    "MAX_NAME_BYTES": "koru.events",
+    "MEMORY": "koru._open",
+    "NoValueAtTimeError": "koru.events",
+    "NotFoundError": "koru.events",
+    "ReadOnlyError": "koru.events",
+    "Stats": "koru._types",
+    "StorageError": "koru.events",
+    "SystemClock": "koru.nursery",
+    "TrioClock": "koru.nursery",
+    "Version": "koru._types",
+    "VersionNotFoundError": "koru.events",
+    "Versioned": "koru._types",
+    "default_path": "koru._open",
+    "open": "koru._open",
+}
+
+if _typing.TYPE_CHECKING:
+    from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
+    from ._database import Database as Database
+    from ._diff import Change as Change
+    from ._diff import Diff as Diff
+    from ._open import DEFAULT_SYNC as DEFAULT_SYNC
+    from ._open import MEMORY as MEMORY
+    from ._open import default_path as default_path
+    from ._open import open as open
+    from ._types import Stats as Stats
+    from ._types import Version as Version
+    from ._types import Versioned as Versioned
+    from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
+    from .events import CodecError as CodecError
+    from .events import CorruptCheckpointError as CorruptCheckpointError
+    from .events import CorruptLogError as CorruptLogError
+    from .events import DatabaseClosedError as DatabaseClosedError
+    from .events import DatabaseLockedError as DatabaseLockedError
+    from .events import DataLossError as DataLossError
+    from .events import DurabilityError as DurabilityError
+    from .events import InvalidArgumentError as InvalidArgumentError
+    from .events import InvalidDataError as InvalidDataError
+    from .events import KeyNotFoundError as KeyNotFoundError
+    from .events import KoruError as KoruError
+    from .events import NotFoundError as NotFoundError
+    from .events import NoValueAtTimeError as NoValueAtTimeError
+    from .events import ReadOnlyError as ReadOnlyError
+    from .events import StorageError as StorageError
+    from .events import VersionNotFoundError as VersionNotFoundError
+    from .nursery import Clock as Clock
+    from .nursery import SystemClock as SystemClock
+    from .nursery import TrioClock as TrioClock
+
 __all__ = [
-    "DEFAULT_CACHE_BYTES",
-    "DEFAULT_SYNC",
-    "MAX_NAME_BYTES",
-    "MEMORY",
     "Change",
     "Clock",
     "CodecError",
     "CorruptCheckpointError",
     "CorruptLogError",
+    "DEFAULT_CACHE_BYTES",
+    "DEFAULT_SYNC",
     "DataLossError",
     "Database",
     "DatabaseClosedError",
@@ -67,6 +109,8 @@ __all__ = [
     "InvalidDataError",
     "KeyNotFoundError",
     "KoruError",
+    "MAX_NAME_BYTES",
+    "MEMORY",
     "NoValueAtTimeError",
     "NotFoundError",
     "ReadOnlyError",
@@ -80,3 +124,16 @@ __all__ = [
     "default_path",
     "open",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'koru' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

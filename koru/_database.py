@@ -45,6 +45,7 @@ from koru.events import (
     content_id,
     decode_trusted,
     decode_value,
+    decode_value_strict,
     encode_event,
     encode_value,
     event_id,
@@ -76,6 +77,13 @@ _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 
 def _hex(b: bytes | None) -> str | None:
     return None if b is None else b.hex()
+
+
+def _value_of(event: Event, namespace: str, key: str) -> bytes:
+    for w in event.writes:
+        if w.namespace == namespace and w.key == key and w.value is not None:
+            return w.value
+    raise CodecError("no value of that key in the event")
 
 
 class Database:
@@ -234,22 +242,19 @@ class Database:
         Why the proof: records before a checkpoint's cursor are not re-verified when a
         database opens, so a record swapped with another of the same size, or rewritten
         with fresh checksums, would otherwise be served. The content id (blake3 of the
-        value's bytes, kept in the projection) settles it in one hash.
+        value's bytes, kept in the projection) settles it in one hash. The value is also
+        decoded strictly once here (replay does not decode values), so that what enters
+        the cache always decodes: reads from the cache never meet a malformed value.
         """
         data = self._store.read(location)
         try:
-            event = decode_trusted(data)
+            value = _value_of(decode_trusted(data), namespace, key)
+            if content_id(value) != cid:
+                raise CodecError(f"it holds another value (content id {cid.hex()} expected)")
+            decode_value_strict(value)
+            return value
         except CodecError as exc:
-            reason = f"malformed event: {exc}"
-        else:
-            for w in event.writes:
-                if w.namespace == namespace and w.key == key and w.value is not None:
-                    if content_id(w.value) == cid:
-                        return w.value
-                    break
-            reason = (
-                f"the record holds no value of {namespace!r}/{key!r} with content id {cid.hex()}"
-            )
+            reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"
         agent, position, offset, path = self._store.locate(location)
         raise CorruptLogError(agent, position, offset, reason, path)
 

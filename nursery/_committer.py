@@ -98,8 +98,6 @@ class Committer:
                 self._leading = False
                 self._round = trio.Event()
                 round_done.set()
-        if self.error is not None and self.durable < target:
-            raise self.error
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher for ``sync="never"``: pushes buffers to the OS every
@@ -148,7 +146,8 @@ class Committer:
         if min(self._recent) <= self.inline_sync_max:
             took = self._timed_sync()
         else:
-            with trio.CancelScope(shield=True):
-                took = await trio.to_thread.run_sync(self._timed_sync)
+            # Not abandoned on cancellation (trio's default): the sync runs to its end
+            # and its result counts, so a cancelled caller never leaves it half-known.
+            took = await trio.to_thread.run_sync(self._timed_sync)
         self._recent.append(took)
         self.syncs += 1

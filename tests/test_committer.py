@@ -54,6 +54,7 @@ async def test_always_waits_for_a_sync_and_writers_share_it() -> None:
     assert all(synced >= 1 for _, synced in acked)  # nobody was acknowledged before a sync
     assert store.synced < 16  # and they shared syncs
     assert committer.durable == committer.appended == 16
+    assert committer.syncs == store.synced
 
 
 @pytest.mark.parametrize("mode", ["os", "never"])
@@ -113,6 +114,7 @@ class SlowDisk(MemoryStore):
         self.appended = 0
         self.covered = 0
         self.syncing = False
+        self.latency = 0.003
 
     def append(self, agent: str, data: bytes, event_id: bytes) -> tuple[int, bytes]:
         self.appended += 1
@@ -121,7 +123,7 @@ class SlowDisk(MemoryStore):
     def sync(self) -> None:
         before = self.appended  # what this sync covers, decided when it begins
         self.syncing = True
-        time.sleep(0.003)
+        time.sleep(self.latency)
         self.syncing = False
         self.covered = max(self.covered, before)
 
@@ -154,6 +156,35 @@ async def test_a_writer_that_joins_a_round_in_progress_waits_for_the_next() -> N
     assert early == [], f"acknowledged before a sync covered them: {early}"
     assert joined_mid_sync >= 3  # the case happened: records appended during a sync
     assert committer.durable == committer.appended == 90
+
+
+async def test_a_slow_device_syncs_off_the_event_loop() -> None:
+    """Once the device has shown it is slow (its fastest recent sync over
+    ``inline_sync_max``), syncs run in a worker thread: other tasks keep running while a
+    writer waits. A fast device syncs inline (a thread hop would cost as much)."""
+    for latency, expect_thread in ((0.02, True), (0.0, False)):
+        store = SlowDisk()
+        store.latency = latency
+        committer = Committer(store, "always")
+        ticks_during_syncs = 0
+        done = False
+
+        async def ticker(store: SlowDisk = store) -> None:
+            nonlocal ticks_during_syncs
+            while not done:  # noqa: B023 - set below, in this same iteration
+                await trio.sleep(0.001)
+                ticks_during_syncs += store.syncing
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            for i in range(8):
+                data = bytes([i])
+                store.append("storage", data, blake3.blake3(data).digest())
+                committer.mark_appended()
+                await committer.wait_durable()
+            done = True
+        assert committer.syncs == 8
+        assert (ticks_during_syncs > 5) is expect_thread, ticks_during_syncs
 
 
 def test_unknown_mode_is_rejected() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 
 import pytest
 
 import koru
 
-PACKAGES = ["koru", "koru.events", "koru.projections", "koru.nursery"]
+PACKAGES = ["koru", "koru.events", "koru.projections", "koru.nursery", "koru.simulations"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -53,3 +55,41 @@ def test_mapped_packages_install_under_koru() -> None:
         assert mod.__name__.startswith("koru.")
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("events")
+
+
+def modules_after_import(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``statement``."""
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
+    return set(out.stdout.split())
+
+
+FACE = {"koru._database", "koru._open", "koru._loader", "koru._checkpointer", "koru._cache"}
+
+
+@pytest.mark.parametrize(
+    ("statement", "forbidden"),
+    [
+        ("import koru", {"trio", "koru.events", "koru.nursery", *FACE}),
+        ("import koru.events", {"trio", "koru.projections", "koru.nursery", *FACE}),
+        ("import koru.projections", {"trio", "koru.nursery", *FACE}),
+    ],
+)
+def test_layers_point_down_at_import_time(statement: str, forbidden: set[str]) -> None:
+    """The lower layers pull in no trio and no module of the face (the face resolves its
+    names lazily), so a one-shot reader of a log pays only for what it uses."""
+    loaded = modules_after_import(statement)
+    assert not loaded & forbidden, sorted(loaded & forbidden)
+    assert not any(m == "trio" or m.startswith("trio.") for m in loaded & forbidden)
+
+
+def test_the_lazy_face_resolves_every_name_and_refuses_others() -> None:
+    loaded = modules_after_import("import koru; koru.open; koru.KoruError")
+    assert "koru._open" in loaded and "trio" in loaded
+    for name in koru.__all__:
+        assert getattr(koru, name) is not None
+    with pytest.raises(AttributeError, match="no_such_name"):
+        koru.no_such_name  # noqa: B018
+    assert set(koru.__all__) <= set(dir(koru))
