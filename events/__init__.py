@@ -14,7 +14,6 @@ from ._codec import decode_event as decode_event
 from ._codec import decode_trusted as decode_trusted
 from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
-from ._codec import put_fields as put_fields
 from ._disk import Disk as Disk
 from ._disk import OsDisk as OsDisk
 from ._errors import CodecError as CodecError
@@ -123,7 +122,6 @@ __all__ = [
     "genesis_root",
     "name_problem",
     "pack_location",
-    "put_fields",
     "unpack_location",
     "write_id",
 ]

@@ -22,6 +22,7 @@ ints, indefinite lengths, trailing bytes) with one rule instead of a list of che
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import blake3
@@ -39,11 +40,11 @@ __all__ = [
     "decode_event",
     "decode_trusted",
     "encode_event",
-    "put_fields",
     "event_id",
 ]
 
 SCHEMA_VERSION = 1
+_new = tuple.__new__
 _ID_SIZE = 32
 _UINT64_MAX = 2**64 - 1
 
@@ -153,17 +154,14 @@ def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], bo
     raise CodecError(f"unknown event type {tag!r}")
 
 
-def put_fields(
-    data: bytes,
-) -> tuple[bytes, str, int, bytes | None, int, str, str, bytes, bytes | None] | None:
-    """For a ``put`` event from this node's own log: (origin, agent, seq, prev, hlc,
-    namespace, key, value, previous); None for any other event type.
+def decode_trusted(data: bytes) -> Event:
+    """Decode event bytes from this node's own, checksummed log, fast.
 
-    The replay hot path folds puts from these fields without building event objects.
     Every field's type and range is checked, as :func:`decode_event` does, so a record
-    crafted with a valid checksum and chain raises CodecError instead of a raw
-    exception or a silently wrong fold; only the canonical re-encoding is skipped (the
-    checksum and chain already bind the exact bytes).
+    crafted with a valid checksum and chain raises CodecError instead of a raw exception
+    or a silently wrong fold; only the canonical re-encoding is skipped (the checksum and
+    chain already bind the exact bytes). Puts, nearly every record, take an inlined
+    path; other types go through :func:`decode_event`. Carried values are not decoded.
 
     Raises:
         CodecError: not a well-formed event.
@@ -172,18 +170,14 @@ def put_fields(
         raw = cbor2.loads(data)
     except Exception as exc:
         raise CodecError(f"undecodable event: {exc!r}") from None
-    if type(raw) is not list or len(raw) != 8:
-        raise CodecError("event must be an array of 8 items")
-    if raw[1] != "put":
-        return None
-    version, _, origin, agent, seq, prev, hlc, body = raw
+    if type(raw) is not list or len(raw) != 8 or raw[1] != "put" or raw[0] != SCHEMA_VERSION:
+        return decode_event(data)
+    _, _, origin, agent, seq, prev, hlc, body = raw
     if type(body) is not list or len(body) != 4:
         raise CodecError("put body must be [namespace, key, value bytes, previous]")
     namespace, key, value, previous = body
     if not (
-        version == SCHEMA_VERSION
-        and type(version) is int
-        and type(origin) is bytes
+        type(origin) is bytes
         and len(origin) == NODE_ID_SIZE
         and type(agent) is str
         and type(seq) is int
@@ -205,19 +199,34 @@ def put_fields(
         and 0 < len(key) <= MAX_NAME_BYTES
     ):  # the rare case (non-ASCII or bad names), checked in full
         namespace, key = _name(namespace, "namespace"), _name(key, "key")
-    return origin, agent, seq, prev, hlc, namespace, key, value, previous
+    if not agent:
+        raise CodecError("agent must be a non-empty text string")
+    return _new(PutEvent, (origin, agent, seq, prev, hlc, namespace, key, value, previous))
 
 
-def decode_trusted(data: bytes) -> Event:
-    """Decode event bytes from this node's own, checksummed log, fast.
+def _decode_v1(raw: list[Any]) -> Event:
+    """Schema version 1: ``[1, tag, origin, agent, seq, prev, hlc, body]``."""
+    if len(raw) != 8:
+        raise CodecError("event must be an array of 8 items")
+    _, tag, origin, agent, seq, prev, hlc, body = raw
+    if type(origin) is not bytes or len(origin) != NODE_ID_SIZE:
+        raise CodecError(f"origin must be a {NODE_ID_SIZE}-byte node id")
+    if type(seq) is not int or not 1 <= seq <= _UINT64_MAX:
+        raise CodecError("seq must be a positive 64-bit integer")
+    if not (prev is None or (type(prev) is bytes and len(prev) == _ID_SIZE)):
+        raise CodecError("prev must be null or a 32-byte event id")
+    if (prev is None) != (seq == 1):
+        raise CodecError("prev must be null exactly for the first event of a feed")
+    if type(hlc) is not int or not 0 <= hlc <= _UINT64_MAX:
+        raise CodecError("hlc must be a 64-bit unsigned integer")
+    return _decode_body(tag, (origin, _text(agent, "agent"), seq, prev, hlc), body)
 
-    Puts go through :func:`put_fields` (every field checked, no re-encoding); other
-    event types through :func:`decode_event`. Raises CodecError on anything malformed.
-    """
-    fields = put_fields(data)
-    if fields is None:
-        return decode_event(data)
-    return PutEvent(*fields)
+
+#: How to read each schema version into the current event model. Why a table: stored
+#: events are never rewritten (their bytes are their id), so every version ever written
+#: stays readable; a newer envelope adds its layout here, and older ones are upcast to
+#: the current model by theirs. The writer always writes ``SCHEMA_VERSION``.
+_LAYOUTS: dict[int, Callable[[list[Any]], Event]] = {1: _decode_v1}
 
 
 def decode_event(data: bytes, *, check_values: bool = False) -> Event:
@@ -237,22 +246,13 @@ def decode_event(data: bytes, *, check_values: bool = False) -> Event:
         raw = cbor2.loads(data, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False)
     except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
         raise CodecError(f"undecodable event: {exc}") from None
-    if type(raw) is not list or len(raw) != 8:
-        raise CodecError("event must be an array of 8 items")
-    version, tag, origin, agent, seq, prev, hlc, body = raw
-    if version != SCHEMA_VERSION or type(version) is not int:
+    if type(raw) is not list or not raw:
+        raise CodecError("event must be a non-empty array")
+    version = raw[0]
+    layout = _LAYOUTS.get(version) if type(version) is int else None
+    if layout is None:
         raise CodecError(f"unsupported event schema version {version!r}")
-    if type(origin) is not bytes or len(origin) != NODE_ID_SIZE:
-        raise CodecError(f"origin must be a {NODE_ID_SIZE}-byte node id")
-    if type(seq) is not int or not 1 <= seq <= _UINT64_MAX:
-        raise CodecError("seq must be a positive 64-bit integer")
-    if not (prev is None or (type(prev) is bytes and len(prev) == _ID_SIZE)):
-        raise CodecError("prev must be null or a 32-byte event id")
-    if (prev is None) != (seq == 1):
-        raise CodecError("prev must be null exactly for the first event of a feed")
-    if type(hlc) is not int or not 0 <= hlc <= _UINT64_MAX:
-        raise CodecError("hlc must be a 64-bit unsigned integer")
-    event = _decode_body(tag, (origin, _text(agent, "agent"), seq, prev, hlc), body)
+    event = layout(raw)
     if cbor2.dumps(raw) != data:
         raise CodecError("event bytes are not the canonical encoding")
     if check_values:

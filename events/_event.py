@@ -6,13 +6,17 @@ feed, and a hybrid-logical-clock timestamp. Its id is blake3 of its canonical CB
 bytes (see :mod:`koru.events._codec`). The type tag is a stable string chosen here,
 never derived from a Python import path, so renaming a class never changes stored
 bytes.
+
+Why tuples: an event type is a named tuple under a common :class:`Event` base, so it
+is immutable, compares and hashes by value, and costs a third of a slotted frozen class
+to build, which matters on the paths that build one per record (every write, every
+replayed event, every event a peer sends).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
-import attrs
 import blake3
 
 __all__ = [
@@ -29,8 +33,7 @@ __all__ = [
 NODE_ID_SIZE = 16
 
 
-@attrs.frozen(slots=True)
-class Write:
+class Write(NamedTuple):
     """One key's new version inside an event.
 
     ``value`` is canonical CBOR (None deletes); ``previous`` is the write id of the
@@ -44,10 +47,14 @@ class Write:
     previous: bytes | None
 
 
-@attrs.frozen(slots=True)
 class Event:
-    """Common header of every event. Subclasses add a body and a stable ``TAG``."""
+    """Common header of every event; each type adds a body and a stable ``TAG``.
 
+    The header fields (first in every type, in this order) are ``origin``, ``agent``,
+    ``seq``, ``prev`` and ``hlc``.
+    """
+
+    __slots__ = ()
     TAG: ClassVar[str] = ""
 
     origin: bytes
@@ -62,44 +69,65 @@ class Event:
         return ()
 
 
-@attrs.frozen(slots=True)
-class PutEvent(Event):
-    """Set ``namespace/key`` to a new value."""
-
-    TAG: ClassVar[str] = "put"
-
+class _Put(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
     namespace: str
     key: str
     value: bytes
     previous: bytes | None
+
+
+class PutEvent(_Put, Event):
+    """Set ``namespace/key`` to a new value."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = "put"
 
     @property
     def writes(self) -> tuple[Write, ...]:
         return (Write(self.namespace, self.key, self.value, self.previous),)
 
 
-@attrs.frozen(slots=True)
-class DeleteEvent(Event):
-    """Write a tombstone for ``namespace/key``; history keeps it."""
-
-    TAG: ClassVar[str] = "delete"
-
+class _Delete(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
     namespace: str
     key: str
     previous: bytes | None
+
+
+class DeleteEvent(_Delete, Event):
+    """Write a tombstone for ``namespace/key``; history keeps it."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = "delete"
 
     @property
     def writes(self) -> tuple[Write, ...]:
         return (Write(self.namespace, self.key, None, self.previous),)
 
 
-@attrs.frozen(slots=True)
-class BatchEvent(Event):
+class _Batch(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
+    items: tuple[Write, ...]
+
+
+class BatchEvent(_Batch, Event):
     """Several writes committed atomically: one event, one record, all or nothing."""
 
+    __slots__ = ()
     TAG: ClassVar[str] = "batch"
-
-    items: tuple[Write, ...]
 
     @property
     def writes(self) -> tuple[Write, ...]:

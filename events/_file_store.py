@@ -666,10 +666,14 @@ class FileStore:
                 # read as a broken chain), and only the last segment can end in zeros.
                 self._flush_log(log)
                 with self._sync_lock:
-                    disk.truncate(log.fd, log.flushed)
-                    disk.fdatasync(log.fd)
-                    disk.close(log.fd)
-                log.fd = None
+                    # Under the lock, and the descriptor forgotten before it is released:
+                    # a sync in a worker thread must never pick up a closed descriptor
+                    # (whose number the OS may already have given to another file).
+                    fd, log.fd = log.fd, None
+                    disk.truncate(fd, log.flushed)
+                    disk.fdatasync(fd)
+                    disk.close(fd)
+                    log.dirty = False
             seg = (log.segments[-1] + 1) if log.segments else 1
             if seg > _MAX_SEGMENT_NUMBER:
                 raise OSError(errno.EFBIG, f"log {log.name!r} has used every segment number")
@@ -699,6 +703,11 @@ class FileStore:
             self._write_meta()
         except (OSError, StorageError) as exc:
             self._fail(exc)
+        except BaseException as exc:
+            # Interrupted half-way (KeyboardInterrupt, a simulated power cut): the log's
+            # state is unknown, so the handle takes no more writes and syncs.
+            self._broken = exc
+            raise
 
     def _write(self, log: _AgentLog, data: bytes | bytearray) -> None:
         """Write ``data`` where the bytes that reached the OS end, allocating first."""
@@ -721,6 +730,9 @@ class FileStore:
                 with contextlib.suppress(OSError):
                     disk.pwrite(log.fd, bytes(pos - log.flushed), log.flushed)
             self._fail(exc)
+        except BaseException as exc:
+            self._broken = exc  # interrupted half-way: see _open_for_append
+            raise
         log.flushed = end
         log.dirty = True
 
@@ -771,11 +783,20 @@ class FileStore:
                 raise DurabilityError(
                     "the log failed earlier; reopen the database"
                 ) from self._broken
+            if self._closed:
+                # A sync that finds the store closed (a close that raced it) has made
+                # nothing durable, and must not report that it has.
+                raise DurabilityError("the log is closed; nothing was synced")
             # No flush here: this may run in a worker thread while the event loop
             # appends, and only the appending thread may touch the buffers.
             fds = []
             for log in self._logs.values():
-                if log.dirty and log.fd is not None:
+                if log.dirty:
+                    # A dirty log always has its descriptor (sealing a segment clears
+                    # the flag with it); anything else is a state this sync cannot vouch
+                    # for, and saying "synced" would acknowledge writes it never saw.
+                    if log.fd is None:
+                        raise DurabilityError(f"log {log.name!r} lost its segment file")
                     log.dirty = False
                     fds.append(log.fd)
             try:
@@ -905,6 +926,12 @@ class FileStore:
             self._release()
 
     def _release(self) -> None:
+        # Under the sync lock: a sync running in a worker thread finishes with the
+        # descriptors it picked up before they are closed (and their numbers reused).
+        with self._sync_lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
         logs = getattr(self, "_logs", {})
         fds = [log.fd for log in logs.values() if log.fd is not None]
         fds += list(self._readers.values())

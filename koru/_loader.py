@@ -20,7 +20,6 @@ from koru.events import (
     Cursor,
     LogStore,
     decode_trusted,
-    put_fields,
 )
 from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
 
@@ -86,24 +85,20 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
     replayed = 0
     present = store.agents()
     agents = [a for a in AGENTS if a in cursors or a in floors or a in present]
-    apply_put, heads = kv.apply_put, feeds.heads
+    heads = feeds.heads
     head_of = heads.get
     for agent in agents:
         records = store.replay(agent, cursors.get(agent), floors.get(agent))
         for location, position, eid, _, data in records:
             try:
-                fields = put_fields(data)
-                if fields is not None:  # the common case: no event object needed
-                    origin, ev_agent, seq, prev, ts, namespace, key, value, previous = fields
-                else:
-                    event = decode_trusted(data)
-                    origin, ev_agent, seq, prev, ts = (
-                        event.origin,
-                        event.agent,
-                        event.seq,
-                        event.prev,
-                        event.hlc,
-                    )
+                event = decode_trusted(data)
+                origin, ev_agent, seq, prev, ts = (
+                    event.origin,
+                    event.agent,
+                    event.seq,
+                    event.prev,
+                    event.hlc,
+                )
                 if ev_agent != agent:
                     raise CodecError(f"an event of agent {ev_agent!r} in this log")
                 # Every feed in a local log is contiguous (the ingest path holds gaps
@@ -119,10 +114,7 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                     raise CodecError(
                         f"event {seq} of origin {origin.hex()} does not follow its feed"
                     )
-                if fields is not None:
-                    apply_put(namespace, key, ts, origin, eid, value, previous, location)
-                else:
-                    kv.apply(event, eid, location)
+                kv.apply(event, eid, location)
                 heads[feed] = (seq, eid)
             except CodecError as exc:
                 _, _, offset, path = store.locate(location)

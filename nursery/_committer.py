@@ -114,7 +114,8 @@ class Committer:
                 return
 
     async def sync_now(self) -> None:
-        """Make everything appended so far durable (shielded from cancellation).
+        """Make everything appended so far durable; a sync once begun runs to its end,
+        even if the caller is cancelled (its outcome is never left unknown).
 
         Raises:
             DurabilityError: the sync failed, now or earlier; fatal for the handle.

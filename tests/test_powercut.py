@@ -119,16 +119,24 @@ async def run_until_cut(disk: SimDisk, sync: str, rng: random.Random) -> list[Wr
 
 
 def _is_power_cut(exc: BaseException) -> bool:
+    """The cut itself, or what it left: cancelled tasks, and errors of a handle whose log
+    was interrupted by it (their cause is the cut)."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_power_cut(e) for e in exc.exceptions)
+    if isinstance(exc, koru.DurabilityError):
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, PowerCut):
+            cause = cause.__cause__
+        return cause is not None
     return isinstance(exc, PowerCut | trio.Cancelled)
 
 
 async def recover(disk: SimDisk, rng: random.Random, tally: dict[str, int]) -> SimDisk:
     """The disk after the cut; sometimes the power fails again during recovery."""
     image = disk.after_power_cut(rng)
-    while rng.random() < 0.3:
-        image.cut_after(rng.randint(1, 150))
+    while rng.random() < 0.4:
+        # A recovery open makes a few dozen disk calls: cut within them.
+        image.cut_after(rng.randint(1, 40))
         try:
             async with koru.open(PATH, disk=image, sync="always"):
                 pass
