@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,7 @@ _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 
 _BUFFER_LIMIT = 1024 * 1024
 _ALLOCATE_AHEAD = 1024 * 1024
 _READ_AHEAD = 4096
+_LENGTH = struct.Struct("<I")  # a record header starts with the body length
 _log = logging.getLogger("koru")
 
 
@@ -83,10 +85,13 @@ def _why(exc: OSError) -> str:
 def _whole_records(data: bytes) -> tuple[int, int]:
     """(count, end) of the whole records at the start of ``data``, following length
     headers only: a last record cut short is not counted."""
-    count, offset = 0, 0
-    while len(data) - offset >= RECORD_HEADER_SIZE:
-        end = offset + RECORD_HEADER_SIZE + int.from_bytes(data[offset : offset + 4], "little")
-        if end > len(data):
+    # Runs over a whole segment on every open with a checkpoint: locals, no slices.
+    unpack, size, header = _LENGTH.unpack_from, len(data), RECORD_HEADER_SIZE
+    limit = size - header
+    count = offset = 0
+    while offset <= limit:
+        end = offset + header + unpack(data, offset)[0]
+        if end > size:
             break
         offset = end
         count += 1
