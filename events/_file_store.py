@@ -372,6 +372,13 @@ class FileStore:
         self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
     ) -> Iterator[Record]:
         log = self._logs[agent]
+        if self.readonly and any(
+            c is not None and c.count and c.segment > (log.segments[-1] if log.segments else 0)
+            for c in (start, durable)
+        ):
+            # A writer in another process started segments since this store listed
+            # them, and checkpointed there: list again (it synced them first).
+            log = self._logs[agent] = self._agent_log(agent)
         log.ready = False
         if start is not None:
             self._check_cursor(log, start)

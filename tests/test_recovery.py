@@ -1596,3 +1596,22 @@ async def test_a_readonly_open_reads_past_a_record_being_written(tmp_path: Path)
     async with koru.open(copy) as db:
         assert db.stats().events == 5
     assert list(lost_found(copy).values()) == [partial]
+
+
+async def test_readonly_store_listed_before_the_writer_moved_on(tmp_path: Path) -> None:
+    """A read-only open lists the segments, then reads the checkpoint; a writer that
+    meanwhile started new segments and checkpointed there must not make that open
+    report lost data (the reader looks again), and what it loads is complete."""
+    path = tmp_path / "db"
+    async with koru.open(path, segment_size=4096, checkpoint_every=10**6) as db:
+        await db.put("k", "first", value(0, pad=200))
+        reader = FileStore(path, readonly=True)  # lists one segment
+        try:
+            for i in range(40):  # several new segments
+                await db.put("k", f"n{i}", value(i, pad=200))
+            await db.checkpoint()  # its cursor names the newest segment
+            loaded = load(reader)
+        finally:
+            reader.close()
+        assert loaded.from_checkpoint == 41
+        assert loaded.kv.live == 41
