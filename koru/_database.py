@@ -56,6 +56,8 @@ from koru.projections import (
     TOMBSTONE,
     FeedState,
     KvState,
+    Projection,
+    Projections,
     VersionRecord,
     capture_checkpoint,
 )
@@ -97,8 +99,7 @@ class Database:
         node_id: bytes,
         clock: Clock,
         committer: Committer,
-        kv: KvState,
-        feeds: FeedState,
+        projections: Projections,
         hlc: int,
         cache: ValueCache,
         max_value_size: int,
@@ -106,6 +107,7 @@ class Database:
         from_checkpoint: int,
         replayed: int,
         checkpoint_problem: str | None = None,
+        rebuilt: dict[str, str] | None = None,
     ) -> None:
         self._store = store
         self._readonly = store.readonly
@@ -115,14 +117,18 @@ class Database:
         self._clock = clock
         self._committer = committer
         self._commit_yields = committer.mode == "always"
-        self._kv = kv
-        self._feeds = feeds
+        self._projections = projections
+        # The two built-in projections, held directly: every read consults them.
+        self._kv = cast(KvState, projections["kv"])
+        self._feeds = cast(FeedState, projections["feeds"])
+        self._fold = projections.apply
         self._hlc = HybridLogicalClock(hlc)
         self._cache = cache
         self._max_value_size = max_value_size
         self._from_checkpoint = from_checkpoint
         self._replayed = replayed
         self._checkpoint_problem = checkpoint_problem
+        self._rebuilt = dict(rebuilt or {})
         #: Corrupt records met by reads since the open.
         self._corruptions = 0
         self._checkpointer = Checkpointer(
@@ -131,7 +137,7 @@ class Database:
             self._capture,
             every=checkpoint_every,
             events=from_checkpoint + replayed,
-            saved_at=from_checkpoint if not replayed else -1,
+            saved_at=from_checkpoint if not (replayed or self._rebuilt) else -1,
         )
         self._ops = 0
         self._closed = False
@@ -186,8 +192,9 @@ class Database:
         else:
             await self._enter()
 
-    def _append(self, event: Event, content_ids: list[bytes] | None = None) -> bytes:
-        """The one write path: encode, store (frame, checksum, chain, write), fold."""
+    def _append(self, event: Event) -> bytes:
+        """The one write path: encode, store (frame, checksum, chain, write), fold into
+        every projection."""
         data = encode_event(event)
         eid = event_id(data)
         try:
@@ -196,8 +203,7 @@ class Database:
             self._die(exc)
             raise
         self._committer.mark_appended()
-        self._kv.apply(event, eid, location, content_ids)
-        self._feeds.apply(event, eid)
+        self._fold(event, eid, location)
         self._checkpointer.note_event()
         return eid
 
@@ -303,7 +309,7 @@ class Database:
         previous = self._kv.current_write_id(namespace, key)
         event = PutEvent(*self._header(), namespace, key, data, previous)
         cid = content_id(data)
-        eid = self._append(event, [cid])
+        eid = self._append(event)
         self._cache.put(cid, data)
         await self._acknowledge()
         return Version(
@@ -340,7 +346,7 @@ class Database:
             return []
         event = BatchEvent(*self._header(), tuple(writes))
         cids = [content_id(w.value) for w in writes if w.value is not None]
-        eid = self._append(event, cids)
+        eid = self._append(event)
         versions = []
         for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             assert w.value is not None
@@ -554,6 +560,7 @@ class Database:
             checkpoint_events=self._from_checkpoint,
             replayed_events=self._replayed,
             checkpoint_ignored=self._checkpoint_problem,
+            projections_rebuilt=dict(self._rebuilt),
             corruptions=self._corruptions,
             set_aside_files=s.get("set_aside_files", 0),
             set_aside_bytes=s.get("set_aside_bytes", 0),
@@ -562,6 +569,19 @@ class Database:
     def roots(self) -> dict[str, str]:
         """Each canonical agent's chain head (hex): this node's view of its local logs."""
         return {agent: self._store.cursor(agent).root.hex() for agent in AGENTS}
+
+    def projection(self, name: str) -> Projection:
+        """The registered projection called ``name`` (``"kv"``, ``"feeds"``, or one
+        passed to :func:`koru.open`), to read from. Its state is the database's own:
+        read it, never change it.
+
+        Raises:
+            InvalidArgumentError: no projection has that name.
+        """
+        try:
+            return self._projections[name]
+        except (KeyError, TypeError):
+            raise InvalidArgumentError(f"no projection is called {name!r}") from None
 
     def digest(self) -> str:
         """One hash of the whole state (hex): equal on every node holding the same
@@ -577,7 +597,7 @@ class Database:
 
     def _capture(self) -> dict[str, Any]:
         cursors = {a: self._store.cursor(a) for a in self._store.agents()}
-        return capture_checkpoint(self._kv, self._feeds, cursors, self._hlc.last, self._node)
+        return capture_checkpoint(self._projections, cursors, self._hlc.last, self._node)
 
     async def run_background(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -10,6 +10,9 @@ fails its checks is corruption, not the leftovers of a crash.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 import attrs
 
 from koru.events import (
@@ -21,34 +24,61 @@ from koru.events import (
     LogStore,
     decode_trusted,
 )
-from koru.projections import Checkpoint, FeedState, KvState, decode_checkpoint
+from koru.projections import (
+    Checkpoint,
+    FeedState,
+    KvState,
+    Projection,
+    Projections,
+    decode_checkpoint,
+)
 
 from ._checkpointer import CHECKPOINT_FILE
 
-__all__ = ["Loaded", "load"]
+__all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
+
+#: The projections every database has; others are registered after them.
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState)
 
 
 @attrs.define(slots=True)
 class Loaded:
     """The state rebuilt from a store, and how it was obtained."""
 
-    kv: KvState
-    feeds: FeedState
+    projections: Projections
     hlc: int
     #: Events restored from the checkpoint (0 if none was usable).
     from_checkpoint: int
-    #: Events replayed from the log.
+    #: Events replayed from the log past the checkpoint (all of them without one).
     replayed: int
     #: Why the checkpoint file was not used (None if used or absent).
     checkpoint_problem: str | None = None
+    #: Projections whose checkpoint section was missing, stale or unusable, rebuilt
+    #: from the log while the others loaded theirs, with the reason for each.
+    rebuilt: dict[str, str] = attrs.Factory(dict)
+
+    @property
+    def kv(self) -> KvState:
+        return cast(KvState, self.projections["kv"])
+
+    @property
+    def feeds(self) -> FeedState:
+        return cast(FeedState, self.projections["feeds"])
 
 
-def load(store: LogStore, *, use_checkpoint: bool = True) -> Loaded:
-    """Rebuild state: from this node's checkpoint and the log tail if there is one,
-    else by replaying every log from genesis. Both give identical state.
+def load(
+    store: LogStore,
+    *,
+    use_checkpoint: bool = True,
+    projections: Sequence[type[Projection]] = BUILTIN_PROJECTIONS,
+) -> Loaded:
+    """Rebuild every projection: from this node's checkpoint and the log tail if there
+    is one, else by replaying every log from genesis. Both give identical state.
 
-    ``use_checkpoint=False`` replays from genesis but still holds the log to the
-    checkpoint's cursors (what they prove durable).
+    A projection whose own section of the checkpoint is unusable is rebuilt from
+    genesis alone while the others load theirs. ``use_checkpoint=False`` replays from
+    genesis but still holds the log to the checkpoint's cursors (what they prove
+    durable).
 
     Raises:
         DataLossError: the log ends before what the checkpoint proves durable.
@@ -57,7 +87,7 @@ def load(store: LogStore, *, use_checkpoint: bool = True) -> Loaded:
     """
     checkpoint, problem = _read_checkpoint(store)
     floors = checkpoint.cursors if checkpoint is not None else {}
-    loaded = _replay(store, checkpoint if use_checkpoint else None, floors)
+    loaded = _replay(store, checkpoint if use_checkpoint else None, floors, projections)
     loaded.checkpoint_problem = problem
     return loaded
 
@@ -76,36 +106,78 @@ def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
     return checkpoint, None
 
 
-def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cursor]) -> Loaded:
-    if checkpoint is None:
-        kv, feeds, hlc, cursors, base = KvState(), FeedState(), 0, {}, 0
-    else:
-        kv, feeds, hlc = checkpoint.kv, checkpoint.feeds, checkpoint.hlc
-        cursors, base = checkpoint.cursors, sum(c.count for c in checkpoint.cursors.values())
+def _restore(
+    kinds: Sequence[type[Projection]], checkpoint: Checkpoint | None
+) -> tuple[list[Projection], dict[str, str]]:
+    """Each projection from its section, or empty (and listed for a rebuild, with why)."""
+    members: list[Projection] = []
+    rebuild: dict[str, str] = {}
+    for kind in kinds:
+        member: Projection | None = None
+        section: tuple[int, Any] | None = None
+        if checkpoint is not None:
+            section = checkpoint.sections.get(kind.name)
+            if section is None:
+                rebuild[kind.name] = "no section in the checkpoint"
+            elif section[0] != kind.version:
+                rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
+            else:
+                try:
+                    member = kind.restore(section[1])
+                except Exception as exc:
+                    # Why broadly: the file's checksum passed, so a section that fails
+                    # is a format bug or a crafted file; that projection rebuilds.
+                    rebuild[kind.name] = f"unusable section: {exc!r}"
+        members.append(member if member is not None else kind())
+    return members, rebuild
+
+
+def _replay(
+    store: LogStore,
+    checkpoint: Checkpoint | None,
+    floors: dict[str, Cursor],
+    kinds: Sequence[type[Projection]],
+) -> Loaded:
+    members, rebuild = _restore(kinds, checkpoint)
+    if checkpoint is not None and len(rebuild) == len(members):
+        checkpoint = None  # nothing usable in it: a plain full replay
+        rebuild = {}
+    hlc, cursors, base = 0, {}, 0
+    if checkpoint is not None:
+        hlc, cursors = checkpoint.hlc, checkpoint.cursors
+        base = sum(c.count for c in cursors.values())
+    # Records before the checkpoint's cursor are folded only into the projections being
+    # rebuilt; from the cursor on, into all. Without a rebuild, replay starts there.
+    from_genesis = checkpoint is None or bool(rebuild)
+    refold = set(rebuild)
+    if from_genesis:
+        # The feeds are the replay's own check of every record (below), so they are
+        # refolded from genesis with whatever is rebuilt; cheap, and not reported.
+        refold.add(FeedState.name)
+        members = [FeedState() if p.name == FeedState.name else p for p in members]
+    projections = Projections(members)
+    every = tuple(p.apply for p in members)
+    some = tuple(p.apply for p in members if p.name in refold)
+    feeds = cast(FeedState, projections[FeedState.name])
+    head_of = feeds.heads.get
     replayed = 0
     present = store.agents()
-    agents = [a for a in AGENTS if a in cursors or a in floors or a in present]
-    heads = feeds.heads
-    head_of = heads.get
-    for agent in agents:
-        records = store.replay(agent, cursors.get(agent), floors.get(agent))
-        for location, position, eid, _, data in records:
+    for agent in [a for a in AGENTS if a in cursors or a in floors or a in present]:
+        cursor = cursors.get(agent)
+        start = None if from_genesis else cursor
+        boundary = cursor.count if cursor is not None and from_genesis else 0
+        first = start.count if start is not None else 0
+        for location, position, eid, _, data in store.replay(agent, start, floors.get(agent)):
             try:
                 event = decode_trusted(data)
-                origin, ev_agent, seq, prev, ts = (
-                    event.origin,
-                    event.agent,
-                    event.seq,
-                    event.prev,
-                    event.hlc,
-                )
+                # The header fields, in order (every event type is a tuple starting so).
+                origin, ev_agent, seq, prev, ts = cast("tuple[Any, ...]", event)[:5]
                 if ev_agent != agent:
                     raise CodecError(f"an event of agent {ev_agent!r} in this log")
                 # Every feed in a local log is contiguous (the ingest path holds gaps
                 # back and refuses forks), so anything else was not written by koru.
                 # (FeedState.follows, inlined: this runs once per event.)
-                feed = (origin, agent)
-                head = head_of(feed)
+                head = head_of((origin, agent))
                 if (
                     (seq != 1 or prev is not None)
                     if head is None
@@ -114,8 +186,8 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                     raise CodecError(
                         f"event {seq} of origin {origin.hex()} does not follow its feed"
                     )
-                kv.apply(event, eid, location)
-                heads[feed] = (seq, eid)
+                for apply in every if position >= boundary else some:
+                    apply(event, eid, location)
             except CodecError as exc:
                 _, _, offset, path = store.locate(location)
                 raise CorruptLogError(
@@ -123,5 +195,5 @@ def _replay(store: LogStore, checkpoint: Checkpoint | None, floors: dict[str, Cu
                 ) from None
             if ts > hlc:
                 hlc = ts
-            replayed += 1
-    return Loaded(kv, feeds, hlc, base, replayed)
+        replayed += store.cursor(agent).count - max(first, boundary)
+    return Loaded(projections, hlc, base, replayed, rebuilt=rebuild)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from koru.events import (
     MemoryStore,
 )
 from koru.nursery import SYNC_MODES, Clock, Committer, SyncMode, SystemClock
+from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
-from ._loader import load
+from ._loader import BUILTIN_PROJECTIONS, load
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
 
@@ -72,8 +74,10 @@ def _check_options(
     checkpoint_every: Any,
     flush_interval: Any,
     segment_size: Any,
+    projections: Any,
 ) -> None:
     """Refuse every bad option with a typed error naming it, before touching disk."""
+    _check_projections(projections)
     if path is not None and not isinstance(path, str | os.PathLike):
         raise InvalidArgumentError(f"path must be a str or path-like, not {path!r}")
     if path is not None and not os.fspath(path):
@@ -100,6 +104,29 @@ def _check_options(
         )
 
 
+def _check_projections(projections: Any) -> None:
+    if isinstance(projections, str | bytes) or not isinstance(projections, Sequence):
+        raise InvalidArgumentError(
+            f"projections must be a sequence of projection classes, not {projections!r}"
+        )
+    names = {kind.name for kind in BUILTIN_PROJECTIONS}
+    for kind in projections:
+        if not isinstance(kind, type) or not all(
+            callable(getattr(kind, m, None)) for m in ("apply", "capture", "restore")
+        ):
+            raise InvalidArgumentError(
+                f"a projection is a class with apply, capture and restore, not {kind!r}"
+            )
+        name, version = getattr(kind, "name", None), getattr(kind, "version", None)
+        if type(name) is not str or not name or type(version) is not int:
+            raise InvalidArgumentError(
+                f"projection {kind.__name__} needs a str name and an int version"
+            )
+        if name in names:
+            raise InvalidArgumentError(f"two projections are called {name!r}")
+        names.add(name)
+
+
 @asynccontextmanager
 async def open(
     path: str | os.PathLike[str] | None = None,
@@ -114,6 +141,7 @@ async def open(
     flush_interval: float = 1.0,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     disk: Disk | None = None,
+    projections: Sequence[type[Projection]] = (),
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
 
@@ -135,6 +163,11 @@ async def open(
         segment_size: bytes per log segment file.
         disk: the filesystem under a file database (default: the operating system's);
             ``koru.simulations`` has a simulated disk that can cut power at any instant.
+        projections: more projections to keep besides the key/value state and the
+            feeds (classes following :class:`koru.projections.Projection`): each is
+            folded every event, checkpointed in its own section and rebuilt from the
+            log when its section is missing or stale; read one with
+            :meth:`Database.projection`.
 
     The database owns a nursery running its background tasks; leaving the block (even
     by cancellation) flushes, fsyncs, checkpoints and closes files.
@@ -157,7 +190,9 @@ async def open(
         checkpoint_every,
         flush_interval,
         segment_size,
+        projections,
     )
+    kinds = (*BUILTIN_PROJECTIONS, *projections)
     rng = random.Random(seed)
     store: LogStore
     if path is not None and os.fspath(path) == MEMORY:
@@ -177,7 +212,7 @@ async def open(
             store.create_node(rng.randbytes(NODE_ID_SIZE))
         node = store.node_id
         assert node is not None
-        loaded = await trio.to_thread.run_sync(load, store)
+        loaded = await trio.to_thread.run_sync(functools.partial(load, store, projections=kinds))
         committer = Committer(store, sync, flush_interval=flush_interval)
         db = Database(
             store=store,
@@ -185,8 +220,7 @@ async def open(
             node_id=node,
             clock=clock if clock is not None else SystemClock(),
             committer=committer,
-            kv=loaded.kv,
-            feeds=loaded.feeds,
+            projections=loaded.projections,
             hlc=loaded.hlc,
             cache=ValueCache(cache_bytes),
             max_value_size=max_value_size,
@@ -194,6 +228,7 @@ async def open(
             from_checkpoint=loaded.from_checkpoint,
             replayed=loaded.replayed,
             checkpoint_problem=loaded.checkpoint_problem,
+            rebuilt=loaded.rebuilt,
         )
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report

@@ -96,6 +96,9 @@ class Stats(NamedTuple):
     replayed_events: int
     #: Why the checkpoint file was not used at open (unreadable, another node's), or None.
     checkpoint_ignored: str | None
+    #: Projections rebuilt from the log at open because their checkpoint section was
+    #: missing, of another version or unusable (name -> why); the others loaded theirs.
+    projections_rebuilt: dict[str, str]
     #: Corrupt records met by reads since the open (each read also raised CorruptLogError).
     corruptions: int
     #: Files recovery moved to ``lost+found/`` at this open (bytes past the point the log

@@ -14,6 +14,8 @@ from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
 from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
+from ._projection import Projection as Projection
+from ._projection import Projections as Projections
 
 __all__ = [
     "NO_ID",
@@ -22,6 +24,8 @@ __all__ = [
     "Checkpoint",
     "FeedState",
     "KvState",
+    "Projection",
+    "Projections",
     "VersionRecord",
     "capture_checkpoint",
     "decode_checkpoint",

@@ -5,7 +5,11 @@ after its cursors. A checkpoint is a hint, never the truth: if it is missing, fa
 checksum, or its cursors do not match the log (checked by the store against the
 stored chain root), the caller replays from genesis and gets identical state.
 
-Format: ``b"KORUCKP1" | blake3(body) | body``, body a CBOR map (plain data only).
+Format: ``b"KORUCKP1" | blake3(body) | body``, body a CBOR map (plain data only):
+``format`` (3), ``node``, ``cursors``, ``hlc`` and ``sections``, one per projection,
+``{name: [section version, data]}``. Sections are independent: each projection restores
+its own (see :mod:`._projection`). Formats 1 and 2 (the key/value state and the feeds as
+two fixed fields) are read as the version-1 sections ``kv`` and ``feeds``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import cbor2
 
 from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Cursor, cbor_head
 
-from ._feeds import FeedState
-from ._kv import KvState
+from ._projection import Projections
 
 __all__ = [
     "Checkpoint",
@@ -29,24 +32,24 @@ __all__ = [
 ]
 
 _MAGIC = b"KORUCKP1"
-#: Format 2 names the node that wrote it; format 1 (no node) is still read.
-_FORMAT = 2
+#: Format 3 holds one section per projection; 2 named the node; 1 is still read.
+_FORMAT = 3
 
 
 @attrs.frozen(slots=True)
 class Checkpoint:
-    """Decoded checkpoint: state, feeds, the cursor of each agent's log, and the node
-    that wrote it (None in a format-1 checkpoint)."""
+    """Decoded checkpoint: each projection's section (``name -> (version, data)``, not
+    yet restored), the cursor of each agent's log, the newest HLC, and the node that
+    wrote it (None in a format-1 checkpoint)."""
 
-    kv: KvState
-    feeds: FeedState
+    sections: dict[str, tuple[int, Any]]
     cursors: dict[str, Cursor]
     hlc: int
     node: bytes | None
 
 
 def capture_checkpoint(
-    kv: KvState, feeds: FeedState, cursors: dict[str, Cursor], hlc: int, node: bytes
+    projections: Projections, cursors: dict[str, Cursor], hlc: int, node: bytes
 ) -> dict[str, Any]:
     """Copy out a consistent snapshot as plain, immutable data.
 
@@ -56,13 +59,12 @@ def capture_checkpoint(
     return {
         "format": _FORMAT,
         "node": node,
-        "kv": kv.snapshot(),
-        "feeds": feeds.snapshot(),
         "cursors": {
             agent: [c.count, c.root, c.segment, c.offset, c.last]
             for agent, c in sorted(cursors.items())
         },
         "hlc": hlc,
+        "sections": projections.capture(),
     }
 
 
@@ -75,11 +77,16 @@ def _encode(value: Any, out: list[bytes], chunk: int) -> None:
     (hundreds of ms at a million versions), freezing the event loop even though the
     encoding happens in a worker thread; between pieces the loop gets to run.
     """
+    if type(value) is list and any(type(v) in (dict, list) for v in value):
+        out.append(cbor_head(4, len(value)))
+        for v in value:
+            _encode(v, out, chunk)
+        return
     if type(value) is not dict:
         out.append(cbor2.dumps(value))
         return
     out.append(cbor_head(5, len(value)))
-    if any(type(v) is dict for v in value.values()):
+    if any(type(v) in (dict, list) for v in value.values()):
         for k, v in value.items():
             out.append(cbor2.dumps(k))
             _encode(v, out, chunk)
@@ -102,7 +109,11 @@ def encode_captured(captured: dict[str, Any], *, chunk: int = 1000) -> list[byte
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:
-    """Decode and verify a checkpoint; raises CorruptCheckpointError if it is unusable."""
+    """Decode and verify a checkpoint; raises CorruptCheckpointError if it is unusable.
+
+    Sections are returned as data: restoring them is each projection's business, and a
+    section that fails costs only that projection a rebuild.
+    """
     if len(data) < len(_MAGIC) + 32 or not data.startswith(_MAGIC):
         raise CorruptCheckpointError("not a koru checkpoint")
     digest = data[len(_MAGIC) : len(_MAGIC) + 32]
@@ -113,10 +124,10 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
     try:
         raw: Any = cbor2.loads(body)
         fmt = raw["format"]
-        if fmt not in (1, _FORMAT) or type(fmt) is not int:
+        if fmt not in (1, 2, _FORMAT) or type(fmt) is not int:
             raise CorruptCheckpointError(f"unknown checkpoint format {fmt!r}")
-        node = raw["node"] if fmt == _FORMAT else None
-        if fmt == _FORMAT and (type(node) is not bytes or len(node) != NODE_ID_SIZE):
+        node = raw["node"] if fmt >= 2 else None
+        if fmt >= 2 and (type(node) is not bytes or len(node) != NODE_ID_SIZE):
             raise CorruptCheckpointError("checkpoint names no valid node id")
         cursors = {}
         for agent, c in raw["cursors"].items():
@@ -131,13 +142,16 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         hlc = raw["hlc"]
         if type(hlc) is not int or hlc < 0:
             raise CorruptCheckpointError("malformed hlc")
-        return Checkpoint(
-            KvState.from_snapshot(raw["kv"]),
-            FeedState.from_snapshot(raw["feeds"]),
-            cursors,
-            hlc,
-            node,
-        )
+        if fmt < 3:  # upcast: the two fixed fields were the version-1 sections
+            sections = {"kv": (1, raw["kv"]), "feeds": (1, raw["feeds"])}
+        else:
+            sections = {}
+            for name, section in raw["sections"].items():
+                version, value = section
+                if type(name) is not str or type(version) is not int:
+                    raise CorruptCheckpointError("malformed section")
+                sections[name] = (version, value)
+        return Checkpoint(sections, cursors, hlc, node)
     except CorruptCheckpointError:
         raise
     except Exception as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from koru.events import Event, PutEvent, content_id, write_id
 
@@ -81,6 +81,10 @@ class KvState:
 
     __slots__ = ("current_sum", "live", "max_hlc", "namespaces", "version_sum", "versions")
 
+    #: The projection's name (its checkpoint section) and section format.
+    name: ClassVar[str] = "kv"
+    version: ClassVar[int] = 1
+
     def __init__(self) -> None:
         #: namespace -> key -> packed version records (bytes after a checkpoint load).
         self.namespaces: dict[str, dict[str, bytearray | bytes]] = {}
@@ -98,85 +102,36 @@ class KvState:
 
     # -- the fold ----------------------------------------------------------------------
 
-    def apply(
-        self,
-        event: Event,
-        event_id: bytes,
-        location: int,
-        content_ids: list[bytes] | None = None,
-    ) -> None:
-        """Fold one event in. Applying an event twice changes nothing.
-
-        ``content_ids`` may pass the writes' content ids (aligned with
-        ``event.writes``) when the caller already hashed the values (the write path),
-        to avoid hashing twice.
-        """
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        """Fold one event in. Applying an event twice changes nothing."""
         origin, hlc = event.origin, event.hlc
         if type(event) is PutEvent:  # the common case, without building Write objects
-            self.apply_put(
-                event.namespace,
-                event.key,
+            value = event.value
+            rec = _REC.pack(
                 hlc,
                 origin,
                 event_id,
-                event.value,
-                event.previous,
+                content_id(value),
+                event.previous or _NO_ID,
                 location,
-                content_ids[0] if content_ids is not None else None,
+                len(value),
+                0,
             )
+            self._insert(event.namespace, event.key, rec, hlc)
             return
         for i, w in enumerate(event.writes):
             data = w.value
-            cid = None if content_ids is None else content_ids[i]
-            if data is not None:
-                self.apply_put(
-                    w.namespace,
-                    w.key,
-                    hlc,
-                    origin,
-                    write_id(event_id, i),
-                    data,
-                    w.previous,
-                    location,
-                    cid,
-                )
-                continue
             rec = _REC.pack(
                 hlc,
                 origin,
                 write_id(event_id, i),
-                _NO_ID,
+                _NO_ID if data is None else content_id(data),
                 w.previous or _NO_ID,
                 location,
-                0,
-                _TOMBSTONE,
+                0 if data is None else len(data),
+                _TOMBSTONE if data is None else 0,
             )
             self._insert(w.namespace, w.key, rec, hlc)
-
-    def apply_put(
-        self,
-        namespace: str,
-        key: str,
-        hlc: int,
-        origin: bytes,
-        wid: bytes,
-        value: bytes,
-        previous: bytes | None,
-        location: int,
-        cid: bytes | None = None,
-    ) -> None:
-        """Fold one value write (the replay hot path calls this directly)."""
-        rec = _REC.pack(
-            hlc,
-            origin,
-            wid,
-            cid if cid is not None else content_id(value),
-            previous or _NO_ID,
-            location,
-            len(value),
-            0,
-        )
-        self._insert(namespace, key, rec, hlc)
 
     def _insert(self, namespace: str, key: str, rec: bytes, hlc: int) -> None:
         """Insert one packed version record in order (idempotent)."""
@@ -301,7 +256,7 @@ class KvState:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def capture(self) -> dict[str, Any]:
         """A plain-data copy of the state, for a checkpoint."""
         return {
             "ns": {
@@ -316,8 +271,8 @@ class KvState:
         }
 
     @classmethod
-    def from_snapshot(cls, data: dict[str, Any]) -> KvState:
-        """Rebuild the state from :meth:`snapshot` output.
+    def restore(cls, data: Any) -> KvState:
+        """Rebuild the state from :meth:`capture` output.
 
         Checks the shape of everything (ValueError/KeyError/TypeError if malformed), so
         a damaged or crafted checkpoint is refused here rather than failing later inside

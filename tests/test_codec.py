@@ -510,7 +510,11 @@ def test_checkpoint_pieces_are_one_cbor_document(state: dict[str, Any]) -> None:
     # the piece size, the result must be exactly cbor2's encoding of the whole.
     from koru.projections import encode_captured
 
-    captured = {"format": 1, "kv": {"ns": state, "live": 3}, "feeds": [], "hlc": 7}
+    captured = {
+        "format": 3,
+        "sections": {"kv": [1, {"ns": state, "live": 3}], "feeds": [2, [[b"o", state]]]},
+        "hlc": 7,
+    }
     for chunk in (1, 2, 1000):
         pieces = encode_captured(captured, chunk=chunk)
         assert b"".join(pieces[2:]) == cbor2.dumps(captured)

@@ -1,0 +1,81 @@
+"""The projection seam: what every projection is, and the set of them folded together.
+
+A projection is a pure fold from events to state. The database registers several (the
+key/value state and the feed heads first; queries, tiers and vector indexes later) and
+every event reaches all of them through :meth:`Projections.apply`: the live write path,
+replay at open and the ingest of other nodes' events. No path folds one projection
+alone, so a projection cannot miss events that arrived some other way.
+
+Each projection owns one section of the checkpoint, with its own format version. A
+section that is missing, of another version or that fails to restore is rebuilt from the
+log for that projection alone; the others load from theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+from koru.events import Event
+
+__all__ = ["Projection", "Projections"]
+
+P = TypeVar("P", bound="Projection")
+
+
+@runtime_checkable
+class Projection(Protocol):
+    """A pure fold from events to state (no I/O, no clock, no trio).
+
+    ``name`` keys its checkpoint section and finds it in the database; ``version`` is
+    the format of that section (bump it when :meth:`capture` changes shape: an old
+    section is then rebuilt from the log, never misread). ``cls()`` is the empty state.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        """Fold one event, stored at ``location`` in this node's log. The same set of
+        events must give the same state in any order a peer may deliver them (per feed,
+        events arrive in sequence order), and applying an event twice changes nothing."""
+        ...
+
+    def capture(self) -> Any:
+        """The state as plain CBOR data (maps, lists, bytes, str, int), immutable from
+        here on: it is encoded in a worker thread while the state moves on."""
+        ...
+
+    @classmethod
+    def restore(cls: type[P], data: Any) -> P:
+        """The state :meth:`capture` returned (same ``version``). Raises ValueError,
+        TypeError or KeyError for data of the wrong shape: that section is then rebuilt."""
+        ...
+
+
+class Projections:
+    """The registered projections, folded together: the one seam every event takes."""
+
+    __slots__ = ("_applies", "_by_name", "members")
+
+    def __init__(self, members: Iterable[Projection]) -> None:
+        self.members: tuple[Projection, ...] = tuple(members)
+        self._by_name = {p.name: p for p in self.members}
+        if len(self._by_name) != len(self.members):
+            raise ValueError("two projections share a name")
+        self._applies = tuple(p.apply for p in self.members)
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        """Fold one event into every projection."""
+        for apply in self._applies:
+            apply(event, event_id, location)
+
+    def __getitem__(self, name: str) -> Projection:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[Projection]:
+        return iter(self.members)
+
+    def capture(self) -> dict[str, list[Any]]:
+        """Every projection's checkpoint section: ``{name: [version, data]}``."""
+        return {p.name: [p.version, p.capture()] for p in self.members}
