@@ -170,7 +170,13 @@ def decode_trusted(data: bytes) -> Event:
         raw = cbor2.loads(data)
     except Exception as exc:
         raise CodecError(f"undecodable event: {exc!r}") from None
-    if type(raw) is not list or len(raw) != 8 or raw[1] != "put" or raw[0] != SCHEMA_VERSION:
+    if (
+        type(raw) is not list
+        or len(raw) != 8
+        or raw[1] != "put"
+        or raw[0] != SCHEMA_VERSION
+        or type(raw[0]) is not int  # True == 1 in Python
+    ):
         return decode_event(data)
     _, _, origin, agent, seq, prev, hlc, body = raw
     if type(body) is not list or len(body) != 4:

@@ -48,6 +48,8 @@ _EXPORTS: dict[str, str] = {
     "NotFoundError": "koru.events",
     "ReadOnlyError": "koru.events",
     "Stats": "koru._types",
+    "IngestResult": "koru._types",
+    "Refused": "koru._types",
     "StorageError": "koru.events",
     "SystemClock": "koru.nursery",
     "TrioClock": "koru.nursery",
@@ -67,6 +69,8 @@ if _typing.TYPE_CHECKING:
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._types import IngestResult as IngestResult
+    from ._types import Refused as Refused
     from ._types import Stats as Stats
     from ._types import Version as Version
     from ._types import Versioned as Versioned
@@ -114,6 +118,8 @@ __all__ = [
     "NoValueAtTimeError",
     "NotFoundError",
     "ReadOnlyError",
+    "IngestResult",
+    "Refused",
     "Stats",
     "StorageError",
     "SystemClock",

@@ -66,8 +66,9 @@ from ._cache import ValueCache
 from ._checkpointer import Checkpointer
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
+from ._ingest import Ingest
 from ._time import to_ns
-from ._types import Stats, Version, Versioned
+from ._types import IngestResult, Stats, Version, Versioned
 
 __all__ = ["Database"]
 
@@ -139,6 +140,7 @@ class Database:
             events=from_checkpoint + replayed,
             saved_at=from_checkpoint if not (replayed or self._rebuilt) else -1,
         )
+        self._ingest = Ingest(store, self._feeds, self._hlc, self._write)
         self._ops = 0
         self._closed = False
         self._shut = False
@@ -193,10 +195,15 @@ class Database:
             await self._enter()
 
     def _append(self, event: Event) -> bytes:
-        """The one write path: encode, store (frame, checksum, chain, write), fold into
-        every projection."""
+        """A local write: encode the event, then the one write path."""
         data = encode_event(event)
         eid = event_id(data)
+        self._write(event, data, eid)
+        return eid
+
+    def _write(self, event: Event, data: bytes, eid: bytes) -> None:
+        """The one write path, for local events and ingested ones: store (frame,
+        checksum, chain, write), fold into every projection, count for checkpoints."""
         try:
             location, _ = self._store.append(event.agent, data, eid)
         except DurabilityError as exc:
@@ -205,7 +212,6 @@ class Database:
         self._committer.mark_appended()
         self._fold(event, eid, location)
         self._checkpointer.note_event()
-        return eid
 
     async def _acknowledge(self) -> None:
         try:
@@ -222,6 +228,9 @@ class Database:
 
     def _header(self) -> tuple[bytes, str, int, bytes | None, int]:
         seq, prev = self._feeds.next(self._node, STORAGE)
+        return self._node, STORAGE, seq, prev, self._hlc.tick(self._now())
+
+    def _now(self) -> int:
         now = self._clock.now_ns()
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
             # Checked before the HLC sees it: one bad reading must not poison every
@@ -229,7 +238,7 @@ class Database:
             raise InvalidArgumentError(
                 f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
             )
-        return self._node, STORAGE, seq, prev, self._hlc.tick(now)
+        return now
 
     def _value_bytes(self, rec_cid: bytes, location: int, namespace: str, key: str) -> bytes:
         data = self._cache.get(rec_cid)
@@ -534,6 +543,80 @@ class Database:
             diff_values(values[0], values[1]),
         )
 
+    # -- events from elsewhere, and this node's feeds ------------------------------------
+
+    async def ingest(self, events: Iterable[bytes]) -> IngestResult:
+        """Take in events written by other nodes (or exported from any database), in
+        any order, with duplicates: each is checked, sequenced in its feed, appended to
+        the local log and folded, and the call returns once they are durable under the
+        database's sync mode. Bad, forked or (beyond a bound) out-of-order events are
+        refused and listed, never stored; the call itself raises only for its caller's
+        mistakes. One call folds its events without yielding: offer large sets in
+        chunks (a few thousand events).
+
+        Raises:
+            InvalidArgumentError: ``events`` is not an iterable of bytes.
+            ReadOnlyError, DatabaseClosedError, DurabilityError.
+        """
+        await self._enter_write()
+        if isinstance(events, str | bytes | bytearray | memoryview) or not isinstance(
+            events, Iterable
+        ):
+            raise InvalidArgumentError(f"ingest takes an iterable of event bytes, not {events!r}")
+        ingest = self._ingest
+        accepted, duplicates = ingest.accepted, ingest.duplicates
+        now = self._now()
+        for data in events:
+            ingest.offer(data, now)
+        if ingest.accepted != accepted:
+            await self._acknowledge()
+        return IngestResult(
+            ingest.accepted - accepted,
+            ingest.duplicates - duplicates,
+            ingest.held,
+            tuple(ingest.take_report()),
+        )
+
+    async def feed_heads(self) -> dict[tuple[str, str], int]:
+        """How far each feed held here goes: ``(origin hex, agent) -> last seq``. What a
+        peer compares with its own to know what to send."""
+        await self._enter()
+        return {(o.hex(), a): head[0] for (o, a), head in self._feeds.heads.items()}
+
+    async def feed_events(
+        self, origin: str, agent: str = STORAGE, after: int = 0, limit: int | None = None
+    ) -> list[bytes]:
+        """The events of one feed after seq ``after``, oldest first, as the bytes to
+        hand to another database's :meth:`ingest` (at most ``limit`` of them).
+
+        Raises:
+            InvalidArgumentError: a malformed origin, agent, ``after`` or ``limit``.
+        """
+        await self._enter()
+        try:
+            node = bytes.fromhex(origin) if type(origin) is str else b""
+        except ValueError:
+            node = b""
+        if len(node) != len(self._node):
+            raise InvalidArgumentError(f"origin must be a node id in hex, not {origin!r}")
+        if agent not in AGENTS:
+            raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
+        if type(after) is not int or after < 0:
+            raise InvalidArgumentError(f"after must be a non-negative int, not {after!r}")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidArgumentError(f"limit must be a non-negative int, not {limit!r}")
+        head = self._feeds.heads.get((node, agent))
+        last = 0 if head is None else head[0]
+        if limit is not None:
+            last = min(last, after + limit)
+        locate = self._feeds.location
+        out = []
+        for seq in range(after + 1, last + 1):
+            location = locate(node, agent, seq)
+            assert location is not None
+            out.append(self._store.read(location))
+        return out
+
     # -- whole-database views ----------------------------------------------------------
 
     def stats(self) -> Stats:
@@ -564,6 +647,9 @@ class Database:
             corruptions=self._corruptions,
             set_aside_files=s.get("set_aside_files", 0),
             set_aside_bytes=s.get("set_aside_bytes", 0),
+            ingested=self._ingest.accepted,
+            forks=self._ingest.forks,
+            held=self._ingest.held,
         )
 
     def roots(self) -> dict[str, str]:

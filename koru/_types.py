@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, NamedTuple
 
-__all__ = ["Stats", "Version", "Versioned"]
+__all__ = ["IngestResult", "Refused", "Stats", "Version", "Versioned"]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -105,3 +105,31 @@ class Stats(NamedTuple):
     #: was proven durable, after a record that failed its checks), and their size.
     set_aside_files: int
     set_aside_bytes: int
+    #: Events from other nodes taken in by ``ingest`` since the open, forks refused,
+    #: and events held back waiting for their predecessors now.
+    ingested: int
+    forks: int
+    held: int
+
+
+class Refused(NamedTuple):
+    """An event the ingest path would not take, and why."""
+
+    #: The event's id (hex), or None if the bytes were not an event at all.
+    event_id: str | None
+    reason: str
+    #: True for a fork: a second, different event where the feed already has one.
+    fork: bool = False
+
+
+class IngestResult(NamedTuple):
+    """What :meth:`Database.ingest` did with the events it was offered."""
+
+    #: Appended to the local log and folded (including held events they released).
+    accepted: int
+    #: Already held: nothing changed.
+    duplicates: int
+    #: Events (from this call or earlier ones) waiting for their predecessors.
+    held: int
+    #: Events refused, with why (forks among them, marked).
+    refused: tuple[Refused, ...]

@@ -25,6 +25,7 @@ from koru.events import (
     Write,
     content_id,
     decode_event,
+    decode_trusted,
     decode_value,
     decode_value_strict,
     encode_event,
@@ -354,6 +355,22 @@ MALFORMED_EVENTS: list[tuple[str, bytes]] = [
 def test_malformed_event_is_rejected(data: bytes) -> None:
     with pytest.raises(CodecError):
         decode_event(data)
+
+
+# Past the encoding problems (which only the canonical re-encoding catches), every entry
+# is an event no valid log holds: the trusted decoder of replay must refuse each too.
+_FIELD_LEVEL = [name for name, _ in MALFORMED_EVENTS]
+_FIELD_LEVEL = _FIELD_LEVEL[_FIELD_LEVEL.index("unknown event type") :]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [d for name, d in MALFORMED_EVENTS if name in _FIELD_LEVEL],
+    ids=_FIELD_LEVEL,
+)
+def test_the_trusted_decoder_rejects_malformed_fields(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_trusted(data)
 
 
 def test_batch_may_write_the_same_key_in_two_namespaces() -> None:

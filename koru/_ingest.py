@@ -1,0 +1,194 @@
+"""The one way in for events this node did not write: peer sync, imports, simulations.
+
+An event from elsewhere is untrusted bytes. It is decoded strictly (values too), its
+id is computed from those bytes, and it must continue its feed, the (origin, agent)
+sequence it belongs to:
+
+- the next one (its ``seq`` one past the feed's head, its ``prev`` the head's id) is
+  appended to the local log, chained into the agent's root, and folded through every
+  projection, exactly as a local write is;
+- one already held, with the same id, is a duplicate and changes nothing;
+- a different event for a ``seq`` already held, or a next one whose ``prev`` names
+  another event, is a **fork**: the origin (or someone speaking for it) wrote two
+  histories. It is refused, reported and counted, never folded;
+- one further ahead is held back in memory until the events before it arrive (a feed is
+  never folded out of order), up to a bound; past it, it is refused as a gap, and the
+  sender can offer it again later.
+
+Every event's timestamp moves this node's hybrid logical clock forward, so that what
+this node writes next is ordered after what it has seen; a timestamp too far ahead of
+this node's wall clock is refused, so that one lying peer cannot push every later
+timestamp to the end of time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+from koru.events import (
+    AGENTS,
+    MAX_EVENT_SIZE,
+    CodecError,
+    Event,
+    HybridLogicalClock,
+    LogStore,
+    decode_event,
+    event_id,
+)
+from koru.projections import FeedState
+
+from ._types import Refused
+
+__all__ = ["MAX_CLOCK_AHEAD_NS", "MAX_HELD_BYTES", "MAX_HELD_EVENTS", "Ingest"]
+
+_log = logging.getLogger("koru")
+
+#: How far (ns) an event's timestamp may be ahead of this node's wall clock: one hour.
+MAX_CLOCK_AHEAD_NS = 3600 * 10**9
+#: Bounds on events held back for a gap in their feed (all feeds together).
+MAX_HELD_EVENTS = 100_000
+MAX_HELD_BYTES = 256 * 1024 * 1024
+
+Feed = tuple[bytes, str]
+
+
+class _Held(NamedTuple):
+    event: Event
+    data: bytes
+    eid: bytes
+
+
+class Ingest:
+    """Sequences events from other origins into the local log (see the module doc).
+
+    ``append`` is the database's one write path for bytes already encoded: store,
+    fold into every projection, count for the checkpointer.
+    """
+
+    def __init__(
+        self,
+        store: LogStore,
+        feeds: FeedState,
+        hlc: HybridLogicalClock,
+        append: Callable[[Event, bytes, bytes], None],
+    ) -> None:
+        self._store = store
+        self._feeds = feeds
+        self._hlc = hlc
+        self._append = append
+        self._held: dict[tuple[Feed, int], _Held] = {}
+        self._held_bytes = 0
+        self._report: list[Refused] = []
+        #: Totals since the open.
+        self.accepted = 0
+        self.duplicates = 0
+        self.forks = 0
+        self.refused = 0
+
+    @property
+    def held(self) -> int:
+        """Events waiting for their predecessors."""
+        return len(self._held)
+
+    def take_report(self) -> list[Refused]:
+        """The refusals since the last call (also of held events released, and refused,
+        by a later event)."""
+        report, self._report = self._report, []
+        return report
+
+    def offer(self, data: object, now_ns: int) -> Refused | None:
+        """Take one event's bytes: appended (with any held events it releases), held
+        back, or a duplicate give None; anything else, a :class:`Refused` (also kept
+        for :meth:`take_report`)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            return self._refuse(None, f"an event is bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > MAX_EVENT_SIZE:
+            return self._refuse(None, f"{len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit")
+        try:
+            event = decode_event(data, check_values=True)
+        except CodecError as exc:
+            return self._refuse(None, f"not a valid event: {exc}")
+        eid = event_id(data)
+        if event.agent not in AGENTS:
+            return self._refuse(eid, f"unknown agent {event.agent!r}")
+        if event.hlc > now_ns + MAX_CLOCK_AHEAD_NS:
+            ahead = (event.hlc - now_ns) / 1e9
+            return self._refuse(eid, f"its timestamp is {ahead:.0f} s ahead of this node's clock")
+        return self._place(_Held(event, data, eid))
+
+    def _place(self, item: _Held) -> Refused | None:
+        event, eid = item.event, item.eid
+        feed = (event.origin, event.agent)
+        head = self._feeds.heads.get(feed)
+        expected = 1 if head is None else head[0] + 1
+        if event.seq < expected:
+            assert head is not None
+            held_id = head[1] if event.seq == head[0] else self._id_at(feed, event.seq)
+            if held_id == eid:
+                self.duplicates += 1
+                return None
+            return self._fork(item, f"event {event.seq} of its feed is already {held_id.hex()}")
+        if event.seq > expected:
+            return self._hold(feed, item, expected)
+        if event.prev != (None if head is None else head[1]):
+            return self._fork(item, f"its prev does not name event {event.seq - 1} of its feed")
+        self._accept(item)
+        self._release(feed)
+        return None
+
+    def _accept(self, item: _Held) -> None:
+        self._append(item.event, item.data, item.eid)
+        self._hlc.observe(item.event.hlc)
+        self.accepted += 1
+
+    def _release(self, feed: Feed) -> None:
+        """Accept held events of ``feed`` that now follow it."""
+        while self._held:
+            head = self._feeds.heads[feed]
+            item = self._held.pop((feed, head[0] + 1), None)
+            if item is None:
+                return
+            self._held_bytes -= len(item.data)
+            if item.event.prev != head[1]:
+                self._fork(item, f"its prev does not name event {head[0]} of its feed")
+                return
+            self._accept(item)
+
+    def _hold(self, feed: Feed, item: _Held, expected: int) -> Refused | None:
+        slot = (feed, item.event.seq)
+        other = self._held.get(slot)
+        if other is not None:
+            if other.eid == item.eid:
+                self.duplicates += 1
+                return None
+            return self._fork(item, f"another event {item.event.seq} of its feed is held")
+        if len(self._held) >= MAX_HELD_EVENTS or self._held_bytes + len(item.data) > MAX_HELD_BYTES:
+            return self._refuse(
+                item.eid,
+                f"a gap: event {item.event.seq} of its feed, {expected} expected, and no room "
+                "to hold it; offer it again after the events before it",
+            )
+        self._held[slot] = item
+        self._held_bytes += len(item.data)
+        return None
+
+    def _id_at(self, feed: Feed, seq: int) -> bytes:
+        """The id of the held event ``seq`` of ``feed``, from the log."""
+        location = self._feeds.location(feed[0], feed[1], seq)
+        assert location is not None  # every seq up to the head is held
+        return event_id(self._store.read(location))
+
+    def _fork(self, item: _Held, why: str) -> Refused:
+        self.forks += 1
+        origin = item.event.origin.hex()
+        _log.warning("koru: refused a fork from origin %s: %s", origin, why)
+        return self._refuse(item.eid, f"a fork of origin {origin}'s feed: {why}", fork=True)
+
+    def _refuse(self, eid: bytes | None, reason: str, *, fork: bool = False) -> Refused:
+        self.refused += 1
+        refused = Refused(None if eid is None else eid.hex(), reason, fork)
+        self._report.append(refused)
+        return refused
