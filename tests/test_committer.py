@@ -36,7 +36,7 @@ class CountingStore(MemoryStore):
 
 async def test_always_waits_for_a_sync_and_writers_share_it() -> None:
     store = CountingStore()
-    committer = Committer(store, "always")
+    committer = Committer(store, "always", flush_interval=1.0)
     acked = []
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
@@ -60,7 +60,7 @@ async def test_always_waits_for_a_sync_and_writers_share_it() -> None:
 @pytest.mark.parametrize("mode", ["os", "never"])
 async def test_other_modes_acknowledge_without_sync(mode: str) -> None:
     store = CountingStore()
-    committer = Committer(store, mode)  # type: ignore[arg-type]
+    committer = Committer(store, mode, flush_interval=1.0)  # type: ignore[arg-type]
     committer.mark_appended()
     with trio.fail_after(1):
         await committer.wait_durable()
@@ -80,7 +80,7 @@ async def test_never_mode_flushes_on_its_interval(autojump_clock: trio.testing.M
 async def test_failed_sync_is_fatal_for_every_waiter_and_later_writes() -> None:
     store = CountingStore()
     store.fail = True
-    committer = Committer(store, "always")
+    committer = Committer(store, "always", flush_interval=1.0)
     errors = []
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
@@ -132,7 +132,7 @@ async def test_a_writer_that_joins_a_round_in_progress_waits_for_the_next() -> N
     """Writers append while a sync runs in a worker thread; each must be acknowledged
     only by a sync that began after its record was appended."""
     store = SlowDisk()
-    committer = Committer(store, "always", inline_sync_max=0.0)
+    committer = Committer(store, "always", flush_interval=1.0, inline_sync_max=0.0)
     rng = random.Random(3)
     early: list[tuple[int, int]] = []
     joined_mid_sync = 0
@@ -165,7 +165,7 @@ async def test_a_slow_device_syncs_off_the_event_loop() -> None:
     for latency, expect_thread in ((0.02, True), (0.0, False)):
         store = SlowDisk()
         store.latency = latency
-        committer = Committer(store, "always")
+        committer = Committer(store, "always", flush_interval=1.0)
         ticks_during_syncs = 0
         done = False
 
@@ -187,6 +187,62 @@ async def test_a_slow_device_syncs_off_the_event_loop() -> None:
         assert (ticks_during_syncs > 5) is expect_thread, ticks_during_syncs
 
 
+async def test_a_fast_device_syncs_inline_from_the_first_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device whose syncs take microseconds never pays the thread hop (~100 µs), not
+    even for the first sync, and however many rounds it runs."""
+    hops = 0
+    real = trio.to_thread.run_sync
+
+    async def counting(*args: object, **kw: object) -> object:
+        nonlocal hops
+        hops += 1
+        return await real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    store = CountingStore()
+    committer = Committer(store, "always", flush_interval=1.0)
+    for _ in range(300):
+        committer.mark_appended()
+        await committer.wait_durable()
+    assert (hops, committer.syncs, store.synced) == (0, 300, 300)
+
+
+async def test_a_sync_with_nothing_new_is_skipped() -> None:
+    store = CountingStore()
+    committer = Committer(store, "always", flush_interval=1.0)
+    for _ in range(300):
+        committer.mark_appended()
+    await committer.sync_now()
+    await committer.sync_now()  # nothing appended since: no second fsync
+    assert (committer.syncs, store.synced, committer.durable) == (1, 1, 300)
+    committer.mark_appended()
+    await committer.sync_now()
+    assert (committer.syncs, committer.durable) == (2, 301)
+
+
+async def test_a_failed_flush_stops_the_flusher_and_fails_the_next_sync(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class FailingFlush(CountingStore):
+        def flush(self) -> None:
+            super().flush()
+            if self.flushed >= 3:
+                raise DurabilityError("write failed: injected")
+
+    store = FailingFlush()
+    committer = Committer(store, "never", flush_interval=1.0)
+    async with trio.open_nursery() as nursery:  # the flusher returns; nothing raises out
+        await nursery.start(committer.run)
+        await trio.sleep(10)
+    assert store.flushed == 3  # it stopped at the failure
+    assert committer.error is not None
+    committer.mark_appended()
+    with pytest.raises(DurabilityError, match="injected"):
+        await committer.sync_now()
+
+
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(koru.InvalidArgumentError, match="sync must be one of"):
-        Committer(MemoryStore(), "sometimes")  # type: ignore[arg-type]
+        Committer(MemoryStore(), "sometimes", flush_interval=1.0)  # type: ignore[arg-type]
