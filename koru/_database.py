@@ -51,7 +51,7 @@ from koru.events import (
     event_id,
     write_id,
 )
-from koru.nursery import Clock, Committer
+from koru.nursery import Checkpointer, Clock, Committer
 from koru.projections import (
     TOMBSTONE,
     FeedState,
@@ -63,7 +63,6 @@ from koru.projections import (
 )
 
 from ._cache import ValueCache
-from ._checkpointer import Checkpointer
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
 from ._ingest import Ingest

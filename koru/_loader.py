@@ -24,6 +24,7 @@ from koru.events import (
     LogStore,
     decode_trusted,
 )
+from koru.nursery import CHECKPOINT_FILE
 from koru.projections import (
     Checkpoint,
     FeedState,
@@ -32,8 +33,6 @@ from koru.projections import (
     Projections,
     decode_checkpoint,
 )
-
-from ._checkpointer import CHECKPOINT_FILE
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 

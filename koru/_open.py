@@ -28,7 +28,7 @@ from koru.events import (
     LogStore,
     MemoryStore,
 )
-from koru.nursery import SYNC_MODES, Clock, Committer, SyncMode, SystemClock
+from koru.nursery import SYNC_MODES, Clock, Committer, SyncMode, SystemClock, supervise
 from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
@@ -235,19 +235,11 @@ async def open(
             store.close()
         raise
     try:
-        async with trio.open_nursery() as nursery:
+        async with supervise(db._die) as supervisor:
             if not readonly:
-                await nursery.start(committer.run)
-                await nursery.start(db.run_background)
-            try:
-                yield db
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The background tasks never raise, so a group can only wrap the caller's own
-        # exception from the ``async with`` body: hand it back unwrapped.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group.exceptions[0].__cause__
-        raise
+                if sync == "never":
+                    await supervisor.start("flusher", committer.run)
+                await supervisor.start("checkpointer", db.run_background)
+            yield db
     finally:
         await db.aclose()

@@ -29,7 +29,7 @@ import trio
 
 from koru.events import DurabilityError, InvalidArgumentError, LogStore
 
-__all__ = ["SYNC_MODES", "Committer", "SyncMode"]
+__all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "SyncMode"]
 
 SyncMode = Literal["always", "os", "never"]
 SYNC_MODES: tuple[str, ...] = ("always", "os", "never")

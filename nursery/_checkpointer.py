@@ -8,8 +8,9 @@ from typing import Any
 import trio
 
 from koru.events import DurabilityError, LogStore, StorageError
-from koru.nursery import Committer
 from koru.projections import encode_captured
+
+from ._committer import Committer
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
 
