@@ -51,6 +51,7 @@ from ._frame import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
+    SegmentHeader,
     TornRecord,
     encode_record,
     encode_segment_header,
@@ -623,6 +624,95 @@ class FileStore:
             len(tail),
             target,
         )
+
+    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+        """See :meth:`LogStore.records`. Reads snapshots of the segment files; the chain
+        is verified from the header of the segment holding ``start``. A writer's handle
+        first pushes its buffered records to the file, so that they are included."""
+        if agent not in self._logs:
+            raise InvalidArgumentError(f"no agent is called {agent!r}")
+        log = self._logs[agent]
+        writer = not self.readonly and log.ready
+        if writer:
+            self._flush_log(log)
+            segments, end = list(log.segments), (log.seg, log.offset)
+        else:
+            # Listed again: another process may have written more since this store opened.
+            segments, end = self._agent_log(agent).segments, None
+        first = 0
+        for i, seg in enumerate(segments[1:], 1):  # the last segment starting at or before
+            header = self._read_header(log, seg)
+            if header is None or header.first_index > start:
+                break
+            first = i
+        for i in range(first, len(segments)):
+            seg, last = segments[i], i == len(segments) - 1
+            path = log.path(seg)
+            try:
+                data = self._disk.read_file(path)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+            if end is not None and seg == end[0]:
+                data = data[: end[1]]
+            try:
+                header = parse_segment_header(data[:SEGMENT_HEADER_SIZE])
+            except TornRecord:
+                if last and end is None:
+                    return  # a segment another process has just created
+                raise CorruptLogError(
+                    agent, start, 0, "segment header is incomplete", path
+                ) from None
+            except FrameError as exc:
+                raise CorruptLogError(agent, start, 0, str(exc), path) from None
+            if header.agent_index != log.index:
+                raise CorruptLogError(
+                    agent, header.first_index, 0, "segment of another agent's log", path
+                )
+            scan = SegmentScan(
+                data,
+                SEGMENT_HEADER_SIZE,
+                header.prev_root,
+                header.first_index,
+                pack_location(log.index, seg, 0),
+            )
+            for record in scan:
+                if record.position >= start:
+                    yield record
+            if scan.failure is not None:
+                rest = memoryview(data)[scan.offset :]
+                if last and end is None and (scan.torn or not any(rest)):
+                    return  # the end of what another process has written so far
+                raise CorruptLogError(agent, scan.count, scan.offset, scan.failure, path)
+            if i + 1 < len(segments):
+                following = self._read_header(log, segments[i + 1])
+                if following is not None and (
+                    following.first_index != scan.count or following.prev_root != scan.root
+                ):
+                    raise CorruptLogError(
+                        agent,
+                        scan.count,
+                        0,
+                        "segment does not continue the chain",
+                        log.path(segments[i + 1]),
+                    )
+
+    def _read_header(self, log: _AgentLog, seg: int) -> SegmentHeader | None:
+        """A segment's header; None if it is not all there (a segment being created)."""
+        path = log.path(seg)
+        try:
+            fd = self._disk.open(path, os.O_RDONLY)
+            try:
+                head = self._disk.pread(fd, SEGMENT_HEADER_SIZE, 0)
+            finally:
+                self._disk.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        try:
+            return parse_segment_header(head)
+        except TornRecord:
+            return None
+        except FrameError as exc:
+            raise CorruptLogError(log.name, 0, 0, str(exc), path) from None
 
     def cursor(self, agent: str) -> Cursor:
         log = self._logs[agent]

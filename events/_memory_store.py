@@ -58,6 +58,13 @@ class MemoryStore:
             data, eid, root = log[i]
             yield Record(pack_location(idx, 0, i), i, eid, root, data)
 
+    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+        log = self._logs.get(agent, [])
+        idx = agent_index(agent)
+        for position in range(max(start, 0), len(log)):
+            data, eid, root = log[position]
+            yield Record(pack_location(idx, 0, position), position, eid, root, data)
+
     def cursor(self, agent: str) -> Cursor:
         log = self._logs.get(agent, [])
         root = log[-1][2] if log else genesis_root(agent)

@@ -104,6 +104,21 @@ class LogStore(Protocol):
         """
         ...
 
+    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+        """Yield the agent's records from position ``start``, verified (checksums and
+        chain from the log's genesis), with no side effects: never repairs, never moves
+        the log's end, safe on a read-only handle or a live writer's. For export, sync,
+        ``kdelta events`` and ``verify``; recovery is :meth:`replay`'s business.
+
+        It ends where the log ends: at this handle's end for a writer, and for a reader
+        at the last whole record (a record another process is still writing, or space
+        allocated ahead, is not an error).
+
+        Raises:
+            CorruptLogError: a record before that end fails a check.
+        """
+        ...
+
     def cursor(self, agent: str) -> Cursor:
         """The current end of the agent's log."""
         ...

@@ -687,3 +687,87 @@ class TestFileStore:
         (kept,) = (path / LOST_FOUND).iterdir()
         assert kept.read_bytes() == bytes(raw[proof.offset :])
         assert kept.name == f"{AGENT}-00000001-{proof.offset}.0.bin"
+
+
+# -- the reader with no side effects --------------------------------------------------------
+
+
+def test_records_reads_what_replay_reads_from_any_position(backend: Backend) -> None:
+    store = backend.open()
+    appended = append_all(store, make_events(40, size=30))
+    expected = [(a.location, i, a.event_id, a.root, a.data) for i, a in enumerate(appended)]
+    for reopen in (False, True):  # the writer live, then reopened
+        if reopen:
+            store = backend.reopen(store)
+        assert [tuple(r) for r in store.records(AGENT)] == expected
+        for start in (0, 1, 17, 39, 40, 99):
+            assert [tuple(r) for r in store.records(AGENT, start)] == expected[start:]
+        assert list(store.records(OTHER)) == []
+    store = backend.reopen(store)
+    assert [tuple(r) for r in replay_list(store, AGENT)] == expected
+    assert [tuple(r) for r in store.records(AGENT)] == expected
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("segment_size", [400, 1 << 20])
+def test_records_on_a_torn_tail_reads_to_it_and_repairs_nothing(
+    tmp_path: Path, segment_size: int
+) -> None:
+    path = tmp_path / "db"
+    store = open_store(path, segment_size=segment_size)
+    appended = append_all(store, make_events(20, size=30))
+    store.close()
+    last = _segment_files(path)[-1]
+    size = last.stat().st_size
+    os.truncate(last, size - 5)  # the last record torn
+    before = _tree(path)
+    reader = FileStore(path, readonly=True)
+    try:
+        records = list(reader.records(AGENT))
+    finally:
+        reader.close()
+    assert [r.event_id for r in records] == [a.event_id for a in appended[:-1]]
+    assert _tree(path) == before  # nothing was cut, moved or written
+
+
+def test_records_reports_corruption_before_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = open_store(path, segment_size=400)
+    append_all(store, make_events(20, size=30))
+    store.close()
+    segments = _segment_files(path)
+    middle = segments[len(segments) // 2]
+    data = bytearray(middle.read_bytes())
+    data[70] ^= 0x01  # inside the first record of that segment
+    middle.write_bytes(bytes(data))
+    before = _tree(path)
+    reader = FileStore(path, readonly=True)
+    try:
+        with pytest.raises(CorruptLogError) as info:
+            list(reader.records(AGENT))
+        assert info.value.path == str(middle)
+    finally:
+        reader.close()
+    assert _tree(path) == before
+
+
+def test_records_from_a_reader_follows_a_live_writer(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    writer = open_store(path, segment_size=400)
+    events = make_events(60, size=30)
+    append_all(writer, events[:10])
+    writer.sync()
+    reader = FileStore(path, readonly=True)  # listed while the writer has one segment
+    try:
+        assert len(list(reader.records(AGENT))) == 10
+        append_all(writer, events[10:])  # several more segments
+        writer.flush()
+        assert [r.event_id for r in reader.records(AGENT)] == [e for _, e in events]
+    finally:
+        reader.close()
+        writer.close()
