@@ -25,8 +25,6 @@ from koru.events import (
     AGENTS,
     STORAGE,
     BatchEvent,
-    CodecError,
-    CorruptLogError,
     DatabaseClosedError,
     DeleteEvent,
     DurabilityError,
@@ -43,9 +41,7 @@ from koru.events import (
     Write,
     check_name,
     content_id,
-    decode_trusted,
     decode_value,
-    decode_value_strict,
     encode_event,
     encode_value,
     event_id,
@@ -66,6 +62,7 @@ from ._cache import ValueCache
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
 from ._ingest import Ingest
+from ._reader import ValueReader
 from ._time import to_ns
 from ._types import IngestResult, Stats, Version, Versioned
 
@@ -79,13 +76,6 @@ _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 
 def _hex(b: bytes | None) -> str | None:
     return None if b is None else b.hex()
-
-
-def _value_of(event: Event, namespace: str, key: str) -> bytes:
-    for w in event.writes:
-        if w.namespace == namespace and w.key == key and w.value is not None:
-            return w.value
-    raise CodecError("no value of that key in the event")
 
 
 class Database:
@@ -124,13 +114,12 @@ class Database:
         self._fold = projections.apply
         self._hlc = HybridLogicalClock(hlc)
         self._cache = cache
+        self._values = ValueReader(store, cache)
         self._max_value_size = max_value_size
         self._from_checkpoint = from_checkpoint
         self._replayed = replayed
         self._checkpoint_problem = checkpoint_problem
         self._rebuilt = dict(rebuilt or {})
-        #: Corrupt records met by reads since the open.
-        self._corruptions = 0
         self._checkpointer = Checkpointer(
             store,
             committer,
@@ -180,6 +169,12 @@ class Database:
             await self._yield()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _enter_key(self, namespace: str, key: str) -> None:
+        """Start a read of one key: :meth:`_enter`, then both names checked."""
+        await self._enter()
+        check_name(namespace, "namespace")
+        check_name(key, "key")
 
     async def _enter_write(self) -> None:
         if self._readonly:
@@ -239,38 +234,8 @@ class Database:
             )
         return now
 
-    def _value_bytes(self, rec_cid: bytes, location: int, namespace: str, key: str) -> bytes:
-        data = self._cache.get(rec_cid)
-        if data is None:
-            try:
-                data = self._load_value(rec_cid, location, namespace, key)
-            except CorruptLogError:
-                self._corruptions += 1
-                raise
-            self._cache.put(rec_cid, data)
-        return data
-
-    def _load_value(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
-        """Read a value from the log, proven to be the one the projection recorded.
-
-        Why the proof: records before a checkpoint's cursor are not re-verified when a
-        database opens, so a record swapped with another of the same size, or rewritten
-        with fresh checksums, would otherwise be served. The content id (blake3 of the
-        value's bytes, kept in the projection) settles it in one hash. The value is also
-        decoded strictly once here (replay does not decode values), so that what enters
-        the cache always decodes: reads from the cache never meet a malformed value.
-        """
-        data = self._store.read(location)
-        try:
-            value = _value_of(decode_trusted(data), namespace, key)
-            if content_id(value) != cid:
-                raise CodecError(f"it holds another value (content id {cid.hex()} expected)")
-            decode_value_strict(value)
-            return value
-        except CodecError as exc:
-            reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"
-        agent, position, offset, path = self._store.locate(location)
-        raise CorruptLogError(agent, position, offset, reason, path)
+    def _value_bytes(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+        return self._values.value_bytes(cid, location, namespace, key)
 
     def _version(self, namespace: str, key: str, r: VersionRecord) -> Version:
         return Version(
@@ -285,17 +250,7 @@ class Database:
         )
 
     def _versioned(self, namespace: str, key: str, r: VersionRecord, value: Any) -> Versioned:
-        return Versioned(
-            value,
-            namespace,
-            key,
-            r.write_id.hex(),
-            _hex(r.content_id),
-            r.hlc,
-            _hex(r.previous),
-            r.origin.hex(),
-            r.deleted,
-        )
+        return Versioned(value, *self._version(namespace, key, r))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -429,9 +384,7 @@ class Database:
         Raises:
             KeyNotFoundError: never written, or deleted.
         """
-        await self._enter()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
+        await self._enter_key(namespace, key)
         r = self._kv.current(namespace, key)
         if r is None or r.deleted or r.content_id is None:
             raise KeyNotFoundError(namespace, key)
@@ -446,9 +399,7 @@ class Database:
             NoValueAtTimeError: not yet written then, or deleted then.
             InvalidDataError: ``at`` is not a usable time.
         """
-        await self._enter()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
+        await self._enter_key(namespace, key)
         ns = to_ns(at)
         r = self._kv.at(namespace, key, ns)
         if r is None or r.deleted or r.content_id is None:
@@ -471,9 +422,7 @@ class Database:
         different nodes all appear (branches share a ``previous``). An unknown key has
         an empty history.
         """
-        await self._enter()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
+        await self._enter_key(namespace, key)
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
         recs = self._kv.history_raw(namespace, key)
@@ -498,9 +447,7 @@ class Database:
 
     async def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current (not deleted) value."""
-        await self._enter()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
+        await self._enter_key(namespace, key)
         return self._kv.live_content_id(namespace, key) is not None
 
     async def keys(self, namespace: str) -> list[str]:
@@ -525,9 +472,7 @@ class Database:
         Raises:
             VersionNotFoundError: no such version of the key.
         """
-        await self._enter()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
+        await self._enter_key(namespace, key)
         recs = self._kv.history(namespace, key)
         old, new = pick_version(recs, from_version), pick_version(recs, to_version)
         values = [
@@ -643,7 +588,7 @@ class Database:
             replayed_events=self._replayed,
             checkpoint_ignored=self._checkpoint_problem,
             projections_rebuilt=dict(self._rebuilt),
-            corruptions=self._corruptions,
+            corruptions=self._values.corruptions,
             set_aside_files=s.get("set_aside_files", 0),
             set_aside_bytes=s.get("set_aside_bytes", 0),
             ingested=self._ingest.accepted,

@@ -1,0 +1,76 @@
+"""Reading values: from the cache, else from the log, proven before they are served.
+
+The projection holds, per version, the content id of its value and where the event
+carrying it is stored; values themselves live in the log and, recently used, in the
+:class:`~koru._cache.ValueCache`. Why the proof on every read from the log: records
+before a checkpoint's cursor are not re-verified when a database opens, so a record
+swapped with another of the same size, or rewritten with fresh checksums, would
+otherwise be served. The content id (blake3 of the value's bytes) settles it in one
+hash. The value is also decoded strictly once here (replay does not decode values), so
+that what enters the cache always decodes: reads from the cache never meet a malformed
+value.
+"""
+
+from __future__ import annotations
+
+from koru.events import (
+    CodecError,
+    CorruptLogError,
+    Event,
+    LogStore,
+    content_id,
+    decode_trusted,
+    decode_value_strict,
+)
+
+from ._cache import ValueCache
+
+__all__ = ["ValueReader"]
+
+
+def _value_of(event: Event, namespace: str, key: str) -> bytes:
+    for w in event.writes:
+        if w.namespace == namespace and w.key == key and w.value is not None:
+            return w.value
+    raise CodecError("no value of that key in the event")
+
+
+class ValueReader:
+    """Encoded values by content id, through the cache."""
+
+    __slots__ = ("cache", "corruptions", "store")
+
+    def __init__(self, store: LogStore, cache: ValueCache) -> None:
+        self.store = store
+        self.cache = cache
+        #: Corrupt records met by reads since the open.
+        self.corruptions = 0
+
+    def value_bytes(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+        """The encoded value with content id ``cid``, carried by the event at ``location``.
+
+        Raises:
+            CorruptLogError: the record there does not hold that value (counted).
+        """
+        data = self.cache.get(cid)
+        if data is None:
+            try:
+                data = self._load(cid, location, namespace, key)
+            except CorruptLogError:
+                self.corruptions += 1
+                raise
+            self.cache.put(cid, data)
+        return data
+
+    def _load(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+        data = self.store.read(location)
+        try:
+            value = _value_of(decode_trusted(data), namespace, key)
+            if content_id(value) != cid:
+                raise CodecError(f"it holds another value (content id {cid.hex()} expected)")
+            decode_value_strict(value)
+            return value
+        except CodecError as exc:
+            reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"
+        agent, position, offset, path = self.store.locate(location)
+        raise CorruptLogError(agent, position, offset, reason, path)
