@@ -907,6 +907,12 @@ class FileStore:
             except OSError as exc:
                 self._broken = exc
                 raise DurabilityError(f"fsync failed: {exc}") from exc
+            except BaseException as exc:
+                # Interrupted (a simulated power cut): the dirty flags are already
+                # cleared, so a later sync would find nothing to do and report success
+                # for records this one never made durable. The handle is done.
+                self._broken = exc
+                raise
             self._syncs += 1
 
     # -- reading -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from koru import (
     CorruptLogError,
     DatabaseLockedError,
     DataLossError,
+    DurabilityError,
     ReadOnlyError,
     StorageError,
 )
@@ -771,3 +772,19 @@ def test_records_from_a_reader_follows_a_live_writer(tmp_path: Path) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_sync_cut_short_never_lets_a_later_sync_report_success() -> None:
+    """A sync interrupted inside fdatasync (here by a power cut) has already taken the
+    logs' dirty flags: a later sync would find nothing to do and say "synced" for
+    records never made durable, and group commit would acknowledge them (seen as a
+    lost acknowledged write in the power-cut test, with syncs in worker threads)."""
+    disk = SimDisk()
+    store = open_store(Path("/db"), disk=disk)
+    append_all(store, make_events(3))
+    disk.cut_after(1)  # the sync's fdatasync is the next disk call
+    with pytest.raises(PowerCut):
+        store.sync()
+    with pytest.raises(DurabilityError) as info:
+        store.sync()
+    assert isinstance(info.value.__cause__, PowerCut)
