@@ -30,6 +30,7 @@ from typing import NamedTuple
 from koru.events import (
     AGENTS,
     MAX_EVENT_SIZE,
+    STORAGE,
     CodecError,
     Event,
     HybridLogicalClock,
@@ -114,6 +115,10 @@ class Ingest:
         eid = event_id(data)
         if event.agent not in AGENTS:
             return self._refuse(eid, f"unknown agent {event.agent!r}")
+        if event.writes and event.agent != STORAGE:
+            # Key/value writes belong to the storage agent's log; anywhere else they
+            # would change the key/value state behind that log's back.
+            return self._refuse(eid, f"a key/value write in the {event.agent!r} log")
         if event.hlc > now_ns + MAX_CLOCK_AHEAD_NS:
             ahead = (event.hlc - now_ns) / 1e9
             return self._refuse(eid, f"its timestamp is {ahead:.0f} s ahead of this node's clock")

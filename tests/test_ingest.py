@@ -241,6 +241,7 @@ async def test_bad_events_are_refused_and_change_nothing(tmp_path: Path) -> None
         "not canonical": b"\x98\x08" + good[1:],  # the array length in two bytes
         "bad value": craft(value=b"\xff"),
         "unknown agent": craft(agent="nobody"),
+        "a put in another agent's log": craft(agent="chronicle"),
         "bad name": craft(key=""),
         "far future": craft(hlc=10**18 + 2 * _ingest.MAX_CLOCK_AHEAD_NS),
         "oversized": b"\x00" * (koru.events.MAX_EVENT_SIZE + 1),
