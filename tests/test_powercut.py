@@ -120,10 +120,11 @@ async def run_until_cut(disk: SimDisk, sync: str, rng: random.Random) -> list[Wr
 
 def _is_power_cut(exc: BaseException) -> bool:
     """The cut itself, or what it left: cancelled tasks, and errors of a handle whose log
-    was interrupted by it (their cause is the cut)."""
+    was interrupted by it (a DurabilityError, or a DatabaseClosedError after one, whose
+    chain of causes ends in the cut)."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_power_cut(e) for e in exc.exceptions)
-    if isinstance(exc, koru.DurabilityError):
+    if isinstance(exc, koru.DurabilityError | koru.DatabaseClosedError):
         cause = exc.__cause__
         while cause is not None and not isinstance(cause, PowerCut):
             cause = cause.__cause__
