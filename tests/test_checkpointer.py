@@ -1,0 +1,111 @@
+"""When checkpoints are taken and how they are counted: exactly every ``every`` events,
+only when behind, failures counted one by one and never fatal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from conftest import eventually
+from koru.events import MemoryStore
+from koru.nursery import CHECKPOINT_FILE, Checkpointer, Committer
+
+
+class FailingFiles(MemoryStore):
+    """Writing a small file fails while ``fail`` is set."""
+
+    fail = False
+
+    def write_file(self, name: str, *parts: bytes) -> None:
+        if self.fail:
+            raise OSError("disk full: injected")
+        super().write_file(name, *parts)
+
+
+def make(every: int, events: int = 0, saved_at: int = 0) -> tuple[Checkpointer, FailingFiles]:
+    store = FailingFiles()
+    captures: list[int] = []
+
+    def capture() -> dict[str, Any]:
+        captures.append(1)
+        return {"format": 3, "n": len(captures)}
+
+    committer = Committer(store, "always", flush_interval=1.0)
+    return Checkpointer(
+        store, committer, capture, every=every, events=events, saved_at=saved_at
+    ), store
+
+
+async def settle(done: Any = None) -> None:
+    """Let the background task run (its save writes in a worker thread, so by real
+    time): until ``done()`` if given, else for a moment in which nothing may happen."""
+    if done is not None:
+        await eventually(done)
+    await trio.sleep(0.05)
+
+
+async def test_a_checkpoint_is_due_exactly_every_n_events() -> None:
+    ck, store = make(every=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        for _ in range(9):
+            ck.note_event()
+        await settle()
+        assert (ck.written, store.read_file(CHECKPOINT_FILE)) == (0, None)
+        ck.note_event()  # the tenth
+        await settle(lambda: ck.written)
+        assert (ck.written, ck.saved_at) == (1, 10)
+        for _ in range(9):
+            ck.note_event()
+        await settle()
+        assert ck.written == 1  # 9 since the last one
+        ck.note_event()
+        await settle(lambda: ck.written == 2)
+        assert (ck.written, ck.saved_at) == (2, 20)
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_valid_checkpoint_the_count_starts_at_zero() -> None:
+    # 5 events replayed, no usable checkpoint (saved_at -1): due once 10 are in the log.
+    ck, _ = make(every=10, events=5, saved_at=-1)
+    assert ck.behind
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        for _ in range(4):
+            ck.note_event()
+        await settle()
+        assert ck.written == 0
+        ck.note_event()
+        await settle(lambda: ck.written)
+        assert (ck.written, ck.saved_at) == (1, 10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_behind_only_when_the_log_holds_more() -> None:
+    ck, _ = make(every=100, events=7, saved_at=7)
+    assert not ck.behind
+    ck.note_event()
+    assert ck.behind
+    await ck.save()
+    assert not ck.behind and (ck.written, ck.saved_at) == (1, 8)
+
+
+async def test_failed_background_checkpoints_are_counted_one_each_and_not_fatal() -> None:
+    ck, store = make(every=2)
+    store.fail = True
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        for expected in (1, 2, 3):
+            ck.note_event()
+            ck.note_event()
+            await settle(lambda e=expected: ck.failures >= e)
+            assert (ck.failures, ck.written) == (expected, 0)
+        store.fail = False
+        ck.note_event()  # still due: nothing was saved since 0
+        await settle(lambda: ck.written)
+        assert (ck.failures, ck.written) == (3, 1)
+        assert store.read_file(CHECKPOINT_FILE) is not None
+        nursery.cancel_scope.cancel()
