@@ -269,7 +269,7 @@ async def bench_put(mode: str, sizes: Sizes, tmp: Path, report: Report) -> None:
     try:
         async with koru.open(kdir, sync=mode) as db:  # type: ignore[arg-type]
             rates = await interleave(sizes, koru_put_batch(db, [0]), *refs)
-            syncs, events = db.stats().syncs, db.stats().events
+            syncs, events = (await db.stats()).syncs, (await db.stats()).events
     finally:
         conn.close()
         if fd >= 0:
@@ -310,7 +310,7 @@ async def bench_concurrent(sizes: Sizes, tmp: Path, report: Report) -> None:
                         nursery.start_soon(writer, w)
                 koru_rates.append(sum(done) / (perf() - began))
                 ref_rates.append(_rate_sync(ref, sizes.round_s))
-            stats = db.stats()
+            stats = await db.stats()
     finally:
         os.close(fd)
     k, ref_rate = statistics.median(koru_rates), statistics.median(ref_rates)
@@ -336,7 +336,7 @@ async def bench_get(sizes: Sizes, tmp: Path, report: Report) -> None:
         async with koru.open(tmp / "get", sync="never") as db:
             for i in range(n):
                 await db.put(NS, f"u{i}", value(i))
-            before = db.stats()
+            before = await db.stats()
             kpos = [0]
             spos = [0]
 
@@ -356,7 +356,7 @@ async def bench_get(sizes: Sizes, tmp: Path, report: Report) -> None:
                 spos[0] = p + m
 
             k, s = await interleave(sizes, kbatch, sbatch)
-            after = db.stats()
+            after = await db.stats()
     finally:
         conn.close()
     report.add(Row(f"get ({n:,} keys, random) vs sqlite", k, s, "gets/s"))
@@ -473,7 +473,7 @@ async def _timed_open(path: Path) -> tuple[float, koru.Stats, float]:
     began = perf()
     async with koru.open(path, sync="never") as db:
         opened = perf() - began
-        stats = db.stats()
+        stats = await db.stats()
         closing = perf()
     return opened, stats, perf() - closing
 
@@ -516,7 +516,7 @@ async def bench_open(sizes: Sizes, tmp: Path, report: Report) -> None:
                 took = perf() - t
                 if took > worst:
                     worst = took
-        built = db.stats()
+        built = await db.stats()
     build_s = perf() - began
     assert built.events == events and built.versions == events, built
     report.note(
@@ -638,7 +638,7 @@ def memory_child(kind: str, n: int) -> dict[str, Any]:
             await trio.sleep(1.0)  # let a due background checkpoint finish
             gc.collect()
             after = _rss()
-            stats = db.stats()
+            stats = await db.stats()
         return {
             "kind": kind,
             "n": n,

@@ -25,7 +25,13 @@ async def main() -> None:
             print(await db.diff("users", "alice"))
             await db.delete("users", "alice")
             print("after delete, contains:", await db.contains("users", "alice"))
-            print("digest:", db.digest()[:16], "stats:", db.stats().versions, "versions")
+            print(
+                "digest:",
+                (await db.digest())[:16],
+                "stats:",
+                (await db.stats()).versions,
+                "versions",
+            )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_SYNC": "koru._open",
     "DataLossError": "koru.events",
     "Database": "koru._database",
+    "DatabaseAPI": "koru._api",
     "DatabaseClosedError": "koru.events",
     "DatabaseLockedError": "koru.events",
     "Diff": "koru._diff",
@@ -61,6 +62,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 if _typing.TYPE_CHECKING:
+    from ._api import DatabaseAPI as DatabaseAPI
     from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
     from ._database import Database as Database
     from ._diff import Change as Change
@@ -105,6 +107,7 @@ __all__ = [
     "DEFAULT_SYNC",
     "DataLossError",
     "Database",
+    "DatabaseAPI",
     "DatabaseClosedError",
     "DatabaseLockedError",
     "Diff",

@@ -1,20 +1,17 @@
 """The database handle: the public key/value, history and time-travel API.
 
-Every write goes through :meth:`Database._append`, the one choke point: it encodes the
-event, hands it to the store (which frames, checksums, chains and writes it), then
-folds it into the projections. The writer is acknowledged only when the committer says
-the record is durable under the chosen sync mode. Reads never touch the log unless a
-value is missing from the cache.
-
-Scheduling: every operation is a cancellation point, and at least every 64th yields to
-the scheduler, so a tight loop of puts or gets cannot starve other tasks, without
-paying a full trio checkpoint (~3.5 µs) on each call.
+The handle is the face; the work is done by its collaborators, each one concept:
+:class:`~koru._lifecycle.Lifecycle` (open or closed, the preamble of every operation,
+closing), :class:`~koru._writer.Writer` (local writes and ingested events, through the
+one write path), :class:`~koru._reader.ValueReader` (values, proven before they are
+served) and :class:`~koru._stats.Statistics` (the counters). Reads are answered from the
+projections and never touch the log unless a value is missing from the cache. Every
+call is awaitable (:class:`~koru._api.DatabaseAPI`, which a remote client satisfies too).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, cast
 
 import blake3
@@ -23,55 +20,31 @@ import trio
 
 from koru.events import (
     AGENTS,
+    NODE_ID_SIZE,
     STORAGE,
-    BatchEvent,
-    DatabaseClosedError,
-    DeleteEvent,
-    DurabilityError,
-    Event,
-    HybridLogicalClock,
     InvalidArgumentError,
     InvalidDataError,
     KeyNotFoundError,
     LogStore,
     NoValueAtTimeError,
-    PutEvent,
-    ReadOnlyError,
-    StorageError,
-    Write,
     check_name,
-    content_id,
     decode_value,
-    encode_event,
-    encode_value,
-    event_id,
-    write_id,
 )
-from koru.nursery import Checkpointer, Clock, Committer
-from koru.projections import (
-    TOMBSTONE,
-    FeedState,
-    KvState,
-    Projection,
-    Projections,
-    VersionRecord,
-    capture_checkpoint,
-)
+from koru.nursery import Clock, Committer
+from koru.projections import TOMBSTONE, FeedState, KvState, Projection, Projections, VersionRecord
 
+from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
-from ._ingest import Ingest
+from ._lifecycle import Lifecycle
 from ._reader import ValueReader
+from ._stats import OpenReport, Statistics
 from ._time import to_ns
 from ._types import IngestResult, Stats, Version, Versioned
+from ._writer import Writer
 
 __all__ = ["Database"]
-
-_log = logging.getLogger("koru")
-
-_YIELD_MASK = 63  # yield to the scheduler on every 64th operation
-_NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 
 
 def _hex(b: bytes | None) -> str | None:
@@ -94,45 +67,48 @@ class Database:
         cache: ValueCache,
         max_value_size: int,
         checkpoint_every: int,
-        from_checkpoint: int,
-        replayed: int,
-        checkpoint_problem: str | None = None,
-        rebuilt: dict[str, str] | None = None,
+        opened: OpenReport,
     ) -> None:
         self._store = store
-        self._readonly = store.readonly
         self._path = path
-        self._node = node_id
         self._node_hex = node_id.hex()
-        self._clock = clock
         self._committer = committer
-        self._commit_yields = committer.mode == "always"
         self._projections = projections
         # The two built-in projections, held directly: every read consults them.
         self._kv = cast(KvState, projections["kv"])
         self._feeds = cast(FeedState, projections["feeds"])
-        self._fold = projections.apply
-        self._hlc = HybridLogicalClock(hlc)
         self._cache = cache
         self._values = ValueReader(store, cache)
-        self._max_value_size = max_value_size
-        self._from_checkpoint = from_checkpoint
-        self._replayed = replayed
-        self._checkpoint_problem = checkpoint_problem
-        self._rebuilt = dict(rebuilt or {})
-        self._checkpointer = Checkpointer(
-            store,
-            committer,
-            self._capture,
-            every=checkpoint_every,
-            events=from_checkpoint + replayed,
-            saved_at=from_checkpoint if not (replayed or self._rebuilt) else -1,
+        self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
+        events = opened.from_checkpoint + opened.replayed
+        self._writer = Writer(
+            store=store,
+            node_id=node_id,
+            clock=clock,
+            committer=committer,
+            projections=projections,
+            hlc=hlc,
+            cache=cache,
+            max_value_size=max_value_size,
+            checkpoint_every=checkpoint_every,
+            events=events,
+            # A checkpoint holding less than the log, or rebuilt sections, is stale.
+            saved_at=opened.from_checkpoint if not (opened.replayed or opened.rebuilt) else -1,
+            die=self._life.die,
         )
-        self._ingest = Ingest(store, self._feeds, self._hlc, self._write)
-        self._ops = 0
-        self._closed = False
-        self._shut = False
-        self._fatal: BaseException | None = None
+        self._checkpointer = self._writer.checkpointer
+        self._statistics = Statistics(
+            path,
+            self._node_hex,
+            store,
+            self._kv,
+            committer,
+            self._checkpointer,
+            cache,
+            self._values,
+            self._writer.ingest,
+            opened,
+        )
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -151,88 +127,15 @@ class Database:
         """The database directory, or None for a memory-only database."""
         return self._path
 
-    def _begin(self) -> bool:
-        """Count an operation; True if this one should yield to the scheduler."""
-        if self._closed:
-            raise DatabaseClosedError("the database is closed") from self._fatal
-        self._ops += 1
-        return not self._ops & _YIELD_MASK
-
-    async def _yield(self) -> None:
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise DatabaseClosedError("the database is closed") from self._fatal
-
-    async def _enter(self) -> None:
-        """Start an operation: closed check, cancellation point, sometimes a yield."""
-        if self._begin():
-            await self._yield()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-
     async def _enter_key(self, namespace: str, key: str) -> None:
-        """Start a read of one key: :meth:`_enter`, then both names checked."""
-        await self._enter()
+        """Start a read of one key: enter, then both names checked."""
+        await self._life.enter()
         check_name(namespace, "namespace")
         check_name(key, "key")
 
-    async def _enter_write(self) -> None:
-        if self._readonly:
-            raise ReadOnlyError("the database is open read-only")
-        if self._commit_yields:
-            # Waiting for the fsync yields anyway; an extra yield here would only make
-            # this writer miss the group-commit round it could have joined.
-            if self._closed:
-                raise DatabaseClosedError("the database is closed") from self._fatal
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            await self._enter()
-
-    def _append(self, event: Event) -> bytes:
-        """A local write: encode the event, then the one write path."""
-        data = encode_event(event)
-        eid = event_id(data)
-        self._write(event, data, eid)
-        return eid
-
-    def _write(self, event: Event, data: bytes, eid: bytes) -> None:
-        """The one write path, for local events and ingested ones: store (frame,
-        checksum, chain, write), fold into every projection, count for checkpoints."""
-        try:
-            location, _ = self._store.append(event.agent, data, eid)
-        except DurabilityError as exc:
-            self._die(exc)
-            raise
-        self._committer.mark_appended()
-        self._fold(event, eid, location)
-        self._checkpointer.note_event()
-
-    async def _acknowledge(self) -> None:
-        try:
-            await self._committer.wait_durable()
-        except DurabilityError as exc:
-            self._die(exc)
-            raise
-
     def _die(self, exc: BaseException) -> None:
-        # Why: after a failed write or fsync the log's durable state is unknown; the
-        # only safe continuation is to stop and let a reopen recover from disk.
-        self._fatal = exc
-        self._closed = True
-
-    def _header(self) -> tuple[bytes, str, int, bytes | None, int]:
-        seq, prev = self._feeds.next(self._node, STORAGE)
-        return self._node, STORAGE, seq, prev, self._hlc.tick(self._now())
-
-    def _now(self) -> int:
-        now = self._clock.now_ns()
-        if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            # Checked before the HLC sees it: one bad reading must not poison every
-            # later timestamp.
-            raise InvalidArgumentError(
-                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
-            )
-        return now
+        """Stop serving (a background task failed; see Lifecycle.die)."""
+        self._life.die(exc)
 
     def _value_bytes(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
         return self._values.value_bytes(cid, location, namespace, key)
@@ -265,19 +168,10 @@ class Database:
                 (nothing is written).
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
-        await self._enter_write()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
-        data = encode_value(value, self._max_value_size)
-        previous = self._kv.current_write_id(namespace, key)
-        event = PutEvent(*self._header(), namespace, key, data, previous)
-        cid = content_id(data)
-        eid = self._append(event)
-        self._cache.put(cid, data)
-        await self._acknowledge()
-        return Version(
-            namespace, key, eid.hex(), cid.hex(), event.hlc, _hex(previous), self._node_hex, False
-        )
+        await self._life.enter_write()
+        version = self._writer.put(namespace, key, value)
+        await self._writer.acknowledge()
+        return version
 
     async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
         """Write several keys atomically: one event, one commit, all or nothing.
@@ -287,46 +181,10 @@ class Database:
         Raises:
             InvalidDataError: any bad item (nothing is written).
         """
-        await self._enter_write()
-        if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
-            raise InvalidDataError(
-                f"put_batch takes an iterable of (namespace, key, value), not {items!r}"
-            )
-        writes: list[Write] = []
-        seen: set[tuple[str, str]] = set()
-        for item in items:
-            if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
-                raise InvalidDataError(f"batch items are (namespace, key, value), not {item!r}")
-            namespace, key, value = item
-            check_name(namespace, "namespace")
-            check_name(key, "key")
-            if (namespace, key) in seen:
-                raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
-            seen.add((namespace, key))
-            data = encode_value(value, self._max_value_size)
-            writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
-        if not writes:
-            return []
-        event = BatchEvent(*self._header(), tuple(writes))
-        cids = [content_id(w.value) for w in writes if w.value is not None]
-        eid = self._append(event)
-        versions = []
-        for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
-            assert w.value is not None
-            self._cache.put(cid, w.value)
-            versions.append(
-                Version(
-                    w.namespace,
-                    w.key,
-                    write_id(eid, i).hex(),
-                    cid.hex(),
-                    event.hlc,
-                    _hex(w.previous),
-                    self._node_hex,
-                    False,
-                )
-            )
-        await self._acknowledge()
+        await self._life.enter_write()
+        versions = self._writer.put_batch(items)
+        if versions:
+            await self._writer.acknowledge()
         return versions
 
     async def delete(self, namespace: str, key: str) -> Version:
@@ -335,18 +193,10 @@ class Database:
         Raises:
             KeyNotFoundError: the key has no current value (nothing is written).
         """
-        await self._enter_write()
-        check_name(namespace, "namespace")
-        check_name(key, "key")
-        cur = self._kv.current(namespace, key)
-        if cur is None or cur.deleted:
-            raise KeyNotFoundError(namespace, key)
-        event = DeleteEvent(*self._header(), namespace, key, cur.write_id)
-        eid = self._append(event)
-        await self._acknowledge()
-        return Version(
-            namespace, key, eid.hex(), None, event.hlc, cur.write_id.hex(), self._node_hex, True
-        )
+        await self._life.enter_write()
+        version = self._writer.delete(namespace, key)
+        await self._writer.acknowledge()
+        return version
 
     # -- reads -------------------------------------------------------------------------
 
@@ -357,8 +207,9 @@ class Database:
             KeyNotFoundError: never written, or deleted.
         """
         # The hot path: _enter inlined (one coroutine frame less), one probe, one decode.
-        if self._begin():
-            await self._yield()
+        life = self._life
+        if life.begin():
+            await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -452,13 +303,13 @@ class Database:
 
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
-        await self._enter()
+        await self._life.enter()
         check_name(namespace, "namespace")
         return self._kv.keys(namespace)
 
     async def namespaces(self) -> list[str]:
         """Namespaces holding at least one current value, sorted."""
-        await self._enter()
+        await self._life.enter()
         return self._kv.live_namespaces()
 
     async def diff(
@@ -502,29 +353,16 @@ class Database:
             InvalidArgumentError: ``events`` is not an iterable of bytes.
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
-        await self._enter_write()
-        if isinstance(events, str | bytes | bytearray | memoryview) or not isinstance(
-            events, Iterable
-        ):
-            raise InvalidArgumentError(f"ingest takes an iterable of event bytes, not {events!r}")
-        ingest = self._ingest
-        accepted, duplicates = ingest.accepted, ingest.duplicates
-        now = self._now()
-        for data in events:
-            ingest.offer(data, now)
-        if ingest.accepted != accepted:
-            await self._acknowledge()
-        return IngestResult(
-            ingest.accepted - accepted,
-            ingest.duplicates - duplicates,
-            ingest.held,
-            tuple(ingest.take_report()),
-        )
+        await self._life.enter_write()
+        result = self._writer.take_in(events)
+        if result.accepted:
+            await self._writer.acknowledge()
+        return result
 
     async def feed_heads(self) -> dict[tuple[str, str], int]:
         """How far each feed held here goes: ``(origin hex, agent) -> last seq``. What a
         peer compares with its own to know what to send."""
-        await self._enter()
+        await self._life.enter()
         return {(o.hex(), a): head[0] for (o, a), head in self._feeds.heads.items()}
 
     async def feed_events(
@@ -536,12 +374,12 @@ class Database:
         Raises:
             InvalidArgumentError: a malformed origin, agent, ``after`` or ``limit``.
         """
-        await self._enter()
+        await self._life.enter()
         try:
             node = bytes.fromhex(origin) if type(origin) is str else b""
         except ValueError:
             node = b""
-        if len(node) != len(self._node):
+        if len(node) != NODE_ID_SIZE:
             raise InvalidArgumentError(f"origin must be a node id in hex, not {origin!r}")
         if agent not in AGENTS:
             raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
@@ -563,47 +401,26 @@ class Database:
 
     # -- whole-database views ----------------------------------------------------------
 
-    def stats(self) -> Stats:
-        """Counters describing the database right now."""
-        s = self._store.stats()
-        kv = self._kv
-        return Stats(
-            path=self._path,
-            node_id=self._node_hex,
-            sync=self._committer.mode,
-            keys=kv.live,
-            deleted_keys=kv.key_count() - kv.live,
-            namespaces=len(kv.live_namespaces()),
-            versions=kv.versions,
-            events=self._checkpointer.events,
-            log_bytes=s.get("bytes_appended", 0),
-            syncs=self._committer.syncs,
-            cache_entries=len(self._cache),
-            cache_bytes=self._cache.size,
-            cache_hits=self._cache.hits,
-            cache_misses=self._cache.misses,
-            checkpoints=self._checkpointer.written,
-            checkpoint_failures=self._checkpointer.failures,
-            checkpoint_events=self._from_checkpoint,
-            replayed_events=self._replayed,
-            checkpoint_ignored=self._checkpoint_problem,
-            projections_rebuilt=dict(self._rebuilt),
-            corruptions=self._values.corruptions,
-            set_aside_files=s.get("set_aside_files", 0),
-            set_aside_bytes=s.get("set_aside_bytes", 0),
-            ingested=self._ingest.accepted,
-            forks=self._ingest.forks,
-            held=self._ingest.held,
-        )
+    async def stats(self) -> Stats:
+        """Counters describing the database right now (also after it is closed)."""
+        await trio.lowlevel.checkpoint()
+        return self._statistics.snapshot()
 
-    def roots(self) -> dict[str, str]:
+    async def roots(self) -> dict[str, str]:
         """Each canonical agent's chain head (hex): this node's view of its local logs."""
+        await self._life.enter()
         return {agent: self._store.cursor(agent).root.hex() for agent in AGENTS}
+
+    async def digest(self) -> str:
+        """One hash of the whole state (hex): equal on every node holding the same
+        events, whatever order they arrived in."""
+        await self._life.enter()
+        return blake3.blake3(b"koru-delta/digest/v1" + self._kv.digest()).hexdigest()
 
     def projection(self, name: str) -> Projection:
         """The registered projection called ``name`` (``"kv"``, ``"feeds"``, or one
         passed to :func:`koru.open`), to read from. Its state is the database's own:
-        read it, never change it.
+        read it, never change it. (Local only: not part of :class:`DatabaseAPI`.)
 
         Raises:
             InvalidArgumentError: no projection has that name.
@@ -613,48 +430,21 @@ class Database:
         except (KeyError, TypeError):
             raise InvalidArgumentError(f"no projection is called {name!r}") from None
 
-    def digest(self) -> str:
-        """One hash of the whole state (hex): equal on every node holding the same
-        events, whatever order they arrived in."""
-        return blake3.blake3(b"koru-delta/digest/v1" + self._kv.digest()).hexdigest()
-
     # -- checkpoints and lifecycle -----------------------------------------------------
 
     async def checkpoint(self) -> None:
         """Save projection state now, so the next open replays only what follows."""
-        await self._enter_write()
+        await self._life.enter_write()
         await self._checkpointer.save()
-
-    def _capture(self) -> dict[str, Any]:
-        cursors = {a: self._store.cursor(a) for a in self._store.agents()}
-        return capture_checkpoint(self._projections, cursors, self._hlc.last, self._node)
-
-    async def run_background(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """The database's background task: periodic checkpoints."""
-        await self._checkpointer.run(self._die, task_status=task_status)
 
     async def aclose(self) -> None:
         """Flush, fsync, checkpoint if anything changed, and close. Idempotent.
 
         Runs shielded from cancellation so a cancelled scope still closes cleanly.
         """
-        if self._shut:
-            return
-        self._shut = self._closed = True
-        with trio.CancelScope(shield=True):
-            try:
-                if self._fatal is None and not self._store.readonly:
-                    await self._committer.sync_now()
-                    if self._checkpointer.behind:
-                        try:
-                            await self._checkpointer.save()
-                        except DurabilityError:
-                            raise
-                        except StorageError as exc:
-                            # The log is synced and complete: a checkpoint only makes
-                            # the next open faster, so its failure is not an error here.
-                            _log.warning("koru: no checkpoint written at close: %s", exc)
-            finally:
-                self._store.close()
+        await self._life.close(self._store, self._committer, self._checkpointer)
+
+
+def _conforms(db: Database) -> DatabaseAPI:
+    """Checked by mypy: the local database satisfies the one interface."""
+    return db

@@ -34,6 +34,7 @@ from koru.projections import Projection
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._loader import BUILTIN_PROJECTIONS, load
+from ._stats import OpenReport
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
 
@@ -225,10 +226,9 @@ async def open(
             cache=ValueCache(cache_bytes),
             max_value_size=max_value_size,
             checkpoint_every=checkpoint_every,
-            from_checkpoint=loaded.from_checkpoint,
-            replayed=loaded.replayed,
-            checkpoint_problem=loaded.checkpoint_problem,
-            rebuilt=loaded.rebuilt,
+            opened=OpenReport(
+                loaded.from_checkpoint, loaded.replayed, loaded.checkpoint_problem, loaded.rebuilt
+            ),
         )
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report
@@ -239,7 +239,7 @@ async def open(
             if not readonly:
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
-                await supervisor.start("checkpointer", db.run_background)
+                await supervisor.start("checkpointer", db._checkpointer.run, db._die)
             yield db
     finally:
         await db.aclose()

@@ -52,7 +52,7 @@ async def write_forever(cfg: dict[str, Any]) -> None:
         checkpoint_every=cfg["checkpoint_every"],
     ) as db:
         live = {ns: set(await db.keys(ns)) for ns in NAMESPACES}
-        emit({"op": "ready", "digest": db.digest(), "pid": os.getpid()})
+        emit({"op": "ready", "digest": (await db.digest()), "pid": os.getpid()})
         n = 0
         while True:
             n += 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,16 @@ def open_store(path: Path, **kw: Any) -> FileStore:
     return store
 
 
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait (polling, as a caller watching ``stats()`` would) until ``predicate()``,
-    for at most 10 s."""
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Wait (polling, as a caller watching ``stats()`` would) until ``predicate()``
+    (a plain or an async callable), for at most 10 s."""
     with trio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - a background task's counters, polled
+        while True:
+            done = predicate()
+            if inspect.isawaitable(done):
+                done = await done
+            if done:
+                return
             await trio.sleep(0.005)
 
 

@@ -280,9 +280,9 @@ async def verify(
     # 2. The checkpoint-based writable open agrees with the full replay, and recovery
     # leaves no torn tail behind.
     async with koru.open(path, sync="always", segment_size=SEGMENT_SIZE) as db:
-        assert db.digest() == digest_of(kv)
-        assert db.roots()[AGENT] == cursor.root.hex()
-        stats = db.stats()
+        assert (await db.digest()) == digest_of(kv)
+        assert (await db.roots())[AGENT] == cursor.root.hex()
+        stats = await db.stats()
         assert stats.events == model.events
         assert stats.versions == sum(len(v) for v in model.versions.values())
         if stats.checkpoint_events and stats.replayed_events:
@@ -321,7 +321,7 @@ async def verify(
             else:
                 current = await db.get_versioned(*key)
                 assert (current.write_id, current.value) == (wid, value)
-        model.digest = db.digest()
+        model.digest = await db.digest()
 
 
 async def test_crash_recovery_under_repeated_sigkill(tmp_path: Path) -> None:

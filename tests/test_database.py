@@ -211,7 +211,7 @@ async def test_put_batch_is_atomic_and_validated_first(db: koru.Database) -> Non
     assert len({v.timestamp for v in versions}) == 1
     assert versions[0].previous is not None and versions[1].previous is None
     assert [await db.get("u", "a"), await db.get("u", "b"), await db.get("v", "c")] == [1, 2, [3]]
-    before = db.stats()
+    before = await db.stats()
     bad_batches: list[list[object]] = [
         [("u", "x", 1), ("u", "y", {1, 2})],
         [("u", "x", 1), ("u", "x", 2)],
@@ -222,7 +222,7 @@ async def test_put_batch_is_atomic_and_validated_first(db: koru.Database) -> Non
     for bad in bad_batches:
         with pytest.raises(koru.InvalidDataError):
             await db.put_batch(bad)  # type: ignore[arg-type]
-    after = db.stats()
+    after = await db.stats()
     assert (after.events, after.versions) == (before.events, before.versions)
     assert not await db.contains("u", "x")
     assert await db.put_batch([]) == []
@@ -250,10 +250,10 @@ async def test_put_batch_is_atomic_and_validated_first(db: koru.Database) -> Non
 async def test_bad_input_raises_before_writing(
     db: koru.Database, namespace: object, key: object, value: object
 ) -> None:
-    before = db.stats()
+    before = await db.stats()
     with pytest.raises(koru.InvalidDataError):
         await db.put(namespace, key, value)  # type: ignore[arg-type]
-    after = db.stats()
+    after = await db.stats()
     assert (after.events, after.versions, after.log_bytes) == (
         before.events,
         before.versions,
@@ -330,21 +330,21 @@ async def test_diff_types_and_deletion(db: koru.Database) -> None:
 
 
 async def test_stats_roots_digest(db: koru.Database) -> None:
-    s0 = db.stats()
+    s0 = await db.stats()
     assert s0.keys == 0 and s0.versions == 0 and s0.sync == "os"
-    roots0 = db.roots()
+    roots0 = await db.roots()
     assert len(roots0) == 20 and "storage" in roots0 and "vector" in roots0
-    d0 = db.digest()
+    d0 = await db.digest()
     await db.put("a", "b", 1)
     await db.put("a", "c", 2)
     await db.delete("a", "c")
-    s = db.stats()
+    s = await db.stats()
     assert (s.keys, s.deleted_keys, s.versions, s.events, s.namespaces) == (1, 1, 3, 3, 1)
     assert s.log_bytes > 0
-    roots = db.roots()
+    roots = await db.roots()
     assert roots["storage"] != roots0["storage"]
     assert all(roots[a] == roots0[a] for a in roots if a != "storage")
-    assert db.digest() != d0 and len(db.digest()) == 64
+    assert (await db.digest()) != d0 and len(await db.digest()) == 64
 
 
 async def test_closed_database_refuses_operations(tmp_path: Path) -> None:
@@ -363,13 +363,15 @@ async def test_state_survives_reopen_identically(tmp_path: Path, clock: StepCloc
             await db.put("n", f"k{i % 7}", {"i": i})
         await db.delete("n", "k3")
         await db.put_batch([("m", "x", 1), ("n", "k0", "last")])
-        digest, roots, node = db.digest(), db.roots(), db.node_id
+        digest, roots, node = (await db.digest()), (await db.roots()), db.node_id
         hist = await db.history("n", "k0")
     async with koru.open(path, clock=clock) as db:
-        assert db.digest() == digest and db.roots() == roots and db.node_id == node
+        assert (await db.digest()) == digest and (await db.roots()) == roots and db.node_id == node
         assert await db.history("n", "k0") == hist
         assert not await db.contains("n", "k3")
-        assert db.stats().checkpoint_events == 52 and db.stats().replayed_events == 0
+        assert (await db.stats()).checkpoint_events == 52 and (
+            await db.stats()
+        ).replayed_events == 0
         v = await db.put("n", "k0", "after")
         assert v.previous == hist[-1].write_id
         assert v.timestamp > hist[-1].timestamp
@@ -397,7 +399,7 @@ async def test_second_writer_is_refused_at_once(tmp_path: Path) -> None:
             async with koru.open(tmp_path / "db"):
                 pass
     async with koru.open(tmp_path / "db") as again:  # released on close
-        assert again.stats().keys == 0
+        assert (await again.stats()).keys == 0
 
 
 async def test_default_path_and_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -412,7 +414,7 @@ async def test_default_path_and_memory(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert koru.default_path() == tmp_path / "xdg" / "koru-delta" / "default"
     async with koru.open(":memory:") as mem:
         await mem.put("a", "b", 1)
-        assert mem.path is None and mem.stats().log_bytes > 0
+        assert mem.path is None and (await mem.stats()).log_bytes > 0
     async with koru.open(":memory:") as mem:
         assert not await mem.contains("a", "b")
 
@@ -451,10 +453,19 @@ async def test_cancellation_closes_cleanly(sync: str) -> None:
     disk.cut()
     image = disk.after_power_cut(random.Random(acked))
     async with koru.open("/db", disk=image) as db:
-        n = db.stats().keys
+        n = (await db.stats()).keys
         assert n >= acked + 1  # every acknowledged write (and maybe the one in flight)
         assert await db.keys("a") == sorted(f"k{i}" for i in range(n))
-        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (n, 0)
+        stats = await db.stats()
+        assert (stats.checkpoint_events, stats.replayed_events) == (n, 0)
+
+
+async def failures_above(db: koru.Database, n: int) -> bool:
+    return (await db.stats()).checkpoint_failures > n
+
+
+async def checkpoints_above(db: koru.Database, n: int) -> bool:
+    return (await db.stats()).checkpoints > n
 
 
 async def test_a_failed_background_checkpoint_is_not_fatal(tmp_path: Path) -> None:
@@ -466,21 +477,22 @@ async def test_a_failed_background_checkpoint_is_not_fatal(tmp_path: Path) -> No
         for i in range(30):
             await db.put("a", f"k{i}", i)
         # The background checkpointer tries, and fails.
-        await eventually(lambda: db.stats().checkpoint_failures > 0)
-        assert db.stats().checkpoints == 0
+        await eventually(lambda: failures_above(db, 0))
+        assert (await db.stats()).checkpoints == 0
         assert await db.get("a", "k0") == 0
         disk.full = False
         for i in range(30, 40):
             await db.put("a", f"k{i}", i)
-        await eventually(lambda: db.stats().checkpoints > 0)
+        await eventually(lambda: checkpoints_above(db, 0))
     async with koru.open(tmp_path / "db", readonly=True) as db:
-        assert db.stats().keys == 40
+        assert (await db.stats()).keys == 40
     # Failing at close too: the log is synced, so the close does not raise.
     disk.full = True
     async with koru.open(tmp_path / "db", sync="os", disk=disk) as db:
         await db.put("a", "k40", 40)
     async with koru.open(tmp_path / "db", readonly=True) as db:
-        assert (db.stats().keys, db.stats().replayed_events) == (41, 1)
+        stats = await db.stats()
+        assert (stats.keys, stats.replayed_events) == (41, 1)
 
 
 class FullForCheckpoints(OsDisk):
@@ -504,7 +516,7 @@ async def test_sync_never_pushes_full_buffers_to_the_os(tmp_path: Path) -> None:
         for i in range(300):
             await db.put("bulk", f"k{i}", "x" * 10_000)  # about 3 MiB in all
         async with koru.open(path, readonly=True) as reader:
-            seen = reader.stats().events
+            seen = (await reader.stats()).events
         assert 150 <= seen < 300  # all but the last (at most 1 MiB) reached the OS
 
 
@@ -518,12 +530,12 @@ async def test_concurrent_writers_with_group_commit(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             for w in range(16):
                 nursery.start_soon(writer, w)
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.keys == 640
         # Writers share fsyncs: far fewer syncs than writes.
         assert stats.syncs < 640
     async with koru.open(tmp_path / "db") as db:
-        assert db.stats().keys == 640
+        assert (await db.stats()).keys == 640
 
 
 async def test_background_checkpoint_under_mock_clock(
@@ -539,14 +551,14 @@ async def test_background_checkpoint_under_mock_clock(
         # for: poll, bounded by real time.
         deadline = time.monotonic() + 30
         for _ in range(10**7):
-            if db.stats().checkpoints or time.monotonic() > deadline:
+            if (await db.stats()).checkpoints or time.monotonic() > deadline:
                 break
             await trio.sleep(1)
-        assert db.stats().checkpoints >= 1
+        assert (await db.stats()).checkpoints >= 1
         assert (tmp_path / "db" / "checkpoint").exists()
         assert (tmp_path / "db" / "logs" / "storage" / "00000001.seg").stat().st_size > 250 * 50
     async with koru.open(tmp_path / "db") as db:
-        assert db.stats().keys == 250
+        assert (await db.stats()).keys == 250
 
 
 async def test_sync_never_flushes_on_close(tmp_path: Path) -> None:
@@ -562,7 +574,7 @@ async def test_value_cache_misses_read_the_log(tmp_path: Path) -> None:
         for i in range(200):
             await db.put("c", f"k{i}", {"i": i, "pad": "x" * 40})
         assert all([await db.get("c", f"k{i}") == {"i": i, "pad": "x" * 40} for i in range(200)])
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.cache_misses > 0 and stats.cache_bytes <= 1_000
         assert [h.value["i"] for h in await db.history("c", "k5")] == [5]
 
@@ -572,13 +584,13 @@ async def test_segments_rotate_and_reopen(tmp_path: Path) -> None:
     async with koru.open(path, segment_size=4_096, sync="os") as db:
         for i in range(300):
             await db.put("r", f"k{i % 50}", {"i": i})
-        digest = db.digest()
+        digest = await db.digest()
     segments = sorted((path / "logs" / "storage").glob("*.seg"))
     assert len(segments) > 3
     (path / "checkpoint").unlink()
     async with koru.open(path, segment_size=4_096) as db:
-        assert db.digest() == digest
-        assert db.stats().replayed_events == 300
+        assert (await db.digest()) == digest
+        assert (await db.stats()).replayed_events == 300
         assert (await db.get("r", "k49"))["i"] == 299
 
 
@@ -596,7 +608,7 @@ def test_trio_clock_is_deterministic_under_mock_clock() -> None:
             for i in range(5):
                 await trio.sleep(3600)  # an hour per step, instant under the mock clock
                 stamps.append((await db.put("t", "k", i)).timestamp)
-            return db.digest(), stamps
+            return (await db.digest()), stamps
 
     clock = trio.testing.MockClock(autojump_threshold=0)
     first = trio.run(run, clock=clock)

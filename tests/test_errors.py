@@ -54,10 +54,10 @@ async def test_bad_writes_raise_invalid_data_and_change_nothing(
     db: koru.Database, case: str
 ) -> None:
     await db.put("ns", "k", "before")
-    digest, events = db.digest(), db.stats().events
+    digest, events = (await db.digest()), (await db.stats()).events
     with pytest.raises(koru.InvalidDataError):
         await BAD_WRITES[case](db)
-    assert (db.digest(), db.stats().events) == (digest, events)
+    assert ((await db.digest()), (await db.stats()).events) == (digest, events)
     assert await db.get("ns", "k") == "before"
     await db.put("ns", "k", "after")  # the database is fine
 
@@ -110,12 +110,12 @@ async def test_a_batch_over_the_event_limit_is_refused_before_it_is_written(
     async with koru.open(path) as db:
         with pytest.raises(koru.InvalidDataError, match="limit"):
             await db.put_batch(big)
-        assert db.stats().events == 0
+        assert (await db.stats()).events == 0
         # Four of them fit: acknowledged, and readable after an open without checkpoint.
         await db.put_batch(big[:4])
     (path / "checkpoint").unlink()
     async with koru.open(path) as db:
-        assert db.stats().replayed_events == 1
+        assert (await db.stats()).replayed_events == 1
         assert await db.get("ns", "k3") == b"v" * (15 * MiB)
 
 
@@ -145,7 +145,7 @@ async def test_a_clock_that_misbehaves_is_refused_without_poisoning_the_hlc(
                 await db.put("ns", "k", 1)
         v = await db.put("ns", "k", 2)
         assert 1_767_225_600 * 10**9 < v.timestamp < 1_767_225_601 * 10**9
-        assert db.stats().events == 1
+        assert (await db.stats()).events == 1
 
 
 # -- options of koru.open --------------------------------------------------------------------

@@ -66,7 +66,21 @@ def modules_after_import(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
-FACE = {"koru._database", "koru._open", "koru._loader", "koru._ingest", "koru._cache"}
+FACE = {
+    f"koru.{name}"
+    for name in (
+        "_api",
+        "_cache",
+        "_database",
+        "_ingest",
+        "_lifecycle",
+        "_loader",
+        "_open",
+        "_reader",
+        "_stats",
+        "_writer",
+    )
+}
 
 
 @pytest.mark.parametrize(

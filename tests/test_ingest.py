@@ -44,7 +44,7 @@ async def all_events(db: koru.Database) -> list[bytes]:
 
 async def observable(db: koru.Database) -> dict[str, Any]:
     """Everything a user can see of the key/value state."""
-    state: dict[str, Any] = {"digest": db.digest(), "namespaces": await db.namespaces()}
+    state: dict[str, Any] = {"digest": (await db.digest()), "namespaces": await db.namespaces()}
     for ns, key in KEYS:
         history = await db.history(ns, key)
         state[f"{ns}/{key}"] = [(v.write_id, v.value, v.deleted, v.timestamp) for v in history]
@@ -68,7 +68,7 @@ async def exchange(nodes: list[koru.Database], rng: random.Random) -> None:
                 result = await node.ingest(chunk)
                 assert result.refused == ()
         heads = [await node.feed_heads() for node in nodes]
-        if all(h == heads[0] for h in heads) and all(n.stats().held == 0 for n in nodes):
+        if all(h == heads[0] for h in heads) and all([(await n.stats()).held == 0 for n in nodes]):
             return
     raise AssertionError("the nodes did not converge")
 
@@ -93,8 +93,8 @@ async def test_three_nodes_converge_through_ingest(seed: int) -> None:
         await exchange(nodes, rng)
         states = [await observable(node) for node in nodes]
         assert states[0] == states[1] == states[2]
-        events = a.stats().events
-        assert b.stats().events == c.stats().events == events
+        events = (await a.stats()).events
+        assert (await b.stats()).events == (await c.stats()).events == events
         # The extra projection saw every ingested event through the same seam.
         tallies = [node.projection("tally") for node in nodes]
         assert all(isinstance(t, Tally) and len(t.seen) == events for t in tallies)
@@ -116,20 +116,20 @@ async def test_ingested_events_are_durable_and_replay(tmp_path: Path) -> None:
         await workload(b, rng, 5)  # its own feed too
         result = await b.ingest(events)
         assert (result.accepted, result.refused) == (len(events), ())
-        assert b.stats().ingested == len(events)
+        assert (await b.stats()).ingested == len(events)
         mixed = await observable(b)
         heads = await b.feed_heads()
         exported = await all_events(b)
     kv, _ = full_replay(path)
     async with koru.open(path) as b:
-        assert b.stats().checkpoint_events == len(events) + 5
+        assert (await b.stats()).checkpoint_events == len(events) + 5
         assert await observable(b) == mixed
         assert await b.feed_heads() == heads
         assert sorted(await all_events(b)) == sorted(exported)
-        assert b.digest() == digest_of(kv)
+        assert (await b.digest()) == digest_of(kv)
     (path / "checkpoint").unlink()
     async with koru.open(path) as b:
-        assert b.stats().replayed_events == len(events) + 5
+        assert (await b.stats()).replayed_events == len(events) + 5
         assert await observable(b) == mixed
         assert sorted(await all_events(b)) == sorted(exported)
     # The ingested events alone rebuild the writer's state on a fresh node.
@@ -148,7 +148,7 @@ async def test_a_gap_is_held_back_until_it_closes() -> None:
         e1, e2, e3, e4 = await all_events(a)
         result = await b.ingest([e4, e3])
         assert (result.accepted, result.held, result.refused) == (0, 2, ())
-        assert b.stats().held == 2 and not await b.contains("n", "k")
+        assert (await b.stats()).held == 2 and not await b.contains("n", "k")
         result = await b.ingest([e3])  # a duplicate of a held event
         assert (result.accepted, result.duplicates, result.held) == (0, 1, 2)
         result = await b.ingest([e1])
@@ -158,7 +158,7 @@ async def test_a_gap_is_held_back_until_it_closes() -> None:
         assert (result.accepted, result.held) == (3, 0)
         assert await b.get("n", "k") == 3
         assert [v.value for v in await b.history("n", "k")] == [0, 1, 2, 3]
-        assert b.digest() == a.digest()
+        assert (await b.digest()) == (await a.digest())
 
 
 async def test_a_gap_too_far_is_refused_and_can_be_offered_again(
@@ -173,8 +173,8 @@ async def test_a_gap_too_far_is_refused_and_can_be_offered_again(
         assert result.held == 2 and len(result.refused) == 2
         assert all("gap" in r.reason and not r.fork for r in result.refused)
         result = await b.ingest(events)
-        assert result.refused == () and b.stats().held == 0
-        assert b.digest() == a.digest()
+        assert result.refused == () and (await b.stats()).held == 0
+        assert (await b.digest()) == (await a.digest())
 
 
 async def test_forks_are_refused_and_reported(caplog: pytest.LogCaptureFixture) -> None:
@@ -199,7 +199,7 @@ async def test_forks_are_refused_and_reported(caplog: pytest.LogCaptureFixture) 
             refused = result.refused[0]
             assert refused.fork and refused.event_id == event_id(forged).hex()
             assert a.node_id in refused.reason
-        assert c.stats().forks == 2
+        assert (await c.stats()).forks == 2
         assert await observable(c) == state
         assert "fork" in caplog.text
     # The next event of a feed whose prev names another history; and two held events
@@ -250,17 +250,17 @@ async def test_bad_events_are_refused_and_change_nothing(tmp_path: Path) -> None
     path = tmp_path / "db"
     async with koru.open(path, clock=clock, seed=2) as db:
         await db.put("mine", "k", 1)
-        digest = db.digest()
+        digest = await db.digest()
         result = await db.ingest(list(bad.values()))
         assert result.accepted == 0 and len(result.refused) == len(bad)
         assert not any(r.fork for r in result.refused)
         ids = [r.event_id for r in result.refused]
         assert ids[list(bad).index("unknown agent")] is not None
         assert ids[list(bad).index("garbage")] is None
-        assert db.digest() == digest and db.stats().events == 1
+        assert (await db.digest()) == digest and (await db.stats()).events == 1
         assert (await db.ingest([good])).accepted == 1
     async with koru.open(path) as db:
-        assert db.stats().events == 2
+        assert (await db.stats()).events == 2
 
 
 async def test_own_events_echoed_back_are_duplicates() -> None:
@@ -268,10 +268,10 @@ async def test_own_events_echoed_back_are_duplicates() -> None:
         for i in range(3):
             await a.put("n", f"k{i}", i)
         events = await all_events(a)
-        digest = a.digest()
+        digest = await a.digest()
         result = await a.ingest(events + events)
         assert (result.accepted, result.duplicates, result.refused) == (0, 6, ())
-        assert a.digest() == digest
+        assert (await a.digest()) == digest
 
 
 async def test_ingest_moves_the_clock_forward() -> None:

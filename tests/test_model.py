@@ -128,7 +128,7 @@ async def check_matches_model(db: koru.Database, model: Model) -> None:
     for ns in NAMESPACES:
         assert await db.keys(ns) == sorted(k for n, k in model.live if n == ns)
     assert await db.namespaces() == sorted({n for n, _ in model.live})
-    stats = db.stats()
+    stats = await db.stats()
     assert stats.keys == len(model.live)
     assert stats.deleted_keys == len(model.writes) - len(model.live)
     assert stats.versions == sum(len(w) for w in model.writes.values())
@@ -205,7 +205,7 @@ async def audit(db: koru.Database, path: Path, model: Model) -> tuple[Loaded, Lo
     """Live state, full replay and checkpoint + tail must agree."""
     full, tail = await trio.to_thread.run_sync(load_both, path)
     check_loads_agree(full, tail, model)
-    assert db.digest() == digest_of(full.kv)
+    assert (await db.digest()) == digest_of(full.kv)
     public = {
         (ns, key): [
             (v.write_id, v.content_id, v.timestamp, v.previous, v.origin, v.deleted)
@@ -253,10 +253,10 @@ async def apply(db: koru.Database, op: tuple[Any, ...], model: Model, path: Path
                 model.write((ns, key), value, False, v)
     elif kind == "bad_put":
         (ns, key), value = op[1], op[2]
-        digest = db.digest()
+        digest = await db.digest()
         with pytest.raises(koru.InvalidDataError):
             await db.put(ns, key, value)
-        assert db.digest() == digest
+        assert (await db.digest()) == digest
     elif kind == "get":
         ns, key = op[1]
         if (ns, key) in model.live:
@@ -295,8 +295,8 @@ async def run_ops(path: Path, operations: list[tuple[Any, ...]], checkpoint_ever
             assert node in (None, db.node_id)
             node = db.node_id
             if i:
-                assert db.digest() == digest_before
-                stats = db.stats()
+                assert (await db.digest()) == digest_before
+                stats = await db.stats()
                 assert stats.events == stats.checkpoint_events == model.events
                 assert stats.replayed_events == 0
             await check_matches_model(db, model)
@@ -304,7 +304,7 @@ async def run_ops(path: Path, operations: list[tuple[Any, ...]], checkpoint_ever
                 await apply(db, op, model, path)
                 await check_matches_model(db, model)
             await audit(db, path, model)
-            digest_before = db.digest()
+            digest_before = await db.digest()
         # Closing wrote a checkpoint covering every event.
         full, tail = await trio.to_thread.run_sync(load_both, path)
         check_loads_agree(full, tail, model)
@@ -339,7 +339,8 @@ async def test_explicit_checkpoints_do_not_race_the_background_checkpointer(
             await db.checkpoint()
     async with koru.open(path, readonly=True) as db:
         assert await db.get("a", "x") == 49
-        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (50, 0)
+        stats = await db.stats()
+        assert (stats.checkpoint_events, stats.replayed_events) == (50, 0)
 
 
 def test_model_runner_sees_a_wrong_model() -> None:

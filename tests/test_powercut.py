@@ -152,7 +152,7 @@ async def recover(disk: SimDisk, rng: random.Random, tally: dict[str, int]) -> S
 
 async def verify(image: SimDisk, writers: list[Writer], sync: str, tally: dict[str, int]) -> None:
     async with koru.open(PATH, disk=image, sync=sync) as db:
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.checkpoint_ignored is None, stats.checkpoint_ignored
         tally["set aside"] += stats.set_aside_files
         tally["from checkpoint"] += bool(stats.checkpoint_events)
@@ -179,7 +179,7 @@ async def verify(image: SimDisk, writers: list[Writer], sync: str, tally: dict[s
                 )
             tally["acknowledged"] += w.acked
             tally["survived"] += len(survived)
-        digest = db.digest()
+        digest = await db.digest()
     store = FileStore(PATH, readonly=True, disk=image)
     try:
         full = load(store, use_checkpoint=False)  # every checksum and chain link

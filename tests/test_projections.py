@@ -95,12 +95,12 @@ async def test_an_extra_projection_is_folded_live_replayed_checkpointed_and_rest
         await write(db)
         live = tally(db)
         assert live.per_ns == EXPECTED  # folded live
-        assert len(live.seen) == db.stats().events == 32
+        assert len(live.seen) == (await db.stats()).events == 32
         locations = list(live.locations)
-        digest = db.digest()
+        digest = await db.digest()
     # Restored from its own section: nothing replayed, nothing rebuilt.
     async with koru.open(path, projections=[Tally]) as db:
-        stats = db.stats()
+        stats = await db.stats()
         assert (stats.checkpoint_events, stats.replayed_events) == (32, 0)
         assert stats.projections_rebuilt == {}
         assert tally(db).per_ns == EXPECTED and tally(db).locations == locations
@@ -109,10 +109,10 @@ async def test_an_extra_projection_is_folded_live_replayed_checkpointed_and_rest
     # Replayed from the log, without any checkpoint: the same state.
     (path / CHECKPOINT_FILE).unlink()
     async with koru.open(path, projections=[Tally]) as db:
-        assert db.stats().replayed_events == 33
+        assert (await db.stats()).replayed_events == 33
         assert tally(db).per_ns == {**EXPECTED, "orders": 11}
         assert tally(db).locations[:32] == locations
-        assert db.digest() != digest
+        assert (await db.digest()) != digest
 
 
 async def test_a_projection_added_later_is_rebuilt_alone(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ async def test_a_projection_added_later_is_rebuilt_alone(tmp_path: Path) -> None
     async with koru.open(path) as db:
         await write(db)
     async with koru.open(path, projections=[Tally]) as db:
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.checkpoint_events == 32  # kv and feeds came from the checkpoint
         assert stats.replayed_events == 0
         assert stats.projections_rebuilt == {"tally": "no section in the checkpoint"}
@@ -128,10 +128,10 @@ async def test_a_projection_added_later_is_rebuilt_alone(tmp_path: Path) -> None
     # Its close wrote the checkpoint again, now with its section.
     assert "tally" in decode_checkpoint((path / CHECKPOINT_FILE).read_bytes()).sections
     async with koru.open(path, projections=[Tally]) as db:
-        assert db.stats().projections_rebuilt == {}
+        assert (await db.stats()).projections_rebuilt == {}
     # Opened without it: the others load; its section is dropped at the next save.
     async with koru.open(path) as db:
-        assert db.stats().projections_rebuilt == {}
+        assert (await db.stats()).projections_rebuilt == {}
         await db.put("x", "y", 1)
     assert "tally" not in decode_checkpoint((path / CHECKPOINT_FILE).read_bytes()).sections
 
@@ -153,7 +153,7 @@ async def test_an_unusable_section_rebuilds_only_its_projection(
         await write(db)
     rewrite_checkpoint(path, edit)
     async with koru.open(path, projections=[Tally]) as db:
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.checkpoint_events == 32 and stats.replayed_events == 0
         assert list(stats.projections_rebuilt) == ["tally"]
         assert stats.projections_rebuilt["tally"].startswith(why)
@@ -166,7 +166,7 @@ async def test_a_new_section_version_is_rebuilt_from_the_log(tmp_path: Path) -> 
     async with koru.open(path, projections=[Tally]) as db:
         await write(db)
     async with koru.open(path, projections=[TallyV2]) as db:
-        assert db.stats().projections_rebuilt == {"tally": "section version 1, not 2"}
+        assert (await db.stats()).projections_rebuilt == {"tally": "section version 1, not 2"}
         assert tally(db).per_ns == EXPECTED
 
 
@@ -174,13 +174,13 @@ async def test_a_damaged_kv_section_rebuilds_kv_and_keeps_the_rest(tmp_path: Pat
     path = tmp_path / "db"
     async with koru.open(path, projections=[Tally]) as db:
         await write(db)
-        digest = db.digest()
+        digest = await db.digest()
         keys = {ns: await db.keys(ns) for ns in EXPECTED}
     rewrite_checkpoint(path, lambda body: body["sections"]["kv"].__setitem__(1, {"ns": []}))
     async with koru.open(path, projections=[Tally]) as db:
-        assert list(db.stats().projections_rebuilt) == ["kv"]
-        assert db.stats().checkpoint_events == 32
-        assert db.digest() == digest
+        assert list((await db.stats()).projections_rebuilt) == ["kv"]
+        assert (await db.stats()).checkpoint_events == 32
+        assert (await db.digest()) == digest
         assert tally(db).per_ns == EXPECTED
         assert {ns: await db.keys(ns) for ns in EXPECTED} == keys
         assert await db.keys("config") == ["b2"]
@@ -192,7 +192,7 @@ async def test_a_format_2_checkpoint_is_read(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path) as db:
         await write(db)
-        digest = db.digest()
+        digest = await db.digest()
 
     def downgrade(body: dict[str, Any]) -> None:
         sections = body.pop("sections")
@@ -202,16 +202,16 @@ async def test_a_format_2_checkpoint_is_read(tmp_path: Path) -> None:
 
     rewrite_checkpoint(path, downgrade)
     async with koru.open(path) as db:
-        stats = db.stats()
+        stats = await db.stats()
         assert stats.checkpoint_events == 32 and stats.replayed_events == 0
         assert stats.projections_rebuilt == {"feeds": "section version 1, not 2"}
-        assert db.digest() == digest
+        assert (await db.digest()) == digest
         await db.put("after", "upgrade", 1)
-        digest = db.digest()
+        digest = await db.digest()
     kv, _ = full_replay(path)
     async with koru.open(path) as db:
-        assert db.stats().projections_rebuilt == {}
-        assert db.digest() == digest_of(kv) == digest
+        assert (await db.stats()).projections_rebuilt == {}
+        assert (await db.digest()) == digest_of(kv) == digest
         assert await db.get("after", "upgrade") == 1
 
 

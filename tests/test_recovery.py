@@ -116,8 +116,8 @@ async def state(db: koru.Database, keys: list[tuple[str, str]]) -> dict[str, Any
     """Everything observable about ``keys``, for comparing two opens."""
     namespaces = sorted({ns for ns, _ in keys})
     return {
-        "digest": db.digest(),
-        "root": db.roots()[AGENT],
+        "digest": (await db.digest()),
+        "root": (await db.roots())[AGENT],
         "keys": {ns: await db.keys(ns) for ns in namespaces},
         "history": {
             f"{ns}/{k}": [
@@ -126,8 +126,8 @@ async def state(db: koru.Database, keys: list[tuple[str, str]]) -> dict[str, Any
             ]
             for ns, k in keys
         },
-        "events": db.stats().events,
-        "versions": db.stats().versions,
+        "events": (await db.stats()).events,
+        "versions": (await db.stats()).versions,
     }
 
 
@@ -155,7 +155,7 @@ async def reference_state(path: Path, scratch: Path) -> dict[str, Any]:
     """The state a full replay of ``path``'s log gives (via a copy without checkpoint)."""
     copy = copy_db(path, scratch, checkpoint=False)
     async with koru.open(copy, readonly=True) as db:
-        assert db.stats().checkpoint_events == 0
+        assert (await db.stats()).checkpoint_events == 0
         ref = await state(db, WORKLOAD_KEYS)
     kv, _ = full_replay(path)
     assert ref["digest"] == digest_of(kv)
@@ -211,13 +211,13 @@ async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None
                 assert [v.write_id for v in await db.history(NS, f"k{i}")] == [versions[i].write_id]
                 assert await db.get(NS, f"k{i}") == value(i)
             assert await db.history(NS, "k4") == []
-            assert db.digest() == digest_of(ref_kv)
-            assert db.roots()[AGENT] == ref_cursor.root.hex()
-            assert db.stats().events == 4
+            assert (await db.digest()) == digest_of(ref_kv)
+            assert (await db.roots())[AGENT] == ref_cursor.root.hex()
+            assert (await db.stats()).events == 4
             # What the cut record held is kept, never silently dropped.
-            assert db.stats().set_aside_files == (cut > start5)
+            assert (await db.stats()).set_aside_files == (cut > start5)
             new = await db.put(NS, "after", {"cut": cut})
-            digest = db.digest()
+            digest = await db.digest()
         kept = list(lost_found(work).values())
         assert kept == ([original[start5:cut].rstrip(b"\0")] if cut > start5 else [])
         kv, cursor = full_replay(work)
@@ -226,7 +226,7 @@ async def test_truncation_at_every_offset_of_last_record(tmp_path: Path) -> None
             assert await db.keys(NS) == ["after", "k0", "k1", "k2", "k3"]
             assert await db.get(NS, "after") == {"cut": cut}
             assert [v.write_id for v in await db.history(NS, "after")] == [new.write_id]
-            assert db.digest() == digest
+            assert (await db.digest()) == digest
 
     # The same cuts under a checkpoint that names the fifth record: it was proven
     # durable, so its loss is reported, and nothing is changed (the checkpoint stays).
@@ -285,12 +285,12 @@ async def test_truncation_at_every_offset_of_new_segment(tmp_path: Path) -> None
                 assert seg_path(work, 2).stat().st_size == SEGMENT_HEADER_SIZE, f"cut at {cut}"
                 kept = seg2[SEGMENT_HEADER_SIZE:cut].rstrip(b"\0")
             assert list(lost_found(work).values()) == ([kept] if kept else [])
-            assert db.stats().set_aside_bytes == len(kept)
+            assert (await db.stats()).set_aside_bytes == len(kept)
             assert seg_path(work).stat().st_size == seg1_size
             assert await db.keys(NS) == [f"k{i}" for i in range(5)]
             assert [v.write_id for v in await db.history(NS, "k4")] == [versions[4].write_id]
-            assert db.digest() == digest_of(ref_kv)
-            assert db.roots()[AGENT] == ref_cursor.root.hex()
+            assert (await db.digest()) == digest_of(ref_kv)
+            assert (await db.roots())[AGENT] == ref_cursor.root.hex()
             new = await db.put(NS, "after", {"cut": cut})
         assert seg_path(work, 2).exists()
         kv, cursor = full_replay(work)
@@ -298,7 +298,7 @@ async def test_truncation_at_every_offset_of_new_segment(tmp_path: Path) -> None
         async with koru.open(work) as db:
             assert [v.write_id for v in await db.history(NS, "after")] == [new.write_id]
             assert await db.get(NS, "after") == {"cut": cut}
-            assert db.digest() == digest_of(kv)
+            assert (await db.digest()) == digest_of(kv)
 
     for cut in (0, 1, SEGMENT_HEADER_SIZE // 2, SEGMENT_HEADER_SIZE - 1):
         copy_db(base, work, checkpoint=False)  # the manifest lists segment 2
@@ -388,8 +388,8 @@ async def test_a_flipped_bit_past_the_last_checkpoint_ends_the_log(tmp_path: Pat
         damaged = flip_bit(original, bit)
         seg_path(work).write_bytes(damaged)
         async with koru.open(work, sync="always") as db:
-            assert db.stats().events == 4
-            assert db.stats().set_aside_files == 1
+            assert (await db.stats()).events == 4
+            assert (await db.stats()).set_aside_files == 1
             assert not await db.contains(NS, "k4")
             assert (await db.get_versioned(NS, "k3")).write_id == versions[3].write_id
         assert seg_path(work).read_bytes() == original[:last_start]
@@ -544,11 +544,11 @@ async def test_tampered_records_are_never_served(
             with pytest.raises(CorruptLogError):
                 await db.diff(NS, "k")
             assert await db.get(NS, "other") == value(9)
-            assert db.stats().corruptions == 4
+            assert (await db.stats()).corruptions == 4
     else:
         async with koru.open(path) as db:
-            assert db.stats().events == bad
-            assert db.stats().set_aside_files == 1
+            assert (await db.stats()).events == bad
+            assert (await db.stats()).set_aside_files == 1
             assert [v.value for v in await db.history(NS, "k")] == [value(i) for i in (1, 2, 3)][
                 :bad
             ]
@@ -578,7 +578,7 @@ async def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path, zeros: int) -> No
     assert cursor.count == 6 and cursor.offset == seg_path(path).stat().st_size
     async with koru.open(path) as db:
         assert [h.write_id for h in await db.history(NS, "after")] == [new.write_id]
-        assert db.digest() == digest_of(kv)
+        assert (await db.digest()) == digest_of(kv)
 
 
 @pytest.mark.parametrize("size", [0, 1, SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE + 1, PAGE])
@@ -632,15 +632,19 @@ async def test_missing_checkpoint_gives_the_same_state(tmp_path: Path) -> None:
     path = tmp_path / "db"
     await build_workload_db(path)
     async with koru.open(path, readonly=True) as db:
-        assert db.stats().checkpoint_events == 40 and db.stats().replayed_events == 0
+        assert (await db.stats()).checkpoint_events == 40 and (
+            await db.stats()
+        ).replayed_events == 0
         with_checkpoint = await state(db, WORKLOAD_KEYS)
     (path / CHECKPOINT_FILE).unlink()
     async with koru.open(path) as db:
-        assert db.stats().checkpoint_events == 0 and db.stats().replayed_events == 40
+        assert (await db.stats()).checkpoint_events == 0 and (
+            await db.stats()
+        ).replayed_events == 40
         assert await state(db, WORKLOAD_KEYS) == with_checkpoint
     # The close wrote a new checkpoint, and it is used.
     async with koru.open(path) as db:
-        assert db.stats().checkpoint_events == 40
+        assert (await db.stats()).checkpoint_events == 40
         assert await state(db, WORKLOAD_KEYS) == with_checkpoint
     assert with_checkpoint == await reference_state(path, tmp_path / "ref")
 
@@ -677,7 +681,7 @@ async def test_corrupt_checkpoint_falls_back_to_replay(tmp_path: Path) -> None:
     for data in [*damaged[::50], good[:-1]]:
         (path / CHECKPOINT_FILE).write_bytes(data)
         async with koru.open(path) as db:
-            assert db.stats().checkpoint_events == 0
+            assert (await db.stats()).checkpoint_events == 0
             assert await state(db, WORKLOAD_KEYS) == ref
         decode_checkpoint((path / CHECKPOINT_FILE).read_bytes())
 
@@ -720,10 +724,12 @@ async def test_garbage_checkpoint_falls_back_to_replay(tmp_path: Path, garbage: 
     ref = await reference_state(path, tmp_path / "ref")
     (path / CHECKPOINT_FILE).write_bytes(garbage)
     async with koru.open(path) as db:
-        assert db.stats().checkpoint_events == 0 and db.stats().replayed_events == 40
+        assert (await db.stats()).checkpoint_events == 0 and (
+            await db.stats()
+        ).replayed_events == 40
         assert await state(db, WORKLOAD_KEYS) == ref
     async with koru.open(path) as db:
-        assert db.stats().checkpoint_events == 40
+        assert (await db.stats()).checkpoint_events == 40
         assert await state(db, WORKLOAD_KEYS) == ref
 
 
@@ -739,13 +745,18 @@ async def test_stale_checkpoint_replays_the_tail_across_segments(tmp_path: Path)
     ref = await reference_state(path, tmp_path / "ref")
     (path / CHECKPOINT_FILE).write_bytes(stale)
     async with koru.open(path, segment_size=1024) as db:
-        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (20, 30)
+        stats = await db.stats()
+        assert (stats.checkpoint_events, stats.replayed_events) == (
+            20,
+            30,
+        )
         assert await state(db, WORKLOAD_KEYS) == ref
         await db.put("a", "k0", "after")
     kv, _ = full_replay(path)
     async with koru.open(path) as db:
-        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (51, 0)
-        assert db.digest() == digest_of(kv)
+        stats = await db.stats()
+        assert (stats.checkpoint_events, stats.replayed_events) == (51, 0)
+        assert (await db.digest()) == digest_of(kv)
         assert await db.get("a", "k0") == "after"
 
 
@@ -769,9 +780,10 @@ async def test_stale_checkpoint_at_the_start_of_a_segment(tmp_path: Path) -> Non
         await db.put(NS, "k6", value(6))
     (path / CHECKPOINT_FILE).write_bytes(stale)
     async with koru.open(path) as db:
-        assert (db.stats().checkpoint_events, db.stats().replayed_events) == (5, 1)
+        stats = await db.stats()
+        assert (stats.checkpoint_events, stats.replayed_events) == (5, 1)
         assert await db.get(NS, "k6") == value(6)
-        assert db.digest() == digest_of(full_replay(path)[0])
+        assert (await db.digest()) == digest_of(full_replay(path)[0])
 
 
 async def test_a_checkpoint_of_another_node_is_ignored(tmp_path: Path) -> None:
@@ -790,8 +802,8 @@ async def test_a_checkpoint_of_another_node_is_ignored(tmp_path: Path) -> None:
     ref = await reference_state(b, tmp_path / "ref")
     shutil.copy(a / CHECKPOINT_FILE, b / CHECKPOINT_FILE)
     async with koru.open(b) as db:
-        assert db.stats().checkpoint_events == 0
-        assert "another node" in (db.stats().checkpoint_ignored or "")
+        assert (await db.stats()).checkpoint_events == 0
+        assert "another node" in ((await db.stats()).checkpoint_ignored or "")
         assert await state(db, WORKLOAD_KEYS) == ref
     assert decode_checkpoint((b / CHECKPOINT_FILE).read_bytes()).cursors[AGENT].root == cb.root
 
@@ -1063,7 +1075,7 @@ async def test_readonly_opens_racing_a_writer_process_report_no_corruption(
             nursery.start_soon(drain)
             for _ in range(60):
                 async with koru.open(path, readonly=True) as db:
-                    seen.append(db.stats().events)
+                    seen.append((await db.stats()).events)
                     for ns in ("users", "orders", "config"):
                         for key in await db.keys(ns):
                             await db.get_versioned(ns, key)
@@ -1125,7 +1137,7 @@ async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, da
         seg_path(path, 2).write_bytes(b"")
     before = tree(path)
     async with koru.open(path, readonly=True) as db:
-        assert db.stats().events == expect
+        assert (await db.stats()).events == expect
         for i, v in enumerate(versions):
             assert await db.get(NS, f"k{i}") == value(i)
             assert (await db.get_versioned(NS, f"k{i}")).write_id == v.write_id
@@ -1135,7 +1147,7 @@ async def test_readonly_open_of_a_damaged_log_changes_nothing(tmp_path: Path, da
             assert not await db.contains(NS, "k4")
     assert tree(path) == before, "a read-only open changed files"
     async with koru.open(path) as db:  # a writable open then repairs
-        assert db.stats().events == expect
+        assert (await db.stats()).events == expect
     assert full_replay(path)[1].offset == max(
         p.stat().st_size for p in (path / "logs" / AGENT).glob("*.seg")
     )
@@ -1327,7 +1339,7 @@ async def test_failed_directory_fsync_is_fatal(
     disk.fail_dir_fsync = False
     assert not (path / CHECKPOINT_FILE).exists()
     async with koru.open(path) as db:  # the lock was released; the log is consistent
-        assert db.stats().events in (0, 1)
+        assert (await db.stats()).events in (0, 1)
 
 
 @pytest.mark.parametrize("sync", ["always", "os"])
@@ -1536,8 +1548,12 @@ async def test_damage_in_the_last_record_before_allocated_zeros(
         assert seg_path(copy).read_bytes() == damaged
     else:
         async with koru.open(copy) as db:
-            assert db.stats().events == 5
-            assert (db.stats().set_aside_files, db.stats().set_aside_bytes) == (1, end - last)
+            assert (await db.stats()).events == 5
+            stats = await db.stats()
+            assert (stats.set_aside_files, stats.set_aside_bytes) == (
+                1,
+                end - last,
+            )
         assert list(lost_found(copy).values()) == [damaged[last:end]]
         assert seg_path(copy).stat().st_size == last
 
@@ -1550,7 +1566,7 @@ async def test_a_record_cut_at_a_sector_boundary_is_the_logs_end(tmp_path: Path)
         f.seek(boundary)
         f.write(bytes(end - boundary))
     async with koru.open(copy) as db:
-        assert db.stats().events == 5
+        assert (await db.stats()).events == 5
         assert not await db.contains(NS, "k5")
         assert await db.get(NS, "k4") == {"i": 4, "pad": "x" * 150}
     assert seg_path(copy).stat().st_size == last
@@ -1587,14 +1603,14 @@ async def test_a_readonly_open_reads_past_a_record_being_written(tmp_path: Path)
         f.seek(stop)
         f.write(bytes(end - stop))
     async with koru.open(copy, readonly=True) as db:
-        assert db.stats().events == 5
+        assert (await db.stats()).events == 5
         assert await db.get(NS, "k4") == {"i": 4, "pad": "x" * 150}
-        assert db.stats().set_aside_files == 0
+        assert (await db.stats()).set_aside_files == 0
     # A writable open (no checkpoint names the record) ends the log in the same place,
     # and keeps the part of the record that landed.
     partial = seg_path(copy).read_bytes()[last:stop]
     async with koru.open(copy) as db:
-        assert db.stats().events == 5
+        assert (await db.stats()).events == 5
     assert list(lost_found(copy).values()) == [partial]
 
 

@@ -189,7 +189,7 @@ async def test_a_crafted_value_is_reported_when_read(value: bytes) -> None:
             for _ in range(2):  # the second read (not from the cache) fails the same way
                 with pytest.raises(koru.CorruptLogError, match="value"):
                     await read("ns", "k")
-        assert db.stats().corruptions == 2 * len(reads)
+        assert (await db.stats()).corruptions == 2 * len(reads)
 
 
 # -- crafted checkpoints ------------------------------------------------------------------
@@ -242,7 +242,7 @@ async def test_crafted_checkpoints_only_ever_raise_koru_errors() -> None:
                                 await call(ns, key)
                     await db.keys(ns)
                 await db.namespaces()
-                outcome = "opened" if db.stats().checkpoint_events else "ignored"
+                outcome = "opened" if (await db.stats()).checkpoint_events else "ignored"
         except koru.KoruError as exc:
             outcome = type(exc).__name__
         outcomes[outcome] = outcomes.get(outcome, 0) + 1

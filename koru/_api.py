@@ -1,0 +1,83 @@
+"""The one interface of a koru-delta database, local or remote.
+
+:class:`koru.Database` (a database in this process) satisfies it, and so will the
+client of a database served by another node; code written against
+:class:`DatabaseAPI` runs on either. Why every call is awaitable, even those a local
+database answers from memory (``stats``, ``digest``, ``roots``): a remote database
+answers over the network, and a call that is synchronous here could never be served
+there without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ._diff import Diff
+from ._types import IngestResult, Stats, Version, Versioned
+
+__all__ = ["DatabaseAPI"]
+
+
+class DatabaseAPI(Protocol):
+    """What every koru-delta database answers; see :class:`koru.Database` for each
+    call's full contract."""
+
+    @property
+    def node_id(self) -> str:
+        """The id (hex) of the node that holds the database."""
+        ...
+
+    @property
+    def readonly(self) -> bool:
+        """True if every write raises ReadOnlyError."""
+        ...
+
+    async def put(self, namespace: str, key: str, value: Any) -> Version: ...
+
+    async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]: ...
+
+    async def delete(self, namespace: str, key: str) -> Version: ...
+
+    async def get(self, namespace: str, key: str) -> Any: ...
+
+    async def get_versioned(self, namespace: str, key: str) -> Versioned: ...
+
+    async def get_at(self, namespace: str, key: str, at: Any) -> Versioned: ...
+
+    async def history(
+        self,
+        namespace: str,
+        key: str,
+        since: Any = None,
+        until: Any = None,
+        latest: int | None = None,
+    ) -> list[Versioned]: ...
+
+    async def contains(self, namespace: str, key: str) -> bool: ...
+
+    async def keys(self, namespace: str) -> list[str]: ...
+
+    async def namespaces(self) -> list[str]: ...
+
+    async def diff(
+        self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
+    ) -> Diff: ...
+
+    async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
+
+    async def feed_heads(self) -> dict[tuple[str, str], int]: ...
+
+    async def feed_events(
+        self, origin: str, agent: str = ..., after: int = 0, limit: int | None = None
+    ) -> list[bytes]: ...
+
+    async def stats(self) -> Stats: ...
+
+    async def roots(self) -> dict[str, str]: ...
+
+    async def digest(self) -> str: ...
+
+    async def checkpoint(self) -> None: ...
+
+    async def aclose(self) -> None: ...

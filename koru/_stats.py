@@ -1,0 +1,79 @@
+"""Statistics: one snapshot of the counters every collaborator of a database keeps.
+
+Each collaborator counts what it does (the store its bytes and set-aside files, the
+committer its syncs, the checkpointer its saves, the reader corrupt records met, the
+ingest path events taken in); this module only gathers them, plus what the open found.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from koru.events import LogStore
+from koru.nursery import Checkpointer, Committer
+from koru.projections import KvState
+
+from ._cache import ValueCache
+from ._ingest import Ingest
+from ._reader import ValueReader
+from ._types import Stats
+
+__all__ = ["OpenReport", "Statistics"]
+
+
+class OpenReport(NamedTuple):
+    """What opening the database found: events restored from the checkpoint and
+    replayed from the log, why the checkpoint was ignored (or None), and which
+    projections were rebuilt from the log (name -> why)."""
+
+    from_checkpoint: int = 0
+    replayed: int = 0
+    checkpoint_problem: str | None = None
+    rebuilt: dict[str, str] = {}  # noqa: RUF012 - never mutated; copied by snapshot
+
+
+class Statistics(NamedTuple):
+    """The counters' owners, read together by :meth:`snapshot`."""
+
+    path: str | None
+    node_hex: str
+    store: LogStore
+    kv: KvState
+    committer: Committer
+    checkpointer: Checkpointer
+    cache: ValueCache
+    values: ValueReader
+    ingest: Ingest
+    opened: OpenReport
+
+    def snapshot(self) -> Stats:
+        s = self.store.stats()
+        kv, cache, opened = self.kv, self.cache, self.opened
+        return Stats(
+            path=self.path,
+            node_id=self.node_hex,
+            sync=self.committer.mode,
+            keys=kv.live,
+            deleted_keys=kv.key_count() - kv.live,
+            namespaces=len(kv.live_namespaces()),
+            versions=kv.versions,
+            events=self.checkpointer.events,
+            log_bytes=s.get("bytes_appended", 0),
+            syncs=self.committer.syncs,
+            cache_entries=len(cache),
+            cache_bytes=cache.size,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            checkpoints=self.checkpointer.written,
+            checkpoint_failures=self.checkpointer.failures,
+            checkpoint_events=opened.from_checkpoint,
+            replayed_events=opened.replayed,
+            checkpoint_ignored=opened.checkpoint_problem,
+            projections_rebuilt=dict(opened.rebuilt),
+            corruptions=self.values.corruptions,
+            set_aside_files=s.get("set_aside_files", 0),
+            set_aside_bytes=s.get("set_aside_bytes", 0),
+            ingested=self.ingest.accepted,
+            forks=self.ingest.forks,
+            held=self.ingest.held,
+        )

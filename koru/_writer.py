@@ -1,0 +1,234 @@
+"""Writing: local writes become events, events from elsewhere are ingested, and both
+take the one write path.
+
+The one write path (:meth:`Writer.write`) hands an encoded event to the store (which
+frames, checksums, chains and writes it), folds it through every projection, and counts
+it for the checkpointer. A writer is acknowledged only when the committer says the
+record is durable under the database's sync mode (:meth:`Writer.acknowledge`); the
+caller awaits that, so building and appending an event never yields, and the state a
+write saw as current is still current when it is appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from koru.events import (
+    STORAGE,
+    BatchEvent,
+    DeleteEvent,
+    DurabilityError,
+    Event,
+    HybridLogicalClock,
+    InvalidArgumentError,
+    InvalidDataError,
+    KeyNotFoundError,
+    LogStore,
+    PutEvent,
+    Write,
+    check_name,
+    content_id,
+    encode_event,
+    encode_value,
+    event_id,
+    write_id,
+)
+from koru.nursery import Checkpointer, Clock, Committer
+from koru.projections import FeedState, KvState, Projections, capture_checkpoint
+
+from ._cache import ValueCache
+from ._ingest import Ingest
+from ._types import IngestResult, Version
+
+__all__ = ["Writer"]
+
+_NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
+
+Header = tuple[bytes, str, int, bytes | None, int]
+
+
+class Writer:
+    """Builds this node's events, ingests other nodes', and appends both."""
+
+    def __init__(
+        self,
+        *,
+        store: LogStore,
+        node_id: bytes,
+        clock: Clock,
+        committer: Committer,
+        projections: Projections,
+        hlc: int,
+        cache: ValueCache,
+        max_value_size: int,
+        checkpoint_every: int,
+        events: int,
+        saved_at: int,
+        die: Callable[[BaseException], None],
+    ) -> None:
+        self._store = store
+        self._node = node_id
+        self._node_hex = node_id.hex()
+        self._clock = clock
+        self._committer = committer
+        self._projections = projections
+        self._kv = cast(KvState, projections["kv"])
+        self._feeds = cast(FeedState, projections["feeds"])
+        self._fold = projections.apply
+        self._cache = cache
+        self._max_value_size = max_value_size
+        self._die = die
+        self.hlc = HybridLogicalClock(hlc)
+        self.checkpointer = Checkpointer(
+            store, committer, self.capture, every=checkpoint_every, events=events, saved_at=saved_at
+        )
+        self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
+
+    # -- the one write path -------------------------------------------------------------
+
+    def write(self, event: Event, data: bytes, eid: bytes) -> None:
+        """Store (frame, checksum, chain, write), fold into every projection, count for
+        checkpoints: for local events and ingested ones alike."""
+        try:
+            location, _ = self._store.append(event.agent, data, eid)
+        except DurabilityError as exc:
+            self._die(exc)
+            raise
+        self._committer.mark_appended()
+        self._fold(event, eid, location)
+        self.checkpointer.note_event()
+
+    async def acknowledge(self) -> None:
+        """Return once everything written so far is durable under the sync mode."""
+        try:
+            await self._committer.wait_durable()
+        except DurabilityError as exc:
+            self._die(exc)
+            raise
+
+    def _append(self, event: Event) -> bytes:
+        data = encode_event(event)
+        eid = event_id(data)
+        self.write(event, data, eid)
+        return eid
+
+    # -- local writes --------------------------------------------------------------------
+
+    def put(self, namespace: str, key: str, value: Any) -> Version:
+        """Append a new version of ``namespace/key`` (not yet acknowledged)."""
+        check_name(namespace, "namespace")
+        check_name(key, "key")
+        data = encode_value(value, self._max_value_size)
+        previous = self._kv.current_write_id(namespace, key)
+        event = PutEvent(*self._header(), namespace, key, data, previous)
+        cid = content_id(data)
+        eid = self._append(event)
+        self._cache.put(cid, data)
+        return self._version(namespace, key, eid, cid, event.hlc, previous)
+
+    def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
+        """Append several versions as one event, all or nothing (not yet acknowledged)."""
+        if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
+            raise InvalidDataError(
+                f"put_batch takes an iterable of (namespace, key, value), not {items!r}"
+            )
+        writes: list[Write] = []
+        seen: set[tuple[str, str]] = set()
+        for item in items:
+            if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
+                raise InvalidDataError(f"batch items are (namespace, key, value), not {item!r}")
+            namespace, key, value = item
+            check_name(namespace, "namespace")
+            check_name(key, "key")
+            if (namespace, key) in seen:
+                raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
+            seen.add((namespace, key))
+            data = encode_value(value, self._max_value_size)
+            writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
+        if not writes:
+            return []
+        event = BatchEvent(*self._header(), tuple(writes))
+        cids = [content_id(cast(bytes, w.value)) for w in writes]
+        eid = self._append(event)
+        versions = []
+        for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
+            self._cache.put(cid, cast(bytes, w.value))
+            wid = write_id(eid, i)
+            versions.append(self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous))
+        return versions
+
+    def delete(self, namespace: str, key: str) -> Version:
+        """Append a tombstone for a key with a current value (not yet acknowledged)."""
+        check_name(namespace, "namespace")
+        check_name(key, "key")
+        cur = self._kv.current(namespace, key)
+        if cur is None or cur.deleted:
+            raise KeyNotFoundError(namespace, key)
+        event = DeleteEvent(*self._header(), namespace, key, cur.write_id)
+        eid = self._append(event)
+        return self._version(namespace, key, eid, None, event.hlc, cur.write_id)
+
+    # -- events from elsewhere -----------------------------------------------------------
+
+    def take_in(self, events: Iterable[bytes]) -> IngestResult:
+        """Offer each event to the ingest path (not yet acknowledged when any was
+        accepted: ``result.accepted``)."""
+        if isinstance(events, str | bytes | bytearray | memoryview) or not isinstance(
+            events, Iterable
+        ):
+            raise InvalidArgumentError(f"ingest takes an iterable of event bytes, not {events!r}")
+        ingest = self.ingest
+        accepted, duplicates = ingest.accepted, ingest.duplicates
+        now = self.now()
+        for data in events:
+            ingest.offer(data, now)
+        return IngestResult(
+            ingest.accepted - accepted,
+            ingest.duplicates - duplicates,
+            ingest.held,
+            tuple(ingest.take_report()),
+        )
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def now(self) -> int:
+        """The injected clock's reading, checked before the HLC sees it: one bad
+        reading must not poison every later timestamp."""
+        now = self._clock.now_ns()
+        if type(now) is not int or not 0 <= now < _NS_LIMIT:
+            raise InvalidArgumentError(
+                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+            )
+        return now
+
+    def _header(self) -> Header:
+        seq, prev = self._feeds.next(self._node, STORAGE)
+        return self._node, STORAGE, seq, prev, self.hlc.tick(self.now())
+
+    def _version(
+        self,
+        namespace: str,
+        key: str,
+        wid: bytes,
+        cid: bytes | None,
+        hlc: int,
+        previous: bytes | None,
+    ) -> Version:
+        """The metadata of a version this node just wrote."""
+        return Version(
+            namespace,
+            key,
+            wid.hex(),
+            None if cid is None else cid.hex(),
+            hlc,
+            None if previous is None else previous.hex(),
+            self._node_hex,
+            cid is None,
+        )
+
+    def capture(self) -> dict[str, Any]:
+        """Every projection's section and every agent's cursor, together (the
+        checkpointer calls this without yielding, so they agree)."""
+        cursors = {a: self._store.cursor(a) for a in self._store.agents()}
+        return capture_checkpoint(self._projections, cursors, self.hlc.last, self._node)

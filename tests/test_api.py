@@ -1,0 +1,75 @@
+"""The one interface: the local database satisfies :class:`koru.DatabaseAPI`, every
+call of which is awaitable (mypy checks the types; this checks the runtime shape)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import trio
+
+import koru
+from koru import Database, DatabaseAPI
+
+CALLS = sorted(
+    name for name, member in vars(DatabaseAPI).items() if inspect.iscoroutinefunction(member)
+)
+PROPERTIES = sorted(
+    name for name, member in vars(DatabaseAPI).items() if isinstance(member, property)
+)
+
+
+def test_the_interface_covers_the_data_api() -> None:
+    # A guard on the lists below: a call dropped from the protocol fails here.
+    assert set(CALLS) >= {
+        "put", "put_batch", "delete", "get", "get_versioned", "get_at", "history",
+        "contains", "keys", "namespaces", "diff", "ingest", "feed_heads", "feed_events",
+        "stats", "roots", "digest", "checkpoint", "aclose",
+    }  # fmt: skip
+    assert PROPERTIES == ["node_id", "readonly"]
+    # Every public callable of the protocol is a coroutine function: no sync calls.
+    public = [n for n, m in vars(DatabaseAPI).items() if callable(m) and not n.startswith("_")]
+    assert sorted(public) == CALLS
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_each_call_is_a_coroutine_with_the_same_signature(name: str) -> None:
+    local = getattr(Database, name)
+    assert inspect.iscoroutinefunction(local), f"Database.{name} is not awaitable"
+    ours = inspect.signature(local)
+    theirs = inspect.signature(getattr(DatabaseAPI, name))
+    assert list(ours.parameters) == list(theirs.parameters)
+    for p in theirs.parameters.values():
+        if p.default is not inspect.Parameter.empty and p.default is not ...:
+            assert ours.parameters[p.name].default == p.default, (name, p.name)
+
+
+async def use(db: DatabaseAPI) -> tuple[object, ...]:
+    """Code written against the interface alone."""
+    await db.put("n", "k", 1)
+    return (await db.get("n", "k"), (await db.stats()).keys, len(await db.digest()))
+
+
+async def test_a_database_serves_code_written_against_the_interface() -> None:
+    async with koru.open(koru.MEMORY) as db:
+        assert isinstance(db.node_id, str) and db.readonly is False
+        assert await use(db) == (1, 1, 64)
+
+
+async def test_stats_digest_and_roots_are_cancellation_points() -> None:
+    async with koru.open(koru.MEMORY) as db:
+        for call in (db.stats, db.digest, db.roots):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await call()
+                pytest.fail(f"{call.__name__} ran in a cancelled scope")  # pragma: no cover
+            assert scope.cancelled_caught
+
+
+async def test_stats_still_answer_after_close_the_others_refuse() -> None:
+    async with koru.open(koru.MEMORY) as db:
+        await db.put("n", "k", 1)
+    assert (await db.stats()).keys == 1
+    for call in (db.digest, db.roots):
+        with pytest.raises(koru.DatabaseClosedError):
+            await call()
