@@ -78,7 +78,7 @@ class Database:
         self._kv = cast(KvState, projections["kv"])
         self._feeds = cast(FeedState, projections["feeds"])
         self._cache = cache
-        self._values = ValueReader(store, cache)
+        self._values = ValueReader(store, cache, projections.placements)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
         events = opened.from_checkpoint + opened.replayed
         self._writer = Writer(

@@ -9,9 +9,15 @@ otherwise be served. The content id (blake3 of the value's bytes) settles it in 
 hash. The value is also decoded strictly once here (replay does not decode values), so
 that what enters the cache always decodes: reads from the cache never meet a malformed
 value.
+
+A value may have moved (the Tiers capability): the projections that follow
+:class:`~koru.projections.ValuePlacement` say where it lives now, and it is read there
+instead, with the same proof. The version record still names the event that wrote it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from koru.events import (
     CodecError,
@@ -28,32 +34,51 @@ from ._cache import ValueCache
 __all__ = ["ValueReader"]
 
 
-def _value_of(event: Event, namespace: str, key: str) -> bytes:
+def _value_of(event: Event, cid: bytes, namespace: str, key: str) -> bytes:
+    """The value with content id ``cid`` in ``event``: the key's own write first (the
+    usual case, one hash), else any write holding it (a value that moved)."""
     for w in event.writes:
         if w.namespace == namespace and w.key == key and w.value is not None:
+            if content_id(w.value) == cid:
+                return w.value
+            break
+    for w in event.writes:
+        if w.value is not None and content_id(w.value) == cid:
             return w.value
-    raise CodecError("no value of that key in the event")
+    raise CodecError(f"it does not hold the value (content id {cid.hex()})")
 
 
 class ValueReader:
     """Encoded values by content id, through the cache."""
 
-    __slots__ = ("cache", "corruptions", "store")
+    __slots__ = ("cache", "corruptions", "placements", "store")
 
-    def __init__(self, store: LogStore, cache: ValueCache) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        cache: ValueCache,
+        placements: Sequence[Callable[[bytes], int | None]] = (),
+    ) -> None:
         self.store = store
         self.cache = cache
+        self.placements = tuple(placements)
         #: Corrupt records met by reads since the open.
         self.corruptions = 0
 
     def value_bytes(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
-        """The encoded value with content id ``cid``, carried by the event at ``location``.
+        """The encoded value with content id ``cid``, written by the event at
+        ``location`` (or wherever a placement says it lives now).
 
         Raises:
             CorruptLogError: the record there does not hold that value (counted).
         """
         data = self.cache.get(cid)
         if data is None:
+            for placed in self.placements:
+                moved = placed(cid)
+                if moved is not None:
+                    location = moved
+                    break
             try:
                 data = self._load(cid, location, namespace, key)
             except CorruptLogError:
@@ -65,9 +90,7 @@ class ValueReader:
     def _load(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
         data = self.store.read(location)
         try:
-            value = _value_of(decode_trusted(data), namespace, key)
-            if content_id(value) != cid:
-                raise CodecError(f"it holds another value (content id {cid.hex()} expected)")
+            value = _value_of(decode_trusted(data), cid, namespace, key)
             decode_value_strict(value)
             return value
         except CodecError as exc:

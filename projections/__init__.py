@@ -16,6 +16,7 @@ from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
+from ._projection import ValuePlacement as ValuePlacement
 
 __all__ = [
     "NO_ID",
@@ -26,6 +27,7 @@ __all__ = [
     "KvState",
     "Projection",
     "Projections",
+    "ValuePlacement",
     "VersionRecord",
     "capture_checkpoint",
     "decode_checkpoint",

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from koru.events import Event
 
-__all__ = ["Projection", "Projections"]
+__all__ = ["Projection", "Projections", "ValuePlacement"]
 
 P = TypeVar("P", bound="Projection")
 
@@ -53,10 +53,28 @@ class Projection(Protocol):
         ...
 
 
+@runtime_checkable
+class ValuePlacement(Protocol):
+    """A projection that knows where values live now, when not in the event that wrote
+    them (the Tiers capability moves values between files).
+
+    Why an indirection: a version record names the event that wrote it, and the log is
+    never rewritten; so a value that moves is found through a placement that a later
+    event changed, and the record, its history and its id stay as they were. Whatever
+    location is given, the value read there is proven against its content id before it
+    is served.
+    """
+
+    def placed(self, content_id: bytes) -> int | None:
+        """Where the value with ``content_id`` now lives (a log location), or None if
+        it is still in the event that wrote it."""
+        ...
+
+
 class Projections:
     """The registered projections, folded together: the one seam every event takes."""
 
-    __slots__ = ("_applies", "_by_name", "members")
+    __slots__ = ("_applies", "_by_name", "members", "placements")
 
     def __init__(self, members: Iterable[Projection]) -> None:
         self.members: tuple[Projection, ...] = tuple(members)
@@ -64,6 +82,8 @@ class Projections:
         if len(self._by_name) != len(self.members):
             raise ValueError("two projections share a name")
         self._applies = tuple(p.apply for p in self.members)
+        #: Where moved values are found, asked in registration order.
+        self.placements = tuple(p.placed for p in self.members if isinstance(p, ValuePlacement))
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
         """Fold one event into every projection."""
