@@ -536,3 +536,25 @@ def test_checkpoint_pieces_are_one_cbor_document(state: dict[str, Any]) -> None:
         pieces = encode_captured(captured, chunk=chunk)
         assert b"".join(pieces[2:]) == cbor2.dumps(captured)
         assert pieces[1] == blake3.blake3(b"".join(pieces[2:])).digest()
+
+
+def test_a_newer_envelope_is_read_through_its_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam Auth and Peers will use: a version-2 envelope (here: version 1's fields
+    and a trailing signature) gets a layout that upcasts it to the current model; its
+    id stays blake3 of its own bytes, version-1 events read as before, and the trusted
+    decoder takes the strict path for it."""
+    from koru.events import _codec
+
+    def v2(raw: list[Any]) -> Any:
+        if len(raw) != 9 or type(raw[8]) is not bytes or len(raw[8]) != 64:
+            raise CodecError("a version-2 event ends with a 64-byte signature")
+        return _codec._decode_v1([1, *raw[1:8]])
+
+    signed = env(version=2, extra=(b"s" * 64,))
+    with pytest.raises(CodecError, match="unsupported event schema version 2"):
+        decode_event(signed)
+    monkeypatch.setitem(_codec._LAYOUTS, 2, v2)
+    assert decode_event(signed) == decode_event(env()) == decode_trusted(signed)
+    assert event_id(signed) != event_id(env())
+    with pytest.raises(CodecError, match="signature"):
+        decode_event(env(version=2))
