@@ -52,6 +52,11 @@ from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
 from ._memory_store import MemoryStore as MemoryStore
 from ._names import check_name as check_name
 from ._names import name_problem as name_problem
+from ._registry import EventType as EventType
+from ._registry import Header as Header
+from ._registry import event_type_of as event_type_of
+from ._registry import event_types as event_types
+from ._registry import register_event_type as register_event_type
 from ._store import Cursor as Cursor
 from ._store import LogStore as LogStore
 from ._store import Record as Record
@@ -90,6 +95,8 @@ __all__ = [
     "Disk",
     "DurabilityError",
     "Event",
+    "EventType",
+    "Header",
     "FileStore",
     "HybridLogicalClock",
     "InvalidArgumentError",
@@ -119,9 +126,12 @@ __all__ = [
     "encode_event",
     "encode_value",
     "event_id",
+    "event_type_of",
+    "event_types",
     "genesis_root",
     "name_problem",
     "pack_location",
+    "register_event_type",
     "unpack_location",
     "write_id",
 ]

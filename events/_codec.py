@@ -10,9 +10,11 @@ an array whose shape the tag decides::
     put    [namespace, key, value bytes, previous write id | null]
     delete [namespace, key, previous write id | null]
     batch  [[namespace, key, value bytes | null, previous | null], ...]  (keys distinct)
- Values travel as byte strings holding their
-own canonical CBOR, so decoding an event never decodes user values (replay stays
-fast) and a value's content id is the hash of exactly the bytes stored.
+
+Other capabilities add their own types through :mod:`koru.events._registry`. Values
+travel as byte strings holding their own canonical CBOR, so decoding an event never
+decodes user values (replay stays fast) and a value's content id is the hash of
+exactly the bytes stored.
 
 The envelope holds only arrays, ints, strings and nulls: cbor2 always encodes those
 minimally with definite lengths, so a plain ``dumps`` *is* the canonical encoding.
@@ -30,8 +32,11 @@ import cbor2
 
 from ._errors import CodecError, InvalidDataError
 from ._event import NODE_ID_SIZE, BatchEvent, DeleteEvent, Event, PutEvent, Write
+from ._fields import ID_SIZE as _ID_SIZE
+from ._fields import UINT64_MAX as _UINT64_MAX
+from ._fields import id_or_none, name, text
 from ._limits import MAX_EVENT_SIZE, MAX_NAME_BYTES
-from ._names import name_problem
+from ._registry import Header, encoder_of, event_type_of, register_event_type
 from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
 __all__ = [
@@ -45,8 +50,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _new = tuple.__new__
-_ID_SIZE = 32
-_UINT64_MAX = 2**64 - 1
 
 
 def event_id(data: bytes) -> bytes:
@@ -55,13 +58,12 @@ def event_id(data: bytes) -> bytes:
 
 
 def _body(event: Event) -> list[Any]:
-    if type(event) is PutEvent:
+    if type(event) is PutEvent:  # nearly every event: no lookup
         return [event.namespace, event.key, event.value, event.previous]
-    if type(event) is DeleteEvent:
-        return [event.namespace, event.key, event.previous]
-    if type(event) is BatchEvent:
-        return [[w.namespace, w.key, w.value, w.previous] for w in event.items]
-    raise TypeError(f"not an encodable event: {type(event).__name__}")
+    encode = encoder_of(type(event))
+    if encode is None:
+        raise TypeError(f"not an encodable event: {type(event).__name__}")
+    return encode(event)
 
 
 def encode_event(event: Event) -> bytes:
@@ -97,23 +99,7 @@ def encode_event(event: Event) -> bytes:
     return data
 
 
-def _text(item: Any, what: str) -> str:
-    if type(item) is not str or not item:
-        raise CodecError(f"{what} must be a non-empty text string")
-    return item
-
-
-def _name(item: Any, what: str) -> str:
-    problem = name_problem(item, what)
-    if problem is not None:
-        raise CodecError(problem)
-    return item  # type: ignore[no-any-return]
-
-
-def _previous(item: Any) -> bytes | None:
-    if item is None or (type(item) is bytes and len(item) == _ID_SIZE):
-        return item
-    raise CodecError("previous must be null or a 32-byte write id")
+# -- the key/value event types ------------------------------------------------------
 
 
 def _write(item: Any) -> Write:
@@ -122,36 +108,41 @@ def _write(item: Any) -> Write:
     value = item[2]
     if not (type(value) is bytes or value is None):
         raise CodecError("value must be a byte string or null")
-    return Write(_name(item[0], "namespace"), _name(item[1], "key"), value, _previous(item[3]))
+    return Write(name(item[0], "namespace"), name(item[1], "key"), value, id_or_none(item[3]))
 
 
-def _decode_body(tag: Any, header: tuple[bytes, str, int, bytes | None, int], body: Any) -> Event:
-    if type(body) is not list:
-        raise CodecError("event body must be an array")
-    if tag == "put":
-        if len(body) != 4 or type(body[2]) is not bytes:
-            raise CodecError("put body must be [namespace, key, value bytes, previous]")
-        return PutEvent(
-            *header,
-            _name(body[0], "namespace"),
-            _name(body[1], "key"),
-            body[2],
-            _previous(body[3]),
-        )
-    if tag == "delete":
-        if len(body) != 3:
-            raise CodecError("delete body must be [namespace, key, previous]")
-        return DeleteEvent(
-            *header, _name(body[0], "namespace"), _name(body[1], "key"), _previous(body[2])
-        )
-    if tag == "batch":
-        if not body:
-            raise CodecError("batch body must not be empty")
-        items = tuple(_write(item) for item in body)
-        if len({(w.namespace, w.key) for w in items}) != len(items):
-            raise CodecError("batch writes the same key twice")
-        return BatchEvent(*header, items)
-    raise CodecError(f"unknown event type {tag!r}")
+def _decode_put(header: Header, body: Any) -> Event:
+    if type(body) is not list or len(body) != 4 or type(body[2]) is not bytes:
+        raise CodecError("put body must be [namespace, key, value bytes, previous]")
+    return PutEvent(
+        *header, name(body[0], "namespace"), name(body[1], "key"), body[2], id_or_none(body[3])
+    )
+
+
+def _decode_delete(header: Header, body: Any) -> Event:
+    if type(body) is not list or len(body) != 3:
+        raise CodecError("delete body must be [namespace, key, previous]")
+    return DeleteEvent(
+        *header, name(body[0], "namespace"), name(body[1], "key"), id_or_none(body[2])
+    )
+
+
+def _decode_batch(header: Header, body: Any) -> Event:
+    if type(body) is not list or not body:
+        raise CodecError("batch body must be a non-empty array")
+    items = tuple(_write(item) for item in body)
+    if len({(w.namespace, w.key) for w in items}) != len(items):
+        raise CodecError("batch writes the same key twice")
+    return BatchEvent(*header, items)
+
+
+register_event_type(PutEvent, lambda e: [e.namespace, e.key, e.value, e.previous], _decode_put)
+register_event_type(DeleteEvent, lambda e: [e.namespace, e.key, e.previous], _decode_delete)
+register_event_type(
+    BatchEvent,
+    lambda e: [[w.namespace, w.key, w.value, w.previous] for w in e.items],
+    _decode_batch,
+)
 
 
 def decode_trusted(data: bytes) -> Event:
@@ -204,7 +195,7 @@ def decode_trusted(data: bytes) -> Event:
         and 0 < len(namespace) <= MAX_NAME_BYTES
         and 0 < len(key) <= MAX_NAME_BYTES
     ):  # the rare case (non-ASCII or bad names), checked in full
-        namespace, key = _name(namespace, "namespace"), _name(key, "key")
+        namespace, key = name(namespace, "namespace"), name(key, "key")
     if not agent:
         raise CodecError("agent must be a non-empty text string")
     return _new(PutEvent, (origin, agent, seq, prev, hlc, namespace, key, value, previous))
@@ -225,7 +216,10 @@ def _decode_v1(raw: list[Any]) -> Event:
         raise CodecError("prev must be null exactly for the first event of a feed")
     if type(hlc) is not int or not 0 <= hlc <= _UINT64_MAX:
         raise CodecError("hlc must be a 64-bit unsigned integer")
-    return _decode_body(tag, (origin, _text(agent, "agent"), seq, prev, hlc), body)
+    kind = event_type_of(tag)
+    if kind is None:
+        raise CodecError(f"unknown event type {tag!r}")
+    return kind.decode((origin, text(agent, "agent"), seq, prev, hlc), body)
 
 
 #: How to read each schema version into the current event model. Why a table: stored

@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from koru.events import (
+    AGENTS,
     STORAGE,
     BatchEvent,
     DeleteEvent,
     DurabilityError,
     Event,
+    Header,
     HybridLogicalClock,
     InvalidArgumentError,
     InvalidDataError,
@@ -44,8 +46,6 @@ from ._types import IngestResult, Version
 __all__ = ["Writer"]
 
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
-
-Header = tuple[bytes, str, int, bytes | None, int]
 
 
 class Writer:
@@ -106,6 +106,22 @@ class Writer:
         except DurabilityError as exc:
             self._die(exc)
             raise
+
+    def emit(self, agent: str, build: Callable[[Header], Event]) -> tuple[Event, bytes]:
+        """Append an event of this node to its feed for ``agent`` (not yet
+        acknowledged): ``build`` turns the header (origin, agent, seq, prev, hlc) into
+        an event of a registered type. How every capability writes its own events
+        (index and view definitions, embeddings, identities, tier moves); returns the
+        event and its id."""
+        if agent not in AGENTS:
+            raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
+        event = build(self._header(agent))
+        if event.agent != agent or (event.writes and agent != STORAGE):
+            # The ingest path refuses both; a local event must never be one a peer refuses.
+            raise InvalidArgumentError(
+                f"an event for the {agent!r} log must carry that agent and no key/value writes"
+            )
+        return event, self._append(event)
 
     def _append(self, event: Event) -> bytes:
         data = encode_event(event)
@@ -202,9 +218,9 @@ class Writer:
             )
         return now
 
-    def _header(self) -> Header:
-        seq, prev = self._feeds.next(self._node, STORAGE)
-        return self._node, STORAGE, seq, prev, self.hlc.tick(self.now())
+    def _header(self, agent: str = STORAGE) -> Header:
+        seq, prev = self._feeds.next(self._node, agent)
+        return self._node, agent, seq, prev, self.hlc.tick(self.now())
 
     def _version(
         self,

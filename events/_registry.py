@@ -1,0 +1,76 @@
+"""The event types a log may hold: each tag with how its body is encoded and decoded.
+
+Why a registry: every capability adds events of its own (index and view definitions,
+embeddings, identities and grants, tier moves), and each should be an addition in its
+own module of this layer, not an edit of the codec. A type registers its tag, its
+class, and two functions: ``encode(event) -> body`` (plain CBOR data: lists, ints,
+text, bytes, null) and ``decode(header, body) -> event``, which checks every field of
+untrusted data and raises :class:`CodecError`. Tags are stable strings chosen by the
+type's author, never derived from import paths, and a tag is never reused.
+
+Bodies hold only arrays, integers, text, byte strings and null, at most two arrays
+deep (the decoder's depth limit): cbor2 encodes those one way only, which is what makes
+"decode, re-encode, compare" a complete canonical check. A map would pass in any key
+order (give two ids to one event); use an array of pairs. Floats travel as bytes.
+
+Every event type lives in ``koru.events`` (importing it registers them all), so any
+reader of a log, the ``kdelta`` command line included, knows every type a log may hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ._event import Event
+
+__all__ = ["EventType", "Header", "event_type_of", "event_types", "register_event_type"]
+
+#: An event's header fields, in order: origin, agent, seq, prev, hlc.
+Header = tuple[bytes, str, int, bytes | None, int]
+
+
+class EventType(NamedTuple):
+    tag: str
+    cls: type[Event]
+    encode: Callable[[Any], list[Any]]
+    decode: Callable[[Header, Any], Event]
+
+
+_BY_TAG: dict[str, EventType] = {}
+_BY_CLASS: dict[type[Event], EventType] = {}
+
+
+def register_event_type(
+    cls: type[Event],
+    encode: Callable[[Any], list[Any]],
+    decode: Callable[[Header, Any], Event],
+) -> None:
+    """Make events of ``cls`` (tag ``cls.TAG``) encodable and decodable.
+
+    Raises:
+        ValueError: an empty tag, or a tag or class registered already.
+    """
+    tag = cls.TAG
+    if type(tag) is not str or not tag:
+        raise ValueError(f"{cls.__name__} needs a non-empty str TAG")
+    if tag in _BY_TAG or cls in _BY_CLASS:
+        raise ValueError(f"event type {tag!r} ({cls.__name__}) is registered already")
+    kind = EventType(tag, cls, encode, decode)
+    _BY_TAG[tag] = kind
+    _BY_CLASS[cls] = kind
+
+
+def event_type_of(tag: Any) -> EventType | None:
+    """The registered type with ``tag``, or None."""
+    return _BY_TAG.get(tag) if type(tag) is str else None
+
+
+def event_types() -> dict[str, EventType]:
+    """Every registered type by tag (a copy)."""
+    return dict(_BY_TAG)
+
+
+def encoder_of(cls: type[Event]) -> Callable[[Any], list[Any]] | None:
+    kind = _BY_CLASS.get(cls)
+    return None if kind is None else kind.encode

@@ -1,0 +1,158 @@
+"""The event-type seam: a capability adds an event type in its own module (tag, class,
+body encoder and strict decoder), writes it to its agent's feed through the one write
+path, and every other path (replay, checkpoints, ingest, the strict codec) handles it
+with nothing else edited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import cbor2
+import pytest
+
+import koru
+from koru.events import (
+    STORAGE,
+    CodecError,
+    Event,
+    Header,
+    PutEvent,
+    decode_event,
+    decode_trusted,
+    encode_event,
+    event_type_of,
+    register_event_type,
+)
+from koru.events._fields import name, uint
+
+
+class _Note(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
+    topic: str
+    weight: int
+
+
+class NoteEvent(_Note, Event):
+    """A test event of the chronicle agent: a topic and a weight, no key writes."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = "test-note"
+
+
+def _decode_note(header: Header, body: Any) -> Event:
+    if type(body) is not list or len(body) != 2:
+        raise CodecError("note body must be [topic, weight]")
+    return NoteEvent(*header, name(body[0], "topic"), uint(body[1], "weight"))
+
+
+register_event_type(NoteEvent, lambda e: [e.topic, e.weight], _decode_note)
+
+
+class Notes:
+    """Total weight per topic."""
+
+    name: ClassVar[str] = "notes"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.weights: dict[str, int] = {}
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        if type(event) is NoteEvent:
+            self.weights[event.topic] = self.weights.get(event.topic, 0) + event.weight
+
+    def capture(self) -> Any:
+        return dict(self.weights)
+
+    @classmethod
+    def restore(cls, data: Any) -> Notes:
+        notes = cls()
+        notes.weights = {str(k): int(v) for k, v in data.items()}
+        return notes
+
+
+def note(db: koru.Database, topic: str, weight: int) -> tuple[Event, bytes]:
+    return db._writer.emit("chronicle", lambda h: NoteEvent(*h, topic, weight))
+
+
+def weights(db: koru.Database) -> dict[str, int]:
+    projection = db.projection("notes")
+    assert isinstance(projection, Notes)
+    return projection.weights
+
+
+def test_a_registered_type_round_trips_through_the_strict_codec() -> None:
+    event = NoteEvent(b"o" * 16, "chronicle", 1, None, 5, "deploys", 3)
+    data = encode_event(event)
+    assert decode_event(data) == decode_trusted(data) == event
+    assert event_type_of("test-note") is not None and event_type_of(3) is None
+    bad = cbor2.dumps([1, "test-note", b"o" * 16, "chronicle", 1, None, 5, ["deploys", -1]])
+    with pytest.raises(CodecError, match="weight"):
+        decode_event(bad)
+    with pytest.raises(CodecError, match="unknown event type 'test-nope'"):
+        decode_event(cbor2.dumps([1, "test-nope", b"o" * 16, "chronicle", 1, None, 5, []]))
+
+
+def test_a_tag_or_class_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="registered already"):
+        register_event_type(NoteEvent, lambda e: [], _decode_note)
+
+    class Unnamed(_Note, Event):
+        __slots__ = ()
+
+    with pytest.raises(ValueError, match="TAG"):
+        register_event_type(Unnamed, lambda e: [], _decode_note)
+
+
+async def test_emitted_events_are_folded_replayed_checkpointed_and_ingested(
+    tmp_path: Path,
+) -> None:
+    async with koru.open(tmp_path / "a", projections=[Notes]) as db:
+        await db.put("users", "alice", 1)
+        note(db, "deploys", 3)
+        event, _ = note(db, "deploys", 4)
+        await db._writer.acknowledge()
+        assert (event.agent, event.seq, event.origin.hex()) == ("chronicle", 2, db.node_id)
+        assert weights(db) == {"deploys": 7}
+        assert (await db.feed_heads())[(db.node_id, "chronicle")] == 2
+        exported = await db.feed_events(db.node_id, "chronicle")
+        digest = await db.digest()
+    # Checkpointed at close, then a full replay: the same state both ways.
+    async with koru.open(tmp_path / "a", projections=[Notes]) as db:
+        assert weights(db) == {"deploys": 7}
+        stats = await db.stats()
+        assert (stats.replayed_events, stats.checkpoint_events) == (0, 3)
+    (tmp_path / "a" / "checkpoint").unlink()
+    async with koru.open(tmp_path / "a", projections=[Notes]) as db:
+        assert weights(db) == {"deploys": 7}
+        assert await db.digest() == digest
+    # Another node takes them in through the one ingest path, in any order.
+    async with koru.open(":memory:", projections=[Notes]) as other:
+        result = await other.ingest(reversed(exported))
+        assert (result.accepted, result.refused) == (2, ())
+        assert weights(other) == {"deploys": 7}
+
+
+async def test_a_local_event_must_be_one_a_peer_would_accept() -> None:
+    async with koru.open(":memory:") as db:
+        with pytest.raises(koru.InvalidArgumentError, match="agent must be one of"):
+            db._writer.emit("nobody", lambda h: NoteEvent(*h, "t", 1))
+        # A key/value write outside the storage log, or an event naming another agent.
+        with pytest.raises(koru.InvalidArgumentError, match="no key/value writes"):
+            db._writer.emit("chronicle", lambda h: PutEvent(*h, "ns", "k", b"\x01", None))
+        with pytest.raises(koru.InvalidArgumentError, match="carry that agent"):
+            db._writer.emit("chronicle", lambda h: NoteEvent(*h[:1], STORAGE, *h[2:], "t", 1))
+        assert await db.feed_heads() == {}
+
+
+async def test_an_unknown_tag_from_a_peer_is_refused() -> None:
+    async with koru.open(":memory:") as db:
+        data = cbor2.dumps([1, "test-nope", b"o" * 16, "chronicle", 1, None, 5, []])
+        result = await db.ingest([data])
+        assert result.accepted == 0
+        assert "unknown event type" in result.refused[0].reason
