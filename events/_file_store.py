@@ -625,10 +625,13 @@ class FileStore:
             target,
         )
 
-    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+    def records(
+        self, agent: str, start: int = 0, *, after: Cursor | None = None
+    ) -> Iterator[Record]:
         """See :meth:`LogStore.records`. Reads snapshots of the segment files; the chain
-        is verified from the header of the segment holding ``start``. A writer's handle
-        first pushes its buffered records to the file, so that they are included."""
+        is verified from the header of the segment holding ``start``, or from ``after``
+        (only the bytes past it are read). A writer's handle first pushes its buffered
+        records to the file, so that they are included."""
         if agent not in self._logs:
             raise InvalidArgumentError(f"no agent is called {agent!r}")
         log = self._logs[agent]
@@ -640,41 +643,64 @@ class FileStore:
             # Listed again: another process may have written more since this store opened.
             segments, end = self._agent_log(agent).segments, None
         first = 0
-        for i, seg in enumerate(segments[1:], 1):  # the last segment starting at or before
-            header = self._read_header(log, seg)
-            if header is None or header.first_index > start:
-                break
-            first = i
+        if after is not None:
+            start = max(start, after.count)
+            if after.segment:
+                if after.segment not in segments:
+                    raise DataLossError(
+                        agent, after.count, after.offset, "the cursor's segment is missing"
+                    )
+                first = segments.index(after.segment)
+        else:
+            for i, seg in enumerate(segments[1:], 1):  # the last segment starting at or before
+                header = self._read_header(log, seg)
+                if header is None or header.first_index > start:
+                    break
+                first = i
         for i in range(first, len(segments)):
             seg, last = segments[i], i == len(segments) - 1
             path = log.path(seg)
+            resume = after if after is not None and i == first and after.segment else None
+            skip = 0 if resume is None else resume.offset
             try:
-                data = self._disk.read_file(path)
+                data = self._disk.read_file(path) if resume is None else self._read_from(path, skip)
             except OSError as exc:
                 raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
-            if end is not None and seg == end[0]:
-                data = data[: end[1]]
-            try:
-                header = parse_segment_header(data[:SEGMENT_HEADER_SIZE])
-            except TornRecord:
-                if last and end is None:
-                    return  # a segment another process has just created
-                raise CorruptLogError(
-                    agent, start, 0, "segment header is incomplete", path
-                ) from None
-            except FrameError as exc:
-                raise CorruptLogError(agent, start, 0, str(exc), path) from None
-            if header.agent_index != log.index:
-                raise CorruptLogError(
-                    agent, header.first_index, 0, "segment of another agent's log", path
+            if resume is not None and data is None:
+                raise DataLossError(
+                    agent, resume.count, skip, "the log ends before the cursor", path
                 )
-            scan = SegmentScan(
-                data,
-                SEGMENT_HEADER_SIZE,
-                header.prev_root,
-                header.first_index,
-                pack_location(log.index, seg, 0),
-            )
+            assert data is not None
+            if end is not None and seg == end[0]:
+                data = data[: end[1] - skip]
+            if resume is not None:
+                # The cursor stands for what came before it: its root is the chain's root
+                # there, so the records after it are verified from it.
+                scan = SegmentScan(
+                    data, 0, resume.root, resume.count, pack_location(log.index, seg, skip)
+                )
+            else:
+                try:
+                    header = parse_segment_header(data[:SEGMENT_HEADER_SIZE])
+                except TornRecord:
+                    if last and end is None:
+                        return  # a segment another process has just created
+                    raise CorruptLogError(
+                        agent, start, 0, "segment header is incomplete", path
+                    ) from None
+                except FrameError as exc:
+                    raise CorruptLogError(agent, start, 0, str(exc), path) from None
+                if header.agent_index != log.index:
+                    raise CorruptLogError(
+                        agent, header.first_index, 0, "segment of another agent's log", path
+                    )
+                scan = SegmentScan(
+                    data,
+                    SEGMENT_HEADER_SIZE,
+                    header.prev_root,
+                    header.first_index,
+                    pack_location(log.index, seg, 0),
+                )
             for record in scan:
                 if record.position >= start:
                     yield record
@@ -682,7 +708,7 @@ class FileStore:
                 rest = memoryview(data)[scan.offset :]
                 if last and end is None and (scan.torn or not any(rest)):
                     return  # the end of what another process has written so far
-                raise CorruptLogError(agent, scan.count, scan.offset, scan.failure, path)
+                raise CorruptLogError(agent, scan.count, skip + scan.offset, scan.failure, path)
             if i + 1 < len(segments):
                 following = self._read_header(log, segments[i + 1])
                 if following is not None and (
@@ -695,6 +721,15 @@ class FileStore:
                         "segment does not continue the chain",
                         log.path(segments[i + 1]),
                     )
+
+    def _read_from(self, path: str, offset: int) -> bytes | None:
+        """A segment's bytes from ``offset`` on (None if the file is shorter)."""
+        fd = self._disk.open(path, os.O_RDONLY)
+        try:
+            size = self._disk.size(fd)
+            return None if size < offset else self._disk.pread(fd, size - offset, offset)
+        finally:
+            self._disk.close(fd)
 
     def _read_header(self, log: _AgentLog, seg: int) -> SegmentHeader | None:
         """A segment's header; None if it is not all there (a segment being created)."""

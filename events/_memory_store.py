@@ -58,9 +58,17 @@ class MemoryStore:
             data, eid, root = log[i]
             yield Record(pack_location(idx, 0, i), i, eid, root, data)
 
-    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+    def records(
+        self, agent: str, start: int = 0, *, after: Cursor | None = None
+    ) -> Iterator[Record]:
         log = self._logs.get(agent, [])
         idx = agent_index(agent)
+        if after is not None:
+            if after.count > len(log) or (
+                after.count and log[after.count - 1][2] != after.root
+            ):
+                raise DataLossError(agent, after.count, after.count, "the cursor is not in the log")
+            start = max(start, after.count)
         for position in range(max(start, 0), len(log)):
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)

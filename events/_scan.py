@@ -41,7 +41,9 @@ class SegmentScan:
     good record (``last`` is where it starts, or the starting ``last``), and
     ``failure`` is None if the data ended exactly there, else the reason the record at
     ``offset`` failed; ``torn`` says the data ends inside that record (its bytes run
-    out), as opposed to a complete record that fails a check.
+    out), as opposed to a complete record that fails a check. A record's location is
+    ``base + `` its offset in ``data`` (``base`` also carries where ``data`` starts in its
+    file, when it is only the part of a segment after a cursor).
     """
 
     __slots__ = ("base", "count", "data", "failure", "last", "offset", "root", "torn")
@@ -100,7 +102,7 @@ class SegmentScan:
                 if _blake3(root + eid).digest() != stored_root:
                     self.failure = "hash chain link broken"
                     break
-                yield new(Record, (base | offset, count, eid, stored_root, event))
+                yield new(Record, (base + offset, count, eid, stored_root, event))
                 count += 1
                 root = stored_root
                 last = offset

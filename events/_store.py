@@ -104,9 +104,13 @@ class LogStore(Protocol):
         """
         ...
 
-    def records(self, agent: str, start: int = 0) -> Iterator[Record]:
+    def records(
+        self, agent: str, start: int = 0, *, after: Cursor | None = None
+    ) -> Iterator[Record]:
         """Yield the agent's records from position ``start``, verified (checksums and
-        chain from the log's genesis), with no side effects: never repairs, never moves
+        chain from the log's genesis, or from ``after``: a cursor of this log, such as a
+        checkpoint's, whose root vouches for what precedes it, so that only the records
+        past it are read), with no side effects: never repairs, never moves
         the log's end, safe on a read-only handle or a live writer's. For export, sync,
         ``kdelta events`` and ``verify``; recovery is :meth:`replay`'s business.
 
@@ -116,6 +120,7 @@ class LogStore(Protocol):
 
         Raises:
             CorruptLogError: a record before that end fails a check.
+            DataLossError: the log ends before ``after``.
         """
         ...
 

@@ -709,6 +709,49 @@ def test_records_reads_what_replay_reads_from_any_position(backend: Backend) -> 
     assert [tuple(r) for r in store.records(AGENT)] == expected
 
 
+def test_records_after_a_cursor_reads_only_what_follows_it(backend: Backend) -> None:
+    """A checkpoint's cursor vouches for what precedes it: records after it are read
+    (and verified from its root) without reading the log before it, at any position,
+    across segments, on the live writer and after a reopen."""
+    store = backend.open()
+    events = make_events(40, size=30)
+    appended = append_all(store, events[:15])
+    cursors = {15: store.cursor(AGENT)}
+    rest = append_all(store, events[15:])
+    cursors[40] = store.cursor(AGENT)
+    expected = [
+        (a.location, i, a.event_id, a.root, a.data) for i, a in enumerate(appended + rest)
+    ]
+    for reopen in (False, True):
+        if reopen:
+            store = backend.reopen(store)
+        for count, cursor in cursors.items():
+            assert [tuple(r) for r in store.records(AGENT, after=cursor)] == expected[count:]
+            assert [tuple(r) for r in store.records(AGENT, 30, after=cursor)] == expected[
+                max(count, 30) :
+            ]
+    # A cursor whose root is not the log's at that point: the first record after it
+    # does not link (file stores), or the cursor is refused outright (memory store).
+    forged = attrs.evolve(cursors[15], root=bytes(32))
+    with pytest.raises((CorruptLogError, DataLossError)):
+        list(store.records(AGENT, after=forged))
+
+
+def test_records_after_a_cursor_past_the_end_is_data_loss(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = open_store(path)
+    append_all(store, make_events(10, size=30))
+    cursor = store.cursor(AGENT)
+    store.close()
+    os.truncate(_segment_files(path)[-1], cursor.offset - 10)
+    reader = FileStore(path, readonly=True)
+    try:
+        with pytest.raises(DataLossError):
+            list(reader.records(AGENT, after=cursor))
+    finally:
+        reader.close()
+
+
 def _tree(path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
