@@ -662,6 +662,11 @@ class FileStore:
             path = log.path(seg)
             resume = after if after is not None and i == first and after.segment else None
             skip = 0 if resume is None else resume.offset
+            if resume is not None and resume.last >= 0:
+                # The cursor's own record (the last before it) must be there and end the
+                # chain at the cursor's root: a log rewritten under a checkpoint is
+                # caught here even when nothing follows the cursor.
+                skip = resume.last
             try:
                 data = self._disk.read_file(path) if resume is None else self._read_from(path, skip)
             except OSError as exc:
@@ -676,8 +681,29 @@ class FileStore:
             if resume is not None:
                 # The cursor stands for what came before it: its root is the chain's root
                 # there, so the records after it are verified from it.
+                begin = 0
+                if skip != resume.offset:
+                    try:
+                        begin, root, _ = parse_record(data, 0)
+                    except TornRecord:
+                        raise DataLossError(
+                            agent, resume.count - 1, skip, "the log ends before the cursor", path
+                        ) from None
+                    except FrameError as exc:
+                        raise CorruptLogError(
+                            agent, resume.count - 1, skip, f"the cursor's record: {exc}", path
+                        ) from None
+                    if begin != resume.offset - skip or root != resume.root:
+                        raise CorruptLogError(
+                            agent,
+                            resume.count - 1,
+                            skip,
+                            "the log differs from the cursor (its record ends elsewhere or "
+                            "at another root)",
+                            path,
+                        )
                 scan = SegmentScan(
-                    data, 0, resume.root, resume.count, pack_location(log.index, seg, skip)
+                    data, begin, resume.root, resume.count, pack_location(log.index, seg, skip)
                 )
             else:
                 try:
@@ -1014,6 +1040,24 @@ class FileStore:
             return None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+    def read_range(self, name: str, offset: int, size: int) -> bytes | None:
+        """Up to ``size`` bytes of a small named file from ``offset`` (fewer at its end),
+        or None if the file is absent: a few bytes of a large checkpoint, without
+        reading it all."""
+        path = self._file(name)
+        try:
+            fd = self._disk.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        try:
+            return self._disk.pread(fd, size, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        finally:
+            self._disk.close(fd)
 
     def write_file(self, name: str, *parts: bytes) -> None:
         if self.readonly:

@@ -23,32 +23,24 @@ from koru.events import (
     NODE_ID_SIZE,
     STORAGE,
     InvalidArgumentError,
-    InvalidDataError,
     KeyNotFoundError,
     LogStore,
-    NoValueAtTimeError,
     check_name,
-    decode_value,
 )
 from koru.nursery import Clock, Committer
-from koru.projections import TOMBSTONE, FeedState, KvState, Projection, Projections, VersionRecord
+from koru.projections import FeedState, KvState, Projection, Projections
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
-from ._diff import Diff, diff_values, pick_version
-from ._history import NULL, decode_all, history_rows
+from ._diff import Diff
 from ._lifecycle import Lifecycle
 from ._reader import ValueReader
+from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
-from ._time import to_ns
 from ._types import IngestResult, Stats, Version, Versioned
 from ._writer import Writer
 
 __all__ = ["Database"]
-
-
-def _hex(b: bytes | None) -> str | None:
-    return None if b is None else b.hex()
 
 
 class Database:
@@ -79,6 +71,7 @@ class Database:
         self._feeds = cast(FeedState, projections["feeds"])
         self._cache = cache
         self._values = ValueReader(store, cache, projections.placements)
+        self._reads = KeyReads(self._kv, self._values)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
         events = opened.from_checkpoint + opened.replayed
         self._writer = Writer(
@@ -136,24 +129,6 @@ class Database:
     def _die(self, exc: BaseException) -> None:
         """Stop serving (a background task failed; see Lifecycle.die)."""
         self._life.die(exc)
-
-    def _value_bytes(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
-        return self._values.value_bytes(cid, location, namespace, key)
-
-    def _version(self, namespace: str, key: str, r: VersionRecord) -> Version:
-        return Version(
-            namespace,
-            key,
-            r.write_id.hex(),
-            _hex(r.content_id),
-            r.hlc,
-            _hex(r.previous),
-            r.origin.hex(),
-            r.deleted,
-        )
-
-    def _versioned(self, namespace: str, key: str, r: VersionRecord, value: Any) -> Versioned:
-        return Versioned(value, *self._version(namespace, key, r))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -226,7 +201,7 @@ class Database:
         if data is None:  # rare: the value left the cache; read it from the log
             current = self._kv.current(namespace, key)
             assert current is not None
-            data = self._value_bytes(cid, current.location, namespace, key)
+            data = self._values.value_bytes(cid, current.location, namespace, key)
         return cbor2.loads(data)
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
@@ -236,11 +211,7 @@ class Database:
             KeyNotFoundError: never written, or deleted.
         """
         await self._enter_key(namespace, key)
-        r = self._kv.current(namespace, key)
-        if r is None or r.deleted or r.content_id is None:
-            raise KeyNotFoundError(namespace, key)
-        value = decode_value(self._value_bytes(r.content_id, r.location, namespace, key))
-        return self._versioned(namespace, key, r, value)
+        return self._reads.versioned(namespace, key)
 
     async def get_at(self, namespace: str, key: str, at: Any) -> Versioned:
         """Time travel: the value the key had at ``at`` (datetime with offset, ISO-8601
@@ -251,12 +222,7 @@ class Database:
             InvalidDataError: ``at`` is not a usable time.
         """
         await self._enter_key(namespace, key)
-        ns = to_ns(at)
-        r = self._kv.at(namespace, key, ns)
-        if r is None or r.deleted or r.content_id is None:
-            raise NoValueAtTimeError(namespace, key, ns)
-        value = decode_value(self._value_bytes(r.content_id, r.location, namespace, key))
-        return self._versioned(namespace, key, r, value)
+        return self._reads.at(namespace, key, at)
 
     async def history(
         self,
@@ -274,27 +240,7 @@ class Database:
         an empty history.
         """
         await self._enter_key(namespace, key)
-        if latest is not None and (type(latest) is not int or latest < 0):
-            raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
-        recs = self._kv.history_raw(namespace, key)
-        if since is not None:
-            lo = to_ns(since, end=False)
-            recs = [r for r in recs if r[0] >= lo]
-        if until is not None:
-            hi = to_ns(until)
-            recs = [r for r in recs if r[0] <= hi]
-        if latest is not None:
-            recs = recs[len(recs) - latest :] if latest else []
-        # A key may have thousands of versions: raw records, one cbor2 call for all
-        # values, rows built in bulk (see _history).
-        parts: list[bytes | None] = list(map(self._cache.peek, [r[3] for r in recs]))
-        if None in parts:  # deletions, and values not in the cache
-            for i, r in enumerate(recs):
-                if parts[i] is None:
-                    parts[i] = (
-                        NULL if r[7] & TOMBSTONE else self._value_bytes(r[3], r[5], namespace, key)
-                    )
-        return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
+        return self._reads.history(namespace, key, since, until, latest)
 
     async def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current (not deleted) value."""
@@ -304,13 +250,12 @@ class Database:
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
         await self._life.enter()
-        check_name(namespace, "namespace")
-        return self._kv.keys(namespace)
+        return self._reads.keys(namespace)
 
     async def namespaces(self) -> list[str]:
         """Namespaces holding at least one current value, sorted."""
         await self._life.enter()
-        return self._kv.live_namespaces()
+        return self._reads.namespaces()
 
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
@@ -324,19 +269,7 @@ class Database:
             VersionNotFoundError: no such version of the key.
         """
         await self._enter_key(namespace, key)
-        recs = self._kv.history(namespace, key)
-        old, new = pick_version(recs, from_version), pick_version(recs, to_version)
-        values = [
-            None
-            if r.content_id is None
-            else decode_value(self._value_bytes(r.content_id, r.location, namespace, key))
-            for r in (old, new)
-        ]
-        return Diff(
-            self._version(namespace, key, old),
-            self._version(namespace, key, new),
-            diff_values(values[0], values[1]),
-        )
+        return self._reads.diff(namespace, key, from_version, to_version)
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 

@@ -24,8 +24,8 @@ from koru.events import (
     LogStore,
     decode_trusted,
 )
-from koru.nursery import CHECKPOINT_FILE
 from koru.projections import (
+    CHECKPOINT_FILE,
     Checkpoint,
     FeedState,
     KvState,

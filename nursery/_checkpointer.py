@@ -8,13 +8,11 @@ from typing import Any
 import trio
 
 from koru.events import DurabilityError, LogStore, StorageError
-from koru.projections import encode_captured
+from koru.projections import CHECKPOINT_FILE, KEYS_FILE, Placed, encode_captured, key_directory_of
 
 from ._committer import Committer
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
-
-CHECKPOINT_FILE = "checkpoint"
 
 
 class Checkpointer:
@@ -80,8 +78,16 @@ class Checkpointer:
             self.written += 1
 
     def _write(self, captured: dict[str, Any]) -> None:
+        placed: list[Placed] = []
+        pieces = encode_captured(captured, placed=placed)
         try:
-            self._store.write_file(CHECKPOINT_FILE, *encode_captured(captured))
+            self._store.write_file(CHECKPOINT_FILE, *pieces)
+            # Then its key directory, for one-shot readers. A crash between the two
+            # leaves the previous checkpoint's directory, which no longer matches the
+            # checkpoint's digest: readers ignore it and load in full.
+            directory = key_directory_of(captured, placed, pieces[1])
+            if directory is not None:
+                self._store.write_file(KEYS_FILE, *directory)
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
 

@@ -4,11 +4,17 @@ No I/O, no clock, no trio: the same events in, the same state out, whatever orde
 peers delivered them in.
 """
 
+from ._checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import Placed as Placed
 from ._checkpoint import capture_checkpoint as capture_checkpoint
 from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
 from ._feeds import FeedState as FeedState
+from ._keydir import KEYS_FILE as KEYS_FILE
+from ._keydir import KeyDirectory as KeyDirectory
+from ._keydir import encode_key_directory as encode_key_directory
+from ._keydir import key_directory_of as key_directory_of
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
@@ -19,11 +25,15 @@ from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
 
 __all__ = [
+    "CHECKPOINT_FILE",
+    "KEYS_FILE",
     "NO_ID",
     "RECORD_SIZE",
     "TOMBSTONE",
     "Checkpoint",
+    "Placed",
     "FeedState",
+    "KeyDirectory",
     "KvState",
     "Projection",
     "Projections",
@@ -32,4 +42,6 @@ __all__ = [
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
+    "encode_key_directory",
+    "key_directory_of",
 ]

@@ -25,12 +25,16 @@ from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Cursor, cb
 from ._projection import Projections
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "Checkpoint",
+    "Placed",
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
 ]
 
+#: The checkpoint's file name in a database directory.
+CHECKPOINT_FILE = "checkpoint"
 _MAGIC = b"KORUCKP1"
 #: Format 3 holds one section per projection; 2 named the node; 1 is still read.
 _FORMAT = 3
@@ -68,44 +72,85 @@ def capture_checkpoint(
     }
 
 
-def _encode(value: Any, out: list[bytes], chunk: int) -> None:
-    """Append the CBOR of ``value`` to ``out`` in pieces.
-
-    Maps that hold maps are assembled entry by entry; a flat map (the per-key version
-    blobs of a namespace) is encoded ``chunk`` entries per ``cbor2.dumps`` call. Why
-    pieces: one ``dumps`` of the whole state holds the GIL for as long as it runs
-    (hundreds of ms at a million versions), freezing the event loop even though the
-    encoding happens in a worker thread; between pieces the loop gets to run.
-    """
-    if type(value) is list and any(type(v) in (dict, list) for v in value):
-        out.append(cbor_head(4, len(value)))
-        for v in value:
-            _encode(v, out, chunk)
-        return
-    if type(value) is not dict:
-        out.append(cbor2.dumps(value))
-        return
-    out.append(cbor_head(5, len(value)))
-    if any(type(v) in (dict, list) for v in value.values()):
-        for k, v in value.items():
-            out.append(cbor2.dumps(k))
-            _encode(v, out, chunk)
-        return
-    items = list(value.items())
-    for i in range(0, len(items), chunk):
-        piece = dict(items[i : i + chunk])
-        out.append(cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :])
+#: Where a key's version records lie in a checkpoint file: (namespace, key, offset,
+#: length), offsets from the start of the file.
+Placed = tuple[str, str, int, int]
+#: The path, in a captured checkpoint, of the key/value section's per-namespace maps.
+_KV_NAMESPACES = ("sections", "kv", 1, "ns")
 
 
-def encode_captured(captured: dict[str, Any], *, chunk: int = 1000) -> list[bytes]:
+class _Encoder:
+    """Appends the CBOR of a captured checkpoint to ``out`` in pieces, keeping count of
+    the bytes so far, so that where each key's version records land can be noted for
+    the key directory."""
+
+    def __init__(self, chunk: int, placed: list[Placed] | None) -> None:
+        self.out: list[bytes] = []
+        self.size = 0
+        self.chunk = chunk
+        self.placed = placed
+
+    def add(self, piece: bytes) -> None:
+        self.out.append(piece)
+        self.size += len(piece)
+
+    def encode(self, value: Any, path: tuple[Any, ...] = ()) -> None:
+        """Maps that hold maps are assembled entry by entry; a flat map (the per-key
+        version blobs of a namespace) is encoded ``chunk`` entries per ``cbor2.dumps``
+        call. Why pieces: one ``dumps`` of the whole state holds the GIL for as long as
+        it runs (hundreds of ms at a million versions), freezing the event loop even
+        though the encoding happens in a worker thread; between pieces the loop runs."""
+        if type(value) is list and any(type(v) in (dict, list) for v in value):
+            self.add(cbor_head(4, len(value)))
+            for i, v in enumerate(value):
+                self.encode(v, (*path, i))
+            return
+        if type(value) is not dict:
+            self.add(cbor2.dumps(value))
+            return
+        self.add(cbor_head(5, len(value)))
+        if any(type(v) in (dict, list) for v in value.values()):
+            for k, v in value.items():
+                self.add(cbor2.dumps(k))
+                self.encode(v, (*path, k))
+            return
+        items = list(value.items())
+        note = self.placed is not None and path[:-1] == _KV_NAMESPACES
+        for i in range(0, len(items), self.chunk):
+            piece = dict(items[i : i + self.chunk])
+            data = cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :]
+            if note:
+                self._note(path[-1], items[i : i + self.chunk])
+            self.add(data)
+
+    def _note(self, namespace: str, items: list[tuple[str, bytes]]) -> None:
+        """Where each blob of a piece about to be added lands (cbor2 writes a map's
+        entries in insertion order: key text, then the blob's byte-string head)."""
+        assert self.placed is not None
+        at = self.size
+        for key, blob in items:
+            size = len(key.encode())
+            at += len(cbor_head(3, size)) + size + len(cbor_head(2, len(blob)))
+            self.placed.append((namespace, key, _HEADER + at, len(blob)))
+            at += len(blob)
+
+
+_HEADER = len(_MAGIC) + 32
+
+
+def encode_captured(
+    captured: dict[str, Any], *, chunk: int = 1000, placed: list[Placed] | None = None
+) -> list[bytes]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
-    in order (their concatenation is the checkpoint file)."""
-    body: list[bytes] = []
-    _encode(captured, body, chunk)
+    in order (their concatenation is the checkpoint file). With ``placed``, also note
+    there where every key's version records of the key/value section lie in the file
+    (for :func:`~koru.projections.encode_key_directory`)."""
+    encoder = _Encoder(chunk, placed)
+    encoder.encode(captured)
     hasher = blake3.blake3()
-    for piece in body:
+    for piece in encoder.out:
         hasher.update(piece)
-    return [_MAGIC, hasher.digest(), *body]
+    return [_MAGIC, hasher.digest(), *encoder.out]
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:

@@ -1,0 +1,137 @@
+"""The key/value reads, synchronous and free of trio.
+
+Why a class of its own: the database answers reads from its projections, and so does
+the command line, which reads a database in a one-shot process that must not pay for
+trio (``kdelta get`` starts, answers and exits in a few tens of milliseconds). Both go
+through this one implementation of what a read means: which version is current, what
+time travel and history return, how a diff picks its versions. The database adds the
+lifecycle checks and the await around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from koru.events import (
+    InvalidDataError,
+    KeyNotFoundError,
+    NoValueAtTimeError,
+    check_name,
+    decode_value,
+)
+from koru.projections import TOMBSTONE, KvState, VersionRecord
+
+from ._diff import Diff, diff_values, pick_version
+from ._history import NULL, decode_all, history_rows
+from ._reader import ValueReader
+from ._time import to_ns
+from ._types import Version, Versioned
+
+__all__ = ["KeyReads", "version_of"]
+
+
+def _hex(b: bytes | None) -> str | None:
+    return None if b is None else b.hex()
+
+
+def version_of(namespace: str, key: str, r: VersionRecord) -> Version:
+    """The public metadata of a version record."""
+    return Version(
+        namespace,
+        key,
+        r.write_id.hex(),
+        _hex(r.content_id),
+        r.hlc,
+        _hex(r.previous),
+        r.origin.hex(),
+        r.deleted,
+    )
+
+
+class KeyReads:
+    """Reads of keys, values, versions and history from a :class:`KvState` (any state
+    holding the keys asked about) and the :class:`ValueReader` of its store."""
+
+    __slots__ = ("kv", "values")
+
+    def __init__(self, kv: KvState, values: ValueReader) -> None:
+        self.kv = kv
+        self.values = values
+
+    def _value(self, namespace: str, key: str, r: VersionRecord) -> Any:
+        assert r.content_id is not None
+        return decode_value(self.values.value_bytes(r.content_id, r.location, namespace, key))
+
+    def _versioned(self, namespace: str, key: str, r: VersionRecord) -> Versioned:
+        return Versioned(self._value(namespace, key, r), *version_of(namespace, key, r))
+
+    def versioned(self, namespace: str, key: str) -> Versioned:
+        """The current value with its metadata (KeyNotFoundError if none)."""
+        r = self.kv.current(namespace, key)
+        if r is None or r.deleted:
+            raise KeyNotFoundError(namespace, key)
+        return self._versioned(namespace, key, r)
+
+    def at(self, namespace: str, key: str, at: Any) -> Versioned:
+        """The value current at ``at`` (NoValueAtTimeError if none then)."""
+        when = to_ns(at)
+        r = self.kv.at(namespace, key, when)
+        if r is None or r.deleted:
+            raise NoValueAtTimeError(namespace, key, when)
+        return self._versioned(namespace, key, r)
+
+    def history(
+        self,
+        namespace: str,
+        key: str,
+        since: Any = None,
+        until: Any = None,
+        latest: int | None = None,
+    ) -> list[Versioned]:
+        """Every version, oldest first, deletions included (value None)."""
+        if latest is not None and (type(latest) is not int or latest < 0):
+            raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
+        recs = self.kv.history_raw(namespace, key)
+        if since is not None:
+            lo = to_ns(since, end=False)
+            recs = [r for r in recs if r[0] >= lo]
+        if until is not None:
+            hi = to_ns(until)
+            recs = [r for r in recs if r[0] <= hi]
+        if latest is not None:
+            recs = recs[len(recs) - latest :] if latest else []
+        # A key may have thousands of versions: raw records, one cbor2 call for all
+        # values, rows built in bulk (see _history).
+        values = self.values
+        parts: list[bytes | None] = list(map(values.cache.peek, [r[3] for r in recs]))
+        if None in parts:  # deletions, and values not in the cache
+            for i, r in enumerate(recs):
+                if parts[i] is None:
+                    parts[i] = (
+                        NULL if r[7] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
+                    )
+        return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
+
+    def diff(
+        self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
+    ) -> Diff:
+        """A structural diff between two versions (history index or write id prefix)."""
+        recs = self.kv.history(namespace, key)
+        old, new = pick_version(recs, from_version), pick_version(recs, to_version)
+        values = [
+            None if r.content_id is None else self._value(namespace, key, r) for r in (old, new)
+        ]
+        return Diff(
+            version_of(namespace, key, old),
+            version_of(namespace, key, new),
+            diff_values(values[0], values[1]),
+        )
+
+    def keys(self, namespace: str) -> list[str]:
+        """The namespace's keys with a current value, sorted."""
+        check_name(namespace, "namespace")
+        return self.kv.keys(namespace)
+
+    def namespaces(self) -> list[str]:
+        """Namespaces holding at least one current value, sorted."""
+        return self.kv.live_namespaces()
