@@ -64,9 +64,7 @@ class MemoryStore:
         log = self._logs.get(agent, [])
         idx = agent_index(agent)
         if after is not None:
-            if after.count > len(log) or (
-                after.count and log[after.count - 1][2] != after.root
-            ):
+            if after.count > len(log) or (after.count and log[after.count - 1][2] != after.root):
                 raise DataLossError(agent, after.count, after.count, "the cursor is not in the log")
             start = max(start, after.count)
         for position in range(max(start, 0), len(log)):

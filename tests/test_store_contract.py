@@ -719,9 +719,7 @@ def test_records_after_a_cursor_reads_only_what_follows_it(backend: Backend) -> 
     cursors = {15: store.cursor(AGENT)}
     rest = append_all(store, events[15:])
     cursors[40] = store.cursor(AGENT)
-    expected = [
-        (a.location, i, a.event_id, a.root, a.data) for i, a in enumerate(appended + rest)
-    ]
+    expected = [(a.location, i, a.event_id, a.root, a.data) for i, a in enumerate(appended + rest)]
     for reopen in (False, True):
         if reopen:
             store = backend.reopen(store)
