@@ -68,9 +68,15 @@ from ._values import content_id as content_id
 from ._values import decode_value as decode_value
 from ._values import decode_value_strict as decode_value_strict
 from ._values import encode_value as encode_value
+from ._verify import Problem as Problem
+from ._verify import SegmentSummary as SegmentSummary
+from ._verify import verify_logs as verify_logs
 
 __all__ = [
     "AGENTS",
+    "Problem",
+    "SegmentSummary",
+    "verify_logs",
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "LOST_FOUND",

@@ -49,6 +49,7 @@ from ._errors import (
 from ._event import NODE_ID_SIZE
 from ._frame import (
     RECORD_HEADER_SIZE,
+    ROOT_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
     SegmentHeader,
@@ -774,6 +775,11 @@ class FileStore:
             return None
         except FrameError as exc:
             raise CorruptLogError(log.name, 0, 0, str(exc), path) from None
+
+    def cursor_after(self, record: Record) -> Cursor:
+        _, seg, offset = unpack_location(record.location)
+        end = offset + RECORD_HEADER_SIZE + ROOT_SIZE + len(record.data)
+        return Cursor(record.position + 1, record.root, seg, end, offset)
 
     def cursor(self, agent: str) -> Cursor:
         log = self._logs[agent]

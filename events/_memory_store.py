@@ -71,6 +71,10 @@ class MemoryStore:
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
 
+    def cursor_after(self, record: Record) -> Cursor:
+        n = record.position + 1
+        return Cursor(n, record.root, 0, n, record.position)
+
     def cursor(self, agent: str) -> Cursor:
         log = self._logs.get(agent, [])
         root = log[-1][2] if log else genesis_root(agent)

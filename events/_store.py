@@ -15,24 +15,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
-import attrs
-
 __all__ = ["Cursor", "LogStore", "Record", "pack_location", "unpack_location"]
 
 _SEG_BITS = 24
 _OFF_BITS = 32
 
 
-@attrs.frozen(slots=True)
-class Cursor:
+class Cursor(NamedTuple):
     """A position in one agent's local log, as saved in checkpoints.
 
     ``count`` records lie before it and the chain root there is ``root``. ``segment``,
     ``offset`` and ``last`` place it in a file store (the end of the last record, and
     where that record starts, or -1 at a segment's start); the memory store ignores them.
+    (A named tuple: immutable, and cheap to import, which one-shot readers care about.)
     """
 
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, on purpose
     root: bytes
     segment: int = 0
     offset: int = 0
@@ -122,6 +120,11 @@ class LogStore(Protocol):
             CorruptLogError: a record before that end fails a check.
             DataLossError: the log ends before ``after``.
         """
+        ...
+
+    def cursor_after(self, record: Record) -> Cursor:
+        """The cursor just past ``record`` (one from :meth:`records` or :meth:`replay`):
+        what a reader following the log hands to ``records(after=...)`` next time."""
         ...
 
     def cursor(self, agent: str) -> Cursor:

@@ -14,9 +14,8 @@ two fixed fields) are read as the version-1 sections ``kv`` and ``feeds``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 import blake3
 import cbor2
 
@@ -40,8 +39,7 @@ _MAGIC = b"KORUCKP1"
 _FORMAT = 3
 
 
-@attrs.frozen(slots=True)
-class Checkpoint:
+class Checkpoint(NamedTuple):
     """Decoded checkpoint: each projection's section (``name -> (version, data)``, not
     yet restored), the cursor of each agent's log, the newest HLC, and the node that
     wrote it (None in a format-1 checkpoint)."""

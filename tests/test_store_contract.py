@@ -293,7 +293,7 @@ class TestLogStoreContract:
     def test_cursor_with_a_wrong_root_raises(self, backend: Backend) -> None:
         store = backend.open()
         append_all(store, make_events(5))
-        bad = attrs.evolve(store.cursor(AGENT), root=bytes(32))
+        bad = store.cursor(AGENT)._replace(root=bytes(32))
         store = backend.reopen(store)
         with pytest.raises(CorruptLogError):
             first_record(store, AGENT, bad)
@@ -314,7 +314,7 @@ class TestLogStoreContract:
         cursor = store.cursor(AGENT)
         store = backend.reopen(store)
         with pytest.raises(CorruptLogError):
-            first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count + 3))
+            first_record(store, AGENT, cursor._replace(count=cursor.count + 3))
 
     def test_cursor_beyond_the_log_is_data_loss(self, backend: Backend) -> None:
         # A checkpoint's cursor proves its records durable: a log that ends before it
@@ -335,7 +335,7 @@ class TestLogStoreContract:
             assert info.value.offset == later.last
         else:
             with pytest.raises(DataLossError):
-                first_record(store, AGENT, attrs.evolve(later, count=later.count + 1))
+                first_record(store, AGENT, later._replace(count=later.count + 1))
 
     def test_cursor_with_a_wrong_count_raises(self, backend: Backend) -> None:
         # The root is right but the count is not: the store would number later records
@@ -345,7 +345,7 @@ class TestLogStoreContract:
         cursor = store.cursor(AGENT)
         store = backend.reopen(store)
         with pytest.raises(CorruptLogError):
-            first_record(store, AGENT, attrs.evolve(cursor, count=cursor.count - 1))
+            first_record(store, AGENT, cursor._replace(count=cursor.count - 1))
 
     def test_cursor_for_an_agent_without_a_log_raises(self, backend: Backend) -> None:
         store = backend.open()
@@ -728,9 +728,16 @@ def test_records_after_a_cursor_reads_only_what_follows_it(backend: Backend) -> 
             assert [tuple(r) for r in store.records(AGENT, 30, after=cursor)] == expected[
                 max(count, 30) :
             ]
+    # A reader following the log: the cursor after each record reads what follows it.
+    for record in store.records(AGENT):
+        after = store.cursor_after(record)
+        if record.position + 1 in cursors:
+            assert after == cursors[record.position + 1]
+        following = [tuple(r) for r in store.records(AGENT, after=after)]
+        assert following == expected[record.position + 1 :]
     # A cursor whose root is not the log's at that point: the first record after it
     # does not link (file stores), or the cursor is refused outright (memory store).
-    forged = attrs.evolve(cursors[15], root=bytes(32))
+    forged = cursors[15]._replace(root=bytes(32))
     with pytest.raises((CorruptLogError, DataLossError)):
         list(store.records(AGENT, after=forged))
 

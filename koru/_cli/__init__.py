@@ -1,0 +1,136 @@
+"""``kdelta``: the koru-delta command line.
+
+Data commands (set, get, log, diff, delete, keys, namespaces, stats) and log
+inspection (events, verify, export, import) against a database directory: ``--db``,
+else ``$KORU_HOME``, else the default of :func:`koru.open`. Reads open the database
+read-only, so they work beside a process that writes it.
+
+Exit codes: 0 success, 1 not found, 2 usage error, 3 data or integrity error. Errors
+print one line to stderr, never a traceback. Each command imports only what it needs:
+a one-shot read should not pay for what it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._commands import COMMANDS, Failure, Usage
+
+__all__ = ["main"]
+
+EXAMPLES = """\
+examples:
+  kdelta set users/alice '{"name": "Alice", "age": 30}'
+  kdelta get users/alice
+  kdelta get users/alice --at 2026-12-01T09:00:00Z
+  kdelta log users/alice
+  kdelta diff users/alice
+  kdelta events --ns users --full
+  kdelta verify
+  kdelta export -o backup.cbor && kdelta --db ./copy import backup.cbor
+
+exit codes: 0 success, 1 not found, 2 usage error, 3 data or integrity error
+"""
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. Given the arguments, only the command they name gets
+    its own arguments (and imports what they need): a one-shot ``kdelta get`` should
+    not pay for building fifteen parsers."""
+    top = argparse.ArgumentParser(
+        prog="kdelta",
+        description="koru-delta: the invisible database. Versioned key/value data with "
+        "full history and time travel, kept as an event log you can inspect.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument(
+        "--db",
+        metavar="PATH",
+        help="database directory (default: $KORU_HOME, else ~/.local/share/koru-delta/default)",
+    )
+    top.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    top.add_argument("--version", action="version", version=f"kdelta {_version()}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = None if argv is None else _command_named(argv)
+    for command in COMMANDS:
+        p = sub.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.summary,
+            epilog=f"example:\n  {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(run=command.run)
+        if chosen is not None and command.name != chosen:
+            continue
+        p.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="as above")
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
+        command.arguments(p)
+    return top
+
+
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The command the arguments name: the first word that is not a top-level option
+    (or the value of ``--db``)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--db":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _version() -> str:
+    from koru import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (the ``kdelta`` script exits with it)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    args = parser(argv).parse_args(argv)
+    try:
+        code = args.run(args)
+    except Usage as exc:
+        return _fail(2, str(exc))
+    except Failure as exc:
+        return _fail(exc.code, str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # kdelta events | head
+        sys.stderr.close()
+        return 0
+    except Exception as exc:
+        code = _code_of(exc)
+        if code is None:
+            raise
+        return _fail(code, str(exc))
+    return code if isinstance(code, int) else 0
+
+
+def _code_of(exc: Exception) -> int | None:
+    from koru.events import (
+        InvalidArgumentError,
+        InvalidDataError,
+        KoruError,
+        NotFoundError,
+    )
+
+    if isinstance(exc, NotFoundError):
+        return 1
+    if isinstance(exc, InvalidDataError | InvalidArgumentError):
+        return 2
+    if isinstance(exc, KoruError):
+        return 3
+    return None
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"kdelta: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,148 @@
+"""What every command shares: its description, the database it names, how it reads
+and writes, and its errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from koru import Database
+    from koru._snapshot import Snapshot
+
+__all__ = [
+    "Command",
+    "Failure",
+    "Usage",
+    "database_path",
+    "parse_time",
+    "parse_value",
+    "read_snapshot",
+    "split_key",
+    "version_doc",
+    "with_database",
+]
+
+T = TypeVar("T")
+
+
+class Command(NamedTuple):
+    """One subcommand: its name, a one-line summary, an example, its arguments and
+    what runs it (returning the exit code)."""
+
+    name: str
+    summary: str
+    example: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class Failure(Exception):
+    """A command failed in a way its user must hear about, with its exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Usage(Exception):
+    """The command line was wrong (exit code 2)."""
+
+
+def database_path(args: argparse.Namespace) -> Path:
+    """The database directory: ``--db``, else ``$KORU_HOME``, else the default of
+    :func:`koru.open`."""
+    if getattr(args, "db", None):
+        return Path(args.db)
+    from koru._open import default_path
+
+    return default_path()
+
+
+def existing_database(args: argparse.Namespace) -> Path:
+    """The database directory, which must hold a database (exit 1 otherwise)."""
+    path = database_path(args)
+    if not os.path.exists(os.path.join(path, "meta")):
+        raise Failure(1, f"no database at {path} (name one with --db PATH or $KORU_HOME)")
+    return path
+
+
+def split_key(text: str) -> tuple[str, str]:
+    """``NS/KEY``, split at the first ``/`` (a key may hold more)."""
+    namespace, sep, key = text.partition("/")
+    if not sep or not namespace or not key:
+        raise Usage(f"expected NAMESPACE/KEY, not {text!r}")
+    return namespace, key
+
+
+def parse_time(text: str) -> int | str:
+    """A moment from the command line: int nanoseconds, or ISO-8601 with an offset."""
+    return int(text) if text.isdigit() else text
+
+
+def parse_value(text: str) -> Any:
+    """A value from the command line: JSON text (``{"$bytes": base64}`` for bytes);
+    ``-`` reads it from standard input, ``@FILE`` from a file."""
+    from ._output import from_json
+
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from None
+    try:
+        return from_json(json.loads(text))
+    except (ValueError, TypeError) as exc:
+        raise Usage(f"the value is not valid JSON: {exc}") from None
+
+
+def version_doc(version: Any) -> dict[str, Any]:
+    """A Version (or Versioned) as JSON data, with its time in ISO-8601 too."""
+    doc: dict[str, Any] = version._asdict()
+    doc["time"] = version.datetime.isoformat()
+    return doc
+
+
+def read_snapshot(
+    args: argparse.Namespace,
+    *,
+    keys: Iterable[tuple[str, str]] = (),
+    namespace: str | None = None,
+) -> Snapshot:
+    """A one-shot, read-only view of the database (see :mod:`koru._snapshot`): no
+    trio, no lock, so it reads beside a process that writes."""
+    from koru._snapshot import Snapshot
+
+    return Snapshot(existing_database(args), keys=keys, namespace=namespace)
+
+
+def with_database(
+    args: argparse.Namespace,
+    body: Callable[[Database], Awaitable[T]],
+    *,
+    readonly: bool = False,
+    create: bool = False,
+) -> T:
+    """Run ``body`` with the database open (under trio), and return what it returned.
+
+    Only writing commands and whole-database reports pay for trio and a full open.
+    """
+    import trio
+
+    import koru
+
+    path = database_path(args) if create else existing_database(args)
+
+    async def main() -> T:
+        async with koru.open(path, readonly=readonly) as db:
+            return await body(db)
+
+    result: T = trio.run(main)
+    return result

@@ -1,0 +1,212 @@
+"""Checking and describing a database: ``kdelta verify`` and ``kdelta stats``.
+
+``verify`` is for a person who wants the whole picture, so it does not stop at the first
+problem: every segment header, every record's checksums and chain link, every event's
+shape (:func:`koru.events.verify_logs`), the checkpoint against a replay of the log and
+its key directory against the checkpoint (:mod:`koru._audit`), and what recovery set
+aside in ``lost+found``. It reads files only, so it is safe beside a live writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._base import Command, existing_database, with_database
+from ._output import Output, escape
+
+if TYPE_CHECKING:
+    from koru import Database
+    from koru.events import SegmentSummary
+
+__all__ = ["CHECK_COMMANDS"]
+
+
+def _problem(severity: str, where: str, message: str, **more: Any) -> dict[str, Any]:
+    return {"severity": severity, "where": where, "message": message, **more}
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--logs-only",
+        action="store_true",
+        help="check the logs, not the checkpoint (which replays every log from genesis)",
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from koru.events import AGENTS, LOST_FOUND, verify_logs
+
+    path = existing_database(args)
+    out = Output(as_json=args.json)
+    problems: list[dict[str, Any]] = []
+    summaries: list[SegmentSummary] = []
+    segments = sum(
+        1
+        for agent in AGENTS
+        if os.path.isdir(d := os.path.join(path, "logs", agent))
+        for name in os.listdir(d)
+        if name.endswith(".seg")
+    )
+    progress = out.progress("verifying segments", segments)
+    if progress is not None:
+        progress.start()
+    try:
+        seen = 0
+        for found in verify_logs(path, summaries):
+            problems.append(
+                _problem(
+                    found.severity,
+                    f"{os.path.relpath(found.path, path)} @ {found.offset} "
+                    f"(record {found.position})",
+                    found.message,
+                    agent=found.agent,
+                    path=found.path,
+                    offset=found.offset,
+                    position=found.position,
+                )
+            )
+            if progress is not None and len(summaries) != seen:
+                seen = len(summaries)
+                progress.update(progress.task_ids[0], completed=seen)
+    finally:
+        if progress is not None:
+            progress.stop()
+    notes = _check_store(path, problems, checkpoint=not args.logs_only)
+    lost = os.path.join(path, LOST_FOUND)
+    if os.path.isdir(lost):
+        for name in sorted(os.listdir(lost)):
+            problems.append(
+                _problem(
+                    "warning",
+                    f"{LOST_FOUND}/{name}",
+                    "bytes a recovery set aside (written after the last point the log "
+                    "was proven durable; never acknowledged)",
+                )
+            )
+    errors = sum(p["severity"] == "error" for p in problems)
+    warnings = len(problems) - errors
+    records = sum(s.records for s in summaries)
+    if out.json:
+        out.doc(
+            {
+                "ok": errors == 0,
+                "errors": errors,
+                "warnings": warnings,
+                "segments": len(summaries),
+                "records": records,
+                "problems": problems,
+                "notes": notes,
+            }
+        )
+    else:
+        for p in problems:
+            colour = "red" if p["severity"] == "error" else "yellow"
+            out.styled(f"[{colour}]{p['severity']}[/] {escape(p['where'])}: {escape(p['message'])}")
+        for note in notes:
+            out.styled(f"[dim]note: {escape(note)}[/]")
+        verdict = "[green]ok[/]" if errors == 0 else "[red]damaged[/]"
+        out.styled(
+            f"{verdict}: {len(summaries)} segments, {records} records checked; "
+            f"{errors} errors, {warnings} warnings"
+        )
+    return 0 if errors == 0 else 3
+
+
+def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool) -> list[str]:
+    """The meta file and manifest (by opening the store read-only), the checkpoint
+    against a replay, and the key directory against the checkpoint."""
+    from koru._audit import audit_checkpoint, audit_key_directory
+    from koru.events import FileStore, KoruError
+
+    try:
+        store = FileStore(path, readonly=True)
+    except KoruError as exc:
+        problems.append(_problem("error", "meta", str(exc)))
+        return []
+    notes: list[str] = []
+    try:
+        if checkpoint:
+            for audit, where in ((audit_checkpoint, "checkpoint"), (audit_key_directory, "keys")):
+                found, said = audit(store)
+                problems.extend(_problem("error", where, message) for message in found)
+                notes.extend(said)
+        else:
+            notes.append("the checkpoint was not checked (--logs-only)")
+    finally:
+        store.close()
+    return notes
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from koru.events import AGENTS
+
+    path = existing_database(args)
+
+    async def gather(db: Database) -> dict[str, Any]:
+        stats = (await db.stats())._asdict()
+        roots = await db.roots()
+        heads = await db.feed_heads()
+        return {"stats": stats, "roots": roots, "feeds": heads}
+
+    found = with_database(args, gather, readonly=True)
+    agents = {}
+    for agent in AGENTS:
+        directory = os.path.join(path, "logs", agent)
+        if not os.path.isdir(directory):
+            continue
+        files = [os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".seg")]
+        agents[agent] = {
+            "segments": len(files),
+            "bytes": sum(os.path.getsize(f) for f in files),
+            "root": found["roots"][agent],
+            "feeds": {
+                origin: seq
+                for (origin, feed_agent), seq in found["feeds"].items()
+                if feed_agent == agent
+            },
+        }
+    sizes = {
+        name: os.path.getsize(os.path.join(path, name))
+        for name in ("meta", "checkpoint", "checkpoint.keys")
+        if os.path.exists(os.path.join(path, name))
+    }
+    doc = {"database": found["stats"], "agents": agents, "files": sizes}
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(doc)
+        return 0
+    out.table(("statistic", "value"), sorted(found["stats"].items()))
+    out.text("")
+    out.table(
+        ("agent", "segments", "bytes", "feeds", "root"),
+        (
+            (a, d["segments"], d["bytes"], sum(d["feeds"].values()), d["root"][:16])
+            for a, d in agents.items()
+        ),
+    )
+    out.text("")
+    out.table(("file", "bytes"), sizes.items())
+    return 0
+
+
+CHECK_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "verify",
+        "check every checksum, chain link and checkpoint; exit 3 and list every problem",
+        "kdelta verify --json",
+        _verify_args,
+        _verify,
+    ),
+    Command(
+        "stats",
+        "counters, agents (segments, bytes, roots, feeds) and files",
+        "kdelta stats",
+        lambda p: None,
+        _stats,
+    ),
+)

@@ -1,0 +1,18 @@
+"""Every command ``kdelta`` has, in the order ``--help`` lists them."""
+
+from __future__ import annotations
+
+from ._base import Command, Failure, Usage
+from ._check import CHECK_COMMANDS
+from ._data import DATA_COMMANDS
+from ._events import EVENT_COMMANDS
+from ._transfer import TRANSFER_COMMANDS
+
+__all__ = ["COMMANDS", "Failure", "Usage"]
+
+COMMANDS: tuple[Command, ...] = (
+    *DATA_COMMANDS,
+    *EVENT_COMMANDS,
+    *CHECK_COMMANDS,
+    *TRANSFER_COMMANDS,
+)

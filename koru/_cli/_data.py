@@ -1,0 +1,336 @@
+"""The data commands: set, get, log, diff, delete, keys, namespaces, status.
+
+Reads are one-shot (:mod:`koru._snapshot`): no trio, no lock, answered through the
+checkpoint's key directory when it can, so they work beside a process that writes the
+database. Writes open the database (which takes its lock) and return once the write is
+durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from ._base import (
+    Command,
+    Failure,
+    existing_database,
+    parse_time,
+    parse_value,
+    read_snapshot,
+    split_key,
+    version_doc,
+    with_database,
+)
+from ._output import Output, dumps, escape, short
+
+if TYPE_CHECKING:
+    from koru import Database, Version, Versioned
+
+__all__ = ["DATA_COMMANDS"]
+
+_VALUE_WIDTH = 60
+
+
+def _key_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key", metavar="NS/KEY", help="namespace and key, split at the first '/'")
+
+
+def _compact(value: Any, full: bool) -> str:
+    text = dumps(value)
+    return text if full or len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+def _when(v: Version | Versioned) -> str:
+    return v.datetime.isoformat(timespec="milliseconds")
+
+
+# -- set -----------------------------------------------------------------------------------
+
+
+def _set_args(p: argparse.ArgumentParser) -> None:
+    _key_argument(p)
+    p.add_argument(
+        "value",
+        metavar="VALUE",
+        help="JSON text; '-' reads it from standard input, '@FILE' from a file",
+    )
+
+
+def _set(args: argparse.Namespace) -> int:
+    namespace, key = split_key(args.key)
+    value = parse_value(args.value)
+
+    async def put(db: Database) -> Version:
+        return await db.put(namespace, key, value)
+
+    version = with_database(args, put, create=True)
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(version_doc(version))
+    else:
+        out.text(f"{namespace}/{key}: version {short(version.write_id)} at {_when(version)}")
+    return 0
+
+
+# -- get -----------------------------------------------------------------------------------
+
+
+def _get_args(p: argparse.ArgumentParser) -> None:
+    _key_argument(p)
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="time travel: the value at TIME (ISO-8601 with an offset, or int ns)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="also show the version's metadata")
+
+
+def _get(args: argparse.Namespace) -> int:
+    namespace, key = split_key(args.key)
+    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+        if args.at is not None:
+            found = snap.reads.at(namespace, key, parse_time(args.at))
+        else:
+            found = snap.reads.versioned(namespace, key)
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc({"value": found.value, **version_doc(found.version)})
+        return 0
+    out.value(found.value)
+    if args.verbose:
+        out.text(
+            f"# version {found.write_id} at {_when(found)} by {short(found.origin)}, "
+            f"previous {found.previous or '-'}"
+        )
+    return 0
+
+
+# -- log -----------------------------------------------------------------------------------
+
+
+def _log_args(p: argparse.ArgumentParser) -> None:
+    _key_argument(p)
+    p.add_argument("-n", "--limit", type=int, metavar="N", help="only the newest N versions")
+    p.add_argument("--since", metavar="TIME", help="versions at or after TIME")
+    p.add_argument("--until", metavar="TIME", help="versions at or before TIME")
+    p.add_argument("--reverse", action="store_true", help="oldest first")
+    p.add_argument("--full", action="store_true", help="whole values and ids")
+
+
+def _log(args: argparse.Namespace) -> int:
+    namespace, key = split_key(args.key)
+    if args.limit is not None and args.limit < 0:
+        raise Failure(2, "--limit must not be negative")
+    since = None if args.since is None else parse_time(args.since)
+    until = None if args.until is None else parse_time(args.until)
+    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+        if not snap.reads.kv.history_raw(namespace, key):
+            raise Failure(1, f"{namespace}/{key} was never written")
+        rows = snap.reads.history(namespace, key, since, until, args.limit)
+    if not args.reverse:
+        rows.reverse()
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc([{"value": r.value, **version_doc(r.version)} for r in rows])
+        return 0
+    ids = (lambda h: h or "-") if args.full else short
+    out.table(
+        ("time", "version", "origin", "previous", "value"),
+        (
+            (
+                _when(r),
+                ids(r.write_id),
+                ids(r.origin),
+                ids(r.previous),
+                "(deleted)" if r.deleted else _compact(r.value, args.full),
+            )
+            for r in rows
+        ),
+    )
+    return 0
+
+
+# -- diff ----------------------------------------------------------------------------------
+
+
+def _version_ref(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _diff_args(p: argparse.ArgumentParser) -> None:
+    _key_argument(p)
+    p.add_argument(
+        "--from",
+        dest="old",
+        default="-2",
+        metavar="V",
+        help="history index (0 oldest, -1 newest) or write id prefix; default -2",
+    )
+    p.add_argument("--to", dest="new", default="-1", metavar="V", help="as --from; default -1")
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path) or "(the value)"
+
+
+def _diff(args: argparse.Namespace) -> int:
+    namespace, key = split_key(args.key)
+    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+        diff = snap.reads.diff(namespace, key, _version_ref(args.old), _version_ref(args.new))
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(
+            {
+                "old": version_doc(diff.old),
+                "new": version_doc(diff.new),
+                "changes": [c._asdict() for c in diff.changes],
+            }
+        )
+        return 0
+    out.styled(
+        f"[bold]{escape(namespace)}/{escape(key)}[/]  {short(diff.old.write_id)} "
+        f"({_when(diff.old)}) -> {short(diff.new.write_id)} ({_when(diff.new)})"
+    )
+    for c in diff.changes:
+        where = escape(_path(c.path))
+        if c.op == "add":
+            out.styled(f"[green]+ {where}: {escape(dumps(c.new))}[/]")
+        elif c.op == "remove":
+            out.styled(f"[red]- {where}: {escape(dumps(c.old))}[/]")
+        else:
+            out.styled(f"[yellow]~ {where}: {escape(dumps(c.old))} -> {escape(dumps(c.new))}[/]")
+    if not diff.changes:
+        out.text("(no changes)")
+    return 0
+
+
+# -- delete --------------------------------------------------------------------------------
+
+
+def _delete(args: argparse.Namespace) -> int:
+    namespace, key = split_key(args.key)
+
+    async def delete(db: Database) -> Version:
+        return await db.delete(namespace, key)
+
+    version = with_database(args, delete)
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(version_doc(version))
+    else:
+        out.text(f"{namespace}/{key}: deleted (version {short(version.write_id)})")
+    return 0
+
+
+# -- keys, namespaces ------------------------------------------------------------------------
+
+
+def _keys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("namespace", metavar="NS", help="the namespace")
+    p.add_argument("--prefix", default="", help="only keys starting with this")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    with read_snapshot(args, namespace=args.namespace) as snap:
+        keys = [k for k in snap.reads.keys(args.namespace) if k.startswith(args.prefix)]
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(keys)
+    else:
+        for k in keys:
+            out.text(k)
+    return 0
+
+
+def _namespaces(args: argparse.Namespace) -> int:
+    with read_snapshot(args) as snap:
+        counts = {ns: len(snap.reads.keys(ns)) for ns in snap.reads.namespaces()}
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(counts)
+    else:
+        out.table(("namespace", "keys"), counts.items())
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = existing_database(args)
+    with read_snapshot(args) as snap:
+        kv = snap.reads.kv
+        namespaces = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
+        doc = {
+            "path": str(path),
+            "node_id": snap.store.node_id.hex() if snap.store.node_id else None,
+            "keys": kv.live,
+            "deleted_keys": kv.key_count() - kv.live,
+            "versions": kv.versions,
+            "namespaces": namespaces,
+        }
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(doc)
+        return 0
+    out.text(f"database  {doc['path']}")
+    out.text(f"node      {doc['node_id']}")
+    out.text(
+        f"keys      {doc['keys']} live, {doc['deleted_keys']} deleted, "
+        f"{doc['versions']} versions in all"
+    )
+    if namespaces:
+        out.table(("namespace", "keys"), namespaces.items())
+    return 0
+
+
+DATA_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "set",
+        "store a JSON value as the new version of a key",
+        'kdelta set users/alice \'{"name": "Alice", "age": 30}\'',
+        _set_args,
+        _set,
+    ),
+    Command(
+        "get",
+        "print a key's current value, or its value at a past time",
+        "kdelta get users/alice --at 2026-12-01T09:00:00Z",
+        _get_args,
+        _get,
+    ),
+    Command("log", "a key's history, newest first", "kdelta log users/alice -n 5", _log_args, _log),
+    Command(
+        "diff",
+        "what changed between two versions of a key",
+        "kdelta diff users/alice --from 0 --to -1",
+        _diff_args,
+        _diff,
+    ),
+    Command(
+        "delete",
+        "delete a key (its history keeps every version)",
+        "kdelta delete users/alice",
+        _key_argument,
+        _delete,
+    ),
+    Command("keys", "the keys of a namespace", "kdelta keys users --prefix a", _keys_args, _keys),
+    Command(
+        "namespaces",
+        "namespaces with their key counts",
+        "kdelta namespaces",
+        lambda p: None,
+        _namespaces,
+    ),
+    Command(
+        "status",
+        "what the database holds: keys, versions, namespaces",
+        "kdelta status",
+        lambda p: None,
+        _status,
+    ),
+)

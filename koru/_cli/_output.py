@@ -1,0 +1,147 @@
+"""What the command line prints: JSON for scripts, tables and pretty values for people.
+
+Why two forms: a person reads a table (coloured when the output is a terminal), a
+script parses one JSON document per command (JSON lines for streams). Values are
+JSON-like except ``bytes``, which JSON cannot hold: they print as ``{"$bytes": base64}``
+and are read back from that form by ``kdelta set``. rich is imported only by commands
+that draw tables, so one-shot reads do not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+__all__ = ["Output", "dumps", "from_json", "short", "to_json"]
+
+
+def to_json(value: Any) -> Any:
+    """A stored value as JSON data (bytes tagged, everything else as it is)."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """The inverse of :func:`to_json`."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$bytes" in value and isinstance(value["$bytes"], str):
+            try:
+                return base64.b64decode(value["$bytes"], validate=True)
+            except ValueError as exc:
+                raise ValueError(f"$bytes is not base64: {exc}") from None
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def dumps(doc: Any, *, pretty: bool = False) -> str:
+    return json.dumps(to_json(doc), indent=2 if pretty else None, ensure_ascii=False)
+
+
+def short(hex_id: str | None, n: int = 12) -> str:
+    """An id shortened for people, as git shows commits."""
+    return "-" if hex_id is None else hex_id[:n]
+
+
+class Output:
+    """Where a command's results go (stdout), in the form the user asked for."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.json = as_json
+        self.tty = sys.stdout.isatty()
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """rich's console on stdout: colour on a terminal; in a pipe, plain text with
+        lines as long as they need (no wrapping to 80 columns)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = (
+                Console(highlight=False)
+                if self.tty
+                else Console(width=10_000, no_color=True, highlight=False)
+            )
+        return self._console
+
+    def doc(self, doc: Any) -> None:
+        """One JSON document (``--json``)."""
+        print(dumps(doc))
+
+    def line(self, doc: Any) -> None:
+        """One JSON line of a stream, flushed (``--json`` with ``--follow``)."""
+        print(dumps(doc), flush=True)
+
+    def value(self, value: Any) -> None:
+        """A stored value for people: pretty JSON."""
+        print(dumps(value, pretty=True))
+
+    def text(self, text: str) -> None:
+        print(text, flush=True)
+
+    def styled(self, markup: str) -> None:
+        """One line with rich markup (``[green]...[/]``), plain in a pipe."""
+        self.console.print(markup, overflow="ignore", crop=False, soft_wrap=True)
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """A table for people."""
+        from rich.table import Table
+
+        table = Table(*columns, box=None, header_style="bold cyan", pad_edge=False)
+        for row in rows:
+            table.add_row(*(cell(c) for c in row))
+        self.console.print(table, overflow="ignore", crop=False)
+
+    def progress(self, what: str, total: int | None) -> Progress | None:
+        """A progress bar on standard error for long work, when a person watches (the
+        error stream is a terminal and the output is not JSON); else None."""
+        if self.json or not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn(what),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        progress.add_task(what, total=total)
+        return progress
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return dumps(value)
+
+
+def escape(text: str) -> str:
+    """Text shown through rich markup, printed as it is."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)

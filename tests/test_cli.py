@@ -1,0 +1,486 @@
+"""The ``kdelta`` command line, run as a subprocess against real on-disk databases:
+output, ``--json`` output, exit codes (0 ok, 1 not found, 2 usage, 3 data or
+integrity), one-line errors without tracebacks, and the commands working beside a
+process that holds the database open for writing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import koru
+from koru._cli import main
+from koru._cli._commands import COMMANDS
+from koru.projections import CHECKPOINT_FILE
+
+KDELTA = str(Path(sys.executable).parent / "kdelta")
+
+
+class Ran:
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.code = done.returncode
+        self.out = done.stdout
+        self.err = done.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.out.splitlines()]
+
+
+def kdelta(db: Path | None, *args: str, stdin: str | None = None) -> Ran:
+    """Run the installed ``kdelta`` (cwd outside the checkout, environment clean of
+    $KORU_HOME unless given)."""
+    env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+    env["NO_COLOR"] = "1"
+    cmd = [KDELTA, *(["--db", str(db)] if db is not None else []), *args]
+    done = subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, env=env, cwd="/", timeout=60
+    )
+    ran = Ran(done)
+    assert "Traceback" not in ran.err, ran.err
+    return ran
+
+
+def failed(ran: Ran, code: int, *words: str) -> None:
+    """The command failed with ``code`` and one line on stderr naming ``words``."""
+    assert ran.code == code, (ran.code, ran.out, ran.err)
+    assert ran.err.startswith("kdelta: "), ran.err
+    assert ran.err.count("\n") == 1, ran.err
+    for word in words:
+        assert word in ran.err, ran.err
+
+
+async def populate(path: Path) -> dict[str, Any]:
+    """users/alice three versions (times kept), bob, a deleted order, bytes; a
+    checkpoint, then more writes after it (the tail one-shot reads must fold)."""
+    async with koru.open(path) as db:
+        first = await db.put("users", "alice", {"name": "Alice", "age": 30})
+        await trio.sleep(0.002)
+        second = await db.put("users", "alice", {"name": "Alice", "age": 31})
+        await db.put("users", "bob", {"name": "Bob"})
+        await db.put("orders", "o1", [1, 2, 3])
+        await db.delete("orders", "o1")
+        await db.put("blobs", "b", b"\x00\xffraw")
+        await db.checkpoint()
+        third = await db.put("users", "alice", {"name": "Alice", "age": 32, "tags": ["x"]})
+        return {"first": first, "second": second, "third": third, "digest": await db.digest()}
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    path = tmp_path / "db"
+    facts = trio.run(populate, path)
+    yield path, facts
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_and_each_shows_an_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ran = kdelta(None, "--help")
+    assert ran.code == 0
+    for command in COMMANDS:
+        assert command.name in ran.out
+        with pytest.raises(SystemExit) as exit_info:
+            main([command.name, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "example:" in text and command.example in text
+        assert "--db" in text and "--json" in text
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert kdelta(tmp_path, "frobnicate").code == 2
+    assert kdelta(tmp_path, "get").code == 2  # missing NS/KEY
+    failed(kdelta(tmp_path, "get", "no-slash"), 2, "NAMESPACE/KEY")
+
+
+# -- data commands -------------------------------------------------------------------------------
+
+
+def test_set_then_get_in_both_forms(tmp_path: Path) -> None:
+    db = tmp_path / "new"  # set creates the database
+    ran = kdelta(db, "set", "users/alice", '{"name": "Alice", "age": 30}')
+    assert ran.code == 0 and ran.out.startswith("users/alice: version ")
+    ran = kdelta(db, "--json", "set", "users/alice", '{"name": "Alice", "age": 31}')
+    version = ran.json()
+    assert version["namespace"] == "users" and len(version["write_id"]) == 64
+    got = kdelta(db, "get", "users/alice")
+    assert got.code == 0 and json.loads(got.out) == {"name": "Alice", "age": 31}
+    doc = kdelta(db, "get", "users/alice", "--json").json()
+    assert doc["value"] == {"name": "Alice", "age": 31}
+    assert doc["write_id"] == version["write_id"] and doc["previous"] is not None
+    verbose = kdelta(db, "get", "-v", "users/alice")
+    assert f"# version {version['write_id']}" in verbose.out
+
+
+def test_values_from_stdin_a_file_and_bytes(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "a/b", "-", stdin='{"from": "stdin"}').code == 0
+    assert kdelta(db, "get", "a/b").json() == {"from": "stdin"}
+    (tmp_path / "v.json").write_text('[1, 2, {"x": null}]')
+    assert kdelta(db, "set", "a/c", f"@{tmp_path / 'v.json'}").code == 0
+    assert kdelta(db, "get", "a/c").json() == [1, 2, {"x": None}]
+    raw = base64.b64encode(b"\x00\x01").decode()
+    assert kdelta(db, "set", "a/d", json.dumps({"$bytes": raw})).code == 0
+    assert kdelta(db, "get", "a/d").json() == {"$bytes": raw}
+    failed(kdelta(db, "set", "a/e", "{not json"), 2, "not valid JSON")
+    failed(kdelta(db, "set", "a/e", "@/nonexistent/file"), 2, "cannot read")
+    failed(kdelta(db, "set", "a/" + "k" * 2000, "1"), 2, "over the 1024-byte limit")
+    assert kdelta(db, "get", "a/e").code == 1  # nothing was written
+
+
+def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:
+    db, facts = made
+    at = facts["first"].datetime.isoformat()
+    assert kdelta(db, "get", "users/alice", "--at", at).json() == {"name": "Alice", "age": 30}
+    ns = str(facts["second"].timestamp)
+    assert kdelta(db, "get", "users/alice", "--at", ns).json()["age"] == 31
+    failed(kdelta(db, "get", "users/alice", "--at", "1999-01-01T00:00:00Z"), 1, "no value")
+    failed(kdelta(db, "get", "users/alice", "--at", "2026-01-01T00:00:00"), 2, "no UTC offset")
+    failed(kdelta(db, "get", "users/alice", "--at", "yesterday"), 2, "not an ISO-8601 time")
+
+
+def test_get_of_missing_and_deleted_keys_exits_1(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    failed(kdelta(db, "get", "users/nobody"), 1, "users", "nobody")
+    failed(kdelta(db, "get", "orders/o1"), 1, "o1")
+    assert kdelta(db, "get", "blobs/b").json() == {
+        "$bytes": base64.b64encode(b"\x00\xffraw").decode()
+    }
+
+
+def test_log_shows_history_newest_first(made: tuple[Path, dict[str, Any]]) -> None:
+    db, facts = made
+    ran = kdelta(db, "log", "users/alice")
+    assert ran.code == 0
+    lines = ran.out.splitlines()
+    assert len(lines) == 4 and "version" in lines[0]
+    assert facts["third"].write_id[:12] in lines[1] and facts["first"].write_id[:12] in lines[3]
+    rows = kdelta(db, "--json", "log", "users/alice").json()
+    assert [r["value"]["age"] for r in rows] == [32, 31, 30]
+    assert [
+        r["value"]["age"]
+        for r in kdelta(db, "--json", "log", "users/alice", "--reverse", "-n", "2").json()
+    ] == [31, 32]
+    deleted = kdelta(db, "--json", "log", "orders/o1").json()
+    assert [r["deleted"] for r in deleted] == [True, False]
+    assert "(deleted)" in kdelta(db, "log", "orders/o1").out
+    failed(kdelta(db, "log", "users/nobody"), 1, "never written")
+    failed(kdelta(db, "log", "users/alice", "-n", "-1"), 2, "--limit")
+
+
+def test_diff_between_versions(made: tuple[Path, dict[str, Any]]) -> None:
+    db, facts = made
+    doc = kdelta(db, "--json", "diff", "users/alice").json()
+    assert doc["old"]["write_id"] == facts["second"].write_id
+    assert {(c["op"], tuple(c["path"])) for c in doc["changes"]} == {
+        ("change", ("age",)),
+        ("add", ("tags",)),
+    }
+    human = kdelta(db, "diff", "users/alice", "--from", "0", "--to", facts["third"].write_id[:8])
+    assert "~ .age: 30 -> 32" in human.out and '+ .tags: ["x"]' in human.out
+    same = kdelta(db, "diff", "users/alice", "--from", "1", "--to", "1")
+    assert "(no changes)" in same.out
+    failed(kdelta(db, "diff", "users/alice", "--from", "7"), 1, "no version 7")
+
+
+def test_delete(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    ran = kdelta(db, "--json", "delete", "users/bob")
+    assert ran.code == 0 and ran.json()["deleted"] is True
+    failed(kdelta(db, "get", "users/bob"), 1)
+    failed(kdelta(db, "delete", "users/bob"), 1, "bob")
+    assert "(deleted)" in kdelta(db, "log", "users/bob").out
+
+
+def test_keys_namespaces_status(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    assert kdelta(db, "keys", "users").out.split() == ["alice", "bob"]
+    assert kdelta(db, "--json", "keys", "users", "--prefix", "b").json() == ["bob"]
+    assert kdelta(db, "--json", "keys", "orders").json() == []
+    assert kdelta(db, "--json", "namespaces").json() == {"blobs": 1, "users": 2}
+    assert "users" in kdelta(db, "namespaces").out
+    status = kdelta(db, "--json", "status").json()
+    assert (status["keys"], status["deleted_keys"], status["versions"]) == (3, 1, 7)
+    assert status["namespaces"] == {"blobs": 1, "users": 2}
+    assert "3 live, 1 deleted" in kdelta(db, "status").out
+
+
+def test_no_database_exits_1(tmp_path: Path) -> None:
+    for args in (("get", "a/b"), ("log", "a/b"), ("keys", "a"), ("events",), ("verify",)):
+        failed(kdelta(tmp_path / "none", *args), 1, "no database at")
+
+
+def test_kdelta_home_names_the_database(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    env = {**os.environ, "KORU_HOME": str(db)}
+    done = subprocess.run(
+        [KDELTA, "get", "users/bob"], capture_output=True, text=True, env=env, cwd="/"
+    )
+    assert done.returncode == 0 and json.loads(done.stdout) == {"name": "Bob"}
+
+
+# -- beside a writer -------------------------------------------------------------------------------
+
+
+async def test_reads_work_while_another_process_writes_and_writes_say_why_not(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os") as db:
+        await db.put("users", "alice", 1)
+        await db.checkpoint()
+        await db.put("users", "alice", 2)  # in the log, after the checkpoint
+        got = await trio.to_thread.run_sync(kdelta, path, "get", "users/alice")
+        assert got.code == 0 and got.json() == 2
+        ran = await trio.to_thread.run_sync(kdelta, path, "set", "users/alice", "3")
+        failed(ran, 3, "open for writing in another process")
+        assert await db.get("users", "alice") == 2
+
+
+# -- log inspection ------------------------------------------------------------------------
+
+
+def test_events_lists_filters_and_shows_values(made: tuple[Path, dict[str, Any]]) -> None:
+    db, facts = made
+    everything = kdelta(db, "--json", "events").lines()
+    assert [e["type"] for e in everything] == ["put"] * 4 + ["delete", "put", "put"]
+    assert [e["position"] for e in everything] == list(range(7))
+    assert all(e["agent"] == "storage" and len(e["id"]) == 64 for e in everything)
+    alice = kdelta(db, "--json", "events", "--ns", "users", "--key", "alice", "--full").lines()
+    assert [e["writes"][0]["value"]["age"] for e in alice] == [30, 31, 32]
+    assert alice[0]["id"] == facts["first"].write_id
+    since = kdelta(db, "--json", "events", "--since", facts["third"].datetime.isoformat()).lines()
+    assert [e["id"] for e in since] == [facts["third"].write_id]
+    assert len(kdelta(db, "--json", "events", "-n", "2").lines()) == 2
+    human = kdelta(db, "events")
+    assert "storage:0" in human.out and "users/alice" in human.out
+    assert "orders/o1 = (deleted)" in kdelta(db, "events", "--full", "--ns", "orders").out
+    assert kdelta(db, "events", "--agent", "vector").out == ""
+    assert kdelta(db, "events", "--agent", "nobody").code == 2
+
+
+class LineReader:
+    """A subprocess's output lines, read by a thread, taken with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        stream = proc.stdout
+        threading.Thread(
+            target=lambda: [self.lines.put(line) for line in stream], daemon=True
+        ).start()
+
+    def take(self, n: int, timeout: float = 20) -> list[str]:
+        out: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            try:
+                out.append(self.lines.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return out
+
+
+@pytest.mark.parametrize("command", [("events", "--follow"), ("watch", "users")])
+def test_follow_and_watch_stream_writes_from_another_process(
+    made: tuple[Path, dict[str, Any]], command: tuple[str, ...]
+) -> None:
+    db, _ = made
+    env = {**os.environ, "NO_COLOR": "1"}
+    watching = command[0] == "watch"
+    with subprocess.Popen(
+        [KDELTA, "--db", str(db), "--json", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",
+    ) as proc:
+        reader = LineReader(proc)
+        try:
+            existing = [] if watching else reader.take(7, timeout=10)
+            assert len(existing) == (0 if watching else 7)
+            if watching:
+                time.sleep(1)  # let it reach the end of the log before the writes
+            assert kdelta(db, "set", "users/carol", '{"new": true}').code == 0
+            assert kdelta(db, "set", "other/x", "1").code == 0
+            assert kdelta(db, "delete", "users/carol").code == 0
+            streamed = [json.loads(line) for line in reader.take(2 if watching else 3)]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=20)
+        assert proc.stderr is not None
+        errors = proc.stderr.read()
+    assert code == 0 and "Traceback" not in errors
+    if watching:
+        assert [(c["kind"], c["key"], c["value"]) for c in streamed] == [
+            ("put", "carol", {"new": True}),
+            ("delete", "carol", None),
+        ]
+    else:
+        assert [e["writes"][0]["key"] for e in streamed] == ["carol", "x", "carol"]
+
+
+def _segment(db: Path) -> Path:
+    return sorted((db / "logs" / "storage").glob("*.seg"))[0]
+
+
+def test_verify_clean_then_every_problem_located(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+
+    async def write() -> None:
+        async with koru.open(db, segment_size=4096) as d:
+            for i in range(60):
+                await d.put("ns", f"k{i}", {"i": i, "pad": "x" * 100})
+
+    trio.run(write)
+    clean = kdelta(db, "--json", "verify")
+    assert clean.code == 0
+    report = clean.json()
+    assert report["ok"] and report["errors"] == 0 and report["records"] == 60
+    assert report["segments"] > 2
+    assert "ok:" in kdelta(db, "verify").out
+    segments = sorted((db / "logs" / "storage").glob("*.seg"))
+    damaged = [segments[0], segments[2]]
+    for seg in damaged:
+        data = bytearray(seg.read_bytes())
+        data[200] ^= 0xFF
+        seg.write_bytes(bytes(data))
+    ran = kdelta(db, "--json", "verify", "--logs-only")
+    assert ran.code == 3
+    errors = [p for p in ran.json()["problems"] if p["severity"] == "error"]
+    assert {Path(p["path"]) for p in errors} >= set(damaged)  # not only the first
+    assert all(p["offset"] > 0 for p in errors)
+    human = kdelta(db, "verify", "--logs-only")
+    assert human.code == 3 and "damaged" in human.out and segments[2].name in human.out
+
+
+def test_verify_checks_the_checkpoint_against_a_replay(made: tuple[Path, dict[str, Any]]) -> None:
+    """A checkpoint rewritten with a fresh checksum (a buggy build, a crafted file) is
+    served by an open; verify replays the log and says which section disagrees."""
+    import blake3
+    import cbor2
+
+    db, _ = made
+    raw = (db / CHECKPOINT_FILE).read_bytes()
+    body = cbor2.loads(raw[40:])
+    body["sections"]["kv"][1]["live"] += 5
+    data = cbor2.dumps(body)
+    (db / CHECKPOINT_FILE).write_bytes(b"KORUCKP1" + blake3.blake3(data).digest() + data)
+    ran = kdelta(db, "--json", "verify")
+    assert ran.code == 3
+    assert any("section 'kv' disagrees" in p["message"] for p in ran.json()["problems"])
+
+
+def test_corruption_is_exit_3_in_one_line(made: tuple[Path, dict[str, Any]]) -> None:
+    """A record the checkpoint proves durable is damaged (alice's first version): what
+    needs it fails with exit 3 naming the damage, what does not still answers."""
+    db, facts = made
+    seg = _segment(db)
+    data = bytearray(seg.read_bytes())
+    data[60:70] = b"\x00" * 10
+    seg.write_bytes(bytes(data))
+    at = facts["first"].datetime.isoformat()
+    failed(kdelta(db, "get", "users/alice", "--at", at), 3, "storage", "record 0")
+    failed(kdelta(db, "log", "users/alice"), 3, "checksum")
+    assert kdelta(db, "get", "users/alice").json()["age"] == 32  # written after it
+    assert kdelta(db, "verify").code == 3
+
+
+def test_stats(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    doc = kdelta(db, "--json", "stats").json()
+    assert doc["database"]["keys"] == 3 and doc["database"]["versions"] == 7
+    assert doc["agents"]["storage"]["segments"] == 1
+    assert sum(doc["agents"]["storage"]["feeds"].values()) == 7
+    assert doc["files"]["checkpoint"] > 0
+    assert "storage" in kdelta(db, "stats").out
+
+
+@pytest.mark.parametrize("fmt", ["cbor", "jsonl"])
+def test_export_then_import_round_trips(
+    made: tuple[Path, dict[str, Any]], tmp_path: Path, fmt: str
+) -> None:
+    db, facts = made
+    file = tmp_path / f"backup.{fmt}"
+    ran = kdelta(db, "export", "-o", str(file), "--format", fmt)
+    assert ran.code == 0 and "exported 7 events" in ran.err
+    copy = tmp_path / "copy"
+    imported = kdelta(copy, "--json", "import", str(file))
+    assert imported.code == 0
+    assert imported.json() == {
+        "events": 7,
+        "accepted": 7,
+        "duplicates": 0,
+        "held": 0,
+        "refused": [],
+    }
+    again = kdelta(copy, "--json", "import", str(file)).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 7)
+
+    async def digest() -> str:
+        async with koru.open(copy, readonly=True) as d:
+            return await d.digest()
+
+    assert trio.run(digest) == facts["digest"]
+    assert kdelta(copy, "get", "users/alice").json()["age"] == 32
+
+
+def test_export_to_standard_output_is_json_lines(made: tuple[Path, dict[str, Any]]) -> None:
+    db, facts = made
+    lines = kdelta(db, "export").lines()
+    assert lines[0]["koru-delta-export"] == 1 and len(lines) == 8
+    assert lines[1]["id"] == facts["first"].write_id
+
+
+def test_import_refuses_what_is_not_an_export(
+    tmp_path: Path, made: tuple[Path, dict[str, Any]]
+) -> None:
+    db, _ = made
+    good = kdelta(db, "export").out.splitlines()
+    bad = tmp_path / "bad.jsonl"
+    doc = json.loads(good[2])
+    doc["event"] = base64.b64encode(base64.b64decode(doc["event"])[:-1] + b"\x00").decode()
+    bad.write_text("\n".join([good[0], good[1], json.dumps(doc)]) + "\n")
+    failed(kdelta(tmp_path / "c1", "import", str(bad)), 3, "line 3", "do not have the id")
+    garbage = tmp_path / "garbage.cbor"
+    garbage.write_bytes(b"\xa1\x00\x00not cbor")
+    failed(kdelta(tmp_path / "c2", "import", str(garbage)), 3, "not a koru-delta export")
+    failed(kdelta(tmp_path / "c3", "import", str(tmp_path / "missing")), 1, "cannot read")
+    # A gap: the second event of a feed without the first is held, and said so.
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text("\n".join([good[0], good[3]]) + "\n")
+    ran = kdelta(tmp_path / "c4", "--json", "import", str(gap))
+    assert ran.code == 3 and ran.json()["held"] == 1
+
+
+def test_a_pipe_closed_early_is_not_an_error(made: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = made
+    done = subprocess.run(
+        f"{KDELTA} --db {db} events | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr
