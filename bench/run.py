@@ -45,6 +45,7 @@ GROUPS = (
     "history",
     "get_at",
     "open",
+    "cli",
     "memory",
 )
 NS = "users"
@@ -74,10 +75,11 @@ class Sizes:
     open_reps: int  # opens with a checkpoint (median)
     replay_reps: int  # opens without a checkpoint (median)
     memory_keys: int
+    cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
 
 
-FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000)
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10)
 
 
 @dataclass
@@ -599,6 +601,38 @@ async def bench_open(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("replay rate", rate, REPLAY_TARGET, "events/s", at_least=True)
 
 
+# -- the command line ---------------------------------------------------------------------
+
+
+async def bench_cli(sizes: Sizes, tmp: Path, report: Report) -> None:
+    import cli  # bench/cli.py
+
+    keys, versions = sizes.open_keys, sizes.open_versions
+    events = keys * versions
+    src = tmp / "open_src"  # the open bench's database, if it ran
+    if not (src / "checkpoint").exists():
+        print(f"  building a {events:,}-event database ...")
+        await cli.build(src, keys, versions, value)
+    twin = tmp / "cli.sqlite"
+    cli.sqlite_twin(twin, keys, versions, value)
+    key = f"u{keys // 2 + 7}"
+    k, s = cli.measure(src, twin, key, sizes.cli_runs)
+    label = f"{events / 1e6:g}M" if events >= 1_000_000 else f"{events // 1000}k"
+    report.add(
+        Row(
+            f"kdelta get process on {label} events vs python -c sqlite3 select",
+            k * 1e3,
+            s * 1e3,
+            "ms/process",
+            higher_is_better=False,
+        )
+    )
+    report.target("kdelta get process", k, cli.KDELTA_TARGET_S, "s", at_least=False)
+    report.target(
+        "kdelta get vs sqlite3 process", k / s, cli.KDELTA_TARGET_RATIO, "x", at_least=False
+    )
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -714,6 +748,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_history_get_at(sizes, tmp, report, {"get_at"})
         elif group == "open":
             await bench_open(sizes, tmp, report)
+        elif group == "cli":
+            await bench_cli(sizes, tmp, report)
         elif group == "memory":
             bench_memory(sizes, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -80,9 +82,26 @@ def split_key(text: str) -> tuple[str, str]:
     return namespace, key
 
 
+_UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+_AGO = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*"
+    r"(ms|s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)\s+ago\s*$"
+)
+
+
 def parse_time(text: str) -> int | str:
-    """A moment from the command line: int nanoseconds, or ISO-8601 with an offset."""
-    return int(text) if text.isdigit() else text
+    """A moment from the command line: int nanoseconds since the epoch, ISO-8601 with
+    an offset, or a time relative to now (``90s ago``, ``5 minutes ago``, ``2h ago``,
+    ``1 day ago``)."""
+    if text.isdigit():
+        return int(text)
+    relative = _AGO.match(text.lower())
+    if relative is None:
+        return text
+    amount, unit = relative.groups()
+    scale = _UNITS[unit if unit == "ms" else unit[0]]
+    now = time.time_ns()  # clock-ok: "ago" means now by the wall clock of this shell
+    return now - int(float(amount) * scale)
 
 
 def parse_value(text: str) -> Any:

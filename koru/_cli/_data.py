@@ -134,21 +134,24 @@ def _log(args: argparse.Namespace) -> int:
     if out.json:
         out.doc([{"value": r.value, **version_doc(r.version)} for r in rows])
         return 0
-    ids = (lambda h: h or "-") if args.full else short
-    out.table(
-        ("time", "version", "origin", "previous", "value"),
-        (
+    if args.full:
+        out.table(
+            ("time", "version", "origin", "previous", "value"),
             (
-                _when(r),
-                ids(r.write_id),
-                ids(r.origin),
-                ids(r.previous),
-                "(deleted)" if r.deleted else _compact(r.value, args.full),
-            )
-            for r in rows
-        ),
-    )
+                (_when(r), r.write_id, r.origin, r.previous or "-", _shown(r, full=True))
+                for r in rows
+            ),
+        )
+    else:
+        out.table(
+            ("time", "version", "value"),
+            ((_when(r), short(r.write_id), _shown(r, full=False)) for r in rows),
+        )
     return 0
+
+
+def _shown(r: Versioned, *, full: bool) -> str:
+    return "(deleted)" if r.deleted else _compact(r.value, full)
 
 
 # -- diff ----------------------------------------------------------------------------------

@@ -101,7 +101,11 @@ class Output:
         """A table for people."""
         from rich.table import Table
 
-        table = Table(*columns, box=None, header_style="bold cyan", pad_edge=False)
+        table = Table(box=None, header_style="bold cyan", pad_edge=False)
+        for n, column in enumerate(columns):
+            # Times, ids and names keep their width; only the last column (a value, a
+            # message) wraps on a narrow terminal.
+            table.add_column(column, no_wrap=n < len(columns) - 1)
         for row in rows:
             table.add_row(*(cell(c) for c in row))
         self.console.print(table, overflow="ignore", crop=False)

@@ -53,6 +53,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", action="append", metavar="AGENT", help="only this agent's log")
 
 
+def _log_bytes(path: Path) -> int:
+    logs = path / "logs"
+    return sum(p.stat().st_size for p in logs.glob("*/*.seg")) if logs.is_dir() else 0
+
+
 def _events_of(path: Path, agents: list[str] | None) -> Iterator[tuple[bytes, bytes, Any]]:
     from koru.events import AGENTS, FileStore, decode_trusted
 
@@ -85,6 +90,12 @@ def _export(args: argparse.Namespace) -> int:
         open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
     )
     count = 0
+    # A bar on standard error when a person waits for a file to be written.
+    progress = (
+        Output(as_json=args.json).progress("exporting", _log_bytes(path)) if args.output else None
+    )
+    if progress is not None:
+        progress.start()
     try:
         if fmt == "cbor":
             sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
@@ -108,7 +119,11 @@ def _export(args: argparse.Namespace) -> int:
                     )
                 )
             count += 1
+            if progress is not None:
+                progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
     finally:
+        if progress is not None:
+            progress.stop()
         if args.output:
             sink.close()
         else:
