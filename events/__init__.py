@@ -32,6 +32,8 @@ from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import ReadOnlyError as ReadOnlyError
 from ._errors import StorageError as StorageError
 from ._errors import VersionNotFoundError as VersionNotFoundError
+from ._essence import ESSENCE as ESSENCE
+from ._essence import GenomeEvent as GenomeEvent
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
 from ._event import BatchEvent as BatchEvent
 from ._event import DeleteEvent as DeleteEvent
@@ -79,6 +81,7 @@ __all__ = [
     "verify_logs",
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
+    "ESSENCE",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",
     "MAX_NAME_BYTES",
@@ -101,6 +104,7 @@ __all__ = [
     "Disk",
     "DurabilityError",
     "Event",
+    "GenomeEvent",
     "EventType",
     "Header",
     "FileStore",

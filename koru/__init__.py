@@ -38,6 +38,9 @@ _EXPORTS: dict[str, str] = {
     "DatabaseClosedError": "koru.events",
     "DatabaseLockedError": "koru.events",
     "Diff": "koru._diff",
+    "Genome": "koru._genome",
+    "GenomeCheck": "koru._genome",
+    "ProcessInfo": "koru.nursery",
     "DurabilityError": "koru.events",
     "InvalidArgumentError": "koru.events",
     "InvalidDataError": "koru.events",
@@ -59,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "Versioned": "koru._types",
     "default_path": "koru._open",
     "open": "koru._open",
+    "verify_genome": "koru._genome",
 }
 
 if _typing.TYPE_CHECKING:
@@ -67,6 +71,9 @@ if _typing.TYPE_CHECKING:
     from ._database import Database as Database
     from ._diff import Change as Change
     from ._diff import Diff as Diff
+    from ._genome import Genome as Genome
+    from ._genome import GenomeCheck as GenomeCheck
+    from ._genome import verify_genome as verify_genome
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
@@ -94,6 +101,7 @@ if _typing.TYPE_CHECKING:
     from .events import StorageError as StorageError
     from .events import VersionNotFoundError as VersionNotFoundError
     from .nursery import Clock as Clock
+    from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
     from .nursery import TrioClock as TrioClock
 
@@ -111,6 +119,8 @@ __all__ = [
     "DatabaseClosedError",
     "DatabaseLockedError",
     "Diff",
+    "Genome",
+    "GenomeCheck",
     "DurabilityError",
     "InvalidArgumentError",
     "InvalidDataError",
@@ -120,6 +130,7 @@ __all__ = [
     "MEMORY",
     "NoValueAtTimeError",
     "NotFoundError",
+    "ProcessInfo",
     "ReadOnlyError",
     "IngestResult",
     "Refused",
@@ -132,6 +143,7 @@ __all__ = [
     "Versioned",
     "default_path",
     "open",
+    "verify_genome",
 ]
 
 

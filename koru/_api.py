@@ -13,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from koru.nursery import ProcessInfo
+
 from ._diff import Diff
+from ._genome import Genome
 from ._types import IngestResult, Stats, Version, Versioned
 
 __all__ = ["DatabaseAPI"]
@@ -79,5 +82,9 @@ class DatabaseAPI(Protocol):
     async def digest(self) -> str: ...
 
     async def checkpoint(self) -> None: ...
+
+    async def genome(self) -> Genome: ...
+
+    async def processes(self) -> list[ProcessInfo]: ...
 
     async def aclose(self) -> None: ...

@@ -11,7 +11,7 @@ call is awaitable (:class:`~koru._api.DatabaseAPI`, which a remote client satisf
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import blake3
@@ -27,12 +27,13 @@ from koru.events import (
     LogStore,
     check_name,
 )
-from koru.nursery import Clock, Committer
+from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import FeedState, KvState, Projection, Projections
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff
+from ._genome import Genome, genome_of
 from ._lifecycle import Lifecycle
 from ._reader import ValueReader
 from ._reads import KeyReads
@@ -63,7 +64,10 @@ class Database:
     ) -> None:
         self._store = store
         self._path = path
+        self._node = node_id
         self._node_hex = node_id.hex()
+        #: The supervisor's listing of periodic processes (set by koru.open).
+        self._processes: Callable[[], list[ProcessInfo]] = list
         self._committer = committer
         self._projections = projections
         # The two built-in projections, held directly: every read consults them.
@@ -101,6 +105,7 @@ class Database:
             self._values,
             self._writer.ingest,
             opened,
+            lambda: self._processes(),
         )
 
     # -- plumbing ----------------------------------------------------------------------
@@ -349,6 +354,18 @@ class Database:
         events, whatever order they arrived in."""
         await self._life.enter()
         return blake3.blake3(b"koru-delta/digest/v1" + self._kv.digest()).hexdigest()
+
+    async def genome(self) -> Genome:
+        """The database's genome now: about a kilobyte (``to_bytes()``) that verifies a
+        backup or a restored replica with :func:`koru.verify_genome`."""
+        await self._life.enter()
+        return genome_of(self._store, self._kv, self._feeds, self._node, self._writer.hlc.last)
+
+    async def processes(self) -> list[ProcessInfo]:
+        """The background processes (name, state, interval, runs, failures, restarts,
+        last run, last error), in the order started; empty with ``processes=False``."""
+        await trio.lowlevel.checkpoint()
+        return self._processes()
 
     def projection(self, name: str) -> Projection:
         """The registered projection called ``name`` (``"kv"``, ``"feeds"``, or one

@@ -7,7 +7,7 @@ import functools
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,13 @@ from koru.events import (
     LogStore,
     MemoryStore,
 )
-from koru.nursery import SYNC_MODES, Clock, Committer, SyncMode, SystemClock, supervise
+from koru.nursery import SYNC_MODES, Clock, Committer, Policy, SyncMode, SystemClock, supervise
 from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._loader import BUILTIN_PROJECTIONS, load
+from ._processes import intervals_from, steps
 from ._stats import OpenReport
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
@@ -143,6 +144,7 @@ async def open(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     disk: Disk | None = None,
     projections: Sequence[type[Projection]] = (),
+    processes: bool | Mapping[str, float] = True,
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
 
@@ -169,6 +171,10 @@ async def open(
             folded every event, checkpointed in its own section and rebuilt from the
             log when its section is missing or stale; read one with
             :meth:`Database.projection`.
+        processes: run the periodic background processes (True, the default), none
+            (False), or a mapping of process name to interval in seconds (others keep
+            their default: ``genome`` daily). A read-only database runs none. See
+            :meth:`Database.processes`.
 
     The database owns a nursery running its background tasks; leaving the block (even
     by cancellation) flushes, fsyncs, checkpoints and closes files.
@@ -193,6 +199,10 @@ async def open(
         segment_size,
         projections,
     )
+    intervals = {} if readonly else intervals_from(processes)
+    if readonly:
+        intervals_from(processes)  # refused the same way, even if unused
+    wall = clock if clock is not None else SystemClock()
     kinds = (*BUILTIN_PROJECTIONS, *projections)
     rng = random.Random(seed)
     store: LogStore
@@ -219,7 +229,7 @@ async def open(
             store=store,
             path=where,
             node_id=node,
-            clock=clock if clock is not None else SystemClock(),
+            clock=wall,
             committer=committer,
             projections=loaded.projections,
             hlc=loaded.hlc,
@@ -235,11 +245,15 @@ async def open(
             store.close()
         raise
     try:
-        async with supervise(db._die) as supervisor:
+        async with supervise(db._die, rng=rng, clock=wall) as supervisor:
+            db._processes = supervisor.processes
             if not readonly:
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
+            for name, step in steps(db).items():
+                if name in intervals:
+                    await supervisor.every(name, step, Policy(interval=intervals[name]))
             yield db
     finally:
         await db.aclose()

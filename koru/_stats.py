@@ -7,10 +7,11 @@ ingest path events taken in); this module only gathers them, plus what the open 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from koru.events import LogStore
-from koru.nursery import Checkpointer, Committer
+from koru.nursery import Checkpointer, Committer, ProcessInfo
 from koru.projections import KvState
 
 from ._cache import ValueCache
@@ -45,9 +46,11 @@ class Statistics(NamedTuple):
     values: ValueReader
     ingest: Ingest
     opened: OpenReport
+    processes: Callable[[], list[ProcessInfo]]
 
     def snapshot(self) -> Stats:
         s = self.store.stats()
+        processes = self.processes()
         kv, cache, opened = self.kv, self.cache, self.opened
         return Stats(
             path=self.path,
@@ -76,4 +79,6 @@ class Statistics(NamedTuple):
             ingested=self.ingest.accepted,
             forks=self.ingest.forks,
             held=self.ingest.held,
+            process_failures=sum(p.failures for p in processes),
+            crash_loops=tuple(p.name for p in processes if p.state == "crash-loop"),
         )

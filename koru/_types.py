@@ -110,6 +110,10 @@ class Stats(NamedTuple):
     ingested: int
     forks: int
     held: int
+    #: Failed steps of the background processes since the open (each is restarted), and
+    #: the processes failing again and again right now (see ``Database.processes``).
+    process_failures: int
+    crash_loops: tuple[str, ...]
 
 
 class Refused(NamedTuple):

@@ -9,6 +9,8 @@ from ._committer import INLINE_SYNC_MAX as INLINE_SYNC_MAX
 from ._committer import SYNC_MODES as SYNC_MODES
 from ._committer import Committer as Committer
 from ._committer import SyncMode as SyncMode
+from ._supervisor import Policy as Policy
+from ._supervisor import ProcessInfo as ProcessInfo
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import supervise as supervise
 
@@ -19,6 +21,8 @@ __all__ = [
     "Checkpointer",
     "Clock",
     "Committer",
+    "Policy",
+    "ProcessInfo",
     "Supervisor",
     "SyncMode",
     "SystemClock",

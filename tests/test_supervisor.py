@@ -3,6 +3,7 @@ whose failures are never silent."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,106 @@ async def test_a_background_failure_closes_the_database_and_names_its_cause(
     async with koru.open(path) as db:  # the database itself is fine
         await db.put("n", "k", 1)
         assert await db.get("n", "k") == 1
+
+
+# -- periodic processes ----------------------------------------------------------------------
+
+
+async def test_a_periodic_process_runs_on_its_interval_for_a_simulated_week(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from koru.nursery import Policy
+
+    runs: list[float] = []
+
+    async def step() -> None:
+        runs.append(trio.current_time())
+
+    async with supervise(lambda exc: None, clock=koru.TrioClock(0)) as supervisor:
+        await supervisor.every("hourly", step, Policy(interval=3600))
+        await trio.sleep(7 * 86400 + 1)
+        [info] = supervisor.processes()
+    assert len(runs) == 7 * 24 and runs[0] == 3600 and runs[-1] == 7 * 86400
+    assert (info.name, info.state, info.runs, info.failures) == ("hourly", "waiting", 168, 0)
+    assert info.last_run == 7 * 86400 * 10**9  # the database clock's reading
+    assert supervisor.processes()[0].state == "stopped"
+
+
+async def test_a_crashing_process_is_restarted_with_backoff_and_never_stops_the_rest(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import random
+
+    from koru.nursery import Policy
+
+    attempts: list[float] = []
+    healthy: list[float] = []
+    fatal: list[BaseException] = []
+
+    async def flaky() -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) <= 7:
+            raise RuntimeError(f"bug #{len(attempts)}")
+
+    async def fine() -> None:
+        healthy.append(trio.current_time())
+
+    policy = Policy(interval=60, backoff=1, max_backoff=30, jitter=0.5, crash_loop=5)
+    async with supervise(fatal.append, rng=random.Random(3)) as supervisor:
+        await supervisor.every("flaky", flaky, policy)
+        await supervisor.every("fine", fine, Policy(interval=10))
+        # Failure 5 comes between 60+1+2+4+8 s and 60+1.5+3+6+12 s, failure 6 not
+        # before 60+1+2+4+8+16 s: at 85 s the process is in its crash loop.
+        await trio.sleep(85)
+        states = {p.name: p for p in supervisor.processes()}
+        assert states["flaky"].state == "crash-loop" and states["flaky"].restarts >= 5
+        assert states["flaky"].last_error == f"RuntimeError: bug #{len(attempts)}"
+        await trio.sleep(600)
+        flaky_info = {p.name: p for p in supervisor.processes()}["flaky"]
+    # Waits between attempts double (1, 2, 4, 8, 16, 30 capped), each stretched by at
+    # most half of itself; then the process is back on its interval.
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    for gap, base in zip(gaps, (1, 2, 4, 8, 16, 30, 30), strict=False):
+        assert base <= gap <= base * 1.5
+    assert gaps[7] == 60  # healthy again: its interval
+    assert (flaky_info.failures, flaky_info.restarts, flaky_info.state) == (7, 7, "waiting")
+    assert fatal == [] and len(healthy) > 60  # the other process never stopped
+    assert "process 'flaky' failed (5 in a row, a crash loop)" in caplog.text
+
+
+async def test_the_same_seed_gives_the_same_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    import random
+
+    from koru.nursery import Policy
+
+    async def run(seed: int) -> list[float]:
+        times: list[float] = []
+
+        async def broken() -> None:
+            times.append(trio.current_time())
+            raise ValueError("always")
+
+        async with supervise(lambda exc: None, rng=random.Random(seed)) as supervisor:
+            await supervisor.every("broken", broken, Policy(interval=1, max_backoff=1000))
+            await trio.sleep(500)
+        return [round(t - times[0], 6) for t in times]
+
+    assert await run(7) == await run(7)
+    assert await run(7) != await run(8)
+
+
+async def test_a_durability_error_in_a_process_is_fatal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from koru.nursery import Policy
+
+    fatal: list[BaseException] = []
+
+    async def loses_the_disk() -> None:
+        raise koru.DurabilityError("fsync failed")
+
+    async with supervise(fatal.append) as supervisor:
+        await supervisor.every("doomed", loses_the_disk, Policy(interval=5))
+        await trio.sleep(10)
+        assert supervisor.processes()[0].state == "failed"
+    assert [type(e) for e in fatal] == [koru.DurabilityError]

@@ -1,0 +1,70 @@
+"""The database's periodic processes: what each step does, and how often by default.
+
+Each is a short step the supervisor (:mod:`koru.nursery`) runs on its interval and
+restarts after a failure; each records what it decided as an event in its agent's log,
+so the log says what happened and replaying it reproduces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from koru.events import ESSENCE, GenomeEvent, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ._database import Database
+
+__all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
+
+#: Seconds between steps of each process.
+DEFAULT_INTERVALS: dict[str, float] = {"genome": 86_400.0}
+
+
+def intervals_from(option: Any) -> dict[str, float]:
+    """The intervals ``koru.open(processes=...)`` asks for: True (the defaults), False
+    (none), or a mapping of process name to seconds (the others keep their default).
+
+    Raises:
+        InvalidArgumentError: another type, an unknown name or a bad interval.
+    """
+    if option is True:
+        return dict(DEFAULT_INTERVALS)
+    if option is False:
+        return {}
+    if not isinstance(option, Mapping):
+        raise InvalidArgumentError(
+            f"processes must be True, False or a mapping of name to seconds, not {option!r}"
+        )
+    intervals = dict(DEFAULT_INTERVALS)
+    for name, seconds in option.items():
+        if name not in DEFAULT_INTERVALS:
+            raise InvalidArgumentError(
+                f"no process is called {name!r} (processes: {', '.join(DEFAULT_INTERVALS)})"
+            )
+        if type(seconds) not in (int, float) or not 0 < seconds < float("inf"):
+            raise InvalidArgumentError(f"the {name} interval must be positive seconds")
+        intervals[name] = float(seconds)
+    return intervals
+
+
+def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
+    """One step of each process, for ``db``."""
+
+    recorded = -1  # events outside the essence log when a genome was last recorded
+
+    async def genome() -> None:
+        """Record the genome in the essence agent's log, unless nothing but genomes was
+        written since the last one (an idle database's log does not grow)."""
+        nonlocal recorded
+        store = db._store
+        events = sum(store.cursor(a).count for a in store.agents() if a != ESSENCE)
+        if events == recorded:
+            return
+        taken = (await db.genome()).to_bytes()
+        await db._life.enter_write()
+        db._writer.emit(ESSENCE, lambda header: GenomeEvent(*header, taken))
+        await db._writer.acknowledge()
+        recorded = events
+
+    return {"genome": genome}
