@@ -22,7 +22,9 @@ from ._errors import CorruptLogError as CorruptLogError
 from ._errors import DatabaseClosedError as DatabaseClosedError
 from ._errors import DatabaseLockedError as DatabaseLockedError
 from ._errors import DataLossError as DataLossError
+from ._errors import DimensionMismatchError as DimensionMismatchError
 from ._errors import DurabilityError as DurabilityError
+from ._errors import EmbeddingNotFoundError as EmbeddingNotFoundError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
 from ._errors import KeyNotFoundError as KeyNotFoundError
@@ -70,6 +72,12 @@ from ._values import content_id as content_id
 from ._values import decode_value as decode_value
 from ._values import decode_value_strict as decode_value_strict
 from ._values import encode_value as encode_value
+from ._vector_events import MAX_VECTOR_DIM as MAX_VECTOR_DIM
+from ._vector_events import VECTOR as VECTOR
+from ._vector_events import EmbedEvent as EmbedEvent
+from ._vector_events import UnembedEvent as UnembedEvent
+from ._vector_events import VectorIndexEvent as VectorIndexEvent
+from ._vector_events import vector_problem as vector_problem
 from ._verify import Problem as Problem
 from ._verify import SegmentSummary as SegmentSummary
 from ._verify import verify_logs as verify_logs
@@ -79,6 +87,12 @@ __all__ = [
     "Problem",
     "SegmentSummary",
     "verify_logs",
+    "MAX_VECTOR_DIM",
+    "VECTOR",
+    "EmbedEvent",
+    "UnembedEvent",
+    "VectorIndexEvent",
+    "vector_problem",
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "ESSENCE",
@@ -102,7 +116,9 @@ __all__ = [
     "DatabaseLockedError",
     "DeleteEvent",
     "Disk",
+    "DimensionMismatchError",
     "DurabilityError",
+    "EmbeddingNotFoundError",
     "Event",
     "GenomeEvent",
     "EventType",

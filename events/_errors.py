@@ -19,7 +19,9 @@ __all__ = [
     "DataLossError",
     "DatabaseClosedError",
     "DatabaseLockedError",
+    "DimensionMismatchError",
     "DurabilityError",
+    "EmbeddingNotFoundError",
     "InvalidArgumentError",
     "InvalidDataError",
     "KeyNotFoundError",
@@ -63,8 +65,22 @@ class VersionNotFoundError(NotFoundError):
     """A version named by write id or history index does not exist for that key."""
 
 
+class EmbeddingNotFoundError(NotFoundError):
+    """The key has no current embedding (never embedded, or deleted)."""
+
+    def __init__(self, namespace: str, key: str) -> None:
+        super().__init__(f"no embedding for {namespace!r}/{key!r}")
+        self.namespace = namespace
+        self.key = key
+
+
 class InvalidDataError(KoruError, ValueError):
     """Input rejected before anything was written: bad namespace, key, value or event."""
+
+
+class DimensionMismatchError(InvalidDataError):
+    """A vector (or a query) whose dimension is not its model's: every embedding of one
+    model has the dimension of the model's first."""
 
 
 class InvalidArgumentError(InvalidDataError, TypeError):

@@ -1065,7 +1065,7 @@ class FileStore:
         finally:
             self._disk.close(fd)
 
-    def write_file(self, name: str, *parts: bytes) -> None:
+    def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
         # Why temp + fsync + rename + fsync(dir): a crash at any point leaves either the

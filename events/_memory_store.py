@@ -107,7 +107,7 @@ class MemoryStore:
     def read_file(self, name: str) -> bytes | None:
         return self._files.get(name)
 
-    def write_file(self, name: str, *parts: bytes) -> None:
+    def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         self._files[name] = b"".join(parts)
 
     def stats(self) -> dict[str, int]:

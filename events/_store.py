@@ -167,7 +167,7 @@ class LogStore(Protocol):
         """A small named file's content, or None if absent."""
         ...
 
-    def write_file(self, name: str, *parts: bytes) -> None:
+    def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         """Replace a named file atomically and durably with the concatenation of
         ``parts`` (pieces, so a large file never needs one big buffer)."""
         ...

@@ -33,6 +33,11 @@ _EXPORTS: dict[str, str] = {
     "DEFAULT_CACHE_BYTES": "koru._cache",
     "DEFAULT_SYNC": "koru._open",
     "DataLossError": "koru.events",
+    "DimensionMismatchError": "koru.events",
+    "Embedder": "koru._embedders",
+    "EmbeddingNotFoundError": "koru.events",
+    "HashingEmbedder": "koru._embedders",
+    "VectorHit": "koru._vectors",
     "Database": "koru._database",
     "DatabaseAPI": "koru._api",
     "DatabaseClosedError": "koru.events",
@@ -71,6 +76,8 @@ if _typing.TYPE_CHECKING:
     from ._database import Database as Database
     from ._diff import Change as Change
     from ._diff import Diff as Diff
+    from ._embedders import Embedder as Embedder
+    from ._embedders import HashingEmbedder as HashingEmbedder
     from ._genome import Genome as Genome
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
@@ -83,6 +90,7 @@ if _typing.TYPE_CHECKING:
     from ._types import Stats as Stats
     from ._types import Version as Version
     from ._types import Versioned as Versioned
+    from ._vectors import VectorHit as VectorHit
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
@@ -90,7 +98,9 @@ if _typing.TYPE_CHECKING:
     from .events import DatabaseClosedError as DatabaseClosedError
     from .events import DatabaseLockedError as DatabaseLockedError
     from .events import DataLossError as DataLossError
+    from .events import DimensionMismatchError as DimensionMismatchError
     from .events import DurabilityError as DurabilityError
+    from .events import EmbeddingNotFoundError as EmbeddingNotFoundError
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
     from .events import KeyNotFoundError as KeyNotFoundError
@@ -114,6 +124,7 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "DEFAULT_SYNC",
     "DataLossError",
+    "DimensionMismatchError",
     "Database",
     "DatabaseAPI",
     "DatabaseClosedError",
@@ -122,6 +133,9 @@ __all__ = [
     "Genome",
     "GenomeCheck",
     "DurabilityError",
+    "Embedder",
+    "EmbeddingNotFoundError",
+    "HashingEmbedder",
     "InvalidArgumentError",
     "InvalidDataError",
     "KeyNotFoundError",
@@ -141,6 +155,7 @@ __all__ = [
     "Version",
     "VersionNotFoundError",
     "Versioned",
+    "VectorHit",
     "default_path",
     "open",
     "verify_genome",

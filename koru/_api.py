@@ -18,6 +18,7 @@ from koru.nursery import ProcessInfo
 from ._diff import Diff
 from ._genome import Genome
 from ._types import IngestResult, Stats, Version, Versioned
+from ._vectors import VectorHit
 
 __all__ = ["DatabaseAPI"]
 
@@ -66,6 +67,53 @@ class DatabaseAPI(Protocol):
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff: ...
+
+    async def embed(
+        self, namespace: str, key: str, vector: Any, model: str = ..., metadata: Any = ...
+    ) -> Version: ...
+
+    async def delete_embedding(self, namespace: str, key: str) -> Version: ...
+
+    async def embed_search(
+        self,
+        namespace: str | None,
+        query: Any,
+        top_k: int = ...,
+        threshold: float | None = ...,
+        model: str | None = ...,
+        metric: str = ...,
+        approximate: bool | None = ...,
+    ) -> list[VectorHit]: ...
+
+    async def embed_search_batch(
+        self,
+        namespace: str | None,
+        queries: Any,
+        top_k: int = ...,
+        threshold: float | None = ...,
+        model: str | None = ...,
+        metric: str = ...,
+        approximate: bool | None = ...,
+    ) -> list[list[VectorHit]]: ...
+
+    async def similar_at(
+        self,
+        namespace: str | None,
+        query: Any,
+        at: Any,
+        top_k: int = ...,
+        threshold: float | None = ...,
+        model: str | None = ...,
+        metric: str = ...,
+    ) -> list[VectorHit]: ...
+
+    async def put_similar(
+        self, namespace: str, key: str, content: Any, metadata: Any = ...
+    ) -> Version: ...
+
+    async def find_similar(
+        self, namespace: str | None, content: Any, top_k: int = ..., threshold: float | None = ...
+    ) -> list[VectorHit]: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

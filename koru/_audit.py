@@ -30,7 +30,18 @@ __all__ = ["audit_checkpoint", "audit_key_directory"]
 
 
 def _canonical(data: Any) -> bytes:
-    return cbor2.dumps(data, canonical=True)
+    return cbor2.dumps(_plain(data), canonical=True)
+
+
+def _plain(data: Any) -> Any:
+    """``data`` with every memoryview (a projection's uncopied buffer) as bytes."""
+    if type(data) is memoryview:
+        return data.tobytes()
+    if type(data) is list:
+        return [_plain(v) for v in data]
+    if type(data) is dict:
+        return {k: _plain(v) for k, v in data.items()}
+    return data
 
 
 def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:

@@ -28,23 +28,26 @@ from koru.events import (
     check_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections
+from koru.projections import FeedState, KvState, Projection, Projections, VectorState
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff
+from ._embedders import Embedder, HashingEmbedder
 from ._genome import Genome, genome_of
 from ._lifecycle import Lifecycle
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
 from ._types import IngestResult, Stats, Version, Versioned
+from ._vector_calls import EmbeddingCalls
+from ._vectors import Vectors
 from ._writer import Writer
 
 __all__ = ["Database"]
 
 
-class Database:
+class Database(EmbeddingCalls):
     """An open koru-delta database. Obtain one with :func:`koru.open`."""
 
     def __init__(
@@ -61,6 +64,7 @@ class Database:
         max_value_size: int,
         checkpoint_every: int,
         opened: OpenReport,
+        embedder: Embedder | None = None,
     ) -> None:
         self._store = store
         self._path = path
@@ -94,6 +98,16 @@ class Database:
             die=self._life.die,
         )
         self._checkpointer = self._writer.checkpointer
+        self._vector_state = cast(VectorState, projections["vectors"])
+        self._vectors = Vectors(
+            writer=self._writer,
+            state=self._vector_state,
+            store=store,
+            life=self._life,
+            max_value_size=max_value_size,
+            node_hex=self._node_hex,
+        )
+        self._embedder = HashingEmbedder() if embedder is None else embedder
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -353,7 +367,10 @@ class Database:
         """One hash of the whole state (hex): equal on every node holding the same
         events, whatever order they arrived in."""
         await self._life.enter()
-        return blake3.blake3(b"koru-delta/digest/v1" + self._kv.digest()).hexdigest()
+        state = b"koru-delta/digest/v1" + self._kv.digest()
+        if self._vector_state.spaces:  # embeddings too (a database without keeps its digest)
+            state += self._vector_state.digest()
+        return blake3.blake3(state).hexdigest()
 
     async def genome(self) -> Genome:
         """The database's genome now: about a kilobyte (``to_bytes()``) that verifies a

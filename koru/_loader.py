@@ -31,13 +31,15 @@ from koru.projections import (
     KvState,
     Projection,
     Projections,
+    VectorState,
     decode_checkpoint,
+    folds,
 )
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, VectorState)
 
 
 @attrs.define(slots=True)
@@ -116,7 +118,9 @@ def _restore(
         section: tuple[int, Any] | None = None
         if checkpoint is not None:
             section = checkpoint.sections.get(kind.name)
-            if section is None:
+            if section is None and _saw_nothing(kind, checkpoint):
+                pass  # it folds only agents with no records before the cursors: empty
+            elif section is None:
                 rebuild[kind.name] = "no section in the checkpoint"
             elif section[0] != kind.version:
                 rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
@@ -129,6 +133,17 @@ def _restore(
                     rebuild[kind.name] = f"unusable section: {exc!r}"
         members.append(member if member is not None else kind())
     return members, rebuild
+
+
+def _saw_nothing(kind: type[Projection], checkpoint: Checkpoint) -> bool:
+    """True if ``kind`` folds only some agents (``agents``) and none of them has records
+    before the checkpoint's cursors: its state there is the empty one, so a checkpoint
+    written before it existed costs no replay."""
+    agents = getattr(kind, "agents", None)
+    if agents is None:
+        return False
+    cursors = checkpoint.cursors
+    return all(agent not in cursors or cursors[agent].count == 0 for agent in agents)
 
 
 def _replay(
@@ -155,13 +170,13 @@ def _replay(
         refold.add(FeedState.name)
         members = [FeedState() if p.name == FeedState.name else p for p in members]
     projections = Projections(members)
-    every = tuple(p.apply for p in members)
-    some = tuple(p.apply for p in members if p.name in refold)
     feeds = cast(FeedState, projections[FeedState.name])
     head_of = feeds.heads.get
     replayed = 0
     present = store.agents()
     for agent in [a for a in AGENTS if a in cursors or a in floors or a in present]:
+        every = tuple(p.apply for p in members if folds(p, agent))
+        some = tuple(p.apply for p in members if p.name in refold and folds(p, agent))
         cursor = cursors.get(agent)
         start = None if from_genesis else cursor
         boundary = cursor.count if cursor is not None and from_genesis else 0

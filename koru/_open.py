@@ -27,12 +27,14 @@ from koru.events import (
     KoruError,
     LogStore,
     MemoryStore,
+    name_problem,
 )
 from koru.nursery import SYNC_MODES, Clock, Committer, Policy, SyncMode, SystemClock, supervise
 from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
+from ._embedders import Embedder
 from ._loader import BUILTIN_PROJECTIONS, load
 from ._processes import intervals_from, steps
 from ._stats import OpenReport
@@ -129,6 +131,16 @@ def _check_projections(projections: Any) -> None:
         names.add(name)
 
 
+def _check_embedder(embedder: Any) -> None:
+    if embedder is None:
+        return
+    model = getattr(embedder, "model", None)
+    if not callable(getattr(embedder, "embed", None)) or name_problem(model, "model"):
+        raise InvalidArgumentError(
+            f"embedder must have a model name (str) and an embed(content) method, not {embedder!r}"
+        )
+
+
 @asynccontextmanager
 async def open(
     path: str | os.PathLike[str] | None = None,
@@ -145,6 +157,7 @@ async def open(
     disk: Disk | None = None,
     projections: Sequence[type[Projection]] = (),
     processes: bool | Mapping[str, float] = True,
+    embedder: Embedder | None = None,
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
 
@@ -173,8 +186,11 @@ async def open(
             :meth:`Database.projection`.
         processes: run the periodic background processes (True, the default), none
             (False), or a mapping of process name to interval in seconds (others keep
-            their default: ``genome`` daily). A read-only database runs none. See
-            :meth:`Database.processes`.
+            their default: ``genome`` daily, ``vectors`` every 30 s). A read-only
+            database runs none. See :meth:`Database.processes`.
+        embedder: what ``put_similar`` and ``find_similar`` embed content with (an
+            object with a ``model`` name and an ``embed(content)`` method); default
+            :class:`koru.HashingEmbedder` (lexical, not semantic).
 
     The database owns a nursery running its background tasks; leaving the block (even
     by cancellation) flushes, fsyncs, checkpoints and closes files.
@@ -199,6 +215,7 @@ async def open(
         segment_size,
         projections,
     )
+    _check_embedder(embedder)
     intervals = {} if readonly else intervals_from(processes)
     if readonly:
         intervals_from(processes)  # refused the same way, even if unused
@@ -239,6 +256,7 @@ async def open(
             opened=OpenReport(
                 loaded.from_checkpoint, loaded.replayed, loaded.checkpoint_problem, loaded.rebuilt
             ),
+            embedder=embedder,
         )
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
 
 #: Seconds between steps of each process.
-DEFAULT_INTERVALS: dict[str, float] = {"genome": 86_400.0}
+DEFAULT_INTERVALS: dict[str, float] = {"genome": 86_400.0, "vectors": 30.0}
 
 
 def intervals_from(option: Any) -> dict[str, float]:
@@ -67,4 +67,11 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         await db._writer.acknowledge()
         recorded = events
 
-    return {"genome": genome}
+    async def vectors() -> None:
+        """Train the approximate index of every large vector collection that has none,
+        or has grown or shrunk twofold since its index was trained (the model is written
+        as an event: every replica then searches alike)."""
+        for namespace, model, dim in db._vectors.due():
+            await db._vectors.train(namespace, model, dim)
+
+    return {"genome": genome, "vectors": vectors}

@@ -85,7 +85,7 @@ class Checkpointer:
             # Then its key directory, for one-shot readers. A crash between the two
             # leaves the previous checkpoint's directory, which no longer matches the
             # checkpoint's digest: readers ignore it and load in full.
-            directory = key_directory_of(captured, placed, pieces[1])
+            directory = key_directory_of(captured, placed, bytes(pieces[1]))
             if directory is not None:
                 self._store.write_file(KEYS_FILE, *directory)
         except OSError as exc:

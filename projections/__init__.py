@@ -23,6 +23,11 @@ from ._kv import VersionRecord as VersionRecord
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
+from ._projection import folds as folds
+from ._vectors import METRICS as METRICS
+from ._vectors import Hit as Hit
+from ._vectors import OldVersion as OldVersion
+from ._vectors import VectorState as VectorState
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -44,4 +49,9 @@ __all__ = [
     "encode_captured",
     "encode_key_directory",
     "key_directory_of",
+    "folds",
+    "METRICS",
+    "Hit",
+    "OldVersion",
+    "VectorState",
 ]

@@ -75,6 +75,8 @@ def capture_checkpoint(
 Placed = tuple[str, str, int, int]
 #: The path, in a captured checkpoint, of the key/value section's per-namespace maps.
 _KV_NAMESPACES = ("sections", "kv", 1, "ns")
+#: Values the encoder takes apart rather than handing to one ``cbor2.dumps``.
+_NESTED = (dict, list, memoryview)
 
 
 class _Encoder:
@@ -83,12 +85,12 @@ class _Encoder:
     the key directory."""
 
     def __init__(self, chunk: int, placed: list[Placed] | None) -> None:
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.size = 0
         self.chunk = chunk
         self.placed = placed
 
-    def add(self, piece: bytes) -> None:
+    def add(self, piece: bytes | memoryview) -> None:
         self.out.append(piece)
         self.size += len(piece)
 
@@ -98,7 +100,13 @@ class _Encoder:
         call. Why pieces: one ``dumps`` of the whole state holds the GIL for as long as
         it runs (hundreds of ms at a million versions), freezing the event loop even
         though the encoding happens in a worker thread; between pieces the loop runs."""
-        if type(value) is list and any(type(v) in (dict, list) for v in value):
+        if type(value) is memoryview:
+            # A large buffer a projection promises never to write again (a vector
+            # matrix): written as a byte string without a copy.
+            self.add(cbor_head(2, value.nbytes))
+            self.add(value)
+            return
+        if type(value) is list and any(type(v) in _NESTED for v in value):
             self.add(cbor_head(4, len(value)))
             for i, v in enumerate(value):
                 self.encode(v, (*path, i))
@@ -107,7 +115,7 @@ class _Encoder:
             self.add(cbor2.dumps(value))
             return
         self.add(cbor_head(5, len(value)))
-        if any(type(v) in (dict, list) for v in value.values()):
+        if any(type(v) in _NESTED for v in value.values()):
             for k, v in value.items():
                 self.add(cbor2.dumps(k))
                 self.encode(v, (*path, k))
@@ -138,7 +146,7 @@ _HEADER = len(_MAGIC) + 32
 
 def encode_captured(
     captured: dict[str, Any], *, chunk: int = 1000, placed: list[Placed] | None = None
-) -> list[bytes]:
+) -> list[bytes | memoryview]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
     in order (their concatenation is the checkpoint file). With ``placed``, also note
     there where every key's version records of the key/value section lie in the file

@@ -77,16 +77,19 @@ async def test_a_background_failure_closes_the_database_and_names_its_cause(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    opened = trio.Event()
+
     async def broken(
         self: Checkpointer, on_fatal: object, *, task_status: trio.TaskStatus[None]
     ) -> None:
         task_status.started()
-        await trio.lowlevel.checkpoint()
+        await opened.wait()  # fails once the database is open, whatever else starts
         raise RuntimeError("checkpointer bug")
 
     monkeypatch.setattr(Checkpointer, "run", broken)
     path = tmp_path / "db"
     async with koru.open(path) as db:
+        opened.set()
         with trio.fail_after(5):
             while True:  # until the task has failed
                 try:
