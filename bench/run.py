@@ -47,6 +47,7 @@ GROUPS = (
     "open",
     "cli",
     "memory",
+    "vectors",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -76,10 +77,12 @@ class Sizes:
     replay_reps: int  # opens without a checkpoint (median)
     memory_keys: int
     cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
+    vectors: int = 100_000  # embeddings of 384 dimensions
+    vector_queries: int = 1_000
 
 
 FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 10_000, 200)
 
 
 @dataclass
@@ -752,6 +755,13 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_cli(sizes, tmp, report)
         elif group == "memory":
             bench_memory(sizes, report)
+        elif group == "vectors":
+            import vectors  # bench/vectors.py
+
+            await vectors.bench_vectors(
+                sizes.vectors, sizes.vector_queries, tmp, report, Row, interleave, sizes
+            )
+            vectors.bench_memory(sizes.vectors, report, Row, __file__)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 
@@ -763,11 +773,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--memory-child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--vector-memory-child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
 
     if args.memory_child:
         kind, n = args.memory_child
         print(json.dumps(memory_child(kind, int(n))))
+        return 0
+    if args.vector_memory_child:
+        import vectors  # bench/vectors.py
+
+        kind, n = args.vector_memory_child
+        print(json.dumps(vectors.memory_child(kind, int(n))))
         return 0
 
     groups = [g.strip() for g in args.only.split(",") if g.strip()] or list(GROUPS)

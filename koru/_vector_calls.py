@@ -140,7 +140,7 @@ class EmbeddingCalls:
             as :meth:`embed_search`, and InvalidDataError for an unusable ``at``.
         """
         await self._life.enter()
-        return self._vectors.similar_at(namespace, query, at, top_k, threshold, model, metric)
+        return await self._vectors.similar_at(namespace, query, at, top_k, threshold, model, metric)
 
     async def put_similar(
         self, namespace: str, key: str, content: Any, metadata: Any = None

@@ -72,40 +72,49 @@ def as_vector(vector: Any, what: str = "vector", *, zero: bool = False) -> npt.N
     """
     import numpy as np
 
-    if isinstance(vector, str | bytes | bytearray | memoryview | dict) or vector is None:
-        raise InvalidDataError(f"{what} must be a list or a 1-D numpy array of numbers")
-    try:
-        array = np.asarray(vector)
-    except (ValueError, TypeError):  # ragged or odd sequences
-        raise InvalidDataError(f"{what} must be a list or a 1-D numpy array of numbers") from None
-    if array.dtype.kind not in "iuf" or array.ndim != 1:
-        raise InvalidDataError(
-            f"{what} must be a 1-D list or numpy array of numbers, "
-            f"not {array.ndim}-D of {array.dtype}"
-        )
-    if not len(array):
+    if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.ndim == 1:
+        narrow = vector  # the common case: no conversion
+        if not np.isfinite(narrow).all():
+            raise InvalidDataError(f"{what} holds NaN or infinity")
+    else:
+        if isinstance(vector, str | bytes | bytearray | memoryview | dict) or vector is None:
+            raise InvalidDataError(f"{what} must be a list or a 1-D numpy array of numbers")
+        try:
+            array = np.asarray(vector)
+        except (ValueError, TypeError):  # ragged or odd sequences
+            raise InvalidDataError(
+                f"{what} must be a list or a 1-D numpy array of numbers"
+            ) from None
+        if array.dtype.kind not in "iuf" or array.ndim != 1:
+            raise InvalidDataError(
+                f"{what} must be a 1-D list or numpy array of numbers, "
+                f"not {array.ndim}-D of {array.dtype}"
+            )
+        wide = array.astype(np.float64)
+        if not np.isfinite(wide).all():
+            raise InvalidDataError(f"{what} holds NaN or infinity")
+        with np.errstate(over="ignore"):  # checked just below
+            narrow = wide.astype(np.float32)
+        if not np.isfinite(narrow).all():
+            raise InvalidDataError(f"{what} holds numbers beyond float32")
+    if not len(narrow):
         raise InvalidDataError(f"{what} is empty")
-    if len(array) > MAX_VECTOR_DIM:
-        raise InvalidDataError(f"{what} has {len(array)} dimensions, over {MAX_VECTOR_DIM}")
-    wide = array.astype(np.float64)
-    if not np.isfinite(wide).all():
-        raise InvalidDataError(f"{what} holds NaN or infinity")
-    with np.errstate(over="ignore"):  # checked just below
-        narrow = wide.astype(np.float32)
-    if not np.isfinite(narrow).all():
-        raise InvalidDataError(f"{what} holds numbers beyond float32")
+    if len(narrow) > MAX_VECTOR_DIM:
+        raise InvalidDataError(f"{what} has {len(narrow)} dimensions, over {MAX_VECTOR_DIM}")
     if not zero and not narrow.any():
         raise InvalidDataError(f"{what} is all zeros: it has no direction")
     return narrow
 
 
+#: A vector whose squared norm (in float32) is below this has a norm far inside float32:
+#: the decoder's full check (in float64) is needed only above it.
+_SAFE_SQUARE = 1e36
+
+
 def _checked_query(query: Any, metric: str) -> npt.NDArray[Any]:
     import numpy as np
 
-    narrow = as_vector(query, "query", zero=metric != "cosine")
-    if metric == "cosine" and not math.isfinite(float(np.linalg.norm(narrow.astype(np.float64)))):
-        raise InvalidDataError("the query's norm is beyond float64")  # pragma: no cover
-    return narrow.astype(np.float64)
+    return as_vector(query, "query", zero=metric != "cosine").astype(np.float64)
 
 
 def _check_search(
@@ -168,10 +177,11 @@ class Vectors:
             raise DimensionMismatchError(
                 f"model {model!r} has dimension {sorted(dims)[0]}; this vector has {dim}"
             )
-        data = narrow.astype("<f4").tobytes()
-        problem = vector_problem(data, dim)  # the decoder's own rule
-        if problem is not None:
-            raise InvalidDataError(problem)
+        data = narrow.astype("<f4", copy=False).tobytes()
+        if not float(narrow.dot(narrow)) < _SAFE_SQUARE:
+            problem = vector_problem(data, dim)  # the decoder's own rule, in full
+            if problem is not None:
+                raise InvalidDataError(problem)
         meta = None if metadata is None else encode_value(metadata, self._max_value_size)
 
         def append() -> Version:
@@ -246,7 +256,7 @@ class Vectors:
         found = self._state.search(namespace, matrix, top_k, metric, model, threshold, approximate)
         return [[_hit(h) for h in hits] for hits in found]
 
-    def similar_at(
+    async def similar_at(
         self,
         namespace: str | None,
         query: Any,
@@ -292,9 +302,11 @@ class Vectors:
                 Hit(ns, space_keys[group.keys[r]], s, group.meta[r])
                 for r, s in zip(picked.tolist(), scores.tolist(), strict=True)
             ]
-        for version in old:
+        for i, version in enumerate(old):
             if (version.model, version.dim) != chosen:
                 continue
+            if not i % 256 and i:  # reading many past versions: let other tasks run
+                await trio.lowlevel.checkpoint()
             event = decode_trusted(self._store.read(version.location))
             assert type(event) is EmbedEvent
             vector = np.frombuffer(event.vector, "<f4").astype(np.float64)

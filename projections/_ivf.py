@@ -42,10 +42,13 @@ _MIN_REDUCED = 16
 #: Rows used to find the principal directions and to train k-means (per centroid).
 _PCA_SAMPLE = 20_000
 _KMEANS_PER_LIST = 64
-_CALIBRATION_QUERIES = 512
+_CALIBRATION_QUERIES = 256
 _RERANK_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _K = 10
 _ASSIGN_CHUNK = 16_384
+#: Reduced scores within this share of the boundary score all go on to exact scoring
+#: (rounding alone must never decide which rows do: see VectorGroup).
+_SLACK = 1e-4
 
 
 class IvfModel(NamedTuple):
@@ -83,17 +86,30 @@ class IvfModel(NamedTuple):
 
 
 class IvfIndex:
-    """The lists of one group under one model (see the module doc)."""
+    """The lists of one group under one model (see the module doc).
+
+    Layout: the reduced vectors in one contiguous matrix, list after list as of the
+    last build (``_starts`` gives each list's run), then the rows added since, in
+    arrival order (their lists in ``_lists``). A removed row keeps its place with id -1
+    and a zero vector; when additions and removals reach a fifth of the rows, the lists
+    are rebuilt. A search scans the probed lists' runs (adjacent lists in one product:
+    lists are laid out along their centroids' widest direction, so a query's nearest
+    lists often adjoin) and the added rows of those lists.
+    """
 
     __slots__ = (
+        "_built",
         "_c2",
         "_centroids",
         "_ids",
+        "_lists",
+        "_place",
         "_pos",
         "_projection",
-        "_sizes",
+        "_removed",
+        "_size",
+        "_starts",
         "_vecs",
-        "_where",
         "model",
     )
 
@@ -118,24 +134,27 @@ class IvfIndex:
             block = rows[live[i : i + _ASSIGN_CHUNK]] @ self._projection
             vectors[i : i + len(block)] = block
             lists[i : i + len(block)] = self._nearest(block)
-        order = np.argsort(lists, kind="stable")
-        counts = np.bincount(lists, minlength=nlist)
-        self._vecs: list[npt.NDArray[np.float32]] = []
-        self._ids: list[npt.NDArray[np.intp]] = []
-        self._sizes: list[int] = counts.tolist()
-        self._where = np.full(max(16, n), -1, np.int64)  # row -> list << 32 | position
-        start = 0
-        for lst, count in enumerate(self._sizes):
-            members = order[start : start + count]
-            start += count
-            capacity = max(8, count + count // 4)
-            vecs = np.empty((capacity, reduced), np.float32)
-            vecs[:count] = vectors[members]
-            ids = np.empty(capacity, np.intp)
-            ids[:count] = live[members]
-            self._vecs.append(vecs)
-            self._ids.append(ids)
-            self._where[ids[:count]] = (lst << 32) | np.arange(count)
+        # Lists laid out in the order of their centroids along the first (widest)
+        # direction: a query's nearest lists then often lie side by side, and adjacent
+        # runs are scanned by one product.
+        place = np.empty(nlist, np.intp)
+        place[np.argsort(self._centroids[:, 0], kind="stable")] = np.arange(nlist)
+        order = np.argsort(place[lists], kind="stable")
+        size = len(live)
+        capacity = max(16, size + size // 4)
+        self._vecs = np.zeros((capacity, reduced), np.float32)
+        self._vecs[:size] = vectors[order]
+        self._ids = np.full(capacity, -1, np.intp)
+        self._ids[:size] = live[order]
+        self._lists = np.full(capacity, -1, np.intp)
+        self._lists[:size] = lists[order]
+        counts = np.bincount(place[lists], minlength=nlist)
+        self._place = place
+        self._starts = np.concatenate(([0], np.cumsum(counts))).tolist()
+        self._pos = np.full(max(16, n), -1, np.intp)  # row -> position
+        self._pos[self._ids[:size]] = np.arange(size)
+        self._size = self._built = size
+        self._removed = 0
 
     def _nearest(self, reduced: npt.NDArray[np.float32]) -> npt.NDArray[np.intp]:
         """Each reduced vector's nearest centroid (the lower index on a tie)."""
@@ -151,75 +170,98 @@ class IvfIndex:
         import numpy as np
 
         reduced = unit @ self._projection
-        lst = int(self._nearest(reduced[None, :])[0])
-        size = self._sizes[lst]
-        if size == len(self._ids[lst]):
-            capacity = size + size // 2 + 8
-            vecs = np.empty((capacity, len(reduced)), np.float32)
-            vecs[:size] = self._vecs[lst][:size]
-            ids = np.empty(capacity, np.intp)
-            ids[:size] = self._ids[lst][:size]
-            self._vecs[lst], self._ids[lst] = vecs, ids
-        self._vecs[lst][size] = reduced
-        self._ids[lst][size] = row
-        self._sizes[lst] = size + 1
-        if row >= len(self._where):
-            where = np.full(max(row + 1, len(self._where) * 3 // 2), -1, np.int64)
-            where[: len(self._where)] = self._where
-            self._where = where
-        self._where[row] = (lst << 32) | size
+        at = self._size
+        if at == len(self._ids):
+            capacity = at + at // 2 + 16
+            for name, fill in (("_vecs", 0), ("_ids", -1), ("_lists", -1)):
+                old = getattr(self, name)
+                grown = np.full((capacity, *old.shape[1:]), fill, old.dtype)
+                grown[:at] = old[:at]
+                setattr(self, name, grown)
+        self._vecs[at] = reduced
+        self._ids[at] = row
+        self._lists[at] = int(self._nearest(reduced[None, :])[0])
+        if row >= len(self._pos):
+            pos = np.full(max(row + 1, len(self._pos) * 3 // 2), -1, np.intp)
+            pos[: len(self._pos)] = self._pos
+            self._pos = pos
+        self._pos[row] = at
+        self._size = at + 1
 
     def remove(self, row: int) -> None:
-        """Take a row out of its list (the list's last row moves into its place)."""
-        at = int(self._where[row])
-        lst, pos = at >> 32, at & 0xFFFFFFFF
-        last = self._sizes[lst] - 1
-        if pos != last:
-            moved = int(self._ids[lst][last])
-            self._vecs[lst][pos] = self._vecs[lst][last]
-            self._ids[lst][pos] = moved
-            self._where[moved] = (lst << 32) | pos
-        self._sizes[lst] = last
-        self._where[row] = -1
+        at = self._pos[row]
+        self._ids[at] = -1
+        self._vecs[at] = 0.0
+        self._pos[row] = -1
+        self._removed += 1
 
-    def renumber(self, kept: npt.NDArray[np.intp], rows: npt.NDArray[np.float32]) -> None:
-        """The group was compacted: row ``kept[i]`` is now row ``i``. Rebuilt from the
-        rows (a row's list is a function of its vector), so the result is the same as
-        an index built over the compacted group."""
-        import numpy as np
+    def stale(self) -> bool:
+        """True once rows added or removed since the build are a fifth of the rows."""
+        return 5 * (self._size - self._built + self._removed) > max(self._built, 1000)
 
-        self._build(rows, np.arange(len(kept)), len(rows))
+    def rebuild(self, rows: npt.NDArray[np.float32], live: npt.NDArray[np.intp]) -> None:
+        """Lay the lists out again over the live ``rows`` (after compaction, or when
+        stale). A row's list is a function of its vector, so the index searches the
+        same rows whenever it was laid out."""
+        self._build(rows, live, len(rows))
 
     # -- searching -----------------------------------------------------------------------
 
     def candidates(self, unit: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
         """The rows worth an exact score for the ``k`` nearest to ``unit`` (normalized):
-        the best ``rerank * k`` of the probed lists in the reduced space."""
+        the best ``rerank * k`` of the probed lists in the reduced space, and any within
+        rounding of the last of them."""
         import numpy as np
 
         reduced = unit @ self._projection
         distance = self._c2 - 2.0 * (self._centroids @ reduced)
         nprobe = self.model.nprobe
-        if nprobe < len(distance):
-            probe = np.argpartition(distance, nprobe - 1)[:nprobe].tolist()
-        else:
-            probe = range(len(distance))
-        sizes, vecs, ids = self._sizes, self._vecs, self._ids
-        scores = []
-        rows = []
-        for lst in probe:
-            size = sizes[lst]
-            if size:
-                scores.append(vecs[lst][:size] @ reduced)
-                rows.append(ids[lst][:size])
-        if not scores:
+        probe = np.argpartition(distance, nprobe - 1)[:nprobe]
+        starts = self._starts
+        bases, parts = [], []
+        first = last = -2
+        for at in [*np.sort(self._place[probe]).tolist(), -1]:
+            if at == last + 1:  # runs of adjacent lists: one product each
+                last = at
+                continue
+            if first >= 0 and starts[last + 1] > starts[first]:
+                a, b = starts[first], starts[last + 1]
+                bases.append(a)
+                parts.append(self._vecs[a:b] @ reduced)
+            first = last = at
+        added = None
+        if self._size > self._built:  # rows added since the build, of probed lists
+            probed = np.zeros(len(starts) - 1, bool)
+            probed[probe] = True
+            added = np.nonzero(probed[self._lists[self._built : self._size]])[0] + self._built
+            parts.append(self._vecs[added] @ reduced)
+        if not parts:
             return np.empty(0, np.intp)
-        score = np.concatenate(scores)
-        row = np.concatenate(rows)
+        score = np.concatenate(parts) if len(parts) > 1 else parts[0]
         keep = self.model.rerank * k
         if keep < len(score):
-            row = row[np.argpartition(-score, keep - 1)[:keep]]
-        return row
+            # Removed rows (id -1, zero vectors) may take places: keep as many more.
+            keep = min(len(score), keep + self._removed)
+            top = np.argpartition(-score, keep - 1)[:keep]
+            boundary = float(score[top].min())
+            chosen = np.nonzero(score >= boundary - _SLACK * max(1.0, abs(boundary)))[0]
+        else:
+            chosen = np.arange(len(score))
+        # Positions in the layout: each chosen index's part, and its place in it.
+        lengths = np.array([len(p) for p in parts])
+        ends = np.cumsum(lengths)
+        part = np.searchsorted(ends, chosen, side="right")
+        offset = chosen - (ends - lengths)[part]
+        if added is None:
+            positions = np.asarray(bases)[part] + offset
+        else:
+            spans = part < len(bases)
+            positions = np.empty(len(chosen), np.intp)
+            positions[spans] = np.asarray(bases, np.intp)[part[spans]] + offset[spans]
+            positions[~spans] = added[offset[~spans]]
+        ids = self._ids[positions]
+        found: npt.NDArray[np.intp] = ids[ids >= 0]
+        return found
 
 
 # -- training ------------------------------------------------------------------------------
@@ -252,7 +294,7 @@ def train_ivf(rows: npt.NDArray[np.float32], live: npt.NDArray[np.intp], seed: i
     with warnings.catch_warnings():
         # Fewer distinct vectors than lists is legitimate (duplicates): fewer lists fill.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans = KMeans(nlist, n_init=1, max_iter=20, random_state=seed % 2**32)
+        kmeans = KMeans(nlist, n_init=1, max_iter=10, random_state=seed % 2**32)
         centroids = kmeans.fit(train).cluster_centers_.astype(np.float32)
 
     model = IvfModel(projection, centroids, nlist, _RERANK_CHOICES[-1], m)
@@ -271,26 +313,27 @@ def _calibrate(
     queries = np.sort(rng.choice(live, min(m, _CALIBRATION_QUERIES), replace=False))
     unit = rows[queries]
     k = min(_K, m - 1)
+    nlist = len(model.centroids)
     if k < 1:
-        return 1, len(model.centroids)
+        return 1, nlist
     # Truth: each query's k nearest live rows, itself excluded.
-    truth = []
     matrix = rows[live]
+    truth = np.empty((len(queries), k), np.intp)
     for i in range(0, len(queries), 64):
         scores = unit[i : i + 64] @ matrix.T
         scores[np.arange(len(scores)), np.searchsorted(live, queries[i : i + 64])] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        truth += [set(live[t].tolist()) for t in top]
+        truth[i : i + 64] = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    truth_sets = [set(live[t].tolist()) for t in truth]
 
     def recall(found: list[set[int]]) -> float:
-        return sum(len(f & t) for f, t in zip(found, truth, strict=True)) / (k * len(truth))
+        return sum(len(f & t) for f, t in zip(found, truth_sets, strict=True)) / (k * len(found))
 
     def best(candidates: npt.NDArray[np.intp], query: int) -> set[int]:
         candidates = candidates[candidates != query]
         exact = rows[candidates] @ rows[query]
         return set(candidates[np.argsort(-exact, kind="stable")[:k]].tolist())
 
-    # Re-ranking depth with every list probed: the loss of the reduced space alone.
+    # Re-ranking depth with every row considered: the loss of the reduced space alone.
     reduced_all = matrix @ model.projection
     deepest = min(m, _RERANK_CHOICES[-1] * k + 1)
     order = np.empty((len(queries), deepest), np.intp)
@@ -299,24 +342,34 @@ def _calibrate(
         top = np.argpartition(-scores, deepest - 1, axis=1)[:, :deepest]
         ranked = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
         order[i : i + 64] = np.take_along_axis(top, ranked, axis=1)
-    rerank = _RERANK_CHOICES[-1]
+    rerank, full = _RERANK_CHOICES[-1], 0.0
     for factor in _RERANK_CHOICES:
         depth = min(m, factor * k + 1)
-        found = [best(live[order[i, :depth]], q) for i, q in enumerate(queries.tolist())]
-        if recall(found) >= (1 + RECALL_TARGET) / 2:
+        full = recall([best(live[order[i, :depth]], q) for i, q in enumerate(queries.tolist())])
+        if full >= (1 + RECALL_TARGET) / 2:
             rerank = factor
             break
-    # Then the fewest lists: recall grows with nprobe, so a binary search.
-    index = IvfIndex(model._replace(rerank=rerank), rows, live)
-    low, high = 1, len(model.centroids)
-    while low < high:
-        middle = (low + high) // 2
-        index.model = index.model._replace(nprobe=middle)
-        found = [best(index.candidates(rows[q], k + 1), q) for q in queries.tolist()]
-        if recall(found) >= RECALL_TARGET:
-            high = middle
-        else:
-            low = middle + 1
+    # Lists: the share of true neighbours whose list is among a query's p nearest, for
+    # every p at once; the least p whose share (times the loss above) reaches the target.
+    lists = np.argmin(
+        (model.centroids * model.centroids).sum(1) - 2.0 * (reduced_all @ model.centroids.T),
+        axis=1,
+    )
+    reduced_q = unit @ model.projection
+    distance = (model.centroids * model.centroids).sum(1) - 2.0 * (reduced_q @ model.centroids.T)
+    rank = np.argsort(np.argsort(distance, axis=1, kind="stable"), axis=1)
+    needed = np.take_along_axis(rank, lists[truth], axis=1) + 1
+    share = np.cumsum(np.bincount(needed.ravel(), minlength=nlist + 1)[1:]) / needed.size
+    nprobe = min(nlist, int(np.searchsorted(share, RECALL_TARGET / max(full, 1e-9))) + 1)
+    # Checked by real searches (the two losses overlap), more lists until it holds.
+    index = IvfIndex(model._replace(rerank=rerank, nprobe=nprobe), rows, live)
+    while nprobe < nlist:
+        index.model = model._replace(rerank=rerank, nprobe=nprobe)
+        if recall([best(index.candidates(rows[q], k + 1), q) for q in queries.tolist()]) >= (
+            RECALL_TARGET
+        ):
+            break
+        nprobe = min(nlist, nprobe + max(1, nprobe // 4))
     # A quarter more lists (at least one) than the sample needed: fresh queries that fall
     # between lists more often than the sample did still find their neighbours.
-    return rerank, min(len(model.centroids), low + max(1, low // 4))
+    return rerank, min(nlist, nprobe + max(1, nprobe // 4))

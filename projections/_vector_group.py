@@ -82,16 +82,28 @@ class VectorGroup:
         if self.n == len(self.rows):
             self._grow()
         raw = np.frombuffer(vector, dtype="<f4")
-        norm = np.sqrt(np.dot(raw.astype(np.float64), raw.astype(np.float64)))
+        square = float(raw.dot(raw))
+        if not 0.0 < square < 3e38:  # float32 overflowed or underflowed: in float64
+            wide = raw.astype(np.float64)
+            square = float(wide.dot(wide))
+        norm = square**0.5
         row = self.n
-        self.rows[row] = raw / norm
+        np.divide(raw, norm, out=self.rows[row], casting="unsafe")
         self.norms[row] = norm
         self.keys[row] = key_id
         self.meta.append(meta)
         self.n += 1
         if self.index is not None:
             self.index.add(row, self.rows[row])
+            if self.index.stale():
+                self.index.rebuild(self.rows, self._live())
         return row
+
+    def _live(self) -> npt.NDArray[np.intp]:
+        import numpy as np
+
+        live: npt.NDArray[np.intp] = np.nonzero(self.keys[: self.n] != DEAD)[0]
+        return live
 
     def remove(self, row: int) -> None:
         """Mark a live row dead (masked from searches until compaction)."""
@@ -101,11 +113,15 @@ class VectorGroup:
         self._dead_rows = None
         if self.index is not None:
             self.index.remove(row)
+            if self.index.stale() and not self.due_for_compaction():
+                self.index.rebuild(self.rows, self._live())
 
     def _grow(self) -> None:
         import numpy as np
 
-        capacity = max(16, len(self.rows) + len(self.rows) // 2)
+        # Twice as many: pages past the count are never touched, so the slack costs
+        # address space, not memory, and each vector is copied about once.
+        capacity = max(16, 2 * len(self.rows))
         rows = np.empty((capacity, self.dim), np.float32)
         rows[: self.n] = self.rows[: self.n]
         norms = np.empty(capacity, np.float32)
@@ -136,7 +152,7 @@ class VectorGroup:
         self.rows, self.norms, self.keys = rows, norms, keys
         self.n, self.dead, self._dead_rows = keep, 0, None
         if self.index is not None:
-            self.index.renumber(live, self.rows[:keep])
+            self.index.rebuild(self.rows, np.arange(keep))
         return keys[:keep].copy(), np.arange(keep)
 
     # -- searching -----------------------------------------------------------------------

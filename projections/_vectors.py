@@ -216,7 +216,13 @@ class VectorState:
         space.key_last[kid] = version
         self._sum = (self._sum + int.from_bytes(eid, "big")) % _MOD
         current = space.key_cur[kid]
-        if current != _NONE and self._order(space, version) < self._order(space, current):
+        if current != _NONE and (
+            event.hlc < space.v_hlc[current]
+            or (
+                event.hlc == space.v_hlc[current]
+                and self._order(space, version) < self._order(space, current)
+            )
+        ):
             return  # an older version arrived late: history only
         space.key_cur[kid] = version
         old = space.key_group[kid]
@@ -679,15 +685,23 @@ def _best(scores: npt.NDArray[Any], top_k: int) -> npt.NDArray[np.intp]:
 
     n = len(scores)
     keep = top_k + _MARGIN
-    if n > keep:
-        part = np.argpartition(-scores, keep - 1)[:keep]
-        boundary = float(scores[part].min())
-        slack = _SLACK * max(1.0, abs(boundary)) if np.isfinite(boundary) else 0.0
-        rows: npt.NDArray[np.intp] = np.nonzero(scores >= boundary - slack)[0]
+    if n <= keep:
+        rows: npt.NDArray[np.intp] = np.arange(n)
+        finite: npt.NDArray[np.intp] = rows[np.isfinite(scores)]
+        return finite
+    # The best ``further`` rows, the last of them the further-th best: only if it is
+    # within rounding of the keep-th best can rows outside them be (then a full pass).
+    further = min(n, keep + _MARGIN)
+    head = np.argpartition(-scores, further - 1)[:further]
+    best = scores[head]
+    boundary = float(np.partition(best, further - keep)[further - keep])
+    slack = _SLACK * max(1.0, abs(boundary)) if np.isfinite(boundary) else 0.0
+    if further < n and float(best[-1]) >= boundary - slack:
+        rows = np.nonzero(scores >= boundary - slack)[0]
     else:
-        rows = np.arange(n)
-    finite: npt.NDArray[np.intp] = rows[np.isfinite(scores[rows])]
-    return finite
+        rows = head[best >= boundary - slack]
+    kept: npt.NDArray[np.intp] = rows[np.isfinite(scores[rows])]
+    return kept
 
 
 def _le(table: array[int]) -> bytes:

@@ -570,3 +570,23 @@ async def test_concurrent_embeds_keep_one_current_version_per_key(tmp_path: Path
     async with koru.open(path, processes=False) as db:
         assert captured(db) == live
         assert await db.embed_search("docs", [1.0, 1.0], top_k=10) == found
+
+
+async def test_concurrent_versions_with_one_timestamp_settle_alike_in_any_order() -> None:
+    """Two nodes embed one key at the same hlc: the greater (origin, event id) is current
+    on every node, whichever arrived first; the other stays in history."""
+    vec = [np.array([1, 0], "<f4").tobytes(), np.array([0, 1], "<f4").tobytes()]
+    header = (VECTOR, 1, None, 5_000, "d", "k", "m", 2)
+    events = [
+        encode_event(EmbedEvent(bytes([o] * 16), *header, v, None, None))
+        for o, v in ((1, vec[0]), (2, vec[1]))
+    ]
+    answers = []
+    for order in (events, events[::-1]):
+        async with koru.open(koru.MEMORY, processes=False) as db:
+            assert (await db.ingest(order)).accepted == 2
+            answers.append(
+                [(h.key, h.score) for h in await db.embed_search("d", [0.0, 1.0])]
+                + [(h.key, h.score) for h in await db.similar_at("d", [0.0, 1.0], 5_000)]
+            )
+    assert answers[0] == answers[1] == [("k", 1.0), ("k", 1.0)]  # origin 2's vector
