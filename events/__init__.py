@@ -64,6 +64,9 @@ from ._store import LogStore as LogStore
 from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
+from ._ttl import ExpireEvent as ExpireEvent
+from ._ttl import ExpiringBatchEvent as ExpiringBatchEvent
+from ._ttl import ExpiringPutEvent as ExpiringPutEvent
 from ._values import DEFAULT_MAX_VALUE_SIZE as DEFAULT_MAX_VALUE_SIZE
 from ._values import cbor_head as cbor_head
 from ._values import content_id as content_id
@@ -104,6 +107,9 @@ __all__ = [
     "Disk",
     "DurabilityError",
     "Event",
+    "ExpireEvent",
+    "ExpiringBatchEvent",
+    "ExpiringPutEvent",
     "GenomeEvent",
     "EventType",
     "Header",

@@ -138,11 +138,16 @@ def _decode_batch(header: Header, body: Any) -> Event:
 
 register_event_type(PutEvent, lambda e: [e.namespace, e.key, e.value, e.previous], _decode_put)
 register_event_type(DeleteEvent, lambda e: [e.namespace, e.key, e.previous], _decode_delete)
-register_event_type(
-    BatchEvent,
-    lambda e: [[w.namespace, w.key, w.value, w.previous] for w in e.items],
-    _decode_batch,
-)
+
+
+def _encode_batch(event: Any) -> list[Any]:
+    if any(w.expires is not None for w in event.items):
+        # A plain batch has no field for it: silently dropping it would lose data.
+        raise InvalidDataError("a batch with expiries is an ExpiringBatchEvent")
+    return [[w.namespace, w.key, w.value, w.previous] for w in event.items]
+
+
+register_event_type(BatchEvent, _encode_batch, _decode_batch)
 
 
 def decode_trusted(data: bytes) -> Event:

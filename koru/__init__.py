@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "DatabaseClosedError": "koru.events",
     "DatabaseLockedError": "koru.events",
     "Diff": "koru._diff",
+    "Expiring": "koru._types",
     "Genome": "koru._genome",
     "GenomeCheck": "koru._genome",
     "ProcessInfo": "koru.nursery",
@@ -78,6 +79,7 @@ if _typing.TYPE_CHECKING:
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._types import Expiring as Expiring
     from ._types import IngestResult as IngestResult
     from ._types import Refused as Refused
     from ._types import Stats as Stats
@@ -119,6 +121,7 @@ __all__ = [
     "DatabaseClosedError",
     "DatabaseLockedError",
     "Diff",
+    "Expiring",
     "Genome",
     "GenomeCheck",
     "DurabilityError",

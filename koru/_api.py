@@ -17,7 +17,7 @@ from koru.nursery import ProcessInfo
 
 from ._diff import Diff
 from ._genome import Genome
-from ._types import IngestResult, Stats, Version, Versioned
+from ._types import Expiring, IngestResult, Stats, Version, Versioned
 
 __all__ = ["DatabaseAPI"]
 
@@ -36,9 +36,13 @@ class DatabaseAPI(Protocol):
         """True if every write raises ReadOnlyError."""
         ...
 
-    async def put(self, namespace: str, key: str, value: Any) -> Version: ...
+    async def put(
+        self, namespace: str, key: str, value: Any, *, ttl: float | None = None
+    ) -> Version: ...
 
-    async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]: ...
+    async def put_batch(
+        self, items: Iterable[tuple[str, str, Any]], *, ttl: float | None = None
+    ) -> list[Version]: ...
 
     async def delete(self, namespace: str, key: str) -> Version: ...
 
@@ -82,6 +86,8 @@ class DatabaseAPI(Protocol):
     async def digest(self) -> str: ...
 
     async def checkpoint(self) -> None: ...
+
+    async def expiring(self, within: float = 0.0) -> list[Expiring]: ...
 
     async def genome(self) -> Genome: ...
 

@@ -38,7 +38,7 @@ from ._lifecycle import Lifecycle
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
-from ._types import IngestResult, Stats, Version, Versioned
+from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._writer import Writer
 
 __all__ = ["Database"]
@@ -75,7 +75,6 @@ class Database:
         self._feeds = cast(FeedState, projections["feeds"])
         self._cache = cache
         self._values = ValueReader(store, cache, projections.placements)
-        self._reads = KeyReads(self._kv, self._values)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
         events = opened.from_checkpoint + opened.replayed
         self._writer = Writer(
@@ -94,6 +93,7 @@ class Database:
             die=self._life.die,
         )
         self._checkpointer = self._writer.checkpointer
+        self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -137,32 +137,39 @@ class Database:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def put(self, namespace: str, key: str, value: Any) -> Version:
+    async def put(
+        self, namespace: str, key: str, value: Any, *, ttl: float | None = None
+    ) -> Version:
         """Store ``value`` as the new version of ``namespace/key``.
 
         Returns the new version's metadata once the write is durable under the
-        database's sync mode.
+        database's sync mode. With ``ttl`` (seconds), the value is current only that
+        long by the database's clock: then it reads as absent, and the expiry process
+        records its expiry as a tombstone in its history.
 
         Raises:
-            InvalidDataError: bad namespace or key, unencodable or oversized value
-                (nothing is written).
+            InvalidDataError: bad namespace or key, unencodable or oversized value, a
+                ttl that is not a positive number of seconds (nothing is written).
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._life.enter_write()
-        version = self._writer.put(namespace, key, value)
+        version = self._writer.put(namespace, key, value, ttl)
         await self._writer.acknowledge()
         return version
 
-    async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
+    async def put_batch(
+        self, items: Iterable[tuple[str, str, Any]], *, ttl: float | None = None
+    ) -> list[Version]:
         """Write several keys atomically: one event, one commit, all or nothing.
 
-        Returns the versions in the order given. A key may appear only once.
+        Returns the versions in the order given. A key may appear only once. ``ttl``
+        (seconds) gives every value of the batch that time to live, as for :meth:`put`.
 
         Raises:
-            InvalidDataError: any bad item (nothing is written).
+            InvalidDataError: any bad item, or a bad ttl (nothing is written).
         """
         await self._life.enter_write()
-        versions = self._writer.put_batch(items)
+        versions = self._writer.put_batch(items, ttl)
         if versions:
             await self._writer.acknowledge()
         return versions
@@ -196,6 +203,9 @@ class Database:
             cid = self._kv.live_content_id(namespace, key)
         except TypeError:  # unhashable namespace or key
             cid = None
+        kv = self._kv
+        if kv.expiring and cid is not None and kv.expired(namespace, key, self._writer.read_time()):
+            cid = None  # its time to live is over (the expiry process records it)
         if cid is None or type(namespace) is not str or type(key) is not str:
             # One rule for names everywhere: a str subclass that hashes like a stored
             # name is refused here too, as by every other call.
@@ -248,9 +258,9 @@ class Database:
         return self._reads.history(namespace, key, since, until, latest)
 
     async def contains(self, namespace: str, key: str) -> bool:
-        """True if the key has a current (not deleted) value."""
+        """True if the key has a current value (not deleted, not expired)."""
         await self._enter_key(namespace, key)
-        return self._kv.live_content_id(namespace, key) is not None
+        return self._reads.contains(namespace, key)
 
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
@@ -354,6 +364,20 @@ class Database:
         events, whatever order they arrived in."""
         await self._life.enter()
         return blake3.blake3(b"koru-delta/digest/v1" + self._kv.digest()).hexdigest()
+
+    async def expiring(self, within: float = 0.0) -> list[Expiring]:
+        """Keys whose current value expires within ``within`` seconds from now (already
+        expired ones too, until the expiry process has recorded them), soonest first.
+
+        Raises:
+            InvalidArgumentError: ``within`` is not a non-negative number of seconds.
+        """
+        await self._life.enter()
+        if type(within) not in (int, float) or not 0 <= within < float("inf"):
+            raise InvalidArgumentError(f"within must be non-negative seconds, not {within!r}")
+        horizon = self._writer.read_time() + int(within * 1e9)
+        soon = sorted((t, ns, k) for (ns, k), t in self._kv.expiring.items() if t <= horizon)
+        return [Expiring(ns, k, t) for t, ns, k in soon]
 
     async def genome(self) -> Genome:
         """The database's genome now: about a kilobyte (``to_bytes()``) that verifies a

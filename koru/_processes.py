@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from koru.events import ESSENCE, GenomeEvent, InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
 
 #: Seconds between steps of each process.
-DEFAULT_INTERVALS: dict[str, float] = {"genome": 86_400.0}
+DEFAULT_INTERVALS: dict[str, float] = {"expiry": 60.0, "genome": 86_400.0}
+#: Expiries recorded per batch before the step lets other tasks run.
+_EXPIRE_BATCH = 1000
 
 
 def intervals_from(option: Any) -> dict[str, float]:
@@ -67,4 +71,18 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         await db._writer.acknowledge()
         recorded = events
 
-    return {"genome": genome}
+    async def expiry() -> None:
+        """Record the expiry of every current value whose time to live is over, as a
+        tombstone naming the version that expired (reads hid it already)."""
+        now = db._writer.read_time()
+        due = sorted(k for k, t in db._kv.expiring.items() if t <= now)
+        for start in range(0, len(due), _EXPIRE_BATCH):
+            await db._life.enter_write()
+            wrote = [
+                db._writer.expire(ns, key, now) for ns, key in due[start : start + _EXPIRE_BATCH]
+            ]
+            if any(wrote):
+                await db._writer.acknowledge()
+            await trio.lowlevel.checkpoint()
+
+    return {"expiry": expiry, "genome": genome}

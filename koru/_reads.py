@@ -10,6 +10,7 @@ lifecycle checks and the await around it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from koru.events import (
@@ -45,18 +46,25 @@ def version_of(namespace: str, key: str, r: VersionRecord) -> Version:
         _hex(r.previous),
         r.origin.hex(),
         r.deleted,
+        r.expires,
     )
 
 
 class KeyReads:
     """Reads of keys, values, versions and history from a :class:`KvState` (any state
-    holding the keys asked about) and the :class:`ValueReader` of its store."""
+    holding the keys asked about) and the :class:`ValueReader` of its store.
 
-    __slots__ = ("kv", "values")
+    ``now`` tells the time a value with a time to live is judged by: it must never go
+    backwards (the database gives the later of its clock and its newest timestamp), so
+    that an expired value cannot come back.
+    """
 
-    def __init__(self, kv: KvState, values: ValueReader) -> None:
+    __slots__ = ("kv", "now", "values")
+
+    def __init__(self, kv: KvState, values: ValueReader, now: Callable[[], int]) -> None:
         self.kv = kv
         self.values = values
+        self.now = now
 
     def _value(self, namespace: str, key: str, r: VersionRecord) -> Any:
         assert r.content_id is not None
@@ -68,7 +76,7 @@ class KeyReads:
     def versioned(self, namespace: str, key: str) -> Versioned:
         """The current value with its metadata (KeyNotFoundError if none)."""
         r = self.kv.current(namespace, key)
-        if r is None or r.deleted:
+        if r is None or r.deleted or (r.expires is not None and r.expired(self.now())):
             raise KeyNotFoundError(namespace, key)
         return self._versioned(namespace, key, r)
 
@@ -76,7 +84,7 @@ class KeyReads:
         """The value current at ``at`` (NoValueAtTimeError if none then)."""
         when = to_ns(at)
         r = self.kv.at(namespace, key, when)
-        if r is None or r.deleted:
+        if r is None or r.deleted or r.expired(when):
             raise NoValueAtTimeError(namespace, key, when)
         return self._versioned(namespace, key, r)
 
@@ -108,7 +116,7 @@ class KeyReads:
             for i, r in enumerate(recs):
                 if parts[i] is None:
                     parts[i] = (
-                        NULL if r[7] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
+                        NULL if r[8] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
                     )
         return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
 
@@ -130,8 +138,15 @@ class KeyReads:
     def keys(self, namespace: str) -> list[str]:
         """The namespace's keys with a current value, sorted."""
         check_name(namespace, "namespace")
-        return self.kv.keys(namespace)
+        return self.kv.keys(namespace, self.now() if self.kv.expiring else None)
 
     def namespaces(self) -> list[str]:
         """Namespaces holding at least one current value, sorted."""
-        return self.kv.live_namespaces()
+        return self.kv.live_namespaces(self.now() if self.kv.expiring else None)
+
+    def contains(self, namespace: str, key: str) -> bool:
+        """True if the key has a current value (not deleted, not expired)."""
+        kv = self.kv
+        if kv.live_content_id(namespace, key) is None:
+            return False
+        return not (kv.expiring and kv.expired(namespace, key, self.now()))

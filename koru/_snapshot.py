@@ -19,6 +19,7 @@ reports real damage with its exact location.
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
@@ -76,7 +77,10 @@ class Snapshot:
                 loaded = load(self.store)
                 kv, placements = loaded.kv, loaded.projections.placements
             values = ValueReader(self.store, ValueCache(_CACHE_BYTES), placements)
-            self.reads = KeyReads(kv, values)
+            state = kv
+            # clock-ok: a one-shot read judges time-to-live by this machine's clock, and
+            # never earlier than the newest timestamp in the database.
+            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), state.max_hlc))
         except BaseException:
             self.store.close()
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, NamedTuple
 
-__all__ = ["IngestResult", "Refused", "Stats", "Version", "Versioned"]
+__all__ = ["Expiring", "IngestResult", "Refused", "Stats", "Version", "Versioned"]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -36,6 +36,9 @@ class Version(NamedTuple):
     previous: str | None
     origin: str
     deleted: bool
+    #: When this version stops being current (ns since the epoch), for a value written
+    #: with a time to live; None for the rest.
+    expires: int | None = None
 
     @property
     def datetime(self) -> _dt.datetime:
@@ -58,6 +61,7 @@ class Versioned(NamedTuple):
     previous: str | None
     origin: str
     deleted: bool
+    expires: int | None = None
 
     @property
     def datetime(self) -> _dt.datetime:
@@ -114,6 +118,20 @@ class Stats(NamedTuple):
     #: the processes failing again and again right now (see ``Database.processes``).
     process_failures: int
     crash_loops: tuple[str, ...]
+
+
+class Expiring(NamedTuple):
+    """A key whose current value has a time to live (see ``Database.expiring``)."""
+
+    namespace: str
+    key: str
+    #: When it expires (ns since the epoch, the database's clock).
+    expires: int
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        """``expires`` as an aware UTC datetime."""
+        return _to_datetime(self.expires)
 
 
 class Refused(NamedTuple):

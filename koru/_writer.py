@@ -21,6 +21,9 @@ from koru.events import (
     DeleteEvent,
     DurabilityError,
     Event,
+    ExpireEvent,
+    ExpiringBatchEvent,
+    ExpiringPutEvent,
     Header,
     HybridLogicalClock,
     InvalidArgumentError,
@@ -46,6 +49,16 @@ from ._types import IngestResult, Version
 __all__ = ["Writer"]
 
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
+_MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
+
+
+def _ttl_ns(ttl: Any) -> int:
+    """A time to live in ns, checked (a positive number of seconds, under a century)."""
+    if type(ttl) not in (int, float) or not 0 < ttl <= _MAX_TTL:
+        raise InvalidDataError(
+            f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
+        )
+    return max(1, int(ttl * 1e9))
 
 
 class Writer:
@@ -131,19 +144,29 @@ class Writer:
 
     # -- local writes --------------------------------------------------------------------
 
-    def put(self, namespace: str, key: str, value: Any) -> Version:
+    def put(self, namespace: str, key: str, value: Any, ttl: float | None = None) -> Version:
         """Append a new version of ``namespace/key`` (not yet acknowledged)."""
         check_name(namespace, "namespace")
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
-        event = PutEvent(*self._header(), namespace, key, data, previous)
+        event: Event
+        if ttl is None:
+            event = PutEvent(*self._header(), namespace, key, data, previous)
+            expires = None
+        else:
+            ttl_ns = _ttl_ns(ttl)
+            header = self._header()
+            expires = header[4] + ttl_ns
+            event = ExpiringPutEvent(*header, namespace, key, data, previous, expires)
         cid = content_id(data)
         eid = self._append(event)
         self._cache.put(cid, data)
-        return self._version(namespace, key, eid, cid, event.hlc, previous)
+        return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
-    def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
+    def put_batch(
+        self, items: Iterable[tuple[str, str, Any]], ttl: float | None = None
+    ) -> list[Version]:
         """Append several versions as one event, all or nothing (not yet acknowledged)."""
         if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
             raise InvalidDataError(
@@ -162,16 +185,25 @@ class Writer:
             seen.add((namespace, key))
             data = encode_value(value, self._max_value_size)
             writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
+        ttl_ns = None if ttl is None else _ttl_ns(ttl)
         if not writes:
             return []
-        event = BatchEvent(*self._header(), tuple(writes))
+        header = self._header()
+        expires = None if ttl_ns is None else header[4] + ttl_ns
+        event: Event
+        if expires is None:
+            event = BatchEvent(*header, tuple(writes))
+        else:
+            event = ExpiringBatchEvent(*header, expires, tuple(writes))
         cids = [content_id(cast(bytes, w.value)) for w in writes]
         eid = self._append(event)
         versions = []
         for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             self._cache.put(cid, cast(bytes, w.value))
             wid = write_id(eid, i)
-            versions.append(self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous))
+            versions.append(
+                self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous, expires)
+            )
         return versions
 
     def delete(self, namespace: str, key: str) -> Version:
@@ -222,6 +254,23 @@ class Writer:
         seq, prev = self._feeds.next(self._node, agent)
         return self._node, agent, seq, prev, self.hlc.tick(self.now())
 
+    def expire(self, namespace: str, key: str, now: int) -> bool:
+        """Append the expiry of the key's current version if its time to live is over
+        at ``now`` (not yet acknowledged); False if there is nothing to expire."""
+        current = self._kv.current(namespace, key)
+        if current is None or current.deleted or not current.expired(now):
+            return False
+        self._append(ExpireEvent(*self._header(), namespace, key, current.write_id))
+        return True
+
+    def read_time(self) -> int:
+        """The time values with a time to live are judged by: the later of the clock and
+        the newest timestamp seen, so it never goes backwards (an expired value cannot
+        come back when the clock is set back)."""
+        now = self.now()
+        last = self.hlc.last
+        return now if now > last else last
+
     def _version(
         self,
         namespace: str,
@@ -230,6 +279,7 @@ class Writer:
         cid: bytes | None,
         hlc: int,
         previous: bytes | None,
+        expires: int | None = None,
     ) -> Version:
         """The metadata of a version this node just wrote."""
         return Version(
@@ -241,6 +291,7 @@ class Writer:
             None if previous is None else previous.hex(),
             self._node_hex,
             cid is None,
+            expires,
         )
 
     def capture(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from ._keydir import KEYS_FILE as KEYS_FILE
 from ._keydir import KeyDirectory as KeyDirectory
 from ._keydir import encode_key_directory as encode_key_directory
 from ._keydir import key_directory_of as key_directory_of
+from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
@@ -26,6 +27,7 @@ from ._projection import ValuePlacement as ValuePlacement
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "EXPIRES",
     "KEYS_FILE",
     "NO_ID",
     "RECORD_SIZE",

@@ -12,8 +12,13 @@ their order keys: insertion is a byte comparison, and the same set of events yie
 the same bytes whatever order they arrived in. The current version is the last record.
 Concurrent writes (same ``previous``) are all kept; the order key picks the current one.
 
-Packed records cost ~133 bytes per version instead of several Python objects, which
+Packed records cost ~141 bytes per version instead of several Python objects, which
 keeps resident memory per key small and makes checkpoints one blob per key.
+
+A version written with a time to live records when it expires (and a flag bit says
+so). Whether it has expired depends on the time of the question, so the fold does not
+decide it: readers pass the time (``now``), and :attr:`KvState.expiring` lists the keys
+whose current version expires, for the process that writes their expiry.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from typing import Any, ClassVar, NamedTuple
 
 from koru.events import Event, PutEvent, content_id, write_id
 
-__all__ = ["NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
+__all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
 
-_REC = struct.Struct(">Q16s32s32s32sQIB")
+# hlc, origin, write id, content id, previous, location, size, expires, flags.
+_REC = struct.Struct(">Q16s32s32s32sQIQB")
 RECORD_SIZE = _REC.size
 _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's prefix
 _WID = 24
@@ -38,6 +44,10 @@ _MOD = 1 << 256
 _TOMBSTONE = 1
 #: Flag bit of a deletion in packed records.
 TOMBSTONE = _TOMBSTONE
+_EXPIRES = 2
+#: Flag bit of a version with a time to live (its ``expires`` field is set).
+EXPIRES = _EXPIRES
+_EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
 
 
 def _order_at(blob: bytes | bytearray, j: int) -> bytes:
@@ -59,10 +69,16 @@ class VersionRecord(NamedTuple):
     location: int
     size: int
     deleted: bool
+    #: When the version stops being current (ns), for a value with a time to live.
+    expires: int | None = None
+
+    def expired(self, now: int) -> bool:
+        """True if it has a time to live and ``now`` is at or past it."""
+        return self.expires is not None and now >= self.expires
 
 
 def _unpack(rec: tuple[Any, ...]) -> VersionRecord:
-    hlc, origin, wid, cid, prev, loc, size, flags = rec
+    hlc, origin, wid, cid, prev, loc, size, expires, flags = rec
     deleted = bool(flags & _TOMBSTONE)
     return VersionRecord(
         hlc,
@@ -73,17 +89,34 @@ def _unpack(rec: tuple[Any, ...]) -> VersionRecord:
         loc,
         size,
         deleted,
+        expires if flags & _EXPIRES else None,
     )
+
+
+def _expires_of(blob: bytes | bytearray) -> int | None:
+    """When the last record of ``blob`` (the current version) expires, if it does."""
+    if not blob[-1] & _EXPIRES:
+        return None
+    return int.from_bytes(blob[len(blob) - 9 : len(blob) - 1], "big")
 
 
 class KvState:
     """Every key's versions, plus order-independent digests of the whole state."""
 
-    __slots__ = ("current_sum", "live", "max_hlc", "namespaces", "version_sum", "versions")
+    __slots__ = (
+        "current_sum",
+        "expiring",
+        "live",
+        "max_hlc",
+        "namespaces",
+        "version_sum",
+        "versions",
+    )
 
-    #: The projection's name (its checkpoint section) and section format.
+    #: The projection's name (its checkpoint section) and section format (2: records
+    #: carry an expiry; a version-1 section is rebuilt from the log).
     name: ClassVar[str] = "kv"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def __init__(self) -> None:
         #: namespace -> key -> packed version records (bytes after a checkpoint load).
@@ -99,6 +132,10 @@ class KvState:
         # outputs). One sum over current versions, one over every version.
         self.current_sum = 0
         self.version_sum = 0
+        #: (namespace, key) -> when its current version expires, for the keys whose
+        #: current version has a time to live (expired ones too, until an expiry or a
+        #: newer version replaces them).
+        self.expiring: dict[tuple[str, str], int] = {}
 
     # -- the fold ----------------------------------------------------------------------
 
@@ -116,11 +153,12 @@ class KvState:
                 location,
                 len(value),
                 0,
+                0,
             )
             self._insert(event.namespace, event.key, rec, hlc)
             return
         for i, w in enumerate(event.writes):
-            data = w.value
+            data, expires = w.value, w.expires
             rec = _REC.pack(
                 hlc,
                 origin,
@@ -129,7 +167,8 @@ class KvState:
                 w.previous or _NO_ID,
                 location,
                 0 if data is None else len(data),
-                _TOMBSTONE if data is None else 0,
+                expires or 0,
+                (_TOMBSTONE if data is None else 0) | (_EXPIRES if expires else 0),
             )
             self._insert(w.namespace, w.key, rec, hlc)
 
@@ -142,10 +181,12 @@ class KvState:
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
         tomb = rec[-1] & _TOMBSTONE
         if blob is None:
-            keys[key] = bytearray(rec)
+            keys[key] = blob = bytearray(rec)
             self.current_sum += wid
             if not tomb:
                 self.live += 1
+            if rec[-1] & _EXPIRES:
+                self.expiring[(namespace, key)] = int.from_bytes(rec[_EXP:-1], "big")
         else:
             if type(blob) is not bytearray:  # loaded from a checkpoint as bytes
                 blob = keys[key] = bytearray(blob)
@@ -157,6 +198,10 @@ class KvState:
                 self.current_sum += wid - int.from_bytes(blob[last + _WID : last + _ORDER], "big")
                 self.live += (not tomb) - (not blob[-1] & _TOMBSTONE)
                 blob += rec
+                if rec[-1] & _EXPIRES:
+                    self.expiring[(namespace, key)] = int.from_bytes(rec[_EXP:-1], "big")
+                elif blob[last + RECORD_SIZE - 1] & _EXPIRES:
+                    self.expiring.pop((namespace, key), None)
             else:
                 order = rec[:_ORDER]
                 n = len(blob) // RECORD_SIZE
@@ -214,7 +259,8 @@ class KvState:
         """:meth:`history` as raw packed tuples, for bulk readers.
 
         Each tuple is (hlc, origin, write id, content id, previous, location, size,
-        flags), with all-zero ids for "none" and flag bit 0 marking a deletion.
+        expires, flags), with all-zero ids for "none", flag bit 0 (:data:`TOMBSTONE`)
+        marking a deletion and bit 1 (:data:`EXPIRES`) a time to live.
         """
         keys = self.namespaces.get(namespace)
         blob = keys.get(key) if keys is not None else None
@@ -232,17 +278,32 @@ class KvState:
             return None
         return _unpack(_REC.unpack_from(blob, (pos - 1) * RECORD_SIZE))
 
-    def keys(self, namespace: str) -> list[str]:
-        """Keys of a namespace whose current version is not a tombstone, sorted."""
-        keys = self.namespaces.get(namespace, {})
-        return sorted(k for k, blob in keys.items() if not blob[-1] & _TOMBSTONE)
+    def expired(self, namespace: str, key: str, now: int) -> bool:
+        """True if the key's current version has a time to live that ``now`` reached."""
+        expires = self.expiring.get((namespace, key))
+        return expires is not None and now >= expires
 
-    def live_namespaces(self) -> list[str]:
-        """Namespaces with at least one live key, sorted."""
+    def keys(self, namespace: str, now: int | None = None) -> list[str]:
+        """Keys of a namespace whose current version is not a tombstone (nor expired at
+        ``now``, if given), sorted."""
+        keys = self.namespaces.get(namespace, {})
+        live = [k for k, blob in keys.items() if not blob[-1] & _TOMBSTONE]
+        if now is not None and self.expiring:
+            live = [k for k in live if not self.expired(namespace, k, now)]
+        return sorted(live)
+
+    def live_namespaces(self, now: int | None = None) -> list[str]:
+        """Namespaces with at least one live key (not expired at ``now``, if given),
+        sorted."""
+        expiring = self.expiring if now is not None else {}
         return sorted(
             ns
             for ns, keys in self.namespaces.items()
-            if any(not blob[-1] & _TOMBSTONE for blob in keys.values())
+            if any(
+                not blob[-1] & _TOMBSTONE
+                and not (expiring and now is not None and self.expired(ns, k, now))
+                for k, blob in keys.items()
+            )
         )
 
     def key_count(self) -> int:
@@ -290,6 +351,9 @@ class KvState:
                     raise ValueError(f"{ns}: keys must map names to version records")
                 if not blob or len(blob) % RECORD_SIZE:
                     raise ValueError(f"{ns}/{key}: version records of {len(blob)} bytes")
+                expires = _expires_of(blob)
+                if expires is not None:
+                    state.expiring[(ns, key)] = expires
         state.namespaces = namespaces
         for field in ("live", "versions", "max_hlc"):
             if type(data[field]) is not int or data[field] < 0:

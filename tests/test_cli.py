@@ -129,6 +129,11 @@ def test_set_then_get_in_both_forms(tmp_path: Path) -> None:
     assert doc["write_id"] == version["write_id"] and doc["previous"] is not None
     verbose = kdelta(db, "get", "-v", "users/alice")
     assert f"# version {version['write_id']}" in verbose.out
+    assert "expires" in kdelta(db, "set", "users/tmp", "1", "--ttl", "0.5").out
+    assert kdelta(db, "get", "users/tmp").code == 0
+    time.sleep(0.6)
+    failed(kdelta(db, "get", "users/tmp"), 1, "tmp")
+    failed(kdelta(db, "set", "users/tmp", "1", "--ttl", "-3"), 2, "ttl")
 
 
 def test_values_from_stdin_a_file_and_bytes(tmp_path: Path) -> None:

@@ -55,6 +55,12 @@ def _set_args(p: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help="JSON text; '-' reads it from standard input, '@FILE' from a file",
     )
+    p.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="a time to live: the value reads as absent after this many seconds",
+    )
 
 
 def _set(args: argparse.Namespace) -> int:
@@ -62,15 +68,24 @@ def _set(args: argparse.Namespace) -> int:
     value = parse_value(args.value)
 
     async def put(db: Database) -> Version:
-        return await db.put(namespace, key, value)
+        return await db.put(namespace, key, value, ttl=args.ttl)
 
     version = with_database(args, put, create=True)
     out = Output(as_json=args.json)
     if out.json:
         out.doc(version_doc(version))
     else:
-        out.text(f"{namespace}/{key}: version {short(version.write_id)} at {_when(version)}")
+        expiry = "" if version.expires is None else f", expires {_iso(version.expires)}"
+        out.text(
+            f"{namespace}/{key}: version {short(version.write_id)} at {_when(version)}{expiry}"
+        )
     return 0
+
+
+def _iso(ns: int) -> str:
+    from koru._types import _to_datetime
+
+    return _to_datetime(ns).isoformat(timespec="milliseconds")
 
 
 # -- get -----------------------------------------------------------------------------------
