@@ -64,6 +64,9 @@ from ._store import LogStore as LogStore
 from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
+from ._table import Table as Table
+from ._table import encode_table as encode_table
+from ._table import table_name as table_name
 from ._ttl import ExpireEvent as ExpireEvent
 from ._ttl import ExpiringBatchEvent as ExpiringBatchEvent
 from ._ttl import ExpiringPutEvent as ExpiringPutEvent
@@ -128,6 +131,7 @@ __all__ = [
     "ReadOnlyError",
     "Record",
     "StorageError",
+    "Table",
     "VersionNotFoundError",
     "Write",
     "agent_index",
@@ -140,6 +144,7 @@ __all__ = [
     "decode_value",
     "decode_value_strict",
     "encode_event",
+    "encode_table",
     "encode_value",
     "event_id",
     "event_type_of",
@@ -148,6 +153,7 @@ __all__ = [
     "name_problem",
     "pack_location",
     "register_event_type",
+    "table_name",
     "unpack_location",
     "write_id",
 ]

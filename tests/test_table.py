@@ -1,0 +1,81 @@
+"""Tables: immutable sorted files read in place; equal to a dict model for any items,
+and damage anywhere is reported, never answered around."""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from koru.events import CorruptCheckpointError, Table, encode_table, table_name
+
+names = st.text(
+    min_size=1,
+    max_size=6,
+    alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=("Cs",)),
+)
+items = st.dictionaries(st.tuples(names, names), st.binary(max_size=40), max_size=60)
+
+
+def build(model: dict[tuple[str, str], bytes]) -> Table:
+    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    return Table(b"".join(pieces), table_name(pieces))
+
+
+@settings(max_examples=200)
+@given(model=items, probes=st.lists(st.tuples(names, names), max_size=10))
+def test_a_table_answers_like_a_dict(
+    model: dict[tuple[str, str], bytes], probes: list[tuple[str, str]]
+) -> None:
+    table = build(model)
+    assert len(table) == len(model)
+    for ns, key in [*model, *probes]:
+        assert table.get(ns, key) == model.get((ns, key))
+    by_ns = sorted({ns for ns, _ in model}, key=str.encode)
+    assert list(table.namespaces()) == by_ns
+    for ns in by_ns:
+        expected = sorted(
+            ((k, v) for (n, k), v in model.items() if n == ns), key=lambda kv: kv[0].encode()
+        )
+        assert list(table.items(ns)) == expected
+    assert list(table.entries()) == sorted(
+        ((ns, k, v) for (ns, k), v in model.items()), key=lambda e: (e[0].encode(), e[1].encode())
+    )
+
+
+def test_the_same_items_give_the_same_bytes_and_name() -> None:
+    a = encode_table([("b", "x", b"1"), ("a", "y", b"2")])
+    b = encode_table([("a", "y", b"2"), ("b", "x", b"1")])
+    assert a == b and table_name(a) == table_name(b) and len(table_name(a)) == 32
+
+
+def test_a_memory_mapped_table(tmp_path: Path) -> None:
+    path = tmp_path / "t.tab"
+    path.write_bytes(b"".join(encode_table([("ns", f"k{i}", bytes([i])) for i in range(200)])))
+    with path.open("rb") as f:
+        table = Table(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), "t")
+    assert table.get("ns", "k77") == bytes([77]) and table.get("ns", "k777") is None
+    table.release()
+
+
+def test_damage_is_reported_wherever_it_is() -> None:
+    model = {("ns", f"k{i:03}"): bytes(20) for i in range(50)}
+    data = b"".join(encode_table((ns, k, v) for (ns, k), v in model.items()))
+    for at in range(0, len(data), 7):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x10
+        try:
+            table = Table(bytes(damaged), "t")
+            answers = {key: table.get(*key) for key in model}
+            list(table.entries())
+        except CorruptCheckpointError:
+            continue
+        # Damage that is not reported must not have changed any answer.
+        assert answers == model, at
+    with pytest.raises(CorruptCheckpointError, match="cut short"):
+        Table(data[:40], "t")
+    with pytest.raises(CorruptCheckpointError, match="not a koru table"):
+        Table(b"X" * 100, "t")
