@@ -732,8 +732,14 @@ class FileStore:
                 if record.position >= start:
                     yield record
             if scan.failure is not None:
-                rest = memoryview(data)[scan.offset :]
-                if last and end is None and (scan.torn or not any(rest)):
+                if (
+                    last
+                    and end is None
+                    and (
+                        scan.torn
+                        or self._still_landing(path, skip + scan.offset, data[scan.offset :])
+                    )
+                ):
                     return  # the end of what another process has written so far
                 raise CorruptLogError(agent, scan.count, skip + scan.offset, scan.failure, path)
             if i + 1 < len(segments):
@@ -748,6 +754,32 @@ class FileStore:
                         "segment does not continue the chain",
                         log.path(segments[i + 1]),
                     )
+
+    def _still_landing(self, path: str, offset: int, seen: bytes) -> bool:
+        """Whether the record failing its checks at ``offset`` of the active segment
+        (``seen``: the bytes read from there) may be one another process is still
+        writing.
+
+        Why a complete-looking record can fail: a read racing the writer's ``pwrite``
+        sees the pages that landed, and the zeros allocated ahead where the rest will
+        land (the file is already long enough, so the record does not look torn). Two
+        signs tell such a record from a damaged one: nothing but zeros follows the
+        extent its header claims (nothing was written after it; recovery reads the same
+        bytes as a crash's leftovers, past what a checkpoint proves); or, when a page
+        beyond it landed first, its bytes change when read again. A failing record
+        whose bytes are stable and are followed by more data is corruption.
+        """
+        extent = RECORD_HEADER_SIZE
+        if len(seen) >= _LENGTH.size:
+            extent += _LENGTH.unpack_from(seen, 0)[0]
+        after = bytes(seen[extent:])
+        if after.count(0) == len(after):
+            return True
+        try:
+            again = self._read_from(path, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        return again is None or again[: len(seen)] != seen
 
     def _read_from(self, path: str, offset: int) -> bytes | None:
         """A segment's bytes from ``offset`` on (None if the file is shorter)."""
