@@ -61,7 +61,7 @@ from ._frame import (
 )
 from ._limits import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from ._scan import SegmentScan
-from ._store import Cursor, Record, pack_location, unpack_location
+from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 
@@ -633,8 +633,7 @@ class FileStore:
         is verified from the header of the segment holding ``start``, or from ``after``
         (only the bytes past it are read). A writer's handle first pushes its buffered
         records to the file, so that they are included."""
-        if agent not in self._logs:
-            raise InvalidArgumentError(f"no agent is called {agent!r}")
+        check_read_position(agent, start)
         log = self._logs[agent]
         writer = not self.readonly and log.ready
         if writer:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._errors import CorruptLogError, DataLossError, StorageError
-from ._store import Cursor, Record, pack_location, unpack_location
+from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
 
 __all__ = ["MemoryStore"]
 
@@ -61,13 +61,14 @@ class MemoryStore:
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None
     ) -> Iterator[Record]:
+        check_read_position(agent, start)
         log = self._logs.get(agent, [])
         idx = agent_index(agent)
         if after is not None:
             if after.count > len(log) or (after.count and log[after.count - 1][2] != after.root):
                 raise DataLossError(agent, after.count, after.count, "the cursor is not in the log")
             start = max(start, after.count)
-        for position in range(max(start, 0), len(log)):
+        for position in range(start, len(log)):
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
 

@@ -15,7 +15,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
-__all__ = ["Cursor", "LogStore", "Record", "pack_location", "unpack_location"]
+from ._chain import AGENTS
+from ._errors import InvalidArgumentError
+
+__all__ = [
+    "Cursor",
+    "LogStore",
+    "Record",
+    "check_read_position",
+    "pack_location",
+    "unpack_location",
+]
 
 _SEG_BITS = 24
 _OFF_BITS = 32
@@ -59,6 +69,20 @@ def unpack_location(location: int) -> tuple[int, int, int]:
         (location >> _OFF_BITS) & ((1 << _SEG_BITS) - 1),
         location & ((1 << _OFF_BITS) - 1),
     )
+
+
+def check_read_position(agent: object, start: object) -> None:
+    """Refuse what :meth:`LogStore.records` cannot read from, the same way on every
+    store: an agent that is not one of :data:`AGENTS`, or a ``start`` that is not a
+    record position (an int from 0; a bool is refused, True == 1 in Python).
+
+    Raises:
+        InvalidArgumentError: naming the argument.
+    """
+    if agent not in AGENTS:
+        raise InvalidArgumentError(f"no agent is called {agent!r}")
+    if type(start) is not int or start < 0:
+        raise InvalidArgumentError(f"start must be a record position (an int >= 0), not {start!r}")
 
 
 class LogStore(Protocol):
@@ -117,6 +141,8 @@ class LogStore(Protocol):
         allocated ahead, is not an error).
 
         Raises:
+            InvalidArgumentError: an unknown agent, or a ``start`` that is not an int
+                from 0 (:func:`check_read_position`).
             CorruptLogError: a record before that end fails a check.
             DataLossError: the log ends before ``after``.
         """

@@ -24,6 +24,7 @@ from koru import (
     DatabaseLockedError,
     DataLossError,
     DurabilityError,
+    InvalidArgumentError,
     ReadOnlyError,
     StorageError,
 )
@@ -708,6 +709,25 @@ def test_records_reads_what_replay_reads_from_any_position(backend: Backend) -> 
     store = backend.reopen(store)
     assert [tuple(r) for r in replay_list(store, AGENT)] == expected
     assert [tuple(r) for r in store.records(AGENT)] == expected
+
+
+def test_records_refuses_a_bad_agent_or_start(backend: Backend) -> None:
+    """One typed error for the same mistake on every store: a memory store raised a bare
+    KeyError for an unknown agent, and a negative start read the whole log on both."""
+    store = backend.open()
+    append_all(store, make_events(3))
+    for agent, start in [
+        ("nobody", 0),
+        (None, 0),
+        (AGENT, -1),
+        (AGENT, "1"),
+        (AGENT, 1.5),
+        (AGENT, True),
+    ]:
+        with pytest.raises(InvalidArgumentError):
+            list(store.records(agent, start))  # type: ignore[arg-type]
+    assert [r.position for r in store.records(AGENT, 3)] == []
+    assert [r.position for r in store.records(AGENT, 99)] == []
 
 
 def test_records_after_a_cursor_reads_only_what_follows_it(backend: Backend) -> None:
