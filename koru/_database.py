@@ -317,7 +317,9 @@ class Database:
         self, origin: str, agent: str = STORAGE, after: int = 0, limit: int | None = None
     ) -> list[bytes]:
         """The events of one feed after seq ``after``, oldest first, as the bytes to
-        hand to another database's :meth:`ingest` (at most ``limit`` of them).
+        hand to another database's :meth:`ingest` (at most ``limit`` of them). They are
+        made durable first, whatever the sync mode: an event a peer holds and this node
+        lost in a crash would fork this node's feed at that peer.
 
         Raises:
             InvalidArgumentError: a malformed origin, agent, ``after`` or ``limit``.
@@ -339,6 +341,10 @@ class Database:
         last = 0 if head is None else head[0]
         if limit is not None:
             last = min(last, after + limit)
+        # Only durable events leave the node (see Writer.settle): everything up to
+        # ``last`` was appended before this sync began, so it covers them.
+        await self._writer.settle()
+        self._life.check()
         locate = self._feeds.location
         out = []
         for seq in range(after + 1, last + 1):

@@ -120,6 +120,17 @@ class Writer:
             self._die(exc)
             raise
 
+    async def settle(self) -> None:
+        """Make everything written so far durable, whatever the sync mode: before any
+        of this node's events leaves it. Why: an event a peer holds and this node then
+        loses in a crash forks this node's own feed at that peer (its next event takes
+        the lost one's seq), and the peer refuses every later event of it."""
+        try:
+            await self._committer.sync_now()
+        except DurabilityError as exc:
+            self._die(exc)
+            raise
+
     def emit(self, agent: str, build: Callable[[Header], Event]) -> tuple[Event, bytes]:
         """Append an event of this node to its feed for ``agent`` (not yet
         acknowledged): ``build`` turns the header (origin, agent, seq, prev, hlc) into
