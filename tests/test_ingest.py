@@ -4,6 +4,7 @@ garbage among them, end in the same state everywhere and never corrupt a databas
 from __future__ import annotations
 
 import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +364,31 @@ async def test_events_leave_a_node_only_once_durable(sync: str) -> None:
         result = await peer.ingest(await a.feed_events(a.node_id, after=2))
         assert (result.accepted, result.refused) == (1, ())  # not a fork
         assert await peer.get("n", "k") == 3
+
+
+def _batch(origin: bytes, seq: int, writes: int) -> bytes:
+    """A batch event of ``writes`` tiny writes (a peer's cheapest way to make its
+    decoded form large): never the first of its feed, so it is held back."""
+    items = [["n", f"{i:x}", cbor2.dumps(0), None] for i in range(writes)]
+    return cbor2.dumps([1, "batch", origin, STORAGE, seq, bytes(32), 10**18, items])
+
+
+async def test_events_held_back_cost_the_memory_the_bound_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound on held events counts their bytes; what is held must cost about that
+    much, not the decoded events (a batch of tiny writes decodes to ~15 times its
+    bytes: a peer could hold gigabytes under a 256 MiB bound)."""
+    monkeypatch.setattr(_ingest, "MAX_HELD_BYTES", 1 << 20)
+    events = [_batch(b"o" * 16, seq, 8000) for seq in range(2, 18)]
+    assert sum(map(len, events)) > _ingest.MAX_HELD_BYTES
+    async with koru.open(koru.MEMORY, seed=1, clock=StepClock(start=10**18)) as db:
+        tracemalloc.start()
+        try:
+            result = await db.ingest(events)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert result.held > 5 and result.refused  # held up to the bound, refused after
+        assert all("gap" in r.reason for r in result.refused)
+        assert held < 2 * _ingest.MAX_HELD_BYTES
