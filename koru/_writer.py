@@ -18,6 +18,7 @@ from koru.events import (
     AGENTS,
     STORAGE,
     BatchEvent,
+    CodecError,
     DeleteEvent,
     DurabilityError,
     Event,
@@ -34,6 +35,7 @@ from koru.events import (
     Write,
     check_name,
     content_id,
+    decode_event,
     encode_event,
     encode_value,
     event_id,
@@ -136,16 +138,34 @@ class Writer:
         acknowledged): ``build`` turns the header (origin, agent, seq, prev, hlc) into
         an event of a registered type. How every capability writes its own events
         (index and view definitions, embeddings, identities, tier moves); returns the
-        event and its id."""
+        event as stored (decoded from its bytes) and its id.
+
+        Raises:
+            InvalidArgumentError: an unknown agent, an event for another agent's log,
+                or key/value writes outside the storage log.
+            InvalidDataError: the event breaks a limit, or its type's decoder refuses
+                its bytes (nothing is written).
+        """
         if agent not in AGENTS:
             raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
-        event = build(self._header(agent))
+        built = build(self._header(agent))
+        data = encode_event(built)
+        # Read back as every later reader will (replay, peers): an event its own type's
+        # decoder refuses would be acknowledged, then make every replay past it refuse
+        # the log as corrupt; and what is folded is what they will fold, not the object
+        # built (a decoder may tidy a field).
+        try:
+            event = decode_event(data)
+        except CodecError as exc:
+            raise InvalidDataError(f"the event would not read back: {exc}") from None
         if event.agent != agent or (event.writes and agent != STORAGE):
             # The ingest path refuses both; a local event must never be one a peer refuses.
             raise InvalidArgumentError(
                 f"an event for the {agent!r} log must carry that agent and no key/value writes"
             )
-        return event, self._append(event)
+        eid = event_id(data)
+        self.write(event, data, eid)
+        return event, eid
 
     def _append(self, event: Event) -> bytes:
         data = encode_event(event)

@@ -156,3 +156,86 @@ async def test_an_unknown_tag_from_a_peer_is_refused() -> None:
         result = await db.ingest([data])
         assert result.accepted == 0
         assert "unknown event type" in result.refused[0].reason
+
+
+async def test_an_event_its_own_decoder_refuses_is_never_written(tmp_path: Path) -> None:
+    """emit appended whatever the type's encoder produced: an event its decoder refuses
+    (a capability's bug) was acknowledged, and the next open that read it (any replay
+    past it: no checkpoint yet, a crash before one, a rebuilt section) refused the log
+    as corrupt. It is refused before anything is written."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Notes]) as db:
+        note(db, "deploys", 3)
+        for bad in (
+            lambda h: NoteEvent(*h, "deploys", -1),  # the decoder wants a uint
+            lambda h: NoteEvent(*h, "", 1),  # and a non-empty name
+            lambda h: NoteEvent(*h, "deploys", True),  # and never a bool
+        ):
+            with pytest.raises(koru.InvalidDataError, match="would not read back"):
+                db._writer.emit("chronicle", bad)
+        await db._writer.acknowledge()
+        assert weights(db) == {"deploys": 3}
+        assert (await db.feed_heads())[(db.node_id, "chronicle")] == 1
+    (path / "checkpoint").unlink()
+    async with koru.open(path, projections=[Notes]) as db:
+        assert weights(db) == {"deploys": 3}
+
+
+class _Tagged(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
+    tag: str
+
+
+class TaggedEvent(_Tagged, Event):
+    """A test event whose decoder tidies its field (surrounding spaces go)."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = "test-tagged"
+
+
+register_event_type(
+    TaggedEvent,
+    lambda e: [e.tag],
+    lambda h, body: TaggedEvent(*h, name(body[0], "tag").strip()),
+)
+
+
+class Tags:
+    name: ClassVar[str] = "tags"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        if type(event) is TaggedEvent:
+            self.seen.append(event.tag)
+
+    def capture(self) -> Any:
+        return list(self.seen)
+
+    @classmethod
+    def restore(cls, data: Any) -> Tags:
+        tags = cls()
+        tags.seen = list(data)
+        return tags
+
+
+async def test_an_emitted_event_is_folded_as_every_reader_will_read_it(tmp_path: Path) -> None:
+    """What is folded live is what replay and peers decode from the stored bytes, not
+    the object the capability built: a decoder may tidy a field, and the live state
+    must not differ from the state the next open rebuilds."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Tags]) as db:
+        event, _ = db._writer.emit("chronicle", lambda h: TaggedEvent(*h, " release "))
+        assert event == decode_event(encode_event(event))
+        live = db.projection("tags")
+        assert isinstance(live, Tags) and live.seen == ["release"]
+    (path / "checkpoint").unlink()
+    async with koru.open(path, projections=[Tags]) as db:
+        replayed = db.projection("tags")
+        assert isinstance(replayed, Tags) and replayed.seen == ["release"]
