@@ -227,6 +227,19 @@ def _decode_v1(raw: list[Any]) -> Event:
     return kind.decode((origin, text(agent, "agent"), seq, prev, hlc), body)
 
 
+class _MapFound(Exception):
+    pass
+
+
+def _no_map(decoder: Any, value: Any) -> Any:
+    """cbor2's hook for every map decoded: an event refuses them all. Why: "decode,
+    re-encode, compare" is a complete canonical check only for arrays, ints, text, bytes
+    and null; a map re-encodes in the key order it arrived in, so one event could have
+    several encodings, each with its own id. (Values travel as byte strings and are
+    checked by their own rules, sorted keys included.)"""
+    raise _MapFound
+
+
 #: How to read each schema version into the current event model. Why a table: stored
 #: events are never rewritten (their bytes are their id), so every version ever written
 #: stays readable; a newer envelope adds its layout here, and older ones are upcast to
@@ -248,8 +261,12 @@ def decode_event(data: bytes, *, check_values: bool = False) -> Event:
     if len(data) > MAX_EVENT_SIZE:
         raise CodecError(f"event of {len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit")
     try:
-        raw = cbor2.loads(data, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False)
+        raw = cbor2.loads(data, max_depth=4, allow_indefinite=False, object_hook=_no_map)
     except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+        if isinstance(exc.__cause__, _MapFound):  # cbor2 wraps what a hook raises
+            raise CodecError(
+                "an event holds no map (one would read the same in any key order)"
+            ) from None
         raise CodecError(f"undecodable event: {exc}") from None
     if type(raw) is not list or not raw:
         raise CodecError("event must be a non-empty array")

@@ -11,7 +11,9 @@ type's author, never derived from import paths, and a tag is never reused.
 Bodies hold only arrays, integers, text, byte strings and null, at most two arrays
 deep (the decoder's depth limit): cbor2 encodes those one way only, which is what makes
 "decode, re-encode, compare" a complete canonical check. A map would pass in any key
-order (give two ids to one event); use an array of pairs. Floats travel as bytes.
+order (give two ids to one event), so the codec refuses a map anywhere in an event
+(:class:`CodecError`, and ``Writer.emit`` refuses to write one); use an array of pairs.
+Floats travel as bytes.
 
 Every event type lives in ``koru.events`` (importing it registers them all), so any
 reader of a log, the ``kdelta`` command line included, knows every type a log may hold.

@@ -239,3 +239,49 @@ async def test_an_emitted_event_is_folded_as_every_reader_will_read_it(tmp_path:
     async with koru.open(path, projections=[Tags]) as db:
         replayed = db.projection("tags")
         assert isinstance(replayed, Tags) and replayed.seen == ["release"]
+
+
+class _Labelled(NamedTuple):
+    origin: bytes
+    agent: str
+    seq: int
+    prev: bytes | None
+    hlc: int
+    labels: dict[str, int]
+
+
+class LabelledEvent(_Labelled, Event):
+    """A test event whose type breaks the rule: a map in its body."""
+
+    __slots__ = ()
+    TAG: ClassVar[str] = "test-labelled"
+
+
+register_event_type(
+    LabelledEvent,
+    lambda e: [e.labels],
+    lambda h, body: LabelledEvent(*h, dict(body[0])),
+)
+
+
+async def test_a_map_in_an_event_body_is_refused_however_its_type_decodes() -> None:
+    """A map passes "decode, re-encode, compare" in any key order, so one event would
+    have several encodings and ids (a peer could send each as a fork or a new event).
+    The codec refuses a map anywhere in an event, whatever the type's own decoder
+    accepts; values (byte strings of their own) keep theirs."""
+    header = [1, "test-labelled", b"o" * 16, "chronicle", 1, None, 5]
+    one = cbor2.dumps([*header, [{"a": 1, "b": 2}]])
+    other = cbor2.dumps([*header, [{"b": 2, "a": 1}]])
+    assert one != other
+    for data in (one, other):
+        with pytest.raises(CodecError, match="map"):
+            decode_event(data)
+        with pytest.raises(CodecError, match="map"):
+            decode_trusted(data)
+    async with koru.open(":memory:") as db:
+        with pytest.raises(koru.InvalidDataError, match="map"):
+            db._writer.emit("chronicle", lambda h: LabelledEvent(*h, {"a": 1}))
+        result = await db.ingest([one, other])
+        assert result.accepted == 0 and all("map" in r.reason for r in result.refused)
+        await db.put("n", "k", {"b": 2, "a": 1})  # maps in values are fine
+        assert await db.get("n", "k") == {"a": 1, "b": 2}
