@@ -122,7 +122,12 @@ def _restore(
                 rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
             else:
                 try:
-                    member = kind.restore(section[1])
+                    restored = kind.restore(section[1])
+                    if not isinstance(restored, kind):
+                        # Taken as "no state" it would be an empty projection that
+                        # misses every event before the cursor: rebuild it instead.
+                        raise TypeError(f"restore returned {type(restored).__name__}")
+                    member = restored
                 except Exception as exc:
                     # Why broadly: the file's checksum passed, so a section that fails
                     # is a format bug or a crafted file; that projection rebuilds.

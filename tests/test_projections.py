@@ -161,6 +161,36 @@ async def test_an_unusable_section_rebuilds_only_its_projection(
         assert await db.get("users", "b1") == 1
 
 
+class TallyForgetful(Tally):
+    """A buggy restore that hands back nothing (or something else) instead of a state."""
+
+    @classmethod
+    def restore(cls, data: Any) -> Tally:
+        return None  # type: ignore[return-value]
+
+
+class TallyConfused(Tally):
+    @classmethod
+    def restore(cls, data: Any) -> Tally:
+        return data  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", [TallyForgetful, TallyConfused])
+async def test_a_restore_that_returns_no_state_rebuilds_its_projection(
+    tmp_path: Path, kind: type[Tally]
+) -> None:
+    """What restore returns must be a state of its projection; anything else (None was
+    taken for "start empty") left the projection without every event before the
+    checkpoint, silently, instead of rebuilding it."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Tally]) as db:
+        await write(db)
+    async with koru.open(path, projections=[kind]) as db:
+        rebuilt = (await db.stats()).projections_rebuilt
+        assert list(rebuilt) == ["tally"] and rebuilt["tally"].startswith("unusable section")
+        assert isinstance(db.projection("tally"), kind) and tally(db).per_ns == EXPECTED
+
+
 async def test_a_new_section_version_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path, projections=[Tally]) as db:
