@@ -111,7 +111,14 @@ class Writer:
             self._die(exc)
             raise
         self._committer.mark_appended()
-        self._fold(event, eid, location)
+        try:
+            self._fold(event, eid, location)
+        except BaseException as exc:
+            # The event is in the log; a projection that could not fold it no longer
+            # matches the log, and a checkpoint would make that permanent. The handle
+            # stops, as for a failed write (the exception still reaches the caller).
+            self._die(exc)
+            raise
         self.checkpointer.note_event()
 
     async def acknowledge(self) -> None:

@@ -191,6 +191,40 @@ async def test_a_restore_that_returns_no_state_rebuilds_its_projection(
         assert isinstance(db.projection("tally"), kind) and tally(db).per_ns == EXPECTED
 
 
+class Fragile(Tally):
+    """A projection with a bug: it cannot fold a write to the key "boom"."""
+
+    name: ClassVar[str] = "fragile"
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        if any(w.key == "boom" for w in event.writes):
+            raise ZeroDivisionError("a bug in a projection")
+        super().apply(event, event_id, location)
+
+
+async def test_a_projection_that_fails_to_fold_an_event_stops_the_database(
+    tmp_path: Path,
+) -> None:
+    """The event is in the log when the folds run: a projection that raises there no
+    longer matches the log. The handle kept serving, and its next checkpoint saved the
+    projection without that event past a cursor after it: a divergence made permanent,
+    silently. The handle now stops, as for a failed write: no checkpoint of that state
+    is written, and every later call raises DatabaseClosedError naming the cause."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Fragile]) as db:
+        await db.put("n", "fine", 1)
+        await db.checkpoint()
+        with pytest.raises(ZeroDivisionError):
+            await db.put("n", "boom", 2)
+        with pytest.raises(koru.DatabaseClosedError) as info:
+            await db.put("n", "after", 3)
+        assert isinstance(info.value.__cause__, ZeroDivisionError)
+    saved = decode_checkpoint((path / CHECKPOINT_FILE).read_bytes())
+    assert saved.cursors["storage"].count == 1  # none was written past the failed fold
+    async with koru.open(path) as db:  # the log itself is sound
+        assert await db.get("n", "boom") == 2
+
+
 async def test_a_new_section_version_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path, projections=[Tally]) as db:
