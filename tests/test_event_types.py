@@ -109,6 +109,32 @@ def test_a_tag_or_class_is_registered_once() -> None:
         register_event_type(Unnamed, lambda e: [], _decode_note)
 
 
+def test_a_type_is_a_named_tuple_starting_with_the_header() -> None:
+    """Replay reads the header of every event by position (the first five fields of a
+    tuple, once per record); a type that is not such a tuple was registered, written
+    and acknowledged, and then the next replay could not read its own log."""
+
+    class Plain(Event):  # the header as attributes, not a tuple
+        __slots__ = ("agent", "hlc", "origin", "prev", "seq")
+        TAG: ClassVar[str] = "test-plain"
+
+    class _Shuffled(NamedTuple):
+        agent: str
+        origin: bytes
+        seq: int
+        prev: bytes | None
+        hlc: int
+
+    class Shuffled(_Shuffled, Event):  # the header fields in another order
+        __slots__ = ()
+        TAG: ClassVar[str] = "test-shuffled"
+
+    for cls in (Plain, Shuffled):
+        with pytest.raises(ValueError, match="named tuple"):
+            register_event_type(cls, lambda e: [], _decode_note)
+        assert event_type_of(cls.TAG) is None
+
+
 async def test_emitted_events_are_folded_replayed_checkpointed_and_ingested(
     tmp_path: Path,
 ) -> None:
