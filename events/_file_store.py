@@ -76,6 +76,8 @@ _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 
 _BUFFER_LIMIT = 1024 * 1024
 _ALLOCATE_AHEAD = 1024 * 1024
 _READ_AHEAD = 4096
+#: How many more times a read-only store lists a log directory that shows a gap.
+_RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
 _log = logging.getLogger("koru")
 
@@ -292,17 +294,30 @@ class FileStore:
         # Format 1 was written before the manifest existed: see _agent_log.
         self._legacy_meta = meta["format"] == 1
 
-    def _agent_log(self, name: str) -> _AgentLog:
-        directory = self._file("logs", name)
+    def _list_segments(self, directory: str) -> list[int]:
         try:
             names = self._disk.listdir(directory)
         except FileNotFoundError:
             names = []
         except OSError as exc:
             raise StorageError(f"cannot list {directory}: {_why(exc)}") from exc
-        segments = sorted(
+        return sorted(
             int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit() and n[0] != "."
         )
+
+    def _agent_log(self, name: str) -> _AgentLog:
+        directory = self._file("logs", name)
+        segments = self._list_segments(directory)
+        if self.readonly:
+            # A directory read racing a writer in another process may return a segment
+            # created during it and miss one created just before (entries come in hash
+            # order): a gap that is not there. Every segment that existed when a listing
+            # began is in it, so a few listings together show the log; a gap that
+            # persists is real.
+            for _ in range(_RELISTS):
+                if segments == list(range(1, len(segments) + 1)):
+                    break
+                segments = sorted(set(segments) | set(self._list_segments(directory)))
         for seg in segments:
             path = os.path.join(directory, f"{seg:08d}.seg")
             if self._disk.is_dir(path):
