@@ -123,6 +123,20 @@ class _Process:
         )
 
 
+class _Status:
+    """A task's ``task_status`` that remembers whether the task has started."""
+
+    __slots__ = ("_inner", "done")
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self._inner.started(value)
+
+
 class Supervisor:
     """Starts named background tasks in its nursery (see the module doc)."""
 
@@ -167,10 +181,16 @@ class Supervisor:
         if self._stopped:
             scope.cancel()
         self.running.add(name)
+        status = _Status(task_status)
         try:
             with scope:
-                await task(*args, task_status=task_status)
+                await task(*args, task_status=status)
         except Exception as exc:
+            if not status.done:
+                # Failing to start is part of starting: the caller's ``start`` raises
+                # it (trio would replace it with "child exited without calling
+                # task_status.started()", the cause left in the log).
+                raise
             _log.error("koru: background task %r failed", name, exc_info=exc)
             if self.failure is None:
                 self.failure = exc

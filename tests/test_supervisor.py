@@ -249,3 +249,18 @@ async def test_a_background_failure_never_silently_ends_the_users_block(
                 stored.append(i)
     assert stored == []
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+async def test_a_task_that_fails_before_it_started_raises_its_own_error() -> None:
+    """A task that fails while starting (before ``task_status.started()``) is part of
+    starting: its own exception comes out of ``start``, not trio's "child exited
+    without calling task_status.started()" with the cause only in the log."""
+    fatal: list[BaseException] = []
+
+    async def broken(*, task_status: trio.TaskStatus[None]) -> None:
+        raise RuntimeError("cannot start")
+
+    with pytest.raises(RuntimeError, match="cannot start"):
+        async with supervise(fatal.append) as supervisor:
+            await supervisor.start("broken", broken)
+    assert fatal == []  # not a background failure: the caller sees it directly
