@@ -647,7 +647,8 @@ class FileStore:
         """See :meth:`LogStore.records`. Reads snapshots of the segment files; the chain
         is verified from the header of the segment holding ``start``, or from ``after``
         (only the bytes past it are read). A writer's handle first pushes its buffered
-        records to the file, so that they are included."""
+        records to the file, so that they are included: on a writer's handle, call it on
+        the thread that appends (only that thread may touch the buffers; see sync)."""
         check_read_position(agent, start)
         log = self._logs[agent]
         writer = not self.readonly and log.ready
