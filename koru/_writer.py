@@ -157,12 +157,13 @@ class Writer:
             raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
         built = build(self._header(agent))
         data = encode_event(built)
-        # Read back as every later reader will (replay, peers): an event its own type's
-        # decoder refuses would be acknowledged, then make every replay past it refuse
-        # the log as corrupt; and what is folded is what they will fold, not the object
-        # built (a decoder may tidy a field).
+        # Read back as every later reader will (replay, peers, which check values too):
+        # an event its own type's decoder refuses would be acknowledged, then make every
+        # replay past it refuse the log as corrupt; a value that is not canonical CBOR
+        # would be served as corruption; and what is folded is what they will fold, not
+        # the object built (a decoder may tidy a field).
         try:
-            event = decode_event(data)
+            event = decode_event(data, check_values=True)
         except CodecError as exc:
             raise InvalidDataError(f"the event would not read back: {exc}") from None
         if event.agent != agent or (event.writes and agent != STORAGE):

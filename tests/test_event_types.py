@@ -207,6 +207,20 @@ async def test_an_event_its_own_decoder_refuses_is_never_written(tmp_path: Path)
         assert weights(db) == {"deploys": 3}
 
 
+async def test_an_emitted_value_is_checked_as_a_peer_checks_it() -> None:
+    """A type that carries key/value writes (in the storage log) is checked with its
+    values, as ingest checks them: a value that is not canonical CBOR was written and
+    then served as corruption here ("a record that does not hold the value") and
+    refused by every peer."""
+    async with koru.open(":memory:") as db:
+        for value in (b"\xff", b"\x18\x01"):  # not CBOR; CBOR but not canonical
+            with pytest.raises(koru.InvalidDataError, match="would not read back"):
+                db._writer.emit(STORAGE, lambda h, v=value: PutEvent(*h, "n", "k", v, None))
+        assert await db.feed_heads() == {} and not await db.contains("n", "k")
+        db._writer.emit(STORAGE, lambda h: PutEvent(*h, "n", "k", b"\x01", None))
+        assert await db.get("n", "k") == 1 and (await db.stats()).corruptions == 0
+
+
 class _Tagged(NamedTuple):
     origin: bytes
     agent: str
