@@ -13,8 +13,10 @@ never reused.
 Bodies hold only arrays, integers, text, byte strings and null, at most two arrays
 deep (the decoder's depth limit): cbor2 encodes those one way only, which is what makes
 "decode, re-encode, compare" a complete canonical check. A map would pass in any key
-order (give two ids to one event), so the codec refuses a map anywhere in an event
-(:class:`CodecError`, and ``Writer.emit`` refuses to write one); use an array of pairs.
+order (give two ids to one event), and a set (CBOR tag 258) in an order that depends on
+the process's hash seed, so the codec refuses both anywhere in an event
+(:class:`CodecError`, and ``Writer.emit`` refuses to write one); use an array (of
+pairs).
 Floats travel as bytes.
 
 Every event type lives in ``koru.events`` (importing it registers them all), so any
