@@ -76,6 +76,11 @@ class Disk(Protocol):
 
     def unlink(self, path: str) -> None: ...
 
+    def map_file(self, path: str) -> bytes | mmap.mmap:
+        """The bytes of a file that never changes again (a table), to keep and read in
+        place: a memory map where possible (close it when done)."""
+        ...
+
     def mapped(self, path: str) -> contextlib.AbstractContextManager[bytes | mmap.mmap]:
         """The file's bytes for one sequential pass (a memory map where possible).
 
@@ -156,6 +161,12 @@ class OsDisk:
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
+
+    def map_file(self, path: str) -> bytes | mmap.mmap:
+        with open(path, "rb") as f:
+            if not os.fstat(f.fileno()).st_size:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     @contextlib.contextmanager
     def mapped(self, path: str) -> Iterator[bytes | mmap.mmap]:

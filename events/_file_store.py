@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ import cbor2
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._disk import Disk, OsDisk
 from ._errors import (
+    CorruptCheckpointError,
     CorruptLogError,
     DatabaseLockedError,
     DataLossError,
@@ -62,6 +64,7 @@ from ._frame import (
 from ._limits import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from ._scan import SegmentScan
 from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
+from ._table import Table, table_name
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 
@@ -69,6 +72,8 @@ __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 META_FILE = "meta"
 LOST_FOUND = "lost+found"
+TABLES = "tables"
+_TABLE_NAME = re.compile(r"^[0-9a-f]{32}$")
 _META_FORMAT = 2
 #: Format 2: magic | blake3(body) | CBOR body. Format 1 was a bare CBOR map.
 _META_MAGIC = b"KORUMET2"
@@ -349,6 +354,10 @@ class FileStore:
             for n in names:
                 if n.startswith(".") and n.endswith(".tmp"):
                     self._disk.unlink(self._file(n))
+            if self._disk.is_dir(self._file(TABLES)):
+                for n in self._disk.listdir(self._file(TABLES)):
+                    if n.startswith(".") and n.endswith(".tmp"):
+                        self._disk.unlink(self._file(TABLES, n))
         except OSError as exc:
             raise StorageError(f"cannot clean up {self._root}: {_why(exc)}") from exc
 
@@ -1112,31 +1121,93 @@ class FileStore:
         finally:
             self._disk.close(fd)
 
+    # -- tables ------------------------------------------------------------------------
+
+    def _table_path(self, name: str) -> str:
+        if type(name) is not str or not _TABLE_NAME.match(name):
+            # A name comes from a checkpoint: never let one reach outside tables/.
+            raise CorruptCheckpointError(f"{name!r} is not a table name")
+        return self._file(TABLES, f"{name}.tab")
+
+    def write_table(self, pieces: list[bytes]) -> Table:
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        name = table_name(pieces)
+        directory = self._file(TABLES)
+        try:
+            if not self._disk.exists(self._table_path(name)):  # same name, same bytes
+                if not self._disk.is_dir(directory):
+                    self._disk.mkdir(directory)
+                    self._disk.fsync_dir(self._root)
+                self._write_atomically(directory, f"{name}.tab", pieces)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._table_path(name)}: {_why(exc)}") from exc
+        return self.open_table(name)
+
+    def open_table(self, name: str) -> Table:
+        path = self._table_path(name)
+        try:
+            data = self._disk.map_file(path)
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"table {name} is missing ({path})") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        # The map is let go with the table (its projection), not with the store: state
+        # loaded from a store may be read after the store is closed.
+        return Table(data, name)
+
+    def table_names(self) -> set[str]:
+        try:
+            names = self._disk.listdir(self._file(TABLES))
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise StorageError(f"cannot list {self._file(TABLES)}: {_why(exc)}") from exc
+        return {n[:-4] for n in names if n.endswith(".tab") and _TABLE_NAME.match(n[:-4])}
+
+    def remove_tables(self, keep: set[str]) -> int:
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        removed = 0
+        for name in self.table_names() - keep:
+            try:
+                self._disk.unlink(self._table_path(name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot remove {self._table_path(name)}: {_why(exc)}") from exc
+        return removed
+
     def write_file(self, name: str, *parts: bytes) -> None:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
-        # Why temp + fsync + rename + fsync(dir): a crash at any point leaves either the
-        # old file or the new one, never a mix.
-        disk = self._disk
-        tmp = self._file(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        target = self._file(name)
         try:
-            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                pos = 0
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        n = disk.pwrite(fd, view, pos)
-                        view = view[n:]
-                        pos += n
-                disk.fsync(fd)
-            finally:
-                disk.close(fd)
-            disk.replace(tmp, target)
-            disk.fsync_dir(self._root)
+            self._write_atomically(self._root, name, parts)
         except OSError as exc:
-            raise StorageError(f"cannot write {target}: {_why(exc)}") from exc
+            raise StorageError(f"cannot write {self._file(name)}: {_why(exc)}") from exc
+
+    def _write_atomically(self, directory: str, name: str, parts: Any) -> None:
+        """Replace ``directory/name`` with ``parts``: temp file, fsync, rename, fsync of
+        the directory. Why: a crash at any point leaves either the old file or the new
+        one, never a mix. Raises OSError."""
+        disk = self._disk
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        target = os.path.join(directory, name)
+        fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            pos = 0
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    n = disk.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+            disk.fsync(fd)
+        finally:
+            disk.close(fd)
+        disk.replace(tmp, target)
+        disk.fsync_dir(directory)
 
     # -- lifecycle ---------------------------------------------------------------------
 

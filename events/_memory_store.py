@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._chain import AGENTS, agent_index, chain, genesis_root
-from ._errors import CorruptLogError, DataLossError, StorageError
+from ._errors import CorruptCheckpointError, CorruptLogError, DataLossError, StorageError
 from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
+from ._table import Table, table_name
 
 __all__ = ["MemoryStore"]
 
@@ -25,6 +26,7 @@ class MemoryStore:
         self.node_id: bytes | None = None
         self._logs: dict[str, list[tuple[bytes, bytes, bytes]]] = {}
         self._files: dict[str, bytes] = {}
+        self._tables: dict[str, bytes] = {}
         self._appended = 0
         self._syncs = 0
 
@@ -71,6 +73,26 @@ class MemoryStore:
         for position in range(start, len(log)):
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
+
+    def write_table(self, pieces: list[bytes]) -> Table:
+        name = table_name(pieces)
+        self._tables.setdefault(name, b"".join(pieces))
+        return self.open_table(name)
+
+    def open_table(self, name: str) -> Table:
+        data = self._tables.get(name)
+        if data is None:
+            raise CorruptCheckpointError(f"table {name!r} is missing")
+        return Table(data, name)
+
+    def table_names(self) -> set[str]:
+        return set(self._tables)
+
+    def remove_tables(self, keep: set[str]) -> int:
+        gone = set(self._tables) - keep
+        for name in gone:
+            del self._tables[name]
+        return len(gone)
 
     def cursor_after(self, record: Record) -> Cursor:
         n = record.position + 1

@@ -13,7 +13,10 @@ test suite runs against both.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from ._table import Table
 
 from ._chain import AGENTS
 from ._errors import InvalidArgumentError
@@ -196,6 +199,29 @@ class LogStore(Protocol):
     def write_file(self, name: str, *parts: bytes) -> None:
         """Replace a named file atomically and durably with the concatenation of
         ``parts`` (pieces, so a large file never needs one big buffer)."""
+        ...
+
+    def write_table(self, pieces: list[bytes]) -> Table:
+        """Write a table (the pieces of :func:`~koru.events.encode_table`) durably under
+        its content name, unless it exists, and return it opened. For checkpoints:
+        called before the checkpoint that names it is written."""
+        ...
+
+    def open_table(self, name: str) -> Table:
+        """The table called ``name``, read in place.
+
+        Raises:
+            CorruptCheckpointError: no such table, a bad name, or not a table.
+        """
+        ...
+
+    def table_names(self) -> set[str]:
+        """The names of the tables stored."""
+        ...
+
+    def remove_tables(self, keep: set[str]) -> int:
+        """Remove every table but those in ``keep`` (the newest checkpoint's, once it is
+        durable); returns how many were removed."""
         ...
 
     def stats(self) -> dict[str, int]:

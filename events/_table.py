@@ -110,6 +110,14 @@ class Table:
     def __len__(self) -> int:
         return int(self._count)
 
+    def verify(self) -> None:
+        """Check the offsets against their hash (once; every search needs them right).
+
+        Raises:
+            CorruptCheckpointError: they are damaged.
+        """
+        self._verify()
+
     def _verify(self) -> None:
         if self._verified is None:
             return
@@ -141,7 +149,10 @@ class Table:
             (v,) = _U32.unpack_from(data, at)
             end = at + 4 + v
             if end > self.size or zlib.crc32(memoryview(data)[start + 4 : end]) != crc:
-                raise CorruptCheckpointError(f"table {self.name}: entry {i} fails its check")
+                raise CorruptCheckpointError(
+                    f"table {self.name}: entry {i} fails its check (the log is intact: "
+                    "remove the checkpoint file to rebuild the state from it)"
+                )
             return ns, key, bytes(data[at + 4 : end])
         except struct.error:
             raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None

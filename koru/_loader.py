@@ -32,6 +32,8 @@ from koru.projections import (
     Projection,
     Projections,
     decode_checkpoint,
+    open_tables,
+    table_names,
 )
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
@@ -55,6 +57,8 @@ class Loaded:
     #: Projections whose checkpoint section was missing, stale or unusable, rebuilt
     #: from the log while the others loaded theirs, with the reason for each.
     rebuilt: dict[str, str] = attrs.Factory(dict)
+    #: The tables the checkpoint names (any other table on disk is an orphan).
+    tables: set[str] = attrs.Factory(set)
 
     @property
     def kv(self) -> KvState:
@@ -85,10 +89,25 @@ def load(
             record's event is malformed.
     """
     checkpoint, problem = _read_checkpoint(store)
+    for _ in range(_TABLE_RETRIES):
+        if checkpoint is None or not store.readonly or _tables_present(store, checkpoint):
+            break
+        # A read-only open racing the writer: it removed a table the checkpoint read a
+        # moment ago named, because a newer checkpoint replaced it. Read that one.
+        checkpoint, problem = _read_checkpoint(store)
     floors = checkpoint.cursors if checkpoint is not None else {}
     loaded = _replay(store, checkpoint if use_checkpoint else None, floors, projections)
     loaded.checkpoint_problem = problem
+    if checkpoint is not None:
+        loaded.tables = table_names(checkpoint.sections)
     return loaded
+
+
+_TABLE_RETRIES = 5
+
+
+def _tables_present(store: LogStore, checkpoint: Checkpoint) -> bool:
+    return table_names(checkpoint.sections) <= store.table_names()
 
 
 def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
@@ -106,7 +125,7 @@ def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
 
 
 def _restore(
-    kinds: Sequence[type[Projection]], checkpoint: Checkpoint | None
+    store: LogStore, kinds: Sequence[type[Projection]], checkpoint: Checkpoint | None
 ) -> tuple[list[Projection], dict[str, str]]:
     """Each projection from its section, or empty (and listed for a rebuild, with why)."""
     members: list[Projection] = []
@@ -122,7 +141,7 @@ def _restore(
                 rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
             else:
                 try:
-                    restored = kind.restore(section[1])
+                    restored = kind.restore(open_tables(section[1], store.open_table))
                     if not isinstance(restored, kind):
                         # Taken as "no state" it would be an empty projection that
                         # misses every event before the cursor: rebuild it instead.
@@ -142,7 +161,7 @@ def _replay(
     floors: dict[str, Cursor],
     kinds: Sequence[type[Projection]],
 ) -> Loaded:
-    members, rebuild = _restore(kinds, checkpoint)
+    members, rebuild = _restore(store, kinds, checkpoint)
     if checkpoint is not None and len(rebuild) == len(members):
         checkpoint = None  # nothing usable in it: a plain full replay
         rebuild = {}

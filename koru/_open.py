@@ -224,6 +224,9 @@ async def open(
         node = store.node_id
         assert node is not None
         loaded = await trio.to_thread.run_sync(functools.partial(load, store, projections=kinds))
+        if not readonly:
+            # Tables no checkpoint names: a crash between writing them and the checkpoint.
+            store.remove_tables(loaded.tables)
         committer = Committer(store, sync, flush_interval=flush_interval)
         db = Database(
             store=store,

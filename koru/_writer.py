@@ -96,7 +96,13 @@ class Writer:
         self._die = die
         self.hlc = HybridLogicalClock(hlc)
         self.checkpointer = Checkpointer(
-            store, committer, self.capture, every=checkpoint_every, events=events, saved_at=saved_at
+            store,
+            committer,
+            self.capture,
+            every=checkpoint_every,
+            events=events,
+            saved_at=saved_at,
+            checkpointed=projections.checkpointed,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
 

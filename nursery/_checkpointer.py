@@ -7,8 +7,8 @@ from typing import Any
 
 import trio
 
-from koru.events import DurabilityError, LogStore, StorageError
-from koru.projections import CHECKPOINT_FILE, KEYS_FILE, Placed, encode_captured, key_directory_of
+from koru.events import DurabilityError, LogStore, StorageError, Table
+from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
 
@@ -32,10 +32,12 @@ class Checkpointer:
         every: int,
         events: int,
         saved_at: int,
+        checkpointed: Callable[[dict[NewTable, Table]], None] = lambda written: None,
     ) -> None:
         self._store = store
         self._committer = committer
         self._capture = capture
+        self._checkpointed = checkpointed
         self.every = every
         #: Events in the log, and how many the newest checkpoint holds (-1: none valid).
         self.events = events
@@ -73,23 +75,24 @@ class Checkpointer:
             events = self.events
             await self._committer.sync_now()  # flushes buffers first
             # Encoding and writing happen off the event loop; the capture is immutable.
-            await trio.to_thread.run_sync(self._write, captured)
+            written = await trio.to_thread.run_sync(self._write, captured)
             self.saved_at = events
             self.written += 1
+            # The projections learn which tables their new ones became.
+            self._checkpointed(written)
 
-    def _write(self, captured: dict[str, Any]) -> None:
-        placed: list[Placed] = []
-        pieces = encode_captured(captured, placed=placed)
+    def _write(self, captured: dict[str, Any]) -> dict[NewTable, Table]:
+        """New tables first, then the checkpoint naming them (a crash in between
+        leaves tables no checkpoint names, removed later), then the tables no longer
+        named (only once the checkpoint that stopped naming them is durable)."""
         try:
+            pieces, written = encode_captured(captured, write_table=self._store.write_table)
             self._store.write_file(CHECKPOINT_FILE, *pieces)
-            # Then its key directory, for one-shot readers. A crash between the two
-            # leaves the previous checkpoint's directory, which no longer matches the
-            # checkpoint's digest: readers ignore it and load in full.
-            directory = key_directory_of(captured, placed, pieces[1])
-            if directory is not None:
-                self._store.write_file(KEYS_FILE, *directory)
+            keep = table_names(captured) | {t.name for t in written.values()}
+            self._store.remove_tables(keep)
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
+        return written
 
     async def run(
         self,

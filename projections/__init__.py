@@ -6,21 +6,21 @@ peers delivered them in.
 
 from ._checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from ._checkpoint import Checkpoint as Checkpoint
-from ._checkpoint import Placed as Placed
+from ._checkpoint import WriteTable as WriteTable
 from ._checkpoint import capture_checkpoint as capture_checkpoint
 from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
+from ._checkpoint import open_tables as open_tables
+from ._checkpoint import table_names as table_names
 from ._feeds import FeedState as FeedState
-from ._keydir import KEYS_FILE as KEYS_FILE
-from ._keydir import KeyDirectory as KeyDirectory
-from ._keydir import encode_key_directory as encode_key_directory
-from ._keydir import key_directory_of as key_directory_of
 from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
 from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
+from ._newtable import NewTable as NewTable
+from ._newtable import TableRef as TableRef
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
@@ -28,14 +28,14 @@ from ._projection import ValuePlacement as ValuePlacement
 __all__ = [
     "CHECKPOINT_FILE",
     "EXPIRES",
-    "KEYS_FILE",
     "NO_ID",
     "RECORD_SIZE",
     "TOMBSTONE",
     "Checkpoint",
-    "Placed",
+    "NewTable",
+    "TableRef",
+    "WriteTable",
     "FeedState",
-    "KeyDirectory",
     "KvState",
     "Projection",
     "Projections",
@@ -44,6 +44,6 @@ __all__ = [
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
-    "encode_key_directory",
-    "key_directory_of",
+    "open_tables",
+    "table_names",
 ]

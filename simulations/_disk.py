@@ -382,6 +382,9 @@ class SimDisk:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             return bytes(node.data)
 
+    def map_file(self, path: str) -> bytes:
+        return self.read_file(path)
+
     def mapped(self, path: str) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext(self.read_file(path))
 

@@ -388,7 +388,7 @@ def test_verify_checks_the_checkpoint_against_a_replay(made: tuple[Path, dict[st
     db, _ = made
     raw = (db / CHECKPOINT_FILE).read_bytes()
     body = cbor2.loads(raw[40:])
-    body["sections"]["kv"][1]["live"] += 5
+    body["sections"]["kv"][1]["versions"] += 5
     data = cbor2.dumps(body)
     (db / CHECKPOINT_FILE).write_bytes(b"KORUCKP1" + blake3.blake3(data).digest() + data)
     ran = kdelta(db, "--json", "verify")

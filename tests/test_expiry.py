@@ -107,7 +107,7 @@ async def test_expiry_survives_reopen_replay_and_checkpoints(tmp_path: Path) -> 
         assert await db.keys("a") == ["ttl2"]
     # The command line's one-shot reads judge by the same rule (by this machine's
     # clock, which is long past these expiries).
-    with Snapshot(path, keys=[("a", "ttl")]) as snap, pytest.raises(koru.KeyNotFoundError):
+    with Snapshot(path) as snap, pytest.raises(koru.KeyNotFoundError):
         snap.reads.versioned("a", "ttl")
 
 

@@ -160,11 +160,7 @@ async def check_versions(db: koru.Database, model: Model) -> None:
 
 
 def kv_state(kv: KvState) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
-    return {
-        (ns, key): [tuple(r) for r in kv.history(ns, key)]
-        for ns, keys in kv.namespaces.items()
-        for key in keys
-    }
+    return {(ns, key): [tuple(r) for r in kv.history(ns, key)] for ns, key, _ in kv.all_items()}
 
 
 def public_state(kv: KvState) -> dict[tuple[str, str], list[tuple[Any, ...]]]:

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_projections import rewrite_checkpoint
 
 import koru
 from koru._snapshot import Snapshot
-from koru.projections import CHECKPOINT_FILE, KEYS_FILE, KeyDirectory, KvState
+from koru.projections import CHECKPOINT_FILE, decode_checkpoint
 
 KEYS = [("users", f"u{i}") for i in range(6)] + [("orders", "o1"), ("caf\u00e9", "cl\u00e9/2")]
 
@@ -76,17 +78,10 @@ async def test_snapshot_reads_equal_the_database(
         await db.checkpoint()
         await apply(db, after)  # folded from the log tail, the writer still open
         expected = await answers(db, awaited=True)
-        with Snapshot(path, keys=KEYS) as one:
+        with Snapshot(path) as one:
             assert not one.full
             assert await answers(one.reads, awaited=False) == expected
-        for ns in {ns for ns, _ in KEYS}:
-            with Snapshot(path, namespace=ns) as listing:
-                assert not listing.full
-                assert listing.reads.keys(ns) == expected[ns]
-        with Snapshot(path) as whole:
-            assert whole.full
-            assert await answers(whole.reads, awaited=False) == expected
-            assert whole.reads.namespaces() == await db.namespaces()
+            assert one.reads.namespaces() == await db.namespaces()
 
 
 async def build(path: Path) -> dict[str, Any]:
@@ -104,40 +99,44 @@ def damage(path: Path, name: str, at: int) -> None:
     (path / name).write_bytes(bytes(data))
 
 
+def tables(path: Path) -> list[Path]:
+    return sorted((path / "tables").glob("*.tab"))
+
+
 @pytest.mark.parametrize(
-    "spoil",
-    [
-        "no directory",
-        "damaged directory",
-        "directory of another checkpoint",
-        "damaged blob",
-        "no checkpoint",
-    ],
+    "spoil", ["no checkpoint", "damaged table", "missing table", "an older section version"]
 )
-async def test_a_directory_that_cannot_answer_falls_back_to_a_full_load(
+async def test_a_checkpoint_that_cannot_answer_falls_back_to_a_full_load(
     tmp_path: Path, spoil: str
 ) -> None:
     expected = await build(tmp_path)
-    directory = KeyDirectory((tmp_path / KEYS_FILE).read_bytes(), KvState.version)
-    offset, _, _ = directory.find("users", "u3") or (0, 0, 0)
-    if spoil == "no directory":
-        (tmp_path / KEYS_FILE).unlink()
-    elif spoil == "damaged directory":
-        damage(tmp_path, KEYS_FILE, 100)
-    elif spoil == "directory of another checkpoint":
-        async with koru.open(tmp_path) as db:
-            await db.put("users", "u2", "newer")
-            expected = await answers(db, awaited=True)
-            keys = (tmp_path / KEYS_FILE).read_bytes()
-            await db.checkpoint()
-        (tmp_path / KEYS_FILE).write_bytes(keys)  # the directory of the older checkpoint
-    elif spoil == "damaged blob":
-        damage(tmp_path, CHECKPOINT_FILE, offset + 3)
-    else:
+    if spoil == "no checkpoint":
         (tmp_path / CHECKPOINT_FILE).unlink()
-    with Snapshot(tmp_path, keys=KEYS) as one:
+    elif spoil == "damaged table":
+        table = tables(tmp_path)[0]
+        data = bytearray(table.read_bytes())
+        data[60] ^= 0x40  # in its offsets
+        table.write_bytes(bytes(data))
+    elif spoil == "missing table":
+        tables(tmp_path)[0].unlink()
+    else:
+
+        def older(body: dict[str, Any]) -> None:
+            body["sections"]["kv"][0] = 2
+
+        rewrite_checkpoint(tmp_path, older)
+    with Snapshot(tmp_path) as one:
         assert one.full
         assert await answers(one.reads, awaited=False) == expected
+
+
+def test_the_checkpoint_names_its_tables(tmp_path: Path) -> None:
+    trio.run(build, tmp_path)
+    checkpoint = decode_checkpoint((tmp_path / CHECKPOINT_FILE).read_bytes())
+    kv = checkpoint.sections["kv"][1]
+    named = {ref.name for ref in [*kv["tables"], kv["new"]] if ref is not None}
+    # One table per checkpoint that had changes (here two), and no other file.
+    assert {t.stem for t in tables(tmp_path)} == named and len(named) == 2
 
 
 async def test_a_tampered_value_is_never_served(tmp_path: Path) -> None:
@@ -149,7 +148,7 @@ async def test_a_tampered_value_is_never_served(tmp_path: Path) -> None:
     segment = next((tmp_path / "logs" / "storage").glob("*.seg"))
     data = segment.read_bytes()
     segment.write_bytes(data.replace(b"Alice!", b"Mallet"))
-    with Snapshot(tmp_path, keys=[("users", "alice")]) as one:
+    with Snapshot(tmp_path) as one:
         assert not one.full  # the chain is not re-verified before the cursor
         with pytest.raises(koru.CorruptLogError):
             one.reads.versioned("users", "alice")
@@ -161,20 +160,20 @@ async def test_a_log_rewritten_under_the_checkpoint_is_reported(tmp_path: Path) 
     await build(tmp_path)
     segment = next((tmp_path / "logs" / "storage").glob("*.seg"))
     data = bytearray(segment.read_bytes())
-    cursor = KeyDirectory((tmp_path / KEYS_FILE).read_bytes(), KvState.version).cursor
+    cursor = decode_checkpoint((tmp_path / CHECKPOINT_FILE).read_bytes()).cursors["storage"]
     data[cursor.offset - 20] ^= 1  # inside the last record the checkpoint proves durable
     segment.write_bytes(bytes(data))
     with pytest.raises(koru.CorruptLogError):
-        Snapshot(tmp_path, keys=KEYS)
+        Snapshot(tmp_path)
 
 
 def test_no_database_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(koru.StorageError):
-        Snapshot(tmp_path / "nothing", keys=KEYS)
+        Snapshot(tmp_path / "nothing")
 
 
 async def test_a_large_tail_and_many_keys(tmp_path: Path) -> None:
-    """Thousands of keys in the directory (binary search over many entries), a tail of
+    """Thousands of keys in a table (binary search over many entries), a tail of
     hundreds of events across segments, keys that sort around each other."""
     rng = random.Random(7)
     names = [f"k{n}" for n in rng.sample(range(10**6), 3000)]
@@ -188,8 +187,7 @@ async def test_a_large_tail_and_many_keys(tmp_path: Path) -> None:
     async with koru.open(tmp_path, readonly=True) as db:
         expected = {p: (await db.history(*p)) for p in probe}
         keys = await db.keys("ns2")
-    with Snapshot(tmp_path, keys=probe) as one:
+    with Snapshot(tmp_path) as one:
         assert not one.full
         assert {p: one.reads.history(*p) for p in probe} == expected
-    with Snapshot(tmp_path, namespace="ns2") as listing:
-        assert listing.reads.keys("ns2") == keys
+        assert one.reads.keys("ns2") == keys

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -129,17 +129,12 @@ def version_doc(version: Any) -> dict[str, Any]:
     return doc
 
 
-def read_snapshot(
-    args: argparse.Namespace,
-    *,
-    keys: Iterable[tuple[str, str]] = (),
-    namespace: str | None = None,
-) -> Snapshot:
+def read_snapshot(args: argparse.Namespace) -> Snapshot:
     """A one-shot, read-only view of the database (see :mod:`koru._snapshot`): no
     trio, no lock, so it reads beside a process that writes."""
     from koru._snapshot import Snapshot
 
-    return Snapshot(existing_database(args), keys=keys, namespace=namespace)
+    return Snapshot(existing_database(args))
 
 
 def with_database(

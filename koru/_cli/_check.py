@@ -115,9 +115,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool) -> list[str]:
-    """The meta file and manifest (by opening the store read-only), the checkpoint
-    against a replay, and the key directory against the checkpoint."""
-    from koru._audit import audit_checkpoint, audit_key_directory
+    """The meta file and manifest (by opening the store read-only), and the checkpoint
+    (and its tables) against a replay."""
+    from koru._audit import audit_checkpoint
     from koru.events import FileStore, KoruError
 
     try:
@@ -128,10 +128,8 @@ def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool)
     notes: list[str] = []
     try:
         if checkpoint:
-            for audit, where in ((audit_checkpoint, "checkpoint"), (audit_key_directory, "keys")):
-                found, said = audit(store)
-                problems.extend(_problem("error", where, message) for message in found)
-                notes.extend(said)
+            found, notes = audit_checkpoint(store)
+            problems.extend(_problem("error", "checkpoint", message) for message in found)
         else:
             notes.append("the checkpoint was not checked (--logs-only)")
     finally:
@@ -172,9 +170,14 @@ def _stats(args: argparse.Namespace) -> int:
         }
     sizes = {
         name: os.path.getsize(os.path.join(path, name))
-        for name in ("meta", "checkpoint", "checkpoint.keys")
+        for name in ("meta", "checkpoint")
         if os.path.exists(os.path.join(path, name))
     }
+    tables = path / "tables"
+    if tables.is_dir():
+        found_tables = list(tables.glob("*.tab"))
+        sizes["tables"] = sum(t.stat().st_size for t in found_tables)
+        sizes["table files"] = len(found_tables)
     doc = {"database": found["stats"], "agents": agents, "files": sizes}
     out = Output(as_json=args.json)
     if out.json:

@@ -103,7 +103,7 @@ def _get_args(p: argparse.ArgumentParser) -> None:
 
 def _get(args: argparse.Namespace) -> int:
     namespace, key = split_key(args.key)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+    with read_snapshot(args) as snap:
         if args.at is not None:
             found = snap.reads.at(namespace, key, parse_time(args.at))
         else:
@@ -139,7 +139,7 @@ def _log(args: argparse.Namespace) -> int:
         raise Failure(2, "--limit must not be negative")
     since = None if args.since is None else parse_time(args.since)
     until = None if args.until is None else parse_time(args.until)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+    with read_snapshot(args) as snap:
         if not snap.reads.kv.history_raw(namespace, key):
             raise Failure(1, f"{namespace}/{key} was never written")
         rows = snap.reads.history(namespace, key, since, until, args.limit)
@@ -197,7 +197,7 @@ def _path(path: tuple[str | int, ...]) -> str:
 
 def _diff(args: argparse.Namespace) -> int:
     namespace, key = split_key(args.key)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+    with read_snapshot(args) as snap:
         diff = snap.reads.diff(namespace, key, _version_ref(args.old), _version_ref(args.new))
     out = Output(as_json=args.json)
     if out.json:
@@ -253,7 +253,7 @@ def _keys_args(p: argparse.ArgumentParser) -> None:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    with read_snapshot(args, namespace=args.namespace) as snap:
+    with read_snapshot(args) as snap:
         keys = [k for k in snap.reads.keys(args.namespace) if k.startswith(args.prefix)]
     out = Output(as_json=args.json)
     if out.json:
