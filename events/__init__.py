@@ -59,6 +59,8 @@ from ._registry import Header as Header
 from ._registry import event_type_of as event_type_of
 from ._registry import event_types as event_types
 from ._registry import register_event_type as register_event_type
+from ._sleep import SLEEP as SLEEP
+from ._sleep import ConsolidationEvent as ConsolidationEvent
 from ._store import Cursor as Cursor
 from ._store import LogStore as LogStore
 from ._store import Record as Record
@@ -97,9 +99,11 @@ __all__ = [
     "MIN_SEGMENT_SIZE",
     "NODE_ID_SIZE",
     "SCHEMA_VERSION",
+    "SLEEP",
     "STORAGE",
     "BatchEvent",
     "CodecError",
+    "ConsolidationEvent",
     "CorruptCheckpointError",
     "CorruptLogError",
     "Cursor",

@@ -23,6 +23,7 @@ never answered around: a table that fails is rebuilt from the log by its owner.
 
 from __future__ import annotations
 
+import heapq
 import struct
 import sys
 import zlib
@@ -53,16 +54,32 @@ def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
 
 def encode_table(items: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
     """A table's bytes, as pieces to write in order, from (namespace, key, value)
-    items in any order (a (namespace, key) at most once)."""
-    rows = sorted((ns.encode(), key.encode(), value) for ns, key, value in items)
-    entries = [_entry(ns, key, value) for ns, key, value in rows]
+    items in any order (a (namespace, key) at most once).
+
+    The entries are produced lazily (a table may be larger than memory would like to
+    hold twice): the list holds the header and the offsets, then an iterator."""
+    rows = _sorted((ns.encode(), key.encode(), value) for ns, key, value in items)
     offsets, at = [], 0
-    for e in entries:
+    for ns, key, value in rows:
         offsets.append(at)
-        at += len(e)
+        at += 12 + len(ns) + len(key) + len(value)  # crc, three lengths, the bytes
     index = struct.pack(f"<{len(offsets)}Q", *offsets)
-    head = _HEAD.pack(TABLE_MAGIC, _FORMAT, 0, len(entries), blake3.blake3(index).digest())
-    return [head, index, *entries]
+    head = _HEAD.pack(TABLE_MAGIC, _FORMAT, 0, len(offsets), blake3.blake3(index).digest())
+    return [head, index, *(_entry(ns, key, value) for ns, key, value in rows)]
+
+
+_CHUNK = 20_000
+
+
+def _sorted(rows: Iterable[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """``sorted(rows)``, in chunks merged at the Python level: one ``sorted`` of a
+    million rows holds the GIL for a second, which would freeze the event loop of the
+    thread that runs it in a worker; between chunks the loop gets to run."""
+    rows = list(rows)
+    if len(rows) <= _CHUNK:
+        return sorted(rows)
+    chunks = [sorted(rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK)]
+    return list(heapq.merge(*chunks))
 
 
 def table_name(pieces: list[bytes]) -> str:

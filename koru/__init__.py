@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "NotFoundError": "koru.events",
     "ReadOnlyError": "koru.events",
     "Stats": "koru._types",
+    "Tiers": "koru._types",
     "IngestResult": "koru._types",
     "Refused": "koru._types",
     "StorageError": "koru.events",
@@ -83,6 +84,7 @@ if _typing.TYPE_CHECKING:
     from ._types import IngestResult as IngestResult
     from ._types import Refused as Refused
     from ._types import Stats as Stats
+    from ._types import Tiers as Tiers
     from ._types import Version as Version
     from ._types import Versioned as Versioned
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
@@ -140,6 +142,7 @@ __all__ = [
     "Stats",
     "StorageError",
     "SystemClock",
+    "Tiers",
     "TrioClock",
     "Version",
     "VersionNotFoundError",

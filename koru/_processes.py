@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from koru.events import ESSENCE, GenomeEvent, InvalidArgumentError
+from koru.events import ESSENCE, SLEEP, ConsolidationEvent, GenomeEvent, InvalidArgumentError
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
 
 #: Seconds between steps of each process.
-DEFAULT_INTERVALS: dict[str, float] = {"expiry": 60.0, "genome": 86_400.0}
+DEFAULT_INTERVALS: dict[str, float] = {
+    "consolidation": 300.0,
+    "expiry": 60.0,
+    "genome": 86_400.0,
+}
 #: Expiries recorded per batch before the step lets other tasks run.
 _EXPIRE_BATCH = 1000
 
@@ -85,4 +89,17 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
                 await db._writer.acknowledge()
             await trio.lowlevel.checkpoint()
 
-    return {"expiry": expiry, "genome": genome}
+    async def consolidation() -> None:
+        """Merge the cold tier's tables when there are too many for their sizes (see
+        ``KvState.compaction``), and record it in the sleep agent's log."""
+        merges = await db._checkpointer.compact()
+        if merges:
+            kv = db._kv
+            size = sum(t.size for t in kv.tables)
+            await db._life.enter_write()
+            db._writer.emit(
+                SLEEP, lambda header: ConsolidationEvent(*header, merges, len(kv.tables), size)
+            )
+            await db._writer.acknowledge()
+
+    return {"consolidation": consolidation, "expiry": expiry, "genome": genome}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, NamedTuple
 
-__all__ = ["Expiring", "IngestResult", "Refused", "Stats", "Version", "Versioned"]
+__all__ = ["Expiring", "IngestResult", "Refused", "Stats", "Tiers", "Version", "Versioned"]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -74,6 +74,23 @@ class Versioned(NamedTuple):
         return Version(*self[1:])
 
 
+class Tiers(NamedTuple):
+    """Where the key/value state lives (``Stats.tiers``): the memory layer (what changed
+    since the last checkpoint), the warm tier (written lately, still in memory), the
+    hot tier (read lately from tables), the cold tier (tables on disk, read in place);
+    hits count lookups each answered, ``cold_reads`` those that searched the tables."""
+
+    memory_bytes: int
+    warm_bytes: int
+    warm_hits: int
+    hot_bytes: int
+    hot_hits: int
+    cold_tables: int
+    cold_bytes: int
+    cold_reads: int
+    compactions: int
+
+
 class Stats(NamedTuple):
     """A snapshot of the database's counters (``db.stats()``)."""
 
@@ -118,6 +135,7 @@ class Stats(NamedTuple):
     #: the processes failing again and again right now (see ``Database.processes``).
     process_failures: int
     crash_loops: tuple[str, ...]
+    tiers: Tiers
 
 
 class Expiring(NamedTuple):

@@ -103,6 +103,7 @@ class Writer:
             events=events,
             saved_at=saved_at,
             checkpointed=projections.checkpointed,
+            compactions=projections.compactions,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
 

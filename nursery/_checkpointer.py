@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from koru.events import DurabilityError, LogStore, StorageError, Table
+from koru.events import DurabilityError, LogStore, StorageError, Table, encode_table
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
@@ -33,11 +33,15 @@ class Checkpointer:
         events: int,
         saved_at: int,
         checkpointed: Callable[[dict[NewTable, Table]], None] = lambda written: None,
+        compactions: Callable[[], list[tuple[Any, list[Table], NewTable]]] = list,
     ) -> None:
         self._store = store
         self._committer = committer
         self._capture = capture
         self._checkpointed = checkpointed
+        self._compactions = compactions
+        #: Table merges done by this handle.
+        self.compactions = 0
         self.every = every
         #: Events in the log, and how many the newest checkpoint holds (-1: none valid).
         self.events = events
@@ -69,17 +73,36 @@ class Checkpointer:
         # One at a time: two interleaved saves could let an older checkpoint replace a
         # newer one.
         async with self._lock:
-            # Capture first (state and cursors together), then make the log durable at
-            # least up to those cursors, and only then write the checkpoint naming them.
-            captured = self._capture()
-            events = self.events
-            await self._committer.sync_now()  # flushes buffers first
-            # Encoding and writing happen off the event loop; the capture is immutable.
-            written = await trio.to_thread.run_sync(self._write, captured)
-            self.saved_at = events
-            self.written += 1
-            # The projections learn which tables their new ones became.
-            self._checkpointed(written)
+            await self._save_locked()
+
+    async def _save_locked(self) -> None:
+        # Capture first (state and cursors together), then make the log durable at
+        # least up to those cursors, and only then write the checkpoint naming them.
+        captured = self._capture()
+        events = self.events
+        await self._committer.sync_now()  # flushes buffers first
+        # Encoding and writing happen off the event loop; the capture is immutable.
+        written = await trio.to_thread.run_sync(self._write, captured)
+        self.saved_at = events
+        self.written += 1
+        # The projections learn which tables their new ones became.
+        self._checkpointed(written)
+
+    async def compact(self) -> int:
+        """Merge the tables the projections want merged, then checkpoint, so that the
+        merged tables are named and the tables they replace can go. Under the same
+        lock as checkpoints: a checkpoint written meanwhile would name the old tables,
+        and its clean-up would remove the merged ones. Returns the merges made."""
+        async with self._lock:
+            plans = self._compactions()
+            for projection, inputs, new in plans:
+                pieces = await trio.to_thread.run_sync(encode_table, new.items())
+                merged = await trio.to_thread.run_sync(self._store.write_table, pieces)
+                projection.compacted(inputs, merged)
+            if plans:
+                self.compactions += len(plans)
+                await self._save_locked()
+            return len(plans)
 
     def _write(self, captured: dict[str, Any]) -> dict[NewTable, Table]:
         """New tables first, then the checkpoint naming them (a crash in between

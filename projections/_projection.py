@@ -102,6 +102,17 @@ class Projections:
         """Every projection's checkpoint section: ``{name: [version, data]}``."""
         return {p.name: [p.version, p.capture()] for p in self.members}
 
+    def compactions(self) -> list[tuple[Any, list[Table], NewTable]]:
+        """(projection, tables to merge, the merged table to write) for every
+        projection that has a ``compaction`` method and something to merge now."""
+        plans = []
+        for p in self.members:
+            plan = getattr(p, "compaction", None)
+            found = plan() if plan is not None else None
+            if found is not None:
+                plans.append((p, *found))
+        return plans
+
     def checkpointed(self, written: dict[NewTable, Table]) -> None:
         """A checkpoint is durable: tell the projections that have a ``checkpointed``
         method which table each of the new tables they captured became."""
