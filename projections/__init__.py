@@ -12,6 +12,7 @@ from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
 from ._checkpoint import open_tables as open_tables
 from ._checkpoint import table_names as table_names
+from ._feeds import CHUNK as CHUNK
 from ._feeds import FeedState as FeedState
 from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
@@ -27,6 +28,7 @@ from ._projection import ValuePlacement as ValuePlacement
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CHUNK",
     "EXPIRES",
     "NO_ID",
     "RECORD_SIZE",

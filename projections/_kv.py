@@ -23,7 +23,6 @@ whose current version expires, for the process that writes their expiry.
 
 from __future__ import annotations
 
-import heapq
 import struct
 from bisect import bisect_right
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from koru.events import Event, PutEvent, Table, content_id, write_id
 
+from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
 __all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
@@ -58,7 +58,6 @@ _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
 DEFAULT_WARM_BYTES = 64 * 1024 * 1024
 DEFAULT_HOT_BYTES = 32 * 1024 * 1024
 _HOT_OVERHEAD = 150  # a dict slot, an ordered-dict link, a tuple key, a bytes header
-_MAX_TABLES = 12  # past this many, merge whatever the sizes
 
 
 def _order_at(blob: bytes | bytearray, j: int) -> bytes:
@@ -186,7 +185,7 @@ class KvState:
         self.hot_hits = 0
         self.table_reads = 0
         #: Tables the cold tier keeps before merging regardless of sizes.
-        self.max_tables = _MAX_TABLES
+        self.max_tables = MAX_TABLES
         self._capturing: list[dict[str, dict[str, bytearray | bytes]]] = []
         self._sizes: dict[int, int] = {}  # id of a frozen layer -> its bytes
         #: Keys whose current version is not a tombstone, in all and per namespace.
@@ -518,35 +517,13 @@ class KvState:
                     self.warm_bytes -= size
 
     def compaction(self) -> tuple[list[Table], NewTable] | None:
-        """Tables worth merging now, and the merged table to write, or None.
-
-        Why this rule: each checkpoint adds a small table on top, and a key's lookup
-        searches the tables newest first. Merging the newest tables while the newer of
-        the top two is at least half the size of the older keeps sizes growing
-        geometrically, so there are about log2(data / checkpoint) tables and each byte
-        is rewritten about as many times (a binary counter, as in log-structured merge
-        trees); past ``max_tables`` tables, the newest are merged whatever their sizes."""
-        tables = self.tables
-        k = 1
-        total = tables[0].size if tables else 0
-        while k < len(tables) and (
-            2 * total >= tables[k].size or len(tables) - k >= self.max_tables
-        ):
-            total += tables[k].size
-            k += 1
-        if k < 2:
-            return None
-        inputs = tables[:k]
-        return inputs, NewTable(lambda: merge_tables(inputs), owner=inputs)
+        """Tables worth merging now, and the merged table to write, or None (see
+        :mod:`._merging`)."""
+        return merge_plan(self.tables, self.max_tables)
 
     def compacted(self, inputs: list[Table], merged: Table) -> None:
-        """The merge of ``inputs`` (the newest tables when planned) was written as
-        ``merged``: it takes their place (checkpoints taken since only added tables on
-        top of them)."""
-        at = next((i for i, t in enumerate(self.tables) if t is inputs[0]), None)
-        if at is None or self.tables[at : at + len(inputs)] != inputs:
-            raise ValueError("the tables merged are no longer consecutive")
-        self.tables[at : at + len(inputs)] = [merged]
+        """The merge of ``inputs`` was written as ``merged``: it takes their place."""
+        replace_merged(self.tables, inputs, merged)
 
     @classmethod
     def restore(cls, data: Any) -> KvState:
@@ -592,24 +569,6 @@ class KvState:
         state.current_sum = int.from_bytes(data["current_sum"], "big")
         state.version_sum = int.from_bytes(data["version_sum"], "big")
         return state
-
-
-def merge_tables(tables: list[Table]) -> Iterator[tuple[str, str, bytes]]:
-    """Every entry of ``tables`` (newest first), in order, the newest table winning for
-    a key held by several: a key's records are complete in whichever table holds them."""
-    streams = [_aged(table, age) for age, table in enumerate(tables)]
-    last: tuple[bytes, bytes] | None = None
-    for ns_b, key_b, _, ns, key, blob in heapq.merge(*streams):
-        if (ns_b, key_b) != last:
-            last = (ns_b, key_b)
-            yield ns, key, blob
-
-
-def _aged(table: Table, age: int) -> Iterator[tuple[bytes, bytes, int, str, str, bytes]]:
-    """A table's entries with their sort key and the table's age (0 the newest): ties
-    between tables are broken by age alone, never by comparing the records."""
-    for ns, key, blob in table.entries():
-        yield ns.encode(), key.encode(), age, ns, key, blob
 
 
 def _merged(

@@ -14,8 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import koru
-from koru.events import SLEEP, ConsolidationEvent, Table, decode_event, encode_table, table_name
-from koru.projections._kv import merge_tables
+from koru.events import (
+    SLEEP,
+    ConsolidationEvent,
+    PutEvent,
+    Table,
+    decode_event,
+    encode_event,
+    encode_table,
+    encode_value,
+    table_name,
+)
+from koru.projections._merging import merge_tables
 
 names = st.sampled_from(["a", "b", "c", "d"])
 tables_st = st.lists(
@@ -149,3 +159,42 @@ async def test_tiny_tiers_still_answer_everything(tmp_path: Path, capacity: int)
             assert await db.get("n", key) == value
             assert (await db.history("n", key))[-1].value == value
         assert await db.keys("n") == sorted(model)
+
+
+async def test_feed_locations_move_to_tables_and_serve_every_event(tmp_path: Path) -> None:
+    """Past a few thousand events, a feed's locations live in tables: every event is
+    still served by its seq, after checkpoints, a reopen and a merge, and a different
+    event claiming an old seq is still told from a duplicate."""
+    from koru.projections import CHUNK, FeedState
+
+    path = tmp_path / "db"
+    n = 2 * CHUNK + 100
+    async with koru.open(path, sync="never", processes=False) as db:
+        for i in range(n):
+            await db.put("n", f"k{i % 50}", i)
+            if i in (CHUNK + 10, n - 5):
+                await db.checkpoint()
+        exported = await db.feed_events(db.node_id)
+        node = db.node_id
+    assert len(exported) == n
+    async with koru.open(path, sync="os", processes=False) as db:
+        feeds = db.projection("feeds")
+        assert isinstance(feeds, FeedState)
+        assert feeds.written[(bytes.fromhex(node), "storage")] == 2 * CHUNK
+        assert len(feeds.tables) == 2 and sum(len(a) for a in feeds.recent.values()) == 100
+        assert await db.feed_events(node) == exported
+        assert (
+            await db.feed_events(node, after=CHUNK - 2, limit=5) == exported[CHUNK - 2 : CHUNK + 3]
+        )
+        feeds.max_tables = 1
+        await db._checkpointer.compact()
+        assert len(feeds.tables) == 1
+        assert await db.feed_events(node) == exported
+        # Another node's copy takes them all; an altered early event is a fork.
+    async with koru.open(":memory:", processes=False) as other:
+        assert (await other.ingest(exported)).accepted == n
+        early = decode_event(exported[10])
+        assert isinstance(early, PutEvent)
+        forged = encode_event(early._replace(value=encode_value("forged")))
+        result = await other.ingest([forged, exported[10]])
+        assert result.duplicates == 1 and [r.fork for r in result.refused] == [True]
