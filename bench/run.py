@@ -47,6 +47,7 @@ GROUPS = (
     "open",
     "cli",
     "memory",
+    "tiers",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -76,10 +77,12 @@ class Sizes:
     replay_reps: int  # opens without a checkpoint (median)
     memory_keys: int
     cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
+    big_keys: int  # keys of 1 KB for the tiers group (and ten times as many events)
+    latency_events: int  # puts whose every wait is measured
 
 
-FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10)
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000)
 
 
 @dataclass
@@ -633,6 +636,65 @@ async def bench_cli(sizes: Sizes, tmp: Path, report: Report) -> None:
     )
 
 
+# -- tiers: a data set larger than memory keeps -----------------------------------------
+
+
+async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
+    import tiers  # bench/tiers.py
+
+    keys = sizes.big_keys
+    small, large = tmp / "tiers_1x", tmp / "tiers_10x"
+    print(f"  building {keys // 10:,} keys x 10 versions and {keys:,} keys x 10 versions ...")
+    b1 = await tiers.build(small, keys // 10, 10, value)
+    b10 = await tiers.build(large, keys, 10, value)
+    report.note(
+        f"tiers: built {keys:,} and {10 * keys:,} events in {b1:.0f} s and {b10:.0f} s "
+        f"({10 * keys / b10:,.0f} puts/s)"
+    )
+    o1 = statistics.median([await tiers.timed_open(small) for _ in range(3)])
+    o10 = statistics.median([await tiers.timed_open(large) for _ in range(3)])
+    label = f"{10 * keys / 1e6:g}M" if keys >= 100_000 else f"{10 * keys // 1000}k"
+    report.add(Row(f"open {label} events vs a tenth of them", o10, o1, "s", False))
+    report.target(f"open {label} events", o10, 0.3, "s", at_least=False)
+    report.target("open 10x the events", o10 / o1, 3.0, "x", at_least=False)
+
+    big, twin = tmp / "tiers_big", tmp / "tiers_big.sqlite"
+    print(f"  building {keys:,} keys of 1 KB ...")
+    await tiers.build(big, keys, 1, tiers.big_value)
+    tiers.sqlite_table(twin, keys, tiers.big_value)
+    empty = tmp / "tiers_empty"
+    async with koru.open(empty):
+        pass
+    base, full = tiers.run_child(empty, 0), tiers.run_child(big, keys)
+    grown = (full["after"] - full["before"]) - (base["after"] - base["before"])
+    cold_keys = keys - tiers.HOT_KEYS
+    report.add(
+        Row(
+            f"RSS per cold key, {keys:,} keys of 1 KB, hot tier {tiers.HOT_KEYS:,}",
+            max(grown, 0) / cold_keys,
+            150.0,
+            "bytes/key",
+            False,
+        )
+    )
+    report.note(f"tiers: resident memory of the open database: {full} (empty: {base})")
+    k_cold, s_cold, k_hot, s_hot = await tiers.get_latencies(big, twin, keys, 20_000)
+    report.add(
+        Row(
+            "get of a cold key vs sqlite3 (same rows)", k_cold * 1e6, s_cold * 1e6, "µs/call", False
+        )
+    )
+    report.add(
+        Row("get of a hot key vs sqlite3 (same rows)", k_hot * 1e6, s_hot * 1e6, "µs/call", False)
+    )
+    report.target("cold get vs sqlite3", k_cold / s_cold, 3.0, "x", at_least=False)
+    report.target("hot get vs sqlite3 (time)", k_hot / s_hot, 0.5, "x", at_least=False)
+
+    waits = await tiers.put_latencies(tmp / "tiers_latency", sizes.latency_events)
+    report.note(f"tiers: put waits over {len(waits):,} puts: {tiers.summary(waits)}")
+    report.target("slowest put", max(waits) * 1e3, 10.0, "ms", at_least=False)
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -752,6 +814,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_cli(sizes, tmp, report)
         elif group == "memory":
             bench_memory(sizes, report)
+        elif group == "tiers":
+            await bench_tiers(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -173,9 +173,9 @@ class KvState:
         self.warm_capacity = DEFAULT_WARM_BYTES
         #: Tables written by checkpoints (newest first).
         self.tables: list[Table] = []
-        #: The hot tier of the tables: records read from them lately, most recent last,
-        #: within ``hot_capacity`` bytes (a write drops its key from here: the memory
-        #: layer holds the newer records).
+        #: The hot tier of the tables: records read from them lately, in the order they
+        #: were, within ``hot_capacity`` bytes (a write drops its key from here: the
+        #: memory layer holds the newer records).
         self.hot: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.hot_bytes = 0
         self.hot_capacity = DEFAULT_HOT_BYTES
@@ -210,12 +210,22 @@ class KvState:
     # -- the layers --------------------------------------------------------------------
 
     def _blob(self, namespace: str, key: str) -> bytearray | bytes | None:
-        """A key's version records, from the newest layer that holds them."""
+        """A key's version records, from the newest layer that holds them.
+
+        The hot tier is asked right after memory: it only ever holds records read from
+        the tables while no newer layer held the key, and a write drops the key from
+        it, so what it holds is always current."""
         keys = self.namespaces.get(namespace)
         if keys is not None:
             blob = keys.get(key)
             if blob is not None:
                 return blob
+        hot = self.hot
+        if hot:
+            found = hot.get((namespace, key))
+            if found is not None:
+                self.hot_hits += 1
+                return found
         for layer in self.frozen:
             keys = layer.get(namespace)
             if keys is not None:
@@ -231,19 +241,13 @@ class KvState:
                 if blob is not None:
                     self.warm_hits += 1
                     return blob
-        hot = self.hot
-        slot = (namespace, key)
-        found = hot.get(slot)
-        if found is not None:
-            hot.move_to_end(slot)
-            self.hot_hits += 1
-            return found
         self.table_reads += 1
         for table in self.tables:
             found = table.get(namespace, key)
             if found is not None:
-                # Promote: the next read of this key is a dictionary probe.
-                hot[slot] = found
+                # Promote: the next read of this key is a dictionary probe. Evicted in
+                # the order promoted: an exact LRU would cost every hit a reordering.
+                hot[(namespace, key)] = found
                 self.hot_bytes += len(found) + _HOT_OVERHEAD
                 while self.hot_bytes > self.hot_capacity and hot:
                     _, evicted = hot.popitem(last=False)
