@@ -45,6 +45,8 @@ from ._file_store import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
 from ._file_store import LOST_FOUND as LOST_FOUND
 from ._file_store import FileStore as FileStore
 from ._hlc import HybridLogicalClock as HybridLogicalClock
+from ._lifecycle import LIFECYCLE as LIFECYCLE
+from ._lifecycle import TieringEvent as TieringEvent
 from ._limits import MAX_EVENT_SIZE as MAX_EVENT_SIZE
 from ._limits import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
@@ -90,6 +92,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "ESSENCE",
+    "LIFECYCLE",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",
     "MAX_NAME_BYTES",
@@ -136,6 +139,7 @@ __all__ = [
     "Record",
     "StorageError",
     "Table",
+    "TieringEvent",
     "VersionNotFoundError",
     "Write",
     "agent_index",

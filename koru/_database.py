@@ -28,7 +28,7 @@ from koru.events import (
     check_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections
+from koru.projections import FeedState, KvState, Projection, Projections, TierState
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
@@ -73,6 +73,8 @@ class Database:
         # The two built-in projections, held directly: every read consults them.
         self._kv = cast(KvState, projections["kv"])
         self._feeds = cast(FeedState, projections["feeds"])
+        # The hot tier keeps the keys this node's distillation pinned (a live set).
+        self._kv.pinned = cast(TierState, projections["tiers"]).of(node_id)
         self._cache = cache
         self._values = ValueReader(store, cache, projections.placements)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
@@ -204,6 +206,8 @@ class Database:
         except TypeError:  # unhashable namespace or key
             cid = None
         kv = self._kv
+        if kv.hot:
+            kv.touch(namespace, key)
         if kv.expiring and cid is not None and kv.expired(namespace, key, self._writer.read_time()):
             cid = None  # its time to live is over (the expiry process records it)
         if cid is None or type(namespace) is not str or type(key) is not str:

@@ -31,6 +31,7 @@ from koru.projections import (
     KvState,
     Projection,
     Projections,
+    TierState,
     decode_checkpoint,
     open_tables,
     table_names,
@@ -39,7 +40,7 @@ from koru.projections import (
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, TierState)
 
 
 @attrs.define(slots=True)

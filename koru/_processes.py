@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from koru.events import ESSENCE, SLEEP, ConsolidationEvent, GenomeEvent, InvalidArgumentError
+from koru.events import (
+    ESSENCE,
+    LIFECYCLE,
+    SLEEP,
+    ConsolidationEvent,
+    GenomeEvent,
+    InvalidArgumentError,
+    TieringEvent,
+)
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -22,9 +30,14 @@ __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
 #: Seconds between steps of each process.
 DEFAULT_INTERVALS: dict[str, float] = {
     "consolidation": 300.0,
+    "distillation": 3_600.0,
     "expiry": 60.0,
     "genome": 86_400.0,
 }
+#: Keys the distillation process pins in the hot tier at most.
+HOT_KEYS = 10_000
+#: Reads (halved every distillation) a key needs to be pinned.
+_FIT = 2
 #: Expiries recorded per batch before the step lets other tasks run.
 _EXPIRE_BATCH = 1000
 
@@ -102,4 +115,27 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
             )
             await db._writer.acknowledge()
 
-    return {"consolidation": consolidation, "expiry": expiry, "genome": genome}
+    async def distillation() -> None:
+        """Fitness-based selection: pin in the hot tier the keys read most since the
+        last distillation (reads halve each time, so recent reads weigh more), unpin the
+        rest, and record the change in the lifecycle log (a replay keeps the same)."""
+        kv = db._kv
+        fitness = kv.fitness()
+        ranked = sorted((-n, slot) for slot, n in fitness.items() if n >= _FIT)
+        chosen = {slot for _, slot in ranked[:HOT_KEYS]}
+        promoted, demoted = sorted(chosen - kv.pinned), sorted(kv.pinned - chosen)
+        kv.decay()
+        if promoted or demoted:
+            await db._life.enter_write()
+            db._writer.emit(
+                LIFECYCLE,
+                lambda header: TieringEvent(*header, tuple(promoted), tuple(demoted)),
+            )
+            await db._writer.acknowledge()
+
+    return {
+        "consolidation": consolidation,
+        "distillation": distillation,
+        "expiry": expiry,
+        "genome": genome,
+    }

@@ -25,6 +25,7 @@ from ._newtable import TableRef as TableRef
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
+from ._tiers import TierState as TierState
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -36,6 +37,7 @@ __all__ = [
     "Checkpoint",
     "NewTable",
     "TableRef",
+    "TierState",
     "WriteTable",
     "FeedState",
     "KvState",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
@@ -140,6 +140,8 @@ class KvState:
         "mem_bytes",
         "namespaces",
         "ns_live",
+        "pinned",
+        "reads",
         "table_reads",
         "tables",
         "version_sum",
@@ -186,6 +188,10 @@ class KvState:
         self.table_reads = 0
         #: Tables the cold tier keeps before merging regardless of sizes.
         self.max_tables = MAX_TABLES
+        #: Keys the hot tier keeps whatever else is read (the node's distillation
+        #: decisions, see TierState), and reads per key of the hot tier (its fitness).
+        self.pinned: set[tuple[str, str]] = set()
+        self.reads: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._capturing: list[dict[str, dict[str, bytearray | bytes]]] = []
         self._sizes: dict[int, int] = {}  # id of a frozen layer -> its bytes
         #: Keys whose current version is not a tombstone, in all and per namespace.
@@ -222,7 +228,8 @@ class KvState:
                 return blob
         hot = self.hot
         if hot:
-            found = hot.get((namespace, key))
+            slot = (namespace, key)
+            found = hot.get(slot)
             if found is not None:
                 self.hot_hits += 1
                 return found
@@ -247,13 +254,45 @@ class KvState:
             if found is not None:
                 # Promote: the next read of this key is a dictionary probe. Evicted in
                 # the order promoted: an exact LRU would cost every hit a reordering.
-                hot[(namespace, key)] = found
+                slot = (namespace, key)
+                hot[slot] = found
+                self.reads[slot] = 0
                 self.hot_bytes += len(found) + _HOT_OVERHEAD
-                while self.hot_bytes > self.hot_capacity and hot:
-                    _, evicted = hot.popitem(last=False)
-                    self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
+                if self.hot_bytes > self.hot_capacity:
+                    self._evict()
                 return found
         return None
+
+    def _evict(self) -> None:
+        """Bring the hot tier within its budget, oldest promotions first, keeping the
+        keys the distillation process pinned (each skipped once per round)."""
+        hot, pinned = self.hot, self.pinned
+        skipped = 0
+        while self.hot_bytes > self.hot_capacity and hot and skipped <= len(hot):
+            slot, evicted = hot.popitem(last=False)
+            if slot in pinned and skipped < len(hot):
+                hot[slot] = evicted  # to the back of the line
+                skipped += 1
+                continue
+            self.reads.pop(slot, None)
+            self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
+
+    def touch(self, namespace: str, key: str) -> None:
+        """Count one read of a key by the database's user (not the lookups a read makes),
+        if the key is in the hot tier: its fitness."""
+        slot = (namespace, key)
+        if slot in self.hot:
+            self.reads[slot] += 1
+
+    def fitness(self) -> dict[tuple[str, str], int]:
+        """Reads per key of the hot tier since the last :meth:`decay` (what the
+        distillation process ranks keys by)."""
+        return dict(self.reads)
+
+    def decay(self) -> None:
+        """Halve every read count: recent reads weigh more than old ones."""
+        for slot in self.reads:
+            self.reads[slot] //= 2
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytearray | bytes]]:
         """(key, version records) of every key of ``namespace`` ever written, in key
@@ -333,6 +372,7 @@ class KvState:
                     evicted = self.hot.pop((namespace, key), None)
                     if evicted is not None:
                         self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
+                        self.reads.pop((namespace, key), None)
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
         tomb = rec[-1] & _TOMBSTONE
         self.mem_bytes += RECORD_SIZE

@@ -129,9 +129,11 @@ def test_set_then_get_in_both_forms(tmp_path: Path) -> None:
     assert doc["write_id"] == version["write_id"] and doc["previous"] is not None
     verbose = kdelta(db, "get", "-v", "users/alice")
     assert f"# version {version['write_id']}" in verbose.out
-    assert "expires" in kdelta(db, "set", "users/tmp", "1", "--ttl", "0.5").out
-    assert kdelta(db, "get", "users/tmp").code == 0
-    time.sleep(0.6)
+    assert "expires" in kdelta(db, "set", "users/tmp", "1", "--ttl", "100").out
+    expires = kdelta(db, "--json", "set", "users/tmp", "2", "--ttl", "2").json()["expires"]
+    got = kdelta(db, "get", "users/tmp")
+    assert got.code == 0 or time.time_ns() >= expires  # a slow machine took 2 s
+    time.sleep(max(0.0, (expires - time.time_ns()) / 1e9 + 0.2))
     failed(kdelta(db, "get", "users/tmp"), 1, "tmp")
     failed(kdelta(db, "set", "users/tmp", "1", "--ttl", "-3"), 2, "ttl")
 

@@ -145,6 +145,11 @@ async def test_bad_process_options_are_refused(tmp_path: Path, option: object, e
 async def test_a_readonly_database_runs_no_processes(tmp_path: Path) -> None:
     async with koru.open(tmp_path / "db") as db:
         await db.put("a", "b", 1)
-        assert [p.name for p in await db.processes()] == ["consolidation", "expiry", "genome"]
+        assert [p.name for p in await db.processes()] == [
+            "consolidation",
+            "distillation",
+            "expiry",
+            "genome",
+        ]
     async with koru.open(tmp_path / "db", readonly=True) as db:
         assert await db.processes() == []

@@ -198,3 +198,45 @@ async def test_feed_locations_move_to_tables_and_serve_every_event(tmp_path: Pat
         forged = encode_event(early._replace(value=encode_value("forged")))
         result = await other.ingest([forged, exported[10]])
         assert result.duplicates == 1 and [r.fork for r in result.refused] == [True]
+
+
+async def test_distillation_pins_the_fittest_keys_and_a_replay_keeps_them(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from koru.events import LIFECYCLE, TieringEvent
+    from koru.projections import TierState
+
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        await db.put_batch([("n", f"k{i}", i) for i in range(100)])
+    clock = koru.TrioClock()
+    async with koru.open(path, sync="os", clock=clock, processes={"distillation": 3600}) as db:
+        node = bytes.fromhex(db.node_id)
+        for _ in range(5):
+            for i in range(10):  # read often: fit
+                await db.get("n", f"k{i}")
+        for i in range(10, 40):  # read once: not
+            await db.get("n", f"k{i}")
+        await trio.sleep(3601)
+        fittest = {("n", f"k{i}") for i in range(10)}
+        tiers = db.projection("tiers")
+        assert isinstance(tiers, TierState) and tiers.of(node) == fittest
+        assert db._kv.pinned is tiers.of(node)
+        [recorded] = [decode_event(e) for e in await db.feed_events(db.node_id, LIFECYCLE)]
+        assert isinstance(recorded, TieringEvent) and set(recorded.promoted) == fittest
+        # Pinned keys stay hot whatever else is read.
+        db._kv.hot_capacity = 30 * 300
+        for i in range(40, 100):
+            await db.get("n", f"k{i}")
+        assert fittest <= set(db._kv.hot)
+        # An hour with no reads: their fitness decays, they are unpinned.
+        await trio.sleep(2 * 3600 + 1)
+        assert tiers.of(node) == set()
+        assert len(await db.feed_events(db.node_id, LIFECYCLE)) == 2
+        live = {o: set(k) for o, k in tiers.hot.items()}
+    for drop_checkpoint in (False, True):
+        if drop_checkpoint:
+            (path / "checkpoint").unlink()
+        async with koru.open(path, sync="os", processes=False) as db:
+            replayed = db.projection("tiers")
+            assert isinstance(replayed, TierState) and replayed.hot == live
