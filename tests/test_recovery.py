@@ -1631,3 +1631,49 @@ async def test_readonly_store_listed_before_the_writer_moved_on(tmp_path: Path) 
             reader.close()
         assert loaded.from_checkpoint == 41
         assert loaded.kv.live == 41
+
+
+def test_ctrl_c_in_the_write_path_never_splits_the_log_from_the_projections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (SIGINT) arriving after an event was appended but before every projection
+    folded it (seen with Ctrl-C during ``kdelta import``): the close that follows wrote
+    a checkpoint whose state lacked part of an event its cursor covers, so every later
+    open served it (a feed head behind its log, key/value writes missing). The write
+    path is shielded from KeyboardInterrupt; it arrives at the next checkpoint."""
+    from koru._audit import audit_checkpoint
+    from koru.projections import FeedState
+
+    fold = FeedState.apply
+    armed = [False]
+
+    def interrupted(self: FeedState, event: Any, eid: bytes, location: int) -> None:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        fold(self, event, eid, location)
+
+    monkeypatch.setattr(FeedState, "apply", interrupted)
+
+    async def write() -> None:
+        async with koru.open(tmp_path) as db:
+            for i in range(10):
+                armed[0] = i == 5
+                await db.put_batch([("users", f"k{i}", i), ("users", f"j{i}", i)])
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(write)
+    store = FileStore(tmp_path, readonly=True)
+    try:
+        assert audit_checkpoint(store) == ([], [])
+    finally:
+        store.close()
+    kv, _ = full_replay(tmp_path)
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path) as db:
+            assert await db.digest() == digest_of(kv)
+            events = (await db.stats()).events
+            assert await db.feed_heads() == {(db.node_id, "storage"): events}
+
+    trio.run(reopen)
