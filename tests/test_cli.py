@@ -152,6 +152,30 @@ def test_values_from_stdin_a_file_and_bytes(tmp_path: Path) -> None:
     assert kdelta(db, "get", "a/e").code == 1  # nothing was written
 
 
+def test_inputs_that_break_parsers_are_one_line_errors(tmp_path: Path) -> None:
+    """JSON nested past the interpreter's recursion limit, a file that is not text,
+    times with too many digits or too far back, a digit int() refuses: each was a
+    traceback (RecursionError, UnicodeDecodeError, ValueError, OverflowError)."""
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "a/b", "1").code == 0
+    deep = "[" * 100_000 + "]" * 100_000
+    failed(kdelta(db, "set", "a/c", deep[:60_000] + deep[-60_000:]), 2, "nests too deeply")
+    failed(kdelta(db, "set", "a/c", "-", stdin=deep), 2, "nests too deeply")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00[")
+    failed(kdelta(db, "set", "a/c", f"@{tmp_path / 'binary'}"), 2, "not valid JSON")
+    failed(kdelta(db, "set", "a/c", "[" * 70 + "]" * 70), 2, "deeper than 64")
+    assert kdelta(db, "get", "a/c").code == 1  # nothing was written
+    for at in ("9" * 5000, "9" * 400 + " s ago", "\u00b2"):
+        failed(kdelta(db, "get", "a/b", "--at", at), 2)
+        failed(kdelta(db, "log", "a/b", "--since", at), 2)
+    export = tmp_path / "deep.jsonl"
+    header = json.dumps({"koru-delta-export": 1, "node": None})
+    export.write_text(header + "\n" + deep + "\n")
+    failed(kdelta(db, "import", str(export)), 3, "line 2")
+    export.write_text('{"koru-delta-export": ' + deep + "}\n")
+    failed(kdelta(db, "import", str(export)), 3, "not a koru-delta export")
+
+
 def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:
     db, facts = made
     at = facts["first"].datetime.isoformat()

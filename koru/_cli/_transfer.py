@@ -170,7 +170,7 @@ def _read_export(raw: bytes) -> list[bytes]:
         lines = raw.decode("utf-8", errors="strict").splitlines()
         try:
             head = json.loads(lines[0]) if lines else None
-        except ValueError:
+        except (ValueError, RecursionError):
             head = None
         if not isinstance(head, dict) or head.get(_MARK) != _VERSION:
             raise Failure(3, "not a koru-delta export (no header line)")
@@ -181,7 +181,7 @@ def _read_export(raw: bytes) -> list[bytes]:
             try:
                 doc = json.loads(text)
                 data = base64.b64decode(doc["event"], validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
                 raise Failure(3, f"line {n}: not an exported event ({exc})") from None
             stated = doc.get("id")
             if stated is not None and stated != event_id(data).hex():
