@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import queue
 import signal
@@ -174,6 +175,56 @@ def test_inputs_that_break_parsers_are_one_line_errors(tmp_path: Path) -> None:
     failed(kdelta(db, "import", str(export)), 3, "line 2")
     export.write_text('{"koru-delta-export": ' + deep + "}\n")
     failed(kdelta(db, "import", str(export)), 3, "not a koru-delta export")
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity (jq and browsers refuse them)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_storable_value_prints_as_json_and_reads_back(tmp_path: Path) -> None:
+    """Values JSON cannot hold print in a tagged form that is valid JSON and that set
+    reads back as the same value: bytes, infinite floats, and maps that look like a tag
+    (a map holding only "$bytes" printed exactly as bytes do, so the two could not be
+    told apart). Before: Infinity (not JSON), and that ambiguity."""
+    db = tmp_path / "db"
+    values = {
+        "inf": math.inf,
+        "ninf": [-math.inf, 1e308, -0.0, 2**64 - 1, -(2**64)],
+        "bytes": b"\x00\xff",
+        "map": {"$bytes": "AAE="},  # a map, not bytes
+        "notb64": {"$bytes": "not base64!"},
+        "tagged": {"$map": {"$float": "Infinity"}, "$float": [1]},
+        "nested": {"$map": {"$map": 1}},
+    }
+
+    async def write() -> None:
+        async with koru.open(db) as d:
+            for key, value in values.items():
+                await d.put("v", key, value)
+
+    trio.run(write)
+    for key in values:
+        printed = kdelta(db, "--json", "get", f"v/{key}")
+        assert printed.code == 0
+        doc = _strict_json(printed.out)["value"]
+        human = kdelta(db, "get", f"v/{key}").out
+        assert _strict_json(human) == doc
+        assert kdelta(db, "set", f"copy/{key}", json.dumps(doc)).code == 0
+
+    async def check() -> None:
+        async with koru.open(db, readonly=True) as d:
+            for key, value in values.items():
+                got = await d.get("copy", key)
+                assert got == value and repr(got) == repr(value)
+
+    trio.run(check)
+    doc = _strict_json(kdelta(db, "--json", "events", "--full", "--ns", "v").out.splitlines()[0])
+    assert doc["writes"][0]["value"] == {"$float": "Infinity"}
 
 
 def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:

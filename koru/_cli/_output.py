@@ -2,15 +2,19 @@
 
 Why two forms: a person reads a table (coloured when the output is a terminal), a
 script parses one JSON document per command (JSON lines for streams). Values are
-JSON-like except ``bytes``, which JSON cannot hold: they print as ``{"$bytes": base64}``
-and are read back from that form by ``kdelta set``. rich is imported only by commands
-that draw tables, so one-shot reads do not pay for it.
+JSON-like except what JSON cannot hold: ``bytes`` print as ``{"$bytes": base64}`` and
+infinite floats as ``{"$float": "Infinity"}`` (or ``"-Infinity"``; Python's bare
+``Infinity`` is not JSON), and a map whose only key is one of these tags (or ``$map``)
+prints wrapped as ``{"$map": {...}}``, so that no stored map reads as something else.
+``kdelta set`` reads every form back to the same value. rich is imported only by
+commands that draw tables, so one-shot reads do not pay for it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,12 +26,19 @@ if TYPE_CHECKING:
 __all__ = ["Output", "dumps", "from_json", "short", "to_json"]
 
 
+#: The tags of values JSON cannot hold (and of a map that would read as one of them).
+_TAGS = frozenset(("$bytes", "$float", "$map"))
+
+
 def to_json(value: Any) -> Any:
-    """A stored value as JSON data (bytes tagged, everything else as it is)."""
+    """A stored value as JSON data (tagged where JSON cannot hold it; see above)."""
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, float) and math.isinf(value):
+        return {"$float": "Infinity" if value > 0 else "-Infinity"}
     if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
+        out = {k: to_json(v) for k, v in value.items()}
+        return {"$map": out} if len(out) == 1 and next(iter(out)) in _TAGS else out
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
     return value
@@ -36,11 +47,17 @@ def to_json(value: Any) -> Any:
 def from_json(value: Any) -> Any:
     """The inverse of :func:`to_json`."""
     if isinstance(value, dict):
-        if len(value) == 1 and "$bytes" in value and isinstance(value["$bytes"], str):
-            try:
-                return base64.b64decode(value["$bytes"], validate=True)
-            except ValueError as exc:
-                raise ValueError(f"$bytes is not base64: {exc}") from None
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            if tag == "$bytes" and isinstance(inner, str):
+                try:
+                    return base64.b64decode(inner, validate=True)
+                except ValueError as exc:
+                    raise ValueError(f"$bytes is not base64: {exc}") from None
+            if tag == "$float" and inner in ("Infinity", "-Infinity"):
+                return float(inner)
+            if tag == "$map" and isinstance(inner, dict):  # a map taken as it is
+                return {k: from_json(v) for k, v in inner.items()}
         return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_json(v) for v in value]
