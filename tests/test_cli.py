@@ -227,6 +227,34 @@ def test_every_storable_value_prints_as_json_and_reads_back(tmp_path: Path) -> N
     assert doc["writes"][0]["value"] == {"$float": "Infinity"}
 
 
+def test_a_reader_that_stops_reading_is_not_an_error(tmp_path: Path) -> None:
+    """``kdelta events | head``: the pipe closes under the output. Exit 0 and nothing
+    on stderr, whichever way the output is drawn (rich exited 1, "not found")."""
+    db = tmp_path / "db"
+
+    async def write() -> None:
+        async with koru.open(db, sync="never") as d:
+            for i in range(3000):
+                await d.put("ns", f"k{i}", {"i": i})
+
+    trio.run(write)
+    for args in (("events",), ("--json", "events"), ("events", "--full")):
+        env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+        child = subprocess.Popen(
+            [KDELTA, "--db", str(db), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+        )
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.read(100)
+        child.stdout.close()
+        with child.stderr:
+            assert child.wait(timeout=60) == 0, args
+            assert child.stderr.read() == b"", args
+
+
 def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:
     db, facts = made
     at = facts["first"].datetime.isoformat()

@@ -88,10 +88,16 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    # rich exits 1 here ("not found" to kdelta): let main() treat it
+                    # as any write to a closed pipe.
+                    raise BrokenPipeError
+
             self._console = (
-                Console(highlight=False)
+                _Console(highlight=False)
                 if self.tty
-                else Console(width=10_000, no_color=True, highlight=False)
+                else _Console(width=10_000, no_color=True, highlight=False)
             )
         return self._console
 
