@@ -191,3 +191,89 @@ async def test_a_large_tail_and_many_keys(tmp_path: Path) -> None:
         assert not one.full
         assert {p: one.reads.history(*p) for p in probe} == expected
         assert one.reads.keys("ns2") == keys
+
+
+# -- the one-shot path against a read-only open, with another node's writes ingested
+
+NAMES = ["u", "a/b/c", "caf\u00e9", "\u202eevil", "\U0001f600", "\u0000"]
+NAMES += ["n" * 1024, "\u00e9" * 512]  # 1 KiB of UTF-8, the longest names
+ODD = [(ns, key) for ns in NAMES[:4] for key in NAMES]
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["put", "peer put"]), st.sampled_from(ODD), st.integers(0, 9)),
+        st.tuples(st.sampled_from(["delete", "peer delete"]), st.sampled_from(ODD), st.just(0)),
+        st.tuples(st.just("batch"), st.sampled_from(ODD), st.integers(0, 9)),
+        st.tuples(st.sampled_from(["sync", "checkpoint"]), st.just(ODD[0]), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+async def _answers(reads: Any, keys: list[tuple[str, str]], *, awaited: bool) -> Any:
+    async def call(name: str, *args: Any) -> Any:
+        try:
+            result = getattr(reads, name)(*args)
+            return await result if awaited else result
+        except koru.NotFoundError as exc:
+            return type(exc).__name__
+
+    return [
+        (
+            await call("get_versioned" if awaited else "versioned", ns, key),
+            await call("history", ns, key),
+            await call("get_at" if awaited else "at", ns, key, 1_700_000_000 * 10**9),
+            await call("diff", ns, key),
+        )
+        for ns, key in keys
+    ]
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(script=steps)
+async def test_one_shot_reads_equal_a_read_only_open(
+    tmp_path_factory: pytest.TempPathFactory, script: list[tuple[str, tuple[str, str], int]]
+) -> None:
+    """Keys and namespaces of odd Unicode (bidi overrides, NUL, astral, 1 KiB names,
+    '/' inside), versions from another node ingested (concurrent writes to one key),
+    batches, deletes, checkpoints at any point: for every key, a one-shot read gives
+    exactly what ``koru.open(readonly=True)`` of the same directory gives."""
+    path = tmp_path_factory.mktemp("db")
+    clock = [1_699_999_000 * 10**9]
+
+    def now() -> int:
+        clock[0] += 10**6
+        return clock[0]
+
+    class Clock:
+        def now_ns(self) -> int:
+            return now()
+
+    async with (
+        koru.open(path, sync="os", clock=Clock()) as db,
+        koru.open(":memory:", clock=Clock()) as peer,
+    ):
+        for op, (ns, key), n in script:
+            target = peer if op.startswith("peer") else db
+            if op.endswith("put"):
+                await target.put(ns, key, {"n": n})
+            elif op.endswith("delete") and await target.contains(ns, key):
+                await target.delete(ns, key)
+            elif op == "batch":
+                await db.put_batch([(ns, key, n), ("u", "+", [n])])
+            elif op == "sync":
+                result = await db.ingest(await peer.feed_events(peer.node_id))
+                assert not result.refused
+            elif op == "checkpoint":
+                await db.checkpoint()
+        keys = [*ODD, ("u", "+")]
+        async with koru.open(path, readonly=True) as reader:
+            expected = await _answers(reader, keys, awaited=True)
+            listings = {ns: await reader.keys(ns) for ns in NAMES[:4]}
+            namespaces = await reader.namespaces()
+        with Snapshot(path) as one:
+            assert await _answers(one.reads, keys, awaited=False) == expected
+            assert {ns: one.reads.keys(ns) for ns in listings} == listings
+            assert one.reads.namespaces() == namespaces
