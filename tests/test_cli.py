@@ -255,6 +255,31 @@ def test_a_reader_that_stops_reading_is_not_an_error(tmp_path: Path) -> None:
             assert child.stderr.read() == b"", args
 
 
+def test_names_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """Names come from anyone whose events were imported: escape sequences in them
+    (clear the screen, retitle the window, hide text) print as visible escapes, not
+    raw, in every human listing; JSON output keeps the names exact."""
+    db = tmp_path / "db"
+    ns, key = "ns\x1b]0;owned\x07", "k\x1b[2J\x9b31m\u202e\x7f"
+
+    async def write() -> None:
+        async with koru.open(db) as d:
+            await d.put(ns, key, {"v": 1})
+            await d.put(ns, key, {"v": "\x9b2J\u2066\x1b"})
+
+    trio.run(write)
+    names = [("keys", ns), ("namespaces",), ("status",), ("events",), ("diff", f"{ns}/{key}")]
+    shows = [("events", "--full"), ("log", f"{ns}/{key}"), ("get", f"{ns}/{key}")]
+    for args in [*names, *shows, ("--json", "keys", ns), ("--json", "get", f"{ns}/{key}")]:
+        ran = kdelta(db, *args)
+        assert ran.code == 0, ran.err
+        assert not any(c in ran.out for c in "\x1b\x07\x9b\u202e\x7f"), ran.out
+        assert args not in names or "\\u001b" in ran.out, ran.out
+    assert kdelta(db, "--json", "keys", ns).json() == [key]  # JSON escapes, same names
+    assert kdelta(db, "--json", "namespaces").json() == {ns: 1}
+    assert kdelta(db, "get", f"{ns}/{key}").json() == {"v": "\x9b2J\u2066\x1b"}
+
+
 def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:
     db, facts = made
     at = facts["first"].datetime.isoformat()

@@ -6,8 +6,9 @@ JSON-like except what JSON cannot hold: ``bytes`` print as ``{"$bytes": base64}`
 infinite floats as ``{"$float": "Infinity"}`` (or ``"-Infinity"``; Python's bare
 ``Infinity`` is not JSON), and a map whose only key is one of these tags (or ``$map``)
 prints wrapped as ``{"$map": {...}}``, so that no stored map reads as something else.
-``kdelta set`` reads every form back to the same value. rich is imported only by
-commands that draw tables, so one-shot reads do not pay for it.
+``kdelta set`` reads every form back to the same value. Characters that would drive
+the terminal (controls, bidi overrides) print escaped, in JSON too. rich is imported
+only by commands that draw tables, so one-shot reads do not pay for it.
 """
 
 from __future__ import annotations
@@ -64,8 +65,35 @@ def from_json(value: Any) -> Any:
     return value
 
 
+#: What a terminal obeys rather than shows: C0 and C1 controls, DEL, and the bidi
+#: overrides and isolates (they reorder the text after them). Names and values come
+#: from anyone whose events were imported, so output shows these as ``\uXXXX``: a
+#: visible escape in a line for people, and the same character in a JSON string.
+_UNSHOWN = {
+    c: f"\\u{c:04x}"
+    for c in (
+        *range(0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def shown(text: str) -> str:
+    """``text`` with what would drive the terminal escaped (see ``_UNSHOWN``)."""
+    return text.translate(_UNSHOWN)
+
+
+#: The same for JSON text, whose C0 controls json.dumps already escaped inside strings
+#: (a raw newline there is the indentation's).
+_UNSHOWN_IN_JSON = {c: e for c, e in _UNSHOWN.items() if c >= 0x20}
+
+
 def dumps(doc: Any, *, pretty: bool = False) -> str:
-    return json.dumps(to_json(doc), indent=2 if pretty else None, ensure_ascii=False)
+    text = json.dumps(to_json(doc), indent=2 if pretty else None, ensure_ascii=False)
+    return text.translate(_UNSHOWN_IN_JSON)
 
 
 def short(hex_id: str | None, n: int = 12) -> str:
@@ -114,11 +142,11 @@ class Output:
         print(dumps(value, pretty=True))
 
     def text(self, text: str) -> None:
-        print(text, flush=True)
+        print(shown(text), flush=True)
 
     def styled(self, markup: str) -> None:
         """One line with rich markup (``[green]...[/]``), plain in a pipe."""
-        self.console.print(markup, overflow="ignore", crop=False, soft_wrap=True)
+        self.console.print(shown(markup), overflow="ignore", crop=False, soft_wrap=True)
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """A table for people."""
@@ -163,7 +191,7 @@ def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, str):
-        return value
+        return shown(value)
     return dumps(value)
 
 
