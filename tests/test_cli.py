@@ -578,6 +578,37 @@ def test_export_then_import_round_trips(
     assert kdelta(copy, "get", "users/alice").json()["age"] == 32
 
 
+def test_export_never_leaves_a_file_that_is_only_part_of_one(
+    made: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """An export that fails half-way (here: a damaged record in the middle of the log)
+    left the events before it in the file, a valid export of part of the database that
+    import takes without a word. The file appears whole or not at all; an output that
+    cannot be written is one line (it was a traceback); '-' is standard output."""
+    db, _ = made
+    file = tmp_path / "backup.cbor"
+    seg = _segment(db)
+    data = bytearray(seg.read_bytes())
+    data[400] ^= 0xFF  # a record in the middle
+    seg.write_bytes(bytes(data))
+    ran = kdelta(db, "export", "-o", str(file))
+    assert ran.code == 3
+    assert not file.exists() and list(tmp_path.iterdir()) == [db.parent / "db"]
+    failed(kdelta(db, "export", "-o", str(tmp_path / "no" / "such" / "dir.cbor")), 2, "cannot")
+    failed(kdelta(db, "export", "-o", str(tmp_path)), 2, "cannot")
+    seg.write_bytes(bytes(data[:400]) + bytes([data[400] ^ 0xFF]) + bytes(data[401:]))
+    env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+    done = subprocess.run(
+        [KDELTA, "--db", str(db), "export", "-o", "-"],
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert len(done.stdout.splitlines()) == 8 and not (tmp_path / "-").exists()
+
+
 def test_export_to_standard_output_is_json_lines(made: tuple[Path, dict[str, Any]]) -> None:
     db, facts = made
     lines = kdelta(db, "export").lines()
