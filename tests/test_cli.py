@@ -524,6 +524,24 @@ def test_verify_checks_the_checkpoint_against_a_replay(made: tuple[Path, dict[st
     assert any("section 'kv' disagrees" in p["message"] for p in ran.json()["problems"])
 
 
+def test_verify_reports_files_it_cannot_read_with_the_rest(
+    made: tuple[Path, dict[str, Any]],
+) -> None:
+    """A checkpoint that cannot be read (here: a directory in its place) is one more
+    problem in the report, not the one line verify ended with."""
+    db, _ = made
+    (db / CHECKPOINT_FILE).unlink()
+    (db / CHECKPOINT_FILE).mkdir()
+    seg = _segment(db)
+    data = bytearray(seg.read_bytes())
+    data[400] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    ran = kdelta(db, "--json", "verify")
+    assert ran.code == 3
+    where = [p["where"] for p in ran.json()["problems"]]
+    assert "checkpoint" in where and any(w.startswith("logs/storage/") for w in where)
+
+
 def test_corruption_is_exit_3_in_one_line(made: tuple[Path, dict[str, Any]]) -> None:
     """A record the checkpoint proves durable is damaged (alice's first version): what
     needs it fails with exit 3 naming the damage, what does not still answers."""
