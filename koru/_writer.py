@@ -272,6 +272,10 @@ class Writer:
 
     # -- events from elsewhere -----------------------------------------------------------
 
+    # Shielded from KeyboardInterrupt like write(), and for a second reason: decoding
+    # runs callbacks from C (cbor2), and an interrupt raised inside one is reported as
+    # "Exception ignored" and lost. A call takes in one chunk; Ctrl-C comes after it.
+    @enable_ki_protection
     def take_in(self, events: Iterable[bytes]) -> IngestResult:
         """Offer each event to the ingest path (not yet acknowledged when any was
         accepted: ``result.accepted``)."""
