@@ -113,6 +113,14 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     failed(kdelta(tmp_path, "get", "no-slash"), 2, "NAMESPACE/KEY")
 
 
+def test_names_that_are_not_unicode_are_usage_errors(made: tuple[Path, dict[str, Any]]) -> None:
+    """A byte that is not UTF-8 in an argument reaches Python as a lone surrogate: one
+    line and exit 2, as for any bad name (it was a UnicodeEncodeError traceback)."""
+    db, _ = made
+    for args in (("get", "users/\udcff"), ("log", "\udcff/k"), ("keys", "\udcff")):
+        failed(kdelta(db, *args), 2, "not valid Unicode")
+
+
 # -- data commands -------------------------------------------------------------------------------
 
 

@@ -277,3 +277,25 @@ async def test_one_shot_reads_equal_a_read_only_open(
             assert await _answers(one.reads, keys, awaited=False) == expected
             assert {ns: one.reads.keys(ns) for ns in listings} == listings
             assert one.reads.namespaces() == namespaces
+
+
+@pytest.mark.parametrize("name", ["\udcff", "", "n" * 1025])
+async def test_names_are_checked_as_the_database_checks_them(tmp_path: Path, name: str) -> None:
+    """A name that is not one (a byte that is not UTF-8 on the command line arrives as
+    a lone surrogate) is InvalidDataError from every read, as from the database: it
+    was a UnicodeEncodeError inside a table's search, or a plain "not found"."""
+    await build(tmp_path)
+    with Snapshot(tmp_path) as one:
+        reads = one.reads
+        for call in (
+            lambda ns, k: reads.versioned(ns, k),
+            lambda ns, k: reads.at(ns, k, 10**18),
+            lambda ns, k: reads.history(ns, k),
+            lambda ns, k: reads.diff(ns, k),
+            lambda ns, k: reads.contains(ns, k),
+        ):
+            for ns, key in (("users", name), (name, "u1")):
+                with pytest.raises(koru.InvalidDataError):
+                    call(ns, key)
+        with pytest.raises(koru.InvalidDataError):
+            reads.keys(name)

@@ -76,9 +76,13 @@ def existing_database(args: argparse.Namespace) -> Path:
 
 def split_key(text: str) -> tuple[str, str]:
     """``NS/KEY``, split at the first ``/`` (a key may hold more)."""
+    from koru.events import check_name
+
     namespace, sep, key = text.partition("/")
     if not sep or not namespace or not key:
         raise Usage(f"expected NAMESPACE/KEY, not {text!r}")
+    check_name(namespace, "namespace")  # before anything is read (exit 2)
+    check_name(key, "key")
     return namespace, key
 
 
