@@ -5,6 +5,7 @@ what was written after the checkpoint, and never a value that is not proven."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,42 @@ async def test_names_are_checked_as_the_database_checks_them(tmp_path: Path, nam
                     call(ns, key)
         with pytest.raises(koru.InvalidDataError):
             reads.keys(name)
+
+
+class _Ahead:
+    """A peer's clock half an hour ahead (ingest takes timestamps up to an hour ahead)."""
+
+    def now_ns(self) -> int:
+        return time.time_ns() + 30 * 60 * 10**9  # clock-ok: beside the system clock
+
+
+@pytest.mark.parametrize("when", ["before the checkpoint", "after the checkpoint"])
+async def test_a_time_to_live_is_judged_by_the_databases_newest_timestamp(
+    tmp_path: Path, when: str
+) -> None:
+    """The database judges expiry by the later of its clock and its newest timestamp,
+    of any log (so an expired value never comes back). A one-shot read took the newest
+    timestamp of key/value writes only: with a peer's event of another log half an
+    hour ahead, a value ten minutes from expiry was absent for the database and
+    present for kdelta get and kdelta keys."""
+    from koru.events import ESSENCE, GenomeEvent
+
+    async with koru.open(tmp_path) as db, koru.open(":memory:", clock=_Ahead()) as peer:
+        await db.put("s", "a", "short-lived", ttl=600)
+        await db.put("s", "b", "long-lived", ttl=86_400)
+        peer._writer.emit(ESSENCE, lambda header: GenomeEvent(*header, b"genome"))
+        if when == "after the checkpoint":
+            await db.checkpoint()
+        ahead = await peer.feed_events(peer.node_id, ESSENCE)
+        assert (await db.ingest(ahead)).accepted == 1
+        if when == "before the checkpoint":
+            await db.checkpoint()
+        saved = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    (tmp_path / CHECKPOINT_FILE).write_bytes(saved)  # as if the close had been cut short
+    async with koru.open(tmp_path, readonly=True) as db:
+        assert await db.keys("s") == ["b"]
+        expected = [await db.contains("s", k) for k in "ab"]
+    with Snapshot(tmp_path) as one:
+        assert not one.full
+        assert [one.reads.contains("s", k) for k in "ab"] == expected
+        assert one.reads.keys("s") == ["b"]
