@@ -1046,7 +1046,7 @@ class FileStore:
             raise CorruptLogError("?", 0, offset, f"location {location:#x} names no agent")
         log = self._logs[AGENTS[idx]]
         path = log.path(seg)
-        if seg not in log.segments:
+        if seg not in log.segments and not self._written_since(log, seg):
             raise CorruptLogError(log.name, 0, offset, "a value's segment is missing", path)
         if seg == log.seg and offset >= log.flushed:
             self._flush_log(log)
@@ -1075,6 +1075,16 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
         return event
+
+    def _written_since(self, log: _AgentLog, seg: int) -> bool:
+        """True if ``seg`` was not listed when this read-only handle opened but is now:
+        another process wrote it since. Why: :meth:`records` lists the segments again
+        and names locations in new ones, and what it names must be readable here."""
+        if not self.readonly:
+            return False
+        if (log.index, seg) in self._readers:
+            return True
+        return seg in self._agent_log(log.name).segments
 
     def locate(self, location: int) -> tuple[str, int, int, str]:
         idx, seg, offset = unpack_location(location)

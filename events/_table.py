@@ -183,7 +183,10 @@ class Table:
 
     def get(self, namespace: str, key: str) -> bytes | None:
         """The value of (namespace, key), or None if the table has none."""
-        target = (namespace.encode(), key.encode())
+        try:
+            target = (namespace.encode(), key.encode())
+        except UnicodeEncodeError:  # not a name (a lone surrogate): no table holds it
+            return None
         i = self._search(target)
         if i < self._count:
             ns, k, value = self._entry(i)
@@ -193,7 +196,10 @@ class Table:
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
         """(key, value) of every key of ``namespace``, in key order."""
-        ns = namespace.encode()
+        try:
+            ns = namespace.encode()
+        except UnicodeEncodeError:  # not a name: no table holds it
+            return
         i = self._search((ns, b""))
         while i < self._count:
             name, key, value = self._entry(i)

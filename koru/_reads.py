@@ -66,6 +66,13 @@ class KeyReads:
         self.values = values
         self.now = now
 
+    @staticmethod
+    def _names(namespace: str, key: str) -> None:
+        # The database checks names before it reads; the command line reads here
+        # directly, so the one rule is applied here too (cheap for ASCII names).
+        check_name(namespace, "namespace")
+        check_name(key, "key")
+
     def _value(self, namespace: str, key: str, r: VersionRecord) -> Any:
         assert r.content_id is not None
         return decode_value(self.values.value_bytes(r.content_id, r.location, namespace, key))
@@ -75,6 +82,7 @@ class KeyReads:
 
     def versioned(self, namespace: str, key: str) -> Versioned:
         """The current value with its metadata (KeyNotFoundError if none)."""
+        self._names(namespace, key)
         r = self.kv.current(namespace, key)
         if r is None or r.deleted or (r.expires is not None and r.expired(self.now())):
             raise KeyNotFoundError(namespace, key)
@@ -82,6 +90,7 @@ class KeyReads:
 
     def at(self, namespace: str, key: str, at: Any) -> Versioned:
         """The value current at ``at`` (NoValueAtTimeError if none then)."""
+        self._names(namespace, key)
         when = to_ns(at)
         r = self.kv.at(namespace, key, when)
         if r is None or r.deleted or r.expired(when):
@@ -97,6 +106,7 @@ class KeyReads:
         latest: int | None = None,
     ) -> list[Versioned]:
         """Every version, oldest first, deletions included (value None)."""
+        self._names(namespace, key)
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
         recs = self.kv.history_raw(namespace, key)
@@ -124,6 +134,7 @@ class KeyReads:
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff:
         """A structural diff between two versions (history index or write id prefix)."""
+        self._names(namespace, key)
         recs = self.kv.history(namespace, key)
         old, new = pick_version(recs, from_version), pick_version(recs, to_version)
         values = [
@@ -146,6 +157,7 @@ class KeyReads:
 
     def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current value (not deleted, not expired)."""
+        self._names(namespace, key)
         kv = self.kv
         if kv.live_content_id(namespace, key) is None:
             return False

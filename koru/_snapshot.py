@@ -4,7 +4,8 @@ Why: ``kdelta get`` is a process that starts, answers one key and exits. It rest
 the key/value projection from the checkpoint, which costs what the checkpoint's small
 parts cost (its version records are in tables, read in place: a key nobody asks for is
 never read), folds the storage log past the checkpoint's cursor (verified from the
-cursor's root, so what was written since is seen, also while another process writes),
+cursor's root, so what was written since is seen, also while another process writes)
+and finds the newest timestamp of every log, by which a time to live is judged,
 and reads values from the log, proven against their content ids, exactly as an open
 database does (:class:`~koru._reads.KeyReads` is the same code).
 
@@ -20,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from koru.events import STORAGE, FileStore, KoruError, decode_trusted
+from koru.events import AGENTS, STORAGE, FileStore, KoruError, decode_trusted
 from koru.projections import CHECKPOINT_FILE, KvState, decode_checkpoint, open_tables
 
 from ._cache import ValueCache
@@ -51,28 +52,31 @@ class Snapshot:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.store = FileStore(path, readonly=True)
         try:
-            kv: KvState | None
+            found: tuple[KvState, int] | None
             try:
-                kv = self._from_checkpoint()
+                found = self._from_checkpoint()
             except (_Unusable, KoruError):
-                kv = None
-            self.full = kv is None
+                found = None
+            self.full = found is None
             placements: Sequence[Callable[[bytes], int | None]] = ()
-            if kv is None:
+            if found is None:
                 from ._loader import load  # only when needed: it costs imports
 
                 loaded = load(self.store)
-                kv, placements = loaded.kv, loaded.projections.placements
+                kv, newest, placements = loaded.kv, loaded.hlc, loaded.projections.placements
+            else:
+                kv, newest = found
             values = ValueReader(self.store, ValueCache(_CACHE_BYTES), placements)
-            state = kv
-            # clock-ok: a one-shot read judges time-to-live by this machine's clock, and
-            # never earlier than the newest timestamp in the database.
-            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), state.max_hlc))
+            # clock-ok: a one-shot read judges time-to-live as the database does: by this
+            # machine's clock, never earlier than the newest timestamp of any log.
+            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), newest))
         except BaseException:
             self.store.close()
             raise
 
-    def _from_checkpoint(self) -> KvState:
+    def _from_checkpoint(self) -> tuple[KvState, int]:
+        """The key/value state and the newest timestamp of any log, as a load would
+        find them: the checkpoint's, then every log past its cursor."""
         store = self.store
         raw = store.read_file(CHECKPOINT_FILE)
         if raw is None:
@@ -85,11 +89,18 @@ class Snapshot:
             kv = KvState.restore(open_tables(section[1], store.open_table))
         except (ValueError, TypeError, KeyError) as exc:
             raise _Unusable(f"unusable section: {exc!r}") from None
-        # What was written since the checkpoint.
-        cursor = checkpoint.cursors.get(STORAGE)
-        for record in store.records(STORAGE, after=cursor):
-            kv.apply(decode_trusted(record.data), record.event_id, record.location)
-        return kv
+        # What was written since the checkpoint: key/value writes in the storage log,
+        # and a later timestamp in any log (the database judges expiry by it).
+        newest = checkpoint.hlc
+        present = store.agents()
+        for agent in [a for a in AGENTS if a in checkpoint.cursors or a in present]:
+            for record in store.records(agent, after=checkpoint.cursors.get(agent)):
+                event = decode_trusted(record.data)
+                if event.hlc > newest:
+                    newest = event.hlc
+                if agent == STORAGE:
+                    kv.apply(event, record.event_id, record.location)
+        return kv, newest
 
     def close(self) -> None:
         self.store.close()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
+from trio.lowlevel import enable_ki_protection
+
 from koru.events import (
     AGENTS,
     STORAGE,
@@ -109,6 +111,11 @@ class Writer:
 
     # -- the one write path -------------------------------------------------------------
 
+    # Why shielded from KeyboardInterrupt: Ctrl-C raises it at whatever line the main
+    # thread is running, and here that would leave an appended event unfolded (or half
+    # folded), a state the checkpoint written on close would then make permanent. trio
+    # delivers it at the next checkpoint instead; nothing here yields.
+    @enable_ki_protection
     def write(self, event: Event, data: bytes, eid: bytes) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
         checkpoints: for local events and ingested ones alike."""
@@ -265,6 +272,10 @@ class Writer:
 
     # -- events from elsewhere -----------------------------------------------------------
 
+    # Shielded from KeyboardInterrupt like write(), and for a second reason: decoding
+    # runs callbacks from C (cbor2), and an interrupt raised inside one is reported as
+    # "Exception ignored" and lost. A call takes in one chunk; Ctrl-C comes after it.
+    @enable_ki_protection
     def take_in(self, events: Iterable[bytes]) -> IngestResult:
         """Offer each event to the ingest path (not yet acknowledged when any was
         accepted: ``result.accepted``)."""

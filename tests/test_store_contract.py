@@ -968,6 +968,30 @@ def test_records_reports_a_damaged_record_that_does_not_change_when_read_again(
         reader.close()
 
 
+def test_a_reader_reads_every_location_its_records_name(tmp_path: Path) -> None:
+    """A read-only handle lists segments again when it reads records (another process
+    writes more); the values at the locations those records name must be readable
+    through the same handle, also in segments created after it opened. (A one-shot
+    ``kdelta get`` beside a writer rotating segments reported "a value's segment is
+    missing" as corruption.)"""
+    path = tmp_path / "db"
+    writer = open_store(path, segment_size=400)
+    events = make_events(60, size=30)
+    append_all(writer, events[:5])
+    writer.sync()
+    reader = FileStore(path, readonly=True)  # listed while the writer has one segment
+    try:
+        append_all(writer, events[5:])  # several more segments
+        writer.flush()
+        records = list(reader.records(AGENT))
+        assert len(records) == 60 and unpack_location(records[-1].location)[1] > 1
+        for record in records:
+            assert reader.read(record.location) == record.data
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_a_sync_cut_short_never_lets_a_later_sync_report_success() -> None:
     """A sync interrupted inside fdatasync (here by a power cut) has already taken the
     logs' dirty flags: a later sync would find nothing to do and say "synced" for

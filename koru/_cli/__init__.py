@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # kdelta events | head
-        sys.stderr.close()
+        _quiet_stdout()
         return 0
     except Exception as exc:
         code = _code_of(exc)
@@ -112,6 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(code, str(exc))
     return code if isinstance(code, int) else 0
+
+
+def _quiet_stdout() -> None:
+    """The reader closed the pipe: what is still buffered for it goes nowhere, so the
+    interpreter's last flush neither fails (exit 120) nor complains on stderr."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _code_of(exc: Exception) -> int | None:

@@ -76,9 +76,13 @@ def existing_database(args: argparse.Namespace) -> Path:
 
 def split_key(text: str) -> tuple[str, str]:
     """``NS/KEY``, split at the first ``/`` (a key may hold more)."""
+    from koru.events import check_name
+
     namespace, sep, key = text.partition("/")
     if not sep or not namespace or not key:
         raise Usage(f"expected NAMESPACE/KEY, not {text!r}")
+    check_name(namespace, "namespace")  # before anything is read (exit 2)
+    check_name(key, "key")
     return namespace, key
 
 
@@ -93,15 +97,24 @@ def parse_time(text: str) -> int | str:
     """A moment from the command line: int nanoseconds since the epoch, ISO-8601 with
     an offset, or a time relative to now (``90s ago``, ``5 minutes ago``, ``2h ago``,
     ``1 day ago``)."""
-    if text.isdigit():
-        return int(text)
+    # Why ASCII only and the conversions guarded: str.isdigit() holds for digits int()
+    # refuses ("²"), int() refuses more than 4300 digits, and a float of many digits is
+    # infinite; each was a traceback.
+    if text.isascii() and text.isdigit():
+        try:
+            return int(text)
+        except ValueError:
+            raise Usage(f"not a usable time: {text[:40]!r}... has too many digits") from None
     relative = _AGO.match(text.lower())
     if relative is None:
         return text
     amount, unit = relative.groups()
     scale = _UNITS[unit if unit == "ms" else unit[0]]
     now = time.time_ns()  # clock-ok: "ago" means now by the wall clock of this shell
-    return now - int(float(amount) * scale)
+    try:
+        return now - int(float(amount) * scale)
+    except OverflowError:
+        raise Usage(f"not a usable time: {text[:40]!r} is too far back") from None
 
 
 def parse_value(text: str) -> Any:
@@ -109,15 +122,20 @@ def parse_value(text: str) -> Any:
     ``-`` reads it from standard input, ``@FILE`` from a file."""
     from ._output import from_json
 
+    raw: str | bytes = text
+    # Bytes from a file or standard input: json.loads decodes them (UTF-8, or UTF-16/32
+    # with a BOM) and reports bytes that are not text as invalid JSON.
     if text == "-":
-        text = sys.stdin.read()
+        raw = sys.stdin.buffer.read()
     elif text.startswith("@"):
         try:
-            text = Path(text[1:]).read_text()
+            raw = Path(text[1:]).read_bytes()
         except OSError as exc:
             raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
-        return from_json(json.loads(text))
+        return from_json(json.loads(raw))
+    except RecursionError:
+        raise Usage("the value nests too deeply") from None
     except (ValueError, TypeError) as exc:
         raise Usage(f"the value is not valid JSON: {exc}") from None
 

@@ -128,7 +128,10 @@ def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool)
     notes: list[str] = []
     try:
         if checkpoint:
-            found, notes = audit_checkpoint(store)
+            try:
+                found, notes = audit_checkpoint(store)
+            except KoruError as exc:  # a file it reads cannot be read: one more problem
+                found, notes = [str(exc)], []
             problems.extend(_problem("error", "checkpoint", message) for message in found)
         else:
             notes.append("the checkpoint was not checked (--logs-only)")
