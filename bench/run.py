@@ -15,6 +15,7 @@ is the median of its rounds. See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -48,6 +49,7 @@ GROUPS = (
     "cli",
     "memory",
     "tiers",
+    "query_scan",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -79,10 +81,11 @@ class Sizes:
     cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
     big_keys: int  # keys of 1 KB for the tiers group (and ten times as many events)
     latency_events: int  # puts whose every wait is measured
+    query_docs: int  # documents in the query benchmarks
 
 
-FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000)
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000, 100_000)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000, 10_000)
 
 
 @dataclass
@@ -695,6 +698,91 @@ async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("slowest put", max(waits) * 1e3, 10.0, "ms", at_least=False)
 
 
+# -- queries -----------------------------------------------------------------------------
+
+CITIES = ("Paris", "London", "Berlin", "Rome", "Madrid", "Oslo", "Vienna", "Prague")
+
+
+def document(i: int) -> dict[str, Any]:
+    """A query benchmark document: 8 cities, ages 0-89, 1,000 groups."""
+    return {
+        "name": f"user{i}",
+        "age": (i * 7919) % 90,
+        "city": CITIES[(i * 31) % 8],
+        "group": i % 1000,
+        "active": i % 3 != 0,
+        "score": (i * 0.37) % 100,
+    }
+
+
+async def query_fixture(
+    tmp: Path, name: str, n: int
+) -> tuple[contextlib.AbstractAsyncContextManager[koru.Database], sqlite3.Connection]:
+    """A koru database and a sqlite3 table of the same ``n`` documents (JSON text)."""
+    conn = sqlite3.connect(str(tmp / f"{name}.sqlite"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE docs (key TEXT PRIMARY KEY, value TEXT)")
+    conn.executemany(
+        "INSERT INTO docs VALUES (?, ?)",
+        ((f"u{i:06}", json.dumps(document(i))) for i in range(n)),
+    )
+    conn.commit()
+    opened = koru.open(tmp / name, sync="never")
+    return opened, conn
+
+
+async def load_documents(db: koru.Database, n: int) -> None:
+    for start in range(0, n, 1000):
+        await db.put_batch(
+            [(NS, f"u{i:06}", document(i)) for i in range(start, min(n, start + 1000))]
+        )
+
+
+async def bench_query_scan(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_scan", n)
+    q = koru.Query().where(koru.F("age") >= 30, koru.F("city") == "Paris").order_by("-age")
+    q = q.limit(100)
+    sql = (
+        "SELECT key, value FROM docs WHERE json_extract(value, '$.age') >= 30 "
+        "AND json_extract(value, '$.city') = 'Paris' "
+        "ORDER BY json_extract(value, '$.age') DESC, key LIMIT 100"
+    )
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            began = perf()
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            report.note(
+                f"query_scan: the first query decoded the {n:,} documents into the "
+                f"document cache in {(perf() - began) * 1e3:.0f} ms; the row is the warm scan"
+            )
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want:
+                report.note(f"query_scan MISMATCH: koru {got[:3]} vs sqlite {want[:3]}")
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            k, s = await interleave(sizes, kq, sq, chunk=1)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"query filter+sort, {n:,} docs, full scan vs sqlite json_extract",
+            1e3 / k,
+            1e3 / s,
+            "ms/query",
+            higher_is_better=False,
+        )
+    )
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -816,6 +904,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             bench_memory(sizes, report)
         elif group == "tiers":
             await bench_tiers(sizes, tmp, report)
+        elif group == "query_scan":
+            await bench_query_scan(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -25,6 +25,7 @@ from ._errors import DataLossError as DataLossError
 from ._errors import DurabilityError as DurabilityError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
+from ._errors import InvalidQueryError as InvalidQueryError
 from ._errors import KeyNotFoundError as KeyNotFoundError
 from ._errors import KoruError as KoruError
 from ._errors import NotFoundError as NotFoundError
@@ -124,6 +125,7 @@ __all__ = [
     "HybridLogicalClock",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
     "LogStore",

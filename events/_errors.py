@@ -22,6 +22,7 @@ __all__ = [
     "DurabilityError",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
     "NoValueAtTimeError",
@@ -70,6 +71,20 @@ class InvalidDataError(KoruError, ValueError):
 class InvalidArgumentError(InvalidDataError, TypeError):
     """An argument of a call (an option of ``koru.open``, a parameter of a method) has
     the wrong type or is out of range; the message names the argument."""
+
+
+class InvalidQueryError(InvalidArgumentError):
+    """A query (its Python form or its data form) that cannot be answered: an unknown
+    operator, a path that is not a dotted string, an invalid or unsafe regular
+    expression, an aggregation over values it cannot combine. ``field`` names where in
+    the query (``"where[1].path"``, ``"aggregate"``) or which document field; ``reason``
+    says why. Raised before any work, or, for a value only the data reveals (a sum
+    meeting a string), instead of an answer: a query never returns a wrong one."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"bad query: {field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class CodecError(KoruError, ValueError):

@@ -43,19 +43,25 @@ _EXPORTS: dict[str, str] = {
     "GenomeCheck": "koru._genome",
     "ProcessInfo": "koru.nursery",
     "DurabilityError": "koru.events",
+    "F": "koru.projections",
+    "Filter": "koru.projections",
+    "Group": "koru.projections",
     "InvalidArgumentError": "koru.events",
     "InvalidDataError": "koru.events",
+    "InvalidQueryError": "koru.events",
     "KeyNotFoundError": "koru.events",
     "KoruError": "koru.events",
     "MAX_NAME_BYTES": "koru.events",
     "MEMORY": "koru._open",
     "NoValueAtTimeError": "koru.events",
     "NotFoundError": "koru.events",
+    "Query": "koru.projections",
     "ReadOnlyError": "koru.events",
     "Stats": "koru._types",
     "Tiers": "koru._types",
     "IngestResult": "koru._types",
     "Refused": "koru._types",
+    "Row": "koru.projections",
     "StorageError": "koru.events",
     "SystemClock": "koru.nursery",
     "TrioClock": "koru.nursery",
@@ -97,6 +103,7 @@ if _typing.TYPE_CHECKING:
     from .events import DurabilityError as DurabilityError
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
+    from .events import InvalidQueryError as InvalidQueryError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
     from .events import NotFoundError as NotFoundError
@@ -108,6 +115,11 @@ if _typing.TYPE_CHECKING:
     from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
     from .nursery import TrioClock as TrioClock
+    from .projections import F as F
+    from .projections import Filter as Filter
+    from .projections import Group as Group
+    from .projections import Query as Query
+    from .projections import Row as Row
 
 __all__ = [
     "Change",
@@ -127,8 +139,12 @@ __all__ = [
     "Genome",
     "GenomeCheck",
     "DurabilityError",
+    "F",
+    "Filter",
+    "Group",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
     "MAX_NAME_BYTES",
@@ -136,9 +152,11 @@ __all__ = [
     "NoValueAtTimeError",
     "NotFoundError",
     "ProcessInfo",
+    "Query",
     "ReadOnlyError",
     "IngestResult",
     "Refused",
+    "Row",
     "Stats",
     "StorageError",
     "SystemClock",

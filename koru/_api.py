@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from koru.nursery import ProcessInfo
+from koru.projections import Query
 
 from ._diff import Diff
 from ._genome import Genome
@@ -70,6 +71,8 @@ class DatabaseAPI(Protocol):
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff: ...
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

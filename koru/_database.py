@@ -28,13 +28,14 @@ from koru.events import (
     check_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections
+from koru.projections import FeedState, KvState, Projection, Projections, Query
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff
 from ._genome import Genome, genome_of
 from ._lifecycle import Lifecycle
+from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
@@ -94,6 +95,8 @@ class Database:
         )
         self._checkpointer = self._writer.checkpointer
         self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
+        self._queries = QueryEngine(self._kv, self._values, self._writer.read_time)
+        self._writer.observers.append(self._queries.observe)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -285,6 +288,23 @@ class Database:
         """
         await self._enter_key(namespace, key)
         return self._reads.diff(namespace, key, from_version, to_version)
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
+        """Answer a :class:`~koru.Query` (or its data form) over the namespace's current
+        documents, or over their values at time ``at`` (as ``get_at`` takes it).
+
+        Returns a list of :class:`~koru.Row` (key, value), or with an aggregation its
+        value, or with ``group_by`` a list of :class:`~koru.Group` (group, value).
+
+        Raises:
+            InvalidQueryError: a malformed query, or an aggregation over values it
+                cannot combine (naming the field and a key); checked before any work.
+            InvalidDataError: a bad namespace or time.
+        """
+        await self._life.enter()
+        return self._queries.query(namespace, query, at)
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 
