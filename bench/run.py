@@ -50,6 +50,7 @@ GROUPS = (
     "memory",
     "tiers",
     "query_scan",
+    "query_index",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -783,6 +784,62 @@ async def bench_query_scan(sizes: Sizes, tmp: Path, report: Report) -> None:
     )
 
 
+async def bench_query_index(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_index", n)
+    conn.execute("CREATE INDEX docs_group ON docs (json_extract(value, '$.group'))")
+    conn.commit()
+    q = koru.Query().where(koru.F("group") == 17)
+    sql = "SELECT key, value FROM docs WHERE json_extract(value, '$.group') = 17 ORDER BY key"
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            unindexed = [(r.key, r.value) for r in await db.query(NS, q)]
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            scan, _ = await interleave(sizes, kq, sq, chunk=1)
+            began = perf()
+            await db.create_index(NS, "group")
+            report.note(
+                f"query_index: create_index filled the index over {n:,} documents in "
+                f"{(perf() - began) * 1e3:.0f} ms"
+            )
+            plan = await db.explain(NS, q)
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want or got != unindexed or not plan.uses_index:
+                report.note(f"query_index MISMATCH ({plan.reason}): {got[:2]} vs {want[:2]}")
+            k, s = await interleave(sizes, kq, sq, chunk=16)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"indexed eq query ({len(got)} of {n:,} docs) vs sqlite expression index",
+            1e6 / k,
+            1e6 / s,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Row(
+            "indexed eq query vs koru's own full scan",
+            1e6 / k,
+            1e6 / scan,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.target("index speed-up over the full scan", k / scan, 50.0, "x", at_least=True)
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -906,6 +963,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_tiers(sizes, tmp, report)
         elif group == "query_scan":
             await bench_query_scan(sizes, tmp, report)
+        elif group == "query_index":
+            await bench_query_index(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -55,6 +55,9 @@ from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
 from ._memory_store import MemoryStore as MemoryStore
 from ._names import check_name as check_name
 from ._names import name_problem as name_problem
+from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
+from ._query_events import IndexEvent as IndexEvent
+from ._query_events import ViewEvent as ViewEvent
 from ._registry import EventType as EventType
 from ._registry import Header as Header
 from ._registry import event_type_of as event_type_of
@@ -91,6 +94,7 @@ __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "ESSENCE",
+    "INDEX_ACTIONS",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",
     "MAX_NAME_BYTES",
@@ -123,6 +127,7 @@ __all__ = [
     "Header",
     "FileStore",
     "HybridLogicalClock",
+    "IndexEvent",
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidQueryError",
@@ -139,6 +144,7 @@ __all__ = [
     "StorageError",
     "Table",
     "VersionNotFoundError",
+    "ViewEvent",
     "Write",
     "agent_index",
     "cbor_head",

@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "Stats": "koru._types",
     "Tiers": "koru._types",
     "IngestResult": "koru._types",
+    "IndexInfo": "koru._indexing",
+    "QueryPlan": "koru.projections",
     "Refused": "koru._types",
     "Row": "koru.projections",
     "StorageError": "koru.events",
@@ -82,6 +84,7 @@ if _typing.TYPE_CHECKING:
     from ._genome import Genome as Genome
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
+    from ._indexing import IndexInfo as IndexInfo
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
@@ -119,6 +122,7 @@ if _typing.TYPE_CHECKING:
     from .projections import Filter as Filter
     from .projections import Group as Group
     from .projections import Query as Query
+    from .projections import QueryPlan as QueryPlan
     from .projections import Row as Row
 
 __all__ = [
@@ -155,6 +159,8 @@ __all__ = [
     "Query",
     "ReadOnlyError",
     "IngestResult",
+    "IndexInfo",
+    "QueryPlan",
     "Refused",
     "Row",
     "Stats",

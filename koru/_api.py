@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from koru.nursery import ProcessInfo
-from koru.projections import Query
+from koru.projections import Query, QueryPlan
 
 from ._diff import Diff
 from ._genome import Genome
+from ._indexing import IndexInfo
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 
 __all__ = ["DatabaseAPI"]
@@ -73,6 +74,16 @@ class DatabaseAPI(Protocol):
     ) -> Diff: ...
 
     async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any: ...
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan: ...
+
+    async def create_index(self, namespace: str, field: str) -> bool: ...
+
+    async def drop_index(self, namespace: str, field: str) -> None: ...
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

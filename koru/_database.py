@@ -28,12 +28,14 @@ from koru.events import (
     check_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections, Query
+from koru.projections import FeedState, KvState, Projection, Projections, Query, QueryPlan
+from koru.projections._indexes import Indexes
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff
 from ._genome import Genome, genome_of
+from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
 from ._queries import QueryEngine
 from ._reader import ValueReader
@@ -95,7 +97,8 @@ class Database:
         )
         self._checkpointer = self._writer.checkpointer
         self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
-        self._queries = QueryEngine(self._kv, self._values, self._writer.read_time)
+        indexes = cast(Indexes, projections["indexes"])
+        self._queries = QueryEngine(self._kv, self._values, indexes, self._writer)
         self._writer.observers.append(self._queries.observe)
         self._statistics = Statistics(
             path,
@@ -305,6 +308,45 @@ class Database:
         """
         await self._life.enter()
         return self._queries.query(namespace, query, at)
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan:
+        """How :meth:`query` would read the namespace: which indexes narrow the
+        documents (and to how many), or why it scans them all."""
+        await self._life.enter()
+        return self._queries.explain(namespace, query, at)
+
+    async def create_index(self, namespace: str, field: str) -> bool:
+        """Keep a secondary index of ``namespace`` on the field path ``field``, used by
+        ``eq``, ``in`` and comparison filters from then on (results never change, only
+        their speed). Defined by an event, so it exists again after a restart and on
+        peers; filled from the current documents before this returns. Returns False
+        (writing nothing) if the index exists already. The namespace may be empty.
+
+        Raises:
+            InvalidQueryError: ``field`` is not a path. InvalidDataError: bad namespace.
+        """
+        await self._life.enter_write()
+        created = self._queries.indexing.create(namespace, field)
+        if created:
+            await self._writer.acknowledge()
+        return created
+
+    async def drop_index(self, namespace: str, field: str) -> None:
+        """Stop keeping the index (an event; queries scan again).
+
+        Raises:
+            NotFoundError: there is no such index.
+        """
+        await self._life.enter_write()
+        self._queries.indexing.drop(namespace, field)
+        await self._writer.acknowledge()
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]:
+        """The secondary indexes (of one namespace, or all), sorted."""
+        await self._life.enter()
+        return self._queries.indexing.listing(namespace)
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 

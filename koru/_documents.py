@@ -16,6 +16,7 @@ evicted first); a namespace bigger than the budget is decoded on every scan inst
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -24,16 +25,25 @@ from koru.projections import RECORD_SIZE, TOMBSTONE, KvState
 
 from ._history import decode_all
 
-__all__ = ["DOC_CACHE_BYTES", "DocumentCache", "Documents"]
+__all__ = [
+    "DOC_CACHE_BYTES",
+    "DocumentCache",
+    "Documents",
+    "live_records",
+    "read_live",
+    "read_values",
+]
 
 #: Default budget of decoded documents, counted as their encoded size (Python objects
 #: take several times that).
 DOC_CACHE_BYTES = 32 * 1024 * 1024
 
-# Where the content id, location and size sit in a packed version record.
-_CID, _LOC, _SIZE = 56, 120, 128
+# The content id, location and size of a packed version record, which start 56 bytes in.
+_TAIL = struct.Struct(">32s32xQI")
+_FROM_END = RECORD_SIZE - 56
 
 Reader = Callable[[bytes, int, str, str], bytes]
+Peek = Callable[[bytes], bytes | None]
 
 
 def live_records(
@@ -43,24 +53,43 @@ def live_records(
     them, or those in ``keys``), in the order given (sorted by key for all)."""
     pairs = kv.items(namespace) if keys is None else ((k, kv.packed(namespace, k)) for k in keys)
     out = []
-    base = -RECORD_SIZE
+    tail = _TAIL.unpack_from
     for key, blob in pairs:
         if blob is None or blob[-1] & TOMBSTONE:
             continue
-        out.append(
-            (
-                key,
-                bytes(blob[base + _CID : base + _CID + 32]),
-                int.from_bytes(blob[base + _LOC : base + _LOC + 8], "big"),
-                int.from_bytes(blob[base + _SIZE : base + _SIZE + 4], "big"),
-            )
-        )
+        out.append((key, *tail(blob, len(blob) - _FROM_END)))
     return out
 
 
-def read_values(read: Reader, namespace: str, recs: list[tuple[str, bytes, int, int]]) -> list[Any]:
-    """Decode the values of ``recs`` (from :func:`live_records`) with one cbor2 call."""
-    return decode_all([read(cid, loc, namespace, key) for key, cid, loc, _ in recs])
+def read_values(
+    read: Reader, namespace: str, recs: list[tuple[str, bytes, int, int]], peek: Peek
+) -> list[Any]:
+    """Decode the values of ``recs`` (from :func:`live_records`) with one cbor2 call;
+    ``peek`` looks in the value cache first (the usual case, one dict probe)."""
+    parts = []
+    for key, cid, loc, _ in recs:
+        data = peek(cid)
+        parts.append(data if data is not None else read(cid, loc, namespace, key))
+    return decode_all(parts)
+
+
+def read_live(
+    kv: KvState, namespace: str, keys: list[str], read: Reader, peek: Peek
+) -> tuple[list[str], list[Any]]:
+    """The live ones of ``keys`` and their current values, decoded with one cbor2 call
+    (:func:`live_records` and :func:`read_values` in one pass, for index lookups)."""
+    packed = kv.packed
+    tail = _TAIL.unpack_from
+    found, parts = [], []
+    for key in keys:
+        blob = packed(namespace, key)
+        if blob is None or blob[-1] & TOMBSTONE:
+            continue
+        cid, loc, _ = tail(blob, len(blob) - _FROM_END)
+        data = peek(cid)
+        parts.append(data if data is not None else read(cid, loc, namespace, key))
+        found.append(key)
+    return found, decode_all(parts)
 
 
 class Documents:
@@ -78,14 +107,14 @@ class Documents:
         self.dirty: set[str] | None = None
         self.size = 0
 
-    def refresh(self, kv: KvState, read: Reader) -> None:
+    def refresh(self, kv: KvState, read: Reader, peek: Peek) -> None:
         """Bring the documents up to date with the projection."""
         ns = self.namespace
         if self.dirty is None:
             recs = live_records(kv, ns)
             self.keys = [r[0] for r in recs]
             self.sizes = [r[3] for r in recs]
-            self.docs = read_values(read, ns, recs)
+            self.docs = read_values(read, ns, recs, peek)
             self.index = {k: i for i, k in enumerate(self.keys)}
             self.size = sum(self.sizes)
             self.dirty = set()
@@ -95,7 +124,7 @@ class Documents:
         dirty = sorted(self.dirty)
         self.dirty = set()
         recs = live_records(kv, ns, dirty)
-        values = read_values(read, ns, recs)
+        values = read_values(read, ns, recs, peek)
         live = {r[0] for r in recs}
         reshape = False
         for (key, _, _, size), doc in zip(recs, values, strict=True):
@@ -123,11 +152,14 @@ class Documents:
 class DocumentCache:
     """Decoded documents of the namespaces scanned lately, within a byte budget."""
 
-    __slots__ = ("budget", "by_namespace", "kv", "read")
+    __slots__ = ("budget", "by_namespace", "kv", "peek", "read")
 
-    def __init__(self, kv: KvState, read: Reader, budget: int = DOC_CACHE_BYTES) -> None:
+    def __init__(
+        self, kv: KvState, read: Reader, peek: Peek, budget: int = DOC_CACHE_BYTES
+    ) -> None:
         self.kv = kv
         self.read = read
+        self.peek = peek
         self.budget = budget
         self.by_namespace: OrderedDict[str, Documents] = OrderedDict()
 
@@ -142,7 +174,7 @@ class DocumentCache:
         docs = self.by_namespace.get(namespace)
         if docs is None:
             docs = Documents(namespace)
-        docs.refresh(self.kv, self.read)
+        docs.refresh(self.kv, self.read, self.peek)
         self.by_namespace[namespace] = docs
         self.by_namespace.move_to_end(namespace)
         total = sum(d.size for d in self.by_namespace.values())

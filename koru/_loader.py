@@ -35,11 +35,12 @@ from koru.projections import (
     open_tables,
     table_names,
 )
+from koru.projections._indexes import Indexes
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, Indexes)
 
 
 @attrs.define(slots=True)

@@ -26,6 +26,7 @@ from ._newtable import NewTable as NewTable
 from ._newtable import TableRef as TableRef
 from ._order import MISSING as MISSING
 from ._order import order_key as order_key
+from ._planner import QueryPlan as QueryPlan
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
@@ -53,6 +54,7 @@ __all__ = [
     "Projection",
     "Projections",
     "Query",
+    "QueryPlan",
     "Row",
     "ValuePlacement",
     "VersionRecord",
