@@ -51,6 +51,7 @@ GROUPS = (
     "tiers",
     "query_scan",
     "query_index",
+    "views",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -840,6 +841,63 @@ async def bench_query_index(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("index speed-up over the full scan", k / scan, 50.0, "x", at_least=True)
 
 
+VIEW_QUERIES = [
+    koru.Query().where(koru.F("age") >= 30).count(),
+    koru.Query().where(koru.F("city") == "Paris").order_by("-age").limit(10),
+    koru.Query().group_by("city").avg("age"),
+    koru.Query().sum("score"),
+    koru.Query().max("age"),
+    koru.Query().where(koru.F("active") == True).group_by("group").count(),  # noqa: E712
+    koru.Query().distinct("city"),
+    koru.Query().where(koru.F("name").matches("^user1")).count(),
+    koru.Query().where(koru.F("age") < 18).select("name"),
+    koru.Query().where(koru.F("city").is_in(["Rome", "Oslo"]), koru.F("age") > 60).min("score"),
+]
+
+
+async def alternate_puts(
+    sizes: Sizes, plain: koru.Database, other: koru.Database
+) -> tuple[float, float]:
+    """Median put rates of two databases, measured in alternating rounds."""
+    counters = [[0], [0]]
+    rates: list[list[float]] = [[], []]
+    for _ in range(sizes.rounds):
+        for side, db in enumerate((plain, other)):
+
+            async def batch(m: int, db: koru.Database = db, c: list[int] = counters[side]) -> None:
+                i = c[0]
+                for j in range(i, i + m):
+                    await db.put(NS, f"u{j:07}", document(j))
+                c[0] = i + m
+
+            rates[side].append(await _rate_async(batch, sizes.round_s))
+    return statistics.median(rates[0]), statistics.median(rates[1])
+
+
+async def bench_views(sizes: Sizes, tmp: Path, report: Report) -> None:
+    async with (
+        koru.open(tmp / "views_none", sync="os") as plain,
+        koru.open(tmp / "views_ten", sync="os") as viewed,
+    ):
+        for i, q in enumerate(VIEW_QUERIES):
+            await viewed.create_view(f"v{i}", NS, q)
+        none, ten = await alternate_puts(sizes, plain, viewed)
+        written = (await viewed.stats()).keys
+        began = perf()
+        await viewed.view("v0")  # catches every view of the namespace up
+        took = perf() - began
+        report.note(
+            f"views: maintenance is deferred to the next read; reading one view after "
+            f"{written:,} puts caught all 10 views up in {took * 1e3:.0f} ms "
+            f"({took / max(written, 1) * 1e6:.1f} µs per written key, all views)"
+        )
+        for i, q in enumerate(VIEW_QUERIES):  # spot check: each view equals its query
+            if await viewed.view(f"v{i}") != await viewed.query(NS, q):
+                report.note(f"views MISMATCH: view v{i} differs from its query")
+    report.add(Row("put sync=os with 10 live views vs none", ten, none, "puts/s"))
+    report.target("puts with 10 views / without", ten / none, 0.7, "x", at_least=True)
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -965,6 +1023,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_query_scan(sizes, tmp, report)
         elif group == "query_index":
             await bench_query_index(sizes, tmp, report)
+        elif group == "views":
+            await bench_views(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     "Tiers": "koru._types",
     "IngestResult": "koru._types",
     "IndexInfo": "koru._indexing",
+    "ViewInfo": "koru._viewing",
     "QueryPlan": "koru.projections",
     "Refused": "koru._types",
     "Row": "koru.projections",
@@ -96,6 +97,7 @@ if _typing.TYPE_CHECKING:
     from ._types import Tiers as Tiers
     from ._types import Version as Version
     from ._types import Versioned as Versioned
+    from ._viewing import ViewInfo as ViewInfo
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
@@ -171,6 +173,7 @@ __all__ = [
     "Version",
     "VersionNotFoundError",
     "Versioned",
+    "ViewInfo",
     "default_path",
     "open",
     "verify_genome",

@@ -20,6 +20,7 @@ from ._diff import Diff
 from ._genome import Genome
 from ._indexing import IndexInfo
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
+from ._viewing import ViewInfo
 
 __all__ = ["DatabaseAPI"]
 
@@ -84,6 +85,18 @@ class DatabaseAPI(Protocol):
     async def drop_index(self, namespace: str, field: str) -> None: ...
 
     async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]: ...
+
+    async def create_view(
+        self, name: str, namespace: str, query: Query | dict[str, Any]
+    ) -> None: ...
+
+    async def view(self, name: str) -> Any: ...
+
+    async def refresh_view(self, name: str) -> None: ...
+
+    async def list_views(self) -> list[ViewInfo]: ...
+
+    async def delete_view(self, name: str) -> None: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

@@ -30,6 +30,7 @@ from koru.events import (
 from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import FeedState, KvState, Projection, Projections, Query, QueryPlan
 from koru.projections._indexes import Indexes
+from koru.projections._views import Views
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
@@ -42,6 +43,7 @@ from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
+from ._viewing import ViewInfo, Viewing
 from ._writer import Writer
 
 __all__ = ["Database"]
@@ -100,6 +102,14 @@ class Database:
         indexes = cast(Indexes, projections["indexes"])
         self._queries = QueryEngine(self._kv, self._values, indexes, self._writer)
         self._writer.observers.append(self._queries.observe)
+        self._views = Viewing(
+            self._kv,
+            cast(Views, projections["views"]),
+            self._queries.documents,
+            self._values,
+            self._writer,
+            self._queries.expired,
+        )
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -347,6 +357,50 @@ class Database:
         """The secondary indexes (of one namespace, or all), sorted."""
         await self._life.enter()
         return self._queries.indexing.listing(namespace)
+
+    # -- materialized views --------------------------------------------------------------
+
+    async def create_view(self, name: str, namespace: str, query: Query | dict[str, Any]) -> None:
+        """Keep the answer of ``query`` over ``namespace`` up to date as ``name``
+        (replacing a view of that name). Every write updates it without re-running the
+        query; defined by an event, so it exists again after a restart and on peers.
+
+        Raises:
+            InvalidQueryError: a malformed query. InvalidDataError: a bad name.
+        """
+        await self._life.enter_write()
+        self._views.create(name, namespace, query)
+        await self._writer.acknowledge()
+
+    async def view(self, name: str) -> Any:
+        """The view's answer, as :meth:`query` would give it now.
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter()
+        return self._views.read(name)
+
+    async def refresh_view(self, name: str) -> None:
+        """Recompute the view from the namespace's documents (it is kept up to date
+        anyway; this is the fallback, and what a new or replayed definition gets)."""
+        await self._life.enter()
+        self._views.refresh(name)
+
+    async def list_views(self) -> list[ViewInfo]:
+        """Every view, by name."""
+        await self._life.enter()
+        return self._views.listing()
+
+    async def delete_view(self, name: str) -> None:
+        """Stop keeping the view (an event).
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter_write()
+        self._views.delete(name)
+        await self._writer.acknowledge()
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 

@@ -36,11 +36,12 @@ from koru.projections import (
     table_names,
 )
 from koru.projections._indexes import Indexes
+from koru.projections._views import Views
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, Indexes)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, Indexes, Views)
 
 
 @attrs.define(slots=True)

@@ -301,7 +301,17 @@ class ExactSum(Accumulator):
         self.n += sign
 
     def add(self, key: str, v: Any) -> None:
-        self._apply(key, v, 1)
+        t = type(v)
+        if t is int:  # the common cases, inline
+            self.ints += v
+            self.n += 1
+        elif t is float and -math.inf < v < math.inf:
+            num, den = v.as_integer_ratio()
+            self.scaled += num << (_SCALE - den.bit_length() + 1)
+            self.floats += 1
+            self.n += 1
+        else:
+            self._apply(key, v, 1)
 
     def remove(self, key: str, v: Any) -> None:
         self._apply(key, v, -1)
@@ -422,7 +432,7 @@ class Grouped:
     """The aggregation of a query over a changing set of documents, grouped or not:
     ``add(key, doc)``/``remove(key, doc)``, then ``result()``."""
 
-    __slots__ = ("_agg_segs", "_count_docs", "_group_segs", "groups", "query", "whole")
+    __slots__ = ("_agg_segs", "_count_docs", "_group_segs", "groups", "query", "simple", "whole")
 
     def __init__(self, q: Query) -> None:
         self.query = q
@@ -431,6 +441,14 @@ class Grouped:
         self._agg_segs = None if path is None else split_path(path)
         self._group_segs = None if q.group is None else split_path(q.group)
         self.whole = make_accumulator(q)
+        #: Without groups, the one map key the value is read from ("" to count
+        #: documents), when the path is a single non-numeric segment; else None.
+        self.simple: str | None = None
+        if self._group_segs is None:
+            if path is None:
+                self.simple = ""
+            elif len(segs := self._agg_segs or ()) == 1 and not segs[0].isdecimal():
+                self.simple = segs[0]
         #: group order key -> [group value, accumulator, members]
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
 
@@ -448,6 +466,21 @@ class Grouped:
             return None, v
         g = get_path(doc, self._group_segs)
         return (None if g is MISSING else g), v
+
+    def add_doc(self, key: str, doc: Doc) -> tuple[Any, Any]:
+        """Add ``doc``'s contribution and return it (the write path of a view)."""
+        if self._group_segs is None:
+            if self._count_docs:
+                self.whole.add(key, True)
+                return None, True
+            v = get_path(doc, self._agg_segs)  # type: ignore[arg-type]
+            if v is None or v is MISSING:
+                return None, MISSING
+            self.whole.add(key, v)
+            return None, v
+        group, v = self.contribution(doc)
+        self.add_contribution(key, group, v)
+        return group, v
 
     def add_contribution(self, key: str, group: Any, v: Any) -> None:
         if self._group_segs is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["MISSING", "NUMBER", "order_key", "rank", "same"]
+__all__ = ["MISSING", "NUMBER", "key_from_plain", "order_key", "plain_key", "rank", "same"]
 
 
 class _Missing:
@@ -90,3 +90,19 @@ def order_key(value: Any) -> tuple[Any, ...]:
 def same(a: Any, b: Any) -> bool:
     """True if ``a`` and ``b`` are equal values for a query."""
     return order_key(a) == order_key(b)
+
+
+def plain_key(key: tuple[Any, ...]) -> list[Any]:
+    """An order key as plain data (nested lists), for checkpoints."""
+    return [plain_key(x) if type(x) is tuple else x for x in key]
+
+
+def key_from_plain(data: Any) -> tuple[Any, ...]:
+    """The order key :func:`plain_key` gave (ValueError if it cannot be one)."""
+    if type(data) is not list or not data or type(data[0]) is not int:
+        raise ValueError(f"not an order key: {data!r}")
+    return _tuples(data)
+
+
+def _tuples(data: list[Any]) -> tuple[Any, ...]:
+    return tuple(_tuples(x) if type(x) is list else x for x in data)

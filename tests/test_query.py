@@ -13,6 +13,7 @@ import functools
 import math
 from typing import Any
 
+import cbor2
 import pytest
 import trio
 from _query_model import (
@@ -24,6 +25,7 @@ from _query_model import (
     operations,
     queries,
     typed,
+    values,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +33,7 @@ from hypothesis import strategies as st
 import koru
 from conftest import StepClock
 from koru import F, Group, InvalidQueryError, Query, Row
+from koru.projections import MISSING as MISSING_
 
 # -- properties -----------------------------------------------------------------------------
 
@@ -310,3 +313,12 @@ async def test_values_past_their_time_to_live_are_absent(clock: Any) -> None:
         # As things were while it lived:
         assert await db.query(NS, Query().sum("v"), at=short.timestamp) == 3
         assert await db.query(NS, Query().sum("v"), at=clock.now) == 1
+
+
+@given(values)
+def test_order_keys_survive_a_checkpoint(value: Any) -> None:
+    from koru.projections._order import key_from_plain, order_key, plain_key
+
+    key = order_key(value)
+    assert key_from_plain(cbor2.loads(cbor2.dumps(plain_key(key)))) == key
+    assert key_from_plain(plain_key(order_key(MISSING_))) == order_key(MISSING_)
