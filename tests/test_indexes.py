@@ -241,3 +241,14 @@ async def test_a_crafted_definition_does_not_stop_a_replay(tmp_path: Path) -> No
     async with koru.open(path) as db:
         assert [i.field for i in await db.list_indexes()] == ["x"]
         assert await db.query(NS, Query().where(F("x") == 1)) == [Row("a", {"x": 1})]
+
+
+async def test_an_indexed_value_past_its_time_to_live_is_absent(clock: Any) -> None:
+    async with koru.open(":memory:", clock=clock) as db:
+        await db.create_index(NS, "v")
+        await db.put(NS, "keep", {"v": 1})
+        await db.put(NS, "short", {"v": 1}, ttl=1.0)
+        q = Query().where(F("v") == 1)
+        assert (await db.explain(NS, q)).candidates == 2
+        clock.now += 2 * 10**9  # expired; no expiry event written yet
+        assert [r.key for r in await db.query(NS, q)] == ["keep"]
