@@ -52,6 +52,7 @@ GROUPS = (
     "query_scan",
     "query_index",
     "views",
+    "subscriptions",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -898,6 +899,73 @@ async def bench_views(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("puts with 10 views / without", ten / none, 0.7, "x", at_least=True)
 
 
+async def bench_subscriptions(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs * 2
+    async with (
+        koru.open(tmp / "subs_one", sync="never") as db,
+        db.subscribe(NS, buffer=n) as changes,
+    ):
+        await load_documents(db, n)  # queued: batches of 1,000 changes
+        began = perf()
+        count = 0
+        async for change in changes:
+            change.value  # noqa: B018  (a subscriber looks at what changed)
+            count += 1
+            if count == n:
+                break
+        rate = n / (perf() - began)
+    report.add(Row("one subscriber receives changes vs target", rate, 100_000.0, "changes/s"))
+    report.target("one subscriber", rate, 100_000.0, "changes/s", at_least=True)
+
+    # The write path's share: 10 live subscriptions queue every put (they read after).
+    async with (
+        koru.open(tmp / "subs_none", sync="os") as plain,
+        koru.open(tmp / "subs_ten", sync="os") as watched,
+    ):
+        subs = [watched.subscribe(NS, buffer=10**7) for _ in range(10)]
+        queues = [await s.__aenter__() for s in subs]
+        none, ten = await alternate_puts(sizes, plain, watched)
+        written = (await watched.stats()).keys
+        for q in queues:  # every subscriber gets every put, none lagged
+            got = 0
+            async for _ in q:
+                got += 1
+                if got == written:
+                    break
+        for s in subs:
+            await s.__aexit__(None, None, None)
+    report.add(Row("put sync=os with 10 live subscribers vs none", ten, none, "puts/s"))
+    report.target("puts with 10 subscribers / without", ten / none, 0.7, "x", at_least=True)
+
+    # End to end: 10 subscribers reading every change while puts run (one thread, so
+    # their work shares the CPU with the writer): puts until all have read them.
+    async with koru.open(tmp / "subs_e2e", sync="os") as db, trio.open_nursery() as nursery:
+        seen = [0] * 10
+
+        async def subscriber(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with db.subscribe(NS, buffer=10**7) as changes:
+                task_status.started()
+                async for change in changes:
+                    change.value  # noqa: B018
+                    seen[i] += 1
+
+        for i in range(10):
+            await nursery.start(subscriber, i)
+        m = 20_000 if sizes is FULL else 2_000
+        began = perf()
+        for j in range(m):
+            await db.put(NS, f"u{j:07}", document(j))
+        while min(seen) < m:  # noqa: ASYNC110  (polling is cheap beside the work measured)
+            await trio.sleep(0.001)
+        e2e = m / (perf() - began)
+        nursery.cancel_scope.cancel()
+    report.note(
+        f"subscriptions end to end: {m:,} puts read by 10 subscribers in {m / e2e:.2f} s "
+        f"({e2e:,.0f} puts/s, {e2e / none:.2f}x puts without subscribers; each subscriber "
+        "builds its own changes, values decoded afresh)"
+    )
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -1025,6 +1093,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_query_index(sizes, tmp, report)
         elif group == "views":
             await bench_views(sizes, tmp, report)
+        elif group == "subscriptions":
+            await bench_subscriptions(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -28,6 +28,7 @@ from ._errors import InvalidDataError as InvalidDataError
 from ._errors import InvalidQueryError as InvalidQueryError
 from ._errors import KeyNotFoundError as KeyNotFoundError
 from ._errors import KoruError as KoruError
+from ._errors import LaggedError as LaggedError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import ReadOnlyError as ReadOnlyError
@@ -133,6 +134,7 @@ __all__ = [
     "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "LogStore",
     "MemoryStore",
     "NoValueAtTimeError",

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "NoValueAtTimeError",
     "NotFoundError",
     "ReadOnlyError",
@@ -139,6 +140,18 @@ class DurabilityError(StorageError):
     A failed fsync is never retried and then acknowledged: after it, the kernel may have
     dropped the dirty pages, so the only honest answer is to stop.
     """
+
+
+class LaggedError(KoruError):
+    """A subscriber fell behind by more than its buffer and was cut off, so that it
+    never slows writers. Every change before ``position`` was delivered; subscribe
+    again with ``from_position=position`` to continue with no gap and no duplicate."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(
+            f"the subscriber fell behind its buffer; resume with from_position={position}"
+        )
+        self.position = position
 
 
 class ReadOnlyError(KoruError):

@@ -26,6 +26,9 @@ __version__ = "0.1.0"
 # use (PEP 562); type checkers see the imports below.
 _EXPORTS: dict[str, str] = {
     "Change": "koru._diff",
+    "KeyChange": "koru._subscriptions",
+    "LaggedError": "koru.events",
+    "Subscription": "koru._subscriptions",
     "Clock": "koru.nursery",
     "CodecError": "koru.events",
     "CorruptCheckpointError": "koru.events",
@@ -90,6 +93,8 @@ if _typing.TYPE_CHECKING:
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._subscriptions import KeyChange as KeyChange
+    from ._subscriptions import Subscription as Subscription
     from ._types import Expiring as Expiring
     from ._types import IngestResult as IngestResult
     from ._types import Refused as Refused
@@ -111,6 +116,7 @@ if _typing.TYPE_CHECKING:
     from .events import InvalidQueryError as InvalidQueryError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
+    from .events import LaggedError as LaggedError
     from .events import NotFoundError as NotFoundError
     from .events import NoValueAtTimeError as NoValueAtTimeError
     from .events import ReadOnlyError as ReadOnlyError
@@ -151,8 +157,10 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidQueryError",
+    "KeyChange",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "MAX_NAME_BYTES",
     "MEMORY",
     "NoValueAtTimeError",
@@ -167,6 +175,7 @@ __all__ = [
     "Row",
     "Stats",
     "StorageError",
+    "Subscription",
     "SystemClock",
     "Tiers",
     "TrioClock",

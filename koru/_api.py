@@ -11,6 +11,7 @@ there without blocking the event loop.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from koru.nursery import ProcessInfo
@@ -19,6 +20,7 @@ from koru.projections import Query, QueryPlan
 from ._diff import Diff
 from ._genome import Genome
 from ._indexing import IndexInfo
+from ._subscriptions import Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._viewing import ViewInfo
 
@@ -97,6 +99,16 @@ class DatabaseAPI(Protocol):
     async def list_views(self) -> list[ViewInfo]: ...
 
     async def delete_view(self, name: str) -> None: ...
+
+    def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ...,
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = ...,
+    ) -> AbstractAsyncContextManager[Subscription]: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

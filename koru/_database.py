@@ -11,7 +11,8 @@ call is awaitable (:class:`~koru._api.DatabaseAPI`, which a remote client satisf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import blake3
@@ -42,6 +43,7 @@ from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
+from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._viewing import ViewInfo, Viewing
 from ._writer import Writer
@@ -110,6 +112,8 @@ class Database:
             self._writer,
             self._queries.expired,
         )
+        self._hub = Hub(store, self._kv, self._values)
+        self._writer.observers.append(self._hub.observe)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -402,6 +406,39 @@ class Database:
         self._views.delete(name)
         await self._writer.acknowledge()
 
+    # -- subscriptions --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ("put", "delete"),
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> AsyncIterator[Subscription]:
+        """Every change (of a namespace, of one key, of some kinds, whose value passes
+        the filter of ``where``) from now, or from log position ``from_position``, in
+        log order, each exactly once::
+
+            async with db.subscribe("users", where=Query().where(F("age") > 30)) as changes:
+                async for change in changes:
+                    ...
+
+        Every write path delivers (puts, batches, deletes, expiries, ingested events).
+        A writer never waits for a subscriber: one more than ``buffer`` events behind
+        gets :class:`~koru.LaggedError` with the position to resume from. The iteration
+        raises DatabaseClosedError when the database closes.
+
+        Raises:
+            InvalidArgumentError: a bad namespace, key, kinds, position or buffer.
+            InvalidQueryError: a bad ``where``.
+        """
+        await self._life.enter()
+        async with self._hub.subscribe(namespace, key, kinds, where, from_position, buffer) as sub:
+            yield sub
+
     # -- events from elsewhere, and this node's feeds ------------------------------------
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult:
@@ -538,6 +575,7 @@ class Database:
 
         Runs shielded from cancellation so a cancelled scope still closes cleanly.
         """
+        self._hub.close()
         await self._life.close(self._store, self._committer, self._checkpointer)
 
 
