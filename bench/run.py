@@ -15,6 +15,7 @@ is the median of its rounds. See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -48,6 +49,10 @@ GROUPS = (
     "cli",
     "memory",
     "tiers",
+    "query_scan",
+    "query_index",
+    "views",
+    "subscriptions",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -79,10 +84,11 @@ class Sizes:
     cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
     big_keys: int  # keys of 1 KB for the tiers group (and ten times as many events)
     latency_events: int  # puts whose every wait is measured
+    query_docs: int  # documents in the query benchmarks
 
 
-FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000)
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000, 100_000)
+QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000, 10_000)
 
 
 @dataclass
@@ -695,6 +701,271 @@ async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("slowest put", max(waits) * 1e3, 10.0, "ms", at_least=False)
 
 
+# -- queries -----------------------------------------------------------------------------
+
+CITIES = ("Paris", "London", "Berlin", "Rome", "Madrid", "Oslo", "Vienna", "Prague")
+
+
+def document(i: int) -> dict[str, Any]:
+    """A query benchmark document: 8 cities, ages 0-89, 1,000 groups."""
+    return {
+        "name": f"user{i}",
+        "age": (i * 7919) % 90,
+        "city": CITIES[(i * 31) % 8],
+        "group": i % 1000,
+        "active": i % 3 != 0,
+        "score": (i * 0.37) % 100,
+    }
+
+
+async def query_fixture(
+    tmp: Path, name: str, n: int
+) -> tuple[contextlib.AbstractAsyncContextManager[koru.Database], sqlite3.Connection]:
+    """A koru database and a sqlite3 table of the same ``n`` documents (JSON text)."""
+    conn = sqlite3.connect(str(tmp / f"{name}.sqlite"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE docs (key TEXT PRIMARY KEY, value TEXT)")
+    conn.executemany(
+        "INSERT INTO docs VALUES (?, ?)",
+        ((f"u{i:06}", json.dumps(document(i))) for i in range(n)),
+    )
+    conn.commit()
+    opened = koru.open(tmp / name, sync="never")
+    return opened, conn
+
+
+async def load_documents(db: koru.Database, n: int) -> None:
+    for start in range(0, n, 1000):
+        await db.put_batch(
+            [(NS, f"u{i:06}", document(i)) for i in range(start, min(n, start + 1000))]
+        )
+
+
+async def bench_query_scan(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_scan", n)
+    q = koru.Query().where(koru.F("age") >= 30, koru.F("city") == "Paris").order_by("-age")
+    q = q.limit(100)
+    sql = (
+        "SELECT key, value FROM docs WHERE json_extract(value, '$.age') >= 30 "
+        "AND json_extract(value, '$.city') = 'Paris' "
+        "ORDER BY json_extract(value, '$.age') DESC, key LIMIT 100"
+    )
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            began = perf()
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            report.note(
+                f"query_scan: the first query decoded the {n:,} documents into the "
+                f"document cache in {(perf() - began) * 1e3:.0f} ms; the row is the warm scan"
+            )
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want:
+                report.note(f"query_scan MISMATCH: koru {got[:3]} vs sqlite {want[:3]}")
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            k, s = await interleave(sizes, kq, sq, chunk=1)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"query filter+sort, {n:,} docs, full scan vs sqlite json_extract",
+            1e3 / k,
+            1e3 / s,
+            "ms/query",
+            higher_is_better=False,
+        )
+    )
+
+
+async def bench_query_index(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_index", n)
+    conn.execute("CREATE INDEX docs_group ON docs (json_extract(value, '$.group'))")
+    conn.commit()
+    q = koru.Query().where(koru.F("group") == 17)
+    sql = "SELECT key, value FROM docs WHERE json_extract(value, '$.group') = 17 ORDER BY key"
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            unindexed = [(r.key, r.value) for r in await db.query(NS, q)]
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            scan, _ = await interleave(sizes, kq, sq, chunk=1)
+            began = perf()
+            await db.create_index(NS, "group")
+            report.note(
+                f"query_index: create_index filled the index over {n:,} documents in "
+                f"{(perf() - began) * 1e3:.0f} ms"
+            )
+            plan = await db.explain(NS, q)
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want or got != unindexed or not plan.uses_index:
+                report.note(f"query_index MISMATCH ({plan.reason}): {got[:2]} vs {want[:2]}")
+            k, s = await interleave(sizes, kq, sq, chunk=16)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"indexed eq query ({len(got)} of {n:,} docs) vs sqlite expression index",
+            1e6 / k,
+            1e6 / s,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Row(
+            "indexed eq query vs koru's own full scan",
+            1e6 / k,
+            1e6 / scan,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.target("index speed-up over the full scan", k / scan, 50.0, "x", at_least=True)
+
+
+VIEW_QUERIES = [
+    koru.Query().where(koru.F("age") >= 30).count(),
+    koru.Query().where(koru.F("city") == "Paris").order_by("-age").limit(10),
+    koru.Query().group_by("city").avg("age"),
+    koru.Query().sum("score"),
+    koru.Query().max("age"),
+    koru.Query().where(koru.F("active") == True).group_by("group").count(),  # noqa: E712
+    koru.Query().distinct("city"),
+    koru.Query().where(koru.F("name").matches("^user1")).count(),
+    koru.Query().where(koru.F("age") < 18).select("name"),
+    koru.Query().where(koru.F("city").is_in(["Rome", "Oslo"]), koru.F("age") > 60).min("score"),
+]
+
+
+async def alternate_puts(
+    sizes: Sizes, plain: koru.Database, other: koru.Database
+) -> tuple[float, float]:
+    """Median put rates of two databases, measured in alternating rounds."""
+    counters = [[0], [0]]
+    rates: list[list[float]] = [[], []]
+    for _ in range(sizes.rounds):
+        for side, db in enumerate((plain, other)):
+
+            async def batch(m: int, db: koru.Database = db, c: list[int] = counters[side]) -> None:
+                i = c[0]
+                for j in range(i, i + m):
+                    await db.put(NS, f"u{j:07}", document(j))
+                c[0] = i + m
+
+            rates[side].append(await _rate_async(batch, sizes.round_s))
+    return statistics.median(rates[0]), statistics.median(rates[1])
+
+
+async def bench_views(sizes: Sizes, tmp: Path, report: Report) -> None:
+    async with (
+        koru.open(tmp / "views_none", sync="os") as plain,
+        koru.open(tmp / "views_ten", sync="os") as viewed,
+    ):
+        for i, q in enumerate(VIEW_QUERIES):
+            await viewed.create_view(f"v{i}", NS, q)
+        none, ten = await alternate_puts(sizes, plain, viewed)
+        written = (await viewed.stats()).keys
+        began = perf()
+        await viewed.view("v0")  # catches every view of the namespace up
+        took = perf() - began
+        report.note(
+            f"views: maintenance is deferred to the next read; reading one view after "
+            f"{written:,} puts caught all 10 views up in {took * 1e3:.0f} ms "
+            f"({took / max(written, 1) * 1e6:.1f} µs per written key, all views)"
+        )
+        for i, q in enumerate(VIEW_QUERIES):  # spot check: each view equals its query
+            if await viewed.view(f"v{i}") != await viewed.query(NS, q):
+                report.note(f"views MISMATCH: view v{i} differs from its query")
+    report.add(Row("put sync=os with 10 live views vs none", ten, none, "puts/s"))
+    report.target("puts with 10 views / without", ten / none, 0.7, "x", at_least=True)
+
+
+async def bench_subscriptions(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs * 2
+    async with (
+        koru.open(tmp / "subs_one", sync="never") as db,
+        db.subscribe(NS, buffer=n) as changes,
+    ):
+        await load_documents(db, n)  # queued: batches of 1,000 changes
+        began = perf()
+        count = 0
+        async for change in changes:
+            change.value  # noqa: B018  (a subscriber looks at what changed)
+            count += 1
+            if count == n:
+                break
+        rate = n / (perf() - began)
+    report.add(Row("one subscriber receives changes vs target", rate, 100_000.0, "changes/s"))
+    report.target("one subscriber", rate, 100_000.0, "changes/s", at_least=True)
+
+    # The write path's share: 10 live subscriptions queue every put (they read after).
+    async with (
+        koru.open(tmp / "subs_none", sync="os") as plain,
+        koru.open(tmp / "subs_ten", sync="os") as watched,
+    ):
+        subs = [watched.subscribe(NS, buffer=10**7) for _ in range(10)]
+        queues = [await s.__aenter__() for s in subs]
+        none, ten = await alternate_puts(sizes, plain, watched)
+        written = (await watched.stats()).keys
+        for q in queues:  # every subscriber gets every put, none lagged
+            got = 0
+            async for _ in q:
+                got += 1
+                if got == written:
+                    break
+        for s in subs:
+            await s.__aexit__(None, None, None)
+    report.add(Row("put sync=os with 10 live subscribers vs none", ten, none, "puts/s"))
+    report.target("puts with 10 subscribers / without", ten / none, 0.7, "x", at_least=True)
+
+    # End to end: 10 subscribers reading every change while puts run (one thread, so
+    # their work shares the CPU with the writer): puts until all have read them.
+    async with koru.open(tmp / "subs_e2e", sync="os") as db, trio.open_nursery() as nursery:
+        seen = [0] * 10
+
+        async def subscriber(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with db.subscribe(NS, buffer=10**7) as changes:
+                task_status.started()
+                async for change in changes:
+                    change.value  # noqa: B018
+                    seen[i] += 1
+
+        for i in range(10):
+            await nursery.start(subscriber, i)
+        m = 20_000 if sizes is FULL else 2_000
+        began = perf()
+        for j in range(m):
+            await db.put(NS, f"u{j:07}", document(j))
+        while min(seen) < m:  # noqa: ASYNC110  (polling is cheap beside the work measured)
+            await trio.sleep(0.001)
+        e2e = m / (perf() - began)
+        nursery.cancel_scope.cancel()
+    report.note(
+        f"subscriptions end to end: {m:,} puts read by 10 subscribers in {m / e2e:.2f} s "
+        f"({e2e:,.0f} puts/s, {e2e / none:.2f}x puts without subscribers; each subscriber "
+        "builds its own changes, values decoded afresh)"
+    )
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -816,6 +1087,14 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             bench_memory(sizes, report)
         elif group == "tiers":
             await bench_tiers(sizes, tmp, report)
+        elif group == "query_scan":
+            await bench_query_scan(sizes, tmp, report)
+        elif group == "query_index":
+            await bench_query_index(sizes, tmp, report)
+        elif group == "views":
+            await bench_views(sizes, tmp, report)
+        elif group == "subscriptions":
+            await bench_subscriptions(sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

@@ -25,8 +25,10 @@ from ._errors import DataLossError as DataLossError
 from ._errors import DurabilityError as DurabilityError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
+from ._errors import InvalidQueryError as InvalidQueryError
 from ._errors import KeyNotFoundError as KeyNotFoundError
 from ._errors import KoruError as KoruError
+from ._errors import LaggedError as LaggedError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import ReadOnlyError as ReadOnlyError
@@ -56,6 +58,9 @@ from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
 from ._memory_store import MemoryStore as MemoryStore
 from ._names import check_name as check_name
 from ._names import name_problem as name_problem
+from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
+from ._query_events import IndexEvent as IndexEvent
+from ._query_events import ViewEvent as ViewEvent
 from ._registry import EventType as EventType
 from ._registry import Header as Header
 from ._registry import event_type_of as event_type_of
@@ -93,6 +98,7 @@ __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "ESSENCE",
     "LIFECYCLE",
+    "INDEX_ACTIONS",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",
     "MAX_NAME_BYTES",
@@ -125,10 +131,13 @@ __all__ = [
     "Header",
     "FileStore",
     "HybridLogicalClock",
+    "IndexEvent",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "LogStore",
     "MemoryStore",
     "NoValueAtTimeError",
@@ -141,6 +150,7 @@ __all__ = [
     "Table",
     "TieringEvent",
     "VersionNotFoundError",
+    "ViewEvent",
     "Write",
     "agent_index",
     "cbor_head",

@@ -22,8 +22,10 @@ __all__ = [
     "DurabilityError",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "NoValueAtTimeError",
     "NotFoundError",
     "ReadOnlyError",
@@ -70,6 +72,20 @@ class InvalidDataError(KoruError, ValueError):
 class InvalidArgumentError(InvalidDataError, TypeError):
     """An argument of a call (an option of ``koru.open``, a parameter of a method) has
     the wrong type or is out of range; the message names the argument."""
+
+
+class InvalidQueryError(InvalidArgumentError):
+    """A query (its Python form or its data form) that cannot be answered: an unknown
+    operator, a path that is not a dotted string, an invalid or unsafe regular
+    expression, an aggregation over values it cannot combine. ``field`` names where in
+    the query (``"where[1].path"``, ``"aggregate"``) or which document field; ``reason``
+    says why. Raised before any work, or, for a value only the data reveals (a sum
+    meeting a string), instead of an answer: a query never returns a wrong one."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"bad query: {field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class CodecError(KoruError, ValueError):
@@ -124,6 +140,18 @@ class DurabilityError(StorageError):
     A failed fsync is never retried and then acknowledged: after it, the kernel may have
     dropped the dirty pages, so the only honest answer is to stop.
     """
+
+
+class LaggedError(KoruError):
+    """A subscriber fell behind by more than its buffer and was cut off, so that it
+    never slows writers. Every change before ``position`` was delivered; subscribe
+    again with ``from_position=position`` to continue with no gap and no duplicate."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(
+            f"the subscriber fell behind its buffer; resume with from_position={position}"
+        )
+        self.position = position
 
 
 class ReadOnlyError(KoruError):

@@ -26,6 +26,9 @@ __version__ = "0.1.0"
 # use (PEP 562); type checkers see the imports below.
 _EXPORTS: dict[str, str] = {
     "Change": "koru._diff",
+    "KeyChange": "koru._subscriptions",
+    "LaggedError": "koru.events",
+    "Subscription": "koru._subscriptions",
     "Clock": "koru.nursery",
     "CodecError": "koru.events",
     "CorruptCheckpointError": "koru.events",
@@ -43,19 +46,28 @@ _EXPORTS: dict[str, str] = {
     "GenomeCheck": "koru._genome",
     "ProcessInfo": "koru.nursery",
     "DurabilityError": "koru.events",
+    "F": "koru.projections",
+    "Filter": "koru.projections",
+    "Group": "koru.projections",
     "InvalidArgumentError": "koru.events",
     "InvalidDataError": "koru.events",
+    "InvalidQueryError": "koru.events",
     "KeyNotFoundError": "koru.events",
     "KoruError": "koru.events",
     "MAX_NAME_BYTES": "koru.events",
     "MEMORY": "koru._open",
     "NoValueAtTimeError": "koru.events",
     "NotFoundError": "koru.events",
+    "Query": "koru.projections",
     "ReadOnlyError": "koru.events",
     "Stats": "koru._types",
     "Tiers": "koru._types",
     "IngestResult": "koru._types",
+    "IndexInfo": "koru._indexing",
+    "ViewInfo": "koru._viewing",
+    "QueryPlan": "koru.projections",
     "Refused": "koru._types",
+    "Row": "koru.projections",
     "StorageError": "koru.events",
     "SystemClock": "koru.nursery",
     "TrioClock": "koru.nursery",
@@ -76,10 +88,13 @@ if _typing.TYPE_CHECKING:
     from ._genome import Genome as Genome
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
+    from ._indexing import IndexInfo as IndexInfo
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._subscriptions import KeyChange as KeyChange
+    from ._subscriptions import Subscription as Subscription
     from ._types import Expiring as Expiring
     from ._types import IngestResult as IngestResult
     from ._types import Refused as Refused
@@ -87,6 +102,7 @@ if _typing.TYPE_CHECKING:
     from ._types import Tiers as Tiers
     from ._types import Version as Version
     from ._types import Versioned as Versioned
+    from ._viewing import ViewInfo as ViewInfo
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
@@ -97,8 +113,10 @@ if _typing.TYPE_CHECKING:
     from .events import DurabilityError as DurabilityError
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
+    from .events import InvalidQueryError as InvalidQueryError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
+    from .events import LaggedError as LaggedError
     from .events import NotFoundError as NotFoundError
     from .events import NoValueAtTimeError as NoValueAtTimeError
     from .events import ReadOnlyError as ReadOnlyError
@@ -108,6 +126,12 @@ if _typing.TYPE_CHECKING:
     from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
     from .nursery import TrioClock as TrioClock
+    from .projections import F as F
+    from .projections import Filter as Filter
+    from .projections import Group as Group
+    from .projections import Query as Query
+    from .projections import QueryPlan as QueryPlan
+    from .projections import Row as Row
 
 __all__ = [
     "Change",
@@ -127,26 +151,38 @@ __all__ = [
     "Genome",
     "GenomeCheck",
     "DurabilityError",
+    "F",
+    "Filter",
+    "Group",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
+    "KeyChange",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "MAX_NAME_BYTES",
     "MEMORY",
     "NoValueAtTimeError",
     "NotFoundError",
     "ProcessInfo",
+    "Query",
     "ReadOnlyError",
     "IngestResult",
+    "IndexInfo",
+    "QueryPlan",
     "Refused",
+    "Row",
     "Stats",
     "StorageError",
+    "Subscription",
     "SystemClock",
     "Tiers",
     "TrioClock",
     "Version",
     "VersionNotFoundError",
     "Versioned",
+    "ViewInfo",
     "default_path",
     "open",
     "verify_genome",

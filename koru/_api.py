@@ -11,13 +11,18 @@ there without blocking the event loop.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from koru.nursery import ProcessInfo
+from koru.projections import Query, QueryPlan
 
 from ._diff import Diff
 from ._genome import Genome
+from ._indexing import IndexInfo
+from ._subscriptions import Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
+from ._viewing import ViewInfo
 
 __all__ = ["DatabaseAPI"]
 
@@ -70,6 +75,40 @@ class DatabaseAPI(Protocol):
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff: ...
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any: ...
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan: ...
+
+    async def create_index(self, namespace: str, field: str) -> bool: ...
+
+    async def drop_index(self, namespace: str, field: str) -> None: ...
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]: ...
+
+    async def create_view(
+        self, name: str, namespace: str, query: Query | dict[str, Any]
+    ) -> None: ...
+
+    async def view(self, name: str) -> Any: ...
+
+    async def refresh_view(self, name: str) -> None: ...
+
+    async def list_views(self) -> list[ViewInfo]: ...
+
+    async def delete_view(self, name: str) -> None: ...
+
+    def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ...,
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = ...,
+    ) -> AbstractAsyncContextManager[Subscription]: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 

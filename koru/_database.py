@@ -11,7 +11,8 @@ call is awaitable (:class:`~koru._api.DatabaseAPI`, which a remote client satisf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import blake3
@@ -28,17 +29,31 @@ from koru.events import (
     check_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections, TierState
+from koru.projections import (
+    FeedState,
+    KvState,
+    Projection,
+    Projections,
+    Query,
+    QueryPlan,
+    TierState,
+)
+from koru.projections._indexes import Indexes
+from koru.projections._views import Views
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
 from ._diff import Diff
 from ._genome import Genome, genome_of
+from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
+from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._stats import OpenReport, Statistics
+from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
+from ._viewing import ViewInfo, Viewing
 from ._writer import Writer
 
 __all__ = ["Database"]
@@ -96,6 +111,19 @@ class Database:
         )
         self._checkpointer = self._writer.checkpointer
         self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
+        indexes = cast(Indexes, projections["indexes"])
+        self._queries = QueryEngine(self._kv, self._values, indexes, self._writer)
+        self._writer.observers.append(self._queries.observe)
+        self._views = Viewing(
+            self._kv,
+            cast(Views, projections["views"]),
+            self._queries.documents,
+            self._values,
+            self._writer,
+            self._queries.expired,
+        )
+        self._hub = Hub(store, self._kv, self._values)
+        self._writer.observers.append(self._hub.observe)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -290,6 +318,139 @@ class Database:
         await self._enter_key(namespace, key)
         return self._reads.diff(namespace, key, from_version, to_version)
 
+    # -- queries -----------------------------------------------------------------------
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
+        """Answer a :class:`~koru.Query` (or its data form) over the namespace's current
+        documents, or over their values at time ``at`` (as ``get_at`` takes it).
+
+        Returns a list of :class:`~koru.Row` (key, value), or with an aggregation its
+        value, or with ``group_by`` a list of :class:`~koru.Group` (group, value).
+
+        Raises:
+            InvalidQueryError: a malformed query, or an aggregation over values it
+                cannot combine (naming the field and a key); checked before any work.
+            InvalidDataError: a bad namespace or time.
+        """
+        await self._life.enter()
+        return self._queries.query(namespace, query, at)
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan:
+        """How :meth:`query` would read the namespace: which indexes narrow the
+        documents (and to how many), or why it scans them all."""
+        await self._life.enter()
+        return self._queries.explain(namespace, query, at)
+
+    async def create_index(self, namespace: str, field: str) -> bool:
+        """Keep a secondary index of ``namespace`` on the field path ``field``, used by
+        ``eq``, ``in`` and comparison filters from then on (results never change, only
+        their speed). Defined by an event, so it exists again after a restart and on
+        peers; filled from the current documents before this returns. Returns False
+        (writing nothing) if the index exists already. The namespace may be empty.
+
+        Raises:
+            InvalidQueryError: ``field`` is not a path. InvalidDataError: bad namespace.
+        """
+        await self._life.enter_write()
+        created = self._queries.indexing.create(namespace, field)
+        if created:
+            await self._writer.acknowledge()
+        return created
+
+    async def drop_index(self, namespace: str, field: str) -> None:
+        """Stop keeping the index (an event; queries scan again).
+
+        Raises:
+            NotFoundError: there is no such index.
+        """
+        await self._life.enter_write()
+        self._queries.indexing.drop(namespace, field)
+        await self._writer.acknowledge()
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]:
+        """The secondary indexes (of one namespace, or all), sorted."""
+        await self._life.enter()
+        return self._queries.indexing.listing(namespace)
+
+    # -- materialized views --------------------------------------------------------------
+
+    async def create_view(self, name: str, namespace: str, query: Query | dict[str, Any]) -> None:
+        """Keep the answer of ``query`` over ``namespace`` up to date as ``name``
+        (replacing a view of that name). Every write updates it without re-running the
+        query; defined by an event, so it exists again after a restart and on peers.
+
+        Raises:
+            InvalidQueryError: a malformed query. InvalidDataError: a bad name.
+        """
+        await self._life.enter_write()
+        self._views.create(name, namespace, query)
+        await self._writer.acknowledge()
+
+    async def view(self, name: str) -> Any:
+        """The view's answer, as :meth:`query` would give it now.
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter()
+        return self._views.read(name)
+
+    async def refresh_view(self, name: str) -> None:
+        """Recompute the view from the namespace's documents (it is kept up to date
+        anyway; this is the fallback, and what a new or replayed definition gets)."""
+        await self._life.enter()
+        self._views.refresh(name)
+
+    async def list_views(self) -> list[ViewInfo]:
+        """Every view, by name."""
+        await self._life.enter()
+        return self._views.listing()
+
+    async def delete_view(self, name: str) -> None:
+        """Stop keeping the view (an event).
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter_write()
+        self._views.delete(name)
+        await self._writer.acknowledge()
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ("put", "delete"),
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> AsyncIterator[Subscription]:
+        """Every change (of a namespace, of one key, of some kinds, whose value passes
+        the filter of ``where``) from now, or from log position ``from_position``, in
+        log order, each exactly once::
+
+            async with db.subscribe("users", where=Query().where(F("age") > 30)) as changes:
+                async for change in changes:
+                    ...
+
+        Every write path delivers (puts, batches, deletes, expiries, ingested events).
+        A writer never waits for a subscriber: one more than ``buffer`` events behind
+        gets :class:`~koru.LaggedError` with the position to resume from. The iteration
+        raises DatabaseClosedError when the database closes.
+
+        Raises:
+            InvalidArgumentError: a bad namespace, key, kinds, position or buffer.
+            InvalidQueryError: a bad ``where``.
+        """
+        await self._life.enter()
+        async with self._hub.subscribe(namespace, key, kinds, where, from_position, buffer) as sub:
+            yield sub
+
     # -- events from elsewhere, and this node's feeds ------------------------------------
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult:
@@ -426,6 +587,7 @@ class Database:
 
         Runs shielded from cancellation so a cancelled scope still closes cleanly.
         """
+        self._hub.close()
         await self._life.close(self._store, self._committer, self._checkpointer)
 
 

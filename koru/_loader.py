@@ -36,11 +36,19 @@ from koru.projections import (
     open_tables,
     table_names,
 )
+from koru.projections._indexes import Indexes
+from koru.projections._views import Views
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, TierState)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
+    KvState,
+    FeedState,
+    TierState,
+    Indexes,
+    Views,
+)
 
 
 @attrs.define(slots=True)

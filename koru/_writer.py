@@ -108,6 +108,9 @@ class Writer:
             compactions=projections.compactions,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
+        #: Called with every event once it is appended and folded, local or ingested
+        #: (query caches, views, subscriptions): the one place that sees every write.
+        self.observers: list[Callable[[Event, bytes, int], None]] = []
 
     # -- the one write path -------------------------------------------------------------
 
@@ -134,6 +137,8 @@ class Writer:
             self._die(exc)
             raise
         self.checkpointer.note_event()
+        for observe in self.observers:
+            observe(event, eid, location)
 
     async def acknowledge(self) -> None:
         """Return once everything written so far is durable under the sync mode."""

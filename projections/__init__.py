@@ -14,6 +14,8 @@ from ._checkpoint import open_tables as open_tables
 from ._checkpoint import table_names as table_names
 from ._feeds import CHUNK as CHUNK
 from ._feeds import FeedState as FeedState
+from ._filters import F as F
+from ._filters import Filter as Filter
 from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
@@ -22,15 +24,22 @@ from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
 from ._newtable import NewTable as NewTable
 from ._newtable import TableRef as TableRef
+from ._order import MISSING as MISSING
+from ._order import order_key as order_key
+from ._planner import QueryPlan as QueryPlan
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
+from ._query import Group as Group
+from ._query import Query as Query
+from ._query import Row as Row
 from ._tiers import TierState as TierState
 
 __all__ = [
     "CHECKPOINT_FILE",
     "CHUNK",
     "EXPIRES",
+    "MISSING",
     "NO_ID",
     "RECORD_SIZE",
     "TOMBSTONE",
@@ -40,9 +49,15 @@ __all__ = [
     "TierState",
     "WriteTable",
     "FeedState",
+    "F",
+    "Filter",
+    "Group",
     "KvState",
     "Projection",
     "Projections",
+    "Query",
+    "QueryPlan",
+    "Row",
     "ValuePlacement",
     "VersionRecord",
     "capture_checkpoint",
@@ -50,4 +65,5 @@ __all__ = [
     "encode_captured",
     "open_tables",
     "table_names",
+    "order_key",
 ]

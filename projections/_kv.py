@@ -418,6 +418,11 @@ class KvState:
 
     # -- queries -----------------------------------------------------------------------
 
+    def packed(self, namespace: str, key: str) -> bytearray | bytes | None:
+        """A key's packed version records, oldest first (None if never written): for
+        bulk readers that unpack only the fields they need (queries, subscriptions)."""
+        return self._blob(namespace, key)
+
     def current(self, namespace: str, key: str) -> VersionRecord | None:
         """The current version of a key (possibly a tombstone), or None if never written."""
         blob = self._blob(namespace, key)

@@ -14,6 +14,9 @@ from koru import Database, DatabaseAPI
 CALLS = sorted(
     name for name, member in vars(DatabaseAPI).items() if inspect.iscoroutinefunction(member)
 )
+#: Calls that open something for a block (``async with db.subscribe(...)``): their
+#: entering is awaited, which a remote client can serve as well as a local one.
+CONTEXTS = ["subscribe"]
 PROPERTIES = sorted(
     name for name, member in vars(DatabaseAPI).items() if isinstance(member, property)
 )
@@ -27,9 +30,23 @@ def test_the_interface_covers_the_data_api() -> None:
         "stats", "roots", "digest", "checkpoint", "aclose",
     }  # fmt: skip
     assert PROPERTIES == ["node_id", "readonly"]
-    # Every public callable of the protocol is a coroutine function: no sync calls.
+    # Every public callable of the protocol is a coroutine function or opens an async
+    # context: no plain sync calls.
     public = [n for n, m in vars(DatabaseAPI).items() if callable(m) and not n.startswith("_")]
-    assert sorted(public) == CALLS
+    assert sorted(public) == sorted(CALLS + CONTEXTS)
+
+
+async def test_subscribe_opens_an_async_context_with_the_same_signature() -> None:
+    for name in CONTEXTS:
+        ours = inspect.signature(getattr(Database, name))
+        assert list(ours.parameters) == list(
+            inspect.signature(getattr(DatabaseAPI, name)).parameters
+        )
+    async with koru.open(":memory:") as db:
+        opened = db.subscribe()
+        assert hasattr(opened, "__aenter__") and hasattr(opened, "__aexit__")
+        async with opened as changes:
+            assert isinstance(changes, koru.Subscription)
 
 
 @pytest.mark.parametrize("name", CALLS)
