@@ -74,6 +74,7 @@ from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
 from ._table import Table as Table
+from ._table import TableEncoder as TableEncoder
 from ._table import encode_table as encode_table
 from ._table import table_name as table_name
 from ._ttl import ExpireEvent as ExpireEvent
@@ -148,6 +149,7 @@ __all__ = [
     "Record",
     "StorageError",
     "Table",
+    "TableEncoder",
     "TieringEvent",
     "VersionNotFoundError",
     "ViewEvent",

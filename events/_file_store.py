@@ -64,7 +64,7 @@ from ._frame import (
 from ._limits import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from ._scan import SegmentScan
 from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
-from ._table import Table, table_name
+from ._table import HEADER_SIZE, Table, TableEncoder
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 
@@ -89,6 +89,16 @@ _log = logging.getLogger("koru")
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _write_all(disk: Disk, fd: int, data: bytes, pos: int) -> int:
+    """Write all of ``data`` at ``pos``; returns the position after it. Raises OSError."""
+    view = memoryview(data)
+    while view:
+        n = disk.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+    return pos
 
 
 def _whole_records(data: bytes) -> tuple[int, int]:
@@ -1139,19 +1149,41 @@ class FileStore:
             raise CorruptCheckpointError(f"{name!r} is not a table name")
         return self._file(TABLES, f"{name}.tab")
 
-    def write_table(self, pieces: list[bytes]) -> Table:
+    def write_table(self, encoder: TableEncoder) -> Table:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
-        name = table_name(pieces)
+        disk = self._disk
         directory = self._file(TABLES)
+        tmp = os.path.join(directory, f".{os.getpid()}.{threading.get_ident()}.tab.tmp")
         try:
-            if not self._disk.exists(self._table_path(name)):  # same name, same bytes
-                if not self._disk.is_dir(directory):
-                    self._disk.mkdir(directory)
-                    self._disk.fsync_dir(self._root)
-                self._write_atomically(directory, f"{name}.tab", pieces)
+            if not disk.is_dir(directory):
+                disk.mkdir(directory)
+                disk.fsync_dir(self._root)
+            # Streamed: the entries as they come, then the index, then the header at the
+            # front (it is known last). The name is the hash of all but the header.
+            hasher = blake3.blake3()
+            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                pos = HEADER_SIZE
+                for piece in encoder.entries():
+                    hasher.update(piece)
+                    pos = _write_all(disk, fd, piece, pos)
+                index = encoder.index()
+                hasher.update(index)
+                _write_all(disk, fd, index, pos)
+                _write_all(disk, fd, encoder.header(), 0)
+                disk.fsync(fd)
+            finally:
+                disk.close(fd)
+            name = hasher.hexdigest()[:32]
+            target = self._table_path(name)
+            if disk.exists(target):  # the same name, the same bytes
+                disk.unlink(tmp)
+            else:
+                disk.replace(tmp, target)
+            disk.fsync_dir(directory)
         except OSError as exc:
-            raise StorageError(f"cannot write {self._table_path(name)}: {_why(exc)}") from exc
+            raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
         return self.open_table(name)
 
     def open_table(self, name: str) -> Table:

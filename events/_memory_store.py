@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._errors import CorruptCheckpointError, CorruptLogError, DataLossError, StorageError
 from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
-from ._table import Table, table_name
+from ._table import Table, TableEncoder, table_name
 
 __all__ = ["MemoryStore"]
 
@@ -74,7 +74,9 @@ class MemoryStore:
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
 
-    def write_table(self, pieces: list[bytes]) -> Table:
+    def write_table(self, encoder: TableEncoder) -> Table:
+        entries = list(encoder.entries())
+        pieces = [encoder.header(), *entries, encoder.index()]
         name = table_name(pieces)
         self._tables.setdefault(name, b"".join(pieces))
         return self.open_table(name)

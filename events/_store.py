@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from ._table import Table
+    from ._table import Table, TableEncoder
 
 from ._chain import AGENTS
 from ._errors import InvalidArgumentError
@@ -201,10 +201,10 @@ class LogStore(Protocol):
         ``parts`` (pieces, so a large file never needs one big buffer)."""
         ...
 
-    def write_table(self, pieces: list[bytes]) -> Table:
-        """Write a table (the pieces of :func:`~koru.events.encode_table`) durably under
-        its content name, unless it exists, and return it opened. For checkpoints:
-        called before the checkpoint that names it is written."""
+    def write_table(self, encoder: TableEncoder) -> Table:
+        """Write a table (streamed from ``encoder``) durably under its content name,
+        unless it exists, and return it opened. For checkpoints: called before the
+        checkpoint that names it is written."""
         ...
 
     def open_table(self, name: str) -> Table:

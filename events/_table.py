@@ -3,31 +3,39 @@
 Why: a projection as large as the data (every key's version records) cannot live in
 memory, nor be rewritten whole by every checkpoint, nor be decoded whole by every open.
 A table is written once, when a checkpoint moves what changed out of memory, and then
-only read: binary-searched in place (a memory map), so opening a database costs what
-its tables' headers cost, and a key nobody asks for costs no memory at all. Tables are
-named by their content's hash and never change; newer tables hide older entries of the
-same key, and compaction merges several into one.
+only read in place (a memory map), so opening a database costs what its tables' headers
+cost, and a key nobody asks for costs no memory at all. Tables are named by their
+content's hash and never change; newer tables hide older entries of the same key, and
+compaction merges several into one.
+
+Entries are grouped in blocks of ``BLOCK`` entries, and a block index (each block's
+first key and where it starts) follows them. A lookup searches the index in memory and
+reads one block: why not a binary search over every entry in place: its probes would
+touch pages all over the file, and a process that read ten thousand keys would have the
+whole table resident; this way it has the index (about 6 bytes per key) and the blocks
+it read.
 
 Format (little-endian)::
 
-    b"KORUTAB1" | u32 format | u32 reserved | u64 entries | 32 B blake3(offsets)
-    | u64 offset of entry i, for every i (relative to the first entry)
+    b"KORUTAB2" | u32 format | u32 entries per block | u64 entries | u64 index offset
+    | u64 index length | 32 B blake3(index)
     | entries, sorted by (namespace, key) as UTF-8 bytes:
         u32 crc32(rest of the entry) | u16 namespace length | namespace
         | u16 key length | key | u32 value length | value
+    | index: per block, u16 namespace length | namespace | u16 key length | key
+        | u64 offset of the block
 
-The offsets are verified (their hash) before the first search, and every entry read is
-checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`) and
-never answered around: a table that fails is rebuilt from the log by its owner.
+The index is verified against its hash when the table is opened and every entry read
+is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
+and never answered around: a table that fails is rebuilt from the log by its owner.
 """
 
 from __future__ import annotations
 
 import heapq
 import struct
-import sys
 import zlib
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,14 +43,28 @@ import blake3
 
 from ._errors import CorruptCheckpointError
 
-__all__ = ["TABLE_MAGIC", "Table", "encode_table", "table_name"]
+__all__ = [
+    "BLOCK",
+    "HEADER_SIZE",
+    "TABLE_MAGIC",
+    "Table",
+    "TableEncoder",
+    "encode_table",
+    "table_name",
+]
 
-TABLE_MAGIC = b"KORUTAB1"
-_FORMAT = 1
-_HEAD = struct.Struct("<8sIIQ32s")
+TABLE_MAGIC = b"KORUTAB2"
+_FORMAT = 2
+#: Entries per block.
+BLOCK = 16
+_HEAD = struct.Struct("<8sIIQQQ32s")
+#: Bytes of a table's header.
+HEADER_SIZE = _HEAD.size
 _CRC = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_CHUNK = 20_000
 
 
 def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
@@ -52,23 +74,52 @@ def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
     return _CRC.pack(zlib.crc32(body)) + body
 
 
+class TableEncoder:
+    """A table's bytes produced as they are written: the entries one by one (a table
+    may be larger than memory would like to hold twice), then the header (written
+    first in the file, known last) and the index.
+
+    ``items`` are (namespace, key, value) in any order, a (namespace, key) at most once.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        self._rows = _sorted((ns.encode(), key.encode(), value) for ns, key, value in items)
+        self.count = len(self._rows)
+        self._index: list[bytes] = []
+        self._end = -1
+
+    def entries(self) -> Iterator[bytes]:
+        """The entries, in order (once)."""
+        at = _HEAD.size
+        for i, (ns, key, value) in enumerate(self._rows):
+            if i % BLOCK == 0:
+                first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
+                self._index.append(b"".join(first))
+            entry = _entry(ns, key, value)
+            at += len(entry)
+            yield entry
+        self._rows = []
+        self._end = at
+
+    def index(self) -> bytes:
+        """The block index (after :meth:`entries`)."""
+        if self._end < 0:
+            raise ValueError("the entries were not produced yet")
+        return b"".join(self._index)
+
+    def header(self) -> bytes:
+        """The header (after :meth:`entries`)."""
+        index = self.index()
+        digest = blake3.blake3(index).digest()
+        return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+
+
 def encode_table(items: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
-    """A table's bytes, as pieces to write in order, from (namespace, key, value)
-    items in any order (a (namespace, key) at most once).
-
-    The entries are produced lazily (a table may be larger than memory would like to
-    hold twice): the list holds the header and the offsets, then an iterator."""
-    rows = _sorted((ns.encode(), key.encode(), value) for ns, key, value in items)
-    offsets, at = [], 0
-    for ns, key, value in rows:
-        offsets.append(at)
-        at += 12 + len(ns) + len(key) + len(value)  # crc, three lengths, the bytes
-    index = struct.pack(f"<{len(offsets)}Q", *offsets)
-    head = _HEAD.pack(TABLE_MAGIC, _FORMAT, 0, len(offsets), blake3.blake3(index).digest())
-    return [head, index, *(_entry(ns, key, value) for ns, key, value in rows)]
-
-
-_CHUNK = 20_000
+    """A table's bytes, as pieces in order, from (namespace, key, value) items in any
+    order (a (namespace, key) at most once)."""
+    encoder = TableEncoder(items)
+    entries = list(encoder.entries())
+    return [encoder.header(), *entries, encoder.index()]
 
 
 def _sorted(rows: Iterable[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
@@ -83,9 +134,10 @@ def _sorted(rows: Iterable[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, byt
 
 
 def table_name(pieces: list[bytes]) -> str:
-    """The content name of a table: the first 16 bytes of blake3 of its bytes, in hex."""
+    """The content name of a table: the first 16 bytes, in hex, of blake3 of its bytes
+    after the header (the header is derived from them, and written last)."""
     hasher = blake3.blake3()
-    for piece in pieces:
+    for piece in pieces[1:]:
         hasher.update(piece)
     return hasher.hexdigest()[:32]
 
@@ -93,141 +145,158 @@ def table_name(pieces: list[bytes]) -> str:
 class Table:
     """A table read in place from ``data`` (a memory map or bytes), named ``name``.
 
-    Construction reads the header only; the offsets are verified by their hash before
-    the first lookup, each entry by its crc32 when read.
+    Construction reads the header only; :meth:`verify` (which the first lookup runs
+    too) checks the index against its hash; each entry is checked against its crc32
+    when read.
 
     Raises:
         CorruptCheckpointError: not a table, or damaged.
     """
 
-    __slots__ = ("_base", "_count", "_data", "_offsets", "_verified", "name", "size")
+    __slots__ = (
+        "_count",
+        "_data",
+        "_digest",
+        "_end",
+        "_firsts",
+        "_index",
+        "_starts",
+        "name",
+        "size",
+    )
 
     def __init__(self, data: Any, name: str) -> None:
         self.name = name
         self.size = len(data)
         if self.size < _HEAD.size:
             raise CorruptCheckpointError(f"table {name} is cut short")
-        magic, fmt, _, count, digest = _HEAD.unpack_from(data, 0)
-        if magic != TABLE_MAGIC or fmt != _FORMAT:
-            raise CorruptCheckpointError(f"table {name} is not a koru table of format 1")
-        base = _HEAD.size + 8 * count
-        if base > self.size:
-            raise CorruptCheckpointError(f"table {name} is cut short")
+        magic, fmt, block, count, index_at, index_len, digest = _HEAD.unpack_from(data, 0)
+        if magic != TABLE_MAGIC or fmt != _FORMAT or block != BLOCK:
+            raise CorruptCheckpointError(f"table {name} is not a koru table of format 2")
+        if not _HEAD.size <= index_at <= self.size or index_at + index_len != self.size:
+            raise CorruptCheckpointError(f"table {name} is cut short or malformed")
         self._data = data
         self._count = count
-        self._base = base
-        index = memoryview(data)[_HEAD.size : base]
-        # The offsets are little-endian; a memory view reads them in place where the
-        # machine is too (everywhere koru runs today), else they are unpacked once.
-        self._offsets: Any = (
-            index.cast("Q") if sys.byteorder == "little" else struct.unpack(f"<{count}Q", index)
-        )
-        self._verified = digest
+        self._end = index_at  # where the entries end
+        self._index = (index_at, index_len)
+        self._digest: bytes | None = digest
+        self._firsts: list[tuple[bytes, bytes]] = []
+        self._starts: list[int] = []
 
     def __len__(self) -> int:
         return int(self._count)
 
     def verify(self) -> None:
-        """Check the offsets against their hash (once; every search needs them right).
+        """Check the index against its hash and read it (once).
 
         Raises:
-            CorruptCheckpointError: they are damaged.
+            CorruptCheckpointError: it is damaged.
         """
-        self._verify()
-
-    def _verify(self) -> None:
-        if self._verified is None:
+        if self._digest is None:
             return
-        index = memoryview(self._data)[_HEAD.size : self._base]
-        if blake3.blake3(index).digest() != self._verified:
-            raise CorruptCheckpointError(f"table {self.name}: its offsets are damaged")
-        self._verified = None
+        at, length = self._index
+        index = bytes(self._data[at : at + length])
+        if blake3.blake3(index).digest() != self._digest:
+            raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
+        firsts, starts = [], []
+        pos = 0
+        try:
+            while pos < length:
+                (n,) = _U16.unpack_from(index, pos)
+                ns = index[pos + 2 : pos + 2 + n]
+                pos += 2 + n
+                (m,) = _U16.unpack_from(index, pos)
+                key = index[pos + 2 : pos + 2 + m]
+                pos += 2 + m
+                (start,) = _U64.unpack_from(index, pos)
+                pos += 8
+                firsts.append((ns, key))
+                starts.append(start)
+        except struct.error:
+            raise CorruptCheckpointError(f"table {self.name}: its index is cut short") from None
+        blocks = -(-self._count // BLOCK)
+        if (
+            len(starts) != blocks
+            or starts != sorted(starts)
+            or (starts and starts[0] != _HEAD.size)
+        ):
+            raise CorruptCheckpointError(f"table {self.name}: its index does not match")
+        self._firsts, self._starts = firsts, starts
+        self._digest = None
 
-    def _name(self, i: int) -> tuple[bytes, bytes]:
+    def _block(self, b: int) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """The entries of block ``b``, each checked against its crc32."""
         data = self._data
-        at = self._base + self._offsets[i] + 4
-        (n,) = _U16.unpack_from(data, at)
-        ns = bytes(data[at + 2 : at + 2 + n])
-        at += 2 + n
-        (m,) = _U16.unpack_from(data, at)
-        return ns, bytes(data[at + 2 : at + 2 + m])
-
-    def _entry(self, i: int) -> tuple[bytes, bytes, bytes]:
-        data, start = self._data, self._base + self._offsets[i]
-        try:
-            (crc,) = _CRC.unpack_from(data, start)
-            at = start + 4
-            (n,) = _U16.unpack_from(data, at)
-            ns = bytes(data[at + 2 : at + 2 + n])
-            at += 2 + n
-            (m,) = _U16.unpack_from(data, at)
-            key = bytes(data[at + 2 : at + 2 + m])
-            at += 2 + m
-            (v,) = _U32.unpack_from(data, at)
-            end = at + 4 + v
-            if end > self.size or zlib.crc32(memoryview(data)[start + 4 : end]) != crc:
-                raise CorruptCheckpointError(
-                    f"table {self.name}: entry {i} fails its check (the log is intact: "
-                    "remove the checkpoint file to rebuild the state from it)"
-                )
-            return ns, key, bytes(data[at + 4 : end])
-        except struct.error:
-            raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
-
-    def _search(self, target: tuple[bytes, bytes]) -> int:
-        self._verify()
-        try:
-            return bisect_left(range(self._count), target, key=self._name)
-        except struct.error:
-            raise CorruptCheckpointError(f"table {self.name}: an entry is cut short") from None
+        pos = self._starts[b]
+        end = self._starts[b + 1] if b + 1 < len(self._starts) else self._end
+        for i in range(b * BLOCK, min((b + 1) * BLOCK, self._count)):
+            try:
+                (crc,) = _CRC.unpack_from(data, pos)
+                at = pos + 4
+                (n,) = _U16.unpack_from(data, at)
+                ns = bytes(data[at + 2 : at + 2 + n])
+                at += 2 + n
+                (m,) = _U16.unpack_from(data, at)
+                key = bytes(data[at + 2 : at + 2 + m])
+                at += 2 + m
+                (v,) = _U32.unpack_from(data, at)
+                nxt = at + 4 + v
+                if nxt > end or zlib.crc32(memoryview(data)[pos + 4 : nxt]) != crc:
+                    raise CorruptCheckpointError(
+                        f"table {self.name}: entry {i} fails its check (the log is intact: "
+                        "remove the checkpoint file to rebuild the state from it)"
+                    )
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
+            yield ns, key, bytes(data[at + 4 : nxt])
+            pos = nxt
 
     def get(self, namespace: str, key: str) -> bytes | None:
-        """The value of (namespace, key), or None if the table has none."""
+        """The value of (namespace, key), or None if the table has none (a name that is
+        not valid Unicode is in no table)."""
         try:
             target = (namespace.encode(), key.encode())
-        except UnicodeEncodeError:  # not a name (a lone surrogate): no table holds it
+        except UnicodeEncodeError:
             return None
-        i = self._search(target)
-        if i < self._count:
-            ns, k, value = self._entry(i)
-            if (ns, k) == target:
-                return value
+        self.verify()
+        b = bisect_right(self._firsts, target) - 1
+        if b < 0:
+            return None
+        for ns, k, value in self._block(b):
+            if (ns, k) >= target:
+                return value if (ns, k) == target else None
         return None
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
         """(key, value) of every key of ``namespace``, in key order."""
-        try:
-            ns = namespace.encode()
-        except UnicodeEncodeError:  # not a name: no table holds it
-            return
-        i = self._search((ns, b""))
-        while i < self._count:
-            name, key, value = self._entry(i)
-            if name != ns:
-                return
-            yield key.decode(), value
-            i += 1
+        ns_b = namespace.encode()
+        self.verify()
+        b = max(bisect_right(self._firsts, (ns_b, b"")) - 1, 0)
+        while b < len(self._starts):
+            for ns, key, value in self._block(b):
+                if ns > ns_b:
+                    return
+                if ns == ns_b:
+                    yield key.decode(), value
+            b += 1
 
     def entries(self) -> Iterator[tuple[str, str, bytes]]:
         """Every (namespace, key, value), in order."""
-        self._verify()
-        for i in range(self._count):
-            ns, key, value = self._entry(i)
-            yield ns.decode(), key.decode(), value
+        self.verify()
+        for b in range(len(self._starts)):
+            for ns, key, value in self._block(b):
+                yield ns.decode(), key.decode(), value
 
     def namespaces(self) -> Iterator[str]:
-        """The namespaces the table holds keys of, in order (one search per namespace)."""
-        self._verify()
-        i = 0
-        while i < self._count:
-            ns, _ = self._name(i)
-            yield ns.decode()
-            i = bisect_left(range(self._count), (ns + b"\x00",), key=lambda j: self._name(j)[:1])
+        """The namespaces the table holds keys of, in order."""
+        last = None
+        for ns, _, _ in self.entries():
+            if ns != last:
+                last = ns
+                yield ns
 
     def release(self) -> None:
         """Let go of the memory map (the table is unusable after)."""
-        if isinstance(self._offsets, memoryview):
-            self._offsets.release()
         close = getattr(self._data, "close", None)
         if close is not None:
             close()

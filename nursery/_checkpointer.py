@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from koru.events import DurabilityError, LogStore, StorageError, Table, encode_table
+from koru.events import DurabilityError, LogStore, StorageError, Table, TableEncoder
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
@@ -96,8 +96,8 @@ class Checkpointer:
         async with self._lock:
             plans = self._compactions()
             for projection, inputs, new in plans:
-                pieces = await trio.to_thread.run_sync(encode_table, new.items())
-                merged = await trio.to_thread.run_sync(self._store.write_table, pieces)
+                encoder = await trio.to_thread.run_sync(TableEncoder, new.items())
+                merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
                 projection.compacted(inputs, merged)
             if plans:
                 self.compactions += len(plans)
@@ -124,13 +124,16 @@ class Checkpointer:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Background task: save whenever ``every`` events have been appended since the
-        last checkpoint. Never raises a storage error out of the nursery."""
+        last checkpoint, then merge tables if the projections' plans say so (each
+        checkpoint adds tables; without merges a lookup would search ever more of them).
+        Never raises a storage error out of the nursery."""
         task_status.started()
         while True:
             await self._due.wait()
             self._due = trio.Event()
             try:
                 await self.save()
+                await self.compact()
             except DurabilityError as exc:
                 on_fatal(exc)
                 return

@@ -29,8 +29,8 @@ from koru.events import (
     CorruptCheckpointError,
     Cursor,
     Table,
+    TableEncoder,
     cbor_head,
-    encode_table,
 )
 
 from ._newtable import TABLE_TAG, NewTable, TableRef
@@ -86,9 +86,9 @@ def capture_checkpoint(
     }
 
 
-#: Writes a new table's pieces durably and returns the table, opened (the shell's
+#: Writes a new table durably and returns it, opened (the shell's
 #: ``LogStore.write_table``).
-WriteTable = Callable[[list[bytes]], Table]
+WriteTable = Callable[[TableEncoder], Table]
 
 
 class _Encoder:
@@ -110,7 +110,7 @@ class _Encoder:
         if isinstance(value, NewTable):
             if self.write_table is None:
                 raise ValueError("a new table in a checkpoint that cannot write tables")
-            table = self.write_table(encode_table(value.items()))
+            table = self.write_table(TableEncoder(value.items()))
             self.written[value] = table
             value = table
         if isinstance(value, Table):

@@ -623,11 +623,12 @@ class KvState:
 def _merged(
     layers: list[dict[str, dict[str, bytearray | bytes]]],
 ) -> Iterator[tuple[str, str, bytes]]:
-    """The (namespace, key, records) of frozen layers (newest first), newest wins."""
+    """The (namespace, key, records) of frozen layers (newest first), newest wins. The
+    records are not copied: a frozen layer is never changed again."""
     seen: set[tuple[str, str]] = set()
     for layer in layers:
         for ns, keys in layer.items():
             for key, blob in keys.items():
                 if (ns, key) not in seen:
                     seen.add((ns, key))
-                    yield ns, key, bytes(blob)
+                    yield ns, key, blob  # type: ignore[misc]
