@@ -67,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "ViewInfo": "koru._viewing",
     "QueryPlan": "koru.projections",
     "Refused": "koru._types",
+    "ReplayResult": "koru._replay",
     "Row": "koru.projections",
     "StorageError": "koru.events",
     "SystemClock": "koru.nursery",
@@ -76,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "Versioned": "koru._types",
     "default_path": "koru._open",
     "open": "koru._open",
+    "replay": "koru._replay",
     "verify_genome": "koru._genome",
 }
 
@@ -93,6 +95,8 @@ if _typing.TYPE_CHECKING:
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._replay import ReplayResult as ReplayResult
+    from ._replay import replay as replay
     from ._subscriptions import KeyChange as KeyChange
     from ._subscriptions import Subscription as Subscription
     from ._types import Expiring as Expiring
@@ -172,6 +176,7 @@ __all__ = [
     "IndexInfo",
     "QueryPlan",
     "Refused",
+    "ReplayResult",
     "Row",
     "Stats",
     "StorageError",
@@ -185,6 +190,7 @@ __all__ = [
     "ViewInfo",
     "default_path",
     "open",
+    "replay",
     "verify_genome",
 ]
 

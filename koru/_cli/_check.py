@@ -200,6 +200,45 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- replay --------------------------------------------------------------------------------
+
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--until",
+        metavar="TIME",
+        help="fold only events at or before TIME (ISO-8601 with an offset, int ns, '2h ago')",
+    )
+    p.add_argument(
+        "--position",
+        type=int,
+        metavar="N",
+        help="fold only the first N records of the storage log",
+    )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from koru._replay import replay
+
+    from ._base import parse_time
+
+    path = existing_database(args)
+    until = None if args.until is None else parse_time(args.until)
+    found = replay(path, until=until, position=args.position)
+    out = Output(as_json=args.json)
+    if out.json:
+        out.doc(found._asdict())
+        return 0
+    out.text(f"digest    {found.digest}")
+    out.text(
+        f"keys      {found.keys} live, {found.deleted_keys} deleted, {found.versions} versions"
+    )
+    out.text(f"events    {sum(found.events.values())} ({found.events})")
+    if found.namespaces:
+        out.table(("namespace", "keys"), found.namespaces.items())
+    return 0
+
+
 CHECK_COMMANDS: tuple[Command, ...] = (
     Command(
         "verify",
@@ -207,6 +246,13 @@ CHECK_COMMANDS: tuple[Command, ...] = (
         "kdelta verify --json",
         _verify_args,
         _verify,
+    ),
+    Command(
+        "replay",
+        "rebuild the state at a point of the log; print its digest and a summary",
+        "kdelta replay --until '2026-12-01T09:00:00Z'",
+        _replay_args,
+        _replay,
     ),
     Command(
         "stats",
