@@ -63,7 +63,9 @@ def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:
     named = table_names(checkpoint.sections)
     for name in sorted(named):
         try:
-            for _ in store.open_table(name).entries():
+            table = store.open_table(name)
+            table.verify_content()
+            for _ in table.entries():
                 pass
         except KoruError as exc:
             problems.append(f"table {name}: {exc}")

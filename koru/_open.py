@@ -34,7 +34,7 @@ from koru.projections import Projection
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._loader import BUILTIN_PROJECTIONS, load
-from ._processes import intervals_from, steps
+from ._processes import intervals_from, scrub, steps
 from ._stats import OpenReport
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
@@ -254,6 +254,8 @@ async def open(
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
+            if intervals:  # processes run: so does the scrub of the tables just opened
+                await supervisor.start("scrub", scrub, db)
             for name, step in steps(db).items():
                 if name in intervals:
                     await supervisor.every(name, step, Policy(interval=intervals[name]))

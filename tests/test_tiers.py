@@ -240,3 +240,35 @@ async def test_distillation_pins_the_fittest_keys_and_a_replay_keeps_them(
         async with koru.open(path, sync="os", processes=False) as db:
             replayed = db.projection("tiers")
             assert isinstance(replayed, TierState) and replayed.hot == live
+
+
+async def test_a_table_rewritten_whole_is_caught_by_the_scrub(tmp_path: Path) -> None:
+    """Alice's records swapped with Bob's, the table re-encoded with fresh checksums and
+    put back under its old name: per-entry checks pass, the name (a hash of the
+    content) does not. The scrub after the open stops the database, and verify says so."""
+    import sys
+
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.put("users", "alice", {"name": "Alice"})
+        await db.put("users", "bob", {"name": "Bob"})
+    [file] = (path / "tables").glob("*.tab")
+    entries = {(ns, k): v for ns, k, v in Table(file.read_bytes(), file.stem).entries()}
+    alice, bob = entries[("users", "alice")], entries[("users", "bob")]
+    entries[("users", "alice")], entries[("users", "bob")] = bob, alice
+    file.write_bytes(b"".join(encode_table((ns, k, v) for (ns, k), v in entries.items())))
+    async with koru.open(path) as db:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await db.contains("users", "x")
+                except koru.DatabaseClosedError as exc:
+                    assert isinstance(exc.__cause__, koru.CorruptCheckpointError)
+                    assert file.stem in str(exc.__cause__)
+                    break
+                await trio.sleep(0.01)
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    done = await trio.run_process(
+        [kdelta, "--db", str(path), "verify"], capture_stdout=True, check=False
+    )
+    assert done.returncode == 3 and b"not the one its name hashes" in done.stdout
