@@ -282,11 +282,11 @@ def _status(args: argparse.Namespace) -> int:
     path = existing_database(args)
     with read_snapshot(args) as snap:
         kv = snap.reads.kv
-        namespaces = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
+        namespaces = {ns: len(snap.reads.keys(ns)) for ns in snap.reads.namespaces()}
         doc = {
             "path": str(path),
             "node_id": snap.store.node_id.hex() if snap.store.node_id else None,
-            "keys": kv.live,
+            "keys": sum(namespaces.values()),  # values past their time to live hidden
             "deleted_keys": kv.key_count() - kv.live,
             "versions": kv.versions,
             "namespaces": namespaces,
