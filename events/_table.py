@@ -82,23 +82,37 @@ class TableEncoder:
     ``items`` are (namespace, key, value) in any order, a (namespace, key) at most once.
     """
 
-    def __init__(self, items: Iterable[tuple[str, str, bytes]]) -> None:
-        self._rows = _sorted((ns.encode(), key.encode(), value) for ns, key, value in items)
-        self.count = len(self._rows)
+    def __init__(self, items: Iterable[tuple[str, str, bytes]], *, presorted: bool = False) -> None:
+        rows = ((ns.encode(), key.encode(), value) for ns, key, value in items)
+        # Sorted input (a merge of tables) streams through: a merge of the whole cold
+        # tier must not hold it in memory.
+        self._rows: Iterable[tuple[bytes, bytes, bytes]] = rows if presorted else _sorted(rows)
+        self.count = 0
         self._index: list[bytes] = []
         self._end = -1
 
     def entries(self) -> Iterator[bytes]:
-        """The entries, in order (once)."""
+        """The entries, in order (once).
+
+        Raises:
+            ValueError: presorted items out of order, or a (namespace, key) twice.
+        """
         at = _HEAD.size
-        for i, (ns, key, value) in enumerate(self._rows):
+        last: tuple[bytes, bytes] | None = None
+        i = 0
+        for ns, key, value in self._rows:
+            if last is not None and (ns, key) <= last:
+                raise ValueError("table items out of order, or a key twice")
+            last = (ns, key)
             if i % BLOCK == 0:
                 first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
                 self._index.append(b"".join(first))
             entry = _entry(ns, key, value)
             at += len(entry)
+            i += 1
             yield entry
-        self._rows = []
+        self.count = i
+        self._rows = ()
         self._end = at
 
     def index(self) -> bytes:

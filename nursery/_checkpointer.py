@@ -96,7 +96,8 @@ class Checkpointer:
         async with self._lock:
             plans = self._compactions()
             for projection, inputs, new in plans:
-                encoder = await trio.to_thread.run_sync(TableEncoder, new.items())
+                # A merge of tables comes sorted: it streams, never held whole.
+                encoder = TableEncoder(new.items(), presorted=True)
                 merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
                 projection.compacted(inputs, merged)
             if plans:

@@ -23,10 +23,11 @@ whose current version expires, for the process that writes their expiry.
 
 from __future__ import annotations
 
+import heapq
 import struct
 from bisect import bisect_right
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
 from koru.events import Event, PutEvent, Table, content_id, write_id
@@ -296,14 +297,21 @@ class KvState:
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytearray | bytes]]:
         """(key, version records) of every key of ``namespace`` ever written, in key
-        order (by UTF-8 bytes)."""
-        merged: dict[str, bytearray | bytes] = {}
-        for table in reversed(self.tables):
-            merged.update(table.items(namespace))
-        for layer in [*reversed(self.frozen), self.namespaces]:
-            merged.update(layer.get(namespace, {}))
-        for key in sorted(merged, key=str.encode):
-            yield key, merged[key]
+        order (by UTF-8 bytes), streamed: the newest layer holding a key wins, and a
+        namespace larger than memory is never held whole."""
+        layers = [self.namespaces, *self.frozen]
+        streams: list[Iterator[tuple[bytes, int, str, bytearray | bytes]]] = [
+            _stream(_sorted_keys(layer.get(namespace)), age) for age, layer in enumerate(layers)
+        ]
+        base = len(layers)
+        streams += [
+            _stream(table.items(namespace), base + age) for age, table in enumerate(self.tables)
+        ]
+        last = None
+        for key_b, _, key, blob in heapq.merge(*streams):
+            if key_b != last:
+                last = key_b
+                yield key, blob
 
     def written_namespaces(self) -> list[str]:
         """Every namespace any key was ever written in (deleted ones too), sorted by
@@ -618,6 +626,22 @@ class KvState:
         state.current_sum = int.from_bytes(data["current_sum"], "big")
         state.version_sum = int.from_bytes(data["version_sum"], "big")
         return state
+
+
+def _sorted_keys(
+    keys: dict[str, bytearray | bytes] | None,
+) -> list[tuple[str, bytearray | bytes]]:
+    return [] if not keys else sorted(keys.items(), key=lambda item: item[0].encode())
+
+
+def _stream(
+    items: Iterable[tuple[str, bytearray | bytes]], age: int
+) -> Iterator[tuple[bytes, int, str, bytearray | bytes]]:
+    """A sorted source of (key, records) with its age (0 the newest), for a merge in
+    which ties are broken by age alone. (A function, not a generator expression in a
+    loop: the expression would read the loop's last ``age``.)"""
+    for key, blob in items:
+        yield key.encode(), age, key, blob
 
 
 def _merged(
