@@ -201,7 +201,9 @@ class Table:
         return int(self._count)
 
     def verify(self) -> None:
-        """Check the index against its hash and read it (once).
+        """Check the index against its hash (once; a table that fails is not used).
+        Cheap: the index is about one sixteenth of the keys; it is parsed later, by the
+        first lookup, so that an open costs what hashing the indexes costs.
 
         Raises:
             CorruptCheckpointError: it is damaged.
@@ -209,9 +211,17 @@ class Table:
         if self._digest is None:
             return
         at, length = self._index
-        index = bytes(self._data[at : at + length])
-        if blake3.blake3(index).digest() != self._digest:
+        if blake3.blake3(memoryview(self._data)[at : at + length]).digest() != self._digest:
             raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
+        self._digest = None
+
+    def _load_index(self) -> None:
+        """Read the verified index into memory (once)."""
+        self.verify()
+        if self._starts or not self._count:
+            return
+        at, length = self._index
+        index = bytes(self._data[at : at + length])
         firsts, starts = [], []
         pos = 0
         try:
@@ -236,7 +246,6 @@ class Table:
         ):
             raise CorruptCheckpointError(f"table {self.name}: its index does not match")
         self._firsts, self._starts = firsts, starts
-        self._digest = None
 
     def verify_content(self) -> None:
         """Check the whole table against its name (a hash of all but the header): what
@@ -289,7 +298,7 @@ class Table:
             target = (namespace.encode(), key.encode())
         except UnicodeEncodeError:
             return None
-        self.verify()
+        self._load_index()
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None
@@ -301,7 +310,7 @@ class Table:
     def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
         """(key, value) of every key of ``namespace``, in key order."""
         ns_b = namespace.encode()
-        self.verify()
+        self._load_index()
         b = max(bisect_right(self._firsts, (ns_b, b"")) - 1, 0)
         while b < len(self._starts):
             for ns, key, value in self._block(b):
@@ -313,7 +322,7 @@ class Table:
 
     def entries(self) -> Iterator[tuple[str, str, bytes]]:
         """Every (namespace, key, value), in order."""
-        self.verify()
+        self._load_index()
         for b in range(len(self._starts)):
             for ns, key, value in self._block(b):
                 yield ns.decode(), key.decode(), value
