@@ -344,22 +344,53 @@ class ExactSum(Accumulator):
         return self.ints if not self.floats else self._total(1)
 
 
+class _Equals:
+    """The values of one equal group (``1`` and ``1.0``, ``0.0`` and ``-0.0``), each
+    counted: an aggregate answers with the one of smallest canonical encoding, which
+    depends on what is there, not on what arrived first or left."""
+
+    __slots__ = ("forms",)
+
+    def __init__(self) -> None:
+        self.forms: dict[bytes, list[Any]] = {}
+
+    def add(self, v: Any) -> None:
+        form = cbor2.dumps(v, canonical=True)
+        entry = self.forms.get(form)
+        if entry is None:
+            self.forms[form] = [1, v]
+        else:
+            entry[0] += 1
+
+    def remove(self, v: Any) -> bool:
+        """Remove one; True if the group is empty now."""
+        form = cbor2.dumps(v, canonical=True)
+        entry = self.forms[form]
+        entry[0] -= 1
+        if not entry[0]:
+            del self.forms[form]
+        return not self.forms
+
+    def value(self) -> Any:
+        return fresh(self.forms[min(self.forms)][1])
+
+
 class Extreme(Accumulator):
-    """min or max in the total order, with removal: a count per distinct value, the
+    """min or max in the total order, with removal: each distinct value counted, the
     extreme recomputed only when the last copy of it leaves."""
 
     __slots__ = ("best", "counts", "lowest")
 
     def __init__(self, lowest: bool) -> None:
         self.lowest = lowest
-        self.counts: dict[tuple[Any, ...], list[Any]] = {}
+        self.counts: dict[tuple[Any, ...], _Equals] = {}
         self.best: tuple[Any, ...] | None = None
 
     def add(self, key: str, v: Any) -> None:
         k = order_key(v)
-        entry = self.counts.get(k)
-        if entry is None:
-            self.counts[k] = [1, v]
+        group = self.counts.get(k)
+        if group is None:
+            group = self.counts[k] = _Equals()
             best = self.best
             # A new extreme, or the first value (None with others present means the
             # extreme left and is recomputed on demand).
@@ -367,14 +398,11 @@ class Extreme(Accumulator):
                 best is not None and (k < best if self.lowest else k > best)
             ):
                 self.best = k
-        else:
-            entry[0] += 1
+        group.add(v)
 
     def remove(self, key: str, v: Any) -> None:
         k = order_key(v)
-        entry = self.counts[k]
-        entry[0] -= 1
-        if not entry[0]:
+        if self.counts[k].remove(v):
             del self.counts[k]
             if k == self.best:
                 self.best = None
@@ -384,34 +412,32 @@ class Extreme(Accumulator):
             return None
         if self.best is None:
             self.best = min(self.counts) if self.lowest else max(self.counts)
-        return fresh(self.counts[self.best][1])
+        return self.counts[self.best].value()
 
 
 class Distinct(Accumulator):
-    """The distinct values, in the total order."""
+    """The distinct values, in the total order (of an equal group, the one of smallest
+    canonical encoding)."""
 
     __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[Any, ...], list[Any]] = {}
+        self.counts: dict[tuple[Any, ...], _Equals] = {}
 
     def add(self, key: str, v: Any) -> None:
         k = order_key(v)
-        entry = self.counts.get(k)
-        if entry is None:
-            self.counts[k] = [1, v]
-        else:
-            entry[0] += 1
+        group = self.counts.get(k)
+        if group is None:
+            group = self.counts[k] = _Equals()
+        group.add(v)
 
     def remove(self, key: str, v: Any) -> None:
         k = order_key(v)
-        entry = self.counts[k]
-        entry[0] -= 1
-        if not entry[0]:
+        if self.counts[k].remove(v):
             del self.counts[k]
 
     def result(self) -> list[Any]:
-        return [fresh(self.counts[k][1]) for k in sorted(self.counts)]
+        return [self.counts[k].value() for k in sorted(self.counts)]
 
 
 def make_accumulator(q: Query) -> Accumulator:
@@ -449,7 +475,7 @@ class Grouped:
                 self.simple = ""
             elif len(segs := self._agg_segs or ()) == 1 and not segs[0].isdecimal():
                 self.simple = segs[0]
-        #: group order key -> [group value, accumulator, members]
+        #: group order key -> [the group's values, accumulator, members]
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
 
     def contribution(self, doc: Doc) -> tuple[Any, Any]:
@@ -490,7 +516,8 @@ class Grouped:
         gk = order_key(group)
         entry = self.groups.get(gk)
         if entry is None:
-            entry = self.groups[gk] = [group, make_accumulator(self.query), 0]
+            entry = self.groups[gk] = [_Equals(), make_accumulator(self.query), 0]
+        entry[0].add(group)
         entry[2] += 1
         if v is not MISSING:
             entry[1].add(key, v)
@@ -502,6 +529,7 @@ class Grouped:
             return
         gk = order_key(group)
         entry = self.groups[gk]
+        entry[0].remove(group)
         entry[2] -= 1
         if v is not MISSING:
             entry[1].remove(key, v)
@@ -521,5 +549,5 @@ class Grouped:
         out = []
         for gk in keys[q.skip : end]:
             group, acc, _ = self.groups[gk]
-            out.append((fresh(group), acc.result()))
+            out.append((group.value(), acc.result()))
         return out

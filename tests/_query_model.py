@@ -12,6 +12,7 @@ import re
 from fractions import Fraction
 from typing import Any
 
+import cbor2
 from hypothesis import strategies as st
 
 import koru
@@ -141,16 +142,20 @@ def naive_aggregate(op: str, path: str | None, docs: list[tuple[str, Any]]) -> A
         return len(values)
     if op in ("sum", "avg"):
         return naive_sum(values, op == "avg")
+    # Of values equal in the order (1 and 1.0), the one of smallest canonical encoding.
     ordered = sorted(values, key=functools.cmp_to_key(cmp))
-    if op == "min":
-        return ordered[0] if ordered else None
-    if op == "max":
-        return ordered[-1] if ordered else None
-    out: list[Any] = []
+    groups: list[list[Any]] = []
     for v in ordered:
-        if not out or cmp(out[-1], v) != 0:
-            out.append(v)
-    return out
+        if groups and cmp(groups[-1][0], v) == 0:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    pick = [min(g, key=lambda v: cbor2.dumps(v, canonical=True)) for g in groups]
+    if op == "min":
+        return pick[0] if pick else None
+    if op == "max":
+        return pick[-1] if pick else None
+    return pick
 
 
 def naive_query(data: dict[str, Any], state: dict[str, Any]) -> Any:
@@ -173,7 +178,14 @@ def naive_query(data: dict[str, Any], state: dict[str, Any]) -> Any:
             else:
                 groups.append((g, [(k, d)]))
         groups.sort(key=lambda e: functools.cmp_to_key(cmp)(e[0]))
-        results = [(g, naive_aggregate(op, path, members)) for g, members in groups]
+
+        def shown(members: list[tuple[str, Any]]) -> Any:
+            # Of the group's equal values (1 and 1.0), the smallest canonical encoding.
+            found = [naive_get(d, data["group_by"]) for _, d in members]
+            found = [None if g is MISSING else g for g in found]
+            return min(found, key=lambda g: cbor2.dumps(g, canonical=True))
+
+        results = [(shown(members), naive_aggregate(op, path, members)) for _, members in groups]
         return [("group", g, v) for g, v in results[skip:end]]
     if "aggregate" in data:
         return naive_aggregate(op, path, docs)
