@@ -19,10 +19,12 @@ from typing import Any
 
 from koru.events import Event, check_name
 from koru.projections import KvState
-from koru.projections._evaluate import Grouped, Predicate, compile_filter, select_fields, sort_rows
+from koru.projections._grouped import Grouped
 from koru.projections._indexes import Indexes
 from koru.projections._planner import QueryPlan
+from koru.projections._predicate import Predicate, compile_filter
 from koru.projections._query import Group, Query, Row, as_query
+from koru.projections._rows import select_fields, sort_rows
 
 from ._documents import DocumentCache, read_live, read_values
 from ._indexing import Indexing

@@ -40,8 +40,8 @@ from koru.events import (
     write_id,
 )
 from koru.projections import KvState
-from koru.projections._evaluate import Predicate, compile_filter
 from koru.projections._kv import _REC, _unpack
+from koru.projections._predicate import Predicate, compile_filter
 from koru.projections._query import as_query
 
 from ._reader import ValueReader

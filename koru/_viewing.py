@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from koru.events import InvalidQueryError, NotFoundError, ViewEvent, check_name, encode_value
 from koru.projections import KvState
-from koru.projections._evaluate import select_fields
 from koru.projections._query import Group, Row, as_query
+from koru.projections._rows import select_fields
 from koru.projections._views import View, Views
 
 from ._documents import DocumentCache, read_live

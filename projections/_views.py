@@ -18,7 +18,7 @@ parts of documents its views need.
   just those values through the database).
 - A view with an aggregation keeps each member's contribution (its group and the value
   it adds) in the same add/remove accumulators a scan uses
-  (:class:`~koru.projections._evaluate.Grouped`), so it equals re-running the query
+  (:class:`~koru.projections._grouped.Grouped`), so it equals re-running the query
   exactly: sums are exact, ``min``/``max`` keep a count per distinct value and look at
   those counts again only when the last copy of the extreme leaves.
 
@@ -44,10 +44,11 @@ import cbor2
 
 from koru.events import Event, InvalidQueryError, PutEvent, ViewEvent
 
-from ._evaluate import Grouped, Predicate, compile_filter
+from ._grouped import Grouped
 from ._indexes import write_order
 from ._order import MISSING, key_from_plain, order_key, plain_key
 from ._paths import get_path, split_path
+from ._predicate import Predicate, compile_filter
 from ._query import Query
 
 __all__ = ["View", "Views"]
