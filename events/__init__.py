@@ -25,6 +25,7 @@ from ._errors import DataLossError as DataLossError
 from ._errors import DurabilityError as DurabilityError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
+from ._errors import InvalidParentError as InvalidParentError
 from ._errors import InvalidQueryError as InvalidQueryError
 from ._errors import KeyNotFoundError as KeyNotFoundError
 from ._errors import KoruError as KoruError
@@ -34,6 +35,7 @@ from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import ReadOnlyError as ReadOnlyError
 from ._errors import StorageError as StorageError
 from ._errors import VersionNotFoundError as VersionNotFoundError
+from ._errors import WorkspaceDroppedError as WorkspaceDroppedError
 from ._essence import ESSENCE as ESSENCE
 from ._essence import GenomeEvent as GenomeEvent
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
@@ -55,9 +57,16 @@ from ._limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
 from ._limits import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
 from ._limits import MAX_VALUE_SIZE as MAX_VALUE_SIZE
 from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
+from ._lineage import MAX_PARENTS as MAX_PARENTS
+from ._lineage import LinkedPutEvent as LinkedPutEvent
+from ._lineage import parents_problem as parents_problem
+from ._lineage import space_of as space_of
 from ._memory_store import MemoryStore as MemoryStore
+from ._names import RESERVED as RESERVED
 from ._names import check_name as check_name
+from ._names import check_user_name as check_user_name
 from ._names import name_problem as name_problem
+from ._names import user_name_problem as user_name_problem
 from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
 from ._query_events import IndexEvent as IndexEvent
 from ._query_events import ViewEvent as ViewEvent
@@ -89,8 +98,35 @@ from ._values import encode_value as encode_value
 from ._verify import Problem as Problem
 from ._verify import SegmentSummary as SegmentSummary
 from ._verify import verify_logs as verify_logs
+from ._workspaces import MAX_WORKSPACE_BYTES as MAX_WORKSPACE_BYTES
+from ._workspaces import WORKSPACE as WORKSPACE
+from ._workspaces import WORKSPACE_ACTIONS as WORKSPACE_ACTIONS
+from ._workspaces import WORKSPACE_PREFIX as WORKSPACE_PREFIX
+from ._workspaces import WorkspaceEvent as WorkspaceEvent
+from ._workspaces import check_workspace as check_workspace
+from ._workspaces import split_workspace as split_workspace
+from ._workspaces import workspace_prefix as workspace_prefix
+from ._workspaces import workspace_problem as workspace_problem
 
 __all__ = [
+    "InvalidParentError",
+    "WorkspaceDroppedError",
+    "MAX_PARENTS",
+    "LinkedPutEvent",
+    "parents_problem",
+    "space_of",
+    "RESERVED",
+    "check_user_name",
+    "user_name_problem",
+    "MAX_WORKSPACE_BYTES",
+    "WORKSPACE",
+    "WORKSPACE_ACTIONS",
+    "WORKSPACE_PREFIX",
+    "WorkspaceEvent",
+    "check_workspace",
+    "split_workspace",
+    "workspace_prefix",
+    "workspace_problem",
     "AGENTS",
     "Problem",
     "SegmentSummary",

@@ -65,8 +65,29 @@ class VersionNotFoundError(NotFoundError):
     """A version named by write id or history index does not exist for that key."""
 
 
+class WorkspaceDroppedError(NotFoundError):
+    """The workspace was dropped: its handle neither reads nor writes (its history is
+    kept and read through ``Database.audit_workspace``), and the name is never used
+    again."""
+
+    def __init__(self, workspace: str) -> None:
+        super().__init__(f"workspace {workspace!r} was dropped")
+        self.workspace = workspace
+
+
 class InvalidDataError(KoruError, ValueError):
     """Input rejected before anything was written: bad namespace, key, value or event."""
+
+
+class InvalidParentError(InvalidDataError):
+    """A put's ``parents`` cannot be recorded (nothing is written): a parent without a
+    current value, the key itself, a parent in another space, one listed twice, or too
+    many. ``parent`` is the (namespace, key) at fault, or None for the list as a whole."""
+
+    def __init__(self, parent: tuple[str, str] | None, reason: str) -> None:
+        super().__init__(f"bad parent {parent!r}: {reason}" if parent else f"bad parents: {reason}")
+        self.parent = parent
+        self.reason = reason
 
 
 class InvalidArgumentError(InvalidDataError, TypeError):

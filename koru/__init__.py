@@ -25,6 +25,13 @@ __version__ = "0.1.0"
 # that only reads a log pays for nothing else. Each public name is imported on first
 # use (PEP 562); type checkers see the imports below.
 _EXPORTS: dict[str, str] = {
+    "SpaceAPI": "koru._api",
+    "Workspace": "koru._workspace",
+    "WorkspaceInfo": "koru._workspace",
+    "Connected": "koru._lineage",
+    "InvalidParentError": "koru.events",
+    "WorkspaceDroppedError": "koru.events",
+    "MAX_PARENTS": "koru.events",
     "Change": "koru._diff",
     "KeyChange": "koru._subscriptions",
     "LaggedError": "koru.events",
@@ -83,6 +90,7 @@ _EXPORTS: dict[str, str] = {
 
 if _typing.TYPE_CHECKING:
     from ._api import DatabaseAPI as DatabaseAPI
+    from ._api import SpaceAPI as SpaceAPI
     from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
     from ._database import Database as Database
     from ._diff import Change as Change
@@ -91,6 +99,7 @@ if _typing.TYPE_CHECKING:
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
     from ._indexing import IndexInfo as IndexInfo
+    from ._lineage import Connected as Connected
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
@@ -107,7 +116,10 @@ if _typing.TYPE_CHECKING:
     from ._types import Version as Version
     from ._types import Versioned as Versioned
     from ._viewing import ViewInfo as ViewInfo
+    from ._workspace import Workspace as Workspace
+    from ._workspace import WorkspaceInfo as WorkspaceInfo
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
+    from .events import MAX_PARENTS as MAX_PARENTS
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
     from .events import CorruptLogError as CorruptLogError
@@ -117,6 +129,7 @@ if _typing.TYPE_CHECKING:
     from .events import DurabilityError as DurabilityError
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
+    from .events import InvalidParentError as InvalidParentError
     from .events import InvalidQueryError as InvalidQueryError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
@@ -126,6 +139,7 @@ if _typing.TYPE_CHECKING:
     from .events import ReadOnlyError as ReadOnlyError
     from .events import StorageError as StorageError
     from .events import VersionNotFoundError as VersionNotFoundError
+    from .events import WorkspaceDroppedError as WorkspaceDroppedError
     from .nursery import Clock as Clock
     from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
@@ -138,6 +152,13 @@ if _typing.TYPE_CHECKING:
     from .projections import Row as Row
 
 __all__ = [
+    "SpaceAPI",
+    "Workspace",
+    "WorkspaceInfo",
+    "Connected",
+    "InvalidParentError",
+    "WorkspaceDroppedError",
+    "MAX_PARENTS",
     "Change",
     "Clock",
     "CodecError",

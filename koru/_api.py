@@ -5,7 +5,12 @@ client of a database served by another node; code written against
 :class:`DatabaseAPI` runs on either. Why every call is awaitable, even those a local
 database answers from memory (``stats``, ``digest``, ``roots``): a remote database
 answers over the network, and a call that is synchronous here could never be served
-there without blocking the event loop.
+there without blocking the event loop. (``workspace`` and ``audit_workspace`` only
+build a handle, with no I/O; the handle's calls are awaited.)
+
+A workspace handle satisfies :class:`SpaceAPI`, the data calls; the calls about the
+whole database (events, feeds, statistics, checkpoints, lifecycle) are the database's
+alone, since through them one workspace could read or write another's data.
 """
 
 from __future__ import annotations
@@ -20,21 +25,19 @@ from koru.projections import Query, QueryPlan
 from ._diff import Diff
 from ._genome import Genome
 from ._indexing import IndexInfo
+from ._lineage import Connected
 from ._subscriptions import Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._viewing import ViewInfo
+from ._workspace import WorkspaceInfo
 
-__all__ = ["DatabaseAPI"]
+__all__ = ["DatabaseAPI", "SpaceAPI"]
 
 
-class DatabaseAPI(Protocol):
-    """What every koru-delta database answers; see :class:`koru.Database` for each
-    call's full contract."""
-
-    @property
-    def node_id(self) -> str:
-        """The id (hex) of the node that holds the database."""
-        ...
+class SpaceAPI(Protocol):
+    """The data calls, answered within one space: what a database answers in its
+    default space and a workspace handle (``db.workspace(name)``) in its own. See
+    :class:`koru.Database` for each call's full contract."""
 
     @property
     def readonly(self) -> bool:
@@ -42,7 +45,17 @@ class DatabaseAPI(Protocol):
         ...
 
     async def put(
-        self, namespace: str, key: str, value: Any, *, ttl: float | None = None
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        parents: Iterable[Any] | None = None,
+    ) -> Version: ...
+
+    async def put_with_causal_links(
+        self, namespace: str, key: str, value: Any, parents: Iterable[Any]
     ) -> Version: ...
 
     async def put_batch(
@@ -75,6 +88,8 @@ class DatabaseAPI(Protocol):
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff: ...
+
+    async def expiring(self, within: float = 0.0) -> list[Expiring]: ...
 
     async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any: ...
 
@@ -110,6 +125,45 @@ class DatabaseAPI(Protocol):
         buffer: int = ...,
     ) -> AbstractAsyncContextManager[Subscription]: ...
 
+    async def are_connected(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = ...
+    ) -> bool: ...
+
+    async def connection_path(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = ...
+    ) -> list[tuple[str, str]] | None: ...
+
+    async def ancestors(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]: ...
+
+    async def descendants(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]: ...
+
+    async def most_connected(self, namespace: str, k: int = 10) -> list[Connected]: ...
+
+
+class DatabaseAPI(SpaceAPI, Protocol):
+    """What every koru-delta database answers: the data calls of its default space
+    (:class:`SpaceAPI`), its workspaces, and the calls about the whole database (its
+    events, feeds, statistics, lifecycle), which a workspace handle does not have."""
+
+    @property
+    def node_id(self) -> str:
+        """The id (hex) of the node that holds the database."""
+        ...
+
+    def workspace(self, name: str) -> SpaceAPI: ...
+
+    def audit_workspace(self, name: str) -> SpaceAPI: ...
+
+    async def create_workspace(self, name: str) -> bool: ...
+
+    async def drop_workspace(self, name: str) -> None: ...
+
+    async def workspaces(self, *, dropped: bool = False) -> list[WorkspaceInfo]: ...
+
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...
 
     async def feed_heads(self) -> dict[tuple[str, str], int]: ...
@@ -125,8 +179,6 @@ class DatabaseAPI(Protocol):
     async def digest(self) -> str: ...
 
     async def checkpoint(self) -> None: ...
-
-    async def expiring(self, within: float = 0.0) -> list[Expiring]: ...
 
     async def genome(self) -> Genome: ...
 

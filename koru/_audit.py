@@ -42,6 +42,9 @@ def _content(projection: Projection) -> Any:
             projection.digest(),
             sorted(projection.expiring.items()),
         )
+    content = getattr(projection, "content", None)
+    if content is not None:  # a projection with tables says what it holds
+        return content()
     return cbor2.dumps(projection.capture(), canonical=True)
 
 

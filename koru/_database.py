@@ -22,11 +22,13 @@ import trio
 from koru.events import (
     AGENTS,
     NODE_ID_SIZE,
+    RESERVED,
     STORAGE,
     InvalidArgumentError,
     KeyNotFoundError,
     LogStore,
     check_name,
+    check_user_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import (
@@ -39,7 +41,9 @@ from koru.projections import (
     TierState,
 )
 from koru.projections._indexes import Indexes
+from koru.projections._lineage import LineageState
 from koru.projections._views import Views
+from koru.projections._workspaces import WorkspaceState
 
 from ._api import DatabaseAPI
 from ._cache import ValueCache
@@ -47,16 +51,22 @@ from ._diff import Diff
 from ._genome import Genome, genome_of
 from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
+from ._lineage import DEFAULT_MAX_DEPTH, Connected, Lineage
 from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
+from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._viewing import ViewInfo, Viewing
+from ._workspace import Workspace, WorkspaceInfo, Workspaces
 from ._writer import Writer
 
 __all__ = ["Database"]
+
+#: Every name a caller may pass is at least this (a reserved one is less).
+_FIRST = chr(ord(RESERVED) + 1)
 
 
 class Database:
@@ -124,6 +134,10 @@ class Database:
         )
         self._hub = Hub(store, self._kv, self._values)
         self._writer.observers.append(self._hub.observe)
+        self._lineage = Lineage(
+            cast(LineageState, projections["lineage"]), self._kv, self._writer.read_time
+        )
+        self._workspaces = Workspaces(cast(WorkspaceState, projections["workspaces"]), self._writer)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -158,7 +172,7 @@ class Database:
     async def _enter_key(self, namespace: str, key: str) -> None:
         """Start a read of one key: enter, then both names checked."""
         await self._life.enter()
-        check_name(namespace, "namespace")
+        check_user_name(namespace, "namespace")
         check_name(key, "key")
 
     def _die(self, exc: BaseException) -> None:
@@ -168,22 +182,35 @@ class Database:
     # -- writes ------------------------------------------------------------------------
 
     async def put(
-        self, namespace: str, key: str, value: Any, *, ttl: float | None = None
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        parents: Iterable[Any] | None = None,
     ) -> Version:
         """Store ``value`` as the new version of ``namespace/key``.
 
         Returns the new version's metadata once the write is durable under the
         database's sync mode. With ``ttl`` (seconds), the value is current only that
         long by the database's clock: then it reads as absent, and the expiry process
-        records its expiry as a tombstone in its history.
+        records its expiry as a tombstone in its history. With ``parents`` (each a
+        ``(namespace, key)`` pair, or a key of the same namespace), the value is
+        recorded as derived from those keys, in the same event (see
+        :meth:`ancestors`).
 
         Raises:
             InvalidDataError: bad namespace or key, unencodable or oversized value, a
                 ttl that is not a positive number of seconds (nothing is written).
+            InvalidParentError: a parent without a current value, the key itself, or
+                over ``MAX_PARENTS`` of them (nothing is written).
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._life.enter_write()
-        version = self._writer.put(namespace, key, value, ttl)
+        check_user_name(namespace, "namespace")
+        links = () if parents is None else self._lineage.parents(DEFAULT, namespace, key, parents)
+        version = self._writer.put(namespace, key, value, ttl, links)
         await self._writer.acknowledge()
         return version
 
@@ -204,6 +231,13 @@ class Database:
             await self._writer.acknowledge()
         return versions
 
+    async def put_with_causal_links(
+        self, namespace: str, key: str, value: Any, parents: Iterable[Any]
+    ) -> Version:
+        """:meth:`put` with ``parents`` (the original's name): each parent a key of the
+        same namespace, or a ``(namespace, key)`` pair."""
+        return await self.put(namespace, key, value, parents=parents)
+
     async def delete(self, namespace: str, key: str) -> Version:
         """Delete a key by writing a tombstone version; its history keeps every version.
 
@@ -211,6 +245,7 @@ class Database:
             KeyNotFoundError: the key has no current value (nothing is written).
         """
         await self._life.enter_write()
+        check_user_name(namespace, "namespace")
         version = self._writer.delete(namespace, key)
         await self._writer.acknowledge()
         return version
@@ -238,10 +273,15 @@ class Database:
             kv.touch(namespace, key)
         if kv.expiring and cid is not None and kv.expired(namespace, key, self._writer.read_time()):
             cid = None  # its time to live is over (the expiry process records it)
-        if cid is None or type(namespace) is not str or type(key) is not str:
+        if (
+            cid is None
+            or type(namespace) is not str
+            or type(key) is not str
+            or namespace < _FIRST  # a reserved name (a workspace's): never reached here
+        ):
             # One rule for names everywhere: a str subclass that hashes like a stored
             # name is refused here too, as by every other call.
-            check_name(namespace, "namespace")
+            check_user_name(namespace, "namespace")
             check_name(key, "key")
             raise KeyNotFoundError(namespace, key)
         data = self._cache.get(cid)
@@ -297,10 +337,11 @@ class Database:
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
         await self._life.enter()
+        check_user_name(namespace, "namespace")
         return self._reads.keys(namespace)
 
     async def namespaces(self) -> list[str]:
-        """Namespaces holding at least one current value, sorted."""
+        """Namespaces holding at least one current value, sorted (workspaces' apart)."""
         await self._life.enter()
         return self._reads.namespaces()
 
@@ -333,6 +374,7 @@ class Database:
             InvalidDataError: a bad namespace or time.
         """
         await self._life.enter()
+        check_user_name(namespace, "namespace")
         return self._queries.query(namespace, query, at)
 
     async def explain(
@@ -341,6 +383,7 @@ class Database:
         """How :meth:`query` would read the namespace: which indexes narrow the
         documents (and to how many), or why it scans them all."""
         await self._life.enter()
+        check_user_name(namespace, "namespace")
         return self._queries.explain(namespace, query, at)
 
     async def create_index(self, namespace: str, field: str) -> bool:
@@ -354,6 +397,7 @@ class Database:
             InvalidQueryError: ``field`` is not a path. InvalidDataError: bad namespace.
         """
         await self._life.enter_write()
+        check_user_name(namespace, "namespace")
         created = self._queries.indexing.create(namespace, field)
         if created:
             await self._writer.acknowledge()
@@ -366,12 +410,15 @@ class Database:
             NotFoundError: there is no such index.
         """
         await self._life.enter_write()
+        check_user_name(namespace, "namespace")
         self._queries.indexing.drop(namespace, field)
         await self._writer.acknowledge()
 
     async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]:
         """The secondary indexes (of one namespace, or all), sorted."""
         await self._life.enter()
+        if namespace is not None:
+            check_user_name(namespace, "namespace")
         return self._queries.indexing.listing(namespace)
 
     # -- materialized views --------------------------------------------------------------
@@ -385,6 +432,8 @@ class Database:
             InvalidQueryError: a malformed query. InvalidDataError: a bad name.
         """
         await self._life.enter_write()
+        check_user_name(name, "view")
+        check_user_name(namespace, "namespace")
         self._views.create(name, namespace, query)
         await self._writer.acknowledge()
 
@@ -395,12 +444,14 @@ class Database:
             NotFoundError: no such view.
         """
         await self._life.enter()
+        check_user_name(name, "view")
         return self._views.read(name)
 
     async def refresh_view(self, name: str) -> None:
         """Recompute the view from the namespace's documents (it is kept up to date
         anyway; this is the fallback, and what a new or replayed definition gets)."""
         await self._life.enter()
+        check_user_name(name, "view")
         self._views.refresh(name)
 
     async def list_views(self) -> list[ViewInfo]:
@@ -415,6 +466,7 @@ class Database:
             NotFoundError: no such view.
         """
         await self._life.enter_write()
+        check_user_name(name, "view")
         self._views.delete(name)
         await self._writer.acknowledge()
 
@@ -450,6 +502,92 @@ class Database:
         await self._life.enter()
         async with self._hub.subscribe(namespace, key, kinds, where, from_position, buffer) as sub:
             yield sub
+
+    # -- lineage -------------------------------------------------------------------------
+
+    async def are_connected(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> bool:
+        """True if one of the two keys ((namespace, key) pairs) derives from the other
+        through at most ``max_depth`` links (see :meth:`connection_path`)."""
+        await self._life.enter()
+        return self._lineage.path(DEFAULT, a, b, max_depth) is not None
+
+    async def connection_path(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> list[tuple[str, str]] | None:
+        """A shortest chain of derivation links from ``a`` to ``b`` (both included),
+        following children (``b`` derives from ``a``) or parents (``a`` derives from
+        ``b``), of at most ``max_depth`` links; None if there is none. Breadth-first
+        from both ends."""
+        await self._life.enter()
+        return self._lineage.path(DEFAULT, a, b, max_depth)
+
+    async def ancestors(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]:
+        """Every key ``node`` derives from (its parents, theirs, ...) within ``depth``
+        links (None: all), nearest first, each distance in (namespace, key) order."""
+        await self._life.enter()
+        return self._lineage.ancestors(DEFAULT, node, depth)
+
+    async def descendants(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]:
+        """Every key derived from ``node``, as :meth:`ancestors` orders them."""
+        await self._life.enter()
+        return self._lineage.descendants(DEFAULT, node, depth)
+
+    async def most_connected(self, namespace: str, k: int = 10) -> list[Connected]:
+        """The ``k`` keys of ``namespace`` with the most links (parents and children),
+        most first, ties by key."""
+        await self._life.enter()
+        return self._lineage.most_connected(DEFAULT, namespace, k)
+
+    # -- workspaces ------------------------------------------------------------------------
+
+    def workspace(self, name: str) -> Workspace:
+        """The handle of workspace ``name``: the data API in a space of its own (see
+        :class:`~koru._workspace.Workspace`). Its first write creates the workspace.
+
+        Raises:
+            InvalidDataError: not a usable workspace name.
+        """
+        return Workspace(self, name)
+
+    def audit_workspace(self, name: str) -> Workspace:
+        """A read-only handle of workspace ``name``, which reads its history also after
+        it was dropped."""
+        return Workspace(self, name, audit=True)
+
+    async def create_workspace(self, name: str) -> bool:
+        """Record the workspace's creation (an event); False if it exists already.
+
+        Raises:
+            WorkspaceDroppedError: it was dropped (a dropped name is never used again).
+        """
+        await self._life.enter_write()
+        created = self._workspaces.create(name)
+        if created:
+            await self._writer.acknowledge()
+        return created
+
+    async def drop_workspace(self, name: str) -> None:
+        """Drop the workspace (an event): its handles refuse every call from now on, its
+        history stays readable through :meth:`audit_workspace`, and the name is never
+        used again.
+
+        Raises:
+            NotFoundError: no such workspace. WorkspaceDroppedError: dropped already.
+        """
+        await self._life.enter_write()
+        self._workspaces.drop(name)
+        await self._writer.acknowledge()
+
+    async def workspaces(self, *, dropped: bool = False) -> list[WorkspaceInfo]:
+        """The workspaces, by name (with ``dropped``, the dropped ones too)."""
+        await self._life.enter()
+        return self._workspaces.listing(dropped)
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 
@@ -544,6 +682,10 @@ class Database:
             InvalidArgumentError: ``within`` is not a non-negative number of seconds.
         """
         await self._life.enter()
+        return [e for e in await self._expiring(within) if DEFAULT.owns(e.namespace)]
+
+    async def _expiring(self, within: float) -> list[Expiring]:
+        """:meth:`expiring` of every space (stored names)."""
         if type(within) not in (int, float) or not 0 <= within < float("inf"):
             raise InvalidArgumentError(f"within must be non-negative seconds, not {within!r}")
         horizon = self._writer.read_time() + int(within * 1e9)

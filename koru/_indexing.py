@@ -20,6 +20,7 @@ from koru.projections._paths import check_path
 from koru.projections._planner import QueryPlan, plan
 
 from ._documents import DocumentCache
+from ._space import DEFAULT, Space
 from ._writer import Writer
 
 __all__ = ["IndexInfo", "Indexing"]
@@ -70,15 +71,18 @@ class Indexing:
             raise NotFoundError(f"no index on {namespace!r} field {field!r}")
         self.writer.emit("perspective", lambda h: IndexEvent(*h, "drop", namespace, field))
 
-    def listing(self, namespace: str | None) -> list[IndexInfo]:
+    def listing(self, namespace: str | None, space: Space = DEFAULT) -> list[IndexInfo]:
+        """The indexes of ``space`` (of its namespace ``namespace``, stored form, or
+        all), named as its callers name them."""
         if namespace is not None:
             check_name(namespace, "namespace")
         out = []
         for ns, path in self.indexes.listing():
-            if namespace is None or ns == namespace:
+            shown = space.outward(ns)
+            if shown is not None and (namespace is None or ns == namespace):
                 index = self.indexes.get(ns, path)
                 assert index is not None
-                out.append(IndexInfo(ns, path, len(index), index.pending))
+                out.append(IndexInfo(shown, path, len(index), index.pending))
         return out
 
     def fill(self, index: Index) -> None:

@@ -37,7 +37,9 @@ from koru.projections import (
     table_names,
 )
 from koru.projections._indexes import Indexes
+from koru.projections._lineage import LineageState
 from koru.projections._views import Views
+from koru.projections._workspaces import WorkspaceState
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
@@ -48,6 +50,8 @@ BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
     TierState,
     Indexes,
     Views,
+    LineageState,
+    WorkspaceState,
 )
 
 

@@ -25,6 +25,7 @@ from koru.projections import TOMBSTONE, KvState, VersionRecord
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
 from ._reader import ValueReader
+from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
@@ -151,9 +152,28 @@ class KeyReads:
         check_name(namespace, "namespace")
         return self.kv.keys(namespace, self.now() if self.kv.expiring else None)
 
-    def namespaces(self) -> list[str]:
-        """Namespaces holding at least one current value, sorted."""
-        return self.kv.live_namespaces(self.now() if self.kv.expiring else None)
+    def namespaces(self, space: Space = DEFAULT) -> list[str]:
+        """The space's namespaces holding at least one current value, sorted (by the
+        names its callers know them by)."""
+        found = self.kv.live_namespaces(self.now() if self.kv.expiring else None)
+        shown = [space.outward(ns) for ns in found]
+        return sorted(ns for ns in shown if ns is not None)
+
+    def value(self, namespace: str, key: str) -> Any:
+        """The current value (KeyNotFoundError if none): ``Database.get`` for a
+        workspace (whose names are checked and stored already)."""
+        kv = self.kv
+        cid = kv.live_content_id(namespace, key)
+        if cid is not None and kv.expiring and kv.expired(namespace, key, self.now()):
+            cid = None
+        if cid is None:
+            raise KeyNotFoundError(namespace, key)
+        data = self.values.cache.get(cid)
+        if data is None:
+            current = kv.current(namespace, key)
+            assert current is not None
+            data = self.values.value_bytes(cid, current.location, namespace, key)
+        return decode_value(data)
 
     def contains(self, namespace: str, key: str) -> bool:
         """True if the key has a current value (not deleted, not expired)."""

@@ -46,6 +46,7 @@ from koru.projections._query import as_query
 
 from ._reader import ValueReader
 from ._reads import version_of
+from ._space import DEFAULT, Space
 from ._types import Version
 
 __all__ = ["KINDS", "KeyChange", "Hub", "Subscription"]
@@ -91,8 +92,12 @@ class Subscription:
         where: Predicate | None,
         replay: Iterator[Item],
         buffer: int,
+        space: Space = DEFAULT,
     ) -> None:
         self._hub = hub
+        #: The space whose changes it sees (what its namespaces are called there).
+        self.space = space
+        #: The namespace asked for, stored form (None: every namespace of the space).
         self.namespace = namespace
         self.key = key
         self.kinds = kinds
@@ -168,11 +173,15 @@ class Subscription:
         event, eid, position, built = item
         out = []
         ns_wanted, key_wanted, kinds, where = self.namespace, self.key, self.kinds, self._where
+        outward = self.space.outward
         for i, w in enumerate(event.writes):
             ns, key = w.namespace, w.key
             if (ns_wanted is not None and ns != ns_wanted) or (
                 key_wanted is not None and key != key_wanted
             ):
+                continue
+            shown = outward(ns)
+            if shown is None:  # another space's
                 continue
             kind = "put" if w.value is not None else "delete"
             if kind not in kinds:
@@ -180,12 +189,16 @@ class Subscription:
             versions = built.get(i)
             if versions is None:
                 versions = built[i] = self._hub.versions(ns, key, write_id(eid, i))
-            if versions[1] is None:
+            old, new = versions
+            if new is None:
                 continue
             value = None if w.value is None else cbor2.loads(w.value)  # fresh for each
-            change = KeyChange(ns, key, kind, versions[0], versions[1], value, position)
+            if shown != ns:  # a workspace's: its own names
+                old = None if old is None else old._replace(namespace=shown)
+                new = new._replace(namespace=shown)
+            change = KeyChange(shown, key, kind, old, new, value, position)
             if where is not None:
-                doc = change.value if kind == "put" else self._hub.value_of(change.old)
+                doc = change.value if kind == "put" else self._hub.value_of(versions[0])
                 if doc is None and kind == "delete" and change.old is None:
                     continue
                 if not where(doc):
@@ -218,9 +231,12 @@ class Hub:
         cut = False
         for sub in subs:
             ns = sub.namespace
-            if ns is not None and (
-                ns not in names
-                or (sub.key is not None and not any(w.key == sub.key for w in writes))
+            if ns is None:
+                owns = sub.space.owns
+                if not any(owns(n) for n in names):
+                    continue  # another space's: never queued, never counted
+            elif ns not in names or (
+                sub.key is not None and not any(w.key == sub.key for w in writes)
             ):
                 continue
             if not sub.push(item):
@@ -280,9 +296,12 @@ class Hub:
         where: Any,
         from_position: int | None,
         buffer: int,
+        space: Space = DEFAULT,
     ) -> AsyncIterator[Subscription]:
+        """Subscribe (see ``Database.subscribe``) to the changes of ``space``: its
+        namespace ``namespace`` (as its callers name it), or all of its namespaces."""
         if namespace is not None:
-            check_name(namespace, "namespace")
+            namespace = space.inward(namespace)
         if key is not None:
             if namespace is None:
                 raise InvalidArgumentError("a key subscription needs its namespace")
@@ -302,7 +321,9 @@ class Hub:
         # The seam: the log's end now, and the live queue attached, with no yield between.
         end = self.store.cursor(STORAGE).count
         start = end if from_position is None else from_position
-        sub = Subscription(self, namespace, key, wanted, predicate, self.replay(start, end), buffer)
+        sub = Subscription(
+            self, namespace, key, wanted, predicate, self.replay(start, end), buffer, space
+        )
         self.subscriptions.append(sub)
         try:
             yield sub

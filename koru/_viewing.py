@@ -21,6 +21,7 @@ from koru.projections._views import View, Views
 
 from ._documents import DocumentCache, read_live
 from ._reader import ValueReader
+from ._space import DEFAULT, Space
 from ._writer import Writer
 
 __all__ = ["ViewInfo", "Viewing"]
@@ -68,27 +69,33 @@ class Viewing:
         view = self.views.by_name[name]
         self.fill(view)
 
-    def delete(self, name: str) -> None:
-        self._get(name)
+    def delete(self, name: str, space: Space = DEFAULT) -> None:
+        self._get(name, space)
         namespace = self.views.by_name[name].namespace
         self.writer.emit("perspective", lambda h: ViewEvent(*h, "drop", name, namespace, None))
 
-    def refresh(self, name: str) -> None:
-        self.fill(self._get(name))
+    def refresh(self, name: str, space: Space = DEFAULT) -> None:
+        self.fill(self._get(name, space))
 
-    def listing(self) -> list[ViewInfo]:
+    def listing(self, space: Space = DEFAULT) -> list[ViewInfo]:
+        """The views of ``space``, by name, named as its callers name them."""
         out = []
-        for name in sorted(self.views.by_name):
-            view = self.views.by_name[name]
+        for stored in self.views.by_name:
+            view = self.views.by_name[stored]
+            name, namespace = space.outward(stored), space.outward(view.namespace)
+            if name is None or namespace is None:
+                continue
             data = view.query.to_data() if view.query is not None else {}
-            out.append(ViewInfo(name, view.namespace, data, view.pending, view.error))
-        return out
+            out.append(ViewInfo(name, namespace, data, view.pending, view.error))
+        return sorted(out)
 
-    def _get(self, name: str) -> View:
+    def _get(self, name: str, space: Space = DEFAULT) -> View:
+        """The view stored as ``name``, if it reads a namespace of ``space`` (a crafted
+        definition naming one space's view over another's namespace is no view)."""
         check_name(name, "view")
         view = self.views.by_name.get(name)
-        if view is None:
-            raise NotFoundError(f"no view called {name!r}")
+        if view is None or not space.owns(view.namespace):
+            raise NotFoundError(f"no view called {space.outward(name) or name!r}")
         return view
 
     def fill(self, view: View) -> None:
@@ -113,9 +120,9 @@ class Viewing:
             )
             self.views.catch_up(namespace, dict(zip(keys, docs, strict=True)), gone)
 
-    def read(self, name: str) -> Any:
+    def read(self, name: str, space: Space = DEFAULT) -> Any:
         """The view's answer, as ``db.query`` would give it now."""
-        view = self._get(name)
+        view = self._get(name, space)
         if view.error is not None or view.query is None:
             raise InvalidQueryError("view", view.error or "unusable definition")
         self.catch_up(view.namespace)

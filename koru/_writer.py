@@ -31,7 +31,9 @@ from koru.events import (
     HybridLogicalClock,
     InvalidArgumentError,
     InvalidDataError,
+    InvalidParentError,
     KeyNotFoundError,
+    LinkedPutEvent,
     LogStore,
     PutEvent,
     Write,
@@ -41,6 +43,7 @@ from koru.events import (
     encode_event,
     encode_value,
     event_id,
+    parents_problem,
     write_id,
 )
 from koru.nursery import Checkpointer, Clock, Committer
@@ -48,6 +51,7 @@ from koru.projections import FeedState, KvState, Projections, capture_checkpoint
 
 from ._cache import ValueCache
 from ._ingest import Ingest
+from ._space import DEFAULT
 from ._types import IngestResult, Version
 
 __all__ = ["Writer"]
@@ -202,20 +206,35 @@ class Writer:
 
     # -- local writes --------------------------------------------------------------------
 
-    def put(self, namespace: str, key: str, value: Any, ttl: float | None = None) -> Version:
-        """Append a new version of ``namespace/key`` (not yet acknowledged)."""
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        parents: tuple[tuple[str, str], ...] = (),
+    ) -> Version:
+        """Append a new version of ``namespace/key`` (not yet acknowledged), derived
+        from ``parents`` (stored names, checked by the caller) if any."""
         check_name(namespace, "namespace")
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
+        ttl_ns = None if ttl is None else _ttl_ns(ttl)
+        if parents:
+            # The decoder's rules, held here too: an event every replay would refuse
+            # must never be acknowledged.
+            problem = parents_problem((namespace, key), parents)
+            if problem is not None:
+                raise InvalidParentError(None, problem)
         event: Event
-        if ttl is None:
-            event = PutEvent(*self._header(), namespace, key, data, previous)
-            expires = None
+        header = self._header()
+        expires = None if ttl_ns is None else header[4] + ttl_ns
+        if parents:
+            event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
+        elif expires is None:
+            event = PutEvent(*header, namespace, key, data, previous)
         else:
-            ttl_ns = _ttl_ns(ttl)
-            header = self._header()
-            expires = header[4] + ttl_ns
             event = ExpiringPutEvent(*header, namespace, key, data, previous, expires)
         cid = content_id(data)
         eid = self._append(event)
@@ -223,9 +242,13 @@ class Writer:
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
     def put_batch(
-        self, items: Iterable[tuple[str, str, Any]], ttl: float | None = None
+        self,
+        items: Iterable[tuple[str, str, Any]],
+        ttl: float | None = None,
+        inward: Callable[[Any], str] = DEFAULT.inward,
     ) -> list[Version]:
-        """Append several versions as one event, all or nothing (not yet acknowledged)."""
+        """Append several versions as one event, all or nothing (not yet acknowledged).
+        ``inward`` checks each namespace and gives its stored form (its space's)."""
         if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
             raise InvalidDataError(
                 f"put_batch takes an iterable of (namespace, key, value), not {items!r}"
@@ -235,11 +258,11 @@ class Writer:
         for item in items:
             if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
                 raise InvalidDataError(f"batch items are (namespace, key, value), not {item!r}")
-            namespace, key, value = item
-            check_name(namespace, "namespace")
+            shown, key, value = item
+            namespace = inward(shown)
             check_name(key, "key")
             if (namespace, key) in seen:
-                raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
+                raise InvalidDataError(f"{shown!r}/{key!r} appears twice in one batch")
             seen.add((namespace, key))
             data = encode_value(value, self._max_value_size)
             writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
