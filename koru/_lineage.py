@@ -21,7 +21,7 @@ from koru.events import (
 )
 from koru.projections import KvState
 from koru.projections._lineage import LineageState, Node
-from koru.projections._traversal import reach, shortest_path
+from koru.projections._traversal import LinksOf, reach, shortest_path
 
 from ._space import Space
 
@@ -128,8 +128,8 @@ class Lineage:
             raise InvalidArgumentError(f"{what} must be a non-negative int, not {depth!r}")
         return depth
 
-    def _walker(self, space: Space) -> tuple[Callable[[Node], Any], Callable[[Node], bool]]:
-        return self.graph.links, lambda node: space.owns(node[0])
+    def _walker(self, space: Space) -> tuple[LinksOf, Callable[[Node], bool]]:
+        return self.graph.side, lambda node: space.owns(node[0])
 
     def _out(self, space: Space, nodes: Iterable[Node]) -> list[tuple[str, str]]:
         out = []
@@ -166,8 +166,8 @@ class Lineage:
         ranked = heapq.nsmallest(
             k,
             (
-                (-(len(parents) + len(children)), key.encode(), key, len(parents), len(children))
-                for key, (parents, children) in self.graph.items(stored)
+                (-(parents + children), key.encode(), key, parents, children)
+                for key, parents, children in self.graph.counts(stored)
             ),
         )
         return [Connected(shown, key, p, c) for _, _, key, p, c in ranked]

@@ -11,14 +11,15 @@ each node once.
 Why layers and tables, as :class:`~koru.projections.KvState` keeps its records: the
 graph grows with the data. Memory holds each node changed since the last checkpoint
 (its complete parents and children, copied up from below on its first change); a
-checkpoint freezes that layer and writes it as a table of (namespace, key) -> the
-node's links, newest table first, merged as the key/value tables are
-(:mod:`._merging`). A node nobody asks about costs no memory; nodes read from tables
-lately are kept decoded in a small cache.
+checkpoint freezes that layer and writes it as a table (each side of a node, parents
+and children, an entry of its own), newest table first, merged as the key/value tables
+are (:mod:`._merging`). A node nobody asks about costs no memory; sides read from
+tables lately are kept decoded in a small cache.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -30,7 +31,7 @@ from koru.events import CorruptCheckpointError, Event, LinkedPutEvent, Table
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
-__all__ = ["Links", "LineageState", "Node"]
+__all__ = ["LineageState", "Links", "Node"]
 
 Node = tuple[str, str]
 #: A node's (parents, children), each sorted.
@@ -38,31 +39,37 @@ Links = tuple[tuple[Node, ...], tuple[Node, ...]]
 # A node's links in the memory layers: [parents, children], changed in place.
 _Mutable = list[set[Node]]
 _Layer = dict[Node, _Mutable]
-_NONE: Links = ((), ())
-#: Nodes read from tables kept decoded.
+#: Each side of a node is its own table entry, under its namespace marked by side:
+#: asking a key's parents never decodes the children of a parent with millions.
+_SIDES = ("<", ">")
+_COUNT = struct.Struct("<I")
+#: Sides of nodes read from tables kept decoded.
 _CACHED = 4096
 
 
-def _encode(entry: _Mutable) -> bytes:
-    parents, children = entry
-    return cbor2.dumps([[list(n) for n in sorted(parents)], [list(n) for n in sorted(children)]])
+def _encode(side: set[Node]) -> bytes:
+    """One side of a node: how many links (read alone by ``most_connected``), then
+    the links, sorted."""
+    return _COUNT.pack(len(side)) + cbor2.dumps([list(n) for n in sorted(side)])
 
 
-def _decode(data: bytes) -> Links:
-    """A table entry's links (CorruptCheckpointError if it is not one: a table is
+def _decode(data: bytes) -> tuple[Node, ...]:
+    """One side's links (CorruptCheckpointError if the entry is not one: a table is
     checked against its name, but a crafted one is refused here too, never misread)."""
     try:
-        parents, children = cbor2.loads(data)
-        found = (
-            tuple((ns, key) for ns, key in parents),
-            tuple((ns, key) for ns, key in children),
-        )
-    except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+        (count,) = _COUNT.unpack_from(data)
+        found = tuple((ns, key) for ns, key in cbor2.loads(data[_COUNT.size :]))
+    except (ValueError, TypeError, struct.error, cbor2.CBORDecodeError) as exc:
         raise CorruptCheckpointError(f"a lineage table entry is malformed: {exc}") from None
-    for side in found:
-        if not all(type(ns) is str and type(key) is str for ns, key in side):
-            raise CorruptCheckpointError("a lineage table entry is malformed")
+    if len(found) != count or not all(type(ns) is str and type(k) is str for ns, k in found):
+        raise CorruptCheckpointError("a lineage table entry is malformed")
     return found
+
+
+def _count(data: bytes) -> int:
+    if len(data) < _COUNT.size:
+        raise CorruptCheckpointError("a lineage table entry is malformed")
+    return int(_COUNT.unpack_from(data)[0])
 
 
 class LineageState:
@@ -81,8 +88,8 @@ class LineageState:
         #: Tables written by checkpoints (newest first).
         self.tables: list[Table] = []
         self.max_tables = MAX_TABLES
-        #: Nodes read from tables lately, decoded.
-        self.cache: OrderedDict[Node, Links] = OrderedDict()
+        #: Sides of nodes read from tables lately, decoded: (node, side) -> links.
+        self.cache: OrderedDict[tuple[Node, int], tuple[Node, ...]] = OrderedDict()
         #: Distinct links in the graph.
         self.edges = 0
         self._capturing: list[_Layer] = []
@@ -105,68 +112,70 @@ class LineageState:
         """The node's links in the memory layer, copied up from below first."""
         entry = self.memory.get(node)
         if entry is None:
-            parents, children = self._below(node)
-            entry = self.memory[node] = [set(parents), set(children)]
-            self.cache.pop(node, None)
+            entry = self.memory[node] = [set(self._below(node, 0)), set(self._below(node, 1))]
+            self.cache.pop((node, 0), None)
+            self.cache.pop((node, 1), None)
         return entry
 
     # -- reads ------------------------------------------------------------------------
 
-    def links(self, node: Node) -> Links:
-        """The node's (parents, children), each sorted; empty for a node never linked."""
+    def side(self, node: Node, side: int) -> tuple[Node, ...]:
+        """The node's parents (``side`` 0) or children (1), sorted; empty for a node
+        never linked."""
         entry = self.memory.get(node)
         if entry is not None:
-            return tuple(sorted(entry[0])), tuple(sorted(entry[1]))
-        return self._below(node)
+            return tuple(sorted(entry[side]))
+        return self._below(node, side)
 
-    def _below(self, node: Node) -> Links:
+    def _below(self, node: Node, side: int) -> tuple[Node, ...]:
         for layer in self.frozen:
             entry = layer.get(node)
             if entry is not None:
-                return tuple(sorted(entry[0])), tuple(sorted(entry[1]))
+                return tuple(sorted(entry[side]))
         if not self.tables:
-            return _NONE
-        found = self.cache.get(node)
+            return ()
+        slot = (node, side)
+        found = self.cache.get(slot)
         if found is not None:
-            self.cache.move_to_end(node)
+            self.cache.move_to_end(slot)
             return found
+        marked = _SIDES[side] + node[0]
         for table in self.tables:
-            data = table.get(*node)
+            data = table.get(marked, node[1])
             if data is not None:
                 found = _decode(data)
-                self.cache[node] = found
+                self.cache[slot] = found
                 if len(self.cache) > _CACHED:
                     self.cache.popitem(last=False)
                 return found
-        return _NONE
+        return ()
 
-    def parents(self, node: Node) -> tuple[Node, ...]:
-        return self.links(node)[0]
+    def links(self, node: Node) -> Links:
+        """The node's (parents, children), each sorted."""
+        return self.side(node, 0), self.side(node, 1)
 
-    def children(self, node: Node) -> tuple[Node, ...]:
-        return self.links(node)[1]
-
-    def items(self, namespace: str) -> Iterator[tuple[str, Links]]:
-        """(key, links) of every linked node of ``namespace``, in key order (by UTF-8
-        bytes)."""
-        merged: dict[str, Links | _Mutable] = {}
+    def counts(self, namespace: str) -> Iterator[tuple[str, int, int]]:
+        """(key, parents, children) of every linked node of ``namespace``, in key order
+        (by UTF-8 bytes), without decoding any list of links."""
+        merged: dict[str, list[int]] = {}
         for table in reversed(self.tables):
-            for key, data in table.items(namespace):
-                merged[key] = _decode(data)
+            for side in (0, 1):
+                for key, data in table.items(_SIDES[side] + namespace):
+                    merged.setdefault(key, [0, 0])[side] = _count(data)
         for layer in [*reversed(self.frozen), self.memory]:
             for (ns, key), entry in layer.items():
                 if ns == namespace:
-                    merged[key] = entry
+                    merged[key] = [len(entry[0]), len(entry[1])]
         for key in sorted(merged, key=str.encode):
             parents, children = merged[key]
-            yield key, (tuple(sorted(parents)), tuple(sorted(children)))
+            yield key, parents, children
 
     def content(self) -> list[tuple[Node, Links]]:
         """Every node with its links, in order: the whole graph, for checks that
         compare two states."""
         nodes: set[Node] = set()
         for table in self.tables:
-            nodes.update((ns, key) for ns, key, _ in table.entries())
+            nodes.update((ns[1:], key) for ns, key, _ in table.entries())
         for layer in [*self.frozen, self.memory]:
             nodes.update(layer)
         return [(node, self.links(node)) for node in sorted(nodes)]
@@ -223,10 +232,14 @@ class LineageState:
 
 
 def _merged(layers: list[_Layer]) -> Iterator[tuple[str, str, bytes]]:
-    """The (namespace, key, links) of frozen layers (newest first), newest wins."""
+    """The (marked namespace, key, links) of each side of the nodes of frozen layers
+    (newest first), newest wins. A side with no links is left out: links only grow, so
+    no older table holds one for it either."""
     seen: set[Node] = set()
     for layer in layers:
         for node, entry in layer.items():
             if node not in seen:
                 seen.add(node)
-                yield node[0], node[1], _encode(entry)
+                for side in (0, 1):
+                    if entry[side]:
+                        yield _SIDES[side] + node[0], node[1], _encode(entry[side])

@@ -1,20 +1,20 @@
 """Breadth-first walks over a derivation graph: pure functions of a ``links`` lookup.
 
-Each takes ``links(node) -> (parents, children)`` (sorted, so every walk is the same on
-every node holding the same graph) and ``keep(node) -> bool``, the nodes a walk may
-enter (a workspace walks its own nodes only). Graphs of keys may hold cycles: every
-walk visits a node at most once.
+Each takes ``links(node, side) -> nodes``, a node's parents (side 0) or children
+(side 1), sorted (so every walk is the same on every node holding the same graph), and
+``keep(node) -> bool``, the nodes a walk may enter (a workspace walks its own nodes
+only). Graphs of keys may hold cycles: every walk visits a node at most once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._lineage import Links, Node
+from ._lineage import Node
 
-__all__ = ["reach", "shortest_path"]
+__all__ = ["Keep", "LinksOf", "reach", "shortest_path"]
 
-LinksOf = Callable[[Node], Links]
+LinksOf = Callable[[Node, int], tuple[Node, ...]]
 Keep = Callable[[Node], bool]
 
 
@@ -29,7 +29,7 @@ def reach(start: Node, links: LinksOf, side: int, depth: int | None, keep: Keep)
     while frontier and (depth is None or level < depth):
         following = []
         for node in frontier:
-            for other in links(node)[side]:
+            for other in links(node, side):
                 if other not in seen and keep(other):
                     seen.add(other)
                     following.append(other)
@@ -73,7 +73,7 @@ def _meet(
         direction = side if from_a else 1 - side
         following = []
         for node in front:
-            for nxt in links(node)[direction]:
+            for nxt in links(node, direction):
                 if nxt in back or not keep(nxt):
                     continue
                 back[nxt] = node

@@ -1759,3 +1759,27 @@ def test_ctrl_c_during_an_ingest_call_arrives_after_it(
     with pytest.raises(KeyboardInterrupt):
         trio.run(take_in)
     assert seen[0] == 30  # the whole call ran; the interrupt came after it
+
+
+def test_the_checkpoint_audit_agrees_after_a_namespace_loses_its_last_key(
+    tmp_path: Path,
+) -> None:
+    """A namespace whose last live key was deleted counts 0 live keys in a replay and is
+    left out of a restored checkpoint: the same state. The audit (``kdelta verify``)
+    reported the checkpoint as disagreeing with the log (found by the lineage property
+    test)."""
+    from koru._audit import audit_checkpoint
+
+    async def write() -> None:
+        async with koru.open(tmp_path) as db:
+            await db.put("gone", "k", 1)
+            await db.delete("gone", "k")
+            await db.put("kept", "k", 1)
+            await db.checkpoint()
+
+    trio.run(write)
+    store = FileStore(tmp_path, readonly=True)
+    try:
+        assert audit_checkpoint(store) == ([], [])
+    finally:
+        store.close()
