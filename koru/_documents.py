@@ -30,6 +30,7 @@ __all__ = [
     "DocumentCache",
     "Documents",
     "live_records",
+    "read_at",
     "read_live",
     "read_values",
 ]
@@ -90,6 +91,19 @@ def read_live(
         parts.append(data if data is not None else read(cid, loc, namespace, key))
         found.append(key)
     return found, decode_all(parts)
+
+
+def read_at(
+    kv: KvState, namespace: str, when: int, read: Reader, peek: Peek
+) -> tuple[list[str], list[Any]]:
+    """Keys of ``namespace`` with a value at time ``when``, and those values (decoded
+    afresh), in key order."""
+    recs = []
+    for key, _ in kv.items(namespace):
+        r = kv.at(namespace, key, when)
+        if r is not None and r.content_id is not None and not r.expired(when):
+            recs.append((key, r.content_id, r.location, r.size))
+    return [r[0] for r in recs], read_values(read, namespace, recs, peek)
 
 
 class Documents:

@@ -14,19 +14,17 @@ is checked before any document is read.
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import compress
 from typing import Any
 
 from koru.events import Event, check_name
 from koru.projections import KvState
-from koru.projections._grouped import Grouped
+from koru.projections._answer import answer
 from koru.projections._indexes import Indexes
 from koru.projections._planner import QueryPlan
 from koru.projections._predicate import Predicate, compile_filter
-from koru.projections._query import Group, Query, Row, as_query
-from koru.projections._rows import select_fields, sort_rows
+from koru.projections._query import Query, as_query
 
-from ._documents import DocumentCache, read_live, read_values
+from ._documents import DocumentCache, read_at, read_live, read_values
 from ._indexing import Indexing
 from ._reader import ValueReader
 from ._time import to_ns
@@ -90,26 +88,10 @@ class QueryEngine:
             else:
                 keys, values = self._live(namespace, sorted(candidates - gone))
                 owned = True
-        hits = list(compress(range(len(keys)), map(predicate, values)))
-        if q.aggregate is not None or q.group is not None:
-            grouped = Grouped(q)
-            for i in hits:
-                group, v = grouped.contribution(values[i])
-                grouped.add_contribution(keys[i], group, v)
-            result = grouped.result()
-            return [Group(g, v) for g, v in result] if q.group is not None else result
-        rows = [(keys[i], values[i]) for i in hits]  # in key order
-        if q.order:
-            rows = sort_rows(rows, q.order)
-        end = None if q.take is None else q.skip + q.take
-        rows = rows[q.skip : end]
-        if not owned:  # the cache's objects: decode the results afresh
-            rows = list(zip(*self._live(namespace, [k for k, _ in rows]), strict=True))
-        new = tuple.__new__
-        if q.fields is not None:
-            fields = q.fields
-            return [new(Row, (k, select_fields(v, fields))) for k, v in rows]
-        return [new(Row, r) for r in rows]
+        if owned:
+            return answer(q, predicate, keys, values)
+        # The cache's objects: rows are decoded afresh.
+        return answer(q, predicate, keys, values, lambda ks: self._live(namespace, ks)[1])
 
     def check(self, namespace: str, query: Any, at: Any) -> tuple[Query, int | None]:
         """The query and time, checked (before any work)."""
@@ -140,11 +122,5 @@ class QueryEngine:
 
     def _at(self, namespace: str, when: int) -> tuple[list[str], list[Any]]:
         """Every key's value at ``when`` (keys with none then are left out)."""
-        recs = []
-        for key, _ in self.kv.items(namespace):
-            r = self.kv.at(namespace, key, when)
-            if r is not None and r.content_id is not None and not r.expired(when):
-                recs.append((key, r.content_id, r.location, r.size))
-        return [r[0] for r in recs], read_values(
-            self.values.value_bytes, namespace, recs, self.values.cache.peek
-        )
+        values = self.values
+        return read_at(self.kv, namespace, when, values.value_bytes, values.cache.peek)

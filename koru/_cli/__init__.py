@@ -84,6 +84,20 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _joined(argv: Sequence[str]) -> list[str]:
+    """``--sort -age`` as ``--sort=-age``: argparse reads a value that starts with '-'
+    as an option, and a descending sort starts with one."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--sort":
+            value = next(words, None)
+            out.append(word if value is None else f"--sort={value}")
+        else:
+            out.append(word)
+    return out
+
+
 def _version() -> str:
     from koru import __version__
 
@@ -94,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (the ``kdelta`` script exits with it)."""
     if argv is None:
         argv = sys.argv[1:]
+    argv = _joined(argv)
     args = parser(argv).parse_args(argv)
     try:
         code = args.run(args)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 if TYPE_CHECKING:
     from koru import Database
     from koru._snapshot import Snapshot
+    from koru._space import Space
 
 __all__ = [
     "Command",
@@ -25,9 +26,11 @@ __all__ = [
     "parse_time",
     "parse_value",
     "read_snapshot",
+    "space_of",
     "split_key",
     "version_doc",
     "with_database",
+    "workspace_argument",
 ]
 
 T = TypeVar("T")
@@ -76,14 +79,32 @@ def existing_database(args: argparse.Namespace) -> Path:
 
 def split_key(text: str) -> tuple[str, str]:
     """``NS/KEY``, split at the first ``/`` (a key may hold more)."""
-    from koru.events import check_name
+    from koru.events import check_name, check_user_name
 
     namespace, sep, key = text.partition("/")
     if not sep or not namespace or not key:
         raise Usage(f"expected NAMESPACE/KEY, not {text!r}")
-    check_name(namespace, "namespace")  # before anything is read (exit 2)
+    check_user_name(namespace, "namespace")  # before anything is read (exit 2)
     check_name(key, "key")
     return namespace, key
+
+
+def workspace_argument(p: argparse.ArgumentParser) -> None:
+    """``--workspace NAME``: the command works in that workspace's space."""
+    p.add_argument(
+        "--workspace",
+        metavar="NAME",
+        help="in workspace NAME (its own namespaces; reads also a dropped one's history)",
+    )
+
+
+def space_of(args: argparse.Namespace) -> Space:
+    """The space the command works in (``--workspace``, else the default space); a bad
+    workspace name exits 2 before anything is read."""
+    from koru._space import DEFAULT, Space
+
+    name = getattr(args, "workspace", None)
+    return DEFAULT if name is None else Space(name)
 
 
 _UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
