@@ -53,6 +53,7 @@ GROUPS = (
     "query_index",
     "views",
     "subscriptions",
+    "spaces",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -1095,6 +1096,11 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_views(sizes, tmp, report)
         elif group == "subscriptions":
             await bench_subscriptions(sizes, tmp, report)
+        elif group == "spaces":
+            import spaces  # bench/spaces.py
+
+            for row in await spaces.bench_spaces(sizes.rounds, sizes.round_s, tmp, value):
+                report.add(Row(*row, higher_is_better=row[3] != "ms/call"))
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

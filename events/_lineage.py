@@ -114,13 +114,7 @@ def _decode(header: Header, body: Any) -> Event:
 
 register_event_type(
     LinkedPutEvent,
-    lambda e: [
-        e.namespace,
-        e.key,
-        e.value,
-        e.previous,
-        e.expires,
-        [list(p) for p in e.parents],
-    ],
+    # Tuples encode as CBOR arrays: the parents go as they are, not copied to lists.
+    lambda e: [e.namespace, e.key, e.value, e.previous, e.expires, e.parents],
     _decode,
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from koru.events import (
+    MAX_NAME_BYTES,
     MAX_PARENTS,
     InvalidArgumentError,
     InvalidDataError,
@@ -73,17 +74,26 @@ class Lineage:
                 None, f"parents must be a list of (namespace, key), not {parents!r}"
             )
         found: dict[Node, None] = {}  # in the order given, once each
+        kv, inward = self.kv, space.inward
         for item in parents:
-            node = self._parent(space, namespace, item)
-            shown = (space.outward(node[0]) or "", node[1])
-            if node == (namespace, key):
-                raise InvalidParentError(shown, "a key cannot be its own parent")
+            pkey = item[1] if type(item) is tuple and len(item) == 2 else None
+            if type(pkey) is str and 0 < len(pkey) <= MAX_NAME_BYTES and pkey.isascii():
+                try:
+                    node = (inward(item[0]), pkey)  # the common form, checked inline
+                except InvalidDataError:
+                    node = self._parent(space, namespace, item)  # raises, naming it
+            else:
+                node = self._parent(space, namespace, item)
             if node in found:
                 continue
+            if node == (namespace, key):
+                raise InvalidParentError(_shown(space, node), "a key cannot be its own parent")
             if len(found) == MAX_PARENTS:
                 raise InvalidParentError(None, f"a put names at most {MAX_PARENTS} parents")
-            if not self._live(node):
-                raise InvalidParentError(shown, "it has no current value")
+            if kv.live_content_id(*node) is None or (
+                kv.expiring and kv.expired(node[0], node[1], self.now())
+            ):
+                raise InvalidParentError(_shown(space, node), "it has no current value")
             found[node] = None
         return tuple(found)
 
@@ -104,12 +114,6 @@ class Lineage:
         except InvalidDataError as exc:
             raise InvalidParentError(None, f"{item!r}: {exc}") from None
         return pns, pkey
-
-    def _live(self, node: Node) -> bool:
-        kv = self.kv
-        if kv.live_content_id(*node) is None:
-            return False
-        return not (kv.expiring and kv.expired(node[0], node[1], self.now()))
 
     # -- walks ------------------------------------------------------------------------------
 
@@ -171,3 +175,8 @@ class Lineage:
             ),
         )
         return [Connected(shown, key, p, c) for _, _, key, p, c in ranked]
+
+
+def _shown(space: Space, node: Node) -> tuple[str, str]:
+    """A parent in the caller's names, for an error message."""
+    return space.outward(node[0]) or node[0], node[1]

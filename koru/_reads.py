@@ -163,10 +163,15 @@ class KeyReads:
         """The current value (KeyNotFoundError if none): ``Database.get`` for a
         workspace (whose names are checked and stored already)."""
         kv = self.kv
-        cid = kv.live_content_id(namespace, key)
+        try:
+            cid = kv.live_content_id(namespace, key)
+        except TypeError:  # an unhashable key
+            cid = None
+        if kv.hot:
+            kv.touch(namespace, key)
         if cid is not None and kv.expiring and kv.expired(namespace, key, self.now()):
             cid = None
-        if cid is None:
+        if cid is None or type(key) is not str:
             raise KeyNotFoundError(namespace, key)
         data = self.values.cache.get(cid)
         if data is None:

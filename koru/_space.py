@@ -26,6 +26,8 @@ from koru.events import (
 
 __all__ = ["DEFAULT", "Space"]
 
+_ROOM = MAX_NAME_BYTES // 4  # a name of at most this many characters fits, encoded
+
 
 class Space:
     """The default space (``workspace`` None) or one workspace's."""
@@ -48,6 +50,8 @@ class Space:
         if not self.prefix:
             return name  # type: ignore[no-any-return]
         stored: str = self.prefix + name
+        if len(stored) <= _ROOM and stored.isascii():
+            return stored  # the common case, without encoding
         size = len(stored.encode())
         if size > MAX_NAME_BYTES:
             room = MAX_NAME_BYTES - len(self.prefix.encode())

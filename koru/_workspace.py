@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import trio
+
 from koru.events import (
     WORKSPACE,
     KeyNotFoundError,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from ._database import Database
 
 __all__ = ["Workspace", "WorkspaceInfo", "Workspaces"]
+
+_REMEMBERED = 256  # stored names a handle remembers
 
 
 class WorkspaceInfo(NamedTuple):
@@ -112,11 +116,13 @@ class Workspace:
     :meth:`koru.Database.audit_workspace`). See :class:`koru.Database` for each call's
     contract; names and results are the workspace's own."""
 
-    __slots__ = ("_audit", "_db", "_space", "name")
+    __slots__ = ("_audit", "_db", "_names", "_space", "name")
 
     def __init__(self, db: Database, name: str, *, audit: bool = False) -> None:
         self._space = Space(name)  # checks the name
         self._db = db
+        #: Namespaces named lately -> their stored form (checked already).
+        self._names: dict[str, str] = {}
         self._audit = audit
         #: The workspace's name.
         self.name = name
@@ -133,7 +139,7 @@ class Workspace:
 
     async def _enter(self) -> None:
         await self._db._life.enter()
-        if not self._audit and self._db._workspaces.state.dropped(self.name):
+        if self.name in self._db._workspaces.state.gone and not self._audit:
             raise WorkspaceDroppedError(self.name)
 
     async def _enter_write(self) -> None:
@@ -154,7 +160,14 @@ class Workspace:
         await self._db._writer.acknowledge()
 
     def _ns(self, namespace: Any) -> str:
-        return self._space.inward(namespace)
+        """The stored form of a namespace, checked (and remembered, for the next call
+        that names it)."""
+        stored = self._space.inward(namespace)
+        names = self._names
+        if len(names) >= _REMEMBERED:
+            names.clear()
+        names[namespace] = stored
+        return stored
 
     @staticmethod
     @contextmanager
@@ -213,11 +226,23 @@ class Workspace:
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, namespace: str, key: str) -> Any:
-        await self._enter()
-        stored = self._ns(namespace)
-        check_name(key, "key")
-        with self._named(namespace):
-            return self._db._reads.value(stored, key)
+        # The hot path: the preamble inlined, the stored name remembered.
+        db = self._db
+        life = db._life
+        if life.begin():
+            await life.pause()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if self.name in db._workspaces.state.gone and not self._audit:
+            raise WorkspaceDroppedError(self.name)
+        stored = self._names.get(namespace) if type(namespace) is str else None
+        if stored is None:
+            stored = self._ns(namespace)
+        try:
+            return db._reads.value(stored, key)
+        except KeyNotFoundError:
+            check_name(key, "key")
+            raise KeyNotFoundError(namespace, key) from None
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
         await self._enter()

@@ -100,11 +100,11 @@ class LineageState:
         if type(event) is not LinkedPutEvent:
             return
         child = (event.namespace, event.key)
+        above = self._writable(child)[0]
         for parent in event.parents:
-            entry = self._writable(child)
-            if parent in entry[0]:
+            if parent in above:
                 continue  # applied before
-            entry[0].add(parent)
+            above.add(parent)
             self._writable(parent)[1].add(child)
             self.edges += 1
 

@@ -31,13 +31,15 @@ class WorkspaceEntry(NamedTuple):
 class WorkspaceState:
     """workspace name -> its first create and first drop."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "gone")
 
     name: ClassVar[str] = "workspaces"
     version: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self.entries: dict[str, WorkspaceEntry] = {}
+        #: The names of dropped workspaces (asked by every call of a handle).
+        self.gone: set[str] = set()
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
         if type(event) is not WorkspaceEvent:
@@ -49,12 +51,12 @@ class WorkspaceState:
                 entry = entry._replace(created=stamp)
         elif entry.dropped is None or stamp < entry.dropped:
             entry = entry._replace(dropped=stamp)
+            self.gone.add(event.name)
         self.entries[event.name] = entry
 
     def dropped(self, name: str) -> bool:
         """True if the workspace was dropped."""
-        entry = self.entries.get(name)
-        return entry is not None and entry.dropped is not None
+        return name in self.gone
 
     def created(self, name: str) -> bool:
         """True if a create of the workspace was folded (dropped since or not)."""
@@ -75,7 +77,9 @@ class WorkspaceState:
         for row in data:
             if type(row) is not list or len(row) != 7 or workspace_problem(row[0]) is not None:
                 raise ValueError("malformed workspace entry")
-            state.entries[row[0]] = WorkspaceEntry(_stamp(row[1:4]), _stamp(row[4:7]))
+            entry = state.entries[row[0]] = WorkspaceEntry(_stamp(row[1:4]), _stamp(row[4:7]))
+            if entry.dropped is not None:
+                state.gone.add(row[0])
         return state
 
 
