@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from koru.events import Grant, PublicIdentity, Revocation
 from koru.nursery import ProcessInfo
 from koru.projections import Query, QueryPlan
 
 from ._diff import Diff
 from ._genome import Genome
+from ._identity import Identity
 from ._indexing import IndexInfo
 from ._subscriptions import Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
@@ -131,5 +133,29 @@ class DatabaseAPI(Protocol):
     async def genome(self) -> Genome: ...
 
     async def processes(self) -> list[ProcessInfo]: ...
+
+    async def register(self, identity: Identity | PublicIdentity) -> bool: ...
+
+    async def grant(
+        self,
+        grant_or_grantee: Grant | Identity | PublicIdentity | bytes | str,
+        *,
+        namespace: str = "*",
+        key: str = "*",
+        actions: str | list[str] | tuple[str, ...] = "read",
+        not_before: Any = None,
+        expires: Any = None,
+        parent: bytes | str | None = None,
+        granter: Identity | None = None,
+    ) -> Grant: ...
+
+    async def revoke(
+        self,
+        revocation_or_grant: Revocation | Grant | bytes | str,
+        *,
+        revoker: Identity | None = None,
+    ) -> Revocation: ...
+
+    async def check(self, who: Any, action: str, namespace: str, key: str) -> bool: ...
 
     async def aclose(self) -> None: ...

@@ -30,6 +30,7 @@ from koru.events import (
 )
 from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import (
+    AuthState,
     FeedState,
     KvState,
     Projection,
@@ -42,14 +43,19 @@ from koru.projections._indexes import Indexes
 from koru.projections._views import Views
 
 from ._api import DatabaseAPI
+from ._auth_calls import AuthCalls
+from ._authority import Authority
 from ._cache import ValueCache
 from ._diff import Diff
 from ._genome import Genome, genome_of
+from ._identity import DEFAULT_DIFFICULTY, Identity
 from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
+from ._proven import ProvenIngest
 from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
+from ._sessions import Entropy, Sessions
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
@@ -59,7 +65,7 @@ from ._writer import Writer
 __all__ = ["Database"]
 
 
-class Database:
+class Database(AuthCalls):
     """An open koru-delta database. Obtain one with :func:`koru.open`."""
 
     def __init__(
@@ -76,6 +82,9 @@ class Database:
         max_value_size: int,
         checkpoint_every: int,
         opened: OpenReport,
+        node_key: Identity | None = None,
+        entropy: Entropy | None = None,
+        difficulty: int = DEFAULT_DIFFICULTY,
     ) -> None:
         self._store = store
         self._path = path
@@ -124,6 +133,21 @@ class Database:
         )
         self._hub = Hub(store, self._kv, self._values)
         self._writer.observers.append(self._hub.observe)
+        # Identities, grants, sessions (koru._auth_calls): the node key is the root.
+        self._authority = Authority(
+            state=cast(AuthState, projections["auth"]),
+            feeds=self._feeds,
+            node=node_key,
+            node_id=node_id,
+            difficulty=difficulty,
+        )
+        self._sessions = Sessions(
+            lambda: self._authority.node,
+            self._writer.now,
+            entropy if entropy is not None else Entropy(None),
+            difficulty,
+        )
+        self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority)
         self._statistics = Statistics(
             path,
             self._node_hex,

@@ -26,6 +26,7 @@ from koru.events import (
 )
 from koru.projections import (
     CHECKPOINT_FILE,
+    AuthState,
     Checkpoint,
     FeedState,
     KvState,
@@ -48,6 +49,7 @@ BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
     TierState,
     Indexes,
     Views,
+    AuthState,
 )
 
 
