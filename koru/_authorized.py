@@ -26,7 +26,7 @@ authorized ``get`` costs about a glob match more than a plain one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +40,10 @@ from koru.events import (
     PermissionDeniedError,
     PublicIdentity,
     Revocation,
-    SessionExpiredError,
     check_name,
 )
 from koru.nursery import ProcessInfo
-from koru.projections import Query, QueryPlan
+from koru.projections import NEVER, Query, QueryPlan
 
 from ._api import DatabaseAPI
 from ._authority import describe, public_key_of
@@ -72,15 +71,20 @@ class AuthorizedDatabase:
 
     __slots__ = (
         "_authority",
+        "_checks",
         "_closed",
         "_db",
         "_effective",
         "_name",
         "_now",
+        "_open",
         "_seen",
         "_session",
         "_sessions",
         "_signer",
+        "_since",
+        "_state",
+        "_until",
         "_who",
     )
 
@@ -92,8 +96,14 @@ class AuthorizedDatabase:
         self._authority = db._authority
         self._sessions = db._sessions
         self._now = db._writer.now
+        self._state = db._authority.state
+        self._open = db._sessions._open
         self._effective: Effective | None = None
         self._seen = -1
+        self._since, self._until = 1, 0  # an empty window: decided on first use
+        #: (action, namespace) -> the check of a key: what the decision for a namespace
+        #: comes to (usually one glob, or "any key"), compiled once per window.
+        self._checks: dict[tuple[int, str], Callable[[str], bool]] = {}
         self._closed = False
         self._name = describe(self._who)
         if self._session is not None:
@@ -115,32 +125,71 @@ class AuthorizedDatabase:
     # -- the checks ------------------------------------------------------------------------
 
     def _scopes(self) -> Effective:
-        """What the identity may do now (and the session is current)."""
+        """What the identity may do now (after checking the handle is open and its
+        session current)."""
         if self._closed:
             raise DatabaseClosedError("this authorized handle is closed")
         now = self._now()
         session = self._session
         if session is not None and (
-            now >= session.expires or self._sessions._open.get(session.id) is not session
+            now >= session.expires or self._open.get(session.id) is not session
         ):
             self._sessions.current(session)  # raises the precise error
-            raise SessionExpiredError("the session has expired")  # pragma: no cover
-        effective = self._effective
-        if (
-            effective is None
-            or self._seen != self._authority.state.changes
-            or not effective.since <= now < effective.until
-        ):
-            effective = self._effective = self._authority.effective(self._who, now)
-            self._seen = self._authority.state.changes
-        return effective
+        if not self._since <= now < self._until or self._seen != self._state.changes:
+            self._refresh(now)
+        assert self._effective is not None
+        return self._effective
+
+    def _refresh(self, now: int) -> None:
+        effective = self._effective = self._authority.effective(self._who, now)
+        self._seen = self._state.changes
+        self._since, self._until = effective.since, effective.until
+        self._checks.clear()
 
     def _allow(self, action: int, namespace: str, key: str) -> None:
+        """Raise PermissionDeniedError unless the identity may ``action`` the key now.
+
+        The hot path of every authorized call: the decision for (action, namespace) is
+        compiled into one key check per window of validity (see _compile)."""
         if type(namespace) is not str or type(key) is not str:
             check_name(namespace, "namespace")  # the typed error every call gives
             check_name(key, "key")
-        if not self._scopes().allows(action, namespace, key):
+        if (
+            self._session is not None
+            or self._until != NEVER
+            or self._seen != self._state.changes
+            or self._closed
+        ):
+            # Else the decision holds for every later time (until the state changes),
+            # so the clock need not even be read.
+            self._scopes()
+        check = self._checks.get((action, namespace))
+        if check is None:
+            check = self._compile(action, namespace)
+        if check is not _ANY_KEY and not check(key):
             raise PermissionDeniedError(self._name, _NAMES[action], namespace, key)
+
+    def _compile(self, action: int, namespace: str) -> Callable[[str], bool]:
+        assert self._effective is not None
+        matches = [
+            s.key
+            for s in self._effective.scopes
+            if s.actions & action and s.namespace.match(namespace)
+        ]
+        check: Callable[[str], bool]
+        if any(g.pattern == "*" for g in matches):
+            check = _ANY_KEY
+        elif not matches:
+            check = _NO_KEY
+        elif len(matches) == 1:
+            check = matches[0].match
+        else:
+            funcs = tuple(g.match for g in matches)
+            check = lambda key: any(f(key) for f in funcs)  # noqa: E731
+        if len(self._checks) >= 4096:
+            self._checks.clear()  # a cache: many namespaces only cost recompiling
+        self._checks[(action, namespace)] = check
+        return check
 
     def _allow_everything(self, action: int) -> None:
         if not any(
@@ -464,6 +513,14 @@ class AuthorizedDatabase:
 
 
 _NAMES = {READ: "read", WRITE: "write", ADMIN: "administer", READ | WRITE | ADMIN: "use"}
+
+
+def _ANY_KEY(key: str) -> bool:
+    return True
+
+
+def _NO_KEY(key: str) -> bool:
+    return False
 
 
 def _conforms(db: AuthorizedDatabase) -> DatabaseAPI:
