@@ -87,13 +87,17 @@ class Authority:
         node: Identity | None,
         node_id: bytes,
         difficulty: int,
+        root: bytes | None = None,
     ) -> None:
         self.state = state
         self._feeds = feeds
         self._node = node
         self._node_id = node_id
         self.difficulty = check_difficulty(difficulty)
-        self.roots = frozenset(() if node is None else (node.public_key,))
+        # The node key is the root: a read-only database knows only its public half
+        # (``root``), when it could read it.
+        own = node.public_key if node is not None else root
+        self.roots = frozenset(() if own is None else (own,))
         self._evaluator: Evaluator | None = None
         self._seen = -1
         self._live: dict[bytes, Effective] = {}

@@ -85,6 +85,7 @@ class Database(AuthCalls):
         node_key: Identity | None = None,
         entropy: Entropy | None = None,
         difficulty: int = DEFAULT_DIFFICULTY,
+        root: bytes | None = None,
     ) -> None:
         self._store = store
         self._path = path
@@ -140,6 +141,7 @@ class Database(AuthCalls):
             node=node_key,
             node_id=node_id,
             difficulty=difficulty,
+            root=root,
         )
         self._sessions = Sessions(
             lambda: self._authority.node,

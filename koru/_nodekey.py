@@ -13,8 +13,9 @@ speaks for its origin, and nobody else can make one.
   proof do not take it. The key file remembers the id it replaced, so an open
   interrupted between writing the key and switching the id completes the switch, while
   a key file copied from another database is refused.
-- A read-only open does not read the key at all (another user may read a database
-  whose key it may not read; nothing read-only signs).
+- A read-only open never needs the key (another user may read a database whose key
+  it may not read; nothing read-only signs): it reads the key's public half if it can,
+  to know whose grants count here.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import logging
 
 import blake3
 
-from koru.events import KeyFileError, LogStore, node_id_of
+from koru.events import KeyFileError, KoruError, LogStore, node_id_of
 
 from ._identity import Identity
 from ._sessions import Entropy
 
-__all__ = ["NODE_KEY_FILE", "node_key"]
+__all__ = ["NODE_KEY_FILE", "node_key", "node_public_key"]
 
 NODE_KEY_FILE = "node.key"
 _SEED_CONTEXT = "koru-delta 2026-12 node key seed"
@@ -78,3 +79,19 @@ def node_key(store: LogStore, entropy: Entropy) -> Identity | None:
             previous.hex(),
         )
     return key
+
+
+def node_public_key(store: LogStore) -> bytes | None:
+    """The node key's public half, for a read-only store (its root, to decide whose
+    grants count), if the key file can be read here; else None (then nothing counts
+    as rooted: a reader who may not read the key file learns no more than that)."""
+    try:
+        data = store.read_private(NODE_KEY_FILE)
+        if data is None:
+            return None
+        key = Identity.from_bytes(data, NODE_KEY_FILE)
+    except KoruError:
+        return None
+    if store.node_id != node_id_of(key.public_key):
+        return None
+    return key.public_key

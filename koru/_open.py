@@ -34,7 +34,7 @@ from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._identity import DEFAULT_DIFFICULTY, check_difficulty
 from ._loader import BUILTIN_PROJECTIONS, load
-from ._nodekey import node_key
+from ._nodekey import node_key, node_public_key
 from ._processes import intervals_from, scrub, steps
 from ._sessions import Entropy
 from ._stats import OpenReport
@@ -254,6 +254,7 @@ async def open(
             node_key=key,
             entropy=entropy,
             difficulty=difficulty,
+            root=node_public_key(store) if readonly else None,
         )
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report
