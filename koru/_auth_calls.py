@@ -110,15 +110,16 @@ class AuthCalls:
         target = self._authority.difficulty if difficulty is None else check_difficulty(difficulty)
         if node.work < target:
             mined = await trio.to_thread.run_sync(node.mined, target)
-            self._store.write_private(NODE_KEY_FILE, mined.to_bytes())
+            self._store.write_private(NODE_KEY_FILE, mined.key_file_bytes())
             self._authority.node = mined
         return self._authority.node.public
 
-    async def respond(self, challenge: Challenge) -> Response:
+    async def respond(self, challenge: Challenge, server: bytes | None = None) -> Response:
         """This node's answer to another database's challenge (how a node opens a
-        session on a peer; see :meth:`koru.Identity.respond`)."""
+        session on a peer; see :meth:`koru.Identity.respond`, and name the ``server``
+        meant)."""
         await self._life.enter()
-        return self._authority.node.respond(challenge)
+        return self._authority.node.respond(challenge, server)
 
     # -- capabilities ----------------------------------------------------------------------
 

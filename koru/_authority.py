@@ -52,6 +52,18 @@ __all__ = ["Authority", "describe", "public_key_of"]
 Emit = Callable[[str, Callable[[Header], Event]], tuple[Event, bytes]]
 
 
+def usable_key(public_key: bytes) -> bool:
+    """True if the 32 bytes are a point libsodium accepts as a public key."""
+    import nacl.bindings
+    import nacl.exceptions
+
+    try:
+        nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return False
+    return True
+
+
 def public_key_of(who: Any) -> bytes:
     """The public key a caller names: an Identity, a PublicIdentity, a Session, 32
     bytes, or 64 hex digits.
@@ -189,6 +201,11 @@ class Authority:
                 f"identity {short_key(identity.public_key)}... has {work} bits of proof of "
                 f"work; this database requires {self.difficulty}"
             )
+        if not usable_key(identity.public_key):
+            raise InvalidArgumentError(
+                f"{short_key(identity.public_key)}... is not a usable Ed25519 public key "
+                "(not a point of the curve, or of small order): it could never sign"
+            )
         held = self.state.work(identity.public_key)
         return None if held is not None and held >= work else identity
 
@@ -266,13 +283,10 @@ class Authority:
     def unsealed(self) -> list[SealPoint]:
         """Points to seal: the head of each of this node's feeds that no seal covers
         yet, in seal order; empty if everything is sealed."""
-        node, sealed = self._node_id, self.state.seals
+        node, sealed = self._node_id, self.state.sealed_to
         points = []
         for (origin, agent), (seq, eid) in self._feeds.heads.items():
-            if origin != node:
-                continue
-            held = sealed.get((origin, agent))
-            if held is None or max(held) < seq:
+            if origin == node and sealed.get((origin, agent), 0) < seq:
                 points.append(SealPoint(agent, seq, eid))
         if len(points) > 1:
             # The identity feed's head is covered by the new seal's own signed header;

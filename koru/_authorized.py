@@ -26,7 +26,7 @@ authorized ``get`` costs about a glob match more than a plain one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -215,11 +215,15 @@ class AuthorizedDatabase:
     ) -> list[Version]:
         if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
             return await self._db.put_batch(items, ttl=ttl)  # its typed refusal
-        items = list(items)
+        # Each item is read once, into a plain tuple: what is checked is exactly what is
+        # written (an item that answers differently when read again gains nothing).
+        fixed: list[Any] = []
         for item in items:
-            if isinstance(item, tuple | list) and len(item) == 3:
+            if isinstance(item, Sequence) and not isinstance(item, str | bytes) and len(item) == 3:
+                item = (item[0], item[1], item[2])
                 self._allow(WRITE, item[0], item[1])
-        return await self._db.put_batch(items, ttl=ttl)
+            fixed.append(item)  # anything else: the database refuses it, typed
+        return await self._db.put_batch(fixed, ttl=ttl)
 
     async def delete(self, namespace: str, key: str) -> Version:
         self._allow(WRITE, namespace, key)

@@ -149,7 +149,7 @@ class Database(AuthCalls):
             entropy if entropy is not None else Entropy(None),
             difficulty,
         )
-        self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority)
+        self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority, store.read)
         self._statistics = Statistics(
             path,
             self._node_hex,

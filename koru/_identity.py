@@ -204,16 +204,22 @@ class Identity:
         signed: bytes = nacl.bindings.crypto_sign(message, secret)
         return signed[:64]
 
-    def respond(self, challenge: Challenge) -> Response:
+    def respond(self, challenge: Challenge, server: bytes | None = None) -> Response:
         """Answer a server's challenge (see :meth:`koru.Database.challenge`): a signed
-        response that opens a session there, once, before the challenge expires."""
+        response that opens a session there, once, before the challenge expires.
+
+        Args:
+            server: the public key of the server meant (known beforehand); a challenge
+                of any other server is refused (``WrongServerError``), so a relay that
+                passes another server's challenge along gains nothing.
+        """
         from ._sessions import respond
 
-        return respond(self, challenge)
+        return respond(self, challenge, server)
 
     # -- key files ---------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
+    def key_file_bytes(self) -> bytes:
         """The key file's bytes (secret: write them only where :meth:`save` would)."""
         body = cbor2.dumps([_FORMAT, self._secret, self._public_key, self._nonce, self._previous])
         return _MAGIC + blake3.blake3(body).digest() + body
@@ -275,7 +281,7 @@ class Identity:
             raise KeyFileError(f"{where} exists: a key file is never overwritten") from None
         try:
             os.fchmod(fd, 0o600)  # whatever the umask, exactly owner read and write
-            data = self.to_bytes()
+            data = self.key_file_bytes()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -66,7 +66,7 @@ def node_key(store: LogStore, entropy: Entropy) -> Identity | None:
     # identity mined from the same seed would have.
     seed = blake3.blake3(entropy.token(32), derive_key_context=_SEED_CONTEXT).digest()
     key = Identity(seed, bytes(8), previous)
-    store.write_private(NODE_KEY_FILE, key.to_bytes())
+    store.write_private(NODE_KEY_FILE, key.key_file_bytes())
     derived = node_id_of(key.public_key)
     if previous is None:
         store.create_node(derived)

@@ -20,9 +20,14 @@ ingest path only when:
    must hold ``write`` on every key it writes, as of its ``hlc`` (a revocation counts
    from its own time: the same answer on every node that holds the same grants). An
    event that writes no key needs its author to hold some capability then.
-   Identities, grants, revocations and seals carry their own signatures and need no
-   capability (a grant takes effect only if its chain does, wherever it is stored);
-   an identity below this database's proof-of-work difficulty is refused.
+   Identities, grants and revocations carry their own signatures, but each costs
+   memory and evaluation here, so their author too must take part (hold some
+   capability then, or be a root); seals need nothing (a node revoked since must still
+   prove what it wrote before); an identity below this database's proof-of-work
+   difficulty is refused. Timestamps must increase along a feed (an honest node's
+   clock is hybrid-logical), so a node cannot date an event before one it wrote
+   earlier: a revoked node can date what it writes after its revocation no earlier
+   than the last event of its that a node holds.
 
 An unauthorized event is refused (reported), not held: offered again once the grant
 that allows it has arrived, it is taken. Waiting is bounded (events and bytes): past
@@ -31,11 +36,11 @@ it, events are refused as "no room", to be offered again.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, cast
 
 from koru.events import (
     AGENTS,
-    IDENTITY,
     MAX_EVENT_SIZE,
     STORAGE,
     WRITE,
@@ -44,6 +49,7 @@ from koru.events import (
     IdentityEvent,
     SealEvent,
     decode_event,
+    decode_trusted,
     event_id,
     short_key,
 )
@@ -70,8 +76,15 @@ class _Item(NamedTuple):
 class ProvenIngest:
     """See the module doc."""
 
-    def __init__(self, ingest: Ingest, feeds: FeedState, authority: Authority) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        feeds: FeedState,
+        authority: Authority,
+        read: Callable[[int], bytes],
+    ) -> None:
         self._ingest = ingest
+        self._read = read
         self._feeds = feeds
         self._authority = authority
         self._waiting: dict[Feed, dict[int, _Item]] = {}
@@ -160,20 +173,23 @@ class ProvenIngest:
         low, held_id = (0, None) if head is None else head
         proofs = self._authority.state.seals.get(feed, {})
         # The first point reachable through waiting events that something proves.
-        end, expected = low + 1, None
+        end, sealed = low + 1, cast("tuple[bytes, ...]", ())
+        author = self._authority.state.node_keys.get(feed[0])
         while end in slot:
             item = slot[end]
             if type(item.event) is SealEvent:
-                expected = item.eid  # its own signature proves it
+                sealed = (item.eid,)  # its own signature proves it
+                author = item.event.public_key
                 break
-            expected = proofs.get(end)
-            if expected is not None:
+            sealed = proofs.get(end, ())
+            if sealed:
                 break
             end += 1
-        if expected is None:
+        if not sealed:
             return None
         # Backwards from the proven point: each event must be the one its successor
         # names, down to the one that follows what this node holds.
+        expected: bytes | None = slot[end].eid if slot[end].eid in sealed else None
         for seq in range(end, low, -1):
             item = slot[seq]
             if item.eid != expected:
@@ -194,10 +210,17 @@ class ProvenIngest:
                 item = self._take(feed, seq)
                 self._ingest.refuse(item.eid, f"event {seq} of its feed follows a fork")
             return None
+        assert author is not None  # a proven feed's origin has sealed
+        # Timestamps must increase along a feed (a node's clock is hybrid-logical): a
+        # node cannot date an event before one it wrote earlier, which bounds how far
+        # back a revoked node can date what it writes after its revocation.
+        last = self._head_time(feed, low)
         named: list[Feed] = []
         for seq in range(low + 1, end + 1):
             item = slot[seq]
-            problem = self._unauthorized(item.event)
+            problem = self._unauthorized(item.event, author)
+            if problem is None and item.event.hlc <= last:
+                problem = "its timestamp is not after the previous event of its feed"
             if problem is not None:
                 self._take(feed, seq)
                 self.unauthorized += 1
@@ -205,25 +228,35 @@ class ProvenIngest:
                 return None
             self._take(feed, seq)
             self._ingest.admit(item.event, item.data, item.eid, now)
+            last = item.event.hlc
             if type(item.event) is SealEvent:
                 named.extend((item.event.origin, p.agent) for p in item.event.points)
         return named
 
-    def _unauthorized(self, event: Event) -> str | None:
-        """Why the event's author may not have written it, or None."""
+    def _head_time(self, feed: Feed, seq: int) -> int:
+        """The timestamp of event ``seq`` of ``feed`` as held here (-1 for none)."""
+        if seq == 0:
+            return -1
+        location = self._feeds.location(feed[0], feed[1], seq)
+        if location is None:  # pragma: no cover - every seq up to the head is held
+            return -1
+        return decode_trusted(self._read(location)).hlc
+
+    def _unauthorized(self, event: Event, author: bytes) -> str | None:
+        """Why ``author`` (the key that sealed the event's origin) may not have written
+        the event, or None."""
         authority = self._authority
-        if event.agent == IDENTITY:
-            if type(event) is IdentityEvent:
-                work = event.identity.work
-                if work < authority.difficulty:
-                    return (
-                        f"an identity with {work} bits of proof of work; this database "
-                        f"requires {authority.difficulty}"
-                    )
-            return None  # statements carry their own signatures
-        author = authority.state.node_keys.get(event.origin)
-        if author is None:  # pragma: no cover - a proven event's origin has sealed
-            return "its origin's key is unknown"
+        if type(event) is IdentityEvent:
+            work = event.identity.work
+            if work < authority.difficulty:
+                return (
+                    f"an identity with {work} bits of proof of work; this database "
+                    f"requires {authority.difficulty}"
+                )
+        if type(event) is SealEvent:
+            # A seal proves what its node wrote before, when it may have been allowed
+            # to (a node revoked since must still be able to prove its earlier writes).
+            return None
         writes = event.writes
         for w in writes:
             if not authority.allowed_at(author, WRITE, w.namespace, w.key, event.hlc):
@@ -231,6 +264,10 @@ class ProvenIngest:
                     f"its author {short_key(author)}... may not write {w.namespace!r}/"
                     f"{w.key!r} (at its timestamp {event.hlc})"
                 )
+        # Anything else (statements included: they prove themselves, but each costs
+        # memory and evaluation here, and junk grants to an identity would slow every
+        # decision about it) needs an author that took part: one that held some
+        # capability at the time, or a root.
         if not writes and not authority.participant_at(author, event.hlc):
             return f"its author {short_key(author)}... held no capability at its timestamp"
         return None

@@ -5,7 +5,10 @@
    database clock.
 2. The client answers with :meth:`koru.Identity.respond`: a :class:`Response` holding
    its public identity and its signature over the server's key, the challenge and its
-   own key, under a domain string of its own.
+   own key, under a domain string of its own. A client should name the server it
+   means to reach (``respond(challenge, server=key)``, the key known beforehand): a
+   relay that passes another server's challenge along would otherwise get the
+   client's signature for that server.
 3. The server opens a :class:`Session` if, in this order (cheapest first): the
    response is for this server (:class:`~koru.WrongServerError`), names a challenge it
    issued and has not used (:class:`~koru.ChallengeReplayedError`; the challenge is
@@ -161,6 +164,9 @@ class Session:
     def __repr__(self) -> str:
         return f"Session({self.id.hex()[:12]}, identity={short_key(self.identity)}...)"
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        raise TypeError("a session holds secret keys and is never pickled")
+
 
 def _message(server: bytes, challenge: bytes, client: bytes) -> bytes:
     return cbor2.dumps([_DOMAIN, server, challenge, client])
@@ -189,10 +195,15 @@ def _keys(shared: bytes, server: bytes, client: bytes, challenge: bytes) -> tupl
     return material[:32], material[32:]
 
 
-def respond(identity: Identity, challenge: Challenge) -> Response:
+def respond(identity: Identity, challenge: Challenge, server: bytes | None = None) -> Response:
     """The client's response (see :meth:`koru.Identity.respond`)."""
     if not isinstance(challenge, Challenge):
         raise InvalidArgumentError(f"respond takes a Challenge, not {challenge!r}")
+    if server is not None and challenge.server != server:
+        raise WrongServerError(
+            f"the challenge comes from {short_key(challenge.server)}..., not the server "
+            f"expected ({short_key(server)}...): a relay may be in between"
+        )
     message = _message(challenge.server, challenge.nonce, identity.public_key)
     return Response(identity.public, challenge.server, challenge.nonce, identity.sign(message))
 

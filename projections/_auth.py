@@ -8,15 +8,18 @@ an identity's shape), so nothing forged is here. Whether a grant *takes effect* 
 a fact of the log alone (it depends on who the checking database trusts as its roots,
 and on the time): :mod:`koru.projections._capabilities` decides that from this state.
 
-Every field is a set-like union, so the state is the same for the same events in any
-order, and applying an event twice changes nothing:
+Every field is a set-like union (or a maximum), so the state is the same for the same
+events in any order a feed allows, and applying an event twice changes nothing:
 
 - ``identities``: public key -> nonce (of two registrations of one key, the one with
   more work, then the smaller nonce);
 - ``grants``: grant id -> grant, and ``by_grantee``: public key -> grant ids;
 - ``revocations``: grant id -> revocations (a revocation may arrive before its grant;
   nothing ever removes one, so a revocation cannot be undone);
-- ``seals``: (origin, agent) -> {seq: event id} of every sealed point, and
+- ``seals``: (origin, agent) -> {seq: sealed event ids} of the sealed points above
+  the feed's head (one id, unless the origin forked its feed; points at or below the
+  head prove nothing more and are dropped), ``sealed_to`` the highest point sealed,
+  and
   ``node_keys``: origin -> the public key that sealed its feeds.
 
 ``changes`` counts changes (not checkpointed): callers cache what they derive from the
@@ -53,9 +56,11 @@ class AuthState:
         "by_grantee",
         "changes",
         "grants",
+        "heads",
         "identities",
         "node_keys",
         "revocations",
+        "sealed_to",
         "seals",
     )
 
@@ -67,13 +72,30 @@ class AuthState:
         self.grants: dict[bytes, Grant] = {}
         self.by_grantee: dict[bytes, list[bytes]] = {}
         self.revocations: dict[bytes, list[Revocation]] = {}
-        self.seals: dict[Feed, dict[int, bytes]] = {}
+        self.seals: dict[Feed, dict[int, tuple[bytes, ...]]] = {}
         self.node_keys: dict[bytes, bytes] = {}
+        #: The highest seq folded per feed, and the highest sealed: a sealed point at or
+        #: below a feed's head proves nothing more (its event is held) and is dropped,
+        #: so proof points stay few however long a node lives.
+        self.heads: dict[Feed, int] = {}
+        self.sealed_to: dict[Feed, int] = {}
         self.changes = 0
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
-        """Fold one event (anything outside the identity log passes straight by)."""
-        if event.agent != IDENTITY:
+        """Fold one event: every event moves its feed's head (and passes the proof
+        points at or below it); the identity log's statements and seals are kept."""
+        # Every event passes here (every put): kept to a few dictionary operations.
+        agent = event.agent
+        feed = (event.origin, agent)
+        seq = event.seq
+        heads = self.heads
+        if heads.get(feed, 0) < seq:
+            heads[feed] = seq
+            if self.seals:
+                points = self.seals.get(feed)
+                if points is not None:
+                    self._passed(feed, points, seq)
+        if agent != IDENTITY:
             return
         kind = type(event)
         if kind is GrantEvent:
@@ -109,9 +131,28 @@ class AuthState:
         origin = seal.origin
         self.node_keys[origin] = seal.public_key
         # The seal is itself a signed point of its own feed (its header is signed).
-        self.seals.setdefault((origin, IDENTITY), {})[seal.seq] = event_id
+        self._point((origin, IDENTITY), seal.seq, event_id)
         for point in seal.points:
-            self.seals.setdefault((origin, point.agent), {})[point.seq] = point.event_id
+            self._point((origin, point.agent), point.seq, point.event_id)
+
+    def _point(self, feed: Feed, seq: int, event_id: bytes) -> None:
+        if seq > self.sealed_to.get(feed, 0):
+            self.sealed_to[feed] = seq
+        if seq <= self.heads.get(feed, 0):
+            return  # its event is held already: nothing left to prove
+        # A node that sealed two ids for one seq forked its feed: both are kept (in
+        # order, so the state does not depend on which seal came first), and the
+        # ingest path refuses whichever event comes second as a fork.
+        points = self.seals.setdefault(feed, {})
+        held = points.get(seq, ())
+        if event_id not in held:
+            points[seq] = tuple(sorted((*held, event_id)))
+
+    def _passed(self, feed: Feed, points: dict[int, tuple[bytes, ...]], head: int) -> None:
+        for seq in [s for s in points if s <= head]:
+            del points[seq]
+        if not points:
+            del self.seals[feed]
 
     def work(self, public_key: bytes) -> int | None:
         """The registered identity's proof of work in bits, or None if unregistered."""
@@ -126,10 +167,12 @@ class AuthState:
             "grants": [list(g) for g in self.grants.values()],
             "revocations": [list(r) for rs in self.revocations.values() for r in rs],
             "seals": [
-                [origin, agent, [[seq, eid] for seq, eid in points.items()]]
+                [origin, agent, [[seq, *ids] for seq, ids in points.items()]]
                 for (origin, agent), points in self.seals.items()
             ],
             "node_keys": [[o, k] for o, k in self.node_keys.items()],
+            "heads": [[o, a, n] for (o, a), n in self.heads.items()],
+            "sealed_to": [[o, a, n] for (o, a), n in self.sealed_to.items()],
         }
 
     @classmethod
@@ -137,6 +180,12 @@ class AuthState:
         """From :meth:`capture`'s data; every field's shape is checked (a checkpoint is
         this node's own, so signatures are not checked again)."""
         state = cls()
+        for name in ("heads", "sealed_to"):
+            table = getattr(state, name)
+            for origin, agent, seq in data[name]:
+                if type(origin) is not bytes or type(agent) is not str or type(seq) is not int:
+                    raise ValueError(f"malformed {name} entry")
+                table[(origin, agent)] = seq
         for key, nonce in data["identities"]:
             state._identity(PublicIdentity.decode([key, nonce]))
         for body in data["grants"]:
@@ -146,11 +195,13 @@ class AuthState:
         for origin, agent, points in data["seals"]:
             if type(origin) is not bytes or len(origin) != NODE_ID_SIZE or type(agent) is not str:
                 raise ValueError("malformed seal entry")
-            feed = state.seals.setdefault((origin, agent), {})
-            for seq, eid in points:
-                if type(seq) is not int or type(eid) is not bytes or len(eid) != 32:
+            for seq, *ids in points:
+                if type(seq) is not int or not ids:
                     raise ValueError("malformed seal point")
-                feed[seq] = eid
+                for eid in ids:
+                    if type(eid) is not bytes or len(eid) != 32:
+                        raise ValueError("malformed seal point")
+                    state._point((origin, agent), seq, eid)
         for origin, key in data["node_keys"]:
             if type(origin) is not bytes or type(key) is not bytes or len(key) != 32:
                 raise ValueError("malformed node key")

@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ async def test_an_interrupted_switch_completes_and_a_foreign_key_is_refused(
     (path / NODE_KEY_FILE).unlink()
     store = FileStore(path)
     key = koru.Identity(os.urandom(32), bytes(8), old)
-    store.write_private(NODE_KEY_FILE, key.to_bytes())
+    store.write_private(NODE_KEY_FILE, key.key_file_bytes())
     store.close()
     async with db_open(path) as db:
         assert db.node_id == key.node_id
@@ -392,3 +393,51 @@ async def test_authorization_follows_grants_as_they_change(
         await trio.sleep(1)
         with pytest.raises(koru.PermissionDeniedError):  # ...and not after
             await h.get("n", "k")
+
+
+class Item(Sequence[Any]):
+    """A batch item that is neither a tuple nor a list (the database takes any
+    sequence of three), and that may name one key when read first and another when
+    read again."""
+
+    def __init__(self, key: str, later: str | None = None) -> None:
+        self.key, self.later, self.reads = key, later, 0
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: Any) -> Any:
+        if index == 1:
+            self.reads += 1
+            return self.key if self.later is None or self.reads == 1 else self.later
+        if isinstance(index, int) and 0 <= index < 3:
+            return ("users", None, 1)[index]
+        raise IndexError(index)
+
+
+async def test_a_batch_item_of_any_sequence_is_checked_as_written() -> None:
+    alice = person(1)
+    async with db_open() as db:
+        await db.register(alice)
+        await db.grant(alice, namespace="users", key="allowed", actions="write")
+        h = db.as_identity(alice)
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.put_batch([Item("forbidden")])
+        versions = await h.put_batch([Item("allowed", later="forbidden")])
+        assert [v.key for v in versions] == ["allowed"]
+        assert not await db.contains("users", "forbidden")
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.put_batch([("users", "allowed", 1), ("users", "other", 2)])
+        with pytest.raises(koru.InvalidDataError):
+            await h.put_batch(["nonsense"])
+
+
+async def test_a_public_key_that_could_never_sign_is_not_registered() -> None:
+    from koru._identity import mine_nonce
+
+    small_order = bytes.fromhex("0100000000000000000000000000000000000000000000000000000000000000")
+    async with db_open() as db:
+        forged = koru.PublicIdentity(small_order, mine_nonce(small_order, D))
+        with pytest.raises(koru.InvalidArgumentError, match="usable"):
+            await db.register(forged)
+        assert await identity_head(db) == 0

@@ -240,7 +240,7 @@ def test_a_directory_or_garbage_is_not_a_key_file(tmp_path: Path) -> None:
 
 def test_a_damaged_key_file_names_no_secret(tmp_path: Path) -> None:
     identity = alice()
-    data = bytearray(identity.to_bytes())
+    data = bytearray(identity.key_file_bytes())
     data[-1] ^= 0xFF
     path = tmp_path / "bad.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

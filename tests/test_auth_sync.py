@@ -256,3 +256,101 @@ async def test_events_of_a_key_less_origin_are_never_proven() -> None:
         assert result.accepted == 0 and result.held == 1
         # The owner's own ingest (an import it vouches for) takes it.
         assert (await b.ingest([encode_event(legacy)])).accepted == 1
+
+
+# -- crafted feeds: what a node that writes anything could send ------------------------------
+
+
+def crafted(
+    key: koru.Identity, puts: list[tuple[str, int]], *, seal_hlc: int | None = None
+) -> tuple[list[bytes], bytes]:
+    """A storage feed of ``key``'s node (puts of (key, hlc)) and a seal of it, made by
+    hand: events a real node would never write, signed with the right key."""
+    origin = node_id_of(key.public_key)
+    events, prev = [], None
+    for seq, (name, hlc) in enumerate(puts, 1):
+        data = encode_event(
+            PutEvent(origin, "storage", seq, prev, hlc, "users", name, encode_value(seq), None)
+        )
+        events.append(data)
+        prev = event_id(data)
+    assert prev is not None
+    point = SealPoint("storage", len(puts), prev)
+    header = (origin, IDENTITY, 1, None, seal_hlc or puts[-1][1] + 1)
+    unsigned = SealEvent(*header, key.public_key, (point,), b"")
+    seal = unsigned._replace(signature=key.sign(unsigned.message()))
+    return events, encode_event(seal)
+
+
+async def test_a_feed_whose_timestamps_go_back_is_refused() -> None:
+    """An honest node's clock only moves forward along its feed: an event dated before
+    its predecessor (how a revoked node would date a write before its revocation) is
+    refused."""
+    m = person(70)
+    async with node(2) as b:
+        await b.register(m)
+        await b.grant(m, namespace="users", actions="write")
+        peer = b.as_identity(m)
+        T = 1_767_225_600 * 10**9
+        events, seal = crafted(m, [("first", T + 10), ("back", T + 5)])
+        result = await peer.ingest([seal, *events])
+        assert await b.get("users", "first") == 1
+        assert not await b.contains("users", "back")
+        assert any("not after the previous event" in r.reason for r in result.refused)
+
+
+async def test_statements_from_an_origin_that_takes_no_part_are_refused() -> None:
+    """Junk grants to a victim, relayed from an origin with no capability, would slow
+    every decision about the victim: they are refused, not stored."""
+    victim, mallory = person(1), person(66)
+    async with node(2) as b, node(9) as m:
+        await b.register(victim)
+        await b.grant(victim, namespace="users", actions="read")
+        await m.register(mallory)
+        junk = [Grant.create(mallory, victim.public_key, namespace=f"junk{i}") for i in range(20)]
+        for g in junk:
+            m._authority.emit_grant(m._writer.emit, g)  # m writes whatever it likes
+        await m.seal()
+        relay_identity = person(71)  # a peer that may write somewhere, relaying m's events
+        await b.register(relay_identity)
+        await b.grant(relay_identity, namespace="x", actions="write")
+        relay = b.as_identity(relay_identity.public)
+        result = await relay.ingest(await everything(m, (IDENTITY,)))
+        assert any("held no capability" in r.reason for r in result.refused)
+        assert not set(b._authority.state.by_grantee.get(victim.public_key, ())) & {
+            g.id for g in junk
+        }
+        assert await b.check(victim, "read", "users", "x")
+
+
+async def test_two_ids_sealed_for_one_event_are_kept_in_any_order() -> None:
+    from koru.projections import AuthState
+
+    m = person(72)
+    T = 1_767_225_600 * 10**9
+    _, one = crafted(m, [("a", T)])
+    _, other = crafted(m, [("b", T)], seal_hlc=T + 1)
+    states = []
+    for order in ((one, other), (other, one)):
+        state = AuthState()
+        for data in order:
+            state.apply(decode_event(data), event_id(data), 0)
+        states.append(state.capture())
+    assert states[0] == states[1]
+    origin = node_id_of(m.public_key)
+    assert len(AuthState.restore(states[0]).seals[(origin, "storage")][1]) == 2
+
+
+async def test_proof_points_do_not_pile_up() -> None:
+    """A sealed point at or below a feed's head proves nothing more: a node that seals
+    often, and the peer that takes its events, keep none of them."""
+    async with node(1) as a, node(2) as b:
+        peer = await trusting(b, a, namespace="*", actions="write")
+        for i in range(20):
+            await a.put("users", f"k{i}", i)
+            await a.seal()
+            await peer.ingest(await everything(a))
+        for db in (a, b):
+            assert db._authority.state.seals == {}
+            assert db._authority.state.sealed_to[(bytes.fromhex(a.node_id), "storage")] == 20
+        assert await b.get("users", "k19") == 19

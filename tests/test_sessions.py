@@ -4,6 +4,7 @@ sessions expire; session keys agree on both sides and never show."""
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -223,3 +224,20 @@ async def test_a_read_only_database_serves_no_sessions(tmp_path: Path) -> None:
         assert db.identity is None
         with pytest.raises(koru.AuthError, match="read-only"):
             await db.challenge()
+
+
+async def test_a_client_that_names_its_server_refuses_a_relayed_challenge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay (evil) passes the real server's challenge to a client that meant to
+    reach the relay: the client, naming the key it expects, refuses to sign it."""
+    alice = person(1)
+    async with opened(seed=1) as real, opened(seed=2) as evil:
+        challenge = await real.challenge()
+        with pytest.raises(koru.WrongServerError, match="relay"):
+            alice.respond(challenge, server=evil.identity.public_key)
+        session = await real.open_session(alice.respond(challenge, real.identity.public_key))
+        with pytest.raises(TypeError, match="never pickled"):
+            pickle.dumps(session)
+        with pytest.raises(TypeError, match="never pickled"):
+            pickle.dumps(session.keys)
