@@ -42,12 +42,7 @@ import blake3
 import cbor2
 
 from koru.events import (
-    ChallengeExpiredError as _Expired,
-)
-from koru.events import (
-    ChallengeReplayedError as _Replayed,
-)
-from koru.events import (
+    NONCE_SIZE,
     InvalidArgumentError,
     ProofOfWorkError,
     PublicIdentity,
@@ -58,6 +53,12 @@ from koru.events import (
     is_public_key,
     short_key,
     verify,
+)
+from koru.events import (
+    ChallengeExpiredError as _Expired,
+)
+from koru.events import (
+    ChallengeReplayedError as _Replayed,
 )
 
 if TYPE_CHECKING:
@@ -290,9 +291,12 @@ class Sessions:
             raise _Expired(
                 f"the challenge expired {(now - expires) / 1e9:.0f} s before the response"
             )
-        client = response.identity.public_key
+        client, nonce = response.identity
         if not is_public_key(client):
             raise SignatureError("the response's public key is not 32 bytes")
+        if type(nonce) is not bytes or len(nonce) != NONCE_SIZE:
+            # Before hashing it: a megabyte "nonce" would make the one cheap check dear.
+            raise ProofOfWorkError(f"a proof-of-work nonce is {NONCE_SIZE} bytes")
         # The proof of work first: one hash, before the signature check it protects.
         work = response.identity.work
         if work < self.difficulty:

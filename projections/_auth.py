@@ -22,12 +22,13 @@ events in any order a feed allows, and applying an event twice changes nothing:
   and
   ``node_keys``: origin -> the public key that sealed its feeds.
 
-``changes`` counts changes (not checkpointed): callers cache what they derive from the
-state and recompute when it moves.
+``changes`` counts new grants and revocations (not checkpointed): callers cache
+decisions and recompute when it moves (identities and seals change no decision).
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, ClassVar
 
 from koru.events import (
@@ -106,9 +107,6 @@ class AuthState:
             self._identity(event.identity)  # type: ignore[attr-defined]
         elif kind is SealEvent:
             self._seal(event, event_id)  # type: ignore[arg-type]
-        else:
-            return
-        self.changes += 1
 
     def _identity(self, identity: PublicIdentity) -> None:
         key, nonce = identity
@@ -120,12 +118,16 @@ class AuthState:
         gid = grant.id
         if gid not in self.grants:
             self.grants[gid] = grant
-            self.by_grantee.setdefault(grant.grantee, []).append(gid)
+            # Sorted by id: every node decides a grantee's grants in the same order.
+            bisect.insort(self.by_grantee.setdefault(grant.grantee, []), gid)
+            self.changes += 1
 
     def _revoke(self, revocation: Revocation) -> None:
         held = self.revocations.setdefault(revocation.grant, [])
         if revocation not in held:
             held.append(revocation)
+            held.sort()
+            self.changes += 1
 
     def _seal(self, seal: SealEvent, event_id: bytes) -> None:
         origin = seal.origin

@@ -23,9 +23,11 @@ A root grant that gives ``admin`` over ``*``/``*`` makes its grantee an *owner*:
 too, so that one owner identity can administer every node that made it one.
 
 Bounded time: chains stop at ``MAX_DEPTH``; each evaluation memoizes grants it has
-decided and spends at most :data:`MAX_STEPS` steps (a pathological web of grants and
-revocations is refused, never waited for); a recursion that comes back to a question
-it is answering takes the safe answer (not a root; a revocation counts).
+decided and spends at most :data:`MAX_STEPS` steps on each grant of the identity asked
+about, taken in a fixed order (a pathological web of grants and revocations behind
+one grant voids that grant, never waited for, and never the others); a recursion that
+comes back to a question it is answering takes the safe answer (not a root; a
+revocation counts).
 
 Each answer comes with the window of times around ``t`` over which it cannot change
 (every time comparison made narrows it), so a caller can cache a decision until the
@@ -45,7 +47,8 @@ __all__ = ["MAX_DEPTH", "MAX_STEPS", "NEVER", "Effective", "Evaluator", "Scope",
 
 #: Most grants in a chain, the root grant included.
 MAX_DEPTH = 8
-#: Work allowed to one evaluation (grant and revocation visits).
+#: Work allowed to decide one grant of the identity asked about (grant visits along its
+#: chain, its roots and the authority of its revocations).
 MAX_STEPS = 10_000
 #: A time after every other (no expiry).
 NEVER = 2**64
@@ -310,25 +313,30 @@ class Evaluator:
     # -- questions -------------------------------------------------------------------------
 
     def effective(self, who: bytes, at: int, *, live: bool) -> Effective:
-        """What ``who`` may do at ``at`` (see :class:`Effective`). An evaluation that
-        runs out of steps allows nothing (and is valid for that instant only)."""
-        self._steps = 0
+        """What ``who`` may do at ``at`` (see :class:`Effective`)."""
         run = _Run(self, at, live=live)
+        scopes: list[Scope] = []
+        self._steps = 0
         try:
-            scopes: list[Scope] = []
-            if run.root(who, 0):
-                scopes.append(Scope(_EVERYTHING, _ROOT_GLOB, _ROOT_GLOB, None))
-            else:
-                for gid in self.state.by_grantee.get(who, ()):
-                    found = run.found(gid, 1)
-                    if found is None:
-                        continue
-                    g = found[0]
-                    scopes.append(
-                        Scope(expand(g.actions), self._glob(g.namespace), self._glob(g.key), gid)
-                    )
+            rooted = run.root(who, 0)
         except _OutOfSteps:
-            return Effective((), at, at + 1)
+            rooted = False
+        if rooted:
+            return Effective((Scope(_EVERYTHING, _ROOT_GLOB, _ROOT_GLOB, None),), run.lo, run.hi)
+        # Each grant of ``who`` gets a budget of its own, in a fixed order (by id): a
+        # heap of grants given to someone (thousands of valid delegations, or junk) costs
+        # time in proportion, and never locks its holder out of what its good grants give.
+        for gid in self.state.by_grantee.get(who, ()):
+            self._steps = 0
+            try:
+                found = run.found(gid, 1)
+            except _OutOfSteps:
+                continue
+            if found is not None:
+                g = found[0]
+                scopes.append(
+                    Scope(expand(g.actions), self._glob(g.namespace), self._glob(g.key), gid)
+                )
         return Effective(tuple(scopes), run.lo, run.hi)
 
     def in_effect(self, gid: bytes, at: int, *, live: bool = True) -> bool:

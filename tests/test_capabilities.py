@@ -351,3 +351,18 @@ def test_registered_identities_keep_the_strongest_proof() -> None:
             header = (b"o" * 16, IDENTITY, n, None if n == 1 else b"p" * 32, T)
             state.apply(IdentityEvent(*header, who.public), bytes(32), 0)
         assert state.work(weak.public_key) == strong.work
+
+
+def test_a_heap_of_grants_to_someone_never_locks_out_what_a_good_grant_gives() -> None:
+    """Junk grants to a victim (by someone who may give nothing), more than one
+    evaluation's budget, cost time in proportion but never void the victim's good
+    grant; and the decision does not depend on the order they arrived in."""
+    mallory = ident(66)
+    good = grant(NODE, A, "users", "*", "read")
+    junk = [grant(mallory, A, f"junk{i}", "*", "admin") for i in range(10_500)]
+    for facts in ([good, *junk], [*junk, good]):
+        ev = Evaluator(state_of(facts), [NODE.public_key])
+        effective = ev.effective(A.public_key, T, live=True)
+        assert effective.allows(READ, "users", "x")
+        assert not effective.allows(READ, "junk1", "x")
+        assert [s.grant for s in effective.scopes] == [good.id]

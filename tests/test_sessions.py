@@ -141,6 +141,11 @@ async def test_too_little_proof_of_work_is_refused_before_the_signature(
         borrowed = response._replace(identity=koru.PublicIdentity(weak.public_key, strong.nonce))
         with pytest.raises(koru.ProofOfWorkError):
             await db.open_session(borrowed)
+        # A "nonce" of a megabyte is refused before it is hashed.
+        response = strong.respond(await db.challenge())
+        huge = response._replace(identity=koru.PublicIdentity(strong.public_key, bytes(2**20)))
+        with pytest.raises(koru.ProofOfWorkError, match="8 bytes"):
+            await db.open_session(huge)
 
 
 async def test_an_expired_session_is_refused_everywhere(
