@@ -366,3 +366,18 @@ def test_a_heap_of_grants_to_someone_never_locks_out_what_a_good_grant_gives() -
         assert effective.allows(READ, "users", "x")
         assert not effective.allows(READ, "junk1", "x")
         assert [s.grant for s in effective.scopes] == [good.id]
+
+
+def test_a_parent_cycle_is_decided_not_followed_forever() -> None:
+    """Grant ids are hashes of what names the parent, so no real chain can loop; a
+    state made to loop (a tampered checkpoint) is still decided: not in effect."""
+    first = grant(A, B, "users", "*", "read", parent=grant(NODE, A))
+    second = grant(B, A, "users", "*", "read", parent=grant(NODE, B))
+    state = state_of([first, second])
+    # Rewire: each grant is filed under the id the other names as its parent.
+    assert first.parent is not None and second.parent is not None
+    state.grants = {second.parent: first, first.parent: second}
+    state.by_grantee = {B.public_key: [second.parent], A.public_key: [first.parent]}
+    ev = Evaluator(state, [NODE.public_key])
+    for who in (A, B):
+        assert not ev.effective(who.public_key, T, live=True).scopes
