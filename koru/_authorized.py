@@ -8,6 +8,12 @@ otherwise, before anything is read or written):
 - key reads (``get``, ``get_versioned``, ``get_at``, ``history``, ``contains``,
   ``diff``): ``read`` on that key; ``keys``, ``namespaces`` and ``expiring`` list only
   what the identity may read;
+- queries (``query``, ``explain``, ``view``; aggregates sum every document):
+  ``read`` on the whole namespace; indexes and views (``create_index``,
+  ``drop_index``, ``create_view``, ``refresh_view``, ``delete_view``): ``admin`` on
+  the whole namespace; listings show only wholly readable namespaces;
+- ``subscribe``: read on the key, the namespace, or everything it asks for, and each
+  change delivered is checked again (a revocation ends the stream);
 - writes (``put``, ``put_batch``, ``delete``): ``write`` on every key written;
 - ``ingest``: the identity holds ``write`` somewhere, and every event is proven by its
   origin's seal and written by an author allowed to write it at its own time

@@ -441,3 +441,56 @@ async def test_a_public_key_that_could_never_sign_is_not_registered() -> None:
         with pytest.raises(koru.InvalidArgumentError, match="usable"):
             await db.register(forged)
         assert await identity_head(db) == 0
+
+
+async def test_queries_indexes_views_and_subscriptions_are_checked() -> None:
+    """A query reads (and an aggregate sums) every document of its namespace: it needs
+    read on all of it; indexes and views need admin there; subscriptions are checked
+    when opened and on every change delivered."""
+    alice = person(1)
+    async with db_open(clock=StepClock()) as db:
+        await db.register(alice)
+        await db.grant(alice, namespace="public", actions="read")
+        await db.grant(alice, namespace="users", key="a*", actions="read,write")
+        g = await db.grant(alice, namespace="mine", actions="admin")
+        for ns in ("public", "users", "mine"):
+            await db.put(ns, "alice", {"n": 1})
+            await db.put(ns, "bob", {"n": 2})
+        await db.create_view("secret", "users", koru.Query().count())
+        h = db.as_identity(alice)
+        assert await h.query("public", koru.Query().count()) == 2
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.query("users", koru.Query().count())  # bob's document is not hers
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.explain("users", koru.Query())
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.create_index("public", "n")  # read is not admin
+        assert await h.create_index("mine", "n")
+        assert [(i.namespace, i.field) for i in await h.list_indexes()] == [("mine", "n")]
+        await db.create_index("users", "n")
+        assert [i.namespace for i in await h.list_indexes()] == ["mine"]
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.list_indexes("users")
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.view("secret")
+        with pytest.raises(koru.PermissionDeniedError):  # replacing a view elsewhere
+            await h.create_view("secret", "mine", koru.Query().count())
+        with pytest.raises(koru.PermissionDeniedError):
+            await h.delete_view("secret")
+        await h.create_view("own", "mine", koru.Query().count())
+        assert await h.view("own") == 2
+        assert [v.name for v in await h.list_views()] == ["own"]
+        with pytest.raises(koru.PermissionDeniedError):
+            async with h.subscribe("users"):
+                pass
+        with pytest.raises(koru.PermissionDeniedError):
+            async with h.subscribe():
+                pass
+        async with h.subscribe("mine") as changes:
+            await db.put("mine", "carol", {"n": 3})
+            first = await changes.__anext__()
+            assert first.key == "carol"
+            await db.revoke(g)
+            await db.put("mine", "dave", {"n": 4})
+            with pytest.raises(koru.PermissionDeniedError):
+                await changes.__anext__()
