@@ -160,12 +160,19 @@ class AuthorizedDatabase:
         if type(namespace) is not str or type(key) is not str:
             check_name(namespace, "namespace")  # the typed error every call gives
             check_name(key, "key")
-        if (
-            self._session is not None
-            or self._until != NEVER
-            or self._seen != self._state.changes
-            or self._closed
-        ):
+        session = self._session
+        if session is not None:
+            # A session: one clock reading for its expiry and the decision's window.
+            now = self._now()
+            if (
+                now >= session.expires
+                or self._open.get(session.id) is not session
+                or self._closed
+                or self._seen != self._state.changes
+                or not self._since <= now < self._until
+            ):
+                self._scopes()
+        elif self._until != NEVER or self._seen != self._state.changes or self._closed:
             # Else the decision holds for every later time (until the state changes),
             # so the clock need not even be read.
             self._scopes()
