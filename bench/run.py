@@ -54,6 +54,10 @@ GROUPS = (
     "views",
     "subscriptions",
     "spaces",
+    "auth_verify",
+    "auth_chain",
+    "auth_get",
+    "auth_mine",
 )
 NS = "users"
 CONCURRENT_TARGET = 40_000.0
@@ -967,6 +971,54 @@ async def bench_subscriptions(sizes: Sizes, tmp: Path, report: Report) -> None:
     )
 
 
+# -- auth: signatures, capability chains, authorized reads, proof of work ----------------
+
+
+async def bench_auth(group: str, sizes: Sizes, tmp: Path, report: Report) -> None:
+    import auth  # bench/auth.py
+
+    if group == "auth_verify":
+        k, g, r = auth.verify_rates(sizes.rounds, sizes.round_s)
+        report.add(Row("signature check (koru.events.verify) vs nacl VerifyKey.verify", k, r, "/s"))
+        report.add(Row("grant signature check (message + verify) vs VerifyKey.verify", g, r, "/s"))
+        report.target(
+            "signature checks vs VerifyKey.verify", k / r, auth.VERIFY_TARGET, "x", at_least=True
+        )
+    elif group == "auth_chain":
+        fresh, cached, signatures = auth.chain_times(sizes.rounds, sizes.round_s)
+        depth = auth.MAX_DEPTH
+        report.add(
+            Row(
+                f"capability chain of {depth}, fresh evaluation vs {depth} signature checks",
+                fresh * 1e6,
+                signatures * 1e6,
+                "µs/check",
+                higher_is_better=False,
+            )
+        )
+        report.note(f"capability chain of {depth}, cached decision: {cached * 1e6:.2f} µs/check")
+    elif group == "auth_get":
+        n = sizes.get_keys
+        s, a, p = await auth.get_rates(
+            tmp / "auth_get", n, sizes.rounds, sizes.round_s, value, _rate_async
+        )
+        report.add(Row(f"authorized get, session ({n:,} keys) vs plain get", s, p, "gets/s"))
+        report.add(Row(f"authorized get, identity ({n:,} keys) vs plain get", a, p, "gets/s"))
+        report.target("session get time vs plain get", p / s, auth.GET_TARGET, "x", at_least=False)
+        report.target("identity get time vs plain get", p / a, auth.GET_TARGET, "x", at_least=False)
+    elif group == "auth_mine":
+        m, b = auth.mining_rates(sizes.rounds, sizes.round_s)
+        report.add(Row("proof-of-work search vs bare blake3(key || nonce) loop", m, b, "hashes/s"))
+        default = koru.DEFAULT_DIFFICULTY
+        report.note(
+            f"Identity.mine() at the default difficulty ({default} bits, 2**{default} hashes "
+            f"expected): {2**default / m:.2f} s expected on one core"
+        )
+        samples = 1 if sizes is QUICK else 8
+        took = auth.default_mining_seconds(samples)
+        report.note(f"Identity.mine() measured: {took:.2f} s mean over {samples} identities")
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -1101,6 +1153,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
 
             for row in await spaces.bench_spaces(sizes.rounds, sizes.round_s, tmp, value):
                 report.add(Row(*row, higher_is_better=row[3] != "ms/call"))
+        elif group.startswith("auth_"):
+            await bench_auth(group, sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

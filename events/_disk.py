@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -58,6 +59,11 @@ class Disk(Protocol):
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         """Reserve space (``posix_fallocate``); OSError EOPNOTSUPP where unsupported."""
+        ...
+
+    def is_private(self, fd: int) -> bool:
+        """True if the open file is a regular file of this user that nobody else may
+        read or write (for key files)."""
         ...
 
     def fdatasync(self, fd: int) -> None: ...
@@ -138,6 +144,10 @@ class OsDisk:
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
         os.posix_fallocate(fd, offset, length)
+
+    def is_private(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and not st.st_mode & 0o077 and st.st_uid == os.geteuid()
 
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)

@@ -13,6 +13,10 @@ raise it without importing the public face; ``koru`` re-exports every name.
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
+    "ChallengeError",
+    "ChallengeExpiredError",
+    "ChallengeReplayedError",
     "CodecError",
     "CorruptCheckpointError",
     "CorruptLogError",
@@ -23,14 +27,22 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidQueryError",
+    "InvalidGrantError",
+    "KeyFileError",
     "KeyNotFoundError",
     "KoruError",
     "LaggedError",
     "NoValueAtTimeError",
     "NotFoundError",
+    "PermissionDeniedError",
+    "ProofOfWorkError",
     "ReadOnlyError",
+    "SessionError",
+    "SessionExpiredError",
+    "SignatureError",
     "StorageError",
     "VersionNotFoundError",
+    "WrongServerError",
 ]
 
 
@@ -181,3 +193,69 @@ class ReadOnlyError(KoruError):
 
 class DatabaseClosedError(KoruError):
     """The database handle is closed (or was closed by a fatal storage error)."""
+
+
+# -- auth: identities, sessions, capabilities ------------------------------------------
+
+
+class AuthError(KoruError):
+    """Root of the auth branch: who someone is, whether they proved it, and what they
+    may do. Messages name public keys (shortened), never secret material."""
+
+
+class SignatureError(AuthError):
+    """A signature does not verify: forged, made with another key, or over other bytes."""
+
+
+class ProofOfWorkError(AuthError, InvalidDataError):
+    """An identity's proof of work is below the required difficulty (or was mined for
+    another public key): refused with one hash, before any signature is checked."""
+
+
+class KeyFileError(AuthError):
+    """A key file was refused: readable or writable by others, not a regular file (a
+    symlink, say), owned by another user, or not a koru-delta key file."""
+
+
+class ChallengeError(AuthError):
+    """A challenge-response failed: see the subclasses for why."""
+
+
+class ChallengeExpiredError(ChallengeError):
+    """The response came after its challenge's time to live."""
+
+
+class ChallengeReplayedError(ChallengeError):
+    """The response names a challenge this server never issued or already used: each
+    challenge opens at most one session."""
+
+
+class WrongServerError(ChallengeError):
+    """The response was made for a challenge of another server (another identity)."""
+
+
+class SessionError(AuthError):
+    """A session is unknown to this database (forged, or from another database), or
+    closed."""
+
+
+class SessionExpiredError(SessionError):
+    """The session's time to live is over: authenticate again."""
+
+
+class PermissionDeniedError(AuthError, PermissionError):
+    """The identity holds no valid capability for the action on that key."""
+
+    def __init__(self, who: str, action: str, namespace: str, key: str) -> None:
+        super().__init__(f"{who} may not {action} {namespace!r}/{key!r}")
+        self.who = who
+        self.action = action
+        self.namespace = namespace
+        self.key = key
+
+
+class InvalidGrantError(AuthError, InvalidDataError):
+    """A grant or revocation that could not take effect was refused before it was
+    written: unsigned by its granter, escalating beyond its parent, deeper than the
+    chain limit, from a granter with no authority, for an unregistered grantee, or a
+    revocation by someone who may not revoke that grant."""

@@ -45,6 +45,7 @@ from ._errors import (
     DataLossError,
     DurabilityError,
     InvalidArgumentError,
+    KeyFileError,
     ReadOnlyError,
     StorageError,
 )
@@ -77,6 +78,7 @@ _TABLE_NAME = re.compile(r"^[0-9a-f]{32}$")
 _META_FORMAT = 2
 #: Format 2: magic | blake3(body) | CBOR body. Format 1 was a bare CBOR map.
 _META_MAGIC = b"KORUMET2"
+_MAX_PRIVATE_FILE = 64 * 1024  # a key file is about a hundred bytes
 _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 24 bits
 _BUFFER_LIMIT = 1024 * 1024
 _ALLOCATE_AHEAD = 1024 * 1024
@@ -383,6 +385,13 @@ class FileStore:
         self._node = node
         if not self.readonly:
             self._write_meta()
+
+    def replace_node(self, node: bytes) -> None:
+        """Switch to another node id (its node key changed); see LogStore."""
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        self._node = node
+        self._write_meta()
 
     def _write_meta(self) -> None:
         assert self._node is not None
@@ -1222,21 +1231,62 @@ class FileStore:
         return removed
 
     def write_file(self, name: str, *parts: bytes) -> None:
+        self._replace_file(name, parts, 0o644)
+
+    def write_private(self, name: str, data: bytes) -> None:
+        self._replace_file(name, (data,), 0o600)
+
+    def read_private(self, name: str) -> bytes | None:
+        path = self._file(name)
+        disk = self._disk
+        try:
+            # O_NOFOLLOW: a symbolic link put in a key file's place is refused, never
+            # followed to whatever it names.
+            fd = disk.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise KeyFileError(f"{path} is a symbolic link, not a key file") from None
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        try:
+            if not disk.is_private(fd):
+                raise KeyFileError(
+                    f"{path} may be read or written by others, or is not a regular file "
+                    "of this user: a secret key must be private (chmod 600 it)"
+                )
+            size = disk.size(fd)
+            if size > _MAX_PRIVATE_FILE:
+                raise KeyFileError(f"{path} is {size} bytes: not a key file")
+            return disk.pread(fd, size, 0)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        finally:
+            disk.close(fd)
+
+    def _replace_file(self, name: str, parts: tuple[bytes, ...], mode: int) -> None:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
         try:
-            self._write_atomically(self._root, name, parts)
+            self._write_atomically(self._root, name, parts, mode)
         except OSError as exc:
             raise StorageError(f"cannot write {self._file(name)}: {_why(exc)}") from exc
 
-    def _write_atomically(self, directory: str, name: str, parts: Any) -> None:
+    def _write_atomically(self, directory: str, name: str, parts: Any, mode: int = 0o644) -> None:
         """Replace ``directory/name`` with ``parts``: temp file, fsync, rename, fsync of
         the directory. Why: a crash at any point leaves either the old file or the new
         one, never a mix. Raises OSError."""
         disk = self._disk
         tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         target = os.path.join(directory, name)
-        fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if mode & 0o077 == 0:
+            # A stale temp file would keep its own (wider) mode: a secret is only ever
+            # written into a file created for it.
+            with contextlib.suppress(FileNotFoundError):
+                disk.unlink(tmp)
+            flags |= os.O_EXCL
+        fd = disk.open(tmp, flags, mode)
         try:
             pos = 0
             for part in parts:

@@ -135,6 +135,15 @@ class MemoryStore:
     def write_file(self, name: str, *parts: bytes) -> None:
         self._files[name] = b"".join(parts)
 
+    def read_private(self, name: str) -> bytes | None:
+        return self._files.get(name)
+
+    def write_private(self, name: str, data: bytes) -> None:
+        self._files[name] = bytes(data)
+
+    def replace_node(self, node: bytes) -> None:
+        self.node_id = node
+
     def stats(self) -> dict[str, int]:
         return {
             "bytes_appended": self._appended,

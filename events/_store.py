@@ -224,6 +224,25 @@ class LogStore(Protocol):
         durable); returns how many were removed."""
         ...
 
+    def read_private(self, name: str) -> bytes | None:
+        """A private named file's content (a secret key), or None if absent.
+
+        Raises:
+            KeyFileError: the file may be read or written by others, is not a regular
+                file (a symbolic link, say) or belongs to another user.
+        """
+        ...
+
+    def write_private(self, name: str, data: bytes) -> None:
+        """Replace a private named file atomically and durably; created with mode 0600
+        (only this user may read or write it)."""
+        ...
+
+    def replace_node(self, node: bytes) -> None:
+        """Switch the database to another node id (its node key changed); what was
+        written keeps the id it was written under."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Counters: bytes appended, syncs, segments and the like."""
         ...

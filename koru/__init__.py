@@ -32,6 +32,28 @@ _EXPORTS: dict[str, str] = {
     "InvalidParentError": "koru.events",
     "WorkspaceDroppedError": "koru.events",
     "MAX_PARENTS": "koru.events",
+    # auth: identities, sessions, capabilities
+    "AuthError": "koru.events",
+    "SignatureError": "koru.events",
+    "ProofOfWorkError": "koru.events",
+    "KeyFileError": "koru.events",
+    "ChallengeError": "koru.events",
+    "ChallengeExpiredError": "koru.events",
+    "ChallengeReplayedError": "koru.events",
+    "WrongServerError": "koru.events",
+    "SessionError": "koru.events",
+    "SessionExpiredError": "koru.events",
+    "PermissionDeniedError": "koru.events",
+    "InvalidGrantError": "koru.events",
+    "Grant": "koru.events",
+    "Revocation": "koru.events",
+    "PublicIdentity": "koru.events",
+    "Identity": "koru._identity",
+    "DEFAULT_DIFFICULTY": "koru._identity",
+    "Challenge": "koru._sessions",
+    "Response": "koru._sessions",
+    "Session": "koru._sessions",
+    "AuthorizedDatabase": "koru._authorized",
     "Change": "koru._diff",
     "KeyChange": "koru._subscriptions",
     "LaggedError": "koru.events",
@@ -91,6 +113,7 @@ _EXPORTS: dict[str, str] = {
 if _typing.TYPE_CHECKING:
     from ._api import DatabaseAPI as DatabaseAPI
     from ._api import SpaceAPI as SpaceAPI
+    from ._authorized import AuthorizedDatabase as AuthorizedDatabase
     from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
     from ._database import Database as Database
     from ._diff import Change as Change
@@ -98,6 +121,8 @@ if _typing.TYPE_CHECKING:
     from ._genome import Genome as Genome
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
+    from ._identity import DEFAULT_DIFFICULTY as DEFAULT_DIFFICULTY
+    from ._identity import Identity as Identity
     from ._indexing import IndexInfo as IndexInfo
     from ._lineage import Connected as Connected
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
@@ -106,6 +131,9 @@ if _typing.TYPE_CHECKING:
     from ._open import open as open
     from ._replay import ReplayResult as ReplayResult
     from ._replay import replay as replay
+    from ._sessions import Challenge as Challenge
+    from ._sessions import Response as Response
+    from ._sessions import Session as Session
     from ._subscriptions import KeyChange as KeyChange
     from ._subscriptions import Subscription as Subscription
     from ._types import Expiring as Expiring
@@ -120,6 +148,10 @@ if _typing.TYPE_CHECKING:
     from ._workspace import WorkspaceInfo as WorkspaceInfo
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
     from .events import MAX_PARENTS as MAX_PARENTS
+    from .events import AuthError as AuthError
+    from .events import ChallengeError as ChallengeError
+    from .events import ChallengeExpiredError as ChallengeExpiredError
+    from .events import ChallengeReplayedError as ChallengeReplayedError
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
     from .events import CorruptLogError as CorruptLogError
@@ -127,19 +159,30 @@ if _typing.TYPE_CHECKING:
     from .events import DatabaseLockedError as DatabaseLockedError
     from .events import DataLossError as DataLossError
     from .events import DurabilityError as DurabilityError
+    from .events import Grant as Grant
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
+    from .events import InvalidGrantError as InvalidGrantError
     from .events import InvalidParentError as InvalidParentError
     from .events import InvalidQueryError as InvalidQueryError
+    from .events import KeyFileError as KeyFileError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
     from .events import LaggedError as LaggedError
     from .events import NotFoundError as NotFoundError
     from .events import NoValueAtTimeError as NoValueAtTimeError
+    from .events import PermissionDeniedError as PermissionDeniedError
+    from .events import ProofOfWorkError as ProofOfWorkError
+    from .events import PublicIdentity as PublicIdentity
     from .events import ReadOnlyError as ReadOnlyError
+    from .events import Revocation as Revocation
+    from .events import SessionError as SessionError
+    from .events import SessionExpiredError as SessionExpiredError
+    from .events import SignatureError as SignatureError
     from .events import StorageError as StorageError
     from .events import VersionNotFoundError as VersionNotFoundError
     from .events import WorkspaceDroppedError as WorkspaceDroppedError
+    from .events import WrongServerError as WrongServerError
     from .nursery import Clock as Clock
     from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
@@ -159,6 +202,27 @@ __all__ = [
     "InvalidParentError",
     "WorkspaceDroppedError",
     "MAX_PARENTS",
+    "AuthError",
+    "SignatureError",
+    "ProofOfWorkError",
+    "KeyFileError",
+    "ChallengeError",
+    "ChallengeExpiredError",
+    "ChallengeReplayedError",
+    "WrongServerError",
+    "SessionError",
+    "SessionExpiredError",
+    "PermissionDeniedError",
+    "InvalidGrantError",
+    "Grant",
+    "Revocation",
+    "PublicIdentity",
+    "Identity",
+    "DEFAULT_DIFFICULTY",
+    "Challenge",
+    "Response",
+    "Session",
+    "AuthorizedDatabase",
     "Change",
     "Clock",
     "CodecError",

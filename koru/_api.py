@@ -19,11 +19,13 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from koru.events import Grant, PublicIdentity, Revocation
 from koru.nursery import ProcessInfo
 from koru.projections import Query, QueryPlan
 
 from ._diff import Diff
 from ._genome import Genome
+from ._identity import Identity
 from ._indexing import IndexInfo
 from ._lineage import Connected
 from ._subscriptions import Subscription
@@ -183,5 +185,29 @@ class DatabaseAPI(SpaceAPI, Protocol):
     async def genome(self) -> Genome: ...
 
     async def processes(self) -> list[ProcessInfo]: ...
+
+    async def register(self, identity: Identity | PublicIdentity) -> bool: ...
+
+    async def grant(
+        self,
+        grant_or_grantee: Grant | Identity | PublicIdentity | bytes | str,
+        *,
+        namespace: str = "*",
+        key: str = "*",
+        actions: str | list[str] | tuple[str, ...] = "read",
+        not_before: Any = None,
+        expires: Any = None,
+        parent: bytes | str | None = None,
+        granter: Identity | None = None,
+    ) -> Grant: ...
+
+    async def revoke(
+        self,
+        revocation_or_grant: Revocation | Grant | bytes | str,
+        *,
+        revoker: Identity | None = None,
+    ) -> Revocation: ...
+
+    async def check(self, who: Any, action: str, namespace: str, key: str) -> bool: ...
 
     async def aclose(self) -> None: ...

@@ -32,6 +32,7 @@ from koru.events import (
 )
 from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import (
+    AuthState,
     FeedState,
     KvState,
     Projection,
@@ -46,15 +47,20 @@ from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
 
 from ._api import DatabaseAPI
+from ._auth_calls import AuthCalls
+from ._authority import Authority
 from ._cache import ValueCache
 from ._diff import Diff
 from ._genome import Genome, genome_of
+from ._identity import DEFAULT_DIFFICULTY, Identity
 from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
 from ._lineage import DEFAULT_MAX_DEPTH, Connected, Lineage
+from ._proven import ProvenIngest
 from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
+from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
@@ -69,7 +75,7 @@ __all__ = ["Database"]
 _FIRST = chr(ord(RESERVED) + 1)
 
 
-class Database:
+class Database(AuthCalls):
     """An open koru-delta database. Obtain one with :func:`koru.open`."""
 
     def __init__(
@@ -86,6 +92,10 @@ class Database:
         max_value_size: int,
         checkpoint_every: int,
         opened: OpenReport,
+        node_key: Identity | None = None,
+        entropy: Entropy | None = None,
+        difficulty: int = DEFAULT_DIFFICULTY,
+        root: bytes | None = None,
     ) -> None:
         self._store = store
         self._path = path
@@ -138,6 +148,22 @@ class Database:
             cast(LineageState, projections["lineage"]), self._kv, self._writer.read_time
         )
         self._workspaces = Workspaces(cast(WorkspaceState, projections["workspaces"]), self._writer)
+        # Identities, grants, sessions (koru._auth_calls): the node key is the root.
+        self._authority = Authority(
+            state=cast(AuthState, projections["auth"]),
+            feeds=self._feeds,
+            node=node_key,
+            node_id=node_id,
+            difficulty=difficulty,
+            root=root,
+        )
+        self._sessions = Sessions(
+            lambda: self._authority.node,
+            self._writer.now,
+            entropy if entropy is not None else Entropy(None),
+            difficulty,
+        )
+        self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority, store.read)
         self._statistics = Statistics(
             path,
             self._node_hex,

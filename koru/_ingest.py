@@ -120,7 +120,11 @@ class Ingest:
             event = decode_event(data, check_values=True)
         except CodecError as exc:
             return self._refuse(None, f"not a valid event: {exc}")
-        eid = event_id(data)
+        return self.admit(event, data, event_id(data), now_ns)
+
+    def admit(self, event: Event, data: bytes, eid: bytes, now_ns: int) -> Refused | None:
+        """:meth:`offer` for an event already decoded strictly from ``data`` (whose id
+        is ``eid``): the proven ingest of an authorized handle decodes first."""
         if event.agent not in AGENTS:
             return self._refuse(eid, f"unknown agent {event.agent!r}")
         if event.writes and event.agent != STORAGE:
@@ -203,6 +207,10 @@ class Ingest:
         origin = feed[0].hex()
         _log.warning("koru: refused a fork from origin %s: %s", origin, why)
         return self._refuse(eid, f"a fork of origin {origin}'s feed: {why}", fork=True)
+
+    def refuse(self, eid: bytes | None, reason: str) -> Refused:
+        """Refuse an event for ``reason`` (counted and reported as ingest's own)."""
+        return self._refuse(eid, reason)
 
     def _refuse(self, eid: bytes | None, reason: str, *, fork: bool = False) -> Refused:
         self.refused += 1

@@ -26,6 +26,7 @@ from koru.events import (
 )
 from koru.projections import (
     CHECKPOINT_FILE,
+    AuthState,
     Checkpoint,
     FeedState,
     KvState,
@@ -52,6 +53,7 @@ BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
     Views,
     LineageState,
     WorkspaceState,
+    AuthState,
 )
 
 

@@ -20,7 +20,6 @@ from koru.events import (
     MAX_SEGMENT_SIZE,
     MAX_VALUE_SIZE,
     MIN_SEGMENT_SIZE,
-    NODE_ID_SIZE,
     Disk,
     FileStore,
     InvalidArgumentError,
@@ -33,8 +32,11 @@ from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
+from ._identity import DEFAULT_DIFFICULTY, check_difficulty
 from ._loader import BUILTIN_PROJECTIONS, load
+from ._nodekey import node_key, node_public_key
 from ._processes import intervals_from, scrub, steps
+from ._sessions import Entropy
 from ._stats import OpenReport
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
@@ -145,6 +147,7 @@ async def open(
     disk: Disk | None = None,
     projections: Sequence[type[Projection]] = (),
     processes: bool | Mapping[str, float] = True,
+    difficulty: int = DEFAULT_DIFFICULTY,
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
 
@@ -175,6 +178,9 @@ async def open(
             (False), or a mapping of process name to interval in seconds (others keep
             their default: ``genome`` daily). A read-only database runs none. See
             :meth:`Database.processes`.
+        difficulty: the proof of work (bits) an identity needs to be registered here
+            or to open a session (default ``koru.DEFAULT_DIFFICULTY``, about a second
+            of mining).
 
     The database owns a nursery running its background tasks; leaving the block (even
     by cancellation) flushes, fsyncs, checkpoints and closes files.
@@ -202,9 +208,13 @@ async def open(
     intervals = {} if readonly else intervals_from(processes)
     if readonly:
         intervals_from(processes)  # refused the same way, even if unused
+    check_difficulty(difficulty)
     wall = clock if clock is not None else SystemClock()
     kinds = (*BUILTIN_PROJECTIONS, *projections)
     rng = random.Random(seed)
+    # Secrets (the node key, challenges) from the OS unless the caller asked for a
+    # replayable database: see koru._sessions.
+    entropy = Entropy(rng if seed is not None else None)
     store: LogStore
     if path is not None and os.fspath(path) == MEMORY:
         store, where = MemoryStore(), None
@@ -219,8 +229,7 @@ async def open(
         )
         where = str(directory)
     try:
-        if store.node_id is None:
-            store.create_node(rng.randbytes(NODE_ID_SIZE))
+        key = node_key(store, entropy)
         node = store.node_id
         assert node is not None
         loaded = await trio.to_thread.run_sync(functools.partial(load, store, projections=kinds))
@@ -242,6 +251,10 @@ async def open(
             opened=OpenReport(
                 loaded.from_checkpoint, loaded.replayed, loaded.checkpoint_problem, loaded.rebuilt
             ),
+            node_key=key,
+            entropy=entropy,
+            difficulty=difficulty,
+            root=node_public_key(store) if readonly else None,
         )
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report

@@ -4,6 +4,15 @@ No I/O, no clock, no trio: the same events in, the same state out, whatever orde
 peers delivered them in.
 """
 
+from ._auth import AuthState as AuthState
+from ._capabilities import MAX_DEPTH as MAX_DEPTH
+from ._capabilities import MAX_STEPS as MAX_STEPS
+from ._capabilities import NEVER as NEVER
+from ._capabilities import Effective as Effective
+from ._capabilities import Evaluator as Evaluator
+from ._capabilities import Scope as Scope
+from ._capabilities import escalation as escalation
+from ._capabilities import expand as expand
 from ._checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import WriteTable as WriteTable
@@ -66,4 +75,14 @@ __all__ = [
     "open_tables",
     "table_names",
     "order_key",
+    # auth: identities, grants, revocations, seals, and which grants take effect
+    "AuthState",
+    "MAX_DEPTH",
+    "MAX_STEPS",
+    "NEVER",
+    "Effective",
+    "Evaluator",
+    "Scope",
+    "escalation",
+    "expand",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._auth import AUTH_COMMANDS
 from ._base import Command, Failure, Usage
 from ._check import CHECK_COMMANDS
 from ._data import DATA_COMMANDS
@@ -17,4 +18,5 @@ COMMANDS: tuple[Command, ...] = (
     *EVENT_COMMANDS,
     *CHECK_COMMANDS,
     *TRANSFER_COMMANDS,
+    *AUTH_COMMANDS,
 )
