@@ -1064,16 +1064,17 @@ class FileStore:
         if idx >= len(AGENTS):
             raise CorruptLogError("?", 0, offset, f"location {location:#x} names no agent")
         log = self._logs[AGENTS[idx]]
-        path = log.path(seg)
-        if seg not in log.segments and not self._written_since(log, seg):
-            raise CorruptLogError(log.name, 0, offset, "a value's segment is missing", path)
+        fd = self._readers.get((idx, seg))
+        if fd is None and seg not in log.segments and not self._written_since(log, seg):
+            raise CorruptLogError(
+                log.name, 0, offset, "a value's segment is missing", log.path(seg)
+            )
         if seg == log.seg and offset >= log.flushed:
             self._flush_log(log)
         disk = self._disk
         try:
-            fd = self._readers.get((idx, seg))
             if fd is None:
-                fd = disk.open(path, os.O_RDONLY)
+                fd = disk.open(log.path(seg), os.O_RDONLY)
                 self._readers[(idx, seg)] = fd
             chunk = disk.pread(fd, _READ_AHEAD, offset)
             try:
@@ -1089,10 +1090,10 @@ class FileStore:
                     _, _, event = parse_record(chunk, 0)
             except (TornRecord, FrameError) as exc:
                 raise CorruptLogError(
-                    log.name, self._position(log, seg, offset), offset, str(exc), path
+                    log.name, self._position(log, seg, offset), offset, str(exc), log.path(seg)
                 ) from None
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+            raise StorageError(f"cannot read {log.path(seg)}: {_why(exc)}") from exc
         return event
 
     def _written_since(self, log: _AgentLog, seg: int) -> bool:
@@ -1203,9 +1204,27 @@ class FileStore:
             raise CorruptCheckpointError(f"table {name} is missing ({path})") from None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
-        # The map is let go with the table (its projection), not with the store: state
-        # loaded from a store may be read after the store is closed.
-        return Table(data, name)
+        # The map and the descriptor are let go with the table (its projection), not
+        # with the store: state loaded from a store may be read after the store is closed.
+        disk = self._disk
+        try:
+            fd = disk.open(path, os.O_RDONLY)
+        except OSError as exc:
+            getattr(data, "close", lambda: None)()
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+        def read(at: int, length: int) -> bytes:
+            try:
+                return disk.pread(fd, length, at)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+        try:
+            return Table(data, name, read, lambda: disk.close(fd))
+        except BaseException:
+            disk.close(fd)
+            getattr(data, "close", lambda: None)()
+            raise
 
     def table_names(self) -> set[str]:
         try:

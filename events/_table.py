@@ -22,8 +22,15 @@ Format (little-endian)::
     | entries, sorted by (namespace, key) as UTF-8 bytes:
         u32 crc32(rest of the entry) | u16 namespace length | namespace
         | u16 key length | key | u32 value length | value
-    | index: per block, u16 namespace length | namespace | u16 key length | key
+    | index: (format 3) u32 filter bits | u8 probes | the filter's bytes, then per
+        block, u16 namespace length | namespace | u16 key length | key
         | u64 offset of the block
+
+The filter (format 3; format 2 tables have none and are still read) is a Bloom filter
+of the table's keys, about 10 bits and 7 probes per key (under 1% false positives):
+why: a key is looked up in the newest table first, and most keys are in none but one
+of the tables, so without it a lookup of a cold key read a block of every newer table
+to learn that it is not there.
 
 The index is verified against its hash when the table is opened and every entry read
 is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
@@ -34,9 +41,12 @@ from __future__ import annotations
 
 import heapq
 import struct
+import weakref
 import zlib
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from hashlib import blake2b
 from typing import Any
 
 import blake3
@@ -54,13 +64,19 @@ __all__ = [
 ]
 
 TABLE_MAGIC = b"KORUTAB2"
-_FORMAT = 2
+_FORMAT = 3
+#: Formats read (2: without a filter).
+_READ_FORMATS = (2, 3)
+_FILTER_BITS_PER_KEY = 10
+_PROBES = 7
+_FILTER_HEAD = struct.Struct("<IB")
 #: Entries per block.
 BLOCK = 16
 _HEAD = struct.Struct("<8sIIQQQ32s")
 #: Bytes of a table's header.
 HEADER_SIZE = _HEAD.size
 _CRC = struct.Struct("<I")
+_CRC_U16 = struct.Struct("<IH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -89,6 +105,7 @@ class TableEncoder:
         self._rows: Iterable[tuple[bytes, bytes, bytes]] = rows if presorted else _sorted(rows)
         self.count = 0
         self._index: list[bytes] = []
+        self._hashes = array("Q")
         self._end = -1
 
     def entries(self) -> Iterator[bytes]:
@@ -108,6 +125,7 @@ class TableEncoder:
                 first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
                 self._index.append(b"".join(first))
             entry = _entry(ns, key, value)
+            self._hashes.append(_key_hash(ns, key))
             at += len(entry)
             i += 1
             yield entry
@@ -116,16 +134,48 @@ class TableEncoder:
         self._end = at
 
     def index(self) -> bytes:
-        """The block index (after :meth:`entries`)."""
+        """The filter and the block index (after :meth:`entries`)."""
         if self._end < 0:
             raise ValueError("the entries were not produced yet")
-        return b"".join(self._index)
+        bits, bloom = _build_filter(self._hashes)
+        return b"".join((_FILTER_HEAD.pack(bits, _PROBES), bloom, *self._index))
 
     def header(self) -> bytes:
         """The header (after :meth:`entries`)."""
         index = self.index()
         digest = blake3.blake3(index).digest()
         return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+
+
+def _key_hash(ns: bytes, key: bytes) -> int:
+    """A 64-bit hash of a (namespace, key), stable across processes (the filter is
+    stored): blake2b, since Python's own hash of bytes is salted per process."""
+    return int.from_bytes(
+        blake2b(b"%d:%b%b" % (len(ns), ns, key), digest_size=8).digest(), "little"
+    )
+
+
+def _build_filter(hashes: array[int]) -> tuple[int, bytes]:
+    """(bits, bytes) of the Bloom filter of ``hashes``, built with numpy (a million
+    keys in a fraction of a second, where a Python loop would hold the GIL for
+    seconds). numpy is imported here: a process that only reads tables (a one-shot
+    ``kdelta get``) does not pay for importing it."""
+    import numpy as np
+
+    bits = max(64, len(hashes) * _FILTER_BITS_PER_KEY)
+    bits = -(-bits // 8) * 8
+    h = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
+    h1 = h & np.uint64(0xFFFFFFFF)
+    h2 = (h >> np.uint64(32)) | np.uint64(1)
+    filter_ = np.zeros(bits // 8, dtype=np.uint8)
+    for i in range(_PROBES):
+        pos = (h1 + np.uint64(i) * h2) % np.uint64(bits)
+        np.bitwise_or.at(
+            filter_,
+            (pos >> np.uint64(3)).astype(np.intp),
+            (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
+        )
+    return bits, filter_.tobytes()
 
 
 def encode_table(items: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
@@ -168,25 +218,48 @@ class Table:
     """
 
     __slots__ = (
+        "__weakref__",
         "_count",
         "_data",
         "_digest",
         "_end",
+        "_filter",
+        "_filter_bits",
         "_firsts",
+        "_format",
         "_index",
+        "_read",
+        "_release",
         "_starts",
         "name",
         "size",
     )
 
-    def __init__(self, data: Any, name: str) -> None:
+    def __init__(
+        self,
+        data: Any,
+        name: str,
+        read: Callable[[int, int], bytes] | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
+        #: Reads ``length`` bytes at an offset (a pread) for what a lookup needs: the
+        #: index and single blocks. Why not the memory map: a page fault maps the
+        #: pages around the one asked for too (fault-around), so ten thousand random
+        #: lookups made a whole table resident, counted in the process's memory.
+        self._read = read if read is not None else lambda at, n: bytes(data[at : at + n])
+        # Closed with the table: when released, else when collected (tables are
+        # dropped by compaction while readers may still hold them).
+        self._release = None if release is None else weakref.finalize(self, release)
         self.size = len(data)
         if self.size < _HEAD.size:
             raise CorruptCheckpointError(f"table {name} is cut short")
         magic, fmt, block, count, index_at, index_len, digest = _HEAD.unpack_from(data, 0)
-        if magic != TABLE_MAGIC or fmt != _FORMAT or block != BLOCK:
-            raise CorruptCheckpointError(f"table {name} is not a koru table of format 2")
+        if magic != TABLE_MAGIC or fmt not in _READ_FORMATS or block != BLOCK:
+            raise CorruptCheckpointError(f"table {name} is not a koru table of format 2 or 3")
+        self._format = fmt
+        self._filter = b""
+        self._filter_bits = 0
         if not _HEAD.size <= index_at <= self.size or index_at + index_len != self.size:
             raise CorruptCheckpointError(f"table {name} is cut short or malformed")
         self._data = data
@@ -211,7 +284,7 @@ class Table:
         if self._digest is None:
             return
         at, length = self._index
-        if blake3.blake3(memoryview(self._data)[at : at + length]).digest() != self._digest:
+        if blake3.blake3(self._read(at, length)).digest() != self._digest:
             raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
         self._digest = None
 
@@ -221,9 +294,18 @@ class Table:
         if self._starts or not self._count:
             return
         at, length = self._index
-        index = bytes(self._data[at : at + length])
+        index = self._read(at, length)
         firsts, starts = [], []
         pos = 0
+        if self._format >= 3:
+            try:
+                bits, probes = _FILTER_HEAD.unpack_from(index, 0)
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: its index is cut short") from None
+            pos = _FILTER_HEAD.size + bits // 8
+            if probes != _PROBES or bits % 8 or not bits or pos > length:
+                raise CorruptCheckpointError(f"table {self.name}: its filter is malformed")
+            self._filter, self._filter_bits = index[_FILTER_HEAD.size : pos], bits
         try:
             while pos < length:
                 (n,) = _U16.unpack_from(index, pos)
@@ -298,13 +380,90 @@ class Table:
             target = (namespace.encode(), key.encode())
         except UnicodeEncodeError:
             return None
-        self._load_index()
+        if not self._starts:
+            self._load_index()
+        bits = self._filter_bits
+        if bits:
+            bloom = self._filter
+            h = _key_hash(*target)
+            h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+            for i in range(_PROBES):
+                pos = (h1 + i * h2) % bits
+                if not bloom[pos >> 3] & (1 << (pos & 7)):
+                    return None
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None
-        for ns, k, value in self._block(b):
-            if (ns, k) >= target:
-                return value if (ns, k) == target else None
+        return self._find(b, target)
+
+    def _find(self, b: int, target: tuple[bytes, bytes]) -> bytes | None:
+        """The value of ``target`` in block ``b``, or None.
+
+        A lookup's hot loop, over one copy of the block: it steps from entry to entry
+        by their lengths alone, and checks the crc32 of the entry it answers with. An
+        answer of "absent" (rare: the filter let the key through) walks the block again
+        checking every entry, since a damaged key could hide the one asked for. Why
+        entries and not a search for the key's bytes: a value may hold bytes that look
+        like another key's entry."""
+        starts = self._starts
+        pos = starts[b]
+        block = self._read(pos, (starts[b + 1] if b + 1 < len(starts) else self._end) - pos)
+        ns, key = target
+        pattern = b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key)
+        skip = 4 + len(pattern)
+        u16, u32 = _U16.unpack_from, _U32.unpack_from
+        p = 0
+        i = b * BLOCK
+        last = min(i + BLOCK, self._count)
+        try:
+            while i < last:
+                if block.startswith(pattern, p + 4):
+                    (v,) = u32(block, p + skip)
+                    nxt = p + skip + 4 + v
+                    (crc,) = _CRC.unpack_from(block, p)
+                    if nxt <= len(block) and zlib.crc32(block[p + 4 : nxt]) == crc:
+                        return block[p + skip + 4 : nxt]
+                    break  # damaged: the checked walk says where
+                (n,) = u16(block, p + 4)
+                at = p + 6 + n
+                (m,) = u16(block, at)
+                at += 2 + m
+                (v,) = u32(block, at)
+                p = at + 4 + v
+                i += 1
+        except struct.error:
+            pass  # cut short: the checked walk says where
+        return self._checked_find(b, target, block)
+
+    def _checked_find(self, b: int, target: tuple[bytes, bytes], block: bytes) -> bytes | None:
+        """:meth:`_find`, checking every entry up to the one that decides."""
+        end = len(block)
+        p = 0
+        i = b * BLOCK
+        last = min(i + BLOCK, self._count)
+        crc32, unpack = zlib.crc32, _CRC_U16.unpack_from
+        while i < last:
+            try:
+                crc, n = unpack(block, p)
+                at = p + 6 + n
+                ns = block[p + 6 : at]
+                (m,) = _U16.unpack_from(block, at)
+                at += 2
+                key = block[at : at + m]
+                at += m
+                (v,) = _U32.unpack_from(block, at)
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
+            nxt = at + 4 + v
+            if nxt > end or crc32(block[p + 4 : nxt]) != crc:
+                raise CorruptCheckpointError(
+                    f"table {self.name}: entry {i} fails its check (the log is intact: "
+                    "remove the checkpoint file to rebuild the state from it)"
+                )
+            if (ns, key) >= target:
+                return block[at + 4 : nxt] if (ns, key) == target else None
+            p = nxt
+            i += 1
         return None
 
     def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
@@ -340,3 +499,5 @@ class Table:
         close = getattr(self._data, "close", None)
         if close is not None:
             close()
+        if self._release is not None:
+            self._release()

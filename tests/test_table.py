@@ -79,3 +79,67 @@ def test_damage_is_reported_wherever_it_is() -> None:
         Table(data[:40], "t")
     with pytest.raises(CorruptCheckpointError, match="not a koru table"):
         Table(b"X" * 100, "t")
+
+
+def _as_format_2(pieces: list[bytes]) -> bytes:
+    """The same table as the format before filters wrote it: the index without the
+    filter, the header naming format 2 and hashing that index."""
+    import struct
+
+    import blake3
+
+    head = struct.Struct("<8sIIQQQ32s")
+    magic, _, block, count, index_at, _, _ = head.unpack(pieces[0])
+    bits, _ = struct.unpack_from("<IB", pieces[-1])
+    index = pieces[-1][5 + bits // 8 :]
+    header = head.pack(magic, 2, block, count, index_at, len(index), blake3.blake3(index).digest())
+    return b"".join([header, *pieces[1:-1], index])
+
+
+def test_tables_of_format_2_are_read_without_a_filter() -> None:
+    model = {("ns", f"k{i:04}"): bytes([i % 256]) for i in range(300)}
+    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    old = Table(_as_format_2(pieces), "old")
+    assert all(old.get(*key) == value for key, value in model.items())
+    assert old.get("ns", "k9999") is None and old.get("other", "k0001") is None
+    assert list(old.entries()) == [(ns, k, v) for (ns, k), v in sorted(model.items())]
+
+
+def test_the_filter_answers_most_absent_keys_without_reading_a_block() -> None:
+    model = {("users", f"u{i}"): b"v" for i in range(5000)}
+    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    reads: list[int] = []
+    data = b"".join(pieces)
+
+    def read(at: int, length: int) -> bytes:
+        reads.append(at)
+        return data[at : at + length]
+
+    table = Table(data, table_name(pieces), read)
+    assert table.get("users", "u42") == b"v"  # loads the index, then reads one block
+    before = len(reads)
+    absent = [f"x{i}" for i in range(10_000)]
+    assert all(table.get("users", key) is None for key in absent)
+    # About 10 bits and 7 probes per key: under 1% false positives (a block read each).
+    assert len(reads) - before < 200
+    assert all(table.get(*key) == b"v" for key in model)  # and no false negative
+
+
+def test_a_malformed_filter_is_reported() -> None:
+    import struct
+
+    import blake3
+
+    pieces = encode_table([("ns", f"k{i}", b"v") for i in range(40)])
+    head = struct.Struct("<8sIIQQQ32s")
+    fields = list(head.unpack(pieces[0]))
+    for index in (
+        struct.pack("<IB", 7, 7) + pieces[-1][5:],  # bits not whole bytes
+        struct.pack("<IB", 400, 3) + pieces[-1][5:],  # other probes
+        struct.pack("<IB", 1 << 30, 7) + pieces[-1][5:],  # longer than the index
+        pieces[-1][:3],  # cut inside its head
+    ):
+        fields[5], fields[6] = len(index), blake3.blake3(index).digest()
+        data = b"".join([head.pack(*fields), *pieces[1:-1], index])
+        with pytest.raises(CorruptCheckpointError, match="filter|index"):
+            Table(data, "t").get("ns", "k1")
