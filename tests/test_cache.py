@@ -6,11 +6,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from koru._cache import _OVERHEAD, PROTECTED_SHARE, ValueCache
+from koru._cache import _OVERHEAD, PROTECTED_SHARE, SHARDS, ValueCache
 
 
-def _cid(i: int) -> bytes:
-    return i.to_bytes(4, "big")
+def _cid(i: int, shard: int = 0) -> bytes:
+    """A content id in ``shard`` (the cache splits its budget by the first byte)."""
+    return bytes([shard]) + i.to_bytes(4, "big")
 
 
 def _value(i: int, size: int) -> bytes:
@@ -32,7 +33,7 @@ def test_the_cache_keeps_its_budget_and_answers_only_what_was_put(
     stored: dict[bytes, bytes] = {}  # what each content id was put with (content ids never change)
     hits = misses = 0
     for op, i, size in ops:
-        cid = _cid(i)
+        cid = _cid(i, i % 3)
         if op == "put":
             value = stored.setdefault(cid, _value(i, size))
             cache.put(cid, value)
@@ -43,18 +44,20 @@ def test_the_cache_keeps_its_budget_and_answers_only_what_was_put(
             else:
                 hits += 1
                 assert got == stored[cid]
-        held = {c: cache.peek(c) for c in map(_cid, range(41)) if cache.peek(c) is not None}
+        held = {c: v for c in (_cid(j, j % 3) for j in range(41)) if (v := cache.peek(c))}
         assert cache.size == sum(len(v) + _OVERHEAD for v in held.values())
         assert cache.size <= capacity
         assert len(cache) == len(held)
-        assert cache._protected_size <= capacity * PROTECTED_SHARE
-        assert set(cache._probation) | set(cache._protected) == set(held)
-        assert not set(cache._probation) & set(cache._protected)
+        for shard in cache._shards:
+            assert shard.size <= capacity / SHARDS
+            assert shard.protected_size <= shard.capacity * PROTECTED_SHARE
+            assert set(shard.probation) | set(shard.protected) == set(shard.data)
+            assert not set(shard.probation) & set(shard.protected)
     assert (cache.hits, cache.misses) == (hits, misses)
 
 
 def test_a_scan_of_one_off_reads_leaves_the_values_read_again() -> None:
-    cache = ValueCache(100 * (100 + _OVERHEAD))  # room for 100 values of 100 bytes
+    cache = ValueCache(SHARDS * 100 * (100 + _OVERHEAD))  # 100 values of 100 B a shard
     hot = [_cid(i) for i in range(50)]
     for cid in hot:
         cache.put(cid, b"h" * 100)
@@ -67,13 +70,13 @@ def test_a_scan_of_one_off_reads_leaves_the_values_read_again() -> None:
 
 
 def test_protected_values_return_to_probation_past_their_share() -> None:
-    cache = ValueCache(10 * (10 + _OVERHEAD))
+    cache = ValueCache(SHARDS * 10 * (10 + _OVERHEAD))  # 10 values of 10 B a shard
     for i in range(10):
         cache.put(_cid(i), b"x" * 10)
         cache.get(_cid(i))
     # Eight fit the protected share; the two read again first went back to probation,
     # and they are the first to go when a new value needs room.
-    assert len(cache._protected) == 8
+    assert len(cache._shards[0].protected) == 8
     cache.put(_cid(99), b"y" * 10)
     assert cache.peek(_cid(0)) is None
     assert cache.peek(_cid(9)) is not None

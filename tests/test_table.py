@@ -141,5 +141,5 @@ def test_a_malformed_filter_is_reported() -> None:
     ):
         fields[5], fields[6] = len(index), blake3.blake3(index).digest()
         data = b"".join([head.pack(*fields), *pieces[1:-1], index])
-        with pytest.raises(CorruptCheckpointError, match="filter|index"):
+        with pytest.raises(CorruptCheckpointError, match=r"filter|index"):
             Table(data, "t").get("ns", "k1")
