@@ -246,12 +246,17 @@ class SessionExpiredError(SessionError):
 class PermissionDeniedError(AuthError, PermissionError):
     """The identity holds no valid capability for the action on that key."""
 
-    def __init__(self, who: str, action: str, namespace: str, key: str) -> None:
-        super().__init__(f"{who} may not {action} {namespace!r}/{key!r}")
+    def __init__(
+        self, who: str, action: str, namespace: str, key: str, workspace: str | None = None
+    ) -> None:
+        where = "" if workspace is None else f" in workspace {workspace!r}"
+        super().__init__(f"{who} may not {action} {namespace!r}/{key!r}{where}")
         self.who = who
         self.action = action
         self.namespace = namespace
         self.key = key
+        #: The workspace the namespace is in (None: the default space).
+        self.workspace = workspace
 
 
 class InvalidGrantError(AuthError, InvalidDataError):

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SpaceAPI": "koru._api",
     "Workspace": "koru._workspace",
     "WorkspaceInfo": "koru._workspace",
+    "workspace_namespace": "koru._space",
     "Connected": "koru._lineage",
     "InvalidParentError": "koru.events",
     "WorkspaceDroppedError": "koru.events",
@@ -134,6 +135,7 @@ if _typing.TYPE_CHECKING:
     from ._sessions import Challenge as Challenge
     from ._sessions import Response as Response
     from ._sessions import Session as Session
+    from ._space import workspace_namespace as workspace_namespace
     from ._subscriptions import KeyChange as KeyChange
     from ._subscriptions import Subscription as Subscription
     from ._types import Expiring as Expiring
@@ -198,6 +200,7 @@ __all__ = [
     "SpaceAPI",
     "Workspace",
     "WorkspaceInfo",
+    "workspace_namespace",
     "Connected",
     "InvalidParentError",
     "WorkspaceDroppedError",

@@ -28,6 +28,9 @@ from ._space import Space
 
 __all__ = ["DEFAULT_MAX_DEPTH", "Connected", "Lineage"]
 
+#: Which nodes (stored names) a walk may pass through besides its space's rule; None: all.
+Allowed = Callable[[Node], bool] | None
+
 #: How many links ``are_connected`` and ``connection_path`` follow at most by default.
 DEFAULT_MAX_DEPTH = 100
 
@@ -132,8 +135,13 @@ class Lineage:
             raise InvalidArgumentError(f"{what} must be a non-negative int, not {depth!r}")
         return depth
 
-    def _walker(self, space: Space) -> tuple[LinksOf, Callable[[Node], bool]]:
-        return self.graph.side, lambda node: space.owns(node[0])
+    def _walker(self, space: Space, allowed: Allowed) -> tuple[LinksOf, Callable[[Node], bool]]:
+        """The links, and which nodes a walk may pass: those of the space (and, for an
+        authorized handle, those its identity may read)."""
+        owns = space.owns
+        if allowed is None:
+            return self.graph.side, lambda node: owns(node[0])
+        return self.graph.side, lambda node: owns(node[0]) and allowed(node)
 
     def _out(self, space: Space, nodes: Iterable[Node]) -> list[tuple[str, str]]:
         out = []
@@ -143,21 +151,27 @@ class Lineage:
             out.append((shown, key))
         return out
 
-    def ancestors(self, space: Space, node: Any, depth: Any) -> list[tuple[str, str]]:
+    def ancestors(
+        self, space: Space, node: Any, depth: Any, allowed: Allowed = None
+    ) -> list[tuple[str, str]]:
         start = self._node(space, node, "node")
-        links, keep = self._walker(space)
+        links, keep = self._walker(space, allowed)
         return self._out(space, reach(start, links, 0, self._depth(depth, "depth", True), keep))
 
-    def descendants(self, space: Space, node: Any, depth: Any) -> list[tuple[str, str]]:
+    def descendants(
+        self, space: Space, node: Any, depth: Any, allowed: Allowed = None
+    ) -> list[tuple[str, str]]:
         start = self._node(space, node, "node")
-        links, keep = self._walker(space)
+        links, keep = self._walker(space, allowed)
         return self._out(space, reach(start, links, 1, self._depth(depth, "depth", True), keep))
 
-    def path(self, space: Space, a: Any, b: Any, max_depth: Any) -> list[tuple[str, str]] | None:
+    def path(
+        self, space: Space, a: Any, b: Any, max_depth: Any, allowed: Allowed = None
+    ) -> list[tuple[str, str]] | None:
         start, end = self._node(space, a, "a"), self._node(space, b, "b")
         limit = self._depth(max_depth, "max_depth", False)
         assert limit is not None
-        links, keep = self._walker(space)
+        links, keep = self._walker(space, allowed)
         found = shortest_path(start, end, links, limit, keep)
         return None if found is None else self._out(space, found)
 

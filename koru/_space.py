@@ -24,7 +24,7 @@ from koru.events import (
     workspace_prefix,
 )
 
-__all__ = ["DEFAULT", "Space"]
+__all__ = ["DEFAULT", "Space", "workspace_namespace"]
 
 _ROOM = MAX_NAME_BYTES // 4  # a name of at most this many characters fits, encoded
 
@@ -83,3 +83,17 @@ class Space:
 
 #: The database's own space.
 DEFAULT = Space(None)
+
+
+def workspace_namespace(workspace: str, namespace: str = "*") -> str:
+    """How namespace ``namespace`` of workspace ``workspace`` is stored, which is the
+    name capabilities are checked on: grant ``workspace_namespace("team", "docs")`` to
+    give a capability on namespace ``docs`` of workspace ``team``, and
+    ``workspace_namespace("team")`` (a glob) for every namespace of it.
+
+    Raises:
+        InvalidDataError: not a usable workspace name or namespace (glob).
+    """
+    if namespace == "*":
+        return Space(workspace).prefix + "*"
+    return Space(workspace).inward(namespace)
