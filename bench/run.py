@@ -15,6 +15,7 @@ is the median of its rounds. See bench/README.md for what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -47,6 +48,16 @@ GROUPS = (
     "open",
     "cli",
     "memory",
+    "tiers",
+    "query_scan",
+    "query_index",
+    "views",
+    "subscriptions",
+    "spaces",
+    "auth_verify",
+    "auth_chain",
+    "auth_get",
+    "auth_mine",
     "vectors",
 )
 NS = "users"
@@ -77,12 +88,17 @@ class Sizes:
     replay_reps: int  # opens without a checkpoint (median)
     memory_keys: int
     cli_runs: int  # kdelta get processes (and as many sqlite3 ones)
+    big_keys: int  # keys of 1 KB for the tiers group (and ten times as many events)
+    latency_events: int  # puts whose every wait is measured
+    query_docs: int  # documents in the query benchmarks
     vectors: int = 100_000  # embeddings of 384 dimensions
     vector_queries: int = 1_000
 
 
-FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100)
-QUICK = Sizes(2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 10_000, 200)
+FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000, 100_000)
+QUICK = Sizes(
+    2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000, 10_000, 10_000, 200
+)
 
 
 @dataclass
@@ -636,6 +652,378 @@ async def bench_cli(sizes: Sizes, tmp: Path, report: Report) -> None:
     )
 
 
+# -- tiers: a data set larger than memory keeps -----------------------------------------
+
+
+async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
+    import tiers  # bench/tiers.py
+
+    keys = sizes.big_keys
+    small, large = tmp / "tiers_1x", tmp / "tiers_10x"
+    print(f"  building {keys // 10:,} keys x 10 versions and {keys:,} keys x 10 versions ...")
+    b1 = await tiers.build(small, keys // 10, 10, value)
+    b10 = await tiers.build(large, keys, 10, value)
+    report.note(
+        f"tiers: built {keys:,} and {10 * keys:,} events in {b1:.0f} s and {b10:.0f} s "
+        f"({10 * keys / b10:,.0f} puts/s)"
+    )
+    o1 = statistics.median([await tiers.timed_open(small) for _ in range(3)])
+    o10 = statistics.median([await tiers.timed_open(large) for _ in range(3)])
+    label = f"{10 * keys / 1e6:g}M" if keys >= 100_000 else f"{10 * keys // 1000}k"
+    report.add(Row(f"open {label} events vs a tenth of them", o10, o1, "s", False))
+    report.target(f"open {label} events", o10, 0.3, "s", at_least=False)
+    report.target("open 10x the events", o10 / o1, 3.0, "x", at_least=False)
+
+    big, twin = tmp / "tiers_big", tmp / "tiers_big.sqlite"
+    print(f"  building {keys:,} keys of 1 KB ...")
+    await tiers.build(big, keys, 1, tiers.big_value)
+    tiers.sqlite_table(twin, keys, tiers.big_value)
+    empty = tmp / "tiers_empty"
+    async with koru.open(empty):
+        pass
+    base, full = tiers.run_child(empty, 0), tiers.run_child(big, keys)
+    grown = (full["after"] - full["before"]) - (base["after"] - base["before"])
+    cold_keys = keys - tiers.HOT_KEYS
+    report.add(
+        Row(
+            f"RSS per cold key, {keys:,} keys of 1 KB, hot tier {tiers.HOT_KEYS:,}",
+            max(grown, 0) / cold_keys,
+            150.0,
+            "bytes/key",
+            False,
+        )
+    )
+    report.note(f"tiers: resident memory of the open database: {full} (empty: {base})")
+    k_cold, s_cold, k_hot, s_hot = await tiers.get_latencies(big, twin, keys, 20_000)
+    report.add(
+        Row(
+            "get of a cold key vs sqlite3 (same rows)", k_cold * 1e6, s_cold * 1e6, "µs/call", False
+        )
+    )
+    report.add(
+        Row("get of a hot key vs sqlite3 (same rows)", k_hot * 1e6, s_hot * 1e6, "µs/call", False)
+    )
+    report.target("cold get vs sqlite3", k_cold / s_cold, 3.0, "x", at_least=False)
+    report.target("hot get vs sqlite3 (time)", k_hot / s_hot, 0.5, "x", at_least=False)
+
+    waits = await tiers.put_latencies(tmp / "tiers_latency", sizes.latency_events)
+    report.note(f"tiers: put waits over {len(waits):,} puts: {tiers.summary(waits)}")
+    report.target("slowest put", max(waits) * 1e3, 10.0, "ms", at_least=False)
+
+
+# -- queries -----------------------------------------------------------------------------
+
+CITIES = ("Paris", "London", "Berlin", "Rome", "Madrid", "Oslo", "Vienna", "Prague")
+
+
+def document(i: int) -> dict[str, Any]:
+    """A query benchmark document: 8 cities, ages 0-89, 1,000 groups."""
+    return {
+        "name": f"user{i}",
+        "age": (i * 7919) % 90,
+        "city": CITIES[(i * 31) % 8],
+        "group": i % 1000,
+        "active": i % 3 != 0,
+        "score": (i * 0.37) % 100,
+    }
+
+
+async def query_fixture(
+    tmp: Path, name: str, n: int
+) -> tuple[contextlib.AbstractAsyncContextManager[koru.Database], sqlite3.Connection]:
+    """A koru database and a sqlite3 table of the same ``n`` documents (JSON text)."""
+    conn = sqlite3.connect(str(tmp / f"{name}.sqlite"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE docs (key TEXT PRIMARY KEY, value TEXT)")
+    conn.executemany(
+        "INSERT INTO docs VALUES (?, ?)",
+        ((f"u{i:06}", json.dumps(document(i))) for i in range(n)),
+    )
+    conn.commit()
+    opened = koru.open(tmp / name, sync="never")
+    return opened, conn
+
+
+async def load_documents(db: koru.Database, n: int) -> None:
+    for start in range(0, n, 1000):
+        await db.put_batch(
+            [(NS, f"u{i:06}", document(i)) for i in range(start, min(n, start + 1000))]
+        )
+
+
+async def bench_query_scan(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_scan", n)
+    q = koru.Query().where(koru.F("age") >= 30, koru.F("city") == "Paris").order_by("-age")
+    q = q.limit(100)
+    sql = (
+        "SELECT key, value FROM docs WHERE json_extract(value, '$.age') >= 30 "
+        "AND json_extract(value, '$.city') = 'Paris' "
+        "ORDER BY json_extract(value, '$.age') DESC, key LIMIT 100"
+    )
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            began = perf()
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            report.note(
+                f"query_scan: the first query decoded the {n:,} documents into the "
+                f"document cache in {(perf() - began) * 1e3:.0f} ms; the row is the warm scan"
+            )
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want:
+                report.note(f"query_scan MISMATCH: koru {got[:3]} vs sqlite {want[:3]}")
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            k, s = await interleave(sizes, kq, sq, chunk=1)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"query filter+sort, {n:,} docs, full scan vs sqlite json_extract",
+            1e3 / k,
+            1e3 / s,
+            "ms/query",
+            higher_is_better=False,
+        )
+    )
+
+
+async def bench_query_index(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs
+    opened, conn = await query_fixture(tmp, "query_index", n)
+    conn.execute("CREATE INDEX docs_group ON docs (json_extract(value, '$.group'))")
+    conn.commit()
+    q = koru.Query().where(koru.F("group") == 17)
+    sql = "SELECT key, value FROM docs WHERE json_extract(value, '$.group') = 17 ORDER BY key"
+    try:
+        async with opened as db:
+            await load_documents(db, n)
+            unindexed = [(r.key, r.value) for r in await db.query(NS, q)]
+
+            async def kq(m: int) -> None:
+                for _ in range(m):
+                    await db.query(NS, q)
+
+            def sq(m: int) -> None:
+                for _ in range(m):
+                    [(k, json.loads(v)) for k, v in conn.execute(sql)]
+
+            scan, _ = await interleave(sizes, kq, sq, chunk=1)
+            began = perf()
+            await db.create_index(NS, "group")
+            report.note(
+                f"query_index: create_index filled the index over {n:,} documents in "
+                f"{(perf() - began) * 1e3:.0f} ms"
+            )
+            plan = await db.explain(NS, q)
+            got = [(r.key, r.value) for r in await db.query(NS, q)]
+            want = [(k, json.loads(v)) for k, v in conn.execute(sql)]
+            if got != want or got != unindexed or not plan.uses_index:
+                report.note(f"query_index MISMATCH ({plan.reason}): {got[:2]} vs {want[:2]}")
+            k, s = await interleave(sizes, kq, sq, chunk=16)
+    finally:
+        conn.close()
+    report.add(
+        Row(
+            f"indexed eq query ({len(got)} of {n:,} docs) vs sqlite expression index",
+            1e6 / k,
+            1e6 / s,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Row(
+            "indexed eq query vs koru's own full scan",
+            1e6 / k,
+            1e6 / scan,
+            "µs/query",
+            higher_is_better=False,
+        )
+    )
+    report.target("index speed-up over the full scan", k / scan, 50.0, "x", at_least=True)
+
+
+VIEW_QUERIES = [
+    koru.Query().where(koru.F("age") >= 30).count(),
+    koru.Query().where(koru.F("city") == "Paris").order_by("-age").limit(10),
+    koru.Query().group_by("city").avg("age"),
+    koru.Query().sum("score"),
+    koru.Query().max("age"),
+    koru.Query().where(koru.F("active") == True).group_by("group").count(),  # noqa: E712
+    koru.Query().distinct("city"),
+    koru.Query().where(koru.F("name").matches("^user1")).count(),
+    koru.Query().where(koru.F("age") < 18).select("name"),
+    koru.Query().where(koru.F("city").is_in(["Rome", "Oslo"]), koru.F("age") > 60).min("score"),
+]
+
+
+async def alternate_puts(
+    sizes: Sizes, plain: koru.Database, other: koru.Database
+) -> tuple[float, float]:
+    """Median put rates of two databases, measured in alternating rounds."""
+    counters = [[0], [0]]
+    rates: list[list[float]] = [[], []]
+    for _ in range(sizes.rounds):
+        for side, db in enumerate((plain, other)):
+
+            async def batch(m: int, db: koru.Database = db, c: list[int] = counters[side]) -> None:
+                i = c[0]
+                for j in range(i, i + m):
+                    await db.put(NS, f"u{j:07}", document(j))
+                c[0] = i + m
+
+            rates[side].append(await _rate_async(batch, sizes.round_s))
+    return statistics.median(rates[0]), statistics.median(rates[1])
+
+
+async def bench_views(sizes: Sizes, tmp: Path, report: Report) -> None:
+    async with (
+        koru.open(tmp / "views_none", sync="os") as plain,
+        koru.open(tmp / "views_ten", sync="os") as viewed,
+    ):
+        for i, q in enumerate(VIEW_QUERIES):
+            await viewed.create_view(f"v{i}", NS, q)
+        none, ten = await alternate_puts(sizes, plain, viewed)
+        written = (await viewed.stats()).keys
+        began = perf()
+        await viewed.view("v0")  # catches every view of the namespace up
+        took = perf() - began
+        report.note(
+            f"views: maintenance is deferred to the next read; reading one view after "
+            f"{written:,} puts caught all 10 views up in {took * 1e3:.0f} ms "
+            f"({took / max(written, 1) * 1e6:.1f} µs per written key, all views)"
+        )
+        for i, q in enumerate(VIEW_QUERIES):  # spot check: each view equals its query
+            if await viewed.view(f"v{i}") != await viewed.query(NS, q):
+                report.note(f"views MISMATCH: view v{i} differs from its query")
+    report.add(Row("put sync=os with 10 live views vs none", ten, none, "puts/s"))
+    report.target("puts with 10 views / without", ten / none, 0.7, "x", at_least=True)
+
+
+async def bench_subscriptions(sizes: Sizes, tmp: Path, report: Report) -> None:
+    n = sizes.query_docs * 2
+    async with (
+        koru.open(tmp / "subs_one", sync="never") as db,
+        db.subscribe(NS, buffer=n) as changes,
+    ):
+        await load_documents(db, n)  # queued: batches of 1,000 changes
+        began = perf()
+        count = 0
+        async for change in changes:
+            change.value  # noqa: B018  (a subscriber looks at what changed)
+            count += 1
+            if count == n:
+                break
+        rate = n / (perf() - began)
+    report.add(Row("one subscriber receives changes vs target", rate, 100_000.0, "changes/s"))
+    report.target("one subscriber", rate, 100_000.0, "changes/s", at_least=True)
+
+    # The write path's share: 10 live subscriptions queue every put (they read after).
+    async with (
+        koru.open(tmp / "subs_none", sync="os") as plain,
+        koru.open(tmp / "subs_ten", sync="os") as watched,
+    ):
+        subs = [watched.subscribe(NS, buffer=10**7) for _ in range(10)]
+        queues = [await s.__aenter__() for s in subs]
+        none, ten = await alternate_puts(sizes, plain, watched)
+        written = (await watched.stats()).keys
+        for q in queues:  # every subscriber gets every put, none lagged
+            got = 0
+            async for _ in q:
+                got += 1
+                if got == written:
+                    break
+        for s in subs:
+            await s.__aexit__(None, None, None)
+    report.add(Row("put sync=os with 10 live subscribers vs none", ten, none, "puts/s"))
+    report.target("puts with 10 subscribers / without", ten / none, 0.7, "x", at_least=True)
+
+    # End to end: 10 subscribers reading every change while puts run (one thread, so
+    # their work shares the CPU with the writer): puts until all have read them.
+    async with koru.open(tmp / "subs_e2e", sync="os") as db, trio.open_nursery() as nursery:
+        seen = [0] * 10
+
+        async def subscriber(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with db.subscribe(NS, buffer=10**7) as changes:
+                task_status.started()
+                async for change in changes:
+                    change.value  # noqa: B018
+                    seen[i] += 1
+
+        for i in range(10):
+            await nursery.start(subscriber, i)
+        m = 20_000 if sizes is FULL else 2_000
+        began = perf()
+        for j in range(m):
+            await db.put(NS, f"u{j:07}", document(j))
+        while min(seen) < m:  # noqa: ASYNC110  (polling is cheap beside the work measured)
+            await trio.sleep(0.001)
+        e2e = m / (perf() - began)
+        nursery.cancel_scope.cancel()
+    report.note(
+        f"subscriptions end to end: {m:,} puts read by 10 subscribers in {m / e2e:.2f} s "
+        f"({e2e:,.0f} puts/s, {e2e / none:.2f}x puts without subscribers; each subscriber "
+        "builds its own changes, values decoded afresh)"
+    )
+
+
+# -- auth: signatures, capability chains, authorized reads, proof of work ----------------
+
+
+async def bench_auth(group: str, sizes: Sizes, tmp: Path, report: Report) -> None:
+    import auth  # bench/auth.py
+
+    if group == "auth_verify":
+        k, g, r = auth.verify_rates(sizes.rounds, sizes.round_s)
+        report.add(Row("signature check (koru.events.verify) vs nacl VerifyKey.verify", k, r, "/s"))
+        report.add(Row("grant signature check (message + verify) vs VerifyKey.verify", g, r, "/s"))
+        report.target(
+            "signature checks vs VerifyKey.verify", k / r, auth.VERIFY_TARGET, "x", at_least=True
+        )
+    elif group == "auth_chain":
+        fresh, cached, signatures = auth.chain_times(sizes.rounds, sizes.round_s)
+        depth = auth.MAX_DEPTH
+        report.add(
+            Row(
+                f"capability chain of {depth}, fresh evaluation vs {depth} signature checks",
+                fresh * 1e6,
+                signatures * 1e6,
+                "µs/check",
+                higher_is_better=False,
+            )
+        )
+        report.note(f"capability chain of {depth}, cached decision: {cached * 1e6:.2f} µs/check")
+    elif group == "auth_get":
+        n = sizes.get_keys
+        s, a, p = await auth.get_rates(
+            tmp / "auth_get", n, sizes.rounds, sizes.round_s, value, _rate_async
+        )
+        report.add(Row(f"authorized get, session ({n:,} keys) vs plain get", s, p, "gets/s"))
+        report.add(Row(f"authorized get, identity ({n:,} keys) vs plain get", a, p, "gets/s"))
+        report.target("session get time vs plain get", p / s, auth.GET_TARGET, "x", at_least=False)
+        report.target("identity get time vs plain get", p / a, auth.GET_TARGET, "x", at_least=False)
+    elif group == "auth_mine":
+        m, b = auth.mining_rates(sizes.rounds, sizes.round_s)
+        report.add(Row("proof-of-work search vs bare blake3(key || nonce) loop", m, b, "hashes/s"))
+        default = koru.DEFAULT_DIFFICULTY
+        report.note(
+            f"Identity.mine() at the default difficulty ({default} bits, 2**{default} hashes "
+            f"expected): {2**default / m:.2f} s expected on one core"
+        )
+        samples = 1 if sizes is QUICK else 8
+        took = auth.default_mining_seconds(samples)
+        report.note(f"Identity.mine() measured: {took:.2f} s mean over {samples} identities")
+
+
 # -- memory (measured in child processes) ----------------------------------------------
 
 
@@ -762,6 +1150,23 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
                 sizes.vectors, sizes.vector_queries, tmp, report, Row, interleave, sizes
             )
             vectors.bench_memory(sizes.vectors, report, Row, __file__)
+        elif group == "tiers":
+            await bench_tiers(sizes, tmp, report)
+        elif group == "query_scan":
+            await bench_query_scan(sizes, tmp, report)
+        elif group == "query_index":
+            await bench_query_index(sizes, tmp, report)
+        elif group == "views":
+            await bench_views(sizes, tmp, report)
+        elif group == "subscriptions":
+            await bench_subscriptions(sizes, tmp, report)
+        elif group == "spaces":
+            import spaces  # bench/spaces.py
+
+            for row in await spaces.bench_spaces(sizes.rounds, sizes.round_s, tmp, value):
+                report.add(Row(*row, higher_is_better=row[3] != "ms/call"))
+        elif group.startswith("auth_"):
+            await bench_auth(group, sizes, tmp, report)
         print(f"  ({perf() - began:.1f} s)", flush=True)
 
 

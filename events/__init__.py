@@ -4,6 +4,14 @@ Everything here is synchronous and free of trio: the database layer above decide
 to append, flush and sync.
 """
 
+from ._auth_events import IDENTITY as IDENTITY
+from ._auth_events import MAX_SEAL_POINTS as MAX_SEAL_POINTS
+from ._auth_events import GrantEvent as GrantEvent
+from ._auth_events import IdentityEvent as IdentityEvent
+from ._auth_events import RevokeEvent as RevokeEvent
+from ._auth_events import SealEvent as SealEvent
+from ._auth_events import SealPoint as SealPoint
+from ._auth_events import seal_points as seal_points
 from ._chain import AGENTS as AGENTS
 from ._chain import STORAGE as STORAGE
 from ._chain import agent_index as agent_index
@@ -16,6 +24,10 @@ from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
 from ._disk import Disk as Disk
 from ._disk import OsDisk as OsDisk
+from ._errors import AuthError as AuthError
+from ._errors import ChallengeError as ChallengeError
+from ._errors import ChallengeExpiredError as ChallengeExpiredError
+from ._errors import ChallengeReplayedError as ChallengeReplayedError
 from ._errors import CodecError as CodecError
 from ._errors import CorruptCheckpointError as CorruptCheckpointError
 from ._errors import CorruptLogError as CorruptLogError
@@ -27,13 +39,25 @@ from ._errors import DurabilityError as DurabilityError
 from ._errors import EmbeddingNotFoundError as EmbeddingNotFoundError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
+from ._errors import InvalidGrantError as InvalidGrantError
+from ._errors import InvalidParentError as InvalidParentError
+from ._errors import InvalidQueryError as InvalidQueryError
+from ._errors import KeyFileError as KeyFileError
 from ._errors import KeyNotFoundError as KeyNotFoundError
 from ._errors import KoruError as KoruError
+from ._errors import LaggedError as LaggedError
 from ._errors import NotFoundError as NotFoundError
 from ._errors import NoValueAtTimeError as NoValueAtTimeError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import ProofOfWorkError as ProofOfWorkError
 from ._errors import ReadOnlyError as ReadOnlyError
+from ._errors import SessionError as SessionError
+from ._errors import SessionExpiredError as SessionExpiredError
+from ._errors import SignatureError as SignatureError
 from ._errors import StorageError as StorageError
 from ._errors import VersionNotFoundError as VersionNotFoundError
+from ._errors import WorkspaceDroppedError as WorkspaceDroppedError
+from ._errors import WrongServerError as WrongServerError
 from ._essence import ESSENCE as ESSENCE
 from ._essence import GenomeEvent as GenomeEvent
 from ._event import NODE_ID_SIZE as NODE_ID_SIZE
@@ -46,26 +70,69 @@ from ._event import write_id as write_id
 from ._file_store import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
 from ._file_store import LOST_FOUND as LOST_FOUND
 from ._file_store import FileStore as FileStore
+from ._glob import MAX_WILDCARDS as MAX_WILDCARDS
+from ._glob import Glob as Glob
+from ._glob import check_glob as check_glob
+from ._glob import covers as covers
 from ._hlc import HybridLogicalClock as HybridLogicalClock
+from ._keys import NONCE_SIZE as NONCE_SIZE
+from ._keys import PUBLIC_KEY_SIZE as PUBLIC_KEY_SIZE
+from ._keys import SIGNATURE_SIZE as SIGNATURE_SIZE
+from ._keys import is_public_key as is_public_key
+from ._keys import node_id_of as node_id_of
+from ._keys import short_key as short_key
+from ._keys import verify as verify
+from ._keys import work_of as work_of
+from ._lifecycle import LIFECYCLE as LIFECYCLE
+from ._lifecycle import TieringEvent as TieringEvent
 from ._limits import MAX_EVENT_SIZE as MAX_EVENT_SIZE
 from ._limits import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
 from ._limits import MAX_VALUE_DEPTH as MAX_VALUE_DEPTH
 from ._limits import MAX_VALUE_SIZE as MAX_VALUE_SIZE
 from ._limits import MIN_SEGMENT_SIZE as MIN_SEGMENT_SIZE
+from ._lineage import MAX_PARENTS as MAX_PARENTS
+from ._lineage import LinkedPutEvent as LinkedPutEvent
+from ._lineage import parents_problem as parents_problem
+from ._lineage import space_of as space_of
 from ._memory_store import MemoryStore as MemoryStore
+from ._names import RESERVED as RESERVED
 from ._names import check_name as check_name
+from ._names import check_user_name as check_user_name
 from ._names import name_problem as name_problem
+from ._names import user_name_problem as user_name_problem
+from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
+from ._query_events import IndexEvent as IndexEvent
+from ._query_events import ViewEvent as ViewEvent
 from ._registry import EventType as EventType
 from ._registry import Header as Header
 from ._registry import event_type_of as event_type_of
 from ._registry import event_types as event_types
 from ._registry import register_event_type as register_event_type
+from ._sleep import SLEEP as SLEEP
+from ._sleep import ConsolidationEvent as ConsolidationEvent
+from ._statements import ACTIONS as ACTIONS
+from ._statements import ADMIN as ADMIN
+from ._statements import READ as READ
+from ._statements import WRITE as WRITE
+from ._statements import Grant as Grant
+from ._statements import PublicIdentity as PublicIdentity
+from ._statements import Revocation as Revocation
+from ._statements import Signer as Signer
+from ._statements import action_names as action_names
+from ._statements import actions_of as actions_of
 from ._store import Cursor as Cursor
 from ._store import LogStore as LogStore
 from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
+from ._table import Table as Table
+from ._table import TableEncoder as TableEncoder
+from ._table import encode_table as encode_table
+from ._table import table_name as table_name
+from ._ttl import ExpireEvent as ExpireEvent
+from ._ttl import ExpiringBatchEvent as ExpiringBatchEvent
+from ._ttl import ExpiringPutEvent as ExpiringPutEvent
 from ._values import DEFAULT_MAX_VALUE_SIZE as DEFAULT_MAX_VALUE_SIZE
 from ._values import cbor_head as cbor_head
 from ._values import content_id as content_id
@@ -81,8 +148,35 @@ from ._vector_events import vector_problem as vector_problem
 from ._verify import Problem as Problem
 from ._verify import SegmentSummary as SegmentSummary
 from ._verify import verify_logs as verify_logs
+from ._workspaces import MAX_WORKSPACE_BYTES as MAX_WORKSPACE_BYTES
+from ._workspaces import WORKSPACE as WORKSPACE
+from ._workspaces import WORKSPACE_ACTIONS as WORKSPACE_ACTIONS
+from ._workspaces import WORKSPACE_PREFIX as WORKSPACE_PREFIX
+from ._workspaces import WorkspaceEvent as WorkspaceEvent
+from ._workspaces import check_workspace as check_workspace
+from ._workspaces import split_workspace as split_workspace
+from ._workspaces import workspace_prefix as workspace_prefix
+from ._workspaces import workspace_problem as workspace_problem
 
 __all__ = [
+    "InvalidParentError",
+    "WorkspaceDroppedError",
+    "MAX_PARENTS",
+    "LinkedPutEvent",
+    "parents_problem",
+    "space_of",
+    "RESERVED",
+    "check_user_name",
+    "user_name_problem",
+    "MAX_WORKSPACE_BYTES",
+    "WORKSPACE",
+    "WORKSPACE_ACTIONS",
+    "WORKSPACE_PREFIX",
+    "WorkspaceEvent",
+    "check_workspace",
+    "split_workspace",
+    "workspace_prefix",
+    "workspace_problem",
     "AGENTS",
     "Problem",
     "SegmentSummary",
@@ -96,6 +190,8 @@ __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
     "ESSENCE",
+    "LIFECYCLE",
+    "INDEX_ACTIONS",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",
     "MAX_NAME_BYTES",
@@ -105,9 +201,11 @@ __all__ = [
     "MIN_SEGMENT_SIZE",
     "NODE_ID_SIZE",
     "SCHEMA_VERSION",
+    "SLEEP",
     "STORAGE",
     "BatchEvent",
     "CodecError",
+    "ConsolidationEvent",
     "CorruptCheckpointError",
     "CorruptLogError",
     "Cursor",
@@ -120,15 +218,21 @@ __all__ = [
     "DurabilityError",
     "EmbeddingNotFoundError",
     "Event",
+    "ExpireEvent",
+    "ExpiringBatchEvent",
+    "ExpiringPutEvent",
     "GenomeEvent",
     "EventType",
     "Header",
     "FileStore",
     "HybridLogicalClock",
+    "IndexEvent",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "LogStore",
     "MemoryStore",
     "NoValueAtTimeError",
@@ -138,7 +242,11 @@ __all__ = [
     "ReadOnlyError",
     "Record",
     "StorageError",
+    "Table",
+    "TableEncoder",
+    "TieringEvent",
     "VersionNotFoundError",
+    "ViewEvent",
     "Write",
     "agent_index",
     "cbor_head",
@@ -150,6 +258,7 @@ __all__ = [
     "decode_value",
     "decode_value_strict",
     "encode_event",
+    "encode_table",
     "encode_value",
     "event_id",
     "event_type_of",
@@ -158,6 +267,50 @@ __all__ = [
     "name_problem",
     "pack_location",
     "register_event_type",
+    "table_name",
     "unpack_location",
     "write_id",
+    # auth: identities, grants, revocations, seals
+    "IDENTITY",
+    "MAX_SEAL_POINTS",
+    "GrantEvent",
+    "IdentityEvent",
+    "RevokeEvent",
+    "SealEvent",
+    "SealPoint",
+    "seal_points",
+    "AuthError",
+    "ChallengeError",
+    "ChallengeExpiredError",
+    "ChallengeReplayedError",
+    "InvalidGrantError",
+    "KeyFileError",
+    "PermissionDeniedError",
+    "ProofOfWorkError",
+    "SessionError",
+    "SessionExpiredError",
+    "SignatureError",
+    "WrongServerError",
+    "MAX_WILDCARDS",
+    "Glob",
+    "check_glob",
+    "covers",
+    "NONCE_SIZE",
+    "PUBLIC_KEY_SIZE",
+    "SIGNATURE_SIZE",
+    "is_public_key",
+    "node_id_of",
+    "short_key",
+    "verify",
+    "work_of",
+    "ACTIONS",
+    "ADMIN",
+    "READ",
+    "WRITE",
+    "Grant",
+    "PublicIdentity",
+    "Revocation",
+    "Signer",
+    "action_names",
+    "actions_of",
 ]

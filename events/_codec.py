@@ -138,11 +138,16 @@ def _decode_batch(header: Header, body: Any) -> Event:
 
 register_event_type(PutEvent, lambda e: [e.namespace, e.key, e.value, e.previous], _decode_put)
 register_event_type(DeleteEvent, lambda e: [e.namespace, e.key, e.previous], _decode_delete)
-register_event_type(
-    BatchEvent,
-    lambda e: [[w.namespace, w.key, w.value, w.previous] for w in e.items],
-    _decode_batch,
-)
+
+
+def _encode_batch(event: Any) -> list[Any]:
+    if any(w.expires is not None for w in event.items):
+        # A plain batch has no field for it: silently dropping it would lose data.
+        raise InvalidDataError("a batch with expiries is an ExpiringBatchEvent")
+    return [[w.namespace, w.key, w.value, w.previous] for w in event.items]
+
+
+register_event_type(BatchEvent, _encode_batch, _decode_batch)
 
 
 def decode_trusted(data: bytes) -> Event:
@@ -222,6 +227,30 @@ def _decode_v1(raw: list[Any]) -> Event:
     return kind.decode((origin, text(agent, "agent"), seq, prev, hlc), body)
 
 
+class _Unordered(Exception):
+    """A map or a set met while decoding an event (its text names which)."""
+
+
+def _no_map(decoder: Any, value: Any) -> Any:
+    """cbor2's hook for every map decoded, and (below) its decoder of CBOR sets (tag
+    258): an event refuses both. Why: "decode, re-encode, compare" is a complete
+    canonical check only for arrays, ints, text, bytes and null. A map re-encodes in the
+    key order it arrived in, so one event could have several encodings, each with its
+    own id; a set re-encodes in the order Python iterates it, which for text depends on
+    the process's hash seed, so the same bytes would pass in one process and fail the
+    next replay in another (and a decoder iterating it would build its fields in a
+    different order on every node). Values travel as byte strings and are checked by
+    their own rules, sorted keys included."""
+    raise _Unordered("map")
+
+
+def _no_set(decoder: Any, *value: Any) -> Any:
+    raise _Unordered("set")
+
+
+_NO_SETS = {258: _no_set}
+
+
 #: How to read each schema version into the current event model. Why a table: stored
 #: events are never rewritten (their bytes are their id), so every version ever written
 #: stays readable; a newer envelope adds its layout here, and older ones are upcast to
@@ -243,8 +272,17 @@ def decode_event(data: bytes, *, check_values: bool = False) -> Event:
     if len(data) > MAX_EVENT_SIZE:
         raise CodecError(f"event of {len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit")
     try:
-        raw = cbor2.loads(data, max_depth=4, allow_indefinite=False, allow_duplicate_keys=False)
+        raw = cbor2.loads(
+            data,
+            max_depth=4,
+            allow_indefinite=False,
+            object_hook=_no_map,
+            semantic_decoders=_NO_SETS,
+        )
     except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+        if isinstance(exc.__cause__, _Unordered):  # cbor2 wraps what a hook raises
+            kind = exc.__cause__
+            raise CodecError(f"an event holds no {kind} (it would not have one encoding)") from None
         raise CodecError(f"undecodable event: {exc}") from None
     if type(raw) is not list or not raw:
         raise CodecError("event must be a non-empty array")

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -60,6 +61,11 @@ class Disk(Protocol):
         """Reserve space (``posix_fallocate``); OSError EOPNOTSUPP where unsupported."""
         ...
 
+    def is_private(self, fd: int) -> bool:
+        """True if the open file is a regular file of this user that nobody else may
+        read or write (for key files)."""
+        ...
+
     def fdatasync(self, fd: int) -> None: ...
 
     def fsync(self, fd: int) -> None: ...
@@ -75,6 +81,11 @@ class Disk(Protocol):
     def replace(self, source: str, target: str) -> None: ...
 
     def unlink(self, path: str) -> None: ...
+
+    def map_file(self, path: str) -> bytes | mmap.mmap:
+        """The bytes of a file that never changes again (a table), to keep and read in
+        place: a memory map where possible (close it when done)."""
+        ...
 
     def mapped(self, path: str) -> contextlib.AbstractContextManager[bytes | mmap.mmap]:
         """The file's bytes for one sequential pass (a memory map where possible).
@@ -134,6 +145,10 @@ class OsDisk:
     def allocate(self, fd: int, offset: int, length: int) -> None:
         os.posix_fallocate(fd, offset, length)
 
+    def is_private(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and not st.st_mode & 0o077 and st.st_uid == os.geteuid()
+
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
 
@@ -156,6 +171,12 @@ class OsDisk:
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
+
+    def map_file(self, path: str) -> bytes | mmap.mmap:
+        with open(path, "rb") as f:
+            if not os.fstat(f.fileno()).st_size:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     @contextlib.contextmanager
     def mapped(self, path: str) -> Iterator[bytes | mmap.mmap]:

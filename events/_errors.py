@@ -13,6 +13,10 @@ raise it without importing the public face; ``koru`` re-exports every name.
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
+    "ChallengeError",
+    "ChallengeExpiredError",
+    "ChallengeReplayedError",
     "CodecError",
     "CorruptCheckpointError",
     "CorruptLogError",
@@ -24,13 +28,23 @@ __all__ = [
     "EmbeddingNotFoundError",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
+    "InvalidGrantError",
+    "KeyFileError",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "NoValueAtTimeError",
     "NotFoundError",
+    "PermissionDeniedError",
+    "ProofOfWorkError",
     "ReadOnlyError",
+    "SessionError",
+    "SessionExpiredError",
+    "SignatureError",
     "StorageError",
     "VersionNotFoundError",
+    "WrongServerError",
 ]
 
 
@@ -65,6 +79,16 @@ class VersionNotFoundError(NotFoundError):
     """A version named by write id or history index does not exist for that key."""
 
 
+class WorkspaceDroppedError(NotFoundError):
+    """The workspace was dropped: its handle neither reads nor writes (its history is
+    kept and read through ``Database.audit_workspace``), and the name is never used
+    again."""
+
+    def __init__(self, workspace: str) -> None:
+        super().__init__(f"workspace {workspace!r} was dropped")
+        self.workspace = workspace
+
+
 class EmbeddingNotFoundError(NotFoundError):
     """The key has no current embedding (never embedded, or deleted)."""
 
@@ -83,9 +107,34 @@ class DimensionMismatchError(InvalidDataError):
     model has the dimension of the model's first."""
 
 
+class InvalidParentError(InvalidDataError):
+    """A put's ``parents`` cannot be recorded (nothing is written): a parent without a
+    current value, the key itself, a parent in another space, one listed twice, or too
+    many. ``parent`` is the (namespace, key) at fault, or None for the list as a whole."""
+
+    def __init__(self, parent: tuple[str, str] | None, reason: str) -> None:
+        super().__init__(f"bad parent {parent!r}: {reason}" if parent else f"bad parents: {reason}")
+        self.parent = parent
+        self.reason = reason
+
+
 class InvalidArgumentError(InvalidDataError, TypeError):
     """An argument of a call (an option of ``koru.open``, a parameter of a method) has
     the wrong type or is out of range; the message names the argument."""
+
+
+class InvalidQueryError(InvalidArgumentError):
+    """A query (its Python form or its data form) that cannot be answered: an unknown
+    operator, a path that is not a dotted string, an invalid or unsafe regular
+    expression, an aggregation over values it cannot combine. ``field`` names where in
+    the query (``"where[1].path"``, ``"aggregate"``) or which document field; ``reason``
+    says why. Raised before any work, or, for a value only the data reveals (a sum
+    meeting a string), instead of an answer: a query never returns a wrong one."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"bad query: {field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class CodecError(KoruError, ValueError):
@@ -142,9 +191,92 @@ class DurabilityError(StorageError):
     """
 
 
+class LaggedError(KoruError):
+    """A subscriber fell behind by more than its buffer and was cut off, so that it
+    never slows writers. Every change before ``position`` was delivered; subscribe
+    again with ``from_position=position`` to continue with no gap and no duplicate."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(
+            f"the subscriber fell behind its buffer; resume with from_position={position}"
+        )
+        self.position = position
+
+
 class ReadOnlyError(KoruError):
     """A write was attempted on a database opened read-only."""
 
 
 class DatabaseClosedError(KoruError):
     """The database handle is closed (or was closed by a fatal storage error)."""
+
+
+# -- auth: identities, sessions, capabilities ------------------------------------------
+
+
+class AuthError(KoruError):
+    """Root of the auth branch: who someone is, whether they proved it, and what they
+    may do. Messages name public keys (shortened), never secret material."""
+
+
+class SignatureError(AuthError):
+    """A signature does not verify: forged, made with another key, or over other bytes."""
+
+
+class ProofOfWorkError(AuthError, InvalidDataError):
+    """An identity's proof of work is below the required difficulty (or was mined for
+    another public key): refused with one hash, before any signature is checked."""
+
+
+class KeyFileError(AuthError):
+    """A key file was refused: readable or writable by others, not a regular file (a
+    symlink, say), owned by another user, or not a koru-delta key file."""
+
+
+class ChallengeError(AuthError):
+    """A challenge-response failed: see the subclasses for why."""
+
+
+class ChallengeExpiredError(ChallengeError):
+    """The response came after its challenge's time to live."""
+
+
+class ChallengeReplayedError(ChallengeError):
+    """The response names a challenge this server never issued or already used: each
+    challenge opens at most one session."""
+
+
+class WrongServerError(ChallengeError):
+    """The response was made for a challenge of another server (another identity)."""
+
+
+class SessionError(AuthError):
+    """A session is unknown to this database (forged, or from another database), or
+    closed."""
+
+
+class SessionExpiredError(SessionError):
+    """The session's time to live is over: authenticate again."""
+
+
+class PermissionDeniedError(AuthError, PermissionError):
+    """The identity holds no valid capability for the action on that key."""
+
+    def __init__(
+        self, who: str, action: str, namespace: str, key: str, workspace: str | None = None
+    ) -> None:
+        where = "" if workspace is None else f" in workspace {workspace!r}"
+        super().__init__(f"{who} may not {action} {namespace!r}/{key!r}{where}")
+        self.who = who
+        self.action = action
+        self.namespace = namespace
+        self.key = key
+        #: The workspace the namespace is in (None: the default space).
+        self.workspace = workspace
+
+
+class InvalidGrantError(AuthError, InvalidDataError):
+    """A grant or revocation that could not take effect was refused before it was
+    written: unsigned by its granter, escalating beyond its parent, deeper than the
+    chain limit, from a granter with no authority, for an unregistered grantee, or a
+    revocation by someone who may not revoke that grant."""

@@ -39,12 +39,15 @@ class Write(NamedTuple):
     ``value`` is canonical CBOR (None deletes); ``previous`` is the write id of the
     version the writer saw as current, the causal link (None for a key's first write).
     Two writes with the same ``previous`` are concurrent: both stay in history.
+    ``expires`` is when the version stops being current (ns since the epoch, on the
+    writer's clock), for values written with a time to live; None for the rest.
     """
 
     namespace: str
     key: str
     value: bytes | None
     previous: bytes | None
+    expires: int | None = None
 
 
 class Event:

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import struct
 import threading
 from collections.abc import Iterator
@@ -38,11 +39,13 @@ import cbor2
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._disk import Disk, OsDisk
 from ._errors import (
+    CorruptCheckpointError,
     CorruptLogError,
     DatabaseLockedError,
     DataLossError,
     DurabilityError,
     InvalidArgumentError,
+    KeyFileError,
     ReadOnlyError,
     StorageError,
 )
@@ -61,7 +64,8 @@ from ._frame import (
 )
 from ._limits import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from ._scan import SegmentScan
-from ._store import Cursor, Record, pack_location, unpack_location
+from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
+from ._table import HEADER_SIZE, Table, TableEncoder
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 
@@ -69,19 +73,34 @@ __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 META_FILE = "meta"
 LOST_FOUND = "lost+found"
+TABLES = "tables"
+_TABLE_NAME = re.compile(r"^[0-9a-f]{32}$")
 _META_FORMAT = 2
 #: Format 2: magic | blake3(body) | CBOR body. Format 1 was a bare CBOR map.
 _META_MAGIC = b"KORUMET2"
+_MAX_PRIVATE_FILE = 64 * 1024  # a key file is about a hundred bytes
 _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 24 bits
 _BUFFER_LIMIT = 1024 * 1024
 _ALLOCATE_AHEAD = 1024 * 1024
 _READ_AHEAD = 4096
+#: How many more times a read-only store lists a log directory that shows a gap.
+_RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
 _log = logging.getLogger("koru")
 
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _write_all(disk: Disk, fd: int, data: bytes, pos: int) -> int:
+    """Write all of ``data`` at ``pos``; returns the position after it. Raises OSError."""
+    view = memoryview(data)
+    while view:
+        n = disk.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+    return pos
 
 
 def _whole_records(data: bytes) -> tuple[int, int]:
@@ -292,17 +311,30 @@ class FileStore:
         # Format 1 was written before the manifest existed: see _agent_log.
         self._legacy_meta = meta["format"] == 1
 
-    def _agent_log(self, name: str) -> _AgentLog:
-        directory = self._file("logs", name)
+    def _list_segments(self, directory: str) -> list[int]:
         try:
             names = self._disk.listdir(directory)
         except FileNotFoundError:
             names = []
         except OSError as exc:
             raise StorageError(f"cannot list {directory}: {_why(exc)}") from exc
-        segments = sorted(
+        return sorted(
             int(n[:-4]) for n in names if n.endswith(".seg") and n[:-4].isdigit() and n[0] != "."
         )
+
+    def _agent_log(self, name: str) -> _AgentLog:
+        directory = self._file("logs", name)
+        segments = self._list_segments(directory)
+        if self.readonly:
+            # A directory read racing a writer in another process may return a segment
+            # created during it and miss one created just before (entries come in hash
+            # order): a gap that is not there. Every segment that existed when a listing
+            # began is in it, so a few listings together show the log; a gap that
+            # persists is real.
+            for _ in range(_RELISTS):
+                if segments == list(range(1, len(segments) + 1)):
+                    break
+                segments = sorted(set(segments) | set(self._list_segments(directory)))
         for seg in segments:
             path = os.path.join(directory, f"{seg:08d}.seg")
             if self._disk.is_dir(path):
@@ -334,6 +366,10 @@ class FileStore:
             for n in names:
                 if n.startswith(".") and n.endswith(".tmp"):
                     self._disk.unlink(self._file(n))
+            if self._disk.is_dir(self._file(TABLES)):
+                for n in self._disk.listdir(self._file(TABLES)):
+                    if n.startswith(".") and n.endswith(".tmp"):
+                        self._disk.unlink(self._file(TABLES, n))
         except OSError as exc:
             raise StorageError(f"cannot clean up {self._root}: {_why(exc)}") from exc
 
@@ -349,6 +385,13 @@ class FileStore:
         self._node = node
         if not self.readonly:
             self._write_meta()
+
+    def replace_node(self, node: bytes) -> None:
+        """Switch to another node id (its node key changed); see LogStore."""
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        self._node = node
+        self._write_meta()
 
     def _write_meta(self) -> None:
         assert self._node is not None
@@ -632,9 +675,9 @@ class FileStore:
         """See :meth:`LogStore.records`. Reads snapshots of the segment files; the chain
         is verified from the header of the segment holding ``start``, or from ``after``
         (only the bytes past it are read). A writer's handle first pushes its buffered
-        records to the file, so that they are included."""
-        if agent not in self._logs:
-            raise InvalidArgumentError(f"no agent is called {agent!r}")
+        records to the file, so that they are included: on a writer's handle, call it on
+        the thread that appends (only that thread may touch the buffers; see sync)."""
+        check_read_position(agent, start)
         log = self._logs[agent]
         writer = not self.readonly and log.ready
         if writer:
@@ -732,8 +775,14 @@ class FileStore:
                 if record.position >= start:
                     yield record
             if scan.failure is not None:
-                rest = memoryview(data)[scan.offset :]
-                if last and end is None and (scan.torn or not any(rest)):
+                if (
+                    last
+                    and end is None
+                    and (
+                        scan.torn
+                        or self._still_landing(path, skip + scan.offset, data[scan.offset :])
+                    )
+                ):
                     return  # the end of what another process has written so far
                 raise CorruptLogError(agent, scan.count, skip + scan.offset, scan.failure, path)
             if i + 1 < len(segments):
@@ -748,6 +797,32 @@ class FileStore:
                         "segment does not continue the chain",
                         log.path(segments[i + 1]),
                     )
+
+    def _still_landing(self, path: str, offset: int, seen: bytes) -> bool:
+        """Whether the record failing its checks at ``offset`` of the active segment
+        (``seen``: the bytes read from there) may be one another process is still
+        writing.
+
+        Why a complete-looking record can fail: a read racing the writer's ``pwrite``
+        sees the pages that landed, and the zeros allocated ahead where the rest will
+        land (the file is already long enough, so the record does not look torn). Two
+        signs tell such a record from a damaged one: nothing but zeros follows the
+        extent its header claims (nothing was written after it; recovery reads the same
+        bytes as a crash's leftovers, past what a checkpoint proves); or, when a page
+        beyond it landed first, its bytes change when read again. A failing record
+        whose bytes are stable and are followed by more data is corruption.
+        """
+        extent = RECORD_HEADER_SIZE
+        if len(seen) >= _LENGTH.size:
+            extent += _LENGTH.unpack_from(seen, 0)[0]
+        after = bytes(seen[extent:])
+        if after.count(0) == len(after):
+            return True
+        try:
+            again = self._read_from(path, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        return again is None or again[: len(seen)] != seen
 
     def _read_from(self, path: str, offset: int) -> bytes | None:
         """A segment's bytes from ``offset`` on (None if the file is shorter)."""
@@ -989,16 +1064,17 @@ class FileStore:
         if idx >= len(AGENTS):
             raise CorruptLogError("?", 0, offset, f"location {location:#x} names no agent")
         log = self._logs[AGENTS[idx]]
-        path = log.path(seg)
-        if seg not in log.segments:
-            raise CorruptLogError(log.name, 0, offset, "a value's segment is missing", path)
+        fd = self._readers.get((idx, seg))
+        if fd is None and seg not in log.segments and not self._written_since(log, seg):
+            raise CorruptLogError(
+                log.name, 0, offset, "a value's segment is missing", log.path(seg)
+            )
         if seg == log.seg and offset >= log.flushed:
             self._flush_log(log)
         disk = self._disk
         try:
-            fd = self._readers.get((idx, seg))
             if fd is None:
-                fd = disk.open(path, os.O_RDONLY)
+                fd = disk.open(log.path(seg), os.O_RDONLY)
                 self._readers[(idx, seg)] = fd
             chunk = disk.pread(fd, _READ_AHEAD, offset)
             try:
@@ -1014,11 +1090,21 @@ class FileStore:
                     _, _, event = parse_record(chunk, 0)
             except (TornRecord, FrameError) as exc:
                 raise CorruptLogError(
-                    log.name, self._position(log, seg, offset), offset, str(exc), path
+                    log.name, self._position(log, seg, offset), offset, str(exc), log.path(seg)
                 ) from None
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+            raise StorageError(f"cannot read {log.path(seg)}: {_why(exc)}") from exc
         return event
+
+    def _written_since(self, log: _AgentLog, seg: int) -> bool:
+        """True if ``seg`` was not listed when this read-only handle opened but is now:
+        another process wrote it since. Why: :meth:`records` lists the segments again
+        and names locations in new ones, and what it names must be readable here."""
+        if not self.readonly:
+            return False
+        if (log.index, seg) in self._readers:
+            return True
+        return seg in self._agent_log(log.name).segments
 
     def locate(self, location: int) -> tuple[str, int, int, str]:
         idx, seg, offset = unpack_location(location)
@@ -1065,31 +1151,174 @@ class FileStore:
         finally:
             self._disk.close(fd)
 
-    def write_file(self, name: str, *parts: bytes | memoryview) -> None:
+    # -- tables ------------------------------------------------------------------------
+
+    def _table_path(self, name: str) -> str:
+        if type(name) is not str or not _TABLE_NAME.match(name):
+            # A name comes from a checkpoint: never let one reach outside tables/.
+            raise CorruptCheckpointError(f"{name!r} is not a table name")
+        return self._file(TABLES, f"{name}.tab")
+
+    def write_table(self, encoder: TableEncoder) -> Table:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
-        # Why temp + fsync + rename + fsync(dir): a crash at any point leaves either the
-        # old file or the new one, never a mix.
         disk = self._disk
-        tmp = self._file(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        target = self._file(name)
+        directory = self._file(TABLES)
+        tmp = os.path.join(directory, f".{os.getpid()}.{threading.get_ident()}.tab.tmp")
         try:
+            if not disk.is_dir(directory):
+                disk.mkdir(directory)
+                disk.fsync_dir(self._root)
+            # Streamed: the entries as they come, then the index, then the header at the
+            # front (it is known last). The name is the hash of all but the header.
+            hasher = blake3.blake3()
             fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                pos = 0
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        n = disk.pwrite(fd, view, pos)
-                        view = view[n:]
-                        pos += n
+                pos = HEADER_SIZE
+                for piece in encoder.entries():
+                    hasher.update(piece)
+                    pos = _write_all(disk, fd, piece, pos)
+                index = encoder.index()
+                hasher.update(index)
+                _write_all(disk, fd, index, pos)
+                _write_all(disk, fd, encoder.header(), 0)
                 disk.fsync(fd)
             finally:
                 disk.close(fd)
-            disk.replace(tmp, target)
-            disk.fsync_dir(self._root)
+            name = hasher.hexdigest()[:32]
+            target = self._table_path(name)
+            if disk.exists(target):  # the same name, the same bytes
+                disk.unlink(tmp)
+            else:
+                disk.replace(tmp, target)
+            disk.fsync_dir(directory)
         except OSError as exc:
-            raise StorageError(f"cannot write {target}: {_why(exc)}") from exc
+            raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
+        return self.open_table(name)
+
+    def open_table(self, name: str) -> Table:
+        path = self._table_path(name)
+        try:
+            data = self._disk.map_file(path)
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"table {name} is missing ({path})") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        # The map and the descriptor are let go with the table (its projection), not
+        # with the store: state loaded from a store may be read after the store is closed.
+        disk = self._disk
+        try:
+            fd = disk.open(path, os.O_RDONLY)
+        except OSError as exc:
+            getattr(data, "close", lambda: None)()
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+        def read(at: int, length: int) -> bytes:
+            try:
+                return disk.pread(fd, length, at)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+        try:
+            return Table(data, name, read, lambda: disk.close(fd))
+        except BaseException:
+            disk.close(fd)
+            getattr(data, "close", lambda: None)()
+            raise
+
+    def table_names(self) -> set[str]:
+        try:
+            names = self._disk.listdir(self._file(TABLES))
+        except FileNotFoundError:
+            return set()
+        except OSError as exc:
+            raise StorageError(f"cannot list {self._file(TABLES)}: {_why(exc)}") from exc
+        return {n[:-4] for n in names if n.endswith(".tab") and _TABLE_NAME.match(n[:-4])}
+
+    def remove_tables(self, keep: set[str]) -> int:
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        removed = 0
+        for name in self.table_names() - keep:
+            try:
+                self._disk.unlink(self._table_path(name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot remove {self._table_path(name)}: {_why(exc)}") from exc
+        return removed
+
+    def write_file(self, name: str, *parts: bytes | memoryview) -> None:
+        self._replace_file(name, parts, 0o644)
+
+    def write_private(self, name: str, data: bytes) -> None:
+        self._replace_file(name, (data,), 0o600)
+
+    def read_private(self, name: str) -> bytes | None:
+        path = self._file(name)
+        disk = self._disk
+        try:
+            # O_NOFOLLOW: a symbolic link put in a key file's place is refused, never
+            # followed to whatever it names.
+            fd = disk.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise KeyFileError(f"{path} is a symbolic link, not a key file") from None
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        try:
+            if not disk.is_private(fd):
+                raise KeyFileError(
+                    f"{path} may be read or written by others, or is not a regular file "
+                    "of this user: a secret key must be private (chmod 600 it)"
+                )
+            size = disk.size(fd)
+            if size > _MAX_PRIVATE_FILE:
+                raise KeyFileError(f"{path} is {size} bytes: not a key file")
+            return disk.pread(fd, size, 0)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+        finally:
+            disk.close(fd)
+
+    def _replace_file(self, name: str, parts: tuple[bytes | memoryview, ...], mode: int) -> None:
+        if self.readonly:
+            raise ReadOnlyError("the database is open read-only")
+        try:
+            self._write_atomically(self._root, name, parts, mode)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._file(name)}: {_why(exc)}") from exc
+
+    def _write_atomically(self, directory: str, name: str, parts: Any, mode: int = 0o644) -> None:
+        """Replace ``directory/name`` with ``parts``: temp file, fsync, rename, fsync of
+        the directory. Why: a crash at any point leaves either the old file or the new
+        one, never a mix. Raises OSError."""
+        disk = self._disk
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        target = os.path.join(directory, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if mode & 0o077 == 0:
+            # A stale temp file would keep its own (wider) mode: a secret is only ever
+            # written into a file created for it.
+            with contextlib.suppress(FileNotFoundError):
+                disk.unlink(tmp)
+            flags |= os.O_EXCL
+        fd = disk.open(tmp, flags, mode)
+        try:
+            pos = 0
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    n = disk.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+            disk.fsync(fd)
+        finally:
+            disk.close(fd)
+        disk.replace(tmp, target)
+        disk.fsync_dir(directory)
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._chain import AGENTS, agent_index, chain, genesis_root
-from ._errors import CorruptLogError, DataLossError, StorageError
-from ._store import Cursor, Record, pack_location, unpack_location
+from ._errors import CorruptCheckpointError, CorruptLogError, DataLossError, StorageError
+from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
+from ._table import Table, TableEncoder, table_name
 
 __all__ = ["MemoryStore"]
 
@@ -25,6 +26,7 @@ class MemoryStore:
         self.node_id: bytes | None = None
         self._logs: dict[str, list[tuple[bytes, bytes, bytes]]] = {}
         self._files: dict[str, bytes] = {}
+        self._tables: dict[str, bytes] = {}
         self._appended = 0
         self._syncs = 0
 
@@ -61,15 +63,38 @@ class MemoryStore:
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None
     ) -> Iterator[Record]:
+        check_read_position(agent, start)
         log = self._logs.get(agent, [])
         idx = agent_index(agent)
         if after is not None:
             if after.count > len(log) or (after.count and log[after.count - 1][2] != after.root):
                 raise DataLossError(agent, after.count, after.count, "the cursor is not in the log")
             start = max(start, after.count)
-        for position in range(max(start, 0), len(log)):
+        for position in range(start, len(log)):
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
+
+    def write_table(self, encoder: TableEncoder) -> Table:
+        entries = list(encoder.entries())
+        pieces = [encoder.header(), *entries, encoder.index()]
+        name = table_name(pieces)
+        self._tables.setdefault(name, b"".join(pieces))
+        return self.open_table(name)
+
+    def open_table(self, name: str) -> Table:
+        data = self._tables.get(name)
+        if data is None:
+            raise CorruptCheckpointError(f"table {name!r} is missing")
+        return Table(data, name)
+
+    def table_names(self) -> set[str]:
+        return set(self._tables)
+
+    def remove_tables(self, keep: set[str]) -> int:
+        gone = set(self._tables) - keep
+        for name in gone:
+            del self._tables[name]
+        return len(gone)
 
     def cursor_after(self, record: Record) -> Cursor:
         n = record.position + 1
@@ -109,6 +134,15 @@ class MemoryStore:
 
     def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         self._files[name] = b"".join(parts)
+
+    def read_private(self, name: str) -> bytes | None:
+        return self._files.get(name)
+
+    def write_private(self, name: str, data: bytes) -> None:
+        self._files[name] = bytes(data)
+
+    def replace_node(self, node: bytes) -> None:
+        self.node_id = node
 
     def stats(self) -> dict[str, int]:
         return {

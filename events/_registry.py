@@ -3,15 +3,21 @@
 Why a registry: every capability adds events of its own (index and view definitions,
 embeddings, identities and grants, tier moves), and each should be an addition in its
 own module of this layer, not an edit of the codec. A type registers its tag, its
-class, and two functions: ``encode(event) -> body`` (plain CBOR data: lists, ints,
-text, bytes, null) and ``decode(header, body) -> event``, which checks every field of
-untrusted data and raises :class:`CodecError`. Tags are stable strings chosen by the
-type's author, never derived from import paths, and a tag is never reused.
+class (a named tuple under :class:`Event` whose first fields are the header, in order:
+replay reads them by position), and two functions: ``encode(event) -> body`` (plain
+CBOR data: lists, ints, text, bytes, null) and ``decode(header, body) -> event``, which
+checks every field of untrusted data and raises :class:`CodecError`. Tags are stable
+strings chosen by the type's author, never derived from import paths, and a tag is
+never reused.
 
 Bodies hold only arrays, integers, text, byte strings and null, at most two arrays
 deep (the decoder's depth limit): cbor2 encodes those one way only, which is what makes
 "decode, re-encode, compare" a complete canonical check. A map would pass in any key
-order (give two ids to one event); use an array of pairs. Floats travel as bytes.
+order (give two ids to one event), and a set (CBOR tag 258) in an order that depends on
+the process's hash seed, so the codec refuses both anywhere in an event
+(:class:`CodecError`, and ``Writer.emit`` refuses to write one); use an array (of
+pairs).
+Floats travel as bytes.
 
 Every event type lives in ``koru.events`` (importing it registers them all), so any
 reader of a log, the ``kdelta`` command line included, knows every type a log may hold.
@@ -28,6 +34,7 @@ __all__ = ["EventType", "Header", "event_type_of", "event_types", "register_even
 
 #: An event's header fields, in order: origin, agent, seq, prev, hlc.
 Header = tuple[bytes, str, int, bytes | None, int]
+_HEADER_FIELDS = ("origin", "agent", "seq", "prev", "hlc")
 
 
 class EventType(NamedTuple):
@@ -49,11 +56,18 @@ def register_event_type(
     """Make events of ``cls`` (tag ``cls.TAG``) encodable and decodable.
 
     Raises:
-        ValueError: an empty tag, or a tag or class registered already.
+        ValueError: an empty tag, a tag or class registered already, or a class that is
+            not a named tuple whose first fields are the header's, in order.
     """
     tag = cls.TAG
     if type(tag) is not str or not tag:
         raise ValueError(f"{cls.__name__} needs a non-empty str TAG")
+    if not issubclass(cls, tuple) or getattr(cls, "_fields", ())[:5] != _HEADER_FIELDS:
+        # Replay reads every record's header by position, as the first five fields of a
+        # tuple: anything else would be written, acknowledged, then unreadable.
+        raise ValueError(
+            f"{cls.__name__} must be a named tuple whose first fields are {_HEADER_FIELDS}"
+        )
     if tag in _BY_TAG or cls in _BY_CLASS:
         raise ValueError(f"event type {tag!r} ({cls.__name__}) is registered already")
     kind = EventType(tag, cls, encode, decode)

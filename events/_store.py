@@ -13,9 +13,22 @@ test suite runs against both.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-__all__ = ["Cursor", "LogStore", "Record", "pack_location", "unpack_location"]
+if TYPE_CHECKING:
+    from ._table import Table, TableEncoder
+
+from ._chain import AGENTS
+from ._errors import InvalidArgumentError
+
+__all__ = [
+    "Cursor",
+    "LogStore",
+    "Record",
+    "check_read_position",
+    "pack_location",
+    "unpack_location",
+]
 
 _SEG_BITS = 24
 _OFF_BITS = 32
@@ -59,6 +72,20 @@ def unpack_location(location: int) -> tuple[int, int, int]:
         (location >> _OFF_BITS) & ((1 << _SEG_BITS) - 1),
         location & ((1 << _OFF_BITS) - 1),
     )
+
+
+def check_read_position(agent: object, start: object) -> None:
+    """Refuse what :meth:`LogStore.records` cannot read from, the same way on every
+    store: an agent that is not one of :data:`AGENTS`, or a ``start`` that is not a
+    record position (an int from 0; a bool is refused, True == 1 in Python).
+
+    Raises:
+        InvalidArgumentError: naming the argument.
+    """
+    if agent not in AGENTS:
+        raise InvalidArgumentError(f"no agent is called {agent!r}")
+    if type(start) is not int or start < 0:
+        raise InvalidArgumentError(f"start must be a record position (an int >= 0), not {start!r}")
 
 
 class LogStore(Protocol):
@@ -117,6 +144,8 @@ class LogStore(Protocol):
         allocated ahead, is not an error).
 
         Raises:
+            InvalidArgumentError: an unknown agent, or a ``start`` that is not an int
+                from 0 (:func:`check_read_position`).
             CorruptLogError: a record before that end fails a check.
             DataLossError: the log ends before ``after``.
         """
@@ -170,6 +199,48 @@ class LogStore(Protocol):
     def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         """Replace a named file atomically and durably with the concatenation of
         ``parts`` (pieces, so a large file never needs one big buffer)."""
+        ...
+
+    def write_table(self, encoder: TableEncoder) -> Table:
+        """Write a table (streamed from ``encoder``) durably under its content name,
+        unless it exists, and return it opened. For checkpoints: called before the
+        checkpoint that names it is written."""
+        ...
+
+    def open_table(self, name: str) -> Table:
+        """The table called ``name``, read in place.
+
+        Raises:
+            CorruptCheckpointError: no such table, a bad name, or not a table.
+        """
+        ...
+
+    def table_names(self) -> set[str]:
+        """The names of the tables stored."""
+        ...
+
+    def remove_tables(self, keep: set[str]) -> int:
+        """Remove every table but those in ``keep`` (the newest checkpoint's, once it is
+        durable); returns how many were removed."""
+        ...
+
+    def read_private(self, name: str) -> bytes | None:
+        """A private named file's content (a secret key), or None if absent.
+
+        Raises:
+            KeyFileError: the file may be read or written by others, is not a regular
+                file (a symbolic link, say) or belongs to another user.
+        """
+        ...
+
+    def write_private(self, name: str, data: bytes) -> None:
+        """Replace a private named file atomically and durably; created with mode 0600
+        (only this user may read or write it)."""
+        ...
+
+    def replace_node(self, node: bytes) -> None:
+        """Switch the database to another node id (its node key changed); what was
+        written keeps the id it was written under."""
         ...
 
     def stats(self) -> dict[str, int]:

@@ -76,13 +76,21 @@ def verify_logs(
     for index, agent in enumerate(AGENTS):
         directory = os.path.join(os.fspath(root_dir), "logs", agent)
         segs = _segments(directory)
-        root, count = genesis_root(agent), 0
+        root, count, previous = genesis_root(agent), 0, 0
         for n, seg in enumerate(segs):
             path = os.path.join(directory, f"{seg:08d}.seg")
-            if seg != n + 1:
-                yield Problem("error", agent, path, 0, count, f"segment {n + 1:08d}.seg is missing")
-            with open(path, "rb") as f:
-                data = f.read()
+            if seg != previous + 1:
+                gap = f"{previous + 1:08d}.seg" + (
+                    "" if seg == previous + 2 else f" to {seg - 1:08d}.seg"
+                )
+                yield Problem("error", agent, path, 0, count, f"segment {gap} is missing")
+            previous = seg
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                yield Problem("error", agent, path, 0, count, f"cannot read: {exc.strerror}")
+                continue
             last = n == len(segs) - 1
             walk = _Walk(agent, index, path, data, root, count, last)
             yield from walk.run()
@@ -122,6 +130,7 @@ class _Walk:
                     f"segment starts at record {header.first_index}, "
                     f"but {self.count} records come before it",
                 )
+                self.count = header.first_index  # carry on from what the segment says
             if header.prev_root != self.root:
                 yield self.problem(0, "segment header's root is not the chain's root before it")
                 self.root = header.prev_root  # carry on from what the segment says

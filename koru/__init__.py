@@ -25,7 +25,40 @@ __version__ = "0.1.0"
 # that only reads a log pays for nothing else. Each public name is imported on first
 # use (PEP 562); type checkers see the imports below.
 _EXPORTS: dict[str, str] = {
+    "SpaceAPI": "koru._api",
+    "Workspace": "koru._workspace",
+    "WorkspaceInfo": "koru._workspace",
+    "workspace_namespace": "koru._space",
+    "Connected": "koru._lineage",
+    "InvalidParentError": "koru.events",
+    "WorkspaceDroppedError": "koru.events",
+    "MAX_PARENTS": "koru.events",
+    # auth: identities, sessions, capabilities
+    "AuthError": "koru.events",
+    "SignatureError": "koru.events",
+    "ProofOfWorkError": "koru.events",
+    "KeyFileError": "koru.events",
+    "ChallengeError": "koru.events",
+    "ChallengeExpiredError": "koru.events",
+    "ChallengeReplayedError": "koru.events",
+    "WrongServerError": "koru.events",
+    "SessionError": "koru.events",
+    "SessionExpiredError": "koru.events",
+    "PermissionDeniedError": "koru.events",
+    "InvalidGrantError": "koru.events",
+    "Grant": "koru.events",
+    "Revocation": "koru.events",
+    "PublicIdentity": "koru.events",
+    "Identity": "koru._identity",
+    "DEFAULT_DIFFICULTY": "koru._identity",
+    "Challenge": "koru._sessions",
+    "Response": "koru._sessions",
+    "Session": "koru._sessions",
+    "AuthorizedDatabase": "koru._authorized",
     "Change": "koru._diff",
+    "KeyChange": "koru._subscriptions",
+    "LaggedError": "koru.events",
+    "Subscription": "koru._subscriptions",
     "Clock": "koru.nursery",
     "CodecError": "koru.events",
     "CorruptCheckpointError": "koru.events",
@@ -43,22 +76,34 @@ _EXPORTS: dict[str, str] = {
     "DatabaseClosedError": "koru.events",
     "DatabaseLockedError": "koru.events",
     "Diff": "koru._diff",
+    "Expiring": "koru._types",
     "Genome": "koru._genome",
     "GenomeCheck": "koru._genome",
     "ProcessInfo": "koru.nursery",
     "DurabilityError": "koru.events",
+    "F": "koru.projections",
+    "Filter": "koru.projections",
+    "Group": "koru.projections",
     "InvalidArgumentError": "koru.events",
     "InvalidDataError": "koru.events",
+    "InvalidQueryError": "koru.events",
     "KeyNotFoundError": "koru.events",
     "KoruError": "koru.events",
     "MAX_NAME_BYTES": "koru.events",
     "MEMORY": "koru._open",
     "NoValueAtTimeError": "koru.events",
     "NotFoundError": "koru.events",
+    "Query": "koru.projections",
     "ReadOnlyError": "koru.events",
     "Stats": "koru._types",
+    "Tiers": "koru._types",
     "IngestResult": "koru._types",
+    "IndexInfo": "koru._indexing",
+    "ViewInfo": "koru._viewing",
+    "QueryPlan": "koru.projections",
     "Refused": "koru._types",
+    "ReplayResult": "koru._replay",
+    "Row": "koru.projections",
     "StorageError": "koru.events",
     "SystemClock": "koru.nursery",
     "TrioClock": "koru.nursery",
@@ -67,11 +112,14 @@ _EXPORTS: dict[str, str] = {
     "Versioned": "koru._types",
     "default_path": "koru._open",
     "open": "koru._open",
+    "replay": "koru._replay",
     "verify_genome": "koru._genome",
 }
 
 if _typing.TYPE_CHECKING:
     from ._api import DatabaseAPI as DatabaseAPI
+    from ._api import SpaceAPI as SpaceAPI
+    from ._authorized import AuthorizedDatabase as AuthorizedDatabase
     from ._cache import DEFAULT_CACHE_BYTES as DEFAULT_CACHE_BYTES
     from ._database import Database as Database
     from ._diff import Change as Change
@@ -81,17 +129,39 @@ if _typing.TYPE_CHECKING:
     from ._genome import Genome as Genome
     from ._genome import GenomeCheck as GenomeCheck
     from ._genome import verify_genome as verify_genome
+    from ._identity import DEFAULT_DIFFICULTY as DEFAULT_DIFFICULTY
+    from ._identity import Identity as Identity
+    from ._indexing import IndexInfo as IndexInfo
+    from ._lineage import Connected as Connected
     from ._open import DEFAULT_SYNC as DEFAULT_SYNC
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._replay import ReplayResult as ReplayResult
+    from ._replay import replay as replay
+    from ._sessions import Challenge as Challenge
+    from ._sessions import Response as Response
+    from ._sessions import Session as Session
+    from ._space import workspace_namespace as workspace_namespace
+    from ._subscriptions import KeyChange as KeyChange
+    from ._subscriptions import Subscription as Subscription
+    from ._types import Expiring as Expiring
     from ._types import IngestResult as IngestResult
     from ._types import Refused as Refused
     from ._types import Stats as Stats
+    from ._types import Tiers as Tiers
     from ._types import Version as Version
     from ._types import Versioned as Versioned
     from ._vectors import VectorHit as VectorHit
+    from ._viewing import ViewInfo as ViewInfo
+    from ._workspace import Workspace as Workspace
+    from ._workspace import WorkspaceInfo as WorkspaceInfo
     from .events import MAX_NAME_BYTES as MAX_NAME_BYTES
+    from .events import MAX_PARENTS as MAX_PARENTS
+    from .events import AuthError as AuthError
+    from .events import ChallengeError as ChallengeError
+    from .events import ChallengeExpiredError as ChallengeExpiredError
+    from .events import ChallengeReplayedError as ChallengeReplayedError
     from .events import CodecError as CodecError
     from .events import CorruptCheckpointError as CorruptCheckpointError
     from .events import CorruptLogError as CorruptLogError
@@ -101,21 +171,71 @@ if _typing.TYPE_CHECKING:
     from .events import DimensionMismatchError as DimensionMismatchError
     from .events import DurabilityError as DurabilityError
     from .events import EmbeddingNotFoundError as EmbeddingNotFoundError
+    from .events import Grant as Grant
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
+    from .events import InvalidGrantError as InvalidGrantError
+    from .events import InvalidParentError as InvalidParentError
+    from .events import InvalidQueryError as InvalidQueryError
+    from .events import KeyFileError as KeyFileError
     from .events import KeyNotFoundError as KeyNotFoundError
     from .events import KoruError as KoruError
+    from .events import LaggedError as LaggedError
     from .events import NotFoundError as NotFoundError
     from .events import NoValueAtTimeError as NoValueAtTimeError
+    from .events import PermissionDeniedError as PermissionDeniedError
+    from .events import ProofOfWorkError as ProofOfWorkError
+    from .events import PublicIdentity as PublicIdentity
     from .events import ReadOnlyError as ReadOnlyError
+    from .events import Revocation as Revocation
+    from .events import SessionError as SessionError
+    from .events import SessionExpiredError as SessionExpiredError
+    from .events import SignatureError as SignatureError
     from .events import StorageError as StorageError
     from .events import VersionNotFoundError as VersionNotFoundError
+    from .events import WorkspaceDroppedError as WorkspaceDroppedError
+    from .events import WrongServerError as WrongServerError
     from .nursery import Clock as Clock
     from .nursery import ProcessInfo as ProcessInfo
     from .nursery import SystemClock as SystemClock
     from .nursery import TrioClock as TrioClock
+    from .projections import F as F
+    from .projections import Filter as Filter
+    from .projections import Group as Group
+    from .projections import Query as Query
+    from .projections import QueryPlan as QueryPlan
+    from .projections import Row as Row
 
 __all__ = [
+    "SpaceAPI",
+    "Workspace",
+    "WorkspaceInfo",
+    "workspace_namespace",
+    "Connected",
+    "InvalidParentError",
+    "WorkspaceDroppedError",
+    "MAX_PARENTS",
+    "AuthError",
+    "SignatureError",
+    "ProofOfWorkError",
+    "KeyFileError",
+    "ChallengeError",
+    "ChallengeExpiredError",
+    "ChallengeReplayedError",
+    "WrongServerError",
+    "SessionError",
+    "SessionExpiredError",
+    "PermissionDeniedError",
+    "InvalidGrantError",
+    "Grant",
+    "Revocation",
+    "PublicIdentity",
+    "Identity",
+    "DEFAULT_DIFFICULTY",
+    "Challenge",
+    "Response",
+    "Session",
+    "AuthorizedDatabase",
     "Change",
     "Clock",
     "CodecError",
@@ -125,39 +245,55 @@ __all__ = [
     "DEFAULT_SYNC",
     "DataLossError",
     "DimensionMismatchError",
+    "Embedder",
+    "EmbeddingNotFoundError",
+    "HashingEmbedder",
+    "VectorHit",
     "Database",
     "DatabaseAPI",
     "DatabaseClosedError",
     "DatabaseLockedError",
     "Diff",
+    "Expiring",
     "Genome",
     "GenomeCheck",
     "DurabilityError",
-    "Embedder",
-    "EmbeddingNotFoundError",
-    "HashingEmbedder",
+    "F",
+    "Filter",
+    "Group",
     "InvalidArgumentError",
     "InvalidDataError",
+    "InvalidQueryError",
+    "KeyChange",
     "KeyNotFoundError",
     "KoruError",
+    "LaggedError",
     "MAX_NAME_BYTES",
     "MEMORY",
     "NoValueAtTimeError",
     "NotFoundError",
     "ProcessInfo",
+    "Query",
     "ReadOnlyError",
     "IngestResult",
+    "IndexInfo",
+    "QueryPlan",
     "Refused",
+    "ReplayResult",
+    "Row",
     "Stats",
     "StorageError",
+    "Subscription",
     "SystemClock",
+    "Tiers",
     "TrioClock",
     "Version",
     "VersionNotFoundError",
     "Versioned",
-    "VectorHit",
+    "ViewInfo",
     "default_path",
     "open",
+    "replay",
     "verify_genome",
 ]
 

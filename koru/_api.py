@@ -5,41 +5,65 @@ client of a database served by another node; code written against
 :class:`DatabaseAPI` runs on either. Why every call is awaitable, even those a local
 database answers from memory (``stats``, ``digest``, ``roots``): a remote database
 answers over the network, and a call that is synchronous here could never be served
-there without blocking the event loop.
+there without blocking the event loop. (``workspace`` and ``audit_workspace`` only
+build a handle, with no I/O; the handle's calls are awaited.)
+
+A workspace handle satisfies :class:`SpaceAPI`, the data calls; the calls about the
+whole database (events, feeds, statistics, checkpoints, lifecycle) are the database's
+alone, since through them one workspace could read or write another's data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from koru.events import Grant, PublicIdentity, Revocation
 from koru.nursery import ProcessInfo
+from koru.projections import Query, QueryPlan
 
 from ._diff import Diff
 from ._genome import Genome
-from ._types import IngestResult, Stats, Version, Versioned
+from ._identity import Identity
+from ._indexing import IndexInfo
+from ._lineage import Connected
+from ._subscriptions import Subscription
+from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._vectors import VectorHit
+from ._viewing import ViewInfo
+from ._workspace import WorkspaceInfo
 
-__all__ = ["DatabaseAPI"]
+__all__ = ["DatabaseAPI", "SpaceAPI"]
 
 
-class DatabaseAPI(Protocol):
-    """What every koru-delta database answers; see :class:`koru.Database` for each
-    call's full contract."""
-
-    @property
-    def node_id(self) -> str:
-        """The id (hex) of the node that holds the database."""
-        ...
+class SpaceAPI(Protocol):
+    """The data calls, answered within one space: what a database answers in its
+    default space and a workspace handle (``db.workspace(name)``) in its own. See
+    :class:`koru.Database` for each call's full contract."""
 
     @property
     def readonly(self) -> bool:
         """True if every write raises ReadOnlyError."""
         ...
 
-    async def put(self, namespace: str, key: str, value: Any) -> Version: ...
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        parents: Iterable[Any] | None = None,
+    ) -> Version: ...
 
-    async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]: ...
+    async def put_with_causal_links(
+        self, namespace: str, key: str, value: Any, parents: Iterable[Any]
+    ) -> Version: ...
+
+    async def put_batch(
+        self, items: Iterable[tuple[str, str, Any]], *, ttl: float | None = None
+    ) -> list[Version]: ...
 
     async def delete(self, namespace: str, key: str) -> Version: ...
 
@@ -67,6 +91,81 @@ class DatabaseAPI(Protocol):
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff: ...
+
+    async def expiring(self, within: float = 0.0) -> list[Expiring]: ...
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any: ...
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan: ...
+
+    async def create_index(self, namespace: str, field: str) -> bool: ...
+
+    async def drop_index(self, namespace: str, field: str) -> None: ...
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]: ...
+
+    async def create_view(
+        self, name: str, namespace: str, query: Query | dict[str, Any]
+    ) -> None: ...
+
+    async def view(self, name: str) -> Any: ...
+
+    async def refresh_view(self, name: str) -> None: ...
+
+    async def list_views(self) -> list[ViewInfo]: ...
+
+    async def delete_view(self, name: str) -> None: ...
+
+    def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ...,
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = ...,
+    ) -> AbstractAsyncContextManager[Subscription]: ...
+
+    async def are_connected(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = ...
+    ) -> bool: ...
+
+    async def connection_path(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = ...
+    ) -> list[tuple[str, str]] | None: ...
+
+    async def ancestors(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]: ...
+
+    async def descendants(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]: ...
+
+    async def most_connected(self, namespace: str, k: int = 10) -> list[Connected]: ...
+
+
+class DatabaseAPI(SpaceAPI, Protocol):
+    """What every koru-delta database answers: the data calls of its default space
+    (:class:`SpaceAPI`), its workspaces, and the calls about the whole database (its
+    events, feeds, statistics, lifecycle), which a workspace handle does not have."""
+
+    @property
+    def node_id(self) -> str:
+        """The id (hex) of the node that holds the database."""
+        ...
+
+    def workspace(self, name: str) -> SpaceAPI: ...
+
+    def audit_workspace(self, name: str) -> SpaceAPI: ...
+
+    async def create_workspace(self, name: str) -> bool: ...
+
+    async def drop_workspace(self, name: str) -> None: ...
+
+    async def workspaces(self, *, dropped: bool = False) -> list[WorkspaceInfo]: ...
 
     async def embed(
         self, namespace: str, key: str, vector: Any, model: str = ..., metadata: Any = ...
@@ -134,5 +233,29 @@ class DatabaseAPI(Protocol):
     async def genome(self) -> Genome: ...
 
     async def processes(self) -> list[ProcessInfo]: ...
+
+    async def register(self, identity: Identity | PublicIdentity) -> bool: ...
+
+    async def grant(
+        self,
+        grant_or_grantee: Grant | Identity | PublicIdentity | bytes | str,
+        *,
+        namespace: str = "*",
+        key: str = "*",
+        actions: str | list[str] | tuple[str, ...] = "read",
+        not_before: Any = None,
+        expires: Any = None,
+        parent: bytes | str | None = None,
+        granter: Identity | None = None,
+    ) -> Grant: ...
+
+    async def revoke(
+        self,
+        revocation_or_grant: Revocation | Grant | bytes | str,
+        *,
+        revoker: Identity | None = None,
+    ) -> Revocation: ...
+
+    async def check(self, who: Any, action: str, namespace: str, key: str) -> bool: ...
 
     async def aclose(self) -> None: ...

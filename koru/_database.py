@@ -11,7 +11,8 @@ call is awaitable (:class:`~koru._api.DatabaseAPI`, which a remote client satisf
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import blake3
@@ -21,33 +22,64 @@ import trio
 from koru.events import (
     AGENTS,
     NODE_ID_SIZE,
+    RESERVED,
     STORAGE,
     InvalidArgumentError,
     KeyNotFoundError,
     LogStore,
     check_name,
+    check_user_name,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
-from koru.projections import FeedState, KvState, Projection, Projections, VectorState
+from koru.projections import (
+    AuthState,
+    FeedState,
+    KvState,
+    Projection,
+    Projections,
+    Query,
+    QueryPlan,
+    TierState,
+    VectorState,
+)
+from koru.projections._indexes import Indexes
+from koru.projections._lineage import LineageState
+from koru.projections._views import Views
+from koru.projections._workspaces import WorkspaceState
 
 from ._api import DatabaseAPI
+from ._auth_calls import AuthCalls
+from ._authority import Authority
 from ._cache import ValueCache
 from ._diff import Diff
 from ._embedders import Embedder, HashingEmbedder
 from ._genome import Genome, genome_of
+from ._identity import DEFAULT_DIFFICULTY, Identity
+from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
+from ._lineage import DEFAULT_MAX_DEPTH, Connected, Lineage
+from ._proven import ProvenIngest
+from ._queries import QueryEngine
 from ._reader import ValueReader
 from ._reads import KeyReads
+from ._sessions import Entropy, Sessions
+from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
-from ._types import IngestResult, Stats, Version, Versioned
+from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
+from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._vector_calls import EmbeddingCalls
 from ._vectors import Vectors
+from ._viewing import ViewInfo, Viewing
+from ._workspace import Workspace, WorkspaceInfo, Workspaces
 from ._writer import Writer
 
 __all__ = ["Database"]
 
+#: Every name a caller may pass is at least this (a reserved one is less).
+_FIRST = chr(ord(RESERVED) + 1)
 
-class Database(EmbeddingCalls):
+
+class Database(AuthCalls, EmbeddingCalls):
     """An open koru-delta database. Obtain one with :func:`koru.open`."""
 
     def __init__(
@@ -64,6 +96,10 @@ class Database(EmbeddingCalls):
         max_value_size: int,
         checkpoint_every: int,
         opened: OpenReport,
+        node_key: Identity | None = None,
+        entropy: Entropy | None = None,
+        difficulty: int = DEFAULT_DIFFICULTY,
+        root: bytes | None = None,
         embedder: Embedder | None = None,
     ) -> None:
         self._store = store
@@ -77,9 +113,10 @@ class Database(EmbeddingCalls):
         # The two built-in projections, held directly: every read consults them.
         self._kv = cast(KvState, projections["kv"])
         self._feeds = cast(FeedState, projections["feeds"])
+        # The hot tier keeps the keys this node's distillation pinned (a live set).
+        self._kv.pinned = cast(TierState, projections["tiers"]).of(node_id)
         self._cache = cache
         self._values = ValueReader(store, cache, projections.placements)
-        self._reads = KeyReads(self._kv, self._values)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
         events = opened.from_checkpoint + opened.replayed
         self._writer = Writer(
@@ -108,6 +145,40 @@ class Database(EmbeddingCalls):
             node_hex=self._node_hex,
         )
         self._embedder = HashingEmbedder() if embedder is None else embedder
+        self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
+        indexes = cast(Indexes, projections["indexes"])
+        self._queries = QueryEngine(self._kv, self._values, indexes, self._writer)
+        self._writer.observers.append(self._queries.observe)
+        self._views = Viewing(
+            self._kv,
+            cast(Views, projections["views"]),
+            self._queries.documents,
+            self._values,
+            self._writer,
+            self._queries.expired,
+        )
+        self._hub = Hub(store, self._kv, self._values)
+        self._writer.observers.append(self._hub.observe)
+        self._lineage = Lineage(
+            cast(LineageState, projections["lineage"]), self._kv, self._writer.read_time
+        )
+        self._workspaces = Workspaces(cast(WorkspaceState, projections["workspaces"]), self._writer)
+        # Identities, grants, sessions (koru._auth_calls): the node key is the root.
+        self._authority = Authority(
+            state=cast(AuthState, projections["auth"]),
+            feeds=self._feeds,
+            node=node_key,
+            node_id=node_id,
+            difficulty=difficulty,
+            root=root,
+        )
+        self._sessions = Sessions(
+            lambda: self._authority.node,
+            self._writer.now,
+            entropy if entropy is not None else Entropy(None),
+            difficulty,
+        )
+        self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority, store.read)
         self._statistics = Statistics(
             path,
             self._node_hex,
@@ -142,7 +213,7 @@ class Database(EmbeddingCalls):
     async def _enter_key(self, namespace: str, key: str) -> None:
         """Start a read of one key: enter, then both names checked."""
         await self._life.enter()
-        check_name(namespace, "namespace")
+        check_user_name(namespace, "namespace")
         check_name(key, "key")
 
     def _die(self, exc: BaseException) -> None:
@@ -151,35 +222,62 @@ class Database(EmbeddingCalls):
 
     # -- writes ------------------------------------------------------------------------
 
-    async def put(self, namespace: str, key: str, value: Any) -> Version:
+    async def put(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        parents: Iterable[Any] | None = None,
+    ) -> Version:
         """Store ``value`` as the new version of ``namespace/key``.
 
         Returns the new version's metadata once the write is durable under the
-        database's sync mode.
+        database's sync mode. With ``ttl`` (seconds), the value is current only that
+        long by the database's clock: then it reads as absent, and the expiry process
+        records its expiry as a tombstone in its history. With ``parents`` (each a
+        ``(namespace, key)`` pair, or a key of the same namespace), the value is
+        recorded as derived from those keys, in the same event (see
+        :meth:`ancestors`).
 
         Raises:
-            InvalidDataError: bad namespace or key, unencodable or oversized value
-                (nothing is written).
+            InvalidDataError: bad namespace or key, unencodable or oversized value, a
+                ttl that is not a positive number of seconds (nothing is written).
+            InvalidParentError: a parent without a current value, the key itself, or
+                over ``MAX_PARENTS`` of them (nothing is written).
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._life.enter_write()
-        version = self._writer.put(namespace, key, value)
+        check_user_name(namespace, "namespace")
+        links = () if parents is None else self._lineage.parents(DEFAULT, namespace, key, parents)
+        version = self._writer.put(namespace, key, value, ttl, links)
         await self._writer.acknowledge()
         return version
 
-    async def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
+    async def put_batch(
+        self, items: Iterable[tuple[str, str, Any]], *, ttl: float | None = None
+    ) -> list[Version]:
         """Write several keys atomically: one event, one commit, all or nothing.
 
-        Returns the versions in the order given. A key may appear only once.
+        Returns the versions in the order given. A key may appear only once. ``ttl``
+        (seconds) gives every value of the batch that time to live, as for :meth:`put`.
 
         Raises:
-            InvalidDataError: any bad item (nothing is written).
+            InvalidDataError: any bad item, or a bad ttl (nothing is written).
         """
         await self._life.enter_write()
-        versions = self._writer.put_batch(items)
+        versions = self._writer.put_batch(items, ttl)
         if versions:
             await self._writer.acknowledge()
         return versions
+
+    async def put_with_causal_links(
+        self, namespace: str, key: str, value: Any, parents: Iterable[Any]
+    ) -> Version:
+        """:meth:`put` with ``parents`` (the original's name): each parent a key of the
+        same namespace, or a ``(namespace, key)`` pair."""
+        return await self.put(namespace, key, value, parents=parents)
 
     async def delete(self, namespace: str, key: str) -> Version:
         """Delete a key by writing a tombstone version; its history keeps every version.
@@ -188,6 +286,7 @@ class Database(EmbeddingCalls):
             KeyNotFoundError: the key has no current value (nothing is written).
         """
         await self._life.enter_write()
+        check_user_name(namespace, "namespace")
         version = self._writer.delete(namespace, key)
         await self._writer.acknowledge()
         return version
@@ -210,10 +309,20 @@ class Database(EmbeddingCalls):
             cid = self._kv.live_content_id(namespace, key)
         except TypeError:  # unhashable namespace or key
             cid = None
-        if cid is None or type(namespace) is not str or type(key) is not str:
+        kv = self._kv
+        if kv.hot:
+            kv.touch(namespace, key)
+        if kv.expiring and cid is not None and kv.expired(namespace, key, self._writer.read_time()):
+            cid = None  # its time to live is over (the expiry process records it)
+        if (
+            cid is None
+            or type(namespace) is not str
+            or type(key) is not str
+            or namespace < _FIRST  # a reserved name (a workspace's): never reached here
+        ):
             # One rule for names everywhere: a str subclass that hashes like a stored
             # name is refused here too, as by every other call.
-            check_name(namespace, "namespace")
+            check_user_name(namespace, "namespace")
             check_name(key, "key")
             raise KeyNotFoundError(namespace, key)
         data = self._cache.get(cid)
@@ -262,17 +371,18 @@ class Database(EmbeddingCalls):
         return self._reads.history(namespace, key, since, until, latest)
 
     async def contains(self, namespace: str, key: str) -> bool:
-        """True if the key has a current (not deleted) value."""
+        """True if the key has a current value (not deleted, not expired)."""
         await self._enter_key(namespace, key)
-        return self._kv.live_content_id(namespace, key) is not None
+        return self._reads.contains(namespace, key)
 
     async def keys(self, namespace: str) -> list[str]:
         """The namespace's keys that have a current value, sorted."""
         await self._life.enter()
+        check_user_name(namespace, "namespace")
         return self._reads.keys(namespace)
 
     async def namespaces(self) -> list[str]:
-        """Namespaces holding at least one current value, sorted."""
+        """Namespaces holding at least one current value, sorted (workspaces' apart)."""
         await self._life.enter()
         return self._reads.namespaces()
 
@@ -289,6 +399,236 @@ class Database(EmbeddingCalls):
         """
         await self._enter_key(namespace, key)
         return self._reads.diff(namespace, key, from_version, to_version)
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
+        """Answer a :class:`~koru.Query` (or its data form) over the namespace's current
+        documents, or over their values at time ``at`` (as ``get_at`` takes it).
+
+        Returns a list of :class:`~koru.Row` (key, value), or with an aggregation its
+        value, or with ``group_by`` a list of :class:`~koru.Group` (group, value).
+
+        Raises:
+            InvalidQueryError: a malformed query, or an aggregation over values it
+                cannot combine (naming the field and a key); checked before any work.
+            InvalidDataError: a bad namespace or time.
+        """
+        await self._life.enter()
+        check_user_name(namespace, "namespace")
+        return self._queries.query(namespace, query, at)
+
+    async def explain(
+        self, namespace: str, query: Query | dict[str, Any], at: Any = None
+    ) -> QueryPlan:
+        """How :meth:`query` would read the namespace: which indexes narrow the
+        documents (and to how many), or why it scans them all."""
+        await self._life.enter()
+        check_user_name(namespace, "namespace")
+        return self._queries.explain(namespace, query, at)
+
+    async def create_index(self, namespace: str, field: str) -> bool:
+        """Keep a secondary index of ``namespace`` on the field path ``field``, used by
+        ``eq``, ``in`` and comparison filters from then on (results never change, only
+        their speed). Defined by an event, so it exists again after a restart and on
+        peers; filled from the current documents before this returns. Returns False
+        (writing nothing) if the index exists already. The namespace may be empty.
+
+        Raises:
+            InvalidQueryError: ``field`` is not a path. InvalidDataError: bad namespace.
+        """
+        await self._life.enter_write()
+        check_user_name(namespace, "namespace")
+        created = self._queries.indexing.create(namespace, field)
+        if created:
+            await self._writer.acknowledge()
+        return created
+
+    async def drop_index(self, namespace: str, field: str) -> None:
+        """Stop keeping the index (an event; queries scan again).
+
+        Raises:
+            NotFoundError: there is no such index.
+        """
+        await self._life.enter_write()
+        check_user_name(namespace, "namespace")
+        self._queries.indexing.drop(namespace, field)
+        await self._writer.acknowledge()
+
+    async def list_indexes(self, namespace: str | None = None) -> list[IndexInfo]:
+        """The secondary indexes (of one namespace, or all), sorted."""
+        await self._life.enter()
+        if namespace is not None:
+            check_user_name(namespace, "namespace")
+        return self._queries.indexing.listing(namespace)
+
+    # -- materialized views --------------------------------------------------------------
+
+    async def create_view(self, name: str, namespace: str, query: Query | dict[str, Any]) -> None:
+        """Keep the answer of ``query`` over ``namespace`` up to date as ``name``
+        (replacing a view of that name). Every write updates it without re-running the
+        query; defined by an event, so it exists again after a restart and on peers.
+
+        Raises:
+            InvalidQueryError: a malformed query. InvalidDataError: a bad name.
+        """
+        await self._life.enter_write()
+        check_user_name(name, "view")
+        check_user_name(namespace, "namespace")
+        self._views.create(name, namespace, query)
+        await self._writer.acknowledge()
+
+    async def view(self, name: str) -> Any:
+        """The view's answer, as :meth:`query` would give it now.
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter()
+        check_user_name(name, "view")
+        return self._views.read(name)
+
+    async def refresh_view(self, name: str) -> None:
+        """Recompute the view from the namespace's documents (it is kept up to date
+        anyway; this is the fallback, and what a new or replayed definition gets)."""
+        await self._life.enter()
+        check_user_name(name, "view")
+        self._views.refresh(name)
+
+    async def list_views(self) -> list[ViewInfo]:
+        """Every view, by name."""
+        await self._life.enter()
+        return self._views.listing()
+
+    async def delete_view(self, name: str) -> None:
+        """Stop keeping the view (an event).
+
+        Raises:
+            NotFoundError: no such view.
+        """
+        await self._life.enter_write()
+        check_user_name(name, "view")
+        self._views.delete(name)
+        await self._writer.acknowledge()
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        namespace: str | None = None,
+        key: str | None = None,
+        kinds: Iterable[str] = ("put", "delete"),
+        where: Query | dict[str, Any] | None = None,
+        from_position: int | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> AsyncIterator[Subscription]:
+        """Every change (of a namespace, of one key, of some kinds, whose value passes
+        the filter of ``where``) from now, or from log position ``from_position``, in
+        log order, each exactly once::
+
+            async with db.subscribe("users", where=Query().where(F("age") > 30)) as changes:
+                async for change in changes:
+                    ...
+
+        Every write path delivers (puts, batches, deletes, expiries, ingested events).
+        A writer never waits for a subscriber: one more than ``buffer`` events behind
+        gets :class:`~koru.LaggedError` with the position to resume from. The iteration
+        raises DatabaseClosedError when the database closes.
+
+        Raises:
+            InvalidArgumentError: a bad namespace, key, kinds, position or buffer.
+            InvalidQueryError: a bad ``where``.
+        """
+        await self._life.enter()
+        async with self._hub.subscribe(namespace, key, kinds, where, from_position, buffer) as sub:
+            yield sub
+
+    # -- lineage -------------------------------------------------------------------------
+
+    async def are_connected(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> bool:
+        """True if one of the two keys ((namespace, key) pairs) derives from the other
+        through at most ``max_depth`` links (see :meth:`connection_path`)."""
+        await self._life.enter()
+        return self._lineage.path(DEFAULT, a, b, max_depth) is not None
+
+    async def connection_path(
+        self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> list[tuple[str, str]] | None:
+        """A shortest chain of derivation links from ``a`` to ``b`` (both included),
+        following children (``b`` derives from ``a``) or parents (``a`` derives from
+        ``b``), of at most ``max_depth`` links; None if there is none. Breadth-first
+        from both ends."""
+        await self._life.enter()
+        return self._lineage.path(DEFAULT, a, b, max_depth)
+
+    async def ancestors(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]:
+        """Every key ``node`` derives from (its parents, theirs, ...) within ``depth``
+        links (None: all), nearest first, each distance in (namespace, key) order."""
+        await self._life.enter()
+        return self._lineage.ancestors(DEFAULT, node, depth)
+
+    async def descendants(
+        self, node: tuple[str, str], depth: int | None = None
+    ) -> list[tuple[str, str]]:
+        """Every key derived from ``node``, as :meth:`ancestors` orders them."""
+        await self._life.enter()
+        return self._lineage.descendants(DEFAULT, node, depth)
+
+    async def most_connected(self, namespace: str, k: int = 10) -> list[Connected]:
+        """The ``k`` keys of ``namespace`` with the most links (parents and children),
+        most first, ties by key."""
+        await self._life.enter()
+        return self._lineage.most_connected(DEFAULT, namespace, k)
+
+    # -- workspaces ------------------------------------------------------------------------
+
+    def workspace(self, name: str) -> Workspace:
+        """The handle of workspace ``name``: the data API in a space of its own (see
+        :class:`~koru._workspace.Workspace`). Its first write creates the workspace.
+
+        Raises:
+            InvalidDataError: not a usable workspace name.
+        """
+        return Workspace(self, name)
+
+    def audit_workspace(self, name: str) -> Workspace:
+        """A read-only handle of workspace ``name``, which reads its history also after
+        it was dropped."""
+        return Workspace(self, name, audit=True)
+
+    async def create_workspace(self, name: str) -> bool:
+        """Record the workspace's creation (an event); False if it exists already.
+
+        Raises:
+            WorkspaceDroppedError: it was dropped (a dropped name is never used again).
+        """
+        await self._life.enter_write()
+        created = self._workspaces.create(name)
+        if created:
+            await self._writer.acknowledge()
+        return created
+
+    async def drop_workspace(self, name: str) -> None:
+        """Drop the workspace (an event): its handles refuse every call from now on, its
+        history stays readable through :meth:`audit_workspace`, and the name is never
+        used again.
+
+        Raises:
+            NotFoundError: no such workspace. WorkspaceDroppedError: dropped already.
+        """
+        await self._life.enter_write()
+        self._workspaces.drop(name)
+        await self._writer.acknowledge()
+
+    async def workspaces(self, *, dropped: bool = False) -> list[WorkspaceInfo]:
+        """The workspaces, by name (with ``dropped``, the dropped ones too)."""
+        await self._life.enter()
+        return self._workspaces.listing(dropped)
 
     # -- events from elsewhere, and this node's feeds ------------------------------------
 
@@ -321,7 +661,9 @@ class Database(EmbeddingCalls):
         self, origin: str, agent: str = STORAGE, after: int = 0, limit: int | None = None
     ) -> list[bytes]:
         """The events of one feed after seq ``after``, oldest first, as the bytes to
-        hand to another database's :meth:`ingest` (at most ``limit`` of them).
+        hand to another database's :meth:`ingest` (at most ``limit`` of them). They are
+        made durable first, whatever the sync mode: an event a peer holds and this node
+        lost in a crash would fork this node's feed at that peer.
 
         Raises:
             InvalidArgumentError: a malformed origin, agent, ``after`` or ``limit``.
@@ -343,6 +685,10 @@ class Database(EmbeddingCalls):
         last = 0 if head is None else head[0]
         if limit is not None:
             last = min(last, after + limit)
+        # Only durable events leave the node (see Writer.settle): everything up to
+        # ``last`` was appended before this sync began, so it covers them.
+        await self._writer.settle()
+        self._life.check()
         locate = self._feeds.location
         out = []
         for seq in range(after + 1, last + 1):
@@ -371,6 +717,24 @@ class Database(EmbeddingCalls):
         if self._vector_state.spaces:  # embeddings too (a database without keeps its digest)
             state += self._vector_state.digest()
         return blake3.blake3(state).hexdigest()
+
+    async def expiring(self, within: float = 0.0) -> list[Expiring]:
+        """Keys whose current value expires within ``within`` seconds from now (already
+        expired ones too, until the expiry process has recorded them), soonest first.
+
+        Raises:
+            InvalidArgumentError: ``within`` is not a non-negative number of seconds.
+        """
+        await self._life.enter()
+        return [e for e in await self._expiring(within) if DEFAULT.owns(e.namespace)]
+
+    async def _expiring(self, within: float) -> list[Expiring]:
+        """:meth:`expiring` of every space (stored names)."""
+        if type(within) not in (int, float) or not 0 <= within < float("inf"):
+            raise InvalidArgumentError(f"within must be non-negative seconds, not {within!r}")
+        horizon = self._writer.read_time() + int(within * 1e9)
+        soon = sorted((t, ns, k) for (ns, k), t in self._kv.expiring.items() if t <= horizon)
+        return [Expiring(ns, k, t) for t, ns, k in soon]
 
     async def genome(self) -> Genome:
         """The database's genome now: about a kilobyte (``to_bytes()``) that verifies a
@@ -409,6 +773,7 @@ class Database(EmbeddingCalls):
 
         Runs shielded from cancellation so a cancelled scope still closes cleanly.
         """
+        self._hub.close()
         await self._life.close(self._store, self._committer, self._checkpointer)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import cbor2
 
 from koru.events import cbor_head
-from koru.projections import NO_ID, TOMBSTONE
+from koru.projections import EXPIRES, NO_ID, TOMBSTONE
 
 from ._types import Versioned
 
@@ -38,13 +38,16 @@ def history_rows(
     new = tuple.__new__
     last_origin, o = b"", ""
     last_wid, last_hex = NO_ID, None
-    for (hlc, origin, wid, cid, prev, _, _, flags), value in zip(recs, values):  # noqa: B905
+    for (hlc, origin, wid, cid, prev, _, _, expires, flags), value in zip(recs, values):  # noqa: B905
         if origin != last_origin:
             last_origin, o = origin, origin.hex()
         p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
         last_wid, last_hex = wid, wid.hex()
+        e = expires if flags & EXPIRES else None
         if flags & TOMBSTONE:
-            append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True)))
+            append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True, e)))
         else:
-            append(new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False)))
+            append(
+                new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
+            )
     return out

@@ -36,6 +36,7 @@ from koru.events import (
     HybridLogicalClock,
     LogStore,
     decode_event,
+    decode_trusted,
     event_id,
 )
 from koru.projections import FeedState
@@ -48,17 +49,24 @@ _log = logging.getLogger("koru")
 
 #: How far (ns) an event's timestamp may be ahead of this node's wall clock: one hour.
 MAX_CLOCK_AHEAD_NS = 3600 * 10**9
-#: Bounds on events held back for a gap in their feed (all feeds together).
+#: Bounds on events held back for a gap in their feed (all feeds together): their
+#: count, and the memory they take (their bytes and a fixed cost each, below).
 MAX_HELD_EVENTS = 100_000
 MAX_HELD_BYTES = 256 * 1024 * 1024
+#: What holding one event costs besides its bytes (its entry, key and ids).
+_HELD_COST = 512
 
 Feed = tuple[bytes, str]
 
 
 class _Held(NamedTuple):
-    event: Event
+    """An event held back: only its bytes and what placing it needs. Why not the
+    decoded event: that can take ~15 times the bytes (a batch of tiny writes), so a
+    bound on bytes would not bound memory; it is decoded again when released."""
+
     data: bytes
     eid: bytes
+    prev: bytes | None
 
 
 class Ingest:
@@ -112,7 +120,11 @@ class Ingest:
             event = decode_event(data, check_values=True)
         except CodecError as exc:
             return self._refuse(None, f"not a valid event: {exc}")
-        eid = event_id(data)
+        return self.admit(event, data, event_id(data), now_ns)
+
+    def admit(self, event: Event, data: bytes, eid: bytes, now_ns: int) -> Refused | None:
+        """:meth:`offer` for an event already decoded strictly from ``data`` (whose id
+        is ``eid``): the proven ingest of an authorized handle decodes first."""
         if event.agent not in AGENTS:
             return self._refuse(eid, f"unknown agent {event.agent!r}")
         if event.writes and event.agent != STORAGE:
@@ -122,10 +134,9 @@ class Ingest:
         if event.hlc > now_ns + MAX_CLOCK_AHEAD_NS:
             ahead = (event.hlc - now_ns) / 1e9
             return self._refuse(eid, f"its timestamp is {ahead:.0f} s ahead of this node's clock")
-        return self._place(_Held(event, data, eid))
+        return self._place(event, data, eid)
 
-    def _place(self, item: _Held) -> Refused | None:
-        event, eid = item.event, item.eid
+    def _place(self, event: Event, data: bytes, eid: bytes) -> Refused | None:
         feed = (event.origin, event.agent)
         head = self._feeds.heads.get(feed)
         expected = 1 if head is None else head[0] + 1
@@ -135,18 +146,21 @@ class Ingest:
             if held_id == eid:
                 self.duplicates += 1
                 return None
-            return self._fork(item, f"event {event.seq} of its feed is already {held_id.hex()}")
+            return self._fork(
+                feed, eid, f"event {event.seq} of its feed is already {held_id.hex()}"
+            )
         if event.seq > expected:
-            return self._hold(feed, item, expected)
+            return self._hold(feed, event.seq, _Held(data, eid, event.prev), expected)
         if event.prev != (None if head is None else head[1]):
-            return self._fork(item, f"its prev does not name event {event.seq - 1} of its feed")
-        self._accept(item)
+            why = f"its prev does not name event {event.seq - 1} of its feed"
+            return self._fork(feed, eid, why)
+        self._accept(event, data, eid)
         self._release(feed)
         return None
 
-    def _accept(self, item: _Held) -> None:
-        self._append(item.event, item.data, item.eid)
-        self._hlc.observe(item.event.hlc)
+    def _accept(self, event: Event, data: bytes, eid: bytes) -> None:
+        self._append(event, data, eid)
+        self._hlc.observe(event.hlc)
         self.accepted += 1
 
     def _release(self, feed: Feed) -> None:
@@ -156,28 +170,30 @@ class Ingest:
             item = self._held.pop((feed, head[0] + 1), None)
             if item is None:
                 return
-            self._held_bytes -= len(item.data)
-            if item.event.prev != head[1]:
-                self._fork(item, f"its prev does not name event {head[0]} of its feed")
+            self._held_bytes -= len(item.data) + _HELD_COST
+            if item.prev != head[1]:
+                self._fork(feed, item.eid, f"its prev does not name event {head[0]} of its feed")
                 return
-            self._accept(item)
+            # Checked in full (values too) when offered: decoded again, trusted.
+            self._accept(decode_trusted(item.data), item.data, item.eid)
 
-    def _hold(self, feed: Feed, item: _Held, expected: int) -> Refused | None:
-        slot = (feed, item.event.seq)
+    def _hold(self, feed: Feed, seq: int, item: _Held, expected: int) -> Refused | None:
+        slot = (feed, seq)
         other = self._held.get(slot)
         if other is not None:
             if other.eid == item.eid:
                 self.duplicates += 1
                 return None
-            return self._fork(item, f"another event {item.event.seq} of its feed is held")
-        if len(self._held) >= MAX_HELD_EVENTS or self._held_bytes + len(item.data) > MAX_HELD_BYTES:
+            return self._fork(feed, item.eid, f"another event {seq} of its feed is held")
+        cost = len(item.data) + _HELD_COST
+        if len(self._held) >= MAX_HELD_EVENTS or self._held_bytes + cost > MAX_HELD_BYTES:
             return self._refuse(
                 item.eid,
-                f"a gap: event {item.event.seq} of its feed, {expected} expected, and no room "
+                f"a gap: event {seq} of its feed, {expected} expected, and no room "
                 "to hold it; offer it again after the events before it",
             )
         self._held[slot] = item
-        self._held_bytes += len(item.data)
+        self._held_bytes += cost
         return None
 
     def _id_at(self, feed: Feed, seq: int) -> bytes:
@@ -186,11 +202,15 @@ class Ingest:
         assert location is not None  # every seq up to the head is held
         return event_id(self._store.read(location))
 
-    def _fork(self, item: _Held, why: str) -> Refused:
+    def _fork(self, feed: Feed, eid: bytes, why: str) -> Refused:
         self.forks += 1
-        origin = item.event.origin.hex()
+        origin = feed[0].hex()
         _log.warning("koru: refused a fork from origin %s: %s", origin, why)
-        return self._refuse(item.eid, f"a fork of origin {origin}'s feed: {why}", fork=True)
+        return self._refuse(eid, f"a fork of origin {origin}'s feed: {why}", fork=True)
+
+    def refuse(self, eid: bytes | None, reason: str) -> Refused:
+        """Refuse an event for ``reason`` (counted and reported as ingest's own)."""
+        return self._refuse(eid, reason)
 
     def _refuse(self, eid: bytes | None, reason: str, *, fork: bool = False) -> Refused:
         self.refused += 1

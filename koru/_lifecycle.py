@@ -56,6 +56,11 @@ class Lifecycle:
     async def pause(self) -> None:
         """Yield to the scheduler, then check the handle is still open."""
         await trio.lowlevel.checkpoint()
+        self.check()
+
+    def check(self) -> None:
+        """Raise DatabaseClosedError if the handle closed (say, while an operation
+        awaited something)."""
         if self.closed:
             raise DatabaseClosedError("the database is closed") from self.fatal
 

@@ -26,20 +26,38 @@ from koru.events import (
 )
 from koru.projections import (
     CHECKPOINT_FILE,
+    AuthState,
     Checkpoint,
     FeedState,
     KvState,
     Projection,
     Projections,
+    TierState,
     VectorState,
     decode_checkpoint,
     folds,
+    open_tables,
+    table_names,
 )
+from koru.projections._indexes import Indexes
+from koru.projections._lineage import LineageState
+from koru.projections._views import Views
+from koru.projections._workspaces import WorkspaceState
 
 __all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
 
 #: The projections every database has; others are registered after them.
-BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (KvState, FeedState, VectorState)
+BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
+    KvState,
+    FeedState,
+    TierState,
+    Indexes,
+    Views,
+    LineageState,
+    WorkspaceState,
+    AuthState,
+    VectorState,
+)
 
 
 @attrs.define(slots=True)
@@ -57,6 +75,8 @@ class Loaded:
     #: Projections whose checkpoint section was missing, stale or unusable, rebuilt
     #: from the log while the others loaded theirs, with the reason for each.
     rebuilt: dict[str, str] = attrs.Factory(dict)
+    #: The tables the checkpoint names (any other table on disk is an orphan).
+    tables: set[str] = attrs.Factory(set)
 
     @property
     def kv(self) -> KvState:
@@ -87,10 +107,25 @@ def load(
             record's event is malformed.
     """
     checkpoint, problem = _read_checkpoint(store)
+    for _ in range(_TABLE_RETRIES):
+        if checkpoint is None or not store.readonly or _tables_present(store, checkpoint):
+            break
+        # A read-only open racing the writer: it removed a table the checkpoint read a
+        # moment ago named, because a newer checkpoint replaced it. Read that one.
+        checkpoint, problem = _read_checkpoint(store)
     floors = checkpoint.cursors if checkpoint is not None else {}
     loaded = _replay(store, checkpoint if use_checkpoint else None, floors, projections)
     loaded.checkpoint_problem = problem
+    if checkpoint is not None:
+        loaded.tables = table_names(checkpoint.sections)
     return loaded
+
+
+_TABLE_RETRIES = 5
+
+
+def _tables_present(store: LogStore, checkpoint: Checkpoint) -> bool:
+    return table_names(checkpoint.sections) <= store.table_names()
 
 
 def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
@@ -108,7 +143,7 @@ def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:
 
 
 def _restore(
-    kinds: Sequence[type[Projection]], checkpoint: Checkpoint | None
+    store: LogStore, kinds: Sequence[type[Projection]], checkpoint: Checkpoint | None
 ) -> tuple[list[Projection], dict[str, str]]:
     """Each projection from its section, or empty (and listed for a rebuild, with why)."""
     members: list[Projection] = []
@@ -126,7 +161,12 @@ def _restore(
                 rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
             else:
                 try:
-                    member = kind.restore(section[1])
+                    restored = kind.restore(open_tables(section[1], store.open_table))
+                    if not isinstance(restored, kind):
+                        # Taken as "no state" it would be an empty projection that
+                        # misses every event before the cursor: rebuild it instead.
+                        raise TypeError(f"restore returned {type(restored).__name__}")
+                    member = restored
                 except Exception as exc:
                     # Why broadly: the file's checksum passed, so a section that fails
                     # is a format bug or a crafted file; that projection rebuilds.
@@ -152,9 +192,13 @@ def _replay(
     floors: dict[str, Cursor],
     kinds: Sequence[type[Projection]],
 ) -> Loaded:
-    members, rebuild = _restore(kinds, checkpoint)
-    if checkpoint is not None and len(rebuild) == len(members):
-        checkpoint = None  # nothing usable in it: a plain full replay
+    members, rebuild = _restore(store, kinds, checkpoint)
+    if checkpoint is not None and not any(
+        k.name in checkpoint.sections and k.name not in rebuild for k in kinds
+    ):
+        # Nothing usable in it (a projection without a section that saw nothing counts
+        # for nothing): a plain full replay.
+        checkpoint = None
         rebuild = {}
     hlc, cursors, base = 0, {}, 0
     if checkpoint is not None:

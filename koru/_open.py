@@ -20,7 +20,6 @@ from koru.events import (
     MAX_SEGMENT_SIZE,
     MAX_VALUE_SIZE,
     MIN_SEGMENT_SIZE,
-    NODE_ID_SIZE,
     Disk,
     FileStore,
     InvalidArgumentError,
@@ -35,8 +34,11 @@ from koru.projections import Projection
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._embedders import Embedder
+from ._identity import DEFAULT_DIFFICULTY, check_difficulty
 from ._loader import BUILTIN_PROJECTIONS, load
-from ._processes import intervals_from, steps
+from ._nodekey import node_key, node_public_key
+from ._processes import intervals_from, scrub, steps
+from ._sessions import Entropy
 from ._stats import OpenReport
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
@@ -157,6 +159,7 @@ async def open(
     disk: Disk | None = None,
     projections: Sequence[type[Projection]] = (),
     processes: bool | Mapping[str, float] = True,
+    difficulty: int = DEFAULT_DIFFICULTY,
     embedder: Embedder | None = None,
 ) -> AsyncIterator[Database]:
     """Open (creating if needed) a database, as an async context manager.
@@ -188,6 +191,9 @@ async def open(
             (False), or a mapping of process name to interval in seconds (others keep
             their default: ``genome`` daily, ``vectors`` every 30 s). A read-only
             database runs none. See :meth:`Database.processes`.
+        difficulty: the proof of work (bits) an identity needs to be registered here
+            or to open a session (default ``koru.DEFAULT_DIFFICULTY``, about a second
+            of mining).
         embedder: what ``put_similar`` and ``find_similar`` embed content with (an
             object with a ``model`` name and an ``embed(content)`` method); default
             :class:`koru.HashingEmbedder` (lexical, not semantic).
@@ -215,13 +221,17 @@ async def open(
         segment_size,
         projections,
     )
-    _check_embedder(embedder)
     intervals = {} if readonly else intervals_from(processes)
     if readonly:
         intervals_from(processes)  # refused the same way, even if unused
+    check_difficulty(difficulty)
+    _check_embedder(embedder)
     wall = clock if clock is not None else SystemClock()
     kinds = (*BUILTIN_PROJECTIONS, *projections)
     rng = random.Random(seed)
+    # Secrets (the node key, challenges) from the OS unless the caller asked for a
+    # replayable database: see koru._sessions.
+    entropy = Entropy(rng if seed is not None else None)
     store: LogStore
     if path is not None and os.fspath(path) == MEMORY:
         store, where = MemoryStore(), None
@@ -236,11 +246,13 @@ async def open(
         )
         where = str(directory)
     try:
-        if store.node_id is None:
-            store.create_node(rng.randbytes(NODE_ID_SIZE))
+        key = node_key(store, entropy)
         node = store.node_id
         assert node is not None
         loaded = await trio.to_thread.run_sync(functools.partial(load, store, projections=kinds))
+        if not readonly:
+            # Tables no checkpoint names: a crash between writing them and the checkpoint.
+            store.remove_tables(loaded.tables)
         committer = Committer(store, sync, flush_interval=flush_interval)
         db = Database(
             store=store,
@@ -256,6 +268,10 @@ async def open(
             opened=OpenReport(
                 loaded.from_checkpoint, loaded.replayed, loaded.checkpoint_problem, loaded.rebuilt
             ),
+            node_key=key,
+            entropy=entropy,
+            difficulty=difficulty,
+            root=node_public_key(store) if readonly else None,
             embedder=embedder,
         )
     except BaseException:
@@ -269,6 +285,8 @@ async def open(
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
+            if intervals:  # processes run: so does the scrub of the tables just opened
+                await supervisor.start("scrub", scrub, db)
             for name, step in steps(db).items():
                 if name in intervals:
                     await supervisor.every(name, step, Policy(interval=intervals[name]))

@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from koru.events import ESSENCE, GenomeEvent, InvalidArgumentError
+import trio
+
+from koru.events import (
+    ESSENCE,
+    LIFECYCLE,
+    SLEEP,
+    ConsolidationEvent,
+    GenomeEvent,
+    InvalidArgumentError,
+    TieringEvent,
+)
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -18,7 +28,19 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
 
 #: Seconds between steps of each process.
-DEFAULT_INTERVALS: dict[str, float] = {"genome": 86_400.0, "vectors": 30.0}
+DEFAULT_INTERVALS: dict[str, float] = {
+    "consolidation": 300.0,
+    "distillation": 3_600.0,
+    "expiry": 60.0,
+    "genome": 86_400.0,
+    "vectors": 30.0,
+}
+#: Keys the distillation process pins in the hot tier at most.
+HOT_KEYS = 10_000
+#: Reads (halved every distillation) a key needs to be pinned.
+_FIT = 2
+#: Expiries recorded per batch before the step lets other tasks run.
+_EXPIRE_BATCH = 1000
 
 
 def intervals_from(option: Any) -> dict[str, float]:
@@ -48,6 +70,23 @@ def intervals_from(option: Any) -> dict[str, float]:
     return intervals
 
 
+async def scrub(
+    db: Database, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Once, after an open: check every table the projections read against its name, in
+    a worker thread. Per-entry checksums catch damage as entries are read; a table
+    rewritten whole with fresh checksums passes them, and only its name (a hash of its
+    content) tells. One that fails stops the database (CorruptCheckpointError naming it:
+    the log is intact, and removing the checkpoint rebuilds the state from it)."""
+    task_status.started()
+    seen: set[str] = set()
+    for projection in db._projections:
+        for table in getattr(projection, "tables", ()):
+            if table.name not in seen:
+                seen.add(table.name)
+                await trio.to_thread.run_sync(table.verify_content)
+
+
 def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
     """One step of each process, for ``db``."""
 
@@ -67,6 +106,51 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         await db._writer.acknowledge()
         recorded = events
 
+    async def expiry() -> None:
+        """Record the expiry of every current value whose time to live is over, as a
+        tombstone naming the version that expired (reads hid it already)."""
+        now = db._writer.read_time()
+        due = sorted(k for k, t in db._kv.expiring.items() if t <= now)
+        for start in range(0, len(due), _EXPIRE_BATCH):
+            await db._life.enter_write()
+            wrote = [
+                db._writer.expire(ns, key, now) for ns, key in due[start : start + _EXPIRE_BATCH]
+            ]
+            if any(wrote):
+                await db._writer.acknowledge()
+            await trio.lowlevel.checkpoint()
+
+    async def consolidation() -> None:
+        """Merge the cold tier's tables when there are too many for their sizes (see
+        ``KvState.compaction``), and record it in the sleep agent's log."""
+        merges = await db._checkpointer.compact()
+        if merges:
+            kv = db._kv
+            size = sum(t.size for t in kv.tables)
+            await db._life.enter_write()
+            db._writer.emit(
+                SLEEP, lambda header: ConsolidationEvent(*header, merges, len(kv.tables), size)
+            )
+            await db._writer.acknowledge()
+
+    async def distillation() -> None:
+        """Fitness-based selection: pin in the hot tier the keys read most since the
+        last distillation (reads halve each time, so recent reads weigh more), unpin the
+        rest, and record the change in the lifecycle log (a replay keeps the same)."""
+        kv = db._kv
+        fitness = kv.fitness()
+        ranked = sorted((-n, slot) for slot, n in fitness.items() if n >= _FIT)
+        chosen = {slot for _, slot in ranked[:HOT_KEYS]}
+        promoted, demoted = sorted(chosen - kv.pinned), sorted(kv.pinned - chosen)
+        kv.decay()
+        if promoted or demoted:
+            await db._life.enter_write()
+            db._writer.emit(
+                LIFECYCLE,
+                lambda header: TieringEvent(*header, tuple(promoted), tuple(demoted)),
+            )
+            await db._writer.acknowledge()
+
     async def vectors() -> None:
         """Train the approximate index of every large vector collection that has none,
         or has grown or shrunk twofold since its index was trained (the model is written
@@ -74,4 +158,10 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         for namespace, model, dim in db._vectors.due():
             await db._vectors.train(namespace, model, dim)
 
-    return {"genome": genome, "vectors": vectors}
+    return {
+        "consolidation": consolidation,
+        "distillation": distillation,
+        "expiry": expiry,
+        "genome": genome,
+        "vectors": vectors,
+    }

@@ -10,6 +10,7 @@ lifecycle checks and the await around it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from koru.events import (
@@ -24,6 +25,7 @@ from koru.projections import TOMBSTONE, KvState, VersionRecord
 from ._diff import Diff, diff_values, pick_version
 from ._history import NULL, decode_all, history_rows
 from ._reader import ValueReader
+from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
@@ -45,18 +47,32 @@ def version_of(namespace: str, key: str, r: VersionRecord) -> Version:
         _hex(r.previous),
         r.origin.hex(),
         r.deleted,
+        r.expires,
     )
 
 
 class KeyReads:
     """Reads of keys, values, versions and history from a :class:`KvState` (any state
-    holding the keys asked about) and the :class:`ValueReader` of its store."""
+    holding the keys asked about) and the :class:`ValueReader` of its store.
 
-    __slots__ = ("kv", "values")
+    ``now`` tells the time a value with a time to live is judged by: it must never go
+    backwards (the database gives the later of its clock and its newest timestamp), so
+    that an expired value cannot come back.
+    """
 
-    def __init__(self, kv: KvState, values: ValueReader) -> None:
+    __slots__ = ("kv", "now", "values")
+
+    def __init__(self, kv: KvState, values: ValueReader, now: Callable[[], int]) -> None:
         self.kv = kv
         self.values = values
+        self.now = now
+
+    @staticmethod
+    def _names(namespace: str, key: str) -> None:
+        # The database checks names before it reads; the command line reads here
+        # directly, so the one rule is applied here too (cheap for ASCII names).
+        check_name(namespace, "namespace")
+        check_name(key, "key")
 
     def _value(self, namespace: str, key: str, r: VersionRecord) -> Any:
         assert r.content_id is not None
@@ -67,16 +83,18 @@ class KeyReads:
 
     def versioned(self, namespace: str, key: str) -> Versioned:
         """The current value with its metadata (KeyNotFoundError if none)."""
+        self._names(namespace, key)
         r = self.kv.current(namespace, key)
-        if r is None or r.deleted:
+        if r is None or r.deleted or (r.expires is not None and r.expired(self.now())):
             raise KeyNotFoundError(namespace, key)
         return self._versioned(namespace, key, r)
 
     def at(self, namespace: str, key: str, at: Any) -> Versioned:
         """The value current at ``at`` (NoValueAtTimeError if none then)."""
+        self._names(namespace, key)
         when = to_ns(at)
         r = self.kv.at(namespace, key, when)
-        if r is None or r.deleted:
+        if r is None or r.deleted or r.expired(when):
             raise NoValueAtTimeError(namespace, key, when)
         return self._versioned(namespace, key, r)
 
@@ -89,6 +107,7 @@ class KeyReads:
         latest: int | None = None,
     ) -> list[Versioned]:
         """Every version, oldest first, deletions included (value None)."""
+        self._names(namespace, key)
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
         recs = self.kv.history_raw(namespace, key)
@@ -108,7 +127,7 @@ class KeyReads:
             for i, r in enumerate(recs):
                 if parts[i] is None:
                     parts[i] = (
-                        NULL if r[7] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
+                        NULL if r[8] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
                     )
         return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
 
@@ -116,6 +135,7 @@ class KeyReads:
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff:
         """A structural diff between two versions (history index or write id prefix)."""
+        self._names(namespace, key)
         recs = self.kv.history(namespace, key)
         old, new = pick_version(recs, from_version), pick_version(recs, to_version)
         values = [
@@ -130,8 +150,40 @@ class KeyReads:
     def keys(self, namespace: str) -> list[str]:
         """The namespace's keys with a current value, sorted."""
         check_name(namespace, "namespace")
-        return self.kv.keys(namespace)
+        return self.kv.keys(namespace, self.now() if self.kv.expiring else None)
 
-    def namespaces(self) -> list[str]:
-        """Namespaces holding at least one current value, sorted."""
-        return self.kv.live_namespaces()
+    def namespaces(self, space: Space = DEFAULT) -> list[str]:
+        """The space's namespaces holding at least one current value, sorted (by the
+        names its callers know them by)."""
+        found = self.kv.live_namespaces(self.now() if self.kv.expiring else None)
+        shown = [space.outward(ns) for ns in found]
+        return sorted(ns for ns in shown if ns is not None)
+
+    def value(self, namespace: str, key: str) -> Any:
+        """The current value (KeyNotFoundError if none): ``Database.get`` for a
+        workspace (whose names are checked and stored already)."""
+        kv = self.kv
+        try:
+            cid = kv.live_content_id(namespace, key)
+        except TypeError:  # an unhashable key
+            cid = None
+        if kv.hot:
+            kv.touch(namespace, key)
+        if cid is not None and kv.expiring and kv.expired(namespace, key, self.now()):
+            cid = None
+        if cid is None or type(key) is not str:
+            raise KeyNotFoundError(namespace, key)
+        data = self.values.cache.get(cid)
+        if data is None:
+            current = kv.current(namespace, key)
+            assert current is not None
+            data = self.values.value_bytes(cid, current.location, namespace, key)
+        return decode_value(data)
+
+    def contains(self, namespace: str, key: str) -> bool:
+        """True if the key has a current value (not deleted, not expired)."""
+        self._names(namespace, key)
+        kv = self.kv
+        if kv.live_content_id(namespace, key) is None:
+            return False
+        return not (kv.expiring and kv.expired(namespace, key, self.now()))

@@ -1,29 +1,28 @@
-"""One-shot reads of a database directory: no trio, no lock, and no full load when the
-checkpoint's key directory can answer.
+"""One-shot reads of a database directory: no trio, no lock, no full load.
 
-Why: ``kdelta get`` is a process that starts, answers one key and exits. Loading a
-database of a million events (checkpoint and all) takes about a second; this module
-answers from the key directory written beside the checkpoint instead: the key's
-version records are read from the checkpoint file (a few KB, checked against the
-directory's crc32), then the storage log past the checkpoint's cursor is folded in
-(verified from the cursor's root, so what was written since is seen, also while another
-process writes), and values are read from the log and proven against their content ids,
-exactly as an open database does (:class:`~koru._reads.KeyReads` is the same code).
+Why: ``kdelta get`` is a process that starts, answers one key and exits. It restores
+the key/value projection from the checkpoint, which costs what the checkpoint's small
+parts cost (its version records are in tables, read in place: a key nobody asks for is
+never read), folds the storage log past the checkpoint's cursor (verified from the
+cursor's root, so what was written since is seen, also while another process writes)
+and finds the newest timestamp of every log, by which a time to live is judged,
+and reads values from the log, proven against their content ids, exactly as an open
+database does (:class:`~koru._reads.KeyReads` is the same code).
 
-Anything amiss on that path (no directory, one of another checkpoint, a blob failing its
-crc32, a log that does not continue the cursor) is not reported from here: the reader
-loads the database in full instead, as ``koru.open(readonly=True)`` does, and that load
-reports real damage with its exact location.
+When the checkpoint cannot answer (none yet, one of an older format, a table missing
+or damaged, a log that does not continue the cursor) the reader loads the database in
+full instead, as ``koru.open(readonly=True)`` does, and that load reports real damage
+with its exact location.
 """
 
 from __future__ import annotations
 
 import os
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from koru.events import STORAGE, FileStore, KoruError, decode_trusted
-from koru.projections import CHECKPOINT_FILE, KEYS_FILE, KeyDirectory, KvState
+from koru.events import AGENTS, STORAGE, FileStore, KoruError, decode_trusted
+from koru.projections import CHECKPOINT_FILE, KvState, decode_checkpoint, open_tables
 
 from ._cache import ValueCache
 from ._reader import ValueReader
@@ -33,7 +32,6 @@ __all__ = ["Snapshot"]
 
 #: The value cache of a one-shot read: a few values, not the database's 64 MiB.
 _CACHE_BYTES = 4 * 1024 * 1024
-_DIGEST = slice(8, 40)  # a checkpoint file's blake3 digest, after its magic
 
 
 class _Unusable(Exception):
@@ -41,74 +39,68 @@ class _Unusable(Exception):
 
 
 class Snapshot:
-    """A read-only view of a database directory's key/value state.
+    """A read-only view of a database directory's key/value state (``reads``).
 
-    ``keys`` and ``namespace`` say what will be asked: only those are read through the
-    key directory. With neither, or when the directory cannot be used, every projection
-    is loaded (``full`` is then True). Close it (or use ``with``) to release its files.
+    ``full`` is True when it had to load the database in full. Close it (or use
+    ``with``) to release its files.
 
     Raises:
         StorageError: no database at ``path``, or it cannot be read.
         CorruptLogError, DataLossError: the full load found damage.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        keys: Iterable[tuple[str, str]] = (),
-        namespace: str | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.store = FileStore(path, readonly=True)
         try:
-            wanted = set(keys)
-            kv: KvState | None = None
-            if wanted or namespace is not None:
-                try:
-                    kv = self._from_directory(wanted, namespace)
-                except (_Unusable, KoruError):
-                    kv = None
-            self.full = kv is None
+            found: tuple[KvState, int] | None
+            try:
+                found = self._from_checkpoint()
+            except (_Unusable, KoruError):
+                found = None
+            self.full = found is None
             placements: Sequence[Callable[[bytes], int | None]] = ()
-            if kv is None:
+            if found is None:
                 from ._loader import load  # only when needed: it costs imports
 
                 loaded = load(self.store)
-                kv, placements = loaded.kv, loaded.projections.placements
+                kv, newest, placements = loaded.kv, loaded.hlc, loaded.projections.placements
+            else:
+                kv, newest = found
             values = ValueReader(self.store, ValueCache(_CACHE_BYTES), placements)
-            self.reads = KeyReads(kv, values)
+            # clock-ok: a one-shot read judges time-to-live as the database does: by this
+            # machine's clock, never earlier than the newest timestamp of any log.
+            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), newest))
         except BaseException:
             self.store.close()
             raise
 
-    def _from_directory(self, wanted: set[tuple[str, str]], namespace: str | None) -> KvState:
+    def _from_checkpoint(self) -> tuple[KvState, int]:
+        """The key/value state and the newest timestamp of any log, as a load would
+        find them: the checkpoint's, then every log past its cursor."""
         store = self.store
-        raw = store.read_file(KEYS_FILE)
-        head = store.read_range(CHECKPOINT_FILE, 0, _DIGEST.stop)
-        if raw is None or head is None:
-            raise _Unusable("no key directory")
-        directory = KeyDirectory(raw, KvState.version)
-        if head[_DIGEST] != directory.checkpoint_digest:
-            raise _Unusable("the key directory is of another checkpoint")
-        kv = KvState()
-        places = [
-            (ns, key, found) for ns, key in wanted if (found := directory.find(ns, key)) is not None
-        ]
-        if namespace is not None:
-            places += [(namespace, k, (o, n, c)) for k, o, n, c in directory.namespace(namespace)]
-        for ns, key, (offset, length, crc) in places:
-            blob = store.read_range(CHECKPOINT_FILE, offset, length)
-            if blob is None or len(blob) != length or zlib.crc32(blob) != crc:
-                raise _Unusable("a key's version records fail their check")
-            kv.namespaces.setdefault(ns, {})[key] = blob
-        # What was written since the checkpoint: fold the events that touch the keys.
-        for record in store.records(STORAGE, after=directory.cursor):
-            event = decode_trusted(record.data)
-            if any(
-                w.namespace == namespace or (w.namespace, w.key) in wanted for w in event.writes
-            ):
-                kv.apply(event, record.event_id, record.location)
-        return kv
+        raw = store.read_file(CHECKPOINT_FILE)
+        if raw is None:
+            raise _Unusable("no checkpoint")
+        checkpoint = decode_checkpoint(raw)
+        section = checkpoint.sections.get(KvState.name)
+        if checkpoint.node != store.node_id or section is None or section[0] != KvState.version:
+            raise _Unusable("no key/value section of this version")
+        try:
+            kv = KvState.restore(open_tables(section[1], store.open_table))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _Unusable(f"unusable section: {exc!r}") from None
+        # What was written since the checkpoint: key/value writes in the storage log,
+        # and a later timestamp in any log (the database judges expiry by it).
+        newest = checkpoint.hlc
+        present = store.agents()
+        for agent in [a for a in AGENTS if a in checkpoint.cursors or a in present]:
+            for record in store.records(agent, after=checkpoint.cursors.get(agent)):
+                event = decode_trusted(record.data)
+                if event.hlc > newest:
+                    newest = event.hlc
+                if agent == STORAGE:
+                    kv.apply(event, record.event_id, record.location)
+        return kv, newest
 
     def close(self) -> None:
         self.store.close()

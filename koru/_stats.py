@@ -17,7 +17,7 @@ from koru.projections import KvState
 from ._cache import ValueCache
 from ._ingest import Ingest
 from ._reader import ValueReader
-from ._types import Stats
+from ._types import Stats, Tiers
 
 __all__ = ["OpenReport", "Statistics"]
 
@@ -81,4 +81,15 @@ class Statistics(NamedTuple):
             held=self.ingest.held,
             process_failures=sum(p.failures for p in processes),
             crash_loops=tuple(p.name for p in processes if p.state == "crash-loop"),
+            tiers=Tiers(
+                memory_bytes=kv.mem_bytes,
+                warm_bytes=kv.warm_bytes,
+                warm_hits=kv.warm_hits,
+                hot_bytes=kv.hot_bytes,
+                hot_hits=kv.hot_hits,
+                cold_tables=len(kv.tables),
+                cold_bytes=sum(t.size for t in kv.tables),
+                cold_reads=kv.table_reads,
+                compactions=self.checkpointer.compactions,
+            ),
         )

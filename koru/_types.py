@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, NamedTuple
 
-__all__ = ["IngestResult", "Refused", "Stats", "Version", "Versioned"]
+__all__ = ["Expiring", "IngestResult", "Refused", "Stats", "Tiers", "Version", "Versioned"]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -36,6 +36,9 @@ class Version(NamedTuple):
     previous: str | None
     origin: str
     deleted: bool
+    #: When this version stops being current (ns since the epoch), for a value written
+    #: with a time to live; None for the rest.
+    expires: int | None = None
 
     @property
     def datetime(self) -> _dt.datetime:
@@ -58,6 +61,7 @@ class Versioned(NamedTuple):
     previous: str | None
     origin: str
     deleted: bool
+    expires: int | None = None
 
     @property
     def datetime(self) -> _dt.datetime:
@@ -68,6 +72,23 @@ class Versioned(NamedTuple):
     def version(self) -> Version:
         """The metadata alone."""
         return Version(*self[1:])
+
+
+class Tiers(NamedTuple):
+    """Where the key/value state lives (``Stats.tiers``): the memory layer (what changed
+    since the last checkpoint), the warm tier (written lately, still in memory), the
+    hot tier (read lately from tables), the cold tier (tables on disk, read in place);
+    hits count lookups each answered, ``cold_reads`` those that searched the tables."""
+
+    memory_bytes: int
+    warm_bytes: int
+    warm_hits: int
+    hot_bytes: int
+    hot_hits: int
+    cold_tables: int
+    cold_bytes: int
+    cold_reads: int
+    compactions: int
 
 
 class Stats(NamedTuple):
@@ -114,6 +135,21 @@ class Stats(NamedTuple):
     #: the processes failing again and again right now (see ``Database.processes``).
     process_failures: int
     crash_loops: tuple[str, ...]
+    tiers: Tiers
+
+
+class Expiring(NamedTuple):
+    """A key whose current value has a time to live (see ``Database.expiring``)."""
+
+    namespace: str
+    key: str
+    #: When it expires (ns since the epoch, the database's clock).
+    expires: int
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        """``expires`` as an aware UTC datetime."""
+        return _to_datetime(self.expires)
 
 
 class Refused(NamedTuple):

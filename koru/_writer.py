@@ -14,26 +14,36 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
+from trio.lowlevel import enable_ki_protection
+
 from koru.events import (
     AGENTS,
     STORAGE,
     BatchEvent,
+    CodecError,
     DeleteEvent,
     DurabilityError,
     Event,
+    ExpireEvent,
+    ExpiringBatchEvent,
+    ExpiringPutEvent,
     Header,
     HybridLogicalClock,
     InvalidArgumentError,
     InvalidDataError,
+    InvalidParentError,
     KeyNotFoundError,
+    LinkedPutEvent,
     LogStore,
     PutEvent,
     Write,
     check_name,
     content_id,
+    decode_event,
     encode_event,
     encode_value,
     event_id,
+    parents_problem,
     write_id,
 )
 from koru.nursery import Checkpointer, Clock, Committer
@@ -41,11 +51,22 @@ from koru.projections import FeedState, KvState, Projections, capture_checkpoint
 
 from ._cache import ValueCache
 from ._ingest import Ingest
+from ._space import DEFAULT
 from ._types import IngestResult, Version
 
 __all__ = ["Writer"]
 
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
+_MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
+
+
+def _ttl_ns(ttl: Any) -> int:
+    """A time to live in ns, checked (a positive number of seconds, under a century)."""
+    if type(ttl) not in (int, float) or not 0 < ttl <= _MAX_TTL:
+        raise InvalidDataError(
+            f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
+        )
+    return max(1, int(ttl * 1e9))
 
 
 class Writer:
@@ -81,12 +102,27 @@ class Writer:
         self._die = die
         self.hlc = HybridLogicalClock(hlc)
         self.checkpointer = Checkpointer(
-            store, committer, self.capture, every=checkpoint_every, events=events, saved_at=saved_at
+            store,
+            committer,
+            self.capture,
+            every=checkpoint_every,
+            events=events,
+            saved_at=saved_at,
+            checkpointed=projections.checkpointed,
+            compactions=projections.compactions,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
+        #: Called with every event once it is appended and folded, local or ingested
+        #: (query caches, views, subscriptions): the one place that sees every write.
+        self.observers: list[Callable[[Event, bytes, int], None]] = []
 
     # -- the one write path -------------------------------------------------------------
 
+    # Why shielded from KeyboardInterrupt: Ctrl-C raises it at whatever line the main
+    # thread is running, and here that would leave an appended event unfolded (or half
+    # folded), a state the checkpoint written on close would then make permanent. trio
+    # delivers it at the next checkpoint instead; nothing here yields.
+    @enable_ki_protection
     def write(self, event: Event, data: bytes, eid: bytes) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
         checkpoints: for local events and ingested ones alike."""
@@ -96,8 +132,17 @@ class Writer:
             self._die(exc)
             raise
         self._committer.mark_appended()
-        self._fold(event, eid, location)
+        try:
+            self._fold(event, eid, location)
+        except BaseException as exc:
+            # The event is in the log; a projection that could not fold it no longer
+            # matches the log, and a checkpoint would make that permanent. The handle
+            # stops, as for a failed write (the exception still reaches the caller).
+            self._die(exc)
+            raise
         self.checkpointer.note_event()
+        for observe in self.observers:
+            observe(event, eid, location)
 
     async def acknowledge(self) -> None:
         """Return once everything written so far is durable under the sync mode."""
@@ -107,21 +152,51 @@ class Writer:
             self._die(exc)
             raise
 
+    async def settle(self) -> None:
+        """Make everything written so far durable, whatever the sync mode: before any
+        of this node's events leaves it. Why: an event a peer holds and this node then
+        loses in a crash forks this node's own feed at that peer (its next event takes
+        the lost one's seq), and the peer refuses every later event of it."""
+        try:
+            await self._committer.sync_now()
+        except DurabilityError as exc:
+            self._die(exc)
+            raise
+
     def emit(self, agent: str, build: Callable[[Header], Event]) -> tuple[Event, bytes]:
         """Append an event of this node to its feed for ``agent`` (not yet
         acknowledged): ``build`` turns the header (origin, agent, seq, prev, hlc) into
         an event of a registered type. How every capability writes its own events
         (index and view definitions, embeddings, identities, tier moves); returns the
-        event and its id."""
+        event as stored (decoded from its bytes) and its id.
+
+        Raises:
+            InvalidArgumentError: an unknown agent, an event for another agent's log,
+                or key/value writes outside the storage log.
+            InvalidDataError: the event breaks a limit, or its type's decoder refuses
+                its bytes (nothing is written).
+        """
         if agent not in AGENTS:
             raise InvalidArgumentError(f"agent must be one of {AGENTS}, not {agent!r}")
-        event = build(self._header(agent))
+        built = build(self._header(agent))
+        data = encode_event(built)
+        # Read back as every later reader will (replay, peers, which check values too):
+        # an event its own type's decoder refuses would be acknowledged, then make every
+        # replay past it refuse the log as corrupt; a value that is not canonical CBOR
+        # would be served as corruption; and what is folded is what they will fold, not
+        # the object built (a decoder may tidy a field).
+        try:
+            event = decode_event(data, check_values=True)
+        except CodecError as exc:
+            raise InvalidDataError(f"the event would not read back: {exc}") from None
         if event.agent != agent or (event.writes and agent != STORAGE):
             # The ingest path refuses both; a local event must never be one a peer refuses.
             raise InvalidArgumentError(
                 f"an event for the {agent!r} log must carry that agent and no key/value writes"
             )
-        return event, self._append(event)
+        eid = event_id(data)
+        self.write(event, data, eid)
+        return event, eid
 
     def _append(self, event: Event) -> bytes:
         data = encode_event(event)
@@ -131,20 +206,49 @@ class Writer:
 
     # -- local writes --------------------------------------------------------------------
 
-    def put(self, namespace: str, key: str, value: Any) -> Version:
-        """Append a new version of ``namespace/key`` (not yet acknowledged)."""
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        parents: tuple[tuple[str, str], ...] = (),
+    ) -> Version:
+        """Append a new version of ``namespace/key`` (not yet acknowledged), derived
+        from ``parents`` (stored names, checked by the caller) if any."""
         check_name(namespace, "namespace")
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
-        event = PutEvent(*self._header(), namespace, key, data, previous)
+        ttl_ns = None if ttl is None else _ttl_ns(ttl)
+        if parents:
+            # The decoder's rules, held here too: an event every replay would refuse
+            # must never be acknowledged.
+            problem = parents_problem((namespace, key), parents)
+            if problem is not None:
+                raise InvalidParentError(None, problem)
+        event: Event
+        header = self._header()
+        expires = None if ttl_ns is None else header[4] + ttl_ns
+        if parents:
+            event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
+        elif expires is None:
+            event = PutEvent(*header, namespace, key, data, previous)
+        else:
+            event = ExpiringPutEvent(*header, namespace, key, data, previous, expires)
         cid = content_id(data)
         eid = self._append(event)
         self._cache.put(cid, data)
-        return self._version(namespace, key, eid, cid, event.hlc, previous)
+        return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
-    def put_batch(self, items: Iterable[tuple[str, str, Any]]) -> list[Version]:
-        """Append several versions as one event, all or nothing (not yet acknowledged)."""
+    def put_batch(
+        self,
+        items: Iterable[tuple[str, str, Any]],
+        ttl: float | None = None,
+        inward: Callable[[Any], str] = DEFAULT.inward,
+    ) -> list[Version]:
+        """Append several versions as one event, all or nothing (not yet acknowledged).
+        ``inward`` checks each namespace and gives its stored form (its space's)."""
         if isinstance(items, str | bytes | bytearray) or not isinstance(items, Iterable):
             raise InvalidDataError(
                 f"put_batch takes an iterable of (namespace, key, value), not {items!r}"
@@ -154,24 +258,33 @@ class Writer:
         for item in items:
             if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 3:
                 raise InvalidDataError(f"batch items are (namespace, key, value), not {item!r}")
-            namespace, key, value = item
-            check_name(namespace, "namespace")
+            shown, key, value = item
+            namespace = inward(shown)
             check_name(key, "key")
             if (namespace, key) in seen:
-                raise InvalidDataError(f"{namespace!r}/{key!r} appears twice in one batch")
+                raise InvalidDataError(f"{shown!r}/{key!r} appears twice in one batch")
             seen.add((namespace, key))
             data = encode_value(value, self._max_value_size)
             writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
+        ttl_ns = None if ttl is None else _ttl_ns(ttl)
         if not writes:
             return []
-        event = BatchEvent(*self._header(), tuple(writes))
+        header = self._header()
+        expires = None if ttl_ns is None else header[4] + ttl_ns
+        event: Event
+        if expires is None:
+            event = BatchEvent(*header, tuple(writes))
+        else:
+            event = ExpiringBatchEvent(*header, expires, tuple(writes))
         cids = [content_id(cast(bytes, w.value)) for w in writes]
         eid = self._append(event)
         versions = []
         for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             self._cache.put(cid, cast(bytes, w.value))
             wid = write_id(eid, i)
-            versions.append(self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous))
+            versions.append(
+                self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous, expires)
+            )
         return versions
 
     def delete(self, namespace: str, key: str) -> Version:
@@ -187,6 +300,10 @@ class Writer:
 
     # -- events from elsewhere -----------------------------------------------------------
 
+    # Shielded from KeyboardInterrupt like write(), and for a second reason: decoding
+    # runs callbacks from C (cbor2), and an interrupt raised inside one is reported as
+    # "Exception ignored" and lost. A call takes in one chunk; Ctrl-C comes after it.
+    @enable_ki_protection
     def take_in(self, events: Iterable[bytes]) -> IngestResult:
         """Offer each event to the ingest path (not yet acknowledged when any was
         accepted: ``result.accepted``)."""
@@ -222,6 +339,23 @@ class Writer:
         seq, prev = self._feeds.next(self._node, agent)
         return self._node, agent, seq, prev, self.hlc.tick(self.now())
 
+    def expire(self, namespace: str, key: str, now: int) -> bool:
+        """Append the expiry of the key's current version if its time to live is over
+        at ``now`` (not yet acknowledged); False if there is nothing to expire."""
+        current = self._kv.current(namespace, key)
+        if current is None or current.deleted or not current.expired(now):
+            return False
+        self._append(ExpireEvent(*self._header(), namespace, key, current.write_id))
+        return True
+
+    def read_time(self) -> int:
+        """The time values with a time to live are judged by: the later of the clock and
+        the newest timestamp seen, so it never goes backwards (an expired value cannot
+        come back when the clock is set back)."""
+        now = self.now()
+        last = self.hlc.last
+        return now if now > last else last
+
     def _version(
         self,
         namespace: str,
@@ -230,6 +364,7 @@ class Writer:
         cid: bytes | None,
         hlc: int,
         previous: bytes | None,
+        expires: int | None = None,
     ) -> Version:
         """The metadata of a version this node just wrote."""
         return Version(
@@ -241,6 +376,7 @@ class Writer:
             None if previous is None else previous.hex(),
             self._node_hex,
             cid is None,
+            expires,
         )
 
     def capture(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import trio
 
-from koru.events import DurabilityError, LogStore, StorageError
-from koru.projections import CHECKPOINT_FILE, KEYS_FILE, Placed, encode_captured, key_directory_of
+from koru.events import DurabilityError, LogStore, StorageError, Table, TableEncoder
+from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
 
@@ -32,10 +32,16 @@ class Checkpointer:
         every: int,
         events: int,
         saved_at: int,
+        checkpointed: Callable[[dict[NewTable, Table]], None] = lambda written: None,
+        compactions: Callable[[], list[tuple[Any, list[Table], NewTable]]] = list,
     ) -> None:
         self._store = store
         self._committer = committer
         self._capture = capture
+        self._checkpointed = checkpointed
+        self._compactions = compactions
+        #: Table merges done by this handle.
+        self.compactions = 0
         self.every = every
         #: Events in the log, and how many the newest checkpoint holds (-1: none valid).
         self.events = events
@@ -67,29 +73,50 @@ class Checkpointer:
         # One at a time: two interleaved saves could let an older checkpoint replace a
         # newer one.
         async with self._lock:
-            # Capture first (state and cursors together), then make the log durable at
-            # least up to those cursors, and only then write the checkpoint naming them.
-            captured = self._capture()
-            events = self.events
-            await self._committer.sync_now()  # flushes buffers first
-            # Encoding and writing happen off the event loop; the capture is immutable.
-            await trio.to_thread.run_sync(self._write, captured)
-            self.saved_at = events
-            self.written += 1
+            await self._save_locked()
 
-    def _write(self, captured: dict[str, Any]) -> None:
-        placed: list[Placed] = []
-        pieces = encode_captured(captured, placed=placed)
+    async def _save_locked(self) -> None:
+        # Capture first (state and cursors together), then make the log durable at
+        # least up to those cursors, and only then write the checkpoint naming them.
+        captured = self._capture()
+        events = self.events
+        await self._committer.sync_now()  # flushes buffers first
+        # Encoding and writing happen off the event loop; the capture is immutable.
+        written = await trio.to_thread.run_sync(self._write, captured)
+        self.saved_at = events
+        self.written += 1
+        # The projections learn which tables their new ones became.
+        self._checkpointed(written)
+
+    async def compact(self) -> int:
+        """Merge the tables the projections want merged, then checkpoint, so that the
+        merged tables are named and the tables they replace can go. Under the same
+        lock as checkpoints: a checkpoint written meanwhile would name the old tables,
+        and its clean-up would remove the merged ones. Returns the merges made."""
+        async with self._lock:
+            plans = self._compactions()
+            for projection, inputs, new in plans:
+                # A merge of tables comes sorted: it streams, never held whole.
+                encoder = TableEncoder(new.items(), presorted=True)
+                merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
+                projection.compacted(inputs, merged)
+            if plans:
+                self.compactions += len(plans)
+                await self._save_locked()
+            return len(plans)
+
+    def _write(self, captured: dict[str, Any]) -> dict[NewTable, Table]:
+        """New tables first, then the checkpoint naming them (a crash in between
+        leaves tables no checkpoint names, removed later), then the tables no longer
+        named (only once the checkpoint that stopped naming them is durable)."""
         try:
+            pieces, written = encode_captured(captured, write_table=self._store.write_table)
             self._store.write_file(CHECKPOINT_FILE, *pieces)
-            # Then its key directory, for one-shot readers. A crash between the two
-            # leaves the previous checkpoint's directory, which no longer matches the
-            # checkpoint's digest: readers ignore it and load in full.
-            directory = key_directory_of(captured, placed, bytes(pieces[1]))
-            if directory is not None:
-                self._store.write_file(KEYS_FILE, *directory)
+            keep = table_names(captured) | {t.name for t in written.values()}
+            self._store.remove_tables(keep)
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
+        return written
 
     async def run(
         self,
@@ -98,13 +125,16 @@ class Checkpointer:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Background task: save whenever ``every`` events have been appended since the
-        last checkpoint. Never raises a storage error out of the nursery."""
+        last checkpoint, then merge tables if the projections' plans say so (each
+        checkpoint adds tables; without merges a lookup would search ever more of them).
+        Never raises a storage error out of the nursery."""
         task_status.started()
         while True:
             await self._due.wait()
             self._due = trio.Event()
             try:
                 await self.save()
+                await self.compact()
             except DurabilityError as exc:
                 on_fatal(exc)
                 return

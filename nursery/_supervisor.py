@@ -22,6 +22,13 @@ Two kinds of task:
 
 Leaving the supervisor cancels whatever still runs. All waiting is on trio's clock, so
 under ``trio.testing.MockClock`` a week of processes runs in milliseconds.
+
+Why each task runs in a cancel scope of its own: the caller's block runs inside the
+nursery's scope, so cancelling that scope to stop the tasks would cancel the block as
+well, and the nursery would swallow the ``Cancelled``: the block would stop half-way
+without a word and the code after it would run as if it had finished. Only the tasks'
+scopes are ever cancelled; the block carries on and its next database call raises
+``DatabaseClosedError`` naming the cause.
 """
 
 from __future__ import annotations
@@ -116,6 +123,20 @@ class _Process:
         )
 
 
+class _Status:
+    """A task's ``task_status`` that remembers whether the task has started."""
+
+    __slots__ = ("_inner", "done")
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        self.done = True
+        self._inner.started(value)
+
+
 class Supervisor:
     """Starts named background tasks in its nursery (see the module doc)."""
 
@@ -137,6 +158,8 @@ class Supervisor:
         self.running: set[str] = set()
         #: The first task failure, if any (also passed to ``on_fatal``).
         self.failure: BaseException | None = None
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._stopped = False
 
     async def start(self, name: str, task: Task, *args: Any) -> None:
         """Run ``task(*args, task_status=...)`` as ``name``; returns once it has called
@@ -154,15 +177,25 @@ class Supervisor:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        scope = self._scopes[name] = trio.CancelScope()
+        if self._stopped:
+            scope.cancel()
         self.running.add(name)
+        status = _Status(task_status)
         try:
-            await task(*args, task_status=task_status)
+            with scope:
+                await task(*args, task_status=status)
         except Exception as exc:
+            if not status.done:
+                # Failing to start is part of starting: the caller's ``start`` raises
+                # it (trio would replace it with "child exited without calling
+                # task_status.started()", the cause left in the log).
+                raise
             _log.error("koru: background task %r failed", name, exc_info=exc)
             if self.failure is None:
                 self.failure = exc
                 self._on_fatal(exc)
-            self._nursery.cancel_scope.cancel()
+            self.stop()
         finally:
             self.running.discard(name)
 
@@ -233,15 +266,18 @@ class Supervisor:
 
     @property
     def _stopping(self) -> bool:
-        return self.failure is not None or self._nursery.cancel_scope.cancel_called
+        return self.failure is not None or self._stopped or self._nursery.cancel_scope.cancel_called
 
     def processes(self) -> list[ProcessInfo]:
         """Every periodic process, in the order started."""
         return [p.info() for p in self._processes.values()]
 
     def stop(self) -> None:
-        """Cancel every task (leaving :func:`supervise` does this too)."""
-        self._nursery.cancel_scope.cancel()
+        """Cancel every task, never the caller's block (leaving :func:`supervise` does
+        this too)."""
+        self._stopped = True
+        for scope in self._scopes.values():
+            scope.cancel()
 
 
 @asynccontextmanager

@@ -4,26 +4,46 @@ No I/O, no clock, no trio: the same events in, the same state out, whatever orde
 peers delivered them in.
 """
 
+from ._auth import AuthState as AuthState
+from ._capabilities import MAX_DEPTH as MAX_DEPTH
+from ._capabilities import MAX_STEPS as MAX_STEPS
+from ._capabilities import NEVER as NEVER
+from ._capabilities import Effective as Effective
+from ._capabilities import Evaluator as Evaluator
+from ._capabilities import Scope as Scope
+from ._capabilities import escalation as escalation
+from ._capabilities import expand as expand
 from ._checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from ._checkpoint import Checkpoint as Checkpoint
-from ._checkpoint import Placed as Placed
+from ._checkpoint import WriteTable as WriteTable
 from ._checkpoint import capture_checkpoint as capture_checkpoint
 from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
+from ._checkpoint import open_tables as open_tables
+from ._checkpoint import table_names as table_names
+from ._feeds import CHUNK as CHUNK
 from ._feeds import FeedState as FeedState
-from ._keydir import KEYS_FILE as KEYS_FILE
-from ._keydir import KeyDirectory as KeyDirectory
-from ._keydir import encode_key_directory as encode_key_directory
-from ._keydir import key_directory_of as key_directory_of
+from ._filters import F as F
+from ._filters import Filter as Filter
+from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
 from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
+from ._newtable import NewTable as NewTable
+from ._newtable import TableRef as TableRef
+from ._order import MISSING as MISSING
+from ._order import order_key as order_key
+from ._planner import QueryPlan as QueryPlan
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
 from ._projection import ValuePlacement as ValuePlacement
 from ._projection import folds as folds
+from ._query import Group as Group
+from ._query import Query as Query
+from ._query import Row as Row
+from ._tiers import TierState as TierState
 from ._vectors import METRICS as METRICS
 from ._vectors import Hit as Hit
 from ._vectors import OldVersion as OldVersion
@@ -31,24 +51,45 @@ from ._vectors import VectorState as VectorState
 
 __all__ = [
     "CHECKPOINT_FILE",
-    "KEYS_FILE",
+    "CHUNK",
+    "EXPIRES",
+    "MISSING",
     "NO_ID",
     "RECORD_SIZE",
     "TOMBSTONE",
     "Checkpoint",
-    "Placed",
+    "NewTable",
+    "TableRef",
+    "TierState",
+    "WriteTable",
     "FeedState",
-    "KeyDirectory",
+    "F",
+    "Filter",
+    "Group",
     "KvState",
     "Projection",
     "Projections",
+    "Query",
+    "QueryPlan",
+    "Row",
     "ValuePlacement",
     "VersionRecord",
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
-    "encode_key_directory",
-    "key_directory_of",
+    "open_tables",
+    "table_names",
+    "order_key",
+    # auth: identities, grants, revocations, seals, and which grants take effect
+    "AuthState",
+    "MAX_DEPTH",
+    "MAX_STEPS",
+    "NEVER",
+    "Effective",
+    "Evaluator",
+    "Scope",
+    "escalation",
+    "expand",
     "folds",
     "METRICS",
     "Hit",

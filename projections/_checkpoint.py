@@ -6,37 +6,53 @@ checksum, or its cursors do not match the log (checked by the store against the
 stored chain root), the caller replays from genesis and gets identical state.
 
 Format: ``b"KORUCKP1" | blake3(body) | body``, body a CBOR map (plain data only):
-``format`` (3), ``node``, ``cursors``, ``hlc`` and ``sections``, one per projection,
+``format`` (4), ``node``, ``cursors``, ``hlc`` and ``sections``, one per projection,
 ``{name: [section version, data]}``. Sections are independent: each projection restores
-its own (see :mod:`._projection`). Formats 1 and 2 (the key/value state and the feeds as
-two fixed fields) are read as the version-1 sections ``kv`` and ``feeds``.
+its own (see :mod:`._projection`). Data may name tables (CBOR tag 27001 with the
+table's name): large, immutable parts of a projection's state written beside the
+checkpoint (``tables/``) before it, read in place after (see :mod:`._newtable`).
+Format 3 is format 4 without tables; formats 1 and 2 (the key/value state and the feeds
+as two fixed fields) are read as the version-1 sections ``kv`` and ``feeds``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import blake3
 import cbor2
 
-from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Cursor, cbor_head
+from koru.events import (
+    AGENTS,
+    NODE_ID_SIZE,
+    CorruptCheckpointError,
+    Cursor,
+    Table,
+    TableEncoder,
+    cbor_head,
+)
 
+from ._newtable import TABLE_TAG, NewTable, TableRef
 from ._projection import Projections
 
 __all__ = [
     "CHECKPOINT_FILE",
     "Checkpoint",
-    "Placed",
+    "WriteTable",
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
+    "open_tables",
+    "table_names",
 ]
 
 #: The checkpoint's file name in a database directory.
 CHECKPOINT_FILE = "checkpoint"
 _MAGIC = b"KORUCKP1"
-#: Format 3 holds one section per projection; 2 named the node; 1 is still read.
-_FORMAT = 3
+#: Format 4 may name tables (a CBOR tag); 3 holds one section per projection; 2 named
+#: the node; 1 is still read.
+_FORMAT = 4
 
 
 class Checkpoint(NamedTuple):
@@ -70,93 +86,108 @@ def capture_checkpoint(
     }
 
 
-#: Where a key's version records lie in a checkpoint file: (namespace, key, offset,
-#: length), offsets from the start of the file.
-Placed = tuple[str, str, int, int]
-#: The path, in a captured checkpoint, of the key/value section's per-namespace maps.
-_KV_NAMESPACES = ("sections", "kv", 1, "ns")
-#: Values the encoder takes apart rather than handing to one ``cbor2.dumps``.
-_NESTED = (dict, list, memoryview)
+#: Writes a new table durably and returns it, opened (the shell's
+#: ``LogStore.write_table``).
+WriteTable = Callable[[TableEncoder], Table]
 
 
 class _Encoder:
-    """Appends the CBOR of a captured checkpoint to ``out`` in pieces, keeping count of
-    the bytes so far, so that where each key's version records land can be noted for
-    the key directory."""
+    """Appends the CBOR of a captured checkpoint to ``out`` in pieces; writes the new
+    tables it meets (through ``write_table``) and puts their names in their place."""
 
-    def __init__(self, chunk: int, placed: list[Placed] | None) -> None:
+    def __init__(self, chunk: int, write_table: WriteTable | None) -> None:
         self.out: list[bytes | memoryview] = []
-        self.size = 0
         self.chunk = chunk
-        self.placed = placed
+        self.write_table = write_table
+        #: Each new table met, and the table it was written as.
+        self.written: dict[NewTable, Table] = {}
 
-    def add(self, piece: bytes | memoryview) -> None:
-        self.out.append(piece)
-        self.size += len(piece)
-
-    def encode(self, value: Any, path: tuple[Any, ...] = ()) -> None:
-        """Maps that hold maps are assembled entry by entry; a flat map (the per-key
-        version blobs of a namespace) is encoded ``chunk`` entries per ``cbor2.dumps``
-        call. Why pieces: one ``dumps`` of the whole state holds the GIL for as long as
-        it runs (hundreds of ms at a million versions), freezing the event loop even
-        though the encoding happens in a worker thread; between pieces the loop runs."""
+    def encode(self, value: Any) -> None:
+        """Maps that hold maps are assembled entry by entry; a flat map is encoded
+        ``chunk`` entries per ``cbor2.dumps`` call. Why pieces: one ``dumps`` of a large
+        state holds the GIL for as long as it runs, freezing the event loop even though
+        the encoding happens in a worker thread; between pieces the loop runs."""
+        if isinstance(value, NewTable):
+            if self.write_table is None:
+                raise ValueError("a new table in a checkpoint that cannot write tables")
+            table = self.write_table(TableEncoder(value.items()))
+            self.written[value] = table
+            value = table
+        if isinstance(value, Table):
+            self.out.append(cbor2.dumps(cbor2.CBORTag(TABLE_TAG, value.name)))
+            return
         if type(value) is memoryview:
             # A large buffer a projection promises never to write again (a vector
             # matrix): written as a byte string without a copy.
-            self.add(cbor_head(2, value.nbytes))
-            self.add(value)
+            self.out.append(cbor_head(2, value.nbytes))
+            self.out.append(value)
             return
-        if type(value) is list and any(type(v) in _NESTED for v in value):
-            self.add(cbor_head(4, len(value)))
-            for i, v in enumerate(value):
-                self.encode(v, (*path, i))
+        if type(value) is list and any(_container(v) for v in value):
+            self.out.append(cbor_head(4, len(value)))
+            for v in value:
+                self.encode(v)
             return
         if type(value) is not dict:
-            self.add(cbor2.dumps(value))
+            self.out.append(cbor2.dumps(value))
             return
-        self.add(cbor_head(5, len(value)))
-        if any(type(v) in _NESTED for v in value.values()):
+        self.out.append(cbor_head(5, len(value)))
+        if any(_container(v) for v in value.values()):
             for k, v in value.items():
-                self.add(cbor2.dumps(k))
-                self.encode(v, (*path, k))
+                self.out.append(cbor2.dumps(k))
+                self.encode(v)
             return
         items = list(value.items())
-        note = self.placed is not None and path[:-1] == _KV_NAMESPACES
         for i in range(0, len(items), self.chunk):
             piece = dict(items[i : i + self.chunk])
-            data = cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :]
-            if note:
-                self._note(path[-1], items[i : i + self.chunk])
-            self.add(data)
-
-    def _note(self, namespace: str, items: list[tuple[str, bytes]]) -> None:
-        """Where each blob of a piece about to be added lands (cbor2 writes a map's
-        entries in insertion order: key text, then the blob's byte-string head)."""
-        assert self.placed is not None
-        at = self.size
-        for key, blob in items:
-            size = len(key.encode())
-            at += len(cbor_head(3, size)) + size + len(cbor_head(2, len(blob)))
-            self.placed.append((namespace, key, _HEADER + at, len(blob)))
-            at += len(blob)
+            self.out.append(cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :])
 
 
-_HEADER = len(_MAGIC) + 32
+def _container(value: Any) -> bool:
+    return type(value) in (dict, list, memoryview) or isinstance(value, Table | NewTable)
 
 
 def encode_captured(
-    captured: dict[str, Any], *, chunk: int = 1000, placed: list[Placed] | None = None
-) -> list[bytes | memoryview]:
+    captured: dict[str, Any], *, chunk: int = 1000, write_table: WriteTable | None = None
+) -> tuple[list[bytes | memoryview], dict[NewTable, Table]]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
-    in order (their concatenation is the checkpoint file). With ``placed``, also note
-    there where every key's version records of the key/value section lie in the file
-    (for :func:`~koru.projections.encode_key_directory`)."""
-    encoder = _Encoder(chunk, placed)
+    in order (their concatenation is the checkpoint file), and the tables written for
+    the new tables in it (with ``write_table``, before the checkpoint that names them)."""
+    encoder = _Encoder(chunk, write_table)
     encoder.encode(captured)
     hasher = blake3.blake3()
     for piece in encoder.out:
         hasher.update(piece)
-    return [_MAGIC, hasher.digest(), *encoder.out]
+    return [_MAGIC, hasher.digest(), *encoder.out], encoder.written
+
+
+def table_names(value: Any) -> set[str]:
+    """The names of every table a decoded checkpoint, a section or a capture refers to
+    (new tables not included: they have no name until written)."""
+    if isinstance(value, TableRef | Table):
+        return {value.name}
+    if type(value) in (list, tuple):
+        return set().union(*map(table_names, value)) if value else set()
+    if type(value) is dict:
+        return table_names(list(value.values()))
+    return set()
+
+
+def open_tables(value: Any, open_table: Callable[[str], Table]) -> Any:
+    """``value`` with every table it refers to opened (``open_table(name)``)."""
+    if isinstance(value, TableRef):
+        return open_table(value.name)
+    if type(value) is list:
+        return [open_tables(v, open_table) for v in value]
+    if type(value) is dict:
+        return {k: open_tables(v, open_table) for k, v in value.items()}
+    return value
+
+
+def _tag_hook(tag: cbor2.CBORTag, *_: Any) -> Any:
+    """cbor2 (6) calls this for every tag it does not know: ``(tag, immutable)``."""
+    if tag.tag == TABLE_TAG and type(tag.value) is str:
+        return TableRef(tag.value)
+    raise CorruptCheckpointError(f"unknown tag {tag.tag} in a checkpoint")
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:
@@ -173,9 +204,9 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
     if blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest() != digest:
         raise CorruptCheckpointError("checkpoint checksum mismatch")
     try:
-        raw: Any = cbor2.loads(body)
+        raw: Any = cbor2.loads(body, tag_hook=_tag_hook)
         fmt = raw["format"]
-        if fmt not in (1, 2, _FORMAT) or type(fmt) is not int:
+        if fmt not in (1, 2, 3, _FORMAT) or type(fmt) is not int:
             raise CorruptCheckpointError(f"unknown checkpoint format {fmt!r}")
         node = raw["node"] if fmt >= 2 else None
         if fmt >= 2 and (type(node) is not bytes or len(node) != NODE_ID_SIZE):

@@ -8,23 +8,36 @@ node's own events and lets sync ask a peer for exactly what is missing; and the 
 of every event of the feed (8 bytes each), so that an event can be served by its
 (origin, agent, seq), and a second, different event claiming a seq already held (a fork)
 can be told apart from a duplicate.
+
+Locations grow with the log (80 MB at ten million events), so they do not stay in
+memory: they are cut into chunks of ``CHUNK`` events, and a checkpoint writes the chunks
+completed since the last one to a table (a chunk never changes once complete). Memory
+holds, per feed, its head and the locations past its last written chunk; the opening of
+a database reads neither the tables nor the chunks, only their names.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
+from collections import OrderedDict
 from typing import Any, ClassVar
 
-from koru.events import AGENTS, NODE_ID_SIZE, Event
+from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Event, Table
 
-__all__ = ["FeedState"]
+from ._merging import MAX_TABLES, merge_plan, replace_merged
+from ._newtable import NewTable
+
+__all__ = ["CHUNK", "FeedState"]
 
 Feed = tuple[bytes, str]
+#: Events per chunk of locations (32 KiB of them).
+CHUNK = 4096
+_CACHED_CHUNKS = 64
 
 
-def _locations_bytes(locations: array[int]) -> bytes:
-    """Little-endian bytes of a location array (the checkpoint's byte order)."""
+def _little(locations: array[int]) -> bytes:
+    """Little-endian bytes of a location array (the on-disk byte order)."""
     if sys.byteorder == "little":
         return locations.tobytes()
     swapped = array("Q", locations)  # pragma: no cover - big-endian machines
@@ -32,7 +45,7 @@ def _locations_bytes(locations: array[int]) -> bytes:
     return swapped.tobytes()  # pragma: no cover
 
 
-def _locations_from(data: bytes) -> array[int]:
+def _array(data: bytes) -> array[int]:
     locations = array("Q")
     locations.frombytes(data)
     if sys.byteorder != "little":  # pragma: no cover - big-endian machines
@@ -40,20 +53,33 @@ def _locations_from(data: bytes) -> array[int]:
     return locations
 
 
+def _chunk_name(feed: Feed) -> str:
+    """A feed's name in the tables: its origin in hex and its agent."""
+    return f"{feed[0].hex()}/{feed[1]}"
+
+
 class FeedState:
     """(origin, agent) -> (last seq, last event id), and each event's location."""
 
-    __slots__ = ("heads", "locations")
+    __slots__ = ("_cache", "_flushing", "heads", "max_tables", "recent", "tables", "written")
 
     #: The projection's name (its checkpoint section) and section format: version 2
-    #: added the locations (a version-1 section is rebuilt from the log).
+    #: added the locations, version 3 keeps them in tables (older sections are rebuilt
+    #: from the log).
     name: ClassVar[str] = "feeds"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
 
     def __init__(self) -> None:
         self.heads: dict[Feed, tuple[int, bytes]] = {}
-        #: Per feed, the location of event ``seq`` at index ``seq - 1``.
-        self.locations: dict[Feed, array[int]] = {}
+        #: Per feed, how many of its first events have their locations in tables (a
+        #: multiple of CHUNK), and the locations of the events after those.
+        self.written: dict[Feed, int] = {}
+        self.recent: dict[Feed, array[int]] = {}
+        #: Tables of chunks written by checkpoints (newest first).
+        self.tables: list[Table] = []
+        self.max_tables = MAX_TABLES
+        self._flushing: dict[Feed, int] = {}
+        self._cache: OrderedDict[tuple[Feed, int], array[int]] = OrderedDict()
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
         """Fold one event in: the next of its feed extends it; one already held changes
@@ -64,10 +90,11 @@ class FeedState:
         if head is None:
             if event.seq == 1:
                 self.heads[feed] = (1, event_id)
-                self.locations[feed] = array("Q", (location,))
+                self.recent[feed] = array("Q", (location,))
+                self.written[feed] = 0
         elif event.seq == head[0] + 1:
             self.heads[feed] = (event.seq, event_id)
-            self.locations[feed].append(location)
+            self.recent[feed].append(location)
 
     def follows(self, origin: bytes, agent: str, seq: int, prev: bytes | None) -> bool:
         """True if event ``seq`` (linked to ``prev``) is the next of its feed: every feed
@@ -83,25 +110,99 @@ class FeedState:
         return (1, None) if head is None else (head[0] + 1, head[1])
 
     def location(self, origin: bytes, agent: str, seq: int) -> int | None:
-        """Where event ``seq`` of the (origin, agent) feed is stored; None if not held."""
-        locations = self.locations.get((origin, agent))
-        if locations is None or not 1 <= seq <= len(locations):
-            return None
-        return locations[seq - 1]
+        """Where event ``seq`` of the (origin, agent) feed is stored; None if not held.
 
-    def capture(self) -> list[Any]:
-        return [
-            [o, a, s, e, _locations_bytes(self.locations[(o, a)])]
-            for (o, a), (s, e) in sorted(self.heads.items())
-        ]
+        Raises:
+            CorruptCheckpointError: the table holding it is damaged.
+        """
+        feed = (origin, agent)
+        head = self.heads.get(feed)
+        if head is None or not 1 <= seq <= head[0]:
+            return None
+        written = self.written[feed]
+        if seq > written:
+            return self.recent[feed][seq - written - 1]
+        chunk = (seq - 1) // CHUNK
+        return self._chunk(feed, chunk)[(seq - 1) % CHUNK]
+
+    def _chunk(self, feed: Feed, chunk: int) -> array[int]:
+        cached = self._cache.get((feed, chunk))
+        if cached is not None:
+            self._cache.move_to_end((feed, chunk))
+            return cached
+        name, key = _chunk_name(feed), f"{chunk:012x}"
+        for table in self.tables:
+            data = table.get(name, key)
+            if data is not None:
+                break
+        else:
+            raise CorruptCheckpointError(f"the locations of {name} chunk {chunk} are in no table")
+        locations = _array(data)
+        self._cache[(feed, chunk)] = locations
+        if len(self._cache) > _CACHED_CHUNKS:
+            self._cache.popitem(last=False)
+        return locations
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def capture(self) -> dict[str, Any]:
+        """Heads, the locations past each feed's last full chunk, and the chunks
+        completed since the last checkpoint as a new table (copied: a feed only grows,
+        so the copies stay right while it does)."""
+        items: list[tuple[str, str, bytes]] = []
+        flushing: dict[Feed, int] = {}
+        feeds = []
+        for feed, (seq, eid) in sorted(self.heads.items()):
+            recent, written = self.recent[feed], self.written[feed]
+            full = len(recent) // CHUNK
+            for n in range(full):
+                chunk = written // CHUNK + n
+                piece = recent[n * CHUNK : (n + 1) * CHUNK]
+                items.append((_chunk_name(feed), f"{chunk:012x}", _little(piece)))
+            if full:
+                flushing[feed] = full * CHUNK
+            done = written + full * CHUNK
+            feeds.append([feed[0], feed[1], seq, eid, done, _little(recent[full * CHUNK :])])
+        self._flushing = flushing
+        return {
+            "feeds": feeds,
+            "tables": list(self.tables),
+            "new": NewTable(lambda: items, owner=flushing) if items else None,
+        }
+
+    def checkpointed(self, written: dict[NewTable, Table]) -> None:
+        """The chunks of the last capture are in a durable table now: out of memory."""
+        for new, table in written.items():
+            if new.owner is self._flushing:
+                self.tables.insert(0, table)
+                for feed, n in self._flushing.items():
+                    del self.recent[feed][:n]
+                    self.written[feed] += n
+                self._flushing = {}
+
+    def compaction(self) -> tuple[list[Table], NewTable] | None:
+        """Tables worth merging now (see :mod:`._merging`)."""
+        return merge_plan(self.tables, self.max_tables)
+
+    def compacted(self, inputs: list[Table], merged: Table) -> None:
+        replace_merged(self.tables, inputs, merged)
 
     @classmethod
     def restore(cls, data: Any) -> FeedState:
-        """Rebuild from :meth:`capture` output (ValueError if malformed)."""
+        """Rebuild from :meth:`capture` output, its tables opened (ValueError if
+        malformed)."""
         state = cls()
-        if type(data) is not list:
+        new, tables = data["new"], data["tables"]
+        if type(tables) is not list:
+            raise ValueError("tables must be a list")
+        state.tables = ([] if new is None else [new]) + tables
+        if not all(isinstance(t, Table) for t in state.tables):
+            raise ValueError("tables must be tables")
+        for table in state.tables:
+            table.verify()
+        if type(data["feeds"]) is not list:
             raise ValueError("feeds must be a list")
-        for origin, agent, seq, eid, locations in data:
+        for origin, agent, seq, eid, written, recent in data["feeds"]:
             if not (
                 type(origin) is bytes
                 and len(origin) == NODE_ID_SIZE
@@ -110,10 +211,15 @@ class FeedState:
                 and seq >= 1
                 and type(eid) is bytes
                 and len(eid) == 32
-                and type(locations) is bytes
-                and len(locations) == 8 * seq
+                and type(written) is int
+                and 0 <= written <= seq
+                and written % CHUNK == 0
+                and type(recent) is bytes
+                and len(recent) == 8 * (seq - written)
             ):
                 raise ValueError("malformed feed head")
-            state.heads[(origin, agent)] = (seq, eid)
-            state.locations[(origin, agent)] = _locations_from(locations)
+            feed = (origin, agent)
+            state.heads[feed] = (seq, eid)
+            state.written[feed] = written
+            state.recent[feed] = _array(recent)
         return state

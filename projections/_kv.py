@@ -12,21 +12,33 @@ their order keys: insertion is a byte comparison, and the same set of events yie
 the same bytes whatever order they arrived in. The current version is the last record.
 Concurrent writes (same ``previous``) are all kept; the order key picks the current one.
 
-Packed records cost ~133 bytes per version instead of several Python objects, which
+Packed records cost ~141 bytes per version instead of several Python objects, which
 keeps resident memory per key small and makes checkpoints one blob per key.
+
+A version written with a time to live records when it expires (and a flag bit says
+so). Whether it has expired depends on the time of the question, so the fold does not
+decide it: readers pass the time (``now``), and :attr:`KvState.expiring` lists the keys
+whose current version expires, for the process that writes their expiry.
 """
 
 from __future__ import annotations
 
+import heapq
 import struct
 from bisect import bisect_right
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
-from koru.events import Event, PutEvent, content_id, write_id
+from koru.events import Event, PutEvent, Table, content_id, write_id
 
-__all__ = ["NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
+from ._merging import MAX_TABLES, merge_plan, replace_merged
+from ._newtable import NewTable
 
-_REC = struct.Struct(">Q16s32s32s32sQIB")
+__all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
+
+# hlc, origin, write id, content id, previous, location, size, expires, flags.
+_REC = struct.Struct(">Q16s32s32s32sQIQB")
 RECORD_SIZE = _REC.size
 _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's prefix
 _WID = 24
@@ -38,6 +50,15 @@ _MOD = 1 << 256
 _TOMBSTONE = 1
 #: Flag bit of a deletion in packed records.
 TOMBSTONE = _TOMBSTONE
+_EXPIRES = 2
+#: Flag bit of a version with a time to live (its ``expires`` field is set).
+EXPIRES = _EXPIRES
+_EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
+#: Default budgets of the warm tier (records written lately, still in memory after the
+#: checkpoint that wrote them to a table) and the hot tier (records read from tables).
+DEFAULT_WARM_BYTES = 64 * 1024 * 1024
+DEFAULT_HOT_BYTES = 32 * 1024 * 1024
+_HOT_OVERHEAD = 150  # a dict slot, an ordered-dict link, a tuple key, a bytes header
 
 
 def _order_at(blob: bytes | bytearray, j: int) -> bytes:
@@ -59,10 +80,16 @@ class VersionRecord(NamedTuple):
     location: int
     size: int
     deleted: bool
+    #: When the version stops being current (ns), for a value with a time to live.
+    expires: int | None = None
+
+    def expired(self, now: int) -> bool:
+        """True if it has a time to live and ``now`` is at or past it."""
+        return self.expires is not None and now >= self.expires
 
 
 def _unpack(rec: tuple[Any, ...]) -> VersionRecord:
-    hlc, origin, wid, cid, prev, loc, size, flags = rec
+    hlc, origin, wid, cid, prev, loc, size, expires, flags = rec
     deleted = bool(flags & _TOMBSTONE)
     return VersionRecord(
         hlc,
@@ -73,23 +100,106 @@ def _unpack(rec: tuple[Any, ...]) -> VersionRecord:
         loc,
         size,
         deleted,
+        expires if flags & _EXPIRES else None,
     )
 
 
+def _expires_of(blob: bytes | bytearray) -> int | None:
+    """When the last record of ``blob`` (the current version) expires, if it does."""
+    if not blob[-1] & _EXPIRES:
+        return None
+    return int.from_bytes(blob[len(blob) - 9 : len(blob) - 1], "big")
+
+
 class KvState:
-    """Every key's versions, plus order-independent digests of the whole state."""
+    """Every key's versions, plus order-independent digests of the whole state.
 
-    __slots__ = ("current_sum", "live", "max_hlc", "namespaces", "version_sum", "versions")
+    Three layers hold the version records, each key's complete records in one place,
+    the newest layer first: ``namespaces`` (in memory: what changed since the last
+    checkpoint, or everything when no table exists yet), ``frozen`` (what a checkpoint
+    in progress is writing to a table, never changed again) and ``tables`` (written by
+    earlier checkpoints, read in place from disk). A write to a key held by a lower
+    layer copies its records up first. Why: memory holds what changed, not what exists,
+    so a database larger than memory opens and runs in memory bounded by its writes
+    between checkpoints, and a checkpoint writes what changed, not everything.
+    """
 
-    #: The projection's name (its checkpoint section) and section format.
+    __slots__ = (
+        "_capturing",
+        "_sizes",
+        "current_sum",
+        "expiring",
+        "frozen",
+        "hot",
+        "hot_bytes",
+        "hot_capacity",
+        "hot_hits",
+        "key_total",
+        "live",
+        "max_hlc",
+        "max_tables",
+        "mem_bytes",
+        "namespaces",
+        "ns_live",
+        "pinned",
+        "reads",
+        "table_reads",
+        "tables",
+        "version_sum",
+        "versions",
+        "warm",
+        "warm_bytes",
+        "warm_capacity",
+        "warm_hits",
+    )
+
+    #: The projection's name (its checkpoint section) and section format (3: records
+    #: carry an expiry, and the records live in tables; older sections are rebuilt
+    #: from the log).
     name: ClassVar[str] = "kv"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 3
 
     def __init__(self) -> None:
-        #: namespace -> key -> packed version records (bytes after a checkpoint load).
+        #: namespace -> key -> packed version records: the memory layer.
         self.namespaces: dict[str, dict[str, bytearray | bytes]] = {}
-        #: Keys whose current version is not a tombstone.
+        #: Bytes of records in the memory layer.
+        self.mem_bytes = 0
+        #: Memory layers frozen by checkpoints not yet written (newest first), and their
+        #: sizes.
+        self.frozen: list[dict[str, dict[str, bytearray | bytes]]] = []
+        #: The warm tier: layers written to tables lately, kept as they were (newest
+        #: first, with their sizes) within ``warm_capacity`` bytes, so that what was
+        #: written recently is still read from memory after the checkpoint; the oldest
+        #: go first (a newer layer always shadows an older one, so none is ever stale).
+        self.warm: list[tuple[dict[str, dict[str, bytearray | bytes]], int]] = []
+        self.warm_bytes = 0
+        self.warm_capacity = DEFAULT_WARM_BYTES
+        #: Tables written by checkpoints (newest first).
+        self.tables: list[Table] = []
+        #: The hot tier of the tables: records read from them lately, in the order they
+        #: were, within ``hot_capacity`` bytes (a write drops its key from here: the
+        #: memory layer holds the newer records).
+        self.hot: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.hot_bytes = 0
+        self.hot_capacity = DEFAULT_HOT_BYTES
+        #: Lookups answered by the warm and hot tiers, and lookups that searched the
+        #: tables (the cold tier), since the state was built.
+        self.warm_hits = 0
+        self.hot_hits = 0
+        self.table_reads = 0
+        #: Tables the cold tier keeps before merging regardless of sizes.
+        self.max_tables = MAX_TABLES
+        #: Keys the hot tier keeps whatever else is read (the node's distillation
+        #: decisions, see TierState), and reads per key of the hot tier (its fitness).
+        self.pinned: set[tuple[str, str]] = set()
+        self.reads: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._capturing: list[dict[str, dict[str, bytearray | bytes]]] = []
+        self._sizes: dict[int, int] = {}  # id of a frozen layer -> its bytes
+        #: Keys whose current version is not a tombstone, in all and per namespace.
         self.live = 0
+        self.ns_live: dict[str, int] = {}
+        #: Keys ever written (deleted ones included).
+        self.key_total = 0
         #: Versions of all keys, tombstones included.
         self.versions = 0
         #: Largest hlc of any applied write.
@@ -99,6 +209,126 @@ class KvState:
         # outputs). One sum over current versions, one over every version.
         self.current_sum = 0
         self.version_sum = 0
+        #: (namespace, key) -> when its current version expires, for the keys whose
+        #: current version has a time to live (expired ones too, until an expiry or a
+        #: newer version replaces them).
+        self.expiring: dict[tuple[str, str], int] = {}
+
+    # -- the layers --------------------------------------------------------------------
+
+    def _blob(self, namespace: str, key: str) -> bytearray | bytes | None:
+        """A key's version records, from the newest layer that holds them.
+
+        The hot tier is asked right after memory: it only ever holds records read from
+        the tables while no newer layer held the key, and a write drops the key from
+        it, so what it holds is always current."""
+        keys = self.namespaces.get(namespace)
+        if keys is not None:
+            blob = keys.get(key)
+            if blob is not None:
+                return blob
+        hot = self.hot
+        if hot:
+            slot = (namespace, key)
+            found = hot.get(slot)
+            if found is not None:
+                self.hot_hits += 1
+                return found
+        for layer in self.frozen:
+            keys = layer.get(namespace)
+            if keys is not None:
+                blob = keys.get(key)
+                if blob is not None:
+                    return blob
+        if not self.tables:
+            return None
+        for layer, _ in self.warm:
+            keys = layer.get(namespace)
+            if keys is not None:
+                blob = keys.get(key)
+                if blob is not None:
+                    self.warm_hits += 1
+                    return blob
+        self.table_reads += 1
+        for table in self.tables:
+            found = table.get(namespace, key)
+            if found is not None:
+                # Promote: the next read of this key is a dictionary probe. Evicted in
+                # the order promoted: an exact LRU would cost every hit a reordering.
+                slot = (namespace, key)
+                hot[slot] = found
+                self.reads[slot] = 0
+                self.hot_bytes += len(found) + _HOT_OVERHEAD
+                if self.hot_bytes > self.hot_capacity:
+                    self._evict()
+                return found
+        return None
+
+    def _evict(self) -> None:
+        """Bring the hot tier within its budget, oldest promotions first, keeping the
+        keys the distillation process pinned (each skipped once per round)."""
+        hot, pinned = self.hot, self.pinned
+        skipped = 0
+        while self.hot_bytes > self.hot_capacity and hot and skipped <= len(hot):
+            slot, evicted = hot.popitem(last=False)
+            if slot in pinned and skipped < len(hot):
+                hot[slot] = evicted  # to the back of the line
+                skipped += 1
+                continue
+            self.reads.pop(slot, None)
+            self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
+
+    def touch(self, namespace: str, key: str) -> None:
+        """Count one read of a key by the database's user (not the lookups a read makes),
+        if the key is in the hot tier: its fitness."""
+        slot = (namespace, key)
+        if slot in self.hot:
+            self.reads[slot] += 1
+
+    def fitness(self) -> dict[tuple[str, str], int]:
+        """Reads per key of the hot tier since the last :meth:`decay` (what the
+        distillation process ranks keys by)."""
+        return dict(self.reads)
+
+    def decay(self) -> None:
+        """Halve every read count: recent reads weigh more than old ones."""
+        for slot in self.reads:
+            self.reads[slot] //= 2
+
+    def items(self, namespace: str) -> Iterator[tuple[str, bytearray | bytes]]:
+        """(key, version records) of every key of ``namespace`` ever written, in key
+        order (by UTF-8 bytes), streamed: the newest layer holding a key wins, and a
+        namespace larger than memory is never held whole."""
+        layers = [self.namespaces, *self.frozen]
+        streams: list[Iterator[tuple[bytes, int, str, bytearray | bytes]]] = [
+            _stream(_sorted_keys(layer.get(namespace)), age) for age, layer in enumerate(layers)
+        ]
+        base = len(layers)
+        streams += [
+            _stream(table.items(namespace), base + age) for age, table in enumerate(self.tables)
+        ]
+        last = None
+        for key_b, _, key, blob in heapq.merge(*streams):
+            if key_b != last:
+                last = key_b
+                yield key, blob
+
+    def written_namespaces(self) -> list[str]:
+        """Every namespace any key was ever written in (deleted ones too), sorted by
+        UTF-8 bytes."""
+        names: set[str] = set()
+        for table in self.tables:
+            names.update(table.namespaces())
+        for layer in [*self.frozen, self.namespaces]:
+            names.update(layer)
+        return sorted(names, key=str.encode)
+
+    def all_items(self) -> Iterator[tuple[str, str, bytes]]:
+        """(namespace, key, version records) of every key, in order: the whole state,
+        for checks that compare two states."""
+        for ns in self.written_namespaces():
+            for key, blob in self.items(ns):
+                yield ns, key, bytes(blob)
 
     # -- the fold ----------------------------------------------------------------------
 
@@ -116,11 +346,12 @@ class KvState:
                 location,
                 len(value),
                 0,
+                0,
             )
             self._insert(event.namespace, event.key, rec, hlc)
             return
         for i, w in enumerate(event.writes):
-            data = w.value
+            data, expires = w.value, w.expires
             rec = _REC.pack(
                 hlc,
                 origin,
@@ -129,7 +360,8 @@ class KvState:
                 w.previous or _NO_ID,
                 location,
                 0 if data is None else len(data),
-                _TOMBSTONE if data is None else 0,
+                expires or 0,
+                (_TOMBSTONE if data is None else 0) | (_EXPIRES if expires else 0),
             )
             self._insert(w.namespace, w.key, rec, hlc)
 
@@ -139,15 +371,30 @@ class KvState:
         if keys is None:
             keys = self.namespaces[namespace] = {}
         blob = keys.get(key)
+        if blob is None and (self.frozen or self.tables):
+            below = self._blob(namespace, key)  # a key written before: copy it up
+            if below is not None:
+                blob = keys[key] = bytearray(below)
+                self.mem_bytes += len(below)
+                if self.hot:  # its records here would go stale after the next flush
+                    evicted = self.hot.pop((namespace, key), None)
+                    if evicted is not None:
+                        self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
+                        self.reads.pop((namespace, key), None)
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
         tomb = rec[-1] & _TOMBSTONE
+        self.mem_bytes += RECORD_SIZE
         if blob is None:
-            keys[key] = bytearray(rec)
+            keys[key] = blob = bytearray(rec)
             self.current_sum += wid
+            self.key_total += 1
             if not tomb:
                 self.live += 1
+                self.ns_live[namespace] = self.ns_live.get(namespace, 0) + 1
+            if rec[-1] & _EXPIRES:
+                self.expiring[(namespace, key)] = int.from_bytes(rec[_EXP:-1], "big")
         else:
-            if type(blob) is not bytearray:  # loaded from a checkpoint as bytes
+            if type(blob) is not bytearray:  # a checkpoint's bytes: made writable
                 blob = keys[key] = bytearray(blob)
             last = len(blob) - RECORD_SIZE
             last_hlc = int.from_bytes(blob[last : last + 8], "big")
@@ -155,8 +402,15 @@ class KvState:
             # timestamp alone, and compare whole order keys only on a tie.
             if hlc > last_hlc or (hlc == last_hlc and rec[:_ORDER] > blob[last : last + _ORDER]):
                 self.current_sum += wid - int.from_bytes(blob[last + _WID : last + _ORDER], "big")
-                self.live += (not tomb) - (not blob[-1] & _TOMBSTONE)
+                change = (not tomb) - (not blob[-1] & _TOMBSTONE)
+                if change:
+                    self.live += change
+                    self.ns_live[namespace] = self.ns_live.get(namespace, 0) + change
                 blob += rec
+                if rec[-1] & _EXPIRES:
+                    self.expiring[(namespace, key)] = int.from_bytes(rec[_EXP:-1], "big")
+                elif blob[last + RECORD_SIZE - 1] & _EXPIRES:
+                    self.expiring.pop((namespace, key), None)
             else:
                 order = rec[:_ORDER]
                 n = len(blob) // RECORD_SIZE
@@ -172,18 +426,21 @@ class KvState:
 
     # -- queries -----------------------------------------------------------------------
 
+    def packed(self, namespace: str, key: str) -> bytearray | bytes | None:
+        """A key's packed version records, oldest first (None if never written): for
+        bulk readers that unpack only the fields they need (queries, subscriptions)."""
+        return self._blob(namespace, key)
+
     def current(self, namespace: str, key: str) -> VersionRecord | None:
         """The current version of a key (possibly a tombstone), or None if never written."""
-        keys = self.namespaces.get(namespace)
-        blob = keys.get(key) if keys is not None else None
+        blob = self._blob(namespace, key)
         if blob is None:
             return None
         return _unpack(_REC.unpack_from(blob, len(blob) - RECORD_SIZE))
 
     def current_write_id(self, namespace: str, key: str) -> bytes | None:
         """The write id of the key's current version (None if never written)."""
-        keys = self.namespaces.get(namespace)
-        blob = keys.get(key) if keys is not None else None
+        blob = self._blob(namespace, key)
         if blob is None:
             return None
         base = len(blob) - RECORD_SIZE
@@ -192,20 +449,24 @@ class KvState:
     def live_content_id(self, namespace: str, key: str) -> bytes | None:
         """The content id of the key's current value; None if never written or deleted.
 
-        The hot read path (``get``, ``contains``): one dict probe per level, one slice.
+        The hot read path (``get``, ``contains``): one dict probe per level when the key
+        is in memory, a search of the tables otherwise.
         """
         keys = self.namespaces.get(namespace)
-        if keys is None:
-            return None
-        blob = keys.get(key)
-        if blob is None or blob[-1] & _TOMBSTONE:
+        blob = keys.get(key) if keys is not None else None
+        if blob is None:
+            if not (self.frozen or self.tables):
+                return None
+            blob = self._blob(namespace, key)
+            if blob is None:
+                return None
+        if blob[-1] & _TOMBSTONE:
             return None
         return bytes(blob[_CID - RECORD_SIZE : _CID + 32 - RECORD_SIZE])
 
     def history(self, namespace: str, key: str) -> list[VersionRecord]:
         """Every version of a key in order (oldest first); empty if never written."""
-        keys = self.namespaces.get(namespace)
-        blob = keys.get(key) if keys is not None else None
+        blob = self._blob(namespace, key)
         if blob is None:
             return []
         return [_unpack(r) for r in _REC.iter_unpack(blob)]
@@ -214,16 +475,15 @@ class KvState:
         """:meth:`history` as raw packed tuples, for bulk readers.
 
         Each tuple is (hlc, origin, write id, content id, previous, location, size,
-        flags), with all-zero ids for "none" and flag bit 0 marking a deletion.
+        expires, flags), with all-zero ids for "none", flag bit 0 (:data:`TOMBSTONE`)
+        marking a deletion and bit 1 (:data:`EXPIRES`) a time to live.
         """
-        keys = self.namespaces.get(namespace)
-        blob = keys.get(key) if keys is not None else None
+        blob = self._blob(namespace, key)
         return [] if blob is None else list(_REC.iter_unpack(blob))
 
     def at(self, namespace: str, key: str, hlc: int) -> VersionRecord | None:
         """The version current at time ``hlc``: the last one with timestamp <= hlc."""
-        keys = self.namespaces.get(namespace)
-        blob = keys.get(key) if keys is not None else None
+        blob = self._blob(namespace, key)
         if blob is None:
             return None
         n = len(blob) // RECORD_SIZE
@@ -232,21 +492,34 @@ class KvState:
             return None
         return _unpack(_REC.unpack_from(blob, (pos - 1) * RECORD_SIZE))
 
-    def keys(self, namespace: str) -> list[str]:
-        """Keys of a namespace whose current version is not a tombstone, sorted."""
-        keys = self.namespaces.get(namespace, {})
-        return sorted(k for k, blob in keys.items() if not blob[-1] & _TOMBSTONE)
+    def expired(self, namespace: str, key: str, now: int) -> bool:
+        """True if the key's current version has a time to live that ``now`` reached."""
+        expires = self.expiring.get((namespace, key))
+        return expires is not None and now >= expires
 
-    def live_namespaces(self) -> list[str]:
-        """Namespaces with at least one live key, sorted."""
-        return sorted(
-            ns
-            for ns, keys in self.namespaces.items()
-            if any(not blob[-1] & _TOMBSTONE for blob in keys.values())
-        )
+    def keys(self, namespace: str, now: int | None = None) -> list[str]:
+        """Keys of a namespace whose current version is not a tombstone (nor expired at
+        ``now``, if given), sorted."""
+        if not self.ns_live.get(namespace):
+            return []
+        live = [k for k, blob in self.items(namespace) if not blob[-1] & _TOMBSTONE]
+        if now is not None and self.expiring:
+            live = [k for k in live if not self.expired(namespace, k, now)]
+        return sorted(live)
+
+    def live_namespaces(self, now: int | None = None) -> list[str]:
+        """Namespaces with at least one live key (not expired at ``now``, if given),
+        sorted."""
+        counts = dict(self.ns_live)
+        if now is not None:
+            for (ns, _), expires in self.expiring.items():
+                if now >= expires and counts.get(ns):
+                    counts[ns] -= 1
+        return sorted(ns for ns, n in counts.items() if n > 0)
 
     def key_count(self) -> int:
-        return sum(len(keys) for keys in self.namespaces.values())
+        """Keys ever written, deleted ones included."""
+        return self.key_total
 
     def digest(self) -> bytes:
         """One 64-byte summary of the state: equal for equal sets of applied events."""
@@ -257,49 +530,129 @@ class KvState:
     # -- checkpoints -------------------------------------------------------------------
 
     def capture(self) -> dict[str, Any]:
-        """A plain-data copy of the state, for a checkpoint."""
+        """The state for a checkpoint, without copying records: the memory layer is
+        frozen (a new one takes the writes from here on) and handed over, with every
+        layer frozen before it whose table was not written yet, as one new table; the
+        tables already written are referred to by name. See :meth:`checkpointed`."""
+        if self.namespaces:
+            self.frozen.insert(0, self.namespaces)
+            self._sizes[id(self.namespaces)] = self.mem_bytes
+            self.namespaces = {}
+            self.mem_bytes = 0
+        self._capturing = list(self.frozen)
+        layers = self._capturing
         return {
-            "ns": {
-                ns: {k: bytes(blob) for k, blob in keys.items()}
-                for ns, keys in self.namespaces.items()
-            },
+            "tables": list(self.tables),
+            "new": NewTable(lambda: _merged(layers), owner=layers) if layers else None,
             "live": self.live,
+            "ns_live": {ns: n for ns, n in self.ns_live.items() if n},
+            "keys": self.key_total,
             "versions": self.versions,
             "max_hlc": self.max_hlc,
             "current_sum": (self.current_sum % _MOD).to_bytes(32, "big"),
             "version_sum": (self.version_sum % _MOD).to_bytes(32, "big"),
+            "expiring": [[ns, key, t] for (ns, key), t in self.expiring.items()],
         }
+
+    def checkpointed(self, written: dict[NewTable, Table]) -> None:
+        """The checkpoint of the last :meth:`capture` is durable: its new table takes
+        the place of the layers it holds. (If it failed, they stay frozen and the next
+        checkpoint writes them.)"""
+        for new, table in written.items():
+            if new.owner is self._capturing:
+                self.tables.insert(0, table)
+                done = self._capturing
+                self.frozen = [f for f in self.frozen if all(f is not c for c in done)]
+                self._capturing = []
+                # What was just written stays readable from memory, as the warm tier.
+                for layer in reversed(done):
+                    size = self._sizes.pop(id(layer), 0)
+                    self.warm.insert(0, (layer, size))
+                    self.warm_bytes += size
+                while self.warm and self.warm_bytes > self.warm_capacity:
+                    _, size = self.warm.pop()
+                    self.warm_bytes -= size
+
+    def compaction(self) -> tuple[list[Table], NewTable] | None:
+        """Tables worth merging now, and the merged table to write, or None (see
+        :mod:`._merging`)."""
+        return merge_plan(self.tables, self.max_tables)
+
+    def compacted(self, inputs: list[Table], merged: Table) -> None:
+        """The merge of ``inputs`` was written as ``merged``: it takes their place."""
+        replace_merged(self.tables, inputs, merged)
 
     @classmethod
     def restore(cls, data: Any) -> KvState:
-        """Rebuild the state from :meth:`capture` output.
+        """Rebuild the state from :meth:`capture` output (its tables opened again).
 
         Checks the shape of everything (ValueError/KeyError/TypeError if malformed), so
         a damaged or crafted checkpoint is refused here rather than failing later inside
-        a read.
+        a read. Table entries are checked when read (their crc32).
         """
         state = cls()
-        namespaces = data["ns"]
-        if type(namespaces) is not dict:
-            raise ValueError("namespaces must be a map")
-        for ns, keys in namespaces.items():
-            if type(ns) is not str or type(keys) is not dict:
-                raise ValueError("namespaces must map names to maps")
-            for key, blob in keys.items():
-                if type(key) is not str or type(blob) is not bytes:
-                    raise ValueError(f"{ns}: keys must map names to version records")
-                if not blob or len(blob) % RECORD_SIZE:
-                    raise ValueError(f"{ns}/{key}: version records of {len(blob)} bytes")
-        state.namespaces = namespaces
-        for field in ("live", "versions", "max_hlc"):
+        new, tables = data["new"], data["tables"]
+        if type(tables) is not list:
+            raise ValueError("tables must be a list")
+        tables = ([] if new is None else [new]) + tables
+        if not all(isinstance(t, Table) for t in tables):
+            raise ValueError("tables must be tables")
+        for table in tables:
+            table.verify()  # damaged offsets: this section is rebuilt, not misread
+        state.tables = tables
+        for field in ("live", "keys", "versions", "max_hlc"):
             if type(data[field]) is not int or data[field] < 0:
                 raise ValueError(f"{field} must be a non-negative int")
         for field in ("current_sum", "version_sum"):
             if type(data[field]) is not bytes or len(data[field]) != 32:
                 raise ValueError(f"{field} must be 32 bytes")
+        ns_live = data["ns_live"]
+        if type(ns_live) is not dict or not all(
+            type(ns) is str and type(n) is int and n >= 0 for ns, n in ns_live.items()
+        ):
+            raise ValueError("ns_live must map namespaces to counts")
+        if sum(ns_live.values()) != data["live"]:
+            raise ValueError("ns_live does not add up to live")
+        for entry in data["expiring"]:
+            ns, key, t = entry
+            if type(ns) is not str or type(key) is not str or type(t) is not int:
+                raise ValueError("expiring must list [namespace, key, ns]")
+            state.expiring[(ns, key)] = t
         state.live = data["live"]
+        state.ns_live = dict(ns_live)
+        state.key_total = data["keys"]
         state.versions = data["versions"]
         state.max_hlc = data["max_hlc"]
         state.current_sum = int.from_bytes(data["current_sum"], "big")
         state.version_sum = int.from_bytes(data["version_sum"], "big")
         return state
+
+
+def _sorted_keys(
+    keys: dict[str, bytearray | bytes] | None,
+) -> list[tuple[str, bytearray | bytes]]:
+    return [] if not keys else sorted(keys.items(), key=lambda item: item[0].encode())
+
+
+def _stream(
+    items: Iterable[tuple[str, bytearray | bytes]], age: int
+) -> Iterator[tuple[bytes, int, str, bytearray | bytes]]:
+    """A sorted source of (key, records) with its age (0 the newest), for a merge in
+    which ties are broken by age alone. (A function, not a generator expression in a
+    loop: the expression would read the loop's last ``age``.)"""
+    for key, blob in items:
+        yield key.encode(), age, key, blob
+
+
+def _merged(
+    layers: list[dict[str, dict[str, bytearray | bytes]]],
+) -> Iterator[tuple[str, str, bytes]]:
+    """The (namespace, key, records) of frozen layers (newest first), newest wins. The
+    records are not copied: a frozen layer is never changed again."""
+    seen: set[tuple[str, str]] = set()
+    for layer in layers:
+        for ns, keys in layer.items():
+            for key, blob in keys.items():
+                if (ns, key) not in seen:
+                    seen.add((ns, key))
+                    yield ns, key, blob  # type: ignore[misc]

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from koru.events import AGENTS, Event
+from koru.events import AGENTS, Event, Table
+
+from ._newtable import NewTable
 
 __all__ = ["Projection", "Projections", "ValuePlacement", "folds"]
 
@@ -112,3 +114,22 @@ class Projections:
     def capture(self) -> dict[str, list[Any]]:
         """Every projection's checkpoint section: ``{name: [version, data]}``."""
         return {p.name: [p.version, p.capture()] for p in self.members}
+
+    def compactions(self) -> list[tuple[Any, list[Table], NewTable]]:
+        """(projection, tables to merge, the merged table to write) for every
+        projection that has a ``compaction`` method and something to merge now."""
+        plans = []
+        for p in self.members:
+            plan = getattr(p, "compaction", None)
+            found = plan() if plan is not None else None
+            if found is not None:
+                plans.append((p, *found))
+        return plans
+
+    def checkpointed(self, written: dict[NewTable, Table]) -> None:
+        """A checkpoint is durable: tell the projections that have a ``checkpointed``
+        method which table each of the new tables they captured became."""
+        for p in self.members:
+            done = getattr(p, "checkpointed", None)
+            if done is not None:
+                done(written)

@@ -53,6 +53,8 @@ class _Inode:
     #: Content as of the last fsync, and the sectors written since.
     synced: bytes = b""
     dirty: set[int] = attrs.field(factory=set)
+    #: Permission bits given at creation.
+    mode: int = 0o644
 
 
 @attrs.define(slots=True)
@@ -148,7 +150,7 @@ class SimDisk:
                 hi = min(lo + SECTOR, size)
                 out[lo:hi] = new[lo:hi].ljust(hi - lo, b"\0")
         data = bytes(out)
-        return _Inode(False, bytearray(data), data)
+        return _Inode(False, bytearray(data), data, mode=node.mode)
 
     def _new_inode(self, node: _Inode) -> int:
         ino = self._next_ino
@@ -277,7 +279,7 @@ class SimDisk:
                 if not flags & os.O_CREAT:
                     raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
                 parent = self._parent_dir(path)
-                self._change(parent, ("link", path, self._new_inode(_Inode(False))))
+                self._change(parent, ("link", path, self._new_inode(_Inode(False, mode=mode))))
                 node = self._lookup(path)
                 assert node is not None
             elif flags & os.O_CREAT and flags & os.O_EXCL:
@@ -291,6 +293,12 @@ class SimDisk:
             self._next_fd += 1
             self._fds[fd] = _Open(self._visible[path], path, writable)
             return fd
+
+    def is_private(self, fd: int) -> bool:
+        with self._mutex:
+            self._enter()
+            node = self._file(fd)
+            return not node.is_dir and not node.mode & 0o077
 
     def close(self, fd: int) -> None:
         with self._mutex:
@@ -381,6 +389,9 @@ class SimDisk:
             if node.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             return bytes(node.data)
+
+    def map_file(self, path: str) -> bytes:
+        return self.read_file(path)
 
     def mapped(self, path: str) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext(self.read_file(path))

@@ -1,22 +1,40 @@
 """The one interface: the local database satisfies :class:`koru.DatabaseAPI`, every
-call of which is awaitable (mypy checks the types; this checks the runtime shape)."""
+call of which is awaitable (mypy checks the types; this checks the runtime shape), and
+a workspace handle satisfies its data part, :class:`koru.SpaceAPI`, with the same
+signatures."""
 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 import trio
 
 import koru
-from koru import Database, DatabaseAPI
+from koru import Database, DatabaseAPI, SpaceAPI, Workspace
 
-CALLS = sorted(
-    name for name, member in vars(DatabaseAPI).items() if inspect.iscoroutinefunction(member)
+
+def _members(protocol: type) -> dict[str, Any]:
+    """The members a protocol declares, its bases' included."""
+    found: dict[str, Any] = {}
+    for cls in reversed(protocol.__mro__):
+        if cls in (SpaceAPI, DatabaseAPI):
+            found.update(vars(cls))
+    return found
+
+
+MEMBERS = _members(DatabaseAPI)
+CALLS = sorted(name for name, member in MEMBERS.items() if inspect.iscoroutinefunction(member))
+SPACE_CALLS = sorted(
+    name for name, member in _members(SpaceAPI).items() if inspect.iscoroutinefunction(member)
 )
-PROPERTIES = sorted(
-    name for name, member in vars(DatabaseAPI).items() if isinstance(member, property)
-)
+#: Calls that open something for a block (``async with db.subscribe(...)``): their
+#: entering is awaited, which a remote client can serve as well as a local one.
+CONTEXTS = ["subscribe"]
+#: Calls that only build a handle, with no I/O (its calls are awaited).
+HANDLES = ["audit_workspace", "workspace"]
+PROPERTIES = sorted(name for name, member in MEMBERS.items() if isinstance(member, property))
 
 
 def test_the_interface_covers_the_data_api() -> None:
@@ -24,12 +42,43 @@ def test_the_interface_covers_the_data_api() -> None:
     assert set(CALLS) >= {
         "put", "put_batch", "delete", "get", "get_versioned", "get_at", "history",
         "contains", "keys", "namespaces", "diff", "ingest", "feed_heads", "feed_events",
-        "stats", "roots", "digest", "checkpoint", "aclose",
+        "stats", "roots", "digest", "checkpoint", "aclose", "create_workspace",
+        "drop_workspace", "workspaces", "are_connected", "connection_path", "ancestors",
+        "descendants", "most_connected", "put_with_causal_links",
     }  # fmt: skip
     assert PROPERTIES == ["node_id", "readonly"]
-    # Every public callable of the protocol is a coroutine function: no sync calls.
-    public = [n for n, m in vars(DatabaseAPI).items() if callable(m) and not n.startswith("_")]
-    assert sorted(public) == CALLS
+    # Every public callable of the protocol is a coroutine function, opens an async
+    # context or builds a handle: no plain sync calls that could do I/O.
+    public = [n for n, m in MEMBERS.items() if callable(m) and not n.startswith("_")]
+    assert sorted(public) == sorted(CALLS + CONTEXTS + HANDLES)
+
+
+def test_the_space_interface_is_the_data_calls_alone() -> None:
+    # Nothing through which one workspace could reach another's data: the whole
+    # database's events, feeds and lifecycle are the database's alone.
+    assert not set(SPACE_CALLS) & {
+        "ingest", "feed_heads", "feed_events", "roots", "digest", "checkpoint", "aclose",
+        "stats", "genome", "processes", "create_workspace", "drop_workspace", "workspaces",
+    }  # fmt: skip
+    assert {"put", "get", "query", "create_view", "ancestors"} <= set(SPACE_CALLS)
+
+
+@pytest.mark.parametrize("name", [*SPACE_CALLS, *CONTEXTS])
+def test_a_workspace_has_each_data_call_with_the_database_signature(name: str) -> None:
+    ours, theirs = getattr(Workspace, name), getattr(Database, name)
+    assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs)
+    assert inspect.signature(ours) == inspect.signature(theirs)
+
+
+async def test_subscribe_opens_an_async_context_with_the_same_signature() -> None:
+    for name in CONTEXTS:
+        ours = inspect.signature(getattr(Database, name))
+        assert list(ours.parameters) == list(inspect.signature(MEMBERS[name]).parameters)
+    async with koru.open(":memory:") as db:
+        opened = db.subscribe()
+        assert hasattr(opened, "__aenter__") and hasattr(opened, "__aexit__")
+        async with opened as changes:
+            assert isinstance(changes, koru.Subscription)
 
 
 @pytest.mark.parametrize("name", CALLS)
@@ -37,7 +86,7 @@ def test_each_call_is_a_coroutine_with_the_same_signature(name: str) -> None:
     local = getattr(Database, name)
     assert inspect.iscoroutinefunction(local), f"Database.{name} is not awaitable"
     ours = inspect.signature(local)
-    theirs = inspect.signature(getattr(DatabaseAPI, name))
+    theirs = inspect.signature(MEMBERS[name])
     assert list(ours.parameters) == list(theirs.parameters)
     for p in theirs.parameters.values():
         if p.default is not inspect.Parameter.empty and p.default is not ...:

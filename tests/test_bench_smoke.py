@@ -24,3 +24,43 @@ def test_bench_quick_put_os_prints_a_row() -> None:
     match = row.search(proc.stdout)
     assert match is not None, proc.stdout
     assert float(match.group(1)) > 0
+
+
+def test_bench_quick_query_rows_agree_with_sqlite() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            "query_scan,query_index",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MISMATCH" not in proc.stdout, proc.stdout
+    assert re.search(r"^query filter\+sort.*ms/query\s*$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^indexed eq query vs koru's own full scan.*µs/query\s*$", proc.stdout, re.M)
+
+
+def test_bench_quick_auth_rows() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            "auth_verify,auth_chain",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^signature check .*\s\d[\d,.]*\s+/s\s*$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^capability chain of 8, .*µs/check\s*$", proc.stdout, re.MULTILINE)
+    assert "target signature checks vs VerifyKey.verify" in proc.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import queue
 import signal
@@ -112,6 +113,14 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     failed(kdelta(tmp_path, "get", "no-slash"), 2, "NAMESPACE/KEY")
 
 
+def test_names_that_are_not_unicode_are_usage_errors(made: tuple[Path, dict[str, Any]]) -> None:
+    """A byte that is not UTF-8 in an argument reaches Python as a lone surrogate: one
+    line and exit 2, as for any bad name (it was a UnicodeEncodeError traceback)."""
+    db, _ = made
+    for args in (("get", "users/\udcff"), ("log", "\udcff/k"), ("keys", "\udcff")):
+        failed(kdelta(db, *args), 2, "not valid Unicode")
+
+
 # -- data commands -------------------------------------------------------------------------------
 
 
@@ -129,6 +138,13 @@ def test_set_then_get_in_both_forms(tmp_path: Path) -> None:
     assert doc["write_id"] == version["write_id"] and doc["previous"] is not None
     verbose = kdelta(db, "get", "-v", "users/alice")
     assert f"# version {version['write_id']}" in verbose.out
+    assert "expires" in kdelta(db, "set", "users/tmp", "1", "--ttl", "100").out
+    expires = kdelta(db, "--json", "set", "users/tmp", "2", "--ttl", "2").json()["expires"]
+    got = kdelta(db, "get", "users/tmp")
+    assert got.code == 0 or time.time_ns() >= expires  # a slow machine took 2 s
+    time.sleep(max(0.0, (expires - time.time_ns()) / 1e9 + 0.2))
+    failed(kdelta(db, "get", "users/tmp"), 1, "tmp")
+    failed(kdelta(db, "set", "users/tmp", "1", "--ttl", "-3"), 2, "ttl")
 
 
 def test_values_from_stdin_a_file_and_bytes(tmp_path: Path) -> None:
@@ -145,6 +161,133 @@ def test_values_from_stdin_a_file_and_bytes(tmp_path: Path) -> None:
     failed(kdelta(db, "set", "a/e", "@/nonexistent/file"), 2, "cannot read")
     failed(kdelta(db, "set", "a/" + "k" * 2000, "1"), 2, "over the 1024-byte limit")
     assert kdelta(db, "get", "a/e").code == 1  # nothing was written
+
+
+def test_inputs_that_break_parsers_are_one_line_errors(tmp_path: Path) -> None:
+    """JSON nested past the interpreter's recursion limit, a file that is not text,
+    times with too many digits or too far back, a digit int() refuses: each was a
+    traceback (RecursionError, UnicodeDecodeError, ValueError, OverflowError)."""
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "a/b", "1").code == 0
+    deep = "[" * 100_000 + "]" * 100_000
+    failed(kdelta(db, "set", "a/c", deep[:60_000] + deep[-60_000:]), 2, "nests too deeply")
+    failed(kdelta(db, "set", "a/c", "-", stdin=deep), 2, "nests too deeply")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00[")
+    failed(kdelta(db, "set", "a/c", f"@{tmp_path / 'binary'}"), 2, "not valid JSON")
+    failed(kdelta(db, "set", "a/c", "[" * 70 + "]" * 70), 2, "deeper than 64")
+    assert kdelta(db, "get", "a/c").code == 1  # nothing was written
+    for at in ("9" * 5000, "9" * 400 + " s ago", "\u00b2"):
+        failed(kdelta(db, "get", "a/b", "--at", at), 2)
+        failed(kdelta(db, "log", "a/b", "--since", at), 2)
+    export = tmp_path / "deep.jsonl"
+    header = json.dumps({"koru-delta-export": 1, "node": None})
+    export.write_text(header + "\n" + deep + "\n")
+    failed(kdelta(db, "import", str(export)), 3, "line 2")
+    export.write_text('{"koru-delta-export": ' + deep + "}\n")
+    failed(kdelta(db, "import", str(export)), 3, "not a koru-delta export")
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity (jq and browsers refuse them)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_storable_value_prints_as_json_and_reads_back(tmp_path: Path) -> None:
+    """Values JSON cannot hold print in a tagged form that is valid JSON and that set
+    reads back as the same value: bytes, infinite floats, and maps that look like a tag
+    (a map holding only "$bytes" printed exactly as bytes do, so the two could not be
+    told apart). Before: Infinity (not JSON), and that ambiguity."""
+    db = tmp_path / "db"
+    values = {
+        "inf": math.inf,
+        "ninf": [-math.inf, 1e308, -0.0, 2**64 - 1, -(2**64)],
+        "bytes": b"\x00\xff",
+        "map": {"$bytes": "AAE="},  # a map, not bytes
+        "notb64": {"$bytes": "not base64!"},
+        "tagged": {"$map": {"$float": "Infinity"}, "$float": [1]},
+        "nested": {"$map": {"$map": 1}},
+    }
+
+    async def write() -> None:
+        async with koru.open(db) as d:
+            for key, value in values.items():
+                await d.put("v", key, value)
+
+    trio.run(write)
+    for key in values:
+        printed = kdelta(db, "--json", "get", f"v/{key}")
+        assert printed.code == 0
+        doc = _strict_json(printed.out)["value"]
+        human = kdelta(db, "get", f"v/{key}").out
+        assert _strict_json(human) == doc
+        assert kdelta(db, "set", f"copy/{key}", json.dumps(doc)).code == 0
+
+    async def check() -> None:
+        async with koru.open(db, readonly=True) as d:
+            for key, value in values.items():
+                got = await d.get("copy", key)
+                assert got == value and repr(got) == repr(value)
+
+    trio.run(check)
+    doc = _strict_json(kdelta(db, "--json", "events", "--full", "--ns", "v").out.splitlines()[0])
+    assert doc["writes"][0]["value"] == {"$float": "Infinity"}
+
+
+def test_a_reader_that_stops_reading_is_not_an_error(tmp_path: Path) -> None:
+    """``kdelta events | head``: the pipe closes under the output. Exit 0 and nothing
+    on stderr, whichever way the output is drawn (rich exited 1, "not found")."""
+    db = tmp_path / "db"
+
+    async def write() -> None:
+        async with koru.open(db, sync="never") as d:
+            for i in range(3000):
+                await d.put("ns", f"k{i}", {"i": i})
+
+    trio.run(write)
+    for args in (("events",), ("--json", "events"), ("events", "--full")):
+        env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+        child = subprocess.Popen(
+            [KDELTA, "--db", str(db), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+        )
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.read(100)
+        child.stdout.close()
+        with child.stderr:
+            assert child.wait(timeout=60) == 0, args
+            assert child.stderr.read() == b"", args
+
+
+def test_names_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """Names come from anyone whose events were imported: escape sequences in them
+    (clear the screen, retitle the window, hide text) print as visible escapes, not
+    raw, in every human listing; JSON output keeps the names exact."""
+    db = tmp_path / "db"
+    ns, key = "ns\x1b]0;owned\x07", "k\x1b[2J\x9b31m\u202e\x7f"
+
+    async def write() -> None:
+        async with koru.open(db) as d:
+            await d.put(ns, key, {"v": 1})
+            await d.put(ns, key, {"v": "\x9b2J\u2066\x1b"})
+
+    trio.run(write)
+    names = [("keys", ns), ("namespaces",), ("status",), ("events",), ("diff", f"{ns}/{key}")]
+    shows = [("events", "--full"), ("log", f"{ns}/{key}"), ("get", f"{ns}/{key}")]
+    for args in [*names, *shows, ("--json", "keys", ns), ("--json", "get", f"{ns}/{key}")]:
+        ran = kdelta(db, *args)
+        assert ran.code == 0, ran.err
+        assert not any(c in ran.out for c in "\x1b\x07\x9b\u202e\x7f"), ran.out
+        assert args not in names or "\\u001b" in ran.out, ran.out
+    assert kdelta(db, "--json", "keys", ns).json() == [key]  # JSON escapes, same names
+    assert kdelta(db, "--json", "namespaces").json() == {ns: 1}
+    assert kdelta(db, "get", f"{ns}/{key}").json() == {"v": "\x9b2J\u2066\x1b"}
 
 
 def test_get_at_travels_in_time(made: tuple[Path, dict[str, Any]]) -> None:
@@ -383,12 +526,30 @@ def test_verify_checks_the_checkpoint_against_a_replay(made: tuple[Path, dict[st
     db, _ = made
     raw = (db / CHECKPOINT_FILE).read_bytes()
     body = cbor2.loads(raw[40:])
-    body["sections"]["kv"][1]["live"] += 5
+    body["sections"]["kv"][1]["versions"] += 5
     data = cbor2.dumps(body)
     (db / CHECKPOINT_FILE).write_bytes(b"KORUCKP1" + blake3.blake3(data).digest() + data)
     ran = kdelta(db, "--json", "verify")
     assert ran.code == 3
     assert any("section 'kv' disagrees" in p["message"] for p in ran.json()["problems"])
+
+
+def test_verify_reports_files_it_cannot_read_with_the_rest(
+    made: tuple[Path, dict[str, Any]],
+) -> None:
+    """A checkpoint that cannot be read (here: a directory in its place) is one more
+    problem in the report, not the one line verify ended with."""
+    db, _ = made
+    (db / CHECKPOINT_FILE).unlink()
+    (db / CHECKPOINT_FILE).mkdir()
+    seg = _segment(db)
+    data = bytearray(seg.read_bytes())
+    data[400] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    ran = kdelta(db, "--json", "verify")
+    assert ran.code == 3
+    where = [p["where"] for p in ran.json()["problems"]]
+    assert "checkpoint" in where and any(w.startswith("logs/storage/") for w in where)
 
 
 def test_corruption_is_exit_3_in_one_line(made: tuple[Path, dict[str, Any]]) -> None:
@@ -443,6 +604,37 @@ def test_export_then_import_round_trips(
 
     assert trio.run(digest) == facts["digest"]
     assert kdelta(copy, "get", "users/alice").json()["age"] == 32
+
+
+def test_export_never_leaves_a_file_that_is_only_part_of_one(
+    made: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """An export that fails half-way (here: a damaged record in the middle of the log)
+    left the events before it in the file, a valid export of part of the database that
+    import takes without a word. The file appears whole or not at all; an output that
+    cannot be written is one line (it was a traceback); '-' is standard output."""
+    db, _ = made
+    file = tmp_path / "backup.cbor"
+    seg = _segment(db)
+    data = bytearray(seg.read_bytes())
+    data[400] ^= 0xFF  # a record in the middle
+    seg.write_bytes(bytes(data))
+    ran = kdelta(db, "export", "-o", str(file))
+    assert ran.code == 3
+    assert not file.exists() and list(tmp_path.iterdir()) == [db.parent / "db"]
+    failed(kdelta(db, "export", "-o", str(tmp_path / "no" / "such" / "dir.cbor")), 2, "cannot")
+    failed(kdelta(db, "export", "-o", str(tmp_path)), 2, "cannot")
+    seg.write_bytes(bytes(data[:400]) + bytes([data[400] ^ 0xFF]) + bytes(data[401:]))
+    env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+    done = subprocess.run(
+        [KDELTA, "--db", str(db), "export", "-o", "-"],
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert len(done.stdout.splitlines()) == 8 and not (tmp_path / "-").exists()
 
 
 def test_export_to_standard_output_is_json_lines(made: tuple[Path, dict[str, Any]]) -> None:

@@ -21,6 +21,9 @@ from koru.events import (
     BatchEvent,
     DeleteEvent,
     Event,
+    ExpireEvent,
+    ExpiringBatchEvent,
+    ExpiringPutEvent,
     PutEvent,
     Write,
     content_id,
@@ -69,27 +72,42 @@ def headers(draw: st.DrawFn) -> tuple[bytes, str, int, bytes | None, int]:
     return draw(origins), agent, seq, prev, draw(st.integers(min_value=0, max_value=U64))
 
 
-writes = st.builds(Write, names, names, st.none() | carried, st.none() | ids)
+writes = st.builds(Write, names, names, st.none() | carried, st.none() | ids, st.none())
+expiries = st.integers(min_value=1, max_value=U64)
 
 
 @st.composite
 def events(draw: st.DrawFn, values_strategy: st.SearchStrategy[bytes] = carried) -> Event:
     header = draw(headers())
-    kind = draw(st.sampled_from(["put", "delete", "batch"]))
+    kind = draw(st.sampled_from(["put", "delete", "batch", "put-ttl", "batch-ttl", "expire"]))
     if kind == "put":
         return PutEvent(
             *header, draw(names), draw(names), draw(values_strategy), draw(st.none() | ids)
         )
+    if kind == "put-ttl":
+        return ExpiringPutEvent(
+            *header,
+            draw(names),
+            draw(names),
+            draw(values_strategy),
+            draw(st.none() | ids),
+            draw(expiries),
+        )
     if kind == "delete":
         return DeleteEvent(*header, draw(names), draw(names), draw(st.none() | ids))
+    if kind == "expire":
+        return ExpireEvent(*header, draw(names), draw(names), draw(ids))
+    value = values_strategy if kind == "batch-ttl" else st.none() | values_strategy
     items = draw(
         st.lists(
-            st.builds(Write, names, names, st.none() | values_strategy, st.none() | ids),
+            st.builds(Write, names, names, value, st.none() | ids, st.none()),
             min_size=1,
             max_size=5,
             unique_by=lambda w: (w.namespace, w.key),
         )
     )
+    if kind == "batch-ttl":
+        return ExpiringBatchEvent(*header, draw(expiries), tuple(items))
     return BatchEvent(*header, tuple(items))
 
 
@@ -533,8 +551,8 @@ def test_checkpoint_pieces_are_one_cbor_document(state: dict[str, Any]) -> None:
         "hlc": 7,
     }
     for chunk in (1, 2, 1000):
-        pieces = encode_captured(captured, chunk=chunk)
-        assert b"".join(pieces[2:]) == cbor2.dumps(captured)
+        pieces, written = encode_captured(captured, chunk=chunk)
+        assert b"".join(pieces[2:]) == cbor2.dumps(captured) and written == {}
         assert pieces[1] == blake3.blake3(b"".join(pieces[2:])).digest()
 
 

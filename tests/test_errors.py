@@ -282,3 +282,18 @@ async def test_only_koru_errors_escape_a_closed_or_broken_handle(tmp_path: Path)
             await attempt
     with trio.fail_after(5):
         await db.aclose()  # idempotent
+
+
+@pytest.mark.parametrize("call", sorted(READS))
+async def test_one_name_rule_for_every_read_of_keys_in_tables(tmp_path: Path, call: str) -> None:
+    """The same rule once the keys live in a checkpoint's tables (after a reopen), where
+    a lookup encodes the name: ``get`` raised UnicodeEncodeError for a lone surrogate."""
+    async with koru.open(tmp_path) as db:
+        await db.put("ns", "k", 1)
+    async with koru.open(tmp_path) as db:
+        for ns, key in (("ns", "\udcff"), ("\ud800", "k")):
+            if call == "keys" and ns == "ns":
+                continue
+            with pytest.raises(koru.InvalidDataError):
+                await READS[call](db, ns, key)
+        await READS[call](db, "ns", "k")

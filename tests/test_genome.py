@@ -90,7 +90,7 @@ async def test_the_genome_process_records_a_genome_on_its_interval(
             await fill(db)
             await trio.sleep(3600)
         await trio.sleep(3 * 3600 - 1800 + 1)  # three idle hours: nothing new to record
-        [info] = [p for p in await db.processes() if p.name == "genome"]
+        info = {p.name: p for p in await db.processes()}["genome"]
         assert (info.name, info.state, info.runs, info.failures) == ("genome", "waiting", 8, 0)
         assert info.interval == 3600 and info.last_run == clock.now_ns() - 10**9
         recorded = await db.feed_events(db.node_id, ESSENCE)
@@ -117,7 +117,7 @@ async def test_a_failing_process_restarts_and_the_database_keeps_serving(
         tmp_path / "db", clock=koru.TrioClock(), sync="os", processes={"genome": 60}
     ) as db:
         await trio.sleep(3600)
-        [info] = [p for p in await db.processes() if p.name == "genome"]
+        info = {p.name: p for p in await db.processes()}["genome"]
         assert info.state == "crash-loop" and info.failures >= 5
         assert info.last_error == "RuntimeError: genome bug"
         stats = await db.stats()
@@ -145,6 +145,12 @@ async def test_bad_process_options_are_refused(tmp_path: Path, option: object, e
 async def test_a_readonly_database_runs_no_processes(tmp_path: Path) -> None:
     async with koru.open(tmp_path / "db") as db:
         await db.put("a", "b", 1)
-        assert [p.name for p in await db.processes()] == ["genome", "vectors"]
+        assert [p.name for p in await db.processes()] == [
+            "consolidation",
+            "distillation",
+            "expiry",
+            "genome",
+            "vectors",
+        ]
     async with koru.open(tmp_path / "db", readonly=True) as db:
         assert await db.processes() == []

@@ -4,11 +4,13 @@ garbage among them, end in the same state everywhere and never corrupt a databas
 from __future__ import annotations
 
 import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_projections import Tally
@@ -17,6 +19,7 @@ import koru
 from conftest import StepClock, digest_of, full_replay
 from koru import _ingest
 from koru.events import STORAGE, PutEvent, encode_event, event_id
+from koru.simulations import SimDisk
 
 KEYS = [("a", f"k{i}") for i in range(4)] + [("b", "x"), ("b", "y")]
 
@@ -325,3 +328,67 @@ async def test_ingest_and_feed_arguments(tmp_path: Path) -> None:
     async with koru.open(path, readonly=True) as db:
         with pytest.raises(koru.ReadOnlyError):
             await db.ingest([])
+
+
+@pytest.mark.parametrize("sync", ["always", "os", "never"])
+async def test_events_leave_a_node_only_once_durable(sync: str) -> None:
+    """An event handed to a peer and then lost by a power cut would fork this node's
+    own feed at that peer: its next write takes the lost event's seq, and the peer
+    refuses it, and every later one, as a fork for good. So ``feed_events`` makes what
+    it exports durable first, whatever the sync mode (and with ``"always"``, also an
+    event whose writer is still waiting for its fsync)."""
+    disk = SimDisk()
+    async with koru.open("/db", disk=disk, sync=sync, seed=1) as a:
+        await a.put("n", "k", 1)
+    exported: list[bytes] = []
+    with pytest.raises(BaseException):  # noqa: B017 - the cut, however it surfaces
+        async with (
+            koru.open("/db", disk=disk, sync=sync, seed=1) as a,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(a.put, "n", "k", 2)
+            while len(await a.history("n", "k")) < 2:  # appended; "always" awaits fsync
+                await trio.lowlevel.checkpoint()
+            exported += await a.feed_events(a.node_id)
+            disk.cut()
+    assert len(exported) == 2
+    for seed in range(3):  # what left the node survived the cut, however it fell
+        async with koru.open("/db", disk=disk.after_power_cut(random.Random(seed))) as a:
+            assert await a.get("n", "k") == 2
+    async with (
+        koru.open(koru.MEMORY, seed=2) as peer,
+        koru.open("/db", disk=disk.after_power_cut(random.Random(0))) as a,
+    ):
+        assert (await peer.ingest(exported)).accepted == 2
+        await a.put("n", "k", 3)
+        result = await peer.ingest(await a.feed_events(a.node_id, after=2))
+        assert (result.accepted, result.refused) == (1, ())  # not a fork
+        assert await peer.get("n", "k") == 3
+
+
+def _batch(origin: bytes, seq: int, writes: int) -> bytes:
+    """A batch event of ``writes`` tiny writes (a peer's cheapest way to make its
+    decoded form large): never the first of its feed, so it is held back."""
+    items = [["n", f"{i:x}", cbor2.dumps(0), None] for i in range(writes)]
+    return cbor2.dumps([1, "batch", origin, STORAGE, seq, bytes(32), 10**18, items])
+
+
+async def test_events_held_back_cost_the_memory_the_bound_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound on held events counts their bytes; what is held must cost about that
+    much, not the decoded events (a batch of tiny writes decodes to ~15 times its
+    bytes: a peer could hold gigabytes under a 256 MiB bound)."""
+    monkeypatch.setattr(_ingest, "MAX_HELD_BYTES", 1 << 20)
+    events = [_batch(b"o" * 16, seq, 8000) for seq in range(2, 18)]
+    assert sum(map(len, events)) > _ingest.MAX_HELD_BYTES
+    async with koru.open(koru.MEMORY, seed=1, clock=StepClock(start=10**18)) as db:
+        tracemalloc.start()
+        try:
+            result = await db.ingest(events)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert result.held > 5 and result.refused  # held up to the bound, refused after
+        assert all("gap" in r.reason for r in result.refused)
+        assert held < 2 * _ingest.MAX_HELD_BYTES

@@ -84,6 +84,8 @@ ops = st.one_of(
     st.tuples(st.just("bad_put"), slots, st.sampled_from([math.nan, {1, 2}, (1,), 2**64])),
     st.tuples(st.just("get"), slots),
     st.tuples(st.just("checkpoint")),
+    st.tuples(st.just("compact")),
+    st.tuples(st.just("squeeze")),
     st.tuples(st.just("reopen")),
     st.tuples(st.just("audit")),
 )
@@ -160,11 +162,7 @@ async def check_versions(db: koru.Database, model: Model) -> None:
 
 
 def kv_state(kv: KvState) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
-    return {
-        (ns, key): [tuple(r) for r in kv.history(ns, key)]
-        for ns, keys in kv.namespaces.items()
-        for key in keys
-    }
+    return {(ns, key): [tuple(r) for r in kv.history(ns, key)] for ns, key, _ in kv.all_items()}
 
 
 def public_state(kv: KvState) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
@@ -271,6 +269,20 @@ async def apply(db: koru.Database, op: tuple[Any, ...], model: Model, path: Path
         _, tail = await audit(db, path, model)
         # The checkpoint just written covers everything: nothing is left to replay.
         assert (tail.from_checkpoint, tail.replayed) == (model.events, 0)
+    elif kind == "compact":
+        # Merge the cold tier's tables (whatever their sizes) and checkpoint: every
+        # read must answer as before.
+        kv = db._kv
+        if len(kv.tables) >= 2:
+            kv.max_tables = 1  # merge them all (the background checkpointer may too)
+            await db._checkpointer.compact()
+            assert len(kv.tables) <= 2  # the merge, and the checkpoint's
+            kv.max_tables = 12
+        await audit(db, path, model)
+    elif kind == "squeeze":
+        # No warm or hot tier: every read of a key not changed since the last
+        # checkpoint searches the tables.
+        db._kv.warm_capacity = db._kv.hot_capacity = 0
     elif kind == "audit":
         await audit(db, path, model)
     else:  # pragma: no cover

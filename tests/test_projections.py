@@ -161,6 +161,70 @@ async def test_an_unusable_section_rebuilds_only_its_projection(
         assert await db.get("users", "b1") == 1
 
 
+class TallyForgetful(Tally):
+    """A buggy restore that hands back nothing (or something else) instead of a state."""
+
+    @classmethod
+    def restore(cls, data: Any) -> Tally:
+        return None  # type: ignore[return-value]
+
+
+class TallyConfused(Tally):
+    @classmethod
+    def restore(cls, data: Any) -> Tally:
+        return data  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", [TallyForgetful, TallyConfused])
+async def test_a_restore_that_returns_no_state_rebuilds_its_projection(
+    tmp_path: Path, kind: type[Tally]
+) -> None:
+    """What restore returns must be a state of its projection; anything else (None was
+    taken for "start empty") left the projection without every event before the
+    checkpoint, silently, instead of rebuilding it."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Tally]) as db:
+        await write(db)
+    async with koru.open(path, projections=[kind]) as db:
+        rebuilt = (await db.stats()).projections_rebuilt
+        assert list(rebuilt) == ["tally"] and rebuilt["tally"].startswith("unusable section")
+        assert isinstance(db.projection("tally"), kind) and tally(db).per_ns == EXPECTED
+
+
+class Fragile(Tally):
+    """A projection with a bug: it cannot fold a write to the key "boom"."""
+
+    name: ClassVar[str] = "fragile"
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        if any(w.key == "boom" for w in event.writes):
+            raise ZeroDivisionError("a bug in a projection")
+        super().apply(event, event_id, location)
+
+
+async def test_a_projection_that_fails_to_fold_an_event_stops_the_database(
+    tmp_path: Path,
+) -> None:
+    """The event is in the log when the folds run: a projection that raises there no
+    longer matches the log. The handle kept serving, and its next checkpoint saved the
+    projection without that event past a cursor after it: a divergence made permanent,
+    silently. The handle now stops, as for a failed write: no checkpoint of that state
+    is written, and every later call raises DatabaseClosedError naming the cause."""
+    path = tmp_path / "db"
+    async with koru.open(path, projections=[Fragile]) as db:
+        await db.put("n", "fine", 1)
+        await db.checkpoint()
+        with pytest.raises(ZeroDivisionError):
+            await db.put("n", "boom", 2)
+        with pytest.raises(koru.DatabaseClosedError) as info:
+            await db.put("n", "after", 3)
+        assert isinstance(info.value.__cause__, ZeroDivisionError)
+    saved = decode_checkpoint((path / CHECKPOINT_FILE).read_bytes())
+    assert saved.cursors["storage"].count == 1  # none was written past the failed fold
+    async with koru.open(path) as db:  # the log itself is sound
+        assert await db.get("n", "boom") == 2
+
+
 async def test_a_new_section_version_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path, projections=[Tally]) as db:
@@ -187,8 +251,9 @@ async def test_a_damaged_kv_section_rebuilds_kv_and_keeps_the_rest(tmp_path: Pat
 
 
 async def test_a_format_2_checkpoint_is_read(tmp_path: Path) -> None:
-    """Written by the previous version: kv and feeds as two fixed fields, feeds without
-    locations. The key/value state loads; the feeds (now version 2) rebuild."""
+    """Written by an earlier version: kv and feeds as two fixed fields, read as version-1
+    sections. Both projections are newer now (kv records carry expiries, feeds keep
+    locations), so nothing in it is usable: the log is replayed, to the same state."""
     path = tmp_path / "db"
     async with koru.open(path) as db:
         await write(db)
@@ -203,8 +268,8 @@ async def test_a_format_2_checkpoint_is_read(tmp_path: Path) -> None:
     rewrite_checkpoint(path, downgrade)
     async with koru.open(path) as db:
         stats = await db.stats()
-        assert stats.checkpoint_events == 32 and stats.replayed_events == 0
-        assert stats.projections_rebuilt == {"feeds": "section version 1, not 2"}
+        assert stats.checkpoint_events == 0 and stats.replayed_events == 32
+        assert stats.checkpoint_ignored is None and stats.projections_rebuilt == {}
         assert (await db.digest()) == digest
         await db.put("after", "upgrade", 1)
         digest = await db.digest()

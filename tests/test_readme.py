@@ -64,7 +64,7 @@ def test_readme_command_line_block_runs(tmp_path: Path) -> None:
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         out[command] = done.stdout
     assert json.loads(out["kdelta get users/alice"])["age"] == 31
-    assert json.loads(out['kdelta get users/alice --at "1s ago"'])["age"] == 30
+    assert json.loads(out['kdelta get users/alice --at "3s ago"'])["age"] == 30
     assert "~ .age: 30 -> 31" in out["kdelta diff users/alice"]
     assert out["kdelta verify"].startswith("ok:")
     assert (tmp_path / "copy" / "checkpoint").exists()

@@ -107,7 +107,7 @@ def strictly_valid(data: bytes) -> bool:
 
 
 def keys_of(kv: KvState) -> set[tuple[str, str]]:
-    return {(ns, key) for ns, keys in kv.namespaces.items() for key in keys}
+    return {(ns, key) for ns, key, _ in kv.all_items()}
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

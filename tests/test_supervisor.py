@@ -206,3 +206,64 @@ async def test_a_durability_error_in_a_process_is_fatal(
         await trio.sleep(10)
         assert supervisor.processes()[0].state == "failed"
     assert [type(e) for e in fatal] == [koru.DurabilityError]
+
+
+async def test_a_failing_task_never_cancels_the_callers_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Cancelling the nursery's own scope would cancel the block too, and the nursery
+    # would swallow that Cancelled: the block would stop half-way without a word and
+    # the code after it would run as if it had finished.
+    fatal: list[BaseException] = []
+    reached = []
+
+    async def fails(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep(5)
+        raise RuntimeError("a bug in a background task")
+
+    async with supervise(fatal.append) as supervisor:
+        await supervisor.start("fails", fails)
+        await trio.sleep(10)
+        reached.append("after the failure")
+        await trio.sleep(1)
+        reached.append("the end of the block")
+    assert reached == ["after the failure", "the end of the block"]
+    assert len(fatal) == 1 and supervisor.running == set()
+
+
+async def test_a_background_failure_never_silently_ends_the_users_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(
+        self: Checkpointer, on_fatal: object, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        task_status.started()
+        await trio.sleep(0.01)
+        raise RuntimeError("checkpointer bug")
+
+    monkeypatch.setattr(Checkpointer, "run", broken)
+    stored = []
+    with pytest.raises(koru.DatabaseClosedError) as caught:
+        async with koru.open(tmp_path / "db") as db:
+            await trio.sleep(0.2)  # the task fails meanwhile
+            for i in range(3):  # the first write is refused, naming the cause
+                await db.put("n", f"k{i}", i)
+                stored.append(i)
+    assert stored == []
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+async def test_a_task_that_fails_before_it_started_raises_its_own_error() -> None:
+    """A task that fails while starting (before ``task_status.started()``) is part of
+    starting: its own exception comes out of ``start``, not trio's "child exited
+    without calling task_status.started()" with the cause only in the log."""
+    fatal: list[BaseException] = []
+
+    async def broken(*, task_status: trio.TaskStatus[None]) -> None:
+        raise RuntimeError("cannot start")
+
+    with pytest.raises(RuntimeError, match="cannot start"):
+        async with supervise(fatal.append) as supervisor:
+            await supervisor.start("broken", broken)
+    assert fatal == []  # not a background failure: the caller sees it directly

@@ -156,7 +156,7 @@ def test_the_checkpoint_section_round_trips_through_the_encoder() -> None:
     data = state.capture()
     matrix = data["spaces"]["docs"][12][0][3]
     assert type(matrix) is memoryview  # written without a copy
-    pieces = encode_captured(
+    pieces, _ = encode_captured(
         {
             "format": 3,
             "node": bytes(16),

@@ -590,3 +590,33 @@ async def test_concurrent_versions_with_one_timestamp_settle_alike_in_any_order(
                 + [(h.key, h.score) for h in await db.similar_at("d", [0.0, 1.0], 5_000)]
             )
     assert answers[0] == answers[1] == [("k", 1.0), ("k", 1.0)]  # origin 2's vector
+
+
+async def test_an_authorized_handle_checks_embeddings_and_searches() -> None:
+    alice = koru.Identity.mine(4, rng=random.Random(1))
+    async with koru.open(":memory:", difficulty=4, clock=StepClock(), sync="os") as db:
+        await db.register(alice)
+        await db.grant(alice, namespace="docs", actions="read,write")
+        await db.embed("secret", "s", [1.0, 0.0], model="m")
+        h = db.as_identity(alice)
+        await h.embed("docs", "a", [1.0, 0.0], model="m", metadata={"t": 1})
+        await h.put_similar("docs", "b", "hello world")
+        assert [x.key for x in await h.embed_search("docs", [1.0, 0.0], model="m")] == ["a"]
+        assert (await h.embed_search_batch("docs", [[1.0, 0.0]], model="m"))[0][0].key == "a"
+        assert (await h.find_similar("docs", "hello"))[0].key == "b"
+        denied = [
+            lambda: h.embed("secret", "t", [1.0, 0.0], model="m"),
+            lambda: h.delete_embedding("secret", "s"),
+            lambda: h.put_similar("secret", "t", "x"),
+            lambda: h.embed_search("secret", [1.0, 0.0]),
+            lambda: h.embed_search(None, [1.0, 0.0]),  # every namespace: secret too
+            lambda: h.embed_search_batch(None, [[1.0, 0.0]]),
+            lambda: h.similar_at("secret", [1.0, 0.0], 0),
+            lambda: h.find_similar(None, "hello"),
+        ]
+        for call in denied:
+            with pytest.raises(koru.PermissionDeniedError):
+                await call()
+        assert [x.key for x in await db.embed_search("secret", [1.0, 0.0])] == ["s"]
+        await h.delete_embedding("docs", "a")
+        assert await h.embed_search("docs", [1.0, 0.0], model="m") == []

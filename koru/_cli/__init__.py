@@ -84,6 +84,20 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _joined(argv: Sequence[str]) -> list[str]:
+    """``--sort -age`` as ``--sort=-age``: argparse reads a value that starts with '-'
+    as an option, and a descending sort starts with one."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--sort":
+            value = next(words, None)
+            out.append(word if value is None else f"--sort={value}")
+        else:
+            out.append(word)
+    return out
+
+
 def _version() -> str:
     from koru import __version__
 
@@ -94,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (the ``kdelta`` script exits with it)."""
     if argv is None:
         argv = sys.argv[1:]
+    argv = _joined(argv)
     args = parser(argv).parse_args(argv)
     try:
         code = args.run(args)
@@ -104,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # kdelta events | head
-        sys.stderr.close()
+        _quiet_stdout()
         return 0
     except Exception as exc:
         code = _code_of(exc)
@@ -112,6 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(code, str(exc))
     return code if isinstance(code, int) else 0
+
+
+def _quiet_stdout() -> None:
+    """The reader closed the pipe: what is still buffered for it goes nowhere, so the
+    interpreter's last flush neither fails (exit 120) nor complains on stderr."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _code_of(exc: Exception) -> int | None:

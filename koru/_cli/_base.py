@@ -9,13 +9,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from koru import Database
     from koru._snapshot import Snapshot
+    from koru._space import Space
 
 __all__ = [
     "Command",
@@ -25,9 +26,11 @@ __all__ = [
     "parse_time",
     "parse_value",
     "read_snapshot",
+    "space_of",
     "split_key",
     "version_doc",
     "with_database",
+    "workspace_argument",
 ]
 
 T = TypeVar("T")
@@ -76,10 +79,32 @@ def existing_database(args: argparse.Namespace) -> Path:
 
 def split_key(text: str) -> tuple[str, str]:
     """``NS/KEY``, split at the first ``/`` (a key may hold more)."""
+    from koru.events import check_name, check_user_name
+
     namespace, sep, key = text.partition("/")
     if not sep or not namespace or not key:
         raise Usage(f"expected NAMESPACE/KEY, not {text!r}")
+    check_user_name(namespace, "namespace")  # before anything is read (exit 2)
+    check_name(key, "key")
     return namespace, key
+
+
+def workspace_argument(p: argparse.ArgumentParser) -> None:
+    """``--workspace NAME``: the command works in that workspace's space."""
+    p.add_argument(
+        "--workspace",
+        metavar="NAME",
+        help="in workspace NAME (its own namespaces; reads also a dropped one's history)",
+    )
+
+
+def space_of(args: argparse.Namespace) -> Space:
+    """The space the command works in (``--workspace``, else the default space); a bad
+    workspace name exits 2 before anything is read."""
+    from koru._space import DEFAULT, Space
+
+    name = getattr(args, "workspace", None)
+    return DEFAULT if name is None else Space(name)
 
 
 _UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
@@ -93,15 +118,24 @@ def parse_time(text: str) -> int | str:
     """A moment from the command line: int nanoseconds since the epoch, ISO-8601 with
     an offset, or a time relative to now (``90s ago``, ``5 minutes ago``, ``2h ago``,
     ``1 day ago``)."""
-    if text.isdigit():
-        return int(text)
+    # Why ASCII only and the conversions guarded: str.isdigit() holds for digits int()
+    # refuses ("²"), int() refuses more than 4300 digits, and a float of many digits is
+    # infinite; each was a traceback.
+    if text.isascii() and text.isdigit():
+        try:
+            return int(text)
+        except ValueError:
+            raise Usage(f"not a usable time: {text[:40]!r}... has too many digits") from None
     relative = _AGO.match(text.lower())
     if relative is None:
         return text
     amount, unit = relative.groups()
     scale = _UNITS[unit if unit == "ms" else unit[0]]
     now = time.time_ns()  # clock-ok: "ago" means now by the wall clock of this shell
-    return now - int(float(amount) * scale)
+    try:
+        return now - int(float(amount) * scale)
+    except OverflowError:
+        raise Usage(f"not a usable time: {text[:40]!r} is too far back") from None
 
 
 def parse_value(text: str) -> Any:
@@ -109,15 +143,20 @@ def parse_value(text: str) -> Any:
     ``-`` reads it from standard input, ``@FILE`` from a file."""
     from ._output import from_json
 
+    raw: str | bytes = text
+    # Bytes from a file or standard input: json.loads decodes them (UTF-8, or UTF-16/32
+    # with a BOM) and reports bytes that are not text as invalid JSON.
     if text == "-":
-        text = sys.stdin.read()
+        raw = sys.stdin.buffer.read()
     elif text.startswith("@"):
         try:
-            text = Path(text[1:]).read_text()
+            raw = Path(text[1:]).read_bytes()
         except OSError as exc:
             raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
-        return from_json(json.loads(text))
+        return from_json(json.loads(raw))
+    except RecursionError:
+        raise Usage("the value nests too deeply") from None
     except (ValueError, TypeError) as exc:
         raise Usage(f"the value is not valid JSON: {exc}") from None
 
@@ -129,17 +168,12 @@ def version_doc(version: Any) -> dict[str, Any]:
     return doc
 
 
-def read_snapshot(
-    args: argparse.Namespace,
-    *,
-    keys: Iterable[tuple[str, str]] = (),
-    namespace: str | None = None,
-) -> Snapshot:
+def read_snapshot(args: argparse.Namespace) -> Snapshot:
     """A one-shot, read-only view of the database (see :mod:`koru._snapshot`): no
     trio, no lock, so it reads beside a process that writes."""
     from koru._snapshot import Snapshot
 
-    return Snapshot(existing_database(args), keys=keys, namespace=namespace)
+    return Snapshot(existing_database(args))
 
 
 def with_database(

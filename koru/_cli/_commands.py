@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from ._auth import AUTH_COMMANDS
 from ._base import Command, Failure, Usage
 from ._check import CHECK_COMMANDS
 from ._data import DATA_COMMANDS
 from ._events import EVENT_COMMANDS
+from ._query import QUERY_COMMANDS
 from ._transfer import TRANSFER_COMMANDS
 
 __all__ = ["COMMANDS", "Failure", "Usage"]
 
 COMMANDS: tuple[Command, ...] = (
     *DATA_COMMANDS,
+    *QUERY_COMMANDS,
     *EVENT_COMMANDS,
     *CHECK_COMMANDS,
     *TRANSFER_COMMANDS,
+    *AUTH_COMMANDS,
 )

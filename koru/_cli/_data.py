@@ -9,6 +9,8 @@ durable.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._base import (
@@ -18,9 +20,11 @@ from ._base import (
     parse_time,
     parse_value,
     read_snapshot,
+    space_of,
     split_key,
     version_doc,
     with_database,
+    workspace_argument,
 )
 from ._output import Output, dumps, escape, short
 
@@ -34,11 +38,31 @@ _VALUE_WIDTH = 60
 
 def _key_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("key", metavar="NS/KEY", help="namespace and key, split at the first '/'")
+    workspace_argument(p)
+
+
+def _stored(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(namespace, its stored form in the command's space, key) of ``NS/KEY``."""
+    namespace, key = split_key(args.key)
+    return namespace, space_of(args).inward(namespace), key
 
 
 def _compact(value: Any, full: bool) -> str:
     text = dumps(value)
     return text if full or len(text) <= _VALUE_WIDTH else text[: _VALUE_WIDTH - 1] + "…"
+
+
+@contextmanager
+def _named(namespace: str) -> Iterator[None]:
+    """A key not found is named as the command line named it (not its stored form)."""
+    from koru.events import KeyNotFoundError, NoValueAtTimeError
+
+    try:
+        yield
+    except KeyNotFoundError as exc:
+        raise KeyNotFoundError(namespace, exc.key) from None
+    except NoValueAtTimeError as exc:
+        raise NoValueAtTimeError(namespace, exc.key, exc.at_ns) from None
 
 
 def _when(v: Version | Versioned) -> str:
@@ -55,22 +79,45 @@ def _set_args(p: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help="JSON text; '-' reads it from standard input, '@FILE' from a file",
     )
+    p.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="a time to live: the value reads as absent after this many seconds",
+    )
+    p.add_argument(
+        "--parent",
+        action="append",
+        metavar="NS/KEY",
+        help="a key the value was derived from (lineage; repeat for several)",
+    )
 
 
 def _set(args: argparse.Namespace) -> int:
-    namespace, key = split_key(args.key)
+    namespace, _, key = _stored(args)
     value = parse_value(args.value)
+    parents = None if args.parent is None else [split_key(p) for p in args.parent]
 
     async def put(db: Database) -> Version:
-        return await db.put(namespace, key, value)
+        space = db if args.workspace is None else db.workspace(args.workspace)
+        return await space.put(namespace, key, value, ttl=args.ttl, parents=parents)
 
     version = with_database(args, put, create=True)
     out = Output(as_json=args.json)
     if out.json:
         out.doc(version_doc(version))
     else:
-        out.text(f"{namespace}/{key}: version {short(version.write_id)} at {_when(version)}")
+        expiry = "" if version.expires is None else f", expires {_iso(version.expires)}"
+        out.text(
+            f"{namespace}/{key}: version {short(version.write_id)} at {_when(version)}{expiry}"
+        )
     return 0
+
+
+def _iso(ns: int) -> str:
+    from koru._types import _to_datetime
+
+    return _to_datetime(ns).isoformat(timespec="milliseconds")
 
 
 # -- get -----------------------------------------------------------------------------------
@@ -87,12 +134,13 @@ def _get_args(p: argparse.ArgumentParser) -> None:
 
 
 def _get(args: argparse.Namespace) -> int:
-    namespace, key = split_key(args.key)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
+    namespace, stored, key = _stored(args)
+    with read_snapshot(args) as snap, _named(namespace):
         if args.at is not None:
-            found = snap.reads.at(namespace, key, parse_time(args.at))
+            found = snap.reads.at(stored, key, parse_time(args.at))
         else:
-            found = snap.reads.versioned(namespace, key)
+            found = snap.reads.versioned(stored, key)
+    found = found._replace(namespace=namespace)
     out = Output(as_json=args.json)
     if out.json:
         out.doc({"value": found.value, **version_doc(found.version)})
@@ -119,15 +167,16 @@ def _log_args(p: argparse.ArgumentParser) -> None:
 
 
 def _log(args: argparse.Namespace) -> int:
-    namespace, key = split_key(args.key)
+    namespace, stored, key = _stored(args)
     if args.limit is not None and args.limit < 0:
         raise Failure(2, "--limit must not be negative")
     since = None if args.since is None else parse_time(args.since)
     until = None if args.until is None else parse_time(args.until)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
-        if not snap.reads.kv.history_raw(namespace, key):
+    with read_snapshot(args) as snap:
+        if not snap.reads.kv.history_raw(stored, key):
             raise Failure(1, f"{namespace}/{key} was never written")
-        rows = snap.reads.history(namespace, key, since, until, args.limit)
+        rows = snap.reads.history(stored, key, since, until, args.limit)
+    rows = [r._replace(namespace=namespace) for r in rows]
     if not args.reverse:
         rows.reverse()
     out = Output(as_json=args.json)
@@ -181,9 +230,12 @@ def _path(path: tuple[str | int, ...]) -> str:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    namespace, key = split_key(args.key)
-    with read_snapshot(args, keys=[(namespace, key)]) as snap:
-        diff = snap.reads.diff(namespace, key, _version_ref(args.old), _version_ref(args.new))
+    namespace, stored, key = _stored(args)
+    with read_snapshot(args) as snap:
+        diff = snap.reads.diff(stored, key, _version_ref(args.old), _version_ref(args.new))
+    diff = diff._replace(
+        old=diff.old._replace(namespace=namespace), new=diff.new._replace(namespace=namespace)
+    )
     out = Output(as_json=args.json)
     if out.json:
         out.doc(
@@ -215,10 +267,11 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    namespace, key = split_key(args.key)
+    namespace, _, key = _stored(args)
 
     async def delete(db: Database) -> Version:
-        return await db.delete(namespace, key)
+        space = db if args.workspace is None else db.workspace(args.workspace)
+        return await space.delete(namespace, key)
 
     version = with_database(args, delete)
     out = Output(as_json=args.json)
@@ -235,11 +288,13 @@ def _delete(args: argparse.Namespace) -> int:
 def _keys_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("namespace", metavar="NS", help="the namespace")
     p.add_argument("--prefix", default="", help="only keys starting with this")
+    workspace_argument(p)
 
 
 def _keys(args: argparse.Namespace) -> int:
-    with read_snapshot(args, namespace=args.namespace) as snap:
-        keys = [k for k in snap.reads.keys(args.namespace) if k.startswith(args.prefix)]
+    stored = space_of(args).inward(args.namespace)
+    with read_snapshot(args) as snap:
+        keys = [k for k in snap.reads.keys(stored) if k.startswith(args.prefix)]
     out = Output(as_json=args.json)
     if out.json:
         out.doc(keys)
@@ -250,8 +305,9 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _namespaces(args: argparse.Namespace) -> int:
+    space = space_of(args)
     with read_snapshot(args) as snap:
-        counts = {ns: len(snap.reads.keys(ns)) for ns in snap.reads.namespaces()}
+        counts = {ns: len(snap.reads.keys(space.inward(ns))) for ns in snap.reads.namespaces(space)}
     out = Output(as_json=args.json)
     if out.json:
         out.doc(counts)
@@ -267,11 +323,11 @@ def _status(args: argparse.Namespace) -> int:
     path = existing_database(args)
     with read_snapshot(args) as snap:
         kv = snap.reads.kv
-        namespaces = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
+        namespaces = {ns: len(snap.reads.keys(ns)) for ns in snap.reads.namespaces()}
         doc = {
             "path": str(path),
             "node_id": snap.store.node_id.hex() if snap.store.node_id else None,
-            "keys": kv.live,
+            "keys": sum(namespaces.values()),  # values past their time to live hidden
             "deleted_keys": kv.key_count() - kv.live,
             "versions": kv.versions,
             "namespaces": namespaces,
@@ -326,7 +382,7 @@ DATA_COMMANDS: tuple[Command, ...] = (
         "namespaces",
         "namespaces with their key counts",
         "kdelta namespaces",
-        lambda p: None,
+        workspace_argument,
         _namespaces,
     ),
     Command(

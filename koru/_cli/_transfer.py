@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +45,9 @@ CHUNK = 2000
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: standard output)")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write here ('-' or none: standard output)"
+    )
     p.add_argument(
         "--format",
         choices=("cbor", "jsonl"),
@@ -80,15 +84,26 @@ def _export(args: argparse.Namespace) -> int:
     from ._events import _iso
 
     path = existing_database(args)
+    if args.output == "-":
+        args.output = None
     fmt = args.format or (
         "jsonl" if args.output is None or args.output.endswith(".jsonl") else "cbor"
     )
     if fmt == "cbor" and args.output is None and sys.stdout.isatty():
         raise Failure(2, "will not write CBOR to a terminal: use -o FILE or --format jsonl")
     node = (path / "meta").exists() and _node_of(path)
-    sink: IO[bytes] = (
-        open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
-    )
+    # A file is written under a temporary name and renamed once whole: an export cut
+    # short (damage met half-way, Ctrl-C, a full disk) must not leave a file that is a
+    # valid export of part of the database, which import would take without a word.
+    partial = None if args.output is None else f"{args.output}.partial"
+    if args.output is not None and os.path.isdir(args.output):
+        raise Failure(2, f"cannot write {args.output}: it is a directory")
+    try:
+        sink: IO[bytes] = (
+            sys.stdout.buffer if partial is None else open(partial, "wb")  # noqa: SIM115
+        )
+    except OSError as exc:
+        raise Failure(2, f"cannot write {args.output}: {exc.strerror}") from None
     count = 0
     # A bar on standard error when a person waits for a file to be written.
     progress = (
@@ -121,13 +136,24 @@ def _export(args: argparse.Namespace) -> int:
             count += 1
             if progress is not None:
                 progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+        if partial is not None:
+            sink.flush()
+            os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
+            sink.close()
+            os.replace(partial, args.output)
+    except OSError as exc:
+        if partial is None:
+            raise  # standard output: a closed pipe is main()'s business
+        raise Failure(3, f"writing {args.output} failed: {exc.strerror}") from None
     finally:
         if progress is not None:
             progress.stop()
-        if args.output:
-            sink.close()
-        else:
+        if partial is None:
             sink.flush()
+        else:
+            sink.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
     if args.output:
         out = Output(as_json=args.json)
         if out.json:
@@ -170,7 +196,7 @@ def _read_export(raw: bytes) -> list[bytes]:
         lines = raw.decode("utf-8", errors="strict").splitlines()
         try:
             head = json.loads(lines[0]) if lines else None
-        except ValueError:
+        except (ValueError, RecursionError):
             head = None
         if not isinstance(head, dict) or head.get(_MARK) != _VERSION:
             raise Failure(3, "not a koru-delta export (no header line)")
@@ -181,7 +207,7 @@ def _read_export(raw: bytes) -> list[bytes]:
             try:
                 doc = json.loads(text)
                 data = base64.b64decode(doc["event"], validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
                 raise Failure(3, f"line {n}: not an exported event ({exc})") from None
             stated = doc.get("id")
             if stated is not None and stated != event_id(data).hex():

@@ -1,0 +1,187 @@
+"""The tiers bench: a data set larger than what memory keeps, opened and read.
+
+Rows (see bench/README.md): open time at 1M and 10M events (open must not be linear in
+the data set); resident memory per cold key, a cold get against sqlite3 reading the same
+row from a table of the same size, a hot get against sqlite3, on 1M keys of 1 KB with a
+hot tier of 10,000 values; the latency of every put while 1M events are written.
+Memory is measured in child processes (``python bench/tiers.py --child ...``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import koru
+
+perf = time.perf_counter
+#: The hot tier: values kept in memory (a value cache of about this many 1 KB values).
+HOT_KEYS = 10_000
+
+
+def big_value(i: int) -> dict[str, Any]:
+    return {"name": f"user{i}", "bio": f"{i:08d}" * 120}  # about 1 KB
+
+
+async def build(path: Path, keys: int, versions: int, value: Any) -> float:
+    """Plain puts (one event each), closed with a checkpoint; returns the seconds."""
+    began = perf()
+    async with koru.open(path, sync="never", processes=False) as db:
+        for v in range(versions):
+            for i in range(keys):
+                await db.put("users", f"u{i}", value(i * versions + v))
+    return perf() - began
+
+
+async def timed_open(path: Path) -> float:
+    began = perf()
+    async with koru.open(path, readonly=True) as db:
+        opened = perf() - began
+        stats = await db.stats()
+        assert stats.replayed_events == 0, stats
+    return opened
+
+
+def sqlite_table(path: Path, keys: int, value: Any) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE kv (ns TEXT, key TEXT, value BLOB, PRIMARY KEY (ns, key))")
+    conn.executemany(
+        "INSERT INTO kv VALUES (?, ?, ?)",
+        (("users", f"u{i}", json.dumps(value(i))) for i in range(keys)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(path: str, keys: int) -> dict[str, Any]:
+    """In a fresh process: resident memory of an open database whose hot set has been
+    read, with ``keys`` keys in all (0: an empty database, the base)."""
+
+    async def main() -> dict[str, Any]:
+        gc.collect()
+        before = rss()
+        async with koru.open(path, cache_bytes=HOT_KEYS * 1400, processes=False) as db:
+            rng = random.Random(1)
+            hot = [f"u{rng.randrange(max(keys, 1))}" for _ in range(HOT_KEYS)] if keys else []
+            for _ in range(3):
+                for k in hot:
+                    await db.get("users", k)
+            gc.collect()
+            after = rss()
+            tiers = (await db.stats()).tiers
+        return {"before": before, "after": after, "tiers": tiers._asdict()}
+
+    return trio.run(main)
+
+
+def run_child(path: Path, keys: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(path), str(keys)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def get_latencies(
+    path: Path, twin: Path, keys: int, n: int
+) -> tuple[float, float, float, float]:
+    """(cold koru, cold sqlite, hot koru, hot sqlite) seconds per get."""
+    rng = random.Random(2)
+    conn = sqlite3.connect(twin)
+    query = "SELECT value FROM kv WHERE ns = ? AND key = ?"
+
+    def sq(key: str) -> Any:
+        return json.loads(conn.execute(query, ("users", key)).fetchone()[0])
+
+    async with koru.open(path, cache_bytes=HOT_KEYS * 1400, processes=False) as db:
+        hot = [f"u{rng.randrange(keys)}" for _ in range(HOT_KEYS)]
+        for _ in range(2):  # hot: read again and again (a key read once is not hot)
+            for k in hot:
+                await db.get("users", k)
+                sq(k)
+        cold = [f"u{rng.randrange(keys)}" for _ in range(n)]
+        began = perf()
+        for k in cold:
+            await db.get("users", k)
+        k_cold = (perf() - began) / n
+        began = perf()
+        for k in cold:
+            sq(k)
+        s_cold = (perf() - began) / n
+        sample = [rng.choice(hot) for _ in range(n)]
+        began = perf()
+        for k in sample:
+            await db.get("users", k)
+        k_hot = (perf() - began) / n
+        began = perf()
+        for k in sample:
+            sq(k)
+        s_hot = (perf() - began) / n
+    conn.close()
+    return k_cold, s_cold, k_hot, s_hot
+
+
+async def put_latencies(path: Path, events: int) -> list[float]:
+    """The wait of every put while ``events`` small puts are written with the default
+    settings but ``sync="os"`` (an fsync per put would measure the disk, not koru)."""
+    waits = []
+    async with koru.open(path, sync="os") as db:
+        for i in range(events):
+            began = perf()
+            await db.put("users", f"u{i % 100_000}", {"i": i})
+            waits.append(perf() - began)
+    return waits
+
+
+def percentile(values: list[float], p: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(p * len(values)))]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    else:
+        sys.exit("run it through bench/run.py --only tiers")
+
+
+def summary(waits: list[float]) -> str:
+    return (
+        ", ".join(
+            f"{name} {percentile(waits, p) * 1e3:.2f} ms"
+            for name, p in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999))
+        )
+        + f", max {max(waits) * 1e3:.1f} ms"
+    )
+
+
+__all__ = [
+    "HOT_KEYS",
+    "big_value",
+    "build",
+    "get_latencies",
+    "put_latencies",
+    "run_child",
+    "sqlite_table",
+    "statistics",
+    "summary",
+    "timed_open",
+]

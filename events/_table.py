@@ -1,0 +1,521 @@
+"""Tables: immutable, sorted files of (namespace, key) -> bytes, read in place.
+
+Why: a projection as large as the data (every key's version records) cannot live in
+memory, nor be rewritten whole by every checkpoint, nor be decoded whole by every open.
+A table is written once, when a checkpoint moves what changed out of memory, and then
+only read in place (a memory map), so opening a database costs what its tables' headers
+cost, and a key nobody asks for costs no memory at all. Tables are named by their
+content's hash and never change; newer tables hide older entries of the same key, and
+compaction merges several into one.
+
+Entries are grouped in blocks of ``BLOCK`` entries, and a block index (each block's
+first key and where it starts) follows them. A lookup searches the index in memory and
+reads one block: why not a binary search over every entry in place: its probes would
+touch pages all over the file, and a process that read ten thousand keys would have the
+whole table resident; this way it has the index (about 6 bytes per key) and the blocks
+it read.
+
+Format (little-endian)::
+
+    b"KORUTAB2" | u32 format | u32 entries per block | u64 entries | u64 index offset
+    | u64 index length | 32 B blake3(index)
+    | entries, sorted by (namespace, key) as UTF-8 bytes:
+        u32 crc32(rest of the entry) | u16 namespace length | namespace
+        | u16 key length | key | u32 value length | value
+    | index: (format 3) u32 filter bits | u8 probes | the filter's bytes, then per
+        block, u16 namespace length | namespace | u16 key length | key
+        | u64 offset of the block
+
+The filter (format 3; format 2 tables have none and are still read) is a Bloom filter
+of the table's keys, about 10 bits and 7 probes per key (under 1% false positives):
+why: a key is looked up in the newest table first, and most keys are in none but one
+of the tables, so without it a lookup of a cold key read a block of every newer table
+to learn that it is not there.
+
+The index is verified against its hash when the table is opened and every entry read
+is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
+and never answered around: a table that fails is rebuilt from the log by its owner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import weakref
+import zlib
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from hashlib import blake2b
+from typing import Any
+
+import blake3
+
+from ._errors import CorruptCheckpointError
+
+__all__ = [
+    "BLOCK",
+    "HEADER_SIZE",
+    "TABLE_MAGIC",
+    "Table",
+    "TableEncoder",
+    "encode_table",
+    "table_name",
+]
+
+TABLE_MAGIC = b"KORUTAB2"
+_FORMAT = 3
+#: Formats read (2: without a filter).
+_READ_FORMATS = (2, 3)
+_FILTER_BITS_PER_KEY = 10
+_PROBES = 7
+_FILTER_HEAD = struct.Struct("<IB")
+#: Entries per block.
+BLOCK = 16
+_HEAD = struct.Struct("<8sIIQQQ32s")
+#: Bytes of a table's header.
+HEADER_SIZE = _HEAD.size
+_CRC = struct.Struct("<I")
+_CRC_U16 = struct.Struct("<IH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_CHUNK = 20_000
+
+
+def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
+    body = b"".join(
+        (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U32.pack(len(value)), value)
+    )
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+class TableEncoder:
+    """A table's bytes produced as they are written: the entries one by one (a table
+    may be larger than memory would like to hold twice), then the header (written
+    first in the file, known last) and the index.
+
+    ``items`` are (namespace, key, value) in any order, a (namespace, key) at most once.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str, bytes]], *, presorted: bool = False) -> None:
+        rows = ((ns.encode(), key.encode(), value) for ns, key, value in items)
+        # Sorted input (a merge of tables) streams through: a merge of the whole cold
+        # tier must not hold it in memory.
+        self._rows: Iterable[tuple[bytes, bytes, bytes]] = rows if presorted else _sorted(rows)
+        self.count = 0
+        self._index: list[bytes] = []
+        self._hashes = array("Q")
+        self._end = -1
+
+    def entries(self) -> Iterator[bytes]:
+        """The entries, in order (once).
+
+        Raises:
+            ValueError: presorted items out of order, or a (namespace, key) twice.
+        """
+        at = _HEAD.size
+        last: tuple[bytes, bytes] | None = None
+        i = 0
+        for ns, key, value in self._rows:
+            if last is not None and (ns, key) <= last:
+                raise ValueError("table items out of order, or a key twice")
+            last = (ns, key)
+            if i % BLOCK == 0:
+                first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
+                self._index.append(b"".join(first))
+            entry = _entry(ns, key, value)
+            self._hashes.append(_key_hash(ns, key))
+            at += len(entry)
+            i += 1
+            yield entry
+        self.count = i
+        self._rows = ()
+        self._end = at
+
+    def index(self) -> bytes:
+        """The filter and the block index (after :meth:`entries`)."""
+        if self._end < 0:
+            raise ValueError("the entries were not produced yet")
+        bits, bloom = _build_filter(self._hashes)
+        return b"".join((_FILTER_HEAD.pack(bits, _PROBES), bloom, *self._index))
+
+    def header(self) -> bytes:
+        """The header (after :meth:`entries`)."""
+        index = self.index()
+        digest = blake3.blake3(index).digest()
+        return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+
+
+def _key_hash(ns: bytes, key: bytes) -> int:
+    """A 64-bit hash of a (namespace, key), stable across processes (the filter is
+    stored): blake2b, since Python's own hash of bytes is salted per process."""
+    return int.from_bytes(
+        blake2b(b"%d:%b%b" % (len(ns), ns, key), digest_size=8).digest(), "little"
+    )
+
+
+#: Up to this many keys a filter is built in Python: a small database never imports numpy.
+_SMALL_FILTER = 4096
+
+
+def _build_filter(hashes: array[int]) -> tuple[int, bytes]:
+    """(bits, bytes) of the Bloom filter of ``hashes``, built with numpy for many keys
+    (a million in a fraction of a second, where a Python loop would hold the GIL for
+    seconds) and in Python for few. numpy is imported only then: a process that only
+    reads tables (a one-shot ``kdelta get``), or a small database, never pays for it."""
+    bits = max(64, len(hashes) * _FILTER_BITS_PER_KEY)
+    bits = -(-bits // 8) * 8
+    if len(hashes) <= _SMALL_FILTER:
+        return bits, _small_filter(hashes, bits)
+    import numpy as np
+
+    h = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
+    h1 = h & np.uint64(0xFFFFFFFF)
+    h2 = (h >> np.uint64(32)) | np.uint64(1)
+    filter_ = np.zeros(bits // 8, dtype=np.uint8)
+    for i in range(_PROBES):
+        pos = (h1 + np.uint64(i) * h2) % np.uint64(bits)
+        np.bitwise_or.at(
+            filter_,
+            (pos >> np.uint64(3)).astype(np.intp),
+            (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
+        )
+    return bits, filter_.tobytes()
+
+
+def _small_filter(hashes: Iterable[int], bits: int) -> bytes:
+    """The filter :func:`_build_filter` builds, in Python (the same probes: uint64
+    arithmetic wrapping at 2**64)."""
+    filter_ = bytearray(bits // 8)
+    for h in hashes:
+        h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+        for i in range(_PROBES):
+            pos = ((h1 + i * h2) & 0xFFFFFFFFFFFFFFFF) % bits
+            filter_[pos >> 3] |= 1 << (pos & 7)
+    return bytes(filter_)
+
+
+def encode_table(items: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
+    """A table's bytes, as pieces in order, from (namespace, key, value) items in any
+    order (a (namespace, key) at most once)."""
+    encoder = TableEncoder(items)
+    entries = list(encoder.entries())
+    return [encoder.header(), *entries, encoder.index()]
+
+
+def _sorted(rows: Iterable[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """``sorted(rows)``, in chunks merged at the Python level: one ``sorted`` of a
+    million rows holds the GIL for a second, which would freeze the event loop of the
+    thread that runs it in a worker; between chunks the loop gets to run."""
+    rows = list(rows)
+    if len(rows) <= _CHUNK:
+        return sorted(rows)
+    chunks = [sorted(rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK)]
+    return list(heapq.merge(*chunks))
+
+
+def table_name(pieces: list[bytes]) -> str:
+    """The content name of a table: the first 16 bytes, in hex, of blake3 of its bytes
+    after the header (the header is derived from them, and written last)."""
+    hasher = blake3.blake3()
+    for piece in pieces[1:]:
+        hasher.update(piece)
+    return hasher.hexdigest()[:32]
+
+
+class Table:
+    """A table read in place from ``data`` (a memory map or bytes), named ``name``.
+
+    Construction reads the header only; :meth:`verify` (which the first lookup runs
+    too) checks the index against its hash; each entry is checked against its crc32
+    when read.
+
+    Raises:
+        CorruptCheckpointError: not a table, or damaged.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_count",
+        "_data",
+        "_digest",
+        "_end",
+        "_filter",
+        "_filter_bits",
+        "_firsts",
+        "_format",
+        "_index",
+        "_read",
+        "_release",
+        "_starts",
+        "name",
+        "size",
+    )
+
+    def __init__(
+        self,
+        data: Any,
+        name: str,
+        read: Callable[[int, int], bytes] | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        #: Reads ``length`` bytes at an offset (a pread) for what a lookup needs: the
+        #: index and single blocks. Why not the memory map: a page fault maps the
+        #: pages around the one asked for too (fault-around), so ten thousand random
+        #: lookups made a whole table resident, counted in the process's memory.
+        self._read = read if read is not None else lambda at, n: bytes(data[at : at + n])
+        # Closed with the table: when released, else when collected (tables are
+        # dropped by compaction while readers may still hold them).
+        self._release = None if release is None else weakref.finalize(self, release)
+        self.size = len(data)
+        if self.size < _HEAD.size:
+            raise CorruptCheckpointError(f"table {name} is cut short")
+        magic, fmt, block, count, index_at, index_len, digest = _HEAD.unpack_from(data, 0)
+        if magic != TABLE_MAGIC or fmt not in _READ_FORMATS or block != BLOCK:
+            raise CorruptCheckpointError(f"table {name} is not a koru table of format 2 or 3")
+        self._format = fmt
+        self._filter = b""
+        self._filter_bits = 0
+        if not _HEAD.size <= index_at <= self.size or index_at + index_len != self.size:
+            raise CorruptCheckpointError(f"table {name} is cut short or malformed")
+        self._data = data
+        self._count = count
+        self._end = index_at  # where the entries end
+        self._index = (index_at, index_len)
+        self._digest: bytes | None = digest
+        self._firsts: list[tuple[bytes, bytes]] = []
+        self._starts: list[int] = []
+
+    def __len__(self) -> int:
+        return int(self._count)
+
+    def verify(self) -> None:
+        """Check the index against its hash (once; a table that fails is not used).
+        Cheap: the index is about one sixteenth of the keys; it is parsed later, by the
+        first lookup, so that an open costs what hashing the indexes costs.
+
+        Raises:
+            CorruptCheckpointError: it is damaged.
+        """
+        if self._digest is None:
+            return
+        at, length = self._index
+        if blake3.blake3(self._read(at, length)).digest() != self._digest:
+            raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
+        self._digest = None
+
+    def _load_index(self) -> None:
+        """Read the verified index into memory (once)."""
+        self.verify()
+        if self._starts or not self._count:
+            return
+        at, length = self._index
+        index = self._read(at, length)
+        firsts, starts = [], []
+        pos = 0
+        if self._format >= 3:
+            try:
+                bits, probes = _FILTER_HEAD.unpack_from(index, 0)
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: its index is cut short") from None
+            pos = _FILTER_HEAD.size + bits // 8
+            if probes != _PROBES or bits % 8 or not bits or pos > length:
+                raise CorruptCheckpointError(f"table {self.name}: its filter is malformed")
+            self._filter, self._filter_bits = index[_FILTER_HEAD.size : pos], bits
+        try:
+            while pos < length:
+                (n,) = _U16.unpack_from(index, pos)
+                ns = index[pos + 2 : pos + 2 + n]
+                pos += 2 + n
+                (m,) = _U16.unpack_from(index, pos)
+                key = index[pos + 2 : pos + 2 + m]
+                pos += 2 + m
+                (start,) = _U64.unpack_from(index, pos)
+                pos += 8
+                firsts.append((ns, key))
+                starts.append(start)
+        except struct.error:
+            raise CorruptCheckpointError(f"table {self.name}: its index is cut short") from None
+        blocks = -(-self._count // BLOCK)
+        if (
+            len(starts) != blocks
+            or starts != sorted(starts)
+            or (starts and starts[0] != _HEAD.size)
+        ):
+            raise CorruptCheckpointError(f"table {self.name}: its index does not match")
+        self._firsts, self._starts = firsts, starts
+
+    def verify_content(self) -> None:
+        """Check the whole table against its name (a hash of all but the header): what
+        per-entry checksums cannot see, a table rewritten whole with fresh ones. Reads
+        the whole file: for a scrub in the background, not for an open.
+
+        Raises:
+            CorruptCheckpointError: the content is not what the name says.
+        """
+        self.verify()
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher.update(memoryview(self._data)[_HEAD.size :])
+        if hasher.hexdigest()[:32] != self.name:
+            raise CorruptCheckpointError(
+                f"table {self.name}: its content is not the one its name hashes (the log is "
+                "intact: remove the checkpoint file to rebuild the state from it)"
+            )
+
+    def _block(self, b: int) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """The entries of block ``b``, each checked against its crc32."""
+        data = self._data
+        pos = self._starts[b]
+        end = self._starts[b + 1] if b + 1 < len(self._starts) else self._end
+        for i in range(b * BLOCK, min((b + 1) * BLOCK, self._count)):
+            try:
+                (crc,) = _CRC.unpack_from(data, pos)
+                at = pos + 4
+                (n,) = _U16.unpack_from(data, at)
+                ns = bytes(data[at + 2 : at + 2 + n])
+                at += 2 + n
+                (m,) = _U16.unpack_from(data, at)
+                key = bytes(data[at + 2 : at + 2 + m])
+                at += 2 + m
+                (v,) = _U32.unpack_from(data, at)
+                nxt = at + 4 + v
+                if nxt > end or zlib.crc32(memoryview(data)[pos + 4 : nxt]) != crc:
+                    raise CorruptCheckpointError(
+                        f"table {self.name}: entry {i} fails its check (the log is intact: "
+                        "remove the checkpoint file to rebuild the state from it)"
+                    )
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
+            yield ns, key, bytes(data[at + 4 : nxt])
+            pos = nxt
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        """The value of (namespace, key), or None if the table has none (a name that is
+        not valid Unicode is in no table)."""
+        try:
+            target = (namespace.encode(), key.encode())
+        except UnicodeEncodeError:
+            return None
+        if not self._starts:
+            self._load_index()
+        bits = self._filter_bits
+        if bits:
+            bloom = self._filter
+            h = _key_hash(*target)
+            h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+            for i in range(_PROBES):
+                pos = (h1 + i * h2) % bits
+                if not bloom[pos >> 3] & (1 << (pos & 7)):
+                    return None
+        b = bisect_right(self._firsts, target) - 1
+        if b < 0:
+            return None
+        return self._find(b, target)
+
+    def _find(self, b: int, target: tuple[bytes, bytes]) -> bytes | None:
+        """The value of ``target`` in block ``b``, or None.
+
+        A lookup's hot loop, over one copy of the block: it steps from entry to entry
+        by their lengths alone, and checks the crc32 of the entry it answers with. An
+        answer of "absent" (rare: the filter let the key through) walks the block again
+        checking every entry, since a damaged key could hide the one asked for. Why
+        entries and not a search for the key's bytes: a value may hold bytes that look
+        like another key's entry."""
+        starts = self._starts
+        pos = starts[b]
+        block = self._read(pos, (starts[b + 1] if b + 1 < len(starts) else self._end) - pos)
+        ns, key = target
+        pattern = b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key)
+        skip = 4 + len(pattern)
+        u16, u32 = _U16.unpack_from, _U32.unpack_from
+        p = 0
+        i = b * BLOCK
+        last = min(i + BLOCK, self._count)
+        try:
+            while i < last:
+                if block.startswith(pattern, p + 4):
+                    (v,) = u32(block, p + skip)
+                    nxt = p + skip + 4 + v
+                    (crc,) = _CRC.unpack_from(block, p)
+                    if nxt <= len(block) and zlib.crc32(block[p + 4 : nxt]) == crc:
+                        return block[p + skip + 4 : nxt]
+                    break  # damaged: the checked walk says where
+                (n,) = u16(block, p + 4)
+                at = p + 6 + n
+                (m,) = u16(block, at)
+                at += 2 + m
+                (v,) = u32(block, at)
+                p = at + 4 + v
+                i += 1
+        except struct.error:
+            pass  # cut short: the checked walk says where
+        return self._checked_find(b, target, block)
+
+    def _checked_find(self, b: int, target: tuple[bytes, bytes], block: bytes) -> bytes | None:
+        """:meth:`_find`, checking every entry up to the one that decides."""
+        end = len(block)
+        p = 0
+        i = b * BLOCK
+        last = min(i + BLOCK, self._count)
+        crc32, unpack = zlib.crc32, _CRC_U16.unpack_from
+        while i < last:
+            try:
+                crc, n = unpack(block, p)
+                at = p + 6 + n
+                ns = block[p + 6 : at]
+                (m,) = _U16.unpack_from(block, at)
+                at += 2
+                key = block[at : at + m]
+                at += m
+                (v,) = _U32.unpack_from(block, at)
+            except struct.error:
+                raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
+            nxt = at + 4 + v
+            if nxt > end or crc32(block[p + 4 : nxt]) != crc:
+                raise CorruptCheckpointError(
+                    f"table {self.name}: entry {i} fails its check (the log is intact: "
+                    "remove the checkpoint file to rebuild the state from it)"
+                )
+            if (ns, key) >= target:
+                return block[at + 4 : nxt] if (ns, key) == target else None
+            p = nxt
+            i += 1
+        return None
+
+    def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
+        """(key, value) of every key of ``namespace``, in key order."""
+        ns_b = namespace.encode()
+        self._load_index()
+        b = max(bisect_right(self._firsts, (ns_b, b"")) - 1, 0)
+        while b < len(self._starts):
+            for ns, key, value in self._block(b):
+                if ns > ns_b:
+                    return
+                if ns == ns_b:
+                    yield key.decode(), value
+            b += 1
+
+    def entries(self) -> Iterator[tuple[str, str, bytes]]:
+        """Every (namespace, key, value), in order."""
+        self._load_index()
+        for b in range(len(self._starts)):
+            for ns, key, value in self._block(b):
+                yield ns.decode(), key.decode(), value
+
+    def namespaces(self) -> Iterator[str]:
+        """The namespaces the table holds keys of, in order."""
+        last = None
+        for ns, _, _ in self.entries():
+            if ns != last:
+                last = ns
+                yield ns
+
+    def release(self) -> None:
+        """Let go of the memory map (the table is unusable after)."""
+        close = getattr(self._data, "close", None)
+        if close is not None:
+            close()
+        if self._release is not None:
+            self._release()

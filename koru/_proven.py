@@ -1,0 +1,273 @@
+"""Ingest with proof: how a database takes in events from someone it does not trust.
+
+The plain :meth:`koru.Database.ingest` is the owner's (an import of the owner's own
+export trusts the file). An authorized handle (a peer's, a remote client's) takes its
+events through :class:`ProvenIngest` instead, which passes an event on to the one
+ingest path only when:
+
+1. it is **proven**: its origin sealed it. A seal (``koru.events.SealEvent``) is
+   signed by the key that derives its origin and names points ``(agent, seq, id)`` of
+   that origin's feeds; a feed is a hash chain, so a sealed point vouches for every
+   event before it. Events wait here until a sealed point covers them; then the run
+   from this node's head of the feed to the point is checked backwards (each event's
+   id must be the ``prev`` its successor names, the last one's the sealed id, the
+   first one's ``prev`` this node's head) before any of it is passed on. An event that
+   does not match what was sealed is dropped (refused), whoever sent it; a seal proves
+   itself (its signature was checked when it was decoded). The proof points live in
+   the auth projection, so events that arrive after a restart are proven by seals
+   taken in before it.
+2. its **author may write it**, at its own timestamp: the key that sealed its origin
+   must hold ``write`` on every key it writes, as of its ``hlc`` (a revocation counts
+   from its own time: the same answer on every node that holds the same grants). An
+   event that writes no key needs its author to hold some capability then.
+   Identities, grants and revocations carry their own signatures, but each costs
+   memory and evaluation here, so their author too must take part (hold some
+   capability then, or be a root); seals need nothing (a node revoked since must still
+   prove what it wrote before); an identity below this database's proof-of-work
+   difficulty is refused. Timestamps must increase along a feed (an honest node's
+   clock is hybrid-logical), so a node cannot date an event before one it wrote
+   earlier: a revoked node can date what it writes after its revocation no earlier
+   than the last event of its that a node holds.
+
+An unauthorized event is refused (reported), not held: offered again once the grant
+that allows it has arrived, it is taken. Waiting is bounded (events and bytes): past
+it, events are refused as "no room", to be offered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple, cast
+
+from koru.events import (
+    AGENTS,
+    MAX_EVENT_SIZE,
+    STORAGE,
+    WRITE,
+    CodecError,
+    Event,
+    IdentityEvent,
+    SealEvent,
+    decode_event,
+    decode_trusted,
+    event_id,
+    short_key,
+)
+from koru.projections import FeedState
+
+from ._authority import Authority
+from ._ingest import Ingest
+
+__all__ = ["MAX_WAITING_BYTES", "MAX_WAITING_EVENTS", "ProvenIngest"]
+
+#: Bounds on events waiting for a seal (all feeds together).
+MAX_WAITING_EVENTS = 100_000
+MAX_WAITING_BYTES = 256 * 1024 * 1024
+
+Feed = tuple[bytes, str]
+
+
+class _Item(NamedTuple):
+    event: Event
+    data: bytes
+    eid: bytes
+
+
+class ProvenIngest:
+    """See the module doc."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        feeds: FeedState,
+        authority: Authority,
+        read: Callable[[int], bytes],
+    ) -> None:
+        self._ingest = ingest
+        self._read = read
+        self._feeds = feeds
+        self._authority = authority
+        self._waiting: dict[Feed, dict[int, _Item]] = {}
+        self._count = 0
+        self._bytes = 0
+        #: Totals since the open.
+        self.unproven = 0
+        self.unauthorized = 0
+
+    @property
+    def waiting(self) -> int:
+        """Events waiting for a seal."""
+        return self._count
+
+    def offer(self, data: object, now: int) -> None:
+        """Take one event's bytes from an untrusted sender (see the module doc)."""
+        ingest = self._ingest
+        if not isinstance(data, bytes | bytearray | memoryview):
+            ingest.refuse(None, f"an event is bytes, not {type(data).__name__}")
+            return
+        data = bytes(data)
+        if len(data) > MAX_EVENT_SIZE:
+            ingest.refuse(None, f"{len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit")
+            return
+        try:
+            event = decode_event(data, check_values=True)
+        except CodecError as exc:
+            ingest.refuse(None, f"not a valid event: {exc}")
+            return
+        eid = event_id(data)
+        feed = (event.origin, event.agent)
+        head = self._feeds.heads.get(feed)
+        if (
+            (head is not None and event.seq <= head[0])
+            or event.agent not in AGENTS
+            or (event.writes and event.agent != STORAGE)
+        ):
+            # A duplicate, a fork or a malformed placement: the one ingest path decides
+            # and reports (nothing it accepts this way is new).
+            ingest.admit(event, data, eid, now)
+            return
+        slot = self._waiting.setdefault(feed, {})
+        other = slot.get(event.seq)
+        if other is not None:
+            if other.eid != eid:
+                # One of the two is not what its origin wrote; the seal will tell. Keep
+                # the first: the other can be offered again.
+                ingest.refuse(eid, f"another unproven event {event.seq} of its feed waits")
+            return
+        if self._count >= MAX_WAITING_EVENTS or self._bytes + len(data) > MAX_WAITING_BYTES:
+            ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
+            return
+        slot[event.seq] = _Item(event, data, eid)
+        self._count += 1
+        self._bytes += len(data)
+        self._release(feed, now)
+
+    def _take(self, feed: Feed, seq: int) -> _Item:
+        slot = self._waiting[feed]
+        item = slot.pop(seq)
+        if not slot:
+            del self._waiting[feed]
+        self._count -= 1
+        self._bytes -= len(item.data)
+        return item
+
+    def _release(self, feed: Feed, now: int) -> None:
+        """Pass on every proven, authorized run of ``feed`` (and of the feeds a seal
+        taken in on the way names)."""
+        pending = [feed]
+        while pending:
+            feed = pending.pop()
+            while True:
+                released = self._release_run(feed, now)
+                if released is None:
+                    break
+                pending.extend(released)
+
+    def _release_run(self, feed: Feed, now: int) -> list[Feed] | None:
+        """Pass on the next proven run of ``feed``; returns the feeds a seal in it
+        names (to try next), or None when nothing more can go."""
+        slot = self._waiting.get(feed)
+        if not slot:
+            return None
+        head = self._feeds.heads.get(feed)
+        low, held_id = (0, None) if head is None else head
+        proofs = self._authority.state.seals.get(feed, {})
+        # The first point reachable through waiting events that something proves.
+        end, sealed = low + 1, cast("tuple[bytes, ...]", ())
+        author = self._authority.state.node_keys.get(feed[0])
+        while end in slot:
+            item = slot[end]
+            if type(item.event) is SealEvent:
+                sealed = (item.eid,)  # its own signature proves it
+                author = item.event.public_key
+                break
+            sealed = proofs.get(end, ())
+            if sealed:
+                break
+            end += 1
+        if not sealed:
+            return None
+        # Backwards from the proven point: each event must be the one its successor
+        # names, down to the one that follows what this node holds.
+        expected: bytes | None = slot[end].eid if slot[end].eid in sealed else None
+        for seq in range(end, low, -1):
+            item = slot[seq]
+            if item.eid != expected:
+                self._take(feed, seq)
+                self.unproven += 1
+                self._ingest.refuse(
+                    item.eid, f"event {seq} of its feed is not the one its origin sealed"
+                )
+                return None
+            expected = item.event.prev
+        if expected != held_id:
+            # The sealed chain does not continue what is held: the origin forked (or
+            # this node took something else through the owner's own ingest). The one
+            # ingest path reports it as a fork.
+            first = self._take(feed, low + 1)
+            self._ingest.admit(first.event, first.data, first.eid, now)
+            for seq in range(low + 2, end + 1):
+                item = self._take(feed, seq)
+                self._ingest.refuse(item.eid, f"event {seq} of its feed follows a fork")
+            return None
+        assert author is not None  # a proven feed's origin has sealed
+        # Timestamps must increase along a feed (a node's clock is hybrid-logical): a
+        # node cannot date an event before one it wrote earlier, which bounds how far
+        # back a revoked node can date what it writes after its revocation.
+        last = self._head_time(feed, low)
+        named: list[Feed] = []
+        for seq in range(low + 1, end + 1):
+            item = slot[seq]
+            problem = self._unauthorized(item.event, author)
+            if problem is None and item.event.hlc <= last:
+                problem = "its timestamp is not after the previous event of its feed"
+            if problem is not None:
+                self._take(feed, seq)
+                self.unauthorized += 1
+                self._ingest.refuse(item.eid, problem)
+                return None
+            self._take(feed, seq)
+            self._ingest.admit(item.event, item.data, item.eid, now)
+            last = item.event.hlc
+            if type(item.event) is SealEvent:
+                named.extend((item.event.origin, p.agent) for p in item.event.points)
+        return named
+
+    def _head_time(self, feed: Feed, seq: int) -> int:
+        """The timestamp of event ``seq`` of ``feed`` as held here (-1 for none)."""
+        if seq == 0:
+            return -1
+        location = self._feeds.location(feed[0], feed[1], seq)
+        if location is None:  # pragma: no cover - every seq up to the head is held
+            return -1
+        return decode_trusted(self._read(location)).hlc
+
+    def _unauthorized(self, event: Event, author: bytes) -> str | None:
+        """Why ``author`` (the key that sealed the event's origin) may not have written
+        the event, or None."""
+        authority = self._authority
+        if type(event) is IdentityEvent:
+            work = event.identity.work
+            if work < authority.difficulty:
+                return (
+                    f"an identity with {work} bits of proof of work; this database "
+                    f"requires {authority.difficulty}"
+                )
+        if type(event) is SealEvent:
+            # A seal proves what its node wrote before, when it may have been allowed
+            # to (a node revoked since must still be able to prove its earlier writes).
+            return None
+        writes = event.writes
+        for w in writes:
+            if not authority.allowed_at(author, WRITE, w.namespace, w.key, event.hlc):
+                return (
+                    f"its author {short_key(author)}... may not write {w.namespace!r}/"
+                    f"{w.key!r} (at its timestamp {event.hlc})"
+                )
+        # Anything else (statements included: they prove themselves, but each costs
+        # memory and evaluation here, and junk grants to an identity would slow every
+        # decision about it) needs an author that took part: one that held some
+        # capability at the time, or a root.
+        if not writes and not authority.participant_at(author, event.hlc):
+            return f"its author {short_key(author)}... held no capability at its timestamp"
+        return None

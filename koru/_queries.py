@@ -1,0 +1,126 @@
+"""The query engine: answers ``db.query`` now or at a past time.
+
+The pure parts (filters, the total order, sorting, aggregation) live in
+``koru.projections``; this collaborator of the database chooses the documents (the
+namespace's current documents from the :class:`~koru._documents.DocumentCache`, or
+each key's version at a past time from the key/value projection), runs the pure
+evaluation, and builds the results from freshly decoded value bytes, so a caller can
+mutate what it gets without touching anything the database holds.
+
+Everything a query can get wrong about its input (the namespace, the query, the time)
+is checked before any document is read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from koru.events import Event, check_name
+from koru.projections import KvState
+from koru.projections._answer import answer
+from koru.projections._indexes import Indexes
+from koru.projections._planner import QueryPlan
+from koru.projections._predicate import Predicate, compile_filter
+from koru.projections._query import Query, as_query
+
+from ._documents import DocumentCache, read_at, read_live, read_values
+from ._indexing import Indexing
+from ._reader import ValueReader
+from ._time import to_ns
+from ._writer import Writer
+
+__all__ = ["QueryEngine"]
+
+#: Compiled filters kept for queries seen lately (keyed by identity: queries may hold
+#: unhashable values).
+_COMPILED = 256
+
+
+class QueryEngine:
+    """Runs queries for one database."""
+
+    __slots__ = ("_compiled", "documents", "indexing", "kv", "now", "values")
+
+    def __init__(self, kv: KvState, values: ValueReader, indexes: Indexes, writer: Writer) -> None:
+        self.now = writer.read_time
+        self.kv = kv
+        self.values = values
+        self.documents = DocumentCache(kv, values.value_bytes, values.cache.peek)
+        self.indexing = Indexing(kv, indexes, self.documents, writer)
+        self._compiled: OrderedDict[int, tuple[Query, Predicate]] = OrderedDict()
+
+    def observe(self, event: Event, event_id: bytes, location: int) -> None:
+        """An event was folded (the write path's observer): its keys are dirty."""
+        if self.documents.by_namespace:
+            touch = self.documents.touch
+            for w in event.writes:
+                touch(w.namespace, w.key)
+
+    def predicate(self, q: Query) -> Predicate:
+        """The compiled filter of ``q`` (cached by identity)."""
+        found = self._compiled.get(id(q))
+        if found is not None and found[0] is q:
+            self._compiled.move_to_end(id(q))
+            return found[1]
+        predicate = compile_filter(q.filter)
+        self._compiled[id(q)] = (q, predicate)
+        if len(self._compiled) > _COMPILED:
+            self._compiled.popitem(last=False)
+        return predicate
+
+    def query(self, namespace: str, query: Any, at: Any = None) -> Any:
+        """Answer ``query`` over ``namespace`` (see ``Database.query``)."""
+        q, when = self.check(namespace, query, at)
+        predicate = self.predicate(q)
+        if when is not None:
+            keys, values = self._at(namespace, when)
+            owned = True  # decoded for this query alone
+        else:
+            _, candidates = self.indexing.plan(namespace, q.filter)
+            gone = self.expired(namespace)
+            if candidates is None:
+                docs = self.documents.get(namespace)
+                keys, values, owned = docs.keys, docs.docs, False
+                if gone:  # values with a time to live that has passed read as absent
+                    kept = [i for i, k in enumerate(keys) if k not in gone]
+                    keys, values = [keys[i] for i in kept], [values[i] for i in kept]
+            else:
+                keys, values = self._live(namespace, sorted(candidates - gone))
+                owned = True
+        if owned:
+            return answer(q, predicate, keys, values)
+        # The cache's objects: rows are decoded afresh.
+        return answer(q, predicate, keys, values, lambda ks: self._live(namespace, ks)[1])
+
+    def check(self, namespace: str, query: Any, at: Any) -> tuple[Query, int | None]:
+        """The query and time, checked (before any work)."""
+        check_name(namespace, "namespace")
+        q = as_query(query)
+        return q, None if at is None else to_ns(at)
+
+    def explain(self, namespace: str, query: Any, at: Any = None) -> QueryPlan:
+        """How ``query`` would read ``namespace`` (see ``Database.explain``)."""
+        q, when = self.check(namespace, query, at)
+        return self.indexing.describe(namespace, q.filter, when)
+
+    def _read(self, namespace: str, recs: list[tuple[str, bytes, int, int]]) -> list[Any]:
+        return read_values(self.values.value_bytes, namespace, recs, self.values.cache.peek)
+
+    def _live(self, namespace: str, keys: list[str]) -> tuple[list[str], list[Any]]:
+        values = self.values
+        return read_live(self.kv, namespace, keys, values.value_bytes, values.cache.peek)
+
+    def expired(self, namespace: str) -> set[str]:
+        """Keys of ``namespace`` whose current value's time to live has passed (by the
+        database's read time, which never goes backwards)."""
+        expiring = self.kv.expiring
+        if not expiring:
+            return set()
+        now = self.now()
+        return {k for (ns, k), t in expiring.items() if ns == namespace and now >= t}
+
+    def _at(self, namespace: str, when: int) -> tuple[list[str], list[Any]]:
+        """Every key's value at ``when`` (keys with none then are left out)."""
+        values = self.values
+        return read_at(self.kv, namespace, when, values.value_bytes, values.cache.peek)

@@ -1,0 +1,343 @@
+"""Subscriptions: every change to keys, delivered once, in log order, resumable.
+
+``async with db.subscribe(...) as changes: async for change in changes:``. The one
+observer of ``Writer.write`` (:meth:`Hub.observe`, so local writes, batches, deletes,
+expiries and ingested events alike) hands each key/value event to every subscription
+that may want it, with its position in this node's ``storage`` log, through a bounded
+trio memory channel and ``send_nowait``: a writer never waits for a subscriber. One
+whose buffer is full is cut off and gets :class:`~koru.LaggedError` carrying the
+position of the first event it did not get, once it has read everything before.
+
+Whole events are queued (a batch's changes arrive together) and turned into
+:class:`KeyChange` objects by the subscriber's own task (versions, the decoded value, the
+``where`` test), which keeps the writer's share small.
+
+Resuming: ``subscribe(from_position=p)`` first replays the events of the log from
+position ``p`` (read and verified from the log), then continues live. The live queue
+is attached, and the log's end taken as the seam, in one step without yielding, so
+nothing is missed or seen twice there. A change's ``position`` is its event's; after
+handling the changes of position ``q``, resume from ``q + 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple, NoReturn
+
+import cbor2
+import trio
+
+from koru.events import (
+    STORAGE,
+    DatabaseClosedError,
+    Event,
+    InvalidArgumentError,
+    LaggedError,
+    LogStore,
+    check_name,
+    decode_trusted,
+    write_id,
+)
+from koru.projections import KvState
+from koru.projections._kv import _REC, _unpack
+from koru.projections._predicate import Predicate, compile_filter
+from koru.projections._query import as_query
+
+from ._reader import ValueReader
+from ._reads import version_of
+from ._space import DEFAULT, Space
+from ._types import Version
+
+__all__ = ["KINDS", "KeyChange", "Hub", "Subscription"]
+
+#: What a change may be: a new value, or a deletion (expiries included).
+KINDS = frozenset({"put", "delete"})
+#: Default bound of a subscription's queue, in events.
+DEFAULT_BUFFER = 10_000
+_RECORD = _REC.size
+_WID = 24  # where the write id sits in a packed version record
+
+
+class KeyChange(NamedTuple):
+    """One change to one key."""
+
+    namespace: str
+    key: str
+    #: "put" or "delete" (an expired value's tombstone is a delete).
+    kind: str
+    #: The version current before this one (None for a key's first write).
+    old: Version | None
+    new: Version
+    #: The new value (None for a delete).
+    value: Any
+    #: The position of the change's event in this node's storage log.
+    position: int
+
+
+# event, event id, position, and the versions of its writes by index once a subscriber
+# built them (shared: ten subscribers of one event build them once).
+Item = tuple[Event, bytes, int, dict[int, tuple[Any, Any]]]
+
+
+class Subscription:
+    """The changes one subscriber asked for (an async iterator)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        namespace: str | None,
+        key: str | None,
+        kinds: frozenset[str],
+        where: Predicate | None,
+        replay: Iterator[Item],
+        buffer: int,
+        space: Space = DEFAULT,
+    ) -> None:
+        self._hub = hub
+        #: The space whose changes it sees (what its namespaces are called there).
+        self.space = space
+        #: The namespace asked for, stored form (None: every namespace of the space).
+        self.namespace = namespace
+        self.key = key
+        self.kinds = kinds
+        self._where = where
+        self._replay: Iterator[Item] | None = replay
+        self._send, self._receive = trio.open_memory_channel[Item](buffer)
+        self._ready: list[KeyChange] = []
+        #: Position of the first event not queued, once cut off.
+        self.lagged_at: int | None = None
+        self.closed = False
+        self._taken = 0
+
+    def push(self, item: Item) -> bool:
+        """Queue an event without waiting; False if the subscriber was cut off."""
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self.lagged_at = item[2]
+            self._send.close()
+            return False
+        except trio.ClosedResourceError:
+            return False
+        return True
+
+    def end(self) -> None:
+        """No more events (the database closed, or the subscription ended)."""
+        self.closed = True
+        self._send.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> KeyChange:
+        while not self._ready:
+            item = None
+            if self._replay is not None:
+                item = next(self._replay, None)
+                if item is None:
+                    self._replay = None
+            if item is None:
+                # Take what is queued without a trip through the scheduler (one per
+                # change would cost more than building it), yielding every 64th.
+                try:
+                    item = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    item = await self._next_item()
+                except trio.EndOfChannel:
+                    self._ended()
+                else:
+                    self._taken += 1
+                    if not self._taken & 63:
+                        await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint()
+            self._ready = self._changes(item)
+            self._ready.reverse()
+        return self._ready.pop()
+
+    async def _next_item(self) -> Item:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            self._ended()
+
+    def _ended(self) -> NoReturn:
+        if self.lagged_at is not None:
+            raise LaggedError(self.lagged_at) from None
+        if self._hub.closed:
+            raise DatabaseClosedError("the database closed") from None
+        raise StopAsyncIteration from None
+
+    def _changes(self, item: Item) -> list[KeyChange]:
+        event, eid, position, built = item
+        out = []
+        ns_wanted, key_wanted, kinds, where = self.namespace, self.key, self.kinds, self._where
+        outward = self.space.outward
+        for i, w in enumerate(event.writes):
+            ns, key = w.namespace, w.key
+            if (ns_wanted is not None and ns != ns_wanted) or (
+                key_wanted is not None and key != key_wanted
+            ):
+                continue
+            shown = outward(ns)
+            if shown is None:  # another space's
+                continue
+            kind = "put" if w.value is not None else "delete"
+            if kind not in kinds:
+                continue
+            versions = built.get(i)
+            if versions is None:
+                versions = built[i] = self._hub.versions(ns, key, write_id(eid, i))
+            old, new = versions
+            if new is None:
+                continue
+            value = None if w.value is None else cbor2.loads(w.value)  # fresh for each
+            if shown != ns:  # a workspace's: its own names
+                old = None if old is None else old._replace(namespace=shown)
+                new = new._replace(namespace=shown)
+            change = KeyChange(shown, key, kind, old, new, value, position)
+            if where is not None:
+                doc = change.value if kind == "put" else self._hub.value_of(versions[0])
+                if doc is None and kind == "delete" and change.old is None:
+                    continue
+                if not where(doc):
+                    continue
+            out.append(change)
+        return out
+
+
+class Hub:
+    """Every live subscription of one database, fed by the write path."""
+
+    def __init__(self, store: LogStore, kv: KvState, values: ValueReader) -> None:
+        self.store = store
+        self.kv = kv
+        self.values = values
+        self.subscriptions: list[Subscription] = []
+        self.closed = False
+
+    # -- the write path ---------------------------------------------------------------
+
+    def observe(self, event: Event, event_id: bytes, location: int) -> None:
+        """An event was appended and folded (``Writer.write``'s observer). The writer
+        pays this for every subscription: keep it to a set lookup and a queue append."""
+        subs = self.subscriptions
+        if not subs or event.agent != STORAGE:
+            return
+        writes = event.writes
+        names = {w.namespace for w in writes}
+        item: Item = (event, event_id, self.store.cursor(STORAGE).count - 1, {})
+        cut = False
+        for sub in subs:
+            ns = sub.namespace
+            if ns is None:
+                owns = sub.space.owns
+                if not any(owns(n) for n in names):
+                    continue  # another space's: never queued, never counted
+            elif ns not in names or (
+                sub.key is not None and not any(w.key == sub.key for w in writes)
+            ):
+                continue
+            if not sub.push(item):
+                cut = True
+        if cut:
+            self.subscriptions = [s for s in subs if s.lagged_at is None]
+
+    def close(self) -> None:
+        self.closed = True
+        for sub in self.subscriptions:
+            sub.end()
+        self.subscriptions = []
+
+    # -- building changes (in the subscriber's task) -----------------------------------
+
+    def versions(self, ns: str, key: str, wid: bytes) -> tuple[Version | None, Version | None]:
+        """(old, new) versions of the write ``wid`` (new is None if not held)."""
+        blob = self.kv.packed(ns, key)
+        found = None if blob is None else _find(blob, wid)
+        if blob is None or found is None:
+            return None, None
+        new = _unpack(_REC.unpack_from(blob, found))
+        old = None if found == 0 else _unpack(_REC.unpack_from(blob, found - _RECORD))
+        return (None if old is None else version_of(ns, key, old)), version_of(ns, key, new)
+
+    def value_of(self, version: Version | None) -> Any:
+        """The value of a version (for ``where`` on deletions), read through the
+        database; None for none."""
+        if version is None or version.content_id is None:
+            return None
+        blob = self.kv.packed(version.namespace, version.key)
+        assert blob is not None
+        found = _find(blob, bytes.fromhex(version.write_id))
+        assert found is not None
+        r = _unpack(_REC.unpack_from(blob, found))
+        assert r.content_id is not None
+        data = self.values.value_bytes(r.content_id, r.location, version.namespace, version.key)
+        return cbor2.loads(data)
+
+    def replay(self, start: int, end: int) -> Iterator[Item]:
+        """The storage log's events from position ``start`` up to ``end`` (verified)."""
+        if start >= end:
+            return
+        for record in self.store.records(STORAGE, start):
+            if record.position >= end:
+                return
+            yield decode_trusted(record.data), record.event_id, record.position, {}
+
+    # -- subscribing -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        namespace: str | None,
+        key: str | None,
+        kinds: Iterable[str],
+        where: Any,
+        from_position: int | None,
+        buffer: int,
+        space: Space = DEFAULT,
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe (see ``Database.subscribe``) to the changes of ``space``: its
+        namespace ``namespace`` (as its callers name it), or all of its namespaces."""
+        if namespace is not None:
+            namespace = space.inward(namespace)
+        if key is not None:
+            if namespace is None:
+                raise InvalidArgumentError("a key subscription needs its namespace")
+            check_name(key, "key")
+        if isinstance(kinds, str) or not isinstance(kinds, Iterable):
+            raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
+        wanted = frozenset(kinds)
+        if not wanted or not wanted <= KINDS:
+            raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
+        predicate = None if where is None else compile_filter(as_query(where, "where").filter)
+        if from_position is not None and (type(from_position) is not int or from_position < 0):
+            raise InvalidArgumentError(
+                f"from_position must be a non-negative int, not {from_position!r}"
+            )
+        if type(buffer) is not int or buffer < 1:
+            raise InvalidArgumentError(f"buffer must be a positive int, not {buffer!r}")
+        # The seam: the log's end now, and the live queue attached, with no yield between.
+        end = self.store.cursor(STORAGE).count
+        start = end if from_position is None else from_position
+        sub = Subscription(
+            self, namespace, key, wanted, predicate, self.replay(start, end), buffer, space
+        )
+        self.subscriptions.append(sub)
+        try:
+            yield sub
+        finally:
+            if sub in self.subscriptions:
+                self.subscriptions.remove(sub)
+            sub.end()
+
+
+def _find(blob: bytes | bytearray, wid: bytes) -> int | None:
+    """Where the record with write id ``wid`` starts in a key's packed records."""
+    start = len(blob) - _RECORD
+    while start >= 0:  # usually the last record, or close to it
+        if blob[start + _WID : start + _WID + 32] == wid:
+            return start
+        start -= _RECORD
+    return None

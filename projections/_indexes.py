@@ -1,0 +1,249 @@
+"""Secondary indexes: a projection, defined by events, folded from every write.
+
+An index of ``namespace`` on a field path maps each key to the value of that field in
+the key's current version, and each distinct value (by the total order's
+:func:`~koru.projections._order.order_key`) to the set of keys holding it, with the
+distinct values kept sorted for range lookups. Equality, ``in`` and range filters on
+the path are answered from it (see the face's planner); it never changes a result,
+only how many documents are read.
+
+Order independence: every entry remembers the order key ``(hlc, origin, write id)``
+of the write that set it, the same order the key/value projection uses to pick the
+current version, so writes arriving in any order (several origins, ingest) leave the
+index agreeing with the current versions. Deletions leave an entry with no value for
+the same reason. Definitions are last-writer-wins by the same order.
+
+A definition folded when the namespace already holds documents starts *pending*: a
+pure fold cannot read values written before it (they live in the log, not here), so
+the database fills it from the current documents (:meth:`Index.fill`) right after
+``create_index``, and lazily before first use after a replay or an ingested definition.
+A pending index ignores writes (the fill reads their result) and is never used.
+
+Index values are decoded from the bytes each write event carries.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import cbor2
+
+from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, write_id
+
+from ._order import MISSING, order_key
+from ._paths import check_path, get_path, split_path
+
+__all__ = ["Index", "Indexes", "from_order_key", "write_order"]
+
+Key = tuple[Any, ...]
+
+
+def write_order(hlc: int, origin: bytes, wid: bytes) -> bytes:
+    """The order key of a write as bytes: compares as the key/value projection orders
+    versions."""
+    return hlc.to_bytes(8, "big") + origin + wid
+
+
+def from_order_key(k: Key) -> Any:
+    """The value whose :func:`order_key` is ``k`` (ints and floats keep their type)."""
+    r = k[0]
+    if r == 1:
+        return None
+    if r == 6:
+        return [from_order_key(x) for x in k[1]]
+    if r == 7:
+        return {name: from_order_key(x) for name, x in k[1]}
+    return k[1]
+
+
+class Index:
+    """One namespace's index on one path."""
+
+    __slots__ = ("buckets", "entries", "namespace", "path", "pending", "segments", "values")
+
+    def __init__(self, namespace: str, path: str, *, pending: bool = True) -> None:
+        self.namespace = namespace
+        self.path = path
+        self.segments = split_path(path)
+        #: key -> (order of the write that set it, order key of the value or None)
+        self.entries: dict[str, tuple[bytes, Key | None]] = {}
+        #: order key of a value -> keys holding it
+        self.buckets: dict[Key, set[str]] = {}
+        #: the distinct order keys, ascending
+        self.values: list[Key] = []
+        self.pending = pending
+
+    def put(self, key: str, order: bytes, value: Key | None) -> None:
+        """Record that the write ``order`` left ``key`` holding ``value`` (an order key,
+        None for no value); an older write than the one recorded changes nothing."""
+        old = self.entries.get(key)
+        if old is not None:
+            if old[0] >= order:
+                return
+            if old[1] is not None:
+                self._unbucket(key, old[1])
+        self.entries[key] = (order, value)
+        if value is not None:
+            bucket = self.buckets.get(value)
+            if bucket is None:
+                bucket = self.buckets[value] = set()
+                insort(self.values, value)
+            bucket.add(key)
+
+    def _unbucket(self, key: str, value: Key) -> None:
+        bucket = self.buckets[value]
+        bucket.discard(key)
+        if not bucket:
+            del self.buckets[value]
+            del self.values[bisect_left(self.values, value)]
+
+    def fill(self, entries: Iterable[tuple[str, bytes, Key | None]]) -> None:
+        """Build the index from the namespace's current versions (no longer pending)."""
+        self.entries, self.buckets, self.values = {}, {}, []
+        for key, order, value in entries:
+            self.put(key, order, value)
+        self.pending = False
+
+    def extract(self, doc: Any) -> Key | None:
+        """The order key of this index's field in ``doc`` (None if missing)."""
+        v = get_path(doc, self.segments)
+        return None if v is MISSING else order_key(v)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def equal(self, value: Key) -> set[str]:
+        """Keys whose field equals the value with order key ``value``."""
+        return self.buckets.get(value, _EMPTY)
+
+    def between(self, low: Key, low_open: bool, high: Key, high_open: bool) -> Iterator[set[str]]:
+        """The buckets of the values between ``low`` and ``high``."""
+        lo = (bisect_right if low_open else bisect_left)(self.values, low)
+        hi = (bisect_left if high_open else bisect_right)(self.values, high)
+        buckets = self.buckets
+        for v in self.values[lo:hi]:
+            yield buckets[v]
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buckets.values())
+
+
+_EMPTY: set[str] = set()
+
+
+class Indexes:
+    """Every secondary index of the database, with their definitions."""
+
+    __slots__ = ("by_namespace", "definitions")
+
+    name: ClassVar[str] = "indexes"
+    version: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        #: (namespace, path) -> (order of the latest definition event, created)
+        self.definitions: dict[tuple[str, str], tuple[bytes, bool]] = {}
+        #: namespace -> path -> index (created definitions with a valid path)
+        self.by_namespace: dict[str, dict[str, Index]] = {}
+
+    def get(self, namespace: str, path: str) -> Index | None:
+        found = self.by_namespace.get(namespace)
+        return None if found is None else found.get(path)
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(namespace, path) of every index, sorted."""
+        return sorted((ns, p) for ns, paths in self.by_namespace.items() for p in paths)
+
+    # -- the fold ----------------------------------------------------------------------
+
+    def apply(self, event: Event, event_id: bytes, location: int) -> None:
+        if type(event) is PutEvent:  # the common case first
+            indexes = self.by_namespace.get(event.namespace)
+            if indexes:
+                order = write_order(event.hlc, event.origin, event_id)
+                self._write(indexes, event.key, order, event.value)
+            return
+        if type(event) is IndexEvent:
+            self._define(event, event_id)
+            return
+        if not self.by_namespace:
+            return
+        for i, w in enumerate(event.writes):
+            indexes = self.by_namespace.get(w.namespace)
+            if indexes:
+                order = write_order(event.hlc, event.origin, write_id(event_id, i))
+                self._write(indexes, w.key, order, w.value)
+
+    def _write(self, indexes: dict[str, Index], key: str, order: bytes, data: bytes | None) -> None:
+        doc: Any = MISSING
+        for index in indexes.values():
+            if index.pending:
+                continue
+            if data is None:
+                index.put(key, order, None)
+                continue
+            if doc is MISSING:
+                doc = cbor2.loads(data)
+            index.put(key, order, index.extract(doc))
+
+    def _define(self, event: IndexEvent, event_id: bytes) -> None:
+        slot = (event.namespace, event.path)
+        order = write_order(event.hlc, event.origin, event_id)
+        known = self.definitions.get(slot)
+        if known is not None and known[0] >= order:
+            return  # an older (or the same) definition: the latest one stands
+        created = event.action == "create"
+        self.definitions[slot] = (order, created)
+        paths = self.by_namespace.get(event.namespace)
+        if not created:
+            if paths is not None and paths.pop(event.path, None) is not None and not paths:
+                del self.by_namespace[event.namespace]
+            return
+        try:
+            check_path(event.path, "path")
+        except InvalidQueryError:
+            return  # a crafted definition: remembered, never built
+        if paths is None:
+            paths = self.by_namespace[event.namespace] = {}
+        paths.setdefault(event.path, Index(event.namespace, event.path))
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def capture(self) -> dict[str, Any]:
+        definitions = [
+            [ns, p, order, created] for (ns, p), (order, created) in self.definitions.items()
+        ]
+        indexes = []
+        for ns, paths in self.by_namespace.items():
+            for p, index in paths.items():
+                entries = [
+                    [k, order] if v is None else [k, order, from_order_key(v)]
+                    for k, (order, v) in index.entries.items()
+                ]
+                indexes.append([ns, p, index.pending, entries])
+        return {"definitions": definitions, "indexes": indexes}
+
+    @classmethod
+    def restore(cls, data: Any) -> Indexes:
+        state = cls()
+        for ns, p, order, created in data["definitions"]:
+            if type(ns) is not str or type(p) is not str or type(order) is not bytes:
+                raise ValueError("malformed index definition")
+            if type(created) is not bool:
+                raise ValueError("malformed index definition")
+            state.definitions[(ns, p)] = (order, created)
+        for ns, p, pending, entries in data["indexes"]:
+            known = state.definitions.get((ns, p))
+            if known is None or not known[1] or type(pending) is not bool:
+                raise ValueError(f"index {ns!r}/{p!r} without a definition")
+            check_path(p, "path")
+            index = Index(ns, p, pending=pending)
+            for entry in entries:
+                if type(entry) is not list or len(entry) not in (2, 3):
+                    raise ValueError("malformed index entry")
+                key, order = entry[0], entry[1]
+                if type(key) is not str or type(order) is not bytes or len(order) != 56:
+                    raise ValueError("malformed index entry")
+                index.put(key, order, order_key(entry[2]) if len(entry) == 3 else None)
+            state.by_namespace.setdefault(ns, {})[p] = index
+        return state

@@ -1,0 +1,337 @@
+"""Regular expressions for ``matches`` filters, searched in time linear in the text.
+
+Why not :mod:`re` directly: it backtracks, so a pattern from a remote client can take
+exponential time (``(a+)+$``) or, searching, quadratic time on a long field
+(``.*x`` on a megabyte of text: minutes). A query must not be able to stall the
+database. So a pattern is parsed with Python's own regular-expression parser (its
+syntax and error messages), turned into a Thompson automaton, and searched with a lazily
+built DFA (subset construction, one cached transition per state and character), the
+way RE2 and Rust's ``regex`` work: each character of the text costs one dict lookup
+once the automaton is warm, and at most one closure computation (bounded by the
+pattern's size) when it is not. The answer is the same as ``re.search(pattern, text)
+is not None``: single-character tests are delegated to :mod:`re` itself (case folding,
+``\\w``, ``\\d`` and ``.`` exactly as Python defines them), and zero-width assertions
+(``^ $ \\A \\Z \\b \\B``) are evaluated from the characters around each position.
+
+Refused (with :class:`~koru.InvalidQueryError`), because no automaton can answer them
+or they exist only to steer a backtracking engine: backreferences, lookahead and
+lookbehind, conditional groups, atomic groups and possessive quantifiers. Patterns are
+limited to 1,000 characters and 20,000 automaton states (``a{1000}{1000}`` is refused).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from koru.events import InvalidQueryError
+
+__all__ = ["MAX_PATTERN", "compile_pattern"]
+
+try:  # Python 3.11+: the parser re itself uses
+    from re import _constants as _c  # type: ignore[attr-defined]
+    from re import _parser as _p  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - older Pythons are not supported
+    raise
+
+#: Longest pattern accepted, in characters.
+MAX_PATTERN = 1000
+#: Most automaton states a pattern may expand to (counted repeats multiply).
+MAX_STATES = 20_000
+#: Cached DFA states before the cache is dropped and rebuilt (memory stays bounded;
+#: each character still costs at most one closure).
+MAX_DFA_STATES = 4_000
+
+_CHAR, _SPLIT, _ASSERT, _MATCH = 0, 1, 2, 3
+
+# Context bits of a position's neighbouring characters.
+_START, _NL, _WORD_U, _WORD_A = 1, 2, 4, 8
+
+_UNSUPPORTED = {
+    _c.GROUPREF: "backreferences",
+    _c.GROUPREF_EXISTS: "conditional groups",
+    _c.ASSERT: "lookahead and lookbehind",
+    _c.ASSERT_NOT: "lookahead and lookbehind",
+    _c.ATOMIC_GROUP: "atomic groups",
+    _c.POSSESSIVE_REPEAT: "possessive quantifiers",
+}
+_CATEGORIES = {
+    _c.CATEGORY_DIGIT: r"\d",
+    _c.CATEGORY_NOT_DIGIT: r"\D",
+    _c.CATEGORY_SPACE: r"\s",
+    _c.CATEGORY_NOT_SPACE: r"\S",
+    _c.CATEGORY_WORD: r"\w",
+    _c.CATEGORY_NOT_WORD: r"\W",
+}
+_ATOM_FLAGS = re.IGNORECASE | re.DOTALL | re.ASCII
+_WORD_UNICODE = re.compile(r"\w").fullmatch
+_WORD_ASCII = re.compile(r"\w", re.ASCII).fullmatch
+
+
+def _char(code: int) -> str:
+    return f"\\U{code:08x}"
+
+
+def _atom_source(op: Any, av: Any) -> str:
+    """The source of a one-character pattern equivalent to the node ``(op, av)``."""
+    if op is _c.LITERAL:
+        return _char(av)
+    if op is _c.NOT_LITERAL:
+        return f"[^{_char(av)}]"
+    if op is _c.ANY:
+        return "."
+    parts, negate = [], ""
+    for item_op, item in av:
+        if item_op is _c.NEGATE:
+            negate = "^"
+        elif item_op is _c.LITERAL:
+            parts.append(_char(item))
+        elif item_op is _c.RANGE:
+            parts.append(f"{_char(item[0])}-{_char(item[1])}")
+        elif item_op is _c.CATEGORY:
+            parts.append(_CATEGORIES[item])
+        else:  # pragma: no cover - the parser emits nothing else inside a class
+            raise ValueError(f"unexpected class item {item_op}")
+    if not parts:  # an empty negated class never appears; keep the shape valid
+        return "[^\\s\\S]" if not negate else "[\\s\\S]"
+    return f"[{negate}{''.join(parts)}]"
+
+
+class _Builder:
+    """Thompson construction from re's parse tree, continuation style (right to left)."""
+
+    def __init__(self) -> None:
+        self.kind: list[int] = []
+        self.arg: list[Any] = []
+        self.out: list[list[int]] = []
+        self.atoms: list[Callable[[str], Any]] = []
+        self._atom_ids: dict[tuple[str, int], int] = {}
+
+    def state(self, kind: int, arg: Any, out: list[int]) -> int:
+        if len(self.kind) >= MAX_STATES:
+            raise _TooLarge
+        self.kind.append(kind)
+        self.arg.append(arg)
+        self.out.append(out)
+        return len(self.kind) - 1
+
+    def atom(self, source: str, flags: int) -> int:
+        key = (source, flags & _ATOM_FLAGS)
+        found = self._atom_ids.get(key)
+        if found is None:
+            found = self._atom_ids[key] = len(self.atoms)
+            self.atoms.append(re.compile(source, key[1]).fullmatch)
+        return found
+
+    def seq(self, items: Any, flags: int, nxt: int) -> int:
+        for op, av in reversed(list(items)):
+            nxt = self.item(op, av, flags, nxt)
+        return nxt
+
+    def item(self, op: Any, av: Any, flags: int, nxt: int) -> int:
+        if op in (_c.LITERAL, _c.NOT_LITERAL, _c.ANY, _c.IN):
+            return self.state(_CHAR, self.atom(_atom_source(op, av), flags), [nxt])
+        if op is _c.AT:
+            return self.state(_ASSERT, (av, flags), [nxt])
+        if op is _c.BRANCH:
+            return self.state(_SPLIT, None, [self.seq(alt, flags, nxt) for alt in av[1]])
+        if op is _c.SUBPATTERN:
+            _, add, remove, body = av
+            return self.seq(body, (flags | add) & ~remove, nxt)
+        if op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+            low, high, body = av
+            if high is _c.MAXREPEAT:
+                loop = self.state(_SPLIT, None, [])
+                self.out[loop].extend((self.seq(body, flags, loop), nxt))
+                entry = loop
+            else:
+                entry = nxt
+                for _ in range(high - low):
+                    entry = self.state(_SPLIT, None, [self.seq(body, flags, entry), nxt])
+            for _ in range(low):
+                entry = self.seq(body, flags, entry)
+            return entry
+        what = _UNSUPPORTED.get(op)
+        if what is None:  # pragma: no cover - every opcode the parser emits is handled
+            what = f"the construct {op}"
+        raise _Unsupported(what)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _context(ch: str | None) -> int:
+    if ch is None:
+        return _START
+    bits = 0
+    if ch == "\n":
+        bits |= _NL
+    if _WORD_UNICODE(ch):
+        bits |= _WORD_U
+    if _WORD_ASCII(ch):
+        bits |= _WORD_A
+    return bits
+
+
+def _holds(at: Any, flags: int, prev: int, nxt: int, final_nl: bool) -> bool:
+    """Whether a zero-width assertion holds between ``prev`` and ``nxt`` (context bits;
+    ``_START`` stands for the edge of the text on either side)."""
+    if at is _c.AT_BEGINNING_STRING:
+        return bool(prev & _START)
+    if at is _c.AT_BEGINNING:
+        return bool(prev & _START or (flags & re.MULTILINE and prev & _NL))
+    if at is _c.AT_END_STRING:
+        return bool(nxt & _START)
+    if at is _c.AT_END:
+        return bool(nxt & _START or final_nl or (flags & re.MULTILINE and nxt & _NL))
+    word = _WORD_A if flags & re.ASCII else _WORD_U
+    if at is _c.AT_BOUNDARY:
+        return bool(prev & word) != bool(nxt & word)
+    if at is _c.AT_NON_BOUNDARY:
+        if prev & _START and nxt & _START:
+            return False  # as re: \B does not match in an empty text
+        return bool(prev & word) == bool(nxt & word)
+    raise _Unsupported(f"the assertion {at}")  # pragma: no cover
+
+
+class _State:
+    """A DFA state: the automaton states reached (before their closure) and the
+    context of the character before; transitions are filled in lazily."""
+
+    __slots__ = ("done", "next", "prev", "states")
+
+    def __init__(self, states: frozenset[int], prev: int) -> None:
+        self.states = states
+        self.prev = prev
+        self.next: dict[str, _State] = {}
+        #: Whether the text may end here with a match (None until computed).
+        self.done: bool | None = None
+
+
+class Pattern:
+    """A compiled, linear-time ``matches`` pattern: ``pattern.search(text)`` is
+    ``re.search(source, text) is not None``."""
+
+    __slots__ = ("_accept", "_b", "_cache", "_start", "_start_state", "source")
+
+    def __init__(self, source: str, builder: _Builder, start: int) -> None:
+        self.source = source
+        self._b = builder
+        self._start = start
+        self._accept = _State(frozenset(), 0)  # absorbing: a match was found
+        self._cache: dict[tuple[frozenset[int], int], _State] = {}
+        self._start_state = self._intern(frozenset((start,)), _START)
+
+    def _intern(self, states: frozenset[int], prev: int) -> _State:
+        key = (states, prev)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= MAX_DFA_STATES:
+                # Drop the transitions too, so the old states can be freed.
+                for old in self._cache.values():
+                    old.next.clear()
+                self._cache.clear()
+            found = self._cache[key] = _State(states, prev)
+        return found
+
+    def _closure(self, states: frozenset[int], prev: int, nxt: int, final_nl: bool) -> list[int]:
+        """The character-consuming states reachable without input, or [-1] on a match."""
+        kind, arg, out = self._b.kind, self._b.arg, self._b.out
+        seen: set[int] = set()
+        stack = list(states)
+        chars: list[int] = []
+        while stack:
+            s = stack.pop()
+            if s in seen:
+                continue
+            seen.add(s)
+            k = kind[s]
+            if k == _CHAR:
+                chars.append(s)
+            elif k == _SPLIT:
+                stack.extend(out[s])
+            elif k == _MATCH:
+                return [-1]
+            else:
+                at, flags = arg[s]
+                if _holds(at, flags, prev, nxt, final_nl):
+                    stack.extend(out[s])
+        return chars
+
+    def _step(self, state: _State, ch: str, final_nl: bool) -> _State:
+        nxt = _context(ch)
+        chars = self._closure(state.states, state.prev, nxt, final_nl)
+        if chars == [-1]:
+            return self._accept
+        atoms, arg, out = self._b.atoms, self._b.arg, self._b.out
+        reached = {self._start}  # search: a match may start at every position
+        for s in chars:
+            if atoms[arg[s]](ch):
+                reached.add(out[s][0])
+        return self._intern(frozenset(reached), nxt & ~_START)
+
+    def search(self, text: str) -> bool:
+        """True if the pattern matches somewhere in ``text``."""
+        final_nl = text.endswith("\n")
+        state = self._start_state
+        accept = self._accept
+        # The hot loop: one dict lookup per character once the automaton is warm.
+        for ch in text[:-1] if final_nl else text:
+            following = state.next.get(ch)
+            if following is None:
+                following = state.next[ch] = self._step(state, ch, False)
+            state = following
+            if state is accept:
+                return True
+        if final_nl:
+            # The one place "$" may match before a character: the final newline.
+            state = self._step(state, "\n", True)
+            if state is accept:
+                return True
+        if state.done is None:
+            state.done = self._closure(state.states, state.prev, _START, False) == [-1]
+        return state.done
+
+
+def compile_pattern(source: Any, field: str) -> Pattern:
+    """Check and compile a ``matches`` pattern.
+
+    Raises:
+        InvalidQueryError: not a str, too long, not a valid Python regular expression,
+            or one of the refused constructs (named).
+    """
+    if type(source) is not str:
+        raise InvalidQueryError(field, f"a pattern must be a str, not {type(source).__name__}")
+    if len(source) > MAX_PATTERN:
+        raise InvalidQueryError(field, f"a pattern must be at most {MAX_PATTERN} characters")
+    try:
+        re.compile(source)
+        tree = _p.parse(source, 0)
+    except re.error as exc:
+        raise InvalidQueryError(field, f"invalid regular expression: {exc}") from None
+    except (RecursionError, OverflowError, ValueError) as exc:
+        raise InvalidQueryError(field, f"regular expression too complex: {exc}") from None
+    flags = tree.state.flags
+    if flags & re.LOCALE:  # pragma: no cover - re refuses LOCALE for str patterns
+        raise InvalidQueryError(field, "the LOCALE flag is not supported")
+    builder = _Builder()
+    try:
+        match = builder.state(_MATCH, None, [])
+        start = builder.seq(tree, flags, match)
+    except _Unsupported as exc:
+        raise InvalidQueryError(
+            field, f"{exc} are not supported (they need a backtracking engine)"
+        ) from None
+    except _TooLarge:
+        raise InvalidQueryError(
+            field, f"the pattern expands to over {MAX_STATES} automaton states"
+        ) from None
+    except RecursionError:
+        raise InvalidQueryError(field, "regular expression nests too deeply") from None
+    return Pattern(source, builder, start)

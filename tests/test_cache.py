@@ -1,0 +1,82 @@
+"""The value cache (koru/_cache.py): a byte budget kept, never a wrong value, and a
+scan of one-off reads does not push out values read again and again."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from koru._cache import _OVERHEAD, PROTECTED_SHARE, SHARDS, ValueCache
+
+
+def _cid(i: int, shard: int = 0) -> bytes:
+    """A content id in ``shard`` (the cache splits its budget by the first byte)."""
+    return bytes([shard]) + i.to_bytes(4, "big")
+
+
+def _value(i: int, size: int) -> bytes:
+    return bytes([i % 251]) * size
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 40), st.integers(1, 300)),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(0, 4000), ops=ops)
+def test_the_cache_keeps_its_budget_and_answers_only_what_was_put(
+    capacity: int, ops: list[tuple[str, int, int]]
+) -> None:
+    cache = ValueCache(capacity)
+    stored: dict[bytes, bytes] = {}  # what each content id was put with (content ids never change)
+    hits = misses = 0
+    for op, i, size in ops:
+        cid = _cid(i, i % 3)
+        if op == "put":
+            value = stored.setdefault(cid, _value(i, size))
+            cache.put(cid, value)
+        else:
+            got = cache.get(cid)
+            if got is None:
+                misses += 1
+            else:
+                hits += 1
+                assert got == stored[cid]
+        held = {c: v for c in (_cid(j, j % 3) for j in range(41)) if (v := cache.peek(c))}
+        assert cache.size == sum(len(v) + _OVERHEAD for v in held.values())
+        assert cache.size <= capacity
+        assert len(cache) == len(held)
+        for shard in cache._shards:
+            assert shard.size <= capacity / SHARDS
+            assert shard.protected_size <= shard.capacity * PROTECTED_SHARE
+            assert set(shard.probation) | set(shard.protected) == set(shard.data)
+            assert not set(shard.probation) & set(shard.protected)
+    assert (cache.hits, cache.misses) == (hits, misses)
+
+
+def test_a_scan_of_one_off_reads_leaves_the_values_read_again() -> None:
+    cache = ValueCache(SHARDS * 100 * (100 + _OVERHEAD))  # 100 values of 100 B a shard
+    hot = [_cid(i) for i in range(50)]
+    for cid in hot:
+        cache.put(cid, b"h" * 100)
+        assert cache.get(cid) is not None  # read again: protected
+    for i in range(1000, 3000):  # two thousand values read once
+        cache.put(_cid(i), b"c" * 100)
+    assert all(cache.get(cid) == b"h" * 100 for cid in hot)
+    # A plain LRU would hold only the last hundred of the scan.
+    assert cache.get(_cid(1000)) is None
+
+
+def test_protected_values_return_to_probation_past_their_share() -> None:
+    cache = ValueCache(SHARDS * 10 * (10 + _OVERHEAD))  # 10 values of 10 B a shard
+    for i in range(10):
+        cache.put(_cid(i), b"x" * 10)
+        cache.get(_cid(i))
+    # Eight fit the protected share; the two read again first went back to probation,
+    # and they are the first to go when a new value needs room.
+    assert len(cache._shards[0].protected) == 8
+    cache.put(_cid(99), b"y" * 10)
+    assert cache.peek(_cid(0)) is None
+    assert cache.peek(_cid(9)) is not None

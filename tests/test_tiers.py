@@ -1,0 +1,274 @@
+"""The tiers of the key/value state: memory (what changed since the last checkpoint),
+warm (written lately), hot (read lately from tables), cold (tables on disk, merged by
+the consolidation process); every read answers the same whichever tier holds the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import koru
+from koru.events import (
+    SLEEP,
+    ConsolidationEvent,
+    PutEvent,
+    Table,
+    decode_event,
+    encode_event,
+    encode_table,
+    encode_value,
+    table_name,
+)
+from koru.projections._merging import merge_tables
+
+names = st.sampled_from(["a", "b", "c", "d"])
+tables_st = st.lists(
+    st.dictionaries(st.tuples(names, names), st.binary(min_size=1, max_size=8), max_size=8),
+    min_size=1,
+    max_size=5,
+)
+
+
+def table_of(model: dict[tuple[str, str], bytes]) -> Table:
+    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    return Table(b"".join(pieces), table_name(pieces))
+
+
+@settings(max_examples=200)
+@given(tables=tables_st)
+def test_a_merge_keeps_the_newest_tables_entry_for_each_key(
+    tables: list[dict[tuple[str, str], bytes]],
+) -> None:
+    expected: dict[tuple[str, str], bytes] = {}
+    for model in reversed(tables):  # oldest first: newer ones overwrite
+        expected.update(model)
+    merged = list(merge_tables([table_of(m) for m in tables]))
+    assert {(ns, k): v for ns, k, v in merged} == expected
+    assert [(ns, k) for ns, k, _ in merged] == sorted(
+        expected, key=lambda s: (s[0].encode(), s[1].encode())
+    )
+
+
+async def test_each_tier_answers_and_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        for i in range(200):
+            await db.put("users", f"u{i}", {"i": i})
+        tiers = (await db.stats()).tiers
+        assert tiers.memory_bytes > 0 and tiers.cold_tables == 0
+        await db.checkpoint()  # memory becomes a table, still readable from memory
+        tiers = (await db.stats()).tiers
+        assert (tiers.memory_bytes, tiers.cold_tables) == (0, 1) and tiers.warm_bytes > 0
+        assert await db.get("users", "u7") == {"i": 7}
+        assert (await db.stats()).tiers.warm_hits >= 1
+    async with koru.open(path, sync="os", processes=False) as db:
+        tiers = (await db.stats()).tiers
+        assert (tiers.memory_bytes, tiers.warm_bytes, tiers.cold_tables) == (0, 0, 1)
+        assert await db.get("users", "u9") == {"i": 9}  # cold: searched, then promoted
+        assert await db.get("users", "u9") == {"i": 9}  # hot
+        tiers = (await db.stats()).tiers
+        assert tiers.cold_reads == 1 and tiers.hot_hits >= 1 and tiers.hot_bytes > 0
+        await db.put("users", "u9", "changed")  # copied up to memory, dropped from hot
+        assert await db.get("users", "u9") == "changed"
+        assert (await db.stats()).tiers.hot_bytes == 0
+        assert len(await db.keys("users")) == 200
+        assert await db.namespaces() == ["users"]
+
+
+async def test_consolidation_merges_tables_and_records_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "db"
+    # Built without processes: under the mock clock, time jumps while a checkpoint is
+    # written in a worker thread, and the process would run in the middle of this.
+    async with koru.open(path, sync="os", processes=False) as db:
+        for round_ in range(8):
+            await db.put_batch([("ns", f"k{i}", [round_, i]) for i in range(50)])
+            await db.checkpoint()
+    clock = koru.TrioClock()
+    async with koru.open(path, sync="os", clock=clock, processes={"consolidation": 60}) as db:
+        db._kv.max_tables = 3
+        before = (await db.stats()).tiers.cold_tables
+        assert before >= 4
+        await trio.sleep(61)
+        # The merge runs in a worker thread, while which the mock clock may jump on.
+        for _ in range(100_000):
+            [info] = [p for p in await db.processes() if p.name == "consolidation"]
+            if info.runs:
+                break
+            await trio.sleep(0.001)
+        tiers = (await db.stats()).tiers
+        assert tiers.compactions >= 1 and tiers.cold_tables <= 3
+        recorded = [decode_event(e) for e in await db.feed_events(db.node_id, SLEEP)]
+        assert recorded and all(isinstance(e, ConsolidationEvent) for e in recorded)
+        assert recorded[-1].tables == tiers.cold_tables
+        assert await db.get("ns", "k3") == [7, 3]
+        expected = {f"k{i}": [7, i] for i in range(50)}
+    names = {p.stem for p in (path / "tables").glob("*.tab")}
+    async with koru.open(path, sync="os", processes=False) as db:
+        assert {t.name for t in db._kv.tables} == names  # and nothing else on disk
+        assert {k: await db.get("ns", k) for k in await db.keys("ns")} == expected
+
+
+async def test_orphan_tables_are_removed_when_opened_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.put("a", "b", 1)
+    orphan = path / "tables" / ("0" * 32 + ".tab")
+    orphan.write_bytes(b"left by a crash between a table and its checkpoint")
+    async with koru.open(path, readonly=True) as db:  # a reader changes nothing
+        assert await db.get("a", "b") == 1
+    assert orphan.exists()
+    async with koru.open(path, processes=False) as db:
+        assert await db.get("a", "b") == 1
+    assert not orphan.exists()
+
+
+async def test_a_missing_table_rebuilds_from_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        for i in range(20):
+            await db.put("a", f"k{i}", i)
+        digest = await db.digest()
+    for table in (path / "tables").glob("*.tab"):
+        os.unlink(table)
+    async with koru.open(path, processes=False) as db:
+        stats = await db.stats()
+        assert "kv" in stats.projections_rebuilt
+        assert await db.digest() == digest and await db.get("a", "k5") == 5
+
+
+@pytest.mark.parametrize("capacity", [0, 600])
+async def test_tiny_tiers_still_answer_everything(tmp_path: Path, capacity: int) -> None:
+    async with koru.open(tmp_path / "db", sync="os", processes=False) as db:
+        db._kv.warm_capacity = db._kv.hot_capacity = capacity
+        model = {}
+        for round_ in range(5):
+            for i in range(30):
+                if (i + round_) % 7:
+                    await db.put("n", f"k{i}", [round_, i])
+                    model[f"k{i}"] = [round_, i]
+            await db.checkpoint()
+        for key, value in model.items():
+            assert await db.get("n", key) == value
+            assert (await db.history("n", key))[-1].value == value
+        assert await db.keys("n") == sorted(model)
+
+
+async def test_feed_locations_move_to_tables_and_serve_every_event(tmp_path: Path) -> None:
+    """Past a few thousand events, a feed's locations live in tables: every event is
+    still served by its seq, after checkpoints, a reopen and a merge, and a different
+    event claiming an old seq is still told from a duplicate."""
+    from koru.projections import CHUNK, FeedState
+
+    path = tmp_path / "db"
+    n = 2 * CHUNK + 100
+    async with koru.open(path, sync="never", processes=False) as db:
+        for i in range(n):
+            await db.put("n", f"k{i % 50}", i)
+            if i in (CHUNK + 10, n - 5):
+                await db.checkpoint()
+        exported = await db.feed_events(db.node_id)
+        node = db.node_id
+    assert len(exported) == n
+    async with koru.open(path, sync="os", processes=False) as db:
+        feeds = db.projection("feeds")
+        assert isinstance(feeds, FeedState)
+        assert feeds.written[(bytes.fromhex(node), "storage")] == 2 * CHUNK
+        assert len(feeds.tables) == 2 and sum(len(a) for a in feeds.recent.values()) == 100
+        assert await db.feed_events(node) == exported
+        assert (
+            await db.feed_events(node, after=CHUNK - 2, limit=5) == exported[CHUNK - 2 : CHUNK + 3]
+        )
+        feeds.max_tables = 1
+        await db._checkpointer.compact()
+        assert len(feeds.tables) == 1
+        assert await db.feed_events(node) == exported
+        # Another node's copy takes them all; an altered early event is a fork.
+    async with koru.open(":memory:", processes=False) as other:
+        assert (await other.ingest(exported)).accepted == n
+        early = decode_event(exported[10])
+        assert isinstance(early, PutEvent)
+        forged = encode_event(early._replace(value=encode_value("forged")))
+        result = await other.ingest([forged, exported[10]])
+        assert result.duplicates == 1 and [r.fork for r in result.refused] == [True]
+
+
+async def test_distillation_pins_the_fittest_keys_and_a_replay_keeps_them(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from koru.events import LIFECYCLE, TieringEvent
+    from koru.projections import TierState
+
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        await db.put_batch([("n", f"k{i}", i) for i in range(100)])
+    clock = koru.TrioClock()
+    async with koru.open(path, sync="os", clock=clock, processes={"distillation": 3600}) as db:
+        node = bytes.fromhex(db.node_id)
+        for _ in range(5):
+            for i in range(10):  # read often: fit
+                await db.get("n", f"k{i}")
+        for i in range(10, 40):  # read once: not
+            await db.get("n", f"k{i}")
+        await trio.sleep(3601)
+        fittest = {("n", f"k{i}") for i in range(10)}
+        tiers = db.projection("tiers")
+        assert isinstance(tiers, TierState) and tiers.of(node) == fittest
+        assert db._kv.pinned is tiers.of(node)
+        [recorded] = [decode_event(e) for e in await db.feed_events(db.node_id, LIFECYCLE)]
+        assert isinstance(recorded, TieringEvent) and set(recorded.promoted) == fittest
+        # Pinned keys stay hot whatever else is read.
+        db._kv.hot_capacity = 30 * 300
+        for i in range(40, 100):
+            await db.get("n", f"k{i}")
+        assert fittest <= set(db._kv.hot)
+        # An hour with no reads: their fitness decays, they are unpinned.
+        await trio.sleep(2 * 3600 + 1)
+        assert tiers.of(node) == set()
+        assert len(await db.feed_events(db.node_id, LIFECYCLE)) == 2
+        live = {o: set(k) for o, k in tiers.hot.items()}
+    for drop_checkpoint in (False, True):
+        if drop_checkpoint:
+            (path / "checkpoint").unlink()
+        async with koru.open(path, sync="os", processes=False) as db:
+            replayed = db.projection("tiers")
+            assert isinstance(replayed, TierState) and replayed.hot == live
+
+
+async def test_a_table_rewritten_whole_is_caught_by_the_scrub(tmp_path: Path) -> None:
+    """Alice's records swapped with Bob's, the table re-encoded with fresh checksums and
+    put back under its old name: per-entry checks pass, the name (a hash of the
+    content) does not. The scrub after the open stops the database, and verify says so."""
+    import sys
+
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.put("users", "alice", {"name": "Alice"})
+        await db.put("users", "bob", {"name": "Bob"})
+    [file] = (path / "tables").glob("*.tab")
+    entries = {(ns, k): v for ns, k, v in Table(file.read_bytes(), file.stem).entries()}
+    alice, bob = entries[("users", "alice")], entries[("users", "bob")]
+    entries[("users", "alice")], entries[("users", "bob")] = bob, alice
+    file.write_bytes(b"".join(encode_table((ns, k, v) for (ns, k), v in entries.items())))
+    async with koru.open(path) as db:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await db.contains("users", "x")
+                except koru.DatabaseClosedError as exc:
+                    assert isinstance(exc.__cause__, koru.CorruptCheckpointError)
+                    assert file.stem in str(exc.__cause__)
+                    break
+                await trio.sleep(0.01)
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    done = await trio.run_process(
+        [kdelta, "--db", str(path), "verify"], capture_stdout=True, check=False
+    )
+    assert done.returncode == 3 and b"not the one its name hashes" in done.stdout
