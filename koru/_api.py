@@ -182,6 +182,7 @@ class DatabaseAPI(SpaceAPI, Protocol):
         model: str | None = ...,
         metric: str = ...,
         approximate: bool | None = ...,
+        where: Any = ...,
     ) -> list[VectorHit]: ...
 
     async def embed_search_batch(
@@ -193,6 +194,7 @@ class DatabaseAPI(SpaceAPI, Protocol):
         model: str | None = ...,
         metric: str = ...,
         approximate: bool | None = ...,
+        where: Any = ...,
     ) -> list[list[VectorHit]]: ...
 
     async def similar_at(
@@ -204,6 +206,7 @@ class DatabaseAPI(SpaceAPI, Protocol):
         threshold: float | None = ...,
         model: str | None = ...,
         metric: str = ...,
+        where: Any = ...,
     ) -> list[VectorHit]: ...
 
     async def put_similar(
@@ -211,7 +214,12 @@ class DatabaseAPI(SpaceAPI, Protocol):
     ) -> Version: ...
 
     async def find_similar(
-        self, namespace: str | None, content: Any, top_k: int = ..., threshold: float | None = ...
+        self,
+        namespace: str | None,
+        content: Any,
+        top_k: int = ...,
+        threshold: float | None = ...,
+        where: Any = ...,
     ) -> list[VectorHit]: ...
 
     async def ingest(self, events: Iterable[bytes]) -> IngestResult: ...

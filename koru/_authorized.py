@@ -170,10 +170,11 @@ class AuthorizedDatabase(AuthorizedSpace):
         model: str | None = None,
         metric: str = "cosine",
         approximate: bool | None = None,
+        where: Any = None,
     ) -> list[VectorHit]:
         self._allow_search(namespace)
         return await self._db.embed_search(
-            namespace, query, top_k, threshold, model, metric, approximate
+            namespace, query, top_k, threshold, model, metric, approximate, where
         )
 
     async def embed_search_batch(
@@ -185,10 +186,11 @@ class AuthorizedDatabase(AuthorizedSpace):
         model: str | None = None,
         metric: str = "cosine",
         approximate: bool | None = None,
+        where: Any = None,
     ) -> list[list[VectorHit]]:
         self._allow_search(namespace)
         return await self._db.embed_search_batch(
-            namespace, queries, top_k, threshold, model, metric, approximate
+            namespace, queries, top_k, threshold, model, metric, approximate, where
         )
 
     async def similar_at(
@@ -200,9 +202,12 @@ class AuthorizedDatabase(AuthorizedSpace):
         threshold: float | None = None,
         model: str | None = None,
         metric: str = "cosine",
+        where: Any = None,
     ) -> list[VectorHit]:
         self._allow_search(namespace)
-        return await self._db.similar_at(namespace, query, at, top_k, threshold, model, metric)
+        return await self._db.similar_at(
+            namespace, query, at, top_k, threshold, model, metric, where
+        )
 
     async def put_similar(
         self, namespace: str, key: str, content: Any, metadata: Any = None
@@ -211,10 +216,15 @@ class AuthorizedDatabase(AuthorizedSpace):
         return await self._db.put_similar(namespace, key, content, metadata)
 
     async def find_similar(
-        self, namespace: str | None, content: Any, top_k: int = 10, threshold: float | None = None
+        self,
+        namespace: str | None,
+        content: Any,
+        top_k: int = 10,
+        threshold: float | None = None,
+        where: Any = None,
     ) -> list[VectorHit]:
         self._allow_search(namespace)
-        return await self._db.find_similar(namespace, content, top_k, threshold)
+        return await self._db.find_similar(namespace, content, top_k, threshold, where)
 
     # -- events ------------------------------------------------------------------------------
 

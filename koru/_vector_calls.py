@@ -73,6 +73,7 @@ class EmbeddingCalls:
         model: str | None = None,
         metric: str = "cosine",
         approximate: bool | None = None,
+        where: Any = None,
     ) -> list[VectorHit]:
         """The ``top_k`` current embeddings nearest ``query``, best first, in one
         namespace (or all, for None). Ties are broken by (namespace, key), so replicas
@@ -85,6 +86,10 @@ class EmbeddingCalls:
         a collection's approximate index once it has 20,000 vectors and an index (a
         background process trains one), True uses it whenever one exists (training it
         now if there is none and the database is writable), False searches exactly.
+        ``where`` (a filter built with ``koru.F``, a query whose filter is used, or a
+        filter's data form) keeps only embeddings whose metadata it accepts (as a
+        query's filter accepts a document; without metadata, None); such a search is
+        exact among them.
 
         Raises:
             InvalidDataError: an unusable query (a zero query only with cosine).
@@ -92,11 +97,12 @@ class EmbeddingCalls:
             InvalidArgumentError: ``top_k`` not a positive int, a bad ``metric`` or
                 ``threshold``, several models and none named, ``approximate`` with
                 another metric than cosine.
+            InvalidQueryError: a bad ``where``.
         """
         await self._life.enter()
         return (
             await self._vectors.search(
-                namespace, [query], top_k, threshold, model, metric, approximate
+                namespace, [query], top_k, threshold, model, metric, approximate, where
             )
         )[0]
 
@@ -109,6 +115,7 @@ class EmbeddingCalls:
         model: str | None = None,
         metric: str = "cosine",
         approximate: bool | None = None,
+        where: Any = None,
     ) -> list[list[VectorHit]]:
         """:meth:`embed_search` for many queries at once (a list of vectors or a 2-D
         array), one result list per query: an exact search scores 64 queries per
@@ -119,7 +126,7 @@ class EmbeddingCalls:
         except TypeError:
             raise InvalidArgumentError("queries must be a list of vectors or a 2-D array") from None
         return await self._vectors.search(
-            namespace, listed, top_k, threshold, model, metric, approximate
+            namespace, listed, top_k, threshold, model, metric, approximate, where
         )
 
     async def similar_at(
@@ -131,16 +138,20 @@ class EmbeddingCalls:
         threshold: float | None = None,
         model: str | None = None,
         metric: str = "cosine",
+        where: Any = None,
     ) -> list[VectorHit]:
         """Time travel: :meth:`embed_search`, exact, over the embeddings as they were
         at ``at`` (as for ``get_at``): each key's version valid then, none for a key not
-        yet embedded or deleted then; later versions are ignored.
+        yet embedded or deleted then; later versions are ignored. ``where`` tests the
+        metadata of the version valid then.
 
         Raises:
             as :meth:`embed_search`, and InvalidDataError for an unusable ``at``.
         """
         await self._life.enter()
-        return await self._vectors.similar_at(namespace, query, at, top_k, threshold, model, metric)
+        return await self._vectors.similar_at(
+            namespace, query, at, top_k, threshold, model, metric, where
+        )
 
     async def put_similar(
         self, namespace: str, key: str, content: Any, metadata: Any = None
@@ -160,12 +171,20 @@ class EmbeddingCalls:
         return version
 
     async def find_similar(
-        self, namespace: str | None, content: Any, top_k: int = 10, threshold: float | None = None
+        self,
+        namespace: str | None,
+        content: Any,
+        top_k: int = 10,
+        threshold: float | None = None,
+        where: Any = None,
     ) -> list[VectorHit]:
         """The ``top_k`` embeddings of the embedder's model nearest ``content``'s
-        embedding (see :meth:`put_similar`)."""
+        embedding (see :meth:`put_similar`), filtered by ``where`` as in
+        :meth:`embed_search`."""
         vector = await self._embed_content(content)
-        return await self.embed_search(namespace, vector, top_k, threshold, self._embedder.model)
+        return await self.embed_search(
+            namespace, vector, top_k, threshold, self._embedder.model, where=where
+        )
 
     async def _embed_content(self, content: Any) -> Any:
         await self._life.enter()

@@ -240,20 +240,24 @@ class Vectors:
         model: str | None,
         metric: str,
         approximate: bool | None,
+        where: Any = None,
     ) -> list[list[VectorHit]]:
         """Each query's hits (see :meth:`koru.Database.embed_search`)."""
         import numpy as np
 
         _check_search(namespace, top_k, threshold, model, metric, approximate)
+        predicate = _predicate(where)
         if not queries:
             return []
         checked = [_checked_query(q, metric) for q in queries]
         if len({len(q) for q in checked}) > 1:
             raise DimensionMismatchError("the queries have different dimensions")
         matrix = np.stack(checked)
-        if approximate:
+        if approximate and predicate is None:
             await self._index_for(namespace, model, matrix.shape[1])
-        found = self._state.search(namespace, matrix, top_k, metric, model, threshold, approximate)
+        found = self._state.search(
+            namespace, matrix, top_k, metric, model, threshold, approximate, predicate
+        )
         return [[_hit(h) for h in hits] for hits in found]
 
     async def similar_at(
@@ -265,14 +269,16 @@ class Vectors:
         threshold: float | None,
         model: str | None,
         metric: str,
+        where: Any = None,
     ) -> list[VectorHit]:
         """Exact search over the embeddings valid at ``at`` (see
         :meth:`koru.Database.similar_at`)."""
         import numpy as np
 
-        from koru.projections._vectors import _best, rank
+        from koru.projections._vectors import _best, accepted_rows, rank, subset_scores
 
         _check_search(namespace, top_k, threshold, model, metric, False)
+        predicate = _predicate(where)
         wide = _checked_query(query, metric)
         at_ns = to_ns(at)
         current, old = self._state.versions_at(namespace, at_ns)
@@ -286,13 +292,12 @@ class Vectors:
         for ns, group, rows in current:
             if (group.model, group.dim) != chosen:
                 continue
+            if predicate is not None:
+                rows = accepted_rows(group, rows, predicate)
+                if not len(rows):
+                    continue
             if 8 * len(rows) < group.n:  # few rows: score them alone
-                fast = group.rows[rows] @ unit
-                if metric == "dot":
-                    fast = fast * group.norms[rows]
-                elif metric == "euclidean":
-                    norms = group.norms[rows].astype(np.float64)
-                    fast = (2.0 * norm) * norms * fast - norms * norms
+                fast = subset_scores(group, rows, unit, norm, metric)
             else:
                 fast = group.rank_scores(unit, norm, metric)[rows]
             picked = rows[_best(fast, top_k)]
@@ -309,6 +314,10 @@ class Vectors:
                 await trio.lowlevel.checkpoint()
             event = decode_trusted(self._store.read(version.location))
             assert type(event) is EmbedEvent
+            if predicate is not None and not predicate(
+                None if event.metadata is None else cbor2.loads(event.metadata)
+            ):
+                continue
             vector = np.frombuffer(event.vector, "<f4").astype(np.float64)
             hits.append(
                 Hit(version.namespace, version.key, _score(vector, wide, metric), event.metadata)
@@ -392,6 +401,27 @@ class Vectors:
             group = self._state.group(n, *chosen)
             if group is not None and group.index is None and group.live >= 2:
                 await self.train(n, *chosen)
+
+
+def _predicate(where: Any) -> Callable[[Any], bool] | None:
+    """The test of a search's ``where``: a filter (``koru.F``), a query (its filter) or
+    a filter's data form; None for none.
+
+    Raises:
+        InvalidQueryError: anything else, or a malformed filter.
+    """
+    from koru.projections import Filter, Query
+    from koru.projections._filters import filter_from_data
+    from koru.projections._predicate import compile_filter
+    from koru.projections._query import check_filter
+
+    if where is None:
+        return None
+    if isinstance(where, Query):
+        return compile_filter(where.validate().filter)
+    if isinstance(where, Filter):
+        return compile_filter(check_filter(where, "where"))
+    return compile_filter(filter_from_data(where, "where"))
 
 
 def _score(vector: npt.NDArray[np.float64], query: npt.NDArray[np.float64], metric: str) -> float:

@@ -21,7 +21,10 @@ embeds pays nothing on its write path, and numpy is imported with the first vect
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import cbor2
 
 from koru.events import (
     NODE_ID_SIZE,
@@ -346,12 +349,14 @@ class VectorState:
         model: str | None,
         threshold: float | None,
         approximate: bool | None,
+        where: Callable[[Any], bool] | None = None,
     ) -> list[list[Hit]]:
         """For each query (a row of ``queries``, float64, checked usable), the
         ``top_k`` live embeddings nearest it, best first, ties by (namespace, key); see
         :meth:`resolve` for the model. ``approximate``: None uses a group's approximate
         index when it has one and is large (cosine only), True whenever it has one,
-        False never."""
+        False never. ``where``: only embeddings whose metadata (decoded; None without)
+        it accepts, searched exactly among those."""
         import numpy as np
 
         scope = self._scope(namespace)
@@ -373,9 +378,11 @@ class VectorState:
             elif not approximate:
                 use_index = False
             names, meta, keys = space.names, group.meta, group.keys
-            for i, rows in enumerate(
-                self._candidates(group, units, norms, metric, top_k, use_index)
-            ):
+            if where is not None:
+                found = _filtered_candidates(group, where, units, norms, metric, top_k)
+            else:
+                found = self._candidates(group, units, norms, metric, top_k, use_index)
+            for i, rows in enumerate(found):
                 scores = group.exact_scores(rows, queries[i], metric)
                 hits[i] += [
                     Hit(ns, names[keys[r]], s, meta[r])
@@ -676,6 +683,62 @@ def rank(hits: list[Hit], top_k: int, metric: str, threshold: float | None) -> l
             hits = [h for h in hits if h.score >= threshold]
         hits.sort(key=lambda h: (-h.score, h.namespace, h.key))
     return hits[:top_k]
+
+
+def accepted_rows(
+    group: VectorGroup, rows: npt.NDArray[np.intp], where: Callable[[Any], bool]
+) -> npt.NDArray[np.intp]:
+    """The ``rows`` of ``group`` whose metadata ``where`` accepts (each decoded once;
+    rows without metadata are tested as None)."""
+    import numpy as np
+
+    meta = group.meta
+    kept = [r for r in rows.tolist() if where(_decoded(meta[r]))]
+    return np.array(kept, dtype=np.intp)
+
+
+def _decoded(meta: bytes | None) -> Any:
+    return None if meta is None else cbor2.loads(meta)
+
+
+def subset_scores(
+    group: VectorGroup,
+    rows: npt.NDArray[np.intp],
+    unit: npt.NDArray[np.float32],
+    norm: float,
+    metric: str,
+) -> npt.NDArray[Any]:
+    """:meth:`VectorGroup.rank_scores` of ``rows`` alone (one product with them)."""
+    import numpy as np
+
+    fast: npt.NDArray[Any] = group.rows[rows] @ unit
+    if metric == "dot":
+        fast = fast * group.norms[rows]
+    elif metric == "euclidean":
+        row_norms = group.norms[rows].astype(np.float64)
+        fast = (2.0 * norm) * row_norms * fast - row_norms * row_norms
+    return fast
+
+
+def _filtered_candidates(
+    group: VectorGroup,
+    where: Callable[[Any], bool],
+    units: npt.NDArray[np.float32],
+    norms: npt.NDArray[np.float64],
+    metric: str,
+    top_k: int,
+) -> list[npt.NDArray[np.intp]]:
+    """Per query, the rows worth an exact score among the live rows ``where`` accepts."""
+    import numpy as np
+
+    live: npt.NDArray[np.intp] = np.nonzero(group.keys[: group.n] != DEAD)[0]
+    rows = accepted_rows(group, live, where)
+    if not len(rows):
+        return [rows for _ in units]
+    return [
+        rows[_best(subset_scores(group, rows, unit, float(norm), metric), top_k)]
+        for unit, norm in zip(units, norms, strict=True)
+    ]
 
 
 def _best(scores: npt.NDArray[Any], top_k: int) -> npt.NDArray[np.intp]:

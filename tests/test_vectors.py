@@ -620,3 +620,96 @@ async def test_an_authorized_handle_checks_embeddings_and_searches() -> None:
         assert [x.key for x in await db.embed_search("secret", [1.0, 0.0])] == ["s"]
         await h.delete_embedding("docs", "a")
         assert await h.embed_search("docs", [1.0, 0.0], model="m") == []
+
+
+# -- where: metadata filters -------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    metric=st.sampled_from(["cosine", "dot", "euclidean"]),
+    top_k=st.integers(1, 12),
+)
+def test_a_filtered_search_equals_brute_force_over_the_accepted(
+    seed: int, metric: str, top_k: int
+) -> None:
+    from koru import F
+
+    rng = random.Random(seed)
+    rows = vectors(60, 8, seed)
+
+    async def main() -> None:
+        async with koru.open(":memory:", clock=StepClock()) as db:
+            stored: dict[tuple[str, str], np.ndarray] = {}
+            tags: dict[tuple[str, str], Any] = {}
+            for i, v in enumerate(rows):
+                key = f"k{i:02d}"
+                roll = rng.random()
+                meta = None if roll < 0.2 else {"lang": "en" if roll < 0.6 else "fr", "n": i}
+                await db.embed("docs", key, v, model="m", metadata=meta)
+                stored[("docs", key)], tags[("docs", key)] = v, meta
+            for i in rng.sample(range(60), 10):  # deleted ones never match
+                await db.delete_embedding("docs", f"k{i:02d}")
+                del stored[("docs", f"k{i:02d}")]
+            accepted = {
+                k: v
+                for k, v in stored.items()
+                if tags[k] is not None and tags[k]["lang"] == "en" and tags[k]["n"] >= 10
+            }
+            query = vectors(1, 8, seed + 1)[0]
+            where = (F("lang") == "en") & (F("n") >= 10)
+            reference = brute(accepted, query, metric)
+            hits = await db.embed_search("docs", query, top_k, metric=metric, where=where)
+            same_ranking(hits, reference, top_k)
+            assert all(h.metadata["lang"] == "en" for h in hits)
+            data = ["and", ["eq", "lang", "en"], ["gte", "n", 10]]
+            assert where.to_data() == data
+            as_data = await db.embed_search("docs", query, top_k, metric=metric, where=data)
+            assert [(h.key, h.score) for h in as_data] == [(h.key, h.score) for h in hits]
+            [batched] = await db.embed_search_batch(
+                "docs", [query], top_k, metric=metric, where=where
+            )
+            assert [(h.key, h.score) for h in batched] == [(h.key, h.score) for h in hits]
+
+    trio.run(main)
+
+
+async def test_filters_apply_to_past_versions_and_content_searches() -> None:
+    from koru import F
+
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        v1 = await db.embed("docs", "a", [1.0, 0.0], model="m", metadata={"state": "draft"})
+        await db.embed("docs", "b", [0.9, 0.1], model="m", metadata={"state": "final"})
+        await db.embed("docs", "a", [1.0, 0.0], model="m", metadata={"state": "final"})
+        drafts = F("state") == "draft"
+        assert await db.embed_search("docs", [1.0, 0.0], where=drafts) == []
+        then = await db.similar_at("docs", [1.0, 0.0], v1.timestamp, where=drafts)
+        assert [(h.key, h.metadata) for h in then] == [("a", {"state": "draft"})]
+        finals = await db.embed_search("docs", [1.0, 0.0], where=F("state") == "final")
+        assert [h.key for h in finals] == ["a", "b"]
+        await db.put_similar("notes", "n1", "the quick brown fox", {"lang": "en"})
+        await db.put_similar("notes", "n2", "the quick brown fox", {"lang": "de"})
+        found = await db.find_similar("notes", "quick fox", where=F("lang") == "de")
+        assert [h.key for h in found] == ["n2"]
+        for bad in ({"nonsense": 1}, 42, "lang == en", ["nope", "a", 1]):
+            with pytest.raises(koru.InvalidQueryError):
+                await db.embed_search("docs", [1.0, 0.0], where=bad)
+        with pytest.raises(koru.InvalidQueryError):
+            await db.similar_at("docs", [1.0, 0.0], v1.timestamp, where=["bad"])
+
+
+async def test_a_filtered_search_is_exact_when_an_index_exists() -> None:
+    """With an approximate index trained, a filtered search still returns exactly the
+    best accepted rows (the index is not used for it)."""
+    from koru import F
+
+    rows = vectors(400, 16, 3)
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        for i, v in enumerate(rows):
+            await db.embed("docs", f"k{i:03d}", v, model="m", metadata={"odd": i % 2})
+        await db.embed_search("docs", rows[0], approximate=True)  # trains the index
+        stored = {("docs", f"k{i:03d}"): v for i, v in enumerate(rows) if i % 2}
+        query = vectors(1, 16, 4)[0]
+        hits = await db.embed_search("docs", query, 10, approximate=True, where=F("odd") == 1)
+        same_ranking(hits, brute(stored, query, "cosine"), 10)
