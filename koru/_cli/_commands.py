@@ -9,12 +9,14 @@ from ._data import DATA_COMMANDS
 from ._events import EVENT_COMMANDS
 from ._query import QUERY_COMMANDS
 from ._transfer import TRANSFER_COMMANDS
+from ._vectors import VECTOR_COMMANDS
 
 __all__ = ["COMMANDS", "Failure", "Usage"]
 
 COMMANDS: tuple[Command, ...] = (
     *DATA_COMMANDS,
     *QUERY_COMMANDS,
+    *VECTOR_COMMANDS,
     *EVENT_COMMANDS,
     *CHECK_COMMANDS,
     *TRANSFER_COMMANDS,
