@@ -305,10 +305,59 @@ class Database(AuthCalls, EmbeddingCalls):
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        kv = self._kv
         try:
-            cid = self._kv.live_content_id(namespace, key)
+            cid = kv.live_content_id(namespace, key)
         except TypeError:  # unhashable namespace or key
             cid = None
+        if (
+            cid is None
+            or kv.hot
+            or kv.expiring
+            or type(namespace) is not str
+            or type(key) is not str
+            or namespace < _FIRST
+        ):
+            cid = self._live(namespace, key, cid)  # the full rules
+        data = self._cache.get(cid)
+        if data is None:  # rare: the value left the cache; read it from the log
+            current = self._kv.current(namespace, key)
+            assert current is not None
+            data = self._values.value_bytes(cid, current.location, namespace, key)
+        return cbor2.loads(data)
+
+    def get_nowait(self, namespace: str, key: str) -> Any:
+        """:meth:`get` without waiting, as trio's ``*_nowait`` calls: the current value
+        if it is at hand (its record in memory and its bytes in the value cache), a
+        fresh object as ``get`` gives; else ``trio.WouldBlock``, and ``await get`` reads
+        it. Not a checkpoint: no cancellation, no yield to other tasks, so a loop of
+        them starves the event loop. For a hot read path inside a task that already
+        yields elsewhere; a database served remotely has no such call.
+
+        Raises:
+            trio.WouldBlock: the value needs I/O (a cold key, or bytes not cached).
+            KeyNotFoundError: never written, or deleted (as far as memory tells).
+            DatabaseClosedError: the database is closed.
+        """
+        self._life.check()
+        try:
+            cid = self._kv.memory_content_id(namespace, key)
+        except TypeError:  # unhashable namespace or key
+            cid = None
+        except BlockingIOError:
+            check_user_name(namespace, "namespace")
+            check_name(key, "key")
+            raise trio.WouldBlock from None
+        cid = self._live(namespace, key, cid)
+        data = self._cache.get(cid)
+        if data is None:
+            raise trio.WouldBlock
+        return cbor2.loads(data)
+
+    def _live(self, namespace: str, key: str, cid: bytes | None) -> bytes:
+        """``cid`` (the content id a probe found for the key, or None) under the rules
+        of a read: the hot tier told, the expiry checked, the names checked;
+        KeyNotFoundError without a current value."""
         kv = self._kv
         if kv.hot:
             kv.touch(namespace, key)
@@ -325,12 +374,7 @@ class Database(AuthCalls, EmbeddingCalls):
             check_user_name(namespace, "namespace")
             check_name(key, "key")
             raise KeyNotFoundError(namespace, key)
-        data = self._cache.get(cid)
-        if data is None:  # rare: the value left the cache; read it from the log
-            current = self._kv.current(namespace, key)
-            assert current is not None
-            data = self._values.value_bytes(cid, current.location, namespace, key)
-        return cbor2.loads(data)
+        return cid
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
         """The current value with its version metadata.

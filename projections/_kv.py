@@ -216,8 +216,9 @@ class KvState:
 
     # -- the layers --------------------------------------------------------------------
 
-    def _blob(self, namespace: str, key: str) -> bytearray | bytes | None:
-        """A key's version records, from the newest layer that holds them.
+    def _blob(self, namespace: str, key: str, io: bool = True) -> bytearray | bytes | None:
+        """A key's version records, from the newest layer that holds them (without
+        ``io``, BlockingIOError where only the tables could tell).
 
         The hot tier is asked right after memory: it only ever holds records read from
         the tables while no newer layer held the key, and a write drops the key from
@@ -249,6 +250,8 @@ class KvState:
                 if blob is not None:
                     self.warm_hits += 1
                     return blob
+        if not io:
+            raise BlockingIOError(f"{namespace!r}/{key!r} is not in memory")
         self.table_reads += 1
         for table in self.tables:
             found = table.get(namespace, key)
@@ -458,6 +461,21 @@ class KvState:
             if not (self.frozen or self.tables):
                 return None
             blob = self._blob(namespace, key)
+            if blob is None:
+                return None
+        if blob[-1] & _TOMBSTONE:
+            return None
+        return bytes(blob[_CID - RECORD_SIZE : _CID + 32 - RECORD_SIZE])
+
+    def memory_content_id(self, namespace: str, key: str) -> bytes | None:
+        """:meth:`live_content_id` without I/O: raises ``BlockingIOError`` when only a
+        search of the tables could tell (the key is not in memory, and tables exist)."""
+        keys = self.namespaces.get(namespace)
+        blob = keys.get(key) if keys is not None else None
+        if blob is None:
+            if not (self.frozen or self.tables):
+                return None
+            blob = self._blob(namespace, key, io=False)
             if blob is None:
                 return None
         if blob[-1] & _TOMBSTONE:
