@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import trio
 
 import koru
@@ -195,6 +196,13 @@ def _rate_sync(batch: Callable[[int], None], seconds: float, chunk: int = CHUNK)
             return ops / elapsed
 
 
+def _awaitable(batch: Callable[[int], None]) -> Callable[[int], Awaitable[None]]:
+    async def run(n: int) -> None:
+        batch(n)
+
+    return run
+
+
 async def interleave(
     sizes: Sizes,
     koru_batch: Callable[[int], Awaitable[None]],
@@ -254,6 +262,30 @@ def sqlite_put_batch(conn: sqlite3.Connection, counter: list[int]) -> Callable[[
     return batch
 
 
+def lmdb_env(path: Path) -> Any:
+    """An lmdb environment (the native store the Speed issue measures against), or
+    None when lmdb is not installed (``pip install -e ".[bench]"``). Writes are not
+    synced, like ``sync="os"``: the operating system has them, not the disk."""
+    try:
+        import lmdb
+    except ImportError:
+        return None
+    return lmdb.open(str(path), map_size=1 << 32, sync=False, metasync=False, lock=True)
+
+
+def lmdb_put_batch(env: Any, counter: list[int]) -> Callable[[int], None]:
+    """One transaction per put, values in cbor2 (as the Speed issue measures it)."""
+
+    def batch(n: int) -> None:
+        i = counter[0]
+        for j in range(i, i + n):
+            with env.begin(write=True) as txn:
+                txn.put(f"{NS}/u{j}".encode(), cbor2.dumps(value(j)))
+        counter[0] = i + n
+
+    return batch
+
+
 def fsync_batch(fd: int) -> Callable[[int], None]:
     record = b"r" * 92 + b"\n" * 8  # ~100 bytes, like one small koru record
 
@@ -283,6 +315,9 @@ async def bench_put(mode: str, sizes: Sizes, tmp: Path, report: Report) -> None:
     synchronous = "FULL" if mode == "always" else "NORMAL"
     conn = sqlite_kv(str(tmp / f"put_{mode}.sqlite"), synchronous)
     refs = [sqlite_put_batch(conn, [0])]
+    env = lmdb_env(tmp / f"put_{mode}.lmdb") if mode == "os" else None
+    if env is not None:
+        refs.append(lmdb_put_batch(env, [0]))
     fd = -1
     if mode == "always":
         fd = os.open(tmp / "fsync.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -295,7 +330,16 @@ async def bench_put(mode: str, sizes: Sizes, tmp: Path, report: Report) -> None:
         conn.close()
         if fd >= 0:
             os.close(fd)
+        if env is not None:
+            env.close()
     report.add(Row(f"put sync={mode} vs sqlite {synchronous}", rates[0], rates[1], "puts/s"))
+    if mode == "os":
+        if env is None:
+            report.note("lmdb not installed: no lmdb rows (pip install -e '.[bench]')")
+        else:
+            report.add(Row("put sync=os vs lmdb, one txn per put", rates[0], rates[2], "puts/s"))
+            report.target("put sync=os vs lmdb", rates[0] / rates[2], 0.5, "x", at_least=True)
+            report.target("put sync=os vs sqlite", rates[0] / rates[1], 2.0, "x", at_least=True)
     if mode == "always":
         report.add(Row("put sync=always vs raw write+fdatasync", rates[0], rates[2], "puts/s"))
         report.note(
@@ -376,11 +420,42 @@ async def bench_get(sizes: Sizes, tmp: Path, report: Report) -> None:
                     json.loads(row[0])
                 spos[0] = p + m
 
-            k, s = await interleave(sizes, kbatch, sbatch)
+            def nbatch(m: int) -> None:
+                p = kpos[0]
+                get_nowait = db.get_nowait
+                for j in range(p, p + m):
+                    get_nowait(NS, order[j % n])
+                kpos[0] = p + m
+
+            env = lmdb_env(tmp / "get.lmdb")
+            refs = [sbatch]
+            if env is not None:
+                with env.begin(write=True) as txn:
+                    for i in range(n):
+                        txn.put(f"{NS}/u{i}".encode(), cbor2.dumps(value(i)))
+
+                def lbatch(m: int) -> None:
+                    # A read transaction per get: each call an independent read, as a
+                    # koru get is (one transaction over many reads runs about 3x faster).
+                    p = spos[0]
+                    begin = env.begin
+                    for j in range(p, p + m):
+                        with begin() as txn:
+                            cbor2.loads(txn.get(f"{NS}/{order[j % n]}".encode()))
+                    spos[0] = p + m
+
+                refs.append(lbatch)
+            k, s, *lm = await interleave(sizes, kbatch, *refs)
             after = await db.stats()
+            nowait = (await interleave(sizes, _awaitable(nbatch)))[0]
     finally:
         conn.close()
     report.add(Row(f"get ({n:,} keys, random) vs sqlite", k, s, "gets/s"))
+    if env is not None:
+        env.close()
+        report.add(Row("get vs lmdb (cbor2 values)", k, lm[0], "gets/s"))
+        report.add(Row("get_nowait vs lmdb (cbor2 values)", nowait, lm[0], "gets/s"))
+        report.target("hot get_nowait vs lmdb", nowait / lm[0], 1.0, "x", at_least=True)
     hits = after.cache_hits - before.cache_hits
     misses = after.cache_misses - before.cache_misses
     report.note(f"get: value cache hits {hits:,}, misses {misses:,} during the measurement")

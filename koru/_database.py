@@ -339,16 +339,26 @@ class Database(AuthCalls, EmbeddingCalls):
             KeyNotFoundError: never written, or deleted (as far as memory tells).
             DatabaseClosedError: the database is closed.
         """
-        self._life.check()
+        if self._life.closed:
+            self._life.check()
+        kv = self._kv
         try:
-            cid = self._kv.memory_content_id(namespace, key)
+            cid = kv.memory_content_id(namespace, key)
         except TypeError:  # unhashable namespace or key
             cid = None
         except BlockingIOError:
             check_user_name(namespace, "namespace")
             check_name(key, "key")
             raise trio.WouldBlock from None
-        cid = self._live(namespace, key, cid)
+        if (
+            cid is None
+            or kv.hot
+            or kv.expiring
+            or type(namespace) is not str
+            or type(key) is not str
+            or namespace < _FIRST
+        ):
+            cid = self._live(namespace, key, cid)  # the full rules, as get's
         data = self._cache.get(cid)
         if data is None:
             raise trio.WouldBlock
