@@ -58,6 +58,7 @@ from ._identity import DEFAULT_DIFFICULTY, Identity
 from ._indexing import IndexInfo
 from ._lifecycle import Lifecycle
 from ._lineage import DEFAULT_MAX_DEPTH, Connected, Lineage
+from ._peer_calls import PeerCalls
 from ._proven import ProvenIngest
 from ._queries import QueryEngine
 from ._reader import ValueReader
@@ -79,7 +80,7 @@ __all__ = ["Database"]
 _FIRST = chr(ord(RESERVED) + 1)
 
 
-class Database(AuthCalls, EmbeddingCalls):
+class Database(AuthCalls, EmbeddingCalls, PeerCalls):
     """An open koru-delta database. Obtain one with :func:`koru.open`."""
 
     def __init__(
@@ -172,10 +173,11 @@ class Database(AuthCalls, EmbeddingCalls):
             difficulty=difficulty,
             root=root,
         )
+        self._sessions_entropy = entropy if entropy is not None else Entropy(None)
         self._sessions = Sessions(
             lambda: self._authority.node,
             self._writer.now,
-            entropy if entropy is not None else Entropy(None),
+            self._sessions_entropy,
             difficulty,
         )
         self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority, store.read)

@@ -1,0 +1,408 @@
+"""A database as a peer: the handshake and the endpoint of a sync connection.
+
+:mod:`koru.nursery._session` drives a connection; this module is the database's half
+of it. The handshake is mutual: the server's challenge is answered with the client's
+node key (:meth:`Database.respond`), the client's own challenge with the server's, and
+each side opens a session for the other on its own database (:meth:`open_session`),
+so each checks the other's proof of work, signature and capabilities by its own
+rules. A peer must hold ``read`` on everything on the side it syncs with (it receives
+every feed); the events it sends are taken by the side's authorized handle
+(:class:`~koru._proven.ProvenIngest`: sealed by their origin, allowed to their author).
+
+Credentials: each side presents the grants made to its key (signed statements), and
+the other stores those to its key that can take effect. Nodes enrolled by one owner
+(:meth:`Database.enroll`: the owner becomes a root of the node, and grants the node
+read and write on everything) therefore sync with each other with no other set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import trio
+
+from koru.events import (
+    CodecError,
+    Grant,
+    InvalidArgumentError,
+    InvalidGrantError,
+    KoruError,
+    PermissionDeniedError,
+    PublicIdentity,
+)
+from koru.nursery import (
+    Authenticate,
+    Challenged,
+    Feed,
+    Limits,
+    PeerProtocol,
+    WebSocketConnection,
+    Welcomed,
+    run_session,
+)
+
+from ._sessions import Challenge, Response
+
+if TYPE_CHECKING:
+    from ._authorized import AuthorizedDatabase
+    from ._database import Database
+    from ._identity import Identity
+
+__all__ = ["PeerBook", "PeerHandshake", "enroll", "join", "serve"]
+
+log = logging.getLogger("koru.peers")
+
+#: Grants presented in a handshake, at most.
+MAX_CREDENTIALS = 64
+
+
+def _credentials(db: Database) -> list[bytes]:
+    """The grants made to this node's key, as signed statements."""
+    node = db._authority.public
+    if node is None:
+        return []
+    grants = db._authority.state.grants.values()
+    mine = [g for g in grants if g.grantee == node.public_key]
+    return [cbor2.dumps(list(g)) for g in mine[:MAX_CREDENTIALS]]
+
+
+async def _take_credentials(
+    db: Database, identity: PublicIdentity, credentials: list[bytes]
+) -> None:
+    """Store the presented grants to ``identity`` that can take effect here (after
+    registering it if one does); the others are ignored."""
+    grants = []
+    for raw in credentials[:MAX_CREDENTIALS]:
+        try:
+            grant = Grant.decode(cbor2.loads(raw))
+        except (CodecError, ValueError, TypeError, cbor2.CBORDecodeError):
+            continue
+        if grant.grantee == identity.public_key:
+            grants.append(grant)
+    if not grants:
+        return
+    state = db._authority.state
+    if identity.public_key not in state.identities:
+        await db.register(identity)
+    for grant in grants:
+        if grant.id in state.grants:
+            continue
+        try:
+            await db.grant(grant)
+        except (InvalidGrantError, KoruError) as exc:
+            log.debug("a presented grant was not stored: %s", exc)
+
+
+class PeerBook:
+    """Peer addresses this node knows (its own listen address, those it dialed,
+    those gossiped to it), bounded."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self.own: str | None = None
+        self.addresses: dict[str, None] = {}
+        self.changed = trio.Event()
+
+    def add(self, address: str) -> None:
+        if (
+            type(address) is not str
+            or not address.startswith(("ws://", "wss://"))
+            or address == self.own
+            or address in self.addresses
+            or len(self.addresses) >= self.limit
+        ):
+            return
+        self.addresses[address] = None
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def known(self) -> list[str]:
+        out = list(self.addresses)
+        if self.own is not None:
+            out.append(self.own)
+        return out
+
+
+class DatabaseEndpoint:
+    """One connection's view of the local database (see nursery's ``Endpoint``)."""
+
+    def __init__(self, db: Database, handle: AuthorizedDatabase, name: str, book: PeerBook) -> None:
+        self.name = name
+        self._db = db
+        self._handle = handle
+        self._book = book
+        self.results = {"accepted": 0, "duplicates": 0, "refused": 0}
+
+    def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
+        return self._db._feeds.heads
+
+    async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
+        events = await self._db.feed_events(feed[0].hex(), feed[1], after, upto - after)
+        total = 0
+        for i, data in enumerate(events):
+            total += len(data)
+            if total > max_bytes and i:
+                return events[:i]
+        return events
+
+    async def before_push(self) -> None:
+        await self._db.seal()
+
+    async def ingest(self, events: list[bytes]) -> None:
+        result = await self._handle.ingest(events)
+        self.results["accepted"] += result.accepted
+        self.results["duplicates"] += result.duplicates
+        if result.refused:
+            self.results["refused"] += len(result.refused)
+            for refused in result.refused[:3]:
+                log.info("peer %s: event refused: %s", self.name, refused.reason)
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        observers = self._db._writer.observers
+
+        def observe(event: Any, eid: bytes, location: int) -> None:
+            wake()
+
+        observers.append(observe)
+        return lambda: observers.remove(observe) if observe in observers else None
+
+    async def serve(self, payload: bytes) -> bytes:
+        raise InvalidArgumentError("requests are not served on this connection")
+
+    @asynccontextmanager
+    async def stream(self, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise InvalidArgumentError("requests are not served on this connection")
+        yield  # pragma: no cover
+
+    def heard(self, addresses: list[str]) -> None:
+        for address in addresses:
+            self._book.add(address)
+
+    def known_peers(self) -> list[str]:
+        return self._book.known()
+
+
+class PeerHandshake:
+    """The database's half of the handshake (nursery's ``Handshake``)."""
+
+    def __init__(
+        self,
+        db: Database,
+        book: PeerBook,
+        *,
+        role: str = "peer",
+        expect: bytes | None = None,
+    ) -> None:
+        self._db = db
+        self._book = book
+        self._role = role
+        self._expect = expect
+        self._challenge: Challenge | None = None
+        self._server_key = b""
+
+    async def hello(self) -> tuple[bytes, bytes, int, bytes]:
+        challenge = await self._db.challenge()
+        return challenge.server, challenge.nonce, challenge.expires, bytes.fromhex(self._db.node_id)
+
+    async def admit(
+        self, auth: Authenticate, server_challenge: bytes
+    ) -> tuple[DatabaseEndpoint, list[Any]]:
+        db = self._db
+        try:
+            identity = PublicIdentity.decode([auth.public_key, auth.nonce])
+        except CodecError as exc:
+            raise InvalidArgumentError(f"a malformed identity: {exc}") from None
+        node = db._authority.node
+        session = await db.open_session(
+            Response(identity, node.public_key, server_challenge, auth.signature)
+        )
+        await _take_credentials(db, identity, auth.credentials)
+        handle = db.as_identity(session)
+        if auth.role == "peer":
+            handle._allow_everything(1)  # READ: a peer receives every feed
+        else:
+            handle._participant()
+        if auth.listen is not None:
+            self._book.add(auth.listen)
+        answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
+        welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
+        return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
+
+    async def answer(self, challenged: Challenged) -> list[Any]:
+        db = self._db
+        if self._expect is not None and challenged.server_key != self._expect:
+            raise PermissionDeniedError(
+                "this node", "sync", "a server", f"{challenged.server_key.hex()[:16]}..."
+            )
+        self._server_key = challenged.server_key
+        node = db._authority.node
+        response = node.respond(
+            Challenge(challenged.server_key, challenged.nonce, challenged.expires)
+        )
+        self._challenge = mine = await db.challenge()
+        return [
+            node.public_key,
+            node.public.nonce,
+            response.signature,
+            mine.nonce,
+            _credentials(db),
+            self._book.own,
+        ]
+
+    async def welcomed(self, welcome: Welcomed) -> DatabaseEndpoint:
+        db = self._db
+        assert self._challenge is not None
+        try:
+            identity = PublicIdentity.decode([self._server_key, welcome.nonce])
+        except CodecError as exc:
+            raise InvalidArgumentError(f"a malformed identity: {exc}") from None
+        session = await db.open_session(
+            Response(
+                identity, db._authority.node.public_key, self._challenge.nonce, welcome.signature
+            )
+        )
+        await _take_credentials(db, identity, welcome.credentials)
+        handle = db.as_identity(session)
+        handle._allow_everything(1)  # the server must be able to read what we send it
+        return DatabaseEndpoint(db, handle, welcome.node.hex()[:16], self._book)
+
+
+async def enroll(db: Database, owner: Identity) -> None:
+    """Make ``owner`` a root of ``db`` and have it grant this node read and write on
+    everything (see :meth:`Database.enroll`)."""
+    node = await db.mine_identity()
+    await db.register(owner.public)
+    await db.grant(owner.public, actions="admin")
+    await db.grant(Grant.create(owner, node.public_key, actions=("read", "write")))
+
+
+async def _prepared(db: Database) -> None:
+    """A node's key with the proof of work its peers ask for (mined once)."""
+    await db.mine_identity()
+
+
+async def serve(
+    db: Database,
+    book: PeerBook,
+    host: str,
+    port: int,
+    *,
+    limits: Limits,
+    sessions: set[Any],
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve peers and clients over websockets until cancelled."""
+    from trio_websocket import serve_websocket
+
+    await _prepared(db)
+
+    async def handler(request: Any) -> None:
+        ws = await request.accept()
+        remote = f"{request.remote.address}:{request.remote.port}" if request.remote else "?"
+        await _run(
+            db,
+            book,
+            WebSocketConnection(ws, remote),
+            server=True,
+            role="peer",
+            limits=limits,
+            sessions=sessions,
+        )
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: serve_websocket(
+                handler,
+                host,
+                port,
+                ssl_context=None,
+                max_message_size=limits.max_message,
+                task_status=task_status,
+            )
+        )
+        bound = server.port
+        if book.own is None:
+            book.own = f"ws://{host}:{bound}"
+        task_status.started(bound)
+
+
+async def _run(
+    db: Database,
+    book: PeerBook,
+    conn: Any,
+    *,
+    server: bool,
+    role: str,
+    limits: Limits,
+    sessions: set[Any],
+    expect: bytes | None = None,
+    on_open: Callable[[Any], None] | None = None,
+) -> Any:
+    proto = PeerProtocol(
+        server=server,
+        role=role,
+        heads=lambda: db._feeds.heads,
+        now=trio.current_time(),
+        limits=limits,
+    )
+    sessions.add(proto)
+    try:
+        return await run_session(
+            conn, proto, PeerHandshake(db, book, role=role, expect=expect), on_open=on_open
+        )
+    finally:
+        sessions.discard(proto)
+
+
+async def join(
+    db: Database,
+    book: PeerBook,
+    url: str,
+    *,
+    limits: Limits,
+    sessions: set[Any],
+    rng: random.Random,
+    expect: bytes | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep a connection to the peer at ``url``: reconnect with backoff (1 s doubling
+    to 30 s, jittered) whenever it ends, until cancelled. ``started`` once the first
+    connection is open."""
+    from trio_websocket import HandshakeError, open_websocket_url
+
+    await _prepared(db)
+    book.add(url)
+    delay = 1.0
+    started = False
+
+    def opened(_: Any) -> None:
+        nonlocal started, delay
+        delay = 1.0
+        if not started:
+            started = True
+            task_status.started()
+
+    while True:
+        try:
+            async with open_websocket_url(url, max_message_size=limits.max_message) as ws:
+                end = await _run(
+                    db,
+                    book,
+                    WebSocketConnection(ws, url),
+                    server=False,
+                    role="peer",
+                    limits=limits,
+                    sessions=sessions,
+                    expect=expect,
+                    on_open=opened,
+                )
+                log.info("peer %s: connection ended (%s) %s", url, end.code, end.reason)
+        except (OSError, HandshakeError, trio.BrokenResourceError) as exc:
+            log.info("peer %s: cannot connect: %s", url, exc)
+        await trio.sleep(delay * (1 + rng.random() / 4))
+        delay = min(delay * 2, 30.0)

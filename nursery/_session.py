@@ -1,0 +1,325 @@
+"""The trio driver of one connection: runs a :class:`PeerProtocol` over a
+:class:`Connection`, and carries out its commands against the local node.
+
+The node side is a port (:class:`Endpoint`, :class:`Handshake`), so this module knows
+nothing of databases: :mod:`koru._peering` implements both. Three tasks per
+connection, in one nursery: the reader (messages in, commands out, ingest), the
+pusher (queued events out, at most the protocol's window unacknowledged) and the
+timer (heartbeats, timeouts, periodic summaries). Any of them failing closes the
+connection with a code; the caller's nursery never sees a peer's misbehaviour as an
+exception, only as a finished session (:class:`SessionEnd`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, suppress
+from typing import Any, NamedTuple, Protocol
+
+import trio
+
+from koru.events import KoruError
+
+from ._feedtree import Feed
+from ._protocol import (
+    Authenticate,
+    CancelCall,
+    Challenged,
+    Close,
+    Command,
+    Ingest,
+    PeerProtocol,
+    PeersHeard,
+    Reply,
+    Request,
+    Send,
+    Welcomed,
+)
+from ._transport import Connection, ConnectionClosed
+from ._wire import CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
+
+__all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
+
+log = logging.getLogger("koru.peers")
+
+
+class Endpoint(Protocol):
+    """What a connection needs from the local node once authenticated."""
+
+    #: The other side's node id (peers) or public key (clients), for reports.
+    name: str
+
+    def heads(self) -> Mapping[Feed, tuple[int, bytes]]: ...
+
+    async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
+        """Events of ``feed`` after seq ``after`` up to ``upto`` (fewer once
+        ``max_bytes`` fill, at least one), durable."""
+        ...
+
+    async def before_push(self) -> None:
+        """Called before events leave (a node seals its own feeds here)."""
+        ...
+
+    async def ingest(self, events: list[bytes]) -> None: ...
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` after every local change; returns the unsubscribe."""
+        ...
+
+    async def serve(self, payload: bytes) -> bytes:
+        """Answer one request of a client."""
+        ...
+
+    def stream(self, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Answer a streamed request of a client (subscriptions)."""
+        ...
+
+    def heard(self, addresses: list[str]) -> None:
+        """Peer addresses gossiped by the other side."""
+        ...
+
+    def known_peers(self) -> list[str]: ...
+
+
+class Handshake(Protocol):
+    """The node's half of the handshake (signatures, sessions, capabilities)."""
+
+    async def hello(self) -> tuple[bytes, bytes, int, bytes]:
+        """Server: (server key, challenge nonce, expires, node id)."""
+        ...
+
+    async def admit(
+        self, auth: Authenticate, server_challenge: bytes
+    ) -> tuple[Endpoint, list[Any]]:
+        """Server: check AUTH (raise a KoruError to refuse); the endpoint for the
+        connection and the WELCOME fields (nonce, signature, node id, credentials)."""
+        ...
+
+    async def answer(self, challenge: Challenged) -> list[Any]:
+        """Client: the AUTH fields (public key, nonce, signature, own challenge,
+        credentials, listen address)."""
+        ...
+
+    async def welcomed(self, welcome: Welcomed) -> Endpoint:
+        """Client: check WELCOME (raise a KoruError to refuse); the endpoint."""
+        ...
+
+
+class SessionEnd(NamedTuple):
+    """How a connection ended: the close code and reason (either side's), and the
+    protocol with its counters."""
+
+    code: int | None
+    reason: str
+    protocol: PeerProtocol
+    endpoint: Endpoint | None
+
+
+class _Runner:
+    def __init__(
+        self,
+        conn: Connection,
+        proto: PeerProtocol,
+        handshake: Handshake,
+        on_open: Callable[[_Runner], None] | None,
+    ) -> None:
+        self.conn = conn
+        self.proto = proto
+        self.handshake = handshake
+        self.endpoint: Endpoint | None = None
+        self.on_open = on_open
+        self.wake = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.streams: dict[int, trio.CancelScope] = {}
+        self.send_lock = trio.Lock()
+        #: Client side: the answers awaited, by call id.
+        self.replies: dict[int, trio.MemorySendChannel[tuple[Msg, bytes | None]]] = {}
+        self.closed = trio.Event()
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    async def carry_out(self, commands: list[Command]) -> None:
+        for command in commands:
+            await self.do(command)
+
+    async def do(self, command: Command) -> None:
+        proto = self.proto
+        if type(command) is Send:
+            async with self.send_lock:
+                await self.conn.send(command.data)
+        elif type(command) is Close:
+            raise _Closing(command.code, command.reason)
+        elif type(command) is Ingest:
+            assert self.endpoint is not None
+            await self.endpoint.ingest(command.events)
+            await self.carry_out(proto.ingested(self.now()))
+            self.poke()  # what came in may be news for this side's pushes too
+        elif type(command) is Authenticate:
+            try:
+                endpoint, welcome = await self.handshake.admit(command, proto.server_challenge)
+            except KoruError as exc:
+                await self.carry_out(proto.refuse(f"refused: {exc}"))
+                return
+            self.endpoint = endpoint
+            await self.carry_out(proto.accept(*welcome))
+            self.opened()
+        elif type(command) is Challenged:
+            fields = await self.handshake.answer(command)
+            await self.carry_out(proto.authenticate(*fields))
+        elif type(command) is Welcomed:
+            try:
+                self.endpoint = await self.handshake.welcomed(command)
+            except KoruError as exc:
+                await self.carry_out(proto.refuse(f"refused: {exc}"))
+                return
+            await self.carry_out(proto.accept())
+            self.opened()
+        elif type(command) is Request:
+            assert self.nursery is not None
+            self.nursery.start_soon(self.serve, command.call, command.payload)
+        elif type(command) is CancelCall:
+            scope = self.streams.pop(command.call, None)
+            if scope is not None:
+                scope.cancel()
+        elif type(command) is Reply:
+            waiting = self.replies.get(command.call)
+            if waiting is not None:
+                with suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    waiting.send_nowait((command.kind, command.payload))
+        elif type(command) is PeersHeard and self.endpoint is not None:
+            self.endpoint.heard(command.addresses)
+
+    def opened(self) -> None:
+        assert self.endpoint is not None
+        if self.proto.role == "peer":
+            self.unwatch = self.endpoint.watch(self.poke)
+            self.poke()
+        if self.on_open is not None:
+            self.on_open(self)
+
+    async def serve(self, call: int, payload: bytes) -> None:
+        assert self.endpoint is not None
+        if payload[:1] == b"s":  # a streamed request
+            with trio.CancelScope() as scope:
+                self.streams[call] = scope
+                end: bytes | None = None
+                try:
+                    async with self.endpoint.stream(payload[1:]) as items:
+                        async for item in items:
+                            await self.carry_out(self.proto.reply(Msg.STREAM_ITEM, call, item))
+                except StreamFailed as exc:
+                    end = exc.payload
+                finally:
+                    self.streams.pop(call, None)
+                await self.carry_out(self.proto.reply(Msg.STREAM_END, call, end))
+            return
+        answer = await self.endpoint.serve(payload[1:])
+        await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
+
+    async def reader(self) -> None:
+        proto = self.proto
+        while True:
+            data = await self.conn.receive()
+            await self.carry_out(proto.receive(data, self.now()))
+            if proto.busy:  # pushes queued, or the window opened again
+                self.poke()
+
+    async def pusher(self) -> None:
+        proto = self.proto
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            if not proto.open or self.endpoint is None:
+                continue
+            proto.local_changed()
+            if not proto.busy:
+                continue
+            await self.endpoint.before_push()
+            proto.local_changed()  # the seal just written
+            while (push := proto.next_push()) is not None:
+                feed, after, upto = push
+                events = await self.endpoint.fetch(feed, after, upto, proto.limits.batch_bytes)
+                if not events:
+                    continue
+                await self.carry_out(proto.push(feed, events, after + len(events), self.now()))
+
+    async def timer(self) -> None:
+        proto = self.proto
+        while True:
+            await trio.sleep_until(max(proto.next_deadline(), self.now() + 0.001))
+            await self.carry_out(proto.tick(self.now()))
+            self.poke()
+
+
+class _Closing(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class StreamFailed(Exception):
+    """An endpoint's stream ended with an error to report (its encoded payload)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+async def run_session(
+    conn: Connection,
+    proto: PeerProtocol,
+    handshake: Handshake,
+    *,
+    on_open: Callable[[Any], None] | None = None,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> SessionEnd:
+    """Run one connection until it closes; how it ended. The server side sends its
+    HELLO first. ``task_status.started(runner)`` once the tasks run."""
+    runner = _Runner(conn, proto, handshake, on_open)
+    ending: list[tuple[int | None, str, bool]] = []  # (code, reason, ours)
+
+    async def guarded(task: Callable[[], Any]) -> None:
+        try:
+            await task()
+        except _Closing as exc:
+            ending.append((exc.code, exc.reason, True))
+        except ConnectionClosed as exc:
+            ending.append((exc.code, exc.reason, False))
+        except WireError as exc:
+            ending.append((exc.code, exc.reason, True))
+        except KoruError as exc:  # the local side cannot carry on (closed database...)
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("peer session with %s ended: %s", conn.remote, reason)
+            ending.append((CLOSE_INTERNAL, reason, True))
+        nursery.cancel_scope.cancel()
+
+    async def hello() -> None:
+        await runner.carry_out(proto.hello(*await handshake.hello()))
+        await trio.sleep_forever()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            runner.nursery = nursery
+            if proto.server:
+                nursery.start_soon(guarded, hello)
+            nursery.start_soon(guarded, runner.reader)
+            nursery.start_soon(guarded, runner.pusher)
+            nursery.start_soon(guarded, runner.timer)
+            task_status.started(runner)
+    finally:
+        unwatch = getattr(runner, "unwatch", None)
+        if unwatch is not None:
+            unwatch()
+        for waiting in runner.replies.values():
+            waiting.close()
+        code, reason, ours = ending[0] if ending else (CLOSE_NORMAL, "closed", True)
+        if ours:
+            await conn.aclose(code or CLOSE_NORMAL, reason)
+        if proto.close_code is None:
+            proto.close_code, proto.close_reason = code, reason
+        runner.closed.set()
+    return SessionEnd(code, reason, proto, runner.endpoint)

@@ -1,0 +1,158 @@
+"""Connections: a websocket (trio-websocket) or an in-memory pair, one interface.
+
+A connection carries whole binary messages. Closing sends a code and a reason (the
+websocket close frame, or a CLOSE message in memory); receiving after the other side
+closed raises :class:`ConnectionClosed` with its code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Protocol
+
+import trio
+
+from koru.events import KoruError
+
+from ._wire import CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, Msg, WireError, decode, encode
+
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "MemoryConnection",
+    "WebSocketConnection",
+    "memory_pair",
+]
+
+
+class ConnectionClosed(KoruError):
+    """The connection is closed (by either side): its close code and reason."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"connection closed ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.reason))
+
+
+class Connection(Protocol):
+    """Whole binary messages, both ways."""
+
+    @property
+    def remote(self) -> str: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+def _closed(exc: Any) -> ConnectionClosed:
+    reason = exc.reason
+    if reason is None:
+        return ConnectionClosed(None, "closed")
+    return ConnectionClosed(reason.code, reason.reason or "")
+
+
+class WebSocketConnection:
+    """A trio-websocket connection."""
+
+    def __init__(self, ws: Any, remote: str) -> None:
+        self._ws = ws
+        self._remote = remote
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    async def send(self, data: bytes) -> None:
+        from trio_websocket import ConnectionClosed as _Closed
+
+        try:
+            await self._ws.send_message(data)
+        except _Closed as exc:
+            raise _closed(exc) from None
+
+    async def receive(self) -> bytes:
+        from trio_websocket import ConnectionClosed as _Closed
+
+        try:
+            data = await self._ws.get_message()
+        except _Closed as exc:
+            raise _closed(exc) from None
+        if type(data) is not bytes:
+            # A text frame: not a message of this protocol.
+            raise WireError(CLOSE_INVALID_PAYLOAD, "text frames are not messages here")
+        return data
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            await self._ws.aclose(code, reason[:120])
+
+
+class MemoryConnection:
+    """One end of an in-memory connection (tests, the simulator)."""
+
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[bytes],
+        receive: trio.MemoryReceiveChannel[bytes],
+        remote: str,
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._remote = remote
+        self.closed: tuple[int, str] | None = None
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    async def send(self, data: bytes) -> None:
+        if self.closed is not None:
+            raise ConnectionClosed(*self.closed)
+        try:
+            await self._send.send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed(CLOSE_GOING_AWAY, "the other side went away") from None
+
+    async def receive(self) -> bytes:
+        if self.closed is not None:
+            raise ConnectionClosed(*self.closed)
+        try:
+            data = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionClosed(CLOSE_GOING_AWAY, "the other side went away") from None
+        if data[:4] == _CLOSE_PREFIX:
+            try:
+                _, (code, reason) = decode(data)
+            except WireError:
+                code, reason = CLOSE_GOING_AWAY, ""
+            self.closed = (code, reason)
+            raise ConnectionClosed(code, reason)
+        return data
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed is not None:
+            return
+        self.closed = (code, reason)
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._send.send(encode(Msg.CLOSE, code, reason[:120]))
+        await self._send.aclose()
+
+
+_CLOSE_PREFIX = encode(Msg.CLOSE, 0, "")[:4]
+
+
+def memory_pair(a: str = "a", b: str = "b") -> tuple[MemoryConnection, MemoryConnection]:
+    """Two connected ends (``a`` talks to ``b``); the protocol's window bounds what waits."""
+    a_send, b_receive = trio.open_memory_channel[bytes](math.inf)
+    b_send, a_receive = trio.open_memory_channel[bytes](math.inf)
+    return MemoryConnection(a_send, a_receive, b), MemoryConnection(b_send, b_receive, a)

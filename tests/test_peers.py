@@ -1,0 +1,161 @@
+"""Peer sync: two or three databases over in-memory connections and websockets."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import koru
+from koru._peering import _run
+from koru.nursery import memory_pair
+
+# Tests poll for convergence: what they wait for is a state of two databases.
+
+DIFFICULTY = 4
+
+
+async def _open(nursery_path: str = ":memory:", **kw):  # type: ignore[no-untyped-def]
+    return koru.open(nursery_path, difficulty=DIFFICULTY, sync="os", **kw)
+
+
+def _link(a, b, nursery, ends=None):  # type: ignore[no-untyped-def]
+    """Connect ``b`` (client) to ``a`` (server) in memory; how each side ended goes
+    to ``ends``."""
+    ends = [] if ends is None else ends
+
+    async def run(*args, **kw):  # type: ignore[no-untyped-def]
+        ends.append(await _run(*args, **kw))
+
+    ca, cb = memory_pair("b", "a")
+    book_a, sessions_a = a._peering()
+    book_b, sessions_b = b._peering()
+    limits = a.peer_limits
+    nursery.start_soon(
+        lambda: run(a, book_a, ca, server=True, role="peer", limits=limits, sessions=sessions_a)
+    )
+    nursery.start_soon(
+        lambda: run(b, book_b, cb, server=False, role="peer", limits=limits, sessions=sessions_b)
+    )
+
+
+async def _settled(*dbs) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(30):
+        while True:
+            digests = {await db.digest() for db in dbs}
+            heads = [await db.feed_heads() for db in dbs]
+            if len(digests) == 1 and all(h == heads[0] for h in heads):
+                return
+            await trio.sleep(0.05)
+
+
+async def test_two_nodes_converge_and_stream_new_writes() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        await a.enroll(owner)
+        await b.enroll(owner)
+        for i in range(50):
+            await a.put("users", f"a{i}", {"n": i})
+            await b.put("users", f"b{i}", {"n": i})
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            assert await b.get("users", "a7") == {"n": 7}
+            assert await a.get("users", "b49") == {"n": 49}
+            # Live push: a new write on either side reaches the other.
+            await a.put("users", "late", "from a")
+            await b.delete("users", "a3")
+            await _settled(a, b)
+            assert await b.get("users", "late") == "from a"
+            assert not await a.contains("users", "a3")
+            nursery.cancel_scope.cancel()
+
+
+async def test_identical_sets_cost_one_summary_each_way() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        await a.enroll(owner)
+        await b.enroll(owner)
+        await a.put("k", "v", 1)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            nursery.cancel_scope.cancel()
+        # A second connection between nodes that hold the same events.
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            with trio.fail_after(10):
+                while not all(p.open for p in a._peer_protocols() + b._peer_protocols()):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                await trio.sleep(0.5)
+            protocols = a._peer_protocols() + b._peer_protocols()
+            assert len(protocols) == 2
+            for p in protocols:
+                assert p.reconcile_bytes_sent <= 64, p.reconcile_bytes_sent
+                assert p.events_sent == 0
+                assert p.in_sync
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_is_refused_with_policy_violation() -> None:
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        await a.enroll(koru.Identity.mine(DIFFICULTY))
+        await b.enroll(koru.Identity.mine(DIFFICULTY))  # another owner: no grant for b on a
+        await b.put("secret", "k", 1)
+        ends: list = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                _link(a, b, nursery, ends)
+        # The server refused b's AUTH: policy violation, on both sides.
+        assert [end.code for end in ends] == [1008, 1008]
+        assert all("refused" in end.reason for end in ends)
+        assert not await a.contains("secret", "k")
+        assert await a.feed_heads() != await b.feed_heads()
+
+
+async def test_three_nodes_in_a_line_relay_each_others_events() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as c,
+    ):
+        for db in (a, b, c):
+            await db.enroll(owner)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)  # a - b - c: a and c never meet
+            _link(b, c, nursery)
+            for i in range(20):
+                await a.put("x", f"a{i}", i)
+                await c.put("x", f"c{i}", i)
+            await _settled(a, b, c)
+            assert await c.get("x", "a19") == 19
+            assert await a.get("x", "c0") == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_serve_and_join_over_websockets() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        await a.enroll(owner)
+        await b.enroll(owner)
+        await a.put("n", "before", 1)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(a.serve, "127.0.0.1", 0)
+            await nursery.start(b.join, f"127.0.0.1:{port}")
+            await b.put("n", "from-b", 2)
+            await _settled(a, b)
+            assert await a.get("n", "from-b") == 2
+            assert await b.get("n", "before") == 1
+            nursery.cancel_scope.cancel()
