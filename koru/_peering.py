@@ -36,6 +36,7 @@ from koru.events import (
     PublicIdentity,
 )
 from koru.nursery import (
+    CLOSE_INTERNAL,
     Authenticate,
     Challenged,
     Feed,
@@ -223,10 +224,9 @@ class PeerHandshake:
         )
         await _take_credentials(db, identity, auth.credentials)
         handle = db.as_identity(session)
-        if auth.role == "peer":
-            handle._allow_everything(1)  # READ: a peer receives every feed
-        else:
-            handle._participant()
+        if auth.role != "peer":
+            raise InvalidArgumentError("this server serves peers only (role 'peer')")
+        handle._allow_everything(1)  # READ: a peer receives every feed
         if auth.listen is not None:
             self._book.add(auth.listen)
         answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
@@ -304,15 +304,13 @@ async def serve(
     async def handler(request: Any) -> None:
         ws = await request.accept()
         remote = f"{request.remote.address}:{request.remote.port}" if request.remote else "?"
-        await _run(
-            db,
-            book,
-            WebSocketConnection(ws, remote),
-            server=True,
-            role="peer",
-            limits=limits,
-            sessions=sessions,
-        )
+        conn = WebSocketConnection(ws, remote)
+        try:
+            await _run(db, book, conn, server=True, role="peer", limits=limits, sessions=sessions)
+        except Exception:
+            # One connection's failure (a defect here) must not stop the server.
+            log.exception("peer session with %s failed", remote)
+            await conn.aclose(CLOSE_INTERNAL, "internal error")
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(

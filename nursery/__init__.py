@@ -31,11 +31,15 @@ from ._transport import ConnectionClosed as ConnectionClosed
 from ._transport import MemoryConnection as MemoryConnection
 from ._transport import WebSocketConnection as WebSocketConnection
 from ._transport import memory_pair as memory_pair
+from ._wire import CLOSE_INTERNAL as CLOSE_INTERNAL
+from ._wire import CLOSE_POLICY as CLOSE_POLICY
 from ._wire import Msg as Msg
 from ._wire import WireError as WireError
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CLOSE_INTERNAL",
+    "CLOSE_POLICY",
     "Authenticate",
     "Challenged",
     "Connection",
