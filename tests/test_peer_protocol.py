@@ -191,9 +191,9 @@ def test_rate_limit_after_the_handshake() -> None:
 
 def test_malformed_heads_and_ranges_close_with_invalid_payload() -> None:
     a, b = Side({}), Side({})
-    server, client, wire = _opened(a, b)
+    server, _client, _wire = _opened(a, b)
     assert _code(server.receive(encode(Msg.HEADS, 0, 0, b"x" * 7, [1]), 0.0)) == 1007
-    server, client, wire = _opened(a, b)
+    server, _client, _wire = _opened(a, b)
     assert _code(server.receive(encode(Msg.RANGES, [[1, 99, bytes(32)]]), 0.0)) == 1007
     server, _client, _wire = _opened(a, b)
     assert _code(server.receive(encode(Msg.ACK, 3), 0.0)) == 1008
