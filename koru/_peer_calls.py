@@ -11,7 +11,7 @@ from koru.events import InvalidArgumentError
 from koru.nursery import Limits, PeerProtocol
 
 from ._identity import Identity
-from ._peering import PeerBook, enroll, join, serve
+from ._peering import PeerBook, dial_gossiped, enroll, join, serve
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -97,16 +97,24 @@ class PeerCalls:
         db: Database = self  # type: ignore[assignment]
         book, sessions = self._peering()
         rng = random.Random(db._sessions_entropy.token(8))
-        await join(
-            db,
-            book,
-            url,
-            limits=self.peer_limits,
-            sessions=sessions,
-            rng=rng,
-            expect=server_key,
-            task_status=task_status,
-        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._dialer)
+            await join(
+                db,
+                book,
+                url,
+                limits=self.peer_limits,
+                sessions=sessions,
+                rng=rng,
+                expect=server_key,
+                task_status=task_status,
+            )
+
+    async def _dialer(self) -> None:
+        db: Database = self  # type: ignore[assignment]
+        book, sessions = self._peering()
+        rng = random.Random(db._sessions_entropy.token(8))
+        await dial_gossiped(db, book, limits=self.peer_limits, sessions=sessions, rng=rng)
 
     async def enroll(self, owner: Identity) -> None:
         """Make ``owner`` a root of this database (an admin grant from the node key) and

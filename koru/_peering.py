@@ -21,6 +21,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -34,6 +35,7 @@ from koru.events import (
     KoruError,
     PermissionDeniedError,
     PublicIdentity,
+    node_id_of,
 )
 from koru.nursery import (
     CLOSE_INTERNAL,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from ._database import Database
     from ._identity import Identity
 
-__all__ = ["PeerBook", "PeerHandshake", "enroll", "join", "serve"]
+__all__ = ["PeerBook", "PeerHandshake", "dial_gossiped", "enroll", "join", "serve"]
 
 log = logging.getLogger("koru.peers")
 
@@ -108,6 +110,26 @@ class PeerBook:
         self.own: str | None = None
         self.addresses: dict[str, None] = {}
         self.changed = trio.Event()
+        #: Node ids with an open connection (one connection per pair of nodes), and
+        #: the node last seen at each address.
+        self.connected: set[bytes] = set()
+        self.node_at: dict[str, bytes] = {}
+        #: Addresses a join loop keeps a connection to; whether the dialer runs.
+        self.dialing: set[str] = set()
+        self.dialer = False
+
+    def connect(self, node: bytes, own: bytes) -> None:
+        """Note a connection to ``node``; refuse a second one, or one to itself."""
+        if node == own:
+            raise InvalidArgumentError("a node does not sync with itself")
+        if node in self.connected:
+            raise InvalidArgumentError("this node is connected to that node already")
+        self.connected.add(node)
+
+    def busy(self, address: str) -> bool:
+        """True if the node last seen at ``address`` is connected (another way)."""
+        node = self.node_at.get(address)
+        return node is not None and node in self.connected
 
     def add(self, address: str) -> None:
         if (
@@ -198,7 +220,11 @@ class PeerHandshake:
         *,
         role: str = "peer",
         expect: bytes | None = None,
+        address: str | None = None,
     ) -> None:
+        self._address = address
+        #: The other node's id, once admitted (released when the connection ends).
+        self.node: bytes | None = None
         self._db = db
         self._book = book
         self._role = role
@@ -227,7 +253,11 @@ class PeerHandshake:
         if auth.role != "peer":
             raise InvalidArgumentError("this server serves peers only (role 'peer')")
         handle._allow_everything(1)  # READ: a peer receives every feed
+        peer = node_id_of(identity.public_key)
+        self._book.connect(peer, bytes.fromhex(db.node_id))
+        self.node = peer
         if auth.listen is not None:
+            self._book.node_at[auth.listen] = peer
             self._book.add(auth.listen)
         answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
         welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
@@ -269,6 +299,11 @@ class PeerHandshake:
         await _take_credentials(db, identity, welcome.credentials)
         handle = db.as_identity(session)
         handle._allow_everything(1)  # the server must be able to read what we send it
+        peer = node_id_of(identity.public_key)
+        if self._address is not None:
+            self._book.node_at[self._address] = peer
+        self._book.connect(peer, bytes.fromhex(db.node_id))
+        self.node = peer
         return DatabaseEndpoint(db, handle, welcome.node.hex()[:16], self._book)
 
 
@@ -339,6 +374,7 @@ async def _run(
     limits: Limits,
     sessions: set[Any],
     expect: bytes | None = None,
+    address: str | None = None,
     on_open: Callable[[Any], None] | None = None,
 ) -> Any:
     proto = PeerProtocol(
@@ -349,12 +385,13 @@ async def _run(
         limits=limits,
     )
     sessions.add(proto)
+    handshake = PeerHandshake(db, book, role=role, expect=expect, address=address)
     try:
-        return await run_session(
-            conn, proto, PeerHandshake(db, book, role=role, expect=expect), on_open=on_open
-        )
+        return await run_session(conn, proto, handshake, on_open=on_open)
     finally:
         sessions.discard(proto)
+        if handshake.node is not None:
+            book.connected.discard(handshake.node)
 
 
 async def join(
@@ -375,6 +412,7 @@ async def join(
 
     await _prepared(db)
     book.add(url)
+    book.dialing.add(url)
     delay = 1.0
     started = False
 
@@ -386,6 +424,10 @@ async def join(
             task_status.started()
 
     while True:
+        if book.busy(url):  # connected to that node the other way: wait, then look again
+            await trio.sleep(delay * (1 + rng.random() / 4))
+            delay = min(delay * 2, 30.0)
+            continue
         try:
             async with open_websocket_url(url, max_message_size=limits.max_message) as ws:
                 end = await _run(
@@ -397,6 +439,7 @@ async def join(
                     limits=limits,
                     sessions=sessions,
                     expect=expect,
+                    address=url,
                     on_open=opened,
                 )
                 log.info("peer %s: connection ended (%s) %s", url, end.code, end.reason)
@@ -404,3 +447,37 @@ async def join(
             log.info("peer %s: cannot connect: %s", url, exc)
         await trio.sleep(delay * (1 + rng.random() / 4))
         delay = min(delay * 2, 30.0)
+
+
+#: Gossiped addresses a node dials, at most.
+MAX_DIALED = 8
+
+
+async def dial_gossiped(
+    db: Database,
+    book: PeerBook,
+    *,
+    limits: Limits,
+    sessions: set[Any],
+    rng: random.Random,
+) -> None:
+    """Join every address the book learns (gossip), up to :data:`MAX_DIALED`, until
+    cancelled. A node reached another way is not dialed again (see ``join``)."""
+    if book.dialer:
+        return
+    book.dialer = True
+    try:
+        async with trio.open_nursery() as nursery:
+            dialed = 0
+            while True:
+                for address in list(book.addresses):
+                    if address in book.dialing or dialed >= MAX_DIALED:
+                        continue
+                    dialed += 1
+                    book.dialing.add(address)
+                    nursery.start_soon(
+                        partial(join, db, book, address, limits=limits, sessions=sessions, rng=rng)
+                    )
+                await book.changed.wait()
+    finally:
+        book.dialer = False

@@ -167,7 +167,7 @@ class _Runner:
                 return
             self.endpoint = endpoint
             await self.carry_out(proto.accept(*welcome))
-            self.opened()
+            await self.opened()
         elif type(command) is Challenged:
             fields = await self.handshake.answer(command)
             await self.carry_out(proto.authenticate(*fields))
@@ -178,7 +178,7 @@ class _Runner:
                 await self.carry_out(proto.refuse(f"refused: {exc}"))
                 return
             await self.carry_out(proto.accept())
-            self.opened()
+            await self.opened()
         elif type(command) is Request:
             assert self.nursery is not None
             self.nursery.start_soon(self.serve, command.call, command.payload)
@@ -194,11 +194,12 @@ class _Runner:
         elif type(command) is PeersHeard and self.endpoint is not None:
             self.endpoint.heard(command.addresses)
 
-    def opened(self) -> None:
+    async def opened(self) -> None:
         assert self.endpoint is not None
         if self.proto.role == "peer":
             self.unwatch = self.endpoint.watch(self.poke)
             self.poke()
+            await self.carry_out(self.proto.gossip(self.endpoint.known_peers()))
         if self.on_open is not None:
             self.on_open(self)
 

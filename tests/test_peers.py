@@ -159,3 +159,29 @@ async def test_serve_and_join_over_websockets() -> None:
             assert await a.get("n", "from-b") == 2
             assert await b.get("n", "before") == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_gossiped_addresses_are_dialed_into_a_mesh() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as c,
+    ):
+        for db in (a, b, c):
+            await db.enroll(owner)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(a.serve, "127.0.0.1", 0)
+            for db in (b, c):
+                await nursery.start(db.serve, "127.0.0.1", 0)
+                await nursery.start(db.join, f"127.0.0.1:{port}")
+            # b and c only know a; a tells each about the other, and they connect.
+            with trio.fail_after(20):
+                while not all(len(db._peering()[0].connected) == 2 for db in (a, b, c)):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            # One connection per pair of nodes: three in all, six ends.
+            assert sum(len(db._peer_protocols()) for db in (a, b, c)) == 6
+            await b.put("m", "k", "via the mesh")
+            await _settled(a, b, c)
+            assert await c.get("m", "k") == "via the mesh"
+            nursery.cancel_scope.cancel()
