@@ -34,6 +34,7 @@ Clients (role ``client``) skip 2 and 3 and send ``REQUEST``\\ s instead.
 
 from __future__ import annotations
 
+import collections
 import enum
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -240,7 +241,11 @@ class PeerProtocol:
         self._heads_sent: set[tuple[int, int]] = set()
         self.peer_heads: dict[Feed, int] = {}
         self._queue: dict[Feed, tuple[int, int]] = {}
-        self._in_flight = 0
+        #: Batches sent and not acknowledged yet, oldest first: (feed, last seq).
+        self._unacked: collections.deque[tuple[Feed, int]] = collections.deque()
+        #: Per feed, the last seq the peer acknowledged taking in (ACKs arrive in order,
+        #: after the peer ingested the batch, so heads it sends later include them).
+        self._acked: dict[Feed, int] = {}
         self._reconciled = False
         self._summary_sent: bytes | None = None
         self._agreed: bytes | None = None
@@ -274,7 +279,7 @@ class PeerProtocol:
     @property
     def busy(self) -> bool:
         """True while events wait to be sent or acknowledged."""
-        return bool(self._queue) or self._in_flight > 0
+        return bool(self._queue) or bool(self._unacked)
 
     def _send(self, kind: Msg, *fields: Any, reconcile: bool = False) -> Send:
         data = encode(kind, *fields)
@@ -410,9 +415,11 @@ class PeerProtocol:
             self.events_received += len(fields[0])
             return [Ingest(fields[0])]
         if kind is Msg.ACK:
-            if fields[0] > self._in_flight:
+            if fields[0] > len(self._unacked):
                 return self._close(CLOSE_POLICY, "an ACK for more batches than were sent")
-            self._in_flight -= fields[0]
+            for _ in range(fields[0]):
+                feed, last = self._unacked.popleft()
+                self._acked[feed] = max(self._acked.get(feed, 0), last)
             return self._after_push(now)
         if kind is Msg.PEERS:
             return [PeersHeard(fields[0])]
@@ -503,11 +510,13 @@ class PeerProtocol:
         for feed in tree.feeds(depth, prefix):
             seq = tree.heads[feed][0]
             held = theirs.get(feed_tag(salt, feed), 0)
-            if held < self.peer_heads.get(feed, 0):
-                # It did not take what was pushed (refused, or waiting for a proof):
-                # offer it again after ``resync``, not in a loop.
+            if held < self._acked.get(feed, 0):
+                # It acknowledged events it then did not hold (refused, or waiting for
+                # a proof): offer them again after ``resync``, not in a loop.
                 self._stalled[feed] = now
-            self.peer_heads[feed] = held
+                self._acked[feed] = held
+            in_flight = max((last for f, last in self._unacked if f == feed), default=0)
+            self.peer_heads[feed] = max(held, in_flight)
             if seq > held and now - self._stalled.get(feed, -1e18) >= self.limits.resync:
                 self._want(feed, held, seq)
         self._reconciled = True
@@ -548,7 +557,7 @@ class PeerProtocol:
         statements are what prove the rest."""
         if self._state is not _State.OPEN or not self._queue:
             return None
-        if self._in_flight >= self.limits.window:
+        if len(self._unacked) >= self.limits.window:
             return None
         feed = next((f for f in self._queue if f[1] == _IDENTITY_AGENT), None)
         if feed is None:
@@ -568,7 +577,7 @@ class PeerProtocol:
         ``last``; it may have sent fewer than asked if a batch filled)."""
         if self._state is not _State.OPEN:
             return []
-        self._in_flight += 1
+        self._unacked.append((feed, last))
         self.events_sent += len(events)
         self._pushed_since_summary = True
         self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), last)
@@ -586,7 +595,7 @@ class PeerProtocol:
         return [self._send(Msg.ACK, 1)]
 
     def _after_push(self, now: float) -> list[Command]:
-        if not self._queue and self._in_flight == 0 and self._pushed_since_summary:
+        if not self._queue and not self._unacked and self._pushed_since_summary:
             return self.summary(now)
         return []
 

@@ -16,8 +16,11 @@ from koru.nursery._wire import encode
 class Side:
     """A node as the protocol sees it: feeds of event ids, appended in seq order."""
 
-    def __init__(self, feeds: dict[tuple[bytes, str], list[bytes]]) -> None:
+    def __init__(
+        self, feeds: dict[tuple[bytes, str], list[bytes]], refuse: frozenset = frozenset()
+    ) -> None:
         self.feeds = feeds
+        self.refuse = refuse
 
     def heads(self) -> dict[tuple[bytes, str], tuple[int, bytes]]:
         return {f: (len(ids), ids[-1]) for f, ids in self.feeds.items() if ids}
@@ -25,6 +28,8 @@ class Side:
     def take(self, events: list[bytes]) -> None:
         for raw in events:
             origin, agent, seq, eid = cbor2.loads(raw)
+            if (origin, agent) in self.refuse:
+                continue
             held = self.feeds.setdefault((origin, agent), [])
             if seq == len(held) + 1:
                 held.append(eid)
@@ -197,3 +202,17 @@ def test_malformed_heads_and_ranges_close_with_invalid_payload() -> None:
     assert _code(server.receive(encode(Msg.RANGES, [[1, 99, bytes(32)]]), 0.0)) == 1007
     server, _client, _wire = _opened(a, b)
     assert _code(server.receive(encode(Msg.ACK, 3), 0.0)) == 1008
+
+
+def test_events_the_peer_refuses_are_not_pushed_again_in_a_loop() -> None:
+    spec = {(1, "storage"): 10, (2, "storage"): 10}
+    a = Side(_feeds(spec))
+    refused = next(iter(_feeds({(1, "storage"): 1})))
+    b = Side({}, refuse=frozenset({refused}))
+    server, client, wire = _opened(a, b)
+    _run(a, b, server, client, wire)  # ends: nothing left to move
+    assert b.heads().keys() == {f for f in a.feeds if f != refused}
+    # The summary after the push found the refused feed behind: offered again only
+    # after ``resync``, so each of its events went out once.
+    assert server.events_sent == 20
+    assert not server.busy
