@@ -35,6 +35,7 @@ from koru.events import (
     KoruError,
     PermissionDeniedError,
     PublicIdentity,
+    event_id,
     node_id_of,
 )
 from koru.nursery import (
@@ -172,6 +173,14 @@ class DatabaseEndpoint:
             if total > max_bytes and i:
                 return events[:i]
         return events
+
+    async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
+        out = []
+        for feed, (seq, _) in list(self._db._feeds.heads.items()):
+            after = max(0, seq - window)
+            events = await self._db.feed_events(feed[0].hex(), feed[1], after, seq - after)
+            out += [(feed, after + i + 1, event_id(data)) for i, data in enumerate(events)]
+        return out
 
     async def before_push(self) -> None:
         await self._db.seal()

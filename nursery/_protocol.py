@@ -39,6 +39,8 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import blake3
+
 from ._feedtree import MAX_DEPTH, Feed, FeedTree, feed_tag
 from ._wire import (
     CLOSE_GOING_AWAY,
@@ -90,6 +92,11 @@ class Limits(NamedTuple):
     rate: float = 5000.0
     burst: float = 20000.0
     #: Events per EVENTS message (and bytes), and unacknowledged EVENTS messages.
+    #: Bloom mode: events per feed (the newest) a side offers in a Bloom filter at
+    #: open, so that the other side pushes what it lacks of them after one round trip
+    #: (0: off); bits per event in the filter.
+    bloom_window: int = 0
+    bloom_bits: int = 10
     batch_events: int = 2000
     batch_bytes: int = 1 << 20
     window: int = 4
@@ -158,6 +165,21 @@ class Reply(NamedTuple):
     payload: bytes | None
 
 
+class BloomAsked(NamedTuple):
+    """The peer sent a Bloom filter of its newest ``window`` events per feed: answer
+    with bloom_answer() and this side's newest events."""
+
+    window: int
+    hashes: int
+    bits: bytes
+
+
+class NeedRecent(NamedTuple):
+    """Bloom mode: give bloom_offer() this side's newest ``window`` events per feed."""
+
+    window: int
+
+
 class PeersHeard(NamedTuple):
     addresses: list[str]
 
@@ -178,6 +200,8 @@ Command = (
     | Reply
     | PeersHeard
     | CancelCall
+    | BloomAsked
+    | NeedRecent
 )
 
 
@@ -201,7 +225,17 @@ _PRE_AUTH = {
     _State.CHECK: frozenset(),
 }
 _PEER_MESSAGES = frozenset(
-    {Msg.SUMMARY, Msg.RANGES, Msg.HEADS, Msg.EVENTS, Msg.ACK, Msg.PING, Msg.PONG, Msg.PEERS}
+    {
+        Msg.SUMMARY,
+        Msg.RANGES,
+        Msg.HEADS,
+        Msg.EVENTS,
+        Msg.ACK,
+        Msg.BLOOM,
+        Msg.PING,
+        Msg.PONG,
+        Msg.PEERS,
+    }
 )
 _SERVER_OF_CLIENT = frozenset({Msg.REQUEST, Msg.CANCEL, Msg.PING, Msg.PONG})
 _CLIENT_OF_SERVER = frozenset({Msg.RESPONSE, Msg.STREAM_ITEM, Msg.STREAM_END, Msg.PING, Msg.PONG})
@@ -242,7 +276,10 @@ class PeerProtocol:
         self.peer_heads: dict[Feed, int] = {}
         self._queue: dict[Feed, tuple[int, int]] = {}
         #: Batches sent and not acknowledged yet, oldest first: (feed, last seq).
-        self._unacked: collections.deque[tuple[Feed, int]] = collections.deque()
+        self._unacked: collections.deque[tuple[Feed, int, bool]] = collections.deque()
+        #: Feeds whose queued range a Bloom filter suggested (a false positive may
+        #: have left a gap at the peer, so its ACK proves nothing).
+        self._guessed: set[Feed] = set()
         #: Per feed, the last seq the peer acknowledged taking in (ACKs arrive in order,
         #: after the peer ingested the batch, so heads it sends later include them).
         self._acked: dict[Feed, int] = {}
@@ -336,6 +373,8 @@ class PeerProtocol:
             out.append(self._send(Msg.WELCOME, nonce, signature, node, credentials or []))
         self._state = _State.OPEN
         if self.role == PEER:
+            if self.limits.bloom_window:
+                out.append(NeedRecent(self.limits.bloom_window))
             out += self.summary(self._last_received)
         return out
 
@@ -418,11 +457,17 @@ class PeerProtocol:
             if fields[0] > len(self._unacked):
                 return self._close(CLOSE_POLICY, "an ACK for more batches than were sent")
             for _ in range(fields[0]):
-                feed, last = self._unacked.popleft()
-                self._acked[feed] = max(self._acked.get(feed, 0), last)
+                feed, last, guessed = self._unacked.popleft()
+                if not guessed:
+                    self._acked[feed] = max(self._acked.get(feed, 0), last)
             return self._after_push(now)
         if kind is Msg.PEERS:
             return [PeersHeard(fields[0])]
+        if kind is Msg.BLOOM:
+            window, hashes, bits = fields
+            if not 1 <= hashes <= 16 or not bits or window > 1 << 20:
+                raise WireError(CLOSE_INVALID_PAYLOAD, "a malformed BLOOM message")
+            return [BloomAsked(window, hashes, bits)]
         if kind is Msg.REQUEST:
             return [Request(fields[0], fields[1])]
         if kind is Msg.CANCEL:
@@ -515,9 +560,10 @@ class PeerProtocol:
                 # a proof): offer them again after ``resync``, not in a loop.
                 self._stalled[feed] = now
                 self._acked[feed] = held
-            in_flight = max((last for f, last in self._unacked if f == feed), default=0)
+            in_flight = max((last for f, last, _ in self._unacked if f == feed), default=0)
             self.peer_heads[feed] = max(held, in_flight)
             if seq > held and now - self._stalled.get(feed, -1e18) >= self.limits.resync:
+                self._guessed.discard(feed)
                 self._want(feed, held, seq)
         self._reconciled = True
         out: list[Command] = []
@@ -538,6 +584,57 @@ class PeerProtocol:
             self._queue[feed] = (after, upto)
         else:
             self._queue[feed] = (min(queued[0], after), max(queued[1], upto))
+
+    # -- Bloom mode ----------------------------------------------------------------------
+
+    def _positions(self, eid: bytes, hashes: int, size: int) -> list[int]:
+        digest = blake3.blake3(self._salt + eid).digest(4 * hashes)
+        return [int.from_bytes(digest[4 * i : 4 * i + 4], "big") % size for i in range(hashes)]
+
+    def bloom_offer(self, recent: list[tuple[Feed, int, bytes]]) -> list[Command]:
+        """Send a Bloom filter of this side's newest events ``(feed, seq, id)``: the
+        peer pushes those of its own newest that the filter lacks. The filter's hashes
+        are salted per session, so nobody can choose ids that collide in it; a false
+        positive only withholds an event until the Merkle round finds it."""
+        if self._state is not _State.OPEN:
+            return []
+        hashes = 7
+        size = max(64, self.limits.bloom_bits * len(recent))
+        size += -size % 8
+        bits = bytearray(size // 8)
+        for _, _, eid in recent:
+            for position in self._positions(eid, hashes, size):
+                bits[position >> 3] |= 1 << (position & 7)
+        return [
+            self._send(Msg.BLOOM, self.limits.bloom_window, hashes, bytes(bits), reconcile=True)
+        ]
+
+    def bloom_answer(
+        self, asked: BloomAsked, recent: list[tuple[Feed, int, bytes]]
+    ) -> list[Command]:
+        """Queue, per feed, the events from the first of this side's newest that the
+        peer's filter lacks (later ones would wait behind it there anyway)."""
+        size = 8 * len(asked.bits)
+        first: dict[Feed, int] = {}
+        heads = self._heads()
+        for feed, seq, eid in recent:
+            if seq >= first.get(feed, 1 << 64):
+                continue
+            if not all(
+                asked.bits[p >> 3] >> (p & 7) & 1 for p in self._positions(eid, asked.hashes, size)
+            ):
+                first[feed] = seq
+        held = {(feed, seq) for feed, seq, _ in recent}
+        for feed, seq in first.items():
+            head = heads.get(feed)
+            if head is None or head[0] < seq:
+                continue
+            if seq > 1 and (feed, seq - 1) not in held:
+                continue  # the peer lacks the whole window: its heads will say from where
+            if feed not in self._queue:
+                self._guessed.add(feed)
+            self._want(feed, seq - 1, head[0])
+        return []
 
     # -- pushing -------------------------------------------------------------------------
 
@@ -577,7 +674,7 @@ class PeerProtocol:
         ``last``; it may have sent fewer than asked if a batch filled)."""
         if self._state is not _State.OPEN:
             return []
-        self._unacked.append((feed, last))
+        self._unacked.append((feed, last, feed in self._guessed))
         self.events_sent += len(events)
         self._pushed_since_summary = True
         self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), last)

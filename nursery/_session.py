@@ -24,11 +24,13 @@ from koru.events import KoruError
 from ._feedtree import Feed
 from ._protocol import (
     Authenticate,
+    BloomAsked,
     CancelCall,
     Challenged,
     Close,
     Command,
     Ingest,
+    NeedRecent,
     PeerProtocol,
     PeersHeard,
     Reply,
@@ -73,6 +75,10 @@ class Endpoint(Protocol):
 
     def stream(self, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Answer a streamed request of a client (subscriptions)."""
+        ...
+
+    async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
+        """The newest ``window`` events of every feed: ``(feed, seq, event id)``."""
         ...
 
     def heard(self, addresses: list[str]) -> None:
@@ -191,6 +197,15 @@ class _Runner:
             if waiting is not None:
                 with suppress(trio.WouldBlock, trio.BrokenResourceError):
                     waiting.send_nowait((command.kind, command.payload))
+        elif type(command) is NeedRecent:
+            assert self.endpoint is not None
+            recent = await self.endpoint.recent(command.window)
+            await self.carry_out(proto.bloom_offer(recent))
+        elif type(command) is BloomAsked:
+            assert self.endpoint is not None
+            recent = await self.endpoint.recent(command.window)
+            await self.carry_out(proto.bloom_answer(command, recent))
+            self.poke()
         elif type(command) is PeersHeard and self.endpoint is not None:
             self.endpoint.heard(command.addresses)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from koru.nursery import Authenticate, Challenged, Limits, Msg, PeerProtocol, Welcomed
-from koru.nursery._protocol import Close, Ingest, Send
+from koru.nursery._protocol import BloomAsked, Close, Ingest, NeedRecent, Send
 from koru.nursery._wire import encode
 
 
@@ -21,6 +21,13 @@ class Side:
     ) -> None:
         self.feeds = feeds
         self.refuse = refuse
+
+    def recent(self, window: int) -> list[tuple[tuple[bytes, str], int, bytes]]:
+        return [
+            (f, seq, ids[seq - 1])
+            for f, ids in self.feeds.items()
+            for seq in range(max(1, len(ids) - window + 1), len(ids) + 1)
+        ]
 
     def heads(self) -> dict[tuple[bytes, str], tuple[int, bytes]]:
         return {f: (len(ids), ids[-1]) for f, ids in self.feeds.items() if ids}
@@ -62,13 +69,35 @@ def _opened(
     (check,) = server.receive(auth.data, 0.0)
     assert isinstance(check, Authenticate) and check.role == "peer"
     out = server.accept(b"o" * 16, b"t" * 64, b"j" * 16, [])
-    welcome, summary = out
+    welcome = out.pop(0)
     (ok,) = client.receive(welcome.data, 0.0)
     assert isinstance(ok, Welcomed)
-    wire.append((client, summary.data))
-    for command in client.accept():
-        wire.append((server, command.data))
+    _carry(server, a, out, wire, client, 0.0)
+    _carry(client, b, client.accept(), wire, server, 0.0)
     return server, client, wire
+
+
+def _carry(proto, side, commands, wire, other, now) -> None:  # type: ignore[no-untyped-def]
+    """Carry out a protocol's commands as a driver would."""
+    for command in commands:
+        if isinstance(command, Send):
+            wire.append((other, command.data))
+        elif isinstance(command, Ingest):
+            side.take(command.events)
+            _carry(proto, side, proto.ingested(now), wire, other, now)
+        elif isinstance(command, NeedRecent):
+            _carry(proto, side, proto.bloom_offer(side.recent(command.window)), wire, other, now)
+        elif isinstance(command, BloomAsked):
+            _carry(
+                proto,
+                side,
+                proto.bloom_answer(command, side.recent(command.window)),
+                wire,
+                other,
+                now,
+            )
+        else:
+            raise AssertionError(command)
 
 
 def _run(a: Side, b: Side, server: PeerProtocol, client: PeerProtocol, wire: list) -> int:
@@ -82,15 +111,8 @@ def _run(a: Side, b: Side, server: PeerProtocol, client: PeerProtocol, wire: lis
         batch, wire[:] = list(wire), []
         for target, data in batch:
             proto, side = sides[id(target)]
-            for command in proto.receive(data, float(rounds)):
-                if isinstance(command, Send):
-                    wire.append((other[id(proto)], command.data))
-                elif isinstance(command, Ingest):
-                    side.take(command.events)
-                    for ack in proto.ingested(float(rounds)):
-                        wire.append((other[id(proto)], ack.data))
-                else:
-                    raise AssertionError(command)
+            commands = proto.receive(data, float(rounds))
+            _carry(proto, side, commands, wire, other[id(proto)], float(rounds))
         for proto, side in (sides[id(server)], sides[id(client)]):
             while (push := proto.next_push()) is not None:
                 feed, after, upto = push
@@ -216,3 +238,36 @@ def test_events_the_peer_refuses_are_not_pushed_again_in_a_loop() -> None:
     # after ``resync``, so each of its events went out once.
     assert server.events_sent == 20
     assert not server.busy
+
+
+@settings(max_examples=40, deadline=None)
+@given(feed_specs, feed_specs, st.sampled_from([1, 2, 10]))
+def test_bloom_mode_converges_whatever_its_false_positives(
+    left: dict, right: dict, bits: int
+) -> None:
+    # One bit per event: a filter so full that most lookups are false positives.
+    limits = Limits(bloom_window=8, bloom_bits=bits)
+    a, b = Side(_feeds(left)), Side(_feeds(right))
+    server, client, wire = _opened(a, b, limits)
+    _run(a, b, server, client, wire)
+    assert a.heads() == b.heads()
+
+
+def test_bloom_mode_sends_the_tail_after_one_round_trip() -> None:
+    spec = {(o, "storage"): 50 for o in range(4)}
+    behind = {(o, "storage"): 45 for o in range(4)}
+    a, b = Side(_feeds(spec)), Side(_feeds(behind))
+    server, _client, wire = _opened(a, b, Limits(bloom_window=16))
+    # The client's first messages: BLOOM, then SUMMARY. The server answers the
+    # filter with events at once (before any HEADS went either way).
+    first = []
+    for target, data in wire:
+        if target is server:
+            first += server.receive(data, 1.0)
+    assert any(isinstance(c, BloomAsked) for c in first)
+    asked = next(c for c in first if isinstance(c, BloomAsked))
+    server.bloom_answer(asked, a.recent(asked.window))
+    pushes = []
+    while (push := server.next_push()) is not None:
+        pushes.append(push)
+    assert sorted((after, upto) for _, after, upto in pushes) == [(45, 50)] * 4

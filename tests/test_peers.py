@@ -7,7 +7,7 @@ import trio.testing
 
 import koru
 from koru._peering import _run
-from koru.nursery import memory_pair
+from koru.nursery import Limits, memory_pair
 
 # Tests poll for convergence: what they wait for is a state of two databases.
 
@@ -184,4 +184,28 @@ async def test_gossiped_addresses_are_dialed_into_a_mesh() -> None:
             await b.put("m", "k", "via the mesh")
             await _settled(a, b, c)
             assert await c.get("m", "k") == "via the mesh"
+            nursery.cancel_scope.cancel()
+
+
+async def test_bloom_mode_between_databases() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        for db in (a, b):
+            await db.enroll(owner)
+            db.peer_limits = Limits(bloom_window=32)
+        for i in range(40):
+            await a.put("n", f"k{i}", i)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            nursery.cancel_scope.cancel()
+        for i in range(40, 45):  # b is now 5 behind a's tail: the filter finds them
+            await a.put("n", f"k{i}", i)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            assert await b.get("n", "k44") == 44
             nursery.cancel_scope.cancel()
