@@ -293,6 +293,11 @@ class PeerProtocol:
         self.bytes_received = 0
         self.messages_sent = 0
         self.reconcile_bytes_sent = 0
+        self.reconcile_messages = 0
+        #: Reconciliation messages this side had sent when it sent its first events
+        #: (its round trips before events flowed).
+        self.reconcile_messages_before_events = 0
+        self.event_bytes_sent = 0
         self.events_sent = 0
         self.events_received = 0
         self.close_code: int | None = None
@@ -324,6 +329,7 @@ class PeerProtocol:
         self.messages_sent += 1
         if reconcile:
             self.reconcile_bytes_sent += len(data)
+            self.reconcile_messages += 1
         return Send(data)
 
     def _close(self, code: int, reason: str) -> list[Command]:
@@ -675,7 +681,10 @@ class PeerProtocol:
         if self._state is not _State.OPEN:
             return []
         self._unacked.append((feed, last, feed in self._guessed))
+        if not self.events_sent:
+            self.reconcile_messages_before_events = self.reconcile_messages
         self.events_sent += len(events)
+        self.event_bytes_sent += sum(len(data) for data in events)
         self._pushed_since_summary = True
         self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), last)
         queued = self._queue.get(feed)
