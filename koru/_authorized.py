@@ -25,8 +25,8 @@ otherwise, before anything is read or written):
   ``create_workspace``/``drop_workspace``: ``admin`` on the whole workspace;
   ``workspaces`` lists those the identity holds any capability in;
 - ``ingest``: the identity holds ``write`` somewhere, and every event is proven by its
-  origin's seal and written by an author allowed to write it at its own time
-  (:mod:`koru._proven`);
+  origin's seal and written by an author allowed, at its own time, what its local call
+  here would need (:mod:`koru._proven`, :mod:`koru._authorship`);
 - the whole log and its summaries (``feed_heads``, ``feed_events``, ``roots``,
   ``digest``, ``genome``): ``read`` on every key; ``stats``: any capability;
   ``checkpoint``, ``processes``: ``admin`` on every key;
