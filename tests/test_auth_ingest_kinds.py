@@ -230,7 +230,9 @@ async def test_participant_kinds_need_some_capability() -> None:
 
 
 def test_every_registered_event_type_has_a_rule() -> None:
-    assert {kind.cls for kind in event_types().values()} == set(RIGHTS)
+    # (Other tests register types of their own: those are no log's.)
+    ours = {k.cls for k in event_types().values() if k.cls.__module__.startswith("koru.")}
+    assert len(ours) >= 20 and ours == set(RIGHTS)
 
 
 def test_rules_on_scopes() -> None:
