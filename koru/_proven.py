@@ -41,6 +41,7 @@ from typing import NamedTuple, cast
 
 from koru.events import (
     AGENTS,
+    IDENTITY,
     MAX_EVENT_SIZE,
     STORAGE,
     CodecError,
@@ -172,6 +173,12 @@ class ProvenIngest:
         head = self._feeds.heads.get(feed)
         low, held_id = (0, None) if head is None else head
         proofs = self._authority.state.seals.get(feed, {})
+        if feed[1] != IDENTITY and not any(p > low and p in slot for p in proofs):
+            # No proven point waits here (and only the identity log holds seals, which
+            # prove themselves): the scan below, as long as the waiting run, would find
+            # nothing. Without this test a long feed offered an event at a time ahead
+            # of its sealed point costs a scan per event: quadratic.
+            return None
         # The first point reachable through waiting events that something proves.
         end, sealed = low + 1, cast("tuple[bytes, ...]", ())
         author = self._authority.state.node_keys.get(feed[0])
