@@ -47,7 +47,7 @@ from koru.projections import AuthState, Effective, Evaluator, FeedState
 from ._identity import Identity, check_difficulty
 from ._sessions import Session
 
-__all__ = ["Authority", "describe", "public_key_of"]
+__all__ = ["Authority", "covers", "describe", "public_key_of", "whole", "whole_space"]
 
 Emit = Callable[[str, Callable[[Header], Event]], tuple[Event, bytes]]
 
@@ -113,6 +113,7 @@ class Authority:
         self._evaluator: Evaluator | None = None
         self._seen = -1
         self._live: dict[bytes, Effective] = {}
+        self._then: dict[bytes, Effective] = {}
 
     # -- the node identity ---------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Authority:
             self._evaluator = Evaluator(self.state, self.roots)
             self._seen = self.state.changes
             self._live.clear()
+            self._then.clear()
         return self._evaluator
 
     def effective(self, who: bytes, now: int) -> Effective:
@@ -165,15 +167,30 @@ class Authority:
         """True if ``who`` may do ``action`` on ``namespace``/``key`` now."""
         return self.effective(who, now).allows(action, namespace, key)
 
+    def effective_at(self, who: bytes, at: int) -> Effective:
+        """What ``who`` was allowed at ``at`` (for an event stamped then: a revocation
+        counts from its own time, so the answer is the same on every node holding the
+        same grants and revocations), cached for the window over which the answer
+        holds: proven ingest asks once per event, mostly about a few authors whose
+        events' times fall in one window."""
+        if self._seen != self.state.changes:
+            self.evaluator()
+        known = self._then.get(who)
+        if known is not None and known.since <= at < known.until:
+            return known
+        effective = self.evaluator().effective(who, at, live=False)
+        if len(self._then) > 4096:
+            self._then.clear()  # bounded: a cache, rebuilt on demand
+        self._then[who] = effective
+        return effective
+
     def allowed_at(self, who: bytes, action: int, namespace: str, key: str, at: int) -> bool:
-        """True if ``who`` was allowed ``action`` at ``at`` (for an event stamped then:
-        a revocation counts from its own time, so the answer is the same on every node
-        holding the same grants and revocations)."""
-        return self.evaluator().effective(who, at, live=False).allows(action, namespace, key)
+        """True if ``who`` was allowed ``action`` at ``at`` (see :meth:`effective_at`)."""
+        return self.effective_at(who, at).allows(action, namespace, key)
 
     def participant_at(self, who: bytes, at: int) -> bool:
         """True if ``who`` held some capability in effect at ``at``."""
-        return bool(self.evaluator().effective(who, at, live=False).scopes)
+        return bool(self.effective_at(who, at).scopes)
 
     def reads_everything(self, who: bytes, now: int) -> bool:
         """True if ``who`` may read every key (what serving raw events needs)."""
@@ -310,6 +327,40 @@ class Authority:
 
         emit(IDENTITY, build)
         return True
+
+
+def whole(effective: Effective, action: int, namespace: str) -> bool:
+    """True if ``effective`` allows ``action`` on every key of ``namespace`` (a stored
+    name): one scope whose key glob is ``*`` and whose namespace glob matches it."""
+    return any(
+        s.actions & action and s.key.pattern == "*" and s.namespace.match(namespace)
+        for s in effective.scopes
+    )
+
+
+def whole_space(effective: Effective, action: int, prefix: str) -> bool:
+    """True if ``effective`` allows ``action`` on every key of every namespace that
+    starts with ``prefix`` (a workspace's; "" for the whole database)."""
+    return any(
+        s.actions & action and s.key.pattern == "*" and covers(s.namespace.pattern, prefix)
+        for s in effective.scopes
+    )
+
+
+def covers(pattern: str, prefix: str) -> bool:
+    """True if the namespace glob ``pattern`` matches every name starting with
+    ``prefix`` ("" for every name at all): ``*``, or a literal start and one final
+    ``*`` that ``prefix`` begins with."""
+    if pattern == "*":
+        return True
+    head = pattern[:-1]
+    return (
+        bool(prefix)
+        and pattern.endswith("*")
+        and "*" not in head
+        and "?" not in head
+        and prefix.startswith(head)
+    )
 
 
 def describe(who: bytes) -> str:

@@ -25,8 +25,8 @@ otherwise, before anything is read or written):
   ``create_workspace``/``drop_workspace``: ``admin`` on the whole workspace;
   ``workspaces`` lists those the identity holds any capability in;
 - ``ingest``: the identity holds ``write`` somewhere, and every event is proven by its
-  origin's seal and written by an author allowed to write it at its own time
-  (:mod:`koru._proven`);
+  origin's seal and written by an author allowed, at its own time, what its local call
+  here would need (:mod:`koru._proven`, :mod:`koru._authorship`);
 - the whole log and its summaries (``feed_heads``, ``feed_events``, ``roots``,
   ``digest``, ``genome``): ``read`` on every key; ``stats``: any capability;
   ``checkpoint``, ``processes``: ``admin`` on every key;
@@ -61,8 +61,8 @@ from koru.events import (
 from koru.nursery import ProcessInfo
 
 from ._api import DatabaseAPI, SpaceAPI
-from ._authority import public_key_of
-from ._authorized_space import EVERYTHING, NAMES, AuthorizedSpace, covers
+from ._authority import covers, public_key_of, whole_space
+from ._authorized_space import EVERYTHING, NAMES, AuthorizedSpace
 from ._genome import Genome
 from ._identity import Identity
 from ._space import Space
@@ -116,10 +116,7 @@ class AuthorizedDatabase(AuthorizedSpace):
 
     def _allow_workspace(self, action: int, name: str) -> None:
         prefix = Space(name).prefix  # checks the name
-        if not any(
-            s.actions & action and s.key.pattern == "*" and covers(s.namespace.pattern, prefix)
-            for s in self._scopes().scopes
-        ):
+        if not whole_space(self._scopes(), action, prefix):
             raise PermissionDeniedError(self._name, NAMES[action], EVERYTHING, EVERYTHING, name)
 
     async def create_workspace(self, name: str) -> bool:

@@ -30,7 +30,7 @@ from koru.events import (
 )
 from koru.projections import NEVER, Query, QueryPlan
 
-from ._authority import describe, public_key_of
+from ._authority import describe, public_key_of, whole, whole_space
 from ._diff import Diff
 from ._identity import Identity
 from ._indexing import IndexInfo
@@ -215,11 +215,7 @@ class AuthorizedSpace:
     def _allow_space(self, action: int) -> None:
         """Every key of every namespace of this space (the whole database for the
         default handle's "everything")."""
-        prefix = self._prefix
-        if not any(
-            s.actions & action and s.key.pattern == "*" and covers(s.namespace.pattern, prefix)
-            for s in self._scopes().scopes
-        ):
+        if not whole_space(self._scopes(), action, self._prefix):
             raise self._denied(action, EVERYTHING, EVERYTHING)
 
     def _participant(self, action: int = READ | WRITE | ADMIN) -> None:
@@ -229,11 +225,7 @@ class AuthorizedSpace:
     def _allow_namespace(self, action: int, namespace: str) -> None:
         if type(namespace) is not str:
             check_name(namespace, "namespace")
-        stored = self._stored(namespace)
-        if not any(
-            s.actions & action and s.key.pattern == "*" and s.namespace.match(stored)
-            for s in self._scopes().scopes
-        ):
+        if not whole(self._scopes(), action, self._stored(namespace)):
             raise self._denied(action, namespace, EVERYTHING)
 
     def _whole(self, action: int, namespace: str) -> bool:
@@ -513,22 +505,6 @@ class AuthorizedSpace:
     async def aclose(self) -> None:
         """Close this handle (the database, and the session it acts in, stay open)."""
         self._closed = True
-
-
-def covers(pattern: str, prefix: str) -> bool:
-    """True if the namespace glob ``pattern`` matches every name starting with
-    ``prefix`` ("" for every name at all): ``*``, or a literal start and one final
-    ``*`` that ``prefix`` begins with."""
-    if pattern == "*":
-        return True
-    head = pattern[:-1]
-    return (
-        bool(prefix)
-        and pattern.endswith("*")
-        and "*" not in head
-        and "?" not in head
-        and prefix.startswith(head)
-    )
 
 
 def _ANY_KEY(key: str) -> bool:

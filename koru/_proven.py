@@ -17,17 +17,17 @@ ingest path only when:
    the auth projection, so events that arrive after a restart are proven by seals
    taken in before it.
 2. its **author may write it**, at its own timestamp: the key that sealed its origin
-   must hold ``write`` on every key it writes, as of its ``hlc`` (a revocation counts
-   from its own time: the same answer on every node that holds the same grants). An
-   event that writes no key needs its author to hold some capability then.
-   Identities, grants and revocations carry their own signatures, but each costs
-   memory and evaluation here, so their author too must take part (hold some
-   capability then, or be a root); seals need nothing (a node revoked since must still
-   prove what it wrote before); an identity below this database's proof-of-work
-   difficulty is refused. Timestamps must increase along a feed (an honest node's
-   clock is hybrid-logical), so a node cannot date an event before one it wrote
-   earlier: a revoked node can date what it writes after its revocation no earlier
-   than the last event of its that a node holds.
+   must have held, as of its ``hlc`` (a revocation counts from its own time: the same
+   answer on every node that holds the same grants), the right the event's local call
+   needs on an authorized handle: ``write`` on every key a put, delete or batch writes
+   and on the key of an embedding, ``write`` on the whole namespace of an index model,
+   ``admin`` on the whole namespace of an index or view definition and over the whole
+   workspace it creates or drops; node records and signed statements need some
+   capability, seals nothing (the table is :mod:`koru._authorship`). An identity below
+   this database's proof-of-work difficulty is refused. Timestamps must increase
+   along a feed (an honest node's clock is hybrid-logical), so a node cannot date an
+   event before one it wrote earlier: a revoked node can date what it writes after
+   its revocation no earlier than the last event of its that a node holds.
 
 An unauthorized event is refused (reported), not held: offered again once the grant
 that allows it has arrived, it is taken. Waiting is bounded (events and bytes): past
@@ -41,9 +41,9 @@ from typing import NamedTuple, cast
 
 from koru.events import (
     AGENTS,
+    IDENTITY,
     MAX_EVENT_SIZE,
     STORAGE,
-    WRITE,
     CodecError,
     Event,
     IdentityEvent,
@@ -56,6 +56,7 @@ from koru.events import (
 from koru.projections import FeedState
 
 from ._authority import Authority
+from ._authorship import missing_right
 from ._ingest import Ingest
 
 __all__ = ["MAX_WAITING_BYTES", "MAX_WAITING_EVENTS", "ProvenIngest"]
@@ -172,6 +173,12 @@ class ProvenIngest:
         head = self._feeds.heads.get(feed)
         low, held_id = (0, None) if head is None else head
         proofs = self._authority.state.seals.get(feed, {})
+        if feed[1] != IDENTITY and not any(p > low and p in slot for p in proofs):
+            # No proven point waits here (and only the identity log holds seals, which
+            # prove themselves): the scan below, as long as the waiting run, would find
+            # nothing. Without this test a long feed offered an event at a time ahead
+            # of its sealed point costs a scan per event: quadratic.
+            return None
         # The first point reachable through waiting events that something proves.
         end, sealed = low + 1, cast("tuple[bytes, ...]", ())
         author = self._authority.state.node_keys.get(feed[0])
@@ -253,21 +260,7 @@ class ProvenIngest:
                     f"an identity with {work} bits of proof of work; this database "
                     f"requires {authority.difficulty}"
                 )
-        if type(event) is SealEvent:
-            # A seal proves what its node wrote before, when it may have been allowed
-            # to (a node revoked since must still be able to prove its earlier writes).
+        problem = missing_right(authority.effective_at(author, event.hlc), event)
+        if problem is None:
             return None
-        writes = event.writes
-        for w in writes:
-            if not authority.allowed_at(author, WRITE, w.namespace, w.key, event.hlc):
-                return (
-                    f"its author {short_key(author)}... may not write {w.namespace!r}/"
-                    f"{w.key!r} (at its timestamp {event.hlc})"
-                )
-        # Anything else (statements included: they prove themselves, but each costs
-        # memory and evaluation here, and junk grants to an identity would slow every
-        # decision about it) needs an author that took part: one that held some
-        # capability at the time, or a root.
-        if not writes and not authority.participant_at(author, event.hlc):
-            return f"its author {short_key(author)}... held no capability at its timestamp"
-        return None
+        return f"its author {short_key(author)}... {problem} (at its timestamp {event.hlc})"

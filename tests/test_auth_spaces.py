@@ -14,7 +14,8 @@ import pytest
 import koru
 from conftest import StepClock
 from koru import SpaceAPI, workspace_namespace
-from koru._authorized_space import AuthorizedSpace, covers
+from koru._authority import covers
+from koru._authorized_space import AuthorizedSpace
 
 D = 4
 
