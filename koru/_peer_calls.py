@@ -118,8 +118,9 @@ class PeerCalls:
 
     async def enroll(self, owner: Identity) -> None:
         """Make ``owner`` a root of this database (an admin grant from the node key) and
-        have it grant this node read and write on everything. Nodes enrolled by the same
-        owner accept each other as peers with no other set-up (each presents the
+        have it grant this node admin on everything (read, write, and index, view and
+        workspace definitions, which replicas pass each other). Nodes enrolled by the
+        same owner accept each other as peers with no other set-up (each presents the
         owner's grant in the handshake). Idempotent."""
         if not isinstance(owner, Identity):
             raise InvalidArgumentError(f"enroll takes an Identity, not {owner!r}")

@@ -12,7 +12,7 @@ every feed); the events it sends are taken by the side's authorized handle
 Credentials: each side presents the grants made to its key (signed statements), and
 the other stores those to its key that can take effect. Nodes enrolled by one owner
 (:meth:`Database.enroll`: the owner becomes a root of the node, and grants the node
-read and write on everything) therefore sync with each other with no other set-up.
+admin on everything) therefore sync with each other with no other set-up.
 """
 
 from __future__ import annotations
@@ -317,12 +317,12 @@ class PeerHandshake:
 
 
 async def enroll(db: Database, owner: Identity) -> None:
-    """Make ``owner`` a root of ``db`` and have it grant this node read and write on
-    everything (see :meth:`Database.enroll`)."""
+    """Make ``owner`` a root of ``db`` and have it grant this node admin (read, write
+    and the definitions) on everything (see :meth:`Database.enroll`)."""
     node = await db.mine_identity()
     await db.register(owner.public)
     await db.grant(owner.public, actions="admin")
-    await db.grant(Grant.create(owner, node.public_key, actions=("read", "write")))
+    await db.grant(Grant.create(owner, node.public_key, actions="admin"))
 
 
 async def _prepared(db: Database) -> None:
@@ -392,6 +392,7 @@ async def _run(
         heads=lambda: db._feeds.heads,
         now=trio.current_time(),
         limits=limits,
+        own=bytes.fromhex(db.node_id),
     )
     sessions.add(proto)
     handshake = PeerHandshake(db, book, role=role, expect=expect, address=address)

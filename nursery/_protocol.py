@@ -252,12 +252,16 @@ class PeerProtocol:
         heads: Callable[[], Mapping[Feed, tuple[int, bytes]]],
         now: float,
         limits: Limits = _DEFAULT_LIMITS,
+        own: bytes | None = None,
     ) -> None:
         if role not in (PEER, CLIENT):
             raise ValueError(f"role is 'peer' or 'client', not {role!r}")
         self.server = server
         self.role = role
         self.limits = limits
+        #: This node's identity feed goes first of all: the identities and grants it
+        #: stored for the nodes it met are what make their feeds acceptable.
+        self._first: Feed | None = None if own is None else (own, _IDENTITY_AGENT)
         self._heads = heads
         self._state = _State.AUTH if server else _State.HELLO
         self._opened_at = now
@@ -662,7 +666,9 @@ class PeerProtocol:
             return None
         if len(self._unacked) >= self.limits.window:
             return None
-        feed = next((f for f in self._queue if f[1] == _IDENTITY_AGENT), None)
+        feed = self._first if self._first in self._queue else None
+        if feed is None:
+            feed = next((f for f in self._queue if f[1] == _IDENTITY_AGENT), None)
         if feed is None:
             feed = next(iter(self._queue))
         after, upto = self._queue.pop(feed)

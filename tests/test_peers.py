@@ -209,3 +209,20 @@ async def test_bloom_mode_between_databases() -> None:
             await _settled(a, b)
             assert await b.get("n", "k44") == 44
             nursery.cancel_scope.cancel()
+
+
+async def test_enrolled_nodes_pass_each_other_definitions() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        for db in (a, b):
+            await db.enroll(owner)
+        await a.put("users", "u1", {"age": 30})
+        await a.create_index("users", "age")
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            nursery.cancel_scope.cancel()
+        assert [i.field for i in await b.list_indexes("users")] == ["age"]
