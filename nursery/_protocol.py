@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import blake3
 
 from ._feedtree import MAX_DEPTH, Feed, FeedTree, feed_tag
+from ._peek import feed_of
 from ._wire import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_PAYLOAD,
@@ -292,6 +293,7 @@ class PeerProtocol:
         self._agreed: bytes | None = None
         self._pushed_since_summary = False
         self._stalled: dict[Feed, float] = {}
+        self._peer_tags: dict[bytes, int] = {}
         #: Counters (for stats and the sync bench).
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -461,8 +463,15 @@ class PeerProtocol:
         if kind is Msg.HEADS:
             return self._on_heads(*fields, now=now)
         if kind is Msg.EVENTS:
-            self.events_received += len(fields[0])
-            return [Ingest(fields[0])]
+            events = fields[0]
+            self.events_received += len(events)
+            # The peer holds what it sends: never push those back to it.
+            peer = self.peer_heads
+            for data in events:
+                place = feed_of(data)
+                if place is not None and place[1] > peer.get(place[0], 0):
+                    peer[place[0]] = place[1]
+            return [Ingest(events)]
         if kind is Msg.ACK:
             if fields[0] > len(self._unacked):
                 return self._close(CLOSE_POLICY, "an ACK for more batches than were sent")
@@ -560,6 +569,9 @@ class PeerProtocol:
         if len(tags) != 8 * len(seqs):
             raise WireError(CLOSE_INVALID_PAYLOAD, "HEADS: 8 bytes of tag per seq")
         theirs = {tags[8 * i : 8 * i + 8]: seq for i, seq in enumerate(seqs)}
+        # Feeds this side does not hold yet: what the peer holds of them, for when
+        # they arrive (from this peer or another), so they are not pushed back.
+        self._peer_tags.update(theirs)
         tree = self._current_tree()
         salt = self._salt
         for feed in tree.feeds(depth, prefix):
@@ -654,7 +666,9 @@ class PeerProtocol:
             return
         peer = self.peer_heads
         for feed, (seq, _) in self._heads().items():
-            held = peer.get(feed, 0)
+            held = peer.get(feed)
+            if held is None:
+                held = peer[feed] = self._peer_tags.get(feed_tag(self._salt, feed), 0)
             if seq > held:
                 self._want(feed, held, seq)
 
@@ -681,9 +695,12 @@ class PeerProtocol:
             self._queue[feed] = (last, upto)
         return feed, after, last
 
-    def push(self, feed: Feed, events: list[bytes], last: int, now: float) -> list[Command]:
-        """The EVENTS message for events the driver fetched (those of ``feed`` up to seq
-        ``last``; it may have sent fewer than asked if a batch filled)."""
+    def push(
+        self, feed: Feed, events: list[bytes], last: int, now: float, asked: int | None = None
+    ) -> list[Command]:
+        """The EVENTS message for events the driver fetched: those of ``feed`` up to seq
+        ``last``, of the range next_push() gave up to ``asked`` (a batch that filled
+        its bytes sends fewer: the rest stays queued)."""
         if self._state is not _State.OPEN:
             return []
         self._unacked.append((feed, last, feed in self._guessed))
@@ -694,8 +711,11 @@ class PeerProtocol:
         self._pushed_since_summary = True
         self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), last)
         queued = self._queue.get(feed)
-        if queued is not None and queued[0] < last:
-            self._queue[feed] = (last, queued[1])
+        end = max(queued[1] if queued is not None else 0, asked or 0)
+        if end > last:
+            self._queue[feed] = (last, end)
+        elif queued is not None:
+            del self._queue[feed]
         self._last_sent = now
         return [self._send(Msg.EVENTS, events)]
 

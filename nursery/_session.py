@@ -262,7 +262,9 @@ class _Runner:
                 events = await self.endpoint.fetch(feed, after, upto, proto.limits.batch_bytes)
                 if not events:
                     continue
-                await self.carry_out(proto.push(feed, events, after + len(events), self.now()))
+                await self.carry_out(
+                    proto.push(feed, events, after + len(events), self.now(), upto)
+                )
 
     async def timer(self) -> None:
         proto = self.proto

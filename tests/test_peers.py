@@ -226,3 +226,41 @@ async def test_enrolled_nodes_pass_each_other_definitions() -> None:
             await _settled(a, b)
             nursery.cancel_scope.cancel()
         assert [i.field for i in await b.list_indexes("users")] == ["age"]
+
+
+async def test_events_are_never_echoed_back_to_the_peer_that_sent_them() -> None:
+    owner = koru.Identity.mine(DIFFICULTY)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        for db in (a, b):
+            await db.enroll(owner)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            (pa,) = a._peer_protocols()
+            (pb,) = b._peer_protocols()
+            before = pb.events_sent
+            for i in range(30):
+                await a.put("echo", f"k{i}", i)
+            await _settled(a, b)
+            # b received a's 30 puts (and a's seal) and sent none of them back.
+            assert pa.events_sent >= 30
+            assert pb.events_sent == before
+            nursery.cancel_scope.cancel()
+
+
+async def test_feed_of_reads_the_place_of_real_events() -> None:
+    from koru.nursery._peek import feed_of
+
+    async with koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as db:
+        for i in range(3):
+            await db.put("n", "k" * (1 + i * 40), "v" * (i * 300))
+        await db.embed("v", "k", [1.0, 2.0, 3.0])
+        heads = await db.feed_heads()
+        for (origin, agent), seq in heads.items():
+            for n, data in enumerate(await db.feed_events(origin, agent, 0, seq), 1):
+                assert feed_of(data) == ((bytes.fromhex(origin), agent), n)
+        assert feed_of(b"") is None
+        assert feed_of(b"\x85\x01\x63put") is None
