@@ -10,7 +10,11 @@ the event itself.
 
 from __future__ import annotations
 
-__all__ = ["feed_of"]
+import io
+
+import cbor2
+
+__all__ = ["feed_of", "split_events"]
 
 
 def _head(data: bytes, at: int) -> tuple[int, int, int] | None:
@@ -54,3 +58,24 @@ def feed_of(data: bytes) -> tuple[tuple[bytes, str], int] | None:
     except UnicodeDecodeError:
         return None
     return (bytes(data[start : start + 16]), name), seq[1]
+
+
+def split_events(blob: bytes) -> list[bytes] | None:
+    """The events of an EVENTS message (concatenated CBOR items, each an event's
+    bytes), or None if the blob is not a run of whole CBOR items. Each event is
+    checked strictly by ingest; this only finds where one ends."""
+    out = []
+    stream = io.BytesIO(blob)
+    decoder = cbor2.CBORDecoder(stream)
+    start, end = 0, len(blob)
+    try:
+        while start < end:
+            decoder.decode()
+            stop = stream.tell()
+            if stop <= start:
+                return None
+            out.append(blob[start:stop])
+            start = stop
+    except Exception:  # malformed, truncated, or nested too deep: cbor2 raises several
+        return None
+    return out

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import blake3
 
 from ._feedtree import MAX_DEPTH, Feed, FeedTree, feed_tag
-from ._peek import feed_of
+from ._peek import feed_of, split_events
 from ._wire import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_PAYLOAD,
@@ -463,7 +463,9 @@ class PeerProtocol:
         if kind is Msg.HEADS:
             return self._on_heads(*fields, now=now)
         if kind is Msg.EVENTS:
-            events = fields[0]
+            events = split_events(fields[0])
+            if events is None:
+                raise WireError(CLOSE_INVALID_PAYLOAD, "EVENTS: not a run of CBOR items")
             self.events_received += len(events)
             # The peer holds what it sends: never push those back to it.
             peer = self.peer_heads
@@ -717,7 +719,7 @@ class PeerProtocol:
         elif queued is not None:
             del self._queue[feed]
         self._last_sent = now
-        return [self._send(Msg.EVENTS, events)]
+        return [self._send(Msg.EVENTS, b"".join(events))]
 
     def ingested(self, now: float) -> list[Command]:
         """The events of the last Ingest were taken: acknowledge them."""

@@ -68,7 +68,7 @@ class Msg(enum.IntEnum):
     SUMMARY = 10  # Merkle root over the feed heads, feed count
     RANGES = 11  # subtrees whose hashes the sender holds: [[depth, prefix, hash], ...]
     HEADS = 12  # the sender's feed heads under a subtree: tags (8 B each), seqs
-    EVENTS = 13  # event bytes, as ingest takes them
+    EVENTS = 13  # event bytes, as ingest takes them, concatenated (no per-event framing)
     ACK = 14  # events received and taken (flow control)
     BLOOM = 15  # one-round approximate diff: ids of recent events in a Bloom filter
     PING = 20
@@ -146,7 +146,7 @@ _SCHEMAS: dict[Msg, tuple[Callable[[Any], bool], ...]] = {
     Msg.SUMMARY: (_bytes(32), _uint),
     Msg.RANGES: (_list_of(_range, 4096),),
     Msg.HEADS: (_uint, _uint, _bytes(most=8 * _MAX_LIST), _list_of(_uint)),
-    Msg.EVENTS: (_list_of(_bytes(most=1 << 27)),),
+    Msg.EVENTS: (_bytes(most=1 << 27),),  # events, concatenated (each a CBOR item)
     Msg.ACK: (_uint,),
     Msg.BLOOM: (_uint, _uint, _bytes(most=1 << 24)),
     Msg.PING: (_uint,),
