@@ -7,6 +7,7 @@ from ._base import Command, Failure, Usage
 from ._check import CHECK_COMMANDS
 from ._data import DATA_COMMANDS
 from ._events import EVENT_COMMANDS
+from ._peers import PEER_COMMANDS
 from ._query import QUERY_COMMANDS
 from ._transfer import TRANSFER_COMMANDS
 from ._vectors import VECTOR_COMMANDS
@@ -21,4 +22,5 @@ COMMANDS: tuple[Command, ...] = (
     *CHECK_COMMANDS,
     *TRANSFER_COMMANDS,
     *AUTH_COMMANDS,
+    *PEER_COMMANDS,
 )
