@@ -584,7 +584,12 @@ class PeerProtocol:
                 # a proof): offer them again after ``resync``, not in a loop.
                 self._stalled[feed] = now
                 self._acked[feed] = held
-            in_flight = max((last for f, last, _ in self._unacked if f == feed), default=0)
+            # Batches still in flight will land, except a Bloom guess's (it may sit
+            # behind a gap there): count only the others.
+            in_flight = max(
+                (last for f, last, guessed in self._unacked if f == feed and not guessed),
+                default=0,
+            )
             self.peer_heads[feed] = max(held, in_flight)
             if seq > held and now - self._stalled.get(feed, -1e18) >= self.limits.resync:
                 self._guessed.discard(feed)
