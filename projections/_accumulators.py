@@ -10,6 +10,7 @@ encoding, whatever arrived first).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import cbor2
@@ -33,22 +34,25 @@ __all__ = [
 _SCALE = 1074  # 2**-1074 is the least positive float: every float is an int at this scale
 
 
-class Accumulator:
+class Accumulator(ABC):
     """One aggregation over a changing multiset of field values (missing and null are
     never given). ``add``/``remove`` take the document's key with the value."""
 
     __slots__ = ()
 
+    @abstractmethod
     def add(self, key: str, v: Any) -> None:
-        raise NotImplementedError
+        """Count ``v`` (of the document ``key``) in."""
 
+    @abstractmethod
     def remove(self, key: str, v: Any) -> None:
-        raise NotImplementedError
+        """Take ``v`` (of the document ``key``) out again."""
 
+    @abstractmethod
     def result(self) -> Any:
-        raise NotImplementedError
+        """The aggregate of the values in now."""
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - by default nothing to check
         """Raise what :meth:`result` would for values it cannot combine."""
 
 

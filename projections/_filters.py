@@ -30,6 +30,7 @@ naming the field, so a bad filter fails where it is built, before any work.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -76,7 +77,7 @@ def check_value(value: Any, field: str) -> Any:
     return value
 
 
-class Filter:
+class Filter(ABC):
     """A condition on a document. Combine with ``&``, ``|`` and ``~``."""
 
     __slots__ = ()
@@ -91,9 +92,9 @@ class Filter:
     def __invert__(self) -> Filter:
         return Not(self)
 
+    @abstractmethod
     def to_data(self) -> list[Any]:
         """The plain data form (lists, str, values): what :func:`filter_from_data` reads."""
-        raise NotImplementedError
 
     def leaves(self) -> Iterable[Filter]:
         """The conditions on single fields inside this filter."""
