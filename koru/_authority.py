@@ -152,16 +152,7 @@ class Authority:
     def effective(self, who: bytes, now: int) -> Effective:
         """What ``who`` may do now (live: every revocation held counts), cached for the
         window over which the answer cannot change."""
-        if self._seen != self.state.changes:
-            self.evaluator()
-        known = self._live.get(who)
-        if known is not None and known.since <= now < known.until:
-            return known
-        effective = self.evaluator().effective(who, now, live=True)
-        if len(self._live) > 4096:
-            self._live.clear()  # bounded: a cache, rebuilt on demand
-        self._live[who] = effective
-        return effective
+        return self._cached(self._live, who, now, live=True)
 
     def allows(self, who: bytes, action: int, namespace: str, key: str, now: int) -> bool:
         """True if ``who`` may do ``action`` on ``namespace``/``key`` now."""
@@ -173,15 +164,19 @@ class Authority:
         same grants and revocations), cached for the window over which the answer
         holds: proven ingest asks once per event, mostly about a few authors whose
         events' times fall in one window."""
+        return self._cached(self._then, who, at, live=False)
+
+    def _cached(self, cache: dict[bytes, Effective], who: bytes, at: int, live: bool) -> Effective:
+        """The evaluator's answer for ``who`` at ``at``, from ``cache`` while it holds."""
         if self._seen != self.state.changes:
-            self.evaluator()
-        known = self._then.get(who)
+            self.evaluator()  # a new evaluator clears both caches
+        known = cache.get(who)
         if known is not None and known.since <= at < known.until:
             return known
-        effective = self.evaluator().effective(who, at, live=False)
-        if len(self._then) > 4096:
-            self._then.clear()  # bounded: a cache, rebuilt on demand
-        self._then[who] = effective
+        effective = self.evaluator().effective(who, at, live=live)
+        if len(cache) > 4096:
+            cache.clear()  # bounded: a cache, rebuilt on demand
+        cache[who] = effective
         return effective
 
     def allowed_at(self, who: bytes, action: int, namespace: str, key: str, at: int) -> bool:

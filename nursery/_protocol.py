@@ -72,6 +72,8 @@ __all__ = [
 PEER = "peer"
 CLIENT = "client"
 
+#: Heads of feeds this side does not hold, remembered at most.
+_MAX_PEER_TAGS = 65536
 #: A subtree with at most this many feeds is settled by sending its heads.
 HEADS_LIMIT = 64
 _IDENTITY_AGENT = "identity"
@@ -573,7 +575,12 @@ class PeerProtocol:
         theirs = {tags[8 * i : 8 * i + 8]: seq for i, seq in enumerate(seqs)}
         # Feeds this side does not hold yet: what the peer holds of them, for when
         # they arrive (from this peer or another), so they are not pushed back.
-        self._peer_tags.update(theirs)
+        # Bounded: a lying peer must not grow this without end (a forgotten tag only
+        # costs a feed pushed that the peer may hold already).
+        if len(self._peer_tags) + len(theirs) > _MAX_PEER_TAGS:
+            self._peer_tags.clear()
+        if len(theirs) <= _MAX_PEER_TAGS:
+            self._peer_tags.update(theirs)
         tree = self._current_tree()
         salt = self._salt
         for feed in tree.feeds(depth, prefix):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack, asynccontextmanager
+
 import trio
 import trio.testing
 
@@ -14,8 +16,20 @@ from koru.nursery import Limits, memory_pair
 DIFFICULTY = 4
 
 
-async def _open(nursery_path: str = ":memory:", **kw):  # type: ignore[no-untyped-def]
-    return koru.open(nursery_path, difficulty=DIFFICULTY, sync="os", **kw)
+@asynccontextmanager
+async def _nodes(n: int, owner: koru.Identity | None = None):  # type: ignore[no-untyped-def]
+    """``n`` in-memory databases, each enrolled by ``owner`` (one shared owner by
+    default, so they accept each other as peers)."""
+    owner = koru.Identity.mine(DIFFICULTY) if owner is None else owner
+    async with AsyncExitStack() as stack:
+        dbs = []
+        for _ in range(n):
+            db = await stack.enter_async_context(
+                koru.open(":memory:", difficulty=DIFFICULTY, sync="os")
+            )
+            await db.enroll(owner)
+            dbs.append(db)
+        yield dbs
 
 
 def _link(a, b, nursery, ends=None):  # type: ignore[no-untyped-def]
@@ -49,13 +63,7 @@ async def _settled(*dbs) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_two_nodes_converge_and_stream_new_writes() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        await a.enroll(owner)
-        await b.enroll(owner)
+    async with _nodes(2) as (a, b):
         for i in range(50):
             await a.put("users", f"a{i}", {"n": i})
             await b.put("users", f"b{i}", {"n": i})
@@ -74,13 +82,7 @@ async def test_two_nodes_converge_and_stream_new_writes() -> None:
 
 
 async def test_identical_sets_cost_one_summary_each_way() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        await a.enroll(owner)
-        await b.enroll(owner)
+    async with _nodes(2) as (a, b):
         await a.put("k", "v", 1)
         async with trio.open_nursery() as nursery:
             _link(a, b, nursery)
@@ -103,12 +105,8 @@ async def test_identical_sets_cost_one_summary_each_way() -> None:
 
 
 async def test_a_stranger_is_refused_with_policy_violation() -> None:
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        await a.enroll(koru.Identity.mine(DIFFICULTY))
-        await b.enroll(koru.Identity.mine(DIFFICULTY))  # another owner: no grant for b on a
+    # Two owners: nothing grants b anything on a.
+    async with _nodes(1) as (a,), _nodes(1) as (b,):
         await b.put("secret", "k", 1)
         ends: list = []
         with trio.fail_after(10):
@@ -122,34 +120,20 @@ async def test_a_stranger_is_refused_with_policy_violation() -> None:
 
 
 async def test_three_nodes_in_a_line_relay_each_others_events() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as c,
-    ):
-        for db in (a, b, c):
-            await db.enroll(owner)
-        async with trio.open_nursery() as nursery:
-            _link(a, b, nursery)  # a - b - c: a and c never meet
-            _link(b, c, nursery)
-            for i in range(20):
-                await a.put("x", f"a{i}", i)
-                await c.put("x", f"c{i}", i)
-            await _settled(a, b, c)
-            assert await c.get("x", "a19") == 19
-            assert await a.get("x", "c0") == 0
-            nursery.cancel_scope.cancel()
+    async with _nodes(3) as (a, b, c), trio.open_nursery() as nursery:
+        _link(a, b, nursery)  # a - b - c: a and c never meet
+        _link(b, c, nursery)
+        for i in range(20):
+            await a.put("x", f"a{i}", i)
+            await c.put("x", f"c{i}", i)
+        await _settled(a, b, c)
+        assert await c.get("x", "a19") == 19
+        assert await a.get("x", "c0") == 0
+        nursery.cancel_scope.cancel()
 
 
 async def test_serve_and_join_over_websockets() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        await a.enroll(owner)
-        await b.enroll(owner)
+    async with _nodes(2) as (a, b):
         await a.put("n", "before", 1)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(a.serve, "127.0.0.1", 0)
@@ -162,39 +146,26 @@ async def test_serve_and_join_over_websockets() -> None:
 
 
 async def test_gossiped_addresses_are_dialed_into_a_mesh() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as c,
-    ):
-        for db in (a, b, c):
-            await db.enroll(owner)
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(a.serve, "127.0.0.1", 0)
-            for db in (b, c):
-                await nursery.start(db.serve, "127.0.0.1", 0)
-                await nursery.start(db.join, f"127.0.0.1:{port}")
-            # b and c only know a; a tells each about the other, and they connect.
-            with trio.fail_after(20):
-                while not all(len(db._peering()[0].connected) == 2 for db in (a, b, c)):  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            # One connection per pair of nodes: three in all, six ends.
-            assert sum(len(db._peer_protocols()) for db in (a, b, c)) == 6
-            await b.put("m", "k", "via the mesh")
-            await _settled(a, b, c)
-            assert await c.get("m", "k") == "via the mesh"
-            nursery.cancel_scope.cancel()
+    async with _nodes(3) as (a, b, c), trio.open_nursery() as nursery:
+        port = await nursery.start(a.serve, "127.0.0.1", 0)
+        for db in (b, c):
+            await nursery.start(db.serve, "127.0.0.1", 0)
+            await nursery.start(db.join, f"127.0.0.1:{port}")
+        # b and c only know a; a tells each about the other, and they connect.
+        with trio.fail_after(20):
+            while not all(len(db._peering()[0].connected) == 2 for db in (a, b, c)):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        # One connection per pair of nodes: three in all, six ends.
+        assert sum(len(db._peer_protocols()) for db in (a, b, c)) == 6
+        await b.put("m", "k", "via the mesh")
+        await _settled(a, b, c)
+        assert await c.get("m", "k") == "via the mesh"
+        nursery.cancel_scope.cancel()
 
 
 async def test_bloom_mode_between_databases() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
+    async with _nodes(2) as (a, b):
         for db in (a, b):
-            await db.enroll(owner)
             db.peer_limits = Limits(bloom_window=32)
         for i in range(40):
             await a.put("n", f"k{i}", i)
@@ -212,13 +183,7 @@ async def test_bloom_mode_between_databases() -> None:
 
 
 async def test_enrolled_nodes_pass_each_other_definitions() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        for db in (a, b):
-            await db.enroll(owner)
+    async with _nodes(2) as (a, b):
         await a.put("users", "u1", {"age": 30})
         await a.create_index("users", "age")
         async with trio.open_nursery() as nursery:
@@ -229,26 +194,19 @@ async def test_enrolled_nodes_pass_each_other_definitions() -> None:
 
 
 async def test_events_are_never_echoed_back_to_the_peer_that_sent_them() -> None:
-    owner = koru.Identity.mine(DIFFICULTY)
-    async with (
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
-        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
-    ):
-        for db in (a, b):
-            await db.enroll(owner)
-        async with trio.open_nursery() as nursery:
-            _link(a, b, nursery)
-            await _settled(a, b)
-            (pa,) = a._peer_protocols()
-            (pb,) = b._peer_protocols()
-            before = pb.events_sent
-            for i in range(30):
-                await a.put("echo", f"k{i}", i)
-            await _settled(a, b)
-            # b received a's 30 puts (and a's seal) and sent none of them back.
-            assert pa.events_sent >= 30
-            assert pb.events_sent == before
-            nursery.cancel_scope.cancel()
+    async with _nodes(2) as (a, b), trio.open_nursery() as nursery:
+        _link(a, b, nursery)
+        await _settled(a, b)
+        (pa,) = a._peer_protocols()
+        (pb,) = b._peer_protocols()
+        before = pb.events_sent
+        for i in range(30):
+            await a.put("echo", f"k{i}", i)
+        await _settled(a, b)
+        # b received a's 30 puts (and a's seal) and sent none of them back.
+        assert pa.events_sent >= 30
+        assert pb.events_sent == before
+        nursery.cancel_scope.cancel()
 
 
 async def test_feed_of_reads_the_place_of_real_events() -> None:
