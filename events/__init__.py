@@ -130,6 +130,9 @@ from ._table import Table as Table
 from ._table import TableEncoder as TableEncoder
 from ._table import encode_table as encode_table
 from ._table import table_name as table_name
+from ._tags import BUILTIN_TAGS as BUILTIN_TAGS
+from ._tags import TagRefused as TagRefused
+from ._tags import refuse_tags as refuse_tags
 from ._ttl import ExpireEvent as ExpireEvent
 from ._ttl import ExpiringBatchEvent as ExpiringBatchEvent
 from ._ttl import ExpiringPutEvent as ExpiringPutEvent
@@ -159,6 +162,9 @@ from ._workspaces import workspace_prefix as workspace_prefix
 from ._workspaces import workspace_problem as workspace_problem
 
 __all__ = [
+    "BUILTIN_TAGS",
+    "TagRefused",
+    "refuse_tags",
     "InvalidParentError",
     "WorkspaceDroppedError",
     "MAX_PARENTS",

@@ -37,6 +37,7 @@ from ._fields import UINT64_MAX as _UINT64_MAX
 from ._fields import id_or_none, name, text
 from ._limits import MAX_EVENT_SIZE, MAX_NAME_BYTES
 from ._registry import Header, encoder_of, event_type_of, register_event_type
+from ._tags import refuse_tags
 from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
 __all__ = [
@@ -248,7 +249,7 @@ def _no_set(decoder: Any, *value: Any) -> Any:
     raise _Unordered("set")
 
 
-_NO_SETS = {258: _no_set}
+_NO_SETS = refuse_tags({258: _no_set})
 
 
 #: How to read each schema version into the current event model. Why a table: stored

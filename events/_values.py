@@ -15,6 +15,7 @@ import cbor2
 
 from ._errors import CodecError, InvalidDataError
 from ._limits import MAX_VALUE_DEPTH, MAX_VALUE_SIZE
+from ._tags import refuse_tags
 
 __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
@@ -148,6 +149,10 @@ def decode_value(data: bytes) -> Any:
     return cbor2.loads(data)
 
 
+#: A value holds no tags (see :mod:`._tags`: shared references would make a bomb).
+_NO_TAGS = refuse_tags()
+
+
 def decode_value_strict(data: bytes, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> Any:
     """Decode untrusted value bytes, accepting only the canonical encoding of a valid value.
 
@@ -163,6 +168,7 @@ def decode_value_strict(data: bytes, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> 
             max_depth=MAX_VALUE_DEPTH + 1,
             allow_indefinite=False,
             allow_duplicate_keys=False,
+            semantic_decoders=_NO_TAGS,
         )
     except (cbor2.CBORDecodeError, RecursionError, ValueError, TypeError) as exc:
         raise CodecError(f"undecodable value: {exc}") from None

@@ -23,6 +23,7 @@ from koru.events import (
     InvalidArgumentError,
     InvalidDataError,
     LogStore,
+    refuse_tags,
 )
 from koru.projections import FeedState, KvState
 
@@ -69,7 +70,7 @@ class Genome(NamedTuple):
     def from_bytes(cls, data: bytes) -> Genome:
         """Raises InvalidDataError for bytes that are not an intact genome."""
         try:
-            raw = cbor2.loads(data)
+            raw = cbor2.loads(data, max_depth=8, semantic_decoders=refuse_tags())
             if type(raw) is not list or raw[0] != _FORMAT or len(raw) != len(cls._fields) + 2:
                 raise ValueError("not a genome of format 1")
             seal = blake3.blake3(cbor2.dumps(raw[:-1], canonical=True)).digest()

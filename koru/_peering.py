@@ -37,6 +37,7 @@ from koru.events import (
     PublicIdentity,
     event_id,
     node_id_of,
+    refuse_tags,
 )
 from koru.nursery import (
     CLOSE_INTERNAL,
@@ -61,6 +62,9 @@ __all__ = ["PeerBook", "PeerHandshake", "dial_gossiped", "enroll", "join", "serv
 
 log = logging.getLogger("koru.peers")
 
+#: A credential is arrays, ints, text and bytes (no shared references: see events' _tags).
+_NO_TAGS = refuse_tags()
+
 #: Grants presented in a handshake, at most.
 MAX_CREDENTIALS = 64
 
@@ -83,7 +87,7 @@ async def _take_credentials(
     grants = []
     for raw in credentials[:MAX_CREDENTIALS]:
         try:
-            grant = Grant.decode(cbor2.loads(raw))
+            grant = Grant.decode(cbor2.loads(raw, max_depth=8, semantic_decoders=_NO_TAGS))
         except (CodecError, ValueError, TypeError, cbor2.CBORDecodeError):
             continue
         if grant.grantee == identity.public_key:

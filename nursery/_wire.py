@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from koru.events import KoruError
+from koru.events import KoruError, refuse_tags
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -170,6 +170,9 @@ def _no_tag(decoder: Any, tag: Any) -> Any:
     raise WireError(CLOSE_INVALID_PAYLOAD, "a message holds no CBOR tags")
 
 
+_NO_TAGS = refuse_tags()  # dates, sets, shared references...: no tags at all
+
+
 def _no_map(decoder: Any, value: Any) -> Any:
     raise WireError(CLOSE_INVALID_PAYLOAD, "a message holds no CBOR maps")
 
@@ -184,7 +187,7 @@ def decode(data: bytes, allowed: frozenset[Msg] | None = None) -> tuple[Msg, lis
     if type(data) is not bytes:
         raise WireError(CLOSE_INVALID_PAYLOAD, "a message is a binary frame")
     try:
-        raw = cbor2.loads(data, tag_hook=_no_tag, object_hook=_no_map)
+        raw = cbor2.loads(data, tag_hook=_no_tag, object_hook=_no_map, semantic_decoders=_NO_TAGS)
     except WireError:
         raise
     except Exception as exc:  # cbor2 raises several types for malformed input

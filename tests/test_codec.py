@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import math
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from koru import CodecError, InvalidDataError
 from koru.events import (
     AGENTS,
+    BUILTIN_TAGS,
     MAX_EVENT_SIZE,
     SCHEMA_VERSION,
     BatchEvent,
@@ -576,3 +578,57 @@ def test_a_newer_envelope_is_read_through_its_layout(monkeypatch: pytest.MonkeyP
     assert event_id(signed) != event_id(env())
     with pytest.raises(CodecError, match="signature"):
         decode_event(env(version=2))
+
+
+# -- tags: shared references are a decompression bomb ------------------------------------
+
+
+def _tags_cbor2_decodes() -> list[int]:
+    found = []
+    for tag in [*range(2048), 55799, 55800, 1 << 20]:
+        hooked: list[int] = []
+
+        def hook(decoder: Any, value: Any, hooked: list[int] = hooked) -> None:
+            hooked.append(1)
+
+        with contextlib.suppress(Exception):  # its own decoder refused the 0: still its own
+            cbor2.loads(cbor2.dumps(cbor2.CBORTag(tag, 0)), tag_hook=hook)
+        if not hooked:
+            found.append(tag)
+    return found
+
+
+def test_every_tag_cbor2_decodes_itself_is_refused() -> None:
+    # A newer cbor2 that decodes one more tag fails here until the list names it.
+    assert _tags_cbor2_decodes() == list(BUILTIN_TAGS)
+
+
+def _bombs() -> dict[str, bytes]:
+    deep: Any = [0]
+    for _ in range(30):
+        deep = [deep, deep]  # 2**30 leaves
+    wide: Any = [0] * 1000
+    for _ in range(3):
+        wide = [wide] * 1000  # 10**12 leaves, depth 4
+    return {
+        "deep": cbor2.dumps(deep, value_sharing=True),
+        "wide": cbor2.dumps(wide, value_sharing=True),
+    }
+
+
+@pytest.mark.parametrize("name", ["deep", "wide"])
+def test_a_shared_reference_bomb_is_refused_at_once(name: str) -> None:
+    from koru.nursery._wire import WireError, decode
+
+    bomb = _bombs()[name]
+    assert len(bomb) < 20_000
+    with pytest.raises(CodecError):
+        decode_value_strict(bomb)
+    with pytest.raises(WireError):
+        decode(bomb)
+    with pytest.raises(CodecError):
+        decode_event(bomb)
+    # Inside an event, as a peer would send it: the value is refused, not walked.
+    event = PutEvent(b"\x01" * 16, "kv", 1, None, 5, "ns", "k", bomb, None)
+    with pytest.raises(CodecError):
+        decode_event(encode_event(event), check_values=True)
