@@ -29,6 +29,7 @@ from ._errors import ChallengeError as ChallengeError
 from ._errors import ChallengeExpiredError as ChallengeExpiredError
 from ._errors import ChallengeReplayedError as ChallengeReplayedError
 from ._errors import CodecError as CodecError
+from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import CorruptCheckpointError as CorruptCheckpointError
 from ._errors import CorruptLogError as CorruptLogError
 from ._errors import DatabaseClosedError as DatabaseClosedError
@@ -37,6 +38,7 @@ from ._errors import DataLossError as DataLossError
 from ._errors import DimensionMismatchError as DimensionMismatchError
 from ._errors import DurabilityError as DurabilityError
 from ._errors import EmbeddingNotFoundError as EmbeddingNotFoundError
+from ._errors import HandshakeRefusedError as HandshakeRefusedError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import InvalidDataError as InvalidDataError
 from ._errors import InvalidGrantError as InvalidGrantError
@@ -51,6 +53,8 @@ from ._errors import NoValueAtTimeError as NoValueAtTimeError
 from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import ProofOfWorkError as ProofOfWorkError
 from ._errors import ReadOnlyError as ReadOnlyError
+from ._errors import RemoteError as RemoteError
+from ._errors import RemoteFailureError as RemoteFailureError
 from ._errors import SessionError as SessionError
 from ._errors import SessionExpiredError as SessionExpiredError
 from ._errors import SignatureError as SignatureError
@@ -162,6 +166,10 @@ from ._workspaces import workspace_prefix as workspace_prefix
 from ._workspaces import workspace_problem as workspace_problem
 
 __all__ = [
+    "RemoteFailureError",
+    "RemoteError",
+    "HandshakeRefusedError",
+    "ConnectionLostError",
     "BUILTIN_TAGS",
     "TagRefused",
     "refuse_tags",

@@ -18,6 +18,7 @@ __all__ = [
     "ChallengeExpiredError",
     "ChallengeReplayedError",
     "CodecError",
+    "ConnectionLostError",
     "CorruptCheckpointError",
     "CorruptLogError",
     "DataLossError",
@@ -26,6 +27,7 @@ __all__ = [
     "DimensionMismatchError",
     "DurabilityError",
     "EmbeddingNotFoundError",
+    "HandshakeRefusedError",
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidQueryError",
@@ -39,6 +41,8 @@ __all__ = [
     "PermissionDeniedError",
     "ProofOfWorkError",
     "ReadOnlyError",
+    "RemoteError",
+    "RemoteFailureError",
     "SessionError",
     "SessionExpiredError",
     "SignatureError",
@@ -280,3 +284,34 @@ class InvalidGrantError(AuthError, InvalidDataError):
     written: unsigned by its granter, escalating beyond its parent, deeper than the
     chain limit, from a granter with no authority, for an unregistered grantee, or a
     revocation by someone who may not revoke that grant."""
+
+
+# -- remote databases ------------------------------------------------------------------
+
+
+class RemoteError(KoruError):
+    """Root of the remote branch: a call to a database served by another node could
+    not be made or answered (refusals of the call itself keep their own types:
+    ``KeyNotFoundError``, ``PermissionDeniedError``... as a local call raises them).
+    ``code`` and ``reason`` are the connection's close code and reason, if any."""
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class ConnectionLostError(RemoteError):
+    """The connection to the server was lost and could not be restored within the
+    client's retries. A write in flight may or may not have been applied (the server
+    applies a retried write once, unless it restarted in between)."""
+
+
+class HandshakeRefusedError(RemoteError, AuthError):
+    """The server refused this client in the handshake (unknown identity, too little
+    proof of work, a server other than the one pinned...), or the server failed to
+    prove its own identity to the client."""
+
+
+class RemoteFailureError(RemoteError):
+    """The server failed while answering a call (a defect there, not a refusal)."""

@@ -61,6 +61,10 @@ _EXPORTS: dict[str, str] = {
     "Subscription": "koru._subscriptions",
     "Clock": "koru.nursery",
     "CodecError": "koru.events",
+    "RemoteFailureError": "koru.events",
+    "RemoteError": "koru.events",
+    "HandshakeRefusedError": "koru.events",
+    "ConnectionLostError": "koru.events",
     "CorruptCheckpointError": "koru.events",
     "CorruptLogError": "koru.events",
     "DEFAULT_CACHE_BYTES": "koru._cache",
@@ -72,6 +76,9 @@ _EXPORTS: dict[str, str] = {
     "HashingEmbedder": "koru._embedders",
     "VectorHit": "koru._vectors",
     "Database": "koru._database",
+    "connect": "koru._remote",
+    "RemoteSpace": "koru._remote",
+    "RemoteDatabase": "koru._remote",
     "DatabaseAPI": "koru._api",
     "DatabaseClosedError": "koru.events",
     "DatabaseLockedError": "koru.events",
@@ -137,6 +144,9 @@ if _typing.TYPE_CHECKING:
     from ._open import MEMORY as MEMORY
     from ._open import default_path as default_path
     from ._open import open as open
+    from ._remote import RemoteDatabase as RemoteDatabase
+    from ._remote import RemoteSpace as RemoteSpace
+    from ._remote import connect as connect
     from ._replay import ReplayResult as ReplayResult
     from ._replay import replay as replay
     from ._sessions import Challenge as Challenge
@@ -163,6 +173,7 @@ if _typing.TYPE_CHECKING:
     from .events import ChallengeExpiredError as ChallengeExpiredError
     from .events import ChallengeReplayedError as ChallengeReplayedError
     from .events import CodecError as CodecError
+    from .events import ConnectionLostError as ConnectionLostError
     from .events import CorruptCheckpointError as CorruptCheckpointError
     from .events import CorruptLogError as CorruptLogError
     from .events import DatabaseClosedError as DatabaseClosedError
@@ -172,6 +183,7 @@ if _typing.TYPE_CHECKING:
     from .events import DurabilityError as DurabilityError
     from .events import EmbeddingNotFoundError as EmbeddingNotFoundError
     from .events import Grant as Grant
+    from .events import HandshakeRefusedError as HandshakeRefusedError
     from .events import InvalidArgumentError as InvalidArgumentError
     from .events import InvalidDataError as InvalidDataError
     from .events import InvalidGrantError as InvalidGrantError
@@ -187,6 +199,8 @@ if _typing.TYPE_CHECKING:
     from .events import ProofOfWorkError as ProofOfWorkError
     from .events import PublicIdentity as PublicIdentity
     from .events import ReadOnlyError as ReadOnlyError
+    from .events import RemoteError as RemoteError
+    from .events import RemoteFailureError as RemoteFailureError
     from .events import Revocation as Revocation
     from .events import SessionError as SessionError
     from .events import SessionExpiredError as SessionExpiredError
@@ -239,6 +253,10 @@ __all__ = [
     "Change",
     "Clock",
     "CodecError",
+    "RemoteFailureError",
+    "RemoteError",
+    "HandshakeRefusedError",
+    "ConnectionLostError",
     "CorruptCheckpointError",
     "CorruptLogError",
     "DEFAULT_CACHE_BYTES",
@@ -250,6 +268,9 @@ __all__ = [
     "HashingEmbedder",
     "VectorHit",
     "Database",
+    "connect",
+    "RemoteSpace",
+    "RemoteDatabase",
     "DatabaseAPI",
     "DatabaseClosedError",
     "DatabaseLockedError",

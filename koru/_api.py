@@ -15,7 +15,7 @@ alone, since through them one workspace could read or write another's data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from ._genome import Genome
 from ._identity import Identity
 from ._indexing import IndexInfo
 from ._lineage import Connected
-from ._subscriptions import Subscription
+from ._subscriptions import KeyChange
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._vectors import VectorHit
 from ._viewing import ViewInfo
@@ -126,7 +126,7 @@ class SpaceAPI(Protocol):
         where: Query | dict[str, Any] | None = None,
         from_position: int | None = None,
         buffer: int = ...,
-    ) -> AbstractAsyncContextManager[Subscription]: ...
+    ) -> AbstractAsyncContextManager[AsyncIterator[KeyChange]]: ...
 
     async def are_connected(
         self, a: tuple[str, str], b: tuple[str, str], *, max_depth: int = ...

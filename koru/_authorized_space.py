@@ -439,6 +439,7 @@ class AuthorizedSpace:
         async with self._target.subscribe(
             namespace, key, kinds, where, from_position, buffer
         ) as subscription:
+            assert isinstance(subscription, Subscription)  # a local space's
             changes = subscription._changes
             allow = self._allow
 

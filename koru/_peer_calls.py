@@ -12,6 +12,7 @@ from koru.nursery import Limits, PeerProtocol
 
 from ._identity import Identity
 from ._peering import PeerBook, dial_gossiped, enroll, join, serve
+from ._serving import ServedCalls
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -41,6 +42,7 @@ class PeerCalls:
 
     _peer_book: PeerBook | None = None
     _peer_sessions: set[PeerProtocol] | None = None
+    _served: ServedCalls | None = None
     peer_limits: Limits = _LIMITS
 
     def _peering(self) -> tuple[PeerBook, set[PeerProtocol]]:
@@ -48,6 +50,12 @@ class PeerCalls:
             self._peer_book = PeerBook()
             self._peer_sessions = set()
         return self._peer_book, self._peer_sessions
+
+    def _served_calls(self) -> ServedCalls:
+        """The answers of clients' recent writes (one table for all connections)."""
+        if self._served is None:
+            self._served = ServedCalls()
+        return self._served
 
     async def serve(
         self,

@@ -51,6 +51,7 @@ from koru.nursery import (
     run_session,
 )
 
+from ._serving import ClientEndpoint
 from ._sessions import Challenge, Response
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ class PeerHandshake:
 
     async def admit(
         self, auth: Authenticate, server_challenge: bytes
-    ) -> tuple[DatabaseEndpoint, list[Any]]:
+    ) -> tuple[DatabaseEndpoint | ClientEndpoint, list[Any]]:
         db = self._db
         try:
             identity = PublicIdentity.decode([auth.public_key, auth.nonce])
@@ -263,8 +264,13 @@ class PeerHandshake:
         )
         await _take_credentials(db, identity, auth.credentials)
         handle = db.as_identity(session)
+        answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
+        welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
+        if auth.role == "client":  # calls, each checked by the handle; no feeds
+            name = f"client {identity.public_key.hex()[:16]}"
+            return ClientEndpoint(handle, identity.public_key, name, db._served_calls()), welcome
         if auth.role != "peer":
-            raise InvalidArgumentError("this server serves peers only (role 'peer')")
+            raise InvalidArgumentError(f"no role {auth.role!r} (peer or client)")
         handle._allow_everything(1)  # READ: a peer receives every feed
         peer = node_id_of(identity.public_key)
         self._book.connect(peer, bytes.fromhex(db.node_id))
@@ -272,8 +278,6 @@ class PeerHandshake:
         if auth.listen is not None:
             self._book.node_at[auth.listen] = peer
             self._book.add(auth.listen)
-        answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
-        welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
         return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
 
     async def answer(self, challenged: Challenged) -> list[Any]:

@@ -46,6 +46,10 @@ __all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
 log = logging.getLogger("koru.peers")
 
 
+#: A client's calls answered at once on one connection.
+MAX_CALLS_IN_FLIGHT = 64
+
+
 class Endpoint(Protocol):
     """What a connection needs from the local node once authenticated."""
 
@@ -139,9 +143,13 @@ class _Runner:
         self.nursery: trio.Nursery | None = None
         self.streams: dict[int, trio.CancelScope] = {}
         self.send_lock = trio.Lock()
-        #: Client side: the answers awaited, by call id.
+        #: Client side: the answers awaited, by call id; streams cut off for falling
+        #: behind, with the first item each missed.
         self.replies: dict[int, trio.MemorySendChannel[tuple[Msg, bytes | None]]] = {}
+        self.lagged: dict[int, bytes | None] = {}
         self.closed = trio.Event()
+        #: Calls of a client answered at once (the rest wait, unread).
+        self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT)
 
     def now(self) -> float:
         return trio.current_time()
@@ -187,6 +195,8 @@ class _Runner:
             await self.opened()
         elif type(command) is Request:
             assert self.nursery is not None
+            if command.payload[:1] != b"s":  # a call (streams are bounded by the endpoint)
+                await self.calls.acquire()  # the reader waits: backpressure on the client
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -195,8 +205,16 @@ class _Runner:
         elif type(command) is Reply:
             waiting = self.replies.get(command.call)
             if waiting is not None:
-                with suppress(trio.WouldBlock, trio.BrokenResourceError):
+                try:
                     waiting.send_nowait((command.kind, command.payload))
+                except trio.WouldBlock:
+                    # A stream's reader fell behind its buffer: cut it off (never
+                    # drop an item silently), keeping the first item it missed.
+                    self.lagged[command.call] = command.payload
+                    del self.replies[command.call]
+                    waiting.close()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    del self.replies[command.call]
         elif type(command) is NeedRecent:
             assert self.endpoint is not None
             recent = await self.endpoint.recent(command.window)
@@ -219,6 +237,12 @@ class _Runner:
             self.on_open(self)
 
     async def serve(self, call: int, payload: bytes) -> None:
+        """Answer one request of a client (a task of its own)."""
+        # The connection may go while answering: then the reader ends the session.
+        with suppress(ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._serve(call, payload)
+
+    async def _serve(self, call: int, payload: bytes) -> None:
         assert self.endpoint is not None
         if payload[:1] == b"s":  # a streamed request
             with trio.CancelScope() as scope:
@@ -234,7 +258,10 @@ class _Runner:
                     self.streams.pop(call, None)
                 await self.carry_out(self.proto.reply(Msg.STREAM_END, call, end))
             return
-        answer = await self.endpoint.serve(payload[1:])
+        try:
+            answer = await self.endpoint.serve(payload[1:])
+        finally:
+            self.calls.release()
         await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
 
     async def reader(self) -> None:
@@ -335,8 +362,8 @@ async def run_session(
         for waiting in runner.replies.values():
             waiting.close()
         code, reason, ours = ending[0] if ending else (CLOSE_NORMAL, "closed", True)
-        if ours:
-            await conn.aclose(code or CLOSE_NORMAL, reason)
+        # Closed either way: a side closed by the other still releases its socket.
+        await conn.aclose(code or CLOSE_NORMAL, reason if ours else "")
         if proto.close_code is None:
             proto.close_code, proto.close_reason = code, reason
         runner.closed.set()

@@ -93,6 +93,13 @@ class WebSocketConnection:
         with trio.move_on_after(2) as scope:
             scope.shield = True
             await self._ws.aclose(code, reason[:120])
+        # trio-websocket (0.12) leaves a client's TCP stream open when the server
+        # closed first (it waits for the server's TCP close, then returns from aclose
+        # without closing its own): close it, or the socket leaks until collected.
+        stream = getattr(self._ws, "_stream", None)
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
 
 
 class MemoryConnection:

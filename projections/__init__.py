@@ -25,6 +25,7 @@ from ._feeds import CHUNK as CHUNK
 from ._feeds import FeedState as FeedState
 from ._filters import F as F
 from ._filters import Filter as Filter
+from ._filters import filter_from_data as filter_from_data
 from ._kv import EXPIRES as EXPIRES
 from ._kv import NO_ID as NO_ID
 from ._kv import RECORD_SIZE as RECORD_SIZE
@@ -65,6 +66,7 @@ __all__ = [
     "FeedState",
     "F",
     "Filter",
+    "filter_from_data",
     "Group",
     "KvState",
     "Projection",
