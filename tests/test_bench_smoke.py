@@ -64,3 +64,17 @@ def test_bench_quick_auth_rows() -> None:
     assert re.search(r"^signature check .*\s\d[\d,.]*\s+/s\s*$", proc.stdout, re.MULTILINE)
     assert re.search(r"^capability chain of 8, .*µs/check\s*$", proc.stdout, re.MULTILINE)
     assert "target signature checks vs VerifyKey.verify" in proc.stdout
+
+
+def test_bench_remote_quick_prints_each_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "remote.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^(get|put), .*\s(\d+)\s+(\d+)\s+(\d+\.\d+)\s+calls/s$", proc.stdout, re.M)
+    assert len(rows) == 6, proc.stdout
+    assert all(int(ours) > 0 and int(ref) > 0 for _, ours, ref, _ in rows)
