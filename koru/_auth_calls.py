@@ -242,9 +242,10 @@ class AuthCalls:
 
         return AuthorizedDatabase(self, who)  # type: ignore[arg-type]  # self is a Database
 
-    async def _ingest_proven(self, events: Iterable[bytes]) -> IngestResult:
-        """:meth:`ingest` for events from an untrusted sender (an authorized handle's):
-        only what its origin sealed and its author may write (see koru._proven)."""
+    async def _ingest_proven(self, events: Iterable[bytes], sender: bytes = b"") -> IngestResult:
+        """:meth:`ingest` for events from an untrusted ``sender`` (an authorized
+        handle's identity): only what its origin sealed and its author may write (see
+        koru._proven)."""
         await self._life.enter_write()
         if isinstance(events, str | bytes | bytearray | memoryview) or not isinstance(
             events, Iterable
@@ -254,7 +255,7 @@ class AuthCalls:
         accepted, duplicates = ingest.accepted, ingest.duplicates
         now = self._writer.now()
         for data in events:
-            self._proven.offer(data, now)
+            self._proven.offer(data, now, sender)
         result = IngestResult(
             ingest.accepted - accepted,
             ingest.duplicates - duplicates,

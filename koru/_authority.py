@@ -31,6 +31,7 @@ from koru.events import (
     IdentityEvent,
     InvalidArgumentError,
     InvalidGrantError,
+    KoruError,
     ProofOfWorkError,
     PublicIdentity,
     Revocation,
@@ -233,6 +234,29 @@ class Authority:
             SignatureError: its granter did not sign it.
             InvalidGrantError: it could not take effect (see the module doc).
         """
+        checked = self._terms(grant, now)
+        if checked.id in self.state.grants:
+            return None
+        if not self.registered(checked.grantee) and checked.grantee not in self.roots:
+            raise InvalidGrantError(
+                f"the grantee {short_key(checked.grantee)}... is not a registered identity "
+                "here: register it first (its proof of work is checked then)"
+            )
+        return checked
+
+    def could_take_effect(self, grant: Any, now: int) -> bool:
+        """True if ``grant`` would take effect here once its grantee is registered
+        (so a handshake registers a presenting identity only for a grant that counts,
+        never for junk)."""
+        try:
+            self._terms(grant, now)
+        except KoruError:
+            return False
+        return True
+
+    def _terms(self, grant: Any, now: int) -> Grant:
+        """``grant``, well formed, signed by its granter, and within its granter's
+        authority at ``now``."""
         if not isinstance(grant, Grant):
             raise InvalidArgumentError(f"grant takes a Grant, not {grant!r}")
         try:
@@ -244,16 +268,10 @@ class Authority:
                 f"the grant's signature does not verify with its granter's key "
                 f"({short_key(grant.granter)}...)"
             )
-        if checked.id in self.state.grants:
-            return None
-        if not self.registered(checked.grantee) and checked.grantee not in self.roots:
-            raise InvalidGrantError(
-                f"the grantee {short_key(checked.grantee)}... is not a registered identity "
-                "here: register it first (its proof of work is checked then)"
-            )
-        problem = self.evaluator().grant_problem(checked, now)
-        if problem is not None:
-            raise InvalidGrantError(f"the grant cannot take effect: {problem}")
+        if checked.id not in self.state.grants:
+            problem = self.evaluator().grant_problem(checked, now)
+            if problem is not None:
+                raise InvalidGrantError(f"the grant cannot take effect: {problem}")
         return checked
 
     def check_revocation(self, revocation: Any) -> Revocation | None:

@@ -229,7 +229,7 @@ class AuthorizedDatabase(AuthorizedSpace):
         """Take in events from this identity (a peer): each proven by its origin's seal
         and allowed to its author at its own time (see :mod:`koru._proven`)."""
         self._participant(WRITE)
-        return await self._db._ingest_proven(events)
+        return await self._db._ingest_proven(events, self._who)
 
     async def feed_heads(self) -> dict[tuple[str, str], int]:
         self._allow_everything(READ)
@@ -344,6 +344,8 @@ class AuthorizedDatabase(AuthorizedSpace):
             self._closed = True
             if self._session is not None:
                 self._sessions.end(self._session)
+            # What it offered and left waiting for a seal goes with it.
+            self._db._proven.forget(self._who)
 
     def __repr__(self) -> str:
         return f"AuthorizedDatabase({self._name} on node {self._db.node_id[:12]})"

@@ -84,7 +84,8 @@ async def _take_credentials(
     db: Database, identity: PublicIdentity, credentials: list[bytes]
 ) -> None:
     """Store the presented grants to ``identity`` that can take effect here (after
-    registering it if one does); the others are ignored."""
+    registering it, only if one does: a stranger presenting grants of its own making
+    writes nothing); the others are ignored."""
     grants = []
     for raw in credentials[:MAX_CREDENTIALS]:
         try:
@@ -93,7 +94,9 @@ async def _take_credentials(
             continue
         if grant.grantee == identity.public_key:
             grants.append(grant)
-    if not grants:
+    now = db._writer.read_time()
+    grants = [g for g in grants if db._authority.could_take_effect(g, now)]
+    if not grants:  # nothing that counts: the identity is not registered for junk
         return
     state = db._authority.state
     if identity.public_key not in state.identities:
@@ -239,6 +242,8 @@ class PeerHandshake:
         self._address = address
         #: The other node's id, once admitted (released when the connection ends).
         self.node: bytes | None = None
+        #: The other side's handle on this database, closed when the connection ends.
+        self.handle: AuthorizedDatabase | None = None
         self._db = db
         self._book = book
         self._role = role
@@ -263,7 +268,7 @@ class PeerHandshake:
             Response(identity, node.public_key, server_challenge, auth.signature)
         )
         await _take_credentials(db, identity, auth.credentials)
-        handle = db.as_identity(session)
+        handle = self.handle = db.as_identity(session)
         answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
         welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
         if auth.role == "client":  # calls, each checked by the handle; no feeds
@@ -314,7 +319,7 @@ class PeerHandshake:
             )
         )
         await _take_credentials(db, identity, welcome.credentials)
-        handle = db.as_identity(session)
+        handle = self.handle = db.as_identity(session)
         handle._allow_everything(1)  # the server must be able to read what we send it
         peer = node_id_of(identity.public_key)
         if self._address is not None:
@@ -408,6 +413,8 @@ async def _run(
         return await run_session(conn, proto, handshake, on_open=on_open)
     finally:
         sessions.discard(proto)
+        if handshake.handle is not None:  # its session ends, its unproven events go
+            await handshake.handle.aclose()
         if handshake.node is not None:
             book.connected.discard(handshake.node)
 

@@ -30,8 +30,12 @@ ingest path only when:
    its revocation no earlier than the last event of its that a node holds.
 
 An unauthorized event is refused (reported), not held: offered again once the grant
-that allows it has arrived, it is taken. Waiting is bounded (events and bytes): past
-it, events are refused as "no room", to be offered again.
+that allows it has arrived, it is taken. Waiting is bounded (events and bytes), in all
+and per sender (a quarter of it each), so that one peer offering events nobody will
+ever seal cannot take the room of the others; past a bound, events are refused as "no
+room", to be offered again. When a sender's connection ends, what it left waiting is
+dropped (:meth:`ProvenIngest.forget`): the next connection offers it again if it is
+still needed.
 """
 
 from __future__ import annotations
@@ -59,11 +63,20 @@ from ._authority import Authority
 from ._authorship import missing_right
 from ._ingest import Ingest
 
-__all__ = ["MAX_WAITING_BYTES", "MAX_WAITING_EVENTS", "ProvenIngest"]
+__all__ = [
+    "MAX_SENDER_BYTES",
+    "MAX_SENDER_EVENTS",
+    "MAX_WAITING_BYTES",
+    "MAX_WAITING_EVENTS",
+    "ProvenIngest",
+]
 
-#: Bounds on events waiting for a seal (all feeds together).
+#: Bounds on events waiting for a seal (all feeds together), and on what one sender
+#: may leave waiting.
 MAX_WAITING_EVENTS = 100_000
 MAX_WAITING_BYTES = 256 * 1024 * 1024
+MAX_SENDER_EVENTS = MAX_WAITING_EVENTS // 4
+MAX_SENDER_BYTES = MAX_WAITING_BYTES // 4
 
 Feed = tuple[bytes, str]
 
@@ -72,6 +85,8 @@ class _Item(NamedTuple):
     event: Event
     data: bytes
     eid: bytes
+    #: Who offered it (the sender's public key; empty for the owner's own).
+    sender: bytes
 
 
 class ProvenIngest:
@@ -91,6 +106,8 @@ class ProvenIngest:
         self._waiting: dict[Feed, dict[int, _Item]] = {}
         self._count = 0
         self._bytes = 0
+        #: Per sender: [events, bytes] it left waiting.
+        self._senders: dict[bytes, list[int]] = {}
         #: Totals since the open.
         self.unproven = 0
         self.unauthorized = 0
@@ -100,8 +117,9 @@ class ProvenIngest:
         """Events waiting for a seal."""
         return self._count
 
-    def offer(self, data: object, now: int) -> None:
-        """Take one event's bytes from an untrusted sender (see the module doc)."""
+    def offer(self, data: object, now: int, sender: bytes = b"") -> None:
+        """Take one event's bytes from an untrusted ``sender`` (its public key; see
+        the module doc)."""
         ingest = self._ingest
         if not isinstance(data, bytes | bytearray | memoryview):
             ingest.refuse(None, f"an event is bytes, not {type(data).__name__}")
@@ -135,13 +153,35 @@ class ProvenIngest:
                 # the first: the other can be offered again.
                 ingest.refuse(eid, f"another unproven event {event.seq} of its feed waits")
             return
-        if self._count >= MAX_WAITING_EVENTS or self._bytes + len(data) > MAX_WAITING_BYTES:
+        held = self._senders.get(sender) or [0, 0]
+        if (
+            self._count >= MAX_WAITING_EVENTS
+            or self._bytes + len(data) > MAX_WAITING_BYTES
+            or held[0] >= MAX_SENDER_EVENTS
+            or held[1] + len(data) > MAX_SENDER_BYTES
+        ):
+            if not slot:
+                del self._waiting[feed]
             ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
             return
-        slot[event.seq] = _Item(event, data, eid)
+        slot[event.seq] = _Item(event, data, eid, sender)
         self._count += 1
         self._bytes += len(data)
+        held[0] += 1
+        held[1] += len(data)
+        self._senders[sender] = held
         self._release(feed, now)
+
+    def forget(self, sender: bytes) -> int:
+        """Drop what ``sender`` left waiting (its connection ended); how many events."""
+        if sender not in self._senders:
+            return 0
+        dropped = 0
+        for feed, slot in list(self._waiting.items()):
+            for seq in [seq for seq, item in slot.items() if item.sender == sender]:
+                self._take(feed, seq)
+                dropped += 1
+        return dropped
 
     def _take(self, feed: Feed, seq: int) -> _Item:
         slot = self._waiting[feed]
@@ -150,6 +190,11 @@ class ProvenIngest:
             del self._waiting[feed]
         self._count -= 1
         self._bytes -= len(item.data)
+        held = self._senders[item.sender]
+        held[0] -= 1
+        held[1] -= len(item.data)
+        if not held[0]:
+            del self._senders[item.sender]
         return item
 
     def _release(self, feed: Feed, now: int) -> None:

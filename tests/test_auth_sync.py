@@ -354,3 +354,36 @@ async def test_proof_points_do_not_pile_up() -> None:
             assert db._authority.state.seals == {}
             assert db._authority.state.sealed_to[(bytes.fromhex(a.node_id), "storage")] == 20
         assert await b.get("users", "k19") == 19
+
+
+async def test_one_sender_cannot_take_the_waiting_room_of_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events nobody will seal (a junk origin) fill at most the sender's share of the
+    room; another sender's events still wait and are taken; closing the junk sender's
+    handle (its connection ended) frees its share."""
+    import koru._proven as proven
+
+    monkeypatch.setattr(proven, "MAX_SENDER_EVENTS", 5)
+    monkeypatch.setattr(proven, "MAX_WAITING_EVENTS", 8)
+    async with node(1) as a, node(2) as b, node(3) as c:
+        junk_sender = await trusting(c, a, namespace="*", actions="write")
+        honest = await trusting(c, b, namespace="*", actions="write")
+        junk: list[bytes] = []  # a chained feed of an origin no key derives
+        prev = None
+        for seq in range(1, 20):
+            event = PutEvent(bytes([9]) * 16, "storage", seq, prev, 5, "n", "k", b"\x01", None)
+            junk.append(encode_event(event))
+            prev = event_id(junk[-1])
+        flooded = await junk_sender.ingest(junk)
+        assert flooded.held == 5  # its share, the rest refused as no room
+        assert sum("no room" in r.reason for r in flooded.refused) == 14
+        await b.put("users", "bob", 1)
+        taken = await honest.ingest(await everything(b, ("storage",)))
+        assert taken.held == 5 + 1  # the honest event waits for its seal: room was left
+        await b.seal()
+        await honest.ingest(await everything(b, (IDENTITY,)))
+        assert await c.get("users", "bob") == 1
+        # The junk sender's connection ends: what it left waiting goes.
+        await junk_sender.aclose()
+        assert c._proven.waiting == 0

@@ -108,6 +108,8 @@ async def test_a_stranger_is_refused_with_policy_violation() -> None:
     # Two owners: nothing grants b anything on a.
     async with _nodes(1) as (a,), _nodes(1) as (b,):
         await b.put("secret", "k", 1)
+        await a.mine_identity(DIFFICULTY)
+        before = await a.feed_heads()
         ends: list = []
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -117,6 +119,9 @@ async def test_a_stranger_is_refused_with_policy_violation() -> None:
         assert all("refused" in end.reason for end in ends)
         assert not await a.contains("secret", "k")
         assert await a.feed_heads() != await b.feed_heads()
+        # The grant b presented (its own owner's) counts for nothing on a: a did not
+        # register b for it, nor write anything else.
+        assert await a.feed_heads() == before
 
 
 async def test_three_nodes_in_a_line_relay_each_others_events() -> None:
