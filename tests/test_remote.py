@@ -468,3 +468,36 @@ def test_what_cannot_travel_is_refused_with_a_typed_error() -> None:
     # An error class from outside the library's tree is not built from a peer's bytes.
     foreign = unpack(cbor2.dumps(cbor2.CBORTag(39992, ["SystemExit", "bye", {}])), errors=True)
     assert type(foreign) is koru.RemoteFailureError
+
+
+async def test_a_server_gone_gives_a_typed_error_and_the_next_call_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import koru._remote as remote_module
+
+    monkeypatch.setattr(remote_module, "RETRY_DELAYS", (0.0, 0.01))
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free (closed again before the server binds it)
+    async with koru.open(":memory:", difficulty=DIFFICULTY) as db:
+        owner = await _member(db, actions=["admin"])
+
+        async def server(scope: trio.CancelScope, task_status: Any) -> None:
+            with scope:
+                await db.serve("127.0.0.1", port, task_status=task_status)
+
+        async with trio.open_nursery() as nursery:
+            first = trio.CancelScope()
+            await nursery.start(server, first)
+            async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+                await remote.put("n", "k", 1)
+                first.cancel()  # the server goes away
+                with trio.fail_after(10), pytest.raises(koru.ConnectionLostError):
+                    while True:  # until the client sees the connection gone
+                        await remote.get("n", "k")
+                        await trio.sleep(0.01)
+                second = trio.CancelScope()
+                await nursery.start(server, second)  # back again, on the same port
+                assert await remote.get("n", "k") == 1
+                assert remote.connections == 2
+                second.cancel()
