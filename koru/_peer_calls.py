@@ -12,10 +12,10 @@ from koru.nursery import Limits, PeerProtocol
 
 from ._identity import Identity
 from ._peering import PeerBook, dial_gossiped, enroll, join, serve
-from ._serving import ServedCalls
 
 if TYPE_CHECKING:
     from ._database import Database
+    from ._serving import ServedCalls
 
 __all__ = ["PeerCalls", "PeerInfo"]
 
@@ -54,6 +54,8 @@ class PeerCalls:
     def _served_calls(self) -> ServedCalls:
         """The answers of clients' recent writes (one table for all connections)."""
         if self._served is None:
+            from ._serving import ServedCalls
+
             self._served = ServedCalls()
         return self._served
 

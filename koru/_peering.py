@@ -51,7 +51,6 @@ from koru.nursery import (
     run_session,
 )
 
-from ._serving import ClientEndpoint
 from ._sessions import Challenge, Response
 
 if TYPE_CHECKING:
@@ -255,9 +254,7 @@ class PeerHandshake:
         challenge = await self._db.challenge()
         return challenge.server, challenge.nonce, challenge.expires, bytes.fromhex(self._db.node_id)
 
-    async def admit(
-        self, auth: Authenticate, server_challenge: bytes
-    ) -> tuple[DatabaseEndpoint | ClientEndpoint, list[Any]]:
+    async def admit(self, auth: Authenticate, server_challenge: bytes) -> tuple[Any, list[Any]]:
         db = self._db
         try:
             identity = PublicIdentity.decode([auth.public_key, auth.nonce])
@@ -272,6 +269,8 @@ class PeerHandshake:
         answer = node.respond(Challenge(auth.public_key, auth.challenge, 0))
         welcome = [node.public.nonce, answer.signature, bytes.fromhex(db.node_id), _credentials(db)]
         if auth.role == "client":  # calls, each checked by the handle; no feeds
+            from ._serving import ClientEndpoint
+
             name = f"client {identity.public_key.hex()[:16]}"
             return ClientEndpoint(handle, identity.public_key, name, db._served_calls()), welcome
         if auth.role != "peer":

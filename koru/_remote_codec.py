@@ -17,11 +17,11 @@ as a class of the library's own tree.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import cbor2
-import numpy as np
 
 from koru.events import (
     CodecError,
@@ -94,12 +94,13 @@ def _out(value: Any) -> Any:
         return cbor2.CBORTag(_STATEMENT, [statement, list(value)])
     if kind is tuple:
         return cbor2.CBORTag(_TUPLE, [_out(v) for v in value])
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")  # no numpy loaded: no value is an array
+    if np is not None and isinstance(value, np.ndarray):
         array = np.ascontiguousarray(value)
         if array.dtype.str not in _DTYPES:
             raise CodecError(f"an array of {array.dtype} cannot be sent")
         return cbor2.CBORTag(_ARRAY, [array.dtype.str, list(array.shape), array.tobytes()])
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return _out(value.item())
     if isinstance(value, dt.datetime):
         return cbor2.CBORTag(_TIME, value.isoformat())
@@ -238,7 +239,7 @@ def _other_tag(tag: Any, immutable: bool = False) -> Any:
     raise CodecError(f"an unexpected CBOR tag {tag.tag}")
 
 
-def _array(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
+def _array(dtype: Any, shape: Any, data: Any) -> Any:
     if (
         dtype not in _DTYPES
         or type(shape) is not list
@@ -247,6 +248,8 @@ def _array(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
         or type(data) is not bytes
     ):
         raise CodecError("a malformed array")
+    import numpy as np  # only where arrays travel: a database that never embeds pays nothing
+
     array = np.frombuffer(data, dtype=np.dtype(dtype))
     count = 1
     for n in shape:
