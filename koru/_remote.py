@@ -395,6 +395,30 @@ class RemoteSubscription:
         except ConnectionClosed:
             self._receive = None  # the next step opens it again, on a new connection
 
+    async def opened(self) -> None:
+        """Wait until the server opened the subscription, or raise why it did not
+        (a refusal as a local ``subscribe`` raises it, on entering the block)."""
+        while True:
+            if self._receive is None:
+                await self._open()
+                if self._receive is None:
+                    continue
+            try:
+                kind, data = await self._receive.receive()
+            except trio.EndOfChannel:
+                self._receive = None  # the connection was lost: open it again
+                continue
+            if kind is Msg.STREAM_END:
+                self.closed = True
+                raise (
+                    unpack(data, errors=True)
+                    if data is not None
+                    else ConnectionLostError("the server ended the subscription before it began")
+                )
+            if not data:
+                return
+            raise ConnectionLostError("the server sent a change before opening")
+
     def __aiter__(self) -> RemoteSubscription:
         return self
 
@@ -422,7 +446,9 @@ class RemoteSubscription:
                 if data is not None:
                     raise unpack(data, errors=True)
                 raise StopAsyncIteration
-            change = unpack(data or b"")
+            if not data:  # the server opened it (again): changes follow
+                continue
+            change = unpack(data)
             if not isinstance(change, KeyChange):
                 raise ConnectionLostError("the server sent something other than a change")
             if self._skip:
@@ -602,7 +628,7 @@ class RemoteSpace:
             "buffer": buffer,
         }
         changes = RemoteSubscription(self._link, self._space, [], kwargs)
-        await changes._open()
+        await changes.opened()
         try:
             yield changes
         finally:

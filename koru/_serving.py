@@ -56,19 +56,25 @@ def _calls(protocol: type) -> frozenset[str]:
 DATABASE_CALLS = _calls(DatabaseAPI) - {"aclose"}
 SPACE_CALLS = _calls(SpaceAPI)
 
-#: Answers kept for retried writes; subscriptions open at once per connection.
+#: Answers kept for retried writes (in all, and per client identity); subscriptions
+#: open at once per connection.
 MAX_KEPT_ANSWERS = 8192
+MAX_KEPT_PER_CLIENT = 1024
 MAX_STREAMS = 64
 
 OK, FAILED = b"\x00", b"\x01"
 
 
 class ServedCalls:
-    """The answers of recent writes, by (client identity, the write's key)."""
+    """The answers of recent writes, by (client identity, the write's key). Only
+    answers of writes that succeeded are kept (a refused write is refused again), at
+    most :data:`MAX_KEPT_PER_CLIENT` per identity and ``limit`` in all, oldest first
+    out: one client cannot push another's out with more than its share."""
 
     def __init__(self, limit: int = MAX_KEPT_ANSWERS) -> None:
         self.limit = limit
         self._answers: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._per_client: dict[bytes, OrderedDict[bytes, None]] = {}
         self._running: dict[tuple[bytes, bytes], trio.Event] = {}
         #: Writes answered from here (a retry) rather than done again.
         self.repeated = 0
@@ -89,13 +95,30 @@ class ServedCalls:
         try:
             with trio.CancelScope(shield=True):
                 answer = await run()
-            self._answers[key] = answer
-            while len(self._answers) > self.limit:
-                self._answers.popitem(last=False)
+            if answer[:1] == OK:
+                self._keep(key, answer)
         finally:
             del self._running[key]
             done.set()
         return answer
+
+    def _keep(self, key: tuple[bytes, bytes], answer: bytes) -> None:
+        who, _ = key
+        mine = self._per_client.setdefault(who, OrderedDict())
+        mine[key[1]] = None
+        self._answers[key] = answer
+        if len(mine) > MAX_KEPT_PER_CLIENT:
+            self._drop((who, mine.popitem(last=False)[0]))
+        while len(self._answers) > self.limit:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: tuple[bytes, bytes]) -> None:
+        self._answers.pop(key, None)
+        mine = self._per_client.get(key[0])
+        if mine is not None:
+            mine.pop(key[1], None)
+            if not mine:
+                del self._per_client[key[0]]
 
 
 class ClientEndpoint:
@@ -224,7 +247,7 @@ class ClientEndpoint:
         self._streams += 1
         try:
             async with opener(*args, **kwargs) as changes:
-                yield _Packed(changes)
+                yield _Packed(changes)  # an empty item first: the subscription is open
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         except TypeError as exc:
@@ -238,11 +261,15 @@ class _Packed:
 
     def __init__(self, changes: AsyncIterator[Any]) -> None:
         self._changes = changes
+        self._opened = False
 
     def __aiter__(self) -> _Packed:
         return self
 
     async def __anext__(self) -> bytes:
+        if not self._opened:  # tells the client its subscribe() succeeded
+            self._opened = True
+            return b""
         try:
             change = await self._changes.__anext__()
         except KoruError as exc:
