@@ -451,15 +451,17 @@ _leaves = (
     | st.text(max_size=8)
     | st.binary(max_size=8)
 )
-_values = st.recursive(
-    _leaves,
-    lambda inner: (
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return (
         st.lists(inner, max_size=4)
         | st.tuples(inner, inner)
         | st.dictionaries(st.text(max_size=4), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
+    )
+
+
+_values = st.recursive(_leaves, _containers, max_leaves=20)
 
 
 @settings(max_examples=200, deadline=None)
