@@ -85,12 +85,20 @@ async def _take_credentials(
     """Store the presented grants to ``identity`` that can take effect here (after
     registering it if one does); the others are ignored."""
     grants = []
+    authority, now = db._authority, db._writer.read_time()
     for raw in credentials[:MAX_CREDENTIALS]:
         try:
             grant = Grant.decode(cbor2.loads(raw, max_depth=8, semantic_decoders=_NO_TAGS))
         except (CodecError, ValueError, TypeError, cbor2.CBORDecodeError):
             continue
-        if grant.grantee == identity.public_key:
+        # Only a grant that can take effect (signed by a root, or delegated from a grant
+        # held here) registers its grantee: a stranger's self-signed grant would
+        # otherwise have this node store (and replicate) its identity.
+        if (
+            grant.grantee == identity.public_key
+            and grant.id not in authority.state.grants
+            and authority.evaluator().grant_problem(grant, now) is None
+        ):
             grants.append(grant)
     if not grants:
         return
@@ -367,7 +375,11 @@ async def serve(
                 host,
                 port,
                 ssl_context=None,
-                max_message_size=limits.max_message,
+                # Until the handshake (the session raises it): a stranger's frame is
+                # refused (1009) once past the handshake's limit, never buffered whole.
+                max_message_size=limits.max_handshake_message,
+                # A connection that never completes the HTTP upgrade (slowloris).
+                connect_timeout=limits.handshake_timeout,
                 task_status=task_status,
             )
         )

@@ -172,6 +172,7 @@ class _Runner:
                 await self.carry_out(proto.refuse(f"refused: {exc}"))
                 return
             self.endpoint = endpoint
+            self.allow()
             await self.carry_out(proto.accept(*welcome))
             await self.opened()
         elif type(command) is Challenged:
@@ -183,6 +184,7 @@ class _Runner:
             except KoruError as exc:
                 await self.carry_out(proto.refuse(f"refused: {exc}"))
                 return
+            self.allow()
             await self.carry_out(proto.accept())
             await self.opened()
         elif type(command) is Request:
@@ -208,6 +210,13 @@ class _Runner:
             self.poke()
         elif type(command) is PeersHeard and self.endpoint is not None:
             self.endpoint.heard(command.addresses)
+
+    def allow(self) -> None:
+        """Admitted: the transport takes messages up to the open connection's limit
+        (before it could not read one past the handshake's)."""
+        allow = getattr(self.conn, "allow", None)
+        if allow is not None:
+            allow(self.proto.limits.max_message)
 
     async def opened(self) -> None:
         assert self.endpoint is not None

@@ -89,6 +89,11 @@ class WebSocketConnection:
             raise WireError(CLOSE_INVALID_PAYLOAD, "text frames are not messages here")
         return data
 
+    def allow(self, size: int) -> None:
+        """Messages of up to ``size`` bytes from now on (the session raises the limit
+        the connection was opened with once the handshake is done)."""
+        self._ws._max_message_size = size
+
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         with trio.move_on_after(2) as scope:
             scope.shield = True
