@@ -39,7 +39,7 @@ from ._protocol import (
     Welcomed,
 )
 from ._transport import Connection, ConnectionClosed
-from ._wire import CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
+from ._wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
 
 __all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
 
@@ -156,8 +156,14 @@ class _Runner:
     async def do(self, command: Command) -> None:
         proto = self.proto
         if type(command) is Send:
-            async with self.send_lock:
-                await self.conn.send(command.data)
+            # A peer that stops reading blocks a send for ever, and every task behind
+            # the lock (the timer too, so no timeout would ever close it): a send that
+            # cannot finish within the idle timeout ends the connection.
+            with trio.move_on_after(proto.limits.idle_timeout) as waited:
+                async with self.send_lock:
+                    await self.conn.send(command.data)
+            if waited.cancelled_caught:
+                raise _Closing(CLOSE_GOING_AWAY, "the peer stopped reading")
         elif type(command) is Close:
             raise _Closing(command.code, command.reason)
         elif type(command) is Ingest:

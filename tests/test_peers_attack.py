@@ -21,11 +21,14 @@ import koru
 from koru._peering import PeerHandshake
 from koru.events import Grant
 from koru.nursery import Challenged, Limits
+from koru.nursery._feedtree import FeedTree
 from koru.nursery._wire import Msg, decode, encode
 
 DIFFICULTY = 4
 HANDSHAKE_TIMEOUT = 1.0
-LIMITS = Limits(handshake_timeout=HANDSHAKE_TIMEOUT, rate=200.0, burst=500.0)
+LIMITS = Limits(
+    handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=2.0, heartbeat=0.5, rate=200.0, burst=500.0
+)
 
 
 class Site:
@@ -511,3 +514,27 @@ async def test_malformed_cbor_after_the_handshake() -> None:
                 await ws.send_message(b"\xff\x00garbage")
                 assert await _close_code(ws) == 1007
         await site.settled()
+
+
+async def test_a_peer_that_stops_reading_is_closed_by_the_idle_timeout() -> None:
+    """A peer that stops reading while the server pushes to it (its socket buffers
+    full, the server's sends blocked) is still closed when it has been silent too long,
+    and the good peer syncs meanwhile."""
+    async with _site() as site:
+        for i in range(48):  # 12 MiB: more than the sockets' buffers hold
+            await site.a.put("big", f"k{i}", "x" * (256 * 1024))
+        await site.settled()
+        (good,) = site.a._peer_protocols()
+        with trio.fail_after(LIMITS.idle_timeout + 5):
+            async with _admitted(site) as ws:
+                # "I hold nothing": the server pushes every feed; never read again.
+                await ws.send_message(encode(Msg.SUMMARY, FeedTree({}).root(), 0))
+                await ws.send_message(encode(Msg.HEADS, 0, 0, b"", []))
+                while len(site.a._peer_protocols()) < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                (attacker,) = set(site.a._peer_protocols()) - {good}
+                await site.write(5)
+                await site.settled()
+                await site.only_the_good_peer()
+        assert attacker.events_sent > 0  # it was pushed to, and stopped reading
+        assert (attacker.close_code, attacker.close_reason) == (1001, "the peer stopped reading")
