@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 import cbor2
@@ -224,11 +224,18 @@ async def _identity_count(db: Any) -> int:
 async def test_raw_tcp_garbage_instead_of_an_upgrade() -> None:
     async with _site() as site:
         with trio.fail_after(5):
-            for garbage in (b"\x00\xff" * 1000, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n\r\n"):
+            for garbage in (
+                b"\x00\xff" * 1000,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not an upgrade
+                b"\r\n\r\n",
+                b"GET / HTTP/1.1\r\nX: " + b"a" * (1 << 20),  # an endless header
+            ):
                 raw = await RawSocket.connect(site, upgrade=False)
-                await raw.stream.send_all(garbage)
+                with suppress(trio.BrokenResourceError):  # the server may reset it
+                    await raw.stream.send_all(garbage)
                 site.nursery.start_soon(site.write, 2)
                 assert await raw.eof()  # the server hangs up, whatever it answered
+        await site.only_the_good_peer()
         await site.settled()
 
 
@@ -294,11 +301,54 @@ async def test_slowloris_after_the_upgrade_is_closed_by_the_handshake_timeout() 
         silent = await RawSocket.connect(site)
         half = await RawSocket.connect(site)
         await half.stream.send_all(_frame(0x2, encode(Msg.PING, 1))[:3])  # half a frame
-        await site.write(3)
+        pinging = await RawSocket.connect(site)  # websocket pings (answered by the library)
+        codes: dict[str, int | None] = {}
+
+        async def pings() -> None:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while "pinging" not in codes:
+                    await pinging.stream.send_all(_frame(0x9, b"ping") * 50)
+                    await trio.sleep(0.01)
+
+        async def read(name: str, raw: RawSocket) -> None:
+            codes[name] = await raw.close_code()
+
         with trio.fail_after(HANDSHAKE_TIMEOUT + 3):
-            assert await silent.close_code() == 1008
-            assert await half.close_code() == 1008
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pings)
+                for name, raw in (("silent", silent), ("half", half), ("pinging", pinging)):
+                    nursery.start_soon(read, name, raw)
+                await site.write(3)
+        assert codes == {"silent": 1008, "half": 1008, "pinging": 1008}
+        await site.only_the_good_peer()
         await site.settled()
+
+
+async def test_a_ping_while_the_server_closes_does_not_stop_the_server() -> None:
+    """The server closes (a message before the handshake); the client answers its close
+    frame with websocket pings instead of a close. trio-websocket's reader cannot pong
+    then (wsproto raises LocalProtocolError): that must end this connection only."""
+    async with _site() as site:
+        ended: list[bool] = []
+
+        async def attack() -> None:
+            raw = await RawSocket.connect(site)
+            await raw.stream.send_all(_frame(0x2, encode(Msg.PING, 1)))
+            assert await raw.close_code() == 1008
+            await raw.stream.send_all(_frame(0x9, b"ping") * 3)
+            ended.append(await raw.eof())  # within the 2 s the server waits for a close
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(attack)
+            assert ended == [True] * 3
+            await site.write(3)
+            await site.settled()
+            # Still serving: a new connection gets its HELLO.
+            async with _ws(site) as ws:
+                await _hello(ws)
+        await site.only_the_good_peer()
 
 
 async def test_hundreds_of_idle_connections_while_the_good_peer_syncs() -> None:
@@ -417,6 +467,21 @@ async def _forged(kind: str, site: Site, hello: Challenged, old: Challenged) -> 
     if kind == "self-signed-grant":
         grant = Grant.create(stranger, stranger.public_key, actions="admin")
         return _auth(stranger, hello, credentials=[cbor2.dumps(list(grant))])
+    if kind == "junk-credentials":
+        junk = [
+            b"",
+            b"\xff",
+            cbor2.dumps(2**70),
+            cbor2.dumps([1, 2, 3]),
+            cbor2.dumps(["x"] * 9),
+            cbor2.dumps([[[[[[[[[[[]]]]]]]]]]]),
+            cbor2.dumps({"a": 1}),
+            cbor2.dumps(cbor2.CBORTag(29, 0)),
+            cbor2.dumps([bytes(32)] * 8 + [-1]),
+            b"\x9f" * 1000,
+            cbor2.dumps([*Grant.create(stranger, stranger.public_key)[:-1], bytes(64)]),
+        ]
+        return _auth(stranger, hello, credentials=junk)
     if kind == "stolen-grant":
         # The good peer's own grant from the owner, presented by a stranger.
         creds = [
@@ -438,6 +503,7 @@ FORGERIES = [
     "no-grant",
     "self-signed-grant",
     "stolen-grant",
+    "junk-credentials",
 ]
 
 
