@@ -49,6 +49,7 @@ from koru.nursery import (
     WebSocketConnection,
     Welcomed,
     run_session,
+    serve_websockets,
 )
 
 from ._sessions import Challenge, Response
@@ -353,8 +354,6 @@ async def serve(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve peers and clients over websockets until cancelled."""
-    from trio_websocket import serve_websocket
-
     await _prepared(db)
 
     async def handler(request: Any) -> None:
@@ -368,18 +367,22 @@ async def serve(
             log.exception("peer session with %s failed", remote)
             await conn.aclose(CLOSE_INTERNAL, "internal error")
 
+    # nursery's serve_websockets, not trio-websocket's serve_websocket: one
+    # connection's failure inside trio-websocket must not stop the server.
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
+        bound = await nursery.start(
+            partial(
+                serve_websockets,
                 handler,
                 host,
                 port,
-                ssl_context=None,
-                max_message_size=limits.max_message,
-                task_status=task_status,
+                # Until the handshake (the session raises it): a stranger's frame is
+                # refused (1009) once past the handshake's limit, never buffered whole.
+                max_message_size=limits.max_handshake_message,
+                # A connection that never completes the HTTP upgrade (slowloris).
+                connect_timeout=limits.handshake_timeout,
             )
         )
-        bound = server.port
         if book.own is None:
             book.own = f"ws://{host}:{bound}"
         task_status.started(bound)

@@ -31,6 +31,7 @@ from ._transport import ConnectionClosed as ConnectionClosed
 from ._transport import MemoryConnection as MemoryConnection
 from ._transport import WebSocketConnection as WebSocketConnection
 from ._transport import memory_pair as memory_pair
+from ._transport import serve_websockets as serve_websockets
 from ._wire import CLOSE_INTERNAL as CLOSE_INTERNAL
 from ._wire import CLOSE_POLICY as CLOSE_POLICY
 from ._wire import Msg as Msg
@@ -59,6 +60,7 @@ __all__ = [
     "WireError",
     "memory_pair",
     "run_session",
+    "serve_websockets",
     "INLINE_SYNC_MAX",
     "SYNC_MODES",
     "Checkpointer",

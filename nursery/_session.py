@@ -39,7 +39,7 @@ from ._protocol import (
     Welcomed,
 )
 from ._transport import Connection, ConnectionClosed
-from ._wire import CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
+from ._wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
 
 __all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
 
@@ -164,8 +164,14 @@ class _Runner:
     async def do(self, command: Command) -> None:
         proto = self.proto
         if type(command) is Send:
-            async with self.send_lock:
-                await self.conn.send(command.data)
+            # A peer that stops reading blocks a send for ever, and every task behind
+            # the lock (the timer too, so no timeout would ever close it): a send that
+            # cannot finish within the idle timeout ends the connection.
+            with trio.move_on_after(proto.limits.idle_timeout) as waited:
+                async with self.send_lock:
+                    await self.conn.send(command.data)
+            if waited.cancelled_caught:
+                raise _Closing(CLOSE_GOING_AWAY, "the peer stopped reading")
         elif type(command) is Close:
             raise _Closing(command.code, command.reason)
         elif type(command) is Ingest:
@@ -180,6 +186,7 @@ class _Runner:
                 await self.carry_out(proto.refuse(f"refused: {exc}"))
                 return
             self.endpoint = endpoint
+            self.allow()
             await self.carry_out(proto.accept(*welcome))
             await self.opened()
         elif type(command) is Challenged:
@@ -191,6 +198,7 @@ class _Runner:
             except KoruError as exc:
                 await self.carry_out(proto.refuse(f"refused: {exc}"))
                 return
+            self.allow()
             await self.carry_out(proto.accept())
             await self.opened()
         elif type(command) is Request:
@@ -226,6 +234,13 @@ class _Runner:
             self.poke()
         elif type(command) is PeersHeard and self.endpoint is not None:
             self.endpoint.heard(command.addresses)
+
+    def allow(self) -> None:
+        """Admitted: the transport takes messages up to the open connection's limit
+        (before it could not read one past the handshake's)."""
+        allow = getattr(self.conn, "allow", None)
+        if allow is not None:
+            allow(self.proto.limits.max_message)
 
     async def opened(self) -> None:
         assert self.endpoint is not None

@@ -8,7 +8,9 @@ closed raises :class:`ConnectionClosed` with its code.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -23,7 +25,10 @@ __all__ = [
     "MemoryConnection",
     "WebSocketConnection",
     "memory_pair",
+    "serve_websockets",
 ]
+
+log = logging.getLogger("koru.peers")
 
 
 class ConnectionClosed(KoruError):
@@ -89,6 +94,11 @@ class WebSocketConnection:
             raise WireError(CLOSE_INVALID_PAYLOAD, "text frames are not messages here")
         return data
 
+    def allow(self, size: int) -> None:
+        """Messages of up to ``size`` bytes from now on (the session raises the limit
+        the connection was opened with once the handshake is done)."""
+        self._ws._max_message_size = size
+
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         with trio.move_on_after(2) as scope:
             scope.shield = True
@@ -100,6 +110,49 @@ class WebSocketConnection:
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+
+async def serve_websockets(
+    handler: Callable[[Any], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    max_message_size: int,
+    connect_timeout: float,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve websockets (trio-websocket's ``serve_websocket``, the port bound passed
+    to ``started``), except that one connection's failure ends that connection only.
+
+    trio-websocket runs each connection's reader task beside the handler, and an
+    exception in it escapes ``serve_websocket`` and stops the server: a client that
+    sends a websocket ping while the server closes its connection makes wsproto raise
+    ``LocalProtocolError`` (a pong cannot be sent then). Here each connection has its
+    own nursery, and what escapes it is logged and dropped. ``connect_timeout`` bounds
+    the HTTP upgrade (a client that never completes it is dropped)."""
+    from trio_websocket import wrap_server_stream
+
+    async def connection(stream: trio.SocketStream) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                request = None
+                with trio.move_on_after(connect_timeout):
+                    request = await wrap_server_stream(
+                        nursery, stream, max_message_size=max_message_size
+                    )
+                if request is not None:
+                    await handler(request)
+                nursery.cancel_scope.cancel()  # the reader task
+        except Exception as exc:  # one connection's failure, whatever it is
+            log.info("websocket connection failed: %r", exc)
+        finally:
+            await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, connection, listeners)
+        task_status.started(bound)
 
 
 class MemoryConnection:
