@@ -247,6 +247,8 @@ class PeerHandshake:
         self._address = address
         #: The other node's id, once admitted (released when the connection ends).
         self.node: bytes | None = None
+        #: The session opened for the other side (ended when the connection ends).
+        self.session: Any = None
         self._db = db
         self._book = book
         self._role = role
@@ -267,7 +269,7 @@ class PeerHandshake:
         except CodecError as exc:
             raise InvalidArgumentError(f"a malformed identity: {exc}") from None
         node = db._authority.node
-        session = await db.open_session(
+        session = self.session = await db.open_session(
             Response(identity, node.public_key, server_challenge, auth.signature)
         )
         await _take_credentials(db, identity, auth.credentials)
@@ -313,7 +315,7 @@ class PeerHandshake:
             identity = PublicIdentity.decode([self._server_key, welcome.nonce])
         except CodecError as exc:
             raise InvalidArgumentError(f"a malformed identity: {exc}") from None
-        session = await db.open_session(
+        session = self.session = await db.open_session(
             Response(
                 identity, db._authority.node.public_key, self._challenge.nonce, welcome.signature
             )
@@ -417,6 +419,8 @@ async def _run(
         sessions.discard(proto)
         if handshake.node is not None:
             book.connected.discard(handshake.node)
+        if handshake.session is not None:  # refused or closed: nothing acts through it
+            db._sessions.end(handshake.session)
 
 
 async def join(
