@@ -458,7 +458,9 @@ async def join(
             delay = min(delay * 2, 30.0)
             continue
         try:
-            async with open_websocket_url(url, max_message_size=limits.max_message) as ws:
+            # The handshake's limit until admitted (the session raises it).
+            handshake_limit = limits.max_handshake_message
+            async with open_websocket_url(url, max_message_size=handshake_limit) as ws:
                 end = await _run(
                     db,
                     book,
