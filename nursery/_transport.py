@@ -139,8 +139,8 @@ async def serve_websockets(
                 if request is not None:
                     await handler(request)
                 nursery.cancel_scope.cancel()  # the reader task
-        except Exception as exc:  # one connection's failure, whatever it is
-            log.info("websocket connection failed: %r", exc)
+        except* Exception as group:  # one connection's failure (a cancellation goes on)
+            log.info("websocket connection failed: %r", group.exceptions)
         finally:
             await stream.aclose()
 
