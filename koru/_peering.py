@@ -242,7 +242,9 @@ class PeerHandshake:
         self._address = address
         #: The other node's id, once admitted (released when the connection ends).
         self.node: bytes | None = None
-        #: The other side's handle on this database, closed when the connection ends.
+        #: The session opened for the other side, and its handle on this database
+        #: (both ended when the connection ends).
+        self.session: Any = None
         self.handle: AuthorizedDatabase | None = None
         self._db = db
         self._book = book
@@ -262,7 +264,7 @@ class PeerHandshake:
         except CodecError as exc:
             raise InvalidArgumentError(f"a malformed identity: {exc}") from None
         node = db._authority.node
-        session = await db.open_session(
+        session = self.session = await db.open_session(
             Response(identity, node.public_key, server_challenge, auth.signature)
         )
         await _take_credentials(db, identity, auth.credentials)
@@ -313,7 +315,7 @@ class PeerHandshake:
             identity = PublicIdentity.decode([self._server_key, welcome.nonce])
         except CodecError as exc:
             raise InvalidArgumentError(f"a malformed identity: {exc}") from None
-        session = await db.open_session(
+        session = self.session = await db.open_session(
             Response(
                 identity, db._authority.node.public_key, self._challenge.nonce, welcome.signature
             )
@@ -419,6 +421,8 @@ async def _run(
             await handshake.handle.aclose()
         if handshake.node is not None:
             book.connected.discard(handshake.node)
+        if handshake.session is not None:  # refused or closed: nothing acts through it
+            db._sessions.end(handshake.session)
 
 
 async def join(
@@ -456,7 +460,9 @@ async def join(
             delay = min(delay * 2, 30.0)
             continue
         try:
-            async with open_websocket_url(url, max_message_size=limits.max_message) as ws:
+            # The handshake's limit until admitted (the session raises it).
+            handshake_limit = limits.max_handshake_message
+            async with open_websocket_url(url, max_message_size=handshake_limit) as ws:
                 end = await _run(
                     db,
                     book,

@@ -100,7 +100,10 @@ class WebSocketConnection:
         self._ws._max_message_size = size
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
-        with trio.move_on_after(2) as scope:
+        # Cancelled (the node stops): trio-websocket's reader is cancelled with it, so
+        # no answer to the close frame would be read: send it, do not wait 2 s for one.
+        cancelled = trio.current_effective_deadline() == -math.inf
+        with trio.move_on_after(0.05 if cancelled else 2) as scope:
             scope.shield = True
             await self._ws.aclose(code, reason[:120])
         # trio-websocket (0.12) leaves a client's TCP stream open when the server
@@ -143,8 +146,8 @@ async def serve_websockets(
                 if request is not None:
                     await handler(request)
                 nursery.cancel_scope.cancel()  # the reader task
-        except Exception as exc:  # one connection's failure, whatever it is
-            log.info("websocket connection failed: %r", exc)
+        except* Exception as group:  # one connection's failure (a cancellation goes on)
+            log.info("websocket connection failed: %r", group.exceptions)
         finally:
             await stream.aclose()
 
