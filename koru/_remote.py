@@ -296,7 +296,7 @@ class _Link:
             raise error
         end = found.get("end")
         code, reason = (end.code, end.reason) if end is not None else (None, "closed")
-        if code == 1008:
+        if code == 1008 and end is not None and not end.ours:  # the server's verdict
             raise HandshakeRefusedError(f"the server refused this client: {reason}", code, reason)
         raise ConnectionClosed(code, reason)
 
@@ -319,11 +319,12 @@ class _Link:
                 continue  # lost on the way: a new connection (or ConnectionLostError)
             finally:
                 runner.replies.pop(call, None)
+                runner.lagged.pop(call, None)  # an answer sent twice by a broken server
             if answer is None or answer[:1] not in (OK, FAILED):
                 raise ConnectionLostError("the server sent a malformed answer")
             if answer[:1] == OK:
                 return unpack(answer[1:])
-            error = unpack(answer[1:], errors=True)
+            error = _error_of(answer[1:])
             if isinstance(error, SessionExpiredError) and not renewed:
                 renewed = True  # a fresh handshake opens a fresh session
                 self.drop(runner)
@@ -420,7 +421,7 @@ class RemoteSubscription:
             if kind is Msg.STREAM_END:
                 self.closed = True
                 if data is not None:
-                    raise unpack(data, errors=True)
+                    raise _error_of(data)
                 raise StopAsyncIteration
             change = unpack(data or b"")
             if not isinstance(change, KeyChange):
@@ -436,6 +437,8 @@ class RemoteSubscription:
 
     async def _cancel(self) -> None:
         runner, self._receive = self._runner, None
+        if runner is not None:
+            runner.lagged.pop(self._call, None)
         if runner is not None and not runner.closed.is_set():
             runner.replies.pop(self._call, None)
             with suppress(ConnectionClosed, trio.BrokenResourceError):
@@ -444,6 +447,15 @@ class RemoteSubscription:
     async def aclose(self) -> None:
         self.closed = True
         await self._cancel()
+
+
+def _error_of(packed: bytes) -> KoruError:
+    """The error a server's failure payload names (a server sending anything else is
+    broken: never a TypeError raised in the caller's face)."""
+    error = unpack(packed, errors=True)
+    if not isinstance(error, KoruError):
+        return ConnectionLostError("the server sent a malformed error")
+    return error
 
 
 def _position_of(packed: bytes | None, last: int | None) -> int:
@@ -602,8 +614,8 @@ class RemoteSpace:
             "buffer": buffer,
         }
         changes = RemoteSubscription(self._link, self._space, [], kwargs)
-        await changes._open()
         try:
+            await changes._open()  # cancelled once sent: the stream is cancelled too
             yield changes
         finally:
             with trio.CancelScope(shield=True):

@@ -36,7 +36,7 @@ from ._remote_codec import pack, pack_error, unpack
 if TYPE_CHECKING:
     from ._authorized import AuthorizedDatabase
 
-__all__ = ["ClientEndpoint", "ServedCalls", "DATABASE_CALLS", "SPACE_CALLS"]
+__all__ = ["ClientEndpoint", "ServedCalls", "DATABASE_CALLS", "SPACE_CALLS", "WRITE_CALLS"]
 
 log = logging.getLogger("koru.peers")
 
@@ -56,29 +56,77 @@ def _calls(protocol: type) -> frozenset[str]:
 DATABASE_CALLS = _calls(DatabaseAPI) - {"aclose"}
 SPACE_CALLS = _calls(SpaceAPI)
 
-#: Answers kept for retried writes; subscriptions open at once per connection.
+#: The calls that change something: only theirs are kept by key (a read answered
+#: from the table would outlive the capability that allowed it).
+WRITE_CALLS = frozenset(
+    {
+        "put", "put_with_causal_links", "put_batch", "delete", "create_index",
+        "drop_index", "create_view", "refresh_view", "delete_view", "create_workspace",
+        "drop_workspace", "embed", "delete_embedding", "put_similar", "ingest",
+        "checkpoint", "register", "grant", "revoke",
+    }
+)  # fmt: skip
+
+#: Answers kept for retried writes (and their bytes); subscriptions open at once per
+#: connection; workspace handles kept open per connection.
 MAX_KEPT_ANSWERS = 8192
+MAX_KEPT_BYTES = 64 << 20
 MAX_STREAMS = 64
+MAX_SPACES = 64
 
 OK, FAILED = b"\x00", b"\x01"
 
 
 class ServedCalls:
-    """The answers of recent writes, by (client identity, the write's key)."""
+    """The answers of recent writes, by (client identity, the write's key).
 
-    def __init__(self, limit: int = MAX_KEPT_ANSWERS) -> None:
+    Bounded in answers and in bytes; when full, the client holding the most gives up
+    its oldest answer, so a client that sends many keyed calls (a stranger can: its
+    refusals are kept too) pushes out its own answers, not another's."""
+
+    def __init__(self, limit: int = MAX_KEPT_ANSWERS, max_bytes: int = MAX_KEPT_BYTES) -> None:
         self.limit = limit
-        self._answers: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self.max_bytes = max_bytes
+        #: By client: its answers by key, oldest first; and their bytes.
+        self._answers: dict[bytes, OrderedDict[bytes, bytes]] = {}
+        self._bytes_of: dict[bytes, int] = {}
+        self.count = 0
+        self.bytes = 0
         self._running: dict[tuple[bytes, bytes], trio.Event] = {}
         #: Writes answered from here (a retry) rather than done again.
         self.repeated = 0
 
+    def kept(self, key: tuple[bytes, bytes]) -> bytes | None:
+        """The answer kept for ``key`` (None: none)."""
+        table = self._answers.get(key[0])
+        return None if table is None else table.get(key[1])
+
+    def _keep(self, key: tuple[bytes, bytes], answer: bytes) -> None:
+        who, call = key
+        table = self._answers.setdefault(who, OrderedDict())
+        table[call] = answer
+        self._bytes_of[who] = self._bytes_of.get(who, 0) + len(answer)
+        self.count += 1
+        self.bytes += len(answer)
+        while self.count > self.limit or self.bytes > self.max_bytes:
+            if self.bytes > self.max_bytes:
+                victim = max(self._bytes_of, key=self._bytes_of.__getitem__)
+            else:
+                victim = max(self._answers, key=lambda w: len(self._answers[w]))
+            held = self._answers[victim]
+            _, dropped = held.popitem(last=False)
+            self.count -= 1
+            self.bytes -= len(dropped)
+            self._bytes_of[victim] -= len(dropped)
+            if not held:
+                del self._answers[victim], self._bytes_of[victim]
+
     async def once(self, key: tuple[bytes, bytes], run: Callable[[], Awaitable[bytes]]) -> bytes:
         """``run()``'s answer, run once for ``key`` (while its answer is kept)."""
         while True:
-            kept = self._answers.get(key)
+            kept = self.kept(key)
             if kept is not None:
-                self._answers.move_to_end(key)
+                self._answers[key[0]].move_to_end(key[1])
                 self.repeated += 1
                 return kept
             running = self._running.get(key)
@@ -89,9 +137,7 @@ class ServedCalls:
         try:
             with trio.CancelScope(shield=True):
                 answer = await run()
-            self._answers[key] = answer
-            while len(self._answers) > self.limit:
-                self._answers.popitem(last=False)
+            self._keep(key, answer)
         finally:
             del self._running[key]
             done.set()
@@ -156,7 +202,10 @@ class ClientEndpoint:
         if found is None:
             handle = self._handle
             opener = handle.workspace if kind == "workspace" else handle.audit_workspace
-            found = self._spaces[(kind, name)] = opener(name)
+            found = opener(name)
+            if len(self._spaces) >= MAX_SPACES:  # a cache: a client names any number
+                del self._spaces[next(iter(self._spaces))]
+            self._spaces[(kind, name)] = found
         return SPACE_CALLS, found
 
     def _target(self, space: Any, method: Any) -> Callable[..., Any]:
@@ -189,8 +238,8 @@ class ClientEndpoint:
         async def run() -> bytes:
             return await self._answer(call, method, args, kwargs)
 
-        if key is None:
-            return await run()
+        if key is None or method not in WRITE_CALLS:
+            return await run()  # a read is never answered from the table
         if type(key) is not bytes or not 8 <= len(key) <= 32:
             return FAILED + pack_error(InvalidArgumentError("a call key is 8 to 32 bytes"))
         return await self._served.once((self._who, key), run)

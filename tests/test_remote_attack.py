@@ -1,0 +1,322 @@
+"""Attacks on remote clients (koru.connect / db.serve, role client): a malicious
+client, a malicious or silent server, and the edges of retries and resumed streams.
+Each test names what an adversary (or bad luck) tries and asserts what must hold."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+import koru
+from koru._remote_codec import pack
+from koru._serving import FAILED, ServedCalls
+from koru.nursery import Limits
+
+DIFFICULTY = 4
+
+
+def _identity() -> koru.Identity:
+    return koru.Identity.mine(DIFFICULTY)
+
+
+@asynccontextmanager
+async def _served(limits: Limits | None = None) -> AsyncIterator[tuple[koru.Database, int]]:
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        if limits is not None:
+            db.peer_limits = limits
+        port = await nursery.start(db.serve)
+        yield db, port
+        nursery.cancel_scope.cancel()
+
+
+async def _member(db: koru.Database, actions: Any = ("read", "write"), **scope: Any) -> Any:
+    who = _identity()
+    await db.register(who.public)
+    grant = await db.grant(who.public, actions=list(actions), **scope)
+    return who, grant
+
+
+def _request(space: Any, method: str, args: list[Any], key: bytes | None) -> bytes:
+    return b"c" + pack([space, method, args, {}, key])
+
+
+# -- a malicious client: the table of kept answers ---------------------------------------
+
+
+async def test_a_read_sent_with_a_key_is_not_answered_from_the_table_after_a_revocation() -> None:
+    """A key makes sense on writes only: a read answered from the table of kept answers
+    outlives the capability that allowed it."""
+    async with _served() as (db, port):
+        await db.put("secret", "s", "the plans")
+        (reader, grant) = await _member(db, actions=["read"], namespace="secret")
+        async with koru.connect(f"127.0.0.1:{port}", reader) as remote:
+            payload = _request(None, "get", ["secret", "s"], b"k" * 16)
+            with trio.fail_after(10):
+                assert await remote._link.call(payload) == "the plans"
+                await db.revoke(grant)
+                with pytest.raises(koru.PermissionDeniedError):
+                    await remote.get("secret", "s")
+                with pytest.raises(koru.PermissionDeniedError):
+                    await remote._link.call(payload)  # the same key again
+
+
+async def test_one_client_cannot_evict_another_clients_kept_answers() -> None:
+    """The table is shared by every client: one that sends many keyed calls (even
+    refused ones: a stranger can) must not push out another's answers, or that one's
+    retried write is applied twice."""
+    served = ServedCalls(limit=16)
+    runs: list[bytes] = []
+
+    def answer(tag: bytes) -> Any:
+        async def run() -> bytes:
+            runs.append(tag)
+            return tag
+
+        return run
+
+    assert await served.once((b"honest", b"w" * 16), answer(b"first")) == b"first"
+    for i in range(1000):
+        await served.once((b"flood", i.to_bytes(16, "big")), answer(b"x"))
+    # The honest client's retry: answered from the table, not done again.
+    assert await served.once((b"honest", b"w" * 16), answer(b"second")) == b"first"
+    assert runs.count(b"second") == 0
+
+
+async def test_the_kept_answers_are_bounded_in_bytes() -> None:
+    served = ServedCalls(limit=1000, max_bytes=1 << 20)
+    big = b"\x00" * (100 << 10)
+
+    async def run() -> bytes:
+        return big
+
+    for i in range(100):
+        await served.once((b"me", i.to_bytes(16, "big")), run)
+    assert served.bytes <= 1 << 20
+
+
+async def test_a_client_cannot_grow_the_servers_workspace_handles_without_end() -> None:
+    """Each workspace name a client names opens a handle on the server: held per
+    connection, they must be bounded."""
+    import koru._serving as serving
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        endpoints: list[Any] = []
+        original = serving.ClientEndpoint.__init__
+
+        def kept(self: Any, *args: Any) -> None:
+            original(self, *args)
+            endpoints.append(self)
+
+        serving.ClientEndpoint.__init__ = kept  # type: ignore[method-assign]
+        try:
+            async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+                with trio.fail_after(30):
+                    for i in range(600):
+                        with pytest.raises(koru.KeyNotFoundError):
+                            await remote.workspace(f"w{i}").get("n", "k")
+        finally:
+            serving.ClientEndpoint.__init__ = original  # type: ignore[method-assign]
+        assert len(endpoints) == 1
+        assert len(endpoints[0]._spaces) <= serving.MAX_SPACES < 600
+
+
+# -- a malicious server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [pack(5), pack(["not", "an", "error"]), pack(None)])
+async def test_a_failure_that_is_not_an_error_raises_a_koru_error(
+    payload: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import koru._serving as serving
+
+    async def lying(self: Any, request: bytes) -> bytes:
+        return FAILED + payload
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        monkeypatch.setattr(serving.ClientEndpoint, "serve", lying)
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            with trio.fail_after(10), pytest.raises(koru.KoruError):
+                await remote.get("n", "k")
+
+
+async def test_a_stream_ending_with_something_not_an_error_raises_a_koru_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import koru._serving as serving
+    from koru.nursery import StreamFailed
+
+    @asynccontextmanager
+    async def lying(self: Any, request: bytes) -> AsyncIterator[Any]:
+        raise StreamFailed(pack(7))
+        yield  # pragma: no cover
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        monkeypatch.setattr(serving.ClientEndpoint, "stream", lying)
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            with trio.fail_after(10), pytest.raises(koru.KoruError):
+                async with remote.subscribe("n") as changes:
+                    async for _ in changes:
+                        pass  # pragma: no cover
+
+
+async def test_answers_sent_twice_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server answering each call twice (or any answer for a call already answered)
+    must not make the client keep the extra answers for the connection's life."""
+    from koru.nursery import Msg
+    from koru.nursery._session import _Runner
+
+    original = _Runner._serve
+
+    async def twice(self: Any, call: int, payload: bytes) -> None:
+        if not (self.proto.server and payload[:1] == b"c"):
+            return await original(self, call, payload)
+        try:
+            answer = await self.endpoint.serve(payload[1:])
+        finally:
+            self.calls.release()
+        again = self.proto.reply(Msg.RESPONSE, call, answer)
+        await self.carry_out([*again, *again, *again])
+
+    monkeypatch.setattr(_Runner, "_serve", twice)
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            with trio.fail_after(10):
+                for i in range(20):
+                    await remote.put("n", f"k{i}", i)
+                await remote.namespaces()  # after the duplicates of the puts arrived
+            runner = remote._link._runner
+            assert runner.lagged == {} and runner.replies == {}
+
+
+async def test_a_server_that_never_sends_its_challenge_is_unreachable_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """This side's own handshake timeout is not the server refusing the client."""
+    from trio_websocket import serve_websocket
+
+    import koru._remote as remote_module
+
+    monkeypatch.setattr(remote_module, "RETRY_DELAYS", (0.0, 0.0))
+
+    async def mute(request: Any) -> None:
+        await request.accept()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, mute, "127.0.0.1", 0, None)
+        limits = Limits(handshake_timeout=0.2)
+        with trio.fail_after(20), pytest.raises(koru.ConnectionLostError):
+            async with koru.connect(f"127.0.0.1:{server.port}", _identity(), limits=limits):
+                pass  # pragma: no cover
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_goes_silent_ends_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers nothing after the handshake (not even PINGs): the call
+    ends (idle timeout, reconnections, then ConnectionLostError), never hangs."""
+    import koru._remote as remote_module
+    import koru._serving as serving
+    from koru.nursery import PeerProtocol
+
+    monkeypatch.setattr(remote_module, "RETRY_DELAYS", (0.0, 0.0))
+    receive = PeerProtocol.receive
+
+    def deaf(self: Any, data: bytes, now: float) -> Any:
+        if self.server and self.open:
+            return []
+        return receive(self, data, now)
+
+    async def never(self: Any, payload: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        monkeypatch.setattr(PeerProtocol, "receive", deaf)
+        monkeypatch.setattr(serving.ClientEndpoint, "serve", never)
+        limits = Limits(idle_timeout=0.3, heartbeat=0.1, handshake_timeout=0.5)
+        async with koru.connect(f"127.0.0.1:{port}", owner, limits=limits) as remote:
+            with trio.fail_after(20), pytest.raises(koru.ConnectionLostError):
+                await remote.get("n", "k")
+
+
+# -- subscriptions -----------------------------------------------------------------------
+
+
+async def test_a_subscription_lost_before_its_first_change_misses_nothing() -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            async with remote.subscribe("n") as changes:
+                runner = remote._link._runner
+                runner.nursery.cancel_scope.cancel()  # the connection is lost...
+                with trio.fail_after(10):
+                    await runner.closed.wait()
+                    await db.put("n", "while-away", 1)  # ...and a change happens
+                    change = await changes.__anext__()
+                assert (change.key, change.value) == ("while-away", 1)
+            assert remote.connections == 2
+
+
+async def test_a_subscription_cancelled_while_opening_leaves_nothing_open() -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            runner = remote._link._runner
+            for _ in range(5):
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    async with remote.subscribe("n"):
+                        pass  # pragma: no cover
+            with trio.fail_after(10):
+                await remote.put("n", "k", 1)
+            assert runner is remote._link._runner and runner.replies == {}
+
+
+async def test_a_lagged_subscriber_resuming_where_it_was_told_sees_no_duplicate() -> None:
+    """LaggedError names where to resume: as locally, resuming there gives every
+    change not seen, and none twice, even when the cut fell inside one event."""
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            seen: list[str] = []
+            with trio.fail_after(20):
+                async with remote.subscribe("n", buffer=4) as changes:
+                    await remote.put_batch([("n", f"k{i}", i) for i in range(10)])  # one event
+                    await remote.put("n", "after", 1)
+                    await trio.sleep(0.5)
+                    with pytest.raises(koru.LaggedError) as lagged:
+                        async for change in changes:
+                            seen.append(change.key)
+                async with remote.subscribe("n", from_position=lagged.value.position) as rest:
+                    async for change in rest:
+                        seen.append(change.key)
+                        if change.key == "after":
+                            break
+            assert seen == [*(f"k{i}" for i in range(10)), "after"]
+
+
+def test_the_calls_kept_by_key_are_those_the_client_sends_as_writes() -> None:
+    """The client sends a key on exactly the calls the server keeps answers of."""
+    import inspect
+
+    from koru import RemoteDatabase
+    from koru._serving import DATABASE_CALLS, WRITE_CALLS
+
+    sent_as_writes = {
+        name
+        for name in DATABASE_CALLS
+        if "self._write(" in inspect.getsource(getattr(RemoteDatabase, name))
+    }
+    assert sent_as_writes == WRITE_CALLS
