@@ -375,6 +375,9 @@ class RemoteSubscription:
         #: The last change's position, and how many changes of that position came.
         self._position: int | None = None
         self._at_position = 0
+        #: Where the server started the stream (its first item), for a resume before
+        #: any change came.
+        self._start: int | None = None
         self._skip = 0
         self.closed = False
 
@@ -383,6 +386,9 @@ class RemoteSubscription:
         if self._position is not None:  # resume: that event again, its changes skipped
             kwargs["from_position"] = self._position
             self._skip = self._at_position
+        elif self._start is not None:  # no change yet: from where it started
+            kwargs["from_position"] = self._start
+            self._skip = 0
         runner = await self._link.runner()
         call = next(self._link._ids)
         send, receive = trio.open_memory_channel[tuple[Msg, bytes | None]](
@@ -395,6 +401,32 @@ class RemoteSubscription:
             await self._link.request(runner, call, payload)
         except ConnectionClosed:
             self._receive = None  # the next step opens it again, on a new connection
+
+    async def _started(self) -> None:
+        """Wait for the stream's first item, the position it starts from: as a local
+        subscribe, it returns once subscribed (every later change is seen), or raises
+        why not."""
+        for _ in range(len(RETRY_DELAYS) + 2):
+            if self._receive is None:
+                await self._open()
+                if self._receive is None:
+                    continue
+            try:
+                kind, data = await self._receive.receive()
+            except trio.EndOfChannel:  # lost before it started: start it again
+                self._receive = None
+                continue
+            if kind is Msg.STREAM_END:
+                self.closed = True
+                if data is not None:
+                    raise _error_of(data)
+                return
+            start = unpack(data or b"")
+            if type(start) is not int:
+                raise ConnectionLostError("the server sent something other than a change")
+            self._start = start
+            return
+        raise ConnectionLostError(f"the connection to {self._link.url} kept failing")
 
     def __aiter__(self) -> RemoteSubscription:
         return self
@@ -424,6 +456,10 @@ class RemoteSubscription:
                     raise _error_of(data)
                 raise StopAsyncIteration
             change = unpack(data or b"")
+            if type(change) is int:  # the position the stream starts from
+                if self._position is None:
+                    self._start = change
+                continue
             if not isinstance(change, KeyChange):
                 raise ConnectionLostError("the server sent something other than a change")
             if self._skip:
@@ -616,6 +652,7 @@ class RemoteSpace:
         changes = RemoteSubscription(self._link, self._space, [], kwargs)
         try:
             await changes._open()  # cancelled once sent: the stream is cancelled too
+            await changes._started()
             yield changes
         finally:
             with trio.CancelScope(shield=True):

@@ -273,7 +273,7 @@ class ClientEndpoint:
         self._streams += 1
         try:
             async with opener(*args, **kwargs) as changes:
-                yield _Packed(changes)
+                yield _Packed(changes, changes.start)
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         except TypeError as exc:
@@ -283,15 +283,21 @@ class ClientEndpoint:
 
 
 class _Packed:
-    """A subscription's changes as packed bytes; its errors as the stream's end."""
+    """A subscription's changes as packed bytes; its errors as the stream's end. The
+    first item is the log position it starts from (an int): a client that loses the
+    connection before any change resumes from there, missing nothing."""
 
-    def __init__(self, changes: AsyncIterator[Any]) -> None:
+    def __init__(self, changes: AsyncIterator[Any], start: int) -> None:
         self._changes = changes
+        self._start: int | None = start
 
     def __aiter__(self) -> _Packed:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._start is not None:
+            start, self._start = self._start, None
+            return pack(start)
         try:
             change = await self._changes.__anext__()
         except KoruError as exc:

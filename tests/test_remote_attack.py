@@ -320,3 +320,28 @@ def test_the_calls_kept_by_key_are_those_the_client_sends_as_writes() -> None:
         if "self._write(" in inspect.getsource(getattr(RemoteDatabase, name))
     }
     assert sent_as_writes == WRITE_CALLS
+
+
+async def test_a_change_made_right_after_subscribing_is_seen() -> None:
+    """As locally: once ``subscribe`` returns, every later change is delivered (the
+    stream request and the write travel apart on the server)."""
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            for i in range(5):
+                with trio.fail_after(10):
+                    async with remote.subscribe("n", key=f"k{i}") as changes:
+                        await db.put("n", f"k{i}", i)
+                        change = await changes.__anext__()
+                assert (change.key, change.value) == (f"k{i}", i)
+
+
+async def test_a_refused_subscription_raises_when_opened_as_locally() -> None:
+    async with _served() as (db, port):
+        (reader, _) = await _member(db, actions=["read"], namespace="mine")
+        async with koru.connect(f"127.0.0.1:{port}", reader) as remote:
+            with trio.fail_after(10), pytest.raises(koru.PermissionDeniedError):
+                async with remote.subscribe("secret"):
+                    raise AssertionError("opened")  # pragma: no cover
+            async with remote.subscribe("mine"):
+                pass
