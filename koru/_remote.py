@@ -378,6 +378,11 @@ class RemoteSubscription:
         #: Where the server started the stream (its first item), for a resume before
         #: any change came.
         self._start: int | None = None
+        #: Cut off inside this event (some of its changes delivered): its other
+        #: changes come first, then LaggedError names the next event, as locally (a
+        #: local subscriber is cut off between events, never inside one).
+        self._finishing: int | None = None
+        self._lagged: int | None = None
         self._skip = 0
         self.closed = False
 
@@ -433,6 +438,8 @@ class RemoteSubscription:
 
     async def __anext__(self) -> KeyChange:
         while True:
+            if self._lagged is not None:
+                raise LaggedError(self._lagged)
             if self.closed:
                 raise StopAsyncIteration
             if self._receive is None:
@@ -449,7 +456,12 @@ class RemoteSubscription:
                 # naming the position of the first change it missed.
                 missed = self._runner.lagged.pop(self._call)
                 await self._cancel()
-                raise LaggedError(_position_of(missed, self._position)) from None
+                position = _position_of(missed, self._position)
+                if position == self._position:  # inside an event: finish it first
+                    self._finishing = position
+                    continue  # resumed from it, the changes delivered skipped
+                self._lagged = position
+                raise LaggedError(position) from None
             if kind is Msg.STREAM_END:
                 self.closed = True
                 if data is not None:
@@ -465,6 +477,11 @@ class RemoteSubscription:
             if self._skip:
                 self._skip -= 1
                 continue
+            if self._finishing is not None and change.position != self._finishing:
+                self._finishing = None  # the event is whole: cut off before the next
+                await self._cancel()
+                self._lagged = change.position
+                raise LaggedError(change.position)
             if change.position == self._position:
                 self._at_position += 1
             else:
