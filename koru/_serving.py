@@ -32,6 +32,7 @@ from koru.nursery import Feed, StreamFailed
 
 from ._api import DatabaseAPI, SpaceAPI
 from ._remote_codec import pack, pack_error, unpack
+from ._subscriptions import DEFAULT_BUFFER
 
 if TYPE_CHECKING:
     from ._authorized import AuthorizedDatabase
@@ -73,6 +74,10 @@ MAX_KEPT_ANSWERS = 8192
 MAX_KEPT_BYTES = 64 << 20
 MAX_STREAMS = 64
 MAX_SPACES = 64
+#: Events a subscription holds on the server for a client that does not read them
+#: (the client's ``buffer`` is its own; the server's is at most this: then the client
+#: gets LaggedError, as a local subscriber would).
+MAX_STREAM_BUFFER = DEFAULT_BUFFER
 
 OK, FAILED = b"\x00", b"\x01"
 
@@ -268,6 +273,11 @@ class ClientEndpoint:
             if self._streams >= MAX_STREAMS:
                 raise InvalidArgumentError(f"at most {MAX_STREAMS} subscriptions a connection")
             opener = self._space(space)[1].subscribe
+            # The server's queue is not the client's to size.
+            if len(args) > 5 and type(args[5]) is int:
+                args[5] = min(args[5], MAX_STREAM_BUFFER)
+            if type(kwargs.get("buffer")) is int:
+                kwargs["buffer"] = min(kwargs["buffer"], MAX_STREAM_BUFFER)
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         self._streams += 1

@@ -345,3 +345,26 @@ async def test_a_refused_subscription_raises_when_opened_as_locally() -> None:
                     raise AssertionError("opened")  # pragma: no cover
             async with remote.subscribe("mine"):
                 pass
+
+
+async def test_a_client_cannot_size_the_servers_queue_of_a_subscription() -> None:
+    """A client that subscribes and never reads its socket: what the server holds for
+    it is bounded whatever ``buffer`` it asked for (its own buffer is its own)."""
+    import koru._serving as serving
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            with trio.fail_after(10):
+                async with remote.subscribe("n", buffer=2**62):
+                    (held,) = [s for s in db._hub.subscriptions if s.namespace == "n"]
+                    size = held._send.statistics().max_buffer_size
+                    assert size <= serving.MAX_STREAM_BUFFER
+                payload = b"s" + pack(
+                    [None, "subscribe", ["n", None, ["put"], None, None, 2**62], {}]
+                )
+                async with serving.ClientEndpoint(
+                    db.as_identity(owner.public_key), b"x", "x", serving.ServedCalls()
+                ).stream(payload[1:]):
+                    held = db._hub.subscriptions[-1]  # the one just opened
+                    assert held._send.statistics().max_buffer_size <= serving.MAX_STREAM_BUFFER
