@@ -368,3 +368,157 @@ async def test_a_client_cannot_size_the_servers_queue_of_a_subscription() -> Non
                 ).stream(payload[1:]):
                     held = db._hub.subscriptions[-1]  # the one just opened
                     assert held._send.statistics().max_buffer_size <= serving.MAX_STREAM_BUFFER
+
+
+# -- more of a malicious client: what passed --------------------------------------------
+
+
+async def test_a_client_sending_sync_messages_is_closed_and_syncs_nothing() -> None:
+    from koru.nursery import Msg
+    from koru.nursery._wire import encode
+
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        await db.put("n", "k", 1)
+        for message in (
+            encode(Msg.SUMMARY, b"\x00" * 32, 1),
+            encode(Msg.EVENTS, b"\xa0"),
+            encode(Msg.HEADS, 0, 0, b"", []),
+            encode(Msg.RESPONSE, 1, b"\x00"),
+        ):
+            async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+                runner = remote._link._runner
+                await runner.conn.send(message)
+                with trio.fail_after(10):
+                    await runner.closed.wait()
+                assert runner.proto.close_code == 1008
+                assert await remote.get("n", "k") == 1  # a new connection
+        assert len(await db.history("n", "k")) == 1
+
+
+async def test_a_client_cannot_cancel_another_clients_stream() -> None:
+    async with _served() as (db, port):
+        (alice, _) = await _member(db, actions=["admin"])
+        (mallory, _) = await _member(db, actions=["admin"])
+        url = f"127.0.0.1:{port}"
+        async with (
+            koru.connect(url, alice) as a,
+            koru.connect(url, mallory) as m,
+            a.subscribe("n") as changes,
+        ):
+            runner = m._link._runner
+            for call in range(64):
+                await runner.carry_out(runner.proto.cancel(call))
+            await m.namespaces()  # the CANCELs were read
+            await db.put("n", "k", 1)
+            with trio.fail_after(10):
+                change = await changes.__anext__()
+            assert change.key == "k"
+
+
+async def test_ten_thousand_calls_at_once_are_all_answered() -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        await db.put("n", "k", "v")
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            answers: list[Any] = []
+
+            async def one() -> None:
+                answers.append(await remote.get("n", "k"))
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(10_000):
+                        nursery.start_soon(one)
+            assert answers == ["v"] * 10_000
+            assert remote._link._runner.replies == {}
+
+
+async def test_a_write_retried_while_its_first_attempt_runs_is_applied_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection drops while the server is still writing: the retry (on a new
+    connection) waits for the first attempt and gets its answer."""
+    import koru._serving as serving
+
+    original = serving.ClientEndpoint._answer
+    started, release, retried = trio.Event(), trio.Event(), trio.Event()
+    once = serving.ServedCalls.once
+    attempts: list[int] = []
+
+    async def counted(self: Any, key: Any, run: Any) -> bytes:
+        attempts.append(1)
+        if len(attempts) == 2:
+            retried.set()
+        return await once(self, key, run)
+
+    async def slow(self: Any, call: Any, method: str, *rest: Any) -> bytes:
+        if method == "put" and not started.is_set():
+            started.set()
+            await release.wait()
+        return await original(self, call, method, *rest)
+
+    monkeypatch.setattr(serving.ClientEndpoint, "_answer", slow)
+    monkeypatch.setattr(serving.ServedCalls, "once", counted)
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            versions: list[Any] = []
+
+            async def write() -> None:
+                versions.append(await remote.put("n", "k", 1))
+
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write)
+                    await started.wait()
+                    remote._link._runner.nursery.cancel_scope.cancel()  # lost mid-write
+                    await retried.wait()  # the retry arrived on a new connection...
+                    await trio.testing.wait_all_tasks_blocked()  # ...and waits
+                    assert not versions
+                    release.set()
+            assert remote.connections == 2
+            history = await db.history("n", "k")
+            assert len(history) == 1 and history[0].write_id == versions[0].write_id
+            assert db._served_calls().repeated == 1
+
+
+async def test_a_cancelled_call_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import koru._serving as serving
+
+    original = serving.ClientEndpoint._answer
+
+    async def slow(self: Any, call: Any, method: str, *rest: Any) -> bytes:
+        if method == "get":
+            await trio.sleep(0.2)
+        return await original(self, call, method, *rest)
+
+    monkeypatch.setattr(serving.ClientEndpoint, "_answer", slow)
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        await db.put("n", "k", 1)
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            for _ in range(10):
+                with trio.move_on_after(0.05):
+                    await remote.get("n", "k")
+            runner = remote._link._runner
+            assert runner.replies == {} and runner.lagged == {}
+            with trio.fail_after(10):
+                assert await remote.get("n", "k") == 1
+            assert remote.connections == 1
+
+
+async def test_connect_hands_back_the_callers_own_exception() -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        url = f"127.0.0.1:{port}"
+        with pytest.raises(KeyError):
+            async with koru.connect(url, owner):
+                raise KeyError("mine")
+        with pytest.raises(ExceptionGroup) as group:
+            async with koru.connect(url, owner):
+                raise ExceptionGroup("mine", [KeyError(1), ValueError(2)])
+        assert group.value.message == "mine"
+        with pytest.raises(koru.KeyNotFoundError):
+            async with koru.connect(url, owner) as remote:
+                await remote.get("n", "nothing")
