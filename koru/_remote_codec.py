@@ -17,11 +17,11 @@ as a class of the library's own tree.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
-import numpy as np
 
 from koru.events import (
     CodecError,
@@ -44,6 +44,9 @@ from ._types import Expiring, IngestResult, Refused, Stats, Tiers, Version, Vers
 from ._vectors import VectorHit
 from ._viewing import ViewInfo
 from ._workspace import WorkspaceInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["pack", "pack_error", "unpack"]
 
@@ -94,12 +97,17 @@ def _out(value: Any) -> Any:
         return cbor2.CBORTag(_STATEMENT, [statement, list(value)])
     if kind is tuple:
         return cbor2.CBORTag(_TUPLE, [_out(v) for v in value])
-    if isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+    # numpy is imported only by a program that uses it (a database that never embeds
+    # pays nothing): no array can be sent before it is.
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        pass
+    elif isinstance(value, numpy.ndarray):
+        array = numpy.ascontiguousarray(value)
         if array.dtype.str not in _DTYPES:
             raise CodecError(f"an array of {array.dtype} cannot be sent")
         return cbor2.CBORTag(_ARRAY, [array.dtype.str, list(array.shape), array.tobytes()])
-    if isinstance(value, np.generic):
+    elif isinstance(value, numpy.generic):
         return _out(value.item())
     if isinstance(value, dt.datetime):
         return cbor2.CBORTag(_TIME, value.isoformat())
@@ -247,6 +255,8 @@ def _array(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
         or type(data) is not bytes
     ):
         raise CodecError("a malformed array")
+    import numpy as np
+
     array = np.frombuffer(data, dtype=np.dtype(dtype))
     count = 1
     for n in shape:
