@@ -522,3 +522,47 @@ async def test_connect_hands_back_the_callers_own_exception() -> None:
         with pytest.raises(koru.KeyNotFoundError):
             async with koru.connect(url, owner) as remote:
                 await remote.get("n", "nothing")
+
+
+# -- decompression bombs -----------------------------------------------------------------
+
+
+def _empty_arrays(n: int) -> bytes:
+    """An array of ``n`` empty arrays: ``n + 5`` bytes, some ``64 * n`` decoded."""
+    return b"\x9a" + n.to_bytes(4, "big") + b"\x80" * n
+
+
+def test_a_payload_that_would_decode_to_too_much_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import koru._remote_codec as codec
+    from koru._remote_codec import unpack
+
+    monkeypatch.setattr(codec, "MAX_DECODED", 1 << 20)
+    for bomb in (
+        _empty_arrays(100_000),  # 100 KB in, 6 MB out
+        b"\x9a" + (200_000).to_bytes(4, "big") + b"\xa0" * 200_000,  # empty maps
+        b"\x9a" + (100_000).to_bytes(4, "big") + b"\xd9\x9c\x36\x80" * 100_000,  # tuples
+        b"\x9a" + (100_000).to_bytes(4, "big") + b"\x41x" * 100_000,  # one-byte bytes
+    ):
+        with pytest.raises(koru.CodecError):
+            unpack(bomb)
+    # What fits decodes: many small items, and one big string (counted as its size).
+    assert unpack(_empty_arrays(1000)) == [[]] * 1000
+    assert unpack(pack(b"\x00" * 900_000)) == b"\x00" * 900_000
+    assert unpack(pack([{"k": i, "v": [1.5, "x"]} for i in range(1000)]))[999]["k"] == 999
+
+
+async def test_a_stranger_cannot_make_the_server_decode_a_bomb() -> None:
+    """4 MiB of empty arrays would take some 300 MB on the server, before the call is
+    checked (a stranger, holding no capability, can send it)."""
+    async with (
+        _served() as (_, port),
+        koru.connect(f"127.0.0.1:{port}", _identity()) as stranger,
+    ):
+        n = 4 << 20
+        bomb = b"c" + b"\x85\xf6cget\x82" + _empty_arrays(n) + b"ak\xa0\xf6"
+        with trio.fail_after(30), pytest.raises(koru.CodecError):
+            await stranger._link.call(bomb)
+        with pytest.raises(koru.PermissionDeniedError):
+            await stranger.get("n", "k")  # the connection serves on
