@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from koru.events import CodecError, InvalidArgumentError, KoruError, RemoteFailureError
+from koru.events import (
+    CodecError,
+    InvalidArgumentError,
+    KoruError,
+    RemoteFailureError,
+    SessionError,
+)
 from koru.nursery import Feed, StreamFailed
 
 from ._api import DatabaseAPI, SpaceAPI
@@ -126,8 +132,15 @@ class ServedCalls:
             if not held:
                 del self._answers[victim], self._bytes_of[victim]
 
-    async def once(self, key: tuple[bytes, bytes], run: Callable[[], Awaitable[bytes]]) -> bytes:
-        """``run()``'s answer, run once for ``key`` (while its answer is kept)."""
+    async def once(
+        self,
+        key: tuple[bytes, bytes],
+        run: Callable[[], Awaitable[bytes]],
+        keep: Callable[[bytes], bool] | None = None,
+    ) -> bytes:
+        """``run()``'s answer, run once for ``key`` (while its answer is kept; an
+        answer ``keep`` refuses is not: the call was not attempted, and its retry is a
+        new attempt)."""
         while True:
             kept = self.kept(key)
             if kept is not None:
@@ -142,11 +155,18 @@ class ServedCalls:
         try:
             with trio.CancelScope(shield=True):
                 answer = await run()
-            self._keep(key, answer)
+            if keep is None or keep(answer):
+                self._keep(key, answer)
         finally:
             del self._running[key]
             done.set()
         return answer
+
+
+def _attempted(answer: bytes) -> bool:
+    """False for a call refused for its session (expired): the client renews the
+    session and sends it again, with the same key, for the write to be done then."""
+    return answer[:1] == OK or not isinstance(unpack(answer[1:], errors=True), SessionError)
 
 
 class ClientEndpoint:
@@ -247,7 +267,7 @@ class ClientEndpoint:
             return await run()  # a read is never answered from the table
         if type(key) is not bytes or not 8 <= len(key) <= 32:
             return FAILED + pack_error(InvalidArgumentError("a call key is 8 to 32 bytes"))
-        return await self._served.once((self._who, key), run)
+        return await self._served.once((self._who, key), run, _attempted)
 
     async def _answer(
         self, call: Callable[..., Any], method: str, args: list[Any], kwargs: Any

@@ -446,11 +446,11 @@ async def test_a_write_retried_while_its_first_attempt_runs_is_applied_once(
     once = serving.ServedCalls.once
     attempts: list[int] = []
 
-    async def counted(self: Any, key: Any, run: Any) -> bytes:
+    async def counted(self: Any, key: Any, run: Any, *rest: Any) -> bytes:
         attempts.append(1)
         if len(attempts) == 2:
             retried.set()
-        return await once(self, key, run)
+        return await once(self, key, run, *rest)
 
     async def slow(self: Any, call: Any, method: str, *rest: Any) -> bytes:
         if method == "put" and not started.is_set():
@@ -566,3 +566,28 @@ async def test_a_stranger_cannot_make_the_server_decode_a_bomb() -> None:
             await stranger._link.call(bomb)
         with pytest.raises(koru.PermissionDeniedError):
             await stranger.get("n", "k")  # the connection serves on
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+async def test_a_write_after_the_session_expired_is_applied_on_the_renewed_session() -> None:
+    """The first attempt's refusal (the session expired) is not the write's answer: the
+    retry on a fresh session must not get it back from the table of kept answers."""
+    from conftest import StepClock
+
+    clock = StepClock()
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, clock=clock) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve)
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            await remote.put("n", "k", 1)
+            clock.now += 2 * 3600 * 10**9  # past the session's hour
+            with trio.fail_after(10):
+                version = await remote.put("n", "k", 2)
+            assert remote.connections == 2
+            assert (await db.get_versioned("n", "k")).write_id == version.write_id
+        nursery.cancel_scope.cancel()
