@@ -235,7 +235,7 @@ class ClientEndpoint:
 
     def _target(self, space: Any, method: Any) -> Callable[..., Any]:
         allowed, target = self._space(space)
-        if method not in allowed:
+        if type(method) is not str or method not in allowed:  # (a list is unhashable)
             raise InvalidArgumentError(f"no call {method!r} here")
         return getattr(target, method)  # type: ignore[no-any-return]
 

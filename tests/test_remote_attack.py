@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import cbor2
 import pytest
 import trio
 
@@ -591,3 +592,40 @@ async def test_a_write_after_the_session_expired_is_applied_on_the_renewed_sessi
             assert remote.connections == 2
             assert (await db.get_versioned("n", "k")).write_id == version.write_id
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("method", [["get"], {"get": 1}, 7, None])
+async def test_a_call_named_by_something_not_a_name_is_refused_and_the_connection_stays(
+    method: Any,
+) -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            for kind, payload in (
+                (b"c", [None, method, ["n", "k"], {}, None]),
+                (b"c", [None, method, ["n", "k"], {}, b"k" * 16]),
+                (b"s", [None, method, [], {}]),
+                (b"c", [["workspace", "w"], method, ["n", "k"], {}, None]),
+            ):
+                with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError):
+                    if kind == b"c":
+                        await remote._link.call(kind + cbor2.dumps(payload))
+                    else:
+                        await _stream_end(remote, kind + cbor2.dumps(payload))
+            assert remote.connections == 1
+
+
+async def _stream_end(remote: Any, payload: bytes) -> None:
+    """Send a streamed request as it is; raise the error its end names."""
+    from koru._remote import _error_of
+    from koru.nursery import Msg
+
+    link = remote._link
+    runner = await link.runner()
+    call = next(link._ids)
+    send, receive = trio.open_memory_channel[Any](10)
+    runner.replies[call] = send
+    await link.request(runner, call, payload)
+    kind, data = await receive.receive()
+    assert kind is Msg.STREAM_END and data is not None
+    raise _error_of(data)
