@@ -629,3 +629,23 @@ async def _stream_end(remote: Any, payload: bytes) -> None:
     kind, data = await receive.receive()
     assert kind is Msg.STREAM_END and data is not None
     raise _error_of(data)
+
+
+async def test_a_subscription_lost_at_an_event_boundary_resumes_with_no_duplicate() -> None:
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            got: list[str] = []
+            with trio.fail_after(10):
+                async with remote.subscribe("n") as changes:
+                    await db.put_batch([("n", f"k{i}", i) for i in range(3)])  # one event
+                    async for change in changes:
+                        got.append(change.key)
+                        if len(got) == 3:  # the whole event, and only it
+                            runner = remote._link._runner
+                            runner.nursery.cancel_scope.cancel()
+                            await runner.closed.wait()
+                            await db.put("n", "next", 1)
+                        if len(got) == 4:
+                            break
+            assert got == ["k0", "k1", "k2", "next"] and remote.connections == 2
