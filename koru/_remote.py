@@ -255,6 +255,8 @@ class _Link:
         def on_open(runner: Any) -> None:
             found["runner"] = runner
             opened.set()
+            if "abandoned" in found:
+                runner.nursery.cancel_scope.cancel()
 
         async def session() -> None:
             try:
@@ -284,7 +286,17 @@ class _Link:
 
         finished = self._finished = trio.Event()
         self._nursery.start_soon(session)
-        await opened.wait()
+        try:
+            await opened.wait()
+        except BaseException:
+            # The caller was cancelled while connecting: the connection is nobody's
+            # (else it stays open, kept alive by its heartbeats, until aclose). It ends
+            # once open (cancelled before, trio-websocket leaks its socket) or when
+            # its handshake fails or times out.
+            found["abandoned"] = True
+            if "runner" in found:
+                found["runner"].nursery.cancel_scope.cancel()
+            raise
         if "runner" in found:
             self.node = handshake.node
             self.connections += 1

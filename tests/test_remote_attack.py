@@ -649,3 +649,23 @@ async def test_a_subscription_lost_at_an_event_boundary_resumes_with_no_duplicat
                         if len(got) == 4:
                             break
             assert got == ["k0", "k1", "k2", "next"] and remote.connections == 2
+
+
+async def test_a_call_cancelled_while_reconnecting_leaves_no_connection_open() -> None:
+    """A caller cancelled while its call reconnects: the connection it was opening is
+    closed, not left open (its heartbeats keep it alive on both sides) for ever."""
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            for i in range(1, 30):
+                runner = remote._link._runner
+                if runner is not None:
+                    runner.nursery.cancel_scope.cancel()
+                    await runner.closed.wait()
+                with trio.move_on_after(0.001 * i):
+                    await remote.namespaces()
+            with trio.fail_after(10):
+                await remote.namespaces()
+                while len(db._peer_sessions or ()) > 1:  # noqa: ASYNC110 (closing)
+                    await trio.sleep(0.01)
+            assert len(db._peer_sessions or ()) == 1
