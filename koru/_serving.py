@@ -84,6 +84,9 @@ MAX_SPACES = 64
 #: (the client's ``buffer`` is its own; the server's is at most this: then the client
 #: gets LaggedError, as a local subscriber would).
 MAX_STREAM_BUFFER = DEFAULT_BUFFER
+#: The largest answer sent (a message holds 96 MiB): a bigger one is an error, not a
+#: message the client's websocket refuses (it reconnected and asked again, in vain).
+MAX_ANSWER = 64 << 20
 
 OK, FAILED = b"\x00", b"\x01"
 
@@ -274,7 +277,13 @@ class ClientEndpoint:
     ) -> bytes:
         try:
             result = await call(*args, **kwargs)
-            return OK + pack(result)
+            answer = OK + pack(result)
+            if len(answer) > MAX_ANSWER:
+                raise InvalidArgumentError(
+                    f"{method}(): the answer is {len(answer)} bytes, over the {MAX_ANSWER} "
+                    "an answer may hold: ask for less"
+                )
+            return answer
         except KoruError as exc:
             return FAILED + pack_error(exc)
         except TypeError as exc:  # the call's signature refused the arguments

@@ -669,3 +669,25 @@ async def test_a_call_cancelled_while_reconnecting_leaves_no_connection_open() -
                 while len(db._peer_sessions or ()) > 1:  # noqa: ASYNC110 (closing)
                     await trio.sleep(0.01)
             assert len(db._peer_sessions or ()) == 1
+
+
+async def test_an_answer_too_big_for_a_message_is_an_error_not_a_reconnection_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An honest call whose answer the client's websocket would refuse (over its
+    message limit): one typed error, not reconnection after reconnection."""
+    import koru._remote as remote_module
+
+    monkeypatch.setattr(remote_module, "RETRY_DELAYS", (0.0, 0.0))
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        value = b"x" * (4 << 20)
+        for i in range(4):
+            await db.put("n", "k", value + bytes([i]))
+        limits = Limits(max_message=8 << 20)  # as if the answer were over 96 MiB
+        monkeypatch.setattr("koru._serving.MAX_ANSWER", 8 << 20)
+        async with koru.connect(f"127.0.0.1:{port}", owner, limits=limits) as remote:
+            with trio.fail_after(20), pytest.raises(koru.InvalidArgumentError):
+                await remote.history("n", "k")
+            assert len(await remote.history("n", "k", latest=1)) == 1
+            assert remote.connections == 1
