@@ -79,6 +79,8 @@ log = logging.getLogger("koru.remote")
 #: Waits before each attempt to (re)connect for a call: then ConnectionLostError.
 RETRY_DELAYS = (0.0, 0.25, 1.0, 4.0)
 _CONNECT_TIMEOUT = 10.0
+#: Bytes of a REQUEST message around its payload (version, type, call id), at most.
+_FRAMING = 32
 
 
 class _NoFeeds:
@@ -316,6 +318,14 @@ class _Link:
         """Send one request (``payload``: its kind byte and packed body), and return the
         answer (or raise its error), sending it again over a new connection if the one
         it went out on is lost."""
+        # (The server closes a connection on a message over its limit: sent again on
+        # each new connection, it would end as ConnectionLostError.)
+        largest = self.limits.max_message - _FRAMING
+        if len(payload) > largest:
+            raise InvalidArgumentError(
+                f"a call of {len(payload)} bytes, over the {largest} a message holds: "
+                "send less at once"
+            )
         renewed = False
         for _ in range(len(RETRY_DELAYS) + 2):
             runner = await self.runner()

@@ -691,3 +691,23 @@ async def test_an_answer_too_big_for_a_message_is_an_error_not_a_reconnection_lo
                 await remote.history("n", "k")
             assert len(await remote.history("n", "k", latest=1)) == 1
             assert remote.connections == 1
+
+
+async def test_a_request_too_big_for_a_message_is_an_error_not_a_reconnection_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's websocket refuses a message over its limit by closing: the client
+    must not reconnect and send it again until ConnectionLostError."""
+    import koru._remote as remote_module
+
+    monkeypatch.setattr(remote_module, "RETRY_DELAYS", (0.0, 0.0))
+    async with _served(Limits(max_message=4 << 20)) as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        limits = Limits(max_message=4 << 20)
+        async with koru.connect(f"127.0.0.1:{port}", owner, limits=limits) as remote:
+            items = [("n", f"k{i}", b"x" * (1 << 20)) for i in range(6)]
+            with trio.fail_after(20), pytest.raises(koru.InvalidArgumentError):
+                await remote.put_batch(items)
+            await remote.put_batch(items[:2])
+            assert remote.connections == 1
+        assert sorted(await db.keys("n")) == ["k0", "k1"]
