@@ -405,6 +405,8 @@ class RemoteSubscription:
         #: local subscriber is cut off between events, never inside one).
         self._finishing: int | None = None
         self._lagged: int | None = None
+        #: Renewed its session with no change since (a second expiry is raised).
+        self._renewed = False
         self._skip = 0
         self.closed = False
 
@@ -444,9 +446,13 @@ class RemoteSubscription:
                 self._receive = None
                 continue
             if kind is Msg.STREAM_END:
+                error = None if data is None else _error_of(data)
+                if isinstance(error, SessionExpiredError):
+                    self._renew()
+                    continue
                 self.closed = True
-                if data is not None:
-                    raise _error_of(data)
+                if error is not None:
+                    raise error
                 return
             start = unpack(data or b"")
             if type(start) is not int:
@@ -485,9 +491,13 @@ class RemoteSubscription:
                 self._lagged = position
                 raise LaggedError(position) from None
             if kind is Msg.STREAM_END:
+                error = None if data is None else _error_of(data)
+                if isinstance(error, SessionExpiredError) and not self._renewed:
+                    self._renew()  # as a call's: a new handshake, and resumed
+                    continue
                 self.closed = True
-                if data is not None:
-                    raise _error_of(data)
+                if error is not None:
+                    raise error
                 raise StopAsyncIteration
             change = unpack(data or b"")
             if type(change) is int:  # the position the stream starts from
@@ -504,11 +514,20 @@ class RemoteSubscription:
                 await self._cancel()
                 self._lagged = change.position
                 raise LaggedError(change.position)
+            self._renewed = False
             if change.position == self._position:
                 self._at_position += 1
             else:
                 self._position, self._at_position = change.position, 1
             return change
+
+    def _renew(self) -> None:
+        """The session expired: the next step resumes on a new connection (a new
+        handshake opens a new session)."""
+        self._renewed = True
+        self._receive = None
+        if self._runner is not None:
+            self._link.drop(self._runner)
 
     async def _cancel(self) -> None:
         runner, self._receive = self._runner, None

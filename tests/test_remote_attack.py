@@ -711,3 +711,28 @@ async def test_a_request_too_big_for_a_message_is_an_error_not_a_reconnection_lo
             await remote.put_batch(items[:2])
             assert remote.connections == 1
         assert sorted(await db.keys("n")) == ["k0", "k1"]
+
+
+async def test_a_subscription_outlives_its_session() -> None:
+    """Sessions are renewed for calls; a subscription open past its session's hour
+    resumes on a renewed one too, missing nothing, rather than ending with
+    SessionExpiredError."""
+    from conftest import StepClock
+
+    clock = StepClock()
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, clock=clock) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve)
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner) as remote:
+            with trio.fail_after(10):
+                async with remote.subscribe("n") as changes:
+                    await db.put("n", "before", 1)
+                    assert (await changes.__anext__()).key == "before"
+                    clock.now += 2 * 3600 * 10**9  # past the session's hour
+                    await db.put("n", "after", 2)
+                    assert (await changes.__anext__()).key == "after"
+            assert remote.connections == 2
+        nursery.cancel_scope.cancel()
