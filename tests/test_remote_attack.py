@@ -736,3 +736,27 @@ async def test_a_subscription_outlives_its_session() -> None:
                     assert (await changes.__anext__()).key == "after"
             assert remote.connections == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_workspace_or_its_audit_handle_gives_nothing_without_rights() -> None:
+    async with _served() as (db, port):
+        (reader, _) = await _member(db, actions=["read", "write"], namespace="mine")
+        await db.create_workspace("lab")
+        await db.workspace("lab").put("notes", "n", "secret")
+        await db.drop_workspace("lab")
+        await db.create_workspace("lab2")
+        await db.workspace("lab2").put("notes", "n", "secret")
+        async with koru.connect(f"127.0.0.1:{port}", reader) as remote:
+            for space in (remote.audit_workspace("lab"), remote.workspace("lab2")):
+                with pytest.raises(koru.PermissionDeniedError):
+                    await space.get("notes", "n")
+                with pytest.raises(koru.PermissionDeniedError):
+                    await space.history("notes", "n")
+                assert await space.keys("notes") == []
+            with pytest.raises(koru.PermissionDeniedError):
+                await remote.workspace("lab2").put("notes", "n", "mine now")
+            with pytest.raises(koru.PermissionDeniedError):
+                async with remote.audit_workspace("lab").subscribe("notes", from_position=0):
+                    pass  # pragma: no cover
+            assert await remote.workspaces(dropped=True) == []
+        assert await db.workspace("lab2").get("notes", "n") == "secret"
