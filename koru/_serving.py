@@ -18,6 +18,7 @@ the attempts applies the write again.)
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import logging
 from collections import OrderedDict
@@ -94,16 +95,22 @@ OK, FAILED = b"\x00", b"\x01"
 class ServedCalls:
     """The answers of recent writes, by (client identity, the write's key).
 
-    Bounded in answers and in bytes; when full, the client holding the most gives up
+    Bounded in answers and in bytes; when full, the client holding the most (bytes,
+    each answer counted 256 more; of equals, the one with the oldest answer) gives up
     its oldest answer, so a client that sends many keyed calls (a stranger can: its
     refusals are kept too) pushes out its own answers, not another's."""
 
     def __init__(self, limit: int = MAX_KEPT_ANSWERS, max_bytes: int = MAX_KEPT_BYTES) -> None:
         self.limit = limit
         self.max_bytes = max_bytes
-        #: By client: its answers by key, oldest first; and their bytes.
-        self._answers: dict[bytes, OrderedDict[bytes, bytes]] = {}
-        self._bytes_of: dict[bytes, int] = {}
+        #: By client: its answers by key (with when each was kept), oldest first; and
+        #: their weight.
+        self._answers: dict[bytes, OrderedDict[bytes, tuple[int, bytes]]] = {}
+        self._weight: dict[bytes, int] = {}
+        #: Clients by (weight, oldest answer), heaviest first, lazily: an entry that no
+        #: longer matches its client is skipped. Finding the heaviest scans nothing.
+        self._heaviest: list[tuple[int, int, bytes]] = []
+        self._kept = 0
         self.count = 0
         self.bytes = 0
         self._running: dict[tuple[bytes, bytes], trio.Event] = {}
@@ -113,27 +120,38 @@ class ServedCalls:
     def kept(self, key: tuple[bytes, bytes]) -> bytes | None:
         """The answer kept for ``key`` (None: none)."""
         table = self._answers.get(key[0])
-        return None if table is None else table.get(key[1])
+        found = None if table is None else table.get(key[1])
+        return None if found is None else found[1]
+
+    def _oldest(self, who: bytes) -> int:
+        return next(iter(self._answers[who].values()))[0]
+
+    def _weigh(self, who: bytes, change: int) -> None:
+        weight = self._weight[who] = self._weight.get(who, 0) + change
+        if weight:
+            heapq.heappush(self._heaviest, (-weight, self._oldest(who), who))
+        else:
+            del self._weight[who], self._answers[who]
+        if len(self._heaviest) > 2 * len(self._weight) + 64:  # mostly stale: rebuild
+            self._heaviest = [(-w, self._oldest(c), c) for c, w in self._weight.items()]
+            heapq.heapify(self._heaviest)
 
     def _keep(self, key: tuple[bytes, bytes], answer: bytes) -> None:
         who, call = key
-        table = self._answers.setdefault(who, OrderedDict())
-        table[call] = answer
-        self._bytes_of[who] = self._bytes_of.get(who, 0) + len(answer)
+        self._kept += 1
+        self._answers.setdefault(who, OrderedDict())[call] = (self._kept, answer)
         self.count += 1
         self.bytes += len(answer)
+        self._weigh(who, len(answer) + 256)
         while self.count > self.limit or self.bytes > self.max_bytes:
-            if self.bytes > self.max_bytes:
-                victim = max(self._bytes_of, key=self._bytes_of.__getitem__)
-            else:
-                victim = max(self._answers, key=lambda w: len(self._answers[w]))
-            held = self._answers[victim]
-            _, dropped = held.popitem(last=False)
+            weight, oldest, victim = self._heaviest[0]
+            if self._weight.get(victim) != -weight or self._oldest(victim) != oldest:
+                heapq.heappop(self._heaviest)  # stale
+                continue
+            _, (_, dropped) = self._answers[victim].popitem(last=False)
             self.count -= 1
             self.bytes -= len(dropped)
-            self._bytes_of[victim] -= len(dropped)
-            if not held:
-                del self._answers[victim], self._bytes_of[victim]
+            self._weigh(victim, -(len(dropped) + 256))
 
     async def once(
         self,
@@ -146,8 +164,7 @@ class ServedCalls:
         new attempt)."""
         while True:
             kept = self.kept(key)
-            if kept is not None:
-                self._answers[key[0]].move_to_end(key[1])
+            if kept is not None:  # (kept in the order they came: a retry is soon)
                 self.repeated += 1
                 return kept
             running = self._running.get(key)
