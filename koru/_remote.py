@@ -79,6 +79,8 @@ log = logging.getLogger("koru.remote")
 #: Waits before each attempt to (re)connect for a call: then ConnectionLostError.
 RETRY_DELAYS = (0.0, 0.25, 1.0, 4.0)
 _CONNECT_TIMEOUT = 10.0
+#: Bytes of a REQUEST message around its payload (version, type, call id), at most.
+_FRAMING = 32
 
 
 class _NoFeeds:
@@ -255,6 +257,8 @@ class _Link:
         def on_open(runner: Any) -> None:
             found["runner"] = runner
             opened.set()
+            if "abandoned" in found:
+                runner.nursery.cancel_scope.cancel()
 
         async def session() -> None:
             try:
@@ -284,7 +288,17 @@ class _Link:
 
         finished = self._finished = trio.Event()
         self._nursery.start_soon(session)
-        await opened.wait()
+        try:
+            await opened.wait()
+        except BaseException:
+            # The caller was cancelled while connecting: the connection is nobody's
+            # (else it stays open, kept alive by its heartbeats, until aclose). It ends
+            # once open (cancelled before, trio-websocket leaks its socket) or when
+            # its handshake fails or times out.
+            found["abandoned"] = True
+            if "runner" in found:
+                found["runner"].nursery.cancel_scope.cancel()
+            raise
         if "runner" in found:
             self.node = handshake.node
             self.connections += 1
@@ -296,7 +310,7 @@ class _Link:
             raise error
         end = found.get("end")
         code, reason = (end.code, end.reason) if end is not None else (None, "closed")
-        if code == 1008:
+        if code == 1008 and end is not None and not end.ours:  # the server's verdict
             raise HandshakeRefusedError(f"the server refused this client: {reason}", code, reason)
         raise ConnectionClosed(code, reason)
 
@@ -304,6 +318,14 @@ class _Link:
         """Send one request (``payload``: its kind byte and packed body), and return the
         answer (or raise its error), sending it again over a new connection if the one
         it went out on is lost."""
+        # (The server closes a connection on a message over its limit: sent again on
+        # each new connection, it would end as ConnectionLostError.)
+        largest = self.limits.max_message - _FRAMING
+        if len(payload) > largest:
+            raise InvalidArgumentError(
+                f"a call of {len(payload)} bytes, over the {largest} a message holds: "
+                "send less at once"
+            )
         renewed = False
         for _ in range(len(RETRY_DELAYS) + 2):
             runner = await self.runner()
@@ -319,11 +341,12 @@ class _Link:
                 continue  # lost on the way: a new connection (or ConnectionLostError)
             finally:
                 runner.replies.pop(call, None)
+                runner.lagged.pop(call, None)  # an answer sent twice by a broken server
             if answer is None or answer[:1] not in (OK, FAILED):
                 raise ConnectionLostError("the server sent a malformed answer")
             if answer[:1] == OK:
                 return unpack(answer[1:])
-            error = unpack(answer[1:], errors=True)
+            error = _error_of(answer[1:])
             if isinstance(error, SessionExpiredError) and not renewed:
                 renewed = True  # a fresh handshake opens a fresh session
                 self.drop(runner)
@@ -374,6 +397,16 @@ class RemoteSubscription:
         #: The last change's position, and how many changes of that position came.
         self._position: int | None = None
         self._at_position = 0
+        #: Where the server started the stream (its first item), for a resume before
+        #: any change came.
+        self._start: int | None = None
+        #: Cut off inside this event (some of its changes delivered): its other
+        #: changes come first, then LaggedError names the next event, as locally (a
+        #: local subscriber is cut off between events, never inside one).
+        self._finishing: int | None = None
+        self._lagged: int | None = None
+        #: Renewed its session with no change since (a second expiry is raised).
+        self._renewed = False
         self._skip = 0
         self.closed = False
 
@@ -382,6 +415,9 @@ class RemoteSubscription:
         if self._position is not None:  # resume: that event again, its changes skipped
             kwargs["from_position"] = self._position
             self._skip = self._at_position
+        elif self._start is not None:  # no change yet: from where it started
+            kwargs["from_position"] = self._start
+            self._skip = 0
         runner = await self._link.runner()
         call = next(self._link._ids)
         send, receive = trio.open_memory_channel[tuple[Msg, bytes | None]](
@@ -395,35 +431,43 @@ class RemoteSubscription:
         except ConnectionClosed:
             self._receive = None  # the next step opens it again, on a new connection
 
-    async def opened(self) -> None:
-        """Wait until the server opened the subscription, or raise why it did not
-        (a refusal as a local ``subscribe`` raises it, on entering the block)."""
-        while True:
+    async def _started(self) -> None:
+        """Wait for the stream's first item, the position it starts from: as a local
+        subscribe, it returns once subscribed (every later change is seen), or raises
+        why not."""
+        for _ in range(len(RETRY_DELAYS) + 2):
             if self._receive is None:
                 await self._open()
                 if self._receive is None:
                     continue
             try:
                 kind, data = await self._receive.receive()
-            except trio.EndOfChannel:
-                self._receive = None  # the connection was lost: open it again
+            except trio.EndOfChannel:  # lost before it started: start it again
+                self._receive = None
                 continue
             if kind is Msg.STREAM_END:
+                error = None if data is None else _error_of(data)
+                if isinstance(error, SessionExpiredError):
+                    self._renew()
+                    continue
                 self.closed = True
-                raise (
-                    unpack(data, errors=True)
-                    if data is not None
-                    else ConnectionLostError("the server ended the subscription before it began")
-                )
-            if not data:
+                if error is not None:
+                    raise error
                 return
-            raise ConnectionLostError("the server sent a change before opening")
+            start = unpack(data or b"")
+            if type(start) is not int:
+                raise ConnectionLostError("the server sent something other than a change")
+            self._start = start
+            return
+        raise ConnectionLostError(f"the connection to {self._link.url} kept failing")
 
     def __aiter__(self) -> RemoteSubscription:
         return self
 
     async def __anext__(self) -> KeyChange:
         while True:
+            if self._lagged is not None:
+                raise LaggedError(self._lagged)
             if self.closed:
                 raise StopAsyncIteration
             if self._receive is None:
@@ -440,28 +484,55 @@ class RemoteSubscription:
                 # naming the position of the first change it missed.
                 missed = self._runner.lagged.pop(self._call)
                 await self._cancel()
-                raise LaggedError(_position_of(missed, self._position)) from None
+                position = _position_of(missed, self._position)
+                if position == self._position:  # inside an event: finish it first
+                    self._finishing = position
+                    continue  # resumed from it, the changes delivered skipped
+                self._lagged = position
+                raise LaggedError(position) from None
             if kind is Msg.STREAM_END:
+                error = None if data is None else _error_of(data)
+                if isinstance(error, SessionExpiredError) and not self._renewed:
+                    self._renew()  # as a call's: a new handshake, and resumed
+                    continue
                 self.closed = True
-                if data is not None:
-                    raise unpack(data, errors=True)
+                if error is not None:
+                    raise error
                 raise StopAsyncIteration
-            if not data:  # the server opened it (again): changes follow
+            change = unpack(data or b"")
+            if type(change) is int:  # the position the stream starts from
+                if self._position is None:
+                    self._start = change
                 continue
-            change = unpack(data)
             if not isinstance(change, KeyChange):
                 raise ConnectionLostError("the server sent something other than a change")
             if self._skip:
                 self._skip -= 1
                 continue
+            if self._finishing is not None and change.position != self._finishing:
+                self._finishing = None  # the event is whole: cut off before the next
+                await self._cancel()
+                self._lagged = change.position
+                raise LaggedError(change.position)
+            self._renewed = False
             if change.position == self._position:
                 self._at_position += 1
             else:
                 self._position, self._at_position = change.position, 1
             return change
 
+    def _renew(self) -> None:
+        """The session expired: the next step resumes on a new connection (a new
+        handshake opens a new session)."""
+        self._renewed = True
+        self._receive = None
+        if self._runner is not None:
+            self._link.drop(self._runner)
+
     async def _cancel(self) -> None:
         runner, self._receive = self._runner, None
+        if runner is not None:
+            runner.lagged.pop(self._call, None)
         if runner is not None and not runner.closed.is_set():
             runner.replies.pop(self._call, None)
             with suppress(ConnectionClosed, trio.BrokenResourceError):
@@ -470,6 +541,15 @@ class RemoteSubscription:
     async def aclose(self) -> None:
         self.closed = True
         await self._cancel()
+
+
+def _error_of(packed: bytes) -> KoruError:
+    """The error a server's failure payload names (a server sending anything else is
+    broken: never a TypeError raised in the caller's face)."""
+    error = unpack(packed, errors=True)
+    if not isinstance(error, KoruError):
+        return ConnectionLostError("the server sent a malformed error")
+    return error
 
 
 def _position_of(packed: bytes | None, last: int | None) -> int:
@@ -628,8 +708,9 @@ class RemoteSpace:
             "buffer": buffer,
         }
         changes = RemoteSubscription(self._link, self._space, [], kwargs)
-        await changes.opened()
         try:
+            await changes._open()  # cancelled once sent: the stream is cancelled too
+            await changes._started()
             yield changes
         finally:
             with trio.CancelScope(shield=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
@@ -44,6 +44,9 @@ from ._types import Expiring, IngestResult, Refused, Stats, Tiers, Version, Vers
 from ._vectors import VectorHit
 from ._viewing import ViewInfo
 from ._workspace import WorkspaceInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["pack", "pack_error", "unpack"]
 
@@ -77,6 +80,14 @@ _STATEMENT_KIND = {Grant: "grant", Revocation: "revocation", PublicIdentity: "id
 _DTYPES = frozenset({"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1"})
 _PLAIN = (str, int, float, bool, bytes, type(None))
 
+#: What a payload may decode to, estimated (bytes): a CBOR item of one byte decodes to
+#: a Python object of 30 to 70 (an empty array is one byte, a list 56 plus its slot),
+#: so the 96 MiB a message may hold would decode to some 7 GB, before any capability
+#: is checked. Estimated from the items' headers alone, strings skipped.
+MAX_DECODED = 256 << 20
+_CONTAINER_COST = 72  # a list, dict or tagged value, and its slot in its parent
+_ITEM_COST = 40  # a number, string or bytes object (plus its contents), and its slot
+
 
 def _out(value: Any) -> Any:
     kind = type(value)
@@ -94,13 +105,17 @@ def _out(value: Any) -> Any:
         return cbor2.CBORTag(_STATEMENT, [statement, list(value)])
     if kind is tuple:
         return cbor2.CBORTag(_TUPLE, [_out(v) for v in value])
-    np = sys.modules.get("numpy")  # no numpy loaded: no value is an array
-    if np is not None and isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+    # numpy is imported only by a program that uses it (a database that never embeds
+    # pays nothing): no array can be sent before it is.
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        pass
+    elif isinstance(value, numpy.ndarray):
+        array = numpy.ascontiguousarray(value)
         if array.dtype.str not in _DTYPES:
             raise CodecError(f"an array of {array.dtype} cannot be sent")
         return cbor2.CBORTag(_ARRAY, [array.dtype.str, list(array.shape), array.tobytes()])
-    if np is not None and isinstance(value, np.generic):
+    elif isinstance(value, numpy.generic):
         return _out(value.item())
     if isinstance(value, dt.datetime):
         return cbor2.CBORTag(_TIME, value.isoformat())
@@ -239,7 +254,7 @@ def _other_tag(tag: Any, immutable: bool = False) -> Any:
     raise CodecError(f"an unexpected CBOR tag {tag.tag}")
 
 
-def _array(dtype: Any, shape: Any, data: Any) -> Any:
+def _array(dtype: Any, shape: Any, data: Any) -> np.ndarray[Any, Any]:
     if (
         dtype not in _DTYPES
         or type(shape) is not list
@@ -248,7 +263,7 @@ def _array(dtype: Any, shape: Any, data: Any) -> Any:
         or type(data) is not bytes
     ):
         raise CodecError("a malformed array")
-    import numpy as np  # only where arrays travel: a database that never embeds pays nothing
+    import numpy as np
 
     array = np.frombuffer(data, dtype=np.dtype(dtype))
     count = 1
@@ -273,13 +288,43 @@ _VALUES = refuse_tags({**_OURS, _ERROR: _no_error})
 _ANSWERS = refuse_tags({**_OURS, _ERROR: _error_of})
 
 
+def _within_budget(data: bytes, budget: int) -> bool:
+    """False if the CBOR ``data`` would decode to more than ``budget`` bytes of Python
+    objects (estimated: each item's header read in turn, strings' contents skipped;
+    stops as soon as it is over, so a bomb costs at most ``budget / 72`` steps)."""
+    i, end, cost = 0, len(data), 0
+    while i < end:
+        head = data[i]
+        major, info = head >> 5, head & 31
+        i += 1
+        arg = info
+        if 24 <= info <= 27:
+            width = 1 << (info - 24)
+            arg = int.from_bytes(data[i : i + width], "big")
+            i += width
+        if major == 2 or major == 3:
+            if info != 31:  # an indefinite string's chunks are items of their own
+                i += arg
+                cost += _ITEM_COST + arg
+        elif 4 <= major <= 6:
+            cost += _CONTAINER_COST
+        else:
+            cost += _ITEM_COST
+        if cost > budget:
+            return False
+    return True
+
+
 def unpack(data: bytes, *, errors: bool = False) -> Any:
     """What :func:`pack` (or, with ``errors``, :func:`pack_error`) packed.
 
     Raises:
-        CodecError: not a packed value; and any error of the statements' or queries'
-            own strict decoders (``InvalidQueryError``, ``SignatureError``...).
+        CodecError: not a packed value, or one that would decode to more than
+            ``MAX_DECODED`` bytes; and any error of the statements' or queries' own
+            strict decoders (``InvalidQueryError``, ``SignatureError``...).
     """
+    if not _within_budget(data, MAX_DECODED):
+        raise CodecError(f"a remote payload that would decode to over {MAX_DECODED} bytes")
     try:
         return cbor2.loads(
             data,

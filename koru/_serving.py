@@ -18,6 +18,7 @@ the attempts applies the write again.)
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import logging
 from collections import OrderedDict
@@ -27,16 +28,23 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from koru.events import CodecError, InvalidArgumentError, KoruError, RemoteFailureError
+from koru.events import (
+    CodecError,
+    InvalidArgumentError,
+    KoruError,
+    RemoteFailureError,
+    SessionError,
+)
 from koru.nursery import Feed, StreamFailed
 
 from ._api import DatabaseAPI, SpaceAPI
 from ._remote_codec import pack, pack_error, unpack
+from ._subscriptions import DEFAULT_BUFFER
 
 if TYPE_CHECKING:
     from ._authorized import AuthorizedDatabase
 
-__all__ = ["ClientEndpoint", "ServedCalls", "DATABASE_CALLS", "SPACE_CALLS"]
+__all__ = ["ClientEndpoint", "ServedCalls", "DATABASE_CALLS", "SPACE_CALLS", "WRITE_CALLS"]
 
 log = logging.getLogger("koru.peers")
 
@@ -56,35 +64,107 @@ def _calls(protocol: type) -> frozenset[str]:
 DATABASE_CALLS = _calls(DatabaseAPI) - {"aclose"}
 SPACE_CALLS = _calls(SpaceAPI)
 
-#: Answers kept for retried writes (in all, and per client identity); subscriptions
-#: open at once per connection.
+#: The calls that change something: only theirs are kept by key (a read answered
+#: from the table would outlive the capability that allowed it).
+WRITE_CALLS = frozenset(
+    {
+        "put", "put_with_causal_links", "put_batch", "delete", "create_index",
+        "drop_index", "create_view", "refresh_view", "delete_view", "create_workspace",
+        "drop_workspace", "embed", "delete_embedding", "put_similar", "ingest",
+        "checkpoint", "register", "grant", "revoke",
+    }
+)  # fmt: skip
+
+#: Answers kept for retried writes (and their bytes); subscriptions open at once per
+#: connection; workspace handles kept open per connection.
 MAX_KEPT_ANSWERS = 8192
-MAX_KEPT_PER_CLIENT = 1024
+MAX_KEPT_BYTES = 64 << 20
 MAX_STREAMS = 64
+MAX_SPACES = 64
+#: Events a subscription holds on the server for a client that does not read them
+#: (the client's ``buffer`` is its own; the server's is at most this: then the client
+#: gets LaggedError, as a local subscriber would).
+MAX_STREAM_BUFFER = DEFAULT_BUFFER
+#: The largest answer sent (a message holds 96 MiB): a bigger one is an error, not a
+#: message the client's websocket refuses (it reconnected and asked again, in vain).
+MAX_ANSWER = 64 << 20
 
 OK, FAILED = b"\x00", b"\x01"
 
 
 class ServedCalls:
-    """The answers of recent writes, by (client identity, the write's key). Only
-    answers of writes that succeeded are kept (a refused write is refused again), at
-    most :data:`MAX_KEPT_PER_CLIENT` per identity and ``limit`` in all, oldest first
-    out: one client cannot push another's out with more than its share."""
+    """The answers of recent writes, by (client identity, the write's key).
 
-    def __init__(self, limit: int = MAX_KEPT_ANSWERS) -> None:
+    Bounded in answers and in bytes; when full, the client holding the most (bytes,
+    each answer counted 256 more; of equals, the one with the oldest answer) gives up
+    its oldest answer, so a client that sends many keyed calls (a stranger can: its
+    refusals are kept too) pushes out its own answers, not another's."""
+
+    def __init__(self, limit: int = MAX_KEPT_ANSWERS, max_bytes: int = MAX_KEPT_BYTES) -> None:
         self.limit = limit
-        self._answers: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
-        self._per_client: dict[bytes, OrderedDict[bytes, None]] = {}
+        self.max_bytes = max_bytes
+        #: By client: its answers by key (with when each was kept), oldest first; and
+        #: their weight.
+        self._answers: dict[bytes, OrderedDict[bytes, tuple[int, bytes]]] = {}
+        self._weight: dict[bytes, int] = {}
+        #: Clients by (weight, oldest answer), heaviest first, lazily: an entry that no
+        #: longer matches its client is skipped. Finding the heaviest scans nothing.
+        self._heaviest: list[tuple[int, int, bytes]] = []
+        self._kept = 0
+        self.count = 0
+        self.bytes = 0
         self._running: dict[tuple[bytes, bytes], trio.Event] = {}
         #: Writes answered from here (a retry) rather than done again.
         self.repeated = 0
 
-    async def once(self, key: tuple[bytes, bytes], run: Callable[[], Awaitable[bytes]]) -> bytes:
-        """``run()``'s answer, run once for ``key`` (while its answer is kept)."""
+    def kept(self, key: tuple[bytes, bytes]) -> bytes | None:
+        """The answer kept for ``key`` (None: none)."""
+        table = self._answers.get(key[0])
+        found = None if table is None else table.get(key[1])
+        return None if found is None else found[1]
+
+    def _oldest(self, who: bytes) -> int:
+        return next(iter(self._answers[who].values()))[0]
+
+    def _weigh(self, who: bytes, change: int) -> None:
+        weight = self._weight[who] = self._weight.get(who, 0) + change
+        if weight:
+            heapq.heappush(self._heaviest, (-weight, self._oldest(who), who))
+        else:
+            del self._weight[who], self._answers[who]
+        if len(self._heaviest) > 2 * len(self._weight) + 64:  # mostly stale: rebuild
+            self._heaviest = [(-w, self._oldest(c), c) for c, w in self._weight.items()]
+            heapq.heapify(self._heaviest)
+
+    def _keep(self, key: tuple[bytes, bytes], answer: bytes) -> None:
+        who, call = key
+        self._kept += 1
+        self._answers.setdefault(who, OrderedDict())[call] = (self._kept, answer)
+        self.count += 1
+        self.bytes += len(answer)
+        self._weigh(who, len(answer) + 256)
+        while self.count > self.limit or self.bytes > self.max_bytes:
+            weight, oldest, victim = self._heaviest[0]
+            if self._weight.get(victim) != -weight or self._oldest(victim) != oldest:
+                heapq.heappop(self._heaviest)  # stale
+                continue
+            _, (_, dropped) = self._answers[victim].popitem(last=False)
+            self.count -= 1
+            self.bytes -= len(dropped)
+            self._weigh(victim, -(len(dropped) + 256))
+
+    async def once(
+        self,
+        key: tuple[bytes, bytes],
+        run: Callable[[], Awaitable[bytes]],
+        keep: Callable[[bytes], bool] | None = None,
+    ) -> bytes:
+        """``run()``'s answer, run once for ``key`` (while its answer is kept; an
+        answer ``keep`` refuses is not: the call was not attempted, and its retry is a
+        new attempt)."""
         while True:
-            kept = self._answers.get(key)
-            if kept is not None:
-                self._answers.move_to_end(key)
+            kept = self.kept(key)
+            if kept is not None:  # (kept in the order they came: a retry is soon)
                 self.repeated += 1
                 return kept
             running = self._running.get(key)
@@ -95,30 +175,18 @@ class ServedCalls:
         try:
             with trio.CancelScope(shield=True):
                 answer = await run()
-            if answer[:1] == OK:
+            if keep is None or keep(answer):
                 self._keep(key, answer)
         finally:
             del self._running[key]
             done.set()
         return answer
 
-    def _keep(self, key: tuple[bytes, bytes], answer: bytes) -> None:
-        who, _ = key
-        mine = self._per_client.setdefault(who, OrderedDict())
-        mine[key[1]] = None
-        self._answers[key] = answer
-        if len(mine) > MAX_KEPT_PER_CLIENT:
-            self._drop((who, mine.popitem(last=False)[0]))
-        while len(self._answers) > self.limit:
-            self._drop(next(iter(self._answers)))
 
-    def _drop(self, key: tuple[bytes, bytes]) -> None:
-        self._answers.pop(key, None)
-        mine = self._per_client.get(key[0])
-        if mine is not None:
-            mine.pop(key[1], None)
-            if not mine:
-                del self._per_client[key[0]]
+def _attempted(answer: bytes) -> bool:
+    """False for a call refused for its session (expired): the client renews the
+    session and sends it again, with the same key, for the write to be done then."""
+    return answer[:1] == OK or not isinstance(unpack(answer[1:], errors=True), SessionError)
 
 
 class ClientEndpoint:
@@ -179,12 +247,15 @@ class ClientEndpoint:
         if found is None:
             handle = self._handle
             opener = handle.workspace if kind == "workspace" else handle.audit_workspace
-            found = self._spaces[(kind, name)] = opener(name)
+            found = opener(name)
+            if len(self._spaces) >= MAX_SPACES:  # a cache: a client names any number
+                del self._spaces[next(iter(self._spaces))]
+            self._spaces[(kind, name)] = found
         return SPACE_CALLS, found
 
     def _target(self, space: Any, method: Any) -> Callable[..., Any]:
         allowed, target = self._space(space)
-        if method not in allowed:
+        if type(method) is not str or method not in allowed:  # (a list is unhashable)
             raise InvalidArgumentError(f"no call {method!r} here")
         return getattr(target, method)  # type: ignore[no-any-return]
 
@@ -212,18 +283,24 @@ class ClientEndpoint:
         async def run() -> bytes:
             return await self._answer(call, method, args, kwargs)
 
-        if key is None:
-            return await run()
+        if key is None or method not in WRITE_CALLS:
+            return await run()  # a read is never answered from the table
         if type(key) is not bytes or not 8 <= len(key) <= 32:
             return FAILED + pack_error(InvalidArgumentError("a call key is 8 to 32 bytes"))
-        return await self._served.once((self._who, key), run)
+        return await self._served.once((self._who, key), run, _attempted)
 
     async def _answer(
         self, call: Callable[..., Any], method: str, args: list[Any], kwargs: Any
     ) -> bytes:
         try:
             result = await call(*args, **kwargs)
-            return OK + pack(result)
+            answer = OK + pack(result)
+            if len(answer) > MAX_ANSWER:
+                raise InvalidArgumentError(
+                    f"{method}(): the answer is {len(answer)} bytes, over the {MAX_ANSWER} "
+                    "an answer may hold: ask for less"
+                )
+            return answer
         except KoruError as exc:
             return FAILED + pack_error(exc)
         except TypeError as exc:  # the call's signature refused the arguments
@@ -242,12 +319,17 @@ class ClientEndpoint:
             if self._streams >= MAX_STREAMS:
                 raise InvalidArgumentError(f"at most {MAX_STREAMS} subscriptions a connection")
             opener = self._space(space)[1].subscribe
+            # The server's queue is not the client's to size.
+            if len(args) > 5 and type(args[5]) is int:
+                args[5] = min(args[5], MAX_STREAM_BUFFER)
+            if type(kwargs.get("buffer")) is int:
+                kwargs["buffer"] = min(kwargs["buffer"], MAX_STREAM_BUFFER)
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         self._streams += 1
         try:
             async with opener(*args, **kwargs) as changes:
-                yield _Packed(changes)  # an empty item first: the subscription is open
+                yield _Packed(changes, changes.start)
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         except TypeError as exc:
@@ -257,19 +339,21 @@ class ClientEndpoint:
 
 
 class _Packed:
-    """A subscription's changes as packed bytes; its errors as the stream's end."""
+    """A subscription's changes as packed bytes; its errors as the stream's end. The
+    first item is the log position it starts from (an int): a client that loses the
+    connection before any change resumes from there, missing nothing."""
 
-    def __init__(self, changes: AsyncIterator[Any]) -> None:
+    def __init__(self, changes: AsyncIterator[Any], start: int) -> None:
         self._changes = changes
-        self._opened = False
+        self._start: int | None = start
 
     def __aiter__(self) -> _Packed:
         return self
 
     async def __anext__(self) -> bytes:
-        if not self._opened:  # tells the client its subscribe() succeeded
-            self._opened = True
-            return b""
+        if self._start is not None:
+            start, self._start = self._start, None
+            return pack(start)
         try:
             change = await self._changes.__anext__()
         except KoruError as exc:

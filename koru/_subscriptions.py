@@ -103,6 +103,8 @@ class Subscription:
         self.kinds = kinds
         self._where = where
         self._replay: Iterator[Item] | None = replay
+        #: The log position it starts from (the log's end when none was asked for).
+        self.start = 0
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
         self._ready: list[KeyChange] = []
         #: Position of the first event not queued, once cut off.
@@ -324,6 +326,7 @@ class Hub:
         sub = Subscription(
             self, namespace, key, wanted, predicate, self.replay(start, end), buffer, space
         )
+        sub.start = start
         self.subscriptions.append(sub)
         try:
             yield sub

@@ -124,6 +124,8 @@ class SessionEnd(NamedTuple):
     reason: str
     protocol: PeerProtocol
     endpoint: Endpoint | None
+    #: True if this side closed (a timeout, a refusal of its own), not the other.
+    ours: bool = False
 
 
 class _Runner:
@@ -382,4 +384,4 @@ async def run_session(
         if proto.close_code is None:
             proto.close_code, proto.close_reason = code, reason
         runner.closed.set()
-    return SessionEnd(code, reason, proto, runner.endpoint)
+    return SessionEnd(code, reason, proto, runner.endpoint, ours)
