@@ -46,8 +46,10 @@ __all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
 log = logging.getLogger("koru.peers")
 
 
-#: A client's calls answered at once on one connection.
+#: A client's calls answered at once on one connection, and the bytes of their
+#: requests at most (one call of any size is always taken).
 MAX_CALLS_IN_FLIGHT = 64
+MAX_CALL_BYTES = 128 * 1024 * 1024
 
 
 class Endpoint(Protocol):
@@ -150,8 +152,12 @@ class _Runner:
         self.replies: dict[int, trio.MemorySendChannel[tuple[Msg, bytes | None]]] = {}
         self.lagged: dict[int, bytes | None] = {}
         self.closed = trio.Event()
-        #: Calls of a client answered at once (the rest wait, unread).
+        #: Calls of a client answered at once, and their bytes (the rest wait, unread).
         self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        self.call_bytes = 0
+        self.call_bytes_freed = trio.Event()
+        #: The timer's sleep, cut short when the connection opens (its deadlines change).
+        self.timer_sleep: trio.CancelScope | None = None
 
     def now(self) -> float:
         return trio.current_time()
@@ -206,7 +212,13 @@ class _Runner:
         elif type(command) is Request:
             assert self.nursery is not None
             if command.payload[:1] != b"s":  # a call (streams are bounded by the endpoint)
-                await self.calls.acquire()  # the reader waits: backpressure on the client
+                # The reader waits (backpressure on the client) while too many calls, or
+                # too many of their bytes, are being answered.
+                await self.calls.acquire()
+                size = len(command.payload)
+                while self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                    await self.call_bytes_freed.wait()
+                self.call_bytes += size
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -246,6 +258,8 @@ class _Runner:
 
     async def opened(self) -> None:
         assert self.endpoint is not None
+        if self.timer_sleep is not None:  # heartbeats and idle timeouts from now on
+            self.timer_sleep.cancel()
         if self.proto.role == "peer":
             self.unwatch = self.endpoint.watch(self.poke)
             self.poke()
@@ -279,6 +293,9 @@ class _Runner:
             answer = await self.endpoint.serve(payload[1:])
         finally:
             self.calls.release()
+            self.call_bytes -= len(payload)
+            self.call_bytes_freed.set()
+            self.call_bytes_freed = trio.Event()
         await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
 
     async def reader(self) -> None:
@@ -313,7 +330,8 @@ class _Runner:
     async def timer(self) -> None:
         proto = self.proto
         while True:
-            await trio.sleep_until(max(proto.next_deadline(), self.now() + 0.001))
+            with trio.CancelScope() as self.timer_sleep:
+                await trio.sleep_until(max(proto.next_deadline(), self.now() + 0.001))
             await self.carry_out(proto.tick(self.now()))
             self.poke()
 

@@ -783,3 +783,58 @@ async def test_many_clients_keep_their_answers_in_order_and_quickly() -> None:
     assert served.count == 4096
     assert served.kept((clients[1999], b"k" * 16)) is None  # the oldest went
     assert served.kept((clients[2000], b"k" * 16)) == b"v"
+
+
+# -- what one connection may hold -----------------------------------------------------------
+
+
+async def test_the_bytes_of_a_clients_calls_in_flight_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Big requests are answered one at a time once their bytes reach the bound (the
+    reader waits: the client's socket backs up), small ones side by side."""
+    import koru._serving as serving
+    import koru.nursery._session as session
+
+    monkeypatch.setattr(session, "MAX_CALL_BYTES", 4000)
+    original = serving.ClientEndpoint.serve
+    running, most = [0], [0]
+
+    async def slow(self: Any, payload: bytes) -> bytes:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await trio.sleep(0.05)
+        try:
+            return await original(self, payload)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(serving.ClientEndpoint, "serve", slow)
+    async with _served() as (db, port):
+        who, _ = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(remote.put, "n", f"big{i}", "x" * 3000)
+            assert most[0] == 1  # each 3 KB request alone under the 4 KB bound
+            most[0] = 0
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(remote.get, "n", f"big{i}")
+            assert most[0] == 4
+            assert [await remote.get("n", f"big{i}") for i in range(4)] == ["x" * 3000] * 4
+
+
+async def test_heartbeats_start_when_the_connection_opens() -> None:
+    """Not at the handshake's deadline: with a short idle timeout and a long handshake
+    timeout, an idle client still sends its pings (and is not dropped as silent)."""
+    limits = Limits(handshake_timeout=10.0, idle_timeout=1.0, heartbeat=0.2)
+    async with _served(limits) as (db, port):
+        who, _ = await _member(db)
+        async with koru.connect(f"127.0.0.1:{port}", who, limits=limits) as remote:
+            proto = remote._link._runner.proto
+            sent = proto.messages_sent
+            await trio.sleep(1.5)  # idle, past the idle timeout
+            assert proto.messages_sent - sent >= 3  # pings, every 0.2 s
+            assert await remote.keys("n") == []
+            assert remote.connections == 1  # never dropped as silent
