@@ -9,9 +9,11 @@ after a checkpoint and, for a node with a slow disk, after that node's virtual d
 latency (the contextvar :data:`DEVICE_LATENCY`, set per node): other tasks of the node
 keep running while it "waits for the device", as they would beside a real thread.
 
-Trio's scheduler also shuffles each batch of runnable tasks with an unseeded generator
-of its own; :func:`inline_threads` seeds it, so the interleaving is a function of the
-seed too.
+Trio's scheduler also reorders each batch of runnable tasks with an unseeded generator
+of its own, and the batch itself comes in an order that can depend on memory addresses
+(tasks woken from sets); :func:`inline_threads` turns on the deterministic mode trio
+keeps for Hypothesis (sort each batch by task creation, then shuffle) and seeds the
+generator, so the interleaving is a function of the seed alone.
 """
 
 from __future__ import annotations
@@ -48,10 +50,13 @@ def inline_threads(seed: int) -> Iterator[None]:
 
     original = trio.to_thread.run_sync
     state = trio_run._r.getstate()
+    deterministic = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     trio_run._r.seed(seed)
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     trio.to_thread.run_sync = _run_inline  # type: ignore[assignment]
     try:
         yield
     finally:
         trio.to_thread.run_sync = original
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = deterministic  # type: ignore[misc]
         trio_run._r.setstate(state)

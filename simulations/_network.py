@@ -125,6 +125,8 @@ class SimConnection:
         if link.broken:
             raise self._lost()
         await trio.lowlevel.checkpoint()
+        if link.broken:  # cut while this task waited for its turn
+            raise self._lost()
         net.bytes_sent[self._src] += len(data)
         net.frames += 1
         faults, rng = net.faults, net.rng
@@ -141,7 +143,10 @@ class SimConnection:
             net.counts["duplicate"] += 1
             net.trace.add("net", "duplicate", f"link{link.number}", self._src, len(data))
         for frame in frames:
-            self._send.send_nowait((self._arrival(), frame, None))
+            try:
+                self._send.send_nowait((self._arrival(), frame, None))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise self._lost() from None
 
     async def receive(self) -> bytes:
         net = self._link.net

@@ -28,6 +28,7 @@ import traceback
 from collections import Counter
 
 import attrs
+import blake3
 import trio
 import trio.testing
 
@@ -78,6 +79,8 @@ class Report:
     checks: dict[str, int] = attrs.Factory(dict)
     violations: list[str] = attrs.Factory(list)
     trace_digest: str = ""
+    #: blake3 of every file on every node's disk at the end (the same seed, the same bytes).
+    disk_digest: str = ""
     trace_lines: list[str] = attrs.Factory(list)
     operations: int = 0
     #: Virtual seconds from healing to equal digests (None: never).
@@ -110,6 +113,7 @@ class Report:
             + f", bytes sent per node {sum(self.bytes_sent) // max(1, len(self.bytes_sent)):,}"
             + f", {self.wall:.1f}s wall",
             f"  trace digest {self.trace_digest}",
+            f"  disk digest {self.disk_digest}",
         ]
         if self.ok:
             lines.append("  OK")
@@ -188,31 +192,35 @@ class _Simulation:
             node.tasks = [
                 functools.partial(_client, workload=workload, number=k) for k in range(c.clients)
             ]
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(node.life, nodes)
-            await self._all_up(600)
-            net.faults = plan.link
-            self.trace.add("phase", "faults")
-            async with trio.open_nursery() as faults:
-                faults.start_soon(self._inject, plan, faults)
-                await trio.sleep(c.duration)
-                faults.cancel_scope.cancel()
-            net.faults = quiet
-            net.heal()
-            workload.running = False
-            self.trace.add("phase", "heal")
-            healed = trio.current_time()
-            await self._all_up(120)
-            await self._converge(healed)
-            digests = await self._final_checks()
-            for node in nodes:
-                node.stop()
-        self._rebuild_checks(digests)
-        self.report.faults = dict(self.injected + net.counts)
-        self.report.checks = dict(self.checks)
-        self.report.operations = len(workload.record.ops)
-        self.report.bytes_sent = list(net.bytes_sent)
+        try:
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(node.life, nodes)
+                await self._all_up(600)
+                net.faults = plan.link
+                self.trace.add("phase", "faults")
+                async with trio.open_nursery() as faults:
+                    faults.start_soon(self._inject, plan, faults)
+                    await trio.sleep(c.duration)
+                    faults.cancel_scope.cancel()
+                net.faults = quiet
+                net.heal()
+                workload.running = False
+                self.trace.add("phase", "heal")
+                healed = trio.current_time()
+                await self._all_up(120)
+                await self._converge(healed)
+                digests = await self._final_checks()
+                for node in nodes:
+                    node.stop()
+            self._rebuild_checks(digests)
+            self.report.disk_digest = self._disk_digest()
+            self.trace.add("disks", self.report.disk_digest)
+        finally:  # what happened, also when the run failed
+            self.report.faults = dict(self.injected + net.counts)
+            self.report.checks = dict(self.checks)
+            self.report.operations = len(workload.record.ops)
+            self.report.bytes_sent = list(net.bytes_sent)
 
     async def _all_up(self, limit: float) -> None:
         with trio.fail_after(limit):
@@ -336,6 +344,15 @@ class _Simulation:
         for name in sorted(digests):
             self.trace.add("final", name, digests[name])
         return digests
+
+    def _disk_digest(self) -> str:
+        """blake3 of every file on every node's disk (logs, checkpoints, meta)."""
+        h = blake3.blake3(b"koru-delta/simulation-disks/v1")
+        for node in self.nodes:
+            for path, data in sorted(node.disk.files().items()):
+                h.update(f"{node.name}:{path}:{len(data)}:".encode())
+                h.update(data)
+        return h.hexdigest()
 
     def _rebuild_checks(self, digests: dict[str, str]) -> None:
         for node in self.nodes:
