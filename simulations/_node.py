@@ -177,9 +177,12 @@ class SimNode:
 
     def accept(self, conn: SimConnection) -> None:
         """Serve a connection another node dialed to this one."""
-        if self._nursery is None or self.db is None:
+        if self._nursery is None or self.db is None or self._crashing or self._stopping:
             raise Refused(f"{self.name} is down")
-        self._nursery.start_soon(self._session, self.db, conn, True, None)
+        try:
+            self._nursery.start_soon(self._session, self.db, conn, True, None)
+        except RuntimeError:  # the incarnation is ending: its nursery takes no new task
+            raise Refused(f"{self.name} is going down") from None
 
     async def _session(self, db: Database, conn: SimConnection, server: bool, peer: Any) -> bool:
         """Run one connection; whether it opened (the handshake passed)."""

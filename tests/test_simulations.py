@@ -31,6 +31,8 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str]] = [
     # (ClosedResourceError instead of a lost connection); it also showed trio's
     # scheduler ordering tasks by memory address until its deterministic mode was on.
     (212, 4, 120.0, "heavy"),
+    # A node going down still took a connection into its closing nursery.
+    (203, 4, 120.0, "heavy"),
 ]
 
 #: The CI sweep: this many seeds with the full fault mix.
