@@ -52,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="run this many seeds from --seed on")
     p.add_argument("--nodes", type=int, default=5, help="nodes in the cluster (default 5)")
     p.add_argument(
-        "--duration", type=_duration, default=3600.0, help="virtual time of faults: 90s, 5m, 1h"
+        "--duration",
+        type=_duration,
+        default=None,
+        help="virtual time of faults and workload: 90s, 5m, 1h (default 1h; 20s with --scale)",
     )
     p.add_argument("--faults", choices=PROFILE_NAMES, default="default", help="fault profile")
     p.add_argument("--clients", type=int, default=2, help="clients per node (default 2)")
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scale:
         from ._scale import scale_table
 
-        print(scale_table(args.scale, seed=args.seed, duration=args.duration))
+        duration = 20.0 if args.duration is None else args.duration
+        print(scale_table(args.scale, seed=args.seed, duration=duration))
         return 0
     failed: list[int] = []
     began = time.perf_counter()  # clock-ok: seeds per second, for the summary
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         config = Config(
             seed=seed,
             nodes=args.nodes,
-            duration=args.duration,
+            duration=3600.0 if args.duration is None else args.duration,
             faults=args.faults,
             clients=args.clients,
             rate=args.rate,

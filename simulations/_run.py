@@ -83,7 +83,8 @@ class Report:
     disk_digest: str = ""
     trace_lines: list[str] = attrs.Factory(list)
     operations: int = 0
-    #: Virtual seconds from healing to equal digests (None: never).
+    #: Virtual seconds from healing (and a write on every node) to equal digests
+    #: (None: never), to the nearest 50 ms.
     convergence: float | None = None
     bytes_sent: list[int] = attrs.Factory(list)
     events: int = 0
@@ -209,6 +210,7 @@ class _Simulation:
                 self.trace.add("phase", "heal")
                 healed = trio.current_time()
                 await self._all_up(120)
+                await self._burst()
                 await self._converge(healed)
                 digests = await self._final_checks()
                 for node in nodes:
@@ -284,6 +286,15 @@ class _Simulation:
 
     # -- convergence and the final checks ------------------------------------------------------
 
+    async def _burst(self) -> None:
+        """Once every node is back: one write on each, at once. Convergence then also
+        measures how long a write takes to reach every node (``--scale``)."""
+        for node in self.nodes:
+            db = node.db
+            assert db is not None
+            version = await db.put("burst", node.name, {"at": trio.current_time()})
+            self.workload._write(node, "burst", "burst", node.name, version.write_id)
+
     async def _states(self) -> dict[str, tuple[str, object]]:
         states: dict[str, tuple[str, object]] = {}
         for node in self.nodes:
@@ -310,7 +321,7 @@ class _Simulation:
                     ]
                 )
                 return
-            await trio.sleep(0.25)
+            await trio.sleep(0.05)
 
     async def _final_checks(self) -> dict[str, str]:
         record = self.workload.record

@@ -2,8 +2,9 @@
 
 Each size runs the same per-node workload (key-value churn, two clients a node at one
 operation a second, no faults) on the simulator's topology (a ring plus up to two
-chords a node), then heals and measures the virtual time until every node holds the
-same digest, and the bytes each node sent (frames of the sync protocol). Every node
+chords a node); then every node writes once more, at the same instant, and the run
+measures the virtual time until every node holds the same digest, and the bytes each
+node sent (frames of the sync protocol). Every node
 must receive every event, so bytes per node per event is the protocol's unit cost:
 flat while the cost is linear in the events, rising where the reconciliation (heads,
 summaries, duplicates pushed by several neighbours) grows faster.
@@ -32,7 +33,7 @@ class ScaleRow:
         return self.bytes_per_node / max(1, self.events)
 
 
-def measure(nodes: int, *, seed: int = 1, duration: float = 60.0) -> ScaleRow:
+def measure(nodes: int, *, seed: int = 1, duration: float = 20.0) -> ScaleRow:
     report = simulate(
         Config(seed=seed, nodes=nodes, duration=duration, faults="none", workload=("kv",))
     )
@@ -46,7 +47,7 @@ def measure(nodes: int, *, seed: int = 1, duration: float = 60.0) -> ScaleRow:
     )
 
 
-def scale_table(sizes: tuple[int, ...], *, seed: int = 1, duration: float = 60.0) -> str:
+def scale_table(sizes: tuple[int, ...], *, seed: int = 1, duration: float = 20.0) -> str:
     """A markdown table, one row per cluster size."""
     lines = [
         f"Workload: key-value churn, 2 clients/node at 1 op/s for {duration:g}s virtual, "

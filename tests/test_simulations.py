@@ -33,6 +33,11 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str]] = [
     (212, 4, 120.0, "heavy"),
     # A node going down still took a connection into its closing nursery.
     (203, 4, 120.0, "heavy"),
+    # A database bug: a seal (identity log) appended after an unsynced storage event
+    # survived a power cut that tore that event; the node then wrote another event at
+    # that seq, and every peer refused its feed for good ("not the one its origin
+    # sealed"): no convergence, its acknowledged writes never reached anyone.
+    (297, 4, 120.0, "heavy"),
 ]
 
 #: The CI sweep: this many seeds with the full fault mix.
