@@ -9,6 +9,7 @@ Replay any run with the command a failing report prints
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 import trio
@@ -223,3 +224,32 @@ def test_durations_and_profiles() -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration("soon")
     assert sorted(PROFILE_NAMES) == sorted(PROFILES)
+
+
+async def test_a_ring_that_lost_a_token_is_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import random
+    from types import SimpleNamespace
+
+    from koru.simulations._trace import Trace
+    from koru.simulations._workload import SLOTS, TOKENS, Workload
+
+    workload = Workload(random.Random(1), Trace(), nodes=2)
+    node: Any = SimpleNamespace(name="node0", index=0, incarnation=1)
+    async with koru.open(":memory:", sync="os", difficulty=4) as db:
+        await workload.on_open(node, db)  # ring 0: all its tokens in slot 0
+        for s in range(SLOTS):
+            await db.get("ring", f"n0s{s}")  # in memory, for the synchronous read
+        workload._check_rings(node, db, "c0")
+        assert workload.record.violations == []
+        assert workload.record.token_checks == 2
+        await db.put_batch([("ring", "n0s0", TOKENS - 1), ("ring", "n0s1", 0)])  # one lost
+        await db.get("ring", "n0s0")
+        workload._check_rings(node, db, "c0")
+        assert len(workload.record.violations) == 1
+        assert f"total {TOKENS}" in workload.record.violations[0]
+        await db.put("ring", "n1s0", TOKENS)  # half a ring: a torn batch
+        await db.get("ring", "n1s0")
+        workload._check_rings(node, db, "c1")
+        assert "ring 1" in workload.record.violations[-1]
