@@ -16,7 +16,7 @@ from ._duration import parse_duration
 
 __all__ = ["PROFILE_NAMES", "add_arguments", "main", "run"]
 
-WORKLOADS = ("kv", "tokens", "vectors")
+WORKLOADS = ("kv", "tokens", "vectors", "grants")
 #: The fault profiles (``koru.simulations.PROFILES``), named here so that building the
 #: parser imports nothing heavy.
 PROFILE_NAMES = ("default", "heavy", "none")
@@ -61,7 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=2, help="clients per node (default 2)")
     p.add_argument("--rate", type=float, default=1.0, help="operations/s per client")
     p.add_argument(
-        "--workload", type=_workload, default=WORKLOADS, help="kv,tokens,vectors (default all)"
+        "--workload",
+        type=_workload,
+        default=WORKLOADS,
+        help="kv,tokens,vectors,grants (default all)",
     )
     p.add_argument("--trace", action="store_true", help="print the whole trace of each run")
     p.add_argument(

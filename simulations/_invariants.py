@@ -16,6 +16,9 @@ write, a divergent node) and assert that it reports it.
 * :func:`divergent_digests`: the nodes' state digests and feed heads are equal;
 * :func:`fork_violations`: no node refused a fork (a node whose own feed forked, e.g.
   by reusing a seq after a crash, or a fork accepted anywhere, shows here);
+* :func:`grant_violations`: every acknowledged grant and revocation is held by every
+  node, and every node answers ``check`` for each grantee alike, and as its own grants
+  and revocations say (read allowed iff a grant to it is not revoked);
 * :func:`rebuild_violations`: from each node's disk, a replay from genesis (every
   checksum and chain link of every agent's log verified) gives the same projections
   as the checkpoint and the same digest the open database reported.
@@ -43,6 +46,7 @@ __all__ = [
     "divergent_digests",
     "divergent_histories",
     "fork_violations",
+    "grant_violations",
     "histories",
     "lost_writes",
     "rebuild_violations",
@@ -156,6 +160,35 @@ def divergent_digests(states: Mapping[str, tuple[str, Any]]) -> list[str]:
 
 def fork_violations(forks: Mapping[str, int]) -> list[str]:
     return [f"{name} refused {n} forked event(s)" for name, n in sorted(forks.items()) if n]
+
+
+#: Per node: grant ids held, revoked grant ids held, ``check`` answers per grantee, and
+#: the answers its grants and revocations imply.
+GrantState = tuple[set[bytes], set[bytes], tuple[bool, ...], tuple[bool, ...]]
+
+
+def grant_violations(
+    states: Mapping[str, GrantState], grants: Iterable[bytes], revoked: Iterable[bytes]
+) -> list[str]:
+    """Acknowledged grants or revocations missing somewhere, or ``check`` answers that
+    differ between nodes or from what a node's grants imply."""
+    problems = []
+    grants, revoked = sorted(grants), sorted(revoked)
+    answers = {name: state[2] for name, state in states.items()}
+    for name, (held, held_revoked, checks, implied) in sorted(states.items()):
+        problems += [
+            f"{name}: acknowledged grant {g.hex()[:16]} is missing" for g in grants if g not in held
+        ]
+        problems += [
+            f"{name}: acknowledged revocation of {g.hex()[:16]} is missing"
+            for g in revoked
+            if g not in held_revoked
+        ]
+        if checks != implied:
+            problems.append(f"{name}: check answers {checks}, its grants say {implied}")
+    if len(set(answers.values())) > 1:
+        problems.append(f"nodes answer check differently: {dict(sorted(answers.items()))}")
+    return problems
 
 
 def rebuild_violations(name: str, disk: SimDisk, path: str, digest: str) -> list[str]:

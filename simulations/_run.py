@@ -57,7 +57,7 @@ class Config:
     rate: float = 1.0  # operations per virtual second per client
     degree: int = 2  # peers each node dials besides its ring neighbour (at most)
     settle: float = 900.0  # virtual seconds the healed cluster has to converge
-    workload: tuple[str, ...] = ("kv", "tokens", "vectors")
+    workload: tuple[str, ...] = ("kv", "tokens", "vectors", "grants")
     keep_trace: bool = False
 
     def command(self) -> str:
@@ -167,7 +167,13 @@ class _Simulation:
         quiet = LinkFaults(latency=plan.link.latency, jitter=plan.link.jitter)
         net = self.net = Network(c.nodes, rng, self.trace, quiet)
         workload = self.workload = Workload(
-            rng, self.trace, nodes=c.nodes, clients=c.clients, rate=c.rate, kinds=c.workload
+            rng,
+            self.trace,
+            nodes=c.nodes,
+            clients=c.clients,
+            rate=c.rate,
+            kinds=c.workload,
+            owner=owner,
         )
         options = {
             "segment_size": rng.choice((4096, 65536, 1 << 20)),
@@ -331,6 +337,7 @@ class _Simulation:
         per_node: dict[str, inv.Histories] = {}
         digests: dict[str, str] = {}
         forks: dict[str, int] = {}
+        grants: dict[str, inv.GrantState] = {}
         for node in self.nodes:
             db = node.db
             assert db is not None
@@ -341,6 +348,8 @@ class _Simulation:
             self.report.events = max(self.report.events, sum((await db.feed_heads()).values()))
             if "tokens" in self.config.workload:
                 self.workload._check_rings(node, db, "final")
+            if "grants" in self.config.workload:
+                grants[node.name] = await self._grant_state(db)
         self.checks["per-key histories identical"] += 1
         self._violate(inv.divergent_histories(per_node))
         for name, held in per_node.items():
@@ -350,11 +359,28 @@ class _Simulation:
         self._violate(inv.session_violations(record.ops, per_node[self.nodes[0].name]))
         self.checks["no fork"] += 1
         self._violate(inv.fork_violations(forks))
+        if grants:
+            self.checks["grants and revocations agree"] += 1
+            self._violate(inv.grant_violations(grants, record.grants, record.revoked))
         self.checks[f"ring totals ({TOKENS} tokens)"] += record.token_checks
         self._violate(record.violations)
         for name in sorted(digests):
             self.trace.add("final", name, digests[name])
         return digests
+
+    async def _grant_state(self, db: koru.Database) -> inv.GrantState:
+        state = db._authority.state
+        revoked = set(state.revocations)
+        checks, implied = [], []
+        for grantee in self.workload.grantees:
+            checks.append(await db.check(grantee, "read", "kv", "k0"))
+            implied.append(
+                any(
+                    g.grantee == grantee.public_key and gid not in revoked
+                    for gid, g in state.grants.items()
+                )
+            )
+        return set(state.grants), revoked, tuple(checks), tuple(implied)
 
     def _disk_digest(self) -> str:
         """blake3 of every file on every node's disk (logs, checkpoints, meta)."""

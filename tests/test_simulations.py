@@ -84,6 +84,7 @@ def test_64_seeds_under_the_full_fault_mix() -> None:
         "no fork",
         "convergence",
         "chains valid, projections equal a rebuild",
+        "grants and revocations agree",
     ):
         assert checks[invariant] >= SWEEP, (invariant, checks)
 
@@ -136,6 +137,20 @@ def test_session_guarantee_violations_are_reported() -> None:
     assert invariants.session_violations(restarted, final) == []
     unknown = [_op("read", "zz")]
     assert "in no history" in invariants.session_violations(unknown, final)[0]
+
+
+def test_missing_grants_and_disagreeing_checks_are_reported() -> None:
+    g1, g2 = b"\x01" * 32, b"\x02" * 32
+    good = ({g1, g2}, {g1}, (True,), (True,))
+    assert invariants.grant_violations({"a": good, "b": good}, [g1, g2], [g1]) == []
+    missing = ({g1}, set(), (True,), (True,))
+    problems = invariants.grant_violations({"a": good, "b": missing}, [g1, g2], [g1])
+    assert any("grant 0202" in p for p in problems)
+    assert any("revocation of 0101" in p for p in problems)
+    wrong = ({g1, g2}, {g1}, (False,), (True,))
+    problems = invariants.grant_violations({"a": good, "b": wrong}, [g1, g2], [g1])
+    assert any("its grants say" in p for p in problems)
+    assert any("differently" in p for p in problems)
 
 
 def test_divergent_digests_and_forks_are_reported() -> None:
