@@ -299,7 +299,7 @@ class _Simulation:
             db = node.db
             assert db is not None
             version = await db.put("burst", node.name, {"at": trio.current_time()})
-            self.workload._write(node, "burst", "burst", node.name, version.write_id)
+            self.workload.note_write(node, "burst", "burst", node.name, version.write_id)
 
     async def _states(self) -> dict[str, tuple[str, object]]:
         states: dict[str, tuple[str, object]] = {}
@@ -347,7 +347,7 @@ class _Simulation:
             forks[node.name] = stats.forks
             self.report.events = max(self.report.events, sum((await db.feed_heads()).values()))
             if "tokens" in self.config.workload:
-                self.workload._check_rings(node, db, "final")
+                self.workload.check_rings(node, db, "final")
             if "grants" in self.config.workload:
                 grants[node.name] = await self._grant_state(db)
         self.checks["per-key histories identical"] += 1

@@ -124,9 +124,10 @@ class Workload:
             return
         items = [("ring", f"n{node.index}s{s}", TOKENS if s == 0 else 0) for s in range(SLOTS)]
         for version in await db.put_batch(items):
-            self._write(node, "init", version.namespace, version.key, version.write_id)
+            self.note_write(node, "init", version.namespace, version.key, version.write_id)
 
-    def _write(self, node: SimNode, client: str, ns: str, key: str, write_id: str) -> None:
+    def note_write(self, node: SimNode, client: str, ns: str, key: str, write_id: str) -> None:
+        """Record an acknowledged write (the invariants check it is never lost)."""
         self._note(
             Op(f"{node.name}/{client}", node.index, node.incarnation, "write", ns, key, write_id)
         )
@@ -141,13 +142,13 @@ class Workload:
             if "tokens" in self.kinds and number == 0 and roll < 0.15:
                 await self._move(node, db, name)
             elif "tokens" in self.kinds and roll < 0.25:
-                self._check_rings(node, db, name)
+                self.check_rings(node, db, name)
             elif "grants" in self.kinds and self.owner is not None and roll < 0.29:
                 await self._grant_or_revoke(node, db, name)
             elif "vectors" in self.kinds and roll < 0.32:
                 text = " ".join(rng.choice(WORDS) for _ in range(4))
                 version = await db.put_similar("docs", f"d{rng.randrange(KEYS)}", text)
-                self._write(node, name, "docs", version.key, version.write_id)
+                self.note_write(node, name, "docs", version.key, version.write_id)
             elif roll < 0.65:
                 key = f"k{rng.randrange(KEYS)}"
                 latest = await db.history("kv", key, latest=1)
@@ -162,12 +163,12 @@ class Workload:
                 except KeyNotFoundError:  # nothing to delete (here, now)
                     self.trace.add(f"{node.name}/{name}", "delete-nothing", key)
                 else:
-                    self._write(node, name, "kv", key, version.write_id)
+                    self.note_write(node, name, "kv", key, version.write_id)
             else:
                 key = f"k{rng.randrange(KEYS)}"
                 value = {"by": f"{node.name}/{name}", "n": rng.randrange(10**6)}
                 version = await db.put("kv", key, value)
-                self._write(node, name, "kv", key, version.write_id)
+                self.note_write(node, name, "kv", key, version.write_id)
 
     async def _grant_or_revoke(self, node: SimNode, db: Database, client: str) -> None:
         assert self.owner is not None
@@ -201,9 +202,9 @@ class Workload:
             [("ring", keys[a], slots[a] - 1), ("ring", keys[b], slots[b] + 1)]
         )
         for version in versions:
-            self._write(node, client, "ring", version.key, version.write_id)
+            self.note_write(node, client, "ring", version.key, version.write_id)
 
-    def _check_rings(self, node: SimNode, db: Database, client: str) -> None:
+    def check_rings(self, node: SimNode, db: Database, client: str) -> None:
         """Each ring this node holds sums to TOKENS, read without yielding (so no
         ingest can land between two slots)."""
         for ring in range(self.nodes):

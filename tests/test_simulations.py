@@ -256,15 +256,15 @@ async def test_a_ring_that_lost_a_token_is_reported(
         await workload.on_open(node, db)  # ring 0: all its tokens in slot 0
         for s in range(SLOTS):
             await db.get("ring", f"n0s{s}")  # in memory, for the synchronous read
-        workload._check_rings(node, db, "c0")
+        workload.check_rings(node, db, "c0")
         assert workload.record.violations == []
         assert workload.record.token_checks == 2
         await db.put_batch([("ring", "n0s0", TOKENS - 1), ("ring", "n0s1", 0)])  # one lost
         await db.get("ring", "n0s0")
-        workload._check_rings(node, db, "c0")
+        workload.check_rings(node, db, "c0")
         assert len(workload.record.violations) == 1
         assert f"total {TOKENS}" in workload.record.violations[0]
         await db.put("ring", "n1s0", TOKENS)  # half a ring: a torn batch
         await db.get("ring", "n1s0")
-        workload._check_rings(node, db, "c1")
+        workload.check_rings(node, db, "c1")
         assert "ring 1" in workload.record.violations[-1]
