@@ -15,13 +15,13 @@ the package for :class:`SimDisk` alone (and the command line) stays light.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from ._disk import SECTOR as SECTOR
 from ._disk import PowerCut as PowerCut
 from ._disk import SimDisk as SimDisk
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from . import _invariants as invariants
     from ._clock import SimClock as SimClock
     from ._faults import PROFILES as PROFILES
@@ -71,7 +71,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name == "invariants":
         return importlib.import_module(f"{__name__}._invariants")
     module = _LAZY.get(name)

@@ -186,6 +186,7 @@ class SimNode:
 
     async def _session(self, db: Database, conn: SimConnection, server: bool, peer: Any) -> bool:
         """Run one connection; whether it opened (the handshake passed)."""
+        DEVICE_LATENCY.set(self.latency)  # a served connection is spawned by the dialer
         book, sessions = db._peering()
         opened: list[Any] = []
         end = await _run(
