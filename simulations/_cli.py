@@ -10,6 +10,7 @@ convergence and bytes per node for several cluster sizes instead.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 from ._duration import parse_duration
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     """Run what ``args`` asks; 0 if every run kept every invariant, else 1."""
     from ._run import Config, simulate
 
+    # Recovery warns, on stderr, of every torn tail it sets aside: after a power cut
+    # that is expected (the invariants judge what was lost), and hundreds of crashes
+    # would bury the reports.
+    logging.getLogger("koru").addHandler(logging.NullHandler())
     if args.nodes < 1 or args.seeds < 1 or args.clients < 0 or args.rate <= 0:
         raise SystemExit("--nodes, --seeds and --rate must be positive, --clients not negative")
     if args.scale:
