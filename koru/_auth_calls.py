@@ -301,8 +301,17 @@ class AuthCalls:
     async def seal(self) -> bool:
         """Sign the heads of this node's feeds (a ``seal`` event), so that peers can
         prove every event this node wrote up to them; False if nothing new needs it.
-        Sync seals before serving this node's feeds."""
+        Sync seals before serving this node's feeds.
+
+        A seal covers only durable events: it is appended right after a sync that left
+        nothing unsynced (else False, to be sealed at the next push). Logs are separate
+        files, synced together but torn independently by a power cut: a seal appended
+        after an unsynced event could survive the cut while that event does not, and
+        the node's next event would take the lost one's seq, which every peer holding
+        the seal then refuses for good (found by simulation seed 297)."""
         await self._life.enter_write()
+        if not await self._writer.quiesce():
+            return False
         if not self._authority.emit_seal(self._writer.emit):
             return False
         await self._writer.acknowledge()

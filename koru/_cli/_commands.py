@@ -9,6 +9,7 @@ from ._data import DATA_COMMANDS
 from ._events import EVENT_COMMANDS
 from ._peers import PEER_COMMANDS
 from ._query import QUERY_COMMANDS
+from ._simulate import SIMULATE_COMMANDS
 from ._transfer import TRANSFER_COMMANDS
 from ._vectors import VECTOR_COMMANDS
 
@@ -20,6 +21,7 @@ COMMANDS: tuple[Command, ...] = (
     *VECTOR_COMMANDS,
     *EVENT_COMMANDS,
     *CHECK_COMMANDS,
+    *SIMULATE_COMMANDS,
     *TRANSFER_COMMANDS,
     *AUTH_COMMANDS,
     *PEER_COMMANDS,
