@@ -303,16 +303,18 @@ class AuthCalls:
         prove every event this node wrote up to them; False if nothing new needs it.
         Sync seals before serving this node's feeds.
 
-        A seal covers only durable events: it is appended right after a sync that left
-        nothing unsynced (else False, to be sealed at the next push). Logs are separate
-        files, synced together but torn independently by a power cut: a seal appended
-        after an unsynced event could survive the cut while that event does not, and
-        the node's next event would take the lost one's seq, which every peer holding
-        the seal then refuses for good (found by simulation seed 297)."""
+        A seal covers only durable events: it names the heads as they were before a
+        sync that made them durable (events appended meanwhile wait for the next seal).
+        Logs are separate files, synced together but torn independently by a power cut:
+        a seal naming an unsynced event could survive the cut while that event does
+        not, and the node's next event would take the lost one's seq, which every peer
+        holding the seal then refuses for good (found by simulation seed 297). Naming
+        the synced heads rather than waiting for a quiet moment keeps a node that never
+        stops writing sealing all the same."""
         await self._life.enter_write()
-        if not await self._writer.quiesce():
-            return False
-        if not self._authority.emit_seal(self._writer.emit):
+        heads = self._authority.own_heads()
+        await self._writer.settle()  # everything up to those heads is now durable
+        if not self._authority.emit_seal(self._writer.emit, heads):
             return False
         await self._writer.acknowledge()
         return True

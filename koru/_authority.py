@@ -17,7 +17,7 @@ authority), and sealing this node's feeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from koru.events import (
@@ -310,12 +310,20 @@ class Authority:
 
     # -- seals -------------------------------------------------------------------------------
 
-    def unsealed(self) -> list[SealPoint]:
-        """Points to seal: the head of each of this node's feeds that no seal covers
-        yet, in seal order; empty if everything is sealed."""
+    def own_heads(self) -> dict[tuple[bytes, str], tuple[int, bytes]]:
+        """The heads of this node's own feeds, as of now (a copy)."""
+        node = self._node_id
+        return {feed: head for feed, head in self._feeds.heads.items() if feed[0] == node}
+
+    def unsealed(
+        self, heads: Mapping[tuple[bytes, str], tuple[int, bytes]] | None = None
+    ) -> list[SealPoint]:
+        """Points to seal: the head (of ``heads``, default the current ones) of each of
+        this node's feeds that no seal covers yet, in seal order; empty if everything
+        is sealed."""
         node, sealed = self._node_id, self.state.sealed_to
         points = []
-        for (origin, agent), (seq, eid) in self._feeds.heads.items():
+        for (origin, agent), (seq, eid) in (self._feeds.heads if heads is None else heads).items():
             if origin == node and sealed.get((origin, agent), 0) < seq:
                 points.append(SealPoint(agent, seq, eid))
         if len(points) > 1:
@@ -325,12 +333,15 @@ class Authority:
         points.sort(key=lambda p: agent_index(p.agent))
         return points
 
-    def emit_seal(self, emit: Emit) -> bool:
-        """Append a seal over this node's unsealed feed heads; False if none."""
+    def emit_seal(
+        self, emit: Emit, heads: Mapping[tuple[bytes, str], tuple[int, bytes]] | None = None
+    ) -> bool:
+        """Append a seal over this node's unsealed feed heads (of ``heads``, default
+        the current ones); False if none."""
         node = self.node
         if node.node_id != self._node_id.hex():
             raise AuthError("this node's key does not derive its node id: it cannot seal")
-        points = tuple(self.unsealed())
+        points = tuple(self.unsealed(heads))
         if not points:
             return False
 

@@ -163,17 +163,6 @@ class Writer:
             self._die(exc)
             raise
 
-    async def quiesce(self, attempts: int = 8) -> bool:
-        """Make everything written so far durable, and return True once nothing was
-        appended since the last sync: a caller that acts at once (without yielding)
-        then sees only durable events. False if writers kept appending through
-        ``attempts`` syncs."""
-        for _ in range(attempts):
-            await self.settle()
-            if self._committer.durable >= self._committer.appended:
-                return True
-        return False
-
     def emit(self, agent: str, build: Callable[[Header], Event]) -> tuple[Event, bytes]:
         """Append an event of this node to its feed for ``agent`` (not yet
         acknowledged): ``build`` turns the header (origin, agent, seq, prev, hlc) into

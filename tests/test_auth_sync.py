@@ -387,3 +387,28 @@ async def test_one_sender_cannot_take_the_waiting_room_of_the_others(
         # The junk sender's connection ends: what it left waiting goes.
         await junk_sender.aclose()
         assert c._proven.waiting == 0
+
+
+async def test_a_node_that_never_stops_writing_still_seals_what_is_durable() -> None:
+    """A seal names the heads as they were before the sync that made them durable:
+    writes landing during that sync wait for the next seal, and never stop this one
+    (a node that always has a write in flight would otherwise never seal)."""
+    async with node(1) as a:
+        await a.mine_identity(D)
+        await a.put("busy", "k0", 0)
+        settle = a._writer.settle
+        writes = [0]
+
+        async def busy_settle() -> None:  # another writer appends during every sync
+            writes[0] += 1
+            await a.put("busy", f"k{writes[0]}", writes[0])
+            await settle()
+
+        a._writer.settle = busy_settle  # type: ignore[method-assign]
+        storage = (bytes.fromhex(a.node_id), "storage")
+        for _ in range(3):
+            before = a._feeds.heads[storage][0]
+            assert await a.seal()
+            # The seal named the head from before the sync, not the write made during it.
+            assert a._authority.state.sealed_to[storage] == before
+            assert a._feeds.heads[storage][0] == before + 1
