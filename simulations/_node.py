@@ -73,6 +73,8 @@ class SimNode:
         self.clock = SimClock(skew)
         self.latency = latency
         self.options = options
+        #: Bloom mode's window for this node's connections (0: off), drawn per seed.
+        self.bloom = 0
         self.disk = SimDisk()
         self.db: Database | None = None
         self.incarnation = 0
@@ -137,6 +139,8 @@ class SimNode:
             # A slow device syncs in a "thread" (inline after its virtual latency); a fast
             # one inline, always, whatever real time the sync took.
             db._committer.inline_sync_max = -1.0 if self.latency else float("inf")
+            if self.bloom:
+                db.peer_limits = db.peer_limits._replace(bloom_window=self.bloom)
             if not self.enrolled:
                 await db.enroll(self.owner)
                 self.enrolled = True

@@ -90,6 +90,8 @@ class Report:
     events: int = 0
     error: str | None = None
     wall: float = 0.0
+    #: Nodes whose connections offered a Bloom filter at open (Bloom mode).
+    bloom_nodes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -100,7 +102,7 @@ class Report:
         lines = [
             f"seed {c.seed}: {c.nodes} nodes, {c.duration:g}s virtual, faults {c.faults!r}, "
             f"workload {','.join(c.workload)}",
-            f"  faults drawn: {self.plan}",
+            f"  faults drawn: {self.plan}; Bloom mode on {self.bloom_nodes} node(s)",
             "  faults injected: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
             "  invariants checked: "
@@ -194,6 +196,13 @@ class _Simulation:
         ]
         for a, b in _topology(c.nodes, c.degree, rng):
             nodes[a].dials.append(b)
+        # Bloom mode on some nodes (its own generator, seeded from the seed, so that the
+        # other draws of a seed stay as they were when seeds were pinned).
+        blooms = random.Random(c.seed * 7919 + 17)
+        for node in nodes:
+            node.bloom = blooms.choice((0, 0, 8, 64))
+            self.trace.add(node.name, "bloom", node.bloom)
+        self.report.bloom_nodes = sum(1 for node in nodes if node.bloom)
         for node in nodes:
             node.on_open = [self._after_restart, workload.on_open]
             node.tasks = [
