@@ -156,22 +156,16 @@ class AuthCalls:
         """
         await self._life.enter_write()
         now = self._writer.read_time()
-        if isinstance(grant_or_grantee, _Grant):
-            grant = grant_or_grantee
-        else:
-            signer = self._authority.node if granter is None else granter
-            if not isinstance(signer, Identity):
-                raise InvalidArgumentError(f"granter must be an Identity, not {signer!r}")
-            grant = _Grant.create(
-                signer,
-                public_key_of(grant_or_grantee),
-                namespace=namespace,
-                key=key,
-                actions=actions,
-                not_before=_time_or_none(not_before, "not_before") or 0,
-                expires=_time_or_none(expires, "expires"),
-                parent=_grant_id(parent),
-            )
+        grant = signed_grant(
+            grant_or_grantee,
+            self._authority.node if granter is None else granter,
+            namespace=namespace,
+            key=key,
+            actions=actions,
+            not_before=not_before,
+            expires=expires,
+            parent=parent,
+        )
         checked = self._authority.check_grant(grant, now)
         if checked is not None:
             self._authority.emit_grant(self._writer.emit, checked)
@@ -197,18 +191,11 @@ class AuthCalls:
                 granter, a granter above it, a root, nor an admin over all it covers.
         """
         await self._life.enter_write()
-        if isinstance(revocation_or_grant, Revocation):
-            revocation = revocation_or_grant
-        else:
-            gid = (
-                revocation_or_grant.id
-                if isinstance(revocation_or_grant, _Grant)
-                else _grant_id(revocation_or_grant)
-            )
-            signer = self._authority.node if revoker is None else revoker
-            if not isinstance(signer, Identity) or gid is None:
-                raise InvalidArgumentError("revoke needs a grant (or its id) and an Identity")
-            revocation = Revocation.create(signer, gid, self._writer.read_time())
+        revocation = signed_revocation(
+            revocation_or_grant,
+            self._authority.node if revoker is None else revoker,
+            self._writer.read_time(),
+        )
         checked = self._authority.check_revocation(revocation)
         if checked is not None:
             self._authority.emit_revocation(self._writer.emit, checked)
@@ -318,6 +305,51 @@ class AuthCalls:
             return False
         await self._writer.acknowledge()
         return True
+
+
+def signed_grant(
+    grant_or_grantee: Any,
+    signer: Any,
+    *,
+    namespace: str,
+    key: str,
+    actions: str | list[str] | tuple[str, ...],
+    not_before: Any,
+    expires: Any,
+    parent: bytes | str | None,
+) -> _Grant:
+    """``grant_or_grantee`` if it is a signed grant, else a grant to it with these
+    terms, signed by ``signer`` (where the local and the remote database both make
+    one: a secret key signs where it lives)."""
+    if isinstance(grant_or_grantee, _Grant):
+        return grant_or_grantee
+    if not isinstance(signer, Identity):
+        raise InvalidArgumentError(f"granter must be an Identity, not {signer!r}")
+    return _Grant.create(
+        signer,
+        public_key_of(grant_or_grantee),
+        namespace=namespace,
+        key=key,
+        actions=actions,
+        not_before=_time_or_none(not_before, "not_before") or 0,
+        expires=_time_or_none(expires, "expires"),
+        parent=_grant_id(parent),
+    )
+
+
+def signed_revocation(revocation_or_grant: Any, signer: Any, at: int) -> Revocation:
+    """``revocation_or_grant`` if it is a signed revocation, else one of that grant
+    (or grant id) as of ``at``, signed by ``signer``."""
+    if isinstance(revocation_or_grant, Revocation):
+        return revocation_or_grant
+    gid = (
+        revocation_or_grant.id
+        if isinstance(revocation_or_grant, _Grant)
+        else _grant_id(revocation_or_grant)
+    )
+    if not isinstance(signer, Identity) or gid is None:
+        raise InvalidArgumentError("revoke needs a grant (or its id) and an Identity")
+    return Revocation.create(signer, gid, at)
 
 
 def _grant_id(value: Any) -> bytes | None:

@@ -31,7 +31,6 @@ from koru.events import (
     CodecError,
     Grant,
     InvalidArgumentError,
-    InvalidGrantError,
     KoruError,
     PermissionDeniedError,
     PublicIdentity,
@@ -87,15 +86,14 @@ async def _take_credentials(
     registering it, only if one does: a stranger presenting grants of its own making
     writes nothing); the others are ignored."""
     grants = []
+    now = db._writer.read_time()
     for raw in credentials[:MAX_CREDENTIALS]:
         try:
             grant = Grant.decode(cbor2.loads(raw, max_depth=8, semantic_decoders=_NO_TAGS))
         except (CodecError, ValueError, TypeError, cbor2.CBORDecodeError):
             continue
-        if grant.grantee == identity.public_key:
+        if grant.grantee == identity.public_key and db._authority.could_take_effect(grant, now):
             grants.append(grant)
-    now = db._writer.read_time()
-    grants = [g for g in grants if db._authority.could_take_effect(g, now)]
     if not grants:  # nothing that counts: the identity is not registered for junk
         return
     state = db._authority.state
@@ -106,7 +104,7 @@ async def _take_credentials(
             continue
         try:
             await db.grant(grant)
-        except (InvalidGrantError, KoruError) as exc:
+        except KoruError as exc:
             log.debug("a presented grant was not stored: %s", exc)
 
 

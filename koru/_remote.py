@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -44,9 +44,9 @@ from koru.nursery import (
     Challenged,
     Clock,
     ConnectionClosed,
-    Feed,
     Limits,
     Msg,
+    NoFeeds,
     PeerProtocol,
     SystemClock,
     WebSocketConnection,
@@ -56,8 +56,7 @@ from koru.nursery import (
 from koru.projections import Query, QueryPlan
 
 from ._api import SpaceAPI
-from ._auth_calls import _grant_id, _time_or_none
-from ._authority import public_key_of
+from ._auth_calls import signed_grant, signed_revocation
 from ._diff import Diff
 from ._genome import Genome
 from ._identity import Identity
@@ -81,42 +80,6 @@ RETRY_DELAYS = (0.0, 0.25, 1.0, 4.0)
 _CONNECT_TIMEOUT = 10.0
 #: Bytes of a REQUEST message around its payload (version, type, call id), at most.
 _FRAMING = 32
-
-
-class _NoFeeds:
-    """The client's side of the connection: it holds no feeds and serves nothing."""
-
-    name = "server"
-
-    def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
-        return {}
-
-    async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
-        return []
-
-    async def before_push(self) -> None:
-        return None
-
-    async def ingest(self, events: list[bytes]) -> None:
-        raise InvalidArgumentError("a server sends answers, not events, to a client")
-
-    def watch(self, wake: Any) -> Any:
-        return lambda: None
-
-    async def serve(self, payload: bytes) -> bytes:
-        raise InvalidArgumentError("a client serves no calls")
-
-    def stream(self, payload: bytes) -> Any:
-        raise InvalidArgumentError("a client serves no calls")
-
-    async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
-        return []
-
-    def heard(self, addresses: list[str]) -> None:
-        return None
-
-    def known_peers(self) -> list[str]:
-        return []
 
 
 class _ClientHandshake:
@@ -161,7 +124,7 @@ class _ClientHandshake:
             None,
         ]
 
-    async def welcomed(self, welcome: Welcomed) -> _NoFeeds:
+    async def welcomed(self, welcome: Welcomed) -> NoFeeds:
         message = _message(self._identity.public_key, self._challenge, self._server)
         if not verify(self._server, message, welcome.signature):
             self.refusal = HandshakeRefusedError(
@@ -169,7 +132,7 @@ class _ClientHandshake:
             )
             raise self.refusal
         self.node = welcome.node
-        return _NoFeeds()
+        return NoFeeds()
 
 
 class _Link:
@@ -914,21 +877,16 @@ class RemoteDatabase(RemoteSpace):
         """Store a grant (see :meth:`koru.Database.grant`); one not yet signed is signed
         here, by ``granter`` (default: this client's identity): a secret key never
         leaves the client."""
-        grant = grant_or_grantee
-        if not isinstance(grant, Grant):
-            signer = self._link.identity if granter is None else granter
-            if not isinstance(signer, Identity):
-                raise InvalidArgumentError(f"granter must be an Identity, not {signer!r}")
-            grant = Grant.create(
-                signer,
-                public_key_of(grant),
-                namespace=namespace,
-                key=key,
-                actions=actions,
-                not_before=_time_or_none(not_before, "not_before") or 0,
-                expires=_time_or_none(expires, "expires"),
-                parent=_grant_id(parent),
-            )
+        grant = signed_grant(
+            grant_or_grantee,
+            self._link.identity if granter is None else granter,
+            namespace=namespace,
+            key=key,
+            actions=actions,
+            not_before=not_before,
+            expires=expires,
+            parent=parent,
+        )
         return await self._write("grant", grant)  # type: ignore[no-any-return]
 
     async def revoke(
@@ -940,13 +898,11 @@ class RemoteDatabase(RemoteSpace):
         """Revoke a grant (see :meth:`koru.Database.revoke`); a revocation not yet
         signed is signed here by ``revoker`` (default: this client's identity), as of
         this client's clock."""
-        revocation = revocation_or_grant
-        if not isinstance(revocation, Revocation):
-            gid = revocation.id if isinstance(revocation, Grant) else _grant_id(revocation)
-            signer = self._link.identity if revoker is None else revoker
-            if not isinstance(signer, Identity) or gid is None:
-                raise InvalidArgumentError("revoke needs a grant (or its id) and an Identity")
-            revocation = Revocation.create(signer, gid, self._clock.now_ns())
+        revocation = signed_revocation(
+            revocation_or_grant,
+            self._link.identity if revoker is None else revoker,
+            self._clock.now_ns(),
+        )
         return await self._write("revoke", revocation)  # type: ignore[no-any-return]
 
     async def check(self, who: Any, action: str, namespace: str, key: str) -> bool:

@@ -22,7 +22,7 @@ import heapq
 import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from koru.events import (
     RemoteFailureError,
     SessionError,
 )
-from koru.nursery import Feed, StreamFailed
+from koru.nursery import NoFeeds, StreamFailed
 
 from ._api import DatabaseAPI, SpaceAPI
 from ._remote_codec import pack, pack_error, unpack
@@ -189,7 +189,7 @@ def _attempted(answer: bytes) -> bool:
     return answer[:1] == OK or not isinstance(unpack(answer[1:], errors=True), SessionError)
 
 
-class ClientEndpoint:
+class ClientEndpoint(NoFeeds):
     """One client connection's view of the database (nursery's ``Endpoint``): no
     feeds, only calls."""
 
@@ -202,32 +202,6 @@ class ClientEndpoint:
         self._served = served
         self._spaces: dict[tuple[str, str], Any] = {}
         self._streams = 0
-
-    # -- what a peer connection uses (a client has no feeds) -----------------------------
-
-    def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
-        return {}
-
-    async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
-        return []
-
-    async def before_push(self) -> None:
-        return None
-
-    async def ingest(self, events: list[bytes]) -> None:
-        raise InvalidArgumentError("a client sends calls, not events")
-
-    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
-        return lambda: None
-
-    async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
-        return []
-
-    def heard(self, addresses: list[str]) -> None:
-        return None
-
-    def known_peers(self) -> list[str]:
-        return []
 
     # -- calls -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ._protocol import PeerProtocol as PeerProtocol
 from ._protocol import Welcomed as Welcomed
 from ._session import Endpoint as Endpoint
 from ._session import Handshake as Handshake
+from ._session import NoFeeds as NoFeeds
 from ._session import SessionEnd as SessionEnd
 from ._session import StreamFailed as StreamFailed
 from ._session import run_session as run_session
@@ -54,6 +55,7 @@ __all__ = [
     "Msg",
     "PeerProtocol",
     "SessionEnd",
+    "NoFeeds",
     "StreamFailed",
     "WebSocketConnection",
     "Welcomed",

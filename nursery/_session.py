@@ -41,7 +41,7 @@ from ._protocol import (
 from ._transport import Connection, ConnectionClosed
 from ._wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
 
-__all__ = ["Endpoint", "Handshake", "SessionEnd", "StreamFailed", "run_session"]
+__all__ = ["Endpoint", "Handshake", "NoFeeds", "SessionEnd", "StreamFailed", "run_session"]
 
 log = logging.getLogger("koru.peers")
 
@@ -92,6 +92,44 @@ class Endpoint(Protocol):
         ...
 
     def known_peers(self) -> list[str]: ...
+
+
+class NoFeeds:
+    """An endpoint with no feeds and no calls (a client's side, and the base of a
+    server's side of a client connection): the parts of :class:`Endpoint` a client
+    connection never uses."""
+
+    name = "no feeds"
+
+    def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
+        return {}
+
+    async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
+        return []
+
+    async def before_push(self) -> None:
+        return None
+
+    async def ingest(self, events: list[bytes]) -> None:
+        raise KoruError("a client connection carries calls, not events")
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
+    async def serve(self, payload: bytes) -> bytes:
+        raise KoruError("this side serves no calls")
+
+    def stream(self, payload: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        raise KoruError("this side serves no calls")
+
+    async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
+        return []
+
+    def heard(self, addresses: list[str]) -> None:
+        return None
+
+    def known_peers(self) -> list[str]:
+        return []
 
 
 class Handshake(Protocol):
