@@ -50,7 +50,7 @@ from koru.projections._workspaces import WorkspaceState
 from ._api import DatabaseAPI
 from ._auth_calls import AuthCalls
 from ._authority import Authority
-from ._cache import ValueCache
+from ._cache import MISSING, ValueCache
 from ._diff import Diff
 from ._embedders import Embedder, HashingEmbedder
 from ._genome import Genome, genome_of
@@ -308,7 +308,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Raises:
             KeyNotFoundError: never written, or deleted.
         """
-        # The hot path: _enter inlined (one coroutine frame less), one probe, one decode.
+        # The hot path: _enter inlined (one coroutine frame less), one probe, then a
+        # copy of the cached template (a decode the first time; see ValueCache.value).
         life = self._life
         if life.begin():
             await life.pause()
@@ -328,12 +329,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             or namespace < _FIRST
         ):
             cid = self._live(namespace, key, cid)  # the full rules
-        data = self._cache.get(cid)
-        if data is None:  # rare: the value left the cache; read it from the log
+        value = self._cache.value(cid)
+        if value is MISSING:  # rare: the value left the cache; read it from the log
             current = self._kv.current(namespace, key)
             assert current is not None
-            data = self._values.value_bytes(cid, current.location, namespace, key)
-        return cbor2.loads(data)
+            return cbor2.loads(self._values.value_bytes(cid, current.location, namespace, key))
+        return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:
         """:meth:`get` without waiting, as trio's ``*_nowait`` calls: the current value
@@ -368,10 +369,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             or namespace < _FIRST
         ):
             cid = self._live(namespace, key, cid)  # the full rules, as get's
-        data = self._cache.get(cid)
-        if data is None:
+        value = self._cache.value(cid)
+        if value is MISSING:
             raise trio.WouldBlock
-        return cbor2.loads(data)
+        return value
 
     def _live(self, namespace: str, key: str, cid: bytes | None) -> bytes:
         """``cid`` (the content id a probe found for the key, or None) under the rules

@@ -3,10 +3,11 @@ scan of one-off reads does not push out values read again and again."""
 
 from __future__ import annotations
 
+import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from koru._cache import _OVERHEAD, PROTECTED_SHARE, SHARDS, ValueCache
+from koru._cache import _OVERHEAD, MISSING, PROTECTED_SHARE, SHARDS, ValueCache
 
 
 def _cid(i: int, shard: int = 0) -> bytes:
@@ -80,3 +81,94 @@ def test_protected_values_return_to_probation_past_their_share() -> None:
     cache.put(_cid(99), b"y" * 10)
     assert cache.peek(_cid(0)) is None
     assert cache.peek(_cid(9)) is not None
+
+
+# -- decoded templates (ValueCache.value) ---------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+)
+cached_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mutate(value: object) -> None:
+    """Change a returned value in place wherever it can be changed."""
+    if isinstance(value, dict):
+        for k in list(value):
+            _mutate(value[k])
+            value[k] = "changed"
+        value["extra"] = [1]
+    elif isinstance(value, list):
+        for item in value:
+            _mutate(item)
+        value.append("changed")
+        if len(value) > 1:
+            value[0] = None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(0, 6000),
+    values=st.lists(cached_values, min_size=1, max_size=8),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "get", "value"]), st.integers(0, 7)), max_size=200
+    ),
+)
+def test_value_is_always_a_fresh_decode_and_the_budget_holds(
+    capacity: int, values: list[object], ops: list[tuple[str, int]]
+) -> None:
+    cache = ValueCache(capacity)
+    encoded = [cbor2.dumps(v) for v in values]
+    for op, i in ops:
+        i %= len(values)
+        cid = _cid(i, i % 3)
+        if op == "put":
+            cache.put(cid, encoded[i])
+        elif op == "get":
+            got = cache.get(cid)
+            assert got is None or got == encoded[i]
+        else:
+            got = cache.value(cid)
+            if got is not MISSING:
+                # Equal to a fresh decode, of the same types, and never shared: a
+                # caller changing it in place changes nothing the next read sees.
+                fresh = cbor2.loads(encoded[i])
+                assert got == fresh and type(got) is type(fresh)
+                assert cbor2.dumps(got) == encoded[i]
+                _mutate(got)
+        for shard in cache._shards:
+            assert shard.size == sum(shard.cost(c) for c in shard.data)
+            assert shard.size <= capacity / SHARDS
+            assert set(shard.decoded) <= set(shard.data)
+            assert shard.protected_size == sum(shard.cost(c) for c in shard.protected)
+            assert shard.protected_size <= shard.capacity * PROTECTED_SHARE
+        assert cache.size == sum(shard.size for shard in cache._shards)
+
+
+def test_templates_are_counted_and_kept_only_for_what_can_be_copied() -> None:
+    cache = ValueCache(1 << 20)
+    flat, nested = {"name": "a", "n": 1, "ok": True}, {"inner": {"a": 1}}
+    for i, v in enumerate((flat, nested, "text", [1, 2.5, None])):
+        cache.put(_cid(i), cbor2.dumps(v))
+    before = cache.size
+    assert cache.value(_cid(0)) == flat
+    shard = cache._shards[0]
+    assert shard.decoded[_cid(0)] == flat and cache.size > before  # its template, counted
+    first, second = cache.value(_cid(0)), cache.value(_cid(0))
+    assert first == second == flat and first is not second
+    assert cache.value(_cid(1)) == nested
+    assert cache.value(_cid(1)) is not cache.value(_cid(1))  # decoded every time
+    assert cache.value(_cid(2)) == "text"
+    assert cache.value(_cid(3)) == [1, 2.5, None]
+    assert cache.value(_cid(99)) is MISSING
