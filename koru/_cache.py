@@ -45,11 +45,16 @@ SHARDS = 16
 #: itself; a value read often is still refreshed often, and one read rarely is what
 #: the least recently used policy should let go anyway.
 _REFRESH_MASK = 7
+#: Without room for a template, one read in this many makes room by dropping the
+#: oldest templates (see _Shard.remember).
+_REPLACE_EVERY = 16
 #: What :meth:`ValueCache.value` returns when the value is not cached.
 MISSING: Any = object()
 #: The template of a value that cannot be shared (it nests containers): decoded per read.
 _DEEP: Any = object()
 _DEEP_COST = 64
+#: The header of a small str, int, float or bytes object (49, 28, 24 and 33 bytes).
+_ITEM = 56
 _IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes))
 _size = sys.getsizeof
 
@@ -71,25 +76,29 @@ def _template_of(value: Any) -> Any:
     return value if kind in _IMMUTABLE else _DEEP
 
 
-def _template_cost(template: Any) -> int:
-    """Bytes a template holds (its container and every item, shared ones too)."""
+def _template_cost(template: Any, encoded: int) -> int:
+    """Bytes a template holds, estimated without visiting its items: the container,
+    an object header for each key and item, and their contents (no more than the
+    ``encoded`` size of the value)."""
     if template is _DEEP:
         return _DEEP_COST
     kind = type(template)
     if kind is dict:
-        return _size(template) + sum(_size(k) + _size(v) for k, v in template.items())
+        return _size(template) + 2 * _ITEM * len(template) + encoded
     if kind is list:
-        return _size(template) + sum(map(_size, template))
-    return _size(template)
+        return _size(template) + _ITEM * len(template) + encoded
+    return _ITEM + encoded
 
 
 class _Shard:
-    """One shard: a segmented LRU within its share of the budget."""
+    """One shard: a segmented LRU within its share of the budget, and the templates
+    of values read again, in whatever room the values leave."""
 
     __slots__ = (
         "capacity",
         "data",
         "decoded",
+        "full",
         "hits",
         "probation",
         "protected",
@@ -99,23 +108,16 @@ class _Shard:
 
     def __init__(self, capacity: float) -> None:
         self.data: dict[bytes, bytes] = {}
-        #: content id -> template (see the module's docstring), for values read so.
-        self.decoded: dict[bytes, Any] = {}
+        #: content id -> template (see the module's docstring), oldest first: the
+        #: first to go when values need the room.
+        self.decoded: OrderedDict[bytes, Any] = OrderedDict()
         self.probation: OrderedDict[bytes, None] = OrderedDict()
         self.protected: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
-        self.size = 0
+        self.size = 0  # values and templates
         self.protected_size = 0
         self.hits = 0  # template hits, for the sampled refresh
-
-    def cost(self, cid: bytes) -> int:
-        """Bytes counted for a cached value: its bytes, overhead, and any template."""
-        cost = len(self.data[cid]) + _OVERHEAD
-        if self.decoded:
-            template = self.decoded.get(cid, MISSING)
-            if template is not MISSING:
-                cost += _template_cost(template)
-        return cost
+        self.full = 0  # templates not kept for want of room
 
     def touch(self, cid: bytes) -> None:
         """A hit: most recently used in the protected segment."""
@@ -129,50 +131,59 @@ class _Shard:
         that segment's least recently used values back to probation past its share."""
         del self.probation[cid]
         self.protected[cid] = None
-        self.protected_size += self.cost(cid)
-        self._balance()
-
-    def _balance(self) -> None:
+        self.protected_size += len(self.data[cid]) + _OVERHEAD
         limit = self.capacity * PROTECTED_SHARE
         while self.protected_size > limit:
             old, _ = self.protected.popitem(last=False)
-            self.protected_size -= self.cost(old)
+            self.protected_size -= len(self.data[old]) + _OVERHEAD
             self.probation[old] = None
 
     def put(self, cid: bytes, data: bytes, cost: int) -> int:
-        """Add a value; the bytes freed by the evictions it caused."""
+        """Add a value; the bytes freed by the evictions it caused (templates first)."""
         self.data[cid] = data
         self.probation[cid] = None
         self.size += cost
-        return self._evict()
-
-    def remember(self, cid: bytes, template: Any) -> int:
-        """Keep a cached value's template (counted, so the value itself may be
-        evicted to make room); the change in this shard's size."""
-        cost = _template_cost(template)
-        if cost + len(self.data[cid]) + _OVERHEAD > self.capacity:
-            return 0  # it would not fit: decoded on every read instead
-        self.decoded[cid] = template
-        self.size += cost
-        if cid in self.protected:
-            self.protected_size += cost
-            self._balance()
-        return cost - self._evict()
-
-    def _evict(self) -> int:
         freed = 0
         while self.size > self.capacity:
+            if self.decoded:
+                freed += self._forget(*self.decoded.popitem(last=False))
+                continue
             if self.probation:
                 old, _ = self.probation.popitem(last=False)
             else:
                 old, _ = self.protected.popitem(last=False)
-                self.protected_size -= self.cost(old)
-            gone = self.cost(old)
-            del self.data[old]
-            self.decoded.pop(old, None)
+                self.protected_size -= len(self.data[old]) + _OVERHEAD
+            gone = len(self.data.pop(old)) + _OVERHEAD
             self.size -= gone
             freed += gone
         return freed
+
+    def _forget(self, cid: bytes, template: Any) -> int:
+        """Account for a template dropped; its cost."""
+        cost = _template_cost(template, len(self.data[cid]))
+        self.size -= cost
+        return cost
+
+    def remember(self, cid: bytes, template: Any) -> int:
+        """Keep a cached value's template if there is room for it (the change in
+        size). Without room, one such read in :data:`_REPLACE_EVERY` drops the oldest
+        templates to make it, never a value. Why so rarely: reads that cycle over more
+        values than the room holds would otherwise replace a template on every read
+        and never hit one (first in, first out fails a loop); this way most of them
+        keep hitting, and a new hot set still takes over, gradually."""
+        cost = _template_cost(template, len(self.data[cid]))
+        change = 0
+        if self.size + cost > self.capacity:
+            self.full += 1
+            if self.full % _REPLACE_EVERY:
+                return 0  # decoded on every read instead, for now
+            while self.size + cost > self.capacity and self.decoded:
+                change -= self._forget(*self.decoded.popitem(last=False))
+            if self.size + cost > self.capacity:
+                return change
+        self.decoded[cid] = template
+        self.size += cost
+        return change + cost
 
 
 class ValueCache:
@@ -234,9 +245,12 @@ class ValueCache:
             self.misses += 1
             return MISSING
         self.hits += 1
-        shard.touch(cid)
         value = cbor2.loads(data)
-        self.size += shard.remember(cid, _template_of(value))
+        if cid in shard.protected:  # read before: worth a template
+            shard.protected.move_to_end(cid)
+            self.size += shard.remember(cid, _template_of(value))
+        else:  # a first read costs what a plain decode does (a scan keeps no templates)
+            shard.promote(cid)
         return value
 
     def put(self, cid: bytes, data: bytes) -> None:

@@ -413,7 +413,13 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             NoValueAtTimeError: not yet written then, or deleted then.
             InvalidDataError: ``at`` is not a usable time.
         """
-        await self._enter_key(namespace, key)
+        # _enter_key inlined (one coroutine frame less); the reads check the key.
+        life = self._life
+        if life.begin():
+            await life.pause()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        check_user_name(namespace, "namespace")
         return self._reads.at(namespace, key, at)
 
     async def history(
@@ -431,7 +437,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         different nodes all appear (branches share a ``previous``). An unknown key has
         an empty history.
         """
-        await self._enter_key(namespace, key)
+        life = self._life
+        if life.begin():
+            await life.pause()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        check_user_name(namespace, "namespace")  # the reads check the key
         return self._reads.history(namespace, key, since, until, latest)
 
     async def contains(self, namespace: str, key: str) -> bool:

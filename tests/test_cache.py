@@ -7,7 +7,15 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from koru._cache import _OVERHEAD, MISSING, PROTECTED_SHARE, SHARDS, ValueCache
+from koru._cache import (
+    _OVERHEAD,
+    _REPLACE_EVERY,
+    MISSING,
+    PROTECTED_SHARE,
+    SHARDS,
+    ValueCache,
+    _template_cost,
+)
 
 
 def _cid(i: int, shard: int = 0) -> bytes:
@@ -148,10 +156,15 @@ def test_value_is_always_a_fresh_decode_and_the_budget_holds(
                 assert cbor2.dumps(got) == encoded[i]
                 _mutate(got)
         for shard in cache._shards:
-            assert shard.size == sum(shard.cost(c) for c in shard.data)
+            values_size = sum(len(v) + _OVERHEAD for v in shard.data.values())
+            templates_size = sum(
+                _template_cost(t, len(shard.data[c])) for c, t in shard.decoded.items()
+            )
+            assert shard.size == values_size + templates_size
             assert shard.size <= capacity / SHARDS
             assert set(shard.decoded) <= set(shard.data)
-            assert shard.protected_size == sum(shard.cost(c) for c in shard.protected)
+            in_protected = sum(len(shard.data[c]) + _OVERHEAD for c in shard.protected)
+            assert shard.protected_size == in_protected
             assert shard.protected_size <= shard.capacity * PROTECTED_SHARE
         assert cache.size == sum(shard.size for shard in cache._shards)
 
@@ -164,6 +177,8 @@ def test_templates_are_counted_and_kept_only_for_what_can_be_copied() -> None:
     before = cache.size
     assert cache.value(_cid(0)) == flat
     shard = cache._shards[0]
+    assert _cid(0) not in shard.decoded and cache.size == before  # one read: no template
+    assert cache.value(_cid(0)) == flat
     assert shard.decoded[_cid(0)] == flat and cache.size > before  # its template, counted
     first, second = cache.value(_cid(0)), cache.value(_cid(0))
     assert first == second == flat and first is not second
@@ -172,3 +187,28 @@ def test_templates_are_counted_and_kept_only_for_what_can_be_copied() -> None:
     assert cache.value(_cid(2)) == "text"
     assert cache.value(_cid(3)) == [1, 2.5, None]
     assert cache.value(_cid(99)) is MISSING
+
+
+def test_templates_use_only_the_room_values_leave() -> None:
+    encoded = [cbor2.dumps({"name": "x" * 20, "n": i}) for i in range(5)]
+    v = len(encoded[0]) + _OVERHEAD
+    t = _template_cost({"name": "x" * 20, "n": 0}, len(encoded[0]))
+    assert t > v  # a template costs more than its bytes
+    cache = ValueCache(SHARDS * (4 * v + t))  # a shard: four values and one template
+    shard = cache._shards[0]
+    for i in range(4):
+        cache.put(_cid(i), encoded[i])
+        assert cache.value(_cid(i)) == cache.value(_cid(i))  # read again: a template
+    # Every value is still cached: templates never displace one. The first template
+    # filled the room, and the next ones were not kept (one read in _REPLACE_EVERY
+    # without room replaces the oldest).
+    assert all(cache.peek(_cid(i)) == encoded[i] for i in range(4))
+    assert list(shard.decoded) == [_cid(0)]
+    for _ in range(_REPLACE_EVERY):
+        cache.value(_cid(3))
+    assert list(shard.decoded) == [_cid(3)]
+    cache.put(_cid(4), encoded[4])  # a new value takes the template's room first
+    assert not shard.decoded
+    assert cache.peek(_cid(4)) == encoded[4]
+    assert all(cache.peek(_cid(i)) == encoded[i] for i in range(5))  # values stay
+    assert cache.size == shard.size <= cache.capacity / SHARDS
