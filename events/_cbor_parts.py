@@ -71,6 +71,8 @@ def _key_order(key: str) -> tuple[int, str]:
 #: order, with the caller's keys. Bounded: records of a few shapes fill it at once.
 _ORDERS: dict[tuple[str, ...], tuple[tuple[str, bytes], ...]] = {}
 _ORDERS_MAX = 4096
+#: Keys longer than this together are ordered afresh every time, not remembered.
+_ORDERS_KEY_CHARS = 256
 
 
 _MISSING: Any = object()
@@ -91,8 +93,8 @@ def _order(keys: tuple[Any, ...]) -> tuple[tuple[str, bytes], ...] | None:
         found = tuple((k, text(k)) for k in sorted(keys, key=_key_order))
     except UnicodeEncodeError:
         return None  # a lone surrogate: the general encoder refuses it
-    if len(_ORDERS) < _ORDERS_MAX:
-        _ORDERS[keys] = found
+    if len(_ORDERS) < _ORDERS_MAX and sum(map(len, keys)) <= _ORDERS_KEY_CHARS:
+        _ORDERS[keys] = found  # short keys only: the cache never holds large strings
     return found
 
 

@@ -12,8 +12,9 @@ dict or list whose items are all immutable scalars (returned as a shallow copy, 
 container holding the same immutable items: indistinguishable from a fresh decode,
 and nothing a caller does to it reaches the template). A copy costs a tenth of a
 decode. Nested values are decoded on every read. Templates count against the budget
-and leave with their bytes; a content id never changes its value, so a template is
-never stale.
+but use only the room values leave: a put drops them (oldest first) before any value,
+so keeping templates never costs a value its place. A content id never changes its
+value, so a template is never stale.
 """
 
 from __future__ import annotations

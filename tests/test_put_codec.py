@@ -179,3 +179,14 @@ async def test_fused_puts_read_back_and_replay_like_general_writes(tmp_path: Any
     assert digest_of(kv) == live
     async with koru.open(path) as db:
         assert await db.get("users", "k0") == {"name": "user1", "age": 31, "active": False}
+
+
+def test_the_key_order_cache_never_holds_long_keys() -> None:
+    from koru.events import _cbor_parts
+
+    long_keys = {"k" * 300: 1, "j": 2}
+    assert encode_value(long_keys) == general_value_bytes(long_keys)
+    assert tuple(long_keys) not in _cbor_parts._ORDERS
+    short = {"zz": 1, "a": 2}
+    assert encode_value(short) == general_value_bytes(short)
+    assert tuple(short) in _cbor_parts._ORDERS
