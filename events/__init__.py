@@ -105,6 +105,7 @@ from ._names import check_name as check_name
 from ._names import check_user_name as check_user_name
 from ._names import name_problem as name_problem
 from ._names import user_name_problem as user_name_problem
+from ._put_codec import PutEncoder as PutEncoder
 from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
 from ._query_events import IndexEvent as IndexEvent
 from ._query_events import ViewEvent as ViewEvent
@@ -252,6 +253,7 @@ __all__ = [
     "NoValueAtTimeError",
     "NotFoundError",
     "OsDisk",
+    "PutEncoder",
     "PutEvent",
     "ReadOnlyError",
     "Record",

@@ -876,10 +876,11 @@ class FileStore:
             raise StorageError("the store has no node id yet (create_node first)")
         root = chain(log.root, event_id)
         rec = encode_record(root, data)
+        size = len(rec)
         if log.fd is None or (
-            log.offset + len(rec) > self._segment_size and log.offset > SEGMENT_HEADER_SIZE
+            log.offset + size > self._segment_size and log.offset > SEGMENT_HEADER_SIZE
         ):
-            self._open_for_append(log, len(rec))
+            self._open_for_append(log, size)
         offset = log.offset
         if self._buffered:
             log.buf += rec
@@ -887,11 +888,11 @@ class FileStore:
                 self._flush_log(log)
         else:
             self._write(log, rec)
-        log.offset = offset + len(rec)
+        log.offset = offset + size
         log.last = offset
         log.count += 1
         log.root = root
-        self._appended += len(rec)
+        self._appended += size
         return pack_location(log.index, log.seg, offset), root
 
     def _open_for_append(self, log: _AgentLog, size: int) -> None:
@@ -962,11 +963,14 @@ class FileStore:
         try:
             if end > log.allocated:
                 self._allocate(log, end)
-            view = memoryview(data)
-            while view:
-                n = disk.pwrite(log.fd, view, pos)
-                view = view[n:]
-                pos += n
+            n = disk.pwrite(log.fd, data, pos)
+            pos += n
+            if pos < end:  # a short write (rare): the rest, piece by piece
+                view = memoryview(data)[n:]
+                while view:
+                    n = disk.pwrite(log.fd, view, pos)
+                    view = view[n:]
+                    pos += n
         except OSError as exc:
             if pos > log.flushed:
                 # Best effort: erase the part that landed, so the log ends in zeros

@@ -85,10 +85,9 @@ def parse_segment_header(data: bytes) -> SegmentHeader:
 
 def encode_record(root: bytes, event: bytes) -> bytes:
     """Frame one event with the chain root that follows it."""
-    body = root + event
-    n = len(body)
-    body_crc = _crc32(body)
-    return _REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc))) + body
+    n = len(root) + len(event)
+    body_crc = _crc32(event, _crc32(root))  # crc32 of root || event, without joining them
+    return b"".join((_REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc))), root, event))
 
 
 def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int, bytes, bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 import blake3
 import cbor2
 
+from ._cbor_parts import encode_flat
 from ._errors import CodecError, InvalidDataError
 from ._limits import MAX_VALUE_DEPTH, MAX_VALUE_SIZE
 from ._tags import refuse_tags
@@ -112,10 +113,15 @@ def encode_value(value: Any, max_size: int = DEFAULT_MAX_VALUE_SIZE) -> bytes:
             text with lone surrogates, too deep, or encoded size over ``max_size``.
     """
     try:
-        try:
-            data: bytes = cbor2.dumps(_check(value, 0))
-        except _HasFloat:
-            data = cbor2.dumps(value, canonical=True)
+        # A flat record (the commonest value) is assembled from parts, same bytes.
+        flat = encode_flat(value) if type(value) is dict else None
+        if flat is not None:
+            data: bytes = flat
+        else:
+            try:
+                data = cbor2.dumps(_check(value, 0))
+            except _HasFloat:
+                data = cbor2.dumps(value, canonical=True)
     except UnicodeEncodeError:
         raise InvalidDataError(
             "value holds text that is not valid Unicode (a lone surrogate cannot be stored)"
@@ -139,9 +145,29 @@ def cbor_head(major: int, n: int) -> bytes:
     raise ValueError(f"{n} entries do not fit a CBOR head")
 
 
+#: The last value hashed and its id, as one tuple (rebinding a global is atomic, so a
+#: thread that hashes at the same time never sees one value paired with another's id).
+_last: tuple[bytes, bytes] = (b"", blake3.blake3(b"").digest())
+
+
 def content_id(encoded: bytes) -> bytes:
-    """The content id of an encoded value: blake3 of its canonical bytes."""
-    return blake3.blake3(encoded).digest()
+    """The content id of an encoded value: blake3 of its canonical bytes.
+
+    Why the one-entry memo: a put hashes its value where it is written (the cache and
+    the returned version need the id) and again where the key/value projection folds
+    the event, which must compute it from the event alone. Both see the same bytes
+    object, so the second call is an identity test; a bytes object never changes, so
+    the same object always has the same id (and the memo holds it, so its address
+    cannot be reused by another object while it is remembered).
+    """
+    global _last
+    last = _last
+    if encoded is last[0]:
+        return last[1]
+    cid = blake3.blake3(encoded).digest()
+    if type(encoded) is bytes:  # a bytearray or memoryview could change later
+        _last = (encoded, cid)
+    return cid
 
 
 def decode_value(data: bytes) -> Any:

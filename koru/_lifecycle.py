@@ -73,6 +73,15 @@ class Lifecycle:
 
     async def enter_write(self) -> None:
         """Start a write: as :meth:`enter`, and refused on a read-only handle."""
+        if self.begin_write():
+            await self.pause()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def begin_write(self) -> bool:
+        """:meth:`enter_write` without its await, for the hot path: raise if the handle
+        is read-only or closed, count the operation; True if the caller should
+        :meth:`pause` (yield), else it awaits ``trio.lowlevel.checkpoint_if_cancelled``."""
         if self._readonly:
             raise ReadOnlyError("the database is open read-only")
         if self._commit_yields:
@@ -80,9 +89,8 @@ class Lifecycle:
             # this writer miss the group-commit round it could have joined.
             if self.closed:
                 raise DatabaseClosedError("the database is closed") from self.fatal
-            await trio.lowlevel.checkpoint_if_cancelled()
-        else:
-            await self.enter()
+            return False
+        return self.begin()
 
     def die(self, exc: BaseException) -> None:
         """Stop serving after ``exc`` (a failed write or sync, or a background task's

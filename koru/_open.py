@@ -240,7 +240,10 @@ async def open(
         store = FileStore(
             directory,
             readonly=readonly,
-            buffered=sync == "never",
+            # "always" buffers too: nothing is acknowledged before the group commit
+            # round that flushes the buffer (one write for all its writers' records)
+            # and syncs it; "os" must hand each record to the OS before its put returns.
+            buffered=sync != "os",
             segment_size=segment_size,
             disk=disk,
         )

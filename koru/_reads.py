@@ -20,10 +20,11 @@ from koru.events import (
     check_name,
     decode_value,
 )
-from koru.projections import TOMBSTONE, KvState, VersionRecord
+from koru.projections import EXPIRES, TOMBSTONE, KvState, VersionRecord
 
+from ._cache import MISSING
 from ._diff import Diff, diff_values, pick_version
-from ._history import NULL, decode_all, history_rows
+from ._history import NULL, decode_all, history_rows, versioned_row
 from ._reader import ValueReader
 from ._space import DEFAULT, Space
 from ._time import to_ns
@@ -93,10 +94,14 @@ class KeyReads:
         """The value current at ``at`` (NoValueAtTimeError if none then)."""
         self._names(namespace, key)
         when = to_ns(at)
-        r = self.kv.at(namespace, key, when)
-        if r is None or r.deleted or r.expired(when):
+        rec = self.kv.at_raw(namespace, key, when)
+        # (hlc, origin, write id, content id, previous, location, size, expires, flags)
+        if rec is None or rec[8] & TOMBSTONE or (rec[8] & EXPIRES and when >= rec[7]):
             raise NoValueAtTimeError(namespace, key, when)
-        return self._versioned(namespace, key, r)
+        value = self.values.cache.value(rec[3])
+        if value is MISSING:
+            value = decode_value(self.values.value_bytes(rec[3], rec[5], namespace, key))
+        return versioned_row(namespace, key, rec, value)
 
     def history(
         self,

@@ -12,7 +12,7 @@ write saw as current is still current when it is appended.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from trio.lowlevel import enable_ki_protection
 
@@ -35,6 +35,7 @@ from koru.events import (
     KeyNotFoundError,
     LinkedPutEvent,
     LogStore,
+    PutEncoder,
     PutEvent,
     Write,
     check_name,
@@ -56,6 +57,7 @@ from ._types import IngestResult, Version
 
 __all__ = ["Writer"]
 
+_new = tuple.__new__
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 _MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
 
@@ -67,6 +69,12 @@ def _ttl_ns(ttl: Any) -> int:
             f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
         )
     return max(1, int(ttl * 1e9))
+
+
+def _bad_clock(now: object) -> NoReturn:
+    raise InvalidArgumentError(
+        f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+    )
 
 
 class Writer:
@@ -91,6 +99,7 @@ class Writer:
         self._store = store
         self._node = node_id
         self._node_hex = node_id.hex()
+        self._put_encoder = PutEncoder(node_id)
         self._clock = clock
         self._committer = committer
         self._projections = projections
@@ -101,6 +110,10 @@ class Writer:
         self._max_value_size = max_value_size
         self._die = die
         self.hlc = HybridLogicalClock(hlc)
+        #: Whether an acknowledgement waits for anything (a sync): with ``"os"`` and
+        #: ``"never"`` a write is acknowledged once appended, and the caller need not
+        #: await :meth:`acknowledge` (it returns at once).
+        self.waits = committer.mode == "always"
         self.checkpointer = Checkpointer(
             store,
             committer,
@@ -220,6 +233,8 @@ class Writer:
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
+        if ttl is None and not parents:
+            return self._put_plain(namespace, key, data, previous)
         ttl_ns = None if ttl is None else _ttl_ns(ttl)
         if parents:
             # The decoder's rules, held here too: an event every replay would refuse
@@ -240,6 +255,37 @@ class Writer:
         eid = self._append(event)
         self._cache.put(cid, data)
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
+
+    def _put_plain(self, namespace: str, key: str, data: bytes, previous: bytes | None) -> Version:
+        """:meth:`put` of a value without ttl or parents (nearly every put), fused: the
+        event built as a tuple, encoded by the precomputed put encoder (the same bytes
+        as ``encode_event``), and the version built without intermediate objects."""
+        node = self._node
+        seq, prev = self._feeds.next(node, STORAGE)
+        now = self._clock.now_ns()
+        if type(now) is not int or not 0 <= now < _NS_LIMIT:
+            _bad_clock(now)
+        hlc = self.hlc.tick(now)
+        encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
+        event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
+        cid = content_id(data)
+        eid = event_id(encoded)
+        self.write(event, encoded, eid)
+        self._cache.put(cid, data)
+        return _new(
+            Version,
+            (
+                namespace,
+                key,
+                eid.hex(),
+                cid.hex(),
+                hlc,
+                None if previous is None else previous.hex(),
+                self._node_hex,
+                False,
+                None,
+            ),
+        )
 
     def put_batch(
         self,
@@ -330,9 +376,7 @@ class Writer:
         reading must not poison every later timestamp."""
         now = self._clock.now_ns()
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            raise InvalidArgumentError(
-                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
-            )
+            _bad_clock(now)
         return now
 
     def _header(self, agent: str = STORAGE) -> Header:

@@ -40,6 +40,7 @@ __all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRe
 # hlc, origin, write id, content id, previous, location, size, expires, flags.
 _REC = struct.Struct(">Q16s32s32s32sQIQB")
 RECORD_SIZE = _REC.size
+_HLC = struct.Struct(">Q")  # a record's first field, its timestamp
 _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's prefix
 _WID = 24
 _CID = 56
@@ -63,10 +64,6 @@ _HOT_OVERHEAD = 150  # a dict slot, an ordered-dict link, a tuple key, a bytes h
 
 def _order_at(blob: bytes | bytearray, j: int) -> bytes:
     return bytes(blob[j * RECORD_SIZE : j * RECORD_SIZE + _ORDER])
-
-
-def _hlc_at(blob: bytes | bytearray, j: int) -> int:
-    return int.from_bytes(blob[j * RECORD_SIZE : j * RECORD_SIZE + 8], "big")
 
 
 class VersionRecord(NamedTuple):
@@ -228,6 +225,10 @@ class KvState:
             blob = keys.get(key)
             if blob is not None:
                 return blob
+        return self._below(namespace, key, io)
+
+    def _below(self, namespace: str, key: str, io: bool = True) -> bytearray | bytes | None:
+        """:meth:`_blob` past the memory layer (for callers that probed it already)."""
         hot = self.hot
         if hot:
             slot = (namespace, key)
@@ -460,7 +461,7 @@ class KvState:
         if blob is None:
             if not (self.frozen or self.tables):
                 return None
-            blob = self._blob(namespace, key)
+            blob = self._below(namespace, key)
             if blob is None:
                 return None
         if blob[-1] & _TOMBSTONE:
@@ -475,7 +476,7 @@ class KvState:
         if blob is None:
             if not (self.frozen or self.tables):
                 return None
-            blob = self._blob(namespace, key, io=False)
+            blob = self._below(namespace, key, io=False)
             if blob is None:
                 return None
         if blob[-1] & _TOMBSTONE:
@@ -501,14 +502,28 @@ class KvState:
 
     def at(self, namespace: str, key: str, hlc: int) -> VersionRecord | None:
         """The version current at time ``hlc``: the last one with timestamp <= hlc."""
+        rec = self.at_raw(namespace, key, hlc)
+        return None if rec is None else _unpack(rec)
+
+    def at_raw(self, namespace: str, key: str, hlc: int) -> tuple[Any, ...] | None:
+        """:meth:`at` as a raw packed tuple (see :meth:`history_raw`), for the reader
+        that builds its answer straight from it."""
         blob = self._blob(namespace, key)
         if blob is None:
             return None
-        n = len(blob) // RECORD_SIZE
-        pos = bisect_right(range(n), hlc, key=lambda j: _hlc_at(blob, j))
-        if pos == 0:
+        # A binary search over the records' leading timestamps, read in place (a key
+        # function per step cost more than the search).
+        lo, hi = 0, len(blob) // RECORD_SIZE
+        stamp = _HLC.unpack_from
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if stamp(blob, mid * RECORD_SIZE)[0] <= hlc:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
             return None
-        return _unpack(_REC.unpack_from(blob, (pos - 1) * RECORD_SIZE))
+        return _REC.unpack_from(blob, (lo - 1) * RECORD_SIZE)
 
     def expired(self, namespace: str, key: str, now: int) -> bool:
         """True if the key's current version has a time to live that ``now`` reached."""

@@ -3,10 +3,19 @@ scan of one-off reads does not push out values read again and again."""
 
 from __future__ import annotations
 
+import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from koru._cache import _OVERHEAD, PROTECTED_SHARE, SHARDS, ValueCache
+from koru._cache import (
+    _OVERHEAD,
+    _REPLACE_EVERY,
+    MISSING,
+    PROTECTED_SHARE,
+    SHARDS,
+    ValueCache,
+    _template_cost,
+)
 
 
 def _cid(i: int, shard: int = 0) -> bytes:
@@ -80,3 +89,126 @@ def test_protected_values_return_to_probation_past_their_share() -> None:
     cache.put(_cid(99), b"y" * 10)
     assert cache.peek(_cid(0)) is None
     assert cache.peek(_cid(9)) is not None
+
+
+# -- decoded templates (ValueCache.value) ---------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+)
+cached_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _mutate(value: object) -> None:
+    """Change a returned value in place wherever it can be changed."""
+    if isinstance(value, dict):
+        for k in list(value):
+            _mutate(value[k])
+            value[k] = "changed"
+        value["extra"] = [1]
+    elif isinstance(value, list):
+        for item in value:
+            _mutate(item)
+        value.append("changed")
+        if len(value) > 1:
+            value[0] = None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(0, 6000),
+    values=st.lists(cached_values, min_size=1, max_size=8),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "get", "value"]), st.integers(0, 7)), max_size=200
+    ),
+)
+def test_value_is_always_a_fresh_decode_and_the_budget_holds(
+    capacity: int, values: list[object], ops: list[tuple[str, int]]
+) -> None:
+    cache = ValueCache(capacity)
+    encoded = [cbor2.dumps(v) for v in values]
+    for op, i in ops:
+        i %= len(values)
+        cid = _cid(i, i % 3)
+        if op == "put":
+            cache.put(cid, encoded[i])
+        elif op == "get":
+            got = cache.get(cid)
+            assert got is None or got == encoded[i]
+        else:
+            got = cache.value(cid)
+            if got is not MISSING:
+                # Equal to a fresh decode, of the same types, and never shared: a
+                # caller changing it in place changes nothing the next read sees.
+                fresh = cbor2.loads(encoded[i])
+                assert got == fresh and type(got) is type(fresh)
+                assert cbor2.dumps(got) == encoded[i]
+                _mutate(got)
+        for shard in cache._shards:
+            values_size = sum(len(v) + _OVERHEAD for v in shard.data.values())
+            templates_size = sum(
+                _template_cost(t, len(shard.data[c])) for c, t in shard.decoded.items()
+            )
+            assert shard.size == values_size + templates_size
+            assert shard.size <= capacity / SHARDS
+            assert set(shard.decoded) <= set(shard.data)
+            in_protected = sum(len(shard.data[c]) + _OVERHEAD for c in shard.protected)
+            assert shard.protected_size == in_protected
+            assert shard.protected_size <= shard.capacity * PROTECTED_SHARE
+        assert cache.size == sum(shard.size for shard in cache._shards)
+
+
+def test_templates_are_counted_and_kept_only_for_what_can_be_copied() -> None:
+    cache = ValueCache(1 << 20)
+    flat, nested = {"name": "a", "n": 1, "ok": True}, {"inner": {"a": 1}}
+    for i, v in enumerate((flat, nested, "text", [1, 2.5, None])):
+        cache.put(_cid(i), cbor2.dumps(v))
+    before = cache.size
+    assert cache.value(_cid(0)) == flat
+    shard = cache._shards[0]
+    assert _cid(0) not in shard.decoded and cache.size == before  # one read: no template
+    assert cache.value(_cid(0)) == flat
+    assert shard.decoded[_cid(0)] == flat and cache.size > before  # its template, counted
+    first, second = cache.value(_cid(0)), cache.value(_cid(0))
+    assert first == second == flat and first is not second
+    assert cache.value(_cid(1)) == nested
+    assert cache.value(_cid(1)) is not cache.value(_cid(1))  # decoded every time
+    assert cache.value(_cid(2)) == "text"
+    assert cache.value(_cid(3)) == [1, 2.5, None]
+    assert cache.value(_cid(99)) is MISSING
+
+
+def test_templates_use_only_the_room_values_leave() -> None:
+    encoded = [cbor2.dumps({"name": "x" * 20, "n": i}) for i in range(5)]
+    v = len(encoded[0]) + _OVERHEAD
+    t = _template_cost({"name": "x" * 20, "n": 0}, len(encoded[0]))
+    assert t > v  # a template costs more than its bytes
+    cache = ValueCache(SHARDS * (4 * v + t))  # a shard: four values and one template
+    shard = cache._shards[0]
+    for i in range(4):
+        cache.put(_cid(i), encoded[i])
+        assert cache.value(_cid(i)) == cache.value(_cid(i))  # read again: a template
+    # Every value is still cached: templates never displace one. The first template
+    # filled the room, and the next ones were not kept (one read in _REPLACE_EVERY
+    # without room replaces the oldest).
+    assert all(cache.peek(_cid(i)) == encoded[i] for i in range(4))
+    assert list(shard.decoded) == [_cid(0)]
+    for _ in range(_REPLACE_EVERY):
+        cache.value(_cid(3))
+    assert list(shard.decoded) == [_cid(3)]
+    cache.put(_cid(4), encoded[4])  # a new value takes the template's room first
+    assert not shard.decoded
+    assert cache.peek(_cid(4)) == encoded[4]
+    assert all(cache.peek(_cid(i)) == encoded[i] for i in range(5))  # values stay
+    assert cache.size == shard.size <= cache.capacity / SHARDS

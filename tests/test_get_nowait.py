@@ -107,3 +107,20 @@ def test_it_agrees_with_get_whenever_it_answers(ops: list[tuple[str, int]]) -> N
                     assert got == expected
 
     trio.run(main)
+
+
+async def test_flat_values_served_from_templates_are_never_shared(tmp_path: Path) -> None:
+    async with koru.open(tmp_path / "db", sync="os", processes=False) as db:
+        record = {"name": "alice", "age": 30, "active": True}
+        await db.put("users", "alice", record)
+        await db.put("users", "list", [1, "two", None])
+        for read in range(3):  # a decode, then copies of the template
+            got = db.get_nowait("users", "alice") if read % 2 else await db.get("users", "alice")
+            assert got == record
+            got["age"] = 99
+            got["extra"] = "x"
+            items = db.get_nowait("users", "list")
+            assert items == [1, "two", None]
+            items.append("more")
+        await db.put("users", "alice", {"name": "alice", "age": 31, "active": True})
+        assert db.get_nowait("users", "alice")["age"] == 31
