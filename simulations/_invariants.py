@@ -19,6 +19,11 @@ write, a divergent node) and assert that it reports it.
 * :func:`grant_violations`: every acknowledged grant and revocation is held by every
   node, and every node answers ``check`` for each grantee alike, and as its own grants
   and revocations say (read allowed iff a grant to it is not revoked);
+* :func:`applied_once`: every write of a remote client is applied once: an
+  acknowledged one exactly once (the version it was acknowledged with), one whose call
+  was lost at most once; a write whose attempts reached two incarnations of its node
+  (the node restarted between them, forgetting the write's key) may be applied once
+  per incarnation, and those are counted apart (the documented limit);
 * :func:`rebuild_violations`: from each node's disk, a replay from genesis (every
   checksum and chain link of every agent's log verified) gives the same projections
   as the checkpoint and the same digest the open database reported.
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Histories",
+    "applied_once",
     "divergent_digests",
     "divergent_histories",
     "fork_violations",
@@ -142,6 +148,39 @@ def session_violations(ops: Iterable[Op], final: Histories) -> list[str]:
             )
         last_read[op.client, op.session, key] = (here, op)
     return problems
+
+
+def applied_once(
+    acked: Mapping[str, tuple[str, str]],
+    uncertain: Iterable[str],
+    reached: Mapping[str, set[int]],
+    applied: Mapping[str, list[str]],
+) -> tuple[list[str], int]:
+    """Remote writes applied other than once (see the module docstring), and how many
+    were applied again by a restarted node. ``applied``: token -> the write ids of the
+    versions carrying it, in the final histories."""
+    problems = []
+    again = 0
+    tokens = sorted(set(acked) | set(uncertain) | set(applied))
+    for token in tokens:
+        got = applied.get(token, [])
+        allowed = max(1, len(reached.get(token, ())))
+        if token in acked:
+            key, wid = acked[token]
+            if wid not in got:
+                problems.append(f"{token}: acknowledged as {wid} of {key}, applied as {got}")
+                continue
+        elif token not in uncertain:
+            problems.append(f"{token}: applied as {got}, but never written")
+            continue
+        if len(got) > allowed:
+            problems.append(
+                f"{token}: applied {len(got)} times, its attempts reached "
+                f"{allowed} incarnation(s) of its node"
+            )
+        elif len(got) > 1:
+            again += 1
+    return problems, again
 
 
 def divergent_digests(states: Mapping[str, tuple[str, Any]]) -> list[str]:

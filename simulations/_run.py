@@ -35,6 +35,7 @@ import trio.testing
 import koru
 
 from . import _invariants as inv
+from ._clients import NAMESPACE, RKEYS, RemoteClient, Writes
 from ._faults import FaultPlan, draw_plan
 from ._inline import inline_threads
 from ._network import LinkFaults, Network
@@ -57,7 +58,7 @@ class Config:
     rate: float = 1.0  # operations per virtual second per client
     degree: int = 2  # peers each node dials besides its ring neighbour (at most)
     settle: float = 900.0  # virtual seconds the healed cluster has to converge
-    workload: tuple[str, ...] = ("kv", "tokens", "vectors", "grants")
+    workload: tuple[str, ...] = ("kv", "tokens", "vectors", "grants", "remote")
     keep_trace: bool = False
 
     def command(self) -> str:
@@ -92,6 +93,11 @@ class Report:
     wall: float = 0.0
     #: Nodes whose connections offered a Bloom filter at open (Bloom mode).
     bloom_nodes: int = 0
+    #: Remote clients: connections opened, calls that found no node, writes a
+    #: restarted node applied again (its key forgotten: the documented limit).
+    remote_connections: int = 0
+    remote_lost_calls: int = 0
+    remote_reapplied: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,6 +121,15 @@ class Report:
             )
             + f", bytes sent per node {sum(self.bytes_sent) // max(1, len(self.bytes_sent)):,}"
             + f", {self.wall:.1f}s wall",
+            *(
+                [
+                    f"  remote clients: {self.remote_connections} connections, "
+                    f"{self.remote_lost_calls} calls lost, {self.remote_reapplied} write(s) "
+                    "applied again by a restarted node"
+                ]
+                if "remote" in c.workload
+                else []
+            ),
             f"  trace digest {self.trace_digest}",
             f"  disk digest {self.disk_digest}",
         ]
@@ -167,7 +182,8 @@ class _Simulation:
         self.trace.add("plan", c.seed, c.nodes, c.duration, c.faults, plan.describe())
         owner = koru.Identity.mine(DIFFICULTY, rng=random.Random(rng.getrandbits(64)))
         quiet = LinkFaults(latency=plan.link.latency, jitter=plan.link.jitter)
-        net = self.net = Network(c.nodes, rng, self.trace, quiet)
+        remotes = c.nodes if "remote" in c.workload else 0
+        net = self.net = Network(c.nodes, rng, self.trace, quiet, clients=remotes)
         workload = self.workload = Workload(
             rng,
             self.trace,
@@ -203,6 +219,8 @@ class _Simulation:
             node.bloom = blooms.choice((0, 0, 8, 64))
             self.trace.add(node.name, "bloom", node.bloom)
         self.report.bloom_nodes = sum(1 for node in nodes if node.bloom)
+        self.writes = Writes()
+        clients = self._remote_clients(remotes, owner)
         for node in nodes:
             node.on_open = [self._after_restart, workload.on_open]
             node.tasks = [
@@ -213,6 +231,8 @@ class _Simulation:
                 for node in nodes:
                     nursery.start_soon(node.life, nodes)
                 await self._all_up(600)
+                done = trio.Event()
+                nursery.start_soon(self._run_clients, clients, done)
                 net.faults = plan.link
                 self.trace.add("phase", "faults")
                 async with trio.open_nursery() as faults:
@@ -224,6 +244,7 @@ class _Simulation:
                 workload.running = False
                 self.trace.add("phase", "heal")
                 healed = trio.current_time()
+                await done.wait()  # no remote call lands after the convergence
                 await self._all_up(120)
                 await self._burst()
                 await self._converge(healed)
@@ -237,7 +258,47 @@ class _Simulation:
             self.report.faults = dict(self.injected + net.counts)
             self.report.checks = dict(self.checks)
             self.report.operations = len(workload.record.ops)
-            self.report.bytes_sent = list(net.bytes_sent)
+            self.report.bytes_sent = list(net.bytes_sent[: c.nodes])
+            self.report.remote_connections = self.writes.connections
+            self.report.remote_lost_calls = self.writes.lost_calls
+
+    def _remote_clients(self, count: int, owner: koru.Identity) -> list[RemoteClient]:
+        """One remote client per node (if the workload has them; half a local client's
+        rate: a remote call costs the simulator a round trip and more), each with its own
+        identity, granted read and write on its namespace by the owner (presented at
+        every connect: a node that lost or never received the grant takes it then).
+        Their identities and draws come from a generator of the seed's own, so that
+        the other draws of a seed stay as they were when seeds were pinned."""
+        rng = random.Random(self.config.seed * 7919 + 29)
+        clients = []
+        for k in range(count):
+            identity = koru.Identity.mine(DIFFICULTY, rng=random.Random(rng.getrandbits(64)))
+            grant = koru.Grant.create(
+                owner, identity.public_key, namespace=NAMESPACE, actions=["read", "write"]
+            )
+            clients.append(
+                RemoteClient(
+                    k,
+                    len(self.nodes) + k,
+                    self.nodes[k % len(self.nodes)],
+                    rng=rng,
+                    trace=self.trace,
+                    workload=self.workload,
+                    writes=self.writes,
+                    identity=identity,
+                    grant=grant,
+                    rate=self.config.rate / 2,
+                )
+            )
+        return clients
+
+    async def _run_clients(self, clients: list[RemoteClient], done: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(client.run)
+        finally:
+            done.set()
 
     async def _all_up(self, limit: float) -> None:
         with trio.fail_after(limit):
@@ -368,6 +429,8 @@ class _Simulation:
         self._violate(inv.session_violations(record.ops, per_node[self.nodes[0].name]))
         self.checks["no fork"] += 1
         self._violate(inv.fork_violations(forks))
+        if "remote" in self.config.workload:
+            await self._remote_checks()
         if grants:
             self.checks["grants and revocations agree"] += 1
             self._violate(inv.grant_violations(grants, record.grants, record.revoked))
@@ -376,6 +439,24 @@ class _Simulation:
         for name in sorted(digests):
             self.trace.add("final", name, digests[name])
         return digests
+
+    async def _remote_checks(self) -> None:
+        """Every remote write applied once (histories are identical on every node by
+        now: the first node's tell how often each token was applied)."""
+        db = self.nodes[0].db
+        assert db is not None
+        applied: dict[str, list[str]] = {}
+        for k in range(RKEYS):
+            for version in await db.history(NAMESPACE, f"rk{k}"):
+                value = version.value
+                if isinstance(value, dict) and isinstance(value.get("op"), str):
+                    applied.setdefault(value["op"], []).append(version.write_id)
+        w = self.writes
+        problems, again = inv.applied_once(w.acked, w.uncertain, w.reached, applied)
+        self.checks["remote writes applied once"] += 1
+        self._violate(problems + w.failures)
+        self.report.remote_reapplied = again
+        self.trace.add("remote", len(w.acked), len(w.uncertain), again, sorted(w.refused.items()))
 
     async def _grant_state(self, db: koru.Database) -> inv.GrantState:
         state = db._authority.state

@@ -111,7 +111,7 @@ class Workload:
         #: Per client: the grant it made and has not revoked yet.
         self._granted: dict[str, bytes] = {}
 
-    def _note(self, op: Op) -> None:
+    def note(self, op: Op) -> None:
         self.record.ops.append(op)
         wid = "-" if op.write_id is None else op.write_id[:16]
         self.trace.add(op.client, op.session, op.kind, op.namespace, op.key, wid)
@@ -128,7 +128,7 @@ class Workload:
 
     def note_write(self, node: SimNode, client: str, ns: str, key: str, write_id: str) -> None:
         """Record an acknowledged write (the invariants check it is never lost)."""
-        self._note(
+        self.note(
             Op(f"{node.name}/{client}", node.index, node.incarnation, "write", ns, key, write_id)
         )
 
@@ -153,7 +153,7 @@ class Workload:
                 key = f"k{rng.randrange(KEYS)}"
                 latest = await db.history("kv", key, latest=1)
                 read = latest[-1].write_id if latest else None
-                self._note(
+                self.note(
                     Op(f"{node.name}/{name}", node.index, node.incarnation, "read", "kv", key, read)
                 )
             elif roll < 0.72:
