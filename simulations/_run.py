@@ -36,7 +36,10 @@ import koru
 
 from . import _invariants as inv
 from ._clients import NAMESPACE, RKEYS, RemoteClient, Writes
+from ._clock import EPOCH_NS
 from ._faults import FaultPlan, draw_plan
+from ._grants import GKEYS, READ, WRITE, allowed, facts
+from ._grants import NAMESPACE as GRANT_NS
 from ._inline import inline_threads
 from ._network import LinkFaults, Network
 from ._node import DIFFICULTY, PATH, SimNode
@@ -98,6 +101,8 @@ class Report:
     remote_connections: int = 0
     remote_lost_calls: int = 0
     remote_reapplied: int = 0
+    #: What the grants workload did (granted, delegated, refused, revoked, used).
+    grants: str = ""
 
     @property
     def ok(self) -> bool:
@@ -130,6 +135,7 @@ class Report:
                 if "remote" in c.workload
                 else []
             ),
+            *([f"  grants: {self.grants}"] if self.grants else []),
             f"  trace digest {self.trace_digest}",
             f"  disk digest {self.disk_digest}",
         ]
@@ -418,8 +424,8 @@ class _Simulation:
             self.report.events = max(self.report.events, sum((await db.feed_heads()).values()))
             if "tokens" in self.config.workload:
                 self.workload.check_rings(node, db, "final")
-            if "grants" in self.config.workload:
-                grants[node.name] = await self._grant_state(db)
+            if self.workload.grants is not None:
+                grants[node.name] = self._grant_state(db)
         self.checks["per-key histories identical"] += 1
         self._violate(inv.divergent_histories(per_node))
         for name, held in per_node.items():
@@ -431,9 +437,14 @@ class _Simulation:
         self._violate(inv.fork_violations(forks))
         if "remote" in self.config.workload:
             await self._remote_checks()
-        if grants:
+        if grants and self.workload.grants is not None:
+            granted = self.workload.grants.record
+            self.report.grants = granted.describe()
+            self.trace.add("grants", self.report.grants)
             self.checks["grants and revocations agree"] += 1
-            self._violate(inv.grant_violations(grants, record.grants, record.revoked))
+            self._violate(inv.grant_violations(grants, granted.grants, granted.revoked))
+            self.checks["grant uses within a valid chain"] += len(granted.uses)
+            self._violate(inv.use_violations(granted.uses))
         self.checks[f"ring totals ({TOKENS} tokens)"] += record.token_checks
         self._violate(record.violations)
         for name in sorted(digests):
@@ -458,19 +469,54 @@ class _Simulation:
         self.report.remote_reapplied = again
         self.trace.add("remote", len(w.acked), len(w.uncertain), again, sorted(w.refused.items()))
 
-    async def _grant_state(self, db: koru.Database) -> inv.GrantState:
-        state = db._authority.state
-        revoked = set(state.revocations)
-        checks, implied = [], []
-        for grantee in self.workload.grantees:
-            checks.append(await db.check(grantee, "read", "kv", "k0"))
-            implied.append(
-                any(
-                    g.grantee == grantee.public_key and gid not in revoked
-                    for gid, g in state.grants.items()
-                )
-            )
-        return set(state.grants), revoked, tuple(checks), tuple(implied)
+    def _grant_state(self, db: koru.Database) -> inv.GrantState:
+        """What ``db`` holds and answers, at fixed times (the same for every node)."""
+        assert self.workload.grants is not None
+        grants, revocations = facts(db)
+        authority = db._authority
+        answers, model = [], []
+        for at in self._grant_times():
+            for grantee in self.workload.grants.grantees:
+                who = grantee.public_key
+                for action in (READ, WRITE):
+                    for k in range(GKEYS):
+                        key = f"g{k}"
+                        for live in (True, False):
+                            if live:
+                                got = authority.allows(who, action, GRANT_NS, key, at)
+                            else:
+                                got = authority.allowed_at(who, action, GRANT_NS, key, at)
+                            answers.append(got)
+                            model.append(
+                                allowed(
+                                    grants,
+                                    revocations,
+                                    authority.roots,
+                                    who,
+                                    action,
+                                    GRANT_NS,
+                                    key,
+                                    at,
+                                    live=live,
+                                )
+                            )
+        return set(grants), set(revocations), tuple(answers), tuple(model)
+
+    def _grant_times(self) -> list[int]:
+        """Times around every acknowledged grant's window and revocation (at most 24,
+        evenly spread), and now on an unskewed clock."""
+        assert self.workload.grants is not None
+        record = self.workload.grants.record
+        times = {EPOCH_NS + round(trio.current_time() * 1e9)}
+        for grant in record.grants.values():
+            times |= {grant.not_before, grant.not_before - 1}
+            if grant.expires is not None:
+                times |= {grant.expires - 1, grant.expires}
+        for at in record.revoked_at:
+            times |= {at - 1, at}
+        ordered = sorted(t for t in times if t >= 0)
+        step = max(1, len(ordered) // 24)
+        return ordered[::step]
 
     def _disk_digest(self) -> str:
         """blake3 of every file on every node's disk (logs, checkpoints, meta)."""
