@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from ._node import SimNode
 
-__all__ = ["GRANTEES", "NAMESPACE", "Grants", "Use", "allowed"]
+__all__ = ["GRANTEES", "NAMESPACE", "Grants", "Use", "allowed", "describe"]
 
 #: Identities granted to and delegating; the namespace they are granted; its keys.
 GRANTEES = 3
@@ -78,15 +78,26 @@ class GrantRecord:
     #: Grants a node refused (escalating, or from a parent not in effect there).
     refused: int = 0
 
-    def describe(self) -> str:
-        delegated = sum(1 for g in self.grants.values() if g.parent is not None)
-        expiring = sum(1 for g in self.grants.values() if g.expires is not None)
-        allowed = sum(1 for u in self.uses if u.allowed)
-        return (
-            f"{len(self.grants)} granted ({delegated} delegated, {expiring} expiring), "
-            f"{self.refused} refused, {len(self.revoked)} revoked, {len(self.uses)} uses "
-            f"({allowed} allowed)"
-        )
+    def counts(self) -> dict[str, int]:
+        return {
+            "granted": len(self.grants),
+            "delegated": sum(1 for g in self.grants.values() if g.parent is not None),
+            "expiring": sum(1 for g in self.grants.values() if g.expires is not None),
+            "refused": self.refused,
+            "revoked": len(self.revoked),
+            "uses": len(self.uses),
+            "allowed": sum(1 for u in self.uses if u.allowed),
+        }
+
+
+def describe(counts: dict[str, int]) -> str:
+    """What the grants workload did, in words."""
+    c = counts
+    return (
+        f"{c['granted']} granted ({c['delegated']} delegated, {c['expiring']} expiring), "
+        f"{c['refused']} refused, {c['revoked']} revoked, {c['uses']} uses "
+        f"({c['allowed']} allowed)"
+    )
 
 
 def _expand(actions: int) -> int:

@@ -38,7 +38,7 @@ from . import _invariants as inv
 from ._clients import NAMESPACE, RKEYS, RemoteClient, Writes
 from ._clock import EPOCH_NS
 from ._faults import FaultPlan, draw_plan
-from ._grants import GKEYS, READ, WRITE, allowed, facts
+from ._grants import GKEYS, READ, WRITE, allowed, describe, facts
 from ._grants import NAMESPACE as GRANT_NS
 from ._inline import inline_threads
 from ._network import LinkFaults, Network
@@ -101,8 +101,9 @@ class Report:
     remote_connections: int = 0
     remote_lost_calls: int = 0
     remote_reapplied: int = 0
-    #: What the grants workload did (granted, delegated, refused, revoked, used).
-    grants: str = ""
+    #: What the grants workload did (granted, delegated, expiring, refused, revoked,
+    #: uses, allowed).
+    grants: dict[str, int] = attrs.Factory(dict)
 
     @property
     def ok(self) -> bool:
@@ -135,7 +136,7 @@ class Report:
                 if "remote" in c.workload
                 else []
             ),
-            *([f"  grants: {self.grants}"] if self.grants else []),
+            *([f"  grants: {describe(self.grants)}"] if self.grants else []),
             f"  trace digest {self.trace_digest}",
             f"  disk digest {self.disk_digest}",
         ]
@@ -439,8 +440,8 @@ class _Simulation:
             await self._remote_checks()
         if grants and self.workload.grants is not None:
             granted = self.workload.grants.record
-            self.report.grants = granted.describe()
-            self.trace.add("grants", self.report.grants)
+            self.report.grants = granted.counts()
+            self.trace.add("grants", describe(self.report.grants))
             self.checks["grants and revocations agree"] += 1
             self._violate(inv.grant_violations(grants, granted.grants, granted.revoked))
             self.checks["grant uses within a valid chain"] += len(granted.uses)
