@@ -189,7 +189,7 @@ class _Simulation:
         self.trace.add("plan", c.seed, c.nodes, c.duration, c.faults, plan.describe())
         owner = koru.Identity.mine(DIFFICULTY, rng=random.Random(rng.getrandbits(64)))
         quiet = LinkFaults(latency=plan.link.latency, jitter=plan.link.jitter)
-        remotes = c.nodes if "remote" in c.workload else 0
+        remotes = max(1, c.nodes // 2) if "remote" in c.workload else 0
         net = self.net = Network(c.nodes, rng, self.trace, quiet, clients=remotes)
         workload = self.workload = Workload(
             rng,
@@ -272,8 +272,10 @@ class _Simulation:
             self.report.remote_lost_calls = self.writes.lost_calls
 
     def _remote_clients(self, count: int, owner: koru.Identity) -> list[RemoteClient]:
-        """One remote client per node (if the workload has them; half a local client's
-        rate: a remote call costs the simulator a round trip and more), each with its own
+        """A remote client for every other node (nodes 0, 1, ...; at least one, if the
+        workload has them; at half a local client's rate: a remote call costs the
+        simulator a round trip, a handshake per reconnection, and its events' sync,
+        and the CI sweep keeps its time), each with its own
         identity, granted read and write on its namespace by the owner (presented at
         every connect: a node that lost or never received the grant takes it then).
         Their identities and draws come from a generator of the seed's own, so that

@@ -137,9 +137,9 @@ class Workload:
                 await self._move(node, db, name)
             elif "tokens" in self.kinds and roll < 0.25:
                 self.check_rings(node, db, name)
-            elif self.grants is not None and roll < 0.40:
+            elif self.grants is not None and roll < 0.35:
                 await self.grants.step(node, db, name)
-            elif "vectors" in self.kinds and roll < 0.43:
+            elif "vectors" in self.kinds and roll < 0.38:
                 text = " ".join(rng.choice(WORDS) for _ in range(4))
                 version = await db.put_similar("docs", f"d{rng.randrange(KEYS)}", text)
                 self.note_write(node, name, "docs", version.key, version.write_id)

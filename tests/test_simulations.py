@@ -99,9 +99,9 @@ def test_64_seeds_under_the_full_fault_mix() -> None:
         "remote writes applied once",
     ):
         assert checks[invariant] >= SWEEP, (invariant, checks)
-    # Remote clients reconnected through the faults (more connections than clients),
+    # The remote client reconnected through the faults (more connections than seeds),
     # and some calls found no node to talk to (it was down) and went on.
-    assert connections > 3 * SWEEP and lost >= 1
+    assert connections > SWEEP and lost >= 1
     # Grants: delegations made and refused (escalations), expiring grants, revocations,
     # and uses both allowed and refused, each judged against the model.
     for what in ("delegated", "expiring", "refused", "revoked", "allowed"):
