@@ -8,6 +8,7 @@ Replay any run with the command a failing report prints
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
@@ -39,6 +40,11 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str]] = [
     # that seq, and every peer refused its feed for good ("not the one its origin
     # sealed"): no convergence, its acknowledged writes never reached anyone.
     (297, 4, 120.0, "heavy"),
+    # A remote client's AUTH frame arrived truncated: the server closed with 1008 (any
+    # malformed message before the handshake is a policy violation), and koru.connect
+    # took that for the server refusing its identity (HandshakeRefusedError) instead
+    # of a connection to make again.
+    (96, 3, 120.0, "heavy"),
 ]
 
 #: The CI sweep: this many seeds with the full fault mix.
@@ -392,3 +398,67 @@ def test_a_server_that_forgets_write_keys_is_caught(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ServedCalls, "kept", lambda self, key: None)
     report = simulate(Config(seed=REMOTE_SEED, nodes=3, duration=60, faults="heavy"))
     assert any("applied 2 times" in v for v in report.violations), report.text()
+
+
+async def test_a_damaged_handshake_frame_is_a_connection_to_make_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Seed 96's bug, without the seed: the client's AUTH arrives truncated, the server
+    closes with 1008 (a malformed message before the handshake), and ``koru.connect``
+    must dial again, not take it for a refusal of its identity. The client's dialer is
+    the transport seam the simulator uses."""
+    import random
+    from contextlib import asynccontextmanager
+
+    from koru._peering import _run as serve_one
+    from koru.nursery import Connection, Limits, memory_pair
+
+    owner = koru.Identity.mine(4, rng=random.Random(7))
+    client = koru.Identity.mine(4, rng=random.Random(8))
+    dialed: list[int] = []
+
+    class Truncating:
+        """The first connection's first frame from the client arrives cut short."""
+
+        def __init__(self, conn: Any, damage: bool) -> None:
+            self._conn, self._damage = conn, damage
+            self.remote = conn.remote
+
+        async def send(self, data: bytes) -> None:
+            if self._damage:
+                self._damage = False
+                data = data[: len(data) // 2]
+            await self._conn.send(data)
+
+        async def receive(self) -> bytes:
+            return await self._conn.receive()  # type: ignore[no-any-return]
+
+        async def aclose(self, code: int = 1000, reason: str = "") -> None:
+            await self._conn.aclose(code, reason)
+
+    async with koru.open(":memory:", sync="os", difficulty=4) as db, trio.open_nursery() as n:
+        await db.enroll(owner)
+        grant = koru.Grant.create(owner, client.public_key, namespace="rc", actions="write")
+        book, sessions = db._peering()
+
+        @asynccontextmanager
+        async def dial(url: str, limits: Limits) -> Any:
+            ours, theirs = memory_pair("client", "server")
+            n.start_soon(
+                functools.partial(
+                    serve_one, db, book, theirs, server=True, role="peer",
+                    limits=db.peer_limits, sessions=sessions,
+                )
+            )  # fmt: skip
+            dialed.append(1)
+            conn: Connection = Truncating(ours, damage=len(dialed) == 1)
+            try:
+                yield conn
+            finally:
+                await conn.aclose()
+
+        async with koru.connect("ws://server", client, grants=[grant], dial=dial) as remote:
+            version = await remote.put("rc", "k", 1)
+        assert (await db.get("rc", "k")) == 1 and version.key == "k"
+        assert len(dialed) == 2  # the damaged connection, then a good one
+        n.cancel_scope.cancel()
