@@ -46,6 +46,7 @@ from koru.events import (
     verify,
 )
 from koru.nursery import (
+    MALFORMED_BEFORE_HANDSHAKE,
     Challenged,
     Clock,
     Connection,
@@ -292,7 +293,13 @@ class _Link:
             raise error
         end = found.get("end")
         code, reason = (end.code, end.reason) if end is not None else (None, "closed")
-        if code == 1008 and end is not None and not end.ours:  # the server's verdict
+        if (
+            code == 1008
+            and end is not None
+            and not end.ours
+            # (not a verdict: our AUTH reached it damaged, a connection to make again)
+            and not reason.startswith(MALFORMED_BEFORE_HANDSHAKE)
+        ):  # the server's verdict
             raise HandshakeRefusedError(f"the server refused this client: {reason}", code, reason)
         raise ConnectionClosed(code, reason)
 
