@@ -272,8 +272,8 @@ class _Simulation:
             self.report.remote_lost_calls = self.writes.lost_calls
 
     def _remote_clients(self, count: int, owner: koru.Identity) -> list[RemoteClient]:
-        """A remote client for every other node (nodes 0, 1, ...; at least one, if the
-        workload has them; at half a local client's rate: a remote call costs the
+        """A remote client per two nodes (pinned to nodes 0, 1, ...; at least one, if
+        the workload has them; at half a local client's rate: a remote call costs the
         simulator a round trip, a handshake per reconnection, and its events' sync,
         and the CI sweep keeps its time), each with its own
         identity, granted read and write on its namespace by the owner (presented at
