@@ -15,6 +15,11 @@ reads simply, writes with the key they were first sent with, so that the server
 applies each once (it keeps recent writes' answers by client and key). A subscription
 resumes from where it was, with no gap and no duplicate. A session that expires is
 renewed the same way.
+
+The connection itself comes from a *dialer* (``connect(..., dial=...)``): by default a
+websocket to the url; any other transport that carries the protocol's frames in
+order (nursery's ``Connection``) can be dialed instead, for example a simulated
+network.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -41,8 +46,10 @@ from koru.events import (
     verify,
 )
 from koru.nursery import (
+    MALFORMED_BEFORE_HANDSHAKE,
     Challenged,
     Clock,
+    Connection,
     ConnectionClosed,
     Limits,
     Msg,
@@ -71,7 +78,7 @@ from ._vectors import VectorHit
 from ._viewing import ViewInfo
 from ._workspace import WorkspaceInfo
 
-__all__ = ["RemoteDatabase", "RemoteSpace", "connect"]
+__all__ = ["Dialer", "RemoteDatabase", "RemoteSpace", "connect", "dial_websocket"]
 
 log = logging.getLogger("koru.remote")
 
@@ -80,6 +87,26 @@ RETRY_DELAYS = (0.0, 0.25, 1.0, 4.0)
 _CONNECT_TIMEOUT = 10.0
 #: Bytes of a REQUEST message around its payload (version, type, call id), at most.
 _FRAMING = 32
+
+#: Opens one connection to a url, for the client's messages of at most
+#: ``limits.max_message`` bytes: an async context manager giving a nursery
+#: ``Connection``, closed as it exits. Raising ``OSError`` or ``ConnectionClosed``
+#: means "cannot reach it now" (the client tries again with backoff).
+Dialer = Callable[[str, Limits], AbstractAsyncContextManager[Connection]]
+
+
+@asynccontextmanager
+async def dial_websocket(url: str, limits: Limits) -> AsyncIterator[Connection]:
+    """The default dialer: a websocket to ``url``."""
+    from trio_websocket import open_websocket_url
+
+    async with open_websocket_url(
+        url,
+        max_message_size=limits.max_message,
+        connect_timeout=_CONNECT_TIMEOUT,
+        disconnect_timeout=1.0,
+    ) as ws:
+        yield WebSocketConnection(ws, url)
 
 
 class _ClientHandshake:
@@ -147,8 +174,10 @@ class _Link:
         grants: list[bytes],
         limits: Limits,
         nursery: trio.Nursery,
+        dial: Dialer = dial_websocket,
     ) -> None:
         self.url = url
+        self._dial = dial
         self.identity = identity
         self._server_key = server_key
         self._grants = grants
@@ -211,8 +240,6 @@ class _Link:
         raise ConnectionLostError(f"cannot reach {self.url}: {last}")
 
     async def _open(self) -> Any:
-        from trio_websocket import open_websocket_url
-
         opened = trio.Event()
         found: dict[str, Any] = {}
         handshake = _ClientHandshake(self.identity, self._server_key, self._grants)
@@ -225,12 +252,7 @@ class _Link:
 
         async def session() -> None:
             try:
-                async with open_websocket_url(
-                    self.url,
-                    max_message_size=self.limits.max_message,
-                    connect_timeout=_CONNECT_TIMEOUT,
-                    disconnect_timeout=1.0,
-                ) as ws:
+                async with self._dial(self.url, self.limits) as conn:
                     proto = PeerProtocol(
                         server=False,
                         role="client",
@@ -238,9 +260,7 @@ class _Link:
                         now=trio.current_time(),
                         limits=self.limits,
                     )
-                    found["end"] = await run_session(
-                        WebSocketConnection(ws, self.url), proto, handshake, on_open=on_open
-                    )
+                    found["end"] = await run_session(conn, proto, handshake, on_open=on_open)
             except BaseException as exc:
                 found["error"] = exc
                 if not isinstance(exc, Exception):
@@ -273,7 +293,13 @@ class _Link:
             raise error
         end = found.get("end")
         code, reason = (end.code, end.reason) if end is not None else (None, "closed")
-        if code == 1008 and end is not None and not end.ours:  # the server's verdict
+        if (
+            code == 1008
+            and end is not None
+            and not end.ours
+            # (not a verdict: our AUTH reached it damaged, a connection to make again)
+            and not reason.startswith(MALFORMED_BEFORE_HANDSHAKE)
+        ):  # the server's verdict
             raise HandshakeRefusedError(f"the server refused this client: {reason}", code, reason)
         raise ConnectionClosed(code, reason)
 
@@ -924,6 +950,7 @@ async def connect(
     grants: Iterable[Grant] = (),
     limits: Limits | None = None,
     clock: Clock | None = None,
+    dial: Dialer | None = None,
 ) -> AsyncIterator[RemoteDatabase]:
     """A database served at ``url`` (``ws://host:port``, or ``host:port``), acting as
     ``identity``::
@@ -933,7 +960,8 @@ async def connect(
 
     ``server_key`` (the server's public key, if known) refuses any other server;
     ``grants`` are presented in the handshake, for a server that has not stored
-    them yet. Returns once connected.
+    them yet. ``clock`` dates the revocations signed here; ``dial`` opens each
+    connection (default :func:`dial_websocket`). Returns once connected.
 
     Raises:
         HandshakeRefusedError: the server refused this identity, or failed to prove
@@ -962,6 +990,7 @@ async def connect(
                 grants=presented,
                 limits=limits or Limits(),
                 nursery=nursery,
+                dial=dial or dial_websocket,
             )
             db = RemoteDatabase(link, clock or SystemClock())
             try:

@@ -12,6 +12,7 @@ from ._committer import Committer as Committer
 from ._committer import SyncMode as SyncMode
 from ._feedtree import Feed as Feed
 from ._feedtree import FeedTree as FeedTree
+from ._protocol import MALFORMED_BEFORE_HANDSHAKE as MALFORMED_BEFORE_HANDSHAKE
 from ._protocol import Authenticate as Authenticate
 from ._protocol import Challenged as Challenged
 from ._protocol import Limits as Limits
@@ -42,6 +43,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CLOSE_INTERNAL",
     "CLOSE_POLICY",
+    "MALFORMED_BEFORE_HANDSHAKE",
     "Authenticate",
     "Challenged",
     "Connection",

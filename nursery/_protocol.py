@@ -56,6 +56,7 @@ from ._wire import (
 )
 
 __all__ = [
+    "MALFORMED_BEFORE_HANDSHAKE",
     "Authenticate",
     "Close",
     "Command",
@@ -71,6 +72,12 @@ __all__ = [
 
 PEER = "peer"
 CLIENT = "client"
+
+#: How the reason of a close for a malformed message before the handshake begins (code
+#: 1008, as every violation there): the other side sent something this side could not
+#: decode. A client that knows it sent a well-formed AUTH reads it as its message
+#: damaged on the way (a connection to make again), not as a verdict on its identity.
+MALFORMED_BEFORE_HANDSHAKE = "before the handshake: "
 
 #: Heads of feeds this side does not hold, remembered at most.
 _MAX_PEER_TAGS = 65536
@@ -423,7 +430,7 @@ class PeerProtocol:
             out = self._dispatch(kind, fields, now)
         except WireError as exc:
             if pre_auth and exc.code == CLOSE_INVALID_PAYLOAD:
-                return self._close(CLOSE_POLICY, f"before the handshake: {exc.reason}")
+                return self._close(CLOSE_POLICY, MALFORMED_BEFORE_HANDSHAKE + exc.reason)
             return self._close(exc.code, exc.reason)
         if any(type(command) is Send for command in out):
             self._last_sent = now

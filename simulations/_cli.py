@@ -17,7 +17,7 @@ from ._duration import parse_duration
 
 __all__ = ["PROFILE_NAMES", "add_arguments", "main", "run"]
 
-WORKLOADS = ("kv", "tokens", "vectors", "grants")
+WORKLOADS = ("kv", "tokens", "vectors", "grants", "remote")
 #: The fault profiles (``koru.simulations.PROFILES``), named here so that building the
 #: parser imports nothing heavy.
 PROFILE_NAMES = ("default", "heavy", "none")
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--workload",
         type=_workload,
         default=WORKLOADS,
-        help="kv,tokens,vectors,grants (default all)",
+        help="kv,tokens,vectors,grants,remote (default all)",
     )
     p.add_argument("--trace", action="store_true", help="print the whole trace of each run")
     p.add_argument(

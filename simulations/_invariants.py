@@ -17,8 +17,18 @@ write, a divergent node) and assert that it reports it.
 * :func:`fork_violations`: no node refused a fork (a node whose own feed forked, e.g.
   by reusing a seq after a crash, or a fork accepted anywhere, shows here);
 * :func:`grant_violations`: every acknowledged grant and revocation is held by every
-  node, and every node answers ``check`` for each grantee alike, and as its own grants
-  and revocations say (read allowed iff a grant to it is not revoked);
+  node, and every node answers alike, at the same fixed times (around every grant's
+  start and expiry and every revocation's time), whether each grantee may read or
+  write each key (live, and for an event stamped then), and as the reference model
+  (:func:`koru.simulations._grants.allowed`) says from that node's grants;
+* :func:`use_violations`: every use of a grant a node allowed or refused, the model
+  allows or refuses alike, from the grants and revocations the node held then and at
+  the handle's time: nothing is authorized outside a valid chain at its time;
+* :func:`applied_once`: every write of a remote client is applied once: an
+  acknowledged one exactly once (the version it was acknowledged with), one whose call
+  was lost at most once; a write whose attempts reached two incarnations of its node
+  (the node restarted between them, forgetting the write's key) may be applied once
+  per incarnation, and those are counted apart (the documented limit);
 * :func:`rebuild_violations`: from each node's disk, a replay from genesis (every
   checksum and chain link of every agent's log verified) gives the same projections
   as the checkpoint and the same digest the open database reported.
@@ -34,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from ._grants import Use, allowed
 from ._workload import Op
 
 if TYPE_CHECKING:
@@ -43,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Histories",
+    "applied_once",
     "divergent_digests",
     "divergent_histories",
     "fork_violations",
@@ -50,6 +62,7 @@ __all__ = [
     "histories",
     "lost_writes",
     "rebuild_violations",
+    "use_violations",
     "session_violations",
     "state_digest",
 ]
@@ -144,6 +157,39 @@ def session_violations(ops: Iterable[Op], final: Histories) -> list[str]:
     return problems
 
 
+def applied_once(
+    acked: Mapping[str, tuple[str, str]],
+    uncertain: Iterable[str],
+    reached: Mapping[str, set[int]],
+    applied: Mapping[str, list[str]],
+) -> tuple[list[str], int]:
+    """Remote writes applied other than once (see the module docstring), and how many
+    were applied again by a restarted node. ``applied``: token -> the write ids of the
+    versions carrying it, in the final histories."""
+    problems = []
+    again = 0
+    tokens = sorted(set(acked) | set(uncertain) | set(applied))
+    for token in tokens:
+        got = applied.get(token, [])
+        allowed = max(1, len(reached.get(token, ())))
+        if token in acked:
+            key, wid = acked[token]
+            if wid not in got:
+                problems.append(f"{token}: acknowledged as {wid} of {key}, applied as {got}")
+                continue
+        elif token not in uncertain:
+            problems.append(f"{token}: applied as {got}, but never written")
+            continue
+        if len(got) > allowed:
+            problems.append(
+                f"{token}: applied {len(got)} times, its attempts reached "
+                f"{allowed} incarnation(s) of its node"
+            )
+        elif len(got) > 1:
+            again += 1
+    return problems, again
+
+
 def divergent_digests(states: Mapping[str, tuple[str, Any]]) -> list[str]:
     """Nodes whose (digest, feed heads) differ from the first node's."""
     names = sorted(states)
@@ -188,6 +234,23 @@ def grant_violations(
             problems.append(f"{name}: check answers {checks}, its grants say {implied}")
     if len(set(answers.values())) > 1:
         problems.append(f"nodes answer check differently: {dict(sorted(answers.items()))}")
+    return problems
+
+
+def use_violations(uses: Iterable[Use]) -> list[str]:
+    """Uses a node decided otherwise than the reference model, from what it held."""
+    problems = []
+    for use in uses:
+        model = allowed(
+            use.grants, use.revocations, use.roots, use.who, use.action, "gd", use.key, use.at
+        )
+        if model != use.allowed:
+            problems.append(
+                f"{use.node}: {use.who.hex()[:8]} was "
+                + ("allowed" if use.allowed else "refused")
+                + f" action {use.action} on gd/{use.key} at {use.at}, the chains say "
+                + ("yes" if model else "no")
+            )
     return problems
 
 

@@ -97,7 +97,7 @@ class SimConnection:
 
     @property
     def remote(self) -> str:
-        return f"sim://node{self._link.ends[1 - self._side]}"
+        return f"sim://{self._link.net.names[self._link.ends[1 - self._side]]}"
 
     @property
     def _src(self) -> int:
@@ -189,8 +189,19 @@ class SimConnection:
 class Network:
     """Every connection of a run, the partitions, and what each node sent."""
 
-    def __init__(self, nodes: int, rng: random.Random, trace: Trace, faults: LinkFaults) -> None:
+    def __init__(
+        self,
+        nodes: int,
+        rng: random.Random,
+        trace: Trace,
+        faults: LinkFaults,
+        *,
+        clients: int = 0,
+    ) -> None:
         self.rng = rng
+        #: Every end's name: the nodes, then the remote clients (never partitioned
+        #: from their node: a client and its server are on one side).
+        self.names = [f"node{i}" for i in range(nodes)] + [f"client{i}" for i in range(clients)]
         self.trace = trace
         self.faults = faults
         #: Directed (from, to) pairs whose frames do not get through.
@@ -198,7 +209,7 @@ class Network:
         self._links: list[_Link] = []
         self._event = trio.Event()
         self._count = 0
-        self.bytes_sent = [0] * nodes
+        self.bytes_sent = [0] * (nodes + clients)
         #: Faults that happened, by kind (frames cut, duplicated, corrupted, ...).
         self.counts: collections.Counter[str] = collections.Counter()
         self.frames = 0

@@ -35,7 +35,11 @@ import trio.testing
 import koru
 
 from . import _invariants as inv
+from ._clients import NAMESPACE, RKEYS, RemoteClient, Writes
+from ._clock import EPOCH_NS
 from ._faults import FaultPlan, draw_plan
+from ._grants import GKEYS, READ, WRITE, allowed, describe, facts
+from ._grants import NAMESPACE as GRANT_NS
 from ._inline import inline_threads
 from ._network import LinkFaults, Network
 from ._node import DIFFICULTY, PATH, SimNode
@@ -57,7 +61,7 @@ class Config:
     rate: float = 1.0  # operations per virtual second per client
     degree: int = 2  # peers each node dials besides its ring neighbour (at most)
     settle: float = 900.0  # virtual seconds the healed cluster has to converge
-    workload: tuple[str, ...] = ("kv", "tokens", "vectors", "grants")
+    workload: tuple[str, ...] = ("kv", "tokens", "vectors", "grants", "remote")
     keep_trace: bool = False
 
     def command(self) -> str:
@@ -92,6 +96,14 @@ class Report:
     wall: float = 0.0
     #: Nodes whose connections offered a Bloom filter at open (Bloom mode).
     bloom_nodes: int = 0
+    #: Remote clients: connections opened, calls that found no node, writes a
+    #: restarted node applied again (its key forgotten: the documented limit).
+    remote_connections: int = 0
+    remote_lost_calls: int = 0
+    remote_reapplied: int = 0
+    #: What the grants workload did (granted, delegated, expiring, refused, revoked,
+    #: uses, allowed).
+    grants: dict[str, int] = attrs.Factory(dict)
 
     @property
     def ok(self) -> bool:
@@ -115,6 +127,16 @@ class Report:
             )
             + f", bytes sent per node {sum(self.bytes_sent) // max(1, len(self.bytes_sent)):,}"
             + f", {self.wall:.1f}s wall",
+            *(
+                [
+                    f"  remote clients: {self.remote_connections} connections, "
+                    f"{self.remote_lost_calls} calls lost, {self.remote_reapplied} write(s) "
+                    "applied again by a restarted node"
+                ]
+                if "remote" in c.workload
+                else []
+            ),
+            *([f"  grants: {describe(self.grants)}"] if self.grants else []),
             f"  trace digest {self.trace_digest}",
             f"  disk digest {self.disk_digest}",
         ]
@@ -167,7 +189,8 @@ class _Simulation:
         self.trace.add("plan", c.seed, c.nodes, c.duration, c.faults, plan.describe())
         owner = koru.Identity.mine(DIFFICULTY, rng=random.Random(rng.getrandbits(64)))
         quiet = LinkFaults(latency=plan.link.latency, jitter=plan.link.jitter)
-        net = self.net = Network(c.nodes, rng, self.trace, quiet)
+        remotes = max(1, c.nodes // 2) if "remote" in c.workload else 0
+        net = self.net = Network(c.nodes, rng, self.trace, quiet, clients=remotes)
         workload = self.workload = Workload(
             rng,
             self.trace,
@@ -203,6 +226,8 @@ class _Simulation:
             node.bloom = blooms.choice((0, 0, 8, 64))
             self.trace.add(node.name, "bloom", node.bloom)
         self.report.bloom_nodes = sum(1 for node in nodes if node.bloom)
+        self.writes = Writes()
+        clients = self._remote_clients(remotes, owner)
         for node in nodes:
             node.on_open = [self._after_restart, workload.on_open]
             node.tasks = [
@@ -213,6 +238,9 @@ class _Simulation:
                 for node in nodes:
                     nursery.start_soon(node.life, nodes)
                 await self._all_up(600)
+                done = trio.Event()
+                if clients:  # (no task otherwise: the scheduler's order stays as it was)
+                    nursery.start_soon(self._run_clients, clients, done)
                 net.faults = plan.link
                 self.trace.add("phase", "faults")
                 async with trio.open_nursery() as faults:
@@ -224,6 +252,8 @@ class _Simulation:
                 workload.running = False
                 self.trace.add("phase", "heal")
                 healed = trio.current_time()
+                if clients:
+                    await done.wait()  # no remote call lands after the convergence
                 await self._all_up(120)
                 await self._burst()
                 await self._converge(healed)
@@ -237,7 +267,49 @@ class _Simulation:
             self.report.faults = dict(self.injected + net.counts)
             self.report.checks = dict(self.checks)
             self.report.operations = len(workload.record.ops)
-            self.report.bytes_sent = list(net.bytes_sent)
+            self.report.bytes_sent = list(net.bytes_sent[: c.nodes])
+            self.report.remote_connections = self.writes.connections
+            self.report.remote_lost_calls = self.writes.lost_calls
+
+    def _remote_clients(self, count: int, owner: koru.Identity) -> list[RemoteClient]:
+        """A remote client per two nodes (pinned to nodes 0, 1, ...; at least one, if
+        the workload has them; at half a local client's rate: a remote call costs the
+        simulator a round trip, a handshake per reconnection, and its events' sync,
+        and the CI sweep keeps its time), each with its own
+        identity, granted read and write on its namespace by the owner (presented at
+        every connect: a node that lost or never received the grant takes it then).
+        Their identities and draws come from a generator of the seed's own, so that
+        the other draws of a seed stay as they were when seeds were pinned."""
+        rng = random.Random(self.config.seed * 7919 + 29)
+        clients = []
+        for k in range(count):
+            identity = koru.Identity.mine(DIFFICULTY, rng=random.Random(rng.getrandbits(64)))
+            grant = koru.Grant.create(
+                owner, identity.public_key, namespace=NAMESPACE, actions=["read", "write"]
+            )
+            clients.append(
+                RemoteClient(
+                    k,
+                    len(self.nodes) + k,
+                    self.nodes[k % len(self.nodes)],
+                    rng=rng,
+                    trace=self.trace,
+                    workload=self.workload,
+                    writes=self.writes,
+                    identity=identity,
+                    grant=grant,
+                    rate=self.config.rate / 2,
+                )
+            )
+        return clients
+
+    async def _run_clients(self, clients: list[RemoteClient], done: trio.Event) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(client.run)
+        finally:
+            done.set()
 
     async def _all_up(self, limit: float) -> None:
         with trio.fail_after(limit):
@@ -357,8 +429,8 @@ class _Simulation:
             self.report.events = max(self.report.events, sum((await db.feed_heads()).values()))
             if "tokens" in self.config.workload:
                 self.workload.check_rings(node, db, "final")
-            if "grants" in self.config.workload:
-                grants[node.name] = await self._grant_state(db)
+            if self.workload.grants is not None:
+                grants[node.name] = self._grant_state(db)
         self.checks["per-key histories identical"] += 1
         self._violate(inv.divergent_histories(per_node))
         for name, held in per_node.items():
@@ -368,28 +440,88 @@ class _Simulation:
         self._violate(inv.session_violations(record.ops, per_node[self.nodes[0].name]))
         self.checks["no fork"] += 1
         self._violate(inv.fork_violations(forks))
-        if grants:
+        if "remote" in self.config.workload:
+            await self._remote_checks()
+        if grants and self.workload.grants is not None:
+            granted = self.workload.grants.record
+            self.report.grants = granted.counts()
+            self.trace.add("grants", describe(self.report.grants))
             self.checks["grants and revocations agree"] += 1
-            self._violate(inv.grant_violations(grants, record.grants, record.revoked))
+            self._violate(inv.grant_violations(grants, granted.grants, granted.revoked))
+            self.checks["grant uses within a valid chain"] += len(granted.uses)
+            self._violate(inv.use_violations(granted.uses))
         self.checks[f"ring totals ({TOKENS} tokens)"] += record.token_checks
         self._violate(record.violations)
         for name in sorted(digests):
             self.trace.add("final", name, digests[name])
         return digests
 
-    async def _grant_state(self, db: koru.Database) -> inv.GrantState:
-        state = db._authority.state
-        revoked = set(state.revocations)
-        checks, implied = [], []
-        for grantee in self.workload.grantees:
-            checks.append(await db.check(grantee, "read", "kv", "k0"))
-            implied.append(
-                any(
-                    g.grantee == grantee.public_key and gid not in revoked
-                    for gid, g in state.grants.items()
-                )
-            )
-        return set(state.grants), revoked, tuple(checks), tuple(implied)
+    async def _remote_checks(self) -> None:
+        """Every remote write applied once (histories are identical on every node by
+        now: the first node's tell how often each token was applied)."""
+        db = self.nodes[0].db
+        assert db is not None
+        applied: dict[str, list[str]] = {}
+        for k in range(RKEYS):
+            for version in await db.history(NAMESPACE, f"rk{k}"):
+                value = version.value
+                if isinstance(value, dict) and isinstance(value.get("op"), str):
+                    applied.setdefault(value["op"], []).append(version.write_id)
+        w = self.writes
+        problems, again = inv.applied_once(w.acked, w.uncertain, w.reached, applied)
+        self.checks["remote writes applied once"] += 1
+        self._violate(problems + w.failures)
+        self.report.remote_reapplied = again
+        self.trace.add("remote", len(w.acked), len(w.uncertain), again, sorted(w.refused.items()))
+
+    def _grant_state(self, db: koru.Database) -> inv.GrantState:
+        """What ``db`` holds and answers, at fixed times (the same for every node)."""
+        assert self.workload.grants is not None
+        grants, revocations = facts(db)
+        authority = db._authority
+        answers, model = [], []
+        for at in self._grant_times():
+            for grantee in self.workload.grants.grantees:
+                who = grantee.public_key
+                for action in (READ, WRITE):
+                    for k in range(GKEYS):
+                        key = f"g{k}"
+                        for live in (True, False):
+                            if live:
+                                got = authority.allows(who, action, GRANT_NS, key, at)
+                            else:
+                                got = authority.allowed_at(who, action, GRANT_NS, key, at)
+                            answers.append(got)
+                            model.append(
+                                allowed(
+                                    grants,
+                                    revocations,
+                                    authority.roots,
+                                    who,
+                                    action,
+                                    GRANT_NS,
+                                    key,
+                                    at,
+                                    live=live,
+                                )
+                            )
+        return set(grants), set(revocations), tuple(answers), tuple(model)
+
+    def _grant_times(self) -> list[int]:
+        """Times around every acknowledged grant's window and revocation (at most 24,
+        evenly spread), and now on an unskewed clock."""
+        assert self.workload.grants is not None
+        record = self.workload.grants.record
+        times = {EPOCH_NS + round(trio.current_time() * 1e9)}
+        for grant in record.grants.values():
+            times |= {grant.not_before, grant.not_before - 1}
+            if grant.expires is not None:
+                times |= {grant.expires - 1, grant.expires}
+        for at in record.revoked_at:
+            times |= {at - 1, at}
+        ordered = sorted(t for t in times if t >= 0)
+        step = max(1, len(ordered) // 24)
+        return ordered[::step]
 
     def _disk_digest(self) -> str:
         """blake3 of every file on every node's disk (logs, checkpoints, meta)."""

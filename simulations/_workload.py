@@ -13,10 +13,9 @@ its node). Each client, at exponentially spaced virtual times, does one of:
   by ingest or by replication shows as another total);
 * **vector embeds**: ``put_similar`` of short texts (the embedding index is a
   projection like any other, rebuilt and compared at the end);
-* **grants and revocations**: the owner grants one of a few identities ``read`` on
-  ``kv``, through a node, and later revokes that grant (signed by the owner, stored in
-  the identity feed, synced like every feed); every node must end up holding every
-  acknowledged grant and revocation and answering ``check`` alike.
+* **grants and revocations** (:mod:`._grants`): grants from the owner, delegation
+  chains, expiry on the node's clock, revocations racing with use, and uses through
+  an authorized handle, each judged against a reference model.
 
 Only acknowledged writes are recorded as writes: a write in flight when its node
 crashed may or may not survive, and no invariant depends on it.
@@ -33,6 +32,7 @@ import trio
 import koru
 from koru import KeyNotFoundError
 
+from ._grants import Grants
 from ._trace import Trace
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["KEYS", "TOKENS", "Op", "Record", "Workload"]
 
-#: Identities the grants workload grants to and revokes from.
-GRANTEES = 3
 #: Keys of the churn, shared by every node; slots per ring; tokens per ring.
 KEYS = 12
 SLOTS = 5
@@ -70,9 +68,6 @@ class Record:
     """Everything the clients did and saw."""
 
     ops: list[Op] = attrs.Factory(list)
-    #: Acknowledged grants (id -> grantee index) and revocations (grant ids).
-    grants: dict[bytes, int] = attrs.Factory(dict)
-    revoked: set[bytes] = attrs.Factory(set)
     #: Violations seen during the run (ring totals).
     violations: list[str] = attrs.Factory(list)
     token_checks: int = 0
@@ -104,14 +99,13 @@ class Workload:
         self.record = Record()
         self.running = True
         self.owner = owner
-        self.grantees = [
-            koru.Identity.mine(4, rng=random.Random(rng.getrandbits(64))).public
-            for _ in range(GRANTEES if "grants" in kinds else 0)
-        ]
-        #: Per client: the grant it made and has not revoked yet.
-        self._granted: dict[str, bytes] = {}
+        self.grants = (
+            Grants(rng, trace, owner, self.note_write)
+            if "grants" in kinds and owner is not None
+            else None
+        )
 
-    def _note(self, op: Op) -> None:
+    def note(self, op: Op) -> None:
         self.record.ops.append(op)
         wid = "-" if op.write_id is None else op.write_id[:16]
         self.trace.add(op.client, op.session, op.kind, op.namespace, op.key, wid)
@@ -128,7 +122,7 @@ class Workload:
 
     def note_write(self, node: SimNode, client: str, ns: str, key: str, write_id: str) -> None:
         """Record an acknowledged write (the invariants check it is never lost)."""
-        self._note(
+        self.note(
             Op(f"{node.name}/{client}", node.index, node.incarnation, "write", ns, key, write_id)
         )
 
@@ -143,9 +137,9 @@ class Workload:
                 await self._move(node, db, name)
             elif "tokens" in self.kinds and roll < 0.25:
                 self.check_rings(node, db, name)
-            elif "grants" in self.kinds and self.owner is not None and roll < 0.29:
-                await self._grant_or_revoke(node, db, name)
-            elif "vectors" in self.kinds and roll < 0.32:
+            elif self.grants is not None and roll < 0.35:
+                await self.grants.step(node, db, name)
+            elif "vectors" in self.kinds and roll < 0.38:
                 text = " ".join(rng.choice(WORDS) for _ in range(4))
                 version = await db.put_similar("docs", f"d{rng.randrange(KEYS)}", text)
                 self.note_write(node, name, "docs", version.key, version.write_id)
@@ -153,7 +147,7 @@ class Workload:
                 key = f"k{rng.randrange(KEYS)}"
                 latest = await db.history("kv", key, latest=1)
                 read = latest[-1].write_id if latest else None
-                self._note(
+                self.note(
                     Op(f"{node.name}/{name}", node.index, node.incarnation, "read", "kv", key, read)
                 )
             elif roll < 0.72:
@@ -169,23 +163,6 @@ class Workload:
                 value = {"by": f"{node.name}/{name}", "n": rng.randrange(10**6)}
                 version = await db.put("kv", key, value)
                 self.note_write(node, name, "kv", key, version.write_id)
-
-    async def _grant_or_revoke(self, node: SimNode, db: Database, client: str) -> None:
-        assert self.owner is not None
-        who = f"{node.name}/{client}"
-        held = self._granted.pop(who, None)
-        if held is not None and held in db._authority.state.grants:
-            await db.revoke(held, revoker=self.owner)
-            self.record.revoked.add(held)
-            self.trace.add(who, node.incarnation, "revoke", held.hex()[:16])
-            return
-        index = self.rng.randrange(len(self.grantees))
-        grantee = self.grantees[index]
-        await db.register(grantee)
-        grant = await db.grant(grantee, namespace="kv", actions="read", granter=self.owner)
-        self._granted[who] = grant.id
-        self.record.grants[grant.id] = index
-        self.trace.add(who, node.incarnation, "grant", index, grant.id.hex()[:16])
 
     async def _move(self, node: SimNode, db: Database, client: str) -> None:
         keys = [f"n{node.index}s{s}" for s in range(SLOTS)]

@@ -8,6 +8,7 @@ Replay any run with the command a failing report prints
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
@@ -39,10 +40,17 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str]] = [
     # that seq, and every peer refused its feed for good ("not the one its origin
     # sealed"): no convergence, its acknowledged writes never reached anyone.
     (297, 4, 120.0, "heavy"),
+    # A remote client's AUTH frame arrived truncated: the server closed with 1008 (any
+    # malformed message before the handshake is a policy violation), and koru.connect
+    # took that for the server refusing its identity (HandshakeRefusedError) instead
+    # of a connection to make again.
+    (96, 3, 120.0, "heavy"),
 ]
 
 #: The CI sweep: this many seeds with the full fault mix.
 SWEEP = 64
+#: A seed whose remote clients retry writes on the same incarnation of their node.
+REMOTE_SEED = 3
 
 
 def _run(seed: int, nodes: int = 3, duration: float = 30.0, faults: str = "heavy") -> Report:
@@ -67,12 +75,16 @@ def test_the_same_seed_gives_the_same_trace_and_the_same_bytes() -> None:
 def test_64_seeds_under_the_full_fault_mix() -> None:
     injected: Counter[str] = Counter()
     checks: Counter[str] = Counter()
-    bloom = 0
+    grants: Counter[str] = Counter()
+    bloom = connections = lost = 0
     for seed in range(SWEEP):
         report = _run(1000 + seed, nodes=3, duration=20, faults="heavy")
         injected.update(report.faults)
         checks.update(report.checks)
+        grants.update(report.grants)
         bloom += report.bloom_nodes
+        connections += report.remote_connections
+        lost += report.remote_lost_calls
     # Bloom mode (a filter offered at open, a false positive settled by the Merkle
     # round) ran on some nodes of most seeds, under the same faults.
     assert bloom >= SWEEP // 2
@@ -90,8 +102,17 @@ def test_64_seeds_under_the_full_fault_mix() -> None:
         "convergence",
         "chains valid, projections equal a rebuild",
         "grants and revocations agree",
+        "remote writes applied once",
     ):
         assert checks[invariant] >= SWEEP, (invariant, checks)
+    # The remote client reconnected through the faults (more connections than seeds),
+    # and some calls found no node to talk to (it was down) and went on.
+    assert connections > SWEEP and lost >= 1
+    # Grants: delegations made and refused (escalations), expiring grants, revocations,
+    # and uses both allowed and refused, each judged against the model.
+    for what in ("delegated", "expiring", "refused", "revoked", "allowed"):
+        assert grants[what] >= 1, grants
+    assert checks["grant uses within a valid chain"] == grants["uses"] > grants["allowed"]
 
 
 @pytest.mark.parametrize(("seed", "nodes", "duration", "faults"), REGRESSION_SEEDS)
@@ -273,3 +294,171 @@ async def test_a_ring_that_lost_a_token_is_reported(
         await db.get("ring", "n1s0")
         workload.check_rings(node, db, "c1")
         assert "ring 1" in workload.record.violations[-1]
+
+
+# -- remote clients and grants: the checkers and the model -------------------------------
+
+
+def test_remote_writes_applied_other_than_once_are_reported() -> None:
+    acked = {"t1": ("rk0", "w1")}
+    reached = {"t1": {1}, "t2": {1}, "t3": {1, 2}}
+    ok, again = invariants.applied_once(acked, {"t2"}, reached, {"t1": ["w1"]})
+    assert ok == [] and again == 0
+    # Applied twice by one incarnation (it kept the key): a violation.
+    twice, _ = invariants.applied_once(acked, set(), reached, {"t1": ["w1", "w9"]})
+    assert "applied 2 times" in twice[0]
+    # Acknowledged with one version, stored as another.
+    other, _ = invariants.applied_once(acked, set(), reached, {"t1": ["w2"]})
+    assert "acknowledged as w1" in other[0]
+    # A lost call applied twice, each by one incarnation of a restarted node: the
+    # documented limit, counted apart; three times is a violation.
+    lost = {"t3"}
+    assert invariants.applied_once({}, lost, reached, {"t3": ["a", "b"]}) == ([], 1)
+    assert (
+        "applied 3 times"
+        in invariants.applied_once({}, lost, reached, {"t3": ["a", "b", "c"]})[0][0]
+    )
+    # A value no client wrote.
+    assert "never written" in invariants.applied_once({}, set(), {}, {"tx": ["a"]})[0][0]
+
+
+def _grants_world() -> tuple[Any, ...]:
+    import random
+
+    from koru import Grant, Revocation
+
+    owner, a, b = (koru.Identity.mine(4, rng=random.Random(i)) for i in range(3))
+    root = Grant.create(
+        owner, a.public_key, namespace="gd", actions=["read", "write"], not_before=100, expires=1000
+    )
+    child = Grant.create(
+        a, b.public_key, namespace="gd", key="g1", actions="read", not_before=100,
+        expires=500, parent=root.id,
+    )  # fmt: skip
+    wider = Grant.create(
+        a,
+        b.public_key,
+        namespace="gd",
+        key="g1",
+        actions="read",
+        not_before=100,
+        expires=2000,
+        parent=root.id,
+    )  # fmt: skip: outlives its parent
+    return owner, a, b, root, child, wider, Grant, Revocation
+
+
+def test_the_grant_model_follows_the_chains() -> None:
+    from koru.simulations._grants import READ, WRITE, allowed
+
+    owner, a, b, root, child, wider, _, Revocation = _grants_world()
+    roots = frozenset({owner.public_key})
+    grants = {root.id: root, child.id: child, wider.id: wider}
+
+    def may(who: Any, action: int, key: str, at: int, revs: Any = None, live: bool = True) -> bool:
+        return allowed(grants, revs or {}, roots, who.public_key, action, "gd", key, at, live=live)
+
+    assert may(owner, WRITE, "anything", 1)  # a root
+    assert may(a, WRITE, "g2", 100) and may(a, READ, "g2", 999)
+    assert not may(a, READ, "g2", 99) and not may(a, READ, "g2", 1000)  # its window
+    assert may(b, READ, "g1", 499) and not may(b, READ, "g1", 500)  # the child expires
+    assert not may(b, WRITE, "g1", 200) and not may(b, READ, "g2", 200)  # attenuated
+    # The grant that outlives its parent never counts: b reads nothing after 500.
+    assert not may(b, READ, "g1", 700)
+    # Revoking the root grant voids the chain below it: live at once; for an event
+    # stamped at a time, from the revocation's own time.
+    revoked = {root.id: (Revocation.create(owner, root.id, 300),)}
+    assert not may(b, READ, "g1", 200, revoked)
+    assert may(b, READ, "g1", 200, revoked, live=False)
+    assert not may(b, READ, "g1", 300, revoked, live=False)
+    # A revocation by someone with no say over the grant does not count.
+    stranger = {root.id: (Revocation.create(b, root.id, 300),)}
+    assert may(a, READ, "g1", 400, stranger)
+
+
+def test_a_use_outside_a_valid_chain_is_reported() -> None:
+    from koru.simulations._grants import READ, Use
+
+    owner, a, b, root, child, _, _, _ = _grants_world()
+    grants = {root.id: root, child.id: child}
+    roots = frozenset({owner.public_key})
+    good = Use("node0", 200, b.public_key, READ, "g1", True, grants, {}, roots)
+    late = Use("node0", 600, b.public_key, READ, "g1", True, grants, {}, roots)
+    refused = Use("node1", 200, a.public_key, READ, "g0", False, grants, {}, roots)
+    assert invariants.use_violations([good]) == []
+    assert "allowed" in invariants.use_violations([late])[0]
+    assert "refused" in invariants.use_violations([refused])[0]
+
+
+def test_a_server_that_forgets_write_keys_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: a server that answers no retried write from its table applies it
+    again, within one incarnation, and the simulator reports it."""
+    from koru._serving import ServedCalls
+
+    monkeypatch.setattr(ServedCalls, "kept", lambda self, key: None)
+    report = simulate(Config(seed=REMOTE_SEED, nodes=3, duration=60, faults="heavy"))
+    assert any("applied 2 times" in v for v in report.violations), report.text()
+
+
+async def test_a_damaged_handshake_frame_is_a_connection_to_make_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Seed 96's bug, without the seed: the client's AUTH arrives truncated, the server
+    closes with 1008 (a malformed message before the handshake), and ``koru.connect``
+    must dial again, not take it for a refusal of its identity. The client's dialer is
+    the transport seam the simulator uses."""
+    import random
+    from contextlib import asynccontextmanager
+
+    from koru._peering import _run as serve_one
+    from koru.nursery import Connection, Limits, memory_pair
+
+    owner = koru.Identity.mine(4, rng=random.Random(7))
+    client = koru.Identity.mine(4, rng=random.Random(8))
+    dialed: list[int] = []
+
+    class Truncating:
+        """The first connection's first frame from the client arrives cut short."""
+
+        def __init__(self, conn: Any, damage: bool) -> None:
+            self._conn, self._damage = conn, damage
+            self.remote = conn.remote
+
+        async def send(self, data: bytes) -> None:
+            if self._damage:
+                self._damage = False
+                data = data[: len(data) // 2]
+            await self._conn.send(data)
+
+        async def receive(self) -> bytes:
+            return await self._conn.receive()  # type: ignore[no-any-return]
+
+        async def aclose(self, code: int = 1000, reason: str = "") -> None:
+            await self._conn.aclose(code, reason)
+
+    async with koru.open(":memory:", sync="os", difficulty=4) as db, trio.open_nursery() as n:
+        await db.enroll(owner)
+        grant = koru.Grant.create(owner, client.public_key, namespace="rc", actions="write")
+        book, sessions = db._peering()
+
+        @asynccontextmanager
+        async def dial(url: str, limits: Limits) -> Any:
+            ours, theirs = memory_pair("client", "server")
+            n.start_soon(
+                functools.partial(
+                    serve_one, db, book, theirs, server=True, role="peer",
+                    limits=db.peer_limits, sessions=sessions,
+                )
+            )  # fmt: skip
+            dialed.append(1)
+            conn: Connection = Truncating(ours, damage=len(dialed) == 1)
+            try:
+                yield conn
+            finally:
+                await conn.aclose()
+
+        async with koru.connect("ws://server", client, grants=[grant], dial=dial) as remote:
+            version = await remote.put("rc", "k", 1)
+        assert (await db.get("rc", "k")) == 1 and version.key == "k"
+        assert len(dialed) == 2  # the damaged connection, then a good one
+        n.cancel_scope.cancel()
