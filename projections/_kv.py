@@ -30,7 +30,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
-from koru.events import Event, PutEvent, Table, content_id, write_id
+from koru.events import Event, PutEvent, PutRun, Table, content_id, write_id
 
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
@@ -54,6 +54,9 @@ _EXPIRES = 2
 #: Flag bit of a version with a time to live (its ``expires`` field is set).
 EXPIRES = _EXPIRES
 _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
+# Where the last record's write id and order key end, counted from a blob's end.
+_LAST_WID = _WID - RECORD_SIZE
+_LAST_ORDER = _ORDER - RECORD_SIZE
 #: Default budgets of the warm tier (records written lately, still in memory after the
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).
 DEFAULT_WARM_BYTES = 64 * 1024 * 1024
@@ -367,6 +370,61 @@ class KvState:
                 (_TOMBSTONE if data is None else 0) | (_EXPIRES if expires else 0),
             )
             self._insert(w.namespace, w.key, rec, hlc)
+
+    def apply_run(self, run: PutRun) -> None:
+        """Fold a run of puts: the same as :meth:`apply` of each in order.
+
+        The common case, a put newer than the current version of a key held in memory
+        (or a new key when nothing lies below memory), appends its record here, with the
+        counts and sums kept in locals; anything else takes :meth:`_insert`. Both add
+        to the same counts and sums, which commute.
+        """
+        pack, cid, from_bytes = _REC.pack, content_id, int.from_bytes
+        origin, insert = run.origin, self._insert
+        namespaces, ns_live, expiring = self.namespaces, self.ns_live, self.expiring
+        below = bool(self.frozen or self.tables)
+        appended = created = revived = current = every = 0
+        for hlc, (namespace, key, value, previous), eid, location in zip(
+            run.hlcs, run.writes, run.ids, run.locations, strict=True
+        ):
+            rec = pack(hlc, origin, eid, cid(value), previous or _NO_ID, location, len(value), 0, 0)
+            keys = namespaces.get(namespace)
+            blob = None if keys is None else keys.get(key)
+            if blob is None:
+                if keys is None or below:
+                    insert(namespace, key, rec, hlc)
+                    continue
+                keys[key] = bytearray(rec)
+                wid = from_bytes(eid, "big")  # a put's one write id is its event id
+                current += wid
+                created += 1
+                ns_live[namespace] = ns_live.get(namespace, 0) + 1
+            elif type(blob) is bytearray and rec[:_ORDER] > blob[-RECORD_SIZE:_LAST_ORDER]:
+                wid = from_bytes(eid, "big")
+                current += wid - from_bytes(blob[_LAST_WID:_LAST_ORDER], "big")
+                flags = blob[-1]
+                blob += rec
+                if flags:  # the version it replaces was deleted, or had a time to live
+                    if flags & _TOMBSTONE:
+                        revived += 1
+                        ns_live[namespace] = ns_live.get(namespace, 0) + 1
+                    if flags & _EXPIRES:
+                        expiring.pop((namespace, key), None)
+                appended += 1
+            else:
+                insert(namespace, key, rec, hlc)
+                continue
+            every += wid
+        added = appended + created
+        self.mem_bytes += added * RECORD_SIZE
+        self.versions += added
+        self.version_sum += every
+        self.current_sum += current
+        self.key_total += created
+        self.live += created + revived
+        top = max(run.hlcs)
+        if top > self.max_hlc:
+            self.max_hlc = top
 
     def _insert(self, namespace: str, key: str, rec: bytes, hlc: int) -> None:
         """Insert one packed version record in order (idempotent)."""
