@@ -205,16 +205,17 @@ class RunDecoder:
                             continue
                 # Any other record, or a put the fast checks did not accept whole.
                 event = decode_trusted(data)
-                if run is not None:
-                    heads[(origin_of, agent)] = (next_seq - 1, last_id)
-                    yield run
-                    run, next_seq = None, 0
                 origin, ev_agent, seq, prev = event[:4]  # type: ignore[index]
                 if ev_agent != agent:
                     raise CodecError(f"an event of agent {ev_agent!r} in this log")
+                if run is not None:
+                    heads[(origin_of, agent)] = (next_seq - 1, last_id)
                 feed = (origin, agent)
                 _follow(heads[feed] if feed in heads else head_of(feed), seq, prev, origin)
                 heads[feed] = (seq, eid)
+                if run is not None:  # checked before it: the run goes first
+                    yield run
+                    run, next_seq = None, 0
                 yield location, position, eid, event
             if run is not None:
                 yield run

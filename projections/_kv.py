@@ -444,7 +444,6 @@ class KvState:
                         self.reads.pop((namespace, key), None)
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
         tomb = rec[-1] & _TOMBSTONE
-        self.mem_bytes += RECORD_SIZE
         if blob is None:
             keys[key] = blob = bytearray(rec)
             self.current_sum += wid
@@ -479,6 +478,7 @@ class KvState:
                 if pos and _order_at(blob, pos - 1) == order:
                     return  # already applied
                 blob[pos * RECORD_SIZE : pos * RECORD_SIZE] = rec
+        self.mem_bytes += RECORD_SIZE  # not for a record applied already (returned above)
         self.versions += 1
         # Sums are reduced mod 2**256 only when read: cheaper on the hot path.
         self.version_sum += wid
