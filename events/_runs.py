@@ -44,16 +44,16 @@ Head = tuple[int, bytes]
 
 
 class PutRun:
-    """Consecutive puts of one feed, as read from one log, in columns.
+    """Consecutive puts of one feed, as read from one log.
 
-    Event ``i`` has seq ``seq + i``; its ``prev`` is ``ids[i - 1]`` (``prev`` for the
-    first); ``writes[i]`` is ``[namespace, key, value, previous]`` (a put's body, every
-    field checked), ``hlcs[i]`` its timestamp, ``ids[i]`` its event id (also its one
-    write id) and ``locations[i]`` where it is stored. ``position`` is the first
-    record's position in the log.
+    ``rows[i]`` is ``(hlc, [namespace, key, value, previous], event id, location)`` of
+    the event with seq ``seq + i`` (a put's timestamp and body, every field checked;
+    its event id is also its one write id); its ``prev`` is the event id of the row
+    before it (``prev`` for the first). ``position`` is the first record's position in
+    the log.
     """
 
-    __slots__ = ("agent", "hlcs", "ids", "locations", "origin", "position", "prev", "seq", "writes")
+    __slots__ = ("agent", "origin", "position", "prev", "rows", "seq")
 
     def __init__(
         self, origin: bytes, agent: str, seq: int, prev: bytes | None, position: int
@@ -63,33 +63,36 @@ class PutRun:
         self.seq = seq
         self.prev = prev
         self.position = position
-        self.hlcs: list[int] = []
-        self.writes: list[list[Any]] = []
-        self.ids: list[bytes] = []
-        self.locations: list[int] = []
+        self.rows: list[tuple[int, list[Any], bytes, int]] = []
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
 
     @property
     def last_seq(self) -> int:
-        return self.seq + len(self.ids) - 1
+        return self.seq + len(self.rows) - 1
+
+    @property
+    def last_id(self) -> bytes:
+        return self.rows[-1][2]
+
+    @property
+    def locations(self) -> list[int]:
+        return [row[3] for row in self.rows]
 
     @property
     def top(self) -> int:
         """The largest timestamp in the run."""
-        return max(self.hlcs)
+        return max([row[0] for row in self.rows])
 
     def events(self) -> Iterator[tuple[PutEvent, bytes, int]]:
         """(event, event id, location) of each put, in order: for a projection that
         folds events one at a time."""
         origin, agent, seq, prev = self.origin, self.agent, self.seq, self.prev
-        for i, (hlc, (namespace, key, value, previous), eid, location) in enumerate(
-            zip(self.hlcs, self.writes, self.ids, self.locations, strict=True)
-        ):
-            event = PutEvent(origin, agent, seq + i, prev, hlc, namespace, key, value, previous)
+        for hlc, (namespace, key, value, previous), eid, location in self.rows:
+            event = PutEvent(origin, agent, seq, prev, hlc, namespace, key, value, previous)
             yield event, eid, location
-            prev = eid
+            seq, prev = seq + 1, eid
 
 
 class RunDecoder:
@@ -138,8 +141,8 @@ class RunDecoder:
         # The run being built, unpacked: what the next put must carry to extend it.
         origin_of = b""
         next_seq, last_id, stop = 0, b"", -1
-        hlcs_add: Callable[[Any], None] = _unused
-        writes_add, ids_add, locations_add = hlcs_add, hlcs_add, hlcs_add
+        add: Callable[[tuple[int, list[Any], bytes, int]], None] = _unused
+        named: object = _NOTHING  # the last namespace checked (a run's puts share a few)
         location = position = -1
         try:
             for location, position, eid, _, data in self.records:
@@ -152,11 +155,11 @@ class RunDecoder:
                     if (
                         type(body) is list
                         and len(body) == 4
-                        and ev_agent == agent
                         and type(seq) is int
-                        and 0 < seq <= top
                         and type(hlc) is int
+                        and 0 < seq <= top
                         and 0 <= hlc <= top
+                        and ev_agent == agent
                     ):
                         namespace, key, value, previous = body
                         if (
@@ -165,17 +168,23 @@ class RunDecoder:
                                 previous is None
                                 or (type(previous) is bytes and len(previous) == ID_SIZE)
                             )
-                            and type(namespace) is str
+                            and (
+                                namespace == named
+                                or (
+                                    type(namespace) is str
+                                    and namespace.isascii()
+                                    and 0 < len(namespace) <= most
+                                )
+                            )
                             and type(key) is str
-                            and namespace.isascii()
                             and key.isascii()
-                            and 0 < len(namespace) <= most
                             and 0 < len(key) <= most
                         ):
                             # A well-formed put. Why ``prev`` needs no check of its own:
                             # it must equal the feed's head id (bytes of 32) or be None
                             # for seq 1, which is what extending a feed checks.
-                            if seq == next_seq and position != stop and origin == origin_of:
+                            named = namespace
+                            if seq == next_seq and origin == origin_of and position != stop:
                                 if prev != last_id:
                                     raise CodecError(
                                         f"event {seq} of origin {origin.hex()} does not "
@@ -189,18 +198,12 @@ class RunDecoder:
                                 head = heads[feed] if feed in heads else head_of(feed)
                                 _follow(head, seq, prev, origin)
                                 run = new_run(origin, agent, seq, prev, position)
-                                hlcs_add = run.hlcs.append
-                                writes_add = run.writes.append
-                                ids_add = run.ids.append
-                                locations_add = run.locations.append
+                                add = run.rows.append
                                 origin_of = origin
                                 stop = position + size
                                 if position < cut < stop:
                                     stop = cut
-                            hlcs_add(hlc)
-                            writes_add(body)
-                            ids_add(eid)
-                            locations_add(location)
+                            add((hlc, body, eid, location))
                             next_seq, last_id = seq + 1, eid
                             continue
                 # Any other record, or a put the fast checks did not accept whole.
@@ -229,6 +232,9 @@ def _follow(head: Head | None, seq: int, prev: bytes | None, origin: bytes) -> N
     whose head is ``head``."""
     if (seq != 1 or prev is not None) if head is None else (seq != head[0] + 1 or prev != head[1]):
         raise CodecError(f"event {seq} of origin {origin.hex()} does not follow its feed")
+
+
+_NOTHING = object()  # equal to nothing a record decodes to
 
 
 def _unused(item: Any) -> None:  # pragma: no cover - replaced before the first put

@@ -108,8 +108,8 @@ class FeedState:
         if head is None:
             self.recent[feed] = array("Q")
             self.written[feed] = 0
-        self.heads[feed] = (run.last_seq, run.ids[-1])
-        self.recent[feed].extend(run.locations[skip:] if skip else run.locations)
+        self.heads[feed] = (run.last_seq, run.last_id)
+        self.recent[feed].extend(run.locations[skip:])
 
     def follows(self, origin: bytes, agent: str, seq: int, prev: bytes | None) -> bool:
         """True if event ``seq`` (linked to ``prev``) is the next of its feed: every feed

@@ -30,6 +30,8 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
+from blake3 import blake3 as _blake3
+
 from koru.events import Event, PutEvent, PutRun, Table, content_id, write_id
 
 from ._merging import MAX_TABLES, merge_plan, replace_merged
@@ -57,6 +59,7 @@ _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
 # Where the last record's write id and order key end, counted from a blob's end.
 _LAST_WID = _WID - RECORD_SIZE
 _LAST_ORDER = _ORDER - RECORD_SIZE
+_ID_MASK = (1 << 256) - 1  # a write id, the low bits of an order key read as an int
 #: Default budgets of the warm tier (records written lately, still in memory after the
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).
 DEFAULT_WARM_BYTES = 64 * 1024 * 1024
@@ -379,29 +382,37 @@ class KvState:
         counts and sums kept in locals; anything else takes :meth:`_insert`. Both add
         to the same counts and sums, which commute.
         """
-        pack, cid, from_bytes = _REC.pack, content_id, int.from_bytes
+        pack, from_bytes, hash_of = _REC.pack, int.from_bytes, _blake3
         origin, insert = run.origin, self._insert
         namespaces, ns_live, expiring = self.namespaces, self.ns_live, self.expiring
         below = bool(self.frozen or self.tables)
-        appended = created = revived = current = every = 0
-        for hlc, (namespace, key, value, previous), eid, location in zip(
-            run.hlcs, run.writes, run.ids, run.locations, strict=True
-        ):
-            rec = pack(hlc, origin, eid, cid(value), previous or _NO_ID, location, len(value), 0, 0)
+        created = revived = other = current = every = 0
+        for hlc, (namespace, key, value, previous), eid, location in run.rows:
+            # content_id(value), inlined: one call fewer per version.
+            cid = hash_of(value).digest()
+            rec = pack(hlc, origin, eid, cid, previous or _NO_ID, location, len(value), 0, 0)
             keys = namespaces.get(namespace)
             blob = None if keys is None else keys.get(key)
             if blob is None:
                 if keys is None or below:
                     insert(namespace, key, rec, hlc)
+                    other += 1
                     continue
                 keys[key] = bytearray(rec)
                 wid = from_bytes(eid, "big")  # a put's one write id is its event id
                 current += wid
                 created += 1
                 ns_live[namespace] = ns_live.get(namespace, 0) + 1
-            elif type(blob) is bytearray and rec[:_ORDER] > blob[-RECORD_SIZE:_LAST_ORDER]:
+            # Why comparing the whole record with the current one's order key: a record
+            # that starts with that key compares greater too (it is longer), which is the
+            # record applied already, told by its write id below.
+            elif type(blob) is bytearray and rec > (last := blob[-RECORD_SIZE:_LAST_ORDER]):
                 wid = from_bytes(eid, "big")
-                current += wid - from_bytes(blob[_LAST_WID:_LAST_ORDER], "big")
+                replaced = from_bytes(last, "big") & _ID_MASK  # the current write id
+                if replaced == wid:  # applied already
+                    other += 1
+                    continue
+                current += wid - replaced
                 flags = blob[-1]
                 blob += rec
                 if flags:  # the version it replaces was deleted, or had a time to live
@@ -410,19 +421,19 @@ class KvState:
                         ns_live[namespace] = ns_live.get(namespace, 0) + 1
                     if flags & _EXPIRES:
                         expiring.pop((namespace, key), None)
-                appended += 1
             else:
                 insert(namespace, key, rec, hlc)
+                other += 1
                 continue
             every += wid
-        added = appended + created
+        added = len(run.rows) - other
         self.mem_bytes += added * RECORD_SIZE
         self.versions += added
         self.version_sum += every
         self.current_sum += current
         self.key_total += created
         self.live += created + revived
-        top = max(run.hlcs)
+        top = run.top
         if top > self.max_hlc:
             self.max_hlc = top
 

@@ -247,7 +247,7 @@ class Views:
         """Fold a run of puts: the keys written in namespaces with views."""
         dirty = self.dirty
         if dirty:
-            for namespace, key, _, _ in run.writes:
+            for _, (namespace, key, _, _), _, _ in run.rows:
                 keys = dirty.get(namespace)
                 if keys is not None:
                     keys.add(key)

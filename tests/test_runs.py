@@ -155,7 +155,8 @@ def test_runs_hold_exactly_the_events_of_the_log(ops: list[Any], cut: int, size:
         assert 1 <= len(item) <= size
         assert not item.position < cut < item.position + len(item)  # never spans the cut
         assert item.last_seq == item.seq + len(item) - 1
-        assert item.top == max(item.hlcs)
+        assert item.top == max(row[0] for row in item.rows)
+        assert item.last_id == item.rows[-1][2]
     # Nearly every put of an ASCII name is in a run, not handed over alone.
     singles = [i for i in items if not isinstance(i, PutRun)]
     assert not any(
