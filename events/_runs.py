@@ -27,7 +27,6 @@ from ._errors import CodecError
 from ._event import NODE_ID_SIZE, Event, PutEvent
 from ._fields import ID_SIZE, UINT64_MAX
 from ._limits import MAX_NAME_BYTES
-from ._store import Record
 
 __all__ = ["RUN_SIZE", "PutRun", "RunDecoder"]
 
@@ -96,9 +95,10 @@ class PutRun:
 
 
 class RunDecoder:
-    """Iterate the verified records of ``agent``'s log as :class:`PutRun` objects and
-    ``(location, position, event id, event)`` tuples for every other record, in log
-    order.
+    """Iterate the verified records of ``agent``'s log (``(location, position, event
+    id, event bytes)``, as :meth:`LogStore.replay_plain` gives them) as
+    :class:`PutRun` objects and ``(location, position, event id, event)`` tuples for
+    every other record, in log order.
 
     ``head_of(feed)`` gives the (seq, event id) head of a feed before the first of
     these records (None for a feed not seen), from which every feed must continue
@@ -114,7 +114,7 @@ class RunDecoder:
 
     def __init__(
         self,
-        records: Iterable[Record],
+        records: Iterable[tuple[int, int, bytes, bytes]],
         agent: str,
         head_of: Callable[[Feed], Head | None],
         *,
@@ -145,7 +145,7 @@ class RunDecoder:
         named: object = _NOTHING  # the last namespace checked (a run's puts share a few)
         location = position = -1
         try:
-            for location, position, eid, _, data in self.records:
+            for location, position, eid, data in self.records:
                 if data.startswith(prefix):
                     try:
                         raw = loads(data)

@@ -227,7 +227,7 @@ def _replay(
         # Decoding checks every record (its fields, its agent, and that it follows its
         # feed: every feed in a local log is contiguous, since the ingest path holds gaps
         # back and refuses forks) and hands consecutive puts of a feed over as runs.
-        records = store.replay(agent, start, floors.get(agent))
+        records = store.replay_plain(agent, start, floors.get(agent))
         decoded = RunDecoder(records, agent, feeds.heads.get, cut=boundary)
         try:
             for item in decoded:

@@ -119,7 +119,7 @@ def reference(records: Iterator[Record]) -> tuple[list[tuple[str, bytes, int]], 
 
 
 def decoded(
-    records: Iterator[Record], cut: int = 0, size: int = 256
+    records: Iterator[tuple[int, int, bytes, bytes]], cut: int = 0, size: int = 256
 ) -> tuple[list[tuple[str, bytes, int]], int | None, list[Any]]:
     """The same through RunDecoder: (events, failing position, what it yielded)."""
     decoder = RunDecoder(records, STORAGE, {}.get, cut=cut, size=size)
@@ -146,7 +146,7 @@ def test_runs_hold_exactly_the_events_of_the_log(ops: list[Any], cut: int, size:
     blobs = [encode_event(e) for e in build(ops)]
     store = store_of(blobs)
     want, failed = reference(store.replay(STORAGE))
-    got, got_failed, items = decoded(store.replay(STORAGE), cut=cut, size=size)
+    got, got_failed, items = decoded(store.replay_plain(STORAGE), cut=cut, size=size)
     assert failed is None and got_failed is None
     assert got == want
     for item in items:
@@ -228,7 +228,7 @@ def test_a_crafted_record_fails_where_record_by_record_decoding_fails(
     store = store_of(blobs)
     want, failed = reference(store.replay(STORAGE))
     size = data.draw(st.integers(1, 5))
-    got, got_failed, _ = decoded(store.replay(STORAGE), size=size)
+    got, got_failed, _ = decoded(store.replay_plain(STORAGE), size=size)
     assert got_failed == failed
     # What was handed over before the failure (a run being built is not) is what the
     # reference decoded; without a failure, everything.
@@ -252,7 +252,7 @@ def test_a_put_crafted_in_the_middle_of_a_run_fails_there(where: int, value: Any
     blobs = [encode_event(e) for e in build([("put", 0, "a", "b", 0, 2**63, False)] * 6)]
     blobs[3] = cbor2.dumps(_crafted(cbor2.loads(blobs[3]), where, value))
     store = store_of(blobs)
-    got, failed, items = decoded(store.replay(STORAGE))
+    got, failed, items = decoded(store.replay_plain(STORAGE))
     assert failed == 3
     assert got == [] and not items  # the run being built is not handed over
 
@@ -262,14 +262,14 @@ def test_a_fork_inside_a_run_fails_at_the_fork() -> None:
     fork = events[3]._replace(key="other")
     blobs = [encode_event(e) for e in events[:3]] + [encode_event(fork)]
     blobs.append(encode_event(events[3]))
-    got, failed, _ = decoded(store_of(blobs).replay(STORAGE))
+    got, failed, _ = decoded(store_of(blobs).replay_plain(STORAGE))
     assert failed == 4 and len(got) == 4
 
 
 def test_a_run_starts_at_each_feed_switch_and_continues_from_its_head() -> None:
     ops = [("put", who, "a", f"k{i}", 0, 2**63, False) for i, who in enumerate([0, 0, 1, 0, 1])]
     store = store_of([encode_event(e) for e in build(ops)])
-    _, failed, items = decoded(store.replay(STORAGE))
+    _, failed, items = decoded(store.replay_plain(STORAGE))
     assert failed is None
     assert [(r.origin[0], r.seq, len(r)) for r in items] == [
         (1, 1, 2),
@@ -326,7 +326,7 @@ def _state(projections: Projections) -> dict[str, Any]:
 def _fold(projections: Projections, store: MemoryStore, size: int, freeze_at: int) -> None:
     kv = projections["kv"]
     assert isinstance(kv, KvState)
-    decoder = RunDecoder(store.replay(STORAGE), STORAGE, {}.get, cut=freeze_at, size=size)
+    decoder = RunDecoder(store.replay_plain(STORAGE), STORAGE, {}.get, cut=freeze_at, size=size)
     for item in decoder:
         position = item.position if isinstance(item, PutRun) else item[1]
         if position == freeze_at:
@@ -362,7 +362,7 @@ def test_folding_a_run_twice_changes_nothing(ops: list[Any], size: int) -> None:
     store = store_of([encode_event(e) for e in build(ops)])
     once, twice = _fresh(), _fresh()
     _fold(once, store, size, -1)
-    for item in RunDecoder(store.replay(STORAGE), STORAGE, {}.get, size=size):
+    for item in RunDecoder(store.replay_plain(STORAGE), STORAGE, {}.get, size=size):
         for _ in range(2):
             if isinstance(item, PutRun):
                 twice.apply_run(item)
