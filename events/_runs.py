@@ -31,7 +31,7 @@ from ._limits import MAX_NAME_BYTES
 __all__ = ["RUN_SIZE", "PutRun", "RunDecoder"]
 
 #: Most puts a run holds: a run's columns stay small (they are folded, then dropped).
-RUN_SIZE = 256
+RUN_SIZE = 128
 
 # The canonical bytes every put starts with: an array of 8, schema version 1, the tag
 # "put", then a 16-byte origin. A record starting so decodes to a list whose first
