@@ -114,6 +114,9 @@ from ._registry import Header as Header
 from ._registry import event_type_of as event_type_of
 from ._registry import event_types as event_types
 from ._registry import register_event_type as register_event_type
+from ._runs import RUN_SIZE as RUN_SIZE
+from ._runs import PutRun as PutRun
+from ._runs import RunDecoder as RunDecoder
 from ._sleep import SLEEP as SLEEP
 from ._sleep import ConsolidationEvent as ConsolidationEvent
 from ._statements import ACTIONS as ACTIONS
@@ -255,6 +258,9 @@ __all__ = [
     "OsDisk",
     "PutEncoder",
     "PutEvent",
+    "PutRun",
+    "RUN_SIZE",
+    "RunDecoder",
     "ReadOnlyError",
     "Record",
     "StorageError",

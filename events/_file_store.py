@@ -416,6 +416,16 @@ class FileStore:
     def replay(
         self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
     ) -> Iterator[Record]:
+        return self._replay(agent, start, durable, plain=False)
+
+    def replay_plain(
+        self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+    ) -> Iterator[tuple[int, int, bytes, bytes]]:
+        return self._replay(agent, start, durable, plain=True)
+
+    def _replay(
+        self, agent: str, start: Cursor | None, durable: Cursor | None, *, plain: bool
+    ) -> Iterator[Any]:
         log = self._logs[agent]
         if self.readonly and any(
             c is not None and c.count and c.segment > (log.segments[-1] if log.segments else 0)
@@ -462,7 +472,13 @@ class FileStore:
                             )
                         offset, last = SEGMENT_HEADER_SIZE, -1
                     scan = SegmentScan(
-                        data, offset, root, count, pack_location(log.index, seg, 0), last
+                        data,
+                        offset,
+                        root,
+                        count,
+                        pack_location(log.index, seg, 0),
+                        last,
+                        plain=plain,
                     )
                     yield from scan
                     count, root = scan.count, scan.root

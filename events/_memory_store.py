@@ -41,6 +41,12 @@ class MemoryStore:
     def replay(
         self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
     ) -> Iterator[Record]:
+        for location, position, eid, data in self.replay_plain(agent, start, durable):
+            yield Record(location, position, eid, self._logs[agent][position][2], data)
+
+    def replay_plain(
+        self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+    ) -> Iterator[tuple[int, int, bytes, bytes]]:
         log = self._logs.get(agent, [])
         for cursor in (start, durable):
             if cursor is None:
@@ -57,8 +63,8 @@ class MemoryStore:
         begin = 0 if start is None else start.count
         idx = agent_index(agent)
         for i in range(begin, len(log)):
-            data, eid, root = log[i]
-            yield Record(pack_location(idx, 0, i), i, eid, root, data)
+            data, eid, _ = log[i]
+            yield pack_location(idx, 0, i), i, eid, data
 
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None

@@ -13,6 +13,7 @@ import mmap
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import blake3
 
@@ -44,9 +45,13 @@ class SegmentScan:
     out), as opposed to a complete record that fails a check. A record's location is
     ``base + `` its offset in ``data`` (``base`` also carries where ``data`` starts in its
     file, when it is only the part of a segment after a cursor).
+
+    With ``plain``, each record comes as a plain tuple ``(location, position, event id,
+    event bytes)`` instead of a :class:`Record`: what replay reads, one object fewer
+    per record.
     """
 
-    __slots__ = ("base", "count", "data", "failure", "last", "offset", "root", "torn")
+    __slots__ = ("base", "count", "data", "failure", "last", "offset", "plain", "root", "torn")
 
     def __init__(
         self,
@@ -56,6 +61,8 @@ class SegmentScan:
         count: int,
         base: int,
         last: int = -1,
+        *,
+        plain: bool = False,
     ) -> None:
         self.data = data
         self.offset = offset
@@ -63,31 +70,34 @@ class SegmentScan:
         self.count = count
         self.base = base
         self.last = last
+        self.plain = plain
         self.failure: str | None = None
         self.torn = False
 
-    def __iter__(self) -> Iterator[Record]:
-        data, base = self.data, self.base
+    def __iter__(self) -> Iterator[Any]:
+        data, base, plain = self.data, self.base, self.plain
         offset, root, count, last = self.offset, self.root, self.count, self.last
         size = len(data)
-        new = tuple.__new__
+        new, record = tuple.__new__, Record
+        unpack, pack, crc, hash_of = _unpack_header, _pack_len_crc, _crc32, _blake3
         view = memoryview(data)
         try:
             while offset < size:
                 # The fast path, inlined (a replay reads millions of records); any
                 # failure goes through parse_record to name the exact problem.
-                ok = False
-                if size - offset >= RECORD_HEADER_SIZE:
-                    n, body_crc, head_crc = _unpack_header(data, offset)
-                    body = offset + RECORD_HEADER_SIZE
-                    nxt = body + n
-                    ok = (
-                        nxt <= size
-                        and ROOT_SIZE < n <= MAX_BODY_SIZE
-                        and _crc32(_pack_len_crc(n, body_crc)) == head_crc
-                        and _crc32(view[body:nxt]) == body_crc
-                    )
-                if not ok:
+                try:
+                    n, body_crc, head_crc = unpack(data, offset)
+                except struct.error:  # less than a record header left
+                    n = body_crc = head_crc = -1
+                body = offset + RECORD_HEADER_SIZE
+                start = body + ROOT_SIZE
+                nxt = body + n
+                if not (
+                    nxt <= size
+                    and ROOT_SIZE < n <= MAX_BODY_SIZE
+                    and crc(pack(n, body_crc)) == head_crc
+                    and crc(view[body:nxt]) == body_crc
+                ):
                     try:
                         parse_record(data, offset)
                         self.failure = "record failed its checks"  # pragma: no cover
@@ -96,13 +106,16 @@ class SegmentScan:
                     except FrameError as exc:
                         self.failure = str(exc)
                     break
-                stored_root = data[body : body + ROOT_SIZE]
-                event = data[body + ROOT_SIZE : nxt]
-                eid = _blake3(event).digest()
-                if _blake3(root + eid).digest() != stored_root:
+                stored_root = data[body:start]
+                event = data[start:nxt]
+                eid = hash_of(event).digest()
+                if hash_of(root + eid).digest() != stored_root:
                     self.failure = "hash chain link broken"
                     break
-                yield new(Record, (base + offset, count, eid, stored_root, event))
+                if plain:
+                    yield (base + offset, count, eid, event)
+                else:
+                    yield new(record, (base + offset, count, eid, stored_root, event))
                 count += 1
                 root = stored_root
                 last = offset

@@ -129,6 +129,13 @@ class LogStore(Protocol):
         """
         ...
 
+    def replay_plain(
+        self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
+    ) -> Iterator[tuple[int, int, bytes, bytes]]:
+        """:meth:`replay`, each record as a plain tuple ``(location, position, event id,
+        event bytes)``: what a full replay reads, one object fewer per record."""
+        ...
+
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None
     ) -> Iterator[Record]:

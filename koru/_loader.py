@@ -22,7 +22,8 @@ from koru.events import (
     CorruptLogError,
     Cursor,
     LogStore,
-    decode_trusted,
+    PutRun,
+    RunDecoder,
 )
 from koru.projections import (
     CHECKPOINT_FILE,
@@ -35,7 +36,6 @@ from koru.projections import (
     TierState,
     VectorState,
     decode_checkpoint,
-    folds,
     open_tables,
     table_names,
 )
@@ -214,44 +214,37 @@ def _replay(
         refold.add(FeedState.name)
         members = [FeedState() if p.name == FeedState.name else p for p in members]
     projections = Projections(members)
+    # Records before a rebuild's boundary go to the projections being rebuilt alone.
+    rebuilt = Projections([p for p in members if p.name in refold])
     feeds = cast(FeedState, projections[FeedState.name])
-    head_of = feeds.heads.get
     replayed = 0
     present = store.agents()
     for agent in [a for a in AGENTS if a in cursors or a in floors or a in present]:
-        every = tuple(p.apply for p in members if folds(p, agent))
-        some = tuple(p.apply for p in members if p.name in refold and folds(p, agent))
         cursor = cursors.get(agent)
         start = None if from_genesis else cursor
         boundary = cursor.count if cursor is not None and from_genesis else 0
         first = start.count if start is not None else 0
-        for location, position, eid, _, data in store.replay(agent, start, floors.get(agent)):
-            try:
-                event = decode_trusted(data)
-                # The header fields, in order (every event type is a tuple starting so).
-                origin, ev_agent, seq, prev, ts = cast("tuple[Any, ...]", event)[:5]
-                if ev_agent != agent:
-                    raise CodecError(f"an event of agent {ev_agent!r} in this log")
-                # Every feed in a local log is contiguous (the ingest path holds gaps
-                # back and refuses forks), so anything else was not written by koru.
-                # (FeedState.follows, inlined: this runs once per event.)
-                head = head_of((origin, agent))
-                if (
-                    (seq != 1 or prev is not None)
-                    if head is None
-                    else (seq != head[0] + 1 or prev != head[1])
-                ):
-                    raise CodecError(
-                        f"event {seq} of origin {origin.hex()} does not follow its feed"
-                    )
-                for apply in every if position >= boundary else some:
-                    apply(event, eid, location)
-            except CodecError as exc:
-                _, _, offset, path = store.locate(location)
-                raise CorruptLogError(
-                    agent, position, offset, f"malformed event: {exc}", path
-                ) from None
-            if ts > hlc:
-                hlc = ts
+        # Decoding checks every record (its fields, its agent, and that it follows its
+        # feed: every feed in a local log is contiguous, since the ingest path holds gaps
+        # back and refuses forks) and hands consecutive puts of a feed over as runs.
+        records = store.replay_plain(agent, start, floors.get(agent))
+        decoded = RunDecoder(records, agent, feeds.heads.get, cut=boundary)
+        try:
+            for item in decoded:
+                if type(item) is PutRun:
+                    (projections if item.position >= boundary else rebuilt).apply_run(item)
+                    ts = item.top
+                else:
+                    location, position, eid, event = item  # type: ignore[misc]
+                    target = projections if position >= boundary else rebuilt
+                    target.apply(event, eid, location)
+                    ts = event.hlc
+                if ts > hlc:
+                    hlc = ts
+        except CodecError as exc:
+            _, _, offset, path = store.locate(decoded.location)
+            raise CorruptLogError(
+                agent, decoded.position, offset, f"malformed event: {exc}", path
+            ) from None
         replayed += store.cursor(agent).count - max(first, boundary)
     return Loaded(projections, hlc, base, replayed, rebuilt=rebuild)

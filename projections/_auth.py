@@ -39,6 +39,7 @@ from koru.events import (
     GrantEvent,
     IdentityEvent,
     PublicIdentity,
+    PutRun,
     Revocation,
     RevokeEvent,
     SealEvent,
@@ -107,6 +108,19 @@ class AuthState:
             self._identity(event.identity)  # type: ignore[attr-defined]
         elif kind is SealEvent:
             self._seal(event, event_id)  # type: ignore[arg-type]
+
+    def apply_run(self, run: PutRun) -> None:
+        """Fold a run of puts: only the feed's head moves, once, to the run's last seq
+        (the same as :meth:`apply` of each in order: heads only grow, and the proof
+        points a head passes are those at or below it; no statement is a put)."""
+        feed = (run.origin, run.agent)
+        seq = run.last_seq
+        if self.heads.get(feed, 0) < seq:
+            self.heads[feed] = seq
+            if self.seals:
+                points = self.seals.get(feed)
+                if points is not None:
+                    self._passed(feed, points, seq)
 
     def _identity(self, identity: PublicIdentity) -> None:
         key, nonce = identity

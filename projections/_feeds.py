@@ -23,7 +23,7 @@ from array import array
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Event, Table
+from koru.events import AGENTS, NODE_ID_SIZE, CorruptCheckpointError, Event, PutRun, Table
 
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
@@ -95,6 +95,21 @@ class FeedState:
         elif event.seq == head[0] + 1:
             self.heads[feed] = (event.seq, event_id)
             self.recent[feed].append(location)
+
+    def apply_run(self, run: PutRun) -> None:
+        """Fold a run of puts (consecutive events of one feed): the same as
+        :meth:`apply` of each in order, in a few steps. The events the feed holds
+        already change nothing, and after a gap none extends it."""
+        feed = (run.origin, run.agent)
+        head = self.heads.get(feed)
+        skip = 0 if head is None else head[0] + 1 - run.seq  # events held already
+        if (head is None and run.seq != 1) or not 0 <= skip < len(run):
+            return
+        if head is None:
+            self.recent[feed] = array("Q")
+            self.written[feed] = 0
+        self.heads[feed] = (run.last_seq, run.last_id)
+        self.recent[feed].extend(run.locations[skip:])
 
     def follows(self, origin: bytes, agent: str, seq: int, prev: bytes | None) -> bool:
         """True if event ``seq`` (linked to ``prev``) is the next of its feed: every feed

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, write_id
+from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, PutRun, write_id
 
 from ._order import MISSING, order_key
 from ._paths import check_path, get_path, split_path
@@ -173,6 +173,12 @@ class Indexes:
             if indexes:
                 order = write_order(event.hlc, event.origin, write_id(event_id, i))
                 self._write(indexes, w.key, order, w.value)
+
+    def apply_run(self, run: PutRun) -> None:
+        """Fold a run of puts: nothing to do unless an index covers a namespace."""
+        if self.by_namespace:
+            for event, event_id, location in run.events():
+                self.apply(event, event_id, location)
 
     def _write(self, indexes: dict[str, Index], key: str, order: bytes, data: bytes | None) -> None:
         doc: Any = MISSING

@@ -79,6 +79,8 @@ class LineageState:
 
     name: ClassVar[str] = "lineage"
     version: ClassVar[int] = 1
+    #: The only events it folds (the seam calls it for no other).
+    kinds: ClassVar[frozenset[type[Event]]] = frozenset({LinkedPutEvent})
 
     def __init__(self) -> None:
         #: Nodes changed since the last checkpoint (or all, before the first table).

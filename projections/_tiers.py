@@ -22,6 +22,8 @@ class TierState:
 
     name: ClassVar[str] = "tiers"
     version: ClassVar[int] = 1
+    #: The only events it folds (the seam calls it for no other).
+    kinds: ClassVar[frozenset[type[Event]]] = frozenset({TieringEvent})
 
     def __init__(self) -> None:
         self.hot: dict[bytes, set[tuple[str, str]]] = {}

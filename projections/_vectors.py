@@ -156,6 +156,9 @@ class VectorState:
     name: ClassVar[str] = "vectors"
     version: ClassVar[int] = 1
     agents: ClassVar[frozenset[str]] = frozenset({VECTOR})
+    kinds: ClassVar[frozenset[type[Event]]] = frozenset(
+        {EmbedEvent, UnembedEvent, VectorIndexEvent}
+    )
 
     def __init__(self) -> None:
         self.spaces: dict[str, _Space] = {}

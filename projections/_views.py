@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from koru.events import Event, InvalidQueryError, PutEvent, ViewEvent
+from koru.events import Event, InvalidQueryError, PutEvent, PutRun, ViewEvent
 
 from ._grouped import Grouped
 from ._indexes import write_order
@@ -242,6 +242,15 @@ class Views:
                 dirty = self.dirty.get(w.namespace)
                 if dirty is not None:
                     dirty.add(w.key)
+
+    def apply_run(self, run: PutRun) -> None:
+        """Fold a run of puts: the keys written in namespaces with views."""
+        dirty = self.dirty
+        if dirty:
+            for _, (namespace, key, _, _), _, _ in run.rows:
+                keys = dirty.get(namespace)
+                if keys is not None:
+                    keys.add(key)
 
     def _define(self, event: ViewEvent, event_id: bytes) -> None:
         order = write_order(event.hlc, event.origin, event_id)

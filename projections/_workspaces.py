@@ -35,6 +35,8 @@ class WorkspaceState:
 
     name: ClassVar[str] = "workspaces"
     version: ClassVar[int] = 1
+    #: The only events it folds (the seam calls it for no other).
+    kinds: ClassVar[frozenset[type[Event]]] = frozenset({WorkspaceEvent})
 
     def __init__(self) -> None:
         self.entries: dict[str, WorkspaceEntry] = {}

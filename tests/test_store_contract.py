@@ -186,7 +186,12 @@ def first_record(store: LogStore, agent: str, start: Cursor) -> Record | None:
 def replay_list(
     store: LogStore, agent: str, start: Cursor | None = None, durable: Cursor | None = None
 ) -> list[Record]:
-    return list(store.replay(agent, start, durable))
+    records = list(store.replay(agent, start, durable))
+    # The plain form holds the same records (read again: the log was repaired if needed).
+    plain = list(store.replay_plain(agent, start, durable))
+    assert plain == [(r.location, r.position, r.event_id, r.data) for r in records]
+    assert all(type(item) is tuple for item in plain)
+    return records
 
 
 def test_genesis_roots_are_distinct_per_agent() -> None:
