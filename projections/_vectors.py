@@ -204,14 +204,19 @@ class VectorState:
                 return
             version = space.v_prev[version]
         if type(event) is EmbedEvent:
-            gid = space.group_id(event.model, event.dim)
-            self.dims.setdefault(event.model, set()).add(event.dim)
+            gid = space.group_ids.get((event.model, event.dim))
+            if gid is None:
+                gid = space.group_id(event.model, event.dim)
+            dims = self.dims.get(event.model)
+            if dims is None or event.dim not in dims:
+                self.dims.setdefault(event.model, set()).add(event.dim)
         else:
             gid = _NONE
         version = len(space.v_hlc)
         space.v_hlc.append(event.hlc)
         space.v_key.append(kid)
-        space.v_origin.append(self._origin(event.origin))
+        oid = self._origin_ids.get(event.origin)
+        space.v_origin.append(self._origin(event.origin) if oid is None else oid)
         space.v_eid += eid
         space.v_loc.append(location)
         space.v_group.append(gid)
