@@ -360,7 +360,7 @@ class Vectors:
         False if there was nothing to train (or a training of it runs already)."""
         import numpy as np
 
-        from koru.projections._ivf import train_ivf
+        from koru.projections._ivf_train import train_ivf
         from koru.projections._vector_group import DEAD
 
         group = self._state.group(namespace, model, dim)
