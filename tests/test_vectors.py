@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cbor2
 import numpy as np
@@ -444,6 +444,61 @@ async def test_an_embedder_plugs_in_and_a_bad_one_is_refused() -> None:
     with pytest.raises(koru.InvalidArgumentError, match="embedder"):
         async with koru.open(koru.MEMORY, embedder=object()):  # type: ignore[arg-type]
             pass
+
+
+class _FakeSentenceTransformer:
+    """Stands in for sentence-transformers' model class (the extra is not installed
+    here): records how it was loaded, embeds text by its letter counts."""
+
+    loads: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def __init__(self, path: str, **options: Any) -> None:
+        if path.endswith("missing"):
+            raise OSError(f"{path} is not a local folder and the hub is off")
+        self.loads.append((path, options))
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 3
+
+    def encode(self, text: str, **options: Any) -> np.ndarray:
+        assert options == {"normalize_embeddings": True, "convert_to_numpy": True}
+        counts = np.array([text.count(c) for c in "abc"], np.float32) + 0.01
+        return counts / np.linalg.norm(counts)
+
+
+def test_the_sentence_embedder_loads_a_local_model_offline_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(koru.InvalidArgumentError, match="sentence extra"):
+        koru.SentenceEmbedder("/models/minilm")
+    fake = types.ModuleType("sentence_transformers")
+    fake.SentenceTransformer = _FakeSentenceTransformer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sentence_transformers", fake)
+    with pytest.raises(koru.InvalidArgumentError, match="nothing is downloaded"):
+        koru.SentenceEmbedder("/models/missing")
+    embedder = koru.SentenceEmbedder(Path("/models/minilm"))
+    # Never a download: only files already on this machine.
+    assert _FakeSentenceTransformer.loads[-1] == (
+        "/models/minilm",
+        {"device": "cpu", "local_files_only": True},
+    )
+    assert (embedder.model, embedder.dim) == ("sentence-minilm", 3)
+    with pytest.raises(koru.InvalidDataError, match="model"):
+        koru.SentenceEmbedder("/models/minilm", model="")
+
+    async def main() -> None:
+        async with koru.open(koru.MEMORY, processes=False, embedder=embedder) as db:
+            await db.put_similar("w", "aaa", "aaa")
+            await db.put_similar("w", "ccc", {"text": "ccc"})
+            hits = await db.find_similar("w", "a a b")
+            assert [h.key for h in hits] == ["aaa", "ccc"]
+            assert state_of(db).dims_of("sentence-minilm") == {3}
+
+    trio.run(main)
 
 
 # -- durability, replay, checkpoints ----------------------------------------------------
