@@ -36,7 +36,9 @@ class SentenceEmbedder:
 
     def __init__(self, path: str | Path, *, model: str | None = None, device: str = "cpu") -> None:
         try:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import (  # type: ignore[import-not-found,unused-ignore]
+                SentenceTransformer,
+            )
         except ImportError:
             raise InvalidArgumentError(
                 'SentenceEmbedder needs the sentence extra: pip install "koru-delta[sentence]"'
