@@ -76,14 +76,11 @@ def as_vector(vector: Any, what: str = "vector", *, zero: bool = False) -> npt.N
     """
     import numpy as np
 
+    fast = _proven(vector)
+    if fast is not None:
+        return fast
     if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.ndim == 1:
-        narrow = vector  # the common case: no conversion
-        # One dot product settles it (see vector_problem): a sum of squares strictly
-        # between 0 and _SAFE_SQUARE means finite, not all zeros, far inside float32.
-        with np.errstate(over="ignore"):  # an overflow is judged below
-            square = float(narrow.dot(narrow))
-        if 0.0 < square < _SAFE_SQUARE and len(narrow) <= MAX_VECTOR_DIM:
-            return narrow
+        narrow = vector
         if not np.isfinite(narrow).all():
             raise InvalidDataError(f"{what} holds NaN or infinity")
     else:
@@ -114,6 +111,23 @@ def as_vector(vector: Any, what: str = "vector", *, zero: bool = False) -> npt.N
     if not zero and not narrow.any():
         raise InvalidDataError(f"{what} is all zeros: it has no direction")
     return narrow
+
+
+def _proven(vector: Any) -> npt.NDArray[Any] | None:
+    """``vector`` itself if it is a 1-D float32 array that one dot product proves usable
+    (the common case); None to check it in full. A sum of squares strictly between 0
+    and _SAFE_SQUARE means every float finite (a NaN or an infinity makes it NaN or
+    infinite), not all zeros, and a norm far inside float32: the decoder's rule
+    (``vector_problem``) passes it too."""
+    import numpy as np
+
+    if type(vector) is not np.ndarray or vector.dtype != np.float32 or vector.ndim != 1:
+        return None
+    with np.errstate(over="ignore"):  # an overflow only sends it to the full check
+        square = float(vector.dot(vector))
+    if 0.0 < square < _SAFE_SQUARE and len(vector) <= MAX_VECTOR_DIM:
+        return vector
+    return None
 
 
 def _checked_query(query: Any, metric: str) -> npt.NDArray[Any]:
@@ -175,7 +189,10 @@ class Vectors:
         check_name(namespace, "namespace")
         check_name(key, "key")
         check_name(model, "model")
-        narrow = as_vector(vector)
+        narrow = _proven(vector)
+        proven = narrow is not None
+        if narrow is None:
+            narrow = as_vector(vector)
         dim = len(narrow)
         dims = self._state.dims.get(model)
         if dims and dim not in dims:
@@ -183,7 +200,7 @@ class Vectors:
                 f"model {model!r} has dimension {sorted(dims)[0]}; this vector has {dim}"
             )
         data = narrow.astype("<f4", copy=False).tobytes()
-        problem = vector_problem(data, dim)  # the decoder's own rule (one dot, mostly)
+        problem = None if proven else vector_problem(data, dim)  # the decoder's rule
         if problem is not None:
             raise InvalidDataError(problem)
         meta = None if metadata is None else encode_value(metadata, self._max_value_size)
