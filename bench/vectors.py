@@ -148,12 +148,6 @@ async def bench_vectors(
 
         # -- the approximate index --------------------------------------------------------
         began = perf()
-        import sklearn.cluster  # noqa: F401  (a long-running process imports it once)
-
-        report.note(
-            f"vectors: importing scikit-learn took {perf() - began:.2f} s (not in the build)"
-        )
-        began = perf()
         await db._vectors.train(NS, MODEL, DIM)
         koru_build = perf() - began
         group = db._vector_state.group(NS, MODEL, DIM)
