@@ -390,8 +390,10 @@ class VectorState:
             for i, rows in enumerate(found):
                 scores = group.exact_scores(rows, queries[i], metric)
                 hits[i] += [
-                    Hit(ns, names[keys[r]], s, meta[r])
-                    for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+                    Hit(ns, names[k], s, meta[r])
+                    for r, k, s in zip(
+                        rows.tolist(), keys[rows].tolist(), scores.tolist(), strict=True
+                    )
                 ]
         return [rank(h, top_k, metric, threshold) for h in hits]
 
