@@ -423,7 +423,10 @@ class Vectors:
         read-only database cannot write one: its search stays exact)."""
         if self._store.readonly:
             return
-        names = [n for n, _ in self._state._scope(namespace)]
+        scope = self._state._scope(namespace)
+        if all(g.index is not None or g.live < 2 for _, s in scope for g in s.groups):
+            return  # the common case, every query of a forced search: nothing to train
+        names = [n for n, _ in scope]
         models = {(g.model, g.dim) for n in names for g in self._state.spaces[n].groups if g.live}
         chosen = self._state.resolve(models, model, dim)
         if chosen is None:

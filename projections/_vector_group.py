@@ -215,14 +215,15 @@ class VectorGroup:
         euclidean distance (lower is closer)."""
         import numpy as np
 
-        # Elementwise products summed per row, not a matrix product: a row's score then
-        # never depends on where it is stored (BLAS kernels round edge rows differently),
-        # so replicas that stored rows in another order report the same scores.
+        # Products summed row by row (einsum's own loops, never BLAS), not a matrix
+        # product: a row's score then never depends on where it is stored (BLAS kernels
+        # round edge rows differently), so replicas that stored rows in another order
+        # report the same scores.
         unit_rows = self.rows[rows].astype(np.float64)
         if metric == "cosine":
-            lengths = np.sqrt((unit_rows * unit_rows).sum(axis=1))  # 1 up to float32 rounding
-            out: npt.NDArray[np.float64] = (unit_rows * query).sum(axis=1) / lengths
-            return out / float(np.sqrt((query * query).sum()))
+            lengths = np.sqrt(np.einsum("ij,ij->i", unit_rows, unit_rows))  # 1, up to rounding
+            out: npt.NDArray[np.float64] = np.einsum("ij,j->i", unit_rows, query) / lengths
+            return out / float(np.sqrt(np.einsum("i,i->", query, query)))
         vectors = unit_rows * self.norms[rows].astype(np.float64)[:, None]
         if metric == "dot":
             out = (vectors * query).sum(axis=1)
