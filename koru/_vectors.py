@@ -444,13 +444,13 @@ def _predicate(where: Any) -> Callable[[Any], bool] | None:
     Raises:
         InvalidQueryError: anything else, or a malformed filter.
     """
+    if where is None:  # every unfiltered search: before the imports below
+        return None
     from koru.projections import Filter, Query
     from koru.projections._filters import filter_from_data
     from koru.projections._predicate import compile_filter
     from koru.projections._query import check_filter
 
-    if where is None:
-        return None
     if isinstance(where, Query):
         return compile_filter(where.validate().filter)
     if isinstance(where, Filter):

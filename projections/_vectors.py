@@ -389,6 +389,10 @@ class VectorState:
                 found = self._candidates(group, units, norms, metric, top_k, use_index)
             for i, rows in enumerate(found):
                 scores = group.exact_scores(rows, queries[i], metric)
+                if len(rows) > top_k:  # only those that can rank: the k best, ties too
+                    worse = scores if metric == "euclidean" else -scores
+                    kept = worse <= np.partition(worse, top_k - 1)[top_k - 1]
+                    rows, scores = rows[kept], scores[kept]
                 hits[i] += [
                     Hit(ns, names[k], s, meta[r])
                     for r, k, s in zip(
