@@ -46,6 +46,8 @@ MAX_VECTOR_DIM = 65_536
 MAX_LISTS = 65_536
 MAX_RERANK = 1024
 _FLOAT32_MAX = 3.4028234663852886e38
+#: A float32 sum of squares below this is far inside float32 (a norm under 1e18).
+_SAFE_SQUARE = 1e36
 
 
 def vector_problem(data: bytes, dim: int) -> str | None:
@@ -59,6 +61,14 @@ def vector_problem(data: bytes, dim: int) -> str | None:
     import numpy as np  # here, not at import: a log reader that never meets a vector
 
     floats = np.frombuffer(data, dtype="<f4")
+    # The common case in one float32 dot product: a NaN or an infinity makes the sum of
+    # squares NaN or infinite, so a sum strictly between 0 and _SAFE_SQUARE proves every
+    # float finite and the norm neither zero nor near float32's limit. Anything else
+    # (including squares that underflow or overflow in float32) is judged in float64.
+    with np.errstate(over="ignore"):  # an overflow is judged below, in float64
+        square = float(floats.dot(floats))
+    if 0.0 < square < _SAFE_SQUARE:
+        return None
     if not np.isfinite(floats).all():
         return "a vector holds NaN or infinity"
     norm = float(np.sqrt(np.dot(floats.astype(np.float64), floats.astype(np.float64))))

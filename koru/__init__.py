@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "Embedder": "koru._embedders",
     "EmbeddingNotFoundError": "koru.events",
     "HashingEmbedder": "koru._embedders",
+    "SentenceEmbedder": "koru._sentence",
     "VectorHit": "koru._vectors",
     "Database": "koru._database",
     "connect": "koru._remote",
@@ -149,6 +150,7 @@ if _typing.TYPE_CHECKING:
     from ._remote import connect as connect
     from ._replay import ReplayResult as ReplayResult
     from ._replay import replay as replay
+    from ._sentence import SentenceEmbedder as SentenceEmbedder
     from ._sessions import Challenge as Challenge
     from ._sessions import Response as Response
     from ._sessions import Session as Session
@@ -266,6 +268,7 @@ __all__ = [
     "Embedder",
     "EmbeddingNotFoundError",
     "HashingEmbedder",
+    "SentenceEmbedder",
     "VectorHit",
     "Database",
     "connect",

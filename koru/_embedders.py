@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import blake3
 
-__all__ = ["Embedder", "HashingEmbedder"]
+__all__ = ["Embedder", "HashingEmbedder", "text_of"]
 
 _WORD = re.compile(r"\w+")
 
@@ -37,7 +37,7 @@ class Embedder(Protocol):
         ...
 
 
-def _text(content: Any) -> str:
+def text_of(content: Any) -> str:
     """The words of a value: text as is; keys, and leaves as text, of the rest."""
     if isinstance(content, str):
         return content
@@ -75,7 +75,7 @@ class HashingEmbedder:
         self.model = f"koru-hashing-{dim}-v1"
 
     def embed(self, content: Any) -> list[float]:
-        words = _WORD.findall(_text(content).lower())
+        words = _WORD.findall(text_of(content).lower())
         features = words + [f"{a} {b}" for a, b in pairwise(words)]
         counts: dict[str, int] = {}
         for feature in features or ["\x00empty"]:  # no words: one fixed direction

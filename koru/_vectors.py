@@ -31,7 +31,9 @@ from koru.events import (
     VectorIndexEvent,
     check_name,
     decode_trusted,
+    encode_event,
     encode_value,
+    event_id,
     vector_problem,
 )
 from koru.projections import METRICS, Hit, VectorState
@@ -51,6 +53,8 @@ __all__ = ["MAX_INDEX_DIM", "VectorHit", "Vectors"]
 #: Largest dimension an approximate index is trained for (its training holds a
 #: ``dim x dim`` matrix); larger vectors are searched exactly.
 MAX_INDEX_DIM = 4096
+#: A float32 sum of squares below this is far inside float32 (as in vector_problem).
+_SAFE_SQUARE = 1e36
 
 
 class VectorHit(NamedTuple):
@@ -72,8 +76,11 @@ def as_vector(vector: Any, what: str = "vector", *, zero: bool = False) -> npt.N
     """
     import numpy as np
 
+    fast = _proven(vector)
+    if fast is not None:
+        return fast
     if type(vector) is np.ndarray and vector.dtype == np.float32 and vector.ndim == 1:
-        narrow = vector  # the common case: no conversion
+        narrow = vector
         if not np.isfinite(narrow).all():
             raise InvalidDataError(f"{what} holds NaN or infinity")
     else:
@@ -106,9 +113,21 @@ def as_vector(vector: Any, what: str = "vector", *, zero: bool = False) -> npt.N
     return narrow
 
 
-#: A vector whose squared norm (in float32) is below this has a norm far inside float32:
-#: the decoder's full check (in float64) is needed only above it.
-_SAFE_SQUARE = 1e36
+def _proven(vector: Any) -> npt.NDArray[Any] | None:
+    """``vector`` itself if it is a 1-D float32 array that one dot product proves usable
+    (the common case); None to check it in full. A sum of squares strictly between 0
+    and _SAFE_SQUARE means every float finite (a NaN or an infinity makes it NaN or
+    infinite), not all zeros, and a norm far inside float32: the decoder's rule
+    (``vector_problem``) passes it too."""
+    import numpy as np
+
+    if type(vector) is not np.ndarray or vector.dtype != np.float32 or vector.ndim != 1:
+        return None
+    with np.errstate(over="ignore"):  # an overflow only sends it to the full check
+        square = float(vector.dot(vector))
+    if 0.0 < square < _SAFE_SQUARE and len(vector) <= MAX_VECTOR_DIM:
+        return vector
+    return None
 
 
 def _checked_query(query: Any, metric: str) -> npt.NDArray[Any]:
@@ -170,27 +189,39 @@ class Vectors:
         check_name(namespace, "namespace")
         check_name(key, "key")
         check_name(model, "model")
-        narrow = as_vector(vector)
+        narrow = _proven(vector)
+        proven = narrow is not None
+        if narrow is None:
+            narrow = as_vector(vector)
         dim = len(narrow)
-        dims = self._state.dims_of(model)
+        dims = self._state.dims.get(model)
         if dims and dim not in dims:
             raise DimensionMismatchError(
                 f"model {model!r} has dimension {sorted(dims)[0]}; this vector has {dim}"
             )
         data = narrow.astype("<f4", copy=False).tobytes()
-        if not float(narrow.dot(narrow)) < _SAFE_SQUARE:
-            problem = vector_problem(data, dim)  # the decoder's own rule, in full
-            if problem is not None:
-                raise InvalidDataError(problem)
+        problem = None if proven else vector_problem(data, dim)  # the decoder's rule
+        if problem is not None:
+            raise InvalidDataError(problem)
         meta = None if metadata is None else encode_value(metadata, self._max_value_size)
 
         def append() -> Version:
             current = self._state.current(namespace, key)
             previous = None if current is None else current[0]
-            event, eid = self._writer.emit(
-                VECTOR,
-                lambda h: EmbedEvent(*h, namespace, key, model, dim, data, meta, previous),
+            # Appended as a put is (encoded, hashed, written), not through ``emit``'s
+            # read-back: every field was checked above by the embed decoder's own rules
+            # (names, the vector and its dimension, canonical metadata; the header and
+            # ``previous`` come from the writer and the state), and the envelope holds
+            # only arrays, ints, text, bytes and nulls, which cbor2 encodes canonically.
+            # So the strict decoder (replay, peers) reads back exactly this event, as a
+            # test checks; decoding it again here would cost a fifth of an embed.
+            writer = self._writer
+            event = EmbedEvent(
+                *writer._header(VECTOR), namespace, key, model, dim, data, meta, previous
             )
+            raw = encode_event(event)
+            eid = event_id(raw)
+            writer.write(event, raw, eid)
             return self._version(
                 namespace, key, eid, blake3.blake3(data).digest(), event.hlc, previous
             )
@@ -346,7 +377,7 @@ class Vectors:
         False if there was nothing to train (or a training of it runs already)."""
         import numpy as np
 
-        from koru.projections._ivf import train_ivf
+        from koru.projections._ivf_train import train_ivf
         from koru.projections._vector_group import DEAD
 
         group = self._state.group(namespace, model, dim)
@@ -392,7 +423,10 @@ class Vectors:
         read-only database cannot write one: its search stays exact)."""
         if self._store.readonly:
             return
-        names = [n for n, _ in self._state._scope(namespace)]
+        scope = self._state._scope(namespace)
+        if all(g.index is not None or g.live < 2 for _, s in scope for g in s.groups):
+            return  # the common case, every query of a forced search: nothing to train
+        names = [n for n, _ in scope]
         models = {(g.model, g.dim) for n in names for g in self._state.spaces[n].groups if g.live}
         chosen = self._state.resolve(models, model, dim)
         if chosen is None:
@@ -410,13 +444,13 @@ def _predicate(where: Any) -> Callable[[Any], bool] | None:
     Raises:
         InvalidQueryError: anything else, or a malformed filter.
     """
+    if where is None:  # every unfiltered search: before the imports below
+        return None
     from koru.projections import Filter, Query
     from koru.projections._filters import filter_from_data
     from koru.projections._predicate import compile_filter
     from koru.projections._query import check_filter
 
-    if where is None:
-        return None
     if isinstance(where, Query):
         return compile_filter(where.validate().filter)
     if isinstance(where, Filter):

@@ -30,6 +30,8 @@ DEAD = -1
 #: Compact when dead rows are at least this share of the rows (and there are some).
 _COMPACT_SHARE = 0.25
 _COMPACT_MIN = 64
+#: The stored vectors' dtype (little-endian float32), spelled once.
+_LE32 = "<f4"
 
 
 class VectorGroup:
@@ -79,20 +81,21 @@ class VectorGroup:
         checked usable by the decoder); returns the row."""
         import numpy as np
 
-        if self.n == len(self.rows):
+        row = self.n
+        if row == len(self.rows):
             self._grow()
-        raw = np.frombuffer(vector, dtype="<f4")
-        square = float(raw.dot(raw))
+        raw = np.frombuffer(vector, dtype=_LE32)
+        with np.errstate(over="ignore"):  # an overflow is redone just below
+            square = float(raw.dot(raw))
         if not 0.0 < square < 3e38:  # float32 overflowed or underflowed: in float64
             wide = raw.astype(np.float64)
             square = float(wide.dot(wide))
         norm = square**0.5
-        row = self.n
         np.divide(raw, norm, out=self.rows[row], casting="unsafe")
         self.norms[row] = norm
         self.keys[row] = key_id
         self.meta.append(meta)
-        self.n += 1
+        self.n = row + 1
         if self.index is not None:
             self.index.add(row, self.rows[row])
             if self.index.stale():
@@ -212,14 +215,15 @@ class VectorGroup:
         euclidean distance (lower is closer)."""
         import numpy as np
 
-        # Elementwise products summed per row, not a matrix product: a row's score then
-        # never depends on where it is stored (BLAS kernels round edge rows differently),
-        # so replicas that stored rows in another order report the same scores.
+        # Products summed row by row (einsum's own loops, never BLAS), not a matrix
+        # product: a row's score then never depends on where it is stored (BLAS kernels
+        # round edge rows differently), so replicas that stored rows in another order
+        # report the same scores.
         unit_rows = self.rows[rows].astype(np.float64)
         if metric == "cosine":
-            lengths = np.sqrt((unit_rows * unit_rows).sum(axis=1))  # 1 up to float32 rounding
-            out: npt.NDArray[np.float64] = (unit_rows * query).sum(axis=1) / lengths
-            return out / float(np.sqrt((query * query).sum()))
+            lengths = np.sqrt(np.einsum("ij,ij->i", unit_rows, unit_rows))  # 1, up to rounding
+            out: npt.NDArray[np.float64] = np.einsum("ij,j->i", unit_rows, query) / lengths
+            return out / float(np.sqrt(np.einsum("i,i->", query, query)))
         vectors = unit_rows * self.norms[rows].astype(np.float64)[:, None]
         if metric == "dot":
             out = (vectors * query).sum(axis=1)

@@ -207,14 +207,19 @@ class VectorState:
                 return
             version = space.v_prev[version]
         if type(event) is EmbedEvent:
-            gid = space.group_id(event.model, event.dim)
-            self.dims.setdefault(event.model, set()).add(event.dim)
+            gid = space.group_ids.get((event.model, event.dim))
+            if gid is None:
+                gid = space.group_id(event.model, event.dim)
+            dims = self.dims.get(event.model)
+            if dims is None or event.dim not in dims:
+                self.dims.setdefault(event.model, set()).add(event.dim)
         else:
             gid = _NONE
         version = len(space.v_hlc)
         space.v_hlc.append(event.hlc)
         space.v_key.append(kid)
-        space.v_origin.append(self._origin(event.origin))
+        oid = self._origin_ids.get(event.origin)
+        space.v_origin.append(self._origin(event.origin) if oid is None else oid)
         space.v_eid += eid
         space.v_loc.append(location)
         space.v_group.append(gid)
@@ -387,9 +392,15 @@ class VectorState:
                 found = self._candidates(group, units, norms, metric, top_k, use_index)
             for i, rows in enumerate(found):
                 scores = group.exact_scores(rows, queries[i], metric)
+                if len(rows) > top_k:  # only those that can rank: the k best, ties too
+                    worse = scores if metric == "euclidean" else -scores
+                    kept = worse <= np.partition(worse, top_k - 1)[top_k - 1]
+                    rows, scores = rows[kept], scores[kept]
                 hits[i] += [
-                    Hit(ns, names[keys[r]], s, meta[r])
-                    for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+                    Hit(ns, names[k], s, meta[r])
+                    for r, k, s in zip(
+                        rows.tolist(), keys[rows].tolist(), scores.tolist(), strict=True
+                    )
                 ]
         return [rank(h, top_k, metric, threshold) for h in hits]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cbor2
 import numpy as np
@@ -222,6 +222,59 @@ async def test_embed_returns_a_version_and_delete_writes_a_tombstone() -> None:
         assert await db.namespaces() == [] and (await db.feed_heads())[(db.node_id, VECTOR)] == 3
 
 
+_METADATA = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    floats=st.lists(
+        st.floats(allow_nan=False, allow_infinity=False, width=32)
+        | st.sampled_from([1e-45, -1e-40, 1e19, -1e30]),
+        min_size=1,
+        max_size=24,
+    ).filter(lambda v: any(v)),
+    metadata=_METADATA,
+    key=st.text(min_size=1, max_size=6),
+)
+def test_an_embed_reads_back_strictly_as_it_was_folded(
+    floats: list[float], metadata: Any, key: str
+) -> None:
+    """embed appends without decoding its event again (it checks every field by the
+    decoder's own rules first): the strict decoder, as replay and peers run it, must
+    read back exactly the event folded, metadata and all."""
+    import blake3
+
+    async def main() -> None:
+        async with koru.open(koru.MEMORY, processes=False) as db:
+            if np.linalg.norm(np.asarray(floats, np.float64)) > np.finfo(np.float32).max:
+                with pytest.raises(koru.InvalidDataError, match="beyond float32"):
+                    await db.embed("docs", key, floats, model="m", metadata=metadata)
+                assert await db.feed_heads() == {}
+                return
+            version = await db.embed("docs", key, floats, model="m", metadata=metadata)
+            (data,) = await db.feed_events(db.node_id, VECTOR)
+            event = decode_event(data, check_values=True)
+            assert type(event) is EmbedEvent
+            assert (event.namespace, event.key, event.model, event.dim) == (
+                "docs",
+                key,
+                "m",
+                len(floats),
+            )
+            assert event.vector == np.asarray(floats, np.float64).astype("<f4").tobytes()
+            assert version.content_id == blake3.blake3(event.vector).hexdigest()
+            stored = None if event.metadata is None else cbor2.loads(event.metadata)
+            assert stored == metadata
+            (hit,) = await db.embed_search("docs", floats, metric="dot")
+            assert (hit.key, hit.metadata) == (key, metadata)
+
+    trio.run(main)
+
+
 # -- searching -------------------------------------------------------------------------
 
 
@@ -391,6 +444,61 @@ async def test_an_embedder_plugs_in_and_a_bad_one_is_refused() -> None:
     with pytest.raises(koru.InvalidArgumentError, match="embedder"):
         async with koru.open(koru.MEMORY, embedder=object()):  # type: ignore[arg-type]
             pass
+
+
+class _FakeSentenceTransformer:
+    """Stands in for sentence-transformers' model class (the extra is not installed
+    here): records how it was loaded, embeds text by its letter counts."""
+
+    loads: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def __init__(self, path: str, **options: Any) -> None:
+        if path.endswith("missing"):
+            raise OSError(f"{path} is not a local folder and the hub is off")
+        self.loads.append((path, options))
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 3
+
+    def encode(self, text: str, **options: Any) -> np.ndarray:
+        assert options == {"normalize_embeddings": True, "convert_to_numpy": True}
+        counts = np.array([text.count(c) for c in "abc"], np.float32) + 0.01
+        return counts / np.linalg.norm(counts)
+
+
+def test_the_sentence_embedder_loads_a_local_model_offline_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(koru.InvalidArgumentError, match="sentence extra"):
+        koru.SentenceEmbedder("/models/minilm")
+    fake = types.ModuleType("sentence_transformers")
+    fake.SentenceTransformer = _FakeSentenceTransformer  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sentence_transformers", fake)
+    with pytest.raises(koru.InvalidArgumentError, match="nothing is downloaded"):
+        koru.SentenceEmbedder("/models/missing")
+    embedder = koru.SentenceEmbedder(Path("/models/minilm"))
+    # Never a download: only files already on this machine.
+    assert _FakeSentenceTransformer.loads[-1] == (
+        "/models/minilm",
+        {"device": "cpu", "local_files_only": True},
+    )
+    assert (embedder.model, embedder.dim) == ("sentence-minilm", 3)
+    with pytest.raises(koru.InvalidDataError, match="model"):
+        koru.SentenceEmbedder("/models/minilm", model="")
+
+    async def main() -> None:
+        async with koru.open(koru.MEMORY, processes=False, embedder=embedder) as db:
+            await db.put_similar("w", "aaa", "aaa")
+            await db.put_similar("w", "ccc", {"text": "ccc"})
+            hits = await db.find_similar("w", "a a b")
+            assert [h.key for h in hits] == ["aaa", "ccc"]
+            assert state_of(db).dims_of("sentence-minilm") == {3}
+
+    trio.run(main)
 
 
 # -- durability, replay, checkpoints ----------------------------------------------------
