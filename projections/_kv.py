@@ -666,11 +666,18 @@ def _merged(
     layers: list[dict[str, dict[str, bytearray | bytes]]],
 ) -> Iterator[tuple[str, str, bytes]]:
     """The (namespace, key, records) of frozen layers (newest first), newest wins. The
-    records are not copied: a frozen layer is never changed again."""
-    seen: set[tuple[str, str]] = set()
-    for layer in layers:
+    records are not copied: a frozen layer is never changed again. (Keys seen are kept
+    per namespace, as strings: a set of (namespace, key) tuples is as many containers
+    for the garbage collector to traverse while a checkpoint is written.)"""
+    seen: dict[str, set[str]] = {}
+    last = len(layers) - 1
+    for age, layer in enumerate(layers):
         for ns, keys in layer.items():
+            done = seen.get(ns)
+            if done is None:
+                done = seen[ns] = set()
             for key, blob in keys.items():
-                if (ns, key) not in seen:
-                    seen.add((ns, key))
+                if key not in done:
+                    if age < last:  # the oldest layer's keys are never asked about
+                        done.add(key)
                     yield ns, key, blob  # type: ignore[misc]
