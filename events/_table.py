@@ -56,10 +56,12 @@ from ._errors import CorruptCheckpointError
 __all__ = [
     "BLOCK",
     "HEADER_SIZE",
+    "KeyProbe",
     "TABLE_MAGIC",
     "Table",
     "TableEncoder",
     "encode_table",
+    "key_probe",
     "table_name",
 ]
 
@@ -188,6 +190,22 @@ class TableEncoder:
         index = self.index()
         digest = blake3.blake3(index).digest()
         return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+
+
+#: A key as table lookups want it: ((namespace, key) as UTF-8, and the two halves of
+#: its filter hash).
+KeyProbe = tuple[tuple[bytes, bytes], int, int]
+
+
+def key_probe(namespace: str, key: str) -> KeyProbe | None:
+    """What :meth:`Table.lookup` takes for (namespace, key); None for a name that is not
+    valid Unicode (it is in no table)."""
+    try:
+        target = (namespace.encode(), key.encode())
+    except UnicodeEncodeError:
+        return None
+    h = _key_hash(*target)
+    return target, h & 0xFFFFFFFF, (h >> 32) | 1
 
 
 def _key_hash(ns: bytes, key: bytes) -> int:
@@ -485,21 +503,23 @@ class Table:
     def get(self, namespace: str, key: str) -> bytes | None:
         """The value of (namespace, key), or None if the table has none (a name that is
         not valid Unicode is in no table)."""
-        try:
-            target = (namespace.encode(), key.encode())
-        except UnicodeEncodeError:
-            return None
+        probe = key_probe(namespace, key)
+        return None if probe is None else self.lookup(probe)
+
+    def lookup(self, probe: KeyProbe) -> bytes | None:
+        """:meth:`get` of a :func:`key_probe`: a lookup that searches several tables
+        encodes and hashes the key once, not once per table."""
         if not self._starts:
             self._load_index()
         bits = self._filter_bits
         if bits:
             bloom = self._filter
-            h = _key_hash(*target)
-            h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+            h1, h2 = probe[1], probe[2]
             for i in range(_PROBES):
                 pos = (h1 + i * h2) % bits
                 if not bloom[pos >> 3] & (1 << (pos & 7)):
                     return None
+        target = probe[0]
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None

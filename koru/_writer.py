@@ -118,6 +118,7 @@ class Writer:
             saved_at=saved_at,
             checkpointed=projections.checkpointed,
             compactions=projections.compactions,
+            retired=projections.retired,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
         size = store.segment_size

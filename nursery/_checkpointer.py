@@ -11,7 +11,7 @@ from koru.events import DurabilityError, LogStore, StorageError, Table, TableEnc
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
-from ._pacer import Pacer
+from ._pacer import Pacer, dismantle
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
 
@@ -35,12 +35,14 @@ class Checkpointer:
         saved_at: int,
         checkpointed: Callable[[dict[NewTable, Table]], None] = lambda written: None,
         compactions: Callable[[], list[tuple[Any, list[Table], NewTable]]] = list,
+        retired: Callable[[], list[Any]] = list,
     ) -> None:
         self._store = store
         self._committer = committer
         self._capture = capture
         self._checkpointed = checkpointed
         self._compactions = compactions
+        self._retired = retired
         #: Table merges done by this handle.
         self.compactions = 0
         self.every = every
@@ -102,8 +104,10 @@ class Checkpointer:
         written = await trio.to_thread.run_sync(self._write, captured, Pacer())
         self.saved_at = events
         self.written += 1
-        # The projections learn which tables their new ones became.
+        # The projections learn which tables their new ones became; what they let go
+        # of then is freed a slice at a time (see dismantle).
         self._checkpointed(written)
+        await dismantle(self._retired())
 
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
