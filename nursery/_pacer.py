@@ -26,7 +26,7 @@ import trio
 __all__ = ["DISMANTLE_STEP", "PACE_BUDGET", "Pacer", "dismantle"]
 
 #: Seconds of Python work a paced worker thread runs between two turns of the loop.
-PACE_BUDGET = 0.001
+PACE_BUDGET = 0.0005
 
 
 #: Entries freed between two yields by :func:`dismantle`.
