@@ -365,9 +365,7 @@ class Table:
         #: pages around the one asked for too (fault-around), so ten thousand random
         #: lookups made a whole table resident, counted in the process's memory.
         self._read = read if read is not None else lambda at, n: bytes(data[at : at + n])
-        # Closed with the table: when released, else when collected (tables are
-        # dropped by compaction while readers may still hold them).
-        self._release = None if release is None else weakref.finalize(self, release)
+        self._release: weakref.finalize[Any, Any] | None = None
         self.size = len(data)
         if self.size < _HEAD.size:
             raise CorruptCheckpointError(f"table {name} is cut short")
@@ -386,6 +384,13 @@ class Table:
         self._digest: bytes | None = digest
         self._firsts: list[tuple[bytes, bytes]] = []
         self._starts: list[int] = []
+        # Closed with the table: when released, else when collected (tables are
+        # dropped by compaction while readers may still hold them). Registered last:
+        # a table refused above is closed by its opener, and a finalizer registered
+        # before the refusal would close the descriptor a second time when collected,
+        # by then perhaps another file's (a table's reads would then read that file).
+        if release is not None:
+            self._release = weakref.finalize(self, release)
 
     def __len__(self) -> int:
         return int(self._count)
