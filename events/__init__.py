@@ -134,9 +134,11 @@ from ._store import LogStore as LogStore
 from ._store import Record as Record
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
+from ._table import KeyProbe as KeyProbe
 from ._table import Table as Table
 from ._table import TableEncoder as TableEncoder
 from ._table import encode_table as encode_table
+from ._table import key_probe as key_probe
 from ._table import table_name as table_name
 from ._tags import BUILTIN_TAGS as BUILTIN_TAGS
 from ._tags import TagRefused as TagRefused
@@ -266,6 +268,8 @@ __all__ = [
     "StorageError",
     "Table",
     "TableEncoder",
+    "KeyProbe",
+    "key_probe",
     "TieringEvent",
     "VersionNotFoundError",
     "ViewEvent",

@@ -199,6 +199,7 @@ class FileStore:
         self.readonly = readonly
         self._buffered = buffered
         self._segment_size = segment_size
+        self.segment_size: int | None = segment_size
         self._lock_handle: int | None = None
         self._broken: BaseException | None = None
         self._closed = False
@@ -1189,13 +1190,15 @@ class FileStore:
             if not disk.is_dir(directory):
                 disk.mkdir(directory)
                 disk.fsync_dir(self._root)
-            # Streamed: the entries as they come, then the index, then the header at the
-            # front (it is known last). The name is the hash of all but the header.
+            # Streamed: the entries as they come (in buffers of a few hundred KiB: one
+            # write and one hash update each, both without the GIL), then the index, then
+            # the header at the front (it is known last). The name is the hash of all but
+            # the header.
             hasher = blake3.blake3()
             fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 pos = HEADER_SIZE
-                for piece in encoder.entries():
+                for piece in encoder.chunks():
                     hasher.update(piece)
                     pos = _write_all(disk, fd, piece, pos)
                 index = encoder.index()

@@ -21,6 +21,7 @@ class MemoryStore:
     """Per-agent lists of (event bytes, event id, root)."""
 
     readonly = False
+    segment_size: int | None = None
 
     def __init__(self) -> None:
         self.node_id: bytes | None = None

@@ -96,6 +96,10 @@ class LogStore(Protocol):
     """
 
     readonly: bool
+    #: Bytes at which the log starts a new segment (None: a store without segments).
+    #: Sealing a full segment syncs it on the write path; the shell syncs the last
+    #: part of a segment ahead of that, in the background (see ``Writer``).
+    segment_size: int | None
 
     @property
     def node_id(self) -> bytes | None:

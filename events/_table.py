@@ -56,10 +56,12 @@ from ._errors import CorruptCheckpointError
 __all__ = [
     "BLOCK",
     "HEADER_SIZE",
+    "KeyProbe",
     "TABLE_MAGIC",
     "Table",
     "TableEncoder",
     "encode_table",
+    "key_probe",
     "table_name",
 ]
 
@@ -80,7 +82,15 @@ _CRC_U16 = struct.Struct("<IH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_CHUNK = 20_000
+#: Rows per sorted run when the encoder sorts its items: a sort of this many keys is one
+#: call of about a millisecond, between which the encoder gives way (see ``pace``).
+_CHUNK = 4096
+#: Entries per :meth:`TableEncoder.chunks` buffer (one write and one hash update each).
+_BUFFER = 256 * 1024
+#: Bytes per read when a whole table is hashed.
+_VERIFY_READ = 4 * 1024 * 1024
+#: Entries produced between two calls of ``pace``.
+_PACE_EVERY = 64
 
 
 def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
@@ -96,17 +106,33 @@ class TableEncoder:
     first in the file, known last) and the index.
 
     ``items`` are (namespace, key, value) in any order, a (namespace, key) at most once.
+
+    ``pace`` (if given) is called every few dozen entries and between the pieces of
+    work that hold the GIL for long (a sort run, a slice of the filter): the
+    checkpointer passes one that lets the event loop run when the encoder works in a
+    worker thread. Why: a worker thread that runs Python holds the GIL until the
+    interpreter takes it away (every 5 ms), so each time the event loop let go of it
+    (any system call) a put waited that long.
     """
 
-    def __init__(self, items: Iterable[tuple[str, str, bytes]], *, presorted: bool = False) -> None:
-        rows = ((ns.encode(), key.encode(), value) for ns, key, value in items)
+    def __init__(
+        self,
+        items: Iterable[tuple[str, str, bytes]],
+        *,
+        presorted: bool = False,
+        pace: Callable[[], None] | None = None,
+    ) -> None:
+        self._pace = pace if pace is not None else _no_pace
         # Sorted input (a merge of tables) streams through: a merge of the whole cold
         # tier must not hold it in memory.
-        self._rows: Iterable[tuple[bytes, bytes, bytes]] = rows if presorted else _sorted(rows)
+        self._rows: Iterable[tuple[bytes, bytes, bytes]] = (
+            _encoded(items) if presorted else _sorted(items, self._pace)
+        )
         self.count = 0
         self._index: list[bytes] = []
         self._hashes = array("Q")
         self._end = -1
+        self._built: bytes | None = None
 
     def entries(self) -> Iterator[bytes]:
         """The entries, in order (once).
@@ -117,7 +143,10 @@ class TableEncoder:
         at = _HEAD.size
         last: tuple[bytes, bytes] | None = None
         i = 0
+        pace = self._pace
         for ns, key, value in self._rows:
+            if not i % _PACE_EVERY:
+                pace()
             if last is not None and (ns, key) <= last:
                 raise ValueError("table items out of order, or a key twice")
             last = (ns, key)
@@ -133,18 +162,50 @@ class TableEncoder:
         self._rows = ()
         self._end = at
 
+    def chunks(self, size: int = _BUFFER) -> Iterator[bytes]:
+        """:meth:`entries` joined into buffers of about ``size`` bytes: what a writer
+        writes and hashes (one system call per buffer, not per entry)."""
+        buf: list[bytes] = []
+        held = 0
+        for entry in self.entries():
+            buf.append(entry)
+            held += len(entry)
+            if held >= size:
+                yield b"".join(buf)
+                buf, held = [], 0
+        if buf:
+            yield b"".join(buf)
+
     def index(self) -> bytes:
-        """The filter and the block index (after :meth:`entries`)."""
+        """The filter and the block index (after :meth:`entries`; built once)."""
         if self._end < 0:
             raise ValueError("the entries were not produced yet")
-        bits, bloom = _build_filter(self._hashes)
-        return b"".join((_FILTER_HEAD.pack(bits, _PROBES), bloom, *self._index))
+        if self._built is None:
+            bits, bloom = _build_filter(self._hashes, self._pace)
+            self._built = b"".join((_FILTER_HEAD.pack(bits, _PROBES), bloom, *self._index))
+        return self._built
 
     def header(self) -> bytes:
         """The header (after :meth:`entries`)."""
         index = self.index()
         digest = blake3.blake3(index).digest()
         return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+
+
+#: A key as table lookups want it: ((namespace, key) as UTF-8, and the two halves of
+#: its filter hash).
+KeyProbe = tuple[tuple[bytes, bytes], int, int]
+
+
+def key_probe(namespace: str, key: str) -> KeyProbe | None:
+    """What :meth:`Table.lookup` takes for (namespace, key); None for a name that is not
+    valid Unicode (it is in no table)."""
+    try:
+        target = (namespace.encode(), key.encode())
+    except UnicodeEncodeError:
+        return None
+    h = _key_hash(*target)
+    return target, h & 0xFFFFFFFF, (h >> 32) | 1
 
 
 def _key_hash(ns: bytes, key: bytes) -> int:
@@ -155,32 +216,43 @@ def _key_hash(ns: bytes, key: bytes) -> int:
     )
 
 
+#: Keys per slice of a filter built with numpy.
+_FILTER_SLICE = 16_384
 #: Up to this many keys a filter is built in Python: a small database never imports numpy.
 _SMALL_FILTER = 4096
 
 
-def _build_filter(hashes: array[int]) -> tuple[int, bytes]:
+def _no_pace() -> None:
+    pass
+
+
+def _build_filter(hashes: array[int], pace: Callable[[], None] = _no_pace) -> tuple[int, bytes]:
     """(bits, bytes) of the Bloom filter of ``hashes``, built with numpy for many keys
     (a million in a fraction of a second, where a Python loop would hold the GIL for
     seconds) and in Python for few. numpy is imported only then: a process that only
-    reads tables (a one-shot ``kdelta get``), or a small database, never pays for it."""
+    reads tables (a one-shot ``kdelta get``), or a small database, never pays for it.
+    Built in slices of keys with ``pace`` between them: one ``bitwise_or.at`` over a
+    million keys holds the GIL for tens of milliseconds."""
     bits = max(64, len(hashes) * _FILTER_BITS_PER_KEY)
     bits = -(-bits // 8) * 8
     if len(hashes) <= _SMALL_FILTER:
         return bits, _small_filter(hashes, bits)
     import numpy as np
 
-    h = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
-    h1 = h & np.uint64(0xFFFFFFFF)
-    h2 = (h >> np.uint64(32)) | np.uint64(1)
+    every = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
     filter_ = np.zeros(bits // 8, dtype=np.uint8)
-    for i in range(_PROBES):
-        pos = (h1 + np.uint64(i) * h2) % np.uint64(bits)
-        np.bitwise_or.at(
-            filter_,
-            (pos >> np.uint64(3)).astype(np.intp),
-            (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
-        )
+    for start in range(0, len(every), _FILTER_SLICE):
+        pace()
+        h = every[start : start + _FILTER_SLICE]
+        h1 = h & np.uint64(0xFFFFFFFF)
+        h2 = (h >> np.uint64(32)) | np.uint64(1)
+        for i in range(_PROBES):
+            pos = (h1 + np.uint64(i) * h2) % np.uint64(bits)
+            np.bitwise_or.at(
+                filter_,
+                (pos >> np.uint64(3)).astype(np.intp),
+                (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
+            )
     return bits, filter_.tobytes()
 
 
@@ -204,15 +276,42 @@ def encode_table(items: Iterable[tuple[str, str, bytes]]) -> list[bytes]:
     return [encoder.header(), *entries, encoder.index()]
 
 
-def _sorted(rows: Iterable[tuple[bytes, bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
-    """``sorted(rows)``, in chunks merged at the Python level: one ``sorted`` of a
-    million rows holds the GIL for a second, which would freeze the event loop of the
-    thread that runs it in a worker; between chunks the loop gets to run."""
-    rows = list(rows)
-    if len(rows) <= _CHUNK:
-        return sorted(rows)
-    chunks = [sorted(rows[i : i + _CHUNK]) for i in range(0, len(rows), _CHUNK)]
-    return list(heapq.merge(*chunks))
+def _encoded(items: Iterable[tuple[str, str, bytes]]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    for ns, key, value in items:
+        yield ns.encode(), key.encode(), value
+
+
+def _sorted(
+    items: Iterable[tuple[str, str, bytes]], pace: Callable[[], None]
+) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """``items`` encoded and sorted by (namespace, key) bytes, with ``pace`` between
+    the pieces of work. Held as one dict of keys per namespace, not as a list of row
+    tuples: a hundred thousand tuples alive through a long sort made the cyclic garbage
+    collector's full passes (which traverse every container) take tens of milliseconds.
+    Each namespace's keys are sorted in runs of ``_CHUNK`` (one C call each, about a
+    millisecond) merged lazily: one ``sorted`` of a million keys holds the GIL for a
+    second."""
+    by_ns: dict[bytes, dict[bytes, bytes]] = {}
+    for i, (ns, key, value) in enumerate(items):
+        if not i % _PACE_EVERY:
+            pace()
+        keys = by_ns.get(ns_b := ns.encode())
+        if keys is None:
+            keys = by_ns[ns_b] = {}
+        key_b = key.encode()
+        if key_b in keys:
+            raise ValueError("table items out of order, or a key twice")
+        keys[key_b] = value
+    for ns_b in sorted(by_ns):
+        keys = by_ns.pop(ns_b)
+        names = list(keys)
+        runs = []
+        for start in range(0, len(names), _CHUNK):
+            pace()
+            runs.append(sorted(names[start : start + _CHUNK]))
+        del names
+        for key_b in heapq.merge(*runs) if len(runs) > 1 else runs[0]:
+            yield ns_b, key_b, keys[key_b]
 
 
 def table_name(pieces: list[bytes]) -> str:
@@ -266,9 +365,7 @@ class Table:
         #: pages around the one asked for too (fault-around), so ten thousand random
         #: lookups made a whole table resident, counted in the process's memory.
         self._read = read if read is not None else lambda at, n: bytes(data[at : at + n])
-        # Closed with the table: when released, else when collected (tables are
-        # dropped by compaction while readers may still hold them).
-        self._release = None if release is None else weakref.finalize(self, release)
+        self._release: weakref.finalize[Any, Any] | None = None
         self.size = len(data)
         if self.size < _HEAD.size:
             raise CorruptCheckpointError(f"table {name} is cut short")
@@ -287,6 +384,13 @@ class Table:
         self._digest: bytes | None = digest
         self._firsts: list[tuple[bytes, bytes]] = []
         self._starts: list[int] = []
+        # Closed with the table: when released, else when collected (tables are
+        # dropped by compaction while readers may still hold them). Registered last:
+        # a table refused above is closed by its opener, and a finalizer registered
+        # before the refusal would close the descriptor a second time when collected,
+        # by then perhaps another file's (a table's reads would then read that file).
+        if release is not None:
+            self._release = weakref.finalize(self, release)
 
     def __len__(self) -> int:
         return int(self._count)
@@ -357,7 +461,9 @@ class Table:
         """
         self.verify()
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update(memoryview(self._data)[_HEAD.size :])
+        # In reads of a few MiB, not through the memory map (see _block).
+        for at in range(_HEAD.size, self.size, _VERIFY_READ):
+            hasher.update(self._read(at, min(_VERIFY_READ, self.size - at)))
         if hasher.hexdigest()[:32] != self.name:
             raise CorruptCheckpointError(
                 f"table {self.name}: its content is not the one its name hashes (the log is "
@@ -365,50 +471,60 @@ class Table:
             )
 
     def _block(self, b: int) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """The entries of block ``b``, each checked against its crc32."""
-        data = self._data
-        pos = self._starts[b]
-        end = self._starts[b + 1] if b + 1 < len(self._starts) else self._end
+        """The entries of block ``b``, each checked against its crc32. Read with one
+        ``pread`` of the block, not through the memory map: a pass over a whole table
+        (a merge, a scan) through the map would map every page of it into the process,
+        counted in its memory and unmapped page by page when the table is dropped (tens
+        of milliseconds on the event loop for a table of a hundred megabytes)."""
+        start = self._starts[b]
+        data = self._read(
+            start, (self._starts[b + 1] if b + 1 < len(self._starts) else self._end) - start
+        )
+        end = len(data)
+        pos = 0
+        view = memoryview(data)
         for i in range(b * BLOCK, min((b + 1) * BLOCK, self._count)):
             try:
                 (crc,) = _CRC.unpack_from(data, pos)
                 at = pos + 4
                 (n,) = _U16.unpack_from(data, at)
-                ns = bytes(data[at + 2 : at + 2 + n])
+                ns = data[at + 2 : at + 2 + n]
                 at += 2 + n
                 (m,) = _U16.unpack_from(data, at)
-                key = bytes(data[at + 2 : at + 2 + m])
+                key = data[at + 2 : at + 2 + m]
                 at += 2 + m
                 (v,) = _U32.unpack_from(data, at)
                 nxt = at + 4 + v
-                if nxt > end or zlib.crc32(memoryview(data)[pos + 4 : nxt]) != crc:
+                if nxt > end or zlib.crc32(view[pos + 4 : nxt]) != crc:
                     raise CorruptCheckpointError(
                         f"table {self.name}: entry {i} fails its check (the log is intact: "
                         "remove the checkpoint file to rebuild the state from it)"
                     )
             except struct.error:
                 raise CorruptCheckpointError(f"table {self.name}: entry {i} is cut short") from None
-            yield ns, key, bytes(data[at + 4 : nxt])
+            yield ns, key, data[at + 4 : nxt]
             pos = nxt
 
     def get(self, namespace: str, key: str) -> bytes | None:
         """The value of (namespace, key), or None if the table has none (a name that is
         not valid Unicode is in no table)."""
-        try:
-            target = (namespace.encode(), key.encode())
-        except UnicodeEncodeError:
-            return None
+        probe = key_probe(namespace, key)
+        return None if probe is None else self.lookup(probe)
+
+    def lookup(self, probe: KeyProbe) -> bytes | None:
+        """:meth:`get` of a :func:`key_probe`: a lookup that searches several tables
+        encodes and hashes the key once, not once per table."""
         if not self._starts:
             self._load_index()
         bits = self._filter_bits
         if bits:
             bloom = self._filter
-            h = _key_hash(*target)
-            h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
+            h1, h2 = probe[1], probe[2]
             for i in range(_PROBES):
                 pos = (h1 + i * h2) % bits
                 if not bloom[pos >> 3] & (1 << (pos & 7)):
                     return None
+        target = probe[0]
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None

@@ -60,6 +60,14 @@ __all__ = ["Writer"]
 _new = tuple.__new__
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 _MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
+#: The last this many bytes of each segment are synced in the background as they fill,
+#: a step at a time (see ``Checkpointer.writeback``); not for segments under
+#: ``_WRITEBACK_MIN_SEGMENT`` (sealing a small one is cheap) nor under sync="always"
+#: (every write is synced already).
+_WRITEBACK_WINDOW = 8 * 1024 * 1024
+_WRITEBACK_STEP = 1024 * 1024
+_WRITEBACK_MIN_SEGMENT = 16 * 1024 * 1024
+_OFFSET = 0xFFFFFFFF  # a location's byte offset in its segment
 
 
 def _ttl_ns(ttl: Any) -> int:
@@ -123,8 +131,18 @@ class Writer:
             saved_at=saved_at,
             checkpointed=projections.checkpointed,
             compactions=projections.compactions,
+            retired=projections.retired,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
+        size = store.segment_size
+        #: Offset in a segment from which writes ask for background syncs, and per
+        #: agent (a location's top byte) the location of the next one.
+        self._writeback_from = (
+            size - _WRITEBACK_WINDOW
+            if size is not None and size >= _WRITEBACK_MIN_SEGMENT and committer.mode != "always"
+            else 1 << 64
+        )
+        self._writeback_at: dict[int, int] = {}
         #: Called with every event once it is appended and folded, local or ingested
         #: (query caches, views, subscriptions): the one place that sees every write.
         self.observers: list[Callable[[Event, bytes, int], None]] = []
@@ -145,6 +163,8 @@ class Writer:
             self._die(exc)
             raise
         self._committer.mark_appended()
+        if location & _OFFSET >= self._writeback_from:
+            self._near_segment_end(location)
         try:
             self._fold(event, eid, location)
         except BaseException as exc:
@@ -156,6 +176,14 @@ class Writer:
         self.checkpointer.note_event()
         for observe in self.observers:
             observe(event, eid, location)
+
+    def _near_segment_end(self, location: int) -> None:
+        """Ask for a background sync once per ``_WRITEBACK_STEP`` bytes of the last
+        part of a segment (a new segment's locations are larger: it starts afresh)."""
+        agent = location >> 56
+        if location >= self._writeback_at.get(agent, 0):
+            self._writeback_at[agent] = location + _WRITEBACK_STEP
+            self.checkpointer.writeback()
 
     async def acknowledge(self) -> None:
         """Return once everything written so far is durable under the sync mode."""

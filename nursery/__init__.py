@@ -12,6 +12,7 @@ from ._committer import Committer as Committer
 from ._committer import SyncMode as SyncMode
 from ._feedtree import Feed as Feed
 from ._feedtree import FeedTree as FeedTree
+from ._pacer import Pacer as Pacer
 from ._protocol import MALFORMED_BEFORE_HANDSHAKE as MALFORMED_BEFORE_HANDSHAKE
 from ._protocol import Authenticate as Authenticate
 from ._protocol import Challenged as Challenged
@@ -55,6 +56,7 @@ __all__ = [
     "Limits",
     "MemoryConnection",
     "Msg",
+    "Pacer",
     "PeerProtocol",
     "SessionEnd",
     "NoFeeds",

@@ -11,6 +11,7 @@ from koru.events import DurabilityError, LogStore, StorageError, Table, TableEnc
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
+from ._pacer import Pacer, dismantle
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
 
@@ -34,12 +35,14 @@ class Checkpointer:
         saved_at: int,
         checkpointed: Callable[[dict[NewTable, Table]], None] = lambda written: None,
         compactions: Callable[[], list[tuple[Any, list[Table], NewTable]]] = list,
+        retired: Callable[[], list[Any]] = list,
     ) -> None:
         self._store = store
         self._committer = committer
         self._capture = capture
         self._checkpointed = checkpointed
         self._compactions = compactions
+        self._retired = retired
         #: Table merges done by this handle.
         self.compactions = 0
         self.every = every
@@ -51,6 +54,9 @@ class Checkpointer:
         self.failures = 0
         self._due = trio.Event()
         self._lock = trio.Lock()
+        self._writeback = trio.Event()
+        #: Background syncs of a segment's last part asked for (:meth:`writeback`).
+        self.writebacks = 0
 
     @property
     def behind(self) -> bool:
@@ -62,6 +68,15 @@ class Checkpointer:
         self.events += 1
         if self.events - max(self.saved_at, 0) >= self.every:
             self._due.set()
+
+    def writeback(self) -> None:
+        """Ask for the log to be synced now, in the background (a worker thread): the
+        active segment is nearly full, and the write that seals it (truncate, fsync,
+        on the event loop, before the next segment may exist) then finds little left
+        to sync. Not a durability step (the seal still syncs), a latency one: sealing
+        a segment with tens of megabytes unsynced under ``sync="os"`` held a put for
+        tens of milliseconds."""
+        self._writeback.set()
 
     async def save(self) -> None:
         """Write a checkpoint now.
@@ -80,13 +95,19 @@ class Checkpointer:
         # least up to those cursors, and only then write the checkpoint naming them.
         captured = self._capture()
         events = self.events
-        await self._committer.sync_now()  # flushes buffers first
-        # Encoding and writing happen off the event loop; the capture is immutable.
-        written = await trio.to_thread.run_sync(self._write, captured)
+        # Flushes buffers first; the sync itself in a worker thread, whatever the
+        # committer's judgement of the device: a checkpoint's sync covers every event
+        # since the last one (megabytes under sync="os"), too long for the event loop.
+        await self._committer.sync_now(in_thread=True)
+        # Encoding and writing happen in a worker thread that gives way to the event
+        # loop (see Pacer); the capture is immutable.
+        written = await trio.to_thread.run_sync(self._write, captured, Pacer())
         self.saved_at = events
         self.written += 1
-        # The projections learn which tables their new ones became.
+        # The projections learn which tables their new ones became; what they let go
+        # of then is freed a slice at a time (see dismantle).
         self._checkpointed(written)
+        await dismantle(self._retired())
 
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
@@ -97,7 +118,7 @@ class Checkpointer:
             plans = self._compactions()
             for projection, inputs, new in plans:
                 # A merge of tables comes sorted: it streams, never held whole.
-                encoder = TableEncoder(new.items(), presorted=True)
+                encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
                 merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
                 projection.compacted(inputs, merged)
             if plans:
@@ -105,12 +126,14 @@ class Checkpointer:
                 await self._save_locked()
             return len(plans)
 
-    def _write(self, captured: dict[str, Any]) -> dict[NewTable, Table]:
+    def _write(self, captured: dict[str, Any], pace: Pacer) -> dict[NewTable, Table]:
         """New tables first, then the checkpoint naming them (a crash in between
         leaves tables no checkpoint names, removed later), then the tables no longer
         named (only once the checkpoint that stopped naming them is durable)."""
         try:
-            pieces, written = encode_captured(captured, write_table=self._store.write_table)
+            pieces, written = encode_captured(
+                captured, write_table=self._store.write_table, pace=pace
+            )
             self._store.write_file(CHECKPOINT_FILE, *pieces)
             keep = table_names(captured) | {t.name for t in written.values()}
             self._store.remove_tables(keep)
@@ -126,9 +149,17 @@ class Checkpointer:
     ) -> None:
         """Background task: save whenever ``every`` events have been appended since the
         last checkpoint, then merge tables if the projections' plans say so (each
-        checkpoint adds tables; without merges a lookup would search ever more of them).
-        Never raises a storage error out of the nursery."""
-        task_status.started()
+        checkpoint adds tables; without merges a lookup would search ever more of them);
+        beside it, sync the log whenever :meth:`writeback` asks (a checkpoint can take
+        seconds, a segment fills meanwhile). Never raises a storage error out of the
+        nursery."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writebacks, on_fatal, nursery.cancel_scope)
+            task_status.started()
+            await self._checkpoints(on_fatal)
+            nursery.cancel_scope.cancel()
+
+    async def _checkpoints(self, on_fatal: Callable[[BaseException], None]) -> None:
         while True:
             await self._due.wait()
             self._due = trio.Event()
@@ -142,3 +173,17 @@ class Checkpointer:
                 # A checkpoint is only a shortcut (the log is the truth): keep serving
                 # and try again after the next ``every`` events.
                 self.failures += 1
+
+    async def _writebacks(
+        self, on_fatal: Callable[[BaseException], None], done: trio.CancelScope
+    ) -> None:
+        while True:
+            await self._writeback.wait()
+            self._writeback = trio.Event()
+            try:
+                await self._committer.sync_now(in_thread=True)
+            except DurabilityError as exc:
+                on_fatal(exc)
+                done.cancel()
+                return
+            self.writebacks += 1

@@ -116,9 +116,11 @@ class Committer:
                 self.error = exc
                 return
 
-    async def sync_now(self) -> None:
+    async def sync_now(self, *, in_thread: bool = False) -> None:
         """Make everything appended so far durable; a sync once begun runs to its end,
-        even if the caller is cancelled (its outcome is never left unknown).
+        even if the caller is cancelled (its outcome is never left unknown). With
+        ``in_thread`` the sync runs in a worker thread however fast the device is (a
+        sync of many appends, which the event loop must not wait for).
 
         Raises:
             DurabilityError: the sync failed, now or earlier; fatal for the handle.
@@ -132,7 +134,7 @@ class Committer:
             # Buffers are pushed here, on the event loop: the sync itself may run in a
             # worker thread while more appends land in the buffers.
             self.store.flush()
-            await self._sync()
+            await self._sync(in_thread)
         except DurabilityError as exc:
             self.error = exc
             raise
@@ -143,11 +145,11 @@ class Committer:
         self.store.sync()
         return time.perf_counter() - began
 
-    async def _sync(self) -> None:
+    async def _sync(self, in_thread: bool = False) -> None:
         # Judge the device by its fastest recent sync: a slow device is slow every
         # time, while a fast one has occasional spikes that should not send every
         # following sync through the ~100 µs thread hop.
-        if min(self._recent) <= self.inline_sync_max:
+        if not in_thread and min(self._recent) <= self.inline_sync_max:
             took = self._timed_sync()
         else:
             # Not abandoned on cancellation (trio's default): the sync runs to its end

@@ -95,10 +95,13 @@ class _Encoder:
     """Appends the CBOR of a captured checkpoint to ``out`` in pieces; writes the new
     tables it meets (through ``write_table``) and puts their names in their place."""
 
-    def __init__(self, chunk: int, write_table: WriteTable | None) -> None:
+    def __init__(
+        self, chunk: int, write_table: WriteTable | None, pace: Callable[[], None]
+    ) -> None:
         self.out: list[bytes | memoryview] = []
         self.chunk = chunk
         self.write_table = write_table
+        self.pace = pace
         #: Each new table met, and the table it was written as.
         self.written: dict[NewTable, Table] = {}
 
@@ -110,7 +113,7 @@ class _Encoder:
         if isinstance(value, NewTable):
             if self.write_table is None:
                 raise ValueError("a new table in a checkpoint that cannot write tables")
-            table = self.write_table(TableEncoder(value.items()))
+            table = self.write_table(TableEncoder(value.items(), pace=self.pace))
             self.written[value] = table
             value = table
         if isinstance(value, Table):
@@ -127,6 +130,15 @@ class _Encoder:
             for v in value:
                 self.encode(v)
             return
+        if type(value) is list and len(value) > self.chunk:
+            # A long flat list (a feed's locations, the keys with a time to live) in
+            # pieces too, for the same reason as a flat map.
+            self.out.append(cbor_head(4, len(value)))
+            for i in range(0, len(value), self.chunk):
+                self.pace()
+                run = value[i : i + self.chunk]
+                self.out.append(cbor2.dumps(run)[len(cbor_head(4, len(run))) :])
+            return
         if type(value) is not dict:
             self.out.append(cbor2.dumps(value))
             return
@@ -138,6 +150,7 @@ class _Encoder:
             return
         items = list(value.items())
         for i in range(0, len(items), self.chunk):
+            self.pace()
             piece = dict(items[i : i + self.chunk])
             self.out.append(cbor2.dumps(piece)[len(cbor_head(5, len(piece))) :])
 
@@ -146,13 +159,23 @@ def _container(value: Any) -> bool:
     return type(value) in (dict, list, memoryview) or isinstance(value, Table | NewTable)
 
 
+def _no_pace() -> None:
+    pass
+
+
 def encode_captured(
-    captured: dict[str, Any], *, chunk: int = 1000, write_table: WriteTable | None = None
+    captured: dict[str, Any],
+    *,
+    chunk: int = 1000,
+    write_table: WriteTable | None = None,
+    pace: Callable[[], None] = _no_pace,
 ) -> tuple[list[bytes | memoryview], dict[NewTable, Table]]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
     in order (their concatenation is the checkpoint file), and the tables written for
-    the new tables in it (with ``write_table``, before the checkpoint that names them)."""
-    encoder = _Encoder(chunk, write_table)
+    the new tables in it (with ``write_table``, before the checkpoint that names them).
+    ``pace`` is called between pieces of work (see :class:`~koru.events.TableEncoder`):
+    the same bytes come out whether it is given or not."""
+    encoder = _Encoder(chunk, write_table, pace)
     encoder.encode(captured)
     hasher = blake3.blake3()
     for piece in encoder.out:

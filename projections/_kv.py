@@ -32,7 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from blake3 import blake3 as _blake3
 
-from koru.events import Event, PutEvent, PutRun, Table, content_id, write_id
+from koru.events import Event, PutEvent, PutRun, Table, content_id, key_probe, write_id
 
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
@@ -146,6 +146,7 @@ class KvState:
         "ns_live",
         "pinned",
         "reads",
+        "retired",
         "table_reads",
         "tables",
         "version_sum",
@@ -177,6 +178,10 @@ class KvState:
         self.warm: list[tuple[dict[str, dict[str, bytearray | bytes]], int]] = []
         self.warm_bytes = 0
         self.warm_capacity = DEFAULT_WARM_BYTES
+        #: Layers that left the warm tier, for the shell to free a slice at a time:
+        #: dropping a layer of a hundred thousand keys at once frees as many objects
+        #: in one go, over ten milliseconds on the event loop.
+        self.retired: list[Any] = []
         #: Tables written by checkpoints (newest first).
         self.tables: list[Table] = []
         #: The hot tier of the tables: records read from them lately, in the order they
@@ -260,8 +265,11 @@ class KvState:
         if not io:
             raise BlockingIOError(f"{namespace!r}/{key!r} is not in memory")
         self.table_reads += 1
+        probe = key_probe(namespace, key)
+        if probe is None:
+            return None  # not valid Unicode: in no table
         for table in self.tables:
-            found = table.get(namespace, key)
+            found = table.lookup(probe)
             if found is not None:
                 # Promote: the next read of this key is a dictionary probe. Evicted in
                 # the order promoted: an exact LRU would cost every hit a reordering.
@@ -672,8 +680,10 @@ class KvState:
                     self.warm.insert(0, (layer, size))
                     self.warm_bytes += size
                 while self.warm and self.warm_bytes > self.warm_capacity:
-                    _, size = self.warm.pop()
+                    layer, size = self.warm.pop()
                     self.warm_bytes -= size
+                    # Freed by the shell a slice at a time (see ``retired``).
+                    self.retired.append(layer)
 
     def compaction(self) -> tuple[list[Table], NewTable] | None:
         """Tables worth merging now, and the merged table to write, or None (see
@@ -750,11 +760,18 @@ def _merged(
     layers: list[dict[str, dict[str, bytearray | bytes]]],
 ) -> Iterator[tuple[str, str, bytes]]:
     """The (namespace, key, records) of frozen layers (newest first), newest wins. The
-    records are not copied: a frozen layer is never changed again."""
-    seen: set[tuple[str, str]] = set()
-    for layer in layers:
+    records are not copied: a frozen layer is never changed again. (Keys seen are kept
+    per namespace, as strings: a set of (namespace, key) tuples is as many containers
+    for the garbage collector to traverse while a checkpoint is written.)"""
+    seen: dict[str, set[str]] = {}
+    last = len(layers) - 1
+    for age, layer in enumerate(layers):
         for ns, keys in layer.items():
+            done = seen.get(ns)
+            if done is None:
+                done = seen[ns] = set()
             for key, blob in keys.items():
-                if (ns, key) not in seen:
-                    seen.add((ns, key))
+                if key not in done:
+                    if age < last:  # the oldest layer's keys are never asked about
+                        done.add(key)
                     yield ns, key, blob  # type: ignore[misc]

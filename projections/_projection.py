@@ -170,6 +170,17 @@ class Projections:
                 plans.append((p, *found))
         return plans
 
+    def retired(self) -> list[Any]:
+        """Large containers the projections let go of (their ``retired`` lists,
+        emptied here), for the shell to take apart a slice at a time."""
+        gone: list[Any] = []
+        for p in self.members:
+            held = getattr(p, "retired", None)
+            if held:
+                gone.extend(held)
+                held.clear()
+        return gone
+
     def checkpointed(self, written: dict[NewTable, Table]) -> None:
         """A checkpoint is durable: tell the projections that have a ``checkpointed``
         method which table each of the new tables they captured became."""

@@ -161,3 +161,30 @@ def test_the_python_filter_equals_the_numpy_filter(hashes: list[int]) -> None:
         assert _table._build_filter(packed) == (bits, small)
     finally:
         _table._SMALL_FILTER = saved
+
+
+async def test_a_refused_table_closes_its_descriptor_once(tmp_path: Path) -> None:
+    """A table file the reader refuses is closed by its opener, and only by it: a
+    second close when the refused table is collected would close whatever file got
+    that descriptor number meanwhile."""
+    import gc
+    import os
+
+    import koru
+
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        await db.put("n", "k", 1)
+        await db.checkpoint()
+        name = "0" * 32
+        (tmp_path / "db" / "tables" / f"{name}.tab").write_bytes(b"not a table" * 20)
+        with pytest.raises(CorruptCheckpointError):
+            db._store.open_table(name)
+        other = tmp_path / "other"
+        other.write_bytes(b"x")
+        fd = os.open(other, os.O_RDONLY)  # likely the number the refused table had
+        try:
+            gc.collect()
+            os.fstat(fd)  # still open
+            assert os.read(fd, 1) == b"x"
+        finally:
+            os.close(fd)
