@@ -443,6 +443,10 @@ class LineReader:
         return out
 
 
+def _ctrl_c_restored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("command", [("events", "--follow"), ("watch", "users")])
 def test_follow_and_watch_stream_writes_from_another_process(
     made: tuple[Path, dict[str, Any]], command: tuple[str, ...]
@@ -457,6 +461,9 @@ def test_follow_and_watch_stream_writes_from_another_process(
         text=True,
         env=env,
         cwd="/",
+        # A shell's background job starts with SIGINT ignored, and a child inherits that:
+        # give the command Ctrl-C back, as a terminal would.
+        preexec_fn=_ctrl_c_restored,
     ) as proc:
         reader = LineReader(proc)
         try:
@@ -470,7 +477,11 @@ def test_follow_and_watch_stream_writes_from_another_process(
             streamed = [json.loads(line) for line in reader.take(2 if watching else 3)]
         finally:
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=20)
+            try:
+                code = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never leave the with block waiting for ever
+                raise
         assert proc.stderr is not None
         errors = proc.stderr.read()
     assert code == 0 and "Traceback" not in errors

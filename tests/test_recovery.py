@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1633,8 +1634,19 @@ async def test_readonly_store_listed_before_the_writer_moved_on(tmp_path: Path) 
         assert loaded.kv.live == 41
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt during the test, even when pytest runs as a
+    shell's background job (which starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_in_the_write_path_never_splits_the_log_from_the_projections(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
 ) -> None:
     """Ctrl-C (SIGINT) arriving after an event was appended but before every projection
     folded it (seen with Ctrl-C during ``kdelta import``): the close that follows wrote
@@ -1725,7 +1737,7 @@ def test_verify_reports_a_segment_it_cannot_read_and_carries_on(tmp_path: Path) 
 
 
 def test_ctrl_c_during_an_ingest_call_arrives_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
 ) -> None:
     """Ctrl-C while an ingest call takes in its events (kdelta import offers 2,000 at a
     time) is delivered when the call is done: raised anywhere inside it, it was
