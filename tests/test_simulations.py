@@ -49,8 +49,6 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str]] = [
 
 #: The CI sweep: this many seeds with the full fault mix.
 SWEEP = 64
-#: A seed whose remote clients retry writes on the same incarnation of their node.
-REMOTE_SEED = 3
 
 
 def _run(seed: int, nodes: int = 3, duration: float = 30.0, faults: str = "heavy") -> Report:
@@ -396,8 +394,22 @@ def test_a_server_that_forgets_write_keys_is_caught(monkeypatch: pytest.MonkeyPa
     from koru._serving import ServedCalls
 
     monkeypatch.setattr(ServedCalls, "kept", lambda self, key: None)
-    report = simulate(Config(seed=REMOTE_SEED, nodes=3, duration=60, faults="heavy"))
-    assert any("applied 2 times" in v for v in report.violations), report.text()
+    # A retried write needs a cut between a write's arrival and its answer: rare in
+    # any one seed, and which seed has one moves with every change of the write path's
+    # timing. So a remote-heavy workload, and the first seeds until one has it (half of
+    # them did when this was written).
+    reports = []
+    for seed in range(1, 13):
+        report = simulate(
+            Config(
+                seed=seed, nodes=3, duration=120, faults="heavy", rate=4, workload=("kv", "remote")
+            )
+        )
+        reports.append(report)
+        if any("applied 2 times" in v for v in report.violations):
+            break
+    else:
+        raise AssertionError("\n\n".join(r.text() for r in reports))
 
 
 async def test_a_damaged_handshake_frame_is_a_connection_to_make_again(
