@@ -12,7 +12,7 @@ write saw as current is still current when it is appended.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 from trio.lowlevel import enable_ki_protection
 
@@ -77,12 +77,6 @@ def _ttl_ns(ttl: Any) -> int:
             f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
         )
     return max(1, int(ttl * 1e9))
-
-
-def _bad_clock(now: object) -> NoReturn:
-    raise InvalidArgumentError(
-        f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
-    )
 
 
 class Writer:
@@ -290,10 +284,7 @@ class Writer:
         as ``encode_event``), and the version built without intermediate objects."""
         node = self._node
         seq, prev = self._feeds.next(node, STORAGE)
-        now = self._clock.now_ns()
-        if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            _bad_clock(now)
-        hlc = self.hlc.tick(now)
+        hlc = self.hlc.tick(self.now())
         encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
         event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
         cid = content_id(data)
@@ -404,7 +395,9 @@ class Writer:
         reading must not poison every later timestamp."""
         now = self._clock.now_ns()
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            _bad_clock(now)
+            raise InvalidArgumentError(
+                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+            )
         return now
 
     def _header(self, agent: str = STORAGE) -> Header:

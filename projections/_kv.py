@@ -453,7 +453,7 @@ class KvState:
             keys = self.namespaces[namespace] = {}
         blob = keys.get(key)
         if blob is None and (self.frozen or self.tables):
-            below = self._blob(namespace, key)  # a key written before: copy it up
+            below = self._below(namespace, key)  # a key written before: copy it up
             if below is not None:
                 blob = keys[key] = bytearray(below)
                 self.mem_bytes += len(below)
