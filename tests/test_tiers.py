@@ -272,3 +272,35 @@ async def test_a_table_rewritten_whole_is_caught_by_the_scrub(tmp_path: Path) ->
         [kdelta, "--db", str(path), "verify"], capture_stdout=True, check=False
     )
     assert done.returncode == 3 and b"not the one its name hashes" in done.stdout
+
+
+async def test_a_put_of_a_new_key_searches_the_tables_once_and_a_miss_never_hides_a_key(
+    tmp_path: Path,
+) -> None:
+    """The put learns the key has no current version by searching the layers below
+    memory; its fold does not search them again. The remembered miss holds only until
+    the next fold: a key written after it (here, or through another path) is found."""
+    async with koru.open(tmp_path / "db", sync="os", processes=False) as db:
+        await db.put_batch([("ns", f"k{i}", i) for i in range(50)])
+        await db.checkpoint()
+        kv = db._kv
+        assert kv.tables and not kv.namespaces.get("ns")
+        searched = kv.table_reads
+        await db.put("ns", "new", 1)
+        assert kv.table_reads == searched + 1
+        # A key only in the tables is still copied up (its history keeps both versions).
+        await db.put("ns", "k3", 33)
+        assert [h.value for h in await db.history("ns", "k3")] == [3, 33]
+        # A read that misses, then a write of that key by another path, a checkpoint
+        # that moves it below memory, and a write on top: every version is kept.
+        assert not await db.contains("ns", "later")
+        await db.put_batch([("ns", "later", "a")])
+        await db.checkpoint()
+        assert await db.get("ns", "later") == "a"
+        assert not await db.contains("ns", "absent")
+        await db.put("ns", "later", "b")
+        assert [h.value for h in await db.history("ns", "later")] == ["a", "b"]
+        assert (await db.stats()).keys == 52
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        assert [h.value for h in await db.history("ns", "later")] == ["a", "b"]
+        assert await db.get("ns", "new") == 1 and await db.get("ns", "k3") == 33
