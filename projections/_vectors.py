@@ -415,12 +415,12 @@ class VectorState:
     ) -> list[npt.NDArray[np.intp]]:
         """Per query, the rows of ``group`` worth an exact score."""
         if use_index:
-            assert group.index is not None
-            out = []
-            for unit in units:
-                rows = group.index.candidates(unit, top_k)
-                out.append(rows[_best(group.rows[rows] @ unit, top_k)])
-            return out
+            # The index's candidates (a few times top_k, each within rounding of the
+            # cut among them) go straight to exact scoring: a float32 pass to thin them
+            # first would gather the same rows twice.
+            index = group.index
+            assert index is not None
+            return [index.candidates(unit, top_k) for unit in units]
         if len(units) == 1:  # one product with the query vector
             return [_best(group.rank_scores(units[0], float(norms[0]), metric), top_k)]
         out = []
