@@ -429,8 +429,10 @@ class VectorState:
             for unit in units:
                 rows = index.candidates(unit, top_k)
                 gathered = group.rows[rows]
-                keep = _best(gathered @ unit, top_k)
-                out.append((rows[keep], gathered[keep]))
+                if len(rows) > top_k + _MARGIN:
+                    keep = _best(gathered @ unit, top_k)
+                    rows, gathered = rows[keep], gathered[keep]
+                out.append((rows, gathered))
             return out
         if len(units) == 1:  # one product with the query vector
             return [(_best(group.rank_scores(units[0], float(norms[0]), metric), top_k), None)]
