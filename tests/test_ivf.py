@@ -73,9 +73,7 @@ def test_each_row_goes_to_its_nearest_centroid_among_all() -> None:
     assert (lists == distances.argmin(axis=1)).all()
     assert np.allclose(vectors, wide, atol=1e-6)
     # One row at a time, the same lists (an add puts a row where a build would).
-    assert [int(Assigner(model)(units[i : i + 1])[1][0]) for i in range(50)] == lists[
-        :50
-    ].tolist()
+    assert [int(Assigner(model)(units[i : i + 1])[1][0]) for i in range(50)] == lists[:50].tolist()
 
 
 def test_the_reduced_space_keeps_all_the_signal_when_it_ends_in_a_cliff() -> None:
