@@ -9,8 +9,10 @@ The lists come from a two-level k-means (Lloyd's iterations in numpy): about
 two levels: a flat k-means into 400 lists costs 400 distances per row and iteration,
 the two levels 40, for lists nearly as good; and a coarse cluster's lists sit side by
 side in the layout (ordered along its widest direction), so a query's probed lists
-often form runs scanned by one product. Training runs with one BLAS thread: its many
-small products cost more in waking threads than in arithmetic on a busy machine.
+often form runs scanned by one product. Two flat iterations then finish the lists (the
+index assigns each row to the nearest of all lists, across coarse borders). Training
+runs with one BLAS thread: its many small products cost more in waking threads than in
+arithmetic on a busy machine.
 
 The parameters are calibrated on held-out rows as queries (their exact neighbours as
 truth) for a recall@10 of :data:`RECALL_TARGET`, then given a margin for queries the
@@ -111,8 +113,8 @@ def _reduced_dimension(share: npt.NDArray[np.float64]) -> int:
 
 def _two_level(points: npt.NDArray[np.float32], nlist: int, rng: Any) -> npt.NDArray[np.float32]:
     """``c * c`` centroids, ``c`` near ``sqrt(nlist)``: ``c`` coarse clusters, each
-    split into ``c`` lists, listed coarse cluster after coarse cluster (the layout the
-    index routes by: see Assigner)."""
+    split into ``c`` lists, listed coarse cluster after coarse cluster (the layout
+    order of the lists)."""
     import numpy as np
 
     m = len(points)
