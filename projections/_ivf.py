@@ -115,7 +115,7 @@ class IvfIndex:
     """The lists of one group under one model (see the module doc).
 
     Layout: the reduced vectors in one contiguous matrix, list after list as of the
-    last build (``_starts`` gives each list's run), then the rows added since, in
+    last build (``_start_list`` gives where each list's run starts), then the rows added since, in
     arrival order (their lists in ``_lists``). A removed row keeps its place with id -1
     and a NaN vector (never a candidate); when additions and removals reach a fifth of the rows,
     the lists are laid out again.
@@ -125,7 +125,7 @@ class IvfIndex:
         "_assign",
         "_built",
         "_centroids",
-        "_ends",
+        "_end_list",
         "_half",
         "_ids",
         "_lens",
@@ -135,7 +135,7 @@ class IvfIndex:
         "_removed",
         "_scores",
         "_size",
-        "_starts",
+        "_start_list",
         "_vecs",
         "model",
     )
@@ -174,8 +174,9 @@ class IvfIndex:
         self._lists = np.full(capacity, -1, np.intp)
         self._lists[:size] = lists[order]
         self._lens = np.bincount(lists, minlength=nlist)
-        self._ends = np.cumsum(self._lens).astype(np.intp)
-        self._starts = self._ends - self._lens
+        ends = np.cumsum(self._lens)
+        self._start_list: list[int] = (ends - self._lens).tolist()
+        self._end_list: list[int] = ends.tolist()
         self._pos = np.full(max(16, n), -1, np.intp)  # row -> position
         self._pos[self._ids[:size]] = np.arange(size)
         self._size = self._built = size
@@ -246,46 +247,57 @@ class IvfIndex:
             probe.sort()  # in layout order
         else:
             probe = np.arange(len(distance))
-        # Runs of probed lists that lie side by side in the layout: one product each,
-        # written straight into the score buffer (no concatenation, no temporary of
-        # the scanned rows' size: on a virtual machine, fresh pages cost more than
-        # the arithmetic).
-        first = self._starts[probe]
-        last = self._ends[probe]
-        apart = first[1:] != last[:-1]
-        lows = first[np.concatenate(([True], apart))]
-        highs = last[np.concatenate((apart, [True]))]
-        spans = highs - lows
-        ends = np.cumsum(spans)
-        scanned = int(ends[-1])
         added = None
         if self._size > self._built:  # rows added since the build, of probed lists
             probed = np.zeros(len(self._lens), bool)
             probed[probe] = True
             added = np.flatnonzero(probed[self._lists[self._built : self._size]]) + self._built
-        total = scanned + (0 if added is None else len(added))
-        if not total:
-            return np.empty(0, np.intp)
-        if len(self._scores) < total:
-            self._scores = np.empty(max(total, 2 * len(self._scores)), np.float32)
-        score = self._scores[:total]
-        vecs, at, dot = self._vecs, 0, np.dot
-        # np.dot, not matmul: less dispatch per call, and a run is a few hundred rows.
-        for a, b in zip(lows.tolist(), highs.tolist(), strict=True):
-            if b > a:
-                dot(vecs[a:b], reduced, out=score[at : at + b - a])
-                at += b - a
+        if len(self._scores) < self._size:  # every row fits: sized once, not per query
+            self._scores = np.empty(self._size + self._size // 2, np.float32)
+        score, vecs, dot = self._scores, self._vecs, np.dot
+        # Runs of probed lists that lie side by side in the layout: one product each
+        # (np.dot: less dispatch than matmul, and a run is a few hundred rows), written
+        # straight into the score buffer (no concatenation, no temporary of the scanned
+        # rows' size: on a virtual machine, fresh pages cost more than the arithmetic).
+        # The runs are found in Python on the probed lists' bounds: a few dozen list
+        # lookups cost less than a dozen array operations.
+        starts, ends = self._start_list, self._end_list
+        at, low, high = 0, -1, -1
+        run_ends: list[int] = []  # each run's end in the buffer
+        shifts: list[int] = []  # each run's position in the layout less its place
+        for j in probe.tolist():
+            a = starts[j]
+            if a == high:  # adjacent: the run goes on
+                high = ends[j]
+                continue
+            if high > low:
+                dot(vecs[low:high], reduced, out=score[at : at + high - low])
+                shifts.append(low - at)
+                at += high - low
+                run_ends.append(at)
+            low, high = a, ends[j]
+        if high > low:
+            dot(vecs[low:high], reduced, out=score[at : at + high - low])
+            shifts.append(low - at)
+            at += high - low
+            run_ends.append(at)
+        scanned = at
         if added is not None:
-            np.matmul(vecs[added], reduced, out=score[at:])
-        chosen = _best(score, self.model.rerank * k)
-        # Back from places in the buffer to positions in the layout: a run's place
-        # plus its shift.
-        shift = lows - (ends - spans)
-        if added is None:
-            positions = chosen + shift[np.searchsorted(ends, chosen, side="right")]
-        else:
-            inside = chosen[chosen < scanned]
-            positions = inside + shift[np.searchsorted(ends, inside, side="right")]
+            np.matmul(vecs[added], reduced, out=score[at : at + len(added)])
+            at += len(added)
+        if not at:
+            return np.empty(0, np.intp)
+        chosen = _best(score[:at], self.model.rerank * k)
+        # Back from places in the buffer to positions in the layout: a place plus its
+        # run's shift.
+        inside = chosen if added is None else chosen[chosen < scanned]
+        positions = (
+            inside
+            + np.array(shifts, np.intp)[
+                np.searchsorted(np.array(run_ends, np.intp), inside, side="right")
+            ]
+        )
+        if added is not None:
             positions = np.concatenate((positions, added[chosen[len(inside) :] - scanned]))
         ids = self._ids[positions]
         found: npt.NDArray[np.intp] = ids[ids >= 0]
@@ -323,8 +335,8 @@ def _best(score: npt.NDArray[np.float32], keep: int) -> npt.NDArray[np.intp]:
             above, threshold = None, -math.inf
     if above is None:
         above = np.flatnonzero(score == score)  # every row that was not removed
-    if len(above) <= keep:
-        return above
+        if len(above) <= keep:
+            return above
     values = score[above]
     boundary = float(np.partition(values, len(values) - keep)[len(values) - keep])
     low = boundary - _SLACK * max(1.0, abs(boundary))

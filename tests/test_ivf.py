@@ -86,3 +86,31 @@ def test_the_reduced_space_keeps_all_the_signal_when_it_ends_in_a_cliff() -> Non
     tail = 1.0 / np.arange(1, 385)
     share = np.cumsum(tail) / tail.sum()
     assert _reduced_dimension(share) == int(np.searchsorted(share, 0.95) + 1)
+
+
+def test_added_and_removed_rows_give_the_candidates_of_a_fresh_layout() -> None:
+    # Rows added after the build sit apart from their lists, removed ones stay as NaN:
+    # the candidates are still those of an index laid out anew over the live rows
+    # (replicas and replays that laid rows out at other times search alike).
+    from koru.projections._ivf import IvfIndex
+    from koru.projections._ivf_train import train_ivf
+
+    rng = np.random.default_rng(8)
+    rows = rng.standard_normal((3000, 16)).astype(np.float32) @ rng.standard_normal((16, 48))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    model = train_ivf(rows, np.arange(2000), seed=3)
+    index = IvfIndex(model, rows, np.arange(2000))
+    for row in range(2000, 2200):  # with the removals, under a fifth: not laid out again
+        index.add(row, rows[row])
+    removed = rng.choice(2200, 150, replace=False)
+    for row in removed.tolist():
+        index.remove(row)
+    assert not index.stale()
+    live = np.setdiff1d(np.arange(2200), removed)
+    fresh = IvfIndex(model, rows, live)
+    queries = rng.standard_normal((40, 48)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for query in queries:
+        found = index.candidates(query, 10)
+        assert not set(found.tolist()) & set(removed.tolist())
+        assert sorted(found.tolist()) == sorted(fresh.candidates(query, 10).tolist())
