@@ -114,3 +114,26 @@ def test_added_and_removed_rows_give_the_candidates_of_a_fresh_layout() -> None:
         found = index.candidates(query, 10)
         assert not set(found.tolist()) & set(removed.tolist())
         assert sorted(found.tolist()) == sorted(fresh.candidates(query, 10).tolist())
+
+
+def test_a_model_of_many_lists_routes_rows_through_coarse_groups() -> None:
+    # Past FLAT_LISTS lists (c * c of them), a row goes to the nearest router (the mean
+    # of a group's c lists), then to that group's nearest list; one row at a time too.
+    from koru.projections._ivf import FLAT_LISTS
+
+    rng = np.random.default_rng(5)
+    width, dim, reduced = 33, 12, 6
+    assert width * width > FLAT_LISTS
+    projection = np.linalg.qr(rng.standard_normal((dim, reduced)))[0].astype(np.float32)
+    centroids = rng.standard_normal((width * width, reduced)).astype(np.float32)
+    model = IvfModel(projection, centroids, 5, 2, 0)
+    units = rng.standard_normal((300, dim)).astype(np.float32)
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    _, lists = Assigner(model)(units)
+    wide = units.astype(np.float64) @ projection.astype(np.float64)
+    grouped = centroids.astype(np.float64).reshape(width, width, reduced)
+    routers = grouped.mean(axis=1)
+    group = ((wide[:, None, :] - routers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    near = ((wide[:, None, :] - grouped[group]) ** 2).sum(axis=2).argmin(axis=1)
+    assert (lists == group * width + near).all()
+    assert [int(Assigner(model)(units[i : i + 1])[1][0]) for i in range(30)] == lists[:30].tolist()
