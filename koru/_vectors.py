@@ -283,7 +283,7 @@ class Vectors:
         checked = [_checked_query(q, metric) for q in queries]
         if len({len(q) for q in checked}) > 1:
             raise DimensionMismatchError("the queries have different dimensions")
-        matrix = np.stack(checked)
+        matrix = checked[0][None, :] if len(checked) == 1 else np.stack(checked)
         if approximate and predicate is None:
             await self._index_for(namespace, model, matrix.shape[1])
         found = self._state.search(

@@ -209,17 +209,22 @@ class VectorGroup:
         return scores
 
     def exact_scores(
-        self, rows: npt.NDArray[np.intp], query: npt.NDArray[np.float64], metric: str
+        self,
+        rows: npt.NDArray[np.intp],
+        query: npt.NDArray[np.float64],
+        metric: str,
+        gathered: npt.NDArray[np.float32] | None = None,
     ) -> npt.NDArray[np.float64]:
         """The reported score of each of ``rows``, in float64: cosine, dot product, or
-        euclidean distance (lower is closer)."""
+        euclidean distance (lower is closer). ``gathered``: ``self.rows[rows]``, when
+        the caller has that copy already."""
         import numpy as np
 
         # Products summed row by row (einsum's own loops, never BLAS), not a matrix
         # product: a row's score then never depends on where it is stored (BLAS kernels
         # round edge rows differently), so replicas that stored rows in another order
         # report the same scores.
-        unit_rows = self.rows[rows].astype(np.float64)
+        unit_rows = (self.rows[rows] if gathered is None else gathered).astype(np.float64)
         if metric == "cosine":
             lengths = np.sqrt(np.einsum("ij,ij->i", unit_rows, unit_rows))  # 1, up to rounding
             out: npt.NDArray[np.float64] = np.einsum("ij,j->i", unit_rows, query) / lengths

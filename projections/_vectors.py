@@ -386,12 +386,16 @@ class VectorState:
             elif not approximate:
                 use_index = False
             names, meta, keys = space.names, group.meta, group.keys
+            found: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32] | None]]
             if where is not None:
-                found = _filtered_candidates(group, where, units, norms, metric, top_k)
+                found = [
+                    (rows, None)
+                    for rows in _filtered_candidates(group, where, units, norms, metric, top_k)
+                ]
             else:
                 found = self._candidates(group, units, norms, metric, top_k, use_index)
-            for i, rows in enumerate(found):
-                scores = group.exact_scores(rows, queries[i], metric)
+            for i, (rows, gathered) in enumerate(found):
+                scores = group.exact_scores(rows, queries[i], metric, gathered)
                 if len(rows) > top_k:  # only those that can rank: the k best, ties too
                     worse = scores if metric == "euclidean" else -scores
                     kept = worse <= np.partition(worse, top_k - 1)[top_k - 1]
@@ -412,23 +416,32 @@ class VectorState:
         metric: str,
         top_k: int,
         use_index: bool,
-    ) -> list[npt.NDArray[np.intp]]:
-        """Per query, the rows of ``group`` worth an exact score."""
+    ) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32] | None]]:
+        """Per query, the rows of ``group`` worth an exact score (and their vectors,
+        when they were gathered already)."""
         if use_index:
-            assert group.index is not None
-            out = []
+            # The index's candidates (a few times top_k) are gathered once: a float32
+            # product thins them to those that can rank, whose exact scores come from
+            # the same copy (each candidate row is a cache miss in a large matrix).
+            index = group.index
+            assert index is not None
+            out: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.float32] | None]] = []
             for unit in units:
-                rows = group.index.candidates(unit, top_k)
-                out.append(rows[_best(group.rows[rows] @ unit, top_k)])
+                rows = index.candidates(unit, top_k)
+                gathered = group.rows[rows]
+                if len(rows) > top_k + _MARGIN:
+                    keep = _best(gathered @ unit, top_k)
+                    rows, gathered = rows[keep], gathered[keep]
+                out.append((rows, gathered))
             return out
         if len(units) == 1:  # one product with the query vector
-            return [_best(group.rank_scores(units[0], float(norms[0]), metric), top_k)]
+            return [(_best(group.rank_scores(units[0], float(norms[0]), metric), top_k), None)]
         out = []
         for start in range(0, len(units), _BLOCK):  # a matrix product per block of queries
             block = group.rank_scores_many(
                 units[start : start + _BLOCK], norms[start : start + _BLOCK], metric
             )
-            out += [_best(scores, top_k) for scores in block]
+            out += [(_best(scores, top_k), None) for scores in block]
         return out
 
     def versions_at(
