@@ -147,6 +147,7 @@ class _AgentLog:
         "root",
         "seg",
         "segments",
+        "unlisted",
     )
 
     def __init__(self, name: str, directory: str, segments: list[int], listed: int) -> None:
@@ -157,6 +158,10 @@ class _AgentLog:
         #: The last segment the manifest lists: it and all before it have a durable
         #: header (0: none listed).
         self.listed = listed
+        #: The active segment was started by a roll whose last steps wait for the
+        #: next sync (see FileStore._open_for_append): its header and directory entry
+        #: are not known durable, and the manifest does not list it yet.
+        self.unlisted = False
         self.ready = False
         self.count = 0
         self.root = genesis_root(name)
@@ -921,17 +926,24 @@ class FileStore:
                 log.fd = disk.open(log.path(log.seg), os.O_WRONLY)
                 log.allocated = disk.size(log.fd)
                 return
-            if log.fd is not None:
+            sealed = log.fd is not None
+            if sealed:
                 # Seal the full segment: cut its unused allocation and make it durable
                 # before a new segment exists, so that a power cut can never leave a
                 # later segment whose predecessor lost its last records (that would
                 # read as a broken chain), and only the last segment can end in zeros.
                 self._flush_log(log)
                 with self._sync_lock:
+                    if log.unlisted:
+                        # Its own roll is not finished yet (no sync since): finish it
+                        # first, or a power cut could lose its directory entry while
+                        # the next segment's survives (a gap).
+                        self._finish_roll(log, sync_file=True)
                     # Under the lock, and the descriptor forgotten before it is released:
                     # a sync in a worker thread must never pick up a closed descriptor
                     # (whose number the OS may already have given to another file).
                     fd, log.fd = log.fd, None
+                    assert fd is not None
                     disk.truncate(fd, log.flushed)
                     disk.fdatasync(fd)
                     disk.close(fd)
@@ -958,11 +970,20 @@ class FileStore:
             # The header and the directory entry are made durable, then the manifest
             # lists the segment: a listed segment's header is proven durable, so
             # recovery reads damage there as corruption, not as a crash's leftovers.
+            if sealed:
+                # A roll of a full segment (on the write path, a put waiting): those
+                # three steps (two fsyncs and the manifest's atomic write, 5 to 20 ms)
+                # wait for the next sync, which finishes them before it reports
+                # anything durable (the writer asks for one in the background at once).
+                # Until then a crash finds a segment beyond the manifest: its records
+                # are read as past the durable point, none of them acknowledged as
+                # durable yet; one whose header never landed is set aside.
+                log.unlisted = True
+                return
             disk.fdatasync(fd)
             disk.fsync_dir(log.dir)
-            self._manifest[log.name] = seg
-            log.listed = seg
-            self._write_meta()
+            with self._sync_lock:
+                self._list(log)
         except (OSError, StorageError) as exc:
             self._fail(exc)
         except BaseException as exc:
@@ -970,6 +991,24 @@ class FileStore:
             # state is unknown, so the handle takes no more writes and syncs.
             self._broken = exc
             raise
+
+    def _finish_roll(self, log: _AgentLog, *, sync_file: bool) -> None:
+        """The last steps of a roll (see :meth:`_open_for_append`), under the sync lock:
+        the new segment's header made durable (unless the caller has just synced its
+        file, ``sync_file=False``), its directory entry, then the manifest lists it."""
+        assert log.fd is not None
+        if sync_file:
+            self._disk.fdatasync(log.fd)
+        self._disk.fsync_dir(log.dir)
+        self._list(log)
+
+    def _list(self, log: _AgentLog) -> None:
+        """The manifest lists ``log``'s active segment (under the sync lock: a worker
+        thread's sync may write the manifest too)."""
+        self._manifest[log.name] = log.seg
+        log.listed = log.seg
+        log.unlisted = False
+        self._write_meta()
 
     def _write(self, log: _AgentLog, data: bytes | bytearray) -> None:
         """Write ``data`` where the bytes that reached the OS end, allocating first."""
@@ -1067,6 +1106,11 @@ class FileStore:
             try:
                 for fd in fds:
                     self._disk.fdatasync(fd)
+                for log in self._logs.values():
+                    if log.unlisted:
+                        # A roll's last steps: its header was synced just above (it
+                        # was written after the last sync that cleared the flag).
+                        self._finish_roll(log, sync_file=log.fd not in fds)
             except OSError as exc:
                 self._broken = exc
                 raise DurabilityError(f"fsync failed: {exc}") from exc
@@ -1362,6 +1406,10 @@ class FileStore:
         try:
             if not self.readonly and self._broken is None:
                 self.flush()
+                with self._sync_lock:
+                    for log in self._logs.values():
+                        if log.unlisted:  # a roll no sync finished
+                            self._finish_roll(log, sync_file=True)
                 for log in self._logs.values():
                     if log.fd is not None:  # leave no allocated zeros behind
                         self._disk.truncate(log.fd, log.flushed)
