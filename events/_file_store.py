@@ -142,6 +142,7 @@ class _AgentLog:
         "last",
         "listed",
         "name",
+        "new_dirs",
         "offset",
         "ready",
         "root",
@@ -162,6 +163,8 @@ class _AgentLog:
         #: next sync (see FileStore._open_for_append): its header and directory entry
         #: are not known durable, and the manifest does not list it yet.
         self.unlisted = False
+        #: Directories whose entries a roll added (logs/, the agent's), to sync then.
+        self.new_dirs: list[str] = []
         self.ready = False
         self.count = 0
         self.root = genesis_root(name)
@@ -925,9 +928,10 @@ class FileStore:
             if log.fd is None and log.segments and fits:
                 log.fd = disk.open(log.path(log.seg), os.O_WRONLY)
                 log.allocated = disk.size(log.fd)
+                # A segment a crash left beyond the manifest: listed by the next sync.
+                log.unlisted = log.seg > log.listed
                 return
-            sealed = log.fd is not None
-            if sealed:
+            if log.fd is not None:
                 # Seal the full segment: cut its unused allocation and make it durable
                 # before a new segment exists, so that a power cut can never leave a
                 # later segment whose predecessor lost its last records (that would
@@ -954,7 +958,9 @@ class FileStore:
             for d in (os.path.dirname(log.dir), log.dir):
                 if not disk.is_dir(d):
                     disk.mkdir(d)
-                    disk.fsync_dir(os.path.dirname(d))
+                    # Its entry is synced with the roll's last steps, before the
+                    # segment's own (and before the manifest can list it).
+                    log.new_dirs.append(os.path.dirname(d))
             fd = disk.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             log.fd = fd
             log.ready = True
@@ -970,20 +976,14 @@ class FileStore:
             # The header and the directory entry are made durable, then the manifest
             # lists the segment: a listed segment's header is proven durable, so
             # recovery reads damage there as corruption, not as a crash's leftovers.
-            if sealed:
-                # A roll of a full segment (on the write path, a put waiting): those
-                # three steps (two fsyncs and the manifest's atomic write, 5 to 20 ms)
-                # wait for the next sync, which finishes them before it reports
-                # anything durable (the writer asks for one in the background at once).
-                # Until then a crash finds a segment beyond the manifest: its records
-                # are read as past the durable point, none of them acknowledged as
-                # durable yet; one whose header never landed is set aside.
-                log.unlisted = True
-                return
-            disk.fdatasync(fd)
-            disk.fsync_dir(log.dir)
-            with self._sync_lock:
-                self._list(log)
+            # Those steps (fsyncs and the manifest's atomic write, 5 to 30 ms, a put
+            # waiting) are left to the next sync, which finishes them before it
+            # reports anything durable (the writer asks for one in the background at
+            # once), or to the next roll or close. Until then a crash finds a segment
+            # beyond the manifest: its records are read as past the durable point,
+            # none of them acknowledged as durable yet; one whose header never landed
+            # is set aside.
+            log.unlisted = True
         except (OSError, StorageError) as exc:
             self._fail(exc)
         except BaseException as exc:
@@ -995,10 +995,14 @@ class FileStore:
     def _finish_roll(self, log: _AgentLog, *, sync_file: bool) -> None:
         """The last steps of a roll (see :meth:`_open_for_append`), under the sync lock:
         the new segment's header made durable (unless the caller has just synced its
-        file, ``sync_file=False``), its directory entry, then the manifest lists it."""
+        file, ``sync_file=False``), the directories it made, its directory entry, then
+        the manifest lists it."""
         assert log.fd is not None
         if sync_file:
             self._disk.fdatasync(log.fd)
+        for d in log.new_dirs:  # directories the roll made, outermost first
+            self._disk.fsync_dir(d)
+        log.new_dirs.clear()
         self._disk.fsync_dir(log.dir)
         self._list(log)
 
