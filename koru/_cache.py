@@ -218,15 +218,26 @@ class _Shard:
     def put(self, cid: bytes, data: bytes, cost: int) -> int:
         """Add a value; the bytes freed by the evictions it caused (templates first)."""
         self.data[cid] = data
-        self.probation.add(cid)
+        # probation.add and, below, probation.pop_oldest inlined (every put comes here)
+        probation = self.probation
+        at, stamp = probation.at, probation.stamp
+        n = probation.next
+        probation.next = n + 1
+        at[n] = cid
+        stamp[cid] = n
         self.size += cost
         freed = 0
         while self.size > self.capacity:
             if self.made.at:
                 freed += self._forget(self.made.pop_oldest())
                 continue
-            if self.probation.at:
-                old = self.probation.pop_oldest()
+            if at:
+                low = probation.low
+                while low not in at:
+                    low += 1
+                probation.low = low + 1
+                old = at.pop(low)
+                del stamp[old]
             else:
                 old = self.protected.pop_oldest()
                 self.protected_size -= len(self.data[old]) + _OVERHEAD
