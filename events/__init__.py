@@ -74,6 +74,7 @@ from ._event import write_id as write_id
 from ._file_store import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
 from ._file_store import LOST_FOUND as LOST_FOUND
 from ._file_store import FileStore as FileStore
+from ._frame import SEGMENT_HEADER_SIZE as SEGMENT_HEADER_SIZE
 from ._glob import MAX_WILDCARDS as MAX_WILDCARDS
 from ._glob import Glob as Glob
 from ._glob import check_glob as check_glob
@@ -209,6 +210,7 @@ __all__ = [
     "vector_problem",
     "DEFAULT_MAX_VALUE_SIZE",
     "DEFAULT_SEGMENT_SIZE",
+    "SEGMENT_HEADER_SIZE",
     "ESSENCE",
     "LIFECYCLE",
     "INDEX_ACTIONS",

@@ -142,11 +142,13 @@ class _AgentLog:
         "last",
         "listed",
         "name",
+        "new_dirs",
         "offset",
         "ready",
         "root",
         "seg",
         "segments",
+        "unlisted",
     )
 
     def __init__(self, name: str, directory: str, segments: list[int], listed: int) -> None:
@@ -157,6 +159,12 @@ class _AgentLog:
         #: The last segment the manifest lists: it and all before it have a durable
         #: header (0: none listed).
         self.listed = listed
+        #: The active segment was started by a roll whose last steps wait for the
+        #: next sync (see FileStore._open_for_append): its header and directory entry
+        #: are not known durable, and the manifest does not list it yet.
+        self.unlisted = False
+        #: Directories whose entries a roll added (logs/, the agent's), to sync then.
+        self.new_dirs: list[str] = []
         self.ready = False
         self.count = 0
         self.root = genesis_root(name)
@@ -920,6 +928,8 @@ class FileStore:
             if log.fd is None and log.segments and fits:
                 log.fd = disk.open(log.path(log.seg), os.O_WRONLY)
                 log.allocated = disk.size(log.fd)
+                # A segment a crash left beyond the manifest: listed by the next sync.
+                log.unlisted = log.seg > log.listed
                 return
             if log.fd is not None:
                 # Seal the full segment: cut its unused allocation and make it durable
@@ -928,10 +938,16 @@ class FileStore:
                 # read as a broken chain), and only the last segment can end in zeros.
                 self._flush_log(log)
                 with self._sync_lock:
+                    if log.unlisted:
+                        # Its own roll is not finished yet (no sync since): finish it
+                        # first, or a power cut could lose its directory entry while
+                        # the next segment's survives (a gap).
+                        self._finish_roll(log, sync_file=True)
                     # Under the lock, and the descriptor forgotten before it is released:
                     # a sync in a worker thread must never pick up a closed descriptor
                     # (whose number the OS may already have given to another file).
                     fd, log.fd = log.fd, None
+                    assert fd is not None
                     disk.truncate(fd, log.flushed)
                     disk.fdatasync(fd)
                     disk.close(fd)
@@ -942,7 +958,9 @@ class FileStore:
             for d in (os.path.dirname(log.dir), log.dir):
                 if not disk.is_dir(d):
                     disk.mkdir(d)
-                    disk.fsync_dir(os.path.dirname(d))
+                    # Its entry is synced with the roll's last steps, before the
+                    # segment's own (and before the manifest can list it).
+                    log.new_dirs.append(os.path.dirname(d))
             fd = disk.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             log.fd = fd
             log.ready = True
@@ -958,11 +976,14 @@ class FileStore:
             # The header and the directory entry are made durable, then the manifest
             # lists the segment: a listed segment's header is proven durable, so
             # recovery reads damage there as corruption, not as a crash's leftovers.
-            disk.fdatasync(fd)
-            disk.fsync_dir(log.dir)
-            self._manifest[log.name] = seg
-            log.listed = seg
-            self._write_meta()
+            # Those steps (fsyncs and the manifest's atomic write, 5 to 30 ms, a put
+            # waiting) are left to the next sync, which finishes them before it
+            # reports anything durable (the writer asks for one in the background at
+            # once), or to the next roll or close. Until then a crash finds a segment
+            # beyond the manifest: its records are read as past the durable point,
+            # none of them acknowledged as durable yet; one whose header never landed
+            # is set aside.
+            log.unlisted = True
         except (OSError, StorageError) as exc:
             self._fail(exc)
         except BaseException as exc:
@@ -970,6 +991,28 @@ class FileStore:
             # state is unknown, so the handle takes no more writes and syncs.
             self._broken = exc
             raise
+
+    def _finish_roll(self, log: _AgentLog, *, sync_file: bool) -> None:
+        """The last steps of a roll (see :meth:`_open_for_append`), under the sync lock:
+        the new segment's header made durable (unless the caller has just synced its
+        file, ``sync_file=False``), the directories it made, its directory entry, then
+        the manifest lists it."""
+        assert log.fd is not None
+        if sync_file:
+            self._disk.fdatasync(log.fd)
+        for d in log.new_dirs:  # directories the roll made, outermost first
+            self._disk.fsync_dir(d)
+        log.new_dirs.clear()
+        self._disk.fsync_dir(log.dir)
+        self._list(log)
+
+    def _list(self, log: _AgentLog) -> None:
+        """The manifest lists ``log``'s active segment (under the sync lock: a worker
+        thread's sync may write the manifest too)."""
+        self._manifest[log.name] = log.seg
+        log.listed = log.seg
+        log.unlisted = False
+        self._write_meta()
 
     def _write(self, log: _AgentLog, data: bytes | bytearray) -> None:
         """Write ``data`` where the bytes that reached the OS end, allocating first."""
@@ -1067,6 +1110,11 @@ class FileStore:
             try:
                 for fd in fds:
                     self._disk.fdatasync(fd)
+                for log in self._logs.values():
+                    if log.unlisted:
+                        # A roll's last steps: its header was synced just above (it
+                        # was written after the last sync that cleared the flag).
+                        self._finish_roll(log, sync_file=log.fd not in fds)
             except OSError as exc:
                 self._broken = exc
                 raise DurabilityError(f"fsync failed: {exc}") from exc
@@ -1362,6 +1410,10 @@ class FileStore:
         try:
             if not self.readonly and self._broken is None:
                 self.flush()
+                with self._sync_lock:
+                    for log in self._logs.values():
+                        if log.unlisted:  # a roll no sync finished
+                            self._finish_roll(log, sync_file=True)
                 for log in self._logs.values():
                     if log.fd is not None:  # leave no allocated zeros behind
                         self._disk.truncate(log.fd, log.flushed)

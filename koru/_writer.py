@@ -18,6 +18,7 @@ from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
     AGENTS,
+    SEGMENT_HEADER_SIZE,
     STORAGE,
     BatchEvent,
     CodecError,
@@ -137,6 +138,9 @@ class Writer:
             else 1 << 64
         )
         self._writeback_at: dict[int, int] = {}
+        #: Ask for a background sync after a roll (under sync="always" the write's
+        #: own sync finishes it).
+        self._finish_rolls = committer.mode != "always"
         #: Called with every event once it is appended and folded, local or ingested
         #: (query caches, views, subscriptions): the one place that sees every write.
         self.observers: list[Callable[[Event, bytes, int], None]] = []
@@ -159,6 +163,10 @@ class Writer:
         self._committer.mark_appended()
         if location & _OFFSET >= self._writeback_from:
             self._near_segment_end(location)
+        elif location & _OFFSET == SEGMENT_HEADER_SIZE and self._finish_rolls:
+            # The first record of a segment: a roll's last steps wait for a sync
+            # (FileStore._open_for_append); ask for one now, in the background.
+            self.checkpointer.writeback()
         try:
             self._fold(event, eid, location)
         except BaseException as exc:

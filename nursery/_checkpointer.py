@@ -11,7 +11,7 @@ from koru.events import DurabilityError, LogStore, StorageError, Table, TableEnc
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
-from ._pacer import Pacer, dismantle
+from ._pacer import Pacer, dismantle, let_go
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer"]
 
@@ -116,15 +116,24 @@ class Checkpointer:
         and its clean-up would remove the merged ones. Returns the merges made."""
         async with self._lock:
             plans = self._compactions()
-            for projection, inputs, new in plans:
+            count = len(plans)
+            replaced: list[Table] = []
+            while plans:
+                projection, inputs, new = plans.pop(0)
                 # A merge of tables comes sorted: it streams, never held whole.
                 encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
                 merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
                 projection.compacted(inputs, merged)
-            if plans:
-                self.compactions += len(plans)
+                replaced += inputs
+                # Nothing here may keep the merged tables alive: see let_go below.
+                del projection, inputs, new, encoder
+            if count:
+                self.compactions += count
                 await self._save_locked()
-            return len(plans)
+            # The tables merged away (their files removed by that checkpoint) are
+            # closed where their last reference goes: in a worker thread.
+            await let_go(replaced)
+            return count
 
     def _write(self, captured: dict[str, Any], pace: Pacer) -> dict[NewTable, Table]:
         """New tables first, then the checkpoint naming them (a crash in between

@@ -5,6 +5,7 @@ the consolidation process); every read answers the same whichever tier holds the
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import koru
 from koru.events import (
     SLEEP,
     ConsolidationEvent,
+    OsDisk,
     PutEvent,
     Table,
     decode_event,
@@ -304,3 +306,46 @@ async def test_a_put_of_a_new_key_searches_the_tables_once_and_a_miss_never_hide
     async with koru.open(tmp_path / "db", processes=False) as db:
         assert [h.value for h in await db.history("ns", "later")] == ["a", "b"]
         assert await db.get("ns", "new") == 1 and await db.get("ns", "k3") == 33
+
+
+class _TableCloses(OsDisk):
+    """The operating system's disk, noting which thread closes each table's descriptor."""
+
+    def __init__(self) -> None:
+        self.tables: dict[int, str] = {}
+        self.closed_by: dict[str, int] = {}
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        if path.endswith(".tab") and flags == os.O_RDONLY:
+            self.tables[fd] = os.path.basename(path)
+        return fd
+
+    def close(self, fd: int) -> None:
+        name = self.tables.pop(fd, None)
+        if name is not None:
+            self.closed_by[name] = threading.get_ident()
+        super().close(fd)
+
+
+async def test_tables_merged_away_are_closed_off_the_event_loop(tmp_path: Path) -> None:
+    """The last close of a removed table's file frees its blocks (tens of milliseconds
+    for a big one): the merge lets go of the tables it replaced in a worker thread."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        for round_ in range(6):
+            await db.put_batch([("ns", f"k{i}", [round_, i]) for i in range(50)])
+            await db.checkpoint()
+    disk = _TableCloses()
+    async with koru.open(path, sync="os", processes=False, disk=disk) as db:
+        db._kv.max_tables = 2
+        before = {t.name for t in db._kv.tables}
+        assert len(before) >= 3
+        assert await db._checkpointer.compact() >= 1
+        after = {t.name for t in db._kv.tables}
+        merged_away = before - after
+        assert merged_away and not (path / "tables" / f"{next(iter(merged_away))}.tab").exists()
+        loop = threading.get_ident()
+        assert {f"{n}.tab" for n in merged_away} <= set(disk.closed_by)
+        assert all(disk.closed_by[f"{n}.tab"] != loop for n in merged_away)
+        assert await db.get("ns", "k3") == [5, 3]
