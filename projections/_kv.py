@@ -37,7 +37,15 @@ from koru.events import Event, PutEvent, PutRun, Table, content_id, key_probe, w
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
-__all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
+__all__ = [
+    "EXPIRES",
+    "LAST_CID",
+    "NO_ID",
+    "RECORD_SIZE",
+    "TOMBSTONE",
+    "KvState",
+    "VersionRecord",
+]
 
 # hlc, origin, write id, content id, previous, location, size, expires, flags.
 _REC = struct.Struct(">Q16s32s32s32sQIQB")
@@ -60,6 +68,9 @@ _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
 # Where the last record's write id and order key end, counted from a blob's end.
 _LAST_WID = _WID - RECORD_SIZE
 _LAST_ORDER = _ORDER - RECORD_SIZE
+#: Where the last (current) record's content id lies in a key's blob: for the hot
+#: read path, which slices it out without a call (``blob[LAST_CID]``).
+LAST_CID = slice(_CID - RECORD_SIZE, _CID + 32 - RECORD_SIZE)
 _ID_MASK = (1 << 256) - 1  # a write id, the low bits of an order key read as an int
 #: Default budgets of the warm tier (records written lately, still in memory after the
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).
