@@ -68,6 +68,7 @@ from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
+from ._time import to_ns
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._vector_calls import EmbeddingCalls
 from ._vectors import Vectors
@@ -426,14 +427,15 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             NoValueAtTimeError: not yet written then, or deleted then.
             InvalidDataError: ``at`` is not a usable time.
         """
-        # _enter_key inlined (one coroutine frame less); the reads check the key.
+        # _enter_key inlined (one coroutine frame less), an int time taken as it is.
         life = self._life
         if life.begin():
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         check_user_name(namespace, "namespace")
-        return self._reads.at(namespace, key, at)
+        check_name(key, "key")
+        return self._reads.at_time(namespace, key, at if type(at) is int else to_ns(at))
 
     async def history(
         self,
