@@ -97,7 +97,7 @@ class KeyReads:
 
     def at_time(self, namespace: str, key: str, when: int) -> Versioned:
         """:meth:`at` for names checked already and a time in nanoseconds: the answer
-        built straight from the raw record (as ``versioned_row`` builds it, inlined:
+        built straight from the raw record (as ``history_rows`` builds its rows, inlined:
         time travel is a hot path)."""
         rec = self.kv.at_raw(namespace, key, when)
         if rec is None:
