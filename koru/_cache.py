@@ -60,20 +60,21 @@ _IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes))
 _size = sys.getsizeof
 
 
-def _template_of(value: Any) -> Any:
-    """What a later read may copy ``value`` from: itself if immutable, a shallow copy
-    of a dict or list of immutable items, else :data:`_DEEP`."""
+def _shared(value: Any) -> Any:
+    """What a template of ``value`` holds, before any copy is made: ``value`` itself if
+    it is immutable or a dict or list of immutable items (a container is copied only
+    once it is kept, see :meth:`_Shard.remember`), else :data:`_DEEP`."""
     kind = type(value)
     if kind is dict:
         for item in value.values():
             if type(item) not in _IMMUTABLE:
                 return _DEEP
-        return value.copy()
+        return value
     if kind is list:
         for item in value:
             if type(item) not in _IMMUTABLE:
                 return _DEEP
-        return value.copy()
+        return value
     return value if kind in _IMMUTABLE else _DEEP
 
 
@@ -252,21 +253,39 @@ class _Shard:
         self.size -= cost
         return cost
 
-    def remember(self, cid: bytes, template: Any) -> int:
-        """Keep a cached value's template if there is room for it (the change in
-        size). Without room, one such read in :data:`_REPLACE_EVERY` drops the oldest
-        templates to make it, never a value. Why so rarely: reads that cycle over more
-        values than the room holds would otherwise replace a template on every read
-        and never hit one (first in, first out fails a loop); this way most of them
-        keep hitting, and a new hot set still takes over, gradually."""
-        cost = _template_cost(template, len(self.data[cid]))
-        change = 0
-        if self.size + cost > self.capacity:
+    def remember(self, cid: bytes, value: Any) -> int:
+        """Keep a template of a cached value just decoded (``value``) if there is room
+        for it (the change in size). Without room, one such read in
+        :data:`_REPLACE_EVERY` drops the oldest templates to make it, never a value.
+        Why so rarely: reads that cycle over more values than the room holds would
+        otherwise replace a template on every read and never hit one (first in, first
+        out fails a loop); this way most of them keep hitting, and a new hot set still
+        takes over, gradually. The room is judged before the copy is made: a read of
+        a value without room for its template (the hot values of a cache sized for
+        the values alone) pays for no copy it would throw away."""
+        encoded = len(self.data[cid])
+        # The least any template of these bytes costs: when not even that fits (the
+        # common case of a full cache), the answer is known without looking at value.
+        full = self.size + min(_DEEP_COST, _ITEM + encoded) > self.capacity
+        if full:
             self.full += 1
             if self.full % _REPLACE_EVERY:
                 return 0  # decoded on every read instead, for now
+        template = _shared(value)
+        cost = _template_cost(template, encoded)
+        change = 0
+        if self.size + cost > self.capacity:
+            if not full:
+                self.full += 1
+                if self.full % _REPLACE_EVERY:
+                    return 0
             while self.size + cost > self.capacity and self.made.at:
                 change -= self._forget(self.made.pop_oldest())
+            if self.size + cost > self.capacity:
+                return change
+        if template is value and (type(value) is dict or type(value) is list):
+            template = value.copy()  # never the object handed to the reader
+            cost = _template_cost(template, encoded)  # (a copy's size, as _forget counts)
             if self.size + cost > self.capacity:
                 return change
         self.decoded[cid] = template
@@ -341,7 +360,7 @@ class ValueCache:
         value = cbor2.loads(data)
         if cid in shard.protected.stamp:  # read before: worth a template
             shard.protected.renew(cid)
-            self.size += shard.remember(cid, _template_of(value))
+            self.size += shard.remember(cid, value)
         else:  # a first read costs what a plain decode does (a scan keeps no templates)
             shard.promote(cid)
         return value

@@ -43,6 +43,7 @@ from koru.projections import (
     VectorState,
 )
 from koru.projections._indexes import Indexes
+from koru.projections._kv import LAST_CID, TOMBSTONE
 from koru.projections._lineage import LineageState
 from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
@@ -67,6 +68,7 @@ from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
+from ._time import to_ns
 from ._types import Expiring, IngestResult, Stats, Version, Versioned
 from ._vector_calls import EmbeddingCalls
 from ._vectors import Vectors
@@ -308,8 +310,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Raises:
             KeyNotFoundError: never written, or deleted.
         """
-        # The hot path: _enter inlined (one coroutine frame less), one probe, then a
-        # copy of the cached template (a decode the first time; see ValueCache.value).
+        # The hot path: Lifecycle.enter inlined (one coroutine frame less), then the
+        # key's blob found and its current content id sliced out here (the probes of
+        # KvState.live_content_id, without its call), then the cached template copied
+        # (a decode the first time; see ValueCache.value).
         life = self._life
         if life.begin():
             await life.pause()
@@ -317,9 +321,13 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             await trio.lowlevel.checkpoint_if_cancelled()
         kv = self._kv
         try:
-            cid = kv.live_content_id(namespace, key)
+            keys = kv.namespaces.get(namespace)
+            blob = None if keys is None else keys.get(key)
+            if blob is None and (kv.frozen or kv.tables):
+                blob = kv._below(namespace, key)
         except TypeError:  # unhashable namespace or key
-            cid = None
+            blob = None
+        cid = None if blob is None or blob[-1] & TOMBSTONE else bytes(blob[LAST_CID])
         if (
             cid is None
             or kv.hot
@@ -331,7 +339,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             cid = self._live(namespace, key, cid)  # the full rules
         value = self._cache.value(cid)
         if value is MISSING:  # rare: the value left the cache; read it from the log
-            current = self._kv.current(namespace, key)
+            current = kv.current(namespace, key)
             assert current is not None
             return cbor2.loads(self._values.value_bytes(cid, current.location, namespace, key))
         return value
@@ -351,15 +359,21 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         """
         if self._life.closed:
             self._life.check()
+        # As get's probes (KvState.memory_content_id without its call): the layers
+        # below memory are searched only as far as memory reaches.
         kv = self._kv
         try:
-            cid = kv.memory_content_id(namespace, key)
+            keys = kv.namespaces.get(namespace)
+            blob = None if keys is None else keys.get(key)
+            if blob is None and (kv.frozen or kv.tables):
+                blob = kv._below(namespace, key, False)
         except TypeError:  # unhashable namespace or key
-            cid = None
+            blob = None
         except BlockingIOError:
             check_user_name(namespace, "namespace")
             check_name(key, "key")
             raise trio.WouldBlock from None
+        cid = None if blob is None or blob[-1] & TOMBSTONE else bytes(blob[LAST_CID])
         if (
             cid is None
             or kv.hot
@@ -413,14 +427,15 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             NoValueAtTimeError: not yet written then, or deleted then.
             InvalidDataError: ``at`` is not a usable time.
         """
-        # _enter_key inlined (one coroutine frame less); the reads check the key.
+        # _enter_key inlined (one coroutine frame less), an int time taken as it is.
         life = self._life
         if life.begin():
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         check_user_name(namespace, "namespace")
-        return self._reads.at(namespace, key, at)
+        check_name(key, "key")
+        return self._reads.at_time(namespace, key, at if type(at) is int else to_ns(at))
 
     async def history(
         self,

@@ -17,7 +17,7 @@ from koru.projections import EXPIRES, NO_ID, TOMBSTONE
 
 from ._types import Versioned
 
-__all__ = ["NULL", "decode_all", "history_rows", "versioned_row"]
+__all__ = ["NULL", "decode_all", "history_rows"]
 
 #: The stored encoding of None: stands in for a deletion's value in ``decode_all``.
 NULL = b"\xf6"
@@ -51,25 +51,3 @@ def history_rows(
                 new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
             )
     return out
-
-
-def versioned_row(namespace: str, key: str, rec: tuple[Any, ...], value: Any) -> Versioned:
-    """One :class:`Versioned` from a raw record, as :func:`history_rows` builds them
-    (for ``get_at``: no intermediate record or version object)."""
-    hlc, origin, wid, cid, prev, _, _, expires, flags = rec
-    deleted = bool(flags & TOMBSTONE)
-    return tuple.__new__(
-        Versioned,
-        (
-            value,
-            namespace,
-            key,
-            wid.hex(),
-            None if deleted else cid.hex(),
-            hlc,
-            None if prev == NO_ID else prev.hex(),
-            origin.hex(),
-            deleted,
-            expires if flags & EXPIRES else None,
-        ),
-    )

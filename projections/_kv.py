@@ -37,12 +37,24 @@ from koru.events import Event, PutEvent, PutRun, Table, content_id, key_probe, w
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
-__all__ = ["EXPIRES", "NO_ID", "RECORD_SIZE", "TOMBSTONE", "KvState", "VersionRecord"]
+__all__ = [
+    "EXPIRES",
+    "LAST_CID",
+    "NO_ID",
+    "RECORD_SIZE",
+    "TOMBSTONE",
+    "KvState",
+    "VersionRecord",
+]
 
 # hlc, origin, write id, content id, previous, location, size, expires, flags.
 _REC = struct.Struct(">Q16s32s32s32sQIQB")
 RECORD_SIZE = _REC.size
 _HLC = struct.Struct(">Q")  # a record's first field, its timestamp
+_STAMPS = struct.Struct(f">Q{RECORD_SIZE - 8}x")  # every record's timestamp, in one pass
+#: Time travel lists a key's timestamps only from this many versions on (below it a
+#: search of the records costs a handful of steps).
+_STAMPED = 32
 _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's prefix
 _WID = 24
 _CID = 56
@@ -60,6 +72,9 @@ _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
 # Where the last record's write id and order key end, counted from a blob's end.
 _LAST_WID = _WID - RECORD_SIZE
 _LAST_ORDER = _ORDER - RECORD_SIZE
+#: Where the last (current) record's content id lies in a key's blob: for the hot
+#: read path, which slices it out without a call (``blob[LAST_CID]``).
+LAST_CID = slice(_CID - RECORD_SIZE, _CID + 32 - RECORD_SIZE)
 _ID_MASK = (1 << 256) - 1  # a write id, the low bits of an order key read as an int
 #: Default budgets of the warm tier (records written lately, still in memory after the
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).
@@ -130,7 +145,9 @@ class KvState:
     __slots__ = (
         "_capturing",
         "_missed",
+        "_searched",
         "_sizes",
+        "_stamps",
         "current_sum",
         "expiring",
         "frozen",
@@ -229,6 +246,11 @@ class KvState:
         #: current version has a time to live (expired ones too, until an expiry or a
         #: newer version replaces them).
         self.expiring: dict[tuple[str, str], int] = {}
+        #: Time travel's list of one key's timestamps (the blob it was read from, that
+        #: blob's length then, the list), and the key searched last (its blob, length,
+        #: searches of it so far): see :meth:`at_raw`.
+        self._stamps: tuple[bytearray | bytes, int, list[int]] | None = None
+        self._searched: tuple[bytearray | bytes | None, int, int] = (None, 0, 0)
 
     # -- the layers --------------------------------------------------------------------
 
@@ -599,19 +621,50 @@ class KvState:
         blob = self._blob(namespace, key)
         if blob is None:
             return None
-        # A binary search over the records' leading timestamps, read in place (a key
-        # function per step cost more than the search).
-        lo, hi = 0, len(blob) // RECORD_SIZE
-        stamp = _HLC.unpack_from
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if stamp(blob, mid * RECORD_SIZE)[0] <= hlc:
-                lo = mid + 1
-            else:
-                hi = mid
+        size = len(blob)
+        stamps = self._stamps
+        # A key's records only ever grow (a blob is appended to or inserted into, never
+        # rewritten in place), so the same blob of the same length has the same stamps.
+        if stamps is not None and stamps[0] is blob and stamps[1] == size:
+            lo = bisect_right(stamps[2], hlc)
+        else:
+            # A binary search over the records' leading timestamps, read in place (a
+            # key function per step cost more than the search).
+            lo, hi = 0, size // RECORD_SIZE
+            stamp = _HLC.unpack_from
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if stamp(blob, mid * RECORD_SIZE)[0] <= hlc:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            n = size // RECORD_SIZE
+            if n >= _STAMPED:
+                self._count_search(blob, size, n)
         if lo == 0:
             return None
         return _REC.unpack_from(blob, (lo - 1) * RECORD_SIZE)
+
+    def _count_search(self, blob: bytearray | bytes, size: int, n: int) -> None:
+        """Count a search of one key's ``n`` records; list its timestamps once the
+        searches made cost about what listing them does.
+
+        Why this rule (the ski-rental one): a key asked about again and again at
+        different times (a time-travel scan, a replayed audit) then costs one C bisect
+        per question instead of a Python loop of log2(n) steps, while a key asked about
+        once or twice never pays for a list it would not use; whatever the pattern,
+        the searches cost at most twice what the better of the two choices would
+        have. One key's list is kept at a time (n ints), dropped when another key's
+        list is made; a write to the key makes it stale (its length changes)."""
+        seen, length, count = self._searched
+        count = count + 1 if seen is blob and length == size else 1
+        # A search is about log2(n) steps of one unpack each; a list costs about half
+        # an unpack per record.
+        if count * n.bit_length() * 2 >= n:
+            self._stamps = (blob, size, [t for (t,) in _STAMPS.iter_unpack(blob)])
+            self._searched = (None, 0, 0)
+        else:
+            self._searched = (blob, size, count)
 
     def expired(self, namespace: str, key: str, now: int) -> bool:
         """True if the key's current version has a time to live that ``now`` reached."""

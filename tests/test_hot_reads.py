@@ -94,3 +94,44 @@ async def test_get_reads_equal_a_decode_however_often_they_are_served(tmp_path: 
                 elif isinstance(got, list):
                     got.append("changed")
                 assert db.get_nowait("ns", f"k{i}") == value_of(i)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 400), min_size=1, max_size=60),  # stamps to write
+            st.lists(st.integers(-5, 405), min_size=8, max_size=60),  # times asked
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_time_travel_through_a_listed_key_equals_the_search_of_its_records(
+    rounds: list[tuple[list[int], list[int]]],
+) -> None:
+    """``KvState.at_raw`` lists a key's timestamps once it was searched often enough
+    (see ``_count_search``): the answers stay those of the whole history, also after
+    writes land before, among and after the listed versions (a stale list is never
+    used), and for a second key searched in between."""
+    from koru.projections._kv import _REC
+
+    kv = KvState()
+    written = 0
+
+    def write(key: str, hlc: int) -> None:
+        nonlocal written
+        written += 1
+        wid = written.to_bytes(32, "big")
+        rec = _REC.pack(hlc, b"o" * 16, wid, wid, bytes(32), written, 1, 0, 0)
+        kv._insert("ns", key, rec, hlc)
+
+    for stamps, asked in rounds:
+        for hlc in stamps:
+            write("k", hlc)
+            write("other", hlc)
+        for key in ("k", "other", "k"):
+            history = kv.history_raw("ns", key)
+            for when in asked:
+                older = [r for r in history if r[0] <= when]
+                assert kv.at_raw("ns", key, when) == (older[-1] if older else None)
