@@ -13,7 +13,16 @@ from typing import Any, NamedTuple
 
 import blake3
 
-from koru.events import AGENTS, STORAGE, FileStore, InvalidArgumentError, decode_trusted
+from koru.events import (
+    AGENTS,
+    STORAGE,
+    CodecError,
+    CorruptLogError,
+    FileStore,
+    InvalidArgumentError,
+    PutRun,
+    RunDecoder,
+)
 from koru.projections import KvState, Projections
 
 from ._loader import BUILTIN_PROJECTIONS
@@ -57,20 +66,51 @@ def replay(
     store = FileStore(path, readonly=True)
     try:
         projections = Projections(kind() for kind in BUILTIN_PROJECTIONS)
-        apply = projections.apply
+        apply, apply_run = projections.apply, projections.apply_run
         events: dict[str, int] = {}
         last = 0
         for agent in AGENTS:
             folded = 0
-            for record in store.records(agent):
-                if agent == STORAGE and position is not None and record.position >= position:
-                    break
-                event = decode_trusted(record.data)
-                if limit is not None and event.hlc > limit:
-                    continue
-                apply(event, record.event_id, record.location)
-                folded += 1
-                last = max(last, event.hlc)
+            cut = position if agent == STORAGE and position is not None else -1
+            # The records of a log, decoded and checked as opening a database does (every
+            # field, and every feed contiguous), consecutive puts of a feed as runs. No
+            # run spans ``cut``: the record there starts one, where the fold stops.
+            decoded = RunDecoder(
+                ((r[0], r[1], r[2], r[4]) for r in store.records(agent)),
+                agent,
+                _no_head,
+                cut=max(cut, 0),
+            )
+            try:
+                for item in decoded:
+                    if type(item) is PutRun:
+                        if 0 <= cut <= item.position:
+                            break
+                        if limit is None or item.top <= limit:
+                            apply_run(item)
+                            folded += len(item)
+                            last = max(last, item.top)
+                            continue
+                        # Partly after the limit: event by event, as any other below.
+                        for put, put_id, put_at in item.events():
+                            if put.hlc <= limit:
+                                apply(put, put_id, put_at)
+                                folded += 1
+                                last = max(last, put.hlc)
+                        continue
+                    location, at, eid, event = item  # type: ignore[misc]
+                    if 0 <= cut <= at:
+                        break
+                    if limit is not None and event.hlc > limit:
+                        continue
+                    apply(event, eid, location)
+                    folded += 1
+                    last = max(last, event.hlc)
+            except CodecError as exc:
+                _, _, offset, file = store.locate(decoded.location)
+                raise CorruptLogError(
+                    agent, decoded.position, offset, f"malformed event: {exc}", file
+                ) from None
             if folded:
                 events[agent] = folded
     finally:
@@ -82,3 +122,9 @@ def replay(
     return ReplayResult(
         digest, events, last, kv.live, kv.key_count() - kv.live, kv.versions, namespaces
     )
+
+
+def _no_head(feed: tuple[bytes, str]) -> None:
+    """Every feed of a log starts in that log (a feed is one origin's events of one
+    agent): none has a head before it."""
+    return None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import pytest
 import trio
 
@@ -75,3 +76,55 @@ def test_kdelta_replay(tmp_path: Path) -> None:
         [KDELTA, "--db", str(path), "replay"], capture_output=True, text=True
     ).stdout
     assert "digest" in human and "2 versions" in human
+
+
+def reference_replay(path: Path, until: int | None, position: int | None) -> str:
+    """The digest of the plain event-by-event fold (what koru.replay did before it
+    folded runs): the run fold must reach the very same state."""
+    from koru._loader import BUILTIN_PROJECTIONS
+    from koru.events import AGENTS, STORAGE, FileStore, decode_trusted
+    from koru.projections import KvState, Projections
+
+    store = FileStore(path, readonly=True)
+    try:
+        projections = Projections(kind() for kind in BUILTIN_PROJECTIONS)
+        for agent in AGENTS:
+            for record in store.records(agent):
+                if agent == STORAGE and position is not None and record.position >= position:
+                    break
+                event = decode_trusted(record.data)
+                if until is None or event.hlc <= until:
+                    projections.apply(event, record.event_id, record.location)
+    finally:
+        store.close()
+    kv = projections["kv"]
+    assert isinstance(kv, KvState)
+    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
+
+
+async def test_replay_folds_runs_to_the_state_of_the_event_by_event_fold(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db"
+    stamps = []
+    async with koru.open(path, sync="os", processes=False) as db:
+        for i in range(60):
+            if i % 11 == 10:
+                v = await db.delete("users", f"k{i % 5}")
+            elif i % 17 == 16:
+                v = (await db.put_batch([("orders", f"o{i}", i), ("users", f"k{i % 5}", -i)]))[0]
+            else:
+                v = await db.put("users" if i % 4 else "orders", f"k{i % 5}", {"i": i})
+            stamps.append(v.timestamp)
+        storage = (await db.stats()).events
+    whole = koru.replay(path)
+    assert whole.digest == reference_replay(path, None, None)
+    assert whole.events["storage"] == storage
+    for position in range(storage + 2):  # every cut, between runs and inside them
+        at = koru.replay(path, position=position)
+        assert at.digest == reference_replay(path, None, position), position
+        assert at.events.get("storage", 0) == min(position, storage)
+    for stamp in [0, *stamps[::3], stamps[-1] - 1]:  # limits that end a run part way
+        at = koru.replay(path, until=stamp)
+        assert at.digest == reference_replay(path, stamp, None), stamp
+        assert at.last_timestamp <= stamp

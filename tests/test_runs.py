@@ -257,6 +257,51 @@ def test_a_put_crafted_in_the_middle_of_a_run_fails_there(where: int, value: Any
     assert got == [] and not items  # the run being built is not handed over
 
 
+# Any CBOR value a crafted record might carry in a slot: near misses of every check of
+# decode_trusted that RunDecoder repeats inline (types, ranges, lengths, ASCII names).
+_slot = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([0, 1, 2, 2**64 - 1, 2**64, -1, -(2**64)]),
+    st.floats(allow_nan=False),
+    st.text(max_size=3),
+    st.sampled_from(["a", "ключ", "é" * 600, "x" * 1024, "x" * 1025, "", "storage", "a\x00"]),
+    st.binary(max_size=3),
+    st.integers(0, 40).map(lambda n: b"\x07" * n),
+    st.lists(st.integers(0, 3), max_size=4),
+    st.builds(cbor2.CBORTag, st.sampled_from([2, 3, 24]), st.binary(max_size=9)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(2, 11), _slot), min_size=1, max_size=3), st.data())
+def test_the_inline_put_checks_agree_with_decode_trusted(
+    changes: list[tuple[int, Any]], data: st.DataObject
+) -> None:
+    """RunDecoder checks a put's fields inline (for speed) instead of calling
+    decode_trusted: one put in a run, crafted in up to three slots, is handed over
+    exactly as decode_trusted decodes it (in the run or alone), or fails at that record
+    exactly when decode_trusted (or the feed's order) refuses it. The namespace of the
+    puts around it is the same, which the inline checks remember."""
+    ops = [("put", 0, "a", f"k{v}", v % 3, 2**63, v % 2 == 1) for v in range(5)]
+    blobs = [encode_event(e) for e in build(ops)]
+    k = data.draw(st.integers(0, len(blobs) - 1))
+    raw = cbor2.loads(blobs[k])
+    for where, value in sorted(changes, key=lambda c: -c[0]):  # the body's items first
+        raw = _crafted(raw, where, value)
+    blobs[k] = cbor2.dumps(raw)
+    store = store_of(blobs)
+    want, failed = reference(store.replay(STORAGE))
+    got, got_failed, items = decoded(store.replay_plain(STORAGE))
+    assert got_failed == failed
+    assert got == (want if failed is None else want[: len(got)])
+    if failed is None:  # a put decode_trusted accepts with ASCII names stays in the run
+        event = decode_trusted(blobs[k])
+        if type(event) is PutEvent and event.namespace.isascii() and event.key.isascii():
+            assert all(isinstance(item, PutRun) for item in items)
+
+
 def test_a_fork_inside_a_run_fails_at_the_fork() -> None:
     events = build([("put", 0, "a", "b", v, 2**63, False) for v in range(5)])
     fork = events[3]._replace(key="other")
