@@ -333,7 +333,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         if value is MISSING:  # rare: the value left the cache; read it from the log
             current = self._kv.current(namespace, key)
             assert current is not None
-            return cbor2.loads(self._values.value_bytes(cid, current.location, namespace, key))
+            return self._values.value(cid, current.location, namespace, key)
         return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:

@@ -18,6 +18,9 @@ instead, with the same proof. The version record still names the event that wrot
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import cbor2
 
 from koru.events import (
     CodecError,
@@ -87,12 +90,38 @@ class ValueReader:
             self.cache.put(cid, data)
         return data
 
+    def value(self, cid: bytes, location: int, namespace: str, key: str) -> Any:
+        """:meth:`value_bytes` decoded (a fresh object): a value read from the log is
+        the one its strict decode produced, not decoded a second time from its bytes.
+
+        Raises:
+            CorruptLogError: the record there does not hold that value (counted).
+        """
+        data = self.cache.get(cid)
+        if data is not None:
+            return cbor2.loads(data)
+        for placed in self.placements:
+            moved = placed(cid)
+            if moved is not None:
+                location = moved
+                break
+        try:
+            data, value = self._decoded(cid, location, namespace, key)
+        except CorruptLogError:
+            self.corruptions += 1
+            raise
+        self.cache.put(cid, data)
+        return value
+
     def _load(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+        return self._decoded(cid, location, namespace, key)[0]
+
+    def _decoded(self, cid: bytes, location: int, namespace: str, key: str) -> tuple[bytes, Any]:
+        """(value bytes, the value decoded strictly) of the record at ``location``."""
         data = self.store.read(location)
         try:
             value = _value_of(decode_trusted(data), cid, namespace, key)
-            decode_value_strict(value)
-            return value
+            return value, decode_value_strict(value)
         except CodecError as exc:
             reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"
         agent, position, offset, path = self.store.locate(location)
