@@ -343,6 +343,7 @@ class Table:
 
     __slots__ = (
         "__weakref__",
+        "_block_size",
         "_count",
         "_data",
         "_digest",
@@ -350,7 +351,6 @@ class Table:
         "_filter",
         "_filter_bits",
         "_firsts",
-        "_block_size",
         "_format",
         "_index",
         "_read",

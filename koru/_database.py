@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import blake3
-import cbor2
 import trio
 
 from koru.events import (
