@@ -330,9 +330,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             cid = self._live(namespace, key, cid)  # the full rules
         value = self._cache.value(cid)
         if value is MISSING:  # rare: the value left the cache; read it from the log
-            current = self._kv.current(namespace, key)
-            assert current is not None
-            return self._values.value(cid, current.location, namespace, key)
+            location = self._kv.current_location(namespace, key)
+            assert location is not None
+            return self._values.value(cid, location, namespace, key)
         return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:
