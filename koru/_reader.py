@@ -27,6 +27,7 @@ from koru.events import (
     CorruptLogError,
     Event,
     LogStore,
+    PutEvent,
     content_id,
     decode_trusted,
     decode_value_strict,
@@ -40,6 +41,13 @@ __all__ = ["ValueReader"]
 def _value_of(event: Event, cid: bytes, namespace: str, key: str) -> bytes:
     """The value with content id ``cid`` in ``event``: the key's own write first (the
     usual case, one hash), else any write holding it (a value that moved)."""
+    if (
+        type(event) is PutEvent  # nearly every record: without building its Write
+        and event.namespace == namespace
+        and event.key == key
+        and content_id(event.value) == cid
+    ):
+        return event.value
     for w in event.writes:
         if w.namespace == namespace and w.key == key and w.value is not None:
             if content_id(w.value) == cid:
