@@ -347,3 +347,26 @@ async def test_a_cold_read_of_a_tampered_log_answers_right_or_raises(tmp_path: P
                     continue
                 assert got == value, key
             assert errors >= 1
+
+
+async def test_a_version_record_swapped_with_another_keys_is_refused_on_read(
+    tmp_path: Path,
+) -> None:
+    """Alice's and Bob's records swapped in a table re-encoded with fresh checksums
+    (each names a real record and the content id of the value there): before any scrub
+    runs, a read of either raises, since the record it names holds no write of its key."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.put("users", "alice", {"name": "Alice"})
+        await db.put("users", "bob", {"name": "Bob"})
+        await db.put("users", "carol", {"name": "Carol"})
+    [file] = (path / "tables").glob("*.tab")
+    entries = {(ns, k): v for ns, k, v in Table(file.read_bytes(), file.stem).entries()}
+    alice, bob = entries[("users", "alice")], entries[("users", "bob")]
+    entries[("users", "alice")], entries[("users", "bob")] = bob, alice
+    file.write_bytes(b"".join(encode_table((ns, k, v) for (ns, k), v in entries.items())))
+    async with koru.open(path, processes=False, readonly=True) as db:
+        for key in ("alice", "bob"):
+            with pytest.raises(koru.CorruptLogError, match="holds no write of the key"):
+                await db.get("users", key)
+        assert await db.get("users", "carol") == {"name": "Carol"}
