@@ -12,8 +12,8 @@ Entries are grouped in blocks of ``BLOCK`` entries, and a block index (each bloc
 first key and where it starts) follows them. A lookup searches the index in memory and
 reads one block: why not a binary search over every entry in place: its probes would
 touch pages all over the file, and a process that read ten thousand keys would have the
-whole table resident; this way it has the index (about 6 bytes per key) and the blocks
-it read.
+whole table resident; this way it has the index (about 25 bytes per key in memory)
+and the blocks it read. Blocks of 8 entries (16 in older tables: the header says).
 
 Format (little-endian)::
 
@@ -72,8 +72,14 @@ _READ_FORMATS = (2, 3)
 _FILTER_BITS_PER_KEY = 10
 _PROBES = 7
 _FILTER_HEAD = struct.Struct("<IB")
-#: Entries per block.
-BLOCK = 16
+#: Entries per block of the tables written (a table's header says its own: tables of
+#: 16 are still read). Why 8: a lookup walks its block entry by entry in Python, and
+#: that walk was the largest share of a cold read's CPU; halving it cost the index in
+#: memory 12.5 more bytes per key (35 -> 47.5 B of resident memory per cold key in the
+#: tiers bench, against a budget of 150).
+BLOCK = 8
+#: The largest block size a table may declare.
+_MAX_BLOCK = 4096
 _HEAD = struct.Struct("<8sIIQQQ32s")
 #: Bytes of a table's header.
 HEADER_SIZE = _HEAD.size
@@ -192,9 +198,9 @@ class TableEncoder:
         return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
 
 
-#: A key as table lookups want it: ((namespace, key) as UTF-8, and the two halves of
-#: its filter hash).
-KeyProbe = tuple[tuple[bytes, bytes], int, int]
+#: A key as table lookups want it: ((namespace, key) as UTF-8, the two halves of its
+#: filter hash, and the bytes an entry of it starts with after its checksum).
+KeyProbe = tuple[tuple[bytes, bytes], int, int, bytes]
 
 
 def key_probe(namespace: str, key: str) -> KeyProbe | None:
@@ -204,8 +210,10 @@ def key_probe(namespace: str, key: str) -> KeyProbe | None:
         target = (namespace.encode(), key.encode())
     except UnicodeEncodeError:
         return None
-    h = _key_hash(*target)
-    return target, h & 0xFFFFFFFF, (h >> 32) | 1
+    ns, k = target
+    h = _key_hash(ns, k)
+    pattern = b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(k)), k)
+    return target, h & 0xFFFFFFFF, (h >> 32) | 1, pattern
 
 
 def _key_hash(ns: bytes, key: bytes) -> int:
@@ -336,6 +344,7 @@ class Table:
 
     __slots__ = (
         "__weakref__",
+        "_block_size",
         "_count",
         "_data",
         "_digest",
@@ -370,9 +379,10 @@ class Table:
         if self.size < _HEAD.size:
             raise CorruptCheckpointError(f"table {name} is cut short")
         magic, fmt, block, count, index_at, index_len, digest = _HEAD.unpack_from(data, 0)
-        if magic != TABLE_MAGIC or fmt not in _READ_FORMATS or block != BLOCK:
+        if magic != TABLE_MAGIC or fmt not in _READ_FORMATS or not 1 <= block <= _MAX_BLOCK:
             raise CorruptCheckpointError(f"table {name} is not a koru table of format 2 or 3")
         self._format = fmt
+        self._block_size = block
         self._filter = b""
         self._filter_bits = 0
         if not _HEAD.size <= index_at <= self.size or index_at + index_len != self.size:
@@ -442,7 +452,7 @@ class Table:
                 starts.append(start)
         except struct.error:
             raise CorruptCheckpointError(f"table {self.name}: its index is cut short") from None
-        blocks = -(-self._count // BLOCK)
+        blocks = -(-self._count // self._block_size)
         if (
             len(starts) != blocks
             or starts != sorted(starts)
@@ -483,7 +493,8 @@ class Table:
         end = len(data)
         pos = 0
         view = memoryview(data)
-        for i in range(b * BLOCK, min((b + 1) * BLOCK, self._count)):
+        size = self._block_size
+        for i in range(b * size, min((b + 1) * size, self._count)):
             try:
                 (crc,) = _CRC.unpack_from(data, pos)
                 at = pos + 4
@@ -528,9 +539,9 @@ class Table:
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None
-        return self._find(b, target)
+        return self._find(b, target, probe[3])
 
-    def _find(self, b: int, target: tuple[bytes, bytes]) -> bytes | None:
+    def _find(self, b: int, target: tuple[bytes, bytes], pattern: bytes) -> bytes | None:
         """The value of ``target`` in block ``b``, or None.
 
         A lookup's hot loop, over one copy of the block: it steps from entry to entry
@@ -542,13 +553,11 @@ class Table:
         starts = self._starts
         pos = starts[b]
         block = self._read(pos, (starts[b + 1] if b + 1 < len(starts) else self._end) - pos)
-        ns, key = target
-        pattern = b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key)
         skip = 4 + len(pattern)
         u16, u32 = _U16.unpack_from, _U32.unpack_from
         p = 0
-        i = b * BLOCK
-        last = min(i + BLOCK, self._count)
+        i = b * self._block_size
+        last = min(i + self._block_size, self._count)
         try:
             while i < last:
                 if block.startswith(pattern, p + 4):
@@ -558,12 +567,9 @@ class Table:
                     if nxt <= len(block) and zlib.crc32(block[p + 4 : nxt]) == crc:
                         return block[p + skip + 4 : nxt]
                     break  # damaged: the checked walk says where
-                (n,) = u16(block, p + 4)
-                at = p + 6 + n
-                (m,) = u16(block, at)
-                at += 2 + m
-                (v,) = u32(block, at)
-                p = at + 4 + v
+                at = p + 6 + u16(block, p + 4)[0]  # past the namespace
+                at += 2 + u16(block, at)[0]  # past the key
+                p = at + 4 + u32(block, at)[0]  # past the value
                 i += 1
         except struct.error:
             pass  # cut short: the checked walk says where
@@ -573,8 +579,8 @@ class Table:
         """:meth:`_find`, checking every entry up to the one that decides."""
         end = len(block)
         p = 0
-        i = b * BLOCK
-        last = min(i + BLOCK, self._count)
+        i = b * self._block_size
+        last = min(i + self._block_size, self._count)
         crc32, unpack = zlib.crc32, _CRC_U16.unpack_from
         while i < last:
             try:

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import blake3
-import cbor2
 import trio
 
 from koru.events import (
@@ -339,9 +338,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             cid = self._live(namespace, key, cid)  # the full rules
         value = self._cache.value(cid)
         if value is MISSING:  # rare: the value left the cache; read it from the log
-            current = kv.current(namespace, key)
-            assert current is not None
-            return cbor2.loads(self._values.value_bytes(cid, current.location, namespace, key))
+            location = kv.current_location(namespace, key)
+            assert location is not None
+            return self._values.value(cid, location, namespace, key)
         return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:

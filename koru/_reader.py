@@ -18,12 +18,16 @@ instead, with the same proof. The version record still names the event that wrot
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import cbor2
 
 from koru.events import (
     CodecError,
     CorruptLogError,
     Event,
     LogStore,
+    PutEvent,
     content_id,
     decode_trusted,
     decode_value_strict,
@@ -34,14 +38,27 @@ from ._cache import ValueCache
 __all__ = ["ValueReader"]
 
 
-def _value_of(event: Event, cid: bytes, namespace: str, key: str) -> bytes:
-    """The value with content id ``cid`` in ``event``: the key's own write first (the
-    usual case, one hash), else any write holding it (a value that moved)."""
+def _value_of(event: Event, cid: bytes, namespace: str, key: str, moved: bool) -> bytes:
+    """The value with content id ``cid`` in ``event``: the key's own write (one hash),
+    or, for a value that ``moved`` (a placement's location), any write holding it.
+    Why not any write for every value: a version record swapped whole with another
+    key's (a table rewritten with fresh checksums, which only the scrub's hash of the
+    whole table sees) names that key's record and content id, both valid; the key's
+    own write is what proves the value is this key's."""
+    if (
+        type(event) is PutEvent  # nearly every record: without building its Write
+        and event.namespace == namespace
+        and event.key == key
+        and content_id(event.value) == cid
+    ):
+        return event.value
     for w in event.writes:
         if w.namespace == namespace and w.key == key and w.value is not None:
             if content_id(w.value) == cid:
                 return w.value
             break
+    if not moved:
+        raise CodecError(f"it holds no write of the key with that value (content id {cid.hex()})")
     for w in event.writes:
         if w.value is not None and content_id(w.value) == cid:
             return w.value
@@ -74,25 +91,52 @@ class ValueReader:
         """
         data = self.cache.get(cid)
         if data is None:
+            moved = False
             for placed in self.placements:
-                moved = placed(cid)
-                if moved is not None:
-                    location = moved
+                there = placed(cid)
+                if there is not None:
+                    location, moved = there, True
                     break
             try:
-                data = self._load(cid, location, namespace, key)
+                data = self._decoded(cid, location, namespace, key, moved)[0]
             except CorruptLogError:
                 self.corruptions += 1
                 raise
             self.cache.put(cid, data)
         return data
 
-    def _load(self, cid: bytes, location: int, namespace: str, key: str) -> bytes:
+    def value(self, cid: bytes, location: int, namespace: str, key: str) -> Any:
+        """:meth:`value_bytes` decoded (a fresh object): a value read from the log is
+        the one its strict decode produced, not decoded a second time from its bytes.
+
+        Raises:
+            CorruptLogError: the record there does not hold that value (counted).
+        """
+        data = self.cache.get(cid)
+        if data is not None:
+            return cbor2.loads(data)
+        moved = False
+        for placed in self.placements:
+            there = placed(cid)
+            if there is not None:
+                location, moved = there, True
+                break
+        try:
+            data, value = self._decoded(cid, location, namespace, key, moved)
+        except CorruptLogError:
+            self.corruptions += 1
+            raise
+        self.cache.put(cid, data)
+        return value
+
+    def _decoded(
+        self, cid: bytes, location: int, namespace: str, key: str, moved: bool
+    ) -> tuple[bytes, Any]:
+        """(value bytes, the value decoded strictly) of the record at ``location``."""
         data = self.store.read(location)
         try:
-            value = _value_of(decode_trusted(data), cid, namespace, key)
-            decode_value_strict(value)
-            return value
+            value = _value_of(decode_trusted(data), cid, namespace, key, moved)
+            return value, decode_value_strict(value)
         except CodecError as exc:
             reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"
         agent, position, offset, path = self.store.locate(location)

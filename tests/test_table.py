@@ -106,6 +106,32 @@ def test_tables_of_format_2_are_read_without_a_filter() -> None:
     assert list(old.entries()) == [(ns, k, v) for (ns, k), v in sorted(model.items())]
 
 
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_tables_of_any_block_size_are_read(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header says a table's block size: tables written with 16 entries per block
+    (before blocks of 8) and any other size are read alike, damage still reported."""
+    from koru.events import _table
+
+    monkeypatch.setattr(_table, "BLOCK", block)
+    model = {("ns", f"k{i:04}"): bytes([i % 256]) * (i % 5) for i in range(101)}
+    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    monkeypatch.undo()
+    table = Table(b"".join(pieces), table_name(pieces))
+    assert all(table.get(*key) == value for key, value in model.items())
+    assert table.get("ns", "k9999") is None and table.get("ns", "k0050x") is None
+    assert list(table.entries()) == [(ns, k, v) for (ns, k), v in sorted(model.items())]
+    data = b"".join(pieces)
+    for declared in (0, block + 1, 1 << 20):
+        lying = bytearray(data)
+        lying[12:16] = declared.to_bytes(4, "little")  # the header's entries per block
+        try:
+            table = Table(bytes(lying), "t")
+            answers = {key: table.get(*key) for key in model}
+        except CorruptCheckpointError:
+            continue
+        assert answers == model, declared
+
+
 def test_the_filter_answers_most_absent_keys_without_reading_a_block() -> None:
     model = {("users", f"u{i}"): b"v" for i in range(5000)}
     pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
