@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
+from blake3 import blake3
 from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
@@ -108,6 +109,7 @@ class Writer:
         self._kv = cast(KvState, projections["kv"])
         self._feeds = cast(FeedState, projections["feeds"])
         self._fold = projections.apply
+        self._fold_put = projections.apply_put
         self._cache = cache
         self._max_value_size = max_value_size
         self._die = die
@@ -148,9 +150,11 @@ class Writer:
     # folded), a state the checkpoint written on close would then make permanent. trio
     # delivers it at the next checkpoint instead; nothing here yields.
     @enable_ki_protection
-    def write(self, event: Event, data: bytes, eid: bytes) -> None:
+    def write(self, event: Event, data: bytes, eid: bytes, cid: bytes | None = None) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
-        checkpoints: for local events and ingested ones alike."""
+        checkpoints: for local events and ingested ones alike. ``cid``: for a plain put
+        of this node, its value's content id, which the fold then takes rather than
+        hashing the value again (``Projections.apply_put``)."""
         try:
             location, _ = self._store.append(event.agent, data, eid)
         except DurabilityError as exc:
@@ -160,7 +164,10 @@ class Writer:
         if location & _OFFSET >= self._writeback_from:
             self._near_segment_end(location)
         try:
-            self._fold(event, eid, location)
+            if cid is None:
+                self._fold(event, eid, location)
+            else:
+                self._fold_put(cast(PutEvent, event), eid, location, cid)
         except BaseException as exc:
             # The event is in the log; a projection that could not fold it no longer
             # matches the log, and a checkpoint would make that permanent. The handle
@@ -287,9 +294,9 @@ class Writer:
         hlc = self.hlc.tick(self.now())
         encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
         event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
-        cid = content_id(data)
+        cid = blake3(data).digest()  # content_id(data), inlined
         eid = event_id(encoded)
-        self.write(event, encoded, eid)
+        self.write(event, encoded, eid, cid)
         self._cache.put(cid, data)
         return _new(
             Version,
