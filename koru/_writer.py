@@ -259,11 +259,11 @@ class Writer:
         """Append a new version of ``namespace/key`` (not yet acknowledged), derived
         from ``parents`` (stored names, checked by the caller) if any."""
         check_name(namespace, "namespace")
+        if ttl is None and not parents:
+            return self.put_plain(namespace, key, value)
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
-        if ttl is None and not parents:
-            return self._put_plain(namespace, key, data, previous)
         ttl_ns = None if ttl is None else _ttl_ns(ttl)
         if parents:
             # The decoder's rules, held here too: an event every replay would refuse
@@ -285,10 +285,15 @@ class Writer:
         self._cache.put(cid, data)
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
-    def _put_plain(self, namespace: str, key: str, data: bytes, previous: bytes | None) -> Version:
-        """:meth:`put` of a value without ttl or parents (nearly every put), fused: the
+    def put_plain(self, namespace: str, key: str, value: Any) -> Version:
+        """:meth:`put` of a value without ttl or parents (nearly every put) in a
+        namespace the caller checked already (``check_name`` or stricter), fused: the
         event built as a tuple, encoded by the precomputed put encoder (the same bytes
-        as ``encode_event``), and the version built without intermediate objects."""
+        as ``encode_event``), its content id handed to the fold, and the version built
+        without intermediate objects."""
+        check_name(key, "key")
+        data = encode_value(value, self._max_value_size)
+        previous = self._kv.current_write_id(namespace, key)
         node = self._node
         seq, prev = self._feeds.next(node, STORAGE)
         hlc = self.hlc.tick(self.now())
