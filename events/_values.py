@@ -145,29 +145,11 @@ def cbor_head(major: int, n: int) -> bytes:
     raise ValueError(f"{n} entries do not fit a CBOR head")
 
 
-#: The last value hashed and its id, as one tuple (rebinding a global is atomic, so a
-#: thread that hashes at the same time never sees one value paired with another's id).
-_last: tuple[bytes, bytes] = (b"", blake3.blake3(b"").digest())
-
-
 def content_id(encoded: bytes) -> bytes:
-    """The content id of an encoded value: blake3 of its canonical bytes.
-
-    Why the one-entry memo: a put hashes its value where it is written (the cache and
-    the returned version need the id) and again where the key/value projection folds
-    the event, which must compute it from the event alone. Both see the same bytes
-    object, so the second call is an identity test; a bytes object never changes, so
-    the same object always has the same id (and the memo holds it, so its address
-    cannot be reused by another object while it is remembered).
-    """
-    global _last
-    last = _last
-    if encoded is last[0]:
-        return last[1]
-    cid = blake3.blake3(encoded).digest()
-    if type(encoded) is bytes:  # a bytearray or memoryview could change later
-        _last = (encoded, cid)
-    return cid
+    """The content id of an encoded value: blake3 of its canonical bytes. (A put
+    computes it once, where it is written, and hands it to the fold with the event:
+    ``Projections.apply_put``.)"""
+    return blake3.blake3(encoded).digest()
 
 
 def decode_value(data: bytes) -> Any:

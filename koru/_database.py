@@ -258,11 +258,17 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-        check_user_name(namespace, "namespace")
-        links = () if parents is None else self._lineage.parents(DEFAULT, namespace, key, parents)
-        version = self._writer.put(namespace, key, value, ttl, links)
-        if self._writer.waits:
-            await self._writer.acknowledge()
+        check_user_name(namespace, "namespace")  # stricter than the writer's check_name
+        writer = self._writer
+        if ttl is None and parents is None:
+            version = writer.put_plain(namespace, key, value)
+        else:
+            links = (
+                () if parents is None else self._lineage.parents(DEFAULT, namespace, key, parents)
+            )
+            version = writer.put(namespace, key, value, ttl, links)
+        if writer.waits:
+            await writer.acknowledge()
         return version
 
     async def put_batch(

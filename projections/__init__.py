@@ -39,6 +39,7 @@ from ._order import order_key as order_key
 from ._planner import QueryPlan as QueryPlan
 from ._projection import Projection as Projection
 from ._projection import Projections as Projections
+from ._projection import PutFold as PutFold
 from ._projection import ValuePlacement as ValuePlacement
 from ._projection import folds as folds
 from ._query import Group as Group
@@ -71,6 +72,7 @@ __all__ = [
     "KvState",
     "Projection",
     "Projections",
+    "PutFold",
     "Query",
     "QueryPlan",
     "Row",

@@ -387,19 +387,7 @@ class KvState:
         """Fold one event in. Applying an event twice changes nothing."""
         origin, hlc = event.origin, event.hlc
         if type(event) is PutEvent:  # the common case, without building Write objects
-            value = event.value
-            rec = _REC.pack(
-                hlc,
-                origin,
-                event_id,
-                content_id(value),
-                event.previous or _NO_ID,
-                location,
-                len(value),
-                0,
-                0,
-            )
-            self._insert(event.namespace, event.key, rec, hlc)
+            self.apply_put(event, event_id, location, content_id(event.value))
             return
         for i, w in enumerate(event.writes):
             data, expires = w.value, w.expires
@@ -415,6 +403,24 @@ class KvState:
                 (_TOMBSTONE if data is None else 0) | (_EXPIRES if expires else 0),
             )
             self._insert(w.namespace, w.key, rec, hlc)
+
+    def apply_put(self, event: PutEvent, event_id: bytes, location: int, content_id: bytes) -> None:
+        """:meth:`apply` of a plain put whose value's content id the writer has (see
+        :class:`~._projection.PutFold`)."""
+        hlc = event.hlc
+        value = event.value
+        rec = _REC.pack(
+            hlc,
+            event.origin,
+            event_id,
+            content_id,
+            event.previous or _NO_ID,
+            location,
+            len(value),
+            0,
+            0,
+        )
+        self._insert(event.namespace, event.key, rec, hlc)
 
     def apply_run(self, run: PutRun) -> None:
         """Fold a run of puts: the same as :meth:`apply` of each in order.

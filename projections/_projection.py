@@ -16,11 +16,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from koru.events import AGENTS, Event, PutEvent, PutRun, Table
+from koru.events import AGENTS, STORAGE, Event, PutEvent, PutRun, Table
 
 from ._newtable import NewTable
 
-__all__ = ["Projection", "Projections", "RunFold", "ValuePlacement", "folds", "folds_kind"]
+__all__ = [
+    "Projection",
+    "Projections",
+    "PutFold",
+    "RunFold",
+    "ValuePlacement",
+    "folds",
+    "folds_kind",
+]
 
 P = TypeVar("P", bound="Projection")
 
@@ -85,6 +93,18 @@ class RunFold(Protocol):
     def apply_run(self, run: PutRun) -> None: ...
 
 
+@runtime_checkable
+class PutFold(Protocol):
+    """A projection that folds a plain put together with its value's content id, which
+    the writer computed already (it returns it to the caller and keys the value cache
+    by it): exactly the effect of :meth:`Projection.apply`, without hashing the value a
+    second time. The local write path hands every plain put over this way."""
+
+    def apply_put(
+        self, event: PutEvent, event_id: bytes, location: int, content_id: bytes
+    ) -> None: ...
+
+
 def folds(projection: Projection, agent: str) -> bool:
     """True if ``projection`` folds events of ``agent``'s log. A projection may name the
     agents it folds in an ``agents`` class attribute (a set of names); without one it
@@ -106,7 +126,7 @@ def folds_kind(projection: Projection, kind: type[Event]) -> bool:
 class Projections:
     """The registered projections, folded together: the one seam every event takes."""
 
-    __slots__ = ("_by_name", "_routes", "_runs", "members", "placements")
+    __slots__ = ("_by_name", "_put_route", "_routes", "_runs", "members", "placements")
 
     def __init__(self, members: Iterable[Projection]) -> None:
         self.members: tuple[Projection, ...] = tuple(members)
@@ -117,6 +137,13 @@ class Projections:
         # decided once per pair, so an event costs only the projections it concerns.
         self._routes: dict[tuple[str, type[Event]], tuple[_Apply, ...]] = {}
         self._runs = {agent: self._run_folds(agent) for agent in AGENTS}
+        # The folds of a storage put, in registration order, each with whether it takes
+        # the value's content id (:class:`PutFold`).
+        self._put_route: tuple[tuple[Callable[..., None], bool], ...] = tuple(
+            (p.apply_put, True) if isinstance(p, PutFold) else (p.apply, False)
+            for p in self.members
+            if folds(p, STORAGE) and folds_kind(p, PutEvent)
+        )
         #: Where moved values are found, asked in registration order.
         self.placements = tuple(p.placed for p in self.members if isinstance(p, ValuePlacement))
 
@@ -142,6 +169,16 @@ class Projections:
             route = self._route(event.agent, type(event))
         for apply in route:
             apply(event, event_id, location)
+
+    def apply_put(self, event: PutEvent, event_id: bytes, location: int, content_id: bytes) -> None:
+        """:meth:`apply` of a plain put of this node's storage log whose value's
+        content id (blake3 of ``event.value``) the caller computed already: the
+        projections that take it (:class:`PutFold`) need not hash the value again."""
+        for apply, takes_id in self._put_route:
+            if takes_id:
+                apply(event, event_id, location, content_id)
+            else:
+                apply(event, event_id, location)
 
     def apply_run(self, run: PutRun) -> None:
         """Fold a run of puts into every projection that folds its agent's puts: the

@@ -32,6 +32,7 @@ from koru.events import (
     Record,
     RunDecoder,
     Write,
+    content_id,
     decode_trusted,
     encode_event,
     encode_value,
@@ -425,3 +426,39 @@ def test_the_seam_calls_no_projection_for_a_type_it_does_not_fold() -> None:
     projections.apply(put, event_id(encode_event(put)), 7)
     with pytest.raises(KeyError):
         projections.apply(put._replace(agent="nobody"), b"\x00" * 32, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(logs, st.integers(0, 60))
+def test_folding_puts_with_their_content_ids_equals_applying_them(
+    ops: list[Any], freeze_at: int
+) -> None:
+    # The live write path hands a plain put's content id to the seam (apply_put); the
+    # state must be exactly what apply gives, which hashes the value itself.
+    store = store_of([encode_event(e) for e in build(ops)])
+    applied, handed = _fresh(), _fresh()
+    for location, position, eid, _, data in store.replay(STORAGE):
+        event = decode_trusted(data)
+        for projections in (applied, handed):
+            if position == freeze_at:
+                kv = projections["kv"]
+                assert isinstance(kv, KvState)
+                kv.capture()
+            if projections is handed and type(event) is PutEvent:
+                projections.apply_put(event, eid, location, content_id(event.value))
+            else:
+                projections.apply(event, eid, location)
+    assert _state(handed) == _state(applied)
+
+
+def test_the_put_route_hands_the_content_id_to_the_key_value_fold_only() -> None:
+    projections = Projections(kind() for kind in BUILTIN_PROJECTIONS)
+    route = {apply.__self__.name: takes for apply, takes in projections._put_route}
+    assert route == {"kv": True, "feeds": False, "indexes": False, "views": False, "auth": False}
+    put = build([("put", 0, "a", "b", 0, 5, False)])[0]
+    assert isinstance(put, PutEvent)
+    wrong = b"\x07" * 32  # the fold takes the id it is given: proof it did not hash
+    projections.apply_put(put, event_id(encode_event(put)), 7, wrong)
+    kv = projections["kv"]
+    assert isinstance(kv, KvState)
+    assert kv.live_content_id("a", "b") == wrong
