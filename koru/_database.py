@@ -325,23 +325,33 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         kv = self._kv
+        touched = False
         try:
             keys = kv.namespaces.get(namespace)
             blob = None if keys is None else keys.get(key)
             if blob is None and (kv.frozen or kv.tables):
-                blob = kv._below(namespace, key)
+                hot = kv.hot
+                if hot:  # the hot tier (KvState._below's first probe), its read counted
+                    slot = (namespace, key)
+                    blob = hot.get(slot)
+                    if blob is not None:
+                        kv.hot_hits += 1
+                        kv.reads[slot] += 1  # KvState.touch: the key's fitness
+                        touched = True
+                if blob is None:
+                    blob = kv._below(namespace, key)
         except TypeError:  # unhashable namespace or key
             blob = None
         cid = None if blob is None or blob[-1] & TOMBSTONE else bytes(blob[LAST_CID])
         if (
             cid is None
-            or kv.hot
+            or (kv.hot and not touched)
             or kv.expiring
             or type(namespace) is not str
             or type(key) is not str
             or namespace < _FIRST
         ):
-            cid = self._live(namespace, key, cid)  # the full rules
+            cid = self._live(namespace, key, cid, touched)  # the full rules
         value = self._cache.value(cid)
         if value is MISSING:  # rare: the value left the cache; read it from the log
             location = kv.current_location(namespace, key)
@@ -393,12 +403,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             raise trio.WouldBlock
         return value
 
-    def _live(self, namespace: str, key: str, cid: bytes | None) -> bytes:
+    def _live(
+        self, namespace: str, key: str, cid: bytes | None, touched: bool = False
+    ) -> bytes:
         """``cid`` (the content id a probe found for the key, or None) under the rules
-        of a read: the hot tier told, the expiry checked, the names checked;
-        KeyNotFoundError without a current value."""
+        of a read: the hot tier told (unless the caller did: ``touched``), the expiry
+        checked, the names checked; KeyNotFoundError without a current value."""
         kv = self._kv
-        if kv.hot:
+        if kv.hot and not touched:
             kv.touch(namespace, key)
         if kv.expiring and cid is not None and kv.expired(namespace, key, self._writer.read_time()):
             cid = None  # its time to live is over (the expiry process records it)

@@ -57,6 +57,29 @@ def test_a_merge_keeps_the_newest_tables_entry_for_each_key(
     )
 
 
+async def test_every_read_of_a_key_counts_once_toward_its_fitness(tmp_path: Path) -> None:
+    """A get counts one read of its key, whichever tier answers (a cold search that
+    promotes the key, the hot tier, a deleted key's record there), and only a get:
+    the lookups of a put's fold count nothing. Distillation ranks keys by it."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        for i in range(20):
+            await db.put("users", f"u{i}", {"i": i})
+        await db.delete("users", "u5")
+        await db.checkpoint()
+    async with koru.open(path, sync="os", processes=False) as db:
+        assert await db.get("users", "u3") == {"i": 3}  # cold, promoted, counted
+        assert db._kv.fitness() == {("users", "u3"): 1}
+        for _ in range(4):
+            assert await db.get("users", "u3") == {"i": 3}  # hot
+        for _ in range(3):
+            with pytest.raises(koru.KeyNotFoundError):
+                await db.get("users", "u5")  # its tombstone: cold once, then hot
+        assert db._kv.fitness() == {("users", "u3"): 5, ("users", "u5"): 3}
+        await db.put("users", "u4", "new")  # the fold's lookups: not a read
+        assert db._kv.fitness() == {("users", "u3"): 5, ("users", "u5"): 3}
+
+
 async def test_each_tier_answers_and_is_counted(tmp_path: Path) -> None:
     path = tmp_path / "db"
     async with koru.open(path, sync="os", processes=False) as db:
