@@ -403,9 +403,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             raise trio.WouldBlock
         return value
 
-    def _live(
-        self, namespace: str, key: str, cid: bytes | None, touched: bool = False
-    ) -> bytes:
+    def _live(self, namespace: str, key: str, cid: bytes | None, touched: bool = False) -> bytes:
         """``cid`` (the content id a probe found for the key, or None) under the rules
         of a read: the hot tier told (unless the caller did: ``touched``), the expiry
         checked, the names checked; KeyNotFoundError without a current value."""
