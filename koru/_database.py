@@ -42,7 +42,7 @@ from koru.projections import (
     VectorState,
 )
 from koru.projections._indexes import Indexes
-from koru.projections._kv import LAST_CID, TOMBSTONE
+from koru.projections._kv import LAST_CID, LAST_LOCATION, TOMBSTONE
 from koru.projections._lineage import LineageState
 from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
@@ -343,9 +343,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         ):
             cid = self._live(namespace, key, cid)  # the full rules
         value = self._cache.value(cid)
-        if value is MISSING:  # rare: the value left the cache; read it from the log
-            location = kv.current_location(namespace, key)
-            assert location is not None
+        if value is MISSING:  # a cold key: read it from the log, where the blob says
+            assert blob is not None  # a content id came from it
+            location = int.from_bytes(blob[LAST_LOCATION])
             return self._values.value(cid, location, namespace, key)
         return value
 
