@@ -42,7 +42,7 @@ from koru.projections import (
     VectorState,
 )
 from koru.projections._indexes import Indexes
-from koru.projections._kv import LAST_CID, LAST_LOCATION, TOMBSTONE
+from koru.projections._kv import LAST_CID, LAST_PLACE, PLACE, TOMBSTONE
 from koru.projections._lineage import LineageState
 from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
@@ -345,8 +345,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         value = self._cache.value(cid)
         if value is MISSING:  # a cold key: read it from the log, where the blob says
             assert blob is not None  # a content id came from it
-            location = int.from_bytes(blob[LAST_LOCATION])
-            return self._values.value(cid, location, namespace, key)
+            location, size = PLACE.unpack_from(blob, LAST_PLACE)
+            return self._values.value(cid, location, namespace, key, size)
         return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:
