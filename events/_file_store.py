@@ -1128,7 +1128,7 @@ class FileStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, location: int) -> bytes:
+    def read(self, location: int, expect: int = _READ_AHEAD) -> bytes:
         idx, seg, offset = unpack_location(location)
         if idx >= len(AGENTS):
             raise CorruptLogError("?", 0, offset, f"location {location:#x} names no agent")
@@ -1145,7 +1145,7 @@ class FileStore:
             if fd is None:
                 fd = disk.open(log.path(seg), os.O_RDONLY)
                 self._readers[(idx, seg)] = fd
-            chunk = disk.pread(fd, _READ_AHEAD, offset)
+            chunk = disk.pread(fd, expect, offset)
             try:
                 try:
                     _, _, event = parse_record(chunk, 0)

@@ -119,7 +119,7 @@ class MemoryStore:
         self._appended += len(data)
         return pack_location(agent_index(agent), 0, len(log) - 1), root
 
-    def read(self, location: int) -> bytes:
+    def read(self, location: int, expect: int = 4096) -> bytes:
         idx, _, i = unpack_location(location)
         log = self._logs.get(AGENTS[idx], []) if idx < len(AGENTS) else []
         if i >= len(log):

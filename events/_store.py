@@ -180,8 +180,10 @@ class LogStore(Protocol):
         """
         ...
 
-    def read(self, location: int) -> bytes:
-        """The event bytes stored at ``location`` (checksum verified).
+    def read(self, location: int, expect: int = 4096) -> bytes:
+        """The event bytes stored at ``location`` (checksum verified). ``expect``: how
+        many bytes the record likely takes (a store that reads files reads that much
+        first, then the rest of a longer record).
 
         Raises:
             CorruptLogError: the record there fails its checks (or is missing).

@@ -42,7 +42,7 @@ from koru.projections import (
     VectorState,
 )
 from koru.projections._indexes import Indexes
-from koru.projections._kv import LAST_CID, TOMBSTONE
+from koru.projections._kv import LAST_CID, LAST_PLACE, PLACE, TOMBSTONE
 from koru.projections._lineage import LineageState
 from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
@@ -353,10 +353,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         ):
             cid = self._live(namespace, key, cid, touched)  # the full rules
         value = self._cache.value(cid)
-        if value is MISSING:  # rare: the value left the cache; read it from the log
-            location = kv.current_location(namespace, key)
-            assert location is not None
-            return self._values.value(cid, location, namespace, key)
+        if value is MISSING:  # a cold key: read it from the log, where the blob says
+            assert blob is not None  # a content id came from it
+            location, size = PLACE.unpack_from(blob, LAST_PLACE)
+            return self._values.value(cid, location, namespace, key, size)
         return value
 
     def get_nowait(self, namespace: str, key: str) -> Any:

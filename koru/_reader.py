@@ -37,6 +37,11 @@ from ._cache import ValueCache
 
 __all__ = ["ValueReader"]
 
+#: A put record's bytes besides its value and names: record header, chain root, and
+#: the event's envelope (origin, agent, seq, previous id, hlc, previous write id), with
+#: room to spare.
+_SLACK = 384
+
 
 def _value_of(event: Event, cid: bytes, namespace: str, key: str, moved: bool) -> bytes:
     """The value with content id ``cid`` in ``event``: the key's own write (one hash),
@@ -105,9 +110,10 @@ class ValueReader:
             self.cache.put(cid, data)
         return data
 
-    def value(self, cid: bytes, location: int, namespace: str, key: str) -> Any:
+    def value(self, cid: bytes, location: int, namespace: str, key: str, size: int = 0) -> Any:
         """:meth:`value_bytes` decoded (a fresh object): a value read from the log is
         the one its strict decode produced, not decoded a second time from its bytes.
+        ``size``, the value's length if known, sizes the read of its record.
 
         Raises:
             CorruptLogError: the record there does not hold that value (counted).
@@ -122,7 +128,7 @@ class ValueReader:
                 location, moved = there, True
                 break
         try:
-            data, value = self._decoded(cid, location, namespace, key, moved)
+            data, value = self._decoded(cid, location, namespace, key, moved, size)
         except CorruptLogError:
             self.corruptions += 1
             raise
@@ -130,10 +136,17 @@ class ValueReader:
         return value
 
     def _decoded(
-        self, cid: bytes, location: int, namespace: str, key: str, moved: bool
+        self, cid: bytes, location: int, namespace: str, key: str, moved: bool, size: int = 0
     ) -> tuple[bytes, Any]:
-        """(value bytes, the value decoded strictly) of the record at ``location``."""
-        data = self.store.read(location)
+        """(value bytes, the value decoded strictly) of the record at ``location``;
+        ``size`` (the value's length, 0 if unknown) sizes the read: a put's record is
+        its value and a few hundred bytes of header, names and ids (a longer record, a
+        batch's or one a placement moved the value to, is read whole by a second read)."""
+        data = (
+            self.store.read(location, size + _SLACK + 4 * (len(namespace) + len(key)))
+            if size and not moved
+            else self.store.read(location)
+        )
         try:
             value = _value_of(decode_trusted(data), cid, namespace, key, moved)
             return value, decode_value_strict(value)

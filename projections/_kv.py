@@ -40,6 +40,8 @@ from ._newtable import NewTable
 __all__ = [
     "EXPIRES",
     "LAST_CID",
+    "LAST_PLACE",
+    "PLACE",
     "NO_ID",
     "RECORD_SIZE",
     "TOMBSTONE",
@@ -77,6 +79,11 @@ _LAST_ORDER = _ORDER - RECORD_SIZE
 #: Where the last (current) record's content id lies in a key's blob: for the hot
 #: read path, which slices it out without a call (``blob[LAST_CID]``).
 LAST_CID = slice(_CID - RECORD_SIZE, _CID + 32 - RECORD_SIZE)
+#: A record's location and value size, adjacent; and where the last (current) record's
+#: lie in a key's blob, counted from its end: for the read of a value the cache does not
+#: hold (``PLACE.unpack_from(blob, LAST_PLACE)``, no search through the layers again).
+PLACE = struct.Struct(">QI")
+LAST_PLACE = _LOC_AT - RECORD_SIZE
 _ID_MASK = (1 << 256) - 1  # a write id, the low bits of an order key read as an int
 #: Default budgets of the warm tier (records written lately, still in memory after the
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).

@@ -438,3 +438,23 @@ async def test_a_version_record_swapped_with_another_keys_is_refused_on_read(
             with pytest.raises(koru.CorruptLogError, match="holds no write of the key"):
                 await db.get("users", key)
         assert await db.get("users", "carol") == {"name": "Carol"}
+
+
+async def test_a_cold_get_reads_whole_records_whatever_their_size(tmp_path: Path) -> None:
+    """A cold get sizes its read of the log by the value's length: a record longer than
+    that (a batch's, holding other values) or a value past the old fixed read (4 KiB),
+    under names of several-byte characters, is still read whole and served right."""
+    path = tmp_path / "db"
+    model: dict[str, object] = {f"plain{i}": {"v": "x" * (i * 997)} for i in range(12)}
+    batch = {f"ключ{i}": ("y" * 5000 if i == 3 else i) for i in range(20)}
+    model.update(batch)
+    async with koru.open(path, processes=False) as db:
+        for key, value in model.items():
+            if key not in batch:
+                await db.put("名前", key, value)
+        await db.put_batch([("名前", key, value) for key, value in batch.items()])
+    async with koru.open(path, processes=False, readonly=True) as db:
+        assert not db._kv.namespaces  # every key is read from a table, every value from the log
+        for key, value in model.items():
+            assert await db.get("名前", key) == value, key
+        assert (await db.stats()).corruptions == 0
