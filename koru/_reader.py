@@ -96,18 +96,7 @@ class ValueReader:
         """
         data = self.cache.get(cid)
         if data is None:
-            moved = False
-            for placed in self.placements:
-                there = placed(cid)
-                if there is not None:
-                    location, moved = there, True
-                    break
-            try:
-                data = self._decoded(cid, location, namespace, key, moved)[0]
-            except CorruptLogError:
-                self.corruptions += 1
-                raise
-            self.cache.put(cid, data)
+            data = self._read(cid, location, namespace, key, 0)[0]
         return data
 
     def value(self, cid: bytes, location: int, namespace: str, key: str, size: int = 0) -> Any:
@@ -121,6 +110,13 @@ class ValueReader:
         data = self.cache.get(cid)
         if data is not None:
             return cbor2.loads(data)
+        return self._read(cid, location, namespace, key, size)[1]
+
+    def _read(
+        self, cid: bytes, location: int, namespace: str, key: str, size: int
+    ) -> tuple[bytes, Any]:
+        """(bytes, value) of a value not in the cache, read from the log where its
+        write or a placement put it, proven, and then cached; a failed proof counted."""
         moved = False
         for placed in self.placements:
             there = placed(cid)
@@ -133,7 +129,7 @@ class ValueReader:
             self.corruptions += 1
             raise
         self.cache.put(cid, data)
-        return value
+        return data, value
 
     def _decoded(
         self, cid: bytes, location: int, namespace: str, key: str, moved: bool, size: int = 0
