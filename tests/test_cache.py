@@ -7,6 +7,7 @@ import gc
 from collections import OrderedDict
 
 import cbor2
+from _strategies import values as cached_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,22 +97,6 @@ def test_protected_values_return_to_probation_past_their_share() -> None:
 
 
 # -- decoded templates (ValueCache.value) ---------------------------------------------
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**64), 2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12)
-    | st.binary(max_size=12)
-)
-cached_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 
 
 def _mutate(value: object) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import blake3
 import cbor2
 import pytest
+from _strategies import U64, values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,25 +40,8 @@ from koru.events import (
     write_id,
 )
 
-U64 = 2**64 - 1
-
 # -- strategies ----------------------------------------------------------------------------
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=U64)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=30,
-)
 names = st.text(min_size=1, max_size=12)
 ids = st.binary(min_size=32, max_size=32)
 origins = st.binary(min_size=16, max_size=16)
