@@ -61,7 +61,6 @@ _ORDER = 8 + 16 + 32  # hlc, origin, write id: the order key is the record's pre
 _WID = 24
 _CID = 56
 _LOC_AT = _CID + 64  # a record's location: after the content id and the previous id
-_LOC = struct.Struct(">Q")
 _NO_ID = bytes(32)
 #: The all-zero id that stands for "none" in packed records.
 NO_ID = _NO_ID
@@ -566,15 +565,6 @@ class KvState:
         if blob is None:
             return None
         return _unpack(_REC.unpack_from(blob, len(blob) - RECORD_SIZE))
-
-    def current_location(self, namespace: str, key: str) -> int | None:
-        """Where the event of the key's current version is stored (None if never
-        written): what a read of a value the cache does not hold needs, without the
-        :class:`VersionRecord` :meth:`current` builds."""
-        blob = self._blob(namespace, key)
-        if blob is None:
-            return None
-        return int(_LOC.unpack_from(blob, len(blob) - RECORD_SIZE + _LOC_AT)[0])
 
     def current_write_id(self, namespace: str, key: str) -> bytes | None:
         """The write id of the key's current version (None if never written)."""
