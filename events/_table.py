@@ -9,28 +9,41 @@ content's hash and never change; newer tables hide older entries of the same key
 compaction merges several into one.
 
 Entries are grouped in blocks of ``BLOCK`` entries, and a block index (each block's
-first key and where it starts) follows them. A lookup searches the index in memory and
-reads one block: why not a binary search over every entry in place: its probes would
-touch pages all over the file, and a process that read ten thousand keys would have the
-whole table resident; this way it has the index (about 25 bytes per key in memory)
-and the blocks it read. Blocks of 8 entries (16 in older tables: the header says).
+first key and where it starts) follows them, after the directory (each entry's hash
+and offset). A lookup searches the directory in memory and reads one entry (or, when
+the directory cannot settle it, one block): why not a binary search over every entry
+in place: its probes would touch pages all over the file, and a process that read ten
+thousand keys would have the whole table resident; this way it has the index in memory
+(about 24 bytes per key) and the entries it read. Blocks of 8 entries (16 in older
+tables: the header says); merges and scans read a block at a time.
 
 Format (little-endian)::
 
     b"KORUTAB2" | u32 format | u32 entries per block | u64 entries | u64 index offset
-    | u64 index length | 32 B blake3(index)
+    | u64 index length | 32 B blake3 (format 4: of the header's fields before it, then
+      the index; formats 2 and 3: of the index)
     | entries, sorted by (namespace, key) as UTF-8 bytes:
         u32 crc32(rest of the entry) | u16 namespace length | namespace
         | u16 key length | key | u32 value length | value
-    | index: (format 3) u32 filter bits | u8 probes | the filter's bytes, then per
-        block, u16 namespace length | namespace | u16 key length | key
+    | index: (format 4) the directory: u8 offset width (4, or 8 past 4 GiB) | per
+        entry, its hash (u32 crc32 of its u16 namespace length | namespace | u16 key
+        length | key), ascending | the offsets of those entries, in the same order,
+        (format 3) instead u32 filter bits | u8 probes | the filter's bytes,
+        then per block, u16 namespace length | namespace | u16 key length | key
         | u64 offset of the block
 
-The filter (format 3; format 2 tables have none and are still read) is a Bloom filter
-of the table's keys, about 10 bits and 7 probes per key (under 1% false positives):
-why: a key is looked up in the newest table first, and most keys are in none but one
-of the tables, so without it a lookup of a cold key read a block of every newer table
-to learn that it is not there.
+The directory (format 4) makes a lookup one binary search in memory (``bisect`` of an
+array of u32, in C) and one short read of the entry itself: why: a cold read searched
+the tables newest first with a Bloom filter probe each (seven probes in Python), read
+its key's block whole and walked it entry by entry; that was a third of its CPU. It
+costs 8 bytes per key in memory (the filter cost 1.25, the block index about 16). A key
+no hash of the directory matches is in no entry (what the filter said, without its
+false positives); a hash that matches but whose entry is another key's (another key of
+the same crc32), or an entry that fails its crc32, is settled by walking the key's block
+with every entry checked, as format 3 did: the directory never decides an answer alone.
+Format 3 tables (a Bloom filter of the keys, about 10 bits and 7 probes per key) and
+format 2 tables (neither) are still read, the old way (no migration step: a table of
+an older format is rewritten as format 4 when compaction merges it, not before).
 
 The index is verified against its hash when the table is opened and every entry read
 is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
@@ -177,7 +190,7 @@ class TableEncoder:
             pattern = _pattern(ns, key)
             entry = _entry(pattern, value)
             if self._format >= 4:
-                self._crcs.append(zlib.crc32(pattern))
+                self._crcs.append(_dir_hash(pattern))
                 self._offsets.append(at)
             else:
                 self._hashes.append(_key_hash(ns, key))
@@ -238,7 +251,15 @@ def key_probe(namespace: str, key: str) -> KeyProbe | None:
     except UnicodeEncodeError:
         return None
     pattern = _pattern(*target)
-    return target, pattern, zlib.crc32(pattern)
+    return target, pattern, _dir_hash(pattern)
+
+
+def _dir_hash(pattern: bytes) -> int:
+    """A key's hash in a directory (format 4): the crc32 of its entry's pattern. Why
+    32 bits of a checksum, not a cryptographic hash: the directory only ever saves work
+    (a hash shared by two keys, even by a crafted key, costs one block walk), and the
+    crc32 costs a tenth of a blake2b."""
+    return zlib.crc32(pattern)
 
 
 def _key_hash(ns: bytes, key: bytes) -> int:
