@@ -9,28 +9,41 @@ content's hash and never change; newer tables hide older entries of the same key
 compaction merges several into one.
 
 Entries are grouped in blocks of ``BLOCK`` entries, and a block index (each block's
-first key and where it starts) follows them. A lookup searches the index in memory and
-reads one block: why not a binary search over every entry in place: its probes would
-touch pages all over the file, and a process that read ten thousand keys would have the
-whole table resident; this way it has the index (about 25 bytes per key in memory)
-and the blocks it read. Blocks of 8 entries (16 in older tables: the header says).
+first key and where it starts) follows them, after the directory (each entry's hash
+and offset). A lookup searches the directory in memory and reads one entry (or, when
+the directory cannot settle it, one block): why not a binary search over every entry
+in place: its probes would touch pages all over the file, and a process that read ten
+thousand keys would have the whole table resident; this way it has the index in memory
+(about 24 bytes per key) and the entries it read. Blocks of 8 entries (16 in older
+tables: the header says); merges and scans read a block at a time.
 
 Format (little-endian)::
 
     b"KORUTAB2" | u32 format | u32 entries per block | u64 entries | u64 index offset
-    | u64 index length | 32 B blake3(index)
+    | u64 index length | 32 B blake3 (format 4: of the header's fields before it, then
+      the index; formats 2 and 3: of the index)
     | entries, sorted by (namespace, key) as UTF-8 bytes:
         u32 crc32(rest of the entry) | u16 namespace length | namespace
         | u16 key length | key | u32 value length | value
-    | index: (format 3) u32 filter bits | u8 probes | the filter's bytes, then per
-        block, u16 namespace length | namespace | u16 key length | key
+    | index: (format 4) the directory: u8 offset width (4, or 8 past 4 GiB) | per
+        entry, its hash (u32 crc32 of its u16 namespace length | namespace | u16 key
+        length | key), ascending | the offsets of those entries, in the same order,
+        (format 3) instead u32 filter bits | u8 probes | the filter's bytes,
+        then per block, u16 namespace length | namespace | u16 key length | key
         | u64 offset of the block
 
-The filter (format 3; format 2 tables have none and are still read) is a Bloom filter
-of the table's keys, about 10 bits and 7 probes per key (under 1% false positives):
-why: a key is looked up in the newest table first, and most keys are in none but one
-of the tables, so without it a lookup of a cold key read a block of every newer table
-to learn that it is not there.
+The directory (format 4) makes a lookup one binary search in memory (``bisect`` of an
+array of u32, in C) and one short read of the entry itself: why: a cold read searched
+the tables newest first with a Bloom filter probe each (seven probes in Python), read
+its key's block whole and walked it entry by entry; that was a third of its CPU. It
+costs 8 bytes per key in memory (the filter cost 1.25, the block index about 16). A key
+no hash of the directory matches is in no entry (what the filter said, without its
+false positives); a hash that matches but whose entry is another key's (another key of
+the same crc32), or an entry that fails its crc32, is settled by walking the key's block
+with every entry checked, as format 3 did: the directory never decides an answer alone.
+Format 3 tables (a Bloom filter of the keys, about 10 bits and 7 probes per key) and
+format 2 tables (neither) are still read, the old way (no migration step: a table of
+an older format is rewritten as format 4 when compaction merges it, not before).
 
 The index is verified against its hash when the table is opened and every entry read
 is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
@@ -41,10 +54,11 @@ from __future__ import annotations
 
 import heapq
 import struct
+import sys
 import weakref
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from typing import Any
@@ -66,12 +80,15 @@ __all__ = [
 ]
 
 TABLE_MAGIC = b"KORUTAB2"
-_FORMAT = 3
-#: Formats read (2: without a filter).
-_READ_FORMATS = (2, 3)
+_FORMAT = 4
+#: Formats read (2: without a filter; 3: with a Bloom filter; 4: with a directory).
+_READ_FORMATS = (2, 3, 4)
 _FILTER_BITS_PER_KEY = 10
 _PROBES = 7
 _FILTER_HEAD = struct.Struct("<IB")
+#: Bytes of a value a directory lookup reads with its entry at first (a version
+#: record's blob is about a hundred): a longer entry is read again, whole.
+_GUESS = 256
 #: Entries per block of the tables written (a table's header says its own: tables of
 #: 16 are still read). Why 8: a lookup walks its block entry by entry in Python, and
 #: that walk was the largest share of a cold read's CPU; halving it cost the index in
@@ -81,6 +98,8 @@ BLOCK = 8
 #: The largest block size a table may declare.
 _MAX_BLOCK = 4096
 _HEAD = struct.Struct("<8sIIQQQ32s")
+#: The header's fields before its hash (which covers them, in format 4).
+_PREFIX = struct.Struct("<8sIIQQQ")
 #: Bytes of a table's header.
 HEADER_SIZE = _HEAD.size
 _CRC = struct.Struct("<I")
@@ -88,6 +107,8 @@ _CRC_U16 = struct.Struct("<IH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+#: The array type code of unsigned 32-bit ints (a directory's hashes and offsets).
+_U32_ARRAY = "I" if array("I").itemsize == 4 else "L"
 #: Rows per sorted run when the encoder sorts its items: a sort of this many keys is one
 #: call of about a millisecond, between which the encoder gives way (see ``pace``).
 _CHUNK = 4096
@@ -99,10 +120,13 @@ _VERIFY_READ = 4 * 1024 * 1024
 _PACE_EVERY = 64
 
 
-def _entry(ns: bytes, key: bytes, value: bytes) -> bytes:
-    body = b"".join(
-        (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U32.pack(len(value)), value)
-    )
+def _pattern(ns: bytes, key: bytes) -> bytes:
+    """The bytes an entry of (ns, key) starts with after its checksum."""
+    return b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key)
+
+
+def _entry(pattern: bytes, value: bytes) -> bytes:
+    body = b"%b%b%b" % (pattern, _U32.pack(len(value)), value)
     return _CRC.pack(zlib.crc32(body)) + body
 
 
@@ -137,8 +161,12 @@ class TableEncoder:
         self.count = 0
         self._index: list[bytes] = []
         self._hashes = array("Q")
+        #: Format 4: each entry's directory hash (crc32 of its pattern) and offset.
+        self._crcs = array("I")
+        self._offsets = array("Q")
         self._end = -1
         self._built: bytes | None = None
+        self._format = _FORMAT
 
     def entries(self) -> Iterator[bytes]:
         """The entries, in order (once).
@@ -159,8 +187,13 @@ class TableEncoder:
             if i % BLOCK == 0:
                 first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
                 self._index.append(b"".join(first))
-            entry = _entry(ns, key, value)
-            self._hashes.append(_key_hash(ns, key))
+            pattern = _pattern(ns, key)
+            entry = _entry(pattern, value)
+            if self._format >= 4:
+                self._crcs.append(_dir_hash(pattern))
+                self._offsets.append(at)
+            else:
+                self._hashes.append(_key_hash(ns, key))
             at += len(entry)
             i += 1
             yield entry
@@ -187,20 +220,27 @@ class TableEncoder:
         if self._end < 0:
             raise ValueError("the entries were not produced yet")
         if self._built is None:
-            bits, bloom = _build_filter(self._hashes, self._pace)
-            self._built = b"".join((_FILTER_HEAD.pack(bits, _PROBES), bloom, *self._index))
+            if self._format >= 4:
+                head = _build_directory(self._crcs, self._offsets, self._end, self._pace)
+                self._crcs, self._offsets = array("I"), array("Q")
+            else:
+                bits, bloom = _build_filter(self._hashes, self._pace)
+                head = _FILTER_HEAD.pack(bits, _PROBES) + bloom
+            self._built = b"".join((head, *self._index))
         return self._built
 
     def header(self) -> bytes:
         """The header (after :meth:`entries`)."""
         index = self.index()
-        digest = blake3.blake3(index).digest()
-        return _HEAD.pack(TABLE_MAGIC, _FORMAT, BLOCK, self.count, self._end, len(index), digest)
+        fields = (TABLE_MAGIC, self._format, BLOCK, self.count, self._end, len(index))
+        hasher = blake3.blake3(_PREFIX.pack(*fields)) if self._format >= 4 else blake3.blake3()
+        hasher.update(index)
+        return _HEAD.pack(*fields, hasher.digest())
 
 
-#: A key as table lookups want it: ((namespace, key) as UTF-8, the two halves of its
-#: filter hash, and the bytes an entry of it starts with after its checksum).
-KeyProbe = tuple[tuple[bytes, bytes], int, int, bytes]
+#: A key as table lookups want it: ((namespace, key) as UTF-8, the bytes an entry of it
+#: starts with after its checksum, and their crc32: its hash in a table's directory).
+KeyProbe = tuple[tuple[bytes, bytes], bytes, int]
 
 
 def key_probe(namespace: str, key: str) -> KeyProbe | None:
@@ -210,10 +250,16 @@ def key_probe(namespace: str, key: str) -> KeyProbe | None:
         target = (namespace.encode(), key.encode())
     except UnicodeEncodeError:
         return None
-    ns, k = target
-    h = _key_hash(ns, k)
-    pattern = b"%b%b%b%b" % (_U16.pack(len(ns)), ns, _U16.pack(len(k)), k)
-    return target, h & 0xFFFFFFFF, (h >> 32) | 1, pattern
+    pattern = _pattern(*target)
+    return target, pattern, _dir_hash(pattern)
+
+
+def _dir_hash(pattern: bytes) -> int:
+    """A key's hash in a directory (format 4): the crc32 of its entry's pattern. Why
+    32 bits of a checksum, not a cryptographic hash: the directory only ever saves work
+    (a hash shared by two keys, even by a crafted key, costs one block walk), and the
+    crc32 costs a tenth of a blake2b."""
+    return zlib.crc32(pattern)
 
 
 def _key_hash(ns: bytes, key: bytes) -> int:
@@ -262,6 +308,36 @@ def _build_filter(hashes: array[int], pace: Callable[[], None] = _no_pace) -> tu
                 (np.uint8(1) << (pos & np.uint64(7)).astype(np.uint8)),
             )
     return bits, filter_.tobytes()
+
+
+def _build_directory(
+    crcs: array[int], offsets: array[int], end: int, pace: Callable[[], None] = _no_pace
+) -> bytes:
+    """A table's directory (format 4): u8 offset width (4, or 8 for a table past 4 GiB)
+    | every entry's hash (the crc32 of its pattern), u32 each, ascending | the entries'
+    offsets in the same order, of that width. Sorted with numpy for many keys (one sort,
+    which runs without the GIL), in Python for few (a small database never imports
+    numpy); ties keep the entries' order, so both give the same bytes."""
+    width = 4 if end <= 0xFFFFFFFF else 8
+    if len(crcs) <= _SMALL_FILTER:
+        order = sorted(range(len(crcs)), key=crcs.__getitem__)
+        hashes = array("I", [crcs[i] for i in order])
+        places = array("I" if width == 4 else "Q", [offsets[i] for i in order])
+        if sys.byteorder == "big":
+            hashes.byteswap()
+            places.byteswap()
+        return b"%b%b%b" % (bytes((width,)), hashes.tobytes(), places.tobytes())
+    import numpy as np
+
+    pace()
+    keys = np.frombuffer(crcs, dtype=np.uint32)
+    ranks = np.argsort(keys, kind="stable")
+    pace()
+    sorted_keys = keys[ranks].astype("<u4")
+    sorted_offsets = np.frombuffer(offsets, dtype=np.uint64)[ranks].astype(
+        "<u4" if width == 4 else "<u8"
+    )
+    return b"%b%b%b" % (bytes((width,)), sorted_keys.tobytes(), sorted_offsets.tobytes())
 
 
 def _small_filter(hashes: Iterable[int], bits: int) -> bytes:
@@ -348,6 +424,8 @@ class Table:
         "_count",
         "_data",
         "_digest",
+        "_dir_hashes",
+        "_dir_offsets",
         "_end",
         "_filter",
         "_filter_bits",
@@ -385,6 +463,8 @@ class Table:
         self._block_size = block
         self._filter = b""
         self._filter_bits = 0
+        self._dir_hashes: array[int] | None = None
+        self._dir_offsets: array[int] = array("Q")
         if not _HEAD.size <= index_at <= self.size or index_at + index_len != self.size:
             raise CorruptCheckpointError(f"table {name} is cut short or malformed")
         self._data = data
@@ -416,7 +496,13 @@ class Table:
         if self._digest is None:
             return
         at, length = self._index
-        if blake3.blake3(self._read(at, length)).digest() != self._digest:
+        # Format 4 hashes the header's fields with the index: a header that lies (its
+        # format, block size, count or offsets) is refused as a damaged index is.
+        hasher = (
+            blake3.blake3(self._read(0, _PREFIX.size)) if self._format >= 4 else blake3.blake3()
+        )
+        hasher.update(self._read(at, length))
+        if hasher.digest() != self._digest:
             raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
         self._digest = None
 
@@ -429,7 +515,9 @@ class Table:
         index = self._read(at, length)
         firsts, starts = [], []
         pos = 0
-        if self._format >= 3:
+        if self._format >= 4:
+            pos = self._load_directory(index)
+        elif self._format == 3:
             try:
                 bits, probes = _FILTER_HEAD.unpack_from(index, 0)
             except struct.error:
@@ -460,6 +548,25 @@ class Table:
         ):
             raise CorruptCheckpointError(f"table {self.name}: its index does not match")
         self._firsts, self._starts = firsts, starts
+
+    def _load_directory(self, index: bytes) -> int:
+        """Parse the directory at the start of a format 4 ``index`` (verified): the
+        entries' hashes and offsets as arrays (8 bytes per key in memory, 12 past 4
+        GiB); returns where the block index starts."""
+        count = int(self._count)
+        width = index[0] if index else 0
+        end = 1 + count * (4 + width)
+        if width not in (4, 8) or end > len(index) or (width == 4 and self._end > 0xFFFFFFFF):
+            raise CorruptCheckpointError(f"table {self.name}: its directory is malformed")
+        hashes = array(_U32_ARRAY)
+        hashes.frombytes(index[1 : 1 + 4 * count])
+        offsets = array(_U32_ARRAY if width == 4 else "Q")
+        offsets.frombytes(index[1 + 4 * count : end])
+        if sys.byteorder == "big":
+            hashes.byteswap()
+            offsets.byteswap()
+        self._dir_hashes, self._dir_offsets = hashes, offsets
+        return end
 
     def verify_content(self) -> None:
         """Check the whole table against its name (a hash of all but the header): what
@@ -527,19 +634,63 @@ class Table:
         encodes and hashes the key once, not once per table."""
         if not self._starts:
             self._load_index()
+        hashes = self._dir_hashes
+        if hashes is not None:  # format 4: one binary search of the directory
+            h = probe[2]
+            i = bisect_left(hashes, h)
+            if i == len(hashes) or hashes[i] != h:
+                return None
+            return self._entry_at(i, probe)
         bits = self._filter_bits
         if bits:
+            h = _key_hash(*probe[0])
+            h1, h2 = h & 0xFFFFFFFF, (h >> 32) | 1
             bloom = self._filter
-            h1, h2 = probe[1], probe[2]
             for i in range(_PROBES):
                 pos = (h1 + i * h2) % bits
                 if not bloom[pos >> 3] & (1 << (pos & 7)):
                     return None
+        return self._in_block(probe)
+
+    def _in_block(self, probe: KeyProbe) -> bytes | None:
+        """The lookup of ``probe`` in the one block its key would be in."""
         target = probe[0]
         b = bisect_right(self._firsts, target) - 1
         if b < 0:
             return None
-        return self._find(b, target, probe[3])
+        return self._find(b, target, probe[1])
+
+    def _entry_at(self, i: int, probe: KeyProbe) -> bytes | None:
+        """The value of ``probe`` from the entries the directory lists from ``i`` on
+        under its hash: the first whose key is the probe's, read alone (one short
+        ``pread``) and checked against its crc32. Anything else (a hash shared with
+        another key, or damage) is settled by the block the key would be in, walked
+        with every entry checked: the directory only ever saves work, it never
+        decides an answer alone."""
+        hashes, offsets = self._dir_hashes, self._dir_offsets
+        assert hashes is not None
+        _, pattern, h = probe
+        skip = 4 + len(pattern)
+        end = self._end
+        n = len(hashes)
+        while i < n and hashes[i] == h:
+            at = offsets[i]
+            if _HEAD.size <= at < end:
+                data = self._read(at, min(skip + 4 + _GUESS, end - at))
+                if data.startswith(pattern, 4):
+                    if len(data) < skip + 4:
+                        break  # cut short: the checked walk says where
+                    nxt = skip + 4 + _U32.unpack_from(data, skip)[0]
+                    if len(data) < nxt <= end - at:
+                        data = self._read(at, nxt)
+                    if (
+                        nxt <= len(data)
+                        and zlib.crc32(memoryview(data)[4:nxt]) == _CRC.unpack_from(data, 0)[0]
+                    ):
+                        return data[skip + 4 : nxt]
+                    break  # damaged: the checked walk says where
+            i += 1
+        return self._in_block(probe)
 
     def _find(self, b: int, target: tuple[bytes, bytes], pattern: bytes) -> bytes | None:
         """The value of ``target`` in block ``b``, or None.

@@ -82,6 +82,18 @@ def test_damage_is_reported_wherever_it_is() -> None:
         Table(b"X" * 100, "t")
 
 
+def _encode_format_3(items: list[tuple[str, str, bytes]]) -> list[bytes]:
+    """A table's pieces as format 3 (a Bloom filter, no directory) wrote them."""
+    from koru.events import _table
+
+    saved = _table._FORMAT
+    _table._FORMAT = 3
+    try:
+        return encode_table(items)
+    finally:
+        _table._FORMAT = saved
+
+
 def _as_format_2(pieces: list[bytes]) -> bytes:
     """The same table as the format before filters wrote it: the index without the
     filter, the header naming format 2 and hashing that index."""
@@ -99,7 +111,7 @@ def _as_format_2(pieces: list[bytes]) -> bytes:
 
 def test_tables_of_format_2_are_read_without_a_filter() -> None:
     model = {("ns", f"k{i:04}"): bytes([i % 256]) for i in range(300)}
-    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    pieces = _encode_format_3([(ns, k, v) for (ns, k), v in model.items()])
     old = Table(_as_format_2(pieces), "old")
     assert all(old.get(*key) == value for key, value in model.items())
     assert old.get("ns", "k9999") is None and old.get("other", "k0001") is None
@@ -132,9 +144,14 @@ def test_tables_of_any_block_size_are_read(block: int, monkeypatch: pytest.Monke
         assert answers == model, declared
 
 
-def test_the_filter_answers_most_absent_keys_without_reading_a_block() -> None:
+@pytest.mark.parametrize("fmt", [3, 4])
+def test_the_filter_answers_most_absent_keys_without_reading_a_block(fmt: int) -> None:
+    """Format 3's Bloom filter and format 4's directory both answer most absent keys
+    from memory."""
     model = {("users", f"u{i}"): b"v" for i in range(5000)}
-    pieces = encode_table((ns, k, v) for (ns, k), v in model.items())
+    items = [(ns, k, v) for (ns, k), v in model.items()]
+    pieces = encode_table(items) if fmt == 4 else _encode_format_3(items)
+    assert int.from_bytes(pieces[0][8:12], "little") == fmt
     reads: list[int] = []
     data = b"".join(pieces)
 
@@ -157,7 +174,7 @@ def test_a_malformed_filter_is_reported() -> None:
 
     import blake3
 
-    pieces = encode_table([("ns", f"k{i}", b"v") for i in range(40)])
+    pieces = _encode_format_3([("ns", f"k{i}", b"v") for i in range(40)])
     head = struct.Struct("<8sIIQQQ32s")
     fields = list(head.unpack(pieces[0]))
     for index in (

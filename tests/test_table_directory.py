@@ -1,0 +1,203 @@
+"""Tables' directories (format 4): each entry's hash and offset, so a lookup is one
+binary search and one short read. The directory only ever saves work: shared hashes,
+damage and lies in it give the same answers as a walk of the blocks, or an error."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from koru.events import CorruptCheckpointError, Table, _table, encode_table, table_name
+
+names = st.text(min_size=1, max_size=5, alphabet="abcé\U0001f600")
+models = st.dictionaries(st.tuples(names, names), st.binary(max_size=600), max_size=80)
+_HEAD = struct.Struct("<8sIIQQQ32s")
+_PREFIX = struct.Struct("<8sIIQQQ")
+
+
+@contextmanager
+def _written_as(fmt: int) -> Iterator[None]:
+    saved = _table._FORMAT
+    _table._FORMAT = fmt
+    try:
+        yield
+    finally:
+        _table._FORMAT = saved
+
+
+@contextmanager
+def _few_hashes(buckets: int) -> Iterator[None]:
+    """Directory hashes of only ``buckets`` values: most keys share one."""
+    saved = _table._dir_hash
+    _table._dir_hash = lambda pattern: zlib.crc32(pattern) % buckets
+    try:
+        yield
+    finally:
+        _table._dir_hash = saved
+
+
+def _pieces(model: dict[tuple[str, str], bytes]) -> list[bytes]:
+    return encode_table((ns, k, v) for (ns, k), v in model.items())
+
+
+def _rehashed(pieces: list[bytes], index: bytes, **fields: int) -> bytes:
+    """The table with ``index`` in place of its own, and its header's hash made to
+    match (what a writer that lies would do)."""
+    magic, fmt, block, count, at, _, _ = _HEAD.unpack(pieces[0])
+    values = {"fmt": fmt, "block": block, "count": count, "at": at, **fields}
+    head = (magic, values["fmt"], values["block"], values["count"], values["at"], len(index))
+    digest = blake3.blake3(_PREFIX.pack(*head) + index).digest()
+    return b"".join([_HEAD.pack(*head, digest), *pieces[1:-1], index])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    model=models,
+    probes=st.lists(st.tuples(names, names), max_size=10),
+    buckets=st.sampled_from([1, 3, 2**32]),
+)
+def test_a_directory_answers_like_a_dict_even_when_keys_share_hashes(
+    model: dict[tuple[str, str], bytes], probes: list[tuple[str, str]], buckets: int
+) -> None:
+    with _few_hashes(buckets):
+        table = Table(b"".join(_pieces(model)), "t")
+        for ns, key in [*model, *probes]:
+            assert table.get(ns, key) == model.get((ns, key))
+    with _written_as(3):  # the same answers from a table of the format before
+        old = Table(b"".join(_pieces(model)), "old")
+    assert all(old.get(ns, k) == model.get((ns, k)) for ns, k in [*model, *probes])
+
+
+def test_a_lookup_reads_one_entry_and_nothing_for_an_absent_key() -> None:
+    model = {("users", f"u{i}"): bytes([i % 251]) * (i % 700) for i in range(3000)}
+    pieces = _pieces(model)
+    data = b"".join(pieces)
+    reads: list[tuple[int, int]] = []
+
+    def read(at: int, length: int) -> bytes:
+        reads.append((at, length))
+        return data[at : at + length]
+
+    table = Table(data, table_name(pieces), read)
+    table.verify()
+    assert table.get("users", "u1") == model["users", "u1"]  # the index loaded, then one read
+    reads.clear()
+    for (ns, key), value in model.items():
+        before = len(reads)
+        assert table.get(ns, key) == value
+        # One read of the entry, a second one only for a value longer than the guess.
+        assert len(reads) - before == (1 if len(value) <= _table._GUESS else 2)
+    reads.clear()
+    assert all(table.get("users", f"x{i}") is None for i in range(5000))
+    assert len(reads) < 10  # a crc32 shared with a present key: a block walk each
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=300))
+def test_the_python_directory_equals_the_numpy_directory(rows: list[tuple[int, int]]) -> None:
+    crcs = array("I", [h for h, _ in rows])
+    offsets = array("Q", [o for _, o in rows])
+    small = _table._build_directory(crcs, offsets, 2**32 - 1)
+    saved = _table._SMALL_FILTER
+    _table._SMALL_FILTER = -1  # through numpy
+    try:
+        assert _table._build_directory(crcs, offsets, 2**32 - 1) == small
+        wide = _table._build_directory(crcs, offsets, 2**32)
+    finally:
+        _table._SMALL_FILTER = saved
+    assert wide == _table._build_directory(crcs, offsets, 2**32)
+    assert small[0] == 4 and wide[0] == 8 and len(wide) == 1 + 12 * len(rows)
+
+
+def test_a_directory_whose_offsets_lie_gives_the_same_answers() -> None:
+    """Offsets rewritten (with the header's hash made to match): each lookup finds
+    another key's entry, or none, where it looks, and the block walk answers."""
+    model = {("ns", f"k{i:03}"): b"v%d" % i for i in range(200)}
+    pieces = _pieces(model)
+    index = pieces[-1]
+    n = len(model)
+    offsets = array("I", index[1 + 4 * n : 1 + 8 * n])
+    for lie in (
+        array("I", reversed(offsets)),
+        array("I", [offsets[0]] * n),
+        array("I", [0] * n),
+        array("I", [len(b"".join(pieces)) + 5] * n),
+        array("I", [o + 1 for o in offsets]),
+    ):
+        lying = index[:1] + index[1 : 1 + 4 * n] + lie.tobytes() + index[1 + 8 * n :]
+        table = Table(_rehashed(pieces, lying), "t")
+        assert {key: table.get(*key) for key in model} == model
+        assert table.get("ns", "k999") is None
+
+
+def test_a_directory_that_lies_is_refused_by_the_scrub() -> None:
+    """A directory that leaves a key out says it is absent (as a lying Bloom filter
+    did): the scrub, which hashes the whole table against its name, refuses it."""
+    model = {("ns", f"k{i:03}"): b"v" for i in range(50)}
+    pieces = _pieces(model)
+    index = bytearray(pieces[-1])
+    index[1:5] = (int.from_bytes(index[1:5], "little") ^ 1).to_bytes(4, "little")
+    table = Table(_rehashed(pieces, bytes(index)), table_name(pieces))
+    with pytest.raises(CorruptCheckpointError, match="name"):
+        table.verify_content()
+
+
+@pytest.mark.parametrize(
+    "field", [("fmt", 3), ("fmt", 2), ("block", 4), ("block", 16), ("count", 199), ("count", 201)]
+)
+def test_a_header_that_lies_is_refused(field: tuple[str, int]) -> None:
+    """Format 4 hashes the header's fields with the index: any field changed alone is
+    a damaged index; changed with a matching hash, the index does not match."""
+    model = {("ns", f"k{i:03}"): b"v%d" % i for i in range(200)}
+    pieces = _pieces(model)
+    name, value = field
+    magic, fmt, block, count, at, length, digest = _HEAD.unpack(pieces[0])
+    fields = {"fmt": fmt, "block": block, "count": count} | {name: value}
+    lying = _HEAD.pack(magic, fields["fmt"], fields["block"], fields["count"], at, length, digest)
+    with pytest.raises(CorruptCheckpointError):
+        Table(b"".join([lying, *pieces[1:]]), "t").get("ns", "k001")
+    if name != "fmt":
+        rehashed = _rehashed(pieces, pieces[-1], **{name: value})
+        with pytest.raises(CorruptCheckpointError):
+            Table(rehashed, "t").get("ns", "k001")
+
+
+def test_a_cut_or_malformed_directory_is_refused() -> None:
+    pieces = _pieces({("ns", f"k{i}"): b"v" for i in range(40)})
+    index = pieces[-1]
+    for lying in (b"", b"\x05" + index[1:], b"\x08" + index[1:], index[:100]):
+        with pytest.raises(CorruptCheckpointError, match=r"directory|index"):
+            Table(_rehashed(pieces, lying), "t").get("ns", "k1")
+
+
+async def test_a_database_with_tables_of_format_3_reads_and_compacts(tmp_path: Path) -> None:
+    """Tables an older version wrote are read beside new ones, and merged into new."""
+    import koru
+
+    model: dict[str, dict[str, int]] = {}
+    with _written_as(3):
+        async with koru.open(tmp_path / "db", processes=False) as db:
+            for i in range(300):
+                model[f"k{i}"] = {"v": i}
+                await db.put("users", f"k{i}", model[f"k{i}"])
+    formats = {p.read_bytes()[8:12] for p in (tmp_path / "db" / "tables").glob("*.tab")}
+    assert formats == {(3).to_bytes(4, "little")}
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        for i in range(0, 600, 2):
+            model[f"k{i}"] = {"v": -i}
+            await db.put("users", f"k{i}", model[f"k{i}"])
+    formats = {p.read_bytes()[8:12] for p in (tmp_path / "db" / "tables").glob("*.tab")}
+    assert (4).to_bytes(4, "little") in formats
+    async with koru.open(tmp_path / "db", processes=False, readonly=True) as db:
+        for key, value in model.items():
+            assert await db.get("users", key) == value
+        with pytest.raises(koru.KeyNotFoundError):
+            await db.get("users", "k601")
