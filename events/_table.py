@@ -424,6 +424,11 @@ class Table:
             raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
         self._digest = None
 
+    @property
+    def indexed(self) -> bool:
+        """True once its index is in memory (a lookup does not read it first)."""
+        return bool(self._starts) or not self._count
+
     def load_index(self, pace: Callable[[], None] = _no_pace) -> None:
         """Read the verified index into memory now (once), calling ``pace`` every
         :data:`_INDEX_PACE` blocks. Why: a table's first lookup reads it otherwise, a
