@@ -20,6 +20,8 @@ __all__ = ["CHECKPOINT_FILE", "Checkpointer", "prepare_checkpoints"]
 #: What writing the tables of a large checkpoint imports (their Bloom filters are built
 #: with numpy past a few thousand keys, see ``events._table``).
 _NEEDED = ("numpy",)
+#: Keys past which a table's filter is built with numpy (``events._table._SMALL_FILTER``).
+_NEEDED_PAST = 4096
 
 
 def _import_needed() -> bool:
@@ -30,7 +32,7 @@ def _import_needed() -> bool:
     return bool(missing)
 
 
-async def prepare_checkpoints() -> None:
+async def prepare_checkpoints(keys: int) -> None:
     """Import what checkpoints need, in a worker thread, before the database serves a
     write; then let the collector file the imported objects as long-lived.
 
@@ -44,9 +46,11 @@ async def prepare_checkpoints() -> None:
     them there, so the puts after it promote too little to start another one for a
     long time. Called only for a writable handle that runs its background processes
     (a one-shot command closes with at most one checkpoint: it pays for numpy only
-    if that checkpoint needs it).
+    if that checkpoint needs it), and does nothing for a database of ``keys`` keys or
+    fewer than its checkpoints need numpy for: a small database never imports it (a
+    new one that grows past that still imports it in its first large checkpoint).
     """
-    if await trio.to_thread.run_sync(_import_needed):
+    if keys > _NEEDED_PAST and await trio.to_thread.run_sync(_import_needed):
         gc.collect()
 
 
