@@ -28,7 +28,16 @@ from koru.events import (
     MemoryStore,
     name_problem,
 )
-from koru.nursery import SYNC_MODES, Clock, Committer, Policy, SyncMode, SystemClock, supervise
+from koru.nursery import (
+    SYNC_MODES,
+    Clock,
+    Committer,
+    Policy,
+    SyncMode,
+    SystemClock,
+    prepare_checkpoints,
+    supervise,
+)
 from koru.projections import Projection
 
 from ._cache import DEFAULT_CACHE_BYTES, ValueCache
@@ -288,6 +297,8 @@ async def open(
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
+                if intervals:  # a long-lived writer: its checkpoints may need numpy
+                    await prepare_checkpoints(db._kv.key_total)
             if intervals:  # processes run: so does the scrub of the tables just opened
                 await supervisor.start("scrub", scrub, db)
             for name, step in steps(db).items():

@@ -3,6 +3,7 @@ and peer sync (the sans-io protocol, its trio driver and its transports)."""
 
 from ._checkpointer import CHECKPOINT_FILE as CHECKPOINT_FILE
 from ._checkpointer import Checkpointer as Checkpointer
+from ._checkpointer import prepare_checkpoints as prepare_checkpoints
 from ._clock import Clock as Clock
 from ._clock import SystemClock as SystemClock
 from ._clock import TrioClock as TrioClock
@@ -65,6 +66,7 @@ __all__ = [
     "Welcomed",
     "WireError",
     "memory_pair",
+    "prepare_checkpoints",
     "run_session",
     "serve_websockets",
     "INLINE_SYNC_MAX",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +15,43 @@ from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_n
 from ._committer import Committer
 from ._pacer import Pacer, dismantle, let_go
 
-__all__ = ["CHECKPOINT_FILE", "Checkpointer"]
+__all__ = ["CHECKPOINT_FILE", "Checkpointer", "prepare_checkpoints"]
+
+#: What writing the tables of a large checkpoint imports (their Bloom filters are built
+#: with numpy past a few thousand keys, see ``events._table``).
+_NEEDED = ("numpy",)
+#: Keys past which a table's filter is built with numpy (``events._table._SMALL_FILTER``).
+_NEEDED_PAST = 4096
+
+
+def _import_needed() -> bool:
+    """Import :data:`_NEEDED`; True if anything was imported."""
+    missing = [name for name in _NEEDED if name not in sys.modules]
+    for name in missing:
+        __import__(name)
+    return bool(missing)
+
+
+async def prepare_checkpoints(keys: int) -> None:
+    """Import what checkpoints need, in a worker thread, before the database serves a
+    write; then let the collector file the imported objects as long-lived.
+
+    Why: the first checkpoint of more than a few thousand keys imported numpy in its
+    worker thread, and loading its extension modules holds the GIL for milliseconds
+    at a time (shortening the switch interval does not help: the time is in C), which
+    held a put 6 to 21 ms. The imported module objects (about 7,000 tracked by the
+    cyclic collector) then also counted towards its next full collection, which ran
+    amid the puts (10 to 15 ms). Done at open, both cost the open instead (once per
+    process: a few tens of milliseconds), and the full collection that follows finds
+    them there, so the puts after it promote too little to start another one for a
+    long time. Called only for a writable handle that runs its background processes
+    (a one-shot command closes with at most one checkpoint: it pays for numpy only
+    if that checkpoint needs it), and does nothing for a database of ``keys`` keys or
+    fewer than its checkpoints need numpy for: a small database never imports it (a
+    new one that grows past that still imports it in its first large checkpoint).
+    """
+    if keys > _NEEDED_PAST and await trio.to_thread.run_sync(_import_needed):
+        gc.collect()
 
 
 class Checkpointer:
@@ -122,7 +160,7 @@ class Checkpointer:
                 projection, inputs, new = plans.pop(0)
                 # A merge of tables comes sorted: it streams, never held whole.
                 encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
-                merged = await trio.to_thread.run_sync(self._store.write_table, encoder)
+                merged = await trio.to_thread.run_sync(self._write_merged, encoder, Pacer())
                 projection.compacted(inputs, merged)
                 replaced += inputs
                 # Nothing here may keep the merged tables alive: see let_go below.
@@ -135,6 +173,12 @@ class Checkpointer:
             await let_go(replaced)
             return count
 
+    def _write_merged(self, encoder: TableEncoder, pace: Pacer) -> Table:
+        """Write a merged table and read its index (see :meth:`Table.load_index`)."""
+        merged = self._store.write_table(encoder)
+        merged.load_index(pace)
+        return merged
+
     def _write(self, captured: dict[str, Any], pace: Pacer) -> dict[NewTable, Table]:
         """New tables first, then the checkpoint naming them (a crash in between
         leaves tables no checkpoint names, removed later), then the tables no longer
@@ -143,6 +187,10 @@ class Checkpointer:
             pieces, written = encode_captured(
                 captured, write_table=self._store.write_table, pace=pace
             )
+            # Their indexes read here, paced: a put's lookup would read them on the
+            # event loop (see Table.load_index).
+            for table in written.values():
+                table.load_index(pace)
             self._store.write_file(CHECKPOINT_FILE, *pieces)
             keep = table_names(captured) | {t.name for t in written.values()}
             self._store.remove_tables(keep)

@@ -4,17 +4,21 @@ the background writeback of a segment's last part (tiers latency)."""
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from pathlib import Path
 
 import cbor2
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import koru
-from koru.events import TableEncoder, encode_table, key_probe
-from koru.nursery import Pacer
+from conftest import eventually
+from koru.events import Table, TableEncoder, encode_table, key_probe
+from koru.nursery import Pacer, _checkpointer
 from koru.nursery._pacer import dismantle
 from koru.projections import encode_captured
 
@@ -190,3 +194,103 @@ async def test_no_background_writeback_under_sync_always(tmp_path: Path) -> None
             await db.put("n", f"k{i % 10}", "x" * 60_000)
         await trio.sleep(0.05)
         assert db._checkpointer.writebacks == 0
+
+
+def test_an_index_read_ahead_paces_itself_and_answers_as_a_lazy_one() -> None:
+    """A table's writer reads its index in its worker thread (Table.load_index), giving
+    way every 1,024 blocks; the table then answers every lookup as one whose first
+    lookup read the index."""
+    rows = [("ns", f"k{i:06}", str(i).encode()) for i in range(20_000)]
+    pieces = encode_table(rows)
+    ahead, lazy = Table(b"".join(pieces), "t"), Table(b"".join(pieces), "t")
+    calls = 0
+
+    def pace() -> None:
+        nonlocal calls
+        calls += 1
+
+    assert not ahead.indexed
+    ahead.load_index(pace)
+    assert ahead.indexed and not lazy.indexed
+    assert calls == 20_000 // 8 // 1024
+    for ns, key in [("ns", f"k{i:06}") for i in range(0, 20_000, 7)] + [("ns", "k"), ("x", "k1")]:
+        assert ahead.get(ns, key) == lazy.get(ns, key)
+    assert lazy.indexed
+
+
+async def test_checkpoints_and_merges_hand_over_tables_whose_index_is_read(
+    tmp_path: Path,
+) -> None:
+    """No put reads a table's index on the event loop: the checkpoint (or merge) that
+    wrote the table read it already."""
+    async with koru.open(tmp_path / "db", sync="os", processes=False) as db:
+        db._kv.max_tables = 2  # merges soon
+        merges = 0
+        for round_ in range(5):
+            await db.put_batch([("a", f"k{i}", round_) for i in range(round_, 3000, 3)])
+            await db.checkpoint()
+            merges += await db._checkpointer.compact()
+            assert db._kv.tables and all(t.indexed for t in db._kv.tables)
+        assert merges >= 1
+        assert await db.get("a", "k2998") == 4
+
+
+async def test_a_long_lived_writer_imports_what_checkpoints_need_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in a checkpoint's worker thread amid the puts (numpy's import held the
+    GIL for milliseconds) once the database is past the size its checkpoints need it
+    for; a smaller database, a read-only handle or one without background processes
+    (a one-shot command) does not import it."""
+    (tmp_path / "koru_needed_probe.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_checkpointer, "_NEEDED", ("koru_needed_probe",))
+    monkeypatch.delitem(sys.modules, "koru_needed_probe", raising=False)
+    async with koru.open(tmp_path / "db") as db:
+        await db.put_batch([("a", f"k{i}", i) for i in range(4096)])
+    async with koru.open(tmp_path / "db") as db:  # small: no checkpoint needs it
+        await db.put_batch([("a", "k", 1), ("a", "k4096", 1)])
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        assert await db.get("a", "k4096") == 1
+    async with koru.open(tmp_path / "db", readonly=True) as db:
+        assert await db.get("a", "k") == 1
+    assert "koru_needed_probe" not in sys.modules
+    async with koru.open(tmp_path / "db") as db:
+        assert "koru_needed_probe" in sys.modules
+        await db.put("a", "k", 2)
+    sys.modules.pop("koru_needed_probe")
+
+
+async def test_the_collector_never_traverses_a_keys_versions(tmp_path: Path) -> None:
+    """What grows with the keys (their records, in memory and in warm layers) stays
+    untracked by the cyclic collector, whose full collections stall every task for as
+    long as they visit."""
+    async with koru.open(tmp_path / "db", sync="os", processes=False) as db:
+        await db.put_batch([("a", f"k{i}", i) for i in range(500)])
+        await db.checkpoint()
+        for i in range(300):
+            await db.put("a", f"k{i}", -i)
+            await db.put("b", f"k{i}", i)
+        gc.collect()
+        kv = db._kv
+        layers = [kv.namespaces] + [layer for layer, _ in kv.warm]
+        assert len(layers) == 2 and kv.tables
+        for layer in layers:
+            for keys in layer.values():
+                assert len(keys) >= 300 and not gc.is_tracked(keys)
+                assert not any(gc.is_tracked(blob) for blob in keys.values())
+
+
+async def test_the_tables_of_an_opened_checkpoint_have_their_index_read_in_the_background(
+    tmp_path: Path,
+) -> None:
+    """The scrub after an open reads every table's index in a worker thread first: the
+    first put or get of a key in the tables read it on the event loop otherwise (145 ms
+    for a million keys). A handle without background processes reads it lazily."""
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        await db.put_batch([("a", f"k{i}", i) for i in range(3000)])
+    async with koru.open(tmp_path / "db", processes=False) as db:
+        assert db._kv.tables and not any(t.indexed for t in db._kv.tables)
+    async with koru.open(tmp_path / "db") as db:
+        await eventually(lambda: all(t.indexed for t in db._kv.tables))
+        assert await db.get("a", "k2999") == 2999
