@@ -298,7 +298,7 @@ async def open(
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
                 if intervals:  # a long-lived writer: its checkpoints may need numpy
-                    await prepare_checkpoints(db._kv.key_total)
+                    await prepare_checkpoints()
             if intervals:  # processes run: so does the scrub of the tables just opened
                 await supervisor.start("scrub", scrub, db)
             for name, step in steps(db).items():

@@ -17,11 +17,9 @@ from ._pacer import Pacer, dismantle, let_go
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer", "prepare_checkpoints"]
 
-#: What writing the tables of a large checkpoint imports (their Bloom filters are built
+#: What writing the tables of a large checkpoint imports (their directories are sorted
 #: with numpy past a few thousand keys, see ``events._table``).
 _NEEDED = ("numpy",)
-#: Keys past which a table's filter is built with numpy (``events._table._SMALL_FILTER``).
-_NEEDED_PAST = 4096
 
 
 def _import_needed() -> bool:
@@ -32,7 +30,7 @@ def _import_needed() -> bool:
     return bool(missing)
 
 
-async def prepare_checkpoints(keys: int) -> None:
+async def prepare_checkpoints() -> None:
     """Import what checkpoints need, in a worker thread, before the database serves a
     write; then let the collector file the imported objects as long-lived.
 
@@ -41,16 +39,17 @@ async def prepare_checkpoints(keys: int) -> None:
     at a time (shortening the switch interval does not help: the time is in C), which
     held a put 6 to 21 ms. The imported module objects (about 7,000 tracked by the
     cyclic collector) then also counted towards its next full collection, which ran
-    amid the puts (10 to 15 ms). Done at open, both cost the open instead (once per
-    process: a few tens of milliseconds), and the full collection that follows finds
-    them there, so the puts after it promote too little to start another one for a
-    long time. Called only for a writable handle that runs its background processes
-    (a one-shot command closes with at most one checkpoint: it pays for numpy only
-    if that checkpoint needs it), and does nothing for a database of ``keys`` keys or
-    fewer than its checkpoints need numpy for: a small database never imports it (a
-    new one that grows past that still imports it in its first large checkpoint).
+    amid the puts (10 to 16 ms). Done at open, both cost the open instead (once per
+    process: 70 to 100 ms), and the full collection that follows finds them there, so
+    the puts after it promote too little to start another one for a long time.
+
+    Called for every writable handle that runs its background processes, whatever
+    its size: a new database that grows past a few thousand keys would import numpy
+    amid its puts otherwise. A one-shot command, a read-only handle or one opened with
+    ``processes=False`` does not call it (it pays for numpy only if a checkpoint of
+    its own needs it).
     """
-    if keys > _NEEDED_PAST and await trio.to_thread.run_sync(_import_needed):
+    if await trio.to_thread.run_sync(_import_needed):
         gc.collect()
 
 
