@@ -186,6 +186,8 @@ def with_database(
     """Run ``body`` with the database open (under trio), and return what it returned.
 
     Only writing commands and whole-database reports pay for trio and a full open.
+    The database's background processes do not run: none would have its turn before
+    the command ends, and a writable handle that runs them imports numpy at open.
     """
     import trio
 
@@ -194,7 +196,7 @@ def with_database(
     path = database_path(args) if create else existing_database(args)
 
     async def main() -> T:
-        async with koru.open(path, readonly=readonly) as db:
+        async with koru.open(path, readonly=readonly, processes=False) as db:
             return await body(db)
 
     result: T = trio.run(main)
