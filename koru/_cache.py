@@ -253,24 +253,18 @@ class _Shard:
         self.size -= cost
         return cost
 
-    def remember(self, cid: bytes, value: Any) -> int:
+    def remember(self, cid: bytes, value: Any, full: bool) -> int:
         """Keep a template of a cached value just decoded (``value``) if there is room
-        for it (the change in size). Without room, one such read in
-        :data:`_REPLACE_EVERY` drops the oldest templates to make it, never a value.
-        Why so rarely: reads that cycle over more values than the room holds would
-        otherwise replace a template on every read and never hit one (first in, first
-        out fails a loop); this way most of them keep hitting, and a new hot set still
-        takes over, gradually. The room is judged before the copy is made: a read of
-        a value without room for its template (the hot values of a cache sized for
-        the values alone) pays for no copy it would throw away."""
+        for it (the change in size). ``full``: the caller found no room for the least
+        template that saves a decode (see :meth:`ValueCache.value`), and this is the
+        one such read in :data:`_REPLACE_EVERY` that drops the oldest templates to make
+        it, never a value. Why so rarely: reads that cycle over more values than the
+        room holds would otherwise replace a template on every read and never hit one
+        (first in, first out fails a loop); this way most of them keep hitting, and a
+        new hot set still takes over, gradually. The room is judged before the copy is
+        made: a read of a value without room for its template (the hot values of a
+        cache sized for the values alone) pays for no copy it would throw away."""
         encoded = len(self.data[cid])
-        # The least any template of these bytes costs: when not even that fits (the
-        # common case of a full cache), the answer is known without looking at value.
-        full = self.size + min(_DEEP_COST, _ITEM + encoded) > self.capacity
-        if full:
-            self.full += 1
-            if self.full % _REPLACE_EVERY:
-                return 0  # decoded on every read instead, for now
         template = _shared(value)
         cost = _template_cost(template, encoded)
         change = 0
@@ -359,8 +353,20 @@ class ValueCache:
         self.hits += 1
         value = cbor2.loads(data)
         if cid in shard.protected.stamp:  # read before: worth a template
-            shard.protected.renew(cid)
-            self.size += shard.remember(cid, value)
+            # Refreshed on one hit in eight, as a template hit is (see _REFRESH_MASK).
+            shard.hits += 1
+            if not shard.hits & _REFRESH_MASK:
+                shard.touch(cid)
+            # Without room for the least template that saves a decode (a copyable one
+            # costs at least an item's header and the bytes), the read is done: the
+            # common case of a cache sized for its values, told without a call. A
+            # nested value's marker would fit in less, but saves nothing.
+            full = shard.size + _ITEM + len(data) > shard.capacity
+            if full:
+                shard.full += 1
+                if shard.full % _REPLACE_EVERY:
+                    return value  # decoded on every read instead, for now
+            self.size += shard.remember(cid, value, full)
         else:  # a first read costs what a plain decode does (a scan keeps no templates)
             shard.promote(cid)
         return value

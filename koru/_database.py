@@ -79,6 +79,8 @@ __all__ = ["Database"]
 
 #: Every name a caller may pass is at least this (a reserved one is less).
 _FIRST = chr(ord(RESERVED) + 1)
+#: Bounds of the recent map's capacity (see Database.__init__).
+_LEAST_RECENT, _MOST_RECENT = 1 << 10, 1 << 17
 
 
 class Database(AuthCalls, EmbeddingCalls, PeerCalls):
@@ -118,6 +120,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         # The hot tier keeps the keys this node's distillation pinned (a live set).
         self._kv.pinned = cast(TierState, projections["tiers"]).of(node_id)
         self._cache = cache
+        # The recent map (KvState.recent) is of use for values the cache holds: about
+        # one entry per 512 bytes of its budget (an entry costs about 120 bytes), and
+        # no more than can be emptied at once in about a millisecond.
+        self._kv.recent_capacity = min(_MOST_RECENT, max(_LEAST_RECENT, cache.capacity // 512))
         self._values = ValueReader(store, cache, projections.placements)
         self._life = Lifecycle(readonly=store.readonly, commit_yields=committer.mode == "always")
         events = opened.from_checkpoint + opened.replayed
@@ -325,6 +331,24 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         kv = self._kv
+        # A key read lately and not written since: its content id from the recent map
+        # (KvState.recent), no layer searched. Only exact str names are looked up
+        # there: the map holds only names that passed every check.
+        if type(key) is str and type(namespace) is str:
+            read = kv.recent.get(namespace)
+            if read is not None:
+                cid = read.get(key)
+                if cid is not None:
+                    kv.recent_hits += 1
+                    value = self._cache.value(cid)
+                    if value is MISSING:  # (its blob's search may promote it)
+                        value = self._uncached(namespace, key, cid)
+                    hot = kv.hot
+                    if hot:  # KvState.touch inlined: the key's fitness
+                        slot = (namespace, key)
+                        if slot in hot:
+                            kv.reads[slot] += 1
+                    return value
         touched = False
         try:
             keys = kv.namespaces.get(namespace)
@@ -357,7 +381,17 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             assert blob is not None  # a content id came from it
             location, size = PLACE.unpack_from(blob, LAST_PLACE)
             return self._values.value(cid, location, namespace, key, size)
+        if not kv.expiring:  # a value the cache holds: the next read finds it at once
+            kv.remember(namespace, key, cid)
         return value
+
+    def _uncached(self, namespace: str, key: str, cid: bytes) -> Any:
+        """The value of a key found in the recent map (``cid``, current) that the value
+        cache no longer holds: read from the log where the key's blob says."""
+        blob = self._kv._blob(namespace, key)
+        assert blob is not None and blob[LAST_CID] == cid  # (see KvState.recent)
+        location, size = PLACE.unpack_from(blob, LAST_PLACE)
+        return self._values.value(cid, location, namespace, key, size)
 
     def get_nowait(self, namespace: str, key: str) -> Any:
         """:meth:`get` without waiting, as trio's ``*_nowait`` calls: the current value
@@ -374,9 +408,21 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         """
         if self._life.closed:
             self._life.check()
+        kv = self._kv
+        if type(key) is str and type(namespace) is str:  # as get's recent map
+            read = kv.recent.get(namespace)
+            if read is not None:
+                cid = read.get(key)
+                if cid is not None:
+                    kv.recent_hits += 1
+                    if kv.hot:
+                        kv.touch(namespace, key)
+                    value = self._cache.value(cid)
+                    if value is MISSING:
+                        raise trio.WouldBlock
+                    return value
         # As get's probes (KvState.memory_content_id without its call): the layers
         # below memory are searched only as far as memory reaches.
-        kv = self._kv
         try:
             keys = kv.namespaces.get(namespace)
             blob = None if keys is None else keys.get(key)
@@ -401,6 +447,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         value = self._cache.value(cid)
         if value is MISSING:
             raise trio.WouldBlock
+        if not kv.expiring:
+            kv.remember(namespace, key, cid)
         return value
 
     def _live(self, namespace: str, key: str, cid: bytes | None, touched: bool = False) -> bytes:

@@ -91,5 +91,6 @@ class Statistics(NamedTuple):
                 cold_bytes=sum(t.size for t in kv.tables),
                 cold_reads=kv.table_reads,
                 compactions=self.checkpointer.compactions,
+                recent_hits=kv.recent_hits,
             ),
         )

@@ -78,7 +78,9 @@ class Tiers(NamedTuple):
     """Where the key/value state lives (``Stats.tiers``): the memory layer (what changed
     since the last checkpoint), the warm tier (written lately, still in memory), the
     hot tier (read lately from tables), the cold tier (tables on disk, read in place);
-    hits count lookups each answered, ``cold_reads`` those that searched the tables."""
+    hits count lookups each answered, ``cold_reads`` those that searched the tables;
+    ``recent_hits`` counts the reads of keys read lately (their values cached) that
+    needed no lookup at all: those count toward no tier's hits."""
 
     memory_bytes: int
     warm_bytes: int
@@ -89,6 +91,7 @@ class Tiers(NamedTuple):
     cold_bytes: int
     cold_reads: int
     compactions: int
+    recent_hits: int = 0
 
 
 class Stats(NamedTuple):

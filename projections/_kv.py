@@ -88,6 +88,8 @@ _ID_MASK = (1 << 256) - 1  # a write id, the low bits of an order key read as an
 #: checkpoint that wrote them to a table) and the hot tier (records read from tables).
 DEFAULT_WARM_BYTES = 64 * 1024 * 1024
 DEFAULT_HOT_BYTES = 32 * 1024 * 1024
+#: Default number of content ids the recent map keeps (see ``KvState.recent``).
+DEFAULT_RECENT = 1 << 16
 _HOT_OVERHEAD = 150  # a dict slot, an ordered-dict link, a tuple key, a bytes header
 
 
@@ -172,6 +174,10 @@ class KvState:
         "ns_live",
         "pinned",
         "reads",
+        "recent",
+        "recent_capacity",
+        "recent_count",
+        "recent_hits",
         "retired",
         "table_reads",
         "tables",
@@ -234,6 +240,21 @@ class KvState:
         #: decisions, see TierState), and reads per key of the hot tier (its fitness).
         self.pinned: set[tuple[str, str]] = set()
         self.reads: defaultdict[tuple[str, str], int] = defaultdict(int)
+        #: The recent map: the content ids of current values read lately from the value
+        #: cache (namespace -> key -> content id), kept by the reader (``remember``), so
+        #: that a read of such a key searches no layer and slices no record. Why it is
+        #: always current: every fold that writes a key drops its entry first
+        #: (``_insert`` and ``apply_run``; nothing else changes a key's versions), and
+        #: the reader keeps only live values without a time to live, read while no key
+        #: had one (a value with one is judged by the clock on every read). At most
+        #: ``recent_capacity`` entries (``recent_count`` counts the ones added, an upper
+        #: bound): past that the map is emptied at once, about a millisecond per
+        #: 100,000 entries.
+        self.recent: dict[str, dict[str, bytes]] = {}
+        self.recent_capacity = DEFAULT_RECENT
+        self.recent_count = 0
+        #: Reads answered by the recent map (not counted again as a tier's hits).
+        self.recent_hits = 0
         self._capturing: list[dict[str, dict[str, bytearray | bytes]]] = []
         self._sizes: dict[int, int] = {}  # id of a frozen layer -> its bytes
         #: Keys whose current version is not a tombstone, in all and per namespace.
@@ -342,6 +363,19 @@ class KvState:
         if slot in self.hot:
             self.reads[slot] += 1
 
+    def remember(self, namespace: str, key: str, content_id: bytes) -> None:
+        """Keep ``content_id`` as the current value of a key just read (see
+        ``recent``): the caller found it live, with no time to live."""
+        recent = self.recent
+        self.recent_count += 1
+        if self.recent_count > self.recent_capacity:
+            recent.clear()
+            self.recent_count = 1
+        keys = recent.get(namespace)
+        if keys is None:
+            keys = recent[namespace] = {}
+        keys[key] = content_id
+
     def fitness(self) -> dict[tuple[str, str], int]:
         """Reads per key of the hot tier since the last :meth:`decay` (what the
         distillation process ranks keys by)."""
@@ -441,8 +475,11 @@ class KvState:
         self._missed = None  # (a fold: see __init__)
         namespaces, ns_live, expiring = self.namespaces, self.ns_live, self.expiring
         below = bool(self.frozen or self.tables)
+        recent = self.recent
         created = revived = other = current = every = 0
         for hlc, (namespace, key, value, previous), eid, location in run.rows:
+            if recent and (read := recent.get(namespace)):  # (see __init__)
+                read.pop(key, None)
             # content_id(value), inlined: one call fewer per version.
             cid = hash_of(value).digest()
             rec = pack(hlc, origin, eid, cid, previous or _NO_ID, location, len(value), 0, 0)
@@ -494,6 +531,8 @@ class KvState:
 
     def _insert(self, namespace: str, key: str, rec: bytes, hlc: int) -> None:
         """Insert one packed version record in order (idempotent)."""
+        if self.recent and (read := self.recent.get(namespace)):  # (see __init__)
+            read.pop(key, None)
         keys = self.namespaces.get(namespace)
         if keys is None:
             keys = self.namespaces[namespace] = {}

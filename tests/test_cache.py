@@ -203,6 +203,28 @@ def test_templates_use_only_the_room_values_leave() -> None:
     assert cache.size == shard.size <= cache.capacity / SHARDS
 
 
+def test_a_cache_sized_for_its_values_decodes_every_read_and_keeps_them_all() -> None:
+    # The tiers set-up: the room left after the values is less than any template
+    # that saves a decode, but more than a nested value's marker would cost.
+    encoded = [cbor2.dumps({"name": f"u{i}", "bio": "x" * 300}) for i in range(3)]
+    v = len(encoded[0]) + _OVERHEAD
+    cache = ValueCache(SHARDS * (3 * v + 100))
+    shard = cache._shards[0]
+    for i in range(3):
+        cache.put(_cid(i), encoded[i])
+    reads = 5 * _REPLACE_EVERY
+    for _ in range(reads):
+        for i in range(2):  # two hot values (the protected share holds two)
+            got = cache.value(_cid(i))
+            assert got == {"name": f"u{i}", "bio": "x" * 300}
+            got["bio"] = "changed"  # a fresh decode: the next read is unchanged
+    assert not shard.decoded and cache.size == 3 * v  # no template, no value lost
+    assert cache.hits == 2 * reads and cache.misses == 0
+    assert shard.full == 2 * (reads - 1)  # every read after the first found no room
+    assert [cache.peek(_cid(i)) for i in range(3)] == encoded
+    assert set(shard.protected) == {_cid(0), _cid(1)}  # read again: protected
+
+
 # -- the order kept without the garbage collector's attention -------------------------
 
 
