@@ -246,3 +246,53 @@ async def test_a_failed_flush_stops_the_flusher_and_fails_the_next_sync(
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(koru.InvalidArgumentError, match="sync must be one of"):
         Committer(MemoryStore(), "sometimes", flush_interval=1.0)  # type: ignore[arg-type]
+
+
+async def test_a_writer_cancelled_while_parked_leaves_the_round_and_the_rest_are_acknowledged() -> (
+    None
+):
+    """Writers park while a leader's sync runs in a worker thread; cancelling some of
+    them wakes those at once (Cancelled) and takes nothing from the others: each of them
+    is acknowledged by a sync that covers its record, and the committer stays usable."""
+    store = SlowDisk()
+    store.latency = 0.05
+    committer = Committer(store, "always", flush_interval=1.0, inline_sync_max=0.0)
+    acked: list[int] = []
+    cancelled: list[int] = []
+    scopes: dict[int, trio.CancelScope] = {}
+
+    async def writer(w: int) -> None:
+        data = f"w{w}".encode()
+        store.append("storage", data, blake3.blake3(data).digest())
+        mine = store.appended
+        committer.mark_appended()
+        with trio.CancelScope() as scope:
+            scopes[w] = scope
+            await committer.wait_durable()
+            assert store.covered >= mine
+            acked.append(w)
+            return
+        cancelled.append(w)
+
+    for i in range(3):  # three slow syncs: from now on they run in a worker thread
+        data = bytes([i])
+        store.append("storage", data, blake3.blake3(data).digest())
+        committer.mark_appended()
+        await committer.wait_durable()
+    with trio.fail_after(30):  # a parked writer never woken would hang here
+        async with trio.open_nursery() as nursery:
+            for w in range(8):
+                nursery.start_soon(writer, w)
+            while not store.syncing:  # noqa: ASYNC110 - set in the sync's worker thread
+                await trio.sleep(0.001)
+            for w in (1, 2, 5):  # not the leader (writer 0 or 7 leads, see trio's order)
+                if w in scopes and w not in acked:
+                    scopes[w].cancel()
+        data = b"after"
+        store.append("storage", data, blake3.blake3(data).digest())
+        committer.mark_appended()
+        await committer.wait_durable()
+    assert sorted(acked + cancelled) == list(range(8))
+    assert cancelled and all(w in (1, 2, 5) for w in cancelled)
+    assert committer.durable == committer.appended == 12
+    assert store.covered == 12
