@@ -36,7 +36,7 @@ from typing import Any
 import blake3
 import cbor2
 
-from ._chain import AGENTS, agent_index, chain, genesis_root
+from ._chain import AGENTS, agent_index, genesis_root
 from ._disk import Disk, OsDisk
 from ._errors import (
     CorruptCheckpointError,
@@ -57,7 +57,7 @@ from ._frame import (
     FrameError,
     SegmentHeader,
     TornRecord,
-    encode_record,
+    encode_next,
     encode_segment_header,
     parse_record,
     parse_segment_header,
@@ -899,8 +899,7 @@ class FileStore:
             raise StorageError(f"log {agent!r} must be replayed before appending")
         if self._node is None:
             raise StorageError("the store has no node id yet (create_node first)")
-        root = chain(log.root, event_id)
-        rec = encode_record(root, data)
+        root, rec = encode_next(log.root, event_id, data)  # chain, checksum, frame
         size = len(rec)
         if log.fd is None or (
             log.offset + size > self._segment_size and log.offset > SEGMENT_HEADER_SIZE
