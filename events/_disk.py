@@ -130,8 +130,9 @@ class OsDisk:
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        return os.pwrite(fd, data, offset)
+    # os.pwrite itself, not a method calling it: every append calls this (one Python
+    # call fewer per write).
+    pwrite = staticmethod(os.pwrite)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)

@@ -19,6 +19,7 @@ from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
     AGENTS,
+    MAX_NAME_BYTES,
     SEGMENT_HEADER_SIZE,
     STORAGE,
     BatchEvent,
@@ -299,14 +300,18 @@ class Writer:
         event built as a tuple, encoded by the precomputed put encoder (the same bytes
         as ``encode_event``), its content id handed to the fold, and the version built
         without intermediate objects."""
-        check_name(key, "key")
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
+            check_name(key, "key")  # (its fast path above, inlined)
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
         node = self._node
-        # FeedState.next and HybridLogicalClock.tick, inlined (one call each fewer).
+        # FeedState.next, self.now() and HybridLogicalClock.tick, inlined (one call
+        # each fewer).
         head = self._feeds.heads.get((node, STORAGE))
         seq, prev = (1, None) if head is None else (head[0] + 1, head[1])
-        now, clock = self.now(), self.hlc
+        now, clock = self._clock.now_ns(), self.hlc
+        if type(now) is not int or not 0 <= now < _NS_LIMIT:
+            now = self.now()  # raises what is wrong with it
         hlc = now if now > clock.last else clock.last + 1
         clock.last = hlc
         encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
