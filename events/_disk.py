@@ -130,9 +130,8 @@ class OsDisk:
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    # os.pwrite itself, not a method calling it: every append calls this (one Python
-    # call fewer per write).
-    pwrite = staticmethod(os.pwrite)
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         return os.pread(fd, size, offset)
