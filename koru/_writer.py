@@ -158,11 +158,19 @@ class Writer:
     # folded), a state the checkpoint written on close would then make permanent. trio
     # delivers it at the next checkpoint instead; nothing here yields.
     @enable_ki_protection
-    def write(self, event: Event, data: bytes, eid: bytes, cid: bytes | None = None) -> None:
+    def write(
+        self,
+        event: Event,
+        data: bytes,
+        eid: bytes,
+        cid: bytes | None = None,
+        cids: Sequence[bytes] | None = None,
+    ) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
         checkpoints: for local events and ingested ones alike. ``cid``: for a plain put
         of this node, its value's content id, which the fold then takes rather than
-        hashing the value again (``Projections.apply_put``)."""
+        hashing the value again (``Projections.apply_put``); ``cids``: for a batch of
+        this node, its values' content ids in order (``Projections.apply_writes``)."""
         try:
             location, _ = self._store.append(event.agent, data, eid)
         except DurabilityError as exc:
@@ -176,10 +184,12 @@ class Writer:
             # (FileStore._open_for_append); ask for one now, in the background.
             self.checkpointer.writeback()
         try:
-            if cid is None:
+            if cid is not None:
+                self._fold_put(cast(PutEvent, event), eid, location, cid)
+            elif cids is None:
                 self._fold(event, eid, location)
             else:
-                self._fold_put(cast(PutEvent, event), eid, location, cid)
+                self._projections.apply_writes(event, eid, location, cids)
         except BaseException as exc:
             # The event is in the log; a projection that could not fold it no longer
             # matches the log, and a checkpoint would make that permanent. The handle
@@ -379,7 +389,9 @@ class Writer:
         else:
             event = ExpiringBatchEvent(*header, expires, tuple(writes))
         cids = [content_id(cast(bytes, w.value)) for w in writes]
-        eid = self._append(event)
+        encoded = encode_event(event)
+        eid = event_id(encoded)
+        self.write(event, encoded, eid, cids=cids)  # the fold takes the content ids
         versions = []
         for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             self._cache.put(cid, cast(bytes, w.value))

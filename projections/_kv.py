@@ -27,7 +27,7 @@ import heapq
 import struct
 from bisect import bisect_right
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from blake3 import blake3 as _blake3
@@ -391,17 +391,35 @@ class KvState:
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
         """Fold one event in. Applying an event twice changes nothing."""
-        origin, hlc = event.origin, event.hlc
         if type(event) is PutEvent:  # the common case, without building Write objects
             self.apply_put(event, event_id, location, content_id(event.value))
             return
+        self.apply_writes(event, event_id, location, None)
+
+    def apply_writes(
+        self,
+        event: Event,
+        event_id: bytes,
+        location: int,
+        content_ids: Sequence[bytes] | None,
+    ) -> None:
+        """:meth:`apply` of an event's writes, with the content ids of their values (in
+        order; anything for a tombstone) when the writer has them already (see
+        :class:`~._projection.PutFold`), else hashed here."""
+        origin, hlc = event.origin, event.hlc
         for i, w in enumerate(event.writes):
             data, expires = w.value, w.expires
+            if data is None:
+                cid = _NO_ID
+            elif content_ids is None:
+                cid = content_id(data)
+            else:
+                cid = content_ids[i]
             rec = _REC.pack(
                 hlc,
                 origin,
                 write_id(event_id, i),
-                _NO_ID if data is None else content_id(data),
+                cid,
                 w.previous or _NO_ID,
                 location,
                 0 if data is None else len(data),
