@@ -12,7 +12,7 @@ write saw as current is still current when it is appended.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from blake3 import blake3
 from trio.lowlevel import enable_ki_protection
@@ -80,6 +80,13 @@ def _ttl_ns(ttl: Any) -> int:
             f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
         )
     return max(1, int(ttl * 1e9))
+
+
+def _bad_clock(now: Any) -> NoReturn:
+    """Refuse a reading of the injected clock (see :meth:`Writer.now`)."""
+    raise InvalidArgumentError(
+        f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+    )
 
 
 class Writer:
@@ -324,7 +331,7 @@ class Writer:
         seq, prev = (1, None) if head is None else (head[0] + 1, head[1])
         now, clock = self._clock.now_ns(), self.hlc
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            now = self.now()  # raises what is wrong with it
+            _bad_clock(now)
         hlc = now if now > clock.last else clock.last + 1
         clock.last = hlc
         encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
@@ -444,9 +451,7 @@ class Writer:
         reading must not poison every later timestamp."""
         now = self._clock.now_ns()
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            raise InvalidArgumentError(
-                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
-            )
+            _bad_clock(now)
         return now
 
     def _header(self, agent: str = STORAGE) -> Header:

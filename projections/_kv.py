@@ -625,7 +625,10 @@ class KvState:
 
     def current_write_id(self, namespace: str, key: str) -> bytes | None:
         """The write id of the key's current version (None if never written)."""
-        blob = self._blob(namespace, key)
+        keys = self.namespaces.get(namespace)  # _blob's memory probe, inlined
+        blob = None if keys is None else keys.get(key)
+        if blob is None:
+            blob = self._below(namespace, key)
         if blob is None:
             return None
         base = len(blob) - RECORD_SIZE

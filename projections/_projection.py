@@ -136,6 +136,7 @@ class Projections:
     __slots__ = (
         "_by_name",
         "_put_route",
+        "_put_split",
         "_routes",
         "_runs",
         "_writes_routes",
@@ -164,6 +165,14 @@ class Projections:
         self._writes_routes: dict[
             tuple[str, type[Event]], tuple[tuple[Callable[..., None], bool], ...]
         ] = {}
+        # The same, split for apply_put when the folds that take the id come first (the
+        # key/value state is registered first): two plain loops, no test per fold.
+        takers = [apply for apply, takes in self._put_route if takes]
+        self._put_split: tuple[tuple[Callable[..., None], ...], tuple[_Apply, ...]] | None = (
+            (tuple(takers), tuple(apply for apply, _ in self._put_route[len(takers) :]))
+            if all(takes for _, takes in self._put_route[: len(takers)])
+            else None
+        )
         #: Where moved values are found, asked in registration order.
         self.placements = tuple(p.placed for p in self.members if isinstance(p, ValuePlacement))
 
@@ -194,6 +203,14 @@ class Projections:
         """:meth:`apply` of a plain put of this node's storage log whose value's
         content id (blake3 of ``event.value``) the caller computed already: the
         projections that take it (:class:`PutFold`) need not hash the value again."""
+        split = self._put_split
+        if split is not None:
+            takers, others = split
+            for take in takers:
+                take(event, event_id, location, content_id)
+            for apply in others:
+                apply(event, event_id, location)
+            return
         for apply, takes_id in self._put_route:
             if takes_id:
                 apply(event, event_id, location, content_id)
