@@ -447,11 +447,11 @@ class KvState:
         # The common cases inlined as apply_run has them (a key new to memory with
         # nothing below it, or a put newer than the current version held here);
         # anything else takes _insert. The same counts and sums either way.
-        self._missed = None  # (a fold: see __init__)
         keys = self.namespaces.get(namespace)
         blob = None if keys is None else keys.get(key)
         if blob is None:
             if keys is None or self.frozen or self.tables:
+                # (_insert takes the miss current_write_id noted: one search below)
                 self._insert(namespace, key, rec, hlc)
                 return
             keys[key] = bytearray(rec)
@@ -479,6 +479,7 @@ class KvState:
         else:
             self._insert(namespace, key, rec, hlc)
             return
+        self._missed = None  # (a fold: see __init__)
         self.mem_bytes += RECORD_SIZE
         self.versions += 1
         self.version_sum += wid
