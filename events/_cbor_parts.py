@@ -106,19 +106,32 @@ def encode_flat(value: dict[Any, Any]) -> bytes | None:
     Raises:
         UnicodeEncodeError: a text value holds a lone surrogate (as cbor2 raises).
     """
-    order = _order(tuple(value))
-    if order is None:
-        return None
+    keys = tuple(value)
+    try:
+        order = _ORDERS.get(keys, _MISSING)
+    except Exception:  # a key's own __eq__ raised: not a str key (_order says so)
+        order = _MISSING
+    if order is _MISSING:
+        order = _order(keys)
+        if order is None:
+            return None
     parts = [_MAP_HEADS[len(order)]]
     append = parts.append
+    # text() and uint() inlined for short text and small ints (one call each fewer).
     for k, encoded in order:
         append(encoded)
         v = value[k]
         kind = type(v)
         if kind is str:
-            append(text(v))
+            if len(v) < 24 and v.isascii():
+                append(_TEXT_HEADS[len(v)] + v.encode())
+            else:
+                append(text(v))
         elif kind is int:
             if v >= 0:
+                if v < 24:
+                    append(_SMALL[v])
+                    continue
                 if v > _HEAD_MAX:
                     return None
                 append(uint(v))

@@ -36,7 +36,7 @@ from typing import Any
 import blake3
 import cbor2
 
-from ._chain import AGENTS, agent_index, chain, genesis_root
+from ._chain import AGENTS, agent_index, genesis_root
 from ._disk import Disk, OsDisk
 from ._errors import (
     CorruptCheckpointError,
@@ -57,7 +57,7 @@ from ._frame import (
     FrameError,
     SegmentHeader,
     TornRecord,
-    encode_record,
+    encode_next,
     encode_segment_header,
     parse_record,
     parse_segment_header,
@@ -213,6 +213,8 @@ class FileStore:
         self._closed = False
         self._allocate_ahead = True
         self._sync_lock = threading.Lock()
+        #: The chain's hasher, reused (appends run on one thread: the event loop's).
+        self._hasher = blake3.blake3()
         self._readers: dict[tuple[int, int], int] = {}
         self._appended = 0
         self._syncs = 0
@@ -899,8 +901,7 @@ class FileStore:
             raise StorageError(f"log {agent!r} must be replayed before appending")
         if self._node is None:
             raise StorageError("the store has no node id yet (create_node first)")
-        root = chain(log.root, event_id)
-        rec = encode_record(root, data)
+        root, rec = encode_next(self._hasher, log.root, event_id, data)  # chain, checksum, frame
         size = len(rec)
         if log.fd is None or (
             log.offset + size > self._segment_size and log.offset > SEGMENT_HEADER_SIZE

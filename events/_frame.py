@@ -20,6 +20,8 @@ import struct
 import zlib
 from typing import NamedTuple
 
+from blake3 import blake3
+
 from ._limits import MAX_EVENT_SIZE
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SegmentHeader",
     "TornRecord",
     "encode_record",
+    "encode_next",
     "encode_segment_header",
     "parse_record",
     "parse_segment_header",
@@ -88,6 +91,21 @@ def encode_record(root: bytes, event: bytes) -> bytes:
     n = len(root) + len(event)
     body_crc = _crc32(event, _crc32(root))  # crc32 of root || event, without joining them
     return b"".join((_REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc))), root, event))
+
+
+def encode_next(hasher: blake3, root: bytes, event_id: bytes, event: bytes) -> tuple[bytes, bytes]:
+    """The chain root after ``root`` (``chain(root, event_id)``, blake3 of the two) and
+    the framed record of ``event`` with it: :func:`encode_record` fused with the chain
+    step, as every append needs both (one call instead of two on the write path).
+
+    ``hasher``: a blake3 hasher the caller owns and uses from one thread only, reset
+    here before use (reusing one is about a third cheaper than making one per hash)."""
+    hasher.reset()
+    root = hasher.update(root + event_id).digest()
+    n = len(root) + len(event)
+    body_crc = _crc32(event, _crc32(root))
+    head = _REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc)))
+    return root, b"".join((head, root, event))
 
 
 def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int, bytes, bytes]:

@@ -12,6 +12,8 @@ with hypothesis); other event types go the general way.
 
 from __future__ import annotations
 
+import struct
+
 from ._cbor_parts import head, text, uint
 from ._chain import STORAGE
 from ._codec import SCHEMA_VERSION
@@ -25,6 +27,8 @@ _NULL = b"\xf6"
 _ID_HEAD = b"\x58\x20"  # a 32-byte string
 _BODY_HEAD = b"\x84"  # the put body: an array of 4
 _BYTES_HEADS = tuple(bytes((0x40 | i,)) for i in range(24))
+_TEXT_HEADS = tuple(bytes((0x60 | i,)) for i in range(24))
+_B64 = struct.Struct(">BQ").pack
 
 
 def _id(b: bytes | None) -> bytes:
@@ -80,18 +84,26 @@ class PutEncoder:
             if len(self._names) < 1024:
                 self._names[namespace] = ns
         n = len(value)
+        # Inlined for the common shapes (one call each fewer): a key of ASCII text (as
+        # check_name lets through without a closer look), ids of 32 bytes (every id
+        # this node's events carry), a timestamp of 8 bytes (every one since 1970).
+        k = len(key)
         data = b"".join(
             (
                 self._prefix,
                 uint(seq),
-                _id(prev),
-                uint(hlc),
+                _NULL if prev is None else _ID_HEAD + prev if len(prev) == 32 else _id(prev),
+                _B64(27, hlc) if hlc >= 0x100000000 else uint(hlc),
                 _BODY_HEAD,
                 ns,
-                text(key),
+                _TEXT_HEADS[k] + key.encode() if k < 24 and key.isascii() else text(key),
                 _BYTES_HEADS[n] if n < 24 else head(0x40, n),
                 value,
-                _id(previous),
+                _NULL
+                if previous is None
+                else _ID_HEAD + previous
+                if len(previous) == 32
+                else _id(previous),
             )
         )
         if len(data) > MAX_EVENT_SIZE:

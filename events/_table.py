@@ -262,12 +262,25 @@ def _dir_hash(pattern: bytes) -> int:
     return zlib.crc32(pattern)
 
 
+#: Namespace -> a blake2b hasher that has taken the namespace's part of the key hash,
+#: copied for each key (about half the cost of a new hasher). Bounded: a database
+#: uses few namespaces.
+_NS_HASHERS: dict[bytes, Any] = {}
+_NS_HASHERS_MAX = 1024
+
+
 def _key_hash(ns: bytes, key: bytes) -> int:
     """A 64-bit hash of a (namespace, key), stable across processes (the filter is
-    stored): blake2b, since Python's own hash of bytes is salted per process."""
-    return int.from_bytes(
-        blake2b(b"%d:%b%b" % (len(ns), ns, key), digest_size=8).digest(), "little"
-    )
+    stored): blake2b of ``b"%d:%b%b" % (len(ns), ns, key)``, since Python's own hash of
+    bytes is salted per process."""
+    base = _NS_HASHERS.get(ns)
+    if base is None:
+        base = blake2b(b"%d:%b" % (len(ns), ns), digest_size=8)
+        if len(_NS_HASHERS) < _NS_HASHERS_MAX and len(ns) <= 256:
+            _NS_HASHERS[ns] = base
+    h = base.copy()
+    h.update(key)
+    return int.from_bytes(h.digest(), "little")
 
 
 #: Keys per slice of a filter built with numpy.

@@ -20,6 +20,7 @@ import trio
 
 from koru.events import (
     AGENTS,
+    MAX_NAME_BYTES,
     NODE_ID_SIZE,
     RESERVED,
     STORAGE,
@@ -264,7 +265,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-        check_user_name(namespace, "namespace")  # stricter than the writer's check_name
+        # check_user_name (stricter than the writer's check_name), its fast path inlined
+        if not (
+            type(namespace) is str
+            and namespace.isascii()
+            and 0 < len(namespace) <= MAX_NAME_BYTES
+            and namespace[0] != RESERVED
+        ):
+            check_user_name(namespace, "namespace")
         writer = self._writer
         if ttl is None and parents is None:
             version = writer.put_plain(namespace, key, value)

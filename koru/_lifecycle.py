@@ -90,7 +90,11 @@ class Lifecycle:
             if self.closed:
                 raise DatabaseClosedError("the database is closed") from self.fatal
             return False
-        return self.begin()
+        # self.begin(), inlined (every put comes here)
+        if self.closed:
+            raise DatabaseClosedError("the database is closed") from self.fatal
+        self._ops += 1
+        return not self._ops & _YIELD_MASK
 
     def die(self, exc: BaseException) -> None:
         """Stop serving after ``exc`` (a failed write or sync, or a background task's

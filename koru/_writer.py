@@ -12,13 +12,14 @@ write saw as current is still current when it is appended.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from blake3 import blake3
 from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
     AGENTS,
+    MAX_NAME_BYTES,
     SEGMENT_HEADER_SIZE,
     STORAGE,
     BatchEvent,
@@ -81,6 +82,13 @@ def _ttl_ns(ttl: Any) -> int:
     return max(1, int(ttl * 1e9))
 
 
+def _bad_clock(now: Any) -> NoReturn:
+    """Refuse a reading of the injected clock (see :meth:`Writer.now`)."""
+    raise InvalidArgumentError(
+        f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
+    )
+
+
 class Writer:
     """Builds this node's events, ingests other nodes', and appends both."""
 
@@ -104,6 +112,9 @@ class Writer:
         self._node = node_id
         self._node_hex = node_id.hex()
         self._put_encoder = PutEncoder(node_id)
+        #: A blake3 hasher for put_plain, used on the event loop's thread only.
+        hasher = blake3()
+        self._hash_reset, self._hash_update = hasher.reset, hasher.update
         self._clock = clock
         self._committer = committer
         self._projections = projections
@@ -154,11 +165,19 @@ class Writer:
     # folded), a state the checkpoint written on close would then make permanent. trio
     # delivers it at the next checkpoint instead; nothing here yields.
     @enable_ki_protection
-    def write(self, event: Event, data: bytes, eid: bytes, cid: bytes | None = None) -> None:
+    def write(
+        self,
+        event: Event,
+        data: bytes,
+        eid: bytes,
+        cid: bytes | None = None,
+        cids: Sequence[bytes] | None = None,
+    ) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
         checkpoints: for local events and ingested ones alike. ``cid``: for a plain put
         of this node, its value's content id, which the fold then takes rather than
-        hashing the value again (``Projections.apply_put``)."""
+        hashing the value again (``Projections.apply_put``); ``cids``: for a batch of
+        this node, its values' content ids in order (``Projections.apply_writes``)."""
         try:
             location, _ = self._store.append(event.agent, data, eid)
         except DurabilityError as exc:
@@ -172,10 +191,12 @@ class Writer:
             # (FileStore._open_for_append); ask for one now, in the background.
             self.checkpointer.writeback()
         try:
-            if cid is None:
+            if cid is not None:
+                self._fold_put(cast(PutEvent, event), eid, location, cid)
+            elif cids is None:
                 self._fold(event, eid, location)
             else:
-                self._fold_put(cast(PutEvent, event), eid, location, cid)
+                self._projections.apply_writes(event, eid, location, cids)
         except BaseException as exc:
             # The event is in the log; a projection that could not fold it no longer
             # matches the log, and a checkpoint would make that permanent. The handle
@@ -299,20 +320,29 @@ class Writer:
         event built as a tuple, encoded by the precomputed put encoder (the same bytes
         as ``encode_event``), its content id handed to the fold, and the version built
         without intermediate objects."""
-        check_name(key, "key")
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
+            check_name(key, "key")  # (its fast path above, inlined)
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
         node = self._node
-        # FeedState.next and HybridLogicalClock.tick, inlined (one call each fewer).
+        # FeedState.next, self.now() and HybridLogicalClock.tick, inlined (one call
+        # each fewer).
         head = self._feeds.heads.get((node, STORAGE))
         seq, prev = (1, None) if head is None else (head[0] + 1, head[1])
-        now, clock = self.now(), self.hlc
+        now, clock = self._clock.now_ns(), self.hlc
+        if type(now) is not int or not 0 <= now < _NS_LIMIT:
+            _bad_clock(now)
         hlc = now if now > clock.last else clock.last + 1
         clock.last = hlc
         encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
         event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
-        cid = blake3(data).digest()  # content_id(data), inlined
-        eid = blake3(encoded).digest()  # event_id(encoded), inlined
+        # content_id(data) and event_id(encoded), inlined, with the writer's hasher
+        # (reset before each use; reusing one is a third cheaper than a new one).
+        reset, update = self._hash_reset, self._hash_update
+        reset()
+        cid = update(data).digest()
+        reset()
+        eid = update(encoded).digest()
         self.write(event, encoded, eid, cid)
         self._cache.put(cid, data)
         return _new(
@@ -366,7 +396,9 @@ class Writer:
         else:
             event = ExpiringBatchEvent(*header, expires, tuple(writes))
         cids = [content_id(cast(bytes, w.value)) for w in writes]
-        eid = self._append(event)
+        encoded = encode_event(event)
+        eid = event_id(encoded)
+        self.write(event, encoded, eid, cids=cids)  # the fold takes the content ids
         versions = []
         for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
             self._cache.put(cid, cast(bytes, w.value))
@@ -419,9 +451,7 @@ class Writer:
         reading must not poison every later timestamp."""
         now = self._clock.now_ns()
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            raise InvalidArgumentError(
-                f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
-            )
+            _bad_clock(now)
         return now
 
     def _header(self, agent: str = STORAGE) -> Header:

@@ -27,7 +27,7 @@ import heapq
 import struct
 from bisect import bisect_right
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 from blake3 import blake3 as _blake3
@@ -425,17 +425,35 @@ class KvState:
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:
         """Fold one event in. Applying an event twice changes nothing."""
-        origin, hlc = event.origin, event.hlc
         if type(event) is PutEvent:  # the common case, without building Write objects
             self.apply_put(event, event_id, location, content_id(event.value))
             return
+        self.apply_writes(event, event_id, location, None)
+
+    def apply_writes(
+        self,
+        event: Event,
+        event_id: bytes,
+        location: int,
+        content_ids: Sequence[bytes] | None,
+    ) -> None:
+        """:meth:`apply` of an event's writes, with the content ids of their values (in
+        order; anything for a tombstone) when the writer has them already (see
+        :class:`~._projection.PutFold`), else hashed here."""
+        origin, hlc = event.origin, event.hlc
         for i, w in enumerate(event.writes):
             data, expires = w.value, w.expires
+            if data is None:
+                cid = _NO_ID
+            elif content_ids is None:
+                cid = content_id(data)
+            else:
+                cid = content_ids[i]
             rec = _REC.pack(
                 hlc,
                 origin,
                 write_id(event_id, i),
-                _NO_ID if data is None else content_id(data),
+                cid,
                 w.previous or _NO_ID,
                 location,
                 0 if data is None else len(data),
@@ -448,7 +466,6 @@ class KvState:
         """:meth:`apply` of a plain put whose value's content id the writer has (see
         :class:`~._projection.PutFold`)."""
         hlc = event.hlc
-        value = event.value
         rec = _REC.pack(
             hlc,
             event.origin,
@@ -456,11 +473,52 @@ class KvState:
             content_id,
             event.previous or _NO_ID,
             location,
-            len(value),
+            len(event.value),
             0,
             0,
         )
-        self._insert(event.namespace, event.key, rec, hlc)
+        namespace, key = event.namespace, event.key
+        # The common cases inlined as apply_run has them (a key new to memory with
+        # nothing below it, or a put newer than the current version held here);
+        # anything else takes _insert. The same counts and sums either way.
+        keys = self.namespaces.get(namespace)
+        blob = None if keys is None else keys.get(key)
+        if blob is None:
+            if keys is None or self.frozen or self.tables:
+                # (_insert takes the miss current_write_id noted: one search below)
+                self._insert(namespace, key, rec, hlc)
+                return
+            keys[key] = bytearray(rec)
+            wid = int.from_bytes(event_id, "big")  # a put's one write id is its event id
+            self.current_sum += wid
+            self.key_total += 1
+            self.live += 1
+            ns_live = self.ns_live
+            ns_live[namespace] = ns_live.get(namespace, 0) + 1
+        # Why comparing the whole record with the current one's order key: see apply_run.
+        elif type(blob) is bytearray and rec > (last := blob[-RECORD_SIZE:_LAST_ORDER]):
+            wid = int.from_bytes(event_id, "big")
+            replaced = int.from_bytes(last, "big") & _ID_MASK  # the current write id
+            if replaced == wid:  # applied already
+                return
+            self.current_sum += wid - replaced
+            flags = blob[-1]
+            blob += rec
+            if flags:  # the version it replaces was deleted, or had a time to live
+                if flags & _TOMBSTONE:
+                    self.live += 1
+                    self.ns_live[namespace] = self.ns_live.get(namespace, 0) + 1
+                if flags & _EXPIRES:
+                    self.expiring.pop((namespace, key), None)
+        else:
+            self._insert(namespace, key, rec, hlc)
+            return
+        self._missed = None  # (a fold: see __init__)
+        self.mem_bytes += RECORD_SIZE
+        self.versions += 1
+        self.version_sum += wid
+        if hlc > self.max_hlc:
+            self.max_hlc = hlc
 
     def apply_run(self, run: PutRun) -> None:
         """Fold a run of puts: the same as :meth:`apply` of each in order.
@@ -607,7 +665,10 @@ class KvState:
 
     def current_write_id(self, namespace: str, key: str) -> bytes | None:
         """The write id of the key's current version (None if never written)."""
-        blob = self._blob(namespace, key)
+        keys = self.namespaces.get(namespace)  # _blob's memory probe, inlined
+        blob = None if keys is None else keys.get(key)
+        if blob is None:
+            blob = self._below(namespace, key)
         if blob is None:
             return None
         base = len(blob) - RECORD_SIZE

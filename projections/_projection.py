@@ -13,7 +13,7 @@ log for that projection alone; the others load from theirs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from koru.events import AGENTS, STORAGE, Event, PutEvent, PutRun, Table
@@ -98,11 +98,18 @@ class PutFold(Protocol):
     """A projection that folds a plain put together with its value's content id, which
     the writer computed already (it returns it to the caller and keys the value cache
     by it): exactly the effect of :meth:`Projection.apply`, without hashing the value a
-    second time. The local write path hands every plain put over this way."""
+    second time. The local write path hands every plain put (and batch) over this way."""
 
     def apply_put(
         self, event: PutEvent, event_id: bytes, location: int, content_id: bytes
     ) -> None: ...
+
+    def apply_writes(
+        self, event: Event, event_id: bytes, location: int, content_ids: Sequence[bytes]
+    ) -> None:
+        """:meth:`Projection.apply` of an event with several writes (a batch), with the
+        content ids of their values in order (anything for a tombstone)."""
+        ...
 
 
 def folds(projection: Projection, agent: str) -> bool:
@@ -126,7 +133,16 @@ def folds_kind(projection: Projection, kind: type[Event]) -> bool:
 class Projections:
     """The registered projections, folded together: the one seam every event takes."""
 
-    __slots__ = ("_by_name", "_put_route", "_routes", "_runs", "members", "placements")
+    __slots__ = (
+        "_by_name",
+        "_put_route",
+        "_put_split",
+        "_routes",
+        "_runs",
+        "_writes_routes",
+        "members",
+        "placements",
+    )
 
     def __init__(self, members: Iterable[Projection]) -> None:
         self.members: tuple[Projection, ...] = tuple(members)
@@ -143,6 +159,19 @@ class Projections:
             (p.apply_put, True) if isinstance(p, PutFold) else (p.apply, False)
             for p in self.members
             if folds(p, STORAGE) and folds_kind(p, PutEvent)
+        )
+        # (agent, event class) -> the folds of apply_writes, each with whether it takes
+        # the values' content ids (:class:`PutFold`).
+        self._writes_routes: dict[
+            tuple[str, type[Event]], tuple[tuple[Callable[..., None], bool], ...]
+        ] = {}
+        # The same, split for apply_put when the folds that take the id come first (the
+        # key/value state is registered first): two plain loops, no test per fold.
+        takers = [apply for apply, takes in self._put_route if takes]
+        self._put_split: tuple[tuple[Callable[..., None], ...], tuple[_Apply, ...]] | None = (
+            (tuple(takers), tuple(apply for apply, _ in self._put_route[len(takers) :]))
+            if all(takes for _, takes in self._put_route[: len(takers)])
+            else None
         )
         #: Where moved values are found, asked in registration order.
         self.placements = tuple(p.placed for p in self.members if isinstance(p, ValuePlacement))
@@ -174,9 +203,40 @@ class Projections:
         """:meth:`apply` of a plain put of this node's storage log whose value's
         content id (blake3 of ``event.value``) the caller computed already: the
         projections that take it (:class:`PutFold`) need not hash the value again."""
+        split = self._put_split
+        if split is not None:
+            takers, others = split
+            for take in takers:
+                take(event, event_id, location, content_id)
+            for apply in others:
+                apply(event, event_id, location)
+            return
         for apply, takes_id in self._put_route:
             if takes_id:
                 apply(event, event_id, location, content_id)
+            else:
+                apply(event, event_id, location)
+
+    def apply_writes(
+        self, event: Event, event_id: bytes, location: int, content_ids: Sequence[bytes]
+    ) -> None:
+        """:meth:`apply` of an event with several writes (a batch of this node) whose
+        values' content ids the caller computed already (in order, anything for a
+        tombstone): the projections that take them (:class:`PutFold`) need not hash the
+        values again."""
+        agent, kind = event.agent, type(event)
+        route = self._writes_routes.get((agent, kind))
+        if route is None:
+            if agent not in self._runs:
+                raise KeyError(agent)
+            route = self._writes_routes[(agent, kind)] = tuple(
+                (p.apply_writes, True) if isinstance(p, PutFold) else (p.apply, False)
+                for p in self.members
+                if folds(p, agent) and folds_kind(p, kind)
+            )
+        for apply, takes_ids in route:
+            if takes_ids:
+                apply(event, event_id, location, content_ids)
             else:
                 apply(event, event_id, location)
 

@@ -462,3 +462,46 @@ def test_the_put_route_hands_the_content_id_to_the_key_value_fold_only() -> None
     kv = projections["kv"]
     assert isinstance(kv, KvState)
     assert kv.live_content_id("a", "b") == wrong
+
+
+@settings(max_examples=80, deadline=None)
+@given(logs, st.integers(0, 60))
+def test_folding_batches_with_their_content_ids_equals_applying_them(
+    ops: list[Any], freeze_at: int
+) -> None:
+    # The live write path hands a batch's content ids to the seam (apply_writes), and a
+    # plain put's (apply_put); the state must be exactly what apply gives.
+    store = store_of([encode_event(e) for e in build(ops)])
+    applied, handed = _fresh(), _fresh()
+    for location, position, eid, _, data in store.replay(STORAGE):
+        event = decode_trusted(data)
+        for projections in (applied, handed):
+            if position == freeze_at:
+                kv = projections["kv"]
+                assert isinstance(kv, KvState)
+                kv.capture()
+            if projections is applied:
+                projections.apply(event, eid, location)
+            elif type(event) is PutEvent:
+                projections.apply_put(event, eid, location, content_id(event.value))
+            else:
+                ids = [b"" if w.value is None else content_id(w.value) for w in event.writes]
+                projections.apply_writes(event, eid, location, ids)
+    assert _state(handed) == _state(applied)
+
+
+def test_the_batch_route_hands_the_content_ids_to_the_key_value_fold_only() -> None:
+    projections = Projections(kind() for kind in BUILTIN_PROJECTIONS)
+    batch = build([("batch", 0, "a", "b", 0, 5, False)])[0]
+    wrong = b"\x07" * 32  # the fold takes the ids it is given: proof it did not hash
+    projections.apply_writes(batch, event_id(encode_event(batch)), 7, [wrong, b""])
+    route = {
+        apply.__self__.name: takes
+        for apply, takes in projections._writes_routes[(STORAGE, BatchEvent)]
+    }
+    assert route == {"kv": True, "feeds": False, "indexes": False, "views": False, "auth": False}
+    kv = projections["kv"]
+    assert isinstance(kv, KvState)
+    assert kv.live_content_id("a", "b") == wrong
+    assert kv.live_content_id("a", "z") is None  # the batch's tombstone
+    assert kv.current("a", "z") is not None
