@@ -244,8 +244,9 @@ class KvState:
         #: cache (namespace -> key -> content id), kept by the reader (``remember``), so
         #: that a read of such a key searches no layer and slices no record. Why it is
         #: always current: every fold that writes a key drops its entry first
-        #: (``_insert`` and ``apply_run``; nothing else changes a key's versions), and
-        #: the reader keeps only live values without a time to live, read while no key
+        #: (``_insert``, ``apply_put`` and ``apply_run``; nothing else changes a key's
+        #: versions), and the reader keeps only live values without a time to live,
+        #: read while no key
         #: had one (a value with one is judged by the clock on every read). At most
         #: ``recent_capacity`` entries (``recent_count`` counts the ones added, an upper
         #: bound): past that the map is emptied at once, about a millisecond per
@@ -478,6 +479,8 @@ class KvState:
             0,
         )
         namespace, key = event.namespace, event.key
+        if self.recent and (read := self.recent.get(namespace)):  # (see __init__)
+            read.pop(key, None)
         # The common cases inlined as apply_run has them (a key new to memory with
         # nothing below it, or a put newer than the current version held here);
         # anything else takes _insert. The same counts and sums either way.

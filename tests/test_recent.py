@@ -236,9 +236,10 @@ async def test_reads_of_a_hot_key_count_once_each_whoever_answers(tmp_path: Path
         assert kv.fitness() == {("users", "u3"): 13}
 
 
-def test_both_folds_of_a_write_drop_the_key_from_the_recent_map() -> None:
-    """``KvState.apply_run`` (replay's runs of puts) and ``apply`` (one event) alike,
-    for a new key and for one held in memory (the run's own append)."""
+def test_every_fold_of_a_write_drops_the_key_from_the_recent_map() -> None:
+    """``KvState.apply_run`` (replay's runs of puts), ``apply`` (one event) and
+    ``apply_put`` (a plain put with its content id) alike, for a new key and for one
+    held in memory (the run's own append, apply_put's inlined cases)."""
     origin = bytes(range(16))
 
     def run_of(seq: int, keys: list[str]) -> PutRun:
@@ -247,16 +248,19 @@ def test_both_folds_of_a_write_drop_the_key_from_the_recent_map() -> None:
             run.rows.append((10 + i, ["s", key, cbor2.dumps(i), None], bytes([i]) * 32, i))
         return run
 
-    for fold in ("run", "one"):
+    for fold in ("run", "one", "put"):
         kv = KvState()
         for run in (run_of(1, ["k"]), run_of(2, ["k", "other"])):
             kv.remember("s", "k", b"an old id")
             kv.remember("s", "kept", b"its id")
             if fold == "run":
                 kv.apply_run(run)
-            else:
+            elif fold == "one":
                 for event, eid, location in run.events():
                     kv.apply(event, eid, location)
+            else:  # a plain put whose content id the writer has (its inlined cases)
+                for event, eid, location in run.events():
+                    kv.apply_put(event, eid, location, content_id(event.value))
             assert kv.recent == {"s": {"kept": b"its id"}}, fold
         assert kv.live_content_id("s", "k") == content_id(cbor2.dumps(2))
         kv.recent_capacity = 4
