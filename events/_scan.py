@@ -1,8 +1,9 @@
 """One verifying pass over the records of a segment's bytes, with no side effects.
 
 Recovery, read-only opens and (later) the log reader of the command line all walk a
-segment the same way: check each record's header checksum, body checksum and chain
-link, yield it, and stop at the first record that fails. What a failure *means* (the
+segment the same way: check each record's header checksum and chain link (which
+hashes the whole body, so it proves the body's checksum too), yield it, and stop at the
+first record that fails, named by its checksums first. What a failure *means* (the
 torn tail of a crash, or corruption) is not decided here: that depends on whether the
 bytes were proven durable, which only the caller knows.
 """
@@ -32,7 +33,6 @@ __all__ = ["SegmentScan"]
 _blake3 = blake3.blake3
 _crc32 = zlib.crc32
 _unpack_header = struct.Struct("<III").unpack_from
-_pack_len_crc = struct.Struct("<II").pack
 
 
 class SegmentScan:
@@ -79,38 +79,41 @@ class SegmentScan:
         offset, root, count, last = self.offset, self.root, self.count, self.last
         size = len(data)
         new, record = tuple.__new__, Record
-        unpack, pack, crc, hash_of = _unpack_header, _pack_len_crc, _crc32, _blake3
+        unpack, crc, hash_of = _unpack_header, _crc32, _blake3
         view = memoryview(data)
         try:
             while offset < size:
                 # The fast path, inlined (a replay reads millions of records); any
-                # failure goes through parse_record to name the exact problem.
+                # failure goes through parse_record to name the exact problem. Why the
+                # body's checksum is not computed here: the chain link hashes the whole
+                # body (root and event), so a link that holds proves it intact; a link
+                # that fails is classified below, by parse_record, checksums first.
                 try:
-                    n, body_crc, head_crc = unpack(data, offset)
+                    n, _, head_crc = unpack(data, offset)
                 except struct.error:  # less than a record header left
-                    n = body_crc = head_crc = -1
+                    n = head_crc = -1
                 body = offset + RECORD_HEADER_SIZE
                 start = body + ROOT_SIZE
                 nxt = body + n
-                if not (
+                if (
                     nxt <= size
                     and ROOT_SIZE < n <= MAX_BODY_SIZE
-                    and crc(pack(n, body_crc)) == head_crc
-                    and crc(view[body:nxt]) == body_crc
+                    and crc(view[offset : offset + 8]) == head_crc
                 ):
+                    event = data[start:nxt]
+                    eid = hash_of(event).digest()
+                    stored_root = data[body:start]
+                    linked = hash_of(root + eid).digest() == stored_root
+                else:
+                    linked = False
+                if not linked:
                     try:
                         parse_record(data, offset)
-                        self.failure = "record failed its checks"  # pragma: no cover
+                        self.failure = "hash chain link broken"
                     except TornRecord as exc:
                         self.failure, self.torn = str(exc), True
                     except FrameError as exc:
                         self.failure = str(exc)
-                    break
-                stored_root = data[body:start]
-                event = data[start:nxt]
-                eid = hash_of(event).digest()
-                if hash_of(root + eid).digest() != stored_root:
-                    self.failure = "hash chain link broken"
                     break
                 if plain:
                     yield (base + offset, count, eid, event)

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ from koru import (
     ReadOnlyError,
 )
 from koru._loader import CHECKPOINT_FILE, load
-from koru.events import LOST_FOUND, FileStore, OsDisk, agent_index, unpack_location
+from koru.events import (
+    LOST_FOUND,
+    FileStore,
+    OsDisk,
+    agent_index,
+    unpack_location,
+    verify_logs,
+)
 from koru.events._frame import (
     SEGMENT_HEADER_SIZE,
     encode_record,
@@ -349,6 +357,58 @@ async def test_every_bit_flip_in_log_is_detected(tmp_path: Path) -> None:
         err = info.value
         assert (err.agent, err.position, err.offset) == (AGENT, position, offset), f"bit {bit}"
         assert err.path == str(seg)
+
+
+async def test_a_damaged_body_is_named_a_checksum_failure_not_a_broken_link(
+    tmp_path: Path,
+) -> None:
+    """Replay proves a record's body by its chain link alone; when the link fails, the
+    record is still classified checksums first, so a damaged body reads as damage."""
+    base = tmp_path / "base"
+    await make_db(base, 5)
+    spans = record_spans(base)
+    original = seg_path(base).read_bytes()
+    work = copy_db(base, tmp_path / "work")
+    _, start, end = spans[2]
+    for byte in (start + 12, start + 12 + 32, end - 1):  # root, event, last byte
+        seg_path(work).write_bytes(flip_bit(original, byte * 8))
+        store = FileStore(work, readonly=True)
+        try:
+            with pytest.raises(CorruptLogError) as info:
+                load(store, use_checkpoint=False)
+        finally:
+            store.close()
+        assert (info.value.position, info.value.offset) == (2, start)
+        assert "body checksum" in info.value.reason, byte
+
+
+async def test_a_forged_body_checksum_over_an_intact_body_is_left_to_verify(
+    tmp_path: Path,
+) -> None:
+    """A record whose body checksum field was rewritten, with a header checksum to
+    match, over an intact body: the chain proves the body, so replay serves the true
+    value; ``verify_logs``, which checks every checksum, reports the record."""
+    base = tmp_path / "base"
+    await make_db(base, 5)
+    spans = record_spans(base)
+    data = bytearray(seg_path(base).read_bytes())
+    _, start, _ = spans[2]
+    n = int.from_bytes(data[start : start + 4], "little")
+    forged = (int.from_bytes(data[start + 4 : start + 8], "little") ^ 1).to_bytes(4, "little")
+    data[start + 4 : start + 8] = forged
+    head = zlib.crc32(n.to_bytes(4, "little") + forged).to_bytes(4, "little")
+    data[start + 8 : start + 12] = head
+    work = copy_db(base, tmp_path / "work", checkpoint=False)
+    seg_path(work).write_bytes(bytes(data))
+    store = FileStore(work, readonly=True)
+    try:
+        kv = load(store, use_checkpoint=False).kv
+    finally:
+        store.close()
+    assert kv.live == 5
+    problems = list(verify_logs(work))
+    assert [(p.severity, p.position, p.offset) for p in problems] == [("error", 2, start)]
+    assert "body checksum" in problems[0].message
 
 
 async def test_bit_flips_fail_the_open_and_leave_the_file_alone(tmp_path: Path) -> None:
@@ -1702,7 +1762,6 @@ def _many_segments(path: Path) -> list[Path]:
 
 
 def _verified(path: Path) -> list[tuple[str, int, str]]:
-    from koru.events import verify_logs
 
     return [(Path(p.path).name, p.offset, p.message) for p in verify_logs(path)]
 
