@@ -388,7 +388,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         if value is MISSING:  # a cold key: read it from the log, where the blob says
             assert blob is not None  # a content id came from it
             location, size = PLACE.unpack_from(blob, LAST_PLACE)
-            return self._values.value(cid, location, namespace, key, size)
+            return self._values.uncached(cid, location, namespace, key, size)
         if not kv.expiring:  # a value the cache holds: the next read finds it at once
             kv.remember(namespace, key, cid)
         return value
