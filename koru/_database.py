@@ -370,7 +370,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
                         kv.hot_hits += 1
                         kv.reads[slot] += 1  # KvState.touch: the key's fitness
                         touched = True
-                if blob is None:
+                    else:  # a cold key: the layers past the hot tier, which it joins
+                        blob = kv._beneath(namespace, key)
+                        if blob is not None and slot in hot:
+                            kv.reads[slot] += 1  # (as _live would count it)
+                            touched = True
+                else:
                     blob = kv._below(namespace, key)
         except TypeError:  # unhashable namespace or key
             blob = None
