@@ -482,15 +482,18 @@ class KvState:
         if self.recent and (read := self.recent.get(namespace)):  # (see __init__)
             read.pop(key, None)
         # The common cases inlined as apply_run has them (a key new to memory with
-        # nothing below it, or a put newer than the current version held here);
-        # anything else takes _insert. The same counts and sums either way.
+        # nothing below it, or one every layer below was just searched for in vain:
+        # the miss current_write_id noted, see _missed; or a put newer than the
+        # current version held here); anything else takes _insert. The same counts
+        # and sums either way.
         keys = self.namespaces.get(namespace)
         blob = None if keys is None else keys.get(key)
         if blob is None:
-            if keys is None or self.frozen or self.tables:
-                # (_insert takes the miss current_write_id noted: one search below)
+            if (self.frozen or self.tables) and self._missed != (namespace, key):
                 self._insert(namespace, key, rec, hlc)
                 return
+            if keys is None:
+                keys = self.namespaces[namespace] = {}
             keys[key] = bytearray(rec)
             wid = int.from_bytes(event_id, "big")  # a put's one write id is its event id
             self.current_sum += wid

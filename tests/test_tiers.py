@@ -27,7 +27,7 @@ from koru.events import (
     encode_value,
     table_name,
 )
-from koru.projections._kv import LAST_PLACE, PLACE
+from koru.projections._kv import LAST_PLACE, PLACE, RECORD_SIZE
 from koru.projections._merging import merge_tables
 
 names = st.sampled_from(["a", "b", "c", "d"])
@@ -312,8 +312,14 @@ async def test_a_put_of_a_new_key_searches_the_tables_once_and_a_miss_never_hide
         kv = db._kv
         assert kv.tables and not kv.namespaces.get("ns")
         searched = kv.table_reads
+        counts = (kv.key_total, kv.live, kv.ns_live.get("ns", 0), kv.versions)
         await db.put("ns", "new", 1)
         assert kv.table_reads == searched + 1
+        # Its fold (the new key inlined in apply_put) counted it as _insert would.
+        assert (kv.key_total, kv.live, kv.ns_live["ns"], kv.versions) == tuple(
+            n + 1 for n in counts
+        )
+        assert len(kv.namespaces["ns"]["new"]) == RECORD_SIZE
         # A key only in the tables is still copied up (its history keeps both versions).
         await db.put("ns", "k3", 33)
         assert [h.value for h in await db.history("ns", "k3")] == [3, 33]
