@@ -195,9 +195,7 @@ class Projections:
             (
                 tuple(takers),
                 tuple(p.apply for p in rest if put_namespaces(p) is None),
-                tuple(
-                    (p.apply, only) for p in rest if (only := put_namespaces(p)) is not None
-                ),
+                tuple((p.apply, only) for p in rest if (only := put_namespaces(p)) is not None),
             )
             if all(takes for _, takes in self._put_route[: len(takers)])
             and [apply for apply, _ in self._put_route[len(takers) :]] == [p.apply for p in rest]
