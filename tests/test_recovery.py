@@ -31,6 +31,7 @@ import blake3
 import cbor2
 import pytest
 import trio
+import trio.testing
 
 import koru
 from conftest import digest_of, full_replay, open_store
@@ -1813,6 +1814,62 @@ def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
                 assert await db.get("users", key) == value
 
     trio.run(reopen)
+
+
+def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
+) -> None:
+    """Ctrl-C (SIGINT) arriving in the leader of a group-commit round after it took the
+    list of writers parked on the round and before it woke them: they were never
+    woken (parked forever, the round over). The commit path is shielded from
+    KeyboardInterrupt; it arrives at the next checkpoint of the main task. (A mock
+    clock that jumps when every task is blocked turns the hang into TooSlowError.)"""
+    reschedule = trio.lowlevel.reschedule
+    armed = [False]
+
+    def interrupted(task: Any, *args: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        reschedule(task, *args)
+
+    acked: list[int] = []
+    stopped: list[BaseException] = []
+
+    async def writer(db: koru.Database, i: int) -> None:
+        try:
+            await db.put("users", f"k{i}", i)
+            acked.append(i)
+        except KeyboardInterrupt as exc:
+            stopped.append(exc)
+
+    async def main() -> None:
+        with trio.fail_after(3600):
+            async with koru.open(tmp_path, sync="always", processes=False) as db:
+                await db.put("users", "first", 0)
+                monkeypatch.setattr(trio.lowlevel, "reschedule", interrupted)
+                armed[0] = True
+                async with trio.open_nursery() as nursery:
+                    for i in range(8):
+                        nursery.start_soon(writer, db, i)
+                monkeypatch.undo()
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        stopped.append(exc)
+    monkeypatch.undo()
+    assert not armed[0]  # the interrupt was raised
+    assert not any(
+        isinstance(exc, trio.TooSlowError)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.TooSlowError))
+        for exc in stopped
+    ), stopped
+    assert stopped and all(
+        isinstance(exc, KeyboardInterrupt)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
+        for exc in stopped
+    )
 
 
 def _many_segments(path: Path) -> list[Path]:
