@@ -79,6 +79,10 @@ class Committer:
         """Count one record appended to the store."""
         self.appended += 1
 
+    # Shielded from KeyboardInterrupt (see sync_now): an interrupt in a leader's
+    # ``finally``, after it took the list of parked writers and before it woke them,
+    # stranded them parked on a round that was over.
+    @enable_ki_protection
     async def wait_durable(self) -> None:
         """Return once everything appended so far is durable under the mode.
 
