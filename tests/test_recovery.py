@@ -1979,3 +1979,60 @@ def test_the_checkpoint_audit_agrees_after_a_namespace_loses_its_last_key(
         assert audit_checkpoint(store) == ([], [])
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("step", ["capture", "checkpointed"])
+def test_ctrl_c_in_a_checkpoints_state_handover_lets_it_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None, step: str
+) -> None:
+    """Ctrl-C (SIGINT) arriving while a checkpoint freezes the key/value state's memory
+    layer (``capture``) or hands its layers over to the table just written
+    (``checkpointed``): each is a handful of assignments on the event loop that must
+    not stop half-way (a layer both frozen and live, or listed twice), so both are
+    shielded from KeyboardInterrupt; it arrives after, and every acknowledged write
+    reads back after a reopen."""
+    from koru.projections import KvState
+
+    original = getattr(KvState, step)
+    armed, finished = [False], []
+
+    def interrupted(self: KvState, *args: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+            finished.append(step)
+        return original(self, *args)
+
+    monkeypatch.setattr(KvState, step, interrupted)
+    acked: dict[str, int] = {}
+    stopped: list[BaseException] = []
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync="always", processes=False) as db:
+            for i in range(20):
+                await db.put("users", f"k{i}", i)
+                acked[f"k{i}"] = i
+            armed[0] = True
+            await db.checkpoint()
+            for i in range(20, 25):
+                await db.put("users", f"k{i}", i)
+                acked[f"k{i}"] = i
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        stopped.append(exc)
+    assert not armed[0] and finished == [step], "the step was cut short"
+    assert stopped and all(
+        isinstance(exc, KeyboardInterrupt)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
+        for exc in stopped
+    )
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            for key, value in acked.items():
+                assert await db.get("users", key) == value
+
+    trio.run(reopen)
