@@ -4,10 +4,20 @@ A key may have thousands of versions and ``history`` returns them all, so this i
 loop: values are decoded with one cbor2 call (a CBOR array assembled from the stored
 encodings), rows are built from raw packed records, and hex ids are reused along the
 causal chain (a version's ``previous`` is usually the version just before it).
+
+A key read for its whole history again, unchanged, skips all of that but the decode:
+:class:`HistoryCache` keeps, for the last few keys read, a copy of their raw records
+(to prove the history unchanged), each version's metadata row without its value, and
+the values' stored encodings as one CBOR array. Values are decoded afresh on every call
+(each caller gets its own objects, as from every read); the encodings are content
+addressed, so a copy is as good as the value cache's.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from itertools import repeat
+from operator import add
 from typing import Any
 
 import cbor2
@@ -17,15 +27,20 @@ from koru.projections import EXPIRES, NO_ID, TOMBSTONE
 
 from ._types import Versioned
 
-__all__ = ["NULL", "decode_all", "history_rows"]
+__all__ = ["NULL", "HistoryCache", "decode_all", "history_rows"]
 
 #: The stored encoding of None: stands in for a deletion's value in ``decode_all``.
 NULL = b"\xf6"
 
 
+def encode_all(parts: list[bytes]) -> bytes:
+    """Many stored value encodings as one CBOR array (for :func:`decode_all`)."""
+    return cbor_head(4, len(parts)) + b"".join(parts)
+
+
 def decode_all(parts: list[bytes]) -> list[Any]:
     """Decode many stored value encodings at once."""
-    values: list[Any] = cbor2.loads(cbor_head(4, len(parts)) + b"".join(parts))
+    values: list[Any] = cbor2.loads(encode_all(parts))
     return values
 
 
@@ -33,21 +48,80 @@ def history_rows(
     namespace: str, key: str, recs: list[tuple[Any, ...]], values: list[Any]
 ) -> list[Versioned]:
     """One :class:`Versioned` per raw record (see ``KvState.history_raw``)."""
-    out: list[Versioned] = []
+    return _rows(values, history_meta(namespace, key, recs))
+
+
+def _rows(values: list[Any], meta: list[tuple[Any, ...]]) -> list[Versioned]:
+    # (value,) + meta per row, as map calls: the fastest way found to build them.
+    return list(map(tuple.__new__, repeat(Versioned), map(add, zip(values), meta)))
+
+
+def history_meta(namespace: str, key: str, recs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """:func:`history_rows` without the values: each version's fields after its value."""
+    out: list[tuple[Any, ...]] = []
     append = out.append
-    new = tuple.__new__
     last_origin, o = b"", ""
     last_wid, last_hex = NO_ID, None
-    for (hlc, origin, wid, cid, prev, _, _, expires, flags), value in zip(recs, values):  # noqa: B905
+    for hlc, origin, wid, cid, prev, _, _, expires, flags in recs:
         if origin != last_origin:
             last_origin, o = origin, origin.hex()
         p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
         last_wid, last_hex = wid, wid.hex()
         e = expires if flags & EXPIRES else None
         if flags & TOMBSTONE:
-            append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True, e)))
+            append((namespace, key, last_hex, None, hlc, p, o, True, e))
         else:
-            append(
-                new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
-            )
+            append((namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
     return out
+
+
+class HistoryCache:
+    """The prepared whole histories of the last ``size`` keys read (see the module's
+    docstring), each valid while the key's raw records are byte for byte the same.
+
+    Only histories of at least ``min_versions`` versions (below that, building them
+    costs little) and with encodings of at most ``max_bytes`` are kept.
+    """
+
+    __slots__ = ("_entries", "max_bytes", "min_versions", "size")
+
+    def __init__(self, size: int = 8, min_versions: int = 32, max_bytes: int = 1 << 22) -> None:
+        self.size = size
+        self.min_versions = min_versions
+        self.max_bytes = max_bytes
+        #: (namespace, key) -> (raw records, metadata rows, values as one CBOR array)
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, list[tuple[Any, ...]], bytes]] = (
+            OrderedDict()
+        )
+
+    def rows(self, namespace: str, key: str, blob: bytes | bytearray) -> list[Versioned] | None:
+        """The whole history if it is kept for exactly these raw records, else None."""
+        slot = (namespace, key)
+        entry = self._entries.get(slot)
+        if entry is None:
+            return None
+        if entry[0] != blob:
+            del self._entries[slot]
+            return None
+        self._entries.move_to_end(slot)
+        return _rows(cbor2.loads(entry[2]), entry[1])
+
+    def keep(
+        self,
+        namespace: str,
+        key: str,
+        blob: bytes | bytearray,
+        recs: list[tuple[Any, ...]],
+        parts: list[bytes],
+    ) -> list[Versioned]:
+        """Build the whole history from ``recs`` (unpacked from ``blob``) and the
+        values' encodings ``parts``, keeping it prepared if it qualifies."""
+        meta = history_meta(namespace, key, recs)
+        array = encode_all(parts)
+        if len(recs) >= self.min_versions and len(array) <= self.max_bytes:
+            entries = self._entries
+            entries[(namespace, key)] = (bytes(blob), meta, array)
+            entries.move_to_end((namespace, key))
+            while len(entries) > self.size:
+                entries.popitem(last=False)
+        return _rows(cbor2.loads(array), meta)
