@@ -5,12 +5,12 @@ loop: values are decoded with one cbor2 call (a CBOR array assembled from the st
 encodings), rows are built from raw packed records, and hex ids are reused along the
 causal chain (a version's ``previous`` is usually the version just before it).
 
-A key read for its whole history again, unchanged, skips all of that but the decode:
+A key whose whole history is read again, unchanged, skips all of that but the decode:
 :class:`HistoryCache` keeps, for the last few keys read, a copy of their raw records
-(to prove the history unchanged), each version's metadata row without its value, and
-the values' stored encodings as one CBOR array. Values are decoded afresh on every call
-(each caller gets its own objects, as from every read); the encodings are content
-addressed, so a copy is as good as the value cache's.
+(to prove the history unchanged) and, from the second read on, each version's metadata
+row without its value and the values' stored encodings as one CBOR array. Values are
+decoded afresh on every call (each caller gets its own objects, as from every read);
+the encodings are content addressed, so a copy is as good as the value cache's.
 """
 
 from __future__ import annotations
@@ -48,7 +48,24 @@ def history_rows(
     namespace: str, key: str, recs: list[tuple[Any, ...]], values: list[Any]
 ) -> list[Versioned]:
     """One :class:`Versioned` per raw record (see ``KvState.history_raw``)."""
-    return _rows(values, history_meta(namespace, key, recs))
+    out: list[Versioned] = []
+    append = out.append
+    new = tuple.__new__
+    last_origin, o = b"", ""
+    last_wid, last_hex = NO_ID, None
+    for (hlc, origin, wid, cid, prev, _, _, expires, flags), value in zip(recs, values):  # noqa: B905
+        if origin != last_origin:
+            last_origin, o = origin, origin.hex()
+        p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
+        last_wid, last_hex = wid, wid.hex()
+        e = expires if flags & EXPIRES else None
+        if flags & TOMBSTONE:
+            append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True, e)))
+        else:
+            append(
+                new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
+            )
+    return out
 
 
 def _rows(values: list[Any], meta: list[tuple[Any, ...]]) -> list[Versioned]:
@@ -79,8 +96,11 @@ class HistoryCache:
     """The prepared whole histories of the last ``size`` keys read (see the module's
     docstring), each valid while the key's raw records are byte for byte the same.
 
-    Only histories of at least ``min_versions`` versions (below that, building them
-    costs little) and with encodings of at most ``max_bytes`` are kept.
+    A history is prepared on its second read with the same raw records (the first
+    only notes them): a key read once between writes pays nothing extra but a copy of
+    its records. Only histories of at least ``min_versions`` versions (below that,
+    building them costs little) and whose records and values' encodings each take at
+    most ``max_bytes`` are kept.
     """
 
     __slots__ = ("_entries", "max_bytes", "min_versions", "size")
@@ -89,22 +109,27 @@ class HistoryCache:
         self.size = size
         self.min_versions = min_versions
         self.max_bytes = max_bytes
-        #: (namespace, key) -> (raw records, metadata rows, values as one CBOR array)
-        self._entries: OrderedDict[tuple[str, str], tuple[bytes, list[tuple[Any, ...]], bytes]] = (
-            OrderedDict()
-        )
+        #: (namespace, key) -> (raw records, then once prepared the metadata rows and
+        #: the values as one CBOR array; None before)
+        self._entries: OrderedDict[
+            tuple[str, str], tuple[bytes, list[tuple[Any, ...]] | None, bytes]
+        ] = OrderedDict()
 
-    def rows(self, namespace: str, key: str, blob: bytes | bytearray) -> list[Versioned] | None:
-        """The whole history if it is kept for exactly these raw records, else None."""
+    def rows(self, namespace: str, key: str, blob: bytes | bytearray) -> list[Versioned] | bool:
+        """The whole history if it is prepared for exactly these raw records; else
+        whether it was read before with exactly these (then :meth:`keep` prepares it)."""
         slot = (namespace, key)
         entry = self._entries.get(slot)
         if entry is None:
-            return None
+            return False
         if entry[0] != blob:
             del self._entries[slot]
-            return None
+            return False
         self._entries.move_to_end(slot)
-        return _rows(cbor2.loads(entry[2]), entry[1])
+        meta = entry[1]
+        if meta is None:
+            return True
+        return _rows(cbor2.loads(entry[2]), meta)
 
     def keep(
         self,
@@ -113,15 +138,24 @@ class HistoryCache:
         blob: bytes | bytearray,
         recs: list[tuple[Any, ...]],
         parts: list[bytes],
+        again: bool,
     ) -> list[Versioned]:
-        """Build the whole history from ``recs`` (unpacked from ``blob``) and the
-        values' encodings ``parts``, keeping it prepared if it qualifies."""
-        meta = history_meta(namespace, key, recs)
+        """The whole history built from ``recs`` (unpacked from ``blob``) and the
+        values' encodings ``parts``; prepared and kept if read ``again`` unchanged,
+        else its records noted (if it qualifies)."""
         array = encode_all(parts)
-        if len(recs) >= self.min_versions and len(array) <= self.max_bytes:
-            entries = self._entries
-            entries[(namespace, key)] = (bytes(blob), meta, array)
-            entries.move_to_end((namespace, key))
-            while len(entries) > self.size:
-                entries.popitem(last=False)
-        return _rows(cbor2.loads(array), meta)
+        if len(recs) < self.min_versions or max(len(blob), len(array)) > self.max_bytes:
+            return history_rows(namespace, key, recs, cbor2.loads(array))
+        entries = self._entries
+        slot = (namespace, key)
+        if again:
+            meta = history_meta(namespace, key, recs)
+            entries[slot] = (bytes(blob), meta, array)
+            rows = _rows(cbor2.loads(array), meta)
+        else:
+            entries[slot] = (bytes(blob), None, b"")
+            rows = history_rows(namespace, key, recs, cbor2.loads(array))
+        entries.move_to_end(slot)
+        while len(entries) > self.size:
+            entries.popitem(last=False)
+        return rows

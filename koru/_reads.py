@@ -142,12 +142,12 @@ class KeyReads:
             blob = self.kv.history_blob(namespace, key)
             if blob is None:
                 return []
-            rows = self.histories.rows(namespace, key, blob)
-            if rows is not None:
-                return rows
+            kept = self.histories.rows(namespace, key, blob)
+            if type(kept) is list:
+                return kept
             recs = self.kv.records(blob)
         else:
-            blob = None
+            blob, kept = None, False
             recs = self.kv.history_raw(namespace, key)
         if since is not None:
             lo = to_ns(since, end=False)
@@ -169,7 +169,7 @@ class KeyReads:
                     )
         found = cast("list[bytes]", parts)
         if blob is not None:
-            return self.histories.keep(namespace, key, blob, recs, found)
+            return self.histories.keep(namespace, key, blob, recs, found, kept is True)
         return history_rows(namespace, key, recs, decode_all(found))
 
     def diff(

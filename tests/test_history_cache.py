@@ -70,19 +70,25 @@ def test_a_kept_history_equals_one_built_afresh(ops: list[tuple[str, str, int]],
     trio.run(run)
 
 
-def test_a_long_history_is_kept_and_a_short_one_is_not() -> None:
+def test_a_long_history_is_prepared_on_its_second_unchanged_read() -> None:
     async def run() -> None:
         async with koru.open(":memory:", clock=StepClock(), processes=False) as db:
             cache = db._reads.histories
+            entries = cache._entries
             for i in range(cache.min_versions):
                 await db.put("ns", "long", {"i": i})
             await db.put("ns", "short", 1)
-            long, short = await db.history("ns", "long"), await db.history("ns", "short")
+            long = await db.history("ns", "long")
             assert [r.value for r in long] == [{"i": i} for i in range(cache.min_versions)]
-            assert [r.value for r in short] == [1]
-            assert list(cache._entries) == [("ns", "long")]
+            assert [r.value for r in await db.history("ns", "short")] == [1]
+            assert list(entries) == [("ns", "long")]  # noted, the short one not at all
+            assert entries[("ns", "long")][1] is None
+            assert await db.history("ns", "long") == long
+            assert entries[("ns", "long")][1] is not None  # prepared
+            assert await db.history("ns", "long") == long  # served from it
             await db.put("ns", "long", "next")
             grown = await db.history("ns", "long")
+            assert entries[("ns", "long")][1] is None  # changed: noted afresh
             assert grown[:-1] == long and grown[-1].value == "next"
             assert grown[-1].previous == long[-1].write_id
 
