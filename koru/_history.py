@@ -10,7 +10,10 @@ A key whose whole history is read again, unchanged, skips all of that but the de
 (to prove the history unchanged) and, from the second read on, each version's metadata
 row without its value and the values' stored encodings as one CBOR array. Values are
 decoded afresh on every call (each caller gets its own objects, as from every read);
-the encodings are content addressed, so a copy is as good as the value cache's.
+the encodings are content addressed, so a copy is as good as the value cache's. Where
+every value is an immutable scalar or a dict or list of them, decoded templates are
+kept instead and each call gets shallow copies, as the value cache serves them (a new
+container holding the same immutable items: indistinguishable from a fresh decode).
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ import cbor2
 from koru.events import cbor_head
 from koru.projections import EXPIRES, NO_ID, TOMBSTONE
 
+from ._cache import shared
 from ._types import Versioned
 
 __all__ = ["NULL", "HistoryCache", "decode_all", "history_rows"]
 
 #: The stored encoding of None: stands in for a deletion's value in ``decode_all``.
 NULL = b"\xf6"
+_CONTAINERS = (dict, list)
+#: Decoded templates take up to about this many times their encoding's bytes.
+_TEMPLATE_BLOWUP = 10
 
 
 def encode_all(parts: list[bytes]) -> bytes:
@@ -109,10 +116,12 @@ class HistoryCache:
         self.size = size
         self.min_versions = min_versions
         self.max_bytes = max_bytes
-        #: (namespace, key) -> (raw records, then once prepared the metadata rows and
-        #: the values as one CBOR array; None before)
+        #: (namespace, key) -> (raw records, then once prepared the metadata rows, the
+        #: values as one CBOR array and, if every value can be copied rather than
+        #: decoded, their templates; None and b"" before)
         self._entries: OrderedDict[
-            tuple[str, str], tuple[bytes, list[tuple[Any, ...]] | None, bytes]
+            tuple[str, str],
+            tuple[bytes, list[tuple[Any, ...]] | None, bytes, list[Any] | None],
         ] = OrderedDict()
 
     def rows(self, namespace: str, key: str, blob: bytes | bytearray) -> list[Versioned] | bool:
@@ -129,7 +138,10 @@ class HistoryCache:
         meta = entry[1]
         if meta is None:
             return True
-        return _rows(cbor2.loads(entry[2]), meta)
+        templates = entry[3]
+        if templates is None:
+            return _rows(cbor2.loads(entry[2]), meta)
+        return _rows([t.copy() if type(t) in _CONTAINERS else t for t in templates], meta)
 
     def keep(
         self,
@@ -150,10 +162,16 @@ class HistoryCache:
         slot = (namespace, key)
         if again:
             meta = history_meta(namespace, key, recs)
-            entries[slot] = (bytes(blob), meta, array)
-            rows = _rows(cbor2.loads(array), meta)
+            values = cbor2.loads(array)
+            templates = None
+            if len(array) * _TEMPLATE_BLOWUP <= self.max_bytes and all(
+                shared(v) is v for v in values
+            ):
+                templates = [v.copy() if type(v) in _CONTAINERS else v for v in values]
+            entries[slot] = (bytes(blob), meta, array, templates)
+            rows = _rows(values, meta)
         else:
-            entries[slot] = (bytes(blob), None, b"")
+            entries[slot] = (bytes(blob), None, b"", None)
             rows = history_rows(namespace, key, recs, cbor2.loads(array))
         entries.move_to_end(slot)
         while len(entries) > self.size:

@@ -28,13 +28,17 @@ ops = st.lists(
 )
 
 
-def value_of(i: int) -> Any:
+def value_of(i: int, flat: bool) -> Any:
+    if flat:  # values served from templates: scalars, flat dicts and lists
+        return [{"n": i, "name": f"v{i}", "ok": True}, [i, None, 1.5], f"text {i}", i][i % 4]
     return [{"n": i, "tags": ["x", i]}, [i, None], f"text {i}", {"deep": {"n": i}}][i % 4]
 
 
-@settings(max_examples=60, deadline=None)
-@given(ops=ops, size=st.integers(1, 3))
-def test_a_kept_history_equals_one_built_afresh(ops: list[tuple[str, str, int]], size: int) -> None:
+@settings(max_examples=80, deadline=None)
+@given(ops=ops, size=st.integers(1, 3), flat=st.booleans())
+def test_a_kept_history_equals_one_built_afresh(
+    ops: list[tuple[str, str, int]], size: int, flat: bool
+) -> None:
     async def run() -> None:
         async with koru.open(":memory:", clock=StepClock(), processes=False) as db:
             cache = db._reads.histories
@@ -48,16 +52,17 @@ def test_a_kept_history_equals_one_built_afresh(ops: list[tuple[str, str, int]],
                 assert kept == fresh
                 again = await db.history("ns", key)
                 assert again == fresh
-                for row in kept:
+                for row in kept + again:
                     if isinstance(row.value, list | dict):
                         row.value.clear()  # the caller's own objects
+                assert await db.history("ns", key) == fresh
                 assert await db.history("ns", key) == fresh
 
             for op, key, i in ops:
                 if op == "put":
-                    await db.put("ns", key, value_of(i))
+                    await db.put("ns", key, value_of(i, flat))
                 elif op == "ttl":
-                    await db.put("ns", key, value_of(i), ttl=i * 1e-6)
+                    await db.put("ns", key, value_of(i, flat), ttl=i * 1e-6)
                 elif op == "delete":
                     with contextlib.suppress(koru.KeyNotFoundError):
                         await db.delete("ns", key)
@@ -85,7 +90,11 @@ def test_a_long_history_is_prepared_on_its_second_unchanged_read() -> None:
             assert entries[("ns", "long")][1] is None
             assert await db.history("ns", "long") == long
             assert entries[("ns", "long")][1] is not None  # prepared
-            assert await db.history("ns", "long") == long  # served from it
+            assert entries[("ns", "long")][3] is not None  # flat values: templates
+            served = await db.history("ns", "long")  # served from them
+            assert served == long
+            served[0].value["i"] = "changed"  # a copy: the template keeps its value
+            assert await db.history("ns", "long") == long
             await db.put("ns", "long", "next")
             grown = await db.history("ns", "long")
             assert entries[("ns", "long")][1] is None  # changed: noted afresh
