@@ -734,6 +734,17 @@ class KvState:
             return []
         return [_unpack(r) for r in _REC.iter_unpack(blob)]
 
+    def history_blob(self, namespace: str, key: str) -> bytearray | bytes | None:
+        """A key's version records as stored (packed, oldest first; see
+        :meth:`history_raw`), for a reader that keeps what it built from them and
+        compares them to know it is still current. Not to be modified."""
+        return self._blob(namespace, key)
+
+    @staticmethod
+    def records(blob: bytearray | bytes) -> list[tuple[Any, ...]]:
+        """A key's version records (:meth:`history_blob`) as raw packed tuples."""
+        return list(_REC.iter_unpack(blob))
+
     def history_raw(self, namespace: str, key: str) -> list[tuple[Any, ...]]:
         """:meth:`history` as raw packed tuples, for bulk readers.
 
