@@ -112,7 +112,7 @@ class HistoryCache:
 
     __slots__ = ("_entries", "max_bytes", "min_versions", "size")
 
-    def __init__(self, size: int = 8, min_versions: int = 32, max_bytes: int = 1 << 22) -> None:
+    def __init__(self, size: int = 8, min_versions: int = 32, max_bytes: int = 1 << 20) -> None:
         self.size = size
         self.min_versions = min_versions
         self.max_bytes = max_bytes
