@@ -25,7 +25,7 @@ from typing import Any
 
 import cbor2
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MISSING", "ValueCache"]
+__all__ = ["DEFAULT_CACHE_BYTES", "MISSING", "ValueCache", "shared"]
 
 #: Default byte budget of the value cache.
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -60,7 +60,7 @@ _IMMUTABLE = frozenset((str, int, float, bool, type(None), bytes))
 _size = sys.getsizeof
 
 
-def _shared(value: Any) -> Any:
+def shared(value: Any) -> Any:
     """What a template of ``value`` holds, before any copy is made: ``value`` itself if
     it is immutable or a dict or list of immutable items (a container is copied only
     once it is kept, see :meth:`_Shard.remember`), else :data:`_DEEP`."""
@@ -265,7 +265,7 @@ class _Shard:
         made: a read of a value without room for its template (the hot values of a
         cache sized for the values alone) pays for no copy it would throw away."""
         encoded = len(self.data[cid])
-        template = _shared(value)
+        template = shared(value)
         cost = _template_cost(template, encoded)
         change = 0
         if self.size + cost > self.capacity:

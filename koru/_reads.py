@@ -24,7 +24,7 @@ from koru.projections import EXPIRES, NO_ID, TOMBSTONE, KvState, VersionRecord
 
 from ._cache import MISSING
 from ._diff import Diff, diff_values, pick_version
-from ._history import NULL, decode_all, history_rows
+from ._history import NULL, HistoryCache, decode_all, history_rows
 from ._reader import ValueReader
 from ._space import DEFAULT, Space
 from ._time import to_ns
@@ -61,12 +61,13 @@ class KeyReads:
     that an expired value cannot come back.
     """
 
-    __slots__ = ("kv", "now", "values")
+    __slots__ = ("histories", "kv", "now", "values")
 
     def __init__(self, kv: KvState, values: ValueReader, now: Callable[[], int]) -> None:
         self.kv = kv
         self.values = values
         self.now = now
+        self.histories = HistoryCache()
 
     @staticmethod
     def _names(namespace: str, key: str) -> None:
@@ -136,7 +137,18 @@ class KeyReads:
         self._names(namespace, key)
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
-        recs = self.kv.history_raw(namespace, key)
+        whole = since is None and until is None and latest is None
+        if whole:
+            blob = self.kv.history_blob(namespace, key)
+            if blob is None:
+                return []
+            kept = self.histories.rows(namespace, key, blob)
+            if type(kept) is list:
+                return kept
+            recs = self.kv.records(blob)
+        else:
+            blob, kept = None, False
+            recs = self.kv.history_raw(namespace, key)
         if since is not None:
             lo = to_ns(since, end=False)
             recs = [r for r in recs if r[0] >= lo]
@@ -146,7 +158,7 @@ class KeyReads:
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
         # A key may have thousands of versions: raw records, one cbor2 call for all
-        # values, rows built in bulk (see _history).
+        # values, rows built in bulk (see _history); a whole history is kept prepared.
         values = self.values
         parts: list[bytes | None] = list(map(values.cache.peek, [r[3] for r in recs]))
         if None in parts:  # deletions, and values not in the cache
@@ -155,7 +167,10 @@ class KeyReads:
                     parts[i] = (
                         NULL if r[8] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
                     )
-        return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
+        found = cast("list[bytes]", parts)
+        if blob is not None:
+            return self.histories.keep(namespace, key, blob, recs, found, kept is True)
+        return history_rows(namespace, key, recs, decode_all(found))
 
     def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1

@@ -116,6 +116,7 @@ class Writer:
         hasher = blake3()
         self._hash_reset, self._hash_update = hasher.reset, hasher.update
         self._clock = clock
+        self._now_ns = clock.now_ns
         self._committer = committer
         self._projections = projections
         self._kv = cast(KvState, projections["kv"])
@@ -142,6 +143,10 @@ class Writer:
             retired=projections.retired,
         )
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
+        # Bound once: every write calls them (one attribute lookup each fewer).
+        self._store_append = store.append
+        self._mark_appended = committer.mark_appended
+        self._note_event = self.checkpointer.note_event
         size = store.segment_size
         #: Offset in a segment from which writes ask for background syncs, and per
         #: agent (a location's top byte) the location of the next one.
@@ -179,14 +184,15 @@ class Writer:
         hashing the value again (``Projections.apply_put``); ``cids``: for a batch of
         this node, its values' content ids in order (``Projections.apply_writes``)."""
         try:
-            location, _ = self._store.append(event.agent, data, eid)
+            location, _ = self._store_append(event.agent, data, eid)
         except DurabilityError as exc:
             self._die(exc)
             raise
-        self._committer.mark_appended()
-        if location & _OFFSET >= self._writeback_from:
+        self._mark_appended()
+        offset = location & _OFFSET
+        if offset >= self._writeback_from:
             self._near_segment_end(location)
-        elif location & _OFFSET == SEGMENT_HEADER_SIZE and self._finish_rolls:
+        elif offset == SEGMENT_HEADER_SIZE and self._finish_rolls:
             # The first record of a segment: a roll's last steps wait for a sync
             # (FileStore._open_for_append); ask for one now, in the background.
             self.checkpointer.writeback()
@@ -203,7 +209,7 @@ class Writer:
             # stops, as for a failed write (the exception still reaches the caller).
             self._die(exc)
             raise
-        self.checkpointer.note_event()
+        self._note_event()
         for observe in self.observers:
             observe(event, eid, location)
 
@@ -329,7 +335,7 @@ class Writer:
         # each fewer).
         head = self._feeds.heads.get((node, STORAGE))
         seq, prev = (1, None) if head is None else (head[0] + 1, head[1])
-        now, clock = self._clock.now_ns(), self.hlc
+        now, clock = self._now_ns(), self.hlc
         if type(now) is not int or not 0 <= now < _NS_LIMIT:
             _bad_clock(now)
         hlc = now if now > clock.last else clock.last + 1

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from koru.events import DurabilityError, LogStore, StorageError, Table, TableEncoder
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
@@ -130,7 +131,7 @@ class Checkpointer:
     async def _save_locked(self) -> None:
         # Capture first (state and cursors together), then make the log durable at
         # least up to those cursors, and only then write the checkpoint naming them.
-        captured = self._capture()
+        captured = _uninterrupted(self._capture)
         events = self.events
         # Flushes buffers first; the sync itself in a worker thread, whatever the
         # committer's judgement of the device: a checkpoint's sync covers every event
@@ -143,7 +144,7 @@ class Checkpointer:
         self.written += 1
         # The projections learn which tables their new ones became; what they let go
         # of then is freed a slice at a time (see dismantle).
-        self._checkpointed(written)
+        _uninterrupted(self._checkpointed, written)
         await dismantle(self._retired())
 
     async def compact(self) -> int:
@@ -160,7 +161,7 @@ class Checkpointer:
                 # A merge of tables comes sorted: it streams, never held whole.
                 encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
                 merged = await trio.to_thread.run_sync(self._write_merged, encoder, Pacer())
-                projection.compacted(inputs, merged)
+                _uninterrupted(projection.compacted, inputs, merged)
                 replaced += inputs
                 # Nothing here may keep the merged tables alive: see let_go below.
                 del projection, inputs, new, encoder
@@ -243,3 +244,12 @@ class Checkpointer:
                 done.cancel()
                 return
             self.writebacks += 1
+
+
+@enable_ki_protection
+def _uninterrupted(step: Callable[..., Any], *args: Any) -> Any:
+    """Run ``step``, a change of projection state on the event loop that must not stop
+    half-way (capture freezes the memory layer; the handovers swap layers and tables),
+    shielded from KeyboardInterrupt: Ctrl-C arrives at the main task's next checkpoint
+    instead, as on the write and commit paths."""
+    return step(*args)

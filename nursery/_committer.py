@@ -27,6 +27,7 @@ from functools import partial
 from typing import Literal
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from koru.events import DurabilityError, InvalidArgumentError, LogStore
 
@@ -78,6 +79,10 @@ class Committer:
         """Count one record appended to the store."""
         self.appended += 1
 
+    # Shielded from KeyboardInterrupt (see sync_now): an interrupt in a leader's
+    # ``finally``, after it took the list of parked writers and before it woke them,
+    # stranded them parked on a round that was over.
+    @enable_ki_protection
     async def wait_durable(self) -> None:
         """Return once everything appended so far is durable under the mode.
 
@@ -126,6 +131,7 @@ class Committer:
                 for task in waiting:
                     reschedule(task)
 
+    @enable_ki_protection  # (its flush: see sync_now)
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher for ``sync="never"``: pushes buffers to the OS every
         ``flush_interval`` seconds until cancelled. Never raises a storage error out."""
@@ -140,6 +146,12 @@ class Committer:
                 self.error = exc
                 return
 
+    # Shielded from KeyboardInterrupt (trio delivers it at the main task's next
+    # checkpoint instead), as Writer.write is: a Ctrl-C between the store's flush
+    # taking its buffer and writing it, or between a sync clearing a log's dirty flag
+    # and its fsync, left the store usable but short of records the next round then
+    # acknowledged (and later records chained past the gap).
+    @enable_ki_protection
     async def sync_now(self, *, in_thread: bool = False) -> None:
         """Make everything appended so far durable; a sync once begun runs to its end,
         even if the caller is cancelled (its outcome is never left unknown). With

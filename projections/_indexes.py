@@ -154,6 +154,12 @@ class Indexes:
         """(namespace, path) of every index, sorted."""
         return sorted((ns, p) for ns, paths in self.by_namespace.items() for p in paths)
 
+    @property
+    def put_namespaces(self) -> dict[str, dict[str, Index]]:
+        """The namespaces whose plain puts the fold acts on (see
+        ``Projections``): those with an index. Never rebound."""
+        return self.by_namespace
+
     # -- the fold ----------------------------------------------------------------------
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:

@@ -154,6 +154,7 @@ class KvState:
 
     __slots__ = (
         "_capturing",
+        "_mirrors",
         "_missed",
         "_searched",
         "_sizes",
@@ -216,6 +217,12 @@ class KvState:
         self.retired: list[Any] = []
         #: Tables written by checkpoints (newest first).
         self.tables: list[Table] = []
+        #: Tables whose every key is in warm layers (id -> the table, those layers):
+        #: the tables this process wrote from layers still warm, and merges of such
+        #: tables only. A key the warm tier lacks is in none of them, so a search for
+        #: it skips them (a new key's put proves its absence with dict probes alone).
+        #: Dropped when one of its layers leaves the warm tier or the table is merged.
+        self._mirrors: dict[int, tuple[Table, tuple[Any, ...]]] = {}
         #: The hot tier of the tables: records read from them lately, in the order they
         #: were, within ``hot_capacity`` bytes (a write drops its key from here: the
         #: memory layer holds the newer records).
@@ -330,10 +337,17 @@ class KvState:
         if not io:
             raise BlockingIOError(f"{namespace!r}/{key!r} is not in memory")
         self.table_reads += 1
-        probe = key_probe(namespace, key)
-        if probe is None:
-            return None  # not valid Unicode: in no table
+        mirrors = self._mirrors
+        probe = None
         for table in self.tables:
+            if mirrors:
+                mirror = mirrors.get(id(table))
+                if mirror is not None and mirror[0] is table:
+                    continue  # its every key is in a warm layer, searched above
+            if probe is None:
+                probe = key_probe(namespace, key)
+                if probe is None:
+                    return None  # not valid Unicode: in no table
             found = table.lookup(probe)
             if found is not None:
                 # Promote: the next read of this key is a dictionary probe. Evicted in
@@ -487,15 +501,18 @@ class KvState:
         if self.recent and (read := self.recent.get(namespace)):  # (see __init__)
             read.pop(key, None)
         # The common cases inlined as apply_run has them (a key new to memory with
-        # nothing below it, or a put newer than the current version held here);
-        # anything else takes _insert. The same counts and sums either way.
+        # nothing below it, or one every layer below was just searched for in vain:
+        # the miss current_write_id noted, see _missed; or a put newer than the
+        # current version held here); anything else takes _insert. The same counts
+        # and sums either way.
         keys = self.namespaces.get(namespace)
         blob = None if keys is None else keys.get(key)
         if blob is None:
-            if keys is None or self.frozen or self.tables:
-                # (_insert takes the miss current_write_id noted: one search below)
+            if (self.frozen or self.tables) and self._missed != (namespace, key):
                 self._insert(namespace, key, rec, hlc)
                 return
+            if keys is None:
+                keys = self.namespaces[namespace] = {}
             keys[key] = bytearray(rec)
             wid = int.from_bytes(event_id, "big")  # a put's one write id is its event id
             self.current_sum += wid
@@ -722,6 +739,17 @@ class KvState:
             return []
         return [_unpack(r) for r in _REC.iter_unpack(blob)]
 
+    def history_blob(self, namespace: str, key: str) -> bytearray | bytes | None:
+        """A key's version records as stored (packed, oldest first; see
+        :meth:`history_raw`), for a reader that keeps what it built from them and
+        compares them to know it is still current. Not to be modified."""
+        return self._blob(namespace, key)
+
+    @staticmethod
+    def records(blob: bytearray | bytes) -> list[tuple[Any, ...]]:
+        """A key's version records (:meth:`history_blob`) as raw packed tuples."""
+        return list(_REC.iter_unpack(blob))
+
     def history_raw(self, namespace: str, key: str) -> list[tuple[Any, ...]]:
         """:meth:`history` as raw packed tuples, for bulk readers.
 
@@ -865,9 +893,11 @@ class KvState:
                     size = self._sizes.pop(id(layer), 0)
                     self.warm.insert(0, (layer, size))
                     self.warm_bytes += size
+                self._mirrors[id(table)] = (table, tuple(done))
                 while self.warm and self.warm_bytes > self.warm_capacity:
                     layer, size = self.warm.pop()
                     self.warm_bytes -= size
+                    self._unmirror(layer)
                     # Freed by the shell a slice at a time (see ``retired``).
                     self.retired.append(layer)
 
@@ -879,6 +909,19 @@ class KvState:
     def compacted(self, inputs: list[Table], merged: Table) -> None:
         """The merge of ``inputs`` was written as ``merged``: it takes their place."""
         replace_merged(self.tables, inputs, merged)
+        mirrors = self._mirrors
+        found = [mirrors.pop(id(t), None) for t in inputs]
+        if all(m is not None and m[0] is t for m, t in zip(found, inputs, strict=True)):
+            # Its keys are some of theirs (a merge never adds a key): mirrored too.
+            layers = tuple(layer for m in found if m is not None for layer in m[1])
+            mirrors[id(merged)] = (merged, layers)
+
+    def _unmirror(self, layer: Any) -> None:
+        """``layer`` left the warm tier: the tables it mirrored are searched again."""
+        mirrors = self._mirrors
+        for tid, (_, layers) in list(mirrors.items()):
+            if any(held is layer for held in layers):
+                del mirrors[tid]
 
     @classmethod
     def restore(cls, data: Any) -> KvState:

@@ -13,7 +13,7 @@ log for that projection alone; the others load from theirs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from koru.events import AGENTS, STORAGE, Event, PutEvent, PutRun, Table
@@ -130,6 +130,15 @@ def folds_kind(projection: Projection, kind: type[Event]) -> bool:
     return kinds is None or kind in kinds
 
 
+def put_namespaces(projection: Projection) -> Mapping[str, Any] | None:
+    """The namespaces whose plain puts ``projection`` acts on, if it names them: a
+    projection may keep, in a ``put_namespaces`` attribute, a mapping (it keeps current
+    and never rebinds) outside whose keys its fold of a plain put does nothing. Why:
+    index and view folds have nothing to do for most puts, and the seam then tests the
+    namespace instead of calling them."""
+    return getattr(projection, "put_namespaces", None)
+
+
 class Projections:
     """The registered projections, folded together: the one seam every event takes."""
 
@@ -166,11 +175,30 @@ class Projections:
             tuple[str, type[Event]], tuple[tuple[Callable[..., None], bool], ...]
         ] = {}
         # The same, split for apply_put when the folds that take the id come first (the
-        # key/value state is registered first): two plain loops, no test per fold.
+        # key/value state is registered first): plain loops, no test per fold; the
+        # folds that name their namespaces (put_namespaces) last, each called only for
+        # a put in one of them.
         takers = [apply for apply, takes in self._put_route if takes]
-        self._put_split: tuple[tuple[Callable[..., None], ...], tuple[_Apply, ...]] | None = (
-            (tuple(takers), tuple(apply for apply, _ in self._put_route[len(takers) :]))
+        rest = [
+            p
+            for p in self.members
+            if folds(p, STORAGE) and folds_kind(p, PutEvent) and not isinstance(p, PutFold)
+        ]
+        self._put_split: (
+            tuple[
+                tuple[Callable[..., None], ...],
+                tuple[_Apply, ...],
+                tuple[tuple[_Apply, Mapping[str, Any]], ...],
+            ]
+            | None
+        ) = (
+            (
+                tuple(takers),
+                tuple(p.apply for p in rest if put_namespaces(p) is None),
+                tuple((p.apply, only) for p in rest if (only := put_namespaces(p)) is not None),
+            )
             if all(takes for _, takes in self._put_route[: len(takers)])
+            and [apply for apply, _ in self._put_route[len(takers) :]] == [p.apply for p in rest]
             else None
         )
         #: Where moved values are found, asked in registration order.
@@ -205,11 +233,16 @@ class Projections:
         projections that take it (:class:`PutFold`) need not hash the value again."""
         split = self._put_split
         if split is not None:
-            takers, others = split
+            takers, others, filtered = split
             for take in takers:
                 take(event, event_id, location, content_id)
             for apply in others:
                 apply(event, event_id, location)
+            if filtered:
+                namespace = event.namespace
+                for apply, only in filtered:
+                    if namespace in only:
+                        apply(event, event_id, location)
             return
         for apply, takes_id in self._put_route:
             if takes_id:

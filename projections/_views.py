@@ -226,6 +226,12 @@ class Views:
         #: namespace with views -> keys written since its views caught up
         self.dirty: dict[str, set[str]] = {}
 
+    @property
+    def put_namespaces(self) -> dict[str, set[str]]:
+        """The namespaces whose plain puts the fold acts on (see ``Projections``):
+        those with a view. Never rebound."""
+        return self.dirty
+
     # -- the fold ----------------------------------------------------------------------
 
     def apply(self, event: Event, event_id: bytes, location: int) -> None:

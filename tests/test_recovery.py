@@ -31,6 +31,7 @@ import blake3
 import cbor2
 import pytest
 import trio
+import trio.testing
 
 import koru
 from conftest import digest_of, full_replay, open_store
@@ -1751,6 +1752,130 @@ def test_ctrl_c_in_the_write_path_never_splits_the_log_from_the_projections(
     trio.run(reopen)
 
 
+def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
+) -> None:
+    """Ctrl-C (SIGINT) arriving in the leader of a group-commit round just as it pushes
+    the log's buffer to the OS (``FileStore._flush_log`` had swapped the buffer out,
+    ``_write`` not yet begun): the records of that buffer were dropped, the store not
+    marked broken, and the next round synced what was left and acknowledged the
+    writers whose records were dropped (a reopen then found a broken chain or values
+    missing). The commit path is shielded from KeyboardInterrupt as the write path is;
+    it arrives at the next checkpoint of the main task."""
+    from koru.events import FileStore as Store
+
+    write = Store._write
+    armed = [False]
+
+    def interrupted(self: Store, log: Any, data: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        write(self, log, data)
+
+    monkeypatch.setattr(Store, "_write", interrupted)
+    acked: dict[str, int] = {}
+    stopped: list[BaseException] = []
+
+    async def writer(db: koru.Database, i: int) -> None:
+        try:
+            await db.put("users", f"k{i}", i)
+            acked[f"k{i}"] = i
+        except KeyboardInterrupt as exc:
+            stopped.append(exc)
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync="always", processes=False) as db:
+            await db.put("users", "first", 0)
+            acked["first"] = 0
+            armed[0] = True
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(writer, db, i)
+            for i in range(8, 12):  # later rounds, after the interrupt
+                await db.put("users", f"k{i}", i)
+                acked[f"k{i}"] = i
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        stopped.append(exc)
+    assert not armed[0] and stopped  # the interrupt was raised, somewhere
+    assert all(
+        isinstance(exc, KeyboardInterrupt)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
+        for exc in stopped
+    )
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            for key, value in acked.items():  # every acknowledged write, readable
+                assert await db.get("users", key) == value
+
+    trio.run(reopen)
+
+
+def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
+) -> None:
+    """Ctrl-C (SIGINT) arriving in the leader of a group-commit round after it took the
+    list of writers parked on the round and before it woke them: they were never
+    woken (parked forever, the round over). The commit path is shielded from
+    KeyboardInterrupt; it arrives at the next checkpoint of the main task. (A mock
+    clock that jumps when every task is blocked turns the hang into TooSlowError.)"""
+    reschedule = trio.lowlevel.reschedule
+    armed = [False]
+
+    def interrupted(task: Any, *args: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        reschedule(task, *args)
+
+    acked: list[int] = []
+    stopped: list[BaseException] = []
+
+    async def writer(db: koru.Database, i: int) -> None:
+        try:
+            await db.put("users", f"k{i}", i)
+            acked.append(i)
+        except KeyboardInterrupt as exc:
+            stopped.append(exc)
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync="always", processes=False) as db:
+            await db.put("users", "first", 0)
+            # Syncs inline: a task waiting for a worker thread counts as blocked, and
+            # the mock clock would jump past the deadline while one syncs.
+            db._writer._committer.inline_sync_max = float("inf")
+            monkeypatch.setattr(trio.lowlevel, "reschedule", interrupted)
+            armed[0] = True
+            with trio.fail_after(3600):
+                async with trio.open_nursery() as nursery:
+                    for i in range(8):
+                        nursery.start_soon(writer, db, i)
+            monkeypatch.undo()
+            assert sorted(acked) == list(range(8))  # the round acknowledged every one
+
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        stopped.append(exc)
+    monkeypatch.undo()
+    assert not armed[0]  # the interrupt was raised
+    assert not any(
+        isinstance(exc, trio.TooSlowError)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.TooSlowError))
+        for exc in stopped
+    ), stopped
+    assert stopped and all(
+        isinstance(exc, KeyboardInterrupt)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
+        for exc in stopped
+    )
+
+
 def _many_segments(path: Path) -> list[Path]:
     async def write() -> None:
         async with koru.open(path, segment_size=400) as db:
@@ -1854,3 +1979,60 @@ def test_the_checkpoint_audit_agrees_after_a_namespace_loses_its_last_key(
         assert audit_checkpoint(store) == ([], [])
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("step", ["capture", "checkpointed"])
+def test_ctrl_c_in_a_checkpoints_state_handover_lets_it_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None, step: str
+) -> None:
+    """Ctrl-C (SIGINT) arriving while a checkpoint freezes the key/value state's memory
+    layer (``capture``) or hands its layers over to the table just written
+    (``checkpointed``): each is a handful of assignments on the event loop that must
+    not stop half-way (a layer both frozen and live, or listed twice), so both are
+    shielded from KeyboardInterrupt; it arrives after, and every acknowledged write
+    reads back after a reopen."""
+    from koru.projections import KvState
+
+    original = getattr(KvState, step)
+    armed, finished = [False], []
+
+    def interrupted(self: KvState, *args: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+            finished.append(step)
+        return original(self, *args)
+
+    monkeypatch.setattr(KvState, step, interrupted)
+    acked: dict[str, int] = {}
+    stopped: list[BaseException] = []
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync="always", processes=False) as db:
+            for i in range(20):
+                await db.put("users", f"k{i}", i)
+                acked[f"k{i}"] = i
+            armed[0] = True
+            await db.checkpoint()
+            for i in range(20, 25):
+                await db.put("users", f"k{i}", i)
+                acked[f"k{i}"] = i
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        stopped.append(exc)
+    assert not armed[0] and finished == [step], "the step was cut short"
+    assert stopped and all(
+        isinstance(exc, KeyboardInterrupt)
+        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
+        for exc in stopped
+    )
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            for key, value in acked.items():
+                assert await db.get("users", key) == value
+
+    trio.run(reopen)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import koru
@@ -30,7 +30,8 @@ from koru.events import (
 )
 from koru.events._frame import RECORD_HEADER_SIZE, encode_record, parse_record
 from koru.events._store import unpack_location
-from koru.projections._kv import LAST_PLACE, PLACE
+from koru.projections import KvState
+from koru.projections._kv import LAST_PLACE, PLACE, RECORD_SIZE
 from koru.projections._merging import merge_tables
 
 names = st.sampled_from(["a", "b", "c", "d"])
@@ -315,8 +316,14 @@ async def test_a_put_of_a_new_key_searches_the_tables_once_and_a_miss_never_hide
         kv = db._kv
         assert kv.tables and not kv.namespaces.get("ns")
         searched = kv.table_reads
+        counts = (kv.key_total, kv.live, kv.ns_live.get("ns", 0), kv.versions)
         await db.put("ns", "new", 1)
         assert kv.table_reads == searched + 1
+        # Its fold (the new key inlined in apply_put) counted it as _insert would.
+        assert (kv.key_total, kv.live, kv.ns_live["ns"], kv.versions) == tuple(
+            n + 1 for n in counts
+        )
+        assert len(kv.namespaces["ns"]["new"]) == RECORD_SIZE
         # A key only in the tables is still copied up (its history keeps both versions).
         await db.put("ns", "k3", 33)
         assert [h.value for h in await db.history("ns", "k3")] == [3, 33]
@@ -521,3 +528,63 @@ async def test_a_cold_get_proves_the_value_it_slices_from_a_put(tmp_path: Path) 
             assert fresh or outcome == "reported", at  # a stale checksum is always caught
             outcomes.add((fresh, outcome))
     assert outcomes == {(False, "reported"), (True, "reported"), (True, "served")}
+
+
+_tier_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 11)),
+        st.tuples(st.just("checkpoint"), st.just(0)),
+        st.tuples(st.just("merge"), st.just(0)),
+        st.tuples(st.just("warm"), st.sampled_from([0, 300, 1 << 20])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_tier_ops)
+# A merge of two mirrored tables, then the older one's layer leaves the warm tier.
+@example(
+    ops=[
+        ("put", 0),
+        ("checkpoint", 0),
+        ("put", 1),
+        ("checkpoint", 0),
+        ("merge", 0),
+        ("warm", 300),
+        ("put", 2),
+        ("checkpoint", 0),
+    ]
+)
+def test_tables_mirrored_by_warm_layers_are_skipped_only_while_that_proves_absence(
+    ops: list[tuple[str, int]],
+) -> None:
+    """A search skips a table this process wrote from layers still warm (and merges of
+    such tables): a key the warm tier lacks is in none of them. Whatever the
+    checkpoints, merges and warm budgets, every key's current write id is the model's."""
+    kv = KvState()
+    model: dict[str, bytes] = {}
+    origin = bytes(32)
+    for n, (op, arg) in enumerate(ops, 1):
+        if op == "put":
+            key = f"k{arg}"
+            eid = n.to_bytes(32, "big")
+            # As the writer does: the current version first (which may note a miss).
+            assert kv.current_write_id("ns", key) == model.get(key)
+            value = encode_value(n)
+            event = PutEvent(origin, "storage", n, None, 1000 + n, "ns", key, value, None)
+            kv.apply_put(event, eid, n, bytes(32))
+            model[key] = eid
+        elif op == "checkpoint":
+            new = kv.capture()["new"]
+            if new is not None:
+                kv.checkpointed({new: table_of({(ns, k): v for ns, k, v in new.items()})})
+        elif op == "merge" and len(kv.tables) >= 2:
+            inputs = kv.tables[:2]
+            merged = table_of({(ns, k): v for ns, k, v in merge_tables(inputs)})
+            kv.compacted(inputs, merged)
+        elif op == "warm":
+            kv.warm_capacity = arg
+        for i in range(12):
+            assert kv.current_write_id("ns", f"k{i}") == model.get(f"k{i}")
+    assert {k: kv.current_write_id("ns", k) for k in model} == model
