@@ -107,6 +107,7 @@ from ._names import check_user_name as check_user_name
 from ._names import name_problem as name_problem
 from ._names import user_name_problem as user_name_problem
 from ._put_codec import PutEncoder as PutEncoder
+from ._put_value import put_value as put_value
 from ._query_events import INDEX_ACTIONS as INDEX_ACTIONS
 from ._query_events import IndexEvent as IndexEvent
 from ._query_events import ViewEvent as ViewEvent
@@ -261,6 +262,7 @@ __all__ = [
     "NotFoundError",
     "OsDisk",
     "PutEncoder",
+    "put_value",
     "PutEvent",
     "PutRun",
     "RUN_SIZE",

@@ -370,7 +370,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
                         kv.hot_hits += 1
                         kv.reads[slot] += 1  # KvState.touch: the key's fitness
                         touched = True
-                if blob is None:
+                    else:  # a cold key: the layers past the hot tier, which it joins
+                        blob = kv._beneath(namespace, key)
+                        if blob is not None and slot in hot:
+                            kv.reads[slot] += 1  # (as _live would count it)
+                            touched = True
+                else:
                     blob = kv._below(namespace, key)
         except TypeError:  # unhashable namespace or key
             blob = None
@@ -388,7 +393,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         if value is MISSING:  # a cold key: read it from the log, where the blob says
             assert blob is not None  # a content id came from it
             location, size = PLACE.unpack_from(blob, LAST_PLACE)
-            return self._values.value(cid, location, namespace, key, size)
+            return self._values.uncached(cid, location, namespace, key, size)
         if not kv.expiring:  # a value the cache holds: the next read finds it at once
             kv.remember(namespace, key, cid)
         return value

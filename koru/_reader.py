@@ -31,6 +31,7 @@ from koru.events import (
     content_id,
     decode_trusted,
     decode_value_strict,
+    put_value,
 )
 
 from ._cache import ValueCache
@@ -112,6 +113,26 @@ class ValueReader:
             return cbor2.loads(data)
         return self._read(cid, location, namespace, key, size)[1]
 
+    def uncached(self, cid: bytes, location: int, namespace: str, key: str, size: int) -> Any:
+        """:meth:`value` for a caller that just found ``cid`` missing from the cache (a
+        cold ``get``): read from the log without asking the cache again, the common
+        case (no placement, the value's size known) with no step between the read of
+        the record and its proof.
+
+        Raises:
+            CorruptLogError: the record there does not hold that value (counted).
+        """
+        if self.placements or not size:
+            return self._read(cid, location, namespace, key, size)[1]
+        try:
+            data = self.store.read(location, size + _SLACK + 4 * (len(namespace) + len(key)))
+            raw, value = self._proven(data, cid, location, namespace, key, size, False)
+        except CorruptLogError:
+            self.corruptions += 1
+            raise
+        self.cache.put(cid, raw)
+        return value
+
     def _read(
         self, cid: bytes, location: int, namespace: str, key: str, size: int
     ) -> tuple[bytes, Any]:
@@ -143,8 +164,32 @@ class ValueReader:
             if size and not moved
             else self.store.read(location)
         )
+        return self._proven(data, cid, location, namespace, key, size, moved)
+
+    def _proven(
+        self,
+        data: bytes,
+        cid: bytes,
+        location: int,
+        namespace: str,
+        key: str,
+        size: int,
+        moved: bool,
+    ) -> tuple[bytes, Any]:
+        """(value bytes, the value decoded strictly) of ``data``, the event at
+        ``location``, proven to hold the value with content id ``cid`` (a write of the
+        key unless the value ``moved``: see :func:`_value_of`).
+
+        A plain put of the key (nearly every record read) has its value sliced out
+        where the writer put it (:func:`~koru.events.put_value`, given the value's
+        ``size``) and proven by its content id; anything else (another event type, a
+        batch, a value that fails that proof) has the whole event decoded, which finds
+        the value in any event holding it or says why not.
+        """
         try:
-            value = _value_of(decode_trusted(data), cid, namespace, key, moved)
+            value = put_value(data, namespace, key, size) if size else None
+            if value is None or content_id(value) != cid:
+                value = _value_of(decode_trusted(data), cid, namespace, key, moved)
             return value, decode_value_strict(value)
         except CodecError as exc:
             reason = f"the record does not hold the value of {namespace!r}/{key!r}: {exc}"

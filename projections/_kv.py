@@ -314,6 +314,11 @@ class KvState:
             if found is not None:
                 self.hot_hits += 1
                 return found
+        return self._beneath(namespace, key, io)
+
+    def _beneath(self, namespace: str, key: str, io: bool = True) -> bytearray | bytes | None:
+        """:meth:`_below` past the hot tier (for callers that probed it already: a
+        cold ``get``)."""
         for layer in self.frozen:
             keys = layer.get(namespace)
             if keys is not None:
@@ -348,7 +353,7 @@ class KvState:
                 # Promote: the next read of this key is a dictionary probe. Evicted in
                 # the order promoted: an exact LRU would cost every hit a reordering.
                 slot = (namespace, key)
-                hot[slot] = found
+                self.hot[slot] = found
                 self.reads[slot] = 0
                 self.hot_bytes += len(found) + _HOT_OVERHEAD
                 if self.hot_bytes > self.hot_capacity:

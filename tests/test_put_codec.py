@@ -17,13 +17,16 @@ from conftest import digest_of, full_replay
 from koru import InvalidDataError
 from koru.events import (
     STORAGE,
+    BatchEvent,
     FileStore,
     PutEncoder,
     PutEvent,
+    Write,
     content_id,
     decode_event,
     encode_event,
     encode_value,
+    put_value,
 )
 from koru.events._cbor_parts import encode_flat
 from koru.events._values import _check
@@ -190,3 +193,76 @@ def test_the_key_order_cache_never_holds_long_keys() -> None:
     short = {"zz": 1, "a": 2}
     assert encode_value(short) == general_value_bytes(short)
     assert tuple(short) in _cbor_parts._ORDERS
+
+
+value_sizes = st.sampled_from([1, 23, 24, 255, 256, 65535, 65536]) | st.integers(1, 300)
+
+
+@given(
+    origin=st.binary(min_size=16, max_size=16),
+    seq=st.integers(min_value=1, max_value=U64),
+    prev=st.binary(min_size=32, max_size=32),
+    hlc=st.integers(min_value=0, max_value=U64),
+    namespace=names,
+    key=names,
+    size=value_sizes,
+    previous=ids,
+)
+@settings(max_examples=300)
+def test_put_value_finds_the_value_of_every_plain_put(
+    origin: bytes,
+    seq: int,
+    prev: bytes,
+    hlc: int,
+    namespace: str,
+    key: str,
+    size: int,
+    previous: bytes | None,
+) -> None:
+    """What a cold read slices out of a put's record is its value, and only for the
+    key and size asked; any other question gets None (the general decode then)."""
+    try:
+        namespace.encode()
+        key.encode()
+    except UnicodeEncodeError:
+        return
+    value = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    p = None if seq == 1 else prev
+    event = PutEncoder(origin).encode(seq, p, hlc, namespace, key, value, previous)
+    assert put_value(event, namespace, key, size) == value
+    assert put_value(event, namespace, key, size - 1) is None
+    assert put_value(event, namespace, key, size + 1) is None
+    assert put_value(event, namespace, key + "x", size) is None
+    assert put_value(event, namespace + "x", key, size) is None
+    assert put_value(event[:-1], namespace, key, size) is None
+    assert put_value(event + b"\xf6", namespace, key, size) is None
+    # Not the storage agent's, or not a put: the general way.
+    other = encode_event(PutEvent(origin, "vectors", seq, p, hlc, namespace, key, value, previous))
+    assert put_value(other, namespace, key, size) is None
+    batch = encode_event(
+        BatchEvent(origin, STORAGE, seq, p, hlc, (Write(namespace, key, value, previous),))
+    )
+    assert put_value(batch, namespace, key, size) is None
+
+
+@pytest.mark.parametrize("key", ["k", "ключ"])
+@pytest.mark.parametrize("previous", [None, bytes(range(32))])
+def test_put_value_answers_only_what_the_event_holds(key: str, previous: bytes | None) -> None:
+    """Every byte of a put's event set to every value (as a record rewritten with fresh
+    checksums would have it: only the content id can tell then): whenever
+    ``put_value`` still answers, a full decode of the changed event reads a put of the
+    same key with exactly that value, so the bytes it returns are the body's own, never
+    bytes of another field that look like them."""
+    value = encode_value({"name": "x" * 40, "n": 7})
+    event = PutEncoder(bytes(16)).encode(300, bytes(32), 2**62, "ns", key, value, previous)
+    answered = 0
+    for at in range(len(event)):
+        for byte in range(256):
+            changed = event[:at] + bytes((byte,)) + event[at + 1 :]
+            found = put_value(changed, "ns", key, len(value))
+            if found is not None:
+                answered += 1
+                raw = cbor2.loads(changed)
+                assert raw[1] == "put" and raw[3] == STORAGE
+                assert raw[7][:3] == ["ns", key, found]
+    assert answered > 256  # (the envelope's ids and times, and the value's own bytes)

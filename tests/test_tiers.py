@@ -25,8 +25,11 @@ from koru.events import (
     encode_event,
     encode_table,
     encode_value,
+    put_value,
     table_name,
 )
+from koru.events._frame import RECORD_HEADER_SIZE, encode_record, parse_record
+from koru.events._store import unpack_location
 from koru.projections import KvState
 from koru.projections._kv import LAST_PLACE, PLACE, RECORD_SIZE
 from koru.projections._merging import merge_tables
@@ -469,6 +472,62 @@ async def test_a_cold_get_reads_whole_records_whatever_their_size(tmp_path: Path
         for key, value in model.items():
             assert await db.get("名前", key) == value, key
         assert (await db.stats()).corruptions == 0
+
+
+async def test_a_cold_get_proves_the_value_it_slices_from_a_put(tmp_path: Path) -> None:
+    """A cold get takes a plain put's value straight out of its record (without
+    decoding the event), so every byte of that record is changed in turn, with its
+    checksums left as they were and made afresh: the first is always reported, the
+    second either still serves the right value (a byte outside the value and the
+    names: the chain root, the time, the ids) or is reported, never a wrong value."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.put("users", "alice", {"name": "Alice", "bio": "a" * 300})
+        await db.put("users", "alice", {"name": "Alicia", "bio": "b" * 300})
+        await db.put("users", "bob", {"name": "Bob"})
+        blob = db._kv._blob("users", "alice")
+        assert blob is not None
+        location, size = PLACE.unpack_from(blob, LAST_PLACE)
+    _, seg, offset = unpack_location(location)
+    [segment] = (path / "logs" / "storage").glob(f"{seg:08d}.seg")
+    original = segment.read_bytes()
+    end, root, event = parse_record(original, offset)
+    assert put_value(event, "users", "alice", size) is not None  # the path under test
+
+    async def read() -> str:
+        async with koru.open(path, processes=False, readonly=True) as db:
+            assert not db._kv.namespaces  # read from a table, the value from the log
+            try:
+                got = await db.get("users", "alice")
+            except koru.CorruptLogError:
+                assert (await db.stats()).corruptions == 1
+                return "reported"
+            finally:
+                assert await db.get("users", "bob") == {"name": "Bob"}
+            assert got == {"name": "Alicia", "bio": "b" * 300}
+            return "served"
+
+    outcomes = set()
+    for at in range(offset, end):
+        for fresh in (False, True):
+            if fresh:  # the body changed, then framed again with valid checksums
+                if at - offset < RECORD_HEADER_SIZE:
+                    continue
+                body = bytearray(root + event)
+                body[at - offset - RECORD_HEADER_SIZE] ^= 0x41
+                record = encode_record(bytes(body[: len(root)]), bytes(body[len(root) :]))
+            else:
+                flipped = bytes((original[at] ^ 0x41,))
+                record = original[offset:at] + flipped + original[at + 1 : end]
+            segment.write_bytes(original[:offset] + record + original[end:])
+            try:
+                outcome = await read()
+            except koru.CorruptLogError:  # the open walks over a record's length field
+                assert not fresh and at - offset < RECORD_HEADER_SIZE, at
+                outcome = "reported"
+            assert fresh or outcome == "reported", at  # a stale checksum is always caught
+            outcomes.add((fresh, outcome))
+    assert outcomes == {(False, "reported"), (True, "reported"), (True, "served")}
 
 
 _tier_ops = st.lists(
