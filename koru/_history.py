@@ -55,24 +55,7 @@ def history_rows(
     namespace: str, key: str, recs: list[tuple[Any, ...]], values: list[Any]
 ) -> list[Versioned]:
     """One :class:`Versioned` per raw record (see ``KvState.history_raw``)."""
-    out: list[Versioned] = []
-    append = out.append
-    new = tuple.__new__
-    last_origin, o = b"", ""
-    last_wid, last_hex = NO_ID, None
-    for (hlc, origin, wid, cid, prev, _, _, expires, flags), value in zip(recs, values):  # noqa: B905
-        if origin != last_origin:
-            last_origin, o = origin, origin.hex()
-        p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
-        last_wid, last_hex = wid, wid.hex()
-        e = expires if flags & EXPIRES else None
-        if flags & TOMBSTONE:
-            append(new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True, e)))
-        else:
-            append(
-                new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
-            )
-    return out
+    return _rows(values, history_meta(namespace, key, recs))
 
 
 def _rows(values: list[Any], meta: list[tuple[Any, ...]]) -> list[Versioned]:

@@ -1752,6 +1752,22 @@ def test_ctrl_c_in_the_write_path_never_splits_the_log_from_the_projections(
     trio.run(reopen)
 
 
+def _interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C's KeyboardInterrupt, alone or in a group."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+    )
+
+
+def _every_acknowledged_write_reads_back(path: Path, acked: dict[str, int]) -> None:
+    async def reopen() -> None:
+        async with koru.open(path, processes=False) as db:
+            for key, value in acked.items():
+                assert await db.get("users", key) == value
+
+    trio.run(reopen)
+
+
 def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
 ) -> None:
@@ -1801,19 +1817,10 @@ def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
     except BaseException as exc:  # the interrupt, delivered to the main task
         stopped.append(exc)
     assert not armed[0] and stopped  # the interrupt was raised, somewhere
-    assert all(
-        isinstance(exc, KeyboardInterrupt)
-        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
-        for exc in stopped
-    )
+    assert all(map(_interrupt, stopped))
     monkeypatch.undo()
 
-    async def reopen() -> None:
-        async with koru.open(tmp_path, processes=False) as db:
-            for key, value in acked.items():  # every acknowledged write, readable
-                assert await db.get("users", key) == value
-
-    trio.run(reopen)
+    _every_acknowledged_write_reads_back(tmp_path, acked)
 
 
 def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
@@ -1869,11 +1876,7 @@ def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
         or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.TooSlowError))
         for exc in stopped
     ), stopped
-    assert stopped and all(
-        isinstance(exc, KeyboardInterrupt)
-        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
-        for exc in stopped
-    )
+    assert stopped and all(map(_interrupt, stopped))
 
 
 def _many_segments(path: Path) -> list[Path]:
@@ -2023,16 +2026,7 @@ def test_ctrl_c_in_a_checkpoints_state_handover_lets_it_finish(
     except BaseException as exc:  # the interrupt, delivered to the main task
         stopped.append(exc)
     assert not armed[0] and finished == [step], "the step was cut short"
-    assert stopped and all(
-        isinstance(exc, KeyboardInterrupt)
-        or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt))
-        for exc in stopped
-    )
+    assert stopped and all(map(_interrupt, stopped))
     monkeypatch.undo()
 
-    async def reopen() -> None:
-        async with koru.open(tmp_path, processes=False) as db:
-            for key, value in acked.items():
-                assert await db.get("users", key) == value
-
-    trio.run(reopen)
+    _every_acknowledged_write_reads_back(tmp_path, acked)
