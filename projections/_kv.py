@@ -631,6 +631,9 @@ class KvState:
                     if evicted is not None:
                         self.hot_bytes -= len(evicted) + _HOT_OVERHEAD
                         self.reads.pop((namespace, key), None)
+            # That search noted a miss of this very key, which this fold puts in memory:
+            # a note left standing would outlive the fold (see __init__).
+            self._missed = None
         wid = int.from_bytes(rec[_WID:_ORDER], "big")
         tomb = rec[-1] & _TOMBSTONE
         if blob is None:
