@@ -115,23 +115,12 @@ class ValueReader:
 
     def uncached(self, cid: bytes, location: int, namespace: str, key: str, size: int) -> Any:
         """:meth:`value` for a caller that just found ``cid`` missing from the cache (a
-        cold ``get``): read from the log without asking the cache again, the common
-        case (no placement, the value's size known) with no step between the read of
-        the record and its proof.
+        cold ``get``): read from the log without asking the cache again.
 
         Raises:
             CorruptLogError: the record there does not hold that value (counted).
         """
-        if self.placements or not size:
-            return self._read(cid, location, namespace, key, size)[1]
-        try:
-            data = self.store.read(location, size + _SLACK + 4 * (len(namespace) + len(key)))
-            raw, value = self._proven(data, cid, location, namespace, key, size, False)
-        except CorruptLogError:
-            self.corruptions += 1
-            raise
-        self.cache.put(cid, raw)
-        return value
+        return self._read(cid, location, namespace, key, size)[1]
 
     def _read(
         self, cid: bytes, location: int, namespace: str, key: str, size: int
