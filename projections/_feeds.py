@@ -158,6 +158,24 @@ class FeedState:
             self._cache.popitem(last=False)
         return locations
 
+    def content(self) -> list[tuple[Feed, int, bytes, list[int]]]:
+        """Every feed with its head and the location of each of its events, in order,
+        wherever they are held (tables or memory): for checks that compare two states.
+
+        Raises:
+            CorruptCheckpointError: a table holding a chunk is damaged.
+        """
+        return [
+            (
+                feed,
+                seq,
+                eid,
+                [loc for c in range(self.written[feed] // CHUNK) for loc in self._chunk(feed, c)]
+                + list(self.recent[feed]),
+            )
+            for feed, (seq, eid) in sorted(self.heads.items())
+        ]
+
     # -- checkpoints ---------------------------------------------------------------------
 
     def capture(self) -> dict[str, Any]:

@@ -208,7 +208,8 @@ async def test_a_checkpointed_feed_past_a_chunk_equals_its_rebuild(
 ) -> None:
     """Past ``CHUNK`` events a checkpoint moves a feed's locations to a table, which a
     rebuild from genesis still holds in memory (and lineage's links likewise): the same
-    content, held differently, is no violation (seed 42 of the issue's one-hour run reported it on every node)."""
+    content, held differently, is no violation (seed 42 of the issue's one-hour run
+    reported it on every node)."""
     from koru.projections import CHUNK
 
     disk = SimDisk()

@@ -207,12 +207,18 @@ async def test_feed_locations_move_to_tables_and_serve_every_event(tmp_path: Pat
                 await db.checkpoint()
         exported = await db.feed_events(db.node_id)
         node = db.node_id
+        content = db.projection("feeds").content()
     assert len(exported) == n
     async with koru.open(path, sync="os", processes=False) as db:
         feeds = db.projection("feeds")
         assert isinstance(feeds, FeedState)
         assert feeds.written[(bytes.fromhex(node), "storage")] == 2 * CHUNK
         assert len(feeds.tables) == 2 and sum(len(a) for a in feeds.recent.values()) == 100
+        # The same content wherever it is held: each event's location, by seq.
+        assert feeds.content() == content
+        ((feed, seq, _, locations),) = [c for c in content if c[0][1] == "storage"]
+        assert seq == n and locations == [feeds.location(*feed, s) for s in range(1, n + 1)]
+        assert len(set(locations)) == n
         assert await db.feed_events(node) == exported
         assert (
             await db.feed_events(node, after=CHUNK - 2, limit=5) == exported[CHUNK - 2 : CHUNK + 3]
