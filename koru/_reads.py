@@ -11,6 +11,7 @@ lifecycle checks and the await around it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, cast
 
 from koru.events import (
@@ -31,6 +32,9 @@ from ._time import to_ns
 from ._types import Version, Versioned
 
 __all__ = ["KeyReads", "version_of"]
+
+#: A raw version record's content id (see ``KvState.history_raw``).
+_CID = itemgetter(3)
 
 
 def _hex(b: bytes | None) -> str | None:
@@ -160,7 +164,7 @@ class KeyReads:
         # A key may have thousands of versions: raw records, one cbor2 call for all
         # values, rows built in bulk (see _history); a whole history is kept prepared.
         values = self.values
-        parts: list[bytes | None] = list(map(values.cache.peek, [r[3] for r in recs]))
+        parts = values.cache.peek_all(list(map(_CID, recs)))
         if None in parts:  # deletions, and values not in the cache
             for i, r in enumerate(recs):
                 if parts[i] is None:

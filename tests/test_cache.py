@@ -265,3 +265,17 @@ def test_the_collector_never_traverses_the_recency_of_values() -> None:
             assert not gc.is_tracked(held)
         assert not gc.is_tracked(shard.protected.at) and not gc.is_tracked(shard.protected.stamp)
         assert not gc.is_tracked(shard.made.at) and not gc.is_tracked(shard.made.stamp)
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 50)), max_size=60))
+@settings(max_examples=50, deadline=None)
+def test_peek_all_is_peek_of_each_in_order(ids: list[tuple[int, int]]) -> None:
+    """The bulk lookup a history makes answers as one lookup per id would, in order,
+    across every shard (first bytes 0-255), for ids cached, evicted and never seen."""
+    cache = ValueCache(capacity=SHARDS * 600)  # small: some puts evict others
+    cids = [bytes([first]) + n.to_bytes(4, "big") for first, n in ids]
+    for i, cid in enumerate(cids):
+        if i % 3:
+            cache.put(cid, cbor2.dumps([i] * (i % 7)))
+    assert cache.peek_all(cids) == [cache.peek(cid) for cid in cids]
+    assert cache.peek_all(tuple(cids)) == cache.peek_all(cids)
