@@ -1911,6 +1911,97 @@ def test_verify_reports_a_missing_segment_once(tmp_path: Path) -> None:
     assert [name for name, _, _ in found] == [after] * 3 + [segments[6].name] * 3
 
 
+@pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1])
+async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
+    tmp_path: Path, landed: int
+) -> None:
+    """``kdelta verify`` beside a live writer (its docstring says it is safe there) read
+    the record being written half landed: its first bytes there, the rest still the
+    zeros allocated ahead. That was reported as damage (exit 3) three times in thirty
+    runs beside a writer; like a reader of the log, it is the tail being written, or a
+    write cut short: a warning. The same record with data after it is damage."""
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    seg, start, end = record_spans(path)[-1]
+    assert seg == 1
+    segment = seg_path(path).read_bytes()[:end]
+    record = segment[start:end]
+    cut = start + (landed if landed >= 0 else len(record) - 1)
+    half = segment[:cut] + bytes(end - cut) + bytes(4096)  # zeros allocated ahead
+    seg_path(path).write_bytes(half)
+    found = list(verify_logs(path))
+    assert [p.severity for p in found] == ["warning"], found
+    assert found[0].offset == start and "torn tail" in found[0].message
+    # Damage, not a write in progress: the same bytes with a record after them.
+    seg_path(path).write_bytes(half[:end] + record)
+    found = list(verify_logs(path))
+    assert found and found[0].severity == "error" and found[0].offset == start, found
+
+
+async def test_verify_takes_a_record_whose_bytes_change_for_one_still_landing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record read while a page beyond it landed first (data after it, its own bytes
+    not all there yet): read again, its bytes differ. Not damage."""
+    import koru.events._verify as verify_module
+
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    seg, start, end = record_spans(path)[-1]
+    whole = seg_path(path).read_bytes()[:end]
+    torn = bytearray(whole)
+    torn[start + 20 : end - 8] = bytes(end - 8 - start - 20)  # a hole, the end landed
+    seg_path(path).write_bytes(bytes(torn))
+    read_again = verify_module._read_from
+
+    def landed_meanwhile(file: str, offset: int) -> bytes | None:
+        seg_path(path).write_bytes(whole)  # the writer's pwrite completes
+        return read_again(file, offset)
+
+    monkeypatch.setattr(verify_module, "_read_from", landed_meanwhile)
+    found = list(verify_logs(path))
+    assert [p.severity for p in found] == ["warning"], found
+    assert found[0].offset == start
+
+
+async def test_audit_checks_again_a_checkpoint_replaced_while_it_was_checked(
+    tmp_path: Path,
+) -> None:
+    """``kdelta verify`` beside a live writer: the checkpoint it read named tables the
+    writer removed after writing a newer one ("table ... is missing": exit 3, seen in
+    thirty runs beside a writer). A checkpoint that changed while it was checked is
+    checked again, as a read-only open reads the newer one."""
+    from koru._audit import audit_checkpoint
+    from koru.projections import CHECKPOINT_FILE as NAME
+
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        for i in range(300):
+            await db.put(NS, f"k{i}", value(i))
+        await db.checkpoint()
+        stale = (path / NAME).read_bytes()
+        for i in range(300):
+            await db.put(NS, f"k{i}", value(i + 1))
+        await db.checkpoint()  # removes the tables only the first one named
+    store = FileStore(path, readonly=True)
+    reads = [0]
+    real = store.read_file
+
+    def first_stale(name: str) -> bytes | None:
+        if name == NAME:
+            reads[0] += 1
+            if reads[0] == 1:
+                return stale
+        return real(name)
+
+    store.read_file = first_stale  # type: ignore[method-assign]
+    try:
+        problems, _ = audit_checkpoint(store)
+        assert problems == [] and reads[0] == 2
+    finally:
+        store.close()
+
+
 def test_verify_reports_a_segment_it_cannot_read_and_carries_on(tmp_path: Path) -> None:
     segments = _many_segments(tmp_path)
     data = bytearray(segments[-1].read_bytes())
