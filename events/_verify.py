@@ -38,6 +38,16 @@ _LEN_CRC = struct.Struct("<II")
 _ZEROS = bytes(RECORD_HEADER_SIZE)  # never a record header: its checksum is not zero
 
 
+def _read_from(path: str, offset: int) -> bytes | None:
+    """A file's bytes from ``offset`` on, read again (None if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return None
+
+
 class Problem(NamedTuple):
     """One thing wrong in a log, located exactly."""
 
@@ -151,6 +161,9 @@ class _Walk:
                 return
             n, body_crc, head_crc = _REC.unpack_from(data, offset)
             if zlib.crc32(_LEN_CRC.pack(n, body_crc)) != head_crc:
+                if self._landing(offset, offset + RECORD_HEADER_SIZE):
+                    yield self._torn(offset, "the record header is not all there")
+                    return
                 yield self.problem(
                     offset,
                     f"record header checksum mismatch: the rest of the segment "
@@ -163,6 +176,9 @@ class _Walk:
             body, end = offset + RECORD_HEADER_SIZE, offset + RECORD_HEADER_SIZE + n
             if end > size:
                 yield self._torn(offset, f"the record body needs {end - size} more bytes")
+                return
+            if zlib.crc32(data[body:end]) != body_crc and self._landing(offset, end):
+                yield self._torn(offset, "the record's last bytes are not there")
                 return
             yield from self._record(offset, data[body:end], body_crc)
             offset = end
@@ -185,6 +201,23 @@ class _Walk:
         self.root = stored
         self.count += 1
         self.records += 1
+
+    def _landing(self, offset: int, extent: int) -> bool:
+        """Whether the record failing its checks at ``offset`` may be one a live writer
+        is still writing, its bytes up to ``extent`` (the end its header claims, or the
+        header's own) only partly there: as a reader of the log judges it
+        (``FileStore._still_landing``). Only in the last segment: the record ends in
+        the zeros allocated ahead and nothing but zeros follows it, or its bytes
+        change when read again. A crash leaves the same bytes: a torn tail, either way
+        never acknowledged (recovery sets it aside, and a checkpoint that covers it
+        is reported by the audit)."""
+        if not self.last:
+            return False
+        data = self.data
+        if data[extent - 1] == 0 and data.count(0, extent) == len(data) - extent:
+            return True
+        again = _read_from(self.path, offset)
+        return again is not None and again[: len(data) - offset] != data[offset:]
 
     def _torn(self, offset: int, why: str) -> Problem:
         if self.last:

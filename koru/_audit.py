@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-from koru.events import CorruptCheckpointError, KoruError, LogStore, decode_trusted
+from koru.events import CorruptCheckpointError, KoruError, LogStore, Table, decode_trusted
 from koru.projections import (
     CHECKPOINT_FILE,
     KvState,
@@ -66,11 +66,33 @@ def _plain(data: Any) -> Any:
     return data
 
 
+#: How many checkpoints in a row a live writer may replace while each is checked.
+_ATTEMPTS = 4
+
+
 def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:
     """(problems, notes) of the store's checkpoint: problems are disagreements with the
     log and damaged tables; notes say what was not checked (no checkpoint, a projection
-    not known here) and what is only untidy (tables no checkpoint names)."""
+    not known here) and what is only untidy (tables no checkpoint names).
+
+    Beside a live writer the checkpoint may be replaced while it is checked, and the
+    tables only it named removed: one found to have problems is read again, and if it
+    changed, the new one is checked instead (as a read-only open reads the newer one).
+    """
     raw = store.read_file(CHECKPOINT_FILE)
+    for _ in range(_ATTEMPTS):
+        problems, notes = _audit(store, raw)
+        if not problems:
+            break
+        again = store.read_file(CHECKPOINT_FILE)
+        if again == raw:
+            break
+        raw = again
+    return problems, notes
+
+
+def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
+    """:func:`audit_checkpoint` of the checkpoint whose bytes are ``raw``."""
     if raw is None:
         return [], ["no checkpoint to check"]
     try:
@@ -82,6 +104,9 @@ def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:
     if checkpoint.node is not None and checkpoint.node != store.node_id:
         problems.append("the checkpoint was written by another node")
     named = table_names(checkpoint.sections)
+    # Each table is opened once, first, and restored from what was opened: a live
+    # writer may remove it meanwhile (its file stays readable through what is open).
+    opened: dict[str, Table] = {}
     for name in sorted(named):
         try:
             table = store.open_table(name)
@@ -90,6 +115,13 @@ def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:
                 pass
         except KoruError as exc:
             problems.append(f"table {name}: {exc}")
+        else:
+            opened[name] = table
+
+    def reopen(name: str) -> Table:
+        table = opened.get(name)
+        return store.open_table(name) if table is None else table
+
     orphans = store.table_names() - named
     if orphans:
         notes.append(f"{len(orphans)} tables no checkpoint names (removed at the next one)")
@@ -121,7 +153,7 @@ def audit_checkpoint(store: LogStore) -> tuple[list[str], list[str]]:
             notes.append(f"section {name!r} is version {version}, not {kind.version}: not checked")
             continue
         try:
-            restored = kind.restore(open_tables(data, store.open_table))
+            restored = kind.restore(open_tables(data, reopen))
             same = _content(restored) == _content(replayed[name])
         except (KoruError, ValueError, TypeError, KeyError) as exc:
             problems.append(f"section {name!r} cannot be restored: {exc}")

@@ -1947,7 +1947,7 @@ async def test_verify_takes_a_record_whose_bytes_change_for_one_still_landing(
 
     path = tmp_path / "db"
     await make_db(path, 6, pad=30)
-    seg, start, end = record_spans(path)[-1]
+    _, start, end = record_spans(path)[-1]
     whole = seg_path(path).read_bytes()[:end]
     torn = bytearray(whole)
     torn[start + 20 : end - 8] = bytes(end - 8 - start - 20)  # a hole, the end landed
@@ -1982,8 +1982,15 @@ async def test_audit_checks_again_a_checkpoint_replaced_while_it_was_checked(
         stale = (path / NAME).read_bytes()
         for i in range(300):
             await db.put(NS, f"k{i}", value(i + 1))
-        await db.checkpoint()  # removes the tables only the first one named
+        await db.checkpoint()
+        db._kv.max_tables = 1
+        await db._checkpointer.compact()  # the tables merged: the first one named no more
+        await db.checkpoint()  # which removes them
     store = FileStore(path, readonly=True)
+    from koru.projections import decode_checkpoint, table_names
+
+    named = table_names(decode_checkpoint(stale).sections)
+    assert named - store.table_names(), "the stale checkpoint's tables are all still there"
     reads = [0]
     real = store.read_file
 
