@@ -1964,6 +1964,39 @@ async def test_verify_takes_a_record_whose_bytes_change_for_one_still_landing(
     assert found[0].offset == start
 
 
+@pytest.mark.parametrize("where", ["body", "header"])
+async def test_verify_reports_damage_before_a_record_landing_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Beside a live writer, a record is appended into the zeros allocated ahead while
+    verify reads the segment again: that says nothing about a damaged record before it,
+    whose own bytes did not change. It is damage (and the records after it are checked),
+    not a torn tail."""
+    import koru.events._verify as verify_module
+
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    spans = record_spans(path)
+    start = spans[2][1]
+    data = bytearray(seg_path(path).read_bytes()[: spans[-1][2]])
+    data[start + (4 if where == "header" else 60)] ^= 0x10
+    tail = len(data)
+    seg_path(path).write_bytes(bytes(data) + bytes(4096))  # zeros allocated ahead
+    appended = bytes(data[spans[-1][1] : tail])  # a record-sized write, landing later
+    read_again = verify_module._read_from
+
+    def writer_appends(file: str, offset: int) -> bytes | None:
+        with open(file, "r+b") as f:
+            f.seek(tail)
+            f.write(appended)
+        return read_again(file, offset)
+
+    monkeypatch.setattr(verify_module, "_read_from", writer_appends)
+    found = list(verify_logs(path))
+    assert found and found[0].severity == "error" and found[0].offset == start, found
+    assert "torn" not in found[0].message
+
+
 async def test_audit_checks_again_a_checkpoint_replaced_while_it_was_checked(
     tmp_path: Path,
 ) -> None:
