@@ -208,16 +208,17 @@ class _Walk:
         header's own) only partly there: as a reader of the log judges it
         (``FileStore._still_landing``). Only in the last segment: the record ends in
         the zeros allocated ahead and nothing but zeros follows it, or its bytes
-        change when read again. A crash leaves the same bytes: a torn tail, either way
-        never acknowledged (recovery sets it aside, and a checkpoint that covers it
-        is reported by the audit)."""
+        change when read again (its own bytes: a writer appending after it, into the
+        zeros allocated ahead, says nothing about a damaged record before). A crash
+        leaves the same bytes: a torn tail, either way never acknowledged (recovery
+        sets it aside, and a checkpoint that covers it is reported by the audit)."""
         if not self.last:
             return False
         data = self.data
         if data[extent - 1] == 0 and data.count(0, extent) == len(data) - extent:
             return True
         again = _read_from(self.path, offset)
-        return again is not None and again[: len(data) - offset] != data[offset:]
+        return again is not None and again[: extent - offset] != data[offset:extent]
 
     def _torn(self, offset: int, why: str) -> Problem:
         if self.last:
