@@ -50,6 +50,7 @@ from koru.events import (
     FileStore,
     OsDisk,
     agent_index,
+    decode_trusted,
     unpack_location,
     verify_logs,
 )
@@ -1995,6 +1996,38 @@ async def test_verify_reports_damage_before_a_record_landing_after_it(
     found = list(verify_logs(path))
     assert found and found[0].severity == "error" and found[0].offset == start, found
     assert "torn" not in found[0].message
+
+
+async def test_verify_reports_a_damaged_last_record_that_ends_in_a_zero_byte(
+    tmp_path: Path,
+) -> None:
+    """A complete last record whose event's last byte is 0 (a put's ``previous`` is a
+    hash: one overwrite in 256), damaged by a flipped bit, then the zeros allocated
+    ahead: its bytes are stable and its checksum matches no last byte a write still
+    landing could bring. Damage to a record that may have been acknowledged, not a torn
+    tail."""
+    from koru.events import encode_event
+
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    start = record_spans(path)[-1][1]
+    data = seg_path(path).read_bytes()
+    event = parse_record(data, start)[2]
+    before = parse_record(data, record_spans(path)[-2][1])[1]
+    last = decode_trusted(event)._replace(previous=bytes(range(1, 32)) + b"\0")
+    encoded = encode_event(last)
+    assert encoded[-1] == 0
+    new_root = blake3.blake3(before + blake3.blake3(encoded).digest()).digest()
+    record = encode_record(new_root, encoded)
+    assert record[-1] == 0
+    seg_path(path).write_bytes(data[:start] + record + bytes(4096))
+    assert list(verify_logs(path)) == []  # a valid record, as written
+    damaged = bytearray(record)
+    damaged[len(record) // 2] ^= 0x04
+    seg_path(path).write_bytes(data[:start] + bytes(damaged) + bytes(4096))
+    found = list(verify_logs(path))
+    assert [p.severity for p in found] == ["error"], found
+    assert found[0].offset == start and "checksum" in found[0].message
 
 
 async def test_audit_checks_again_a_checkpoint_replaced_while_it_was_checked(
