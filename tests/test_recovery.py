@@ -1912,7 +1912,7 @@ def test_verify_reports_a_missing_segment_once(tmp_path: Path) -> None:
     assert [name for name, _, _ in found] == [after] * 3 + [segments[6].name] * 3
 
 
-@pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1])
+@pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1, -2, -3])
 async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
     tmp_path: Path, landed: int
 ) -> None:
@@ -1927,7 +1927,7 @@ async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
     assert seg == 1
     segment = seg_path(path).read_bytes()[:end]
     record = segment[start:end]
-    cut = start + (landed if landed >= 0 else len(record) - 1)
+    cut = start + (landed if landed >= 0 else len(record) + landed)
     half = segment[:cut] + bytes(end - cut) + bytes(4096)  # zeros allocated ahead
     seg_path(path).write_bytes(half)
     found = list(verify_logs(path))
