@@ -29,6 +29,7 @@ import os
 import re
 import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ _READ_AHEAD = 4096
 #: How many more times a read-only store lists a log directory that shows a gap.
 _RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
+_RECORD_HEAD = struct.Struct("<III")  # body length, body crc32, crc32 of those two
 _log = logging.getLogger("koru")
 
 
@@ -847,12 +849,16 @@ class FileStore:
         signs tell such a record from a damaged one: nothing but zeros follows the
         extent its header claims (nothing was written after it; recovery reads the same
         bytes as a crash's leftovers, past what a checkpoint proves); or, when a page
-        beyond it landed first, its bytes change when read again. A failing record
-        whose bytes are stable and are followed by more data is corruption.
+        beyond it landed first, its own bytes change when read again. A failing
+        record whose bytes are stable and are followed by more data is corruption
+        (its extent is its header's own when the header fails its checksum: a
+        damaged length may point past the end of the file).
         """
         extent = RECORD_HEADER_SIZE
-        if len(seen) >= _LENGTH.size:
-            extent += _LENGTH.unpack_from(seen, 0)[0]
+        if len(seen) >= RECORD_HEADER_SIZE:
+            n, _, head_crc = _RECORD_HEAD.unpack_from(seen, 0)
+            if zlib.crc32(seen[:8]) == head_crc:
+                extent += n
         after = bytes(seen[extent:])
         if after.count(0) == len(after):
             return True
@@ -860,7 +866,7 @@ class FileStore:
             again = self._read_from(path, offset)
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
-        return again is None or again[: len(seen)] != seen
+        return again is None or again[:extent] != seen[:extent]
 
     def _read_from(self, path: str, offset: int) -> bytes | None:
         """A segment's bytes from ``offset`` on (None if the file is shorter)."""

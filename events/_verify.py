@@ -48,6 +48,31 @@ def _read_from(path: str, offset: int) -> bytes | None:
         return None
 
 
+def _completable(body: bytes, crc: int) -> bool:
+    """Whether some bytes in place of ``body``'s trailing zeros give it checksum
+    ``crc`` (as the rest of a record still landing would). CRC-32 is affine in those
+    bytes: four or more reach every checksum; fewer reach a subspace, tested exactly
+    (a damaged record whose last byte is truly 0 almost never lies in it)."""
+    k = len(body) - len(body.rstrip(b"\0"))
+    if k >= 4:
+        return True
+    if k == 0:
+        return False
+    start = zlib.crc32(body[:-k])
+    zero = zlib.crc32(bytes(k), start)
+    basis: list[int] = []  # distinct leading bits, highest first
+    for bit in range(8 * k):
+        v = zlib.crc32((1 << bit).to_bytes(k, "little"), start) ^ zero
+        for b in basis:
+            v = min(v, v ^ b)
+        if v:
+            basis = sorted([*basis, v], reverse=True)
+    target = crc ^ zero
+    for b in basis:
+        target = min(target, target ^ b)
+    return target == 0
+
+
 class Problem(NamedTuple):
     """One thing wrong in a log, located exactly."""
 
@@ -177,7 +202,7 @@ class _Walk:
             if end > size:
                 yield self._torn(offset, f"the record body needs {end - size} more bytes")
                 return
-            if zlib.crc32(data[body:end]) != body_crc and self._landing(offset, end):
+            if zlib.crc32(data[body:end]) != body_crc and self._landing(offset, end, body_crc):
                 yield self._torn(offset, "the record's last bytes are not there")
                 return
             yield from self._record(offset, data[body:end], body_crc)
@@ -202,22 +227,33 @@ class _Walk:
         self.count += 1
         self.records += 1
 
-    def _landing(self, offset: int, extent: int) -> bool:
+    def _landing(self, offset: int, extent: int, body_crc: int | None = None) -> bool:
         """Whether the record failing its checks at ``offset`` may be one a live writer
         is still writing, its bytes up to ``extent`` (the end its header claims, or the
         header's own) only partly there: as a reader of the log judges it
         (``FileStore._still_landing``). Only in the last segment: the record ends in
         the zeros allocated ahead and nothing but zeros follows it, or its bytes
-        change when read again. A crash leaves the same bytes: a torn tail, either way
-        never acknowledged (recovery sets it aside, and a checkpoint that covers it
-        is reported by the audit)."""
+        change when read again (its own bytes: a writer appending after it, into the
+        zeros allocated ahead, says nothing about a damaged record before). A crash
+        leaves the same bytes: a torn tail, either way never acknowledged (recovery
+        sets it aside, and a checkpoint that covers it is reported by the audit).
+        A whole body (``body_crc`` given) ending in zeros is one still landing only if
+        some bytes in place of those zeros would match its checksum: a complete record
+        whose last byte is 0, damaged elsewhere, is damage."""
         if not self.last:
             return False
         data = self.data
-        if data[extent - 1] == 0 and data.count(0, extent) == len(data) - extent:
+        if (
+            data[extent - 1] == 0
+            and data.count(0, extent) == len(data) - extent
+            and (
+                body_crc is None
+                or _completable(data[offset + RECORD_HEADER_SIZE : extent], body_crc)
+            )
+        ):
             return True
         again = _read_from(self.path, offset)
-        return again is not None and again[: len(data) - offset] != data[offset:]
+        return again is not None and again[: extent - offset] != data[offset:extent]
 
     def _torn(self, offset: int, why: str) -> Problem:
         if self.last:

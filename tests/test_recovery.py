@@ -50,6 +50,7 @@ from koru.events import (
     FileStore,
     OsDisk,
     agent_index,
+    decode_trusted,
     unpack_location,
     verify_logs,
 )
@@ -1911,7 +1912,7 @@ def test_verify_reports_a_missing_segment_once(tmp_path: Path) -> None:
     assert [name for name, _, _ in found] == [after] * 3 + [segments[6].name] * 3
 
 
-@pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1])
+@pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1, -2, -3])
 async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
     tmp_path: Path, landed: int
 ) -> None:
@@ -1926,7 +1927,7 @@ async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
     assert seg == 1
     segment = seg_path(path).read_bytes()[:end]
     record = segment[start:end]
-    cut = start + (landed if landed >= 0 else len(record) - 1)
+    cut = start + (landed if landed >= 0 else len(record) + landed)
     half = segment[:cut] + bytes(end - cut) + bytes(4096)  # zeros allocated ahead
     seg_path(path).write_bytes(half)
     found = list(verify_logs(path))
@@ -1962,6 +1963,71 @@ async def test_verify_takes_a_record_whose_bytes_change_for_one_still_landing(
     found = list(verify_logs(path))
     assert [p.severity for p in found] == ["warning"], found
     assert found[0].offset == start
+
+
+@pytest.mark.parametrize("where", ["body", "header"])
+async def test_verify_reports_damage_before_a_record_landing_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Beside a live writer, a record is appended into the zeros allocated ahead while
+    verify reads the segment again: that says nothing about a damaged record before it,
+    whose own bytes did not change. It is damage (and the records after it are checked),
+    not a torn tail."""
+    import koru.events._verify as verify_module
+
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    spans = record_spans(path)
+    start = spans[2][1]
+    data = bytearray(seg_path(path).read_bytes()[: spans[-1][2]])
+    data[start + (4 if where == "header" else 60)] ^= 0x10
+    tail = len(data)
+    seg_path(path).write_bytes(bytes(data) + bytes(4096))  # zeros allocated ahead
+    appended = bytes(data[spans[-1][1] : tail])  # a record-sized write, landing later
+    read_again = verify_module._read_from
+
+    def writer_appends(file: str, offset: int) -> bytes | None:
+        with open(file, "r+b") as f:
+            f.seek(tail)
+            f.write(appended)
+        return read_again(file, offset)
+
+    monkeypatch.setattr(verify_module, "_read_from", writer_appends)
+    found = list(verify_logs(path))
+    assert found and found[0].severity == "error" and found[0].offset == start, found
+    assert "torn" not in found[0].message
+
+
+async def test_verify_reports_a_damaged_last_record_that_ends_in_a_zero_byte(
+    tmp_path: Path,
+) -> None:
+    """A complete last record whose event's last byte is 0 (a put's ``previous`` is a
+    hash: one overwrite in 256), damaged by a flipped bit, then the zeros allocated
+    ahead: its bytes are stable and its checksum matches no last byte a write still
+    landing could bring. Damage to a record that may have been acknowledged, not a torn
+    tail."""
+    from koru.events import encode_event
+
+    path = tmp_path / "db"
+    await make_db(path, 6, pad=30)
+    start = record_spans(path)[-1][1]
+    data = seg_path(path).read_bytes()
+    event = parse_record(data, start)[2]
+    before = parse_record(data, record_spans(path)[-2][1])[1]
+    last = decode_trusted(event)._replace(previous=bytes(range(1, 32)) + b"\0")
+    encoded = encode_event(last)
+    assert encoded[-1] == 0
+    new_root = blake3.blake3(before + blake3.blake3(encoded).digest()).digest()
+    record = encode_record(new_root, encoded)
+    assert record[-1] == 0
+    seg_path(path).write_bytes(data[:start] + record + bytes(4096))
+    assert list(verify_logs(path)) == []  # a valid record, as written
+    damaged = bytearray(record)
+    damaged[len(record) // 2] ^= 0x04
+    seg_path(path).write_bytes(data[:start] + bytes(damaged) + bytes(4096))
+    found = list(verify_logs(path))
+    assert [p.severity for p in found] == ["error"], found
+    assert found[0].offset == start and "checksum" in found[0].message
 
 
 async def test_audit_checks_again_a_checkpoint_replaced_while_it_was_checked(

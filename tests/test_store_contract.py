@@ -902,6 +902,40 @@ def test_records_beside_a_writer_ends_at_a_record_still_being_written(
         writer.close()
 
 
+@pytest.mark.parametrize("where", [60, 3])  # the body; the length's high byte
+def test_records_beside_a_writer_reports_damage_before_a_record_landing_after_it(
+    tmp_path: Path, where: int
+) -> None:
+    """A damaged record in the active segment, and the writer appending after it (into
+    the zeros allocated ahead) between the reader's two reads: the damaged record's own
+    bytes did not change, so it is corruption, not the end of what was written so far
+    (the bytes after it changing says nothing about it; nor does a damaged length that
+    points past the end of the file, which its header's checksum refuses)."""
+    path = tmp_path / "db"
+    writer = open_store(path)
+    events = make_events(6, size=30)
+    appended = append_all(writer, events[:5])
+    writer.flush()
+    (seg,) = _segment_files(path)
+    start = unpack_location(appended[2].location)[2]
+    with open(seg, "r+b") as f:  # a flipped bit in the third record
+        f.seek(start + where)
+        byte = f.read(1)[0]
+        f.seek(start + where)
+        f.write(bytes([byte ^ 0x10]))
+    seen = seg.read_bytes()
+    append_all(writer, events[5:])  # lands after the reader's first read
+    writer.flush()
+    reader = FileStore(path, readonly=True, disk=_CaughtMidWrite(seg, seen))
+    try:
+        with pytest.raises(CorruptLogError) as info:
+            list(reader.records(AGENT))
+        assert info.value.position == 2
+    finally:
+        reader.close()
+        writer.close()
+
+
 class _ListedMidCreate(OsDisk):
     """Lists one directory once without ``hidden``, then as it is."""
 
