@@ -245,6 +245,21 @@ class SimDisk:
             for change in self._pending.pop(path, []):
                 _apply(self._durable, change)
             self.syncs += 1
+            self._collect()
+
+    def _collect(self) -> None:
+        """Forget the files nothing reaches any more: no name the OS shows, none a cut
+        could bring back (durable, or a change not yet synced), no open descriptor.
+        Why: a database replaces its checkpoint and tables again and again, and each
+        file kept its bytes twice (written and synced) for ever; a five-node run of
+        five virtual minutes at 20 operations per second was killed at 24 GB."""
+        live = set(self._visible.values())
+        live.update(self._durable.values())
+        live.update(entry.ino for entry in self._fds.values())
+        for changes in self._pending.values():
+            live.update(ino for _, _, ino in changes if ino is not None)
+        for ino in [ino for ino in self._inodes if ino not in live]:
+            del self._inodes[ino]
 
     def lock(self, directory: str) -> int:
         with self._mutex:
@@ -302,9 +317,11 @@ class SimDisk:
 
     def close(self, fd: int) -> None:
         with self._mutex:
-            if fd not in self._fds:
+            entry = self._fds.pop(fd, None)
+            if entry is None:
                 raise OSError(errno.EBADF, "Bad file descriptor")
-            del self._fds[fd]
+            if self._visible.get(entry.path) != entry.ino:  # the last of a removed file?
+                self._collect()
 
     def _file(self, fd: int, write: bool = False) -> _Inode:
         entry = self._fds.get(fd)
