@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds > 1:
         took = time.perf_counter() - began  # clock-ok: see above
         print(
-            f"{args.seeds} seeds in {took:.1f}s ({args.seeds / took:.2f} seeds/s): "
+            f"{args.seeds} seeds in {took:.1f}s ({took / args.seeds:.1f}s a seed): "
             + (f"{len(failed)} FAILED: {failed}" if failed else "all passed")
         )
     return 1 if failed else 0
