@@ -1045,3 +1045,35 @@ def test_a_sync_cut_short_never_lets_a_later_sync_report_success() -> None:
     with pytest.raises(DurabilityError) as info:
         store.sync()
     assert isinstance(info.value.__cause__, PowerCut)
+
+
+class _RecordingReads(OsDisk):
+    """The operating system's disk, refusing any read longer than a record can be
+    (``os.pread`` allocates the whole length first)."""
+
+    def __init__(self) -> None:
+        self.longest = 0
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        from koru.events._frame import MAX_BODY_SIZE, RECORD_HEADER_SIZE
+
+        self.longest = max(self.longest, size)
+        assert size <= RECORD_HEADER_SIZE + MAX_BODY_SIZE, f"a read of {size:,} bytes"
+        return super().pread(fd, size, offset)
+
+
+def test_a_read_never_asks_for_more_than_a_record_can_hold(tmp_path: Path) -> None:
+    """A cold get sizes its read from the value size its version record says; a table
+    rewritten with fresh checksums can say nearly 4 GiB, and that many bytes were
+    asked of ``pread`` (allocated before the read: a MemoryError on a small machine)
+    before any check. No record is longer than the framing's limit: no read is."""
+    disk = _RecordingReads()
+    store = open_store(tmp_path / "db", disk=disk)
+    try:
+        appended = append_all(store, make_events(5, size=30))
+        store.sync()
+        for a in appended:
+            assert store.read(a.location, (1 << 32) - 1) == a.data
+        assert disk.longest > 0
+    finally:
+        store.close()
