@@ -52,6 +52,7 @@ from ._errors import (
 )
 from ._event import NODE_ID_SIZE
 from ._frame import (
+    MAX_BODY_SIZE,
     RECORD_HEADER_SIZE,
     ROOT_SIZE,
     SEGMENT_HEADER_SIZE,
@@ -99,6 +100,7 @@ _READ_AHEAD = 4096
 _RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
 _RECORD_HEAD = struct.Struct("<III")  # body length, body crc32, crc32 of those two
+_MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY_SIZE  # the longest read a record needs
 _log = logging.getLogger("koru")
 
 
@@ -1164,7 +1166,9 @@ class FileStore:
             if fd is None:
                 fd = disk.open(log.path(seg), os.O_RDONLY)
                 self._readers[(idx, seg)] = fd
-            chunk = disk.pread(fd, expect, offset)
+            # ``expect`` may come from a version record a forged table supplied (a value
+            # size near 4 GiB): no record is longer than the framing allows.
+            chunk = disk.pread(fd, min(expect, _MAX_RECORD), offset)
             try:
                 try:
                     _, _, event = parse_record(chunk, 0)
