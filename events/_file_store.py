@@ -29,7 +29,6 @@ import os
 import re
 import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from ._frame import (
     parse_record,
     parse_segment_header,
 )
+from ._landing import still_landing
 from ._limits import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 from ._scan import SegmentScan
 from ._store import (
@@ -99,7 +99,6 @@ _READ_AHEAD = 4096
 #: How many more times a read-only store lists a log directory that shows a gap.
 _RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
-_RECORD_HEAD = struct.Struct("<III")  # body length, body crc32, crc32 of those two
 _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY_SIZE  # the longest read a record needs
 _log = logging.getLogger("koru")
 
@@ -843,32 +842,15 @@ class FileStore:
     def _still_landing(self, path: str, offset: int, seen: bytes) -> bool:
         """Whether the record failing its checks at ``offset`` of the active segment
         (``seen``: the bytes read from there) may be one another process is still
-        writing.
+        writing (:func:`~._landing.still_landing`)."""
 
-        Why a complete-looking record can fail: a read racing the writer's ``pwrite``
-        sees the pages that landed, and the zeros allocated ahead where the rest will
-        land (the file is already long enough, so the record does not look torn). Two
-        signs tell such a record from a damaged one: nothing but zeros follows the
-        extent its header claims (nothing was written after it; recovery reads the same
-        bytes as a crash's leftovers, past what a checkpoint proves); or, when a page
-        beyond it landed first, its own bytes change when read again. A failing
-        record whose bytes are stable and are followed by more data is corruption
-        (its extent is its header's own when the header fails its checksum: a
-        damaged length may point past the end of the file).
-        """
-        extent = RECORD_HEADER_SIZE
-        if len(seen) >= RECORD_HEADER_SIZE:
-            n, _, head_crc = _RECORD_HEAD.unpack_from(seen, 0)
-            if zlib.crc32(seen[:8]) == head_crc:
-                extent += n
-        after = bytes(seen[extent:])
-        if after.count(0) == len(after):
-            return True
-        try:
-            again = self._read_from(path, offset)
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
-        return again is None or again[:extent] != seen[:extent]
+        def read_again() -> bytes | None:
+            try:
+                return self._read_from(path, offset)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
+
+        return still_landing(bytes(seen), read_again)
 
     def _read_from(self, path: str, offset: int) -> bytes | None:
         """A segment's bytes from ``offset`` on (None if the file is shorter)."""

@@ -30,6 +30,7 @@ from ._frame import (
     FrameError,
     parse_segment_header,
 )
+from ._landing import still_landing
 
 __all__ = ["Problem", "SegmentSummary", "verify_logs"]
 
@@ -39,38 +40,14 @@ _ZEROS = bytes(RECORD_HEADER_SIZE)  # never a record header: its checksum is not
 
 
 def _read_from(path: str, offset: int) -> bytes | None:
-    """A file's bytes from ``offset`` on, read again (None if it cannot be read)."""
+    """A file's bytes from ``offset`` on, read again (None if it cannot be read any
+    more: as a file now shorter, taken for one that changed)."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read()
     except OSError:
         return None
-
-
-def _completable(body: bytes, crc: int) -> bool:
-    """Whether some bytes in place of ``body``'s trailing zeros give it checksum
-    ``crc`` (as the rest of a record still landing would). CRC-32 is affine in those
-    bytes: four or more reach every checksum; fewer reach a subspace, tested exactly
-    (a damaged record whose last byte is truly 0 almost never lies in it)."""
-    k = len(body) - len(body.rstrip(b"\0"))
-    if k >= 4:
-        return True
-    if k == 0:
-        return False
-    start = zlib.crc32(body[:-k])
-    zero = zlib.crc32(bytes(k), start)
-    basis: list[int] = []  # distinct leading bits, highest first
-    for bit in range(8 * k):
-        v = zlib.crc32((1 << bit).to_bytes(k, "little"), start) ^ zero
-        for b in basis:
-            v = min(v, v ^ b)
-        if v:
-            basis = sorted([*basis, v], reverse=True)
-    target = crc ^ zero
-    for b in basis:
-        target = min(target, target ^ b)
-    return target == 0
 
 
 class Problem(NamedTuple):
@@ -186,7 +163,7 @@ class _Walk:
                 return
             n, body_crc, head_crc = _REC.unpack_from(data, offset)
             if zlib.crc32(_LEN_CRC.pack(n, body_crc)) != head_crc:
-                if self._landing(offset, offset + RECORD_HEADER_SIZE):
+                if self._landing(offset):
                     yield self._torn(offset, "the record header is not all there")
                     return
                 yield self.problem(
@@ -202,7 +179,7 @@ class _Walk:
             if end > size:
                 yield self._torn(offset, f"the record body needs {end - size} more bytes")
                 return
-            if zlib.crc32(data[body:end]) != body_crc and self._landing(offset, end, body_crc):
+            if zlib.crc32(data[body:end]) != body_crc and self._landing(offset):
                 yield self._torn(offset, "the record's last bytes are not there")
                 return
             yield from self._record(offset, data[body:end], body_crc)
@@ -227,33 +204,13 @@ class _Walk:
         self.count += 1
         self.records += 1
 
-    def _landing(self, offset: int, extent: int, body_crc: int | None = None) -> bool:
+    def _landing(self, offset: int) -> bool:
         """Whether the record failing its checks at ``offset`` may be one a live writer
-        is still writing, its bytes up to ``extent`` (the end its header claims, or the
-        header's own) only partly there: as a reader of the log judges it
-        (``FileStore._still_landing``). Only in the last segment: the record ends in
-        the zeros allocated ahead and nothing but zeros follows it, or its bytes
-        change when read again (its own bytes: a writer appending after it, into the
-        zeros allocated ahead, says nothing about a damaged record before). A crash
-        leaves the same bytes: a torn tail, either way never acknowledged (recovery
-        sets it aside, and a checkpoint that covers it is reported by the audit).
-        A whole body (``body_crc`` given) ending in zeros is one still landing only if
-        some bytes in place of those zeros would match its checksum: a complete record
-        whose last byte is 0, damaged elsewhere, is damage."""
+        is still writing, judged as every reader of the log judges it
+        (:func:`~._landing.still_landing`): only in the last segment."""
         if not self.last:
             return False
-        data = self.data
-        if (
-            data[extent - 1] == 0
-            and data.count(0, extent) == len(data) - extent
-            and (
-                body_crc is None
-                or _completable(data[offset + RECORD_HEADER_SIZE : extent], body_crc)
-            )
-        ):
-            return True
-        again = _read_from(self.path, offset)
-        return again is not None and again[: extent - offset] != data[offset:extent]
+        return still_landing(self.data[offset:], lambda: _read_from(self.path, offset))
 
     def _torn(self, offset: int, why: str) -> Problem:
         if self.last:
