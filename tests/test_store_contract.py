@@ -1077,3 +1077,37 @@ def test_a_read_never_asks_for_more_than_a_record_can_hold(tmp_path: Path) -> No
         assert disk.longest > 0
     finally:
         store.close()
+
+
+def test_records_takes_a_whole_last_record_that_does_not_link_for_damage(
+    tmp_path: Path,
+) -> None:
+    """The last record of the active segment, its root altered and both checksums made
+    to match (every byte of it landed: no write is in progress), followed by the zeros
+    allocated ahead: a reader reports corruption. It took it for a write still landing
+    and ended the log quietly before it."""
+    import struct
+    import zlib
+
+    path = tmp_path / "db"
+    writer = open_store(path)
+    appended = append_all(writer, make_events(5, size=30))
+    writer.flush()
+    (seg,) = _segment_files(path)
+    start = unpack_location(appended[-1].location)[2]
+    data = bytearray(seg.read_bytes())
+    n = struct.unpack_from("<I", data, start)[0]
+    body = start + 12
+    data[body] ^= 0x01  # the stored root: the chain link no longer holds
+    crc = zlib.crc32(bytes(data[body : body + n]))
+    struct.pack_into("<II", data, start + 4, crc, zlib.crc32(struct.pack("<II", n, crc)))
+    assert data[body + n :].count(0) == len(data) - body - n  # zeros follow it
+    seg.write_bytes(bytes(data))
+    reader = FileStore(path, readonly=True)
+    try:
+        with pytest.raises(CorruptLogError) as info:
+            list(reader.records(AGENT))
+        assert info.value.position == 4
+    finally:
+        reader.close()
+        writer.close()
