@@ -1091,7 +1091,14 @@ def test_records_takes_a_whole_last_record_that_does_not_link_for_damage(
 
     path = tmp_path / "db"
     writer = open_store(path)
-    appended = append_all(writer, make_events(5, size=30))
+    events = make_events(4, size=30)
+    # The last event ends in a zero byte (its previous write id's last), as one put in
+    # 256 does: its end looks like the zeros allocated ahead.
+    last = encode_event(
+        PutEvent(ORIGIN, AGENT, 5, events[-1][1], 1_005, "ns", "k2", encode_value("v5"), bytes(32))
+    )
+    assert last[-1] == 0
+    appended = append_all(writer, [*events, (last, event_id(last))])
     writer.flush()
     (seg,) = _segment_files(path)
     start = unpack_location(appended[-1].location)[2]
