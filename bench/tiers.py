@@ -158,6 +158,22 @@ async def put_latencies(path: Path, events: int) -> array[float]:
     return waits
 
 
+def machine_gaps(seconds: float) -> array[float]:
+    """Every gap over 1 ms that a loop doing nothing but read the clock sees in
+    ``seconds``: the machine's own stalls (a virtual machine whose host takes its CPU
+    away, with no steal time counted, stalled such a loop for up to 30 ms here). Run
+    after the puts, for as long as they took, it is the reference for their waits."""
+    gaps = array("d")
+    last = perf()
+    end = last + seconds
+    while last < end:
+        now = perf()
+        if now - last > 1e-3:
+            gaps.append(now - last)
+        last = now
+    return gaps
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     return sorted(values)[min(len(values) - 1, int(p * len(values)))]
 
@@ -184,6 +200,7 @@ __all__ = [
     "big_value",
     "build",
     "get_latencies",
+    "machine_gaps",
     "put_latencies",
     "run_child",
     "sqlite_table",
