@@ -297,8 +297,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             InvalidDataError: any bad item, or a bad ttl (nothing is written).
         """
         await self._life.enter_write()
+        if self._checkpointer.lagging:  # before the write: a cancelled wait wrote nothing
+            await self._checkpointer.catch_up()
+            self._life.check()
         versions = self._writer.put_batch(items, ttl)
         if versions:
+            self._life.owe(len(versions) - 1)
             await self._writer.acknowledge()
         return versions
 
@@ -812,8 +816,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._life.enter_write()
+        if self._checkpointer.lagging:  # (see put_batch)
+            await self._checkpointer.catch_up()
+            self._life.check()
         result = self._writer.take_in(events)
         if result.accepted:
+            self._life.owe(result.accepted - 1)
             await self._writer.acknowledge()
         return result
 

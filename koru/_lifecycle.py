@@ -96,6 +96,18 @@ class Lifecycle:
         self._ops += 1
         return not self._ops & _YIELD_MASK
 
+    def owe(self, work: int) -> None:
+        """Count ``work`` more operations' worth of work just done without yielding (a
+        batch's other writes, an ingest's other events): if it reached the next
+        yield, the next operation yields. Why: the background tasks (the checkpointer,
+        whose worker thread hands each chunk back through the event loop) run only
+        when operations yield, and bulk loads of batches of a thousand writes, counted
+        as one operation each, yielded every 64 batches: a checkpoint due never
+        finished, and memory grew with every version written."""
+        before = self._ops
+        after = before + work
+        self._ops = after | _YIELD_MASK if after >> 6 != before >> 6 else after
+
     def die(self, exc: BaseException) -> None:
         """Stop serving after ``exc`` (a failed write or sync, or a background task's
         failure): every later operation raises DatabaseClosedError from it."""

@@ -63,6 +63,8 @@ __all__ = ["Writer"]
 _new = tuple.__new__
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 _MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
+#: Events that carry several writes (each a version in memory until a checkpoint).
+_BATCHES = frozenset((BatchEvent, ExpiringBatchEvent))
 #: The last this many bytes of each segment are synced in the background as they fill,
 #: a step at a time (see ``Checkpointer.writeback``); not for segments under
 #: ``_WRITEBACK_MIN_SEGMENT`` (sealing a small one is cheap) nor under sync="always"
@@ -201,8 +203,11 @@ class Writer:
                 self._fold_put(cast(PutEvent, event), eid, location, cid)
             elif cids is None:
                 self._fold(event, eid, location)
+                if type(event) in _BATCHES:  # a peer's batch
+                    self.checkpointer.note_versions(len(cast(BatchEvent, event).writes) - 1)
             else:
                 self._projections.apply_writes(event, eid, location, cids)
+                self.checkpointer.note_versions(len(cids) - 1)
         except BaseException as exc:
             # The event is in the log; a projection that could not fold it no longer
             # matches the log, and a checkpoint would make that permanent. The handle

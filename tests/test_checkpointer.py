@@ -12,6 +12,7 @@ import trio.testing
 from conftest import eventually
 from koru.events import MemoryStore
 from koru.nursery import CHECKPOINT_FILE, Checkpointer, Committer
+from koru.nursery._checkpointer import LAG, VERSION_SHARE
 
 
 class FailingFiles(MemoryStore):
@@ -109,3 +110,61 @@ async def test_failed_background_checkpoints_are_counted_one_each_and_not_fatal(
         assert (ck.failures, ck.written) == (3, 1)
         assert store.read_file(CHECKPOINT_FILE) is not None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_s_other_writes_count_towards_the_next_checkpoint() -> None:
+    ck, _ = make(every=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        ck.note_event()  # a batch of 4 * 8 + 1 writes: 1 event, 32 versions beyond it
+        ck.note_versions(4 * 8 - 1)
+        await settle()
+        assert ck.written == 0  # 1 + 31 // VERSION_SHARE = 8 of 10
+        ck.note_event()
+        ck.note_versions(VERSION_SHARE)  # 2 + 35 // 4 = 10
+        await settle(lambda: ck.written)
+        assert (ck.written, ck.saved_at, ck.extra_saved) == (1, 2, 35)
+        assert ck.lag == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_writers_wait_only_for_a_running_checkpointer_far_behind() -> None:
+    ck, _ = make(every=10)
+    for _ in range(LAG * 10):
+        ck.note_event()
+    assert not ck.lagging  # no background task: nothing would ever catch up
+    ck._due = trio.Event()  # as if its checkpoint had not begun yet
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        assert ck.lagging
+        waiter_done = trio.Event()
+
+        async def waiter() -> None:
+            await ck.catch_up()
+            waiter_done.set()
+
+        nursery.start_soon(waiter)
+        await settle()
+        assert not waiter_done.is_set()
+        ck._due.set()  # the checkpoint runs: the waiter goes on once it is written
+        await settle(lambda: waiter_done.is_set())
+        assert (ck.written, ck.stalls, ck.lagging) == (1, 1, False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_writer_waiting_is_released_when_the_checkpointer_stops() -> None:
+    ck, _ = make(every=10)
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ck.run, pytest.fail)
+            released = trio.Event()
+
+            async def waiter() -> None:
+                await ck.catch_up()
+                released.set()
+
+            outer.start_soon(waiter)
+            await settle()
+            nursery.cancel_scope.cancel()  # the database closing: the task ends
+        await settle(lambda: released.is_set())
+        assert not ck.running

@@ -15,7 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import koru
-from conftest import full_replay
+from conftest import eventually, full_replay
+from koru._lifecycle import Lifecycle
 from koru.events import (
     SLEEP,
     ConsolidationEvent,
@@ -31,6 +32,7 @@ from koru.events import (
 )
 from koru.events._frame import RECORD_HEADER_SIZE, encode_record, parse_record
 from koru.events._store import unpack_location
+from koru.nursery._checkpointer import LAG, VERSION_SHARE
 from koru.projections import KvState
 from koru.projections._kv import LAST_PLACE, PLACE, RECORD_SIZE
 from koru.projections._merging import merge_tables
@@ -625,3 +627,32 @@ async def test_a_key_first_folded_past_a_search_keeps_its_history_when_written_a
         assert await db.digest() == digest
     replayed, _ = full_replay(tmp_path)
     assert replayed.versions == stats.versions == 4
+
+
+async def test_a_bulk_load_of_batches_is_checkpointed_as_it_goes(tmp_path: Path) -> None:
+    """Batches count their writes towards the next checkpoint, each yields to the
+    background tasks, and a writer of batches waits when checkpoints fall far behind:
+    memory holds a bounded number of versions, not the whole load. (Before, 60
+    batches of 100 were 60 events, under one interval of 200: no checkpoint ran
+    until close, and a large load held every version in memory.)"""
+    every = 200
+    async with koru.open(tmp_path / "db", checkpoint_every=every, sync="os") as db:
+        for b in range(60):
+            await db.put_batch([("u", f"k{b}-{i}", i) for i in range(100)])
+        ck = db._checkpointer
+        assert ck.lag <= LAG * every + 1 + 99 // VERSION_SHARE
+        await eventually(lambda: ck.written >= 1)
+        assert await db.get("u", "k59-99") == 99
+        assert (await db.stats()).keys == 6000
+    async with koru.open(tmp_path / "db", readonly=True) as db:
+        assert (await db.stats()).keys == 6000
+
+
+def test_work_owed_by_a_batch_makes_the_next_operation_yield() -> None:
+    life = Lifecycle(readonly=False, commit_yields=False)
+    assert not life.begin()  # the first operation
+    life.owe(5)  # a small batch: still short of the 64th operation
+    assert not life.begin()
+    life.owe(99)  # a batch of a hundred: past it
+    assert life.begin()
+    assert not life.begin()
