@@ -689,3 +689,31 @@ def test_a_pipe_closed_early_is_not_an_error(made: tuple[Path, dict[str, Any]]) 
     )
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
     assert "Traceback" not in done.stderr and "Error" not in done.stderr
+
+
+def test_diff_takes_a_write_id_prefix_of_decimal_digits(tmp_path: Path) -> None:
+    """A prefix copied from ``kdelta log`` is all decimal digits about one time in
+    forty; read as a history index it named no version (and this file's diff test
+    failed that often)."""
+
+    async def build() -> list[str]:
+        async with koru.open(tmp_path / "db", processes=False) as db:
+            ids = []
+            for i in range(400):
+                version = await db.put("users", "bob", {"age": i})
+                ids.append(version.write_id)
+            return ids
+
+    ids = trio.run(build)
+    # a write id whose shortest unique prefix (of at least 4) is decimal digits only
+    prefix, target = next(
+        (w[:n], w)
+        for w in ids
+        for n in range(4, 9)
+        if w[:n].isdigit() and sum(x.startswith(w[:n]) for x in ids) == 1
+    )
+    out = kdelta(tmp_path / "db", "--json", "diff", "users/bob", "--from", "0", "--to", prefix)
+    assert out.json()["new"]["write_id"] == target
+    # an index still wins where it names a version
+    out = kdelta(tmp_path / "db", "--json", "diff", "users/bob", "--from", "0", "--to", "1")
+    assert out.json()["new"]["write_id"] == ids[1]

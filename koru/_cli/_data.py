@@ -206,11 +206,17 @@ def _shown(r: Versioned, *, full: bool) -> str:
 # -- diff ----------------------------------------------------------------------------------
 
 
-def _version_ref(text: str) -> int | str:
+def _version_refs(text: str) -> list[int | str]:
+    """What ``text`` may name, in the order tried: a history index, then a write id
+    prefix. Why both: a prefix copied from ``kdelta log`` is all decimal digits about
+    one time in forty (eight hex digits), and read as an index alone it named no
+    version."""
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
-        return text
+        return [text]
+    is_prefix = len(text) >= 4 and all(c in "0123456789abcdefABCDEF" for c in text)
+    return [index, text] if is_prefix else [index]
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
@@ -220,9 +226,27 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
         dest="old",
         default="-2",
         metavar="V",
-        help="history index (0 oldest, -1 newest) or write id prefix; default -2",
+        help=(
+            "history index (0 oldest, -1 newest) or write id prefix (digits that name no "
+            "index are one); default -2"
+        ),
     )
     p.add_argument("--to", dest="new", default="-1", metavar="V", help="as --from; default -1")
+
+
+def _first_found(diff: Any, pairs: list[tuple[int | str, int | str]]) -> Any:
+    """``diff`` of the first pair of references that both name a version; else the
+    first pair's error."""
+    from koru.events import VersionNotFoundError
+
+    first: VersionNotFoundError | None = None
+    for old, new in pairs:
+        try:
+            return diff(old, new)
+        except VersionNotFoundError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def _path(path: tuple[str | int, ...]) -> str:
@@ -232,7 +256,10 @@ def _path(path: tuple[str | int, ...]) -> str:
 def _diff(args: argparse.Namespace) -> int:
     namespace, stored, key = _stored(args)
     with read_snapshot(args) as snap:
-        diff = snap.reads.diff(stored, key, _version_ref(args.old), _version_ref(args.new))
+        diff = _first_found(
+            lambda old, new: snap.reads.diff(stored, key, old, new),
+            [(o, n) for o in _version_refs(args.old) for n in _version_refs(args.new)],
+        )
     diff = diff._replace(
         old=diff.old._replace(namespace=namespace), new=diff.new._replace(namespace=namespace)
     )
