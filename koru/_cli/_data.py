@@ -208,15 +208,17 @@ def _shown(r: Versioned, *, full: bool) -> str:
 
 def _version_refs(text: str) -> list[int | str]:
     """What ``text`` may name, in the order tried: a history index, then a write id
-    prefix. Why both: a prefix copied from ``kdelta log`` is all decimal digits about
-    one time in forty (eight hex digits), and read as an index alone it named no
-    version."""
+    prefix (the other way round for a leading zero). Why both: a prefix copied from
+    ``kdelta log`` is all decimal digits about one time in forty (eight hex digits),
+    and read as an index alone it named no version."""
     try:
         index = int(text)
     except ValueError:
         return [text]
-    is_prefix = len(text) >= 4 and all(c in "0123456789abcdefABCDEF" for c in text)
-    return [index, text] if is_prefix else [index]
+    if len(text) < 4 or not all(c in "0123456789abcdefABCDEF" for c in text):
+        return [index]
+    # Nobody writes an index with a leading zero: "0123" is a prefix first.
+    return [text, index] if text[0] == "0" else [index, text]
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
