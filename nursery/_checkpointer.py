@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,15 @@ class Checkpointer:
         self.failures = 0
         self._due = trio.Event()
         self._lock = trio.Lock()
+        #: Merges one at a time (see :meth:`compact`); set after each background
+        #: checkpoint, for the background merges.
+        self._merge_lock = trio.Lock()
+        self._merge_due = trio.Event()
+        #: Merged tables written (or being written) that no projection names yet, and
+        #: the lock under which a checkpoint's clean-up looks at that count and removes
+        #: table files (taken by worker threads).
+        self._unnamed = 0
+        self._files = threading.Lock()
         self._writeback = trio.Event()
         #: Background syncs of a segment's last part asked for (:meth:`writeback`).
         self.writebacks = 0
@@ -204,10 +214,14 @@ class Checkpointer:
 
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
-        merged tables are named and the tables they replace can go. Under the same
-        lock as checkpoints: a checkpoint written meanwhile would name the old tables,
-        and its clean-up would remove the merged ones. Returns the merges made."""
-        async with self._lock:
+        merged tables are named and the tables they replace can go. Returns the merges
+        made. One merge at a time, but not under the checkpoints' lock: a merge of a
+        ten-million-key load takes tens of seconds, and checkpoints waiting behind it
+        left writers waiting (see :meth:`catch_up`). Checkpoints written meanwhile add
+        tables on top of the ones being merged (which stay named until the merge's own
+        checkpoint), and leave every table file in place while a merge is unnamed (see
+        :meth:`_write`): their clean-up would remove the merged table otherwise."""
+        async with self._merge_lock:
             plans = self._compactions()
             count = len(plans)
             replaced: list[Table] = []
@@ -216,22 +230,38 @@ class Checkpointer:
                 # A merge of tables comes sorted: it streams, never held whole.
                 encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
                 merged = await trio.to_thread.run_sync(self._write_merged, encoder, Pacer())
-                _uninterrupted(projection.compacted, inputs, merged)
+                try:
+                    async with self._lock:  # (not amid a checkpoint's capture and write)
+                        _uninterrupted(projection.compacted, inputs, merged)
+                finally:
+                    # Named from here on by every capture (or, if that failed, never
+                    # named: an orphan the next clean-up removes).
+                    with self._files:
+                        self._unnamed -= 1
                 replaced += inputs
                 # Nothing here may keep the merged tables alive: see let_go below.
                 del projection, inputs, new, encoder
             if count:
                 self.compactions += count
-                await self._save_locked()
+                async with self._lock:
+                    await self._save_locked()
             # The tables merged away (their files removed by that checkpoint) are
             # closed where their last reference goes: in a worker thread.
             await let_go(replaced)
             return count
 
     def _write_merged(self, encoder: TableEncoder, pace: Pacer) -> Table:
-        """Write a merged table and read its index (see :meth:`Table.load_index`)."""
-        merged = self._store.write_table(encoder)
-        merged.load_index(pace)
+        """Write a merged table and read its index (see :meth:`Table.load_index`),
+        counted as unnamed before its file exists (see :meth:`_write`)."""
+        with self._files:
+            self._unnamed += 1
+        try:
+            merged = self._store.write_table(encoder)
+            merged.load_index(pace)
+        except BaseException:
+            with self._files:
+                self._unnamed -= 1
+            raise
         return merged
 
     def _write(self, captured: dict[str, Any], pace: Pacer) -> dict[NewTable, Table]:
@@ -248,7 +278,9 @@ class Checkpointer:
                 table.load_index(pace)
             self._store.write_file(CHECKPOINT_FILE, *pieces)
             keep = table_names(captured) | {t.name for t in written.values()}
-            self._store.remove_tables(keep)
+            with self._files:  # a merge's table, written but not yet named, stays
+                if not self._unnamed:
+                    self._store.remove_tables(keep)
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
         return written
@@ -267,6 +299,7 @@ class Checkpointer:
         nursery."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writebacks, on_fatal, nursery.cancel_scope)
+            nursery.start_soon(self._merges, on_fatal, nursery.cancel_scope)
             task_status.started()
             await self._checkpoints(on_fatal)
             nursery.cancel_scope.cancel()
@@ -280,10 +313,10 @@ class Checkpointer:
                 try:
                     try:
                         await self.save()
-                    finally:  # (a merge frees no memory: writers need not wait for it)
+                        self._merge_due.set()  # merged beside the next checkpoints
+                    finally:
                         self._ended.set()
                         self._ended = trio.Event()
-                    await self.compact()
                 except DurabilityError as exc:
                     on_fatal(exc)
                     return
@@ -294,6 +327,23 @@ class Checkpointer:
         finally:
             self.running = False
             self._ended.set()  # nobody waits for a checkpoint that will not come
+
+    async def _merges(
+        self, on_fatal: Callable[[BaseException], None], done: trio.CancelScope
+    ) -> None:
+        """Background task: merge tables after each background checkpoint, beside the
+        checkpoints that follow (see :meth:`compact`)."""
+        while True:
+            await self._merge_due.wait()
+            self._merge_due = trio.Event()
+            try:
+                await self.compact()
+            except DurabilityError as exc:
+                on_fatal(exc)
+                done.cancel()
+                return
+            except StorageError:
+                self.failures += 1
 
     async def _writebacks(
         self, on_fatal: Callable[[BaseException], None], done: trio.CancelScope

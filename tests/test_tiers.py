@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -656,3 +657,41 @@ def test_work_owed_by_a_batch_makes_the_next_operation_yield() -> None:
     life.owe(99)  # a batch of a hundred: past it
     assert life.begin()
     assert not life.begin()
+
+
+async def test_checkpoints_are_written_while_tables_merge(tmp_path: Path) -> None:
+    """A merge no longer holds the checkpoints' lock (a ten-million-key load's merges
+    held writers waiting for a checkpoint 43 s), and a checkpoint written while a
+    merged table is on disk but not yet named leaves its file in place."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        for r in range(3):
+            await db.put_batch([("u", f"k{r}-{i}", i) for i in range(50)])
+            await db.checkpoint()
+        ck, kv = db._checkpointer, db._kv
+        kv.max_tables = 1
+        written, merging = threading.Event(), threading.Event()
+        merge = ck._write_merged
+
+        def held(encoder: Any, pace: Any) -> Any:  # the merged table written, not named
+            table = merge(encoder, pace)
+            written.set()
+            merging.wait(10)
+            return table
+
+        ck._write_merged = held  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ck.compact)
+            await trio.to_thread.run_sync(written.wait)
+            await db.put("u", "during", 1)
+            with trio.fail_after(10):  # it waited for the merge before
+                await db.checkpoint()
+            merging.set()
+        assert ck.compactions == 1 and len(kv.tables) == 2  # the merge, and one on top
+        names = {t.name for t in kv.tables}
+        assert names == {p.stem for p in (path / "tables").glob("*.tab")}
+        assert await db.get("u", "k0-7") == 7 and await db.get("u", "during") == 1
+    async with koru.open(path, readonly=True) as db:
+        stats = await db.stats()
+        assert stats.replayed_events == 0 and stats.keys == 151
+        assert await db.get("u", "k1-49") == 49
