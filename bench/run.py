@@ -94,11 +94,12 @@ class Sizes:
     query_docs: int  # documents in the query benchmarks
     vectors: int = 100_000  # embeddings of 384 dimensions
     vector_queries: int = 1_000
+    bulk_batches: int = 3_000  # batches of 1,000 writes in the tiers group's bulk load
 
 
 FULL = Sizes(5, 0.4, 100_000, 1_000, 100_000, 10, 3, 2, 200_000, 100, 1_000_000, 1_000_000, 100_000)
 QUICK = Sizes(
-    2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000, 10_000, 10_000, 200
+    2, 0.12, 10_000, 1_000, 10_000, 10, 2, 1, 20_000, 10, 20_000, 20_000, 10_000, 10_000, 200, 100
 )
 
 
@@ -847,6 +848,34 @@ async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
         f"{sum(g > 0.01 for g in gaps)} over 10 ms, at most {max(gaps, default=0) * 1e3:.1f} ms"
     )
     report.target("slowest put", max(waits) * 1e3, 10.0, "ms", at_least=False)
+
+    n = sizes.bulk_batches * tiers.BATCH
+    print(f"  bulk load of {n:,} writes in batches of {tiers.BATCH:,} (two child processes) ...")
+    kb = tiers.run_bulk(tmp / "tiers_bulk", sizes.bulk_batches, "koru")
+    sb = tiers.run_bulk(tmp / "tiers_bulk.sqlite", sizes.bulk_batches, "sqlite")
+    rate = n / (kb["loaded"] + kb["closed"])
+    report.add(
+        Row(
+            f"bulk load, {n:,} writes in batches of {tiers.BATCH:,}, vs sqlite3 executemany",
+            rate,
+            n / (sb["loaded"] + sb["closed"]),
+            "writes/s",
+        )
+    )
+    report.add(
+        Row(
+            "peak RSS growth of that bulk load",
+            kb["grown"] / 2**20,
+            sb["grown"] / 2**20,
+            "MB",
+            False,
+        )
+    )
+    report.note(
+        f"tiers: bulk load, koru: load {kb['loaded']:.1f} s, close {kb['closed']:.1f} s, slowest "
+        f"batch {kb['slowest'] * 1e3:.0f} ms; sqlite3: load {sb['loaded']:.1f} s, slowest batch "
+        f"{sb['slowest'] * 1e3:.0f} ms"
+    )
 
 
 # -- queries -----------------------------------------------------------------------------

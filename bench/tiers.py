@@ -72,6 +72,16 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss() -> int:
+    """The process's peak resident memory (``VmHWM``: since its exec, where
+    ``ru_maxrss`` would count its parent's memory at the fork)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(path: str, keys: int) -> dict[str, Any]:
     """In a fresh process: resident memory of an open database whose hot set has been
     read, with ``keys`` keys in all (0: an empty database, the base)."""
@@ -174,6 +184,68 @@ def machine_gaps(seconds: float) -> array[float]:
     return gaps
 
 
+#: Writes per batch of the bulk load.
+BATCH = 1_000
+
+
+def bulk_child(path: str, batches: int, which: str) -> dict[str, Any]:
+    """In a fresh process: ``batches`` batches of :data:`BATCH` small writes to new
+    keys, ``which`` being "koru" (``put_batch`` under the default settings but
+    ``sync="os"``: background checkpoints and merges run) or "sqlite" (WAL,
+    ``synchronous=NORMAL``, one ``executemany`` and commit per batch). The seconds of
+    the load and of the close, the slowest batch, and the peak resident memory beyond
+    the process's before it opened the database."""
+    before = rss()
+    waits = array("d")
+
+    def rows(b: int) -> list[tuple[str, dict[str, int]]]:
+        return [(f"k{b}-{i}", {"i": i}) for i in range(BATCH)]
+
+    if which == "koru":
+
+        async def main() -> tuple[float, float]:
+            async with koru.open(path, sync="os") as db:
+                began = perf()
+                for b in range(batches):
+                    t = perf()
+                    await db.put_batch([("u", k, v) for k, v in rows(b)])
+                    waits.append(perf() - t)
+                loaded = perf() - began
+                closing = perf()
+            return loaded, perf() - closing
+
+        loaded, closed = trio.run(main)
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE kv (ns TEXT, key TEXT, value BLOB, PRIMARY KEY (ns, key))")
+        began = perf()
+        for b in range(batches):
+            t = perf()
+            conn.executemany(
+                "INSERT OR REPLACE INTO kv VALUES ('u', ?, ?)",
+                [(k, json.dumps(v)) for k, v in rows(b)],
+            )
+            conn.commit()
+            waits.append(perf() - t)
+        loaded = perf() - began
+        closing = perf()
+        conn.close()
+        closed = perf() - closing
+    return {"loaded": loaded, "closed": closed, "slowest": max(waits), "grown": peak_rss() - before}
+
+
+def run_bulk(path: Path, batches: int, which: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--bulk", str(path), str(batches), which],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     return sorted(values)[min(len(values) - 1, int(p * len(values)))]
 
@@ -181,6 +253,8 @@ def percentile(values: Sequence[float], p: float) -> float:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--bulk"]:
+        print(json.dumps(bulk_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     else:
         sys.exit("run it through bench/run.py --only tiers")
 
@@ -196,12 +270,14 @@ def summary(waits: Sequence[float]) -> str:
 
 
 __all__ = [
+    "BATCH",
     "HOT_KEYS",
     "big_value",
     "build",
     "get_latencies",
     "machine_gaps",
     "put_latencies",
+    "run_bulk",
     "run_child",
     "sqlite_table",
     "statistics",
