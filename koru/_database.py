@@ -292,16 +292,22 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
 
         Returns the versions in the order given. A key may appear only once. ``ttl``
         (seconds) gives every value of the batch that time to live, as for :meth:`put`.
+        In a bulk load that outpaces the background checkpoints, a batch first gives
+        way to them (for as long as the last batch took, or until the checkpoint in
+        progress is written when they are far behind), so that memory stays bounded.
 
         Raises:
             InvalidDataError: any bad item, or a bad ttl (nothing is written).
         """
         await self._life.enter_write()
-        if self._checkpointer.lagging:  # before the write: a cancelled wait wrote nothing
-            await self._checkpointer.catch_up()
+        checkpointer = self._checkpointer
+        if checkpointer.behind_by:  # before the write: a cancelled wait wrote nothing
+            await checkpointer.give_way()
             self._life.check()
+        began = trio.current_time()
         versions = self._writer.put_batch(items, ttl)
         if versions:
+            checkpointer.took(trio.current_time() - began)
             self._life.owe(len(versions) - 1)
             await self._writer.acknowledge()
         return versions
@@ -816,11 +822,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
         await self._life.enter_write()
-        if self._checkpointer.lagging:  # (see put_batch)
-            await self._checkpointer.catch_up()
+        checkpointer = self._checkpointer
+        if checkpointer.behind_by:  # (see put_batch)
+            await checkpointer.give_way()
             self._life.check()
+        began = trio.current_time()
         result = self._writer.take_in(events)
         if result.accepted:
+            checkpointer.took(trio.current_time() - began)
             self._life.owe(result.accepted - 1)
             await self._writer.acknowledge()
         return result

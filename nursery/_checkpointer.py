@@ -58,6 +58,9 @@ async def prepare_checkpoints() -> None:
 #: Checkpoint intervals that the background checkpoints may fall behind before a
 #: writer of batches waits for them (see :meth:`Checkpointer.catch_up`).
 LAG = 4
+#: Intervals behind from which a batch writer shares the loop with the checkpoint's
+#: worker (see :meth:`Checkpointer.give_way`).
+SLOW = 2
 #: A batch's other writes count towards a checkpoint interval (``every``) at one for
 #: this many. Why not one each: a checkpoint every ``every`` versions made a bulk load
 #: of 3,000,000 versions in batches of 1,000 take 93 s instead of 39 (tables written
@@ -108,8 +111,11 @@ class Checkpointer:
         self.running = False
         #: Set (and replaced) whenever a background checkpoint ends, written or failed.
         self._ended = trio.Event()
-        #: Writes that waited for a checkpoint to catch up (see :meth:`catch_up`).
+        #: Writes that waited for a checkpoint to catch up (see :meth:`catch_up`), and
+        #: batches that gave way to one (see :meth:`give_way`).
         self.stalls = 0
+        self.slowed = 0
+        self._last_batch = 0.0
         #: Checkpoints written by this handle, and background attempts that failed.
         self.written = 0
         self.failures = 0
@@ -162,6 +168,33 @@ class Checkpointer:
         the versions written (memory holds every one of them until a checkpoint):
         the writer should :meth:`catch_up` before it writes more."""
         return self.running and self.lag >= LAG * self.every
+
+    @property
+    def behind_by(self) -> int:
+        """0 while a batch writer may go on at once; else the intervals the
+        background checkpoints are behind (at least ``SLOW``): see :meth:`give_way`."""
+        if not self.running:
+            return 0
+        intervals = self.lag // self.every
+        return intervals if intervals >= SLOW else 0
+
+    def took(self, seconds: float) -> None:
+        """How long the last batch (or ingest) took on the event loop."""
+        self._last_batch = seconds
+
+    async def give_way(self) -> None:
+        """Before a batch, with checkpoints ``SLOW`` or more intervals behind: let the
+        checkpoint's worker run for as long as the last batch held the loop (it gives
+        way to the loop, see Pacer, so it advances only while the loop is idle),
+        or, ``LAG`` intervals behind, wait for it to end (:meth:`catch_up`). Why the
+        first: waiting only at ``LAG`` made a bulk load stop for seconds at a time
+        while a checkpoint of millions of versions was written; sharing the loop
+        from ``SLOW`` on keeps the checkpoints up with the writer instead."""
+        if self.lagging:
+            await self.catch_up()
+        else:
+            self.slowed += 1
+            await trio.sleep(self._last_batch)
 
     async def catch_up(self) -> None:
         """Wait for the background checkpoint in progress to end. Why: a checkpoint's

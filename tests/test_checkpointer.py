@@ -12,7 +12,7 @@ import trio.testing
 from conftest import eventually
 from koru.events import MemoryStore
 from koru.nursery import CHECKPOINT_FILE, Checkpointer, Committer
-from koru.nursery._checkpointer import LAG, VERSION_SHARE
+from koru.nursery._checkpointer import LAG, SLOW, VERSION_SHARE
 
 
 class FailingFiles(MemoryStore):
@@ -168,3 +168,30 @@ async def test_a_writer_waiting_is_released_when_the_checkpointer_stops() -> Non
             nursery.cancel_scope.cancel()  # the database closing: the task ends
         await settle(lambda: released.is_set())
         assert not ck.running
+
+
+async def test_a_batch_writer_gives_way_from_slow_and_waits_from_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ck, _ = make(every=10)
+    ck._due = trio.Event()  # (never set: the checkpoint stays behind)
+    assert ck.behind_by == 0  # not running: nothing to give way to
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        ck._due = trio.Event()
+        for _ in range(SLOW * 10 - 1):
+            ck.note_event()
+        assert ck.behind_by == 0
+        ck.note_event()
+        assert ck.behind_by == SLOW and not ck.lagging
+        ck.took(0.25)  # the last batch held the loop that long: the worker gets as long
+        began = trio.current_time()
+        await ck.give_way()
+        assert trio.current_time() - began >= 0.25 and (ck.slowed, ck.stalls) == (1, 0)
+        for _ in range((LAG - SLOW) * 10):
+            ck.note_event()
+        assert ck.behind_by == LAG and ck.lagging
+        with trio.move_on_after(1) as waited:  # nothing ends the checkpoint: it waits
+            await ck.give_way()
+        assert waited.cancelled_caught and ck.stalls == 1
+        nursery.cancel_scope.cancel()
