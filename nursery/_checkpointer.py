@@ -194,7 +194,8 @@ class Checkpointer:
             await self.catch_up()
         else:
             self.slowed += 1
-            await trio.sleep(self._last_batch)
+            with trio.move_on_after(self._last_batch):  # (or less, if it ends sooner)
+                await self._ended.wait()
 
     async def catch_up(self) -> None:
         """Wait for the background checkpoint in progress to end. Why: a checkpoint's
