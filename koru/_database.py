@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import blake3
 import trio
@@ -80,6 +80,13 @@ __all__ = ["Database"]
 
 #: Every name a caller may pass is at least this (a reserved one is less).
 _FIRST = chr(ord(RESERVED) + 1)
+_W = TypeVar("_W")  # what a batched write returns (see Database._batched)
+
+
+def _accepted(result: IngestResult) -> int:
+    return result.accepted
+
+
 #: Bounds of the recent map's capacity (see Database.__init__).
 _LEAST_RECENT, _MOST_RECENT = 1 << 10, 1 << 17
 
@@ -299,18 +306,26 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Raises:
             InvalidDataError: any bad item, or a bad ttl (nothing is written).
         """
+        return await self._batched(lambda: self._writer.put_batch(items, ttl), len)
+
+    async def _batched(self, write: Callable[[], _W], count: Callable[[_W], int]) -> _W:
+        """Run ``write`` (a batch or an ingest: many writes in one synchronous step) as
+        a write: first giving way to background checkpoints a bulk load left behind
+        (before it, so that a cancelled wait wrote nothing), then counting its
+        ``count(result)`` writes towards the next yield, and acknowledging them."""
         await self._life.enter_write()
         checkpointer = self._checkpointer
-        if checkpointer.behind_by:  # before the write: a cancelled wait wrote nothing
+        if checkpointer.behind_by:
             await checkpointer.give_way()
             self._life.check()
         began = trio.current_time()
-        versions = self._writer.put_batch(items, ttl)
-        if versions:
+        result = write()
+        n = count(result)
+        if n:
             checkpointer.took(trio.current_time() - began)
-            self._life.owe(len(versions) - 1)
+            self._life.owe(n - 1)
             await self._writer.acknowledge()
-        return versions
+        return result
 
     async def put_with_causal_links(
         self, namespace: str, key: str, value: Any, parents: Iterable[Any]
@@ -821,18 +836,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             InvalidArgumentError: ``events`` is not an iterable of bytes.
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
-        await self._life.enter_write()
-        checkpointer = self._checkpointer
-        if checkpointer.behind_by:  # (see put_batch)
-            await checkpointer.give_way()
-            self._life.check()
-        began = trio.current_time()
-        result = self._writer.take_in(events)
-        if result.accepted:
-            checkpointer.took(trio.current_time() - began)
-            self._life.owe(result.accepted - 1)
-            await self._writer.acknowledge()
-        return result
+        return await self._batched(lambda: self._writer.take_in(events), _accepted)
 
     async def feed_heads(self) -> dict[tuple[str, str], int]:
         """How far each feed held here goes: ``(origin hex, agent) -> last seq``. What a

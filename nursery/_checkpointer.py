@@ -62,10 +62,11 @@ LAG = 4
 #: worker (see :meth:`Checkpointer.give_way`).
 SLOW = 2
 #: A batch's other writes count towards a checkpoint interval (``every``) at one for
-#: this many. Why not one each: a checkpoint every ``every`` versions made a bulk load
-#: of 3,000,000 versions in batches of 1,000 take 93 s instead of 39 (tables written
-#: and merged 30 times); at a quarter it takes 53 s and peaks at 0.8 GB of memory
-#: (1.36 GB without, growing with the load).
+#: this many. Why not one each: with writers waiting at ``LAG`` alone (before
+#: :meth:`Checkpointer.give_way`), a checkpoint every ``every`` versions made a bulk
+#: load of 3,000,000 versions in batches of 1,000 take 93 s instead of 39 (tables
+#: written and merged 30 times), a quarter 53 s at 0.8 GB of memory (1.36 GB counting
+#: events alone, growing with the load); docs/speed.md has the figures since.
 VERSION_SHARE = 4
 
 

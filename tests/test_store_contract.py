@@ -194,6 +194,22 @@ def replay_list(
     return records
 
 
+def _refusal(path: Path, disk: Any = None) -> CorruptLogError:
+    """The ``CorruptLogError`` with which a read-only store's ``records()`` refuses the
+    log at ``path`` (read through ``disk`` if given)."""
+    reader = (
+        FileStore(path, readonly=True)
+        if disk is None
+        else FileStore(path, readonly=True, disk=disk)
+    )
+    try:
+        with pytest.raises(CorruptLogError) as info:
+            list(reader.records(AGENT))
+    finally:
+        reader.close()
+    return info.value
+
+
 def test_genesis_roots_are_distinct_per_agent() -> None:
     roots = {genesis_root(a) for a in AGENTS}
     assert len(roots) == len(AGENTS)
@@ -821,13 +837,7 @@ def test_records_reports_corruption_before_the_end(tmp_path: Path) -> None:
     data[70] ^= 0x01  # inside the first record of that segment
     middle.write_bytes(bytes(data))
     before = _tree(path)
-    reader = FileStore(path, readonly=True)
-    try:
-        with pytest.raises(CorruptLogError) as info:
-            list(reader.records(AGENT))
-        assert info.value.path == str(middle)
-    finally:
-        reader.close()
+    assert _refusal(path).path == str(middle)
     assert _tree(path) == before
 
 
@@ -926,13 +936,9 @@ def test_records_beside_a_writer_reports_damage_before_a_record_landing_after_it
     seen = seg.read_bytes()
     append_all(writer, events[5:])  # lands after the reader's first read
     writer.flush()
-    reader = FileStore(path, readonly=True, disk=_CaughtMidWrite(seg, seen))
     try:
-        with pytest.raises(CorruptLogError) as info:
-            list(reader.records(AGENT))
-        assert info.value.position == 2
+        assert _refusal(path, _CaughtMidWrite(seg, seen)).position == 2
     finally:
-        reader.close()
         writer.close()
 
 
@@ -999,12 +1005,7 @@ def test_records_reports_a_damaged_record_that_does_not_change_when_read_again(
     data = bytearray(seg.read_bytes())
     data[unpack_location(appended[3].location)[2] + 60] ^= 0x01  # inside record 3
     seg.write_bytes(bytes(data))
-    reader = FileStore(path, readonly=True)
-    try:
-        with pytest.raises(CorruptLogError):
-            list(reader.records(AGENT))
-    finally:
-        reader.close()
+    _refusal(path)
 
 
 def test_a_reader_reads_every_location_its_records_name(tmp_path: Path) -> None:
@@ -1110,11 +1111,7 @@ def test_records_takes_a_whole_last_record_that_does_not_link_for_damage(
     struct.pack_into("<II", data, start + 4, crc, zlib.crc32(struct.pack("<II", n, crc)))
     assert data[body + n :].count(0) == len(data) - body - n  # zeros follow it
     seg.write_bytes(bytes(data))
-    reader = FileStore(path, readonly=True)
     try:
-        with pytest.raises(CorruptLogError) as info:
-            list(reader.records(AGENT))
-        assert info.value.position == 4
+        assert _refusal(path).position == 4
     finally:
-        reader.close()
         writer.close()

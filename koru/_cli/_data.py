@@ -29,7 +29,10 @@ from ._base import (
 from ._output import Output, dumps, escape, short
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from koru import Database, Version, Versioned
+    from koru._diff import Diff
 
 __all__ = ["DATA_COMMANDS"]
 
@@ -215,8 +218,8 @@ def _version_refs(text: str) -> list[int | str]:
         index = int(text)
     except ValueError:
         return [text]
-    if len(text) < 4 or not all(c in "0123456789abcdefABCDEF" for c in text):
-        return [index]
+    if len(text) < 4 or not (text.isascii() and text.isdigit()):
+        return [index]  # (a sign, an underscore or short: only an index)
     # Nobody writes an index with a leading zero: "0123" is a prefix first.
     return [text, index] if text[0] == "0" else [index, text]
 
@@ -236,7 +239,9 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", dest="new", default="-1", metavar="V", help="as --from; default -1")
 
 
-def _first_found(diff: Any, pairs: list[tuple[int | str, int | str]]) -> Any:
+def _first_found(
+    diff: Callable[[int | str, int | str], Diff], pairs: list[tuple[int | str, int | str]]
+) -> Diff:
     """``diff`` of the first pair of references that both name a version; else the
     first pair's error."""
     from koru.events import VersionNotFoundError
