@@ -19,6 +19,7 @@ container holding the same immutable items: indistinguishable from a fresh decod
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from itertools import repeat
 from operator import add
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import cbor2
 
 from koru.events import cbor_head
-from koru.projections import EXPIRES, NO_ID, TOMBSTONE
+from koru.projections import EXPIRES, NO_ID, TOMBSTONE, KvState
 
 from ._cache import shared
 from ._types import Versioned
@@ -38,6 +39,7 @@ NULL = b"\xf6"
 _CONTAINERS = (dict, list)
 #: Decoded templates take up to about this many times their encoding's bytes.
 _TEMPLATE_BLOWUP = 10
+_new = tuple.__new__
 
 
 def encode_all(parts: list[bytes]) -> bytes:
@@ -52,34 +54,50 @@ def decode_all(parts: list[bytes]) -> list[Any]:
 
 
 def history_rows(
-    namespace: str, key: str, recs: list[tuple[Any, ...]], values: list[Any]
+    namespace: str, key: str, recs: Iterable[tuple[Any, ...]], values: Iterable[Any]
 ) -> list[Versioned]:
-    """One :class:`Versioned` per raw record (see ``KvState.history_raw``)."""
-    return _rows(values, history_meta(namespace, key, recs))
-
-
-def _rows(values: list[Any], meta: list[tuple[Any, ...]]) -> list[Versioned]:
-    # (value,) + meta per row, as map calls: the fastest way found to build them.
-    return list(map(tuple.__new__, repeat(Versioned), map(add, zip(values), meta)))
-
-
-def history_meta(namespace: str, key: str, recs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """:func:`history_rows` without the values: each version's fields after its value."""
-    out: list[tuple[Any, ...]] = []
+    """One :class:`Versioned` per raw record (see ``KvState.history_raw``) and value,
+    in one pass (a first read of a long history spends most of its time here)."""
+    out: list[Versioned] = []
     append = out.append
     last_origin, o = b"", ""
     last_wid, last_hex = NO_ID, None
-    for hlc, origin, wid, cid, prev, _, _, expires, flags in recs:
+    # values may be endless (history_meta's repeat(None)): recs decide the length
+    for (hlc, origin, wid, cid, prev, _, _, expires, flags), value in zip(
+        recs, values, strict=False
+    ):
         if origin != last_origin:
             last_origin, o = origin, origin.hex()
         p = last_hex if prev == last_wid else (None if prev == NO_ID else prev.hex())
         last_wid, last_hex = wid, wid.hex()
+        if not flags:
+            append(
+                _new(
+                    Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, None)
+                )
+            )
+            continue
         e = expires if flags & EXPIRES else None
         if flags & TOMBSTONE:
-            append((namespace, key, last_hex, None, hlc, p, o, True, e))
+            append(_new(Versioned, (value, namespace, key, last_hex, None, hlc, p, o, True, e)))
         else:
-            append((namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
+            append(
+                _new(Versioned, (value, namespace, key, last_hex, cid.hex(), hlc, p, o, False, e))
+            )
     return out
+
+
+def _rows(values: list[Any], meta: list[tuple[Any, ...]]) -> list[Versioned]:
+    # (value,) + meta per row, as map calls: the fastest way found to build them.
+    return list(map(_new, repeat(Versioned), map(add, zip(values), meta)))
+
+
+def history_meta(
+    namespace: str, key: str, recs: Iterable[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """:func:`history_rows` without the values: each version's fields after its value
+    (what a prepared history keeps, built once)."""
+    return [row[1:] for row in history_rows(namespace, key, recs, repeat(None))]
 
 
 class HistoryCache:
@@ -131,20 +149,19 @@ class HistoryCache:
         namespace: str,
         key: str,
         blob: bytes | bytearray,
-        recs: list[tuple[Any, ...]],
         parts: list[bytes],
         again: bool,
     ) -> list[Versioned]:
-        """The whole history built from ``recs`` (unpacked from ``blob``) and the
-        values' encodings ``parts``; prepared and kept if read ``again`` unchanged,
-        else its records noted (if it qualifies)."""
+        """The whole history built from the raw records ``blob`` and the values'
+        encodings ``parts``; prepared and kept if read ``again`` unchanged, else its
+        records noted (if it qualifies)."""
         array = encode_all(parts)
-        if len(recs) < self.min_versions or max(len(blob), len(array)) > self.max_bytes:
-            return history_rows(namespace, key, recs, cbor2.loads(array))
+        if len(parts) < self.min_versions or max(len(blob), len(array)) > self.max_bytes:
+            return history_rows(namespace, key, KvState.iter_records(blob), cbor2.loads(array))
         entries = self._entries
         slot = (namespace, key)
         if again:
-            meta = history_meta(namespace, key, recs)
+            meta = history_meta(namespace, key, KvState.iter_records(blob))
             values = cbor2.loads(array)
             templates = None
             if len(array) * _TEMPLATE_BLOWUP <= self.max_bytes and all(
@@ -155,7 +172,7 @@ class HistoryCache:
             rows = _rows(values, meta)
         else:
             entries[slot] = (bytes(blob), None, b"", None)
-            rows = history_rows(namespace, key, recs, cbor2.loads(array))
+            rows = history_rows(namespace, key, KvState.iter_records(blob), cbor2.loads(array))
         entries.move_to_end(slot)
         while len(entries) > self.size:
             entries.popitem(last=False)

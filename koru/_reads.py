@@ -141,18 +141,22 @@ class KeyReads:
         self._names(namespace, key)
         if latest is not None and (type(latest) is not int or latest < 0):
             raise InvalidDataError(f"latest must be a non-negative int, not {latest!r}")
-        whole = since is None and until is None and latest is None
-        if whole:
+        values = self.values
+        if since is None and until is None and latest is None:
             blob = self.kv.history_blob(namespace, key)
             if blob is None:
                 return []
             kept = self.histories.rows(namespace, key, blob)
             if type(kept) is list:
                 return kept
-            recs = self.kv.records(blob)
-        else:
-            blob, kept = None, False
-            recs = self.kv.history_raw(namespace, key)
+            # No record tuples kept alive while the values decode: the rows are built
+            # from a second pass over the blob (half the collector's work).
+            parts = values.cache.peek_all(KvState.content_ids(blob))
+            if None in parts:
+                self._fill(namespace, key, KvState.records(blob), parts)
+            found = cast("list[bytes]", parts)
+            return self.histories.keep(namespace, key, blob, found, kept is True)
+        recs = self.kv.history_raw(namespace, key)
         if since is not None:
             lo = to_ns(since, end=False)
             recs = [r for r in recs if r[0] >= lo]
@@ -162,19 +166,23 @@ class KeyReads:
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
         # A key may have thousands of versions: raw records, one cbor2 call for all
-        # values, rows built in bulk (see _history); a whole history is kept prepared.
-        values = self.values
+        # values, rows built in one pass (see _history).
         parts = values.cache.peek_all(list(map(_CID, recs)))
-        if None in parts:  # deletions, and values not in the cache
-            for i, r in enumerate(recs):
-                if parts[i] is None:
-                    parts[i] = (
-                        NULL if r[8] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
-                    )
-        found = cast("list[bytes]", parts)
-        if blob is not None:
-            return self.histories.keep(namespace, key, blob, recs, found, kept is True)
-        return history_rows(namespace, key, recs, decode_all(found))
+        if None in parts:
+            self._fill(namespace, key, recs, parts)
+        return history_rows(namespace, key, recs, decode_all(cast("list[bytes]", parts)))
+
+    def _fill(
+        self, namespace: str, key: str, recs: list[tuple[Any, ...]], parts: list[bytes | None]
+    ) -> None:
+        """Put in ``parts`` the encodings the value cache lacked: deletions' (None's)
+        and values read from the log."""
+        values = self.values
+        for i, r in enumerate(recs):
+            if parts[i] is None:
+                parts[i] = (
+                    NULL if r[8] & TOMBSTONE else values.value_bytes(r[3], r[5], namespace, key)
+                )
 
     def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1

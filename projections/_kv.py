@@ -28,6 +28,7 @@ import struct
 from bisect import bisect_right
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, ClassVar, NamedTuple
 
 from blake3 import blake3 as _blake3
@@ -53,6 +54,9 @@ __all__ = [
 _REC = struct.Struct(">Q16s32s32s32sQIQB")
 RECORD_SIZE = _REC.size
 _HLC = struct.Struct(">Q")  # a record's first field, its timestamp
+# every record's content id, in one pass (after hlc, origin and write id)
+_CIDS = struct.Struct(f">56x32s{RECORD_SIZE - 88}x")
+_FIRST = itemgetter(0)
 _STAMPS = struct.Struct(f">Q{RECORD_SIZE - 8}x")  # every record's timestamp, in one pass
 #: Time travel lists a key's timestamps only from this many versions on (below it a
 #: search of the records costs a handful of steps).
@@ -752,6 +756,16 @@ class KvState:
     def records(blob: bytearray | bytes) -> list[tuple[Any, ...]]:
         """A key's version records (:meth:`history_blob`) as raw packed tuples."""
         return list(_REC.iter_unpack(blob))
+
+    @staticmethod
+    def iter_records(blob: bytearray | bytes) -> Iterator[tuple[Any, ...]]:
+        """:meth:`records` one at a time (none kept alive by the caller's loop)."""
+        return _REC.iter_unpack(blob)
+
+    @staticmethod
+    def content_ids(blob: bytearray | bytes) -> list[bytes]:
+        """Each record's content id (all zeros for a deletion), in order."""
+        return list(map(_FIRST, _CIDS.iter_unpack(blob)))
 
     def history_raw(self, namespace: str, key: str) -> list[tuple[Any, ...]]:
         """:meth:`history` as raw packed tuples, for bulk readers.

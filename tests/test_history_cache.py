@@ -5,6 +5,7 @@ own value objects (hypothesis)."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 import koru
 from conftest import StepClock
+from koru.projections import KvState
 
 KEYS = ["a", "b", "c"]
 
@@ -100,5 +102,32 @@ def test_a_long_history_is_prepared_on_its_second_unchanged_read() -> None:
             assert entries[("ns", "long")][1] is None  # changed: noted afresh
             assert grown[:-1] == long and grown[-1].value == "next"
             assert grown[-1].previous == long[-1].write_id
+
+    trio.run(run)
+
+
+def test_a_whole_history_of_values_not_cached_reads_them_from_the_log(tmp_path: Path) -> None:
+    """The whole-history path reads the packed records twice (their content ids, then
+    the rows); values the cache lacks, and deletions, are filled in from the log."""
+
+    async def run() -> None:
+        async with koru.open(tmp_path, clock=StepClock(), processes=False) as db:
+            for i in range(40):
+                await db.put("ns", "k", {"i": i, "tag": "x" * (i % 3)})
+                if i % 9 == 8:
+                    await db.delete("ns", "k")
+            expected = await db.history("ns", "k", latest=10**6)
+        async with koru.open(tmp_path, clock=StepClock(), processes=False) as db:
+            blob = db._reads.kv.history_blob("ns", "k")
+            assert blob is not None
+            records = KvState.records(blob)
+            assert list(KvState.iter_records(blob)) == records
+            assert KvState.content_ids(blob) == [r[3] for r in records]
+            assert None in db._reads.values.cache.peek_all(KvState.content_ids(blob))
+            whole = await db.history("ns", "k")
+            assert whole == expected
+            assert [r.deleted for r in whole].count(True) == 4
+            assert await db.history("ns", "k") == expected  # noted, then prepared
+            assert await db.history("ns", "k") == expected
 
     trio.run(run)
