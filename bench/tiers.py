@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import Any
 import trio
 
 import koru
+from koru.events import OsDisk
 
 perf = time.perf_counter
 #: The hot tier: values kept in memory (a value cache of about this many 1 KB values).
@@ -152,36 +154,125 @@ async def get_latencies(
     return k_cold, s_cold, k_hot, s_hot
 
 
-async def put_latencies(path: Path, events: int) -> array[float]:
+class TimedDisk(OsDisk):
+    """The operating system's filesystem, adding up the time the event loop's thread
+    spends inside its calls (a write the kernel holds back while it writes other data
+    out, a read of a table page it had let go): what a put waited for the OS, as
+    against for koru. Calls from worker threads are not counted (the loop runs on)."""
+
+    def __init__(self) -> None:
+        self.loop = threading.get_ident()
+        #: Seconds the loop's thread has spent in the calls so far.
+        self.blocked = 0.0
+
+
+def _timed(name: str) -> Any:
+    base = getattr(OsDisk, name)
+
+    def call(self: TimedDisk, *args: Any) -> Any:
+        if threading.get_ident() != self.loop:
+            return base(self, *args)
+        began = perf()
+        try:
+            return base(self, *args)
+        finally:
+            self.blocked += perf() - began
+
+    call.__name__ = name
+    return call
+
+
+for _name in (
+    "open", "close", "pwrite", "pread", "size", "truncate", "allocate", "fdatasync",
+    "fsync", "fsync_dir", "read_file", "replace", "unlink",
+):  # fmt: skip
+    setattr(TimedDisk, _name, _timed(_name))
+
+
+async def put_latencies(path: Path, events: int) -> tuple[array[float], array[float]]:
     """The wait of every put while ``events`` small puts are written with the default
-    settings but ``sync="os"`` (an fsync per put would measure the disk, not koru).
+    settings but ``sync="os"`` (an fsync per put would measure the disk, not koru), and
+    the part of each wait spent inside the OS's file calls on the loop's thread (see
+    :class:`TimedDisk`).
 
     The waits are kept in an ``array``, not a list: a million float objects in a list
     would lengthen every full collection of the cyclic collector by the time it takes
     to visit them, a stall of the harness's own making that it would then report."""
-    waits = array("d")
-    async with koru.open(path, sync="os") as db:
+    waits, in_os = array("d"), array("d")
+    disk = TimedDisk()
+    async with koru.open(path, sync="os", disk=disk) as db:
         for i in range(events):
+            blocked = disk.blocked
             began = perf()
             await db.put("users", f"u{i % 100_000}", {"i": i})
             waits.append(perf() - began)
-    return waits
+            in_os.append(disk.blocked - blocked)
+    return waits, in_os
 
 
-def machine_gaps(seconds: float) -> array[float]:
+def one_core_child(path: str, events: int) -> dict[str, Any]:
+    """In a fresh process held to one core (its worker threads too): the slowest put
+    of :func:`put_latencies`, the part of it in the OS's file calls, and the slowest
+    wait outside them. What is left of the put waits where the two-core stalls of a
+    virtual machine (see :func:`machine_gaps`) cannot happen."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    waits, in_os = trio.run(put_latencies, Path(path), events)
+    slowest = max(range(len(waits)), key=waits.__getitem__)
+    return {
+        "slowest": waits[slowest],
+        "slowest_in_os": in_os[slowest],
+        "slowest_outside_os": max(w - o for w, o in zip(waits, in_os, strict=True)),
+        "over_10ms": sum(w > 0.01 for w in waits),
+        "summary": summary(waits),
+    }
+
+
+def run_one_core(path: Path, events: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--one-core", str(path), str(events)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_gaps(seconds: float, beside_busy: bool = False) -> array[float]:
     """Every gap over 1 ms that a loop doing nothing but read the clock sees in
     ``seconds``: the machine's own stalls (a virtual machine whose host takes its CPU
     away, with no steal time counted, stalled such a loop for up to 30 ms here). Run
-    after the puts, for as long as they took, it is the reference for their waits."""
-    gaps = array("d")
-    last = perf()
-    end = last + seconds
-    while last < end:
-        now = perf()
-        if now - last > 1e-3:
-            gaps.append(now - last)
-        last = now
+    after the puts, for as long as they took, it is the reference for their waits.
+
+    ``beside_busy``: with a child process spinning on the other core meanwhile, as a
+    checkpoint's worker thread keeps a second core busy beside the puts. Why: on this
+    virtual machine one busy core ran for 15 s without a gap over 6 ms, while two
+    busy cores stalled each other for up to 31 ms (docs/speed.md)."""
+    spinner = (
+        subprocess.Popen([sys.executable, __file__, "--spin", str(seconds + 0.5)])
+        if beside_busy
+        else None
+    )
+    try:
+        gaps = array("d")
+        last = perf()
+        end = last + seconds
+        while last < end:
+            now = perf()
+            if now - last > 1e-3:
+                gaps.append(now - last)
+            last = now
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
     return gaps
+
+
+def spin(seconds: float) -> None:
+    """Keep a core busy for ``seconds`` (the other core of :func:`machine_gaps`)."""
+    end = perf() + seconds
+    while perf() < end:
+        pass
 
 
 #: Writes per batch of the bulk load.
@@ -250,15 +341,6 @@ def percentile(values: Sequence[float], p: float) -> float:
     return sorted(values)[min(len(values) - 1, int(p * len(values)))]
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
-    elif sys.argv[1:2] == ["--bulk"]:
-        print(json.dumps(bulk_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
-    else:
-        sys.exit("run it through bench/run.py --only tiers")
-
-
 def summary(waits: Sequence[float]) -> str:
     return (
         ", ".join(
@@ -272,6 +354,7 @@ def summary(waits: Sequence[float]) -> str:
 __all__ = [
     "BATCH",
     "HOT_KEYS",
+    "TimedDisk",
     "big_value",
     "build",
     "get_latencies",
@@ -279,8 +362,22 @@ __all__ = [
     "put_latencies",
     "run_bulk",
     "run_child",
+    "run_one_core",
     "sqlite_table",
     "statistics",
     "summary",
     "timed_open",
 ]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--one-core"]:
+        print(json.dumps(one_core_child(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--spin"]:
+        spin(float(sys.argv[2]))
+    elif sys.argv[1:2] == ["--bulk"]:
+        print(json.dumps(bulk_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    else:
+        sys.exit("run it through bench/run.py --only tiers")
