@@ -105,14 +105,17 @@ def child(path: str, keys: int) -> dict[str, Any]:
     return trio.run(main)
 
 
-def run_child(path: Path, keys: int) -> dict[str, Any]:
+def _in_child(*args: str) -> dict[str, Any]:
+    """Run this file in a fresh Python process with ``args``; its last line of JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(path), str(keys)],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_child(path: Path, keys: int) -> dict[str, Any]:
+    return _in_child("--child", str(path), str(keys))
 
 
 async def get_latencies(
@@ -228,13 +231,7 @@ def one_core_child(path: str, events: int) -> dict[str, Any]:
 
 
 def run_one_core(path: Path, events: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--one-core", str(path), str(events)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_child("--one-core", str(path), str(events))
 
 
 def machine_gaps(seconds: float, beside_busy: bool = False) -> array[float]:
@@ -328,13 +325,7 @@ def bulk_child(path: str, batches: int, which: str) -> dict[str, Any]:
 
 
 def run_bulk(path: Path, batches: int, which: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--bulk", str(path), str(batches), which],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_child("--bulk", str(path), str(batches), which)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
