@@ -149,8 +149,9 @@ class KeyReads:
             kept = self.histories.rows(namespace, key, blob)
             if type(kept) is list:
                 return kept
-            # No record tuples kept alive while the values decode: the rows are built
-            # from a second pass over the blob (half the collector's work).
+            # No list of record tuples alive while the values decode (fewer objects
+            # for the cyclic collector to visit): the rows come from a second pass
+            # over the blob.
             parts = values.cache.peek_all(KvState.content_ids(blob))
             if None in parts:
                 self._fill(namespace, key, KvState.records(blob), parts)
