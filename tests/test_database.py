@@ -444,11 +444,21 @@ async def test_cancellation_closes_cleanly(sync: str) -> None:
     cutting the power right after the close, on a simulated disk."""
     disk = SimDisk()
     acked = -1
-    with trio.move_on_after(0.05):
-        async with koru.open("/db", sync=sync, disk=disk) as db:
+
+    async def cancel_after(scope: trio.CancelScope, turns: int) -> None:
+        # Counted in the writer's yields, not in seconds: a slow open on a loaded
+        # machine once used up a 50 ms deadline before the first put.
+        for _ in range(turns):
+            await trio.lowlevel.checkpoint()
+        scope.cancel()
+
+    with trio.CancelScope() as scope:
+        async with koru.open("/db", sync=sync, disk=disk) as db, trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_after, scope, 40)
             for i in range(10**9):
                 await db.put("a", f"k{i}", i)
                 acked = i
+    assert scope.cancelled_caught
     assert acked > 10
     disk.cut()
     image = disk.after_power_cut(random.Random(acked))
