@@ -1263,10 +1263,11 @@ class FileStore:
                 disk.close(fd)
             name = hasher.hexdigest()[:32]
             target = self._table_path(name)
-            if disk.exists(target):  # the same name, the same bytes
-                disk.unlink(tmp)
-            else:
-                disk.replace(tmp, target)
+            # Replaced even when a file has the name already: it should hold the same
+            # bytes, but a file damaged or swapped in under it (a rebuild from the log
+            # writes the table it replaced again) was kept, opened, and named by the
+            # next checkpoint. A reader holding the old file keeps its inode.
+            disk.replace(tmp, target)
             disk.fsync_dir(directory)
         except OSError as exc:
             raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
