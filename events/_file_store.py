@@ -1257,7 +1257,8 @@ class FileStore:
                 index = encoder.index()
                 hasher.update(index)
                 _write_all(disk, fd, index, pos)
-                _write_all(disk, fd, encoder.header(), 0)
+                header = encoder.header()
+                _write_all(disk, fd, header, 0)
                 disk.fsync(fd)
             finally:
                 disk.close(fd)
@@ -1271,7 +1272,13 @@ class FileStore:
             disk.fsync_dir(directory)
         except OSError as exc:
             raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
-        return self.open_table(name)
+        table = self.open_table(name)
+        # Opened by its name: what is there must be what was written (its header's index
+        # hash), or the checkpoint that names it would trust a file swapped in between.
+        if table.index_digest != header[-32:] or table.size != pos + len(index):
+            table.release()
+            raise StorageError(f"table {name} is not the one just written ({target})")
+        return table
 
     def open_table(self, name: str) -> Table:
         path = self._table_path(name)

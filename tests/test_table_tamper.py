@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import koru
+from koru.events import OsDisk
 
 ROUNDS = 3
 KEYS = 12
@@ -154,5 +155,44 @@ async def test_a_table_emptied_or_removed_opens_from_the_log(
     tables = _tables_oldest_first(path)
     tables[0].write_bytes(b"")
     os.unlink(tables[1])
+    await _answers_right_or_refuses(path, model, readonly=True)
+    await _opens_right(path, model)
+
+
+class _SwappingDisk(OsDisk):
+    """The operating system's disk, except that once armed, the next table put in place
+    is overwritten at once with ``swap_in``'s bytes (another sound table): a file
+    swapped between a merge writing its table and the checkpoint that names it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swap_in: bytes | None = None
+        self.swapped = 0
+
+    def replace(self, source: str, target: str) -> None:
+        super().replace(source, target)
+        if self.swap_in is not None and target.endswith(".tab"):
+            with open(target, "r+b") as f:
+                f.write(self.swap_in)
+                f.truncate()
+            self.swap_in = None
+            self.swapped += 1
+
+
+async def test_a_table_swapped_as_a_merge_writes_it_is_never_named(tmp_path: Path) -> None:
+    """The merge of the three tables is overwritten with the oldest one as it lands: the
+    writer opens what it wrote by its name, so it must tell the bytes are not its own;
+    else the checkpoint names the swapped file and every later open serves the oldest
+    round's values as current."""
+    path = tmp_path / "db"
+    model = await _build(path)
+    disk = _SwappingDisk()
+    disk.swap_in = _tables_oldest_first(path)[0].read_bytes()
+    async with koru.open(path, sync="os", processes=False, disk=disk) as db:
+        with pytest.raises(koru.KoruError, match="not the one just written"):
+            await db._checkpointer.compact()
+        assert disk.swapped == 1
+        for key, value in model.items():
+            assert await db.get("n", key) == value
     await _answers_right_or_refuses(path, model, readonly=True)
     await _opens_right(path, model)
