@@ -483,8 +483,14 @@ class Writer:
         the newest timestamp seen, so it never goes backwards (an expired value cannot
         come back when the clock is set back)."""
         now = self.now()
-        last = self.hlc.last
-        return now if now > last else last
+        hlc = self.hlc
+        if now > hlc.last:
+            # Observed, as a peer's timestamp is: a value a read found expired at
+            # ``now`` stays expired when the clock is then set back, and what this
+            # node writes next is ordered after what it has answered.
+            hlc.last = now
+            return now
+        return hlc.last
 
     def _version(
         self,

@@ -196,3 +196,28 @@ async def test_a_table_swapped_as_a_merge_writes_it_is_never_named(tmp_path: Pat
             assert await db.get("n", key) == value
     await _answers_right_or_refuses(path, model, readonly=True)
     await _opens_right(path, model)
+
+
+async def test_a_reader_serves_cold_gets_while_the_writer_merges_and_removes_its_tables(
+    tmp_path: Path,
+) -> None:
+    """A read-only handle opened on three tables; the writer then rewrites every key,
+    merges and removes those files, and a stranger renames another table over one of
+    them. The reader answers from the files it opened: what it saw at open, or an
+    error, never a value of another moment."""
+    path = tmp_path / "db"
+    model = await _build(path)
+    async with koru.open(path, readonly=True, processes=False, cache_bytes=0) as reader:
+        reader._kv.hot_capacity = 0  # every get searches the tables
+        assert {k: await reader.get("n", k) for k in model} == model
+        async with koru.open(path, sync="os", processes=False) as writer:
+            for i in range(KEYS):
+                await writer.put("n", f"k{i}", "later")
+            await writer.checkpoint()
+            assert await writer._checkpointer.compact() >= 1
+        tables = _tables_oldest_first(path)
+        other = tmp_path / "other.tab"
+        other.write_bytes(tables[0].read_bytes())
+        os.replace(other, tables[-1])
+        for key, value in model.items():
+            assert await reader.get("n", key) == value
