@@ -118,6 +118,8 @@ class Writer:
         hasher = blake3()
         self._hash_reset, self._hash_update = hasher.reset, hasher.update
         self._clock = clock
+        #: The latest time a read judged expiry by (see read_time).
+        self._read_floor = 0
         self._now_ns = clock.now_ns
         self._committer = committer
         self._projections = projections
@@ -483,14 +485,19 @@ class Writer:
         the newest timestamp seen, so it never goes backwards (an expired value cannot
         come back when the clock is set back)."""
         now = self.now()
-        hlc = self.hlc
-        if now > hlc.last:
-            # Observed, as a peer's timestamp is: a value a read found expired at
-            # ``now`` stays expired when the clock is then set back, and what this
-            # node writes next is ordered after what it has answered.
-            hlc.last = now
+        floor = self._read_floor
+        last = self.hlc.last
+        if last > floor:
+            floor = last
+        if now > floor:
+            # Remembered: a value a read found expired at ``now`` stays expired when
+            # the clock is then set back, even with nothing written since. Not fed to
+            # the HLC: timestamps would then depend on whether a background process
+            # read the clock before a put at the same instant (not deterministic).
+            self._read_floor = now
             return now
-        return hlc.last
+        self._read_floor = floor
+        return floor
 
     def _version(
         self,
