@@ -1257,20 +1257,28 @@ class FileStore:
                 index = encoder.index()
                 hasher.update(index)
                 _write_all(disk, fd, index, pos)
-                _write_all(disk, fd, encoder.header(), 0)
+                header = encoder.header()
+                _write_all(disk, fd, header, 0)
                 disk.fsync(fd)
             finally:
                 disk.close(fd)
             name = hasher.hexdigest()[:32]
             target = self._table_path(name)
-            if disk.exists(target):  # the same name, the same bytes
-                disk.unlink(tmp)
-            else:
-                disk.replace(tmp, target)
+            # Replaced even when a file has the name already: it should hold the same
+            # bytes, but a file damaged or swapped in under it (a rebuild from the log
+            # writes the table it replaced again) was kept, opened, and named by the
+            # next checkpoint. A reader holding the old file keeps its inode.
+            disk.replace(tmp, target)
             disk.fsync_dir(directory)
         except OSError as exc:
             raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
-        return self.open_table(name)
+        table = self.open_table(name)
+        # Opened by its name: what is there must be what was written (its header's index
+        # hash), or the checkpoint that names it would trust a file swapped in between.
+        if table.index_digest != header[-32:] or table.size != pos + len(index):
+            table.release()
+            raise StorageError(f"table {name} is not the one just written ({target})")
+        return table
 
     def open_table(self, name: str) -> Table:
         path = self._table_path(name)

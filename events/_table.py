@@ -452,6 +452,7 @@ class Table:
         "_read",
         "_release",
         "_starts",
+        "index_digest",
         "name",
         "size",
     )
@@ -489,6 +490,11 @@ class Table:
         self._end = index_at  # where the entries end
         self._index = (index_at, index_len)
         self._digest: bytes | None = digest
+        #: The header's hash of the index (format 4: and of the header's fields): what
+        #: a checkpoint records beside the name, so that the table it opens under that
+        #: name is known to be the one it wrote without reading it whole (see
+        #: ``projections.open_tables``).
+        self.index_digest: bytes = digest
         self._firsts: list[tuple[bytes, bytes]] = []
         self._starts: list[int] = []
         # Closed with the table: when released, else when collected (tables are

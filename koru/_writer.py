@@ -118,6 +118,8 @@ class Writer:
         hasher = blake3()
         self._hash_reset, self._hash_update = hasher.reset, hasher.update
         self._clock = clock
+        #: The latest time a read judged expiry by (see read_time).
+        self._read_floor = 0
         self._now_ns = clock.now_ns
         self._committer = committer
         self._projections = projections
@@ -483,8 +485,19 @@ class Writer:
         the newest timestamp seen, so it never goes backwards (an expired value cannot
         come back when the clock is set back)."""
         now = self.now()
+        floor = self._read_floor
         last = self.hlc.last
-        return now if now > last else last
+        if last > floor:
+            floor = last
+        if now > floor:
+            # Remembered: a value a read found expired at ``now`` stays expired when
+            # the clock is then set back, even with nothing written since. Not fed to
+            # the HLC: timestamps would then depend on whether a background process
+            # read the clock before a put at the same instant (not deterministic).
+            self._read_floor = now
+            return now
+        self._read_floor = floor
+        return floor
 
     def _version(
         self,

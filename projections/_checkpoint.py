@@ -117,7 +117,10 @@ class _Encoder:
             self.written[value] = table
             value = table
         if isinstance(value, Table):
-            self.out.append(cbor2.dumps(cbor2.CBORTag(TABLE_TAG, value.name)))
+            # The name and the index's hash: a file swapped in under the name (another
+            # table of this database, or of another) is told at open by its header.
+            tag = cbor2.CBORTag(TABLE_TAG, [value.name, value.index_digest])
+            self.out.append(cbor2.dumps(tag))
             return
         if type(value) is memoryview:
             # A large buffer a projection promises never to write again (a vector
@@ -198,7 +201,17 @@ def table_names(value: Any) -> set[str]:
 def open_tables(value: Any, open_table: Callable[[str], Table]) -> Any:
     """``value`` with every table it refers to opened (``open_table(name)``)."""
     if isinstance(value, TableRef):
-        return open_table(value.name)
+        table = open_table(value.name)
+        if value.index_digest is not None and table.index_digest != value.index_digest:
+            # Why here and not only in the scrub: every checksum of a sound table put
+            # under another's name passes, and its values are proven against content
+            # ids it holds itself, so stale versions were served as current ones until
+            # the scrub (if processes ran at all) hashed it whole.
+            table.release()
+            raise CorruptCheckpointError(
+                f"table {value.name} is not the one the checkpoint names (its index differs)"
+            )
+        return table
     if type(value) is list:
         return [open_tables(v, open_table) for v in value]
     if type(value) is dict:
@@ -209,7 +222,11 @@ def open_tables(value: Any, open_table: Callable[[str], Table]) -> Any:
 def _tag_hook(tag: cbor2.CBORTag, *_: Any) -> Any:
     """cbor2 (6) calls this for every tag it does not know: ``(tag, immutable)``."""
     if tag.tag == TABLE_TAG and type(tag.value) is str:
-        return TableRef(tag.value)
+        return TableRef(tag.value)  # written before the index's hash was recorded
+    if tag.tag == TABLE_TAG and type(tag.value) in (list, tuple) and len(tag.value) == 2:
+        name, digest = tag.value
+        if type(name) is str and type(digest) is bytes and len(digest) == 32:
+            return TableRef(name, digest)
     raise CorruptCheckpointError(f"unknown tag {tag.tag} in a checkpoint")
 
 

@@ -35,6 +35,9 @@ class NewTable:
 
 
 class TableRef(NamedTuple):
-    """A table named in a decoded checkpoint, before the loader opens it."""
+    """A table named in a decoded checkpoint, before the loader opens it: its name, and
+    the hash of its index its header held when it was written (None in checkpoints
+    written before it was recorded)."""
 
     name: str
+    index_digest: bytes | None = None
