@@ -481,22 +481,14 @@ class Writer:
         return True
 
     def read_time(self) -> int:
-        """The time values with a time to live are judged by: the later of the clock and
-        the newest timestamp seen, so it never goes backwards (an expired value cannot
-        come back when the clock is set back)."""
-        now = self.now()
-        floor = self._read_floor
-        last = self.hlc.last
-        if last > floor:
-            floor = last
-        if now > floor:
-            # Remembered: a value a read found expired at ``now`` stays expired when
-            # the clock is then set back, even with nothing written since. Not fed to
-            # the HLC: timestamps would then depend on whether a background process
-            # read the clock before a put at the same instant (not deterministic).
-            self._read_floor = now
-            return now
-        self._read_floor = floor
+        """The time values with a time to live are judged by: the latest of the clock,
+        the newest timestamp seen and this time as last returned, so it never goes
+        backwards (an expired value cannot come back when the clock is set back)."""
+        # The read floor: a value a read found expired at some time stays expired when
+        # the clock is then set back, even with nothing written since. Kept beside the
+        # HLC, not fed to it: timestamps would then depend on whether a background
+        # process read the clock before a put at the same instant (not deterministic).
+        floor = self._read_floor = max(self.now(), self.hlc.last, self._read_floor)
         return floor
 
     def _version(

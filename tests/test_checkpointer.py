@@ -128,6 +128,12 @@ async def test_a_batch_s_other_writes_count_towards_the_next_checkpoint() -> Non
         nursery.cancel_scope.cancel()
 
 
+async def _catch_up_then_set(ck: Checkpointer, done: trio.Event) -> None:
+    """A writer waiting for the checkpointer to catch up, and then saying so."""
+    await ck.catch_up()
+    done.set()
+
+
 async def test_writers_wait_only_for_a_running_checkpointer_far_behind() -> None:
     ck, _ = make(every=10)
     for _ in range(LAG * 10):
@@ -138,12 +144,7 @@ async def test_writers_wait_only_for_a_running_checkpointer_far_behind() -> None
         await nursery.start(ck.run, pytest.fail)
         assert ck.lagging
         waiter_done = trio.Event()
-
-        async def waiter() -> None:
-            await ck.catch_up()
-            waiter_done.set()
-
-        nursery.start_soon(waiter)
+        nursery.start_soon(_catch_up_then_set, ck, waiter_done)
         await settle()
         assert not waiter_done.is_set()
         ck._due.set()  # the checkpoint runs: the waiter goes on once it is written
@@ -158,12 +159,7 @@ async def test_a_writer_waiting_is_released_when_the_checkpointer_stops() -> Non
         async with trio.open_nursery() as nursery:
             await nursery.start(ck.run, pytest.fail)
             released = trio.Event()
-
-            async def waiter() -> None:
-                await ck.catch_up()
-                released.set()
-
-            outer.start_soon(waiter)
+            outer.start_soon(_catch_up_then_set, ck, released)
             await settle()
             nursery.cancel_scope.cancel()  # the database closing: the task ends
         await settle(lambda: released.is_set())

@@ -38,10 +38,14 @@ async def _batches(db: Any, acked: dict[str, int], prefix: str, size: int) -> No
         n += 1
 
 
-async def _three_tables(db: Any) -> None:
+async def _three_tables(db: Any) -> tuple[Any, Any]:
+    """Three tables, each a checkpoint of a batch, and every one of them due to merge
+    (at most one table wanted): the database's checkpointer and key/value state."""
     for r in range(3):
         await db.put_batch([("u", f"k{r}-{i}", i) for i in range(40)])
         await db.checkpoint()
+    db._kv.max_tables = 1
+    return db._checkpointer, db._kv
 
 
 @pytest.mark.parametrize("steps", range(0, 40, 3))
@@ -50,9 +54,7 @@ async def test_cancelling_a_merge_at_any_point_leaves_no_unnamed_count(
 ) -> None:
     path = tmp_path / "db"
     async with koru.open(path, processes=False) as db:
-        await _three_tables(db)
-        ck, kv = db._checkpointer, db._kv
-        kv.max_tables = 1
+        ck, kv = await _three_tables(db)
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ck.compact)
@@ -75,9 +77,7 @@ async def test_storage_error_in_a_merge_is_counted_and_leaves_nothing_behind(
 ) -> None:
     path = tmp_path / "db"
     async with koru.open(path, processes=False) as db:
-        await _three_tables(db)
-        ck, kv = db._checkpointer, db._kv
-        kv.max_tables = 1
+        ck, kv = await _three_tables(db)
         store = db._store
         real = store.write_table
         before = _files(path)
@@ -196,9 +196,7 @@ async def test_a_crash_between_a_merge_and_its_naming_checkpoint(
 
     path, crashed = tmp_path / "db", tmp_path / "crashed"
     async with koru.open(path, processes=False) as db:
-        await _three_tables(db)
-        ck, kv = db._checkpointer, db._kv
-        kv.max_tables = 1
+        ck, _ = await _three_tables(db)
         written, go = threading.Event(), threading.Event()
         merge, save = ck._write_merged, ck._save_locked
 
