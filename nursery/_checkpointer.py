@@ -349,6 +349,10 @@ class Checkpointer:
                     try:
                         await self.save()
                         self._merge_due.set()  # merged beside the next checkpoints
+                        if self.lag < self.every:
+                            # Set during the save by events counted against the
+                            # checkpoint before it: not due yet (see note_event).
+                            self._due = trio.Event()
                     finally:
                         self._ended.set()
                         self._ended = trio.Event()

@@ -3,6 +3,7 @@ only when behind, failures counted one by one and never fatal."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -64,6 +65,37 @@ async def test_a_checkpoint_is_due_exactly_every_n_events() -> None:
         await settle()
         assert ck.written == 1  # 9 since the last one
         ck.note_event()
+        await settle(lambda: ck.written == 2)
+        assert (ck.written, ck.saved_at) == (2, 20)
+        nursery.cancel_scope.cancel()
+
+
+async def test_events_written_during_a_save_count_towards_the_next_one_only() -> None:
+    """Events noted while a checkpoint is being written were counted against the
+    checkpoint before it, so the next one started as soon as this one ended, with a
+    fraction of its interval: under steady writes, checkpoints ran back to back."""
+    ck, _ = make(every=10)
+    release = threading.Event()
+    write = ck._write
+
+    def held_write(captured: dict[str, Any], pace: Any) -> Any:
+        release.wait()
+        return write(captured, pace)
+
+    ck._write = held_write  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ck.run, pytest.fail)
+        for _ in range(10):
+            ck.note_event()
+        await eventually(ck._lock.locked)  # the save has captured 10 (its first step)
+        for _ in range(4):  # written during the save
+            ck.note_event()
+        release.set()
+        await settle(lambda: ck.written)
+        await settle()
+        assert (ck.written, ck.saved_at) == (1, 10)  # 4 since: not due
+        for _ in range(6):
+            ck.note_event()
         await settle(lambda: ck.written == 2)
         assert (ck.written, ck.saved_at) == (2, 20)
         nursery.cancel_scope.cancel()
