@@ -133,7 +133,9 @@ from ._statements import action_names as action_names
 from ._statements import actions_of as actions_of
 from ._store import Cursor as Cursor
 from ._store import LogStore as LogStore
+from ._store import Offload as Offload
 from ._store import Record as Record
+from ._store import call_here as call_here
 from ._store import pack_location as pack_location
 from ._store import unpack_location as unpack_location
 from ._table import KeyProbe as KeyProbe
@@ -257,6 +259,7 @@ __all__ = [
     "KoruError",
     "LaggedError",
     "LogStore",
+    "Offload",
     "MemoryStore",
     "NoValueAtTimeError",
     "NotFoundError",
@@ -279,6 +282,7 @@ __all__ = [
     "ViewEvent",
     "Write",
     "agent_index",
+    "call_here",
     "cbor_head",
     "chain",
     "check_name",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
@@ -70,7 +71,9 @@ from ._store import (
     _OFF_BITS,
     _SEG_BITS,
     Cursor,
+    Offload,
     Record,
+    call_here,
     check_read_position,
     pack_location,
     unpack_location,
@@ -115,6 +118,17 @@ def _write_all(disk: Disk, fd: int, data: bytes, pos: int) -> int:
         view = view[n:]
         pos += n
     return pos
+
+
+def _hash_and_write(disk: Disk, fd: int, hasher: Any, data: bytes, pos: int) -> int:
+    """Add ``data`` to ``hasher`` and write it at ``pos``; returns the position after it.
+    Raises OSError."""
+    hasher.update(data)
+    return _write_all(disk, fd, data, pos)
+
+
+#: Numbers the temporary files of the tables this process writes.
+_TABLE_WRITES = itertools.count()
 
 
 def _whole_records(data: bytes) -> tuple[int, int]:
@@ -1233,52 +1247,59 @@ class FileStore:
             raise CorruptCheckpointError(f"{name!r} is not a table name")
         return self._file(TABLES, f"{name}.tab")
 
-    def write_table(self, encoder: TableEncoder) -> Table:
+    def write_table(self, encoder: TableEncoder, offload: Offload = call_here) -> Table:
         if self.readonly:
             raise ReadOnlyError("the database is open read-only")
         disk = self._disk
         directory = self._file(TABLES)
-        tmp = os.path.join(directory, f".{os.getpid()}.{threading.get_ident()}.tab.tmp")
+        # Named by a counter, not by thread: two tables may be written at once from one
+        # thread (a checkpoint's and a merge's, both sliced on the event loop).
+        tmp = os.path.join(directory, f".{os.getpid()}.{next(_TABLE_WRITES)}.tab.tmp")
         try:
             if not disk.is_dir(directory):
-                disk.mkdir(directory)
-                disk.fsync_dir(self._root)
+                offload(self._make_directory, directory)
             # Streamed: the entries as they come (in buffers of a few hundred KiB: one
             # write and one hash update each, both without the GIL), then the index, then
             # the header at the front (it is known last). The name is the hash of all but
             # the header.
             hasher = blake3.blake3()
-            fd = disk.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            fd = offload(disk.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 pos = HEADER_SIZE
                 for piece in encoder.chunks():
-                    hasher.update(piece)
-                    pos = _write_all(disk, fd, piece, pos)
+                    pos = offload(_hash_and_write, disk, fd, hasher, piece, pos)
                 index = encoder.index()
-                hasher.update(index)
-                _write_all(disk, fd, index, pos)
+                pos = offload(_hash_and_write, disk, fd, hasher, index, pos)
                 header = encoder.header()
-                _write_all(disk, fd, header, 0)
-                disk.fsync(fd)
+                offload(_write_all, disk, fd, header, 0)
+                offload(disk.fsync, fd)
             finally:
-                disk.close(fd)
+                offload(disk.close, fd)
             name = hasher.hexdigest()[:32]
             target = self._table_path(name)
             # Replaced even when a file has the name already: it should hold the same
             # bytes, but a file damaged or swapped in under it (a rebuild from the log
             # writes the table it replaced again) was kept, opened, and named by the
             # next checkpoint. A reader holding the old file keeps its inode.
-            disk.replace(tmp, target)
-            disk.fsync_dir(directory)
+            offload(self._put_in_place, tmp, target, directory)
         except OSError as exc:
             raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
-        table = self.open_table(name)
+        table: Table = offload(self.open_table, name)
         # Opened by its name: what is there must be what was written (its header's index
         # hash), or the checkpoint that names it would trust a file swapped in between.
-        if table.index_digest != header[-32:] or table.size != pos + len(index):
+        if table.index_digest != header[-32:] or table.size != pos:
             table.release()
             raise StorageError(f"table {name} is not the one just written ({target})")
         return table
+
+    def _make_directory(self, directory: str) -> None:
+        with contextlib.suppress(FileExistsError):  # (made by another writer meanwhile)
+            self._disk.mkdir(directory)
+        self._disk.fsync_dir(self._root)
+
+    def _put_in_place(self, tmp: str, target: str, directory: str) -> None:
+        self._disk.replace(tmp, target)
+        self._disk.fsync_dir(directory)
 
     def open_table(self, name: str) -> Table:
         path = self._table_path(name)

@@ -11,7 +11,15 @@ from collections.abc import Iterator
 
 from ._chain import AGENTS, agent_index, chain, genesis_root
 from ._errors import CorruptCheckpointError, CorruptLogError, DataLossError, StorageError
-from ._store import Cursor, Record, check_read_position, pack_location, unpack_location
+from ._store import (
+    Cursor,
+    Offload,
+    Record,
+    call_here,
+    check_read_position,
+    pack_location,
+    unpack_location,
+)
 from ._table import Table, TableEncoder, table_name
 
 __all__ = ["MemoryStore"]
@@ -81,7 +89,7 @@ class MemoryStore:
             data, eid, root = log[position]
             yield Record(pack_location(idx, 0, position), position, eid, root, data)
 
-    def write_table(self, encoder: TableEncoder) -> Table:
+    def write_table(self, encoder: TableEncoder, offload: Offload = call_here) -> Table:
         entries = list(encoder.entries())
         pieces = [encoder.header(), *entries, encoder.index()]
         name = table_name(pieces)

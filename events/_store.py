@@ -12,8 +12,8 @@ test suite runs against both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ._table import Table, TableEncoder
@@ -24,11 +24,26 @@ from ._errors import InvalidArgumentError
 __all__ = [
     "Cursor",
     "LogStore",
+    "Offload",
     "Record",
+    "call_here",
     "check_read_position",
     "pack_location",
     "unpack_location",
 ]
+
+T = TypeVar("T")
+
+#: Runs a call that may block in the kernel (a write, an fsync, a rename) and returns
+#: what it returns: at once (:func:`call_here`), or in a worker thread while the caller's
+#: event loop goes on (the shell's slicer).
+Offload = Callable[..., Any]
+
+
+def call_here(fn: Callable[..., T], *args: Any) -> T:
+    """The :data:`Offload` that calls ``fn(*args)`` at once, where it is."""
+    return fn(*args)
+
 
 _SEG_BITS = 24
 _OFF_BITS = 32
@@ -214,10 +229,11 @@ class LogStore(Protocol):
         ``parts`` (pieces, so a large file never needs one big buffer)."""
         ...
 
-    def write_table(self, encoder: TableEncoder) -> Table:
+    def write_table(self, encoder: TableEncoder, offload: Offload = call_here) -> Table:
         """Write a table (streamed from ``encoder``) durably under its content name,
         unless it exists, and return it opened. For checkpoints: called before the
-        checkpoint that names it is written."""
+        checkpoint that names it is written. Every call that may block in the kernel
+        goes through ``offload``; the encoding runs where this is called."""
         ...
 
     def open_table(self, name: str) -> Table:

@@ -66,6 +66,7 @@ from typing import Any
 import blake3
 
 from ._errors import CorruptCheckpointError
+from ._store import Offload, call_here
 
 __all__ = [
     "BLOCK",
@@ -142,7 +143,9 @@ class TableEncoder:
     checkpointer passes one that lets the event loop run when the encoder works in a
     worker thread. Why: a worker thread that runs Python holds the GIL until the
     interpreter takes it away (every 5 ms), so each time the event loop let go of it
-    (any system call) a put waited that long.
+    (any system call) a put waited that long. ``offload`` runs the one long C call (the
+    directory's sort, tens of milliseconds for a million keys): the checkpointer's runs
+    it in a worker thread, the encoder itself running in slices on the event loop.
     """
 
     def __init__(
@@ -151,8 +154,10 @@ class TableEncoder:
         *,
         presorted: bool = False,
         pace: Callable[[], None] | None = None,
+        offload: Offload = call_here,
     ) -> None:
         self._pace = pace if pace is not None else _no_pace
+        self._offload = offload
         # Sorted input (a merge of tables) streams through: a merge of the whole cold
         # tier must not hold it in memory.
         self._rows: Iterable[tuple[bytes, bytes, bytes]] = (
@@ -221,7 +226,7 @@ class TableEncoder:
             raise ValueError("the entries were not produced yet")
         if self._built is None:
             if self._format >= 4:
-                head = _build_directory(self._crcs, self._offsets, self._end, self._pace)
+                head = self._offload(_build_directory, self._crcs, self._offsets, self._end)
                 self._crcs, self._offsets = array("I"), array("Q")
             else:
                 bits, bloom = _build_filter(self._hashes, self._pace)
@@ -327,9 +332,7 @@ def _build_filter(hashes: array[int], pace: Callable[[], None] = _no_pace) -> tu
     return bits, filter_.tobytes()
 
 
-def _build_directory(
-    crcs: array[int], offsets: array[int], end: int, pace: Callable[[], None] = _no_pace
-) -> bytes:
+def _build_directory(crcs: array[int], offsets: array[int], end: int) -> bytes:
     """A table's directory (format 4): u8 offset width (4, or 8 for a table past 4 GiB)
     | every entry's hash (the crc32 of its pattern), u32 each, ascending | the entries'
     offsets in the same order, of that width. Sorted with numpy for many keys (one sort,
@@ -346,10 +349,8 @@ def _build_directory(
         return b"%b%b%b" % (bytes((width,)), hashes.tobytes(), places.tobytes())
     import numpy as np
 
-    pace()
     keys = np.frombuffer(crcs, dtype=np.uint32)
     ranks = np.argsort(keys, kind="stable")
-    pace()
     sorted_keys = keys[ranks].astype("<u4")
     sorted_offsets = np.frombuffer(offsets, dtype=np.uint64)[ranks].astype(
         "<u4" if width == 4 else "<u8"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 import sys
-import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -15,7 +15,8 @@ from koru.events import DurabilityError, LogStore, StorageError, Table, TableEnc
 from koru.projections import CHECKPOINT_FILE, NewTable, encode_captured, table_names
 
 from ._committer import Committer
-from ._pacer import Pacer, dismantle, let_go
+from ._pacer import dismantle, let_go
+from ._slicer import Slicer
 
 __all__ = ["CHECKPOINT_FILE", "Checkpointer", "prepare_checkpoints"]
 
@@ -128,9 +129,9 @@ class Checkpointer:
         self._merge_due = trio.Event()
         #: Merged tables written (or being written) that no projection names yet, and
         #: the lock under which a checkpoint's clean-up looks at that count and removes
-        #: table files (taken by worker threads).
+        #: table files (see :meth:`_remove_tables`).
         self._unnamed = 0
-        self._files = threading.Lock()
+        self._files = trio.Lock()
         self._writeback = trio.Event()
         #: Background syncs of a segment's last part asked for (:meth:`writeback`).
         self.writebacks = 0
@@ -185,8 +186,8 @@ class Checkpointer:
 
     async def give_way(self) -> None:
         """Before a batch, with checkpoints ``SLOW`` or more intervals behind: let the
-        checkpoint's worker run for as long as the last batch held the loop (it gives
-        way to the loop, see Pacer, so it advances only while the loop is idle),
+        checkpoint run for as long as the last batch held the loop (it runs on the
+        loop in slices, see Slicer, so it advances only while the loop is idle),
         or, ``LAG`` intervals behind, wait for it to end (:meth:`catch_up`). Why the
         first: waiting only at ``LAG`` made a bulk load stop for seconds at a time
         while a checkpoint of millions of versions was written; sharing the loop
@@ -199,11 +200,11 @@ class Checkpointer:
                 await self._ended.wait()
 
     async def catch_up(self) -> None:
-        """Wait for the background checkpoint in progress to end. Why: a checkpoint's
-        worker thread gives way to the event loop (see Pacer), and a writer of large
+        """Wait for the background checkpoint in progress to end. Why: a checkpoint
+        runs on the event loop in slices (see Slicer), and a writer of large
         batches keeps the loop busy, so the checkpoint fell ever further behind while
         memory grew with every version; waiting here (what an LSM tree's write stall
-        does) bounds memory, and while the writer waits the worker runs unhindered."""
+        does) bounds memory, and while the writer waits the checkpoint runs unhindered."""
         self.stalls += 1
         await self._ended.wait()
 
@@ -237,9 +238,11 @@ class Checkpointer:
         # committer's judgement of the device: a checkpoint's sync covers every event
         # since the last one (megabytes under sync="os"), too long for the event loop.
         await self._committer.sync_now(in_thread=True)
-        # Encoding and writing happen in a worker thread that gives way to the event
-        # loop (see Pacer); the capture is immutable.
-        written = await trio.to_thread.run_sync(self._write, captured, Pacer())
+        # Encoded on the event loop in slices, written by worker threads (see Slicer);
+        # the capture is immutable.
+        slicer = Slicer()
+        written = await slicer.run(self._write, captured, slicer)
+        await self._remove_tables(table_names(captured) | {t.name for t in written.values()})
         self.saved_at, self.extra_saved = events, extra
         self.written += 1
         # The projections learn which tables their new ones became; what they let go
@@ -263,16 +266,21 @@ class Checkpointer:
             while plans:
                 projection, inputs, new = plans.pop(0)
                 # A merge of tables comes sorted: it streams, never held whole.
-                encoder = TableEncoder(new.items(), presorted=True, pace=Pacer())
-                merged = await trio.to_thread.run_sync(self._write_merged, encoder, Pacer())
+                slicer = Slicer()
+                encoder = TableEncoder(
+                    new.items(), presorted=True, pace=slicer, offload=slicer.offload
+                )
+                # Counted as unnamed before its file exists (see _remove_tables).
+                async with self._files:
+                    self._unnamed += 1
                 try:
+                    merged = await slicer.run(self._write_merged, encoder, slicer)
                     async with self._lock:  # (not amid a checkpoint's capture and write)
                         _uninterrupted(projection.compacted, inputs, merged)
                 finally:
                     # Named from here on by every capture (or, if that failed, never
                     # named: an orphan the next clean-up removes).
-                    with self._files:
-                        self._unnamed -= 1
+                    self._unnamed -= 1
                 replaced += inputs
                 # Nothing here may keep the merged tables alive: see let_go below.
                 del projection, inputs, new, encoder
@@ -285,40 +293,36 @@ class Checkpointer:
             await let_go(replaced)
             return count
 
-    def _write_merged(self, encoder: TableEncoder, pace: Pacer) -> Table:
-        """Write a merged table and read its index (see :meth:`Table.load_index`),
-        counted as unnamed before its file exists (see :meth:`_write`)."""
-        with self._files:
-            self._unnamed += 1
-        try:
-            merged = self._store.write_table(encoder)
-            merged.load_index(pace)
-        except BaseException:
-            with self._files:
-                self._unnamed -= 1
-            raise
-        return merged
+    def _write_merged(self, encoder: TableEncoder, slicer: Slicer) -> Table:
+        """Write a merged table and read its index (see :meth:`_ready`)."""
+        return _ready(self._store.write_table(encoder, slicer.offload), slicer)
 
-    def _write(self, captured: dict[str, Any], pace: Pacer) -> dict[NewTable, Table]:
+    def _write(self, captured: dict[str, Any], slicer: Slicer) -> dict[NewTable, Table]:
         """New tables first, then the checkpoint naming them (a crash in between
-        leaves tables no checkpoint names, removed later), then the tables no longer
-        named (only once the checkpoint that stopped naming them is durable)."""
+        leaves tables no checkpoint names, removed later)."""
         try:
             pieces, written = encode_captured(
-                captured, write_table=self._store.write_table, pace=pace
+                captured,
+                write_table=partial(self._store.write_table, offload=slicer.offload),
+                pace=slicer,
+                offload=slicer.offload,
             )
-            # Their indexes read here, paced: a put's lookup would read them on the
-            # event loop (see Table.load_index).
             for table in written.values():
-                table.load_index(pace)
-            self._store.write_file(CHECKPOINT_FILE, *pieces)
-            keep = table_names(captured) | {t.name for t in written.values()}
-            with self._files:  # a merge's table, written but not yet named, stays
-                if not self._unnamed:
-                    self._store.remove_tables(keep)
+                _ready(table, slicer)
+            slicer.offload(self._store.write_file, CHECKPOINT_FILE, *pieces)
         except OSError as exc:
             raise StorageError(f"writing the checkpoint failed: {exc}") from exc
         return written
+
+    async def _remove_tables(self, keep: set[str]) -> None:
+        """Remove the table files no longer named (``keep`` are), once the checkpoint
+        that stopped naming them is durable; none while a merged table is written or
+        being written but not yet named (a merge counts it, under the same lock,
+        before its file exists). In a worker thread: the last unlink of a large table
+        frees its blocks, tens of milliseconds."""
+        async with self._files:
+            if not self._unnamed:
+                await trio.to_thread.run_sync(self._store.remove_tables, keep)
 
     async def run(
         self,
@@ -397,6 +401,15 @@ class Checkpointer:
                 done.cancel()
                 return
             self.writebacks += 1
+
+
+def _ready(table: Table, slicer: Slicer) -> Table:
+    """``table`` with its index checked (in a worker thread: a hash of megabytes) and
+    read (in slices): a put's lookup would read it on the event loop otherwise (see
+    :meth:`Table.load_index`)."""
+    slicer.offload(table.verify)
+    table.load_index(slicer)
+    return table
 
 
 @enable_ki_protection

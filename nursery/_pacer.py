@@ -12,6 +12,12 @@ run its queue once (``trio.from_thread.run_sync`` of nothing). The thread then h
 GIL for at most about ``budget`` at a time, and the work takes turns with the loop
 instead of starving it. Pure I/O (writes, fsyncs, hashing with blake3) runs without the
 GIL and is not paced.
+
+Checkpoints and merges no longer run this way: sharing the interpreter with a worker
+thread slowed the loop itself, and they run on it in slices instead (see
+:class:`~koru.nursery._slicer.Slicer`). What stays in a paced thread is work that may
+wait for the disk at any line: reading the indexes of an opened checkpoint's tables
+(page faults in a memory map).
 """
 
 from __future__ import annotations

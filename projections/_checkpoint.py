@@ -28,8 +28,10 @@ from koru.events import (
     NODE_ID_SIZE,
     CorruptCheckpointError,
     Cursor,
+    Offload,
     Table,
     TableEncoder,
+    call_here,
     cbor_head,
 )
 
@@ -96,12 +98,17 @@ class _Encoder:
     tables it meets (through ``write_table``) and puts their names in their place."""
 
     def __init__(
-        self, chunk: int, write_table: WriteTable | None, pace: Callable[[], None]
+        self,
+        chunk: int,
+        write_table: WriteTable | None,
+        pace: Callable[[], None],
+        offload: Offload,
     ) -> None:
         self.out: list[bytes | memoryview] = []
         self.chunk = chunk
         self.write_table = write_table
         self.pace = pace
+        self.offload = offload
         #: Each new table met, and the table it was written as.
         self.written: dict[NewTable, Table] = {}
 
@@ -113,7 +120,8 @@ class _Encoder:
         if isinstance(value, NewTable):
             if self.write_table is None:
                 raise ValueError("a new table in a checkpoint that cannot write tables")
-            table = self.write_table(TableEncoder(value.items(), pace=self.pace))
+            encoder = TableEncoder(value.items(), pace=self.pace, offload=self.offload)
+            table = self.write_table(encoder)
             self.written[value] = table
             value = table
         if isinstance(value, Table):
@@ -172,18 +180,26 @@ def encode_captured(
     chunk: int = 1000,
     write_table: WriteTable | None = None,
     pace: Callable[[], None] = _no_pace,
+    offload: Offload = call_here,
 ) -> tuple[list[bytes | memoryview], dict[NewTable, Table]]:
     """The checkpoint bytes of a :func:`capture_checkpoint` result, as pieces to write
     in order (their concatenation is the checkpoint file), and the tables written for
     the new tables in it (with ``write_table``, before the checkpoint that names them).
     ``pace`` is called between pieces of work (see :class:`~koru.events.TableEncoder`):
-    the same bytes come out whether it is given or not."""
-    encoder = _Encoder(chunk, write_table, pace)
+    the same bytes come out whether it is given or not. The pieces are hashed through
+    ``offload`` (tens of megabytes, hashed without the GIL), and new tables' long C
+    calls go through it (see :class:`~koru.events.TableEncoder`)."""
+    encoder = _Encoder(chunk, write_table, pace, offload)
     encoder.encode(captured)
+    digest = offload(_digest, encoder.out)
+    return [_MAGIC, digest, *encoder.out], encoder.written
+
+
+def _digest(pieces: list[bytes | memoryview]) -> bytes:
     hasher = blake3.blake3()
-    for piece in encoder.out:
+    for piece in pieces:
         hasher.update(piece)
-    return [_MAGIC, hasher.digest(), *encoder.out], encoder.written
+    return hasher.digest()
 
 
 def table_names(value: Any) -> set[str]:

@@ -82,10 +82,10 @@ async def test_storage_error_in_a_merge_is_counted_and_leaves_nothing_behind(
         real = store.write_table
         before = _files(path)
 
-        def failing(encoder: Any) -> Any:
+        def failing(encoder: Any, offload: Any) -> Any:
             for _ in encoder.chunks():  # part-way through, then the disk is full
                 raise StorageError("disk full: injected")
-            return real(encoder)
+            return real(encoder, offload)
 
         store.write_table = failing
         with pytest.raises(StorageError):
@@ -200,10 +200,10 @@ async def test_a_crash_between_a_merge_and_its_naming_checkpoint(
         written, go = threading.Event(), threading.Event()
         merge, save = ck._write_merged, ck._save_locked
 
-        def held(encoder: Any, pace: Any) -> Any:
-            table = merge(encoder, pace)
+        def held(encoder: Any, slicer: Any) -> Any:
+            table = merge(encoder, slicer)
             written.set()
-            go.wait(10)
+            slicer.offload(go.wait, 10)  # (the merge runs on the loop: wait off it)
             return table
 
         async def naming() -> None:

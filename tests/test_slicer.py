@@ -1,0 +1,178 @@
+"""Synchronous work run on the event loop in slices (checkpoints, merges), its blocking
+calls in worker threads: the loop runs between slices and during those calls, results
+and errors come back where they belong, and two such works interleave safely."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from koru.events import FileStore, TableEncoder, encode_table, table_name
+from koru.nursery._slicer import Slicer
+
+
+class Ticker:
+    """A task that counts its turns of the loop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            self.ticks += 1
+            await trio.lowlevel.checkpoint()
+
+
+async def test_work_runs_on_the_loop_thread_and_the_loop_runs_between_its_slices() -> None:
+    ticker = Ticker()
+    slicer = Slicer(budget=0.0)
+    seen: list[int] = []
+    threads: set[int] = set()
+
+    def work(n: int) -> int:
+        for _ in range(n):
+            threads.add(threading.get_ident())
+            slicer()
+            seen.append(ticker.ticks)
+        return n * 2
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker.run)
+        await trio.lowlevel.checkpoint()
+        assert await slicer.run(work, 20) == 40
+        nursery.cancel_scope.cancel()
+    assert threads == {threading.get_ident()}
+    assert slicer.pauses == 20
+    # The ticker took turns between the slices (a batch of the scheduler runs each task
+    # once, in either order: at least every other slice saw it move).
+    assert seen[-1] - seen[0] >= 9
+
+
+async def test_a_slice_runs_its_budget_before_giving_way() -> None:
+    slicer = Slicer(budget=3600.0)
+
+    def work() -> None:
+        for _ in range(100):
+            slicer()
+
+    await slicer.run(work)
+    assert slicer.pauses == 0
+
+
+async def test_an_offloaded_call_runs_in_a_worker_thread_while_the_loop_goes_on() -> None:
+    """The call waits for an event only a loop task sets: made on the loop, it would
+    never return."""
+    slicer = Slicer()
+    released = threading.Event()
+    where: list[int] = []
+
+    def blocking() -> str:
+        where.append(threading.get_ident())
+        assert released.wait(10)
+        return "done"
+
+    def work() -> str:
+        return slicer.offload(blocking) + "!"
+
+    async def release() -> None:
+        await trio.sleep(0.01)
+        released.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release)
+        assert await slicer.run(work) == "done!"
+    assert where and where[0] != threading.get_ident() and slicer.offloads == 1
+
+
+async def test_an_offloaded_calls_error_is_raised_where_the_work_called_it() -> None:
+    slicer = Slicer()
+
+    def failing() -> None:
+        raise OSError("disk full: injected")
+
+    def work() -> str:
+        try:
+            slicer.offload(failing)
+        except OSError as exc:
+            return f"caught {exc}"
+        return "not raised"
+
+    assert await slicer.run(work) == "caught disk full: injected"
+
+
+async def test_the_works_own_error_comes_out_of_run_and_the_slicer_can_run_again() -> None:
+    slicer = Slicer(budget=0.0)
+
+    def work() -> None:
+        slicer()
+        raise ValueError("broken: injected")
+
+    with pytest.raises(ValueError, match="injected"):
+        await slicer.run(work)
+    assert await slicer.run(lambda: 7) == 7
+
+
+async def test_outside_run_a_pace_does_nothing_and_an_offload_calls_at_once() -> None:
+    slicer = Slicer(budget=0.0)
+    for _ in range(5):
+        slicer()
+    assert slicer.pauses == 0
+    assert slicer.offload(threading.get_ident) == threading.get_ident()
+    assert slicer.offloads == 0
+
+
+async def test_a_cancelled_caller_gets_the_work_finished_and_the_cancel_after() -> None:
+    """Like ``trio.to_thread.run_sync``: a checkpoint is never left half written by a
+    cancellation; it arrives at the caller's next checkpoint."""
+    slicer = Slicer(budget=0.0)
+    done: list[int] = []
+
+    def work() -> int:
+        for i in range(50):
+            slicer()
+            done.append(i)
+        return len(done)
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        assert await slicer.run(work) == 50
+        await trio.lowlevel.checkpoint()
+        raise AssertionError("the cancellation never arrived")
+    assert scope.cancelled_caught and len(done) == 50
+
+
+async def test_work_in_slices_is_shielded_from_keyboard_interrupt() -> None:
+    slicer = Slicer()
+    assert await slicer.run(trio.lowlevel.currently_ki_protected)
+
+
+async def test_two_tables_written_in_slices_at_once_on_one_loop_are_both_whole(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's table and a merge's are written at once, both from the loop's
+    thread: their temporary files were named by thread, so each overwrote the other's."""
+    store = FileStore(tmp_path / "db")
+    rows = {
+        name: [("n", f"{name}{i:05}", b"%s-%d" % (name.encode(), i)) for i in range(3000)]
+        for name in ("a", "b")
+    }
+    tables = {}
+
+    async def write(name: str) -> None:
+        slicer = Slicer(budget=0.0)
+        encoder = TableEncoder(rows[name], pace=slicer, offload=slicer.offload)
+        tables[name] = await slicer.run(store.write_table, encoder, slicer.offload)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for name in rows:
+                nursery.start_soon(write, name)
+        for name, table in tables.items():
+            assert list(table.entries()) == rows[name]
+            assert table.name == table_name(encode_table(rows[name]))
+            table.verify_content()
+    finally:
+        store.close()
