@@ -242,12 +242,16 @@ class Checkpointer:
         # the capture is immutable.
         slicer = Slicer()
         written = await slicer.run(self._write, captured, slicer)
-        await self._remove_tables(table_names(captured) | {t.name for t in written.values()})
+        # Recorded before anything else may be cancelled: a checkpoint written is one
+        # saved (a cancellation used to arrive before this, and the close wrote the
+        # same checkpoint again).
         self.saved_at, self.extra_saved = events, extra
         self.written += 1
         # The projections learn which tables their new ones became; what they let go
         # of then is freed a slice at a time (see dismantle).
         _uninterrupted(self._checkpointed, written)
+        with trio.CancelScope(shield=True):
+            await self._remove_tables(table_names(captured) | {t.name for t in written.values()})
         await dismantle(self._retired())
 
     async def compact(self) -> int:
