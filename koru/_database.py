@@ -62,6 +62,7 @@ from ._lineage import DEFAULT_MAX_DEPTH, Connected, Lineage
 from ._peer_calls import PeerCalls
 from ._proven import ProvenIngest
 from ._queries import QueryEngine
+from ._read_floor import save_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
 from ._sessions import Entropy, Sessions
@@ -117,6 +118,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         self._store = store
         self._path = path
         self._node = node_id
+        self._node_key = node_key
+        #: The read floor the file holds (see _keep_read_floor).
+        self._floor_saved = 0
         self._node_hex = node_id.hex()
         #: The supervisor's listing of periodic processes (set by koru.open).
         self._processes: Callable[[], list[ProcessInfo]] = list
@@ -961,7 +965,22 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Runs shielded from cancellation so a cancelled scope still closes cleanly.
         """
         self._hub.close()
-        await self._life.close(self._store, self._committer, self._checkpointer)
+        await self._life.close(
+            self._store, self._committer, self._checkpointer, self._keep_read_floor
+        )
+
+    def _restore_read_floor(self, floor: int) -> None:
+        """Start reads from ``floor``, the one a clean close saved."""
+        self._writer.raise_read_floor(floor)
+        self._floor_saved = floor
+
+    def _keep_read_floor(self) -> None:
+        """Save the read floor if it is ahead of every timestamp the logs hold (what a
+        reopen would start from otherwise): see ``koru._read_floor``."""
+        floor, key = self._writer.read_floor, self._node_key
+        if key is not None and floor > max(self._writer.hlc.last, self._floor_saved):
+            save_read_floor(self._store, key, floor)
+            self._floor_saved = floor
 
 
 def _conforms(db: Database) -> DatabaseAPI:

@@ -11,6 +11,7 @@ from disk, may continue.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -115,9 +116,14 @@ class Lifecycle:
         self.closed = True
 
     async def close(
-        self, store: LogStore, committer: Committer, checkpointer: Checkpointer
+        self,
+        store: LogStore,
+        committer: Committer,
+        checkpointer: Checkpointer,
+        keep: Callable[[], None] = lambda: None,
     ) -> None:
-        """Flush, fsync, checkpoint if anything changed, and close the store. Runs once,
+        """Flush, fsync, checkpoint if anything changed, run ``keep`` (in a worker
+        thread: what else a clean close saves), and close the store. Runs once,
         shielded from cancellation so that a cancelled scope still closes cleanly."""
         if self.shut:
             return
@@ -135,5 +141,9 @@ class Lifecycle:
                             # The log is synced and complete: a checkpoint only makes
                             # the next open faster, so its failure is not an error here.
                             _log.warning("koru: no checkpoint written at close: %s", exc)
+                    try:
+                        await trio.to_thread.run_sync(keep)
+                    except StorageError as exc:
+                        _log.warning("koru: not saved at close: %s", exc)
             finally:
                 store.close()

@@ -47,6 +47,7 @@ from ._identity import DEFAULT_DIFFICULTY, check_difficulty
 from ._loader import BUILTIN_PROJECTIONS, load
 from ._nodekey import node_key, node_public_key
 from ._processes import intervals_from, scrub, steps
+from ._read_floor import load_read_floor
 from ._sessions import Entropy
 from ._stats import OpenReport
 
@@ -259,6 +260,7 @@ async def open(
         where = str(directory)
     try:
         key = node_key(store, entropy)
+        public = key.public_key if key is not None else node_public_key(store)
         node = store.node_id
         assert node is not None
         loaded = await trio.to_thread.run_sync(functools.partial(load, store, projections=kinds))
@@ -283,9 +285,10 @@ async def open(
             node_key=key,
             entropy=entropy,
             difficulty=difficulty,
-            root=node_public_key(store) if readonly else None,
+            root=public if readonly else None,
             embedder=embedder,
         )
+        db._restore_read_floor(load_read_floor(store, public))
     except BaseException:
         with contextlib.suppress(KoruError):  # the first error is the one to report
             store.close()

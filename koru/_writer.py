@@ -480,6 +480,16 @@ class Writer:
         self._append(ExpireEvent(*self._header(), namespace, key, current.write_id))
         return True
 
+    @property
+    def read_floor(self) -> int:
+        """The latest time a read judged expiry by (0 before any)."""
+        return self._read_floor
+
+    def raise_read_floor(self, floor: int) -> None:
+        """Judge no read before ``floor`` (a floor kept across a reopen: see
+        ``koru._read_floor``)."""
+        self._read_floor = max(self._read_floor, floor)
+
     def read_time(self) -> int:
         """The time values with a time to live are judged by: the latest of the clock,
         the newest timestamp seen and this time as last returned, so it never goes

@@ -84,3 +84,63 @@ def test_once_absent_a_value_with_a_ttl_stays_absent_whatever_the_clock_does(
                 gone = not seen[0]
 
     trio.run(run)
+
+
+async def test_a_clock_set_back_across_a_reopen_never_brings_an_expired_value_back(
+    tmp_path: Path,
+) -> None:
+    """The floor of the read time used to be the newest timestamp in the logs after a
+    reopen: a value a read found expired (before the expiry process recorded it) came
+    back when the database was reopened under a clock set back."""
+    clock = SettableClock()
+    path = tmp_path / "db"
+    async with opened(path, clock) as db:
+        v = await db.put("s", "a", "gone soon", ttl=10)
+        clock.ns = v.expires
+        assert await _present(db, "a") == [False] * 5
+    clock.advance(-5)
+    async with opened(path, clock) as db:
+        assert await _present(db, "a") == [False] * 5
+    async with opened(path, clock, readonly=True) as db:
+        assert await _present(db, "a") == [False] * 5
+
+
+async def _floor_written(path: Path) -> tuple[SettableClock, int]:
+    """A database whose value "a" a read found expired, closed, and the clock set back
+    to before its expiry; returns the clock and the expiry."""
+    clock = SettableClock()
+    async with opened(path, clock) as db:
+        v = await db.put("s", "a", "gone soon", ttl=10)
+        clock.ns = v.expires
+        assert not await db.contains("s", "a")
+    clock.advance(-5)
+    assert v.expires is not None
+    return clock, v.expires
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut", "other node's"])
+async def test_a_read_floor_not_signed_by_the_databases_node_key_is_ignored(
+    tmp_path: Path, damage: str
+) -> None:
+    """The floor is a file anyone who can write the directory can change: one that
+    could move it into the future would make every value with a time to live read as
+    expired (and the expiry process record it so). Only the node key's signature
+    makes it count; anything else is ignored and reads fall back to the logs."""
+    from koru._read_floor import READ_FLOOR_FILE
+
+    path = tmp_path / "db"
+    clock, _ = await _floor_written(path)
+    floor_file = path / READ_FLOOR_FILE
+    data = floor_file.read_bytes()
+    if damage == "flipped":  # a floor a year ahead, with the old signature
+        ahead = int.from_bytes(data[:8], "big") + 365 * 86400 * 10**9
+        floor_file.write_bytes(ahead.to_bytes(8, "big") + data[8:])
+    elif damage == "cut":
+        floor_file.write_bytes(data[:40])
+    else:
+        other = tmp_path / "other"
+        await _floor_written(other)
+        floor_file.write_bytes((other / READ_FLOOR_FILE).read_bytes())
+    async with opened(path, clock) as db:
+        assert await db.get("s", "a") == "gone soon"  # the clock says: not yet expired
+        assert await db.contains("s", "a")
