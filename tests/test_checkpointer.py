@@ -70,24 +70,32 @@ async def test_a_checkpoint_is_due_exactly_every_n_events() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def a_held_save(nursery: trio.Nursery, ck: Checkpointer) -> threading.Event:
+    """Start ``ck``'s background task, make a checkpoint due, and return once its save
+    has captured (its first step), held there until the event returned is set (it
+    waits in a worker thread: the save runs on the event loop)."""
+    release = threading.Event()
+    write = ck._write
+
+    def held_write(captured: dict[str, Any], slicer: Any) -> Any:
+        slicer.offload(release.wait)
+        return write(captured, slicer)
+
+    ck._write = held_write  # type: ignore[method-assign]
+    await nursery.start(ck.run, pytest.fail)
+    for _ in range(ck.every):
+        ck.note_event()
+    await eventually(ck._lock.locked)
+    return release
+
+
 async def test_events_written_during_a_save_count_towards_the_next_one_only() -> None:
     """Events noted while a checkpoint is being written were counted against the
     checkpoint before it, so the next one started as soon as this one ended, with a
     fraction of its interval: under steady writes, checkpoints ran back to back."""
     ck, _ = make(every=10)
-    release = threading.Event()
-    write = ck._write
-
-    def held_write(captured: dict[str, Any], slicer: Any) -> Any:
-        slicer.offload(release.wait)  # (the save runs on the loop: wait off it)
-        return write(captured, slicer)
-
-    ck._write = held_write  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
-        await nursery.start(ck.run, pytest.fail)
-        for _ in range(10):
-            ck.note_event()
-        await eventually(ck._lock.locked)  # the save has captured 10 (its first step)
+        release = await a_held_save(nursery, ck)  # it has captured 10
         for _ in range(4):  # written during the save
             ck.note_event()
         release.set()
@@ -107,19 +115,8 @@ async def test_a_save_cancelled_once_its_checkpoint_is_written_still_counts() ->
     found the checkpoint behind and wrote the same one again (1.9 s of a bulk load's
     close instead of 0.2)."""
     ck, store = make(every=10)
-    release = threading.Event()
-    write = ck._write
-
-    def held_write(captured: dict[str, Any], slicer: Any) -> Any:
-        slicer.offload(release.wait)
-        return write(captured, slicer)
-
-    ck._write = held_write  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
-        await nursery.start(ck.run, pytest.fail)
-        for _ in range(10):
-            ck.note_event()
-        await eventually(ck._lock.locked)
+        release = await a_held_save(nursery, ck)
         nursery.cancel_scope.cancel()  # the close, while the checkpoint is written
         release.set()
     assert (ck.written, ck.saved_at, ck.behind) == (1, 10, False)
