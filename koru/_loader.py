@@ -44,7 +44,7 @@ from koru.projections._lineage import LineageState
 from koru.projections._views import Views
 from koru.projections._workspaces import WorkspaceState
 
-__all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load"]
+__all__ = ["BUILTIN_PROJECTIONS", "Loaded", "load", "proven_cursors"]
 
 #: The projections every database has; others are registered after them.
 BUILTIN_PROJECTIONS: tuple[type[Projection], ...] = (
@@ -126,6 +126,16 @@ _TABLE_RETRIES = 5
 
 def _tables_present(store: LogStore, checkpoint: Checkpoint) -> bool:
     return table_names(checkpoint.sections) <= store.table_names()
+
+
+def proven_cursors(store: LogStore) -> dict[str, Cursor]:
+    """What this node's checkpoint proves durable in each log ({} without a usable
+    one): the floors a reader of raw records passes to ``LogStore.replay``. Why: such a
+    reader (a replay, an export, an event listing) took a log cut short below them for
+    a crash's torn tail and read a shorter history without a word, where an open
+    raises DataLossError."""
+    checkpoint, _ = _read_checkpoint(store)
+    return dict(checkpoint.cursors) if checkpoint is not None else {}
 
 
 def _read_checkpoint(store: LogStore) -> tuple[Checkpoint | None, str | None]:

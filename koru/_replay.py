@@ -25,7 +25,7 @@ from koru.events import (
 )
 from koru.projections import KvState, Projections
 
-from ._loader import BUILTIN_PROJECTIONS
+from ._loader import BUILTIN_PROJECTIONS, proven_cursors
 from ._time import to_ns
 
 __all__ = ["ReplayResult", "replay"]
@@ -59,6 +59,7 @@ def replay(
     Raises:
         InvalidArgumentError: a bad ``until`` or ``position``.
         StorageError, CorruptLogError: the logs cannot be read, or are damaged.
+        DataLossError: a log ends before what the checkpoint proves durable.
     """
     limit = None if until is None else to_ns(until)
     if position is not None and (type(position) is not int or position < 0):
@@ -66,6 +67,7 @@ def replay(
     store = FileStore(path, readonly=True)
     try:
         projections = Projections(kind() for kind in BUILTIN_PROJECTIONS)
+        proven = proven_cursors(store)
         apply, apply_run = projections.apply, projections.apply_run
         events: dict[str, int] = {}
         last = 0
@@ -76,7 +78,7 @@ def replay(
             # field, and every feed contiguous), consecutive puts of a feed as runs. No
             # run spans ``cut``: the record there starts one, where the fold stops.
             decoded = RunDecoder(
-                ((r[0], r[1], r[2], r[4]) for r in store.records(agent)),
+                ((r[0], r[1], r[2], r[4]) for r in store.replay(agent, durable=proven.get(agent))),
                 agent,
                 _no_head,
                 cut=max(cut, 0),

@@ -100,12 +100,22 @@ class Follower:
     """Reads agents' logs from where it last stopped, each call returning what is new."""
 
     def __init__(self, store: FileStore, agents: list[str]) -> None:
+        from koru._loader import proven_cursors
+
         self.store = store
         self.cursors: dict[str, Cursor | None] = dict.fromkeys(agents)
+        #: The first read holds each log to what the checkpoint proves durable (see
+        #: proven_cursors): a log cut short is data loss, not a shorter listing.
+        self.proven = proven_cursors(store)
 
     def read(self) -> Iterator[tuple[str, Record]]:
         for agent, cursor in self.cursors.items():
-            for record in self.store.records(agent, after=cursor):
+            records = (
+                self.store.replay(agent, durable=self.proven.get(agent))
+                if cursor is None
+                else self.store.records(agent, after=cursor)
+            )
+            for record in records:
                 yield agent, record
                 self.cursors[agent] = self.store.cursor_after(record)
 

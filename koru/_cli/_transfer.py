@@ -63,6 +63,7 @@ def _log_bytes(path: Path) -> int:
 
 
 def _events_of(path: Path, agents: list[str] | None) -> Iterator[tuple[bytes, bytes, Any]]:
+    from koru._loader import proven_cursors
     from koru.events import AGENTS, FileStore, decode_trusted
 
     unknown = sorted(set(agents or ()) - set(AGENTS))
@@ -70,9 +71,10 @@ def _events_of(path: Path, agents: list[str] | None) -> Iterator[tuple[bytes, by
         raise Failure(2, f"no agent is called {unknown[0]!r} (agents: {', '.join(AGENTS)})")
     store = FileStore(path, readonly=True)
     try:
+        proven = proven_cursors(store)
         for agent in AGENTS:
             if agents is None or agent in agents:
-                for record in store.records(agent):
+                for record in store.replay(agent, durable=proven.get(agent)):
                     yield record.data, record.event_id, decode_trusted(record.data)
     finally:
         store.close()
