@@ -87,7 +87,11 @@ def verify_logs(
     file order; append what each segment held to ``summaries`` if given."""
     for index, agent in enumerate(AGENTS):
         directory = os.path.join(os.fspath(root_dir), "logs", agent)
-        segs = _segments(directory)
+        try:
+            segs = _segments(directory)
+        except OSError as exc:
+            yield Problem("error", agent, directory, 0, 0, f"cannot list: {exc.strerror}")
+            continue
         root, count, previous = genesis_root(agent), 0, 0
         for n, seg in enumerate(segs):
             path = os.path.join(directory, f"{seg:08d}.seg")

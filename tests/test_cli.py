@@ -563,6 +563,33 @@ def test_verify_reports_files_it_cannot_read_with_the_rest(
     assert "checkpoint" in where and any(w.startswith("logs/storage/") for w in where)
 
 
+def test_verify_reports_a_log_directory_it_cannot_list(
+    made: tuple[Path, dict[str, Any]],
+) -> None:
+    """A file where the logs' directory should be: verify ended in a traceback
+    (NotADirectoryError) instead of reporting it with the rest."""
+    db, _ = made
+    import shutil
+
+    shutil.rmtree(db / "logs")
+    (db / "logs").write_text("not a directory")
+    ran = kdelta(db, "--json", "verify")
+    assert ran.code == 3
+    problems = [p for p in ran.json()["problems"] if p["where"].startswith("logs/")]
+    assert problems and all("cannot list" in p["message"] for p in problems)
+
+
+def test_a_database_that_lost_its_meta_file_is_not_called_no_database(
+    made: tuple[Path, dict[str, Any]],
+) -> None:
+    """Reads said "no database at ..." (exit 1) where a write said what is wrong: its
+    logs are there, its meta file is not (exit 3)."""
+    db, _ = made
+    (db / "meta").unlink()
+    for command in (["status"], ["get", "users/alice"], ["events"], ["verify"]):
+        failed(kdelta(db, *command), 3, "meta is missing")
+
+
 def test_corruption_is_exit_3_in_one_line(made: tuple[Path, dict[str, Any]]) -> None:
     """A record the checkpoint proves durable is damaged (alice's first version): what
     needs it fails with exit 3 naming the damage, what does not still answers."""

@@ -73,6 +73,12 @@ def existing_database(args: argparse.Namespace) -> Path:
     """The database directory, which must hold a database (exit 1 otherwise)."""
     path = database_path(args)
     if not os.path.exists(os.path.join(path, "meta")):
+        if os.path.exists(os.path.join(path, "logs")):
+            # A database that lost its meta file, not no database: the store says what
+            # (exit 3), as a writer's open does.
+            from koru.events import FileStore
+
+            FileStore(path, readonly=True).close()
         raise Failure(1, f"no database at {path} (name one with --db PATH or $KORU_HOME)")
     return path
 
