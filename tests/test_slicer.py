@@ -5,6 +5,7 @@ and errors come back where they belong, and two such works interleave safely."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ class Ticker:
 
 async def test_work_runs_on_the_loop_thread_and_the_loop_runs_between_its_slices() -> None:
     ticker = Ticker()
-    slicer = Slicer(budget=0.0)
+    slicer = Slicer(shortest=0.0, longest=0.0)
     seen: list[int] = []
     threads: set[int] = set()
 
@@ -52,7 +53,7 @@ async def test_work_runs_on_the_loop_thread_and_the_loop_runs_between_its_slices
 
 
 async def test_a_slice_runs_its_budget_before_giving_way() -> None:
-    slicer = Slicer(budget=3600.0)
+    slicer = Slicer(shortest=3600.0)
 
     def work() -> None:
         for _ in range(100):
@@ -60,6 +61,39 @@ async def test_a_slice_runs_its_budget_before_giving_way() -> None:
 
     await slicer.run(work)
     assert slicer.pauses == 0
+
+
+async def test_slices_grow_while_nothing_else_runs_and_are_short_when_something_does() -> None:
+    """Short slices beside other tasks (their data stays in the CPU's caches), longer
+    ones, up to ``longest``, while the loop has nothing else to run."""
+    slicer = Slicer(shortest=1e-6, longest=1e-3)
+    budgets: list[float] = []
+
+    def work(pauses: int) -> None:
+        while slicer.pauses < pauses:
+            before = slicer.pauses
+            slicer()
+            if slicer.pauses != before:  # the budget of the slice that follows a turn
+                budgets.append(slicer.budget)
+
+    await slicer.run(work, 300)
+    assert max(budgets) == 1e-3  # alone: doubled up to the longest
+
+    async def busy() -> None:
+        while True:
+            began = time.perf_counter()
+            while time.perf_counter() - began < 50e-6:  # a task that takes its time
+                pass
+            await trio.lowlevel.checkpoint()
+
+    budgets.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        await slicer.run(work, slicer.pauses + 300)
+        nursery.cancel_scope.cancel()
+    # Beside it: the shortest, or twice it after a turn in which the scheduler ran the
+    # busy task first and this work first in the next batch (no time between).
+    assert sorted(budgets)[len(budgets) // 2] == 1e-6 and max(budgets) < 1e-4
 
 
 async def test_an_offloaded_call_runs_in_a_worker_thread_while_the_loop_goes_on() -> None:
@@ -104,7 +138,7 @@ async def test_an_offloaded_calls_error_is_raised_where_the_work_called_it() -> 
 
 
 async def test_the_works_own_error_comes_out_of_run_and_the_slicer_can_run_again() -> None:
-    slicer = Slicer(budget=0.0)
+    slicer = Slicer(shortest=0.0, longest=0.0)
 
     def work() -> None:
         slicer()
@@ -116,7 +150,7 @@ async def test_the_works_own_error_comes_out_of_run_and_the_slicer_can_run_again
 
 
 async def test_outside_run_a_pace_does_nothing_and_an_offload_calls_at_once() -> None:
-    slicer = Slicer(budget=0.0)
+    slicer = Slicer(shortest=0.0, longest=0.0)
     for _ in range(5):
         slicer()
     assert slicer.pauses == 0
@@ -127,7 +161,7 @@ async def test_outside_run_a_pace_does_nothing_and_an_offload_calls_at_once() ->
 async def test_a_cancelled_caller_gets_the_work_finished_and_the_cancel_after() -> None:
     """Like ``trio.to_thread.run_sync``: a checkpoint is never left half written by a
     cancellation; it arrives at the caller's next checkpoint."""
-    slicer = Slicer(budget=0.0)
+    slicer = Slicer(shortest=0.0, longest=0.0)
     done: list[int] = []
 
     def work() -> int:
@@ -162,7 +196,7 @@ async def test_two_tables_written_in_slices_at_once_on_one_loop_are_both_whole(
     tables = {}
 
     async def write(name: str) -> None:
-        slicer = Slicer(budget=0.0)
+        slicer = Slicer(shortest=0.0, longest=0.0)
         encoder = TableEncoder(rows[name], pace=slicer, offload=slicer.offload)
         tables[name] = await slicer.run(store.write_table, encoder, slicer.offload)
 
