@@ -23,7 +23,7 @@ from koru.events import KoruError, LogStore, verify
 
 from ._identity import Identity
 
-__all__ = ["READ_FLOOR_FILE", "load_read_floor", "save_read_floor"]
+__all__ = ["READ_FLOOR_FILE", "check_read_floor", "load_read_floor", "save_read_floor"]
 
 READ_FLOOR_FILE = "read-floor"
 _CONTEXT = b"koru-delta 2026-12 read floor\x00"
@@ -54,20 +54,26 @@ def load_read_floor(store: LogStore, public_key: bytes | None) -> int:
     """The floor saved by :func:`save_read_floor` if ``public_key`` (the node key's)
     signed it for this node, else 0 (with a warning for a file that is there but does
     not count)."""
+    floor, problem = check_read_floor(store, public_key)
+    if problem is not None:
+        _log.warning("koru: the read floor is ignored: %s", problem)
+    return floor
+
+
+def check_read_floor(store: LogStore, public_key: bytes | None) -> tuple[int, str | None]:
+    """(the floor saved, or 0; why a file that is there does not count, or None)."""
     node = store.node_id
-    if public_key is None or node is None:
-        return 0
     try:
         data = store.read_file(READ_FLOOR_FILE)
     except KoruError as exc:
-        _log.warning("koru: the read floor is not used: %s", exc)
-        return 0
+        return 0, str(exc)
     if data is None:
-        return 0
+        return 0, None
+    if public_key is None or node is None:
+        return 0, "it cannot be checked: the node key cannot be read"
     floor = int.from_bytes(data[:_FLOOR_SIZE], "big")
     if len(data) != _FLOOR_SIZE + _SIGNATURE_SIZE or not verify(
         public_key, _message(node, floor), data[_FLOOR_SIZE:]
     ):
-        _log.warning("koru: the read floor is not signed by this database's node key: ignored")
-        return 0
-    return floor
+        return 0, "it is not signed by this database's node key"
+    return floor, None

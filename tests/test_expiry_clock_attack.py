@@ -10,6 +10,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import kdelta
 from test_expiry import SettableClock, opened
 
 import koru
@@ -141,6 +142,10 @@ async def test_a_read_floor_not_signed_by_the_databases_node_key_is_ignored(
         other = tmp_path / "other"
         await _floor_written(other)
         floor_file.write_bytes((other / READ_FLOOR_FILE).read_bytes())
+    ran = kdelta(path, "--json", "verify")  # a warning: the file is ignored, not harmful
+    assert ran.code == 0
+    (problem,) = ran.json()["problems"]
+    assert problem["severity"] == "warning" and problem["where"] == READ_FLOOR_FILE
     async with opened(path, clock) as db:
         assert await db.get("s", "a") == "gone soon"  # the clock says: not yet expired
         assert await db.contains("s", "a")

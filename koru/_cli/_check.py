@@ -118,6 +118,8 @@ def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool)
     """The meta file and manifest (by opening the store read-only), and the checkpoint
     (and its tables) against a replay."""
     from koru._audit import audit_checkpoint
+    from koru._nodekey import node_public_key
+    from koru._read_floor import READ_FLOOR_FILE, check_read_floor
     from koru.events import FileStore, KoruError
 
     try:
@@ -135,6 +137,9 @@ def _check_store(path: Any, problems: list[dict[str, Any]], *, checkpoint: bool)
             problems.extend(_problem("error", "checkpoint", message) for message in found)
         else:
             notes.append("the checkpoint was not checked (--logs-only)")
+        _, problem = check_read_floor(store, node_public_key(store))
+        if problem is not None:
+            problems.append(_problem("warning", READ_FLOOR_FILE, f"ignored: {problem}"))
     finally:
         store.close()
     return notes
