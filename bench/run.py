@@ -862,7 +862,8 @@ async def bench_tiers(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.note(
         f"tiers: puts over 10 ms: {sum(w > 0.01 for w in waits)}; over {took:.1f} s right "
         f"after, a loop that only reads the clock, beside a process keeping the other core "
-        f"busy (as a checkpoint's worker thread does), stalled {len(gaps)} times over 1 ms, "
+        f"busy (as the worker threads of a checkpoint's writes do), stalled {len(gaps)} "
+        f"times over 1 ms, "
         f"{sum(g > 0.01 for g in gaps)} over 10 ms, at most {max(gaps, default=0) * 1e3:.1f} ms"
     )
     one = tiers.run_one_core(tmp / "tiers_latency_1", sizes.latency_events)
