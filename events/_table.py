@@ -30,7 +30,8 @@ Format (little-endian)::
         length | key), ascending | the offsets of those entries, in the same order,
         (format 3) instead u32 filter bits | u8 probes | the filter's bytes,
         then per block, u16 namespace length | namespace | u16 key length | key
-        | u64 offset of the block
+        | u64 offset of the block | (format 5) the first 8 bytes of blake3 of the
+        block's entries
 
 The directory (format 4) makes a lookup one binary search in memory (``bisect`` of an
 array of u32, in C) and one short read of the entry itself: why: a cold read searched
@@ -48,6 +49,16 @@ an older format is rewritten as format 4 when compaction merges it, not before).
 The index is verified against its hash when the table is opened and every entry read
 is checked against its crc32, so damage is reported (:class:`CorruptCheckpointError`)
 and never answered around: a table that fails is rebuilt from the log by its owner.
+
+Format 5 adds each block's digest to the block index (held in memory with it, verified
+with it: about one byte per key), and every block read is checked against it; a lookup
+the directory matches reads the key's block (one ``pread``, as format 4 read the entry)
+rather than the entry alone. Why: crc32s tell damage, not intent. An entry rewritten in
+place with a fresh crc32 after the open's check and the scrub (a key's newest version
+record replaced by an older one: the value it then names is genuine, and proven against
+its content id) was served by a handle that had the table open, and a merge's walk
+wrote it into a new table under a fresh name. Tables of formats 2 to 4 are still read
+as they were (rewritten as format 5 when a merge takes them).
 """
 
 from __future__ import annotations
@@ -81,9 +92,9 @@ __all__ = [
 ]
 
 TABLE_MAGIC = b"KORUTAB2"
-_FORMAT = 4
+_FORMAT = 5
 #: Formats read (2: without a filter; 3: with a Bloom filter; 4: with a directory).
-_READ_FORMATS = (2, 3, 4)
+_READ_FORMATS = (2, 3, 4, 5)
 _FILTER_BITS_PER_KEY = 10
 _PROBES = 7
 _FILTER_HEAD = struct.Struct("<IB")
@@ -119,6 +130,8 @@ _BUFFER = 256 * 1024
 _VERIFY_READ = 4 * 1024 * 1024
 #: Entries produced between two calls of ``pace``.
 _PACE_EVERY = 64
+#: Bytes of a block's blake3 digest kept in the block index (format 5).
+_BLOCK_DIGEST = 8
 
 
 def _pattern(ns: bytes, key: bytes) -> bytes:
@@ -183,6 +196,8 @@ class TableEncoder:
         last: tuple[bytes, bytes] | None = None
         i = 0
         pace = self._pace
+        digests = self._format >= 5
+        block = blake3.blake3()
         for ns, key, value in self._rows:
             if not i % _PACE_EVERY:
                 pace()
@@ -190,10 +205,15 @@ class TableEncoder:
                 raise ValueError("table items out of order, or a key twice")
             last = (ns, key)
             if i % BLOCK == 0:
+                if digests and i:  # the block before, whole: its digest ends its record
+                    self._index[-1] += block.digest(_BLOCK_DIGEST)
+                    block = blake3.blake3()
                 first = (_U16.pack(len(ns)), ns, _U16.pack(len(key)), key, _U64.pack(at))
                 self._index.append(b"".join(first))
             pattern = _pattern(ns, key)
             entry = _entry(pattern, value)
+            if digests:
+                block.update(entry)
             if self._format >= 4:
                 self._crcs.append(_dir_hash(pattern))
                 self._offsets.append(at)
@@ -202,6 +222,8 @@ class TableEncoder:
             at += len(entry)
             i += 1
             yield entry
+        if digests and i:
+            self._index[-1] += block.digest(_BLOCK_DIGEST)
         self.count = i
         self._rows = ()
         self._end = at
@@ -438,6 +460,7 @@ class Table:
 
     __slots__ = (
         "__weakref__",
+        "_block_digests",
         "_block_size",
         "_count",
         "_data",
@@ -498,6 +521,8 @@ class Table:
         self.index_digest: bytes = digest
         self._firsts: list[tuple[bytes, bytes]] = []
         self._starts: list[int] = []
+        #: Format 5: each block's digest (``_BLOCK_DIGEST`` bytes each, in order).
+        self._block_digests = b""
         # Closed with the table: when released, else when collected (tables are
         # dropped by compaction while readers may still hold them). Registered last:
         # a table refused above is closed by its opener, and a finalizer registered
@@ -549,7 +574,8 @@ class Table:
             return
         at, length = self._index
         index = self._read(at, length)
-        firsts, starts = [], []
+        firsts, starts, digests = [], [], []
+        with_digests = self._format >= 5
         pos = 0
         if self._format >= 4:
             pos = self._load_directory(index)
@@ -572,6 +598,9 @@ class Table:
                 pos += 2 + m
                 (start,) = _U64.unpack_from(index, pos)
                 pos += 8
+                if with_digests:
+                    digests.append(index[pos : pos + _BLOCK_DIGEST])
+                    pos += _BLOCK_DIGEST
                 firsts.append((ns, key))
                 starts.append(start)
                 if not len(starts) % _INDEX_PACE:
@@ -583,8 +612,11 @@ class Table:
             len(starts) != blocks
             or starts != sorted(starts)
             or (starts and starts[0] != _HEAD.size)
+            or pos != length
+            or (with_digests and len(digests) != blocks)
         ):
             raise CorruptCheckpointError(f"table {self.name}: its index does not match")
+        self._block_digests = b"".join(digests)
         self._firsts, self._starts = firsts, starts
 
     def _load_directory(self, index: bytes) -> int:
@@ -631,10 +663,7 @@ class Table:
         (a merge, a scan) through the map would map every page of it into the process,
         counted in its memory and unmapped page by page when the table is dropped (tens
         of milliseconds on the event loop for a table of a hundred megabytes)."""
-        start = self._starts[b]
-        data = self._read(
-            start, (self._starts[b + 1] if b + 1 < len(self._starts) else self._end) - start
-        )
+        data = self._block_bytes(b)
         end = len(data)
         pos = 0
         view = memoryview(data)
@@ -678,6 +707,8 @@ class Table:
             i = bisect_left(hashes, h)
             if i == len(hashes) or hashes[i] != h:
                 return None
+            if self._block_digests:  # format 5: its block read, checked against its digest
+                return self._entry_in_block(i, probe)
             return self._entry_at(i, probe)
         bits = self._filter_bits
         if bits:
@@ -730,6 +761,56 @@ class Table:
             i += 1
         return self._in_block(probe)
 
+    def _entry_in_block(self, i: int, probe: KeyProbe) -> bytes | None:
+        """:meth:`_entry_at` of format 5: the entry the directory names is taken from
+        its block, read whole (one ``pread``) and checked against the block's digest,
+        at the offset the directory gives (no walk); anything else is settled as
+        there."""
+        hashes, offsets = self._dir_hashes, self._dir_offsets
+        assert hashes is not None
+        _, pattern, h = probe
+        skip = 4 + len(pattern)
+        starts, n = self._starts, len(hashes)
+        while i < n and hashes[i] == h:
+            at = offsets[i]
+            if _HEAD.size <= at < self._end:
+                b = bisect_right(starts, at) - 1
+                block = self._block_bytes(b)
+                p = at - starts[b]
+                if block.startswith(pattern, p + 4):
+                    if len(block) >= p + skip + 4:
+                        nxt = p + skip + 4 + _U32.unpack_from(block, p + skip)[0]
+                        if (
+                            nxt <= len(block)
+                            and zlib.crc32(memoryview(block)[p + 4 : nxt])
+                            == _CRC.unpack_from(block, p)[0]
+                        ):
+                            return block[p + skip + 4 : nxt]
+                    break  # damaged: the checked walk says where
+            i += 1
+        return self._in_block(probe)
+
+    def _block_bytes(self, b: int) -> bytes:
+        """Block ``b``'s bytes, read with one ``pread``; in format 5 checked against its
+        digest in the (verified) block index. Why: crc32s only tell damage; an entry
+        rewritten in place with a fresh one (a key's newest versions dropped), after
+        the open's check and the scrub, was served, and a merge wrote it into a new
+        table with a fresh name."""
+        starts = self._starts
+        at = starts[b]
+        data = self._read(at, (starts[b + 1] if b + 1 < len(starts) else self._end) - at)
+        digests = self._block_digests
+        if digests and (
+            blake3.blake3(data).digest(_BLOCK_DIGEST)
+            != digests[b * _BLOCK_DIGEST : (b + 1) * _BLOCK_DIGEST]
+        ):
+            raise CorruptCheckpointError(
+                f"table {self.name}: block {b} is not what its index says (changed since "
+                "it was written; the log is intact: remove the checkpoint file to rebuild "
+                "the state from it)"
+            )
+        return data
+
     def _find(self, b: int, target: tuple[bytes, bytes], pattern: bytes) -> bytes | None:
         """The value of ``target`` in block ``b``, or None.
 
@@ -739,9 +820,7 @@ class Table:
         checking every entry, since a damaged key could hide the one asked for. Why
         entries and not a search for the key's bytes: a value may hold bytes that look
         like another key's entry."""
-        starts = self._starts
-        pos = starts[b]
-        block = self._read(pos, (starts[b + 1] if b + 1 < len(starts) else self._end) - pos)
+        block = self._block_bytes(b)
         skip = 4 + len(pattern)
         u16, u32 = _U16.unpack_from, _U32.unpack_from
         p = 0

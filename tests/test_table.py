@@ -82,16 +82,21 @@ def test_damage_is_reported_wherever_it_is() -> None:
         Table(b"X" * 100, "t")
 
 
-def _encode_format_3(items: list[tuple[str, str, bytes]]) -> list[bytes]:
-    """A table's pieces as format 3 (a Bloom filter, no directory) wrote them."""
+def _encode_format(items: list[tuple[str, str, bytes]], fmt: int) -> list[bytes]:
+    """A table's pieces as format ``fmt`` wrote them (3: a Bloom filter, no directory;
+    4: a directory, no block digests)."""
     from koru.events import _table
 
     saved = _table._FORMAT
-    _table._FORMAT = 3
+    _table._FORMAT = fmt
     try:
         return encode_table(items)
     finally:
         _table._FORMAT = saved
+
+
+def _encode_format_3(items: list[tuple[str, str, bytes]]) -> list[bytes]:
+    return _encode_format(items, 3)
 
 
 def _as_format_2(pieces: list[bytes]) -> bytes:
@@ -144,13 +149,13 @@ def test_tables_of_any_block_size_are_read(block: int, monkeypatch: pytest.Monke
         assert answers == model, declared
 
 
-@pytest.mark.parametrize("fmt", [3, 4])
+@pytest.mark.parametrize("fmt", [3, 4, 5])
 def test_the_filter_answers_most_absent_keys_without_reading_a_block(fmt: int) -> None:
-    """Format 3's Bloom filter and format 4's directory both answer most absent keys
-    from memory."""
+    """Format 3's Bloom filter and the directory of formats 4 and 5 all answer most
+    absent keys from memory."""
     model = {("users", f"u{i}"): b"v" for i in range(5000)}
     items = [(ns, k, v) for (ns, k), v in model.items()]
-    pieces = encode_table(items) if fmt == 4 else _encode_format_3(items)
+    pieces = encode_table(items) if fmt == 5 else _encode_format(items, fmt)
     assert int.from_bytes(pieces[0][8:12], "little") == fmt
     reads: list[int] = []
     data = b"".join(pieces)

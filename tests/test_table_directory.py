@@ -77,9 +77,13 @@ def test_a_directory_answers_like_a_dict_even_when_keys_share_hashes(
     assert all(old.get(ns, k) == model.get((ns, k)) for ns, k in [*model, *probes])
 
 
-def test_a_lookup_reads_one_entry_and_nothing_for_an_absent_key() -> None:
+@pytest.mark.parametrize("fmt", [4, 5])
+def test_a_lookup_reads_one_entry_and_nothing_for_an_absent_key(fmt: int) -> None:
+    """Format 4 reads the entry alone; format 5 the entry's block, in one read too (its
+    digest is checked, not only the entry's crc32)."""
     model = {("users", f"u{i}"): bytes([i % 251]) * (i % 700) for i in range(3000)}
-    pieces = _pieces(model)
+    with _written_as(fmt):
+        pieces = _pieces(model)
     data = b"".join(pieces)
     reads: list[tuple[int, int]] = []
 
@@ -94,8 +98,9 @@ def test_a_lookup_reads_one_entry_and_nothing_for_an_absent_key() -> None:
     for (ns, key), value in model.items():
         before = len(reads)
         assert table.get(ns, key) == value
-        # One read of the entry, a second one only for a value longer than the guess.
-        assert len(reads) - before == (1 if len(value) <= _table._GUESS else 2)
+        # One read of the entry, a second one only for a value longer than the guess
+        # (format 4); one read of its block (format 5).
+        assert len(reads) - before == (1 if fmt == 5 or len(value) <= _table._GUESS else 2)
     reads.clear()
     assert all(table.get("users", f"x{i}") is None for i in range(5000))
     assert len(reads) < 10  # a crc32 shared with a present key: a block walk each
@@ -195,9 +200,39 @@ async def test_a_database_with_tables_of_format_3_reads_and_compacts(tmp_path: P
             model[f"k{i}"] = {"v": -i}
             await db.put("users", f"k{i}", model[f"k{i}"])
     formats = {p.read_bytes()[8:12] for p in (tmp_path / "db" / "tables").glob("*.tab")}
-    assert (4).to_bytes(4, "little") in formats
+    assert (5).to_bytes(4, "little") in formats
     async with koru.open(tmp_path / "db", processes=False, readonly=True) as db:
         for key, value in model.items():
             assert await db.get("users", key) == value
         with pytest.raises(koru.KeyNotFoundError):
             await db.get("users", "k601")
+
+
+def _forge(data: bytearray, ns: bytes, key: bytes, value: bytes) -> None:
+    """Rewrite the entry of (ns, key) in place with ``value`` (of the same length) and a
+    fresh crc32: damage no checksum of the entry can tell."""
+    pattern = _table._pattern(ns, key)
+    at = data.index(pattern) - 4
+    where = at + 4 + len(pattern)
+    length = int.from_bytes(data[where : where + 4], "little")
+    assert len(value) == length
+    data[where + 4 : where + 4 + length] = value
+    data[at : at + 4] = zlib.crc32(bytes(data[at + 4 : where + 4 + length])).to_bytes(4, "little")
+
+
+def test_an_entry_rewritten_in_place_with_a_fresh_crc32_is_refused_by_its_block_digest() -> None:
+    """Format 4 served it (its crc32 passes, and a value is proven against the content
+    ids the entry itself holds), and a merge's walk copied it into a new table with a
+    fresh name; format 5 checks each block read against a digest in the verified index."""
+    model = {("users", f"u{i:03}"): b"value-%03d" % i for i in range(100)}
+    pieces = _pieces(model)
+    data = bytearray(b"".join(pieces))
+    table = Table(data, table_name(pieces), lambda at, n: bytes(data[at : at + n]))
+    table.verify()
+    assert table.get("users", "u041") == b"value-041"  # the index is loaded (verified)
+    _forge(data, b"users", b"u042", b"forged-42")
+    with pytest.raises(CorruptCheckpointError, match="not what its index says"):
+        table.get("users", "u042")
+    with pytest.raises(CorruptCheckpointError, match="not what its index says"):
+        list(table.entries())  # what a merge or a scan reads
+    assert table.get("users", "u099") == b"value-099"  # other blocks still answer

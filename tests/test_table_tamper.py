@@ -221,3 +221,40 @@ async def test_a_reader_serves_cold_gets_while_the_writer_merges_and_removes_its
         os.replace(other, tables[-1])
         for key, value in model.items():
             assert await reader.get("n", key) == value
+
+
+async def test_an_entry_rewritten_in_place_under_an_open_handle_never_serves_stale(
+    tmp_path: Path,
+) -> None:
+    """After the open's checks: a key's entry in the newest table rewritten in place, its
+    newest version record replaced by its oldest, with a fresh crc32 (every checksum of
+    the entry passes, and the value it then names is genuine). The open handle served
+    the stale value; it now refuses the block (its digest, in the verified index)."""
+    import zlib
+
+    from koru.events import _table
+    from koru.projections import RECORD_SIZE
+
+    path = tmp_path / "db"
+    model = await _build(path)
+    async with koru.open(path, processes=False) as db:
+        assert await db.get("n", "k0") == model["k0"]  # the newest table's index is read
+        newest = _tables_oldest_first(path)[-1]
+        data = bytearray(newest.read_bytes())
+        pattern = _table._pattern(b"n", b"k5")
+        at = data.index(pattern) - 4
+        where = at + 4 + len(pattern)
+        length = int.from_bytes(data[where : where + 4], "little")
+        records = data[where + 4 : where + 4 + length]
+        assert length == ROUNDS * RECORD_SIZE
+        records[-RECORD_SIZE:] = records[:RECORD_SIZE]
+        data[where + 4 : where + 4 + length] = records
+        body = bytes(data[at + 4 : where + 4 + length])
+        data[at : at + 4] = zlib.crc32(body).to_bytes(4, "little")
+        newest.write_bytes(data)  # the same inode: the handle's reads see it
+        try:
+            got = await db.get("n", "k5")
+        except koru.KoruError:
+            pass
+        else:
+            assert got == model["k5"], f"served {got!r}, the log says {model['k5']!r}"
