@@ -473,6 +473,7 @@ class Table:
         "_firsts",
         "_format",
         "_index",
+        "_prefix",
         "_read",
         "_release",
         "_starts",
@@ -513,6 +514,9 @@ class Table:
         self._count = count
         self._end = index_at  # where the entries end
         self._index = (index_at, index_len)
+        #: The header's fields as read here: what the index's hash covers with it (the
+        #: ones this table goes by, not the file's header read again later).
+        self._prefix = bytes(data[: _PREFIX.size])
         self._digest: bytes | None = digest
         #: The header's hash of the index (format 4: and of the header's fields): what
         #: a checkpoint records beside the name, so that the table it opens under that
@@ -544,36 +548,51 @@ class Table:
         """
         if self._digest is None:
             return
+        self.read_index()
+        self._digest = None
+
+    def read_index(self) -> bytes:
+        """The index as read now, checked against the header's hash (the one the
+        checkpoint recorded): give it to :meth:`load_index`, which parses these bytes
+        and no others. Why: the index was hashed at open and read again, unchecked, by
+        the first lookup, so one rewritten in between (with blocks and digests to
+        match) was believed.
+
+        Raises:
+            CorruptCheckpointError: it is damaged.
+        """
         at, length = self._index
+        index = self._read(at, length)
         # Format 4 hashes the header's fields with the index: a header that lies (its
         # format, block size, count or offsets) is refused as a damaged index is.
-        hasher = (
-            blake3.blake3(self._read(0, _PREFIX.size)) if self._format >= 4 else blake3.blake3()
-        )
-        hasher.update(self._read(at, length))
-        if hasher.digest() != self._digest:
+        hasher = blake3.blake3(self._prefix) if self._format >= 4 else blake3.blake3()
+        hasher.update(index)
+        if hasher.digest() != self.index_digest:
             raise CorruptCheckpointError(f"table {self.name}: its index is damaged")
-        self._digest = None
+        return index
 
     @property
     def indexed(self) -> bool:
         """True once its index is in memory (a lookup does not read it first)."""
         return bool(self._starts) or not self._count
 
-    def load_index(self, pace: Callable[[], None] = _no_pace) -> None:
-        """Read the verified index into memory now (once), calling ``pace`` every
-        :data:`_INDEX_PACE` blocks. Why: a table's first lookup reads it otherwise, a
-        Python loop over every block (5 to 17 ms for 100,000 keys): the writer of a
-        table calls this in its worker thread, so that no put waits for it."""
-        self._load_index(pace)
+    def load_index(self, pace: Callable[[], None] = _no_pace, index: bytes | None = None) -> None:
+        """Read the index into memory now (once), calling ``pace`` every
+        :data:`_INDEX_PACE` blocks: ``index`` as :meth:`read_index` returned it, else
+        read and checked here. Why: a table's first lookup reads it otherwise, a Python
+        loop over every block (5 to 17 ms for 100,000 keys): the writer of a table
+        does this beside the puts, so that no put waits for it."""
+        self._load_index(pace, index)
 
-    def _load_index(self, pace: Callable[[], None] = _no_pace) -> None:
-        """Read the verified index into memory (once)."""
-        self.verify()
+    def _load_index(self, pace: Callable[[], None] = _no_pace, index: bytes | None = None) -> None:
+        """Read the index into memory (once), parsing only bytes checked against its
+        hash (see :meth:`read_index`)."""
         if self._starts or not self._count:
             return
-        at, length = self._index
-        index = self._read(at, length)
+        if index is None:
+            index = self.read_index()
+        self._digest = None
+        length = len(index)
         firsts, starts, digests = [], [], []
         with_digests = self._format >= 5
         pos = 0

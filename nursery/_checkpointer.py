@@ -411,8 +411,7 @@ def _ready(table: Table, slicer: Slicer) -> Table:
     """``table`` with its index checked (in a worker thread: a hash of megabytes) and
     read (in slices): a put's lookup would read it on the event loop otherwise (see
     :meth:`Table.load_index`)."""
-    slicer.offload(table.verify)
-    table.load_index(slicer)
+    table.load_index(slicer, slicer.offload(table.read_index))
     return table
 
 

@@ -236,3 +236,18 @@ def test_an_entry_rewritten_in_place_with_a_fresh_crc32_is_refused_by_its_block_
     with pytest.raises(CorruptCheckpointError, match="not what its index says"):
         list(table.entries())  # what a merge or a scan reads
     assert table.get("users", "u099") == b"value-099"  # other blocks still answer
+
+
+def test_an_index_rewritten_between_the_open_check_and_the_first_lookup_is_refused() -> None:
+    """The open hashes a table's index; its first lookup read it again, unchecked. A
+    whole forged table (a key's value changed, every crc32, block digest and the index
+    made to match) written over the file in between was believed."""
+    model = {("users", f"u{i:03}"): b"value-%03d" % i for i in range(100)}
+    pieces = _pieces(model)
+    data = bytearray(b"".join(pieces))
+    table = Table(data, table_name(pieces), lambda at, n: bytes(data[at : at + n]))
+    table.verify()  # the open's check
+    forged = _pieces(model | {("users", "u042"): b"forged-42"})
+    data[:] = b"".join(forged)  # the same size: every offset alike
+    with pytest.raises(CorruptCheckpointError, match="its index is damaged"):
+        table.get("users", "u042")
