@@ -147,6 +147,10 @@ class MemoryStore:
     def read_file(self, name: str) -> bytes | None:
         return self._files.get(name)
 
+    def read_range(self, name: str, offset: int, size: int) -> bytes | None:
+        data = self._files.get(name)
+        return None if data is None else data[offset : offset + size]
+
     def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         self._files[name] = b"".join(parts)
 

@@ -224,6 +224,11 @@ class LogStore(Protocol):
         """A small named file's content, or None if absent."""
         ...
 
+    def read_range(self, name: str, offset: int, size: int) -> bytes | None:
+        """Up to ``size`` bytes of a named file from ``offset`` (fewer at its end), or
+        None if absent: a file of known size read without trusting its length."""
+        ...
+
     def write_file(self, name: str, *parts: bytes | memoryview) -> None:
         """Replace a named file atomically and durably with the concatenation of
         ``parts`` (pieces, so a large file never needs one big buffer)."""

@@ -464,7 +464,6 @@ class Table:
         "_block_size",
         "_count",
         "_data",
-        "_digest",
         "_dir_hashes",
         "_dir_offsets",
         "_end",
@@ -477,6 +476,7 @@ class Table:
         "_read",
         "_release",
         "_starts",
+        "_verified",
         "index_digest",
         "name",
         "size",
@@ -517,7 +517,8 @@ class Table:
         #: The header's fields as read here: what the index's hash covers with it (the
         #: ones this table goes by, not the file's header read again later).
         self._prefix = bytes(data[: _PREFIX.size])
-        self._digest: bytes | None = digest
+        #: Whether the index was checked against ``index_digest`` (see verify).
+        self._verified = False
         #: The header's hash of the index (format 4: and of the header's fields): what
         #: a checkpoint records beside the name, so that the table it opens under that
         #: name is known to be the one it wrote without reading it whole (see
@@ -546,10 +547,9 @@ class Table:
         Raises:
             CorruptCheckpointError: it is damaged.
         """
-        if self._digest is None:
-            return
-        self.read_index()
-        self._digest = None
+        if not self._verified:
+            self.read_index()
+            self._verified = True
 
     def read_index(self) -> bytes:
         """The index as read now, checked against the header's hash (the one the
@@ -591,7 +591,7 @@ class Table:
             return
         if index is None:
             index = self.read_index()
-        self._digest = None
+        self._verified = True
         length = len(index)
         firsts, starts, digests = [], [], []
         with_digests = self._format >= 5
@@ -726,8 +726,6 @@ class Table:
             i = bisect_left(hashes, h)
             if i == len(hashes) or hashes[i] != h:
                 return None
-            if self._block_digests:  # format 5: its block read, checked against its digest
-                return self._entry_in_block(i, probe)
             return self._entry_at(i, probe)
         bits = self._filter_bits
         if bits:
@@ -750,64 +748,48 @@ class Table:
 
     def _entry_at(self, i: int, probe: KeyProbe) -> bytes | None:
         """The value of ``probe`` from the entries the directory lists from ``i`` on
-        under its hash: the first whose key is the probe's, read alone (one short
-        ``pread``) and checked against its crc32. Anything else (a hash shared with
-        another key, or damage) is settled by the block the key would be in, walked
-        with every entry checked: the directory only ever saves work, it never
-        decides an answer alone."""
+        under its hash: the first whose key is the probe's (see :meth:`_entry_bytes`),
+        checked against its crc32. Anything else (a hash shared with another key, or
+        damage) is settled by the block the key would be in, walked with every entry
+        checked: the directory only ever saves work, it never decides an answer alone."""
         hashes, offsets = self._dir_hashes, self._dir_offsets
         assert hashes is not None
         _, pattern, h = probe
         skip = 4 + len(pattern)
-        end = self._end
         n = len(hashes)
         while i < n and hashes[i] == h:
             at = offsets[i]
-            if _HEAD.size <= at < end:
-                data = self._read(at, min(skip + 4 + _GUESS, end - at))
-                if data.startswith(pattern, 4):
-                    if len(data) < skip + 4:
+            if _HEAD.size <= at < self._end:
+                data, p = self._entry_bytes(at, skip)
+                if data.startswith(pattern, p + 4):
+                    if len(data) < p + skip + 4:
                         break  # cut short: the checked walk says where
-                    nxt = skip + 4 + _U32.unpack_from(data, skip)[0]
-                    if len(data) < nxt <= end - at:
-                        data = self._read(at, nxt)
+                    nxt = p + skip + 4 + _U32.unpack_from(data, p + skip)[0]
                     if (
                         nxt <= len(data)
-                        and zlib.crc32(memoryview(data)[4:nxt]) == _CRC.unpack_from(data, 0)[0]
+                        and zlib.crc32(memoryview(data)[p + 4 : nxt])
+                        == _CRC.unpack_from(data, p)[0]
                     ):
-                        return data[skip + 4 : nxt]
+                        return data[p + skip + 4 : nxt]
                     break  # damaged: the checked walk says where
             i += 1
         return self._in_block(probe)
 
-    def _entry_in_block(self, i: int, probe: KeyProbe) -> bytes | None:
-        """:meth:`_entry_at` of format 5: the entry the directory names is taken from
-        its block, read whole (one ``pread``) and checked against the block's digest,
-        at the offset the directory gives (no walk); anything else is settled as
-        there."""
-        hashes, offsets = self._dir_hashes, self._dir_offsets
-        assert hashes is not None
-        _, pattern, h = probe
-        skip = 4 + len(pattern)
-        starts, n = self._starts, len(hashes)
-        while i < n and hashes[i] == h:
-            at = offsets[i]
-            if _HEAD.size <= at < self._end:
-                b = bisect_right(starts, at) - 1
-                block = self._block_bytes(b)
-                p = at - starts[b]
-                if block.startswith(pattern, p + 4):
-                    if len(block) >= p + skip + 4:
-                        nxt = p + skip + 4 + _U32.unpack_from(block, p + skip)[0]
-                        if (
-                            nxt <= len(block)
-                            and zlib.crc32(memoryview(block)[p + 4 : nxt])
-                            == _CRC.unpack_from(block, p)[0]
-                        ):
-                            return block[p + skip + 4 : nxt]
-                    break  # damaged: the checked walk says where
-            i += 1
-        return self._in_block(probe)
+    def _entry_bytes(self, at: int, skip: int) -> tuple[bytes, int]:
+        """Bytes holding the entry at offset ``at`` (whose key takes ``skip`` bytes after
+        its crc32), and where in them it starts. Format 5: its block, read whole (one
+        ``pread``) and checked against the block's digest. Before: the entry alone, one
+        short ``pread`` (a second one for a value longer than the guess)."""
+        if self._block_digests:
+            b = bisect_right(self._starts, at) - 1
+            return self._block_bytes(b), at - self._starts[b]
+        room = self._end - at
+        data = self._read(at, min(skip + 4 + _GUESS, room))
+        if len(data) >= skip + 4:
+            nxt = skip + 4 + _U32.unpack_from(data, skip)[0]
+            if len(data) < nxt <= room:
+                data = self._read(at, nxt)
+        return data, 0
 
     def _block_bytes(self, b: int) -> bytes:
         """Block ``b``'s bytes, read with one ``pread``; in format 5 checked against its

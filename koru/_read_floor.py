@@ -53,7 +53,10 @@ def save_read_floor(store: LogStore, key: Identity, floor: int) -> None:
 def load_read_floor(store: LogStore, public_key: bytes | None) -> int:
     """The floor saved by :func:`save_read_floor` if ``public_key`` (the node key's)
     signed it for this node, else 0 (with a warning for a file that is there but does
-    not count)."""
+    not count; none for a handle that cannot read the key: a reader of another user's
+    database)."""
+    if public_key is None:
+        return 0
     floor, problem = check_read_floor(store, public_key)
     if problem is not None:
         _log.warning("koru: the read floor is ignored: %s", problem)
@@ -64,7 +67,9 @@ def check_read_floor(store: LogStore, public_key: bytes | None) -> tuple[int, st
     """(the floor saved, or 0; why a file that is there does not count, or None)."""
     node = store.node_id
     try:
-        data = store.read_file(READ_FLOOR_FILE)
+        # One byte past a floor's size: a longer file (of any size) is told without
+        # reading it all.
+        data = store.read_range(READ_FLOOR_FILE, 0, _FLOOR_SIZE + _SIGNATURE_SIZE + 1)
     except KoruError as exc:
         return 0, str(exc)
     if data is None:

@@ -119,7 +119,7 @@ async def _floor_written(path: Path) -> tuple[SettableClock, int]:
     return clock, v.expires
 
 
-@pytest.mark.parametrize("damage", ["flipped", "cut", "other node's"])
+@pytest.mark.parametrize("damage", ["flipped", "cut", "padded", "other node's"])
 async def test_a_read_floor_not_signed_by_the_databases_node_key_is_ignored(
     tmp_path: Path, damage: str
 ) -> None:
@@ -138,6 +138,8 @@ async def test_a_read_floor_not_signed_by_the_databases_node_key_is_ignored(
         floor_file.write_bytes(ahead.to_bytes(8, "big") + data[8:])
     elif damage == "cut":
         floor_file.write_bytes(data[:40])
+    elif damage == "padded":  # a valid floor, and more after it
+        floor_file.write_bytes(data + b"\0" * 100_000)
     else:
         other = tmp_path / "other"
         await _floor_written(other)
