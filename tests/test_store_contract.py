@@ -1115,3 +1115,32 @@ def test_records_takes_a_whole_last_record_that_does_not_link_for_damage(
         assert _refusal(path).position == 4
     finally:
         writer.close()
+
+
+def test_os_disk_allocates_by_writing_zeros(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OsDisk.allocate`` writes zeros over the range rather than reserving it with
+    ``posix_fallocate``: an fdatasync after a write into blocks that already hold zeros
+    commits no extent conversion through the journal (the sync of a group-commit round
+    was 0.23 ms there, 0.13 ms here). The file grows to cover the range, the bytes
+    before it are left alone, and a range longer than the shared block of zeros is
+    filled whole."""
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("posix_fallocate called")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    disk = OsDisk()
+    fd = disk.open(str(tmp_path / "f"), os.O_RDWR | os.O_CREAT)
+    try:
+        disk.pwrite(fd, b"data", 0)
+        disk.allocate(fd, 4, 1000)
+        assert disk.size(fd) == 1004
+        disk.allocate(fd, 1004, 3 << 20)  # longer than the shared block
+        assert disk.size(fd) == 1004 + (3 << 20)
+        content = disk.pread(fd, disk.size(fd), 0)
+        assert content[:4] == b"data"
+        assert content.count(0) == len(content) - 4
+    finally:
+        disk.close(fd)
