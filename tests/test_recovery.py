@@ -1436,6 +1436,45 @@ async def test_failed_write_is_fatal_and_its_torn_record_is_cut(
     assert full_replay(path)[1].count == 6
 
 
+class _FullWhileAllocating(OsDisk):
+    """A disk that runs out of space while the store allocates ahead: half the zeros
+    land, then ENOSPC."""
+
+    full = False
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        if not self.full:
+            super().allocate(fd, offset, length)
+            return
+        super().allocate(fd, offset, length // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("sync", ["always", "os"])
+async def test_a_full_disk_while_allocating_ahead_is_fatal_and_loses_nothing_acknowledged(
+    tmp_path: Path, sync: str
+) -> None:
+    """The space ahead of the data is allocated by writing zeros; a disk that fills up
+    half way through them fails the write that needed them (DurabilityError, the handle
+    dead), and the database reopens with every acknowledged write and nothing else."""
+    path = tmp_path / "db"
+    disk = _FullWhileAllocating()
+    acked: list[koru.Version] = []
+    async with koru.open(path, sync=sync, disk=disk) as db:
+        for i in range(3):
+            acked.append(await db.put(NS, f"k{i}", "x" * 10_000))
+        disk.full = True
+        with pytest.raises(DurabilityError):
+            for i in range(3, 100):  # 256 KiB allocated at a time: one of these crosses
+                acked.append(await db.put(NS, f"k{i}", "x" * 10_000))
+        await assert_dead(db)
+    async with koru.open(path) as db:
+        for version in acked:
+            assert (await db.get_versioned(NS, version.key)).write_id == version.write_id
+        assert len(await db.keys(NS)) == len(acked)
+    assert full_replay(path)[1].count == len(acked)
+
+
 async def test_acknowledged_only_after_the_fsync_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
