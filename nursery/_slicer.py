@@ -59,14 +59,32 @@ class Slicer:
     :meth:`offload` calls the function at once, so the same code runs unsliced anywhere.
     """
 
-    __slots__ = ("_greenlet", "_since", "budget", "longest", "offloads", "pauses", "shortest")
+    __slots__ = (
+        "_greenlet",
+        "_since",
+        "_timer",
+        "budget",
+        "longest",
+        "offloads",
+        "pauses",
+        "shortest",
+    )
 
-    def __init__(self, shortest: float = SHORTEST, longest: float = LONGEST) -> None:
+    def __init__(
+        self,
+        shortest: float = SHORTEST,
+        longest: float = LONGEST,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.shortest, self.longest = shortest, max(shortest, longest)
         #: The current slice's length (see SHORTEST).
         self.budget = shortest
+        #: What slices and turns are timed by: the CPU's time as it passes, not the
+        #: database's clock (a slice is a share of the loop, not a moment of the
+        #: simulated world); tests give a timer they move by hand.
+        self._timer = timer
         self._greenlet: greenlet.greenlet | None = None
-        self._since = time.perf_counter()
+        self._since = timer()
         #: Turns given to the loop, and calls run in a worker thread, so far.
         self.pauses = 0
         self.offloads = 0
@@ -74,13 +92,13 @@ class Slicer:
     def __call__(self) -> None:
         """A point where the work may stop for the loop: it does once its slice has run
         ``budget`` seconds (see :data:`SHORTEST`)."""
-        if time.perf_counter() - self._since < self.budget:
+        if self._timer() - self._since < self.budget:
             return
         running = self._greenlet
         if running is not None and greenlet.getcurrent() is running:
             _loop_of(running).switch(_TURN)
             self.pauses += 1
-        self._since = time.perf_counter()
+        self._since = self._timer()
 
     def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, run in a worker thread while the loop goes on (the work waits
@@ -90,7 +108,7 @@ class Slicer:
             return fn(*args)
         self.offloads += 1
         result: T = _loop_of(running).switch((fn, args))
-        self._since = time.perf_counter()
+        self._since = self._timer()
         return result
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -104,15 +122,16 @@ class Slicer:
             raise RuntimeError("a Slicer runs one function at a time")
         work = greenlet.greenlet(_protected(fn))
         self._greenlet = work
-        self._since = time.perf_counter()
+        timer = self._timer
+        self._since = timer()
         try:
             with trio.CancelScope(shield=True):
                 request = work.switch(*args)
                 while not work.dead:
                     if request is _TURN:
-                        began = time.perf_counter()
+                        began = timer()
                         await trio.lowlevel.checkpoint()
-                        if time.perf_counter() - began > _BUSY_TURN:
+                        if timer() - began > _BUSY_TURN:
                             self.budget = self.shortest
                         else:
                             self.budget = min(self.budget * 2, self.longest)
