@@ -57,3 +57,4 @@ async def test_the_same_readers_of_an_intact_log_beside_its_checkpoint_read_it_a
     ran = kdelta(path, "--json", "events", "--agent", "storage")
     assert ran.code == 0 and len(ran.lines()) == 301
     assert set(AGENTS) >= set(result.events)
+    assert result.events["storage"] == 301  # every put, the one past the checkpoint too
