@@ -12,8 +12,12 @@ sequence it belongs to:
   another event, is a **fork**: the origin (or someone speaking for it) wrote two
   histories. It is refused, reported and counted, never folded;
 - one further ahead is held back in memory until the events before it arrive (a feed is
-  never folded out of order), up to a bound; past it, it is refused as a gap, and the
-  sender can offer it again later.
+  never folded out of order), up to a bound; past it, the events held longest make room
+  (refused as gaps, reported in the call that evicts them: the sender can offer them
+  again later). Why the longest held: a gap an honest sender leaves closes soon, so
+  what waits longest is mostly what nobody will complete (a peer that fills the room
+  with gaps it never closes); refusing the newcomer instead let such a peer stop every
+  later out-of-order event from being held, until the database was reopened.
 
 Every event's timestamp moves this node's hybrid logical clock forward, so that what
 this node writes next is ordered after what it has seen; a timestamp too far ahead of
@@ -103,7 +107,7 @@ class Ingest:
 
     def take_report(self) -> list[Refused]:
         """The refusals since the last call (also of held events released, and refused,
-        by a later event)."""
+        by a later event, or evicted to make room for one)."""
         report, self._report = self._report, []
         return report
 
@@ -186,13 +190,24 @@ class Ingest:
                 return None
             return self._fork(feed, item.eid, f"another event {seq} of its feed is held")
         cost = len(item.data) + _HELD_COST
-        if len(self._held) >= MAX_HELD_EVENTS or self._held_bytes + cost > MAX_HELD_BYTES:
+        if cost > MAX_HELD_BYTES or MAX_HELD_EVENTS < 1:
             return self._refuse(
                 item.eid,
                 f"a gap: event {seq} of its feed, {expected} expected, and no room "
                 "to hold it; offer it again after the events before it",
             )
-        self._held[slot] = item
+        held = self._held
+        while len(held) >= MAX_HELD_EVENTS or self._held_bytes + cost > MAX_HELD_BYTES:
+            # The room is full: the event held longest makes room (see the module doc).
+            (old_feed, old_seq), old = next(iter(held.items()))
+            del held[(old_feed, old_seq)]
+            self._held_bytes -= len(old.data) + _HELD_COST
+            self._refuse(
+                old.eid,
+                f"a gap: event {old_seq} of its feed was held longest without the events "
+                "before it, and made room for a newer one; offer it again after them",
+            )
+        held[slot] = item
         self._held_bytes += cost
         return None
 

@@ -223,6 +223,40 @@ async def test_forks_are_refused_and_reported(caplog: pytest.LogCaptureFixture) 
         assert await c.get("n", "k") == 2
 
 
+async def test_gaps_nobody_closes_do_not_stop_later_events_from_being_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that fills the room for held events with gaps it never closes (events 2
+    to 4 of a feed whose event 1 never comes): the events held longest make room, so an
+    honest feed's events delivered out of order are still held, and taken once their
+    gap closes. (The newcomer used to be refused instead, every later one too, until
+    the database was reopened.) The junk evicted is reported as refused gaps."""
+    monkeypatch.setattr(_ingest, "MAX_HELD_EVENTS", 3)
+    junk: list[bytes] = []
+    prev = bytes(32)
+    for seq in range(2, 5):
+        event = PutEvent(b"j" * 16, STORAGE, seq, prev, 10**18, "n", "junk", b"\x01", None)
+        junk.append(encode_event(event))
+        prev = event_id(junk[-1])
+    async with (
+        koru.open(koru.MEMORY, seed=1, clock=StepClock(start=10**18)) as a,
+        koru.open(koru.MEMORY, seed=2, clock=StepClock(start=10**18)) as b,
+    ):
+        for i in range(3):
+            await a.put("n", "k", i)
+        e1, e2, e3 = await all_events(a)
+        flooded = await b.ingest(junk)
+        assert (flooded.accepted, flooded.held, flooded.refused) == (0, 3, ())
+        result = await b.ingest([e3, e2])  # out of order: held, the oldest junk evicted
+        assert (result.accepted, result.held) == (0, 3)
+        evicted = [event_id(j).hex() for j in junk[:2]]
+        assert [r.event_id for r in result.refused] == evicted
+        assert all("gap" in r.reason and not r.fork for r in result.refused)
+        result = await b.ingest([e1])  # closes the gap: all three taken, in order
+        assert (result.accepted, result.held, result.refused) == (3, 1, ())
+        assert [v.value for v in await b.history("n", "k")] == [0, 1, 2]
+
+
 def craft(**fields: Any) -> bytes:
     """A put event of origin 16 x "o" with some fields replaced (raw, unchecked)."""
     body = {"namespace": "n", "key": "k", "value": cbor2.dumps(1), "previous": None}
