@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-import blake3
 import trio
 
 from koru.events import (
@@ -41,6 +40,7 @@ from koru.projections import (
     QueryPlan,
     TierState,
     VectorState,
+    state_digest,
 )
 from koru.projections._indexes import Indexes
 from koru.projections._kv import LAST_CID, LAST_PLACE, PLACE, TOMBSTONE
@@ -904,10 +904,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         """One hash of the whole state (hex): equal on every node holding the same
         events, whatever order they arrived in."""
         await self._life.enter()
-        state = b"koru-delta/digest/v1" + self._kv.digest()
-        if self._vector_state.spaces:  # embeddings too (a database without keeps its digest)
-            state += self._vector_state.digest()
-        return blake3.blake3(state).hexdigest()
+        return state_digest(self._kv, self._vector_state)
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
         """Keys whose current value expires within ``within`` seconds from now (already

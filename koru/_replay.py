@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-import blake3
-
 from koru.events import (
     AGENTS,
     STORAGE,
@@ -23,7 +21,7 @@ from koru.events import (
     PutRun,
     RunDecoder,
 )
-from koru.projections import KvState, Projections
+from koru.projections import KvState, Projections, VectorState, state_digest
 
 from ._loader import BUILTIN_PROJECTIONS, proven_cursors
 from ._time import to_ns
@@ -117,9 +115,9 @@ def replay(
                 events[agent] = folded
     finally:
         store.close()
-    kv = projections["kv"]
-    assert isinstance(kv, KvState)
-    digest = blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
+    kv, vectors = projections["kv"], projections["vectors"]
+    assert isinstance(kv, KvState) and isinstance(vectors, VectorState)
+    digest = state_digest(kv, vectors)
     namespaces = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
     return ReplayResult(
         digest, events, last, kv.live, kv.key_count() - kv.live, kv.versions, namespaces

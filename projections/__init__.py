@@ -21,6 +21,7 @@ from ._checkpoint import decode_checkpoint as decode_checkpoint
 from ._checkpoint import encode_captured as encode_captured
 from ._checkpoint import open_tables as open_tables
 from ._checkpoint import table_names as table_names
+from ._digest import state_digest as state_digest
 from ._feeds import CHUNK as CHUNK
 from ._feeds import FeedState as FeedState
 from ._filters import F as F
@@ -99,4 +100,5 @@ __all__ = [
     "Hit",
     "OldVersion",
     "VectorState",
+    "state_digest",
 ]

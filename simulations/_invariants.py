@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import blake3
+from koru.projections import state_digest as _state_digest
 
 from ._grants import Use, allowed
 from ._workload import Op
@@ -301,12 +301,8 @@ def _contents(projections: Any) -> dict[str, Any]:
 
 
 def state_digest(projections: Any) -> str:
-    """``Database.digest()`` of projections rebuilt outside a database (its formula)."""
-    state = b"koru-delta/digest/v1" + projections["kv"].digest()
-    vectors = projections["vectors"]
-    if vectors.spaces:
-        state += vectors.digest()
-    return blake3.blake3(state).hexdigest()
+    """``Database.digest()`` of projections rebuilt outside a database."""
+    return _state_digest(projections["kv"], projections["vectors"])
 
 
 def _canonical(value: Any) -> Any:

@@ -128,3 +128,26 @@ async def test_replay_folds_runs_to_the_state_of_the_event_by_event_fold(
         at = koru.replay(path, until=stamp)
         assert at.digest == reference_replay(path, stamp, None), stamp
         assert at.last_timestamp <= stamp
+
+
+def test_replay_of_a_database_with_embeddings_gives_its_digest(tmp_path: Path) -> None:
+    """The digest covers the embeddings too: a replay reported the key/value state's
+    alone, a digest no database holding the same events would give (found by the
+    public-API fuzz, tests/test_api_fuzz.py). The command line prints the same."""
+    path = tmp_path / "db"
+
+    async def write() -> str:
+        async with koru.open(path, sync="os", processes=False) as db:
+            await db.put("n", "k", 1)
+            await db.embed("docs", "a", [1.0, 0.0, 2.0])
+            await db.embed("docs", "b", [0.5, 1.5, 0.0])
+            await db.delete_embedding("docs", "a")
+            return await db.digest()
+
+    digest = trio.run(write)
+    assert koru.replay(path).digest == digest
+    ran = subprocess.run(
+        [KDELTA, "--db", str(path), "--json", "replay"], capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["digest"] == digest
