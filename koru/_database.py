@@ -928,7 +928,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         """The database's genome now: about a kilobyte (``to_bytes()``) that verifies a
         backup or a restored replica with :func:`koru.verify_genome`."""
         await self._life.enter()
-        return genome_of(self._store, self._kv, self._feeds, self._node, self._writer.hlc.last)
+        return genome_of(
+            self._store,
+            self._kv,
+            self._vector_state,
+            self._feeds,
+            self._node,
+            self._writer.hlc.last,
+        )
 
     async def processes(self) -> list[ProcessInfo]:
         """The background processes (name, state, interval, runs, failures, restarts,

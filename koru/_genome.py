@@ -25,7 +25,7 @@ from koru.events import (
     LogStore,
     refuse_tags,
 )
-from koru.projections import FeedState, KvState
+from koru.projections import FeedState, KvState, VectorState, state_digest
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -105,7 +105,9 @@ def _heads(feeds: FeedState) -> tuple[str, int]:
     return hasher.hexdigest(), len(feeds.heads)
 
 
-def genome_of(store: LogStore, kv: KvState, feeds: FeedState, node: bytes, hlc: int) -> Genome:
+def genome_of(
+    store: LogStore, kv: KvState, vectors: VectorState, feeds: FeedState, node: bytes, hlc: int
+) -> Genome:
     """The genome of a database's state (its projections and its store's logs)."""
     counts = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
     summary = blake3.blake3(cbor2.dumps(sorted(counts.items()), canonical=True)).hexdigest()
@@ -119,7 +121,7 @@ def genome_of(store: LogStore, kv: KvState, feeds: FeedState, node: bytes, hlc: 
     return Genome(
         node.hex(),
         hlc,
-        blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest(),
+        state_digest(kv, vectors),  # (Database.digest())
         heads,
         n_feeds,
         kv.live,

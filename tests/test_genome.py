@@ -154,3 +154,17 @@ async def test_a_readonly_database_runs_no_processes(tmp_path: Path) -> None:
         ]
     async with koru.open(tmp_path / "db", readonly=True) as db:
         assert await db.processes() == []
+
+
+async def test_the_genomes_state_digest_covers_the_embeddings() -> None:
+    """The genome's state digest is the database's: with embeddings, it took the
+    key/value state's alone, so a replica whose embeddings differed verified as exact."""
+    async with koru.open(koru.MEMORY) as db, koru.open(koru.MEMORY) as other:
+        for handle in (db, other):
+            await handle.put("n", "k", 1)
+        assert (await db.genome()).digest == await db.digest()
+        await db.embed("docs", "a", [1.0, 2.0])
+        await other.embed("docs", "a", [2.0, 1.0])
+        genome = await db.genome()
+        assert genome.digest == await db.digest()
+        assert genome.digest != (await other.genome()).digest
