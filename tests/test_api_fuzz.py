@@ -20,7 +20,7 @@ import trio
 
 import koru
 from koru._remote_codec import pack
-from koru._serving import DATABASE_CALLS
+from koru._serving import DATABASE_CALLS, SPACE_CALLS
 
 #: Calls that take over the handle or the connection (serving, syncing, streams) or
 #: end it: exercised by their own tests.
@@ -71,7 +71,7 @@ def _is_arity(exc: TypeError) -> bool:
     return "argument" in text and any(w in text for w in ("missing", "positional", "keyword"))
 
 
-async def _call_locally(db: koru.Database, method: str, rng: random.Random) -> None:
+async def _call_locally(db: Any, method: str, rng: random.Random) -> None:
     fn = getattr(db, method)
     params = inspect.signature(fn).parameters.values()
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -114,6 +114,25 @@ async def test_every_call_with_bad_arguments_raises_a_koru_error_locally(
     async with koru.open(path) as db:
         assert await db.digest() == digest
     assert koru.replay(path).digest == digest  # every record replayed, every projection
+
+
+async def test_every_call_of_a_workspace_with_bad_arguments_raises_a_koru_error(
+    tmp_path: Path,
+) -> None:
+    """The same for a workspace's handle (the calls a space answers)."""
+    rng = random.Random(7)
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os") as db:
+        space = db.workspace("w")
+        await space.put("n", "k", {"a": 1})
+        for _ in range(1500):
+            await _call_locally(space, rng.choice(sorted(SPACE_CALLS - _SKIP)), rng)
+        await space.put("fresh", "z", 5)
+        assert await space.get("fresh", "z") == 5
+        digest = await db.digest()
+    async with koru.open(path) as db:
+        assert await db.digest() == digest
+    assert koru.replay(path).digest == digest
 
 
 @pytest.mark.parametrize("seed", [1, 2])
