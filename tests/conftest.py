@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import blake3
 import pytest
 import trio
 from hypothesis import settings
@@ -15,7 +14,7 @@ from hypothesis import settings
 import koru
 from koru._loader import load
 from koru.events import Cursor, FileStore
-from koru.projections import KvState
+from koru.projections import KvState, VectorState, state_digest
 
 # Timing deadlines only make property tests flaky on a shared 2-core machine; the
 # benchmarks measure speed.
@@ -77,7 +76,7 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]]) -> None:
 
 def digest_of(kv: KvState) -> str:
     """``Database.digest()`` of a state rebuilt outside a Database (the same formula)."""
-    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
+    return state_digest(kv, VectorState())  # (no embeddings: the key/value state alone)
 
 
 def full_replay(path: Path, agent: str = "storage") -> tuple[KvState, Cursor]:

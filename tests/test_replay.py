@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import blake3
 import pytest
 import trio
 
@@ -83,7 +82,7 @@ def reference_replay(path: Path, until: int | None, position: int | None) -> str
     folded runs): the run fold must reach the very same state."""
     from koru._loader import BUILTIN_PROJECTIONS
     from koru.events import AGENTS, STORAGE, FileStore, decode_trusted
-    from koru.projections import KvState, Projections
+    from koru.projections import KvState, Projections, VectorState, state_digest
 
     store = FileStore(path, readonly=True)
     try:
@@ -97,9 +96,9 @@ def reference_replay(path: Path, until: int | None, position: int | None) -> str
                     projections.apply(event, record.event_id, record.location)
     finally:
         store.close()
-    kv = projections["kv"]
-    assert isinstance(kv, KvState)
-    return blake3.blake3(b"koru-delta/digest/v1" + kv.digest()).hexdigest()
+    kv, vectors = projections["kv"], projections["vectors"]
+    assert isinstance(kv, KvState) and isinstance(vectors, VectorState)
+    return state_digest(kv, vectors)
 
 
 async def test_replay_folds_runs_to_the_state_of_the_event_by_event_fold(
