@@ -31,12 +31,14 @@ from koru.events import Grant as _Grant
 from ._authority import Authority, public_key_of
 from ._identity import Identity, check_difficulty
 from ._nodekey import NODE_KEY_FILE
+from ._seal_marks import seal_marks
 from ._sessions import DEFAULT_SESSION_TTL, Challenge, Response, Session, Sessions
 from ._time import to_ns
 from ._types import IngestResult
 
 if TYPE_CHECKING:
     from koru.events import LogStore
+    from koru.projections import FeedState
 
     from ._authorized import AuthorizedDatabase
     from ._lifecycle import Lifecycle
@@ -70,6 +72,7 @@ class AuthCalls:
 
     _life: Lifecycle
     _store: LogStore
+    _feeds: FeedState
     _writer: Writer
     _authority: Authority
     _sessions: Sessions
@@ -301,7 +304,16 @@ class AuthCalls:
         await self._life.enter_write()
         heads = self._authority.own_heads()
         await self._writer.settle()  # everything up to those heads is now durable
-        if not self._authority.emit_seal(self._writer.emit, heads):
+        # Points inside long unsealed stretches too: a peer can hold only so many
+        # events waiting for their proof (see koru._seal_marks).
+        marks = await seal_marks(
+            heads,
+            self._authority.state.sealed_to,
+            self._feeds.location,
+            self._store.read,
+            self._life.check,
+        )
+        if not self._authority.emit_seal(self._writer.emit, heads, marks):
             return False
         await self._writer.acknowledge()
         return True

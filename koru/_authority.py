@@ -18,10 +18,12 @@ authority), and sealing this node's feeds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from koru.events import (
     IDENTITY,
+    MAX_SEAL_POINTS,
     READ,
     AuthError,
     Event,
@@ -334,22 +336,37 @@ class Authority:
         return points
 
     def emit_seal(
-        self, emit: Emit, heads: Mapping[tuple[bytes, str], tuple[int, bytes]] | None = None
+        self,
+        emit: Emit,
+        heads: Mapping[tuple[bytes, str], tuple[int, bytes]] | None = None,
+        marks: Mapping[tuple[bytes, str], list[tuple[int, bytes]]] | None = None,
     ) -> bool:
         """Append a seal over this node's unsealed feed heads (of ``heads``, default
-        the current ones); False if none."""
+        the current ones), naming ``marks`` too (points below the heads: see
+        koru._seal_marks); False if none. Over ``MAX_SEAL_POINTS`` points take more
+        than one seal, in order."""
         node = self.node
         if node.node_id != self._node_id.hex():
             raise AuthError("this node's key does not derive its node id: it cannot seal")
-        points = tuple(self.unsealed(heads))
+        points = self.unsealed(heads)
         if not points:
             return False
+        if marks:
+            sealed = self.state.sealed_to
+            points += [
+                SealPoint(agent, seq, eid)
+                for (origin, agent), found in marks.items()
+                for seq, eid in found
+                if seq > sealed.get((origin, agent), 0)
+            ]
+            points.sort(key=lambda p: (agent_index(p.agent), p.seq))
 
-        def build(header: Header) -> Event:
-            unsigned = SealEvent(*header, node.public_key, points, b"")
+        def build(group: tuple[SealPoint, ...], header: Header) -> Event:
+            unsigned = SealEvent(*header, node.public_key, group, b"")
             return unsigned._replace(signature=node.sign(unsigned.message()))
 
-        emit(IDENTITY, build)
+        for start in range(0, len(points), MAX_SEAL_POINTS):
+            emit(IDENTITY, partial(build, tuple(points[start : start + MAX_SEAL_POINTS])))
         return True
 
 

@@ -272,6 +272,8 @@ class PeerProtocol:
         #: This node's identity feed goes first of all: the identities and grants it
         #: stored for the nodes it met are what make their feeds acceptable.
         self._first: Feed | None = None if own is None else (own, _IDENTITY_AGENT)
+        #: The feed the last push came from: the next continues it (see next_push).
+        self._pushing: Feed | None = None
         self._heads = heads
         self._state = _State.AUTH if server else _State.HELLO
         self._opened_at = now
@@ -696,7 +698,11 @@ class PeerProtocol:
     def next_push(self) -> tuple[Feed, int, int] | None:
         """The next range of events to send ``(feed, after, upto)``, or None (nothing
         queued, or the window is full). Identity feeds go first: their seals and
-        statements are what prove the rest."""
+        statements are what prove the rest. Then one feed at a time, each to the end of
+        what is queued of it: the peer holds what it cannot prove yet waiting, in a
+        bounded room, and feeds pushed side by side, each short of its sealed point,
+        could fill that room with runs none of which completes (every later event
+        refused as "no room", for ever)."""
         if self._state is not _State.OPEN or not self._queue:
             return None
         if len(self._unacked) >= self.limits.window:
@@ -705,7 +711,9 @@ class PeerProtocol:
         if feed is None:
             feed = next((f for f in self._queue if f[1] == _IDENTITY_AGENT), None)
         if feed is None:
-            feed = next(iter(self._queue))
+            # (Set here only: an identity feed pushed in between does not end a run.)
+            feed = self._pushing if self._pushing in self._queue else next(iter(self._queue))
+            self._pushing = feed
         after, upto = self._queue.pop(feed)
         held = self.peer_heads.get(feed, 0)
         after = max(after, min(held, upto))
