@@ -1,0 +1,86 @@
+"""Hostile peers and clients against the sync protocol's decoding and the database's
+side of a connection (a review's attacks not covered by ``test_peers_attack.py``,
+``test_remote_attack.py`` and ``test_peer_protocol.py``)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from koru.nursery import Limits, Msg, PeerProtocol
+from koru.nursery._protocol import Authenticate, Close
+from koru.nursery._wire import CLOSE_INVALID_PAYLOAD, WireError, decode, encode
+
+
+def _array_of_empty_arrays(n: int) -> bytes:
+    """A CBOR array of ``n`` empty arrays: ``n + 9`` bytes, some ``64 * n`` decoded."""
+    return b"\x9b" + n.to_bytes(8, "big") + b"\x80" * n
+
+
+def _request_bomb(n: int) -> bytes:
+    """A REQUEST message ``[1, 30, 0, payload]`` whose payload is not bytes but an
+    array of ``n`` empty arrays (a client's message; its schema refuses it)."""
+    return b"\x84\x01\x18\x1e\x00" + _array_of_empty_arrays(n)
+
+
+def _peak_decoding(data: bytes, allowed: frozenset[Msg] | None = None) -> tuple[int, WireError]:
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError) as caught:
+            decode(data, allowed)
+        return tracemalloc.get_traced_memory()[1], caught.value
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_message_that_would_decode_to_too_much_is_refused_before_decoding() -> None:
+    """A message is decoded whole before its schema is checked: 96 MiB (the limit once
+    admitted, and a client needs no capability to be admitted) of empty arrays would
+    take some 6 GB. The wire must refuse it (1007) from its items' headers, before
+    building it: here 2 MiB of them must not take 100 MB."""
+    n = 2 << 20
+    peak, error = _peak_decoding(_request_bomb(n), frozenset({Msg.REQUEST}))
+    assert error.code == CLOSE_INVALID_PAYLOAD
+    assert peak < 16 << 20, f"{peak >> 20} MiB to refuse a message of {n >> 20} MiB"
+    # Empty maps and one-byte strings, in a field of any message, the same.
+    for bomb in (
+        b"\x83\x01\x14" + b"\x9b" + n.to_bytes(8, "big") + b"\xa0" * n,  # PING of maps
+        b"\x83\x01\x14" + b"\x9b" + n.to_bytes(8, "big") + b"\x41x" * n,
+    ):
+        peak, error = _peak_decoding(bomb)
+        assert error.code == CLOSE_INVALID_PAYLOAD
+        assert peak < 16 << 20
+
+
+def test_a_stranger_client_sending_a_bomb_is_closed_with_invalid_payload() -> None:
+    """The same through the server's protocol object for a client connection (what a
+    stranger reaches after a handshake that checks no capability)."""
+    server = PeerProtocol(server=True, role="peer", heads=dict, now=0.0, limits=Limits())
+    server.hello(b"k" * 32, b"n" * 32, 10, b"i" * 16)
+    auth = encode(Msg.AUTH, b"c" * 32, b"o" * 16, b"s" * 64, b"m" * 32, "client", [], None)
+    (check,) = server.receive(auth, 0.0)
+    assert isinstance(check, Authenticate)
+    server.accept(b"o" * 16, b"t" * 64, b"j" * 16, [])
+    tracemalloc.start()
+    try:
+        out = server.receive(_request_bomb(2 << 20), 1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == [Close(CLOSE_INVALID_PAYLOAD, out[0].reason)]
+    assert peak < 16 << 20
+
+
+def test_legitimate_messages_at_their_schemas_limits_still_decode() -> None:
+    """The bound refuses no message its schema allows: HEADS with 2**20 seqs, RANGES
+    of 4096 subtrees, PEERS of 256 long addresses, a large EVENTS blob."""
+    seqs = list(range(1 << 20))
+    kind, fields = decode(encode(Msg.HEADS, 16, 0, b"t" * 8 * len(seqs), seqs))
+    assert kind is Msg.HEADS and fields[3] == seqs
+    ranges = [[16, i, b"h" * 32] for i in range(4096)]
+    assert decode(encode(Msg.RANGES, ranges))[1][0] == ranges
+    peers = ["ws://" + "a" * 1000] * 256
+    assert decode(encode(Msg.PEERS, peers))[1][0] == peers
+    blob = b"\x80" * (64 << 20)
+    assert decode(encode(Msg.EVENTS, blob))[1][0] == blob
