@@ -294,6 +294,8 @@ class PeerProtocol:
         #: Feeds whose queued range a Bloom filter suggested (a false positive may
         #: have left a gap at the peer, so its ACK proves nothing).
         self._guessed: set[Feed] = set()
+        #: A peer sends one Bloom filter, when the connection opens.
+        self._bloom_heard = False
         #: Per feed, the last seq the peer acknowledged taking in (ACKs arrive in order,
         #: after the peer ingested the batch, so heads it sends later include them).
         self._acked: dict[Feed, int] = {}
@@ -497,7 +499,14 @@ class PeerProtocol:
             window, hashes, bits = fields
             if not 1 <= hashes <= 16 or not bits or window > 1 << 20:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "a malformed BLOOM message")
-            return [BloomAsked(window, hashes, bits)]
+            if self._bloom_heard:
+                return self._close(CLOSE_POLICY, "a second BLOOM message")
+            self._bloom_heard = True
+            # Answering reads this side's newest events of every feed: never more of
+            # them than its own window (none with its Bloom mode off), whatever the peer
+            # asks (a Bloom answer only saves a round trip; the Merkle round settles).
+            window = min(window, self.limits.bloom_window)
+            return [BloomAsked(window, hashes, bits)] if window else []
         if kind is Msg.REQUEST:
             return [Request(fields[0], fields[1])]
         if kind is Msg.CANCEL:

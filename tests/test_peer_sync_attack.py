@@ -7,10 +7,11 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from test_peer_protocol import Side, _feeds, _opened
 
 from koru.nursery import Limits, Msg, PeerProtocol
-from koru.nursery._protocol import Authenticate, Close
-from koru.nursery._wire import CLOSE_INVALID_PAYLOAD, WireError, decode, encode
+from koru.nursery._protocol import Authenticate, BloomAsked, Close
+from koru.nursery._wire import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, WireError, decode, encode
 
 
 def _array_of_empty_arrays(n: int) -> bytes:
@@ -84,3 +85,23 @@ def test_legitimate_messages_at_their_schemas_limits_still_decode() -> None:
     assert decode(encode(Msg.PEERS, peers))[1][0] == peers
     blob = b"\x80" * (64 << 20)
     assert decode(encode(Msg.EVENTS, blob))[1][0] == blob
+
+
+def test_a_peers_bloom_filter_costs_this_side_at_most_its_own_window() -> None:
+    """BLOOM asks this side for its newest ``window`` events of every feed (the driver
+    reads them from the logs, every feed, and hashes each): a peer choosing 2**20, as
+    often as the rate limit allows and even when this side's Bloom mode is off, makes
+    it read its whole database (every event's bytes of a feed at once) per message of
+    a few bytes. What must hold: the answer costs at most this side's own window (none
+    when its Bloom mode is off), and a second BLOOM on a connection (a side sends one,
+    when it opens) closes it (1008)."""
+    a, b = Side(_feeds({(1, "storage"): 5})), Side({})
+    bloom = encode(Msg.BLOOM, 1 << 20, 7, b"\0" * 8)
+    server, _client, _wire = _opened(a, b)  # Bloom mode off here
+    out = server.receive(bloom, 1.0)
+    assert not any(isinstance(c, BloomAsked) for c in out), out
+    server, _client, _wire = _opened(a, b, Limits(bloom_window=16))
+    asked = [c for c in server.receive(bloom, 1.0) if isinstance(c, BloomAsked)]
+    assert [c.window for c in asked] == [16]
+    (close,) = server.receive(bloom, 2.0)
+    assert isinstance(close, Close) and close.code == CLOSE_POLICY
