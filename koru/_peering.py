@@ -133,6 +133,14 @@ class PeerBook:
             raise InvalidArgumentError("this node is connected to that node already")
         self.connected.add(node)
 
+    def saw(self, address: str, node: bytes) -> None:
+        """Note ``node`` at ``address`` (the newest first to stay: each connection may
+        name a new address, so the map is bounded as the book is)."""
+        self.node_at.pop(address, None)
+        while len(self.node_at) >= self.limit:
+            del self.node_at[next(iter(self.node_at))]
+        self.node_at[address] = node
+
     def busy(self, address: str) -> bool:
         """True if the node last seen at ``address`` is connected (another way)."""
         node = self.node_at.get(address)
@@ -281,7 +289,7 @@ class PeerHandshake:
         self._book.connect(peer, bytes.fromhex(db.node_id))
         self.node = peer
         if auth.listen is not None:
-            self._book.node_at[auth.listen] = peer
+            self._book.saw(auth.listen, peer)
             self._book.add(auth.listen)
         return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
 
@@ -323,7 +331,7 @@ class PeerHandshake:
         handle._allow_everything(1)  # the server must be able to read what we send it
         peer = node_id_of(identity.public_key)
         if self._address is not None:
-            self._book.node_at[self._address] = peer
+            self._book.saw(self._address, peer)
         self._book.connect(peer, bytes.fromhex(db.node_id))
         self.node = peer
         return DatabaseEndpoint(db, handle, welcome.node.hex()[:16], self._book)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+import trio
 from test_peer_protocol import Side, _feeds, _opened
+from test_peers import _link, _nodes, _settled
 
+import koru
 from koru.nursery import Limits, Msg, PeerProtocol
 from koru.nursery._protocol import Authenticate, BloomAsked, Close
 from koru.nursery._wire import CLOSE_INVALID_PAYLOAD, CLOSE_POLICY, WireError, decode, encode
@@ -105,3 +108,36 @@ def test_a_peers_bloom_filter_costs_this_side_at_most_its_own_window() -> None:
     assert [c.window for c in asked] == [16]
     (close,) = server.receive(bloom, 2.0)
     assert isinstance(close, Close) and close.code == CLOSE_POLICY
+
+
+# -- the database's side of a connection ---------------------------------------------------
+
+
+async def _open_then_close(a: koru.Database, b: koru.Database) -> None:
+    """Connect ``b`` to ``a`` in memory, wait until both ends are open, end it."""
+    async with trio.open_nursery() as nursery:
+        _link(a, b, nursery)
+        with trio.fail_after(10):
+            while len(a._peer_protocols()) != 1 or not a._peer_protocols()[0].open:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_cannot_grow_the_book_of_addresses_without_end() -> None:
+    """Each AUTH names the peer's listening address (any text of 1 KiB); the server
+    remembers which node it saw at each. A peer that reconnects naming a new address
+    each time grew that map by one entry a connection, for ever. What must hold: it
+    stays bounded (as the book of addresses is, at 256), and connections still open."""
+    async with _nodes(2) as (a, b):
+        book_b, _ = b._peering()
+        for i in range(300):
+            book_b.own = f"ws://10.0.{i // 256}.{i % 256}:{4000 + i}/" + "x" * 900
+            await _open_then_close(a, b)
+        book_a, _ = a._peering()
+        assert len(book_a.node_at) <= book_a.limit
+        assert len(book_a.addresses) <= book_a.limit
+        await b.put("n", "k", 1)
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            nursery.cancel_scope.cancel()
