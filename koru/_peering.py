@@ -289,7 +289,10 @@ class PeerHandshake:
         self._book.connect(peer, bytes.fromhex(db.node_id))
         self.node = peer
         if auth.listen is not None:
-            self._book.saw(auth.listen, peer)
+            # Gossip only: which node is at an address is learned from the node there
+            # (its HELLO, when this node dials it), never from a peer's word: a peer
+            # naming another node's address would have this node's join to it wait
+            # for as long as that peer stayed connected.
             self._book.add(auth.listen)
         return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
 
@@ -300,6 +303,8 @@ class PeerHandshake:
                 "this node", "sync", "a server", f"{challenged.server_key.hex()[:16]}..."
             )
         self._server_key = challenged.server_key
+        if self._address is not None:  # the node at this address says who it is
+            self._book.saw(self._address, challenged.node)
         node = db._authority.node
         response = node.respond(
             Challenge(challenged.server_key, challenged.nonce, challenged.expires)

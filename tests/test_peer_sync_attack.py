@@ -141,3 +141,25 @@ async def test_a_peer_cannot_grow_the_book_of_addresses_without_end() -> None:
             _link(a, b, nursery)
             await _settled(a, b)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_claiming_another_nodes_address_does_not_stop_a_join_to_it() -> None:
+    """A peer's AUTH names its listening address, and the node believed it: a join
+    loop waits while the node last seen at its address is connected another way. A
+    peer naming the address of another node (``c`` naming ``b``'s) thereby stopped
+    ``a`` from ever dialing ``b`` while ``c`` stayed connected. What must hold: ``a``'s
+    join to ``b`` connects, and the three converge."""
+    async with _nodes(3) as (a, b, c), trio.open_nursery() as nursery:
+        port = await nursery.start(b.serve, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{port}"
+        c._peering()[0].own = url  # the lie: c says it listens at b's address
+        _link(a, c, nursery)
+        with trio.fail_after(10):
+            while not a._peering()[0].connected:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await b.put("n", "from b", 1)
+        with trio.fail_after(10):
+            await nursery.start(a.join, f"127.0.0.1:{port}")
+        await _settled(a, b, c)
+        assert await c.get("n", "from b") == 1
+        nursery.cancel_scope.cancel()
