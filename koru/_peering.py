@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -108,6 +109,22 @@ async def _take_credentials(
             log.debug("a presented grant was not stored: %s", exc)
 
 
+def dialable(address: str) -> bool:
+    """True if ``address`` is a websocket url a join can dial: ``ws://`` or ``wss://``,
+    a host (each label one a name resolver takes) and a port if any in range. Anything
+    else makes the websocket library raise ValueError (from a gossiped address, out of
+    the dialer)."""
+    try:
+        parts = urllib.parse.urlsplit(address)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            return False
+        _ = parts.port  # raises ValueError for a port that is not one
+        parts.hostname.encode("idna")  # raises UnicodeError for an empty or long label
+    except ValueError:
+        return False
+    return True
+
+
 class PeerBook:
     """Peer addresses this node knows (its own listen address, those it dialed,
     those gossiped to it), bounded."""
@@ -149,7 +166,7 @@ class PeerBook:
     def add(self, address: str) -> None:
         if (
             type(address) is not str
-            or not address.startswith(("ws://", "wss://"))
+            or not dialable(address)
             or address == self.own
             or address in self.addresses
             or len(self.addresses) >= self.limit
@@ -470,10 +487,12 @@ async def join(
             await trio.sleep(delay * (1 + rng.random() / 4))
             delay = min(delay * 2, 30.0)
             continue
+        dialed = False
         try:
             # The handshake's limit until admitted (the session raises it).
             handshake_limit = limits.max_handshake_message
             async with open_websocket_url(url, max_message_size=handshake_limit) as ws:
+                dialed = True
                 end = await _run(
                     db,
                     book,
@@ -488,6 +507,10 @@ async def join(
                 )
                 log.info("peer %s: connection ended (%s) %s", url, end.code, end.reason)
         except (OSError, HandshakeError, trio.BrokenResourceError) as exc:
+            log.info("peer %s: cannot connect: %s", url, exc)
+        except ValueError as exc:  # an address the websocket library cannot dial
+            if dialed:
+                raise
             log.info("peer %s: cannot connect: %s", url, exc)
         await trio.sleep(delay * (1 + rng.random() / 4))
         delay = min(delay * 2, 30.0)

@@ -163,3 +163,39 @@ async def test_a_peer_claiming_another_nodes_address_does_not_stop_a_join_to_it(
         await _settled(a, b, c)
         assert await c.get("n", "from b") == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "address", ["ws://h:x", "ws://h:99999", "ws://[::1", "ws://", "ws://" + "a" * 70 + ".example"]
+)
+async def test_a_malformed_gossiped_address_does_not_end_a_join(address: str) -> None:
+    """A peer's AUTH names its listening address, and the server gossips what it knows
+    to every peer that joins it; a joining node dials up to 8 gossiped addresses. One
+    that trio-websocket cannot parse (a port that is not a number, a bad IPv6 host, an
+    empty host label) raised ValueError out of the dialer, ending the joining node's
+    ``join`` (its caller's nursery with it). What must hold: the join carries on and
+    syncs, and the junk is not gossiped on."""
+    async with _nodes(3) as (a, b, c), trio.open_nursery() as nursery:
+        c._peering()[0].own = address  # the liar names junk as its address
+        _link(a, c, nursery)
+        with trio.fail_after(10):
+            while not a._peering()[0].connected:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        port = await nursery.start(a.serve, "127.0.0.1", 0)
+        await nursery.start(b.join, f"127.0.0.1:{port}")
+        await b.put("n", "from b", 1)
+        await _settled(a, b, c)
+        await trio.sleep(0.2)  # the dialer has tried what it heard
+        await b.put("n", "later", 2)
+        await _settled(a, b, c)
+        assert address not in b._peering()[0].addresses
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:notaport", "ws://h:99999", "ws://[::1", "ws://"])
+async def test_join_of_a_url_it_cannot_dial_is_an_invalid_argument(url: str) -> None:
+    """``join`` raised the websocket library's ValueError (or, for a url the gossip
+    check refuses, looped for ever): bad input gets a typed KoruError, at once."""
+    async with _nodes(1) as (a,):
+        with trio.fail_after(5), pytest.raises(koru.InvalidArgumentError):
+            await a.join(url)
