@@ -262,3 +262,12 @@ async def test_a_strangers_connections_cannot_pin_memory_without_end() -> None:
                 await stream.aclose()
         assert pinned < 48 << 20, f"{pinned >> 20} MiB pinned by one stranger"
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("url", ["h:x", "ws://h:99999", "ws://[::1", "ws://"])
+async def test_connect_to_a_url_it_cannot_dial_is_an_invalid_argument(url: str) -> None:
+    """``koru.connect`` raised the websocket library's ValueError for a url it cannot
+    parse: bad input gets a typed KoruError."""
+    with trio.fail_after(5), pytest.raises(koru.InvalidArgumentError):
+        async with koru.connect(url, koru.Identity.mine(4)):
+            pass  # pragma: no cover
