@@ -478,12 +478,19 @@ class PeerProtocol:
             if events is None:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "EVENTS: not a run of CBOR items")
             self.events_received += len(events)
-            # The peer holds what it sends: never push those back to it.
+            # The peer holds what it sends: never push those back to it. Bounded: the
+            # events are not taken yet (junk, each naming a new feed, must not grow
+            # this without end; a forgotten feed only costs events pushed back).
             peer = self.peer_heads
+            room = len(self._heads()) + _MAX_PEER_TAGS
             for data in events:
                 place = feed_of(data)
-                if place is not None and place[1] > peer.get(place[0], 0):
-                    peer[place[0]] = place[1]
+                if place is None:
+                    continue
+                feed, seq = place
+                held = peer.get(feed)
+                if seq > (held or 0) and (held is not None or len(peer) < room):
+                    peer[feed] = seq
             return [Ingest(events)]
         if kind is Msg.ACK:
             if fields[0] > len(self._unacked):

@@ -271,3 +271,24 @@ async def test_connect_to_a_url_it_cannot_dial_is_an_invalid_argument(url: str) 
     with trio.fail_after(5), pytest.raises(koru.InvalidArgumentError):
         async with koru.connect(url, koru.Identity.mine(4)):
             pass  # pragma: no cover
+
+
+def test_a_peer_cannot_grow_the_heads_it_is_said_to_hold_without_end() -> None:
+    """Each event of an EVENTS message tells what the sender holds (its feed and seq,
+    read off its first bytes, so that it is never pushed back): the protocol kept one
+    entry per feed named, for the connection's life, whether the event was taken or
+    refused. A peer sending junk events each naming a new feed (22 bytes each: 4
+    million feeds in a message) grew that map without end. What must hold: it stays
+    bounded, as the heads remembered from HEADS are (forgetting one only costs a feed
+    pushed that the peer may hold)."""
+    import cbor2
+
+    a, b = Side(_feeds({(1, "storage"): 3})), Side({})
+    server, _client, _wire = _opened(a, b)
+    for round_ in range(3):
+        junk = b"".join(
+            cbor2.dumps([1, "", (round_ * 50_000 + i).to_bytes(16, "big"), "storage", 1])
+            for i in range(50_000)
+        )
+        server.receive(encode(Msg.EVENTS, junk), float(round_))
+    assert len(server.peer_heads) <= 65536 + len(a.heads())
