@@ -81,6 +81,9 @@ MALFORMED_BEFORE_HANDSHAKE = "before the handshake: "
 
 #: Heads of feeds this side does not hold, remembered at most.
 _MAX_PEER_TAGS = 65536
+#: Subtrees whose heads this side sent this round, remembered at most (a peer names
+#: any number of them; a forgotten one only costs its heads sent again).
+_MAX_HEADS_SENT = 65536
 #: A subtree with at most this many feeds is settled by sending its heads.
 HEADS_LIMIT = 64
 _IDENTITY_AGENT = "identity"
@@ -568,6 +571,8 @@ class PeerProtocol:
         return out
 
     def _heads_message(self, depth: int, prefix: int, tree: FeedTree) -> Send:
+        if len(self._heads_sent) >= _MAX_HEADS_SENT:
+            self._heads_sent.clear()
         self._heads_sent.add((depth, prefix))
         feeds = tree.feeds(depth, prefix)
         salt = self._salt

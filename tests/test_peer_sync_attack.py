@@ -292,3 +292,25 @@ def test_a_peer_cannot_grow_the_heads_it_is_said_to_hold_without_end() -> None:
         )
         server.receive(encode(Msg.EVENTS, junk), float(round_))
     assert len(server.peer_heads) <= 65536 + len(a.heads())
+
+
+def test_a_peer_cannot_grow_the_subtrees_answered_without_end() -> None:
+    """Every subtree this side sends its heads for is remembered until its next
+    SUMMARY (so that a peer's HEADS for it is not answered twice); a RANGES message
+    names up to 4,096 subtrees, each answered with heads and remembered. A peer that
+    keeps this side busy (it never acknowledges a push, so no periodic SUMMARY comes)
+    and sends RANGES of new deepest subtrees grew that set by 4,096 entries a message,
+    without end. What must hold: it stays bounded (forgetting one only costs heads
+    sent again)."""
+    a, b = Side(_feeds({(o, "storage"): 3 for o in range(4)})), Side({})
+    server, _client, _wire = _opened(a, b, Limits(window=1))
+    server.receive(encode(Msg.HEADS, 0, 0, b"", []), 0.5)  # the peer holds nothing
+    push = server.next_push()
+    assert push is not None
+    server.push(push[0], [b"\x80"], push[2], 0.5)  # never acknowledged: busy for ever
+    for round_ in range(40):
+        ranges = [[16, round_ * 4096 + i, b"\x01" * 32] for i in range(4096)]
+        server.receive(encode(Msg.RANGES, ranges), 1.0 + round_)
+        server.tick(1.0 + round_)
+    assert server.busy
+    assert len(server._heads_sent) <= 65536
