@@ -29,6 +29,7 @@ import cbor2
 import trio
 
 from koru.events import (
+    READ,
     CodecError,
     Grant,
     InvalidArgumentError,
@@ -41,6 +42,7 @@ from koru.events import (
 )
 from koru.nursery import (
     CLOSE_INTERNAL,
+    CLOSE_POLICY,
     Authenticate,
     Challenged,
     Feed,
@@ -48,6 +50,7 @@ from koru.nursery import (
     PeerProtocol,
     WebSocketConnection,
     Welcomed,
+    WireError,
     run_session,
     serve_websockets,
 )
@@ -196,7 +199,17 @@ class DatabaseEndpoint:
     def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
         return self._db._feeds.heads
 
+    def _may_read(self) -> None:
+        """The other side still holds ``read`` on everything here (checked before
+        anything is sent: a grant revoked, or a session expired, while its connection
+        stays open must not let it go on receiving every new write)."""
+        try:
+            self._handle._allow_everything(READ)
+        except KoruError as exc:
+            raise WireError(CLOSE_POLICY, f"no longer allowed to read everything: {exc}") from None
+
     async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
+        self._may_read()
         events = await self._db.feed_events(feed[0].hex(), feed[1], after, upto - after)
         total = 0
         for i, data in enumerate(events):

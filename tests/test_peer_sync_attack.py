@@ -5,6 +5,7 @@ side of a connection (a review's attacks not covered by ``test_peers_attack.py``
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import pytest
 import trio
@@ -314,3 +315,30 @@ def test_a_peer_cannot_grow_the_subtrees_answered_without_end() -> None:
         server.tick(1.0 + round_)
     assert server.busy
     assert len(server._heads_sent) <= 65536
+
+
+async def test_a_peer_whose_read_is_revoked_receives_nothing_more() -> None:
+    """A peer is admitted if it holds ``read`` on everything, and its connection then
+    lives as long as it keeps it (heartbeats): pushes never looked at its rights again,
+    so a peer whose grant was revoked kept receiving every new write over the
+    connection it had open. What must hold: after the revocation nothing written
+    later reaches it (its connection is closed with a policy violation)."""
+    async with _nodes(1) as (a,), _nodes(1) as (r,):
+        r_node, a_node = await r.mine_identity(4), await a.mine_identity(4)
+        await a.register(r_node)
+        grant = await a.grant(r_node, actions="admin")
+        await r.register(a_node)
+        await r.grant(a_node, actions="admin")
+        await a.put("n", "before", 1)
+        ends: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            _link(a, r, nursery, ends)
+            with trio.fail_after(10):
+                while not await r.contains("n", "before"):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            await a.revoke(grant)
+            await a.put("n", "after", "not for r")
+            await trio.sleep(1.0)
+            assert not await r.contains("n", "after")
+            nursery.cancel_scope.cancel()
+        assert ends and ends[0].code == 1008, [(e.code, e.reason) for e in ends]
