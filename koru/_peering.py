@@ -230,7 +230,14 @@ class DatabaseEndpoint:
         await self._db.seal()
 
     async def ingest(self, events: list[bytes]) -> None:
-        result = await self._handle.ingest(events)
+        try:
+            result = await self._handle.ingest(events)
+        except PermissionDeniedError as exc:
+            # A read-only peer (admitted: it reads everything) writes nothing here: its
+            # events are refused, and its session goes on (it receives everything).
+            self.results["refused"] += len(events)
+            log.info("peer %s: its events are refused: %s", self.name, exc)
+            return
         self.results["accepted"] += result.accepted
         self.results["duplicates"] += result.duplicates
         if result.refused:

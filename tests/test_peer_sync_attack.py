@@ -342,3 +342,34 @@ async def test_a_peer_whose_read_is_revoked_receives_nothing_more() -> None:
             assert not await r.contains("n", "after")
             nursery.cancel_scope.cancel()
         assert ends and ends[0].code == 1008, [(e.code, e.reason) for e in ends]
+
+
+async def test_a_read_only_peer_still_receives_everything() -> None:
+    """A peer is admitted with ``read`` on everything; what it pushes is taken by its
+    handle, whose ``ingest`` needs ``write``. A read-only peer (a replica) pushes its
+    own identity feed first, so the handle's PermissionDeniedError ended every one of
+    its sessions (1011, "the local side failed") before it received anything. What
+    must hold: its events are refused (it may not write here), its session goes on,
+    and it receives everything."""
+    async with _nodes(1) as (a,), _nodes(1) as (r,):
+        r_node, a_node = await r.mine_identity(4), await a.mine_identity(4)
+        await a.register(r_node)
+        await a.grant(r_node, actions="read")
+        await r.register(a_node)
+        await r.grant(a_node, actions="admin")
+        for i in range(20):
+            await a.put("n", f"k{i}", i)
+        await r.put("mine", "x", 1)
+        ends: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            _link(a, r, nursery, ends)
+            with trio.fail_after(10):
+                while not await r.contains("n", "k19"):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            await a.put("n", "later", 1)
+            with trio.fail_after(10):
+                while not await r.contains("n", "later"):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            assert not ends, [(e.code, e.reason) for e in ends]
+            nursery.cancel_scope.cancel()
+        assert not await a.contains("mine", "x")
