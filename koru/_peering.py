@@ -210,13 +210,8 @@ class DatabaseEndpoint:
 
     async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
         self._may_read()
-        events = await self._db.feed_events(feed[0].hex(), feed[1], after, upto - after)
-        total = 0
-        for i, data in enumerate(events):
-            total += len(data)
-            if total > max_bytes and i:
-                return events[:i]
-        return events
+        await self._db._life.enter()
+        return await self._db._feed_range(feed[0], feed[1], after, upto - after, max_bytes)
 
     async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
         out = []

@@ -373,3 +373,35 @@ async def test_a_read_only_peer_still_receives_everything() -> None:
             assert not ends, [(e.code, e.reason) for e in ends]
             nursery.cancel_scope.cancel()
         assert not await a.contains("mine", "x")
+
+
+async def test_a_push_reads_no_more_of_the_log_than_a_batch_holds(tmp_path: Any) -> None:
+    """The pusher fetches a range of up to 2,000 events of a feed and sends those that
+    fit a batch's bytes (1 MiB): the whole range was read into memory first. A peer
+    that says it holds nothing of a feed of large values (a new replica, or a liar,
+    again and again) had this node read 2,000 of them at once (16 MiB values: 32 GB).
+    What must hold: a fetch reads about a batch's bytes (here 64 values of 1 MiB must
+    not take 64 MiB), and still returns at least one event."""
+    import os
+
+    from koru._peering import DatabaseEndpoint, PeerBook
+
+    async with koru.open(tmp_path / "a", difficulty=4, sync="os") as a:
+        reader = koru.Identity.mine(4)
+        await a.register(reader.public)
+        await a.grant(reader.public, actions="read")
+        for i in range(64):
+            await a.put("big", f"k{i}", os.urandom(1 << 20))
+        endpoint = DatabaseEndpoint(a, a.as_identity(reader.public), "peer", PeerBook())
+        feed = (bytes.fromhex(a.node_id), "storage")
+        head = a._feeds.heads[feed][0]
+        tracemalloc.start()
+        try:
+            events = await endpoint.fetch(feed, 0, head, 1 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert 1 <= len(events) <= 2
+        assert peak < 8 << 20, f"{peak >> 20} MiB read to send {len(events)} events"
+        # One event bigger than a batch still goes (alone).
+        assert len(await endpoint.fetch(feed, 0, head, 1000)) == 1
