@@ -426,6 +426,9 @@ async def serve(
                 max_message_size=limits.max_handshake_message,
                 # A connection that never completes the HTTP upgrade (slowloris).
                 connect_timeout=limits.handshake_timeout,
+                # Many connections, each with a large message half sent, pin no more
+                # than this together.
+                max_pending=limits.max_pending,
             )
         )
         if book.own is None:
