@@ -872,6 +872,19 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             raise InvalidArgumentError(f"after must be a non-negative int, not {after!r}")
         if limit is not None and (type(limit) is not int or limit < 0):
             raise InvalidArgumentError(f"limit must be a non-negative int, not {limit!r}")
+        return await self._feed_range(node, agent, after, limit)
+
+    async def _feed_range(
+        self,
+        node: bytes,
+        agent: str,
+        after: int,
+        limit: int | None,
+        max_bytes: int | None = None,
+    ) -> list[bytes]:
+        """:meth:`feed_events` of checked arguments; with ``max_bytes``, the events
+        stop once they hold that many bytes (at least one is read): a push reads no
+        more of the log than its batch takes, not a whole range of large values."""
         head = self._feeds.heads.get((node, agent))
         last = 0 if head is None else head[0]
         if limit is not None:
@@ -881,11 +894,16 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         await self._writer.settle()
         self._life.check()
         locate = self._feeds.location
-        out = []
+        out: list[bytes] = []
+        total = 0
         for seq in range(after + 1, last + 1):
             location = locate(node, agent, seq)
             assert location is not None
-            out.append(self._store.read(location))
+            data = self._store.read(location)
+            total += len(data)
+            if max_bytes is not None and total > max_bytes and out:
+                break
+            out.append(data)
         return out
 
     # -- whole-database views ----------------------------------------------------------

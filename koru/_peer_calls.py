@@ -11,7 +11,7 @@ from koru.events import InvalidArgumentError
 from koru.nursery import Limits, PeerProtocol
 
 from ._identity import Identity
-from ._peering import PeerBook, dial_gossiped, enroll, join, serve
+from ._peering import PeerBook, dial_gossiped, dialable, enroll, join, serve
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -104,6 +104,8 @@ class PeerCalls:
             raise InvalidArgumentError(f"join takes a url, not {url!r}")
         if not url.startswith(("ws://", "wss://")):
             url = f"ws://{url}"
+        if not dialable(url):
+            raise InvalidArgumentError(f"join takes a ws:// url (host and port), not {url!r}")
         db: Database = self  # type: ignore[assignment]
         book, sessions = self._peering()
         rng = random.Random(db._sessions_entropy.token(8))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -28,6 +29,7 @@ import cbor2
 import trio
 
 from koru.events import (
+    READ,
     CodecError,
     Grant,
     InvalidArgumentError,
@@ -40,6 +42,7 @@ from koru.events import (
 )
 from koru.nursery import (
     CLOSE_INTERNAL,
+    CLOSE_POLICY,
     Authenticate,
     Challenged,
     Feed,
@@ -47,6 +50,7 @@ from koru.nursery import (
     PeerProtocol,
     WebSocketConnection,
     Welcomed,
+    WireError,
     run_session,
     serve_websockets,
 )
@@ -108,6 +112,22 @@ async def _take_credentials(
             log.debug("a presented grant was not stored: %s", exc)
 
 
+def dialable(address: str) -> bool:
+    """True if ``address`` is a websocket url a join can dial: ``ws://`` or ``wss://``,
+    a host (each label one a name resolver takes) and a port if any in range. Anything
+    else makes the websocket library raise ValueError (from a gossiped address, out of
+    the dialer)."""
+    try:
+        parts = urllib.parse.urlsplit(address)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            return False
+        _ = parts.port  # raises ValueError for a port that is not one
+        parts.hostname.encode("idna")  # raises UnicodeError for an empty or long label
+    except ValueError:
+        return False
+    return True
+
+
 class PeerBook:
     """Peer addresses this node knows (its own listen address, those it dialed,
     those gossiped to it), bounded."""
@@ -133,6 +153,14 @@ class PeerBook:
             raise InvalidArgumentError("this node is connected to that node already")
         self.connected.add(node)
 
+    def saw(self, address: str, node: bytes) -> None:
+        """Note ``node`` at ``address`` (the newest first to stay: each connection may
+        name a new address, so the map is bounded as the book is)."""
+        self.node_at.pop(address, None)
+        while len(self.node_at) >= self.limit:
+            del self.node_at[next(iter(self.node_at))]
+        self.node_at[address] = node
+
     def busy(self, address: str) -> bool:
         """True if the node last seen at ``address`` is connected (another way)."""
         node = self.node_at.get(address)
@@ -141,7 +169,7 @@ class PeerBook:
     def add(self, address: str) -> None:
         if (
             type(address) is not str
-            or not address.startswith(("ws://", "wss://"))
+            or not dialable(address)
             or address == self.own
             or address in self.addresses
             or len(self.addresses) >= self.limit
@@ -171,14 +199,19 @@ class DatabaseEndpoint:
     def heads(self) -> Mapping[Feed, tuple[int, bytes]]:
         return self._db._feeds.heads
 
+    def _may_read(self) -> None:
+        """The other side still holds ``read`` on everything here (checked before
+        anything is sent: a grant revoked, or a session expired, while its connection
+        stays open must not let it go on receiving every new write)."""
+        try:
+            self._handle._allow_everything(READ)
+        except KoruError as exc:
+            raise WireError(CLOSE_POLICY, f"no longer allowed to read everything: {exc}") from None
+
     async def fetch(self, feed: Feed, after: int, upto: int, max_bytes: int) -> list[bytes]:
-        events = await self._db.feed_events(feed[0].hex(), feed[1], after, upto - after)
-        total = 0
-        for i, data in enumerate(events):
-            total += len(data)
-            if total > max_bytes and i:
-                return events[:i]
-        return events
+        self._may_read()
+        await self._db._life.enter()
+        return await self._db._feed_range(feed[0], feed[1], after, upto - after, max_bytes)
 
     async def recent(self, window: int) -> list[tuple[Feed, int, bytes]]:
         out = []
@@ -192,7 +225,14 @@ class DatabaseEndpoint:
         await self._db.seal()
 
     async def ingest(self, events: list[bytes]) -> None:
-        result = await self._handle.ingest(events)
+        try:
+            result = await self._handle.ingest(events)
+        except PermissionDeniedError as exc:
+            # A read-only peer (admitted: it reads everything) writes nothing here: its
+            # events are refused, and its session goes on (it receives everything).
+            self.results["refused"] += len(events)
+            log.info("peer %s: its events are refused: %s", self.name, exc)
+            return
         self.results["accepted"] += result.accepted
         self.results["duplicates"] += result.duplicates
         if result.refused:
@@ -281,7 +321,10 @@ class PeerHandshake:
         self._book.connect(peer, bytes.fromhex(db.node_id))
         self.node = peer
         if auth.listen is not None:
-            self._book.node_at[auth.listen] = peer
+            # Gossip only: which node is at an address is learned from the node there
+            # (its HELLO, when this node dials it), never from a peer's word: a peer
+            # naming another node's address would have this node's join to it wait
+            # for as long as that peer stayed connected.
             self._book.add(auth.listen)
         return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
 
@@ -292,6 +335,8 @@ class PeerHandshake:
                 "this node", "sync", "a server", f"{challenged.server_key.hex()[:16]}..."
             )
         self._server_key = challenged.server_key
+        if self._address is not None:  # the node at this address says who it is
+            self._book.saw(self._address, challenged.node)
         node = db._authority.node
         response = node.respond(
             Challenge(challenged.server_key, challenged.nonce, challenged.expires)
@@ -323,7 +368,7 @@ class PeerHandshake:
         handle._allow_everything(1)  # the server must be able to read what we send it
         peer = node_id_of(identity.public_key)
         if self._address is not None:
-            self._book.node_at[self._address] = peer
+            self._book.saw(self._address, peer)
         self._book.connect(peer, bytes.fromhex(db.node_id))
         self.node = peer
         return DatabaseEndpoint(db, handle, welcome.node.hex()[:16], self._book)
@@ -381,6 +426,9 @@ async def serve(
                 max_message_size=limits.max_handshake_message,
                 # A connection that never completes the HTTP upgrade (slowloris).
                 connect_timeout=limits.handshake_timeout,
+                # Many connections, each with a large message half sent, pin no more
+                # than this together.
+                max_pending=limits.max_pending,
             )
         )
         if book.own is None:
@@ -457,10 +505,12 @@ async def join(
             await trio.sleep(delay * (1 + rng.random() / 4))
             delay = min(delay * 2, 30.0)
             continue
+        dialed = False
         try:
             # The handshake's limit until admitted (the session raises it).
             handshake_limit = limits.max_handshake_message
             async with open_websocket_url(url, max_message_size=handshake_limit) as ws:
+                dialed = True
                 end = await _run(
                     db,
                     book,
@@ -475,6 +525,10 @@ async def join(
                 )
                 log.info("peer %s: connection ended (%s) %s", url, end.code, end.reason)
         except (OSError, HandshakeError, trio.BrokenResourceError) as exc:
+            log.info("peer %s: cannot connect: %s", url, exc)
+        except ValueError as exc:  # an address the websocket library cannot dial
+            if dialed:
+                raise
             log.info("peer %s: cannot connect: %s", url, exc)
         await trio.sleep(delay * (1 + rng.random() / 4))
         delay = min(delay * 2, 30.0)

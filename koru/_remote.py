@@ -69,6 +69,7 @@ from ._genome import Genome
 from ._identity import Identity
 from ._indexing import IndexInfo
 from ._lineage import Connected
+from ._peering import dialable
 from ._remote_codec import pack, unpack
 from ._serving import FAILED, OK
 from ._sessions import Challenge, _message
@@ -981,6 +982,8 @@ async def connect(
         presented.append(_grant_bytes(grant))
     if not url.startswith(("ws://", "wss://")):
         url = f"ws://{url}"
+    if dial is None and not dialable(url):  # the websocket library raised ValueError
+        raise InvalidArgumentError(f"connect takes a ws:// url (host and port), not {url!r}")
     try:
         async with trio.open_nursery() as nursery:
             link = _Link(

@@ -81,6 +81,9 @@ MALFORMED_BEFORE_HANDSHAKE = "before the handshake: "
 
 #: Heads of feeds this side does not hold, remembered at most.
 _MAX_PEER_TAGS = 65536
+#: Subtrees whose heads this side sent this round, remembered at most (a peer names
+#: any number of them; a forgotten one only costs its heads sent again).
+_MAX_HEADS_SENT = 65536
 #: A subtree with at most this many feeds is settled by sending its heads.
 HEADS_LIMIT = 64
 _IDENTITY_AGENT = "identity"
@@ -92,6 +95,9 @@ class Limits(NamedTuple):
     #: Largest message before the handshake and after it.
     max_handshake_message: int = 64 * 1024
     max_message: int = 96 * 1024 * 1024
+    #: A server's connections together: bytes of messages partly received (a message
+    #: is assembled from its fragments; one past this closes its connection, 1009).
+    max_pending: int = 256 * 1024 * 1024
     #: Time to complete the handshake, and to stay silent after it.
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -296,6 +302,8 @@ class PeerProtocol:
         #: Feeds whose queued range a Bloom filter suggested (a false positive may
         #: have left a gap at the peer, so its ACK proves nothing).
         self._guessed: set[Feed] = set()
+        #: A peer sends one Bloom filter, when the connection opens.
+        self._bloom_heard = False
         #: Per feed, the last seq the peer acknowledged taking in (ACKs arrive in order,
         #: after the peer ingested the batch, so heads it sends later include them).
         self._acked: dict[Feed, int] = {}
@@ -478,12 +486,19 @@ class PeerProtocol:
             if events is None:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "EVENTS: not a run of CBOR items")
             self.events_received += len(events)
-            # The peer holds what it sends: never push those back to it.
+            # The peer holds what it sends: never push those back to it. Bounded: the
+            # events are not taken yet (junk, each naming a new feed, must not grow
+            # this without end; a forgotten feed only costs events pushed back).
             peer = self.peer_heads
+            room = len(self._heads()) + _MAX_PEER_TAGS
             for data in events:
                 place = feed_of(data)
-                if place is not None and place[1] > peer.get(place[0], 0):
-                    peer[place[0]] = place[1]
+                if place is None:
+                    continue
+                feed, seq = place
+                held = peer.get(feed)
+                if seq > (held or 0) and (held is not None or len(peer) < room):
+                    peer[feed] = seq
             return [Ingest(events)]
         if kind is Msg.ACK:
             if fields[0] > len(self._unacked):
@@ -499,7 +514,14 @@ class PeerProtocol:
             window, hashes, bits = fields
             if not 1 <= hashes <= 16 or not bits or window > 1 << 20:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "a malformed BLOOM message")
-            return [BloomAsked(window, hashes, bits)]
+            if self._bloom_heard:
+                return self._close(CLOSE_POLICY, "a second BLOOM message")
+            self._bloom_heard = True
+            # Answering reads this side's newest events of every feed: never more of
+            # them than its own window (none with its Bloom mode off), whatever the peer
+            # asks (a Bloom answer only saves a round trip; the Merkle round settles).
+            window = min(window, self.limits.bloom_window)
+            return [BloomAsked(window, hashes, bits)] if window else []
         if kind is Msg.REQUEST:
             return [Request(fields[0], fields[1])]
         if kind is Msg.CANCEL:
@@ -554,6 +576,8 @@ class PeerProtocol:
         return out
 
     def _heads_message(self, depth: int, prefix: int, tree: FeedTree) -> Send:
+        if len(self._heads_sent) >= _MAX_HEADS_SENT:
+            self._heads_sent.clear()
         self._heads_sent.add((depth, prefix))
         feeds = tree.feeds(depth, prefix)
         salt = self._salt

@@ -115,6 +115,49 @@ class WebSocketConnection:
                 await trio.aclose_forcefully(stream)
 
 
+class PendingBudget:
+    """Bytes of messages partly received that all of a server's connections hold
+    together, bounded.
+
+    A websocket message is assembled from its fragments until the last arrives, and
+    each connection may take one of up to its own limit (96 MiB once admitted): a
+    side that opens many connections and leaves a large message half sent on each
+    would pin that much per connection, for as long as each stays open. Here each
+    fragment is counted against one budget of the server's; the connection whose
+    fragment would take it past the budget is closed (1009, too big), trio-websocket's
+    own way, and what it held is returned. An honest message past the budget fails the
+    same way, and is retried once the budget has room (a client's call, a peer's next
+    round)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def watch(self, ws: Any) -> Callable[[], None]:
+        """Count ``ws``'s (a trio-websocket connection's, before its reader task
+        starts: the task takes its handlers then) partial messages; returns what to
+        call once it ends (returning what it held)."""
+        original = ws._handle_message_event
+        held = 0
+
+        async def counted(event: Any) -> None:
+            nonlocal held
+            if not event.message_finished and self.used + len(event.data) > self.limit:
+                ws._max_message_size = ws._message_size  # this fragment closes it: 1009
+            await original(event)
+            now = ws._message_size
+            self.used += now - held
+            held = now
+
+        def release() -> None:
+            nonlocal held
+            self.used -= held
+            held = 0
+
+        ws._handle_message_event = counted
+        return release
+
+
 async def serve_websockets(
     handler: Callable[[Any], Awaitable[None]],
     host: str,
@@ -122,6 +165,7 @@ async def serve_websockets(
     *,
     max_message_size: int,
     connect_timeout: float,
+    max_pending: int | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve websockets (trio-websocket's ``serve_websocket``, the port bound passed
@@ -132,23 +176,39 @@ async def serve_websockets(
     sends a websocket ping while the server closes its connection makes wsproto raise
     ``LocalProtocolError`` (a pong cannot be sent then). Here each connection has its
     own nursery, and what escapes it is logged and dropped. ``connect_timeout`` bounds
-    the HTTP upgrade (a client that never completes it is dropped)."""
-    from trio_websocket import wrap_server_stream
+    the HTTP upgrade (a client that never completes it is dropped); ``max_pending``
+    the bytes of messages all connections together hold partly received
+    (:class:`PendingBudget`)."""
+    from trio_websocket import WebSocketConnection as _Connection
+    from wsproto import ConnectionType, WSConnection
+
+    budget = None if max_pending is None else PendingBudget(max_pending)
 
     async def connection(stream: trio.SocketStream) -> None:
+        release: Callable[[], None] | None = None
         try:
             async with trio.open_nursery() as nursery:
                 request = None
                 with trio.move_on_after(connect_timeout):
-                    request = await wrap_server_stream(
-                        nursery, stream, max_message_size=max_message_size
+                    # trio-websocket's wrap_server_stream, with the connection's
+                    # messages counted against the budget from its first frame.
+                    ws = _Connection(
+                        stream,
+                        WSConnection(ConnectionType.SERVER),
+                        max_message_size=max_message_size,
                     )
+                    if budget is not None:
+                        release = budget.watch(ws)
+                    nursery.start_soon(ws._reader_task)
+                    request = await ws._get_request()
                 if request is not None:
                     await handler(request)
                 nursery.cancel_scope.cancel()  # the reader task
         except* Exception as group:  # one connection's failure (a cancellation goes on)
             log.info("websocket connection failed: %r", group.exceptions)
         finally:
+            if release is not None:
+                release()
             await stream.aclose()
 
     listeners = await trio.open_tcp_listeners(port, host=host)
