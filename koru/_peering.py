@@ -412,28 +412,31 @@ async def serve(
             log.exception("peer session with %s failed", remote)
             await conn.aclose(CLOSE_INTERNAL, "internal error")
 
+    class Listening:
+        """Passed the port bound once listening (no nursery of this function's own:
+        one would wrap an address it cannot listen on in an ExceptionGroup)."""
+
+        def started(self, bound: int) -> None:
+            if book.own is None:
+                book.own = f"ws://{host}:{bound}"
+            task_status.started(bound)
+
     # nursery's serve_websockets, not trio-websocket's serve_websocket: one
     # connection's failure inside trio-websocket must not stop the server.
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(
-            partial(
-                serve_websockets,
-                handler,
-                host,
-                port,
-                # Until the handshake (the session raises it): a stranger's frame is
-                # refused (1009) once past the handshake's limit, never buffered whole.
-                max_message_size=limits.max_handshake_message,
-                # A connection that never completes the HTTP upgrade (slowloris).
-                connect_timeout=limits.handshake_timeout,
-                # Many connections, each with a large message half sent, pin no more
-                # than this together.
-                max_pending=limits.max_pending,
-            )
-        )
-        if book.own is None:
-            book.own = f"ws://{host}:{bound}"
-        task_status.started(bound)
+    await serve_websockets(
+        handler,
+        host,
+        port,
+        # Until the handshake (the session raises it): a stranger's frame is
+        # refused (1009) once past the handshake's limit, never buffered whole.
+        max_message_size=limits.max_handshake_message,
+        # A connection that never completes the HTTP upgrade (slowloris).
+        connect_timeout=limits.handshake_timeout,
+        # Many connections, each with a large message half sent, pin no more
+        # than this together.
+        max_pending=limits.max_pending,
+        task_status=Listening(),  # type: ignore[arg-type]
+    )
 
 
 async def _run(

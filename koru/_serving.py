@@ -24,6 +24,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -90,6 +91,32 @@ MAX_STREAM_BUFFER = DEFAULT_BUFFER
 MAX_ANSWER = 64 << 20
 
 OK, FAILED = b"\x00", b"\x01"
+#: Events a client's ``feed_events`` reads at a time (see _feed_events).
+FEED_CHUNK = 256
+
+
+async def _feed_events(
+    handle: Any, origin: Any, agent: Any = "storage", after: Any = 0, limit: Any = None
+) -> list[bytes]:
+    """A client's ``feed_events``: read a chunk at a time, and refused once past what
+    an answer holds, rather than read whole first (a feed of gigabytes, asked for with
+    no limit, was read into memory before its answer was refused as too large)."""
+    await handle.feed_events(origin, agent, after, 0)  # the arguments and the right
+    out: list[bytes] = []
+    size = 0
+    while limit is None or len(out) < limit:
+        want = FEED_CHUNK if limit is None else min(FEED_CHUNK, limit - len(out))
+        chunk = await handle.feed_events(origin, agent, after + len(out), want)
+        out += chunk
+        size += sum(map(len, chunk))
+        if size > MAX_ANSWER:
+            raise InvalidArgumentError(
+                f"feed_events(): the events are over the {MAX_ANSWER} bytes an answer may "
+                "hold: ask for fewer (limit)"
+            )
+        if len(chunk) < want:
+            break
+    return out
 
 
 class ServedCalls:
@@ -231,6 +258,8 @@ class ClientEndpoint(NoFeeds):
         allowed, target = self._space(space)
         if type(method) is not str or method not in allowed:  # (a list is unhashable)
             raise InvalidArgumentError(f"no call {method!r} here")
+        if method == "feed_events":
+            return partial(_feed_events, target)
         return getattr(target, method)  # type: ignore[no-any-return]
 
     @staticmethod

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from koru.events import KoruError
+from koru.events import InvalidArgumentError, KoruError
 
 from ._wire import CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, Msg, WireError, decode, encode
 
@@ -211,7 +211,10 @@ async def serve_websockets(
                 release()
             await stream.aclose()
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # a host it cannot resolve or bind, a port in use
+        raise InvalidArgumentError(f"cannot listen on {host}:{port}: {exc}") from exc
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, connection, listeners)

@@ -838,3 +838,44 @@ async def test_heartbeats_start_when_the_connection_opens() -> None:
             assert proto.messages_sent - sent >= 3  # pings, every 0.2 s
             assert await remote.keys("n") == []
             assert remote.connections == 1  # never dropped as silent
+
+
+async def test_a_clients_feed_events_past_an_answers_bound_reads_no_whole_feed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client holding read asked for a whole feed (no limit): the server read every
+    event into memory before refusing the answer as too large (a feed of gigabytes).
+    What must hold: refused after reading about one answer's worth, with a typed
+    error; a limit within the bound is answered."""
+    import koru._serving
+
+    monkeypatch.setattr(koru._serving, "MAX_ANSWER", 10_000)
+    async with _served() as (db, port):
+        for i in range(2000):
+            await db.put("feed", f"k{i}", "x" * 64)
+        reader, _ = await _member(db, actions=["read"])
+        reads = 0
+        read = db._store.read
+
+        def counted(*args: Any) -> bytes:
+            nonlocal reads
+            reads += 1
+            return read(*args)
+
+        monkeypatch.setattr(db._store, "read", counted)
+        async with koru.connect(f"127.0.0.1:{port}", reader) as remote:
+            with pytest.raises(koru.InvalidArgumentError, match="limit"):
+                await remote.feed_events(db.node_id, "storage", 0)
+            assert reads <= 2 * koru._serving.FEED_CHUNK
+            events = await remote.feed_events(db.node_id, "storage", 10, 50)
+            assert events == await db.feed_events(db.node_id, "storage", 10, 50)
+            with pytest.raises(koru.InvalidArgumentError):
+                await remote.feed_events(db.node_id, "storage", -1)
+
+
+async def test_serve_on_an_address_it_cannot_listen_on_is_an_invalid_argument() -> None:
+    """A port in use or a host that does not resolve raised OSError out of serve."""
+    async with _served() as (db, port), trio.open_nursery() as nursery:
+        for host, taken in (("127.0.0.1", port), ("no-such-host.invalid", 0)):
+            with trio.fail_after(30), pytest.raises(koru.InvalidArgumentError, match="listen"):
+                await nursery.start(db.serve, host, taken)
