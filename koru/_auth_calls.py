@@ -31,7 +31,7 @@ from koru.events import Grant as _Grant
 from ._authority import Authority, public_key_of
 from ._identity import Identity, check_difficulty
 from ._nodekey import NODE_KEY_FILE
-from ._seal_marks import seal_marks
+from ._seal_marks import RUN_BYTES, RUN_EVENTS, seal_marks
 from ._sessions import DEFAULT_SESSION_TTL, Challenge, Response, Session, Sessions
 from ._time import to_ns
 from ._types import IngestResult
@@ -73,6 +73,8 @@ class AuthCalls:
     _life: Lifecycle
     _store: LogStore
     _feeds: FeedState
+    #: At most this many events and bytes between two points a seal names.
+    _seal_run: tuple[int, int] = (RUN_EVENTS, RUN_BYTES)
     _writer: Writer
     _authority: Authority
     _sessions: Sessions
@@ -312,6 +314,7 @@ class AuthCalls:
             self._feeds.location,
             self._store.read,
             self._life.check,
+            self._seal_run,
         )
         if not self._authority.emit_seal(self._writer.emit, heads, marks):
             return False

@@ -32,8 +32,10 @@ ingest path only when:
 An unauthorized event is refused (reported), not held: offered again once the grant
 that allows it has arrived, it is taken. Waiting is bounded (events and bytes), in all
 and per sender (a quarter of it each), so that one peer offering events nobody will
-ever seal cannot take the room of the others; past a bound, events are refused as "no
-room", to be offered again. When a sender's connection ends, what it left waiting is
+ever seal cannot take the room of the others; past a bound, what the sender left
+waiting of other feeds is refused to make room (runs that could not complete must not
+keep one that may from being held), and past that events are refused as "no room", to
+be offered again. When a sender's connection ends, what it left waiting is
 dropped (:meth:`ProvenIngest.forget`): the next connection offers it again if it is
 still needed.
 """
@@ -76,6 +78,8 @@ __all__ = [
 MAX_WAITING_EVENTS = 100_000
 MAX_WAITING_BYTES = 256 * 1024 * 1024
 MAX_SENDER_EVENTS = MAX_WAITING_EVENTS // 4
+#: Points named by seals seen but not yet taken, remembered at most.
+MAX_EARLY_POINTS = 65536
 MAX_SENDER_BYTES = MAX_WAITING_BYTES // 4
 
 Feed = tuple[bytes, str]
@@ -108,6 +112,13 @@ class ProvenIngest:
         self._bytes = 0
         #: Per sender: [events, bytes] it left waiting.
         self._senders: dict[bytes, list[int]] = {}
+        #: Points named by seals seen but not (yet) taken, by feed (see _note_seal).
+        self._early: dict[Feed, dict[int, tuple[bytes, ...]]] = {}
+        self._early_count = 0
+        self._early_keys: dict[bytes, bytes] = {}
+        #: The room's bounds: in all, and per sender (events, bytes).
+        self.max_events, self.max_bytes = MAX_WAITING_EVENTS, MAX_WAITING_BYTES
+        self.max_sender_events, self.max_sender_bytes = MAX_SENDER_EVENTS, MAX_SENDER_BYTES
         #: Totals since the open.
         self.unproven = 0
         self.unauthorized = 0
@@ -134,6 +145,8 @@ class ProvenIngest:
             ingest.refuse(None, f"not a valid event: {exc}")
             return
         eid = event_id(data)
+        if type(event) is SealEvent:
+            self._note_seal(event, eid, now)
         feed = (event.origin, event.agent)
         head = self._feeds.heads.get(feed)
         if (
@@ -154,12 +167,13 @@ class ProvenIngest:
                 ingest.refuse(eid, f"another unproven event {event.seq} of its feed waits")
             return
         held = self._senders.get(sender) or [0, 0]
-        if (
-            self._count >= MAX_WAITING_EVENTS
-            or self._bytes + len(data) > MAX_WAITING_BYTES
-            or held[0] >= MAX_SENDER_EVENTS
-            or held[1] + len(data) > MAX_SENDER_BYTES
-        ):
+        if self._full(held, len(data)):
+            # Room made from what the sender left waiting of other feeds: runs that
+            # cannot complete (the sender moved on, or what would complete them was
+            # refused) must not keep this one, which may, from being held.
+            self._make_room(sender, feed, len(data))
+            held = self._senders.get(sender) or [0, 0]
+        if self._full(held, len(data)):
             if not slot:
                 del self._waiting[feed]
             ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
@@ -171,6 +185,80 @@ class ProvenIngest:
         held[1] += len(data)
         self._senders[sender] = held
         self._release(feed, now)
+
+    def _note_seal(self, seal: SealEvent, eid: bytes, now: int) -> None:
+        """Learn the points ``seal`` names before the seal itself can be taken, and pass
+        on what they prove. A seal comes after the events it proves, and those may not
+        all fit the room at once (an identity feed's run ends with its seal; a run of
+        any feed refused in part waits for a seal it cannot see): without this the room
+        held the start of such a run for ever. A seal proves itself (its origin signed
+        it, checked when it was decoded), so what it names is its origin's word whether
+        this node holds the seal yet or not. Kept here, not in the auth projection,
+        which folds only what the log holds; bounded (forgotten past the bound, as
+        what the projection holds suffices once the seal is taken)."""
+        origin, early = seal.origin, self._early
+        self._early_keys[origin] = seal.public_key  # (it derives the origin: decoded)
+        named = [((origin, IDENTITY), seal.seq, eid)]
+        named += [((origin, p.agent), p.seq, p.event_id) for p in seal.points]
+        for feed, seq, point in named:
+            head = self._feeds.heads.get(feed)
+            if head is not None and seq <= head[0]:
+                continue
+            if self._early_count >= MAX_EARLY_POINTS:
+                early.clear()
+                self._early_keys.clear()
+                self._early_keys[origin] = seal.public_key
+                self._early_count = 0
+            slot = early.setdefault(feed, {})
+            ids = slot.get(seq, ())
+            if point not in ids:
+                self._early_count += not ids
+                slot[seq] = tuple(sorted((*ids, point)))
+        for feed in {feed for feed, _, _ in named}:
+            if feed in self._waiting:
+                self._release(feed, now)
+
+    def _proofs(self, feed: Feed, low: int) -> dict[int, tuple[bytes, ...]]:
+        """The points above ``low`` that prove ``feed``: the seals held (the auth
+        projection's) and those only seen (``_note_seal``)."""
+        held = self._authority.state.seals.get(feed, {})
+        early = self._early.get(feed)
+        if not early:
+            return held
+        for seq in [seq for seq in early if seq <= low]:
+            del early[seq]
+            self._early_count -= 1
+        if not early:
+            del self._early[feed]
+            return held
+        merged = dict(held)
+        for seq, ids in early.items():
+            merged[seq] = tuple(sorted({*merged.get(seq, ()), *ids}))
+        return merged
+
+    def _full(self, held: list[int], size: int) -> bool:
+        """True if an event of ``size`` bytes from a sender holding ``held`` has no
+        room."""
+        return (
+            self._count >= self.max_events
+            or self._bytes + size > self.max_bytes
+            or held[0] >= self.max_sender_events
+            or held[1] + size > self.max_sender_bytes
+        )
+
+    def _make_room(self, sender: bytes, feed: Feed, size: int) -> None:
+        """Refuse what ``sender`` left waiting of feeds other than ``feed``, a feed at a
+        time (the one it started first, first), until an event of ``size`` bytes fits
+        (to be offered again: a run is proven only once all of it waits here)."""
+        for other in list(self._waiting):
+            if other == feed or other not in self._waiting:
+                continue
+            slot = self._waiting[other]
+            for seq in [seq for seq, item in slot.items() if item.sender == sender]:
+                item = self._take(other, seq)
+                self._ingest.refuse(item.eid, "made room for another run; offer it again later")
+            if not self._full(self._senders.get(sender) or [0, 0], size):
+                return
 
     def forget(self, sender: bytes) -> int:
         """Drop what ``sender`` left waiting (its connection ended); how many events."""
@@ -217,7 +305,7 @@ class ProvenIngest:
             return None
         head = self._feeds.heads.get(feed)
         low, held_id = (0, None) if head is None else head
-        proofs = self._authority.state.seals.get(feed, {})
+        proofs = self._proofs(feed, low)
         if feed[1] != IDENTITY and not any(p > low and p in slot for p in proofs):
             # No proven point waits here (and only the identity log holds seals, which
             # prove themselves): the scan below, as long as the waiting run, would find
@@ -226,7 +314,7 @@ class ProvenIngest:
             return None
         # The first point reachable through waiting events that something proves.
         end, sealed = low + 1, cast("tuple[bytes, ...]", ())
-        author = self._authority.state.node_keys.get(feed[0])
+        author = self._authority.state.node_keys.get(feed[0]) or self._early_keys.get(feed[0])
         while end in slot:
             item = slot[end]
             if type(item.event) is SealEvent:

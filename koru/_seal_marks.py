@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from koru.events import IDENTITY, event_id
+from koru.events import event_id
 
 __all__ = ["RUN_BYTES", "RUN_EVENTS", "seal_marks"]
 
@@ -36,18 +36,21 @@ async def seal_marks(
     locate: Callable[[bytes, str, int], int | None],
     read: Callable[[int], bytes],
     check: Callable[[], None],
+    run: tuple[int, int] = (RUN_EVENTS, RUN_BYTES),
 ) -> dict[Feed, list[tuple[int, bytes]]]:
-    """Per feed of ``heads`` (a node's own, but its identity feed, whose seals prove
-    themselves), the ``(seq, event id)`` points strictly between what is sealed and
-    its head that end runs within the bounds. Reads every event of the unsealed
-    stretch once, yielding to the loop every few thousand (``check`` raises if the
-    database closed meanwhile)."""
+    """Per feed of ``heads`` (a node's own), the ``(seq, event id)`` points strictly
+    between what is sealed and its head that end runs within ``run`` (events, bytes).
+    Reads every event of the unsealed stretch once, yielding to the loop every few
+    thousand (``check`` raises if the database closed meanwhile). The identity feed
+    too: the new seal proves its own feed up to itself, but the events since the last
+    seal form a run like any other."""
+    run_events, run_bytes = run
     out: dict[Feed, list[tuple[int, bytes]]] = {}
     done = 0
     for feed, (head, _) in heads.items():
         origin, agent = feed
         start = sealed_to.get(feed, 0)
-        if agent == IDENTITY or head - start <= 1:
+        if head - start <= 1:
             continue
         marks: list[tuple[int, bytes]] = []
         count = size = 0
@@ -56,7 +59,7 @@ async def seal_marks(
             location = locate(origin, agent, seq)
             assert location is not None  # every seq up to the head is held
             data = read(location)
-            if count and (count >= RUN_EVENTS or size + len(data) > RUN_BYTES):
+            if count and (count >= run_events or size + len(data) > run_bytes):
                 marks.append((seq - 1, event_id(previous)))  # the run so far ends there
                 count = size = 0
             count += 1

@@ -75,6 +75,11 @@ class SimNode:
         self.options = options
         #: Bloom mode's window for this node's connections (0: off), drawn per seed.
         self.bloom = 0
+        #: A tight room for unproven events: (events one sender may leave waiting,
+        #: events a run it takes holds), or None for the defaults; and at most how many
+        #: events its own seals leave between two points (None: the default).
+        self.room: tuple[int, int] | None = None
+        self.seal_run: int | None = None
         self.disk = SimDisk()
         self.db: Database | None = None
         self.incarnation = 0
@@ -141,6 +146,13 @@ class SimNode:
             db._committer.inline_sync_max = -1.0 if self.latency else float("inf")
             if self.bloom:
                 db.peer_limits = db.peer_limits._replace(bloom_window=self.bloom)
+            if self.room is not None:
+                # What a backlog of thousands does to the default room, in a few dozen
+                # events: runs must still complete, whatever else waits.
+                held = self.room[0]
+                db._proven.max_sender_events, db._proven.max_events = held, 4 * held
+            if self.seal_run is not None:
+                db._seal_run = (self.seal_run, 1 << 20)
             if not self.enrolled:
                 await db.enroll(self.owner)
                 self.enrolled = True

@@ -96,6 +96,8 @@ class Report:
     wall: float = 0.0
     #: Nodes whose connections offered a Bloom filter at open (Bloom mode).
     bloom_nodes: int = 0
+    #: Nodes with a tight room for unproven events (see SimNode.room).
+    room_nodes: int = 0
     #: Remote clients: connections opened, calls that found no node, writes a
     #: restarted node applied again (its key forgotten: the documented limit).
     remote_connections: int = 0
@@ -114,7 +116,8 @@ class Report:
         lines = [
             f"seed {c.seed}: {c.nodes} nodes, {c.duration:g}s virtual, faults {c.faults!r}, "
             f"workload {','.join(c.workload)}",
-            f"  faults drawn: {self.plan}; Bloom mode on {self.bloom_nodes} node(s)",
+            f"  faults drawn: {self.plan}; Bloom mode on {self.bloom_nodes} node(s), "
+            f"tight rooms on {self.room_nodes}",
             "  faults injected: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"),
             "  invariants checked: "
@@ -226,6 +229,17 @@ class _Simulation:
             node.bloom = blooms.choice((0, 0, 8, 64))
             self.trace.add(node.name, "bloom", node.bloom)
         self.report.bloom_nodes = sum(1 for node in nodes if node.bloom)
+        # Tight rooms for unproven events on some nodes (their own generator too).
+        # Every node's seals then make runs that fit the smallest room (as the default
+        # runs, 1,024 events, fit the default room, 25,000 a sender).
+        rooms = random.Random(c.seed * 104729 + 29)
+        for node in nodes:
+            node.room = rooms.choice((None, None, (24, 8), (64, 16)))
+            self.trace.add(node.name, "room", node.room)
+        tight = [node.room[1] for node in nodes if node.room is not None]
+        for node in nodes:
+            node.seal_run = min(tight, default=None)
+        self.report.room_nodes = len(tight)
         self.writes = Writes()
         clients = self._remote_clients(remotes, owner)
         for node in nodes:

@@ -14,6 +14,7 @@ from itertools import pairwise
 import cbor2
 import pytest
 import trio
+from test_auth_sync import everything, node, trusting
 from test_peer_protocol import Side, _carry, _feeds, _opened
 from test_peers import _link, _settled
 
@@ -147,3 +148,56 @@ async def test_a_relay_delivers_more_than_the_room_holds_waiting(
             await _settled(a, b)
             nursery.cancel_scope.cancel()
         assert await b.get("relay", f"o{origins - 1}-{per_origin - 1}") == per_origin - 1
+
+
+async def test_a_run_that_can_complete_takes_the_room_of_one_that_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender's room (5 events here) held three events of a's feed short of their
+    sealed point (the fourth not sent); b's whole sealed run of four then found room
+    for two, and its other two were refused: neither run could complete, and resending
+    either found the room as full. What must hold: what the sender left waiting of
+    other feeds makes room for the run it sends now."""
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 5)
+    async with node(1) as a, node(2) as b, node(3) as c:
+        sender = await trusting(c, a, namespace="*", actions="write")
+        await trusting(c, b, namespace="*", actions="write")
+        for i in range(4):
+            await a.put("n", f"a{i}", i)
+            await b.put("n", f"b{i}", i)
+        await a.seal()
+        await b.seal()
+        await sender.ingest(await everything(a, (IDENTITY,)) + await everything(b, (IDENTITY,)))
+        a_storage = await a.feed_events(a.node_id, "storage")
+        assert (await sender.ingest(a_storage[:3])).held == 3
+        taken = await sender.ingest(await b.feed_events(b.node_id, "storage"))
+        assert taken.accepted == 4
+        assert sum("made room" in r.reason for r in taken.refused) == 3
+        assert await c.get("n", "b3") == 3
+        assert (await sender.ingest(a_storage)).accepted == 4  # offered again, whole
+        assert await c.get("n", "a3") == 3
+
+
+async def test_a_run_ending_with_its_seal_is_proven_in_parts_the_room_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An identity feed's run ends with the seal that proves it: 26 identity events
+    and then the seal, against a room of 10. The room took the first ten, refused the
+    rest, the seal with them, and never learned the points the seal names inside the
+    run (its marks): held for ever. What must hold: a seal's points count as soon as
+    it is seen (it proves itself), so the run goes in, part by part."""
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 10)
+    async with node(1) as a, node(3) as c:
+        a._seal_run = (8, 1 << 20)
+        sender = await trusting(c, a, namespace="*", actions="admin")
+        for _ in range(25):
+            await a.register(koru.Identity.mine(DIFFICULTY).public)
+        await a.seal()
+        identity = await a.feed_events(a.node_id, IDENTITY)
+        assert len(identity) > 20
+        first = await sender.ingest(identity)
+        assert sum("no room" in r.reason for r in first.refused) > 0
+        for _ in range(4):  # offered again, as a peer's next rounds do
+            await sender.ingest(identity)
+        heads = await c.feed_heads()
+        assert heads[(a.node_id, IDENTITY)] == len(identity)
