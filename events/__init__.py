@@ -12,6 +12,7 @@ from ._auth_events import RevokeEvent as RevokeEvent
 from ._auth_events import SealEvent as SealEvent
 from ._auth_events import SealPoint as SealPoint
 from ._auth_events import seal_points as seal_points
+from ._cbor_budget import decodes_within as decodes_within
 from ._chain import AGENTS as AGENTS
 from ._chain import STORAGE as STORAGE
 from ._chain import agent_index as agent_index
@@ -183,6 +184,7 @@ __all__ = [
     "BUILTIN_TAGS",
     "TagRefused",
     "refuse_tags",
+    "decodes_within",
     "InvalidParentError",
     "WorkspaceDroppedError",
     "MAX_PARENTS",

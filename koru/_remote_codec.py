@@ -30,6 +30,7 @@ from koru.events import (
     PublicIdentity,
     RemoteFailureError,
     Revocation,
+    decodes_within,
     refuse_tags,
 )
 from koru.nursery import ProcessInfo
@@ -85,8 +86,6 @@ _PLAIN = (str, int, float, bool, bytes, type(None))
 #: so the 96 MiB a message may hold would decode to some 7 GB, before any capability
 #: is checked. Estimated from the items' headers alone, strings skipped.
 MAX_DECODED = 256 << 20
-_CONTAINER_COST = 72  # a list, dict or tagged value, and its slot in its parent
-_ITEM_COST = 40  # a number, string or bytes object (plus its contents), and its slot
 
 
 def _out(value: Any) -> Any:
@@ -288,33 +287,6 @@ _VALUES = refuse_tags({**_OURS, _ERROR: _no_error})
 _ANSWERS = refuse_tags({**_OURS, _ERROR: _error_of})
 
 
-def _within_budget(data: bytes, budget: int) -> bool:
-    """False if the CBOR ``data`` would decode to more than ``budget`` bytes of Python
-    objects (estimated: each item's header read in turn, strings' contents skipped;
-    stops as soon as it is over, so a bomb costs at most ``budget / 72`` steps)."""
-    i, end, cost = 0, len(data), 0
-    while i < end:
-        head = data[i]
-        major, info = head >> 5, head & 31
-        i += 1
-        arg = info
-        if 24 <= info <= 27:
-            width = 1 << (info - 24)
-            arg = int.from_bytes(data[i : i + width], "big")
-            i += width
-        if major == 2 or major == 3:
-            if info != 31:  # an indefinite string's chunks are items of their own
-                i += arg
-                cost += _ITEM_COST + arg
-        elif 4 <= major <= 6:
-            cost += _CONTAINER_COST
-        else:
-            cost += _ITEM_COST
-        if cost > budget:
-            return False
-    return True
-
-
 def unpack(data: bytes, *, errors: bool = False) -> Any:
     """What :func:`pack` (or, with ``errors``, :func:`pack_error`) packed.
 
@@ -323,7 +295,7 @@ def unpack(data: bytes, *, errors: bool = False) -> Any:
             ``MAX_DECODED`` bytes; and any error of the statements' or queries' own
             strict decoders (``InvalidQueryError``, ``SignatureError``...).
     """
-    if not _within_budget(data, MAX_DECODED):
+    if not decodes_within(data, MAX_DECODED, strings=True):
         raise CodecError(f"a remote payload that would decode to over {MAX_DECODED} bytes")
     try:
         return cbor2.loads(

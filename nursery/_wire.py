@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from koru.events import KoruError, refuse_tags
+from koru.events import KoruError, decodes_within, refuse_tags
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -91,8 +91,6 @@ _MAX_LIST = 1 << 20
 #: some 64, so the 96 MiB an admitted side (a client needs no capability) may send would
 #: take some 6 GB. The most a schema allows (HEADS of 2**20 seqs) is estimated at 40 MiB.
 MAX_DECODED = 64 << 20
-_CONTAINER_COST = 72  # a list or dict (or tagged value), and its slot in its parent
-_ITEM_COST = 40  # a number, string or bytes object (without its contents), and its slot
 
 
 def _uint(value: Any) -> bool:
@@ -186,34 +184,6 @@ def _no_map(decoder: Any, value: Any) -> Any:
     raise WireError(CLOSE_INVALID_PAYLOAD, "a message holds no CBOR maps")
 
 
-def _within_budget(data: bytes, budget: int) -> bool:
-    """False if the CBOR ``data`` would decode to objects costing more than ``budget``
-    bytes beyond its strings' contents (each item's header read in turn, strings'
-    contents skipped; stops as soon as it is over: a bomb costs at most ``budget / 40``
-    steps)."""
-    i, end, cost = 0, len(data), 0
-    while i < end:
-        head = data[i]
-        major, info = head >> 5, head & 31
-        i += 1
-        arg = info
-        if 24 <= info <= 27:
-            width = 1 << (info - 24)
-            arg = int.from_bytes(data[i : i + width], "big")
-            i += width
-        if major == 2 or major == 3:
-            if info != 31:  # an indefinite string's chunks are items of their own
-                i += arg
-                cost += _ITEM_COST
-        elif 4 <= major <= 6:
-            cost += _CONTAINER_COST
-        else:
-            cost += _ITEM_COST
-        if cost > budget:
-            return False
-    return True
-
-
 def decode(data: bytes, allowed: frozenset[Msg] | None = None) -> tuple[Msg, list[Any]]:
     """``(type, fields)`` of a message, checked against its schema.
 
@@ -223,7 +193,7 @@ def decode(data: bytes, allowed: frozenset[Msg] | None = None) -> tuple[Msg, lis
     """
     if type(data) is not bytes:
         raise WireError(CLOSE_INVALID_PAYLOAD, "a message is a binary frame")
-    if not _within_budget(data, MAX_DECODED):
+    if not decodes_within(data, MAX_DECODED, strings=False):
         raise WireError(CLOSE_INVALID_PAYLOAD, "a message that would decode to too much")
     try:
         raw = cbor2.loads(data, tag_hook=_no_tag, object_hook=_no_map, semantic_decoders=_NO_TAGS)
