@@ -66,6 +66,7 @@ from ._authorship import missing_right
 from ._ingest import Ingest
 
 __all__ = [
+    "MAX_EARLY_POINTS",
     "MAX_SENDER_BYTES",
     "MAX_SENDER_EVENTS",
     "MAX_WAITING_BYTES",
@@ -78,9 +79,9 @@ __all__ = [
 MAX_WAITING_EVENTS = 100_000
 MAX_WAITING_BYTES = 256 * 1024 * 1024
 MAX_SENDER_EVENTS = MAX_WAITING_EVENTS // 4
+MAX_SENDER_BYTES = MAX_WAITING_BYTES // 4
 #: Points named by seals seen but not yet taken, remembered at most.
 MAX_EARLY_POINTS = 65536
-MAX_SENDER_BYTES = MAX_WAITING_BYTES // 4
 
 Feed = tuple[bytes, str]
 
@@ -370,8 +371,21 @@ class ProvenIngest:
             self._ingest.admit(item.event, item.data, item.eid, now)
             last = item.event.hlc
             if type(item.event) is SealEvent:
+                self._forget_early(item.event)
                 named.extend((item.event.origin, p.agent) for p in item.event.points)
         return named
+
+    def _forget_early(self, seal: SealEvent) -> None:
+        """The seal is taken: the auth projection holds its points now (so a backlog's
+        every event does not merge them again, see _proofs)."""
+        named = [(IDENTITY, seal.seq)] + [(p.agent, p.seq) for p in seal.points]
+        for agent, seq in named:
+            feed = (seal.origin, agent)
+            slot = self._early.get(feed)
+            if slot is not None and slot.pop(seq, None) is not None:
+                self._early_count -= 1
+                if not slot:
+                    del self._early[feed]
 
     def _head_time(self, feed: Feed, seq: int) -> int:
         """The timestamp of event ``seq`` of ``feed`` as held here (-1 for none)."""
