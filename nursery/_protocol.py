@@ -278,8 +278,10 @@ class PeerProtocol:
         #: This node's identity feed goes first of all: the identities and grants it
         #: stored for the nodes it met are what make their feeds acceptable.
         self._first: Feed | None = None if own is None else (own, _IDENTITY_AGENT)
-        #: The feed the last push came from: the next continues it (see next_push).
+        #: The feed the last push came from: the next continues it (see next_push);
+        #: the same of identity feeds, pushed before the others.
         self._pushing: Feed | None = None
+        self._pushing_identity: Feed | None = None
         self._heads = heads
         self._state = _State.AUTH if server else _State.HELLO
         self._opened_at = now
@@ -732,8 +734,13 @@ class PeerProtocol:
         if len(self._unacked) >= self.limits.window:
             return None
         feed = self._first if self._first in self._queue else None
+        if feed is None and self._pushing_identity in self._queue:
+            # An identity feed waits at the peer until its seal, like any other: on
+            # to its end too (a remainder queued behind the others' would interleave).
+            feed = self._pushing_identity
         if feed is None:
             feed = next((f for f in self._queue if f[1] == _IDENTITY_AGENT), None)
+            self._pushing_identity = feed
         if feed is None:
             # (Set here only: an identity feed pushed in between does not end a run.)
             feed = self._pushing if self._pushing in self._queue else next(iter(self._queue))
