@@ -111,6 +111,11 @@ class ProvenIngest:
         self._waiting: dict[Feed, dict[int, _Item]] = {}
         self._count = 0
         self._bytes = 0
+        #: Per feed, what the last scan for a proven point found nothing in:
+        #: ``(low, proofs, reach)``, events low+1..reach all wait and none is a seal or
+        #: one of the feed's ``proofs`` proven points (so the next scan goes on from
+        #: reach, not from low+1 again: a run offered an event at a time is linear).
+        self._scanned: dict[Feed, tuple[int, int, int]] = {}
         #: Per sender: [events, bytes] it left waiting.
         self._senders: dict[bytes, list[int]] = {}
         #: Points named by seals seen but not (yet) taken, by feed (see _note_seal).
@@ -277,6 +282,9 @@ class ProvenIngest:
         item = slot.pop(seq)
         if not slot:
             del self._waiting[feed]
+        scanned = self._scanned.get(feed)
+        if scanned is not None and (seq <= scanned[2] or not slot):
+            del self._scanned[feed]
         self._count -= 1
         self._bytes -= len(item.data)
         held = self._senders[item.sender]
@@ -313,8 +321,12 @@ class ProvenIngest:
             # nothing. Without this test a long feed offered an event at a time ahead
             # of its sealed point costs a scan per event: quadratic.
             return None
-        # The first point reachable through waiting events that something proves.
+        # The first point reachable through waiting events that something proves
+        # (past what an earlier scan found nothing in, if nothing changed since).
         end, sealed = low + 1, cast("tuple[bytes, ...]", ())
+        scanned = self._scanned.pop(feed, None)
+        if scanned is not None and scanned[:2] == (low, len(proofs)):
+            end = scanned[2] + 1
         author = self._authority.state.node_keys.get(feed[0]) or self._early_keys.get(feed[0])
         while end in slot:
             item = slot[end]
@@ -327,6 +339,7 @@ class ProvenIngest:
                 break
             end += 1
         if not sealed:
+            self._scanned[feed] = (low, len(proofs), end - 1)
             return None
         # Backwards from the proven point: each event must be the one its successor
         # names, down to the one that follows what this node holds.

@@ -8,10 +8,19 @@ from __future__ import annotations
 from itertools import pairwise
 
 import cbor2
+import pytest
 from test_auth_sync import everything, node, trusting
 from test_peer_protocol import Side, _carry, _feeds, _opened
 
-from koru.events import PutEvent, decode_event, encode_event, encode_value
+import koru._seal_marks
+from koru.events import (
+    IDENTITY,
+    PutEvent,
+    decode_event,
+    encode_event,
+    encode_value,
+    event_id,
+)
 from koru.nursery import Limits
 
 
@@ -73,3 +82,53 @@ def test_a_pusher_sends_one_identity_feed_at_a_time_to_its_end() -> None:
     assert len(pushed) == 4 * 3  # 5,000 events a feed, 2,000 a batch
     runs = [pushed[0]] + [f for prev, f in pairwise(pushed) if f != prev]
     assert len(runs) == 4, f"identity feeds interleaved: {runs}"
+
+
+class _Counting(dict):  # type: ignore[type-arg]
+    """A feed's waiting events that count the lookups made in them."""
+
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        _Counting.lookups += 1
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("kind", ["identity run", "sealed point first"])
+async def test_a_run_offered_an_event_at_a_time_costs_linear_work(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Attack: an admitted peer offers a long chained run one event at a time that
+    every offer rescans from this node's head: an identity feed (no seal waits, and
+    the scan for one was skipped only for other feeds), or a storage feed of an origin
+    whose seal (made without marks, as an old node's) names a point far up, offered
+    that point first and then the rest in order. Each offer cost a scan as long as
+    the run: 25,000 junk identity events from one peer took 29 s of the event loop.
+    What must hold: the work is linear in the events offered."""
+    n = 1500
+    monkeypatch.setattr(_Counting, "lookups", 0)
+    async with node(1) as r, node(2) as m:
+        hostile = await trusting(r, m, namespace="*", actions="write")
+        if kind == "identity run":
+            template = decode_event((await r.feed_events(r.node_id, IDENTITY))[0])
+            origin, agent = bytes([9]) * 16, IDENTITY
+            run, prev = [], None
+            for seq in range(1, n + 1):
+                event = template._replace(origin=origin, seq=seq, prev=prev, hlc=seq)
+                run.append(encode_event(event))
+                prev = event_id(run[-1])
+        else:
+            monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 1 << 30)
+            for i in range(n):
+                await m.put("k", f"k{i}", i)
+            await m.seal()
+            await hostile.ingest(await m.feed_events(m.node_id, IDENTITY))
+            origin, agent = bytes.fromhex(m.node_id), "storage"
+            run = await m.feed_events(m.node_id, agent)
+            run = [run[-1], *run[:-1]]
+        r._proven._waiting[(origin, agent)] = _Counting()
+        for data in run:
+            await hostile.ingest([data])
+        assert _Counting.lookups < 10 * n, f"{_Counting.lookups} lookups for {n} events"
+        if agent == "storage":  # and the run, proven, was taken
+            assert await r.get("k", f"k{n - 1}") == n - 1
