@@ -31,7 +31,7 @@ from koru.events import Grant as _Grant
 from ._authority import Authority, public_key_of
 from ._identity import Identity, check_difficulty
 from ._nodekey import NODE_KEY_FILE
-from ._seal_marks import RUN_BYTES, RUN_EVENTS, seal_marks
+from ._seal_marks import seal_marks
 from ._sessions import DEFAULT_SESSION_TTL, Challenge, Response, Session, Sessions
 from ._time import to_ns
 from ._types import IngestResult
@@ -73,8 +73,9 @@ class AuthCalls:
     _life: Lifecycle
     _store: LogStore
     _feeds: FeedState
-    #: At most this many events and bytes between two points a seal names.
-    _seal_run: tuple[int, int] = (RUN_EVENTS, RUN_BYTES)
+    #: At most this many events and bytes between two points a seal names (None: the
+    #: defaults, koru._seal_marks).
+    _seal_run: tuple[int, int] | None = None
     _writer: Writer
     _authority: Authority
     _sessions: Sessions

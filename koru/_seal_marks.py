@@ -36,15 +36,16 @@ async def seal_marks(
     locate: Callable[[bytes, str, int], int | None],
     read: Callable[[int], bytes],
     check: Callable[[], None],
-    run: tuple[int, int] = (RUN_EVENTS, RUN_BYTES),
+    run: tuple[int, int] | None = None,
 ) -> dict[Feed, list[tuple[int, bytes]]]:
     """Per feed of ``heads`` (a node's own), the ``(seq, event id)`` points strictly
-    between what is sealed and its head that end runs within ``run`` (events, bytes).
+    between what is sealed and its head that end runs within ``run`` (events, bytes;
+    default ``RUN_EVENTS``, ``RUN_BYTES``).
     Reads every event of the unsealed stretch once, yielding to the loop every few
     thousand (``check`` raises if the database closed meanwhile). The identity feed
     too: the new seal proves its own feed up to itself, but the events since the last
     seal form a run like any other."""
-    run_events, run_bytes = run
+    run_events, run_bytes = (RUN_EVENTS, RUN_BYTES) if run is None else run
     out: dict[Feed, list[tuple[int, bytes]]] = {}
     done = 0
     for feed, (head, _) in heads.items():

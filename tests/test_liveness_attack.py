@@ -5,17 +5,24 @@ run at the edges."""
 
 from __future__ import annotations
 
+import contextlib
 from itertools import pairwise
 
 import cbor2
 import pytest
-from test_auth_sync import everything, node, trusting
+import trio
+from test_auth_sync import everything, node, person, trusting
 from test_peer_protocol import Side, _carry, _feeds, _opened
+from test_peers import _link, _settled
+from test_proof_room import DIFFICULTY, _relayed
 
+import koru._authority
+import koru._proven
 import koru._seal_marks
 from koru.events import (
     IDENTITY,
     PutEvent,
+    SealEvent,
     decode_event,
     encode_event,
     encode_value,
@@ -132,3 +139,110 @@ async def test_a_run_offered_an_event_at_a_time_costs_linear_work(
         assert _Counting.lookups < 10 * n, f"{_Counting.lookups} lookups for {n} events"
         if agent == "storage":  # and the run, proven, was taken
             assert await r.get("k", f"k{n - 1}") == n - 1
+
+
+async def test_marks_split_over_many_seals_deliver_through_a_small_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Edge: a seal whose marks pass ``MAX_SEAL_POINTS`` (here 3 points a seal, runs
+    of 10, 60 events waiting from one sender) is split over several seals; relayed,
+    every run is proven in turn and the whole feed is taken (holds)."""
+    monkeypatch.setattr(koru._authority, "MAX_SEAL_POINTS", 3)
+    monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 10)
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 60)
+    events, owner, grants = await _relayed(400, 2)
+    seals = [e for e in map(decode_event, events) if type(e) is SealEvent]
+    assert len(seals) >= 2 * 14 and all(len(s.points) <= 3 for s in seals)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
+        koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
+    ):
+        for db in (a, b):
+            await db.enroll(owner)
+            for identity, held in grants:
+                await db.register(identity)
+                for grant in held:
+                    await db.grant(grant)
+        assert not (await a.ingest(events)).refused
+        async with trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+            await _settled(a, b)
+            nursery.cancel_scope.cancel()
+        assert await b.get("relay", "o1-399") == 399
+
+
+async def test_a_long_identity_run_before_a_seal_is_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack (honest nodes): a node writes more identity events (grants, here) before
+    it first seals than a peer holds waiting from one sender (25,000 in production,
+    40 here). Its identity feed's one run is proven only by the seal at its end, which
+    arrives once the room is full: every later event is refused as "no room", on
+    every connection, for ever (seal marks bound runs of other feeds only), and the
+    node's own identity feed goes first, so nothing after it is proven either. Found
+    as three relays, each with 34 identity events, whose sync to a peer with a room of
+    25 never ended. What must hold: the feed is delivered (the node seals its identity
+    feed every ``RUN_EVENTS`` identity events, 30 here, as it writes them)."""
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 40)
+    monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 30)
+    async with node(1) as a, node(2) as r:
+        relay = await trusting(r, a, namespace="*", actions="write")
+        users = [person(seed) for seed in range(60)]
+        for user in users:  # a knows them all before it grants them anything
+            await a.register(user)
+            await r.register(user)
+        for user in users:
+            await a.grant(user, namespace="users", actions="read")
+        await a.seal()
+        feed = await a.feed_events(a.node_id, IDENTITY)
+        assert len(feed) > 100
+        for _ in range(3):  # three connections, each offering the feed in order
+            await relay.ingest(feed)
+            r._proven.forget(relay._who)  # the connection ends
+        heads = await r.feed_heads()
+        assert heads.get((a.node_id, IDENTITY)) == len(feed)
+
+
+@pytest.mark.parametrize("senders", [3, 6])
+async def test_relays_of_overlapping_feeds_deliver_to_one_peer_at_once(
+    monkeypatch: pytest.MonkeyPatch, senders: int
+) -> None:
+    """Attack (honest nodes): several relays, each holding the feeds of twelve origins
+    (offered in another order to each) and writing their own, sync with one peer at
+    once, with a room of 25 events waiting per sender and 60 in all (less than the
+    senders' shares together), runs of 10. Before the identity feed was sealed as it
+    grows, each relay's own identity feed (registrations and grants: 34 events before
+    its seal) never fitted and the sync never ended. What must hold: every feed
+    arrives."""
+    monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 10)
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 25)
+    monkeypatch.setattr(koru._proven, "MAX_WAITING_EVENTS", 60)
+    events, owner, grants = await _relayed(100, 12)
+    async with contextlib.AsyncExitStack() as stack:
+        dbs = [
+            await stack.enter_async_context(koru.open(":memory:", difficulty=DIFFICULTY, sync="os"))
+            for _ in range(senders + 1)
+        ]
+        b, relays = dbs[0], dbs[1:]
+        for db in dbs:
+            await db.enroll(owner)
+            for identity, held in grants:
+                await db.register(identity)
+                for grant in held:
+                    await db.grant(grant)
+        for i, a in enumerate(relays):
+            assert not (await a.ingest(events[i * 377 :] + events[: i * 377])).refused
+            for j in range(30):
+                await a.put("own", f"r{i}-{j}", j)
+        wanted = [("relay", f"o{o}-99") for o in range(12)]
+        wanted += [("own", f"r{i}-29") for i in range(senders)]
+        async with trio.open_nursery() as nursery:
+            for a in relays:
+                _link(a, b, nursery)
+            with trio.fail_after(8):
+                while True:
+                    if all([await b.contains(*key) for key in wanted]):
+                        break
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert b._proven.waiting == 0
