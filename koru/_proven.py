@@ -116,6 +116,11 @@ class ProvenIngest:
         #: one of the feed's ``proofs`` proven points (so the next scan goes on from
         #: reach, not from low+1 again: a run offered an event at a time is linear).
         self._scanned: dict[Feed, tuple[int, int, int]] = {}
+        #: Per feed, ``(low, seq, id)``: with this node's head at low, a proof showed
+        #: that event seq must have this id (the events after it up to a sealed point
+        #: wait, checked), so another offered for seq is refused at once, not held and
+        #: proven against the whole run again.
+        self._known: dict[Feed, tuple[int, int, bytes]] = {}
         #: Per sender: [events, bytes] it left waiting.
         self._senders: dict[bytes, list[int]] = {}
         #: Points named by seals seen but not (yet) taken, by feed (see _note_seal).
@@ -163,6 +168,12 @@ class ProvenIngest:
             # A duplicate, a fork or a malformed placement: the one ingest path decides
             # and reports (nothing it accepts this way is new).
             ingest.admit(event, data, eid, now)
+            return
+        known = self._known.get(feed)
+        low = 0 if head is None else head[0]
+        if known is not None and known[:2] == (low, event.seq) and eid != known[2]:
+            self.unproven += 1
+            ingest.refuse(eid, f"event {event.seq} of its feed is not the one its origin sealed")
             return
         slot = self._waiting.setdefault(feed, {})
         other = slot.get(event.seq)
@@ -285,6 +296,9 @@ class ProvenIngest:
         scanned = self._scanned.get(feed)
         if scanned is not None and (seq <= scanned[2] or not slot):
             del self._scanned[feed]
+        known = self._known.get(feed)
+        if known is not None and (seq > known[1] or not slot):
+            del self._known[feed]
         self._count -= 1
         self._bytes -= len(item.data)
         held = self._senders[item.sender]
@@ -348,6 +362,8 @@ class ProvenIngest:
             item = slot[seq]
             if item.eid != expected:
                 self._take(feed, seq)
+                if expected is not None:
+                    self._known[feed] = (low, seq, expected)
                 self.unproven += 1
                 self._ingest.refuse(
                     item.eid, f"event {seq} of its feed is not the one its origin sealed"

@@ -246,3 +246,34 @@ async def test_relays_of_overlapping_feeds_deliver_to_one_peer_at_once(
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
         assert b._proven.waiting == 0
+
+
+async def test_forgeries_of_one_seq_cost_one_proof(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack: an admitted peer offers a long run of its own origin, sealed once (no
+    marks: its own seal), all but the first event, then a forged first event, again
+    and again (each forgery differs). Each forgery waited, and proving the run
+    walked the whole run up to the sealed point and back before dropping it: a few
+    hundred bytes bought a walk of the whole run, every time. What must hold: once a
+    proof shows which event a seq must be, another event offered for it is refused at
+    once; the real one is still taken."""
+    monkeypatch.setattr(_Counting, "lookups", 0)
+    monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 1 << 30)
+    n, forgeries = 1500, 300
+    async with node(1) as r, node(2) as m:
+        hostile = await trusting(r, m, namespace="*", actions="write")
+        for i in range(n):
+            await m.put("k", f"k{i}", i)
+        await m.seal()
+        await hostile.ingest(await m.feed_events(m.node_id, IDENTITY))
+        run = await m.feed_events(m.node_id, "storage")
+        feed = (bytes.fromhex(m.node_id), "storage")
+        r._proven._waiting[feed] = _Counting()
+        await hostile.ingest(run[1:])
+        first = decode_event(run[0])
+        assert isinstance(first, PutEvent)
+        for i in range(forgeries):
+            forged = encode_event(first._replace(value=encode_value(f"forged {i}")))
+            await hostile.ingest([forged])
+        assert _Counting.lookups < 10 * n, f"{_Counting.lookups} lookups for {n} events"
+        await hostile.ingest(run[:1])
+        assert await r.get("k", f"k{n - 1}") == n - 1
