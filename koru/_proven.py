@@ -112,10 +112,11 @@ class ProvenIngest:
         self._count = 0
         self._bytes = 0
         #: Per feed, what the last scan for a proven point found nothing in:
-        #: ``(low, proofs, reach)``, events low+1..reach all wait and none is a seal or
-        #: one of the feed's ``proofs`` proven points (so the next scan goes on from
-        #: reach, not from low+1 again: a run offered an event at a time is linear).
-        self._scanned: dict[Feed, tuple[int, int, int]] = {}
+        #: ``(low, stamp, reach)``, events low+1..reach all wait and none is a seal or
+        #: one of the feed's proven points as of ``stamp`` (``_stamp``), so the next scan
+        #: goes on from reach, not from low+1 again: a run offered an event at a time is
+        #: linear.
+        self._scanned: dict[Feed, tuple[int, tuple[int, int], int]] = {}
         #: Per feed, ``(low, seq, id)``: with this node's head at low, a proof showed
         #: that event seq must have this id (the events after it up to a sealed point
         #: wait, checked), so another offered for seq is refused at once, not held and
@@ -235,18 +236,35 @@ class ProvenIngest:
             if feed in self._waiting:
                 self._release(feed, now)
 
-    def _proofs(self, feed: Feed, low: int) -> dict[int, tuple[bytes, ...]]:
-        """The points above ``low`` that prove ``feed``: the seals held (the auth
-        projection's) and those only seen (``_note_seal``)."""
-        held = self._authority.state.seals.get(feed, {})
+    def _prune_early(self, feed: Feed, low: int) -> None:
+        """Forget the points seen early of ``feed`` at or below ``low`` (held now)."""
         early = self._early.get(feed)
         if not early:
-            return held
+            return
         for seq in [seq for seq in early if seq <= low]:
             del early[seq]
             self._early_count -= 1
         if not early:
             del self._early[feed]
+
+    def _stamp(
+        self, feed: Feed, held: dict[int, tuple[bytes, ...]] | None = None
+    ) -> tuple[int, int]:
+        """What changes whenever ``feed``'s proven points do (points are only added,
+        or dropped once the head passes them): how many of them the projection holds
+        and how many were seen early."""
+        if held is None:
+            held = self._authority.state.seals.get(feed, {})
+        early = self._early.get(feed)
+        return len(held), 0 if early is None else len(early)
+
+    def _proofs(
+        self, feed: Feed, held: dict[int, tuple[bytes, ...]]
+    ) -> dict[int, tuple[bytes, ...]]:
+        """The points that prove ``feed``: the seals held (``held``, the auth
+        projection's) and those only seen (``_note_seal``)."""
+        early = self._early.get(feed)
+        if not early:
             return held
         merged = dict(held)
         for seq, ids in early.items():
@@ -328,19 +346,25 @@ class ProvenIngest:
             return None
         head = self._feeds.heads.get(feed)
         low, held_id = (0, None) if head is None else head
-        proofs = self._proofs(feed, low)
-        if feed[1] != IDENTITY and not any(p > low and p in slot for p in proofs):
-            # No proven point waits here (and only the identity log holds seals, which
-            # prove themselves): the scan below, as long as the waiting run, would find
-            # nothing. Without this test a long feed offered an event at a time ahead
-            # of its sealed point costs a scan per event: quadratic.
-            return None
-        # The first point reachable through waiting events that something proves
-        # (past what an earlier scan found nothing in, if nothing changed since).
+        held = self._authority.state.seals.get(feed, {})
+        self._prune_early(feed, low)
+        stamp = self._stamp(feed, held)
+        # The first point reachable through waiting events that something proves,
+        # past what an earlier scan found nothing in if nothing changed since: a run
+        # offered an event at a time is scanned once (a scan from low+1 at every
+        # offer was quadratic), and an offer that does not extend the scanned run
+        # costs nothing (a test for a proven point among the waiting events, at every
+        # offer, cost as many steps as the feed has proven points above its head: a
+        # backlog of a million events has a thousand, and a peer sealing points of its
+        # own feed far ahead can make them hundreds of thousands).
         end, sealed = low + 1, cast("tuple[bytes, ...]", ())
         scanned = self._scanned.pop(feed, None)
-        if scanned is not None and scanned[:2] == (low, len(proofs)):
+        if scanned is not None and scanned[:2] == (low, stamp):
             end = scanned[2] + 1
+            if end not in slot:
+                self._scanned[feed] = scanned
+                return None
+        proofs = self._proofs(feed, held)
         author = self._authority.state.node_keys.get(feed[0]) or self._early_keys.get(feed[0])
         while end in slot:
             item = slot[end]
@@ -353,7 +377,7 @@ class ProvenIngest:
                 break
             end += 1
         if not sealed:
-            self._scanned[feed] = (low, len(proofs), end - 1)
+            self._scanned[feed] = (low, stamp, end - 1)
             return None
         # Backwards from the proven point: each event must be the one its successor
         # names, down to the one that follows what this node holds.
@@ -397,12 +421,35 @@ class ProvenIngest:
                 self._ingest.refuse(item.eid, problem)
                 return None
             self._take(feed, seq)
-            self._ingest.admit(item.event, item.data, item.eid, now)
-            last = item.event.hlc
             if type(item.event) is SealEvent:
-                self._forget_early(item.event)
+                self._admit_seal(item, now)
                 named.extend((item.event.origin, p.agent) for p in item.event.points)
+            else:
+                self._ingest.admit(item.event, item.data, item.eid, now)
+            last = item.event.hlc
         return named
+
+    def _admit_seal(self, item: _Item, now: int) -> None:
+        """Pass a proven seal on (the auth projection then holds its points: those seen
+        early are forgotten); the scans of the feeds it names stay good if all its
+        points of each are past what the scan went through (see _release_run)."""
+        seal = cast("SealEvent", item.event)
+        points: dict[Feed, list[int]] = {}
+        for point in seal.points:
+            feed = (seal.origin, point.agent)
+            if feed in self._scanned:
+                points.setdefault(feed, []).append(point.seq)
+        before = {feed: self._stamp(feed) for feed in points}
+        self._ingest.admit(seal, item.data, item.eid, now)
+        self._forget_early(seal)
+        for feed, seqs in points.items():
+            scanned = self._scanned.pop(feed, None)
+            if (
+                scanned is not None
+                and scanned[1] == before[feed]
+                and all(seq > scanned[2] for seq in seqs)
+            ):
+                self._scanned[feed] = (scanned[0], self._stamp(feed), scanned[2])
 
     def _forget_early(self, seal: SealEvent) -> None:
         """The seal is taken: the auth projection holds its points now (so a backlog's

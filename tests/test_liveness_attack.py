@@ -21,8 +21,10 @@ import koru._proven
 import koru._seal_marks
 from koru.events import (
     IDENTITY,
+    MAX_SEAL_POINTS,
     PutEvent,
     SealEvent,
+    SealPoint,
     decode_event,
     encode_event,
     encode_value,
@@ -277,3 +279,41 @@ async def test_forgeries_of_one_seq_cost_one_proof(monkeypatch: pytest.MonkeyPat
         assert _Counting.lookups < 10 * n, f"{_Counting.lookups} lookups for {n} events"
         await hostile.ingest(run[:1])
         assert await r.get("k", f"k{n - 1}") == n - 1
+
+
+async def test_points_sealed_far_ahead_do_not_cost_every_offer() -> None:
+    """Attack: an admitted peer seals thousands of points of its own feed far past
+    anything it wrote (a seal proves itself; 4,096 points a seal), then offers its
+    feed an event at a time. Every offer tested each proven point above the head for
+    a waiting event: 40 such seals (160,000 points) made 2,000 events take 12 s of the
+    event loop, and an honest backlog of a million events (a thousand marks) pays it
+    too. What must hold: the work per offer does not grow with the proven points."""
+    async with node(1) as r, node(2) as m:
+        hostile = await trusting(r, m, namespace="*", actions="write")
+        await m.put("k", "k0", 0)
+        await m.seal()
+        identity = await m.feed_events(m.node_id, IDENTITY)
+        await hostile.ingest(identity)
+        key, prev = m._authority.node, event_id(identity[-1])
+        last = decode_event(identity[-1])
+        seals = []
+        for j in range(2):
+            points = tuple(
+                SealPoint("storage", 10**6 + j * MAX_SEAL_POINTS + k, bytes(32))
+                for k in range(MAX_SEAL_POINTS)
+            )
+            header = (last.origin, IDENTITY, last.seq + 1 + j, prev, last.hlc + 1 + j)
+            unsigned = SealEvent(*header, key.public_key, points, b"")
+            seals.append(encode_event(unsigned._replace(signature=key.sign(unsigned.message()))))
+            prev = event_id(seals[-1])
+        assert (await hostile.ingest(seals)).accepted == 2
+        n = 300
+        for i in range(n):
+            await m.put("k", f"x{i}", i)
+        feed = (bytes.fromhex(m.node_id), "storage")
+        r._proven._waiting[feed] = _Counting()
+        _Counting.lookups = 0
+        for data in (await m.feed_events(m.node_id, "storage"))[1:]:
+            await hostile.ingest([data])
+        assert r._proven.waiting == n
+        assert _Counting.lookups < 10 * n, f"{_Counting.lookups} lookups for {n} events"
