@@ -349,3 +349,41 @@ async def test_a_stretch_sealed_before_marks_is_delivered(
             await relay.ingest(feeds)
             r._proven.forget(relay._who)
         assert await r.get("k", "k119") == 119
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: the room in all is smaller than the senders' shares together, "
+    "and nothing frees a partial run while its sender stays connected",
+)
+async def test_partial_runs_of_many_senders_do_not_fill_the_room_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack (honest nodes): six senders each push a different feed, runs of 11
+    (10 events, then the sealed point), a room of 25 per sender and 60 in all (in
+    production 25,000 and 100,000 events, 64 and 256 MiB: 64 senders each part-way
+    through a 4 MiB run fill it). Each has its first 10 events waiting when the room in
+    all is full: every sealed point is refused as "no room", offered again and refused
+    again, for as long as the connections last. Found with six relays pushing batches
+    of 7 to one peer. What must hold: every feed is delivered."""
+    monkeypatch.setattr(koru._seal_marks, "RUN_EVENTS", 11)
+    monkeypatch.setattr(koru._proven, "MAX_SENDER_EVENTS", 25)
+    monkeypatch.setattr(koru._proven, "MAX_WAITING_EVENTS", 60)
+    async with contextlib.AsyncExitStack() as stack:
+        r = await stack.enter_async_context(node(100))
+        feeds, senders = [], []
+        for o in range(6):
+            origin = await stack.enter_async_context(node(o + 1))
+            senders.append(await trusting(r, origin, namespace="*", actions="write"))
+            for i in range(11):
+                await origin.put("k", f"o{o}-{i}", i)
+            await origin.seal()
+            feeds.append(await origin.feed_events(origin.node_id, "storage"))
+            await senders[-1].ingest(await origin.feed_events(origin.node_id, IDENTITY))
+        for sender, feed in zip(senders, feeds, strict=True):
+            await sender.ingest(feed[:10])
+        for _ in range(3):  # offered again and again
+            for sender, feed in zip(senders, feeds, strict=True):
+                await sender.ingest(feed[10:])
+        for o in range(6):
+            assert await r.get("k", f"o{o}-10") == 10
