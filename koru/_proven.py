@@ -191,7 +191,11 @@ class ProvenIngest:
             # refused) must not keep this one, which may, from being held.
             self._make_room(sender, feed, len(data))
             held = self._senders.get(sender) or [0, 0]
-        if self._full(held, len(data)):
+        if self._full(held, len(data)) and not self._completes(feed, event, eid, slot):
+            # (An event that completes a proven run goes in past the bound: the run is
+            # passed on at once, and frees its room. Many senders each part-way through
+            # a run could otherwise fill the room in all, and every sealed point after
+            # would be refused for as long as they stayed connected.)
             if not slot:
                 del self._waiting[feed]
             ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
@@ -270,6 +274,19 @@ class ProvenIngest:
         for seq, ids in early.items():
             merged[seq] = tuple(sorted({*merged.get(seq, ()), *ids}))
         return merged
+
+    def _completes(self, feed: Feed, event: Event, eid: bytes, slot: dict[int, _Item]) -> bool:
+        """True if ``event`` is a proven point of ``feed`` (or a seal: it proves itself)
+        and every event between this node's head and it waits: taking it passes the
+        run on at once."""
+        head = self._feeds.heads.get(feed)
+        low = 0 if head is None else head[0]
+        if type(event) is not SealEvent:
+            held = self._authority.state.seals.get(feed, {}).get(event.seq, ())
+            early = self._early.get(feed, {}).get(event.seq, ())
+            if eid not in held and eid not in early:
+                return False
+        return all(seq in slot for seq in range(low + 1, event.seq))
 
     def _full(self, held: list[int], size: int) -> bool:
         """True if an event of ``size`` bytes from a sender holding ``held`` has no
