@@ -82,6 +82,9 @@ MAX_SENDER_EVENTS = MAX_WAITING_EVENTS // 4
 MAX_SENDER_BYTES = MAX_WAITING_BYTES // 4
 #: Points named by seals seen but not yet taken, remembered at most.
 MAX_EARLY_POINTS = 65536
+#: The longest run an event may complete past the room's bound (found waiting by a
+#: walk, if no scan found it already).
+_COMPLETES_SCAN = 4096
 
 Feed = tuple[bytes, str]
 
@@ -286,6 +289,13 @@ class ProvenIngest:
             early = self._early.get(feed, {}).get(event.seq, ())
             if eid not in held and eid not in early:
                 return False
+        scanned = self._scanned.get(feed)
+        if scanned is not None and scanned[0] == low and scanned[2] >= event.seq - 1:
+            return True  # (the last scan found them all waiting)
+        # Bounded: a sender's own seals at any seq it likes must not cost a walk of a
+        # long run each (an honest run is at most RUN_EVENTS, koru._seal_marks).
+        if event.seq - low > _COMPLETES_SCAN:
+            return False
         return all(seq in slot for seq in range(low + 1, event.seq))
 
     def _full(self, held: list[int], size: int) -> bool:
