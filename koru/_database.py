@@ -155,6 +155,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             die=self._life.die,
         )
         self._checkpointer = self._writer.checkpointer
+        self._life.checkpointer = self._checkpointer
         self._vector_state = cast(VectorState, projections["vectors"])
         self._vectors = Vectors(
             writer=self._writer,
@@ -276,6 +277,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        if self._checkpointer.stalled:  # (Lifecycle.enter_write's, inlined)
+            await life.stall(self._checkpointer)
         # check_user_name (stricter than the writer's check_name), its fast path inlined
         if not (
             type(namespace) is str

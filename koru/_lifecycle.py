@@ -34,13 +34,16 @@ _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
 class Lifecycle:
     """Open, dead or closed, and the preamble of every operation."""
 
-    __slots__ = ("_commit_yields", "_ops", "_readonly", "closed", "fatal", "shut")
+    __slots__ = ("_commit_yields", "_ops", "_readonly", "checkpointer", "closed", "fatal", "shut")
 
     def __init__(self, *, readonly: bool, commit_yields: bool) -> None:
         self._readonly = readonly
         # With sync="always" a write waits for an fsync, which yields anyway.
         self._commit_yields = commit_yields
         self._ops = 0
+        #: Whose background checkpoints a single write waits for when they have
+        #: fallen far behind (see :meth:`Checkpointer.stall`); set by the database.
+        self.checkpointer: Checkpointer | None = None
         #: No more operations (closed, closing, or dead); ``fatal`` says why if dead.
         self.closed = False
         self.fatal: BaseException | None = None
@@ -78,6 +81,15 @@ class Lifecycle:
             await self.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        checkpointer = self.checkpointer
+        if checkpointer is not None and checkpointer.stalled:
+            await self.stall(checkpointer)
+
+    async def stall(self, checkpointer: Checkpointer) -> None:
+        """Wait for the background checkpoints to catch up before a write (see
+        :meth:`Checkpointer.stall`), then check the handle is still open."""
+        await checkpointer.stall()
+        self.check()
 
     def begin_write(self) -> bool:
         """:meth:`enter_write` without its await, for the hot path: raise if the handle

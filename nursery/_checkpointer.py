@@ -117,6 +117,10 @@ class Checkpointer:
         #: batches that gave way to one (see :meth:`give_way`).
         self.stalls = 0
         self.slowed = 0
+        #: Set while the background checkpoints are ``LAG`` intervals behind (see
+        #: :meth:`lagging`), for the single writes' cheap look at it (see
+        #: :meth:`stall`); cleared whenever a background checkpoint ends.
+        self.stalled = False
         self._last_batch = 0.0
         #: Checkpoints written by this handle, and background attempts that failed.
         self.written = 0
@@ -146,6 +150,7 @@ class Checkpointer:
         self.events += 1
         if self.events - max(self.saved_at, 0) >= self.every:
             self._due.set()
+            self.stalled = self.lagging
 
     def note_versions(self, extra: int) -> None:
         """Count the versions an appended event carried beyond its first (the other
@@ -156,6 +161,7 @@ class Checkpointer:
         self.extra += extra
         if self.lag >= self.every:
             self._due.set()
+            self.stalled = self.lagging
 
     @property
     def lag(self) -> int:
@@ -198,6 +204,21 @@ class Checkpointer:
             self.slowed += 1
             with trio.move_on_after(self._last_batch):  # (or less, if it ends sooner)
                 await self._ended.wait()
+
+    async def stall(self) -> None:
+        """Before a single write (a put, a deletion), with :attr:`stalled` set: wait
+        for the background checkpoint in progress to end (:meth:`catch_up`). Why: a
+        checkpoint runs on the loop in slices, one short slice per turn of the loop,
+        and a loop of puts (a put yields every 64th call under ``sync="os"``; a
+        hundred writers share each commit round under ``"always"``) gave it too few:
+        each checkpoint captured more than the one before it had, and 60,000 puts
+        with one due every 2,000 wrote one or two, holding up to 58,000 versions in
+        memory, a backlog that grew with the load. Batches wait the same way (see
+        :meth:`give_way`)."""
+        if self.lagging:
+            await self.catch_up()
+        else:
+            self.stalled = False
 
     async def catch_up(self) -> None:
         """Wait for the background checkpoint in progress to end. Why: a checkpoint
@@ -362,6 +383,7 @@ class Checkpointer:
                             # checkpoint before it: not due yet (see note_event).
                             self._due = trio.Event()
                     finally:
+                        self.stalled = False  # (set again by the next event if due)
                         self._ended.set()
                         self._ended = trio.Event()
                 except DurabilityError as exc:
@@ -372,7 +394,7 @@ class Checkpointer:
                     # serving and try again after the next ``every`` events.
                     self.failures += 1
         finally:
-            self.running = False
+            self.running = self.stalled = False
             self._ended.set()  # nobody waits for a checkpoint that will not come
 
     async def _merges(

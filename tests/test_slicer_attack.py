@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +277,35 @@ async def test_a_power_cut_between_the_slices_of_a_checkpoint_loses_nothing_ackn
                 assert await db.get("pre", f"p{i}") in (i, -i)
     assert sum(s.pauses for s in slicers) > 100
     assert tally["from checkpoint"] >= 6
+
+
+@pytest.mark.parametrize(("sync", "writers"), [("os", 1), ("never", 1), ("always", 100)])
+async def test_single_puts_do_not_starve_the_background_checkpoints(
+    tmp_path: Path, sync: str, writers: int
+) -> None:
+    """The attack: a bulk load of single puts, from one task looping (``os``,
+    ``never``: a put yields every 64th call) or from a hundred at once (``always``: a
+    commit round of a hundred puts per turn of the loop). The checkpoint, sliced on
+    the loop, gets one short slice per turn, so each checkpoint captured more than the
+    one before it ran: 60,000 puts with a checkpoint due every 2,000 wrote 1 or 2, the
+    last 50,000 to 58,000 versions all held in memory, and that backlog grows with the
+    load. What must hold (as for batches, ``LAG``): writers wait for the checkpoint in
+    progress once the background checkpoints are ``LAG`` intervals behind, so the
+    versions held since the newest checkpoint stay bounded."""
+    every, total = 2000, 60_000
+    async with koru.open(tmp_path / "db", sync=sync, checkpoint_every=every) as db:
+        ck = db._checkpointer
+        worst = 0
+
+        async def load(w: int) -> None:
+            nonlocal worst
+            for i in range(total // writers):
+                await db.put("n", f"w{w}-{i}", i)
+                worst = max(worst, ck.lag)
+
+        async with trio.open_nursery() as nursery:
+            for w in range(writers):
+                nursery.start_soon(load, w)
+        assert worst <= (ckmod.LAG + 1) * every + writers, (worst, ck.written)
+        assert ck.written >= total // every // (ckmod.LAG + 1)
+        assert ck.stalls
