@@ -142,6 +142,9 @@ class Lifecycle:
         self.shut = self.closed = True
         with trio.CancelScope(shield=True):
             try:
+                # Nothing of this handle may write into the directory once it is
+                # closed: a merge or a checkpoint running in slices ends first.
+                await checkpointer.settle()
                 if self.fatal is None and not store.readonly:
                     await committer.sync_now()
                     if checkpointer.behind:

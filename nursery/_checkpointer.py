@@ -275,6 +275,16 @@ class Checkpointer:
             await self._remove_tables(table_names(captured) | {t.name for t in written.values()})
         await dismantle(self._retired())
 
+    async def settle(self) -> None:
+        """Wait for the merge and the checkpoint in progress, if any, to end. Why:
+        both run in slices on the loop and write into the database's directory (a
+        table, the checkpoint file, removals) until they end; a close that closed the
+        store while one ran returned, released the directory's lock, and the work then
+        wrote its table and replaced the checkpoint behind it (a cancelled merge, as
+        at the end of ``koru.open``'s block, holds neither lock: it ended already)."""
+        async with self._merge_lock, self._lock:
+            pass
+
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
         merged tables are named and the tables they replace can go. Returns the merges

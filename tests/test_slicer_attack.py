@@ -309,3 +309,37 @@ async def test_single_puts_do_not_starve_the_background_checkpoints(
         assert worst <= (ckmod.LAG + 1) * every + writers, (worst, ck.written)
         assert ck.written >= total // every // (ckmod.LAG + 1)
         assert ck.stalls
+
+
+@pytest.mark.parametrize("work", ["merge", "checkpoint"])
+async def test_nothing_is_written_into_the_directory_after_close_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, work: str
+) -> None:
+    """The attack: ``aclose()`` called while a merge of tables (or a checkpoint with
+    nothing new to save, which close does not wait for) runs in slices on the loop.
+    Close released the directory's lock and returned, and the sliced work went on: it
+    wrote its merged table into ``tables/`` and replaced ``checkpoint`` afterwards,
+    a closed handle writing where another writer may have opened the database by
+    then. What must hold: once close returns, the handle changes nothing on disk."""
+    every_pace_yields(monkeypatch)
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        for r in range(3):
+            await db.put_batch([("u", f"k{r}-{i}", i) for i in range(3000)])
+            await db.checkpoint()
+        db._kv.max_tables = 1
+        ck = db._checkpointer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ck.compact if work == "merge" else db.checkpoint)
+            for _ in range(20):
+                await trio.lowlevel.checkpoint()
+            assert ck._merge_lock.locked() or ck._lock.locked()  # still at work
+            await db.aclose()
+            tables = sorted(p.name for p in (path / "tables").iterdir())
+            checkpoint = (path / CHECKPOINT_FILE).stat().st_ino
+        assert sorted(p.name for p in (path / "tables").iterdir()) == tables
+        assert (path / CHECKPOINT_FILE).stat().st_ino == checkpoint  # not replaced
+    async with koru.open(path) as db:
+        assert (await db.stats()).checkpoint_ignored is None
+        for r in range(3):
+            assert await db.get("u", f"k{r}-2999") == 2999
