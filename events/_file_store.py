@@ -1268,23 +1268,32 @@ class FileStore:
             hasher = blake3.blake3()
             fd = offload(disk.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                pos = HEADER_SIZE
-                for piece in encoder.chunks():
-                    pos = offload(_hash_and_write, disk, fd, hasher, piece, pos)
-                index = encoder.index()
-                pos = offload(_hash_and_write, disk, fd, hasher, index, pos)
-                header = encoder.header()
-                offload(_write_all, disk, fd, header, 0)
-                offload(disk.fsync, fd)
-            finally:
-                offload(disk.close, fd)
-            name = hasher.hexdigest()[:32]
-            target = self._table_path(name)
-            # Replaced even when a file has the name already: it should hold the same
-            # bytes, but a file damaged or swapped in under it (a rebuild from the log
-            # writes the table it replaced again) was kept, opened, and named by the
-            # next checkpoint. A reader holding the old file keeps its inode.
-            offload(self._put_in_place, tmp, target, directory)
+                try:
+                    pos = HEADER_SIZE
+                    for piece in encoder.chunks():
+                        pos = offload(_hash_and_write, disk, fd, hasher, piece, pos)
+                    index = encoder.index()
+                    pos = offload(_hash_and_write, disk, fd, hasher, index, pos)
+                    header = encoder.header()
+                    offload(_write_all, disk, fd, header, 0)
+                    offload(disk.fsync, fd)
+                finally:
+                    offload(disk.close, fd)
+                name = hasher.hexdigest()[:32]
+                target = self._table_path(name)
+                # Replaced even when a file has the name already: it should hold the
+                # same bytes, but a file damaged or swapped in under it (a rebuild from
+                # the log writes the table it replaced again) was kept, opened, and
+                # named by the next checkpoint. A reader holding the old file keeps its
+                # inode.
+                offload(self._put_in_place, tmp, target, directory)
+            except Exception:
+                # What was written goes (best effort): a table that failed part-way
+                # (the disk full) otherwise held its space until the next open, which
+                # the log's next allocation then lacked.
+                with contextlib.suppress(OSError):
+                    offload(disk.unlink, tmp)
+                raise
         except OSError as exc:
             raise StorageError(f"cannot write a table in {directory}: {_why(exc)}") from exc
         table: Table = offload(self.open_table, name)

@@ -343,3 +343,45 @@ async def test_nothing_is_written_into_the_directory_after_close_returns(
         assert (await db.stats()).checkpoint_ignored is None
         for r in range(3):
             assert await db.get("u", f"k{r}-2999") == 2999
+
+
+async def test_a_table_write_failing_part_way_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: the disk fills (ENOSPC) while a checkpoint's table is being written,
+    a buffer at a time, between slices. The checkpoint fails (a StorageError, counted
+    in the background) and the next one succeeds, but the partial temp file stayed in
+    ``tables/`` for the handle's life (each failure another, named by a counter; no
+    clean-up removes them before the next open), holding the very space whose lack
+    failed it: the log's next allocation then fails and the handle dies. What must
+    hold: a failed table write removes what it wrote."""
+    import errno
+
+    import koru.events._file_store as fsmod
+
+    every_pace_yields(monkeypatch)
+    real = fsmod._hash_and_write
+    calls = 0
+
+    def filling(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return real(*args)
+
+    path = tmp_path / "db"
+    async with koru.open(path, sync="os", processes=False) as db:
+        await db.put_batch([("u", f"k{i}", "x" * 200) for i in range(5000)])
+        monkeypatch.setattr(fsmod, "_hash_and_write", filling)
+        with pytest.raises(koru.StorageError, match="No space left"):
+            await db.checkpoint()
+        monkeypatch.setattr(fsmod, "_hash_and_write", real)
+        assert calls >= 2
+        assert not [p.name for p in (path / "tables").glob(".*")]
+        await db.put("u", "after", 1)
+        await db.checkpoint()
+        assert not [p.name for p in (path / "tables").glob(".*")]
+    async with koru.open(path) as db:
+        assert (await db.stats()).checkpoint_ignored is None
+        assert await db.get("u", "k4999") == "x" * 200 and await db.get("u", "after") == 1
