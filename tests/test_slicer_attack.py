@@ -385,3 +385,40 @@ async def test_a_table_write_failing_part_way_leaves_no_partial_file(
     async with koru.open(path) as db:
         assert (await db.stats()).checkpoint_ignored is None
         assert await db.get("u", "k4999") == "x" * 200 and await db.get("u", "after") == 1
+
+
+async def test_slices_timed_by_an_injected_timer_are_the_same_under_a_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under ``MockClock`` (autojump: time leaps whenever every task waits, as while a
+    worker thread runs an offloaded call), a slicer given a timer moved by the work
+    makes the same turns run after run, whatever the machine's speed or the mock
+    clock's leaps; and an offload still returns (a leap wakes no slice)."""
+
+    class Timer:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    async def once() -> tuple[list[int], float]:
+        timer = Timer()
+        slicer = Slicer(shortest=1e-6, longest=1e-4, timer=timer)
+        turns: list[int] = []
+
+        def work() -> None:
+            for i in range(2000):
+                timer.now += 3e-7
+                before = slicer.pauses
+                slicer()
+                if slicer.pauses != before:
+                    turns.append(i)
+                if i % 500 == 0:
+                    slicer.offload(lambda: None)
+
+        began = trio.current_time()
+        await slicer.run(work)
+        return turns, trio.current_time() - began
+
+    first, second = await once(), await once()
+    assert first[0] == second[0] and len(first[0]) >= 10
