@@ -12,9 +12,9 @@ import cbor2
 import pytest
 import trio
 from test_auth_sync import everything, node, person, trusting
-from test_peer_protocol import Side, _carry, _feeds, _opened
+from test_peer_protocol import Side, _feeds
 from test_peers import _link, _settled
-from test_proof_room import DIFFICULTY, _relayed
+from test_proof_room import DIFFICULTY, _reconciled, _relayed
 
 import koru._authority
 import koru._proven
@@ -30,7 +30,6 @@ from koru.events import (
     encode_value,
     event_id,
 )
-from koru.nursery import Limits
 
 
 async def test_a_hostile_peer_cannot_squat_a_seq_of_an_honest_feed() -> None:
@@ -73,15 +72,7 @@ def test_a_pusher_sends_one_identity_feed_at_a_time_to_its_end() -> None:
     identity feeds go one at a time, each to its end."""
     spec = {(o, "identity"): 5000 for o in range(1, 5)}
     a, b = Side(_feeds(spec)), Side({})
-    server, client, wire = _opened(a, b, Limits(window=1000))
-    sides = {id(server): (server, a, client), id(client): (client, b, server)}
-    for _ in range(10):  # reconcile: until the server has something to push
-        batch, wire[:] = list(wire), []
-        for target, data in batch:
-            proto, side, other = sides[id(target)]
-            _carry(proto, side, proto.receive(data, 1.0), wire, other, 1.0)
-        if server.busy:
-            break
+    server = _reconciled(a, b)
     pushed = []
     while (push := server.next_push()) is not None:
         feed, after, upto = push

@@ -21,9 +21,23 @@ from test_peers import _link, _settled
 import koru
 import koru._proven
 from koru.events import IDENTITY, SealEvent, decode_event
-from koru.nursery import Limits
+from koru.nursery import Limits, PeerProtocol
 
 DIFFICULTY = 4
+
+
+def _reconciled(a: Side, b: Side) -> PeerProtocol:
+    """``a``'s side of a connection to ``b`` once reconciled: ready to push."""
+    server, client, wire = _opened(a, b, Limits(window=1000))
+    sides = {id(server): (server, a, client), id(client): (client, b, server)}
+    for _ in range(10):  # until the server has something to push
+        batch, wire[:] = list(wire), []
+        for target, data in batch:
+            proto, side, other = sides[id(target)]
+            _carry(proto, side, proto.receive(data, 1.0), wire, other, 1.0)
+        if server.busy:
+            break
+    return server
 
 
 def test_a_pusher_sends_one_feed_at_a_time_to_its_end() -> None:
@@ -31,15 +45,7 @@ def test_a_pusher_sends_one_feed_at_a_time_to_its_end() -> None:
     its sealed point waiting at the peer; one at a time, at most one is."""
     spec = {(o, "storage"): 5000 for o in range(1, 5)}
     a, b = Side(_feeds(spec)), Side({})
-    server, client, wire = _opened(a, b, Limits(window=1000))
-    sides = {id(server): (server, a, client), id(client): (client, b, server)}
-    for _ in range(10):  # reconcile: until the server has something to push
-        batch, wire[:] = list(wire), []
-        for target, data in batch:
-            proto, side, other = sides[id(target)]
-            _carry(proto, side, proto.receive(data, 1.0), wire, other, 1.0)
-        if server.busy:
-            break
+    server = _reconciled(a, b)
     pushed = []
     while (push := server.next_push()) is not None:
         feed, after, upto = push
