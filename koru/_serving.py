@@ -91,32 +91,27 @@ MAX_STREAM_BUFFER = DEFAULT_BUFFER
 MAX_ANSWER = 64 << 20
 
 OK, FAILED = b"\x00", b"\x01"
-#: Events a client's ``feed_events`` reads at a time (see _feed_events).
-FEED_CHUNK = 256
 
 
 async def _feed_events(
     handle: Any, origin: Any, agent: Any = "storage", after: Any = 0, limit: Any = None
 ) -> list[bytes]:
-    """A client's ``feed_events``: read a chunk at a time, and refused once past what
-    an answer holds, rather than read whole first (a feed of gigabytes, asked for with
+    """A client's ``feed_events``: the log read only up to what an answer holds, and
+    refused past it, rather than read whole first (a feed of gigabytes, asked for with
     no limit, was read into memory before its answer was refused as too large)."""
     await handle.feed_events(origin, agent, after, 0)  # the arguments and the right
-    out: list[bytes] = []
-    size = 0
-    while limit is None or len(out) < limit:
-        want = FEED_CHUNK if limit is None else min(FEED_CHUNK, limit - len(out))
-        chunk = await handle.feed_events(origin, agent, after + len(out), want)
-        out += chunk
-        size += sum(map(len, chunk))
-        if size > MAX_ANSWER:
-            raise InvalidArgumentError(
-                f"feed_events(): the events are over the {MAX_ANSWER} bytes an answer may "
-                "hold: ask for fewer (limit)"
-            )
-        if len(chunk) < want:
-            break
-    return out
+    db, node = handle._db, bytes.fromhex(origin)
+    head = db._feeds.heads.get((node, agent))
+    wanted = max(0, (0 if head is None else head[0]) - after)
+    if limit is not None:
+        wanted = min(wanted, limit)
+    events: list[bytes] = await db._feed_range(node, agent, after, limit, MAX_ANSWER)
+    if len(events) < wanted or sum(map(len, events)) > MAX_ANSWER:  # (stopped short)
+        raise InvalidArgumentError(
+            f"feed_events(): the events are over the {MAX_ANSWER} bytes an answer may "
+            "hold: ask for fewer (limit)"
+        )
+    return events
 
 
 class ServedCalls:

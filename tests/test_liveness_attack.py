@@ -14,7 +14,7 @@ import trio
 from test_auth_sync import everything, node, person, trusting
 from test_peer_protocol import Side, _feeds
 from test_peers import _link, _settled
-from test_proof_room import DIFFICULTY, _reconciled, _relayed
+from test_proof_room import DIFFICULTY, _knowing, _reconciled, _relayed
 
 import koru._authority
 import koru._proven
@@ -150,12 +150,7 @@ async def test_marks_split_over_many_seals_deliver_through_a_small_room(
         koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
         koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
     ):
-        for db in (a, b):
-            await db.enroll(owner)
-            for identity, held in grants:
-                await db.register(identity)
-                for grant in held:
-                    await db.grant(grant)
+        await _knowing(owner, grants, a, b)
         assert not (await a.ingest(events)).refused
         async with trio.open_nursery() as nursery:
             _link(a, b, nursery)
@@ -217,12 +212,7 @@ async def test_relays_of_overlapping_feeds_deliver_to_one_peer_at_once(
             for _ in range(senders + 1)
         ]
         b, relays = dbs[0], dbs[1:]
-        for db in dbs:
-            await db.enroll(owner)
-            for identity, held in grants:
-                await db.register(identity)
-                for grant in held:
-                    await db.grant(grant)
+        await _knowing(owner, grants, *dbs)
         for i, a in enumerate(relays):
             assert not (await a.ingest(events[i * 377 :] + events[: i * 377])).refused
             for j in range(30):

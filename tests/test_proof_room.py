@@ -127,6 +127,17 @@ async def _relayed(per_origin: int, origins: int) -> tuple[list[bytes], koru.Ide
     return events, owner, grants
 
 
+async def _knowing(owner: koru.Identity, grants: list, *dbs: koru.Database) -> None:
+    """Each of ``dbs`` enrolled by ``owner`` and knowing every writer of
+    :func:`_relayed` (its identity and the grants it holds)."""
+    for db in dbs:
+        await db.enroll(owner)
+        for identity, held in grants:
+            await db.register(identity)
+            for grant in held:
+                await db.grant(grant)
+
+
 @pytest.mark.parametrize(("per_origin", "origins"), [(3000, 1), (2500, 4)])
 async def test_a_relay_delivers_more_than_the_room_holds_waiting(
     monkeypatch: pytest.MonkeyPatch, per_origin: int, origins: int
@@ -141,12 +152,7 @@ async def test_a_relay_delivers_more_than_the_room_holds_waiting(
         koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as a,
         koru.open(":memory:", difficulty=DIFFICULTY, sync="os") as b,
     ):
-        for db in (a, b):
-            await db.enroll(owner)
-            for identity, held in grants:
-                await db.register(identity)
-                for grant in held:
-                    await db.grant(grant)
+        await _knowing(owner, grants, a, b)
         result = await a.ingest(events)
         assert not result.refused
         async with trio.open_nursery() as nursery:
