@@ -21,7 +21,6 @@ the event loop is never held for long.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from functools import partial
 from typing import Literal
@@ -176,20 +175,20 @@ class Committer:
             raise
         self.durable = max(self.durable, target)
 
-    def _timed_sync(self) -> float:
-        began = time.perf_counter()
-        self.store.sync()
-        return time.perf_counter() - began
-
     async def _sync(self, in_thread: bool = False) -> None:
         # Judge the device by its fastest recent sync: a slow device is slow every
         # time, while a fast one has occasional spikes that should not send every
         # following sync through the ~100 µs thread hop.
+        # Timed by trio's clock, as sleeps are: under MockClock a sync takes no time,
+        # so where a simulated run syncs never depends on the machine's speed (timed
+        # by the CPU's, a slow moment sent a sync through the thread, an extra turn
+        # of the loop, and one seed gave different runs on a loaded machine).
+        began = trio.current_time()
         if not in_thread and min(self._recent) <= self.inline_sync_max:
-            took = self._timed_sync()
+            self.store.sync()
         else:
             # Not abandoned on cancellation (trio's default): the sync runs to its end
             # and its result counts, so a cancelled caller never leaves it half-known.
-            took = await trio.to_thread.run_sync(self._timed_sync)
-        self._recent.append(took)
+            await trio.to_thread.run_sync(self.store.sync)
+        self._recent.append(trio.current_time() - began)
         self.syncs += 1

@@ -20,7 +20,6 @@ way down.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -74,17 +73,22 @@ class Slicer:
         self,
         shortest: float = SHORTEST,
         longest: float = LONGEST,
-        timer: Callable[[], float] = time.perf_counter,
+        timer: Callable[[], float] = trio.current_time,
     ) -> None:
         self.shortest, self.longest = shortest, max(shortest, longest)
         #: The current slice's length (see SHORTEST).
         self.budget = shortest
-        #: What slices and turns are timed by: the CPU's time as it passes, not the
-        #: database's clock (a slice is a share of the loop, not a moment of the
-        #: simulated world); tests give a timer they move by hand.
+        #: What slices and turns are timed by: trio's clock, as sleeps and timeouts
+        #: are (a real run's is the CPU's time as it passes). Under
+        #: ``trio.testing.MockClock`` it stands still while code runs, so no slice
+        #: ends on its budget: a simulated run's interleaving, and so its trace and
+        #: its bytes, never depend on how fast the machine ran it (with the CPU's
+        #: time, one seed gave different runs on a loaded machine). Tests give a
+        #: timer they move by hand. Read only on the loop (trio's clock is not
+        #: readable from other threads).
         self._timer = timer
         self._greenlet: greenlet.greenlet | None = None
-        self._since = timer()
+        self._since = 0.0
         #: Turns given to the loop, and calls run in a worker thread, so far.
         self.pauses = 0
         self.offloads = 0
@@ -92,12 +96,13 @@ class Slicer:
     def __call__(self) -> None:
         """A point where the work may stop for the loop: it does once its slice has run
         ``budget`` seconds (see :data:`SHORTEST`)."""
+        running = self._greenlet
+        if running is None or greenlet.getcurrent() is not running:
+            return  # not inside run (or another thread): nothing to time
         if self._timer() - self._since < self.budget:
             return
-        running = self._greenlet
-        if running is not None and greenlet.getcurrent() is running:
-            _loop_of(running).switch(_TURN)
-            self.pauses += 1
+        _loop_of(running).switch(_TURN)
+        self.pauses += 1
         self._since = self._timer()
 
     def offload(self, fn: Callable[..., T], *args: Any) -> T:
