@@ -9,6 +9,10 @@ Replay any run with the command a failing report prints
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -93,9 +97,6 @@ def test_a_seed_runs_the_same_on_a_slower_machine() -> None:
     clock, so on a loaded machine checkpoints yielded at other points and the same
     seed gave a different trace and different bytes (seed 12 did here). The slow
     machine is a profile hook that burns real time on every 512th call."""
-    import sys
-    import time
-
     calls = [0]
 
     def slow(frame: Any, event: str, arg: Any) -> None:
@@ -117,6 +118,28 @@ def test_a_seed_runs_the_same_on_a_slower_machine() -> None:
     assert calls[0] > 10_000  # the hook ran
     assert slowed.trace_digest == fast.trace_digest
     assert slowed.disk_digest == fast.disk_digest
+
+
+def test_a_seed_runs_the_same_whatever_the_string_hash_seed() -> None:
+    """The docs promise the same digests in any process: string hashing is salted per
+    process (``PYTHONHASHSEED``), so a set or dict iterated in hash order anywhere on
+    the run's path would make a seed's replay on another process differ."""
+    command = [sys.executable, "-m", "koru.simulations", "--seed", "12", "--nodes", "3"]
+    command += ["--duration", "20", "--faults", "heavy"]
+    digests = set()
+    for salt in ("1", "2"):
+        done = subprocess.run(
+            command,
+            env={**os.environ, "PYTHONHASHSEED": salt},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        lines = [line.split()[-1] for line in done.stdout.splitlines() if "digest" in line]
+        assert len(lines) == 2, done.stdout  # the trace's and the disk's
+        digests.add(tuple(lines))
+    assert len(digests) == 1
 
 
 @pytest.mark.slow
