@@ -32,6 +32,7 @@ import cbor2
 
 from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, PutRun, write_id
 
+from ._layered import LayeredDict, LazyList, Snapshot
 from ._order import MISSING, order_key
 from ._paths import check_path, get_path, split_path
 
@@ -67,8 +68,9 @@ class Index:
         self.namespace = namespace
         self.path = path
         self.segments = split_path(path)
-        #: key -> (order of the write that set it, order key of the value or None)
-        self.entries: dict[str, tuple[bytes, Key | None]] = {}
+        #: key -> (order of the write that set it, order key of the value or None);
+        #: layered, so that a checkpoint's capture snapshots it in O(1).
+        self.entries: LayeredDict[str, tuple[bytes, Key | None]] = LayeredDict()
         #: order key of a value -> keys holding it
         self.buckets: dict[Key, set[str]] = {}
         #: the distinct order keys, ascending
@@ -101,7 +103,7 @@ class Index:
 
     def fill(self, entries: Iterable[tuple[str, bytes, Key | None]]) -> None:
         """Build the index from the namespace's current versions (no longer pending)."""
-        self.entries, self.buckets, self.values = {}, {}, []
+        self.entries, self.buckets, self.values = LayeredDict(), {}, []
         for key, order, value in entries:
             self.put(key, order, value)
         self.pending = False
@@ -130,6 +132,12 @@ class Index:
 
 
 _EMPTY: set[str] = set()
+
+
+def _entry_rows(snapshot: Snapshot[str, tuple[bytes, Key | None]]) -> Iterator[list[Any]]:
+    """A captured index's entries: ``[key, order]``, or ``[key, order, value]``."""
+    for k, (order, v) in snapshot.items():
+        yield [k, order] if v is None else [k, order, from_order_key(v)]
 
 
 class Indexes:
@@ -228,10 +236,8 @@ class Indexes:
         indexes = []
         for ns, paths in self.by_namespace.items():
             for p, index in paths.items():
-                entries = [
-                    [k, order] if v is None else [k, order, from_order_key(v)]
-                    for k, (order, v) in index.entries.items()
-                ]
+                # Listed by the encoder, in slices, from a snapshot taken in O(1).
+                entries = LazyList(index.entries.snapshot(), _entry_rows)
                 indexes.append([ns, p, index.pending, entries])
         return {"definitions": definitions, "indexes": indexes}
 
