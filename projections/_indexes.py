@@ -30,9 +30,18 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, PutRun, write_id
+from koru.events import (
+    Event,
+    IndexEvent,
+    InvalidQueryError,
+    PutEvent,
+    PutRun,
+    Table,
+    write_id,
+)
 
 from ._layered import LayeredDict, LazyList, Snapshot
+from ._newtable import NewTable
 from ._order import MISSING, order_key
 from ._paths import check_path, get_path, split_path
 
@@ -80,13 +89,14 @@ class Index:
     def put(self, key: str, order: bytes, value: Key | None) -> None:
         """Record that the write ``order`` left ``key`` holding ``value`` (an order key,
         None for no value); an older write than the one recorded changes nothing."""
-        old = self.entries.get(key)
+        entries = self.entries
+        old = entries.get(key)
         if old is not None:
             if old[0] >= order:
                 return
             if old[1] is not None:
                 self._unbucket(key, old[1])
-        self.entries[key] = (order, value)
+        entries.put_known(key, (order, value), old is not None)
         if value is not None:
             bucket = self.buckets.get(value)
             if bucket is None:
@@ -240,6 +250,13 @@ class Indexes:
                 entries = LazyList(index.entries.snapshot(), _entry_rows)
                 indexes.append([ns, p, index.pending, entries])
         return {"definitions": definitions, "indexes": indexes}
+
+    def checkpointed(self, written: dict[NewTable, Table]) -> None:
+        """The checkpoint of the last :meth:`capture` is durable: its snapshots are
+        spent (see :meth:`LayeredDict.settle`)."""
+        for paths in self.by_namespace.values():
+            for index in paths.values():
+                index.entries.settle()
 
     @classmethod
     def restore(cls, data: Any) -> Indexes:

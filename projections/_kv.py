@@ -905,6 +905,7 @@ class KvState:
         """The checkpoint of the last :meth:`capture` is durable: its new table takes
         the place of the layers it holds. (If it failed, they stay frozen and the next
         checkpoint writes them.)"""
+        self.expiring.settle()  # its snapshot is spent
         for new, table in written.items():
             if new.owner is self._capturing:
                 self.tables.insert(0, table)

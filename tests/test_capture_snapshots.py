@@ -140,11 +140,13 @@ def test_the_checkpoint_bytes_are_the_ones_lists_gave() -> None:
 def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
     """Random sets, removals and snapshots: the mapping always equals a plain dict
     given the same changes, and each snapshot, listed any time later (after more
-    changes and snapshots, listed or not), holds exactly the entries of its moment."""
+    changes and snapshots, listed or not), holds exactly the entries of its moment
+    (unless spent: settled after its listing)."""
     rng = random.Random(7)
     live: LayeredDict[int, int] = LayeredDict()
     model: dict[int, int] = {}
     taken: list[tuple[Any, dict[int, int]]] = []
+    settled = 0
     for step in range(20_000):
         key = rng.randrange(300)
         roll = rng.random()
@@ -156,13 +158,17 @@ def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
             assert (key in live) == (key in model)
             assert live.get(key) == model.get(key)
         else:
-            taken.append((live.snapshot(), dict(model)))
+            snapshot, expected = live.snapshot(), dict(model)
             if rng.random() < 0.7:  # listed by a checkpoint (which merges its layers)
-                snapshot, expected = taken[-1]
                 assert dict(snapshot.items()) == expected
+                if rng.random() < 0.5:  # the checkpoint is durable: the snapshot spent
+                    live.settle()
+                    settled += 1
+                    continue
+            taken.append((snapshot, expected))
         assert len(live) == len(model) and bool(live) == bool(model)
     assert dict(live.items()) == model and set(live) == set(model)
-    assert len(live._below) <= 12
+    assert len(live._below) <= 12 and settled > 10
     for snapshot, expected in taken:
         assert len(snapshot) == len(expected)
         assert dict(snapshot.items()) == expected
