@@ -153,7 +153,7 @@ def _entry_rows(snapshot: Snapshot[str, tuple[bytes, Key | None]]) -> Iterator[l
 class Indexes:
     """Every secondary index of the database, with their definitions."""
 
-    __slots__ = ("by_namespace", "definitions")
+    __slots__ = ("by_namespace", "definitions", "retired")
 
     name: ClassVar[str] = "indexes"
     version: ClassVar[int] = 1
@@ -163,6 +163,9 @@ class Indexes:
         self.definitions: dict[tuple[str, str], tuple[bytes, bool]] = {}
         #: namespace -> path -> index (created definitions with a valid path)
         self.by_namespace: dict[str, dict[str, Index]] = {}
+        #: Layers of the indexes' entries no longer used, for the shell to free a
+        #: slice at a time (see ``Projections.retired``).
+        self.retired: list[Any] = []
 
     def get(self, namespace: str, path: str) -> Index | None:
         found = self.by_namespace.get(namespace)
@@ -257,6 +260,8 @@ class Indexes:
         for paths in self.by_namespace.values():
             for index in paths.values():
                 index.entries.settle()
+                self.retired += index.entries.retired  # (freed by the shell in slices)
+                index.entries.retired.clear()
 
     @classmethod
     def restore(cls, data: Any) -> Indexes:

@@ -906,6 +906,8 @@ class KvState:
         the place of the layers it holds. (If it failed, they stay frozen and the next
         checkpoint writes them.)"""
         self.expiring.settle()  # its snapshot is spent
+        self.retired += self.expiring.retired  # (freed by the shell in slices)
+        self.expiring.retired.clear()
         for new, table in written.items():
             if new.owner is self._capturing:
                 self.tables.insert(0, table)

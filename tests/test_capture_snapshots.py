@@ -138,17 +138,35 @@ def test_the_checkpoint_bytes_are_the_ones_lists_gave() -> None:
 
 
 def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
-    """Random sets, removals and snapshots: the mapping always equals a plain dict
-    given the same changes, and each snapshot, listed any time later (after more
-    changes and snapshots, listed or not), holds exactly the entries of its moment
-    (unless spent: settled after its listing)."""
+    """Random sets, removals, snapshots and settles: the mapping always equals a plain
+    dict given the same changes, and each snapshot, listed after more changes (up to
+    the next snapshot or settle, which may retire its layers), holds exactly the
+    entries of its moment. Retired layers are emptied at once, as the shell's
+    ``dismantle`` does: nothing still in use may be among them."""
     rng = random.Random(7)
     live: LayeredDict[int, int] = LayeredDict()
     model: dict[int, int] = {}
-    taken: list[tuple[Any, dict[int, int]]] = []
-    settled = 0
-    for step in range(20_000):
-        key = rng.randrange(300)
+    taken: tuple[Any, dict[int, int]] | None = None
+    settled = listed = 0
+
+    def finish() -> None:
+        nonlocal taken, listed
+        if taken is not None:
+            snapshot, expected = taken
+            if rng.random() < 0.8:  # listed by its checkpoint (which merges its layers)
+                assert len(snapshot) == len(expected)
+                assert dict(snapshot.items()) == expected
+                assert len(list(snapshot.items())) == len(expected)  # each entry once
+                listed += 1
+            taken = None
+
+    def dismantle() -> None:
+        for layer in live.retired:
+            layer.clear()
+        live.retired.clear()
+
+    for step in range(30_000):
+        key = rng.randrange(300 if step < 15_000 else 6_000)
         roll = rng.random()
         if roll < 0.55:
             live[key] = model[key] = step
@@ -157,22 +175,19 @@ def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
         elif roll < 0.99:
             assert (key in live) == (key in model)
             assert live.get(key) == model.get(key)
+        elif roll < 0.995:
+            finish()
+            taken = (live.snapshot(), dict(model))
+            dismantle()
         else:
-            snapshot, expected = live.snapshot(), dict(model)
-            if rng.random() < 0.7:  # listed by a checkpoint (which merges its layers)
-                assert dict(snapshot.items()) == expected
-                if rng.random() < 0.5:  # the checkpoint is durable: the snapshot spent
-                    live.settle()
-                    settled += 1
-                    continue
-            taken.append((snapshot, expected))
+            finish()
+            live.settle()  # its checkpoint is durable
+            settled += not live._below
+            dismantle()
         assert len(live) == len(model) and bool(live) == bool(model)
+    finish()
     assert dict(live.items()) == model and set(live) == set(model)
-    assert len(live._below) <= 12 and settled > 10
-    for snapshot, expected in taken:
-        assert len(snapshot) == len(expected)
-        assert dict(snapshot.items()) == expected
-        assert len(list(snapshot.items())) == len(expected)  # each entry once
+    assert len(live._below) <= 12 and settled > 5 and listed > 20
 
 
 def every_pace_yields(monkeypatch: pytest.MonkeyPatch) -> list[Slicer]:
