@@ -76,7 +76,8 @@ def capture_checkpoint(
     """Copy out a consistent snapshot as plain, immutable data.
 
     Take it without yielding between reading the state and the cursors; the result
-    can then be encoded anywhere (a worker thread) while the state moves on.
+    can then be encoded anywhere (a worker thread) while the state moves on, before the
+    next capture (its lazy lists read snapshots, see :mod:`._layered`).
     """
     return {
         "format": _FORMAT,
