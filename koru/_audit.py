@@ -18,6 +18,7 @@ from koru.events import CorruptCheckpointError, KoruError, LogStore, Table, deco
 from koru.projections import (
     CHECKPOINT_FILE,
     KvState,
+    LazyList,
     Projection,
     Projections,
     decode_checkpoint,
@@ -59,7 +60,7 @@ def _plain(data: Any) -> Any:
     """``data`` with every memoryview (a projection's uncopied buffer) as bytes."""
     if type(data) is memoryview:
         return data.tobytes()
-    if type(data) is list:
+    if type(data) is list or type(data) is LazyList:  # (a lazy list: made here)
         return [_plain(v) for v in data]
     if type(data) is dict:
         return {k: _plain(v) for k, v in data.items()}

@@ -33,6 +33,7 @@ from ._kv import RECORD_SIZE as RECORD_SIZE
 from ._kv import TOMBSTONE as TOMBSTONE
 from ._kv import KvState as KvState
 from ._kv import VersionRecord as VersionRecord
+from ._layered import LazyList as LazyList
 from ._newtable import NewTable as NewTable
 from ._newtable import TableRef as TableRef
 from ._order import MISSING as MISSING
@@ -82,6 +83,7 @@ __all__ = [
     "capture_checkpoint",
     "decode_checkpoint",
     "encode_captured",
+    "LazyList",
     "open_tables",
     "table_names",
     "order_key",

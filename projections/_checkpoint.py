@@ -18,6 +18,7 @@ as two fixed fields) are read as the version-1 sections ``kv`` and ``feeds``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, NamedTuple
 
 import blake3
@@ -35,6 +36,7 @@ from koru.events import (
     cbor_head,
 )
 
+from ._layered import LazyList
 from ._newtable import TABLE_TAG, NewTable, TableRef
 from ._projection import Projections
 
@@ -74,7 +76,8 @@ def capture_checkpoint(
     """Copy out a consistent snapshot as plain, immutable data.
 
     Take it without yielding between reading the state and the cursors; the result
-    can then be encoded anywhere (a worker thread) while the state moves on.
+    can then be encoded anywhere (a worker thread) while the state moves on, before the
+    next capture (its lazy lists read snapshots, see :mod:`._layered`).
     """
     return {
         "format": _FORMAT,
@@ -106,6 +109,7 @@ class _Encoder:
     ) -> None:
         self.out: list[bytes | memoryview] = []
         self.chunk = chunk
+        self.lazy = max(1, chunk // 8)
         self.write_table = write_table
         self.pace = pace
         self.offload = offload
@@ -135,6 +139,23 @@ class _Encoder:
             # matrix): written as a byte string without a copy.
             self.out.append(cbor_head(2, value.nbytes))
             self.out.append(value)
+            return
+        if type(value) is LazyList:
+            # A snapshot's entries, made here (a capture takes the snapshot in O(1)),
+            # ``lazy`` entries per piece: making an entry costs more than encoding it.
+            # The same bytes as the list they make.
+            count = len(value)
+            self.out.append(cbor_head(4, count))
+            entries = iter(value)
+            while count:
+                self.pace()
+                run = list(islice(entries, min(self.lazy, count)))
+                if not run:
+                    raise ValueError("a lazy list made fewer entries than it counts")
+                count -= len(run)
+                self.out.append(cbor2.dumps(run)[len(cbor_head(4, len(run))) :])
+            if next(entries, None) is not None:
+                raise ValueError("a lazy list made more entries than it counts")
             return
         if type(value) is list and any(_container(v) for v in value):
             self.out.append(cbor_head(4, len(value)))
@@ -167,7 +188,7 @@ class _Encoder:
 
 
 def _container(value: Any) -> bool:
-    return type(value) in (dict, list, memoryview) or isinstance(value, Table | NewTable)
+    return type(value) in (dict, list, memoryview, LazyList) or isinstance(value, Table | NewTable)
 
 
 def _no_pace() -> None:

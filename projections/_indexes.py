@@ -30,8 +30,18 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from koru.events import Event, IndexEvent, InvalidQueryError, PutEvent, PutRun, write_id
+from koru.events import (
+    Event,
+    IndexEvent,
+    InvalidQueryError,
+    PutEvent,
+    PutRun,
+    Table,
+    write_id,
+)
 
+from ._layered import LayeredDict, LazyList, Snapshot
+from ._newtable import NewTable
 from ._order import MISSING, order_key
 from ._paths import check_path, get_path, split_path
 
@@ -67,8 +77,9 @@ class Index:
         self.namespace = namespace
         self.path = path
         self.segments = split_path(path)
-        #: key -> (order of the write that set it, order key of the value or None)
-        self.entries: dict[str, tuple[bytes, Key | None]] = {}
+        #: key -> (order of the write that set it, order key of the value or None);
+        #: layered, so that a checkpoint's capture snapshots it in O(1).
+        self.entries: LayeredDict[str, tuple[bytes, Key | None]] = LayeredDict()
         #: order key of a value -> keys holding it
         self.buckets: dict[Key, set[str]] = {}
         #: the distinct order keys, ascending
@@ -78,13 +89,14 @@ class Index:
     def put(self, key: str, order: bytes, value: Key | None) -> None:
         """Record that the write ``order`` left ``key`` holding ``value`` (an order key,
         None for no value); an older write than the one recorded changes nothing."""
-        old = self.entries.get(key)
+        entries = self.entries
+        old = entries.get(key)
         if old is not None:
             if old[0] >= order:
                 return
             if old[1] is not None:
                 self._unbucket(key, old[1])
-        self.entries[key] = (order, value)
+        entries.put_known(key, (order, value), old is not None)
         if value is not None:
             bucket = self.buckets.get(value)
             if bucket is None:
@@ -101,7 +113,7 @@ class Index:
 
     def fill(self, entries: Iterable[tuple[str, bytes, Key | None]]) -> None:
         """Build the index from the namespace's current versions (no longer pending)."""
-        self.entries, self.buckets, self.values = {}, {}, []
+        self.entries, self.buckets, self.values = LayeredDict(), {}, []
         for key, order, value in entries:
             self.put(key, order, value)
         self.pending = False
@@ -132,10 +144,16 @@ class Index:
 _EMPTY: set[str] = set()
 
 
+def _entry_rows(snapshot: Snapshot[str, tuple[bytes, Key | None]]) -> Iterator[list[Any]]:
+    """A captured index's entries: ``[key, order]``, or ``[key, order, value]``."""
+    for k, (order, v) in snapshot.items():
+        yield [k, order] if v is None else [k, order, from_order_key(v)]
+
+
 class Indexes:
     """Every secondary index of the database, with their definitions."""
 
-    __slots__ = ("by_namespace", "definitions")
+    __slots__ = ("by_namespace", "definitions", "retired")
 
     name: ClassVar[str] = "indexes"
     version: ClassVar[int] = 1
@@ -145,6 +163,9 @@ class Indexes:
         self.definitions: dict[tuple[str, str], tuple[bytes, bool]] = {}
         #: namespace -> path -> index (created definitions with a valid path)
         self.by_namespace: dict[str, dict[str, Index]] = {}
+        #: Layers of the indexes' entries no longer used, for the shell to free a
+        #: slice at a time (see ``Projections.retired``).
+        self.retired: list[Any] = []
 
     def get(self, namespace: str, path: str) -> Index | None:
         found = self.by_namespace.get(namespace)
@@ -228,12 +249,19 @@ class Indexes:
         indexes = []
         for ns, paths in self.by_namespace.items():
             for p, index in paths.items():
-                entries = [
-                    [k, order] if v is None else [k, order, from_order_key(v)]
-                    for k, (order, v) in index.entries.items()
-                ]
+                # Listed by the encoder, in slices, from a snapshot taken in O(1).
+                entries = LazyList(index.entries.snapshot(), _entry_rows)
                 indexes.append([ns, p, index.pending, entries])
         return {"definitions": definitions, "indexes": indexes}
+
+    def checkpointed(self, written: dict[NewTable, Table]) -> None:
+        """The checkpoint of the last :meth:`capture` is durable: its snapshots are
+        spent (see :meth:`LayeredDict.settle`)."""
+        for paths in self.by_namespace.values():
+            for index in paths.values():
+                index.entries.settle()
+                self.retired += index.entries.retired  # (freed by the shell in slices)
+                index.entries.retired.clear()
 
     @classmethod
     def restore(cls, data: Any) -> Indexes:

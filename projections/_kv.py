@@ -35,6 +35,7 @@ from blake3 import blake3 as _blake3
 
 from koru.events import Event, PutEvent, PutRun, Table, content_id, key_probe, write_id
 
+from ._layered import LayeredDict, LazyList, Snapshot
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
@@ -285,8 +286,9 @@ class KvState:
         self.version_sum = 0
         #: (namespace, key) -> when its current version expires, for the keys whose
         #: current version has a time to live (expired ones too, until an expiry or a
-        #: newer version replaces them).
-        self.expiring: dict[tuple[str, str], int] = {}
+        #: newer version replaces them). Layered: a checkpoint's capture snapshots it in
+        #: O(1) (see :mod:`._layered`).
+        self.expiring: LayeredDict[tuple[str, str], int] = LayeredDict()
         #: Time travel's list of one key's timestamps (the blob it was read from, that
         #: blob's length then, the list), and the key searched last (its blob, length,
         #: searches of it so far): see :meth:`at_raw`.
@@ -895,13 +897,17 @@ class KvState:
             "max_hlc": self.max_hlc,
             "current_sum": (self.current_sum % _MOD).to_bytes(32, "big"),
             "version_sum": (self.version_sum % _MOD).to_bytes(32, "big"),
-            "expiring": [[ns, key, t] for (ns, key), t in self.expiring.items()],
+            # Listed by the encoder, in slices, from a snapshot taken in O(1).
+            "expiring": LazyList(self.expiring.snapshot(), _expiring_rows),
         }
 
     def checkpointed(self, written: dict[NewTable, Table]) -> None:
         """The checkpoint of the last :meth:`capture` is durable: its new table takes
         the place of the layers it holds. (If it failed, they stay frozen and the next
         checkpoint writes them.)"""
+        self.expiring.settle()  # its snapshot is spent
+        self.retired += self.expiring.retired  # (freed by the shell in slices)
+        self.expiring.retired.clear()
         for new, table in written.items():
             if new.owner is self._capturing:
                 self.tables.insert(0, table)
@@ -987,6 +993,12 @@ class KvState:
         state.current_sum = int.from_bytes(data["current_sum"], "big")
         state.version_sum = int.from_bytes(data["version_sum"], "big")
         return state
+
+
+def _expiring_rows(snapshot: Snapshot[tuple[str, str], int]) -> Iterator[list[Any]]:
+    """The checkpoint's ``expiring`` entries, ``[namespace, key, ns]``."""
+    for (ns, key), t in snapshot.items():
+        yield [ns, key, t]
 
 
 def _sorted_keys(

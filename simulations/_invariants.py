@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from koru.projections import LazyList
 from koru.projections import state_digest as _state_digest
 
 from ._grants import Use, allowed
@@ -311,7 +312,7 @@ def _canonical(value: Any) -> Any:
     order), objects that are not data (open tables) by their type."""
     if isinstance(value, dict):
         return sorted((repr(_canonical(k)), repr(_canonical(v))) for k, v in value.items())
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, list | tuple | set | frozenset | LazyList):
         return sorted(repr(_canonical(v)) for v in value)
     if value is None or isinstance(value, int | float | str | bytes | bool):
         return value

@@ -221,7 +221,7 @@ def test_the_index_fold_is_order_independent_and_idempotent() -> None:
             state.apply(ev, event_id(encode_event(ev)), 0)
         captured = state.capture()
         for index in captured["indexes"]:
-            index[3].sort()
+            index[3] = sorted(index[3])
         return captured
 
     first = fold([create, *puts])
