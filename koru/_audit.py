@@ -10,7 +10,7 @@ every entry of every table it names.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 
@@ -25,8 +25,13 @@ from koru.projections import (
     open_tables,
     table_names,
 )
+from koru.projections._indexes import Indexes
 
+from ._cache import ValueCache
+from ._documents import live_records
+from ._indexing import fill
 from ._loader import BUILTIN_PROJECTIONS
+from ._reader import ValueReader
 
 __all__ = ["audit_checkpoint"]
 
@@ -51,17 +56,41 @@ def _content(projection: Projection) -> Any:
     return _canonical(projection.capture())
 
 
+def _fill_as(replayed: Indexes, restored: Indexes, kv: Any, store: LogStore) -> None:
+    """Fill each index of the replay that the checkpoint holds filled, as the database
+    fills one, from the replayed key/value state and the values in the log (proven
+    against their content ids). Why: a replay leaves every index pending (the database
+    fills one after open, or when a query first could use it), so a checkpoint of a
+    filled index always disagreed with it."""
+    values = ValueReader(store, ValueCache(0))
+    for ns, paths in replayed.by_namespace.items():
+        for path, index in paths.items():
+            twin = restored.get(ns, path)
+            if not index.pending or twin is None or twin.pending:
+                continue
+            live = {
+                key: values.uncached(cid, location, ns, key, size)
+                for key, cid, location, size in live_records(kv, ns)
+            }
+            fill(index, kv, live.__getitem__)
+
+
 def _canonical(data: Any) -> bytes:
     """The canonical CBOR of captured state (what two states that agree share)."""
     return cbor2.dumps(_plain(data), canonical=True)
 
 
 def _plain(data: Any) -> Any:
-    """``data`` with every memoryview (a projection's uncopied buffer) as bytes."""
+    """``data`` with every memoryview (a projection's uncopied buffer) as bytes, and
+    every list as its items' canonical encodings, sorted. Why sorted: a captured list
+    is mostly a map's entries in the order they were first folded, and the replay
+    folds each agent's log in turn, not in the order the node received the events
+    (the feed heads of a node that wrote ``storage`` before ``perspective`` were
+    reported as disagreeing): the same events must give the same content."""
     if type(data) is memoryview:
         return data.tobytes()
     if type(data) is list or type(data) is LazyList:  # (a lazy list: made here)
-        return [_plain(v) for v in data]
+        return sorted(cbor2.dumps(_plain(v), canonical=True) for v in data)
     if type(data) is dict:
         return {k: _plain(v) for k, v in data.items()}
     return data
@@ -155,6 +184,8 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
             continue
         try:
             restored = kind.restore(open_tables(data, reopen))
+            if isinstance(restored, Indexes):
+                _fill_as(cast(Indexes, replayed[name]), restored, replayed["kv"], store)
             same = _content(restored) == _content(replayed[name])
         except (KoruError, ValueError, TypeError, KeyError) as exc:
             problems.append(f"section {name!r} cannot be restored: {exc}")

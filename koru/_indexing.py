@@ -10,6 +10,7 @@ recording them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from koru.events import IndexEvent, NotFoundError, check_name
@@ -23,9 +24,24 @@ from ._documents import DocumentCache
 from ._space import DEFAULT, Space
 from ._writer import Writer
 
-__all__ = ["IndexInfo", "Indexing"]
+__all__ = ["IndexInfo", "Indexing", "fill"]
 
 _ORDER = 56  # the order key's bytes at the start of a packed version record
+
+
+def fill(index: Index, kv: KvState, document: Callable[[str], Any]) -> None:
+    """Build a pending ``index`` from ``kv``'s current versions of its namespace (a
+    deleted key's entry holds no value), ``document(key)`` giving a live key's current
+    value: how the database fills one, and how an audit fills a replayed one."""
+    entries: list[tuple[str, bytes, tuple[Any, ...] | None]] = []
+    for key, blob in kv.items(index.namespace):
+        base = len(blob) - RECORD_SIZE
+        order = bytes(blob[base : base + _ORDER])
+        if blob[-1] & TOMBSTONE:
+            entries.append((key, order, None))
+        else:
+            entries.append((key, order, index.extract(document(key))))
+    index.fill(entries)
 
 
 class IndexInfo(NamedTuple):
@@ -87,18 +103,8 @@ class Indexing:
 
     def fill(self, index: Index) -> None:
         """Build a pending index from the namespace's current versions."""
-        ns = index.namespace
-        docs = self.documents.get(ns)
-        live = dict(zip(docs.keys, docs.docs, strict=True))
-        entries: list[tuple[str, bytes, tuple[Any, ...] | None]] = []
-        for key, blob in self.kv.items(ns):
-            base = len(blob) - RECORD_SIZE
-            order = bytes(blob[base : base + _ORDER])
-            if blob[-1] & TOMBSTONE:
-                entries.append((key, order, None))
-            else:
-                entries.append((key, order, index.extract(live[key])))
-        index.fill(entries)
+        docs = self.documents.get(index.namespace)
+        fill(index, self.kv, dict(zip(docs.keys, docs.docs, strict=True)).__getitem__)
 
     def plan(self, namespace: str, f: Filter | None) -> tuple[QueryPlan, set[str] | None]:
         """How a query with filter ``f`` reads ``namespace`` now (filling any pending
