@@ -323,7 +323,9 @@ class Writer:
         else:
             event = ExpiringPutEvent(*header, namespace, key, data, previous, expires)
         cid = content_id(data)
-        eid = self._append(event)
+        encoded = encode_event(event)
+        eid = event_id(encoded)
+        self.write(event, encoded, eid, cids=(cid,))  # the fold takes the content id
         self._cache.put(cid, data)
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
