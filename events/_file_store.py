@@ -460,7 +460,8 @@ class FileStore:
     def replay_plain(
         self, agent: str, start: Cursor | None = None, durable: Cursor | None = None
     ) -> Iterator[tuple[int, int, bytes, bytes]]:
-        return self._replay(agent, start, durable, plain=True)
+        # The scan yields lists of records: one generator step per list, not per record.
+        return itertools.chain.from_iterable(self._replay(agent, start, durable, plain=True))
 
     def _replay(
         self, agent: str, start: Cursor | None, durable: Cursor | None, *, plain: bool

@@ -18,6 +18,7 @@ checks do not accept whole (a name outside ASCII, say) is decoded by
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import Any
 
 import cbor2
@@ -38,6 +39,8 @@ RUN_SIZE = 128
 # three items are checked by that alone.
 _PUT_PREFIX = bytes([0x88, SCHEMA_VERSION, 0x63]) + b"put" + bytes([0x40 + NODE_ID_SIZE])
 
+_HLC, _LOCATION = itemgetter(0), itemgetter(3)  # of a run's row
+
 Feed = tuple[bytes, str]
 Head = tuple[int, bytes]
 
@@ -52,7 +55,7 @@ class PutRun:
     the log.
     """
 
-    __slots__ = ("agent", "origin", "position", "prev", "rows", "seq")
+    __slots__ = ("_top", "agent", "origin", "position", "prev", "rows", "seq")
 
     def __init__(
         self, origin: bytes, agent: str, seq: int, prev: bytes | None, position: int
@@ -63,6 +66,7 @@ class PutRun:
         self.prev = prev
         self.position = position
         self.rows: list[tuple[int, list[Any], bytes, int]] = []
+        self._top = (0, 0)  # (rows, their largest timestamp) when last computed
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,12 +81,17 @@ class PutRun:
 
     @property
     def locations(self) -> list[int]:
-        return [row[3] for row in self.rows]
+        return list(map(_LOCATION, self.rows))
 
     @property
     def top(self) -> int:
-        """The largest timestamp in the run."""
-        return max([row[0] for row in self.rows])
+        """The largest timestamp in the run (computed once for its rows: both the loader
+        and the key/value fold ask)."""
+        n, top = self._top
+        if n != len(self.rows):
+            top = max(map(_HLC, self.rows))
+            self._top = (len(self.rows), top)
+        return top
 
     def events(self) -> Iterator[tuple[PutEvent, bytes, int]]:
         """(event, event id, location) of each put, in order: for a projection that

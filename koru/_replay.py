@@ -76,7 +76,7 @@ def replay(
             # field, and every feed contiguous), consecutive puts of a feed as runs. No
             # run spans ``cut``: the record there starts one, where the fold stops.
             decoded = RunDecoder(
-                ((r[0], r[1], r[2], r[4]) for r in store.replay(agent, durable=proven.get(agent))),
+                store.replay_plain(agent, durable=proven.get(agent)),
                 agent,
                 _no_head,
                 cut=max(cut, 0),
