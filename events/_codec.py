@@ -47,6 +47,7 @@ __all__ = [
     "decode_trusted",
     "encode_event",
     "event_id",
+    "event_prev",
 ]
 
 SCHEMA_VERSION = 1
@@ -56,6 +57,44 @@ _new = tuple.__new__
 def event_id(data: bytes) -> bytes:
     """An event's id: blake3 of its canonical bytes."""
     return blake3.blake3(data).digest()
+
+
+def _item(data: bytes, at: int) -> tuple[int, int, int]:
+    """(major type, argument, next offset) of the CBOR item head at ``at``."""
+    if at >= len(data):
+        raise CodecError("event bytes end inside their header")
+    major, info = data[at] >> 5, data[at] & 31
+    if info < 24:
+        return major, info, at + 1
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if size is None or at + 1 + size > len(data):
+        raise CodecError("event bytes end inside their header")
+    return major, int.from_bytes(data[at + 1 : at + 1 + size], "big"), at + 1 + size
+
+
+def event_prev(data: bytes) -> bytes | None:
+    """The ``prev`` field of an event's bytes (its predecessor's id, None for a feed's
+    first event), read off its header without decoding the event: what a reader of
+    this node's own log checks an event's link to its predecessor by.
+
+    Raises:
+        CodecError: the bytes do not begin like an event.
+    """
+    major, count, at = _item(data, 0)
+    if major != 4 or count != 8:
+        raise CodecError("an event is an array of 8 items")
+    for want in (0, 3, 2, 3, 0):  # version, tag, origin, agent, seq
+        major, arg, at = _item(data, at)
+        if major != want:
+            raise CodecError("malformed event header")
+        if major in (2, 3):
+            at += arg
+    if data[at : at + 1] == b"\xf6":
+        return None
+    major, arg, at = _item(data, at)
+    if major != 2 or arg != _ID_SIZE or at + arg > len(data):
+        raise CodecError("malformed prev")
+    return bytes(data[at : at + arg])
 
 
 def _body(event: Event) -> list[Any]:
