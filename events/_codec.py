@@ -59,6 +59,9 @@ def event_id(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
+_ARGUMENT_SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
 def _item(data: bytes, at: int) -> tuple[int, int, int]:
     """(major type, argument, next offset) of the CBOR item head at ``at``."""
     if at >= len(data):
@@ -66,7 +69,7 @@ def _item(data: bytes, at: int) -> tuple[int, int, int]:
     major, info = data[at] >> 5, data[at] & 31
     if info < 24:
         return major, info, at + 1
-    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    size = _ARGUMENT_SIZE.get(info)
     if size is None or at + 1 + size > len(data):
         raise CodecError("event bytes end inside their header")
     return major, int.from_bytes(data[at + 1 : at + 1 + size], "big"), at + 1 + size
@@ -74,27 +77,39 @@ def _item(data: bytes, at: int) -> tuple[int, int, int]:
 
 def event_prev(data: bytes) -> bytes | None:
     """The ``prev`` field of an event's bytes (its predecessor's id, None for a feed's
-    first event), read off its header without decoding the event: what a reader of
-    this node's own log checks an event's link to its predecessor by.
+    first event), read off its header without decoding the event: what a reader of a
+    log checks an event's link to its predecessor by.
 
     Raises:
         CodecError: the bytes do not begin like an event.
     """
-    major, count, at = _item(data, 0)
-    if major != 4 or count != 8:
-        raise CodecError("an event is an array of 8 items")
-    for want in (0, 3, 2, 3, 0):  # version, tag, origin, agent, seq
-        major, arg, at = _item(data, at)
-        if major != want:
-            raise CodecError("malformed event header")
-        if major in (2, 3):
-            at += arg
+    # [1, tag, origin, agent, seq, prev, ...]: with a tag and an agent under 24 bytes
+    # (every registered one) the offsets are read off directly.
+    at = 0
+    tag = data[2:3]
+    if data[:2] == b"\x88\x01" and b"\x60" <= tag < b"\x78":
+        origin = 3 + tag[0] - 0x60
+        agent = data[origin + 17 : origin + 18]
+        if data[origin : origin + 1] == b"\x50" and b"\x60" <= agent < b"\x78":
+            at = origin + 18 + agent[0] - 0x60
+    if not at:
+        major, count, at = _item(data, 0)
+        if major != 4 or count != 8:
+            raise CodecError("an event is an array of 8 items")
+        for want in (0, 3, 2, 3):  # version, tag, origin, agent
+            major, arg, at = _item(data, at)
+            if major != want:
+                raise CodecError("malformed event header")
+            at += arg if major != 0 else 0
+    first = data[at : at + 1]  # the seq, an unsigned int
+    if not first or first[0] >= 0x1C:
+        raise CodecError("malformed event header")
+    at += 1 if first[0] < 0x18 else 1 + (1 << (first[0] - 0x18))
     if data[at : at + 1] == b"\xf6":
         return None
-    major, arg, at = _item(data, at)
-    if major != 2 or arg != _ID_SIZE or at + arg > len(data):
+    if data[at : at + 2] != b"\x58\x20" or at + 34 > len(data):
         raise CodecError("malformed prev")
-    return bytes(data[at : at + arg])
+    return bytes(data[at + 2 : at + 34])
 
 
 def _body(event: Event) -> list[Any]:

@@ -24,7 +24,7 @@ import trio
 
 from koru.events import CodecError, CorruptLogError, event_id, event_prev, unpack_location
 
-__all__ = ["RUN_BYTES", "RUN_EVENTS", "seal_marks"]
+__all__ = ["RUN_BYTES", "RUN_EVENTS", "prev_of", "seal_marks", "unlinked"]
 
 #: At most this many events, and bytes, between two points a seal names.
 RUN_EVENTS = 1024
@@ -71,8 +71,8 @@ async def seal_marks(
             assert found is not None  # every seq up to the head is held
             location = found
             data = read(location)
-            if seq > start + 1 and _prev(data) != previous:
-                _unlinked(agent, seq - 1, location)
+            if seq > start + 1 and prev_of(data) != previous:
+                unlinked(agent, seq - 1, location)
             if count and (count >= run_events or size + len(data) > run_bytes):
                 marks.append((seq - 1, previous))  # the run so far ends there
                 count = size = 0
@@ -84,22 +84,24 @@ async def seal_marks(
                 await trio.lowlevel.checkpoint()
                 check()
         if previous != head_id:
-            _unlinked(agent, head, location)
+            unlinked(agent, head, location)
         if marks:
             out[feed] = marks
     return out
 
 
-def _prev(data: bytes) -> bytes | None:
+def prev_of(data: bytes) -> bytes | None:
+    """The id an event read from the log names as its predecessor (None for a feed's
+    first event, or bytes that do not begin like an event: no id matches it)."""
     try:
         return event_prev(data)
     except CodecError:
         return None
 
 
-def _unlinked(agent: str, seq: int, location: int) -> None:
-    """Raise for the event at ``seq`` of this node's ``agent`` feed, which is not the
-    one the chain after it names (read just before ``location``, or at it)."""
+def unlinked(agent: str, seq: int, location: int) -> None:
+    """Raise for the event at ``seq`` of an ``agent`` feed, which is not the one the
+    chain after it names (read just before ``location``, or at it)."""
     _, segment, offset = unpack_location(location)
     raise CorruptLogError(
         agent,

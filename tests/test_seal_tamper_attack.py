@@ -97,3 +97,21 @@ async def test_a_seal_refuses_a_record_with_a_flipped_byte(tmp_path: Path) -> No
             for data in await db.feed_events(node, IDENTITY, 0)
             if type(decode_event(data)) is SealEvent
         ]
+
+
+@pytest.mark.parametrize(("after", "limit"), [(0, None), (1000, 100), (1023, 1), (1022, 2)])
+async def test_a_record_rewritten_on_disk_is_never_served_from_a_feed(
+    tmp_path: Path, after: int, limit: int | None
+) -> None:
+    """The record of seq 1,024 rewritten with its checksums fixed, between close and
+    reopen. ``feed_events`` (what sync pushes to every peer, and what a relay serves)
+    shipped the tampered event as this node's own; whatever range is asked that holds
+    it, it must raise CorruptLogError instead. A range that does not hold it is served."""
+    path = tmp_path / "db"
+    node, events = await _written(path, 3000)
+    _rewrite_record(path / "logs/storage/00000001.seg", events[1023], b"v01023", b"v0102X")
+    async with koru.open(path, difficulty=DIFFICULTY, sync="os", processes=False) as db:
+        with pytest.raises(koru.CorruptLogError):
+            await db.feed_events(node, "storage", after, limit)
+        assert await db.feed_events(node, "storage", 2000, 10) == events[2000:2010]
+        assert await db.feed_events(node, "storage", 1024) == events[1024:]
