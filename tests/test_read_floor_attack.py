@@ -1,0 +1,50 @@
+"""A hostile reviewer's attacks on the read floor (``koru/_read_floor.py``, the time
+expiry is judged by, which never goes back) when the clock goes back (h-seal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_expiry import SettableClock, opened
+
+import koru
+
+
+async def _put_reads_back(db: koru.Database, key: str, batch: bool) -> None:
+    """A put of ``key`` with ``ttl=20`` reads back at once, with its expiry."""
+    if batch:
+        (w,) = await db.put_batch([("s", key, "fresh")], ttl=20)
+    else:
+        w = await db.put("s", key, "fresh", ttl=20)
+    assert await db.get("s", key) == "fresh"
+    assert (await db.get_versioned("s", key)).expires == w.expires
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_value_put_with_a_ttl_after_the_clock_went_back_is_not_dead_on_arrival(
+    tmp_path: Path, reopen: bool, batch: bool
+) -> None:
+    """A read judged expiry at a time the clock then went back from: NTP stepping it
+    back 100 s, or one glitched reading a century ahead (the floor keeps it, and a
+    clean close saves it in ``read-floor``). A put with ``ttl=20`` after that was
+    acknowledged, then read as absent at once: its ``expires`` was its timestamp (the
+    clock's, behind the floor) plus the ttl, already past the read floor; after the
+    glitch, for every ttl put, for good, across reopens. What must hold: a value put
+    with a ttl is current right after its put (read your writes)."""
+    clock = SettableClock()
+    path = tmp_path / "db"
+    async with opened(path, clock) as db:
+        v = await db.put("s", "x", 1, ttl=10)
+        assert v.expires is not None
+        ahead = 100 * 365 * 86400 if reopen else 100
+        clock.ns = v.expires + ahead * 10**9
+        assert not await db.contains("s", "x")  # the read that moves the floor
+        clock.ns = v.expires
+        if not reopen:
+            await _put_reads_back(db, "y", batch)
+            return
+    for key in ("y", "z"):
+        async with opened(path, clock) as db:
+            await _put_reads_back(db, key, batch)
