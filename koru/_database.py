@@ -66,7 +66,7 @@ from ._queries import QueryEngine
 from ._read_floor import save_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
-from ._seal_marks import prev_of, unlinked
+from ._seal_marks import checked_prev, unlinked
 from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
@@ -906,12 +906,13 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         # rewritten on disk is refused, never shipped as the feed's (h-seal).
         eid = b""
         location = 0
+        feed = (node, agent)
         for seq in range(after + 1, last + 1):
             found = locate(node, agent, seq)
             assert found is not None
             location = found
             data = read(location)
-            if out and prev_of(data) != eid:
+            if checked_prev(data, feed, seq, location) != eid and out:
                 unlinked(agent, seq - 1, location)
             total += len(data)
             if max_bytes is not None and total > max_bytes and out:
@@ -926,7 +927,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             else:
                 found = locate(node, agent, last + 1)
                 assert found is not None
-                if prev_of(read(found)) != eid:
+                if checked_prev(read(found), feed, last + 1, found) != eid:
                     unlinked(agent, last, found)
         return out
 

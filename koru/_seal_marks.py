@@ -11,9 +11,10 @@ seal leaves to ``RUN_EVENTS`` events and ``RUN_BYTES`` bytes (an event larger th
 is a run of its own), well inside the room of one sender.
 
 The events are read from the log, which proves only damage by its checksums (crc32),
-not intent: each event read is checked to link to the one before it, and the last to
-the head held in memory, so a record rewritten on disk is refused (CorruptLogError),
-never signed as a point of the feed.
+not intent: each event read is checked to be the feed's event of its seq (its header)
+and to link to the one before it, and the last to the head held in memory, so a
+record rewritten on disk is refused (CorruptLogError), never signed as a point of the
+feed.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from koru.events import CodecError, CorruptLogError, event_id, event_prev, unpack_location
+from koru.events import CodecError, CorruptLogError, event_id, event_link, unpack_location
 
-__all__ = ["RUN_BYTES", "RUN_EVENTS", "prev_of", "seal_marks", "unlinked"]
+__all__ = ["RUN_BYTES", "RUN_EVENTS", "checked_prev", "seal_marks", "unlinked"]
 
 #: At most this many events, and bytes, between two points a seal names.
 RUN_EVENTS = 1024
@@ -71,7 +72,7 @@ async def seal_marks(
             assert found is not None  # every seq up to the head is held
             location = found
             data = read(location)
-            if seq > start + 1 and prev_of(data) != previous:
+            if checked_prev(data, feed, seq, location) != previous and seq > start + 1:
                 unlinked(agent, seq - 1, location)
             if count and (count >= run_events or size + len(data) > run_bytes):
                 marks.append((seq - 1, previous))  # the run so far ends there
@@ -90,13 +91,23 @@ async def seal_marks(
     return out
 
 
-def prev_of(data: bytes) -> bytes | None:
-    """The id an event read from the log names as its predecessor (None for a feed's
-    first event, or bytes that do not begin like an event: no id matches it)."""
+def checked_prev(data: bytes, feed: Feed, seq: int, location: int) -> bytes | None:
+    """The id the event read at ``location`` names as its predecessor (None for a
+    feed's first event), once its header says it is event ``seq`` of ``feed``.
+
+    Raises:
+        CorruptLogError: it is not, or does not begin like an event.
+    """
     try:
-        return event_prev(data)
+        origin, agent, at, prev = event_link(data)
     except CodecError:
-        return None
+        origin, agent, at, prev = b"", b"", 0, None
+    if origin != feed[0] or agent != feed[1].encode() or at != seq:
+        _, segment, offset = unpack_location(location)
+        raise CorruptLogError(
+            feed[1], seq, offset, f"segment {segment} holds another event in place of seq {seq}"
+        )
+    return prev
 
 
 def unlinked(agent: str, seq: int, location: int) -> None:

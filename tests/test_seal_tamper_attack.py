@@ -115,3 +115,29 @@ async def test_a_record_rewritten_on_disk_is_never_served_from_a_feed(
             await db.feed_events(node, "storage", after, limit)
         assert await db.feed_events(node, "storage", 2000, 10) == events[2000:2010]
         assert await db.feed_events(node, "storage", 1024) == events[1024:]
+
+
+async def test_a_segment_swapped_from_another_database_is_never_sealed_nor_served(
+    tmp_path: Path,
+) -> None:
+    """Two databases of the same shape (records of the same lengths at the same
+    offsets); the first, sealed segment of one is replaced by the other's between close
+    and reopen. The open does not read records before its checkpoint's cursor again,
+    and the cursor (in the last segment) still matches: the seal and the feed read the
+    other node's events as this node's own. Both must raise CorruptLogError."""
+    options = {"difficulty": DIFFICULTY, "sync": "os", "processes": False}
+    paths = [tmp_path / "a", tmp_path / "b"]
+    for path, tag in zip(paths, "ab", strict=True):
+        async with koru.open(path, segment_size=64 * 1024, **options) as db:
+            for i in range(3000):
+                await db.put("k", f"k{i:05d}", f"{tag}{i:05d}")
+            if tag == "a":
+                node = db.node_id
+    first = "logs/storage/00000001.seg"
+    assert (paths[0] / "logs/storage/00000002.seg").exists()
+    (paths[0] / first).write_bytes((paths[1] / first).read_bytes())
+    async with koru.open(paths[0], **options) as db:
+        with pytest.raises(koru.CorruptLogError):
+            await db.seal()
+        with pytest.raises(koru.CorruptLogError):
+            await db.feed_events(node, "storage", 0, 100)
