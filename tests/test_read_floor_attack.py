@@ -4,10 +4,13 @@ too (h-seal)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import trio
 from test_expiry import SettableClock, opened
 
 import koru
@@ -77,3 +80,49 @@ async def test_a_value_put_with_a_ttl_after_the_clock_went_back_is_not_dead_on_a
     for key in ("y", "z"):
         async with opened(path, clock) as db:
             await _put_reads_back(db, key, batch)
+
+
+_OPEN_ONCE = """
+import sys, trio, koru
+async def main():
+    try:
+        async with koru.open(sys.argv[1], sync="os", processes=False) as db:
+            print("opened", await db.get("s", "a"))
+    except koru.KoruError as exc:
+        print("refused", type(exc).__name__)
+trio.run(main)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("what", ["fifo", "/dev/zero"])
+@pytest.mark.parametrize("name", ["read-floor", "meta", "checkpoint", "node.key"])
+async def test_a_named_file_that_is_no_regular_file_never_hangs_the_open(
+    tmp_path: Path, name: str, what: str
+) -> None:
+    """``read-floor`` (and every named file of the directory) replaced by a named
+    pipe no one writes to, or a link to ``/dev/zero``: the open blocked for ever in
+    ``open()`` of the pipe (on the event loop: no cancel scope ends it), or read an
+    endless file into memory. What must hold: the open answers promptly, opened (a
+    read floor that does not count is ignored) or refused with a KoruError."""
+    path = tmp_path / "db"
+    async with opened(path, SettableClock()) as db:
+        await db.put("s", "a", 1)
+    target = path / name
+    target.unlink(missing_ok=True)
+    if what == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(what)
+    with trio.move_on_after(20) as waited:
+        ran = await trio.run_process(
+            [sys.executable, "-c", _OPEN_ONCE, str(path)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=tmp_path,
+        )
+    if waited.cancelled_caught:
+        pytest.fail(f"the open hung with {name} a {what}")
+    assert ran.returncode == 0, ran.stderr.decode()
+    assert ran.stdout.startswith((b"opened 1", b"refused ")), ran.stdout
