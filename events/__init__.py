@@ -23,6 +23,7 @@ from ._codec import decode_event as decode_event
 from ._codec import decode_trusted as decode_trusted
 from ._codec import encode_event as encode_event
 from ._codec import event_id as event_id
+from ._codec import event_link as event_link
 from ._disk import Disk as Disk
 from ._disk import OsDisk as OsDisk
 from ._errors import AuthError as AuthError
@@ -297,6 +298,7 @@ __all__ = [
     "encode_table",
     "encode_value",
     "event_id",
+    "event_link",
     "event_type_of",
     "event_types",
     "genesis_root",

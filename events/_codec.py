@@ -47,6 +47,7 @@ __all__ = [
     "decode_trusted",
     "encode_event",
     "event_id",
+    "event_link",
 ]
 
 SCHEMA_VERSION = 1
@@ -56,6 +57,65 @@ _new = tuple.__new__
 def event_id(data: bytes) -> bytes:
     """An event's id: blake3 of its canonical bytes."""
     return blake3.blake3(data).digest()
+
+
+_ARGUMENT_SIZE = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def _item(data: bytes, at: int) -> tuple[int, int, int]:
+    """(major type, argument, next offset) of the CBOR item head at ``at``."""
+    if at >= len(data):
+        raise CodecError("event bytes end inside their header")
+    major, info = data[at] >> 5, data[at] & 31
+    if info < 24:
+        return major, info, at + 1
+    size = _ARGUMENT_SIZE.get(info)
+    if size is None or at + 1 + size > len(data):
+        raise CodecError("event bytes end inside their header")
+    return major, int.from_bytes(data[at + 1 : at + 1 + size], "big"), at + 1 + size
+
+
+def event_link(data: bytes) -> tuple[bytes, bytes, int, bytes | None]:
+    """``(origin, agent, seq, prev)`` of an event's bytes (the agent as its UTF-8
+    bytes; ``prev`` None for a feed's first event), read off its header without
+    decoding the event: its place in its feed and its link to its predecessor, what a
+    reader of a log checks an event read from it by.
+
+    Raises:
+        CodecError: the bytes do not begin like an event.
+    """
+    # [1, tag, origin, agent, seq, prev, ...]: with a tag and an agent under 24 bytes
+    # (every registered one) the offsets are read off directly.
+    at = origin = name = 0  # where the seq, the origin's bytes and the agent's begin
+    tag = data[2:3]
+    if data[:2] == b"\x88\x01" and b"\x60" <= tag < b"\x78":
+        origin = 4 + tag[0] - 0x60
+        agent = data[origin + 16 : origin + 17]
+        if data[origin - 1 : origin] == b"\x50" and b"\x60" <= agent < b"\x78":
+            name = origin + 17
+            at = name + agent[0] - 0x60
+    if not at:
+        major, count, at = _item(data, 0)
+        if major != 4 or count != 8:
+            raise CodecError("an event is an array of 8 items")
+        for want in (0, 3, 2, 3):  # version, tag, origin, agent
+            major, arg, at = _item(data, at)
+            if major != want or (want == 2 and arg != NODE_ID_SIZE):
+                raise CodecError("malformed event header")
+            origin, name = (at, name) if want == 2 else (origin, at)
+            at += arg if major != 0 else 0
+    first = data[at : at + 1]  # the seq, an unsigned int
+    if not first or first[0] >= 0x1C:
+        raise CodecError("malformed event header")
+    step = 1 if first[0] < 0x18 else 1 + (1 << (first[0] - 0x18))
+    seq = first[0] if step == 1 else int.from_bytes(data[at + 1 : at + step], "big")
+    node, agent_name = data[origin : origin + NODE_ID_SIZE], data[name:at]
+    at += step
+    if data[at : at + 1] == b"\xf6":
+        return node, agent_name, seq, None
+    if data[at : at + 2] != b"\x58\x20" or at + 34 > len(data):
+        raise CodecError("malformed prev")
+    return node, agent_name, seq, data[at + 2 : at + 34]
 
 
 def _body(event: Event) -> list[Any]:

@@ -13,12 +13,13 @@ turns those into :class:`~koru.StorageError`\\ s naming the path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
 import stat
 from collections.abc import Iterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 __all__ = ["Disk", "OsDisk"]
 
@@ -133,6 +134,10 @@ class OsDisk:
         return os.listdir(path)
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            # A named pipe put in a file's place would block the open for ever (on
+            # the event loop, out of any cancel scope's reach); a file it never is.
+            flags |= os.O_NONBLOCK
         return os.open(path, flags | os.O_CLOEXEC, mode)
 
     def close(self, fd: int) -> None:
@@ -179,7 +184,7 @@ class OsDisk:
             os.close(fd)
 
     def read_file(self, path: str) -> bytes:
-        with open(path, "rb") as f:
+        with _regular(path) as f:
             return f.read()
 
     def replace(self, source: str, target: str) -> None:
@@ -189,14 +194,14 @@ class OsDisk:
         os.unlink(path)
 
     def map_file(self, path: str) -> bytes | mmap.mmap:
-        with open(path, "rb") as f:
+        with _regular(path) as f:
             if not os.fstat(f.fileno()).st_size:
                 return b""
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     @contextlib.contextmanager
     def mapped(self, path: str) -> Iterator[bytes | mmap.mmap]:
-        with open(path, "rb") as f:
+        with _regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if not size:
                 yield b""
@@ -206,3 +211,17 @@ class OsDisk:
             yield m
         finally:
             m.close()
+
+
+def _regular(path: str) -> BinaryIO:
+    """``path`` opened for reading, refused (OSError) unless it is a regular file: a
+    named pipe or a device in a file's place (a link to ``/dev/zero``, say) would block
+    the open for ever or be read without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -28,6 +28,7 @@ from koru.events import (
     LogStore,
     check_name,
     check_user_name,
+    event_id,
 )
 from koru.nursery import Clock, Committer, ProcessInfo
 from koru.projections import (
@@ -65,6 +66,7 @@ from ._queries import QueryEngine
 from ._read_floor import save_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
+from ._seal_marks import checked_prev, unlinked
 from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
@@ -896,17 +898,37 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         # ``last`` was appended before this sync began, so it covers them.
         await self._writer.settle()
         self._life.check()
-        locate = self._feeds.location
+        locate, read = self._feeds.location, self._store.read
         out: list[bytes] = []
         total = 0
+        # The log's checksums prove damage, not intent: each event served links to the
+        # one before it, and the last to the head or its successor, so a record
+        # rewritten on disk is refused, never shipped as the feed's (h-seal).
+        eid = b""
+        location = 0
+        feed = (node, agent)
         for seq in range(after + 1, last + 1):
-            location = locate(node, agent, seq)
-            assert location is not None
-            data = self._store.read(location)
+            found = locate(node, agent, seq)
+            assert found is not None
+            location = found
+            data = read(location)
+            if checked_prev(data, feed, seq, location) != eid and out:
+                unlinked(agent, seq - 1, location)
             total += len(data)
             if max_bytes is not None and total > max_bytes and out:
-                break
+                return out  # ``data`` named the last one served
             out.append(data)
+            eid = event_id(data)
+        if out:
+            assert head is not None
+            if last == head[0]:
+                if eid != head[1]:
+                    unlinked(agent, last, location)
+            else:
+                found = locate(node, agent, last + 1)
+                assert found is not None
+                if checked_prev(read(found), feed, last + 1, found) != eid:
+                    unlinked(agent, last, found)
         return out
 
     # -- whole-database views ----------------------------------------------------------

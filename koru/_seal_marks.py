@@ -9,6 +9,12 @@ then sealed once had them refused by every peer for ever (each peer's room fille
 the start of the run, and the rest was refused as "no room"). Marks bound every run a
 seal leaves to ``RUN_EVENTS`` events and ``RUN_BYTES`` bytes (an event larger than that
 is a run of its own), well inside the room of one sender.
+
+The events are read from the log, which proves only damage by its checksums (crc32),
+not intent: each event read is checked to be the feed's event of its seq (its header)
+and to link to the one before it, and the last to the head held in memory, so a
+record rewritten on disk is refused (CorruptLogError), never signed as a point of the
+feed.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from koru.events import event_id
+from koru.events import CodecError, CorruptLogError, event_id, event_link, unpack_location
 
-__all__ = ["RUN_BYTES", "RUN_EVENTS", "seal_marks"]
+__all__ = ["RUN_BYTES", "RUN_EVENTS", "checked_prev", "seal_marks", "unlinked"]
 
 #: At most this many events, and bytes, between two points a seal names.
 RUN_EVENTS = 1024
@@ -44,11 +50,15 @@ async def seal_marks(
     Reads every event of the unsealed stretch once, yielding to the loop every few
     thousand (``check`` raises if the database closed meanwhile). The identity feed
     too: the new seal proves its own feed up to itself, but the events since the last
-    seal form a run like any other."""
+    seal form a run like any other.
+
+    Raises:
+        CorruptLogError: an event read does not link to the one before it, or the last
+            is not the head: the log was changed under the feed's chain."""
     run_events, run_bytes = (RUN_EVENTS, RUN_BYTES) if run is None else run
     out: dict[Feed, list[tuple[int, bytes]]] = {}
     done = 0
-    for feed, (head, _) in heads.items():
+    for feed, (head, head_id) in heads.items():
         origin, agent = feed
         start = sealed_to.get(feed, 0)
         if head - start <= 1:
@@ -56,20 +66,57 @@ async def seal_marks(
         marks: list[tuple[int, bytes]] = []
         count = size = 0
         previous = b""
+        location = 0
         for seq in range(start + 1, head + 1):
-            location = locate(origin, agent, seq)
-            assert location is not None  # every seq up to the head is held
+            found = locate(origin, agent, seq)
+            assert found is not None  # every seq up to the head is held
+            location = found
             data = read(location)
+            if checked_prev(data, feed, seq, location) != previous and seq > start + 1:
+                unlinked(agent, seq - 1, location)
             if count and (count >= run_events or size + len(data) > run_bytes):
-                marks.append((seq - 1, event_id(previous)))  # the run so far ends there
+                marks.append((seq - 1, previous))  # the run so far ends there
                 count = size = 0
             count += 1
             size += len(data)
-            previous = data
+            previous = event_id(data)
             done += 1
             if done % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
                 check()
+        if previous != head_id:
+            unlinked(agent, head, location)
         if marks:
             out[feed] = marks
     return out
+
+
+def checked_prev(data: bytes, feed: Feed, seq: int, location: int) -> bytes | None:
+    """The id the event read at ``location`` names as its predecessor (None for a
+    feed's first event), once its header says it is event ``seq`` of ``feed``.
+
+    Raises:
+        CorruptLogError: it is not, or does not begin like an event.
+    """
+    try:
+        origin, agent, at, prev = event_link(data)
+    except CodecError:
+        origin, agent, at, prev = b"", b"", 0, None
+    if origin != feed[0] or agent != feed[1].encode() or at != seq:
+        _, segment, offset = unpack_location(location)
+        raise CorruptLogError(
+            feed[1], seq, offset, f"segment {segment} holds another event in place of seq {seq}"
+        )
+    return prev
+
+
+def unlinked(agent: str, seq: int, location: int) -> None:
+    """Raise for the event at ``seq`` of an ``agent`` feed, which is not the one the
+    chain after it names (read just before ``location``, or at it)."""
+    _, segment, offset = unpack_location(location)
+    raise CorruptLogError(
+        agent,
+        seq,
+        offset,
+        f"the event at seq {seq} (segment {segment}) is not the one its feed's chain names",
+    )

@@ -315,7 +315,9 @@ class Writer:
                 raise InvalidParentError(None, problem)
         event: Event
         header = self._header()
-        expires = None if ttl_ns is None else header[4] + ttl_ns
+        # From the read floor when the clock went back behind it (a read judged a later
+        # time): from the timestamp, the value would read as expired at once (h-seal).
+        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
         if parents:
             event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
         elif expires is None:
@@ -404,7 +406,7 @@ class Writer:
         if not writes:
             return []
         header = self._header()
-        expires = None if ttl_ns is None else header[4] + ttl_ns
+        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
         event: Event
         if expires is None:
             event = BatchEvent(*header, tuple(writes))
