@@ -62,6 +62,7 @@ class Slicer:
         "_greenlet",
         "_since",
         "_timer",
+        "_urgent",
         "budget",
         "longest",
         "offloads",
@@ -74,8 +75,12 @@ class Slicer:
         shortest: float = SHORTEST,
         longest: float = LONGEST,
         timer: Callable[[], float] = trio.current_time,
+        urgent: Callable[[], float] | None = None,
     ) -> None:
         self.shortest, self.longest = shortest, max(shortest, longest)
+        #: Asked after each turn of the loop: the slice (seconds) the work needs even
+        #: beside other tasks, as it falls behind them (0: none, the usual rule).
+        self._urgent = urgent
         #: The current slice's length (see SHORTEST).
         self.budget = shortest
         #: What slices and turns are timed by: trio's clock, as sleeps and timeouts
@@ -136,10 +141,11 @@ class Slicer:
                     if request is _TURN:
                         began = timer()
                         await trio.lowlevel.checkpoint()
-                        if timer() - began > _BUSY_TURN:
+                        wanted = 0.0 if self._urgent is None else self._urgent()
+                        if timer() - began > _BUSY_TURN and not wanted:
                             self.budget = self.shortest
                         else:
-                            self.budget = min(self.budget * 2, self.longest)
+                            self.budget = max(wanted, min(self.budget * 2, self.longest))
                         request = work.switch()
                         continue
                     call, call_args = request

@@ -15,15 +15,14 @@ from typing import Any
 import cbor2
 import pytest
 import trio
+from test_slicer_attack import every_pace_yields
 
 import koru
-import koru.nursery._checkpointer as ckmod
 from conftest import StepClock
 from koru import F, Query
 from koru._audit import audit_checkpoint
 from koru.events import IndexEvent
 from koru.nursery import CHECKPOINT_FILE
-from koru.nursery._slicer import Slicer
 from koru.projections import (
     KvState,
     LazyList,
@@ -188,19 +187,6 @@ def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
     finish()
     assert dict(live.items()) == model and set(live) == set(model)
     assert len(live._below) <= 12 and settled > 5 and listed > 20
-
-
-def every_pace_yields(monkeypatch: pytest.MonkeyPatch) -> list[Slicer]:
-    """Each checkpoint's slicer gives the loop a turn at every pace point."""
-    made: list[Slicer] = []
-
-    def zero() -> Slicer:
-        slicer = Slicer(shortest=0.0, longest=0.0)
-        made.append(slicer)
-        return slicer
-
-    monkeypatch.setattr(ckmod, "Slicer", zero)
-    return made
 
 
 def observed(db: koru.Database) -> tuple[Any, ...]:

@@ -111,8 +111,40 @@ async def test_slices_grow_while_nothing_else_runs_and_are_short_when_something_
     assert sorted(budgets)[len(budgets) // 2] == 1e-6
 
 
+async def test_slices_beside_other_tasks_grow_to_what_urgent_asks() -> None:
+    """Work falling behind the tasks beside it (a checkpoint far behind the writers)
+    asks, through ``urgent``, for slices of its own length even beside them."""
+    timer = HandTimer()
+    wanted = [0.0]
+    slicer = Slicer(shortest=1e-6, longest=1e-3, timer=timer, urgent=lambda: wanted[0])
+    budgets: list[float] = []
+
+    def work(pauses: int) -> None:
+        while slicer.pauses < pauses:
+            timer.now += 1e-7
+            before = slicer.pauses
+            slicer()
+            if slicer.pauses != before:
+                budgets.append(slicer.budget)
+
+    async def busy() -> None:
+        while True:
+            timer.now += 50e-6
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        await slicer.run(work, 100)
+        assert sorted(budgets)[len(budgets) // 2] == 1e-6  # not urgent: short
+        budgets.clear()
+        wanted[0] = 4e-3  # (more than the longest: urgent asks for it all the same)
+        await slicer.run(work, slicer.pauses + 100)
+        nursery.cancel_scope.cancel()
+    assert set(budgets) == {4e-3}
+
+
 async def test_the_slicer_times_slices_by_the_real_clock_by_default() -> None:
-    """Without a timer given, slices are timed by ``time.perf_counter``: a work that
+    """Without a timer given, slices are timed by trio's clock (a real one here): a work that
     paces often while nothing else runs gives the loop a turn at least every longest
     slice, so a long work makes turns."""
     slicer = Slicer(shortest=1e-6, longest=1e-4)

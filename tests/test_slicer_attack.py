@@ -32,10 +32,11 @@ NAMESPACES = ["a", "b"]
 
 def every_pace_yields(monkeypatch: pytest.MonkeyPatch) -> list[Slicer]:
     """Make each checkpoint's slicer give the loop a turn at every pace point (slices
-    of zero length), and return the slicers made."""
+    of zero length, however far behind the checkpoints are), and return the slicers
+    made."""
     made: list[Slicer] = []
 
-    def zero() -> Slicer:
+    def zero(**_: Any) -> Slicer:
         slicer = Slicer(shortest=0.0, longest=0.0)
         made.append(slicer)
         return slicer
@@ -289,9 +290,10 @@ async def test_single_puts_do_not_starve_the_background_checkpoints(
     the loop, gets one short slice per turn, so each checkpoint captured more than the
     one before it ran: 60,000 puts with a checkpoint due every 2,000 wrote 1 or 2, the
     last 50,000 to 58,000 versions all held in memory, and that backlog grows with the
-    load. What must hold (as for batches, ``LAG``): writers wait for the checkpoint in
-    progress once the background checkpoints are ``LAG`` intervals behind, so the
-    versions held since the newest checkpoint stay bounded."""
+    load. What must hold (as for batches, ``LAG``): writers are slowed once the
+    background checkpoints are ``EASE`` intervals behind, and wait for the checkpoint
+    in progress at ``LAG``, so the versions held since the newest checkpoint stay
+    bounded."""
     every, total = 2000, 60_000
     async with koru.open(tmp_path / "db", sync=sync, checkpoint_every=every) as db:
         ck = db._checkpointer
@@ -308,7 +310,7 @@ async def test_single_puts_do_not_starve_the_background_checkpoints(
                 nursery.start_soon(load, w)
         assert worst <= (ckmod.LAG + 1) * every + writers, (worst, ck.written)
         assert ck.written >= total // every // (ckmod.LAG + 1)
-        assert ck.stalls
+        assert ck.eased or ck.stalls  # the writers were held back
 
 
 @pytest.mark.parametrize("work", ["merge", "checkpoint"])
