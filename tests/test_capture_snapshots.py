@@ -15,7 +15,7 @@ from typing import Any
 import cbor2
 import pytest
 import trio
-from test_slicer_attack import every_pace_yields
+from test_slicer_attack import checkpoint_beside, every_pace_yields
 
 import koru
 from conftest import StepClock
@@ -216,27 +216,10 @@ async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
         await db.checkpoint()  # layers below the top from here on
         for i in range(0, 600, 5):
             await db.put(NS, f"k{i}", {"v": -i}, ttl=60.0)
-        ck = db._checkpointer
-        real_capture = ck._capture
-
-        def capture() -> dict[str, Any]:
-            # The state at capture, copied from the live maps (not from the snapshot:
-            # listing it here would merge its layers before the writes below land).
-            captured = real_capture()
-            at_capture.append(observed(db)[:2])
-            return captured
-
-        ck._capture = capture
-        done = trio.Event()
-
-        async def checkpoint() -> None:
-            await db.checkpoint()
-            done.set()
-
         landed = expired = 0
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(checkpoint)
-            await trio.lowlevel.checkpoint()
+        # The state at capture, copied from the live maps (not from the snapshot:
+        # listing it here would merge its layers before the writes below land).
+        async with checkpoint_beside(db, lambda _: at_capture.append(observed(db)[:2])) as done:
             i = 0
             while not done.is_set():
                 key = f"k{(i * 37) % 700}"
@@ -256,7 +239,6 @@ async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
                 landed += 1
                 i += 1
                 await trio.lowlevel.checkpoint()
-        ck._capture = real_capture
         assert landed > 50 and expired > 5 and slicers[-1].pauses > 5
         # The checkpoint holds the state of the moment of capture.
         written = decode_checkpoint(db._store.read_file(CHECKPOINT_FILE) or b"")

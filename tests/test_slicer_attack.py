@@ -5,8 +5,10 @@ that never leave the loop idle, and the timer under a mock clock."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,37 @@ def every_pace_yields(monkeypatch: pytest.MonkeyPatch) -> list[Slicer]:
 
     monkeypatch.setattr(ckmod, "Slicer", zero)
     return made
+
+
+@contextlib.asynccontextmanager
+async def checkpoint_beside(
+    db: koru.Database, on_capture: Callable[[dict[str, Any]], None]
+) -> AsyncIterator[trio.Event]:
+    """A checkpoint running in the background while the block writes (the event it
+    gives is set once the checkpoint is written), ``on_capture`` called with what it
+    captured, at its capture."""
+    ck = db._checkpointer
+    real_capture = ck._capture
+
+    def capture() -> dict[str, Any]:
+        captured = real_capture()
+        on_capture(captured)
+        return captured
+
+    done = trio.Event()
+
+    async def checkpoint() -> None:
+        await db.checkpoint()
+        done.set()
+
+    ck._capture = capture
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(checkpoint)
+            await trio.lowlevel.checkpoint()
+            yield done
+    finally:
+        ck._capture = real_capture
 
 
 async def observable(db: koru.Database) -> dict[str, Any]:
@@ -162,25 +195,12 @@ async def test_a_checkpoint_built_in_slices_is_the_one_built_at_once(
             if tables and i % (len(before) // tables + 1) == 0:
                 await db.checkpoint()
         writer = db._writer
-        ck = db._checkpointer
-        real_capture = ck._capture
 
-        def capture() -> dict[str, Any]:
-            captured = real_capture()
+        def encode_at_once(captured: dict[str, Any]) -> None:
             pieces, _ = encode_captured(captured, write_table=MemoryStore().write_table)
             reference.append(b"".join(bytes(p) for p in pieces))
-            return captured
 
-        ck._capture = capture
-        done = trio.Event()
-
-        async def checkpoint() -> None:
-            await db.checkpoint()
-            done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(checkpoint)
-            await trio.lowlevel.checkpoint()
+        async with checkpoint_beside(db, encode_at_once) as done:
             landed = 0
             for o in during:
                 landed += not done.is_set()
@@ -190,7 +210,6 @@ async def test_a_checkpoint_built_in_slices_is_the_one_built_at_once(
         interleaved.append(min(landed, slicers[-1].pauses))
         assert len(reference) == 1
         assert db._store.read_file(CHECKPOINT_FILE) == reference[0]
-        ck._capture = real_capture
         assert writer is db._writer
         for o in after:
             await apply(db, clock, foreign, o)
