@@ -234,8 +234,9 @@ class Checkpointer:
                 await self._ended.wait()
 
     async def stall(self) -> None:
-        """Before a single write (a put, a deletion), with :attr:`stalled` set: wait
-        for the background checkpoint in progress to end (:meth:`catch_up`). Why: a
+        """Before a single write (a put, a deletion), with :attr:`stalled` set: sleep
+        a little (``EASE`` intervals behind, see below), or, ``LAG`` intervals behind,
+        wait for the background checkpoint in progress to end (:meth:`catch_up`). Why: a
         checkpoint runs on the loop in slices, one short slice per turn of the loop,
         and a loop of puts (a put yields every 64th call under ``sync="os"``; a
         hundred writers share each commit round under ``"always"``) gave it too few:
