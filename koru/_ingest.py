@@ -36,6 +36,7 @@ from koru.events import (
     MAX_EVENT_SIZE,
     STORAGE,
     CodecError,
+    CorruptLogError,
     Event,
     HybridLogicalClock,
     LogStore,
@@ -45,6 +46,7 @@ from koru.events import (
 )
 from koru.projections import FeedState
 
+from ._seal_marks import checked_prev, unlinked
 from ._types import Refused
 
 __all__ = ["MAX_CLOCK_AHEAD_NS", "MAX_HELD_BYTES", "MAX_HELD_EVENTS", "Ingest"]
@@ -146,7 +148,11 @@ class Ingest:
         expected = 1 if head is None else head[0] + 1
         if event.seq < expected:
             assert head is not None
-            held_id = head[1] if event.seq == head[0] else self._id_at(feed, event.seq)
+            held_id = head[1] if event.seq == head[0] else self._id_at(feed, event.seq, eid)
+            if held_id is None:
+                return self._refuse(
+                    eid, f"this node's own record of event {event.seq} of its feed is damaged"
+                )
             if held_id == eid:
                 self.duplicates += 1
                 return None
@@ -211,11 +217,28 @@ class Ingest:
         self._held_bytes += cost
         return None
 
-    def _id_at(self, feed: Feed, seq: int) -> bytes:
-        """The id of the held event ``seq`` of ``feed``, from the log."""
+    def _id_at(self, feed: Feed, seq: int, offered: bytes) -> bytes | None:
+        """The id of the held event ``seq`` of ``feed`` (not the head), from the log;
+        None if the log's record of it is damaged. The log's checksums prove damage,
+        not intent: an id that is not the ``offered`` one is believed only once the
+        record is the feed's event of that seq and the next event names it, so a
+        record rewritten on disk is not taken for the peer's fork (blamed on it and
+        counted as one; h-seal)."""
         location = self._feeds.location(feed[0], feed[1], seq)
         assert location is not None  # every seq up to the head is held
-        return event_id(self._store.read(location))
+        try:
+            data = self._store.read(location)
+            held = event_id(data)
+            if held != offered:
+                checked_prev(data, feed, seq, location)
+                after = self._feeds.location(feed[0], feed[1], seq + 1)
+                assert after is not None
+                if checked_prev(self._store.read(after), feed, seq + 1, after) != held:
+                    unlinked(feed[1], seq, after)
+        except CorruptLogError as exc:
+            _log.error("koru: %s", exc)
+            return None
+        return held
 
     def _fork(self, feed: Feed, eid: bytes, why: str) -> Refused:
         self.forks += 1

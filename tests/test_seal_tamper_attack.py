@@ -141,3 +141,35 @@ async def test_a_segment_swapped_from_another_database_is_never_sealed_nor_serve
             await db.seal()
         with pytest.raises(koru.CorruptLogError):
             await db.feed_events(node, "storage", 0, 100)
+
+
+@pytest.mark.parametrize("damage", ["rewritten", "flipped"])
+async def test_a_peer_offering_a_held_event_again_is_not_blamed_for_a_damaged_record(
+    tmp_path: Path, damage: str
+) -> None:
+    """A node holds another's 20 events; its record of event 5 is then rewritten on
+    disk with its checksums fixed (or a byte of it flipped). A peer offers the honest
+    event 5 again (sync sends duplicates). Ingest compared it with the id of what the
+    log held and refused it as the peer's fork: counted in ``forks``, logged as the
+    origin's, or (a flipped byte) raised CorruptLogError out of ``ingest``, which
+    raises only for its caller's mistakes. It must refuse it as this node's own damage,
+    neither counting a fork nor raising, and still take a true fork for one."""
+    _, events = await _written(tmp_path / "origin", 20)
+    path = tmp_path / "db"
+    async with koru.open(path, difficulty=DIFFICULTY, sync="os", processes=False) as db:
+        assert (await db.ingest(events)).accepted == 20
+    segment = path / "logs/storage/00000001.seg"
+    if damage == "rewritten":
+        _rewrite_record(segment, events[4], b"v00004", b"v0000X")
+    else:
+        data = bytearray(segment.read_bytes())
+        data[data.index(b"v00004")] ^= 1
+        segment.write_bytes(bytes(data))
+    async with koru.open(path, difficulty=DIFFICULTY, sync="os", processes=False) as db:
+        result = await db.ingest([events[4]])
+        assert result.accepted == 0 and len(result.refused) == 1
+        assert "damaged" in result.refused[0].reason and not result.refused[0].fork
+        assert (await db.stats()).forks == 0
+        # A real fork of a sound event is still one.
+        fork = events[6].replace(b"v00006", b"v0000Y")
+        assert (await db.ingest([fork])).refused[0].fork
