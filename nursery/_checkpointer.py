@@ -255,8 +255,9 @@ class Checkpointer:
         # longer the further behind (up to EASE_MOST at LAG): the writers slow down
         # smoothly while the checkpoint (its slices, and its writes and syncs in
         # worker threads) catches up, instead of running at full speed into LAG and
-        # stopping there for the rest of a checkpoint: 0.4 to 2.6 s under
-        # ``sync="os"`` (what an LSM tree's delayed writes do before its stall).
+        # stopping there for the rest of a checkpoint: 0.4 to 0.5 s under
+        # ``sync="os"``, 1.4 s under ``"never"`` (what an LSM tree's delayed writes
+        # do before its stall).
         self.eased += 1
         await trio.sleep(EASE_MOST * behind / (LAG - EASE))
 
