@@ -66,7 +66,7 @@ from ._queries import QueryEngine
 from ._read_floor import save_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
-from ._seal_marks import checked_prev, unlinked
+from ._seal_marks import checked_prev, named_by_next, unlinked
 from ._sessions import Entropy, Sessions
 from ._space import DEFAULT
 from ._stats import OpenReport, Statistics
@@ -925,10 +925,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
                 if eid != head[1]:
                     unlinked(agent, last, location)
             else:
-                found = locate(node, agent, last + 1)
-                assert found is not None
-                if checked_prev(read(found), feed, last + 1, found) != eid:
-                    unlinked(agent, last, found)
+                named_by_next(locate, read, feed, last, eid)
         return out
 
     # -- whole-database views ----------------------------------------------------------

@@ -46,7 +46,7 @@ from koru.events import (
 )
 from koru.projections import FeedState
 
-from ._seal_marks import checked_prev, unlinked
+from ._seal_marks import checked_prev, named_by_next
 from ._types import Refused
 
 __all__ = ["MAX_CLOCK_AHEAD_NS", "MAX_HELD_BYTES", "MAX_HELD_EVENTS", "Ingest"]
@@ -231,10 +231,7 @@ class Ingest:
             held = event_id(data)
             if held != offered:
                 checked_prev(data, feed, seq, location)
-                after = self._feeds.location(feed[0], feed[1], seq + 1)
-                assert after is not None
-                if checked_prev(self._store.read(after), feed, seq + 1, after) != held:
-                    unlinked(feed[1], seq, after)
+                named_by_next(self._feeds.location, self._store.read, feed, seq, held)
         except CorruptLogError as exc:
             _log.error("koru: %s", exc)
             return None

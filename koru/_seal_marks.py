@@ -25,7 +25,7 @@ import trio
 
 from koru.events import CodecError, CorruptLogError, event_id, event_link, unpack_location
 
-__all__ = ["RUN_BYTES", "RUN_EVENTS", "checked_prev", "seal_marks", "unlinked"]
+__all__ = ["RUN_BYTES", "RUN_EVENTS", "checked_prev", "named_by_next", "seal_marks", "unlinked"]
 
 #: At most this many events, and bytes, between two points a seal names.
 RUN_EVENTS = 1024
@@ -120,3 +120,23 @@ def unlinked(agent: str, seq: int, location: int) -> None:
         offset,
         f"the event at seq {seq} (segment {segment}) is not the one its feed's chain names",
     )
+
+
+def named_by_next(
+    locate: Callable[[bytes, str, int], int | None],
+    read: Callable[[int], bytes],
+    feed: Feed,
+    seq: int,
+    eid: bytes,
+) -> None:
+    """Check that event ``seq + 1`` of ``feed`` (held: ``seq`` is below the head) is
+    its feed's event of that seq and names ``eid`` as its predecessor: what proves an
+    event read from the log short of the head.
+
+    Raises:
+        CorruptLogError: it does not (a record rewritten or swapped on disk).
+    """
+    after = locate(feed[0], feed[1], seq + 1)
+    assert after is not None  # every seq up to the head is held
+    if checked_prev(read(after), feed, seq + 1, after) != eid:
+        unlinked(feed[1], seq, after)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 from itertools import pairwise
 
-import cbor2
 import pytest
 import trio
 from test_auth_sync import everything, node, person, trusting
 from test_peer_protocol import Side, _feeds
 from test_peers import _link, _settled
-from test_proof_room import DIFFICULTY, _knowing, _reconciled, _relayed
+from test_proof_room import DIFFICULTY, _knowing, _reconciled, _relayed, pushes
 
 import koru._authority
 import koru._proven
@@ -73,12 +72,7 @@ def test_a_pusher_sends_one_identity_feed_at_a_time_to_its_end() -> None:
     spec = {(o, "identity"): 5000 for o in range(1, 5)}
     a, b = Side(_feeds(spec)), Side({})
     server = _reconciled(a, b)
-    pushed = []
-    while (push := server.next_push()) is not None:
-        feed, after, upto = push
-        events = [cbor2.dumps([feed[0], feed[1], s]) for s in range(after + 1, upto + 1)]
-        server.push(feed, events, upto, 1.0)
-        pushed.append(feed)
+    pushed = list(pushes(server))
     assert len(pushed) == 4 * 3  # 5,000 events a feed, 2,000 a batch
     runs = [pushed[0]] + [f for prev, f in pairwise(pushed) if f != prev]
     assert len(runs) == 4, f"identity feeds interleaved: {runs}"

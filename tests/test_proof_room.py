@@ -9,6 +9,7 @@ feeds side by side, and a node that wrote more than the room holds before it sea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import pairwise
 
 import cbor2
@@ -40,6 +41,16 @@ def _reconciled(a: Side, b: Side) -> PeerProtocol:
     return server
 
 
+def pushes(server: PeerProtocol) -> Iterator[tuple[bytes, str]]:
+    """Push everything ``server`` has queued, a batch at a time (each event made up of
+    its feed and seq), yielding each batch's feed once it is pushed."""
+    while (push := server.next_push()) is not None:
+        feed, after, upto = push
+        events = [cbor2.dumps([feed[0], feed[1], s]) for s in range(after + 1, upto + 1)]
+        server.push(feed, events, upto, 1.0)
+        yield feed
+
+
 def test_a_pusher_sends_one_feed_at_a_time_to_its_end() -> None:
     """Feeds pushed side by side (a batch of each in turn) each leave a run short of
     its sealed point waiting at the peer; one at a time, at most one is."""
@@ -47,10 +58,7 @@ def test_a_pusher_sends_one_feed_at_a_time_to_its_end() -> None:
     a, b = Side(_feeds(spec)), Side({})
     server = _reconciled(a, b)
     pushed = []
-    while (push := server.next_push()) is not None:
-        feed, after, upto = push
-        events = [cbor2.dumps([feed[0], feed[1], s]) for s in range(after + 1, upto + 1)]
-        server.push(feed, events, upto, 1.0)
+    for feed in pushes(server):
         pushed.append(feed)
         if len(pushed) == 2:
             # A new identity feed (a seal, say) goes first, and the run goes on after.
