@@ -1,13 +1,15 @@
-"""The plain ``put`` event's encoder: canonical bytes from a precomputed head.
+"""The ``put`` event's encoder (and ``put-ttl``'s): canonical bytes from a precomputed head.
 
 Why: a put is a few microseconds of work spread over many small steps, and encoding
 its event was one of the largest (``cbor2.dumps`` of the 8-item envelope with its
 4-item body). Every put event of a node's storage log starts with the same four
 fields, ``[1, "put", origin, "storage", ...``, so :class:`PutEncoder` encodes them
 once and appends seq, prev, hlc and the body ``[namespace, key, value bytes,
-previous]`` from parts (:mod:`._cbor_parts`). The bytes are exactly those of
-:func:`~._codec.encode_event` (``tests/test_put_codec.py`` checks it byte for byte
-with hypothesis); other event types go the general way.
+previous]`` from parts (:mod:`._cbor_parts`). A put with a time to live (``put-ttl``)
+differs only in its tag and a fifth body field, ``expires``, so it is encoded the same
+way. The bytes are exactly those of :func:`~._codec.encode_event`
+(``tests/test_put_codec.py`` checks it byte for byte with hypothesis); other event
+types go the general way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["PutEncoder"]
 _NULL = b"\xf6"
 _ID_HEAD = b"\x58\x20"  # a 32-byte string
 _BODY_HEAD = b"\x84"  # the put body: an array of 4
+_TTL_BODY_HEAD = b"\x85"  # the put-ttl body: the same and expires
 _BYTES_HEADS = tuple(bytes((0x40 | i,)) for i in range(24))
 _TEXT_HEADS = tuple(bytes((0x60 | i,)) for i in range(24))
 _B64 = struct.Struct(">BQ").pack
@@ -39,20 +42,21 @@ def _id(b: bytes | None) -> bytes:
 
 
 class PutEncoder:
-    """The canonical bytes of this node's plain ``put`` events, built from one constant
-    head (schema version, tag, origin, agent) and the fields that vary."""
+    """The canonical bytes of this node's ``put`` and ``put-ttl`` events, built from one
+    constant head (schema version, tag, origin, agent) and the fields that vary."""
 
-    __slots__ = ("_names", "_prefix")
+    __slots__ = ("_names", "_prefix", "_ttl_prefix")
 
     def __init__(self, origin: bytes) -> None:
         # [1, "put", origin, "storage", ...: an array of 8 whose first four never change.
-        self._prefix = (
+        self._prefix, self._ttl_prefix = (
             b"\x88"
             + uint(SCHEMA_VERSION)
-            + text("put")
+            + text(tag)
             + head(0x40, len(origin))
             + origin
             + text(STORAGE)
+            for tag in ("put", "put-ttl")
         )
         #: Encoded namespaces, reused (a database writes to few of them).
         self._names: dict[str, bytes] = {}
@@ -66,13 +70,15 @@ class PutEncoder:
         key: str,
         value: bytes,
         previous: bytes | None,
+        expires: int | None = None,
     ) -> bytes:
         """``encode_event(PutEvent(origin, "storage", seq, prev, hlc, namespace, key,
-        value, previous))``, for names already checked.
+        value, previous))`` for names already checked, or with ``expires`` that of the
+        ``ExpiringPutEvent``.
 
         Raises:
-            InvalidDataError: as ``encode_event``: an hlc or seq outside 64 bits, or an
-                event over ``MAX_EVENT_SIZE``.
+            InvalidDataError: as ``encode_event``: an hlc, seq or expires outside 64
+                bits, or an event over ``MAX_EVENT_SIZE``.
         """
         if type(hlc) is not int or not 0 <= hlc <= UINT64_MAX:
             raise InvalidDataError(f"timestamp {hlc!r} is not a 64-bit unsigned integer of ns")
@@ -88,13 +94,19 @@ class PutEncoder:
         # check_name lets through without a closer look), ids of 32 bytes (every id
         # this node's events carry), a timestamp of 8 bytes (every one since 1970).
         k = len(key)
+        if expires is None:
+            prefix, body, tail = self._prefix, _BODY_HEAD, b""
+        elif type(expires) is int and 1 <= expires <= UINT64_MAX:
+            prefix, body, tail = self._ttl_prefix, _TTL_BODY_HEAD, uint(expires)
+        else:
+            raise InvalidDataError(f"expires {expires!r} is not a positive 64-bit integer")
         data = b"".join(
             (
-                self._prefix,
+                prefix,
                 uint(seq),
                 _NULL if prev is None else _ID_HEAD + prev if len(prev) == 32 else _id(prev),
                 _B64(27, hlc) if hlc >= 0x100000000 else uint(hlc),
-                _BODY_HEAD,
+                body,
                 ns,
                 _TEXT_HEADS[k] + key.encode() if k < 24 and key.isascii() else text(key),
                 _BYTES_HEADS[n] if n < 24 else head(0x40, n),
@@ -104,6 +116,7 @@ class PutEncoder:
                 else _ID_HEAD + previous
                 if len(previous) == 32
                 else _id(previous),
+                tail,
             )
         )
         if len(data) > MAX_EVENT_SIZE:

@@ -77,7 +77,7 @@ from ._vector_calls import EmbeddingCalls
 from ._vectors import Vectors
 from ._viewing import ViewInfo, Viewing
 from ._workspace import Workspace, WorkspaceInfo, Workspaces
-from ._writer import Writer
+from ._writer import Writer, checked_ttl_ns
 
 __all__ = ["Database"]
 
@@ -290,8 +290,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         ):
             check_user_name(namespace, "namespace")
         writer = self._writer
-        if ttl is None and parents is None:
-            version = writer.put_plain(namespace, key, value)
+        if parents is None:
+            ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
+            version = writer.put_plain(namespace, key, value, ttl_ns)
         else:
             links = (
                 () if parents is None else self._lineage.parents(DEFAULT, namespace, key, parents)

@@ -58,7 +58,7 @@ from ._ingest import Ingest
 from ._space import DEFAULT
 from ._types import IngestResult, Version
 
-__all__ = ["Writer"]
+__all__ = ["Writer", "checked_ttl_ns"]
 
 _new = tuple.__new__
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
@@ -75,7 +75,7 @@ _WRITEBACK_MIN_SEGMENT = 16 * 1024 * 1024
 _OFFSET = 0xFFFFFFFF  # a location's byte offset in its segment
 
 
-def _ttl_ns(ttl: Any) -> int:
+def checked_ttl_ns(ttl: Any) -> int:
     """A time to live in ns, checked (a positive number of seconds, under a century)."""
     if type(ttl) not in (int, float) or not 0 < ttl <= _MAX_TTL:
         raise InvalidDataError(
@@ -301,29 +301,23 @@ class Writer:
         """Append a new version of ``namespace/key`` (not yet acknowledged), derived
         from ``parents`` (stored names, checked by the caller) if any."""
         check_name(namespace, "namespace")
-        if ttl is None and not parents:
-            return self.put_plain(namespace, key, value)
+        if not parents:
+            ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
+            return self.put_plain(namespace, key, value, ttl_ns)
         check_name(key, "key")
         data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
-        ttl_ns = None if ttl is None else _ttl_ns(ttl)
-        if parents:
-            # The decoder's rules, held here too: an event every replay would refuse
-            # must never be acknowledged.
-            problem = parents_problem((namespace, key), parents)
-            if problem is not None:
-                raise InvalidParentError(None, problem)
-        event: Event
+        ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
+        # The decoder's rules, held here too: an event every replay would refuse must
+        # never be acknowledged.
+        problem = parents_problem((namespace, key), parents)
+        if problem is not None:
+            raise InvalidParentError(None, problem)
         header = self._header()
         # From the read floor when the clock went back behind it (a read judged a later
         # time): from the timestamp, the value would read as expired at once (h-seal).
         expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
-        if parents:
-            event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
-        elif expires is None:
-            event = PutEvent(*header, namespace, key, data, previous)
-        else:
-            event = ExpiringPutEvent(*header, namespace, key, data, previous, expires)
+        event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
         cid = content_id(data)
         encoded = encode_event(event)
         eid = event_id(encoded)
@@ -331,12 +325,12 @@ class Writer:
         self._cache.put(cid, data)
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
-    def put_plain(self, namespace: str, key: str, value: Any) -> Version:
-        """:meth:`put` of a value without ttl or parents (nearly every put) in a
-        namespace the caller checked already (``check_name`` or stricter), fused: the
-        event built as a tuple, encoded by the precomputed put encoder (the same bytes
-        as ``encode_event``), its content id handed to the fold, and the version built
-        without intermediate objects."""
+    def put_plain(self, namespace: str, key: str, value: Any, ttl_ns: int | None = None) -> Version:
+        """:meth:`put` of a value without parents (nearly every put), with a time to
+        live of ``ttl_ns`` (checked) or none, in a namespace the caller checked already
+        (``check_name`` or stricter), fused: the event built as a tuple, encoded by the
+        precomputed put encoder (the same bytes as ``encode_event``), its content id
+        handed to the fold, and the version built without intermediate objects."""
         if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
             check_name(key, "key")  # (its fast path above, inlined)
         data = encode_value(value, self._max_value_size)
@@ -351,8 +345,19 @@ class Writer:
             _bad_clock(now)
         hlc = now if now > clock.last else clock.last + 1
         clock.last = hlc
-        encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous)
-        event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
+        event: Event
+        if ttl_ns is None:
+            expires = None
+            event = _new(PutEvent, (node, STORAGE, seq, prev, hlc, namespace, key, data, previous))
+        else:
+            # From the read floor when the clock went back behind it (a read judged a
+            # later time): from the timestamp, it would read as expired at once.
+            expires = max(hlc, self._read_floor) + ttl_ns
+            event = _new(
+                ExpiringPutEvent,
+                (node, STORAGE, seq, prev, hlc, namespace, key, data, previous, expires),
+            )
+        encoded = self._put_encoder.encode(seq, prev, hlc, namespace, key, data, previous, expires)
         # content_id(data) and event_id(encoded), inlined, with the writer's hasher
         # (reset before each use; reusing one is a third cheaper than a new one).
         reset, update = self._hash_reset, self._hash_update
@@ -360,7 +365,10 @@ class Writer:
         cid = update(data).digest()
         reset()
         eid = update(encoded).digest()
-        self.write(event, encoded, eid, cid)
+        if expires is None:
+            self.write(event, encoded, eid, cid)
+        else:  # (the fold of a put with a time to live takes the content ids of a batch)
+            self.write(event, encoded, eid, cids=(cid,))
         self._cache.put(cid, data)
         return _new(
             Version,
@@ -373,7 +381,7 @@ class Writer:
                 None if previous is None else previous.hex(),
                 self._node_hex,
                 False,
-                None,
+                expires,
             ),
         )
 
@@ -402,7 +410,7 @@ class Writer:
             seen.add((namespace, key))
             data = encode_value(value, self._max_value_size)
             writes.append(Write(namespace, key, data, self._kv.current_write_id(namespace, key)))
-        ttl_ns = None if ttl is None else _ttl_ns(ttl)
+        ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
         if not writes:
             return []
         header = self._header()

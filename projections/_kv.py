@@ -33,7 +33,16 @@ from typing import Any, ClassVar, NamedTuple
 
 from blake3 import blake3 as _blake3
 
-from koru.events import Event, PutEvent, PutRun, Table, content_id, key_probe, write_id
+from koru.events import (
+    Event,
+    ExpiringPutEvent,
+    PutEvent,
+    PutRun,
+    Table,
+    content_id,
+    key_probe,
+    write_id,
+)
 
 from ._layered import LayeredDict, LazyList, Snapshot
 from ._merging import MAX_TABLES, merge_plan, replace_merged
@@ -467,6 +476,23 @@ class KvState:
         order; anything for a tombstone) when the writer has them already (see
         :class:`~._projection.PutFold`), else hashed here."""
         origin, hlc = event.origin, event.hlc
+        if type(event) is ExpiringPutEvent:  # a put with a time to live: no Write built
+            value = event.value
+            rec = _REC.pack(
+                hlc,
+                origin,
+                event_id,
+                content_id(value) if content_ids is None else content_ids[0],
+                event.previous or _NO_ID,
+                location,
+                len(value),
+                event.expires,
+                _EXPIRES,
+            )
+            self._insert(event.namespace, event.key, rec, hlc)
+            if hlc > self.max_hlc:
+                self.max_hlc = hlc
+            return
         for i, w in enumerate(event.writes):
             data, expires = w.value, w.expires
             if data is None:

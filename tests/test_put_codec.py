@@ -18,6 +18,7 @@ from koru import InvalidDataError
 from koru.events import (
     STORAGE,
     BatchEvent,
+    ExpiringPutEvent,
     FileStore,
     PutEncoder,
     PutEvent,
@@ -105,6 +106,7 @@ def test_flat_encoder_key_order_is_per_key_tuple() -> None:
     key=names,
     value=st.binary(max_size=300),
     previous=ids,
+    expires=st.none() | st.integers(min_value=1, max_value=U64),
 )
 @settings(max_examples=400)
 def test_put_encoder_gives_encode_event_bytes(
@@ -116,6 +118,7 @@ def test_put_encoder_gives_encode_event_bytes(
     key: str,
     value: bytes,
     previous: bytes | None,
+    expires: int | None,
 ) -> None:
     p = None if seq == 1 else prev
     try:
@@ -123,10 +126,17 @@ def test_put_encoder_gives_encode_event_bytes(
         key.encode()
     except UnicodeEncodeError:
         return  # names are checked before either encoder sees them
-    event = PutEvent(origin, STORAGE, seq, p, hlc, namespace, key, value, previous)
-    fused = PutEncoder(origin).encode(seq, p, hlc, namespace, key, value, previous)
+    header = (origin, STORAGE, seq, p, hlc, namespace, key, value, previous)
+    event = PutEvent(*header) if expires is None else ExpiringPutEvent(*header, expires)
+    fused = PutEncoder(origin).encode(seq, p, hlc, namespace, key, value, previous, expires)
     assert fused == encode_event(event)
     assert decode_event(fused) == event
+
+
+@pytest.mark.parametrize("expires", [0, -1, 2**64, 1.5, True])
+def test_put_encoder_refuses_an_expiry_the_decoder_refuses(expires: Any) -> None:
+    with pytest.raises(InvalidDataError, match="expires"):
+        PutEncoder(bytes(16)).encode(1, None, 5, "n", "k", b"\x01", None, expires)
 
 
 @pytest.mark.parametrize(("seq", "hlc"), [(0, 5), (2**64, 5), (1, -1), (1, 2**64)])
@@ -162,6 +172,14 @@ async def test_fused_puts_read_back_and_replay_like_general_writes(tmp_path: Any
         written = [await db.put("users", f"k{i}", v) for i, v in enumerate(values)]
         again = await db.put("users", "k0", {"name": "user1", "age": 31, "active": False})
         assert again.previous == written[0].write_id
+        # A put with a time to live takes the same fused path, with its own tag.
+        lasting = await db.put("users", "t", {"name": "user2", "age": 1, "active": True}, ttl=60)
+        assert lasting.expires == lasting.timestamp + 60 * 10**9
+        renewed = await db.put("users", "t", [1, 2], ttl=0.5)
+        assert renewed.previous == lasting.write_id
+        assert renewed.expires == renewed.timestamp + 5 * 10**8
+        assert await db.get("users", "t") == [1, 2]
+        written += [lasting, renewed]
         for i, v in enumerate(values[1:], 1):
             assert await db.get("users", f"k{i}") == v
         history = await db.history("users", "k0")

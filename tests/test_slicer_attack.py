@@ -329,7 +329,9 @@ async def test_single_puts_do_not_starve_the_background_checkpoints(
                 nursery.start_soon(load, w)
         assert worst <= (ckmod.LAG + 1) * every + writers, (worst, ck.written)
         assert ck.written >= total // every // (ckmod.LAG + 1)
-        assert ck.eased or ck.stalls  # the writers were held back
+        # The writers were held back, if the checkpoints ever fell behind: on a slow
+        # disk (``always``) or a busy machine they may keep up without it.
+        assert ck.eased or ck.stalls or worst <= ckmod.EASE * every + writers, worst
 
 
 @pytest.mark.parametrize("work", ["merge", "checkpoint"])
