@@ -33,11 +33,12 @@ from ._indexing import fill
 from ._loader import BUILTIN_PROJECTIONS
 from ._reader import ValueReader
 
-__all__ = ["audit_checkpoint"]
+__all__ = ["audit_checkpoint", "content_of"]
 
 
-def _content(projection: Projection) -> Any:
-    """What a projection holds, comparable between two states that should agree."""
+def content_of(projection: Projection) -> Any:
+    """What a projection holds, comparable between two states that should agree (a
+    replay and a checkpoint's restore; the simulations' invariants compare them too)."""
     if isinstance(projection, KvState):
         return (
             list(projection.all_items()),
@@ -186,7 +187,7 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
             restored = kind.restore(open_tables(data, reopen))
             if isinstance(restored, Indexes):
                 _fill_as(cast(Indexes, replayed[name]), restored, replayed["kv"], store)
-            same = _content(restored) == _content(replayed[name])
+            same = content_of(restored) == content_of(replayed[name])
         except (KoruError, ValueError, TypeError, KeyError) as exc:
             problems.append(f"section {name!r} cannot be restored: {exc}")
             continue

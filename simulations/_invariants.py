@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from koru.projections import LazyList
+from koru._audit import content_of
 from koru.projections import state_digest as _state_digest
 
 from ._grants import Use, allowed
@@ -286,34 +286,11 @@ def rebuild_violations(name: str, disk: SimDisk, path: str, digest: str) -> list
 
 def _contents(projections: Any) -> dict[str, Any]:
     """Each projection's content but the key/value state's and the vectors' (compared
-    by the digest), comparable between a replay and a checkpoint's restore: its
-    ``content()`` where it has one (a projection that moves part of its state to
-    tables holds the same content differently after a checkpoint), else its
-    checkpoint capture as content (:func:`_canonical`)."""
-    contents = {}
-    for projection in projections.members:
-        if projection.name in ("kv", "vectors"):
-            continue
-        content = getattr(projection, "content", None)
-        contents[projection.name] = (
-            content() if callable(content) else _canonical(projection.capture())
-        )
-    return contents
+    by the digest), comparable between a replay and a checkpoint's restore, as
+    ``kdelta check`` compares them (:func:`koru._audit.content_of`)."""
+    return {p.name: content_of(p) for p in projections.members if p.name not in ("kv", "vectors")}
 
 
 def state_digest(projections: Any) -> str:
     """``Database.digest()`` of projections rebuilt outside a database."""
     return _state_digest(projections["kv"], projections["vectors"])
-
-
-def _canonical(value: Any) -> Any:
-    """A captured projection, compared as content: mappings and sequences whatever the
-    order of folding (a rebuild folds each agent's log in turn, a live node in arrival
-    order), objects that are not data (open tables) by their type."""
-    if isinstance(value, dict):
-        return sorted((repr(_canonical(k)), repr(_canonical(v))) for k, v in value.items())
-    if isinstance(value, list | tuple | set | frozenset | LazyList):
-        return sorted(repr(_canonical(v)) for v in value)
-    if value is None or isinstance(value, int | float | str | bytes | bool):
-        return value
-    return type(value).__name__
