@@ -9,10 +9,11 @@ Why CPU time: on a shared machine the wall-clock rows of ``bench/run.py`` move b
 third from run to run, while ``time.process_time`` (best of several passes) moves by a
 few percent, so a change to the put, get, get_at or history path can be judged by it.
 Measured: ``put`` with ``sync="os"`` against lmdb (one transaction per put) and sqlite3
-(WAL/NORMAL, one commit per put); ``get_nowait`` of 100,000 keys in random order against
-lmdb (one read transaction per get); ``history`` of 1,000 versions and ``get_at`` among
-them against sqlite3; and 16 concurrent writers with ``sync="always"`` on a disk whose
-fsync does nothing (the CPU of group commit). lmdb is a bench-only dependency.
+(WAL/NORMAL, one commit per put), and the same put with a ``ttl`` (``put ttl os``);
+``get_nowait`` of 100,000 keys in random order against lmdb (one read transaction per
+get); ``history`` of 1,000 versions and ``get_at`` among them against sqlite3; and 16
+concurrent writers with ``sync="always"`` on a disk whose fsync does nothing (the CPU
+of group commit). lmdb is a bench-only dependency.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ async def puts(where: str, out: dict[str, float]) -> None:
                 await db.put(NS, f"u{j}", value(j))
             counters[0] = i + n
 
+        async def koru_ttl_puts() -> None:
+            i = counters[0]
+            for j in range(i, i + n):
+                await db.put(NS, f"u{j}", value(j), ttl=3600)
+            counters[0] = i + n
+
         def lmdb_puts() -> None:
             i = counters[1]
             for j in range(i, i + n):
@@ -101,6 +108,7 @@ async def puts(where: str, out: dict[str, float]) -> None:
             counters[2] = i + n
 
         out["put os"] = await best_async(koru_puts, n)
+        out["put ttl os"] = await best_async(koru_ttl_puts, n)
         out["lmdb put"] = best(lmdb_puts, n)
         out["sqlite put"] = best(sqlite_puts, n)
     env.close()
