@@ -197,7 +197,9 @@ class Checkpointer:
         behind = self.lag / self.every - SLOW
         if behind < 0:
             return 0.0
-        return float(min(SLICE_BEHIND * 8**behind, SLICE_MOST))
+        # (The exponent bounded: a log hundreds of intervals beyond its checkpoint, as
+        # at the open after one was lost, overflowed the float and killed the handle.)
+        return float(min(SLICE_BEHIND * 8 ** min(behind, 8.0), SLICE_MOST))
 
     @property
     def easing(self) -> bool:
