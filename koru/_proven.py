@@ -125,8 +125,9 @@ class ProvenIngest:
         #: wait, checked), so another offered for seq is refused at once, not held and
         #: proven against the whole run again.
         self._known: dict[Feed, tuple[int, int, bytes]] = {}
-        #: Per sender: [events, bytes] it left waiting.
+        #: Per sender: [events, bytes] it left waiting, and the seqs of each feed.
         self._senders: dict[bytes, list[int]] = {}
+        self._sender_seqs: dict[bytes, dict[Feed, set[int]]] = {}
         #: Points named by seals seen but not (yet) taken, by feed (see _note_seal).
         self._early: dict[Feed, dict[int, tuple[bytes, ...]]] = {}
         self._early_count = 0
@@ -206,6 +207,7 @@ class ProvenIngest:
             ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
             return
         slot[event.seq] = _Item(event, data, eid, sender)
+        self._sender_seqs.setdefault(sender, {}).setdefault(feed, set()).add(event.seq)
         self._count += 1
         self._bytes += len(data)
         held[0] += 1
@@ -325,11 +327,13 @@ class ProvenIngest:
         """Refuse what ``sender`` left waiting of feeds other than ``feed``, a feed at a
         time (the one it started first, first), until an event of ``size`` bytes fits
         (to be offered again: a run is proven only once all of it waits here)."""
-        for other in list(self._waiting):
-            if other == feed or other not in self._waiting:
+        # Only the sender's own: a search of the whole room made each event refused
+        # at the bound cost every event others left waiting (h-ease).
+        mine = self._sender_seqs.get(sender, {})
+        for other in list(mine):
+            if other == feed or other not in mine:
                 continue
-            slot = self._waiting[other]
-            for seq in [seq for seq, item in slot.items() if item.sender == sender]:
+            for seq in sorted(mine[other]):
                 item = self._take(other, seq)
                 self._ingest.refuse(item.eid, "made room for another run; offer it again later")
             if not self._full(self._senders.get(sender) or [0, 0], size):
@@ -364,6 +368,13 @@ class ProvenIngest:
         held[1] -= len(item.data)
         if not held[0]:
             del self._senders[item.sender]
+        mine = self._sender_seqs[item.sender]
+        seqs = mine[feed]
+        seqs.discard(seq)
+        if not seqs:
+            del mine[feed]
+            if not mine:
+                del self._sender_seqs[item.sender]
         return item
 
     def _release(self, feed: Feed, now: int) -> None:
