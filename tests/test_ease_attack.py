@@ -57,3 +57,36 @@ async def test_a_log_far_beyond_its_checkpoint_does_not_kill_the_handle(
         assert max(s.budget for s in slicers) == ckmod.SLICE_MOST
         await db.put("n", "y", 2)  # still serving
         assert await db.get("n", "k2999") == 2999
+
+
+async def test_a_failing_checkpoint_is_tried_again_only_after_the_next_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: the checkpoint file cannot be written (a full disk for small files,
+    a permission changed), while a loop of single puts goes on and the log still
+    takes them. Each background
+    checkpoint fails (counted, not fatal: "try again after the next ``every``
+    events"). But once the checkpoints were ``LAG`` intervals behind, every put waited
+    for the checkpoint in progress, its write counted one more event, which made the
+    next checkpoint due at once: a checkpoint attempted (captured, synced, encoded,
+    failed) for every single put, each put waiting for a whole attempt. What must
+    hold: from ``LAG`` intervals behind, a failed checkpoint is tried again once per
+    interval, not once per write, and writers wait for those attempts only (below
+    ``LAG`` an attempt still follows the next event, as before)."""
+    every, total = 50, 2000
+    async with koru.open(tmp_path / "db", sync="never", checkpoint_every=every) as db:
+        ck = db._checkpointer
+        store = db._store
+        real = store.write_file
+
+        def refusing(name: str, *parts: bytes) -> None:
+            if name == CHECKPOINT_FILE:
+                raise OSError(28, "No space left on device (injected)")
+            real(name, *parts)
+
+        monkeypatch.setattr(store, "write_file", refusing)
+        for i in range(total):
+            await db.put("n", f"k{i}", i)
+        monkeypatch.setattr(store, "write_file", real)
+        assert ck.stalls <= total // every + 2, (ck.failures, ck.stalls)
+        assert ck.failures <= total // every + ckmod.LAG * every, (ck.failures, ck.stalls)
