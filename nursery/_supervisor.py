@@ -253,7 +253,11 @@ class Supervisor:
                     )
                     process.restarts += 1
                     process.state = "crash-loop" if crash_loop else "restarting"
-                    delay = min(policy.max_backoff, policy.backoff * 2 ** (process.in_a_row - 1))
+                    # (The exponent bounded: past 1,024 failures in a row the power
+                    # no longer converted to a float, and the OverflowError stopped the
+                    # database, h-ease.)
+                    doubled = 2 ** min(process.in_a_row - 1, 64)
+                    delay = min(policy.max_backoff, policy.backoff * doubled)
                     wait = delay * (1 + policy.jitter * self._rng.random())
                 else:
                     process.runs += 1

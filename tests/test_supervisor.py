@@ -267,3 +267,34 @@ async def test_a_task_that_fails_before_it_started_raises_its_own_error() -> Non
         async with supervise(fatal.append) as supervisor:
             await supervisor.start("broken", broken)
     assert fatal == []  # not a background failure: the caller sees it directly
+
+
+async def test_a_process_failing_for_days_on_end_never_stops_the_database(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: a periodic process that fails at every step for days (a disk that
+    refuses what the expiry process writes, a model the vectors process cannot train;
+    with the default policy, 1,025 failures in a row take about 85 hours). Its backoff
+    was ``backoff * 2 ** (failures in a row - 1)``, computed before the cap: past
+    1,024 the int no longer converted to a float, the OverflowError came out of the
+    supervisor's restart loop, and it stopped the database as a background failure.
+    What must hold: the process stays in its crash loop at the longest backoff, and
+    nothing is fatal."""
+    import random
+
+    from koru.nursery import Policy
+
+    attempts = 0
+
+    async def broken() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("still broken")
+
+    fatal: list[BaseException] = []
+    policy = Policy(interval=60)  # (the default backoff: 1.0 s doubling, up to 300 s)
+    async with supervise(fatal.append, rng=random.Random(3)) as supervisor:
+        await supervisor.every("broken", broken, policy)
+        await trio.sleep(1100 * 300 * 1.25)
+        (info,) = supervisor.processes()
+    assert attempts > 1030 and fatal == [] and info.state == "crash-loop"
