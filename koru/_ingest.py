@@ -100,6 +100,8 @@ class Ingest:
         self.accepted = 0
         self.duplicates = 0
         self.forks = 0
+        #: Forks refused per origin, for the warnings (see _fork).
+        self._forks_of: dict[bytes, int] = {}
         self.refused = 0
 
     @property
@@ -240,7 +242,12 @@ class Ingest:
     def _fork(self, feed: Feed, eid: bytes, why: str) -> Refused:
         self.forks += 1
         origin = feed[0].hex()
-        _log.warning("koru: refused a fork from origin %s: %s", origin, why)
+        n = self._forks_of[feed[0]] = self._forks_of.get(feed[0], 0) + 1
+        # The 1st, 2nd, 4th, 8th... of an origin only: a peer offering forks by the
+        # thousand cannot flood the application's log (every one is counted and
+        # reported to the caller).
+        if not n & (n - 1):
+            _log.warning("koru: refused a fork from origin %s (%d so far): %s", origin, n, why)
         return self._refuse(eid, f"a fork of origin {origin}'s feed: {why}", fork=True)
 
     def refuse(self, eid: bytes | None, reason: str) -> Refused:

@@ -223,6 +223,30 @@ async def test_forks_are_refused_and_reported(caplog: pytest.LogCaptureFixture) 
         assert await c.get("n", "k") == 2
 
 
+async def test_a_flood_of_forks_does_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer offering the same forged events again and again: each is refused and
+    counted as a fork, but the warnings of one origin's forks come at the 1st, 2nd,
+    4th, 8th... only (one line per fork let a peer fill the application's log)."""
+    async with (
+        koru.open(koru.MEMORY, seed=1) as a,
+        koru.open(koru.MEMORY, seed=1) as twin,
+        koru.open(koru.MEMORY, seed=2) as c,
+    ):
+        for i in range(3):
+            await a.put("n", "k", i)
+            await twin.put("n", "k", f"other {i}")
+        ours, theirs = await all_events(a), await all_events(twin)
+        assert (await c.ingest(ours)).accepted == 3
+        caplog.clear()
+        for _ in range(100):
+            result = await c.ingest(theirs)
+            assert [r.fork for r in result.refused] == [True] * 3
+        assert (await c.stats()).forks == 300
+        warned = [r for r in caplog.records if "refused a fork" in r.getMessage()]
+        assert len(warned) == 9  # forks 1, 2, 4, ..., 256
+        assert "(256 so far)" in warned[-1].getMessage()
+
+
 async def test_gaps_nobody_closes_do_not_stop_later_events_from_being_held(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
