@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from typing import Any, TypeVar, cast
 
 import trio
@@ -84,10 +85,6 @@ __all__ = ["Database"]
 #: Every name a caller may pass is at least this (a reserved one is less).
 _FIRST = chr(ord(RESERVED) + 1)
 _W = TypeVar("_W")  # what a batched write returns (see Database._batched)
-
-
-def _accepted(result: IngestResult) -> int:
-    return result.accepted
 
 
 #: Bounds of the recent map's capacity (see Database.__init__).
@@ -846,7 +843,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             InvalidArgumentError: ``events`` is not an iterable of bytes.
             ReadOnlyError, DatabaseClosedError, DurabilityError.
         """
-        return await self._batched(lambda: self._writer.take_in(events), _accepted)
+        return await self._batched(lambda: self._writer.take_in(events), attrgetter("accepted"))
 
     async def feed_heads(self) -> dict[tuple[str, str], int]:
         """How far each feed held here goes: ``(origin hex, agent) -> last seq``. What a

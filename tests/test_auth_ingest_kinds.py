@@ -297,3 +297,31 @@ async def test_what_a_real_node_writes_is_taken_as_far_as_its_grant_reaches() ->
         # The workspace's creation came with a write in it; its drop needs admin.
         assert heads[(origin, "workspace")] == 1
         assert await c.workspace("team").get("docs", "t1") == 1
+
+
+async def test_a_relayed_ingest_gives_way_to_checkpoints_left_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A relayed (authorized) ingest is a bulk write like ``ingest``: behind on its
+    checkpoints, the database gives way to them before taking the events in, and
+    counts what it took. (It skipped that, so a relayed flood was held back only by
+    the single writes' stall; h-ease review.)"""
+    clock = StepClock()
+    async with node(2, clock) as b:
+        peer = await relay(b)
+        m = person(90)
+        await b.register(m)
+        await b.grant(m, namespace="docs", actions="read,write")
+        put = KINDS["put-linked"][1]
+        events, seal = feed(m, "storage", [put], clock)
+        ck = b._checkpointer
+        gave_way = []
+
+        async def give_way() -> None:
+            gave_way.append(ck.lag)
+
+        monkeypatch.setattr(type(ck), "behind_by", property(lambda self: 2))
+        monkeypatch.setattr(ck, "give_way", give_way)
+        result = await peer.ingest([seal, *events])
+        assert gave_way and result.refused == ()
+        assert await held(b, m, "storage") == 1
