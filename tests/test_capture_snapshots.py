@@ -111,7 +111,7 @@ def old_index_capture(state: Indexes) -> dict[str, Any]:
         for p, index in paths.items():
             entries = [
                 [k, order] if v is None else [k, order, from_order_key(v)]
-                for k, (order, v) in index.entries.items()
+                for k, (order, v) in index.items()
             ]
             indexes.append([ns, p, index.pending, entries])
     return {"definitions": definitions, "indexes": indexes}
@@ -193,7 +193,7 @@ def observed(db: koru.Database) -> tuple[Any, ...]:
     """The keys with a time to live, the index's entries and the digest."""
     index = db._writer._projections["indexes"].get(NS, "v")  # type: ignore[attr-defined]
     assert index is not None
-    return (dict(db._kv.expiring.items()), dict(index.entries.items()), db._kv.digest())
+    return (dict(db._kv.expiring.items()), dict(index.items()), db._kv.digest())
 
 
 async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
@@ -246,7 +246,7 @@ async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
         indexes = Indexes.restore(written.sections["indexes"][1])
         index = indexes.get(NS, "v")
         assert index is not None and not index.pending
-        assert (dict(kv.expiring.items()), dict(index.entries.items())) == at_capture[0]
+        assert (dict(kv.expiring.items()), dict(index.items())) == at_capture[0]
         # ... and agrees with a replay of the log to its cursors. (The audit's replay
         # never fills an index, so it cannot judge that section.)
         problems, _ = audit_checkpoint(db._store)
