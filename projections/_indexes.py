@@ -25,10 +25,11 @@ Why the entries and buckets hold only strings, bytes, numbers and dicts of them:
 cyclic garbage collector never tracks such dicts, while a set per value, a tuple per
 entry and dicts holding them were visited by every full collection (over 70 ms with
 200,000 entries, a pause of every put). Each entry is the write's order followed by the
-value's order key in :mod:`marshal` (version 2: canonical, no references); buckets are
-split by rank, keyed by the value itself (its order key's second item), and hold one key
-as a plain string, more as a dict of keys to None. Only a list/map value's key is a tuple
-(tracked until a collection finds it holds atomics only).
+value's order key in :mod:`marshal` (version 2: canonical, no references). Buckets are
+split by rank, keyed by the value itself (its order key's second item): a value held by
+one key maps to that key (a dict of strings), one held by several to a dict of keys to
+None, in a second map; only that second map (one entry per value shared by keys) and a
+list/map value's key (a tuple) are tracked.
 """
 
 from __future__ import annotations
@@ -52,14 +53,12 @@ from koru.events import (
 
 from ._layered import LayeredDict, LazyList, Snapshot
 from ._newtable import NewTable
-from ._order import MISSING, order_key
+from ._order import MISSING, NUMBER, order_key
 from ._paths import check_path, get_path, split_path
 
 __all__ = ["Index", "Indexes", "from_order_key", "pack_entry", "unpack_entry", "write_order"]
 
 Key = tuple[Any, ...]
-#: One value's keys: the key itself when it is the only one.
-Bucket = str | dict[str, None]
 
 #: The length of a write's order (:func:`write_order`).
 ORDER = 56
@@ -102,7 +101,16 @@ def from_order_key(k: Key) -> Any:
 class Index:
     """One namespace's index on one path."""
 
-    __slots__ = ("buckets", "entries", "namespace", "path", "pending", "segments", "values")
+    __slots__ = (
+        "buckets",
+        "entries",
+        "namespace",
+        "path",
+        "pending",
+        "segments",
+        "shared",
+        "values",
+    )
 
     def __init__(self, namespace: str, path: str, *, pending: bool = True) -> None:
         self.namespace = namespace
@@ -111,9 +119,13 @@ class Index:
         #: key -> :func:`pack_entry` of the write that set it and its value; layered, so
         #: that a checkpoint's capture snapshots it in O(1).
         self.entries: LayeredDict[str, bytes] = LayeredDict()
-        #: rank -> value (an order key's second item, None for null) -> keys holding it
-        self.buckets: dict[int, dict[Any, Bucket]] = {}
-        #: rank -> the distinct values of ``buckets[rank]``, ascending
+        #: rank -> value (an order key's second item, None for null) -> the one key
+        #: holding it (a dict of strings: never tracked)
+        self.buckets: dict[int, dict[Any, str]] = {}
+        #: rank -> value -> the keys holding it, when more than one does (a dict of
+        #: dicts is always tracked: only values held by several keys are in it)
+        self.shared: dict[int, dict[Any, dict[str, None]]] = {}
+        #: rank -> the distinct values of both, ascending
         self.values: dict[int, list[Any]] = {}
         self.pending = pending
 
@@ -132,43 +144,54 @@ class Index:
         if value is None:
             entries.put_known(key, order, old is not None)
             return
-        entries.put_known(key, order + dumps(value, _MARSHAL), old is not None)
         rank = value[0]
+        if rank == NUMBER:
+            if value[1] != value[1]:
+                value = (NUMBER, _NAN)
+        elif rank > 5:
+            value = _canonical(value)
+        entries.put_known(key, order + dumps(value, _MARSHAL), old is not None)
         inner = value[1] if len(value) > 1 else None
-        found = self.buckets.get(rank)
-        if found is None:
-            found = self.buckets[rank] = {}
+        one = self.buckets.get(rank)
+        if one is None:
+            one = self.buckets[rank] = {}
+            self.shared[rank] = {}
             self.values[rank] = []
-        bucket = found.get(inner)
+        first = one.pop(inner, None)
+        if first is not None:
+            self.shared[rank][inner] = {first: None, key: None}
+            return
+        bucket = self.shared[rank].get(inner)
         if bucket is None:
-            found[inner] = key
+            one[inner] = key
             insort(self.values[rank], inner)
-        elif isinstance(bucket, str):
-            found[inner] = {bucket: None, key: None}
         else:
             bucket[key] = None
 
     def _unbucket(self, key: str, value: Key) -> None:
         rank = value[0]
+        if rank >= NUMBER and rank != 4 and rank != 5:
+            value = _canonical(value)
         inner = value[1] if len(value) > 1 else None
-        found = self.buckets[rank]
-        bucket = found.get(inner)
-        if bucket is None:  # a NaN in it: equal to no other object, itself included
-            inner, bucket = _holding(found, key)
-        if isinstance(bucket, str) or len(bucket) == 1:
-            del found[inner]
-            values = self.values[rank]
-            i = 0 if rank == 1 else bisect_left(values, inner)  # (null: its one value)
-            if i == len(values) or (values[i] is not inner and values[i] != inner):
-                # (A NaN in the list: it is no longer sorted, as it was not before.)
-                i = next(j for j, v in enumerate(values) if v is inner or v == inner)
-            del values[i]
-        else:
+        one = self.buckets[rank]
+        if one.pop(inner, None) is None:
+            shared = self.shared[rank]
+            bucket = shared[inner]
             del bucket[key]
+            if len(bucket) == 1:  # (back to one key)
+                (one[inner],) = bucket
+                del shared[inner]
+            return
+        values = self.values[rank]
+        i = 0 if rank == 1 else bisect_left(values, inner)  # (null: its one value)
+        if i == len(values) or (values[i] is not inner and values[i] != inner):
+            # A NaN in the list: it is no longer sorted (it was not before either).
+            i = next(j for j, v in enumerate(values) if v is inner or v == inner)
+        del values[i]
 
     def fill(self, entries: Iterable[tuple[str, bytes, Key | None]]) -> None:
         """Build the index from the namespace's current versions (no longer pending)."""
-        self.entries, self.buckets, self.values = LayeredDict(), {}, {}
+        self.entries, self.buckets, self.shared, self.values = LayeredDict(), {}, {}, {}
         for key, order, value in entries:
             self.put(key, order, value)
         self.pending = False
@@ -185,15 +208,22 @@ class Index:
 
     # -- lookups -------------------------------------------------------------------------
 
+    def _bucket(self, rank: int, inner: Any) -> Collection[str]:
+        first = self.buckets[rank].get(inner)
+        return (first,) if first is not None else self.shared[rank][inner].keys()
+
     def equal(self, value: Key) -> Collection[str]:
         """Keys whose field equals the value with order key ``value``."""
-        found = self.buckets.get(value[0])
-        if not found:
+        rank = value[0]
+        one = self.buckets.get(rank)
+        if one is None:
             return ()
-        bucket = found.get(value[1] if len(value) > 1 else None)
-        if bucket is None:
-            return ()
-        return (bucket,) if isinstance(bucket, str) else bucket.keys()
+        inner = value[1] if len(value) > 1 else None
+        first = one.get(inner)
+        if first is not None:
+            return (first,)
+        bucket = self.shared[rank].get(inner)
+        return () if bucket is None else bucket.keys()
 
     def between(
         self, low: Key, low_open: bool, high: Key, high_open: bool
@@ -216,22 +246,28 @@ class Index:
                     hi = (bisect_left if high_open else bisect_right)(values, high[1])
                 elif rank != 1 or high_open:
                     hi = 0
-            found = self.buckets[rank]
             for v in values[lo:hi]:
-                bucket = found[v]
-                yield (bucket,) if isinstance(bucket, str) else bucket.keys()
+                yield self._bucket(rank, v)
 
     def __len__(self) -> int:
-        found = [b for bs in self.buckets.values() for b in bs.values()]
-        return sum(1 if type(b) is str else len(b) for b in found)
+        shared = sum(len(b) for bs in self.shared.values() for b in bs.values())
+        return shared + sum(map(len, self.buckets.values()))
 
 
-def _holding(found: dict[Any, Bucket], key: str) -> tuple[Any, Bucket]:
-    """The value of ``found`` whose bucket holds ``key``, and that bucket."""
-    for inner, bucket in found.items():
-        if bucket == key if type(bucket) is str else key in bucket:
-            return inner, bucket
-    raise KeyError(key)
+_NAN = float("nan")
+
+
+def _canonical(k: Key) -> Key:
+    """``k`` with each NaN in it the one :data:`_NAN`: a NaN equals no other object,
+    and the key read back from an entry holds new ones."""
+    rank = k[0]
+    if rank == NUMBER:
+        return (NUMBER, _NAN) if k[1] != k[1] else k
+    if rank == 6:
+        return (6, tuple(map(_canonical, k[1])))
+    if rank == 7:
+        return (7, tuple((name, _canonical(v)) for name, v in k[1]))
+    return k
 
 
 def _entry_rows(snapshot: Snapshot[str, bytes]) -> Iterator[list[Any]]:
