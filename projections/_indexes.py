@@ -134,23 +134,30 @@ class Index:
         None for no value); an older write than the one recorded changes nothing."""
         entries = self.entries
         old = entries.get(key)
+        if value is None:
+            packed = order
+        else:
+            rank = value[0]
+            if rank == NUMBER:
+                if value[1] != value[1]:
+                    value = (NUMBER, _NAN)
+            elif rank > 5:
+                value = _canonical(value)
+            packed = order + dumps(value, _MARSHAL)
         if old is not None:
             # (An entry starts with its order, of fixed length: it compares with
             # ``order`` as its order does, and greater when equal.)
             if old >= order:
                 return
             if len(old) > ORDER:
-                self._unbucket(key, loads(memoryview(old)[ORDER:]))
+                was = loads(old[ORDER:])
+                if was == value:  # the same bucket
+                    entries.put_known(key, packed, True)
+                    return
+                self._unbucket(key, was)
+        entries.put_known(key, packed, old is not None)
         if value is None:
-            entries.put_known(key, order, old is not None)
             return
-        rank = value[0]
-        if rank == NUMBER:
-            if value[1] != value[1]:
-                value = (NUMBER, _NAN)
-        elif rank > 5:
-            value = _canonical(value)
-        entries.put_known(key, order + dumps(value, _MARSHAL), old is not None)
         inner = value[1] if len(value) > 1 else None
         one = self.buckets.get(rank)
         if one is None:
@@ -170,7 +177,10 @@ class Index:
 
     def _unbucket(self, key: str, value: Key) -> None:
         rank = value[0]
-        if rank >= NUMBER and rank != 4 and rank != 5:
+        if rank == NUMBER:
+            if value[1] != value[1]:
+                value = (NUMBER, _NAN)
+        elif rank > 5:
             value = _canonical(value)
         inner = value[1] if len(value) > 1 else None
         one = self.buckets[rank]
