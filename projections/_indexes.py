@@ -164,16 +164,17 @@ class Index:
             one = self.buckets[rank] = {}
             self.shared[rank] = {}
             self.values[rank] = []
+        shared = self.shared[rank]
+        bucket = shared.get(inner)
+        if bucket is not None:
+            bucket[key] = None
+            return
         first = one.pop(inner, None)
         if first is not None:
-            self.shared[rank][inner] = {first: None, key: None}
-            return
-        bucket = self.shared[rank].get(inner)
-        if bucket is None:
+            shared[inner] = {first: None, key: None}
+        else:
             one[inner] = key
             insort(self.values[rank], inner)
-        else:
-            bucket[key] = None
 
     def _unbucket(self, key: str, value: Key) -> None:
         rank = value[0]
@@ -183,15 +184,15 @@ class Index:
         elif rank > 5:
             value = _canonical(value)
         inner = value[1] if len(value) > 1 else None
-        one = self.buckets[rank]
-        if one.pop(inner, None) is None:
-            shared = self.shared[rank]
-            bucket = shared[inner]
+        shared = self.shared[rank]
+        bucket = shared.get(inner)
+        if bucket is not None:
             del bucket[key]
             if len(bucket) == 1:  # (back to one key)
-                (one[inner],) = bucket
+                (self.buckets[rank][inner],) = bucket
                 del shared[inner]
             return
+        del self.buckets[rank][inner]
         values = self.values[rank]
         i = 0 if rank == 1 else bisect_left(values, inner)  # (null: its one value)
         if i == len(values) or (values[i] is not inner and values[i] != inner):
