@@ -117,8 +117,11 @@ class Documents:
         self.docs: list[Any] = []
         self.sizes: list[int] = []
         self.index: dict[str, int] = {}
-        #: Keys written since the last refresh (None: everything, rebuild).
-        self.dirty: set[str] | None = None
+        #: Keys written since the last refresh (None: everything, rebuild). A dict of
+        #: keys to None, not a set: the cyclic garbage collector never tracks it (a set
+        #: is always tracked, and a namespace written and not scanned gathers every key
+        #: it writes: a full collection visited each of them).
+        self.dirty: dict[str, None] | None = None
         self.size = 0
 
     def refresh(self, kv: KvState, read: Reader, peek: Peek) -> None:
@@ -131,12 +134,12 @@ class Documents:
             self.docs = read_values(read, ns, recs, peek)
             self.index = {k: i for i, k in enumerate(self.keys)}
             self.size = sum(self.sizes)
-            self.dirty = set()
+            self.dirty = {}
             return
         if not self.dirty:
             return
         dirty = sorted(self.dirty)
-        self.dirty = set()
+        self.dirty = {}
         recs = live_records(kv, ns, dirty)
         values = read_values(read, ns, recs, peek)
         live = {r[0] for r in recs}
@@ -181,7 +184,7 @@ class DocumentCache:
         """A write to ``namespace/key`` was folded (the write path's observer)."""
         docs = self.by_namespace.get(namespace)
         if docs is not None and docs.dirty is not None:
-            docs.dirty.add(key)
+            docs.dirty[key] = None
 
     def get(self, namespace: str) -> Documents:
         """The namespace's documents, up to date (kept if they fit the budget)."""

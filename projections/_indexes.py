@@ -20,12 +20,23 @@ the database fills it from the current documents (:meth:`Index.fill`) right afte
 A pending index ignores writes (the fill reads their result) and is never used.
 
 Index values are decoded from the bytes each write event carries.
+
+Why the entries and buckets hold only strings, bytes, numbers and dicts of them: CPython's
+cyclic garbage collector never tracks such dicts, while a set per value, a tuple per
+entry and dicts holding them were visited by every full collection (over 70 ms with
+200,000 entries, a pause of every put). Each entry is the write's order followed by the
+value's order key in :mod:`marshal` (version 2: canonical, no references). Buckets are
+split by rank, keyed by the value itself (its order key's second item): a value held by
+one key maps to that key (a dict of strings), one held by several to a dict of keys to
+None, in a second map; only that second map (one entry per value shared by keys) and a
+list/map value's key (a tuple) are tracked.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from marshal import dumps, loads
 from typing import Any, ClassVar
 
 import cbor2
@@ -42,12 +53,31 @@ from koru.events import (
 
 from ._layered import LayeredDict, LazyList, Snapshot
 from ._newtable import NewTable
-from ._order import MISSING, order_key
+from ._order import MISSING, NUMBER, order_key
 from ._paths import check_path, get_path, split_path
 
-__all__ = ["Index", "Indexes", "from_order_key", "write_order"]
+__all__ = ["Index", "Indexes", "from_order_key", "pack_entry", "unpack_entry", "write_order"]
 
 Key = tuple[Any, ...]
+
+#: The length of a write's order (:func:`write_order`).
+ORDER = 56
+#: The :mod:`marshal` version of an entry's value: 2 writes no back-references and no
+#: interning marks, so equal keys of the same types give equal bytes.
+_MARSHAL = 2
+
+
+def pack_entry(order: bytes, value: Key | None) -> bytes:
+    """An index entry: the order of the write that set it, then its value's order key
+    (none if the key holds no value)."""
+    return order if value is None else order + dumps(value, _MARSHAL)
+
+
+def unpack_entry(entry: bytes) -> tuple[bytes, Key | None]:
+    """The order and the value's order key (or None) of an entry."""
+    if len(entry) == ORDER:
+        return entry, None
+    return entry[:ORDER], loads(memoryview(entry)[ORDER:])
 
 
 def write_order(hlc: int, origin: bytes, wid: bytes) -> bytes:
@@ -71,19 +101,32 @@ def from_order_key(k: Key) -> Any:
 class Index:
     """One namespace's index on one path."""
 
-    __slots__ = ("buckets", "entries", "namespace", "path", "pending", "segments", "values")
+    __slots__ = (
+        "buckets",
+        "entries",
+        "namespace",
+        "path",
+        "pending",
+        "segments",
+        "shared",
+        "values",
+    )
 
     def __init__(self, namespace: str, path: str, *, pending: bool = True) -> None:
         self.namespace = namespace
         self.path = path
         self.segments = split_path(path)
-        #: key -> (order of the write that set it, order key of the value or None);
-        #: layered, so that a checkpoint's capture snapshots it in O(1).
-        self.entries: LayeredDict[str, tuple[bytes, Key | None]] = LayeredDict()
-        #: order key of a value -> keys holding it
-        self.buckets: dict[Key, set[str]] = {}
-        #: the distinct order keys, ascending
-        self.values: list[Key] = []
+        #: key -> :func:`pack_entry` of the write that set it and its value; layered, so
+        #: that a checkpoint's capture snapshots it in O(1).
+        self.entries: LayeredDict[str, bytes] = LayeredDict()
+        #: rank -> value (an order key's second item, None for null) -> the one key
+        #: holding it (a dict of strings: never tracked)
+        self.buckets: dict[int, dict[Any, str]] = {}
+        #: rank -> value -> the keys holding it, when more than one does (a dict of
+        #: dicts is always tracked: only values held by several keys are in it)
+        self.shared: dict[int, dict[Any, dict[str, None]]] = {}
+        #: rank -> the distinct values of both, ascending
+        self.values: dict[int, list[Any]] = {}
         self.pending = pending
 
     def put(self, key: str, order: bytes, value: Key | None) -> None:
@@ -91,29 +134,75 @@ class Index:
         None for no value); an older write than the one recorded changes nothing."""
         entries = self.entries
         old = entries.get(key)
+        if value is None:
+            packed = order
+        else:
+            rank = value[0]
+            if rank == NUMBER:
+                if value[1] != value[1]:
+                    value = (NUMBER, _NAN)
+            elif rank > 5:
+                value = _canonical(value)
+            packed = order + dumps(value, _MARSHAL)
         if old is not None:
-            if old[0] >= order:
+            # (An entry starts with its order, of fixed length: it compares with
+            # ``order`` as its order does, and greater when equal.)
+            if old >= order:
                 return
-            if old[1] is not None:
-                self._unbucket(key, old[1])
-        entries.put_known(key, (order, value), old is not None)
-        if value is not None:
-            bucket = self.buckets.get(value)
-            if bucket is None:
-                bucket = self.buckets[value] = set()
-                insort(self.values, value)
-            bucket.add(key)
+            if len(old) > ORDER:
+                was = loads(old[ORDER:])
+                if was == value:  # the same bucket
+                    entries.put_known(key, packed, True)
+                    return
+                self._unbucket(key, was)
+        entries.put_known(key, packed, old is not None)
+        if value is None:
+            return
+        inner = value[1] if len(value) > 1 else None
+        one = self.buckets.get(rank)
+        if one is None:
+            one = self.buckets[rank] = {}
+            self.shared[rank] = {}
+            self.values[rank] = []
+        shared = self.shared[rank]
+        bucket = shared.get(inner)
+        if bucket is not None:
+            bucket[key] = None
+            return
+        first = one.pop(inner, None)
+        if first is not None:
+            shared[inner] = {first: None, key: None}
+        else:
+            one[inner] = key
+            insort(self.values[rank], inner)
 
     def _unbucket(self, key: str, value: Key) -> None:
-        bucket = self.buckets[value]
-        bucket.discard(key)
-        if not bucket:
-            del self.buckets[value]
-            del self.values[bisect_left(self.values, value)]
+        rank = value[0]
+        if rank == NUMBER:
+            if value[1] != value[1]:
+                value = (NUMBER, _NAN)
+        elif rank > 5:
+            value = _canonical(value)
+        inner = value[1] if len(value) > 1 else None
+        shared = self.shared[rank]
+        bucket = shared.get(inner)
+        if bucket is not None:
+            del bucket[key]
+            if len(bucket) == 1:  # (back to one key)
+                (self.buckets[rank][inner],) = bucket
+                del shared[inner]
+            return
+        del self.buckets[rank][inner]
+        values = self.values[rank]
+        i = 0 if rank == 1 else bisect_left(values, inner)  # (null: its one value)
+        if i == len(values) or (values[i] is not inner and values[i] != inner):
+            # A NaN in the list: it is no longer sorted (it was not before either).
+            i = next(j for j, v in enumerate(values) if v is inner or v == inner)
+        del values[i]
 
     def fill(self, entries: Iterable[tuple[str, bytes, Key | None]]) -> None:
         """Build the index from the namespace's current versions (no longer pending)."""
-        self.entries, self.buckets, self.values = LayeredDict(), {}, []
+        self.entries, self.buckets, self.shared, self.values = LayeredDict(), {}, {}, {}
         for key, order, value in entries:
             self.put(key, order, value)
         self.pending = False
@@ -123,31 +212,82 @@ class Index:
         v = get_path(doc, self.segments)
         return None if v is MISSING else order_key(v)
 
+    def items(self) -> Iterator[tuple[str, tuple[bytes, Key | None]]]:
+        """Every entry: key, (order of the write that set it, its value's order key)."""
+        for key, entry in self.entries.items():
+            yield key, unpack_entry(entry)
+
     # -- lookups -------------------------------------------------------------------------
 
-    def equal(self, value: Key) -> set[str]:
-        """Keys whose field equals the value with order key ``value``."""
-        return self.buckets.get(value, _EMPTY)
+    def _bucket(self, rank: int, inner: Any) -> Collection[str]:
+        first = self.buckets[rank].get(inner)
+        return (first,) if first is not None else self.shared[rank][inner].keys()
 
-    def between(self, low: Key, low_open: bool, high: Key, high_open: bool) -> Iterator[set[str]]:
+    def equal(self, value: Key) -> Collection[str]:
+        """Keys whose field equals the value with order key ``value``."""
+        rank = value[0]
+        one = self.buckets.get(rank)
+        if one is None:
+            return ()
+        inner = value[1] if len(value) > 1 else None
+        first = one.get(inner)
+        if first is not None:
+            return (first,)
+        bucket = self.shared[rank].get(inner)
+        return () if bucket is None else bucket.keys()
+
+    def between(
+        self, low: Key, low_open: bool, high: Key, high_open: bool
+    ) -> Iterator[Collection[str]]:
         """The buckets of the values between ``low`` and ``high``."""
-        lo = (bisect_right if low_open else bisect_left)(self.values, low)
-        hi = (bisect_left if high_open else bisect_right)(self.values, high)
-        buckets = self.buckets
-        for v in self.values[lo:hi]:
-            yield buckets[v]
+        for rank in range(low[0], high[0] + 1):
+            values = self.values.get(rank)
+            if not values:
+                continue
+            lo, hi = 0, len(values)
+            # A bound of one item, ``(rank,)``, is below every value of its rank but
+            # null, whose order key it is.
+            if rank == low[0]:
+                if len(low) > 1:
+                    lo = (bisect_right if low_open else bisect_left)(values, low[1])
+                elif rank == 1 and low_open:
+                    lo = 1
+            if rank == high[0]:
+                if len(high) > 1:
+                    hi = (bisect_left if high_open else bisect_right)(values, high[1])
+                elif rank != 1 or high_open:
+                    hi = 0
+            for v in values[lo:hi]:
+                yield self._bucket(rank, v)
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.buckets.values())
+        shared = sum(len(b) for bs in self.shared.values() for b in bs.values())
+        return shared + sum(map(len, self.buckets.values()))
 
 
-_EMPTY: set[str] = set()
+_NAN = float("nan")
 
 
-def _entry_rows(snapshot: Snapshot[str, tuple[bytes, Key | None]]) -> Iterator[list[Any]]:
+def _canonical(k: Key) -> Key:
+    """``k`` with each NaN in it the one :data:`_NAN`: a NaN equals no other object,
+    and the key read back from an entry holds new ones."""
+    rank = k[0]
+    if rank == NUMBER:
+        return (NUMBER, _NAN) if k[1] != k[1] else k
+    if rank == 6:
+        return (6, tuple(map(_canonical, k[1])))
+    if rank == 7:
+        return (7, tuple((name, _canonical(v)) for name, v in k[1]))
+    return k
+
+
+def _entry_rows(snapshot: Snapshot[str, bytes]) -> Iterator[list[Any]]:
     """A captured index's entries: ``[key, order]``, or ``[key, order, value]``."""
-    for k, (order, v) in snapshot.items():
-        yield [k, order] if v is None else [k, order, from_order_key(v)]
+    for k, entry in snapshot.items():
+        if len(entry) == ORDER:
+            yield [k, entry]
+        else:
+            yield [k, entry[:ORDER], from_order_key(loads(memoryview(entry)[ORDER:]))]
 
 
 class Indexes:
@@ -282,7 +422,7 @@ class Indexes:
                 if type(entry) is not list or len(entry) not in (2, 3):
                     raise ValueError("malformed index entry")
                 key, order = entry[0], entry[1]
-                if type(key) is not str or type(order) is not bytes or len(order) != 56:
+                if type(key) is not str or type(order) is not bytes or len(order) != ORDER:
                     raise ValueError("malformed index entry")
                 index.put(key, order, order_key(entry[2]) if len(entry) == 3 else None)
             state.by_namespace.setdefault(ns, {})[p] = index

@@ -44,7 +44,7 @@ from koru.events import (
     write_id,
 )
 
-from ._layered import LayeredDict, LazyList, Snapshot
+from ._layered import LazyList, PairKeyed, Snapshot, pair_of
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
@@ -297,7 +297,7 @@ class KvState:
         #: current version has a time to live (expired ones too, until an expiry or a
         #: newer version replaces them). Layered: a checkpoint's capture snapshots it in
         #: O(1) (see :mod:`._layered`).
-        self.expiring: LayeredDict[tuple[str, str], int] = LayeredDict()
+        self.expiring: PairKeyed[int] = PairKeyed()
         #: Time travel's list of one key's timestamps (the blob it was read from, that
         #: blob's length then, the list), and the key searched last (its blob, length,
         #: searches of it so far): see :meth:`at_raw`.
@@ -1021,9 +1021,10 @@ class KvState:
         return state
 
 
-def _expiring_rows(snapshot: Snapshot[tuple[str, str], int]) -> Iterator[list[Any]]:
+def _expiring_rows(snapshot: Snapshot[str, int]) -> Iterator[list[Any]]:
     """The checkpoint's ``expiring`` entries, ``[namespace, key, ns]``."""
-    for (ns, key), t in snapshot.items():
+    for joined, t in snapshot.items():
+        ns, key = pair_of(joined)
         yield [ns, key, t]
 
 

@@ -41,7 +41,7 @@ def _keys(index: Index, leaf: Filter) -> set[str] | None:
     if isinstance(leaf, In):
         out: set[str] = set()
         for v in leaf.values:
-            out |= index.equal(order_key(v))
+            out.update(index.equal(order_key(v)))
         return out
     assert isinstance(leaf, Compare)
     if leaf.op == "eq":
@@ -55,7 +55,7 @@ def _keys(index: Index, leaf: Filter) -> set[str] | None:
         buckets = index.between((r,), False, k, leaf.op == "lt")
     found: set[str] = set()
     for bucket in buckets:
-        found |= bucket
+        found.update(bucket)
     return found
 
 

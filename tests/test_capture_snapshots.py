@@ -111,7 +111,7 @@ def old_index_capture(state: Indexes) -> dict[str, Any]:
         for p, index in paths.items():
             entries = [
                 [k, order] if v is None else [k, order, from_order_key(v)]
-                for k, (order, v) in index.entries.items()
+                for k, (order, v) in index.items()
             ]
             indexes.append([ns, p, index.pending, entries])
     return {"definitions": definitions, "indexes": indexes}
@@ -134,6 +134,56 @@ def test_the_checkpoint_bytes_are_the_ones_lists_gave() -> None:
     decoded = cbor2.loads(old_bytes[8 + 32 :])
     restored = Indexes.restore(decoded["indexes"])
     assert old_index_capture(restored) == old_index_capture(state)
+
+
+def test_an_index_checkpoint_lists_the_values_written() -> None:
+    """The checkpoint's index entries are the values written, each with its own type
+    (1 and 1.0, 0.0 and -0.0 share a bucket and stay what they were), in the order the
+    keys were first written, whatever the index keeps in memory; the keys with a ttl
+    too. The rows expected here are built from the writes, not read from the index."""
+    written: list[Any] = [
+        1, 1.0, -0.0, 0.0, True, False, None, "s", b"b", 2**70, float(2**70), -3.5,
+        [1, "x", [2.0]], {"a": 1, "b": [None]}, {}, [], "",
+    ]  # fmt: skip
+    state = Indexes()
+    state.apply(
+        IndexEvent(b"\x01" * 16, "perspective", 1, None, 5, "create", NS, "v"), b"\x02" * 32, 0
+    )
+    index = state.get(NS, "v")
+    assert index is not None
+    index.pending = False
+    rows: dict[str, list[Any]] = {}
+    for i in range(400):
+        key, order = f"k{i % 150}", (i + 1).to_bytes(56, "big")
+        if i % 11 == 0:
+            index.put(key, order, None)
+            rows[key] = [key, order]
+        else:
+            v = written[i % len(written)]
+            index.put(key, order, order_key(v))
+            rows[key] = [key, order, v]
+    kv = KvState()
+    ttl_rows = {}
+    for i in range(300):
+        pair = (f"\x00n{i % 3}", f"k{i % 120}")
+        kv.expiring[pair] = 10**12 + i
+        ttl_rows[pair] = [*pair, 10**12 + i]
+        if i % 13 == 0:
+            kv.expiring.pop(pair)
+            del ttl_rows[pair]
+    expected = {
+        "indexes": {"definitions": state.capture()["definitions"],
+                    "indexes": [[NS, "v", False, list(rows.values())]]},
+        "expiring": list(ttl_rows.values()),
+    }  # fmt: skip
+    got = {"indexes": state.capture(), "expiring": kv.capture()["expiring"]}
+    want_bytes = b"".join(bytes(p) for p in encode_captured(expected, chunk=64)[0])
+    got_bytes = b"".join(bytes(p) for p in encode_captured(got, chunk=64)[0])
+    assert got_bytes == want_bytes
+    listed = list(got["indexes"]["indexes"][0][3])
+    assert [type(r[2]) for r in listed if len(r) == 3] == [
+        type(r[2]) for r in rows.values() if len(r) == 3
+    ]
 
 
 def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
@@ -193,7 +243,7 @@ def observed(db: koru.Database) -> tuple[Any, ...]:
     """The keys with a time to live, the index's entries and the digest."""
     index = db._writer._projections["indexes"].get(NS, "v")  # type: ignore[attr-defined]
     assert index is not None
-    return (dict(db._kv.expiring.items()), dict(index.entries.items()), db._kv.digest())
+    return (dict(db._kv.expiring.items()), dict(index.items()), db._kv.digest())
 
 
 async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
@@ -246,7 +296,7 @@ async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
         indexes = Indexes.restore(written.sections["indexes"][1])
         index = indexes.get(NS, "v")
         assert index is not None and not index.pending
-        assert (dict(kv.expiring.items()), dict(index.entries.items())) == at_capture[0]
+        assert (dict(kv.expiring.items()), dict(index.items())) == at_capture[0]
         # ... and agrees with a replay of the log to its cursors. (The audit's replay
         # never fills an index, so it cannot judge that section.)
         problems, _ = audit_checkpoint(db._store)

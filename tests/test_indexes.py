@@ -18,7 +18,7 @@ import koru
 from conftest import StepClock
 from koru import F, Query, Row
 from koru.events import IndexEvent, encode_event
-from koru.projections._indexes import Indexes
+from koru.projections._indexes import Indexes, pack_entry, unpack_entry
 
 INDEXED = ["a", "b", "n.x", "l.0", "l"]
 
@@ -275,8 +275,8 @@ def test_the_audit_agrees_with_a_checkpoint_of_filled_indexes(tmp_path: Path) ->
             await db.create_index("ns", "w")
             if corrupt:  # a build that recorded the wrong value for one key
                 index = db.projection("indexes").get("ns", "v")  # type: ignore[attr-defined]
-                order, _ = index.entries["k8"]
-                index.entries["k8"] = (order, index.extract({"v": 99}))
+                order, _ = unpack_entry(index.entries["k8"])
+                index.entries["k8"] = pack_entry(order, index.extract({"v": 99}))
             await db.checkpoint()
 
     for corrupt in (False, True):

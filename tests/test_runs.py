@@ -362,8 +362,7 @@ def _state(projections: Projections) -> dict[str, Any]:
         "feeds": (dict(feeds.heads), {f: list(a) for f, a in feeds.recent.items()}),
         "auth": dict(auth.heads),
         "index": [
-            sorted(map(repr, index.entries.items()))
-            for index in indexes.by_namespace.get("a", {}).values()
+            sorted(map(repr, index.items())) for index in indexes.by_namespace.get("a", {}).values()
         ],
         "views": {ns: sorted(keys) for ns, keys in views.dirty.items()},
     }
