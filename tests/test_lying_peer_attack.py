@@ -67,12 +67,13 @@ async def test_seals_seen_early_do_not_make_each_offered_event_cost_all_of_them(
             data = encode_event(put)
             prev = event_id(data)
             events.append(data)
-        began = time.perf_counter()
+        began = time.process_time()
         result = await peer.ingest(events)
-        took = time.perf_counter() - began
+        took = time.process_time() - began
         assert not result.refused and result.held >= 1000
         # (0.01 ms an event without the seals; 32 ms before, then 0.8 ms with the
-        # merge gone but every point still looked at to prune it)
+        # merge gone but every point still looked at to prune it). CPU time: other
+        # processes on a busy machine do not count.
         assert took < 0.25, f"{took:.2f} s for 1,000 events"
 
 
@@ -116,9 +117,9 @@ async def test_a_sender_at_its_bound_does_not_make_each_refusal_scan_the_room() 
         second = _feed(bytes([255]) * 16, range(2, quarter + 502), clock)
         await peers[1].ingest(second[:quarter])
         assert db._proven.waiting == 2 * quarter
-        began = time.perf_counter()
+        began = time.process_time()
         result = await peers[1].ingest(second[quarter:])
-        took = time.perf_counter() - began
+        took = time.process_time() - began
         assert len(result.refused) == 500 and db._proven.waiting == 2 * quarter
-        # (0.02 ms an event; 0.9 ms before)
+        # (0.02 ms an event; 0.9 ms before; CPU time, as above)
         assert took < 0.15, f"{took:.2f} s for 500 refusals"
