@@ -959,7 +959,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         if type(within) not in (int, float) or not 0 <= within < float("inf"):
             raise InvalidArgumentError(f"within must be non-negative seconds, not {within!r}")
         horizon = self._writer.read_time() + int(within * 1e9)
-        soon = sorted((t, ns, k) for (ns, k), t in self._kv.expiring.items() if t <= horizon)
+        soon = sorted((t, ns, k) for (ns, k), t in self._kv.expiring.at_most(horizon))
         return [Expiring(ns, k, t) for t, ns, k in soon]
 
     async def genome(self) -> Genome:

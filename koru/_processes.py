@@ -117,7 +117,7 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         """Record the expiry of every current value whose time to live is over, as a
         tombstone naming the version that expired (reads hid it already)."""
         now = db._writer.read_time()
-        due = sorted(k for k, t in db._kv.expiring.items() if t <= now)
+        due = sorted(k for k, _ in db._kv.expiring.at_most(now))
         for start in range(0, len(due), _EXPIRE_BATCH):
             await db._life.enter_write()
             wrote = [

@@ -118,7 +118,7 @@ class QueryEngine:
         if not expiring:
             return set()
         now = self.now()
-        return {k for (ns, k), t in expiring.items() if ns == namespace and now >= t}
+        return {k for (ns, k), _ in expiring.at_most(now) if ns == namespace}
 
     def _at(self, namespace: str, when: int) -> tuple[list[str], list[Any]]:
         """Every key's value at ``when`` (keys with none then are left out)."""

@@ -31,7 +31,7 @@ from koru.projections import (
     open_tables,
 )
 from koru.projections._indexes import Indexes, from_order_key
-from koru.projections._layered import LayeredDict
+from koru.projections._layered import LayeredDict, PairKeyed
 from koru.projections._order import order_key
 
 NS = "docs"
@@ -221,9 +221,13 @@ def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
             live[key] = model[key] = step
         elif roll < 0.85:
             assert live.pop(key, None) == model.pop(key, None)
-        elif roll < 0.99:
+        elif roll < 0.985:
             assert (key in live) == (key in model)
             assert live.get(key) == model.get(key)
+        elif roll < 0.99:  # the expiry process's question: the entries due by a time
+            bound = rng.randrange(step + 1)
+            due = [(k, v) for k, v in model.items() if v <= bound]
+            assert sorted(live.at_most(bound)) == sorted(due)
         elif roll < 0.995:
             finish()
             taken = (live.snapshot(), dict(model))
@@ -313,3 +317,21 @@ async def test_puts_deletes_and_expiries_between_the_slices_of_a_checkpoint(
     async with koru.open(path, clock=StepClock(clock.now), processes=False) as db:
         await db.query(NS, Query().where(F("v") == 1))  # a replayed index is filled
         assert observed(db) == expected
+
+
+def test_keys_with_a_ttl_due_by_a_time_are_found_across_layers() -> None:
+    """``PairKeyed.at_most`` (the expiry process's and queries' question) gives the
+    pairs whose time is at most the bound, as a scan of :meth:`items` would: a newer
+    layer's value or removal hides an older layer's entry."""
+    expiring: PairKeyed[int] = PairKeyed()
+    for i in range(1000):
+        expiring[("ns", f"k{i}")] = i
+    expiring.snapshot()
+    expiring[("ns", "k1")] = 5000  # renewed: no longer due
+    del expiring[("ns", "k2")]  # expired and recorded
+    expiring[("other", "k2")] = 3  # a new key due
+    due = sorted(expiring.at_most(9))
+    assert due == sorted((p, t) for p, t in expiring.items() if t <= 9)
+    assert [p for p, _ in due] == [("ns", f"k{i}") for i in (0, 3, 4, 5, 6, 7, 8, 9)] + [
+        ("other", "k2")
+    ]
