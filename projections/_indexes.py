@@ -137,7 +137,7 @@ class Index:
         if value is None:
             packed = order
         else:
-            rank = value[0]
+            rank = value[0]  # (_canonical's common cases inlined: every put comes here)
             if rank == NUMBER:
                 if value[1] != value[1]:
                     value = (NUMBER, _NAN)
@@ -177,12 +177,8 @@ class Index:
             insort(self.values[rank], inner)
 
     def _unbucket(self, key: str, value: Key) -> None:
+        value = _canonical(value)
         rank = value[0]
-        if rank == NUMBER:
-            if value[1] != value[1]:
-                value = (NUMBER, _NAN)
-        elif rank > 5:
-            value = _canonical(value)
         inner = value[1] if len(value) > 1 else None
         shared = self.shared[rank]
         bucket = shared.get(inner)

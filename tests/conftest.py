@@ -88,3 +88,18 @@ def full_replay(path: Path, agent: str = "storage") -> tuple[KvState, Cursor]:
         return loaded.kv, store.cursor(agent)
     finally:
         store.close()
+
+
+def new_index(namespace: str, field: str) -> tuple[Any, Any]:
+    """Indexes holding one new index of ``namespace``'s ``field``, filled (not
+    pending), and that index: for tests that put entries into it directly."""
+    from koru.events import IndexEvent
+    from koru.projections._indexes import Indexes
+
+    state = Indexes()
+    create = IndexEvent(b"\x01" * 16, "perspective", 1, None, 5, "create", namespace, field)
+    state.apply(create, b"\x02" * 32, 0)
+    index = state.get(namespace, field)
+    assert index is not None
+    index.pending = False
+    return state, index

@@ -18,10 +18,9 @@ import trio
 from test_slicer_attack import checkpoint_beside, every_pace_yields
 
 import koru
-from conftest import StepClock
+from conftest import StepClock, new_index
 from koru import F, Query
 from koru._audit import audit_checkpoint
-from koru.events import IndexEvent
 from koru.nursery import CHECKPOINT_FILE
 from koru.projections import (
     KvState,
@@ -63,13 +62,7 @@ def kv_with_ttl_keys(n: int) -> KvState:
 
 
 def indexes_with_entries(n: int) -> Indexes:
-    state = Indexes()
-    state.apply(
-        IndexEvent(b"\x01" * 16, "perspective", 1, None, 5, "create", NS, "v"), b"\x02" * 32, 0
-    )
-    index = state.get(NS, "v")
-    assert index is not None
-    index.pending = False
+    state, index = new_index(NS, "v")
     for i in range(n):
         value = None if i % 10 == 0 else order_key([i % 97, {"x": i}] if i % 3 == 0 else i)
         index.put(f"k{i}", (i + 1).to_bytes(56, "big"), value)
@@ -145,13 +138,7 @@ def test_an_index_checkpoint_lists_the_values_written() -> None:
         1, 1.0, -0.0, 0.0, True, False, None, "s", b"b", 2**70, float(2**70), -3.5,
         [1, "x", [2.0]], {"a": 1, "b": [None]}, {}, [], "",
     ]  # fmt: skip
-    state = Indexes()
-    state.apply(
-        IndexEvent(b"\x01" * 16, "perspective", 1, None, 5, "create", NS, "v"), b"\x02" * 32, 0
-    )
-    index = state.get(NS, "v")
-    assert index is not None
-    index.pending = False
+    state, index = new_index(NS, "v")
     rows: dict[str, list[Any]] = {}
     for i in range(400):
         key, order = f"k{i % 150}", (i + 1).to_bytes(56, "big")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import trio
 
 import koru
+from conftest import new_index
 from koru._documents import Documents
-from koru.events import IndexEvent
 from koru.projections import KvState
 from koru.projections._indexes import Indexes
 from koru.projections._order import order_key
@@ -25,13 +25,7 @@ NS = "docs"
 def index_of(n: int, value: Callable[[int], object]) -> Indexes:
     """An index of ``n`` entries, ``value(i)`` the field of key ``k{i}``, every key
     written twice (buckets emptied and refilled), snapshots taken and settled between."""
-    state = Indexes()
-    state.apply(
-        IndexEvent(b"\x01" * 16, "perspective", 1, None, 5, "create", NS, "v"), b"\x02" * 32, 0
-    )
-    index = state.get(NS, "v")
-    assert index is not None
-    index.pending = False
+    state, index = new_index(NS, "v")
     for round in (0, 1):
         for i in range(n):
             v = None if i % 10 == 0 else order_key(value(i + round))
