@@ -290,3 +290,30 @@ def test_the_audit_agrees_with_a_checkpoint_of_filled_indexes(tmp_path: Path) ->
             assert problems == ["section 'indexes' disagrees with a replay of the log"]
         else:
             assert problems == []
+
+
+def test_lists_and_maps_equal_in_the_order_share_a_bucket() -> None:
+    """A list's or map's bucket is keyed by its bytes with numbers that equal an int
+    written as that int: ``[1]`` and ``[1.0]``, ``{"a": 0.0}`` and ``{"a": -0.0}`` are
+    one value of the order (one bucket), ``[1]`` and ``[True]`` or ``[1.5]`` are not."""
+    from conftest import new_index
+    from koru.projections._order import order_key
+
+    _, index = new_index("docs", "v")
+    writes = {
+        "a": [1, [2.0]],
+        "b": [1.0, [2]],
+        "c": {"x": 0.0, "y": [float(2**70)]},
+        "d": {"x": -0.0, "y": [2**70]},
+        "e": [True, [2]],
+        "f": [1.5, [2]],
+    }
+    for i, (key, value) in enumerate(writes.items()):
+        index.put(key, (i + 1).to_bytes(56, "big"), order_key(value))
+    assert sorted(index.equal(order_key([1, [2]]))) == ["a", "b"]
+    assert sorted(index.equal(order_key({"y": [2.0**70], "x": 0}))) == ["c", "d"]
+    assert list(index.equal(order_key([True, [2.0]]))) == ["e"]
+    index.put("a", (10).to_bytes(56, "big"), None)  # a's value gone: b keeps the bucket
+    assert list(index.equal(order_key([1.0, [2.0]]))) == ["b"]
+    ranged = [k for b in index.between((6,), False, (7,), True) for k in b]
+    assert sorted(ranged) == ["b", "e", "f"]
