@@ -61,6 +61,7 @@ from ._types import IngestResult, Version
 __all__ = ["Writer", "checked_ttl_ns"]
 
 _new = tuple.__new__
+_UINT64_MAX = 2**64 - 1  # the largest expiry the decoders take
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 _MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
 #: Events that carry several writes (each a version in memory until a checkpoint).
@@ -82,6 +83,16 @@ def checked_ttl_ns(ttl: Any) -> int:
             f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
         )
     return max(1, int(ttl * 1e9))
+
+
+def _expiry(start: int, ttl_ns: int) -> int:
+    """When a value put at ``start`` with a time to live of ``ttl_ns`` expires, checked
+    as the decoders check it (64 bits): CBOR would encode a larger one as a bignum, an
+    event every replay refuses."""
+    expires = start + ttl_ns
+    if expires > _UINT64_MAX:
+        raise InvalidDataError(f"expires {expires!r} is not a positive 64-bit integer")
+    return expires
 
 
 def _bad_clock(now: Any) -> NoReturn:
@@ -316,7 +327,7 @@ class Writer:
         header = self._header()
         # From the read floor when the clock went back behind it (a read judged a later
         # time): from the timestamp, the value would read as expired at once (h-seal).
-        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
+        expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
         cid = content_id(data)
         encoded = encode_event(event)
@@ -414,7 +425,7 @@ class Writer:
         if not writes:
             return []
         header = self._header()
-        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
+        expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event: Event
         if expires is None:
             event = BatchEvent(*header, tuple(writes))
