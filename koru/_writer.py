@@ -449,7 +449,13 @@ class Writer:
         check_name(namespace, "namespace")
         check_name(key, "key")
         cur = self._kv.current(namespace, key)
-        if cur is None or cur.deleted:
+        # A value whose time to live is over has no current value either (as every
+        # read judges it; the expiry process records it).
+        if (
+            cur is None
+            or cur.deleted
+            or (cur.expires is not None and cur.expired(self.read_time()))
+        ):
             raise KeyNotFoundError(namespace, key)
         event = DeleteEvent(*self._header(), namespace, key, cur.write_id)
         eid = self._append(event)

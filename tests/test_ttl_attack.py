@@ -40,3 +40,32 @@ async def test_a_ttl_whose_expiry_passes_64_bits_is_refused_before_writing(
         await db.put("s", "r", 3, ttl=1)  # still usable: a ttl that fits is taken
     async with opened(path, clock) as db:
         assert await db.keys("s") == ["p", "r"]
+
+
+async def test_deleting_a_value_whose_time_to_live_is_over_is_refused(tmp_path: Path) -> None:
+    """A value past its ttl reads as absent everywhere (get, contains, keys), but
+    ``delete`` judged only tombstones: it wrote a tombstone over the expired value and
+    returned a version, so the history recorded a deletion the caller could not have
+    seen the value for (and the expiry process then had nothing to expire). What must
+    hold: ``delete`` is refused with KeyNotFoundError ("no current value", as its
+    docstring says) and nothing is written; the expiry process records the expiry."""
+    clock = SettableClock()
+    async with opened(tmp_path / "db", clock) as db:
+        v = await db.put("s", "k", 1, ttl=10)
+        clock.advance(10)
+        assert not await db.contains("s", "k")
+        heads = await db.feed_heads()
+        with pytest.raises(koru.KeyNotFoundError):
+            await db.delete("s", "k")
+        assert await db.feed_heads() == heads
+        ws = db.workspace("w")
+        await db.create_workspace("w")
+        await ws.put("s", "k", 1, ttl=10)
+        heads = await db.feed_heads()
+        clock.advance(11)
+        with pytest.raises(koru.KeyNotFoundError):
+            await ws.delete("s", "k")
+        assert await db.feed_heads() == heads
+        assert db._writer.expire("s", "k", db._writer.read_time())
+        [_, gone] = await db.history("s", "k")
+        assert gone.deleted and gone.previous == v.write_id
