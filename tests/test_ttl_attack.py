@@ -69,3 +69,36 @@ async def test_deleting_a_value_whose_time_to_live_is_over_is_refused(tmp_path: 
         assert db._writer.expire("s", "k", db._writer.read_time())
         [_, gone] = await db.history("s", "k")
         assert gone.deleted and gone.previous == v.write_id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an expire tombstone is ordered by its own timestamp, so it wins over a "
+    "concurrent renewal written before the named version expired (not fixed: the fold "
+    "would need the named version's expiry, which the expire event does not carry)",
+)
+async def test_an_expiry_never_deletes_a_renewal_written_before_the_version_expired() -> None:
+    """Two nodes hold ``k`` (ttl 10 s). At 5 s, node B renews it (a put with ttl 60 s,
+    its ``previous`` the first version). Node A, not yet synced with B, runs its expiry
+    process at 60 s and records that the first version expired (an ``expire`` naming
+    it). After they sync, the tombstone (timestamp 60 s) is ordered after the renewal
+    (5 s) and is the current version on both: the renewal, written before the version
+    the tombstone names had even expired and still 5 s from its own expiry, reads as
+    absent everywhere. The nodes agree (same digest), on the wrong answer. What must
+    hold: an expiry removes only the version it names; the renewal stays current."""
+    clock = SettableClock()
+    async with opened(":memory:", clock) as a, opened(":memory:", clock) as b:
+        first = await a.put("s", "k", "v1", ttl=10)
+        await b.ingest(await a.feed_events(a.node_id))
+        clock.advance(5)
+        renewal = await b.put("s", "k", "v2", ttl=60)
+        assert renewal.previous == first.write_id
+        clock.advance(55)  # A's expiry process runs, B's renewal not yet received
+        assert a._writer.expire("s", "k", a._writer.read_time())
+        await a._writer.acknowledge()
+        await a.ingest(await b.feed_events(b.node_id))
+        await b.ingest(await a.feed_events(a.node_id))
+        assert await a.digest() == await b.digest()
+        assert clock.ns < renewal.expires  # the renewal's time to live is not over
+        for db in (a, b):
+            assert await db.get("s", "k") == "v2"
