@@ -154,3 +154,32 @@ def test_the_audit_agrees_with_a_checkpoint_of_filled_views(tmp_path: Path, tamp
     finally:
         store.close()
     assert problems == (["section 'views' disagrees with a replay of the log"] if tamper else [])
+
+
+async def test_a_one_shot_read_never_brings_back_a_value_the_database_found_expired(
+    tmp_path: Path,
+) -> None:
+    """A read found ``k`` expired and the clock was then set back (the value's expiry
+    not yet recorded by the expiry process): a clean close keeps that read time in the
+    signed ``read-floor`` file, and a reopen judges by it, so the value stays absent.
+    The command line's one-shot reads (``kdelta get``, ``keys``: ``koru._snapshot``)
+    judged by this machine's clock and the newest timestamp in the logs only, so they
+    showed the value as current again while the database said it had none. What must
+    hold: a one-shot read judges by the saved floor too."""
+    import time
+
+    from koru._snapshot import Snapshot
+
+    clock = SettableClock(time.time_ns() + 86_400 * 10**9)  # a day ahead of this machine
+    path = tmp_path / "db"
+    async with opened(path, clock) as db:
+        await db.put("s", "k", "v", ttl=10)
+        clock.advance(20)
+        assert not await db.contains("s", "k")  # the read floor is now past the expiry
+    clock.advance(-3600)
+    async with opened(path, clock) as db:
+        assert not await db.contains("s", "k")
+    with Snapshot(path) as snap:
+        with pytest.raises(koru.KeyNotFoundError):
+            snap.reads.versioned("s", "k")
+        assert snap.reads.keys("s") == []
