@@ -183,3 +183,39 @@ async def test_a_one_shot_read_never_brings_back_a_value_the_database_found_expi
         with pytest.raises(koru.KeyNotFoundError):
             snap.reads.versioned("s", "k")
         assert snap.reads.keys("s") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the expiry process expires every node's values, and a peer refuses the "
+    "tombstone of a key its author may not write, then holds the rest of its feed "
+    "(not fixed: which node records an expiry is a design decision)",
+)
+async def test_the_expiry_process_never_stops_a_nodes_feed_at_a_peer() -> None:
+    """Node B trusts node A to write namespace ``x`` only; A takes B's values (it
+    trusts B). B puts ``y/session`` with a ttl; A syncs it. When it expires, A's expiry
+    process (the database's own, no call of a user) records the expiry in A's storage
+    feed, authored by A. B refuses that event (A may not write ``y/session``), and so
+    holds every later event of A's storage feed as a gap: A's put of ``x/k``, which A
+    may write at B, never reaches B, nor does anything A writes after. What must hold:
+    a node's own expiry process never makes a peer refuse its feed."""
+    from test_auth_sync import everything, node, trusting
+
+    clock = SettableClock()
+    async with node(1, clock) as a, node(2, clock) as b:
+        a_at_b = await trusting(b, a, namespace="x", actions=["read", "write"])
+        b_at_a = await trusting(a, b, actions=["read", "write"])
+        await b.put("y", "session", 1, ttl=10)
+        await b.seal()
+        await b_at_a.ingest(await everything(b))
+        assert await a.get("y", "session") == 1
+        clock.advance(11)
+        # One step of A's expiry process (what it does every 60 s).
+        from koru._processes import steps
+
+        await steps(a)["expiry"]()
+        await a.put("x", "k", "after")
+        await a.seal()
+        result = await a_at_b.ingest(await everything(a))
+        assert result.held == 0, result
+        assert await b.get("x", "k") == "after"
