@@ -502,7 +502,9 @@ class Writer:
 
     def expire(self, namespace: str, key: str, now: int) -> bool:
         """Append the expiry of the key's current version if its time to live is over
-        at ``now`` (not yet acknowledged); False if there is nothing to expire."""
+        at ``now`` (not yet acknowledged); False if there is nothing to expire. The
+        tombstone is dated by the clock: a ``now`` past the timestamp it takes would
+        date it before the version expired (see the ``expiry`` process)."""
         current = self._kv.current(namespace, key)
         if current is None or current.deleted or not current.expired(now):
             return False

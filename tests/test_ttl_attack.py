@@ -219,3 +219,54 @@ async def test_the_expiry_process_never_stops_a_nodes_feed_at_a_peer() -> None:
         result = await a_at_b.ingest(await everything(a))
         assert result.held == 0, result
         assert await b.get("x", "k") == "after"
+
+
+async def test_an_expiry_is_never_dated_before_the_version_expired() -> None:
+    """``k`` is put with ttl 10 s; a read 20 s later finds it expired (the read floor
+    keeps that time), then the clock steps back to 5 s after the put. The expiry
+    process judged by the floor, but dated its tombstone by the clock: 5 s after the
+    put, 5 s before the value expired. Time travel to 7 s after the put answered the
+    value before the expiry was recorded and no value after it. What must hold: the
+    tombstone is dated no earlier than the expiry it records (recorded once the clock
+    has passed it; reads hide the value meanwhile), and an answer of ``get_at`` for a
+    moment before the expiry stays the same."""
+    from koru._processes import steps
+
+    clock = SettableClock()
+    async with opened(":memory:", clock) as db:
+        v = await db.put("s", "k", "v", ttl=10)
+        assert v.expires is not None
+        clock.advance(20)
+        assert not await db.contains("s", "k")
+        clock.advance(-15)
+        mid = v.timestamp + 7 * 10**9
+        assert (await db.get_at("s", "k", mid)).value == "v"
+        await steps(db)["expiry"]()
+        assert not await db.contains("s", "k")
+        assert (await db.get_at("s", "k", mid)).value == "v"
+        clock.advance(6)  # the clock passes the expiry: now it is recorded
+        await steps(db)["expiry"]()
+        [_, gone] = await db.history("s", "k")
+        assert gone.deleted and gone.previous == v.write_id
+        assert gone.timestamp >= v.expires
+        assert (await db.get_at("s", "k", mid)).value == "v"
+
+
+async def test_an_expiry_judged_by_a_glitched_reading_never_dates_later_events_ahead() -> None:
+    """One reading of the clock a year ahead, taken by a read, is kept as the read
+    floor: values with a time to live read as expired. The expiry process must not
+    date their tombstones at their expiries (up to a year ahead): every later event of
+    this node would be dated after them, a year ahead, and refused by every peer (an
+    hour ahead is the most a peer takes). What must hold: a put after the expiry
+    process ran is dated by the clock."""
+    from koru._processes import steps
+
+    clock = SettableClock()
+    async with opened(":memory:", clock) as db:
+        await db.put("s", "k", "v", ttl=30 * 86400)
+        clock.advance(365 * 86400)  # the glitch
+        assert not await db.contains("s", "k")
+        clock.advance(-365 * 86400 + 1)
+        await steps(db)["expiry"]()
+        w = await db.put("s", "later", 1)
+        assert w.timestamp < clock.ns + 10**9
