@@ -26,6 +26,7 @@ from koru.projections import (
     table_names,
 )
 from koru.projections._indexes import Indexes
+from koru.projections._views import Views
 
 from ._cache import ValueCache
 from ._documents import live_records
@@ -74,6 +75,34 @@ def _fill_as(replayed: Indexes, restored: Indexes, kv: Any, store: LogStore) -> 
                 for key, cid, location, size in live_records(kv, ns)
             }
             fill(index, kv, live.__getitem__)
+
+
+def _catch_up_as(replayed: Views, restored: Views, kv: KvState, store: LogStore) -> None:
+    """Bring the views of both states to the documents of the replayed key/value state,
+    as the database does when a view is read: a pending view filled, a filled one
+    caught up with its dirty keys; then leave out of both the keys whose current value
+    has a time to live. Why: a replay leaves every view pending with every key written
+    dirty, so a checkpoint of any view always disagreed with it; and a view drops a
+    value whose time to live has passed when it is read, before any event says so (its
+    membership depends on when it was last read, not on the log alone)."""
+    values = ValueReader(store, ValueCache(0))
+    for ns in sorted(set(replayed.by_namespace) | set(restored.by_namespace)):
+        docs = {
+            key: values.uncached(cid, location, ns, key, size)
+            for key, cid, location, size in live_records(kv, ns)
+        }
+        timed = [key for (n, key) in kv.expiring if n == ns]
+        for state in (replayed, restored):
+            dirty = state.dirty.get(ns, set())
+            for view in state.by_namespace.get(ns, {}).values():
+                if view.pending:
+                    view.fill(list(docs.items()))
+                elif view.error is None:
+                    for key in sorted(dirty):
+                        view.change(key, view.contribution(docs[key]) if key in docs else None)
+                for key in timed:
+                    view.change(key, None)
+            dirty.clear()
 
 
 def _canonical(data: Any) -> bytes:
@@ -187,6 +216,9 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
             restored = kind.restore(open_tables(data, reopen))
             if isinstance(restored, Indexes):
                 _fill_as(cast(Indexes, replayed[name]), restored, replayed["kv"], store)
+            elif isinstance(restored, Views):
+                kv = cast(KvState, replayed["kv"])
+                _catch_up_as(cast(Views, replayed[name]), restored, kv, store)
             same = content_of(restored) == content_of(replayed[name])
         except (KoruError, ValueError, TypeError, KeyError) as exc:
             problems.append(f"section {name!r} cannot be restored: {exc}")

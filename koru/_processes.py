@@ -116,7 +116,14 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
     async def expiry() -> None:
         """Record the expiry of every current value whose time to live is over, as a
         tombstone naming the version that expired (reads hid it already)."""
-        now = db._writer.read_time()
+        # Judged by the earliest timestamp its tombstones take (the clock's, or past the
+        # newest timestamp), not by the read floor: after the clock went back behind
+        # the floor, a tombstone dated by the clock would fall before the version
+        # expired, and time travel to a moment between would change its answer (reads
+        # hide the value meanwhile). Nor dated at the expiry: the floor is kept out of
+        # the HLC (one glitched reading would date every later event that far ahead).
+        writer = db._writer
+        now = max(writer.now(), writer.hlc.last + 1)
         due = sorted(k for k, _ in db._kv.expiring.at_most(now))
         for start in range(0, len(due), _EXPIRE_BATCH):
             await db._life.enter_write()

@@ -25,6 +25,8 @@ from koru.events import AGENTS, STORAGE, FileStore, KoruError, decode_trusted
 from koru.projections import CHECKPOINT_FILE, KvState, decode_checkpoint, open_tables
 
 from ._cache import ValueCache
+from ._nodekey import node_public_key
+from ._read_floor import load_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
 
@@ -67,9 +69,13 @@ class Snapshot:
             else:
                 kv, newest = found
             values = ValueReader(self.store, ValueCache(_CACHE_BYTES), placements)
+            # The read floor a clean close saved (signed by the node key, when it can be
+            # read here): a value a read of the database found expired stays so.
+            floor = load_read_floor(self.store, node_public_key(self.store))
             # clock-ok: a one-shot read judges time-to-live as the database does: by this
-            # machine's clock, never earlier than the newest timestamp of any log.
-            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), newest))
+            # machine's clock, never earlier than the newest timestamp of any log, nor
+            # than the read floor.
+            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), newest, floor))
         except BaseException:
             self.store.close()
             raise

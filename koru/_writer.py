@@ -61,6 +61,7 @@ from ._types import IngestResult, Version
 __all__ = ["Writer", "checked_ttl_ns"]
 
 _new = tuple.__new__
+_UINT64_MAX = 2**64 - 1  # the largest expiry the decoders take
 _NS_LIMIT = 2**64 - 2**32  # room for the HLC's logical increments below 2**64
 _MAX_TTL = 100 * 365 * 86400  # a century: longer is a mistake, not a time to live
 #: Events that carry several writes (each a version in memory until a checkpoint).
@@ -82,6 +83,16 @@ def checked_ttl_ns(ttl: Any) -> int:
             f"ttl must be a positive number of seconds up to a century, not {ttl!r}"
         )
     return max(1, int(ttl * 1e9))
+
+
+def _expiry(start: int, ttl_ns: int) -> int:
+    """When a value put at ``start`` with a time to live of ``ttl_ns`` expires, checked
+    as the decoders check it (64 bits): CBOR would encode a larger one as a bignum, an
+    event every replay refuses."""
+    expires = start + ttl_ns
+    if expires > _UINT64_MAX:
+        raise InvalidDataError(f"expires {expires!r} is not a positive 64-bit integer")
+    return expires
 
 
 def _bad_clock(now: Any) -> NoReturn:
@@ -316,7 +327,7 @@ class Writer:
         header = self._header()
         # From the read floor when the clock went back behind it (a read judged a later
         # time): from the timestamp, the value would read as expired at once (h-seal).
-        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
+        expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event = LinkedPutEvent(*header, namespace, key, data, previous, expires, parents)
         cid = content_id(data)
         encoded = encode_event(event)
@@ -414,7 +425,7 @@ class Writer:
         if not writes:
             return []
         header = self._header()
-        expires = None if ttl_ns is None else max(header[4], self._read_floor) + ttl_ns
+        expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event: Event
         if expires is None:
             event = BatchEvent(*header, tuple(writes))
@@ -438,7 +449,13 @@ class Writer:
         check_name(namespace, "namespace")
         check_name(key, "key")
         cur = self._kv.current(namespace, key)
-        if cur is None or cur.deleted:
+        # A value whose time to live is over has no current value either (as every
+        # read judges it; the expiry process records it).
+        if (
+            cur is None
+            or cur.deleted
+            or (cur.expires is not None and cur.expired(self.read_time()))
+        ):
             raise KeyNotFoundError(namespace, key)
         event = DeleteEvent(*self._header(), namespace, key, cur.write_id)
         eid = self._append(event)
@@ -485,7 +502,9 @@ class Writer:
 
     def expire(self, namespace: str, key: str, now: int) -> bool:
         """Append the expiry of the key's current version if its time to live is over
-        at ``now`` (not yet acknowledged); False if there is nothing to expire."""
+        at ``now`` (not yet acknowledged); False if there is nothing to expire. The
+        tombstone is dated by the clock: a ``now`` past the timestamp it takes would
+        date it before the version expired (see the ``expiry`` process)."""
         current = self._kv.current(namespace, key)
         if current is None or current.deleted or not current.expired(now):
             return False
