@@ -502,11 +502,23 @@ class Writer:
 
     def expire(self, namespace: str, key: str, now: int) -> bool:
         """Append the expiry of the key's current version if its time to live is over
-        at ``now`` (not yet acknowledged); False if there is nothing to expire. The
-        tombstone is dated by the clock: a ``now`` past the timestamp it takes would
-        date it before the version expired (see the ``expiry`` process)."""
+        at ``now`` (not yet acknowledged); False if there is nothing to expire, or if
+        another node wrote that version. The tombstone is dated by the clock: a ``now``
+        past the timestamp it takes would date it before the version expired (see the
+        ``expiry`` process).
+
+        Why only the writer's node records an expiry: every node reads the value as
+        absent once its time is over, whoever records it; a node that may read a
+        peer's key but not write it recorded the expiry in its own feed, which the
+        peer then refused, holding every later event of that feed (h-ttl); and every
+        replica recorded its own tombstone of the same version."""
         current = self._kv.current(namespace, key)
-        if current is None or current.deleted or not current.expired(now):
+        if (
+            current is None
+            or current.deleted
+            or current.origin != self._node
+            or not current.expired(now)
+        ):
             return False
         self._append(ExpireEvent(*self._header(), namespace, key, current.write_id))
         return True

