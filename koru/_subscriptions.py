@@ -133,6 +133,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> KeyChange:
+        # An event taken is turned into its changes before any yield: a consumer
+        # cancelled at the yield (a deadline) finds them on its next call, not lost.
         while not self._ready:
             item = None
             if self._replay is not None:
@@ -146,17 +148,22 @@ class Subscription:
                     item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     item = await self._next_item()
+                    self._take(item)
                 except trio.EndOfChannel:
                     self._ended()
                 else:
+                    self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
                         await trio.lowlevel.checkpoint()
             else:
+                self._take(item)
                 await trio.lowlevel.checkpoint()
-            self._ready = self._changes(item)
-            self._ready.reverse()
         return self._ready.pop()
+
+    def _take(self, item: Item) -> None:
+        self._ready = self._changes(item)
+        self._ready.reverse()
 
     async def _next_item(self) -> Item:
         try:

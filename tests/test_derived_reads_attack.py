@@ -58,3 +58,45 @@ async def test_a_late_older_version_from_a_peer_does_not_overwrite_the_stream() 
             mirror_all, seen_all = await _fold(replayed)
         assert mirror_all == truth
         assert seen_all[-len(seen) :] == seen
+
+
+async def _next_cancelled(sub: koru.Subscription) -> koru.KeyChange | None:
+    """A consumer's ``__anext__`` under a deadline that has already passed: the change
+    if it came without a wait, else None."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        return await sub.__anext__()
+    return None
+
+
+async def test_a_cancelled_next_loses_no_change() -> None:
+    """Attack: a consumer waits for the next change under a deadline (``move_on_after``)
+    and the deadline fires while the subscription yields to the scheduler after taking
+    an event (the replay of ``from_position`` yields on every event, the live queue on
+    every 64th). Nothing was returned, so nothing may be lost: iterating on gives every
+    change, each once, in order."""
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        for i in range(3):
+            await db.put(NS, f"r{i}", i)
+        async with db.subscribe(NS, from_position=0) as sub:
+            keys = []
+            for _ in range(3):
+                change = await _next_cancelled(sub)
+                if change is not None:
+                    keys.append(change.key)
+            with trio.move_on_after(1):
+                while len(keys) < 3:
+                    keys.append((await sub.__anext__()).key)
+            assert keys == ["r0", "r1", "r2"]
+        async with db.subscribe(NS) as sub:
+            for i in range(130):
+                await db.put(NS, f"l{i}", i)
+            keys = []
+            for _ in range(130):
+                change = await _next_cancelled(sub)
+                if change is not None:
+                    keys.append(change.key)
+            with trio.move_on_after(1):
+                while len(keys) < 130:
+                    keys.append((await sub.__anext__()).key)
+            assert keys == [f"l{i}" for i in range(130)]
