@@ -4,6 +4,8 @@ before and in whatever order."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -100,3 +102,29 @@ async def test_a_cancelled_next_loses_no_change() -> None:
                 while len(keys) < 130:
                     keys.append((await sub.__anext__()).key)
             assert keys == [f"l{i}" for i in range(130)]
+
+
+async def test_a_view_checkpointed_past_an_expiry_agrees_with_get_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Attack: a value with a time to live is read as expired by a view (the clock
+    passed its expiry, no tombstone written yet), the views are checkpointed, the
+    database crashes (a copy of its directory mid-run: no read floor saved) and opens
+    with its clock behind the expiry again. ``get`` and queries then give the value
+    (judged by the floor the log gives); the view must too, not keep the expiry it
+    judged by a reading the crash forgot."""
+    clock = StepClock()
+    path, copy = tmp_path / "db", tmp_path / "copy"
+    async with koru.open(path, clock=clock, processes=False) as db:
+        await db.create_view("v", NS, {})
+        await db.put(NS, "k", {"a": 1}, ttl=1.0)
+        await db.put(NS, "other", {"a": 2})
+        clock.now += 2 * 10**9
+        assert [r.key for r in await db.view("v")] == ["other"]
+        await db.checkpoint()
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("*.tmp"))
+    clock.now -= 2 * 10**9
+    async with koru.open(copy, clock=clock, processes=False) as db:
+        rows = [(r.key, r.value) for r in await db.query(NS, {})]
+        assert rows == [(k, await db.get(NS, k)) for k in await db.keys(NS)]
+        assert [(r.key, r.value) for r in await db.view("v")] == rows
