@@ -40,7 +40,7 @@ from koru.events import (
     write_id,
 )
 from koru.projections import KvState
-from koru.projections._kv import _REC, _unpack
+from koru.projections._kv import _LOC_AT, _REC, _unpack
 from koru.projections._predicate import Predicate, compile_filter
 from koru.projections._query import as_query
 
@@ -133,6 +133,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> KeyChange:
+        # An event taken is turned into its changes before any yield: a consumer
+        # cancelled at the yield (a deadline) finds them on its next call, not lost.
         while not self._ready:
             item = None
             if self._replay is not None:
@@ -146,17 +148,22 @@ class Subscription:
                     item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     item = await self._next_item()
+                    self._take(item)
                 except trio.EndOfChannel:
                     self._ended()
                 else:
+                    self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
                         await trio.lowlevel.checkpoint()
             else:
+                self._take(item)
                 await trio.lowlevel.checkpoint()
-            self._ready = self._changes(item)
-            self._ready.reverse()
         return self._ready.pop()
+
+    def _take(self, item: Item) -> None:
+        self._ready = self._changes(item)
+        self._ready.reverse()
 
     async def _next_item(self) -> Item:
         try:
@@ -255,13 +262,31 @@ class Hub:
     # -- building changes (in the subscriber's task) -----------------------------------
 
     def versions(self, ns: str, key: str, wid: bytes) -> tuple[Version | None, Version | None]:
-        """(old, new) versions of the write ``wid`` (new is None if not held)."""
+        """(old, new) versions of the write ``wid``, as they were when it was folded:
+        new is None if not held, or if it never was the key's current version (an
+        older version from a peer that arrived after a newer one: no change to the
+        key); old is the version current just before it. The records are in version
+        order and each keeps the location of its event in the log, which grows in
+        arrival order, so both are decided the same way however late the subscriber
+        builds the change (live or replayed)."""
         blob = self.kv.packed(ns, key)
         found = None if blob is None else _find(blob, wid)
         if blob is None or found is None:
             return None, None
         new = _unpack(_REC.unpack_from(blob, found))
-        old = None if found == 0 else _unpack(_REC.unpack_from(blob, found - _RECORD))
+        at = new.location
+        later = found + _RECORD
+        while later < len(blob):
+            if _location(blob, later) < at:  # a newer version was there first
+                return None, None
+            later += _RECORD
+        old = None
+        before = found - _RECORD
+        while before >= 0:  # the newest version that had arrived before it
+            if _location(blob, before) < at:
+                old = _unpack(_REC.unpack_from(blob, before))
+                break
+            before -= _RECORD
         return (None if old is None else version_of(ns, key, old)), version_of(ns, key, new)
 
     def value_of(self, version: Version | None) -> Any:
@@ -344,3 +369,8 @@ def _find(blob: bytes | bytearray, wid: bytes) -> int | None:
             return start
         start -= _RECORD
     return None
+
+
+def _location(blob: bytes | bytearray, start: int) -> int:
+    """The location of the event of the record starting at ``start``."""
+    return int.from_bytes(blob[start + _LOC_AT : start + _LOC_AT + 8], "big")

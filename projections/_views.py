@@ -289,7 +289,10 @@ class Views:
         """Apply the current documents of the dirty keys of ``namespace`` (a key
         missing from ``docs`` has no current value) and of the keys in ``absent`` (no
         longer current, though nothing was written: an expired time to live) to its
-        views, then forget the dirty keys."""
+        views, then forget the dirty keys but those in ``absent``: whether a value
+        has expired depends on the reading it was judged by, which a crash forgets
+        (the read floor after it may be behind that reading, the value current
+        again), so a checkpoint keeps them to be judged again."""
         dirty = self.dirty.get(namespace)
         if dirty is None:
             return
@@ -302,6 +305,7 @@ class Views:
                 for key in keys:
                     update(key, docs.get(key, MISSING))
         dirty.clear()
+        dirty.update(absent)
 
     # -- checkpoints -------------------------------------------------------------------
 
