@@ -103,3 +103,12 @@ def new_index(namespace: str, field: str) -> tuple[Any, Any]:
     assert index is not None
     index.pending = False
     return state, index
+
+
+async def expire_due(db: Any) -> None:
+    """What the expiry process does, at once: record the expiry of every value of this
+    node whose time to live is over by the database's read time."""
+    writer = db._writer
+    now = writer.read_time()
+    if any([writer.expire(ns, key, now) for ns, key in list(db._kv.expiring)]):
+        await writer.acknowledge()

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import koru
-from conftest import StepClock
+from conftest import StepClock, expire_due
 
 NS = "docs"
 
@@ -275,10 +275,7 @@ async def _step(op: tuple[Any, ...], dbs: dict[str, Any], clocks: dict[str, Any]
     elif kind == "advance":
         clocks[op[1]].now += op[2]
     elif kind == "expire":  # what the expiry process does, at once
-        writer = dbs[op[1]]._writer
-        now = writer.read_time()
-        if any([writer.expire(ns, k, now) for ns, k in list(dbs[op[1]]._kv.expiring)]):
-            await writer.acknowledge()
+        await expire_due(dbs[op[1]])
     elif kind == "tiers":
         dbs["A"]._kv.warm_capacity = dbs["A"]._kv.hot_capacity = op[1]
 

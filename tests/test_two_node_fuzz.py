@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import koru
+from conftest import expire_due
 from koru._loader import load
 from koru.events import FileStore, content_id, encode_value
 
@@ -219,10 +220,7 @@ async def run(tmp: Path, ops: list[tuple[Any, ...]]) -> None:
         elif kind == "history":
             await dbs[op[1]].history(*op[2])
         elif kind == "expire":  # what the expiry process does, at once
-            writer = dbs[op[1]]._writer
-            now = writer.read_time()
-            if any([writer.expire(ns, key, now) for ns, key in list(dbs[op[1]]._kv.expiring)]):
-                await writer.acknowledge()
+            await expire_due(dbs[op[1]])
         elif kind == "advance":
             clocks[op[1]].now += op[2]
         elif kind == "audit":
