@@ -212,6 +212,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             self._writer.ingest,
             opened,
             lambda: self._processes(),
+            self._writer.read_time,
         )
 
     # -- plumbing ----------------------------------------------------------------------

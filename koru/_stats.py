@@ -47,17 +47,24 @@ class Statistics(NamedTuple):
     ingest: Ingest
     opened: OpenReport
     processes: Callable[[], list[ProcessInfo]]
+    #: The time reads judge a time to live by (see ``Writer.read_time``).
+    read_time: Callable[[], int]
 
     def snapshot(self) -> Stats:
         s = self.store.stats()
         processes = self.processes()
         kv, cache, opened = self.kv, self.cache, self.opened
+        # A value whose time to live is over counts as no value, as every read says,
+        # before its expiry is recorded too (by its writer's node: on a reader, when
+        # that tombstone arrives).
+        expired = len(kv.expiring.at_most(self.read_time())) if kv.expiring else 0
+        keys = kv.live - expired
         return Stats(
             path=self.path,
             node_id=self.node_hex,
             sync=self.committer.mode,
-            keys=kv.live,
-            deleted_keys=kv.key_count() - kv.live,
+            keys=keys,
+            deleted_keys=kv.key_count() - keys,
             namespaces=len(kv.live_namespaces()),
             versions=kv.versions,
             events=self.checkpointer.events,

@@ -145,3 +145,21 @@ async def test_bad_ttls_are_refused_before_writing(tmp_path: Path, ttl: Any) -> 
         assert await db.feed_heads() == {}
         with pytest.raises(koru.InvalidArgumentError, match="within"):
             await db.expiring(within=-1)
+
+
+async def test_stats_count_an_expired_value_as_no_value(tmp_path: Path) -> None:
+    """``stats().keys`` agrees with ``keys()``: a value whose time to live is over is
+    no value, before its expiry is recorded too (it counted as a key until then: on a
+    node that did not write it, until the writer's tombstone arrives)."""
+    clock = SettableClock()
+    async with opened(tmp_path / "db", clock) as db:
+        for k in ("a", "b"):
+            await db.put("ns", k, 1)
+        await db.put("ns", "short", 1, ttl=1)
+        await db.delete("ns", "b")
+        stats = await db.stats()
+        assert (stats.keys, stats.deleted_keys) == (2, 1)
+        clock.advance(2)
+        stats = await db.stats()
+        assert await db.keys("ns") == ["a"]
+        assert (stats.keys, stats.deleted_keys) == (1, 2)
