@@ -91,18 +91,14 @@ def _catch_up_as(replayed: Views, restored: Views, kv: KvState, store: LogStore)
             key: values.uncached(cid, location, ns, key, size)
             for key, cid, location, size in live_records(kv, ns)
         }
-        timed = [key for (n, key) in kv.expiring if n == ns]
-        for state in (replayed, restored):
-            dirty = state.dirty.get(ns, set())
+        # Left out: the keys whose current value has a time to live (as if expired).
+        timed = {key for (n, key) in kv.expiring if n == ns}
+        live = {key: doc for key, doc in docs.items() if key not in timed}
+        for state in (replayed, restored):  # as the database's Viewing.fill / catch_up
             for view in state.by_namespace.get(ns, {}).values():
                 if view.pending:
-                    view.fill(list(docs.items()))
-                elif view.error is None:
-                    for key in sorted(dirty):
-                        view.change(key, view.contribution(docs[key]) if key in docs else None)
-                for key in timed:
-                    view.change(key, None)
-            dirty.clear()
+                    view.fill(list(live.items()))
+            state.catch_up(ns, live, timed)
 
 
 def _canonical(data: Any) -> bytes:

@@ -363,7 +363,7 @@ class Writer:
         else:
             # From the read floor when the clock went back behind it (a read judged a
             # later time): from the timestamp, it would read as expired at once.
-            expires = max(hlc, self._read_floor) + ttl_ns
+            expires = _expiry(max(hlc, self._read_floor), ttl_ns)
             event = _new(
                 ExpiringPutEvent,
                 (node, STORAGE, seq, prev, hlc, namespace, key, data, previous, expires),
