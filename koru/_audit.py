@@ -58,26 +58,42 @@ def content_of(projection: Projection) -> Any:
     return _canonical(projection.capture())
 
 
-def _fill_as(replayed: Indexes, restored: Indexes, kv: Any, store: LogStore) -> None:
+class _LiveDocuments:
+    """The live documents of each namespace of the replayed key/value state, read from
+    the log (each proven against its content id) once per namespace however many
+    indexes and views of it are checked."""
+
+    def __init__(self, kv: KvState, store: LogStore) -> None:
+        self._kv = kv
+        self._values = ValueReader(store, ValueCache(0))
+        self._read: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, ns: str) -> dict[str, Any]:
+        docs = self._read.get(ns)
+        if docs is None:
+            uncached = self._values.uncached
+            docs = self._read[ns] = {
+                key: uncached(cid, location, ns, key, size)
+                for key, cid, location, size in live_records(self._kv, ns)
+            }
+        return docs
+
+
+def _fill_as(replayed: Indexes, restored: Indexes, kv: KvState, docs: _LiveDocuments) -> None:
     """Fill each index of the replay that the checkpoint holds filled, as the database
     fills one, from the replayed key/value state and the values in the log (proven
     against their content ids). Why: a replay leaves every index pending (the database
     fills one after open, or when a query first could use it), so a checkpoint of a
     filled index always disagreed with it."""
-    values = ValueReader(store, ValueCache(0))
     for ns, paths in replayed.by_namespace.items():
         for path, index in paths.items():
             twin = restored.get(ns, path)
             if not index.pending or twin is None or twin.pending:
                 continue
-            live = {
-                key: values.uncached(cid, location, ns, key, size)
-                for key, cid, location, size in live_records(kv, ns)
-            }
-            fill(index, kv, live.__getitem__)
+            fill(index, kv, docs(ns).__getitem__)
 
 
-def _catch_up_as(replayed: Views, restored: Views, kv: KvState, store: LogStore) -> None:
+def _catch_up_as(replayed: Views, restored: Views, kv: KvState, docs: _LiveDocuments) -> None:
     """Bring the views of both states to the documents of the replayed key/value state,
     as the database does when a view is read: a pending view filled, a filled one
     caught up with its dirty keys; then leave out of both the keys whose current value
@@ -85,15 +101,10 @@ def _catch_up_as(replayed: Views, restored: Views, kv: KvState, store: LogStore)
     dirty, so a checkpoint of any view always disagreed with it; and a view drops a
     value whose time to live has passed when it is read, before any event says so (its
     membership depends on when it was last read, not on the log alone)."""
-    values = ValueReader(store, ValueCache(0))
     for ns in sorted(set(replayed.by_namespace) | set(restored.by_namespace)):
-        docs = {
-            key: values.uncached(cid, location, ns, key, size)
-            for key, cid, location, size in live_records(kv, ns)
-        }
         # Left out: the keys whose current value has a time to live (as if expired).
         timed = {key for (n, key) in kv.expiring if n == ns}
-        live = {key: doc for key, doc in docs.items() if key not in timed}
+        live = {key: doc for key, doc in docs(ns).items() if key not in timed}
         for state in (replayed, restored):  # as the database's Viewing.fill / catch_up
             for view in state.by_namespace.get(ns, {}).values():
                 if view.pending:
@@ -200,6 +211,8 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
         elif cursor.count and root != cursor.root:
             problems.append(f"the {agent!r} chain root at record {cursor.count} differs")
     kinds = {kind.name: kind for kind in BUILTIN_PROJECTIONS}
+    kv = cast(KvState, replayed["kv"])
+    docs = _LiveDocuments(kv, store)
     for name, (version, data) in sorted(checkpoint.sections.items()):
         kind = kinds.get(name)
         if kind is None:
@@ -211,10 +224,9 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
         try:
             restored = kind.restore(open_tables(data, reopen))
             if isinstance(restored, Indexes):
-                _fill_as(cast(Indexes, replayed[name]), restored, replayed["kv"], store)
+                _fill_as(cast(Indexes, replayed[name]), restored, kv, docs)
             elif isinstance(restored, Views):
-                kv = cast(KvState, replayed["kv"])
-                _catch_up_as(cast(Views, replayed[name]), restored, kv, store)
+                _catch_up_as(cast(Views, replayed[name]), restored, kv, docs)
             same = content_of(restored) == content_of(replayed[name])
         except (KoruError, ValueError, TypeError, KeyError) as exc:
             problems.append(f"section {name!r} cannot be restored: {exc}")
