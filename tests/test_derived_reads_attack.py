@@ -78,6 +78,20 @@ async def _next_cancelled(sub: koru.Subscription) -> koru.KeyChange | None:
     return None
 
 
+async def _keys_through_cancelled_nexts(sub: koru.Subscription, n: int) -> list[str]:
+    """The keys of ``n`` changes taken by ``n`` cancelled ``__anext__`` calls, then by
+    plain ones for those the cancelled calls did not return."""
+    keys = []
+    for _ in range(n):
+        change = await _next_cancelled(sub)
+        if change is not None:
+            keys.append(change.key)
+    with trio.move_on_after(1):
+        while len(keys) < n:
+            keys.append((await sub.__anext__()).key)
+    return keys
+
+
 async def test_a_cancelled_next_loses_no_change() -> None:
     """Attack: a consumer waits for the next change under a deadline (``move_on_after``)
     and the deadline fires while the subscription yields to the scheduler after taking
@@ -88,26 +102,11 @@ async def test_a_cancelled_next_loses_no_change() -> None:
         for i in range(3):
             await db.put(NS, f"r{i}", i)
         async with db.subscribe(NS, from_position=0) as sub:
-            keys = []
-            for _ in range(3):
-                change = await _next_cancelled(sub)
-                if change is not None:
-                    keys.append(change.key)
-            with trio.move_on_after(1):
-                while len(keys) < 3:
-                    keys.append((await sub.__anext__()).key)
-            assert keys == ["r0", "r1", "r2"]
+            assert await _keys_through_cancelled_nexts(sub, 3) == ["r0", "r1", "r2"]
         async with db.subscribe(NS) as sub:
             for i in range(130):
                 await db.put(NS, f"l{i}", i)
-            keys = []
-            for _ in range(130):
-                change = await _next_cancelled(sub)
-                if change is not None:
-                    keys.append(change.key)
-            with trio.move_on_after(1):
-                while len(keys) < 130:
-                    keys.append((await sub.__anext__()).key)
+            keys = await _keys_through_cancelled_nexts(sub, 130)
             assert keys == [f"l{i}" for i in range(130)]
 
 
