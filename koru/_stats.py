@@ -57,7 +57,7 @@ class Statistics(NamedTuple):
         # A value whose time to live is over counts as no value, as every read says,
         # before its expiry is recorded too (by its writer's node: on a reader, when
         # that tombstone arrives).
-        expired = len(kv.expiring.at_most(self.read_time())) if kv.expiring else 0
+        expired = kv.expiring.count_at_most(self.read_time()) if kv.expiring else 0
         keys = kv.live - expired
         return Stats(
             path=self.path,

@@ -219,6 +219,11 @@ class LayeredDict(MutableMapping[K, V]):
             found += hits
         return found
 
+    def count_at_most(self, bound: Any) -> int:
+        """How many entries :meth:`at_most` finds, without making their keys (a
+        :class:`PairKeyed` splits each key it returns)."""
+        return len(LayeredDict.at_most(self, bound))
+
     def clear(self) -> None:
         self._top, self._below, self._length, self._last = {}, (), 0, None
         self._removed = set()

@@ -223,6 +223,7 @@ def test_a_layered_dict_and_its_snapshots_agree_with_a_dict() -> None:
             bound = rng.randrange(step + 1)
             due = [(k, v) for k, v in model.items() if v <= bound]
             assert sorted(live.at_most(bound)) == sorted(due)
+            assert live.count_at_most(bound) == len(due)
         elif roll < 0.995:
             finish()
             taken = (live.snapshot(), dict(model))
@@ -330,3 +331,4 @@ def test_keys_with_a_ttl_due_by_a_time_are_found_across_layers() -> None:
     assert [p for p, _ in due] == [("ns", f"k{i}") for i in (0, 3, 4, 5, 6, 7, 8, 9)] + [
         ("other", "k2")
     ]
+    assert expiring.count_at_most(9) == len(due)
