@@ -31,7 +31,9 @@ __all__ = ["ReplayResult", "replay"]
 
 class ReplayResult(NamedTuple):
     """The state a replay reached: its digest (as ``Database.digest()`` would say), the
-    events folded per agent, the newest timestamp among them, and counts."""
+    events folded per agent, the newest timestamp among them, and counts. The counts
+    judge time to live at ``until`` if given, else at the newest timestamp: a value
+    expired by then counts as deleted, as :meth:`Database.stats` counts it."""
 
     digest: str
     events: dict[str, int]
@@ -118,10 +120,12 @@ def replay(
     kv, vectors = projections["kv"], projections["vectors"]
     assert isinstance(kv, KvState) and isinstance(vectors, VectorState)
     digest = state_digest(kv, vectors)
-    namespaces = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
-    return ReplayResult(
-        digest, events, last, kv.live, kv.key_count() - kv.live, kv.versions, namespaces
-    )
+    # Counted as reads at the replayed moment would: a value whose time to live is over
+    # by then is no value, its expiry recorded or not (the digest is of the events).
+    at = last if limit is None else limit
+    namespaces = {ns: len(kv.keys(ns, at)) for ns in kv.live_namespaces(at)}
+    keys = kv.live - kv.expiring.count_at_most(at) if kv.expiring else kv.live
+    return ReplayResult(digest, events, last, keys, kv.key_count() - keys, kv.versions, namespaces)
 
 
 def _no_head(feed: tuple[bytes, str]) -> None:

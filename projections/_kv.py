@@ -883,9 +883,9 @@ class KvState:
         """Namespaces with at least one live key (not expired at ``now``, if given),
         sorted."""
         counts = dict(self.ns_live)
-        if now is not None:
-            for (ns, _), expires in self.expiring.items():
-                if now >= expires and counts.get(ns):
+        if now is not None and self.expiring:
+            for (ns, _), _expires in self.expiring.at_most(now):
+                if counts.get(ns):
                     counts[ns] -= 1
         return sorted(ns for ns, n in counts.items() if n > 0)
 

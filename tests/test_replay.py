@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import koru
+from conftest import StepClock
 
 KDELTA = str(Path(sys.executable).parent / "kdelta")
 
@@ -50,6 +51,28 @@ async def test_replay_reaches_the_state_the_database_had(tmp_path: Path) -> None
         koru.replay(path, position=-1)
     with pytest.raises(koru.InvalidDataError):
         koru.replay(path, until="yesterday")
+
+
+async def test_replay_counts_a_value_whose_ttl_is_over_as_deleted(tmp_path: Path) -> None:
+    """A replay counts keys as a read at the replayed moment would (as ``stats()``
+    does): a value whose time to live is over by then is no value, its expiry recorded
+    or not; one still current counts. It counted every unrecorded expired value."""
+    path, clock = tmp_path / "db", StepClock()
+    async with koru.open(path, clock=clock, processes=False) as db:
+        short = await db.put("users", "short", 1, ttl=1.0)
+        await db.put("users", "long", 2, ttl=100.0)
+        await db.put("orders", "o", 3, ttl=1.0)
+        clock.now += 5 * 10**9
+        late = await db.put("users", "plain", 4)  # (no expiry is recorded: no processes)
+        stats = await db.stats()
+    assert (stats.keys, stats.deleted_keys) == (2, 2)
+    at_end = koru.replay(path)
+    assert (at_end.keys, at_end.deleted_keys) == (2, 2)
+    assert at_end.namespaces == {"users": 2}
+    before = koru.replay(path, until=short.timestamp + 10**8)
+    assert (before.keys, before.deleted_keys) == (3, 0)
+    assert before.namespaces == {"users": 2, "orders": 1}
+    assert koru.replay(path, until=late.timestamp) == at_end
 
 
 def test_kdelta_replay(tmp_path: Path) -> None:
