@@ -20,6 +20,7 @@ from koru.events import (
     GenomeEvent,
     InvalidArgumentError,
     TieringEvent,
+    split_workspace,
 )
 from koru.nursery import Pacer
 
@@ -27,6 +28,15 @@ if TYPE_CHECKING:
     from ._database import Database
 
 __all__ = ["DEFAULT_INTERVALS", "intervals_from", "steps"]
+
+
+def _frozen(db: Database, namespace: str) -> bool:
+    """True if ``namespace`` is a dropped workspace's: its data stays as it was when
+    dropped (an audit reads it), so no expiry is recorded in it, as no handle may write
+    there either."""
+    found = split_workspace(namespace)
+    return found is not None and db._workspaces.state.dropped(found[0])
+
 
 #: Seconds between steps of each process.
 DEFAULT_INTERVALS: dict[str, float] = {
@@ -124,7 +134,7 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         # the HLC (one glitched reading would date every later event that far ahead).
         writer = db._writer
         now = max(writer.now(), writer.hlc.last + 1)
-        due = sorted(k for k, _ in db._kv.expiring.at_most(now))
+        due = sorted(k for k, _ in db._kv.expiring.at_most(now) if not _frozen(db, k[0]))
         for start in range(0, len(due), _EXPIRE_BATCH):
             await db._life.enter_write()
             wrote = [

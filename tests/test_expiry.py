@@ -163,3 +163,25 @@ async def test_stats_count_an_expired_value_as_no_value(tmp_path: Path) -> None:
         stats = await db.stats()
         assert await db.keys("ns") == ["a"]
         assert (stats.keys, stats.deleted_keys) == (1, 2)
+
+
+async def test_no_expiry_is_recorded_in_a_dropped_workspace(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A dropped workspace's data stays as it was when dropped (an audit handle reads
+    its history, no handle may write there): the expiry process records no tombstone
+    in it, while it still records those of live workspaces and of the default space."""
+    clock = koru.TrioClock()
+    async with opened(tmp_path / "db", clock, processes={"expiry": 10}) as db:
+        gone, kept = db.workspace("gone"), db.workspace("kept")
+        await gone.put("cache", "k", 1, ttl=5)
+        await kept.put("cache", "k", 2, ttl=5)
+        await db.put("cache", "k", 3, ttl=5)
+        await db.drop_workspace("gone")
+        await trio.sleep(11)
+        audit = db.audit_workspace("gone")
+        assert [h.deleted for h in await audit.history("cache", "k")] == [False]
+        assert [h.deleted for h in await kept.history("cache", "k")] == [False, True]
+        assert [h.deleted for h in await db.history("cache", "k")] == [False, True]
+        with pytest.raises(koru.KeyNotFoundError):
+            await audit.get("cache", "k")  # (expired all the same: reads judge by time)
