@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -55,3 +56,71 @@ async def test_a_legacy_origins_expired_values_get_their_expiry_recorded(
         assert await db.expiring(within=0) == []
         for i in range(3):
             assert [h.deleted for h in await db.history("cache", f"k{i}")] == [False, True]
+
+
+# -- tampered put-ttl records ---------------------------------------------------------------
+
+
+def _tamper_put_ttl(path: Path, kind: str) -> None:
+    """Rewrite the first ``put-ttl`` record of the storage log in place, its expiry,
+    value or key changed (same size), both checksums recomputed: only the hash chain
+    and the content ids can tell."""
+    import cbor2
+    from test_recovery import record_spans, seg_path
+
+    from koru.events._frame import encode_record, parse_record
+
+    data = seg_path(path).read_bytes()
+    _, start, end = record_spans(path)[0]
+    _, root, event = parse_record(data, start)
+    raw = cbor2.loads(event)
+    assert raw[1] == "put-ttl"
+    body = raw[7]
+    if kind == "expires":
+        body[4] += 10**15
+    elif kind == "value":
+        body[2] = cbor2.dumps({"v": "XXXX"})
+    else:
+        body[1] = "z"
+    new = encode_record(root, cbor2.dumps(raw))
+    assert len(new) == end - start
+    seg_path(path).write_bytes(data[:start] + new + data[end:])
+
+
+@pytest.mark.parametrize("kind", ["expires", "value", "key"])
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "no-checkpoint"])
+async def test_a_tampered_put_ttl_record_is_never_served(
+    tmp_path: Path, kind: str, checkpoint: bool
+) -> None:
+    """Attack: a ``put-ttl`` record rewritten on disk (its expiry pushed 11 days on, its
+    value or its key changed) with both checksums fixed. Must hold: ``kdelta verify``
+    reports the broken chain; without a checkpoint the open ends the log there; under a
+    checkpoint a read serves the value the checkpoint proved (with its own expiry) or
+    raises ``CorruptLogError``, never the forged value, key or expiry, and the feed
+    (what a peer is served) refuses the record."""
+    from koru._loader import CHECKPOINT_FILE
+    from koru.events import verify_logs
+
+    path = tmp_path / "db"
+    async with koru.open(path, sync="always") as db:
+        a = await db.put("ns", "a", {"v": "aaaa"}, ttl=1000)
+        await db.put("ns", "b", {"v": "bbbb"})
+        node = db.node_id
+    if not checkpoint:
+        (path / CHECKPOINT_FILE).unlink()
+    _tamper_put_ttl(path, kind)
+    assert any("chain" in p.message for p in verify_logs(path) if p.severity == "error")
+    async with koru.open(path, readonly=True) as db:
+        assert not await db.contains("ns", "z")
+        if not checkpoint:
+            assert await db.keys("ns") == []
+            return
+        try:
+            [h] = await db.history("ns", "a")
+            assert (h.value, h.expires) == ({"v": "aaaa"}, a.expires)
+            assert await db.get("ns", "a") == {"v": "aaaa"}
+        except koru.CorruptLogError:
+            assert kind != "expires"  # the value is proven against its content id
+        assert await db.get("ns", "b") == {"v": "bbbb"}
+        with pytest.raises(koru.CorruptLogError):
+            await db.feed_events(node)
