@@ -13,6 +13,7 @@ import trio.testing
 
 import koru
 from koru._nodekey import NODE_KEY_FILE
+from koru.nursery import Limits
 
 
 class SettableClock:
@@ -124,3 +125,99 @@ async def test_a_tampered_put_ttl_record_is_never_served(
         assert await db.get("ns", "b") == {"v": "bbbb"}
         with pytest.raises(koru.CorruptLogError):
             await db.feed_events(node)
+
+
+# -- remote subscriptions and calls when one side stops reading ------------------------------
+
+_SLOW = Limits(idle_timeout=3.0, heartbeat=1.0)
+
+
+async def test_a_client_that_stops_reading_its_subscription_is_closed_going_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a client subscribes, then stops reading its socket while the server
+    streams it large changes (the server's sends block). Must hold: the server closes
+    that connection as a peer that stopped reading (1001), its session ends as a
+    session does (no exception out of it: one was logged as a failed session with its
+    traceback, and the close code said 1000 "closed"), its subscription is released,
+    and another client is served meanwhile."""
+    from test_remote_attack import _member, _served
+
+    import koru._peering as peering
+
+    ends: list[Any] = []
+    run_session = peering.run_session
+
+    async def watched(*args: Any, **kw: Any) -> Any:
+        try:
+            end = await run_session(*args, **kw)
+        except BaseException as exc:
+            ends.append(exc)
+            raise
+        ends.append(end)
+        return end
+
+    monkeypatch.setattr(peering, "run_session", watched)
+    async with _served(_SLOW) as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with (
+            koru.connect(f"127.0.0.1:{port}", owner) as remote,
+            koru.connect(f"127.0.0.1:{port}", owner) as good,
+        ):
+            async with remote.subscribe("big"):
+                monkeypatch.setattr(remote._link._runner.conn, "receive", trio.sleep_forever)
+                for i in range(48):  # 12 MiB: more than the sockets' buffers hold
+                    await db.put("big", f"k{i}", "x" * (256 * 1024))
+                with trio.fail_after(20):
+                    while not ends:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                assert await good.get("big", "k0") == "x" * (256 * 1024)
+            [end] = ends
+            assert not isinstance(end, BaseException), repr(end)
+            assert (end.code, end.reason, end.ours) == (1001, "the peer stopped reading", True)
+            assert not [s for s in db._hub.subscriptions if s.namespace == "big"]
+
+
+async def test_a_call_sent_to_a_server_that_stops_reading_is_sent_again_not_a_private_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: the server stops reading its socket while a client sends large writes
+    (the client's sends block). Must hold: each call ends as a call over a lost
+    connection does (sent again over a new connection, applied once, or
+    ``ConnectionLostError``), never with the session's private ``_Closing`` (which
+    is no ``KoruError``) raised in the caller's face."""
+    from test_remote_attack import _member, _served
+
+    import koru._peering as peering
+
+    made: list[Any] = []
+
+    class Watched(peering.WebSocketConnection):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(peering, "WebSocketConnection", Watched)
+    async with _served() as (db, port):
+        (owner, _) = await _member(db, actions=["admin"])
+        async with koru.connect(f"127.0.0.1:{port}", owner, limits=_SLOW) as remote:
+            await remote.put("n", "k", 1)
+            (server_side,) = made
+            monkeypatch.setattr(server_side, "receive", trio.sleep_forever)
+            failures: list[BaseException] = []
+
+            async def write(i: int) -> None:
+                try:
+                    await remote.put("n", f"big{i}", "x" * (12 << 20))
+                except koru.ConnectionLostError:
+                    pass
+                except Exception as exc:
+                    failures.append(exc)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for i in range(6):
+                        nursery.start_soon(write, i)
+            assert failures == []
+            for i in range(6):
+                assert len(await db.history("n", f"big{i}")) <= 1
