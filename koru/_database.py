@@ -152,6 +152,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             # A checkpoint holding less than the log, or rebuilt sections, is stale.
             saved_at=opened.from_checkpoint if not (opened.replayed or opened.rebuilt) else -1,
             die=self._life.die,
+            former_id=None if node_key is None else node_key._previous,
         )
         self._checkpointer = self._writer.checkpointer
         self._life.checkpointer = self._checkpointer

@@ -120,9 +120,14 @@ class Writer:
         events: int,
         saved_at: int,
         die: Callable[[BaseException], None],
+        former_id: bytes | None = None,
     ) -> None:
         self._store = store
         self._node = node_id
+        #: The node ids whose versions this node records the expiry of: its own, and
+        #: the one it wrote as before its node key (see ``koru._nodekey``), which no
+        #: other node writes as.
+        self._own = frozenset((node_id,) if former_id is None else (node_id, former_id))
         self._node_hex = node_id.hex()
         self._put_encoder = PutEncoder(node_id)
         #: A blake3 hasher for put_plain, used on the event loop's thread only.
@@ -511,12 +516,14 @@ class Writer:
         absent once its time is over, whoever records it; a node that may read a
         peer's key but not write it recorded the expiry in its own feed, which the
         peer then refused, holding every later event of that feed (h-ttl); and every
-        replica recorded its own tombstone of the same version."""
+        replica recorded its own tombstone of the same version. A version written under
+        the node id this node had before its node key is this node's too: no other
+        node writes as that id, so its expiry would otherwise never be recorded."""
         current = self._kv.current(namespace, key)
         if (
             current is None
             or current.deleted
-            or current.origin != self._node
+            or current.origin not in self._own
             or not current.expired(now)
         ):
             return False

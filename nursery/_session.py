@@ -196,6 +196,8 @@ class _Runner:
         self.call_bytes_freed = trio.Event()
         #: The timer's sleep, cut short when the connection opens (its deadlines change).
         self.timer_sleep: trio.CancelScope | None = None
+        #: How the connection ended, (code, reason, ours), first first.
+        self.ending: list[tuple[int | None, str, bool]] = []
 
     def now(self) -> float:
         return trio.current_time()
@@ -217,9 +219,9 @@ class _Runner:
                 async with self.send_lock:
                     await self.conn.send(command.data)
             if waited.cancelled_caught:
-                raise _Closing(CLOSE_GOING_AWAY, "the peer stopped reading")
+                raise self.close(CLOSE_GOING_AWAY, "the peer stopped reading")
         elif type(command) is Close:
-            raise _Closing(command.code, command.reason)
+            raise self.close(command.code, command.reason)
         elif type(command) is Ingest:
             assert self.endpoint is not None
             await self.endpoint.ingest(command.events)
@@ -286,6 +288,17 @@ class _Runner:
             self.poke()
         elif type(command) is PeersHeard and self.endpoint is not None:
             self.endpoint.heard(command.addresses)
+
+    def close(self, code: int, reason: str) -> ConnectionClosed:
+        """End the connection with ``code`` (this side's decision), from whichever task
+        decided it, and the error that task raises: a call's or a stream's task (not
+        one of the session's own) used to raise a private exception out of the
+        session, which then failed instead of closing (a client that stopped reading
+        its subscription; and in a client, a caller got it from its call)."""
+        self.ending.append((code, reason, True))
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+        return ConnectionClosed(code, reason)
 
     def allow(self) -> None:
         """Admitted: the transport takes messages up to the open connection's limit
@@ -374,12 +387,6 @@ class _Runner:
             self.poke()
 
 
-class _Closing(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
 class StreamFailed(Exception):
     """An endpoint's stream ended with an error to report (its encoded payload)."""
 
@@ -398,14 +405,12 @@ async def run_session(
     """Run one connection until it closes; how it ended. The server side sends its
     HELLO first. ``task_status.started(runner)`` once the tasks run."""
     runner = _Runner(conn, proto, handshake, on_open)
-    ending: list[tuple[int | None, str, bool]] = []  # (code, reason, ours)
+    ending = runner.ending  # (code, reason, ours)
 
     async def guarded(task: Callable[[], Any]) -> None:
         try:
             await task()
-        except _Closing as exc:
-            ending.append((exc.code, exc.reason, True))
-        except ConnectionClosed as exc:
+        except ConnectionClosed as exc:  # (after this side's runner.close: not the first)
             ending.append((exc.code, exc.reason, False))
         except WireError as exc:
             ending.append((exc.code, exc.reason, True))
