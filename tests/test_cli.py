@@ -367,6 +367,32 @@ def test_keys_namespaces_status(made: tuple[Path, dict[str, Any]]) -> None:
     assert "3 live, 1 deleted" in kdelta(db, "status").out
 
 
+def test_status_counts_keys_as_stats_does(tmp_path: Path) -> None:
+    """``kdelta status`` counts keys as ``Database.stats()`` does: every space's, a
+    value whose time to live is over (its expiry not recorded) as deleted. It counted
+    such a key as neither live nor deleted, and only the default space's as live."""
+    from conftest import StepClock
+
+    path = tmp_path / "db"
+
+    async def build() -> koru.Statistics:
+        clock = StepClock(start=1_700_000_000 * 10**9)  # (2023: long expired by now)
+        async with koru.open(path, clock=clock, processes=False) as db:
+            await db.put("users", "gone", 1, ttl=1.0)
+            await db.put("users", "kept", 2)
+            await db.put("users", "deleted", 3)
+            await db.delete("users", "deleted")
+            await db.workspace("team").put("docs", "d", 4)
+        async with koru.open(path, processes=False, readonly=True) as db:
+            return await db.stats()
+
+    stats = trio.run(build)
+    assert (stats.keys, stats.deleted_keys) == (2, 2)
+    status = kdelta(path, "--json", "status").json()
+    assert (status["keys"], status["deleted_keys"]) == (stats.keys, stats.deleted_keys)
+    assert status["namespaces"] == {"users": 1}  # (the default space's)
+
+
 def test_no_database_exits_1(tmp_path: Path) -> None:
     for args in (("get", "a/b"), ("log", "a/b"), ("keys", "a"), ("events",), ("verify",)):
         failed(kdelta(tmp_path / "none", *args), 1, "no database at")
