@@ -1,7 +1,7 @@
 """An event's place in its feed, read off its first bytes without decoding it.
 
 An event is a canonical CBOR array ``[version, tag, origin, agent, seq, ...]``
-(ARCHITECTURE.md, "Event model"): the sync protocol reads ``(origin, agent)`` and
+(docs/design/event-model.md): the sync protocol reads ``(origin, agent)`` and
 ``seq`` of each event it receives to know what the sender holds, and must not pay a
 full decode for it (ingest decodes, strictly, once). Anything that does not look like
 an event gives None; what this returns is a hint about the sender, never trusted for
