@@ -10,27 +10,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_expiry import opened
 
 import koru
 from koru._nodekey import NODE_KEY_FILE
 from koru.nursery import Limits
-
-
-class SettableClock:
-    """A wall clock a test moves by hand."""
-
-    def __init__(self, ns: int = 1_700_000_000 * 10**9) -> None:
-        self.ns = ns
-
-    def now_ns(self) -> int:
-        return self.ns
-
-    def advance(self, seconds: float) -> None:
-        self.ns += int(seconds * 1e9)
-
-
-def opened(path: Any, clock: Any, **kw: Any) -> Any:
-    return koru.open(path, clock=clock, sync="os", processes=kw.pop("processes", False), **kw)
 
 
 async def test_a_legacy_origins_expired_values_get_their_expiry_recorded(
