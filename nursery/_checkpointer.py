@@ -274,8 +274,15 @@ class Checkpointer:
         runs on the event loop in slices (see Slicer), and a writer of large
         batches keeps the loop busy, so the checkpoint fell ever further behind while
         memory grew with every version; waiting here (what an LSM tree's write stall
-        does) bounds memory, and while the writer waits the checkpoint runs unhindered."""
+        does) bounds memory, and while the writer waits the checkpoint runs unhindered.
+
+        The wait makes a checkpoint due, if none is: only an appended event marks one
+        due, and a database opened with its log this far beyond its checkpoint had
+        none due while every writer waited here (batches of ingest: a node found by a
+        simulation seed that never took in another event)."""
         self.stalls += 1
+        if self.lag >= max(self.every, self._retry):
+            self._due.set()
         await self._ended.wait()
 
     def writeback(self) -> None:

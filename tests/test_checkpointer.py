@@ -191,16 +191,20 @@ async def test_writers_wait_only_for_a_running_checkpointer_far_behind() -> None
     for _ in range(LAG * 10):
         ck.note_event()
     assert not ck.lagging  # no background task: nothing would ever catch up
-    ck._due = trio.Event()  # as if its checkpoint had not begun yet
+    ck._due = trio.Event()  # as if none were due (as at an open this far behind)
+    written_when_released: list[int] = []
+
+    async def waiter() -> None:
+        await ck.catch_up()
+        written_when_released.append(ck.written)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(ck.run, pytest.fail)
         assert ck.lagging
-        waiter_done = trio.Event()
-        nursery.start_soon(_catch_up_then_set, ck, waiter_done)
-        await settle()
-        assert not waiter_done.is_set()
-        ck._due.set()  # the checkpoint runs: the waiter goes on once it is written
-        await settle(lambda: waiter_done.is_set())
+        # The wait makes the checkpoint due: the waiter goes on once it is written.
+        nursery.start_soon(waiter)
+        await settle(lambda: bool(written_when_released))
+        assert written_when_released == [1]
         assert (ck.written, ck.stalls, ck.lagging) == (1, 1, False)
         nursery.cancel_scope.cancel()
 

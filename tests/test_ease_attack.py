@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import koru
 import koru.nursery._checkpointer as ckmod
@@ -57,6 +58,28 @@ async def test_a_log_far_beyond_its_checkpoint_does_not_kill_the_handle(
         assert max(s.budget for s in slicers) == ckmod.SLICE_MOST
         await db.put("n", "y", 2)  # still serving
         assert await db.get("n", "k2999") == 2999
+
+
+async def test_a_batch_first_after_opening_far_behind_gets_its_checkpoint(tmp_path: Path) -> None:
+    """Found by a simulation seed (30048, 4 nodes, heavy faults): a node restarted with
+    its log ``LAG`` or more intervals beyond its checkpoint, whose first writes after
+    the open were batches (ingest from peers, a remote client's ``put_batch``). Each
+    waited for the checkpoint to catch up, and none was ever due: only an appended
+    event marks one due, and every writer was waiting. The node never ingested again
+    (its sessions timed out, idle, for ever). What must hold: a batch that waits for a
+    checkpoint makes one due, and goes on once it is written."""
+    path = tmp_path / "db"
+    async with koru.open(path, sync="never", processes=False, checkpoint_every=10**6) as db:
+        for i in range(300):
+            await db.put("n", f"k{i}", i)
+    (path / CHECKPOINT_FILE).unlink()
+    async with koru.open(path, sync="never", checkpoint_every=10) as db:
+        ck = db._checkpointer
+        assert ck.lagging
+        with trio.fail_after(20):
+            await db.put_batch([("n", "a", 1), ("n", "b", 2)])
+        assert ck.written >= 1 and ck.stalls >= 1
+        assert await db.get("n", "b") == 2
 
 
 async def test_a_failing_checkpoint_is_tried_again_only_after_the_next_interval(

@@ -65,6 +65,11 @@ REGRESSION_SEEDS: list[tuple[int, int, float, str, float]] = [
     # its points were unknown until the seal itself could be taken).
     (1001, 3, 20.0, "heavy", 20.0),
     (1030, 3, 20.0, "heavy", 20.0),
+    # A node restarted with its log four checkpoint intervals beyond its checkpoint
+    # took in nothing again: its first writes were batches of ingest, each waiting for
+    # a checkpoint that none marked due (only an appended event did); its sessions
+    # timed out, idle, until the run gave up (found by a sweep of 400 seeds).
+    (30048, 4, 180.0, "heavy", 3.0),
 ]
 
 #: The CI sweep: this many seeds with the full fault mix.
