@@ -509,6 +509,60 @@ class VectorState:
             valid.add(best)
         return sorted(valid)
 
+    def content(self) -> Any:
+        """What the state holds, by name rather than by position: per namespace every
+        version (key name, timestamp, origin, event id, location, model and dimension,
+        previous event id), every key's current and newest version and live vector
+        and metadata, and every index model. Comparable between a replay and a
+        checkpoint's restore (``kdelta verify``); why not the captured tables with
+        their lists sorted: a checkpoint whose key names or metadata were permuted
+        (its checksum fixed) sorted the same, and served one key's vector as another's."""
+
+        def eid(space: _Space, version: int) -> bytes | None:
+            return None if version == _NONE else space.eid(version)
+
+        spaces = []
+        for ns, space in sorted(self.spaces.items()):
+            versions = sorted(
+                (
+                    space.names[space.v_key[v]],
+                    space.v_hlc[v],
+                    self.origins[space.v_origin[v]],
+                    space.eid(v),
+                    space.v_loc[v],
+                    None
+                    if space.v_group[v] == _NONE
+                    else (space.groups[space.v_group[v]].model, space.groups[space.v_group[v]].dim),
+                    eid(space, space.v_prev[v]),
+                )
+                for v in range(len(space.v_hlc))
+            )
+            keys = []
+            for kid, key in enumerate(space.names):
+                gid, row = space.key_group[kid], space.key_row[kid]
+                live = None
+                if gid != _NONE:
+                    group = space.groups[gid]
+                    live = (
+                        group.model,
+                        group.dim,
+                        group.rows[row].tobytes(),
+                        group.norms[row].tobytes(),
+                        group.meta[row],
+                    )
+                keys.append(
+                    (key, eid(space, space.key_cur[kid]), eid(space, space.key_last[kid]), live)
+                )
+            keys.sort(key=lambda k: k[0])
+            groups = sorted((g.model, g.dim, g.live) for g in space.groups)
+            indexes = sorted(
+                (space.groups[gid].model, space.groups[gid].dim, list(event))
+                for gid, event in space.indexes.items()
+            )
+            spaces.append((ns, versions, keys, groups, indexes))
+        dims = sorted((m, sorted(d)) for m, d in self.dims.items())
+        return (dims, sorted(self._index_ids), self.digest(), spaces)
+
     # -- checkpoint ---------------------------------------------------------------------
 
     def capture(self) -> dict[str, Any]:

@@ -187,3 +187,33 @@ async def test_the_audit_checks_the_vector_section(tmp_path: Path) -> None:
     finally:
         store.close()
     assert problems == []
+
+
+async def test_the_audit_reports_a_checkpoint_whose_vector_keys_were_permuted(
+    tmp_path: Path,
+) -> None:
+    """Attack: rewrite the checkpoint (checksum fixed) with the vector section's key
+    names, and one group's metadata, in reverse order: every table keeps its shape, so
+    the restore believes it and a search answers key ``b`` (with ``b``'s metadata) for
+    ``a``'s vector. Must hold: ``kdelta verify``'s audit reports the section as
+    disagreeing with a replay (it compared the captured lists sorted, so a permutation
+    passed as the same)."""
+    from koru._audit import audit_checkpoint
+
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False) as db:
+        await db.embed("docs", "a", [1.0, 0.0], metadata={"who": "a"})
+        await db.embed("docs", "b", [0.0, 1.0], metadata={"who": "b"})
+
+    def permute(body: dict[str, Any]) -> None:
+        space = body["sections"]["vectors"][1]["spaces"]["docs"]
+        space[0] = space[0][::-1]  # key names
+        space[12][0][6] = space[12][0][6][::-1]  # the group's metadata
+
+    rewrite_checkpoint(path, permute)
+    store = koru.events.FileStore(path, readonly=True)
+    try:
+        problems, _ = audit_checkpoint(store)
+    finally:
+        store.close()
+    assert problems == ["section 'vectors' disagrees with a replay of the log"]
