@@ -31,6 +31,14 @@ def every_pace_yields_urgently(monkeypatch: pytest.MonkeyPatch) -> list[Slicer]:
     return made
 
 
+async def far_behind(path: Path, events: int) -> None:
+    """A database at ``path`` whose log holds ``events`` puts and no checkpoint."""
+    async with koru.open(path, sync="never", processes=False, checkpoint_every=10**6) as db:
+        for i in range(events):
+            await db.put("n", f"k{i}", i)
+    (path / CHECKPOINT_FILE).unlink()
+
+
 async def test_a_log_far_beyond_its_checkpoint_does_not_kill_the_handle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,10 +53,7 @@ async def test_a_log_far_beyond_its_checkpoint_does_not_kill_the_handle(
     slice, is written, and the handle goes on serving."""
     slicers = every_pace_yields_urgently(monkeypatch)
     path = tmp_path / "db"
-    async with koru.open(path, sync="never", processes=False, checkpoint_every=10**6) as db:
-        for i in range(3000):
-            await db.put("n", f"k{i}", i)
-    (path / CHECKPOINT_FILE).unlink()
+    await far_behind(path, 3000)
     async with koru.open(path, sync="never", checkpoint_every=5) as db:
         ck = db._checkpointer
         assert ck.lag / ck.every > 400
@@ -69,10 +74,7 @@ async def test_a_batch_first_after_opening_far_behind_gets_its_checkpoint(tmp_pa
     (its sessions timed out, idle, for ever). What must hold: a batch that waits for a
     checkpoint makes one due, and goes on once it is written."""
     path = tmp_path / "db"
-    async with koru.open(path, sync="never", processes=False, checkpoint_every=10**6) as db:
-        for i in range(300):
-            await db.put("n", f"k{i}", i)
-    (path / CHECKPOINT_FILE).unlink()
+    await far_behind(path, 300)
     async with koru.open(path, sync="never", checkpoint_every=10) as db:
         ck = db._checkpointer
         assert ck.lagging
