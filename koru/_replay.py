@@ -124,7 +124,7 @@ def replay(
     # by then is no value, its expiry recorded or not (the digest is of the events).
     at = last if limit is None else limit
     namespaces = {ns: len(kv.keys(ns, at)) for ns in kv.live_namespaces(at)}
-    keys = kv.live - kv.expiring.count_at_most(at) if kv.expiring else kv.live
+    keys = kv.live_at(at)
     return ReplayResult(digest, events, last, keys, kv.key_count() - keys, kv.versions, namespaces)
 
 

@@ -57,15 +57,15 @@ class Statistics(NamedTuple):
         # A value whose time to live is over counts as no value, as every read says,
         # before its expiry is recorded too (by its writer's node: on a reader, when
         # that tombstone arrives).
-        expired = kv.expiring.count_at_most(self.read_time()) if kv.expiring else 0
-        keys = kv.live - expired
+        now = self.read_time()
+        keys = kv.live_at(now)
         return Stats(
             path=self.path,
             node_id=self.node_hex,
             sync=self.committer.mode,
             keys=keys,
             deleted_keys=kv.key_count() - keys,
-            namespaces=len(kv.live_namespaces()),
+            namespaces=len(kv.live_namespaces(now)),
             versions=kv.versions,
             events=self.checkpointer.events,
             log_bytes=s.get("bytes_appended", 0),

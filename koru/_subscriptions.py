@@ -223,6 +223,8 @@ class Hub:
         self.store = store
         self.kv = kv
         self.values = values
+        #: The last key's :meth:`_history`, with (namespace, key, length).
+        self._after: tuple[tuple[str, str, int], dict[bytes, int], list[float]] | None = None
         self.subscriptions: list[Subscription] = []
         self.closed = False
 
@@ -270,16 +272,19 @@ class Hub:
         arrival order, so both are decided the same way however late the subscriber
         builds the change (live or replayed)."""
         blob = self.kv.packed(ns, key)
-        found = None if blob is None else _find(blob, wid)
-        if blob is None or found is None:
+        if blob is None:
             return None, None
+        last = len(blob) - _RECORD
+        found = last
+        if blob[last + _WID : last + _WID + 32] != wid:  # (a live change: the newest)
+            offsets, firsts = self._history(ns, key, blob)
+            if wid not in offsets:
+                return None, None
+            found = offsets[wid]
+            if firsts[found // _RECORD] < _location(blob, found):
+                return None, None  # a newer version was there first
         new = _unpack(_REC.unpack_from(blob, found))
         at = new.location
-        later = found + _RECORD
-        while later < len(blob):
-            if _location(blob, later) < at:  # a newer version was there first
-                return None, None
-            later += _RECORD
         old = None
         before = found - _RECORD
         while before >= 0:  # the newest version that had arrived before it
@@ -288,6 +293,31 @@ class Hub:
                 break
             before -= _RECORD
         return (None if old is None else version_of(ns, key, old)), version_of(ns, key, new)
+
+    def _history(
+        self, ns: str, key: str, blob: bytes | bytearray
+    ) -> tuple[dict[bytes, int], list[float]]:
+        """Where each write id's record starts in the key's history, and for each
+        record the earliest location among the records after it (infinity for the
+        last); kept while the history is unchanged (versions are only ever added, so
+        its length says). Why: a subscription replaying a key's versions looked each
+        one up by a walk back from the newest and asked whether a later one arrived
+        first by a walk to the end: 6,000 versions of one key took 8.6 s to replay."""
+        kept = self._after
+        if kept is not None and kept[0] == (ns, key, len(blob)):
+            return kept[1], kept[2]
+        count = len(blob) // _RECORD
+        data = bytes(blob)
+        offsets = {
+            data[i * _RECORD + _WID : i * _RECORD + _WID + 32]: i * _RECORD for i in range(count)
+        }
+        earliest: float = float("inf")
+        firsts = [earliest] * count
+        for i in range(count - 1, 0, -1):
+            earliest = min(earliest, _location(blob, i * _RECORD))
+            firsts[i - 1] = earliest
+        self._after = ((ns, key, len(blob)), offsets, firsts)
+        return offsets, firsts
 
     def value_of(self, version: Version | None) -> Any:
         """The value of a version (for ``where`` on deletions), read through the

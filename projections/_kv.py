@@ -889,6 +889,11 @@ class KvState:
                     counts[ns] -= 1
         return sorted(ns for ns, n in counts.items() if n > 0)
 
+    def live_at(self, now: int) -> int:
+        """Keys whose current value is a value at ``now``: :attr:`live` less those
+        whose time to live is over (their expiry recorded or not), as reads count."""
+        return self.live - (self.expiring.count_at_most(now) if self.expiring else 0)
+
     def key_count(self) -> int:
         """Keys ever written, deleted ones included."""
         return self.key_total

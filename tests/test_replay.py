@@ -66,6 +66,7 @@ async def test_replay_counts_a_value_whose_ttl_is_over_as_deleted(tmp_path: Path
         late = await db.put("users", "plain", 4)  # (no expiry is recorded: no processes)
         stats = await db.stats()
     assert (stats.keys, stats.deleted_keys) == (2, 2)
+    assert stats.namespaces == 1  # ("orders" holds only an expired value)
     at_end = koru.replay(path)
     assert (at_end.keys, at_end.deleted_keys) == (2, 2)
     assert at_end.namespaces == {"users": 2}

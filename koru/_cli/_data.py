@@ -359,7 +359,7 @@ def _status(args: argparse.Namespace) -> int:
         kv = snap.reads.kv
         namespaces = {ns: len(snap.reads.keys(ns)) for ns in snap.reads.namespaces()}
         # Every space's keys, a value past its time to live as deleted (as stats()).
-        live = kv.live - (kv.expiring.count_at_most(snap.reads.now()) if kv.expiring else 0)
+        live = kv.live_at(snap.reads.now())
         doc = {
             "path": str(path),
             "node_id": snap.store.node_id.hex() if snap.store.node_id else None,
