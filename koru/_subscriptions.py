@@ -326,8 +326,10 @@ class Hub:
             return None
         blob = self.kv.packed(version.namespace, version.key)
         assert blob is not None
-        found = _find(blob, bytes.fromhex(version.write_id))
-        assert found is not None
+        wid = bytes.fromhex(version.write_id)
+        found = len(blob) - _RECORD
+        if blob[found + _WID : found + _WID + 32] != wid:  # not the newest: look it up
+            found = self._history(version.namespace, version.key, blob)[0][wid]
         r = _unpack(_REC.unpack_from(blob, found))
         assert r.content_id is not None
         data = self.values.value_bytes(r.content_id, r.location, version.namespace, version.key)
@@ -389,16 +391,6 @@ class Hub:
             if sub in self.subscriptions:
                 self.subscriptions.remove(sub)
             sub.end()
-
-
-def _find(blob: bytes | bytearray, wid: bytes) -> int | None:
-    """Where the record with write id ``wid`` starts in a key's packed records."""
-    start = len(blob) - _RECORD
-    while start >= 0:  # usually the last record, or close to it
-        if blob[start + _WID : start + _WID + 32] == wid:
-            return start
-        start -= _RECORD
-    return None
 
 
 def _location(blob: bytes | bytearray, start: int) -> int:

@@ -137,6 +137,22 @@ async def test_filters_by_namespace_key_kind_and_where(db: koru.Database) -> Non
         ]
 
 
+async def test_a_replayed_where_judges_each_deletion_by_the_value_it_deleted(
+    db: koru.Database,
+) -> None:
+    """Replayed from position 0 after the key moved on, each deletion's old value is
+    an older version of the key (not its newest): the filter must judge that one."""
+    for v in range(6):
+        await db.put(NS, "k", {"v": v})
+        await db.delete(NS, "k")
+    await db.put(NS, "k", {"v": 0})
+    async with db.subscribe(NS, where=Query().where(F("v") >= 3), from_position=0) as big:
+        got = [await big.__anext__() for _ in range(6)]
+    assert [c.kind for c in got] == ["put", "delete"] * 3
+    assert [c.value for c in got[::2]] == [{"v": 3}, {"v": 4}, {"v": 5}]
+    assert [c.old for c in got[1::2]] == [c.new for c in got[::2]]
+
+
 async def test_a_subscriber_that_never_reads_never_blocks_a_writer() -> None:
     async with (
         koru.open(":memory:", clock=StepClock()) as db,
