@@ -4,13 +4,19 @@ folding would cost memory and time out of all proportion to their size."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_projections import rewrite_checkpoint
+from test_vectors import state_of
 
 import koru
+from koru.events import VECTOR, CodecError, VectorIndexEvent, decode_event, encode_event
+
+PEER = bytes(16 * [9])
 
 
 def audit(path: Path) -> list[str]:
@@ -61,3 +67,49 @@ async def test_verify_reports_a_crafted_vector_section_instead_of_crashing(
     async with koru.open(path, processes=False) as db:
         assert "vectors" in (await db.stats()).projections_rebuilt
         assert await db.embed_search("docs", [1.0, 1.0, 1.0]) == found
+
+
+def index_event(nlist: int, dim: int = 4) -> bytes:
+    rng = np.random.default_rng(nlist)
+    return encode_event(
+        VectorIndexEvent(
+            PEER, VECTOR, 1, None, 5_000, "docs", "default", dim, dim, nlist, 1, 1, 1,
+            np.eye(dim, dtype="<f4").tobytes(),
+            rng.standard_normal((nlist, dim)).astype("<f4").tobytes(),
+        )
+    )  # fmt: skip
+
+
+async def test_a_peer_model_of_many_unrouted_lists_is_refused() -> None:
+    """Attack: a peer sends an index model of 65,535 lists (not a square, so not
+    routed through coarse groups: every row is compared with every list) for a group
+    this node holds: 1 MB on the wire. Folding it laid the group's rows out against
+    all 65,535 centroids, in blocks of 8,192 rows: a float64 matrix of 8,192 x 65,535
+    (4 GiB, three of them at once) and seconds of the event loop per thousand rows (a
+    group of 4,000 rows: 11.7 s and 4 GB inside ``ingest``). Local training never writes
+    such a model (its lists are a square, past 1,024). Must hold: the strict decoder
+    refuses a model of more than 1,024 lists that is not a square, so ingest refuses it
+    with the session's state unchanged; a square model of as many lists is accepted and
+    folded in bounded memory."""
+    with pytest.raises(CodecError, match="square"):
+        decode_event(index_event(65_535))
+    decode_event(index_event(1024))  # flat, as trained
+    decode_event(index_event(1089))  # 33 x 33: routed
+    async with koru.open(koru.MEMORY, processes=False) as db:
+        rng = np.random.default_rng(1)
+        for i, v in enumerate(rng.standard_normal((300, 4))):
+            await db.embed("docs", f"k{i}", v)
+        before = await db.digest()
+        result = await db.ingest([index_event(65_535)])
+        assert result.accepted == 0 and len(result.refused) == 1
+        assert await db.digest() == before
+        group = state_of(db).group("docs", "default", 4)
+        assert group is not None and group.index is None
+        tracemalloc.start()
+        try:
+            assert (await db.ingest([index_event(256 * 256)])).accepted == 1
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert group.index is not None
+        assert peak < 64 << 20
