@@ -113,3 +113,41 @@ async def test_a_peer_model_of_many_unrouted_lists_is_refused() -> None:
             tracemalloc.stop()
         assert group.index is not None
         assert peak < 64 << 20
+
+
+def test_a_trained_model_always_fits_in_one_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack: a model takes ``4 * reduced * (dim + lists)`` bytes, and at 4,096
+    dimensions (MAX_INDEX_DIM) that passed MAX_EVENT_SIZE (64 MiB): rows whose variance
+    is spread over nearly every dimension keep about 0.97 of them (993 of 1,024 on a
+    sample of the shape training takes at 4,096), 3,970, over the limit from about
+    33,000 rows (144 lists); hashed text keeps about 0.83 (427 of 512, Zipf words
+    through ``HashingEmbedder``), over it from about 200,000 rows; and with the most
+    lists training makes (8,281), any model of 1,356 reduced dimensions or more. The
+    model's write then failed: a search with ``approximate=True`` raised
+    InvalidDataError ("a batch's values together must stay under it") after minutes of
+    training, and the ``vectors`` process trained again and failed at every retry.
+    Must hold: training keeps the model's matrices within a budget that fits one event
+    (checked here with a small budget on isotropic rows, and the real budget's widest
+    model is encoded under the limit)."""
+    from koru.events import MAX_EVENT_SIZE
+    from koru.projections import _ivf_train
+
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((3000, 64)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    monkeypatch.setattr(_ivf_train, "MODEL_BYTES", 8_000)
+    model = _ivf_train.train_ivf(rows, np.arange(3000), 1)
+    dim, reduced = model.projection.shape
+    assert 4 * reduced * (dim + len(model.centroids)) <= 8_000
+    monkeypatch.undo()
+    # The widest model training may write: MAX_INDEX_DIM dimensions, the most lists.
+    from koru._vectors import MAX_INDEX_DIM
+
+    lists = _ivf_train.lists_for(10**9)
+    reduced = _ivf_train.most_reduced(MAX_INDEX_DIM, lists)
+    event = VectorIndexEvent(
+        PEER, VECTOR, 1, None, 5_000, "d" * 1024, "m" * 1024, MAX_INDEX_DIM, reduced,
+        lists, lists, 1024, 2**64 - 1,
+        bytes(4 * MAX_INDEX_DIM * reduced), bytes(4 * lists * reduced),
+    )  # fmt: skip
+    assert len(encode_event(event)) <= MAX_EVENT_SIZE
