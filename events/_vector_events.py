@@ -21,6 +21,7 @@ metadata that is a valid canonical value.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, NamedTuple
 
 from ._errors import CodecError
@@ -30,6 +31,7 @@ from ._registry import Header, register_event_type
 from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
 __all__ = [
+    "FLAT_LISTS",
     "MAX_VECTOR_DIM",
     "VECTOR",
     "EmbedEvent",
@@ -45,6 +47,12 @@ MAX_VECTOR_DIM = 65_536
 #: Bounds of an index model: coarse lists, and candidates re-ranked per result.
 MAX_LISTS = 65_536
 MAX_RERANK = 1024
+#: Most lists a model may have that are not a square: each row is compared with every
+#: list. Past this a model's ``c * c`` lists are routed through ``c`` coarse groups
+#: (``2c`` distances a row); one that is not a square would be compared with them all,
+#: rows x lists float64 distances in blocks of 8,192 rows (4 GiB for 65,535 lists), and
+#: training never writes one.
+FLAT_LISTS = 1024
 _FLOAT32_MAX = 3.4028234663852886e38
 #: A float32 sum of squares below this is far inside float32 (a norm under 1e18).
 _SAFE_SQUARE = 1e36
@@ -223,6 +231,8 @@ def _decode_index(header: Header, body: Any) -> Event:
     dim = uint(body[2], "dim", 1, MAX_VECTOR_DIM)
     reduced = uint(body[3], "reduced", 1, dim)
     nlist = uint(body[4], "nlist", 1, MAX_LISTS)
+    if nlist > FLAT_LISTS and math.isqrt(nlist) ** 2 != nlist:
+        raise CodecError(f"a model of {nlist} lists (over {FLAT_LISTS}) must be a square")
     return VectorIndexEvent(
         *header,
         name(body[0], "namespace"),

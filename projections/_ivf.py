@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
+from koru.events._vector_events import FLAT_LISTS as _FLAT_LISTS
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -81,8 +83,9 @@ class IvfModel(NamedTuple):
 
 
 #: Models of at most this many lists assign each row to the nearest of all of them;
-#: larger ones route through coarse groups first (see Assigner).
-FLAT_LISTS = 1024
+#: larger ones (a square, the decoder's rule) route through coarse groups first (see
+#: Assigner).
+FLAT_LISTS = _FLAT_LISTS
 
 
 class Assigner:
@@ -99,7 +102,8 @@ class Assigner:
     router's group, then to that group's nearest list. That costs ``2c`` distances a
     row instead of ``c * c`` (126 instead of 3,969 for 1,000,000 rows), where all of
     them would take seconds at every build and open. Other models assign to the
-    nearest of all lists.
+    nearest of all lists (the decoder refuses one of more than FLAT_LISTS lists that
+    is not a square: a peer's would cost rows x lists distances at every fold).
     """
 
     __slots__ = ("_c2", "_centroids", "_groups", "_projection", "_r2", "_routers", "_width")

@@ -24,13 +24,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from koru.events import MAX_EVENT_SIZE
+
 from ._ivf import FLAT_LISTS, IvfIndex, IvfModel
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["RECALL_TARGET", "train_ivf"]
+__all__ = ["MODEL_BYTES", "RECALL_TARGET", "lists_for", "most_reduced", "train_ivf"]
 
 #: The recall@10 training calibrates for (searches of held-out rows); the promise is
 #: 0.95 for queries distributed like the data.
@@ -49,6 +51,11 @@ _COARSE_SAMPLE = 256
 _ITERATIONS = 12
 _REFINE = 2
 _CALIBRATION_QUERIES = 256
+#: Bytes a model's two matrices (projection and centroids) may take: its event, with
+#: its names and header, must stay under MAX_EVENT_SIZE, or it could never be written
+#: (at 4,096 dimensions, a model of 1,356 reduced dimensions and 8,281 lists is over
+#: it; one of 3,970, as rows spread over every dimension keep, from 144 lists).
+MODEL_BYTES = MAX_EVENT_SIZE - (64 << 10)
 _RERANK_CHOICES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _K = 10
 
@@ -79,6 +86,7 @@ def _train(rows: npt.NDArray[np.float32], live: npt.NDArray[np.intp], seed: int)
     variance, directions = variance[::-1], directions[:, ::-1]
     share = np.cumsum(variance) / max(float(variance.sum()), 1e-300)
     reduced = max(min(dim, _MIN_REDUCED), min(dim, _reduced_dimension(share)))
+    reduced = min(reduced, most_reduced(dim, lists_for(m)))
     projection = np.ascontiguousarray(directions[:, :reduced], dtype=np.float32)
 
     points = np.empty((m, reduced), np.float32)
@@ -96,6 +104,21 @@ def _train(rows: npt.NDArray[np.float32], live: npt.NDArray[np.intp], seed: int)
     model = IvfModel(projection, centroids, len(centroids), _RERANK_CHOICES[-1], m)
     rerank, nprobe = _calibrate(model, rows, live, points, rng)
     return model._replace(rerank=rerank, nprobe=nprobe)
+
+
+def lists_for(rows: int) -> int:
+    """How many lists a model trained on ``rows`` rows has: ``c * c`` (see _two_level)."""
+    return _width(max(4, min(_MAX_LISTS, rows // _PER_LIST))) ** 2
+
+
+def _width(nlist: int) -> int:
+    return max(2, round(math.sqrt(nlist)))
+
+
+def most_reduced(dim: int, lists: int) -> int:
+    """The most reduced dimensions whose model (``dim`` x reduced projection, ``lists``
+    x reduced centroids, float32) fits :data:`MODEL_BYTES`."""
+    return max(1, MODEL_BYTES // (4 * (dim + lists)))
 
 
 def _reduced_dimension(share: npt.NDArray[np.float64]) -> int:
@@ -122,7 +145,7 @@ def _two_level(points: npt.NDArray[np.float32], nlist: int, rng: Any) -> npt.NDA
     import numpy as np
 
     m = len(points)
-    width = max(2, round(math.sqrt(nlist)))
+    width = _width(nlist)
     sample = points[np.sort(rng.choice(m, min(m, _COARSE_SAMPLE * width), replace=False))]
     top = _kmeans(sample, width, rng)
     labels = _nearest(points, top)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from koru.events import MAX_VECTOR_DIM
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -264,7 +266,7 @@ class VectorGroup:
             type(model) is str
             and model
             and type(dim) is int
-            and dim >= 1
+            and 1 <= dim <= MAX_VECTOR_DIM
             and type(n) is int
             and n >= 0
             and type(rows) is bytes

@@ -622,7 +622,10 @@ class VectorState:
         if type(total) is not bytes or len(total) != 32:
             raise ValueError("malformed digest")
         state._sum = int.from_bytes(total, "big")
-        for ns, fields in data["spaces"].items():
+        spaces = data["spaces"]
+        if type(spaces) is not dict:
+            raise ValueError("malformed namespaces")
+        for ns, fields in spaces.items():
             if type(ns) is not str or not ns:
                 raise ValueError("malformed namespace")
             state.spaces[ns] = _restore_space(fields, len(origins))
