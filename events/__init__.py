@@ -158,6 +158,8 @@ from ._values import content_id as content_id
 from ._values import decode_value as decode_value
 from ._values import decode_value_strict as decode_value_strict
 from ._values import encode_value as encode_value
+from ._vector_events import FLAT_LISTS as FLAT_LISTS
+from ._vector_events import MAX_INDEX_DIM as MAX_INDEX_DIM
 from ._vector_events import MAX_VECTOR_DIM as MAX_VECTOR_DIM
 from ._vector_events import VECTOR as VECTOR
 from ._vector_events import EmbedEvent as EmbedEvent
@@ -178,6 +180,7 @@ from ._workspaces import workspace_prefix as workspace_prefix
 from ._workspaces import workspace_problem as workspace_problem
 
 __all__ = [
+    "FLAT_LISTS",
     "RemoteFailureError",
     "RemoteError",
     "HandshakeRefusedError",
@@ -208,6 +211,7 @@ __all__ = [
     "Problem",
     "SegmentSummary",
     "verify_logs",
+    "MAX_INDEX_DIM",
     "MAX_VECTOR_DIM",
     "VECTOR",
     "EmbedEvent",

@@ -32,6 +32,7 @@ from ._values import DEFAULT_MAX_VALUE_SIZE, decode_value_strict
 
 __all__ = [
     "FLAT_LISTS",
+    "MAX_INDEX_DIM",
     "MAX_VECTOR_DIM",
     "VECTOR",
     "EmbedEvent",
@@ -53,6 +54,10 @@ MAX_RERANK = 1024
 #: rows x lists float64 distances in blocks of 8,192 rows (4 GiB for 65,535 lists), and
 #: training never writes one.
 FLAT_LISTS = 1024
+#: Largest dimension an approximate index is trained for (training holds a ``dim x
+#: dim`` matrix; larger vectors are searched exactly). A model of more is refused: no
+#: node writes one, and a peer's would cost rows x dim x reduced at every fold and open.
+MAX_INDEX_DIM = 4096
 _FLOAT32_MAX = 3.4028234663852886e38
 #: A float32 sum of squares below this is far inside float32 (a norm under 1e18).
 _SAFE_SQUARE = 1e36
@@ -228,7 +233,7 @@ def _decode_index(header: Header, body: Any) -> Event:
             "embed-index body must be [namespace, model, dim, reduced, nlist, nprobe, "
             "rerank, trained, projection, centroids]"
         )
-    dim = uint(body[2], "dim", 1, MAX_VECTOR_DIM)
+    dim = uint(body[2], "dim", 1, MAX_INDEX_DIM)
     reduced = uint(body[3], "reduced", 1, dim)
     nlist = uint(body[4], "nlist", 1, MAX_LISTS)
     if nlist > FLAT_LISTS and math.isqrt(nlist) ** 2 != nlist:

@@ -19,6 +19,7 @@ import cbor2
 import trio
 
 from koru.events import (
+    MAX_INDEX_DIM,
     MAX_VECTOR_DIM,
     VECTOR,
     DimensionMismatchError,
@@ -50,9 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_INDEX_DIM", "VectorHit", "Vectors"]
 
-#: Largest dimension an approximate index is trained for (its training holds a
-#: ``dim x dim`` matrix); larger vectors are searched exactly.
-MAX_INDEX_DIM = 4096
 #: A float32 sum of squares below this is far inside float32 (as in vector_problem).
 _SAFE_SQUARE = 1e36
 

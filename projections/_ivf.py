@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
-from koru.events._vector_events import FLAT_LISTS as _FLAT_LISTS
+from koru.events import FLAT_LISTS as _FLAT_LISTS
 
 if TYPE_CHECKING:
     import numpy as np

@@ -151,3 +151,30 @@ def test_a_trained_model_always_fits_in_one_event(monkeypatch: pytest.MonkeyPatc
         bytes(4 * MAX_INDEX_DIM * reduced), bytes(4 * lists * reduced),
     )  # fmt: skip
     assert len(encode_event(event)) <= MAX_EVENT_SIZE
+
+
+async def test_a_peer_model_wider_than_any_node_indexes_is_refused() -> None:
+    """Attack: a peer sends an index model for vectors of more dimensions than any node
+    trains an index for (MAX_INDEX_DIM): its fold costs rows x dim x reduced on the
+    event loop at every fold and open, for a model no node would write. Must hold: the
+    strict decoder refuses it, ingest refuses it with the state unchanged, and a model
+    at the bound still decodes."""
+    from koru.events import MAX_INDEX_DIM
+
+    def wide(dim: int) -> bytes:  # one reduced dimension: a small event
+        return encode_event(
+            VectorIndexEvent(
+                PEER, VECTOR, 1, None, 5_000, "docs", "default", dim, 1, 4, 1, 1, 1,
+                np.ones((dim, 1), "<f4").tobytes(), np.ones((4, 1), "<f4").tobytes(),
+            )
+        )  # fmt: skip
+
+    with pytest.raises(CodecError, match="dim"):
+        decode_event(wide(MAX_INDEX_DIM + 1))
+    decode_event(wide(MAX_INDEX_DIM))
+    async with koru.open(koru.MEMORY, processes=False) as db:
+        await db.embed("docs", "k", np.ones(MAX_INDEX_DIM + 1))
+        before = await db.digest()
+        result = await db.ingest([wide(MAX_INDEX_DIM + 1)])
+        assert result.accepted == 0 and len(result.refused) == 1
+        assert await db.digest() == before
