@@ -21,6 +21,7 @@ handling the changes of position ``q``, resume from ``q + 1``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple, NoReturn
@@ -57,6 +58,10 @@ KINDS = frozenset({"put", "delete"})
 DEFAULT_BUFFER = 10_000
 _RECORD = _REC.size
 _WID = 24  # where the write id sits in a packed version record
+#: The most keys, and version records in all, whose histories a hub keeps prepared
+#: for replays (see :meth:`Hub._history`).
+HISTORY_KEYS = 1024
+HISTORY_RECORDS = 100_000
 
 
 class KeyChange(NamedTuple):
@@ -223,8 +228,12 @@ class Hub:
         self.store = store
         self.kv = kv
         self.values = values
-        #: The last key's :meth:`_history`, with (namespace, key, length).
-        self._after: tuple[tuple[str, str, int], dict[bytes, int], list[float]] | None = None
+        #: The :meth:`_history` of the keys replayed lately, (namespace, key) -> (its
+        #: length then, the map, the earliest locations), least recently used first.
+        self._histories: OrderedDict[tuple[str, str], tuple[int, dict[bytes, int], list[float]]] = (
+            OrderedDict()
+        )
+        self._history_records = 0  # records in those histories
         self.subscriptions: list[Subscription] = []
         self.closed = False
 
@@ -302,11 +311,20 @@ class Hub:
         last); kept while the history is unchanged (versions are only ever added, so
         its length says). Why: a subscription replaying a key's versions looked each
         one up by a walk back from the newest and asked whether a later one arrived
-        first by a walk to the end: 6,000 versions of one key took 8.6 s to replay."""
-        kept = self._after
-        if kept is not None and kept[0] == (ns, key, len(blob)):
-            return kept[1], kept[2]
+        first by a walk to the end: 6,000 versions of one key took 8.6 s to replay.
+        Why several keys' (up to :data:`HISTORY_KEYS` keys and
+        :data:`HISTORY_RECORDS` records): keys written in turn (two counters updated
+        together) replay in turn, and one kept history was rebuilt for every change:
+        3,000 versions each of two keys took 11.7 s."""
+        kept_all = self._histories
+        slot = (ns, key)
+        kept = kept_all.pop(slot, None)
         count = len(blob) // _RECORD
+        if kept is not None:
+            if kept[0] == len(blob):
+                kept_all[slot] = kept  # (now the most recently used)
+                return kept[1], kept[2]
+            self._history_records -= len(kept[2])
         data = bytes(blob)
         offsets = {
             data[i * _RECORD + _WID : i * _RECORD + _WID + 32]: i * _RECORD for i in range(count)
@@ -316,7 +334,13 @@ class Hub:
         for i in range(count - 1, 0, -1):
             earliest = min(earliest, _location(blob, i * _RECORD))
             firsts[i - 1] = earliest
-        self._after = ((ns, key, len(blob)), offsets, firsts)
+        kept_all[slot] = (len(blob), offsets, firsts)
+        self._history_records += count
+        while len(kept_all) > 1 and (
+            len(kept_all) > HISTORY_KEYS or self._history_records > HISTORY_RECORDS
+        ):
+            _, (_, _, dropped) = kept_all.popitem(last=False)
+            self._history_records -= len(dropped)
         return offsets, firsts
 
     def value_of(self, version: Version | None) -> Any:

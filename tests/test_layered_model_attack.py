@@ -531,3 +531,44 @@ def test_a_replay_from_zero_beside_writes_to_the_same_key_equals_a_model(
     model's changes of the key (every version that became current, once, in log order,
     with the version current before it), none skipped or judged stale."""
     trio.run(_replay_beside_writes, seed, tmp_path / "db")
+
+
+async def test_replaying_keys_written_in_turn_builds_each_history_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a subscription replays from position 0 a namespace whose keys were
+    written in turn (a, b, c, a, b, c, ...: any two counters updated together). What
+    must hold: each change is judged without rebuilding its key's whole history (the
+    work grows with the changes, not with changes times versions). The hub kept only
+    the last key's history, so every change of an interleaved replay rebuilt one:
+    3,000 versions each of two keys took 11.7 s to replay (4.1 s before that cache,
+    0.09 s for the same 6,000 versions of one key)."""
+    from koru import _subscriptions
+
+    reads = 0
+    location = _subscriptions._location
+
+    def counted(blob: Any, start: int) -> int:
+        nonlocal reads
+        reads += 1
+        return location(blob, start)
+
+    monkeypatch.setattr(_subscriptions, "_location", counted)
+    versions, keys = 400, ["a", "b", "c"]
+    async with koru.open(":memory:", sync="never", processes=False) as db:
+        for i in range(versions):
+            await db.put_batch([("n", k, i) for k in keys[: 1 + i % 2]])
+            await db.put("n", keys[2], i)
+        total = versions + sum(1 + i % 2 for i in range(versions))
+        seen = []
+        with trio.fail_after(30):
+            async with db.subscribe("n", from_position=0) as changes:
+                async for change in changes:
+                    seen.append((change.key, change.value))
+                    if len(seen) == total:
+                        break
+        assert sorted(seen) == sorted(
+            [(k, i) for i in range(versions) for k in keys[: 1 + i % 2]]
+            + [("c", i) for i in range(versions)]
+        )
+        assert reads < 10 * total, reads
