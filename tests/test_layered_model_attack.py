@@ -347,6 +347,8 @@ async def _check(
     assert stats.versions == sum(map(len, model.versions.values()))
     # Indexed queries against the model.
     docs = {k: d for (n, k), d in live.items() if n == "n"}
+    listed = {i.field: i for i in await db.list_indexes("n")}
+    assert listed["v"].building or listed["v"].entries == sum("v" in d for d in docs.values())
     for probe in PROBES:
         for op in ("==", "!=", "<", "<=", ">", ">="):
             rows = await db.query("n", Query().where(_filter(op, probe)))
@@ -604,3 +606,26 @@ async def test_replaying_keys_written_in_turn_builds_each_history_once(
             + [("c", i) for i in range(versions)]
         )
         assert reads < 10 * total, reads
+
+
+async def test_an_index_counts_no_entry_for_a_value_whose_time_to_live_is_over() -> None:
+    """Attack: values with a time to live in an indexed namespace, listed by
+    ``list_indexes`` after their time is over (the expiry not recorded yet), then after
+    the expiry process recorded it. What must hold: ``entries`` ("keys whose current
+    value has the field") counts what reads see, as ``stats().keys`` and ``keys`` do:
+    an expired value is no value, recorded or not."""
+    clock = Clock()
+    async with koru.open(":memory:", clock=clock, sync="never", processes=False) as db:
+        await db.create_index("n", "v")
+        await db.put("n", "a", {"v": 1}, ttl=1.0)
+        await db.put("n", "b", {"v": 2})
+        await db.put("n", "c", {"w": 3}, ttl=1.0)  # (no field: never counted)
+        await db.put("m", "a", {"v": 1}, ttl=1.0)  # (another namespace's)
+        assert [i.entries for i in await db.list_indexes("n")] == [2]
+        clock.ns += 2 * 10**9
+        assert await db.keys("n") == ["b"] and (await db.stats()).keys == 1
+        assert [i.entries for i in await db.list_indexes("n")] == [1]
+        await steps(db)["expiry"]()
+        assert [i.entries for i in await db.list_indexes("n")] == [1]
+        await db.put("n", "a", {"v": 5}, ttl=1.0)  # renewed: counted again
+        assert [i.entries for i in await db.list_indexes()] == [1 + 1]
