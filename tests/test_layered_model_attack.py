@@ -19,8 +19,12 @@ order, with the version current before it), both replayed after a reopen and liv
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,6 +35,7 @@ from hypothesis import strategies as st
 
 import koru
 from koru import F, Query
+from koru._cli import main as cli_main
 from koru._processes import steps
 from koru.projections import _layered as layered
 from koru.projections._order import order_key
@@ -304,6 +309,20 @@ async def _run(ops: list[Any], path: Path) -> None:
                         len(model.versions) - len(at),
                     )
                     assert replayed.namespaces == {
+                        n: c for n in [*NAMESPACES, "z"] if (c := sum(s[0] == n for s in at))
+                    }
+                    # kdelta status: by this machine's clock (far past every expiry).
+                    out = io.StringIO()
+                    with contextlib.redirect_stdout(out):
+                        assert cli_main(["status", "--db", str(path), "--json"]) == 0
+                    status = json.loads(out.getvalue())
+                    at = model.live(max(time.time_ns(), replayed.last_timestamp))
+                    assert (status["keys"], status["deleted_keys"], status["versions"]) == (
+                        len(at),
+                        len(model.versions) - len(at),
+                        sum(map(len, model.versions.values())),
+                    )
+                    assert status["namespaces"] == {
                         n: c for n in [*NAMESPACES, "z"] if (c := sum(s[0] == n for s in at))
                     }
                     if kind == "replay":
