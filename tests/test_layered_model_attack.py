@@ -71,8 +71,17 @@ FIELD_VALUES: list[Any] = [
     [1.0, "a"],
     {"a": 1},
     {"a": [None]},
+    2**64 - 1,
+    -(2**64),
+    2**53 + 1,
+    float(2**53),
+    float("inf"),
+    float("-inf"),
+    "\U0001f600",
+    "\uffff",
 ]
 PROBES: list[Any] = [None, 0, 1, 1.0, 2, "1", "", True, b"\x00", [1], {"a": 1}, [], {}]
+PROBES += [2**53, 2**53 + 1, float("inf"), 2**64 - 1, "\ufffe"]
 TTLS = st.none() | st.sampled_from([1e-9, 0.5, 2.0])
 
 _key = st.sampled_from(KEYS)
