@@ -425,8 +425,8 @@ async def _check(
     assert [c.position for c in live_seen] == positions
 
 
-@settings(max_examples=4, suppress_health_check=list(HealthCheck))
-@given(st.lists(OPS, min_size=3, max_size=25))
+@settings(max_examples=3, suppress_health_check=list(HealthCheck))
+@given(st.lists(OPS, min_size=3, max_size=20))
 @example(
     [
         ("put", "n", "a", 2, None),
@@ -459,8 +459,8 @@ def test_layered_state_indexes_counts_and_subscriptions_equal_a_model(ops: list[
         shutil.rmtree(directory)
 
 
-@settings(max_examples=4, suppress_health_check=list(HealthCheck))
-@given(st.lists(OPS, min_size=3, max_size=25), st.sampled_from([0, 1, 3]))
+@settings(max_examples=3, suppress_health_check=list(HealthCheck))
+@given(st.lists(OPS, min_size=3, max_size=20), st.sampled_from([0, 1, 3]))
 def test_the_model_holds_when_settles_leave_layers(ops: list[Any], bound: int) -> None:
     """The same, with :meth:`LayeredDict.settle` refusing all but the smallest top
     layers: the layers of keys with a time to live and of the indexes pile up between
