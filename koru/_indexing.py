@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from koru.events import IndexEvent, NotFoundError, check_name
 from koru.projections import RECORD_SIZE, TOMBSTONE, KvState
 from koru.projections._filters import Filter
-from koru.projections._indexes import Index, Indexes
+from koru.projections._indexes import ORDER, Index, Indexes
 from koru.projections._paths import check_path
 from koru.projections._planner import QueryPlan, plan
 
@@ -93,12 +93,24 @@ class Indexing:
         if namespace is not None:
             check_name(namespace, "namespace")
         out = []
+        # A value whose time to live is over is no value (as reads and stats() count),
+        # its expiry recorded or not: its entry is not counted.
+        expiring = self.kv.expiring
+        gone: list[tuple[tuple[str, str], int]] | None = None if expiring else []
         for ns, path in self.indexes.listing():
             shown = space.outward(ns)
             if shown is not None and (namespace is None or ns == namespace):
                 index = self.indexes.get(ns, path)
                 assert index is not None
-                out.append(IndexInfo(shown, path, len(index), index.pending))
+                entries = len(index)
+                if not index.pending:
+                    if gone is None:  # (once, and only for an index listed)
+                        gone = expiring.at_most(self.writer.read_time())
+                    held = index.entries
+                    entries -= sum(
+                        1 for (n, k), _ in gone if n == ns and len(held.get(k, b"")) > ORDER
+                    )
+                out.append(IndexInfo(shown, path, entries, index.pending))
         return out
 
     def fill(self, index: Index) -> None:
