@@ -737,7 +737,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         raises DatabaseClosedError when the database closes.
 
         Raises:
-            InvalidArgumentError: a bad namespace, key, kinds, position or buffer.
+            InvalidArgumentError: a bad namespace, key, kinds or buffer, or a position
+                that is negative or past the log's end.
             InvalidQueryError: a bad ``where``.
         """
         await self._life.enter()

@@ -432,6 +432,14 @@ class Hub:
             raise InvalidArgumentError(f"buffer must be a positive int, not {buffer!r}")
         # The seam: the log's end now, and the live queue attached, with no yield between.
         end = self.store.cursor(STORAGE).count
+        if from_position is not None and from_position > end:
+            # Starting at the end instead delivered changes before the position asked
+            # for; skipping to it would drop the events at the positions between. Both
+            # hide that the log never had (or lost in a power cut, unsynced) the events
+            # the caller counted to that position.
+            raise InvalidArgumentError(
+                f"from_position {from_position} is past the log's end ({end} events)"
+            )
         start = end if from_position is None else from_position
         sub = Subscription(
             self, namespace, key, wanted, predicate, self.replay(start, end), buffer, space

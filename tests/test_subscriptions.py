@@ -153,6 +153,23 @@ async def test_a_replayed_where_judges_each_deletion_by_the_value_it_deleted(
     assert [c.old for c in got[1::2]] == [c.new for c in got[::2]]
 
 
+async def test_a_position_past_the_logs_end_is_refused_and_the_end_itself_is_live(
+    db: koru.Database,
+) -> None:
+    """From a position past the log's end, changes at earlier positions were delivered
+    (from 6 with the end at 3: positions 3, 4 and 5); the position is refused instead,
+    naming the end. From the end exactly, the next change is the first."""
+    for v in range(3):
+        await db.put(NS, "k", v)
+    with pytest.raises(koru.InvalidArgumentError, match=r"past the log's end \(3 events\)"):
+        async with db.subscribe(from_position=6):
+            pass
+    async with db.subscribe(from_position=3) as live:
+        await db.put(NS, "k", 3)
+        change = await live.__anext__()
+    assert (change.position, change.value) == (3, 3)
+
+
 async def test_a_subscriber_that_never_reads_never_blocks_a_writer() -> None:
     async with (
         koru.open(":memory:", clock=StepClock()) as db,
@@ -213,6 +230,7 @@ async def test_closing_the_database_ends_subscriptions() -> None:
         ({"kinds": {"upsert"}}, "kinds"),
         ({"kinds": set()}, "kinds"),
         ({"from_position": -1}, "from_position"),
+        ({"from_position": 1}, "past the log's end"),  # (the log is empty)
         ({"buffer": 0}, "buffer"),
         ({"where": {"where": ["bad", "a", 1]}}, "unknown operator"),
     ],
