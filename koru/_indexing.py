@@ -10,7 +10,7 @@ recording them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any, NamedTuple
 
 from koru.events import IndexEvent, NotFoundError, check_name
@@ -118,18 +118,22 @@ class Indexing:
         docs = self.documents.get(index.namespace)
         fill(index, self.kv, dict(zip(docs.keys, docs.docs, strict=True)).__getitem__)
 
-    def plan(self, namespace: str, f: Filter | None) -> tuple[QueryPlan, set[str] | None]:
+    def plan(
+        self, namespace: str, f: Filter | None, gone: Set[str] = frozenset()
+    ) -> tuple[QueryPlan, set[str] | None]:
         """How a query with filter ``f`` reads ``namespace`` now (filling any pending
-        index it could use first)."""
+        index it could use first), its keys ``gone`` left out (expired values)."""
         indexes = self.indexes.by_namespace.get(namespace)
         if indexes and f is not None:
             wanted = {leaf.path for leaf in f.leaves()}  # type: ignore[attr-defined]
             for path, index in indexes.items():
                 if index.pending and path in wanted:
                     self.fill(index)
-        return plan(indexes, f)
+        return plan(indexes, f, gone)
 
-    def describe(self, namespace: str, f: Filter | None, at: Any) -> QueryPlan:
+    def describe(
+        self, namespace: str, f: Filter | None, at: Any, gone: Set[str] = frozenset()
+    ) -> QueryPlan:
         if at is not None:
             return QueryPlan((), None, "full scan: a query at a past time uses no index")
-        return self.plan(namespace, f)[0]
+        return self.plan(namespace, f, gone)[0]

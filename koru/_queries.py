@@ -77,8 +77,8 @@ class QueryEngine:
             keys, values = self._at(namespace, when)
             owned = True  # decoded for this query alone
         else:
-            _, candidates = self.indexing.plan(namespace, q.filter)
             gone = self.expired(namespace)
+            _, candidates = self.indexing.plan(namespace, q.filter, gone)
             if candidates is None:
                 docs = self.documents.get(namespace)
                 keys, values, owned = docs.keys, docs.docs, False
@@ -86,7 +86,7 @@ class QueryEngine:
                     kept = [i for i, k in enumerate(keys) if k not in gone]
                     keys, values = [keys[i] for i in kept], [values[i] for i in kept]
             else:
-                keys, values = self._live(namespace, sorted(candidates - gone))
+                keys, values = self._live(namespace, sorted(candidates))
                 owned = True
         if owned:
             return answer(q, predicate, keys, values)
@@ -102,7 +102,8 @@ class QueryEngine:
     def explain(self, namespace: str, query: Any, at: Any = None) -> QueryPlan:
         """How ``query`` would read ``namespace`` (see ``Database.explain``)."""
         q, when = self.check(namespace, query, at)
-        return self.indexing.describe(namespace, q.filter, when)
+        gone = self.expired(namespace) if when is None else frozenset()
+        return self.indexing.describe(namespace, q.filter, when, gone)
 
     def _read(self, namespace: str, recs: list[tuple[str, bytes, int, int]]) -> list[Any]:
         return read_values(self.values.value_bytes, namespace, recs, self.values.cache.peek)

@@ -12,6 +12,7 @@ query at a past time) reads every document.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import NamedTuple
 
 from ._filters import And, Compare, Filter, In
@@ -59,9 +60,12 @@ def _keys(index: Index, leaf: Filter) -> set[str] | None:
     return found
 
 
-def plan(indexes: dict[str, Index] | None, f: Filter | None) -> tuple[QueryPlan, set[str] | None]:
+def plan(
+    indexes: dict[str, Index] | None, f: Filter | None, gone: Set[str] = frozenset()
+) -> tuple[QueryPlan, set[str] | None]:
     """The plan for filter ``f`` given a namespace's indexes by path, and the candidate
-    keys (None: read every document)."""
+    keys (None: read every document), leaving out the keys ``gone`` (values whose time
+    to live is over: they read as absent, so no query reads them)."""
     conjuncts = () if f is None else (f.parts if isinstance(f, And) else (f,))
     used: list[tuple[str, str, set[str]]] = []
     for leaf in conjuncts:
@@ -80,6 +84,7 @@ def plan(indexes: dict[str, Index] | None, f: Filter | None) -> tuple[QueryPlan,
     candidates = set(used[0][2])
     for _, _, keys in used[1:]:
         candidates &= keys
+    candidates -= gone
     names = ", ".join(f"{p!r} ({op})" for p, op, _ in used)
     reason = f"index on {names}: {len(candidates)} candidate documents"
     return QueryPlan(tuple((p, op) for p, op, _ in used), len(candidates), reason), candidates

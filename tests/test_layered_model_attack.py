@@ -659,6 +659,26 @@ async def test_an_index_counts_no_entry_for_a_value_whose_time_to_live_is_over()
         assert [i.entries for i in await db.list_indexes()] == [1 + 1]
 
 
+async def test_explain_counts_no_candidate_whose_time_to_live_is_over() -> None:
+    """``explain`` said "2 candidate documents" for an indexed query that read one: it
+    counted a value whose time to live was over (its expiry not recorded yet), which no
+    query reads. Must hold: its count is what the query reads, before and after the
+    expiry is recorded."""
+    clock = Clock()
+    async with koru.open(":memory:", clock=clock, sync="never", processes=False) as db:
+        await db.create_index("n", "v")
+        await db.put("n", "a", {"v": 1}, ttl=1.0)
+        await db.put("n", "b", {"v": 1})
+        q = koru.Query().where(koru.F("v") == 1)
+        assert (await db.explain("n", q)).candidates == 2
+        clock.ns += 2 * 10**9
+        plan = await db.explain("n", q)
+        assert plan.candidates == 1 and "1 candidate documents" in plan.reason
+        assert [k for k, _ in await db.query("n", q)] == ["b"]
+        await steps(db)["expiry"]()
+        assert (await db.explain("n", q)).candidates == 1
+
+
 async def test_a_live_subscriber_just_behind_a_writer_of_a_long_history_keeps_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
