@@ -4,14 +4,20 @@ hold."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+import trio
 
 import koru
 from conftest import StepClock
 from koru import workspace_namespace
+from koru._cli import main
 
 D = 4
 
@@ -38,3 +44,55 @@ async def test_a_grant_on_a_workspace_named_with_a_wildcard_reaches_no_other(nam
         await db.grant(alice, namespace=glob, actions="read,write,admin")
         with pytest.raises(koru.PermissionDeniedError):
             await db.as_identity(alice).workspace("team").get("docs", "plan")
+
+
+# -- kdelta export / import -------------------------------------------------------------
+
+
+async def _source(path: Path) -> str:
+    """A database with workspaces (one dropped), lineage, a time to live and a delete."""
+    async with koru.open(path, processes=False) as db:
+        await db.put("a", "x", {"v": 1})
+        await db.put("a", "y", 2, parents=[("a", "x")])
+        ws = db.workspace("team")
+        await ws.put("docs", "d1", "hi")
+        await ws.put("docs", "d2", "ho", parents=["d1"])
+        await db.workspace("gone").put("n", "k", 1)
+        await db.drop_workspace("gone")
+        await db.put("a", "t", 3, ttl=3600)
+        await db.delete("a", "x")
+        return await db.digest()
+
+
+def _export(db: Path, file: Path, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--db", str(db), "export", "-o", str(file), "--format", fmt]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("fmt", ["cbor", "jsonl"])
+async def test_an_import_with_an_undecodable_event_writes_nothing(
+    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack: an export whose last event is not an event (bytes damaged or crafted;
+    in JSON lines without a stated id, which only catches a changed event). Import
+    said "the file is read and checked whole before anything is written", yet took
+    the nine events before it and refused the tenth (exit 3): a part of a database,
+    written. What must hold: exit 3 in one line naming the event, nothing written
+    (not even an empty database made)."""
+    await _source(tmp_path / "src")
+    file = tmp_path / f"e.{fmt}"
+    _export(tmp_path / "src", file, fmt, capsys)
+    if fmt == "jsonl":
+        lines = file.read_text().splitlines()
+        last = json.loads(lines[-1])
+        del last["id"]
+        last["event"] = base64.b64encode(b"\x85garbage").decode()
+        file.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    else:
+        file.write_bytes(file.read_bytes() + cbor2.dumps(b"\x85garbage"))
+    copy = tmp_path / "copy"
+    code = await trio.to_thread.run_sync(main, ["--db", str(copy), "import", str(file)])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("kdelta: ") and err.count("\n") == 1, err
+    assert "not a valid event" in err
+    assert not copy.exists()

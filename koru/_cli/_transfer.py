@@ -12,7 +12,8 @@ in sequence. Two forms, both round-trippable:
 Import goes through the one ingest path (:meth:`koru.Database.ingest`): every event is
 decoded strictly with its values checked, its id computed from its bytes (and compared
 with the id a JSON line states), and it must continue its feed. The file is read and
-checked whole before anything is written.
+checked whole (its shape, then every event decoded strictly) before anything is
+written.
 """
 
 from __future__ import annotations
@@ -236,6 +237,23 @@ def _read_export(raw: bytes) -> list[bytes]:
     return events
 
 
+def _check_events(events: list[bytes]) -> None:
+    """Each event decodes strictly (its values too) and is within the size limit, or
+    exit 3 before anything is written: a damaged file must not be imported in part.
+    (Whether an event continues its feed depends on the database: ingest says.)"""
+    from koru.events import MAX_EVENT_SIZE, CodecError, decode_event
+
+    for n, data in enumerate(events, 1):
+        if len(data) > MAX_EVENT_SIZE:
+            raise Failure(
+                3, f"event {n}: {len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit"
+            )
+        try:
+            decode_event(data, check_values=True)
+        except CodecError as exc:
+            raise Failure(3, f"event {n}: not a valid event ({exc})") from None
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -245,6 +263,7 @@ def _import(args: argparse.Namespace) -> int:
         events = _read_export(raw)
     except UnicodeDecodeError as exc:
         raise Failure(3, f"not a koru-delta export: {exc}") from None
+    _check_events(events)
     out = Output(as_json=args.json)
     progress = out.progress("importing", len(events))
 
