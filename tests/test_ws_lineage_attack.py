@@ -96,3 +96,42 @@ async def test_an_import_with_an_undecodable_event_writes_nothing(
     assert code == 3 and err.startswith("kdelta: ") and err.count("\n") == 1, err
     assert "not a valid event" in err
     assert not copy.exists()
+
+
+async def test_the_command_line_reads_a_dropped_workspaces_lineage_and_views(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack: audit a dropped workspace from the command line, which docs/cli.md calls
+    the audit tool ("reads also show a dropped workspace's history"). ``get`` and
+    ``keys`` did; ``lineage`` and ``view list/show`` refused (exit 1, "was dropped").
+    What must hold: every read answers from the history; writes still fail (exit 1)."""
+    db = tmp_path / "db"
+    async with koru.open(db, processes=False) as d:
+        ws = d.workspace("gone")
+        await ws.put("n", "a", {"x": 1})
+        await ws.put("n", "b", 2, parents=["a"])
+        await ws.create_view("v", "n", {})
+        await d.drop_workspace("gone")
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = main(["--db", str(db), "--json", *argv, "--workspace", "gone"])
+        return code, capsys.readouterr().out
+
+    for argv, expected in (
+        (("lineage", "ancestors", "n/b"), [{"namespace": "n", "key": "a"}]),
+        (("lineage", "descendants", "n/a"), [{"namespace": "n", "key": "b"}]),
+        (("lineage", "path", "n/a", "n/b"), [{"namespace": "n", "key": k} for k in "ab"]),
+        (("view", "show", "v"), None),
+    ):
+        code, out = await trio.to_thread.run_sync(lambda a=argv: run(*a))  # type: ignore[misc]
+        assert code == 0, (argv, capsys.readouterr().err)
+        if expected is not None:
+            assert json.loads(out) == expected, argv
+    code, out = await trio.to_thread.run_sync(lambda: run("get", "n/a"))
+    assert code == 0 and json.loads(out)["value"] == {"x": 1}
+    code, out = await trio.to_thread.run_sync(lambda: run("lineage", "top", "n"))
+    assert code == 0 and [c["key"] for c in json.loads(out)] == ["a", "b"]
+    code, out = await trio.to_thread.run_sync(lambda: run("view", "list"))
+    assert code == 0 and [v["name"] for v in json.loads(out)] == ["v"]
+    code, _ = await trio.to_thread.run_sync(lambda: run("set", "n/c", "3"))
+    assert code == 1
