@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,41 @@ async def test_the_command_line_reads_a_dropped_workspaces_lineage_and_views(
     assert code == 0 and [v["name"] for v in json.loads(out)] == ["v"]
     code, _ = await trio.to_thread.run_sync(lambda: run("set", "n/c", "3"))
     assert code == 1
+
+
+async def test_two_exports_to_one_file_never_mix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: two exports to the same file at once (two cron jobs, or an attacker
+    who starts one beside a backup). Both wrote through the one temporary name
+    ``FILE.partial``: the second truncated the first's, renamed it, and the first
+    kept writing into the renamed file, so the export that said "exported N events"
+    (exit 0) left a file of the other's events with the first's written over them.
+    What must hold: each export writes a file of its own; what ends at FILE is one
+    whole export, byte for byte."""
+    from koru._cli import _transfer
+
+    await _source(tmp_path / "src")
+    src = str(tmp_path / "src")
+    out = tmp_path / "out"
+    alone = tmp_path / "alone"
+    _export(tmp_path / "src", alone, "cbor", capsys)
+    events_of = _transfer._events_of
+    inner: list[int] = []
+    started: list[bool] = []
+
+    def racing(path: Path, agents: list[str] | None) -> Any:
+        for n, item in enumerate(events_of(path, agents)):
+            if n == 1 and not started:  # the other export runs whole, half-way through
+                started.append(True)
+                inner.append(main(["--db", src, "export", "-o", str(out), "--format", "jsonl"]))
+            yield item
+
+    monkeypatch.setattr(_transfer, "_events_of", racing)
+    code = await trio.to_thread.run_sync(
+        main, ["--db", src, "export", "-o", str(out), "--format", "cbor"]
+    )
+    capsys.readouterr()
+    assert inner == [0] and code == 0
+    assert out.read_bytes() == alone.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["alone", "out", "src"]

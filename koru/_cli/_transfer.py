@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,12 +99,22 @@ def _export(args: argparse.Namespace) -> int:
     # A file is written under a temporary name and renamed once whole: an export cut
     # short (damage met half-way, Ctrl-C, a full disk) must not leave a file that is a
     # valid export of part of the database, which import would take without a word.
-    partial = None if args.output is None else f"{args.output}.partial"
+    # The name is this export's own, made with O_EXCL: two exports to one file at once
+    # each write their own (one shared name let the second truncate and rename the
+    # first's while it was still being written), and no file or link found there is
+    # written through.
+    partial = (
+        None
+        if args.output is None
+        else f"{args.output}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    )
     if args.output is not None and os.path.isdir(args.output):
         raise Failure(2, f"cannot write {args.output}: it is a directory")
     try:
         sink: IO[bytes] = (
-            sys.stdout.buffer if partial is None else open(partial, "wb")  # noqa: SIM115
+            sys.stdout.buffer
+            if partial is None
+            else os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
         )
     except OSError as exc:
         raise Failure(2, f"cannot write {args.output}: {exc.strerror}") from None
