@@ -5,9 +5,11 @@ hold."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,29 @@ async def test_export_then_import_keeps_workspaces_and_lineage_exactly(
     src, copy = await state(tmp_path / "src"), await state(tmp_path / "copy")
     assert src == copy and src[0] == digest and src[3] == ["k"]
     assert [w.name for w in src[1]] == ["gone", "team"] and len(src[2]) == 4
+
+
+def test_ctrl_c_while_an_import_reads_its_file_is_never_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: Ctrl-C while ``kdelta import`` reads and checks its file. cbor2 drops a
+    KeyboardInterrupt raised inside it (its decoder silently; its encoder, which the
+    strict decoder calls, printing "Exception ignored"), so the import went on, wrote
+    every event and exited 0. Modelled here by a read that swallows the interrupt as
+    cbor2 does. What must hold: exit 130, nothing written."""
+    from koru._cli import _transfer
+
+    trio.run(_source, tmp_path / "src")
+    file = tmp_path / "e.cbor"
+    _export(tmp_path / "src", file, "cbor", capsys)
+    read = _transfer._read_export
+
+    def swallowing(raw: bytes) -> list[bytes]:
+        with contextlib.suppress(KeyboardInterrupt):  # what cbor2 does with it
+            signal.raise_signal(signal.SIGINT)
+        return read(raw)
+
+    monkeypatch.setattr(_transfer, "_read_export", swallowing)
+    copy = tmp_path / "copy"
+    assert main(["--db", str(copy), "import", str(file)]) == 130
+    assert not copy.exists()

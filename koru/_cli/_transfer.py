@@ -26,7 +26,9 @@ import io
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -265,16 +267,46 @@ def _check_events(events: list[bytes]) -> None:
             raise Failure(3, f"event {n}: not a valid event ({exc})") from None
 
 
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C inside the block raises KeyboardInterrupt, and again at its end if
+    something swallowed it: cbor2 drops an exception raised inside it (a signal handler's
+    included), and an import told to stop must not go on to write every event."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted: list[bool] = []
+
+    def note(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # else it is noted
+            hook(info)
+
+    old, hook = signal.signal(signal.SIGINT, note), sys.unraisablehook
+    sys.unraisablehook = unraisable  # the encoder prints what it drops
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        sys.unraisablehook = hook
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         raise Failure(1, f"cannot read {args.file}: {exc.strerror}") from None
-    try:
-        events = _read_export(raw)
-    except UnicodeDecodeError as exc:
-        raise Failure(3, f"not a koru-delta export: {exc}") from None
-    _check_events(events)
+    with _interrupts_kept():
+        try:
+            events = _read_export(raw)
+        except UnicodeDecodeError as exc:
+            raise Failure(3, f"not a koru-delta export: {exc}") from None
+        _check_events(events)
     out = Output(as_json=args.json)
     progress = out.progress("importing", len(events))
 
