@@ -234,3 +234,28 @@ def test_ctrl_c_while_an_import_reads_its_file_is_never_lost(
     copy = tmp_path / "copy"
     assert main(["--db", str(copy), "import", str(file)]) == 130
     assert not copy.exists()
+
+
+def test_ctrl_c_during_an_export_is_never_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: Ctrl-C half-way through ``kdelta export -o FILE``. When it landed inside
+    cbor2 (reading the log), it was dropped: the export went on and exited 0 (about one
+    interrupt in five, measured on a 40,000-event database). Modelled by a read that
+    swallows the interrupt as cbor2 does. What must hold: exit 130, no file."""
+    from koru._cli import _transfer
+
+    trio.run(_source, tmp_path / "src")
+    events_of = _transfer._events_of
+
+    def swallowing(path: Path, agents: list[str] | None) -> Any:
+        for n, item in enumerate(events_of(path, agents)):
+            if n == 1:
+                with contextlib.suppress(KeyboardInterrupt):  # what cbor2 does with it
+                    signal.raise_signal(signal.SIGINT)
+            yield item
+
+    monkeypatch.setattr(_transfer, "_events_of", swallowing)
+    out = tmp_path / "out.cbor"
+    assert main(["--db", str(tmp_path / "src"), "export", "-o", str(out)]) == 130
+    assert sorted(os.listdir(tmp_path)) == ["src"]

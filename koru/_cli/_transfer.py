@@ -128,30 +128,31 @@ def _export(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.start()
     try:
-        if fmt == "cbor":
-            sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
-        else:
-            sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
-        for data, eid, event in _events_of(path, args.agent):
+        with _interrupts_kept():  # a Ctrl-C is never lost: no file then
             if fmt == "cbor":
-                sink.write(cbor2.dumps(data))
+                sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
             else:
-                sink.write(
-                    _line(
-                        {
-                            "id": eid.hex(),
-                            "agent": event.agent,
-                            "type": type(event).TAG,
-                            "origin": event.origin.hex(),
-                            "seq": event.seq,
-                            "time": _iso(event.hlc),
-                            "event": base64.b64encode(data).decode(),
-                        }
+                sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
+            for data, eid, event in _events_of(path, args.agent):
+                if fmt == "cbor":
+                    sink.write(cbor2.dumps(data))
+                else:
+                    sink.write(
+                        _line(
+                            {
+                                "id": eid.hex(),
+                                "agent": event.agent,
+                                "type": type(event).TAG,
+                                "origin": event.origin.hex(),
+                                "seq": event.seq,
+                                "time": _iso(event.hlc),
+                                "event": base64.b64encode(data).decode(),
+                            }
+                        )
                     )
-                )
-            count += 1
-            if progress is not None:
-                progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+                count += 1
+                if progress is not None:
+                    progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
         if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
