@@ -92,8 +92,15 @@ def workspace_namespace(workspace: str, namespace: str = "*") -> str:
     ``workspace_namespace("team")`` (a glob) for every namespace of it.
 
     Raises:
-        InvalidDataError: not a usable workspace name or namespace (glob).
+        InvalidDataError: not a usable workspace name or namespace (glob), or a
+            workspace name holding ``*`` or ``?``: globs have no escape, so its glob
+            would also cover other workspaces (``t*`` covers ``team``).
     """
+    check_workspace(workspace)
+    if "*" in workspace or "?" in workspace:
+        raise InvalidDataError(
+            f"workspace {workspace!r} holds a wildcard (* or ?): no glob names it alone"
+        )
     if namespace == "*":
         return Space(workspace).prefix + "*"
     return Space(workspace).inward(namespace)

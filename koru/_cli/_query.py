@@ -193,9 +193,13 @@ def _view_args(p: argparse.ArgumentParser) -> None:
         workspace_argument(sub)
 
 
-def _in_space(db: Database, args: argparse.Namespace) -> SpaceAPI:
+def _in_space(db: Database, args: argparse.Namespace, *, read: bool = False) -> SpaceAPI:
+    """The space ``--workspace`` names; for a read, a handle that also reads a dropped
+    workspace's history (the command line is the audit tool)."""
     name = getattr(args, "workspace", None)
-    return db if name is None else db.workspace(name)
+    if name is None:
+        return db
+    return db.audit_workspace(name) if read else db.workspace(name)
 
 
 def _view(args: argparse.Namespace) -> int:
@@ -229,7 +233,7 @@ def _view(args: argparse.Namespace) -> int:
     if action == "list":
 
         async def listing(db: Database) -> Any:
-            return await _in_space(db, args).list_views()
+            return await _in_space(db, args, read=True).list_views()
 
         views = with_database(args, listing, readonly=True)
         if out.json:
@@ -250,7 +254,7 @@ def _view(args: argparse.Namespace) -> int:
         return 0
 
     async def read(db: Database) -> Any:
-        space = _in_space(db, args)
+        space = _in_space(db, args, read=True)
         if action == "refresh":
             await space.refresh_view(args.name)
         return await space.view(args.name)
@@ -345,7 +349,7 @@ def _lineage(args: argparse.Namespace) -> int:
         space_of(args).inward(args.namespace)
 
         async def top(db: Database) -> Any:
-            return await _in_space(db, args).most_connected(args.namespace, args.k)
+            return await _in_space(db, args, read=True).most_connected(args.namespace, args.k)
 
         ranked = with_database(args, top, readonly=True)
         if out.json:
@@ -362,7 +366,9 @@ def _lineage(args: argparse.Namespace) -> int:
         other = split_key(args.other)
 
         async def path(db: Database) -> Any:
-            return await _in_space(db, args).connection_path(node, other, max_depth=args.max_depth)
+            return await _in_space(db, args, read=True).connection_path(
+                node, other, max_depth=args.max_depth
+            )
 
         found = with_database(args, path, readonly=True)
         if found is None:
@@ -370,7 +376,7 @@ def _lineage(args: argparse.Namespace) -> int:
     else:
 
         async def walk(db: Database) -> Any:
-            space = _in_space(db, args)
+            space = _in_space(db, args, read=True)
             call = space.ancestors if action == "ancestors" else space.descendants
             return await call(node, args.depth)
 

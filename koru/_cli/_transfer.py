@@ -12,7 +12,8 @@ in sequence. Two forms, both round-trippable:
 Import goes through the one ingest path (:meth:`koru.Database.ingest`): every event is
 decoded strictly with its values checked, its id computed from its bytes (and compared
 with the id a JSON line states), and it must continue its feed. The file is read and
-checked whole before anything is written.
+checked whole (its shape, then every event decoded strictly) before anything is
+written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import contextlib
 import io
 import json
 import os
+import secrets
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -97,12 +101,22 @@ def _export(args: argparse.Namespace) -> int:
     # A file is written under a temporary name and renamed once whole: an export cut
     # short (damage met half-way, Ctrl-C, a full disk) must not leave a file that is a
     # valid export of part of the database, which import would take without a word.
-    partial = None if args.output is None else f"{args.output}.partial"
+    # The name is this export's own, made with O_EXCL: two exports to one file at once
+    # each write their own (one shared name let the second truncate and rename the
+    # first's while it was still being written), and no file or link found there is
+    # written through.
+    partial = (
+        None
+        if args.output is None
+        else f"{args.output}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    )
     if args.output is not None and os.path.isdir(args.output):
         raise Failure(2, f"cannot write {args.output}: it is a directory")
     try:
         sink: IO[bytes] = (
-            sys.stdout.buffer if partial is None else open(partial, "wb")  # noqa: SIM115
+            sys.stdout.buffer
+            if partial is None
+            else os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
         )
     except OSError as exc:
         raise Failure(2, f"cannot write {args.output}: {exc.strerror}") from None
@@ -114,30 +128,31 @@ def _export(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.start()
     try:
-        if fmt == "cbor":
-            sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
-        else:
-            sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
-        for data, eid, event in _events_of(path, args.agent):
+        with _interrupts_kept():  # a Ctrl-C is never lost: no file then
             if fmt == "cbor":
-                sink.write(cbor2.dumps(data))
+                sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
             else:
-                sink.write(
-                    _line(
-                        {
-                            "id": eid.hex(),
-                            "agent": event.agent,
-                            "type": type(event).TAG,
-                            "origin": event.origin.hex(),
-                            "seq": event.seq,
-                            "time": _iso(event.hlc),
-                            "event": base64.b64encode(data).decode(),
-                        }
+                sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
+            for data, eid, event in _events_of(path, args.agent):
+                if fmt == "cbor":
+                    sink.write(cbor2.dumps(data))
+                else:
+                    sink.write(
+                        _line(
+                            {
+                                "id": eid.hex(),
+                                "agent": event.agent,
+                                "type": type(event).TAG,
+                                "origin": event.origin.hex(),
+                                "seq": event.seq,
+                                "time": _iso(event.hlc),
+                                "event": base64.b64encode(data).decode(),
+                            }
+                        )
                     )
-                )
-            count += 1
-            if progress is not None:
-                progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+                count += 1
+                if progress is not None:
+                    progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
         if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
@@ -236,15 +251,63 @@ def _read_export(raw: bytes) -> list[bytes]:
     return events
 
 
+def _check_events(events: list[bytes]) -> None:
+    """Each event decodes strictly (its values too) and is within the size limit, or
+    exit 3 before anything is written: a damaged file must not be imported in part.
+    (Whether an event continues its feed depends on the database: ingest says.)"""
+    from koru.events import MAX_EVENT_SIZE, CodecError, decode_event
+
+    for n, data in enumerate(events, 1):
+        if len(data) > MAX_EVENT_SIZE:
+            raise Failure(
+                3, f"event {n}: {len(data)} bytes is over the {MAX_EVENT_SIZE}-byte limit"
+            )
+        try:
+            decode_event(data, check_values=True)
+        except CodecError as exc:
+            raise Failure(3, f"event {n}: not a valid event ({exc})") from None
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C inside the block raises KeyboardInterrupt, and again at its end if
+    something swallowed it: cbor2 drops an exception raised inside it (a signal handler's
+    included), and an import told to stop must not go on to write every event."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted: list[bool] = []
+
+    def note(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # else it is noted
+            hook(info)
+
+    old, hook = signal.signal(signal.SIGINT, note), sys.unraisablehook
+    sys.unraisablehook = unraisable  # the encoder prints what it drops
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        sys.unraisablehook = hook
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def _import(args: argparse.Namespace) -> int:
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
         raise Failure(1, f"cannot read {args.file}: {exc.strerror}") from None
-    try:
-        events = _read_export(raw)
-    except UnicodeDecodeError as exc:
-        raise Failure(3, f"not a koru-delta export: {exc}") from None
+    with _interrupts_kept():
+        try:
+            events = _read_export(raw)
+        except UnicodeDecodeError as exc:
+            raise Failure(3, f"not a koru-delta export: {exc}") from None
+        _check_events(events)
     out = Output(as_json=args.json)
     progress = out.progress("importing", len(events))
 
