@@ -701,11 +701,16 @@ def test_export_never_leaves_a_file_that_is_only_part_of_one(
     assert len(done.stdout.splitlines()) == 8 and not (tmp_path / "-").exists()
 
 
-def test_export_to_standard_output_is_json_lines(made: tuple[Path, dict[str, Any]]) -> None:
+def test_export_to_standard_output_is_json_lines(
+    made: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     db, facts = made
     lines = kdelta(db, "export").lines()
     assert lines[0]["koru-delta-export"] == 1 and len(lines) == 8
     assert lines[1]["id"] == facts["first"].write_id
+    # A file named .jsonl in any case is JSON lines too (.JSONL was written as CBOR).
+    assert kdelta(db, "export", "-o", str(tmp_path / "B.JSONL")).code == 0
+    assert (tmp_path / "B.JSONL").read_bytes().startswith(b'{"koru-delta-export"')
 
 
 def test_import_refuses_what_is_not_an_export(

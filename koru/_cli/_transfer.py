@@ -93,7 +93,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.output == "-":
         args.output = None
     fmt = args.format or (
-        "jsonl" if args.output is None or args.output.endswith(".jsonl") else "cbor"
+        "jsonl" if args.output is None or args.output.lower().endswith(".jsonl") else "cbor"
     )
     if fmt == "cbor" and args.output is None and sys.stdout.isatty():
         raise Failure(2, "will not write CBOR to a terminal: use -o FILE or --format jsonl")
