@@ -1,0 +1,56 @@
+"""Attacks on the background processes and the memory tiers (h-proc): processes meeting
+a database closed under them, tampered checkpoint sections of the tier decisions,
+hostile genome bytes, and the determinism and memory bounds of the processes under a
+mock clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import blake3
+import cbor2
+import pytest
+
+import koru
+from koru.projections._checkpoint import _tag_hook
+
+
+def _retier(path: Path, node: bytes, keys: Any) -> None:
+    """Rewrite the checkpoint's section of the tier decisions (its checksum recomputed)."""
+    data = (path / "checkpoint").read_bytes()
+    body = cbor2.loads(data[40:], tag_hook=_tag_hook)
+    body["sections"]["tiers"] = [1, [[node, keys]]]
+    encoded = cbor2.dumps(body, canonical=True)
+    (path / "checkpoint").write_bytes(b"KORUCKP1" + blake3.blake3(encoded).digest() + encoded)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[[1, "x"], ["a", "b"]], ["ab", "cd"], [[b"x", "y"]], [["a", "b", "c"]], [None]],
+    ids=["int-namespace", "strings-as-pairs", "bytes-namespace", "triple", "null"],
+)
+async def test_a_tier_section_naming_keys_that_are_not_names_is_rebuilt(
+    tmp_path: Path, keys: Any
+) -> None:
+    """The attack: a checkpoint whose section of the tier decisions (the keys this node
+    keeps hot) was rewritten with its checksum recomputed, naming "keys" that are not
+    (namespace, key) pairs of names: an int namespace, two-letter strings, bytes.
+    ``TierState.restore`` took them: a string unpacked into two one-letter names, and an
+    int beside a str made every later checkpoint raise TypeError (sorting them), from
+    ``db.checkpoint()`` and from every close, reopen after reopen.
+    What must hold: the section is refused (rebuilt from the log, as any bad section),
+    the hot set holds only what the log decided, and checkpoints and closes succeed."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False, sync="os") as db:
+        await db.put("a", "b", 1)
+        await db.checkpoint()
+        node = bytes.fromhex(db.node_id)
+    _retier(path, node, keys)
+    for _ in range(2):
+        async with koru.open(path, processes=False, sync="os") as db:
+            assert db._kv.pinned == set()
+            await db.put("a", "c", 2)
+            await db.checkpoint()
+    async with koru.open(path, processes=False, sync="os") as db:
+        assert await db.get("a", "c") == 2
