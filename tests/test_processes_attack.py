@@ -5,15 +5,47 @@ mock clock."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import blake3
 import cbor2
 import pytest
+import trio
+import trio.testing
 
 import koru
 from koru.projections._checkpoint import _tag_hook
+
+
+async def test_processes_stop_quietly_once_the_database_is_closed_in_the_block(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: the caller closes the database (``await db.aclose()``) inside its
+    ``async with`` block and carries on in the block for hours, while a value with a
+    time to live comes due. The expiry process then found the database closed at every
+    step: each was counted as a failure, logged as an error with its traceback, retried
+    with backoff and reported as a crash loop, although nothing had failed.
+    What must hold: a process that finds its database closed stops, without a failure
+    counted or an error logged."""
+    caplog.set_level(logging.ERROR, logger="koru")
+    async with koru.open(
+        ":memory:",
+        seed=1,
+        clock=koru.TrioClock(),
+        processes={"expiry": 5, "genome": 10, "distillation": 7},
+    ) as db:
+        await db.put("ns", "k", 1, ttl=100)
+        await trio.sleep(30)
+        await db.aclose()
+        await trio.sleep(5 * 3600)
+        infos = {p.name: p for p in await db.processes()}
+    assert {n: (p.failures, p.last_error) for n, p in infos.items()} == {
+        n: (0, None) for n in infos
+    }
+    assert infos["expiry"].state == "stopped"
+    assert "failed" not in caplog.text
 
 
 def _retier(path: Path, node: bytes, keys: Any) -> None:
