@@ -71,12 +71,16 @@ class Genome(NamedTuple):
         """Raises InvalidDataError for bytes that are not an intact genome."""
         try:
             raw = cbor2.loads(data, max_depth=8, semantic_decoders=refuse_tags())
-            if type(raw) is not list or raw[0] != _FORMAT or len(raw) != len(cls._fields) + 2:
+            # (An empty array raised IndexError here, and agents of another type than a
+            # map AttributeError below, not InvalidDataError, h-proc.)
+            if type(raw) is not list or len(raw) != len(cls._fields) + 2 or raw[0] != _FORMAT:
                 raise ValueError("not a genome of format 1")
             seal = blake3.blake3(cbor2.dumps(raw[:-1], canonical=True)).digest()
             if raw[-1] != seal:
                 raise ValueError("its checksum does not match (damaged)")
             genome = cls(*raw[1:-1])
+            if type(genome.agents) is not dict:
+                raise ValueError("malformed agents")
             genome = genome._replace(agents={a: (c, r) for a, (c, r) in genome.agents.items()})
             _check(genome)
             if genome.to_bytes() != data:

@@ -86,3 +86,32 @@ async def test_a_tier_section_naming_keys_that_are_not_names_is_rebuilt(
             await db.checkpoint()
     async with koru.open(path, processes=False, sync="os") as db:
         assert await db.get("a", "c") == 2
+
+
+def _sealed(body: list[Any]) -> bytes:
+    """A genome's bytes around ``body`` (format and fields), its seal recomputed."""
+    seal = blake3.blake3(cbor2.dumps(body, canonical=True)).digest()
+    return bytes(cbor2.dumps([*body, seal], canonical=True))
+
+
+async def test_genome_bytes_of_the_wrong_shape_are_refused_as_not_a_genome() -> None:
+    """The attack: bytes handed to ``Genome.from_bytes`` / ``verify_genome`` that are
+    CBOR but not a genome: an empty array, and a genome (its seal recomputed) whose
+    agents are an array or a string. They raised IndexError and AttributeError, not
+    the documented InvalidDataError (a caller that catches KoruError for "not a
+    genome" crashed instead).
+    What must hold: InvalidDataError, for each."""
+    async with koru.open(":memory:", processes=False) as db:
+        await db.put("a", "b", 1)
+        fields = cbor2.loads((await db.genome()).to_bytes())[:-1]
+        where = 1 + koru.Genome._fields.index("agents")
+        bad = [cbor2.dumps([])]
+        for agents in ([], "storage"):
+            body = list(fields)
+            body[where] = agents
+            bad.append(_sealed(body))
+        for data in bad:
+            with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
+                koru.Genome.from_bytes(data)
+            with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
+                await koru.verify_genome(db, data)
