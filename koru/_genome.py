@@ -94,9 +94,19 @@ def _check(g: Genome) -> None:
     hexes = (g.node, g.digest, g.heads, g.summary)
     if not all(type(h) is str for h in hexes) or len(bytes.fromhex(g.node)) != NODE_ID_SIZE:
         raise ValueError("malformed ids")
+    # A genome lists only agents with records, and at most 16 namespaces by name.
+    # (Counts below 1 and any "largest" were taken; verify_genome then raised KeyError
+    # or its log reader's argument error instead of an answer, h-proc.)
     for agent, (count, root) in g.agents.items():
         if agent not in AGENTS or type(count) is not int or len(bytes.fromhex(root)) != 32:
             raise ValueError(f"malformed agent {agent!r}")
+        if count < 1:
+            raise ValueError(f"the {agent} agent is listed with {count} records")
+    largest = g.largest
+    if type(largest) is not dict or len(largest) > _NAMESPACES:
+        raise ValueError("malformed largest namespaces")
+    if not all(type(ns) is str and type(n) is int and n >= 0 for ns, n in largest.items()):
+        raise ValueError("malformed largest namespaces")
     numbers = (g.taken, g.feeds, g.keys, g.versions, g.namespaces)
     if not all(type(n) is int and n >= 0 for n in numbers):
         raise ValueError("malformed counts")

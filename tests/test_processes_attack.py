@@ -115,3 +115,35 @@ async def test_genome_bytes_of_the_wrong_shape_are_refused_as_not_a_genome() -> 
                 koru.Genome.from_bytes(data)
             with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
                 await koru.verify_genome(db, data)
+
+
+async def test_a_genome_listing_an_agent_with_no_records_or_odd_namespaces_is_refused() -> None:
+    """The attack: a genome (its seal recomputed, as anyone can) that lists an agent
+    with 0 or -1 records (a genome lists only agents with records), or whose largest
+    namespaces are not a map of names to counts. ``from_bytes`` took them;
+    ``verify_genome`` then raised KeyError (an agent listed with 0 records that this
+    database has none of) or "start must be a record position" (an argument error of
+    its own log reader) instead of an answer.
+    What must hold: ``from_bytes`` refuses each as not a genome (InvalidDataError)."""
+    async with koru.open(":memory:", processes=False) as db:
+        await db.put("a", "b", 1)
+        fields = cbor2.loads((await db.genome()).to_bytes())[:-1]
+        agents = 1 + koru.Genome._fields.index("agents")
+        largest = 1 + koru.Genome._fields.index("largest")
+        root = fields[agents]["storage"][1]
+        bad: list[tuple[int, Any]] = [
+            (agents, {**fields[agents], "sleep": [0, root]}),
+            (agents, {"storage": [-1, root]}),
+            (agents, {"storage": [0, root]}),
+            (largest, [1, 2]),
+            (largest, {"a": -5}),
+            (largest, {1: 1}),
+            (largest, {f"n{i:02}": 1 for i in range(17)}),
+        ]
+        for where, value in bad:
+            body = list(fields)
+            body[where] = value
+            with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
+                koru.Genome.from_bytes(_sealed(body))
+            with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
+                await koru.verify_genome(db, _sealed(body))
