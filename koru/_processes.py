@@ -15,6 +15,7 @@ import trio
 from koru.events import (
     ESSENCE,
     LIFECYCLE,
+    MAX_TIER_KEYS,
     SLEEP,
     ConsolidationEvent,
     GenomeEvent,
@@ -166,6 +167,11 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         ranked = sorted((-n, slot) for slot, n in fitness.items() if n >= _FIT)
         chosen = {slot for _, slot in ranked[:HOT_KEYS]}
         promoted, demoted = sorted(chosen - kv.pinned), sorted(kv.pinned - chosen)
+        # At most what one event may name; the rest at the next steps. (A hot set past
+        # that, from events of this node's origin taken back by ingest or a checkpoint
+        # rewritten with a fresh checksum, made every step's event fail to read back:
+        # a crash loop for good, h-proc.)
+        del demoted[MAX_TIER_KEYS:]
         kv.decay()
         if promoted or demoted:
             await db._life.enter_write()

@@ -147,3 +147,33 @@ async def test_a_genome_listing_an_agent_with_no_records_or_odd_namespaces_is_re
                 koru.Genome.from_bytes(_sealed(body))
             with pytest.raises(koru.InvalidDataError, match="not a koru genome"):
                 await koru.verify_genome(db, _sealed(body))
+
+
+async def test_distillation_demotes_a_hot_set_larger_than_one_decision_can_name() -> None:
+    """The attack: this node's hot set grows past what one tiering event may name
+    (``MAX_TIER_KEYS``, 100,000): events of its own origin taken back by ``ingest``
+    (which believes an event that continues this node's feed, a documented limit), or
+    a checkpoint's tier section rewritten with its checksum recomputed. The
+    distillation process then demoted every key at once: its event would not read
+    back ("demoted must be a list of at most 100000 keys"), so every later step failed,
+    a crash loop for good, and the hot set never shrank.
+    What must hold: each step demotes at most what one event may name, and the hot set
+    empties over the steps that follow."""
+    from koru._processes import steps
+    from koru.events import LIFECYCLE, MAX_TIER_KEYS, TieringEvent, encode_event, event_id
+
+    async with koru.open(":memory:", processes=False) as db:
+        node = bytes.fromhex(db.node_id)
+        prev, events, half = None, [], MAX_TIER_KEYS // 2 + 1
+        for seq in (1, 2):
+            keys = tuple(("ns", f"{seq}-{i}") for i in range(half))
+            data = encode_event(TieringEvent(node, LIFECYCLE, seq, prev, 1, keys, ()))
+            prev = event_id(data)
+            events.append(data)
+        assert (await db.ingest(events)).accepted == 2
+        assert len(db._kv.pinned) == 2 * half > MAX_TIER_KEYS
+        distillation = steps(db)["distillation"]
+        await distillation()
+        assert len(db._kv.pinned) == 2 * half - MAX_TIER_KEYS
+        await distillation()
+        assert db._kv.pinned == set()
