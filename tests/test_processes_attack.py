@@ -177,3 +177,30 @@ async def test_distillation_demotes_a_hot_set_larger_than_one_decision_can_name(
         assert len(db._kv.pinned) == 2 * half - MAX_TIER_KEYS
         await distillation()
         assert db._kv.pinned == set()
+
+
+async def test_an_idle_database_reopened_records_no_genome_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The attack: an idle database opened again and again (a service restarted daily,
+    a script opening it for a while). The genome process skipped a genome only when
+    nothing but genomes was written since the last one it recorded in this process:
+    each open recorded one more, so the essence log of an idle database grew by one
+    genome per open, against "an idle database's log does not grow".
+    What must hold: a reopened database records no genome until something else is
+    written, and then records one."""
+    path = tmp_path / "db"
+
+    async def session(write: bool) -> dict[str, int]:
+        async with koru.open(
+            path, clock=koru.TrioClock(), sync="os", processes={"genome": 60}
+        ) as db:
+            if write:
+                await db.put("a", "b", 1)
+            await trio.sleep(600)
+            return {agent: n for (_, agent), n in (await db.feed_heads()).items()}
+
+    assert await session(True) == {"storage": 1, "essence": 1}
+    for _ in range(3):
+        assert await session(False) == {"storage": 1, "essence": 1}
+    assert await session(True) == {"storage": 2, "essence": 2}
