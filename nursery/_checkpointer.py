@@ -344,6 +344,15 @@ class Checkpointer:
         async with self._merge_lock, self._lock:
             pass
 
+    def overgrown(self) -> bool:
+        """True if a projection holds more tables than it keeps before merging whatever
+        their sizes (``max_tables``): what a close merges before its checkpoint (see
+        ``Lifecycle.close``)."""
+        return any(
+            len(getattr(projection, "tables", ())) > getattr(projection, "max_tables", 1 << 30)
+            for projection, _, _ in self._compactions()
+        )
+
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
         merged tables are named and the tables they replace can go. Returns the merges

@@ -204,3 +204,27 @@ async def test_an_idle_database_reopened_records_no_genome_again(
     for _ in range(3):
         assert await session(False) == {"storage": 1, "essence": 1}
     assert await session(True) == {"storage": 2, "essence": 2}
+
+
+async def test_short_sessions_never_leave_more_tables_than_the_bound(tmp_path: Path) -> None:
+    """The attack: a database opened for short sessions (a script, a command, a
+    service restarted often), each writing a little and closing before the
+    consolidation process first runs (5 minutes) and before ``checkpoint_every`` events
+    made a background checkpoint (merges only followed those). Each close wrote a
+    checkpoint and so a table, and nothing ever merged them: after 20 sessions, 20
+    tables (each open holding two descriptors per table, each cold lookup searching
+    them all), growing without bound; ``processes=False`` never merged either.
+    What must hold: the cold tier stays within ``max_tables`` (12) tables, plus the one
+    the last close wrote, and every value is still read."""
+    from koru.projections._merging import MAX_TABLES
+
+    path = tmp_path / "db"
+    for session in range(20):
+        async with koru.open(path, sync="os", processes=session % 2 == 0) as db:
+            await db.put("ns", f"k{session}", session)
+    async with koru.open(path, processes=False, sync="os") as db:
+        assert len(db._kv.tables) <= MAX_TABLES + 1
+        assert len(db._feeds.tables) <= MAX_TABLES + 1
+        assert len(list((path / "tables").iterdir())) <= 2 * (MAX_TABLES + 1)
+        for session in range(20):
+            assert await db.get("ns", f"k{session}") == session
