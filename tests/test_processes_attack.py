@@ -228,3 +228,55 @@ async def test_short_sessions_never_leave_more_tables_than_the_bound(tmp_path: P
         assert len(list((path / "tables").iterdir())) <= 2 * (MAX_TABLES + 1)
         for session in range(20):
             assert await db.get("ns", f"k{session}") == session
+
+
+async def test_nothing_is_written_into_the_directory_once_aclose_returned(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: ``await db.aclose()`` inside the block while the consolidation
+    process is due, with tables worth merging. The close waits for a merge or a
+    checkpoint in progress (``settle``), but one that began after that wait (the
+    process's step fired while the close synced the log) went on: it merged and
+    wrote a checkpoint after the store was closed and ``aclose`` had returned, so
+    after the directory's lock was released (another handle may have opened it, and
+    a late checkpoint and its clean-up replace that handle's).
+    What must hold: no table, checkpoint or removal reaches the directory once the
+    store is closed."""
+    from koru.events import FileStore
+
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False, sync="os") as db:
+        for b in range(2):
+            await db.put_batch([("ns", f"k{b}-{i}", "x" * 30) for i in range(500)])
+            await db.checkpoint()
+    late: list[str] = []
+    closed: list[bool] = []
+    for name in ("write_table", "write_file", "remove_tables"):
+        original = getattr(FileStore, name)
+
+        def spy(
+            self: Any, *args: Any, _original: Any = original, _name: str = name, **kw: Any
+        ) -> Any:
+            if closed:
+                late.append(_name)
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(FileStore, name, spy)
+    close = FileStore.close
+
+    def closing(self: Any) -> None:
+        closed.append(True)
+        close(self)
+
+    monkeypatch.setattr(FileStore, "close", closing)
+    for _ in range(2):
+        closed.clear()
+        async with koru.open(
+            path, clock=koru.TrioClock(), sync="os", processes={"consolidation": 0.001}
+        ) as db:
+            await db.put("ns", "new", 1)
+            await db.aclose()
+            await trio.sleep(0.1)
+        assert late == []
+    async with koru.open(path, processes=False, sync="os") as db:
+        assert await db.get("ns", "k1-5") == "x" * 30
