@@ -5,6 +5,7 @@ mock clock."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,170 @@ async def test_nothing_is_written_into_the_directory_once_aclose_returned(
         assert late == []
     async with koru.open(path, processes=False, sync="os") as db:
         assert await db.get("ns", "k1-5") == "x" * 30
+
+
+async def _churn(path: Path, seed: int) -> tuple[Any, ...]:
+    """Writes with and without a time to live, deletes and reads of a few keys over
+    virtual minutes, while every process runs on a short interval and the tiers are
+    tiny (so keys move between memory, warm, hot and cold all the time); each read is
+    checked against a model. Returns what the run wrote and decided."""
+    import random
+
+    rng = random.Random(seed)
+    clock = koru.TrioClock()
+    model: dict[str, tuple[Any, int | None]] = {}
+    wrong = []
+    async with koru.open(
+        path,
+        seed=seed,
+        clock=clock,
+        sync="os",
+        checkpoint_every=25,
+        cache_bytes=4096,
+        processes={"expiry": 2, "genome": 50, "distillation": 3, "consolidation": 2},
+    ) as db:
+        kv = db._kv
+        kv.hot_capacity, kv.warm_capacity, kv.max_tables = 3000, 4000, 3
+        for step in range(600):
+            key = f"k{rng.randrange(40)}"
+            op = rng.random()
+            if op < 0.35:
+                value = {"s": step, "pad": "x" * rng.randrange(200)}
+                version = await db.put("ns", key, value, ttl=rng.choice([None, None, 1.0, 5.0]))
+                model[key] = (value, version.expires)
+            elif op < 0.42:
+                with contextlib.suppress(koru.KeyNotFoundError):
+                    await db.delete("ns", key)
+                model.pop(key, None)
+            else:
+                now = db._writer.read_time()
+                want = model.get(key)
+                if want is not None and want[1] is not None and want[1] <= now:
+                    want = None
+                try:
+                    got = await db.get("ns", key)
+                except koru.KeyNotFoundError:
+                    got = None
+                if (None if want is None else want[0]) != got:
+                    wrong.append((step, key, want, got))
+            if rng.random() < 0.05:
+                await trio.sleep(rng.choice([0.5, 1, 3]))
+        assert wrong == []
+        tiers = (await db.stats()).tiers
+        assert tiers.hot_hits and tiers.cold_reads and tiers.compactions
+        runs = [(p.name, p.runs, p.failures) for p in await db.processes()]
+        return await db.roots(), await db.digest(), runs, sorted(kv.pinned)
+
+
+def test_reads_match_a_model_and_processes_decide_alike_for_one_seed(tmp_path: Path) -> None:
+    """Holds (h-proc): the attack is every process running on a short interval while
+    keys are written, expire, are deleted and read, with tiers so small that keys move
+    between memory, warm, hot and cold all the time. What must hold: every read
+    agrees with a model of puts, deletes and times to live; and the same seed and mock
+    clock give the same logs (every agent's root, the expiry tombstones, genomes, tier
+    decisions and consolidations included) in two runs (worker threads inline, as the
+    simulator runs them: under a mock clock a real thread lets virtual time jump by
+    however long it took)."""
+    from koru.simulations._inline import inline_threads
+
+    runs = []
+    for n in range(2):
+        with inline_threads(5):
+            runs.append(
+                trio.run(
+                    _churn,
+                    tmp_path / f"db{n}",
+                    5,
+                    clock=trio.testing.MockClock(autojump_threshold=0),
+                )
+            )
+    assert runs[0] == runs[1]
+    assert all(failures == 0 for _, _, failures in runs[0][2])
+
+
+async def test_a_keyboard_interrupt_in_a_step_comes_out_and_the_close_is_clean(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holds (h-proc): KeyboardInterrupt delivered inside a process's step (the genome
+    process here). What must hold: it comes out of the ``async with`` unwrapped (not
+    retried as a failed step, not in an exception group), and the close still runs in
+    full: the write is there at the next open, from its checkpoint."""
+
+    async def interrupted(self: koru.Database) -> koru.Genome:
+        raise KeyboardInterrupt
+
+    path = tmp_path / "db"
+    with pytest.raises(KeyboardInterrupt):
+        async with koru.open(
+            path, clock=koru.TrioClock(), sync="os", processes={"genome": 5}
+        ) as db:
+            await db.put("a", "b", 1)
+            monkeypatch.setattr(koru.Database, "genome", interrupted)
+            await trio.sleep(3600)
+    monkeypatch.undo()
+    async with koru.open(path, processes=False) as db:
+        assert await db.get("a", "b") == 1
+        assert (await db.stats()).replayed_events == 0
+
+
+class _CutAfter(trio.abc.Instrument):
+    """Cancels ``scope`` once the task called ``name`` has taken ``steps`` steps."""
+
+    def __init__(self, name: str, steps: int, scope: trio.CancelScope) -> None:
+        self.name, self.left, self.scope = name, steps, scope
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name and self.left > 0:
+            self.left -= 1
+            if self.left == 0:
+                self.scope.cancel()
+
+
+@pytest.mark.parametrize("process", ["consolidation", "expiry", "genome", "distillation"])
+def test_leaving_the_block_at_any_step_of_a_process_keeps_the_state_whole(
+    tmp_path: Path, process: str
+) -> None:
+    """Holds (h-proc): the caller's block ends (cancelled) while a process is at any of
+    its first steps (a merge in slices, a batch of expiries, a genome or a tier
+    decision being recorded): the process is cancelled wherever it is, and the close
+    runs. What must hold: nothing comes out of the block, and the next open has the
+    state a full replay of the log gives."""
+    from conftest import digest_of, full_replay
+    from koru.simulations._inline import inline_threads
+
+    async def run(path: Path, steps: int) -> bool:
+        async with koru.open(
+            path,
+            seed=3,
+            clock=koru.TrioClock(),
+            sync="os",
+            checkpoint_every=40,
+            processes={"expiry": 1, "genome": 2, "distillation": 3, "consolidation": 1},
+        ) as db:
+            db._kv.hot_capacity = db._kv.warm_capacity = 2000
+            with trio.CancelScope() as scope:
+                for i in range(300):
+                    await db.put("ns", f"k{i % 90}", i, ttl=2 if i % 5 == 0 else None)
+                    if i % 10 == 0:
+                        await trio.sleep(0.25)
+                for i in range(60):
+                    with contextlib.suppress(koru.KeyNotFoundError):
+                        await db.get("ns", f"k{i % 7}")
+                cut = _CutAfter(f"koru:{process}", steps, scope)
+                trio.lowlevel.add_instrument(cut)
+                await trio.sleep(100)
+        return cut.left == 0
+
+    async def reopened(path: Path) -> str:
+        async with koru.open(path, processes=False, sync="os") as db:
+            return await db.digest()
+
+    cuts = 0
+    for steps in (1, 4, 9, 17):
+        path = tmp_path / f"db{steps}"
+        with inline_threads(steps):
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            cuts += trio.run(run, path, steps, clock=clock)
+        kv, _ = full_replay(path)
+        assert trio.run(reopened, path) == digest_of(kv)
+    assert cuts >= 2  # (a process's later steps may come after the block's 100 s)
