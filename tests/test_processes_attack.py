@@ -448,3 +448,35 @@ def test_leaving_the_block_at_any_step_of_a_process_keeps_the_state_whole(
         kv, _ = full_replay(path)
         assert trio.run(reopened, path) == digest_of(kv)
     assert cuts >= 2  # (a process's later steps may come after the block's 100 s)
+
+
+async def test_lying_tier_and_consolidation_events_of_a_peer_change_nothing_here() -> None:
+    """Holds (h-proc): a peer's lifecycle and sleep events that lie: a tier decision
+    pinning keys that were never written (and demoting this node's), a consolidation
+    claiming absurd merges and sizes. What must hold: this node's hot set, its values
+    and its own distillation are untouched (each node follows only its own decisions;
+    nothing folds a consolidation)."""
+    from koru._processes import steps
+    from koru.events import (
+        LIFECYCLE,
+        SLEEP,
+        ConsolidationEvent,
+        TieringEvent,
+        encode_event,
+    )
+
+    async with koru.open(":memory:", processes=False) as db:
+        await db.put("ns", "real", 1)
+        db._kv.pinned.add(("ns", "real"))
+        peer = b"\x07" * 16
+        lies = [
+            TieringEvent(peer, LIFECYCLE, 1, None, 1, (("ns", "ghost"),), (("ns", "real"),)),
+            ConsolidationEvent(peer, SLEEP, 1, None, 1, 2**63, 2**63, 2**64 - 1),
+        ]
+        result = await db.ingest([encode_event(e) for e in lies])
+        assert result.accepted == 2
+        assert db._kv.pinned == {("ns", "real")}
+        assert await db.get("ns", "real") == 1
+        await steps(db)["distillation"]()
+        assert db._kv.pinned == set()  # (its own decision: "real" was read too little)
+        assert db.projection("tiers").hot[peer] == {("ns", "ghost")}  # type: ignore[attr-defined]
