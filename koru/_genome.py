@@ -123,7 +123,10 @@ def genome_of(
     store: LogStore, kv: KvState, vectors: VectorState, feeds: FeedState, node: bytes, hlc: int
 ) -> Genome:
     """The genome of a database's state (its projections and its store's logs)."""
-    counts = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
+    # Each namespace's live keys as the state counts them (not by listing them: every
+    # key's records from every layer and table, on the event loop, held every task
+    # for 2.7 s at a million keys, h-proc).
+    counts = {ns: kv.ns_live[ns] for ns in kv.live_namespaces()}
     summary = blake3.blake3(cbor2.dumps(sorted(counts.items()), canonical=True)).hexdigest()
     largest = dict(sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:_NAMESPACES])
     agents = {}

@@ -480,3 +480,34 @@ async def test_lying_tier_and_consolidation_events_of_a_peer_change_nothing_here
         await steps(db)["distillation"]()
         assert db._kv.pinned == set()  # (its own decision: "real" was read too little)
         assert db.projection("tiers").hot[peer] == {("ns", "ghost")}  # type: ignore[attr-defined]
+
+
+async def test_the_genome_counts_keys_without_reading_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: the genome of a large database (the genome process takes one daily,
+    and ``db.genome()`` on demand). Its namespace summary counted each namespace's
+    live keys by listing them (``len(kv.keys(ns))``): every key's records from every
+    layer and table, merged and sorted, on the event loop. A million keys held every
+    task for 2.7 s (ten million, about half a minute), although the state keeps each
+    namespace's live count (``ns_live``).
+    What must hold: the genome reads no key (``KvState.items`` is not called) and
+    counts the same as listing them would."""
+    from koru.projections import KvState
+
+    async with koru.open(tmp_path / "db", processes=False, sync="os") as db:
+        for n in range(3):
+            await db.put_batch([(f"ns{n}", f"k{i}", i) for i in range(50 * (n + 1))])
+            await db.checkpoint()
+        await db.delete("ns1", "k3")
+        await db.put("ns1", "k3", "back")
+        await db.delete("ns2", "k4")
+        kv = db._kv
+        listed = {ns: len(kv.keys(ns)) for ns in kv.live_namespaces()}
+
+        def listing(self: KvState, namespace: str) -> Any:
+            raise AssertionError("the genome listed the keys of " + namespace)
+
+        monkeypatch.setattr(KvState, "items", listing)
+        genome = await db.genome()
+    assert genome.largest == listed == {"ns0": 50, "ns1": 100, "ns2": 149}
