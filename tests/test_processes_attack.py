@@ -511,3 +511,30 @@ async def test_the_genome_counts_keys_without_reading_every_key(
         monkeypatch.setattr(KvState, "items", listing)
         genome = await db.genome()
     assert genome.largest == listed == {"ns0": 50, "ns1": 100, "ns2": 149}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed (h-proc): merging after db.checkpoint() breaks tests that build "
+    "unmerged tables with explicit checkpoints (test_merges_beside_checkpoints, test_tiers)",
+)
+async def test_explicit_checkpoints_are_merged_as_background_ones_are(tmp_path: Path) -> None:
+    """The attack: a long session without processes (``processes=False``) that calls
+    ``db.checkpoint()`` after each small unit of work, never reaching
+    ``checkpoint_every`` events between two. Merges followed background checkpoints
+    only: each explicit one added a table that nothing merged until the session
+    ended (60 checkpoints: 60 tables, two descriptors each, each cold lookup
+    searching them all).
+    What must hold: merges follow explicit checkpoints too, so the cold tier stays
+    within ``max_tables`` (12) tables plus the newest."""
+    from conftest import eventually
+    from koru.projections._merging import MAX_TABLES
+
+    async with koru.open(tmp_path / "db", processes=False, sync="os") as db:
+        for n in range(60):
+            await db.put("ns", f"k{n}", n)
+            await db.checkpoint()
+        with trio.move_on_after(0.5):
+            await eventually(lambda: len(db._kv.tables) <= MAX_TABLES + 1)
+        assert len(db._kv.tables) <= MAX_TABLES + 1
+        assert [await db.get("ns", f"k{n}") for n in range(60)] == list(range(60))
