@@ -91,6 +91,7 @@ from ._keys import short_key as short_key
 from ._keys import verify as verify
 from ._keys import work_of as work_of
 from ._lifecycle import LIFECYCLE as LIFECYCLE
+from ._lifecycle import MAX_TIER_KEYS as MAX_TIER_KEYS
 from ._lifecycle import TieringEvent as TieringEvent
 from ._limits import MAX_EVENT_SIZE as MAX_EVENT_SIZE
 from ._limits import MAX_NAME_BYTES as MAX_NAME_BYTES
@@ -223,6 +224,7 @@ __all__ = [
     "SEGMENT_HEADER_SIZE",
     "ESSENCE",
     "LIFECYCLE",
+    "MAX_TIER_KEYS",
     "INDEX_ACTIONS",
     "LOST_FOUND",
     "MAX_EVENT_SIZE",

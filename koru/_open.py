@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import random
@@ -21,11 +22,13 @@ from koru.events import (
     MAX_VALUE_SIZE,
     MIN_SEGMENT_SIZE,
     Disk,
+    DurabilityError,
     FileStore,
     InvalidArgumentError,
     KoruError,
     LogStore,
     MemoryStore,
+    StorageError,
     name_problem,
 )
 from koru.nursery import (
@@ -50,6 +53,8 @@ from ._processes import intervals_from, scrub, steps
 from ._read_floor import load_read_floor
 from ._sessions import Entropy
 from ._stats import OpenReport
+
+_log = logging.getLogger("koru")
 
 __all__ = ["DEFAULT_SYNC", "MEMORY", "default_path", "open"]
 
@@ -151,6 +156,23 @@ def _check_embedder(embedder: Any) -> None:
         raise InvalidArgumentError(
             f"embedder must have a model name (str) and an embed(content) method, not {embedder!r}"
         )
+
+
+async def _merge_overgrown(db: Database) -> None:
+    """Merge tables before serving if more are left than a projection keeps whatever
+    their sizes (``max_tables``). Why: merges follow background checkpoints and the
+    consolidation process, and sessions shorter than both (a script, a command, a
+    service restarted often) each left the table of their close, never merged: the
+    cold tier grew a table per session (h-proc). A merge that fails is only a missed
+    shortcut: the open goes on."""
+    checkpointer = db._checkpointer
+    if checkpointer.overgrown():
+        try:
+            await checkpointer.compact()
+        except DurabilityError:
+            raise
+        except StorageError as exc:
+            _log.warning("koru: tables not merged at open: %s", exc)
 
 
 @asynccontextmanager
@@ -300,6 +322,7 @@ async def open(
                 if sync == "never":
                     await supervisor.start("flusher", committer.run)
                 await supervisor.start("checkpointer", db._checkpointer.run, db._die)
+                await _merge_overgrown(db)
                 if intervals:  # a long-lived writer: its checkpoints may need numpy
                     await prepare_checkpoints()
             if intervals:  # processes run: so does the scrub of the tables just opened

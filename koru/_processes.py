@@ -15,14 +15,19 @@ import trio
 from koru.events import (
     ESSENCE,
     LIFECYCLE,
+    MAX_TIER_KEYS,
     SLEEP,
     ConsolidationEvent,
     GenomeEvent,
     InvalidArgumentError,
+    KoruError,
     TieringEvent,
+    decode_trusted,
     split_workspace,
 )
 from koru.nursery import Pacer
+
+from ._genome import Genome
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -104,10 +109,29 @@ async def scrub(
             await trio.to_thread.run_sync(table.verify_content)
 
 
+def _last_genome_count(db: Database) -> int:
+    """Events outside the essence log that the last genome this node recorded counted
+    (-1 if there is none, or it cannot be read). Why: counted only from the genomes a
+    process recorded itself, every open of an idle database recorded one more (h-proc)."""
+    node = db._node
+    head = db._feeds.heads.get((node, ESSENCE))
+    location = None if head is None else db._feeds.location(node, ESSENCE, head[0])
+    if location is None:
+        return -1
+    try:
+        event = decode_trusted(db._store.read(location))
+        if type(event) is not GenomeEvent:
+            return -1
+        agents = Genome.from_bytes(event.genome).agents
+    except KoruError:
+        return -1
+    return sum(count for agent, (count, _) in agents.items() if agent != ESSENCE)
+
+
 def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
     """One step of each process, for ``db``."""
 
-    recorded = -1  # events outside the essence log when a genome was last recorded
+    recorded: int | None = None  # events outside the essence log at the last genome
 
     async def genome() -> None:
         """Record the genome in the essence agent's log, unless nothing but genomes was
@@ -115,6 +139,8 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         nonlocal recorded
         store = db._store
         events = sum(store.cursor(a).count for a in store.agents() if a != ESSENCE)
+        if recorded is None:
+            recorded = _last_genome_count(db)
         if events == recorded:
             return
         taken = (await db.genome()).to_bytes()
@@ -166,6 +192,11 @@ def steps(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         ranked = sorted((-n, slot) for slot, n in fitness.items() if n >= _FIT)
         chosen = {slot for _, slot in ranked[:HOT_KEYS]}
         promoted, demoted = sorted(chosen - kv.pinned), sorted(kv.pinned - chosen)
+        # At most what one event may name; the rest at the next steps. (A hot set past
+        # that, from events of this node's origin taken back by ingest or a checkpoint
+        # rewritten with a fresh checksum, made every step's event fail to read back:
+        # a crash loop for good, h-proc.)
+        del demoted[MAX_TIER_KEYS:]
         kv.decay()
         if promoted or demoted:
             await db._life.enter_write()

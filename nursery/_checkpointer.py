@@ -108,6 +108,8 @@ class Checkpointer:
         self._retired = retired
         #: Table merges done by this handle.
         self.compactions = 0
+        #: Set by :meth:`settle` (closing): no merge or background checkpoint starts.
+        self.settled = False
         self.every = every
         #: Events in the log, and how many the newest checkpoint holds (-1: none valid).
         self.events = events
@@ -340,9 +342,24 @@ class Checkpointer:
         table, the checkpoint file, removals) until they end; a close that closed the
         store while one ran returned, released the directory's lock, and the work then
         wrote its table and replaced the checkpoint behind it (a cancelled merge, as
-        at the end of ``koru.open``'s block, holds neither lock: it ended already)."""
+        at the end of ``koru.open``'s block, holds neither lock: it ended already).
+
+        No merge and no background checkpoint starts after it (the close's own save
+        still runs): one that began after this wait (the consolidation process's step,
+        fired while the close synced the log) wrote a checkpoint and removed tables
+        after the store was closed and the directory's lock released (h-proc)."""
+        self.settled = True
         async with self._merge_lock, self._lock:
             pass
+
+    def overgrown(self) -> bool:
+        """True if a projection holds more tables than it keeps before merging whatever
+        their sizes (``max_tables``): what a close merges before its checkpoint (see
+        ``Lifecycle.close``)."""
+        return any(
+            len(getattr(projection, "tables", ())) > getattr(projection, "max_tables", 1 << 30)
+            for projection, _, _ in self._compactions()
+        )
 
     async def compact(self) -> int:
         """Merge the tables the projections want merged, then checkpoint, so that the
@@ -354,6 +371,8 @@ class Checkpointer:
         checkpoint), and leave every table file in place while a merge is unnamed (see
         :meth:`_write`): their clean-up would remove the merged table otherwise."""
         async with self._merge_lock:
+            if self.settled:
+                return 0  # closing (see settle)
             plans = self._compactions()
             count = len(plans)
             replaced: list[Table] = []
@@ -445,7 +464,10 @@ class Checkpointer:
                 self._due = trio.Event()
                 try:
                     try:
-                        await self.save()
+                        async with self._lock:
+                            if self.settled:
+                                return  # closing (see settle)
+                            await self._save_locked()
                         self._merge_due.set()  # merged beside the next checkpoints
                         if self.lag < self.every:
                             # Set during the save by events counted against the

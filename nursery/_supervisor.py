@@ -18,7 +18,8 @@ Two kinds of task:
   generator; failures in a row past a threshold are a crash loop, reported in
   :meth:`Supervisor.processes` (and the database's statistics), and the database keeps
   serving. Only a :class:`~koru.DurabilityError` (the log's durable state is unknown) is
-  fatal, as for an essential task.
+  fatal, as for an essential task; a step that finds the database closed
+  (:class:`~koru.DatabaseClosedError`) ends its process, stopped, without a failure.
 
 Leaving the supervisor cancels whatever still runs. All waiting is on trio's clock, so
 under ``trio.testing.MockClock`` a week of processes runs in milliseconds.
@@ -41,7 +42,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from koru.events import DurabilityError
+from koru.events import DatabaseClosedError, DurabilityError
 
 from ._clock import Clock, SystemClock
 
@@ -238,6 +239,12 @@ class Supervisor:
                 except DurabilityError:
                     process.state = "failed"
                     raise  # fatal: _guard reports it and stops the database
+                except DatabaseClosedError:
+                    # Closed under it (``aclose`` inside the caller's block, or a fatal
+                    # error that stops every task): nothing failed, and no step can run
+                    # again. (Counted as failures, logged and reported as a crash loop
+                    # for as long as the block went on, h-proc.)
+                    return
                 except Exception as exc:
                     process.failures += 1
                     process.in_a_row += 1

@@ -53,5 +53,17 @@ class TierState:
         for origin, keys in data:
             if type(origin) is not bytes or len(origin) != NODE_ID_SIZE or type(keys) is not list:
                 raise ValueError("malformed tier entry")
-            state.of(origin).update((ns, k) for ns, k in keys)
+            pairs = []
+            for pair in keys:
+                # (A pair of anything else was taken: two-letter strings unpacked into
+                # names, and an int beside a str made every later capture raise
+                # TypeError, h-proc.)
+                if (
+                    type(pair) is not list
+                    or len(pair) != 2
+                    or not all(type(n) is str for n in pair)
+                ):
+                    raise ValueError("malformed tier key")
+                pairs.append((pair[0], pair[1]))
+            state.of(origin).update(pairs)
         return state
