@@ -1000,9 +1000,11 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
     # -- checkpoints and lifecycle -----------------------------------------------------
 
     async def checkpoint(self) -> None:
-        """Save projection state now, so the next open replays only what follows."""
+        """Save projection state now, so the next open replays only what follows (and
+        merge tables in the background if checkpoints left more than are kept)."""
         await self._life.enter_write()
         await self._checkpointer.save()
+        self._checkpointer.merge_if_overgrown()
 
     async def aclose(self) -> None:
         """Flush, fsync, checkpoint if anything changed, and close. Idempotent.

@@ -513,11 +513,6 @@ async def test_the_genome_counts_keys_without_reading_every_key(
     assert genome.largest == listed == {"ns0": 50, "ns1": 100, "ns2": 149}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed (h-proc): merging after db.checkpoint() breaks tests that build "
-    "unmerged tables with explicit checkpoints (test_merges_beside_checkpoints, test_tiers)",
-)
 async def test_explicit_checkpoints_are_merged_as_background_ones_are(tmp_path: Path) -> None:
     """The attack: a long session without processes (``processes=False``) that calls
     ``db.checkpoint()`` after each small unit of work, never reaching
