@@ -99,7 +99,10 @@ class AuthorizedSpace:
         self._signer = who if isinstance(who, Identity) else None
         self._authority = db._authority
         self._sessions = db._sessions
-        self._now = db._writer.now
+        # The read time, as check() judges: it never goes back, so a grant that expired
+        # stays expired when the wall clock is set back (and a decision's window holds
+        # for every later reading).
+        self._now = db._writer.read_time
         self._state = db._authority.state
         self._open = db._sessions._open
         self._effective: Effective | None = None

@@ -1,0 +1,75 @@
+"""A hostile reviewer's attacks on identities, capabilities and the authorized handle
+(h-auth2): clocks that jump, grants whose windows are judged on them, sessions, and
+``as_identity`` handles calling every part of the interface."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from test_expiry import SettableClock
+
+import koru
+
+D = 4  # proof of work in these tests: cheap, and still checked
+
+
+def person(seed: int) -> koru.Identity:
+    return koru.Identity.mine(D, rng=random.Random(seed))
+
+
+def db_open(clock: Any = None, **kw: Any) -> Any:
+    options: dict[str, Any] = {"difficulty": D, "sync": "os", "processes": False}
+    if clock is not None:
+        options["clock"] = clock
+    options.update(kw)
+    return koru.open(":memory:", **options)
+
+
+# -- clocks -------------------------------------------------------------------------------------
+
+
+async def test_a_clock_set_back_never_brings_an_expired_grant_back_on_a_handle() -> None:
+    """Attack: a grant expired; the wall clock is then set back before its expiry. The
+    database's own ``check`` judges by its read time, which never goes back, and says
+    no; an authorized handle judged by the raw clock and let the expired grant read
+    again. What must hold: every handle agrees with ``check``."""
+    clock = SettableClock()
+    bob = person(2)
+    async with db_open(clock) as db:
+        await db.register(bob)
+        await db.put("s", "k", "secret")
+        t = clock.ns
+        await db.grant(bob, namespace="s", key="*", actions=["read"], expires=t + 10**9)
+        clock.ns = t + 2 * 10**9
+        assert not await db.check(bob, "read", "s", "k")
+        clock.ns = t - 10**9  # set back, before the grant's expiry
+        assert not await db.check(bob, "read", "s", "k")
+        session = await db.open_session(bob.respond(await db.challenge()), ttl=600)
+        for who in (bob, bob.public, session):
+            with pytest.raises(koru.PermissionDeniedError):
+                await db.as_identity(who).get("s", "k")
+
+
+async def test_a_clock_set_back_never_brings_an_expired_session_back() -> None:
+    """Attack: a session reached its ttl; the wall clock is then set back. What must
+    hold: the session stays expired (its end is on the database clock, which never goes
+    back), for the handle and for ``check``."""
+    clock = SettableClock()
+    bob = person(2)
+    async with db_open(clock) as db:
+        await db.register(bob)
+        await db.put("s", "k", "v")
+        await db.grant(bob, namespace="s", key="*", actions=["read"])
+        session = await db.open_session(bob.respond(await db.challenge()), ttl=10)
+        handle = db.as_identity(session)
+        assert await handle.get("s", "k") == "v"
+        clock.advance(11)
+        with pytest.raises(koru.SessionExpiredError):
+            await handle.get("s", "k")
+        clock.advance(-60)
+        with pytest.raises(koru.SessionExpiredError):
+            await handle.get("s", "k")
+        with pytest.raises(koru.SessionExpiredError):
+            await db.check(session, "read", "s", "k")
