@@ -73,3 +73,44 @@ async def test_a_clock_set_back_never_brings_an_expired_session_back() -> None:
             await handle.get("s", "k")
         with pytest.raises(koru.SessionExpiredError):
             await db.check(session, "read", "s", "k")
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack (a race): an identity that may read namespace ``public`` reads view ``v``
+    over it; the handle checked the view's namespace, then the database's operation
+    yielded (every 64th does) and meanwhile the view was replaced by one over
+    ``secret`` (an admin's own ``create_view``, or a definition arriving from a peer).
+    What must hold: the answer given is of a view whose namespace was checked, so the
+    reader gets ``public``'s rows or a refusal, never ``secret``'s."""
+    bob = person(2)
+    async with db_open() as db:
+        await db.register(bob)
+        await db.put("public", "p", {"x": 1})
+        await db.put("secret", "s", {"x": 2})
+        await db.grant(bob, namespace="public", key="*", actions=["read"])
+        await db.create_view("v", "public", {})
+        as_bob = db.as_identity(bob)
+        assert [r.key for r in await as_bob.view("v")] == ["p"]
+
+        life = type(db._life)
+        yielded = life.pause
+
+        async def replaced_meanwhile(self: Any) -> None:
+            await yielded(self)
+            monkeypatch.setattr(life, "pause", yielded)
+            await db.create_view("v", "secret", {})  # another task, at this yield
+
+        monkeypatch.setattr(life, "pause", replaced_meanwhile)
+        # The handle's list_views is the next operation, the view's read the one after:
+        # make that one the 64th, which yields.
+        db._life._ops = 62
+        try:
+            rows = await as_bob.view("v")
+        except koru.PermissionDeniedError:
+            return
+        assert [r.key for r in rows] != ["s"]
