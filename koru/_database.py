@@ -199,9 +199,6 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             self._writer.now,
             self._sessions_entropy,
             difficulty,
-            # Judged by the read time, which never goes back: a session that ended
-            # stays ended when the wall clock is set back (as check() and expiry judge).
-            self._writer.read_time,
         )
         self._proven = ProvenIngest(self._writer.ingest, self._feeds, self._authority, store.read)
         self._statistics = Statistics(

@@ -228,14 +228,12 @@ class Sessions:
         now: Callable[[], int],
         entropy: Entropy,
         difficulty: int,
-        judge: Callable[[], int] | None = None,
     ) -> None:
         self._server = server
         self._clock = now
-        #: The time challenges and sessions are judged by (the database's read time,
-        #: which never goes back): one that ended stays ended when the clock is set back.
-        self._judge = now if judge is None else judge
-        #: The latest clock reading: what expiries are counted from (never back either).
+        #: The latest clock reading, what challenges and sessions are judged by: it
+        #: never goes back, so one that ended stays ended when the clock is set back
+        #: (and, unlike the read time, no peer's timestamp moves it).
         self._latest = 0
         self._entropy = entropy
         self.difficulty = difficulty
@@ -247,7 +245,7 @@ class Sessions:
         self.refused = 0
 
     def _now(self) -> int:
-        """The latest clock reading (expiries count from it; it never goes back)."""
+        """The latest clock reading (see ``_latest``)."""
         now = self._clock()
         if now > self._latest:
             self._latest = now
@@ -256,7 +254,7 @@ class Sessions:
     def challenge(self) -> Challenge:
         """A fresh challenge, bound to this database's node identity."""
         now = self._now()
-        self._forget_expired(self._judge())
+        self._forget_expired(now)
         while len(self._pending) >= MAX_PENDING_CHALLENGES:
             self._pending.popitem(last=False)
         nonce = self._entropy.token(CHALLENGE_SIZE)
@@ -299,10 +297,10 @@ class Sessions:
         )
         if expires is None:
             raise _Replayed("the response names a challenge this server did not issue or used")
-        now, judged = self._now(), self._judge()
-        if judged > expires:
+        now = self._now()
+        if now > expires:
             raise _Expired(
-                f"the challenge expired {(judged - expires) / 1e9:.0f} s before the response"
+                f"the challenge expired {(now - expires) / 1e9:.0f} s before the response"
             )
         client, nonce = response.identity
         if not is_public_key(client):
@@ -333,7 +331,7 @@ class Sessions:
         if len(self._open) >= self._purge_at:
             # Expired sessions are kept (so they are refused as expired) until the
             # table grows: then they go, in one pass per doubling.
-            self._open = {k: s for k, s in self._open.items() if s.expires > judged}
+            self._open = {k: s for k, s in self._open.items() if s.expires > now}
             self._purge_at = max(1024, 2 * len(self._open))
         return session
 
@@ -346,7 +344,7 @@ class Sessions:
         """
         if not isinstance(session, Session):
             raise SessionError(f"not a session: {session!r}")
-        if self._judge() >= session.expires:
+        if self._now() >= session.expires:
             raise SessionExpiredError("the session has expired: authenticate again")
         if self._open.get(session.id) is not session:
             raise SessionError("not a session of this database (or it was ended)")

@@ -75,6 +75,34 @@ async def test_a_clock_set_back_never_brings_an_expired_session_back() -> None:
             await db.check(session, "read", "s", "k")
 
 
+async def test_a_peer_s_timestamp_ahead_of_the_clock_does_not_end_sessions() -> None:
+    """Attack: a peer that may write somewhere sends a sealed event stamped 50 minutes
+    ahead (ingest takes up to an hour ahead), which moves the receiver's newest
+    timestamp. What must hold: sessions keep their ttl by the clock; the peer cannot
+    end everyone's session early."""
+    ca, cb = SettableClock(), SettableClock()
+    bob = person(2)
+    async with db_open(ca, seed=1) as a, db_open(cb, seed=2) as b:
+        public = await a.mine_identity(D)
+        await b.register(public)
+        await b.register(bob)
+        await b.grant(public, namespace="x", actions="write")
+        await b.grant(bob, namespace="t", actions="read")
+        await b.put("t", "k", "v")
+        session = await b.open_session(bob.respond(await b.challenge()), ttl=600)
+        ca.ns = cb.ns + 3000 * 10**9
+        await a.put("x", "ahead", 1)
+        await a.seal()
+        events: list[bytes] = []
+        for origin, agent in sorted(await a.feed_heads()):
+            events += await a.feed_events(origin, agent)
+        await b.as_identity(public).ingest(events)
+        assert await b.get("x", "ahead") == 1
+        cb.advance(10)
+        assert await b.as_identity(session).get("t", "k") == "v"
+        assert await b.check(session, "read", "t", "k")
+
+
 # -- views ---------------------------------------------------------------------------------------
 
 
