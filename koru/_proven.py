@@ -52,6 +52,7 @@ from koru.events import (
     STORAGE,
     CodecError,
     Event,
+    GrantEvent,
     IdentityEvent,
     SealEvent,
     decode_event,
@@ -534,6 +535,15 @@ class ProvenIngest:
                 return (
                     f"an identity with {work} bits of proof of work; this database "
                     f"requires {authority.difficulty}"
+                )
+        elif type(event) is GrantEvent:
+            # As db.grant refuses it: a grantee's proof of work is checked when it is
+            # registered, and a grant must not make an identity that never paid it.
+            grantee = event.grant.grantee
+            if not authority.registered(grantee) and grantee not in authority.roots:
+                return (
+                    f"a grant to {short_key(grantee)}..., which is not a registered "
+                    "identity here (register it first: its proof of work is checked then)"
                 )
         problem = missing_right(authority.effective_at(author, event.hlc), event)
         if problem is None:

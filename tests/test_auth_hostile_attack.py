@@ -142,3 +142,36 @@ async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
         except koru.PermissionDeniedError:
             return
         assert [r.key for r in rows] != ["s"]
+
+
+# -- statements from peers -----------------------------------------------------------------------
+
+
+async def test_a_peer_cannot_store_a_grant_to_an_identity_never_registered() -> None:
+    """Attack: a delegate (admin on ``x`` here) signs a grant to a key that has no
+    proof of work and was never registered; locally that grant is refused (register
+    the grantee first: its proof of work is checked then). A hostile node that may
+    write somewhere here puts the grant in its own identity log, seals it, and sends
+    it. What must hold: a peer cannot do by sending an event what it could not do
+    through a handle: the grant takes no effect here."""
+    delegate = person(3)
+    weak = koru.Identity.mine(0, rng=random.Random(1))
+    assert weak.public.work < D
+    async with db_open(seed=2) as b, db_open(seed=9) as m:
+        await b.register(delegate)
+        parent = await b.grant(delegate, namespace="x", actions="admin")
+        child = koru.Grant.create(
+            delegate, weak.public_key, namespace="x", actions="write", parent=parent.id
+        )
+        with pytest.raises(koru.InvalidGrantError, match="not a registered identity"):
+            await b.as_identity(delegate).grant(child)
+        node_public = await m.mine_identity(D)
+        await b.register(node_public)
+        await b.grant(node_public, namespace="y", actions="write")  # it takes part
+        m._authority.emit_grant(m._writer.emit, child)  # m writes whatever it likes
+        await m.seal()
+        events: list[bytes] = []
+        for origin, agent in sorted(await m.feed_heads()):
+            events += await m.feed_events(origin, agent)
+        await b.as_identity(node_public).ingest(events)
+        assert not await b.check(weak, "write", "x", "k")
