@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +212,37 @@ def test_mutual_revocations_at_one_time_are_decided_whatever_was_asked_first(liv
         evaluator = Evaluator(state, [node.public_key])
         asked(evaluator, first)
         assert asked(evaluator, then) == fresh[then]
+
+
+# -- key files ---------------------------------------------------------------------------------
+
+
+def test_a_fifo_in_place_of_a_key_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Attack: a named pipe (say, made by another user in a shared directory) where a
+    key file is expected. Opening it for reading waits for a writer, so ``load`` hung
+    before it could see it is no regular file. What must hold: refused at once
+    (KeyFileError), as a directory or a link is."""
+    import os
+    import threading
+
+    where = tmp_path / "alice.key"
+    os.mkfifo(where, 0o600)
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            koru.Identity.load(where)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(2)
+    if thread.is_alive():
+        with open(where, "wb"):  # a writer: the open it waits in returns
+            pass
+        thread.join(2)
+        pytest.fail("Identity.load waited on a named pipe")
+    assert isinstance(outcome[0], koru.KeyFileError)
