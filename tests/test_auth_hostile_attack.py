@@ -146,7 +146,6 @@ async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
         assert [r.key for r in rows] != ["s"]
 
 
-
 @pytest.mark.xfail(
     strict=True,
     reason="not fixed: the database's delete_view yields before it deletes, after the "
@@ -180,6 +179,7 @@ async def test_a_view_replaced_while_its_deleter_yields_is_not_deleted_unchecked
         with contextlib.suppress(koru.PermissionDeniedError):
             await as_bob.delete_view("v")
         assert [v.namespace for v in await db.list_views()] == ["secret"]
+
 
 # -- statements from peers -----------------------------------------------------------------------
 
