@@ -282,3 +282,31 @@ def test_a_fifo_in_place_of_a_key_file_is_refused_not_waited_on(tmp_path: Path) 
         thread.join(2)
         pytest.fail("Identity.load waited on a named pipe")
     assert isinstance(outcome[0], koru.KeyFileError)
+
+
+async def test_a_peer_cannot_pile_up_seals_of_nodes_that_hold_nothing_here() -> None:
+    """Attack: a peer that may write one namespace relays seals made by fresh keys (they
+    cost nothing: a node id derives from any key), each naming 4,096 points. A seal
+    needs no right, so every one was stored, and its points (of feeds nobody will ever
+    send) were held in memory for ever: 200 seals held 819,200 points and 37 MB of log.
+    What must hold: a seal of a node that holds no grant here is refused (a node
+    revoked since still holds its grants, so it can still prove what it wrote)."""
+    from koru.events import IDENTITY, SealEvent, SealPoint, encode_event, node_id_of
+
+    relay = person(7)
+    async with db_open(seed=2) as b:
+        await b.register(relay)
+        await b.grant(relay, namespace="x", actions="write")
+        rng = random.Random(1)
+        t = 1_767_225_600 * 10**9
+        junk = []
+        for _ in range(5):
+            key = koru.Identity.mine(0, rng=rng)
+            points = tuple(SealPoint("storage", s, rng.randbytes(32)) for s in range(1, 257))
+            unsigned = SealEvent(
+                node_id_of(key.public_key), IDENTITY, 1, None, t, key.public_key, points, b""
+            )
+            junk.append(encode_event(unsigned._replace(signature=key.sign(unsigned.message()))))
+        result = await b.as_identity(relay).ingest(junk)
+        assert result.accepted == 0
+        assert not b._authority.state.seals
