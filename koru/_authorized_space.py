@@ -99,7 +99,10 @@ class AuthorizedSpace:
         self._signer = who if isinstance(who, Identity) else None
         self._authority = db._authority
         self._sessions = db._sessions
-        self._now = db._writer.now
+        # The read time, as check() judges: it never goes back, so a grant that expired
+        # stays expired when the wall clock is set back (and a decision's window holds
+        # for every later reading).
+        self._now = db._writer.read_time
         self._state = db._authority.state
         self._open = db._sessions._open
         self._effective: Effective | None = None
@@ -395,11 +398,24 @@ class AuthorizedSpace:
             self._allow_namespace(ADMIN, held)
         await self._target.create_view(name, namespace, query)
 
+    def _view_namespace_now(self, name: str) -> str | None:
+        """:meth:`_view_namespace`, without awaiting (what a read just answered)."""
+        for info in self._db._views.listing(self._space):
+            if info.name == name:
+                return info.namespace
+        return None
+
     async def view(self, name: str) -> Any:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(READ, held)
-        return await self._target.view(name)
+        answer = await self._target.view(name)
+        # The read may have yielded first, and the view been replaced by one over
+        # another namespace meanwhile: check the one it answered (no await since).
+        now = self._view_namespace_now(name)
+        if now is not None and now != held:
+            self._allow_namespace(READ, now)
+        return answer
 
     async def refresh_view(self, name: str) -> None:
         held = await self._view_namespace(name)

@@ -33,7 +33,8 @@ event                                   the author needed, at the event's timest
                                         folded per origin or not at all; no call of a
                                         handle writes one
 ``seal``                                nothing: a node revoked since must still prove
-                                        what it wrote before
+                                        what it wrote before (proven ingest refuses a
+                                        seal of a node that holds no grant here)
 ======================================  ==============================================
 
 "Every key of a namespace" is a scope whose key glob is ``*`` and whose namespace glob

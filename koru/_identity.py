@@ -309,7 +309,9 @@ class Identity:
         """
         where = os.fspath(path)
         try:
-            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # Non-blocking: a named pipe would have the open wait for a writer (it is
+            # refused below, as no regular file); a regular file reads as ever.
+            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise KeyFileError(f"{where} is a symbolic link, not a key file") from None

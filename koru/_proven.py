@@ -52,6 +52,7 @@ from koru.events import (
     STORAGE,
     CodecError,
     Event,
+    GrantEvent,
     IdentityEvent,
     SealEvent,
     decode_event,
@@ -534,6 +535,24 @@ class ProvenIngest:
                 return (
                     f"an identity with {work} bits of proof of work; this database "
                     f"requires {authority.difficulty}"
+                )
+        elif type(event) is SealEvent:
+            # A seal needs no right (a node revoked since must still prove what it wrote
+            # before), but one of a node never given anything here proves nothing anyone
+            # could take, and its points stay held for ever: fresh keys cost nothing.
+            if author not in authority.roots and author not in authority.state.by_grantee:
+                return (
+                    f"a seal of {short_key(author)}..., which holds no grant here (it has "
+                    "nothing to prove)"
+                )
+        elif type(event) is GrantEvent:
+            # As db.grant refuses it: a grantee's proof of work is checked when it is
+            # registered, and a grant must not make an identity that never paid it.
+            grantee = event.grant.grantee
+            if not authority.registered(grantee) and grantee not in authority.roots:
+                return (
+                    f"a grant to {short_key(grantee)}..., which is not a registered "
+                    "identity here (register it first: its proof of work is checked then)"
                 )
         problem = missing_right(authority.effective_at(author, event.hlc), event)
         if problem is None:

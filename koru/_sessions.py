@@ -230,7 +230,11 @@ class Sessions:
         difficulty: int,
     ) -> None:
         self._server = server
-        self._now = now
+        self._clock = now
+        #: The latest clock reading, what challenges and sessions are judged by: it
+        #: never goes back, so one that ended stays ended when the clock is set back
+        #: (and, unlike the read time, no peer's timestamp moves it).
+        self._latest = 0
         self._entropy = entropy
         self.difficulty = difficulty
         self._pending: OrderedDict[bytes, int] = OrderedDict()
@@ -239,6 +243,13 @@ class Sessions:
         #: Totals since the open (for stats and tests).
         self.opened = 0
         self.refused = 0
+
+    def _now(self) -> int:
+        """The latest clock reading (see ``_latest``)."""
+        now = self._clock()
+        if now > self._latest:
+            self._latest = now
+        return self._latest
 
     def challenge(self) -> Challenge:
         """A fresh challenge, bound to this database's node identity."""

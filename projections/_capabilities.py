@@ -242,6 +242,8 @@ class Evaluator:
         self._attenuates: dict[tuple[bytes, bytes], bool] = {}
         self._may_revoke: dict[Revocation, bool] = {}
         self._revoking: set[Revocation] = set()
+        #: How many times a revocation's authority was found to hang on itself.
+        self._cycles = 0
         self._globs: dict[str, Glob] = {}
         self._steps = 0
 
@@ -272,13 +274,19 @@ class Evaluator:
         if known is not None:
             return known
         if revocation in self._revoking:
+            self._cycles += 1
             return True  # a revocation whose authority hangs on itself: it counts
+        cycles = self._cycles
         self._revoking.add(revocation)
         try:
             known = self._entitled(revocation, grant)
         finally:
             self._revoking.discard(revocation)
-        self._may_revoke[revocation] = known
+        if self._cycles == cycles:
+            # Remembered only if no cycle was met on the way: an answer inside a cycle
+            # depends on where the question entered it, and a later question must get
+            # the answer a fresh evaluator gives (every node, whatever it asked before).
+            self._may_revoke[revocation] = known
         return known
 
     def _entitled(self, revocation: Revocation, grant: Grant) -> bool:

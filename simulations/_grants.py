@@ -366,7 +366,7 @@ class Grants:
         handle = db.as_identity(who.public)
         grants, revocations = self._facts(node, db)
         roots = db._authority.roots
-        at = db._writer.now()  # the handle's clock reading, with no yield in between
+        at = db._writer.read_time()  # what the handle judges by, with no yield between
         try:
             if action == READ:
                 await handle.history(NAMESPACE, key, latest=1)
