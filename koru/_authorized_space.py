@@ -14,8 +14,8 @@ what each call needs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from koru.events import (
@@ -39,7 +39,7 @@ from ._sessions import Session
 from ._space import DEFAULT, Space
 from ._subscriptions import DEFAULT_BUFFER, KeyChange, Subscription
 from ._types import Expiring, Version, Versioned
-from ._viewing import ViewInfo
+from ._viewing import VIEW_GUARD, ViewInfo
 from ._workspace import Workspace
 
 if TYPE_CHECKING:
@@ -396,7 +396,25 @@ class AuthorizedSpace:
         held = await self._view_namespace(name)
         if held is not None:  # replacing a view is administering its namespace too
             self._allow_namespace(ADMIN, held)
-        await self._target.create_view(name, namespace, query)
+        with self._guarding_views():
+            await self._target.create_view(name, namespace, query)
+
+    @contextmanager
+    def _guarding_views(self) -> Iterator[None]:
+        """Within: a view call checks the namespace of the view it replaces, drops or
+        recomputes right before it does (see VIEW_GUARD): the view may have been
+        replaced while the call yielded, after this handle's own check."""
+
+        def guard(stored: str) -> None:
+            if not whole(self._scopes(), ADMIN, stored):
+                outward = self._space.outward(stored)
+                raise self._denied(ADMIN, stored if outward is None else outward, EVERYTHING)
+
+        token = VIEW_GUARD.set(guard)
+        try:
+            yield
+        finally:
+            VIEW_GUARD.reset(token)
 
     def _view_namespace_now(self, name: str) -> str | None:
         """:meth:`_view_namespace`, without awaiting (what a read just answered)."""
@@ -421,7 +439,8 @@ class AuthorizedSpace:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(ADMIN, held)
-        await self._target.refresh_view(name)
+        with self._guarding_views():
+            await self._target.refresh_view(name)
 
     async def list_views(self) -> list[ViewInfo]:
         return [v for v in await self._target.list_views() if self._whole(READ, v.namespace)]
@@ -430,7 +449,8 @@ class AuthorizedSpace:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(ADMIN, held)
-        await self._target.delete_view(name)
+        with self._guarding_views():
+            await self._target.delete_view(name)
 
     @asynccontextmanager
     async def subscribe(

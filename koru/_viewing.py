@@ -11,6 +11,7 @@ maintained accumulators' results.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from koru.events import InvalidQueryError, NotFoundError, ViewEvent, check_name, encode_value
@@ -24,7 +25,20 @@ from ._reader import ValueReader
 from ._space import DEFAULT, Space
 from ._writer import Writer
 
-__all__ = ["ViewInfo", "Viewing"]
+__all__ = ["VIEW_GUARD", "ViewInfo", "Viewing"]
+
+#: Set by an authorized handle around its view calls (per task): called with the stored
+#: namespace of the view a call is about to replace, drop or recompute, right before it
+#: does, with no await between. Why: the handle checked that namespace before the call,
+#: and the call may yield first; meanwhile another task could replace the view by one
+#: over a namespace the identity may not administer (h-auth2).
+VIEW_GUARD: ContextVar[Callable[[str], None] | None] = ContextVar("koru_view_guard", default=None)
+
+
+def _guard(namespace: str) -> None:
+    guard = VIEW_GUARD.get()
+    if guard is not None:
+        guard(namespace)
 
 
 class ViewInfo(NamedTuple):
@@ -65,6 +79,9 @@ class Viewing:
         check_name(name, "view")
         check_name(namespace, "namespace")
         data = encode_value(as_query(query).to_data())
+        replaced = self.views.by_name.get(name)
+        if replaced is not None:
+            _guard(replaced.namespace)
         self.writer.emit("perspective", lambda h: ViewEvent(*h, "create", name, namespace, data))
         view = self.views.by_name[name]
         self.fill(view)
@@ -72,10 +89,13 @@ class Viewing:
     def delete(self, name: str, space: Space = DEFAULT) -> None:
         self._get(name, space)
         namespace = self.views.by_name[name].namespace
+        _guard(namespace)
         self.writer.emit("perspective", lambda h: ViewEvent(*h, "drop", name, namespace, None))
 
     def refresh(self, name: str, space: Space = DEFAULT) -> None:
-        self.fill(self._get(name, space))
+        view = self._get(name, space)
+        _guard(view.namespace)
+        self.fill(view)
 
     def listing(self, space: Space = DEFAULT) -> list[ViewInfo]:
         """The views of ``space``, by name, named as its callers name them."""

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -146,18 +145,15 @@ async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
         assert [r.key for r in rows] != ["s"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the database's delete_view yields before it deletes, after the "
-    "handle checked; the check would have to run inside the database's operation",
-)
-async def test_a_view_replaced_while_its_deleter_yields_is_not_deleted_unchecked(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("call", ["delete", "replace", "refresh"])
+async def test_a_view_replaced_while_its_administrator_yields_is_not_touched_unchecked(
+    monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
-    """Attack (a race, as for ``view``): an identity with admin on ``public`` deletes
-    view ``v`` over it; the database's operation yields first, and meanwhile an admin
-    replaced ``v`` by a view over ``secret``. What must hold: a view over ``secret``
-    is never deleted by someone who may not administer ``secret``."""
+    """Attack (a race, as for ``view``): an identity with admin on ``public`` deletes,
+    replaces or refreshes view ``v`` over it; the database's operation yields first,
+    and meanwhile an admin replaced ``v`` by a view over ``secret``. What must hold: a
+    view over ``secret`` is never deleted, replaced or recomputed by someone who may
+    not administer ``secret``: the call is refused, the view stays as it is."""
     bob = person(2)
     async with db_open() as db:
         await db.register(bob)
@@ -175,10 +171,15 @@ async def test_a_view_replaced_while_its_deleter_yields_is_not_deleted_unchecked
             await db.create_view("v", "secret", {})  # another task, at this yield
 
         monkeypatch.setattr(life, "pause", replaced_meanwhile)
-        db._life._ops = 62  # the handle's list_views is the 63rd; the delete the 64th
-        with contextlib.suppress(koru.PermissionDeniedError):
-            await as_bob.delete_view("v")
-        assert [v.namespace for v in await db.list_views()] == ["secret"]
+        db._life._ops = 62  # the handle's list_views is the 63rd; the call the 64th
+        with pytest.raises(koru.PermissionDeniedError):
+            if call == "delete":
+                await as_bob.delete_view("v")
+            elif call == "replace":
+                await as_bob.create_view("v", "public", {"limit": 1})
+            else:
+                await as_bob.refresh_view("v")
+        assert [(v.namespace, v.query) for v in await db.list_views()] == [("secret", {})]
 
 
 # -- statements from peers -----------------------------------------------------------------------
