@@ -43,8 +43,9 @@ from koru.events import InvalidQueryError
 
 from ._filters import MAX_DEPTH as _MAX_DEPTH
 from ._filters import MAX_LEAVES as _MAX_LEAVES
-from ._filters import And, Filter, Not, Or, filter_from_data
+from ._filters import And, Filter, Matches, Not, Or, filter_from_data
 from ._paths import check_path
+from ._regex import MAX_STATES
 
 __all__ = ["AGGREGATES", "MAX_FIELDS", "Group", "Query", "Row"]
 
@@ -79,7 +80,7 @@ def check_filter(f: Any, field: str) -> Filter:
     if not isinstance(f, Filter):
         raise InvalidQueryError(field, f"must be a filter (built with F), not {f!r}")
     stack: list[tuple[Filter, int]] = [(f, 0)]
-    leaves = 0
+    leaves = states = 0
     while stack:
         node, depth = stack.pop()
         if depth > _MAX_DEPTH:
@@ -92,6 +93,14 @@ def check_filter(f: Any, field: str) -> Filter:
             leaves += 1
             if leaves > _MAX_LEAVES:
                 raise InvalidQueryError(field, f"at most {_MAX_LEAVES} conditions")
+            if isinstance(node, Matches):
+                states += node.pattern.size
+                if states > MAX_STATES:
+                    raise InvalidQueryError(
+                        field,
+                        f"the filter's patterns expand to over {MAX_STATES} automaton "
+                        "states in all",
+                    )
     return f
 
 

@@ -16,7 +16,10 @@ is not None``: single-character tests are delegated to :mod:`re` itself (case fo
 Refused (with :class:`~koru.InvalidQueryError`), because no automaton can answer them
 or they exist only to steer a backtracking engine: backreferences, lookahead and
 lookbehind, conditional groups, atomic groups and possessive quantifiers. Patterns are
-limited to 1,000 characters and 20,000 automaton states (``a{1000}{1000}`` is refused).
+limited to 1,000 characters and 20,000 automaton states (``a{1000}{1000}`` is refused),
+and so are the patterns of one filter together: each state costs time to build
+and memory to hold, so a remote client's filter of many patterns must not stall the
+database (100 patterns of 20,000 states each took 7 s, 10,000 would take the memory).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ except ImportError:  # pragma: no cover - older Pythons are not supported
 
 #: Longest pattern accepted, in characters.
 MAX_PATTERN = 1000
-#: Most automaton states a pattern may expand to (counted repeats multiply).
+#: Most automaton states a pattern, and the patterns of one filter together, may expand
+#: to (counted repeats multiply).
 MAX_STATES = 20_000
 #: Cached DFA states before the cache is dropped and rebuilt (memory stays bounded;
 #: each character still costs at most one closure).
@@ -101,7 +105,8 @@ def _atom_source(op: Any, av: Any) -> str:
 class _Builder:
     """Thompson construction from re's parse tree, continuation style (right to left)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_STATES) -> None:
+        self.limit = limit
         self.kind: list[int] = []
         self.arg: list[Any] = []
         self.out: list[list[int]] = []
@@ -109,7 +114,7 @@ class _Builder:
         self._atom_ids: dict[tuple[str, int], int] = {}
 
     def state(self, kind: int, arg: Any, out: list[int]) -> int:
-        if len(self.kind) >= MAX_STATES:
+        if len(self.kind) >= self.limit:
             raise _TooLarge
         self.kind.append(kind)
         self.arg.append(arg)
@@ -218,10 +223,12 @@ class Pattern:
     """A compiled, linear-time ``matches`` pattern: ``pattern.search(text)`` is
     ``re.search(source, text) is not None``."""
 
-    __slots__ = ("_accept", "_b", "_cache", "_start", "_start_state", "source")
+    __slots__ = ("_accept", "_b", "_cache", "_start", "_start_state", "size", "source")
 
     def __init__(self, source: str, builder: _Builder, start: int) -> None:
         self.source = source
+        #: How many automaton states the pattern expanded to.
+        self.size = len(builder.kind)
         self._b = builder
         self._start = start
         self._accept = _State(frozenset(), 0)  # absorbing: a match was found
@@ -299,12 +306,13 @@ class Pattern:
         return state.done
 
 
-def compile_pattern(source: Any, field: str) -> Pattern:
-    """Check and compile a ``matches`` pattern.
+def compile_pattern(source: Any, field: str, budget: int = MAX_STATES) -> Pattern:
+    """Check and compile a ``matches`` pattern, of at most ``budget`` automaton states
+    (what the filter's other patterns left of ``MAX_STATES``).
 
     Raises:
         InvalidQueryError: not a str, too long, not a valid Python regular expression,
-            or one of the refused constructs (named).
+            one of the refused constructs (named), or over the budget.
     """
     if type(source) is not str:
         raise InvalidQueryError(field, f"a pattern must be a str, not {type(source).__name__}")
@@ -320,7 +328,7 @@ def compile_pattern(source: Any, field: str) -> Pattern:
     flags = tree.state.flags
     if flags & re.LOCALE:  # pragma: no cover - re refuses LOCALE for str patterns
         raise InvalidQueryError(field, "the LOCALE flag is not supported")
-    builder = _Builder()
+    builder = _Builder(min(budget, MAX_STATES))
     try:
         match = builder.state(_MATCH, None, [])
         start = builder.seq(tree, flags, match)
@@ -329,6 +337,11 @@ def compile_pattern(source: Any, field: str) -> Pattern:
             field, f"{exc} are not supported (they need a backtracking engine)"
         ) from None
     except _TooLarge:
+        if budget < MAX_STATES:
+            raise InvalidQueryError(
+                field,
+                f"the filter's patterns expand to over {MAX_STATES} automaton states in all",
+            ) from None
         raise InvalidQueryError(
             field, f"the pattern expands to over {MAX_STATES} automaton states"
         ) from None

@@ -5,10 +5,12 @@ typed error, quickly: never a traceback, a hang or an exhausted memory."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from koru import F, InvalidQueryError, Query
 from koru._cli import main
 
 
@@ -36,3 +38,25 @@ def test_a_where_nested_past_the_recursion_limit_exits_2(
         assert code == 2, err
         assert err.startswith("kdelta: ") and err.count("\n") == 1, err
         assert "Traceback" not in err
+
+
+def test_a_filter_of_many_large_patterns_is_refused_quickly() -> None:
+    """Attack: a query's data form (what a remote client sends, what a peer's view
+    definition carries, folded again at every replay) with 10,000 ``matches``
+    conditions, each a different pattern just under the per-pattern limit of 20,000
+    automaton states. Each was compiled in turn: 100 of them took 7 s, 10,000 would
+    take 10 minutes and gigabytes. Must hold: the patterns of one filter share the
+    budget, so the query is refused (InvalidQueryError naming the condition) within a
+    fraction of a second, from the data form and from Python alike; a filter of many
+    small patterns still compiles."""
+    big = [["matches", "a", f"(?:a{{100}}){{{199 - i % 50}}}b"] for i in range(10_000)]
+    began = time.perf_counter()
+    with pytest.raises(InvalidQueryError, match="in all") as caught:
+        Query.from_data({"where": ["or", *big]})
+    assert time.perf_counter() - began < 1.0
+    assert caught.value.field == "where[2][2]"
+    one = F("a").matches("(?:a{100}){199}b")
+    with pytest.raises(InvalidQueryError, match="in all"):
+        Query().where(one | F("a").matches("(?:a{100}){198}b"))
+    small = Query.from_data({"where": ["or", *[["matches", "a", f"^x{i}$"] for i in range(2000)]]})
+    assert small.to_data()["where"][1] == ["matches", "a", "^x0$"]
