@@ -68,6 +68,11 @@ class Group(NamedTuple):
     value: Any
 
 
+def _known(op: Any) -> bool:
+    """Whether ``op`` names an aggregation (whatever its type: it may be a list)."""
+    return type(op) is str and op in AGGREGATES
+
+
 def _count(value: Any, field: str) -> int:
     if type(value) is not int or value < 0:
         raise InvalidQueryError(field, f"must be a non-negative int, not {value!r}")
@@ -278,8 +283,11 @@ class Query:
         the database checks this before running one, :meth:`from_data` when reading.
 
         Raises:
-            InvalidQueryError: naming the part that has no meaning with the others.
+            InvalidQueryError: naming the part that is malformed (a query built by
+                calling ``Query(...)`` rather than its methods is checked here) or has no
+                meaning with the others.
         """
+        self._check_parts()
         if self.aggregate is not None:
             if self.fields is not None:
                 raise InvalidQueryError("select", "an aggregation returns no rows to select from")
@@ -295,6 +303,41 @@ class Query:
         elif self.group is not None and (self.fields is not None or self.order):
             raise InvalidQueryError("group_by", "group_by returns groups, not rows")
         return self
+
+    def _check_parts(self) -> None:
+        """Each part as its building method would have checked it: the attributes are
+        public, and ``Query(skip=-5)`` answered the last five rows, ``Query(filter=f)``
+        with ``f`` nested 100,000 deep raised RecursionError."""
+        if self.filter is not None:
+            check_filter(self.filter, "where")
+        if self.fields is not None:
+            if type(self.fields) is not tuple:
+                raise InvalidQueryError("select", f"must be a tuple of paths, not {self.fields!r}")
+            _check_count(self.fields, "select")
+            for i, p in enumerate(self.fields):
+                check_path(p, f"select[{i}]")
+        if type(self.order) is not tuple:
+            raise InvalidQueryError("order_by", f"must be a tuple, not {self.order!r}")
+        _check_count(self.order, "order_by")
+        for i, spec in enumerate(self.order):
+            if type(spec) is not tuple or len(spec) != 2 or type(spec[1]) is not bool:
+                raise InvalidQueryError(
+                    f"order_by[{i}]", f"must be (path, descending), not {spec!r}"
+                )
+            check_path(spec[0], f"order_by[{i}]")
+        _count(self.skip, "offset")
+        if self.take is not None:
+            _count(self.take, "limit")
+        if self.aggregate is not None:
+            agg = self.aggregate
+            if type(agg) is not tuple or len(agg) != 2 or not _known(agg[0]):
+                raise InvalidQueryError("aggregate", f"must be (op, path or None), not {agg!r}")
+            if agg[1] is not None:
+                check_path(agg[1], "aggregate[1]")
+            elif AGGREGATES[agg[0]]:
+                raise InvalidQueryError("aggregate", f"{agg[0]} needs a path")
+        if self.group is not None:
+            check_path(self.group, "group_by")
 
     # -- introspection -----------------------------------------------------------------
 

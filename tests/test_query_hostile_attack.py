@@ -60,3 +60,63 @@ def test_a_filter_of_many_large_patterns_is_refused_quickly() -> None:
         Query().where(one | F("a").matches("(?:a{100}){198}b"))
     small = Query.from_data({"where": ["or", *[["matches", "a", f"^x{i}$"] for i in range(2000)]]})
     assert small.to_data()["where"][1] == ["matches", "a", "^x0$"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (Query(filter=None, skip=-5), "offset"),
+        (Query(take=-1), "limit"),
+        (Query(skip=True), "offset"),
+        (Query(filter="nonsense"), "where"),  # type: ignore[arg-type]
+        (Query(fields=("a..b",)), "select[0]"),
+        (Query(fields=["a"]), "select"),  # type: ignore[arg-type]
+        (Query(order=(("a", 3),)), "order_by[0]"),  # type: ignore[arg-type]
+        (Query(order=(("", False),)), "order_by[0]"),
+        (Query(aggregate=("bogus", None)), "aggregate"),
+        (Query(aggregate=(["sum"], "a")), "aggregate"),  # type: ignore[arg-type]
+        (Query(aggregate=("sum", None)), "aggregate"),
+        (Query(group=""), "group_by"),
+    ],
+)
+async def test_a_query_built_by_its_constructor_is_checked_like_one_built_by_methods(
+    query: Query, field: str
+) -> None:
+    """Attack: ``Query(...)`` called directly with the parts its building methods
+    refuse (its attributes are public). ``Query(skip=-5)`` answered the last five
+    rows, ``Query(take=-1)`` all rows but the last, a bogus aggregation raised
+    AssertionError, a filter that is no filter AttributeError. Must hold: the
+    database refuses it with InvalidQueryError naming the part, for a query, a view
+    and an explanation alike, and writes nothing."""
+    import koru
+
+    async with koru.open(":memory:") as db:
+        for i in range(8):
+            await db.put("u", f"k{i}", {"a": i})
+        for call in (
+            lambda: db.query("u", query),
+            lambda: db.create_view("v", "u", query),
+            lambda: db.explain("u", query),
+        ):
+            with pytest.raises(InvalidQueryError) as caught:
+                await call()
+            assert caught.value.field == field
+        assert await db.list_views() == []
+
+
+async def test_a_filter_nested_100000_deep_in_the_constructor_is_refused() -> None:
+    """Attack: ``Query(filter=f)`` with ``f`` built by applying ``~`` 100,000 times
+    (``where`` refuses it, the constructor did not check). The predicate compiler
+    recursed: RecursionError from db.query and create_view. Must hold:
+    InvalidQueryError, quickly."""
+    import koru
+
+    f = F("a") == 1
+    for _ in range(100_000):
+        f = ~f
+    async with koru.open(":memory:") as db:
+        await db.put("u", "k", {"a": 1})
+        with pytest.raises(InvalidQueryError, match="deeper"):
+            await db.query("u", Query(filter=f))
+        with pytest.raises(InvalidQueryError, match="deeper"):
+            await db.create_view("v", "u", Query(filter=f))
