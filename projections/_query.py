@@ -269,7 +269,7 @@ class Query:
             q = q.limit(_count(limit, "limit"))  # null is the default: leave it out
         if "aggregate" in data:
             agg = data["aggregate"]
-            if type(agg) is not list or not 1 <= len(agg) <= 2 or agg[0] not in AGGREGATES:
+            if type(agg) is not list or not 1 <= len(agg) <= 2 or not _known(agg[0]):
                 raise InvalidQueryError(
                     "aggregate", f"must be [op] or [op, path] with op in {list(AGGREGATES)}"
                 )

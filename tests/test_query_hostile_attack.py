@@ -120,3 +120,13 @@ async def test_a_filter_nested_100000_deep_in_the_constructor_is_refused() -> No
             await db.query("u", Query(filter=f))
         with pytest.raises(InvalidQueryError, match="deeper"):
             await db.create_view("v", "u", Query(filter=f))
+
+
+def test_an_aggregation_named_by_a_list_in_the_data_form_is_refused() -> None:
+    """Attack: the data form ``{"aggregate": [["sum"], "a"]}`` (what a remote client
+    or a peer's view definition may carry): the check ``op in AGGREGATES`` hashed a
+    list and raised TypeError. Must hold: InvalidQueryError naming ``aggregate``."""
+    for op in (["sum"], {"op": "sum"}):
+        with pytest.raises(InvalidQueryError) as caught:
+            Query.from_data({"aggregate": [op, "a"]})
+        assert caught.value.field == "aggregate"
