@@ -130,3 +130,24 @@ def test_an_aggregation_named_by_a_list_in_the_data_form_is_refused() -> None:
         with pytest.raises(InvalidQueryError) as caught:
             Query.from_data({"aggregate": [op, "a"]})
         assert caught.value.field == "aggregate"
+
+
+async def test_a_grouped_sum_over_non_numbers_names_the_same_key_in_a_view_and_a_scan() -> None:
+    """Attack: a ``group_by`` sum where two groups hold non-numbers, the group met
+    first (by key) holding only a later bad key. The scan raised naming the first
+    group's bad key, a view the bad key of the group that arrived first in its
+    history: the same query, two different errors, depending on write order. Must
+    hold: both name the least bad key of all (as an ungrouped sum does)."""
+    import koru
+
+    q = Query().group_by("g").sum("a")
+    async with koru.open(":memory:") as db:
+        await db.create_view("v", "u", q)
+        await db.put("u", "k9", {"g": "late", "a": "nine"})
+        await db.put("u", "k0", {"g": "early", "a": 1})
+        await db.put("u", "k5", {"g": "early", "a": "five"})
+        await db.put("u", "k1", {"g": "late", "a": 1})
+        await db.put("u", "k3", {"g": "late", "a": [3]})
+        for read in (lambda: db.query("u", q), lambda: db.view("v")):
+            with pytest.raises(InvalidQueryError, match="key 'k3' holds list"):
+                await read()
