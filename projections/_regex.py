@@ -318,6 +318,13 @@ def compile_pattern(source: Any, field: str, budget: int = MAX_STATES) -> Patter
         raise InvalidQueryError(field, f"a pattern must be a str, not {type(source).__name__}")
     if len(source) > MAX_PATTERN:
         raise InvalidQueryError(field, f"a pattern must be at most {MAX_PATTERN} characters")
+    if not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:  # a view or a remote client could not carry it
+            raise InvalidQueryError(
+                field, "a pattern must be valid Unicode text (a lone surrogate is not)"
+            ) from None
     try:
         re.compile(source)
         tree = _p.parse(source, 0)

@@ -177,3 +177,33 @@ def test_a_short_pattern_cannot_make_each_character_cost_a_millisecond() -> None
     began = time.perf_counter()
     assert pattern.search(text) is False
     assert (time.perf_counter() - began) / len(text) < 20e-6
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Query().where(F("a.\ud800") == 1),
+        lambda: Query().where(F("a").matches("x\udc00")),
+        lambda: Query().order_by("\ud800"),
+        lambda: Query().group_by("\ud800").count(),
+        lambda: Query().select("b", "\udfff"),
+        lambda: Query.from_data({"where": ["exists", "\ud800", True]}),
+    ],
+)
+async def test_a_path_or_pattern_with_a_lone_surrogate_is_refused_as_a_bad_query(
+    build: object,
+) -> None:
+    """Attack: a path or a ``matches`` pattern holding a lone surrogate (what
+    ``json.loads('"\\\\ud800"')`` gives). Paths were checked with ``surrogatepass``:
+    db.query accepted them, create_view then failed with InvalidDataError when
+    encoding the definition, and create_index with a raw UnicodeEncodeError. Must
+    hold: InvalidQueryError where the query is built; create_index refuses such a
+    path with InvalidQueryError too, and nothing is written."""
+    import koru
+
+    with pytest.raises(InvalidQueryError, match="surrogate"):
+        build()  # type: ignore[operator]
+    async with koru.open(":memory:") as db:
+        with pytest.raises(InvalidQueryError, match="surrogate"):
+            await db.create_index("u", "a.\ud800")
+        assert await db.list_indexes() == []
