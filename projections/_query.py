@@ -73,9 +73,16 @@ def _known(op: Any) -> bool:
     return type(op) is str and op in AGGREGATES
 
 
+#: The largest offset or limit: what a query's data form can carry (a view's definition
+#: is stored, and CBOR ints stop at 64 bits), far beyond any namespace.
+_MAX_COUNT = 2**64 - 1
+
+
 def _count(value: Any, field: str) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidQueryError(field, f"must be a non-negative int, not {value!r}")
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        raise InvalidQueryError(
+            field, f"must be a non-negative int of at most 64 bits, not {value!r}"
+        )
     return value
 
 

@@ -207,3 +207,30 @@ async def test_a_path_or_pattern_with_a_lone_surrogate_is_refused_as_a_bad_query
         with pytest.raises(InvalidQueryError, match="surrogate"):
             await db.create_index("u", "a.\ud800")
         assert await db.list_indexes() == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Query().offset(2**64),
+        lambda: Query().limit(2**70),
+        lambda: Query().group_by("a").limit(10**30),
+        lambda: Query.from_data({"offset": 2**64}),
+    ],
+)
+async def test_an_offset_or_limit_past_64_bits_is_refused_as_a_bad_query(build: object) -> None:
+    """Attack: ``limit(2**70)`` (or ``--limit 1000000000000000000000000`` on the
+    command line). db.query took it, create_view then failed with InvalidDataError
+    (a CBOR int stops at 64 bits), so a query and a view of it disagreed about what is
+    a valid query. Must hold: InvalidQueryError naming offset or limit where it is
+    built; 2**64 - 1 itself is taken and pages as no limit would."""
+    import koru
+
+    with pytest.raises(InvalidQueryError, match="64 bits") as caught:
+        build()  # type: ignore[operator]
+    assert caught.value.field in ("offset", "limit")
+    async with koru.open(":memory:") as db:
+        await db.put("u", "a", {"a": 1})
+        q = Query().limit(2**64 - 1)
+        await db.create_view("v", "u", q)
+        assert await db.view("v") == await db.query("u", q) == [koru.Row("a", {"a": 1})]
