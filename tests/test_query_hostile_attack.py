@@ -234,3 +234,27 @@ async def test_an_offset_or_limit_past_64_bits_is_refused_as_a_bad_query(build: 
         q = Query().limit(2**64 - 1)
         await db.create_view("v", "u", q)
         assert await db.view("v") == await db.query("u", q) == [koru.Row("a", {"a": 1})]
+
+
+async def test_a_valid_query_too_deep_to_store_is_refused_as_a_view_with_a_query_error() -> None:
+    """Attack: create_view of queries db.query answers, whose data form nests deeper
+    than a stored value may (64 levels): a filter 63 levels deep, or an operand 63
+    levels deep. create_view raised InvalidDataError ("value nests deeper than 64
+    levels"), an error about a value the caller never wrote. Must hold:
+    InvalidQueryError naming the query and saying why, and no view."""
+    import koru
+
+    deep: object = 1
+    for _ in range(63):
+        deep = [deep]
+    f = F("a") == 1
+    for _ in range(63):
+        f = ~f
+    async with koru.open(":memory:") as db:
+        await db.put("u", "k", {"a": deep})
+        for q in (Query().where(F("a") == deep), Query().where(f)):
+            assert len(await db.query("u", q)) == 1
+            with pytest.raises(InvalidQueryError, match="view definition") as caught:
+                await db.create_view("v", "u", q)
+            assert caught.value.field == "query"
+        assert await db.list_views() == []
