@@ -155,7 +155,12 @@ class _Builder:
                 for _ in range(high - low):
                     entry = self.state(_SPLIT, None, [self.seq(body, flags, entry), nxt])
             for _ in range(low):
+                before = len(self.kind)
                 entry = self.seq(body, flags, entry)
+                if len(self.kind) == before:
+                    # An empty body adds no state, so the limit never stopped
+                    # "(?:){4294967294}" (four billion turns); repeating it is nothing.
+                    break
             return entry
         what = _UNSUPPORTED.get(op)
         if what is None:  # pragma: no cover - every opcode the parser emits is handled

@@ -258,3 +258,29 @@ async def test_a_valid_query_too_deep_to_store_is_refused_as_a_view_with_a_query
                 await db.create_view("v", "u", q)
             assert caught.value.field == "query"
         assert await db.list_views() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "text", "found"),
+    [
+        ("(?:){4294967294}", "", True),
+        ("x(?:){4294967294}y", "axyb", True),
+        ("x(?:(?:){0}){4294967294}y", "x y", False),
+        ("(?:(?:){65535}){65535}z", "z", True),
+    ],
+)
+def test_a_huge_count_of_an_empty_group_compiles_at_once(
+    source: str, text: str, found: bool
+) -> None:
+    """Attack: ``(?:){4294967294}``, 17 characters: a counted repeat of a body that
+    adds no automaton state, so the 20,000-state limit never stopped the four
+    billion turns of the construction loop (a million took 0.5 s: this one, over
+    half an hour on the event loop). Must hold: compiled at once, and the answer
+    is that of the pattern without the empty repeat (re.search itself spins on
+    these, so it is not asked)."""
+    from koru.projections._regex import compile_pattern
+
+    began = time.perf_counter()
+    pattern = compile_pattern(source, "p")
+    assert time.perf_counter() - began < 0.5
+    assert pattern.search(text) is found
