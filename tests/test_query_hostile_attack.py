@@ -284,3 +284,28 @@ def test_a_huge_count_of_an_empty_group_compiles_at_once(
     pattern = compile_pattern(source, "p")
     assert time.perf_counter() - began < 0.5
     assert pattern.search(text) is found
+
+
+def test_case_insensitive_wide_ranges_count_against_the_budget() -> None:
+    """Attack: patterns made of case-insensitive classes over wide ranges, each
+    different (``(?i)[\\u0101-\\uffff][\\u0102-\\uffff]...``): one automaton state
+    each, but re folds every code point of every range when compiling (the pattern,
+    then each atom), about 14 ms a class. 20 such patterns of 60 classes took 17 s,
+    and the state budget let 300 of them through (over 4 minutes, for a remote query
+    or a peer's view definition at every replay). Must hold: the folded code points
+    count against the filter's budget (256 to a state), so such a filter is refused
+    within about a second; a single (?i) class over all of Unicode still compiles."""
+    from koru.projections._regex import compile_pattern
+
+    start = 0x100
+
+    def pattern() -> str:
+        nonlocal start
+        start += 60
+        return "(?i)" + "".join(f"[\\u{start + i:04x}-\\uffff]" for i in range(60))
+
+    began = time.perf_counter()
+    with pytest.raises(InvalidQueryError, match="case-insensitive"):
+        Query.from_data({"where": ["or", *[["matches", "a", pattern()] for _ in range(20)]]})
+    assert time.perf_counter() - began < 2.0
+    assert compile_pattern("(?i)[\\x00-\\U0010ffff]", "p").search("K")
