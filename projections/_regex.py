@@ -48,6 +48,10 @@ FOLDS_PER_STATE = 256
 #: Cached DFA states before the cache is dropped and rebuilt (memory stays bounded;
 #: each character still costs at most one closure).
 MAX_DFA_STATES = 4_000
+#: Automaton states held by the cached DFA states together before the cache is dropped:
+#: each DFA state holds a set of them, up to 20,000, so a count of DFA states alone let
+#: "a{1,9990}b" over 4,000 a's keep 330 MB (for as long as the query or view lives).
+MAX_DFA_ENTRIES = 250_000
 
 _CHAR, _SPLIT, _ASSERT, _MATCH = 0, 1, 2, 3
 
@@ -258,7 +262,16 @@ class Pattern:
     """A compiled, linear-time ``matches`` pattern: ``pattern.search(text)`` is
     ``re.search(source, text) is not None``."""
 
-    __slots__ = ("_accept", "_b", "_cache", "_start", "_start_state", "size", "source")
+    __slots__ = (
+        "_accept",
+        "_b",
+        "_cache",
+        "_entries",
+        "_start",
+        "_start_state",
+        "size",
+        "source",
+    )
 
     def __init__(self, source: str, builder: _Builder, start: int) -> None:
         self.source = source
@@ -268,18 +281,21 @@ class Pattern:
         self._start = start
         self._accept = _State(frozenset(), 0)  # absorbing: a match was found
         self._cache: dict[tuple[frozenset[int], int], _State] = {}
+        self._entries = 0  # automaton states held by the cached DFA states
         self._start_state = self._intern(frozenset((start,)), _START)
 
     def _intern(self, states: frozenset[int], prev: int) -> _State:
         key = (states, prev)
         found = self._cache.get(key)
         if found is None:
-            if len(self._cache) >= MAX_DFA_STATES:
+            if len(self._cache) >= MAX_DFA_STATES or self._entries >= MAX_DFA_ENTRIES:
                 # Drop the transitions too, so the old states can be freed.
                 for old in self._cache.values():
                     old.next.clear()
                 self._cache.clear()
+                self._entries = 0
             found = self._cache[key] = _State(states, prev)
+            self._entries += len(states)
         return found
 
     def _closure(self, states: frozenset[int], prev: int, nxt: int, final_nl: bool) -> list[int]:

@@ -309,3 +309,19 @@ def test_case_insensitive_wide_ranges_count_against_the_budget() -> None:
         Query.from_data({"where": ["or", *[["matches", "a", pattern()] for _ in range(20)]]})
     assert time.perf_counter() - began < 2.0
     assert compile_pattern("(?i)[\\x00-\\U0010ffff]", "p").search("K")
+
+
+def test_the_transition_cache_holds_a_bounded_number_of_automaton_states() -> None:
+    """Attack: ``a{1,9990}b`` (10 characters) over 4,000 a's: every character makes
+    a new DFA state holding one more automaton state, and the cache bounded only the
+    count of DFA states (4,000), not their sizes: 330 MB kept for as long as the
+    pattern lives (a view's, or one of the 256 compiled queries the engine keeps).
+    Must hold: the cached DFA states hold at most 250,000 automaton states together,
+    and the answer is unchanged."""
+    from koru.projections._regex import compile_pattern
+
+    pattern = compile_pattern("a{1,2000}b", "p")
+    assert pattern.search("a" * 1500) is False
+    held = sum(len(state.states) for state in pattern._cache.values())
+    assert held <= 250_000 + 2001
+    assert pattern.search("a" * 1500 + "b") is True
