@@ -14,7 +14,14 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
-from koru.events import InvalidQueryError, NotFoundError, ViewEvent, check_name, encode_value
+from koru.events import (
+    InvalidDataError,
+    InvalidQueryError,
+    NotFoundError,
+    ViewEvent,
+    check_name,
+    encode_value,
+)
 from koru.projections import KvState
 from koru.projections._query import Group, Row, as_query
 from koru.projections._rows import select_fields
@@ -78,7 +85,13 @@ class Viewing:
     def create(self, name: str, namespace: str, query: Any) -> None:
         check_name(name, "view")
         check_name(namespace, "namespace")
-        data = encode_value(as_query(query).to_data())
+        q = as_query(query)
+        try:
+            data = encode_value(q.to_data())
+        except InvalidDataError as exc:  # a valid query the log cannot hold as a value
+            raise InvalidQueryError(
+                "query", f"cannot be stored as a view definition: {exc}"
+            ) from None
         replaced = self.views.by_name.get(name)
         if replaced is not None:
             _guard(replaced.namespace)

@@ -39,7 +39,7 @@ import attrs
 from koru.events import InvalidDataError, InvalidQueryError, encode_value
 
 from ._paths import check_path
-from ._regex import Pattern, compile_pattern
+from ._regex import MAX_STATES, Pattern, compile_pattern
 
 __all__ = [
     "COMPARISONS",
@@ -289,7 +289,7 @@ def filter_from_data(data: Any, field: str = "where") -> Filter:
     Raises:
         InvalidQueryError: anything but a well-formed filter, naming where in ``data``.
     """
-    leaves = [0]
+    leaves = [0, 0]  # conditions, automaton states of the patterns
     return _read(data, field, 0, leaves)
 
 
@@ -331,7 +331,9 @@ def _read(data: Any, field: str, depth: int, leaves: list[int]) -> Filter:
         if type(arg) is not bool:
             raise InvalidQueryError(where, f"exists takes true or false, not {arg!r}")
         return Exists(path, arg)
-    return Matches(path, compile_pattern(arg, where), arg)
+    pattern = compile_pattern(arg, where, MAX_STATES - leaves[1])
+    leaves[1] += pattern.size
+    return Matches(path, pattern, arg)
 
 
 _LEAVES = ("in", "contains", "exists", "matches")

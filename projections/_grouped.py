@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._accumulators import Equals, make_accumulator
+from ._accumulators import Equals, ExactSum, make_accumulator
 from ._order import MISSING, order_key
 from ._paths import get_path, split_path
 from ._predicate import Doc
@@ -102,8 +102,12 @@ class Grouped:
         group order, offset and limit applied."""
         if self._group_segs is None:
             return self.whole.result()
-        for _, acc, _ in self.groups.values():
-            acc.check()  # a bad value in any group, shown or not, is an error
+        # A bad value in any group, shown or not, is an error, named by the least bad
+        # key of all groups (not the first group's: the groups' order is their arrival
+        # order, which differs between a scan, a view and a peer).
+        bad = [acc for _, acc, _ in self.groups.values() if isinstance(acc, ExactSum) and acc.bad]
+        if bad:
+            min(bad, key=lambda acc: min(acc.bad)).check()
         keys = sorted(self.groups)
         q = self.query
         end = None if q.take is None else q.skip + q.take

@@ -27,7 +27,13 @@ def check_path(path: Any, field: str) -> str:
         raise InvalidQueryError(field, f"a path must be a str, not {type(path).__name__}")
     if not path:
         raise InvalidQueryError(field, "a path must not be empty")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:  # no stored key holds one, and no event can carry it
+        raise InvalidQueryError(
+            field, f"path {path!r} is not valid Unicode text (lone surrogate)"
+        ) from None
+    if size > MAX_NAME_BYTES:
         raise InvalidQueryError(field, f"a path must be at most {MAX_NAME_BYTES} bytes")
     segments = path.split(".")
     if "" in segments:

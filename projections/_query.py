@@ -43,8 +43,9 @@ from koru.events import InvalidQueryError
 
 from ._filters import MAX_DEPTH as _MAX_DEPTH
 from ._filters import MAX_LEAVES as _MAX_LEAVES
-from ._filters import And, Filter, Not, Or, filter_from_data
+from ._filters import And, Filter, Matches, Not, Or, filter_from_data
 from ._paths import check_path
+from ._regex import MAX_STATES
 
 __all__ = ["AGGREGATES", "MAX_FIELDS", "Group", "Query", "Row"]
 
@@ -67,9 +68,21 @@ class Group(NamedTuple):
     value: Any
 
 
+def _known(op: Any) -> bool:
+    """Whether ``op`` names an aggregation (whatever its type: it may be a list)."""
+    return type(op) is str and op in AGGREGATES
+
+
+#: The largest offset or limit: what a query's data form can carry (a view's definition
+#: is stored, and CBOR ints stop at 64 bits), far beyond any namespace.
+_MAX_COUNT = 2**64 - 1
+
+
 def _count(value: Any, field: str) -> int:
-    if type(value) is not int or value < 0:
-        raise InvalidQueryError(field, f"must be a non-negative int, not {value!r}")
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        raise InvalidQueryError(
+            field, f"must be a non-negative int of at most 64 bits, not {value!r}"
+        )
     return value
 
 
@@ -79,7 +92,7 @@ def check_filter(f: Any, field: str) -> Filter:
     if not isinstance(f, Filter):
         raise InvalidQueryError(field, f"must be a filter (built with F), not {f!r}")
     stack: list[tuple[Filter, int]] = [(f, 0)]
-    leaves = 0
+    leaves = states = 0
     while stack:
         node, depth = stack.pop()
         if depth > _MAX_DEPTH:
@@ -92,6 +105,14 @@ def check_filter(f: Any, field: str) -> Filter:
             leaves += 1
             if leaves > _MAX_LEAVES:
                 raise InvalidQueryError(field, f"at most {_MAX_LEAVES} conditions")
+            if isinstance(node, Matches):
+                states += node.pattern.size
+                if states > MAX_STATES:
+                    raise InvalidQueryError(
+                        field,
+                        f"the filter's patterns expand to over {MAX_STATES} automaton "
+                        "states in all",
+                    )
     return f
 
 
@@ -255,7 +276,7 @@ class Query:
             q = q.limit(_count(limit, "limit"))  # null is the default: leave it out
         if "aggregate" in data:
             agg = data["aggregate"]
-            if type(agg) is not list or not 1 <= len(agg) <= 2 or agg[0] not in AGGREGATES:
+            if type(agg) is not list or not 1 <= len(agg) <= 2 or not _known(agg[0]):
                 raise InvalidQueryError(
                     "aggregate", f"must be [op] or [op, path] with op in {list(AGGREGATES)}"
                 )
@@ -269,8 +290,11 @@ class Query:
         the database checks this before running one, :meth:`from_data` when reading.
 
         Raises:
-            InvalidQueryError: naming the part that has no meaning with the others.
+            InvalidQueryError: naming the part that is malformed (a query built by
+                calling ``Query(...)`` rather than its methods is checked here) or has no
+                meaning with the others.
         """
+        self._check_parts()
         if self.aggregate is not None:
             if self.fields is not None:
                 raise InvalidQueryError("select", "an aggregation returns no rows to select from")
@@ -286,6 +310,41 @@ class Query:
         elif self.group is not None and (self.fields is not None or self.order):
             raise InvalidQueryError("group_by", "group_by returns groups, not rows")
         return self
+
+    def _check_parts(self) -> None:
+        """Each part as its building method would have checked it: the attributes are
+        public, and ``Query(skip=-5)`` answered the last five rows, ``Query(filter=f)``
+        with ``f`` nested 100,000 deep raised RecursionError."""
+        if self.filter is not None:
+            check_filter(self.filter, "where")
+        if self.fields is not None:
+            if type(self.fields) is not tuple:
+                raise InvalidQueryError("select", f"must be a tuple of paths, not {self.fields!r}")
+            _check_count(self.fields, "select")
+            for i, p in enumerate(self.fields):
+                check_path(p, f"select[{i}]")
+        if type(self.order) is not tuple:
+            raise InvalidQueryError("order_by", f"must be a tuple, not {self.order!r}")
+        _check_count(self.order, "order_by")
+        for i, spec in enumerate(self.order):
+            if type(spec) is not tuple or len(spec) != 2 or type(spec[1]) is not bool:
+                raise InvalidQueryError(
+                    f"order_by[{i}]", f"must be (path, descending), not {spec!r}"
+                )
+            check_path(spec[0], f"order_by[{i}]")
+        _count(self.skip, "offset")
+        if self.take is not None:
+            _count(self.take, "limit")
+        if self.aggregate is not None:
+            agg = self.aggregate
+            if type(agg) is not tuple or len(agg) != 2 or not _known(agg[0]):
+                raise InvalidQueryError("aggregate", f"must be (op, path or None), not {agg!r}")
+            if agg[1] is not None:
+                check_path(agg[1], "aggregate[1]")
+            elif AGGREGATES[agg[0]]:
+                raise InvalidQueryError("aggregate", f"{agg[0]} needs a path")
+        if self.group is not None:
+            check_path(self.group, "group_by")
 
     # -- introspection -----------------------------------------------------------------
 

@@ -16,7 +16,10 @@ is not None``: single-character tests are delegated to :mod:`re` itself (case fo
 Refused (with :class:`~koru.InvalidQueryError`), because no automaton can answer them
 or they exist only to steer a backtracking engine: backreferences, lookahead and
 lookbehind, conditional groups, atomic groups and possessive quantifiers. Patterns are
-limited to 1,000 characters and 20,000 automaton states (``a{1000}{1000}`` is refused).
+limited to 1,000 characters and 20,000 automaton states (``a{1000}{1000}`` is refused),
+and so are the patterns of one filter together: each state costs time to build
+and memory to hold, so a remote client's filter of many patterns must not stall the
+database (100 patterns of 20,000 states each took 7 s, 10,000 would take the memory).
 """
 
 from __future__ import annotations
@@ -37,11 +40,18 @@ except ImportError:  # pragma: no cover - older Pythons are not supported
 
 #: Longest pattern accepted, in characters.
 MAX_PATTERN = 1000
-#: Most automaton states a pattern may expand to (counted repeats multiply).
+#: Most automaton states a pattern, and the patterns of one filter together, may expand
+#: to (counted repeats multiply).
 MAX_STATES = 20_000
+#: Code points of case-insensitive class ranges that count as one automaton state.
+FOLDS_PER_STATE = 256
 #: Cached DFA states before the cache is dropped and rebuilt (memory stays bounded;
 #: each character still costs at most one closure).
 MAX_DFA_STATES = 4_000
+#: Automaton states held by the cached DFA states together before the cache is dropped:
+#: each DFA state holds a set of them, up to 20,000, so a count of DFA states alone let
+#: "a{1,9990}b" over 4,000 a's keep 330 MB (for as long as the query or view lives).
+MAX_DFA_ENTRIES = 250_000
 
 _CHAR, _SPLIT, _ASSERT, _MATCH = 0, 1, 2, 3
 
@@ -101,7 +111,10 @@ def _atom_source(op: Any, av: Any) -> str:
 class _Builder:
     """Thompson construction from re's parse tree, continuation style (right to left)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_STATES) -> None:
+        self.limit = limit
+        #: States charged for the work of compiling case-insensitive ranges.
+        self.extra = 0
         self.kind: list[int] = []
         self.arg: list[Any] = []
         self.out: list[list[int]] = []
@@ -109,7 +122,7 @@ class _Builder:
         self._atom_ids: dict[tuple[str, int], int] = {}
 
     def state(self, kind: int, arg: Any, out: list[int]) -> int:
-        if len(self.kind) >= MAX_STATES:
+        if len(self.kind) >= self.limit:
             raise _TooLarge
         self.kind.append(kind)
         self.arg.append(arg)
@@ -150,7 +163,12 @@ class _Builder:
                 for _ in range(high - low):
                     entry = self.state(_SPLIT, None, [self.seq(body, flags, entry), nxt])
             for _ in range(low):
+                before = len(self.kind)
                 entry = self.seq(body, flags, entry)
+                if len(self.kind) == before:
+                    # An empty body adds no state, so the limit never stopped
+                    # "(?:){4294967294}" (four billion turns); repeating it is nothing.
+                    break
             return entry
         what = _UNSUPPORTED.get(op)
         if what is None:  # pragma: no cover - every opcode the parser emits is handled
@@ -160,6 +178,32 @@ class _Builder:
 
 class _TooLarge(Exception):
     pass
+
+
+def _folded(tree: Any, flags: int) -> int:
+    """How many code points the case-insensitive class ranges of the parse tree span,
+    each occurrence in the text counted (what re's compiler folds one by one)."""
+    total = 0
+    stack = [(tree, flags)]
+    while stack:
+        items, fl = stack.pop()
+        for op, av in items:
+            if op is _c.IN:
+                if fl & re.IGNORECASE:
+                    total += sum(a[1] - a[0] + 1 for o, a in av if o is _c.RANGE)
+            elif op is _c.SUBPATTERN:
+                stack.append((av[3], (fl | av[1]) & ~av[2]))
+            elif op is _c.BRANCH:
+                stack.extend((alt, fl) for alt in av[1])
+            elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+                stack.append((av[2], fl))
+            elif op in (_c.ASSERT, _c.ASSERT_NOT):
+                stack.append((av[1], fl))
+            elif op is _c.ATOMIC_GROUP:
+                stack.append((av, fl))
+            elif op is _c.GROUPREF_EXISTS:
+                stack.extend((b, fl) for b in av[1:] if b is not None)
+    return total
 
 
 class _Unsupported(Exception):
@@ -218,26 +262,40 @@ class Pattern:
     """A compiled, linear-time ``matches`` pattern: ``pattern.search(text)`` is
     ``re.search(source, text) is not None``."""
 
-    __slots__ = ("_accept", "_b", "_cache", "_start", "_start_state", "source")
+    __slots__ = (
+        "_accept",
+        "_b",
+        "_cache",
+        "_entries",
+        "_start",
+        "_start_state",
+        "size",
+        "source",
+    )
 
     def __init__(self, source: str, builder: _Builder, start: int) -> None:
         self.source = source
+        #: How many automaton states the pattern expanded to.
+        self.size = len(builder.kind) + builder.extra
         self._b = builder
         self._start = start
         self._accept = _State(frozenset(), 0)  # absorbing: a match was found
         self._cache: dict[tuple[frozenset[int], int], _State] = {}
+        self._entries = 0  # automaton states held by the cached DFA states
         self._start_state = self._intern(frozenset((start,)), _START)
 
     def _intern(self, states: frozenset[int], prev: int) -> _State:
         key = (states, prev)
         found = self._cache.get(key)
         if found is None:
-            if len(self._cache) >= MAX_DFA_STATES:
+            if len(self._cache) >= MAX_DFA_STATES or self._entries >= MAX_DFA_ENTRIES:
                 # Drop the transitions too, so the old states can be freed.
                 for old in self._cache.values():
                     old.next.clear()
                 self._cache.clear()
+                self._entries = 0
             found = self._cache[key] = _State(states, prev)
+            self._entries += len(states)
         return found
 
     def _closure(self, states: frozenset[int], prev: int, nxt: int, final_nl: bool) -> list[int]:
@@ -299,20 +357,40 @@ class Pattern:
         return state.done
 
 
-def compile_pattern(source: Any, field: str) -> Pattern:
-    """Check and compile a ``matches`` pattern.
+def compile_pattern(source: Any, field: str, budget: int = MAX_STATES) -> Pattern:
+    """Check and compile a ``matches`` pattern, of at most ``budget`` automaton states
+    (what the filter's other patterns left of ``MAX_STATES``).
 
     Raises:
         InvalidQueryError: not a str, too long, not a valid Python regular expression,
-            or one of the refused constructs (named).
+            one of the refused constructs (named), or over the budget.
     """
     if type(source) is not str:
         raise InvalidQueryError(field, f"a pattern must be a str, not {type(source).__name__}")
     if len(source) > MAX_PATTERN:
         raise InvalidQueryError(field, f"a pattern must be at most {MAX_PATTERN} characters")
+    if not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:  # a view or a remote client could not carry it
+            raise InvalidQueryError(
+                field, "a pattern must be valid Unicode text (a lone surrogate is not)"
+            ) from None
     try:
-        re.compile(source)
         tree = _p.parse(source, 0)
+        # Case-insensitive ranges are folded code point by code point when compiled
+        # (about 7 ms per 65,536 of them, twice: the pattern, then its atoms), so
+        # they count against the budget before anything is compiled.
+        charge = _folded(tree, tree.state.flags) // FOLDS_PER_STATE
+        if charge >= budget:
+            raise _TooLarge
+        re.compile(source)
+    except _TooLarge:
+        raise InvalidQueryError(
+            field,
+            f"the pattern's case-insensitive ranges count as over {budget} automaton states"
+            + (" (what the filter's other patterns left)" if budget < MAX_STATES else ""),
+        ) from None
     except re.error as exc:
         raise InvalidQueryError(field, f"invalid regular expression: {exc}") from None
     except (RecursionError, OverflowError, ValueError) as exc:
@@ -320,7 +398,8 @@ def compile_pattern(source: Any, field: str) -> Pattern:
     flags = tree.state.flags
     if flags & re.LOCALE:  # pragma: no cover - re refuses LOCALE for str patterns
         raise InvalidQueryError(field, "the LOCALE flag is not supported")
-    builder = _Builder()
+    builder = _Builder(min(budget, MAX_STATES) - charge)
+    builder.extra = charge
     try:
         match = builder.state(_MATCH, None, [])
         start = builder.seq(tree, flags, match)
@@ -329,6 +408,11 @@ def compile_pattern(source: Any, field: str) -> Pattern:
             field, f"{exc} are not supported (they need a backtracking engine)"
         ) from None
     except _TooLarge:
+        if budget < MAX_STATES:
+            raise InvalidQueryError(
+                field,
+                f"the filter's patterns expand to over {MAX_STATES} automaton states in all",
+            ) from None
         raise InvalidQueryError(
             field, f"the pattern expands to over {MAX_STATES} automaton states"
         ) from None

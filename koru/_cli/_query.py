@@ -85,11 +85,15 @@ def query_data(args: argparse.Namespace) -> dict[str, Any]:
             data["where"] = parse_where(args.where)
         except WhereError as exc:
             raise Usage(f"--where: {exc}") from None
+        except RecursionError:  # the parser recurses: "not not ... not a=1"
+            raise Usage("--where: the expression nests too deeply") from None
     elif args.where_json is not None:
         try:
             data["where"] = json.loads(args.where_json)
         except ValueError as exc:
             raise Usage(f"--where-json is not valid JSON: {exc}") from None
+        except RecursionError:  # so does json.loads: "[[[[...]]]]"
+            raise Usage("--where-json: the JSON nests too deeply") from None
     if args.sort:
         data["order_by"] = [
             [f[1:], "desc"] if f.startswith("-") else [f, "asc"]
