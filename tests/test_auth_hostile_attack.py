@@ -107,6 +107,33 @@ async def test_a_peer_s_timestamp_ahead_of_the_clock_does_not_end_sessions() -> 
 # -- views ---------------------------------------------------------------------------------------
 
 
+async def view_v_over_public(db: koru.Database, action: str) -> Any:
+    """Bob's handle, allowed ``action`` on namespace ``public``, which view ``v``
+    reads; namespace ``secret`` holds a value too."""
+    bob = person(2)
+    await db.register(bob)
+    await db.put("public", "p", {"x": 1})
+    await db.put("secret", "s", {"x": 2})
+    await db.grant(bob, namespace="public", key="*", actions=[action])
+    await db.create_view("v", "public", {})
+    return db.as_identity(bob)
+
+
+def replace_v_at_the_next_yield(db: koru.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another task replaces view ``v`` by one over ``secret`` at the database's next
+    yield, which is made the second operation from now (the 64th yields)."""
+    life = type(db._life)
+    yielded = life.pause
+
+    async def replaced_meanwhile(self: Any) -> None:
+        await yielded(self)
+        monkeypatch.setattr(life, "pause", yielded)
+        await db.create_view("v", "secret", {})  # another task, at this yield
+
+    monkeypatch.setattr(life, "pause", replaced_meanwhile)
+    db._life._ops = 62
+
+
 async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -116,28 +143,12 @@ async def test_a_view_replaced_while_its_reader_yields_is_not_read_unchecked(
     ``secret`` (an admin's own ``create_view``, or a definition arriving from a peer).
     What must hold: the answer given is of a view whose namespace was checked, so the
     reader gets ``public``'s rows or a refusal, never ``secret``'s."""
-    bob = person(2)
     async with db_open() as db:
-        await db.register(bob)
-        await db.put("public", "p", {"x": 1})
-        await db.put("secret", "s", {"x": 2})
-        await db.grant(bob, namespace="public", key="*", actions=["read"])
-        await db.create_view("v", "public", {})
-        as_bob = db.as_identity(bob)
+        as_bob = await view_v_over_public(db, "read")
         assert [r.key for r in await as_bob.view("v")] == ["p"]
-
-        life = type(db._life)
-        yielded = life.pause
-
-        async def replaced_meanwhile(self: Any) -> None:
-            await yielded(self)
-            monkeypatch.setattr(life, "pause", yielded)
-            await db.create_view("v", "secret", {})  # another task, at this yield
-
-        monkeypatch.setattr(life, "pause", replaced_meanwhile)
         # The handle's list_views is the next operation, the view's read the one after:
         # make that one the 64th, which yields.
-        db._life._ops = 62
+        replace_v_at_the_next_yield(db, monkeypatch)
         try:
             rows = await as_bob.view("v")
         except koru.PermissionDeniedError:
@@ -154,24 +165,9 @@ async def test_a_view_replaced_while_its_administrator_yields_is_not_touched_unc
     and meanwhile an admin replaced ``v`` by a view over ``secret``. What must hold: a
     view over ``secret`` is never deleted, replaced or recomputed by someone who may
     not administer ``secret``: the call is refused, the view stays as it is."""
-    bob = person(2)
     async with db_open() as db:
-        await db.register(bob)
-        await db.put("public", "p", {"x": 1})
-        await db.put("secret", "s", {"x": 2})
-        await db.grant(bob, namespace="public", key="*", actions=["admin"])
-        await db.create_view("v", "public", {})
-        as_bob = db.as_identity(bob)
-        life = type(db._life)
-        yielded = life.pause
-
-        async def replaced_meanwhile(self: Any) -> None:
-            await yielded(self)
-            monkeypatch.setattr(life, "pause", yielded)
-            await db.create_view("v", "secret", {})  # another task, at this yield
-
-        monkeypatch.setattr(life, "pause", replaced_meanwhile)
-        db._life._ops = 62  # the handle's list_views is the 63rd; the call the 64th
+        as_bob = await view_v_over_public(db, "admin")
+        replace_v_at_the_next_yield(db, monkeypatch)  # in the call after list_views
         with pytest.raises(koru.PermissionDeniedError):
             if call == "delete":
                 await as_bob.delete_view("v")
