@@ -106,14 +106,33 @@ def check_filter(f: Any, field: str) -> Filter:
             if leaves > _MAX_LEAVES:
                 raise InvalidQueryError(field, f"at most {_MAX_LEAVES} conditions")
             if isinstance(node, Matches):
-                states += node.pattern.size
+                check_path(node.path, field)
+                size = getattr(node.pattern, "size", None)
+                if type(size) is not int:
+                    raise InvalidQueryError(field, "matches holds no compiled pattern")
+                states += size
                 if states > MAX_STATES:
                     raise InvalidQueryError(
                         field,
                         f"the filter's patterns expand to over {MAX_STATES} automaton "
                         "states in all",
                     )
+            else:
+                _check_leaf(node, field)
     return f
+
+
+def _check_leaf(leaf: Filter, field: str) -> None:
+    """A condition is one its data form reads back as (operator, path and operand
+    checked). Why: its classes are public, and a condition built by hand (an unknown
+    operator, a path that is not text, an operand that is no value) raised KeyError,
+    AttributeError or TypeError from the engine instead of InvalidQueryError."""
+    try:
+        data = leaf.to_data()
+    except Exception:  # a condition of another shape: whatever its to_data raises
+        raise InvalidQueryError(field, f"not a well-formed condition: {leaf!r}") from None
+    if filter_from_data(data, field) != leaf:
+        raise InvalidQueryError(field, f"not a well-formed condition: {leaf!r}")
 
 
 #: The most paths a query may select or sort by. Why: each is looked up in every row,

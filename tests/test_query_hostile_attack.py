@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import koru
 from koru import F, InvalidQueryError, Query
 from koru._cli import main
+from koru.projections._filters import Compare, Contains, In
 
 
 @pytest.mark.parametrize(
@@ -299,3 +302,27 @@ def test_the_transition_cache_holds_a_bounded_number_of_automaton_states() -> No
     held = sum(len(state.states) for state in pattern._cache.values())
     assert held <= 250_000 + 2001
     assert pattern.search("a" * 1500 + "b") is True
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        Compare("bogus", "a", 1),
+        Compare("eq", 5, 1),  # type: ignore[arg-type]
+        In("a", 5),  # type: ignore[arg-type]
+        Compare("eq", "a", object()),
+        Contains("a", {1, 2}),
+    ],
+)
+async def test_a_condition_built_by_hand_is_checked_like_one_built_by_f(leaf: Any) -> None:
+    """A condition built by calling its class (the classes are public): an unknown
+    operator, a path that is not text, an operand that is no value. They raised
+    KeyError, AttributeError and TypeError from the engine. Must hold: the query is
+    refused with InvalidQueryError before any work, and a well-formed condition built
+    by hand still answers as F's does."""
+    async with koru.open(koru.MEMORY) as db:
+        await db.put("n", "a", {"a": 1})
+        with pytest.raises(koru.InvalidQueryError):
+            await db.query("n", Query(filter=leaf))
+        built = await db.query("n", Query(filter=Compare("eq", "a", 1)))
+        assert built == await db.query("n", Query().where(F("a") == 1))
