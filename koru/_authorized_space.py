@@ -396,19 +396,19 @@ class AuthorizedSpace:
         held = await self._view_namespace(name)
         if held is not None:  # replacing a view is administering its namespace too
             self._allow_namespace(ADMIN, held)
-        with self._guarding_views():
+        with self._guarding_views(ADMIN):
             await self._target.create_view(name, namespace, query)
 
     @contextmanager
-    def _guarding_views(self) -> Iterator[None]:
-        """Within: a view call checks the namespace of the view it replaces, drops or
-        recomputes right before it does (see VIEW_GUARD): the view may have been
-        replaced while the call yielded, after this handle's own check."""
+    def _guarding_views(self, action: int) -> Iterator[None]:
+        """Within: a view call checks ``action`` on the namespace of the view it reads,
+        replaces, drops or recomputes right before it does (see VIEW_GUARD): the view
+        may have been replaced while the call yielded, after this handle's own check."""
 
         def guard(stored: str) -> None:
-            if not whole(self._scopes(), ADMIN, stored):
+            if not whole(self._scopes(), action, stored):
                 outward = self._space.outward(stored)
-                raise self._denied(ADMIN, stored if outward is None else outward, EVERYTHING)
+                raise self._denied(action, stored if outward is None else outward, EVERYTHING)
 
         token = VIEW_GUARD.set(guard)
         try:
@@ -416,30 +416,18 @@ class AuthorizedSpace:
         finally:
             VIEW_GUARD.reset(token)
 
-    def _view_namespace_now(self, name: str) -> str | None:
-        """:meth:`_view_namespace`, without awaiting (what a read just answered)."""
-        for info in self._db._views.listing(self._space):
-            if info.name == name:
-                return info.namespace
-        return None
-
     async def view(self, name: str) -> Any:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(READ, held)
-        answer = await self._target.view(name)
-        # The read may have yielded first, and the view been replaced by one over
-        # another namespace meanwhile: check the one it answered (no await since).
-        now = self._view_namespace_now(name)
-        if now is not None and now != held:
-            self._allow_namespace(READ, now)
-        return answer
+        with self._guarding_views(READ):
+            return await self._target.view(name)
 
     async def refresh_view(self, name: str) -> None:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(ADMIN, held)
-        with self._guarding_views():
+        with self._guarding_views(ADMIN):
             await self._target.refresh_view(name)
 
     async def list_views(self) -> list[ViewInfo]:
@@ -449,7 +437,7 @@ class AuthorizedSpace:
         held = await self._view_namespace(name)
         if held is not None:
             self._allow_namespace(ADMIN, held)
-        with self._guarding_views():
+        with self._guarding_views(ADMIN):
             await self._target.delete_view(name)
 
     @asynccontextmanager

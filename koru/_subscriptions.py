@@ -331,37 +331,22 @@ class Hub:
         kept = kept_all.pop(slot, None)
         size = len(blob)
         count = size // _RECORD
-        offsets: dict[bytes, int] | None = None
+        start = 0  # where the records not yet in offsets and firsts begin
+        offsets: dict[bytes, int] = {}
+        firsts: list[float] = []
         if kept is not None:
-            had, offsets, firsts, newest = kept
-            self._history_records -= len(firsts)
+            had, old_offsets, old_firsts, newest = kept
+            self._history_records -= len(old_firsts)
             end = had - _RECORD
-            if had == size:
-                pass
-            elif had < size and blob[end + _WID : end + _WID + 32] == newest:
-                added = [_location(blob, start) for start in range(had, size, _RECORD)]
+            if had <= size and blob[end + _WID : end + _WID + 32] == newest:
+                start, offsets, firsts = had, old_offsets, old_firsts
+        if start < size:
+            added = [_location(blob, at) for at in range(start, size, _RECORD)]
+            if firsts:
                 firsts[-1] = min(added)
-                earliest: float = float("inf")
-                tail = [earliest] * len(added)
-                for i in range(len(added) - 1, 0, -1):
-                    earliest = min(earliest, added[i])
-                    tail[i - 1] = earliest
-                firsts += tail
-                for start in range(had, size, _RECORD):
-                    offsets[bytes(blob[start + _WID : start + _WID + 32])] = start
-            else:
-                offsets = None
-        if offsets is None:
-            data = bytes(blob)
-            offsets = {
-                data[i * _RECORD + _WID : i * _RECORD + _WID + 32]: i * _RECORD
-                for i in range(count)
-            }
-            earliest = float("inf")
-            firsts = [earliest] * count
-            for i in range(count - 1, 0, -1):
-                earliest = min(earliest, _location(blob, i * _RECORD))
-                firsts[i - 1] = earliest
+            firsts += _earliest_after(added)
+            for at in range(start, size, _RECORD):
+                offsets[bytes(blob[at + _WID : at + _WID + 32])] = at
         newest = bytes(blob[size - _RECORD + _WID : size - _RECORD + _WID + 32])
         kept_all[slot] = (size, offsets, firsts, newest)
         self._history_records += count
@@ -452,6 +437,16 @@ class Hub:
             if sub in self.subscriptions:
                 self.subscriptions.remove(sub)
             sub.end()
+
+
+def _earliest_after(locations: list[int]) -> list[float]:
+    """For each location, the earliest of those after it (infinity for the last)."""
+    earliest: float = float("inf")
+    out = [earliest] * len(locations)
+    for i in range(len(locations) - 1, 0, -1):
+        earliest = min(earliest, locations[i])
+        out[i - 1] = earliest
+    return out
 
 
 def _location(blob: bytes | bytearray, start: int) -> int:

@@ -35,8 +35,8 @@ from ._writer import Writer
 __all__ = ["VIEW_GUARD", "ViewInfo", "Viewing"]
 
 #: Set by an authorized handle around its view calls (per task): called with the stored
-#: namespace of the view a call is about to replace, drop or recompute, right before it
-#: does, with no await between. Why: the handle checked that namespace before the call,
+#: namespace of the view a call is about to read, replace, drop or recompute, right
+#: before it does, with no await between. Why: the handle checked that namespace before the call,
 #: and the call may yield first; meanwhile another task could replace the view by one
 #: over a namespace the identity may not administer (h-auth2).
 VIEW_GUARD: ContextVar[Callable[[str], None] | None] = ContextVar("koru_view_guard", default=None)
@@ -156,6 +156,7 @@ class Viewing:
     def read(self, name: str, space: Space = DEFAULT) -> Any:
         """The view's answer, as ``db.query`` would give it now."""
         view = self._get(name, space)
+        _guard(view.namespace)
         if view.error is not None or view.query is None:
             raise InvalidQueryError("view", view.error or "unusable definition")
         self.catch_up(view.namespace)
