@@ -11,9 +11,12 @@ applying an event twice, give the same state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
 from koru.events import NODE_ID_SIZE, Event, WorkspaceEvent, workspace_problem
+
+from ._layered import LazyList
 
 __all__ = ["WorkspaceEntry", "WorkspaceState"]
 
@@ -66,10 +69,11 @@ class WorkspaceState:
         return entry is not None and entry.created is not None
 
     def capture(self) -> Any:
-        return [
-            [name, *_plain(entry.created), *_plain(entry.dropped)]
-            for name, entry in sorted(self.entries.items())
-        ]
+        """Rows by name, listed later by the checkpoint's encoder in slices from a
+        copy of the entries (immutable tuples). Why: listing them here, on the event
+        loop, stalled every writer for the whole capture (200,000 workspaces: 0.5 s;
+        h-ws); a copy of the dict is about a twentieth of that."""
+        return LazyList(dict(self.entries), _rows)
 
     @classmethod
     def restore(cls, data: Any) -> WorkspaceState:
@@ -83,6 +87,12 @@ class WorkspaceState:
             if entry.dropped is not None:
                 state.gone.add(row[0])
         return state
+
+
+def _rows(entries: dict[str, WorkspaceEntry]) -> Iterator[list[Any]]:
+    for name in sorted(entries):
+        entry = entries[name]
+        yield [name, *_plain(entry.created), *_plain(entry.dropped)]
 
 
 def _plain(stamp: Stamp | None) -> list[Any]:
