@@ -11,7 +11,8 @@ from disk, may continue.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -24,9 +25,24 @@ from koru.events import (
 )
 from koru.nursery import Checkpointer, Committer
 
-__all__ = ["Lifecycle"]
+__all__ = ["Lifecycle", "only_a_shortcut"]
 
 _log = logging.getLogger("koru")
+
+
+@contextmanager
+def only_a_shortcut(what: str) -> Iterator[None]:
+    """Run work whose failure to store only loses a shortcut (a checkpoint, a merge
+    of tables: the log is complete without them): a ``StorageError`` is logged as
+    ``what`` and the caller goes on. A ``DurabilityError`` is never a shortcut: the
+    log itself may have lost acknowledged writes, so it propagates."""
+    try:
+        yield
+    except DurabilityError:
+        raise
+    except StorageError as exc:
+        _log.warning("koru: %s: %s", what, exc)
+
 
 _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
 
@@ -148,14 +164,10 @@ class Lifecycle:
                 if self.fatal is None and not store.readonly:
                     await committer.sync_now()
                     if checkpointer.behind:
-                        try:
+                        # The log is synced and complete: a checkpoint only makes
+                        # the next open faster, so its failure is not an error here.
+                        with only_a_shortcut("no checkpoint written at close"):
                             await checkpointer.save()
-                        except DurabilityError:
-                            raise
-                        except StorageError as exc:
-                            # The log is synced and complete: a checkpoint only makes
-                            # the next open faster, so its failure is not an error here.
-                            _log.warning("koru: no checkpoint written at close: %s", exc)
                     try:
                         await trio.to_thread.run_sync(keep)
                     except StorageError as exc:

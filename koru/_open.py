@@ -22,13 +22,11 @@ from koru.events import (
     MAX_VALUE_SIZE,
     MIN_SEGMENT_SIZE,
     Disk,
-    DurabilityError,
     FileStore,
     InvalidArgumentError,
     KoruError,
     LogStore,
     MemoryStore,
-    StorageError,
     name_problem,
 )
 from koru.nursery import (
@@ -47,6 +45,7 @@ from ._cache import DEFAULT_CACHE_BYTES, ValueCache
 from ._database import Database
 from ._embedders import Embedder
 from ._identity import DEFAULT_DIFFICULTY, check_difficulty
+from ._lifecycle import only_a_shortcut
 from ._loader import BUILTIN_PROJECTIONS, load
 from ._nodekey import node_key, node_public_key
 from ._processes import intervals_from, scrub, steps
@@ -167,12 +166,8 @@ async def _merge_overgrown(db: Database) -> None:
     shortcut: the open goes on."""
     checkpointer = db._checkpointer
     if checkpointer.overgrown():
-        try:
+        with only_a_shortcut("tables not merged at open"):
             await checkpointer.compact()
-        except DurabilityError:
-            raise
-        except StorageError as exc:
-            _log.warning("koru: tables not merged at open: %s", exc)
 
 
 @asynccontextmanager

@@ -279,3 +279,32 @@ async def test_a_single_writer_is_slowed_from_ease_and_waits_from_lag(
             await ck.stall()
         assert waited.cancelled_caught and ck.stalls == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_close_whose_checkpoint_fails_to_store_closes_and_keeps_the_log(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint that cannot be stored at close (a ``StorageError``: disk full) only
+    loses a shortcut: the close logs it and ends, and the next open replays the log,
+    every write there. A ``DurabilityError`` there is no shortcut: the close raises it."""
+    import koru
+    from koru.events import DurabilityError, StorageError
+
+    async def full(self: Checkpointer) -> None:
+        raise StorageError("disk full: injected")
+
+    async with koru.open(tmp_path / "db", sync="always") as db:
+        await db.put("ns", "k", 1)
+        monkeypatch.setattr(Checkpointer, "save", full)
+    assert "no checkpoint written at close: disk full: injected" in caplog.text
+    monkeypatch.undo()
+    async with koru.open(tmp_path / "db") as db:
+        assert await db.get("ns", "k") == 1
+
+    async def lost(self: Checkpointer) -> None:
+        raise DurabilityError("fsync failed: injected")
+
+    with pytest.raises(DurabilityError, match="fsync failed: injected"):
+        async with koru.open(tmp_path / "db", sync="always") as db:
+            await db.put("ns", "k", 2)
+            monkeypatch.setattr(Checkpointer, "save", lost)
