@@ -37,7 +37,6 @@ from koru.projections import (
     VectorState,
     decode_checkpoint,
     open_tables,
-    table_names,
 )
 from koru.projections._indexes import Indexes
 from koru.projections._lineage import LineageState
@@ -117,7 +116,7 @@ def load(
     loaded = _replay(store, checkpoint if use_checkpoint else None, floors, projections)
     loaded.checkpoint_problem = problem
     if checkpoint is not None:
-        loaded.tables = table_names(checkpoint.sections)
+        loaded.tables = set(checkpoint.tables)
     return loaded
 
 
@@ -125,7 +124,7 @@ _TABLE_RETRIES = 5
 
 
 def _tables_present(store: LogStore, checkpoint: Checkpoint) -> bool:
-    return table_names(checkpoint.sections) <= store.table_names()
+    return checkpoint.tables <= store.table_names()
 
 
 def proven_cursors(store: LogStore) -> dict[str, Cursor]:

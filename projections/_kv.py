@@ -1011,11 +1011,20 @@ class KvState:
             raise ValueError("ns_live must map namespaces to counts")
         if sum(ns_live.values()) != data["live"]:
             raise ValueError("ns_live does not add up to live")
-        for entry in data["expiring"]:
-            ns, key, t = entry
-            if type(ns) is not str or type(key) is not str or type(t) is not int:
+        rows = data["expiring"]
+        if type(rows) is not list:
+            raise ValueError("expiring must be a list")
+        if rows:
+            # Checked and loaded column by column, by C iterators: an insert per key
+            # was about 2 s of opening a database of 1,000,000 keys with a ttl.
+            if set(map(type, rows)) != {list} or set(map(len, rows)) != {3}:
                 raise ValueError("expiring must list [namespace, key, ns]")
-            state.expiring[(ns, key)] = t
+            names, keys, times = (list(map(itemgetter(i), rows)) for i in range(3))
+            if not set(map(type, names)) == set(map(type, keys)) == {str} or set(
+                map(type, times)
+            ) != {int}:
+                raise ValueError("expiring must list [namespace, key, ns]")
+            state.expiring.load_pairs(names, keys, times)
         state.live = data["live"]
         state.ns_live = dict(ns_live)
         state.key_total = data["keys"]

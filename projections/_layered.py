@@ -14,8 +14,9 @@ which the next snapshot puts in their place: a lookup searches at most a few lay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from itertools import chain, filterfalse
+from operator import add
 from typing import Any, Generic, TypeVar
 
 __all__ = ["LayeredDict", "LazyList", "PairKeyed", "Snapshot", "pair_of"]
@@ -228,6 +229,15 @@ class LayeredDict(MutableMapping[K, V]):
         self._top, self._below, self._length, self._last = {}, (), 0, None
         self._removed = set()
 
+    def load(self, entries: dict[K, V]) -> None:
+        """Take ``entries`` (a dict the caller gives up) as the whole content of this
+        map, which must be empty: a checkpoint's restore, one dict built by C
+        iterators instead of an insert per entry (1,000,000 keys with a ttl: about
+        2 s of opening as inserts)."""
+        if self._length or self._below:
+            raise ValueError("only an empty map is loaded")
+        self._top, self._length = entries, len(entries)
+
     def settle(self) -> None:
         """The last snapshot is spent (its checkpoint is durable): if a full listing
         merged its layers, no snapshot came after it and the top layer holds at most
@@ -319,6 +329,15 @@ class PairKeyed(LayeredDict[tuple[str, str], V]):
             return default
         LayeredDict.__delitem__(self, joined)
         return value
+
+    def load_pairs(
+        self, firsts: Iterable[str], seconds: Iterable[str], values: Iterable[V]
+    ) -> None:
+        """:meth:`load` of ``(first, second) -> value`` entries given column by column
+        (each pair joined by C iterators)."""
+        firsts = list(firsts)
+        joined = map(add, map(add, map(chr, map(len, firsts)), firsts), seconds)
+        self.load(dict(zip(joined, values, strict=True)))
 
     def items(self) -> Iterator[tuple[tuple[str, str], V]]:  # type: ignore[override]
         joined: Iterator[tuple[Any, V]] = LayeredDict.items(self)
