@@ -421,7 +421,12 @@ class Hub:
             check_name(key, "key")
         if isinstance(kinds, str) or not isinstance(kinds, Iterable):
             raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
-        wanted = frozenset(kinds)
+        try:
+            wanted = frozenset(kinds)
+        except TypeError:  # unhashable members (it raised TypeError, h-subck)
+            raise InvalidArgumentError(
+                f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}"
+            ) from None
         if not wanted or not wanted <= KINDS:
             raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
         predicate = None if where is None else compile_filter(as_query(where, "where").filter)

@@ -151,3 +151,19 @@ def test_replays_racing_checkpoints_merges_tiers_expiry_and_ingest(
             assert [c for c in again if c[0] < end] == seen
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("kinds", [[["put"]], [{"put"}], [{}], ({"put": 1}, "delete")])
+async def test_kinds_holding_unhashable_things_are_refused_with_a_typed_error(kinds: Any) -> None:
+    """Attack: ``kinds`` an iterable of unhashable things (a list of lists, as a JSON
+    client might send). What must hold: a refused subscription raises a KoruError
+    subclass naming the argument (it raised TypeError: unhashable type), and the
+    database stays usable."""
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        with pytest.raises(koru.InvalidArgumentError, match="kinds"):
+            async with db.subscribe(NS, kinds=kinds):
+                pass
+        assert db._hub.subscriptions == []
+        async with db.subscribe(NS) as sub:
+            await db.put(NS, "k", 1)
+            assert (await sub.__anext__()).value == 1
