@@ -68,8 +68,9 @@ def test_replays_racing_checkpoints_merges_tiers_expiry_and_ingest(
     """Attack: subscribers (some with a where filter, some with a tiny buffer) start
     replaying from random positions in the middle of a workload of puts, TTL puts,
     deletes, a peer's versions ingested late, checkpoints (also every 7 events in the
-    background), table merges, expiry steps, reads that move keys between tiers (no warm
-    tier, a tiny hot one), and read a few changes at a time while it goes on. What must
+    background), table merges, expiry steps, distillation steps pinning and unpinning
+    keys, reads that move keys between tiers (no warm tier, a tiny hot one), and read a
+    few changes at a time while it goes on. What must
     hold: each sees exactly what a live subscriber saw from its position (same changes,
     same versions, in log order, none twice), up to a LaggedError whose position is the
     first change it did not get; and a replay from 0 after the fact sees the same."""
@@ -123,9 +124,13 @@ def test_replays_racing_checkpoints_merges_tiers_expiry_and_ingest(
                         await db.checkpoint()
                     elif op < 0.75:
                         await db._checkpointer.compact()
-                    elif op < 0.85:
+                    elif op < 0.8:
                         clock.now += 10**9
                         await steps(db)["expiry"]()
+                    elif op < 0.85:
+                        for _ in range(3):  # reads make keys fit: pinned, then unpinned
+                            await db.get(NS, key)
+                        await steps(db)["distillation"]()
                     else:
                         await db.get(NS, key)
             end = db._store.cursor("storage").count
