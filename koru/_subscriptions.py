@@ -34,6 +34,7 @@ from koru.events import (
     DatabaseClosedError,
     Event,
     InvalidArgumentError,
+    KoruError,
     LaggedError,
     LogStore,
     check_name,
@@ -119,6 +120,11 @@ class Subscription:
         self.lagged_at: int | None = None
         self.closed = False
         self._taken = 0
+        #: The error a replay or a change's building raised: raised again by every later
+        #: read. Why: the event it failed on was taken, and reading on delivered the
+        #: changes after it (the rest of a replay cut short, then the live ones), the
+        #: gap unseen by a caller that caught the error (h-subck).
+        self._failed: KoruError | None = None
 
     def push(self, item: Item) -> bool:
         """Queue an event without waiting; False if the subscriber was cut off."""
@@ -141,6 +147,16 @@ class Subscription:
         return self
 
     async def __anext__(self) -> KeyChange:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return await self._next_change()
+        except KoruError as exc:
+            if not isinstance(exc, LaggedError | DatabaseClosedError):
+                self._failed = exc
+            raise
+
+    async def _next_change(self) -> KeyChange:
         # An event taken is turned into its changes before any yield: a consumer
         # cancelled at the yield (a deadline) finds them on its next call, not lost.
         while not self._ready:
@@ -405,7 +421,12 @@ class Hub:
             check_name(key, "key")
         if isinstance(kinds, str) or not isinstance(kinds, Iterable):
             raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
-        wanted = frozenset(kinds)
+        try:
+            wanted = frozenset(kinds)
+        except TypeError:  # unhashable members (it raised TypeError, h-subck)
+            raise InvalidArgumentError(
+                f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}"
+            ) from None
         if not wanted or not wanted <= KINDS:
             raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
         predicate = None if where is None else compile_filter(as_query(where, "where").filter)
