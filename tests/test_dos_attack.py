@@ -1,0 +1,96 @@
+"""Resource-exhaustion attacks on a node by a peer or a remote client: each test names
+what the adversary sends and asserts, on counts the code keeps (never on timings), that
+what it can make the node hold or do stays within the named bounds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from koru.nursery import NoFeeds, StreamFailed
+from koru.nursery import _session as session
+from koru.nursery._protocol import PeerProtocol
+from koru.nursery._wire import Msg, encode
+
+
+class _Deaf:
+    """The server's end of a client that sends and never reads: the first ``sends``
+    messages go out, every later send waits for ever (a full socket)."""
+
+    def __init__(self, incoming: trio.MemoryReceiveChannel[bytes], sends: int) -> None:
+        self._incoming = incoming
+        self._sends = sends
+        self.remote = "deaf"
+
+    async def send(self, data: bytes) -> None:
+        if self._sends <= 0:
+            await trio.sleep_forever()
+        self._sends -= 1
+
+    async def receive(self) -> bytes:
+        return await self._incoming.receive()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+class _RefusingStreams(NoFeeds):
+    """A client endpoint that refuses every stream at once (as the server's does past
+    its open subscriptions' bound)."""
+
+    name = "client"
+
+    @asynccontextmanager
+    async def stream(self, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        raise StreamFailed(b"refused")
+        yield  # pragma: no cover
+
+
+class _Admit:
+    async def hello(self) -> tuple[bytes, bytes, int, bytes]:
+        return bytes(32), bytes(32), 0, bytes(16)
+
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return _RefusingStreams(), [b"", bytes(64), bytes(16), []]
+
+
+def _auth() -> bytes:
+    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
+
+
+async def test_streamed_requests_of_a_client_that_never_reads_are_bounded(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sends streamed requests (``b"s"`` + payload) and never reads its socket.
+    Each is refused at once, but its task then waits to send the STREAM_END: the reader
+    must not go on starting such tasks, each holding its request's bytes, without end
+    (calls are bounded by MAX_CALLS_IN_FLIGHT and MAX_CALL_BYTES; streams must be too)."""
+    monkeypatch.setattr(session, "MAX_CALL_BYTES", 40_000)
+    live: list[int] = []
+    most = [0, 0]  # tasks, bytes
+    original = session._Runner.serve
+
+    async def counted(self: Any, call: int, payload: bytes) -> None:
+        live.append(len(payload))
+        most[0] = max(most[0], len(live))
+        most[1] = max(most[1], sum(live))
+        try:
+            await original(self, call, payload)
+        finally:
+            live.remove(len(payload))
+
+    monkeypatch.setattr(session._Runner, "serve", counted)
+    send, incoming = trio.open_memory_channel[bytes](1000)
+    proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+    await send.send(_auth())
+    for call in range(500):
+        await send.send(encode(Msg.REQUEST, call, b"s" + bytes(3000)))
+    end = await session.run_session(_Deaf(incoming, sends=2), proto, _Admit())
+    assert end.code is not None  # it was cut off (the peer stopped reading)
+    assert most[0] <= session.MAX_CALLS_IN_FLIGHT
+    assert most[1] <= 40_000
