@@ -590,9 +590,15 @@ class PeerProtocol:
     def _on_ranges(self, ranges: list[list[Any]]) -> list[Command]:
         tree = self._current_tree()
         differing = []
+        # Each subtree once: a message naming one subtree thousands of times made this
+        # side hash its leaves (and its children's), and answer, as many times over.
+        seen: set[tuple[int, int]] = set()
         for depth, prefix, digest in ranges:
             if depth == 0 or prefix >= 16**depth:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "a subtree outside the tree")
+            if (depth, prefix) in seen:
+                continue
+            seen.add((depth, prefix))
             if tree.hash(depth, prefix) == digest:
                 for feed in tree.feeds(depth, prefix):
                     self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), tree.heads[feed][0])

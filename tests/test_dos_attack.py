@@ -14,8 +14,8 @@ import trio.testing
 
 from koru.nursery import NoFeeds, StreamFailed
 from koru.nursery import _session as session
-from koru.nursery._protocol import PeerProtocol
-from koru.nursery._wire import Msg, encode
+from koru.nursery._protocol import PeerProtocol, Send
+from koru.nursery._wire import Msg, decode, encode
 
 
 class _Deaf:
@@ -94,3 +94,46 @@ async def test_streamed_requests_of_a_client_that_never_reads_are_bounded(
     assert end.code is not None  # it was cut off (the peer stopped reading)
     assert most[0] <= session.MAX_CALLS_IN_FLIGHT
     assert most[1] <= 40_000
+
+
+def _opened_server(feeds: int) -> PeerProtocol:
+    """A server's protocol past the handshake with a peer, holding ``feeds`` feeds."""
+    heads = {(i.to_bytes(16, "big"), "storage"): (1, i.to_bytes(32, "big")) for i in range(feeds)}
+    proto = PeerProtocol(server=True, role="peer", heads=lambda: heads, now=0.0)
+    proto.hello(bytes(32), b"n" * 32, 0, bytes(16))
+    (_auth,) = proto.receive(_auth_peer(), 0.0)
+    proto.accept(b"", bytes(64), bytes(16), [])
+    assert proto.open
+    return proto
+
+
+def _auth_peer() -> bytes:
+    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "peer", [], None)
+
+
+def test_one_ranges_message_naming_a_subtree_many_times_costs_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU and output amplification: one RANGES of 4,096 copies of a subtree (some 180
+    KB, under every limit) whose hash differs made the node hash that subtree's leaves,
+    and its 16 children's, 4,096 times over (256 times its whole feed tree per
+    message, at 5,000 messages a second), and answer with 65,536 children: a RANGES
+    its own peers refuse (4,096 at most). Each subtree named must cost once."""
+    from koru.nursery import _feedtree
+
+    hashed = [0]
+    original = _feedtree.FeedTree.hash
+
+    def counted(self: Any, depth: int = 0, prefix: int = 0) -> bytes:
+        start, end = self._span(depth, prefix)
+        hashed[0] += end - start
+        return original(self, depth, prefix)
+
+    feeds = 4096
+    proto = _opened_server(feeds)
+    monkeypatch.setattr(_feedtree.FeedTree, "hash", counted)
+    out = proto.receive(encode(Msg.RANGES, [[1, 3, bytes(32)]] * 4096), 1.0)
+    assert hashed[0] <= 2 * feeds
+    sent = [decode(c.data) for c in out if type(c) is Send]
+    assert all(len(fields[0]) <= 4096 for kind, fields in sent if kind is Msg.RANGES)
+    assert sum(1 for kind, _ in sent if kind is Msg.RANGES) <= 1
