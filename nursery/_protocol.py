@@ -98,6 +98,10 @@ class Limits(NamedTuple):
     #: A server's connections together: bytes of messages partly received (a message
     #: is assembled from its fragments; one past this closes its connection, 1009).
     max_pending: int = 256 * 1024 * 1024
+    #: A server's connections open at once (each holds a socket: past the process's
+    #: file limit the database's own files could not be opened); more are closed at
+    #: once. At most half the process's file limit is used, whatever this says.
+    max_connections: int = 1024
     #: Time to complete the handshake, and to stay silent after it.
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0

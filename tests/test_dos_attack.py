@@ -5,14 +5,14 @@ what it can make the node hold or do stays within the named bounds."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from koru.nursery import NoFeeds, StreamFailed
+from koru.nursery import Limits, NoFeeds, StreamFailed
 from koru.nursery import _session as session
 from koru.nursery._protocol import PeerProtocol, Send
 from koru.nursery._wire import Msg, decode, encode
@@ -137,3 +137,73 @@ def test_one_ranges_message_naming_a_subtree_many_times_costs_it_once(
     sent = [decode(c.data) for c in out if type(c) is Send]
     assert all(len(fields[0]) <= 4096 for kind, fields in sent if kind is Msg.RANGES)
     assert sum(1 for kind, _ in sent if kind is Msg.RANGES) <= 1
+
+
+async def test_a_stranger_cannot_hold_more_connections_than_the_servers_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """File descriptors: a stranger opens TCP connections to the serve port and sends
+    nothing. Each holds a socket until the upgrade's timeout, and there was no bound
+    on how many at once: past the process's file limit the database's own next file
+    open failed (EMFILE), a DurabilityError that closed it. The server must hold at
+    most ``Limits.max_connections`` (closing the others at once), and keep working."""
+    import trio_websocket
+
+    import koru
+
+    held = [0]
+
+    class Counted(trio_websocket.WebSocketConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            held[0] += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(trio_websocket, "WebSocketConnection", Counted)
+    limits = Limits(max_connections=8, handshake_timeout=1.0)
+    async with (
+        koru.open(":memory:", difficulty=4) as db,
+        trio.open_nursery() as nursery,
+    ):
+        db.peer_limits = limits
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        hung_up = [0]
+
+        async def hang_up(stream: trio.SocketStream) -> None:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.receive_some(1)
+            hung_up[0] += 1
+
+        async with trio.open_nursery() as attack:
+            sockets = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(40)]
+            for stream in sockets:
+                attack.start_soon(hang_up, stream)
+            with trio.fail_after(10):  # every socket accepted, held or hung up
+                while held[0] + hung_up[0] < len(sockets):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            assert held[0] <= 8
+            for stream in sockets:
+                await stream.aclose()
+        await db.put("n", "k", 1)  # local writes go on
+        await trio.sleep(2 * limits.handshake_timeout)  # the held slots time out
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read"])
+        with trio.fail_after(10):  # the slots came back: an honest client connects
+            async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+                assert await remote.get("n", "k") == 1
+        nursery.cancel_scope.cancel()
+
+
+def test_the_connection_bound_leaves_half_the_file_limit_to_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever ``max_connections`` says, sockets take at most half the process's
+    limit on open files (the database's files need the rest)."""
+    import resource
+
+    from koru.nursery._transport import connection_bound
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (100, 1 << 20))
+    assert connection_bound(1024) == 50
+    assert connection_bound(8) == 8
+    assert connection_bound(None) == 50
