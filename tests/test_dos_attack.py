@@ -207,3 +207,40 @@ def test_the_connection_bound_leaves_half_the_file_limit_to_the_database(
     assert connection_bound(1024) == 50
     assert connection_bound(8) == 8
     assert connection_bound(None) == 50
+
+
+@pytest.mark.xfail(strict=True, reason="unfixed: a served answer is built whole first")
+async def test_a_clients_history_past_an_answers_bound_builds_no_whole_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client holding read on one key asks for its whole history (a request of some
+    50 bytes): the server reads every version's value (from the log, on the event
+    loop, if not cached) and encodes them all, then refuses the answer as over
+    MAX_ANSWER, and the client may ask again. As for ``feed_events``, what must hold:
+    refused after building about one answer's worth (a key may hold gigabytes of
+    versions), with a typed error."""
+    import koru
+    import koru._serving as serving
+
+    monkeypatch.setattr(serving, "MAX_ANSWER", 10_000)
+    built: list[int] = []
+    original = serving.pack
+
+    def counted(value: Any) -> bytes:
+        data = original(value)
+        built.append(len(data))
+        return data
+
+    monkeypatch.setattr(serving, "pack", counted)
+    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        for i in range(300):
+            await db.put("n", "h", f"{i:04}" + "x" * 200)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read"], namespace="n")
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError):
+                await remote.history("n", "h")
+            assert max(built) <= 2 * 10_000
+        nursery.cancel_scope.cancel()
