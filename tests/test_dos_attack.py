@@ -244,3 +244,46 @@ async def test_a_clients_history_past_an_answers_bound_builds_no_whole_history(
                 await remote.history("n", "h")
             assert max(built) <= 2 * 10_000
         nursery.cancel_scope.cancel()
+
+
+def test_forgetting_a_senders_waiting_events_looks_at_its_own_only() -> None:
+    """Repeated reconnects: each connection's end drops what its sender left waiting
+    for a seal (``ProvenIngest.forget``), by a look at every event waiting, everyone's
+    (up to 100,000): a peer leaving one event waiting, then reconnecting, cost the node
+    a walk of the whole room each time. Only the sender's own must be looked at."""
+    from koru._proven import ProvenIngest
+
+    looked = [0]
+
+    class Item:
+        def __init__(self, sender: bytes) -> None:
+            self._sender = sender
+            self.data = b"x" * 10
+
+        @property
+        def sender(self) -> bytes:
+            looked[0] += 1
+            return self._sender
+
+    room = ProvenIngest.__new__(ProvenIngest)
+    room._waiting, room._senders, room._sender_seqs = {}, {}, {}
+    room._scanned, room._known = {}, {}
+    room._count = room._bytes = 0
+
+    def wait(sender: bytes, feed: tuple[bytes, str], seq: int) -> None:
+        room._waiting.setdefault(feed, {})[seq] = Item(sender)  # type: ignore[assignment]
+        room._sender_seqs.setdefault(sender, {}).setdefault(feed, set()).add(seq)
+        held = room._senders.setdefault(sender, [0, 0])
+        held[0] += 1
+        held[1] += 10
+        room._count += 1
+        room._bytes += 10
+
+    for f in range(100):
+        for seq in range(1, 101):
+            wait(b"others", (bytes(16), f"f{f}"), seq)
+    wait(b"me", (b"\x01" * 16, "storage"), 5)
+    looked[0] = 0
+    assert room.forget(b"me") == 1
+    assert room._count == 10_000 and b"me" not in room._senders
+    assert looked[0] <= 10
