@@ -435,6 +435,8 @@ async def serve(
         # Many connections, each with a large message half sent, pin no more
         # than this together.
         max_pending=limits.max_pending,
+        # Sockets held at once (a stranger's too, before its upgrade).
+        max_connections=limits.max_connections,
         task_status=Listening(),  # type: ignore[arg-type]
     )
 

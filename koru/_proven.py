@@ -344,9 +344,11 @@ class ProvenIngest:
         """Drop what ``sender`` left waiting (its connection ended); how many events."""
         if sender not in self._senders:
             return 0
+        # Its own, by the seqs kept per sender: a look at every event waiting (everyone's)
+        # at each connection's end made reconnecting cost a walk of the whole room.
         dropped = 0
-        for feed, slot in list(self._waiting.items()):
-            for seq in [seq for seq, item in slot.items() if item.sender == sender]:
+        for feed, seqs in list(self._sender_seqs.get(sender, {}).items()):
+            for seq in sorted(seqs):
                 self._take(feed, seq)
                 dropped += 1
         return dropped

@@ -98,6 +98,10 @@ class Limits(NamedTuple):
     #: A server's connections together: bytes of messages partly received (a message
     #: is assembled from its fragments; one past this closes its connection, 1009).
     max_pending: int = 256 * 1024 * 1024
+    #: A server's connections open at once (each holds a socket: past the process's
+    #: file limit the database's own files could not be opened); more are closed at
+    #: once. At most half the process's file limit is used, whatever this says.
+    max_connections: int = 1024
     #: Time to complete the handshake, and to stay silent after it.
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -590,9 +594,15 @@ class PeerProtocol:
     def _on_ranges(self, ranges: list[list[Any]]) -> list[Command]:
         tree = self._current_tree()
         differing = []
+        # Each subtree once: a message naming one subtree thousands of times made this
+        # side hash its leaves (and its children's), and answer, as many times over.
+        seen: set[tuple[int, int]] = set()
         for depth, prefix, digest in ranges:
             if depth == 0 or prefix >= 16**depth:
                 raise WireError(CLOSE_INVALID_PAYLOAD, "a subtree outside the tree")
+            if (depth, prefix) in seen:
+                continue
+            seen.add((depth, prefix))
             if tree.hash(depth, prefix) == digest:
                 for feed in tree.feeds(depth, prefix):
                     self.peer_heads[feed] = max(self.peer_heads.get(feed, 0), tree.heads[feed][0])

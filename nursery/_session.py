@@ -251,14 +251,16 @@ class _Runner:
             await self.opened()
         elif type(command) is Request:
             assert self.nursery is not None
-            if command.payload[:1] != b"s":  # a call (streams are bounded by the endpoint)
-                # The reader waits (backpressure on the client) while too many calls, or
-                # too many of their bytes, are being answered.
-                await self.calls.acquire()
-                size = len(command.payload)
-                while self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                    await self.call_bytes_freed.wait()
-                self.call_bytes += size
+            # The reader waits (backpressure on the client) while too many calls, or
+            # too many of their bytes, are being answered. A streamed request counts
+            # too until its stream opens (open streams are bounded by the endpoint): one
+            # refused, whose end waits to be sent to a client that stopped reading,
+            # holds its task and its bytes as a call does.
+            await self.calls.acquire()
+            size = len(command.payload)
+            while self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                await self.call_bytes_freed.wait()
+            self.call_bytes += size
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -327,27 +329,37 @@ class _Runner:
     async def _serve(self, call: int, payload: bytes) -> None:
         assert self.endpoint is not None
         if payload[:1] == b"s":  # a streamed request
-            with trio.CancelScope() as scope:
-                self.streams[call] = scope
-                end: bytes | None = None
-                try:
-                    async with self.endpoint.stream(payload[1:]) as items:
-                        async for item in items:
-                            await self.carry_out(self.proto.reply(Msg.STREAM_ITEM, call, item))
-                except StreamFailed as exc:
-                    end = exc.payload
-                finally:
-                    self.streams.pop(call, None)
-                await self.carry_out(self.proto.reply(Msg.STREAM_END, call, end))
+            held = [len(payload)]  # its share of the calls' bounds, until it opens
+            try:
+                with trio.CancelScope() as scope:
+                    self.streams[call] = scope
+                    end: bytes | None = None
+                    try:
+                        async with self.endpoint.stream(payload[1:]) as items:
+                            self._release(held)
+                            async for item in items:
+                                await self.carry_out(self.proto.reply(Msg.STREAM_ITEM, call, item))
+                    except StreamFailed as exc:
+                        end = exc.payload
+                    finally:
+                        self.streams.pop(call, None)
+                    await self.carry_out(self.proto.reply(Msg.STREAM_END, call, end))
+            finally:
+                self._release(held)
             return
         try:
             answer = await self.endpoint.serve(payload[1:])
         finally:
+            self._release([len(payload)])
+        await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
+
+    def _release(self, held: list[int]) -> None:
+        """Give back a call's share of the bounds (once: ``held`` is emptied)."""
+        if held:
             self.calls.release()
-            self.call_bytes -= len(payload)
+            self.call_bytes -= held.pop()
             self.call_bytes_freed.set()
             self.call_bytes_freed = trio.Event()
-        await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
 
     async def reader(self) -> None:
         proto = self.proto

@@ -158,6 +158,23 @@ class PendingBudget:
         return release
 
 
+def connection_bound(most: int | None) -> int:
+    """The connections a server holds at once: ``most`` (None: no bound of its own),
+    and never over half the process's limit on open files: the rest is the
+    database's (a stranger holding every descriptor made its next file open fail, and
+    a failed log write closes the database)."""
+    bound = 1 << 62 if most is None else most
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on this platform
+        return bound
+    if soft > 0:
+        bound = min(bound, max(1, soft // 2))
+    return bound
+
+
 async def serve_websockets(
     handler: Callable[[Any], Awaitable[None]],
     host: str,
@@ -166,6 +183,7 @@ async def serve_websockets(
     max_message_size: int,
     connect_timeout: float,
     max_pending: int | None = None,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve websockets (trio-websocket's ``serve_websocket``, the port bound passed
@@ -178,13 +196,21 @@ async def serve_websockets(
     own nursery, and what escapes it is logged and dropped. ``connect_timeout`` bounds
     the HTTP upgrade (a client that never completes it is dropped); ``max_pending``
     the bytes of messages all connections together hold partly received
-    (:class:`PendingBudget`)."""
+    (:class:`PendingBudget`); ``max_connections`` the connections open at once (see
+    :func:`connection_bound`: a connection past it is closed as soon as accepted)."""
     from trio_websocket import WebSocketConnection as _Connection
     from wsproto import ConnectionType, WSConnection
 
     budget = None if max_pending is None else PendingBudget(max_pending)
+    most_open = connection_bound(max_connections)
+    open_now = 0
 
     async def connection(stream: trio.SocketStream) -> None:
+        nonlocal open_now
+        if open_now >= most_open:
+            await trio.aclose_forcefully(stream)
+            return
+        open_now += 1
         release: Callable[[], None] | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -207,6 +233,7 @@ async def serve_websockets(
         except* Exception as group:  # one connection's failure (a cancellation goes on)
             log.info("websocket connection failed: %r", group.exceptions)
         finally:
+            open_now -= 1
             if release is not None:
                 release()
             await stream.aclose()
