@@ -10,18 +10,22 @@ lifecycle checks and the await around it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from contextvars import ContextVar
 from operator import itemgetter
 from typing import Any, cast
 
 from koru.events import (
+    InvalidArgumentError,
     InvalidDataError,
     KeyNotFoundError,
     NoValueAtTimeError,
     check_name,
     decode_value,
 )
-from koru.projections import EXPIRES, NO_ID, TOMBSTONE, KvState, VersionRecord
+from koru.projections import EXPIRES, NO_ID, RECORD_SIZE, TOMBSTONE, KvState, VersionRecord
+from koru.projections._kv import LAST_PLACE
 
 from ._cache import MISSING
 from ._diff import Diff, diff_values, pick_version
@@ -31,7 +35,21 @@ from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
-__all__ = ["KeyReads", "version_of"]
+__all__ = ["ANSWER_BYTES", "KeyReads", "version_of"]
+
+#: The bytes the answer of the read running in this task may hold (None: no bound),
+#: set by the server of remote clients around each call. Why: a history is read whole
+#: (every version's value, from the log if not cached) before it can be measured, so
+#: a client's request of 50 bytes for a key of gigabytes of versions had the server
+#: read and encode them all, then refuse the answer as too large (h-dos).
+ANSWER_BYTES: ContextVar[int | None] = ContextVar("ANSWER_BYTES", default=None)
+#: Fewer bytes than any version's fields take in an answer besides its value (about
+#: 265 measured): a history whose values and this per version are over the bound
+#: is refused before a value is read.
+_VERSION_FIELDS = 200
+#: Each packed record's value size (after its location, see ``PLACE``).
+_SIZE_AT = LAST_PLACE + RECORD_SIZE + 8
+_SIZES = struct.Struct(f">{_SIZE_AT}xI{RECORD_SIZE - _SIZE_AT - 4}x")
 
 #: A raw version record's content id (see ``KvState.history_raw``).
 _CID = itemgetter(3)
@@ -146,6 +164,8 @@ class KeyReads:
             blob = self.kv.history_blob(namespace, key)
             if blob is None:
                 return []
+            if ANSWER_BYTES.get() is not None:
+                _bound(len(blob) // RECORD_SIZE, sum(s for (s,) in _SIZES.iter_unpack(blob)))
             kept = self.histories.rows(namespace, key, blob)
             if type(kept) is list:
                 return kept
@@ -166,6 +186,8 @@ class KeyReads:
             recs = [r for r in recs if r[0] <= hi]
         if latest is not None:
             recs = recs[len(recs) - latest :] if latest else []
+        if ANSWER_BYTES.get() is not None:
+            _bound(len(recs), sum(r[6] for r in recs))
         # A key may have thousands of versions: raw records, one cbor2 call for all
         # values, rows built in one pass (see _history).
         parts = values.cache.peek_all(list(map(_CID, recs)))
@@ -241,3 +263,13 @@ class KeyReads:
         if kv.live_content_id(namespace, key) is None:
             return False
         return not (kv.expiring and kv.expired(namespace, key, self.now()))
+
+
+def _bound(versions: int, value_bytes: int) -> None:
+    """Refuse a history whose answer is surely over :data:`ANSWER_BYTES`."""
+    bound = ANSWER_BYTES.get()
+    if bound is not None and value_bytes + versions * _VERSION_FIELDS > bound:
+        raise InvalidArgumentError(
+            f"history(): {versions} versions holding {value_bytes} bytes of values are "
+            f"over the {bound} bytes an answer may hold: ask for less (latest, since, until)"
+        )

@@ -39,6 +39,7 @@ from koru.events import (
 from koru.nursery import NoFeeds, StreamFailed
 
 from ._api import DatabaseAPI, SpaceAPI
+from ._reads import ANSWER_BYTES
 from ._remote_codec import pack, pack_error, unpack
 from ._subscriptions import DEFAULT_BUFFER
 
@@ -290,6 +291,7 @@ class ClientEndpoint(NoFeeds):
     async def _answer(
         self, call: Callable[..., Any], method: str, args: list[Any], kwargs: Any
     ) -> bytes:
+        bounded = ANSWER_BYTES.set(MAX_ANSWER)  # (a history refuses itself early)
         try:
             result = await call(*args, **kwargs)
             answer = OK + pack(result)
@@ -306,6 +308,8 @@ class ClientEndpoint(NoFeeds):
         except Exception as exc:
             log.exception("a client's call %s failed", method)
             return FAILED + pack_error(RemoteFailureError(f"{method}(): {type(exc).__name__}"))
+        finally:
+            ANSWER_BYTES.reset(bounded)
 
     @asynccontextmanager
     async def stream(self, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
