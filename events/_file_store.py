@@ -698,7 +698,7 @@ class FileStore:
         existing = set(disk.listdir(directory))
         n = 0
         while f"{base}.{n}.bin" in existing:
-            if disk.read_file(os.path.join(directory, f"{base}.{n}.bin")) == tail:
+            if self._holds(os.path.join(directory, f"{base}.{n}.bin"), tail):
                 return  # an earlier recovery saved it and crashed before the cut
             n += 1
         target = os.path.join(directory, f"{base}.{n}.bin")
@@ -724,6 +724,23 @@ class FileStore:
             len(tail),
             target,
         )
+
+    def _holds(self, path: str, tail: bytes) -> bool:
+        """Whether the file at ``path`` (in lost+found) holds exactly ``tail``. Nothing
+        there is trusted: an entry that cannot be read as a file of that size (a
+        directory, a device, a named pipe, a dangling link, a huge file) holds something
+        else, and is neither read whole nor allowed to stop the recovery."""
+        disk = self._disk
+        try:
+            fd = disk.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return disk.size(fd) == len(tail) and disk.pread(fd, len(tail), 0) == tail
+        except OSError:
+            return False
+        finally:
+            disk.close(fd)
 
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None

@@ -1,0 +1,93 @@
+"""Attacks on lost+found and on export/import raced by other processes (h-imex).
+
+lost+found holds what recovery set aside; it is never trusted. Whatever sits there
+(garbage, a directory, a link to a device, a named pipe, a dangling link, a huge
+file) under the name a new recovery would use, the open still recovers, sets the new
+tail aside under a fresh name, and changes nothing already there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import koru
+from koru._loader import CHECKPOINT_FILE
+from koru.events import LOST_FOUND, FileStore, unpack_location
+
+NS = "ns"
+
+
+def seg_path(db: Path) -> Path:
+    return db / "logs" / "storage" / "00000001.seg"
+
+
+async def torn_database(path: Path) -> tuple[int, bytes]:
+    """Five puts, the last never named by a checkpoint and damaged (as a crash may leave
+    it): returns the byte where the log will end and the bytes recovery sets aside."""
+    async with koru.open(path, sync="always") as db:
+        for i in range(4):
+            await db.put(NS, f"k{i}", {"i": i})
+    stale = (path / CHECKPOINT_FILE).read_bytes()
+    async with koru.open(path, sync="always") as db:
+        await db.put(NS, "k4", {"i": 4})
+    (path / CHECKPOINT_FILE).write_bytes(stale)
+    store = FileStore(path, readonly=True)
+    try:
+        # Where the fifth record starts: the log will end there.
+        start = [unpack_location(r.location)[2] for r in store.replay("storage")][-1]
+    finally:
+        store.close()
+    data = bytearray(seg_path(path).read_bytes())
+    end = len(data.rstrip(b"\0"))
+    data[end - 3] ^= 0xFF  # the last record's body: its checksum fails
+    seg_path(path).write_bytes(bytes(data))
+    return start, bytes(data[start:end])
+
+
+def _plant(entry: Path, kind: str) -> None:
+    if kind == "directory":
+        entry.mkdir()
+        (entry / "inside").write_bytes(b"kept")
+    elif kind == "device link":
+        os.symlink("/dev/zero", entry)
+    elif kind == "named pipe":
+        os.mkfifo(entry)
+    elif kind == "dangling link":
+        os.symlink(entry.parent / "nowhere", entry)
+    elif kind == "big sparse file":
+        with open(entry, "wb") as f:
+            f.truncate(1 << 30)
+
+
+@pytest.mark.parametrize(
+    "kind", ["directory", "device link", "named pipe", "dangling link", "big sparse file"]
+)
+async def test_an_entry_planted_under_the_next_lost_found_name_never_stops_the_open(
+    tmp_path: Path, kind: str
+) -> None:
+    """Attack: under the name the next recovery will use in lost+found
+    (``<agent>-<segment>-<offset>.0.bin``) sits something that is no set-aside file:
+    a directory, a link to /dev/zero, a named pipe, a dangling link, a 1 GiB sparse
+    file. Must hold: the writable open recovers as usual (the torn tail set aside under
+    the next free name, whole), what was there is left as it was, and it is never read
+    whole (the sparse file is not loaded to be compared)."""
+    db = tmp_path / "db"
+    offset, tail = await torn_database(db)
+    lost = db / LOST_FOUND
+    lost.mkdir()
+    planted = lost / f"storage-00000001-{offset}.0.bin"
+    _plant(planted, kind)
+    async with koru.open(db, sync="always") as opened:
+        assert await opened.keys(NS) == ["k0", "k1", "k2", "k3"]
+        assert (await opened.stats()).set_aside_files == 1
+    assert (lost / f"storage-00000001-{offset}.1.bin").read_bytes() == tail
+    assert planted.is_symlink() or planted.exists()
+    if kind == "directory":
+        assert (planted / "inside").read_bytes() == b"kept"
+    assert seg_path(db).stat().st_size == offset
+    async with koru.open(db) as opened:  # and the next open is quiet
+        assert await opened.keys(NS) == ["k0", "k1", "k2", "k3"]
+        assert (await opened.stats()).set_aside_files == 0
