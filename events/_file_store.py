@@ -292,7 +292,14 @@ class FileStore:
             d = os.path.dirname(d)
         try:
             for d in reversed(missing):
-                disk.mkdir(d)
+                try:
+                    disk.mkdir(d)
+                except FileExistsError:
+                    # Another opener made it first (two imports into a new path): the
+                    # lock decides who writes. Synced here too: its maker may not have
+                    # synced it yet.
+                    if not disk.is_dir(d):
+                        raise
                 # Why: a directory entry is durable only once its parent is synced.
                 disk.fsync_dir(os.path.dirname(d))
         except OSError as exc:

@@ -3,19 +3,24 @@
 lost+found holds what recovery set aside; it is never trusted. Whatever sits there
 (garbage, a directory, a link to a device, a named pipe, a dangling link, a huge
 file) under the name a new recovery would use, the open still recovers, sets the new
-tail aside under a fresh name, and changes nothing already there.
+tail aside under a fresh name, and changes nothing already there. Concurrent openers
+of a database that does not exist yet each either open it or are refused because
+another holds it, never fail because the other created a directory first.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import koru
 from koru._loader import CHECKPOINT_FILE
-from koru.events import LOST_FOUND, FileStore, unpack_location
+from koru.events import LOST_FOUND, DatabaseLockedError, FileStore, KoruError, unpack_location
 
 NS = "ns"
 
@@ -91,3 +96,33 @@ async def test_an_entry_planted_under_the_next_lost_found_name_never_stops_the_o
     async with koru.open(db) as opened:  # and the next open is quiet
         assert await opened.keys(NS) == ["k0", "k1", "k2", "k3"]
         assert (await opened.stats()).set_aside_files == 0
+
+
+def _open_fresh(path: str, barrier: Any) -> str:
+    barrier.wait()
+    try:
+        FileStore(path).close()
+    except DatabaseLockedError:
+        return "locked"
+    except KoruError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "opened"
+
+
+def test_openers_racing_to_create_one_database_never_fail_on_its_directory(
+    tmp_path: Path,
+) -> None:
+    """Attack: four processes open (create) the same database, which does not exist
+    yet, at once (two ``kdelta import`` into a new path do). Must hold: each opens it
+    or is refused with DatabaseLockedError; none fails with "cannot create the
+    database ...: File exists" because another made a directory of the path first."""
+    context = multiprocessing.get_context("spawn")
+    outcomes: set[str] = set()
+    with context.Manager() as manager, context.Pool(4) as pool:
+        for attempt in range(12):
+            root = tmp_path / str(attempt)
+            path = str(root / "a" / "b" / "c" / "db")
+            barrier = manager.Barrier(4)
+            outcomes.update(pool.starmap(_open_fresh, [(path, barrier)] * 4))
+            shutil.rmtree(root)
+    assert outcomes <= {"opened", "locked"}, outcomes
