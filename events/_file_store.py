@@ -700,6 +700,14 @@ class FileStore:
         base = f"{agent}-{seg:08d}-{offset}"
         disk = self._disk
         if not disk.is_dir(directory):
+            if disk.exists(directory):
+                # A file (or a dangling link) there may be someone's: never replaced,
+                # and the bytes are never dropped unsaved, so the log stays as it is.
+                raise StorageError(
+                    f"recovery must set aside {len(tail)} bytes of log {agent!r} (segment "
+                    f"{seg}, from byte {offset}: {why}), but {LOST_FOUND} is not a "
+                    f"directory ({directory}): move it away and open again"
+                )
             disk.mkdir(directory)
             disk.fsync_dir(self._root)
         existing = set(disk.listdir(directory))

@@ -10,17 +10,27 @@ another holds it, never fail because the other created a directory first.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import koru
 from koru._loader import CHECKPOINT_FILE
-from koru.events import LOST_FOUND, DatabaseLockedError, FileStore, KoruError, unpack_location
+from koru.events import (
+    LOST_FOUND,
+    DatabaseLockedError,
+    FileStore,
+    KoruError,
+    StorageError,
+    unpack_location,
+)
 
 NS = "ns"
 
@@ -126,3 +136,50 @@ def test_openers_racing_to_create_one_database_never_fail_on_its_directory(
             outcomes.update(pool.starmap(_open_fresh, [(path, barrier)] * 4))
             shutil.rmtree(root)
     assert outcomes <= {"opened", "locked"}, outcomes
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+async def test_a_lost_found_that_is_no_directory_is_named_when_recovery_needs_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """Attack: ``lost+found`` is a file (or a dangling link) when a torn tail must be
+    set aside. Must hold: nothing is lost or overwritten (the file stays as it was, the
+    log is not cut), the writable open is refused with a StorageError that names
+    lost+found (it said "cannot read or repair <segment>: File exists"), a read-only
+    open still reads, and ``kdelta verify`` names the problem."""
+    db = tmp_path / "db"
+    offset, _ = await torn_database(db)
+    lost = db / LOST_FOUND
+    if kind == "file":
+        lost.write_bytes(b"mine")
+    else:
+        os.symlink(tmp_path / "nowhere", lost)
+    before = seg_path(db).read_bytes()
+    with pytest.raises(StorageError, match=r"lost\+found is not a directory"):
+        async with koru.open(db, sync="always"):
+            pass
+    assert seg_path(db).read_bytes() == before
+    assert lost.read_bytes() == b"mine" if kind == "file" else lost.is_symlink()
+    async with koru.open(db, readonly=True) as opened:
+        assert await opened.keys(NS) == ["k0", "k1", "k2", "k3"]
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    verify = await trio.run_process(
+        [kdelta, "--db", str(db), "verify", "--json"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,  # the torn tail is reported too
+    )
+    report = json.loads(verify.stdout)
+    assert any(p["where"] == LOST_FOUND for p in report["problems"]), report
+    put = await trio.run_process(
+        [kdelta, "--db", str(db), "set", "ns/k9", "9"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert put.returncode == 3, put
+    assert put.stderr.decode().startswith("kdelta: ") and b"lost+found" in put.stderr, put
+    lost.unlink()
+    async with koru.open(db, sync="always") as opened:  # moved away: recovery runs
+        assert (await opened.stats()).set_aside_files == 1
+    assert seg_path(db).stat().st_size == offset

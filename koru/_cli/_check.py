@@ -85,6 +85,15 @@ def _verify(args: argparse.Namespace) -> int:
                     "was proven durable; never acknowledged)",
                 )
             )
+    elif os.path.lexists(lost):
+        problems.append(
+            _problem(
+                "warning",
+                LOST_FOUND,
+                "not a directory: a recovery that must set bytes aside will not open the "
+                "database for writing until it is moved away",
+            )
+        )
     errors = sum(p["severity"] == "error" for p in problems)
     warnings = len(problems) - errors
     records = sum(s.records for s in summaries)
