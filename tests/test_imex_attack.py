@@ -183,3 +183,26 @@ async def test_a_lost_found_that_is_no_directory_is_named_when_recovery_needs_it
     async with koru.open(db, sync="always") as opened:  # moved away: recovery runs
         assert (await opened.stats()).set_aside_files == 1
     assert seg_path(db).stat().st_size == offset
+
+
+async def test_verify_blames_no_checkpoint_for_a_bad_record_past_its_cursor(
+    tmp_path: Path,
+) -> None:
+    """Attack: a crash leaves the record after the checkpoint's cursor complete but
+    failing its checksum (sectors that never landed); the next writable open sets it
+    aside. Must hold: ``kdelta verify`` reports that record, and no problem with the
+    checkpoint, whose records are all intact (the audit read one record past the
+    cursor and reported "checkpoint: replaying 'storage' to the checkpoint failed")."""
+    db = tmp_path / "db"
+    await torn_database(db)
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    verify = await trio.run_process(
+        [kdelta, "--db", str(db), "verify", "--json"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    report = json.loads(verify.stdout)
+    wheres = [p["where"] for p in report["problems"]]
+    assert any(w.startswith("logs/storage/00000001.seg") for w in wheres), report
+    assert "checkpoint" not in wheres, report
