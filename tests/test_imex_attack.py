@@ -206,3 +206,41 @@ async def test_verify_blames_no_checkpoint_for_a_bad_record_past_its_cursor(
     wheres = [p["where"] for p in report["problems"]]
     assert any(w.startswith("logs/storage/00000001.seg") for w in wheres), report
     assert "checkpoint" not in wheres, report
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "cbor"])
+async def test_an_export_to_a_pipe_cut_short_by_damage_is_never_imported_as_whole(
+    tmp_path: Path, fmt: str
+) -> None:
+    """Attack: ``kdelta export | kdelta import -`` where the export meets a damaged
+    record half-way (exit 3): what it wrote before is a valid export of part of the
+    database. Must hold: the stream says it was cut short, so the import refuses it
+    (exit 3, nothing written) instead of importing the part and exiting 0."""
+    db = tmp_path / "db"
+    async with koru.open(db, sync="always") as opened:
+        for i in range(40):
+            await opened.put(NS, f"k{i}", {"i": i})
+    data = bytearray(seg_path(db).read_bytes())
+    data[len(data.rstrip(b"\0")) // 2] ^= 0xFF  # under the checkpoint: corruption
+    seg_path(db).write_bytes(bytes(data))
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    export = await trio.run_process(
+        [kdelta, "--db", str(db), "export", "--format", fmt],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert export.returncode == 3, export
+    assert export.stdout, "the export wrote part of the log before the damage"
+    copy = tmp_path / "copy"
+    imported = await trio.run_process(
+        [kdelta, "--db", str(copy), "import", "-"],
+        stdin=export.stdout,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert imported.returncode == 3, imported
+    assert imported.stderr.decode().startswith("kdelta: "), imported
+    assert b"cut short" in imported.stderr and b"Traceback" not in imported.stderr, imported
+    assert not (copy / "meta").exists()

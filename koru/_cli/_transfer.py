@@ -43,6 +43,11 @@ __all__ = ["TRANSFER_COMMANDS"]
 
 _MARK = "koru-delta-export"
 _VERSION = 1
+#: The last item of an export to standard output that stopped half-way (damage met, a
+#: Ctrl-C): what came before is a valid export of part of the database, which import
+#: would otherwise take whole. Import refuses a stream holding it (so do imports that
+#: predate it: it is no event).
+_CUT = "koru-delta-export-cut-short"
 #: Events per ingest call: large enough to be quick, small enough to keep the event
 #: loop responsive (ingest folds a call's events without yielding).
 CHUNK = 2000
@@ -133,26 +138,31 @@ def _export(args: argparse.Namespace) -> int:
                 sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
             else:
                 sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
-            for data, eid, event in _events_of(path, args.agent):
-                if fmt == "cbor":
-                    sink.write(cbor2.dumps(data))
-                else:
-                    sink.write(
-                        _line(
-                            {
-                                "id": eid.hex(),
-                                "agent": event.agent,
-                                "type": type(event).TAG,
-                                "origin": event.origin.hex(),
-                                "seq": event.seq,
-                                "time": _iso(event.hlc),
-                                "event": base64.b64encode(data).decode(),
-                            }
+            try:
+                for data, eid, event in _events_of(path, args.agent):
+                    if fmt == "cbor":
+                        sink.write(cbor2.dumps(data))
+                    else:
+                        sink.write(
+                            _line(
+                                {
+                                    "id": eid.hex(),
+                                    "agent": event.agent,
+                                    "type": type(event).TAG,
+                                    "origin": event.origin.hex(),
+                                    "seq": event.seq,
+                                    "time": _iso(event.hlc),
+                                    "event": base64.b64encode(data).decode(),
+                                }
+                            )
                         )
-                    )
-                count += 1
-                if progress is not None:
-                    progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+                    count += 1
+                    if progress is not None:
+                        progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+            except BaseException as exc:
+                if partial is None:  # standard output: what was written cannot be taken back
+                    _cut_short(sink, fmt, exc)
+                raise
         if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
@@ -178,6 +188,16 @@ def _export(args: argparse.Namespace) -> int:
         else:
             print(f"exported {count} events to {args.output} ({fmt})", file=sys.stderr)
     return 0
+
+
+def _cut_short(sink: IO[bytes], fmt: str, exc: BaseException) -> None:
+    """End a stream an export could not finish with the mark import refuses."""
+    import cbor2
+
+    why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+    with contextlib.suppress(OSError):  # a closed pipe has no reader to warn
+        sink.write(cbor2.dumps({_CUT: why}) if fmt == "cbor" else _line({_CUT: why}))
+        sink.flush()
 
 
 def _node_of(path: Path) -> bytes | None:
@@ -223,6 +243,8 @@ def _read_export(raw: bytes) -> list[bytes]:
                 continue
             try:
                 doc = json.loads(text)
+                if isinstance(doc, dict) and _CUT in doc:
+                    raise Failure(3, f"line {n}: {_cut_message(doc[_CUT])}")
                 data = base64.b64decode(doc["event"], validate=True)
             except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
                 raise Failure(3, f"line {n}: not an exported event ({exc})") from None
@@ -245,10 +267,16 @@ def _read_export(raw: bytes) -> list[bytes]:
             item = cbor2.load(stream)
         except Exception as exc:
             raise Failure(3, f"byte {at}: not an exported event ({exc})") from None
+        if isinstance(item, dict) and _CUT in item:
+            raise Failure(3, f"byte {at}: {_cut_message(item[_CUT])}")
         if type(item) is not bytes:
             raise Failure(3, f"byte {at}: not an exported event (a {type(item).__name__})")
         events.append(item)
     return events
+
+
+def _cut_message(why: Any) -> str:
+    return f"the export was cut short ({str(why)[:200]!r}): it holds part of the database only"
 
 
 def _check_events(events: list[bytes]) -> None:
