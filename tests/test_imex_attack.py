@@ -244,3 +244,31 @@ async def test_an_export_to_a_pipe_cut_short_by_damage_is_never_imported_as_whol
     assert imported.stderr.decode().startswith("kdelta: "), imported
     assert b"cut short" in imported.stderr and b"Traceback" not in imported.stderr, imported
     assert not (copy / "meta").exists()
+
+
+def test_verify_reports_a_lost_found_it_may_not_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack: ``kdelta verify`` run by a user who may read the logs but not list
+    lost+found (a writer's private directory; as root no permission bites, so the
+    refusal is simulated). Must hold: a report naming lost+found and why, never a
+    traceback (the PermissionError escaped main)."""
+    from koru._cli import main
+
+    db = tmp_path / "db"
+    assert main(["--db", str(db), "set", "ns/k", "1"]) == 0
+    (db / LOST_FOUND).mkdir()
+    (db / LOST_FOUND / "storage-00000001-56.0.bin").write_bytes(b"tail")
+    listdir = os.listdir
+
+    def refused(path: Any = ".") -> list[str]:
+        if os.fspath(path).endswith(LOST_FOUND):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    capsys.readouterr()
+    assert main(["--db", str(db), "verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [problem] = [p for p in report["problems"] if p["where"] == LOST_FOUND]
+    assert "Permission denied" in problem["message"], problem
