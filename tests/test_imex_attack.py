@@ -272,3 +272,63 @@ def test_verify_reports_a_lost_found_it_may_not_list(
     report = json.loads(capsys.readouterr().out)
     [problem] = [p for p in report["problems"] if p["where"] == LOST_FOUND]
     assert "Permission denied" in problem["message"], problem
+
+
+def test_an_export_to_a_named_pipe_or_a_link_to_stdout_writes_through_it(
+    tmp_path: Path,
+) -> None:
+    """Attack: ``kdelta export -o`` names a named pipe another process reads, a link
+    to ``/proc/self/fd/1`` (what ``/dev/stdout`` is), or a link to a file elsewhere.
+    Must hold: the export is written through it, as a shell redirection would (to the
+    file a link names, still whole or not at all), and the pipe or link stays what it
+    was; each was replaced by a regular file (the reader of the pipe waited for ever;
+    as root, ``-o /dev/stdout`` would replace the system's /dev/stdout)."""
+    import stat
+    import subprocess
+    import threading
+
+    from koru._cli import main
+
+    db = tmp_path / "db"
+    assert main(["--db", str(db), "set", "ns/k", "1"]) == 0
+    kdelta = str(Path(sys.executable).parent / "kdelta")
+    reference = tmp_path / "reference.jsonl"
+    subprocess.run([kdelta, "--db", str(db), "export", "-o", str(reference)], check=True)
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    done = subprocess.run(
+        [kdelta, "--db", str(db), "export", "--format", "jsonl", "-o", str(pipe)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    reader.join(5)  # (if the pipe was replaced, its reader waits for ever: a daemon)
+    assert done.returncode == 0, done
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode), "the named pipe was replaced"
+    assert received == [reference.read_bytes()]
+
+    link = tmp_path / "stdout"
+    os.symlink("/proc/self/fd/1", link)
+    done = subprocess.run(
+        [kdelta, "--db", str(db), "export", "--format", "jsonl", "-o", str(link)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done
+    assert link.is_symlink(), "the link was replaced"
+    assert done.stdout == reference.read_bytes()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "backup.jsonl").write_bytes(b"old")
+    named = tmp_path / "backup.jsonl"
+    os.symlink(elsewhere / "backup.jsonl", named)
+    subprocess.run([kdelta, "--db", str(db), "export", "-o", str(named)], check=True)
+    assert named.is_symlink(), "the link was replaced"
+    assert (elsewhere / "backup.jsonl").read_bytes() == reference.read_bytes()
+    assert sorted(os.listdir(elsewhere)) == ["backup.jsonl"]

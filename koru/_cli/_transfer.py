@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -110,19 +111,28 @@ def _export(args: argparse.Namespace) -> int:
     # each write their own (one shared name let the second truncate and rename the
     # first's while it was still being written), and no file or link found there is
     # written through.
+    # A named pipe, a terminal or a link to one (/dev/stdout) is written through, as a
+    # shell redirection would: renaming a file into its place replaced it.
+    # Through a link, the file it names is replaced, not the link (/dev/stdout, when
+    # standard output is a file, names that file).
+    streamed = args.output is not None and _is_stream(args.output)
+    final = args.output
+    if final is not None and not streamed and os.path.islink(final):
+        final = os.path.realpath(final)
     partial = (
         None
-        if args.output is None
-        else f"{args.output}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+        if final is None or streamed
+        else f"{final}.{os.getpid()}.{secrets.token_hex(4)}.partial"
     )
     if args.output is not None and os.path.isdir(args.output):
         raise Failure(2, f"cannot write {args.output}: it is a directory")
     try:
-        sink: IO[bytes] = (
-            sys.stdout.buffer
-            if partial is None
-            else os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
-        )
+        if partial is None:
+            sink: IO[bytes] = (
+                open(args.output, "wb") if streamed else sys.stdout.buffer  # noqa: SIM115
+            )
+        else:
+            sink = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     except OSError as exc:
         raise Failure(2, f"cannot write {args.output}: {exc.strerror}") from None
     count = 0
@@ -167,7 +177,7 @@ def _export(args: argparse.Namespace) -> int:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
             sink.close()
-            os.replace(partial, args.output)
+            os.replace(partial, final)
     except OSError as exc:
         if partial is None:
             raise  # standard output: a closed pipe is main()'s business
@@ -177,6 +187,8 @@ def _export(args: argparse.Namespace) -> int:
             progress.stop()
         if partial is None:
             sink.flush()
+            if streamed:
+                sink.close()
         else:
             sink.close()
             with contextlib.suppress(FileNotFoundError):
@@ -188,6 +200,16 @@ def _export(args: argparse.Namespace) -> int:
         else:
             print(f"exported {count} events to {args.output} ({fmt})", file=sys.stderr)
     return 0
+
+
+def _is_stream(output: str) -> bool:
+    """Whether ``output`` names something that exists and is no regular file nor a
+    directory (a named pipe, a terminal, a device, or a link to one)."""
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _cut_short(sink: IO[bytes], fmt: str, exc: BaseException) -> None:
