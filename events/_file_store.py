@@ -751,7 +751,15 @@ class FileStore:
         except OSError:
             return False
         try:
-            return disk.size(fd) == len(tail) and disk.pread(fd, len(tail), 0) == tail
+            if disk.size(fd) != len(tail):
+                return False
+            pos, view = 0, memoryview(tail)
+            while pos < len(tail):  # pread returns at most 2 GiB a call
+                chunk = disk.pread(fd, min(len(tail) - pos, 1 << 30), pos)
+                if not chunk or view[pos : pos + len(chunk)] != chunk:
+                    return False
+                pos += len(chunk)
+            return True
         except OSError:
             return False
         finally:

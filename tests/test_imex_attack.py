@@ -332,3 +332,38 @@ def test_an_export_to_a_named_pipe_or_a_link_to_stdout_writes_through_it(
     assert named.is_symlink(), "the link was replaced"
     assert (elsewhere / "backup.jsonl").read_bytes() == reference.read_bytes()
     assert sorted(os.listdir(elsewhere)) == ["backup.jsonl"]
+
+
+async def test_torn_tails_set_aside_at_one_offset_never_overwrite_each_other(
+    tmp_path: Path,
+) -> None:
+    """Attack: a torn tail set aside at byte X; the log grows again from X and a second
+    crash tears it there too, after a recovery that crashed half-way through saving it
+    (a short copy under the next name). Then the same tail is met again (a recovery
+    that saved it and crashed before the cut). Must hold: every earlier file keeps its
+    bytes, the new tail gets the next free name whole, and a tail already saved is not
+    saved twice."""
+    db = tmp_path / "db"
+    offset, first = await torn_database(db)
+    stale = (db / CHECKPOINT_FILE).read_bytes()
+    async with koru.open(db, sync="always") as opened:
+        await opened.put(NS, "k4", {"i": "again"})
+    lost = db / LOST_FOUND
+    base = f"storage-00000001-{offset}"
+    (db / CHECKPOINT_FILE).write_bytes(stale)
+    data = bytearray(seg_path(db).read_bytes())
+    end = len(data.rstrip(b"\0"))
+    data[end - 3] ^= 0xFF
+    seg_path(db).write_bytes(bytes(data))
+    second = bytes(data[offset:end])
+    (lost / f"{base}.1.bin").write_bytes(second[:10])
+    async with koru.open(db, sync="always") as opened:
+        assert (await opened.stats()).set_aside_files == 1
+    expected = {f"{base}.0.bin": first, f"{base}.1.bin": second[:10], f"{base}.2.bin": second}
+    assert {p.name: p.read_bytes() for p in lost.iterdir()} == expected
+    seg_path(db).write_bytes(seg_path(db).read_bytes() + second)
+    async with koru.open(db, sync="always") as opened:
+        assert (await opened.stats()).set_aside_files == 0
+        assert await opened.keys(NS) == ["k0", "k1", "k2", "k3"]
+    assert {p.name: p.read_bytes() for p in lost.iterdir()} == expected
+    assert seg_path(db).stat().st_size == offset
