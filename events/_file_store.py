@@ -292,7 +292,14 @@ class FileStore:
             d = os.path.dirname(d)
         try:
             for d in reversed(missing):
-                disk.mkdir(d)
+                try:
+                    disk.mkdir(d)
+                except FileExistsError:
+                    # Another opener made it first (two imports into a new path): the
+                    # lock decides who writes. Synced here too: its maker may not have
+                    # synced it yet.
+                    if not disk.is_dir(d):
+                        raise
                 # Why: a directory entry is durable only once its parent is synced.
                 disk.fsync_dir(os.path.dirname(d))
         except OSError as exc:
@@ -693,12 +700,20 @@ class FileStore:
         base = f"{agent}-{seg:08d}-{offset}"
         disk = self._disk
         if not disk.is_dir(directory):
+            if disk.exists(directory):
+                # A file (or a dangling link) there may be someone's: never replaced,
+                # and the bytes are never dropped unsaved, so the log stays as it is.
+                raise StorageError(
+                    f"recovery must set aside {len(tail)} bytes of log {agent!r} (segment "
+                    f"{seg}, from byte {offset}: {why}), but {LOST_FOUND} is not a "
+                    f"directory ({directory}): move it away and open again"
+                )
             disk.mkdir(directory)
             disk.fsync_dir(self._root)
         existing = set(disk.listdir(directory))
         n = 0
         while f"{base}.{n}.bin" in existing:
-            if disk.read_file(os.path.join(directory, f"{base}.{n}.bin")) == tail:
+            if self._holds(os.path.join(directory, f"{base}.{n}.bin"), tail):
                 return  # an earlier recovery saved it and crashed before the cut
             n += 1
         target = os.path.join(directory, f"{base}.{n}.bin")
@@ -724,6 +739,31 @@ class FileStore:
             len(tail),
             target,
         )
+
+    def _holds(self, path: str, tail: bytes) -> bool:
+        """Whether the file at ``path`` (in lost+found) holds exactly ``tail``. Nothing
+        there is trusted: an entry that cannot be read as a file of that size (a
+        directory, a device, a named pipe, a dangling link, a huge file) holds something
+        else, and is neither read whole nor allowed to stop the recovery."""
+        disk = self._disk
+        try:
+            fd = disk.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            if disk.size(fd) != len(tail):
+                return False
+            pos, view = 0, memoryview(tail)
+            while pos < len(tail):  # pread returns at most 2 GiB a call
+                chunk = disk.pread(fd, min(len(tail) - pos, 1 << 30), pos)
+                if not chunk or view[pos : pos + len(chunk)] != chunk:
+                    return False
+                pos += len(chunk)
+            return True
+        except OSError:
+            return False
+        finally:
+            disk.close(fd)
 
     def records(
         self, agent: str, start: int = 0, *, after: Cursor | None = None

@@ -10,6 +10,7 @@ every entry of every table it names.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, cast
 
 import cbor2
@@ -196,9 +197,9 @@ def _audit(store: LogStore, raw: bytes | None) -> tuple[list[str], list[str]]:
     for agent, cursor in sorted(checkpoint.cursors.items()):
         folded, root = 0, None
         try:
-            for record in store.records(agent, 0):
-                if record.position >= cursor.count:
-                    break
+            # Not one record past the cursor: what follows it was never proven durable
+            # (a crash's tail fails its checks there), and is not the checkpoint's.
+            for record in itertools.islice(store.records(agent, 0), cursor.count):
                 replayed.apply(decode_trusted(record.data), record.event_id, record.location)
                 folded, root = record.position + 1, record.root
         except KoruError as exc:

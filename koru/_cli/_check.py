@@ -76,7 +76,13 @@ def _verify(args: argparse.Namespace) -> int:
     notes = _check_store(path, problems, checkpoint=not args.logs_only)
     lost = os.path.join(path, LOST_FOUND)
     if os.path.isdir(lost):
-        for name in sorted(os.listdir(lost)):
+        try:
+            kept = sorted(os.listdir(lost))
+        except OSError as exc:  # a writer's private directory, say
+            kept = []
+            why = exc.strerror or str(exc)
+            problems.append(_problem("warning", LOST_FOUND, f"cannot be listed: {why}"))
+        for name in kept:
             problems.append(
                 _problem(
                     "warning",
@@ -85,6 +91,15 @@ def _verify(args: argparse.Namespace) -> int:
                     "was proven durable; never acknowledged)",
                 )
             )
+    elif os.path.lexists(lost):
+        problems.append(
+            _problem(
+                "warning",
+                LOST_FOUND,
+                "not a directory: a recovery that must set bytes aside will not open the "
+                "database for writing until it is moved away",
+            )
+        )
     errors = sum(p["severity"] == "error" for p in problems)
     warnings = len(problems) - errors
     records = sum(s.records for s in summaries)

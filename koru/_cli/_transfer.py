@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,11 @@ __all__ = ["TRANSFER_COMMANDS"]
 
 _MARK = "koru-delta-export"
 _VERSION = 1
+#: The last item of an export to standard output that stopped half-way (damage met, a
+#: Ctrl-C): what came before is a valid export of part of the database, which import
+#: would otherwise take whole. Import refuses a stream holding it (so do imports that
+#: predate it: it is no event).
+_CUT = "koru-delta-export-cut-short"
 #: Events per ingest call: large enough to be quick, small enough to keep the event
 #: loop responsive (ingest folds a call's events without yielding).
 CHUNK = 2000
@@ -105,19 +111,28 @@ def _export(args: argparse.Namespace) -> int:
     # each write their own (one shared name let the second truncate and rename the
     # first's while it was still being written), and no file or link found there is
     # written through.
+    # A named pipe, a terminal or a link to one (/dev/stdout) is written through, as a
+    # shell redirection would: renaming a file into its place replaced it.
+    # Through a link, the file it names is replaced, not the link (/dev/stdout, when
+    # standard output is a file, names that file).
+    streamed = args.output is not None and _is_stream(args.output)
+    final = args.output
+    if final is not None and not streamed and os.path.islink(final):
+        final = os.path.realpath(final)
     partial = (
         None
-        if args.output is None
-        else f"{args.output}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+        if final is None or streamed
+        else f"{final}.{os.getpid()}.{secrets.token_hex(4)}.partial"
     )
     if args.output is not None and os.path.isdir(args.output):
         raise Failure(2, f"cannot write {args.output}: it is a directory")
     try:
-        sink: IO[bytes] = (
-            sys.stdout.buffer
-            if partial is None
-            else os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
-        )
+        if partial is None:
+            sink: IO[bytes] = (
+                open(args.output, "wb") if streamed else sys.stdout.buffer  # noqa: SIM115
+            )
+        else:
+            sink = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
     except OSError as exc:
         raise Failure(2, f"cannot write {args.output}: {exc.strerror}") from None
     count = 0
@@ -133,31 +148,36 @@ def _export(args: argparse.Namespace) -> int:
                 sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
             else:
                 sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
-            for data, eid, event in _events_of(path, args.agent):
-                if fmt == "cbor":
-                    sink.write(cbor2.dumps(data))
-                else:
-                    sink.write(
-                        _line(
-                            {
-                                "id": eid.hex(),
-                                "agent": event.agent,
-                                "type": type(event).TAG,
-                                "origin": event.origin.hex(),
-                                "seq": event.seq,
-                                "time": _iso(event.hlc),
-                                "event": base64.b64encode(data).decode(),
-                            }
+            try:
+                for data, eid, event in _events_of(path, args.agent):
+                    if fmt == "cbor":
+                        sink.write(cbor2.dumps(data))
+                    else:
+                        sink.write(
+                            _line(
+                                {
+                                    "id": eid.hex(),
+                                    "agent": event.agent,
+                                    "type": type(event).TAG,
+                                    "origin": event.origin.hex(),
+                                    "seq": event.seq,
+                                    "time": _iso(event.hlc),
+                                    "event": base64.b64encode(data).decode(),
+                                }
+                            )
                         )
-                    )
-                count += 1
-                if progress is not None:
-                    progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+                    count += 1
+                    if progress is not None:
+                        progress.advance(progress.task_ids[0], len(data) + 44)  # + framing
+            except BaseException as exc:
+                if partial is None:  # standard output: what was written cannot be taken back
+                    _cut_short(sink, fmt, exc)
+                raise
         if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
             sink.close()
-            os.replace(partial, args.output)
+            os.replace(partial, final)
     except OSError as exc:
         if partial is None:
             raise  # standard output: a closed pipe is main()'s business
@@ -167,6 +187,8 @@ def _export(args: argparse.Namespace) -> int:
             progress.stop()
         if partial is None:
             sink.flush()
+            if streamed:
+                sink.close()
         else:
             sink.close()
             with contextlib.suppress(FileNotFoundError):
@@ -178,6 +200,26 @@ def _export(args: argparse.Namespace) -> int:
         else:
             print(f"exported {count} events to {args.output} ({fmt})", file=sys.stderr)
     return 0
+
+
+def _is_stream(output: str) -> bool:
+    """Whether ``output`` names something that exists and is no regular file nor a
+    directory (a named pipe, a terminal, a device, or a link to one)."""
+    try:
+        mode = os.stat(output).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _cut_short(sink: IO[bytes], fmt: str, exc: BaseException) -> None:
+    """End a stream an export could not finish with the mark import refuses."""
+    import cbor2
+
+    why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+    with contextlib.suppress(OSError):  # a closed pipe has no reader to warn
+        sink.write(cbor2.dumps({_CUT: why}) if fmt == "cbor" else _line({_CUT: why}))
+        sink.flush()
 
 
 def _node_of(path: Path) -> bytes | None:
@@ -223,6 +265,8 @@ def _read_export(raw: bytes) -> list[bytes]:
                 continue
             try:
                 doc = json.loads(text)
+                if isinstance(doc, dict) and _CUT in doc:
+                    raise Failure(3, f"line {n}: {_cut_message(doc[_CUT])}")
                 data = base64.b64decode(doc["event"], validate=True)
             except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
                 raise Failure(3, f"line {n}: not an exported event ({exc})") from None
@@ -245,10 +289,16 @@ def _read_export(raw: bytes) -> list[bytes]:
             item = cbor2.load(stream)
         except Exception as exc:
             raise Failure(3, f"byte {at}: not an exported event ({exc})") from None
+        if isinstance(item, dict) and _CUT in item:
+            raise Failure(3, f"byte {at}: {_cut_message(item[_CUT])}")
         if type(item) is not bytes:
             raise Failure(3, f"byte {at}: not an exported event (a {type(item).__name__})")
         events.append(item)
     return events
+
+
+def _cut_message(why: Any) -> str:
+    return f"the export was cut short ({str(why)[:200]!r}): it holds part of the database only"
 
 
 def _check_events(events: list[bytes]) -> None:
