@@ -724,8 +724,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         buffer: int = DEFAULT_BUFFER,
     ) -> AsyncIterator[Subscription]:
         """Every change (of a namespace, of one key, of some kinds, whose value passes
-        the filter of ``where``) from now, or from log position ``from_position``, in
-        log order, each exactly once::
+        ``where``, a query holding a filter only) from now, or from log position
+        ``from_position``, in log order, each exactly once::
 
             async with db.subscribe("users", where=Query().where(F("age") > 30)) as changes:
                 async for change in changes:
@@ -733,13 +733,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
 
         Every write path delivers (puts, batches, deletes, expiries, ingested events).
         A writer never waits for a subscriber: one more than ``buffer`` events behind
-        gets :class:`~koru.LaggedError` with the position to resume from. The iteration
-        raises DatabaseClosedError when the database closes.
+        gets :class:`~koru.LaggedError` with the position to resume from (``buffer``:
+        1 to ``MAX_BUFFER``, 2**20). The iteration raises DatabaseClosedError when the
+        database closes.
 
         Raises:
             InvalidArgumentError: a bad namespace, key, kinds or buffer, or a position
                 that is negative or past the log's end.
-            InvalidQueryError: a bad ``where``.
+            InvalidQueryError: a bad ``where``, or one holding more than a filter.
         """
         await self._life.enter()
         async with self._hub.subscribe(namespace, key, kinds, where, from_position, buffer) as sub:

@@ -34,6 +34,7 @@ from koru.events import (
     DatabaseClosedError,
     Event,
     InvalidArgumentError,
+    InvalidQueryError,
     KoruError,
     LaggedError,
     LogStore,
@@ -57,6 +58,9 @@ __all__ = ["KINDS", "KeyChange", "Hub", "Subscription"]
 KINDS = frozenset({"put", "delete"})
 #: Default bound of a subscription's queue, in events.
 DEFAULT_BUFFER = 10_000
+#: The most changes a subscriber may ask to have queued (a bound: a buffer of 2**70
+#: was accepted and bounded nothing; h-subck).
+MAX_BUFFER = 1 << 20
 _RECORD = _REC.size
 _WID = 24  # where the write id sits in a packed version record
 #: The most keys, and version records in all, whose histories a hub keeps prepared
@@ -429,13 +433,15 @@ class Hub:
             ) from None
         if not wanted or not wanted <= KINDS:
             raise InvalidArgumentError(f"kinds must be a set of {sorted(KINDS)}, not {kinds!r}")
-        predicate = None if where is None else compile_filter(as_query(where, "where").filter)
+        predicate = None if where is None else compile_filter(_filter_only(where))
         if from_position is not None and (type(from_position) is not int or from_position < 0):
             raise InvalidArgumentError(
                 f"from_position must be a non-negative int, not {from_position!r}"
             )
-        if type(buffer) is not int or buffer < 1:
-            raise InvalidArgumentError(f"buffer must be a positive int, not {buffer!r}")
+        if type(buffer) is not int or not 1 <= buffer <= MAX_BUFFER:
+            raise InvalidArgumentError(
+                f"buffer must be an int from 1 to {MAX_BUFFER}, not {buffer!r}"
+            )
         # The seam: the log's end now, and the live queue attached, with no yield between.
         end = self.store.cursor(STORAGE).count
         if from_position is not None and from_position > end:
@@ -473,3 +479,27 @@ def _earliest_after(locations: list[int]) -> list[float]:
 def _location(blob: bytes | bytearray, start: int) -> int:
     """The location of the event of the record starting at ``start``."""
     return int.from_bytes(blob[start + _LOC_AT : start + _LOC_AT + 8], "big")
+
+
+def _filter_only(where: Any) -> Any:
+    """The filter of ``where``, which must hold nothing else: a subscription tests each
+    change alone, so an order, a limit, fields or an aggregate would be silently
+    ignored (they were; h-subck)."""
+    query = as_query(where, "where")
+    extra = [
+        name
+        for name, unset in (
+            ("fields", query.fields is None),
+            ("order", not query.order),
+            ("offset", not query.skip),
+            ("limit", query.take is None),
+            ("aggregate", query.aggregate is None),
+            ("group", query.group is None),
+        )
+        if not unset
+    ]
+    if extra:
+        raise InvalidQueryError(
+            "where", f"a subscription takes a filter only, not {', '.join(extra)}"
+        )
+    return query.filter
