@@ -42,8 +42,9 @@ import attrs
 from koru.events import InvalidQueryError
 
 from ._filters import MAX_DEPTH as _MAX_DEPTH
+from ._filters import MAX_IN_VALUES as _MAX_IN_VALUES
 from ._filters import MAX_LEAVES as _MAX_LEAVES
-from ._filters import And, Filter, Matches, Not, Or, filter_from_data
+from ._filters import And, Filter, In, Matches, Not, Or, filter_from_data
 from ._paths import check_path
 from ._regex import MAX_STATES
 
@@ -92,7 +93,7 @@ def check_filter(f: Any, field: str) -> Filter:
     if not isinstance(f, Filter):
         raise InvalidQueryError(field, f"must be a filter (built with F), not {f!r}")
     stack: list[tuple[Filter, int]] = [(f, 0)]
-    leaves = states = 0
+    leaves = states = values = 0
     while stack:
         node, depth = stack.pop()
         if depth > _MAX_DEPTH:
@@ -118,6 +119,14 @@ def check_filter(f: Any, field: str) -> Filter:
                         "states in all",
                     )
             else:
+                if isinstance(node, In):
+                    values += len(node.values) if type(node.values) is tuple else 0
+                    if values > _MAX_IN_VALUES:
+                        raise InvalidQueryError(
+                            field,
+                            f"the in conditions of a filter may list at most {_MAX_IN_VALUES} "
+                            "values",
+                        )
                 _check_leaf(node, field)
     return f
 

@@ -326,3 +326,41 @@ async def test_a_condition_built_by_hand_is_checked_like_one_built_by_f(leaf: An
             await db.query("n", Query(filter=leaf))
         built = await db.query("n", Query(filter=Compare("eq", "a", 1)))
         assert built == await db.query("n", Query().where(F("a") == 1))
+
+
+def test_in_lists_of_a_filter_are_bounded_all_together() -> None:
+    """Attack: an ``in`` listing millions of values (a view definition from a peer may
+    be 16 MiB: some 3,500,000 of them, each checked and converted on the event loop,
+    about 5 s). What must hold: the in conditions of one filter list at most
+    MAX_IN_VALUES values all together, in the data form and built by hand alike;
+    refused with InvalidQueryError before any is converted; up to it, accepted."""
+    from koru.projections._filters import MAX_IN_VALUES
+
+    half = list(range(MAX_IN_VALUES // 2 + 1))
+    over = {"where": ["or", ["in", "a", half], ["in", "b", half]]}
+    with pytest.raises(InvalidQueryError, match="at most"):
+        Query.from_data(over)
+    with pytest.raises(InvalidQueryError, match="at most"):
+        Query.from_data({"where": ["in", "a", list(range(MAX_IN_VALUES + 1))]})
+    with pytest.raises(InvalidQueryError, match="at most"):
+        Query().where(F("a").is_in(half) | F("b").is_in(half)).validate()
+    fits = list(range(MAX_IN_VALUES // 2))
+    ok = Query.from_data({"where": ["or", ["in", "a", fits], ["in", "b", fits]]})
+    assert ok.validate() == ok
+
+
+async def test_a_view_over_the_in_bound_is_refused_and_the_database_goes_on() -> None:
+    """A view whose definition lists more ``in`` values than the bound is refused with
+    the typed error (a peer's definition event is read by the same ``Query.from_data``,
+    and a view whose definition it refuses reports that error when read), and the
+    database keeps working."""
+    from koru.projections._filters import MAX_IN_VALUES
+
+    async with koru.open(":memory:") as db:
+        await db.put("docs", "k", {"a": 1})
+        with pytest.raises(InvalidQueryError, match="at most"):
+            await db.create_view(
+                "big", "docs", {"where": ["in", "a", list(range(MAX_IN_VALUES + 1))]}
+            )
+        await db.create_view("fine", "docs", {"where": ["in", "a", [1, 2]]})
+        assert [r.key for r in await db.view("fine")] == ["k"]
