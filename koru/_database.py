@@ -734,8 +734,9 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Every write path delivers (puts, batches, deletes, expiries, ingested events).
         A writer never waits for a subscriber: one more than ``buffer`` events behind
         gets :class:`~koru.LaggedError` with the position to resume from (``buffer``:
-        1 to ``MAX_BUFFER``, 2**20). The iteration raises DatabaseClosedError when the
-        database closes.
+        1 to ``MAX_BUFFER``, 10,000,000; the values queued hold at most
+        ``MAX_QUEUED_BYTES``, 128 MiB). The iteration raises DatabaseClosedError when
+        the database closes.
 
         Raises:
             InvalidArgumentError: a bad namespace, key, kinds or buffer, or a position

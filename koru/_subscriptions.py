@@ -58,9 +58,15 @@ __all__ = ["KINDS", "KeyChange", "Hub", "Subscription"]
 KINDS = frozenset({"put", "delete"})
 #: Default bound of a subscription's queue, in events.
 DEFAULT_BUFFER = 10_000
+#: The most bytes of values the changes queued for one subscriber may hold; past it,
+#: it is cut off as when its buffer is full (a queue never empty holds one change
+#: whatever its size). Why: a subscriber behind by its buffer of changes kept them
+#: all alive whatever their size, 10,000 values of a megabyte each, 10 GB (h-dos).
+MAX_QUEUED_BYTES = 128 << 20
 #: The most changes a subscriber may ask to have queued (a bound: a buffer of 2**70
-#: was accepted and bounded nothing; h-subck).
-MAX_BUFFER = 1 << 20
+#: was accepted and bounded nothing; h-subck). Their values' bytes are bounded too
+#: (``MAX_QUEUED_BYTES``).
+MAX_BUFFER = 10_000_000
 _RECORD = _REC.size
 _WID = 24  # where the write id sits in a packed version record
 #: The most keys, and version records in all, whose histories a hub keeps prepared
@@ -90,7 +96,8 @@ class KeyChange(NamedTuple):
 
 # event, event id, position, and the versions of its writes by index once a subscriber
 # built them (shared: ten subscribers of one event build them once).
-Item = tuple[Event, bytes, int, dict[int, tuple[Any, Any]]]
+#: (event, its id, its log position, changes built for it, bytes of values it holds)
+Item = tuple[Event, bytes, int, dict[int, tuple[Any, Any]], int]
 
 
 class Subscription:
@@ -119,6 +126,8 @@ class Subscription:
         #: The log position it starts from (the log's end when none was asked for).
         self.start = 0
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
+        #: The bytes of values the queued events hold.
+        self._queued = 0
         self._ready: list[KeyChange] = []
         #: Position of the first event not queued, once cut off.
         self.lagged_at: int | None = None
@@ -133,6 +142,9 @@ class Subscription:
     def push(self, item: Item) -> bool:
         """Queue an event without waiting; False if the subscriber was cut off."""
         try:
+            queued = self._queued + item[4]
+            if queued > MAX_QUEUED_BYTES and self._queued:
+                raise trio.WouldBlock
             self._send.send_nowait(item)
         except trio.WouldBlock:
             self.lagged_at = item[2]
@@ -140,6 +152,7 @@ class Subscription:
             return False
         except trio.ClosedResourceError:
             return False
+        self._queued = queued
         return True
 
     def end(self) -> None:
@@ -176,10 +189,12 @@ class Subscription:
                     item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     item = await self._next_item()
+                    self._queued -= item[4]
                     self._take(item)
                 except trio.EndOfChannel:
                     self._ended()
                 else:
+                    self._queued -= item[4]
                     self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
@@ -207,7 +222,7 @@ class Subscription:
         raise StopAsyncIteration from None
 
     def _changes(self, item: Item) -> list[KeyChange]:
-        event, eid, position, built = item
+        event, eid, position, built, _ = item
         out = []
         ns_wanted, key_wanted, kinds, where = self.namespace, self.key, self.kinds, self._where
         outward = self.space.outward
@@ -269,7 +284,8 @@ class Hub:
             return
         writes = event.writes
         names = {w.namespace for w in writes}
-        item: Item = (event, event_id, self.store.cursor(STORAGE).count - 1, {})
+        size = sum([len(w.value) for w in writes if w.value is not None])
+        item: Item = (event, event_id, self.store.cursor(STORAGE).count - 1, {}, size)
         cut = False
         for sub in subs:
             ns = sub.namespace
@@ -400,7 +416,7 @@ class Hub:
         for record in self.store.records(STORAGE, start):
             if record.position >= end:
                 return
-            yield decode_trusted(record.data), record.event_id, record.position, {}
+            yield decode_trusted(record.data), record.event_id, record.position, {}, 0
 
     # -- subscribing -------------------------------------------------------------------
 

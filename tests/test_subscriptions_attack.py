@@ -14,7 +14,7 @@ import trio.testing
 
 import koru
 from conftest import StepClock
-from koru import F, KeyChange, Query
+from koru import F, KeyChange, LaggedError, Query
 
 NS = "ns"
 
@@ -203,14 +203,44 @@ async def test_a_where_with_more_than_a_filter_is_refused(where: Any, named: str
             assert (await sub.__anext__()).key == "b"
 
 
-@pytest.mark.parametrize("buffer", [0, -1, 2**70, (1 << 20) + 1, 2.0, True])
+@pytest.mark.parametrize("buffer", [0, -1, 2**70, 10_000_001, 2.0, True])
 async def test_a_buffer_past_its_bound_is_refused(buffer: Any) -> None:
     """A buffer of 2**70 changes was accepted: a bound that bounds nothing. What must
-    hold: 1 to MAX_BUFFER (2**20) changes, else InvalidArgumentError."""
+    hold: 1 to MAX_BUFFER (10,000,000) changes, else InvalidArgumentError."""
     async with koru.open(":memory:", clock=StepClock()) as db:
         with pytest.raises(koru.InvalidArgumentError, match="buffer"):
             async with db.subscribe(NS, buffer=buffer):
                 pass
-        async with db.subscribe(NS, buffer=1 << 20) as sub:
+        async with db.subscribe(NS, buffer=10_000_000) as sub:
             await db.put(NS, "k", 1)
             assert (await sub.__anext__()).value == 1
+
+
+async def test_a_subscriber_behind_is_cut_off_by_the_bytes_its_queue_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A subscriber that stops reading while large values are written: its queue held
+    its whole buffer of changes whatever their size (10,000 values of a megabyte: 10
+    GB alive; h-dos). What must hold: cut off (LaggedError at the first change not
+    queued) once the values queued pass MAX_QUEUED_BYTES, every change before it
+    delivered; a lone change larger than that is still queued when the queue is empty;
+    a subscriber that keeps up is never cut off."""
+    import koru._subscriptions as subscriptions
+
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", 10_000)
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        async with db.subscribe(NS) as slow, db.subscribe(NS) as keeping_up:
+            await db.put(NS, "huge", "x" * 50_000)  # alone in the queue: queued
+            assert (await keeping_up.__anext__()).key == "huge"
+            assert (await slow.__anext__()).key == "huge"
+            start = db._store.cursor("storage").count
+            for i in range(20):
+                await db.put(NS, f"k{i}", "y" * 1_000)  # about 1,010 bytes each
+                assert (await keeping_up.__anext__()).key == f"k{i}"
+            got = []
+            with pytest.raises(LaggedError) as lagged:
+                while True:
+                    got.append((await slow.__anext__()).key)
+            assert got == [f"k{i}" for i in range(len(got))] and 5 <= len(got) < 20
+            assert lagged.value.position == start + len(got)
+        assert db._hub.subscriptions == []
