@@ -53,6 +53,7 @@ GROUPS = (
     "memory",
     "tiers",
     "capture",
+    "ttl",
     "query_scan",
     "query_index",
     "views",
@@ -972,6 +973,71 @@ async def bench_capture(sizes: Sizes, tmp: Path, report: Report) -> None:
     report.target("slowest put during a checkpoint", k, 10.0, "ms", at_least=False)
 
 
+async def bench_ttl(sizes: Sizes, tmp: Path, report: Report) -> None:
+    """A database of many keys with a time to live, as a cache or a session store
+    holds: its open with a checkpoint (the keys' expiry times are listed in it), and
+    the expiry process's step when nothing is due yet (what it holds the loop for,
+    once a minute). References: sqlite3's open and count of the same rows, and its
+    indexed query of the rows due."""
+    from koru._processes import steps
+
+    n = sizes.open_keys * 10
+    path = tmp / "ttl"
+    async with koru.open(path, sync="never") as db:
+        for start in range(0, n, 1_000):
+            batch = range(start, min(n, start + 1_000))
+            await db.put_batch([(NS, f"s{i}", value(i)) for i in batch], ttl=30 * 86_400)
+    sq = str(tmp / "ttl.sqlite")
+    conn = sqlite3.connect(sq)
+    conn.execute("CREATE TABLE kv (ns TEXT, key TEXT, value BLOB, expires INTEGER)")
+    conn.execute("CREATE INDEX kv_expires ON kv (expires)")
+    conn.executemany(
+        "INSERT INTO kv VALUES (?, ?, ?, ?)",
+        ((NS, f"s{i}", json.dumps(value(i)).encode(), 2**62 + i) for i in range(n)),
+    )
+    conn.commit()
+    conn.close()
+
+    opens, sq_opens, steps_s, sq_due = [], [], [], []
+    for _ in range(sizes.open_reps):
+        began = perf()
+        async with koru.open(path, sync="never") as db:
+            opens.append(perf() - began)
+            expiry = steps(db)["expiry"]
+            for _ in range(3):
+                began = perf()
+                await expiry()
+                steps_s.append(perf() - began)
+        began = perf()
+        conn = sqlite3.connect(sq)
+        assert conn.execute("SELECT count(*) FROM kv").fetchone()[0] == n
+        sq_opens.append(perf() - began)
+        for _ in range(3):
+            began = perf()
+            conn.execute("SELECT ns, key FROM kv WHERE expires <= ?", (2**61,)).fetchall()
+            sq_due.append(perf() - began)
+        conn.close()
+    label = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
+    report.add(
+        Row(
+            f"open {label} keys with a ttl, checkpoint vs sqlite open+count",
+            statistics.median(opens),
+            statistics.median(sq_opens),
+            "s",
+            higher_is_better=False,
+        )
+    )
+    report.add(
+        Row(
+            f"expiry step, {label} ttl keys, none due, vs sqlite indexed query (ms)",
+            statistics.median(steps_s) * 1e3,
+            statistics.median(sq_due) * 1e3,
+            "ms",
+            higher_is_better=False,
+        )
+    )
+
+
 def document(i: int) -> dict[str, Any]:
     """A query benchmark document: 8 cities, ages 0-89, 1,000 groups."""
     return {
@@ -1410,6 +1476,8 @@ async def run_async(sizes: Sizes, groups: list[str], tmp: Path, report: Report) 
             await bench_tiers(sizes, tmp, report)
         elif group == "capture":
             await bench_capture(sizes, tmp, report)
+        elif group == "ttl":
+            await bench_ttl(sizes, tmp, report)
         elif group == "query_scan":
             await bench_query_scan(sizes, tmp, report)
         elif group == "query_index":

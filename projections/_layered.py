@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from itertools import chain, filterfalse
 from operator import add
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 __all__ = ["LayeredDict", "LazyList", "PairKeyed", "Snapshot", "pair_of"]
 
@@ -337,7 +337,11 @@ class PairKeyed(LayeredDict[tuple[str, str], V]):
         (each pair joined by C iterators)."""
         firsts = list(firsts)
         joined = map(add, map(add, map(chr, map(len, firsts)), firsts), seconds)
-        self.load(dict(zip(joined, values, strict=True)))
+        self.load_joined(dict(zip(joined, values, strict=True)))
+
+    def load_joined(self, entries: dict[str, V]) -> None:
+        """:meth:`load` of entries keyed as this map holds them (each pair joined)."""
+        LayeredDict.load(self, cast(Any, entries))
 
     def items(self) -> Iterator[tuple[tuple[str, str], V]]:  # type: ignore[override]
         joined: Iterator[tuple[Any, V]] = LayeredDict.items(self)

@@ -88,8 +88,9 @@ def test_capturing_keys_with_a_ttl_does_no_work_per_key() -> None:
     lines_small, _ = traced_lines(small.capture)
     lines_large, captured = traced_lines(large.capture)
     assert lines_large == lines_small
-    listed = captured["expiring"]
+    listed = captured["expiring_at"]["keys"]
     assert type(listed) is LazyList and len(listed) == 20_000
+    assert len(captured["expiring_at"]["times"]) == 20_000
     assert listed.source.layers[0] is top  # frozen, not copied
     assert large.expiring._top is not top  # the writes go to a new layer
 
@@ -152,15 +153,18 @@ def old_index_capture(state: Indexes) -> dict[str, Any]:
 
 def test_the_checkpoint_bytes_are_the_ones_lists_gave() -> None:
     """Encoded, a capture with lazy lists is byte for byte the capture the lists built
-    at once gave (the format is unchanged: checkpoints written before open as they did,
-    and these open in the code before), and restores the same state."""
+    at once gave, and restores the same state (the keys with a ttl as two columns, their
+    keys as the map holds them and their times)."""
     state = indexes_with_entries(3_000)
     kv = kv_with_ttl_keys(3_000)
     old = {
         "indexes": old_index_capture(state),
-        "expiring": [[ns, k, t] for (ns, k), t in kv.expiring.items()],
+        "expiring_at": {
+            "keys": [chr(len(ns)) + ns + k for (ns, k), _ in kv.expiring.items()],
+            "times": [t for _, t in kv.expiring.items()],
+        },
     }
-    new = {"indexes": state.capture(), "expiring": kv.capture()["expiring"]}
+    new = {"indexes": state.capture(), "expiring_at": kv.capture()["expiring_at"]}
     old_bytes = b"".join(bytes(p) for p in encode_captured(old, chunk=64)[0])
     new_bytes = b"".join(bytes(p) for p in encode_captured(new, chunk=64)[0])
     assert new_bytes == old_bytes
@@ -201,9 +205,10 @@ def test_an_index_checkpoint_lists_the_values_written() -> None:
     expected = {
         "indexes": {"definitions": state.capture()["definitions"],
                     "indexes": [[NS, "v", False, list(rows.values())]]},
-        "expiring": list(ttl_rows.values()),
+        "expiring_at": {"keys": [chr(len(n)) + n + k for n, k, _ in ttl_rows.values()],
+                        "times": [t for _, _, t in ttl_rows.values()]},
     }  # fmt: skip
-    got = {"indexes": state.capture(), "expiring": kv.capture()["expiring"]}
+    got = {"indexes": state.capture(), "expiring_at": kv.capture()["expiring_at"]}
     want_bytes = b"".join(bytes(p) for p in encode_captured(expected, chunk=64)[0])
     got_bytes = b"".join(bytes(p) for p in encode_captured(got, chunk=64)[0])
     assert got_bytes == want_bytes
@@ -366,17 +371,22 @@ def test_keys_with_a_ttl_due_by_a_time_are_found_across_layers() -> None:
     assert expiring.count_at_most(9) == len(due)
 
 
-def test_keys_with_a_ttl_restore_from_their_rows_and_bad_rows_are_refused() -> None:
-    """A checkpoint's ``expiring`` rows are loaded column by column (an insert per key
-    was about 2 s of opening 1,000,000 of them): the state restored holds every key
-    and time, and rows of any other shape are refused as malformed (ValueError), so
-    that section is rebuilt from the log rather than misread."""
+def test_keys_with_a_ttl_restore_from_their_columns_and_bad_ones_are_refused() -> None:
+    """A checkpoint's keys with a time to live are loaded column by column (an insert
+    per key was about 2 s of opening 1,000,000 of them, and decoding a row each about
+    1 s): the state restored holds every key and time, from the columns written now and
+    from the rows older checkpoints hold; any other shape is refused as malformed
+    (ValueError), so that section is rebuilt from the log rather than misread."""
     kv = kv_with_ttl_keys(3_000)
+    kv.expiring[("other", "k")] = 5
     data, _ = encode_captured({"kv": kv.capture()}, chunk=64)
     section = cbor2.loads(b"".join(bytes(p) for p in data)[8 + 32 :])["kv"]
     restored = KvState.restore(open_tables(section, lambda name: pytest.fail(name)))
     assert dict(restored.expiring.items()) == dict(kv.expiring.items())
-    assert len(restored.expiring) == 3_000
+    assert len(restored.expiring) == 3_001
+    old = {k: v for k, v in section.items() if k != "expiring_at"}
+    old["expiring"] = [[ns, k, t] for (ns, k), t in kv.expiring.items()]
+    assert dict(KvState.restore(old).expiring.items()) == dict(kv.expiring.items())
     for bad in (
         [["ns", "k"]],
         [["ns", "k", 1, 2]],
@@ -389,7 +399,22 @@ def test_keys_with_a_ttl_restore_from_their_rows_and_bad_rows_are_refused() -> N
         {"ns": 1},
     ):
         with pytest.raises(ValueError):
-            KvState.restore({**section, "expiring": bad})
+            KvState.restore({**old, "expiring": bad})
+    for columns in (
+        {"keys": ["\x02nsk"], "times": []},
+        {"keys": ["\x02nsk"], "times": [True]},
+        {"keys": ["\x02nsk"], "times": [1.0]},
+        {"keys": [b"\x02nsk"], "times": [1]},
+        {"keys": [""], "times": [1]},
+        {"keys": ["\x00k"], "times": [1]},  # an empty namespace
+        {"keys": ["\x02ns"], "times": [1]},  # an empty key
+        {"keys": ["\x09ns"], "times": [1]},  # shorter than its namespace says
+        {"keys": ["\x02nsk"]},
+        {"keys": ["\x02nsk"], "times": [1], "more": []},
+        [["\x02nsk"], [1]],
+    ):
+        with pytest.raises(ValueError):
+            KvState.restore({**section, "expiring_at": columns})
 
 
 async def test_a_checkpoint_notes_the_tables_it_names_as_a_walk_finds_them(
@@ -408,6 +433,6 @@ async def test_a_checkpoint_notes_the_tables_it_names_as_a_walk_finds_them(
         await db.checkpoint()
     checkpoint = decode_checkpoint((tmp_path / "db" / CHECKPOINT_FILE).read_bytes())
     assert checkpoint.tables and checkpoint.tables == table_names(checkpoint.sections)
-    assert len(checkpoint.sections["kv"][1]["expiring"]) == 2_000
+    assert len(checkpoint.sections["kv"][1]["expiring_at"]["keys"]) == 2_000
     async with koru.open(tmp_path / "db", readonly=True) as db:
         assert await db.get(NS, "k1999") == {"v": 1999}
