@@ -35,7 +35,7 @@ from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
-__all__ = ["ANSWER_BYTES", "KeyReads", "version_of"]
+__all__ = ["ANSWER_BYTES", "KeyReads", "refuse_past_answer", "version_of"]
 
 #: The bytes the answer of the read running in this task may hold (None: no bound),
 #: set by the server of remote clients around each call. Why: a history is read whole
@@ -272,4 +272,16 @@ def _bound(versions: int, value_bytes: int) -> None:
         raise InvalidArgumentError(
             f"history(): {versions} versions holding {value_bytes} bytes of values are "
             f"over the {bound} bytes an answer may hold: ask for less (latest, since, until)"
+        )
+
+
+def refuse_past_answer(call: str, value_bytes: int, items: int, per_item: int, less: str) -> None:
+    """Refuse an answer of ``items`` holding ``value_bytes`` bytes of values (and at
+    least ``per_item`` more each) that is surely over :data:`ANSWER_BYTES`: called by
+    a read before it builds its answer, when the bound is set (a served call)."""
+    bound = ANSWER_BYTES.get()
+    if bound is not None and value_bytes + items * per_item > bound:
+        raise InvalidArgumentError(
+            f"{call}(): {items} results holding {value_bytes} bytes are over the {bound} "
+            f"bytes an answer may hold: ask for less ({less})"
         )

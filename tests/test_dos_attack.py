@@ -292,3 +292,66 @@ def test_forgetting_a_senders_waiting_events_looks_at_its_own_only() -> None:
     assert room.forget(b"me") == 1
     assert room._count == 10_000 and b"me" not in room._senders
     assert looked[0] <= 10
+
+
+@asynccontextmanager
+async def _bounded_server(
+    monkeypatch: pytest.MonkeyPatch, bound: int
+) -> AsyncIterator[tuple[Any, Any, list[int]]]:
+    """A database served with answers of at most ``bound`` bytes, a client holding
+    read on everything, and the sizes of every answer the server packed."""
+    import koru
+    import koru._serving as serving
+
+    monkeypatch.setattr(serving, "MAX_ANSWER", bound)
+    built: list[int] = []
+    original = serving.pack
+
+    def counted(value: Any) -> bytes:
+        data = original(value)
+        built.append(len(data))
+        return data
+
+    monkeypatch.setattr(serving, "pack", counted)
+    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read"])
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            yield db, remote, built
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_clients_query_past_an_answers_bound_builds_no_whole_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client asks for every document of a namespace (a query with no filter, a
+    request of some 50 bytes), or a view of them, or the same at a past time: the
+    server decodes every row afresh (at a past time, reads each from the log) and
+    encodes them all, then refuses the answer as over MAX_ANSWER. What must hold: the
+    refusal comes before the rows are built (no answer of about the whole namespace is
+    packed), with a typed error naming how to ask for less; what fits is answered, and
+    a local query is unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        for i in range(300):
+            await db.put("n", f"k{i:04}", {"i": i, "pad": "x" * 200})
+        past = db._writer.read_time()
+        await db.create_view("all", "n", {})
+        await db.query("n", {})  # the namespace's documents cached, as a server's are
+        for ask in (
+            lambda: remote.query("n", {}),
+            lambda: remote.query("n", {"where": ["gte", "i", 0]}),
+            lambda: remote.query("n", {}, at=past),
+            lambda: remote.view("all"),
+        ):
+            with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="less"):
+                await ask()
+            assert max(built, default=0) <= 2 * 10_000
+        page = await remote.query("n", {"limit": 20})
+        assert [r.value["i"] for r in page] == list(range(20))
+        assert len(await remote.query("n", {"select": ["i"]})) == 300  # small rows fit
+        assert len(await db.query("n", {})) == 300  # (a local read: no bound)
+        assert len(await db.view("all")) == 300
