@@ -355,3 +355,41 @@ async def test_a_clients_query_past_an_answers_bound_builds_no_whole_answer(
         assert len(await remote.query("n", {"select": ["i"]})) == 300  # small rows fit
         assert len(await db.query("n", {})) == 300  # (a local read: no bound)
         assert len(await db.view("all")) == 300
+
+
+async def test_a_clients_vector_search_past_an_answers_bound_decodes_no_whole_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client sends a batch of small queries with a large top_k (a request of a few
+    hundred bytes): each hit's metadata is decoded afresh, for every query, and all of
+    them encoded (queries x top_k hits, so gigabytes for a namespace of megabytes),
+    then refused as over MAX_ANSWER. What must hold: refused before the hits' metadata
+    is decoded, with a typed error naming how to ask for less; a local search is
+    unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        for i in range(100):
+            await db.embed("n", f"k{i:03}", [1.0, float(i + 1)], metadata={"pad": "x" * 200})
+        decoded = [0]
+        import koru._vectors as vectors
+
+        original = vectors._hit
+
+        def counted(hit: Any) -> Any:
+            decoded[0] += 1
+            return original(hit)
+
+        monkeypatch.setattr(vectors, "_hit", counted)
+        for ask in (
+            lambda: remote.embed_search_batch("n", [[1.0, 2.0]] * 20, top_k=100),
+            lambda: remote.embed_search("n", [1.0, 2.0], top_k=100),
+            lambda: remote.similar_at("n", [1.0, 2.0], db._writer.read_time(), top_k=100),
+        ):
+            decoded[0] = 0
+            with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="top_k"):
+                await ask()
+            assert decoded[0] <= 60
+            assert max(built, default=0) <= 2 * 10_000
+        assert len(await remote.embed_search("n", [1.0, 2.0], top_k=10)) == 10
+        assert len(await db.embed_search_batch("n", [[1.0, 2.0]] * 20, top_k=100)) == 20
