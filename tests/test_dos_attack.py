@@ -296,7 +296,7 @@ def test_forgetting_a_senders_waiting_events_looks_at_its_own_only() -> None:
 
 @asynccontextmanager
 async def _bounded_server(
-    monkeypatch: pytest.MonkeyPatch, bound: int
+    monkeypatch: pytest.MonkeyPatch, bound: int, actions: Any = "read"
 ) -> AsyncIterator[tuple[Any, Any, list[int]]]:
     """A database served with answers of at most ``bound`` bytes, a client holding
     read on everything, and the sizes of every answer the server packed."""
@@ -317,7 +317,7 @@ async def _bounded_server(
         port = await nursery.start(db.serve, "127.0.0.1", 0)
         who = koru.Identity.mine(4)
         await db.register(who.public)
-        await db.grant(who.public, actions=["read"])
+        await db.grant(who.public, actions=actions)
         async with koru.connect(f"127.0.0.1:{port}", who) as remote:
             yield db, remote, built
         nursery.cancel_scope.cancel()
@@ -393,3 +393,25 @@ async def test_a_clients_vector_search_past_an_answers_bound_decodes_no_whole_an
             assert max(built, default=0) <= 2 * 10_000
         assert len(await remote.embed_search("n", [1.0, 2.0], top_k=10)) == 10
         assert len(await db.embed_search_batch("n", [[1.0, 2.0]] * 20, top_k=100)) == 20
+
+
+async def test_a_clients_batch_whose_answer_is_over_the_bound_is_not_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's put_batch of many tiny items (some 12 bytes each; an event holds
+    64 MiB) is answered by a version per item (about 200 bytes each, 20 times the
+    request): the batch was written, then its answer refused as over MAX_ANSWER, so
+    the client was told InvalidArgumentError ("ask for less") for a write that was
+    done, and the server packed the whole answer first. What must hold: a batch whose
+    answer is surely over the bound is refused before anything is written; one that
+    fits is written and answered; a local batch is unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000, ["read", "write"]) as (db, remote, built):
+        with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="fewer"):
+            await remote.put_batch([("n", f"k{i}", i) for i in range(100)])
+        assert await db.keys("n") == []  # nothing written
+        assert max(built, default=0) <= 2 * 10_000
+        assert len(await remote.put_batch([("n", f"k{i}", i) for i in range(20)])) == 20
+        assert len(await db.put_batch([("m", f"k{i}", i) for i in range(100)])) == 100
+
