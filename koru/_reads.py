@@ -217,11 +217,14 @@ class KeyReads:
         values = [
             None if r.content_id is None else self._value(namespace, key, r) for r in (old, new)
         ]
-        return Diff(
-            version_of(namespace, key, old),
-            version_of(namespace, key, new),
-            diff_values(values[0], values[1]),
-        )
+        changes = diff_values(values[0], values[1])
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            # Each change repeats its whole path: values of kilobytes may give paths of
+            # gigabytes. (Its old and new parts are at most the two values.)
+            paths = sum(len(p) if type(p) is str else 9 for c in changes for p in c.path)
+            less = "history(latest=2), diffed where you are"
+            refuse_past_answer("diff", paths, len(changes), 8, less)
+        return Diff(version_of(namespace, key, old), version_of(namespace, key, new), changes)
 
     def keys(self, namespace: str) -> list[str]:
         """The namespace's keys with a current value, sorted."""

@@ -415,3 +415,27 @@ async def test_a_clients_batch_whose_answer_is_over_the_bound_is_not_written(
         assert len(await remote.put_batch([("n", f"k{i}", i) for i in range(20)])) == 20
         assert len(await db.put_batch([("m", f"k{i}", i) for i in range(100)])) == 100
 
+
+async def test_a_clients_diff_of_deep_small_values_builds_no_huge_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A diff's changes each carry the full path from the root: two versions of a few
+    kilobytes (a list of many small items under a few long dict keys) give a change per
+    item, each repeating the long path, so an answer hundreds of times the values' size
+    (two values of 300 KB: gigabytes) was built and packed, then refused. What must
+    hold: refused before packing, with a typed error; a local diff is unbounded."""
+    import koru
+
+    def deep(n: int) -> Any:
+        value: Any = list(range(n, n + 200))
+        for level in range(5):
+            value = {f"{level}" * 200: value}
+        return value
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        await db.put("n", "d", deep(0))
+        await db.put("n", "d", deep(1000))
+        with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="less"):
+            await remote.diff("n", "d")
+        assert max(built, default=0) <= 2 * 10_000
+        assert len((await db.diff("n", "d")).changes) == 200
