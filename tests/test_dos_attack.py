@@ -439,3 +439,38 @@ async def test_a_clients_diff_of_deep_small_values_builds_no_huge_answer(
             await remote.diff("n", "d")
         assert max(built, default=0) <= 2 * 10_000
         assert len((await db.diff("n", "d")).changes) == 200
+
+
+def test_a_diff_of_long_lists_of_repeated_items_aligns_a_bounded_number_of_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A diff aligns lists with difflib.SequenceMatcher, quadratic in their lengths and
+    worse with repeated items: two versions of a key holding 8,000 zeros, one item
+    apart (8 KB each), took 11 s on the event loop, and values of 16 MiB for ever; any
+    client with read on such a key (or write on one) could ask. What must hold: one
+    diff aligns at most ALIGNED_PAIRS pairs of items in all (past it, a list's common
+    head and tail are set aside and the rest paired by position), still a correct
+    diff; small lists are aligned as before."""
+    import difflib
+
+    import koru._diff as diff
+
+    aligned = [0]
+
+    class Counted(difflib.SequenceMatcher):  # type: ignore[type-arg]
+        def set_seqs(self, a: Any, b: Any) -> None:
+            aligned[0] += len(a) * len(b)
+            super().set_seqs(a, b)
+
+    monkeypatch.setattr(diff.difflib, "SequenceMatcher", Counted)
+    old, new = [0] * 4000, [0] * 4000
+    new[1234] = 1
+    assert diff.diff_values(old, new) == [diff.Change("change", (1234,), 0, 1)]
+    nested_old = [[0] * 1000 for _ in range(50)]
+    nested_new = [[0] * 999 + [1] for _ in range(50)]
+    assert len(diff.diff_values(nested_old, nested_new)) == 50
+    grown = diff.diff_values([0] * 4000, [0] * 2000 + [5] + [0] * 2000)
+    assert grown == [diff.Change("add", (2000,), None, 5)]
+    assert aligned[0] <= diff.ALIGNED_PAIRS
+    # Small lists: aligned as ever (an insertion in the middle is one add).
+    assert diff.diff_values([1, 2, 3], [1, 9, 2, 3]) == [diff.Change("add", (1,), None, 9)]
