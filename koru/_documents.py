@@ -29,6 +29,7 @@ __all__ = [
     "DOC_CACHE_BYTES",
     "DocumentCache",
     "Documents",
+    "live_bytes",
     "live_records",
     "read_at",
     "read_live",
@@ -60,6 +61,19 @@ def live_records(
             continue
         out.append((key, *tail(blob, len(blob) - _FROM_END)))
     return out
+
+
+def live_bytes(kv: KvState, namespace: str, keys: list[str]) -> int:
+    """The encoded size of the current values of ``keys`` (live keys of ``namespace``):
+    what an answer of them holds, known before a value is read."""
+    packed = kv.packed
+    tail = _TAIL.unpack_from
+    total = 0
+    for key in keys:
+        blob = packed(namespace, key)
+        if blob is not None:
+            total += tail(blob, len(blob) - _FROM_END)[2]
+    return total
 
 
 def read_values(

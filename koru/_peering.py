@@ -22,7 +22,6 @@ import random
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -128,6 +127,12 @@ def dialable(address: str) -> bool:
     return True
 
 
+#: One peer holds at most this share of the address book; an address dropped is not
+#: taken again from gossip for this many seconds.
+SHARE = 8
+FORGOTTEN = 600.0
+
+
 class PeerBook:
     """Peer addresses this node knows (its own listen address, those it dialed,
     those gossiped to it), bounded."""
@@ -136,6 +141,14 @@ class PeerBook:
         self.limit = limit
         self.own: str | None = None
         self.addresses: dict[str, None] = {}
+        #: Who gave each address (a peer's name; None: this node's own word), and how
+        #: many each peer holds: at most ``limit // SHARE``, so that one peer cannot
+        #: fill the book with junk and keep every other peer's addresses out.
+        self._source: dict[str, str | None] = {}
+        self._held: dict[str, int] = {}
+        #: Addresses dropped (never connected), by when: not taken again from gossip
+        #: for FORGOTTEN seconds (at most ``limit`` remembered).
+        self._gone: dict[str, float] = {}
         self.changed = trio.Event()
         #: Node ids with an open connection (one connection per pair of nodes), and
         #: the node last seen at each address.
@@ -166,7 +179,8 @@ class PeerBook:
         node = self.node_at.get(address)
         return node is not None and node in self.connected
 
-    def add(self, address: str) -> None:
+    def add(self, address: str, source: str | None = None) -> None:
+        """Note ``address``, heard from the peer ``source`` (None: this node's own)."""
         if (
             type(address) is not str
             or not dialable(address)
@@ -175,7 +189,36 @@ class PeerBook:
             or len(self.addresses) >= self.limit
         ):
             return
+        if source is not None:
+            if self._held.get(source, 0) >= self.limit // SHARE:
+                return
+            gone = self._gone.get(address)
+            if gone is not None and trio.current_time() < gone + FORGOTTEN:
+                return
+            self._held[source] = self._held.get(source, 0) + 1
+        self._gone.pop(address, None)
         self.addresses[address] = None
+        self._source[address] = source
+        self._changed()
+
+    def forget(self, address: str) -> None:
+        """Drop ``address`` (it never connected): its place is another's."""
+        if address not in self.addresses:
+            return
+        del self.addresses[address]
+        source = self._source.pop(address, None)
+        if source is not None:
+            held = self._held[source] - 1
+            if held:
+                self._held[source] = held
+            else:
+                del self._held[source]
+        while len(self._gone) >= self.limit:
+            del self._gone[next(iter(self._gone))]
+        self._gone[address] = trio.current_time()
+        self._changed()
+
+    def _changed(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
@@ -259,7 +302,7 @@ class DatabaseEndpoint:
 
     def heard(self, addresses: list[str]) -> None:
         for address in addresses:
-            self._book.add(address)
+            self._book.add(address, self.name)
 
     def known_peers(self) -> list[str]:
         return self._book.known()
@@ -325,7 +368,8 @@ class PeerHandshake:
             # (its HELLO, when this node dials it), never from a peer's word: a peer
             # naming another node's address would have this node's join to it wait
             # for as long as that peer stayed connected.
-            self._book.add(auth.listen)
+            name = identity.public_key.hex()[:16]
+            self._book.add(auth.listen, name)
         return DatabaseEndpoint(db, handle, identity.public_key.hex()[:16], self._book), welcome
 
     async def answer(self, challenged: Challenged) -> list[Any]:
@@ -485,10 +529,12 @@ async def join(
     sessions: set[Any],
     rng: random.Random,
     expect: bytes | None = None,
+    give_up: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep a connection to the peer at ``url``: reconnect with backoff (1 s doubling
-    to 30 s, jittered) whenever it ends, until cancelled. ``started`` once the first
+    to 30 s, jittered) whenever it ends, until cancelled (or, with ``give_up``, until
+    that many attempts in a row open no connection). ``started`` once the first
     connection is open."""
     from trio_websocket import HandshakeError, open_websocket_url
 
@@ -497,10 +543,12 @@ async def join(
     book.dialing.add(url)
     delay = 1.0
     started = False
+    failed = 0
 
     def opened(_: Any) -> None:
-        nonlocal started, delay
+        nonlocal started, delay, failed
         delay = 1.0
+        failed = -1  # (this attempt counts as none)
         if not started:
             started = True
             task_status.started()
@@ -535,12 +583,18 @@ async def join(
             if dialed:
                 raise
             log.info("peer %s: cannot connect: %s", url, exc)
+        failed += 1
+        if give_up is not None and failed >= give_up:
+            log.info("peer %s: given up after %d attempts", url, failed)
+            return
         await trio.sleep(delay * (1 + rng.random() / 4))
         delay = min(delay * 2, 30.0)
 
 
-#: Gossiped addresses a node dials, at most.
+#: Gossiped addresses a node dials, at most; the attempts in a row that open no
+#: connection after which a gossiped address is dropped (its place is another's).
 MAX_DIALED = 8
+GIVE_UP = 5
 
 
 async def dial_gossiped(
@@ -557,17 +611,25 @@ async def dial_gossiped(
         return
     book.dialer = True
     try:
+        dialed = 0
+
+        async def dial(address: str) -> None:
+            nonlocal dialed
+            await join(
+                db, book, address, limits=limits, sessions=sessions, rng=rng, give_up=GIVE_UP
+            )
+            dialed -= 1  # never connected: dropped, another is dialed
+            book.dialing.discard(address)
+            book.forget(address)
+
         async with trio.open_nursery() as nursery:
-            dialed = 0
             while True:
                 for address in list(book.addresses):
                     if address in book.dialing or dialed >= MAX_DIALED:
                         continue
                     dialed += 1
                     book.dialing.add(address)
-                    nursery.start_soon(
-                        partial(join, db, book, address, limits=limits, sessions=sessions, rng=rng)
-                    )
+                    nursery.start_soon(dial, address)
                 await book.changed.wait()
     finally:
         book.dialer = False

@@ -14,6 +14,7 @@ is checked before any document is read.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 from koru.events import Event, check_name
@@ -24,13 +25,19 @@ from koru.projections._planner import QueryPlan
 from koru.projections._predicate import Predicate, compile_filter
 from koru.projections._query import Query, as_query
 
-from ._documents import DocumentCache, read_at, read_live, read_values
+from ._documents import DocumentCache, live_bytes, read_at, read_live, read_values
 from ._indexing import Indexing
 from ._reader import ValueReader
+from ._reads import ANSWER_BYTES, refuse_past_answer
 from ._time import to_ns
 from ._writer import Writer
 
 __all__ = ["QueryEngine"]
+
+#: Fewer bytes than a row takes in an answer besides its key and value; and how to ask
+#: for rows that fit an answer.
+ROW_FIELDS = 8
+LESS = "limit and offset, or select"
 
 #: Compiled filters kept for queries seen lately (keyed by identity: queries may hold
 #: unhashable values).
@@ -88,10 +95,26 @@ class QueryEngine:
             else:
                 keys, values = self._live(namespace, sorted(candidates))
                 owned = True
+        check = None
+        if ANSWER_BYTES.get() is not None and q.fields is None:
+            check = partial(self._bound, namespace, when)  # (a served call)
         if owned:
-            return answer(q, predicate, keys, values)
+            return answer(q, predicate, keys, values, None, check)
         # The cache's objects: rows are decoded afresh.
-        return answer(q, predicate, keys, values, lambda ks: self._live(namespace, ks)[1])
+        return answer(q, predicate, keys, values, lambda ks: self._live(namespace, ks)[1], check)
+
+    def _bound(self, namespace: str, when: int | None, keys: list[str]) -> None:
+        """Refuse rows of ``keys`` surely over the bytes a served answer holds, before
+        they are built (a client's request of 50 bytes for a namespace of gigabytes)."""
+        kv = self.kv
+        if when is None:
+            size = live_bytes(kv, namespace, keys)
+        else:
+            size = 0
+            for k in keys:
+                r = kv.at(namespace, k, when)
+                size += 0 if r is None else r.size
+        refuse_past_answer("query", size + sum(map(len, keys)), len(keys), ROW_FIELDS, LESS)
 
     def check(self, namespace: str, query: Any, at: Any) -> tuple[Query, int | None]:
         """The query and time, checked (before any work)."""

@@ -35,7 +35,7 @@ from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
-__all__ = ["ANSWER_BYTES", "KeyReads", "version_of"]
+__all__ = ["ANSWER_BYTES", "KeyReads", "refuse_past_answer", "version_of"]
 
 #: The bytes the answer of the read running in this task may hold (None: no bound),
 #: set by the server of remote clients around each call. Why: a history is read whole
@@ -217,11 +217,14 @@ class KeyReads:
         values = [
             None if r.content_id is None else self._value(namespace, key, r) for r in (old, new)
         ]
-        return Diff(
-            version_of(namespace, key, old),
-            version_of(namespace, key, new),
-            diff_values(values[0], values[1]),
-        )
+        changes = diff_values(values[0], values[1])
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            # Each change repeats its whole path: values of kilobytes may give paths of
+            # gigabytes. (Its old and new parts are at most the two values.)
+            paths = sum(len(p) if type(p) is str else 9 for c in changes for p in c.path)
+            less = "history(latest=2), diffed where you are"
+            refuse_past_answer("diff", paths, len(changes), 8, less)
+        return Diff(version_of(namespace, key, old), version_of(namespace, key, new), changes)
 
     def keys(self, namespace: str) -> list[str]:
         """The namespace's keys with a current value, sorted."""
@@ -272,4 +275,16 @@ def _bound(versions: int, value_bytes: int) -> None:
         raise InvalidArgumentError(
             f"history(): {versions} versions holding {value_bytes} bytes of values are "
             f"over the {bound} bytes an answer may hold: ask for less (latest, since, until)"
+        )
+
+
+def refuse_past_answer(call: str, value_bytes: int, items: int, per_item: int, less: str) -> None:
+    """Refuse an answer of ``items`` holding ``value_bytes`` bytes of values (and at
+    least ``per_item`` more each) that is surely over :data:`ANSWER_BYTES`: called by
+    a read before it builds its answer, when the bound is set (a served call)."""
+    bound = ANSWER_BYTES.get()
+    if bound is not None and value_bytes + items * per_item > bound:
+        raise InvalidArgumentError(
+            f"{call}(): {items} results holding {value_bytes} bytes are over the {bound} "
+            f"bytes an answer may hold: ask for less ({less})"
         )

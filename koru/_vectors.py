@@ -39,6 +39,7 @@ from koru.events import (
 )
 from koru.projections import METRICS, Hit, VectorState
 
+from ._reads import ANSWER_BYTES, refuse_past_answer
 from ._time import to_ns
 from ._types import Version
 
@@ -287,6 +288,8 @@ class Vectors:
         found = self._state.search(
             namespace, matrix, top_k, metric, model, threshold, approximate, predicate
         )
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            _bound([h for hits in found for h in hits])
         return [[_hit(h) for h in hits] for hits in found]
 
     async def similar_at(
@@ -351,7 +354,10 @@ class Vectors:
             hits.append(
                 Hit(version.namespace, version.key, _score(vector, wide, metric), event.metadata)
             )
-        return [_hit(h) for h in rank(hits, top_k, metric, threshold)]
+        ranked = rank(hits, top_k, metric, threshold)
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            _bound(ranked)
+        return [_hit(h) for h in ranked]
 
     # -- the approximate index -----------------------------------------------------------
 
@@ -465,6 +471,17 @@ def _score(vector: npt.NDArray[np.float64], query: npt.NDArray[np.float64], metr
         return float((vector * query).sum())
     diff = vector - query
     return float(np.sqrt((diff * diff).sum()))
+
+
+#: Fewer bytes than a hit takes in an answer besides its key and metadata.
+_HIT_FIELDS = 16
+
+
+def _bound(hits: list[Hit]) -> None:
+    """Refuse hits surely over the bytes a served answer holds, before their metadata
+    is decoded (a batch of small queries with a large top_k asks for gigabytes)."""
+    size = sum(len(h.key) + (0 if h.metadata is None else len(h.metadata)) for h in hits)
+    refuse_past_answer("search", size, len(hits), _HIT_FIELDS, "a smaller top_k, fewer queries")
 
 
 def _hit(hit: Hit) -> VectorHit:

@@ -27,8 +27,10 @@ from koru.projections._query import Group, Row, as_query
 from koru.projections._rows import select_fields
 from koru.projections._views import View, Views
 
-from ._documents import DocumentCache, read_live
+from ._documents import DocumentCache, live_bytes, read_live
+from ._queries import ROW_FIELDS
 from ._reader import ValueReader
+from ._reads import ANSWER_BYTES, refuse_past_answer
 from ._space import DEFAULT, Space
 from ._writer import Writer
 
@@ -167,6 +169,10 @@ class Viewing:
             result = view.grouped.result()
             return [Group(g, v) for g, v in result] if q.group is not None else result
         keys = view.ordered_members()
+        if ANSWER_BYTES.get() is not None and q.fields is None:  # (a served call)
+            size = live_bytes(self.kv, view.namespace, keys) + sum(map(len, keys))
+            less = "query its namespace with limit and offset"
+            refuse_past_answer("view", size, len(keys), ROW_FIELDS, less)
         values = self.values
         found, docs = read_live(
             self.kv, view.namespace, keys, values.value_bytes, values.cache.peek

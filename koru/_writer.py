@@ -55,6 +55,7 @@ from koru.projections import FeedState, KvState, Projections, capture_checkpoint
 
 from ._cache import ValueCache
 from ._ingest import Ingest
+from ._reads import ANSWER_BYTES, refuse_past_answer
 from ._space import DEFAULT
 from ._types import IngestResult, Version
 
@@ -100,6 +101,12 @@ def _bad_clock(now: Any) -> NoReturn:
     raise InvalidArgumentError(
         f"the clock's now_ns() must return int nanoseconds since the epoch, not {now!r}"
     )
+
+
+#: Fewer bytes than a version takes in an answer besides its names (about 194 for
+#: the first version of a key): a batch whose versions surely pass a served answer's
+#: bound is refused before it is written (it was written, then its answer refused).
+_VERSION_BYTES = 160
 
 
 class Writer:
@@ -429,6 +436,11 @@ class Writer:
         ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
         if not writes:
             return []
+        if ANSWER_BYTES.get() is not None:  # a served call: refused before it is written
+            names = sum(len(w.namespace) + len(w.key) for w in writes)
+            refuse_past_answer(
+                "put_batch", names, len(writes), _VERSION_BYTES, "fewer items a batch"
+            )
         header = self._header()
         expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event: Event

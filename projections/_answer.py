@@ -25,6 +25,7 @@ def answer(
     keys: list[str],
     values: list[Any],
     reread: Callable[[list[str]], list[Any]] | None = None,
+    check: Callable[[list[str]], None] | None = None,
 ) -> Any:
     """The answer of ``q`` over the documents ``values`` of ``keys`` (in key order).
 
@@ -45,6 +46,8 @@ def answer(
         rows = sort_rows(rows, q.order)
     end = None if q.take is None else q.skip + q.take
     rows = rows[q.skip : end]
+    if check is not None:
+        check([k for k, _ in rows])
     if reread is not None:
         picked = [k for k, _ in rows]
         rows = list(zip(picked, reread(picked), strict=True))

@@ -292,3 +292,185 @@ def test_forgetting_a_senders_waiting_events_looks_at_its_own_only() -> None:
     assert room.forget(b"me") == 1
     assert room._count == 10_000 and b"me" not in room._senders
     assert looked[0] <= 10
+
+
+@asynccontextmanager
+async def _bounded_server(
+    monkeypatch: pytest.MonkeyPatch, bound: int, actions: Any = "read"
+) -> AsyncIterator[tuple[Any, Any, list[int]]]:
+    """A database served with answers of at most ``bound`` bytes, a client holding
+    read on everything, and the sizes of every answer the server packed."""
+    import koru
+    import koru._serving as serving
+
+    monkeypatch.setattr(serving, "MAX_ANSWER", bound)
+    built: list[int] = []
+    original = serving.pack
+
+    def counted(value: Any) -> bytes:
+        data = original(value)
+        built.append(len(data))
+        return data
+
+    monkeypatch.setattr(serving, "pack", counted)
+    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=actions)
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            yield db, remote, built
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_clients_query_past_an_answers_bound_builds_no_whole_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client asks for every document of a namespace (a query with no filter, a
+    request of some 50 bytes), or a view of them, or the same at a past time: the
+    server decodes every row afresh (at a past time, reads each from the log) and
+    encodes them all, then refuses the answer as over MAX_ANSWER. What must hold: the
+    refusal comes before the rows are built (no answer of about the whole namespace is
+    packed), with a typed error naming how to ask for less; what fits is answered, and
+    a local query is unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        for i in range(300):
+            await db.put("n", f"k{i:04}", {"i": i, "pad": "x" * 200})
+        past = db._writer.read_time()
+        await db.create_view("all", "n", {})
+        await db.query("n", {})  # the namespace's documents cached, as a server's are
+        for ask in (
+            lambda: remote.query("n", {}),
+            lambda: remote.query("n", {"where": ["gte", "i", 0]}),
+            lambda: remote.query("n", {}, at=past),
+            lambda: remote.view("all"),
+        ):
+            with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="less"):
+                await ask()
+            assert max(built, default=0) <= 2 * 10_000
+        page = await remote.query("n", {"limit": 20})
+        assert [r.value["i"] for r in page] == list(range(20))
+        assert len(await remote.query("n", {"select": ["i"]})) == 300  # small rows fit
+        assert len(await db.query("n", {})) == 300  # (a local read: no bound)
+        assert len(await db.view("all")) == 300
+
+
+async def test_a_clients_vector_search_past_an_answers_bound_decodes_no_whole_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client sends a batch of small queries with a large top_k (a request of a few
+    hundred bytes): each hit's metadata is decoded afresh, for every query, and all of
+    them encoded (queries x top_k hits, so gigabytes for a namespace of megabytes),
+    then refused as over MAX_ANSWER. What must hold: refused before the hits' metadata
+    is decoded, with a typed error naming how to ask for less; a local search is
+    unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        for i in range(100):
+            await db.embed("n", f"k{i:03}", [1.0, float(i + 1)], metadata={"pad": "x" * 200})
+        decoded = [0]
+        import koru._vectors as vectors
+
+        original = vectors._hit
+
+        def counted(hit: Any) -> Any:
+            decoded[0] += 1
+            return original(hit)
+
+        monkeypatch.setattr(vectors, "_hit", counted)
+        for ask in (
+            lambda: remote.embed_search_batch("n", [[1.0, 2.0]] * 20, top_k=100),
+            lambda: remote.embed_search("n", [1.0, 2.0], top_k=100),
+            lambda: remote.similar_at("n", [1.0, 2.0], db._writer.read_time(), top_k=100),
+        ):
+            decoded[0] = 0
+            with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="top_k"):
+                await ask()
+            assert decoded[0] <= 60
+            assert max(built, default=0) <= 2 * 10_000
+        assert len(await remote.embed_search("n", [1.0, 2.0], top_k=10)) == 10
+        assert len(await db.embed_search_batch("n", [[1.0, 2.0]] * 20, top_k=100)) == 20
+
+
+async def test_a_clients_batch_whose_answer_is_over_the_bound_is_not_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's put_batch of many tiny items (some 12 bytes each; an event holds
+    64 MiB) is answered by a version per item (about 200 bytes each, 20 times the
+    request): the batch was written, then its answer refused as over MAX_ANSWER, so
+    the client was told InvalidArgumentError ("ask for less") for a write that was
+    done, and the server packed the whole answer first. What must hold: a batch whose
+    answer is surely over the bound is refused before anything is written; one that
+    fits is written and answered; a local batch is unbounded."""
+    import koru
+
+    async with _bounded_server(monkeypatch, 10_000, ["read", "write"]) as (db, remote, built):
+        with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="fewer"):
+            await remote.put_batch([("n", f"k{i}", i) for i in range(100)])
+        assert await db.keys("n") == []  # nothing written
+        assert max(built, default=0) <= 2 * 10_000
+        assert len(await remote.put_batch([("n", f"k{i}", i) for i in range(20)])) == 20
+        assert len(await db.put_batch([("m", f"k{i}", i) for i in range(100)])) == 100
+
+
+async def test_a_clients_diff_of_deep_small_values_builds_no_huge_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A diff's changes each carry the full path from the root: two versions of a few
+    kilobytes (a list of many small items under a few long dict keys) give a change per
+    item, each repeating the long path, so an answer hundreds of times the values' size
+    (two values of 300 KB: gigabytes) was built and packed, then refused. What must
+    hold: refused before packing, with a typed error; a local diff is unbounded."""
+    import koru
+
+    def deep(n: int) -> Any:
+        value: Any = list(range(n, n + 200))
+        for level in range(5):
+            value = {f"{level}" * 200: value}
+        return value
+
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+        await db.put("n", "d", deep(0))
+        await db.put("n", "d", deep(1000))
+        with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="less"):
+            await remote.diff("n", "d")
+        assert max(built, default=0) <= 2 * 10_000
+        assert len((await db.diff("n", "d")).changes) == 200
+
+
+def test_a_diff_of_long_lists_of_repeated_items_aligns_a_bounded_number_of_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A diff aligns lists with difflib.SequenceMatcher, quadratic in their lengths and
+    worse with repeated items: two versions of a key holding 8,000 zeros, one item
+    apart (8 KB each), took 11 s on the event loop, and values of 16 MiB for ever; any
+    client with read on such a key (or write on one) could ask. What must hold: one
+    diff aligns at most ALIGNED_PAIRS pairs of items in all (past it, a list's common
+    head and tail are set aside and the rest paired by position), still a correct
+    diff; small lists are aligned as before."""
+    import difflib
+
+    import koru._diff as diff
+
+    aligned = [0]
+
+    class Counted(difflib.SequenceMatcher):  # type: ignore[type-arg]
+        def set_seqs(self, a: Any, b: Any) -> None:
+            aligned[0] += len(a) * len(b)
+            super().set_seqs(a, b)
+
+    monkeypatch.setattr(diff.difflib, "SequenceMatcher", Counted)
+    old, new = [0] * 4000, [0] * 4000
+    new[1234] = 1
+    assert diff.diff_values(old, new) == [diff.Change("change", (1234,), 0, 1)]
+    nested_old = [[0] * 1000 for _ in range(50)]
+    nested_new = [[0] * 999 + [1] for _ in range(50)]
+    assert len(diff.diff_values(nested_old, nested_new)) == 50
+    grown = diff.diff_values([0] * 4000, [0] * 2000 + [5] + [0] * 2000)
+    assert grown == [diff.Change("add", (2000,), None, 5)]
+    assert aligned[0] <= diff.ALIGNED_PAIRS
+    # Small lists: aligned as ever (an insertion in the middle is one add).
+    assert diff.diff_values([1, 2, 3], [1, 9, 2, 3]) == [diff.Change("add", (1,), None, 9)]

@@ -417,3 +417,62 @@ async def test_a_push_reads_no_more_of_the_log_than_a_batch_holds(tmp_path: Any)
         assert peak < 8 << 20, f"{peak >> 20} MiB read to send {len(events)} events"
         # One event bigger than a batch still goes (alone).
         assert len(await endpoint.fetch(feed, 0, head, 1000)) == 1
+
+
+def test_one_peer_cannot_fill_the_address_book() -> None:
+    """An authenticated peer gossips 10,000 junk addresses (each dialable, none a
+    node): the book (256 addresses) took the first 256 it heard and never evicted, so
+    every address a real peer gossiped afterwards was dropped. What must hold: one
+    peer holds at most a share of the book, and another peer's address still gets in."""
+    from koru._peering import DatabaseEndpoint, PeerBook
+
+    book = PeerBook()
+    liar = DatabaseEndpoint(None, None, "liar", book)  # type: ignore[arg-type]
+    honest = DatabaseEndpoint(None, None, "honest", book)  # type: ignore[arg-type]
+    liar.heard([f"ws://junk{i}.invalid:9" for i in range(10_000)])
+    honest.heard(["ws://real.example:8080"])
+    assert "ws://real.example:8080" in book.addresses
+    assert len(book.addresses) <= book.limit // 4
+
+
+async def test_gossiped_addresses_that_never_answer_give_way_to_others(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The dialer joins the first MAX_DIALED (8) gossiped addresses, and each join
+    retries for ever: a peer that gossips 8 addresses where nothing listens, before
+    anyone else's, has the node dial those for ever and never a real one learned later.
+    What must hold: an address that never connects is given up (after some attempts)
+    and dropped from the book, and the dialer moves on to the next."""
+    import random
+
+    import trio_websocket
+
+    import koru._peering as peering
+    from koru._peering import PeerBook, dial_gossiped
+
+    dialed: list[str] = []
+
+    def refused(url: str, **_: Any) -> Any:
+        dialed.append(url)
+        raise OSError("connection refused")
+
+    async def prepared(db: Any) -> None:
+        return None
+
+    monkeypatch.setattr(trio_websocket, "open_websocket_url", refused)
+    monkeypatch.setattr(peering, "_prepared", prepared)
+    book = PeerBook()
+    for i in range(8):
+        book.add(f"ws://junk{i}.invalid:9", "liar")
+    book.add("ws://real.example:8080", "honest")
+    with trio.move_on_after(3600):
+        await dial_gossiped(
+            None,  # type: ignore[arg-type]
+            book,
+            limits=Limits(),
+            sessions=set(),
+            rng=random.Random(0),
+        )
+    assert "ws://real.example:8080" in dialed
+    assert not any(a.startswith("ws://junk") for a in book.addresses)
+    assert not book.dialing - {"ws://real.example:8080"}
