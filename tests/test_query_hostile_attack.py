@@ -364,3 +364,31 @@ async def test_a_view_over_the_in_bound_is_refused_and_the_database_goes_on() ->
             )
         await db.create_view("fine", "docs", {"where": ["in", "a", [1, 2]]})
         assert [r.key for r in await db.view("fine")] == ["k"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not " * 100 + "a=1", "(" * 100 + "a=1" + ")" * 100, "a in " + "[" * 100 + "1" + "]" * 100],
+    ids=["not", "parentheses", "in-list"],
+)
+def test_a_where_nested_deep_is_refused_whatever_the_recursion_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    """The parser refused deep nesting only by RecursionError, whose depth is the
+    interpreter's recursion limit: with it raised (a host program may; a test runner
+    did, so "((((a=1))))" 5,000 deep parsed and the command went on to open the
+    database, exit 1, once in a long run). What must hold: past 64 levels, a usage
+    error (exit 2) whatever the limit; 64 levels parse."""
+    import sys
+
+    from koru._cli._where import MAX_NESTING, parse_where
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        code = main(["--db", str(tmp_path / "db"), "query", "users", "--where", text])
+    finally:
+        sys.setrecursionlimit(limit)
+    err = capsys.readouterr().err
+    assert code == 2 and "nests deeper than 64" in err, err
+    assert parse_where("(" * MAX_NESTING + "a=1" + ")" * MAX_NESTING) == ["eq", "a", 1]

@@ -32,6 +32,9 @@ __all__ = ["WhereError", "parse_where"]
 
 _OPS = {"=": "eq", "==": "eq", "!=": "ne", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
 _KEYWORDS = {"and", "or", "not", "in", "contains", "exists", "missing"}
+#: The most levels of ``not``, parentheses and lists an expression nests (a filter
+#: nests at most 64, a value 64).
+MAX_NESTING = 64
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<string>"(?:[^"\\]|\\.)*")
@@ -67,6 +70,17 @@ class _Tokens:
             if kind == "op" and m.group(kind) == "~":
                 at = self._pattern(text, at)
         self.i = 0
+        self.depth = 0
+
+    def deeper(self) -> None:
+        """One level more of ``not``, parentheses or lists; refused past
+        ``MAX_NESTING``. Why a count, not RecursionError: how deep the parser may
+        recurse depends on the interpreter's recursion limit, which a host program
+        (or a test runner) may have raised: "((((a=1))))" five thousand deep then
+        parsed, and the query ran."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise WhereError(f"the expression nests deeper than {MAX_NESTING} levels")
 
     def _pattern(self, text: str, at: int) -> int:
         """Read the pattern after ``~``: a quoted string, or raw text up to the next
@@ -153,11 +167,16 @@ def _term(tokens: _Tokens) -> Any:
 
 def _factor(tokens: _Tokens) -> Any:
     if tokens.keyword("not"):
-        return ["not", _factor(tokens)]
+        tokens.deeper()
+        inner = ["not", _factor(tokens)]
+        tokens.depth -= 1
+        return inner
     if tokens.punct("("):
+        tokens.deeper()
         inner = _filter(tokens)
         if not tokens.punct(")"):
             raise WhereError("a '(' is not closed")
+        tokens.depth -= 1
         return inner
     return _comparison(tokens)
 
@@ -196,12 +215,15 @@ def _list(tokens: _Tokens) -> list[Any]:
     close = "]" if tokens.punct("[") else ")" if tokens.punct("(") else None
     if close is None:
         raise WhereError("'in' takes a list: [a, b] or (a, b)")
+    tokens.deeper()
     values: list[Any] = []
     if tokens.punct(close):
+        tokens.depth -= 1
         return values
     while True:
         values.append(_value(tokens))
         if tokens.punct(close):
+            tokens.depth -= 1
             return values
         if not tokens.punct(","):
             raise WhereError(f"expected ',' or {close!r} in a list")
