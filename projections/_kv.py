@@ -45,7 +45,8 @@ from koru.events import (
     write_id,
 )
 
-from ._layered import LazyList, PairKeyed, Snapshot
+from ._deadlines import Deadlines
+from ._layered import LazyList, Snapshot
 from ._merging import MAX_TABLES, merge_plan, replace_merged
 from ._newtable import NewTable
 
@@ -299,7 +300,7 @@ class KvState:
         #: current version has a time to live (expired ones too, until an expiry or a
         #: newer version replaces them). Layered: a checkpoint's capture snapshots it in
         #: O(1) (see :mod:`._layered`).
-        self.expiring: PairKeyed[int] = PairKeyed()
+        self.expiring: Deadlines = Deadlines()
         #: Time travel's list of one key's timestamps (the blob it was read from, that
         #: blob's length then, the list), and the key searched last (its blob, length,
         #: searches of it so far): see :meth:`at_raw`.

@@ -1,0 +1,179 @@
+"""The keys with a time to live, found by when they expire.
+
+Why an index by time: once a minute the expiry process asks which keys are due, and
+so do reads that count live keys (``keys``, ``namespaces``, ``stats``). A scan of
+every key with a ttl (``LayeredDict.at_most``) held the event loop 62-77 ms for
+1,000,000 of them, a put waiting all that time. Here each key is also filed in a
+bucket of the times it expires in (``2**33`` ns, about 8.6 s), and the buckets are
+kept in order, so the question reads only the buckets due: a handful of entries
+rather than a million.
+
+The buckets are dicts of the keys as the map holds them (strings) to their times
+(ints): containers the cyclic garbage collector does not track. Ordered by a heap of
+the bucket numbers not yet reached by a question and a sorted list of those reached
+(some of their keys may stay due: another node's keys, recorded expired by their
+writer). Every change of the map is filed at once, so the index always holds exactly
+its entries.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from heapq import heapify, heappop, heappush
+from typing import Any, cast
+
+from ._layered import _MISSING, LayeredDict, PairKeyed, _joined, pair_of
+
+__all__ = ["SHIFT", "Deadlines"]
+
+#: A bucket holds the times that agree above their lowest ``SHIFT`` bits (in ns).
+SHIFT = 33
+
+
+class Deadlines(PairKeyed[int]):
+    """A :class:`PairKeyed` map of expiry times whose :meth:`at_most` and
+    :meth:`count_at_most` read only the buckets of times at most the bound."""
+
+    __slots__ = ("_buckets", "_due", "_future")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: bucket number -> {key as held: its time}; no empty bucket is kept.
+        self._buckets: dict[int, dict[str, int]] = {}
+        #: Heap of bucket numbers above every number in ``_due`` (some may be of
+        #: buckets emptied since, or twice over: skipped when they come up).
+        self._future: list[int] = []
+        #: Ascending numbers of the buckets a question's bound has reached (each of
+        #: a bucket that exists).
+        self._due: list[int] = []
+
+    # -- the index ----------------------------------------------------------------------
+
+    def _file(self, joined: str, time: int) -> None:
+        number = time >> SHIFT
+        bucket = self._buckets.get(number)
+        if bucket is None:
+            bucket = self._buckets[number] = {}
+            due = self._due
+            if due and number <= due[-1]:
+                insort(due, number)
+            else:
+                future = self._future
+                heappush(future, number)
+                if len(future) > 2 * len(self._buckets) + 1024:  # numbers of emptied ones
+                    self._refile()
+        bucket[joined] = time
+
+    def _unfile(self, joined: str, time: int) -> None:
+        number = time >> SHIFT
+        bucket = self._buckets.get(number)
+        if bucket is None or bucket.pop(joined, None) is None or bucket:
+            return
+        del self._buckets[number]
+        due = self._due
+        if due and number <= due[-1]:
+            i = bisect_left(due, number)
+            if i < len(due) and due[i] == number:
+                del due[i]
+
+    def _refile(self) -> None:
+        """The heap again from the buckets that exist (the numbers of emptied ones
+        let go)."""
+        last = self._due[-1] if self._due else -1
+        self._future = [n for n in self._buckets if n > last]
+        heapify(self._future)
+
+    def _reached(self, bound: int) -> int:
+        """Move the buckets up to ``bound`` from the heap to the due list; returns the
+        bound's bucket number."""
+        top = bound >> SHIFT
+        future, due, buckets = self._future, self._due, self._buckets
+        while future and future[0] <= top:
+            number = heappop(future)
+            if number in buckets and (not due or due[-1] < number):
+                due.append(number)
+        return top
+
+    def _found(self, bound: Any) -> list[tuple[str, int]]:
+        if type(bound) is not int:  # (every caller passes ns; anything else, the scan)
+            return LayeredDict.at_most(cast(Any, self), bound)
+        top = self._reached(bound)
+        buckets = self._buckets
+        found: list[tuple[str, int]] = []
+        for number in self._due:
+            if number >= top:
+                if number == top:
+                    found += [(k, t) for k, t in buckets[number].items() if t <= bound]
+                break
+            found += buckets[number].items()
+        return found
+
+    # -- questions ----------------------------------------------------------------------
+
+    def at_most(self, bound: Any) -> list[tuple[tuple[str, str], int]]:
+        return [(pair_of(k), t) for k, t in self._found(bound)]
+
+    def count_at_most(self, bound: Any) -> int:
+        if type(bound) is not int:
+            return len(LayeredDict.at_most(cast(Any, self), bound))
+        top = self._reached(bound)
+        buckets = self._buckets
+        count = 0
+        for number in self._due:
+            if number >= top:
+                if number == top:
+                    count += sum([t <= bound for t in buckets[number].values()])
+                break
+            count += len(buckets[number])
+        return count
+
+    # -- every change of the map, filed ------------------------------------------------
+
+    def __setitem__(self, key: tuple[str, str], value: int) -> None:
+        joined: Any = _joined(key)
+        old = self._find(joined)
+        if old is _MISSING:
+            self._length += 1
+        else:
+            self._unfile(joined, old)
+        self._top[joined] = value
+        if self._removed:
+            self._removed.discard(joined)
+        self._file(joined, value)
+
+    def put_known(self, key: tuple[str, str], value: int, present: bool) -> None:
+        self[key] = value  # (the old time is needed: one search either way)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        joined: Any = _joined(key)
+        old = self._find(joined)
+        if old is _MISSING:
+            raise KeyError(key)
+        LayeredDict.__delitem__(self, joined)
+        self._unfile(joined, old)
+
+    def pop(self, key: tuple[str, str], default: Any = _MISSING) -> Any:
+        joined: Any = _joined(key)
+        old = self._find(joined)
+        if old is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        LayeredDict.__delitem__(self, joined)
+        self._unfile(joined, old)
+        return old
+
+    def clear(self) -> None:
+        LayeredDict.clear(self)
+        self._buckets, self._future, self._due = {}, [], []
+
+    def load_joined(self, entries: dict[str, int]) -> None:
+        PairKeyed.load_joined(self, entries)
+        buckets = self._buckets
+        for joined, time in entries.items():
+            number = time >> SHIFT
+            bucket = buckets.get(number)
+            if bucket is None:
+                bucket = buckets[number] = {}
+            bucket[joined] = time
+        self._refile()

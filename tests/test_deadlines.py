@@ -1,0 +1,86 @@
+"""The keys with a time to live found by when they expire (``projections/_deadlines.py``):
+the index by time answers exactly as a scan of every entry does, through every change
+of the map, its snapshots and settles, a restore and questions asked in any order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from koru.projections._deadlines import SHIFT, Deadlines
+
+KEYS = [("ns", f"k{i}") for i in range(12)] + [("other", "k0"), ("n" * 40, "x")]
+TIMES = st.builds(
+    lambda bucket, low: (bucket << SHIFT) + low,
+    st.integers(0, 6),
+    st.sampled_from([0, 1, (1 << SHIFT) // 2, (1 << SHIFT) - 1]),
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.sampled_from(KEYS), TIMES),
+        st.tuples(st.just("pop"), st.sampled_from(KEYS)),
+        st.tuples(st.just("del"), st.sampled_from(KEYS)),
+        st.tuples(st.just("ask"), TIMES),
+        st.tuples(st.just("ask"), st.integers(-1, 8 << SHIFT)),
+        st.tuples(st.just("snapshot")),
+        st.tuples(st.just("settle")),
+        st.tuples(st.just("restore")),
+        st.tuples(st.just("clear")),
+    ),
+    max_size=120,
+)
+
+
+def check(found: Deadlines, model: dict[tuple[str, str], int], bound: int) -> None:
+    want = sorted((k, t) for k, t in model.items() if t <= bound)
+    assert sorted(found.at_most(bound)) == want
+    assert found.count_at_most(bound) == len(want)
+    assert dict(found.items()) == model and len(found) == len(model)
+
+
+@settings(max_examples=400, deadline=None)
+@given(OPS)
+def test_the_index_answers_as_a_scan_through_every_change(ops: list[Any]) -> None:
+    found, model = Deadlines(), {}
+    for op in ops:
+        kind = op[0]
+        if kind == "set":
+            found[op[1]] = op[2]
+            model[op[1]] = op[2]
+        elif kind == "pop":
+            assert found.pop(op[1], None) == model.pop(op[1], None)
+        elif kind == "del":
+            if op[1] in model:
+                del found[op[1]]
+                del model[op[1]]
+        elif kind == "ask":
+            check(found, model, op[1])
+        elif kind == "snapshot":
+            snap = found.snapshot()
+            assert len(list(snap.items())) == len(model)  # (lists it: merges its layers)
+        elif kind == "settle":
+            found.settle()
+        elif kind == "restore":  # a checkpoint's columns loaded into a new map
+            restored = Deadlines()
+            restored.load_pairs([k[0] for k in model], [k[1] for k in model], list(model.values()))
+            found = restored
+        else:
+            found.clear()
+            model.clear()
+    for bound in (-1, 0, 3 << SHIFT, 1 << 62):
+        check(found, model, bound)
+
+
+def test_emptied_buckets_are_let_go_and_the_heap_stays_bounded() -> None:
+    """A key moved on to a later bucket time after time (a session renewed at every
+    request) leaves no bucket behind, and the heap of bucket numbers is refiled
+    before it outgrows the buckets that exist."""
+    found = Deadlines()
+    for i in range(20_000):
+        found[("s", "renewed")] = i << SHIFT
+        found[("s", f"k{i % 3}")] = (i + 5) << SHIFT
+    assert len(found._buckets) <= 4
+    assert len(found._future) <= 2 * len(found._buckets) + 1024 + 1
+    assert [k for (_, k), _ in found.at_most(19_999 << SHIFT)] == ["renewed"]
