@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _code_of(exc)
         if code is None:
             raise
-        return _fail(code, str(exc))
+        return _fail(code, _message_of(exc, args))
     return code if isinstance(code, int) else 0
 
 
@@ -154,6 +154,23 @@ def _code_of(exc: Exception) -> int | None:
     if isinstance(exc, KoruError):
         return 3
     return None
+
+
+def _message_of(exc: Exception, args: argparse.Namespace) -> str:
+    """What the user is told of ``exc``: its own words, but a lock held by another
+    process in the command line's terms (the store's message names the Python API's
+    ``readonly=True``, which no command takes)."""
+    from koru.events import DatabaseLockedError
+
+    from ._base import database_path
+
+    if isinstance(exc, DatabaseLockedError):
+        return (
+            f"{database_path(args)} is open for writing in another process: a command "
+            "that writes must wait until that process closes it; the commands that read "
+            "(get, log, keys, query, events, export, ...) work beside it"
+        )
+    return str(exc)
 
 
 def _fail(code: int, message: str) -> int:
