@@ -41,6 +41,46 @@ def _raw(*args: str, redirect: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+def test_a_closed_standard_output_is_not_a_traceback(tmp_path: Path) -> None:
+    """``kdelta get users/alice >&-``: with standard output closed, Python's
+    ``sys.stdout`` is None and every command died with an AttributeError traceback
+    (exit 1, "not found"). The output goes nowhere, as into a closed pipe: exit 0, and
+    nothing on stderr."""
+    db = _db(tmp_path)
+    for args in (
+        ("get", "users/alice"),
+        ("--json", "get", "users/alice"),
+        ("events",),
+        ("log", "users/alice"),
+        ("status",),
+        ("set", "users/bob", "1"),
+    ):
+        done = _raw("--db", str(db), *args, redirect=">&-")
+        assert b"Traceback" not in done.stderr, (args, done.stderr)
+        assert done.returncode == 0 and done.stderr == b"", (args, done)
+    assert kdelta(db, "get", "users/bob").out.strip() == "1"
+    failed(kdelta(db, "get", "users/nobody"), 1, "no value")
+
+
+def test_with_standard_error_closed_an_error_never_reads_as_the_output(tmp_path: Path) -> None:
+    """``v=$(kdelta get users/nobody 2>&-)``: with standard error closed, the one-line
+    error was printed on standard output instead (``print(file=None)`` writes to
+    stdout), so a script read ``kdelta: no value ...`` as the value. The output must
+    be empty; the exit code still says what happened."""
+    db = _db(tmp_path)
+    for args, code in (
+        (("get", "users/nobody"), 1),
+        (("--json", "get", "users/nobody"), 1),
+        (("get", "no-slash"), 2),
+        (("set", "users/x", "{not json"), 2),
+    ):
+        done = _raw("--db", str(db), *args, redirect="2>&-")
+        assert done.returncode == code, (args, done)
+        assert done.stdout == b"", (args, done.stdout)
+    done = _raw("--db", str(db), "get", "users/alice", redirect="2>&-")
+    assert done.returncode == 0 and b"Alice" in done.stdout
+
+
 async def test_a_locked_database_tells_a_cli_user_what_to_do(tmp_path: Path) -> None:
     """A write while another process holds the database open for writing: the message
     told a command line user to "open it with readonly=True", a Python argument no

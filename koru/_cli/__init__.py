@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (the ``kdelta`` script exits with it)."""
     if argv is None:
         argv = sys.argv[1:]
+    _standard_streams()
     argv = _joined(argv)
     args = parser(argv).parse_args(argv)
     try:
@@ -127,6 +128,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(code, _message_of(exc, args))
     return code if isinstance(code, int) else 0
+
+
+def _standard_streams() -> None:
+    """Standard input, output and error open, on the null device where the caller
+    closed them (``kdelta get k >&-``). Why: with one closed, Python's ``sys.stdout``
+    (or ``sys.stderr``) is None, so printing the output was an AttributeError, and an
+    error printed to a None stderr went to standard output, read by a script as the
+    value; and the first file the database opened took the closed descriptor's number,
+    so anything written to that stream would land in the database's files."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def _quiet_stdout() -> None:
