@@ -10,6 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 from test_cli import KDELTA, failed, kdelta
 
@@ -79,6 +80,31 @@ def test_with_standard_error_closed_an_error_never_reads_as_the_output(tmp_path:
         assert done.stdout == b"", (args, done.stdout)
     done = _raw("--db", str(db), "get", "users/alice", redirect="2>&-")
     assert done.returncode == 0 and b"Alice" in done.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_one_line_exit_3(tmp_path: Path) -> None:
+    """``kdelta ... > /dev/full`` (a full disk, a device error under the output): each
+    command died with an OSError traceback and exit 1 ("not found"). One line naming
+    why, and exit 3."""
+    db = _db(tmp_path)
+    for args in (
+        ("get", "users/alice"),
+        ("--json", "get", "users/alice"),
+        ("keys", "users"),
+        ("--json", "events"),
+        ("events",),
+        ("status",),
+        ("export", "-o", "-"),
+        ("export", "-o", "/dev/full"),
+        ("simulate", "--seed", "3", "--nodes", "2", "--duration", "1s"),
+    ):
+        done = _raw("--db", str(db), *args, redirect="> /dev/full")
+        err = done.stderr.decode()
+        assert "Traceback" not in err and "Exception ignored" not in err, (args, err)
+        assert done.returncode == 3, (args, done.returncode, err)
+        assert err.startswith("kdelta: ") and err.count("\n") == 1, (args, err)
+        assert "No space left" in err, (args, err)
 
 
 async def test_a_locked_database_tells_a_cli_user_what_to_do(tmp_path: Path) -> None:

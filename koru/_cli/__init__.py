@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(argv).parse_args(argv)
     try:
         code = args.run(args)
+        sys.stdout.flush()  # what is still buffered: failing to write it is this command's
     except Usage as exc:
         return _fail(2, str(exc))
     except Failure as exc:
@@ -122,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # kdelta events | head
         _quiet_stdout()
         return 0
+    except OSError as exc:
+        # The database's own failures are KoruErrors, and files named on the command
+        # line are read and written under Failure: an OSError naming no file is the
+        # output failing (a full disk, a device error under a redirection).
+        if exc.filename is not None:
+            raise
+        _quiet_stdout()
+        return _fail(3, f"cannot write the output: {exc.strerror or exc}")
     except Exception as exc:
         code = _code_of(exc)
         if code is None:
