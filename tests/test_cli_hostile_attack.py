@@ -119,3 +119,33 @@ async def test_a_locked_database_tells_a_cli_user_what_to_do(tmp_path: Path) -> 
             failed(ran, 3, "open for writing in another process", "read")
             assert "readonly=True" not in ran.err, ran.err
         assert await db.get("users", "alice") == 1
+
+
+def test_an_empty_db_is_a_usage_error_not_the_default_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kdelta --db "$DB" set ...`` with ``$DB`` unset or empty: an empty ``--db``
+    was taken as no ``--db`` at all, and the command read and wrote the default
+    database (``~/.local/share/koru-delta/default``) without a word. It names no
+    directory: exit 2, and nothing is created."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "KORU_HOME"}
+    env["HOME"] = str(home)
+    env.pop("XDG_DATA_HOME", None)
+    for args in (("set", "a/b", "1"), ("get", "a/b"), ("events",)):
+        done = subprocess.run(
+            [KDELTA, "--db", "", *args], capture_output=True, text=True, env=env, cwd="/"
+        )
+        assert "Traceback" not in done.stderr
+        assert done.returncode == 2, (args, done)
+        assert done.stderr.startswith("kdelta: ") and "--db" in done.stderr, done.stderr
+        done = subprocess.run(
+            [KDELTA, *args[:1], "--db", "", *args[1:]],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+        )
+        assert done.returncode == 2, (args, done)
+    assert not (home / ".local").exists()
