@@ -149,3 +149,27 @@ def test_an_empty_db_is_a_usage_error_not_the_default_database(
         )
         assert done.returncode == 2, (args, done)
     assert not (home / ".local").exists()
+
+
+def test_simulate_refuses_arguments_no_run_can_use(tmp_path: Path) -> None:
+    """``kdelta simulate`` with 0 nodes exited 1 ("not found") with a message not
+    prefixed ``kdelta:``; ``--rate nan`` passed the check (nan <= 0 is false) and the
+    run printed a trio traceback in its report; ``--rate inf`` and an infinite
+    ``--duration`` (400 nines) never ended. Each is a usage error: exit 2, and argparse's
+    message naming the argument."""
+    nines = "9" * 400
+    for args in (
+        ("--nodes", "0"),
+        ("--seeds", "0"),
+        ("--clients", "-1"),
+        ("--rate", "0"),
+        ("--rate", "nan"),
+        ("--rate", "inf"),
+        ("--rate", "-inf"),
+        ("--duration", nines),
+        ("--duration", nines + "h"),
+    ):
+        ran = kdelta(tmp_path, "simulate", "--nodes", "2", "--duration", "1s", *args)
+        assert ran.code == 2, (args, ran.code, ran.out[-2000:], ran.err)
+        assert "Traceback" not in ran.out, args
+        assert "kdelta simulate: error: argument " + args[0] in ran.err, (args, ran.err)
