@@ -7,6 +7,7 @@ absent (never an error message where the data should be)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -173,3 +174,26 @@ def test_simulate_refuses_arguments_no_run_can_use(tmp_path: Path) -> None:
         assert ran.code == 2, (args, ran.code, ran.out[-2000:], ran.err)
         assert "Traceback" not in ran.out, args
         assert "kdelta simulate: error: argument " + args[0] in ran.err, (args, ran.err)
+
+
+def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> None:
+    """``kdelta start`` on a port another process listens on, on a host that does not
+    resolve, or joining a peer address with no port: each was a trio ExceptionGroup
+    traceback and exit 1 ("not found"). The error is one line and exit 2, and the
+    database is closed cleanly (a read works after)."""
+    key = tmp_path / "owner.key"
+    assert kdelta(None, "identity", "create", "-o", str(key), "--difficulty", "4").code == 0
+    db = tmp_path / "db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        owner = ("start", "--owner", str(key), "--difficulty", "4")
+        for args in (
+            ("--port", port),
+            ("--host", "no-such-host.invalid", "--port", "0"),
+            ("--port", "0", "--join", "127.0.0.1:notaport"),
+        ):
+            ran = kdelta(db, *owner, *args)
+            failed(ran, 2, "kdelta: ")
+    assert kdelta(db, "status").code == 0
