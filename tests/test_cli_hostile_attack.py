@@ -197,3 +197,31 @@ def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> 
             ran = kdelta(db, *owner, *args)
             failed(ran, 2, "kdelta: ")
     assert kdelta(db, "status").code == 0
+
+
+_SIM = ("--seed", "1", "--nodes", "2", "--duration", "1s")
+
+
+def test_simulate_at_a_low_rate_neither_fails_falsely_nor_runs_on() -> None:
+    """``kdelta simulate --rate 0.001`` (a client's call every ~2000 virtual seconds)
+    with no faults: the run waited for each remote client to wake from its sleep
+    after the workload stopped, which took longer than the 900 s convergence window,
+    so it reported "no convergence within 900s of healing" and lost writes (exit 1)
+    when nothing was wrong; at --rate 1e-6 it ran on for hours. A client asleep when
+    the workload stops wakes then."""
+    done = subprocess.run(
+        [KDELTA, "simulate", *_SIM, "--faults", "none", "--workload", "remote", "--rate", "0.001"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert done.returncode == 0 and "VIOLATION" not in done.stdout, done.stdout
+    done = subprocess.run(
+        [KDELTA, "simulate", *_SIM, "--rate", "1e-6"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert done.returncode == 0 and "VIOLATION" not in done.stdout, done.stdout
