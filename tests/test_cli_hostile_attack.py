@@ -225,3 +225,26 @@ def test_simulate_at_a_low_rate_neither_fails_falsely_nor_runs_on() -> None:
         timeout=120,
     )
     assert done.returncode == 0 and "VIOLATION" not in done.stdout, done.stdout
+
+
+def test_a_database_of_a_newer_format_is_not_called_damaged(tmp_path: Path) -> None:
+    """A database whose meta file a newer koru-delta wrote (a whole, checksummed meta
+    of a later format): every command said "is damaged: the database's node id cannot
+    be read", so its user would think it corrupt and restore or delete it. It must
+    say a newer version wrote it (exit 3), and leave it as it is."""
+    import blake3
+    import cbor2
+
+    db = _db(tmp_path)
+    magic = b"KORUMET2"
+    raw = (db / "meta").read_bytes()
+    meta = cbor2.loads(raw[len(magic) + 32 :])
+    meta["format"] += 1
+    body = cbor2.dumps(meta)
+    newer = magic + blake3.blake3(body).digest() + body
+    (db / "meta").write_bytes(newer)
+    for args in (("get", "users/alice"), ("set", "users/alice", "2"), ("events",)):
+        ran = kdelta(db, *args)
+        failed(ran, 3, "newer", "format")
+        assert "damaged" not in ran.err, ran.err
+    assert (db / "meta").read_bytes() == newer
