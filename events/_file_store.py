@@ -210,6 +210,10 @@ class _AgentLog:
         return os.path.join(self.dir, f"{seg:08d}.seg")
 
 
+class _NewerFormat(Exception):
+    """A meta file of a later format than this version reads (its format)."""
+
+
 class FileStore:
     """The on-disk log store. See the module docstring for the layout."""
 
@@ -334,6 +338,11 @@ class FileStore:
                     raise ValueError("checksum mismatch")
                 meta = cbor2.loads(body)
                 ok = meta["format"] == _META_FORMAT
+                newer = meta["format"]
+                if type(newer) is int and newer > _META_FORMAT:
+                    # Whole and checksummed, but a later version's: not damage, which
+                    # its user might answer by restoring or deleting it.
+                    raise _NewerFormat(newer)
             else:  # format 1: plain CBOR, no checksum, no manifest
                 meta = cbor2.loads(raw)
                 ok = meta["format"] == 1 and set(meta) == {"format", "node"}
@@ -348,6 +357,11 @@ class FileStore:
                     for a, n in logs.items()
                 )
             )
+        except _NewerFormat as exc:
+            raise StorageError(
+                f"{self._root} was written by a newer koru-delta (meta format {exc.args[0]}; "
+                f"this version reads format {_META_FORMAT} and older): upgrade to open it"
+            ) from None
         except Exception:
             ok = False
         if not ok:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
+from collections.abc import Callable
 
 from ._duration import parse_duration
 
@@ -28,6 +30,31 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {n}")
+        return n
+
+    return count
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    # Why finite: nan passed a "> 0" check and failed inside the run with a traceback;
+    # an infinite rate never let virtual time advance, so the run never ended.
+    if not 0 < rate < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite rate, not {text!r}")
+    return rate
 
 
 def _workload(text: str) -> tuple[str, ...]:
@@ -50,8 +77,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="the seed (the first, with --seeds)")
-    p.add_argument("--seeds", type=int, default=1, help="run this many seeds from --seed on")
-    p.add_argument("--nodes", type=int, default=5, help="nodes in the cluster (default 5)")
+    p.add_argument(
+        "--seeds", type=_at_least(1), default=1, help="run this many seeds from --seed on"
+    )
+    p.add_argument("--nodes", type=_at_least(1), default=5, help="nodes in the cluster (default 5)")
     p.add_argument(
         "--duration",
         type=_duration,
@@ -59,8 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="virtual time of faults and workload: 90s, 5m, 1h (default 1h; 20s with --scale)",
     )
     p.add_argument("--faults", choices=PROFILE_NAMES, default="default", help="fault profile")
-    p.add_argument("--clients", type=int, default=2, help="clients per node (default 2)")
-    p.add_argument("--rate", type=float, default=1.0, help="operations/s per client")
+    p.add_argument("--clients", type=_at_least(0), default=2, help="clients per node (default 2)")
+    p.add_argument("--rate", type=_rate, default=1.0, help="operations/s per client")
     p.add_argument(
         "--workload",
         type=_workload,

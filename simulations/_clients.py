@@ -144,7 +144,7 @@ class RemoteClient:
     async def _work(self, db: koru.RemoteDatabase) -> None:
         rng = self.rng
         while self.workload.running:
-            await trio.sleep(rng.expovariate(self.rate))
+            await self.workload.pause(rng.expovariate(self.rate))
             if not self.workload.running:
                 return
             roll = rng.random()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["parse_duration"]
@@ -26,4 +27,6 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if not text or total <= 0:
         raise ValueError(f"not a positive duration: {text!r}")
+    if total == math.inf:  # (hundreds of digits): a run that never ends
+        raise ValueError(f"not a finite duration: {text[:40]!r}")
     return total

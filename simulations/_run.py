@@ -263,7 +263,7 @@ class _Simulation:
                     faults.cancel_scope.cancel()
                 net.faults = quiet
                 net.heal()
-                workload.running = False
+                workload.stop()
                 self.trace.add("phase", "heal")
                 healed = trio.current_time()
                 if clients:

@@ -98,12 +98,25 @@ class Workload:
         self.kinds = kinds
         self.record = Record()
         self.running = True
+        #: Set when the workload stops: a client asleep until its next call wakes then
+        #: (at a low --rate that sleep outlasted the convergence window).
+        self.stopped = trio.Event()
         self.owner = owner
         self.grants = (
             Grants(rng, trace, owner, self.note_write)
             if "grants" in kinds and owner is not None
             else None
         )
+
+    def stop(self) -> None:
+        """No client makes another call; those asleep until their next one wake."""
+        self.running = False
+        self.stopped.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the workload stops."""
+        with trio.move_on_after(seconds):
+            await self.stopped.wait()
 
     def note(self, op: Op) -> None:
         self.record.ops.append(op)
@@ -129,7 +142,7 @@ class Workload:
     async def client(self, node: SimNode, db: Database, number: int) -> None:
         rng, name = self.rng, f"c{number}"
         while self.running:
-            await trio.sleep(rng.expovariate(self.rate))
+            await self.pause(rng.expovariate(self.rate))
             if not self.running:
                 return
             roll = rng.random()

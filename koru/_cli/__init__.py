@@ -108,10 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (the ``kdelta`` script exits with it)."""
     if argv is None:
         argv = sys.argv[1:]
+    _standard_streams()
     argv = _joined(argv)
     args = parser(argv).parse_args(argv)
     try:
         code = args.run(args)
+        sys.stdout.flush()  # what is still buffered: failing to write it is this command's
     except Usage as exc:
         return _fail(2, str(exc))
     except Failure as exc:
@@ -121,12 +123,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # kdelta events | head
         _quiet_stdout()
         return 0
+    except OSError as exc:
+        # The database's own failures are KoruErrors, and files named on the command
+        # line are read and written under Failure: an OSError naming no file is the
+        # output failing (a full disk, a device error under a redirection).
+        if exc.filename is not None:
+            raise
+        _quiet_stdout()
+        return _fail(3, f"cannot write the output: {exc.strerror or exc}")
     except Exception as exc:
         code = _code_of(exc)
         if code is None:
             raise
-        return _fail(code, str(exc))
+        return _fail(code, _message_of(exc, args))
     return code if isinstance(code, int) else 0
+
+
+def _standard_streams() -> None:
+    """Standard input, output and error open, on the null device where the caller
+    closed them (``kdelta get k >&-``). Why: with one closed, Python's ``sys.stdout``
+    (or ``sys.stderr``) is None, so printing the output was an AttributeError, and an
+    error printed to a None stderr went to standard output, read by a script as the
+    value; and the first file the database opened took the closed descriptor's number,
+    so anything written to that stream would land in the database's files."""
+    import os
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def _quiet_stdout() -> None:
@@ -154,6 +189,23 @@ def _code_of(exc: Exception) -> int | None:
     if isinstance(exc, KoruError):
         return 3
     return None
+
+
+def _message_of(exc: Exception, args: argparse.Namespace) -> str:
+    """What the user is told of ``exc``: its own words, but a lock held by another
+    process in the command line's terms (the store's message names the Python API's
+    ``readonly=True``, which no command takes)."""
+    from koru.events import DatabaseLockedError
+
+    from ._base import database_path
+
+    if isinstance(exc, DatabaseLockedError):
+        return (
+            f"{database_path(args)} is open for writing in another process: a command "
+            "that writes must wait until that process closes it; the commands that read "
+            "(get, log, keys, query, events, export, ...) work beside it"
+        )
+    return str(exc)
 
 
 def _fail(code: int, message: str) -> int:

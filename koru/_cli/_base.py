@@ -62,8 +62,13 @@ class Usage(Exception):
 def database_path(args: argparse.Namespace) -> Path:
     """The database directory: ``--db``, else ``$KORU_HOME``, else the default of
     :func:`koru.open`."""
-    if getattr(args, "db", None):
-        return Path(args.db)
+    db = getattr(args, "db", None)
+    if db == "":
+        # ``--db "$DB"`` with $DB unset: not the default database, read and written
+        # without a word.
+        raise Usage("--db names no directory (an empty path)")
+    if db is not None:
+        return Path(db)
     from koru._open import default_path
 
     return default_path()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import Any
 
 from ._base import Command, Failure, Usage, database_path
 
@@ -74,10 +75,25 @@ def _start(args: argparse.Namespace) -> int:
                         nursery.cancel_scope.cancel()
                         break
 
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(main)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(main)
+    except BaseExceptionGroup as group:
+        raise _carried(group) from None
     print("stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _carried(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error a nursery's group carries (a port in use, a host that does not
+    resolve, a bad --join): its first KoruError, which main() reports in one line; else
+    the group itself."""
+    from koru.events import KoruError
+
+    found: BaseException | None = group.subgroup(lambda e: isinstance(e, KoruError))
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return group if found is None else found
 
 
 PEER_COMMANDS: tuple[Command, ...] = (
