@@ -1,0 +1,164 @@
+"""Attacks on the index of the keys with a time to live by when they expire
+(``projections/_deadlines.py``) and on the checkpoint columns that hold them
+(``expiring_at``, ``projections/_kv.py``) (h-ttl3): times at bucket edges, before 1970
+(a bucket number below zero) and at 2**64 - 1, restores, refiles of its heap, and
+checkpoints whose columns were rewritten (their checksum recomputed)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import blake3
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import koru
+from koru.nursery import CHECKPOINT_FILE
+from koru.projections._deadlines import SHIFT, Deadlines
+from koru.projections._layered import _joined
+
+KEYS = [("ns", f"k{i}") for i in range(8)] + [("o", "k")]
+EDGES = [
+    0,
+    1,
+    (1 << SHIFT) - 1,
+    1 << SHIFT,
+    (1 << SHIFT) + 1,
+    2**63,
+    2**64 - 2,
+    2**64 - 1,
+    2**64,
+    -1,
+    -(1 << SHIFT),
+    -(1 << SHIFT) - 1,
+]
+TIMES = st.one_of(
+    st.sampled_from(EDGES),
+    st.integers(-(3 << SHIFT), 6 << SHIFT),
+    st.integers(2**64 - (4 << SHIFT), 2**64 - 1),
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.sampled_from(KEYS), TIMES),
+        st.tuples(st.just("pop"), st.sampled_from(KEYS)),
+        st.tuples(st.just("ask"), TIMES),
+        st.tuples(st.sampled_from(["snapshot", "settle", "restore", "refile", "clear"])),
+    ),
+    max_size=60,
+)
+
+
+def _check(found: Deadlines, model: dict[tuple[str, str], int], bound: int) -> None:
+    want = sorted((k, t) for k, t in model.items() if t <= bound)
+    assert sorted(found.at_most(bound)) == want
+    assert found.count_at_most(bound) == len(want)
+    assert dict(found.items()) == model
+    filed = {k: t for bucket in found._buckets.values() for k, t in bucket.items()}
+    assert filed == {_joined(k): t for k, t in model.items()}
+
+
+def test_a_time_before_1970_restored_is_found_due() -> None:
+    """The attack: a map of expiry times restored (``load_pairs``, as a checkpoint's
+    columns are, which hold any int) holding a time below zero. Its heap of bucket
+    numbers was refiled from the buckets above -1 only, so the bucket of a negative
+    time was never reached: ``at_most`` and ``count_at_most`` missed the key (while
+    ``get`` held it due), so ``namespaces`` and ``stats`` counted it live and the
+    expiry process never saw it.
+    What must hold: the restored map answers as a scan, for every bound."""
+    found = Deadlines()
+    found.load_pairs(["ns", "ns"], ["old", "new"], [-1, 5])
+    model = {("ns", "old"): -1, ("ns", "new"): 5}
+    for bound in (-(1 << SHIFT) - 1, -2, -1, 0, 5, 2**64 - 1):
+        _check(found, model, bound)
+
+
+@settings(max_examples=600, deadline=None)
+@given(OPS)
+def test_the_index_answers_as_a_scan_for_any_int_time(ops: list[Any]) -> None:
+    """The attack: any ints as times (bucket edges, below zero, 2**64 - 1 and past it),
+    set, popped, asked about in any order, through snapshots, settles, restores,
+    refiles of the heap and clears.
+    What must hold: ``at_most`` and ``count_at_most`` answer as a scan of every entry,
+    and the buckets hold exactly the map's entries."""
+    found, model = Deadlines(), {}
+    for op in ops:
+        kind = op[0]
+        if kind == "set":
+            found[op[1]] = op[2]
+            model[op[1]] = op[2]
+        elif kind == "pop":
+            assert found.pop(op[1], None) == model.pop(op[1], None)
+        elif kind == "ask":
+            _check(found, model, op[1])
+        elif kind == "snapshot":
+            list(found.snapshot().items())
+        elif kind == "settle":
+            found.settle()
+        elif kind == "refile":
+            found._refile()
+        elif kind == "restore":
+            found = Deadlines()
+            found.load_pairs([k[0] for k in model], [k[1] for k in model], list(model.values()))
+        else:
+            found.clear()
+            model.clear()
+    for bound in (-(4 << SHIFT), -1, 0, 3 << SHIFT, 2**64 - 1, 2**90):
+        _check(found, model, bound)
+
+
+def _keep_tags(tag: cbor2.CBORTag, *_: Any) -> Any:
+    return tag  # (dumped again as it was)
+
+
+def rewrite_kv(path: Path, change: Any) -> None:
+    """Rewrite the checkpoint's kv section with ``change(section)``, its checksum
+    recomputed."""
+    data = (path / CHECKPOINT_FILE).read_bytes()
+    body = cbor2.loads(data[40:], tag_hook=_keep_tags)
+    change(body["sections"]["kv"][1])
+    encoded = cbor2.dumps(body)
+    (path / CHECKPOINT_FILE).write_bytes(b"KORUCKP1" + blake3.blake3(encoded).digest() + encoded)
+
+
+async def _reads_agree(db: koru.Database) -> None:
+    """Every read of the keys agrees with ``get``: a key is listed by ``keys`` and its
+    namespace by ``namespaces``, and counted by ``stats``, exactly when ``get`` finds a
+    value; ``expiring()`` lists every key ``get`` finds expired."""
+    live = set()
+    for key in ("a", "b", "c"):
+        with contextlib.suppress(koru.KeyNotFoundError):
+            live.add((key, await db.get("ns", key))[0])
+    assert set(await db.keys("ns")) == live
+    assert ("ns" in await db.namespaces()) == bool(live)
+    assert (await db.stats()).keys == len(live)
+    due = {e.key for e in await db.expiring()}
+    assert due == {"a", "b", "c"} - live
+
+
+async def test_a_checkpoint_whose_times_were_set_before_1970_reads_consistently(
+    tmp_path: Path,
+) -> None:
+    """The attack: a checkpoint whose ``expiring_at`` times were rewritten (checksum
+    recomputed) to -1 and 0: ints, as its check asks. Opened, ``get`` found the key
+    with -1 expired but ``keys``/``namespaces``/``stats``/``expiring()`` (asking the
+    index) took it for live.
+    What must hold: the section is refused, or every read agrees with ``get``."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False, sync="never") as db:
+        for key in ("a", "b", "c"):
+            await db.put("ns", key, 1, ttl=3600)
+        await db.checkpoint()
+
+    def change(section: dict[str, Any]) -> None:
+        columns = section["expiring_at"]
+        times = dict(zip(columns["keys"], columns["times"], strict=True))
+        times[_joined(("ns", "a"))] = -1
+        times[_joined(("ns", "b"))] = 0
+        columns["keys"], columns["times"] = list(times), list(times.values())
+
+    rewrite_kv(path, change)
+    async with koru.open(path, processes=False, sync="never") as db:
+        await _reads_agree(db)
