@@ -12,10 +12,12 @@ from typing import Any
 
 import blake3
 import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import koru
+from koru._processes import steps
 from koru.nursery import CHECKPOINT_FILE
 from koru.projections._deadlines import SHIFT, Deadlines
 from koru.projections._layered import _joined
@@ -128,14 +130,14 @@ async def _reads_agree(db: koru.Database) -> None:
     namespace by ``namespaces``, and counted by ``stats``, exactly when ``get`` finds a
     value; ``expiring()`` lists every key ``get`` finds expired."""
     live = set()
-    for key in ("a", "b", "c"):
+    for key in "abcd":
         with contextlib.suppress(koru.KeyNotFoundError):
             live.add((key, await db.get("ns", key))[0])
     assert set(await db.keys("ns")) == live
     assert ("ns" in await db.namespaces()) == bool(live)
     assert (await db.stats()).keys == len(live)
     due = {e.key for e in await db.expiring()}
-    assert due == {"a", "b", "c"} - live
+    assert due == {"a", "b", "c"} - live  # ("d" is never due)
 
 
 async def test_a_checkpoint_whose_times_were_set_before_1970_reads_consistently(
@@ -162,3 +164,112 @@ async def test_a_checkpoint_whose_times_were_set_before_1970_reads_consistently(
     rewrite_kv(path, change)
     async with koru.open(path, processes=False, sync="never") as db:
         await _reads_agree(db)
+
+
+def _tag_of(section: dict[str, Any]) -> cbor2.CBORTag:
+    (tag,) = [t for t in [section["new"], *section["tables"]] if isinstance(t, cbor2.CBORTag)]
+    section["new"], section["tables"] = None, [tag]
+    return tag
+
+
+@pytest.mark.parametrize(
+    "hide",
+    [
+        lambda s, t: s.update(expiring=[["ns", "a", 1], ["ns", "b", t]]),
+        lambda s, t: s.update(expiring=[["ns", "a", 1], [{"x": t}]]),
+        lambda s, t: s.update(expiring=[["ns", "a", 1], [[t]]]),
+        lambda s, t: (
+            s.pop("expiring_at"),
+            s.update(expiring=[["ns", "a", 1], [t, "b", 1]], tables=[]),
+        ),
+        lambda s, t: s["expiring_at"].update(keys=[*s["expiring_at"]["keys"], t]),
+        lambda s, t: s["expiring_at"].update(times=[[t]] * len(s["expiring_at"]["times"])),
+        lambda s, t: s.update(tables=[[1, t]]),
+    ],
+    ids=["row", "dict-in-row", "list-in-row", "row-only", "key", "times", "tables-row"],
+)
+async def test_a_table_hidden_in_rows_is_never_removed_nor_misread(
+    tmp_path: Path, hide: Any
+) -> None:
+    """The attack: a checkpoint (checksum recomputed) whose kv section names its table
+    inside a list of rows, where the walk for tables skips lists of plain rows: beside
+    scalars in a row, in a dict or a list in a row, as a key of ``expiring_at``, its
+    times, or a row of ``tables``; in one case named there alone.
+    What must hold: the table's file is never removed at open (the checkpoint names
+    it), and every value reads as written (the section restored or rebuilt)."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False, sync="never") as db:
+        for key in ("a", "b", "c"):
+            await db.put("ns", key, key, ttl=3600)
+        await db.checkpoint()
+    files = sorted((path / "tables").iterdir())
+    assert files
+
+    def change(section: dict[str, Any]) -> None:
+        hide(section, _tag_of(section))
+
+    rewrite_kv(path, change)
+    async with koru.open(path, processes=False, sync="never") as db:
+        assert sorted((path / "tables").iterdir()) == files
+        assert [await db.get("ns", k) for k in ("a", "b", "c")] == ["a", "b", "c"]
+        await _reads_agree(db)
+        await db.put("ns", "d", "d")
+        await db.checkpoint()
+    async with koru.open(path, processes=False, sync="never") as db:
+        assert [await db.get("ns", k) for k in "abcd"] == list("abcd")
+
+
+def _set(columns: dict[str, Any], **fields: Any) -> None:
+    columns.update(fields)
+
+
+A, B = _joined(("ns", "a")), _joined(("ns", "b"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: _set(s["expiring_at"], keys=[1, 2, 3]),
+        lambda s: _set(s["expiring_at"], times=[1.0, 2.0, 3.0]),
+        lambda s: _set(s["expiring_at"], times=[True] * 3),
+        lambda s: _set(s["expiring_at"], times=[b"x"] * 3),
+        lambda s: _set(s["expiring_at"], times=[1]),
+        lambda s: _set(s["expiring_at"], keys=[[A], [B], [A]]),
+        lambda s: _set(s["expiring_at"], keys={A: 1}),
+        lambda s: _set(s["expiring_at"], keys=["ab", "cd", "ef"]),
+        lambda s: _set(s["expiring_at"], keys=["\U0010ffffx"] * 3),
+        lambda s: _set(s["expiring_at"], keys=[A, A, B], times=[2**64 - 1, 1, 2**64 - 1]),
+        lambda s: _set(s["expiring_at"], times=[2**64, 2**200, -(2**200)]),
+        lambda s: _set(s["expiring_at"], keys=[], times=[]),
+        lambda s: s.update(expiring_at=None),
+        lambda s: s.update(expiring_at=[[A], [1]]),
+        lambda s: s.update(expiring=[["ns", "a", 1]]),
+        lambda s: s.update(expiring="junk"),
+        lambda s: (s.pop("expiring_at"), s.update(expiring=[["ns", "a", 1], ["ns", "c", -5]])),
+        lambda s: (s.pop("expiring_at"), s.update(expiring=[["ns", "a", 1], ["ns", "b"]])),
+        lambda s: s.pop("expiring_at"),
+    ],
+)
+async def test_tampered_ttl_columns_are_refused_or_read_consistently(
+    tmp_path: Path, change: Any
+) -> None:
+    """The attack: a checkpoint (checksum recomputed) whose ``expiring_at`` columns are
+    of the wrong types or lengths, keys that are no pairs of names or listed twice,
+    times past 64 bits or below zero, ``expiring`` rows beside them or instead.
+    What must hold: the database opens, every read agrees with ``get``, and the expiry
+    process, a put, a checkpoint and a reopen run."""
+    path = tmp_path / "db"
+    async with koru.open(path, processes=False, sync="never") as db:
+        for key in ("a", "b", "c"):
+            await db.put("ns", key, 1, ttl=3600)
+        await db.checkpoint()
+    rewrite_kv(path, change)
+    async with koru.open(path, processes=False, sync="never") as db:
+        await _reads_agree(db)
+        await steps(db)["expiry"]()
+        await _reads_agree(db)
+        await db.put("ns", "d", 2, ttl=3600)
+        await db.checkpoint()
+    async with koru.open(path, processes=False, sync="never") as db:
+        await _reads_agree(db)
+        assert "d" in await db.keys("ns")
