@@ -79,8 +79,10 @@ class Deadlines(PairKeyed[int]):
     def _refile(self) -> None:
         """The heap again from the buckets that exist (the numbers of emptied ones
         let go)."""
-        last = self._due[-1] if self._due else -1
-        self._future = [n for n in self._buckets if n > last]
+        due = self._due
+        # (Without a due bucket, every one: a time before 1970, a bucket number below
+        # zero, is an int a checkpoint may hold too.)
+        self._future = [n for n in self._buckets if n > due[-1]] if due else list(self._buckets)
         heapify(self._future)
 
     def _reached(self, bound: int) -> int:
