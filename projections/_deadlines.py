@@ -19,15 +19,19 @@ its entries.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Iterable
 from heapq import heapify, heappop, heappush
+from itertools import chain
 from typing import Any, cast
 
 from ._layered import _MISSING, LayeredDict, PairKeyed, _joined, pair_of
 
-__all__ = ["SHIFT", "Deadlines"]
+__all__ = ["MOVED_MOST", "SHIFT", "Deadlines"]
 
 #: A bucket holds the times that agree above their lowest ``SHIFT`` bits (in ns).
 SHIFT = 33
+#: The most buckets one question moves to the due list (about 9.8 hours of them).
+MOVED_MOST = 4096
 
 
 class Deadlines(PairKeyed[int]):
@@ -85,24 +89,35 @@ class Deadlines(PairKeyed[int]):
         self._future = [n for n in self._buckets if n > due[-1]] if due else list(self._buckets)
         heapify(self._future)
 
-    def _reached(self, bound: int) -> int:
-        """Move the buckets up to ``bound`` from the heap to the due list; returns the
-        bound's bucket number."""
+    def _numbers(self, bound: int) -> tuple[int, Iterable[int]]:
+        """The bound's bucket number, and the numbers of the buckets up to it in
+        ascending order (each of a bucket that exists). The buckets it reaches move
+        from the heap to the due list, at most ``MOVED_MOST`` of them: a question far
+        ahead (``expiring(within=...)`` of years) is answered from the heap as it is,
+        and the due list stays short (each bucket made or emptied at or below its end
+        costs a shift of the list)."""
         top = bound >> SHIFT
         future, due, buckets = self._future, self._due, self._buckets
-        while future and future[0] <= top:
+        moved: list[int] = []
+        while future and future[0] <= top and len(moved) < MOVED_MOST:
             number = heappop(future)
-            if number in buckets and (not due or due[-1] < number):
-                due.append(number)
-        return top
+            if number in buckets and (not moved or moved[-1] < number):
+                moved.append(number)
+        if future and future[0] <= top:  # far ahead: nothing moves
+            for number in moved:
+                heappush(future, number)
+            ahead = sorted({n for n in future if n <= top and n in buckets})
+            return top, chain(due, ahead)
+        due += moved
+        return top, due
 
     def _found(self, bound: Any) -> list[tuple[str, int]]:
         if type(bound) is not int:  # (every caller passes ns; anything else, the scan)
             return LayeredDict.at_most(cast(Any, self), bound)
-        top = self._reached(bound)
+        top, numbers = self._numbers(bound)
         buckets = self._buckets
         found: list[tuple[str, int]] = []
-        for number in self._due:
+        for number in numbers:
             if number >= top:
                 if number == top:
                     found += [(k, t) for k, t in buckets[number].items() if t <= bound]
@@ -118,10 +133,10 @@ class Deadlines(PairKeyed[int]):
     def count_at_most(self, bound: Any) -> int:
         if type(bound) is not int:
             return len(LayeredDict.at_most(cast(Any, self), bound))
-        top = self._reached(bound)
+        top, numbers = self._numbers(bound)
         buckets = self._buckets
         count = 0
-        for number in self._due:
+        for number in numbers:
             if number >= top:
                 if number == top:
                     count += sum([t <= bound for t in buckets[number].values()])

@@ -5,10 +5,12 @@ of the map, its snapshots and settles, a restore and questions asked in any orde
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from koru.projections import _deadlines as deadlines
 from koru.projections._deadlines import SHIFT, Deadlines
 
 KEYS = [("ns", f"k{i}") for i in range(12)] + [("other", "k0"), ("n" * 40, "x")]
@@ -43,6 +45,35 @@ def check(found: Deadlines, model: dict[tuple[str, str], int], bound: int) -> No
 @settings(max_examples=400, deadline=None)
 @given(OPS)
 def test_the_index_answers_as_a_scan_through_every_change(ops: list[Any]) -> None:
+    run(ops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_questions_far_ahead_move_few_buckets_and_answer_as_a_scan(ops: list[Any]) -> None:
+    """With at most 2 buckets moved by one question, most questions reach further than
+    that: they are answered from the heap as it is, and the due list never grows past
+    what the questions that moved buckets reached."""
+    with patch.object(deadlines, "MOVED_MOST", 2):
+        run(ops)
+
+
+def test_a_question_years_ahead_leaves_the_due_list_short() -> None:
+    """``expiring(within=...)`` of years reached every bucket and moved them all to
+    the due list, where each bucket made or emptied later cost a shift of the list
+    (h-ttl3). What must hold: such a question moves none, answers every key, and a
+    question of now moves only the buckets due."""
+    found = Deadlines()
+    for i in range(10_000):
+        found[("s", f"k{i}")] = (i + 10) << SHIFT
+    assert len(found.at_most(1 << 62)) == 10_000
+    assert found.count_at_most(1 << 62) == 10_000
+    assert found._due == []
+    assert [k for (_, k), _ in found.at_most(12 << SHIFT)] == ["k0", "k1", "k2"]
+    assert found._due == [10, 11, 12]
+
+
+def run(ops: list[Any]) -> None:
     found, model = Deadlines(), {}
     for op in ops:
         kind = op[0]
