@@ -169,8 +169,15 @@ def _restore(
             elif section[0] != kind.version:
                 rebuild[kind.name] = f"section version {section[0]}, not {kind.version}"
             else:
+                opened: list[Any] = []
+
+                def opening(name: str, opened: list[Any] = opened) -> Any:
+                    table = store.open_table(name)
+                    opened.append(table)
+                    return table
+
                 try:
-                    restored = kind.restore(open_tables(section[1], store.open_table))
+                    restored = kind.restore(open_tables(section[1], opening))
                     if not isinstance(restored, kind):
                         # Taken as "no state" it would be an empty projection that
                         # misses every event before the cursor: rebuild it instead.
@@ -180,6 +187,8 @@ def _restore(
                     # Why broadly: the file's checksum passed, so a section that fails
                     # is a format bug or a crafted file; that projection rebuilds.
                     rebuild[kind.name] = f"unusable section: {exc!r}"
+                    for table in opened:  # (its maps and descriptors were kept open)
+                        table.release()
         members.append(member if member is not None else kind())
     return members, rebuild
 

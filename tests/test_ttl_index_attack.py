@@ -273,3 +273,34 @@ async def test_tampered_ttl_columns_are_refused_or_read_consistently(
     async with koru.open(path, processes=False, sync="never") as db:
         await _reads_agree(db)
         assert "d" in await db.keys("ns")
+
+
+async def test_a_section_refused_after_its_tables_opened_lets_them_go(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A checkpoint's kv section refused by its restore after its tables were opened
+    (here a count no state can hold): the projection is rebuilt from the log, and the
+    tables opened for it are released, not left holding their maps and descriptors
+    until the process ends (h-ttl3's note)."""
+    from koru.events import Table
+
+    path = tmp_path / "db"
+    async with koru.open(path) as db:
+        for i in range(50):
+            await db.put("ns", f"k{i}", i)
+        await db.checkpoint()
+        await db.put("ns", "later", 1)
+    rewrite_kv(path, lambda section: section.update(live=-1))
+    released: list[str] = []
+    original = Table.release
+
+    def counted(self: Table) -> None:
+        released.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(Table, "release", counted)
+    async with koru.open(path) as db:
+        stats = await db.stats()
+        assert "kv" in stats.projections_rebuilt
+        assert await db.get("ns", "k49") == 49
+        assert released  # the kv tables opened for the refused section
