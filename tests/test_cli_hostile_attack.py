@@ -179,7 +179,8 @@ def test_simulate_refuses_arguments_no_run_can_use(tmp_path: Path) -> None:
 def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> None:
     """``kdelta start`` on a port another process listens on, on a host that does not
     resolve, or joining a peer address with no port: each was a trio ExceptionGroup
-    traceback and exit 1 ("not found"). The error is one line and exit 2, and the
+    traceback and exit 1 ("not found"); one with no port dialled port 80 for ever
+    without a word. The error is one line and exit 2, and the
     database is closed cleanly (a read works after)."""
     key = tmp_path / "owner.key"
     assert kdelta(None, "identity", "create", "-o", str(key), "--difficulty", "4").code == 0
@@ -193,6 +194,8 @@ def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> 
             ("--port", port),
             ("--host", "no-such-host.invalid", "--port", "0"),
             ("--port", "0", "--join", "127.0.0.1:notaport"),
+            ("--port", "0", "--join", "nonsense"),  # no port: 80 was dialled for ever
+            ("--port", "0", "--join", "127.0.0.1"),
         ):
             ran = kdelta(db, *owner, *args)
             failed(ran, 2, "kdelta: ")

@@ -22,6 +22,22 @@ from ._base import Command, Failure, Usage, database_path
 __all__ = ["PEER_COMMANDS"]
 
 
+def _peer_address(text: str) -> str:
+    """A ``--join`` address: ``HOST:PORT`` or a ``ws://``/``wss://`` url, its port
+    given. Why the port: without one the url's default (80) was dialled, for ever and
+    without a word, where a user had left the port out by mistake."""
+    import urllib.parse
+
+    url = text if text.startswith(("ws://", "wss://")) else f"ws://{text}"
+    try:
+        port = urllib.parse.urlsplit(url).port
+    except ValueError:
+        port = None
+    if port is None:
+        raise Usage(f"--join {text!r} is not HOST:PORT (a port is needed)")
+    return text
+
+
 def _start_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=7878, help="port to listen on (7878; 0: any)")
@@ -56,6 +72,8 @@ def _start(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port < 65536:
         raise Usage(f"--port must be from 0 to 65535, not {args.port}")
+    for address in args.join:
+        _peer_address(address)
     try:
         owner = koru.Identity.load(args.owner)
     except FileNotFoundError:
