@@ -6,6 +6,7 @@ absent (never an error message where the data should be)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -251,3 +252,17 @@ def test_a_database_of_a_newer_format_is_not_called_damaged(tmp_path: Path) -> N
         failed(ran, 3, "newer", "format")
         assert "damaged" not in ran.err, ran.err
     assert (db / "meta").read_bytes() == newer
+
+
+def test_a_value_with_a_key_twice_is_refused_not_cut_to_the_last(tmp_path: Path) -> None:
+    """``kdelta set users/a '{"x": 1, "x": 2}'`` stored ``{"x": 2}`` without a word, a
+    value the user never wrote (JSON readers differ on which one wins). What must
+    hold: a usage error naming the key, exit 2, nothing written; nested objects too;
+    a value whose keys differ is stored as written."""
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "users/a", '{"x": 1}').code == 0
+    for text in ('{"x": 1, "x": 2}', '{"y": [{"k": 1, "k": 1}]}'):
+        failed(kdelta(db, "set", "users/a", text), 2, "kdelta: ")
+    got = kdelta(db, "get", "users/a")
+    assert got.code == 0 and json.loads(got.out) == {"x": 1}, got.out
+    assert kdelta(db, "set", "users/a", '{"x": 1, "y": {"x": 2}}').code == 0

@@ -165,11 +165,22 @@ def parse_value(text: str) -> Any:
         except OSError as exc:
             raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
-        return from_json(json.loads(raw))
+        return from_json(json.loads(raw, object_pairs_hook=_unique_keys))
     except RecursionError:
         raise Usage("the value nests too deeply") from None
     except (ValueError, TypeError) as exc:
         raise Usage(f"the value is not valid JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. Why: ``{"a": 1, "a": 2}`` was
+    stored as ``{"a": 2}`` without a word, a value the user never wrote (h-cli)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return found
 
 
 def version_doc(version: Any) -> dict[str, Any]:
