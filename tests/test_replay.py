@@ -99,6 +99,8 @@ def test_kdelta_replay(tmp_path: Path) -> None:
         [KDELTA, "--db", str(path), "replay"], capture_output=True, text=True
     ).stdout
     assert "digest" in human and "2 versions" in human
+    # Events per log as words, not a Python dict (h-cli).
+    assert "storage 2" in human and "{" not in human, human
 
 
 def reference_replay(path: Path, until: int | None, position: int | None) -> str:

@@ -253,7 +253,8 @@ def _replay(args: argparse.Namespace) -> int:
     out.text(
         f"keys      {found.keys} live, {found.deleted_keys} deleted, {found.versions} versions"
     )
-    out.text(f"events    {sum(found.events.values())} ({found.events})")
+    by_log = ", ".join(f"{agent} {n}" for agent, n in found.events.items())
+    out.text(f"events    {sum(found.events.values())} ({by_log})")
     if found.namespaces:
         out.table(("namespace", "keys"), found.namespaces.items())
     return 0
