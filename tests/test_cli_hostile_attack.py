@@ -266,3 +266,27 @@ def test_a_value_with_a_key_twice_is_refused_not_cut_to_the_last(tmp_path: Path)
     got = kdelta(db, "get", "users/a")
     assert got.code == 0 and json.loads(got.out) == {"x": 1}, got.out
     assert kdelta(db, "set", "users/a", '{"x": 1, "y": {"x": 2}}').code == 0
+
+
+def test_an_import_whose_interrupts_are_ignored_leaves_them_ignored() -> None:
+    """A shell starts a background job with SIGINT ignored, so that Ctrl-C meant for
+    the foreground does not stop it; the import's guard installed its own handler over
+    that, and an interrupt then stopped the import (h-cli). What must hold: with
+    SIGINT ignored, the guard leaves it ignored; with the default handler, Ctrl-C inside
+    still raises KeyboardInterrupt and the handler is put back after."""
+    import signal
+
+    from koru._cli._transfer import _interrupts_kept
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _interrupts_kept():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing raised
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt), _interrupts_kept():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

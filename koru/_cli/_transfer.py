@@ -323,7 +323,12 @@ def _interrupts_kept() -> Iterator[None]:
     """Ctrl-C inside the block raises KeyboardInterrupt, and again at its end if
     something swallowed it: cbor2 drops an exception raised inside it (a signal handler's
     included), and an import told to stop must not go on to write every event."""
-    if threading.current_thread() is not threading.main_thread():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        # (Ignored by whoever started it, as a shell does for a background job: an
+        # interrupt meant for the foreground must not stop it; h-cli.)
         yield
         return
     interrupted: list[bool] = []
