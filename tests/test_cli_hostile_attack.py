@@ -201,6 +201,10 @@ def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> 
             ran = kdelta(db, *owner, *args)
             failed(ran, 2, "kdelta: ")
     assert kdelta(db, "status").code == 0
+    from koru._cli._peers import _peer_address
+
+    for written in ("[::1]:7878", "wss://example.com", "ws://h:1", "node.example:443"):
+        assert _peer_address(written) == written  # a port, or a url's own scheme
 
 
 _SIM = ("--seed", "1", "--nodes", "2", "--duration", "1s")

@@ -23,14 +23,15 @@ __all__ = ["PEER_COMMANDS"]
 
 
 def _peer_address(text: str) -> str:
-    """A ``--join`` address: ``HOST:PORT`` or a ``ws://``/``wss://`` url, its port
-    given. Why the port: without one the url's default (80) was dialled, for ever and
-    without a word, where a user had left the port out by mistake."""
+    """A ``--join`` address: ``HOST:PORT`` (the port given), or a ``ws://``/``wss://``
+    url. Why the port: ``HOST`` alone was dialled at port 80, for ever and without a
+    word, where a user had left the port out by mistake."""
     import urllib.parse
 
-    url = text if text.startswith(("ws://", "wss://")) else f"ws://{text}"
+    if text.startswith(("ws://", "wss://")):
+        return text  # a url written out: its scheme's port if none (80, 443) is meant
     try:
-        port = urllib.parse.urlsplit(url).port
+        port = urllib.parse.urlsplit(f"ws://{text}").port
     except ValueError:
         port = None
     if port is None:
