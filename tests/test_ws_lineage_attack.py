@@ -210,6 +210,18 @@ async def test_export_then_import_keeps_workspaces_and_lineage_exactly(
     assert [w.name for w in src[1]] == ["gone", "team"] and len(src[2]) == 4
 
 
+@pytest.fixture
+def interactive() -> Any:
+    """SIGINT handled as in an interactive session (Python's default handler), as a
+    user pressing Ctrl-C meets it. Why: a process started in the background of a
+    non-interactive shell inherits SIGINT ignored, which the command leaves ignored
+    (as a background job's must be), and these tests then saw no interrupt."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("interactive")
 def test_ctrl_c_while_an_import_reads_its_file_is_never_lost(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,6 +248,7 @@ def test_ctrl_c_while_an_import_reads_its_file_is_never_lost(
     assert not copy.exists()
 
 
+@pytest.mark.usefixtures("interactive")
 def test_ctrl_c_during_an_export_is_never_lost(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
