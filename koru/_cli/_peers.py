@@ -24,7 +24,7 @@ __all__ = ["PEER_COMMANDS"]
 
 def _peer_address(text: str) -> str:
     """A ``--join`` address: ``HOST:PORT`` or a ``ws://``/``wss://`` url, its port
-    given. Why the port: without one the url's default (80) was dialled, for ever and
+    given (not 0). Why the port: without one the url's default (80) was dialled, for ever and
     without a word, where a user had left the port out by mistake."""
     import urllib.parse
 
@@ -33,8 +33,8 @@ def _peer_address(text: str) -> str:
         port = urllib.parse.urlsplit(url).port
     except ValueError:
         port = None
-    if port is None:
-        raise Usage(f"--join {text!r} is not HOST:PORT (a port is needed)")
+    if not port:  # none, or 0: no peer listens there (dialled for ever too; h-last)
+        raise Usage(f"--join {text!r} is not HOST:PORT (a port from 1 to 65535 is needed)")
     return text
 
 
