@@ -734,8 +734,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         Every write path delivers (puts, batches, deletes, expiries, ingested events).
         A writer never waits for a subscriber: one more than ``buffer`` events behind
         gets :class:`~koru.LaggedError` with the position to resume from (``buffer``:
-        1 to ``MAX_BUFFER``, 10,000,000; the values queued hold at most
-        ``MAX_QUEUED_BYTES``, 128 MiB). The iteration raises DatabaseClosedError when
+        1 to ``MAX_BUFFER``, 10,000,000; the changes queued, values and keys, hold at
+        most ``MAX_QUEUED_BYTES``, 128 MiB). The iteration raises DatabaseClosedError when
         the database closes.
 
         Raises:

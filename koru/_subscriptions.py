@@ -58,11 +58,17 @@ __all__ = ["KINDS", "KeyChange", "Hub", "Subscription"]
 KINDS = frozenset({"put", "delete"})
 #: Default bound of a subscription's queue, in events.
 DEFAULT_BUFFER = 10_000
-#: The most bytes of values the changes queued for one subscriber may hold; past it,
-#: it is cut off as when its buffer is full (a queue never empty holds one change
-#: whatever its size). Why: a subscriber behind by its buffer of changes kept them
-#: all alive whatever their size, 10,000 values of a megabyte each, 10 GB (h-dos).
+#: The most bytes the changes queued for one subscriber may hold (their writes' values
+#: and keys, and ``_WRITE_BYTES`` a write); past it, it is cut off as when its buffer
+#: is full (a queue never empty holds one change whatever its size). Why: a subscriber
+#: behind by its buffer of changes kept them all alive whatever their size, 10,000
+#: values of a megabyte each, 10 GB (h-dos).
 MAX_QUEUED_BYTES = 128 << 20
+#: What a write of a queued event holds beyond its value's and key's bytes, about: the
+#: decoded write, its namespace and causal link. Why: counting values alone, an event
+#: of deletes or of long keys with tiny values (up to 64 MiB, over a million writes)
+#: counted next to nothing, and a subscriber behind kept its buffer of them (h-last).
+_WRITE_BYTES = 256
 #: The most changes a subscriber may ask to have queued (a bound: a buffer of 2**70
 #: was accepted and bounded nothing; h-subck). Their values' bytes are bounded too
 #: (``MAX_QUEUED_BYTES``).
@@ -96,7 +102,7 @@ class KeyChange(NamedTuple):
 
 # event, event id, position, and the versions of its writes by index once a subscriber
 # built them (shared: ten subscribers of one event build them once).
-#: (event, its id, its log position, changes built for it, bytes of values it holds)
+#: (event, its id, its log position, changes built for it, bytes its writes hold)
 Item = tuple[Event, bytes, int, dict[int, tuple[Any, Any]], int]
 
 
@@ -126,7 +132,7 @@ class Subscription:
         #: The log position it starts from (the log's end when none was asked for).
         self.start = 0
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
-        #: The bytes of values the queued events hold.
+        #: The bytes the queued events' writes hold.
         self._queued = 0
         self._ready: list[KeyChange] = []
         #: Position of the first event not queued, once cut off.
@@ -284,7 +290,9 @@ class Hub:
             return
         writes = event.writes
         names = {w.namespace for w in writes}
-        size = sum([len(w.value) for w in writes if w.value is not None])
+        size = _WRITE_BYTES * len(writes) + sum(
+            [len(w.key) if w.value is None else len(w.key) + len(w.value) for w in writes]
+        )
         item: Item = (event, event_id, self.store.cursor(STORAGE).count - 1, {}, size)
         cut = False
         for sub in subs:

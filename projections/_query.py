@@ -119,19 +119,21 @@ def check_filter(f: Any, field: str) -> Filter:
                         "states in all",
                     )
             else:
+                data = _check_leaf(node, field)
                 if isinstance(node, In):
-                    values += len(node.values) if type(node.values) is tuple else 0
+                    # Counted in its data form, as read back: values held in a tuple
+                    # subclass were not counted at all (h-last).
+                    values += len(data[2])
                     if values > _MAX_IN_VALUES:
                         raise InvalidQueryError(
                             field,
                             f"the in conditions of a filter may list at most {_MAX_IN_VALUES} "
                             "values",
                         )
-                _check_leaf(node, field)
     return f
 
 
-def _check_leaf(leaf: Filter, field: str) -> None:
+def _check_leaf(leaf: Filter, field: str) -> Any:
     """A condition is one its data form reads back as (operator, path and operand
     checked). Why: its classes are public, and a condition built by hand (an unknown
     operator, a path that is not text, an operand that is no value) raised KeyError,
@@ -142,6 +144,7 @@ def _check_leaf(leaf: Filter, field: str) -> None:
         raise InvalidQueryError(field, f"not a well-formed condition: {leaf!r}") from None
     if filter_from_data(data, field) != leaf:
         raise InvalidQueryError(field, f"not a well-formed condition: {leaf!r}")
+    return data
 
 
 #: The most paths a query may select or sort by. Why: each is looked up in every row,

@@ -197,6 +197,7 @@ def test_start_on_a_port_in_use_or_a_bad_address_is_one_line(tmp_path: Path) -> 
             ("--port", "0", "--join", "127.0.0.1:notaport"),
             ("--port", "0", "--join", "nonsense"),  # no port: 80 was dialled for ever
             ("--port", "0", "--join", "127.0.0.1"),
+            ("--port", "0", "--join", "127.0.0.1:0"),  # port 0: no peer listens there
         ):
             ran = kdelta(db, *owner, *args)
             failed(ran, 2, "kdelta: ")

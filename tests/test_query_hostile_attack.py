@@ -349,6 +349,28 @@ def test_in_lists_of_a_filter_are_bounded_all_together() -> None:
     assert ok.validate() == ok
 
 
+async def test_in_values_held_in_a_tuple_subclass_are_counted_too() -> None:
+    """Attack: conditions built by hand whose values are a tuple subclass (each leaf
+    within the bound alone, all together over it). check_filter counted only values
+    held in a plain tuple, so such a filter passed with any number of values, and
+    create_view stored a definition that the database itself (reopened) and its peers
+    refuse when they read it (Query.from_data). What must hold: refused with
+    InvalidQueryError, by Query.validate and by create_view, as the plain tuple is."""
+    from koru.projections._filters import MAX_IN_VALUES
+
+    class Values(tuple):  # type: ignore[type-arg]
+        pass
+
+    half = Values(range(MAX_IN_VALUES // 2 + 1))
+    built = Query(filter=In("a", half) | In("b", half))
+    with pytest.raises(InvalidQueryError, match="at most"):
+        built.validate()
+    async with koru.open(":memory:") as db:
+        with pytest.raises(InvalidQueryError, match="at most"):
+            await db.create_view("big", "docs", built)
+        assert await db.list_views() == []
+
+
 async def test_a_view_over_the_in_bound_is_refused_and_the_database_goes_on() -> None:
     """A view whose definition lists more ``in`` values than the bound is refused with
     the typed error (a peer's definition event is read by the same ``Query.from_data``,

@@ -244,3 +244,31 @@ async def test_a_subscriber_behind_is_cut_off_by_the_bytes_its_queue_holds(
             assert got == [f"k{i}" for i in range(len(got))] and 5 <= len(got) < 20
             assert lagged.value.position == start + len(got)
         assert db._hub.subscriptions == []
+
+
+async def test_a_subscriber_behind_is_cut_off_by_keys_and_deletes_not_only_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A subscriber that stops reading while batches of long keys with tiny values, or
+    of deletes (no value at all), are written: the queue's byte bound counted only the
+    values' bytes, so events whose bulk is keys (an event holds up to 64 MiB: over a
+    million deletes) were never counted and a lagging subscriber kept its whole buffer
+    of them alive. What must hold: the bytes an event holds in its writes (keys and
+    deletes too) count toward MAX_QUEUED_BYTES, and the subscriber is cut off."""
+    import koru._subscriptions as subscriptions
+
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", 10_000)
+    async with koru.open(":memory:", clock=StepClock()) as db:
+        async with db.subscribe(NS) as slow:
+            for i in range(20):  # about 10,000 bytes of keys each, 10 bytes of values
+                await db.put_batch([(NS, f"{i}-{j}-" + "k" * 1_000, 0) for j in range(10)])
+            with pytest.raises(LaggedError), trio.fail_after(10):
+                for _ in range(200):  # every change read: the subscriber never cut off
+                    await slow.__anext__()
+        async with db.subscribe(NS) as slow:
+            keys = [f"{i}-{j}-" + "k" * 1_000 for i in range(20) for j in range(10)]
+            for key in keys:
+                await db.delete(NS, key)  # no value: counted nothing
+            with pytest.raises(LaggedError), trio.fail_after(10):
+                for _ in range(200):  # every change read: the subscriber never cut off
+                    await slow.__anext__()

@@ -23,19 +23,20 @@ __all__ = ["PEER_COMMANDS"]
 
 
 def _peer_address(text: str) -> str:
-    """A ``--join`` address: ``HOST:PORT`` (the port given), or a ``ws://``/``wss://``
-    url. Why the port: ``HOST`` alone was dialled at port 80, for ever and without a
-    word, where a user had left the port out by mistake."""
+    """A ``--join`` address: ``HOST:PORT`` (a port given, not 0), or a ``ws://``/
+    ``wss://`` url. Why the port: ``HOST`` alone was dialled at port 80, for ever and
+    without a word, where a user had left the port out by mistake."""
     import urllib.parse
 
-    if text.startswith(("ws://", "wss://")):
-        return text  # a url written out: its scheme's port if none (80, 443) is meant
+    written = text.startswith(("ws://", "wss://"))
     try:
-        port = urllib.parse.urlsplit(f"ws://{text}").port
-    except ValueError:
-        port = None
-    if port is None:
-        raise Usage(f"--join {text!r} is not HOST:PORT (a port is needed)")
+        port = urllib.parse.urlsplit(text if written else f"ws://{text}").port
+    except ValueError:  # a port that is no number, or past 65535
+        port = 0
+    if written and port is None:
+        return text  # a url written out: its scheme's port (80, 443) is meant
+    if not port:  # none, or 0: no peer listens there (dialled for ever too; h-last)
+        raise Usage(f"--join {text!r} is not HOST:PORT (a port from 1 to 65535 is needed)")
     return text
 
 
