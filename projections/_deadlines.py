@@ -30,6 +30,7 @@ __all__ = ["MOVED_MOST", "SHIFT", "Deadlines"]
 
 #: A bucket holds the times that agree above their lowest ``SHIFT`` bits (in ns).
 SHIFT = 33
+_ABSENT: Any = object()  # (PairKeyed.pop's default when the key is not there)
 #: The most buckets one question moves to the due list (about 9.8 hours of them).
 MOVED_MOST = 4096
 
@@ -162,22 +163,15 @@ class Deadlines(PairKeyed[int]):
         self[key] = value  # (the old time is needed: one search either way)
 
     def __delitem__(self, key: tuple[str, str]) -> None:
-        joined: Any = _joined(key)
-        old = self._find(joined)
-        if old is _MISSING:
-            raise KeyError(key)
-        LayeredDict.__delitem__(self, joined)
-        self._unfile(joined, old)
+        self.pop(key)
 
     def pop(self, key: tuple[str, str], default: Any = _MISSING) -> Any:
-        joined: Any = _joined(key)
-        old = self._find(joined)
-        if old is _MISSING:
+        old = PairKeyed.pop(self, key, _ABSENT)
+        if old is _ABSENT:
             if default is _MISSING:
                 raise KeyError(key)
             return default
-        LayeredDict.__delitem__(self, joined)
-        self._unfile(joined, old)
+        self._unfile(_joined(key), old)
         return old
 
     def clear(self) -> None:
