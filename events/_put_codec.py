@@ -15,11 +15,13 @@ types go the general way.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from ._cbor_parts import head, text, uint
 from ._chain import STORAGE
 from ._codec import SCHEMA_VERSION
 from ._errors import InvalidDataError
+from ._event import Write
 from ._fields import UINT64_MAX
 from ._limits import MAX_EVENT_SIZE
 
@@ -45,18 +47,18 @@ class PutEncoder:
     """The canonical bytes of this node's ``put`` and ``put-ttl`` events, built from one
     constant head (schema version, tag, origin, agent) and the fields that vary."""
 
-    __slots__ = ("_names", "_prefix", "_ttl_prefix")
+    __slots__ = ("_batch_prefix", "_names", "_prefix", "_ttl_prefix")
 
     def __init__(self, origin: bytes) -> None:
         # [1, "put", origin, "storage", ...: an array of 8 whose first four never change.
-        self._prefix, self._ttl_prefix = (
+        self._prefix, self._ttl_prefix, self._batch_prefix = (
             b"\x88"
             + uint(SCHEMA_VERSION)
             + text(tag)
             + head(0x40, len(origin))
             + origin
             + text(STORAGE)
-            for tag in ("put", "put-ttl")
+            for tag in ("put", "put-ttl", "batch")
         )
         #: Encoded namespaces, reused (a database writes to few of them).
         self._names: dict[str, bytes] = {}
@@ -119,6 +121,61 @@ class PutEncoder:
                 tail,
             )
         )
+        if len(data) > MAX_EVENT_SIZE:
+            raise InvalidDataError(
+                f"event is {len(data)} bytes encoded, over the {MAX_EVENT_SIZE}-byte limit "
+                "(a batch's values together must stay under it)"
+            )
+        return data
+
+    def encode_batch(
+        self,
+        seq: int,
+        prev: bytes | None,
+        hlc: int,
+        writes: Sequence[Write],
+    ) -> bytes:
+        """``encode_event(BatchEvent(origin, "storage", seq, prev, hlc, writes))`` for
+        writes of values (no tombstones, no expiries) under names already checked: the
+        batch a group-commit round appends for the puts handed to it.
+
+        Raises:
+            InvalidDataError: as ``encode_event``.
+        """
+        if type(hlc) is not int or not 0 <= hlc <= UINT64_MAX:
+            raise InvalidDataError(f"timestamp {hlc!r} is not a 64-bit unsigned integer of ns")
+        if type(seq) is not int or not 1 <= seq <= UINT64_MAX:
+            raise InvalidDataError(f"sequence number {seq!r} is not a positive 64-bit integer")
+        parts = [
+            self._batch_prefix,
+            uint(seq),
+            _NULL if prev is None else _ID_HEAD + prev if len(prev) == 32 else _id(prev),
+            _B64(27, hlc) if hlc >= 0x100000000 else uint(hlc),
+            head(0x80, len(writes)),
+        ]
+        append, names = parts.append, self._names
+        for namespace, key, value, previous, expires in writes:
+            if value is None or expires is not None:
+                raise InvalidDataError("encode_batch takes writes of values without expiries")
+            ns = names.get(namespace)
+            if ns is None:
+                ns = text(namespace)
+                if len(names) < 1024:
+                    names[namespace] = ns
+            k, n = len(key), len(value)
+            append(_BODY_HEAD)
+            append(ns)
+            append(_TEXT_HEADS[k] + key.encode() if k < 24 and key.isascii() else text(key))
+            append(_BYTES_HEADS[n] if n < 24 else head(0x40, n))
+            append(value)
+            append(
+                _NULL
+                if previous is None
+                else _ID_HEAD + previous
+                if len(previous) == 32
+                else _id(previous)
+            )
+        data = b"".join(parts)
         if len(data) > MAX_EVENT_SIZE:
             raise InvalidDataError(
                 f"event is {len(data)} bytes encoded, over the {MAX_EVENT_SIZE}-byte limit "

@@ -290,6 +290,14 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             check_user_name(namespace, "namespace")
         writer = self._writer
         if parents is None:
+            if ttl is None and writer.joins:  # sync="always": the round appends it
+                joined = writer.join(namespace, key, value)
+                try:
+                    await self._committer.wait_durable(joined)
+                except BaseException as exc:
+                    writer.leave(joined, exc)
+                    raise
+                return cast(Version, joined.version)
             ttl_ns = None if ttl is None else checked_ttl_ns(ttl)
             version = writer.put_plain(namespace, key, value, ttl_ns)
         else:

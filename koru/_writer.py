@@ -48,7 +48,6 @@ from koru.events import (
     encode_value,
     event_id,
     parents_problem,
-    write_id,
 )
 from koru.nursery import Checkpointer, Clock, Committer
 from koru.projections import FeedState, KvState, Projections, capture_checkpoint
@@ -109,6 +108,28 @@ def _bad_clock(now: Any) -> NoReturn:
 _VERSION_BYTES = 160
 
 
+#: At most this many value bytes in one round's batch of handed-over puts (a larger
+#: value goes alone, as its own put event): a round's event stays far below
+#: ``MAX_EVENT_SIZE`` and its encoding short.
+GROUP_BYTES = 1 << 20
+
+
+class _Joined:
+    """A put handed to the next group-commit round (see :meth:`Writer.put_joined`)."""
+
+    __slots__ = ("data", "error", "key", "namespace", "target", "version")
+
+    def __init__(self, namespace: str, key: str, data: bytes) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.data = data
+        #: Set when the round appends it: the appended count it is durable at, and its
+        #: version; or the error appending it raised.
+        self.target: int | None = None
+        self.version: Version | None = None
+        self.error: BaseException | None = None
+
+
 class Writer:
     """Builds this node's events, ingests other nodes', and appends both."""
 
@@ -158,6 +179,13 @@ class Writer:
         #: ``"never"`` a write is acknowledged once appended, and the caller need not
         #: await :meth:`acknowledge` (it returns at once).
         self.waits = committer.mode == "always"
+        #: Whether plain puts are handed to the group-commit round (:meth:`put_joined`)
+        #: rather than appended by their callers: under ``"always"``, where each waits
+        #: for a sync anyway.
+        self.joins = self.waits
+        self._joined: list[_Joined] = []
+        if self.joins:
+            committer.gather = self._append_joined
         self.checkpointer = Checkpointer(
             store,
             committer,
@@ -204,12 +232,14 @@ class Writer:
         eid: bytes,
         cid: bytes | None = None,
         cids: Sequence[bytes] | None = None,
+        wids: Sequence[bytes] | None = None,
     ) -> None:
         """Store (frame, checksum, chain, write), fold into every projection, count for
         checkpoints: for local events and ingested ones alike. ``cid``: for a plain put
         of this node, its value's content id, which the fold then takes rather than
         hashing the value again (``Projections.apply_put``); ``cids``: for a batch of
-        this node, its values' content ids in order (``Projections.apply_writes``)."""
+        this node, its values' content ids in order (``Projections.apply_writes``), and
+        ``wids`` their write ids, if the caller has them."""
         try:
             location, _ = self._store_append(event.agent, data, eid)
         except DurabilityError as exc:
@@ -231,7 +261,7 @@ class Writer:
                 if type(event) in _BATCHES:  # a peer's batch
                     self.checkpointer.note_versions(len(cast(BatchEvent, event).writes) - 1)
             else:
-                self._projections.apply_writes(event, eid, location, cids)
+                self._projections.apply_writes(event, eid, location, cids, wids)
                 self.checkpointer.note_versions(len(cids) - 1)
         except BaseException as exc:
             # The event is in the log; a projection that could not fold it no longer
@@ -348,15 +378,24 @@ class Writer:
         self._cache.put(cid, data)
         return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
 
-    def put_plain(self, namespace: str, key: str, value: Any, ttl_ns: int | None = None) -> Version:
+    def put_plain(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        ttl_ns: int | None = None,
+        data: bytes | None = None,
+    ) -> Version:
         """:meth:`put` of a value without parents (nearly every put), with a time to
         live of ``ttl_ns`` (checked) or none, in a namespace the caller checked already
         (``check_name`` or stricter), fused: the event built as a tuple, encoded by the
         precomputed put encoder (the same bytes as ``encode_event``), its content id
-        handed to the fold, and the version built without intermediate objects."""
-        if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
-            check_name(key, "key")  # (its fast path above, inlined)
-        data = encode_value(value, self._max_value_size)
+        handed to the fold, and the version built without intermediate objects.
+        ``data``: the value already encoded (and the key checked), if it was."""
+        if data is None:
+            if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
+                check_name(key, "key")  # (its fast path above, inlined)
+            data = encode_value(value, self._max_value_size)
         previous = self._kv.current_write_id(namespace, key)
         node = self._node
         # FeedState.next, self.now() and HybridLogicalClock.tick, inlined (one call
@@ -441,6 +480,11 @@ class Writer:
             refuse_past_answer(
                 "put_batch", names, len(writes), _VERSION_BYTES, "fewer items a batch"
             )
+        return self._write_batch(writes, ttl_ns)
+
+    def _write_batch(self, writes: list[Write], ttl_ns: int | None) -> list[Version]:
+        """Append checked writes of distinct keys as one batch event (not yet
+        acknowledged): their versions, in order."""
         header = self._header()
         expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event: Event
@@ -448,18 +492,112 @@ class Writer:
             event = BatchEvent(*header, tuple(writes))
         else:
             event = ExpiringBatchEvent(*header, expires, tuple(writes))
-        cids = [content_id(cast(bytes, w.value)) for w in writes]
-        encoded = encode_event(event)
-        eid = event_id(encoded)
-        self.write(event, encoded, eid, cids=cids)  # the fold takes the content ids
+        # content_id, event_id and write_id inlined with the writer's hasher (see
+        # put_plain), and _version's construction too: a round of joined puts comes
+        # here, one write per waiting writer.
+        reset, update = self._hash_reset, self._hash_update
+        cids = []
+        for w in writes:
+            reset()
+            cids.append(update(cast(bytes, w.value)).digest())
+        if expires is None:  # values only (put_batch writes no tombstones)
+            encoded = self._put_encoder.encode_batch(header[2], header[3], header[4], writes)
+        else:
+            encoded = encode_event(event)
+        reset()
+        eid = update(encoded).digest()
+        wids = [eid]
+        for i in range(1, len(writes)):
+            reset()
+            wids.append(update(eid + i.to_bytes(4, "big")).digest())  # write_id(eid, i)
+        self.write(event, encoded, eid, cids=cids, wids=wids)  # the fold takes the ids
+        cache_put, node, hlc = self._cache.put, self._node_hex, header[4]
         versions = []
-        for i, (w, cid) in enumerate(zip(writes, cids, strict=True)):
-            self._cache.put(cid, cast(bytes, w.value))
-            wid = write_id(eid, i)
+        for w, cid, wid in zip(writes, cids, wids, strict=True):
+            cache_put(cid, cast(bytes, w.value))
+            previous = w.previous
             versions.append(
-                self._version(w.namespace, w.key, wid, cid, event.hlc, w.previous, expires)
+                _new(
+                    Version,
+                    (
+                        w.namespace,
+                        w.key,
+                        wid.hex(),
+                        cid.hex(),
+                        hlc,
+                        None if previous is None else previous.hex(),
+                        node,
+                        False,
+                        expires,
+                    ),
+                )
             )
         return versions
+
+    def join(self, namespace: str, key: str, value: Any) -> _Joined:
+        """:meth:`put_plain` under ``"always"``: the value checked and encoded here
+        (errors reach the caller, nothing is written), then handed to the next
+        group-commit round, which appends every put handed to it as one batch event
+        (:meth:`_append_joined`) before its sync. The caller awaits
+        ``Committer.wait_durable`` of what this returns, then takes its ``version``,
+        or calls :meth:`leave` with what that raised.
+
+        Why: each writer then pays for its value and its wait, and the round for one
+        event's encoding, hashing, framing and write, where each put paid for its own
+        (issue #14: 16 writers under ``"always"``)."""
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
+            check_name(key, "key")
+        joined = _Joined(namespace, key, encode_value(value, self._max_value_size))
+        self._joined.append(joined)
+        self._committer.joined += 1
+        return joined
+
+    def leave(self, joined: _Joined, exc: BaseException) -> None:
+        """A joined put's wait raised ``exc``: withdrawn if no round has taken it yet
+        (nothing is written); once taken it is written, as a put cancelled while it
+        waits for its sync is. A failed sync is fatal, as for :meth:`acknowledge`."""
+        if isinstance(exc, DurabilityError):
+            self._die(exc)
+        elif joined.target is None and joined.error is None:
+            self._joined.remove(joined)
+
+    def _append_joined(self) -> None:
+        """The committer's ``gather`` hook: append the puts handed to the round, in
+        the order they came, as batch events of distinct keys and at most
+        ``GROUP_BYTES`` of values each (a lone put as a plain put event), each put's
+        outcome recorded in it. Never raises."""
+        pending = self._joined
+        while pending:
+            taken: list[_Joined] = []
+            seen: set[tuple[str, str]] = set()
+            size = 0
+            for joined in pending:
+                name = (joined.namespace, joined.key)
+                size += len(joined.data)
+                if name in seen or (taken and size > GROUP_BYTES):
+                    break  # the next batch takes it (a second put of a key follows the first)
+                seen.add(name)
+                taken.append(joined)
+            del pending[: len(taken)]
+            try:
+                if len(taken) == 1:
+                    one = taken[0]
+                    one.version = self.put_plain(one.namespace, one.key, None, None, one.data)
+                else:
+                    current = self._kv.current_write_id
+                    writes = [
+                        _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
+                        for j in taken
+                    ]
+                    for j, version in zip(taken, self._write_batch(writes, None), strict=True):
+                        j.version = version
+            except BaseException as exc:
+                for joined in taken:
+                    joined.error = exc
+                continue
+            target = self._committer.appended
+            for joined in taken:
+                joined.target = target
 
     def delete(self, namespace: str, key: str) -> Version:
         """Append a tombstone for a key with a current value (not yet acknowledged)."""

@@ -22,21 +22,31 @@ the event loop is never held for long.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Literal, Protocol
 
 import trio
 from trio.lowlevel import enable_ki_protection
 
 from koru.events import DurabilityError, InvalidArgumentError, LogStore
 
-__all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "SyncMode"]
+__all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "Joined", "SyncMode"]
 
 SyncMode = Literal["always", "os", "never"]
 SYNC_MODES: tuple[str, ...] = ("always", "os", "never")
 #: A sync that takes longer than this (s) is run in a worker thread next time: a thread
 #: hop costs ~100 µs here, so faster devices sync inline.
 INLINE_SYNC_MAX = 0.001
+
+
+class Joined(Protocol):
+    """A write handed to the next group-commit round rather than appended by its
+    caller (see :meth:`Committer.wait_durable`): the round's ``gather`` hook appends it
+    and sets ``target`` (the count of appended records it is durable at), or ``error``."""
+
+    target: int | None
+    error: BaseException | None
 
 
 def _leave(
@@ -73,6 +83,13 @@ class Committer:
         #: leader, however it ends).
         self._waiting: list[trio.lowlevel.Task] = []
         self._recent: deque[float] = deque([0.0], maxlen=3)
+        #: Appends the writes handed to the round (:class:`Joined`) before each sync;
+        #: set by the writer under ``"always"``. Never raises (a failed write's error
+        #: goes to its :class:`Joined`).
+        self.gather: Callable[[], None] | None = None
+        #: Writes handed to a round so far (the leader's yield heuristic counts them
+        #: with the appended records).
+        self.joined = 0
 
     def mark_appended(self) -> None:
         """Count one record appended to the store."""
@@ -82,14 +99,17 @@ class Committer:
     # ``finally``, after it took the list of parked writers and before it woke them,
     # stranded them parked on a round that was over.
     @enable_ki_protection
-    async def wait_durable(self) -> None:
-        """Return once everything appended so far is durable under the mode.
+    async def wait_durable(self, joined: Joined | None = None) -> None:
+        """Return once everything appended so far is durable under the mode; with
+        ``joined``, once that write (handed to the round, not yet appended) is
+        appended and durable, raising its error if appending it failed.
 
         Group commit without a middleman: the first waiter to find no sync in progress
-        leads a round. It yields, so writers that are already runnable append and join,
-        then syncs everything appended so far and wakes the others; a waiter whose record
-        the round did not cover leads the next one. A single writer so pays one fsync and
-        one scheduler pass, not two task switches through a flusher.
+        leads a round. It yields, so writers that are already runnable append (or hand
+        their writes to the round) and join, then syncs everything appended so far and
+        wakes the others; a waiter whose record the round did not cover leads the next
+        one. A single writer so pays one fsync and one scheduler pass, not two task
+        switches through a flusher.
 
         The others park on the round directly (no Event, no ParkingLot: one reschedule
         each, woken in one pass), the cheapest wait trio has: under ``always`` every
@@ -97,8 +117,14 @@ class Committer:
         """
         if self.mode != "always":
             return
-        target = self.appended
-        while self.durable < target:
+        target = self.appended if joined is None else None
+        while True:
+            if joined is not None:
+                if joined.error is not None:
+                    raise joined.error
+                target = joined.target
+            if target is not None and self.durable >= target:
+                return
             if self.error is not None:
                 raise self.error
             if self._leading:
@@ -116,9 +142,9 @@ class Committer:
                 # batch, trio may run this task ahead of them (it reverses half its
                 # batches): yield once more, unless they have all appended already.
                 queued = trio.lowlevel.current_statistics().tasks_runnable
-                before = self.appended
+                before = self.appended + self.joined
                 await trio.lowlevel.checkpoint()
-                if queued and self.appended - before < queued:
+                if queued and self.appended + self.joined - before < queued:
                     await trio.lowlevel.checkpoint()
                 await self.sync_now()
             finally:
@@ -162,6 +188,8 @@ class Committer:
         """
         if self.error is not None:
             raise self.error
+        if self.gather is not None:
+            self.gather()  # the writes handed to this round, appended first
         target = self.appended
         if target == self.durable:
             return  # nothing appended since the last sync

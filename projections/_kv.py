@@ -474,10 +474,12 @@ class KvState:
         event_id: bytes,
         location: int,
         content_ids: Sequence[bytes] | None,
+        write_ids: Sequence[bytes] | None = None,
     ) -> None:
         """:meth:`apply` of an event's writes, with the content ids of their values (in
         order; anything for a tombstone) when the writer has them already (see
-        :class:`~._projection.PutFold`), else hashed here."""
+        :class:`~._projection.PutFold`), else hashed here; and their write ids, if the
+        writer has them (``write_id(event_id, i)``), else made here."""
         origin, hlc = event.origin, event.hlc
         if type(event) is ExpiringPutEvent:  # a put with a time to live: no Write built
             value = event.value
@@ -504,10 +506,11 @@ class KvState:
                 cid = content_id(data)
             else:
                 cid = content_ids[i]
+            wid = write_id(event_id, i) if write_ids is None else write_ids[i]
             rec = _REC.pack(
                 hlc,
                 origin,
-                write_id(event_id, i),
+                wid,
                 cid,
                 w.previous or _NO_ID,
                 location,
@@ -515,7 +518,10 @@ class KvState:
                 expires or 0,
                 (_TOMBSTONE if data is None else 0) | (_EXPIRES if expires else 0),
             )
-            self._insert(w.namespace, w.key, rec, hlc)
+            if data is None or expires:
+                self._insert(w.namespace, w.key, rec, hlc)
+            else:
+                self._put_record(w.namespace, w.key, rec, wid, hlc)
 
     def apply_put(self, event: PutEvent, event_id: bytes, location: int, content_id: bytes) -> None:
         """:meth:`apply` of a plain put whose value's content id the writer has (see
@@ -532,7 +538,11 @@ class KvState:
             0,
             0,
         )
-        namespace, key = event.namespace, event.key
+        self._put_record(event.namespace, event.key, rec, event_id, hlc)
+
+    def _put_record(self, namespace: str, key: str, rec: bytes, wid_bytes: bytes, hlc: int) -> None:
+        """Fold the packed record of a value without a time to live (``wid_bytes``, its
+        write id) into its key: a plain put's, or a batch's write's."""
         if self.recent and (read := self.recent.get(namespace)):  # (see __init__)
             read.pop(key, None)
         # The common cases inlined as apply_run has them (a key new to memory with
@@ -549,7 +559,7 @@ class KvState:
             if keys is None:
                 keys = self.namespaces[namespace] = {}
             keys[key] = bytearray(rec)
-            wid = int.from_bytes(event_id, "big")  # a put's one write id is its event id
+            wid = int.from_bytes(wid_bytes, "big")
             self.current_sum += wid
             self.key_total += 1
             self.live += 1
@@ -557,7 +567,7 @@ class KvState:
             ns_live[namespace] = ns_live.get(namespace, 0) + 1
         # Why comparing the whole record with the current one's order key: see apply_run.
         elif type(blob) is bytearray and rec > (last := blob[-RECORD_SIZE:_LAST_ORDER]):
-            wid = int.from_bytes(event_id, "big")
+            wid = int.from_bytes(wid_bytes, "big")
             replaced = int.from_bytes(last, "big") & _ID_MASK  # the current write id
             if replaced == wid:  # applied already
                 return

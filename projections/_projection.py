@@ -105,10 +105,16 @@ class PutFold(Protocol):
     ) -> None: ...
 
     def apply_writes(
-        self, event: Event, event_id: bytes, location: int, content_ids: Sequence[bytes]
+        self,
+        event: Event,
+        event_id: bytes,
+        location: int,
+        content_ids: Sequence[bytes],
+        write_ids: Sequence[bytes] | None = None,
     ) -> None:
         """:meth:`Projection.apply` of an event with several writes (a batch), with the
-        content ids of their values in order (anything for a tombstone)."""
+        content ids of their values in order (anything for a tombstone), and their
+        write ids (``write_id(event_id, i)``) if the writer has them."""
         ...
 
 
@@ -251,12 +257,17 @@ class Projections:
                 apply(event, event_id, location)
 
     def apply_writes(
-        self, event: Event, event_id: bytes, location: int, content_ids: Sequence[bytes]
+        self,
+        event: Event,
+        event_id: bytes,
+        location: int,
+        content_ids: Sequence[bytes],
+        write_ids: Sequence[bytes] | None = None,
     ) -> None:
         """:meth:`apply` of an event with several writes (a batch of this node) whose
-        values' content ids the caller computed already (in order, anything for a
-        tombstone): the projections that take them (:class:`PutFold`) need not hash the
-        values again."""
+        values' content ids (in order, anything for a tombstone) and maybe write ids the
+        caller computed already: the projections that take them (:class:`PutFold`)
+        need not hash again."""
         agent, kind = event.agent, type(event)
         route = self._writes_routes.get((agent, kind))
         if route is None:
@@ -269,7 +280,7 @@ class Projections:
             )
         for apply, takes_ids in route:
             if takes_ids:
-                apply(event, event_id, location, content_ids)
+                apply(event, event_id, location, content_ids, write_ids)
             else:
                 apply(event, event_id, location)
 
