@@ -41,6 +41,7 @@ __all__ = [
     "Budget",
     "KeyReads",
     "budgeted",
+    "least_bytes",
     "listed_bytes",
     "refuse_past_answer",
     "unbounded",
@@ -345,6 +346,39 @@ def budgeted(call: str, items: Iterable[T], size: Callable[[T], int], less: str)
         add(size(item))
         out.append(item)
     return out
+
+
+def least_bytes(value: Any, stop: int) -> int:
+    """Fewer bytes than ``value`` (a document's part) takes encoded: its strings' and
+    byte strings' lengths and a byte for every other item; counted up to a little past
+    ``stop`` only (its walk is as long as that, not as the value)."""
+    total = 0
+    stack = [value]
+    pop, grow = stack.pop, stack.extend
+    while stack and total <= stop:
+        v = pop()
+        kind = type(v)
+        if kind is str or kind is bytes:
+            total += 1 + len(v)
+        elif kind is dict:
+            total += 1
+            grow(v.keys())
+            grow(v.values())
+        elif kind is list or kind is tuple:
+            total += 1
+            grow(v)
+        elif isinstance(v, str | bytes | bytearray):
+            total += 1 + len(v)
+        elif isinstance(v, dict):
+            total += 1
+            grow(v.keys())
+            grow(v.values())
+        elif isinstance(v, list | tuple):
+            total += 1
+            grow(v)
+        else:
+            total += 1
+    return total
 
 
 @contextmanager

@@ -131,3 +131,45 @@ async def test_a_listing_counts_only_what_the_client_is_sent(
             assert len(await few.keys("n")) == 10
             assert await few.namespaces() == ["n"]
             assert len(await few.expiring(7200)) == 10
+
+
+async def test_a_clients_selected_or_grouped_query_past_the_bound_is_refused_before_it_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client asks for a namespace of many documents with ``select`` of its large
+    field, or ``group_by`` (or ``distinct``) on a field each document holds a different
+    value of, or a view defined so (requests of some 50 bytes): only queries without
+    select or aggregation were estimated, so these rows or groups were built (each
+    document decoded afresh), packed, then refused as over MAX_ANSWER. What must hold:
+    refused before it is packed, with the typed InvalidArgumentError; what fits is
+    answered; local queries are unbounded."""
+    from koru import Query
+
+    async with _bounded_server(monkeypatch) as (db, remote, built, _):
+        await db.put_batch(
+            [("n", f"k{i:04}", {"i": i, "pad": f"{i:04}" + "x" * 200}) for i in range(N)]
+        )
+        await db.create_view("picked", "n", Query().select("pad"))
+        await db.create_view("grouped", "n", Query().group_by("pad"))
+        for ask in (
+            lambda: remote.query("n", Query().select("pad")),
+            lambda: remote.query("n", Query().select("pad", "i", "pad.x")),
+            lambda: remote.query("n", Query().group_by("pad")),
+            lambda: remote.query("n", Query().group_by("pad").sum("i")),
+            lambda: remote.query("n", Query().distinct("pad")),
+            lambda: remote.query("n", Query().select("pad"), at=db._writer.read_time()),
+            lambda: remote.view("picked"),
+            lambda: remote.view("grouped"),
+        ):
+            await _refused(ask, built, "less")
+        # What fits is answered.
+        assert len(await remote.query("n", Query().select("i").limit(50))) == 50
+        assert len(await remote.query("n", Query().select("pad").limit(5))) == 5
+        assert len(await remote.query("n", Query().group_by("pad").limit(5))) == 5
+        assert len(await remote.query("n", Query().distinct("i"))) == N
+        assert await remote.query("n", Query().sum("i")) == sum(range(N))
+        # Local queries are unbounded.
+        assert len(await db.query("n", Query().select("pad"))) == N
+        assert len(await db.query("n", Query().group_by("pad"))) == N
+        assert len(await db.view("picked")) == N
+        assert isinstance(await db.query("n", Query().distinct("pad")), list)
