@@ -15,7 +15,7 @@ what each call needs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from koru.events import (
@@ -35,10 +35,11 @@ from ._diff import Diff
 from ._identity import Identity
 from ._indexing import IndexInfo
 from ._lineage import DEFAULT_MAX_DEPTH, Connected
+from ._reads import KEYS_LESS, NAMESPACES_LESS, budgeted, listed_bytes, unbounded
 from ._sessions import Session
 from ._space import DEFAULT, Space
 from ._subscriptions import DEFAULT_BUFFER, KeyChange, Subscription
-from ._types import Expiring, Version, Versioned
+from ._types import EXPIRING_FIELDS, Expiring, Version, Versioned
 from ._viewing import VIEW_GUARD, ViewInfo
 from ._workspace import Workspace
 
@@ -335,16 +336,28 @@ class AuthorizedSpace:
         self._allow(READ, namespace, key)
         return await self._target.contains(namespace, key)
 
+    # A listing is read under the bound of a served answer (see ``budgeted``), by the
+    # target when the identity may read all of it; else unbounded there and bounded
+    # here once filtered, so that keys the client is not sent do not count.
+
     async def keys(self, namespace: str) -> list[str]:
-        keys = await self._target.keys(namespace)
+        with nullcontext() if self._whole(READ, namespace) else unbounded():
+            keys = await self._target.keys(namespace)
         stored, scopes = self._stored(namespace), self._scopes()
-        return [k for k in keys if scopes.allows(READ, stored, k)]
+        kept = (k for k in keys if scopes.allows(READ, stored, k))
+        return budgeted("keys", kept, listed_bytes, KEYS_LESS)
 
     async def namespaces(self) -> list[str]:
-        names = await self._target.namespaces()
+        with nullcontext() if self._whole_space() else unbounded():
+            names = await self._target.namespaces()
         scopes = [s for s in self._scopes().scopes if s.actions & READ]
         prefix = self._prefix
-        return [n for n in names if any(s.namespace.match(prefix + n) for s in scopes)]
+        kept = (n for n in names if any(s.namespace.match(prefix + n) for s in scopes))
+        return budgeted("namespaces", kept, listed_bytes, NAMESPACES_LESS)
+
+    def _whole_space(self) -> bool:
+        """True if the identity may read every key of the space."""
+        return whole_space(self._scopes(), READ, self._prefix)
 
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
@@ -353,9 +366,11 @@ class AuthorizedSpace:
         return await self._target.diff(namespace, key, from_version, to_version)
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
-        soon = await self._target.expiring(within)
+        with nullcontext() if self._whole_space() else unbounded():
+            soon = await self._target.expiring(within)
         scopes, prefix = self._scopes(), self._prefix
-        return [e for e in soon if scopes.allows(READ, prefix + e.namespace, e.key)]
+        kept = (e for e in soon if scopes.allows(READ, prefix + e.namespace, e.key))
+        return budgeted("expiring", kept, _expiring_bytes, "a smaller within")
 
     # -- queries, indexes, views, subscriptions -------------------------------------------------
     # A query reads (and an aggregate sums up) every document of its namespace, so it
@@ -538,3 +553,8 @@ def _ANY_KEY(key: str) -> bool:
 
 def _NO_KEY(key: str) -> bool:
     return False
+
+
+def _expiring_bytes(e: Expiring) -> int:
+    """Fewer bytes than ``e`` takes in an answer."""
+    return EXPIRING_FIELDS + len(e.namespace) + len(e.key)

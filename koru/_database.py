@@ -66,14 +66,14 @@ from ._proven import ProvenIngest
 from ._queries import QueryEngine
 from ._read_floor import save_read_floor
 from ._reader import ValueReader
-from ._reads import KeyReads
+from ._reads import KeyReads, budgeted
 from ._seal_marks import checked_prev, named_by_next, unlinked
 from ._sessions import Entropy, Sessions
-from ._space import DEFAULT
+from ._space import DEFAULT, Space
 from ._stats import OpenReport, Statistics
 from ._subscriptions import DEFAULT_BUFFER, Hub, Subscription
 from ._time import to_ns
-from ._types import Expiring, IngestResult, Stats, Version, Versioned
+from ._types import EXPIRING_FIELDS, Expiring, IngestResult, Stats, Version, Versioned
 from ._vector_calls import EmbeddingCalls
 from ._vectors import Vectors
 from ._viewing import ViewInfo, Viewing
@@ -965,14 +965,22 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             InvalidArgumentError: ``within`` is not a non-negative number of seconds.
         """
         await self._life.enter()
-        return [e for e in await self._expiring(within) if DEFAULT.owns(e.namespace)]
+        return await self._expiring(within, DEFAULT)
 
-    async def _expiring(self, within: float) -> list[Expiring]:
-        """:meth:`expiring` of every space (stored names)."""
+    async def _expiring(self, within: float, space: Space) -> list[Expiring]:
+        """:meth:`expiring` of ``space`` (stored names), listed under the bound of a
+        served answer (see ``budgeted``)."""
         if type(within) not in (int, float) or not 0 <= within < float("inf"):
             raise InvalidArgumentError(f"within must be non-negative seconds, not {within!r}")
         horizon = self._writer.read_time() + int(within * 1e9)
-        soon = sorted((t, ns, k) for (ns, k), t in self._kv.expiring.at_most(horizon))
+        owns, shorter = space.owns, len(space.prefix)
+
+        def size(item: tuple[int, str, str]) -> int:
+            return EXPIRING_FIELDS + len(item[1]) - shorter + len(item[2])
+
+        found = ((t, ns, k) for (ns, k), t in self._kv.expiring.at_most(horizon) if owns(ns))
+        soon = budgeted("expiring", found, size, "a smaller within")
+        soon.sort()
         return [Expiring(ns, k, t) for t, ns, k in soon]
 
     async def genome(self) -> Genome:

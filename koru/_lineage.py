@@ -9,7 +9,7 @@ gives nodes back in the caller's names.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from koru.events import (
@@ -24,12 +24,18 @@ from koru.projections import KvState
 from koru.projections._lineage import LineageState, Node
 from koru.projections._traversal import LinksOf, reach, shortest_path
 
+from ._reads import ANSWER_BYTES, Budget, refuse_past_answer
 from ._space import Space
 
 __all__ = ["DEFAULT_MAX_DEPTH", "Connected", "Lineage"]
 
 #: Which nodes (stored names) a walk may pass through besides its space's rule; None: all.
 Allowed = Callable[[Node], bool] | None
+
+#: Fewer bytes than a node (a tuple) and a Connected take in an answer besides their
+#: namespace and key.
+NODE_FIELDS = 6
+CONNECTED_FIELDS = 18
 
 #: How many links ``are_connected`` and ``connection_path`` follow at most by default.
 DEFAULT_MAX_DEPTH = 100
@@ -154,16 +160,37 @@ class Lineage:
     def ancestors(
         self, space: Space, node: Any, depth: Any, allowed: Allowed = None
     ) -> list[tuple[str, str]]:
-        start = self._node(space, node, "node")
-        links, keep = self._walker(space, allowed)
-        return self._out(space, reach(start, links, 0, self._depth(depth, "depth", True), keep))
+        return self._reach(space, node, depth, allowed, 0, "ancestors")
 
     def descendants(
         self, space: Space, node: Any, depth: Any, allowed: Allowed = None
     ) -> list[tuple[str, str]]:
+        return self._reach(space, node, depth, allowed, 1, "descendants")
+
+    def _reach(
+        self, space: Space, node: Any, depth: Any, allowed: Allowed, side: int, call: str
+    ) -> list[tuple[str, str]]:
         start = self._node(space, node, "node")
         links, keep = self._walker(space, allowed)
-        return self._out(space, reach(start, links, 1, self._depth(depth, "depth", True), keep))
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            keep = self._budget(space, keep, call)
+        return self._out(space, reach(start, links, side, self._depth(depth, "depth", True), keep))
+
+    @staticmethod
+    def _budget(space: Space, keep: Callable[[Node], bool], call: str) -> Callable[[Node], bool]:
+        """``keep``, counting the bytes of the nodes it lets a walk find: refused as
+        soon as they pass the bound of a served answer (a walk of the whole graph, for
+        a request of some 50 bytes, was built, packed, then refused)."""
+        shorter = NODE_FIELDS - len(space.prefix)
+        add = Budget(call, "a depth").add
+
+        def counted(node: Node) -> bool:
+            if not keep(node):
+                return False
+            add(shorter + len(node[0]) + len(node[1]))
+            return True
+
+        return counted
 
     def path(
         self, space: Space, a: Any, b: Any, max_depth: Any, allowed: Allowed = None
@@ -181,14 +208,40 @@ class Lineage:
             raise InvalidArgumentError(f"k must be a non-negative int, not {k!r}")
         shown = space.outward(stored)
         assert shown is not None
+        counts = self.graph.counts(stored)
+        each = CONNECTED_FIELDS + len(shown)
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            counts = _bounded(counts, k, each)
         ranked = heapq.nsmallest(
             k,
             (
                 (-(parents + children), key.encode(), key, parents, children)
-                for key, parents, children in self.graph.counts(stored)
+                for key, parents, children in counts
             ),
         )
+        if ANSWER_BYTES.get() is not None:
+            refuse_past_answer(
+                "most_connected", sum(len(r[2]) for r in ranked), len(ranked), each, LESS_K
+            )
         return [Connected(shown, key, p, c) for _, _, key, p, c in ranked]
+
+
+#: How to ask for less than a served ``most_connected`` refused as too large.
+LESS_K = "a smaller k"
+
+
+def _bounded(
+    counts: Iterator[tuple[str, int, int]], k: int, each: int
+) -> Iterator[tuple[str, int, int]]:
+    """``counts``, refused as soon as the answer of ``k`` of them surely passes the
+    bound of a served answer (each at least ``each`` bytes and its key's): with k of a
+    billion, every linked key of the namespace was ranked, built, packed, then
+    refused."""
+    add = Budget("most_connected", LESS_K).add
+    for seen, item in enumerate(counts):
+        if seen < k:
+            add(each + 1)  # (which keys are ranked first is not known yet)
+        yield item
 
 
 def _shown(space: Space, node: Node) -> tuple[str, str]:

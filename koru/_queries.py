@@ -24,11 +24,12 @@ from koru.projections._indexes import Indexes
 from koru.projections._planner import QueryPlan
 from koru.projections._predicate import Predicate, compile_filter
 from koru.projections._query import Query, as_query
+from koru.projections._rows import select_fields
 
 from ._documents import DocumentCache, live_bytes, read_at, read_live, read_values
 from ._indexing import Indexing
 from ._reader import ValueReader
-from ._reads import ANSWER_BYTES, refuse_past_answer
+from ._reads import ANSWER_BYTES, Budget, least_bytes, refuse_past_answer
 from ._time import to_ns
 from ._writer import Writer
 
@@ -38,6 +39,40 @@ __all__ = ["QueryEngine"]
 #: for rows that fit an answer.
 ROW_FIELDS = 8
 LESS = "limit and offset, or select"
+
+#: Fewer bytes than a group takes in an answer besides its group and aggregate values;
+#: and how to ask for groups that fit an answer.
+GROUP_FIELDS = 8
+GROUPS_LESS = "limit and offset"
+
+
+def refuse_selected(
+    call: str, fields: tuple[str, ...], less: str, keys: list[str], docs: list[Any]
+) -> None:
+    """Refuse rows of the ``fields`` selected from ``docs`` (as held: only read) surely
+    over the bytes a served answer holds, before they are built (a selected field of
+    every document of a namespace of gigabytes was decoded afresh, packed, then
+    refused)."""
+    weigh_selected(Budget(call, less), fields, keys, docs)
+
+
+def weigh_selected(
+    budget: Budget, fields: tuple[str, ...], keys: list[str], docs: list[Any]
+) -> None:
+    """Count the rows of the ``fields`` selected from ``docs`` into ``budget``, row by
+    row, stopped once over."""
+    bound = budget.bound
+    assert bound is not None
+    add = budget.add
+    for k, doc in zip(keys, docs, strict=True):
+        add(len(k) + ROW_FIELDS + least_bytes(select_fields(doc, fields), bound - budget.used))
+
+
+def refuse_grouped(call: str, groups: int, value_bytes: int) -> None:
+    """Refuse an aggregation's answer (``groups`` groups, or one value when 0, of
+    ``value_bytes`` bytes of values) surely over the bytes a served answer holds."""
+    refuse_past_answer(call, value_bytes, groups, GROUP_FIELDS, GROUPS_LESS)
+
 
 #: Compiled filters kept for queries seen lately (keyed by identity: queries may hold
 #: unhashable values).
@@ -95,15 +130,21 @@ class QueryEngine:
             else:
                 keys, values = self._live(namespace, sorted(candidates))
                 owned = True
-        check = None
-        if ANSWER_BYTES.get() is not None and q.fields is None:
-            check = partial(self._bound, namespace, when)  # (a served call)
+        check: Any = None
+        weigh = None
+        if ANSWER_BYTES.get() is not None:  # (a served call)
+            if q.fields is None:
+                check = partial(self._bound, namespace, when)
+            else:
+                check = partial(refuse_selected, "query", q.fields, LESS)
+            weigh = partial(refuse_grouped, "query")
         if owned:
-            return answer(q, predicate, keys, values, None, check)
+            return answer(q, predicate, keys, values, None, check, weigh)
         # The cache's objects: rows are decoded afresh.
-        return answer(q, predicate, keys, values, lambda ks: self._live(namespace, ks)[1], check)
+        reread = lambda ks: self._live(namespace, ks)[1]  # noqa: E731
+        return answer(q, predicate, keys, values, reread, check, weigh)
 
-    def _bound(self, namespace: str, when: int | None, keys: list[str]) -> None:
+    def _bound(self, namespace: str, when: int | None, keys: list[str], docs: Any) -> None:
         """Refuse rows of ``keys`` surely over the bytes a served answer holds, before
         they are built (a client's request of 50 bytes for a namespace of gigabytes)."""
         kv = self.kv

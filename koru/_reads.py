@@ -11,10 +11,11 @@ lifecycle checks and the await around it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from koru.events import (
     InvalidArgumentError,
@@ -35,7 +36,19 @@ from ._space import DEFAULT, Space
 from ._time import to_ns
 from ._types import Version, Versioned
 
-__all__ = ["ANSWER_BYTES", "KeyReads", "refuse_past_answer", "version_of"]
+__all__ = [
+    "ANSWER_BYTES",
+    "Budget",
+    "KeyReads",
+    "budgeted",
+    "least_bytes",
+    "listed_bytes",
+    "refuse_past_answer",
+    "unbounded",
+    "version_of",
+]
+
+T = TypeVar("T")
 
 #: The bytes the answer of the read running in this task may hold (None: no bound),
 #: set by the server of remote clients around each call. Why: a history is read whole
@@ -229,14 +242,20 @@ class KeyReads:
     def keys(self, namespace: str) -> list[str]:
         """The namespace's keys with a current value, sorted."""
         check_name(namespace, "namespace")
-        return self.kv.keys(namespace, self.now() if self.kv.expiring else None)
+        now = self.now() if self.kv.expiring else None
+        if ANSWER_BYTES.get() is None:
+            return self.kv.keys(namespace, now)
+        # A served call: read under the bound, refused as soon as it is passed (a
+        # namespace of millions of keys was listed whole, packed, then refused).
+        return sorted(budgeted("keys", self.kv.live_keys(namespace, now), listed_bytes, KEYS_LESS))
 
     def namespaces(self, space: Space = DEFAULT) -> list[str]:
         """The space's namespaces holding at least one current value, sorted (by the
         names its callers know them by)."""
         found = self.kv.live_namespaces(self.now() if self.kv.expiring else None)
-        shown = [space.outward(ns) for ns in found]
-        return sorted(ns for ns in shown if ns is not None)
+        shown = (space.outward(ns) for ns in found)
+        kept = (ns for ns in shown if ns is not None)
+        return sorted(budgeted("namespaces", kept, listed_bytes, NAMESPACES_LESS))
 
     def value(self, namespace: str, key: str) -> Any:
         """The current value (KeyNotFoundError if none): ``Database.get`` for a
@@ -276,6 +295,103 @@ def _bound(versions: int, value_bytes: int) -> None:
             f"history(): {versions} versions holding {value_bytes} bytes of values are "
             f"over the {bound} bytes an answer may hold: ask for less (latest, since, until)"
         )
+
+
+#: How to ask for less than a served listing refused as too large.
+KEYS_LESS = "a query of the namespace with limit, offset and select"
+NAMESPACES_LESS = "read the namespaces you know by name"
+
+
+def listed_bytes(name: str) -> int:
+    """Fewer bytes than ``name`` takes in an answer (its characters and a header)."""
+    return len(name) + 1
+
+
+class Budget:
+    """The bytes an answer built so far surely takes, against :data:`ANSWER_BYTES`
+    (read when it is made; None: no bound): :meth:`add` refuses as soon as they pass
+    it, with the typed error of every refused answer, before the rest is built."""
+
+    __slots__ = ("bound", "call", "items", "less", "used")
+
+    def __init__(self, call: str, less: str) -> None:
+        self.bound = ANSWER_BYTES.get()
+        self.call = call
+        self.less = less
+        self.used = self.items = 0
+
+    def add(self, size: int) -> None:
+        """One more item of at least ``size`` bytes (a no-op when there is no bound)."""
+        self.used += size
+        self.items += 1
+        if self.bound is not None and self.used > self.bound:
+            raise InvalidArgumentError(
+                f"{self.call}(): over {self.items} results and {self.used} bytes, past the "
+                f"{self.bound} bytes an answer may hold: ask for less ({self.less})"
+            )
+
+
+def budgeted(call: str, items: Iterable[T], size: Callable[[T], int], less: str) -> list[T]:
+    """``items`` as a list, built under :data:`ANSWER_BYTES` when it is set (a served
+    call): refused as soon as the bytes they surely take (``size`` of each, at most
+    what it takes encoded) pass the bound, before the rest is read. Why: a listing
+    (keys, namespaces, expiring keys) was built whole, then packed, then refused, for
+    a request of some 50 bytes."""
+    budget = Budget(call, less)
+    if budget.bound is None:
+        return list(items)
+    out = []
+    add = budget.add
+    for item in items:
+        add(size(item))
+        out.append(item)
+    return out
+
+
+def least_bytes(value: Any, stop: int) -> int:
+    """Fewer bytes than ``value`` (a document's part) takes encoded: its strings' and
+    byte strings' lengths and a byte for every other item; counted up to a little past
+    ``stop`` only (its walk is as long as that, not as the value)."""
+    total = 0
+    stack = [value]
+    pop, grow = stack.pop, stack.extend
+    while stack and total <= stop:
+        v = pop()
+        kind = type(v)
+        if kind is str or kind is bytes:
+            total += 1 + len(v)
+        elif kind is dict:
+            total += 1
+            grow(v.keys())
+            grow(v.values())
+        elif kind is list or kind is tuple:
+            total += 1
+            grow(v)
+        elif isinstance(v, str | bytes | bytearray):
+            total += 1 + len(v)
+        elif isinstance(v, dict):
+            total += 1
+            grow(v.keys())
+            grow(v.values())
+        elif isinstance(v, list | tuple):
+            total += 1
+            grow(v)
+        else:
+            total += 1
+    return total
+
+
+@contextmanager
+def unbounded() -> Iterator[None]:
+    """Within it, :data:`ANSWER_BYTES` is unset: for a served call that filters what
+    it gets from the read below it (by the identity's capabilities) and bounds the
+    filtered answer itself, so the read does not refuse what the client would not
+    have been sent."""
+    token = ANSWER_BYTES.set(None)
+    try:
+        yield
+    finally:
+        ANSWER_BYTES.reset(token)
 
 
 def refuse_past_answer(call: str, value_bytes: int, items: int, per_item: int, less: str) -> None:

@@ -9,7 +9,16 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, NamedTuple
 
-__all__ = ["Expiring", "IngestResult", "Refused", "Stats", "Tiers", "Version", "Versioned"]
+__all__ = [
+    "EXPIRING_FIELDS",
+    "Expiring",
+    "IngestResult",
+    "Refused",
+    "Stats",
+    "Tiers",
+    "Version",
+    "Versioned",
+]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
@@ -139,6 +148,11 @@ class Stats(NamedTuple):
     process_failures: int
     crash_loops: tuple[str, ...]
     tiers: Tiers
+
+
+#: Fewer bytes than an :class:`Expiring` takes in a served answer besides its
+#: namespace and key.
+EXPIRING_FIELDS = 16
 
 
 class Expiring(NamedTuple):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any, NamedTuple
 
 from koru.events import (
@@ -28,9 +29,9 @@ from koru.projections._rows import select_fields
 from koru.projections._views import View, Views
 
 from ._documents import DocumentCache, live_bytes, read_live
-from ._queries import ROW_FIELDS
+from ._queries import ROW_FIELDS, refuse_grouped, weigh_selected
 from ._reader import ValueReader
-from ._reads import ANSWER_BYTES, refuse_past_answer
+from ._reads import ANSWER_BYTES, Budget, refuse_past_answer
 from ._space import DEFAULT, Space
 from ._writer import Writer
 
@@ -42,6 +43,9 @@ __all__ = ["VIEW_GUARD", "ViewInfo", "Viewing"]
 #: and the call may yield first; meanwhile another task could replace the view by one
 #: over a namespace the identity may not administer (h-auth2).
 VIEW_GUARD: ContextVar[Callable[[str], None] | None] = ContextVar("koru_view_guard", default=None)
+
+#: Members of a served view with select read at a time, between counts of its bytes.
+_SLICE = 256
 
 
 def _guard(namespace: str) -> None:
@@ -165,18 +169,32 @@ class Viewing:
         if view.pending:
             self.fill(view)
         q = view.query
+        served = ANSWER_BYTES.get() is not None
         if view.grouped is not None:
-            result = view.grouped.result()
+            result = view.grouped.result(partial(refuse_grouped, "view") if served else None)
             return [Group(g, v) for g, v in result] if q.group is not None else result
         keys = view.ordered_members()
-        if ANSWER_BYTES.get() is not None and q.fields is None:  # (a served call)
+        less = "query its namespace with limit and offset"
+        if served and q.fields is None:
             size = live_bytes(self.kv, view.namespace, keys) + sum(map(len, keys))
-            less = "query its namespace with limit and offset"
             refuse_past_answer("view", size, len(keys), ROW_FIELDS, less)
         values = self.values
-        found, docs = read_live(
-            self.kv, view.namespace, keys, values.value_bytes, values.cache.peek
-        )
+        if served and q.fields is not None:
+            # Read and weighed in slices: refused once over, not after reading all.
+            budget = Budget("view", less)
+            found, docs = [], []
+            for at in range(0, len(keys), _SLICE):
+                part = read_live(
+                    self.kv, view.namespace, keys[at : at + _SLICE], values.value_bytes,
+                    values.cache.peek,
+                )  # fmt: skip
+                weigh_selected(budget, q.fields, *part)
+                found += part[0]
+                docs += part[1]
+        else:
+            found, docs = read_live(
+                self.kv, view.namespace, keys, values.value_bytes, values.cache.peek
+            )
         assert found == keys, "a member without a current value"
         if q.fields is not None:
             return [Row(k, select_fields(d, q.fields)) for k, d in zip(found, docs, strict=True)]

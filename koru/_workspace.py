@@ -292,7 +292,7 @@ class Workspace:
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
         await self._enter()
         out = []
-        for e in await self._db._expiring(within):
+        for e in await self._db._expiring(within, self._space):
             shown = self._space.outward(e.namespace)
             if shown is not None:
                 out.append(e._replace(namespace=shown))

@@ -52,6 +52,10 @@ class Accumulator(ABC):
     def result(self) -> Any:
         """The aggregate of the values in now."""
 
+    def least_bytes(self) -> int:
+        """Fewer bytes than :meth:`result` takes encoded (a value of one item: 1)."""
+        return 1
+
     def check(self) -> None:  # noqa: B027 - by default nothing to check
         """Raise what :meth:`result` would for values it cannot combine."""
 
@@ -186,6 +190,11 @@ class Equals:
     def value(self) -> Any:
         return fresh(self.forms[min(self.forms)][1])
 
+    def least_bytes(self) -> int:
+        """Fewer bytes than :meth:`value` takes encoded (its canonical form's: the
+        smallest CBOR gives it)."""
+        return len(min(self.forms))
+
 
 class Extreme(Accumulator):
     """min or max in the total order, with removal: each distinct value counted, the
@@ -250,6 +259,9 @@ class Distinct(Accumulator):
 
     def result(self) -> list[Any]:
         return [self.counts[k].value() for k in sorted(self.counts)]
+
+    def least_bytes(self) -> int:
+        return 1 + sum(group.least_bytes() for group in self.counts.values())
 
 
 def make_accumulator(q: Query) -> Accumulator:

@@ -25,13 +25,18 @@ def answer(
     keys: list[str],
     values: list[Any],
     reread: Callable[[list[str]], list[Any]] | None = None,
-    check: Callable[[list[str]], None] | None = None,
+    check: Callable[[list[str], list[Any]], None] | None = None,
+    weigh: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The answer of ``q`` over the documents ``values`` of ``keys`` (in key order).
 
     ``reread`` gives fresh copies of the documents of some keys (in that order), when
     ``values`` are objects the caller must not hand out (a cache's): rows are built from
     those. Without it, ``values`` are the caller's to give away.
+
+    ``check`` is given the keys of the rows and their documents (as held: to be read
+    only) and ``weigh`` an aggregation's groups and the bytes their values take
+    encoded (see ``Grouped.result``), before the answer is built: either may refuse it.
     """
     hits = list(compress(range(len(keys)), map(predicate, values)))
     if q.aggregate is not None or q.group is not None:
@@ -39,7 +44,7 @@ def answer(
         for i in hits:
             group, v = grouped.contribution(values[i])
             grouped.add_contribution(keys[i], group, v)
-        result = grouped.result()
+        result = grouped.result(weigh)
         return [Group(g, v) for g, v in result] if q.group is not None else result
     rows = [(keys[i], values[i]) for i in hits]  # in key order
     if q.order:
@@ -47,7 +52,7 @@ def answer(
     end = None if q.take is None else q.skip + q.take
     rows = rows[q.skip : end]
     if check is not None:
-        check([k for k, _ in rows])
+        check([k for k, _ in rows], [v for _, v in rows])
     if reread is not None:
         picked = [k for k, _ in rows]
         rows = list(zip(picked, reread(picked), strict=True))

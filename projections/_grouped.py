@@ -4,6 +4,7 @@ contributions as documents change (see :mod:`._accumulators`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._accumulators import Equals, ExactSum, make_accumulator
@@ -97,10 +98,16 @@ class Grouped:
         if not entry[2]:
             del self.groups[gk]
 
-    def result(self) -> Any:
+    def result(self, weigh: Callable[[int, int], None] | None = None) -> Any:
         """The aggregate value, or for ``group_by`` a list of (group, value) pairs in
-        group order, offset and limit applied."""
+        group order, offset and limit applied.
+
+        ``weigh``, if given, is told before the answer is built how many groups it
+        holds and fewer bytes than their values take encoded (the group values' and
+        the aggregates', each at least a byte), and may refuse it by raising."""
         if self._group_segs is None:
+            if weigh is not None:
+                weigh(0, self.whole.least_bytes())
             return self.whole.result()
         # A bad value in any group, shown or not, is an error, named by the least bad
         # key of all groups (not the first group's: the groups' order is their arrival
@@ -111,8 +118,15 @@ class Grouped:
         keys = sorted(self.groups)
         q = self.query
         end = None if q.take is None else q.skip + q.take
+        page = keys[q.skip : end]
+        if weigh is not None:
+            groups = self.groups
+            weigh(
+                len(page),
+                sum(groups[gk][0].least_bytes() + groups[gk][1].least_bytes() for gk in page),
+            )
         out = []
-        for gk in keys[q.skip : end]:
+        for gk in page:
             group, acc, _ = self.groups[gk]
             out.append((group.value(), acc.result()))
         return out

@@ -892,6 +892,16 @@ class KvState:
             live = [k for k in live if not self.expired(namespace, k, now)]
         return sorted(live)
 
+    def live_keys(self, namespace: str, now: int | None = None) -> Iterator[str]:
+        """:meth:`keys`, streamed in key order (by UTF-8 bytes): for a listing read
+        under a bound, stopped once it is passed."""
+        if not self.ns_live.get(namespace):
+            return
+        when = now if self.expiring else None
+        for k, blob in self.items(namespace):
+            if not blob[-1] & _TOMBSTONE and (when is None or not self.expired(namespace, k, when)):
+                yield k
+
     def live_namespaces(self, now: int | None = None) -> list[str]:
         """Namespaces with at least one live key (not expired at ``now``, if given),
         sorted."""

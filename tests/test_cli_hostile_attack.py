@@ -273,6 +273,45 @@ def test_a_value_with_a_key_twice_is_refused_not_cut_to_the_last(tmp_path: Path)
     assert kdelta(db, "set", "users/a", '{"x": 1, "y": {"x": 2}}').code == 0
 
 
+def test_json_with_a_key_twice_is_refused_wherever_the_command_line_reads_it(
+    tmp_path: Path,
+) -> None:
+    """Values given as JSON refused a key given twice, but the rest of the command
+    line's JSON kept the last one without a word: a filter of ``--where-json`` (or a
+    JSON value inside ``--where``), an embedding's ``--metadata`` and vector, and the
+    lines of a JSON-lines export (its header and each event's line: two "event"
+    entries imported the second). What must hold: each is refused with one clear line
+    naming the key (a usage error, exit 2; a bad export, exit 3), never a traceback,
+    and nothing is written."""
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "users/a", '{"x": 1}').code == 0
+    twice = '{"x": 1, "x": 2}'
+    for args in (
+        ("query", "users", "--where-json", f'["eq", "x", {twice}]'),
+        ("query", "users", "--where-json", '{"op": "eq", "op": "ne"}'),
+        ("query", "users", "--where", f"x = {twice}"),
+        ("embed", "users/v", "[1.0, 2.0]", "--metadata", twice),
+        ("embed", "users/v", f"[{twice}]"),
+    ):
+        failed(kdelta(db, *args), 2, "'x'" if "x" in args[-1] else "'op'", "twice")
+    export = tmp_path / "e.jsonl"
+    ran = kdelta(db, "export", "-o", str(export), "--format", "jsonl")
+    assert ran.code == 0, ran.err
+    head, line = export.read_text().splitlines()[:2]
+    other = kdelta(tmp_path / "other", "set", "users/b", "2")
+    assert other.code == 0
+    theirs = tmp_path / "o.jsonl"
+    assert kdelta(tmp_path / "other", "export", "-o", str(theirs), "--format", "jsonl").code == 0
+    event = json.loads(theirs.read_text().splitlines()[1])["event"]
+    copy = tmp_path / "copy"
+    doubled = line[:-1] + f', "event": "{event}"}}'
+    export.write_text(head + "\n" + doubled + "\n")
+    failed(kdelta(copy, "import", str(export)), 3, "line 2", "'event'", "twice")
+    export.write_text(head[:-1] + ', "koru-delta-export": 1}\n' + line + "\n")
+    failed(kdelta(copy, "import", str(export)), 3, "line 1", "'koru-delta-export'", "twice")
+    assert kdelta(copy, "get", "users/b").code != 0  # nothing imported
+
+
 def test_an_import_whose_interrupts_are_ignored_leaves_them_ignored() -> None:
     """A shell starts a background job with SIGINT ignored, so that Ctrl-C meant for
     the foreground does not stop it; the import's guard installed its own handler over

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Command",
+    "DuplicateKeyError",
     "Failure",
     "Usage",
     "database_path",
@@ -28,6 +29,7 @@ __all__ = [
     "read_snapshot",
     "space_of",
     "split_key",
+    "unique_keys",
     "version_doc",
     "with_database",
     "workspace_argument",
@@ -165,21 +167,30 @@ def parse_value(text: str) -> Any:
         except OSError as exc:
             raise Usage(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
-        return from_json(json.loads(raw, object_pairs_hook=_unique_keys))
+        return from_json(json.loads(raw, object_pairs_hook=unique_keys))
     except RecursionError:
         raise Usage("the value nests too deeply") from None
     except (ValueError, TypeError) as exc:
         raise Usage(f"the value is not valid JSON: {exc}") from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different. Why: ``{"a": 1, "a": 2}`` was
-    stored as ``{"a": 2}`` without a word, a value the user never wrote (h-cli)."""
+class DuplicateKeyError(ValueError):
+    """A JSON object holds a key twice (see :func:`unique_keys`)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: ``json.loads``' ``object_pairs_hook``
+    wherever the command line reads JSON (values, filters, vectors and their metadata,
+    export files). Why: ``{"a": 1, "a": 2}`` was stored as ``{"a": 2}`` without a word,
+    a value the user never wrote (h-cli).
+
+    Raises:
+        DuplicateKeyError: naming the key (a ValueError, as JSON that does not parse)."""
     found = dict(pairs)
     if len(found) != len(pairs):
         seen: set[str] = set()
         twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"the key {twice!r} appears twice in one object")
+        raise DuplicateKeyError(f"the key {twice!r} appears twice in one object")
     return found
 
 

@@ -23,6 +23,7 @@ from ._base import (
     read_snapshot,
     space_of,
     split_key,
+    unique_keys,
     with_database,
     workspace_argument,
 )
@@ -89,7 +90,7 @@ def query_data(args: argparse.Namespace) -> dict[str, Any]:
             raise Usage("--where: the expression nests too deeply") from None
     elif args.where_json is not None:
         try:
-            data["where"] = json.loads(args.where_json)
+            data["where"] = json.loads(args.where_json, object_pairs_hook=unique_keys)
         except ValueError as exc:
             raise Usage(f"--where-json is not valid JSON: {exc}") from None
         except RecursionError:  # so does json.loads: "[[[[...]]]]"

@@ -34,7 +34,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ._base import Command, Failure, existing_database, with_database
+from ._base import (
+    Command,
+    DuplicateKeyError,
+    Failure,
+    existing_database,
+    unique_keys,
+    with_database,
+)
 from ._output import Output
 
 if TYPE_CHECKING:
@@ -254,7 +261,9 @@ def _read_export(raw: bytes) -> list[bytes]:
     if raw[:1] == b"{":
         lines = raw.decode("utf-8", errors="strict").splitlines()
         try:
-            head = json.loads(lines[0]) if lines else None
+            head = json.loads(lines[0], object_pairs_hook=unique_keys) if lines else None
+        except DuplicateKeyError as exc:
+            raise Failure(3, f"line 1: not a koru-delta export header ({exc})") from None
         except (ValueError, RecursionError):
             head = None
         if not isinstance(head, dict) or head.get(_MARK) != _VERSION:
@@ -264,7 +273,7 @@ def _read_export(raw: bytes) -> list[bytes]:
             if not text.strip():
                 continue
             try:
-                doc = json.loads(text)
+                doc = json.loads(text, object_pairs_hook=unique_keys)
                 if isinstance(doc, dict) and _CUT in doc:
                     raise Failure(3, f"line {n}: {_cut_message(doc[_CUT])}")
                 data = base64.b64decode(doc["event"], validate=True)

@@ -13,7 +13,15 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from ._base import Command, Usage, parse_time, split_key, version_doc, with_database
+from ._base import (
+    Command,
+    Usage,
+    parse_time,
+    split_key,
+    unique_keys,
+    version_doc,
+    with_database,
+)
 from ._output import Output, dumps, short
 
 if TYPE_CHECKING:
@@ -24,7 +32,7 @@ __all__ = ["VECTOR_COMMANDS"]
 
 def _vector(text: str) -> list[Any]:
     try:
-        vector = json.loads(text)
+        vector = json.loads(text, object_pairs_hook=unique_keys)
     except ValueError as exc:
         raise Usage(f"the vector is not valid JSON: {exc}") from None
     if type(vector) is not list:
@@ -36,7 +44,7 @@ def _json(text: str | None, what: str) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except ValueError as exc:
         raise Usage(f"{what} is not valid JSON: {exc}") from None
 

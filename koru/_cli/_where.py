@@ -28,6 +28,8 @@ import json
 import re
 from typing import Any
 
+from ._base import unique_keys
+
 __all__ = ["WhereError", "parse_where"]
 
 _OPS = {"=": "eq", "==": "eq", "!=": "ne", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
@@ -236,7 +238,7 @@ def _value(tokens: _Tokens) -> Any:
         return _list(tokens)
     if kind in ("string", "json"):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=unique_keys)
         except ValueError as exc:
             raise WhereError(f"bad JSON at character {at}: {exc}") from None
     if kind != "word":
