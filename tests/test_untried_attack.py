@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -121,3 +122,70 @@ async def test_unproven_events_waiting_for_a_seal_are_held_as_bytes_not_decoded(
             tracemalloc.stop()
         assert room.waiting == 1
         assert held < 2 * len(data) + 64 * 1024, (held, len(data))
+
+
+def _tampered_open(base: Path, at: Path, change: Any) -> tuple[list[Any], dict[str, str]]:
+    """Copy the database at ``base`` to ``at``, change its checkpoint's ``expiring_at``
+    columns with ``change`` (the checksum made right again), open it: what it lists as
+    expiring, and the projections it rebuilt."""
+    import shutil
+
+    import blake3
+    import cbor2
+
+    from koru._loader import CHECKPOINT_FILE
+
+    shutil.copytree(base, at)
+    raw = (at / CHECKPOINT_FILE).read_bytes()
+    body = cbor2.loads(raw[40:])
+    change(body["sections"]["kv"][1]["expiring_at"])
+    data = cbor2.dumps(body)
+    (at / CHECKPOINT_FILE).write_bytes(raw[:8] + blake3.blake3(data).digest() + data)
+
+    async def opened() -> tuple[list[Any], dict[str, str]]:
+        async with koru.open(at) as db:
+            stats = await db.stats()
+            return sorted(await db.expiring(within=10**6)), dict(stats.projections_rebuilt)
+
+    return trio.run(opened)
+
+
+def _duplicate(columns: dict[str, list[Any]]) -> None:
+    columns["keys"].append(columns["keys"][0])
+    columns["times"].append(columns["times"][0] + 10**12)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda c: c["times"].pop(), id="lengths-differ"),
+        pytest.param(lambda c: (c["keys"].reverse(), c["times"].reverse()), id="unsorted"),
+        pytest.param(lambda c: c["times"].__setitem__(0, -5), id="negative-time"),
+        pytest.param(lambda c: c["times"].__setitem__(0, 1 << 70), id="huge-time"),
+        pytest.param(lambda c: c["times"].__setitem__(0, 1 << 64), id="time-past-64-bits"),
+        pytest.param(_duplicate, id="duplicate-key"),
+    ],
+)
+def test_a_checkpoint_with_tampered_ttl_columns_is_refused_or_served_right(
+    tmp_path: Path, tamper: Any
+) -> None:
+    """Attack: a checkpoint's ``expiring_at`` columns changed (its checksum made right
+    again): lengths that differ, rows reordered, a negative time, a time past the 8
+    bytes a record holds, a key listed twice with another time. Must hold: the open
+    rebuilds the key/value state from the log (the section is refused) or serves the
+    same expiry times as before; never a key expired at -5 ns (read as gone) or one
+    whose time moved. (A record's expiry is 8 unsigned bytes, and a key is listed once:
+    any other value can only be damage or a crafted file.)"""
+    base = tmp_path / "db"
+
+    async def made() -> list[Any]:
+        async with koru.open(base) as db:
+            for i in range(6):
+                await db.put(NS, f"k{i}", i, ttl=3600 + i)
+            await db.put(NS, "plain", 1)
+            await db.checkpoint()
+            return sorted(await db.expiring(within=10**6))
+
+    truth = trio.run(made)
+    got, rebuilt = _tampered_open(base, tmp_path / "copy", tamper)
+    assert got == truth, (got, rebuilt)
