@@ -189,3 +189,44 @@ def test_a_checkpoint_with_tampered_ttl_columns_is_refused_or_served_right(
     truth = trio.run(made)
     got, rebuilt = _tampered_open(base, tmp_path / "copy", tamper)
     assert got == truth, (got, rebuilt)
+
+
+async def test_a_remote_subscribers_queue_is_bounded_in_bytes_through_the_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a client subscribed over the wire stops reading while large changes are
+    written (here values of 256 KiB; up to 16 MiB each, or a batch of tombstones at
+    the event size limit). A local subscriber's queue holds at most
+    ``MAX_QUEUED_BYTES``; the remote one's held its ``buffer`` of changes (10,000 by
+    default) whatever their size, read off the socket as fast as the server sent
+    them, so the byte bound never reached the client (10,000 values of 16 MiB: 160
+    GB). Must hold: what the client holds unread stays within ``MAX_QUEUED_BYTES``
+    (plus one change), and the subscriber is then cut off (LaggedError), as a local
+    one is."""
+    import koru._subscriptions as subscriptions
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions="read")
+        async with (
+            koru.connect(f"127.0.0.1:{port}", who) as remote,
+            remote.subscribe(NS) as sub,
+        ):
+            value = "x" * (256 << 10)
+            for i in range(16):  # 4 MiB in all; the server's own queue lets it through
+                await db.put(NS, f"k{i}", value)
+                await trio.sleep(0.05)  # the server sends it, the client reads it
+            await trio.sleep(0.5)
+            held = [0]
+            receive = sub._receive
+            if receive is not None:
+                held[0] = sum(len(p or b"") for _, p in receive._state.data)
+            assert held[0] <= bound + (300 << 10), held[0]
+            with trio.fail_after(10), pytest.raises(koru.LaggedError):
+                async for _ in sub:
+                    pass
+        nursery.cancel_scope.cancel()
