@@ -230,3 +230,64 @@ async def test_a_remote_subscribers_queue_is_bounded_in_bytes_through_the_wire(
                 async for _ in sub:
                     pass
         nursery.cancel_scope.cancel()
+
+
+def _delete_batch(origin: bytes, seq: int, writes: int, hlc: int) -> bytes:
+    """A batch of ``writes`` tombstones of ``origin``'s feed (about 10 bytes each)."""
+    from koru.events import BatchEvent, Write, encode_event
+
+    items = tuple(Write(NS, f"d{i}", None, None) for i in range(writes))
+    return encode_event(BatchEvent(origin, "storage", seq, None, hlc, items))
+
+
+async def test_tombstone_batches_sent_over_the_wire_keep_the_servers_memory_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: through the real wire, a client with write access sends batches of tiny
+    deletes (decoded, some 13-15 times their bytes) of origins that never sealed them,
+    while another client is subscribed and stops reading; the owner takes in such
+    batches too (they reach the subscriber). Must hold: what waits for a seal costs
+    about its bytes on the server (not its decoded size), and the server's queue for
+    the subscriber stays within ``MAX_QUEUED_BYTES`` (plus one event), the subscriber
+    then cut off."""
+    import gc
+    import tracemalloc
+
+    import koru._subscriptions as subscriptions
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        reader, writer = koru.Identity.mine(4), koru.Identity.mine(4)
+        for who, actions in ((reader, "read"), (writer, "write")):
+            await db.register(who.public)
+            await db.grant(who.public, actions=actions)
+        now = db._writer.now()
+        unsealed = [_delete_batch(bytes([7, i]) * 8, 1, 30_000, now) for i in range(3)]
+        async with (
+            koru.connect(f"127.0.0.1:{port}", reader) as watching,
+            watching.subscribe(NS) as sub,
+            koru.connect(f"127.0.0.1:{port}", writer) as remote,
+        ):
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                await remote.ingest(unsealed)
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert db._proven.waiting == 3
+            assert held < 2 * sum(map(len, unsealed)) + (1 << 20), held
+            # The owner's own take in: accepted, and queued for the subscriber.
+            for i in range(4):
+                done = await db.ingest([_delete_batch(bytes([9, i]) * 8, 1, 30_000, now)])
+                assert done.accepted == 1
+                for server_side in db._hub.subscriptions:
+                    assert server_side._queued <= bound + 30_000 * 300
+            with trio.fail_after(20), pytest.raises(koru.LaggedError):
+                async for _ in sub:
+                    pass
+        nursery.cancel_scope.cancel()
