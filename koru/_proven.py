@@ -91,11 +91,21 @@ Feed = tuple[bytes, str]
 
 
 class _Item(NamedTuple):
-    event: Event
+    """An event waiting: its bytes and what the scans read, not the decoded event. Why:
+    a decoded event can take ~15 times its bytes (a batch of tiny deletes), so the
+    room's bound on bytes would not bound memory (256 MiB held as some 4 GB); it is
+    decoded again (trusted: it was checked when offered) when it is looked into."""
+
     data: bytes
     eid: bytes
     #: Who offered it (the sender's public key; empty for the owner's own).
     sender: bytes
+    prev: bytes | None
+    seal: bool
+
+    @property
+    def event(self) -> Event:
+        return decode_trusted(self.data)
 
 
 class ProvenIngest:
@@ -207,7 +217,7 @@ class ProvenIngest:
                 del self._waiting[feed]
             ingest.refuse(eid, "no room to hold an unproven event; offer it again later")
             return
-        slot[event.seq] = _Item(event, data, eid, sender)
+        slot[event.seq] = _Item(data, eid, sender, event.prev, type(event) is SealEvent)
         self._sender_seqs.setdefault(sender, {}).setdefault(feed, set()).add(event.seq)
         self._count += 1
         self._bytes += len(data)
@@ -422,9 +432,9 @@ class ProvenIngest:
         author = self._authority.state.node_keys.get(feed[0]) or self._early_keys.get(feed[0])
         while end in slot:
             item = slot[end]
-            if type(item.event) is SealEvent:
+            if item.seal:
                 sealed = (item.eid,)  # its own signature proves it
-                author = item.event.public_key
+                author = cast("SealEvent", item.event).public_key
                 break
             sealed = self._proof(held, early, end)
             if sealed:
@@ -447,7 +457,7 @@ class ProvenIngest:
                     item.eid, f"event {seq} of its feed is not the one its origin sealed"
                 )
                 return None
-            expected = item.event.prev
+            expected = item.prev
         if expected != held_id:
             # The sealed chain does not continue what is held: the origin forked (or
             # this node took something else through the owner's own ingest). The one
@@ -466,8 +476,9 @@ class ProvenIngest:
         named: list[Feed] = []
         for seq in range(low + 1, end + 1):
             item = slot[seq]
-            problem = self._unauthorized(item.event, author)
-            if problem is None and item.event.hlc <= last:
+            event = item.event  # (decoded once here)
+            problem = self._unauthorized(event, author)
+            if problem is None and event.hlc <= last:
                 problem = "its timestamp is not after the previous event of its feed"
             if problem is not None:
                 self._take(feed, seq)
@@ -475,19 +486,18 @@ class ProvenIngest:
                 self._ingest.refuse(item.eid, problem)
                 return None
             self._take(feed, seq)
-            if type(item.event) is SealEvent:
-                self._admit_seal(item, now)
-                named.extend((item.event.origin, p.agent) for p in item.event.points)
+            if type(event) is SealEvent:
+                self._admit_seal(event, item, now)
+                named.extend((event.origin, p.agent) for p in event.points)
             else:
-                self._ingest.admit(item.event, item.data, item.eid, now)
-            last = item.event.hlc
+                self._ingest.admit(event, item.data, item.eid, now)
+            last = event.hlc
         return named
 
-    def _admit_seal(self, item: _Item, now: int) -> None:
+    def _admit_seal(self, seal: SealEvent, item: _Item, now: int) -> None:
         """Pass a proven seal on (the auth projection then holds its points: those seen
         early are forgotten); the scans of the feeds it names stay good if all its
         points of each are past what the scan went through (see _release_run)."""
-        seal = cast("SealEvent", item.event)
         points: dict[Feed, list[int]] = {}
         for point in seal.points:
             feed = (seal.origin, point.agent)

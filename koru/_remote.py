@@ -62,6 +62,7 @@ from koru.nursery import (
 )
 from koru.projections import Query, QueryPlan
 
+from . import _subscriptions
 from ._api import SpaceAPI
 from ._auth_calls import signed_grant, signed_revocation
 from ._diff import Diff
@@ -370,6 +371,33 @@ def _public(who: Any) -> Any:
     return who.public if isinstance(who, Identity) else who
 
 
+class _ByteBounded:
+    """The session's end of a remote subscription's queue: bounded in bytes too
+    (``MAX_QUEUED_BYTES``, as a local subscriber's), not in changes alone. Why: the
+    client reads the socket as fast as the server sends, so a subscriber that stopped
+    reading held its ``buffer`` of changes (10,000 by default) whatever their size;
+    the server's bound in bytes never reached it. Past the bound it refuses the item
+    (trio.WouldBlock) and the session cuts the stream off as when the buffer is full
+    (a queue never empty holds one item whatever its size)."""
+
+    __slots__ = ("_send", "queued")
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[Msg, bytes | None]]) -> None:
+        self._send = send
+        #: The bytes of the items queued and not yet taken.
+        self.queued = 0
+
+    def send_nowait(self, item: tuple[Msg, bytes | None]) -> None:
+        size = len(item[1] or b"")
+        if self.queued and self.queued + size > _subscriptions.MAX_QUEUED_BYTES:
+            raise trio.WouldBlock
+        self._send.send_nowait(item)
+        self.queued += size
+
+    def close(self) -> None:
+        self._send.close()
+
+
 class RemoteSubscription:
     """The changes of a remote subscription (an async iterator of
     :class:`~koru.KeyChange`), resumed over a new connection with no gap and no
@@ -384,6 +412,8 @@ class RemoteSubscription:
         self._runner: Any = None
         self._call = 0
         self._receive: trio.MemoryReceiveChannel[tuple[Msg, bytes | None]] | None = None
+        #: The session's end of the queue ``_receive`` reads (its bytes counted).
+        self._queue: _ByteBounded | None = None
         #: The last change's position, and how many changes of that position came.
         self._position: int | None = None
         self._at_position = 0
@@ -413,7 +443,8 @@ class RemoteSubscription:
         send, receive = trio.open_memory_channel[tuple[Msg, bytes | None]](
             max(1, int(self._buffer)) if type(self._buffer) is int else 1
         )
-        runner.replies[call] = send
+        self._queue = _ByteBounded(send)
+        runner.replies[call] = self._queue
         payload = b"s" + pack([self._space, "subscribe", self._args, kwargs])
         self._runner, self._call, self._receive = runner, call, receive
         try:
@@ -432,6 +463,7 @@ class RemoteSubscription:
                     continue
             try:
                 kind, data = await self._receive.receive()
+                self._taken(data)
             except trio.EndOfChannel:  # lost before it started: start it again
                 self._receive = None
                 continue
@@ -451,6 +483,10 @@ class RemoteSubscription:
             return
         raise ConnectionLostError(f"the connection to {self._link.url} kept failing")
 
+    def _taken(self, data: bytes | None) -> None:
+        if self._queue is not None:
+            self._queue.queued -= len(data or b"")
+
     def __aiter__(self) -> RemoteSubscription:
         return self
 
@@ -466,6 +502,7 @@ class RemoteSubscription:
                     continue
             try:
                 kind, data = await self._receive.receive()
+                self._taken(data)
             except trio.EndOfChannel:
                 if self._call not in self._runner.lagged:  # the connection was lost
                     self._receive = None

@@ -156,6 +156,16 @@ class Handshake(Protocol):
         ...
 
 
+class ReplySink(Protocol):
+    """Where a client's session puts the replies to a call (a memory channel's sending
+    end, or one bounded in bytes too): ``send_nowait`` raises trio.WouldBlock when it
+    is full."""
+
+    def send_nowait(self, item: tuple[Msg, bytes | None], /) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SessionEnd(NamedTuple):
     """How a connection ended: the close code and reason (either side's), and the
     protocol with its counters."""
@@ -187,7 +197,7 @@ class _Runner:
         self.send_lock = trio.Lock()
         #: Client side: the answers awaited, by call id; streams cut off for falling
         #: behind, with the first item each missed.
-        self.replies: dict[int, trio.MemorySendChannel[tuple[Msg, bytes | None]]] = {}
+        self.replies: dict[int, ReplySink] = {}
         self.lagged: dict[int, bytes | None] = {}
         self.closed = trio.Event()
         #: Calls of a client answered at once, and their bytes (the rest wait, unread).

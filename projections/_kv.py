@@ -89,6 +89,8 @@ _EXPIRES = 2
 #: Flag bit of a version with a time to live (its ``expires`` field is set).
 EXPIRES = _EXPIRES
 _EXP = RECORD_SIZE - 9  # where ``expires`` starts in a record
+#: Every expiry time is below this (a record's 8 bytes).
+_TIME_END = 1 << 64
 # Where the last record's write id and order key end, counted from a blob's end.
 _LAST_WID = _WID - RECORD_SIZE
 _LAST_ORDER = _ORDER - RECORD_SIZE
@@ -1088,12 +1090,20 @@ def _expiring_from_columns(data: Any) -> dict[str, int]:
         return {}
     if set(map(type, keys)) != {str} or set(map(type, times)) != {int}:
         raise ValueError("expiring_at must list text keys and int times")
+    if min(times) < 0 or max(times) >= _TIME_END:
+        # A record holds its expiry in 8 unsigned bytes: any other time is damage or a
+        # crafted file (a key read as expired since -5 ns, one never expiring).
+        raise ValueError("expiring_at lists a time no record can hold")
     if not all(keys):
         raise ValueError("expiring_at lists an empty key")
     firsts = list(map(ord, map(_FIRST, keys)))  # each namespace's length
     if min(firsts) < 1 or not all(map(lt, map(add, firsts, repeat(1)), map(len, keys))):
         raise ValueError("expiring_at lists a key that is no pair of names")
-    return dict(zip(keys, times, strict=True))
+    entries = dict(zip(keys, times, strict=True))
+    if len(entries) != len(keys):
+        # Listed twice: whichever time came last was served (a key's time moved).
+        raise ValueError("expiring_at lists a key twice")
+    return entries
 
 
 def _sorted_keys(

@@ -698,7 +698,8 @@ def test_export_never_leaves_a_file_that_is_only_part_of_one(
         timeout=60,
         check=True,
     )
-    assert len(done.stdout.splitlines()) == 8 and not (tmp_path / "-").exists()
+    # (7 events between the header and the end mark)
+    assert len(done.stdout.splitlines()) == 9 and not (tmp_path / "-").exists()
 
 
 def test_export_to_standard_output_is_json_lines(
@@ -706,7 +707,8 @@ def test_export_to_standard_output_is_json_lines(
 ) -> None:
     db, facts = made
     lines = kdelta(db, "export").lines()
-    assert lines[0]["koru-delta-export"] == 1 and len(lines) == 8
+    assert lines[0]["koru-delta-export"] == 1 and len(lines) == 9
+    assert lines[-1] == {"koru-delta-export-end": 7}
     assert lines[1]["id"] == facts["first"].write_id
     # A file named .jsonl in any case is JSON lines too (.JSONL was written as CBOR).
     assert kdelta(db, "export", "-o", str(tmp_path / "B.JSONL")).code == 0
@@ -731,7 +733,8 @@ def test_import_refuses_what_is_not_an_export(
     failed(kdelta(tmp_path / "c3", "import", str(tmp_path / "missing")), 1, "cannot read")
     # A gap: the second event of a feed without the first is held, and said so.
     gap = tmp_path / "gap.jsonl"
-    gap.write_text("\n".join([good[0], good[3]]) + "\n")
+    end = json.dumps({"koru-delta-export-end": 1})
+    gap.write_text("\n".join([good[0], good[3], end]) + "\n")
     ran = kdelta(tmp_path / "c4", "--json", "import", str(gap))
     assert ran.code == 3 and ran.json()["held"] == 1
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import random
@@ -86,13 +87,19 @@ async def test_an_import_with_an_undecodable_event_writes_nothing(
     file = tmp_path / f"e.{fmt}"
     _export(tmp_path / "src", file, fmt, capsys)
     if fmt == "jsonl":
-        lines = file.read_text().splitlines()
-        last = json.loads(lines[-1])
+        lines = file.read_text().splitlines()  # (the last is the end mark)
+        last = json.loads(lines[-2])
         del last["id"]
         last["event"] = base64.b64encode(b"\x85garbage").decode()
-        file.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+        file.write_text("\n".join([*lines[:-2], json.dumps(last), lines[-1]]) + "\n")
     else:
-        file.write_bytes(file.read_bytes() + cbor2.dumps(b"\x85garbage"))
+        stream = io.BytesIO(file.read_bytes())
+        head, *events, _ = [
+            cbor2.load(stream) for _ in iter(lambda: stream.tell() < len(stream.getvalue()), False)
+        ]
+        events.append(b"\x85garbage")
+        end = {"koru-delta-export-end": len(events)}
+        file.write_bytes(b"".join(map(cbor2.dumps, [head, *events, end])))
     copy = tmp_path / "copy"
     code = await trio.to_thread.run_sync(main, ["--db", str(copy), "import", str(file)])
     err = capsys.readouterr().err

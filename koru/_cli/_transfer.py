@@ -56,6 +56,14 @@ _VERSION = 1
 #: would otherwise take whole. Import refuses a stream holding it (so do imports that
 #: predate it: it is no event).
 _CUT = "koru-delta-export-cut-short"
+#: The last item of a whole export, with the number of events before it; its header
+#: promises it (``_ENDS: True``). Why: an export killed outright (SIGKILL, the machine
+#: lost) writes no cut-short mark, and Python's buffered standard output writes whole
+#: items, so the reader held a stream ending at an item boundary, imported as whole.
+#: An export whose header promises no end mark (one written before it) is read as
+#: before.
+_END = "koru-delta-export-end"
+_ENDS = "ends"
 #: Events per ingest call: large enough to be quick, small enough to keep the event
 #: loop responsive (ingest folds a call's events without yielding).
 CHUNK = 2000
@@ -152,9 +160,10 @@ def _export(args: argparse.Namespace) -> int:
     try:
         with _interrupts_kept():  # a Ctrl-C is never lost: no file then
             if fmt == "cbor":
-                sink.write(cbor2.dumps({_MARK: _VERSION, "node": node}))
+                sink.write(cbor2.dumps({_MARK: _VERSION, "node": node, _ENDS: True}))
             else:
-                sink.write(_line({_MARK: _VERSION, "node": node.hex() if node else None}))
+                head = {_MARK: _VERSION, "node": node.hex() if node else None, _ENDS: True}
+                sink.write(_line(head))
             try:
                 for data, eid, event in _events_of(path, args.agent):
                     if fmt == "cbor":
@@ -180,6 +189,7 @@ def _export(args: argparse.Namespace) -> int:
                 if partial is None:  # standard output: what was written cannot be taken back
                     _cut_short(sink, fmt, exc)
                 raise
+            sink.write(cbor2.dumps({_END: count}) if fmt == "cbor" else _line({_END: count}))
         if partial is not None:
             sink.flush()
             os.fsync(sink.fileno())  # a backup: whole on disk before it has its name
@@ -268,14 +278,22 @@ def _read_export(raw: bytes) -> list[bytes]:
             head = None
         if not isinstance(head, dict) or head.get(_MARK) != _VERSION:
             raise Failure(3, "not a koru-delta export (no header line)")
-        events = []
+        ends = head.get(_ENDS) is True
+        ended = False
+        events: list[bytes] = []
         for n, text in enumerate(lines[1:], 2):
             if not text.strip():
                 continue
+            if ended:
+                raise Failure(3, f"line {n}: more after the export's end mark")
             try:
                 doc = json.loads(text, object_pairs_hook=unique_keys)
                 if isinstance(doc, dict) and _CUT in doc:
                     raise Failure(3, f"line {n}: {_cut_message(doc[_CUT])}")
+                if ends and isinstance(doc, dict) and _END in doc:
+                    _check_end(doc[_END], len(events), f"line {n}")
+                    ended = True
+                    continue
                 data = base64.b64decode(doc["event"], validate=True)
             except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
                 raise Failure(3, f"line {n}: not an exported event ({exc})") from None
@@ -283,6 +301,8 @@ def _read_export(raw: bytes) -> list[bytes]:
             if stated is not None and stated != event_id(data).hex():
                 raise Failure(3, f"line {n}: the event's bytes do not have the id {stated}")
             events.append(data)
+        if ends and not ended:
+            raise Failure(3, _cut_message("no end mark: the exporter stopped before its end"))
         return events
     stream = io.BytesIO(raw)
     try:
@@ -291,19 +311,35 @@ def _read_export(raw: bytes) -> list[bytes]:
         head = None
     if not isinstance(head, dict) or head.get(_MARK) != _VERSION:
         raise Failure(3, "not a koru-delta export (no header)")
+    ends = head.get(_ENDS) is True
+    ended = False
     events = []
     while stream.tell() < len(raw):
         at = stream.tell()
+        if ended:
+            raise Failure(3, f"byte {at}: more after the export's end mark")
         try:
             item = cbor2.load(stream)
         except Exception as exc:
             raise Failure(3, f"byte {at}: not an exported event ({exc})") from None
         if isinstance(item, dict) and _CUT in item:
             raise Failure(3, f"byte {at}: {_cut_message(item[_CUT])}")
+        if ends and isinstance(item, dict) and _END in item:
+            _check_end(item[_END], len(events), f"byte {at}")
+            ended = True
+            continue
         if type(item) is not bytes:
             raise Failure(3, f"byte {at}: not an exported event (a {type(item).__name__})")
         events.append(item)
+    if ends and not ended:
+        raise Failure(3, _cut_message("no end mark: the exporter stopped before its end"))
     return events
+
+
+def _check_end(stated: Any, count: int, where: str) -> None:
+    """An end mark must state the number of events before it."""
+    if type(stated) is not int or stated != count:
+        raise Failure(3, f"{where}: the end mark states {stated!r} events, {count} came before it")
 
 
 def _cut_message(why: Any) -> str:
