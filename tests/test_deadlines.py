@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 from unittest.mock import patch
 
+from _deadline_model import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ TIMES = st.builds(
     st.integers(0, 6),
     st.sampled_from([0, 1, (1 << SHIFT) // 2, (1 << SHIFT) - 1]),
 )
+BOUNDS = (-1, 0, 3 << SHIFT, 1 << 62)
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), st.sampled_from(KEYS), TIMES),
@@ -30,22 +32,16 @@ OPS = st.lists(
         st.tuples(st.just("settle")),
         st.tuples(st.just("restore")),
         st.tuples(st.just("clear")),
+        st.tuples(st.just("refile")),
     ),
     max_size=120,
 )
 
 
-def check(found: Deadlines, model: dict[tuple[str, str], int], bound: int) -> None:
-    want = sorted((k, t) for k, t in model.items() if t <= bound)
-    assert sorted(found.at_most(bound)) == want
-    assert found.count_at_most(bound) == len(want)
-    assert dict(found.items()) == model and len(found) == len(model)
-
-
 @settings(max_examples=400, deadline=None)
 @given(OPS)
 def test_the_index_answers_as_a_scan_through_every_change(ops: list[Any]) -> None:
-    run(ops)
+    run(ops, BOUNDS)
 
 
 @settings(max_examples=300, deadline=None)
@@ -55,7 +51,7 @@ def test_questions_far_ahead_move_few_buckets_and_answer_as_a_scan(ops: list[Any
     that: they are answered from the heap as it is, and the due list never grows past
     what the questions that moved buckets reached."""
     with patch.object(deadlines, "MOVED_MOST", 2):
-        run(ops)
+        run(ops, BOUNDS)
 
 
 def test_a_question_years_ahead_leaves_the_due_list_short() -> None:
@@ -71,37 +67,6 @@ def test_a_question_years_ahead_leaves_the_due_list_short() -> None:
     assert found._due == []
     assert [k for (_, k), _ in found.at_most(12 << SHIFT)] == ["k0", "k1", "k2"]
     assert found._due == [10, 11, 12]
-
-
-def run(ops: list[Any]) -> None:
-    found, model = Deadlines(), {}
-    for op in ops:
-        kind = op[0]
-        if kind == "set":
-            found[op[1]] = op[2]
-            model[op[1]] = op[2]
-        elif kind == "pop":
-            assert found.pop(op[1], None) == model.pop(op[1], None)
-        elif kind == "del":
-            if op[1] in model:
-                del found[op[1]]
-                del model[op[1]]
-        elif kind == "ask":
-            check(found, model, op[1])
-        elif kind == "snapshot":
-            snap = found.snapshot()
-            assert len(list(snap.items())) == len(model)  # (lists it: merges its layers)
-        elif kind == "settle":
-            found.settle()
-        elif kind == "restore":  # a checkpoint's columns loaded into a new map
-            restored = Deadlines()
-            restored.load_pairs([k[0] for k in model], [k[1] for k in model], list(model.values()))
-            found = restored
-        else:
-            found.clear()
-            model.clear()
-    for bound in (-1, 0, 3 << SHIFT, 1 << 62):
-        check(found, model, bound)
 
 
 def test_emptied_buckets_are_let_go_and_the_heap_stays_bounded() -> None:

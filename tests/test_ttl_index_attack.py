@@ -13,6 +13,7 @@ from typing import Any
 import blake3
 import cbor2
 import pytest
+from _deadline_model import check, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,15 +54,6 @@ OPS = st.lists(
 )
 
 
-def _check(found: Deadlines, model: dict[tuple[str, str], int], bound: int) -> None:
-    want = sorted((k, t) for k, t in model.items() if t <= bound)
-    assert sorted(found.at_most(bound)) == want
-    assert found.count_at_most(bound) == len(want)
-    assert dict(found.items()) == model
-    filed = {k: t for bucket in found._buckets.values() for k, t in bucket.items()}
-    assert filed == {_joined(k): t for k, t in model.items()}
-
-
 def test_a_time_before_1970_restored_is_found_due() -> None:
     """The attack: a map of expiry times restored (``load_pairs``, as a checkpoint's
     columns are, which hold any int) holding a time below zero. Its heap of bucket
@@ -74,7 +66,7 @@ def test_a_time_before_1970_restored_is_found_due() -> None:
     found.load_pairs(["ns", "ns"], ["old", "new"], [-1, 5])
     model = {("ns", "old"): -1, ("ns", "new"): 5}
     for bound in (-(1 << SHIFT) - 1, -2, -1, 0, 5, 2**64 - 1):
-        _check(found, model, bound)
+        check(found, model, bound)
 
 
 @settings(max_examples=600, deadline=None)
@@ -85,30 +77,7 @@ def test_the_index_answers_as_a_scan_for_any_int_time(ops: list[Any]) -> None:
     refiles of the heap and clears.
     What must hold: ``at_most`` and ``count_at_most`` answer as a scan of every entry,
     and the buckets hold exactly the map's entries."""
-    found, model = Deadlines(), {}
-    for op in ops:
-        kind = op[0]
-        if kind == "set":
-            found[op[1]] = op[2]
-            model[op[1]] = op[2]
-        elif kind == "pop":
-            assert found.pop(op[1], None) == model.pop(op[1], None)
-        elif kind == "ask":
-            _check(found, model, op[1])
-        elif kind == "snapshot":
-            list(found.snapshot().items())
-        elif kind == "settle":
-            found.settle()
-        elif kind == "refile":
-            found._refile()
-        elif kind == "restore":
-            found = Deadlines()
-            found.load_pairs([k[0] for k in model], [k[1] for k in model], list(model.values()))
-        else:
-            found.clear()
-            model.clear()
-    for bound in (-(4 << SHIFT), -1, 0, 3 << SHIFT, 2**64 - 1, 2**90):
-        _check(found, model, bound)
+    run(ops, (-(4 << SHIFT), -1, 0, 3 << SHIFT, 2**64 - 1, 2**90))
 
 
 def _keep_tags(tag: cbor2.CBORTag, *_: Any) -> Any:
