@@ -482,9 +482,12 @@ class Writer:
             )
         return self._write_batch(writes, ttl_ns)
 
-    def _write_batch(self, writes: list[Write], ttl_ns: int | None) -> list[Version]:
+    def _write_batch(
+        self, writes: list[Write], ttl_ns: int | None, joined: bool = False
+    ) -> list[Version]:
         """Append checked writes of distinct keys as one batch event (not yet
-        acknowledged): their versions, in order."""
+        acknowledged): their versions, in order. ``joined``: the writes are puts a
+        round appends together, each counted as an event towards the checkpoints."""
         header = self._header()
         expires = None if ttl_ns is None else _expiry(max(header[4], self._read_floor), ttl_ns)
         event: Event
@@ -511,6 +514,8 @@ class Writer:
             reset()
             wids.append(update(eid + i.to_bytes(4, "big")).digest())  # write_id(eid, i)
         self.write(event, encoded, eid, cids=cids, wids=wids)  # the fold takes the ids
+        if joined:
+            self.checkpointer.note_joined(len(writes) - 1)
         cache_put, node, hlc = self._cache.put, self._node_hex, header[4]
         versions = []
         for w, cid, wid in zip(writes, cids, wids, strict=True):
@@ -589,7 +594,8 @@ class Writer:
                         _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
                         for j in taken
                     ]
-                    for j, version in zip(taken, self._write_batch(writes, None), strict=True):
+                    versions = self._write_batch(writes, None, joined=True)
+                    for j, version in zip(taken, versions, strict=True):
                         j.version = version
             except BaseException as exc:
                 for joined in taken:

@@ -179,6 +179,14 @@ class Checkpointer:
             self._due.set()
             self.stalled = self.easing
 
+    def note_joined(self, puts: int) -> None:
+        """Count ``puts`` writes of an event beyond its first, already noted as a
+        batch's (:meth:`note_versions`), as whole events towards the next checkpoint:
+        they were a round's joined puts (``Writer._append_joined``), each of which
+        counted as an event when it was appended alone, so the cadence a user sets
+        (``checkpoint_every``) counts their puts however a round groups them."""
+        self.note_versions(puts * (VERSION_SHARE - 1))
+
     @property
     def lag(self) -> int:
         """Events since the newest checkpoint, and the other writes of batches since
