@@ -168,13 +168,17 @@ async def test_values_past_the_round_budget_go_in_several_events(tmp_path: Path)
 
 class _SlowRecordingDisk(OsDisk):
     """fdatasync takes real time (so the committer syncs in a worker thread, and puts
-    join while it runs); records how many pwrites each completed sync covers."""
+    join while it runs) and can be held shut (``gate``) while a test arranges what
+    joins the next round; records how many pwrites each completed sync covers."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
         self.covered = 0
         self._lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         n = super().pwrite(fd, data, offset)
@@ -185,10 +189,18 @@ class _SlowRecordingDisk(OsDisk):
     def fdatasync(self, fd: int) -> None:
         with self._lock:
             began = self.writes
+        self.entered.set()
+        self.gate.wait(10)
         time.sleep(0.003)
         super().fdatasync(fd)
         with self._lock:
             self.covered = max(self.covered, began)
+
+    async def hold(self) -> None:
+        """Shut the gate, and return once a sync waits at it (in its worker thread)."""
+        self.gate.clear()
+        self.entered.clear()
+        assert await trio.to_thread.run_sync(self.entered.wait, 10)
 
 
 async def _slow(tmp_path: Path) -> tuple[_SlowRecordingDisk, Any]:
@@ -221,13 +233,15 @@ async def test_puts_cancelled_while_they_wait_for_a_round_write_nothing(tmp_path
             scopes.clear()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(db.put, "ns", "a", 1)  # leads a round: 3 ms in a thread
-            await trio.sleep(0.001)
+            nursery.start_soon(db.put, "ns", "a", 1)  # leads a round, synced in a thread
+            await disk.hold()  # ... held there until the others have joined the next
             for i in range(4):
                 nursery.start_soon(victim, i)
             nursery.start_soon(db.put, "ns", "b", 2)
             await trio.testing.wait_all_tasks_blocked()  # all joined, waiting
             cancel_all()
+            await trio.testing.wait_all_tasks_blocked()
+            disk.gate.set()
         assert sorted(cancelled) == [0, 1, 2, 3]
         assert await db.get("ns", "a") == 1 and await db.get("ns", "b") == 2
         assert not any([await db.contains("ns", f"v{i}") for i in range(4)])
@@ -237,11 +251,13 @@ async def test_puts_cancelled_while_they_wait_for_a_round_write_nothing(tmp_path
         cancelled.clear()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(db.put, "ns", "c", 3)
-            await trio.sleep(0.001)
+            await disk.hold()
             for i in range(4):
                 nursery.start_soon(victim, i)
             await trio.testing.wait_all_tasks_blocked()
             cancel_all()
+            await trio.testing.wait_all_tasks_blocked()
+            disk.gate.set()
         assert sorted(cancelled) == [0, 1, 2, 3]
         assert await _events(db) - before == 3
         await db.put("ns", "after", 4)
@@ -311,12 +327,21 @@ async def test_puts_waiting_for_a_round_when_the_database_closes_are_written(
             await db.put("ns", f"warm{i}", i)
         for i in range(8):
             nursery.start_soon(put, db, i)
-        await trio.sleep(0.001)  # the first round syncs in its thread...
+        await disk.hold()  # the first round syncs in its thread, held there...
         for i in range(8, 16):
             nursery.start_soon(put, db, i)  # ... while these join the next
         await trio.testing.wait_all_tasks_blocked()
         assert len(db._writer._joined) == 8  # waiting for a round when close begins
-        await db.aclose()
+        closing = trio.Event()
+
+        async def close() -> None:
+            await db.aclose()
+            closing.set()
+
+        nursery.start_soon(close)
+        await trio.testing.wait_all_tasks_blocked()
+        disk.gate.set()
+        await closing.wait()
     assert len(acked) == 16 and refused == []
     async with koru.open(tmp_path / "db", sync="always") as db:
         for key, value in acked.items():
