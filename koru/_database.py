@@ -17,6 +17,7 @@ from operator import attrgetter
 from typing import Any, TypeVar, cast
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
     AGENTS,
@@ -245,6 +246,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
 
     # -- writes ------------------------------------------------------------------------
 
+    # Shielded from KeyboardInterrupt (trio delivers it at the put's next checkpoint):
+    # under sync="always" a put is queued for the round (Writer.join) and then awaited;
+    # an interrupt between the two left it queued with nobody to withdraw it.
+    @enable_ki_protection
     async def put(
         self,
         namespace: str,

@@ -1865,6 +1865,57 @@ def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
     _every_acknowledged_write_reads_back(tmp_path, acked)
 
 
+def test_ctrl_c_just_after_a_put_joins_its_round_never_orphans_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
+) -> None:
+    """Ctrl-C arriving in a put under ``sync="always"`` just after it handed its value
+    to the next round (``Writer.join`` returned, its wait not begun): the interrupt
+    came out of the put at once, the value stayed queued with nobody to withdraw it,
+    and the next round wrote a put whose caller had been told it failed. What must
+    hold: the put is written if and only if it was acknowledged."""
+    from koru._writer import Writer
+
+    join = Writer.join
+    armed = [True]
+
+    def interrupted(self: Writer, namespace: str, key: str, value: Any) -> Any:
+        joined = join(self, namespace, key, value)
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        return joined
+
+    monkeypatch.setattr(Writer, "join", interrupted)
+    acked: dict[str, int] = {}
+    told: list[BaseException] = []
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync="always", processes=False) as db:
+            try:
+                await db.put("users", "k", 1)
+                acked["k"] = 1
+            except KeyboardInterrupt as exc:
+                told.append(exc)
+            for i in range(3):  # later rounds
+                await db.put("users", f"after{i}", i)
+                acked[f"after{i}"] = i
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the interrupt, delivered to the main task
+        told.append(exc)
+    assert not armed[0] and told and all(map(_interrupt, told))
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            assert await db.contains("users", "k") == ("k" in acked)
+            for key, value in acked.items():
+                assert await db.get("users", key) == value
+
+    trio.run(reopen)
+
+
 def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
 ) -> None:
