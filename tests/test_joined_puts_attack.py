@@ -445,3 +445,250 @@ async def test_a_round_of_many_puts_with_long_names_stays_under_the_event_limit(
                 nursery.start_soon(put, db, i)
         assert failed[:1] == []
         assert (await db.stats()).keys == n
+
+
+async def test_a_peer_and_its_subscriber_see_every_joined_put_once(tmp_path: Path) -> None:
+    """Attack: two linked nodes under sync="always", writers on both putting
+    concurrently (a shared hot key, some puts cancelled at once, rounds syncing in
+    worker threads on one side), a subscriber on the second (a hot key per
+    node: a version of a peer older than a concurrent local one is no change to
+    current). What must hold: the nodes converge to one digest; every put
+    acknowledged on the first reaches the second's subscriber exactly once, with its
+    version; each key's history is the same on both."""
+    import random
+
+    from test_peers import DIFFICULTY, _link, _settled
+
+    owner = koru.Identity.mine(DIFFICULTY)
+    rng = random.Random(3)
+    acked: list[koru.Version] = []
+    async with (
+        koru.open(tmp_path / "a", sync="always", difficulty=DIFFICULTY, disk=_SlowDisk(0.002)) as a,
+        koru.open(tmp_path / "b", sync="always", difficulty=DIFFICULTY) as b,
+    ):
+        await a.enroll(owner)
+        await b.enroll(owner)
+        async with b.subscribe("ns") as changes, trio.open_nursery() as nursery:
+            _link(a, b, nursery)
+
+            async def writer(db: koru.Database, w: int, mine: bool) -> None:
+                for n in range(15):
+                    hot = "hot" if mine else "bhot"  # (each node its own: no siblings)
+                    key = hot if rng.random() < 0.4 else f"w{w}"
+                    with trio.CancelScope() as scope:
+                        if rng.random() < 0.15:
+                            scope.cancel()
+                        version = await db.put("ns", key, [w, n])
+                        if mine:
+                            acked.append(version)
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as writers:
+                for w in range(6):
+                    writers.start_soon(writer, a, w, True)
+                    writers.start_soon(writer, b, 100 + w, False)
+            await _settled(a, b)
+            seen: dict[str, Any] = {}
+            dups = 0
+            with trio.move_on_after(0.5):
+                async for change in changes:
+                    if change.new.write_id in seen:
+                        dups += 1
+                    seen[change.new.write_id] = change.new
+            nursery.cancel_scope.cancel()
+        assert dups == 0
+        for version in acked:
+            assert seen[version.write_id] == version
+        for key in await a.keys("ns"):
+            ha = [(v.write_id, v.previous) for v in await a.history("ns", key)]
+            hb = [(v.write_id, v.previous) for v in await b.history("ns", key)]
+            assert ha == hb
+
+
+async def test_views_and_indexes_agree_with_the_values_after_rounds_of_joined_puts(
+    tmp_path: Path,
+) -> None:
+    """Attack: writers storm a few keys with joined puts (some cancelled at once, some
+    under tiny deadlines, deletes and batches beside), with an index and views
+    defined. What must hold: the views and an indexed query give what the current
+    values give, before and after a reopen."""
+    import random
+
+    from koru import F, Query
+
+    rng = random.Random(11)
+
+    async def check(db: koru.Database) -> None:
+        values = [await db.get("ns", k) for k in await db.keys("ns")]
+        values = [v for v in values if v is not None]
+        assert await db.view("total") == sum(v["n"] for v in values)
+        assert await db.view("count") == len(values)
+        got = await db.query("ns", Query().where(F("g") == 1).count())
+        assert got == len([v for v in values if v["g"] == 1])
+
+    async with koru.open(tmp_path / "db", sync="always", disk=_SlowDisk(0.002)) as db:
+        await db.create_index("ns", "g")
+        await db.create_view("total", "ns", Query().sum("n"))
+        await db.create_view("count", "ns", Query().count())
+
+        async def writer(w: int) -> None:
+            for i in range(20):
+                key = f"k{rng.randrange(5)}"
+                value = {"n": w * 100 + i, "g": rng.randrange(3)}
+                with trio.move_on_after(rng.choice([1e9, 1e9, 0, 1e-4, 1e-3])):
+                    r = rng.random()
+                    try:
+                        if r < 0.1:
+                            await db.delete("ns", key)
+                        elif r < 0.2:
+                            await db.put_batch([("ns", key, value), ("ns", "b", value)])
+                        else:
+                            await db.put("ns", key, value)
+                    except koru.KeyNotFoundError:
+                        pass
+
+        async with trio.open_nursery() as nursery:
+            for w in range(8):
+                nursery.start_soon(writer, w)
+        await check(db)
+        digest = await db.digest()
+    async with koru.open(tmp_path / "db", sync="always") as db:
+        await check(db)
+        assert await db.digest() == digest
+    assert _replayed(tmp_path / "db") == digest
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_puts_cancelled_at_random_moments_with_syncs_in_threads(
+    tmp_path: Path, seed: int
+) -> None:
+    """Attack: 12 writers (a shared hot key), each put in its own cancel scope, a
+    canceller cancelling random scopes every 0.3 ms (leaders in their yields or in a
+    worker thread's sync, parked waiters, puts about to join), beside a checkpointer
+    that syncs often. What must hold: every acknowledged put is in its key's history
+    with its version; no put withdrawn by its cancellation is there; each history is
+    one chain; the reopened state equals a full replay."""
+    import random
+
+    rng = random.Random(seed)
+    disk = _SlowDisk(delay=0.001)
+    acked: list[koru.Version] = []
+    withdrawn: list[Any] = []
+    scopes: dict[int, trio.CancelScope] = {}
+    async with koru.open(tmp_path / "db", sync="always", disk=disk, checkpoint_every=20) as db:
+        writer_obj = db._writer
+        leave = writer_obj.leave
+
+        def recording_leave(joined: Any, exc: BaseException) -> None:
+            if joined.target is None and joined.error is None:
+                withdrawn.append(joined.data)
+            leave(joined, exc)
+
+        writer_obj.leave = recording_leave  # type: ignore[method-assign]
+        await _warm(db)
+
+        async def writer(w: int) -> None:
+            for n in range(25):
+                key = "hot" if n % 2 else f"w{w}"
+                with trio.CancelScope() as scope:
+                    scopes[w] = scope
+                    acked.append(await db.put("ns", key, [w, n]))
+                scopes.pop(w, None)
+                await trio.lowlevel.checkpoint()
+
+        async def canceller() -> None:
+            while True:
+                await trio.sleep(0.0003)
+                if scopes:
+                    scopes[rng.choice(list(scopes))].cancel()
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(canceller)
+            async with trio.open_nursery() as nursery:
+                for w in range(12):
+                    nursery.start_soon(writer, w)
+            outer.cancel_scope.cancel()
+        assert withdrawn  # the attack reached the window it aims at
+        from koru.events import encode_value
+
+        gone = set(withdrawn)
+        for key in await db.keys("ns"):
+            history = await db.history("ns", key)
+            for older, newer in itertools.pairwise(history):
+                assert newer.previous == older.write_id
+            for v in history:
+                assert encode_value(v.value) not in gone
+        for version in acked:
+            [entry] = [
+                v for v in await db.history("ns", version.key) if v.write_id == version.write_id
+            ]
+            assert (entry.timestamp, entry.previous) == (version.timestamp, version.previous)
+        digest = await db.digest()
+    async with koru.open(tmp_path / "db", sync="always") as db:
+        assert await db.digest() == digest
+    assert _replayed(tmp_path / "db") == digest
+
+
+async def test_a_thousand_writers_half_on_one_key_in_small_segments(tmp_path: Path) -> None:
+    """Attack: 1,000 writers in one pass, half putting one key (a storm: each round
+    splits at every repeat of it), values of ~300 bytes in 4 KiB segments (rounds
+    roll segments mid-batch). What must hold: every put written once; the hot key's
+    history one chain of 500 versions; fewer events than puts; reopen equals a full
+    replay."""
+    async with koru.open(tmp_path / "db", sync="always", segment_size=4096) as db:
+        before = (await db.stats()).events
+        versions: list[koru.Version] = []
+
+        async def put(i: int) -> None:
+            versions.append(await db.put("ns", "hot" if i % 2 else f"k{i}", "x" * 300 + str(i)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(put, i)
+        assert len(versions) == 1000
+        assert (await db.stats()).events - before < 1000
+        history = await db.history("ns", "hot")
+        assert len(history) == 500
+        for older, newer in itertools.pairwise(history):
+            assert newer.previous == older.write_id
+        assert len(await db.keys("ns")) == 501
+        digest = await db.digest()
+    async with koru.open(tmp_path / "db", sync="always", segment_size=4096) as db:
+        assert await db.digest() == digest
+    assert _replayed(tmp_path / "db") == digest
+
+
+async def test_values_at_the_round_budget_edge(tmp_path: Path) -> None:
+    """Attack: values sized so the round's budget is met exactly, passed by one byte,
+    and a value past ``MAX_EVENT_SIZE``'s share beside small ones. What must hold:
+    every valid put is written, whatever the grouping; the one over
+    ``max_value_size`` fails alone."""
+    from koru._writer import GROUP_BYTES
+
+    async with koru.open(tmp_path / "db", sync="always", max_value_size=3 * GROUP_BYTES) as db:
+        outcomes: dict[str, Any] = {}
+
+        async def put(key: str, value: Any) -> None:
+            try:
+                outcomes[key] = await db.put("ns", key, value)
+            except koru.KoruError as exc:
+                outcomes[key] = exc
+
+        sizes = {
+            "half1": GROUP_BYTES // 2 - 64,
+            "half2": GROUP_BYTES // 2 - 64,
+            "edge": GROUP_BYTES,
+            "edge1": GROUP_BYTES + 1,
+            "big": 2 * GROUP_BYTES,
+            "over": 3 * GROUP_BYTES + 1,
+            "tiny": 1,
+        }
+        async with trio.open_nursery() as nursery:
+            for key, size in sizes.items():
+                nursery.start_soon(put, key, b"v" * size)
+        assert isinstance(outcomes.pop("over"), koru.InvalidDataError)
+        for key, version in outcomes.items():
+            assert isinstance(version, koru.Version), (key, version)
+            assert await db.get("ns", key) == b"v" * sizes[key]
+        digest = await db.digest()
+    assert _replayed(tmp_path / "db") == digest
