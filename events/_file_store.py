@@ -966,6 +966,10 @@ class FileStore:
             raise ReadOnlyError("the database is open read-only")
         if self._broken is not None:
             raise DurabilityError("the log failed earlier; reopen the database") from self._broken
+        if self._closed:
+            # A write handed to a group-commit round of a handle that then closed
+            # (see Writer.join): its segment would be reopened, without the lock.
+            raise DurabilityError("the log is closed; nothing was written")
         log = self._logs[agent]
         if not log.ready and log.segments:
             raise StorageError(f"log {agent!r} must be replayed before appending")

@@ -108,10 +108,16 @@ def _bad_clock(now: Any) -> NoReturn:
 _VERSION_BYTES = 160
 
 
-#: At most this many value bytes in one round's batch of handed-over puts (a larger
-#: value goes alone, as its own put event): a round's event stays far below
-#: ``MAX_EVENT_SIZE`` and its encoding short.
+#: At most this many bytes of values and names in one round's batch of handed-over
+#: puts (a larger value goes alone, as its own put event): a round's event stays far
+#: below ``MAX_EVENT_SIZE`` and its encoding short.
 GROUP_BYTES = 1 << 20
+#: What a write adds to a batch event besides its value and names (CBOR heads, the
+#: previous version's id), counted against ``GROUP_BYTES``. Why names count: 33,000
+#: one-byte puts under 1 KiB names made one batch of 69 MB, past ``MAX_EVENT_SIZE``,
+#: and every put of the round failed (names counted in characters: a batch is still
+#: under 4 x ``GROUP_BYTES``, whatever their UTF-8 takes).
+_WRITE_BYTES = 48
 
 
 class _Joined:
@@ -578,7 +584,7 @@ class Writer:
             size = 0
             for joined in pending:
                 name = (joined.namespace, joined.key)
-                size += len(joined.data)
+                size += len(joined.data) + len(joined.namespace) + len(joined.key) + _WRITE_BYTES
                 if name in seen or (taken and size > GROUP_BYTES):
                     break  # the next batch takes it (a second put of a key follows the first)
                 seen.add(name)

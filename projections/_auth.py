@@ -187,8 +187,12 @@ class AuthState:
                 for (origin, agent), points in self.seals.items()
             ],
             "node_keys": [[o, k] for o, k in self.node_keys.items()],
-            "heads": [[o, a, n] for (o, a), n in self.heads.items()],
-            "sealed_to": [[o, a, n] for (o, a), n in self.sealed_to.items()],
+            # Sorted: the order feeds of different logs were folded in is not in any
+            # log's bytes (a peer's events of two agents may be taken in either order),
+            # and a checkpoint must not depend on it (a simulation's disk digest did,
+            # with the interpreter's hash seed).
+            "heads": [[o, a, n] for (o, a), n in sorted(self.heads.items())],
+            "sealed_to": [[o, a, n] for (o, a), n in sorted(self.sealed_to.items())],
         }
 
     @classmethod
