@@ -154,6 +154,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             saved_at=opened.from_checkpoint if not (opened.replayed or opened.rebuilt) else -1,
             die=self._life.die,
             former_id=None if node_key is None else node_key._previous,
+            fatal=lambda: self._life.fatal,
         )
         self._checkpointer = self._writer.checkpointer
         self._life.checkpointer = self._checkpointer

@@ -24,6 +24,7 @@ from koru.events import (
     STORAGE,
     BatchEvent,
     CodecError,
+    DatabaseClosedError,
     DeleteEvent,
     DurabilityError,
     Event,
@@ -155,6 +156,7 @@ class Writer:
         saved_at: int,
         die: Callable[[BaseException], None],
         former_id: bytes | None = None,
+        fatal: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
         self._store = store
         self._node = node_id
@@ -180,6 +182,8 @@ class Writer:
         self._cache = cache
         self._max_value_size = max_value_size
         self._die = die
+        #: Why the handle died, if it did (no round appends a put queued for it then).
+        self._fatal = fatal
         self.hlc = HybridLogicalClock(hlc)
         #: Whether an acknowledgement waits for anything (a sync): with ``"os"`` and
         #: ``"never"`` a write is acknowledged once appended, and the caller need not
@@ -578,6 +582,12 @@ class Writer:
         ``GROUP_BYTES`` of values each (a lone put as a plain put event), each put's
         outcome recorded in it. Never raises."""
         pending = self._joined
+        dead = self._fatal() if pending else None
+        if dead is not None:  # died with puts queued: each fails, none is written
+            for joined in pending:
+                joined.error = DatabaseClosedError("the database is closed")
+                joined.error.__cause__ = dead
+            pending.clear()
         while pending:
             taken: list[_Joined] = []
             seen: set[tuple[str, str]] = set()

@@ -413,3 +413,38 @@ def test_joined_puts_match_a_model(plan: list[tuple[int, int, int, bool]]) -> No
 
     with tempfile.TemporaryDirectory() as d:
         trio.run(main, os.path.join(d, "db"), clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+async def test_puts_waiting_for_a_round_when_the_handle_dies_fail_unwritten(
+    tmp_path: Path, where: str
+) -> None:
+    """The handle dies (a background task failed) as a round begins, with puts queued
+    for it: each fails typed (``DatabaseClosedError``) and none is written, in a file
+    database or in memory (whose store has no closed state of its own)."""
+    path = ":memory:" if where == "memory" else tmp_path / "db"
+    outcomes: dict[int, Any] = {}
+
+    async def put(db: koru.Database, i: int) -> None:
+        try:
+            outcomes[i] = await db.put("ns", f"k{i}", i)
+        except koru.KoruError as exc:
+            outcomes[i] = exc
+
+    async with koru.open(path, sync="always") as db:
+        await db.put("ns", "before", 0)
+        committer = db._committer
+        gather = committer.gather
+        assert gather is not None
+
+        def dying() -> None:
+            db._die(RuntimeError("a background task failed"))
+            gather()
+
+        committer.gather = dying
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(put, db, i)
+        assert all(isinstance(outcomes[i], koru.DatabaseClosedError) for i in range(5)), outcomes
+        stored = db._store.cursor("storage").count
+    assert stored == 1  # only "before" in the log

@@ -43,6 +43,9 @@ class _SlowDisk(OsDisk):
         self.writes_after_close = 0
         self.closed = False
         self._lock = threading.Lock()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         if self.fail_write:
@@ -52,10 +55,18 @@ class _SlowDisk(OsDisk):
         return super().pwrite(fd, data, offset)
 
     def fdatasync(self, fd: int) -> None:
+        self.entered.set()
+        self.gate.wait(10)  # held shut by a test while it arranges the next round
         time.sleep(self.delay)
         if self.fail_sync:
             raise OSError(errno.EIO, "simulated EIO")
         super().fdatasync(fd)
+
+    async def hold(self) -> None:
+        """Shut the gate, and return once a sync waits at it (in its worker thread)."""
+        self.gate.clear()
+        self.entered.clear()
+        assert await trio.to_thread.run_sync(self.entered.wait, 10)
 
 
 def _replayed(path: Path) -> str:
@@ -93,12 +104,13 @@ async def test_puts_joined_when_a_dead_handle_closes_write_nothing_after_close(
         await _warm(db)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(put, db, 0)  # leads a round: its sync in a thread
-            await trio.sleep(0.001)
+            await disk.hold()
             for i in range(1, 5):
                 nursery.start_soon(put, db, i)  # join the next round
             await trio.testing.wait_all_tasks_blocked()
             assert len(db._writer._joined) == 4
             db._die(RuntimeError("a background task failed"))
+            disk.gate.set()
             await db.aclose()
             disk.closed = True
     assert disk.writes_after_close == 0
@@ -169,10 +181,12 @@ async def test_a_sync_failing_in_a_thread_fails_the_next_round_too(tmp_path: Pat
         await _warm(db)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(put, db, "lead", 0)
-            await trio.sleep(0.001)
+            await disk.hold()
             disk.fail_sync = True  # the sync running in the thread fails
             for i in range(6):
                 nursery.start_soon(put, db, f"w{i}", i)
+            await trio.testing.wait_all_tasks_blocked()
+            disk.gate.set()
         assert "lead" not in acked and not any(k.startswith("w") for k in acked)
         assert len(failed) == 7
         assert all(isinstance(e, koru.DurabilityError) for e in failed)
