@@ -139,8 +139,11 @@ class Lifecycle:
 
     def die(self, exc: BaseException) -> None:
         """Stop serving after ``exc`` (a failed write or sync, or a background task's
-        failure): every later operation raises DatabaseClosedError from it."""
-        self.fatal = exc
+        failure): every later operation raises DatabaseClosedError from it. The first
+        cause is kept: what a writer's wait raises after it (a failed sync's error
+        handed to every waiter) is a consequence, not the cause."""
+        if self.fatal is None:
+            self.fatal = exc
         self.closed = True
 
     async def close(

@@ -448,3 +448,21 @@ async def test_puts_waiting_for_a_round_when_the_handle_dies_fail_unwritten(
         assert all(isinstance(outcomes[i], koru.DatabaseClosedError) for i in range(5)), outcomes
         stored = db._store.cursor("storage").count
     assert stored == 1  # only "before" in the log
+
+
+async def test_the_first_cause_of_a_handles_death_is_kept(tmp_path: Path) -> None:
+    """A background failure kills the handle; the waiters' errors after it must not
+    replace it as the cause every later operation reports."""
+    disk = _FailingSync()
+    async with koru.open(tmp_path / "db", sync="always", disk=disk) as db:
+        await db.put("ns", "before", 1)
+        cause = RuntimeError("a background task failed")
+        db._die(cause)
+        disk.armed = True
+        with pytest.raises(koru.DatabaseClosedError) as first:
+            await db.put("ns", "k", 1)
+        db._writer._die(DurabilityError("a later sync failed"))
+        with pytest.raises(koru.DatabaseClosedError) as later:
+            await db.get("ns", "before")
+        assert first.value.__cause__ is cause and later.value.__cause__ is cause
+        disk.armed = False
