@@ -94,3 +94,24 @@ def test_ttl_rows_of_the_older_checkpoint_form_are_checked_as_the_columns_are(
 
     truth = trio.run(made)
     assert _tampered_kv_open(base, tmp_path / "copy", _as_rows(tamper)) == truth
+
+
+def test_json_nested_too_deeply_for_an_embedding_or_a_search_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """Attack: the JSON the command line reads for an embedding (its vector and
+    ``--metadata``) and a search (``--vector``), where e6c39f9 refuses a key given
+    twice in one line, nested 100,000 deep. Must hold there as for values and
+    filters: one line saying so (a usage error, exit 2), never a RecursionError
+    traceback (exit 1)."""
+    from test_cli import failed, kdelta
+
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "users/a", '{"x": 1}').code == 0
+    deep = "[" * 100_000
+    for args in (
+        ("embed", "users/v", deep),
+        ("embed", "users/v", "[1.0, 2.0]", "--metadata", deep),
+        ("search", "users", "--vector", deep),
+    ):
+        failed(kdelta(db, *args), 2, "deep")
