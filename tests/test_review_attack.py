@@ -115,3 +115,61 @@ def test_json_nested_too_deeply_for_an_embedding_or_a_search_is_a_usage_error(
         ("search", "users", "--vector", deep),
     ):
         failed(kdelta(db, *args), 2, "deep")
+
+
+def _export_items(db: Path, tmp_path: Path, fmt: str) -> list[Any]:
+    """The items of an export of ``db`` in ``fmt`` (jsonl lines as dicts, or CBOR)."""
+    import io
+    import json
+
+    import cbor2
+    from test_cli import kdelta
+
+    out = tmp_path / f"x.{fmt}"
+    assert kdelta(db, "export", "-o", str(out), "--format", fmt).code == 0
+    if fmt == "jsonl":
+        return [json.loads(line) for line in out.read_text().splitlines()]
+    raw = out.read_bytes()
+    stream, items = io.BytesIO(raw), []
+    while stream.tell() < len(raw):
+        items.append(cbor2.load(stream))
+    return items
+
+
+def _write_items(path: Path, fmt: str, items: list[Any]) -> None:
+    import json
+
+    import cbor2
+
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    else:
+        path.write_bytes(b"".join(cbor2.dumps(i) for i in items))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "cbor"])
+def test_an_end_mark_holding_more_than_its_count_is_refused(tmp_path: Path, fmt: str) -> None:
+    """Attack: the end mark cf15de5 added (``{"koru-delta-export-end": N}``) crafted
+    with more entries: another key, or the last event's own entry folded into it (so
+    that the count still matches the events before it). It was taken as the end, its
+    other entries dropped without a word (the folded event never imported, exit 0).
+    Must hold: an end mark holds its count and nothing else; any other is refused as
+    no export item (exit 3), nothing imported."""
+    from test_cli import failed, kdelta
+
+    db = tmp_path / "db"
+    assert kdelta(db, "set", "users/a", "1").code == 0
+    assert kdelta(db, "set", "users/b", "2").code == 0
+    items = _export_items(db, tmp_path, fmt)
+    head, events, end = items[0], items[1:-1], items[-1]
+    assert end == {"koru-delta-export-end": len(events)}
+    last = events[-1]["event"] if fmt == "jsonl" else events[-1]
+    crafted = tmp_path / f"c.{fmt}"
+    for mark, before in (
+        ({**end, "note": 1}, events),
+        ({"koru-delta-export-end": len(events) - 1, "event": last}, events[:-1]),
+    ):
+        _write_items(crafted, fmt, [head, *before, mark])
+        copy = tmp_path / "copy"
+        failed(kdelta(copy, "import", str(crafted)), 3, "end mark")
+        assert kdelta(copy, "get", "users/a").code != 0  # nothing imported
