@@ -173,3 +173,60 @@ def test_an_end_mark_holding_more_than_its_count_is_refused(tmp_path: Path, fmt:
         copy = tmp_path / "copy"
         failed(kdelta(copy, "import", str(crafted)), 3, "end mark")
         assert kdelta(copy, "get", "users/a").code != 0  # nothing imported
+
+
+async def test_a_served_expiring_listing_past_the_bound_is_refused_before_it_is_built() -> None:
+    """Attack: a client that may read everything asks ``expiring(within=huge)`` of a
+    database with many keys with a ttl, under a small answer bound. a8f312b builds the
+    listing under the bound, but the expiring keys were first all gathered (a list of
+    every entry due, each key split into a new pair): some 250 bytes an entry
+    (1,000,000 keys with a ttl, about 250 MB, for every such request) before the first
+    was counted. Must hold: the refusal (typed) comes after about the bound's worth
+    of entries, whatever their number; a local call lists them all, in order."""
+    import tracemalloc
+
+    from koru._reads import ANSWER_BYTES
+
+    n = 20_000
+    async with koru.open(":memory:") as db:
+        for start in range(0, n, 2000):
+            batch = [(NS, f"key-number-{i:08d}", 1) for i in range(start, start + 2000)]
+            await db.put_batch(batch, ttl=3600)
+        listed = await db.expiring(10**6)
+        assert [e.key for e in listed] == sorted(e.key for e in listed)
+        assert len(listed) == n and listed == sorted(listed, key=lambda e: e.expires)
+        bounded = ANSWER_BYTES.set(2000)
+        tracemalloc.start()
+        try:
+            with pytest.raises(koru.InvalidArgumentError, match="expiring"):
+                await db.expiring(10**6)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            ANSWER_BYTES.reset(bounded)
+        assert peak < 20 * n, peak  # (gathered whole: about 250 bytes an entry)
+
+
+def test_the_streamed_at_most_finds_what_at_most_does_across_layers() -> None:
+    """What must hold of the streamed read the fix above uses: the same entries as
+    ``at_most``, in the same order, with keys overwritten and deleted in layers above
+    (snapshots taken in between)."""
+    import random
+
+    from koru.projections._layered import PairKeyed
+
+    rng = random.Random(7)
+    m: PairKeyed[int] = PairKeyed()
+    kept = []
+    for step in range(3000):
+        key = ("n" * rng.randint(1, 3), f"k{rng.randrange(200)}")
+        if rng.random() < 0.2:
+            m.pop(key, None)
+        else:
+            m[key] = rng.randrange(1000)
+        if step % 500 == 499:
+            kept.append(m.snapshot())  # (its layer frozen below the new top)
+        for bound in (-1, 300, 999):
+            if step % 250 == 0:
+                assert list(m.iter_at_most(bound)) == m.at_most(bound)
+    assert list(m.iter_at_most(500)) == m.at_most(500)
