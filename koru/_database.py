@@ -984,7 +984,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         def size(item: tuple[int, str, str]) -> int:
             return EXPIRING_FIELDS + len(item[1]) - shorter + len(item[2])
 
-        found = ((t, ns, k) for (ns, k), t in self._kv.expiring.at_most(horizon) if owns(ns))
+        due = self._kv.expiring.iter_at_most(horizon)  # (streamed: not gathered first)
+        found = ((t, ns, k) for (ns, k), t in due if owns(ns))
         soon = budgeted("expiring", found, size, "a smaller within")
         soon.sort()
         return [Expiring(ns, k, t) for t, ns, k in soon]

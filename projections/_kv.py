@@ -1056,7 +1056,11 @@ class KvState:
                 map(type, times)
             ) != {int}:
                 raise ValueError("expiring must list [namespace, key, ns]")
-            state.expiring.load_pairs(names, keys, times)
+            # Checked as the columns are (a time no record holds, a key listed twice,
+            # an empty name): this older form was a way around those checks.
+            joined = list(map(add, map(add, map(chr, map(len, names)), names), keys))
+            columns = {"keys": joined, "times": times}
+            state.expiring.load_joined(_expiring_from_columns(columns))
         state.live = data["live"]
         state.ns_live = dict(ns_live)
         state.key_total = data["keys"]

@@ -220,6 +220,17 @@ class LayeredDict(MutableMapping[K, V]):
             found += hits
         return found
 
+    def iter_at_most(self, bound: Any) -> Iterator[tuple[K, V]]:
+        """:meth:`at_most`, streamed (the same entries, in the same order): for a
+        listing read under a bound, stopped once it is passed. The map must not change
+        while it is read."""
+        layers = (self._top, *self._below)
+        for depth, layer in enumerate(layers):
+            newer = layers[:depth]
+            for k, v in layer.items():
+                if v is not _GONE and v <= bound and not any(k in n for n in newer):
+                    yield k, v
+
     def count_at_most(self, bound: Any) -> int:
         """How many entries :meth:`at_most` finds, without making their keys (a
         :class:`PairKeyed` splits each key it returns)."""
@@ -352,6 +363,11 @@ class PairKeyed(LayeredDict[tuple[str, str], V]):
         scan through :meth:`items` split every key: 45 ms for 200,000)."""
         found: list[tuple[Any, V]] = LayeredDict.at_most(self, bound)  # (joined keys)
         return [(pair_of(k), v) for k, v in found]
+
+    def iter_at_most(self, bound: Any) -> Iterator[tuple[tuple[str, str], V]]:
+        """:meth:`at_most`, streamed: each pair split as it is read."""
+        for k, v in LayeredDict.iter_at_most(self, bound):
+            yield pair_of(cast(Any, k)), v
 
 
 class LazyList:

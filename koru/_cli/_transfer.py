@@ -291,7 +291,7 @@ def _read_export(raw: bytes) -> list[bytes]:
                 if isinstance(doc, dict) and _CUT in doc:
                     raise Failure(3, f"line {n}: {_cut_message(doc[_CUT])}")
                 if ends and isinstance(doc, dict) and _END in doc:
-                    _check_end(doc[_END], len(events), f"line {n}")
+                    _check_end(doc, len(events), f"line {n}")
                     ended = True
                     continue
                 data = base64.b64decode(doc["event"], validate=True)
@@ -325,7 +325,7 @@ def _read_export(raw: bytes) -> list[bytes]:
         if isinstance(item, dict) and _CUT in item:
             raise Failure(3, f"byte {at}: {_cut_message(item[_CUT])}")
         if ends and isinstance(item, dict) and _END in item:
-            _check_end(item[_END], len(events), f"byte {at}")
+            _check_end(item, len(events), f"byte {at}")
             ended = True
             continue
         if type(item) is not bytes:
@@ -336,8 +336,12 @@ def _read_export(raw: bytes) -> list[bytes]:
     return events
 
 
-def _check_end(stated: Any, count: int, where: str) -> None:
-    """An end mark must state the number of events before it."""
+def _check_end(mark: dict[Any, Any], count: int, where: str) -> None:
+    """An end mark must state the number of events before it, and hold nothing else
+    (more entries, an event's among them, were dropped without a word)."""
+    if len(mark) != 1:
+        raise Failure(3, f"{where}: an end mark holds its count only, not {len(mark)} entries")
+    stated = mark[_END]
     if type(stated) is not int or stated != count:
         raise Failure(3, f"{where}: the end mark states {stated!r} events, {count} came before it")
 

@@ -33,6 +33,8 @@ __all__ = ["VECTOR_COMMANDS"]
 def _vector(text: str) -> list[Any]:
     try:
         vector = json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:  # "[[[[...": json.loads recurses
+        raise Usage("the vector nests too deeply") from None
     except ValueError as exc:
         raise Usage(f"the vector is not valid JSON: {exc}") from None
     if type(vector) is not list:
@@ -45,6 +47,8 @@ def _json(text: str | None, what: str) -> Any:
         return None
     try:
         return json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:  # "[[[[...": json.loads recurses
+        raise Usage(f"{what} nests too deeply") from None
     except ValueError as exc:
         raise Usage(f"{what} is not valid JSON: {exc}") from None
 
