@@ -604,21 +604,21 @@ class Writer:
                 if len(taken) == 1:
                     one = taken[0]
                     one.version = self.put_plain(one.namespace, one.key, None, None, one.data)
-                else:
-                    current = self._kv.current_write_id
-                    writes = [
-                        _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
-                        for j in taken
-                    ]
-                    versions = self._write_batch(writes, None, joined=True)
-                    for j, version in zip(taken, versions, strict=True):
-                        j.version = version
+                    one.target = self._committer.appended
+                    continue
+                current = self._kv.current_write_id
+                writes = [
+                    _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
+                    for j in taken
+                ]
+                versions = self._write_batch(writes, None, joined=True)
             except BaseException as exc:
                 for joined in taken:
                     joined.error = exc
                 continue
             target = self._committer.appended
-            for joined in taken:
+            for joined, version in zip(taken, versions, strict=True):
+                joined.version = version
                 joined.target = target
 
     def delete(self, namespace: str, key: str) -> Version:
