@@ -2022,6 +2022,52 @@ def test_ctrl_c_in_a_tight_loop_of_puts_arrives_at_the_next_put(
     _every_acknowledged_write_reads_back(tmp_path, acked)
 
 
+@pytest.mark.parametrize("call", ["put", "put_batch"])
+def test_ctrl_c_in_a_workspaces_first_write_never_leaves_it_uncreated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None, call: str
+) -> None:
+    """Ctrl-C (SIGINT) arriving in a workspace's first write just after its value was
+    appended (``Writer.put`` or ``Writer.put_batch`` returned) and before the write
+    recorded the workspace's creation (``Workspace._written``): the interrupt came
+    out of the write at once, and the workspace held a value while ``workspaces()``
+    did not list it and ``drop_workspace`` refused it as unknown. What must hold: a
+    workspace holding a value exists (listed, and droppable)."""
+    from koru._writer import Writer
+
+    write = getattr(Writer, call)
+    armed = [True]
+
+    def interrupted(self: Writer, *args: Any) -> Any:
+        done = write(self, *args)
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        return done
+
+    monkeypatch.setattr(Writer, call, interrupted)
+
+    async def main() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            space = db.workspace("w")
+            if call == "put":
+                await space.put("ns", "k", 1)
+            else:
+                await space.put_batch([("ns", "k", 1)])
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert not armed[0]
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            if await db.workspace("w").contains("ns", "k"):
+                assert [w.name for w in await db.workspaces()] == ["w"]
+                await db.drop_workspace("w")
+
+    trio.run(reopen)
+
+
 def _many_segments(path: Path) -> list[Path]:
     async def write() -> None:
         async with koru.open(path, segment_size=400) as db:
