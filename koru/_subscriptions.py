@@ -100,10 +100,29 @@ class KeyChange(NamedTuple):
     position: int
 
 
-# event, event id, position, and the versions of its writes by index once a subscriber
-# built them (shared: ten subscribers of one event build them once).
+class _Part(NamedTuple):
+    """The writes of an event that one namespace's (or key's) subscribers take, each
+    with its index in the event: what they are queued when the event also holds
+    writes of other namespaces or keys (a group-commit round appends every writer's
+    put as one batch event). Why: queued whole, the event was charged to every
+    subscriber against its byte bound (and kept alive by its queue), and a subscriber
+    of a quiet namespace was cut off for its neighbours' values."""
+
+    writes: list[tuple[int, Any]]
+
+
+# event (or the part of it a subscriber takes), event id, position, and the versions
+# of its writes by index once a subscriber built them (shared: ten subscribers of one
+# event build them once).
 #: (event, its id, its log position, changes built for it, bytes its writes hold)
-Item = tuple[Event, bytes, int, dict[int, tuple[Any, Any]], int]
+Item = tuple[Event | _Part, bytes, int, dict[int, tuple[Any, Any]], int]
+
+
+def _bytes(writes: Iterable[Any]) -> int:
+    """What queued writes hold (see ``_WRITE_BYTES``)."""
+    return sum(
+        [_WRITE_BYTES + len(w.key) + (0 if w.value is None else len(w.value)) for w in writes]
+    )
 
 
 class Subscription:
@@ -232,7 +251,10 @@ class Subscription:
         out = []
         ns_wanted, key_wanted, kinds, where = self.namespace, self.key, self.kinds, self._where
         outward = self.space.outward
-        for i, w in enumerate(event.writes):
+        pairs: Iterable[tuple[int, Any]] = (
+            event.writes if type(event) is _Part else enumerate(event.writes)
+        )
+        for i, w in pairs:
             ns, key = w.namespace, w.key
             if (ns_wanted is not None and ns != ns_wanted) or (
                 key_wanted is not None and key != key_wanted
@@ -290,22 +312,43 @@ class Hub:
             return
         writes = event.writes
         names = {w.namespace for w in writes}
-        size = _WRITE_BYTES * len(writes) + sum(
-            [len(w.key) if w.value is None else len(w.key) + len(w.value) for w in writes]
-        )
-        item: Item = (event, event_id, self.store.cursor(STORAGE).count - 1, {}, size)
+        position = self.store.cursor(STORAGE).count - 1
+        built: dict[int, tuple[Any, Any]] = {}
+        item: Item = (event, event_id, position, built, _bytes(writes))
+        parts: dict[tuple[str, str | None], Item | None] = {}
         cut = False
         for sub in subs:
             ns = sub.namespace
+            queued: Item | None = item
             if ns is None:
                 owns = sub.space.owns
                 if not any(owns(n) for n in names):
                     continue  # another space's: never queued, never counted
-            elif ns not in names or (
-                sub.key is not None and not any(w.key == sub.key for w in writes)
-            ):
+            elif ns not in names:
                 continue
-            if not sub.push(item):
+            elif len(writes) > 1 and (len(names) > 1 or sub.key is not None):
+                # Only its own writes (shared by the subscribers of the same names).
+                name = (ns, sub.key)
+                if name in parts:
+                    queued = parts[name]
+                else:
+                    key = sub.key
+                    taken = [
+                        (i, w)
+                        for i, w in enumerate(writes)
+                        if w.namespace == ns and (key is None or w.key == key)
+                    ]
+                    if not taken:
+                        queued = None
+                    elif len(taken) < len(writes):
+                        part = _Part(taken)
+                        queued = (part, event_id, position, built, _bytes(w for _, w in taken))
+                    parts[name] = queued
+            elif sub.key is not None and writes[0].key != sub.key:
+                continue
+            if queued is None:
+                continue
+            if not sub.push(queued):
                 cut = True
         if cut:
             self.subscriptions = [s for s in subs if s.lagged_at is None]

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
+from trio.lowlevel import enable_ki_protection
 
 from koru.events import (
     WORKSPACE,
@@ -182,6 +183,11 @@ class Workspace:
 
     # -- writes ------------------------------------------------------------------------------
 
+    # The writes below are shielded from KeyboardInterrupt (trio delivers it at their
+    # next checkpoint instead): Ctrl-C between a write's append and _written left a
+    # workspace holding a value that workspaces() did not list and drop_workspace
+    # refused as unknown.
+    @enable_ki_protection
     async def put(
         self,
         namespace: str,
@@ -205,6 +211,7 @@ class Workspace:
     ) -> Version:
         return await self.put(namespace, key, value, parents=parents)
 
+    @enable_ki_protection
     async def put_batch(
         self, items: Iterable[tuple[str, str, Any]], *, ttl: float | None = None
     ) -> list[Version]:
@@ -215,6 +222,7 @@ class Workspace:
         prefix = len(self._space.prefix)  # every name written here is this space's
         return [v._replace(namespace=v.namespace[prefix:]) for v in versions]
 
+    @enable_ki_protection
     async def delete(self, namespace: str, key: str) -> Version:
         await self._enter_write()
         stored = self._ns(namespace)
@@ -310,6 +318,7 @@ class Workspace:
         await self._enter()
         return self._db._queries.explain(self._ns(namespace), query, at)
 
+    @enable_ki_protection
     async def create_index(self, namespace: str, field: str) -> bool:
         await self._enter_write()
         created = self._db._queries.indexing.create(self._ns(namespace), field)
@@ -317,6 +326,7 @@ class Workspace:
             await self._acknowledged()
         return created
 
+    @enable_ki_protection
     async def drop_index(self, namespace: str, field: str) -> None:
         await self._enter_write()
         self._db._queries.indexing.drop(self._ns(namespace), field)
@@ -327,6 +337,7 @@ class Workspace:
         stored = None if namespace is None else self._ns(namespace)
         return self._db._queries.indexing.listing(stored, self._space)
 
+    @enable_ki_protection
     async def create_view(self, name: str, namespace: str, query: Query | dict[str, Any]) -> None:
         await self._enter_write()
         self._db._views.create(self._space.inward(name, "view"), self._ns(namespace), query)
@@ -344,6 +355,7 @@ class Workspace:
         await self._enter()
         return self._db._views.listing(self._space)
 
+    @enable_ki_protection
     async def delete_view(self, name: str) -> None:
         await self._enter_write()
         self._db._views.delete(self._space.inward(name, "view"), self._space)

@@ -758,3 +758,45 @@ def test_the_auth_checkpoint_does_not_depend_on_the_order_feeds_were_folded() ->
     for i, feed in reversed(list(enumerate(feeds))):
         two.heads[feed] = two.sealed_to[feed] = i + 1
     assert one.capture() == two.capture()
+
+
+@pytest.mark.parametrize("sync", ["os", "always"])
+async def test_a_subscriber_of_a_quiet_namespace_is_not_charged_for_its_rounds_neighbours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str
+) -> None:
+    """Attack: a subscriber of one namespace ("small") reads nothing while 64 writers
+    put 16 KiB values into another ("big") and one writer puts small values into its
+    namespace, under ``sync="always"`` (the default): each round appends every
+    writer's put as one batch event, and the subscriber was charged the whole event
+    against its queue's byte bound, so it was cut off (LaggedError) with a few hundred
+    bytes of its own changes queued, where under ``"os"`` (one event per put) it got
+    them all. What must hold: a subscriber is charged (and holds) only the writes it
+    is queued, whatever other writers shared its round."""
+    from koru import _subscriptions
+
+    monkeypatch.setattr(_subscriptions, "MAX_QUEUED_BYTES", 1 << 20)
+    small = 40
+    value = b"x" * (16 << 10)
+    seen = []
+    async with (
+        koru.open(tmp_path / "db", sync=sync, processes=False) as db,
+        db.subscribe("small") as changes,
+    ):
+
+        async def big(w: int) -> None:
+            for _ in range(small):
+                await db.put("big", f"b{w}", value)
+
+        async def quiet() -> None:
+            for n in range(small):
+                await db.put("small", "s", n)
+
+        async with trio.open_nursery() as nursery:
+            for w in range(64):
+                nursery.start_soon(big, w)
+            nursery.start_soon(quiet)
+        async for change in changes:  # LaggedError here if it was cut off
+            seen.append(change.value)
+            if len(seen) == small:
+                break
+    assert seen == list(range(small))

@@ -1972,6 +1972,102 @@ def test_ctrl_c_as_a_round_ends_never_strands_its_parked_writers(
     assert stopped and all(map(_interrupt, stopped))
 
 
+@pytest.mark.parametrize("sync", ["never", "os"])
+def test_ctrl_c_in_a_tight_loop_of_puts_arrives_at_the_next_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None, sync: str
+) -> None:
+    """Ctrl-C (SIGINT) arriving inside a put (``Database.put`` is shielded from
+    KeyboardInterrupt, which trio then delivers at the next checkpoint) in a tight loop
+    of puts in the main task, at puts that yield (every 64th) and puts that do not:
+    under ``"never"`` and ``"os"`` most puts never yield. What must hold: the put it
+    landed in returns, the very next put raises KeyboardInterrupt before it writes
+    anything, and every acknowledged put reads back after a reopen (held; a guard)."""
+    from koru._writer import Writer
+
+    plain = Writer.put_plain
+    armed = [-1]
+
+    def interrupted(self: Writer, *args: Any) -> Any:
+        version = plain(self, *args)
+        if armed[0] == 0:
+            signal.raise_signal(signal.SIGINT)  # deferred: the put is shielded
+        armed[0] -= 1
+        return version
+
+    monkeypatch.setattr(Writer, "put_plain", interrupted)
+    acked: dict[str, int] = {}
+
+    async def main() -> None:
+        async with koru.open(tmp_path, sync=sync, processes=False) as db:
+            n = 0
+            for landing in (0, 5, 62, 63, 64, 130):
+                armed[0] = landing
+                after = None
+                with pytest.raises(KeyboardInterrupt):
+                    for _ in range(1000):
+                        key = f"k{n}"
+                        await db.put("users", key, n)
+                        acked[key] = n
+                        n += 1
+                        if armed[0] < 0 and after is None:
+                            after = 0
+                        elif after is not None:
+                            after += 1
+                # the put it landed in returned; the next one raised, unwritten
+                assert after == 0 and armed[0] < 0
+                assert not await db.contains("users", f"k{n}")
+
+    trio.run(main)
+    monkeypatch.undo()
+    _every_acknowledged_write_reads_back(tmp_path, acked)
+
+
+@pytest.mark.parametrize("call", ["put", "put_batch"])
+def test_ctrl_c_in_a_workspaces_first_write_never_leaves_it_uncreated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None, call: str
+) -> None:
+    """Ctrl-C (SIGINT) arriving in a workspace's first write just after its value was
+    appended (``Writer.put`` or ``Writer.put_batch`` returned) and before the write
+    recorded the workspace's creation (``Workspace._written``): the interrupt came
+    out of the write at once, and the workspace held a value while ``workspaces()``
+    did not list it and ``drop_workspace`` refused it as unknown. What must hold: a
+    workspace holding a value exists (listed, and droppable)."""
+    from koru._writer import Writer
+
+    write = getattr(Writer, call)
+    armed = [True]
+
+    def interrupted(self: Writer, *args: Any) -> Any:
+        done = write(self, *args)
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
+        return done
+
+    monkeypatch.setattr(Writer, call, interrupted)
+
+    async def main() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            space = db.workspace("w")
+            if call == "put":
+                await space.put("ns", "k", 1)
+            else:
+                await space.put_batch([("ns", "k", 1)])
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(main)
+    assert not armed[0]
+    monkeypatch.undo()
+
+    async def reopen() -> None:
+        async with koru.open(tmp_path, processes=False) as db:
+            if await db.workspace("w").contains("ns", "k"):
+                assert [w.name for w in await db.workspaces()] == ["w"]
+                await db.drop_workspace("w")
+
+    trio.run(reopen)
+
+
 def _many_segments(path: Path) -> list[Path]:
     async def write() -> None:
         async with koru.open(path, segment_size=400) as db:
