@@ -296,8 +296,10 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             check_user_name(namespace, "namespace")
         writer = self._writer
         if parents is None:
-            if ttl is None and writer.joins:  # sync="always": the round appends it
-                joined = writer.join(namespace, key, value)
+            if writer.joins:  # sync="always": the round appends it
+                joined = writer.join(
+                    namespace, key, value, None if ttl is None else checked_ttl_ns(ttl)
+                )
                 try:
                     await self._committer.wait_durable(joined)
                 except BaseException as exc:

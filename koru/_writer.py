@@ -122,14 +122,16 @@ _WRITE_BYTES = 48
 
 
 class _Joined:
-    """A put handed to the next group-commit round (see :meth:`Writer.put_joined`)."""
+    """A put handed to the next group-commit round (see :meth:`Writer.join`), with its
+    time to live in ns if it has one."""
 
-    __slots__ = ("data", "error", "key", "namespace", "target", "version")
+    __slots__ = ("data", "error", "key", "namespace", "target", "ttl_ns", "version")
 
-    def __init__(self, namespace: str, key: str, data: bytes) -> None:
+    def __init__(self, namespace: str, key: str, data: bytes, ttl_ns: int | None) -> None:
         self.namespace = namespace
         self.key = key
         self.data = data
+        self.ttl_ns = ttl_ns
         #: Set when the round appends it: the appended count it is durable at, and its
         #: version; or the error appending it raised.
         self.target: int | None = None
@@ -549,11 +551,12 @@ class Writer:
             )
         return versions
 
-    def join(self, namespace: str, key: str, value: Any) -> _Joined:
+    def join(self, namespace: str, key: str, value: Any, ttl_ns: int | None = None) -> _Joined:
         """:meth:`put_plain` under ``"always"``: the value checked and encoded here
         (errors reach the caller, nothing is written), then handed to the next
-        group-commit round, which appends every put handed to it as one batch event
-        (:meth:`_append_joined`) before its sync. The caller awaits
+        group-commit round, which appends every put handed to it as batch events
+        (:meth:`_append_joined`) before its sync; ``ttl_ns``: its time to live
+        (checked), the same for every put of a batch. The caller awaits
         ``Committer.wait_durable`` of what this returns, then takes its ``version``,
         or calls :meth:`leave` with what that raised.
 
@@ -562,7 +565,7 @@ class Writer:
         (issue #14: 16 writers under ``"always"``)."""
         if not (type(key) is str and key.isascii() and 0 < len(key) <= MAX_NAME_BYTES):
             check_name(key, "key")
-        joined = _Joined(namespace, key, encode_value(value, self._max_value_size))
+        joined = _Joined(namespace, key, encode_value(value, self._max_value_size), ttl_ns)
         self._joined.append(joined)
         self._committer.joined += 1
         return joined
@@ -578,9 +581,10 @@ class Writer:
 
     def _append_joined(self) -> None:
         """The committer's ``gather`` hook: append the puts handed to the round, in
-        the order they came, as batch events of distinct keys and at most
-        ``GROUP_BYTES`` of values each (a lone put as a plain put event), each put's
-        outcome recorded in it. Never raises."""
+        the order they came, as batch events of distinct keys, one time to live (or
+        none) and at most ``GROUP_BYTES`` of values and names each (a lone put as a
+        plain put event, or one with a ttl), each put's outcome recorded in it. Never
+        raises."""
         pending = self._joined
         dead = self._fatal() if pending else None
         if dead is not None:  # died with puts queued: each fails, none is written
@@ -589,21 +593,35 @@ class Writer:
                 joined.error.__cause__ = dead
             pending.clear()
         while pending:
+            # The first put's time to live picks the batch's; a put of another ttl, a
+            # second put of a key taken, and every put past the byte budget wait for a
+            # later batch, as does any later put of their keys (a key's puts are
+            # appended in the order they came).
             taken: list[_Joined] = []
+            later: list[_Joined] = []
             seen: set[tuple[str, str]] = set()
             size = 0
+            full = False
+            ttl_ns = pending[0].ttl_ns
             for joined in pending:
                 name = (joined.namespace, joined.key)
-                size += len(joined.data) + len(joined.namespace) + len(joined.key) + _WRITE_BYTES
-                if name in seen or (taken and size > GROUP_BYTES):
-                    break  # the next batch takes it (a second put of a key follows the first)
+                if not full and name not in seen and joined.ttl_ns == ttl_ns:
+                    size += (
+                        len(joined.data) + len(joined.namespace) + len(joined.key) + _WRITE_BYTES
+                    )
+                    if taken and size > GROUP_BYTES:
+                        full = True  # this put and every later one wait
+                    else:
+                        seen.add(name)
+                        taken.append(joined)
+                        continue
                 seen.add(name)
-                taken.append(joined)
-            del pending[: len(taken)]
+                later.append(joined)
+            pending[:] = later
             try:
                 if len(taken) == 1:
                     one = taken[0]
-                    one.version = self.put_plain(one.namespace, one.key, None, None, one.data)
+                    one.version = self.put_plain(one.namespace, one.key, None, ttl_ns, one.data)
                     one.target = self._committer.appended
                     continue
                 current = self._kv.current_write_id
@@ -611,7 +629,7 @@ class Writer:
                     _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
                     for j in taken
                 ]
-                versions = self._write_batch(writes, None, joined=True)
+                versions = self._write_batch(writes, ttl_ns, joined=True)
             except BaseException as exc:
                 for joined in taken:
                     joined.error = exc

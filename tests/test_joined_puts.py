@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import koru
-from conftest import digest_of
+from conftest import StepClock, digest_of
 from koru._loader import load
 from koru._writer import GROUP_BYTES
 from koru.events import DurabilityError, FileStore, InvalidDataError, OsDisk, write_id
@@ -356,34 +356,40 @@ async def test_puts_waiting_for_a_round_when_the_database_closes_are_written(
             st.integers(0, 3),  # key
             st.integers(0, 3),  # scheduler passes before the put
             st.booleans(),  # cancelled at once
+            st.sampled_from([None, None, 1000.0, 2000.0]),  # ttl (none expires here)
         ),
         min_size=1,
         max_size=40,
     )
 )
-def test_joined_puts_match_a_model(plan: list[tuple[int, int, int, bool]]) -> None:
-    """Random writers, keys, interleavings and cancellations under a mock clock: every
-    acknowledged put is in its key's history, each writer's puts to a key appear in its
-    own order, each version's ``previous`` is the one before it, nothing cancelled
-    before its round is there, and a full replay gives the same digest."""
+def test_joined_puts_match_a_model(plan: list[tuple[int, int, int, bool, float | None]]) -> None:
+    """Random writers, keys, ttls, interleavings and cancellations under a mock clock:
+    every acknowledged put is in its key's history with a time to live if and only if
+    it was given one, each writer's puts to a key appear in its own order, each
+    version's ``previous`` is the one before it, nothing cancelled before its round is
+    there, and a full replay gives the same digest."""
     import tempfile
 
     async def main(path: str) -> None:
         acked: list[tuple[int, int, int]] = []  # writer, key, op
         withdrawn: list[tuple[int, int, int]] = []
         async with koru.open(path, sync="always", seed=1) as db:
-            per_writer: dict[int, list[tuple[int, int, int, bool]]] = {}
-            for op, (w, k, passes, cancel) in enumerate(plan):
-                per_writer.setdefault(w, []).append((op, k, passes, cancel))
+            per_writer: dict[int, list[tuple[int, int, int, bool, float | None]]] = {}
+            for op, (w, k, passes, cancel, ttl) in enumerate(plan):
+                per_writer.setdefault(w, []).append((op, k, passes, cancel, ttl))
+            ttls = {op: ttl for op, (_, _, _, _, ttl) in enumerate(plan)}
 
             async def writer(w: int) -> None:
-                for op, k, passes, cancel in per_writer[w]:
+                for op, k, passes, cancel, ttl in per_writer[w]:
                     for _ in range(passes):
                         await trio.lowlevel.checkpoint()
                     with trio.CancelScope() as scope:
                         if cancel:
                             scope.cancel()
-                        await db.put("ns", f"k{k}", [w, op])
+                        version = await db.put("ns", f"k{k}", [w, op], ttl=ttl)
+                        assert (version.expires is None) == (ttl is None)
+                        if ttl is not None:
+                            assert version.expires == version.timestamp + int(ttl * 1e9)
                         acked.append((w, k, op))
                     if scope.cancelled_caught:
                         withdrawn.append((w, k, op))
@@ -396,6 +402,11 @@ def test_joined_puts_match_a_model(plan: list[tuple[int, int, int, bool]]) -> No
                 values = [tuple(v.value) for v in history]
                 for older, newer in itertools.pairwise(history):
                     assert newer.previous == older.write_id
+                for version in history:
+                    ttl = ttls[version.value[1]]
+                    assert version.expires == (
+                        None if ttl is None else version.timestamp + int(ttl * 1e9)
+                    )
                 for w in per_writer:
                     mine = [op for (ww, op) in values if ww == w]
                     assert mine == sorted(mine)
@@ -466,3 +477,61 @@ async def test_the_first_cause_of_a_handles_death_is_kept(tmp_path: Path) -> Non
             await db.get("ns", "before")
         assert first.value.__cause__ is cause and later.value.__cause__ is cause
         disk.armed = False
+
+
+async def test_puts_with_a_ttl_join_rounds_a_batch_per_ttl(tmp_path: Path) -> None:
+    """Puts with a time to live are handed to the round as plain puts are: those of one
+    ttl share a batch, another ttl (or none) starts the next; each expires at its
+    ttl after its round's timestamp, reads as absent after that, and a reopen equals
+    a full replay."""
+    clock = StepClock()
+    async with koru.open(tmp_path / "db", sync="always", clock=clock) as db:
+        before = await _events(db)
+        ttls = [60.0] * 6 + [None] * 4 + [120.0] * 6
+        versions: dict[int, koru.Version] = {}
+
+        async def put(i: int) -> None:
+            versions[i] = await db.put("ns", f"k{i}", i, ttl=ttls[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(ttls)):
+                nursery.start_soon(put, i)
+        added = await _events(db) - before
+        assert 3 <= added <= 5  # a batch per run of one ttl (one event each, alone)
+        for i, version in versions.items():
+            ttl = ttls[i]
+            want = None if ttl is None else version.timestamp + int(ttl * 1e9)
+            assert version.expires == want
+            [entry] = await db.history("ns", f"k{i}")
+            assert (entry.write_id, entry.expires) == (version.write_id, want)
+            assert await db.get("ns", f"k{i}") == i
+        clock.now += 90 * 10**9  # past the 60 s ttl, not the 120 s one
+        for i, ttl in enumerate(ttls):
+            assert await db.contains("ns", f"k{i}") == (ttl != 60.0)
+        digest = await db.digest()
+    store = FileStore(tmp_path / "db", readonly=True)
+    try:
+        assert digest_of(load(store, use_checkpoint=False).kv) == digest
+    finally:
+        store.close()
+
+
+async def test_a_keys_puts_of_other_ttls_are_appended_in_the_order_they_came(
+    tmp_path: Path,
+) -> None:
+    """A round's batch takes its first put's time to live; a put of another ttl waits
+    for a later batch, and so does every later put of its key, even one of the batch's
+    ttl: a key's puts are appended in the order they came."""
+    async with koru.open(tmp_path / "db", sync="always") as db:
+        writer = db._writer
+        first = writer.join("ns", "a", 1, None)
+        other = writer.join("ns", "b", 2, 60 * 10**9)  # another ttl: a later batch
+        after = writer.join("ns", "b", 3, None)  # the batch's ttl, but after `other`
+        last = writer.join("ns", "c", 4, None)
+        await db._committer.sync_now()
+        assert all(j.error is None and j.version is not None for j in (first, other, after, last))
+        history = await db.history("ns", "b")
+        assert [v.value for v in history] == [2, 3]
+        assert history[1].previous == history[0].write_id
+        assert history[0].expires is not None and history[1].expires is None
+        assert await db.get("ns", "b") == 3
