@@ -119,6 +119,8 @@ GROUP_BYTES = 1 << 20
 #: and every put of the round failed (names counted in characters: a batch is still
 #: under 4 x ``GROUP_BYTES``, whatever their UTF-8 takes).
 _WRITE_BYTES = 48
+#: Batches one round builds by scanning what is queued (see ``Writer._append_joined``).
+_GROUP_PASSES = 8
 
 
 class _Joined:
@@ -592,7 +594,17 @@ class Writer:
                 joined.error = DatabaseClosedError("the database is closed")
                 joined.error.__cause__ = dead
             pending.clear()
+        passes = 0
         while pending:
+            passes += 1
+            if passes > _GROUP_PASSES:
+                # Many ttls in one round: the rest go one by one, in the order they
+                # came (each batch scans what is left: n puts of n ttls scanned n * n).
+                rest = list(pending)
+                pending.clear()
+                for joined in rest:
+                    self._append_one(joined)
+                return
             # The first put's time to live picks the batch's; a put of another ttl, a
             # second put of a key taken, and every put past the byte budget wait for a
             # later batch, as does any later put of their keys (a key's puts are
@@ -618,12 +630,10 @@ class Writer:
                 seen.add(name)
                 later.append(joined)
             pending[:] = later
+            if len(taken) == 1:
+                self._append_one(taken[0])
+                continue
             try:
-                if len(taken) == 1:
-                    one = taken[0]
-                    one.version = self.put_plain(one.namespace, one.key, None, ttl_ns, one.data)
-                    one.target = self._committer.appended
-                    continue
                 current = self._kv.current_write_id
                 writes = [
                     _new(Write, (j.namespace, j.key, j.data, current(j.namespace, j.key), None))
@@ -638,6 +648,17 @@ class Writer:
             for joined, version in zip(taken, versions, strict=True):
                 joined.version = version
                 joined.target = target
+
+    def _append_one(self, joined: _Joined) -> None:
+        """Append one joined put as its own event, its outcome recorded in it."""
+        try:
+            joined.version = self.put_plain(
+                joined.namespace, joined.key, None, joined.ttl_ns, joined.data
+            )
+        except BaseException as exc:
+            joined.error = exc
+            return
+        joined.target = self._committer.appended
 
     def delete(self, namespace: str, key: str) -> Version:
         """Append a tombstone for a key with a current value (not yet acknowledged)."""

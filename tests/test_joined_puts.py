@@ -535,3 +535,24 @@ async def test_a_keys_puts_of_other_ttls_are_appended_in_the_order_they_came(
         assert history[1].previous == history[0].write_id
         assert history[0].expires is not None and history[1].expires is None
         assert await db.get("ns", "b") == 3
+
+
+async def test_a_round_of_many_ttls_appends_every_put_in_order(tmp_path: Path) -> None:
+    """Forty puts of forty ttls in one round (past the batches a round builds by
+    scanning, ``_GROUP_PASSES``): each is appended, with its own ttl, and each key's
+    puts in the order they came."""
+    async with koru.open(tmp_path / "db", sync="always") as db:
+        writer = db._writer
+        joined = [
+            writer.join("ns", "ab"[i % 2], i, (i + 1) * 10**9 if i % 3 else None) for i in range(40)
+        ]
+        await db._committer.sync_now()
+        assert all(j.error is None and j.target is not None for j in joined)
+        for k, key in enumerate("ab"):
+            history = await db.history("ns", key)
+            assert [v.value for v in history] == list(range(k, 40, 2))
+            for older, newer in itertools.pairwise(history):
+                assert newer.previous == older.write_id
+            for v in history:
+                ttl = (v.value + 1) * 10**9 if v.value % 3 else None
+                assert v.expires == (None if ttl is None else v.timestamp + ttl)
