@@ -1878,8 +1878,8 @@ def test_ctrl_c_just_after_a_put_joins_its_round_never_orphans_it(
     join = Writer.join
     armed = [True]
 
-    def interrupted(self: Writer, namespace: str, key: str, value: Any) -> Any:
-        joined = join(self, namespace, key, value)
+    def interrupted(self: Writer, *args: Any) -> Any:
+        joined = join(self, *args)
         if armed[0]:
             armed[0] = False
             signal.raise_signal(signal.SIGINT)  # handled before the next line runs
