@@ -296,7 +296,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             check_user_name(namespace, "namespace")
         writer = self._writer
         if parents is None:
-            if writer.joins:  # sync="always": the round appends it
+            if writer.waits:  # sync="always": the round appends it (Writer.join)
                 joined = writer.join(
                     namespace, key, value, None if ttl is None else checked_ttl_ns(ttl)
                 )

@@ -193,12 +193,11 @@ class Writer:
         #: ``"never"`` a write is acknowledged once appended, and the caller need not
         #: await :meth:`acknowledge` (it returns at once).
         self.waits = committer.mode == "always"
-        #: Whether plain puts are handed to the group-commit round (:meth:`put_joined`)
-        #: rather than appended by their callers: under ``"always"``, where each waits
+        #: Puts handed to the next group-commit round (:meth:`join`) rather than
+        #: appended by their callers: under ``"always"`` (``waits``), where each waits
         #: for a sync anyway.
-        self.joins = self.waits
         self._joined: list[_Joined] = []
-        if self.joins:
+        if self.waits:
             committer.gather = self._append_joined
         self.checkpointer = Checkpointer(
             store,
@@ -510,8 +509,7 @@ class Writer:
         else:
             event = ExpiringBatchEvent(*header, expires, tuple(writes))
         # content_id, event_id and write_id inlined with the writer's hasher (see
-        # put_plain), and _version's construction too: a round of joined puts comes
-        # here, one write per waiting writer.
+        # put_plain): a round of joined puts comes here, one write per waiting writer.
         reset, update = self._hash_reset, self._hash_update
         cids = []
         for w in writes:
@@ -530,27 +528,11 @@ class Writer:
         self.write(event, encoded, eid, cids=cids, wids=wids)  # the fold takes the ids
         if joined:
             self.checkpointer.note_joined(len(writes) - 1)
-        cache_put, node, hlc = self._cache.put, self._node_hex, header[4]
+        cache_put, version, hlc = self._cache.put, self._version, header[4]
         versions = []
         for w, cid, wid in zip(writes, cids, wids, strict=True):
             cache_put(cid, cast(bytes, w.value))
-            previous = w.previous
-            versions.append(
-                _new(
-                    Version,
-                    (
-                        w.namespace,
-                        w.key,
-                        wid.hex(),
-                        cid.hex(),
-                        hlc,
-                        None if previous is None else previous.hex(),
-                        node,
-                        False,
-                        expires,
-                    ),
-                )
-            )
+            versions.append(version(w.namespace, w.key, wid, cid, hlc, w.previous, expires))
         return versions
 
     def join(self, namespace: str, key: str, value: Any, ttl_ns: int | None = None) -> _Joined:
@@ -773,16 +755,19 @@ class Writer:
         expires: int | None = None,
     ) -> Version:
         """The metadata of a version this node just wrote."""
-        return Version(
-            namespace,
-            key,
-            wid.hex(),
-            None if cid is None else cid.hex(),
-            hlc,
-            None if previous is None else previous.hex(),
-            self._node_hex,
-            cid is None,
-            expires,
+        return _new(
+            Version,
+            (
+                namespace,
+                key,
+                wid.hex(),
+                None if cid is None else cid.hex(),
+                hlc,
+                None if previous is None else previous.hex(),
+                self._node_hex,
+                cid is None,
+                expires,
+            ),
         )
 
     def capture(self) -> dict[str, Any]:

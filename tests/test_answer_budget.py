@@ -6,44 +6,20 @@ answer of about the whole listing; what fits is answered; local calls are unboun
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+from test_dos_attack import _bounded_server as bounded_server
 
 BOUND = 2_000
 N = 300
 
 
-@asynccontextmanager
-async def _bounded_server(
-    monkeypatch: pytest.MonkeyPatch, bound: int = BOUND
-) -> AsyncIterator[tuple[Any, Any, list[int], int]]:
-    """A database served with answers of at most ``bound`` bytes, a client holding
+def _bounded_server(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A database served with answers of at most ``BOUND`` bytes, a client holding
     read on everything, the sizes of every answer the server packed, and the port."""
-    import koru
-    import koru._serving as serving
-
-    monkeypatch.setattr(serving, "MAX_ANSWER", bound)
-    built: list[int] = []
-    original = serving.pack
-
-    def counted(value: Any) -> bytes:
-        data = original(value)
-        built.append(len(data))
-        return data
-
-    monkeypatch.setattr(serving, "pack", counted)
-    async with koru.open(":memory:", difficulty=4) as db, trio.open_nursery() as nursery:
-        port = await nursery.start(db.serve, "127.0.0.1", 0)
-        who = koru.Identity.mine(4)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read"])
-        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
-            yield db, remote, built, port
-        nursery.cancel_scope.cancel()
+    return bounded_server(monkeypatch, BOUND)
 
 
 async def _refused(ask: Any, built: list[int], match: str) -> None:

@@ -297,9 +297,10 @@ def test_forgetting_a_senders_waiting_events_looks_at_its_own_only() -> None:
 @asynccontextmanager
 async def _bounded_server(
     monkeypatch: pytest.MonkeyPatch, bound: int, actions: Any = "read"
-) -> AsyncIterator[tuple[Any, Any, list[int]]]:
+) -> AsyncIterator[tuple[Any, Any, list[int], int]]:
     """A database served with answers of at most ``bound`` bytes, a client holding
-    read on everything, and the sizes of every answer the server packed."""
+    ``actions`` on everything, the sizes of every answer the server packed, and the
+    port (also ``test_answer_budget``'s)."""
     import koru
     import koru._serving as serving
 
@@ -319,7 +320,7 @@ async def _bounded_server(
         await db.register(who.public)
         await db.grant(who.public, actions=actions)
         async with koru.connect(f"127.0.0.1:{port}", who) as remote:
-            yield db, remote, built
+            yield db, remote, built, port
         nursery.cancel_scope.cancel()
 
 
@@ -335,7 +336,7 @@ async def test_a_clients_query_past_an_answers_bound_builds_no_whole_answer(
     a local query is unbounded."""
     import koru
 
-    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built, _):
         for i in range(300):
             await db.put("n", f"k{i:04}", {"i": i, "pad": "x" * 200})
         past = db._writer.read_time()
@@ -368,7 +369,7 @@ async def test_a_clients_vector_search_past_an_answers_bound_decodes_no_whole_an
     unbounded."""
     import koru
 
-    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built, _):
         for i in range(100):
             await db.embed("n", f"k{i:03}", [1.0, float(i + 1)], metadata={"pad": "x" * 200})
         decoded = [0]
@@ -407,7 +408,7 @@ async def test_a_clients_batch_whose_answer_is_over_the_bound_is_not_written(
     fits is written and answered; a local batch is unbounded."""
     import koru
 
-    async with _bounded_server(monkeypatch, 10_000, ["read", "write"]) as (db, remote, built):
+    async with _bounded_server(monkeypatch, 10_000, ["read", "write"]) as (db, remote, built, _):
         with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="fewer"):
             await remote.put_batch([("n", f"k{i}", i) for i in range(100)])
         assert await db.keys("n") == []  # nothing written
@@ -432,7 +433,7 @@ async def test_a_clients_diff_of_deep_small_values_builds_no_huge_answer(
             value = {f"{level}" * 200: value}
         return value
 
-    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built):
+    async with _bounded_server(monkeypatch, 10_000) as (db, remote, built, _):
         await db.put("n", "d", deep(0))
         await db.put("n", "d", deep(1000))
         with trio.fail_after(10), pytest.raises(koru.InvalidArgumentError, match="less"):

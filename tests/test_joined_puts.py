@@ -167,12 +167,14 @@ async def test_values_past_the_round_budget_go_in_several_events(tmp_path: Path)
 
 
 class _SlowRecordingDisk(OsDisk):
-    """fdatasync takes real time (so the committer syncs in a worker thread, and puts
-    join while it runs) and can be held shut (``gate``) while a test arranges what
-    joins the next round; records how many pwrites each completed sync covers."""
+    """fdatasync takes real time, ``delay`` (so the committer syncs in a worker thread,
+    and puts join while it runs), and can be held shut (``gate``) while a test arranges
+    what joins the next round; records how many pwrites each completed sync covers.
+    (``test_joined_puts_attack._SlowDisk`` adds failures.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.003) -> None:
         super().__init__()
+        self.delay = delay
         self.writes = 0
         self.covered = 0
         self._lock = threading.Lock()
@@ -191,10 +193,14 @@ class _SlowRecordingDisk(OsDisk):
             began = self.writes
         self.entered.set()
         self.gate.wait(10)
-        time.sleep(0.003)
-        super().fdatasync(fd)
+        time.sleep(self.delay)
+        self.sync_file(fd)
         with self._lock:
             self.covered = max(self.covered, began)
+
+    def sync_file(self, fd: int) -> None:
+        """The device's own fdatasync, once the gate and the delay are passed."""
+        super().fdatasync(fd)
 
     async def hold(self) -> None:
         """Shut the gate, and return once a sync waits at it (in its worker thread)."""

@@ -14,7 +14,6 @@ import itertools
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,25 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_joined_puts import _SlowRecordingDisk
 
 import koru
 from conftest import digest_of
 from koru._loader import load
-from koru.events import FileStore, OsDisk
+from koru.events import FileStore
 
 
-class _SlowDisk(OsDisk):
-    """fdatasync takes real time (the committer then syncs in a worker thread, and
-    puts join while it runs); fails once ``fail_sync`` is set, pwrite once
-    ``fail_write`` is (ENOSPC)."""
+class _SlowDisk(_SlowRecordingDisk):
+    """The gated slow disk of ``test_joined_puts``, which also fails once
+    ``fail_sync`` is set (EIO), pwrite once ``fail_write`` is (ENOSPC), and counts
+    pwrites after ``closed`` is set."""
 
     def __init__(self, delay: float = 0.003) -> None:
-        super().__init__()
-        self.delay = delay
+        super().__init__(delay)
         self.fail_sync = False
         self.fail_write = False
         self.writes_after_close = 0
         self.closed = False
-        self._lock = threading.Lock()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         if self.fail_write:
@@ -54,19 +49,10 @@ class _SlowDisk(OsDisk):
             self.writes_after_close += 1
         return super().pwrite(fd, data, offset)
 
-    def fdatasync(self, fd: int) -> None:
-        self.entered.set()
-        self.gate.wait(10)  # held shut by a test while it arranges the next round
-        time.sleep(self.delay)
+    def sync_file(self, fd: int) -> None:
         if self.fail_sync:
             raise OSError(errno.EIO, "simulated EIO")
-        super().fdatasync(fd)
-
-    async def hold(self) -> None:
-        """Shut the gate, and return once a sync waits at it (in its worker thread)."""
-        self.gate.clear()
-        self.entered.clear()
-        assert await trio.to_thread.run_sync(self.entered.wait, 10)
+        super().sync_file(fd)
 
 
 def _replayed(path: Path) -> str:

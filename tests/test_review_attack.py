@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+from test_untried_attack import ttl_keys_checkpointed
 
 import koru
 
@@ -83,16 +84,7 @@ def test_ttl_rows_of_the_older_checkpoint_form_are_checked_as_the_columns_are(
     section is refused (rebuilt from the log) and the same expiry times are served;
     never a key expired since -5 ns nor one whose time moved."""
     base = tmp_path / "db"
-
-    async def made() -> list[Any]:
-        async with koru.open(base) as db:
-            for i in range(6):
-                await db.put(NS, f"k{i}", i, ttl=3600 + i)
-            await db.put(NS, "plain", 1)
-            await db.checkpoint()
-            return sorted(await db.expiring(within=10**6))
-
-    truth = trio.run(made)
+    truth = trio.run(ttl_keys_checkpointed, base)
     assert _tampered_kv_open(base, tmp_path / "copy", _as_rows(tamper)) == truth
 
 

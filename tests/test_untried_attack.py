@@ -155,6 +155,18 @@ def _duplicate(columns: dict[str, list[Any]]) -> None:
     columns["times"].append(columns["times"][0] + 10**12)
 
 
+async def ttl_keys_checkpointed(base: Path) -> list[Any]:
+    """A database at ``base`` of six keys with a ttl and one without, checkpointed:
+    its keys with a ttl, as ``expiring`` lists them (what a tampered copy must serve
+    or rebuild; also ``test_review_attack``'s)."""
+    async with koru.open(base) as db:
+        for i in range(6):
+            await db.put(NS, f"k{i}", i, ttl=3600 + i)
+        await db.put(NS, "plain", 1)
+        await db.checkpoint()
+        return sorted(await db.expiring(within=10**6))
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
@@ -177,16 +189,7 @@ def test_a_checkpoint_with_tampered_ttl_columns_is_refused_or_served_right(
     whose time moved. (A record's expiry is 8 unsigned bytes, and a key is listed once:
     any other value can only be damage or a crafted file.)"""
     base = tmp_path / "db"
-
-    async def made() -> list[Any]:
-        async with koru.open(base) as db:
-            for i in range(6):
-                await db.put(NS, f"k{i}", i, ttl=3600 + i)
-            await db.put(NS, "plain", 1)
-            await db.checkpoint()
-            return sorted(await db.expiring(within=10**6))
-
-    truth = trio.run(made)
+    truth = trio.run(ttl_keys_checkpointed, base)
     got, rebuilt = _tampered_open(base, tmp_path / "copy", tamper)
     assert got == truth, (got, rebuilt)
 
