@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import logging
 import os
 import re
 import struct
@@ -79,6 +78,7 @@ from ._store import (
     unpack_location,
 )
 from ._table import HEADER_SIZE, Table, TableEncoder
+from ._warn import warn
 
 __all__ = ["DEFAULT_SEGMENT_SIZE", "FileStore"]
 
@@ -103,7 +103,6 @@ _READ_AHEAD = 4096
 _RELISTS = 3
 _LENGTH = struct.Struct("<I")  # a record header starts with the body length
 _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY_SIZE  # the longest read a record needs
-_log = logging.getLogger("koru")
 
 
 def _why(exc: OSError) -> str:
@@ -743,7 +742,7 @@ class FileStore:
         disk.fsync_dir(directory)
         self._set_aside_files += 1
         self._set_aside_bytes += len(tail)
-        _log.warning(
+        warn(
             "koru: log %r segment %d ends at byte %d (%s); %d bytes after it were not "
             "proven durable and were moved to %s",
             agent,

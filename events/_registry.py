@@ -19,18 +19,42 @@ the process's hash seed, so the codec refuses both anywhere in an event
 pairs).
 Floats travel as bytes.
 
-Every event type lives in ``koru.events`` (importing it registers them all), so any
-reader of a log, the ``kdelta`` command line included, knows every type a log may hold.
+Every event type lives in a module of ``koru.events`` listed in :data:`EVENT_MODULES`:
+the first tag not registered yet imports them all (the package imports its modules
+lazily, so that a one-shot read loads only what it uses), so any reader of a log, the
+``kdelta`` command line included, knows every type a log may hold. A new type's module
+is added to that list (a test checks that every module registering a type is in it).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._event import Event
 
-__all__ = ["EventType", "Header", "event_type_of", "event_types", "register_event_type"]
+__all__ = [
+    "EVENT_MODULES",
+    "EventType",
+    "Header",
+    "event_type_of",
+    "event_types",
+    "register_event_type",
+]
+
+#: The modules of this package that register event types (besides the codec's own).
+EVENT_MODULES = (
+    "._auth_events",
+    "._essence",
+    "._lifecycle",
+    "._lineage",
+    "._query_events",
+    "._sleep",
+    "._ttl",
+    "._vector_events",
+    "._workspaces",
+)
 
 #: An event's header fields, in order: origin, agent, seq, prev, hlc.
 Header = tuple[bytes, str, int, bytes | None, int]
@@ -77,12 +101,31 @@ def register_event_type(
 
 def event_type_of(tag: Any) -> EventType | None:
     """The registered type with ``tag``, or None."""
-    return _BY_TAG.get(tag) if type(tag) is str else None
+    if type(tag) is not str:
+        return None
+    kind = _BY_TAG.get(tag)
+    if kind is None and not _complete:
+        _register_all()
+        kind = _BY_TAG.get(tag)
+    return kind
 
 
 def event_types() -> dict[str, EventType]:
     """Every registered type by tag (a copy)."""
+    _register_all()
     return dict(_BY_TAG)
+
+
+_complete = False
+
+
+def _register_all() -> None:
+    """Import every module that registers event types (once)."""
+    global _complete
+    if not _complete:
+        for module in EVENT_MODULES:
+            importlib.import_module(module, __package__)
+        _complete = True
 
 
 def encoder_of(cls: type[Event]) -> Callable[[Any], list[Any]] | None:

@@ -10,7 +10,6 @@ from disk, may continue.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,12 +21,11 @@ from koru.events import (
     LogStore,
     ReadOnlyError,
     StorageError,
+    warn,
 )
 from koru.nursery import Checkpointer, Committer
 
 __all__ = ["Lifecycle", "only_a_shortcut"]
-
-_log = logging.getLogger("koru")
 
 
 @contextmanager
@@ -41,7 +39,7 @@ def only_a_shortcut(what: str) -> Iterator[None]:
     except DurabilityError:
         raise
     except StorageError as exc:
-        _log.warning("koru: %s: %s", what, exc)
+        warn("koru: %s: %s", what, exc)
 
 
 _YIELD_MASK = 63  # yield to the scheduler on every 64th operation
@@ -174,6 +172,6 @@ class Lifecycle:
                     try:
                         await trio.to_thread.run_sync(keep)
                     except StorageError as exc:
-                        _log.warning("koru: not saved at close: %s", exc)
+                        warn("koru: not saved at close: %s", exc)
             finally:
                 store.close()

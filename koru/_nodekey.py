@@ -20,11 +20,9 @@ speaks for its origin, and nobody else can make one.
 
 from __future__ import annotations
 
-import logging
-
 import blake3
 
-from koru.events import KeyFileError, KoruError, LogStore, node_id_of
+from koru.events import KeyFileError, KoruError, LogStore, node_id_of, warn
 
 from ._identity import Identity
 from ._sessions import Entropy
@@ -33,8 +31,6 @@ __all__ = ["NODE_KEY_FILE", "node_key", "node_public_key"]
 
 NODE_KEY_FILE = "node.key"
 _SEED_CONTEXT = "koru-delta 2026-12 node key seed"
-
-_log = logging.getLogger("koru")
 
 
 def node_key(store: LogStore, entropy: Entropy) -> Identity | None:
@@ -72,7 +68,7 @@ def node_key(store: LogStore, entropy: Entropy) -> Identity | None:
         store.create_node(derived)
     else:
         store.replace_node(derived)
-        _log.warning(
+        warn(
             "koru: this database had no node key; it now writes as node %s with a new "
             "key (what it wrote as node %s keeps that id)",
             derived.hex(),

@@ -17,9 +17,7 @@ handle that cannot sign (read-only, or a database without a key).
 
 from __future__ import annotations
 
-import logging
-
-from koru.events import KoruError, LogStore, verify
+from koru.events import KoruError, LogStore, verify, warn
 
 from ._identity import Identity
 
@@ -29,8 +27,6 @@ READ_FLOOR_FILE = "read-floor"
 _CONTEXT = b"koru-delta 2026-12 read floor\x00"
 _FLOOR_SIZE = 8
 _SIGNATURE_SIZE = 64
-
-_log = logging.getLogger("koru")
 
 
 def _message(node: bytes, floor: int) -> bytes:
@@ -59,7 +55,7 @@ def load_read_floor(store: LogStore, public_key: bytes | None) -> int:
         return 0
     floor, problem = check_read_floor(store, public_key)
     if problem is not None:
-        _log.warning("koru: the read floor is ignored: %s", problem)
+        warn("koru: the read floor is ignored: %s", problem)
     return floor
 
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from koru.events import AGENTS, STORAGE, FileStore, KoruError, decode_trusted
 from koru.projections import CHECKPOINT_FILE, KvState, decode_checkpoint, open_tables
 
 from ._cache import ValueCache
-from ._nodekey import node_public_key
-from ._read_floor import load_read_floor
 from ._reader import ValueReader
 from ._reads import KeyReads
 
@@ -53,6 +52,7 @@ class Snapshot:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.store = FileStore(path, readonly=True)
+        self._floor: int | None = None
         try:
             found: tuple[KvState, int] | None
             try:
@@ -69,13 +69,7 @@ class Snapshot:
             else:
                 kv, newest = found
             values = ValueReader(self.store, ValueCache(_CACHE_BYTES), placements)
-            # The read floor a clean close saved (signed by the node key, when it can be
-            # read here): a value a read of the database found expired stays so.
-            floor = load_read_floor(self.store, node_public_key(self.store))
-            # clock-ok: a one-shot read judges time-to-live as the database does: by this
-            # machine's clock, never earlier than the newest timestamp of any log, nor
-            # than the read floor.
-            self.reads = KeyReads(kv, values, lambda: max(time.time_ns(), newest, floor))
+            self.reads = KeyReads(kv, values, partial(self._read_time, newest))
         except BaseException:
             self.store.close()
             raise
@@ -107,6 +101,22 @@ class Snapshot:
                 if agent == STORAGE:
                     kv.apply(event, record.event_id, record.location)
         return kv, newest
+
+    def _read_time(self, newest: int) -> int:
+        """The time values with a time to live are judged by. The read floor a clean
+        close saved (signed by the node key, when it can be read here: a value a read of
+        the database found expired stays so) is read when such a value is first judged:
+        checking its signature imports pynacl (about 5 ms) and the node key's modules,
+        which other reads skip."""
+        if self._floor is None:
+            from ._nodekey import node_public_key
+            from ._read_floor import load_read_floor
+
+            self._floor = load_read_floor(self.store, node_public_key(self.store))
+        # clock-ok: a one-shot read judges time-to-live as the database does: by this
+        # machine's clock, never earlier than the newest timestamp of any log, nor
+        # than the read floor.
+        return max(time.time_ns(), newest, self._floor)
 
     def close(self) -> None:
         self.store.close()

@@ -365,3 +365,55 @@ async def test_a_map_in_an_event_body_is_refused_however_its_type_decodes() -> N
         assert result.accepted == 0 and all("map" in r.reason for r in result.refused)
         await db.put("n", "k", {"b": 2, "a": 1})  # maps in values are fine
         assert await db.get("n", "k") == {"a": 1, "b": 2}
+
+
+def test_every_module_that_registers_a_type_is_listed_for_lazy_readers() -> None:
+    """``koru.events`` imports its modules lazily (a one-shot read loads what it uses),
+    so the registry imports the modules listed in ``EVENT_MODULES`` when it meets a tag
+    it does not know. A module that registers a type but is not listed would leave its
+    events undecodable by a reader that never imported it (``kdelta verify`` reported
+    a log's put-ttl records as malformed when this list did not exist)."""
+    import ast
+
+    from koru.events._registry import EVENT_MODULES
+
+    root = Path(__file__).resolve().parent.parent / "events"
+    registering = set()
+    for path in root.glob("_*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module-level calls only: registration at import
+            call = node.value if isinstance(node, ast.Expr) else None
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id == "register_event_type"
+            ):
+                registering.add("." + path.stem)
+    assert registering - {"._codec"} == set(EVENT_MODULES)
+
+
+def test_a_fresh_process_decodes_every_type_without_importing_its_module_first() -> None:
+    """In a process that imported only ``koru.events`` (as ``kdelta`` does), a record of
+    a type whose module nothing imported yet decodes, and ``event_types()`` lists every
+    type: the registry loads the modules it needs."""
+    import subprocess
+    import sys
+
+    from koru.events import encode_value
+    from koru.events._ttl import ExpiringPutEvent
+
+    event = ExpiringPutEvent(b"\x01" * 16, STORAGE, 1, None, 5, "ns", "k", encode_value(1), None, 9)
+    script = (
+        "import sys\n"
+        "import koru.events as ev\n"
+        "assert 'koru.events._ttl' not in sys.modules\n"
+        f"e = ev.decode_trusted(bytes.fromhex({encode_event(event).hex()!r}))\n"
+        "assert type(e).__name__ == 'ExpiringPutEvent' and e.expires == 9, e\n"
+        "tags = ev.event_types()\n"
+        "assert 'grant' in tags and 'embed' in tags, sorted(tags)\n"
+        "print('ok')\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd="/", check=False
+    )
+    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr

@@ -121,7 +121,7 @@ def space_of(args: argparse.Namespace) -> Space:
 
 
 _UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
-_AGO = re.compile(
+_AGO = (  # compiled by the first time read relative to now (``re`` caches it)
     r"^\s*(\d+(?:\.\d+)?)\s*"
     r"(ms|s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)\s+ago\s*$"
 )
@@ -139,7 +139,7 @@ def parse_time(text: str) -> int | str:
             return int(text)
         except ValueError:
             raise Usage(f"not a usable time: {text[:40]!r}... has too many digits") from None
-    relative = _AGO.match(text.lower())
+    relative = re.match(_AGO, text.lower())
     if relative is None:
         return text
     amount, unit = relative.groups()

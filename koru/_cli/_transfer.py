@@ -25,11 +25,8 @@ import contextlib
 import io
 import json
 import os
-import secrets
-import signal
 import stat
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -137,7 +134,7 @@ def _export(args: argparse.Namespace) -> int:
     partial = (
         None
         if final is None or streamed
-        else f"{final}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+        else f"{final}.{os.getpid()}.{os.urandom(4).hex()}.partial"
     )
     if args.output is not None and os.path.isdir(args.output):
         raise Failure(2, f"cannot write {args.output}: it is a directory")
@@ -372,6 +369,9 @@ def _interrupts_kept() -> Iterator[None]:
     """Ctrl-C inside the block raises KeyboardInterrupt, and again at its end if
     something swallowed it: cbor2 drops an exception raised inside it (a signal handler's
     included), and an import told to stop must not go on to write every event."""
+    import signal  # (here: every command's start-up would pay for them)
+    import threading
+
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
