@@ -190,3 +190,74 @@ def test_a_forged_expiry_time_in_a_checkpoint_is_not_served(
     _forge_expiry(base, forged, "k", by)
     got = trio.run(_seen, forged, now)
     assert got == truth or got[0] == "refused", (got, truth)
+
+
+async def test_whole_messages_a_connection_has_not_taken_count_against_the_pending_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: admitted connections whose session has stopped reading (it waits while
+    64 calls, or 128 MiB of their requests, are being answered: backpressure), each
+    sent one whole message of up to ``max_message`` (96 MiB). ``PendingBudget``
+    counted a message only while partly received: once whole, trio-websocket holds it
+    in its queue (``message_queue_size`` 1) outside the server's ``max_pending`` (256
+    MiB) and every other bound, as the budget sees nothing held: some 96 GiB over
+    1,024 connections (a second message, blocked handing over, stays counted but for
+    its last fragment, which went unchecked). Must hold: the messages all
+    connections hold unread stay within the budget (a connection whose message would
+    pass it is closed, 1009, as for a partial one)."""
+    import trio
+    from trio_websocket import open_websocket_url
+
+    from koru.nursery import _transport as transport
+
+    limit = 1 << 20
+    watched: list[Any] = []
+    watch = transport.PendingBudget.watch
+
+    def recorded(self: Any, ws: Any) -> Any:
+        watched.append(ws)
+        return watch(self, ws)
+
+    monkeypatch.setattr(transport.PendingBudget, "watch", recorded)
+
+    async def handler(request: Any) -> None:
+        await request.accept()  # then never reads: a session waiting for its calls
+        await trio.sleep_forever()
+
+    def held() -> int:
+        total = 0
+        for ws in watched:
+            state = ws._recv_channel._state
+            total += sum(len(m) for m in state.data)
+            total += sum(len(m) for m in state.send_tasks.values())
+        return total
+
+    async def sender(port: int) -> None:
+        try:
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+                try:
+                    await ws.send_message(b"x" * (600 << 10))
+                    await trio.sleep_forever()
+                finally:  # (trio-websocket leaves it open once the server closed first)
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(ws._stream)
+        except Exception:  # closed by the server (1009): what must happen past the budget
+            pass
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: transport.serve_websockets(
+                handler,
+                "127.0.0.1",
+                0,
+                max_message_size=2 << 20,
+                connect_timeout=5,
+                max_pending=limit,
+                task_status=task_status,
+            )
+        )
+        for _ in range(4):  # one after another: no two partly received at once
+            nursery.start_soon(sender, port)
+            await trio.sleep(0.4)
+        assert held() <= limit, (held(), len(watched))
+        nursery.cancel_scope.cancel()
