@@ -356,9 +356,13 @@ class AuthorizedSpace:
 
     async def keys(self, namespace: str) -> list[str]:
         whole = self._whole(READ, namespace)
+        stored, scopes = self._stored(namespace), self._scopes()
+        if not whole:
+            check_name(namespace, "namespace")  # the typed error every call gives
+            if not any(s.actions & READ and s.namespace.match(stored) for s in scopes.scopes):
+                return []  # no key of it readable: not read (nor timed by its size)
         with nullcontext() if whole else visible_only(self._visible()):
             keys = await self._target.keys(namespace)
-        stored, scopes = self._stored(namespace), self._scopes()
         kept = (k for k in keys if scopes.allows(READ, stored, k))
         return budgeted("keys", kept, listed_bytes, KEYS_LESS)
 

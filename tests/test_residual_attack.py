@@ -68,6 +68,37 @@ async def test_a_listing_for_a_client_that_may_read_part_is_filtered_as_it_is_re
         assert peak < 20 * N, peak
 
 
+async def test_keys_of_a_namespace_a_client_may_read_nothing_of_reads_none_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a client that may read one tiny namespace asks ``keys`` of a large
+    namespace it may read nothing of, again and again. The answer is empty, but
+    every key of the namespace was walked (and, before ``VISIBLE``, listed and
+    sorted) to find that out: work in its size per request, and a time that tells
+    its size. Must hold: the namespace is not read at all; the answer is empty."""
+    from koru.projections import KvState
+
+    async with koru.open(":memory:", difficulty=4) as db:
+        await db.put_batch([("huge", f"k{i}", 1) for i in range(1000)])
+        handle = await _partial_reader(db)
+        read: list[str] = []
+        items = KvState.items
+
+        def counted(self: Any, namespace: str) -> Any:
+            read.append(namespace)
+            return items(self, namespace)
+
+        monkeypatch.setattr(KvState, "items", counted)
+        bounded = ANSWER_BYTES.set(64 << 20)
+        try:
+            assert await handle.keys("huge") == []
+        finally:
+            ANSWER_BYTES.reset(bounded)
+        assert "huge" not in read, read
+        with pytest.raises(koru.KoruError):
+            await handle.keys("")  # a malformed name is still refused, typed
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="defect left open (h-resid): the memory layer is sorted whole for every listing",
