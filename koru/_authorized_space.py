@@ -35,7 +35,7 @@ from ._diff import Diff
 from ._identity import Identity
 from ._indexing import IndexInfo
 from ._lineage import DEFAULT_MAX_DEPTH, Connected
-from ._reads import KEYS_LESS, NAMESPACES_LESS, budgeted, listed_bytes, unbounded
+from ._reads import KEYS_LESS, NAMESPACES_LESS, budgeted, listed_bytes, visible_only
 from ._sessions import Session
 from ._space import DEFAULT, Space
 from ._subscriptions import DEFAULT_BUFFER, KeyChange, Subscription
@@ -337,18 +337,37 @@ class AuthorizedSpace:
         return await self._target.contains(namespace, key)
 
     # A listing is read under the bound of a served answer (see ``budgeted``), by the
-    # target when the identity may read all of it; else unbounded there and bounded
-    # here once filtered, so that keys the client is not sent do not count.
+    # target: when the identity may read only part of it, the target skips the rest
+    # as it reads (``visible_only``), so that names the client is not sent are
+    # neither gathered nor counted; and it is filtered here again.
+
+    def _visible(self) -> Callable[[str, str | None], bool]:
+        """What the identity may read, by stored names (a key None: any key of the
+        namespace)."""
+        scopes = self._scopes()
+        reading = [s for s in scopes.scopes if s.actions & READ]
+
+        def keep(namespace: str, key: str | None) -> bool:
+            if key is None:
+                return any(s.namespace.match(namespace) for s in reading)
+            return scopes.allows(READ, namespace, key)
+
+        return keep
 
     async def keys(self, namespace: str) -> list[str]:
-        with nullcontext() if self._whole(READ, namespace) else unbounded():
-            keys = await self._target.keys(namespace)
+        whole = self._whole(READ, namespace)
         stored, scopes = self._stored(namespace), self._scopes()
+        if not whole:
+            check_name(namespace, "namespace")  # the typed error every call gives
+            if not any(s.actions & READ and s.namespace.match(stored) for s in scopes.scopes):
+                return []  # no key of it readable: not read (nor timed by its size)
+        with nullcontext() if whole else visible_only(self._visible()):
+            keys = await self._target.keys(namespace)
         kept = (k for k in keys if scopes.allows(READ, stored, k))
         return budgeted("keys", kept, listed_bytes, KEYS_LESS)
 
     async def namespaces(self) -> list[str]:
-        with nullcontext() if self._whole_space() else unbounded():
+        with nullcontext() if self._whole_space() else visible_only(self._visible()):
             names = await self._target.namespaces()
         scopes = [s for s in self._scopes().scopes if s.actions & READ]
         prefix = self._prefix
@@ -366,7 +385,7 @@ class AuthorizedSpace:
         return await self._target.diff(namespace, key, from_version, to_version)
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
-        with nullcontext() if self._whole_space() else unbounded():
+        with nullcontext() if self._whole_space() else visible_only(self._visible()):
             soon = await self._target.expiring(within)
         scopes, prefix = self._scopes(), self._prefix
         kept = (e for e in soon if scopes.allows(READ, prefix + e.namespace, e.key))

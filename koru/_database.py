@@ -67,7 +67,7 @@ from ._proven import ProvenIngest
 from ._queries import QueryEngine
 from ._read_floor import save_read_floor
 from ._reader import ValueReader
-from ._reads import KeyReads, budgeted
+from ._reads import VISIBLE, KeyReads, budgeted
 from ._seal_marks import checked_prev, named_by_next, unlinked
 from ._sessions import Entropy, Sessions
 from ._space import DEFAULT, Space
@@ -987,7 +987,8 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             return EXPIRING_FIELDS + len(item[1]) - shorter + len(item[2])
 
         due = self._kv.expiring.iter_at_most(horizon)  # (streamed: not gathered first)
-        found = ((t, ns, k) for (ns, k), t in due if owns(ns))
+        keep = VISIBLE.get()  # only what the caller may see is gathered and counted
+        found = ((t, ns, k) for (ns, k), t in due if owns(ns) and (keep is None or keep(ns, k)))
         soon = budgeted("expiring", found, size, "a smaller within")
         soon.sort()
         return [Expiring(ns, k, t) for t, ns, k in soon]

@@ -95,8 +95,9 @@ class Limits(NamedTuple):
     #: Largest message before the handshake and after it.
     max_handshake_message: int = 64 * 1024
     max_message: int = 96 * 1024 * 1024
-    #: A server's connections together: bytes of messages partly received (a message
-    #: is assembled from its fragments; one past this closes its connection, 1009).
+    #: A server's connections together: bytes of messages partly received, or whole
+    #: and not yet read (a message is assembled from its fragments; one past this
+    #: closes its connection, 1009).
     max_pending: int = 256 * 1024 * 1024
     #: A server's connections open at once (each holds a socket: past the process's
     #: file limit the database's own files could not be opened); more are closed at

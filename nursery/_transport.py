@@ -135,26 +135,55 @@ class PendingBudget:
 
     def watch(self, ws: Any) -> Callable[[], None]:
         """Count ``ws``'s (a trio-websocket connection's, before its reader task
-        starts: the task takes its handlers then) partial messages; returns what to
-        call once it ends (returning what it held)."""
+        starts: the task takes its handlers then) messages, partly received or whole
+        and not yet taken by ``get_message``; returns what to call once it ends
+        (returning what it held).
+
+        Why the whole ones too: trio-websocket queues one whole message and its
+        reader holds the next, blocked handing it over, while the connection's
+        session does not read (it waits for its calls to be answered), and a message
+        was counted only while partly received: each connection held one message of
+        up to ``max_message`` (96 MiB) that no budget saw (h-resid). A last fragment
+        is taken even past the budget, as before (one read of the socket at most): a
+        budget filled by others must not stop a connection's small whole messages
+        (a handshake's, a call's)."""
         original = ws._handle_message_event
-        held = 0
+        taken = ws.get_message
+        held = 0  # bytes of the message being received
+        queued = 0  # bytes of whole messages not taken yet
 
         async def counted(event: Any) -> None:
-            nonlocal held
+            nonlocal held, queued
             if not event.message_finished and self.used + len(event.data) > self.limit:
                 ws._max_message_size = ws._message_size  # this fragment closes it: 1009
+            if event.message_finished:
+                # Whole: counted as queued until taken (also while the reader waits to
+                # hand it over).
+                whole = ws._message_size + len(event.data)
+                if whole <= ws._max_message_size:
+                    self.used += whole - held
+                    queued += whole
+                    held = 0
             await original(event)
             now = ws._message_size
             self.used += now - held
             held = now
 
+        async def get_message() -> Any:
+            nonlocal queued
+            message = await taken()
+            size = min(len(message), queued)
+            queued -= size
+            self.used -= size
+            return message
+
         def release() -> None:
-            nonlocal held
-            self.used -= held
-            held = 0
+            nonlocal held, queued
+            self.used -= held + queued
+            held = queued = 0
 
         ws._handle_message_event = counted
+        ws.get_message = get_message
         return release
 
 

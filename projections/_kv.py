@@ -27,7 +27,7 @@ import heapq
 import struct
 from bisect import bisect_right
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import add, itemgetter, lt
 from typing import Any, ClassVar, NamedTuple
@@ -904,15 +904,21 @@ class KvState:
             if not blob[-1] & _TOMBSTONE and (when is None or not self.expired(namespace, k, when)):
                 yield k
 
-    def live_namespaces(self, now: int | None = None) -> list[str]:
+    def live_namespaces(
+        self, now: int | None = None, keep: Callable[[str], bool] | None = None
+    ) -> list[str]:
         """Namespaces with at least one live key (not expired at ``now``, if given),
-        sorted."""
-        counts = dict(self.ns_live)
+        sorted; only those ``keep`` allows, if given (the others are neither copied
+        nor sorted)."""
+        gone: dict[str, int] = {}
         if now is not None and self.expiring:
             for (ns, _), _expires in self.expiring.at_most(now):
-                if counts.get(ns):
-                    counts[ns] -= 1
-        return sorted(ns for ns, n in counts.items() if n > 0)
+                gone[ns] = gone.get(ns, 0) + 1
+        return sorted(
+            ns
+            for ns, n in self.ns_live.items()
+            if n > gone.get(ns, 0) and (keep is None or keep(ns))
+        )
 
     def live_at(self, now: int) -> int:
         """Keys whose current value is a value at ``now``: :attr:`live` less those
