@@ -124,8 +124,12 @@ async def _close_rejected(exc: BaseException) -> None:
     while tb is not None:
         found = tb.tb_frame.f_locals.get("self")
         if isinstance(found, _Connection):
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(found._stream)
+            # (A later trio-websocket may close it itself, or name it otherwise: then
+            # there is nothing to do here, and the refusal is raised as it is.)
+            stream = getattr(found, "_stream", None)
+            if isinstance(stream, trio.abc.AsyncResource):
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
             return
         tb = tb.tb_next
 
