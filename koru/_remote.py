@@ -100,15 +100,38 @@ Dialer = Callable[[str, Limits], AbstractAsyncContextManager[Connection]]
 @asynccontextmanager
 async def dial_websocket(url: str, limits: Limits) -> AsyncIterator[Connection]:
     """The default dialer: a websocket to ``url``."""
-    from trio_websocket import open_websocket_url
+    from trio_websocket import ConnectionRejected, open_websocket_url
 
-    async with open_websocket_url(
-        url,
-        max_message_size=limits.max_message,
-        connect_timeout=_CONNECT_TIMEOUT,
-        disconnect_timeout=1.0,
-    ) as ws:
-        yield WebSocketConnection(ws, url)
+    try:
+        async with open_websocket_url(
+            url,
+            max_message_size=limits.max_message,
+            connect_timeout=_CONNECT_TIMEOUT,
+            disconnect_timeout=1.0,
+        ) as ws:
+            yield WebSocketConnection(ws, url)
+    except ConnectionRejected as exc:  # (a full server answers 503)
+        await _close_rejected(exc)
+        raise
+
+
+async def _close_rejected(exc: BaseException) -> None:
+    """Close the socket of an upgrade the server refused: trio-websocket (0.12) leaves
+    it open until collected. Its connection is the ``self`` of the frame that raised."""
+    from trio_websocket import WebSocketConnection as _Connection
+
+    tb = exc.__traceback__
+    while tb is not None:
+        found = tb.tb_frame.f_locals.get("self")
+        if isinstance(found, _Connection):
+            # (A later trio-websocket may close it itself, or name it otherwise: then
+            # there is nothing to do here, and the refusal is raised as it is.)
+            stream = getattr(found, "_stream", None)
+            if isinstance(stream, trio.abc.AsyncResource):
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+            return
+        tb = tb.tb_next
 
 
 class _ClientHandshake:

@@ -226,18 +226,50 @@ async def serve_websockets(
     the HTTP upgrade (a client that never completes it is dropped); ``max_pending``
     the bytes of messages all connections together hold partly received
     (:class:`PendingBudget`); ``max_connections`` the connections open at once (see
-    :func:`connection_bound`: a connection past it is closed as soon as accepted)."""
+    :func:`connection_bound`: a connection past it is answered 503 at once, so that
+    its client fails then, and closed)."""
     from trio_websocket import WebSocketConnection as _Connection
     from wsproto import ConnectionType, WSConnection
 
     budget = None if max_pending is None else PendingBudget(max_pending)
     most_open = connection_bound(max_connections)
     open_now = 0
+    # Connections past the bound being answered "503" at once (each holds its socket
+    # for up to a second): past these, one is closed with no answer.
+    most_refusing = max(1, most_open // 8)
+    refusing = 0
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        # Answered, not only closed: trio-websocket's client does not notice a socket
+        # closed during its upgrade, and waited its whole connect timeout (10 s) on
+        # each attempt to reach a full server. A 503 fails its attempt at once.
+        nonlocal refusing
+        if refusing >= most_refusing:
+            await trio.aclose_forcefully(stream)
+            return
+        refusing += 1
+        try:
+            with trio.move_on_after(1):
+                # Its request read first (up to its headers' end): a socket closed with
+                # bytes unread is reset, and the reset may discard the answer.
+                tail, read = b"", 0
+                while read < 16384:
+                    data = await stream.receive_some(4096)
+                    read += len(data)
+                    if not data or b"\r\n\r\n" in tail + data:
+                        break
+                    tail = data[-3:]
+                await stream.send_all(_FULL)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def connection(stream: trio.SocketStream) -> None:
         nonlocal open_now
         if open_now >= most_open:
-            await trio.aclose_forcefully(stream)
+            await refuse(stream)
             return
         open_now += 1
         release: Callable[[], None] | None = None
@@ -275,6 +307,13 @@ async def serve_websockets(
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, connection, listeners)
         task_status.started(bound)
+
+
+#: The answer to an upgrade past the server's connection bound.
+_FULL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\n\r\n"
+)
 
 
 class MemoryConnection:
