@@ -591,8 +591,11 @@ class Table:
         :data:`_INDEX_PACE` blocks: ``index`` as :meth:`read_index` returned it, else
         read and checked here. Why: a table's first lookup reads it otherwise, a Python
         loop over every block (5 to 17 ms for 100,000 keys): the writer of a table
-        does this beside the puts, so that no put waits for it."""
+        does this beside the puts, so that no put waits for it. The blocks' first keys
+        too (:meth:`_first_keys`), which a scan of the table needs: a one-shot lookup
+        parses neither."""
         self._load_index(pace, index)
+        self._first_keys(pace)
 
     def _load_index(self, pace: Callable[[], None] = _no_pace, index: bytes | None = None) -> None:
         """Read the index into memory (once), parsing only bytes checked against its
@@ -666,20 +669,25 @@ class Table:
         self._spots, self._firsts = spots, []
         self._starts = starts
 
-    def _first_keys(self) -> list[tuple[bytes, bytes]]:
+    def _first_keys(self, pace: Callable[[], None] = _no_pace) -> list[tuple[bytes, bytes]]:
         """(namespace, key) of each block's first entry, as the index gives them (parsed
-        on the first call: only a lookup that misses the directory, and scans, need
-        them)."""
+        on the first call, ``pace`` called every :data:`_INDEX_PACE` blocks: only a
+        lookup that misses the directory, and scans, need them)."""
         if not self._firsts and self._starts:
             blocks, u16 = self._blocks, _U16.unpack_from
             step = 8 + (_BLOCK_DIGEST if self._format >= 5 else 0)
             firsts = []
             pos = 0
+            due = _INDEX_PACE
             for spot in self._spots:
                 n = u16(blocks, pos)[0]
                 at = pos + 2 + n
                 firsts.append((blocks[pos + 2 : at], blocks[at + 2 : spot]))
                 pos = spot + step
+                due -= 1
+                if not due:
+                    pace()
+                    due = _INDEX_PACE
             self._firsts = firsts
         return self._firsts
 
