@@ -9,7 +9,6 @@ as they do once stored).
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any, Literal, NamedTuple
 
@@ -135,6 +134,8 @@ def _diff_lists(old: list[Any], new: list[Any], path: Path, budget: list[int]) -
         changes.extend(Change("add", (*path, j), None, new[j]) for j in range(paired, end_new))
         return changes
     budget[0] -= pairs
+    import difflib  # (here: a one-shot read that diffs nothing does not import it)
+
     matcher = difflib.SequenceMatcher(
         None, keys_old[head:end_old], keys_new[head:end_new], autojunk=False
     )

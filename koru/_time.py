@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+from typing import TYPE_CHECKING
 
 from koru.events import InvalidDataError
 
-__all__ = ["to_ns"]
+if TYPE_CHECKING:
+    import datetime as _dt
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+__all__ = ["to_ns"]
 
 
 def to_ns(at: _dt.datetime | str | int, *, end: bool = True) -> int:
@@ -25,6 +26,8 @@ def to_ns(at: _dt.datetime | str | int, *, end: bool = True) -> int:
     """
     if type(at) is int:
         return at
+    import datetime as _dt  # (here: a read that names no time does not import it)
+
     if isinstance(at, str):
         try:
             at = _dt.datetime.fromisoformat(at)
@@ -35,7 +38,7 @@ def to_ns(at: _dt.datetime | str | int, *, end: bool = True) -> int:
             raise InvalidDataError(
                 f"time {at.isoformat()} has no UTC offset; add one (e.g. 'Z' or '+00:00')"
             )
-        delta = at - _EPOCH
+        delta = at - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
         ns = (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
         return ns + 999 if end else ns
     raise InvalidDataError(

@@ -6,8 +6,10 @@ and readable by field name.
 
 from __future__ import annotations
 
-import datetime as _dt
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import datetime as _dt
 
 __all__ = [
     "EXPIRING_FIELDS",
@@ -20,11 +22,14 @@ __all__ = [
     "Versioned",
 ]
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
-
 
 def _to_datetime(ns: int) -> _dt.datetime:
-    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+    # (datetime imported here: a one-shot ``kdelta get`` prints no time)
+    import datetime
+
+    return datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=ns // 1000
+    )
 
 
 class Version(NamedTuple):

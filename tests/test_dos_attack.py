@@ -463,7 +463,7 @@ def test_a_diff_of_long_lists_of_repeated_items_aligns_a_bounded_number_of_pairs
             aligned[0] += len(a) * len(b)
             super().set_seqs(a, b)
 
-    monkeypatch.setattr(diff.difflib, "SequenceMatcher", Counted)
+    monkeypatch.setattr(difflib, "SequenceMatcher", Counted)
     old, new = [0] * 4000, [0] * 4000
     new[1234] = 1
     assert diff.diff_values(old, new) == [diff.Change("change", (1234,), 0, 1)]
