@@ -46,6 +46,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         try:
             columns = int(os.environ["COLUMNS"])
         except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:  # as shutil: no width set (0 or less is none), the terminal's
             try:
                 columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
             except (AttributeError, ValueError, OSError):
