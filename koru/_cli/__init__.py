@@ -103,9 +103,10 @@ def _command_named(argv: Sequence[str]) -> str | None:
     (or the value of ``--db``)."""
     words = iter(argv)
     for word in words:
-        if word == "--db":
+        # argparse takes an unambiguous prefix of an option for it: --d is --db.
+        if len(word) >= 3 and "--db".startswith(word):
             next(words, None)
-        elif word in ("-h", "--help"):
+        elif word == "-h" or (len(word) >= 3 and "--help".startswith(word)):
             return None  # the top-level help, which lists every command
         elif not word.startswith("-"):
             return word
