@@ -58,3 +58,15 @@ def test_the_help_option_abbreviated_lists_every_command(
         main(["--hel", "get"])
     out = capsys.readouterr().out
     assert "namespaces" in out and "verify" in out and "export" in out
+
+
+def test_a_refused_command_line_lists_every_command_it_could_have_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``kdelta -- get n/k``: argparse refuses ``--`` as the command. Its error lists the
+    commands to choose from; the parser built for the word after ``--`` alone listed
+    only ``get``, as if it were the one command there is."""
+    with pytest.raises(SystemExit):
+        main(["--", "get", "n/k"])
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "'verify'" in err and "'keys'" in err

@@ -108,6 +108,8 @@ def _command_named(argv: Sequence[str]) -> str | None:
             next(words, None)
         elif word == "-h" or (len(word) >= 3 and "--help".startswith(word)):
             return None  # the top-level help, which lists every command
+        elif word == "--":
+            return None  # argparse's own reading of what follows: its errors list all
         elif not word.startswith("-"):
             return word
     return None
