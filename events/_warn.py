@@ -11,7 +11,8 @@ __all__ = ["warn"]
 
 
 def warn(message: str, *args: object) -> None:
-    """``logging.getLogger("koru").warning(message, *args)``."""
+    """``logging.getLogger("koru").warning(message, *args)``, as given by its caller (the
+    record names its module, function and line)."""
     import logging
 
-    logging.getLogger("koru").warning(message, *args)
+    logging.getLogger("koru").warning(message, *args, stacklevel=2)  # the caller's line

@@ -46,6 +46,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         try:
             columns = int(os.environ["COLUMNS"])
         except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:  # as shutil: no width set (0 or less is none), the terminal's
             try:
                 columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
             except (AttributeError, ValueError, OSError):
@@ -101,10 +103,13 @@ def _command_named(argv: Sequence[str]) -> str | None:
     (or the value of ``--db``)."""
     words = iter(argv)
     for word in words:
-        if word == "--db":
+        # argparse takes an unambiguous prefix of an option for it: --d is --db.
+        if len(word) >= 3 and "--db".startswith(word):
             next(words, None)
-        elif word in ("-h", "--help"):
+        elif word == "-h" or (len(word) >= 3 and "--help".startswith(word)):
             return None  # the top-level help, which lists every command
+        elif word == "--":
+            return None  # argparse's own reading of what follows: its errors list all
         elif not word.startswith("-"):
             return word
     return None
