@@ -12,6 +12,8 @@ raise it without importing the public face; ``koru`` re-exports every name.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthError",
     "ChallengeError",
@@ -54,6 +56,21 @@ __all__ = [
 
 class KoruError(Exception):
     """Root of every error raised by koru-delta."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its message and attributes, rebuilt without calling ``__init__``:
+        # the default pickles ``args`` (the message) and calls ``__init__`` with them,
+        # which the errors that take their parts (a namespace and a key, say) refuse,
+        # so an error raised in a worker process (multiprocessing) could not be sent
+        # back and the pool hung.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[KoruError], args: tuple[Any, ...], state: dict[str, Any]) -> KoruError:
+    error = cls.__new__(cls, *args)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class NotFoundError(KoruError, LookupError):

@@ -297,3 +297,40 @@ async def test_one_name_rule_for_every_read_of_keys_in_tables(tmp_path: Path, ca
             with pytest.raises(koru.InvalidDataError):
                 await READS[call](db, ns, key)
         await READS[call](db, "ns", "k")
+
+
+def test_every_error_survives_a_trip_through_another_process() -> None:
+    """An error raised in a worker process (``multiprocessing``) is pickled back to the
+    caller: every ``KoruError`` must unpickle as itself, with its message and its parts.
+    ``KeyNotFoundError("n", "k")`` pickled but did not unpickle (its ``__init__`` was
+    called with the message alone), and a pool whose worker raised it hung (h-lazy)."""
+    import inspect
+    import pickle
+
+    import koru.events as ev
+
+    made = [
+        ev.KeyNotFoundError("n", "k"),
+        ev.NoValueAtTimeError("n", "k", 5),
+        ev.WorkspaceDroppedError("w"),
+        ev.EmbeddingNotFoundError("n", "k"),
+        ev.InvalidParentError(("n", "k"), "why"),
+        ev.InvalidQueryError("field", "why"),
+        ev.CorruptLogError("storage", 1, 2, "bad", "path"),
+        ev.LaggedError(7),
+        ev.PermissionDeniedError("someone", "read", "n", "k"),
+        ev.RemoteError("message", 3, "reason"),
+        ev.DurabilityError("disk"),
+    ]
+    classes = {
+        cls
+        for cls in (getattr(ev, name) for name in ev.__all__)
+        if inspect.isclass(cls) and issubclass(cls, ev.KoruError)
+    }
+    made += [cls("plain") for cls in classes if cls.__init__ is ev.KoruError.__init__]
+    made.append(ev.DataLossError("storage", 1, 2, "lost", "path"))
+    for error in made:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error)
+        assert str(back) == str(error) and back.args == error.args
+        assert vars(back) == vars(error)
