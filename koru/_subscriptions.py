@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple, NoReturn
 
 import cbor2
@@ -125,6 +126,24 @@ def _bytes(writes: Iterable[Any]) -> int:
     )
 
 
+class QueueShare:
+    """The bytes queued for several subscriptions together (a served client
+    connection's), bounded as one subscriber's are (``MAX_QUEUED_BYTES``). Why: a
+    client that never read opened its subscriptions one after another, each filled
+    with other events than the last before being cut off, and its connection pinned
+    one bound per subscription (64 x 128 MiB)."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = 0
+
+
+#: The share the subscriptions opened in this context count against (None: each its
+#: own bound).
+QUEUE_SHARE: ContextVar[QueueShare | None] = ContextVar("QUEUE_SHARE", default=None)
+
+
 class Subscription:
     """The changes one subscriber asked for (an async iterator)."""
 
@@ -153,6 +172,7 @@ class Subscription:
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
         #: The bytes the queued events' writes hold.
         self._queued = 0
+        self._share = QUEUE_SHARE.get()
         self._ready: list[KeyChange] = []
         #: Position of the first event not queued, once cut off.
         self.lagged_at: int | None = None
@@ -167,8 +187,9 @@ class Subscription:
     def push(self, item: Item) -> bool:
         """Queue an event without waiting; False if the subscriber was cut off."""
         try:
-            queued = self._queued + item[4]
-            if queued > MAX_QUEUED_BYTES and self._queued:
+            share = self._share
+            held = self._queued if share is None else share.queued
+            if held + item[4] > MAX_QUEUED_BYTES and held:
                 raise trio.WouldBlock
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -177,8 +198,21 @@ class Subscription:
             return False
         except trio.ClosedResourceError:
             return False
-        self._queued = queued
+        self._queued += item[4]
+        if share is not None:
+            share.queued += item[4]
         return True
+
+    def _took(self, size: int) -> None:
+        self._queued -= size
+        if self._share is not None:
+            self._share.queued -= size
+
+    def release(self) -> None:
+        """Give back its share of what it holds queued (it ended: no more reads)."""
+        if self._share is not None:
+            self._share.queued -= self._queued
+            self._share = None
 
     def end(self) -> None:
         """No more events (the database closed, or the subscription ended)."""
@@ -214,12 +248,12 @@ class Subscription:
                     item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     item = await self._next_item()
-                    self._queued -= item[4]
+                    self._took(item[4])
                     self._take(item)
                 except trio.EndOfChannel:
                     self._ended()
                 else:
-                    self._queued -= item[4]
+                    self._took(item[4])
                     self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
@@ -531,6 +565,7 @@ class Hub:
             if sub in self.subscriptions:
                 self.subscriptions.remove(sub)
             sub.end()
+            sub.release()
 
 
 def _earliest_after(locations: list[int]) -> list[float]:

@@ -4,6 +4,8 @@ crowd does and asserts what must hold for the server and its honest clients."""
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 import trio
@@ -48,3 +50,53 @@ async def test_a_client_past_the_connection_bound_is_refused_at_once_not_left_wa
             async with koru.connect(f"127.0.0.1:{port}", second) as now:
                 assert await now.get("n", "k") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_never_reads_its_subscriptions_holds_a_bounded_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack: a client that never reads its socket sends a subscription request, lets
+    the server write until that subscription's queue is full (cut off, but its queue
+    kept until it is read: the session's task for it is blocked sending to the
+    client), then sends the next one, and so on up to the 64 a connection may hold.
+    Each server-side queue is bounded (``MAX_QUEUED_BYTES``, 128 MiB), but each holds
+    other events than the last: together one connection pinned 64 times the bound
+    (8 GiB), and many connections as many times more. Must hold: what the server's
+    subscriptions for one connection keep queued, all together, stays within about
+    one subscription's bound (here patched to 1 MiB), not one bound per stream."""
+    import gc
+    import tracemalloc
+
+    import koru._serving as serving
+    import koru._subscriptions as subscriptions
+    from koru._remote_codec import pack
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    streams = 16
+    async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        endpoint = serving.ClientEndpoint(
+            db.as_identity(who.public_key), who.public_key, "x", serving.ServedCalls()
+        )
+        payload = pack([None, "subscribe", ["big"], {}])
+        value = "x" * (128 << 10)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with AsyncExitStack() as stack:
+                base = tracemalloc.get_traced_memory()[0]
+                written = 0
+                for _ in range(streams):  # opened one after another, never read
+                    await stack.enter_async_context(endpoint.stream(payload))
+                    for _ in range(9):  # past this subscription's bound: it is cut off
+                        await db.put("big", f"k{written}", value)
+                        written += 1
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert held <= 4 * bound, held  # 16 streams: about 16 MiB
+        assert endpoint._queue_share.queued == 0  # all given back once they ended
