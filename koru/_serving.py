@@ -226,8 +226,9 @@ class ClientEndpoint(NoFeeds):
         self._served = served
         self._spaces: dict[tuple[str, str], Any] = {}
         self._streams = 0
-        #: What this connection's subscriptions hold queued, together: bounded as one's.
-        self._queue_share = QueueShare()
+        #: What this connection's subscriptions hold queued, together: bounded as one's
+        #: (and all connections' together: the database's hub's share).
+        self._queue_share = QueueShare(handle._db._hub.served)
 
     # -- calls -------------------------------------------------------------------------
 

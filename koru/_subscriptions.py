@@ -74,6 +74,10 @@ _WRITE_BYTES = 256
 #: was accepted and bounded nothing; h-subck). Their values' bytes are bounded too
 #: (``MAX_QUEUED_BYTES``).
 MAX_BUFFER = 10_000_000
+#: The most bytes queued for all the subscriptions of a database's served client
+#: connections together (see :class:`QueueShare`); past it, a subscription of a
+#: connection holding something queued is cut off (one holding nothing gets its event).
+MAX_SERVED_QUEUED_BYTES = 256 << 20
 _RECORD = _REC.size
 _WID = 24  # where the write id sits in a packed version record
 #: The most keys, and version records in all, whose histories a hub keeps prepared
@@ -127,16 +131,30 @@ def _bytes(writes: Iterable[Any]) -> int:
 
 
 class QueueShare:
-    """The bytes queued for several subscriptions together (a served client
-    connection's), bounded as one subscriber's are (``MAX_QUEUED_BYTES``). Why: a
-    client that never read opened its subscriptions one after another, each filled
-    with other events than the last before being cut off, and its connection pinned
-    one bound per subscription (64 x 128 MiB)."""
+    """The bytes queued for several subscriptions together: a served client
+    connection's (bounded as one subscriber's are, ``MAX_QUEUED_BYTES``), counted in
+    its ``parent``, all the served connections' of a database (bounded by
+    ``MAX_SERVED_QUEUED_BYTES``). Why: a client that never read opened its
+    subscriptions one after another, each filled with other events than the last
+    before being cut off, and its connection pinned one bound per subscription (64 x
+    128 MiB); many connections, one bound per connection."""
 
-    __slots__ = ("queued",)
+    __slots__ = ("parent", "queued")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: QueueShare | None = None) -> None:
         self.queued = 0
+        self.parent = parent
+
+    def over(self, size: int) -> bool:
+        """True if ``size`` bytes more would take it (or its parent) past its bound."""
+        if self.parent is None:
+            return self.queued + size > MAX_SERVED_QUEUED_BYTES
+        return self.queued + size > MAX_QUEUED_BYTES or self.parent.over(size)
+
+    def add(self, size: int) -> None:
+        self.queued += size
+        if self.parent is not None:
+            self.parent.add(size)
 
 
 #: The share the subscriptions opened in this context count against (None: each its
@@ -188,8 +206,11 @@ class Subscription:
         """Queue an event without waiting; False if the subscriber was cut off."""
         try:
             share = self._share
-            held = self._queued if share is None else share.queued
-            if held + item[4] > MAX_QUEUED_BYTES and held:
+            if share is None:
+                held, over = self._queued, self._queued + item[4] > MAX_QUEUED_BYTES
+            else:
+                held, over = share.queued, share.over(item[4])
+            if over and held:
                 raise trio.WouldBlock
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -200,18 +221,18 @@ class Subscription:
             return False
         self._queued += item[4]
         if share is not None:
-            share.queued += item[4]
+            share.add(item[4])
         return True
 
     def _took(self, size: int) -> None:
         self._queued -= size
         if self._share is not None:
-            self._share.queued -= size
+            self._share.add(-size)
 
     def release(self) -> None:
         """Give back its share of what it holds queued (it ended: no more reads)."""
         if self._share is not None:
-            self._share.queued -= self._queued
+            self._share.add(-self._queued)
             self._share = None
 
     def end(self) -> None:
@@ -334,6 +355,8 @@ class Hub:
         self._histories: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._history_records = 0  # records in those histories
         self.subscriptions: list[Subscription] = []
+        #: What the subscriptions of served client connections hold queued, together.
+        self.served = QueueShare()
         self.closed = False
 
     # -- the write path ---------------------------------------------------------------

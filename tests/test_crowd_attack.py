@@ -100,3 +100,51 @@ async def test_a_connection_that_never_reads_its_subscriptions_holds_a_bounded_t
             tracemalloc.stop()
         assert held <= 4 * bound, held  # 16 streams: about 16 MiB
         assert endpoint._queue_share.queued == 0  # all given back once they ended
+
+
+async def test_connections_that_never_read_their_subscriptions_hold_a_bounded_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack: as above, but with one subscription on each of many connections (up to
+    1,024 of them), opened one after another, each filled with other events than the
+    last. Each connection's queues are bounded (``MAX_QUEUED_BYTES``), but together
+    they pinned one bound per connection (1,024 x 128 MiB). Must hold: what the
+    server's subscriptions for all its clients keep queued stays within
+    ``MAX_SERVED_QUEUED_BYTES`` (here patched to 2 MiB) and about an event per
+    connection."""
+    import gc
+    import tracemalloc
+
+    import koru._serving as serving
+    import koru._subscriptions as subscriptions
+    from koru._remote_codec import pack
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    monkeypatch.setattr(subscriptions, "MAX_SERVED_QUEUED_BYTES", 2 * bound)
+    async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        payload = pack([None, "subscribe", ["big"], {}])
+        value = "x" * (128 << 10)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with AsyncExitStack() as stack:
+                base = tracemalloc.get_traced_memory()[0]
+                written = 0
+                for _ in range(16):  # a connection each, opened one after another
+                    endpoint = serving.ClientEndpoint(
+                        db.as_identity(who.public_key), who.public_key, "x", db._served_calls()
+                    )
+                    await stack.enter_async_context(endpoint.stream(payload))
+                    for _ in range(9):  # past this subscription's bound: it is cut off
+                        await db.put("big", f"k{written}", value)
+                        written += 1
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert held <= 2 * bound + 16 * len(value) + bound, held  # 16 connections: 16 MiB
+        assert db._hub.served.queued == 0  # all given back once they ended
