@@ -148,3 +148,132 @@ async def test_connections_that_never_read_their_subscriptions_hold_a_bounded_to
             tracemalloc.stop()
         assert held <= 2 * bound + 16 * len(value) + bound, held  # 16 connections: 16 MiB
         assert db._hub.served.queued == 0  # all given back once they ended
+
+
+# -- what held: regressions for attacks the server withstood ----------------------------------
+
+
+def _tasks() -> int:
+    """Every task running now (the client's and the server's: one process)."""
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        count += 1
+        pending += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return count
+
+
+async def test_clients_dropped_mid_message_mid_calls_and_mid_stream_leave_nothing_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: clients that vanish abruptly: one leaves 8 MiB of a message half sent
+    and its socket is torn down; one is cancelled with 200 writes in flight; one is
+    cancelled while the server streams its subscription changes. Must hold: the
+    server's budget of bytes partly received goes back to 0, no task is left behind,
+    no subscription stays in the hub, and another client is served throughout."""
+    from wsproto.events import BytesMessage
+
+    import koru.nursery._transport as transport
+
+    budgets: list[transport.PendingBudget] = []
+
+    class Recorded(transport.PendingBudget):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            budgets.append(self)
+
+    monkeypatch.setattr(transport, "PendingBudget", Recorded)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["admin"])
+        await db.put("n", "k", 1)
+        async with koru.connect(f"127.0.0.1:{port}", who) as good:
+            assert await good.get("n", "k") == 1
+            await trio.sleep(0.1)
+            [budget] = budgets
+            before = _tasks()
+            with trio.fail_after(10):
+                async with koru.connect(f"127.0.0.1:{port}", who) as bad:
+                    await bad.get("n", "k")
+                    ws = bad._link._runner.conn._ws
+                    half = BytesMessage(data=b"x" * (8 << 20), message_finished=False)
+                    await ws._stream.send_all(ws._wsproto.send(half))
+                    while budget.used < 8 << 20:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                    await trio.aclose_forcefully(ws._stream)
+                    await trio.sleep(0.2)
+                with trio.move_on_after(0.3):
+                    async with (
+                        koru.connect(f"127.0.0.1:{port}", who) as bad,
+                        trio.open_nursery() as calls,
+                    ):
+                        for i in range(200):
+                            calls.start_soon(bad.put, "n", f"b{i}", "y" * 100_000)
+                with trio.move_on_after(0.5):
+                    async with (
+                        koru.connect(f"127.0.0.1:{port}", who) as bad,
+                        bad.subscribe("s") as changes,
+                    ):
+
+                        async def write() -> None:
+                            for i in range(500):
+                                await db.put("s", f"k{i}", "z" * 10_000)
+
+                        nursery.start_soon(write)
+                        async for _ in changes:
+                            assert await good.get("n", "k") == 1
+                while _tasks() > before or budget.used or db._hub.subscriptions:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                assert await good.get("n", "k") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_flooding_calls_does_not_starve_another_clients_get() -> None:
+    """Attack: one client floods the server from 4 connections, 100 calls in flight on
+    each (writes of 10 KB and listings), as fast as it is answered. Must hold: another
+    client's single ``get`` is answered within a second (about 30 ms here)."""
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        flooder, other = koru.Identity.mine(DIFFICULTY), koru.Identity.mine(DIFFICULTY)
+        for who in (flooder, other):
+            await db.register(who.public)
+            await db.grant(who.public, actions=["read", "write"])
+        await db.put("n", "k", 1)
+        calls = [0]
+
+        async def flood(remote: koru.RemoteDatabase, i: int) -> None:
+            while True:
+                if i % 2:
+                    await remote.put("n", f"f{i}", "y" * 10_000)
+                else:
+                    await remote.keys("n")
+                calls[0] += 1
+
+        async def connection() -> None:
+            async with (
+                koru.connect(f"127.0.0.1:{port}", flooder) as remote,
+                trio.open_nursery() as inner,
+            ):
+                for i in range(100):
+                    inner.start_soon(flood, remote, i)
+
+        async with koru.connect(f"127.0.0.1:{port}", other) as remote:
+            for _ in range(4):
+                nursery.start_soon(connection)
+            while calls[0] < 2000:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            for _ in range(5):
+                began = time.monotonic()
+                with trio.fail_after(10):
+                    assert await remote.get("n", "k") == 1
+                assert time.monotonic() - began < 1.0
+        nursery.cancel_scope.cancel()
