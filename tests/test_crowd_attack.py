@@ -277,3 +277,45 @@ async def test_a_client_flooding_calls_does_not_starve_another_clients_get() -> 
                     assert await remote.get("n", "k") == 1
                 assert time.monotonic() - began < 1.0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_sends_calls_and_never_reads_their_answers_holds_few_of_them() -> None:
+    """Attack: a client sends ``get`` after ``get`` of a 256 KiB value and never reads
+    its socket. A call gave back its share of the connection's bounds (64 calls in
+    flight, 128 MiB of requests) once answered, before its answer was sent: the
+    answer then waited for the blocked socket, and the server read the next request,
+    so one connection piled up an answer per request it sent (400 here, 200 MiB;
+    the rate limit, 5,000 a second, for the idle timeout, 60 s: 300,000 answers).
+    Must hold: the answers waiting to be sent are bounded per connection (at most
+    the calls in flight, 64)."""
+    import gc
+    import tracemalloc
+
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read"])
+        value = "x" * (256 << 10)
+        await db.put("n", "big", value)
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            assert await remote.get("n", "big") == value
+            remote._link._runner.conn.receive = trio.sleep_forever  # type: ignore[method-assign]
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                async with trio.open_nursery() as calls:
+                    for _ in range(400):
+                        calls.start_soon(remote.get, "n", "big")
+                    await trio.sleep(2)
+                    gc.collect()
+                    held = tracemalloc.get_traced_memory()[0] - base
+                    calls.cancel_scope.cancel()
+            finally:
+                tracemalloc.stop()
+        assert held < 64 * 2 * len(value) + (16 << 20), held >> 20  # (an answer, its frame)
+        nursery.cancel_scope.cancel()
