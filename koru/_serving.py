@@ -24,6 +24,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import Token
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from koru.nursery import NoFeeds, StreamFailed
 from ._api import DatabaseAPI, SpaceAPI
 from ._reads import ANSWER_BYTES
 from ._remote_codec import pack, pack_error, unpack
-from ._subscriptions import DEFAULT_BUFFER
+from ._subscriptions import DEFAULT_BUFFER, QUEUE_SHARE, QueueShare
 
 if TYPE_CHECKING:
     from ._authorized import AuthorizedDatabase
@@ -225,6 +226,9 @@ class ClientEndpoint(NoFeeds):
         self._served = served
         self._spaces: dict[tuple[str, str], Any] = {}
         self._streams = 0
+        #: What this connection's subscriptions hold queued, together: bounded as one's
+        #: (and all connections' together: the database's hub's share).
+        self._queue_share = QueueShare(handle._db._hub.served)
 
     # -- calls -------------------------------------------------------------------------
 
@@ -329,14 +333,19 @@ class ClientEndpoint(NoFeeds):
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         self._streams += 1
+        # The subscription opened counts what it queues against the connection's share.
+        share: list[Token[QueueShare | None]] = [QUEUE_SHARE.set(self._queue_share)]
         try:
             async with opener(*args, **kwargs) as changes:
+                QUEUE_SHARE.reset(share.pop())
                 yield _Packed(changes, changes.start)
         except KoruError as exc:
             raise StreamFailed(pack_error(exc)) from None
         except TypeError as exc:
             raise StreamFailed(pack_error(InvalidArgumentError(f"subscribe(): {exc}"))) from None
         finally:
+            if share:
+                QUEUE_SHARE.reset(share.pop())
             self._streams -= 1
 
 

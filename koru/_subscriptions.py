@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple, NoReturn
 
 import cbor2
@@ -73,6 +74,10 @@ _WRITE_BYTES = 256
 #: was accepted and bounded nothing; h-subck). Their values' bytes are bounded too
 #: (``MAX_QUEUED_BYTES``).
 MAX_BUFFER = 10_000_000
+#: The most bytes queued for all the subscriptions of a database's served client
+#: connections together (see :class:`QueueShare`); past it, a subscription of a
+#: connection holding something queued is cut off (one holding nothing gets its event).
+MAX_SERVED_QUEUED_BYTES = 256 << 20
 _RECORD = _REC.size
 _WID = 24  # where the write id sits in a packed version record
 #: The most keys, and version records in all, whose histories a hub keeps prepared
@@ -125,6 +130,38 @@ def _bytes(writes: Iterable[Any]) -> int:
     )
 
 
+class QueueShare:
+    """The bytes queued for several subscriptions together: a served client
+    connection's (bounded as one subscriber's are, ``MAX_QUEUED_BYTES``), counted in
+    its ``parent``, all the served connections' of a database (bounded by
+    ``MAX_SERVED_QUEUED_BYTES``). Why: a client that never read opened its
+    subscriptions one after another, each filled with other events than the last
+    before being cut off, and its connection pinned one bound per subscription (64 x
+    128 MiB); many connections, one bound per connection."""
+
+    __slots__ = ("parent", "queued")
+
+    def __init__(self, parent: QueueShare | None = None) -> None:
+        self.queued = 0
+        self.parent = parent
+
+    def over(self, size: int) -> bool:
+        """True if ``size`` bytes more would take it (or its parent) past its bound."""
+        if self.parent is None:
+            return self.queued + size > MAX_SERVED_QUEUED_BYTES
+        return self.queued + size > MAX_QUEUED_BYTES or self.parent.over(size)
+
+    def add(self, size: int) -> None:
+        self.queued += size
+        if self.parent is not None:
+            self.parent.add(size)
+
+
+#: The share the subscriptions opened in this context count against (None: each its
+#: own bound).
+QUEUE_SHARE: ContextVar[QueueShare | None] = ContextVar("QUEUE_SHARE", default=None)
+
+
 class Subscription:
     """The changes one subscriber asked for (an async iterator)."""
 
@@ -153,6 +190,7 @@ class Subscription:
         self._send, self._receive = trio.open_memory_channel[Item](buffer)
         #: The bytes the queued events' writes hold.
         self._queued = 0
+        self._share = QUEUE_SHARE.get()
         self._ready: list[KeyChange] = []
         #: Position of the first event not queued, once cut off.
         self.lagged_at: int | None = None
@@ -167,8 +205,12 @@ class Subscription:
     def push(self, item: Item) -> bool:
         """Queue an event without waiting; False if the subscriber was cut off."""
         try:
-            queued = self._queued + item[4]
-            if queued > MAX_QUEUED_BYTES and self._queued:
+            share = self._share
+            if share is None:
+                held, over = self._queued, self._queued + item[4] > MAX_QUEUED_BYTES
+            else:
+                held, over = share.queued, share.over(item[4])
+            if over and held:
                 raise trio.WouldBlock
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -177,8 +219,21 @@ class Subscription:
             return False
         except trio.ClosedResourceError:
             return False
-        self._queued = queued
+        self._queued += item[4]
+        if share is not None:
+            share.add(item[4])
         return True
+
+    def _took(self, size: int) -> None:
+        self._queued -= size
+        if self._share is not None:
+            self._share.add(-size)
+
+    def release(self) -> None:
+        """Give back its share of what it holds queued (it ended: no more reads)."""
+        if self._share is not None:
+            self._share.add(-self._queued)
+            self._share = None
 
     def end(self) -> None:
         """No more events (the database closed, or the subscription ended)."""
@@ -214,12 +269,12 @@ class Subscription:
                     item = self._receive.receive_nowait()
                 except trio.WouldBlock:
                     item = await self._next_item()
-                    self._queued -= item[4]
+                    self._took(item[4])
                     self._take(item)
                 except trio.EndOfChannel:
                     self._ended()
                 else:
-                    self._queued -= item[4]
+                    self._took(item[4])
                     self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
@@ -300,6 +355,8 @@ class Hub:
         self._histories: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
         self._history_records = 0  # records in those histories
         self.subscriptions: list[Subscription] = []
+        #: What the subscriptions of served client connections hold queued, together.
+        self.served = QueueShare()
         self.closed = False
 
     # -- the write path ---------------------------------------------------------------
@@ -531,6 +588,7 @@ class Hub:
             if sub in self.subscriptions:
                 self.subscriptions.remove(sub)
             sub.end()
+            sub.release()
 
 
 def _earliest_after(locations: list[int]) -> list[float]:

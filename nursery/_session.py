@@ -46,8 +46,9 @@ __all__ = ["Endpoint", "Handshake", "NoFeeds", "SessionEnd", "StreamFailed", "ru
 log = logging.getLogger("koru.peers")
 
 
-#: A client's calls answered at once on one connection, and the bytes of their
-#: requests at most (one call of any size is always taken).
+#: A client's calls answered at once on one connection (an answer not yet sent counts),
+#: and the bytes of their requests and answers at most (one call of any size is always
+#: taken).
 MAX_CALLS_IN_FLIGHT = 64
 MAX_CALL_BYTES = 128 * 1024 * 1024
 
@@ -357,11 +358,18 @@ class _Runner:
             finally:
                 self._release(held)
             return
+        held = [len(payload)]
         try:
             answer = await self.endpoint.serve(payload[1:])
+            # Its share is kept until its answer is sent, and the answer's bytes count
+            # with the requests': a client that sent calls and never read their answers
+            # had an answer wait per request it sent (the reader read on), not per call
+            # in flight.
+            self.call_bytes += len(answer)
+            held[0] += len(answer)
+            await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
-            self._release([len(payload)])
-        await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
+            self._release(held)
 
     def _release(self, held: list[int]) -> None:
         """Give back a call's share of the bounds (once: ``held`` is emptied)."""

@@ -4,6 +4,8 @@ crowd does and asserts what must hold for the server and its honest clients."""
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 import trio
@@ -47,4 +49,273 @@ async def test_a_client_past_the_connection_bound_is_refused_at_once_not_left_wa
         with trio.fail_after(8):  # the slot came back: the second client connects
             async with koru.connect(f"127.0.0.1:{port}", second) as now:
                 assert await now.get("n", "k") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_never_reads_its_subscriptions_holds_a_bounded_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack: a client that never reads its socket sends a subscription request, lets
+    the server write until that subscription's queue is full (cut off, but its queue
+    kept until it is read: the session's task for it is blocked sending to the
+    client), then sends the next one, and so on up to the 64 a connection may hold.
+    Each server-side queue is bounded (``MAX_QUEUED_BYTES``, 128 MiB), but each holds
+    other events than the last: together one connection pinned 64 times the bound
+    (8 GiB), and many connections as many times more. Must hold: what the server's
+    subscriptions for one connection keep queued, all together, stays within about
+    one subscription's bound (here patched to 1 MiB), not one bound per stream."""
+    import gc
+    import tracemalloc
+
+    import koru._serving as serving
+    import koru._subscriptions as subscriptions
+    from koru._remote_codec import pack
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    streams = 16
+    async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        endpoint = serving.ClientEndpoint(
+            db.as_identity(who.public_key), who.public_key, "x", serving.ServedCalls()
+        )
+        payload = pack([None, "subscribe", ["big"], {}])
+        value = "x" * (128 << 10)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with AsyncExitStack() as stack:
+                base = tracemalloc.get_traced_memory()[0]
+                written = 0
+                for _ in range(streams):  # opened one after another, never read
+                    await stack.enter_async_context(endpoint.stream(payload))
+                    for _ in range(9):  # past this subscription's bound: it is cut off
+                        await db.put("big", f"k{written}", value)
+                        written += 1
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert held <= 4 * bound, held  # 16 streams: about 16 MiB
+        assert endpoint._queue_share.queued == 0  # all given back once they ended
+
+
+async def test_connections_that_never_read_their_subscriptions_hold_a_bounded_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack: as above, but with one subscription on each of many connections (up to
+    1,024 of them), opened one after another, each filled with other events than the
+    last. Each connection's queues are bounded (``MAX_QUEUED_BYTES``), but together
+    they pinned one bound per connection (1,024 x 128 MiB). Must hold: what the
+    server's subscriptions for all its clients keep queued stays within
+    ``MAX_SERVED_QUEUED_BYTES`` (here patched to 2 MiB) and about an event per
+    connection."""
+    import gc
+    import tracemalloc
+
+    import koru._serving as serving
+    import koru._subscriptions as subscriptions
+    from koru._remote_codec import pack
+
+    bound = 1 << 20
+    monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
+    monkeypatch.setattr(subscriptions, "MAX_SERVED_QUEUED_BYTES", 2 * bound)
+    async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        payload = pack([None, "subscribe", ["big"], {}])
+        value = "x" * (128 << 10)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with AsyncExitStack() as stack:
+                base = tracemalloc.get_traced_memory()[0]
+                written = 0
+                for _ in range(16):  # a connection each, opened one after another
+                    endpoint = serving.ClientEndpoint(
+                        db.as_identity(who.public_key), who.public_key, "x", db._served_calls()
+                    )
+                    await stack.enter_async_context(endpoint.stream(payload))
+                    for _ in range(9):  # past this subscription's bound: it is cut off
+                        await db.put("big", f"k{written}", value)
+                        written += 1
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert held <= 2 * bound + 16 * len(value) + bound, held  # 16 connections: 16 MiB
+        assert db._hub.served.queued == 0  # all given back once they ended
+
+
+# -- what held: regressions for attacks the server withstood ----------------------------------
+
+
+def _tasks() -> int:
+    """Every task running now (the client's and the server's: one process)."""
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        count += 1
+        pending += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return count
+
+
+async def test_clients_dropped_mid_message_mid_calls_and_mid_stream_leave_nothing_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: clients that vanish abruptly: one leaves 8 MiB of a message half sent
+    and its socket is torn down; one is cancelled with 200 writes in flight; one is
+    cancelled while the server streams its subscription changes. Must hold: the
+    server's budget of bytes partly received goes back to 0, no task is left behind,
+    no subscription stays in the hub, and another client is served throughout."""
+    from wsproto.events import BytesMessage
+
+    import koru.nursery._transport as transport
+
+    budgets: list[transport.PendingBudget] = []
+
+    class Recorded(transport.PendingBudget):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            budgets.append(self)
+
+    monkeypatch.setattr(transport, "PendingBudget", Recorded)
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["admin"])
+        await db.put("n", "k", 1)
+        async with koru.connect(f"127.0.0.1:{port}", who) as good:
+            assert await good.get("n", "k") == 1
+            await trio.sleep(0.1)
+            [budget] = budgets
+            before = _tasks()
+            with trio.fail_after(10):
+                async with koru.connect(f"127.0.0.1:{port}", who) as bad:
+                    await bad.get("n", "k")
+                    ws = bad._link._runner.conn._ws
+                    half = BytesMessage(data=b"x" * (8 << 20), message_finished=False)
+                    await ws._stream.send_all(ws._wsproto.send(half))
+                    while budget.used < 8 << 20:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                    await trio.aclose_forcefully(ws._stream)
+                    await trio.sleep(0.2)
+                with trio.move_on_after(0.3):
+                    async with (
+                        koru.connect(f"127.0.0.1:{port}", who) as bad,
+                        trio.open_nursery() as calls,
+                    ):
+                        for i in range(200):
+                            calls.start_soon(bad.put, "n", f"b{i}", "y" * 100_000)
+                with trio.move_on_after(0.5):
+                    async with (
+                        koru.connect(f"127.0.0.1:{port}", who) as bad,
+                        bad.subscribe("s") as changes,
+                    ):
+
+                        async def write() -> None:
+                            for i in range(500):
+                                await db.put("s", f"k{i}", "z" * 10_000)
+
+                        nursery.start_soon(write)
+                        async for _ in changes:
+                            assert await good.get("n", "k") == 1
+                while _tasks() > before or budget.used or db._hub.subscriptions:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                assert await good.get("n", "k") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_flooding_calls_does_not_starve_another_clients_get() -> None:
+    """Attack: one client floods the server from 4 connections, 100 calls in flight on
+    each (writes of 10 KB and listings), as fast as it is answered. Must hold: another
+    client's single ``get`` is answered within a second (about 30 ms here)."""
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        flooder, other = koru.Identity.mine(DIFFICULTY), koru.Identity.mine(DIFFICULTY)
+        for who in (flooder, other):
+            await db.register(who.public)
+            await db.grant(who.public, actions=["read", "write"])
+        await db.put("n", "k", 1)
+        calls = [0]
+
+        async def flood(remote: koru.RemoteDatabase, i: int) -> None:
+            while True:
+                if i % 2:
+                    await remote.put("n", f"f{i}", "y" * 10_000)
+                else:
+                    await remote.keys("n")
+                calls[0] += 1
+
+        async def connection() -> None:
+            async with (
+                koru.connect(f"127.0.0.1:{port}", flooder) as remote,
+                trio.open_nursery() as inner,
+            ):
+                for i in range(100):
+                    inner.start_soon(flood, remote, i)
+
+        async with koru.connect(f"127.0.0.1:{port}", other) as remote:
+            for _ in range(4):
+                nursery.start_soon(connection)
+            while calls[0] < 2000:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            for _ in range(5):
+                began = time.monotonic()
+                with trio.fail_after(10):
+                    assert await remote.get("n", "k") == 1
+                assert time.monotonic() - began < 1.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_sends_calls_and_never_reads_their_answers_holds_few_of_them() -> None:
+    """Attack: a client sends ``get`` after ``get`` of a 256 KiB value and never reads
+    its socket. A call gave back its share of the connection's bounds (64 calls in
+    flight, 128 MiB of requests) once answered, before its answer was sent: the
+    answer then waited for the blocked socket, and the server read the next request,
+    so one connection piled up an answer per request it sent (400 here, 200 MiB;
+    the rate limit, 5,000 a second, for the idle timeout, 60 s: 300,000 answers).
+    Must hold: the answers waiting to be sent are bounded per connection (at most
+    the calls in flight, 64)."""
+    import gc
+    import tracemalloc
+
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = koru.Identity.mine(DIFFICULTY)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read"])
+        value = "x" * (256 << 10)
+        await db.put("n", "big", value)
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            assert await remote.get("n", "big") == value
+            remote._link._runner.conn.receive = trio.sleep_forever  # type: ignore[method-assign]
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                async with trio.open_nursery() as calls:
+                    for _ in range(400):
+                        calls.start_soon(remote.get, "n", "big")
+                    await trio.sleep(2)
+                    gc.collect()
+                    held = tracemalloc.get_traced_memory()[0] - base
+                    calls.cancel_scope.cancel()
+            finally:
+                tracemalloc.stop()
+        assert held < 64 * 2 * len(value) + (16 << 20), held >> 20  # (an answer, its frame)
         nursery.cancel_scope.cancel()
