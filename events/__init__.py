@@ -4,9 +4,9 @@ Everything here is synchronous and free of trio: the database layer above decide
 to append, flush and sync.
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+
+from ._lazy import lazy_names as _lazy_names
 
 if _TYPE_CHECKING:
     from ._auth_events import IDENTITY as IDENTITY
@@ -369,19 +369,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 __all__ = [
     "FLAT_LISTS",
     "RemoteFailureError",
@@ -561,3 +548,5 @@ __all__ = [
     "action_names",
     "actions_of",
 ]
+
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals(), __all__)

@@ -4,9 +4,9 @@ No I/O, no clock, no trio: the same events in, the same state out, whatever orde
 peers delivered them in.
 """
 
-import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
+
+from koru.events._lazy import lazy_names as _lazy_names
 
 if _TYPE_CHECKING:
     from ._auth import AuthState as AuthState
@@ -114,19 +114,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> _Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 __all__ = [
     "CHECKPOINT_FILE",
     "CHUNK",
@@ -178,3 +165,5 @@ __all__ = [
     "VectorState",
     "state_digest",
 ]
+
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals(), __all__)

@@ -17,6 +17,45 @@ from koru.nursery import Limits
 DIFFICULTY = 4
 
 
+async def _member(db: Any, actions: list[str]) -> koru.Identity:
+    """A new identity, registered and granted ``actions`` on everything."""
+    who = koru.Identity.mine(DIFFICULTY)
+    await db.register(who.public)
+    await db.grant(who.public, actions=actions)
+    return who
+
+
+_VALUE = 128 << 10  # bytes of each value written past unread subscriptions
+
+
+async def _held_by_unread_streams(db: Any, endpoints: list[Any]) -> int:
+    """Bytes still held (tracemalloc) after a subscription of namespace ``big`` is
+    opened on each endpoint in turn, never read, and 9 values of ``_VALUE`` bytes are
+    written after each (past a 1 MiB bound: each is cut off in turn)."""
+    import gc
+    import tracemalloc
+
+    from koru._remote_codec import pack
+
+    payload = pack([None, "subscribe", ["big"], {}])
+    value = "x" * _VALUE
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with AsyncExitStack() as stack:
+            base = tracemalloc.get_traced_memory()[0]
+            written = 0
+            for endpoint in endpoints:
+                await stack.enter_async_context(endpoint.stream(payload))
+                for _ in range(9):
+                    await db.put("big", f"k{written}", value)
+                    written += 1
+            gc.collect()
+            return int(tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+
+
 async def test_a_client_past_the_connection_bound_is_refused_at_once_not_left_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -34,10 +73,7 @@ async def test_a_client_past_the_connection_bound_is_refused_at_once_not_left_wa
     ):
         db.peer_limits = Limits(max_connections=1)
         port = await nursery.start(db.serve, "127.0.0.1", 0)
-        first, second = koru.Identity.mine(DIFFICULTY), koru.Identity.mine(DIFFICULTY)
-        for who in (first, second):
-            await db.register(who.public)
-            await db.grant(who.public, actions=["read", "write"])
+        first, second = await _member(db, ["read", "write"]), await _member(db, ["read", "write"])
         async with koru.connect(f"127.0.0.1:{port}", first) as held:
             await held.put("n", "k", 1)
             began = time.monotonic()
@@ -64,40 +100,19 @@ async def test_a_connection_that_never_reads_its_subscriptions_holds_a_bounded_t
     (8 GiB), and many connections as many times more. Must hold: what the server's
     subscriptions for one connection keep queued, all together, stays within about
     one subscription's bound (here patched to 1 MiB), not one bound per stream."""
-    import gc
-    import tracemalloc
 
     import koru._serving as serving
     import koru._subscriptions as subscriptions
-    from koru._remote_codec import pack
 
     bound = 1 << 20
     monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
     streams = 16
     async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
-        who = koru.Identity.mine(DIFFICULTY)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
+        who = await _member(db, ["read", "write"])
         endpoint = serving.ClientEndpoint(
             db.as_identity(who.public_key), who.public_key, "x", serving.ServedCalls()
         )
-        payload = pack([None, "subscribe", ["big"], {}])
-        value = "x" * (128 << 10)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            async with AsyncExitStack() as stack:
-                base = tracemalloc.get_traced_memory()[0]
-                written = 0
-                for _ in range(streams):  # opened one after another, never read
-                    await stack.enter_async_context(endpoint.stream(payload))
-                    for _ in range(9):  # past this subscription's bound: it is cut off
-                        await db.put("big", f"k{written}", value)
-                        written += 1
-                gc.collect()
-                held = tracemalloc.get_traced_memory()[0] - base
-        finally:
-            tracemalloc.stop()
+        held = await _held_by_unread_streams(db, [endpoint] * streams)
         assert held <= 4 * bound, held  # 16 streams: about 16 MiB
         assert endpoint._queue_share.queued == 0  # all given back once they ended
 
@@ -112,41 +127,23 @@ async def test_connections_that_never_read_their_subscriptions_hold_a_bounded_to
     server's subscriptions for all its clients keep queued stays within
     ``MAX_SERVED_QUEUED_BYTES`` (here patched to 2 MiB) and about an event per
     connection."""
-    import gc
-    import tracemalloc
 
     import koru._serving as serving
     import koru._subscriptions as subscriptions
-    from koru._remote_codec import pack
 
     bound = 1 << 20
     monkeypatch.setattr(subscriptions, "MAX_QUEUED_BYTES", bound)
     monkeypatch.setattr(subscriptions, "MAX_SERVED_QUEUED_BYTES", 2 * bound)
     async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
-        who = koru.Identity.mine(DIFFICULTY)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
-        payload = pack([None, "subscribe", ["big"], {}])
-        value = "x" * (128 << 10)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            async with AsyncExitStack() as stack:
-                base = tracemalloc.get_traced_memory()[0]
-                written = 0
-                for _ in range(16):  # a connection each, opened one after another
-                    endpoint = serving.ClientEndpoint(
-                        db.as_identity(who.public_key), who.public_key, "x", db._served_calls()
-                    )
-                    await stack.enter_async_context(endpoint.stream(payload))
-                    for _ in range(9):  # past this subscription's bound: it is cut off
-                        await db.put("big", f"k{written}", value)
-                        written += 1
-                gc.collect()
-                held = tracemalloc.get_traced_memory()[0] - base
-        finally:
-            tracemalloc.stop()
-        assert held <= 2 * bound + 16 * len(value) + bound, held  # 16 connections: 16 MiB
+        who = await _member(db, ["read", "write"])
+        endpoints = [  # a connection each, opened one after another
+            serving.ClientEndpoint(
+                db.as_identity(who.public_key), who.public_key, "x", db._served_calls()
+            )
+            for _ in range(16)
+        ]
+        held = await _held_by_unread_streams(db, endpoints)
+        assert held <= 2 * bound + 16 * _VALUE + bound, held  # 16 connections: 16 MiB
         assert db._hub.served.queued == 0  # all given back once they ended
 
 
@@ -189,9 +186,7 @@ async def test_clients_dropped_mid_message_mid_calls_and_mid_stream_leave_nothin
         trio.open_nursery() as nursery,
     ):
         port = await nursery.start(db.serve, "127.0.0.1", 0)
-        who = koru.Identity.mine(DIFFICULTY)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["admin"])
+        who = await _member(db, ["admin"])
         await db.put("n", "k", 1)
         async with koru.connect(f"127.0.0.1:{port}", who) as good:
             assert await good.get("n", "k") == 1
@@ -243,10 +238,7 @@ async def test_a_client_flooding_calls_does_not_starve_another_clients_get() -> 
         trio.open_nursery() as nursery,
     ):
         port = await nursery.start(db.serve, "127.0.0.1", 0)
-        flooder, other = koru.Identity.mine(DIFFICULTY), koru.Identity.mine(DIFFICULTY)
-        for who in (flooder, other):
-            await db.register(who.public)
-            await db.grant(who.public, actions=["read", "write"])
+        flooder, other = await _member(db, ["read", "write"]), await _member(db, ["read", "write"])
         await db.put("n", "k", 1)
         calls = [0]
 
@@ -296,9 +288,7 @@ async def test_a_client_that_sends_calls_and_never_reads_their_answers_holds_few
         trio.open_nursery() as nursery,
     ):
         port = await nursery.start(db.serve, "127.0.0.1", 0)
-        who = koru.Identity.mine(DIFFICULTY)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read"])
+        who = await _member(db, ["read"])
         value = "x" * (256 << 10)
         await db.put("n", "big", value)
         async with koru.connect(f"127.0.0.1:{port}", who) as remote:
