@@ -139,11 +139,13 @@ class QueueShare:
     before being cut off, and its connection pinned one bound per subscription (64 x
     128 MiB); many connections, one bound per connection."""
 
-    __slots__ = ("parent", "queued")
+    __slots__ = ("parent", "queued", "streams")
 
     def __init__(self, parent: QueueShare | None = None) -> None:
         self.queued = 0
         self.parent = parent
+        #: The subscriptions counted in it, open now.
+        self.streams = 0
 
     def over(self, size: int) -> bool:
         """True if ``size`` bytes more would take it (or its parent) past its bound."""

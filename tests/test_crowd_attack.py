@@ -147,6 +147,42 @@ async def test_connections_that_never_read_their_subscriptions_hold_a_bounded_to
         assert db._hub.served.queued == 0  # all given back once they ended
 
 
+async def test_the_subscriptions_a_server_serves_at_once_are_bounded_in_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Attack: a reader opens the 64 subscriptions a connection may hold on each of
+    many connections (1,024: 65,536 subscriptions). Every write is pushed to every
+    subscription on the writer's path, about 0.7 µs each: 47 ms a put. Must hold: past
+    ``MAX_SERVED_STREAMS`` (patched to 3 here) a subscription is refused, typed, on any
+    connection; one ending makes room for the next."""
+    import koru._serving as serving
+    from koru._remote_codec import pack
+    from koru.nursery import StreamFailed
+
+    monkeypatch.setattr(serving, "MAX_SERVED_STREAMS", 3)
+    async with koru.open(str(tmp_path / "db"), difficulty=DIFFICULTY) as db:
+        who = await _member(db, ["read"])
+        endpoints = [
+            serving.ClientEndpoint(
+                db.as_identity(who.public_key), who.public_key, "x", db._served_calls()
+            )
+            for _ in range(3)
+        ]
+        payload = pack([None, "subscribe", ["n"], {}])
+        async with AsyncExitStack() as stack:
+            first = AsyncExitStack()
+            await first.enter_async_context(endpoints[0].stream(payload))
+            await stack.enter_async_context(endpoints[1].stream(payload))
+            await stack.enter_async_context(endpoints[1].stream(payload))
+            for endpoint in endpoints:  # a fourth: refused, whichever connection asks
+                with pytest.raises(StreamFailed):
+                    await stack.enter_async_context(endpoint.stream(payload))
+            await first.aclose()
+            await stack.enter_async_context(endpoints[2].stream(payload))  # room again
+            assert db._hub.served.streams == 3
+        assert db._hub.served.streams == 0
+
+
 # -- what held: regressions for attacks the server withstood ----------------------------------
 
 
