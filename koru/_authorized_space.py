@@ -57,6 +57,11 @@ EVERYTHING = "*"
 NAMES = {READ: "read", WRITE: "write", ADMIN: "administer", READ | WRITE | ADMIN: "use"}
 
 
+#: The most keys named one by one (no wildcard) in an identity's grants on a namespace
+#: that its ``keys()`` looks up one by one rather than walking the namespace.
+_NAMED_KEYS = 1024
+
+
 class AuthorizedSpace:
     """One space (the default one or a workspace) as seen by one identity."""
 
@@ -359,8 +364,21 @@ class AuthorizedSpace:
         stored, scopes = self._stored(namespace), self._scopes()
         if not whole:
             check_name(namespace, "namespace")  # the typed error every call gives
-            if not any(s.actions & READ and s.namespace.match(stored) for s in scopes.scopes):
+            reading = [s for s in scopes.scopes if s.actions & READ and s.namespace.match(stored)]
+            if not reading:
                 return []  # no key of it readable: not read (nor timed by its size)
+            named = {s.key.pattern for s in reading}
+            if len(named) <= _NAMED_KEYS and not any("*" in k or "?" in k for k in named):
+                # Only keys named one by one: each looked up, the namespace not walked
+                # (it was, with a check per key: 300 ms for 300,000 keys a request).
+                found = []
+                for key in sorted(named, key=str.encode):
+                    try:
+                        if await self._target.contains(namespace, key):
+                            found.append(key)
+                    except InvalidDataError:
+                        pass  # (a name no key can have)
+                return budgeted("keys", found, listed_bytes, KEYS_LESS)
         with nullcontext() if whole else visible_only(self._visible()):
             keys = await self._target.keys(namespace)
         kept = (k for k in keys if scopes.allows(READ, stored, k))

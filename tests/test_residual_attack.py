@@ -168,3 +168,40 @@ async def test_whole_messages_a_connection_has_not_taken_count_against_the_pendi
             await trio.sleep(0.4)
         assert held() <= limit, (held(), len(watched))
         nursery.cancel_scope.cancel()
+
+
+async def test_keys_for_a_client_granted_keys_one_by_one_looks_them_up_not_the_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: a client that may read one key of a namespace of 300,000 asks ``keys``
+    of it at every request; the server walked every key of the namespace with a
+    capability check each (about 300 ms a request), for an answer of one name. Must
+    hold: when its grants on the namespace name keys one by one (no wildcard), those
+    keys are looked up and the namespace is not walked; the answer is what a walk
+    gives: the named keys with a current value, in order (deleted and absent ones not
+    listed)."""
+    from koru.projections import KvState
+
+    async with koru.open(":memory:", difficulty=4, checkpoint_every=10**9) as db:
+        await db.put_batch([("big", f"key-{i:09d}", i) for i in range(5000)])
+        await db.delete("big", "key-000000007")
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        for key in ["key-000000003", "key-000000001", "key-000000007", "never-written"]:
+            await db.grant(who.public, actions="read", namespace="big", key=key)
+        handle = db.as_identity(who)
+
+        def walked(*args: Any) -> Any:
+            raise AssertionError("the namespace was walked")
+
+        monkeypatch.setattr(KvState, "items", walked)
+        bounded = ANSWER_BYTES.set(64 << 20)  # as a served call is
+        try:
+            assert await handle.keys("big") == ["key-000000001", "key-000000003"]
+        finally:
+            ANSWER_BYTES.reset(bounded)
+        monkeypatch.undo()
+        # A glob among its grants: the namespace is walked, with the same kind of answer.
+        await db.grant(who.public, actions="read", namespace="big", key="key-00000001*")
+        got = await db.as_identity(who).keys("big")
+        assert got == ["key-000000001", "key-000000003"] + [f"key-00000001{d}" for d in range(10)]
