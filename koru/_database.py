@@ -165,7 +165,6 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             store=store,
             life=self._life,
             max_value_size=max_value_size,
-            node_hex=self._node_hex,
         )
         self._embedder = HashingEmbedder() if embedder is None else embedder
         self._reads = KeyReads(self._kv, self._values, self._writer.read_time)

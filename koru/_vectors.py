@@ -167,14 +167,12 @@ class Vectors:
         store: LogStore,
         life: Lifecycle,
         max_value_size: int,
-        node_hex: str,
     ) -> None:
         self._writer = writer
         self._state = state
         self._store = store
         self._life = life
         self._max_value_size = max_value_size
-        self._node_hex = node_hex
         #: Groups whose index is being trained now (one training per group at a time).
         self._training: set[tuple[str, str, int]] = set()
 
@@ -221,7 +219,7 @@ class Vectors:
             raw = encode_event(event)
             eid = event_id(raw)
             writer.write(event, raw, eid)
-            return self._version(
+            return self._writer.version_of(
                 namespace, key, eid, blake3.blake3(data).digest(), event.hlc, previous
             )
 
@@ -237,27 +235,7 @@ class Vectors:
         event, eid = self._writer.emit(
             VECTOR, lambda h: UnembedEvent(*h, namespace, key, current[0])
         )
-        return self._version(namespace, key, eid, None, event.hlc, current[0])
-
-    def _version(
-        self,
-        namespace: str,
-        key: str,
-        eid: bytes,
-        cid: bytes | None,
-        hlc: int,
-        previous: bytes | None,
-    ) -> Version:
-        return Version(
-            namespace,
-            key,
-            eid.hex(),
-            None if cid is None else cid.hex(),
-            hlc,
-            None if previous is None else previous.hex(),
-            self._node_hex,
-            cid is None,
-        )
+        return self._writer.version_of(namespace, key, eid, None, event.hlc, current[0])
 
     # -- searches ------------------------------------------------------------------------
 

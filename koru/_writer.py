@@ -389,7 +389,7 @@ class Writer:
         eid = event_id(encoded)
         self.write(event, encoded, eid, cids=(cid,))  # the fold takes the content id
         self._cache.put(cid, data)
-        return self._version(namespace, key, eid, cid, event.hlc, previous, expires)
+        return self.version_of(namespace, key, eid, cid, event.hlc, previous, expires)
 
     def put_plain(
         self,
@@ -528,7 +528,7 @@ class Writer:
         self.write(event, encoded, eid, cids=cids, wids=wids)  # the fold takes the ids
         if joined:
             self.checkpointer.note_joined(len(writes) - 1)
-        cache_put, version, hlc = self._cache.put, self._version, header[4]
+        cache_put, version, hlc = self._cache.put, self.version_of, header[4]
         versions = []
         for w, cid, wid in zip(writes, cids, wids, strict=True):
             cache_put(cid, cast(bytes, w.value))
@@ -657,7 +657,7 @@ class Writer:
             raise KeyNotFoundError(namespace, key)
         event = DeleteEvent(*self._header(), namespace, key, cur.write_id)
         eid = self._append(event)
-        return self._version(namespace, key, eid, None, event.hlc, cur.write_id)
+        return self.version_of(namespace, key, eid, None, event.hlc, cur.write_id)
 
     # -- events from elsewhere -----------------------------------------------------------
 
@@ -744,7 +744,7 @@ class Writer:
         floor = self._read_floor = max(self.now(), self.hlc.last, self._read_floor)
         return floor
 
-    def _version(
+    def version_of(
         self,
         namespace: str,
         key: str,

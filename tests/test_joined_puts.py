@@ -209,6 +209,26 @@ class _SlowRecordingDisk(OsDisk):
         assert await trio.to_thread.run_sync(self.entered.wait, 10)
 
 
+class _Puts:
+    """Concurrent puts' outcomes, by key: ``outcomes`` (its Version, or the KoruError
+    it raised), ``acked`` (the value of each put acknowledged) and ``failed`` (the
+    errors, in the order they came)."""
+
+    def __init__(self, namespace: str = "ns") -> None:
+        self.namespace = namespace
+        self.outcomes: dict[str, Any] = {}
+        self.acked: dict[str, Any] = {}
+        self.failed: list[koru.KoruError] = []
+
+    async def put(self, db: koru.Database, key: str, value: Any) -> None:
+        try:
+            self.outcomes[key] = await db.put(self.namespace, key, value)
+            self.acked[key] = value
+        except koru.KoruError as exc:
+            self.outcomes[key] = exc
+            self.failed.append(exc)
+
+
 async def _slow(tmp_path: Path) -> tuple[_SlowRecordingDisk, Any]:
     disk = _SlowRecordingDisk()
     return disk, koru.open(tmp_path / "db", sync="always", disk=disk)
@@ -440,13 +460,7 @@ async def test_puts_waiting_for_a_round_when_the_handle_dies_fail_unwritten(
     for it: each fails typed (``DatabaseClosedError``) and none is written, in a file
     database or in memory (whose store has no closed state of its own)."""
     path = ":memory:" if where == "memory" else tmp_path / "db"
-    outcomes: dict[int, Any] = {}
-
-    async def put(db: koru.Database, i: int) -> None:
-        try:
-            outcomes[i] = await db.put("ns", f"k{i}", i)
-        except koru.KoruError as exc:
-            outcomes[i] = exc
+    puts = _Puts()
 
     async with koru.open(path, sync="always") as db:
         await db.put("ns", "before", 0)
@@ -461,8 +475,10 @@ async def test_puts_waiting_for_a_round_when_the_handle_dies_fail_unwritten(
         committer.gather = dying
         async with trio.open_nursery() as nursery:
             for i in range(5):
-                nursery.start_soon(put, db, i)
-        assert all(isinstance(outcomes[i], koru.DatabaseClosedError) for i in range(5)), outcomes
+                nursery.start_soon(puts.put, db, f"k{i}", i)
+        assert all(
+            isinstance(puts.outcomes[f"k{i}"], koru.DatabaseClosedError) for i in range(5)
+        ), puts.outcomes
         stored = db._store.cursor("storage").count
     assert stored == 1  # only "before" in the log
 

@@ -22,7 +22,7 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_joined_puts import _SlowRecordingDisk
+from test_joined_puts import _Puts, _SlowRecordingDisk
 
 import koru
 from conftest import digest_of
@@ -78,21 +78,15 @@ async def test_puts_joined_when_a_dead_handle_closes_write_nothing_after_close(
     segment, unlocked) and acknowledged them. What must hold: each such put fails
     typed (KoruError), and nothing is written once the store is closed."""
     disk = _SlowDisk()
-    outcomes: dict[int, Any] = {}
-
-    async def put(db: koru.Database, i: int) -> None:
-        try:
-            outcomes[i] = await db.put("ns", f"k{i}", i)
-        except koru.KoruError as exc:
-            outcomes[i] = exc
+    puts = _Puts()
 
     async with koru.open(tmp_path / "db", sync="always", disk=disk) as db:
         await _warm(db)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(put, db, 0)  # leads a round: its sync in a thread
+            nursery.start_soon(puts.put, db, "k0", 0)  # leads a round: its sync in a thread
             await disk.hold()
             for i in range(1, 5):
-                nursery.start_soon(put, db, i)  # join the next round
+                nursery.start_soon(puts.put, db, f"k{i}", i)  # join the next round
             await trio.testing.wait_all_tasks_blocked()
             assert len(db._writer._joined) == 4
             db._die(RuntimeError("a background task failed"))
@@ -100,11 +94,11 @@ async def test_puts_joined_when_a_dead_handle_closes_write_nothing_after_close(
             await db.aclose()
             disk.closed = True
     assert disk.writes_after_close == 0
-    failed = [i for i in range(5) if isinstance(outcomes[i], koru.KoruError)]
-    assert set(range(1, 5)) <= set(failed), outcomes
+    failed = [i for i in range(5) if isinstance(puts.outcomes[f"k{i}"], koru.KoruError)]
+    assert set(range(1, 5)) <= set(failed), puts.outcomes
     async with koru.open(tmp_path / "db", sync="always") as db:
         for i in range(1, 5):  # (put 0 was appended before close: its outcome unknown)
-            assert not await db.contains("ns", f"k{i}"), (i, outcomes)
+            assert not await db.contains("ns", f"k{i}"), (i, puts.outcomes)
         digest = await db.digest()
     assert _replayed(tmp_path / "db") == digest
 
@@ -117,33 +111,27 @@ async def test_enospc_while_a_round_appends_its_batch_fails_every_put_of_it(
     fails typed after, every put acknowledged before is there after a reopen, and the
     reopened state equals a full replay."""
     disk = _SlowDisk(delay=0)
-    acked: dict[str, int] = {}
-    failed: list[BaseException] = []
-
-    async def put(db: koru.Database, key: str, i: int) -> None:
-        try:
-            await db.put("ns", key, i)
-            acked[key] = i
-        except koru.KoruError as exc:
-            failed.append(exc)
+    puts = _Puts()
 
     async with koru.open(tmp_path / "db", sync="always", disk=disk) as db:
         async with trio.open_nursery() as nursery:
             for i in range(8):
-                nursery.start_soon(put, db, f"a{i}", i)
-        assert len(acked) == 8
+                nursery.start_soon(puts.put, db, f"a{i}", i)
+        assert len(puts.acked) == 8
         disk.fail_write = True
         async with trio.open_nursery() as nursery:
             for i in range(8):
-                nursery.start_soon(put, db, f"b{i}", i)
-        assert len(failed) == 8 and all(isinstance(e, koru.DurabilityError) for e in failed)
+                nursery.start_soon(puts.put, db, f"b{i}", i)
+        assert len(puts.failed) == 8 and all(
+            isinstance(e, koru.DurabilityError) for e in puts.failed
+        )
         with pytest.raises(koru.KoruError):
             await db.put("ns", "later", 1)
         disk.fail_write = False
     async with koru.open(tmp_path / "db", sync="always") as db:
-        for key, value in acked.items():
+        for key, value in puts.acked.items():
             assert await db.get("ns", key) == value
-        assert sorted(await db.keys("ns")) == sorted(acked)
+        assert sorted(await db.keys("ns")) == sorted(puts.acked)
         digest = await db.digest()
     assert _replayed(tmp_path / "db") == digest
 
@@ -153,29 +141,21 @@ async def test_a_sync_failing_in_a_thread_fails_the_next_round_too(tmp_path: Pat
     What must hold: no put is acknowledged after the failure; the waiting puts fail
     typed; puts acknowledged before are there after a reopen."""
     disk = _SlowDisk()
-    acked: dict[str, int] = {}
-    failed: list[BaseException] = []
-
-    async def put(db: koru.Database, key: str, i: int) -> None:
-        try:
-            await db.put("ns", key, i)
-            acked[key] = i
-        except koru.KoruError as exc:
-            failed.append(exc)
+    puts = _Puts()
 
     async with koru.open(tmp_path / "db", sync="always", disk=disk) as db:
         await _warm(db)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(put, db, "lead", 0)
+            nursery.start_soon(puts.put, db, "lead", 0)
             await disk.hold()
             disk.fail_sync = True  # the sync running in the thread fails
             for i in range(6):
-                nursery.start_soon(put, db, f"w{i}", i)
+                nursery.start_soon(puts.put, db, f"w{i}", i)
             await trio.testing.wait_all_tasks_blocked()
             disk.gate.set()
-        assert "lead" not in acked and not any(k.startswith("w") for k in acked)
-        assert len(failed) == 7
-        assert all(isinstance(e, koru.DurabilityError) for e in failed)
+        assert "lead" not in puts.acked and not any(k.startswith("w") for k in puts.acked)
+        assert len(puts.failed) == 7
+        assert all(isinstance(e, koru.DurabilityError) for e in puts.failed)
         disk.fail_sync = False
     async with koru.open(tmp_path / "db", sync="always") as db:
         for i in range(3):
@@ -434,19 +414,13 @@ async def test_a_round_of_many_puts_with_long_names_stays_under_the_event_limit(
 
     n = MAX_EVENT_SIZE // (2 * MAX_NAME_BYTES) + 1000
     ns = "n" * MAX_NAME_BYTES
-    failed: list[BaseException] = []
-
-    async def put(db: koru.Database, i: int) -> None:
-        try:
-            await db.put(ns, f"{i:08d}".ljust(MAX_NAME_BYTES, "k"), 1)
-        except koru.KoruError as exc:
-            failed.append(exc)
+    puts = _Puts(ns)
 
     async with koru.open(tmp_path / "db", sync="always") as db:
         async with trio.open_nursery() as nursery:
             for i in range(n):
-                nursery.start_soon(put, db, i)
-        assert failed[:1] == []
+                nursery.start_soon(puts.put, db, f"{i:08d}".ljust(MAX_NAME_BYTES, "k"), 1)
+        assert puts.failed[:1] == []
         assert (await db.stats()).keys == n
 
 

@@ -1865,6 +1865,25 @@ def test_ctrl_c_in_a_group_commit_never_acknowledges_a_write_it_lost(
     _every_acknowledged_write_reads_back(tmp_path, acked)
 
 
+def _interrupt_once_after(monkeypatch: pytest.MonkeyPatch, method: str) -> list[bool]:
+    """Ctrl-C (SIGINT) raised once, right after the writer's ``method`` first returns
+    (handled before its caller's next line runs); the flag is cleared once it is."""
+    from koru._writer import Writer
+
+    original = getattr(Writer, method)
+    armed = [True]
+
+    def interrupted(self: Writer, *args: Any) -> Any:
+        done = original(self, *args)
+        if armed[0]:
+            armed[0] = False
+            signal.raise_signal(signal.SIGINT)
+        return done
+
+    monkeypatch.setattr(Writer, method, interrupted)
+    return armed
+
+
 def test_ctrl_c_just_after_a_put_joins_its_round_never_orphans_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None
 ) -> None:
@@ -1873,19 +1892,7 @@ def test_ctrl_c_just_after_a_put_joins_its_round_never_orphans_it(
     came out of the put at once, the value stayed queued with nobody to withdraw it,
     and the next round wrote a put whose caller had been told it failed. What must
     hold: the put is written if and only if it was acknowledged."""
-    from koru._writer import Writer
-
-    join = Writer.join
-    armed = [True]
-
-    def interrupted(self: Writer, *args: Any) -> Any:
-        joined = join(self, *args)
-        if armed[0]:
-            armed[0] = False
-            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
-        return joined
-
-    monkeypatch.setattr(Writer, "join", interrupted)
+    armed = _interrupt_once_after(monkeypatch, "join")
     acked: dict[str, int] = {}
     told: list[BaseException] = []
 
@@ -2032,19 +2039,7 @@ def test_ctrl_c_in_a_workspaces_first_write_never_leaves_it_uncreated(
     out of the write at once, and the workspace held a value while ``workspaces()``
     did not list it and ``drop_workspace`` refused it as unknown. What must hold: a
     workspace holding a value exists (listed, and droppable)."""
-    from koru._writer import Writer
-
-    write = getattr(Writer, call)
-    armed = [True]
-
-    def interrupted(self: Writer, *args: Any) -> Any:
-        done = write(self, *args)
-        if armed[0]:
-            armed[0] = False
-            signal.raise_signal(signal.SIGINT)  # handled before the next line runs
-        return done
-
-    monkeypatch.setattr(Writer, call, interrupted)
+    armed = _interrupt_once_after(monkeypatch, call)
 
     async def main() -> None:
         async with koru.open(tmp_path, processes=False) as db:
