@@ -132,6 +132,9 @@ def encode_flat(value: dict[Any, Any]) -> bytes | None:
                 if v < 24:
                     append(_SMALL[v])
                     continue
+                if v < 0x100:
+                    append(_B8(24, v))
+                    continue
                 if v > _HEAD_MAX:
                     return None
                 append(uint(v))

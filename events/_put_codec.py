@@ -33,6 +33,8 @@ _BODY_HEAD = b"\x84"  # the put body: an array of 4
 _TTL_BODY_HEAD = b"\x85"  # the put-ttl body: the same and expires
 _BYTES_HEADS = tuple(bytes((0x40 | i,)) for i in range(24))
 _TEXT_HEADS = tuple(bytes((0x60 | i,)) for i in range(24))
+_B8 = struct.Struct(">BB").pack
+_B32 = struct.Struct(">BI").pack
 _B64 = struct.Struct(">BQ").pack
 
 
@@ -94,7 +96,8 @@ class PutEncoder:
         n = len(value)
         # Inlined for the common shapes (one call each fewer): a key of ASCII text (as
         # check_name lets through without a closer look), ids of 32 bytes (every id
-        # this node's events carry), a timestamp of 8 bytes (every one since 1970).
+        # this node's events carry), a timestamp of 8 bytes (every one since 1970), a
+        # seq of 4 bytes (from the 65,536th event of a feed), a value under 256 bytes.
         k = len(key)
         if expires is None:
             prefix, body, tail = self._prefix, _BODY_HEAD, b""
@@ -105,13 +108,13 @@ class PutEncoder:
         data = b"".join(
             (
                 prefix,
-                uint(seq),
+                _B32(26, seq) if 0x10000 <= seq < 0x100000000 else uint(seq),
                 _NULL if prev is None else _ID_HEAD + prev if len(prev) == 32 else _id(prev),
                 _B64(27, hlc) if hlc >= 0x100000000 else uint(hlc),
                 body,
                 ns,
                 _TEXT_HEADS[k] + key.encode() if k < 24 and key.isascii() else text(key),
-                _BYTES_HEADS[n] if n < 24 else head(0x40, n),
+                _BYTES_HEADS[n] if n < 24 else _B8(0x58, n) if n < 0x100 else head(0x40, n),
                 value,
                 _NULL
                 if previous is None

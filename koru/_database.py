@@ -170,7 +170,6 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         self._reads = KeyReads(self._kv, self._values, self._writer.read_time)
         indexes = cast(Indexes, projections["indexes"])
         self._queries = QueryEngine(self._kv, self._values, indexes, self._writer)
-        self._writer.observers.append(self._queries.observe)
         self._views = Viewing(
             self._kv,
             cast(Views, projections["views"]),
@@ -179,8 +178,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             self._writer,
             self._queries.expired,
         )
-        self._hub = Hub(store, self._kv, self._values)
-        self._writer.observers.append(self._hub.observe)
+        self._hub = Hub(store, self._kv, self._values, self._writer.observers)
         self._lineage = Lineage(
             cast(LineageState, projections["lineage"]), self._kv, self._writer.read_time
         )

@@ -183,16 +183,24 @@ class Documents:
 class DocumentCache:
     """Decoded documents of the namespaces scanned lately, within a byte budget."""
 
-    __slots__ = ("budget", "by_namespace", "kv", "peek", "read")
+    __slots__ = ("budget", "by_namespace", "first_use", "kv", "peek", "read")
 
     def __init__(
-        self, kv: KvState, read: Reader, peek: Peek, budget: int = DOC_CACHE_BYTES
+        self,
+        kv: KvState,
+        read: Reader,
+        peek: Peek,
+        budget: int = DOC_CACHE_BYTES,
+        first_use: Callable[[], None] = lambda: None,
     ) -> None:
         self.kv = kv
         self.read = read
         self.peek = peek
         self.budget = budget
         self.by_namespace: OrderedDict[str, Documents] = OrderedDict()
+        #: Called before the cache first holds documents: from then on writes must
+        #: :meth:`touch` them (until then the write path need not call anything).
+        self.first_use = first_use
 
     def touch(self, namespace: str, key: str) -> None:
         """A write to ``namespace/key`` was folded (the write path's observer)."""
@@ -202,6 +210,8 @@ class DocumentCache:
 
     def get(self, namespace: str) -> Documents:
         """The namespace's documents, up to date (kept if they fit the budget)."""
+        if not self.by_namespace:
+            self.first_use()
         docs = self.by_namespace.get(namespace)
         if docs is None:
             docs = Documents(namespace)

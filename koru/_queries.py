@@ -82,15 +82,24 @@ _COMPILED = 256
 class QueryEngine:
     """Runs queries for one database."""
 
-    __slots__ = ("_compiled", "documents", "indexing", "kv", "now", "values")
+    __slots__ = ("_compiled", "_observers", "documents", "indexing", "kv", "now", "values")
 
     def __init__(self, kv: KvState, values: ValueReader, indexes: Indexes, writer: Writer) -> None:
         self.now = writer.read_time
         self.kv = kv
         self.values = values
-        self.documents = DocumentCache(kv, values.value_bytes, values.cache.peek)
+        self.documents = DocumentCache(
+            kv, values.value_bytes, values.cache.peek, first_use=self._watch_writes
+        )
+        self._observers = writer.observers
         self.indexing = Indexing(kv, indexes, self.documents, writer)
         self._compiled: OrderedDict[int, tuple[Query, Predicate]] = OrderedDict()
+
+    def _watch_writes(self) -> None:
+        """Become the write path's first observer, once documents are cached (until
+        then a write has nothing here to mark dirty, and costs no call)."""
+        if self.observe not in self._observers:
+            self._observers.insert(0, self.observe)
 
     def observe(self, event: Event, event_id: bytes, location: int) -> None:
         """An event was folded (the write path's observer): its keys are dirty."""

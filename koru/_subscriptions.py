@@ -22,7 +22,7 @@ handling the changes of position ``q``, resume from ``q + 1``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple, NoReturn
@@ -347,8 +347,18 @@ class Subscription:
 class Hub:
     """Every live subscription of one database, fed by the write path."""
 
-    def __init__(self, store: LogStore, kv: KvState, values: ValueReader) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        kv: KvState,
+        values: ValueReader,
+        observers: list[Callable[[Event, bytes, int], None]] | None = None,
+    ) -> None:
         self.store = store
+        #: The write path's observers (``Writer.observers``): :meth:`observe` is among
+        #: them only while a subscription is live (see :meth:`_watch`), so that a
+        #: database nobody subscribes to pays no call for it on each write.
+        self._observers = [] if observers is None else observers
         self.kv = kv
         self.values = values
         #: The :meth:`_history` of the keys replayed lately, (namespace, key) -> (its
@@ -417,6 +427,18 @@ class Hub:
         for sub in self.subscriptions:
             sub.end()
         self.subscriptions = []
+        self._watch()
+
+    def _watch(self) -> None:
+        """Be among the write path's observers if and only if a subscription is live.
+        Called where subscriptions are added and removed, never from :meth:`observe`
+        (the writer is iterating over its observers then); one that :meth:`observe`
+        drops for lagging leaves it there until the next such call, harmlessly."""
+        here = self.observe in self._observers
+        if self.subscriptions and not here:
+            self._observers.append(self.observe)
+        elif here and not self.subscriptions:
+            self._observers.remove(self.observe)
 
     # -- building changes (in the subscriber's task) -----------------------------------
 
@@ -584,11 +606,13 @@ class Hub:
         )
         sub.start = start
         self.subscriptions.append(sub)
+        self._watch()
         try:
             yield sub
         finally:
             if sub in self.subscriptions:
                 self.subscriptions.remove(sub)
+            self._watch()
             sub.end()
             sub.release()
 

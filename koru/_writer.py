@@ -213,8 +213,6 @@ class Writer:
         self.ingest = Ingest(store, self._feeds, self.hlc, self.write)
         # Bound once: every write calls them (one attribute lookup each fewer).
         self._store_append = store.append
-        self._mark_appended = committer.mark_appended
-        self._note_event = self.checkpointer.note_event
         size = store.segment_size
         #: Offset in a segment from which writes ask for background syncs, and per
         #: agent (a location's top byte) the location of the next one.
@@ -258,7 +256,7 @@ class Writer:
         except DurabilityError as exc:
             self._die(exc)
             raise
-        self._mark_appended()
+        self._committer.appended += 1  # (Committer.mark_appended, inlined)
         offset = location & _OFFSET
         if offset >= self._writeback_from:
             self._near_segment_end(location)
@@ -267,8 +265,8 @@ class Writer:
             # (FileStore._open_for_append); ask for one now, in the background.
             self.checkpointer.writeback()
         try:
-            if cid is not None:
-                self._fold_put(cast(PutEvent, event), eid, location, cid)
+            if cid is not None:  # (a PutEvent: no cast(), a call on every put)
+                self._fold_put(event, eid, location, cid)  # type: ignore[arg-type]
             elif cids is None:
                 self._fold(event, eid, location)
                 if type(event) in _BATCHES:  # a peer's batch
@@ -282,7 +280,11 @@ class Writer:
             # stops, as for a failed write (the exception still reaches the caller).
             self._die(exc)
             raise
-        self._note_event()
+        # Checkpointer.note_event, inlined (every write comes here; see note_due).
+        checkpointer = self.checkpointer
+        checkpointer.events += 1
+        if checkpointer.events - checkpointer.saved_at >= checkpointer.every:
+            checkpointer.note_due()
         for observe in self.observers:
             observe(event, eid, location)
 

@@ -164,6 +164,13 @@ class Checkpointer:
     def note_event(self) -> None:
         """Count one appended event; wake the background task when one is due."""
         self.events += 1
+        if self.events - self.saved_at >= self.every:
+            self.note_due()
+
+    def note_due(self) -> None:
+        """Wake the background task if a checkpoint is due. The writer counts an event
+        (``events``) and calls this once ``events - saved_at`` reaches ``every``, a
+        cheap test that holds whenever one is due (``saved_at`` is at least -1)."""
         if self.events - max(self.saved_at, 0) >= self.every and self.lag >= self._retry:
             self._due.set()
             self.stalled = self.easing

@@ -28,8 +28,9 @@ class Clock(Protocol):
 class SystemClock:
     """The operating system's wall clock (the default)."""
 
-    def now_ns(self) -> int:
-        return time.time_ns()  # clock-ok: the one real wall-clock read
+    #: ``time.time_ns`` itself, not a method calling it: every put reads the clock,
+    #: and a bound builtin is one Python call fewer.
+    now_ns = staticmethod(time.time_ns)  # clock-ok: the one real wall-clock read
 
 
 class TrioClock:

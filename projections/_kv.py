@@ -785,9 +785,14 @@ class KvState:
         keys = self.namespaces.get(namespace)  # _blob's memory probe, inlined
         blob = None if keys is None else keys.get(key)
         if blob is None:
-            blob = self._below(namespace, key)
-        if blob is None:
-            return None
+            # _below inlined: every put of a key not in memory comes here.
+            hot = self.hot
+            if hot and (blob := hot.get((namespace, key))) is not None:
+                self.hot_hits += 1
+            elif self.frozen or self.tables:
+                blob = self._beneath(namespace, key)
+            if blob is None:
+                return None
         base = len(blob) - RECORD_SIZE
         return bytes(blob[base + _WID : base + _ORDER])
 

@@ -182,7 +182,15 @@ async def test_results_never_alias_what_the_database_holds(db: koru.Database) ->
 
 async def test_the_document_cache_follows_every_write(db: koru.Database) -> None:
     q = Query().where(F("v") >= 1)
+    # Before any query the write path does not call the query engine (nothing is
+    # cached to mark dirty); from the first query on it does, first of its observers.
+    observers = db._writer.observers  # type: ignore[attr-defined]
+    engine = db._queries  # type: ignore[attr-defined]
+    await db.put(NS, "early", {"v": 0})
+    assert engine.observe not in observers
     assert await db.query(NS, q) == []
+    assert observers[0] == engine.observe
+    await db.delete(NS, "early")
     await db.put(NS, "a", {"v": 1})
     await db.put_batch([(NS, "b", {"v": 2}), (NS, "c", {"v": 0})])
     assert [r.key for r in await db.query(NS, q)] == ["a", "b"]

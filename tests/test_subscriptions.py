@@ -106,6 +106,29 @@ async def test_versions_values_and_positions(db: koru.Database) -> None:
     assert c2.position == c1.position + 1 == 2
 
 
+async def test_the_write_path_calls_the_subscriptions_only_while_one_is_live(
+    db: koru.Database,
+) -> None:
+    observers = db._writer.observers  # type: ignore[attr-defined]
+    hub = db._hub.observe  # type: ignore[attr-defined]
+    assert hub not in observers
+    async with db.subscribe(NS) as first:
+        assert observers.count(hub) == 1
+        async with db.subscribe(NS, "k") as second:
+            assert observers.count(hub) == 1
+            await db.put(NS, "k", {"v": 1})
+            assert (await second.__anext__()).key == "k"
+        assert observers.count(hub) == 1  # the first is still live
+        await db.put(NS, "j", {"v": 2})
+        assert [(await first.__anext__()).key for _ in range(2)] == ["k", "j"]
+    assert hub not in observers
+    await db.put(NS, "unseen", {"v": 3})
+    async with db.subscribe(NS) as again:  # live again: sees the next write
+        await db.put(NS, "z", {"v": 4})
+        assert (await again.__anext__()).key == "z"
+    assert hub not in observers
+
+
 async def test_filters_by_namespace_key_kind_and_where(db: koru.Database) -> None:
     async with (
         db.subscribe(NS) as by_ns,
