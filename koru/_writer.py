@@ -127,7 +127,7 @@ class _Joined:
     """A put handed to the next group-commit round (see :meth:`Writer.join`), with its
     time to live in ns if it has one."""
 
-    __slots__ = ("data", "error", "key", "namespace", "target", "ttl_ns", "version")
+    __slots__ = ("data", "error", "key", "namespace", "target", "ttl_ns", "version", "withdrawn")
 
     def __init__(self, namespace: str, key: str, data: bytes, ttl_ns: int | None) -> None:
         self.namespace = namespace
@@ -139,6 +139,8 @@ class _Joined:
         self.target: int | None = None
         self.version: Version | None = None
         self.error: BaseException | None = None
+        #: Its writer stopped waiting before a round took it: never appended.
+        self.withdrawn = False
 
 
 class Writer:
@@ -197,6 +199,8 @@ class Writer:
         #: appended by their callers: under ``"always"`` (``waits``), where each waits
         #: for a sync anyway.
         self._joined: list[_Joined] = []
+        #: How many of them their writers withdrew (see :meth:`leave`).
+        self._withdrawn = 0
         if self.waits:
             committer.gather = self._append_joined
         self.checkpointer = Checkpointer(
@@ -562,8 +566,12 @@ class Writer:
         waits for its sync is. A failed sync is fatal, as for :meth:`acknowledge`."""
         if isinstance(exc, DurabilityError):
             self._die(exc)
-        elif joined.target is None and joined.error is None:
-            self._joined.remove(joined)
+        elif joined.target is None and joined.error is None and not joined.withdrawn:
+            # Marked, not removed: removing is a search of the queue, and a timeout
+            # that cancels thousands of queued writers made that quadratic. The next
+            # round drops it (_append_joined).
+            joined.withdrawn = True
+            self._withdrawn += 1
 
     def _append_joined(self) -> None:
         """The committer's ``gather`` hook: append the puts handed to the round, in
@@ -572,6 +580,9 @@ class Writer:
         plain put event, or one with a ttl), each put's outcome recorded in it. Never
         raises."""
         pending = self._joined
+        if self._withdrawn:
+            pending[:] = [j for j in pending if not j.withdrawn]
+            self._withdrawn = 0
         dead = self._fatal() if pending else None
         if dead is not None:  # died with puts queued: each fails, none is written
             for joined in pending:

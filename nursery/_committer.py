@@ -21,6 +21,7 @@ the event loop is never held for long.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -29,7 +30,7 @@ from typing import Literal, Protocol
 import trio
 from trio.lowlevel import enable_ki_protection
 
-from koru.events import DurabilityError, InvalidArgumentError, LogStore
+from koru.events import DurabilityError, InvalidArgumentError, KoruError, LogStore
 
 __all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "Joined", "SyncMode"]
 
@@ -121,12 +122,12 @@ class Committer:
         while True:
             if joined is not None:
                 if joined.error is not None:
-                    raise joined.error
+                    raise _fresh(joined.error)
                 target = joined.target
             if target is not None and self.durable >= target:
                 return
             if self.error is not None:
-                raise self.error
+                raise _fresh(self.error)
             if self._leading:
                 # Park until the round ends (inlined: one coroutine frame less to
                 # suspend and resume through); a cancelled waiter leaves the round.
@@ -187,7 +188,7 @@ class Committer:
             DurabilityError: the sync failed, now or earlier; fatal for the handle.
         """
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         if self.gather is not None:
             self.gather()  # the writes handed to this round, appended first
         target = self.appended
@@ -220,3 +221,19 @@ class Committer:
             await trio.to_thread.run_sync(self.store.sync)
         self._recent.append(trio.current_time() - began)
         self.syncs += 1
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of a stored ``error``, to raise in one more task: every writer of a failed
+    round, and every write after a failed sync, gets its own. Why: raising one object in
+    many tasks chains each raise's frames onto its one traceback (after a failed sync it
+    grew with every refused put, and each caller's traceback showed the others' frames),
+    and one caller's notes or context showed in every other's. The copy keeps the
+    message, the attributes and the cause. Errors of koru-delta are copied; anything
+    else (none is stored today) is raised as it is."""
+    if not isinstance(error, KoruError):
+        return error
+    copied = copy.copy(error)
+    copied.__cause__ = error.__cause__
+    copied.__suppress_context__ = error.__suppress_context__
+    return copied

@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,14 @@ async def test_a_failed_sync_fails_every_put_of_its_round(tmp_path: Path) -> Non
             for i in range(8):
                 nursery.start_soon(put, i)
         assert len(errors) == 8
+        # Each writer gets its own error object (one object raised in eight tasks
+        # chained every raise's frames onto one traceback), with the same message and
+        # the same cause.
+        assert len({id(e) for e in errors}) == 8
+        assert len({(type(e), str(e), id(e.__cause__)) for e in errors}) == 1
+        # Each traceback holds its own raise's few frames, not every writer's.
+        depths = [len(traceback.extract_tb(e.__traceback__)) for e in errors]
+        assert max(depths) <= 8, depths
         with pytest.raises(koru.KoruError):
             await db.put("ns", "later", 1)
         disk.armed = False
@@ -267,7 +276,10 @@ async def test_puts_cancelled_while_they_wait_for_a_round_write_nothing(tmp_path
             await trio.testing.wait_all_tasks_blocked()  # all joined, waiting
             cancel_all()
             await trio.testing.wait_all_tasks_blocked()
+            # Withdrawn by a mark, not searched for in the queue: the round drops them.
+            assert db._writer._withdrawn == 4  # type: ignore[attr-defined]
             disk.gate.set()
+        assert db._writer._withdrawn == 0 and not db._writer._joined  # type: ignore[attr-defined]
         assert sorted(cancelled) == [0, 1, 2, 3]
         assert await db.get("ns", "a") == 1 and await db.get("ns", "b") == 2
         assert not any([await db.contains("ns", f"v{i}") for i in range(4)])
