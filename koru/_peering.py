@@ -43,6 +43,7 @@ from koru.nursery import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     Authenticate,
+    CallBudget,
     Challenged,
     Feed,
     Limits,
@@ -444,13 +445,23 @@ async def serve(
 ) -> None:
     """Serve peers and clients over websockets until cancelled."""
     await _prepared(db)
+    calls = CallBudget(limits.max_call_bytes)  # all connections' calls together
 
     async def handler(request: Any) -> None:
         ws = await request.accept()
         remote = f"{request.remote.address}:{request.remote.port}" if request.remote else "?"
         conn = WebSocketConnection(ws, remote)
         try:
-            await _run(db, book, conn, server=True, role="peer", limits=limits, sessions=sessions)
+            await _run(
+                db,
+                book,
+                conn,
+                server=True,
+                role="peer",
+                limits=limits,
+                sessions=sessions,
+                calls=calls,
+            )
         except Exception:
             # One connection's failure (a defect here) must not stop the server.
             log.exception("peer session with %s failed", remote)
@@ -497,6 +508,7 @@ async def _run(
     expect: bytes | None = None,
     address: str | None = None,
     on_open: Callable[[Any], None] | None = None,
+    calls: CallBudget | None = None,
 ) -> Any:
     proto = PeerProtocol(
         server=server,
@@ -509,7 +521,7 @@ async def _run(
     sessions.add(proto)
     handshake = PeerHandshake(db, book, role=role, expect=expect, address=address)
     try:
-        return await run_session(conn, proto, handshake, on_open=on_open)
+        return await run_session(conn, proto, handshake, on_open=on_open, calls=calls)
     finally:
         sessions.discard(proto)
         if handshake.handle is not None:  # its session ends, its unproven events go

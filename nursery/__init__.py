@@ -20,6 +20,7 @@ from ._protocol import Challenged as Challenged
 from ._protocol import Limits as Limits
 from ._protocol import PeerProtocol as PeerProtocol
 from ._protocol import Welcomed as Welcomed
+from ._session import CallBudget as CallBudget
 from ._session import Endpoint as Endpoint
 from ._session import Handshake as Handshake
 from ._session import NoFeeds as NoFeeds
@@ -60,6 +61,7 @@ __all__ = [
     "Pacer",
     "PeerProtocol",
     "SessionEnd",
+    "CallBudget",
     "NoFeeds",
     "StreamFailed",
     "WebSocketConnection",

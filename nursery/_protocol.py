@@ -103,6 +103,10 @@ class Limits(NamedTuple):
     #: file limit the database's own files could not be opened); more are closed at
     #: once. At most half the process's file limit is used, whatever this says.
     max_connections: int = 1024
+    #: A server's connections together: bytes of the clients' calls being answered
+    #: (requests, and answers not yet sent); past it a connection's next call waits
+    #: unread (see ``CallBudget``). Each connection's own bound is 128 MiB.
+    max_call_bytes: int = 512 * 1024 * 1024
     #: Time to complete the handshake, and to stay silent after it.
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0

@@ -41,7 +41,15 @@ from ._protocol import (
 from ._transport import Connection, ConnectionClosed
 from ._wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
 
-__all__ = ["Endpoint", "Handshake", "NoFeeds", "SessionEnd", "StreamFailed", "run_session"]
+__all__ = [
+    "CallBudget",
+    "Endpoint",
+    "Handshake",
+    "NoFeeds",
+    "SessionEnd",
+    "StreamFailed",
+    "run_session",
+]
 
 log = logging.getLogger("koru.peers")
 
@@ -51,6 +59,28 @@ log = logging.getLogger("koru.peers")
 #: taken).
 MAX_CALLS_IN_FLIGHT = 64
 MAX_CALL_BYTES = 128 * 1024 * 1024
+
+
+class CallBudget:
+    """Bytes of the calls a server's connections answer together (requests, and
+    answers not yet sent), bounded: each connection's own bound
+    (``MAX_CALL_BYTES``) times a thousand connections was 128 GiB, so clients that
+    sent large reads and stopped reading their answers could fill the server's memory
+    before their sends timed out (``Limits.idle_timeout``). Past the bound a
+    connection's next call waits, unread (backpressure on that client), until some
+    call's bytes are given back; a call is taken whatever its size when nothing is
+    held. The trade-off: while hostile clients hold it full, an honest client's call
+    waits, for at most the idle timeout after which theirs are closed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.freed = trio.Event()
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+        self.freed.set()
+        self.freed = trio.Event()
 
 
 class Endpoint(Protocol):
@@ -186,7 +216,10 @@ class _Runner:
         proto: PeerProtocol,
         handshake: Handshake,
         on_open: Callable[[_Runner], None] | None,
+        calls: CallBudget | None = None,
     ) -> None:
+        #: The server's bound on all its connections' calls together (None: none).
+        self.budget = calls
         self.conn = conn
         self.proto = proto
         self.handshake = handshake
@@ -269,9 +302,17 @@ class _Runner:
             # holds its task and its bytes as a call does.
             await self.calls.acquire()
             size = len(command.payload)
-            while self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                await self.call_bytes_freed.wait()
+            budget = self.budget
+            while True:
+                if self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                    await self.call_bytes_freed.wait()
+                elif budget is not None and budget.used and budget.used + size > budget.limit:
+                    await budget.freed.wait()
+                else:
+                    break
             self.call_bytes += size
+            if budget is not None:
+                budget.used += size
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -367,6 +408,8 @@ class _Runner:
             # in flight.
             self.call_bytes += len(answer)
             held[0] += len(answer)
+            if self.budget is not None:
+                self.budget.used += len(answer)
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
             self._release(held)
@@ -375,9 +418,12 @@ class _Runner:
         """Give back a call's share of the bounds (once: ``held`` is emptied)."""
         if held:
             self.calls.release()
-            self.call_bytes -= held.pop()
+            size = held.pop()
+            self.call_bytes -= size
             self.call_bytes_freed.set()
             self.call_bytes_freed = trio.Event()
+            if self.budget is not None:
+                self.budget.give_back(size)
 
     async def reader(self) -> None:
         proto = self.proto
@@ -430,11 +476,13 @@ async def run_session(
     handshake: Handshake,
     *,
     on_open: Callable[[Any], None] | None = None,
+    calls: CallBudget | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> SessionEnd:
     """Run one connection until it closes; how it ended. The server side sends its
-    HELLO first. ``task_status.started(runner)`` once the tasks run."""
-    runner = _Runner(conn, proto, handshake, on_open)
+    HELLO first. ``calls``: the server's bound on all its connections' calls together.
+    ``task_status.started(runner)`` once the tasks run."""
+    runner = _Runner(conn, proto, handshake, on_open, calls)
     ending = runner.ending  # (code, reason, ours)
 
     async def guarded(task: Callable[[], Any]) -> None:

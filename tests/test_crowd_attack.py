@@ -345,3 +345,66 @@ async def test_a_client_that_sends_calls_and_never_reads_their_answers_holds_few
                 tracemalloc.stop()
         assert held < 64 * 2 * len(value) + (16 << 20), held >> 20  # (an answer, its frame)
         nursery.cancel_scope.cancel()
+
+
+async def test_clients_that_send_calls_and_never_read_their_answers_hold_a_bounded_total() -> None:
+    """Attack: several clients each send ``get`` after ``get`` of a 256 KiB value and
+    never read their sockets. Each connection's answers waiting to be sent were
+    bounded (64 calls in flight, 128 MiB), but all connections' together were not:
+    1,024 connections could hold 128 GiB until their sends timed out (the idle
+    timeout, 60 s). Must hold: all the server's calls together hold about
+    ``Limits.max_call_bytes``; an honest client's call waits while they do, and is
+    answered once they are gone."""
+    import gc
+    import tracemalloc
+
+    async with (
+        koru.open(":memory:", difficulty=DIFFICULTY) as db,
+        trio.open_nursery() as nursery,
+    ):
+        db.peer_limits = Limits(max_call_bytes=4 << 20)
+        port = await nursery.start(db.serve, "127.0.0.1", 0)
+        who = await _member(db, ["read"])
+        value = "x" * (256 << 10)
+        await db.put("n", "big", value)
+        await db.put("n", "small", 1)
+        async with AsyncExitStack() as stack:
+            hostile = []
+            for _ in range(4):
+                remote = await stack.enter_async_context(koru.connect(f"127.0.0.1:{port}", who))
+                assert await remote.get("n", "big") == value
+                remote._link._runner.conn.receive = trio.sleep_forever  # type: ignore[method-assign]
+                hostile.append(remote)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                async with trio.open_nursery() as calls:
+                    for remote in hostile:
+                        for _ in range(100):
+                            calls.start_soon(remote.get, "n", "big")
+                    await trio.sleep(2)
+                    gc.collect()
+                    held = tracemalloc.get_traced_memory()[0] - base
+                    # 4 connections x 64 calls x (an answer, its frame) without the
+                    # bound: 128 MiB.
+                    assert held < 16 << 20, held >> 20
+                    honest = []
+
+                    async def ask(remote: Any) -> None:
+                        honest.append(await remote.get("n", "small"))
+
+                    async with koru.connect(f"127.0.0.1:{port}", who) as polite:
+                        calls.start_soon(ask, polite)
+                        await trio.sleep(1)
+                        assert honest == []  # waits while the hostile calls hold it all
+                        for remote in hostile:  # they go (as the idle timeout would)
+                            await remote._link._runner.conn.aclose()
+                        with trio.fail_after(10):
+                            while not honest:  # noqa: ASYNC110
+                                await trio.sleep(0.05)
+                        assert honest == [1]
+                    calls.cancel_scope.cancel()
+            finally:
+                tracemalloc.stop()
+        nursery.cancel_scope.cancel()
