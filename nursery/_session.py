@@ -39,7 +39,14 @@ from ._protocol import (
     Welcomed,
 )
 from ._transport import Connection, ConnectionClosed
-from ._wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, Msg, WireError
+from ._wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_TRY_LATER,
+    Msg,
+    WireError,
+)
 
 __all__ = [
     "CallBudget",
@@ -70,12 +77,15 @@ class CallBudget:
     connection's next call waits, unread (backpressure on that client), until some
     call's bytes are given back; a call is taken whatever its size when nothing is
     held. The trade-off: while hostile clients hold it full, an honest client's call
-    waits, for at most the idle timeout after which theirs are closed."""
+    waits, for at most the idle timeout after which theirs are closed. Requests read
+    and waiting their turn are bounded by the same figure (``waiting``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.freed = trio.Event()
+        #: Bytes of requests read and waiting their turn (bounded by ``limit`` too).
+        self.waiting = 0
 
     def give_back(self, size: int) -> None:
         self.used -= size
@@ -300,16 +310,27 @@ class _Runner:
             # too until its stream opens (open streams are bounded by the endpoint): one
             # refused, whose end waits to be sent to a client that stopped reading,
             # holds its task and its bytes as a call does.
-            await self.calls.acquire()
             size = len(command.payload)
             budget = self.budget
-            while True:
-                if self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                    await self.call_bytes_freed.wait()
-                elif budget is not None and budget.used and budget.used + size > budget.limit:
-                    await budget.freed.wait()
-                else:
-                    break
+            if budget is not None:
+                # A request waiting its turn is held too (up to a message, 96 MiB, per
+                # connection): all connections' waiting ones together are bounded, and
+                # one past the bound closes its connection (try later), not waits.
+                if budget.waiting and budget.waiting + size > budget.limit:
+                    raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
+                budget.waiting += size
+            try:
+                await self.calls.acquire()
+                while True:
+                    if self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                        await self.call_bytes_freed.wait()
+                    elif budget is not None and budget.used and budget.used + size > budget.limit:
+                        await budget.freed.wait()
+                    else:
+                        break
+            finally:
+                if budget is not None:
+                    budget.waiting -= size
             self.call_bytes += size
             if budget is not None:
                 budget.used += size

@@ -14,8 +14,8 @@ import trio.testing
 
 from koru.nursery import Limits, NoFeeds, StreamFailed
 from koru.nursery import _session as session
-from koru.nursery._protocol import PeerProtocol, Send
-from koru.nursery._wire import Msg, decode, encode
+from koru.nursery._protocol import PeerProtocol, Request, Send
+from koru.nursery._wire import CLOSE_TRY_LATER, Msg, decode, encode
 
 
 class _Deaf:
@@ -94,6 +94,74 @@ async def test_streamed_requests_of_a_client_that_never_reads_are_bounded(
     assert end.code is not None  # it was cut off (the peer stopped reading)
     assert most[0] <= session.MAX_CALLS_IN_FLIGHT
     assert most[1] <= 40_000
+
+
+class _Answering(_RefusingStreams):
+    """A client endpoint that answers every call at once."""
+
+    async def serve(self, payload: bytes) -> bytes:
+        return b"answer"
+
+
+class _AdmitCalls(_Admit):
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return _Answering(), [b"", bytes(64), bytes(16), []]
+
+
+async def test_requests_waiting_their_turn_on_many_connections_are_bounded_together(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients each fill their 64 calls in flight with calls whose answers they never
+    read, then send one large request: it waits its turn, read and held (up to a
+    message, 96 MiB, per connection), outside every bound, until the connection's idle
+    timeout. Must hold: the requests waiting on all of a server's connections together
+    stay within its ``CallBudget``; a connection whose request would pass it is closed
+    at once (1013, try later), not left holding it."""
+    held: list[int] = []
+    most = [0]
+    original = session._Runner.do
+
+    async def counted(self: Any, command: Any) -> None:
+        if type(command) is not Request:
+            return await original(self, command)
+        held.append(len(command.payload))  # in do() until admitted
+        try:
+            await original(self, command)
+        finally:
+            held.remove(len(command.payload))
+
+    monkeypatch.setattr(session._Runner, "do", counted)
+    budget = session.CallBudget(40_000)
+    ends: list[tuple[int | None, float]] = []
+
+    async def client() -> None:
+        send, incoming = trio.open_memory_channel[bytes](1000)
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        await send.send(_auth())
+        for call in range(session.MAX_CALLS_IN_FLIGHT):
+            await send.send(encode(Msg.REQUEST, call, b"c" + bytes(10)))
+        await send.send(encode(Msg.REQUEST, 999, b"c" + bytes(30_000)))
+        end = await session.run_session(
+            _Deaf(incoming, sends=2), proto, _AdmitCalls(), calls=budget
+        )
+        ends.append((end.code, trio.current_time()))
+
+    async def sample() -> None:  # what the waiting requests hold, whenever they wait
+        while True:
+            most[0] = max(most[0], sum(held))
+            await trio.sleep(0.01)
+
+    began = trio.current_time()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(sample)
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(client)
+        outer.cancel_scope.cancel()
+    assert most[0] <= 40_000, most  # was 90,000: three large requests held at once
+    refused = [at - began for code, at in ends if code == CLOSE_TRY_LATER]
+    assert len(refused) == 2 and max(refused) < 1.0, ends  # at once, not after 60 s
+    assert budget.used == budget.waiting == 0  # every connection gave its share back
 
 
 def _opened_server(feeds: int) -> PeerProtocol:
