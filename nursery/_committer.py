@@ -200,7 +200,9 @@ class Committer:
             self.store.flush()
             await self._sync(in_thread)
         except DurabilityError as exc:
-            self.error = exc
+            # Kept as a copy made now: the caller gets ``exc`` itself, and the notes it
+            # adds to it must not show in every later waiter's copy.
+            self.error = _fresh(exc)
             raise
         self.durable = max(self.durable, target)
 
@@ -229,11 +231,16 @@ def _fresh(error: BaseException) -> BaseException:
     many tasks chains each raise's frames onto its one traceback (after a failed sync it
     grew with every refused put, and each caller's traceback showed the others' frames),
     and one caller's notes or context showed in every other's. The copy keeps the
-    message, the attributes and the cause. Errors of koru-delta are copied; anything
-    else (none is stored today) is raised as it is."""
+    message, the attributes and the cause; its notes (``add_note``) are a list of its
+    own (the shallow copy shared the stored error's: each caller's note showed in every
+    later copy). Errors of koru-delta are copied; anything else (none is stored today)
+    is raised as it is."""
     if not isinstance(error, KoruError):
         return error
     copied = copy.copy(error)
+    notes = copied.__dict__.get("__notes__")
+    if type(notes) is list:  # (shared with the stored error by the shallow copy)
+        copied.__notes__ = list(notes)
     copied.__cause__ = error.__cause__
     copied.__suppress_context__ = error.__suppress_context__
     return copied
