@@ -25,7 +25,7 @@ import copy
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import trio
 from trio.lowlevel import enable_ki_protection
@@ -33,6 +33,8 @@ from trio.lowlevel import enable_ki_protection
 from koru.events import DurabilityError, InvalidArgumentError, KoruError, LogStore
 
 __all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "Joined", "SyncMode"]
+
+_E = TypeVar("_E", bound=BaseException)
 
 SyncMode = Literal["always", "os", "never"]
 SYNC_MODES: tuple[str, ...] = ("always", "os", "never")
@@ -225,7 +227,7 @@ class Committer:
         self.syncs += 1
 
 
-def _fresh(error: BaseException) -> BaseException:
+def _fresh(error: _E) -> _E:
     """A copy of a stored ``error``, to raise in one more task: every writer of a failed
     round, and every write after a failed sync, gets its own. Why: raising one object in
     many tasks chains each raise's frames onto its one traceback (after a failed sync it

@@ -312,25 +312,36 @@ class _Runner:
             # holds its task and its bytes as a call does.
             size = len(command.payload)
             budget = self.budget
-            if budget is not None:
-                # A request waiting its turn is held too (up to a message, 96 MiB, per
-                # connection): all connections' waiting ones together are bounded, and
-                # one past the bound closes its connection (try later), not waits.
-                if budget.waiting and budget.waiting + size > budget.limit:
-                    raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-                budget.waiting += size
+            queued = False  # counted in budget.waiting
             try:
-                await self.calls.acquire()
                 while True:
-                    if self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                        await self.call_bytes_freed.wait()
+                    if self.calls.value == 0:
+                        wait = self._call_freed
+                    elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                        wait = self.call_bytes_freed.wait
                     elif budget is not None and budget.used and budget.used + size > budget.limit:
-                        await budget.freed.wait()
+                        wait = budget.freed.wait
                     else:
                         break
+                    if budget is not None and not queued:
+                        # A request waiting its turn is held too (up to a message, 96
+                        # MiB, per connection): all connections' waiting ones together
+                        # are bounded, and one past the bound closes its connection
+                        # (try later), not waits. Only one that waits counts: one taken
+                        # at once counted while its reader yielded, and two clients
+                        # calling an idle server at once found each other waiting.
+                        if budget.waiting and budget.waiting + size > budget.limit:
+                            raise self.close(
+                                CLOSE_TRY_LATER, "too many calls waiting on this server"
+                            )
+                        budget.waiting += size
+                        queued = True
+                    await wait()
             finally:
-                if budget is not None:
+                if queued:
+                    assert budget is not None
                     budget.waiting -= size
+            self.calls.acquire_nowait()
             self.call_bytes += size
             if budget is not None:
                 budget.used += size
@@ -434,6 +445,11 @@ class _Runner:
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
             self._release(held)
+
+    async def _call_freed(self) -> None:
+        """Wait until one of the calls in flight ends (the reader alone takes them)."""
+        await self.calls.acquire()
+        self.calls.release()
 
     def _release(self, held: list[int]) -> None:
         """Give back a call's share of the bounds (once: ``held`` is emptied)."""

@@ -5,12 +5,17 @@ each test names what the adversary does and asserts what must hold."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 
 import koru
 from koru.events import DurabilityError, OsDisk
+from koru.nursery import ConnectionClosed, NoFeeds
+from koru.nursery import _session as session
+from koru.nursery._protocol import PeerProtocol
+from koru.nursery._wire import Msg, decode, encode
 
 
 class _FailingSync(OsDisk):
@@ -63,3 +68,82 @@ async def test_a_writers_notes_on_a_failed_rounds_error_stay_its_own(tmp_path: P
         later[0].add_note("mine")
         assert getattr(later[1], "__notes__", None) is None
         disk.armed = False
+
+
+# -- the bound on all of a server's calls (CallBudget) -----------------------------------
+
+
+class _Honest:
+    """The server's end of a client that reads everything it is sent: sends go out at
+    once (decoded and kept); once its messages are read, it closes when ``bye`` is set."""
+
+    def __init__(self, incoming: trio.MemoryReceiveChannel[bytes], bye: trio.Event) -> None:
+        self._incoming = incoming
+        self._bye = bye
+        self.remote = "honest"
+        self.sent: list[Msg] = []
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(decode(data)[0])
+
+    async def receive(self) -> bytes:
+        try:
+            return self._incoming.receive_nowait()
+        except trio.WouldBlock:
+            await self._bye.wait()
+            raise ConnectionClosed(1000, "bye") from None
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+class _Answering(NoFeeds):
+    name = "client"
+
+    async def serve(self, payload: bytes) -> bytes:
+        await trio.sleep(0.5)  # an answer that takes a moment
+        return b"answer"
+
+
+class _AdmitCalls:
+    async def hello(self) -> tuple[bytes, bytes, int, bytes]:
+        return bytes(32), bytes(32), 0, bytes(16)
+
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return _Answering(), [b"", bytes(64), bytes(16), []]
+
+
+def _auth() -> bytes:
+    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
+
+
+async def test_an_idle_server_does_not_turn_away_clients_that_call_at_the_same_moment(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack (by accident): two honest clients each send one 30 KB call at the same
+    moment to a server holding nothing, whose bound on all calls is 40 KB. One is
+    answered at once; the other must wait its turn (30 KB waiting, within the bound)
+    and be answered, not be closed with 1013 (try later): a request that passed
+    straight through was counted as waiting while its reader yielded (the semaphore's
+    checkpoint), so the other's found 30 + 30 KB waiting on a server holding nothing."""
+    budget = session.CallBudget(40_000)
+    bye = trio.Event()
+    ends: list[tuple[int | None, list[Msg]]] = []
+
+    async def client() -> None:
+        send, incoming = trio.open_memory_channel[bytes](10)
+        await send.send(_auth())
+        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(30_000)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        conn = _Honest(incoming, bye)
+        end = await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
+        ends.append((end.code, conn.sent))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(client)
+        await trio.sleep(10)
+        bye.set()
+    assert [code for code, _ in ends] == [1000] * 2, ends
+    assert all(sent.count(Msg.RESPONSE) == 1 for _, sent in ends), ends
+    assert budget.used == budget.waiting == 0
