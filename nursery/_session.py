@@ -13,6 +13,7 @@ exception, only as a finished session (:class:`SessionEnd`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, NamedTuple, Protocol
@@ -86,6 +87,32 @@ class CallBudget:
         self.freed = trio.Event()
         #: Bytes of requests read and waiting their turn (bounded by ``limit`` too).
         self.waiting = 0
+        #: The requests waiting for room, first come first (see :meth:`fits`).
+        self.queue: deque[object] = deque()
+
+    def fits(self, size: int, turn: object | None) -> bool:
+        """True if a request of ``size`` bytes may be taken now: none waits before it
+        (``turn``: its place in the queue, None if it has none), and there is room or
+        nothing is held. Why the queue: a client that read its answers but kept two
+        15 KB calls in flight under a 40 KB bound took the room each of its calls gave
+        back, and a 30 KB call of another waited for as long as it kept on."""
+        queue = self.queue
+        if queue and queue[0] is not turn:
+            return False
+        return not self.used or self.used + size <= self.limit
+
+    def join(self) -> object:
+        """A place at the end of the queue."""
+        turn = object()
+        self.queue.append(turn)
+        return turn
+
+    def leave(self, turn: object) -> None:
+        """Give up a place in the queue (taken, cancelled, or waiting on its own
+        connection's bounds): the next in line may go."""
+        self.queue.remove(turn)
+        self.freed.set()
+        self.freed = trio.Event()
 
     def give_back(self, size: int) -> None:
         self.used -= size
@@ -313,13 +340,23 @@ class _Runner:
             size = len(command.payload)
             budget = self.budget
             queued = False  # counted in budget.waiting
+            turn: object | None = None  # its place in the budget's queue
             try:
                 while True:
-                    if self.calls.value == 0:
-                        wait = self._call_freed
-                    elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                        wait = self.call_bytes_freed.wait
-                    elif budget is not None and budget.used and budget.used + size > budget.limit:
+                    if self.calls.value == 0 or (
+                        self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES
+                    ):
+                        if turn is not None:  # (its own answers grew): no one waits on it
+                            assert budget is not None
+                            budget.leave(turn)
+                            turn = None
+                        if self.calls.value == 0:
+                            wait = self._call_freed
+                        else:
+                            wait = self.call_bytes_freed.wait
+                    elif budget is not None and not budget.fits(size, turn):
+                        if turn is None:
+                            turn = budget.join()
                         wait = budget.freed.wait
                     else:
                         break
@@ -341,6 +378,9 @@ class _Runner:
                 if queued:
                     assert budget is not None
                     budget.waiting -= size
+                if turn is not None:
+                    assert budget is not None
+                    budget.leave(turn)
             self.calls.acquire_nowait()
             self.call_bytes += size
             if budget is not None:

@@ -100,8 +100,12 @@ class _Honest:
 class _Answering(NoFeeds):
     name = "client"
 
+    def __init__(self) -> None:
+        self.served = 0
+
     async def serve(self, payload: bytes) -> bytes:
-        await trio.sleep(0.5)  # an answer that takes a moment
+        self.served += 1  # an answer that takes a moment (not always the same)
+        await trio.sleep(0.5 + 0.037 * (self.served % 5))
         return b"answer"
 
 
@@ -147,3 +151,54 @@ async def test_an_idle_server_does_not_turn_away_clients_that_call_at_the_same_m
     assert [code for code, _ in ends] == [1000] * 2, ends
     assert all(sent.count(Msg.RESPONSE) == 1 for _, sent in ends), ends
     assert budget.used == budget.waiting == 0
+
+
+async def test_a_client_keeping_the_servers_calls_busy_cannot_starve_a_larger_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack: a client reads its answers (no idle timeout ever closes it) but keeps
+    sending 10 KB calls, four always in flight, to a server whose bound on all calls
+    is 40 KB. An honest client's 25 KB call (waiting beside the busy client's next
+    one: 35 KB, within the bound) needs 15 KB held at most: each time one of the busy
+    client's calls ended, the busy client's next one fitted and took the room, and the
+    honest call waited for as long as the busy client kept on. Must hold: a call that
+    waits its turn is taken before calls that came after it; the honest call is
+    answered within a few of the busy client's calls.
+    """
+    budget = session.CallBudget(40_000)
+    bye = trio.Event()
+    answered: list[float] = []
+
+    async def busy() -> None:
+        send, incoming = trio.open_memory_channel[bytes](1000)
+        await send.send(_auth())
+        for call in range(400):
+            await send.send(encode(Msg.REQUEST, call, b"c" + bytes(10_000)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        await session.run_session(_Honest(incoming, bye), proto, _AdmitCalls(), calls=budget)
+
+    async def honest() -> None:
+        await trio.sleep(0.1)
+        send, incoming = trio.open_memory_channel[bytes](10)
+        await send.send(_auth())
+        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(25_000)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        conn = _Honest(incoming, bye)
+        began = trio.current_time()
+
+        async def watch() -> None:
+            while Msg.RESPONSE not in conn.sent:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            answered.append(trio.current_time() - began)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(watch)
+            await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy)
+        nursery.start_soon(honest)
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert answered and answered[0] < 3.0, answered  # was never, while the busy one went on
+    assert budget.used == budget.waiting == 0  # all given back, cancelled mid-call
