@@ -339,23 +339,26 @@ class _Runner:
             # holds its task and its bytes as a call does.
             size = len(command.payload)
             budget = self.budget
+            # Yield first, as taking a call's slot did: the calls in flight count their
+            # answers' bytes before this one is weighed (taken at once, a client's
+            # small calls were each let in before any answer of theirs was counted).
+            await trio.lowlevel.checkpoint()
             queued = False  # counted in budget.waiting
             turn: object | None = None  # its place in the budget's queue
             try:
                 while True:
-                    if self.calls.value == 0 or (
-                        self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES
-                    ):
-                        if turn is not None:  # (its own answers grew): no one waits on it
-                            assert budget is not None
-                            budget.leave(turn)
-                            turn = None
-                        if self.calls.value == 0:
-                            wait = self._call_freed
-                        else:
-                            wait = self.call_bytes_freed.wait
+                    if self.calls.value == 0:
+                        wait = self._call_freed
+                    elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                        wait = self.call_bytes_freed.wait
                     elif budget is not None and not budget.fits(size, turn):
-                        if turn is None:
+                        # In line only while its connection holds nothing: a client
+                        # that never read its answers kept the room its own first call
+                        # held and, first in line, stopped every other connection's
+                        # calls until its idle timeout. One with calls in flight waits
+                        # behind the line (its bytes given back wake it, then it joins;
+                        # once in line it has none in flight, so none can grow).
+                        if turn is None and not self.call_bytes:
                             turn = budget.join()
                         wait = budget.freed.wait
                     else:

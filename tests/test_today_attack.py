@@ -202,3 +202,60 @@ async def test_a_client_keeping_the_servers_calls_busy_cannot_starve_a_larger_ca
         nursery.cancel_scope.cancel()
     assert answered and answered[0] < 3.0, answered  # was never, while the busy one went on
     assert budget.used == budget.waiting == 0  # all given back, cancelled mid-call
+
+
+class _Deaf(_Honest):
+    """A client that never reads: past the handshake's messages, a send waits for ever
+    (a full socket)."""
+
+    async def send(self, data: bytes) -> None:
+        if len(self.sent) >= 2:
+            await trio.sleep_forever()
+        await super().send(data)
+
+
+async def test_a_client_that_never_reads_cannot_hold_the_queue_of_calls_waiting_for_room(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack: a client that never reads sends a 10 KB call (its answer waits to be
+    sent, until its idle timeout) and then a 35 KB one, which waits for room under a
+    40 KB bound, first in line; the room it waits for is its own first call's, which
+    it never lets go. An honest 5 KB call that came after it fits (15 KB held) and must
+    be answered at once, not wait behind it for the idle timeout (60 s)."""
+    budget = session.CallBudget(40_000)
+    bye = trio.Event()
+    answered: list[float] = []
+
+    async def deaf() -> None:
+        send, incoming = trio.open_memory_channel[bytes](10)
+        await send.send(_auth())
+        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(10_000)))
+        await send.send(encode(Msg.REQUEST, 2, b"c" + bytes(35_000)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        await session.run_session(_Deaf(incoming, bye), proto, _AdmitCalls(), calls=budget)
+
+    async def honest() -> None:
+        await trio.sleep(2)
+        send, incoming = trio.open_memory_channel[bytes](10)
+        await send.send(_auth())
+        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(5_000)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        conn = _Honest(incoming, bye)
+        began = trio.current_time()
+
+        async def watch() -> None:
+            while Msg.RESPONSE not in conn.sent:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            answered.append(trio.current_time() - began)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(watch)
+            await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deaf)
+        nursery.start_soon(honest)
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert answered and answered[0] < 2.0, answered
+    assert budget.used == budget.waiting == 0 and not budget.queue
