@@ -259,3 +259,48 @@ async def test_a_client_that_never_reads_cannot_hold_the_queue_of_calls_waiting_
         nursery.cancel_scope.cancel()
     assert answered and answered[0] < 2.0, answered
     assert budget.used == budget.waiting == 0 and not budget.queue
+
+
+async def test_a_client_told_to_try_later_tries_later(monkeypatch: Any) -> None:
+    """Attack (a busy server): the server closes each connection whose call it cannot
+    hold with 1013 (try later), for a second and a half. The client sent its call again
+    at once on a new connection, six times in a few milliseconds, then raised
+    ConnectionLostError: told to try later, it never did. Must hold: it waits before
+    each new attempt after a 1013 (its reconnection delays), and its call is answered
+    once the server has room; the write is done once."""
+    from koru.nursery._protocol import Request
+    from koru.nursery._wire import CLOSE_TRY_LATER
+
+    refusing = [True]
+    refused = [0]
+    original = session._Runner.do
+
+    async def do(self: Any, command: Any) -> None:
+        if type(command) is Request and self.budget is not None and refusing[0]:
+            refused[0] += 1
+            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
+        await original(self, command)
+
+    async with (
+        koru.open(":memory:", difficulty=4) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            await remote.put("n", "k", 0)  # connected
+            monkeypatch.setattr(session._Runner, "do", do)
+
+            async def room() -> None:
+                await trio.sleep(1.5)
+                refusing[0] = False
+
+            nursery.start_soon(room)
+            with trio.fail_after(20):
+                version = await remote.put("n", "k", 1)
+            assert 1 <= refused[0] <= 4, refused  # a few attempts, not a burst
+            assert (await db.get_versioned("n", "k")).version == version
+            assert len(await db.history("n", "k")) == 2
+        nursery.cancel_scope.cancel()
