@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import trio
 import trio.testing
 
@@ -304,3 +305,170 @@ async def test_a_client_told_to_try_later_tries_later(monkeypatch: Any) -> None:
             assert (await db.get_versioned("n", "k")).version == version
             assert len(await db.history("n", "k")) == 2
         nursery.cancel_scope.cancel()
+
+
+# -- the write path's observers, registered lazily (what held) ---------------------------
+
+
+async def test_the_hub_watches_writes_exactly_while_some_subscription_is_live(
+    tmp_path: Path,
+) -> None:
+    """Attack: a subscriber falls behind and is cut off inside the write path (the hub
+    drops it there and cannot leave the writer's observers then); at once, before it
+    has noticed, another subscribes, then a remote client subscribes and its
+    connection is cut. Must hold: every live subscription sees every write; the hub
+    is among the observers exactly once while one is live, and not once none is."""
+    async with koru.open(tmp_path / "db", difficulty=4) as db, trio.open_nursery() as nursery:
+        observers = db._writer.observers  # type: ignore[attr-defined]
+        hub = db._hub  # type: ignore[attr-defined]
+        async with db.subscribe("n", buffer=1) as slow:
+            for i in range(3):
+                await db.put("n", f"k{i}", i)  # the second cuts it off
+            assert hub.subscriptions == [] and observers.count(hub.observe) == 1
+            async with db.subscribe("n") as fresh:
+                assert observers.count(hub.observe) == 1
+                await db.put("n", "seen", 1)
+                assert (await fresh.__anext__()).key == "seen"
+            assert hub.observe not in observers  # the slow one is no longer counted
+            try:
+                while True:
+                    await slow.__anext__()
+            except koru.LaggedError:
+                pass
+        assert hub.observe not in observers
+        port = await nursery.start(db.serve)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        async with (
+            koru.connect(f"127.0.0.1:{port}", who) as remote,
+            remote.subscribe("n") as changes,
+        ):
+            assert observers.count(hub.observe) == 1
+            await db.put("n", "far", 2)
+            with trio.fail_after(10):
+                assert (await changes.__anext__()).key == "far"
+            await remote._link._runner.conn.aclose()  # type: ignore[attr-defined]
+            with trio.fail_after(10):
+                while hub.subscriptions:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+        with trio.fail_after(10):
+            while hub.observe in observers:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await db.put("n", "after", 3)  # no subscriber: the write path does not call it
+        nursery.cancel_scope.cancel()
+
+
+async def test_views_and_queries_see_writes_made_before_and_after_their_first_use(
+    tmp_path: Path,
+) -> None:
+    """Attack: writes before any query (the engine not yet observing), a view created
+    then (its first read fills from the document cache, which registers the engine),
+    writes of a peer's ingested events and batches after, the cache emptied by its
+    budget, and a reopen from a checkpoint. Must hold: the view and a query agree with
+    the keys' current values each time."""
+    from koru import F, Query
+
+    q = Query().where(F("v") >= 1)
+    async with koru.open(tmp_path / "db") as db:
+        await db.put("n", "a", {"v": 1})
+        await db.put("n", "b", {"v": 0})
+        await db.create_view("big", "n", q)
+        assert [r.key for r in await db.view("big")] == ["a"]
+        await db.put_batch([("n", "b", {"v": 2}), ("n", "c", {"v": 3})])
+        await db.delete("n", "a")
+        assert [r.key for r in await db.query("n", q)] == ["b", "c"]
+        assert [r.key for r in await db.view("big")] == ["b", "c"]
+        db._queries.documents.by_namespace.clear()  # type: ignore[attr-defined]
+        await db.put("n", "d", {"v": 5})
+        assert [r.key for r in await db.query("n", q)] == ["b", "c", "d"]
+        await db.put("n", "d", {"v": 0})
+        assert [r.key for r in await db.query("n", q)] == ["b", "c"]
+        await db.checkpoint()
+    async with koru.open(tmp_path / "db") as db:
+        assert [r.key for r in await db.view("big")] == ["b", "c"]
+        await db.put("n", "e", {"v": 9})
+        assert [r.key for r in await db.query("n", q)] == ["b", "c", "e"]
+        assert [r.key for r in await db.view("big")] == ["b", "c", "e"]
+
+
+# -- group commit: withdrawn puts (what held) --------------------------------------------
+
+
+async def test_a_put_cancelled_after_its_round_took_it_is_written_not_withdrawn(
+    tmp_path: Path,
+) -> None:
+    """Attack: writers join a round, the round appends them and syncs in a worker
+    thread, and they are cancelled during that sync; then more join and are cancelled
+    before a round takes them, and the database is reopened. Must hold: the first are
+    written (taken, never withdrawn: not counted as such), the second never are, and
+    the count of withdrawn puts is back to none once a round has passed."""
+    from test_joined_puts import _SlowRecordingDisk
+
+    disk = _SlowRecordingDisk()
+    async with koru.open(tmp_path / "db", sync="always", disk=disk) as db:
+        writer = db._writer  # type: ignore[attr-defined]
+        for i in range(3):  # slow syncs: the committer moves them to a thread
+            await db.put("ns", f"warm{i}", i)
+        scopes: list[trio.CancelScope] = []
+
+        async def victim(key: str) -> None:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                await db.put("ns", key, 1)
+
+        disk.gate.clear()
+        disk.entered.clear()
+        async with trio.open_nursery() as nursery:
+            for i in range(4):  # one round takes them all; its sync waits at the gate
+                nursery.start_soon(victim, f"taken{i}")
+            assert await trio.to_thread.run_sync(disk.entered.wait, 10)
+            for scope in scopes:
+                scope.cancel()
+            scopes.clear()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer._withdrawn == 0
+            for i in range(4):  # these join the next round, and go before it
+                nursery.start_soon(victim, f"gone{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            for scope in scopes:
+                scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer._withdrawn == 4
+            disk.gate.set()
+        await db.put("ns", "last", 1)  # a round passes
+        assert writer._withdrawn == 0 and not writer._joined
+    async with koru.open(tmp_path / "db") as db:
+        assert all([await db.contains("ns", f"taken{i}") for i in range(4)])
+        assert not any([await db.contains("ns", f"gone{i}") for i in range(4)])
+
+
+# -- the put path's inlined CBOR heads (what held) ---------------------------------------
+
+_EDGES = [1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
+
+
+def test_the_inlined_heads_give_the_general_codecs_bytes_at_every_edge() -> None:
+    """Attack: the seq, value-length and flat-int heads inlined today, at each edge of
+    CBOR's head sizes (random seqs up to 2**64 almost never fall between 65,536 and
+    2**32). Must hold: the same bytes as the general codec, decoding back."""
+    from koru.events import STORAGE, ExpiringPutEvent, PutEncoder, PutEvent, decode_event
+    from koru.events import encode_event as general
+    from koru.events._cbor_parts import encode_flat
+
+    origin = bytes(range(16))
+    for seq in _EDGES:
+        for size in (0, 23, 24, 255, 256, 65536):
+            for expires in (None, 7):
+                value = b"v" * size
+                prev = None if seq == 1 else bytes(32)
+                header = (origin, STORAGE, seq, prev, seq, "n", "k", value, None)
+                event = PutEvent(*header) if expires is None else ExpiringPutEvent(*header, 7)
+                fused = PutEncoder(origin).encode(seq, prev, seq, "n", "k", value, None, expires)
+                assert fused == general(event), (seq, size)
+                assert decode_event(fused) == event
+    for n in [0, *_EDGES]:
+        for v in (n, -n - 1):
+            flat = encode_flat({"a": v})
+            assert flat == cbor2.dumps({"a": v}), v
+            assert cbor2.loads(flat) == {"a": v}
