@@ -46,6 +46,7 @@ from koru.events import (
     verify,
 )
 from koru.nursery import (
+    CLOSE_TRY_LATER,
     MALFORMED_BEFORE_HANDSHAKE,
     Challenged,
     Clock,
@@ -341,7 +342,7 @@ class _Link:
                 "send less at once"
             )
         renewed = False
-        for _ in range(len(RETRY_DELAYS) + 2):
+        for tries in range(len(RETRY_DELAYS) + 2):
             runner = await self.runner()
             call = next(self._ids)
             send, receive = trio.open_memory_channel[tuple[Msg, bytes | None]](1)
@@ -352,6 +353,7 @@ class _Link:
                     _, answer = await receive.receive()
             except (trio.EndOfChannel, ConnectionClosed):
                 self.drop(runner)
+                await self.later(runner, tries)
                 continue  # lost on the way: a new connection (or ConnectionLostError)
             finally:
                 runner.replies.pop(call, None)
@@ -367,6 +369,17 @@ class _Link:
                 continue
             raise error
         raise ConnectionLostError(f"the connection to {self.url} kept failing")
+
+    @staticmethod
+    async def later(runner: Any, tries: int) -> None:
+        """After a connection lost on its ``tries``-th attempt: if the server closed it
+        with 1013 (try later: too many calls waiting on it), wait as a reconnection
+        does before the next attempt. Why: the next attempt reconnected at once (its
+        first delay is none), and six attempts in a few milliseconds ended in
+        ConnectionLostError while the server was busy for a moment."""
+        ending = runner.ending
+        if ending and ending[0][0] == CLOSE_TRY_LATER:
+            await trio.sleep(RETRY_DELAYS[min(tries + 1, len(RETRY_DELAYS) - 1)])
 
     async def aclose(self) -> None:
         self.closed = True
@@ -479,16 +492,18 @@ class RemoteSubscription:
         """Wait for the stream's first item, the position it starts from: as a local
         subscribe, it returns once subscribed (every later change is seen), or raises
         why not."""
-        for _ in range(len(RETRY_DELAYS) + 2):
+        for tries in range(len(RETRY_DELAYS) + 2):
             if self._receive is None:
                 await self._open()
                 if self._receive is None:
+                    await self._link.later(self._runner, tries)
                     continue
             try:
                 kind, data = await self._receive.receive()
                 self._taken(data)
             except trio.EndOfChannel:  # lost before it started: start it again
                 self._receive = None
+                await self._link.later(self._runner, tries)
                 continue
             if kind is Msg.STREAM_END:
                 error = None if data is None else _error_of(data)
@@ -587,6 +602,17 @@ class RemoteSubscription:
             runner.replies.pop(self._call, None)
             with suppress(ConnectionClosed, trio.BrokenResourceError):
                 await runner.carry_out(runner.proto.cancel(self._call))
+
+    @staticmethod
+    async def later(runner: Any, tries: int) -> None:
+        """After a connection lost on its ``tries``-th attempt: if the server closed it
+        with 1013 (try later: too many calls waiting on it), wait as a reconnection
+        does before the next attempt. Why: the next attempt reconnected at once (its
+        first delay is none), and six attempts in a few milliseconds ended in
+        ConnectionLostError while the server was busy for a moment."""
+        ending = runner.ending
+        if ending and ending[0][0] == CLOSE_TRY_LATER:
+            await trio.sleep(RETRY_DELAYS[min(tries + 1, len(RETRY_DELAYS) - 1)])
 
     async def aclose(self) -> None:
         self.closed = True

@@ -39,6 +39,7 @@ from ._transport import memory_pair as memory_pair
 from ._transport import serve_websockets as serve_websockets
 from ._wire import CLOSE_INTERNAL as CLOSE_INTERNAL
 from ._wire import CLOSE_POLICY as CLOSE_POLICY
+from ._wire import CLOSE_TRY_LATER as CLOSE_TRY_LATER
 from ._wire import Msg as Msg
 from ._wire import WireError as WireError
 
@@ -46,6 +47,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CLOSE_INTERNAL",
     "CLOSE_POLICY",
+    "CLOSE_TRY_LATER",
     "MALFORMED_BEFORE_HANDSHAKE",
     "Authenticate",
     "Challenged",

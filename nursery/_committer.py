@@ -25,7 +25,7 @@ import copy
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import trio
 from trio.lowlevel import enable_ki_protection
@@ -33,6 +33,8 @@ from trio.lowlevel import enable_ki_protection
 from koru.events import DurabilityError, InvalidArgumentError, KoruError, LogStore
 
 __all__ = ["INLINE_SYNC_MAX", "SYNC_MODES", "Committer", "Joined", "SyncMode"]
+
+_E = TypeVar("_E", bound=BaseException)
 
 SyncMode = Literal["always", "os", "never"]
 SYNC_MODES: tuple[str, ...] = ("always", "os", "never")
@@ -200,7 +202,9 @@ class Committer:
             self.store.flush()
             await self._sync(in_thread)
         except DurabilityError as exc:
-            self.error = exc
+            # Kept as a copy made now: the caller gets ``exc`` itself, and the notes it
+            # adds to it must not show in every later waiter's copy.
+            self.error = _fresh(exc)
             raise
         self.durable = max(self.durable, target)
 
@@ -223,17 +227,22 @@ class Committer:
         self.syncs += 1
 
 
-def _fresh(error: BaseException) -> BaseException:
+def _fresh(error: _E) -> _E:
     """A copy of a stored ``error``, to raise in one more task: every writer of a failed
     round, and every write after a failed sync, gets its own. Why: raising one object in
     many tasks chains each raise's frames onto its one traceback (after a failed sync it
     grew with every refused put, and each caller's traceback showed the others' frames),
     and one caller's notes or context showed in every other's. The copy keeps the
-    message, the attributes and the cause. Errors of koru-delta are copied; anything
-    else (none is stored today) is raised as it is."""
+    message, the attributes and the cause; its notes (``add_note``) are a list of its
+    own (the shallow copy shared the stored error's: each caller's note showed in every
+    later copy). Errors of koru-delta are copied; anything else (none is stored today)
+    is raised as it is."""
     if not isinstance(error, KoruError):
         return error
     copied = copy.copy(error)
+    notes = copied.__dict__.get("__notes__")
+    if type(notes) is list:  # (shared with the stored error by the shallow copy)
+        copied.__notes__ = list(notes)
     copied.__cause__ = error.__cause__
     copied.__suppress_context__ = error.__suppress_context__
     return copied

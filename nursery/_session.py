@@ -13,6 +13,7 @@ exception, only as a finished session (:class:`SessionEnd`).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, NamedTuple, Protocol
@@ -86,6 +87,32 @@ class CallBudget:
         self.freed = trio.Event()
         #: Bytes of requests read and waiting their turn (bounded by ``limit`` too).
         self.waiting = 0
+        #: The requests waiting for room, first come first (see :meth:`fits`).
+        self.queue: deque[object] = deque()
+
+    def fits(self, size: int, turn: object | None) -> bool:
+        """True if a request of ``size`` bytes may be taken now: none waits before it
+        (``turn``: its place in the queue, None if it has none), and there is room or
+        nothing is held. Why the queue: a client that read its answers but kept two
+        15 KB calls in flight under a 40 KB bound took the room each of its calls gave
+        back, and a 30 KB call of another waited for as long as it kept on."""
+        queue = self.queue
+        if queue and queue[0] is not turn:
+            return False
+        return not self.used or self.used + size <= self.limit
+
+    def join(self) -> object:
+        """A place at the end of the queue."""
+        turn = object()
+        self.queue.append(turn)
+        return turn
+
+    def leave(self, turn: object) -> None:
+        """Give up a place in the queue (taken, cancelled, or waiting on its own
+        connection's bounds): the next in line may go."""
+        self.queue.remove(turn)
+        self.freed.set()
+        self.freed = trio.Event()
 
     def give_back(self, size: int) -> None:
         self.used -= size
@@ -312,25 +339,52 @@ class _Runner:
             # holds its task and its bytes as a call does.
             size = len(command.payload)
             budget = self.budget
-            if budget is not None:
-                # A request waiting its turn is held too (up to a message, 96 MiB, per
-                # connection): all connections' waiting ones together are bounded, and
-                # one past the bound closes its connection (try later), not waits.
-                if budget.waiting and budget.waiting + size > budget.limit:
-                    raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-                budget.waiting += size
+            # Yield first, as taking a call's slot did: the calls in flight count their
+            # answers' bytes before this one is weighed (taken at once, a client's
+            # small calls were each let in before any answer of theirs was counted).
+            await trio.lowlevel.checkpoint()
+            queued = False  # counted in budget.waiting
+            turn: object | None = None  # its place in the budget's queue
             try:
-                await self.calls.acquire()
                 while True:
-                    if self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                        await self.call_bytes_freed.wait()
-                    elif budget is not None and budget.used and budget.used + size > budget.limit:
-                        await budget.freed.wait()
+                    if self.calls.value == 0:
+                        wait = self._call_freed
+                    elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                        wait = self.call_bytes_freed.wait
+                    elif budget is not None and not budget.fits(size, turn):
+                        # In line only while its connection holds nothing: a client
+                        # that never read its answers kept the room its own first call
+                        # held and, first in line, stopped every other connection's
+                        # calls until its idle timeout. One with calls in flight waits
+                        # behind the line (its bytes given back wake it, then it joins;
+                        # once in line it has none in flight, so none can grow).
+                        if turn is None and not self.call_bytes:
+                            turn = budget.join()
+                        wait = budget.freed.wait
                     else:
                         break
+                    if budget is not None and not queued:
+                        # A request waiting its turn is held too (up to a message, 96
+                        # MiB, per connection): all connections' waiting ones together
+                        # are bounded, and one past the bound closes its connection
+                        # (try later), not waits. Only one that waits counts: one taken
+                        # at once counted while its reader yielded, and two clients
+                        # calling an idle server at once found each other waiting.
+                        if budget.waiting and budget.waiting + size > budget.limit:
+                            raise self.close(
+                                CLOSE_TRY_LATER, "too many calls waiting on this server"
+                            )
+                        budget.waiting += size
+                        queued = True
+                    await wait()
             finally:
-                if budget is not None:
+                if queued:
+                    assert budget is not None
                     budget.waiting -= size
+                if turn is not None:
+                    assert budget is not None
+                    budget.leave(turn)
+            self.calls.acquire_nowait()
             self.call_bytes += size
             if budget is not None:
                 budget.used += size
@@ -434,6 +488,11 @@ class _Runner:
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
             self._release(held)
+
+    async def _call_freed(self) -> None:
+        """Wait until one of the calls in flight ends (the reader alone takes them)."""
+        await self.calls.acquire()
+        self.calls.release()
 
     def _release(self, held: list[int]) -> None:
         """Give back a call's share of the bounds (once: ``held`` is emptied)."""
