@@ -603,17 +603,6 @@ class RemoteSubscription:
             with suppress(ConnectionClosed, trio.BrokenResourceError):
                 await runner.carry_out(runner.proto.cancel(self._call))
 
-    @staticmethod
-    async def later(runner: Any, tries: int) -> None:
-        """After a connection lost on its ``tries``-th attempt: if the server closed it
-        with 1013 (try later: too many calls waiting on it), wait as a reconnection
-        does before the next attempt. Why: the next attempt reconnected at once (its
-        first delay is none), and six attempts in a few milliseconds ended in
-        ConnectionLostError while the server was busy for a moment."""
-        ending = runner.ending
-        if ending and ending[0][0] == CLOSE_TRY_LATER:
-            await trio.sleep(RETRY_DELAYS[min(tries + 1, len(RETRY_DELAYS) - 1)])
-
     async def aclose(self) -> None:
         self.closed = True
         await self._cancel()
