@@ -67,6 +67,14 @@ log = logging.getLogger("koru.peers")
 #: taken).
 MAX_CALLS_IN_FLIGHT = 64
 MAX_CALL_BYTES = 128 * 1024 * 1024
+#: Room a plain call holds in the server's :class:`CallBudget` for its answer, from
+#: when it is let in until its answer is built (then the answer's own bytes count).
+#: Why: a call was let in by its request's size alone, so while answers took time to
+#: build (a read that waits), ten-byte requests filled every connection's 64 calls
+#: before any answer counted: four clients that never read held 25.6 MB of answers
+#: under a 400 KB bound. An answer larger than this still passes the bound by the
+#: difference, once per call being answered.
+ANSWER_RESERVE = 256 * 1024
 
 
 class CallBudget:
@@ -87,6 +95,9 @@ class CallBudget:
         self.freed = trio.Event()
         #: Bytes of requests read and waiting their turn (bounded by ``limit`` too).
         self.waiting = 0
+        #: Room a plain call holds for its answer until it is built (see
+        #: ``ANSWER_RESERVE``; a 256th of the bound at most, for small bounds).
+        self.reserve = min(ANSWER_RESERVE, limit // 256)
         #: The requests waiting for room, first come first (see :meth:`fits`).
         self.queue: deque[object] = deque()
 
@@ -339,6 +350,9 @@ class _Runner:
             # holds its task and its bytes as a call does.
             size = len(command.payload)
             budget = self.budget
+            # What it takes of the server's budget: a plain call holds room for its
+            # answer too until the answer is built (see ANSWER_RESERVE).
+            need = size if budget is None or command.payload[:1] == b"s" else size + budget.reserve
             # Yield first, as taking a call's slot did: the calls in flight count their
             # answers' bytes before this one is weighed (taken at once, a client's
             # small calls were each let in before any answer of theirs was counted).
@@ -351,7 +365,7 @@ class _Runner:
                         wait = self._call_freed
                     elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
                         wait = self.call_bytes_freed.wait
-                    elif budget is not None and not budget.fits(size, turn):
+                    elif budget is not None and not budget.fits(need, turn):
                         # In line only while its connection holds nothing: a client
                         # that never read its answers kept the room its own first call
                         # held and, first in line, stopped every other connection's
@@ -387,7 +401,7 @@ class _Runner:
             self.calls.acquire_nowait()
             self.call_bytes += size
             if budget is not None:
-                budget.used += size
+                budget.used += need
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -475,27 +489,36 @@ class _Runner:
                 self._release(held)
             return
         held = [len(payload)]
+        budget = self.budget
+        # The room its answer holds in the budget until it is built.
+        reserved = 0 if budget is None else budget.reserve
         try:
             answer = await self.endpoint.serve(payload[1:])
             # Its share is kept until its answer is sent, and the answer's bytes count
             # with the requests': a client that sent calls and never read their answers
             # had an answer wait per request it sent (the reader read on), not per call
             # in flight.
-            self.call_bytes += len(answer)
-            held[0] += len(answer)
-            if self.budget is not None:
-                self.budget.used += len(answer)
+            n = len(answer)
+            self.call_bytes += n
+            held[0] += n
+            if budget is not None:  # the room reserved becomes the answer's bytes
+                if n < reserved:
+                    budget.give_back(reserved - n)
+                else:
+                    budget.used += n - reserved
+            reserved = 0
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
-            self._release(held)
+            self._release(held, reserved)
 
     async def _call_freed(self) -> None:
         """Wait until one of the calls in flight ends (the reader alone takes them)."""
         await self.calls.acquire()
         self.calls.release()
 
-    def _release(self, held: list[int]) -> None:
-        """Give back a call's share of the bounds (once: ``held`` is emptied)."""
+    def _release(self, held: list[int], reserved: int = 0) -> None:
+        """Give back a call's share of the bounds (once: ``held`` is emptied), and the
+        room ``reserved`` for an answer it never built."""
         if held:
             self.calls.release()
             size = held.pop()
@@ -503,7 +526,7 @@ class _Runner:
             self.call_bytes_freed.set()
             self.call_bytes_freed = trio.Event()
             if self.budget is not None:
-                self.budget.give_back(size)
+                self.budget.give_back(size + reserved)
 
     async def reader(self) -> None:
         proto = self.proto

@@ -543,3 +543,47 @@ def test_a_diff_of_long_lists_of_repeated_items_aligns_a_bounded_number_of_pairs
     assert aligned[0] <= diff.ALIGNED_PAIRS
     # Small lists: aligned as ever (an insertion in the middle is one add).
     assert diff.diff_values([1, 2, 3], [1, 9, 2, 3]) == [diff.Change("add", (1,), None, 9)]
+
+
+class _SlowAnswers(_RefusingStreams):
+    """A client endpoint whose answers (32 KiB) take a moment to build, as a read that
+    waits does."""
+
+    async def serve(self, payload: bytes) -> bytes:
+        await trio.sleep(0.1)
+        return bytes(32 * 1024)
+
+
+class _AdmitSlow(_Admit):
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return _SlowAnswers(), [b"", bytes(64), bytes(16), []]
+
+
+async def test_answers_built_slowly_for_clients_that_never_read_stay_within_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Clients that never read each send 64 ten-byte calls whose answers take a moment
+    to build. A call was let in by its request's size alone, so every call was let in
+    before any answer counted: 8 connections x 64 answers of 32 KiB held 16 MiB under
+    an 8 MiB ``CallBudget``. Must hold: a call holds room for its answer from when it
+    is let in (``CallBudget.reserve``), so the budget's bytes stay within the bound."""
+    budget = session.CallBudget(8 << 20)
+    assert budget.reserve == 32 * 1024  # answers no larger than their reservation
+    most = [0]
+
+    async def deaf() -> None:
+        send, incoming = trio.open_memory_channel[bytes](100)
+        await send.send(_auth())
+        for call in range(session.MAX_CALLS_IN_FLIGHT):
+            await send.send(encode(Msg.REQUEST, call, b"c" + bytes(10)))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        await session.run_session(_Deaf(incoming, sends=2), proto, _AdmitSlow(), calls=budget)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(deaf)
+        for _ in range(100):
+            most[0] = max(most[0], budget.used)
+            await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert 0 < most[0] <= budget.limit, most  # was 16 MiB: every answer of every call
