@@ -295,3 +295,24 @@ async def test_named_keys_are_listed_from_one_state(space: str | None) -> None:
             assert any(got[0] == names[j:] for j in range(len(names) + 1)), (walk, got[0])
             for key in names:
                 await target.put("docs", key, 1)
+
+
+async def test_named_keys_of_a_dropped_workspace_as_a_walk_answers() -> None:
+    """Dropped: the workspace handle refuses (WorkspaceDroppedError) on both paths;
+    the audit handle still lists, on both paths."""
+    alice = person(1)
+    async with koru.open(":memory:", difficulty=D, clock=Clock(), sync="os") as db:
+        await db.register(alice.public)
+        for key in ("a", "b", "c"):
+            await db.workspace("team").put("docs", key, 1)
+        await db.grant(alice.public, namespace=workspace_namespace("team", "docs"), key="a")
+        await db.grant(alice.public, namespace=workspace_namespace("team", "docs"), key="c")
+        h = db.as_identity(alice)
+        assert await h.workspace("team").keys("docs") == ["a", "c"]
+        await db.drop_workspace("team")
+        for walk in (False, True):
+            with pytest.raises(koru.WorkspaceDroppedError):
+                await (_slow if walk else lambda h, ns: h.keys(ns))(h.workspace("team"), "docs")
+            audit = h.audit_workspace("team")
+            listed = await (_slow(audit, "docs") if walk else audit.keys("docs"))
+            assert listed == ["a", "c"], walk
