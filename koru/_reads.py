@@ -305,6 +305,20 @@ class KeyReads:
             return False
         return not (kv.expiring and kv.expired(namespace, key, self.now()))
 
+    def present(self, namespace: str, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` (valid names) that have a current value, in their order,
+        all read in one state at one reading of the clock (as :meth:`keys` lists)."""
+        check_name(namespace, "namespace")
+        kv = self.kv
+        now = self.now() if kv.expiring else None
+        found = []
+        for key in keys:
+            if kv.live_content_id(namespace, key) is None:
+                continue
+            if now is None or not kv.expired(namespace, key, now):
+                found.append(key)
+        return found
+
 
 def _bound(versions: int, value_bytes: int) -> None:
     """Refuse a history whose answer is surely over :data:`ANSWER_BYTES`."""
