@@ -464,6 +464,8 @@ class RemoteSubscription:
         #: Renewed its session with no change since (a second expiry is raised).
         self._renewed = False
         self._skip = 0
+        #: Connections lost in a row with nothing received on them (see :meth:`_lost`).
+        self._tries = 0
         self.closed = False
 
     async def _open(self) -> None:
@@ -537,6 +539,7 @@ class RemoteSubscription:
             if self._receive is None:
                 await self._open()
                 if self._receive is None:
+                    await self._lost()
                     continue
             try:
                 kind, data = await self._receive.receive()
@@ -544,6 +547,7 @@ class RemoteSubscription:
             except trio.EndOfChannel:
                 if self._call not in self._runner.lagged:  # the connection was lost
                     self._receive = None
+                    await self._lost()
                     continue
                 # This side's buffer overflowed: cut off, as a local subscriber is,
                 # naming the position of the first change it missed.
@@ -555,6 +559,7 @@ class RemoteSubscription:
                     continue  # resumed from it, the changes delivered skipped
                 self._lagged = position
                 raise LaggedError(position) from None
+            self._tries = 0  # something came on it
             if kind is Msg.STREAM_END:
                 error = None if data is None else _error_of(data)
                 if isinstance(error, SessionExpiredError) and not self._renewed:
@@ -585,6 +590,18 @@ class RemoteSubscription:
             else:
                 self._position, self._at_position = change.position, 1
             return change
+
+    async def _lost(self) -> None:
+        """The connection the stream was resumed on was lost before anything came on
+        it: wait as a call does before its next attempt (after a 1013, try later), and
+        give up as a call does after as many attempts in a row. Why: a subscription
+        resumed at once, for ever: a server closing each new connection with 1013 for
+        a second and a half got 299 reconnections and subscribe requests from it."""
+        tries = self._tries
+        self._tries += 1
+        if self._tries >= len(RETRY_DELAYS) + 2:
+            raise ConnectionLostError(f"the connection to {self._link.url} kept failing")
+        await self._link.later(self._runner, tries)
 
     def _renew(self) -> None:
         """The session expired: the next step resumes on a new connection (a new
