@@ -295,6 +295,8 @@ class PeerProtocol:
         self._state = _State.AUTH if server else _State.HELLO
         self._opened_at = now
         self._last_received = now
+        #: This side stopped reading (backpressure): the peer's silence is not measured.
+        self._unread = False
         self._last_sent = now
         self._last_summary = now
         self._tokens = limits.burst
@@ -835,7 +837,7 @@ class PeerProtocol:
             if now - self._opened_at > limits.handshake_timeout:
                 return self._close(CLOSE_POLICY, "handshake timeout")
             return []
-        if now - self._last_received > limits.idle_timeout:
+        if not self._unread and now - self._last_received > limits.idle_timeout:
             return self._close(CLOSE_GOING_AWAY, "idle timeout: the peer went silent")
         out: list[Command] = []
         if self.role == PEER and now - self._last_summary >= limits.resync and not self.busy:
@@ -846,12 +848,25 @@ class PeerProtocol:
             out.append(self._send(Msg.PING, self._ping))
         return out
 
+    def reading(self, reading: bool, now: float) -> None:
+        """This side stopped reading the peer's messages (``reading`` False: its calls
+        wait for room, backpressure) or reads again. While it does not read, the peer's
+        silence is not measured (what it sent waits unread); reading again, the idle
+        timeout counts from ``now``. Why: a client whose call waited for room other
+        clients held (a server's CallBudget) answered every ping, but its pongs were
+        not read, and it was closed for going silent with the clients it waited on."""
+        if self._unread and reading:
+            self._last_received = max(self._last_received, now)
+        self._unread = not reading
+
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
         limits = self.limits
         if self._state is not _State.OPEN:
             return self._opened_at + limits.handshake_timeout
-        due = min(self._last_received + limits.idle_timeout, self._last_sent + limits.heartbeat)
+        due = self._last_sent + limits.heartbeat
+        if not self._unread:
+            due = min(due, self._last_received + limits.idle_timeout)
         if self.role == PEER:
             due = min(due, self._last_summary + limits.resync)
         return due

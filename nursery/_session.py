@@ -358,6 +358,7 @@ class _Runner:
             # small calls were each let in before any answer of theirs was counted).
             await trio.lowlevel.checkpoint()
             queued = False  # counted in budget.waiting
+            paused = False  # this side stopped reading (proto.reading)
             turn: object | None = None  # its place in the budget's queue
             try:
                 while True:
@@ -390,8 +391,17 @@ class _Runner:
                             )
                         budget.waiting += size
                         queued = True
+                    if not paused:
+                        # Not reading now: the client's silence is not judged (its
+                        # pongs wait unread), and the timer's deadline moves.
+                        paused = True
+                        proto.reading(False, self.now())
+                        self._wake_timer()
                     await wait()
             finally:
+                if paused:
+                    proto.reading(True, self.now())
+                    self._wake_timer()
                 if queued:
                     assert budget is not None
                     budget.waiting -= size
@@ -510,6 +520,11 @@ class _Runner:
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
             self._release(held, reserved)
+
+    def _wake_timer(self) -> None:
+        """The protocol's next deadline changed: the timer sleeps until it again."""
+        if self.timer_sleep is not None:
+            self.timer_sleep.cancel()
 
     async def _call_freed(self) -> None:
         """Wait until one of the calls in flight ends (the reader alone takes them)."""

@@ -4,13 +4,20 @@ what the adversary does and asserts what must hold."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 import koru
+from koru.nursery import ConnectionClosed, NoFeeds, StreamFailed
 from koru.nursery import _session as session
+from koru.nursery._protocol import PeerProtocol
+from koru.nursery._wire import Msg, decode, encode
 
 
 async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
@@ -65,3 +72,276 @@ async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
             assert second.value == 1
             assert 1 <= refused[0] <= 4, refused  # a few attempts, not a burst
         nursery.cancel_scope.cancel()
+
+
+# -- the bound on all of a server's calls (CallBudget), by model -------------------------
+
+
+class _Fuzzed(NoFeeds):
+    """A client endpoint whose answers take a random while and have random sizes (some
+    past the budget's reserve), whose streams open after a while or are refused, and
+    send a few items."""
+
+    name = "client"
+
+    def __init__(self, rng: random.Random, reserve: int) -> None:
+        self._rng = rng
+        self._reserve = reserve
+
+    async def serve(self, payload: bytes) -> bytes:
+        rng = self._rng
+        await trio.sleep(rng.choice([0, 0, 0.01, 0.3, 2.0, 7.0]))
+        return bytes(rng.choice([0, 1, self._reserve - 1, self._reserve, 3 * self._reserve]))
+
+    @asynccontextmanager
+    async def stream(self, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+        rng = self._rng
+        await trio.sleep(rng.choice([0, 0.01, 1.0]))
+        if rng.random() < 0.3:
+            raise StreamFailed(b"refused")
+        items = rng.randrange(4)
+        delay = rng.choice([0, 0.05, 0.5])
+
+        yield _Items(items, delay)
+
+
+class _Items:
+    """A stream's few items, a while apart (no async generator left to the GC)."""
+
+    def __init__(self, items: int, delay: float) -> None:
+        self._items = items
+        self._delay = delay
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._items:
+            raise StopAsyncIteration
+        self._items -= 1
+        await trio.sleep(self._delay)
+        return b"item"
+
+
+class _FuzzAdmit:
+    def __init__(self, endpoint: _Fuzzed) -> None:
+        self._endpoint = endpoint
+
+    async def hello(self) -> tuple[bytes, bytes, int, bytes]:
+        return bytes(32), bytes(32), 0, bytes(16)
+
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return self._endpoint, [b"", bytes(64), bytes(16), []]
+
+
+class _FuzzConn:
+    """The server's end of a fuzzed client: ``deaf`` ones stop reading after the
+    handshake; others read after a random while, answer pings, and count the calls
+    answered (a RESPONSE or a STREAM_END)."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        incoming: trio.MemoryReceiveChannel[bytes],
+        outgoing: trio.MemorySendChannel[bytes],
+        deaf: bool,
+    ) -> None:
+        self._rng = rng
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._deaf = deaf
+        self.remote = "fuzz"
+        self.sends = 0
+        self.answered: set[int] = set()
+        self.answer = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.sends += 1
+        if self._deaf and self.sends > 2:
+            await trio.sleep_forever()
+        await trio.sleep(self._rng.choice([0, 0, 0.001, 0.2]))
+        kind, fields = decode(data)
+        if kind is Msg.PING:
+            with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._outgoing.send_nowait(encode(Msg.PONG, *fields))
+        elif kind in (Msg.RESPONSE, Msg.STREAM_END):
+            self.answered.add(fields[0])
+            self.answer.set()
+            self.answer = trio.Event()
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionClosed(1000, "bye") from None
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_the_call_budget_gives_back_every_byte_and_serves_every_patient_call(
+    autojump_clock: trio.testing.MockClock, seed: int
+) -> None:
+    """Attack, by model: twelve clients share a server whose bound on all calls is
+    small (a few calls' worth); each sends plain and streamed calls of random sizes
+    (some past the bound alone) at random moments; some never read (their answers wait
+    for their idle timeout), some hang up mid-call, some cancel their streams; answers
+    take random whiles and have random sizes (some past the reserve); the whole server
+    is cancelled at a random moment in one run of three. Must hold at every moment:
+    the budget's bytes used and waiting are never negative, its queue holds a client
+    once at most; at the end nothing is held, waiting or queued; and every call of a
+    patient client (reads, waits for all its answers) not told to try later (1013) is
+    answered before the run ends."""
+    rng = random.Random(seed)
+    limit = 64 * 1024
+    budget = session.CallBudget(limit)
+    endpoint = _Fuzzed(rng, budget.reserve)
+    broken: list[str] = []
+    negative = [False]
+    original_give_back = session.CallBudget.give_back
+
+    def give_back(self: session.CallBudget, size: int) -> None:
+        original_give_back(self, size)
+        if self.used < 0:
+            negative[0] = True
+
+    patient: list[tuple[_FuzzConn, set[int], list[Any]]] = []
+
+    async def client(n: int) -> None:
+        kind = rng.choice(["patient", "patient", "deaf", "hangs up"])
+        send, incoming = trio.open_memory_channel[bytes](1000)
+        conn = _FuzzConn(rng, incoming, send, kind == "deaf")
+        sent: set[int] = set()
+        end: list[Any] = []
+        if kind == "patient":
+            patient.append((conn, sent, end))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+
+        async def feed() -> None:
+            await trio.sleep(rng.random() * 3)
+            send.send_nowait(_auth_message())
+            for call in range(1, rng.randrange(2, 90)):
+                size = rng.choice([1, 10, 1000, limit // 3, limit - 10, 2 * limit])
+                streamed = rng.random() < 0.25
+                payload = (b"s" if streamed else b"c") + bytes(size)
+                send.send_nowait(encode(Msg.REQUEST, call, payload))
+                if streamed and rng.random() < 0.3:
+                    send.send_nowait(encode(Msg.CANCEL, call))  # (not answered then)
+                else:
+                    sent.add(call)
+                if rng.random() < 0.3:
+                    await trio.sleep(rng.choice([0, 0.01, 0.5]))
+            if kind == "hangs up":
+                await trio.sleep(rng.choice([0, 0.1, 1.0, 5.0]))
+                send.close()
+            elif kind == "patient":
+                while not sent <= conn.answered:
+                    await conn.answer.wait()
+                send.close()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(feed)
+            ended = await session.run_session(conn, proto, _FuzzAdmit(endpoint), calls=budget)
+            end.append(ended.code)
+            end.append(ended.reason)
+            end.append(trio.current_time())
+            inner.cancel_scope.cancel()
+
+    async def watch() -> None:
+        while True:
+            if budget.used < 0 or budget.waiting < 0:
+                broken.append(f"used {budget.used}, waiting {budget.waiting}")
+            if len(set(map(id, budget.queue))) != len(budget.queue):
+                broken.append("a turn twice in the queue")
+            await trio.sleep(0.005)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(session.CallBudget, "give_back", give_back)
+    try:
+        cut = seed % 3 == 0
+        with trio.move_on_after(rng.uniform(1, 20) if cut else 600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                async with trio.open_nursery() as clients:
+                    for n in range(12):
+                        clients.start_soon(client, n)
+                nursery.cancel_scope.cancel()
+    finally:
+        mp.undo()
+    assert not broken, broken[:3]
+    assert not negative[0]
+    assert budget.used == 0 and budget.waiting == 0 and not budget.queue, (
+        budget.used,
+        budget.waiting,
+        list(budget.queue),
+    )
+    if not cut:
+        for conn, sent, end in patient:
+            if end and end[0] == 1013:
+                continue
+            assert sent <= conn.answered, (end, sorted(sent - conn.answered)[:5])
+
+
+def _auth_message() -> bytes:
+    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
+
+
+class _Slow(NoFeeds):
+    """Answers after five seconds (a read that waits)."""
+
+    name = "client"
+
+    async def serve(self, payload: bytes) -> bytes:
+        await trio.sleep(5)
+        return b"answer"
+
+
+class _SlowAdmit(_FuzzAdmit):
+    def __init__(self) -> None:
+        super().__init__(_Slow())  # type: ignore[arg-type]
+
+
+async def test_a_client_waiting_for_room_others_hold_is_not_closed_as_silent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack: a client that never reads sends a 10 KB call (its answer, built after 5 s,
+    waits to be sent until its send times out, 60 s later) to a server bounded at 40 KB.
+    An honest client answers every ping and sends a 35 KB call at 2 s: it waits for the
+    room the deaf one holds, its reader stopped (backpressure). Must hold: the honest
+    client is served once the deaf one is closed, not closed first for an idle timeout
+    ("the peer went silent") it never caused: its pongs were sent, the server did not
+    read them."""
+    budget = session.CallBudget(40_000)
+    rng = random.Random(1)
+    ends: dict[str, tuple[int | None, str]] = {}
+    conns: dict[str, _FuzzConn] = {}
+
+    async def client(name: str, start: float, size: int, deaf: bool) -> None:
+        await trio.sleep(start)
+        send, incoming = trio.open_memory_channel[bytes](100)
+        send.send_nowait(_auth_message())
+        send.send_nowait(encode(Msg.REQUEST, 1, b"c" + bytes(size)))
+        conn = conns[name] = _FuzzConn(rng, incoming, send, deaf)
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+
+        async def bye() -> None:
+            while 1 not in conn.answered:
+                await conn.answer.wait()
+            send.close()
+
+        async with trio.open_nursery() as inner:
+            if not deaf:
+                inner.start_soon(bye)
+            end = await session.run_session(conn, proto, _SlowAdmit(), calls=budget)
+            ends[name] = (end.code, end.reason)
+            inner.cancel_scope.cancel()
+
+    with trio.move_on_after(300):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client, "deaf", 0, 10_000, True)
+            nursery.start_soon(client, "honest", 2, 35_000, False)
+    assert ends["deaf"][0] == 1001, ends  # its answer could not be sent
+    assert ends["honest"] == (1000, "bye"), ends  # was 1001, idle timeout, at 62 s
+    assert 1 in conns["honest"].answered
+    assert budget.used == budget.waiting == 0 and not budget.queue
