@@ -345,3 +345,135 @@ async def test_a_client_waiting_for_room_others_hold_is_not_closed_as_silent(
     assert ends["honest"] == (1000, "bye"), ends  # was 1001, idle timeout, at 62 s
     assert 1 in conns["honest"].answered
     assert budget.used == budget.waiting == 0 and not budget.queue
+
+
+async def test_a_write_whose_connection_is_closed_with_1013_mid_call_is_done_once(
+    monkeypatch: Any,
+) -> None:
+    """Attack (a busy server): the server takes a put (its task starts) and closes the
+    connection with 1013 (try later) at once, before the answer is built, twice in a
+    row. The client sends the put again, with the same key, after its delays. Must
+    hold: the write is done once, and the version returned is the one stored."""
+    from koru.nursery._protocol import Request
+    from koru.nursery._wire import CLOSE_TRY_LATER
+
+    closing = [0]
+    original = session._Runner.do
+
+    async def do(self: Any, command: Any) -> None:
+        await original(self, command)
+        if type(command) is Request and self.budget is not None and closing[0]:
+            closing[0] -= 1
+            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
+
+    async with (
+        koru.open(":memory:", difficulty=4) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
+            await remote.put("n", "k", 0)  # connected
+            monkeypatch.setattr(session._Runner, "do", do)
+            closing[0] = 2
+            with trio.fail_after(20):
+                version = await remote.put("n", "k", 1)
+            assert closing[0] == 0
+            assert (await db.get_versioned("n", "k")).version == version
+            assert [v.value for v in await db.history("n", "k")] == [0, 1]
+        nursery.cancel_scope.cancel()
+
+
+# -- AuthorizedSpace.keys' named-key path (what held) -------------------------------------
+
+
+class _HandClock:
+    """A wall clock set by hand (the same reading until moved)."""
+
+    def __init__(self) -> None:
+        self.ns = 2_000_000_000 * 10**9  # (2033: ahead of any real clock a test saw)
+
+    def now_ns(self) -> int:
+        return self.ns
+
+
+async def _walked(h: Any, namespace: str) -> list[str]:
+    import koru._authorized_space as authorized_space
+
+    held = authorized_space._NAMED_KEYS
+    authorized_space._NAMED_KEYS = -1
+    try:
+        return list(await h.keys(namespace))
+    finally:
+        authorized_space._NAMED_KEYS = held
+
+
+async def test_named_keys_at_the_bound_through_a_session_at_the_instant_of_expiry(
+    monkeypatch: Any,
+) -> None:
+    """Attack: an identity's grants name exactly 1,024 keys of a namespace (the named-key
+    path's bound), then 1,025 (the walk); some are written, some deleted, some with a
+    time to live; the listing is asked through the identity and through a session of
+    it, with the clock one nanosecond before, exactly at, and one after the keys'
+    expiry (an expired key is gone at its expiry, as a read sees it). Must hold: both
+    paths answer what db.check keeps of db.keys at each instant, and the named-key path
+    is the one taken at 1,024 (not at 1,025)."""
+    clock = _HandClock()
+    bob = koru.Identity.mine(4, rng=random.Random(2))
+    async with koru.open(":memory:", difficulty=4, clock=clock, sync="os", processes=False) as db:
+        await db.register(bob.public)
+        names = [f"k{i:04}" for i in range(1025)]
+        for i, key in enumerate(names[:1024]):
+            if i % 3 == 0:
+                await db.put("docs", key, i, ttl=5 if i % 2 else None)
+            elif i % 3 == 1:
+                await db.put("docs", key, i)
+                if i % 5 == 0:
+                    await db.delete("docs", key)
+            clock.ns += 1
+        await db.put("docs", "not-named", 0)
+        await db.put("docs", names[1024], 0, ttl=5)
+        for key in names[:1024]:
+            await db.grant(bob.public, namespace="docs", key=key, actions=["read"])
+        session = await db.open_session(bob.respond(await db.challenge()), ttl=3600)
+        soon = await db.expiring(within=3600)
+        expiries = sorted({e.expires for e in soon})
+        assert len(expiries) > 10  # one per put with a ttl (a nanosecond apart)
+        cls = type(db._reads)
+        present = cls.present
+        asked = [0]
+
+        def counted(self: Any, namespace: str, keys: Any) -> list[str]:
+            asked[0] += 1
+            return present(self, namespace, keys)
+
+        monkeypatch.setattr(cls, "present", counted)
+
+        async def compare(granted: int) -> None:
+            sizes = []
+            for at in (expiries[0] - 1, expiries[0], expiries[7], expiries[-1], expiries[-1] + 1):
+                clock.ns = at
+                expected = [
+                    k
+                    for k in await db.keys("docs")
+                    if await db.check(bob.public, "read", "docs", k)
+                ]
+                assert len({k for k in expected if k in names[:granted]}) == len(expected)
+                sizes.append(len(expected))
+                for who in (bob, session):
+                    h = db.as_identity(who)
+                    before = asked[0]
+                    named = list(await h.keys("docs"))
+                    assert asked[0] == before + (1 if granted <= 1024 else 0)
+                    assert named == await _walked(h, "docs") == expected, at - expiries[0]
+            if granted == 1025:  # (the clock set back: the database's never goes back)
+                assert sizes == [sizes[-1]] * 5, sizes
+                return
+            # The first key with a ttl is listed a nanosecond before its expiry, not at it.
+            assert sizes[0] == sizes[1] + 1 and sizes[1] > sizes[2] > sizes[3] >= sizes[4], sizes
+
+        await compare(1024)
+        await db.grant(bob.public, namespace="docs", key=names[1024], actions=["read"])
+        await compare(1025)
