@@ -477,3 +477,47 @@ async def test_named_keys_at_the_bound_through_a_session_at_the_instant_of_expir
         await compare(1024)
         await db.grant(bob.public, namespace="docs", key=names[1024], actions=["read"])
         await compare(1025)
+
+
+async def test_a_subscription_a_server_keeps_refusing_gives_up_as_a_call_does(
+    monkeypatch: Any,
+) -> None:
+    """Attack (a server busy for good): every new connection's request is closed with
+    1013 (try later). A live subscription whose connection is lost resumed at once, for
+    ever. Must hold: it waits between attempts and raises ConnectionLostError after as
+    many attempts in a row as a call makes."""
+    from koru.nursery._protocol import Request
+    from koru.nursery._wire import CLOSE_TRY_LATER
+
+    refusing = [False]
+    refused = [0]
+    original = session._Runner.do
+
+    async def do(self: Any, command: Any) -> None:
+        if type(command) is Request and self.budget is not None and refusing[0]:
+            refused[0] += 1
+            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
+        await original(self, command)
+
+    monkeypatch.setattr(session._Runner, "do", do)
+    async with (
+        koru.open(":memory:", difficulty=4) as db,
+        trio.open_nursery() as nursery,
+    ):
+        port = await nursery.start(db.serve)
+        who = koru.Identity.mine(4)
+        await db.register(who.public)
+        await db.grant(who.public, actions=["read", "write"])
+        async with (
+            koru.connect(f"127.0.0.1:{port}", who) as remote,
+            remote.subscribe("n") as sub,
+        ):
+            await db.put("n", "k", 0)
+            with trio.fail_after(10):
+                assert (await sub.__anext__()).value == 0
+            refusing[0] = True
+            sub._link.drop(sub._runner)
+            with trio.fail_after(40), pytest.raises(koru.ConnectionLostError):
+                await sub.__anext__()
+            assert 3 <= refused[0] <= 6, refused
+        nursery.cancel_scope.cancel()
