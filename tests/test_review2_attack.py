@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from _busy_server import TryLater, served
+from test_named_keys_attack import _slow
 
 import koru
 from koru.nursery import ConnectionClosed, NoFeeds, StreamFailed
@@ -28,50 +30,29 @@ async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
     and a half. Resuming must wait as a call does after a 1013 (its reconnection
     delays), not reconnect and resend at once in a loop; the change written once the
     server has room must still reach the subscriber, none twice."""
-    from koru.nursery._protocol import Request
-    from koru.nursery._wire import CLOSE_TRY_LATER
-
-    refusing = [False]
-    refused = [0]
-    original = session._Runner.do
-
-    async def do(self: Any, command: Any) -> None:
-        if type(command) is Request and self.budget is not None and refusing[0]:
-            refused[0] += 1
-            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-        await original(self, command)
-
-    monkeypatch.setattr(session._Runner, "do", do)
+    busy = TryLater(monkeypatch)
     async with (
-        koru.open(":memory:", difficulty=4) as db,
-        trio.open_nursery() as nursery,
+        served() as (db, nursery, address, who),
+        koru.connect(address, who) as remote,
+        remote.subscribe("n") as sub,
     ):
-        port = await nursery.start(db.serve)
-        who = koru.Identity.mine(4)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
-        async with (
-            koru.connect(f"127.0.0.1:{port}", who) as remote,
-            remote.subscribe("n") as sub,
-        ):
-            await db.put("n", "k", 0)
-            with trio.fail_after(10):
-                first = await sub.__anext__()
-            assert first.value == 0
-            refusing[0] = True
-            sub._link.drop(sub._runner)  # the connection is lost
+        await db.put("n", "k", 0)
+        with trio.fail_after(10):
+            first = await sub.__anext__()
+        assert first.value == 0
+        busy.refusing = True
+        sub._link.drop(sub._runner)  # the connection is lost
 
-            async def room() -> None:
-                await trio.sleep(1.5)
-                refusing[0] = False
-                await db.put("n", "k", 1)
+        async def room() -> None:
+            await trio.sleep(1.5)
+            busy.refusing = False
+            await db.put("n", "k", 1)
 
-            nursery.start_soon(room)
-            with trio.fail_after(20):
-                second = await sub.__anext__()
-            assert second.value == 1
-            assert 1 <= refused[0] <= 4, refused  # a few attempts, not a burst
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(room)
+        with trio.fail_after(20):
+            second = await sub.__anext__()
+        assert second.value == 1
+        assert 1 <= busy.refused <= 4, busy.refused  # a few attempts, not a burst
 
 
 # -- the bound on all of a server's calls (CallBudget), by model -------------------------
@@ -354,36 +335,15 @@ async def test_a_write_whose_connection_is_closed_with_1013_mid_call_is_done_onc
     connection with 1013 (try later) at once, before the answer is built, twice in a
     row. The client sends the put again, with the same key, after its delays. Must
     hold: the write is done once, and the version returned is the one stored."""
-    from koru.nursery._protocol import Request
-    from koru.nursery._wire import CLOSE_TRY_LATER
-
-    closing = [0]
-    original = session._Runner.do
-
-    async def do(self: Any, command: Any) -> None:
-        await original(self, command)
-        if type(command) is Request and self.budget is not None and closing[0]:
-            closing[0] -= 1
-            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-
-    async with (
-        koru.open(":memory:", difficulty=4) as db,
-        trio.open_nursery() as nursery,
-    ):
-        port = await nursery.start(db.serve)
-        who = koru.Identity.mine(4)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
-        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
-            await remote.put("n", "k", 0)  # connected
-            monkeypatch.setattr(session._Runner, "do", do)
-            closing[0] = 2
-            with trio.fail_after(20):
-                version = await remote.put("n", "k", 1)
-            assert closing[0] == 0
-            assert (await db.get_versioned("n", "k")).version == version
-            assert [v.value for v in await db.history("n", "k")] == [0, 1]
-        nursery.cancel_scope.cancel()
+    busy = TryLater(monkeypatch)
+    async with served() as (db, _, address, who), koru.connect(address, who) as remote:
+        await remote.put("n", "k", 0)  # connected
+        busy.closing = 2
+        with trio.fail_after(20):
+            version = await remote.put("n", "k", 1)
+        assert busy.closing == 0
+        assert (await db.get_versioned("n", "k")).version == version
+        assert [v.value for v in await db.history("n", "k")] == [0, 1]
 
 
 # -- AuthorizedSpace.keys' named-key path (what held) -------------------------------------
@@ -397,17 +357,6 @@ class _HandClock:
 
     def now_ns(self) -> int:
         return self.ns
-
-
-async def _walked(h: Any, namespace: str) -> list[str]:
-    import koru._authorized_space as authorized_space
-
-    held = authorized_space._NAMED_KEYS
-    authorized_space._NAMED_KEYS = -1
-    try:
-        return list(await h.keys(namespace))
-    finally:
-        authorized_space._NAMED_KEYS = held
 
 
 async def test_named_keys_at_the_bound_through_a_session_at_the_instant_of_expiry(
@@ -467,7 +416,7 @@ async def test_named_keys_at_the_bound_through_a_session_at_the_instant_of_expir
                     before = asked[0]
                     named = list(await h.keys("docs"))
                     assert asked[0] == before + (1 if granted <= 1024 else 0)
-                    assert named == await _walked(h, "docs") == expected, at - expiries[0]
+                    assert named == await _slow(h, "docs") == expected, at - expiries[0]
             if granted == 1025:  # (the clock set back: the database's never goes back)
                 assert sizes == [sizes[-1]] * 5, sizes
                 return
@@ -486,38 +435,17 @@ async def test_a_subscription_a_server_keeps_refusing_gives_up_as_a_call_does(
     1013 (try later). A live subscription whose connection is lost resumed at once, for
     ever. Must hold: it waits between attempts and raises ConnectionLostError after as
     many attempts in a row as a call makes."""
-    from koru.nursery._protocol import Request
-    from koru.nursery._wire import CLOSE_TRY_LATER
-
-    refusing = [False]
-    refused = [0]
-    original = session._Runner.do
-
-    async def do(self: Any, command: Any) -> None:
-        if type(command) is Request and self.budget is not None and refusing[0]:
-            refused[0] += 1
-            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-        await original(self, command)
-
-    monkeypatch.setattr(session._Runner, "do", do)
+    busy = TryLater(monkeypatch)
     async with (
-        koru.open(":memory:", difficulty=4) as db,
-        trio.open_nursery() as nursery,
+        served() as (db, _, address, who),
+        koru.connect(address, who) as remote,
+        remote.subscribe("n") as sub,
     ):
-        port = await nursery.start(db.serve)
-        who = koru.Identity.mine(4)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
-        async with (
-            koru.connect(f"127.0.0.1:{port}", who) as remote,
-            remote.subscribe("n") as sub,
-        ):
-            await db.put("n", "k", 0)
-            with trio.fail_after(10):
-                assert (await sub.__anext__()).value == 0
-            refusing[0] = True
-            sub._link.drop(sub._runner)
-            with trio.fail_after(40), pytest.raises(koru.ConnectionLostError):
-                await sub.__anext__()
-            assert 3 <= refused[0] <= 6, refused
-        nursery.cancel_scope.cancel()
+        await db.put("n", "k", 0)
+        with trio.fail_after(10):
+            assert (await sub.__anext__()).value == 0
+        busy.refusing = True
+        sub._link.drop(sub._runner)
+        with trio.fail_after(40), pytest.raises(koru.ConnectionLostError):
+            await sub.__anext__()
+        assert 3 <= busy.refused <= 6, busy.refused

@@ -10,6 +10,7 @@ from typing import Any
 import cbor2
 import trio
 import trio.testing
+from _busy_server import TryLater, served
 
 import koru
 from koru.events import DurabilityError, OsDisk
@@ -122,6 +123,29 @@ def _auth() -> bytes:
     return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
 
 
+async def _honest_call(
+    budget: session.CallBudget, bye: trio.Event, delay: float, size: int, answered: list[float]
+) -> None:
+    """A client that reads: after ``delay`` s it sends one call of ``size`` bytes and
+    notes in ``answered`` how long its answer took."""
+    await trio.sleep(delay)
+    send, incoming = trio.open_memory_channel[bytes](10)
+    await send.send(_auth())
+    await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(size)))
+    proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+    conn = _Honest(incoming, bye)
+    began = trio.current_time()
+
+    async def watch() -> None:
+        while Msg.RESPONSE not in conn.sent:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        answered.append(trio.current_time() - began)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(watch)
+        await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
+
+
 async def test_an_idle_server_does_not_turn_away_clients_that_call_at_the_same_moment(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -178,27 +202,9 @@ async def test_a_client_keeping_the_servers_calls_busy_cannot_starve_a_larger_ca
         proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
         await session.run_session(_Honest(incoming, bye), proto, _AdmitCalls(), calls=budget)
 
-    async def honest() -> None:
-        await trio.sleep(0.1)
-        send, incoming = trio.open_memory_channel[bytes](10)
-        await send.send(_auth())
-        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(25_000)))
-        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
-        conn = _Honest(incoming, bye)
-        began = trio.current_time()
-
-        async def watch() -> None:
-            while Msg.RESPONSE not in conn.sent:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-            answered.append(trio.current_time() - began)
-
-        async with trio.open_nursery() as inner:
-            inner.start_soon(watch)
-            await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(busy)
-        nursery.start_soon(honest)
+        nursery.start_soon(_honest_call, budget, bye, 0.1, 25_000, answered)
         await trio.sleep(30)
         nursery.cancel_scope.cancel()
     assert answered and answered[0] < 3.0, answered  # was never, while the busy one went on
@@ -235,27 +241,9 @@ async def test_a_client_that_never_reads_cannot_hold_the_queue_of_calls_waiting_
         proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
         await session.run_session(_Deaf(incoming, bye), proto, _AdmitCalls(), calls=budget)
 
-    async def honest() -> None:
-        await trio.sleep(2)
-        send, incoming = trio.open_memory_channel[bytes](10)
-        await send.send(_auth())
-        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(5_000)))
-        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
-        conn = _Honest(incoming, bye)
-        began = trio.current_time()
-
-        async def watch() -> None:
-            while Msg.RESPONSE not in conn.sent:  # noqa: ASYNC110
-                await trio.sleep(0.01)
-            answered.append(trio.current_time() - began)
-
-        async with trio.open_nursery() as inner:
-            inner.start_soon(watch)
-            await session.run_session(conn, proto, _AdmitCalls(), calls=budget)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(deaf)
-        nursery.start_soon(honest)
+        nursery.start_soon(_honest_call, budget, bye, 2, 5_000, answered)
         await trio.sleep(20)
         nursery.cancel_scope.cancel()
     assert answered and answered[0] < 2.0, answered
@@ -269,42 +257,21 @@ async def test_a_client_told_to_try_later_tries_later(monkeypatch: Any) -> None:
     ConnectionLostError: told to try later, it never did. Must hold: it waits before
     each new attempt after a 1013 (its reconnection delays), and its call is answered
     once the server has room; the write is done once."""
-    from koru.nursery._protocol import Request
-    from koru.nursery._wire import CLOSE_TRY_LATER
+    async with served() as (db, nursery, address, who), koru.connect(address, who) as remote:
+        await remote.put("n", "k", 0)  # connected
+        busy = TryLater(monkeypatch)
+        busy.refusing = True
 
-    refusing = [True]
-    refused = [0]
-    original = session._Runner.do
+        async def room() -> None:
+            await trio.sleep(1.5)
+            busy.refusing = False
 
-    async def do(self: Any, command: Any) -> None:
-        if type(command) is Request and self.budget is not None and refusing[0]:
-            refused[0] += 1
-            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
-        await original(self, command)
-
-    async with (
-        koru.open(":memory:", difficulty=4) as db,
-        trio.open_nursery() as nursery,
-    ):
-        port = await nursery.start(db.serve)
-        who = koru.Identity.mine(4)
-        await db.register(who.public)
-        await db.grant(who.public, actions=["read", "write"])
-        async with koru.connect(f"127.0.0.1:{port}", who) as remote:
-            await remote.put("n", "k", 0)  # connected
-            monkeypatch.setattr(session._Runner, "do", do)
-
-            async def room() -> None:
-                await trio.sleep(1.5)
-                refusing[0] = False
-
-            nursery.start_soon(room)
-            with trio.fail_after(20):
-                version = await remote.put("n", "k", 1)
-            assert 1 <= refused[0] <= 4, refused  # a few attempts, not a burst
-            assert (await db.get_versioned("n", "k")).version == version
-            assert len(await db.history("n", "k")) == 2
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(room)
+        with trio.fail_after(20):
+            version = await remote.put("n", "k", 1)
+        assert 1 <= busy.refused <= 4, busy.refused  # a few attempts, not a burst
+        assert (await db.get_versioned("n", "k")).version == version
+        assert len(await db.history("n", "k")) == 2
 
 
 # -- the write path's observers, registered lazily (what held) ---------------------------
