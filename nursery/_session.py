@@ -284,6 +284,7 @@ class _Runner:
         self.closed = trio.Event()
         #: Calls of a client answered at once, and their bytes (the rest wait, unread).
         self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        self.calls_max = MAX_CALLS_IN_FLIGHT  # (all free: no call in flight)
         self.call_bytes = 0
         self.call_bytes_freed = trio.Event()
         #: The timer's sleep, cut short when the connection opens (its deadlines change).
@@ -367,13 +368,14 @@ class _Runner:
                     elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
                         wait = self.call_bytes_freed.wait
                     elif budget is not None and not budget.fits(need, turn):
-                        # In line only while its connection holds nothing: a client
+                        # In line only while its connection has no call in flight (a
+                        # call of no bytes counts: judged by bytes, one could): a client
                         # that never read its answers kept the room its own first call
                         # held and, first in line, stopped every other connection's
                         # calls until its idle timeout. One with calls in flight waits
                         # behind the line (its bytes given back wake it, then it joins;
                         # once in line it has none in flight, so none can grow).
-                        if turn is None and not self.call_bytes:
+                        if turn is None and self.calls.value == self.calls_max:
                             turn = budget.join()
                         wait = budget.freed.wait
                     else:

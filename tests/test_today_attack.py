@@ -439,3 +439,48 @@ def test_the_inlined_heads_give_the_general_codecs_bytes_at_every_edge() -> None
             flat = encode_flat({"a": v})
             assert flat == cbor2.dumps({"a": v}), v
             assert cbor2.loads(flat) == {"a": v}
+
+
+class _EmptyAnswers(_Answering):
+    """Answers an empty call with no bytes at all (and any other as _Answering does)."""
+
+    async def serve(self, payload: bytes) -> bytes:
+        answer = await super().serve(payload)
+        return answer if payload else b""
+
+
+class _AdmitEmpty(_AdmitCalls):
+    async def admit(self, auth: Any, server_challenge: bytes) -> tuple[Any, list[Any]]:
+        return _EmptyAnswers(), [b"", bytes(64), bytes(16), []]
+
+
+async def test_calls_of_no_bytes_in_flight_do_not_let_a_client_hold_the_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack (h-review2's residue): a client that never reads keeps calls of no bytes,
+    with answers of no bytes, in flight, so its connection's byte count stays 0, then
+    sends a 35 KB call that waits for room under a 40 KB bound that another deaf
+    client's 30 KB call holds. Judged by its bytes, it held nothing and took the first
+    place in line, and an honest 5 KB call that fits waited behind it until its idle
+    timeout. Must hold: a connection with calls in flight never takes a place in line,
+    so the honest call is answered at once."""
+    budget = session.CallBudget(40_000)
+    bye = trio.Event()
+    answered: list[float] = []
+
+    async def deaf(admit: Any, requests: list[bytes]) -> None:
+        send, incoming = trio.open_memory_channel[bytes](10)
+        await send.send(_auth())
+        for call, payload in enumerate(requests):
+            await send.send(encode(Msg.REQUEST, call, payload))
+        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+        await session.run_session(_Deaf(incoming, bye), proto, admit, calls=budget)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deaf, _AdmitCalls(), [b"c" + bytes(30_000)])
+        await trio.sleep(1)
+        nursery.start_soon(deaf, _AdmitEmpty(), [b"", b"", b"", b"c" + bytes(35_000)])
+        nursery.start_soon(_honest_call, budget, bye, 2, 5_000, answered)
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+    assert answered and answered[0] < 2.0, answered
