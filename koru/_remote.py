@@ -87,6 +87,8 @@ log = logging.getLogger("koru.remote")
 
 #: Waits before each attempt to (re)connect for a call: then ConnectionLostError.
 RETRY_DELAYS = (0.0, 0.25, 1.0, 4.0)
+#: How long a lost connection's close code is waited for, if a send failed first.
+_CLOSE_READ = 0.25
 _CONNECT_TIMEOUT = 10.0
 #: Bytes of a REQUEST message around its payload (version, type, call id), at most.
 _FRAMING = 32
@@ -376,8 +378,15 @@ class _Link:
         with 1013 (try later: too many calls waiting on it), wait as a reconnection
         does before the next attempt. Why: the next attempt reconnected at once (its
         first delay is none), and six attempts in a few milliseconds ended in
-        ConnectionLostError while the server was busy for a moment."""
+        ConnectionLostError while the server was busy for a moment.
+
+        A send can fail before this side's reader has read the server's close and its
+        code: then it is waited for a moment (``_CLOSE_READ``), or the retry went out
+        at once."""
         ending = runner.ending
+        if not ending:
+            with trio.move_on_after(_CLOSE_READ):
+                await runner.closed.wait()
         if ending and ending[0][0] == CLOSE_TRY_LATER:
             await trio.sleep(RETRY_DELAYS[min(tries + 1, len(RETRY_DELAYS) - 1)])
 

@@ -449,3 +449,40 @@ async def test_a_subscription_a_server_keeps_refusing_gives_up_as_a_call_does(
         with trio.fail_after(40), pytest.raises(koru.ConnectionLostError):
             await sub.__anext__()
         assert 3 <= busy.refused <= 6, busy.refused
+
+
+async def test_a_close_code_read_just_after_a_failed_send_still_makes_the_client_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attack (h-review2's residue): the server closes a connection with 1013 (try
+    later) while the client is sending on it; the send fails before the client's reader
+    has read the close and its code. The retry then went out at once (no code seen).
+    Must hold: the client waits a moment for the close's code, and, it being 1013,
+    waits its reconnection delay before the next attempt."""
+    import koru._remote as remote_module
+    from koru.nursery._wire import CLOSE_TRY_LATER
+
+    class _Closing:
+        """A connection's runner whose close is read 50 ms after the failed send."""
+
+        def __init__(self) -> None:
+            self.ending: list[tuple[int | None, str, bool]] = []
+            self.closed = trio.Event()
+
+        async def read_close(self) -> None:
+            await trio.sleep(0.05)
+            self.ending.append((CLOSE_TRY_LATER, "too many calls waiting", False))
+            self.closed.set()
+
+    runner = _Closing()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.read_close)
+        began = trio.current_time()
+        await remote_module._Link.later(runner, 0)
+    assert trio.current_time() - began >= remote_module.RETRY_DELAYS[1], "no wait after 1013"
+    # A connection lost for another reason: no wait beyond the moment for its code.
+    other = _Closing()
+    other.ending.append((1001, "going away", False))
+    began = trio.current_time()
+    await remote_module._Link.later(other, 0)
+    assert trio.current_time() == began
