@@ -283,8 +283,7 @@ class _Runner:
         self.lagged: dict[int, bytes | None] = {}
         self.closed = trio.Event()
         #: Calls of a client answered at once, and their bytes (the rest wait, unread).
-        self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT)
-        self.calls_max = MAX_CALLS_IN_FLIGHT  # (all free: no call in flight)
+        self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT, max_value=MAX_CALLS_IN_FLIGHT)
         self.call_bytes = 0
         self.call_bytes_freed = trio.Event()
         #: The timer's sleep, cut short when the connection opens (its deadlines change).
@@ -349,71 +348,7 @@ class _Runner:
             # too until its stream opens (open streams are bounded by the endpoint): one
             # refused, whose end waits to be sent to a client that stopped reading,
             # holds its task and its bytes as a call does.
-            size = len(command.payload)
-            budget = self.budget
-            # What it takes of the server's budget: a plain call holds room for its
-            # answer too until the answer is built (see ANSWER_RESERVE).
-            need = size if budget is None or command.payload[:1] == b"s" else size + budget.reserve
-            # Yield first, as taking a call's slot did: the calls in flight count their
-            # answers' bytes before this one is weighed (taken at once, a client's
-            # small calls were each let in before any answer of theirs was counted).
-            await trio.lowlevel.checkpoint()
-            queued = False  # counted in budget.waiting
-            paused = False  # this side stopped reading (proto.reading)
-            turn: object | None = None  # its place in the budget's queue
-            try:
-                while True:
-                    if self.calls.value == 0:
-                        wait = self._call_freed
-                    elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
-                        wait = self.call_bytes_freed.wait
-                    elif budget is not None and not budget.fits(need, turn):
-                        # In line only while its connection has no call in flight (a
-                        # call of no bytes counts: judged by bytes, one could): a client
-                        # that never read its answers kept the room its own first call
-                        # held and, first in line, stopped every other connection's
-                        # calls until its idle timeout. One with calls in flight waits
-                        # behind the line (its bytes given back wake it, then it joins;
-                        # once in line it has none in flight, so none can grow).
-                        if turn is None and self.calls.value == self.calls_max:
-                            turn = budget.join()
-                        wait = budget.freed.wait
-                    else:
-                        break
-                    if budget is not None and not queued:
-                        # A request waiting its turn is held too (up to a message, 96
-                        # MiB, per connection): all connections' waiting ones together
-                        # are bounded, and one past the bound closes its connection
-                        # (try later), not waits. Only one that waits counts: one taken
-                        # at once counted while its reader yielded, and two clients
-                        # calling an idle server at once found each other waiting.
-                        if budget.waiting and budget.waiting + size > budget.limit:
-                            raise self.close(
-                                CLOSE_TRY_LATER, "too many calls waiting on this server"
-                            )
-                        budget.waiting += size
-                        queued = True
-                    if not paused:
-                        # Not reading now: the client's silence is not judged (its
-                        # pongs wait unread), and the timer's deadline moves.
-                        paused = True
-                        proto.reading(False, self.now())
-                        self._wake_timer()
-                    await wait()
-            finally:
-                if paused:
-                    proto.reading(True, self.now())
-                    self._wake_timer()
-                if queued:
-                    assert budget is not None
-                    budget.waiting -= size
-                if turn is not None:
-                    assert budget is not None
-                    budget.leave(turn)
-            self.calls.acquire_nowait()
-            self.call_bytes += size
-            if budget is not None:
-                budget.used += need
+            await self._admit(command.payload)
             self.nursery.start_soon(self.serve, command.call, command.payload)
         elif type(command) is CancelCall:
             scope = self.streams.pop(command.call, None)
@@ -522,6 +457,74 @@ class _Runner:
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
             self._release(held, reserved)
+
+    async def _admit(self, payload: bytes) -> None:
+        """Wait until a client's request may be answered (within the connection's
+        calls in flight and bytes, and the server's :class:`CallBudget`), then take its
+        share of them. The reader waits here, unread: backpressure on that client."""
+        proto = self.proto
+        size = len(payload)
+        budget = self.budget
+        # What it takes of the server's budget: a plain call holds room for its
+        # answer too until the answer is built (see ANSWER_RESERVE).
+        need = size if budget is None or payload[:1] == b"s" else size + budget.reserve
+        # Yield first, as taking a call's slot did: the calls in flight count their
+        # answers' bytes before this one is weighed (taken at once, a client's
+        # small calls were each let in before any answer of theirs was counted).
+        await trio.lowlevel.checkpoint()
+        waited = False  # counted in budget.waiting, and this side stopped reading
+        turn: object | None = None  # its place in the budget's queue
+        try:
+            while True:
+                if self.calls.value == 0:
+                    wait = self._call_freed
+                elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
+                    wait = self.call_bytes_freed.wait
+                elif budget is not None and not budget.fits(need, turn):
+                    # In line only while its connection has no call in flight (a
+                    # call of no bytes counts: judged by bytes, one could): a client
+                    # that never read its answers kept the room its own first call
+                    # held and, first in line, stopped every other connection's
+                    # calls until its idle timeout. One with calls in flight waits
+                    # behind the line (its bytes given back wake it, then it joins;
+                    # once in line it has none in flight, so none can grow).
+                    if turn is None and self.calls.value == self.calls.max_value:
+                        turn = budget.join()
+                    wait = budget.freed.wait
+                else:
+                    break
+                if not waited:
+                    # A request waiting its turn is held too (up to a message, 96
+                    # MiB, per connection): all connections' waiting ones together
+                    # are bounded, and one past the bound closes its connection
+                    # (try later), not waits. Only one that waits counts: one taken
+                    # at once counted while its reader yielded, and two clients
+                    # calling an idle server at once found each other waiting.
+                    if budget is not None:
+                        if budget.waiting and budget.waiting + size > budget.limit:
+                            raise self.close(
+                                CLOSE_TRY_LATER, "too many calls waiting on this server"
+                            )
+                        budget.waiting += size
+                    waited = True
+                    # Not reading now: the client's silence is not judged (its pongs
+                    # wait unread), and the timer's deadline moves.
+                    proto.reading(False, self.now())
+                    self._wake_timer()
+                await wait()
+        finally:
+            if waited:
+                proto.reading(True, self.now())
+                self._wake_timer()
+                if budget is not None:
+                    budget.waiting -= size
+            if turn is not None:
+                assert budget is not None
+                budget.leave(turn)
+        self.calls.acquire_nowait()
+        self.call_bytes += size
+        if budget is not None:
+            budget.used += need
 
     def _wake_timer(self) -> None:
         """The protocol's next deadline changed: the timer sleeps until it again."""
