@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from _busy_server import TryLater, served
+from test_dos_attack import _auth
 from test_named_keys_attack import _slow
 
 import koru
@@ -20,6 +21,16 @@ from koru.nursery import ConnectionClosed, NoFeeds, StreamFailed
 from koru.nursery import _session as session
 from koru.nursery._protocol import PeerProtocol
 from koru.nursery._wire import Msg, decode, encode
+
+
+async def _cut_while_busy(busy: TryLater, db: koru.Database, sub: Any) -> None:
+    """A live remote subscription has read its first change; then the server refuses
+    every call (1013) and the subscription's connection is lost."""
+    await db.put("n", "k", 0)
+    with trio.fail_after(10):
+        assert (await sub.__anext__()).value == 0
+    busy.refusing = True
+    sub._link.drop(sub._runner)  # the connection is lost
 
 
 async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
@@ -36,12 +47,7 @@ async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
         koru.connect(address, who) as remote,
         remote.subscribe("n") as sub,
     ):
-        await db.put("n", "k", 0)
-        with trio.fail_after(10):
-            first = await sub.__anext__()
-        assert first.value == 0
-        busy.refusing = True
-        sub._link.drop(sub._runner)  # the connection is lost
+        await _cut_while_busy(busy, db, sub)
 
         async def room() -> None:
             await trio.sleep(1.5)
@@ -201,7 +207,7 @@ async def test_the_call_budget_gives_back_every_byte_and_serves_every_patient_ca
 
         async def feed() -> None:
             await trio.sleep(rng.random() * 3)
-            send.send_nowait(_auth_message())
+            send.send_nowait(_auth())
             for call in range(1, rng.randrange(2, 90)):
                 size = rng.choice([1, 10, 1000, limit // 3, limit - 10, 2 * limit])
                 streamed = rng.random() < 0.25
@@ -264,10 +270,6 @@ async def test_the_call_budget_gives_back_every_byte_and_serves_every_patient_ca
             assert sent <= conn.answered, (end, sorted(sent - conn.answered)[:5])
 
 
-def _auth_message() -> bytes:
-    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
-
-
 class _Slow(NoFeeds):
     """Answers after five seconds (a read that waits)."""
 
@@ -301,7 +303,7 @@ async def test_a_client_waiting_for_room_others_hold_is_not_closed_as_silent(
     async def client(name: str, start: float, size: int, deaf: bool) -> None:
         await trio.sleep(start)
         send, incoming = trio.open_memory_channel[bytes](100)
-        send.send_nowait(_auth_message())
+        send.send_nowait(_auth())
         send.send_nowait(encode(Msg.REQUEST, 1, b"c" + bytes(size)))
         conn = conns[name] = _FuzzConn(rng, incoming, send, deaf)
         proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
@@ -441,11 +443,7 @@ async def test_a_subscription_a_server_keeps_refusing_gives_up_as_a_call_does(
         koru.connect(address, who) as remote,
         remote.subscribe("n") as sub,
     ):
-        await db.put("n", "k", 0)
-        with trio.fail_after(10):
-            assert (await sub.__anext__()).value == 0
-        busy.refusing = True
-        sub._link.drop(sub._runner)
+        await _cut_while_busy(busy, db, sub)
         with trio.fail_after(40), pytest.raises(koru.ConnectionLostError):
             await sub.__anext__()
         assert 3 <= busy.refused <= 6, busy.refused

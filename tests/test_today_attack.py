@@ -4,6 +4,7 @@ each test names what the adversary does and asserts what must hold."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +12,15 @@ import cbor2
 import trio
 import trio.testing
 from _busy_server import TryLater, served
+from test_dos_attack import _auth
+from test_joined_puts import _FailingSync
 
 import koru
-from koru.events import DurabilityError, OsDisk
+from koru.events import DurabilityError
 from koru.nursery import ConnectionClosed, NoFeeds
 from koru.nursery import _session as session
 from koru.nursery._protocol import PeerProtocol
 from koru.nursery._wire import Msg, decode, encode
-
-
-class _FailingSync(OsDisk):
-    """fdatasync fails once armed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed = False
-
-    def fdatasync(self, fd: int) -> None:
-        if self.armed:
-            raise OSError(5, "simulated EIO")
-        super().fdatasync(fd)
 
 
 async def test_a_writers_notes_on_a_failed_rounds_error_stay_its_own(tmp_path: Path) -> None:
@@ -119,8 +109,24 @@ class _AdmitCalls:
         return _Answering(), [b"", bytes(64), bytes(16), []]
 
 
-def _auth() -> bytes:
-    return encode(Msg.AUTH, bytes(32), b"", bytes(64), bytes(32), "client", [], None)
+async def _client(
+    budget: session.CallBudget,
+    bye: trio.Event,
+    requests: list[bytes],
+    *,
+    deaf: bool = False,
+    admit: Any = None,
+) -> None:
+    """A client connection sending ``requests`` as calls after its handshake: one that
+    reads its answers, or ``deaf`` (it never reads); served by ``admit``'s endpoint
+    (_AdmitCalls by default)."""
+    send, incoming = trio.open_memory_channel[bytes](len(requests) + 1)
+    await send.send(_auth())
+    for call, payload in enumerate(requests):
+        await send.send(encode(Msg.REQUEST, call, payload))
+    proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
+    conn = (_Deaf if deaf else _Honest)(incoming, bye)
+    await session.run_session(conn, proto, admit or _AdmitCalls(), calls=budget)
 
 
 async def _honest_call(
@@ -194,16 +200,8 @@ async def test_a_client_keeping_the_servers_calls_busy_cannot_starve_a_larger_ca
     bye = trio.Event()
     answered: list[float] = []
 
-    async def busy() -> None:
-        send, incoming = trio.open_memory_channel[bytes](1000)
-        await send.send(_auth())
-        for call in range(400):
-            await send.send(encode(Msg.REQUEST, call, b"c" + bytes(10_000)))
-        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
-        await session.run_session(_Honest(incoming, bye), proto, _AdmitCalls(), calls=budget)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(busy)
+        nursery.start_soon(_client, budget, bye, [b"c" + bytes(10_000)] * 400)
         nursery.start_soon(_honest_call, budget, bye, 0.1, 25_000, answered)
         await trio.sleep(30)
         nursery.cancel_scope.cancel()
@@ -233,16 +231,9 @@ async def test_a_client_that_never_reads_cannot_hold_the_queue_of_calls_waiting_
     bye = trio.Event()
     answered: list[float] = []
 
-    async def deaf() -> None:
-        send, incoming = trio.open_memory_channel[bytes](10)
-        await send.send(_auth())
-        await send.send(encode(Msg.REQUEST, 1, b"c" + bytes(10_000)))
-        await send.send(encode(Msg.REQUEST, 2, b"c" + bytes(35_000)))
-        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
-        await session.run_session(_Deaf(incoming, bye), proto, _AdmitCalls(), calls=budget)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(deaf)
+        deaf = partial(_client, deaf=True)
+        nursery.start_soon(deaf, budget, bye, [b"c" + bytes(10_000), b"c" + bytes(35_000)])
         nursery.start_soon(_honest_call, budget, bye, 2, 5_000, answered)
         await trio.sleep(20)
         nursery.cancel_scope.cancel()
@@ -468,18 +459,12 @@ async def test_calls_of_no_bytes_in_flight_do_not_let_a_client_hold_the_queue(
     bye = trio.Event()
     answered: list[float] = []
 
-    async def deaf(admit: Any, requests: list[bytes]) -> None:
-        send, incoming = trio.open_memory_channel[bytes](10)
-        await send.send(_auth())
-        for call, payload in enumerate(requests):
-            await send.send(encode(Msg.REQUEST, call, payload))
-        proto = PeerProtocol(server=True, role="peer", heads=dict, now=trio.current_time())
-        await session.run_session(_Deaf(incoming, bye), proto, admit, calls=budget)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(deaf, _AdmitCalls(), [b"c" + bytes(30_000)])
+        deaf = partial(_client, deaf=True)
+        nursery.start_soon(deaf, budget, bye, [b"c" + bytes(30_000)])
         await trio.sleep(1)
-        nursery.start_soon(deaf, _AdmitEmpty(), [b"", b"", b"", b"c" + bytes(35_000)])
+        empties = partial(_client, deaf=True, admit=_AdmitEmpty())
+        nursery.start_soon(empties, budget, bye, [b"", b"", b"", b"c" + bytes(35_000)])
         nursery.start_soon(_honest_call, budget, bye, 2, 5_000, answered)
         await trio.sleep(20)
         nursery.cancel_scope.cancel()
