@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import mmap
 import os
 import re
 import struct
@@ -168,6 +169,8 @@ class _AgentLog:
         "index",
         "last",
         "listed",
+        "map",
+        "map_at",
         "name",
         "new_dirs",
         "offset",
@@ -202,11 +205,23 @@ class _AgentLog:
         #: Bytes of the active segment that reached the OS, and bytes allocated to it.
         self.flushed = 0
         self.allocated = 0
+        #: The active segment's allocated space from ``map_at`` mapped for writing
+        #: (None: writes go through ``Disk.pwrite``).
+        self.map: mmap.mmap | None = None
+        self.map_at = 0
         self.dirty = False
         self.buf = bytearray()
 
     def path(self, seg: int) -> str:
         return os.path.join(self.dir, f"{seg:08d}.seg")
+
+
+def _unmap(log: _AgentLog) -> None:
+    """Close the map of ``log``'s active segment, if it has one (before the file is
+    cut or closed)."""
+    if log.map is not None:
+        m, log.map = log.map, None
+        m.close()
 
 
 class _NewerFormat(Exception):
@@ -986,7 +1001,15 @@ class FileStore:
             if len(log.buf) >= _BUFFER_LIMIT:
                 self._flush_log(log)
         else:
-            self._write(log, rec)
+            # _write's first branch, inlined (every unbuffered put comes here).
+            m, pos = log.map, log.flushed
+            end = pos + size
+            if m is not None and end <= log.allocated:
+                m[pos - log.map_at : end - log.map_at] = rec
+                log.flushed = end
+                log.dirty = True
+            else:
+                self._write(log, rec)
         log.offset = offset + size
         log.last = offset
         log.count += 1
@@ -1001,7 +1024,7 @@ class FileStore:
         try:
             fits = log.offset + size <= self._segment_size or log.offset <= SEGMENT_HEADER_SIZE
             if log.fd is None and log.segments and fits:
-                log.fd = disk.open(log.path(log.seg), os.O_WRONLY)
+                log.fd = disk.open(log.path(log.seg), os.O_RDWR)  # RDWR: to map
                 log.allocated = disk.size(log.fd)
                 # A segment a crash left beyond the manifest: listed by the next sync.
                 log.unlisted = log.seg > log.listed
@@ -1023,6 +1046,7 @@ class FileStore:
                     # (whose number the OS may already have given to another file).
                     fd, log.fd = log.fd, None
                     assert fd is not None
+                    _unmap(log)  # first: a mapped page past the new end is SIGBUS
                     disk.truncate(fd, log.flushed)
                     disk.fdatasync(fd)
                     disk.close(fd)
@@ -1036,7 +1060,7 @@ class FileStore:
                     # Its entry is synced with the roll's last steps, before the
                     # segment's own (and before the manifest can list it).
                     log.new_dirs.append(os.path.dirname(d))
-            fd = disk.open(log.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            fd = disk.open(log.path(seg), os.O_RDWR | os.O_CREAT | os.O_EXCL)
             log.fd = fd
             log.ready = True
             log.segments.append(seg)
@@ -1094,6 +1118,12 @@ class FileStore:
         assert log.fd is not None
         end = log.flushed + len(data)
         pos = log.flushed
+        m = log.map
+        if m is not None and end <= log.allocated:
+            m[pos - log.map_at : end - log.map_at] = data
+            log.flushed = end
+            log.dirty = True
+            return
         disk = self._disk
         try:
             if end > log.allocated:
@@ -1140,6 +1170,16 @@ class FileStore:
         else:
             target = end
         log.allocated = target
+        _unmap(log)
+        if target > end:
+            # The writes up to ``target`` go through a map of the new space, where the
+            # disk gives one (see Disk.map_append); from the page the data ends in.
+            at = log.flushed - log.flushed % mmap.ALLOCATIONGRANULARITY
+            try:
+                log.map = self._disk.map_append(log.fd, at, target - at)
+            except (OSError, ValueError):
+                log.map = None  # a filesystem that cannot map: pwrite, as before
+            log.map_at = at
 
     def _fail(self, exc: BaseException) -> None:
         self._broken = exc
@@ -1520,6 +1560,7 @@ class FileStore:
                             self._finish_roll(log, sync_file=True)
                 for log in self._logs.values():
                     if log.fd is not None:  # leave no allocated zeros behind
+                        _unmap(log)
                         self._disk.truncate(log.fd, log.flushed)
         except OSError as exc:
             raise StorageError(f"closing the log failed: {_why(exc)}") from exc
@@ -1536,6 +1577,8 @@ class FileStore:
         logs = getattr(self, "_logs", {})
         fds = [log.fd for log in logs.values() if log.fd is not None]
         fds += list(self._readers.values())
+        for log in logs.values():
+            _unmap(log)
         for fd in fds:
             with contextlib.suppress(OSError):
                 self._disk.close(fd)

@@ -376,6 +376,11 @@ class SimDisk:
             if offset + length > len(node.data):
                 self._resize(node, offset + length)
 
+    def map_append(self, fd: int, offset: int, length: int) -> None:
+        """None: every write goes through :meth:`pwrite`, where this disk decides what
+        a power cut keeps of it."""
+        return None
+
     def fdatasync(self, fd: int) -> None:
         self.fsync(fd)
 

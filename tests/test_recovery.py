@@ -1256,7 +1256,9 @@ class Disk:
 
     The store allocates segment space ahead (the file's size runs ahead of its data),
     so what a sync makes durable is the data written so far, not the file's size; the
-    zeros it allocates with (``OsDisk.allocate``) are not data.
+    zeros it allocates with (``OsDisk.allocate``) are not data. Every record goes
+    through ``os.pwrite`` here (``OsDisk.map_append`` gives no map): what this wraps
+    is the write that can fail, and a record copied into a map cannot.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1273,6 +1275,7 @@ class Disk:
         monkeypatch.setattr(os, "fdatasync", self.fdatasync)
         monkeypatch.setattr(os, "fsync", self.fsync)
         monkeypatch.setattr(os, "pwrite", self.pwrite)
+        monkeypatch.setattr(OsDisk, "map_append", lambda *_: None)
 
     @staticmethod
     def target(fd: int) -> str:
