@@ -1001,11 +1001,24 @@ class FileStore:
             if len(log.buf) >= _BUFFER_LIMIT:
                 self._flush_log(log)
         else:
-            # _write's first branch, inlined (every unbuffered put comes here).
             m, pos = log.map, log.flushed
             end = pos + size
             if m is not None and end <= log.allocated:
-                m[pos - log.map_at : end - log.map_at] = rec
+                # Copied in four steps, in this order, so that a reader in another
+                # process finds it as still landing at every instant (see _landing),
+                # as a pwrite's pages land in order: a memcpy does not store in order
+                # (glibc stores the first 32 bytes last), and a page fault can stall
+                # it half-way for as long as it takes, so in one copy a reader could
+                # see a zero header before a body, which it must call damage. Here the
+                # header lands whole (its length and body checksum, then its own
+                # checksum: neither can show beside zeros alone), then the body but
+                # its last 4 bytes, in any order, then those.
+                at = pos - log.map_at
+                stop = at + size - 4
+                m[at : at + 8] = rec[:8]
+                m[at + 8 : at + 12] = rec[8:12]
+                m[at + 12 : stop] = memoryview(rec)[12:-4]
+                m[stop : stop + 4] = rec[-4:]
                 log.flushed = end
                 log.dirty = True
             else:
@@ -1118,12 +1131,9 @@ class FileStore:
         assert log.fd is not None
         end = log.flushed + len(data)
         pos = log.flushed
-        m = log.map
-        if m is not None and end <= log.allocated:
-            m[pos - log.map_at : end - log.map_at] = data
-            log.flushed = end
-            log.dirty = True
-            return
+        # Through pwrite even where the map would take it (a buffer of many records,
+        # a segment's header): its pages land in order, where one memcpy of many
+        # records could show a reader a later record before an earlier one's header.
         disk = self._disk
         try:
             if end > log.allocated:
