@@ -131,7 +131,10 @@ class _Walk:
     def run(self) -> Iterator[Problem]:
         data = self.data
         if len(data) < SEGMENT_HEADER_SIZE:
-            yield self.problem(0, f"segment of {len(data)} bytes has no complete header")
+            why = f"segment of {len(data)} bytes has no complete header"
+            # The last one: being created by a live writer (a roll makes the file, then
+            # writes its header), or a crash came between; recovery sets it aside.
+            yield self._torn(0, why) if self.last else self.problem(0, why)
             return
         try:
             header = parse_segment_header(data[:SEGMENT_HEADER_SIZE])

@@ -2101,6 +2101,29 @@ def test_verify_reports_a_missing_segment_once(tmp_path: Path) -> None:
     assert [name for name, _, _ in found] == [after] * 3 + [segments[6].name] * 3
 
 
+@pytest.mark.parametrize("landed", [0, 10])
+def test_verify_takes_a_last_segment_without_its_header_for_a_torn_tail(
+    tmp_path: Path, landed: int
+) -> None:
+    """A roll creates the next segment, then writes its header: ``kdelta verify`` beside
+    the writer, or after a SIGKILL between the two, finds the last segment empty (or its
+    header part-written). Recovery sets such a segment aside and readers take it for the
+    log's end; verify reported damage (exit 3), 4 times in 24 SIGKILLs of a writer of
+    small segments. A warning; the same file before another segment is damage."""
+    segments = _many_segments(tmp_path)
+    header = segments[-1].read_bytes()[:landed]
+    following = segments[-1].with_name(f"{int(segments[-1].stem) + 1:08d}.seg")
+    following.write_bytes(header)
+    found = list(verify_logs(tmp_path))
+    assert [(p.severity, Path(p.path).name, p.offset) for p in found] == [
+        ("warning", following.name, 0)
+    ], found
+    assert "torn tail" in found[0].message
+    following.with_name(f"{int(following.stem) + 1:08d}.seg").write_bytes(segments[-1].read_bytes())
+    found = list(verify_logs(tmp_path))
+    assert found and found[0].severity == "error" and Path(found[0].path) == following, found
+
+
 @pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1, -2, -3])
 async def test_verify_takes_a_record_still_landing_for_a_torn_tail(
     tmp_path: Path, landed: int
