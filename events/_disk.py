@@ -119,8 +119,10 @@ class Disk(Protocol):
 
 
 #: Filesystems that overwrite a file's allocated blocks in place: a write into a map of
-#: zeros already written needs no new space (copy-on-write ones, btrfs and zfs, do).
-IN_PLACE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+#: zeros already written needs no new space. Not copy-on-write ones (btrfs, zfs), nor
+#: xfs: a reflink copy of a live database (plain ``cp`` there, since coreutils 9)
+#: shares the zeros allocated ahead, and overwriting them needs new space.
+IN_PLACE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "tmpfs"})
 
 
 @functools.lru_cache(maxsize=64)
@@ -210,7 +212,12 @@ class OsDisk:
         # Nor on a filesystem that may need new space to overwrite the zeros allocate()
         # wrote (copy-on-write ones): there a full disk would kill the process with
         # SIGBUS at a write into the map, where pwrite raises ENOSPC.
-        if type(self).pwrite is not OsDisk.pwrite or not overwrites_in_place(os.fstat(fd).st_dev):
+        st = os.fstat(fd)
+        if (
+            type(self).pwrite is not OsDisk.pwrite
+            or not overwrites_in_place(st.st_dev)
+            or offset + length > st.st_size  # past the file's end a write is SIGBUS
+        ):
             return None
         return mmap.mmap(
             fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset

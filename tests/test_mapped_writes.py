@@ -99,6 +99,8 @@ def test_a_disk_that_overrides_pwrite_gets_every_write(tmp_path: Path) -> None:
         plain = OsDisk().map_append(fd, 0, mmap.ALLOCATIONGRANULARITY)
         assert plain is not None
         plain.close()
+        # Nor past the file's end (a disk whose allocate did not grow the file).
+        assert OsDisk().map_append(fd, 0, 2 * mmap.ALLOCATIONGRANULARITY) is None
     finally:
         os.close(fd)
     store = open_store(tmp_path / "db", disk=disk)
@@ -194,7 +196,7 @@ _MOUNTINFO = """\
     [
         (254, 0, True),  # ext4, with an optional field before the separator
         (254, 3, False),  # btrfs copies on write, whatever its optional fields
-        (254, 4, True),  # xfs
+        (254, 4, False),  # xfs: a reflink copy shares the zeros allocated ahead
         (0, 21, False),  # proc: not a filesystem the store maps
         (0, 40, False),  # a line without its separator and type
         (9, 9, False),  # a device the table does not list
