@@ -1181,9 +1181,10 @@ class FileStore:
             target = end
         log.allocated = target
         _unmap(log)
-        if target > end:
-            # The writes up to ``target`` go through a map of the new space, where the
-            # disk gives one (see Disk.map_append); from the page the data ends in.
+        if target > end and not self._buffered:
+            # The unbuffered appends up to ``target`` go through a map of the new space,
+            # where the disk gives one (see Disk.map_append), from the page the data
+            # ends in (a buffered store's flushes go through pwrite: see append).
             at = log.flushed - log.flushed % mmap.ALLOCATIONGRANULARITY
             try:
                 log.map = self._disk.map_append(log.fd, at, target - at)

@@ -334,3 +334,16 @@ def reader_all(path: Path) -> list[Any]:
         return list(reader.records(AGENT))
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_only_an_unbuffered_store_maps_its_segment(tmp_path: Path, buffered: bool) -> None:
+    """A buffered store (``sync="always"`` and ``"never"``) flushes through pwrite, so
+    a map would be made and unmade every 256 KiB for nothing."""
+    store = open_store(tmp_path / "db", buffered=buffered)
+    try:
+        append_all(store, make_events(3_000, size=200))
+        store.flush()
+        assert (store._logs[AGENT].map is None) is buffered
+    finally:
+        store.close()
