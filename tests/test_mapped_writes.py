@@ -342,8 +342,11 @@ def test_only_an_unbuffered_store_maps_its_segment(tmp_path: Path, buffered: boo
     a map would be made and unmade every 256 KiB for nothing."""
     store = open_store(tmp_path / "db", buffered=buffered)
     try:
-        append_all(store, make_events(3_000, size=200))
-        store.flush()
+        events = make_events(3_000, size=200)
+        for start in range(0, len(events), 100):  # flushes smaller than an allocation
+            append_all(store, events[start : start + 100])
+            store.flush()
+        assert store._logs[AGENT].allocated > store._logs[AGENT].flushed  # allocated ahead
         assert (store._logs[AGENT].map is None) is buffered
     finally:
         store.close()
