@@ -61,6 +61,7 @@ from ._frame import (
     TornRecord,
     encode_next,
     encode_segment_header,
+    frame_into,
     parse_record,
     parse_segment_header,
 )
@@ -98,6 +99,7 @@ _MAX_SEGMENT_NUMBER = (1 << 24) - 1  # a location packs the segment number into 
 _AGENT_SHIFT = _SEG_BITS + _OFF_BITS
 _SEG_SHIFT = _OFF_BITS
 _BUFFER_LIMIT = 1024 * 1024
+_FRAMING = RECORD_HEADER_SIZE + ROOT_SIZE  # a record's bytes besides its event's
 _ALLOCATE_AHEAD = 256 * 1024
 _READ_AHEAD = 4096
 #: How many more times a read-only store lists a log directory that shows a gap.
@@ -989,38 +991,26 @@ class FileStore:
             raise StorageError(f"log {agent!r} must be replayed before appending")
         if self._node is None:
             raise StorageError("the store has no node id yet (create_node first)")
-        root, rec = encode_next(self._hasher, log.root, event_id, data)  # chain, checksum, frame
-        size = len(rec)
+        size = _FRAMING + len(data)
         if log.fd is None or (
             log.offset + size > self._segment_size and log.offset > SEGMENT_HEADER_SIZE
         ):
             self._open_for_append(log, size)
         offset = log.offset
-        if self._buffered:
-            log.buf += rec
-            if len(log.buf) >= _BUFFER_LIMIT:
-                self._flush_log(log)
+        m, pos = log.map, log.flushed
+        end = pos + size
+        if m is not None and end <= log.allocated and len(data) >= 4:
+            # An unbuffered store's (only they map): chained, framed and copied into
+            # the map in the order a reader beside it needs (see frame_into).
+            root = frame_into(self._hasher, log.root, event_id, data, m, pos - log.map_at)
+            log.flushed = end
+            log.dirty = True
         else:
-            m, pos = log.map, log.flushed
-            end = pos + size
-            if m is not None and end <= log.allocated:
-                # Copied in four steps, in this order, so that a reader in another
-                # process finds it as still landing at every instant (see _landing),
-                # as a pwrite's pages land in order: a memcpy does not store in order
-                # (glibc stores the first 32 bytes last), and a page fault can stall
-                # it half-way for as long as it takes, so in one copy a reader could
-                # see a zero header before a body, which it must call damage. Here the
-                # header lands whole (its length and body checksum, then its own
-                # checksum: neither can show beside zeros alone), then the body but
-                # its last 4 bytes, in any order, then those.
-                at = pos - log.map_at
-                stop = at + size - 4
-                m[at : at + 8] = rec[:8]
-                m[at + 8 : at + 12] = rec[8:12]
-                m[at + 12 : stop] = memoryview(rec)[12:-4]
-                m[stop : stop + 4] = rec[-4:]
-                log.flushed = end
-                log.dirty = True
+            root, rec = encode_next(self._hasher, log.root, event_id, data)  # chain, frame
+            if self._buffered:
+                log.buf += rec
+                if len(log.buf) >= _BUFFER_LIMIT:
+                    self._flush_log(log)
             else:
                 self._write(log, rec)
         log.offset = offset + size

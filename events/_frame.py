@@ -35,6 +35,7 @@ __all__ = [
     "encode_record",
     "encode_next",
     "encode_segment_header",
+    "frame_into",
     "parse_record",
     "parse_segment_header",
 ]
@@ -48,6 +49,7 @@ SEGMENT_HEADER_SIZE = _SEG.size + _SEG_CRC.size
 _REC = struct.Struct("<III")
 RECORD_HEADER_SIZE = _REC.size
 _LEN_CRC = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 _crc32 = zlib.crc32
 #: Largest record body: the chain root and the largest event the writer accepts.
 MAX_BODY_SIZE = ROOT_SIZE + MAX_EVENT_SIZE
@@ -106,6 +108,36 @@ def encode_next(hasher: blake3, root: bytes, event_id: bytes, event: bytes) -> t
     body_crc = _crc32(event, _crc32(root))
     head = _REC.pack(n, body_crc, _crc32(_LEN_CRC.pack(n, body_crc)))
     return root, b"".join((head, root, event))
+
+
+def frame_into(
+    hasher: blake3, root: bytes, event_id: bytes, event: bytes, out: mmap.mmap, at: int
+) -> bytes:
+    """:func:`encode_next` written straight into ``out`` (a map of the log's file) at
+    ``at``: the same bytes, and the chain root after it returned. ``event`` is at least
+    4 bytes long (every event is).
+
+    Written in this order, so that a reader in another process finds at every instant
+    a record it takes for one still landing (``events/_landing.py``), as with a
+    ``pwrite``, whose pages land in order: the header's length and body checksum, its
+    own checksum (neither shows beside zeros alone), the body but its last 4 bytes,
+    then those. One copy would not do: a memcpy stores in no set order (glibc stores
+    its first 32 bytes last) and a page fault can stall it half-way, where a reader saw
+    a zero header before a body, which it must call damage. Writing the parts rather
+    than slicing a framed record is also the cheaper way (1.1 against 1.6 µs here).
+    """
+    hasher.reset()
+    root = hasher.update(root + event_id).digest()
+    n = ROOT_SIZE + len(event)
+    head = _LEN_CRC.pack(n, _crc32(event, _crc32(root)))
+    body = at + RECORD_HEADER_SIZE
+    end = body + n
+    out[at : at + 8] = head
+    out[at + 8 : body] = _U32.pack(_crc32(head))
+    out[body : body + ROOT_SIZE] = root
+    out[body + ROOT_SIZE : end - 4] = event[:-4]
+    out[end - 4 : end] = event[-4:]
+    return root
 
 
 def parse_record(buf: bytes | memoryview | mmap.mmap, offset: int) -> tuple[int, bytes, bytes]:

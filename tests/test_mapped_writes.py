@@ -23,14 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_store_contract import AGENT, append_all, make_events
 
 import koru
 from conftest import open_store
 from koru.events import FileStore, OsDisk, PutEvent, encode_event, encode_value, event_id
 from koru.events._disk import overwrites_in_place
+from koru.events._frame import encode_next, frame_into
 
 NS = "users"
 
@@ -350,3 +354,26 @@ def test_only_an_unbuffered_store_maps_its_segment(tmp_path: Path, buffered: boo
         assert (store._logs[AGENT].map is None) is buffered
     finally:
         store.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    root=st.binary(min_size=32, max_size=32),
+    eid=st.binary(min_size=32, max_size=32),
+    event=st.binary(min_size=4, max_size=600),
+    at=st.integers(0, 3_000),
+)
+def test_frame_into_writes_the_bytes_encode_next_frames(
+    root: bytes, eid: bytes, event: bytes, at: int
+) -> None:
+    """The record copied into a map piece by piece is the framed record, byte for byte,
+    with the same chain root after it; nothing around it is touched."""
+    expected_root, record = encode_next(blake3.blake3(), root, eid, event)
+    out = mmap.mmap(-1, 4_096)
+    out[:] = b"\xaa" * 4_096
+    hasher = blake3.blake3()
+    hasher.update(b"state left by an earlier use")
+    assert frame_into(hasher, root, eid, event, out, at) == expected_root
+    assert out[at : at + len(record)] == record
+    assert out[:at] == b"\xaa" * at
+    assert out[at + len(record) :] == b"\xaa" * (4_096 - at - len(record))
