@@ -218,6 +218,23 @@ class _AgentLog:
         return os.path.join(self.dir, f"{seg:08d}.seg")
 
 
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, int]:
+    """The last segment of each agent's log that the meta file's manifest lists (its
+    header, and every earlier one's, proven durable), read without a lock or a store;
+    empty when there is none to read (no meta file, a format-1 one, damage)."""
+    try:
+        with open(os.path.join(os.fspath(root), META_FILE), "rb") as f:
+            raw = f.read()
+        digest = raw[len(_META_MAGIC) : len(_META_MAGIC) + 32]
+        body = raw[len(_META_MAGIC) + 32 :]
+        if not raw.startswith(_META_MAGIC) or blake3.blake3(body).digest() != digest:
+            return {}
+        logs = cbor2.loads(body).get("logs", {})
+        return {a: n for a, n in logs.items() if type(a) is str and type(n) is int}
+    except Exception:
+        return {}
+
+
 def _unmap(log: _AgentLog) -> None:
     """Close the map of ``log``'s active segment, if it has one (before the file is
     cut or closed)."""

@@ -22,6 +22,7 @@ import blake3
 from ._chain import AGENTS, genesis_root
 from ._codec import decode_trusted
 from ._errors import CodecError
+from ._file_store import read_manifest
 from ._frame import (
     MAX_BODY_SIZE,
     RECORD_HEADER_SIZE,
@@ -85,6 +86,9 @@ def verify_logs(
 ) -> Iterator[Problem]:
     """Yield every problem in the logs under ``root_dir`` (a database directory), in
     file order; append what each segment held to ``summaries`` if given."""
+    # Read before any segment is listed: a live writer's roll lists a segment only once
+    # its header is durable, so one listed here is whole unless damaged.
+    manifest = read_manifest(root_dir)
     for index, agent in enumerate(AGENTS):
         directory = os.path.join(os.fspath(root_dir), "logs", agent)
         try:
@@ -93,6 +97,7 @@ def verify_logs(
             yield Problem("error", agent, directory, 0, 0, f"cannot list: {exc.strerror}")
             continue
         root, count, previous = genesis_root(agent), 0, 0
+        listed = manifest.get(agent, 0)
         for n, seg in enumerate(segs):
             path = os.path.join(directory, f"{seg:08d}.seg")
             if seg != previous + 1:
@@ -108,7 +113,7 @@ def verify_logs(
                 yield Problem("error", agent, path, 0, count, f"cannot read: {exc.strerror}")
                 continue
             last = n == len(segs) - 1
-            walk = _Walk(agent, index, path, data, root, count, last)
+            walk = _Walk(agent, index, path, data, root, count, last, seg > listed)
             yield from walk.run()
             root, count = walk.root, walk.count
             if summaries is not None:
@@ -119,10 +124,20 @@ class _Walk:
     """One segment: its header, then its records, carrying on past damage."""
 
     def __init__(
-        self, agent: str, index: int, path: str, data: bytes, root: bytes, count: int, last: bool
+        self,
+        agent: str,
+        index: int,
+        path: str,
+        data: bytes,
+        root: bytes,
+        count: int,
+        last: bool,
+        unlisted: bool = True,
     ) -> None:
         self.agent, self.index, self.path, self.data = agent, index, path, data
         self.root, self.count, self.last = root, count, last
+        #: The manifest does not list it: its header is not known to be durable.
+        self.unlisted = unlisted
         self.records = 0
 
     def problem(self, offset: int, message: str, severity: str = "error") -> Problem:
@@ -132,9 +147,10 @@ class _Walk:
         data = self.data
         if len(data) < SEGMENT_HEADER_SIZE:
             why = f"segment of {len(data)} bytes has no complete header"
-            # The last one: being created by a live writer (a roll makes the file, then
-            # writes its header), or a crash came between; recovery sets it aside.
-            yield self._torn(0, why) if self.last else self.problem(0, why)
+            # The last one, unlisted: being created by a live writer (a roll makes the
+            # file, then writes its header), or a crash came between; recovery sets it
+            # aside. A listed one had its header made durable first: recovery refuses it.
+            yield self._torn(0, why) if self.last and self.unlisted else self.problem(0, why)
             return
         try:
             header = parse_segment_header(data[:SEGMENT_HEADER_SIZE])

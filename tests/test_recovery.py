@@ -32,6 +32,7 @@ import cbor2
 import pytest
 import trio
 import trio.testing
+from test_store_contract import make_events
 
 import koru
 from conftest import digest_of, full_replay, open_store
@@ -2122,6 +2123,35 @@ def test_verify_takes_a_last_segment_without_its_header_for_a_torn_tail(
     following.with_name(f"{int(following.stem) + 1:08d}.seg").write_bytes(segments[-1].read_bytes())
     found = list(verify_logs(tmp_path))
     assert found and found[0].severity == "error" and Path(found[0].path) == following, found
+
+
+@pytest.mark.parametrize("landed", [0, 10])
+def test_verify_calls_a_listed_last_segment_without_its_header_damage(
+    tmp_path: Path, landed: int
+) -> None:
+    """The manifest lists a segment only once its header is durable, so a listed last
+    segment shorter than its header lost bytes that were there: recovery refuses it
+    (CorruptLogError), and verify must not call it a torn tail that "the next writable
+    open sets aside" (it did, exit 0, for the same file the next open rejects)."""
+    store = open_store(tmp_path, segment_size=400)
+    for data, eid in make_events(40, size=50):
+        store.append(AGENT, data, eid)
+    store.sync()  # the manifest lists every segment so far
+    store.close()
+    segments = sorted((tmp_path / "logs" / AGENT).glob("*.seg"))
+    assert len(segments) > 2
+    with open(segments[-1], "r+b") as f:
+        f.truncate(landed)
+    found = list(verify_logs(tmp_path))
+    assert [(p.severity, Path(p.path).name, p.offset) for p in found] == [
+        ("error", segments[-1].name, 0)
+    ], found
+    store = open_store(tmp_path)
+    try:
+        with pytest.raises(CorruptLogError):
+            list(store.replay(AGENT))
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("landed", [1, 5, 11, 12, 13, 40, -1, -2, -3])
