@@ -1193,8 +1193,10 @@ class FileStore:
             # where the disk gives one (see Disk.map_append), from the page the data
             # ends in (a buffered store's flushes go through pwrite: see append).
             at = log.flushed - log.flushed % mmap.ALLOCATIONGRANULARITY
+            # (A disk written before Disk.map_append existed has none: pwrite.)
+            map_append = getattr(self._disk, "map_append", None)
             try:
-                log.map = self._disk.map_append(log.fd, at, target - at)
+                log.map = None if map_append is None else map_append(log.fd, at, target - at)
             except (OSError, ValueError):
                 log.map = None  # a filesystem that cannot map: pwrite, as before
             log.map_at = at

@@ -377,3 +377,31 @@ def test_frame_into_writes_the_bytes_encode_next_frames(
     assert out[at : at + len(record)] == record
     assert out[:at] == b"\xaa" * at
     assert out[at + len(record) :] == b"\xaa" * (4_096 - at - len(record))
+
+
+async def test_a_disk_without_map_append_still_writes(tmp_path: Path) -> None:
+    """A disk written against the protocol before ``map_append`` existed (not an
+    ``OsDisk`` subclass) keeps working: every record through its pwrite."""
+
+    class Older:
+        def __init__(self) -> None:
+            self.inner = OsDisk()
+            self.record_writes = 0
+
+        def pwrite(self, fd: int, data: Any, offset: int) -> int:
+            if bytes(data).count(0) != len(data):
+                self.record_writes += 1
+            return self.inner.pwrite(fd, data, offset)
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "map_append":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    disk = Older()
+    async with koru.open(tmp_path, sync="os", disk=disk) as db:  # type: ignore[arg-type]
+        for i in range(2_000):
+            await db.put(NS, f"k{i}", _value(i))
+    assert disk.record_writes >= 2_000
+    async with koru.open(tmp_path) as db:
+        assert len(await db.keys(NS)) == 2_000
