@@ -223,8 +223,8 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, int]:
     header, and every earlier one's, proven durable), read without a lock or a store;
     empty when there is none to read (no meta file, a format-1 one, damage)."""
     try:
-        with open(os.path.join(os.fspath(root), META_FILE), "rb") as f:
-            raw = f.read()
+        # (OsDisk's read: a named pipe in its place would block a plain open for ever)
+        raw = OsDisk().read_file(os.path.join(os.fspath(root), META_FILE))
         digest = raw[len(_META_MAGIC) : len(_META_MAGIC) + 32]
         body = raw[len(_META_MAGIC) + 32 :]
         if not raw.startswith(_META_MAGIC) or blake3.blake3(body).digest() != digest:

@@ -2436,3 +2436,28 @@ def test_ctrl_c_in_a_checkpoints_state_handover_lets_it_finish(
     monkeypatch.undo()
 
     _every_acknowledged_write_reads_back(tmp_path, acked)
+
+
+def test_verify_with_a_named_pipe_for_meta_reports_it_rather_than_hanging(
+    tmp_path: Path,
+) -> None:
+    """``kdelta verify`` reads the manifest to judge a last segment; a named pipe put in
+    the meta file's place is reported (as it was before the manifest was read), never
+    opened in a way that blocks for ever."""
+    path = tmp_path / "db"
+    store = open_store(path)
+    for data, eid in make_events(3):
+        store.append(AGENT, data, eid)
+    store.sync()
+    store.close()
+    (path / "meta").unlink()
+    os.mkfifo(path / "meta")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "kdelta"), "--db", str(path), "verify"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr.decode()
+    assert b"meta" in done.stdout and b"not a regular file" in done.stdout
