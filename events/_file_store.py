@@ -218,18 +218,26 @@ class _AgentLog:
         return os.path.join(self.dir, f"{seg:08d}.seg")
 
 
+def _parse_meta(raw: bytes) -> Any:
+    """The meta file's decoded map: format 2 (magic, blake3 of the body, the CBOR body)
+    checked against its digest, or format 1 (bare CBOR). Raises on damage (ValueError,
+    or whatever cbor2 raises); what the map holds is the caller's to check."""
+    if not raw.startswith(_META_MAGIC):
+        return cbor2.loads(raw)  # format 1: no checksum, no manifest
+    digest, body = raw[len(_META_MAGIC) : len(_META_MAGIC) + 32], raw[len(_META_MAGIC) + 32 :]
+    if blake3.blake3(body).digest() != digest:
+        raise ValueError("checksum mismatch")
+    return cbor2.loads(body)
+
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, int]:
     """The last segment of each agent's log that the meta file's manifest lists (its
     header, and every earlier one's, proven durable), read without a lock or a store;
     empty when there is none to read (no meta file, a format-1 one, damage)."""
     try:
         # (OsDisk's read: a named pipe in its place would block a plain open for ever)
-        raw = OsDisk().read_file(os.path.join(os.fspath(root), META_FILE))
-        digest = raw[len(_META_MAGIC) : len(_META_MAGIC) + 32]
-        body = raw[len(_META_MAGIC) + 32 :]
-        if not raw.startswith(_META_MAGIC) or blake3.blake3(body).digest() != digest:
-            return {}
-        logs = cbor2.loads(body).get("logs", {})
+        meta = _parse_meta(OsDisk().read_file(os.path.join(os.fspath(root), META_FILE)))
+        logs = meta.get("logs", {})
         return {a: n for a, n in logs.items() if type(a) is str and type(n) is int}
     except Exception:
         return {}
@@ -362,14 +370,8 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {_why(exc)}") from exc
         try:
+            meta = _parse_meta(raw)
             if raw.startswith(_META_MAGIC):
-                digest, body = (
-                    raw[len(_META_MAGIC) : len(_META_MAGIC) + 32],
-                    raw[len(_META_MAGIC) + 32 :],
-                )
-                if blake3.blake3(body).digest() != digest:
-                    raise ValueError("checksum mismatch")
-                meta = cbor2.loads(body)
                 ok = meta["format"] == _META_FORMAT
                 newer = meta["format"]
                 if type(newer) is int and newer > _META_FORMAT:
@@ -377,7 +379,6 @@ class FileStore:
                     # its user might answer by restoring or deleting it.
                     raise _NewerFormat(newer)
             else:  # format 1: plain CBOR, no checksum, no manifest
-                meta = cbor2.loads(raw)
                 ok = meta["format"] == 1 and set(meta) == {"format", "node"}
             node, logs = meta["node"], meta.get("logs", {})
             ok = (
