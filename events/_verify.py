@@ -21,6 +21,7 @@ import blake3
 
 from ._chain import AGENTS, genesis_root
 from ._codec import decode_trusted
+from ._disk import OsDisk
 from ._errors import CodecError
 from ._file_store import read_manifest
 from ._frame import (
@@ -107,8 +108,9 @@ def verify_logs(
                 yield Problem("error", agent, path, 0, count, f"segment {gap} is missing")
             previous = seg
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
+                # (OsDisk's read refuses a named pipe or device in a segment's place,
+                # which a plain open would block on, or read without end)
+                data = OsDisk().read_file(path)
             except OSError as exc:
                 yield Problem("error", agent, path, 0, count, f"cannot read: {exc.strerror}")
                 continue

@@ -2461,3 +2461,27 @@ def test_verify_with_a_named_pipe_for_meta_reports_it_rather_than_hanging(
     )
     assert done.returncode == 3, done.stderr.decode()
     assert b"meta" in done.stdout and b"not a regular file" in done.stdout
+
+
+def test_verify_with_a_named_pipe_for_a_segment_reports_it_rather_than_hanging(
+    tmp_path: Path,
+) -> None:
+    """Attack: a named pipe put where the next segment would be. ``kdelta verify``
+    opened each segment with a plain open, which blocks on a pipe for ever; it must
+    report the file and go on."""
+    path = tmp_path / "db"
+    store = open_store(path)
+    for data, eid in make_events(3):
+        store.append(AGENT, data, eid)
+    store.sync()
+    store.close()
+    os.mkfifo(path / "logs" / AGENT / "00000002.seg")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "kdelta"), "--db", str(path), "verify"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 3, done.stderr.decode()
+    assert b"00000002.seg" in done.stdout and b"not a regular file" in done.stdout
