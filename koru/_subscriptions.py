@@ -6,7 +6,10 @@ expiries and ingested events alike) hands each key/value event to every subscrip
 that may want it, with its position in this node's ``storage`` log, through a bounded
 trio memory channel and ``send_nowait``: a writer never waits for a subscriber. One
 whose buffer is full is cut off and gets :class:`~koru.LaggedError` carrying the
-position of the first event it did not get, once it has read everything before.
+position of the first event it did not get, once it has read everything before. The
+queue is a deque of its own, not a trio memory channel: the writer pays the append for
+every subscriber of every write, and a channel's ``send_nowait`` cost about as much as
+the rest of the fan-out together.
 
 Whole events are queued (a batch's changes arrive together) and turned into
 :class:`KeyChange` objects by the subscriber's own task (versions, the decoded value, the
@@ -21,7 +24,7 @@ handling the changes of position ``q``, resume from ``q + 1``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -189,7 +192,14 @@ class Subscription:
         self._replay: Iterator[Item] | None = replay
         #: The log position it starts from (the log's end when none was asked for).
         self.start = 0
-        self._send, self._receive = trio.open_memory_channel[Item](buffer)
+        #: The queued events (at most ``buffer``), oldest first; the subscriber's task
+        #: parks on ``_lot`` while it is empty (``_waiting`` says so to the writer).
+        self._items: deque[Item] = deque()
+        self._buffer = buffer
+        self._lot = trio.lowlevel.ParkingLot()
+        self._waiting = False
+        #: No more events will be queued (cut off, or ended); what is queued is read.
+        self._shut = False
         #: The bytes the queued events' writes hold.
         self._queued = 0
         self._share = QUEUE_SHARE.get()
@@ -204,27 +214,39 @@ class Subscription:
         #: gap unseen by a caller that caught the error (h-subck).
         self._failed: KoruError | None = None
 
+    @property
+    def buffer(self) -> int:
+        """The most events it queues before it is cut off."""
+        return self._buffer
+
     def push(self, item: Item) -> bool:
         """Queue an event without waiting; False if the subscriber was cut off."""
-        try:
-            share = self._share
-            if share is None:
-                held, over = self._queued, self._queued + item[4] > MAX_QUEUED_BYTES
-            else:
-                held, over = share.queued, share.over(item[4])
-            if over and held:
-                raise trio.WouldBlock
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        if self._shut:
+            return False
+        share = self._share
+        size = item[4]
+        if share is None:
+            held, over = self._queued, self._queued + size > MAX_QUEUED_BYTES
+        else:
+            held, over = share.queued, share.over(size)
+        items = self._items
+        if (over and held) or len(items) >= self._buffer:
             self.lagged_at = item[2]
-            self._send.close()
+            self._shut_queue()
             return False
-        except trio.ClosedResourceError:
-            return False
-        self._queued += item[4]
+        items.append(item)
+        self._queued += size
         if share is not None:
-            share.add(item[4])
+            share.add(size)
+        if self._waiting:
+            self._lot.unpark_all()
         return True
+
+    def _shut_queue(self) -> None:
+        """Queue nothing more; the subscriber reads what is queued, then the end."""
+        self._shut = True
+        if self._waiting:
+            self._lot.unpark_all()
 
     def _took(self, size: int) -> None:
         self._queued -= size
@@ -240,7 +262,7 @@ class Subscription:
     def end(self) -> None:
         """No more events (the database closed, or the subscription ended)."""
         self.closed = True
-        self._send.close()
+        self._shut_queue()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -267,20 +289,18 @@ class Subscription:
             if item is None:
                 # Take what is queued without a trip through the scheduler (one per
                 # change would cost more than building it), yielding every 64th.
-                try:
-                    item = self._receive.receive_nowait()
-                except trio.WouldBlock:
-                    item = await self._next_item()
-                    self._took(item[4])
-                    self._take(item)
-                except trio.EndOfChannel:
-                    self._ended()
-                else:
+                items = self._items
+                if items:
+                    item = items.popleft()
                     self._took(item[4])
                     self._take(item)
                     self._taken += 1
                     if not self._taken & 63:
                         await trio.lowlevel.checkpoint()
+                else:
+                    item = await self._next_item()
+                    self._took(item[4])
+                    self._take(item)
             else:
                 self._take(item)
                 await trio.lowlevel.checkpoint()
@@ -291,10 +311,18 @@ class Subscription:
         self._ready.reverse()
 
     async def _next_item(self) -> Item:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            self._ended()
+        """The next queued event, waiting for one (a checkpoint either way)."""
+        items = self._items
+        while not items:
+            if self._shut:  # nothing more will come
+                await trio.lowlevel.checkpoint()
+                self._ended()
+            self._waiting = True
+            try:
+                await self._lot.park()
+            finally:
+                self._waiting = False
+        return items.popleft()
 
     def _ended(self) -> NoReturn:
         if self.lagged_at is not None:
@@ -380,10 +408,17 @@ class Hub:
         if not subs or event.agent != STORAGE:
             return
         writes = event.writes
-        names = {w.namespace for w in writes}
+        names: tuple[str, ...] | set[str]
+        if len(writes) == 1:  # a put or a delete: no set, no generator (writer's time)
+            w = writes[0]
+            names = (w.namespace,)
+            size = _WRITE_BYTES + len(w.key) + (0 if w.value is None else len(w.value))
+        else:
+            names = {w.namespace for w in writes}
+            size = _bytes(writes)
         position = self.store.cursor(STORAGE).count - 1
         built: dict[int, tuple[Any, Any]] = {}
-        item: Item = (event, event_id, position, built, _bytes(writes))
+        item: Item = (event, event_id, position, built, size)
         parts: dict[tuple[str, str | None], Item | None] = {}
         cut = False
         for sub in subs:

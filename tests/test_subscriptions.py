@@ -244,6 +244,65 @@ async def test_closing_the_database_ends_subscriptions() -> None:
     await cm.__aexit__(None, None, None)
 
 
+async def test_a_waiting_subscriber_is_woken_by_each_put_and_a_cancelled_wait_loses_nothing(
+    db: koru.Database,
+) -> None:
+    """A subscriber parked on an empty queue: a deadline that cancels its wait costs
+    it no change, and a wait afterwards is woken by each put as it is written."""
+    async with db.subscribe(NS) as sub:
+        with trio.move_on_after(0.01) as waited:
+            await sub.__anext__()
+        assert waited.cancelled_caught
+        got: list[Any] = []
+
+        async def reader() -> None:
+            async for change in sub:
+                got.append(change.value)
+                if len(got) == 3:
+                    return
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                for i in range(3):
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert got == list(range(i))  # parked, nothing read before the put
+                    await db.put(NS, f"k{i}", i)
+        assert got == [0, 1, 2]
+
+
+async def test_two_readers_of_one_subscription_share_its_changes_and_both_see_it_end() -> None:
+    """Two tasks reading one subscription get each change once between them, in log
+    order each, and both are woken when the database closes under them."""
+    seen: list[list[int]] = [[], []]
+    ended: list[type[BaseException]] = []
+    async with koru.open(":memory:") as db:
+        cm = db.subscribe(NS)
+        sub = await cm.__aenter__()
+
+        async def reader(i: int) -> None:
+            try:
+                async for change in sub:
+                    seen[i].append(change.value)
+            except koru.DatabaseClosedError as exc:
+                ended.append(type(exc))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader, 0)
+                nursery.start_soon(reader, 1)
+                for i in range(50):
+                    await db.put(NS, f"k{i}", i)
+                    if i % 7 == 0:
+                        await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                assert sorted(seen[0] + seen[1]) == list(range(50))
+                assert seen[0] == sorted(seen[0]) and seen[1] == sorted(seen[1])
+                await db.aclose()
+    assert ended == [koru.DatabaseClosedError, koru.DatabaseClosedError]
+    await cm.__aexit__(None, None, None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
