@@ -72,8 +72,11 @@ MAX_CALL_BYTES = 128 * 1024 * 1024
 #: Why: a call was let in by its request's size alone, so while answers took time to
 #: build (a read that waits), ten-byte requests filled every connection's 64 calls
 #: before any answer counted: four clients that never read held 25.6 MB of answers
-#: under a 400 KB bound. An answer larger than this still passes the bound by the
-#: difference, once per call being answered.
+#: under a 400 KB bound. An answer larger than this takes the difference before it is
+#: queued to be sent, waiting for it as a request waits for room
+#: (``_Runner._room_for_answer``). The cost: calls whose answers take long to build
+#: hold their reservations meanwhile, so 2,048 of them fill the default 512 MiB
+#: (a call whose built answer waits for room holds none).
 ANSWER_RESERVE = 256 * 1024
 
 
@@ -87,13 +90,15 @@ class CallBudget:
     call's bytes are given back; a call is taken whatever its size when nothing is
     held. The trade-off: while hostile clients hold it full, an honest client's call
     waits, for at most the idle timeout after which theirs are closed. Requests read
-    and waiting their turn are bounded by the same figure (``waiting``)."""
+    and built answers waiting their turn are bounded by the same figure
+    (``waiting``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.freed = trio.Event()
-        #: Bytes of requests read and waiting their turn (bounded by ``limit`` too).
+        #: Bytes of requests read, and of built answers, waiting their turn (bounded
+        #: by ``limit`` too).
         self.waiting = 0
         #: Room a plain call holds for its answer until it is built (see
         #: ``ANSWER_RESERVE``; a 256th of the bound at most, for small bounds).
@@ -286,6 +291,10 @@ class _Runner:
         self.calls = trio.Semaphore(MAX_CALLS_IN_FLIGHT, max_value=MAX_CALLS_IN_FLIGHT)
         self.call_bytes = 0
         self.call_bytes_freed = trio.Event()
+        #: Calls whose built answers wait for room in the server's budget (no new call
+        #: is read meanwhile), and set when none is left.
+        self.answers_waiting = 0
+        self.answers_placed = trio.Event()
         #: The timer's sleep, cut short when the connection opens (its deadlines change).
         self.timer_sleep: trio.CancelScope | None = None
         #: How the connection ended, (code, reason, ours), first first.
@@ -437,8 +446,9 @@ class _Runner:
             return
         held = [len(payload)]
         budget = self.budget
-        # The room its answer holds in the budget until it is built.
-        reserved = 0 if budget is None else budget.reserve
+        # What it holds of the budget: its request, and room for its answer until the
+        # answer is built (see ANSWER_RESERVE); then the answer's own bytes.
+        taken = [0 if budget is None else len(payload) + budget.reserve]
         try:
             answer = await self.endpoint.serve(payload[1:])
             # Its share is kept until its answer is sent, and the answer's bytes count
@@ -448,15 +458,62 @@ class _Runner:
             n = len(answer)
             self.call_bytes += n
             held[0] += n
-            if budget is not None:  # the room reserved becomes the answer's bytes
-                if n < reserved:
-                    budget.give_back(reserved - n)
-                else:
-                    budget.used += n - reserved
-            reserved = 0
+            if budget is not None:
+                await self._room_for_answer(budget, n, taken)
             await self.carry_out(self.proto.reply(Msg.RESPONSE, call, answer))
         finally:
-            self._release(held, reserved)
+            self._release(held, taken)
+
+    async def _room_for_answer(self, budget: CallBudget, n: int, taken: list[int]) -> None:
+        """Turn the room a call holds (``taken``: its request and its answer's
+        reservation) into room for its built answer of ``n`` bytes, before the answer
+        is queued to be sent. Why: an answer larger than its reservation was queued
+        whatever its size, and the budget counted the difference without waiting for
+        it: clients that never read, sending calls whose answers were four times the
+        reservation, held four times the bound in unsent answers.
+
+        Room past its reservation is taken at once if none waits and it fits.
+        Otherwise the call gives back all it holds (a call that kept its reservation
+        while it waited for more waited for room only the others' reservations, all
+        waiting likewise, could free) and waits for ``n`` bytes as a request waits:
+        counted in ``waiting`` meanwhile (one past the bound closes its connection,
+        1013), first come first, in line only while every call of its connection is
+        an answer waiting too (one holding room a client that never reads pins would
+        have held the line until its idle timeout); its connection reads no new call
+        meanwhile (``answers_waiting``), so its calls' room drains."""
+        more = n - budget.reserve
+        if more <= 0:
+            budget.give_back(-more)
+            taken[0] += more
+            return
+        if budget.fits(more, None):
+            budget.used += more
+            taken[0] += more
+            return
+        if budget.waiting and budget.waiting + n > budget.limit:
+            raise self.close(CLOSE_TRY_LATER, "too many calls waiting on this server")
+        budget.give_back(taken[0])
+        taken[0] = 0
+        budget.waiting += n
+        self.answers_waiting += 1
+        calls = self.calls
+        turn: object | None = None
+        try:
+            while not budget.fits(n, turn):
+                if turn is None and MAX_CALLS_IN_FLIGHT - calls.value == self.answers_waiting:
+                    turn = budget.join()
+                    continue
+                await budget.freed.wait()
+        finally:
+            budget.waiting -= n
+            self.answers_waiting -= 1
+            if not self.answers_waiting:
+                self.answers_placed.set()
+                self.answers_placed = trio.Event()
+            if turn is not None:
+                budget.leave(turn)
+        budget.used += n
+        taken[0] = n
 
     async def _admit(self, payload: bytes) -> None:
         """Wait until a client's request may be answered (within the connection's
@@ -478,6 +535,8 @@ class _Runner:
             while True:
                 if self.calls.value == 0:
                     wait = self._call_freed
+                elif self.answers_waiting:
+                    wait = self.answers_placed.wait
                 elif self.call_bytes and self.call_bytes + size > MAX_CALL_BYTES:
                     wait = self.call_bytes_freed.wait
                 elif budget is not None and not budget.fits(need, turn):
@@ -536,9 +595,10 @@ class _Runner:
         await self.calls.acquire()
         self.calls.release()
 
-    def _release(self, held: list[int], reserved: int = 0) -> None:
-        """Give back a call's share of the bounds (once: ``held`` is emptied), and the
-        room ``reserved`` for an answer it never built."""
+    def _release(self, held: list[int], taken: list[int] | None = None) -> None:
+        """Give back a call's share of the bounds (once: ``held`` is emptied): of its
+        connection's, ``held``; of the server's budget, ``taken`` (a plain call's: its
+        request and its answer's reservation, or its answer), else ``held``."""
         if held:
             self.calls.release()
             size = held.pop()
@@ -546,7 +606,7 @@ class _Runner:
             self.call_bytes_freed.set()
             self.call_bytes_freed = trio.Event()
             if self.budget is not None:
-                self.budget.give_back(size + reserved)
+                self.budget.give_back(size if taken is None else taken[0])
 
     async def reader(self) -> None:
         proto = self.proto

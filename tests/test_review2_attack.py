@@ -66,8 +66,8 @@ async def test_a_subscription_cut_off_by_a_busy_server_waits_before_resuming(
 
 class _Fuzzed(NoFeeds):
     """A client endpoint whose answers take a random while and have random sizes (some
-    past the budget's reserve), whose streams open after a while or are refused, and
-    send a few items."""
+    past the budget's reserve, a third of the bound, or twice the bound), whose streams
+    open after a while or are refused, and send a few items."""
 
     name = "client"
 
@@ -78,7 +78,9 @@ class _Fuzzed(NoFeeds):
     async def serve(self, payload: bytes) -> bytes:
         rng = self._rng
         await trio.sleep(rng.choice([0, 0, 0.01, 0.3, 2.0, 7.0]))
-        return bytes(rng.choice([0, 1, self._reserve - 1, self._reserve, 3 * self._reserve]))
+        reserve = self._reserve  # (a 256th of the bound)
+        sizes = [0, 1, reserve - 1, reserve, 3 * reserve, 85 * reserve, 512 * reserve]
+        return bytes(rng.choice(sizes))
 
     @asynccontextmanager
     async def stream(self, payload: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -174,8 +176,9 @@ async def test_the_call_budget_gives_back_every_byte_and_serves_every_patient_ca
     small (a few calls' worth); each sends plain and streamed calls of random sizes
     (some past the bound alone) at random moments; some never read (their answers wait
     for their idle timeout), some hang up mid-call, some cancel their streams; answers
-    take random whiles and have random sizes (some past the reserve); the whole server
-    is cancelled at a random moment in one run of three. Must hold at every moment:
+    take random whiles and have random sizes (some past the reserve, some a third of
+    the bound, some past it alone); the whole server is cancelled at a random moment
+    in one run of three. Must hold at every moment:
     the budget's bytes used and waiting are never negative, its queue holds a client
     once at most; at the end nothing is held, waiting or queued; and every call of a
     patient client (reads, waits for all its answers) not told to try later (1013) is
