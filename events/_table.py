@@ -935,17 +935,23 @@ class Table:
             i += 1
         return None
 
-    def items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
-        """(key, value) of every key of ``namespace``, in key order."""
-        ns_b = namespace.encode()
+    def items(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """(key, value) of every key of ``namespace`` (that starts with ``prefix``, if
+        given), in key order: read from the block the block index places the range's
+        start in, to the range's end (the entries are sorted, and a key starts with the
+        prefix exactly when its UTF-8 bytes start with the prefix's)."""
+        ns_b, pre = namespace.encode(), prefix.encode()
         self._load_index()
-        b = max(bisect_right(self._first_keys(), (ns_b, b"")) - 1, 0)
+        b = max(bisect_right(self._first_keys(), (ns_b, pre)) - 1, 0)
         while b < len(self._starts):
             for ns, key, value in self._block(b):
                 if ns > ns_b:
                     return
                 if ns == ns_b:
-                    yield key.decode(), value
+                    if key.startswith(pre):
+                        yield key.decode(), value
+                    elif key > pre:
+                        return  # past the range
             b += 1
 
     def entries(self) -> Iterator[tuple[str, str, bytes]]:

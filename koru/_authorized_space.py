@@ -372,7 +372,9 @@ class AuthorizedSpace:
             if not reading:
                 return []  # no key of it readable: not read (nor timed by its size)
             named = {s.key.pattern for s in reading}
-            if len(named) <= _NAMED_KEYS and not any("*" in k or "?" in k for k in named):
+            globs = [k for k in named if "*" in k or "?" in k]
+            heads = [_head(k) for k in globs]
+            if len(named) <= _NAMED_KEYS and not globs:
                 # Only keys named one by one: each looked up, the namespace not walked
                 # (it was, with a check per key: 300 ms for 300,000 keys a request).
                 # One entry, then every lookup in the same state with no await between
@@ -381,6 +383,16 @@ class AuthorizedSpace:
                 # before another it left out.
                 await self._walkable()
                 found = self._db._reads.present(stored, sorted(named, key=str.encode))
+                return budgeted("keys", found, listed_bytes, KEYS_LESS)
+            if len(named) <= _NAMED_KEYS and all(heads):
+                # Every glob starts with a literal part (``user-42/*``): only the range
+                # of keys starting with it is read, and the keys named one by one are
+                # looked up (a walk of the namespace took 830 ms for 300,000 keys, for
+                # an answer of 100; h-wild). In one state, as above.
+                check = self._checks.get((READ, stored)) or self._compile(READ, stored)
+                await self._walkable()
+                literal = named.difference(globs)
+                found = self._db._reads.keys_in(stored, literal, heads, check)
                 return budgeted("keys", found, listed_bytes, KEYS_LESS)
         with nullcontext() if whole else visible_only(self._visible()):
             keys = await self._target.keys(namespace)
@@ -585,6 +597,14 @@ class AuthorizedSpace:
     async def aclose(self) -> None:
         """Close this handle (the database, and the session it acts in, stay open)."""
         self._closed = True
+
+
+def _head(pattern: str) -> str:
+    """The literal part a glob starts with (every name it matches starts with it)."""
+    for i, c in enumerate(pattern):
+        if c == "*" or c == "?":
+            return pattern[:i]
+    return pattern
 
 
 def _ANY_KEY(key: str) -> bool:

@@ -264,6 +264,34 @@ class KeyReads:
             live = (k for k in live if keep(namespace, k))
         return sorted(budgeted("keys", live, listed_bytes, KEYS_LESS))
 
+    def keys_in(
+        self,
+        namespace: str,
+        named: Iterable[str],
+        prefixes: Iterable[str],
+        keep: Callable[[str], bool],
+    ) -> list[str]:
+        """The keys with a current value that are among ``named`` or start with one of
+        ``prefixes``, and that ``keep`` allows, sorted: all read in one state at one
+        reading of the clock, as :meth:`keys` lists, under the bound of a served answer
+        (counting only what is kept). Each prefix's range alone is read, and each named
+        key looked up: a listing for a client granted ``user-42/*`` reads about the keys
+        it may see, not the namespace (h-wild)."""
+        check_name(namespace, "namespace")
+        kv = self.kv
+        now = self.now() if kv.expiring else None
+        heads: list[str] = []
+        for p in sorted(set(prefixes)):  # each prefix's range once: none inside another
+            if not heads or not p.startswith(heads[-1]):
+                heads.append(p)
+        ranged = (k for p in heads for k in kv.live_keys(namespace, now, p))
+        out = budgeted("keys", (k for k in ranged if keep(k)), listed_bytes, KEYS_LESS)
+        alone = [k for k in set(named) if not any(k.startswith(p) for p in heads)]
+        if alone:
+            out += (k for k in self.present(namespace, alone) if keep(k))
+            out.sort()
+        return out
+
     def namespaces(self, space: Space = DEFAULT) -> list[str]:
         """The space's namespaces holding at least one current value, sorted (by the
         names its callers know them by)."""
