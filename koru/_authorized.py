@@ -38,8 +38,13 @@ otherwise, before anything is read or written):
   or anyone for an admin.
 
 With a session, each call also checks the session is current (``SessionExpiredError``
-once its time is up). Decisions are cached for as long as they cannot change, so an
-authorized ``get`` costs about a glob match more than a plain one.
+once its time is up). Decisions are cached for as long as they cannot change: until the
+auth state's next change (a grant or a revocation stored) or the end of their
+window of validity on the read time. ``get`` takes a shortcut while the cached decision
+holds (the state unchanged, the handle open, and with a session: the session still open
+and the read time before both its expiry and the decision's end, the clock read once):
+the namespace's check, usually a key prefix, is tested inline and the database's read
+runs without a coroutine of its own; anything else goes the whole way.
 """
 
 from __future__ import annotations
