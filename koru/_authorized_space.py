@@ -70,13 +70,18 @@ class AuthorizedSpace:
         "__weakref__",
         "_authority",
         "_checks",
+        "_clock_ns",
         "_closed",
         "_db",
         "_effective",
+        "_fresh",
+        "_hlc",
+        "_limit",
         "_name",
         "_now",
         "_open",
         "_prefix",
+        "_reads",
         "_seen",
         "_session",
         "_sessions",
@@ -87,6 +92,7 @@ class AuthorizedSpace:
         "_target",
         "_until",
         "_who",
+        "_writer",
     )
 
     def __init__(
@@ -110,6 +116,9 @@ class AuthorizedSpace:
         # stays expired when the wall clock is set back (and a decision's window holds
         # for every later reading).
         self._now = db._writer.read_time
+        self._writer = db._writer
+        self._clock_ns = db._writer._now_ns
+        self._hlc = db._writer.hlc
         self._state = db._authority.state
         self._open = db._sessions._open
         self._effective: Effective | None = None
@@ -118,6 +127,17 @@ class AuthorizedSpace:
         #: (action, stored namespace) -> the check of a key: what the decision for a
         #: namespace comes to (usually one glob, or "any key"), compiled once per window.
         self._checks: dict[tuple[int, str], Callable[[str], bool]] = {}
+        #: The same for reads, by stored namespace alone (AuthorizedDatabase.get's; see
+        #: _read_rule).
+        self._reads: dict[str, str | Callable[[str], bool]] = {}
+        #: The state's change count while the decision holds, with no clock reading for
+        #: it (a handle without a session whose decision lasts for ever), or while only
+        #: ``_limit`` needs checking against the clock (a session's); else -1 (and once
+        #: closed): the fast path of AuthorizedDatabase.get, which otherwise goes the
+        #: whole way (_allow).
+        self._fresh = -1
+        #: Before this read time, the session has not expired and the decision holds.
+        self._limit = 0
         self._closed = False
         self._name = describe(self._who)
         if self._session is not None:
@@ -152,9 +172,23 @@ class AuthorizedSpace:
 
     def _refresh(self, now: int) -> None:
         effective = self._effective = self._authority.effective(self._who, now)
-        self._seen = self._state.changes
+        seen = self._seen = self._state.changes
         self._since, self._until = effective.since, effective.until
         self._checks.clear()
+        self._reads.clear()
+        session = self._session
+        # The read time never goes back, so a window entered (since <= now) stays
+        # entered: only its end, and the session's, remain to check.
+        if self._closed or not effective.since <= now:
+            self._fresh = -1
+        elif session is not None:
+            self._fresh, self._limit = seen, min(effective.until, session.expires)
+        else:
+            self._fresh = seen if effective.until == NEVER else -1
+
+    def _close(self) -> None:
+        self._closed = True
+        self._fresh = -1
 
     def _stored(self, namespace: Any) -> str:
         """The stored form of a namespace the caller named (checked in a workspace)."""
@@ -221,6 +255,27 @@ class AuthorizedSpace:
             self._checks.clear()  # a cache: many namespaces only cost recompiling
         self._checks[(action, namespace)] = check
         return check
+
+    def _read_rule(self, namespace: str) -> str | Callable[[str], bool]:
+        """The read check of a (stored) namespace as AuthorizedDatabase.get keeps it: a
+        key prefix when one grant's ``prefix*`` glob decides, else the compiled check."""
+        check = self._compile(READ, namespace)
+        assert self._effective is not None
+        rule: str | Callable[[str], bool] = check
+        if check is not _ANY_KEY and check is not _NO_KEY:
+            patterns = {
+                s.key.pattern
+                for s in self._effective.scopes
+                if s.actions & READ and s.namespace.match(namespace)
+            }
+            if len(patterns) == 1:
+                (pattern,) = patterns
+                if pattern.endswith("*") and pattern.count("*") == 1 and "?" not in pattern:
+                    rule = pattern[:-1]
+        if len(self._reads) >= 4096:
+            self._reads.clear()  # a cache: many namespaces only cost recompiling
+        self._reads[namespace] = rule
+        return rule
 
     def _allow_space(self, action: int) -> None:
         """Every key of every namespace of this space (the whole database for the
@@ -596,7 +651,7 @@ class AuthorizedSpace:
 
     async def aclose(self) -> None:
         """Close this handle (the database, and the session it acts in, stay open)."""
-        self._closed = True
+        self._close()
 
 
 def _head(pattern: str) -> str:

@@ -404,6 +404,12 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
                         if slot in hot:
                             kv.reads[slot] += 1
                     return value
+        return self._read_found(namespace, key)
+
+    def _read_found(self, namespace: str, key: str) -> Any:
+        """:meth:`get` past the recent map: the key's blob probed, its value read (also
+        ``AuthorizedDatabase.get``'s, which probes the recent map as get does)."""
+        kv = self._kv
         touched = False
         try:
             keys = kv.namespaces.get(namespace)

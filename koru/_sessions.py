@@ -331,7 +331,10 @@ class Sessions:
         if len(self._open) >= self._purge_at:
             # Expired sessions are kept (so they are refused as expired) until the
             # table grows: then they go, in one pass per doubling.
-            self._open = {k: s for k, s in self._open.items() if s.expires > now}
+            # In place: authorized handles hold this table (a new one would leave them
+            # looking in the old, where a session ended later stays open).
+            for sid in [k for k, s in self._open.items() if s.expires <= now]:
+                del self._open[sid]
             self._purge_at = max(1024, 2 * len(self._open))
         return session
 

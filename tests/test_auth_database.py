@@ -494,3 +494,80 @@ async def test_queries_indexes_views_and_subscriptions_are_checked() -> None:
             await db.put("mine", "dave", {"n": 4})
             with pytest.raises(koru.PermissionDeniedError):
                 await changes.__anext__()
+
+
+class SetClock:
+    """A wall clock that reads what the test sets (and can be set back)."""
+
+    def __init__(self, now: int = 1_767_225_600 * 10**9) -> None:
+        self.now = now
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+async def test_a_warm_get_is_refused_as_soon_as_anything_it_depends_on_changes() -> None:
+    # AuthorizedDatabase.get skips the whole check while nothing it depends on
+    # changed: each change below comes right after gets that took that shortcut.
+    clock = SetClock()
+    s = 10**9
+    alice = person(1)
+    async with db_open(clock=clock) as db:
+        await db.put("users", "u1", 1)
+        await db.put("users", "x1", 2)
+        await db.register(alice)
+        grant = await db.grant(alice, namespace="users", key="u*", expires=clock.now + 100 * s)
+        session = await db.open_session(alice.respond(await db.challenge()), ttl=50)
+        by_session, by_key = db.as_identity(session), db.as_identity(alice)
+        for h in (by_session, by_key):
+            for _ in range(3):
+                assert await h.get("users", "u1") == 1
+                with pytest.raises(koru.PermissionDeniedError):  # outside the grant
+                    await h.get("users", "x1")
+                with pytest.raises(koru.PermissionDeniedError):
+                    await h.get("other", "u1")
+        # The session's end (before the grant's): refused, and still when the clock is
+        # set back (the read time never goes back).
+        clock.now += 50 * s
+        with pytest.raises(koru.SessionExpiredError):
+            await by_session.get("users", "u1")
+        clock.now -= 10 * s
+        with pytest.raises(koru.SessionExpiredError):
+            await by_session.get("users", "u1")
+        clock.now += 10 * s
+        # The grant's end, for the handle without a session.
+        assert await by_key.get("users", "u1") == 1
+        clock.now += 50 * s
+        with pytest.raises(koru.PermissionDeniedError):
+            await by_key.get("users", "u1")
+        # A grant lasting for ever, then its revocation; a session ended; a handle closed.
+        grant = await db.grant(alice, namespace="users", key="u*")
+        session = await db.open_session(alice.respond(await db.challenge()), ttl=50)
+        by_session = db.as_identity(session)
+        other = db.as_identity(await db.open_session(alice.respond(await db.challenge())))
+        for h in (by_session, by_key, other):
+            assert await h.get("users", "u1") == 1
+            assert await h.get("users", "u1") == 1
+        await db.revoke(grant)
+        for h in (by_session, by_key, other):
+            with pytest.raises(koru.PermissionDeniedError):
+                await h.get("users", "u1")
+        await db.grant(alice, namespace="users", key="u1")
+        for h in (by_session, by_key, other):
+            assert await h.get("users", "u1") == 1
+            with pytest.raises(koru.PermissionDeniedError):
+                await h.get("users", "u2")
+        await db.end_session(session)
+        with pytest.raises(koru.SessionError):
+            await by_session.get("users", "u1")
+        await by_key.aclose()
+        await other.aclose()
+        for h in (by_key, other):
+            with pytest.raises(koru.DatabaseClosedError):
+                await h.get("users", "u1")
+        # A clock reading out of range is refused on the way, as by every read.
+        again = db.as_identity(await db.open_session(alice.respond(await db.challenge())))
+        assert await again.get("users", "u1") == 1
+        clock.now = -1
+        with pytest.raises(koru.KoruError):
+            await again.get("users", "u1")

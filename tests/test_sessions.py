@@ -187,6 +187,30 @@ async def test_a_session_from_elsewhere_or_ended_is_refused(
             await handle.get("n", "k")
 
 
+async def test_a_session_ended_after_the_table_was_purged_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The table of open sessions is purged of expired ones as it grows; a handle made
+    # before must still see the session end (it once kept looking in the table the
+    # purge replaced, where the session stayed open for ever).
+    alice = person(1)
+    async with opened() as db:
+        await db.put("n", "k", 1)
+        await db.register(alice)
+        await db.grant(alice, namespace="n", key="k", actions="read")
+        session = await db.open_session(alice.respond(await db.challenge()))
+        handle = db.as_identity(session)
+        assert await handle.get("n", "k") == 1
+        db._sessions._purge_at = 2  # the next session opened purges
+        await db.open_session(alice.respond(await db.challenge()))
+        assert await handle.get("n", "k") == 1
+        await db.end_session(session)
+        with pytest.raises(koru.SessionError):
+            await handle.get("n", "k")
+        with pytest.raises(koru.SessionError):
+            await handle.contains("n", "k")
+
+
 @pytest.mark.parametrize("ttl", [0, -1, 31 * 86400, "60", None])
 async def test_a_bad_ttl_is_refused(ttl: object, autojump_clock: trio.testing.MockClock) -> None:
     alice = person(1)
