@@ -70,7 +70,6 @@ from koru.nursery import ProcessInfo
 from ._api import DatabaseAPI, SpaceAPI
 from ._authority import covers, public_key_of, whole_space
 from ._authorized_space import _ANY_KEY, EVERYTHING, NAMES, AuthorizedSpace
-from ._cache import MISSING
 from ._genome import Genome
 from ._identity import Identity
 from ._space import Space
@@ -143,24 +142,7 @@ class AuthorizedDatabase(AuthorizedSpace):
             self._allow(READ, namespace, key)  # again: the yield let other tasks run
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-        # Database.get's recent map probe, as written there (a call less); else the rest
-        # of its read.
-        kv = db._kv
-        read = kv.recent.get(namespace)
-        if read is not None:
-            cid = read.get(key)
-            if cid is not None:
-                kv.recent_hits += 1
-                value = db._cache.value(cid)
-                if value is MISSING:
-                    value = db._uncached(namespace, key, cid)
-                hot = kv.hot
-                if hot:
-                    slot = (namespace, key)
-                    if slot in hot:
-                        kv.reads[slot] += 1
-                return value
-        return db._read_found(namespace, key)
+        return db._read(namespace, key)
 
     def _allow_everything(self, action: int) -> None:
         self._allow_space(action)

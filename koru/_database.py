@@ -385,6 +385,11 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
             await life.pause()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        return self._read(namespace, key)
+
+    def _read(self, namespace: str, key: str) -> Any:
+        """:meth:`get` once its lifecycle is entered (also ``AuthorizedDatabase.get``'s,
+        once its checks passed)."""
         kv = self._kv
         # A key read lately and not written since: its content id from the recent map
         # (KvState.recent), no layer searched. Only exact str names are looked up
@@ -407,8 +412,7 @@ class Database(AuthCalls, EmbeddingCalls, PeerCalls):
         return self._read_found(namespace, key)
 
     def _read_found(self, namespace: str, key: str) -> Any:
-        """:meth:`get` past the recent map: the key's blob probed, its value read (also
-        ``AuthorizedDatabase.get``'s, which probes the recent map as get does)."""
+        """:meth:`_read` past the recent map: the key's blob probed, its value read."""
         kv = self._kv
         touched = False
         try:
