@@ -423,34 +423,44 @@ class AuthorizedSpace:
             # reserved name too; the named-key path below asks contains(), whose
             # refusal it would take for a key's).
             check_user_name(namespace, "namespace")
-            reading = [s for s in scopes.scopes if s.actions & READ and s.namespace.match(stored)]
-            if not reading:
-                return []  # no key of it readable: not read (nor timed by its size)
-            named = {s.key.pattern for s in reading}
-            globs = [k for k in named if "*" in k or "?" in k]
-            heads = [_head(k) for k in globs]
-            if len(named) <= _NAMED_KEYS and not globs:
-                # Only keys named one by one: each looked up, the namespace not walked
-                # (it was, with a check per key: 300 ms for 300,000 keys a request).
-                # One entry, then every lookup in the same state with no await between
-                # them, as a walk reads: a contains() per key could yield (every 64th
-                # operation) and let writes land mid-listing, listing a key deleted
-                # before another it left out.
+            while True:
+                reading = [
+                    s for s in scopes.scopes if s.actions & READ and s.namespace.match(stored)
+                ]
+                if not reading:
+                    return []  # no key of it readable: not read (nor timed by its size)
+                named = {s.key.pattern for s in reading}
+                globs = [k for k in named if "*" in k or "?" in k]
+                heads = [_head(k) for k in globs]
+                if len(named) > _NAMED_KEYS or not all(heads):
+                    break  # the walk, below
+                # Keys named one by one, each looked up, or globs that each start with
+                # a literal part (``user-42/*``), only the range of keys starting with
+                # it read (and the named keys looked up): the namespace not walked (a
+                # walk took 300 ms, 830 ms with globs, for 300,000 keys, for an answer
+                # of 100; h-wild). One entry, then every lookup in the same state with
+                # no await between them, as a walk reads: a contains() per key could
+                # yield (every 64th operation) and let writes land mid-listing,
+                # listing a key deleted before another it left out.
                 await self._walkable()
-                found = self._db._reads.present(stored, sorted(named, key=str.encode))
-                return budgeted("keys", found, listed_bytes, KEYS_LESS)
-            if len(named) <= _NAMED_KEYS and all(heads):
-                # Every glob starts with a literal part (``user-42/*``): only the range
-                # of keys starting with it is read, and the keys named one by one are
-                # looked up (a walk of the namespace took 830 ms for 300,000 keys, for
-                # an answer of 100; h-wild). In one state, as above.
-                check = self._checks.get((READ, stored)) or self._compile(READ, stored)
-                await self._walkable()
-                literal = named.difference(globs)
-                found = self._db._reads.keys_in(stored, literal, heads, check)
+                # Decided again after that yield, as get does: a grant revoked or a
+                # session ended meanwhile (raised here) must not list keys, nor the
+                # keys written after it (h-review3).
+                now = self._scopes()
+                if now is not scopes:
+                    scopes = now
+                    continue
+                if not globs:
+                    found = self._db._reads.present(stored, sorted(named, key=str.encode))
+                else:
+                    check = self._checks.get((READ, stored)) or self._compile(READ, stored)
+                    literal = named.difference(globs)
+                    found = self._db._reads.keys_in(stored, literal, heads, check)
                 return budgeted("keys", found, listed_bytes, KEYS_LESS)
         with nullcontext() if whole else visible_only(self._visible()):
             keys = await self._target.keys(namespace)
+        # What may be read after the read's yield (see above): a key must pass both.
+        scopes = self._scopes()
         kept = (k for k in keys if scopes.allows(READ, stored, k))
         return budgeted("keys", kept, listed_bytes, KEYS_LESS)
 
