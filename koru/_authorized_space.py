@@ -24,6 +24,7 @@ from koru.events import (
     WRITE,
     DatabaseClosedError,
     InvalidDataError,
+    KoruError,
     PermissionDeniedError,
     PublicIdentity,
     check_name,
@@ -372,15 +373,33 @@ class AuthorizedSpace:
 
     async def get(self, namespace: str, key: str) -> Any:
         self._allow(READ, namespace, key)
-        return await self._target.get(namespace, key)
+        try:
+            found = await self._target.get(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again: its yield let other tasks run
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
         self._allow(READ, namespace, key)
-        return await self._target.get_versioned(namespace, key)
+        try:
+            found = await self._target.get_versioned(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def get_at(self, namespace: str, key: str, at: Any) -> Versioned:
         self._allow(READ, namespace, key)
-        return await self._target.get_at(namespace, key, at)
+        try:
+            found = await self._target.get_at(namespace, key, at)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def history(
         self,
@@ -391,11 +410,23 @@ class AuthorizedSpace:
         latest: int | None = None,
     ) -> list[Versioned]:
         self._allow(READ, namespace, key)
-        return await self._target.history(namespace, key, since, until, latest)
+        try:
+            found = await self._target.history(namespace, key, since, until, latest)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def contains(self, namespace: str, key: str) -> bool:
         self._allow(READ, namespace, key)
-        return await self._target.contains(namespace, key)
+        try:
+            found = await self._target.contains(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     # A listing is read under the bound of a served answer (see ``budgeted``), by the
     # target: when the identity may read only part of it, the target skips the rest
@@ -480,7 +511,13 @@ class AuthorizedSpace:
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff:
         self._allow(READ, namespace, key)
-        return await self._target.diff(namespace, key, from_version, to_version)
+        try:
+            found = await self._target.diff(namespace, key, from_version, to_version)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
         with nullcontext() if self._whole_space() else visible_only(self._visible()):
@@ -501,13 +538,25 @@ class AuthorizedSpace:
 
     async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
         self._allow_namespace(READ, namespace)
-        return await self._target.query(namespace, query, at)
+        try:
+            found = await self._target.query(namespace, query, at)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     async def explain(
         self, namespace: str, query: Query | dict[str, Any], at: Any = None
     ) -> QueryPlan:
         self._allow_namespace(READ, namespace)
-        return await self._target.explain(namespace, query, at)
+        try:
+            found = await self._target.explain(namespace, query, at)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     async def create_index(self, namespace: str, field: str) -> bool:
         self._allow_namespace(ADMIN, namespace)
@@ -652,7 +701,13 @@ class AuthorizedSpace:
         """Needs read on the whole namespace (the counts include links to keys of
         other namespaces, as numbers only)."""
         self._allow_namespace(READ, namespace)
-        return await self._target.most_connected(namespace, k)
+        try:
+            found = await self._target.most_connected(namespace, k)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     def _allow_node(self, node: Any) -> None:
         if isinstance(node, tuple | list) and len(node) == 2:

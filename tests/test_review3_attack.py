@@ -70,3 +70,70 @@ async def test_a_listing_parked_while_its_grant_goes_lists_nothing_it_no_longer_
             assert got == [koru.SessionError]
         else:
             assert got == [[]]
+
+
+_READS: dict[str, Any] = {
+    "workspace get": lambda h, w: w.get("docs", "u1"),
+    "workspace get_versioned": lambda h, w: w.get_versioned("docs", "u1"),
+    "get_versioned": lambda h, w: h.get_versioned("docs", "u1"),
+    "get_at": lambda h, w: h.get_at("docs", "u1", 2**62),
+    "history": lambda h, w: h.history("docs", "u1"),
+    "contains": lambda h, w: h.contains("docs", "u1"),
+    "diff": lambda h, w: h.diff("docs", "u1", 0, -1),
+    "query": lambda h, w: h.query("docs", {}),
+    "workspace query": lambda h, w: w.query("docs", {}),
+}
+
+
+@pytest.mark.parametrize("call", list(_READS))
+async def test_a_read_parked_while_its_grant_is_revoked_is_refused(
+    call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: a client reads a key (by a workspace's handle, or any read but the
+    default handle's get) and, while the read is parked at the database's yield, its
+    grant is revoked. The default handle's ``get`` checks again after that yield; the
+    others read and answered what the grant no longer allowed. Must hold: refused."""
+    async with koru.open(":memory:", difficulty=4, checkpoint_every=10**9) as db:
+        ws = db.workspace("team")
+        await ws.put("docs", "u1", "w")
+        await db.put("docs", "u1", "d")
+        alice = koru.Identity.mine(4)
+        await db.register(alice.public)
+        grants = [
+            await db.grant(alice.public, namespace=ns, key="*", actions="read")
+            for ns in ("docs", koru.workspace_namespace("team", "docs"))
+        ]
+        handle = db.as_identity(alice)
+        team = handle.workspace("team")
+        await _READS[call](handle, team)  # allowed
+        parked, changed = trio.Event(), trio.Event()
+        original = Lifecycle.pause
+
+        async def pause(self: Any) -> None:
+            monkeypatch.setattr(Lifecycle, "pause", original)
+            parked.set()
+            await changed.wait()
+            await original(self)
+
+        got: list[Any] = []
+
+        async def reader() -> None:
+            try:
+                got.append(await _READS[call](handle, team))
+            except koru.PermissionDeniedError as exc:
+                got.append(type(exc))
+
+        async def changer() -> None:
+            await parked.wait()
+            for grant in grants:
+                await db.revoke(grant)
+            changed.set()
+
+        db._life._ops |= _YIELD_MASK  # the next operation yields
+        monkeypatch.setattr(Lifecycle, "pause", pause)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                nursery.start_soon(changer)
+        assert parked.is_set()
+        assert got == [koru.PermissionDeniedError]
