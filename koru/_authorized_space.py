@@ -373,12 +373,16 @@ class AuthorizedSpace:
 
     async def get(self, namespace: str, key: str) -> Any:
         self._allow(READ, namespace, key)
+        seen = self._state.changes
         try:
             found = await self._target.get(namespace, key)
         except KoruError:
             self._allow(READ, namespace, key)  # again: its yield let other tasks run
             raise
-        self._allow(READ, namespace, key)
+        # Again, unless nothing the decision depends on can have changed: the state
+        # as it was, and a decision that holds for ever in it (no session; see _fresh).
+        if not seen == self._state.changes == self._fresh:
+            self._allow(READ, namespace, key)
         return found
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:

@@ -85,13 +85,15 @@ _READS: dict[str, Any] = {
 }
 
 
+@pytest.mark.parametrize("refreshed", [False, True])
 @pytest.mark.parametrize("call", list(_READS))
 async def test_a_read_parked_while_its_grant_is_revoked_is_refused(
-    call: str, monkeypatch: pytest.MonkeyPatch
+    call: str, refreshed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attack: a client reads a key (by a workspace's handle, or any read but the
     default handle's get) and, while the read is parked at the database's yield, its
-    grant is revoked. The default handle's ``get`` checks again after that yield; the
+    grant is revoked (and, ``refreshed``, another call of the same handles takes the
+    new decision). The default handle's ``get`` checks again after that yield; the
     others read and answered what the grant no longer allowed. Must hold: refused."""
     async with koru.open(":memory:", difficulty=4, checkpoint_every=10**9) as db:
         ws = db.workspace("team")
@@ -127,6 +129,10 @@ async def test_a_read_parked_while_its_grant_is_revoked_is_refused(
             await parked.wait()
             for grant in grants:
                 await db.revoke(grant)
+            if refreshed:
+                for h in (handle, team):
+                    with pytest.raises(koru.PermissionDeniedError):
+                        h._allow(koru.events.READ, "docs", "u1")
             changed.set()
 
         db._life._ops |= _YIELD_MASK  # the next operation yields
