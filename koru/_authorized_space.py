@@ -24,6 +24,7 @@ from koru.events import (
     WRITE,
     DatabaseClosedError,
     InvalidDataError,
+    KoruError,
     PermissionDeniedError,
     PublicIdentity,
     check_name,
@@ -372,15 +373,37 @@ class AuthorizedSpace:
 
     async def get(self, namespace: str, key: str) -> Any:
         self._allow(READ, namespace, key)
-        return await self._target.get(namespace, key)
+        seen = self._state.changes
+        try:
+            found = await self._target.get(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again: its yield let other tasks run
+            raise
+        # Again, unless nothing the decision depends on can have changed: the state
+        # as it was, and a decision that holds for ever in it (no session; see _fresh).
+        if not seen == self._state.changes == self._fresh:
+            self._allow(READ, namespace, key)
+        return found
 
     async def get_versioned(self, namespace: str, key: str) -> Versioned:
         self._allow(READ, namespace, key)
-        return await self._target.get_versioned(namespace, key)
+        try:
+            found = await self._target.get_versioned(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def get_at(self, namespace: str, key: str, at: Any) -> Versioned:
         self._allow(READ, namespace, key)
-        return await self._target.get_at(namespace, key, at)
+        try:
+            found = await self._target.get_at(namespace, key, at)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def history(
         self,
@@ -391,11 +414,23 @@ class AuthorizedSpace:
         latest: int | None = None,
     ) -> list[Versioned]:
         self._allow(READ, namespace, key)
-        return await self._target.history(namespace, key, since, until, latest)
+        try:
+            found = await self._target.history(namespace, key, since, until, latest)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def contains(self, namespace: str, key: str) -> bool:
         self._allow(READ, namespace, key)
-        return await self._target.contains(namespace, key)
+        try:
+            found = await self._target.contains(namespace, key)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     # A listing is read under the bound of a served answer (see ``budgeted``), by the
     # target: when the identity may read only part of it, the target skips the rest
@@ -423,34 +458,44 @@ class AuthorizedSpace:
             # reserved name too; the named-key path below asks contains(), whose
             # refusal it would take for a key's).
             check_user_name(namespace, "namespace")
-            reading = [s for s in scopes.scopes if s.actions & READ and s.namespace.match(stored)]
-            if not reading:
-                return []  # no key of it readable: not read (nor timed by its size)
-            named = {s.key.pattern for s in reading}
-            globs = [k for k in named if "*" in k or "?" in k]
-            heads = [_head(k) for k in globs]
-            if len(named) <= _NAMED_KEYS and not globs:
-                # Only keys named one by one: each looked up, the namespace not walked
-                # (it was, with a check per key: 300 ms for 300,000 keys a request).
-                # One entry, then every lookup in the same state with no await between
-                # them, as a walk reads: a contains() per key could yield (every 64th
-                # operation) and let writes land mid-listing, listing a key deleted
-                # before another it left out.
+            while True:
+                reading = [
+                    s for s in scopes.scopes if s.actions & READ and s.namespace.match(stored)
+                ]
+                if not reading:
+                    return []  # no key of it readable: not read (nor timed by its size)
+                named = {s.key.pattern for s in reading}
+                globs = [k for k in named if "*" in k or "?" in k]
+                heads = [_head(k) for k in globs]
+                if len(named) > _NAMED_KEYS or not all(heads):
+                    break  # the walk, below
+                # Keys named one by one, each looked up, or globs that each start with
+                # a literal part (``user-42/*``), only the range of keys starting with
+                # it read (and the named keys looked up): the namespace not walked (a
+                # walk took 300 ms, 830 ms with globs, for 300,000 keys, for an answer
+                # of 100; h-wild). One entry, then every lookup in the same state with
+                # no await between them, as a walk reads: a contains() per key could
+                # yield (every 64th operation) and let writes land mid-listing,
+                # listing a key deleted before another it left out.
                 await self._walkable()
-                found = self._db._reads.present(stored, sorted(named, key=str.encode))
-                return budgeted("keys", found, listed_bytes, KEYS_LESS)
-            if len(named) <= _NAMED_KEYS and all(heads):
-                # Every glob starts with a literal part (``user-42/*``): only the range
-                # of keys starting with it is read, and the keys named one by one are
-                # looked up (a walk of the namespace took 830 ms for 300,000 keys, for
-                # an answer of 100; h-wild). In one state, as above.
-                check = self._checks.get((READ, stored)) or self._compile(READ, stored)
-                await self._walkable()
-                literal = named.difference(globs)
-                found = self._db._reads.keys_in(stored, literal, heads, check)
+                # Decided again after that yield, as get does: a grant revoked or a
+                # session ended meanwhile (raised here) must not list keys, nor the
+                # keys written after it (h-review3).
+                now = self._scopes()
+                if now is not scopes:
+                    scopes = now
+                    continue
+                if not globs:
+                    found = self._db._reads.present(stored, sorted(named, key=str.encode))
+                else:
+                    check = self._checks.get((READ, stored)) or self._compile(READ, stored)
+                    literal = named.difference(globs)
+                    found = self._db._reads.keys_in(stored, literal, heads, check)
                 return budgeted("keys", found, listed_bytes, KEYS_LESS)
         with nullcontext() if whole else visible_only(self._visible()):
             keys = await self._target.keys(namespace)
+        # What may be read after the read's yield (see above): a key must pass both.
+        scopes = self._scopes()
         kept = (k for k in keys if scopes.allows(READ, stored, k))
         return budgeted("keys", kept, listed_bytes, KEYS_LESS)
 
@@ -470,7 +515,13 @@ class AuthorizedSpace:
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff:
         self._allow(READ, namespace, key)
-        return await self._target.diff(namespace, key, from_version, to_version)
+        try:
+            found = await self._target.diff(namespace, key, from_version, to_version)
+        except KoruError:
+            self._allow(READ, namespace, key)  # again (see get)
+            raise
+        self._allow(READ, namespace, key)
+        return found
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
         with nullcontext() if self._whole_space() else visible_only(self._visible()):
@@ -491,13 +542,25 @@ class AuthorizedSpace:
 
     async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
         self._allow_namespace(READ, namespace)
-        return await self._target.query(namespace, query, at)
+        try:
+            found = await self._target.query(namespace, query, at)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     async def explain(
         self, namespace: str, query: Query | dict[str, Any], at: Any = None
     ) -> QueryPlan:
         self._allow_namespace(READ, namespace)
-        return await self._target.explain(namespace, query, at)
+        try:
+            found = await self._target.explain(namespace, query, at)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     async def create_index(self, namespace: str, field: str) -> bool:
         self._allow_namespace(ADMIN, namespace)
@@ -642,7 +705,13 @@ class AuthorizedSpace:
         """Needs read on the whole namespace (the counts include links to keys of
         other namespaces, as numbers only)."""
         self._allow_namespace(READ, namespace)
-        return await self._target.most_connected(namespace, k)
+        try:
+            found = await self._target.most_connected(namespace, k)
+        except KoruError:
+            self._allow_namespace(READ, namespace)  # again (see get)
+            raise
+        self._allow_namespace(READ, namespace)
+        return found
 
     def _allow_node(self, node: Any) -> None:
         if isinstance(node, tuple | list) and len(node) == 2:

@@ -193,11 +193,13 @@ class Subscription:
         #: The log position it starts from (the log's end when none was asked for).
         self.start = 0
         #: The queued events (at most ``buffer``), oldest first; the subscriber's task
-        #: parks on ``_lot`` while it is empty (``_waiting`` says so to the writer).
+        #: parks on ``_lot`` while it is empty (``_waiting``: how many tasks do, for the
+        #: writer; a count, not a flag: one of several readers cancelled while parked
+        #: must not leave the others unwoken).
         self._items: deque[Item] = deque()
         self._buffer = buffer
         self._lot = trio.lowlevel.ParkingLot()
-        self._waiting = False
+        self._waiting = 0
         #: No more events will be queued (cut off, or ended); what is queued is read.
         self._shut = False
         #: The bytes the queued events' writes hold.
@@ -317,11 +319,11 @@ class Subscription:
             if self._shut:  # nothing more will come
                 await trio.lowlevel.checkpoint()
                 self._ended()
-            self._waiting = True
+            self._waiting += 1
             try:
                 await self._lot.park()
             finally:
-                self._waiting = False
+                self._waiting -= 1
         return items.popleft()
 
     def _ended(self) -> NoReturn:

@@ -321,3 +321,38 @@ async def test_bad_subscriptions_are_refused(db: koru.Database, kwargs: Any, mat
     with pytest.raises(koru.InvalidDataError, match=match):
         async with db.subscribe(**kwargs):
             pass
+
+
+async def test_a_reader_cancelled_while_another_waits_leaves_the_other_woken() -> None:
+    """Attack (h-review3): two tasks wait on one subscription's empty queue and one of
+    them is cancelled (a deadline). The other must still be woken by the next put, and
+    by the end of the subscription (the queue's "someone waits" flag was one bool, that
+    the cancelled task cleared while the other still waited: it slept through both)."""
+    async with koru.open(":memory:") as db:
+        cm = db.subscribe(NS)
+        sub = await cm.__aenter__()
+        got: list[Any] = []
+        ended: list[type[BaseException]] = []
+
+        async def reader() -> None:
+            try:
+                got.append((await sub.__anext__()).value)
+                await sub.__anext__()
+            except koru.DatabaseClosedError as exc:
+                ended.append(type(exc))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                with trio.CancelScope() as other:
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(sub.__anext__)
+                        await trio.testing.wait_all_tasks_blocked()
+                        other.cancel()  # the second waiter goes; the first still waits
+                await trio.testing.wait_all_tasks_blocked()
+                await db.put(NS, "k", 1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == [1]
+                await db.aclose()
+        assert ended == [koru.DatabaseClosedError]
+        await cm.__aexit__(None, None, None)
