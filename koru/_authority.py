@@ -238,6 +238,17 @@ class Authority:
         """
         checked = self._terms(grant, now)
         if checked.id in self.state.grants:
+            # Held already: nothing to store. Unless it was revoked, when storing it
+            # again would silently grant nothing (a grant's id is its terms' hash, and
+            # a revocation is for good): the caller is told, and how to grant anew.
+            evaluator = self.evaluator()
+            for revocation in self.state.revocations.get(checked.id, ()):
+                if evaluator.may_revoke(revocation, checked):
+                    raise InvalidGrantError(
+                        f"the grant {checked.id.hex()[:16]}... was revoked, and a revocation"
+                        " is for good: a grant with other terms (a not_before of now, say)"
+                        " is a new grant"
+                    )
             return None
         if not self.registered(checked.grantee) and checked.grantee not in self.roots:
             raise InvalidGrantError(

@@ -253,8 +253,13 @@ async def test_a_revocation_takes_effect_at_once_and_cannot_be_undone() -> None:
         with pytest.raises(koru.PermissionDeniedError):
             await handle.get("users", "a")
         assert not await db.check(alice, "read", "users", "a")
-        # Storing the same grant again does not revive it; a new grant is a new one.
-        await db.grant(g)
+        # Storing the same grant again does not revive it, and says so (it did nothing,
+        # silently: h-review3); the same terms again are the same grant; a new grant
+        # is a new one.
+        with pytest.raises(koru.InvalidGrantError, match="was revoked"):
+            await db.grant(g)
+        with pytest.raises(koru.InvalidGrantError, match="was revoked"):
+            await db.grant(alice, namespace="users", actions="read,write")
         assert not await db.check(alice, "read", "users", "a")
         await db.grant(alice, namespace="users", actions="read", not_before=5)
         assert await db.check(alice, "read", "users", "a")

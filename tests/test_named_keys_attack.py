@@ -122,7 +122,13 @@ async def _apply(
             terms["not_before"] = _second(clock, not_before)
         if expires is not None:
             terms["expires"] = _second(clock, expires + max(0, not_before or 0))
-        grants.append(await db.grant(alice.public, namespace=ns, key=key, actions=actions, **terms))
+        try:
+            grants.append(
+                await db.grant(alice.public, namespace=ns, key=key, actions=actions, **terms)
+            )
+        except koru.InvalidGrantError as exc:  # the same terms as a grant revoked
+            assert "was revoked" in str(exc), exc
+            assert any(g.id in db._authority.state.revocations for g in grants), exc
     elif kind == "revoke":
         if grants:
             await db.revoke(grants[op[1] % len(grants)])
