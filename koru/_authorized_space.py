@@ -14,9 +14,10 @@ what each call needs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from koru.events import (
     ADMIN,
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from ._database import Database
 
 __all__ = ["AuthorizedSpace"]
+
+T = TypeVar("T")
 
 EVERYTHING = "*"
 
@@ -385,25 +388,34 @@ class AuthorizedSpace:
             self._allow(READ, namespace, key)
         return found
 
-    async def get_versioned(self, namespace: str, key: str) -> Versioned:
-        self._allow(READ, namespace, key)
+    async def _checked(self, check: Callable[[], None], read: Coroutine[Any, Any, T]) -> T:
+        """``read``'s answer, ``check`` passed before it runs and again after it. Why: the
+        database's yield lets other tasks run, and a grant revoked or a session ended
+        meanwhile must refuse the answer (h-review3: it was given). Its typed errors
+        are passed on only once ``check`` passed again, so a client that lost its grant
+        is told that, not what the read found."""
         try:
-            found = await self._target.get_versioned(namespace, key)
-        except KoruError:
-            self._allow(READ, namespace, key)  # again (see get)
+            check()
+        except BaseException:
+            read.close()  # never started
             raise
-        self._allow(READ, namespace, key)
+        try:
+            found = await read
+        except KoruError:
+            check()
+            raise
+        check()
         return found
 
+    async def get_versioned(self, namespace: str, key: str) -> Versioned:
+        return await self._checked(
+            partial(self._allow, READ, namespace, key), self._target.get_versioned(namespace, key)
+        )
+
     async def get_at(self, namespace: str, key: str, at: Any) -> Versioned:
-        self._allow(READ, namespace, key)
-        try:
-            found = await self._target.get_at(namespace, key, at)
-        except KoruError:
-            self._allow(READ, namespace, key)  # again (see get)
-            raise
-        self._allow(READ, namespace, key)
-        return found
+        return await self._checked(
+            partial(self._allow, READ, namespace, key), self._target.get_at(namespace, key, at)
+        )
 
     async def history(
         self,
@@ -413,24 +425,15 @@ class AuthorizedSpace:
         until: Any = None,
         latest: int | None = None,
     ) -> list[Versioned]:
-        self._allow(READ, namespace, key)
-        try:
-            found = await self._target.history(namespace, key, since, until, latest)
-        except KoruError:
-            self._allow(READ, namespace, key)  # again (see get)
-            raise
-        self._allow(READ, namespace, key)
-        return found
+        return await self._checked(
+            partial(self._allow, READ, namespace, key),
+            self._target.history(namespace, key, since, until, latest),
+        )
 
     async def contains(self, namespace: str, key: str) -> bool:
-        self._allow(READ, namespace, key)
-        try:
-            found = await self._target.contains(namespace, key)
-        except KoruError:
-            self._allow(READ, namespace, key)  # again (see get)
-            raise
-        self._allow(READ, namespace, key)
-        return found
+        return await self._checked(
+            partial(self._allow, READ, namespace, key), self._target.contains(namespace, key)
+        )
 
     # A listing is read under the bound of a served answer (see ``budgeted``), by the
     # target: when the identity may read only part of it, the target skips the rest
@@ -514,14 +517,10 @@ class AuthorizedSpace:
     async def diff(
         self, namespace: str, key: str, from_version: int | str = -2, to_version: int | str = -1
     ) -> Diff:
-        self._allow(READ, namespace, key)
-        try:
-            found = await self._target.diff(namespace, key, from_version, to_version)
-        except KoruError:
-            self._allow(READ, namespace, key)  # again (see get)
-            raise
-        self._allow(READ, namespace, key)
-        return found
+        return await self._checked(
+            partial(self._allow, READ, namespace, key),
+            self._target.diff(namespace, key, from_version, to_version),
+        )
 
     async def expiring(self, within: float = 0.0) -> list[Expiring]:
         with nullcontext() if self._whole_space() else visible_only(self._visible()):
@@ -541,26 +540,18 @@ class AuthorizedSpace:
         return None
 
     async def query(self, namespace: str, query: Query | dict[str, Any], at: Any = None) -> Any:
-        self._allow_namespace(READ, namespace)
-        try:
-            found = await self._target.query(namespace, query, at)
-        except KoruError:
-            self._allow_namespace(READ, namespace)  # again (see get)
-            raise
-        self._allow_namespace(READ, namespace)
-        return found
+        return await self._checked(
+            partial(self._allow_namespace, READ, namespace),
+            self._target.query(namespace, query, at),
+        )
 
     async def explain(
         self, namespace: str, query: Query | dict[str, Any], at: Any = None
     ) -> QueryPlan:
-        self._allow_namespace(READ, namespace)
-        try:
-            found = await self._target.explain(namespace, query, at)
-        except KoruError:
-            self._allow_namespace(READ, namespace)  # again (see get)
-            raise
-        self._allow_namespace(READ, namespace)
-        return found
+        return await self._checked(
+            partial(self._allow_namespace, READ, namespace),
+            self._target.explain(namespace, query, at),
+        )
 
     async def create_index(self, namespace: str, field: str) -> bool:
         self._allow_namespace(ADMIN, namespace)
@@ -704,14 +695,10 @@ class AuthorizedSpace:
     async def most_connected(self, namespace: str, k: int = 10) -> list[Connected]:
         """Needs read on the whole namespace (the counts include links to keys of
         other namespaces, as numbers only)."""
-        self._allow_namespace(READ, namespace)
-        try:
-            found = await self._target.most_connected(namespace, k)
-        except KoruError:
-            self._allow_namespace(READ, namespace)  # again (see get)
-            raise
-        self._allow_namespace(READ, namespace)
-        return found
+        return await self._checked(
+            partial(self._allow_namespace, READ, namespace),
+            self._target.most_connected(namespace, k),
+        )
 
     def _allow_node(self, node: Any) -> None:
         if isinstance(node, tuple | list) and len(node) == 2:

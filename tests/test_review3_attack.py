@@ -12,6 +12,34 @@ import koru
 from koru._lifecycle import _YIELD_MASK, Lifecycle
 
 
+def _parking(monkeypatch: pytest.MonkeyPatch) -> tuple[trio.Event, trio.Event, Any]:
+    """A stand-in for ``Lifecycle.pause`` that parks its first caller: ``parked`` is set
+    as it parks, and it goes on once ``changed`` is set (then the real pause runs)."""
+    parked, changed = trio.Event(), trio.Event()
+    original = Lifecycle.pause
+
+    async def pause(self: Any) -> None:
+        monkeypatch.setattr(Lifecycle, "pause", original)
+        parked.set()
+        await changed.wait()
+        await original(self)
+
+    return parked, changed, pause
+
+
+async def _race(
+    db: Any, monkeypatch: pytest.MonkeyPatch, pause: Any, call: Any, change: Any
+) -> None:
+    """``call`` and ``change`` run together, the next operation of ``db`` parked in
+    ``pause`` (see _parking)."""
+    db._life._ops |= _YIELD_MASK  # the next operation yields
+    monkeypatch.setattr(Lifecycle, "pause", pause)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            nursery.start_soon(change)
+
+
 @pytest.mark.parametrize("pattern", ["u*", "u1", "*1"])  # a prefix's range, a key, a walk
 @pytest.mark.parametrize("change", ["revoke", "end the session", "write after revoking"])
 async def test_a_listing_parked_while_its_grant_goes_lists_nothing_it_no_longer_may(
@@ -32,14 +60,7 @@ async def test_a_listing_parked_while_its_grant_goes_lists_nothing_it_no_longer_
         session = await db.open_session(alice.respond(await db.challenge()))
         handle = db.as_identity(session if change == "end the session" else alice)
         assert "u1" in await handle.keys("users")
-        parked, changed = trio.Event(), trio.Event()
-        original = Lifecycle.pause
-
-        async def pause(self: Any) -> None:
-            monkeypatch.setattr(Lifecycle, "pause", original)
-            parked.set()
-            await changed.wait()
-            await original(self)
+        parked, changed, pause = _parking(monkeypatch)
 
         got: list[Any] = []
 
@@ -59,12 +80,7 @@ async def test_a_listing_parked_while_its_grant_goes_lists_nothing_it_no_longer_
                     await db.put("users", "u1-new", 1)
             changed.set()
 
-        db._life._ops |= _YIELD_MASK  # the next operation yields
-        monkeypatch.setattr(Lifecycle, "pause", pause)
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(lister)
-                nursery.start_soon(changer)
+        await _race(db, monkeypatch, pause, lister, changer)
         assert parked.is_set()
         if change == "end the session":
             assert got == [koru.SessionError]
@@ -108,14 +124,7 @@ async def test_a_read_parked_while_its_grant_is_revoked_is_refused(
         handle = db.as_identity(alice)
         team = handle.workspace("team")
         await _READS[call](handle, team)  # allowed
-        parked, changed = trio.Event(), trio.Event()
-        original = Lifecycle.pause
-
-        async def pause(self: Any) -> None:
-            monkeypatch.setattr(Lifecycle, "pause", original)
-            parked.set()
-            await changed.wait()
-            await original(self)
+        parked, changed, pause = _parking(monkeypatch)
 
         got: list[Any] = []
 
@@ -135,11 +144,6 @@ async def test_a_read_parked_while_its_grant_is_revoked_is_refused(
                         h._allow(koru.events.READ, "docs", "u1")
             changed.set()
 
-        db._life._ops |= _YIELD_MASK  # the next operation yields
-        monkeypatch.setattr(Lifecycle, "pause", pause)
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
-                nursery.start_soon(changer)
+        await _race(db, monkeypatch, pause, reader, changer)
         assert parked.is_set()
         assert got == [koru.PermissionDeniedError]
