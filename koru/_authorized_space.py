@@ -274,8 +274,9 @@ class AuthorizedSpace:
             }
             if len(patterns) == 1:
                 (pattern,) = patterns
-                if pattern.endswith("*") and pattern.count("*") == 1 and "?" not in pattern:
-                    rule = pattern[:-1]
+                head = _head(pattern)
+                if pattern == head + "*":  # "prefix*": a prefix decides
+                    rule = head
         if len(self._reads) >= 4096:
             self._reads.clear()  # a cache: many namespaces only cost recompiling
         self._reads[namespace] = rule

@@ -126,11 +126,14 @@ class _Part(NamedTuple):
 Item = tuple[Event | _Part, bytes, int, dict[int, tuple[Any, Any]], int]
 
 
+def _write_bytes(w: Any) -> int:
+    """What one queued write holds (see ``_WRITE_BYTES``)."""
+    return _WRITE_BYTES + len(w.key) + (0 if w.value is None else len(w.value))
+
+
 def _bytes(writes: Iterable[Any]) -> int:
-    """What queued writes hold (see ``_WRITE_BYTES``)."""
-    return sum(
-        [_WRITE_BYTES + len(w.key) + (0 if w.value is None else len(w.value)) for w in writes]
-    )
+    """What queued writes hold."""
+    return sum(map(_write_bytes, writes))
 
 
 class QueueShare:
@@ -414,7 +417,7 @@ class Hub:
         if len(writes) == 1:  # a put or a delete: no set, no generator (writer's time)
             w = writes[0]
             names = (w.namespace,)
-            size = _WRITE_BYTES + len(w.key) + (0 if w.value is None else len(w.value))
+            size = _write_bytes(w)
         else:
             names = {w.namespace for w in writes}
             size = _bytes(writes)

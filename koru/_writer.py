@@ -754,10 +754,7 @@ class Writer:
         # the clock is then set back, even with nothing written since. Kept beside the
         # HLC, not fed to it: timestamps would then depend on whether a background
         # process read the clock before a put at the same instant (not deterministic).
-        # (self.now() inlined: every authorized call in a session comes here.)
-        now = self._now_ns()
-        if type(now) is not int or not 0 <= now < _NS_LIMIT:
-            _bad_clock(now)
+        now = self.now()
         floor = self._read_floor
         last = self.hlc.last
         if last > floor:

@@ -2438,27 +2438,37 @@ def test_ctrl_c_in_a_checkpoints_state_handover_lets_it_finish(
     _every_acknowledged_write_reads_back(tmp_path, acked)
 
 
+def _three_events(path: Path) -> Path:
+    """A store at ``path`` holding three events, synced and closed."""
+    store = open_store(path)
+    for data, eid in make_events(3):
+        store.append(AGENT, data, eid)
+    store.sync()
+    store.close()
+    return path
+
+
+def _kdelta_verify(path: Path, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """``kdelta verify`` of ``path`` in a process of its own (60 s at most: a hang fails)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kdelta"), "--db", str(path), "verify"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
 def test_verify_with_a_named_pipe_for_meta_reports_it_rather_than_hanging(
     tmp_path: Path,
 ) -> None:
     """``kdelta verify`` reads the manifest to judge a last segment; a named pipe put in
     the meta file's place is reported (as it was before the manifest was read), never
     opened in a way that blocks for ever."""
-    path = tmp_path / "db"
-    store = open_store(path)
-    for data, eid in make_events(3):
-        store.append(AGENT, data, eid)
-    store.sync()
-    store.close()
+    path = _three_events(tmp_path / "db")
     (path / "meta").unlink()
     os.mkfifo(path / "meta")
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "kdelta"), "--db", str(path), "verify"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = _kdelta_verify(path, tmp_path)
     assert done.returncode == 3, done.stderr.decode()
     assert b"meta" in done.stdout and b"not a regular file" in done.stdout
 
@@ -2469,19 +2479,8 @@ def test_verify_with_a_named_pipe_for_a_segment_reports_it_rather_than_hanging(
     """Attack: a named pipe put where the next segment would be. ``kdelta verify``
     opened each segment with a plain open, which blocks on a pipe for ever; it must
     report the file and go on."""
-    path = tmp_path / "db"
-    store = open_store(path)
-    for data, eid in make_events(3):
-        store.append(AGENT, data, eid)
-    store.sync()
-    store.close()
+    path = _three_events(tmp_path / "db")
     os.mkfifo(path / "logs" / AGENT / "00000002.seg")
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "kdelta"), "--db", str(path), "verify"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = _kdelta_verify(path, tmp_path)
     assert done.returncode == 3, done.stderr.decode()
     assert b"00000002.seg" in done.stdout and b"not a regular file" in done.stdout
